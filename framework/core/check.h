@@ -1,0 +1,37 @@
+// Check macros and fatal errors. Every failed check or library call ends the process with one
+// message naming file, line and rank, and a non-zero exit; a multi-rank run installs an abort hook
+// (MPI_Abort) so that one rank's failure ends every rank instead of leaving the others hanging.
+#ifndef MOELAB_CORE_CHECK_H
+#define MOELAB_CORE_CHECK_H
+
+#include <stdnoreturn.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Exit codes: 1 for a runtime failure, 2 for bad input (config, command line, data, checkpoint).
+enum { CORE_EXIT_FAILURE = 1, CORE_EXIT_USAGE = 2 };
+
+// Prints "moelab: error [rank r] file:line: message" and exits with `code` through the abort hook.
+noreturn void core_fatal_at(const char *file, int line, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+// Prints "moelab: error: message" (no source location: the message is for the user) and exits 2.
+noreturn void core_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// The hook that ends the process; the default is exit(code). The MPI backend swaps in MPI_Abort.
+typedef void (*core_abort_fn)(int code);
+void core_set_abort_hook(core_abort_fn fn);
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (!(cond)) core_fatal_at(__FILE__, __LINE__, CORE_EXIT_FAILURE, __VA_ARGS__); \
+    } while (0)
+
+#define FATAL(...) core_fatal_at(__FILE__, __LINE__, CORE_EXIT_FAILURE, __VA_ARGS__)
+
+#ifdef __cplusplus
+}
+#endif
+#endif

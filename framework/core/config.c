@@ -1,0 +1,312 @@
+// Config parsing: one table lists every key with its type, place in MoeConfig, bounds and help;
+// the file reader, the command-line reader, the writer and --help all walk that table.
+#include "framework/core/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "framework/core/check.h"
+
+typedef enum { K_INT, K_U64, K_FLOAT, K_BOOL, K_STR } KeyType;
+
+typedef struct {
+    const char *name;
+    KeyType type;
+    size_t offset;
+    double lo, hi;      // bounds for numbers (inclusive)
+    const char *choices; // for K_STR: "a|b|c", or NULL for free text
+    const char *help;
+} KeyInfo;
+
+#define OFF(f) offsetof(MoeConfig, f)
+static const KeyInfo KEYS[] = {
+    {"vocab_size", K_INT, OFF(V), 2, 1 << 24, NULL, "vocabulary size V"},
+    {"d_model", K_INT, OFF(D), 1, 1 << 16, NULL, "model width D"},
+    {"n_layers", K_INT, OFF(L), 1, 1024, NULL, "number of layers L"},
+    {"n_heads", K_INT, OFF(H), 1, 1024, NULL, "query heads H"},
+    {"n_kv_heads", K_INT, OFF(Hkv), 1, 1024, NULL, "key/value heads Hkv (H % Hkv == 0)"},
+    {"seq_len", K_INT, OFF(T), 1, 1 << 20, NULL, "sequence length T"},
+    {"n_dense_layers", K_INT, OFF(n_dense_layers), 0, 1024, NULL, "leading layers with a dense FFN"},
+    {"d_ff", K_INT, OFF(F), 1, 1 << 20, NULL, "dense SwiGLU width F"},
+    {"n_experts", K_INT, OFF(E), 1, 1 << 16, NULL, "routed experts E"},
+    {"top_k", K_INT, OFF(K), 1, 1 << 16, NULL, "experts per token K"},
+    {"n_shared", K_INT, OFF(S), 0, 1024, NULL, "shared experts S"},
+    {"d_expert", K_INT, OFF(Fe), 1, 1 << 20, NULL, "expert SwiGLU width Fe"},
+    {"score", K_STR, OFF(score), 0, 0, "sigmoid|softmax", "router score function"},
+    {"route_scale", K_FLOAT, OFF(route_scale), 0, 1e6, NULL, "gate multiplier"},
+    {"norm_topk", K_BOOL, OFF(norm_topk), 0, 1, NULL, "normalize the K chosen scores to sum 1"},
+    {"bias_rate", K_FLOAT, OFF(bias_rate), 0, 1e3, NULL, "aux-loss-free bias update rate gamma"},
+    {"balance_alpha", K_FLOAT, OFF(balance_alpha), 0, 1e3, NULL, "sequence balance loss weight alpha"},
+    {"rope_theta", K_FLOAT, OFF(rope_theta), 1, 1e12, NULL, "RoPE base theta"},
+    {"norm_eps", K_FLOAT, OFF(norm_eps), 0, 1, NULL, "RMSNorm epsilon"},
+    {"tie_embeddings", K_BOOL, OFF(tie_embeddings), 0, 1, NULL, "LM head shares the embedding"},
+    {"seed", K_U64, OFF(seed), 0, 0, NULL, "random seed (weights, data order, sampling)"},
+    {"steps", K_INT, OFF(steps), 0, INT_MAX, NULL, "optimizer steps"},
+    {"batch_size", K_INT, OFF(batch_size), 1, 1 << 20, NULL, "sequences per micro-batch B"},
+    {"grad_accum", K_INT, OFF(grad_accum), 1, 1 << 20, NULL, "micro-batches per step and rank"},
+    {"lr", K_FLOAT, OFF(lr), 0, 10, NULL, "peak learning rate"},
+    {"min_lr", K_FLOAT, OFF(min_lr), 0, 10, NULL, "final learning rate of the cosine decay"},
+    {"warmup_steps", K_INT, OFF(warmup_steps), 0, INT_MAX, NULL, "linear warm-up steps"},
+    {"weight_decay", K_FLOAT, OFF(weight_decay), 0, 10, NULL, "AdamW decay (matrices only)"},
+    {"grad_clip", K_FLOAT, OFF(grad_clip), 0, 1e9, NULL, "global gradient-norm clip (0: off)"},
+    {"beta1", K_FLOAT, OFF(beta1), 0, 1, NULL, "AdamW beta1"},
+    {"beta2", K_FLOAT, OFF(beta2), 0, 1, NULL, "AdamW beta2"},
+    {"adam_eps", K_FLOAT, OFF(adam_eps), 0, 1, NULL, "AdamW epsilon"},
+    {"log_every", K_INT, OFF(log_every), 1, INT_MAX, NULL, "steps between log lines"},
+    {"val_every", K_INT, OFF(val_every), 0, INT_MAX, NULL, "steps between validations (0: end only)"},
+    {"val_batches", K_INT, OFF(val_batches), 1, INT_MAX, NULL, "micro-batches per validation"},
+    {"val_fraction", K_FLOAT, OFF(val_fraction), 0, 0.9, NULL, "held-out share of the data"},
+    {"sample_tokens", K_INT, OFF(sample_tokens), 0, 1 << 20, NULL, "tokens sampled after training"},
+    {"temperature", K_FLOAT, OFF(temperature), 0, 100, NULL, "sampling temperature (0: greedy)"},
+    {"top_k_sample", K_INT, OFF(top_k_sample), 0, 1 << 24, NULL, "sample among the k most likely (0: all)"},
+    {"threads", K_INT, OFF(threads), 0, 4096, NULL, "OpenMP threads (0: default)"},
+    {"ep", K_INT, OFF(ep), 1, 1 << 16, NULL, "expert-parallel ranks"},
+    {"pp", K_INT, OFF(pp), 1, 1 << 16, NULL, "pipeline stages (ranks)"},
+    {"chunks", K_INT, OFF(chunks), 0, 1 << 20, NULL, "pipeline micro-batches per step (0: grad_accum)"},
+    {"schedule", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
+    {"eplb_interval", K_INT, OFF(eplb_interval), 0, INT_MAX, NULL, "steps between EPLB rebalances (0: off)"},
+    {"eplb_redundant", K_INT, OFF(eplb_redundant), 0, 1 << 16, NULL, "redundant expert slots per layer"},
+    {"router_skew", K_FLOAT, OFF(router_skew), -1e3, 1e3, NULL, "test knob: skews router logits"},
+    {"device", K_STR, OFF(device), 0, 0, "cpu|cuda", "compute device"},
+    {"data", K_STR, OFF(data), 0, 0, NULL, "token shard or prepared data directory"},
+    {"metrics", K_STR, OFF(metrics), 0, 0, NULL, "JSON Lines metrics file"},
+    {"out", K_STR, OFF(out), 0, 0, NULL, "checkpoint directory"},
+    {"resume", K_STR, OFF(resume), 0, 0, NULL, "checkpoint to resume from"},
+    {"trace", K_STR, OFF(trace), 0, 0, NULL, "Chrome trace output file"},
+    {"save_every", K_INT, OFF(save_every), 0, INT_MAX, NULL, "steps between checkpoints (0: end only)"},
+    {"keep", K_INT, OFF(keep), 0, INT_MAX, NULL, "checkpoints kept (0: all)"},
+};
+#define NKEYS ((int)(sizeof(KEYS) / sizeof(KEYS[0])))
+
+void config_defaults(MoeConfig *c) {
+    memset(c, 0, sizeof *c);
+    c->V = 256; c->D = 64; c->L = 2; c->H = 4; c->Hkv = 2; c->T = 64;
+    c->n_dense_layers = 1; c->F = 192; c->E = 8; c->K = 2; c->S = 1; c->Fe = 64;
+    strcpy(c->score, "sigmoid");
+    c->route_scale = 1.0f; c->norm_topk = 1; c->bias_rate = 1e-3f; c->balance_alpha = 1e-4f;
+    c->rope_theta = 10000.0f; c->norm_eps = 1e-5f; c->tie_embeddings = 0;
+    c->seed = 1337; c->steps = 100; c->batch_size = 8; c->grad_accum = 1;
+    c->lr = 3e-3f; c->min_lr = 3e-4f; c->warmup_steps = 10;
+    c->weight_decay = 0.1f; c->grad_clip = 1.0f; c->beta1 = 0.9f; c->beta2 = 0.95f; c->adam_eps = 1e-8f;
+    c->log_every = 10; c->val_every = 50; c->val_batches = 4; c->val_fraction = 0.05f;
+    c->sample_tokens = 0; c->temperature = 0.8f; c->top_k_sample = 40; c->threads = 0;
+    c->ep = 1; c->pp = 1; c->chunks = 0; strcpy(c->schedule, "1f1b");
+    c->eplb_interval = 0; c->eplb_redundant = 0; c->router_skew = 0;
+    strcpy(c->device, "cpu");
+    c->save_every = 0; c->keep = 0;
+}
+
+// "eplb-interval" and "eplb_interval" name the same key.
+static int same_key(const char *a, const char *b) {
+    for (; *a && *b; a++, b++) {
+        char x = *a == '-' ? '_' : *a, y = *b == '-' ? '_' : *b;
+        if (x != y) return 0;
+    }
+    return *a == *b;
+}
+
+static const KeyInfo *find_key(const char *name) {
+    for (int i = 0; i < NKEYS; i++)
+        if (same_key(KEYS[i].name, name)) return &KEYS[i];
+    return NULL;
+}
+
+int config_is_key(const char *name) {
+    while (*name == '-') name++;
+    return find_key(name) != NULL || same_key(name, "config");
+}
+
+static const char *expected_form(const KeyInfo *k, char *buf, size_t n) {
+    switch (k->type) {
+    case K_INT: snprintf(buf, n, "an integer in [%.0f, %.0f]", k->lo, k->hi); break;
+    case K_U64: snprintf(buf, n, "a non-negative integer"); break;
+    case K_FLOAT: snprintf(buf, n, "a number in [%g, %g]", k->lo, k->hi); break;
+    case K_BOOL: snprintf(buf, n, "true|false|1|0"); break;
+    case K_STR: snprintf(buf, n, "%s", k->choices ? k->choices : "a string"); break;
+    }
+    return buf;
+}
+
+static int in_choices(const char *choices, const char *v) {
+    size_t n = strlen(v);
+    for (const char *p = choices; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, v, n) == 0) return 1;
+        if (!bar) break;
+        p = bar + 1;
+    }
+    return 0;
+}
+
+void config_set(MoeConfig *c, const char *key, const char *value, const char *origin) {
+    const KeyInfo *k = find_key(key);
+    if (!k) core_usage_error("%s: unknown config key '%s' (see `moelab train --help`)", origin, key);
+    char form[128];
+    char *base = (char *)c + k->offset;
+    char *end = NULL;
+    errno = 0;
+    switch (k->type) {
+    case K_INT: {
+        long v = strtol(value, &end, 10);
+        if (*value == '\0' || *end != '\0' || errno || v < k->lo || v > k->hi)
+            core_usage_error("%s: %s = '%s' is not valid: expected %s", origin, k->name, value,
+                             expected_form(k, form, sizeof form));
+        *(int *)base = (int)v;
+        break;
+    }
+    case K_U64: {
+        unsigned long long v = strtoull(value, &end, 10);
+        if (*value == '\0' || *value == '-' || *end != '\0' || errno)
+            core_usage_error("%s: %s = '%s' is not valid: expected %s", origin, k->name, value,
+                             expected_form(k, form, sizeof form));
+        *(uint64_t *)base = (uint64_t)v;
+        break;
+    }
+    case K_FLOAT: {
+        double v = strtod(value, &end);
+        if (*value == '\0' || *end != '\0' || errno || !isfinite(v) || v < k->lo || v > k->hi)
+            core_usage_error("%s: %s = '%s' is not valid: expected %s", origin, k->name, value,
+                             expected_form(k, form, sizeof form));
+        *(float *)base = (float)v;
+        break;
+    }
+    case K_BOOL:
+        if (!strcmp(value, "true") || !strcmp(value, "1")) *(int *)base = 1;
+        else if (!strcmp(value, "false") || !strcmp(value, "0")) *(int *)base = 0;
+        else
+            core_usage_error("%s: %s = '%s' is not valid: expected %s", origin, k->name, value,
+                             expected_form(k, form, sizeof form));
+        break;
+    case K_STR:
+        if (strlen(value) >= CONFIG_STR)
+            core_usage_error("%s: %s is longer than %d characters", origin, k->name, CONFIG_STR - 1);
+        if (k->choices && !in_choices(k->choices, value))
+            core_usage_error("%s: %s = '%s' is not valid: expected %s", origin, k->name, value,
+                             k->choices);
+        strcpy(base, value);
+        break;
+    }
+}
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
+    return s;
+}
+
+void config_load_file(MoeConfig *c, const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) core_usage_error("cannot open config file '%s': %s", path, strerror(errno));
+    char line[1024], origin[1200];
+    for (int lineno = 1; fgets(line, sizeof line, f); lineno++) {
+        snprintf(origin, sizeof origin, "%s:%d", path, lineno);
+        if (!strchr(line, '\n') && !feof(f)) core_usage_error("%s: line too long", origin);
+        char *hash = strchr(line, '#');
+        if (hash) *hash = '\0';
+        char *s = trim(line);
+        if (*s == '\0') continue;
+        char *eq = strchr(s, '=');
+        if (!eq) core_usage_error("%s: expected 'key = value', got '%s'", origin, s);
+        *eq = '\0';
+        char *key = trim(s), *value = trim(eq + 1);
+        if (*key == '\0') core_usage_error("%s: missing key before '='", origin);
+        config_set(c, key, value, origin);
+    }
+    fclose(f);
+}
+
+int config_apply_args(MoeConfig *c, int argc, char **argv) {
+    // --config first, so that explicit --key overrides win over the file wherever they appear.
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0) {
+            if (i + 1 >= argc) core_usage_error("--config needs a file name");
+            config_load_file(c, argv[i + 1]);
+        }
+    }
+    int kept = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--config") == 0) { i++; continue; }
+        if (strncmp(a, "--", 2) == 0 && find_key(a + 2)) {
+            // --key=value or --key value
+            const char *eq = strchr(a, '=');
+            if (eq) {
+                char key[128];
+                size_t n = (size_t)(eq - (a + 2));
+                if (n >= sizeof key) n = sizeof key - 1;
+                memcpy(key, a + 2, n);
+                key[n] = '\0';
+                config_set(c, key, eq + 1, "command line");
+                continue;
+            }
+            if (i + 1 >= argc) core_usage_error("command line: %s needs a value", a);
+            config_set(c, a + 2, argv[i + 1], "command line");
+            i++;
+            continue;
+        }
+        if (strncmp(a, "--", 2) == 0 && strchr(a, '=')) {
+            char key[128];
+            size_t n = (size_t)(strchr(a, '=') - (a + 2));
+            if (n >= sizeof key) n = sizeof key - 1;
+            memcpy(key, a + 2, n);
+            key[n] = '\0';
+            if (find_key(key)) { config_set(c, key, strchr(a, '=') + 1, "command line"); continue; }
+        }
+        argv[kept++] = argv[i];
+    }
+    return kept;
+}
+
+void config_validate(const MoeConfig *c) {
+#define RULE(cond, ...) do { if (!(cond)) core_usage_error("config: " __VA_ARGS__); } while (0)
+    RULE(c->D % c->H == 0, "d_model (%d) must be divisible by n_heads (%d)", c->D, c->H);
+    RULE((c->D / c->H) % 2 == 0, "head size d_model/n_heads (%d) must be even for RoPE", c->D / c->H);
+    RULE(c->H % c->Hkv == 0, "n_heads (%d) must be divisible by n_kv_heads (%d)", c->H, c->Hkv);
+    RULE(c->K <= c->E, "top_k (%d) must not exceed n_experts (%d)", c->K, c->E);
+    RULE(c->n_dense_layers <= c->L, "n_dense_layers (%d) must not exceed n_layers (%d)",
+         c->n_dense_layers, c->L);
+    RULE(c->min_lr <= c->lr, "min_lr (%g) must not exceed lr (%g)", c->min_lr, c->lr);
+    RULE(c->E % c->ep == 0, "n_experts (%d) must be divisible by ep (%d)", c->E, c->ep);
+#undef RULE
+}
+
+void config_write(const MoeConfig *c, FILE *f) {
+    for (int i = 0; i < NKEYS; i++) {
+        const KeyInfo *k = &KEYS[i];
+        const char *base = (const char *)c + k->offset;
+        fprintf(f, "%s = ", k->name);
+        switch (k->type) {
+        case K_INT: fprintf(f, "%d\n", *(const int *)base); break;
+        case K_U64: fprintf(f, "%llu\n", (unsigned long long)*(const uint64_t *)base); break;
+        case K_FLOAT: fprintf(f, "%.9g\n", (double)*(const float *)base); break;
+        case K_BOOL: fprintf(f, "%s\n", *(const int *)base ? "true" : "false"); break;
+        case K_STR: fprintf(f, "%s\n", base); break;
+        }
+    }
+}
+
+void config_print_help(FILE *f) {
+    MoeConfig d;
+    config_defaults(&d);
+    fprintf(f, "Config keys (in a --config file as `key = value`, or on the command line as --key value):\n");
+    for (int i = 0; i < NKEYS; i++) {
+        const KeyInfo *k = &KEYS[i];
+        const char *base = (const char *)&d + k->offset;
+        char def[CONFIG_STR + 8];
+        switch (k->type) {
+        case K_INT: snprintf(def, sizeof def, "%d", *(const int *)base); break;
+        case K_U64: snprintf(def, sizeof def, "%llu", (unsigned long long)*(const uint64_t *)base); break;
+        case K_FLOAT: snprintf(def, sizeof def, "%g", (double)*(const float *)base); break;
+        case K_BOOL: snprintf(def, sizeof def, "%s", *(const int *)base ? "true" : "false"); break;
+        case K_STR: snprintf(def, sizeof def, "%s", *base ? base : "\"\""); break;
+        }
+        fprintf(f, "  --%-16s %-12s %s\n", k->name, def, k->help);
+    }
+}

@@ -1,0 +1,91 @@
+// Run configuration: model shape (ARCHITECTURE.md §2), training, parallel layout and I/O, in one
+// struct. Config files hold `key = value` lines with `#` comments; the command line overrides any
+// key as `--key value` (dashes and underscores are the same: --eplb-interval == --eplb_interval).
+// An unknown key or a malformed value is a usage error that names the key and the expected form
+// (exit code 2).
+#ifndef MOELAB_CORE_CONFIG_H
+#define MOELAB_CORE_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CONFIG_STR 256
+
+typedef struct {
+    // --- model (§2) ---
+    int V;               // vocab_size
+    int D;               // d_model
+    int L;               // n_layers
+    int H;               // n_heads
+    int Hkv;             // n_kv_heads
+    int T;               // seq_len
+    int n_dense_layers;  // the first n_dense_layers use a dense SwiGLU of width F
+    int F;               // d_ff (dense SwiGLU width)
+    int E;               // n_experts (routed)
+    int K;               // top_k
+    int S;               // n_shared (shared experts)
+    int Fe;              // d_expert (expert SwiGLU width)
+    char score[CONFIG_STR];  // "sigmoid" | "softmax"
+    float route_scale;
+    int norm_topk;       // bool
+    float bias_rate;     // gamma of the aux-loss-free bias update
+    float balance_alpha; // alpha of the sequence balance loss
+    float rope_theta;
+    float norm_eps;
+    int tie_embeddings;  // bool
+    // --- training ---
+    uint64_t seed;
+    int steps;
+    int batch_size;      // B: sequences per micro-batch
+    int grad_accum;      // micro-batches per optimizer step (per data-parallel rank)
+    float lr, min_lr;
+    int warmup_steps;
+    float weight_decay, grad_clip, beta1, beta2, adam_eps;
+    int log_every, val_every, val_batches;
+    float val_fraction;  // fraction of the token stream held out for validation
+    int sample_tokens;   // tokens generated at the end of training (0: none)
+    float temperature;
+    int top_k_sample;
+    int threads;         // OpenMP threads (0: library default)
+    // --- parallel layout ---
+    int ep, pp, chunks;
+    char schedule[CONFIG_STR];   // "1f1b" | "dualpipe" | "dualpipev"
+    int eplb_interval, eplb_redundant;
+    float router_skew;   // test knob: adds skew*(E-1-i)/E to expert i's router logit (0: off)
+    // --- I/O ---
+    char device[CONFIG_STR];     // "cpu" | "cuda"
+    char data[CONFIG_STR];       // token shard file or data directory
+    char metrics[CONFIG_STR];    // JSON Lines file ("" = none)
+    char out[CONFIG_STR];        // output directory for checkpoints ("" = none)
+    char resume[CONFIG_STR];     // checkpoint to resume from ("" = none)
+    char trace[CONFIG_STR];      // Chrome trace file ("" = none)
+    int save_every, keep;
+} MoeConfig;
+
+// Fills every key with its default (a tiny CPU model).
+void config_defaults(MoeConfig *c);
+// Reads `key = value` lines from path; exits 2 with a message naming the file, line and key on error.
+void config_load_file(MoeConfig *c, const char *path);
+// Sets one key from its text value; `origin` names where it came from for error messages.
+void config_set(MoeConfig *c, const char *key, const char *value, const char *origin);
+// Applies `--key value` pairs from argv[0..argc). `--config FILE` loads a file first (wherever it
+// appears). Arguments that are not config keys are left for the caller: they are moved to the front
+// of argv and their count is returned (they are the subcommand's own flags).
+int config_apply_args(MoeConfig *c, int argc, char **argv);
+// Checks cross-field rules (H % Hkv, D % H, K <= E, ...); exits 2 naming the rule on failure.
+void config_validate(const MoeConfig *c);
+// Writes every key as `key = value` lines (the format config_load_file reads).
+void config_write(const MoeConfig *c, FILE *f);
+// Prints the keys with their defaults and help text (for --help).
+void config_print_help(FILE *f);
+// True if name (after the leading dashes, dash == underscore) is a config key.
+int config_is_key(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

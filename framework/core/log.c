@@ -1,0 +1,77 @@
+// Logging and fatal errors: rank-prefixed lines on stdout/stderr, and the abort hook that ends a
+// failed run on every rank.
+#include "framework/core/check.h"
+#include "framework/core/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static int g_rank = 0, g_world = 1, g_quiet = 0;
+
+static void default_abort(int code) { exit(code); }
+static core_abort_fn g_abort = default_abort;
+
+void core_set_rank(int rank, int world) { g_rank = rank; g_world = world; }
+int core_rank(void) { return g_rank; }
+int core_world(void) { return g_world; }
+void core_set_quiet(int quiet) { g_quiet = quiet; }
+void core_set_abort_hook(core_abort_fn fn) { g_abort = fn ? fn : default_abort; }
+
+static void vprint(FILE *f, const char *head, const char *fmt, va_list ap) {
+    if (g_world > 1) fprintf(f, "%s[rank %d] ", head, g_rank);
+    else fputs(head, f);
+    vfprintf(f, fmt, ap);
+    fputc('\n', f);
+    fflush(f);
+}
+
+void core_info(const char *fmt, ...) {
+    if (g_quiet) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vprint(stdout, "", fmt, ap);
+    va_end(ap);
+}
+
+void core_info0(const char *fmt, ...) {
+    if (g_quiet || g_rank != 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vprint(stdout, "", fmt, ap);
+    va_end(ap);
+}
+
+void core_warn(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vprint(stderr, "moelab: warning ", fmt, ap);
+    va_end(ap);
+}
+
+void core_fatal_at(const char *file, int line, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fflush(stdout);
+    fprintf(stderr, "moelab: error [rank %d] %s:%d: ", g_rank, file, line);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    fflush(stderr);
+    va_end(ap);
+    g_abort(code);
+    exit(code);  // the hook must not return; make sure
+}
+
+void core_usage_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fflush(stdout);
+    if (g_world > 1) fprintf(stderr, "moelab: error [rank %d]: ", g_rank);
+    else fputs("moelab: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    fflush(stderr);
+    va_end(ap);
+    g_abort(CORE_EXIT_USAGE);
+    exit(CORE_EXIT_USAGE);
+}

@@ -1,0 +1,33 @@
+// Memory: checked host allocation, and the device-allocator slot the CUDA backend fills in.
+// Every buffer of the model and the optimizer goes through here so that a failed allocation is
+// one clear error naming the size, never a NULL dereference later.
+#ifndef MOELAB_CORE_MEM_H
+#define MOELAB_CORE_MEM_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { CORE_CPU = 0, CORE_CUDA = 1 } CoreDevice;
+
+// Host memory, 64-byte aligned, zero-filled. Never returns NULL.
+void *core_alloc(size_t bytes);
+void core_free(void *p);
+
+// Device memory through an allocator registered by a backend (CORE_CPU uses core_alloc).
+typedef struct {
+    void *(*alloc)(size_t bytes);          // zero-filled
+    void (*free)(void *p);
+    void (*copy)(void *dst, CoreDevice dst_dev, const void *src, CoreDevice src_dev, size_t bytes);
+} CoreAllocator;
+void core_register_allocator(CoreDevice dev, const CoreAllocator *a);
+void *core_device_alloc(CoreDevice dev, size_t bytes);
+void core_device_free(CoreDevice dev, void *p);
+void core_copy(void *dst, CoreDevice dst_dev, const void *src, CoreDevice src_dev, size_t bytes);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

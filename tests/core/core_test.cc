@@ -1,0 +1,136 @@
+// framework/core: config files and overrides (including every error path, which must exit 2 with
+// a message naming the key), and the Philox-4x32-10 generator against its published test vectors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+extern "C" {
+#include "framework/core/config.h"
+#include "framework/core/rng.h"
+}
+
+namespace {
+
+std::string write_tmp(const char *text) {
+    char path[] = "/tmp/moelab_cfg_XXXXXX";
+    int fd = mkstemp(path);
+    FILE *f = fdopen(fd, "w");
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+TEST(Config, FileAndOverrides) {
+    MoeConfig c;
+    config_defaults(&c);
+    std::string p = write_tmp("# comment\nd_model = 32  # trailing\n\nscore=softmax\nnorm_topk = false\n");
+    config_load_file(&c, p.c_str());
+    EXPECT_EQ(c.D, 32);
+    EXPECT_STREQ(c.score, "softmax");
+    EXPECT_EQ(c.norm_topk, 0);
+    const char *args[] = {"--steps", "7", "--eplb-interval=3", "--other", "x", "--lr", "0.5"};
+    char *argv[7];
+    for (int i = 0; i < 7; i++) argv[i] = const_cast<char *>(args[i]);
+    int rest = config_apply_args(&c, 7, argv);
+    EXPECT_EQ(c.steps, 7);
+    EXPECT_EQ(c.eplb_interval, 3);
+    EXPECT_FLOAT_EQ(c.lr, 0.5f);
+    ASSERT_EQ(rest, 2);
+    EXPECT_STREQ(argv[0], "--other");
+    EXPECT_STREQ(argv[1], "x");
+    remove(p.c_str());
+}
+
+TEST(Config, WriteReadRoundTrip) {
+    MoeConfig a, b;
+    config_defaults(&a);
+    a.D = 48; a.lr = 1.25e-3f; a.seed = 12345678901ull; strcpy(a.score, "softmax");
+    char path[] = "/tmp/moelab_cfg_rt_XXXXXX";
+    FILE *f = fdopen(mkstemp(path), "w");
+    config_write(&a, f);
+    fclose(f);
+    config_defaults(&b);
+    config_load_file(&b, path);
+    EXPECT_EQ(memcmp(&a, &b, sizeof a), 0);
+    remove(path);
+}
+
+void set_key(const char *k, const char *v) {
+    MoeConfig c;
+    config_defaults(&c);
+    config_set(&c, k, v, "test");
+}
+
+TEST(ConfigDeath, UnknownKey) {
+    EXPECT_EXIT(set_key("d_modle", "3"), ::testing::ExitedWithCode(2), "unknown config key 'd_modle'");
+}
+TEST(ConfigDeath, MalformedInt) {
+    EXPECT_EXIT(set_key("d_model", "3x"), ::testing::ExitedWithCode(2), "d_model = '3x'.*expected an integer");
+}
+TEST(ConfigDeath, OutOfRange) {
+    EXPECT_EXIT(set_key("d_model", "0"), ::testing::ExitedWithCode(2), "d_model.*expected an integer in \\[1");
+}
+TEST(ConfigDeath, BadChoice) {
+    EXPECT_EXIT(set_key("score", "relu"), ::testing::ExitedWithCode(2), "expected sigmoid\\|softmax");
+}
+TEST(ConfigDeath, BadBool) {
+    EXPECT_EXIT(set_key("norm_topk", "yes"), ::testing::ExitedWithCode(2), "norm_topk.*true\\|false");
+}
+TEST(ConfigDeath, BadFloat) {
+    EXPECT_EXIT(set_key("lr", "nan"), ::testing::ExitedWithCode(2), "lr = 'nan'.*expected a number");
+}
+TEST(ConfigDeath, FileWithoutEquals) {
+    std::string p = write_tmp("d_model 32\n");
+    MoeConfig c;
+    config_defaults(&c);
+    EXPECT_EXIT(config_load_file(&c, p.c_str()), ::testing::ExitedWithCode(2), ":1: expected 'key = value'");
+    remove(p.c_str());
+}
+TEST(ConfigDeath, MissingFile) {
+    MoeConfig c;
+    config_defaults(&c);
+    EXPECT_EXIT(config_load_file(&c, "/nonexistent/x.cfg"), ::testing::ExitedWithCode(2), "cannot open config file");
+}
+TEST(ConfigDeath, CrossFieldRule) {
+    MoeConfig c;
+    config_defaults(&c);
+    c.Hkv = 3;
+    EXPECT_EXIT(config_validate(&c), ::testing::ExitedWithCode(2), "n_heads \\(4\\) must be divisible by n_kv_heads \\(3\\)");
+}
+
+// Known-answer tests from the Random123 distribution (philox4x32_10).
+TEST(Rng, PhiloxKnownAnswers) {
+    uint32_t out[4];
+    const uint32_t c0[4] = {0, 0, 0, 0}, k0[2] = {0, 0};
+    rng_philox4x32_10(c0, k0, out);
+    EXPECT_EQ(out[0], 0x6627e8d5u); EXPECT_EQ(out[1], 0xe169c58du);
+    EXPECT_EQ(out[2], 0xbc57ac4cu); EXPECT_EQ(out[3], 0x9b00dbd8u);
+    const uint32_t c1[4] = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu};
+    const uint32_t k1[2] = {0xffffffffu, 0xffffffffu};
+    rng_philox4x32_10(c1, k1, out);
+    EXPECT_EQ(out[0], 0x408f276du); EXPECT_EQ(out[1], 0x41c83b0eu);
+    EXPECT_EQ(out[2], 0xa20bc7c6u); EXPECT_EQ(out[3], 0x6d5451fdu);
+    const uint32_t c2[4] = {0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u};
+    const uint32_t k2[2] = {0xa4093822u, 0x299f31d0u};
+    rng_philox4x32_10(c2, k2, out);
+    EXPECT_EQ(out[0], 0xd16cfe09u); EXPECT_EQ(out[1], 0x94fdccebu);
+    EXPECT_EQ(out[2], 0x5001e420u); EXPECT_EQ(out[3], 0x24126ea1u);
+}
+
+TEST(Rng, NormalFillIsKeyedAndSliceStable) {
+    float a[1001], b[10], c[1001];
+    rng_normal_fill(a, 1001, 0.02f, 7, 3, "wq", -1);
+    rng_normal_fill(b, 10, 0.02f, 7, 3, "wq", -1);
+    for (int i = 0; i < 10; i++) EXPECT_EQ(a[i], b[i]);
+    rng_normal_fill(c, 1001, 0.02f, 7, 3, "wk", -1);
+    EXPECT_NE(a[0], c[0]);
+    double m = 0, v = 0;
+    for (int i = 0; i < 1001; i++) { m += a[i]; v += (double)a[i] * a[i]; }
+    m /= 1001; v = v / 1001 - m * m;
+    EXPECT_NEAR(std::sqrt(v), 0.02, 0.002);
+    EXPECT_NEAR(m, 0.0, 0.003);
+}
+
+}  // namespace
