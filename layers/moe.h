@@ -1,0 +1,107 @@
+// Mixture-of-experts feed-forward layer: router → dispatch → routed experts (SwiGLU on contiguous
+// per-expert row ranges) → combine, plus always-on shared experts:
+//     y = Σ_{shared j} FFN_j(x) + Σ_{chosen i} g_i · FFN_i(x)
+// The layer never knows how it is parallelized: moving token rows between their home and the ranks
+// that hold their experts is the dispatcher's job (MoeDispatcher below). The local dispatcher here
+// keeps everything in one process; parallel/ provides the expert-parallel one (all-to-all).
+#ifndef MOELAB_LAYERS_MOE_H
+#define MOELAB_LAYERS_MOE_H
+
+#include "layers/router.h"
+#include "layers/swiglu.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// The dispatcher interface.
+//
+// A routing of N home tokens × K choices (idx (N, K), logical expert ids) becomes `n_rows` rows at
+// the experts of this rank, grouped contiguously by local expert slot (counts[s] rows for slot s,
+// slot order), so each expert runs one GEMM over its range. The same plan serves the forward
+// dispatch (x rows out), the forward combine (expert outputs back), and the backward, which is the
+// mirror image: combine-backward moves (N, K, D) gradients out the way dispatch moved x, and
+// dispatch-backward brings expert-input gradients home the way combine did.
+typedef struct MoeDispatchPlan MoeDispatchPlan;  // opaque, one per micro-batch in flight
+
+typedef struct MoeDispatcher {
+    void *impl;
+    int n_local;  // expert slots computed on this rank
+    // Plans the exchange for idx (N, K). Writes counts (n_local) and returns the plan; *n_rows is the
+    // total number of rows this rank's experts receive.
+    MoeDispatchPlan *(*plan)(struct MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,
+                             int *counts);
+    // rows (n_rows, D) ← home rows. per_choice = 0: src is (N, D) and token t's row goes to each of
+    // its K experts; per_choice = 1: src is (N, K, D), one row per (token, choice).
+    void (*to_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const float *src,
+                       int per_choice, float *rows, int D);
+    // dst (N, K, D) ← rows (n_rows, D): each (token, choice) gets its expert's row back.
+    void (*from_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const float *rows,
+                         float *dst, int D);
+    void (*release)(struct MoeDispatcher *self, MoeDispatchPlan *p);
+    void (*destroy)(struct MoeDispatcher *self);
+} MoeDispatcher;
+
+// The single-process dispatcher: all E experts local, slot s = expert s. Rows are ordered by expert,
+// then by token, then by choice (a stable counting sort).
+MoeDispatcher *moe_local_dispatcher_create(int E);
+
+// ---------------------------------------------------------------------------------------------
+// The layer.
+
+typedef struct {
+    int D, E, K, S, Fe;
+    RouterCfg rc;
+    float alpha;        // sequence balance loss weight (0: off)
+} MoeShape;
+
+// Views into the model's parameter (or gradient) buffers. n_local = dispatcher->n_local slots.
+typedef struct {
+    float *router;      // (E, D)
+    float *bias;        // (E) balancing bias: no gradient (NULL in a gradient view)
+    float *w1, *w3;     // (n_local, Fe, D) routed experts
+    float *w2;          // (n_local, D, Fe)
+    float *sw1, *sw3;   // (S, Fe, D) shared experts
+    float *sw2;         // (S, D, Fe)
+} MoeParams;
+
+// Everything one micro-batch keeps between forward, backward_input and backward_weight.
+// Buffers are allocated by moe_forward (sized by the rows actually received) and freed by
+// moe_acts_free as soon as backward_weight has consumed them.
+typedef struct {
+    int B, T, N, n_rows;
+    const float *x;         // (N, D) input, owned by the caller, must live until backward_weight
+    float *logits;          // (N, E)
+    float *scores;          // (N, E)
+    int *idx;               // (N, K)
+    float *gates;           // (N, K)
+    float bal_loss;         // L_bal of this micro-batch (before alpha)
+    MoeDispatchPlan *plan;
+    int *counts;            // (n_local)
+    float *xe;              // (n_rows, D) expert input rows
+    float *ye;              // (n_rows, D) expert output rows
+    SwigluActs ex;          // (n_rows, Fe) routed-expert activations
+    float *out_nk;          // (N, K, D) expert outputs back home
+    SwigluActs *sh;         // [S] of (N, Fe) shared-expert activations
+    // written by backward_input for backward_weight:
+    float *dy;              // (N, D) copy of the upstream gradient
+    float *dye;             // (n_rows, D) gradient of the expert output rows
+    float *dlogits;         // (N, E)
+} MoeActs;
+
+// y (N, D) = MoE(x (N, D)) for B sequences of T tokens (N = B·T). Overwrites y.
+void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const MoeParams *p,
+                 MoeDispatcher *d, int B, int T);
+// dx (N, D) += ∂(L + alpha·L_bal)/∂x given dy (N, D).
+void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *s,
+                        const MoeParams *p, MoeDispatcher *d);
+// g (gradient views, same layout as p) += ∂L/∂weights. Needs backward_input first.
+void moe_backward_weight(MoeParams *g, MoeActs *a, const MoeShape *s, MoeDispatcher *d);
+// Frees a micro-batch's buffers and releases its dispatch plan.
+void moe_acts_free(MoeActs *a, MoeDispatcher *d);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
