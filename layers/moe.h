@@ -71,6 +71,7 @@ typedef struct {
 // moe_acts_free as soon as backward_weight has consumed them.
 typedef struct {
     int B, T, N, n_rows;
+    int S;                  // shared experts (the length of sh, for moe_acts_free)
     const float *x;         // (N, D) input, owned by the caller, must live until backward_weight
     float *logits;          // (N, E)
     float *scores;          // (N, E)
@@ -80,9 +81,9 @@ typedef struct {
     MoeDispatchPlan *plan;
     int *counts;            // (n_local)
     float *xe;              // (n_rows, D) expert input rows
-    float *ye;              // (n_rows, D) expert output rows
+    float *ye;              // (n_rows, D) expert output rows (freed by moe_forward once combined)
     SwigluActs ex;          // (n_rows, Fe) routed-expert activations
-    float *out_nk;          // (N, K, D) expert outputs back home
+    float *out_nk;          // (N, K, D) expert outputs back home (freed by moe_backward_input)
     SwigluActs *sh;         // [S] of (N, Fe) shared-expert activations
     // written by backward_input for backward_weight:
     float *dy;              // (N, D) copy of the upstream gradient

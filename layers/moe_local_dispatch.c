@@ -1,0 +1,76 @@
+// The single-process MoE dispatcher (see moe.h): every expert is local (slot s = expert s), and the
+// plan is a stable counting sort of the N·K (token, choice) pairs by expert id, so rows come ordered
+// by expert, then token, then choice. Dispatch and combine are a gather and a scatter through it.
+#include <limits.h>
+#include <string.h>
+
+#include "framework/core/check.h"
+#include "framework/core/mem.h"
+#include "layers/moe.h"
+
+struct MoeDispatchPlan {
+    int N, K, n_rows;  // n_rows = N·K: every pair stays in this process
+    int *pair;         // (n_rows) row r holds pair t·K + k
+};
+
+static MoeDispatchPlan *local_plan(MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,
+                                   int *counts) {
+    int E = self->n_local;
+    CHECK(N >= 0 && K >= 1, "local dispatcher: bad routing shape N = %d, K = %d", N, K);
+    long n = (long)N * K;
+    CHECK(n <= INT_MAX, "local dispatcher: %ld routed rows overflow an int", n);
+    memset(counts, 0, (size_t)E * sizeof(int));
+    for (long r = 0; r < n; r++) {
+        CHECK(idx[r] >= 0 && idx[r] < E, "local dispatcher: expert id %d out of range [0, %d)", idx[r],
+              E);
+        counts[idx[r]]++;
+    }
+    MoeDispatchPlan *p = core_alloc(sizeof *p);
+    p->N = N;
+    p->K = K;
+    p->n_rows = (int)n;
+    p->pair = core_alloc((size_t)n * sizeof(int));
+    // Visiting the pairs in (token, choice) order and appending each at its expert's next free row
+    // is what makes the sort stable.
+    int *next = core_alloc((size_t)E * sizeof(int));  // (E) next free row of each expert
+    for (int e = 1; e < E; e++) next[e] = next[e - 1] + counts[e - 1];
+    for (long r = 0; r < n; r++) p->pair[next[idx[r]]++] = (int)r;
+    core_free(next);
+    *n_rows = p->n_rows;
+    return p;
+}
+
+static void local_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *src, int per_choice,
+                             float *rows, int D) {
+    for (int r = 0; r < p->n_rows; r++) {
+        long home = per_choice ? p->pair[r] : p->pair[r] / p->K;
+        memcpy(rows + (long)r * D, src + home * D, (size_t)D * sizeof(float));
+    }
+}
+
+static void local_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *rows, float *dst,
+                               int D) {
+    for (int r = 0; r < p->n_rows; r++)
+        memcpy(dst + (long)p->pair[r] * D, rows + (long)r * D, (size_t)D * sizeof(float));
+}
+
+static void local_release(MoeDispatcher *self, MoeDispatchPlan *p) {
+    if (!p) return;
+    core_free(p->pair);
+    core_free(p);
+}
+
+static void local_destroy(MoeDispatcher *self) { core_free(self); }
+
+MoeDispatcher *moe_local_dispatcher_create(int E) {
+    CHECK(E >= 1, "local dispatcher: need at least one expert, got E = %d", E);
+    MoeDispatcher *d = core_alloc(sizeof *d);
+    d->impl = NULL;  // all the state it needs is n_local = E
+    d->n_local = E;
+    d->plan = local_plan;
+    d->to_experts = local_to_experts;
+    d->from_experts = local_from_experts;
+    d->release = local_release;
+    d->destroy = local_destroy;
+    return d;
+}

@@ -1,0 +1,372 @@
+// layers/moe with the local dispatcher: the dispatch plan's row order, the forward against a dense
+// token-by-token reference, backward_input + backward_weight of every tensor (router included, with
+// the balance loss on) against central finite differences, experts that receive no tokens, shared
+// experts S = 0 and S = 2, determinism, and misuse errors.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+extern "C" {
+#include "layers/moe.h"
+}
+#include "tests/moe/moe_reference.h"
+
+namespace {
+
+TEST(LocalDispatcher, StableCountingSortByExpert) {
+    const int N = 3, K = 2, E = 3, D = 2;
+    std::vector<int> idx = {2, 0, 0, 2, 1, 0};  // token 0 → 2, 0; token 1 → 0, 2; token 2 → 1, 0
+    MoeDispatcher *d = moe_local_dispatcher_create(E);
+    ASSERT_EQ(d->n_local, E);
+    int n_rows = -1;
+    std::vector<int> counts(E, -1);
+    MoeDispatchPlan *p = d->plan(d, idx.data(), N, K, &n_rows, counts.data());
+    ASSERT_EQ(n_rows, N * K);
+    EXPECT_EQ(counts, (std::vector<int>{3, 1, 2}));
+    // Rows by expert, then token, then choice: (t, k) = (0,1) (1,0) (2,1) | (2,0) | (0,0) (1,1).
+    const std::vector<int> pair = {1, 2, 5, 4, 0, 3};
+    std::vector<float> x = {0, 0.5f, 1, 1.5f, 2, 2.5f};  // (N, D): row t = [t, t + .5]
+    std::vector<float> rows((size_t)n_rows * D, -1);
+    d->to_experts(d, p, x.data(), 0, rows.data(), D);
+    for (int r = 0; r < n_rows; r++) {
+        EXPECT_EQ(rows[r * D], (float)(pair[r] / K)) << r;
+        EXPECT_EQ(rows[r * D + 1], pair[r] / K + 0.5f) << r;
+    }
+    std::vector<float> nk((size_t)N * K * D);  // (N, K, D): row (t, k) = [10 t + k, -(10 t + k)]
+    for (int t = 0; t < N; t++)
+        for (int k = 0; k < K; k++) {
+            nk[(t * K + k) * D] = 10.0f * t + k;
+            nk[(t * K + k) * D + 1] = -(10.0f * t + k);
+        }
+    d->to_experts(d, p, nk.data(), 1, rows.data(), D);
+    for (int r = 0; r < n_rows; r++) EXPECT_EQ(rows[r * D], 10.0f * (pair[r] / K) + pair[r] % K) << r;
+    std::vector<float> back((size_t)N * K * D, -7);
+    d->from_experts(d, p, rows.data(), back.data(), D);
+    EXPECT_EQ(back, nk);
+    d->release(d, p);
+    d->destroy(d);
+}
+
+struct Model {
+    MoeShape s;
+    std::vector<float> router, bias, w1, w3, w2, sw1, sw3, sw2;
+    Model(const MoeShape &shape, unsigned seed) : s(shape) {
+        int D = s.D, E = s.E, S = s.S, Fe = s.Fe;
+        router = moeref::randn((size_t)E * D, 0.5f, seed);
+        bias.assign(E, 0.0f);
+        w1 = moeref::randn((size_t)E * Fe * D, 0.4f, seed + 1);
+        w3 = moeref::randn((size_t)E * Fe * D, 0.4f, seed + 2);
+        w2 = moeref::randn((size_t)E * D * Fe, 0.4f, seed + 3);
+        sw1 = moeref::randn((size_t)S * Fe * D, 0.4f, seed + 4);
+        sw3 = moeref::randn((size_t)S * Fe * D, 0.4f, seed + 5);
+        sw2 = moeref::randn((size_t)S * D * Fe, 0.4f, seed + 6);
+    }
+    MoeParams params() {
+        return MoeParams{router.data(), bias.data(), w1.data(), w3.data(), w2.data(),
+                         sw1.data(),    sw3.data(),  sw2.data()};
+    }
+};
+
+MoeShape shape(int S, int softmax, int norm_topk, float route_scale, float alpha) {
+    MoeShape s;
+    s.D = 8;
+    s.E = 6;
+    s.K = 2;
+    s.S = S;
+    s.Fe = 5;
+    s.rc = RouterCfg{s.E, s.K, softmax, norm_topk, route_scale};
+    s.alpha = alpha;
+    return s;
+}
+
+std::vector<double> ref_logits(const Model &m, const float *xt) {
+    std::vector<double> l(m.s.E, 0.0);
+    for (int e = 0; e < m.s.E; e++)
+        for (int i = 0; i < m.s.D; i++) l[e] += (double)m.router[e * m.s.D + i] * xt[i];
+    return l;
+}
+
+moeref::Route ref_route(const Model &m, const float *xt) {
+    const RouterCfg &c = m.s.rc;
+    return moeref::route(ref_logits(m, xt), m.bias.data(), c.K, c.softmax, c.norm_topk, c.route_scale);
+}
+
+// N token rows whose K-th and (K+1)-th keys are at least `margin` apart, so that the finite
+// difference steps below cannot change any token's choice.
+std::vector<float> well_routed_inputs(const Model &m, int N, float margin, unsigned seed) {
+    int D = m.s.D, E = m.s.E, K = m.s.K;
+    std::vector<float> x;
+    for (unsigned trial = 0; (int)x.size() < N * D; trial++) {
+        if (trial == 100000) {
+            ADD_FAILURE() << "no inputs with routing margin " << margin;
+            break;
+        }
+        std::vector<float> row = moeref::randn(D, 1.0f, seed * 1000 + trial);
+        moeref::Route r = ref_route(m, row.data());
+        std::vector<double> key(E);
+        for (int i = 0; i < E; i++) key[i] = r.s[i] + m.bias[i];
+        std::sort(key.begin(), key.end(), std::greater<double>());
+        if (K == E || key[K - 1] - key[K] >= margin) x.insert(x.end(), row.begin(), row.end());
+    }
+    return x;
+}
+
+// The dense reference: every token through its chosen experts and the shared ones, directly.
+std::vector<double> ref_forward(const Model &m, const std::vector<float> &x, int B, int T,
+                                double *bal) {
+    int D = m.s.D, Fe = m.s.Fe, N = B * T;
+    std::vector<double> y((size_t)N * D, 0.0);
+    std::vector<moeref::Route> routes;
+    for (int t = 0; t < N; t++) {
+        const float *xt = x.data() + t * D;
+        routes.push_back(ref_route(m, xt));
+        const moeref::Route &r = routes.back();
+        for (int k = 0; k < m.s.K; k++) {
+            size_t w = (size_t)r.idx[k] * Fe * D;
+            std::vector<double> o = moeref::ffn(xt, &m.w1[w], &m.w3[w], &m.w2[w], D, Fe);
+            for (int i = 0; i < D; i++) y[t * D + i] += r.g[k] * o[i];
+        }
+        for (int j = 0; j < m.s.S; j++) {
+            size_t w = (size_t)j * Fe * D;
+            std::vector<double> o = moeref::ffn(xt, &m.sw1[w], &m.sw3[w], &m.sw2[w], D, Fe);
+            for (int i = 0; i < D; i++) y[t * D + i] += o[i];
+        }
+    }
+    *bal = moeref::balance_loss(routes, B, T, m.s.E, m.s.K);
+    return y;
+}
+
+struct Fwd {
+    std::vector<float> y;
+    std::vector<int> idx;
+    float bal;
+};
+
+Fwd forward(Model &m, const std::vector<float> &x, int B, int T, MoeDispatcher *d) {
+    Fwd f;
+    f.y.assign(x.size(), NAN);
+    MoeParams p = m.params();
+    MoeActs a;
+    moe_forward(f.y.data(), &a, x.data(), &m.s, &p, d, B, T);
+    f.idx.assign(a.idx, a.idx + (size_t)a.N * m.s.K);
+    f.bal = a.bal_loss;
+    moe_acts_free(&a, d);
+    return f;
+}
+
+// Gradients of every tensor, each buffer starting at `init` to check that the backward accumulates.
+struct Grads {
+    std::vector<float> x, router, w1, w3, w2, sw1, sw3, sw2;
+};
+
+Grads backward(Model &m, const std::vector<float> &x, const std::vector<float> &dy, int B, int T,
+               MoeDispatcher *d, float init) {
+    Grads g;
+    for (auto [dst, src] : {std::pair{&g.x, &x}, {&g.router, &m.router}, {&g.w1, &m.w1},
+                            {&g.w3, &m.w3}, {&g.w2, &m.w2}, {&g.sw1, &m.sw1}, {&g.sw3, &m.sw3},
+                            {&g.sw2, &m.sw2}})
+        dst->assign(src->size(), init);
+    std::vector<float> y(x.size());
+    MoeParams p = m.params();
+    MoeParams gp = {g.router.data(), nullptr,      g.w1.data(),  g.w3.data(),
+                    g.w2.data(),     g.sw1.data(), g.sw3.data(), g.sw2.data()};
+    MoeActs a;
+    moe_forward(y.data(), &a, x.data(), &m.s, &p, d, B, T);
+    moe_backward_input(g.x.data(), &a, dy.data(), &m.s, &p, d);
+    moe_backward_weight(&gp, &a, &m.s, d);
+    moe_acts_free(&a, d);
+    return g;
+}
+
+struct Case {
+    const char *name;
+    MoeShape s;
+    std::vector<float> bias;  // empty: zeros
+};
+
+std::vector<Case> cases() {
+    return {
+        {"sigmoid_norm_scaled_S2", shape(2, 0, 1, 2.5f, 0.5f), {}},
+        {"softmax_plain_S0", shape(0, 1, 0, 1.0f, 1.0f), {}},
+        {"sigmoid_plain_S1_noalpha", shape(1, 0, 0, 1.5f, 0.0f), {}},
+        {"softmax_norm_S2", shape(2, 1, 1, 1.0f, 0.3f), {}},
+        // Large biases send every token to experts 1 and 3: slots 0, 2, 4 and 5 get no rows.
+        {"empty_experts_S2", shape(2, 0, 1, 1.0f, 0.5f), {0, 10, 0, 10, 0, 0}},
+    };
+}
+
+class MoeLayer : public testing::TestWithParam<Case> {};
+
+TEST_P(MoeLayer, ForwardMatchesDenseReference) {
+    const Case &c = GetParam();
+    const int B = 2, T = 5, N = B * T, D = c.s.D;
+    Model m(c.s, 11);
+    if (!c.bias.empty()) m.bias = c.bias;
+    std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 12);
+    MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
+    Fwd f = forward(m, x, B, T, d);
+    double bal;
+    std::vector<double> ref = ref_forward(m, x, B, T, &bal);
+    for (int i = 0; i < N * D; i++) EXPECT_NEAR(f.y[i], ref[i], 1e-5 * (1 + std::fabs(ref[i]))) << i;
+    EXPECT_NEAR(f.bal, bal, 1e-5);
+    for (int t = 0; t < N; t++) {
+        moeref::Route r = ref_route(m, x.data() + t * D);
+        for (int k = 0; k < c.s.K; k++) EXPECT_EQ(f.idx[t * c.s.K + k], r.idx[k]);
+    }
+    if (!c.bias.empty())
+        for (int t = 0; t < N; t++) {
+            std::vector<int> chosen = {f.idx[t * 2], f.idx[t * 2 + 1]};
+            std::sort(chosen.begin(), chosen.end());
+            EXPECT_EQ(chosen, (std::vector<int>{1, 3}));
+        }
+    d->destroy(d);
+}
+
+TEST_P(MoeLayer, BackwardMatchesFiniteDifferences) {
+    const Case &c = GetParam();
+    const int B = 2, T = 4, N = B * T, D = c.s.D;
+    Model m(c.s, 21);
+    if (!c.bias.empty()) m.bias = c.bias;
+    std::vector<float> x = well_routed_inputs(m, N, 0.05f, 22);
+    std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 23);
+    MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
+    const float init = 0.25f;
+    Grads g = backward(m, x, dy, B, T, d, init);
+    const std::vector<int> idx0 = forward(m, x, B, T, d).idx;
+
+    // L = Σ dy·y + alpha · L_bal, in double over the layer's float outputs.
+    auto loss = [&]() {
+        Fwd f = forward(m, x, B, T, d);
+        EXPECT_EQ(f.idx, idx0) << "a finite-difference step changed the routing";
+        double L = c.s.alpha * (double)f.bal;
+        for (size_t i = 0; i < f.y.size(); i++) L += (double)dy[i] * f.y[i];
+        return L;
+    };
+    struct Check {
+        const char *name;
+        std::vector<float> *v, *grad;
+    };
+    std::vector<Check> checks = {{"x", &x, &g.x},       {"router", &m.router, &g.router},
+                                 {"w1", &m.w1, &g.w1},  {"w3", &m.w3, &g.w3},
+                                 {"w2", &m.w2, &g.w2},  {"sw1", &m.sw1, &g.sw1},
+                                 {"sw3", &m.sw3, &g.sw3}, {"sw2", &m.sw2, &g.sw2}};
+    const float eps = 1e-2f;
+    for (const Check &ch : checks) {
+        double max_err = 0;
+        for (size_t i = 0; i < ch.v->size(); i++) {
+            float v0 = (*ch.v)[i];
+            (*ch.v)[i] = v0 + eps;
+            double lp = loss();
+            float up = (*ch.v)[i];
+            (*ch.v)[i] = v0 - eps;
+            double lm = loss();
+            float dn = (*ch.v)[i];
+            (*ch.v)[i] = v0;
+            double fd = (lp - lm) / ((double)up - dn);
+            double an = (double)(*ch.grad)[i] - init;
+            EXPECT_NEAR(an, fd, 2e-3 + 5e-3 * std::fabs(fd)) << ch.name << "[" << i << "]";
+            max_err = std::max(max_err, std::fabs(an - fd));
+        }
+        RecordProperty(std::string("max_err_") + ch.name, std::to_string(max_err));
+    }
+    if (!c.bias.empty()) {
+        // Experts without tokens get exactly no gradient.
+        size_t n = (size_t)c.s.Fe * D;
+        for (int e : {0, 2, 4, 5})
+            for (size_t i = 0; i < n; i++) {
+                ASSERT_EQ(g.w1[e * n + i], init);
+                ASSERT_EQ(g.w3[e * n + i], init);
+                ASSERT_EQ(g.w2[e * n + i], init);
+            }
+    }
+    d->destroy(d);
+}
+
+TEST_P(MoeLayer, Deterministic) {
+    const Case &c = GetParam();
+    const int B = 2, T = 5, N = B * T, D = c.s.D;
+    Model m(c.s, 31);
+    if (!c.bias.empty()) m.bias = c.bias;
+    std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 32);
+    std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 33);
+    MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
+    Fwd f1 = forward(m, x, B, T, d), f2 = forward(m, x, B, T, d);
+    EXPECT_EQ(f1.y, f2.y);
+    EXPECT_EQ(f1.bal, f2.bal);
+    Grads g1 = backward(m, x, dy, B, T, d, 0.0f), g2 = backward(m, x, dy, B, T, d, 0.0f);
+    EXPECT_EQ(g1.x, g2.x);
+    EXPECT_EQ(g1.router, g2.router);
+    EXPECT_EQ(g1.w1, g2.w1);
+    EXPECT_EQ(g1.w3, g2.w3);
+    EXPECT_EQ(g1.w2, g2.w2);
+    EXPECT_EQ(g1.sw1, g2.sw1);
+    EXPECT_EQ(g1.sw3, g2.sw3);
+    EXPECT_EQ(g1.sw2, g2.sw2);
+    d->destroy(d);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, MoeLayer, testing::ValuesIn(cases()),
+                         [](const testing::TestParamInfo<Case> &i) { return std::string(i.param.name); });
+
+// With dy = 0 the only gradient is alpha · ∂L_bal, which reaches x and the router weights through the
+// scores and nothing else.
+TEST(MoeLayerBalance, BalanceLossAloneDrivesTheRouterGradient) {
+    const int B = 2, T = 4, N = B * T;
+    MoeShape s = shape(1, 0, 1, 1.0f, 2.0f);
+    Model m(s, 41);
+    std::vector<float> x = well_routed_inputs(m, N, 0.05f, 42);
+    std::vector<float> dy((size_t)N * s.D, 0.0f);
+    MoeDispatcher *d = moe_local_dispatcher_create(s.E);
+    Grads g = backward(m, x, dy, B, T, d, 0.0f);
+    for (float v : g.w1) ASSERT_EQ(v, 0.0f);
+    for (float v : g.sw2) ASSERT_EQ(v, 0.0f);
+    double norm = 0;
+    const float eps = 1e-2f;
+    for (size_t i = 0; i < m.router.size(); i++) {
+        float v0 = m.router[i];
+        m.router[i] = v0 + eps;
+        double lp = forward(m, x, B, T, d).bal;
+        m.router[i] = v0 - eps;
+        double lm = forward(m, x, B, T, d).bal;
+        m.router[i] = v0;
+        double fd = s.alpha * (lp - lm) / (2.0 * eps);
+        EXPECT_NEAR(g.router[i], fd, 2e-4 + 1e-2 * std::fabs(fd)) << i;
+        norm += fd * fd;
+    }
+    EXPECT_GT(std::sqrt(norm), 1e-2);  // the check above is not vacuous
+    d->destroy(d);
+}
+
+TEST(MoeLayerDeathTest, Misuse) {
+    MoeShape s = shape(0, 0, 1, 1.0f, 0.0f);
+    Model m(s, 51);
+    MoeParams p = m.params();
+    std::vector<float> x((size_t)2 * s.D, 0.5f), y(x.size());
+    MoeDispatcher *d = moe_local_dispatcher_create(s.E);
+    EXPECT_EXIT(
+        {
+            MoeActs a;
+            moe_forward(y.data(), &a, x.data(), &s, &p, d, 1, 2);
+            moe_backward_weight(&p, &a, &s, d);
+        },
+        testing::ExitedWithCode(1), "needs moe_backward_input first");
+    MoeShape bad = s;
+    bad.rc.K = 3;
+    EXPECT_EXIT(
+        {
+            MoeActs a;
+            moe_forward(y.data(), &a, x.data(), &bad, &p, d, 1, 2);
+        },
+        testing::ExitedWithCode(1), "router config .* disagrees");
+    std::vector<int> idx = {0, 6};
+    int n_rows, counts[6];
+    EXPECT_EXIT(d->plan(d, idx.data(), 1, 2, &n_rows, counts), testing::ExitedWithCode(1),
+                "expert id 6 out of range");
+    d->destroy(d);
+}
+
+}  // namespace
