@@ -1,0 +1,231 @@
+// `moelab eplb`: reads a load matrix (CSV, one row per MoE layer, one column per logical expert) and
+// prints the EPLB plan of parallel/eplb.h as JSON. A thin front end: flags, CSV checks, JSON output.
+// Bad input gives one message naming the row and column (1-based) or the broken rule, and exit code 2.
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "framework/core/check.h"
+#include "framework/core/mem.h"
+#include "parallel/eplb.h"
+#include "tools/commands.h"
+
+static const char USAGE[] =
+    "usage: moelab eplb --load FILE --replicas R --groups Ng --nodes Nn --ranks G\n"
+    "\n"
+    "Plans expert replication and placement (ARCHITECTURE.md §6) and prints it as JSON.\n"
+    "  --load FILE    CSV of expert loads: one row per layer, E non-negative numbers per row\n"
+    "  --replicas R   physical expert slots per layer (R >= E, R % G == 0)\n"
+    "  --groups Ng    expert groups, contiguous blocks kept on one node (E % Ng == 0)\n"
+    "  --nodes Nn     nodes (G % Nn == 0); Ng % Nn == 0 selects the hierarchical policy,\n"
+    "                 otherwise the global one\n"
+    "  --ranks G      ranks (GPUs) in all, R/G slots each\n"
+    "Output: {\"policy\": ..., \"layers\": [{\"phy2log\", \"log2phy\", \"logcnt\",\n"
+    "  \"rank_load_max_over_mean_before\", \"rank_load_max_over_mean_after\"}, ...]}\n"
+    "(\"before\" is the identity placement, E/G experts per rank; null when G does not divide E).\n";
+
+// Prints one usage-error line (the same form as core_usage_error) and returns exit code 2.
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fflush(stdout);
+    fputs("moelab: error: eplb: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return CORE_EXIT_USAGE;
+}
+
+// A positive int from a flag value, or -1.
+static int parse_positive(const char *s) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end != '\0' || v < 1 || v > INT_MAX) return -1;
+    return (int)v;
+}
+
+// Reads the whole file into a NUL-terminated buffer (core_free it), or NULL.
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *text = NULL;
+    long n;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+        text = core_alloc((size_t)n + 1);
+        if (fread(text, 1, (size_t)n, f) != (size_t)n) {
+            core_free(text);
+            text = NULL;
+        }
+    }
+    fclose(f);
+    return text;
+}
+
+// One CSV field: text between separators, surrounding blanks removed. Returns 0 and sets *v, or an
+// exit code after printing an error that names the row and column.
+static int parse_field(char *s, const char *path, int row, int col, double *v) {
+    while (*s == ' ' || *s == '\t') s++;
+    char *e = s + strlen(s);
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t')) *--e = '\0';
+    if (*s == '\0') return fail("%s: row %d, column %d: empty value", path, row, col);
+    char *end;
+    *v = strtod(s, &end);
+    if (end == s || *end != '\0') return fail("%s: row %d, column %d: '%s' is not a number", path, row, col, s);
+    if (!isfinite(*v)) return fail("%s: row %d, column %d: '%s' is not a finite number", path, row, col, s);
+    if (*v < 0) return fail("%s: row %d, column %d: %s is negative, loads must be >= 0", path, row, col, s);
+    return 0;
+}
+
+// Parses text (modified in place) into load (rows, cols), allocated here. Blank lines may only
+// trail the data. Returns 0, or an exit code after printing the error.
+static int parse_csv(char *text, const char *path, double **load, int *rows, int *cols) {
+    // Every value needs a separator or a line end after it, which bounds the value count.
+    size_t cap = 1;
+    for (const char *c = text; *c; c++) cap += (*c == ',' || *c == '\n');
+    double *v = core_alloc(cap * sizeof(double));
+    int L = 0, E = 0, blank_row = 0, rc = 0;
+    size_t n = 0;
+    char *line = text;
+    for (int row = 1; line && rc == 0; row++) {
+        char *next = strchr(line, '\n');
+        if (next) *next++ = '\0';
+        size_t len = strlen(line);
+        if (len && line[len - 1] == '\r') line[len - 1] = '\0';
+        if (line[strspn(line, " \t")] == '\0') {
+            if (!blank_row) blank_row = row;
+            line = next;
+            continue;
+        }
+        if (blank_row) {
+            rc = fail("%s: row %d is empty (blank lines may only end the file)", path, blank_row);
+            break;
+        }
+        int col = 0;
+        for (char *f = line; f && rc == 0; col++) {
+            char *comma = strchr(f, ',');
+            if (comma) *comma++ = '\0';
+            rc = parse_field(f, path, row, col + 1, &v[n++]);
+            f = comma;
+        }
+        if (rc) break;
+        if (L == 0) E = col;
+        else if (col != E)
+            rc = fail("%s: row %d has %d values but row 1 has %d (every row needs one value per expert)",
+                      path, row, col, E);
+        L++;
+        line = next;
+    }
+    if (rc == 0 && L == 0) rc = fail("%s: no rows of expert loads", path);
+    if (rc) {
+        core_free(v);
+        return rc;
+    }
+    *load = v, *rows = L, *cols = E;
+    return 0;
+}
+
+static void print_ints(const int *v, int n) {
+    putchar('[');
+    for (int i = 0; i < n; i++) printf(i ? ", %d" : "%d", v[i]);
+    putchar(']');
+}
+
+// The shortest decimal that reads back as the same double, always with a '.' or exponent so that it
+// reads as a real number (as Python's json writes it).
+static void print_real(double x) {
+    char buf[32];
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, x);
+        if (strtod(buf, NULL) == x) break;
+    }
+    fputs(buf, stdout);
+    if (!strpbrk(buf, ".e")) fputs(".0", stdout);
+}
+
+static void print_plan(const EplbPlan *p, const double *load) {
+    const EplbShape *s = &p->shape;
+    int E = s->E, R = s->R, G = s->G, M = p->maxcnt;
+    printf("{\"policy\": \"%s\", \"layers\": [", p->hierarchical ? "hierarchical" : "global");
+    for (int l = 0; l < s->L; l++) {
+        const double *ld = load + (size_t)l * E;     // (E)
+        const int *phy2log = p->phy2log + (size_t)l * R;  // (R)
+        const int *logcnt = p->logcnt + (size_t)l * E;    // (E)
+        printf(l ? ", {\"phy2log\": " : "{\"phy2log\": ");
+        print_ints(phy2log, R);
+        printf(", \"log2phy\": [");
+        for (int e = 0; e < E; e++) {
+            if (e) printf(", ");
+            print_ints(p->log2phy + ((size_t)l * E + e) * M, M);
+        }
+        printf("], \"logcnt\": ");
+        print_ints(logcnt, E);
+        printf(", \"rank_load_max_over_mean_before\": ");
+        if (E % G == 0) print_real(eplb_rank_imbalance(ld, E, NULL, NULL, E, G));
+        else printf("null");
+        printf(", \"rank_load_max_over_mean_after\": ");
+        print_real(eplb_rank_imbalance(ld, E, phy2log, logcnt, R, G));
+        putchar('}');
+    }
+    printf("]}\n");
+    fflush(stdout);
+}
+
+int cmd_eplb(int argc, char **argv) {
+    const char *path = NULL;
+    int R = 0, Ng = 0, Nn = 0, G = 0;
+    static const char *names[] = {"--replicas", "--groups", "--nodes", "--ranks"};
+    int *ints[] = {&R, &Ng, &Nn, &G};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(USAGE, stdout);
+            return 0;
+        }
+        // Both "--flag value" and "--flag=value".
+        const char *eq = strchr(a, '=');
+        size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
+        const char *val = eq ? eq + 1 : (i + 1 < argc ? argv[i + 1] : NULL);
+        int k = -1;
+        for (int j = 0; j < 4; j++)
+            if (strlen(names[j]) == nlen && !strncmp(a, names[j], nlen)) k = j;
+        if (k < 0 && !(nlen == 6 && !strncmp(a, "--load", 6)))
+            return fail("unknown option '%s' (see moelab eplb --help)", a);
+        if (!val) return fail("%.*s needs a value", (int)nlen, a);
+        if (!eq) i++;
+        if (k < 0) {
+            path = val;
+        } else if ((*ints[k] = parse_positive(val)) < 0) {
+            return fail("%s = '%s': expected a positive integer", names[k], val);
+        }
+    }
+    if (!path) return fail("missing --load FILE (see moelab eplb --help)");
+    for (int j = 0; j < 4; j++)
+        if (*ints[j] == 0) return fail("missing %s (see moelab eplb --help)", names[j]);
+
+    char *text = read_text(path);
+    if (!text) return fail("cannot read load file '%s'", path);
+    double *load;  // (L, E)
+    int L, E;
+    int rc = parse_csv(text, path, &load, &L, &E);
+    core_free(text);
+    if (rc) return rc;
+
+    EplbShape s = {.L = L, .E = E, .R = R, .Ng = Ng, .Nn = Nn, .G = G};
+    char msg[256];
+    if (eplb_shape_error(&s, msg, sizeof msg)) {
+        core_free(load);
+        return fail("%s (E = %d is the number of columns of %s)", msg, E, path);
+    }
+    EplbPlan *p = eplb_plan_create(&s);
+    eplb_plan_run(p, load);
+    print_plan(p, load);
+    eplb_plan_free(p);
+    core_free(load);
+    return 0;
+}
