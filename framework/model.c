@@ -1,0 +1,439 @@
+// Model assembly and the micro-batch forward/backward of the MoE transformer (ARCHITECTURE.md §2).
+// Each layer's forward and backward sit side by side; backward is split into backward_input (the
+// gradient flowing to earlier layers) and backward_weight (parameter gradients), as §3 requires.
+#include "framework/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "framework/core/check.h"
+#include "framework/core/mem.h"
+#include "framework/core/rng.h"
+#include "layers/attention.h"
+#include "layers/crossentropy.h"
+#include "layers/embedding.h"
+#include "layers/linear.h"
+#include "layers/rmsnorm.h"
+#include "layers/rope.h"
+
+int model_is_moe_layer(const Model *m, int l) { return l >= m->cfg.n_dense_layers; }
+
+// ---------------------------------------------------------------------------------------------
+// Registry: names, shapes and initialization of every tensor.
+
+static int add(Model *m, const char *name, int layer, ParamKind kind, int ndim, int64_t d0,
+               int64_t d1, int64_t d2, float std, float value) {
+    const int64_t shape[3] = {d0, d1, d2};
+    int64_t local = kind == PARAM_EXPERT && strstr(name, ".experts.") ? m->n_local : d0;
+    return params_add(&m->reg, name, layer, kind, ndim, shape, local, std, value);
+}
+
+static void declare(Model *m) {
+    const MoeConfig *c = &m->cfg;
+    const int D = c->D, hd = m->hd;
+    // Output projections are scaled by 1/sqrt(2L) (GPT-2 style), as §2 specifies.
+    const float s = 0.02f, s_out = 0.02f / sqrtf(2.0f * (float)c->L);
+    char n[PARAM_NAME_MAX];
+    add(m, "embed", -1, PARAM_DENSE, 2, c->V, D, 1, s, 0);
+    for (int l = 0; l < c->L; l++) {
+#define NAME(x) (snprintf(n, sizeof n, "layers.%d." x, l), n)
+        add(m, NAME("attn_norm"), l, PARAM_DENSE, 1, D, 1, 1, 0, 1.0f);
+        add(m, NAME("wq"), l, PARAM_DENSE, 2, (int64_t)c->H * hd, D, 1, s, 0);
+        add(m, NAME("wk"), l, PARAM_DENSE, 2, (int64_t)c->Hkv * hd, D, 1, s, 0);
+        add(m, NAME("wv"), l, PARAM_DENSE, 2, (int64_t)c->Hkv * hd, D, 1, s, 0);
+        add(m, NAME("wo"), l, PARAM_DENSE, 2, D, (int64_t)c->H * hd, 1, s_out, 0);
+        add(m, NAME("ffn_norm"), l, PARAM_DENSE, 1, D, 1, 1, 0, 1.0f);
+        if (!model_is_moe_layer(m, l)) {
+            add(m, NAME("w1"), l, PARAM_DENSE, 2, c->F, D, 1, s, 0);
+            add(m, NAME("w3"), l, PARAM_DENSE, 2, c->F, D, 1, s, 0);
+            add(m, NAME("w2"), l, PARAM_DENSE, 2, D, c->F, 1, s_out, 0);
+            continue;
+        }
+        add(m, NAME("router"), l, PARAM_DENSE, 2, c->E, D, 1, s, 0);
+        add(m, NAME("router_bias"), l, PARAM_BUFFER, 1, c->E, 1, 1, 0, 0);
+        add(m, NAME("experts.w1"), l, PARAM_EXPERT, 3, c->E, c->Fe, D, s, 0);
+        add(m, NAME("experts.w3"), l, PARAM_EXPERT, 3, c->E, c->Fe, D, s, 0);
+        add(m, NAME("experts.w2"), l, PARAM_EXPERT, 3, c->E, D, c->Fe, s_out, 0);
+        if (c->S > 0) {
+            add(m, NAME("shared.w1"), l, PARAM_DENSE, 3, c->S, c->Fe, D, s, 0);
+            add(m, NAME("shared.w3"), l, PARAM_DENSE, 3, c->S, c->Fe, D, s, 0);
+            add(m, NAME("shared.w2"), l, PARAM_DENSE, 3, c->S, D, c->Fe, s_out, 0);
+        }
+#undef NAME
+    }
+    add(m, "final_norm", -1, PARAM_DENSE, 1, D, 1, 1, 0, 1.0f);
+    if (!c->tie_embeddings) add(m, "lm_head", -1, PARAM_DENSE, 2, c->V, D, 1, s, 0);
+}
+
+// Views of layer l's tensors inside `base` (the value or the gradient buffer).
+static LayerWeights layer_views(const Model *m, int l, float *base) {
+    LayerWeights w;
+    memset(&w, 0, sizeof w);
+    char n[PARAM_NAME_MAX];
+#define AT(x) (snprintf(n, sizeof n, "layers.%d." x, l), base + m->reg.p[params_find(&m->reg, n)].offset)
+#define AT_OPT(x) (snprintf(n, sizeof n, "layers.%d." x, l), \
+                   params_find(&m->reg, n) >= 0 ? base + m->reg.p[params_find(&m->reg, n)].offset : NULL)
+    w.attn_norm = AT("attn_norm");
+    w.wq = AT("wq"); w.wk = AT("wk"); w.wv = AT("wv"); w.wo = AT("wo");
+    w.ffn_norm = AT("ffn_norm");
+    if (!model_is_moe_layer(m, l)) {
+        w.w1 = AT("w1"); w.w3 = AT("w3"); w.w2 = AT("w2");
+    } else {
+        w.moe.router = AT("router");
+        w.moe.bias = base == m->reg.data ? AT("router_bias") : NULL;
+        w.moe.w1 = AT("experts.w1"); w.moe.w3 = AT("experts.w3"); w.moe.w2 = AT("experts.w2");
+        w.moe.sw1 = AT_OPT("shared.w1"); w.moe.sw3 = AT_OPT("shared.w3"); w.moe.sw2 = AT_OPT("shared.w2");
+    }
+#undef AT
+#undef AT_OPT
+    return w;
+}
+
+Model *model_create(const MoeConfig *c, int ep_rank, int ep_size) {
+    config_validate(c);
+    CHECK(ep_size >= 1 && c->E % ep_size == 0 && ep_rank >= 0 && ep_rank < ep_size,
+          "bad expert-parallel layout: rank %d of %d for %d experts", ep_rank, ep_size, c->E);
+    Model *m = core_alloc(sizeof *m);
+    m->cfg = *c;
+    m->hd = c->D / c->H;
+    m->ep_rank = ep_rank;
+    m->ep_size = ep_size;
+    m->n_local = c->E / ep_size;
+    declare(m);
+    params_allocate(&m->reg);
+    m->w = core_alloc((size_t)c->L * sizeof *m->w);
+    m->g = core_alloc((size_t)c->L * sizeof *m->g);
+    for (int l = 0; l < c->L; l++) {
+        m->w[l] = layer_views(m, l, m->reg.data);
+        m->g[l] = layer_views(m, l, m->reg.grad);
+    }
+    m->embed = params_ptr(&m->reg, "embed");
+    m->d_embed = params_grad(&m->reg, "embed");
+    m->final_norm = params_ptr(&m->reg, "final_norm");
+    m->d_final_norm = params_grad(&m->reg, "final_norm");
+    m->lm_head = c->tie_embeddings ? m->embed : params_ptr(&m->reg, "lm_head");
+    m->d_lm_head = c->tie_embeddings ? m->d_embed : params_grad(&m->reg, "lm_head");
+    MoeShape *s = &m->moe_shape;
+    s->D = c->D; s->E = c->E; s->K = c->K; s->S = c->S; s->Fe = c->Fe;
+    s->rc.E = c->E; s->rc.K = c->K;
+    s->rc.softmax = strcmp(c->score, "softmax") == 0;
+    s->rc.norm_topk = c->norm_topk;
+    s->rc.route_scale = c->route_scale;
+    s->alpha = c->balance_alpha;
+    m->disp = moe_local_dispatcher_create(c->E);
+    m->expert_counts = core_alloc((size_t)c->L * (size_t)c->E * sizeof(long));
+    return m;
+}
+
+void model_init_weights(Model *m) {
+    const ParamRegistry *r = &m->reg;
+    for (int i = 0; i < r->n; i++) {
+        const ParamInfo *p = &r->p[i];
+        float *x = r->data + p->offset;
+        // The generator key uses the name inside the layer ("wq", "experts.w1"), so the same tensor
+        // of the same layer always gets the same numbers.
+        const char *short_name = p->layer >= 0 ? strchr(strchr(p->name, '.') + 1, '.') + 1 : p->name;
+        if (p->init_std == 0.0f) {
+            for (size_t j = 0; j < p->numel; j++) x[j] = p->init_value;
+        } else if (p->kind == PARAM_EXPERT || strstr(p->name, ".shared.")) {
+            // One key per expert: a rank holding experts [first, first + local_rows) generates exactly
+            // the numbers the one-process run puts there.
+            size_t slice = p->numel / (size_t)p->local_rows;
+            int first = p->kind == PARAM_EXPERT ? m->ep_rank * m->n_local : 0;
+            for (int64_t e = 0; e < p->local_rows; e++)
+                rng_normal_fill(x + (size_t)e * slice, slice, p->init_std, m->cfg.seed, p->layer,
+                                short_name, first + (int)e);
+        } else {
+            rng_normal_fill(x, p->numel, p->init_std, m->cfg.seed, p->layer, short_name, -1);
+        }
+    }
+    // Test knob: a skewed initial balancing bias makes the router prefer low expert ids.
+    if (m->cfg.router_skew != 0.0f)
+        for (int l = 0; l < m->cfg.L; l++)
+            if (model_is_moe_layer(m, l))
+                for (int e = 0; e < m->cfg.E; e++)
+                    m->w[l].moe.bias[e] = m->cfg.router_skew * (float)(m->cfg.E - 1 - e) / (float)m->cfg.E;
+}
+
+void model_set_dispatcher(Model *m, MoeDispatcher *d) {
+    if (m->disp) m->disp->destroy(m->disp);
+    m->disp = d;
+}
+
+void model_free(Model *m) {
+    if (!m) return;
+    if (m->disp) m->disp->destroy(m->disp);
+    params_free(&m->reg);
+    core_free(m->w);
+    core_free(m->g);
+    core_free(m->expert_counts);
+    core_free(m);
+}
+
+void model_reset_counts(Model *m) {
+    memset(m->expert_counts, 0, (size_t)m->cfg.L * (size_t)m->cfg.E * sizeof(long));
+}
+
+void model_load_imbalance(const Model *m, float *out) {
+    const int E = m->cfg.E;
+    for (int l = 0; l < m->cfg.L; l++) {
+        out[l] = 0;
+        if (!model_is_moe_layer(m, l)) continue;
+        const long *c = m->expert_counts + (size_t)l * E;
+        long sum = 0, mx = 0;
+        for (int e = 0; e < E; e++) { sum += c[e]; if (c[e] > mx) mx = c[e]; }
+        out[l] = sum > 0 ? (float)mx * (float)E / (float)sum : 0.0f;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation memory: one arena per micro-batch, freed as a whole when the micro-batch is done.
+
+static float *arena_f(ModelActs *a, size_t n) {
+    size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
+    CHECK(a->arena_used + bytes <= a->arena_cap, "activation arena overflow (%zu + %zu > %zu)",
+          a->arena_used, bytes, a->arena_cap);
+    float *p = (float *)(a->arena + a->arena_used);
+    a->arena_used += bytes;
+    return p;
+}
+
+// Floats the arena needs for B sequences of T tokens (a safe upper bound on the buffers below).
+static size_t arena_floats(const Model *m, int B, int T) {
+    const MoeConfig *c = &m->cfg;
+    const size_t N = (size_t)B * T, D = c->D, qd = (size_t)c->H * m->hd, kd = (size_t)c->Hkv * m->hd;
+    size_t per_layer = 2 * N * D /*h_in, a*/ + N + 2 * (N * qd + 2 * N * kd) /*q k v qr kr*/ +
+                       (size_t)B * c->H * T * T + N * qd + 3 * N * D /*h_mid m ffn_out*/ + N +
+                       5 * N * (size_t)c->F /*ffn*/ + N * D /*d_h_mid*/ + N * qd + 2 * N * kd +
+                       2 * N * D /*da dm*/;
+    size_t rest = 2 * N /*tokens as ints*/ + N * D * 2 + N + N * c->V * 2 + 2 * N + N * D +
+                  ((size_t)c->L + 1) * N * D;
+    return (size_t)c->L * (per_layer + 16 * 64) + rest + 64 * 64;
+}
+
+static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
+    memset(a, 0, sizeof *a);
+    const MoeConfig *c = &m->cfg;
+    const size_t N = (size_t)B * T, D = c->D, qd = (size_t)c->H * m->hd, kd = (size_t)c->Hkv * m->hd;
+    a->B = B; a->T = T; a->N = (int)N;
+    a->arena_cap = arena_floats(m, B, T) * sizeof(float);
+    a->arena = core_alloc(a->arena_cap);
+    a->inputs = (int *)arena_f(a, N);
+    a->targets = (int *)arena_f(a, N);
+    a->layer = core_alloc((size_t)c->L * sizeof *a->layer);
+    for (int l = 0; l < c->L; l++) {
+        LayerActs *la = &a->layer[l];
+        la->h_in = arena_f(a, N * D);
+        la->a = arena_f(a, N * D); la->rstd1 = arena_f(a, N);
+        la->q = arena_f(a, N * qd); la->k = arena_f(a, N * kd); la->v = arena_f(a, N * kd);
+        la->qr = arena_f(a, N * qd); la->kr = arena_f(a, N * kd);
+        la->att = arena_f(a, (size_t)B * c->H * T * T);
+        la->o = arena_f(a, N * qd);
+        la->h_mid = arena_f(a, N * D);
+        la->m = arena_f(a, N * D); la->rstd2 = arena_f(a, N);
+        la->ffn_out = arena_f(a, N * D);
+        if (!model_is_moe_layer(m, l)) {
+            la->ffn.a = arena_f(a, N * c->F); la->ffn.b = arena_f(a, N * c->F);
+            la->ffn.h = arena_f(a, N * c->F);
+            la->ffn.da = arena_f(a, N * c->F); la->ffn.db = arena_f(a, N * c->F);
+        }
+        la->d_h_mid = arena_f(a, N * D);
+        la->dq = arena_f(a, N * qd); la->dk = arena_f(a, N * kd); la->dv = arena_f(a, N * kd);
+        la->da = arena_f(a, N * D); la->dm = arena_f(a, N * D);
+    }
+    a->h_out = arena_f(a, N * D);
+    a->hf = arena_f(a, N * D); a->rstdf = arena_f(a, N);
+    a->logits = arena_f(a, N * c->V);
+    a->lse = arena_f(a, N); a->losses = arena_f(a, N);
+    a->dh = arena_f(a, ((size_t)c->L + 1) * N * D);
+    a->dlogits = arena_f(a, N * c->V);
+    a->dhf = arena_f(a, N * D);
+}
+
+void model_acts_free(Model *m, ModelActs *a) {
+    if (a->layer)
+        for (int l = 0; l < m->cfg.L; l++)
+            if (model_is_moe_layer(m, l)) moe_acts_free(&a->layer[l].moe, m->disp);
+    core_free(a->layer);
+    core_free(a->arena);
+    memset(a, 0, sizeof *a);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention block: h_mid = h + Wo · attention(RoPE(Wq a), RoPE(Wk a), Wv a), a = RMSNorm(h)·g.
+
+static void attn_forward(const Model *m, const LayerWeights *w, LayerActs *la, int B, int T) {
+    const MoeConfig *c = &m->cfg;
+    const int N = B * T, D = c->D, hd = m->hd, qd = c->H * hd, kd = c->Hkv * hd;
+    rmsnorm_forward(la->a, la->rstd1, la->h_in, w->attn_norm, N, D, c->norm_eps);
+    linear_forward(la->q, la->a, w->wq, N, D, qd);
+    linear_forward(la->k, la->a, w->wk, N, D, kd);
+    linear_forward(la->v, la->a, w->wv, N, D, kd);
+    rope_forward(la->qr, la->q, N, T, c->H, hd, c->rope_theta);
+    rope_forward(la->kr, la->k, N, T, c->Hkv, hd, c->rope_theta);
+    attention_forward(la->o, la->att, la->qr, la->kr, la->v, B, T, c->H, c->Hkv, hd);
+    linear_forward(la->h_mid, la->o, w->wo, N, qd, D);
+    for (size_t i = 0; i < (size_t)N * D; i++) la->h_mid[i] += la->h_in[i];
+}
+
+// dh_in (N, D) = ∂/∂h_in given d_h_mid (already in la->d_h_mid).
+static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs *la, float *dh_in,
+                                int B, int T) {
+    const MoeConfig *c = &m->cfg;
+    const size_t N = (size_t)B * T;
+    const int D = c->D, hd = m->hd, qd = c->H * hd, kd = c->Hkv * hd;
+    // do and the RoPE'd gradients are temporaries: backward_weight needs only dq, dk, dv, da.
+    float *d_o = core_alloc(N * qd * sizeof(float));
+    float *dqr = core_alloc(N * qd * sizeof(float));
+    float *dkr = core_alloc(N * kd * sizeof(float));
+    linear_backward_input(d_o, la->d_h_mid, w->wo, (int)N, qd, D);
+    memset(la->dv, 0, N * kd * sizeof(float));
+    attention_backward_input(dqr, dkr, la->dv, d_o, la->qr, la->kr, la->v, la->att, B, T, c->H,
+                             c->Hkv, hd);
+    memset(la->dq, 0, N * qd * sizeof(float));
+    memset(la->dk, 0, N * kd * sizeof(float));
+    rope_backward_input(la->dq, dqr, (int)N, T, c->H, hd, c->rope_theta);
+    rope_backward_input(la->dk, dkr, (int)N, T, c->Hkv, hd, c->rope_theta);
+    memset(la->da, 0, N * D * sizeof(float));
+    linear_backward_input(la->da, la->dq, w->wq, (int)N, D, qd);
+    linear_backward_input(la->da, la->dk, w->wk, (int)N, D, kd);
+    linear_backward_input(la->da, la->dv, w->wv, (int)N, D, kd);
+    memcpy(dh_in, la->d_h_mid, N * D * sizeof(float));  // the residual path
+    rmsnorm_backward_input(dh_in, la->da, la->h_in, w->attn_norm, la->rstd1, (int)N, D);
+    core_free(d_o);
+    core_free(dqr);
+    core_free(dkr);
+}
+
+static void attn_backward_weight(const Model *m, LayerWeights *g, const LayerActs *la, int N) {
+    const MoeConfig *c = &m->cfg;
+    const int D = c->D, qd = c->H * m->hd, kd = c->Hkv * m->hd;
+    linear_backward_weight(g->wo, la->d_h_mid, la->o, N, qd, D);
+    linear_backward_weight(g->wq, la->dq, la->a, N, D, qd);
+    linear_backward_weight(g->wk, la->dk, la->a, N, D, kd);
+    linear_backward_weight(g->wv, la->dv, la->a, N, D, kd);
+    rmsnorm_backward_weight(g->attn_norm, la->da, la->h_in, la->rstd1, N, D);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Feed-forward block: h_out = h_mid + FFN(RMSNorm(h_mid)·g), FFN dense SwiGLU or MoE.
+
+static void ffn_forward(Model *m, int l, LayerActs *la, float *h_out, int B, int T) {
+    const MoeConfig *c = &m->cfg;
+    const int N = B * T, D = c->D;
+    const LayerWeights *w = &m->w[l];
+    rmsnorm_forward(la->m, la->rstd2, la->h_mid, w->ffn_norm, N, D, c->norm_eps);
+    if (model_is_moe_layer(m, l)) {
+        moe_forward(la->ffn_out, &la->moe, la->m, &m->moe_shape, &w->moe, m->disp, B, T);
+        if (m->count_routes)
+            router_count(m->expert_counts + (size_t)l * c->E, la->moe.idx, N, c->K, c->E);
+    } else {
+        swiglu_forward(la->ffn_out, &la->ffn, la->m, w->w1, w->w3, w->w2, N, D, c->F);
+    }
+    for (size_t i = 0; i < (size_t)N * D; i++) h_out[i] = la->h_mid[i] + la->ffn_out[i];
+}
+
+// la->d_h_mid = ∂/∂h_mid given dh_out (N, D).
+static void ffn_backward_input(Model *m, int l, LayerActs *la, const float *dh_out, int N,
+                               float scale) {
+    const MoeConfig *c = &m->cfg;
+    const int D = c->D;
+    const LayerWeights *w = &m->w[l];
+    memset(la->dm, 0, (size_t)N * D * sizeof(float));
+    if (model_is_moe_layer(m, l)) {
+        // The balance loss enters the objective as scale·alpha·L_bal (dh_out is already scaled).
+        MoeShape shape = m->moe_shape;
+        shape.alpha *= scale;
+        moe_backward_input(la->dm, &la->moe, dh_out, &shape, &w->moe, m->disp);
+    } else {
+        float *dh = core_alloc((size_t)N * c->F * sizeof(float));
+        swiglu_backward_input(la->dm, &la->ffn, dh, dh_out, w->w1, w->w3, w->w2, N, D, c->F);
+        core_free(dh);
+    }
+    memcpy(la->d_h_mid, dh_out, (size_t)N * D * sizeof(float));
+    rmsnorm_backward_input(la->d_h_mid, la->dm, la->h_mid, w->ffn_norm, la->rstd2, N, D);
+}
+
+static void ffn_backward_weight(Model *m, int l, LayerActs *la, const float *dh_out, int N) {
+    const MoeConfig *c = &m->cfg;
+    LayerWeights *g = &m->g[l];
+    if (model_is_moe_layer(m, l))
+        moe_backward_weight(&g->moe, &la->moe, &m->moe_shape, m->disp);
+    else
+        swiglu_backward_weight(g->w1, g->w3, g->w2, &la->ffn, la->m, dh_out, N, c->D, c->F);
+    rmsnorm_backward_weight(g->ffn_norm, la->dm, la->h_mid, la->rstd2, N, c->D);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The whole stack.
+
+float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int with_targets) {
+    const MoeConfig *c = &m->cfg;
+    CHECK(T >= 1 && T <= c->T, "sequence length %d outside [1, %d]", T, c->T);
+    acts_alloc(m, a, B, T);
+    const int N = B * T, D = c->D;
+    a->has_targets = with_targets;
+    const int stride = with_targets ? T + 1 : T;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int x = tokens[b * stride + t];
+            CHECK(x >= 0 && x < c->V, "token id %d outside the vocabulary [0, %d)", x, c->V);
+            a->inputs[b * T + t] = x;
+            if (with_targets) {
+                int y = tokens[b * stride + t + 1];
+                CHECK(y >= 0 && y < c->V, "token id %d outside the vocabulary [0, %d)", y, c->V);
+                a->targets[b * T + t] = y;
+            }
+        }
+    embedding_forward(a->layer[0].h_in, a->inputs, m->embed, N, c->V, D);
+    a->bal = 0;
+    for (int l = 0; l < c->L; l++) {
+        LayerActs *la = &a->layer[l];
+        float *h_out = l + 1 < c->L ? a->layer[l + 1].h_in : a->h_out;
+        attn_forward(m, &m->w[l], la, B, T);
+        ffn_forward(m, l, la, h_out, B, T);
+        if (model_is_moe_layer(m, l)) a->bal += la->moe.bal_loss;
+    }
+    rmsnorm_forward(a->hf, a->rstdf, a->h_out, m->final_norm, N, D, c->norm_eps);
+    linear_forward(a->logits, a->hf, m->lm_head, N, D, c->V);
+    if (!with_targets) return 0.0f;
+    crossentropy_forward(a->losses, a->lse, a->logits, a->targets, N, c->V);
+    double ce = 0;
+    for (int i = 0; i < N; i++) ce += a->losses[i];
+    a->ce = (float)(ce / N);
+    return a->ce + c->balance_alpha * a->bal;
+}
+
+void model_backward_input(Model *m, ModelActs *a, float scale) {
+    const MoeConfig *c = &m->cfg;
+    const int N = a->N, D = c->D;
+    CHECK(a->has_targets, "backward needs a forward with targets");
+    memset(a->dlogits, 0, (size_t)N * c->V * sizeof(float));
+    crossentropy_backward_input(a->dlogits, a->logits, a->lse, a->targets, scale / (float)N, N, c->V);
+    memset(a->dhf, 0, (size_t)N * D * sizeof(float));
+    linear_backward_input(a->dhf, a->dlogits, m->lm_head, N, D, c->V);
+    float *dh = a->dh + (size_t)c->L * N * D;
+    memset(dh, 0, (size_t)N * D * sizeof(float));
+    rmsnorm_backward_input(dh, a->dhf, a->h_out, m->final_norm, a->rstdf, N, D);
+    for (int l = c->L - 1; l >= 0; l--) {
+        LayerActs *la = &a->layer[l];
+        const float *dh_out = a->dh + (size_t)(l + 1) * N * D;
+        float *dh_in = a->dh + (size_t)l * N * D;
+        ffn_backward_input(m, l, la, dh_out, N, scale);
+        attn_backward_input(m, &m->w[l], la, dh_in, a->B, a->T);
+    }
+}
+
+void model_backward_weight(Model *m, ModelActs *a) {
+    const MoeConfig *c = &m->cfg;
+    const int N = a->N, D = c->D;
+    linear_backward_weight(m->d_lm_head, a->dlogits, a->hf, N, D, c->V);
+    rmsnorm_backward_weight(m->d_final_norm, a->dhf, a->h_out, a->rstdf, N, D);
+    for (int l = c->L - 1; l >= 0; l--) {
+        LayerActs *la = &a->layer[l];
+        ffn_backward_weight(m, l, la, a->dh + (size_t)(l + 1) * N * D, N);
+        attn_backward_weight(m, &m->g[l], la, N);
+    }
+    embedding_backward_weight(m->d_embed, a->dh, a->inputs, N, c->V, D);
+}

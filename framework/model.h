@@ -1,0 +1,104 @@
+// The MoE transformer of ARCHITECTURE.md §2, assembled from a config: the parameter registry and its
+// per-layer views, weight initialization, and one micro-batch's forward, backward_input and
+// backward_weight (the stage interface of §3, over the whole layer stack in one process).
+#ifndef MOELAB_FRAMEWORK_MODEL_H
+#define MOELAB_FRAMEWORK_MODEL_H
+
+#include "framework/core/config.h"
+#include "framework/params.h"
+#include "layers/moe.h"
+#include "layers/swiglu.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Views of one layer's tensors (values or gradients), into the registry's buffers.
+typedef struct {
+    float *attn_norm;   // (D)
+    float *wq;          // (H·hd, D)
+    float *wk, *wv;     // (Hkv·hd, D)
+    float *wo;          // (D, H·hd)
+    float *ffn_norm;    // (D)
+    float *w1, *w3;     // (F, D) dense layers only
+    float *w2;          // (D, F)
+    MoeParams moe;      // MoE layers only
+} LayerWeights;
+
+typedef struct {
+    MoeConfig cfg;
+    int hd;                  // head size D / H
+    ParamRegistry reg;
+    LayerWeights *w, *g;     // [L] value and gradient views
+    float *embed, *d_embed;            // (V, D)
+    float *final_norm, *d_final_norm;  // (D)
+    float *lm_head, *d_lm_head;        // (V, D); the embedding when tied
+    MoeShape moe_shape;
+    MoeDispatcher *disp;     // owned
+    int ep_rank, ep_size, n_local;     // expert slots held here: n_local = E / ep
+    long *expert_counts;     // (L, E) tokens routed to each logical expert since the last reset
+    int count_routes;        // training micro-batches add to expert_counts; eval and sampling do not
+} Model;
+
+// Per-layer activations of one micro-batch (and the gradients backward_weight needs).
+typedef struct {
+    float *h_in;        // (N, D) residual stream entering the layer
+    float *a, *rstd1;   // (N, D), (N) attention RMSNorm output and its 1/rms
+    float *q, *k, *v;   // (N, H·hd), (N, Hkv·hd), (N, Hkv·hd) projections before RoPE
+    float *qr, *kr;     // (N, H·hd), (N, Hkv·hd) after RoPE
+    float *att;         // (B, H, T, T) attention probabilities
+    float *o;           // (N, H·hd) attention output before Wo
+    float *h_mid;       // (N, D) residual after attention
+    float *m, *rstd2;   // (N, D), (N) FFN RMSNorm output and its 1/rms
+    SwigluActs ffn;     // (N, F) dense FFN activations
+    MoeActs moe;        // MoE layer activations
+    float *ffn_out;     // (N, D)
+    // Written by backward_input, read by backward_weight:
+    float *d_h_mid;     // (N, D)
+    float *dq, *dk, *dv;  // gradients of the projections (before RoPE)
+    float *da, *dm;     // (N, D) gradients of the two RMSNorm outputs
+} LayerActs;
+
+typedef struct {
+    int B, T, N;
+    int *inputs, *targets;  // (N) each; targets NULL-equivalent when has_targets == 0
+    int has_targets;
+    LayerActs *layer;       // [L]
+    float *h_out;           // (N, D) residual stream after the last layer
+    float *hf, *rstdf;      // (N, D), (N) final RMSNorm
+    float *logits;          // (N, V)
+    float *lse, *losses;    // (N), (N)
+    float ce, bal;          // mean cross-entropy; Σ over MoE layers of L_bal
+    float *dh;              // (L + 1, N, D): dh[l] = ∂L/∂(input of layer l); dh[L] = ∂L/∂h_out
+    float *dlogits, *dhf;   // (N, V), (N, D)
+    char *arena;            // one block holding every float buffer above
+    size_t arena_used, arena_cap;
+} ModelActs;
+
+Model *model_create(const MoeConfig *c, int ep_rank, int ep_size);
+// Fills every tensor from its parameter identity (seed, layer, name, expert): identical whatever
+// the layout.
+void model_init_weights(Model *m);
+// Replaces the dispatcher (the model owns it from now on).
+void model_set_dispatcher(Model *m, MoeDispatcher *d);
+void model_free(Model *m);
+
+// Forward of one micro-batch. tokens (B, T+1) gives inputs [:, :T] and targets [:, 1:]; with
+// targets == 0 only inputs (B, T) are read and no loss is computed. Returns the micro-batch loss
+// CE + α·Σ L_bal (0 without targets). Counts routed tokens into expert_counts if m->count_routes.
+float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int with_targets);
+// ∂(scale · loss)/∂(everything) except weights; keeps what backward_weight needs.
+void model_backward_input(Model *m, ModelActs *a, float scale);
+// Accumulates (+=) the weight gradients of the micro-batch into m->reg.grad.
+void model_backward_weight(Model *m, ModelActs *a);
+void model_acts_free(Model *m, ModelActs *a);
+
+// Per-layer load imbalance of expert_counts: max / mean tokens per expert (0 for dense layers).
+void model_load_imbalance(const Model *m, float *out /* (L) */);
+void model_reset_counts(Model *m);
+int model_is_moe_layer(const Model *m, int l);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,37 @@
+// AdamW with fp32 moments, the learning-rate schedule (linear warm-up, then cosine decay to min_lr),
+// and global-norm gradient clipping. Only trained tensors (not PARAM_BUFFER) are touched; weight decay
+// applies to matrices only (ParamInfo.decay).
+#ifndef MOELAB_FRAMEWORK_OPTIMIZER_H
+#define MOELAB_FRAMEWORK_OPTIMIZER_H
+
+#include "framework/core/config.h"
+#include "framework/params.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    float *m, *v;   // (total) first and second moments, same layout as the parameter registry
+    size_t total;
+    long t;         // steps taken
+} AdamW;
+
+void adamw_init(AdamW *o, const ParamRegistry *r);
+void adamw_free(AdamW *o);
+// Learning rate of step `step` (0-based): lr·(step+1)/warmup during warm-up, then
+// min_lr + ½(lr − min_lr)(1 + cos(π·p)), p = (step − warmup)/max(1, steps − warmup) capped at 1.
+float optim_lr(const MoeConfig *c, int step);
+// Σ g² over the trained tensors of kind `kind` (-1: all trained kinds), accumulated in double.
+double optim_grad_sqsum(const ParamRegistry *r, int kind);
+// Multiplies every trained gradient by s.
+void optim_scale_grads(ParamRegistry *r, float s);
+// Clip factor for a global gradient norm: min(1, clip / norm) (1 when clip is 0).
+float optim_clip_factor(float norm, float clip);
+// One AdamW step with learning rate lr (PyTorch's AdamW: p ← p(1 − lr·wd), then the Adam update).
+void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,73 @@
+// Named parameter registry (see params.h).
+#include "framework/params.h"
+
+#include <string.h>
+
+#include "framework/core/check.h"
+#include "framework/core/mem.h"
+
+int params_add(ParamRegistry *r, const char *name, int layer, ParamKind kind, int ndim,
+               const int64_t *shape, int64_t local_rows, float init_std, float init_value) {
+    CHECK(r->data == NULL, "params_add('%s') after params_allocate", name);
+    CHECK(strlen(name) < PARAM_NAME_MAX, "parameter name '%s' too long", name);
+    CHECK(params_find(r, name) < 0, "parameter '%s' declared twice", name);
+    CHECK(ndim >= 1 && ndim <= 4, "parameter '%s': rank %d", name, ndim);
+    if (r->n == r->cap) {
+        int cap = r->cap ? 2 * r->cap : 64;
+        ParamInfo *p = core_alloc((size_t)cap * sizeof *p);
+        if (r->p) memcpy(p, r->p, (size_t)r->n * sizeof *p);
+        core_free(r->p);
+        r->p = p;
+        r->cap = cap;
+    }
+    ParamInfo *pi = &r->p[r->n];
+    memset(pi, 0, sizeof *pi);
+    strcpy(pi->name, name);
+    pi->ndim = ndim;
+    for (int i = 0; i < 4; i++) pi->shape[i] = i < ndim ? shape[i] : 1;
+    pi->local_rows = local_rows;
+    size_t row = 1;
+    for (int i = 1; i < ndim; i++) row *= (size_t)shape[i];
+    pi->numel = row * (size_t)local_rows;
+    // 16-float alignment keeps every tensor 64-byte aligned for vector loads.
+    pi->offset = (r->total + 15) & ~(size_t)15;
+    r->total = pi->offset + pi->numel;
+    pi->layer = layer;
+    pi->kind = kind;
+    pi->decay = ndim >= 2 && kind != PARAM_BUFFER;
+    pi->init_std = init_std;
+    pi->init_value = init_value;
+    return r->n++;
+}
+
+void params_allocate(ParamRegistry *r) {
+    r->data = core_alloc(r->total * sizeof(float));
+    r->grad = core_alloc(r->total * sizeof(float));
+}
+
+int params_find(const ParamRegistry *r, const char *name) {
+    for (int i = 0; i < r->n; i++)
+        if (strcmp(r->p[i].name, name) == 0) return i;
+    return -1;
+}
+
+float *params_ptr(const ParamRegistry *r, const char *name) {
+    int i = params_find(r, name);
+    CHECK(i >= 0, "no parameter named '%s'", name);
+    return r->data + r->p[i].offset;
+}
+
+float *params_grad(const ParamRegistry *r, const char *name) {
+    int i = params_find(r, name);
+    CHECK(i >= 0, "no parameter named '%s'", name);
+    return r->grad + r->p[i].offset;
+}
+
+void params_zero_grad(ParamRegistry *r) { memset(r->grad, 0, r->total * sizeof(float)); }
+
+void params_free(ParamRegistry *r) {
+    core_free(r->data);
+    core_free(r->grad);
+    core_free(r->p);
+    memset(r, 0, sizeof *r);
+}

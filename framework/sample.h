@@ -1,0 +1,25 @@
+// Text generation from a model: autoregressive sampling with temperature and top-k, one forward of
+// the whole (growing) window per new token — simple and exact, fine at the sizes we sample.
+#ifndef MOELAB_FRAMEWORK_SAMPLE_H
+#define MOELAB_FRAMEWORK_SAMPLE_H
+
+#include "framework/core/rng.h"
+#include "framework/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Appends n_new tokens to prompt (n_prompt ≥ 1 tokens) and writes all n_prompt + n_new tokens to out.
+// The window is the last min(len, T) tokens. temperature 0 means greedy; top_k 0 means no cut-off.
+void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float temperature,
+                     int top_k, RngStream *rng, int *out);
+
+// Draws one token from logits (V) with temperature and top-k. work is scratch of V floats + V ints.
+int sample_pick(const float *logits, int V, float temperature, int top_k, RngStream *rng,
+                float *work_p, int *work_i);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,205 @@
+// The training loop (see train.h): data, model and optimizer wired together, with logging.
+#include "framework/train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "framework/core/check.h"
+#include "framework/core/log.h"
+#include "framework/core/mem.h"
+#include "framework/core/timer.h"
+#include "framework/sample.h"
+
+StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, const int *tokens) {
+    StepStats st = {0};
+    double t0 = core_now();
+    const int A = c->grad_accum, B = c->batch_size, T = c->T;
+    params_zero_grad(&m->reg);
+    model_reset_counts(m);
+    m->count_routes = 1;
+    double loss = 0, ce = 0;
+    for (int mb = 0; mb < A; mb++) {
+        ModelActs a;
+        loss += model_forward(m, &a, tokens + (size_t)mb * B * (T + 1), B, T, 1);
+        ce += a.ce;
+        // The step's objective is the mean over micro-batches: each contributes 1/A.
+        model_backward_input(m, &a, 1.0f / (float)A);
+        model_backward_weight(m, &a);
+        model_acts_free(m, &a);
+    }
+    m->count_routes = 0;
+    st.loss = (float)(loss / A);
+    st.ce = (float)(ce / A);
+    st.grad_norm = (float)sqrt(optim_grad_sqsum(&m->reg, -1));
+    float clip = optim_clip_factor(st.grad_norm, c->grad_clip);
+    if (clip != 1.0f) optim_scale_grads(&m->reg, clip);
+    st.lr = optim_lr(c, step);
+    adamw_step(o, &m->reg, c, st.lr);
+    const long n_tokens = (long)A * B * T;
+    for (int l = 0; l < c->L; l++)
+        if (model_is_moe_layer(m, l))
+            router_bias_update(m->w[l].moe.bias, m->expert_counts + (size_t)l * c->E, c->E, c->K,
+                               n_tokens, c->bias_rate);
+    st.seconds = core_now() - t0;
+    return st;
+}
+
+static void join(char *out, size_t n, const char *dir, const char *file) {
+    int k = snprintf(out, n, "%s/%s", dir, file);
+    if (k < 0 || (size_t)k >= n) core_usage_error("path too long: %s/%s", dir, file);
+}
+
+Trainer *trainer_create(const MoeConfig *cfg) {
+    Trainer *t = core_alloc(sizeof *t);
+    t->cfg = *cfg;
+    MoeConfig *c = &t->cfg;
+    if (c->data[0] == '\0')
+        core_usage_error("no training data: pass --data DIR (a directory made by `moelab data prepare`)");
+    struct stat sb;
+    if (stat(c->data, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        core_usage_error("--data %s: not a directory made by `moelab data prepare`", c->data);
+    char path[2 * CONFIG_STR];
+    join(path, sizeof path, c->data, "tokenizer.bin");
+    t->tok = tok_load(path);
+    if (t->tok->V != c->V)
+        core_usage_error("config vocab_size = %d but the tokenizer in %s has %d tokens: set "
+                         "--vocab-size %d", c->V, c->data, t->tok->V, t->tok->V);
+    join(path, sizeof path, c->data, "train.bin");
+    t->train = loader_open(path, c->T, c->batch_size, 0, 1, c->seed, 1);
+    join(path, sizeof path, c->data, "val.bin");
+    t->val = loader_open(path, c->T, c->batch_size, 0, 1, c->seed, 0);
+    t->model = model_create(c, 0, 1);
+    model_init_weights(t->model);
+    adamw_init(&t->opt, &t->model->reg);
+    t->tokens = core_alloc((size_t)c->grad_accum * c->batch_size * (c->T + 1) * sizeof(int));
+    if (c->metrics[0]) {
+        t->metrics = fopen(c->metrics, "w");
+        if (!t->metrics) core_usage_error("cannot write --metrics %s: %s", c->metrics, strerror(errno));
+    }
+    return t;
+}
+
+void trainer_free(Trainer *t) {
+    if (!t) return;
+    if (t->metrics) fclose(t->metrics);
+    loader_close(t->train);
+    loader_close(t->val);
+    tok_free(t->tok);
+    adamw_free(&t->opt);
+    model_free(t->model);
+    core_free(t->tokens);
+    core_free(t);
+}
+
+StepStats trainer_step(Trainer *t) {
+    const MoeConfig *c = &t->cfg;
+    const size_t mb = (size_t)c->batch_size * (c->T + 1);
+    for (int i = 0; i < c->grad_accum; i++) loader_next(t->train, t->tokens + i * mb);
+    StepStats st = train_step_tokens(t->model, &t->opt, c, t->step, t->tokens);
+    t->step++;
+    return st;
+}
+
+float trainer_eval(Trainer *t) {
+    const MoeConfig *c = &t->cfg;
+    // Always the same validation micro-batches, from the start of the split, so values compare.
+    LoaderPos start = {0};
+    loader_set_pos(t->val, start);
+    double sum = 0;
+    for (int i = 0; i < c->val_batches; i++) {
+        loader_next(t->val, t->tokens);
+        ModelActs a;
+        sum += model_forward(t->model, &a, t->tokens, c->batch_size, c->T, 1);
+        sum -= c->balance_alpha * a.bal;  // report the language-model loss alone
+        model_acts_free(t->model, &a);
+    }
+    return (float)(sum / c->val_batches);
+}
+
+// Decodes ids to text and prints them with non-printable bytes escaped.
+static void print_text(const Tokenizer *tok, const int *ids, int n) {
+    uint32_t *u = core_alloc((size_t)n * sizeof *u);
+    for (int i = 0; i < n; i++) u[i] = (uint32_t)ids[i];
+    size_t cap = (size_t)n * 64 + 1;
+    uint8_t *txt = core_alloc(cap);
+    size_t len = tok_decode(tok, u, (size_t)n, txt, cap);
+    fputs("  | ", stdout);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = txt[i];
+        if (ch == '\n') fputs("\n  | ", stdout);
+        else if (ch == '\t' || ch >= 32) putchar(ch);
+        else printf("\\x%02x", ch);
+    }
+    putchar('\n');
+    core_free(u);
+    core_free(txt);
+}
+
+static void log_step(Trainer *t, const StepStats *st, float val, double tok_s) {
+    const MoeConfig *c = &t->cfg;
+    float imb[1024];
+    int L = c->L < 1024 ? c->L : 1024;
+    model_load_imbalance(t->model, imb);
+    char ib[512] = "", *p = ib;
+    for (int l = 0; l < L && p < ib + sizeof ib - 16; l++)
+        if (model_is_moe_layer(t->model, l)) p += sprintf(p, " %.2f", imb[l]);
+    char vb[32] = "";
+    if (val >= 0) snprintf(vb, sizeof vb, " | val %.4f", val);
+    core_info0("step %5d/%d | loss %.4f%s | lr %.2e | grad %.3f | %.0f tok/s | load max/mean%s",
+               t->step, c->steps, st->loss, vb, st->lr, st->grad_norm, tok_s, ib);
+    if (!t->metrics) return;
+    fprintf(t->metrics, "{\"step\": %d, \"loss\": %.6f, \"ce\": %.6f", t->step, st->loss, st->ce);
+    if (val >= 0) fprintf(t->metrics, ", \"val_loss\": %.6f", val);
+    fprintf(t->metrics, ", \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, \"load_imbalance\": [",
+            st->lr, st->grad_norm, tok_s);
+    int first = 1;
+    for (int l = 0; l < L; l++)
+        if (model_is_moe_layer(t->model, l)) {
+            fprintf(t->metrics, first ? "%.4f" : ", %.4f", imb[l]);
+            first = 0;
+        }
+    fprintf(t->metrics, "]}\n");
+    fflush(t->metrics);
+}
+
+int trainer_run(Trainer *t) {
+    const MoeConfig *c = &t->cfg;
+    const size_t n_params = t->model->reg.total;
+    core_info0("model: V %d D %d L %d (dense %d) H %d Hkv %d T %d | E %d K %d S %d Fe %d | %.2fM parameters",
+               c->V, c->D, c->L, c->n_dense_layers, c->H, c->Hkv, c->T, c->E, c->K, c->S, c->Fe,
+               (double)n_params / 1e6);
+    core_info0("data: %s (%ld training sequences of %d tokens) | batch %d x %d micro-batches | %d steps",
+               c->data, (long)loader_num_sequences(t->train), c->T, c->batch_size, c->grad_accum, c->steps);
+    float val = trainer_eval(t);
+    core_info0("step %5d/%d | val %.4f (before training)", 0, c->steps, val);
+    double tokens = 0, secs = 0;
+    for (int s = 0; s < c->steps; s++) {
+        StepStats st = trainer_step(t);
+        tokens += (double)c->grad_accum * c->batch_size * c->T;
+        secs += st.seconds;
+        int last = t->step == c->steps;
+        val = -1;
+        if (last || (c->val_every > 0 && t->step % c->val_every == 0)) val = trainer_eval(t);
+        if (last || t->step % c->log_every == 0 || val >= 0) {
+            log_step(t, &st, val, tokens / (secs > 0 ? secs : 1e-9));
+            tokens = secs = 0;
+        }
+    }
+    if (c->sample_tokens > 0) {
+        RngStream rng = rng_stream(c->seed, 7);
+        int prompt = 0;
+        uint32_t nl[4];
+        // Start from the encoding of a newline when the vocabulary has one, else token 0.
+        if (tok_encode(t->tok, (const uint8_t *)"\n", 1, nl) >= 1) prompt = (int)nl[0];
+        int *out = core_alloc((size_t)(c->sample_tokens + 1) * sizeof(int));
+        sample_generate(t->model, &prompt, 1, c->sample_tokens, c->temperature, c->top_k_sample, &rng, out);
+        core_info0("sample (%d tokens, temperature %.2f, top-k %d):", c->sample_tokens, c->temperature,
+                   c->top_k_sample);
+        if (core_rank() == 0) print_text(t->tok, out + 1, c->sample_tokens);
+        core_free(out);
+    }
+    return 0;
+}

@@ -1,0 +1,57 @@
+// The training loop: micro-batches with gradient accumulation, clipping, AdamW, the aux-loss-free
+// bias update, periodic validation, logging (stdout and JSON Lines), and a sample at the end.
+#ifndef MOELAB_FRAMEWORK_TRAIN_H
+#define MOELAB_FRAMEWORK_TRAIN_H
+
+#include <stdio.h>
+
+#include "data/loader.h"
+#include "data/tokenizer.h"
+#include "framework/core/config.h"
+#include "framework/model.h"
+#include "framework/optimizer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    MoeConfig cfg;
+    Model *model;
+    AdamW opt;
+    Loader *train, *val;
+    Tokenizer *tok;          // NULL when the data has no tokenizer (raw shard)
+    FILE *metrics;
+    int step;                // optimizer steps taken
+    int *tokens;             // (B, T+1) micro-batch staging buffer
+} Trainer;
+
+// Step statistics returned by trainer_step.
+typedef struct {
+    float loss;          // mean over micro-batches of CE + α·Σ L_bal
+    float ce;            // mean cross-entropy
+    float grad_norm;     // before clipping
+    float lr;
+    double seconds;
+} StepStats;
+
+// One optimizer step of model m on A = c->grad_accum micro-batches, tokens (A, B, T+1), as step
+// number `step` (0-based) of the schedule: forward, backward_input, backward_weight per micro-batch,
+// then clipping, AdamW and the aux-loss-free bias update. The core of every training path.
+StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, const int *tokens);
+
+// Opens the data named by cfg->data (a directory from `moelab data prepare`, holding tokenizer.bin,
+// train.bin and val.bin), builds and initializes the model and the optimizer.
+Trainer *trainer_create(const MoeConfig *cfg);
+void trainer_free(Trainer *t);
+// One optimizer step over cfg.grad_accum micro-batches from the training loader.
+StepStats trainer_step(Trainer *t);
+// Mean loss over cfg.val_batches micro-batches of the validation split (always the same ones).
+float trainer_eval(Trainer *t);
+// Runs cfg.steps steps with logging; returns the process exit code.
+int trainer_run(Trainer *t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

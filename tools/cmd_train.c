@@ -1,0 +1,47 @@
+// `moelab train`: parses the config and flags, then hands over to the trainer (framework/train.h).
+#include <stdio.h>
+#include <string.h>
+
+#include "framework/core/check.h"
+#include "framework/core/config.h"
+#include "framework/train.h"
+#include "tools/commands.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static void train_help(void) {
+    printf("usage: moelab train [--config FILE] [--key value ...]\n\n"
+           "Trains the model the config describes on a prepared data directory (--data DIR, from\n"
+           "`moelab data prepare`). Any config key can be given on the command line; the most used:\n"
+           "  --config FILE     key = value file (configs/*.cfg)\n"
+           "  --data DIR        prepared data (tokenizer.bin, train.bin, val.bin)\n"
+           "  --steps N         optimizer steps\n"
+           "  --seed S          seed of weights, data order and sampling\n"
+           "  --metrics FILE    JSON Lines metrics, one object per logged step\n"
+           "  --device cpu|cuda\n\n");
+    config_print_help(stdout);
+}
+
+int cmd_train(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            train_help();
+            return 0;
+        }
+    MoeConfig c;
+    config_defaults(&c);
+    int rest = config_apply_args(&c, argc - 1, argv + 1);
+    if (rest > 0) core_usage_error("train: unknown option '%s' (see `moelab train --help`)", argv[1]);
+    config_validate(&c);
+    if (strcmp(c.device, "cpu") != 0)
+        core_usage_error("--device %s: this build trains on the CPU only (the CUDA backend is issue 3)", c.device);
+#ifdef _OPENMP
+    if (c.threads > 0) omp_set_num_threads(c.threads);
+#endif
+    Trainer *t = trainer_create(&c);
+    int rc = trainer_run(t);
+    trainer_free(t);
+    return rc;
+}

@@ -1,0 +1,43 @@
+// moelab: the command-line program. main() only picks the subcommand; each lives in its own cmd_*.c.
+#include <stdio.h>
+#include <string.h>
+
+#include "tools/commands.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} Command;
+
+static const Command COMMANDS[] = {
+    {"train", cmd_train, "train a model (CPU or GPU, one or many processes)"},
+    {"data", cmd_data, "prepare a tokenizer and token shards from text"},
+    {"sample", cmd_sample, "generate text from a checkpoint"},
+    {"eplb", cmd_eplb, "plan expert placement from a load matrix (EPLB)"},
+    {"schedule", cmd_schedule, "print or draw a pipeline schedule"},
+    {"bench", cmd_bench, "measure training throughput"},
+};
+#define NCOMMANDS ((int)(sizeof COMMANDS / sizeof COMMANDS[0]))
+
+static void usage(FILE *f) {
+    fprintf(f, "moelab: train small mixture-of-experts transformers\n\nusage: moelab <command> [options]\n\ncommands:\n");
+    for (int i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].help);
+    fprintf(f, "\n`moelab <command> --help` describes each command.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (int i = 0; i < NCOMMANDS; i++)
+        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "moelab: error: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
