@@ -1,0 +1,245 @@
+// Dataset preparation (see prepare.h): find and read the documents, split each into train and
+// validation parts, train the tokenizer on the train parts, encode both into token shards.
+#include "data/prepare.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "data/shard.h"
+#include "data/tokenizer.h"
+#include "framework/core/check.h"
+#include "framework/core/log.h"
+#include "framework/core/mem.h"
+#include "framework/core/rng.h"
+#include "framework/core/timer.h"
+
+// Philox stream of the document-order shuffle (the loader uses streams 0, 1, ... for epochs).
+#define PREPARE_STREAM 0x70726570u
+
+typedef struct {
+    char **paths;
+    int n, cap;
+} PathList;
+
+static char *dup_str(const char *s) {
+    char *d = core_alloc(strlen(s) + 1);
+    strcpy(d, s);
+    return d;
+}
+
+static void path_push(PathList *l, const char *p) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        char **grown = realloc(l->paths, sizeof(char *) * (size_t)l->cap);
+        CHECK(grown != NULL, "out of memory listing %d input files", l->cap);
+        l->paths = grown;
+    }
+    l->paths[l->n++] = dup_str(p);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    const size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+// Adds the regular files under dir, in name order so that the result does not depend on readdir.
+static void walk(PathList *out, const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) core_usage_error("cannot read input directory %s: %s", dir, strerror(errno));
+    PathList names = {0};
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.' || ends_with(e->d_name, ".dat") || ends_with(e->d_name, ".u8")) continue;
+        path_push(&names, e->d_name);
+    }
+    closedir(d);
+    if (names.n > 0) qsort(names.paths, (size_t)names.n, sizeof(char *), cmp_str);
+    for (int i = 0; i < names.n; i++) {
+        char *p = core_alloc(strlen(dir) + strlen(names.paths[i]) + 2);
+        sprintf(p, "%s/%s", dir, names.paths[i]);
+        struct stat ls, st;
+        // Symbolic links to files count; links to directories are skipped (they can form loops).
+        if (lstat(p, &ls) == 0 && stat(p, &st) == 0) {
+            if (S_ISDIR(st.st_mode) && !S_ISLNK(ls.st_mode)) walk(out, p);
+            else if (S_ISREG(st.st_mode)) path_push(out, p);
+        }
+        core_free(p);
+        core_free(names.paths[i]);
+    }
+    free(names.paths);
+}
+
+// Progress on stderr, only when it is a terminal, at most five updates a second.
+typedef struct {
+    int tty;
+    double last;
+} Progress;
+
+static void progress_fn(void *ctx, const char *stage, double frac) {
+    Progress *p = ctx;
+    if (!p->tty) return;
+    const double now = core_now();
+    if (now - p->last < 0.2 && frac < 1.0) return;
+    p->last = now;
+    fprintf(stderr, "\rprepare: %s %5.1f%%\033[K", stage, 100.0 * frac);
+    fflush(stderr);
+}
+
+static void progress_done(Progress *p) {
+    if (p->tty) fputs("\r\033[K", stderr);
+}
+
+static uint8_t *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) core_usage_error("cannot open input file %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0) core_usage_error("cannot read input file %s: %s", path, strerror(errno));
+    uint8_t *buf = core_alloc((size_t)st.st_size);
+    *len = fread(buf, 1, (size_t)st.st_size, f);
+    if (*len != (size_t)st.st_size || ferror(f))
+        core_usage_error("cannot read input file %s: %s", path, strerror(errno));
+    fclose(f);
+    return buf;
+}
+
+// mkdir -p
+static void make_dirs(const char *dir) {
+    char *p = dup_str(dir);
+    for (char *s = p + 1;; s++) {
+        const char c = *s;
+        if (c != '/' && c != '\0') continue;
+        *s = '\0';
+        if (mkdir(p, 0777) != 0 && errno != EEXIST)
+            core_usage_error("cannot create output directory %s: %s", p, strerror(errno));
+        *s = c;
+        if (c == '\0') break;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) core_usage_error("output path %s is not a directory", dir);
+    core_free(p);
+}
+
+// Where a document of n bytes splits: after the first (1 - f) of it, moved to just after the next
+// newline so that validation starts at a line.
+static size_t split_point(const uint8_t *x, size_t n, double val_fraction) {
+    size_t c = (size_t)((double)n * (1.0 - val_fraction));
+    if (c >= n) return n;
+    const uint8_t *nl = memchr(x + c, '\n', n - c);
+    return nl ? (size_t)(nl - x) + 1 : c;
+}
+
+// Encodes the parts parts[i] (lens[i] bytes) into a shard at path; returns its token count.
+static uint64_t write_shard(const Tokenizer *tok, const char *path, const uint8_t *const *parts,
+                            const size_t *lens, int n, Progress *pr, const char *stage) {
+    size_t max = 1, total = 0, done = 0;
+    for (int i = 0; i < n; i++) {
+        if (lens[i] > max) max = lens[i];
+        total += lens[i];
+    }
+    uint32_t *ids = core_alloc(sizeof(uint32_t) * max);
+    ShardWriter *w = shard_writer_open(path, (uint32_t)tok->V);
+    for (int i = 0; i < n; i++) {
+        shard_writer_put(w, ids, tok_encode(tok, parts[i], lens[i], ids));
+        done += lens[i];
+        progress_fn(pr, stage, total ? (double)done / total : 1.0);
+    }
+    core_free(ids);
+    return shard_writer_close(w);
+}
+
+void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const char *out_dir,
+                     double val_fraction, uint64_t seed, PrepareStats *stats) {
+    const double t0 = core_now();
+    if (vocab < 256 || vocab > TOK_VOCAB_MAX)
+        core_usage_error("--vocab %d is outside [256, %d] (256 means raw bytes)", vocab, TOK_VOCAB_MAX);
+    if (!(val_fraction >= 0.0 && val_fraction < 1.0))
+        core_usage_error("--val-fraction %g is outside [0, 1)", val_fraction);
+    if (n_inputs < 1) core_usage_error("no --input given");
+    memset(stats, 0, sizeof *stats);
+    Progress pr = {isatty(2), 0.0};
+
+    PathList files = {0};
+    for (int i = 0; i < n_inputs; i++) {
+        struct stat st;
+        if (stat(inputs[i], &st) != 0) core_usage_error("cannot read input %s: %s", inputs[i], strerror(errno));
+        if (S_ISDIR(st.st_mode)) walk(&files, inputs[i]);
+        else path_push(&files, inputs[i]);
+    }
+    if (files.n == 0) core_usage_error("no input files found in the %d given path(s)", n_inputs);
+
+    // Documents in a seeded order, so that both shards mix all sources (a validation run over the
+    // first few batches then sees every document, not the alphabetically first ones).
+    RngStream r = rng_stream(seed, PREPARE_STREAM);
+    for (int i = files.n - 1; i > 0; i--) {
+        const int j = (int)(rng_next_u32(&r) % (uint32_t)(i + 1));
+        char *t = files.paths[i];
+        files.paths[i] = files.paths[j];
+        files.paths[j] = t;
+    }
+    const int D = files.n;
+    uint8_t **text = core_alloc(sizeof(uint8_t *) * (size_t)D);
+    const uint8_t **train = core_alloc(sizeof(uint8_t *) * (size_t)D), **val = core_alloc(sizeof(uint8_t *) * (size_t)D);
+    size_t *train_len = core_alloc(sizeof(size_t) * (size_t)D), *val_len = core_alloc(sizeof(size_t) * (size_t)D);
+    for (int i = 0; i < D; i++) {
+        size_t n;
+        text[i] = read_file(files.paths[i], &n);
+        const size_t c = split_point(text[i], n, val_fraction);
+        train[i] = text[i];
+        train_len[i] = c;
+        val[i] = text[i] + c;
+        val_len[i] = n - c;
+        stats->bytes += n;
+        stats->train_bytes += c;
+        stats->val_bytes += n - c;
+        progress_fn(&pr, "reading", (double)(i + 1) / D);
+    }
+    stats->docs = D;
+    if (stats->train_bytes == 0) core_usage_error("the %d input file(s) hold no training text", D);
+
+    make_dirs(out_dir);
+    char *path = core_alloc(strlen(out_dir) + 32);
+    const double t1 = core_now();
+    const TokProgress tp = {progress_fn, &pr};
+    Tokenizer *tok = tok_train(train, train_len, D, vocab, &tp);
+    stats->tok_seconds = core_now() - t1;
+    stats->vocab = tok->V;
+    sprintf(path, "%s/tokenizer.bin", out_dir);
+    tok_save(tok, path);
+    sprintf(path, "%s/train.bin", out_dir);
+    stats->train_tokens = write_shard(tok, path, train, train_len, D, &pr, "encoding train");
+    sprintf(path, "%s/val.bin", out_dir);
+    stats->val_tokens = write_shard(tok, path, val, val_len, D, &pr, "encoding val");
+    progress_done(&pr);
+    stats->seconds = core_now() - t0;
+
+    const double mb = 1e-6;
+    core_info0("prepare: %d documents, %.2f MB (train %.2f MB, val %.2f MB) in %.1f s", D,
+               stats->bytes * mb, stats->train_bytes * mb, stats->val_bytes * mb, stats->seconds);
+    if (vocab > 256)
+        core_info0("prepare: tokenizer of %d tokens trained in %.1f s (%.2f MB/s)", tok->V,
+                   stats->tok_seconds, stats->train_bytes * mb / (stats->tok_seconds > 0 ? stats->tok_seconds : 1e-9));
+    if (tok->V < vocab) core_warn("the text ran out of pairs to merge: vocabulary %d, not %d", tok->V, vocab);
+    const uint64_t tokens = stats->train_tokens + stats->val_tokens;
+    core_info0("prepare: %llu train + %llu val tokens, %.3f bytes/token -> %s/{tokenizer,train,val}.bin",
+               (unsigned long long)stats->train_tokens, (unsigned long long)stats->val_tokens,
+               tokens ? (double)stats->bytes / tokens : 0.0, out_dir);
+
+    tok_free(tok);
+    core_free(path);
+    for (int i = 0; i < D; i++) {
+        core_free(text[i]);
+        core_free(files.paths[i]);
+    }
+    free(files.paths);
+    core_free(text);
+    core_free(train);
+    core_free(val);
+    core_free(train_len);
+    core_free(val_len);
+}

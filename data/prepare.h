@@ -1,0 +1,34 @@
+// Dataset preparation (`moelab data prepare`): text files in, DIR/tokenizer.bin, DIR/train.bin and
+// DIR/val.bin out. Each file is a document; the last val_fraction of every document (moved forward
+// to just after a newline where there is one) is held out for validation, and the tokenizer is
+// trained on the training parts only. Documents enter the shards in an order shuffled by the seed.
+#ifndef MOELAB_DATA_PREPARE_H
+#define MOELAB_DATA_PREPARE_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int docs;                            // documents (files) read
+    uint64_t bytes;                      // all of them
+    uint64_t train_bytes, val_bytes;
+    uint64_t train_tokens, val_tokens;
+    int vocab;                           // the tokenizer's size (below the request if the text ran out of pairs)
+    double tok_seconds;                  // tokenizer training
+    double seconds;                      // everything
+} PrepareStats;
+
+// inputs: files or directories (walked recursively in name order, skipping hidden entries, the
+// fortunes index files *.dat and *.u8, and symbolic links to directories). vocab = 256 gives raw
+// bytes (no merges). val_fraction in [0, 1). Prints a progress line on stderr (when it is a
+// terminal) and a summary on stdout. Bad input (missing path, no text, bad vocab) exits 2.
+void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const char *out_dir,
+                     double val_fraction, uint64_t seed, PrepareStats *stats);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

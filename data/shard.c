@@ -1,0 +1,171 @@
+// Token shard writer and memory-mapped reader (format in shard.h). The reader checks magic,
+// version, width, vocab, size and every token id before anyone reads a token, so that a bad file
+// is one clear error naming it, never a wrong training run.
+#include "data/shard.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "framework/core/check.h"
+#include "framework/core/mem.h"
+
+static uint32_t get_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static int fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(char *err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, SHARD_ERR_LEN, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int shard_parse_try(const uint8_t *buf, size_t n, const char *name, Shard *s, char *err) {
+    memset(s, 0, sizeof *s);
+    if (n < SHARD_HEADER_BYTES)
+        return fail(err, "%s: not a token shard: %zu bytes, shorter than the %d-byte header", name, n,
+                    SHARD_HEADER_BYTES);
+    if (memcmp(buf, SHARD_MAGIC, 8) != 0)
+        return fail(err, "%s: not a token shard: bad magic (expected \"%s\")", name, SHARD_MAGIC);
+    const uint32_t version = get_u32(buf + 8), vocab = get_u32(buf + 12);
+    const uint64_t count = (uint64_t)get_u32(buf + 16) | (uint64_t)get_u32(buf + 20) << 32;
+    const uint32_t width = get_u32(buf + 24), reserved = get_u32(buf + 28);
+    if (version != SHARD_VERSION)
+        return fail(err, "%s: unknown token shard version %u (this build reads version %u)", name,
+                    version, SHARD_VERSION);
+    if (width != 2 && width != 4) return fail(err, "%s: token width %u is neither 2 nor 4", name, width);
+    if (vocab == 0 || (width == 2 && vocab > 65536))
+        return fail(err, "%s: vocabulary size %u does not fit %u-byte tokens", name, vocab, width);
+    if (reserved != 0) return fail(err, "%s: reserved header field is %u, not 0", name, reserved);
+    const size_t have = n - SHARD_HEADER_BYTES;
+    if (count > have / width || count * width != have)
+        return fail(err, "%s: %s: header says %llu tokens of %u bytes, the file holds %zu bytes after the header",
+                    name, count > have / width ? "truncated" : "trailing bytes",
+                    (unsigned long long)count, width, have);
+    s->vocab = vocab;
+    s->width = width;
+    s->n = count;
+    s->data = buf + SHARD_HEADER_BYTES;
+    for (uint64_t i = 0; i < count; i++) {
+        const uint32_t t = shard_token(s, i);
+        if (t >= vocab) {
+            memset(s, 0, sizeof *s);
+            return fail(err, "%s: token %u at position %llu is >= the vocabulary size %u", name, t,
+                        (unsigned long long)i, vocab);
+        }
+    }
+    return 0;
+}
+
+int shard_open_try(const char *path, Shard *s, char *err) {
+    memset(s, 0, sizeof *s);
+    const int fd = open(path, O_RDONLY);
+    if (fd < 0) return fail(err, "cannot open token shard %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return fail(err, "cannot read token shard %s: not a regular file", path);
+    }
+    const size_t bytes = (size_t)st.st_size;
+    // mmap of 0 bytes fails; a too-short file is reported by the parser instead.
+    void *map = NULL;
+    if (bytes > 0) {
+        map = mmap(NULL, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED) {
+            const int e = errno;
+            close(fd);
+            return fail(err, "cannot map token shard %s: %s", path, strerror(e));
+        }
+    }
+    close(fd);
+    static const uint8_t empty[1];
+    if (shard_parse_try(map ? map : empty, bytes, path, s, err) != 0) {
+        if (map) munmap(map, bytes);
+        return -1;
+    }
+    s->map = map;
+    s->map_bytes = bytes;
+    return 0;
+}
+
+void shard_open(const char *path, Shard *s) {
+    char err[SHARD_ERR_LEN];
+    if (shard_open_try(path, s, err) != 0) core_usage_error("%s", err);
+}
+
+void shard_close(Shard *s) {
+    if (s->map) munmap(s->map, s->map_bytes);
+    memset(s, 0, sizeof *s);
+}
+
+struct ShardWriter {
+    FILE *f;
+    char *path;
+    uint32_t vocab, width;
+    uint64_t n;
+    uint8_t buf[1 << 16];  // tokens encoded here before each fwrite
+};
+
+static void write_or_die(ShardWriter *w, const void *p, size_t n) {
+    if (fwrite(p, 1, n, w->f) != n) core_usage_error("cannot write token shard %s: %s", w->path, strerror(errno));
+}
+
+static void write_header(ShardWriter *w) {
+    uint8_t h[SHARD_HEADER_BYTES] = {0};
+    memcpy(h, SHARD_MAGIC, 8);
+    put_u32(h + 8, SHARD_VERSION);
+    put_u32(h + 12, w->vocab);
+    put_u32(h + 16, (uint32_t)w->n);
+    put_u32(h + 20, (uint32_t)(w->n >> 32));
+    put_u32(h + 24, w->width);
+    write_or_die(w, h, sizeof h);
+}
+
+ShardWriter *shard_writer_open(const char *path, uint32_t vocab) {
+    CHECK(vocab > 0, "token shard %s: vocabulary size must be positive", path);
+    ShardWriter *w = core_alloc(sizeof *w);
+    w->path = core_alloc(strlen(path) + 1);
+    strcpy(w->path, path);
+    w->vocab = vocab;
+    w->width = vocab <= 65536 ? 2 : 4;
+    w->f = fopen(path, "wb");
+    if (!w->f) core_usage_error("cannot create token shard %s: %s", path, strerror(errno));
+    write_header(w);  // with count 0 until close rewrites it
+    return w;
+}
+
+void shard_writer_put(ShardWriter *w, const uint32_t *ids, size_t n) {
+    const size_t per = sizeof w->buf / w->width;
+    for (size_t i = 0; i < n; i += per) {
+        const size_t m = n - i < per ? n - i : per;
+        for (size_t k = 0; k < m; k++) {
+            const uint32_t t = ids[i + k];
+            CHECK(t < w->vocab, "token shard %s: token %u is >= the vocabulary size %u", w->path, t, w->vocab);
+            for (uint32_t b = 0; b < w->width; b++) w->buf[k * w->width + b] = (uint8_t)(t >> (8 * b));
+        }
+        write_or_die(w, w->buf, m * w->width);
+    }
+    w->n += n;
+}
+
+uint64_t shard_writer_close(ShardWriter *w) {
+    if (fseek(w->f, 0, SEEK_SET) != 0) core_usage_error("cannot rewind token shard %s: %s", w->path, strerror(errno));
+    write_header(w);
+    if (fclose(w->f) != 0) core_usage_error("cannot write token shard %s: %s", w->path, strerror(errno));
+    const uint64_t n = w->n;
+    core_free(w->path);
+    core_free(w);
+    return n;
+}

@@ -1,0 +1,55 @@
+// Token shards: a 32-byte header (magic "MOELTOK1", u32 version, u32 vocab size, u64 token count,
+// u32 token width in bytes (2 or 4), u32 reserved = 0), then the token ids, little-endian. A
+// streaming writer, and a memory-mapped reader that validates the whole file when it opens it.
+#ifndef MOELAB_DATA_SHARD_H
+#define MOELAB_DATA_SHARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SHARD_MAGIC "MOELTOK1"
+#define SHARD_VERSION 1u
+#define SHARD_HEADER_BYTES 32
+// Size of the caller's buffer for the error messages of the *_try functions.
+#define SHARD_ERR_LEN 512
+
+typedef struct {
+    uint32_t vocab;       // every token id is < vocab
+    uint32_t width;       // bytes per token: 2 (vocab <= 65536) or 4
+    uint64_t n;           // number of tokens
+    const uint8_t *data;  // (n * width) the token ids, little-endian
+    void *map;            // the mapping (NULL for a parsed buffer that the caller owns)
+    size_t map_bytes;
+} Shard;
+
+// Token i of the shard (i < n).
+static inline uint32_t shard_token(const Shard *s, uint64_t i) {
+    const uint8_t *p = s->data + i * s->width;
+    return s->width == 2 ? (uint32_t)p[0] | (uint32_t)p[1] << 8
+                         : (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+// Validates a shard image (n bytes; name is used in messages) and points s into it. On error
+// returns -1 with one message naming `name` in err (SHARD_ERR_LEN bytes); 0 on success.
+int shard_parse_try(const uint8_t *buf, size_t n, const char *name, Shard *s, char *err);
+// Memory-maps path and validates it, as shard_parse_try.
+int shard_open_try(const char *path, Shard *s, char *err);
+// Memory-maps path; a missing or malformed shard is a usage error naming the file (exit 2).
+void shard_open(const char *path, Shard *s);
+void shard_close(Shard *s);
+
+// Writes a shard in pieces; the header's token count is filled in by shard_writer_close.
+typedef struct ShardWriter ShardWriter;
+// Token width is 2 bytes when vocab <= 65536, else 4. An unwritable path is a usage error.
+ShardWriter *shard_writer_open(const char *path, uint32_t vocab);
+void shard_writer_put(ShardWriter *w, const uint32_t *ids, size_t n);  // ids: (n), each < vocab
+uint64_t shard_writer_close(ShardWriter *w);                           // returns the token count
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,182 @@
+// data/prepare and `moelab data`: end to end on a temporary directory of small files (what is read,
+// what is skipped, the train/validation split, determinism), and the command line's flag errors.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <string>
+#include <vector>
+
+#include "tests/data/test_util.h"
+
+extern "C" {
+#include "data/prepare.h"
+#include "data/shard.h"
+#include "data/tokenizer.h"
+#include "tools/commands.h"
+}
+
+using data_test::read_file;
+using data_test::temp_dir;
+using data_test::write_file;
+
+namespace {
+
+const std::string kDocA = "the first document has a few lines.\nthe second line is here.\nand a third one.\n";
+const std::string kDocB = "another file, with other words: quick brown foxes.\nit ends without a newline";
+const std::string kDocC = "a third file in a subdirectory.\nthe words repeat: the the the the.\nlast line.\n";
+
+// A corpus directory: three text files (one in a subdirectory) and files that must be skipped.
+std::string make_corpus() {
+    std::string dir = temp_dir();
+    mkdir((dir + "/sub").c_str(), 0777);
+    write_file(dir + "/a.txt", kDocA);
+    write_file(dir + "/b", kDocB);
+    write_file(dir + "/sub/c", kDocC);
+    write_file(dir + "/a.dat", std::string("\0\0\0\2index", 9));
+    write_file(dir + "/a.u8", "utf-8 index");
+    write_file(dir + "/.hidden", "not a document");
+    return dir;
+}
+
+std::string decode_shard(const Tokenizer *t, const std::string &path) {
+    Shard s;
+    shard_open(path.c_str(), &s);
+    EXPECT_EQ(s.vocab, (uint32_t)t->V);
+    std::vector<uint32_t> ids(s.n);
+    for (uint64_t i = 0; i < s.n; i++) ids[i] = shard_token(&s, i);
+    shard_close(&s);
+    std::string out(tok_decode(t, ids.data(), ids.size(), NULL, 0), '\0');
+    tok_decode(t, ids.data(), ids.size(), (uint8_t *)&out[0], out.size());
+    return out;
+}
+
+// Where prepare splits a document: after (1 - f) of it, moved to just past the next newline.
+size_t split(const std::string &doc, double f) {
+    size_t c = (size_t)(doc.size() * (1.0 - f));
+    size_t nl = doc.find('\n', c);
+    return nl == std::string::npos ? c : nl + 1;
+}
+
+TEST(Prepare, EndToEnd) {
+    std::string in = make_corpus(), out = temp_dir() + "/out/nested";
+    const char *inputs[] = {in.c_str()};
+    PrepareStats st;
+    prepare_dataset(inputs, 1, 300, out.c_str(), 0.3, 5, &st);
+    EXPECT_EQ(st.docs, 3);
+    EXPECT_EQ(st.bytes, kDocA.size() + kDocB.size() + kDocC.size());
+    EXPECT_EQ(st.vocab, 300);
+    Tokenizer *t = tok_load((out + "/tokenizer.bin").c_str());
+    ASSERT_EQ(t->V, 300);
+    std::string train = decode_shard(t, out + "/train.bin"), val = decode_shard(t, out + "/val.bin");
+    EXPECT_EQ(train.size(), st.train_bytes);
+    EXPECT_EQ(val.size(), st.val_bytes);
+    EXPECT_EQ(st.train_bytes + st.val_bytes, st.bytes);
+    EXPECT_LT(st.train_tokens, st.train_bytes);  // the merges compress
+    // Each document's head is in train and its tail in val, in the same document order.
+    std::vector<std::string> docs = {kDocA, kDocB, kDocC};
+    std::vector<std::pair<size_t, size_t>> at;  // (offset in train, offset in val) per document
+    for (const std::string &d : docs) {
+        const size_t c = split(d, 0.3);
+        at.push_back({train.find(d.substr(0, c)), val.find(d.substr(c))});
+        EXPECT_NE(at.back().first, std::string::npos);
+        EXPECT_NE(at.back().second, std::string::npos);
+    }
+    for (size_t i = 0; i < at.size(); i++)
+        for (size_t j = 0; j < at.size(); j++)
+            EXPECT_EQ(at[i].first < at[j].first, at[i].second < at[j].second) << i << " " << j;
+    // kDocB has no newline after its 70% point: its split is a plain byte cut.
+    EXPECT_EQ(split(kDocB, 0.3), (size_t)(kDocB.size() * 0.7));
+    EXPECT_EQ(train.size(), kDocA.size() + kDocB.size() + kDocC.size() - val.size());
+    tok_free(t);
+
+    // Same seed, same files; another seed, another document order.
+    std::string out2 = temp_dir(), out3 = temp_dir();
+    prepare_dataset(inputs, 1, 300, out2.c_str(), 0.3, 5, &st);
+    EXPECT_EQ(read_file(out + "/train.bin"), read_file(out2 + "/train.bin"));
+    EXPECT_EQ(read_file(out + "/val.bin"), read_file(out2 + "/val.bin"));
+    EXPECT_EQ(read_file(out + "/tokenizer.bin"), read_file(out2 + "/tokenizer.bin"));
+    prepare_dataset(inputs, 1, 300, out3.c_str(), 0.3, 6, &st);
+    t = tok_load((out3 + "/tokenizer.bin").c_str());
+    std::string train3 = decode_shard(t, out3 + "/train.bin");
+    tok_free(t);
+    EXPECT_EQ(train3.size(), train.size());
+    EXPECT_NE(train3, train);
+}
+
+TEST(Prepare, RawBytesAndExplicitFiles) {
+    std::string in = make_corpus(), out = temp_dir();
+    std::string a = in + "/a.txt", c = in + "/sub/c";
+    const char *inputs[] = {a.c_str(), c.c_str()};
+    PrepareStats st;
+    prepare_dataset(inputs, 2, 256, out.c_str(), 0.0, 1, &st);
+    EXPECT_EQ(st.docs, 2);
+    EXPECT_EQ(st.train_tokens, kDocA.size() + kDocC.size());
+    EXPECT_EQ(st.val_tokens, 0u);
+    Shard s;
+    shard_open((out + "/train.bin").c_str(), &s);
+    EXPECT_EQ(s.vocab, 256u);
+    std::string bytes;
+    for (uint64_t i = 0; i < s.n; i++) bytes.push_back((char)shard_token(&s, i));
+    shard_close(&s);
+    EXPECT_TRUE(bytes == kDocA + kDocC || bytes == kDocC + kDocA);
+}
+
+TEST(Prepare, BadInputIsUsageError) {
+    std::string out = temp_dir(), empty = temp_dir();
+    const char *missing[] = {"/nonexistent/moelab/corpus"};
+    PrepareStats st;
+    EXPECT_EXIT(prepare_dataset(missing, 1, 300, out.c_str(), 0.1, 1, &st), ::testing::ExitedWithCode(2),
+                "cannot read input /nonexistent/moelab/corpus: No such file");
+    const char *none[] = {empty.c_str()};
+    EXPECT_EXIT(prepare_dataset(none, 1, 300, out.c_str(), 0.1, 1, &st), ::testing::ExitedWithCode(2),
+                "no input files found");
+    write_file(empty + "/zero", "");
+    EXPECT_EXIT(prepare_dataset(none, 1, 300, out.c_str(), 0.1, 1, &st), ::testing::ExitedWithCode(2),
+                "hold no training text");
+    std::string in = make_corpus();
+    const char *ok[] = {in.c_str()};
+    std::string blocked = in + "/a.txt/out";  // a file where a directory must go
+    EXPECT_EXIT(prepare_dataset(ok, 1, 300, blocked.c_str(), 0.1, 1, &st), ::testing::ExitedWithCode(2),
+                "cannot create output directory .*a.txt/out");
+}
+
+int run(std::vector<std::string> args) {
+    std::vector<char *> argv;
+    for (std::string &a : args) argv.push_back(&a[0]);
+    return cmd_data((int)argv.size(), argv.data());
+}
+
+TEST(CmdData, HelpAndFlagErrors) {
+    EXPECT_EQ(run({"data", "--help"}), 0);
+    EXPECT_EQ(run({"data", "prepare", "--help"}), 0);
+    EXPECT_EQ(run({"data"}), 2);
+    EXPECT_EQ(run({"data", "shuffle"}), 2);
+    EXPECT_EQ(run({"data", "prepare", "--vocab", "300", "--out", "x"}), 2);               // no --input
+    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--out", "x"}), 2);                 // no --vocab
+    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab", "300"}), 2);             // no --out
+    EXPECT_EQ(run({"data", "prepare", "--input", "--vocab", "300", "--out", "x"}), 2);    // empty --input
+    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab", "255", "--out", "x"}), 2);
+    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab", "3k", "--out", "x"}), 2);
+    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x", "--val-fraction", "1"}), 2);
+    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x", "--seed", "-1"}), 2);
+    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x", "--bogus", "1"}), 2);
+    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab"}), 2);
+    testing::internal::CaptureStderr();
+    run({"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x", "--bogus"});
+    EXPECT_NE(testing::internal::GetCapturedStderr().find("unknown option '--bogus'"), std::string::npos);
+}
+
+TEST(CmdData, PrepareEndToEnd) {
+    std::string in = make_corpus(), out = temp_dir();
+    std::string a = in + "/a.txt", b = in + "/b";
+    EXPECT_EQ(run({"data", "prepare", "--input", a, b, "--input=" + in + "/sub", "--vocab=280", "--out", out,
+                   "--val-fraction", "0.2", "--seed", "3"}),
+              0);
+    Tokenizer *t = tok_load((out + "/tokenizer.bin").c_str());
+    EXPECT_EQ(t->V, 280);
+    std::string train = decode_shard(t, out + "/train.bin"), val = decode_shard(t, out + "/val.bin");
+    EXPECT_EQ(train.size() + val.size(), kDocA.size() + kDocB.size() + kDocC.size());
+    tok_free(t);
+}
+
+}  // namespace

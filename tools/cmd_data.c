@@ -1,0 +1,129 @@
+// `moelab data`: dataset tooling. `moelab data prepare` turns text files into a BPE tokenizer and
+// train/validation token shards (data/prepare.h does the work; this file only parses flags).
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "data/prepare.h"
+#include "tools/commands.h"
+
+static const char USAGE[] =
+    "usage: moelab data <subcommand> [options]\n"
+    "\n"
+    "subcommands:\n"
+    "  prepare    train a byte-level BPE tokenizer on text files and write token shards\n"
+    "\n"
+    "`moelab data prepare --help` describes its options.\n";
+
+static const char USAGE_PREPARE[] =
+    "usage: moelab data prepare --input PATH... --vocab N --out DIR [--val-fraction F] [--seed S]\n"
+    "\n"
+    "Reads every file named by --input (directories are walked recursively, skipping hidden\n"
+    "entries and the fortunes index files *.dat and *.u8), trains a byte-level BPE tokenizer of N\n"
+    "tokens on the training text, and writes DIR/tokenizer.bin, DIR/train.bin and DIR/val.bin.\n"
+    "\n"
+    "options:\n"
+    "  --input PATH...     one or more files or directories (the flag may also repeat)\n"
+    "  --vocab N           vocabulary size, 256 (raw bytes, no merges) to 1048576\n"
+    "  --out DIR           output directory (created if missing)\n"
+    "  --val-fraction F    last fraction of each file held out for validation, in [0, 1)\n"
+    "                      (default 0.05)\n"
+    "  --seed S            seed of the order of the files in the shards (default 1337)\n"
+    "\n"
+    "Formats and loader semantics: docs/data.md.\n";
+
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("moelab: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 2;
+}
+
+static int is_help(const char *a) { return !strcmp(a, "--help") || !strcmp(a, "-h"); }
+
+static int cmd_prepare(int argc, char **argv) {
+    const char **inputs = calloc((size_t)argc, sizeof *inputs);  // at most argc - 1 paths
+    int n_inputs = 0, rc = 0;
+    const char *out = NULL, *vocab = NULL, *frac = NULL, *seed = NULL;
+    for (int i = 1; i < argc && rc == 0; i++) {
+        const char *a = argv[i];
+        if (is_help(a)) {
+            fputs(USAGE_PREPARE, stdout);
+            free(inputs);
+            return 0;
+        }
+        // "--flag value" and "--flag=value"; --input takes every following argument up to a flag.
+        const char *eq = strchr(a, '=');
+        const size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
+        if (nlen == 7 && !strncmp(a, "--input", 7)) {
+            if (eq) inputs[n_inputs++] = eq + 1;
+            const int before = n_inputs;
+            while (!eq && i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) inputs[n_inputs++] = argv[++i];
+            if (!eq && n_inputs == before) rc = fail("data prepare: --input needs at least one path");
+            continue;
+        }
+        const char **slot = nlen == 7 && !strncmp(a, "--vocab", 7)          ? &vocab
+                            : nlen == 5 && !strncmp(a, "--out", 5)           ? &out
+                            : nlen == 14 && !strncmp(a, "--val-fraction", 14) ? &frac
+                            : nlen == 6 && !strncmp(a, "--seed", 6)          ? &seed
+                                                                             : NULL;
+        if (!slot) {
+            rc = fail("data prepare: unknown option '%s' (see moelab data prepare --help)", a);
+        } else if (eq) {
+            *slot = eq + 1;
+        } else if (i + 1 < argc) {
+            *slot = argv[++i];
+        } else {
+            rc = fail("data prepare: %s needs a value", a);
+        }
+    }
+    if (rc == 0 && n_inputs == 0) rc = fail("data prepare: missing --input PATH... (see moelab data prepare --help)");
+    if (rc == 0 && !vocab) rc = fail("data prepare: missing --vocab N (see moelab data prepare --help)");
+    if (rc == 0 && (!out || !*out)) rc = fail("data prepare: missing --out DIR (see moelab data prepare --help)");
+    long V = 0;
+    double f = 0.05;
+    unsigned long long S = 1337;
+    char *end;
+    if (rc == 0) {
+        errno = 0;
+        V = strtol(vocab, &end, 10);
+        if (errno || end == vocab || *end || V < 256 || V > (1 << 20))
+            rc = fail("data prepare: --vocab '%s': expected an integer in [256, 1048576]", vocab);
+    }
+    if (rc == 0 && frac) {
+        f = strtod(frac, &end);
+        if (end == frac || *end || !(f >= 0.0 && f < 1.0))
+            rc = fail("data prepare: --val-fraction '%s': expected a number in [0, 1)", frac);
+    }
+    if (rc == 0 && seed) {
+        errno = 0;
+        S = strtoull(seed, &end, 10);
+        if (errno || end == seed || *end || seed[0] == '-')
+            rc = fail("data prepare: --seed '%s': expected a non-negative integer", seed);
+    }
+    if (rc == 0) {
+        PrepareStats st;
+        prepare_dataset(inputs, n_inputs, (int)V, out, f, S, &st);
+    }
+    free(inputs);
+    return rc;
+}
+
+int cmd_data(int argc, char **argv) {
+    if (argc < 2) {
+        fputs(USAGE, stderr);
+        return 2;
+    }
+    if (is_help(argv[1])) {
+        fputs(USAGE, stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "prepare")) return cmd_prepare(argc - 1, argv + 1);
+    return fail("data: unknown subcommand '%s' (see moelab data --help)", argv[1]);
+}
