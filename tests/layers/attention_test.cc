@@ -43,7 +43,8 @@ void reference(const Vec &q, const Vec &k, const Vec &v, int Hkv, std::vector<do
                     double p = std::exp(s[t2] - mx) / sum;
                     att[((b * H + h) * T + t) * T + t2] = p;
                     for (int i = 0; i < hd; i++)
-                        out[((b * T + t) * H + h) * hd + i] += p * v[((b * T + t2) * Hkv + g) * hd + i];
+                        out[((b * T + t) * H + h) * hd + i] +=
+                            p * v[((b * T + t2) * Hkv + g) * hd + i];
                 }
             }
         }
@@ -88,8 +89,10 @@ TEST(Attention, IsCausal) {
         for (int t = 0; t < T; t++)
             for (int i = 0; i < H * hd; i++) {
                 size_t o = (size_t)(b * T + t) * H * hd + i;
-                if (t < t0) EXPECT_EQ(out1[o], out2[o]) << "b " << b << " t " << t;
-                else EXPECT_NE(out1[o], out2[o]) << "b " << b << " t " << t;
+                if (t < t0)
+                    EXPECT_EQ(out1[o], out2[o]) << "b " << b << " t " << t;
+                else
+                    EXPECT_NE(out1[o], out2[o]) << "b " << b << " t " << t;
             }
 }
 
@@ -133,10 +136,12 @@ TEST(Attention, GroupedQueryEqualsRepeatedKeyValueHeads) {
 TEST(Attention, BackwardMatchesFiniteDifferences) {
     for (const Shape &s : shapes) {
         SCOPED_TRACE("Hkv = " + std::to_string(s.Hkv));
-        Vec q = rand_vec(s.nq(), 11, 2.0f), k = rand_vec(s.nkv(), 12, 2.0f), v = rand_vec(s.nkv(), 13);
+        Vec q = rand_vec(s.nq(), 11, 2.0f), k = rand_vec(s.nkv(), 12, 2.0f),
+            v = rand_vec(s.nkv(), 13);
         Vec R = rand_vec(s.nq(), 14), out(s.nq()), att(s.natt());
         auto L = [&] {
-            attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, s.Hkv, hd);
+            attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, s.Hkv,
+                              hd);
             return objective(out, R);
         };
         L();
@@ -154,22 +159,23 @@ TEST(Attention, BackwardAccumulates) {
     Vec q = rand_vec(s.nq(), 15), k = rand_vec(s.nkv(), 16), v = rand_vec(s.nkv(), 17);
     Vec dout = rand_vec(s.nq(), 18), out(s.nq()), att(s.natt());
     attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, s.Hkv, hd);
-    Vec g1[3] = {Vec(s.nq()), Vec(s.nkv()), Vec(s.nkv())}, g2[3] = {Vec(s.nq()), Vec(s.nkv()), Vec(s.nkv())};
-    attention_backward_input(g1[0].data(), g1[1].data(), g1[2].data(), dout.data(), q.data(), k.data(),
-                             v.data(), att.data(), B, T, H, s.Hkv, hd);
+    Vec g1[3] = {Vec(s.nq()), Vec(s.nkv()), Vec(s.nkv())},
+        g2[3] = {Vec(s.nq()), Vec(s.nkv()), Vec(s.nkv())};
+    attention_backward_input(g1[0].data(), g1[1].data(), g1[2].data(), dout.data(), q.data(),
+                             k.data(), v.data(), att.data(), B, T, H, s.Hkv, hd);
     for (int r = 0; r < 2; r++)
         attention_backward_input(g2[0].data(), g2[1].data(), g2[2].data(), dout.data(), q.data(),
                                  k.data(), v.data(), att.data(), B, T, H, s.Hkv, hd);
     // The second call adds term by term into a nonzero buffer, so the sums round differently from
     // 2 × the first: equal up to float rounding, and far from the 1 × that "=" would give.
     for (int j = 0; j < 3; j++)
-        for (size_t i = 0; i < g1[j].size(); i++)
-            EXPECT_NEAR(g2[j][i], 2.0f * g1[j][i], 1e-6);
+        for (size_t i = 0; i < g1[j].size(); i++) EXPECT_NEAR(g2[j][i], 2.0f * g1[j][i], 1e-6);
 }
 
 TEST(Attention, BitIdenticalAcrossThreadCounts) {
     const int b = 3, t_len = 17, h = 4, hkv = 2, d = 8;
-    size_t nq = (size_t)b * t_len * h * d, nkv = (size_t)b * t_len * hkv * d, na = (size_t)b * h * t_len * t_len;
+    size_t nq = (size_t)b * t_len * h * d, nkv = (size_t)b * t_len * hkv * d,
+           na = (size_t)b * h * t_len * t_len;
     Vec q = rand_vec(nq, 19), k = rand_vec(nkv, 20), v = rand_vec(nkv, 21), dout = rand_vec(nq, 22);
     Vec res[3][5];
     for (int r = 0; r < 3; r++) {
@@ -177,20 +183,23 @@ TEST(Attention, BitIdenticalAcrossThreadCounts) {
         out.assign(nq, 0.0f), att.assign(na, 0.0f), dq.assign(nq, 0.0f), dk.assign(nkv, 0.0f);
         dv.assign(nkv, 0.0f);
         with_threads(r + 1, [&] {
-            attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), b, t_len, h, hkv, d);
-            attention_backward_input(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(),
-                                     v.data(), att.data(), b, t_len, h, hkv, d);
+            attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), b, t_len, h,
+                              hkv, d);
+            attention_backward_input(dq.data(), dk.data(), dv.data(), dout.data(), q.data(),
+                                     k.data(), v.data(), att.data(), b, t_len, h, hkv, d);
         });
     }
     for (int r = 1; r < 3; r++)
-        for (int j = 0; j < 5; j++) EXPECT_TRUE(bit_equal(res[0][j], res[r][j])) << r + 1 << " threads, tensor " << j;
+        for (int j = 0; j < 5; j++)
+            EXPECT_TRUE(bit_equal(res[0][j], res[r][j])) << r + 1 << " threads, tensor " << j;
 }
 
 TEST(AttentionDeath, HeadsNotDivisible) {
     GTEST_FLAG_SET(death_test_style, "threadsafe");
     Vec x(64);
     EXPECT_EXIT(attention_forward(x.data(), x.data(), x.data(), x.data(), x.data(), 1, 1, 4, 3, 2),
-                ::testing::ExitedWithCode(1), "attention: n_heads \\(4\\) must be divisible by n_kv_heads \\(3\\)");
+                ::testing::ExitedWithCode(1),
+                "attention: n_heads \\(4\\) must be divisible by n_kv_heads \\(3\\)");
 }
 
 }  // namespace

@@ -83,7 +83,8 @@ TEST(CrossEntropy, BitIdenticalAcrossThreadCounts) {
         loss[r].assign(n, 0.0f), lse[r].assign(n, 0.0f), dz[r].assign((size_t)n * v, 0.0f);
         with_threads(r + 1, [&] {
             crossentropy_forward(loss[r].data(), lse[r].data(), z.data(), tgt.data(), n, v);
-            crossentropy_backward_input(dz[r].data(), z.data(), lse[r].data(), tgt.data(), 1.0f / n, n, v);
+            crossentropy_backward_input(dz[r].data(), z.data(), lse[r].data(), tgt.data(), 1.0f / n,
+                                        n, v);
         });
     }
     EXPECT_TRUE(bit_equal(loss[0], loss[1]));
@@ -96,7 +97,8 @@ TEST(CrossEntropyDeath, TargetOutOfRange) {
     Vec z(2 * V), loss(2), lse(2);
     const int bad[2] = {0, V};
     EXPECT_EXIT(crossentropy_forward(loss.data(), lse.data(), z.data(), bad, 2, V),
-                ::testing::ExitedWithCode(1), "crossentropy: target 11 at row 1 is outside \\[0, 11\\)");
+                ::testing::ExitedWithCode(1),
+                "crossentropy: target 11 at row 1 is outside \\[0, 11\\)");
 }
 
 }  // namespace

@@ -62,9 +62,11 @@ TEST(EmbeddingDeath, TokenOutOfRange) {
     Vec table(V * D), out(2 * D);
     const int high[2] = {1, V}, low[2] = {-1, 0};
     EXPECT_EXIT(embedding_forward(out.data(), high, table.data(), 2, V, D),
-                ::testing::ExitedWithCode(1), "embedding: token 6 at position 1 is outside \\[0, 6\\)");
+                ::testing::ExitedWithCode(1),
+                "embedding: token 6 at position 1 is outside \\[0, 6\\)");
     EXPECT_EXIT(embedding_backward_weight(table.data(), out.data(), low, 2, V, D),
-                ::testing::ExitedWithCode(1), "embedding: token -1 at position 0 is outside \\[0, 6\\)");
+                ::testing::ExitedWithCode(1),
+                "embedding: token -1 at position 0 is outside \\[0, 6\\)");
 }
 
 }  // namespace

@@ -63,7 +63,8 @@ inline double grad_err(const float *a, const std::vector<double> &f) {
 // Expects the analytic gradient a to match the finite differences f within tol (relative to the
 // largest entry), and that the same comparison rejects a copy of a with the sign of its
 // median-magnitude nonzero entry flipped, so a passing result means something.
-inline void expect_grad(const char *what, const float *a, const std::vector<double> &f, double tol) {
+inline void expect_grad(const char *what, const float *a, const std::vector<double> &f,
+                        double tol) {
     double err = grad_err(a, f);
     ::testing::Test::RecordProperty(std::string(what) + "_rel_err", std::to_string(err));
     EXPECT_LT(err, tol) << what << ": analytic gradient differs from finite differences";
@@ -79,7 +80,8 @@ inline void expect_grad(const char *what, const float *a, const std::vector<doub
 }
 
 // Expects got (float) to equal ref (double) within tol · (1 + |ref|) elementwise.
-inline void expect_close(const char *what, const Vec &got, const std::vector<double> &ref, double tol) {
+inline void expect_close(const char *what, const Vec &got, const std::vector<double> &ref,
+                         double tol) {
     ASSERT_EQ(got.size(), ref.size()) << what;
     for (size_t i = 0; i < ref.size(); i++)
         ASSERT_NEAR(got[i], ref[i], tol * (1.0 + std::fabs(ref[i]))) << what << " at " << i;

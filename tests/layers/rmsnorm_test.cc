@@ -63,7 +63,8 @@ TEST(RMSNorm, BitIdenticalAcrossThreadCounts) {
         dg[r].assign(d, 0.0f);
         with_threads(r + 1, [&] {
             rmsnorm_forward(out[r].data(), rstd[r].data(), x.data(), g.data(), n, d, eps);
-            rmsnorm_backward_input(dx[r].data(), dout.data(), x.data(), g.data(), rstd[r].data(), n, d);
+            rmsnorm_backward_input(dx[r].data(), dout.data(), x.data(), g.data(), rstd[r].data(), n,
+                                   d);
             rmsnorm_backward_weight(dg[r].data(), dout.data(), x.data(), rstd[r].data(), n, d);
         });
     }

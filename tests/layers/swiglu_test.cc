@@ -1,5 +1,6 @@
 // layers/swiglu: the gate and the whole FFN against double-precision loops, every backward
-// against finite differences, accumulation (dx, dw: +=; acts->da, db: =), saturated gates, zero rows.
+// against finite differences, accumulation (dx, dw: +=; acts->da, db: =), saturated gates, zero
+// rows.
 #include "tests/layers/gradcheck.h"
 
 extern "C" {
@@ -80,14 +81,16 @@ TEST(SwiGLU, BackwardMatchesFiniteDifferences) {
     Acts acts(N);
     Vec x = rand_vec(N * D, 7), R = rand_vec(N * D, 8), out(N * D);
     auto L = [&] {
-        swiglu_forward(out.data(), &acts.s, x.data(), w.w1.data(), w.w3.data(), w.w2.data(), N, D, F);
+        swiglu_forward(out.data(), &acts.s, x.data(), w.w1.data(), w.w3.data(), w.w2.data(), N, D,
+                       F);
         return objective(out, R);
     };
     L();
     Vec dx(N * D), dw1(F * D), dw3(F * D), dw2(D * F);
     swiglu_backward_input(dx.data(), &acts.s, acts.dh.data(), R.data(), w.w1.data(), w.w3.data(),
                           w.w2.data(), N, D, F);
-    swiglu_backward_weight(dw1.data(), dw3.data(), dw2.data(), &acts.s, x.data(), R.data(), N, D, F);
+    swiglu_backward_weight(dw1.data(), dw3.data(), dw2.data(), &acts.s, x.data(), R.data(), N, D,
+                           F);
     expect_grad("dx", dx.data(), fd_grad(x, 1e-2, L), 1e-3);
     expect_grad("dw1", dw1.data(), fd_grad(w.w1, 1e-2, L), 1e-3);
     expect_grad("dw3", dw3.data(), fd_grad(w.w3, 1e-2, L), 1e-3);
@@ -100,16 +103,17 @@ TEST(SwiGLU, BackwardAccumulatesGradientsButRewritesActs) {
     Vec x = rand_vec(N * D, 9), dout = rand_vec(N * D, 10), out(N * D);
     swiglu_forward(out.data(), &acts.s, x.data(), w.w1.data(), w.w3.data(), w.w2.data(), N, D, F);
     Vec dx1(N * D), dw1(F * D), dw3(F * D), dw2(D * F);
-    swiglu_backward_input(dx1.data(), &acts.s, acts.dh.data(), dout.data(), w.w1.data(), w.w3.data(),
-                          w.w2.data(), N, D, F);
-    swiglu_backward_weight(dw1.data(), dw3.data(), dw2.data(), &acts.s, x.data(), dout.data(), N, D, F);
+    swiglu_backward_input(dx1.data(), &acts.s, acts.dh.data(), dout.data(), w.w1.data(),
+                          w.w3.data(), w.w2.data(), N, D, F);
+    swiglu_backward_weight(dw1.data(), dw3.data(), dw2.data(), &acts.s, x.data(), dout.data(), N, D,
+                           F);
     Vec da1 = acts.da, db1 = acts.db;
     Vec dx2(N * D), dw1b(F * D), dw3b(F * D), dw2b(D * F);
     for (int r = 0; r < 2; r++) {
         swiglu_backward_input(dx2.data(), &acts.s, acts.dh.data(), dout.data(), w.w1.data(),
                               w.w3.data(), w.w2.data(), N, D, F);
-        swiglu_backward_weight(dw1b.data(), dw3b.data(), dw2b.data(), &acts.s, x.data(), dout.data(),
-                               N, D, F);
+        swiglu_backward_weight(dw1b.data(), dw3b.data(), dw2b.data(), &acts.s, x.data(),
+                               dout.data(), N, D, F);
     }
     EXPECT_TRUE(bit_equal(acts.da, da1));
     EXPECT_TRUE(bit_equal(acts.db, db1));
@@ -125,8 +129,8 @@ TEST(SwiGLU, ZeroRowsIsANoOp) {
     SwigluActs none = {nullptr, nullptr, nullptr, nullptr, nullptr};
     Vec dw1(F * D, 1.0f), dw3(F * D, 1.0f), dw2(D * F, 1.0f);
     swiglu_forward(nullptr, &none, nullptr, w.w1.data(), w.w3.data(), w.w2.data(), 0, D, F);
-    swiglu_backward_input(nullptr, &none, nullptr, nullptr, w.w1.data(), w.w3.data(), w.w2.data(), 0,
-                          D, F);
+    swiglu_backward_input(nullptr, &none, nullptr, nullptr, w.w1.data(), w.w3.data(), w.w2.data(),
+                          0, D, F);
     swiglu_backward_weight(dw1.data(), dw3.data(), dw2.data(), &none, nullptr, nullptr, 0, D, F);
     for (float g : dw1) EXPECT_EQ(g, 1.0f);
     for (float g : dw2) EXPECT_EQ(g, 1.0f);
