@@ -1,0 +1,158 @@
+// SVG timeline of a SimTimeline: ranks as rows, ops as coloured cells with micro-batch ids, idle
+// time per rank at the row's end, a time axis, a legend and a title. Self-contained SVG 1.1 that
+// browsers and docs viewers render without scripts or external fonts.
+#include "parallel/schedule_svg.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+
+static void set_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(char *err, const char *fmt, ...) {
+    if (!err) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, SCHED_ERR_LEN, fmt, ap);
+    va_end(ap);
+}
+
+// Colours by op kind (F, B, W) and pipe (down lighter, up darker).
+static const char *COLOR[3][2] = {
+    {"#fcd5a4", "#ef9a3c"},   // F: orange
+    {"#a9cff2", "#4a8fd6"},   // B: blue
+    {"#bfe3b4", "#5caf55"},   // W: green
+};
+
+// Layout in pixels.
+enum { LEFT = 70, TOP = 48, ROW_H = 26, ROW_GAP = 6, RIGHT = 110, MIN_CELL = 22 };
+
+static void xml_text(FILE *f, const char *s) {
+    for (; *s; s++) {
+        switch (*s) {
+        case '&': fputs("&amp;", f); break;
+        case '<': fputs("&lt;", f); break;
+        case '>': fputs("&gt;", f); break;
+        default: fputc(*s, f);
+        }
+    }
+}
+
+// The micro-batch text inside a cell: "3", "3*" (W deferred), or "4|1" for F&B.
+static void cell_text(const SchedOp *op, char *buf, size_t len) {
+    switch (op->kind) {
+    case SCHED_F: snprintf(buf, len, "%d", op->f.mb); break;
+    case SCHED_B: snprintf(buf, len, "%d%s", op->b.mb, op->b.defer_w ? "*" : ""); break;
+    case SCHED_W: snprintf(buf, len, "%d", op->b.mb); break;
+    default: snprintf(buf, len, "%d|%d", op->f.mb, op->b.mb);
+    }
+}
+
+// A round tick spacing (1, 2 or 5 × 10^k) giving about ten ticks over span.
+static double tick_step(double span) {
+    double raw = span / 10, p = pow(10, floor(log10(raw)));
+    return raw <= p ? p : raw <= 2 * p ? 2 * p : raw <= 5 * p ? 5 * p : 10 * p;
+}
+
+int sched_svg_write(const SimTimeline *tl, const char *title, const char *unit, const char *path,
+                    char *err) {
+    // Scale time so that the shortest op is still wide enough for its label, within 600..3000 px.
+    double span = tl->t1 - tl->t0, shortest = span;
+    for (int r = 0; r < tl->R; r++)
+        for (int i = 0; i < tl->n[r]; i++) {
+            double d = tl->ev[r][i].end - tl->ev[r][i].start;
+            if (d > 0 && d < shortest) shortest = d;
+        }
+    double plot_w = span > 0 ? MIN_CELL * span / shortest : 600;
+    plot_w = plot_w < 600 ? 600 : plot_w > 3000 ? 3000 : plot_w;
+    double px = span > 0 ? plot_w / span : 1;   // pixels per time unit
+    int rows_h = tl->R * (ROW_H + ROW_GAP);
+    int width = LEFT + (int)ceil(plot_w) + RIGHT, height = TOP + rows_h + 90;
+
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        set_err(err, "cannot write SVG %s", path);
+        return 1;
+    }
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
+            "font-family=\"Helvetica, Arial, sans-serif\">\n", width, height, width, height);
+    // F&B cells: left half the forward's colour, right half the backward's, one gradient per pair
+    // of pipes so that each op stays a single rect.
+    fputs("<defs>\n", f);
+    for (int fp = 0; fp < 2; fp++)
+        for (int bp = 0; bp < 2; bp++)
+            fprintf(f, "<linearGradient id=\"fb%d%d\"><stop offset=\"0.5\" stop-color=\"%s\"/>"
+                    "<stop offset=\"0.5\" stop-color=\"%s\"/></linearGradient>\n", fp, bp, COLOR[0][fp], COLOR[1][bp]);
+    fputs("</defs>\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n", f);
+    fprintf(f, "<text x=\"%d\" y=\"28\" font-size=\"16\" font-weight=\"bold\">", LEFT);
+    xml_text(f, title);
+    fputs("</text>\n", f);
+
+    fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\" text-anchor=\"start\">idle</text>\n",
+            LEFT + (int)ceil(plot_w) + 8, TOP - 6);
+    for (int r = 0; r < tl->R; r++) {
+        int y = TOP + r * (ROW_H + ROW_GAP);
+        fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"12\" text-anchor=\"end\">rank %d</text>\n", LEFT - 8,
+                y + ROW_H / 2 + 4, r);
+        fprintf(f, "<rect class=\"row\" x=\"%d\" y=\"%d\" width=\"%.2f\" height=\"%d\" fill=\"#f2f2f2\"/>\n", LEFT,
+                y, plot_w, ROW_H);
+        for (int i = 0; i < tl->n[r]; i++) {
+            const SimEvent *e = &tl->ev[r][i];
+            const SchedOp *op = &e->op;
+            double x = LEFT + (e->start - tl->t0) * px, w = (e->end - e->start) * px;
+            char fill[16], text[24], label[48];
+            if (op->kind == SCHED_FB)
+                snprintf(fill, sizeof fill, "url(#fb%d%d)", op->f.pipe, op->b.pipe);
+            else
+                snprintf(fill, sizeof fill, "%s", COLOR[op->kind][op->kind == SCHED_F ? op->f.pipe : op->b.pipe]);
+            fprintf(f, "<rect class=\"op\" x=\"%.2f\" y=\"%d\" width=\"%.2f\" height=\"%d\" fill=\"%s\" "
+                    "stroke=\"#333\" stroke-width=\"0.6\"><title>%s %.6g–%.6g</title></rect>\n",
+                    x, y, w, ROW_H, fill, sched_op_label(op, label, sizeof label), e->start - tl->t0,
+                    e->end - tl->t0);
+            // The id only where it fits: about 7 px per character at 11 px.
+            cell_text(op, text, sizeof text);
+            if (w >= 7.0 * strlen(text) + 2)
+                fprintf(f, "<text x=\"%.2f\" y=\"%d\" font-size=\"11\" text-anchor=\"middle\">%s</text>\n",
+                        x + w / 2, y + ROW_H / 2 + 4, text);
+        }
+        fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"12\">%.6g</text>\n", LEFT + (int)ceil(plot_w) + 8,
+                y + ROW_H / 2 + 4, tl->bubble[r]);
+    }
+
+    // Time axis.
+    int ay = TOP + rows_h + 4;
+    fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%.2f\" y2=\"%d\" stroke=\"#333\"/>\n", LEFT, ay, LEFT + plot_w, ay);
+    if (span > 0) {
+        double step = tick_step(span);
+        for (double t = 0; t <= span * (1 + 1e-9); t += step) {
+            double x = LEFT + t * px;
+            fprintf(f, "<line x1=\"%.2f\" y1=\"%d\" x2=\"%.2f\" y2=\"%d\" stroke=\"#333\"/>"
+                    "<text x=\"%.2f\" y=\"%d\" font-size=\"10\" text-anchor=\"middle\">%.6g</text>\n",
+                    x, ay, x, ay + 4, x, ay + 15, t);
+        }
+    }
+    fprintf(f, "<text x=\"%.2f\" y=\"%d\" font-size=\"11\" text-anchor=\"middle\">time (", LEFT + plot_w / 2, ay + 30);
+    xml_text(f, unit);
+    fputs(")</text>\n", f);
+
+    // Legend.
+    static const char *NAME[3] = {"F", "B", "W"};
+    int ly = ay + 44, lx = LEFT;
+    for (int k = 0; k < 3; k++)
+        for (int p = 0; p < 2; p++) {
+            fprintf(f, "<rect class=\"legend\" x=\"%d\" y=\"%d\" width=\"16\" height=\"14\" fill=\"%s\" stroke=\"#333\" "
+                    "stroke-width=\"0.6\"/><text x=\"%d\" y=\"%d\" font-size=\"11\">%s %s</text>\n",
+                    lx, ly, COLOR[k][p], lx + 20, ly + 11, NAME[k], sched_pipe_name(p));
+            lx += 86;
+        }
+    fprintf(f, "<rect class=\"legend\" x=\"%d\" y=\"%d\" width=\"16\" height=\"14\" fill=\"url(#fb01)\" stroke=\"#333\" "
+            "stroke-width=\"0.6\"/><text x=\"%d\" y=\"%d\" font-size=\"11\">F&amp;B (f|b ids)</text>\n",
+            lx, ly, lx + 20, ly + 11);
+    fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">cell text: micro-batch id; * = W deferred; "
+            "right column: idle time per rank</text>\n", LEFT, ly + 32);
+    fputs("</svg>\n", f);
+    if (fclose(f) != 0) {
+        set_err(err, "cannot write SVG %s", path);
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,138 @@
+// `moelab schedule`: text and JSON output, SVG and trace files, --from-trace, and exit code 2 with
+// a message for every kind of bad argument.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+extern "C" {
+#include "parallel/schedule.h"
+#include "tools/commands.h"
+}
+
+namespace {
+
+struct Result {
+    int rc;
+    std::string out, err;
+};
+
+Result run(std::vector<std::string> args) {
+    args.insert(args.begin(), "schedule");
+    std::vector<char *> argv;
+    for (auto &a : args) argv.push_back(&a[0]);
+    testing::internal::CaptureStdout();
+    testing::internal::CaptureStderr();
+    int rc = cmd_schedule((int)argv.size(), argv.data());
+    fflush(stdout);
+    Result r{rc, testing::internal::GetCapturedStdout(), testing::internal::GetCapturedStderr()};
+    return r;
+}
+
+std::string tmp_path(const char *tag) {
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/moelab_cmd_%s_XXXXXX", tag);
+    close(mkstemp(path));
+    return path;
+}
+
+std::string slurp(const std::string &path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+TEST(CmdSchedule, Help) {
+    Result r = run({"--help"});
+    EXPECT_EQ(r.rc, 0);
+    EXPECT_NE(r.out.find("usage: moelab schedule --kind"), std::string::npos);
+}
+
+TEST(CmdSchedule, TextOneFOneB) {
+    Result r = run({"--kind", "1f1b", "--pp", "2", "--chunks=2"});
+    EXPECT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(r.out,
+              "1F1B: 2 ranks, 2 micro-batches\n"
+              "rank 0: F0d F1d B0d B1d\n"
+              "rank 1: F0d B0d F1d B1d\n"
+              "simulated with F 1, B 2, W 1, F&B 3, p2p 0:\n"
+              "step time 9\n"
+              "rank 0: busy 6, idle 3 (33.3%)\n"
+              "rank 1: busy 6, idle 3 (33.3%)\n"
+              "bubble formula (N-1)(F+B) = 3 (docs/pipeline.md says when it is exact)\n");
+}
+
+TEST(CmdSchedule, TextDualPipeCosts) {
+    Result r = run({"--kind", "dualpipe", "--pp", "4", "--chunks", "8", "--cost-f", "2", "--cost-b", "3",
+                    "--cost-w", "1", "--cost-fb", "5"});
+    EXPECT_EQ(r.rc, 0) << r.err;
+    // F = B − W and F&B = F + B: every rank idles (N/2 − 1)(F&B + B − 3W) = 5.
+    for (int k = 0; k < 4; k++)
+        EXPECT_NE(r.out.find("rank " + std::to_string(k) + ": busy"), std::string::npos);
+    EXPECT_NE(r.out.find("idle 5 ("), std::string::npos);
+    EXPECT_NE(r.out.find("rank 0: F0d F1d F2d F4u B4u* W4u F5u FB(3d,5u)"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("bubble formula (N/2-1)(F&B+B-3W) = 5"), std::string::npos);
+}
+
+TEST(CmdSchedule, JsonAndFiles) {
+    std::string svg = tmp_path("svg"), trace = tmp_path("trace"), svg2 = tmp_path("svg2");
+    Result r = run({"--kind", "dualpipev", "--pp", "3", "--chunks", "7", "--format", "json", "--svg", svg,
+                    "--trace", trace});
+    EXPECT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(r.out.rfind("{\"ranks\": [\n  [{\"op\": \"F\", \"mb\": 0, \"pipe\": \"down\"}", 0), 0u) << r.out;
+    EXPECT_EQ(r.out.substr(r.out.size() - 3), "]}\n");
+    EXPECT_NE(r.out.find("\"defer_w\": true"), std::string::npos);
+    EXPECT_EQ(r.out.find("step time"), std::string::npos);  // JSON mode prints JSON only
+    std::string s = slurp(svg);
+    EXPECT_NE(s.find("DualPipeV, PP 3, 7 micro-batches"), std::string::npos);
+    EXPECT_NE(s.find("<rect class=\"op\""), std::string::npos);
+
+    Result m = run({"--from-trace", trace, "--svg", svg2});
+    EXPECT_EQ(m.rc, 0) << m.err;
+    EXPECT_NE(m.out.find("rank 2: busy"), std::string::npos);
+    std::string s2 = slurp(svg2);
+    EXPECT_NE(s2.find("Measured timeline"), std::string::npos);
+    EXPECT_NE(s2.find("time (µs)"), std::string::npos);
+    remove(svg.c_str());
+    remove(svg2.c_str());
+    remove(trace.c_str());
+}
+
+TEST(CmdSchedule, BadArguments) {
+    struct Case { std::vector<std::string> args; const char *msg; } cases[] = {
+        {{"--kind", "zb", "--pp", "2", "--chunks", "4"}, "--kind must be 1f1b, dualpipe or dualpipev, got 'zb'"},
+        {{"--kind", "dualpipe", "--pp", "3", "--chunks", "6"}, "dualpipe needs an even number of ranks (pp = 3)"},
+        {{"--kind", "dualpipe", "--pp", "4", "--chunks", "7"}, "dualpipe needs an even number of micro-batches"},
+        {{"--kind", "dualpipev", "--pp", "4", "--chunks", "7"}, "dualpipev needs at least 2N = 8 micro-batches"},
+        {{"--kind", "1f1b", "--pp", "2"}, "--kind, --pp and --chunks are required"},
+        {{"--kind", "1f1b", "--pp", "two", "--chunks", "4"}, "--pp expects an integer, got 'two'"},
+        {{"--kind", "1f1b", "--pp", "2", "--chunks", "4", "--format", "xml"}, "--format must be text or json"},
+        {{"--kind", "1f1b", "--pp", "2", "--chunks", "4", "--cost-w", "5"}, "cost of W (5) must not exceed"},
+        {{"--kind", "1f1b", "--pp", "2", "--chunks", "4", "--cost-f", "1x"}, "--cost-f expects a number"},
+        {{"--kind", "1f1b", "--pp", "2", "--chunks"}, "--chunks needs a value"},
+        {{"--bogus", "1"}, "unknown option '--bogus'"},
+        {{"stray"}, "unexpected argument 'stray'"},
+        {{"--from-trace", "x.json"}, "--from-trace needs --svg OUT"},
+        {{"--from-trace", "/nonexistent.json", "--svg", "/tmp/x.svg"}, "cannot open trace /nonexistent.json"},
+    };
+    for (auto &c : cases) {
+        Result r = run(c.args);
+        EXPECT_EQ(r.rc, 2) << c.msg;
+        EXPECT_NE(r.err.find(std::string("moelab: error: ") + c.msg), std::string::npos) << r.err;
+        EXPECT_EQ(r.out, "");
+    }
+}
+
+TEST(CmdSchedule, UnwritableSvgIsFailure) {
+    Result r = run({"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--svg", "/nonexistent/dir/x.svg"});
+    EXPECT_EQ(r.rc, 1);
+    EXPECT_NE(r.err.find("cannot write SVG /nonexistent/dir/x.svg"), std::string::npos);
+}
+
+}  // namespace

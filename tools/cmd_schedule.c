@@ -1,0 +1,184 @@
+// `moelab schedule`: prints a pipeline schedule (text or JSON), simulates it with per-op costs and
+// reports each rank's idle time, draws it as SVG or writes it as a Chrome trace; or draws a measured
+// timeline from a Chrome trace. A thin front end over parallel/schedule, simulator and schedule_svg.
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "parallel/schedule.h"
+#include "parallel/schedule_svg.h"
+#include "parallel/simulator.h"
+#include "tools/commands.h"
+
+static const char *HELP =
+    "usage: moelab schedule --kind 1f1b|dualpipe|dualpipev --pp N --chunks C [options]\n"
+    "       moelab schedule --from-trace FILE --svg OUT\n"
+    "\n"
+    "Prints the per-rank op list of a pipeline schedule (ARCHITECTURE.md §5, docs/pipeline.md),\n"
+    "checks it by playing all ranks against each other, and simulates it with per-op costs.\n"
+    "\n"
+    "  --kind K          1f1b, dualpipe (N even, C even, C >= 2N) or dualpipev (C >= 2N)\n"
+    "  --pp N            pipeline ranks\n"
+    "  --chunks C        micro-batches per step\n"
+    "  --format F        text (default: ops per rank, then simulated idle time per rank) or json\n"
+    "  --svg FILE        draw the simulated (or, with --from-trace, the measured) timeline\n"
+    "  --trace FILE      write the simulated timeline as a Chrome trace (opens in Perfetto)\n"
+    "  --cost-f X        cost of a forward chunk (default 1)\n"
+    "  --cost-b X        cost of a FULL backward chunk, input and weights (default 2)\n"
+    "  --cost-w X        cost of the weight-gradient part of a backward (default 1)\n"
+    "  --cost-fb X       cost of an overlapped forward & backward (default 3)\n"
+    "  --cost-p2p X      latency of one message between ranks (default 0)\n"
+    "  --from-trace FILE read a measured Chrome trace (moelab train --trace) instead\n"
+    "\n"
+    "Text tokens: F3d forward of micro-batch 3 in the down pipe, B0u backward (u = up pipe),\n"
+    "B0u* backward with W deferred, W0u the deferred W of B0u, FB(4d,1u) F4d and B1u overlapped.\n";
+
+static int usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("moelab: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs(" (see moelab schedule --help)\n", stderr);
+    va_end(ap);
+    return 2;
+}
+
+static int parse_int(const char *s, int *v) {
+    char *end;
+    long x = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || x < -1000000 || x > 1000000) return 1;
+    *v = (int)x;
+    return 0;
+}
+
+static int parse_double(const char *s, double *v) {
+    char *end;
+    *v = strtod(s, &end);
+    return *s == '\0' || *end != '\0';
+}
+
+static const char *DISPLAY[] = {"1F1B", "DualPipe", "DualPipeV"};
+
+static const char *FORMULA[] = {"(N-1)(F+B)", "(N/2-1)(F&B+B-3W)", "(N-1)(F&B+B-3W)"};
+
+static void print_idle(const SimTimeline *tl) {
+    double span = tl->t1 - tl->t0;
+    printf("step time %.6g\n", span);
+    for (int r = 0; r < tl->R; r++)
+        printf("rank %d: busy %.6g, idle %.6g (%.1f%%)\n", r, tl->busy[r], tl->bubble[r],
+               span > 0 ? 100 * tl->bubble[r] / span : 0.0);
+}
+
+static int from_trace(const char *trace, const char *svg) {
+    char err[SCHED_ERR_LEN], title[512];
+    SimTimeline *tl = sim_read_trace(trace, err);
+    if (!tl) {
+        fprintf(stderr, "moelab: error: %s\n", err);
+        return 2;
+    }
+    snprintf(title, sizeof title, "Measured timeline: %s", trace);
+    int rc = sched_svg_write(tl, title, "µs", svg, err);
+    if (rc) fprintf(stderr, "moelab: error: %s\n", err);
+    else print_idle(tl);
+    sim_free(tl);
+    return rc;
+}
+
+int cmd_schedule(int argc, char **argv) {
+    const char *kind_name = NULL, *format = "text", *svg = NULL, *trace_out = NULL, *from = NULL;
+    int N = 0, C = 0, have_n = 0, have_c = 0;
+    SimCosts cost = {1, 2, 1, 3, 0};
+    struct { const char *flag; double *v; } costs[5] = {{"--cost-f", &cost.f}, {"--cost-b", &cost.b},
+        {"--cost-w", &cost.w}, {"--cost-fb", &cost.fb}, {"--cost-p2p", &cost.p2p}};
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(HELP, stdout);
+            return 0;
+        }
+        // Every flag takes a value, as "--flag value" or "--flag=value".
+        char flag[64];
+        const char *val, *eq = strchr(argv[i], '=');
+        if (strncmp(argv[i], "--", 2) != 0) return usage("unexpected argument '%s'", argv[i]);
+        if (eq) {
+            snprintf(flag, sizeof flag, "%.*s", (int)(eq - argv[i]), argv[i]);
+            val = eq + 1;
+        } else {
+            snprintf(flag, sizeof flag, "%s", argv[i]);
+            if (i + 1 >= argc) return usage("%s needs a value", flag);
+            val = argv[++i];
+        }
+        int cost_i = -1;
+        for (int k = 0; k < 5; k++)
+            if (strcmp(flag, costs[k].flag) == 0) cost_i = k;
+        if (cost_i >= 0) {
+            if (parse_double(val, costs[cost_i].v)) return usage("%s expects a number, got '%s'", flag, val);
+        } else if (strcmp(flag, "--kind") == 0) {
+            kind_name = val;
+        } else if (strcmp(flag, "--pp") == 0) {
+            if (parse_int(val, &N)) return usage("--pp expects an integer, got '%s'", val);
+            have_n = 1;
+        } else if (strcmp(flag, "--chunks") == 0) {
+            if (parse_int(val, &C)) return usage("--chunks expects an integer, got '%s'", val);
+            have_c = 1;
+        } else if (strcmp(flag, "--format") == 0) {
+            format = val;
+        } else if (strcmp(flag, "--svg") == 0) {
+            svg = val;
+        } else if (strcmp(flag, "--trace") == 0) {
+            trace_out = val;
+        } else if (strcmp(flag, "--from-trace") == 0) {
+            from = val;
+        } else {
+            return usage("unknown option '%s'", flag);
+        }
+    }
+
+    if (from) {
+        if (!svg) return usage("--from-trace needs --svg OUT");
+        if (kind_name || have_n || have_c) return usage("--from-trace draws a measured run: drop --kind/--pp/--chunks");
+        return from_trace(from, svg);
+    }
+    if (!kind_name || !have_n || !have_c) return usage("--kind, --pp and --chunks are required");
+    int kind = sched_kind_parse(kind_name);
+    if (kind < 0) return usage("--kind must be 1f1b, dualpipe or dualpipev, got '%s'", kind_name);
+    int json = strcmp(format, "json") == 0;
+    if (!json && strcmp(format, "text") != 0) return usage("--format must be text or json, got '%s'", format);
+
+    char err[SCHED_ERR_LEN];
+    if (sim_costs_check(&cost, err)) return usage("%s", err);
+    Schedule *s = sched_build(kind, N, C, err);
+    if (!s) return usage("%s", err);
+    // The generators are exact; a failed play would be a bug in them, reported as such.
+    SimTimeline *tl = sim_run(s, &cost, err);
+    if (!tl) {
+        fprintf(stderr, "moelab: error: %s schedule failed validation: %s\n", kind_name, err);
+        sched_free(s);
+        return 1;
+    }
+    int rc = 0;
+    if (json) {
+        sched_write_json(s, stdout);
+    } else {
+        printf("%s: %d ranks, %d micro-batches\n", DISPLAY[kind], N, C);
+        sched_write_text(s, stdout);
+        printf("simulated with F %.6g, B %.6g, W %.6g, F&B %.6g, p2p %.6g:\n", cost.f, cost.b, cost.w, cost.fb,
+               cost.p2p);
+        print_idle(tl);
+        printf("bubble formula %s = %.6g (docs/pipeline.md says when it is exact)\n", FORMULA[kind],
+               sim_bubble_formula(kind, N, &cost));
+    }
+    if (svg) {
+        char title[256];
+        snprintf(title, sizeof title, "%s, PP %d, %d micro-batches (F %.6g, B %.6g, W %.6g, F&B %.6g)",
+                 DISPLAY[kind], N, C, cost.f, cost.b, cost.w, cost.fb);
+        rc = sched_svg_write(tl, title, "cost units", svg, err);
+    }
+    if (!rc && trace_out) rc = sim_write_trace(tl, trace_out, err);
+    if (rc) fprintf(stderr, "moelab: error: %s\n", err);
+    sim_free(tl);
+    sched_free(s);
+    return rc;
+}
