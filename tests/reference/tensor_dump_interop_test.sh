@@ -22,5 +22,8 @@ for k, v in want.items():
         f"{k}: got {d[k].dtype} {d[k].shape} {d[k]!r}, expected {v.dtype} {v.shape} {v!r}"
 print("interop: pass")
 PY
-# The listing mode runs on the same file.
-/usr/bin/python3 "$dir/tensor_dump.py" "$out" | grep -q '^ids '
+# The listing mode runs on the same file and names every entry.
+listing=$(/usr/bin/python3 "$dir/tensor_dump.py" "$out")
+for name in a ids config_text scalar empty; do
+    grep -q "^$name " <<<"$listing" || { echo "listing lacks $name:"; echo "$listing"; exit 1; }
+done
