@@ -300,7 +300,9 @@ static int cell_label(const SchedCell *c, int star, char *buf, size_t len) {
 
 char *sched_op_label(const SchedOp *op, char *buf, size_t len) {
     static const char K[] = "FBW";
-    if (op->kind == SCHED_FB) {
+    if (op->kind < SCHED_F || op->kind > SCHED_FB) {
+        snprintf(buf, len, "?");
+    } else if (op->kind == SCHED_FB) {
         char f[16], b[16];
         cell_label(&op->f, 0, f, sizeof f);
         cell_label(&op->b, 1, b, sizeof b);
@@ -493,6 +495,11 @@ int sched_play(const Schedule *s, double *const *dur, double p2p, double **start
                 const SchedOp *op = &s->ops[r][i];
                 double t = clock[r], tf = 0, tb = 0;
                 int ok = 1;
+                if (op->kind < SCHED_F || op->kind > SCHED_FB) {
+                    set_err(err, "rank %d op %d: unknown op kind %d", r, i, op->kind);
+                    bad = 1;
+                    break;
+                }
                 if (op->kind == SCHED_F || op->kind == SCHED_FB) {
                     int st = f_ready(&P, r, i, &op->f, &tf);
                     if (st < 0) { bad = 1; break; }

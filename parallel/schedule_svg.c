@@ -24,7 +24,7 @@ static const char *COLOR[3][2] = {
 };
 
 // Layout in pixels.
-enum { LEFT = 70, TOP = 48, ROW_H = 26, ROW_GAP = 6, RIGHT = 110, MIN_CELL = 22 };
+enum { LEFT = 70, TOP = 48, ROW_H = 26, ROW_GAP = 6, RIGHT = 110, MIN_CELL = 26 };
 
 static void xml_text(FILE *f, const char *s) {
     for (; *s; s++) {
@@ -75,14 +75,7 @@ int sched_svg_write(const SimTimeline *tl, const char *title, const char *unit, 
     }
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
             "font-family=\"Helvetica, Arial, sans-serif\">\n", width, height, width, height);
-    // F&B cells: left half the forward's colour, right half the backward's, one gradient per pair
-    // of pipes so that each op stays a single rect.
-    fputs("<defs>\n", f);
-    for (int fp = 0; fp < 2; fp++)
-        for (int bp = 0; bp < 2; bp++)
-            fprintf(f, "<linearGradient id=\"fb%d%d\"><stop offset=\"0.5\" stop-color=\"%s\"/>"
-                    "<stop offset=\"0.5\" stop-color=\"%s\"/></linearGradient>\n", fp, bp, COLOR[0][fp], COLOR[1][bp]);
-    fputs("</defs>\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n", f);
+    fputs("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n", f);
     fprintf(f, "<text x=\"%d\" y=\"28\" font-size=\"16\" font-weight=\"bold\">", LEFT);
     xml_text(f, title);
     fputs("</text>\n", f);
@@ -99,18 +92,21 @@ int sched_svg_write(const SimTimeline *tl, const char *title, const char *unit, 
             const SimEvent *e = &tl->ev[r][i];
             const SchedOp *op = &e->op;
             double x = LEFT + (e->start - tl->t0) * px, w = (e->end - e->start) * px;
-            char fill[16], text[24], label[48];
-            if (op->kind == SCHED_FB)
-                snprintf(fill, sizeof fill, "url(#fb%d%d)", op->f.pipe, op->b.pipe);
-            else
-                snprintf(fill, sizeof fill, "%s", COLOR[op->kind][op->kind == SCHED_F ? op->f.pipe : op->b.pipe]);
+            char text[24], label[48];
+            int k = op->kind == SCHED_FB ? SCHED_F : op->kind;
+            const char *fill = COLOR[k][k == SCHED_F ? op->f.pipe : op->b.pipe];
             fprintf(f, "<rect class=\"op\" x=\"%.2f\" y=\"%d\" width=\"%.2f\" height=\"%d\" fill=\"%s\" "
                     "stroke=\"#333\" stroke-width=\"0.6\"><title>%s %.6g–%.6g</title></rect>\n",
                     x, y, w, ROW_H, fill, sched_op_label(op, label, sizeof label), e->start - tl->t0,
                     e->end - tl->t0);
-            // The id only where it fits: about 7 px per character at 11 px.
+            // F&B: the right half takes the backward's colour (a plain rect, which every SVG
+            // renderer draws, rather than a gradient), inside the op's outline.
+            if (op->kind == SCHED_FB)
+                fprintf(f, "<rect class=\"fb-half\" x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" fill=\"%s\"/>\n",
+                        x + w / 2, y + 0.3, w / 2 - 0.3, ROW_H - 0.6, COLOR[SCHED_B][op->b.pipe]);
+            // The id only where it fits: about 6.5 px per character at 11 px.
             cell_text(op, text, sizeof text);
-            if (w >= 7.0 * strlen(text) + 2)
+            if (w >= 6.5 * strlen(text) + 2)
                 fprintf(f, "<text x=\"%.2f\" y=\"%d\" font-size=\"11\" text-anchor=\"middle\">%s</text>\n",
                         x + w / 2, y + ROW_H / 2 + 4, text);
         }
@@ -144,9 +140,10 @@ int sched_svg_write(const SimTimeline *tl, const char *title, const char *unit, 
                     lx, ly, COLOR[k][p], lx + 20, ly + 11, NAME[k], sched_pipe_name(p));
             lx += 86;
         }
-    fprintf(f, "<rect class=\"legend\" x=\"%d\" y=\"%d\" width=\"16\" height=\"14\" fill=\"url(#fb01)\" stroke=\"#333\" "
-            "stroke-width=\"0.6\"/><text x=\"%d\" y=\"%d\" font-size=\"11\">F&amp;B (f|b ids)</text>\n",
-            lx, ly, lx + 20, ly + 11);
+    fprintf(f, "<rect class=\"legend\" x=\"%d\" y=\"%d\" width=\"16\" height=\"14\" fill=\"%s\" stroke=\"#333\" "
+            "stroke-width=\"0.6\"/><rect class=\"legend\" x=\"%d\" y=\"%d\" width=\"8\" height=\"14\" fill=\"%s\"/>"
+            "<text x=\"%d\" y=\"%d\" font-size=\"11\">F&amp;B (f|b ids)</text>\n",
+            lx, ly, COLOR[SCHED_F][SCHED_DOWN], lx + 8, ly, COLOR[SCHED_B][SCHED_UP], lx + 20, ly + 11);
     fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">cell text: micro-batch id; * = W deferred; "
             "right column: idle time per rank</text>\n", LEFT, ly + 32);
     fputs("</svg>\n", f);

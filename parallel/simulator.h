@@ -41,14 +41,14 @@ SimTimeline *sim_run(const Schedule *s, const SimCosts *c, char *err);
 
 // The bubble formula of §5 for a schedule kind, given costs: 1F1B (N−1)(F+B); DualPipe
 // (N/2−1)(F&B + B − 3W); DualPipeV, whose N ranks hold 2N stages, (N−1)(F&B + B − 3W) (the DualPipe
-// formula with its PP = 2N stages, as the DualPipe repository states it). docs/pipeline.md compares
-// these with the simulator.
+// formula with PP counted in stages). docs/pipeline.md says when the simulator reproduces them.
 double sim_bubble_formula(SchedKind kind, int N, const SimCosts *c);
 
 // Reads a Chrome trace: a JSON array of events or {"traceEvents": [...]}. Complete events
 // ("ph": "X") whose "name" is an op token (sched_op_label: F3d, B0u*, W0u, FB(4d,1u)) become
 // timeline events of rank "pid" (or "tid" when there is no pid) at "ts" for "dur" µs; other events
-// (sends, optimizer, metadata) are skipped. NULL with err (SCHED_ERR_LEN bytes) on failure.
+// (sends, optimizer, metadata) are skipped. A rank's op events are taken not to overlap (an F&B is
+// one event), so busy is their summed duration. NULL with err (SCHED_ERR_LEN bytes) on failure.
 SimTimeline *sim_read_trace(const char *path, char *err);
 // Writes a timeline as a Chrome trace that sim_read_trace reads back (times taken as µs).
 int sim_write_trace(const SimTimeline *tl, const char *path, char *err);
