@@ -19,6 +19,15 @@
 
 int model_is_moe_layer(const Model *m, int l) { return l >= m->cfg.n_dense_layers; }
 
+double model_train_flops_per_token(const MoeConfig *c) {
+    const double D = c->D, hd = (double)c->D / c->H, qd = c->H * hd, kd = c->Hkv * hd;
+    const double attn = qd * D + 2 * kd * D + D * qd + 2 * qd * (c->T + 1) / 2.0;
+    const double dense = 3 * D * c->F, moe = c->E * D + (c->K + c->S) * 3 * D * c->Fe;
+    const int n_moe = c->L - c->n_dense_layers;
+    const double fwd = 2 * (c->L * attn + c->n_dense_layers * dense + n_moe * moe + (double)c->V * D);
+    return 3 * fwd;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Registry: names, shapes and initialization of every tensor.
 

@@ -97,6 +97,10 @@ void model_acts_free(Model *m, ModelActs *a);
 void model_load_imbalance(const Model *m, float *out /* (L) */);
 void model_reset_counts(Model *m);
 int model_is_moe_layer(const Model *m, int l);
+// Model FLOPs of one training token (forward + backward = 3 × forward): 2 per multiply-add of every
+// matrix a token passes through (attention projections, the dense FFN or the router plus K routed and
+// S shared experts, the LM head) plus causal attention's q·k and p·v (average window (T+1)/2).
+double model_train_flops_per_token(const MoeConfig *c);
 
 #ifdef __cplusplus
 }

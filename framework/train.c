@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "data/shard.h"
 #include "framework/core/check.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
@@ -47,6 +48,21 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
     return st;
 }
 
+// Entropy (nats per token) of the token frequencies of a shard: the loss of the best model that
+// ignores context, which a trained model must beat.
+static double unigram_entropy(const char *path, int V) {
+    Shard sh;
+    shard_open(path, &sh);
+    double *cnt = core_alloc((size_t)V * sizeof(double));
+    for (uint64_t i = 0; i < sh.n; i++) cnt[shard_token(&sh, i)] += 1.0;
+    double h = 0;
+    for (int v = 0; v < V; v++)
+        if (cnt[v] > 0) h -= cnt[v] / (double)sh.n * log(cnt[v] / (double)sh.n);
+    core_free(cnt);
+    shard_close(&sh);
+    return h;
+}
+
 static void join(char *out, size_t n, const char *dir, const char *file) {
     int k = snprintf(out, n, "%s/%s", dir, file);
     if (k < 0 || (size_t)k >= n) core_usage_error("path too long: %s/%s", dir, file);
@@ -69,6 +85,7 @@ Trainer *trainer_create(const MoeConfig *cfg) {
                          "--vocab-size %d", c->V, c->data, t->tok->V, t->tok->V);
     join(path, sizeof path, c->data, "train.bin");
     t->train = loader_open(path, c->T, c->batch_size, 0, 1, c->seed, 1);
+    t->unigram_entropy = unigram_entropy(path, c->V);
     join(path, sizeof path, c->data, "val.bin");
     t->val = loader_open(path, c->T, c->batch_size, 0, 1, c->seed, 0);
     t->model = model_create(c, 0, 1);
@@ -173,8 +190,11 @@ int trainer_run(Trainer *t) {
                (double)n_params / 1e6);
     core_info0("data: %s (%ld training sequences of %d tokens) | batch %d x %d micro-batches | %d steps",
                c->data, (long)loader_num_sequences(t->train), c->T, c->batch_size, c->grad_accum, c->steps);
+    core_info0("unigram entropy of the training tokens: %.4f nats/token (a model that ignores context "
+               "scores this)", t->unigram_entropy);
     float val = trainer_eval(t);
     core_info0("step %5d/%d | val %.4f (before training)", 0, c->steps, val);
+    float val_first = val;
     double tokens = 0, secs = 0;
     for (int s = 0; s < c->steps; s++) {
         StepStats st = trainer_step(t);
@@ -188,6 +208,9 @@ int trainer_run(Trainer *t) {
             tokens = secs = 0;
         }
     }
+    core_info0("validation loss %.4f -> %.4f nats/token; unigram entropy %.4f: %s", val_first, val,
+               t->unigram_entropy, val < t->unigram_entropy ? "the model uses context" :
+               "not yet below the unigram entropy (train longer)");
     if (c->sample_tokens > 0) {
         RngStream rng = rng_stream(c->seed, 7);
         int prompt = 0;

@@ -23,7 +23,8 @@ typedef struct {
     Tokenizer *tok;          // NULL when the data has no tokenizer (raw shard)
     FILE *metrics;
     int step;                // optimizer steps taken
-    int *tokens;             // (B, T+1) micro-batch staging buffer
+    int *tokens;             // (A, B, T+1) micro-batch staging buffer
+    double unigram_entropy;  // nats/token of the training tokens' frequencies
 } Trainer;
 
 // Step statistics returned by trainer_step.

@@ -1,0 +1,60 @@
+// Training throughput and the sgemm baseline (see bench.h).
+#include "framework/bench.h"
+
+#include <cblas.h>
+
+#include "framework/core/mem.h"
+#include "framework/core/rng.h"
+#include "framework/core/timer.h"
+#include "framework/model.h"
+#include "framework/optimizer.h"
+#include "framework/train.h"
+
+BenchResult bench_train_cpu(const MoeConfig *c, int min_steps, double min_seconds) {
+    BenchResult r = {0};
+    Model *m = model_create(c, 0, 1);
+    model_init_weights(m);
+    AdamW o;
+    adamw_init(&o, &m->reg);
+    const size_t n = (size_t)c->grad_accum * c->batch_size * (c->T + 1);
+    int *tok = core_alloc(n * sizeof(int));
+    RngStream rng = rng_stream(c->seed, 3);
+    for (size_t i = 0; i < n; i++) tok[i] = (int)(rng_next_u32(&rng) % (uint32_t)c->V);
+    train_step_tokens(m, &o, c, 0, tok);  // warm-up: first-touch page faults, BLAS thread start
+    double t0 = core_now(), t = 0;
+    while (r.steps < min_steps || t < min_seconds) {
+        train_step_tokens(m, &o, c, r.steps + 1, tok);
+        r.steps++;
+        t = core_now() - t0;
+    }
+    const double tokens = (double)r.steps * c->grad_accum * c->batch_size * c->T;
+    r.tokens_per_s = tokens / t;
+    r.gflops = r.tokens_per_s * model_train_flops_per_token(c) / 1e9;
+    r.step_seconds = t / r.steps;
+    r.params_m = (double)m->reg.total / 1e6;
+    core_free(tok);
+    adamw_free(&o);
+    model_free(m);
+    return r;
+}
+
+double bench_sgemm_gflops(int n, int reps) {
+    float *a = core_alloc((size_t)n * n * sizeof(float));
+    float *b = core_alloc((size_t)n * n * sizeof(float));
+    float *c = core_alloc((size_t)n * n * sizeof(float));
+    for (size_t i = 0; i < (size_t)n * n; i++) {
+        a[i] = (float)(i % 7) * 0.1f;
+        b[i] = (float)(i % 5) * 0.1f;
+    }
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = core_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        double t = core_now() - t0;
+        if (t < best) best = t;
+    }
+    core_free(a);
+    core_free(b);
+    core_free(c);
+    return 2.0 * n * (double)n * n / best / 1e9;
+}

@@ -1,0 +1,12 @@
+#!/bin/bash
+# The main job, from a fresh clone: install packages, build, prepare the fortunes corpus with a BPE
+# vocabulary of 2048, train the quickstart model on the CPU, and compare the final validation loss
+# with the corpus's unigram entropy (what a model that ignores context would score).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/install_deps.sh
+bazel build //tools:moelab
+mkdir -p out
+cp -f "$(bazel info bazel-bin)/tools/moelab" out/moelab
+out/moelab data prepare --input /usr/share/games/fortunes --vocab 2048 --out out/data
+out/moelab train --config configs/quickstart.cfg --data out/data --metrics out/quickstart.jsonl "$@"
