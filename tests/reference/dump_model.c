@@ -96,6 +96,8 @@ int main(int argc, char **argv) {
     int64_t sdims[4] = {n_steps, A, B, T + 1}, ns = n_steps;
     tdump_i32(td, "steps.tokens", steps_tok, 4, sdims);
     tdump_f32(td, "steps.loss", losses, 1, &ns);
+    // Every tensor after the steps: step losses alone at 1e-4 would miss a wrong decay, beta or clip.
+    dump_registry(td, m, m->reg.data, "final.", 1);
     tdump_close(td);
     adamw_free(&opt);
     core_free(tok);
