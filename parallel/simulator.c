@@ -204,7 +204,8 @@ static int json_number(Json *J, double *v) {
 
 static int json_skip(Json *J, int depth);
 
-// Calls on_item for each element of an array / each member of an object (key in `key`).
+// Reads an array or object, calling fn on each element / member value (its key in `key`), or
+// skipping the values when fn is NULL.
 typedef int (*JsonItemFn)(Json *J, const char *key, void *ctx);
 
 static int json_container(Json *J, int object, JsonItemFn fn, void *ctx, int depth) {
@@ -282,9 +283,9 @@ static int trace_event(Json *J, const char *key, void *ctx) {
         set_err(J->err, "%s: event \"%s\" lacks ts, dur or pid/tid", J->path, e->name);
         return 1;
     }
-    if (rank < 0 || rank > 65535 || rank != floor(rank) || e->dur < 0) {
-        set_err(J->err, "%s: event \"%s\" has rank %g or duration %g out of range", J->path, e->name, rank,
-                e->dur);
+    if (rank < 0 || rank > 65535 || rank != floor(rank) || !isfinite(e->ts) || !isfinite(e->dur) || e->dur < 0) {
+        set_err(J->err, "%s: event \"%s\" has rank %g, ts %g or dur %g out of range", J->path, e->name, rank,
+                e->ts, e->dur);
         return 1;
     }
     if (T->n == T->cap) {
