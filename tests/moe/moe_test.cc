@@ -3,6 +3,7 @@
 // the balance loss on) against central finite differences, experts that receive no tokens, shared
 // experts S = 0 and S = 2, determinism, and misuse errors.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -16,6 +17,14 @@ extern "C" {
 #include "tests/moe/moe_reference.h"
 
 namespace {
+
+// The finite-difference checks run thousands of tiny forwards. With two OpenMP threads on a loaded
+// 2-core CI machine every parallel region waits for a descheduled thread, which makes this suite
+// 40x slower; --test_env fixes OMP_NUM_THREADS=2 for all suites, so the count is set here.
+class OneThread : public testing::Environment {
+    void SetUp() override { omp_set_num_threads(1); }
+};
+testing::Environment *const one_thread = testing::AddGlobalTestEnvironment(new OneThread);
 
 TEST(LocalDispatcher, StableCountingSortByExpert) {
     const int N = 3, K = 2, E = 3, D = 2;
