@@ -1,0 +1,169 @@
+// The CUDA backend's device plumbing (see cuda.h): one GPU per process, one stream, one cuBLAS
+// handle, the CORE_CUDA allocator, dtype conversion and the check functions behind CUDA_CHECK and
+// CUBLAS_CHECK. Built by nvcc under --config=cuda only.
+#include "framework/core/cuda.h"
+
+#include <cublas_v2.h>
+#include <string.h>
+
+#include "framework/core/check.h"
+#include "framework/core/log.h"
+
+static int g_device = -1;                 // current GPU, -1 before core_cuda_init
+static cudaStream_t g_stream;
+static cublasHandle_t g_cublas;
+
+void core_cuda_check_at(int err, const char *file, int line, const char *expr) {
+    if (err == (int)cudaSuccess) return;
+    cudaError_t e = (cudaError_t)err;
+    core_fatal_at(file, line, CORE_EXIT_FAILURE, "%s failed: %s (%s)", expr, cudaGetErrorString(e),
+                  cudaGetErrorName(e));
+}
+
+void core_cublas_check_at(int status, const char *file, int line, const char *expr) {
+    if (status == (int)CUBLAS_STATUS_SUCCESS) return;
+    cublasStatus_t s = (cublasStatus_t)status;
+    core_fatal_at(file, line, CORE_EXIT_FAILURE, "%s failed: %s (%s)", expr,
+                  cublasGetStatusString(s), cublasGetStatusName(s));
+}
+
+int core_cuda_available(void) {
+    int n = 0;
+    // No driver or no device is an answer here (0), not an error.
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n > 0;
+}
+
+static void require_init(void) {
+    CHECK(g_device >= 0, "the CUDA backend is not initialized: call core_cuda_init first");
+}
+
+static void *cuda_alloc(size_t bytes) {
+    require_init();
+    void *p = NULL;
+    if (bytes == 0) bytes = 1;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    CHECK(e == cudaSuccess, "out of GPU memory allocating %zu bytes on device %d: %s", bytes,
+          g_device, cudaGetErrorString(e));
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, g_stream));
+    return p;
+}
+
+static void cuda_free(void *p) { CUDA_CHECK(cudaFree(p)); }
+
+static void cuda_copy(void *dst, CoreDevice dd, const void *src, CoreDevice sd, size_t bytes) {
+    cudaMemcpyKind kind = dd == CORE_CUDA ? (sd == CORE_CUDA ? cudaMemcpyDeviceToDevice
+                                                             : cudaMemcpyHostToDevice)
+                                          : cudaMemcpyDeviceToHost;
+    // On the one stream, then wait: a copy sees every kernel before it, and the host may use
+    // (or free) its buffer as soon as the call returns.
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, g_stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+}
+
+void core_cuda_init(int device) {
+    if (g_device >= 0) {
+        CHECK(device == g_device, "core_cuda_init(%d): this process already uses GPU %d", device,
+              g_device);
+        return;
+    }
+    int n = 0;
+    CUDA_CHECK(cudaGetDeviceCount(&n));
+    if (device < 0 || device >= n)
+        core_usage_error("--device cuda: GPU %d requested, but this process sees %d GPU(s)", device,
+                         n);
+    CUDA_CHECK(cudaSetDevice(device));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&g_cublas));
+    CUBLAS_CHECK(cublasSetStream(g_cublas, g_stream));
+    // Plain fp32 GEMMs stay fp32 (no TF32): the CPU comparison of fp32 runs depends on it.
+    CUBLAS_CHECK(cublasSetMathMode(g_cublas, CUBLAS_DEFAULT_MATH));
+    g_device = device;
+    CoreAllocator a = {cuda_alloc, cuda_free, cuda_copy};
+    core_register_allocator(CORE_CUDA, &a);
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    core_info("cuda: GPU %d: %s, %d SMs, %.1f GiB, compute capability %d.%d", device, prop.name,
+              prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, prop.major, prop.minor);
+}
+
+CoreDevice core_device_select(const char *name, int index) {
+    if (!strcmp(name, "cpu")) return CORE_CPU;
+    if (strcmp(name, "cuda") != 0) core_usage_error("--device %s: expected cpu or cuda", name);
+    if (!core_cuda_available())
+        core_usage_error("--device cuda: no GPU is visible to this process (driver or device "
+                         "missing)");
+    core_cuda_init(index);
+    return CORE_CUDA;
+}
+
+void *core_cuda_stream(void) {
+    require_init();
+    return (void *)g_stream;
+}
+
+void *core_cuda_cublas(void) {
+    require_init();
+    return (void *)g_cublas;
+}
+
+void core_cuda_sync(void) {
+    require_init();
+    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+}
+
+template <typename D, typename S>
+__global__ void convert_kernel(D *dst, const S *src, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) core_st(dst + i, core_ld(src + i));
+}
+
+template <typename D>
+static void convert_from(void *dst, const void *src, CoreDtype sdt, long n) {
+    unsigned blocks = core_blocks(n, 256);
+    if (sdt == CORE_BF16)
+        convert_kernel<<<blocks, 256, 0, g_stream>>>((D *)dst, (const __nv_bfloat16 *)src, n);
+    else
+        convert_kernel<<<blocks, 256, 0, g_stream>>>((D *)dst, (const float *)src, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+void core_cuda_convert(void *dst, CoreDtype ddt, const void *src, CoreDtype sdt, long n) {
+    require_init();
+    CHECK(n >= 0, "core_cuda_convert: bad element count %ld", n);
+    core_dtype_size(sdt);
+    if (n == 0) return;
+    CORE_DTYPE_CALL(ddt, convert_from, dst, src, sdt, n);
+}
+
+void core_cuda_memset(void *dst, int byte, size_t bytes) {
+    require_init();
+    CUDA_CHECK(cudaMemsetAsync(dst, byte, bytes, g_stream));
+}
+
+// first (1) = the lowest position whose index is outside [0, limit), or n if none.
+__global__ void check_indices_kernel(unsigned long long *first, const int *idx, long n,
+                                     int limit) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n && (idx[i] < 0 || idx[i] >= limit)) atomicMin(first, (unsigned long long)i);
+}
+
+void core_cuda_check_indices(const int *idx, long n, int limit, const char *what) {
+    require_init();
+    if (n == 0) return;
+    unsigned long long first = (unsigned long long)n, *d_first;
+    CUDA_CHECK(cudaMallocAsync((void **)&d_first, sizeof first, g_stream));
+    CUDA_CHECK(cudaMemcpyAsync(d_first, &first, sizeof first, cudaMemcpyHostToDevice, g_stream));
+    check_indices_kernel<<<core_blocks(n, 256), 256, 0, g_stream>>>(d_first, idx, n, limit);
+    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaMemcpyAsync(&first, d_first, sizeof first, cudaMemcpyDeviceToHost, g_stream));
+    CUDA_CHECK(cudaFreeAsync(d_first, g_stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+    if (first == (unsigned long long)n) return;
+    int bad;
+    CUDA_CHECK(cudaMemcpy(&bad, idx + first, sizeof bad, cudaMemcpyDeviceToHost));
+    FATAL("%s %d at position %llu is outside [0, %d)", what, bad, first, limit);
+}

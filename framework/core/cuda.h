@@ -1,0 +1,129 @@
+// The CUDA backend's device plumbing: device selection (--device cpu|cuda), the CORE_CUDA
+// allocator, the one stream and cuBLAS handle every kernel uses, dtype conversion, and the check
+// macros for CUDA and cuBLAS calls. A CPU build links cuda_stub.c instead: every call there is one
+// clear error, so code that mentions no CUDA type compiles and links in both builds.
+#ifndef MOELAB_CORE_CUDA_H
+#define MOELAB_CORE_CUDA_H
+
+#include <stddef.h>
+
+#include "framework/core/mem.h"
+
+// check.h spells C11's `noreturn`, which C++ (nvcc, the GoogleTest suites) lacks: lend it the C++
+// attribute while check.h is read.
+#if defined(__cplusplus) && !defined(MOELAB_CORE_CHECK_H)
+#define noreturn [[noreturn]]
+#include "framework/core/check.h"
+#undef noreturn
+#else
+#include "framework/core/check.h"
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Element type of a GPU tensor. ARCHITECTURE.md §2: activations and the compute copy of the
+// weights may be bf16; master weights, optimizer state, weight gradients and per-row statistics
+// (rstd, lse, losses) are always fp32.
+typedef enum { CORE_F32 = 0, CORE_BF16 = 1 } CoreDtype;
+
+// Bytes per element (CHECKs that dt is a known dtype).
+static inline size_t core_dtype_size(CoreDtype dt) {
+    CHECK(dt == CORE_F32 || dt == CORE_BF16, "unknown dtype %d", (int)dt);
+    return dt == CORE_BF16 ? 2 : 4;
+}
+
+// 1 when this build has the CUDA backend and the process sees at least one GPU, else 0.
+int core_cuda_available(void);
+// Makes GPU `device` current, creates the stream and the cuBLAS handle, and registers the
+// CORE_CUDA allocator (cudaMalloc + zero fill, cudaFree, cudaMemcpy both ways). Calling it again
+// with the same device does nothing; another device is an error (one process per GPU).
+void core_cuda_init(int device);
+// The runtime choice of --device: "cpu" gives CORE_CPU; "cuda" initializes GPU `index` and gives
+// CORE_CUDA; anything else (or "cuda" in a CPU build) is a usage error (exit 2).
+CoreDevice core_device_select(const char *name, int index);
+
+void *core_cuda_stream(void);   // the cudaStream_t every kernel and cuBLAS call runs on
+void *core_cuda_cublas(void);   // the cublasHandle_t, bound to that stream
+void core_cuda_sync(void);      // waits for the stream; a failed kernel is reported here
+
+// dst (n) of dtype ddt = src (n) of dtype sdt, both on the GPU (bf16 rounds to nearest even).
+void core_cuda_convert(void *dst, CoreDtype ddt, const void *src, CoreDtype sdt, long n);
+// Sets `bytes` bytes of GPU memory to `byte` (0xFF makes every f32 and bf16 element a NaN).
+void core_cuda_memset(void *dst, int byte, size_t bytes);
+// Ends the process with "<what> <value> at position <i> is outside [0, limit)" if any of the n
+// device ints is out of range. Synchronizes with the stream.
+void core_cuda_check_indices(const int *idx, long n, int limit, const char *what);
+
+// Check macros: a failed call ends the process with file, line, rank, the call's text and the
+// library's own message (cudaGetErrorString, cublasGetStatusString).
+void core_cuda_check_at(int err, const char *file, int line, const char *expr);
+void core_cublas_check_at(int status, const char *file, int line, const char *expr);
+#define CUDA_CHECK(call) core_cuda_check_at((int)(call), __FILE__, __LINE__, #call)
+#define CUBLAS_CHECK(call) core_cublas_check_at((int)(call), __FILE__, __LINE__, #call)
+
+#ifdef __cplusplus
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Device-side helpers shared by the kernels of layers/*.cu (nvcc only).
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+// Reports a failed launch (bad configuration) at the launch site.
+#define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+
+// Calls fn<T>(...) with T the element type of dt (float or __nv_bfloat16).
+#define CORE_DTYPE_CALL(dt, fn, ...) \
+    (core_dtype_size(dt) == 2 ? fn<__nv_bfloat16>(__VA_ARGS__) : fn<float>(__VA_ARGS__))
+
+static inline cudaStream_t core_stream(void) { return (cudaStream_t)core_cuda_stream(); }
+
+// Loads and stores convert through fp32: every kernel computes in fp32.
+__device__ __forceinline__ float core_ld(const float *p) { return *p; }
+__device__ __forceinline__ float core_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void core_st(float *p, float x) { *p = x; }
+__device__ __forceinline__ void core_st(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ float core_warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+__device__ __forceinline__ float core_warp_max(float x) {
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+// Sum over a block of blockDim.x threads (a multiple of 32, at most 1024), returned to every
+// thread. The order is fixed by the launch shape, so results are bit-identical run to run.
+__device__ __forceinline__ float core_block_sum(float x) {
+    __shared__ float part[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    x = core_warp_sum(x);
+    __syncthreads();  // part[] may still be read by a previous call
+    if (lane == 0) part[warp] = x;
+    __syncthreads();
+    x = lane < nw ? part[lane] : 0.0f;
+    return core_warp_sum(x);
+}
+__device__ __forceinline__ float core_block_max(float x) {
+    __shared__ float part[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    x = core_warp_max(x);
+    __syncthreads();
+    if (lane == 0) part[warp] = x;
+    __syncthreads();
+    x = lane < nw ? part[lane] : -INFINITY;
+    return core_warp_max(x);
+}
+
+// Blocks of `threads` covering n items (at least 1, so that a launch over n = 0 stays valid).
+static inline unsigned core_blocks(long n, int threads) {
+    long b = (n + threads - 1) / threads;
+    return (unsigned)(b > 0 ? b : 1);
+}
+#endif  // __CUDACC__
+
+#endif

@@ -1,0 +1,40 @@
+// The CPU build's side of cuda.h: no GPU code is linked, core_cuda_available() says 0, and every
+// other call ends with one message telling how to get the CUDA backend.
+#include "framework/core/cuda.h"
+
+#include <string.h>
+
+#define NO_CUDA "this build has no CUDA backend: rebuild with --config=cuda"
+
+int core_cuda_available(void) { return 0; }
+
+void core_cuda_init(int device) { core_usage_error("--device cuda: " NO_CUDA); }
+
+CoreDevice core_device_select(const char *name, int index) {
+    if (!strcmp(name, "cpu")) return CORE_CPU;
+    if (!strcmp(name, "cuda")) core_usage_error("--device cuda: " NO_CUDA);
+    core_usage_error("--device %s: expected cpu or cuda", name);
+}
+
+void *core_cuda_stream(void) { FATAL(NO_CUDA); }
+void *core_cuda_cublas(void) { FATAL(NO_CUDA); }
+void core_cuda_sync(void) { FATAL(NO_CUDA); }
+
+void core_cuda_convert(void *dst, CoreDtype ddt, const void *src, CoreDtype sdt, long n) {
+    FATAL(NO_CUDA);
+}
+
+void core_cuda_memset(void *dst, int byte, size_t bytes) { FATAL(NO_CUDA); }
+
+void core_cuda_check_indices(const int *idx, long n, int limit, const char *what) {
+    FATAL(NO_CUDA);
+}
+
+void core_cuda_check_at(int err, const char *file, int line, const char *expr) {
+    if (err != 0) core_fatal_at(file, line, CORE_EXIT_FAILURE, "%s failed (%d): " NO_CUDA, expr, err);
+}
+
+void core_cublas_check_at(int status, const char *file, int line, const char *expr) {
+    if (status != 0)
+        core_fatal_at(file, line, CORE_EXIT_FAILURE, "%s failed (%d): " NO_CUDA, expr, status);
+}
