@@ -44,8 +44,8 @@ static void declare(Model *m) {
     // Output projections are scaled by 1/sqrt(2L) (GPT-2 style), as §2 specifies.
     const float s = 0.02f, s_out = 0.02f / sqrtf(2.0f * (float)c->L);
     char n[PARAM_NAME_MAX];
-    add(m, "embed", -1, PARAM_DENSE, 2, c->V, D, 1, s, 0);
-    for (int l = 0; l < c->L; l++) {
+    if (m->first) add(m, "embed", -1, PARAM_DENSE, 2, c->V, D, 1, s, 0);
+    for (int l = m->l0; l < m->l1; l++) {
 #define NAME(x) (snprintf(n, sizeof n, "layers.%d." x, l), n)
         add(m, NAME("attn_norm"), l, PARAM_DENSE, 1, D, 1, 1, 0, 1.0f);
         add(m, NAME("wq"), l, PARAM_DENSE, 2, (int64_t)c->H * hd, D, 1, s, 0);
@@ -71,6 +71,7 @@ static void declare(Model *m) {
         }
 #undef NAME
     }
+    if (!m->last) return;
     add(m, "final_norm", -1, PARAM_DENSE, 1, D, 1, 1, 0, 1.0f);
     if (!c->tie_embeddings) add(m, "lm_head", -1, PARAM_DENSE, 2, c->V, D, 1, s, 0);
 }
@@ -100,11 +101,24 @@ static LayerWeights layer_views(const Model *m, int l, float *base) {
 }
 
 Model *model_create(const MoeConfig *c, int ep_rank, int ep_size) {
+    return model_create_stage(c, ep_rank, ep_size, 0, c->L);
+}
+
+Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1) {
     config_validate(c);
     CHECK(ep_size >= 1 && c->E % ep_size == 0 && ep_rank >= 0 && ep_rank < ep_size,
           "bad expert-parallel layout: rank %d of %d for %d experts", ep_rank, ep_size, c->E);
+    CHECK(0 <= l0 && l0 < l1 && l1 <= c->L, "bad stage: layers [%d, %d) of %d", l0, l1, c->L);
+    // A tied head reads the embedding: both must live on one stage.
+    if (c->tie_embeddings && (l0 > 0 || l1 < c->L))
+        core_usage_error("tie_embeddings = true needs the embedding and the head on one pipeline "
+                         "stage: use tie_embeddings = false with --pp > 1");
     Model *m = core_alloc(sizeof *m);
     m->cfg = *c;
+    m->l0 = l0;
+    m->l1 = l1;
+    m->first = l0 == 0;
+    m->last = l1 == c->L;
     m->hd = c->D / c->H;
     m->ep_rank = ep_rank;
     m->ep_size = ep_size;
@@ -113,16 +127,20 @@ Model *model_create(const MoeConfig *c, int ep_rank, int ep_size) {
     params_allocate(&m->reg);
     m->w = core_alloc((size_t)c->L * sizeof *m->w);
     m->g = core_alloc((size_t)c->L * sizeof *m->g);
-    for (int l = 0; l < c->L; l++) {
+    for (int l = l0; l < l1; l++) {
         m->w[l] = layer_views(m, l, m->reg.data);
         m->g[l] = layer_views(m, l, m->reg.grad);
     }
-    m->embed = params_ptr(&m->reg, "embed");
-    m->d_embed = params_grad(&m->reg, "embed");
-    m->final_norm = params_ptr(&m->reg, "final_norm");
-    m->d_final_norm = params_grad(&m->reg, "final_norm");
-    m->lm_head = c->tie_embeddings ? m->embed : params_ptr(&m->reg, "lm_head");
-    m->d_lm_head = c->tie_embeddings ? m->d_embed : params_grad(&m->reg, "lm_head");
+    if (m->first) {
+        m->embed = params_ptr(&m->reg, "embed");
+        m->d_embed = params_grad(&m->reg, "embed");
+    }
+    if (m->last) {
+        m->final_norm = params_ptr(&m->reg, "final_norm");
+        m->d_final_norm = params_grad(&m->reg, "final_norm");
+        m->lm_head = c->tie_embeddings ? m->embed : params_ptr(&m->reg, "lm_head");
+        m->d_lm_head = c->tie_embeddings ? m->d_embed : params_grad(&m->reg, "lm_head");
+    }
     MoeShape *s = &m->moe_shape;
     s->D = c->D; s->E = c->E; s->K = c->K; s->S = c->S; s->Fe = c->Fe;
     s->rc.E = c->E; s->rc.K = c->K;
@@ -159,7 +177,7 @@ void model_init_weights(Model *m) {
     }
     // Test knob: a skewed initial balancing bias makes the router prefer low expert ids.
     if (m->cfg.router_skew != 0.0f)
-        for (int l = 0; l < m->cfg.L; l++)
+        for (int l = m->l0; l < m->l1; l++)
             if (model_is_moe_layer(m, l))
                 for (int e = 0; e < m->cfg.E; e++)
                     m->w[l].moe.bias[e] = m->cfg.router_skew * (float)(m->cfg.E - 1 - e) / (float)m->cfg.E;
@@ -188,7 +206,7 @@ void model_load_imbalance(const Model *m, float *out) {
     const int E = m->cfg.E;
     for (int l = 0; l < m->cfg.L; l++) {
         out[l] = 0;
-        if (!model_is_moe_layer(m, l)) continue;
+        if (!model_is_moe_layer(m, l) || l < m->l0 || l >= m->l1) continue;
         const long *c = m->expert_counts + (size_t)l * E;
         long sum = 0, mx = 0;
         for (int e = 0; e < E; e++) { sum += c[e]; if (c[e] > mx) mx = c[e]; }
@@ -216,9 +234,10 @@ static size_t arena_floats(const Model *m, int B, int T) {
                        (size_t)B * c->H * T * T + N * qd + 3 * N * D /*h_mid m ffn_out*/ + N +
                        5 * N * (size_t)c->F /*ffn*/ + N * D /*d_h_mid*/ + N * qd + 2 * N * kd +
                        2 * N * D /*da dm*/;
+    const size_t n_layers = (size_t)(m->l1 - m->l0);
     size_t rest = 2 * N /*tokens as ints*/ + N * D * 2 + N + N * c->V * 2 + 2 * N + N * D +
-                  ((size_t)c->L + 1) * N * D;
-    return (size_t)c->L * (per_layer + 16 * 64) + rest + 64 * 64;
+                  (n_layers + 1) * N * D;
+    return n_layers * (per_layer + 16 * 64) + rest + 64 * 64;
 }
 
 static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
@@ -231,7 +250,7 @@ static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
     a->inputs = (int *)arena_f(a, N);
     a->targets = (int *)arena_f(a, N);
     a->layer = core_alloc((size_t)c->L * sizeof *a->layer);
-    for (int l = 0; l < c->L; l++) {
+    for (int l = m->l0; l < m->l1; l++) {
         LayerActs *la = &a->layer[l];
         la->h_in = arena_f(a, N * D);
         la->a = arena_f(a, N * D); la->rstd1 = arena_f(a, N);
@@ -252,17 +271,18 @@ static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
         la->da = arena_f(a, N * D); la->dm = arena_f(a, N * D);
     }
     a->h_out = arena_f(a, N * D);
+    a->dh = arena_f(a, ((size_t)(m->l1 - m->l0) + 1) * N * D);
+    if (!m->last) return;
     a->hf = arena_f(a, N * D); a->rstdf = arena_f(a, N);
     a->logits = arena_f(a, N * c->V);
     a->lse = arena_f(a, N); a->losses = arena_f(a, N);
-    a->dh = arena_f(a, ((size_t)c->L + 1) * N * D);
     a->dlogits = arena_f(a, N * c->V);
     a->dhf = arena_f(a, N * D);
 }
 
 void model_acts_free(Model *m, ModelActs *a) {
     if (a->layer)
-        for (int l = 0; l < m->cfg.L; l++)
+        for (int l = m->l0; l < m->l1; l++)
             if (model_is_moe_layer(m, l)) moe_acts_free(&a->layer[l].moe, m->disp);
     core_free(a->layer);
     core_free(a->arena);
@@ -377,33 +397,44 @@ static void ffn_backward_weight(Model *m, int l, LayerActs *la, const float *dh_
 // ---------------------------------------------------------------------------------------------
 // The whole stack.
 
-float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int with_targets) {
+// ∂L/∂(input of layer l) (N, D); l == l1 is ∂L/∂h_out.
+static float *dh_at(const Model *m, const ModelActs *a, int l) {
+    return a->dh + (size_t)(l - m->l0) * a->N * m->cfg.D;
+}
+
+float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float *h_in, int B, int T,
+                          int with_targets) {
     const MoeConfig *c = &m->cfg;
     CHECK(T >= 1 && T <= c->T, "sequence length %d outside [1, %d]", T, c->T);
+    CHECK(m->first || h_in != NULL, "stage [%d, %d) needs the previous stage's output", m->l0, m->l1);
+    CHECK(!(m->last && with_targets) || tokens != NULL, "the last stage needs the targets");
     acts_alloc(m, a, B, T);
     const int N = B * T, D = c->D;
     a->has_targets = with_targets;
     const int stride = with_targets ? T + 1 : T;
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            int x = tokens[b * stride + t];
-            CHECK(x >= 0 && x < c->V, "token id %d outside the vocabulary [0, %d)", x, c->V);
-            a->inputs[b * T + t] = x;
-            if (with_targets) {
-                int y = tokens[b * stride + t + 1];
-                CHECK(y >= 0 && y < c->V, "token id %d outside the vocabulary [0, %d)", y, c->V);
-                a->targets[b * T + t] = y;
+    if (tokens)
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                int x = tokens[b * stride + t];
+                CHECK(x >= 0 && x < c->V, "token id %d outside the vocabulary [0, %d)", x, c->V);
+                a->inputs[b * T + t] = x;
+                if (with_targets) {
+                    int y = tokens[b * stride + t + 1];
+                    CHECK(y >= 0 && y < c->V, "token id %d outside the vocabulary [0, %d)", y, c->V);
+                    a->targets[b * T + t] = y;
+                }
             }
-        }
-    embedding_forward(a->layer[0].h_in, a->inputs, m->embed, N, c->V, D);
+    if (m->first) embedding_forward(a->layer[0].h_in, a->inputs, m->embed, N, c->V, D);
+    else memcpy(a->layer[m->l0].h_in, h_in, (size_t)N * D * sizeof(float));
     a->bal = 0;
-    for (int l = 0; l < c->L; l++) {
+    for (int l = m->l0; l < m->l1; l++) {
         LayerActs *la = &a->layer[l];
-        float *h_out = l + 1 < c->L ? a->layer[l + 1].h_in : a->h_out;
+        float *h_out = l + 1 < m->l1 ? a->layer[l + 1].h_in : a->h_out;
         attn_forward(m, &m->w[l], la, B, T);
         ffn_forward(m, l, la, h_out, B, T);
         if (model_is_moe_layer(m, l)) a->bal += la->moe.bal_loss;
     }
+    if (!m->last) return c->balance_alpha * a->bal;
     rmsnorm_forward(a->hf, a->rstdf, a->h_out, m->final_norm, N, D, c->norm_eps);
     linear_forward(a->logits, a->hf, m->lm_head, N, D, c->V);
     if (!with_targets) return 0.0f;
@@ -414,35 +445,52 @@ float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int
     return a->ce + c->balance_alpha * a->bal;
 }
 
-void model_backward_input(Model *m, ModelActs *a, float scale) {
+float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int with_targets) {
+    CHECK(m->first && m->last, "model_forward needs the whole model; use model_stage_forward");
+    return model_stage_forward(m, a, tokens, NULL, B, T, with_targets);
+}
+
+void model_stage_backward_input(Model *m, ModelActs *a, const float *dh_out, float scale) {
     const MoeConfig *c = &m->cfg;
     const int N = a->N, D = c->D;
     CHECK(a->has_targets, "backward needs a forward with targets");
-    memset(a->dlogits, 0, (size_t)N * c->V * sizeof(float));
-    crossentropy_backward_input(a->dlogits, a->logits, a->lse, a->targets, scale / (float)N, N, c->V);
-    memset(a->dhf, 0, (size_t)N * D * sizeof(float));
-    linear_backward_input(a->dhf, a->dlogits, m->lm_head, N, D, c->V);
-    float *dh = a->dh + (size_t)c->L * N * D;
-    memset(dh, 0, (size_t)N * D * sizeof(float));
-    rmsnorm_backward_input(dh, a->dhf, a->h_out, m->final_norm, a->rstdf, N, D);
-    for (int l = c->L - 1; l >= 0; l--) {
+    CHECK(m->last || dh_out != NULL, "stage [%d, %d) needs the next stage's gradient", m->l0, m->l1);
+    float *dh = dh_at(m, a, m->l1);
+    if (m->last) {
+        memset(a->dlogits, 0, (size_t)N * c->V * sizeof(float));
+        crossentropy_backward_input(a->dlogits, a->logits, a->lse, a->targets, scale / (float)N, N,
+                                    c->V);
+        memset(a->dhf, 0, (size_t)N * D * sizeof(float));
+        linear_backward_input(a->dhf, a->dlogits, m->lm_head, N, D, c->V);
+        memset(dh, 0, (size_t)N * D * sizeof(float));
+        rmsnorm_backward_input(dh, a->dhf, a->h_out, m->final_norm, a->rstdf, N, D);
+    } else {
+        memcpy(dh, dh_out, (size_t)N * D * sizeof(float));
+    }
+    for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
-        const float *dh_out = a->dh + (size_t)(l + 1) * N * D;
-        float *dh_in = a->dh + (size_t)l * N * D;
-        ffn_backward_input(m, l, la, dh_out, N, scale);
-        attn_backward_input(m, &m->w[l], la, dh_in, a->B, a->T);
+        ffn_backward_input(m, l, la, dh_at(m, a, l + 1), N, scale);
+        attn_backward_input(m, &m->w[l], la, dh_at(m, a, l), a->B, a->T);
     }
 }
+
+void model_backward_input(Model *m, ModelActs *a, float scale) {
+    model_stage_backward_input(m, a, NULL, scale);
+}
+
+const float *model_stage_dinput(const Model *m, const ModelActs *a) { return dh_at(m, a, m->l0); }
 
 void model_backward_weight(Model *m, ModelActs *a) {
     const MoeConfig *c = &m->cfg;
     const int N = a->N, D = c->D;
-    linear_backward_weight(m->d_lm_head, a->dlogits, a->hf, N, D, c->V);
-    rmsnorm_backward_weight(m->d_final_norm, a->dhf, a->h_out, a->rstdf, N, D);
-    for (int l = c->L - 1; l >= 0; l--) {
+    if (m->last) {
+        linear_backward_weight(m->d_lm_head, a->dlogits, a->hf, N, D, c->V);
+        rmsnorm_backward_weight(m->d_final_norm, a->dhf, a->h_out, a->rstdf, N, D);
+    }
+    for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
-        ffn_backward_weight(m, l, la, a->dh + (size_t)(l + 1) * N * D, N);
+        ffn_backward_weight(m, l, la, dh_at(m, a, l + 1), N);
         attn_backward_weight(m, &m->g[l], la, N);
     }
-    embedding_backward_weight(m->d_embed, a->dh, a->inputs, N, c->V, D);
+    if (m->first) embedding_backward_weight(m->d_embed, a->dh, a->inputs, N, c->V, D);
 }

@@ -1,6 +1,8 @@
 // The MoE transformer of ARCHITECTURE.md §2, assembled from a config: the parameter registry and its
 // per-layer views, weight initialization, and one micro-batch's forward, backward_input and
-// backward_weight (the stage interface of §3, over the whole layer stack in one process).
+// backward_weight. A Model is one pipeline stage (the stage interface of §3): layers [l0, l1), with
+// the embedding when l0 == 0 and the final norm, head and loss when l1 == L; the whole model is the
+// stage [0, L).
 #ifndef MOELAB_FRAMEWORK_MODEL_H
 #define MOELAB_FRAMEWORK_MODEL_H
 
@@ -29,15 +31,18 @@ typedef struct {
     MoeConfig cfg;
     int hd;                  // head size D / H
     ParamRegistry reg;
-    LayerWeights *w, *g;     // [L] value and gradient views
-    float *embed, *d_embed;            // (V, D)
-    float *final_norm, *d_final_norm;  // (D)
-    float *lm_head, *d_lm_head;        // (V, D); the embedding when tied
+    LayerWeights *w, *g;     // [L] value and gradient views (zero outside [l0, l1))
+    int l0, l1;              // this stage's layers [l0, l1)
+    int first, last;         // holds the embedding (l0 == 0) / the final norm, head and loss (l1 == L)
+    float *embed, *d_embed;            // (V, D) first stage only
+    float *final_norm, *d_final_norm;  // (D) last stage only
+    float *lm_head, *d_lm_head;        // (V, D) last stage only; the embedding when tied
     MoeShape moe_shape;
     MoeDispatcher *disp;     // owned
     int ep_rank, ep_size, n_local;     // expert slots held here: n_local = E / ep
     long *expert_counts;     // (L, E) tokens routed to each logical expert since the last reset
     int count_routes;        // training micro-batches add to expert_counts; eval and sampling do not
+    struct Grid *grid;       // process grid (parallel/grid.h), not owned; NULL for one process
 } Model;
 
 // Per-layer activations of one micro-batch (and the gradients backward_weight needs).
@@ -63,19 +68,23 @@ typedef struct {
     int B, T, N;
     int *inputs, *targets;  // (N) each; targets NULL-equivalent when has_targets == 0
     int has_targets;
-    LayerActs *layer;       // [L]
-    float *h_out;           // (N, D) residual stream after the last layer
+    LayerActs *layer;       // [L], used in [l0, l1)
+    float *h_out;           // (N, D) residual stream after the stage's last layer (sent onwards)
     float *hf, *rstdf;      // (N, D), (N) final RMSNorm
     float *logits;          // (N, V)
     float *lse, *losses;    // (N), (N)
-    float ce, bal;          // mean cross-entropy; Σ over MoE layers of L_bal
-    float *dh;              // (L + 1, N, D): dh[l] = ∂L/∂(input of layer l); dh[L] = ∂L/∂h_out
+    float ce, bal;          // mean cross-entropy (last stage); Σ over the stage's MoE layers of L_bal
+    float *dh;              // (l1 − l0 + 1, N, D): slot l − l0 = ∂L/∂(input of layer l); the last
+                            // slot = ∂L/∂h_out
     float *dlogits, *dhf;   // (N, V), (N, D)
     char *arena;            // one block holding every float buffer above
     size_t arena_used, arena_cap;
 } ModelActs;
 
+// The whole model (stage [0, L)).
 Model *model_create(const MoeConfig *c, int ep_rank, int ep_size);
+// One pipeline stage: layers [l0, l1) of the model c describes.
+Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1);
 // Fills every tensor from its parameter identity (seed, layer, name, expert): identical whatever
 // the layout.
 void model_init_weights(Model *m);
@@ -83,12 +92,24 @@ void model_init_weights(Model *m);
 void model_set_dispatcher(Model *m, MoeDispatcher *d);
 void model_free(Model *m);
 
-// Forward of one micro-batch. tokens (B, T+1) gives inputs [:, :T] and targets [:, 1:]; with
-// targets == 0 only inputs (B, T) are read and no loss is computed. Returns the micro-batch loss
-// CE + α·Σ L_bal (0 without targets). Counts routed tokens into expert_counts if m->count_routes.
+// Forward of one micro-batch through the whole model. tokens (B, T+1) gives inputs [:, :T] and
+// targets [:, 1:]; with with_targets == 0 only inputs (B, T) are read and no loss is computed.
+// Returns the micro-batch loss CE + α·Σ L_bal (0 without targets). Counts routed tokens into
+// expert_counts if m->count_routes.
 float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int with_targets);
 // ∂(scale · loss)/∂(everything) except weights; keeps what backward_weight needs.
 void model_backward_input(Model *m, ModelActs *a, float scale);
+
+// The same for one stage. The first stage reads its inputs from tokens, a later one takes h_in
+// (N, D), the previous stage's h_out. The last stage reads the targets from tokens (B, T+1) and
+// returns CE + α·Σ L_bal of its layers; an earlier stage returns α·Σ L_bal of its layers. The
+// stage's output is a->h_out.
+float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float *h_in, int B, int T,
+                          int with_targets);
+// dh_out (N, D) is ∂L/∂h_out from the next stage (NULL on the last stage, which starts from its
+// loss). Afterwards model_stage_dinput gives ∂L/∂h_in (N, D) for the previous stage.
+void model_stage_backward_input(Model *m, ModelActs *a, const float *dh_out, float scale);
+const float *model_stage_dinput(const Model *m, const ModelActs *a);
 // Accumulates (+=) the weight gradients of the micro-batch into m->reg.grad.
 void model_backward_weight(Model *m, ModelActs *a);
 void model_acts_free(Model *m, ModelActs *a);

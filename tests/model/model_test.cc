@@ -155,6 +155,58 @@ TEST(Model, FixedBatchLossFalls) {
     model_free(m);
 }
 
+// Two pipeline stages run one after the other compute exactly what the whole model does.
+TEST(Model, StagesComposeToTheWholeModel) {
+    MoeConfig c = tiny(1);
+    c.L = 3;
+    Model *whole = model_create(&c, 0, 1);
+    Model *s0 = model_create_stage(&c, 0, 1, 0, 2);
+    Model *s1 = model_create_stage(&c, 0, 1, 2, 3);
+    for (Model *m : {whole, s0, s1}) model_init_weights(m);
+    EXPECT_EQ(s0->reg.n + s1->reg.n, whole->reg.n);
+    EXPECT_LT(params_find(&s0->reg, "final_norm"), 0);
+    EXPECT_LT(params_find(&s1->reg, "embed"), 0);
+    std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 4);
+    ModelActs a, a0, a1;
+    float lw = model_forward(whole, &a, tok.data(), c.batch_size, c.T, 1);
+    float l0 = model_stage_forward(s0, &a0, tok.data(), nullptr, c.batch_size, c.T, 1);
+    float l1 = model_stage_forward(s1, &a1, tok.data(), a0.h_out, c.batch_size, c.T, 1);
+    EXPECT_FLOAT_EQ(lw, l0 + l1);
+    for (Model *m : {whole, s0, s1}) params_zero_grad(&m->reg);
+    model_backward_input(whole, &a, 0.5f);
+    model_backward_weight(whole, &a);
+    model_stage_backward_input(s1, &a1, nullptr, 0.5f);
+    model_backward_weight(s1, &a1);
+    model_stage_backward_input(s0, &a0, model_stage_dinput(s1, &a1), 0.5f);
+    model_backward_weight(s0, &a0);
+    int compared = 0;
+    for (Model *st : {s0, s1})
+        for (int i = 0; i < st->reg.n; i++) {
+            const ParamInfo *p = &st->reg.p[i];
+            int j = params_find(&whole->reg, p->name);
+            ASSERT_GE(j, 0) << p->name;
+            const float *gw = whole->reg.grad + whole->reg.p[j].offset, *gs = st->reg.grad + p->offset;
+            const float *vw = whole->reg.data + whole->reg.p[j].offset, *vs = st->reg.data + p->offset;
+            for (size_t k = 0; k < p->numel; k++) {
+                ASSERT_EQ(vw[k], vs[k]) << p->name;
+                ASSERT_NEAR(gw[k], gs[k], 1e-6f * (1.0f + std::fabs(gw[k]))) << p->name;
+            }
+            compared++;
+        }
+    EXPECT_EQ(compared, whole->reg.n);
+    model_acts_free(whole, &a);
+    model_acts_free(s0, &a0);
+    model_acts_free(s1, &a1);
+    for (Model *m : {whole, s0, s1}) model_free(m);
+}
+
+TEST(ModelDeath, TiedEmbeddingsAcrossStages) {
+    MoeConfig c = tiny(1);
+    c.tie_embeddings = 1;
+    EXPECT_EXIT(model_create_stage(&c, 0, 1, 0, 1), ::testing::ExitedWithCode(2),
+                "tie_embeddings = true needs the embedding and the head on one pipeline stage");
+}
+
 TEST(Optimizer, LearningRateSchedule) {
     MoeConfig c;
     config_defaults(&c);
