@@ -211,11 +211,13 @@ void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const c
     stats->vocab = tok->V;
     sprintf(path, "%s/tokenizer.bin", out_dir);
     tok_save(tok, path);
+    const double t2 = core_now();
     sprintf(path, "%s/train.bin", out_dir);
     stats->train_tokens = write_shard(tok, path, train, train_len, D, &pr, "encoding train");
     sprintf(path, "%s/val.bin", out_dir);
     stats->val_tokens = write_shard(tok, path, val, val_len, D, &pr, "encoding val");
     progress_done(&pr);
+    stats->encode_seconds = core_now() - t2;
     stats->seconds = core_now() - t0;
 
     const double mb = 1e-6;
@@ -226,9 +228,11 @@ void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const c
                    stats->tok_seconds, stats->train_bytes * mb / (stats->tok_seconds > 0 ? stats->tok_seconds : 1e-9));
     if (tok->V < vocab) core_warn("the text ran out of pairs to merge: vocabulary %d, not %d", tok->V, vocab);
     const uint64_t tokens = stats->train_tokens + stats->val_tokens;
-    core_info0("prepare: %llu train + %llu val tokens, %.3f bytes/token -> %s/{tokenizer,train,val}.bin",
+    core_info0("prepare: %llu train + %llu val tokens, %.3f bytes/token, encoded in %.1f s (%.2f MB/s)",
                (unsigned long long)stats->train_tokens, (unsigned long long)stats->val_tokens,
-               tokens ? (double)stats->bytes / tokens : 0.0, out_dir);
+               tokens ? (double)stats->bytes / tokens : 0.0, stats->encode_seconds,
+               stats->bytes * mb / (stats->encode_seconds > 0 ? stats->encode_seconds : 1e-9));
+    core_info0("prepare: wrote %s/tokenizer.bin, %s/train.bin, %s/val.bin", out_dir, out_dir, out_dir);
 
     tok_free(tok);
     core_free(path);

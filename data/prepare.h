@@ -18,6 +18,7 @@ typedef struct {
     uint64_t train_tokens, val_tokens;
     int vocab;                           // the tokenizer's size (below the request if the text ran out of pairs)
     double tok_seconds;                  // tokenizer training
+    double encode_seconds;               // encoding both shards
     double seconds;                      // everything
 } PrepareStats;
 
