@@ -3,7 +3,8 @@
 # Safe to run again: apt-get skips what is already there.
 set -euo pipefail
 PKGS=(bazel-bootstrap bazel-rules-java g++ libopenblas-dev libopenmpi-dev openmpi-bin libhdf5-dev
-      hdf5-tools libgtest-dev python3-torch python3-h5py python3-numpy fortunes gnuplot-nox)
+      hdf5-tools libgtest-dev python3-torch python3-h5py python3-numpy fortunes gnuplot-nox clang
+      libclang-rt-14-dev)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
