@@ -13,6 +13,29 @@
 #include "framework/core/mem.h"
 #include "framework/core/timer.h"
 #include "framework/sample.h"
+#include "parallel/comm.h"
+#include "parallel/dp_sync.h"
+#include "parallel/ep_dispatch.h"
+#include "parallel/grid.h"
+
+// The multi-process part of a step (ARCHITECTURE.md §4): gradients averaged over DP (dense) and
+// expert-DP (experts), the step's expert counts and mean losses (loss, ce) made global. Returns the
+// global gradient norm.
+static float sync_step(Model *m, double *means) {
+    const Grid *g = m->grid;
+    const ParamRegistry *r = &m->reg;
+    DpGrad *t = core_alloc((size_t)r->n * sizeof *t);  // the trained tensors' gradients
+    int n = 0;
+    for (int i = 0; i < r->n; i++)
+        if (r->p[i].kind != PARAM_BUFFER)
+            t[n++] = (DpGrad){r->grad + r->p[i].offset, r->p[i].numel, r->p[i].kind == PARAM_EXPERT};
+    dp_sync_grads(g, t, n, DP_SYNC_BUCKET_FLOATS);
+    const double sq = dp_sync_grad_sqsum(g, t, n);
+    core_free(t);
+    dp_sync_sum_counts(g, m->expert_counts, (size_t)m->cfg.L * (size_t)m->cfg.E);
+    dp_sync_mean(g, means, 2);
+    return (float)sqrt(sq);
+}
 
 StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, const int *tokens) {
     StepStats st = {0};
@@ -26,20 +49,28 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
         ModelActs a;
         loss += model_forward(m, &a, tokens + (size_t)mb * B * (T + 1), B, T, 1);
         ce += a.ce;
+        if (m->grid && mb == 0) grid_test_die_at(m->grid, step);
         // The step's objective is the mean over micro-batches: each contributes 1/A.
         model_backward_input(m, &a, 1.0f / (float)A);
         model_backward_weight(m, &a);
         model_acts_free(m, &a);
     }
     m->count_routes = 0;
-    st.loss = (float)(loss / A);
-    st.ce = (float)(ce / A);
-    st.grad_norm = (float)sqrt(optim_grad_sqsum(&m->reg, -1));
+    double means[2] = {loss / A, ce / A};
+    // The bias update's c̄ counts the tokens of the whole step, over all data-parallel ranks.
+    long n_tokens = (long)A * B * T;
+    if (m->grid) {
+        st.grad_norm = sync_step(m, means);
+        n_tokens *= m->grid->dp;
+    } else {
+        st.grad_norm = (float)sqrt(optim_grad_sqsum(&m->reg, -1));
+    }
+    st.loss = (float)means[0];
+    st.ce = (float)means[1];
     float clip = optim_clip_factor(st.grad_norm, c->grad_clip);
     if (clip != 1.0f) optim_scale_grads(&m->reg, clip);
     st.lr = optim_lr(c, step);
     adamw_step(o, &m->reg, c, st.lr);
-    const long n_tokens = (long)A * B * T;
     for (int l = 0; l < c->L; l++)
         if (model_is_moe_layer(m, l))
             router_bias_update(m->w[l].moe.bias, m->expert_counts + (size_t)l * c->E, c->E, c->K,
@@ -72,6 +103,11 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     Trainer *t = core_alloc(sizeof *t);
     t->cfg = *cfg;
     MoeConfig *c = &t->cfg;
+    // The layout is checked on every rank before any data is read.
+    if (c->pp > 1)
+        core_usage_error("--pp %d: the trainer does not run pipeline schedules yet; use --pp 1", c->pp);
+    Grid *g = grid_create(comm_world(), c->pp, c->ep, c->E);
+    grid_log(g, c->E);
     if (c->data[0] == '\0')
         core_usage_error("no training data: pass --data DIR (a directory made by `moelab data prepare`)");
     struct stat sb;
@@ -84,15 +120,21 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         core_usage_error("config vocab_size = %d but the tokenizer in %s has %d tokens: set "
                          "--vocab-size %d", c->V, c->data, t->tok->V, t->tok->V);
     join(path, sizeof path, c->data, "train.bin");
-    t->train = loader_open(path, c->T, c->batch_size, 0, 1, c->seed, 1);
+    t->train = loader_open(path, c->T, c->batch_size, g->dp_rank, g->dp, c->seed, 1);
     t->unigram_entropy = unigram_entropy(path, c->V);
     join(path, sizeof path, c->data, "val.bin");
-    t->val = loader_open(path, c->T, c->batch_size, 0, 1, c->seed, 0);
-    t->model = model_create(c, 0, 1);
+    t->val = loader_open(path, c->T, c->batch_size, g->dp_rank, g->dp, c->seed, 0);
+    t->model = model_create(c, g->ep_rank, g->ep);
     model_init_weights(t->model);
+    if (g->world > 1) {
+        t->model->grid = g;
+        if (g->ep > 1) model_set_dispatcher(t->model, ep_dispatcher_create(g->ep_comm, c->E));
+    } else {
+        grid_free(g);  // one process: the plain path, no communication
+    }
     adamw_init(&t->opt, &t->model->reg);
     t->tokens = core_alloc((size_t)c->grad_accum * c->batch_size * (c->T + 1) * sizeof(int));
-    if (c->metrics[0]) {
+    if (c->metrics[0] && core_rank() == 0) {
         t->metrics = fopen(c->metrics, "w");
         if (!t->metrics) core_usage_error("cannot write --metrics %s: %s", c->metrics, strerror(errno));
     }
@@ -106,6 +148,7 @@ void trainer_free(Trainer *t) {
     loader_close(t->val);
     tok_free(t->tok);
     adamw_free(&t->opt);
+    grid_free(t->model->grid);
     model_free(t->model);
     core_free(t->tokens);
     core_free(t);
@@ -133,7 +176,9 @@ float trainer_eval(Trainer *t) {
         sum -= c->balance_alpha * a.bal;  // report the language-model loss alone
         model_acts_free(t->model, &a);
     }
-    return (float)(sum / c->val_batches);
+    double mean = sum / c->val_batches;
+    if (t->model->grid) dp_sync_mean(t->model->grid, &mean, 1);
+    return (float)mean;
 }
 
 // Decodes ids to text and prints them with non-printable bytes escaped.
@@ -185,11 +230,13 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s) {
 int trainer_run(Trainer *t) {
     const MoeConfig *c = &t->cfg;
     const size_t n_params = t->model->reg.total;
+    const int dp = t->model->grid ? t->model->grid->dp : 1;
     core_info0("model: V %d D %d L %d (dense %d) H %d Hkv %d T %d | E %d K %d S %d Fe %d | %.2fM parameters",
                c->V, c->D, c->L, c->n_dense_layers, c->H, c->Hkv, c->T, c->E, c->K, c->S, c->Fe,
                (double)n_params / 1e6);
-    core_info0("data: %s (%ld training sequences of %d tokens) | batch %d x %d micro-batches | %d steps",
-               c->data, (long)loader_num_sequences(t->train), c->T, c->batch_size, c->grad_accum, c->steps);
+    core_info0("data: %s (%ld training sequences of %d tokens) | batch %d x %d micro-batches x %d dp | %d steps",
+               c->data, (long)loader_num_sequences(t->train), c->T, c->batch_size, c->grad_accum, dp,
+               c->steps);
     core_info0("unigram entropy of the training tokens: %.4f nats/token (a model that ignores context "
                "scores this)", t->unigram_entropy);
     float val = trainer_eval(t);
@@ -198,7 +245,7 @@ int trainer_run(Trainer *t) {
     double tokens = 0, secs = 0;
     for (int s = 0; s < c->steps; s++) {
         StepStats st = trainer_step(t);
-        tokens += (double)c->grad_accum * c->batch_size * c->T;
+        tokens += (double)c->grad_accum * c->batch_size * c->T * dp;
         secs += st.seconds;
         int last = t->step == c->steps;
         val = -1;

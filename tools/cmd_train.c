@@ -5,6 +5,7 @@
 #include "framework/core/check.h"
 #include "framework/core/config.h"
 #include "framework/train.h"
+#include "parallel/comm.h"
 #include "tools/commands.h"
 
 #ifdef _OPENMP
@@ -20,6 +21,7 @@ static void train_help(void) {
            "  --steps N         optimizer steps\n"
            "  --seed S          seed of weights, data order and sampling\n"
            "  --metrics FILE    JSON Lines metrics, one object per logged step\n"
+           "  --ep N            expert-parallel ranks (run under `mpirun -np P`, P a multiple of N)\n"
            "  --device cpu|cuda\n\n");
     config_print_help(stdout);
 }
@@ -30,11 +32,14 @@ int cmd_train(int argc, char **argv) {
             train_help();
             return 0;
         }
+    // Under mpirun every rank starts MPI first, so that any error below ends every rank.
+    comm_init(&argc, &argv);
     MoeConfig c;
     config_defaults(&c);
     int rest = config_apply_args(&c, argc - 1, argv + 1);
     if (rest > 0) core_usage_error("train: unknown option '%s' (see `moelab train --help`)", argv[1]);
     config_validate(&c);
+    comm_set_timeout(c.comm_timeout);
     if (strcmp(c.device, "cpu") != 0)
         core_usage_error("--device %s: this build trains on the CPU only (the CUDA backend is issue 3)", c.device);
 #ifdef _OPENMP
@@ -43,5 +48,6 @@ int cmd_train(int argc, char **argv) {
     Trainer *t = trainer_create(&c);
     int rc = trainer_run(t);
     trainer_free(t);
+    comm_finalize();
     return rc;
 }

@@ -56,6 +56,7 @@ typedef struct {
     char schedule[CONFIG_STR];   // "1f1b" | "dualpipe" | "dualpipev"
     int eplb_interval, eplb_redundant;
     float router_skew;   // test knob: adds skew*(E-1-i)/E to expert i's router logit (0: off)
+    float comm_timeout;  // seconds a collective may wait before every rank is ended
     // --- I/O ---
     char device[CONFIG_STR];     // "cpu" | "cuda"
     char data[CONFIG_STR];       // token shard file or data directory

@@ -1,0 +1,380 @@
+// Communicators (see comm.h): argument checks and one-process shortcuts in front, the MPI backend
+// behind. Every MPI call goes through MPI_CHECK (file, line, rank, MPI's own message); every
+// transfer is an MPI_I* call completed by a polling loop with a deadline.
+#include "parallel/comm.h"
+
+#include <limits.h>
+#include <mpi.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "framework/core/check.h"
+#include "framework/core/log.h"
+#include "framework/core/mem.h"
+#include "framework/core/timer.h"
+
+static double g_timeout = COMM_DEFAULT_TIMEOUT;
+static int g_mpi_started = 0;  // comm_init called MPI_Init (so comm_finalize calls MPI_Finalize)
+static Comm g_world = {"world", 0, 1, NULL, NULL};
+
+size_t comm_type_size(CommType t) {
+    switch (t) {
+    case COMM_F32: return sizeof(float);
+    case COMM_F64: return sizeof(double);
+    case COMM_I32: return sizeof(int32_t);
+    case COMM_I64: return sizeof(int64_t);
+    }
+    FATAL("comm: unknown element type %d", (int)t);
+}
+
+void comm_set_timeout(double seconds) {
+    CHECK(seconds > 0, "comm: the timeout must be positive, got %g s", seconds);
+    g_timeout = seconds;
+}
+
+double comm_timeout(void) { return g_timeout; }
+
+Comm *comm_world(void) { return &g_world; }
+
+void comm_timed_out(const Comm *c, const char *op) {
+    fflush(stdout);
+    fprintf(stderr, "moelab: error [rank %d]: %s on group %s timed out after %gs\n", core_rank(), op,
+            c->name, g_timeout);
+    fflush(stderr);
+    int up = 0, down = 0;
+    MPI_Initialized(&up);
+    MPI_Finalized(&down);
+    if (up && !down) MPI_Abort(MPI_COMM_WORLD, CORE_EXIT_FAILURE);
+    exit(CORE_EXIT_FAILURE);
+}
+
+// ---------------------------------------------------------------------------------------------
+// MPI backend.
+
+#define MPI_CHECK(call) mpi_check((call), #call, __FILE__, __LINE__)
+
+static void mpi_check(int rc, const char *what, const char *file, int line) {
+    if (rc == MPI_SUCCESS) return;
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof msg, "MPI error code %d", rc);
+    core_fatal_at(file, line, CORE_EXIT_FAILURE, "%s failed: %s", what, msg);
+}
+
+static MPI_Comm mpi_of(const Comm *c) { return *(const MPI_Comm *)c->impl; }
+
+static MPI_Datatype mpi_type(CommType t) {
+    switch (t) {
+    case COMM_F32: return MPI_FLOAT;
+    case COMM_F64: return MPI_DOUBLE;
+    case COMM_I32: return MPI_INT32_T;
+    case COMM_I64: return MPI_INT64_T;
+    }
+    FATAL("comm: unknown element type %d", (int)t);
+}
+
+static MPI_Op mpi_op(CommOp op) { return op == COMM_MAX ? MPI_MAX : MPI_SUM; }
+
+// MPI counts are ints: a larger transfer is one clear error, not a silent truncation.
+static int mpi_count(const Comm *c, size_t n, const char *op) {
+    CHECK(n <= (size_t)INT_MAX, "comm: %s on group %s moves %zu elements, more than MPI's limit %d",
+          op, c->name, n, INT_MAX);
+    return (int)n;
+}
+
+// Completes the requests or ends the job at the deadline. The first polls yield the core; later
+// ones sleep, so that ranks oversubscribing the cores leave the CPU to the peers they wait for.
+static void mpi_wait(const Comm *c, int n, MPI_Request *req, const char *op) {
+    const double deadline = core_now() + g_timeout;
+    for (long polls = 0;; polls++) {
+        int done = 0;
+        MPI_CHECK(MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE));
+        if (done) return;
+        if (core_now() > deadline) comm_timed_out(c, op);
+        if (polls < 64) {
+            sched_yield();
+        } else {
+            struct timespec ts = {0, 50 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+static void mpi_allreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
+    MPI_Request r;
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, mpi_count(c, n, "all-reduce"), mpi_type(t), mpi_op(op),
+                             mpi_of(c), &r));
+    mpi_wait(c, 1, &r, "all-reduce");
+}
+
+static void mpi_allgather(Comm *c, const void *send, void *recv, size_t n, CommType t) {
+    MPI_Request r;
+    int k = mpi_count(c, n, "all-gather");
+    mpi_count(c, n * (size_t)c->size, "all-gather");
+    MPI_CHECK(MPI_Iallgather(send, k, mpi_type(t), recv, k, mpi_type(t), mpi_of(c), &r));
+    mpi_wait(c, 1, &r, "all-gather");
+}
+
+static void mpi_reduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op) {
+    MPI_Request r;
+    mpi_count(c, n * (size_t)c->size, "reduce-scatter");
+    MPI_CHECK(MPI_Ireduce_scatter_block(send, recv, mpi_count(c, n, "reduce-scatter"), mpi_type(t),
+                                        mpi_op(op), mpi_of(c), &r));
+    mpi_wait(c, 1, &r, "reduce-scatter");
+}
+
+static void mpi_alltoallv(Comm *c, const void *send, const size_t *send_counts, void *recv,
+                          const size_t *recv_counts, CommType t) {
+    const int P = c->size;
+    int *v = core_alloc((size_t)4 * P * sizeof(int));  // send counts, send displs, recv counts, recv displs
+    size_t soff = 0, roff = 0;
+    for (int j = 0; j < P; j++) {
+        v[j] = mpi_count(c, send_counts[j], "all-to-all-v");
+        v[P + j] = mpi_count(c, soff, "all-to-all-v");
+        v[2 * P + j] = mpi_count(c, recv_counts[j], "all-to-all-v");
+        v[3 * P + j] = mpi_count(c, roff, "all-to-all-v");
+        soff += send_counts[j];
+        roff += recv_counts[j];
+    }
+    MPI_Request r;
+    MPI_CHECK(MPI_Ialltoallv(send, v, v + P, mpi_type(t), recv, v + 2 * P, v + 3 * P, mpi_type(t),
+                             mpi_of(c), &r));
+    mpi_wait(c, 1, &r, "all-to-all-v");
+    core_free(v);
+}
+
+static void mpi_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void *recv, size_t recv_n,
+                         int src, CommType t, int tag) {
+    MPI_Request r[2];
+    int n = 0;
+    const char *op = dst >= 0 && src >= 0 ? "send/recv" : dst >= 0 ? "send" : "recv";
+    if (src >= 0)
+        MPI_CHECK(MPI_Irecv(recv, mpi_count(c, recv_n, op), mpi_type(t), src, tag, mpi_of(c), &r[n++]));
+    if (dst >= 0)
+        MPI_CHECK(MPI_Isend(send, mpi_count(c, send_n, op), mpi_type(t), dst, tag, mpi_of(c), &r[n++]));
+    mpi_wait(c, n, r, op);
+}
+
+static void mpi_barrier(Comm *c) {
+    MPI_Request r;
+    MPI_CHECK(MPI_Ibarrier(mpi_of(c), &r));
+    mpi_wait(c, 1, &r, "barrier");
+}
+
+static void *mpi_split(Comm *c, int color, int key, int *rank, int *size) {
+    MPI_Comm *s = core_alloc(sizeof *s);
+    MPI_CHECK(MPI_Comm_split(mpi_of(c), color, key, s));
+    MPI_CHECK(MPI_Comm_rank(*s, rank));
+    MPI_CHECK(MPI_Comm_size(*s, size));
+    return s;
+}
+
+static void mpi_free(void *impl) {
+    MPI_CHECK(MPI_Comm_free((MPI_Comm *)impl));
+    core_free(impl);
+}
+
+static void *mpi_isend(Comm *c, const void *buf, size_t n, int dst, CommType t, int tag) {
+    MPI_Request *r = core_alloc(sizeof *r);
+    MPI_CHECK(MPI_Isend(buf, mpi_count(c, n, "send"), mpi_type(t), dst, tag, mpi_of(c), r));
+    return r;
+}
+
+static int mpi_test(Comm *c, void *req) {
+    (void)c;
+    int done = 0;
+    MPI_CHECK(MPI_Test((MPI_Request *)req, &done, MPI_STATUS_IGNORE));
+    if (done) core_free(req);
+    return done;
+}
+
+static void mpi_wait_one(Comm *c, void *req) {
+    mpi_wait(c, 1, (MPI_Request *)req, "send");
+    core_free(req);
+}
+
+static const CommOps MPI_OPS = {
+    mpi_allreduce, mpi_allgather, mpi_reduce_scatter, mpi_alltoallv,
+    mpi_sendrecv,  mpi_barrier,   mpi_split,          mpi_free,
+    mpi_isend,     mpi_test,      mpi_wait_one,
+};
+
+static MPI_Comm g_world_mpi;
+
+static void mpi_abort_hook(int code) { MPI_Abort(MPI_COMM_WORLD, code); }
+
+// mpirun (OpenMPI) and PMI/PMIx launchers announce themselves in the environment.
+static int launched_by_mpirun(void) {
+    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK") ||
+           getenv("PMI_SIZE");
+}
+
+void comm_init(int *argc, char ***argv) {
+    int up = 0;
+    MPI_CHECK(MPI_Initialized(&up));
+    if (!up) {
+        if (!launched_by_mpirun()) return;  // one process: the world needs no MPI
+        MPI_CHECK(MPI_Init(argc, argv));
+        g_mpi_started = 1;
+    }
+    // Errors come back to MPI_CHECK (with MPI's message) instead of MPI's default abort.
+    MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+    g_world_mpi = MPI_COMM_WORLD;
+    MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &g_world.rank));
+    MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &g_world.size));
+    g_world.ops = g_world.size > 1 ? &MPI_OPS : NULL;
+    g_world.impl = &g_world_mpi;
+    core_set_rank(g_world.rank, g_world.size);
+    if (g_world.size > 1) core_set_abort_hook(mpi_abort_hook);
+}
+
+void comm_finalize(void) {
+    if (!g_mpi_started) return;
+    // A dead peer would hang MPI_Finalize; the barrier turns that into a timeout message.
+    comm_barrier(&g_world);
+    core_set_abort_hook(NULL);
+    MPI_CHECK(MPI_Finalize());
+    g_mpi_started = 0;
+    g_world.rank = 0;
+    g_world.size = 1;
+    g_world.ops = NULL;
+    g_world.impl = NULL;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Front end: argument checks, then one-process shortcuts (copies) or the backend.
+
+static void check_peer(const Comm *c, int peer, int tag, const char *op) {
+    CHECK(peer >= 0 && peer < c->size, "comm: %s on group %s names rank %d, outside [0, %d)", op,
+          c->name, peer, c->size);
+    CHECK(tag >= 0 && tag <= 32767, "comm: %s on group %s: tag %d outside [0, 32767]", op, c->name, tag);
+}
+
+static void copy(void *dst, const void *src, size_t n, CommType t) {
+    if (dst != src && n > 0) memmove(dst, src, n * comm_type_size(t));
+}
+
+Comm *comm_split(Comm *c, int color, int key, const char *name) {
+    CHECK(color >= 0, "comm: split of group %s into '%s' needs color >= 0, got %d", c->name, name, color);
+    CHECK(strlen(name) < COMM_NAME_MAX, "comm: group name '%s' is too long", name);
+    Comm *s = core_alloc(sizeof *s);
+    strcpy(s->name, name);
+    s->rank = 0;
+    s->size = 1;
+    if (c->ops) {
+        // MPI_Comm_split blocks; the timed barrier first turns a missing rank into a timeout.
+        comm_barrier(c);
+        void *impl = c->ops->split(c, color, key, &s->rank, &s->size);
+        if (s->size > 1) {
+            s->ops = c->ops;
+            s->impl = impl;
+        } else {
+            c->ops->free(impl);
+        }
+    }
+    return s;
+}
+
+void comm_free(Comm *c) {
+    if (!c) return;
+    CHECK(c != &g_world, "comm: the world communicator is not freed by comm_free");
+    if (c->ops) c->ops->free(c->impl);
+    core_free(c);
+}
+
+void comm_allreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
+    if (c->ops && n > 0) c->ops->allreduce(c, buf, n, t, op);
+}
+
+void comm_allgather(Comm *c, const void *send, void *recv, size_t n, CommType t) {
+    if (c->ops) c->ops->allgather(c, send, recv, n, t);
+    else copy(recv, send, n, t);
+}
+
+void comm_reduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op) {
+    if (c->ops) c->ops->reduce_scatter(c, send, recv, n, t, op);
+    else copy(recv, send, n, t);
+}
+
+void comm_alltoallv(Comm *c, const void *send, const size_t *send_counts, void *recv,
+                    const size_t *recv_counts, CommType t) {
+    if (c->ops) {
+        c->ops->alltoallv(c, send, send_counts, recv, recv_counts, t);
+        return;
+    }
+    CHECK(send_counts[0] == recv_counts[0],
+          "comm: all-to-all-v on one-process group %s sends %zu elements to itself but expects %zu",
+          c->name, send_counts[0], recv_counts[0]);
+    copy(recv, send, send_counts[0], t);
+}
+
+void comm_alltoall(Comm *c, const void *send, void *recv, size_t n, CommType t) {
+    size_t *counts = core_alloc((size_t)c->size * sizeof(size_t));  // (size) n each way
+    for (int j = 0; j < c->size; j++) counts[j] = n;
+    comm_alltoallv(c, send, counts, recv, counts, t);
+    core_free(counts);
+}
+
+void comm_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void *recv, size_t recv_n,
+                   int src, CommType t, int tag) {
+    check_peer(c, dst, tag, "send/recv");
+    check_peer(c, src, tag, "send/recv");
+    if (c->ops) {
+        c->ops->sendrecv(c, send, send_n, dst, recv, recv_n, src, t, tag);
+        return;
+    }
+    CHECK(send_n == recv_n, "comm: send/recv on one-process group %s sends %zu elements but expects %zu",
+          c->name, send_n, recv_n);
+    copy(recv, send, send_n, t);
+}
+
+// A lone send or receive addressed to this rank itself could never complete.
+static void check_not_self(const Comm *c, int peer, const char *op) {
+    CHECK(peer != c->rank, "comm: %s on group %s addressed to this rank itself (%d); use comm_sendrecv",
+          op, c->name, peer);
+}
+
+void comm_send(Comm *c, const void *buf, size_t n, CommType t, int dst, int tag) {
+    check_peer(c, dst, tag, "send");
+    check_not_self(c, dst, "send");
+    c->ops->sendrecv(c, buf, n, dst, NULL, 0, -1, t, tag);
+}
+
+void comm_recv(Comm *c, void *buf, size_t n, CommType t, int src, int tag) {
+    check_peer(c, src, tag, "recv");
+    check_not_self(c, src, "recv");
+    c->ops->sendrecv(c, NULL, 0, -1, buf, n, src, t, tag);
+}
+
+void comm_barrier(Comm *c) {
+    if (c->ops) c->ops->barrier(c);
+}
+
+struct CommRequest {
+    Comm *c;
+    void *impl;  // the backend's request
+};
+
+CommRequest *comm_isend(Comm *c, const void *buf, size_t n, CommType t, int dst, int tag) {
+    check_peer(c, dst, tag, "send");
+    check_not_self(c, dst, "send");
+    CommRequest *r = core_alloc(sizeof *r);
+    r->c = c;
+    r->impl = c->ops->isend(c, buf, n, dst, t, tag);
+    return r;
+}
+
+int comm_test(CommRequest *r) {
+    if (!r->c->ops->test(r->c, r->impl)) return 0;
+    core_free(r);
+    return 1;
+}
+
+void comm_wait(CommRequest *r) {
+    r->c->ops->wait(r->c, r->impl);
+    core_free(r);
+}

@@ -1,0 +1,32 @@
+// The expert-parallel MoE dispatcher (the layers/moe.h interface over an EP communicator,
+// ARCHITECTURE.md §4): each (token, choice) pair travels to the rank holding its expert's physical
+// slot through an all-to-all-v, arrives grouped by local slot for the grouped expert GEMMs, and
+// comes back the same way. Which logical expert each physical slot holds is a table (the default is
+// the identity block: slot s of EP rank r holds expert r·E/EP + s), so EPLB can swap in replicas.
+#ifndef MOELAB_PARALLEL_EP_DISPATCH_H
+#define MOELAB_PARALLEL_EP_DISPATCH_H
+
+#include "layers/moe.h"
+#include "parallel/comm.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// A dispatcher over ep (not owned; it must outlive the dispatcher) for E logical experts with the
+// identity placement: n_local = E / ep->size slots per rank. Every call of the returned dispatcher is
+// collective over ep: all its ranks plan, dispatch and combine the same layers in the same order.
+MoeDispatcher *ep_dispatcher_create(Comm *ep, int E);
+
+// The EPLB hook: the EP group's R physical slots (R % ep->size == 0; slot p lives on EP rank
+// p / (R / ep->size), local slot p % (R / ep->size)) hold the logical experts phy2log (R); every
+// expert needs at least one slot. n_local becomes R / ep->size from the next plan on. A pair routed
+// to an expert with c replicas goes to replica (j + ep_rank) mod c, j counting this rank's pairs
+// routed to that expert in (token, choice) order: deterministic, and balanced to within one pair
+// per rank. The slots' weights are the caller's business (replicas must hold identical weights).
+void ep_dispatcher_set_placement(MoeDispatcher *d, const int *phy2log, int R);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,90 @@
+// The process grid (see grid.h): layout checks, coordinates from the world rank, and the four
+// sub-communicators split from the world.
+#include "parallel/grid.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "framework/core/check.h"
+#include "framework/core/log.h"
+#include "framework/core/mem.h"
+
+Grid *grid_create(Comm *world, int pp, int ep, int E) {
+    const int W = world->size;
+    // Every rank reaches the same verdict from the same numbers, so every rank stops with the same
+    // message before any communication has started.
+    if (pp < 1 || ep < 1)
+        core_usage_error("grid: --pp (%d) and --ep (%d) must be at least 1", pp, ep);
+    if (W % pp != 0)
+        core_usage_error("grid: %d processes cannot form %d pipeline stages: the process count must "
+                         "be a multiple of --pp", W, pp);
+    const int dp = W / pp;
+    if (dp % ep != 0)
+        core_usage_error("grid: %d data-parallel ranks per stage (%d processes / pp %d) cannot form "
+                         "expert-parallel groups of --ep %d: start a multiple of %d processes",
+                         dp, W, pp, ep, pp * ep);
+    if (E % ep != 0)
+        core_usage_error("grid: %d experts cannot be split evenly over --ep %d ranks: n_experts "
+                         "must be divisible by ep", E, ep);
+    Grid *g = core_alloc(sizeof *g);
+    g->world = W;
+    g->rank = world->rank;
+    g->pp = pp;
+    g->dp = dp;
+    g->ep = ep;
+    g->edp = dp / ep;
+    g->pp_rank = g->rank / dp;
+    g->dp_rank = g->rank % dp;
+    g->ep_rank = g->dp_rank % ep;
+    g->edp_rank = g->dp_rank / ep;
+    g->world_comm = world;
+    g->dp_comm = comm_split(world, g->pp_rank, g->dp_rank, "dp");
+    g->ep_comm = comm_split(world, g->pp_rank * g->edp + g->edp_rank, g->ep_rank, "ep");
+    g->edp_comm = comm_split(world, g->pp_rank * ep + g->ep_rank, g->edp_rank, "edp");
+    g->pp_comm = comm_split(world, g->dp_rank, g->pp_rank, "pp");
+    CHECK(g->dp_comm->size == dp && g->ep_comm->size == ep && g->edp_comm->size == g->edp &&
+              g->pp_comm->size == pp && g->ep_comm->rank == g->ep_rank && g->dp_comm->rank == g->dp_rank,
+          "grid: the split communicators disagree with the layout (dp %d/%d, ep %d/%d, edp %d/%d, pp %d/%d)",
+          g->dp_comm->size, dp, g->ep_comm->size, ep, g->edp_comm->size, g->edp, g->pp_comm->size, pp);
+    return g;
+}
+
+void grid_free(Grid *g) {
+    if (!g) return;
+    comm_free(g->dp_comm);
+    comm_free(g->ep_comm);
+    comm_free(g->edp_comm);
+    comm_free(g->pp_comm);
+    core_free(g);
+}
+
+void grid_log(const Grid *g, int E) {
+    core_info0("grid: world %d = pp %d x dp %d, dp = ep %d x edp %d | %d of %d experts per rank | "
+               "rank = pp_rank*%d + edp_rank*%d + ep_rank",
+               g->world, g->pp, g->dp, g->ep, g->edp, E / g->ep, E, g->dp, g->ep);
+    if (g->ep == 1) return;
+    // The EP groups of stage 0 (the other stages repeat the pattern shifted by dp), at most 16.
+    char line[512];
+    int n = snprintf(line, sizeof line, "grid: ep groups of stage 0:");
+    for (int e = 0; e < g->edp; e++) {
+        if (e == 16) {
+            snprintf(line + n, sizeof line - (size_t)n, " ... (%d groups)", g->edp);
+            break;
+        }
+        n += snprintf(line + n, sizeof line - (size_t)n, " [%d..%d]", e * g->ep, e * g->ep + g->ep - 1);
+    }
+    core_info0("%s", line);
+}
+
+void grid_test_die_at(const Grid *g, int step) {
+    const char *v = getenv("MOELAB_TEST_DIE_AT_STEP");
+    int rank = -1, at = -1;
+    if (!v || sscanf(v, "%d:%d", &rank, &at) != 2) return;
+    if (rank == g->rank && at == step) {
+        fprintf(stderr, "moelab: [rank %d] MOELAB_TEST_DIE_AT_STEP: killing myself at step %d\n",
+                g->rank, step);
+        fflush(stderr);
+        raise(SIGKILL);
+    }
+}

@@ -1,0 +1,41 @@
+// The process grid of ARCHITECTURE.md §4: world = PP × DP pipeline stages by data-parallel ranks,
+// with expert parallelism inside DP (DP = EP × EDP), and the communicators each parameter group
+// needs. Layout (pp-major, EP groups contiguous):
+//     rank = pp_rank · DP + dp_rank,   dp_rank = edp_rank · EP + ep_rank
+// so the EP ranks that exchange tokens every layer are neighbours (the same node when ranks are
+// packed by node), and the expert-data-parallel replicas of one expert are EP apart.
+#ifndef MOELAB_PARALLEL_GRID_H
+#define MOELAB_PARALLEL_GRID_H
+
+#include "parallel/comm.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct Grid {
+    int world, rank;          // processes in the job and this one's rank in it
+    int pp, dp, ep, edp;      // sizes: world = pp · dp, dp = ep · edp
+    int pp_rank, dp_rank, ep_rank, edp_rank;
+    Comm *world_comm;         // all processes (not owned)
+    Comm *dp_comm;            // the DP ranks of this pipeline stage: dense gradients, losses, counts
+    Comm *ep_comm;            // this EP group: token dispatch and combine
+    Comm *edp_comm;           // same stage and EP rank in every EP group: expert gradients
+    Comm *pp_comm;            // the stages of this data-parallel rank: activations, global norm
+} Grid;
+
+// Checks world % pp, DP % ep and E % ep on every rank before any communication (a usage error,
+// exit 2, naming the rule and the fix), then splits the four communicators (collective over world).
+Grid *grid_create(Comm *world, int pp, int ep, int E);
+void grid_free(Grid *g);
+// Logs the layout on rank 0: sizes, experts per rank, and the ranks of every EP group.
+void grid_log(const Grid *g, int E);
+
+// Test hook for the dead-peer test: when MOELAB_TEST_DIE_AT_STEP = "RANK:STEP" names this world rank
+// and `step`, the process kills itself (SIGKILL) on the spot, as a crashed node would.
+void grid_test_die_at(const Grid *g, int step);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,35 @@
+// Failure-mode driver for the multi-rank tests (run under mpirun by failure_test.sh):
+//   comm_driver hang SECONDS     rank 0 waits in a barrier the others never join (they wait for a
+//                                message rank 0 never sends): every rank must end with a timeout
+//   comm_driver grid PP EP E     builds the process grid: a bad layout must end every rank with exit 2
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "framework/core/check.h"
+#include "framework/core/log.h"
+#include "parallel/comm.h"
+#include "parallel/grid.h"
+
+int main(int argc, char **argv) {
+    comm_init(&argc, &argv);
+    Comm *w = comm_world();
+    if (argc == 3 && !strcmp(argv[1], "hang")) {
+        comm_set_timeout(atof(argv[2]));
+        if (w->rank == 0) {
+            comm_barrier(w);
+        } else {
+            int x;
+            comm_recv(w, &x, 1, COMM_I32, 0, 1);
+        }
+        core_info("unreachable: the unmatched operations completed");
+    } else if (argc == 5 && !strcmp(argv[1], "grid")) {
+        Grid *g = grid_create(w, atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
+        grid_log(g, atoi(argv[4]));
+        grid_free(g);
+    } else {
+        core_usage_error("usage: comm_driver hang SECONDS | grid PP EP E");
+    }
+    comm_finalize();
+    return 0;
+}

@@ -1,0 +1,225 @@
+// Communicators, the process grid and data-parallel gradient sync, run under mpirun with any number
+// of ranks (CI: 1, 2 and 4): every collective against values each rank can predict, all-to-all-v with
+// uneven and zero counts, sub-group splits, every grid layout the world size allows, bucketed
+// averaging with tensors spanning buckets, and the global gradient norm.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+extern "C" {
+#include "parallel/comm.h"
+#include "parallel/dp_sync.h"
+#include "parallel/grid.h"
+}
+
+namespace {
+
+Comm *world() { return comm_world(); }
+
+TEST(Comm, AllreduceSumAndMaxInEveryType) {
+    const int P = world()->size, r = world()->rank;
+    std::vector<float> f = {1.0f * r, 2.5f, -1.0f * r};
+    comm_allreduce(world(), f.data(), f.size(), COMM_F32, COMM_SUM);
+    EXPECT_EQ(f[0], P * (P - 1) / 2.0f);
+    EXPECT_EQ(f[1], 2.5f * P);
+    EXPECT_EQ(f[2], -P * (P - 1) / 2.0f);
+    double d = 0.5 + r;
+    comm_allreduce(world(), &d, 1, COMM_F64, COMM_MAX);
+    EXPECT_EQ(d, 0.5 + (P - 1));
+    int i = 10 - r;
+    comm_allreduce(world(), &i, 1, COMM_I32, COMM_MAX);
+    EXPECT_EQ(i, 10);
+    long l[2] = {(long)1 << 40, r};
+    comm_allreduce(world(), l, 2, COMM_I64, COMM_SUM);
+    EXPECT_EQ(l[0], ((long)1 << 40) * P);
+    EXPECT_EQ(l[1], (long)P * (P - 1) / 2);
+}
+
+TEST(Comm, AllgatherAndReduceScatter) {
+    const int P = world()->size, r = world()->rank;
+    int mine[2] = {r, 100 + r};
+    std::vector<int> all(2 * P);
+    comm_allgather(world(), mine, all.data(), 2, COMM_I32);
+    for (int j = 0; j < P; j++) {
+        EXPECT_EQ(all[2 * j], j);
+        EXPECT_EQ(all[2 * j + 1], 100 + j);
+    }
+    // send (P, 3): block j of rank r holds r + 10·j + {0, 1, 2}; rank r gets Σ_src of block r.
+    std::vector<float> send(3 * P), recv(3);
+    for (int j = 0; j < P; j++)
+        for (int k = 0; k < 3; k++) send[3 * j + k] = (float)(r + 10 * j + k);
+    comm_reduce_scatter(world(), send.data(), recv.data(), 3, COMM_F32, COMM_SUM);
+    for (int k = 0; k < 3; k++) EXPECT_EQ(recv[k], P * (P - 1) / 2.0f + P * (10.0f * r + k));
+}
+
+// Elements rank `src` sends to rank `dst`: uneven, and zero for some pairs (including to itself).
+size_t a2a_count(int src, int dst) { return (size_t)((src + 2 * dst) % 3); }
+float a2a_value(int src, int dst, size_t i) { return (float)(1000 * src + 10 * dst + (int)i); }
+
+TEST(Comm, AlltoallvWithUnevenAndZeroCounts) {
+    const int P = world()->size, r = world()->rank;
+    std::vector<size_t> sc(P), rc(P);
+    std::vector<float> send, expect;
+    for (int j = 0; j < P; j++) {
+        sc[j] = a2a_count(r, j);
+        rc[j] = a2a_count(j, r);
+        for (size_t i = 0; i < sc[j]; i++) send.push_back(a2a_value(r, j, i));
+        for (size_t i = 0; i < rc[j]; i++) expect.push_back(a2a_value(j, r, i));
+    }
+    std::vector<float> recv(expect.size() + 1, -1.0f);  // one spare element must stay untouched
+    comm_alltoallv(world(), send.data(), sc.data(), recv.data(), rc.data(), COMM_F32);
+    for (size_t i = 0; i < expect.size(); i++) EXPECT_EQ(recv[i], expect[i]) << "element " << i;
+    EXPECT_EQ(recv.back(), -1.0f);
+
+    std::vector<int> s(P), got(P);
+    for (int j = 0; j < P; j++) s[j] = 100 * r + j;
+    comm_alltoall(world(), s.data(), got.data(), 1, COMM_I32);
+    for (int j = 0; j < P; j++) EXPECT_EQ(got[j], 100 * j + r);
+}
+
+TEST(Comm, SplitIntoSubGroups) {
+    const int P = world()->size, r = world()->rank;
+    // Two groups by parity, ranked in reverse world order.
+    Comm *c = comm_split(world(), r % 2, -r, "parity");
+    std::vector<int> members;
+    for (int j = P - 1; j >= 0; j--)
+        if (j % 2 == r % 2) members.push_back(j);
+    ASSERT_EQ(c->size, (int)members.size());
+    EXPECT_STREQ(c->name, "parity");
+    int w = r;
+    std::vector<int> got(c->size);
+    comm_allgather(c, &w, got.data(), 1, COMM_I32);
+    EXPECT_EQ(got, members);
+    EXPECT_EQ(got[c->rank], r);
+    int sum = r;
+    comm_allreduce(c, &sum, 1, COMM_I32, COMM_SUM);
+    int expect = 0;
+    for (int m : members) expect += m;
+    EXPECT_EQ(sum, expect);
+    comm_barrier(c);
+    comm_free(c);
+}
+
+TEST(Comm, PointToPointRing) {
+    const int P = world()->size, r = world()->rank;
+    const int next = (r + 1) % P, prev = (r + P - 1) % P;
+    double out[2] = {1.5 * r, -2.0 * r}, in[2] = {0, 0};
+    comm_sendrecv(world(), out, 2, next, in, 2, prev, COMM_F64, 7);
+    EXPECT_EQ(in[0], 1.5 * prev);
+    EXPECT_EQ(in[1], -2.0 * prev);
+    if (P < 2) return;
+    // Blocking send/recv: even ranks send first, odd ranks receive first.
+    long v = 0, mine = 1000 + r;
+    if (r % 2 == 0 && r + 1 < P) {
+        comm_send(world(), &mine, 1, COMM_I64, r + 1, 3);
+        comm_recv(world(), &v, 1, COMM_I64, r + 1, 4);
+        EXPECT_EQ(v, 1000 + r + 1);
+    } else if (r % 2 == 1) {
+        comm_recv(world(), &v, 1, COMM_I64, r - 1, 3);
+        comm_send(world(), &mine, 1, COMM_I64, r - 1, 4);
+        EXPECT_EQ(v, 1000 + r - 1);
+    }
+}
+
+// Which world ranks each of this rank's communicators holds, from the documented layout.
+void check_grid(int pp, int ep) {
+    const int W = world()->size, E = 8;
+    Grid *g = grid_create(world(), pp, ep, E);
+    const int dp = W / pp;
+    ASSERT_EQ(g->dp, dp);
+    ASSERT_EQ(g->edp, dp / ep);
+    EXPECT_EQ(g->rank, g->pp_rank * dp + g->edp_rank * ep + g->ep_rank);
+    struct Case {
+        Comm *c;
+        std::vector<int> expect;
+    };
+    std::vector<Case> cases = {{g->dp_comm, {}}, {g->ep_comm, {}}, {g->edp_comm, {}}, {g->pp_comm, {}}};
+    for (int s = 0; s < pp; s++)
+        for (int e = 0; e < dp / ep; e++)
+            for (int k = 0; k < ep; k++) {
+                const int w = s * dp + e * ep + k;
+                if (s == g->pp_rank) cases[0].expect.push_back(w);
+                if (s == g->pp_rank && e == g->edp_rank) cases[1].expect.push_back(w);
+                if (s == g->pp_rank && k == g->ep_rank) cases[2].expect.push_back(w);
+                if (e == g->edp_rank && k == g->ep_rank) cases[3].expect.push_back(w);
+            }
+    for (Case &cs : cases) {
+        std::vector<int> got(cs.c->size);
+        int me = g->rank;
+        comm_allgather(cs.c, &me, got.data(), 1, COMM_I32);
+        std::sort(got.begin(), got.end());
+        EXPECT_EQ(got, cs.expect) << "group " << cs.c->name << " of pp " << pp << " ep " << ep;
+    }
+    grid_free(g);
+}
+
+TEST(Grid, EveryLayoutOfThisWorld) {
+    const int W = world()->size;
+    int layouts = 0;
+    for (int pp = 1; pp <= W; pp++)
+        for (int ep = 1; ep <= W; ep++)
+            if (W % pp == 0 && (W / pp) % ep == 0 && 8 % ep == 0) {
+                check_grid(pp, ep);
+                layouts++;
+            }
+    EXPECT_GE(layouts, 1);
+}
+
+// Gradients whose synchronized values every rank can compute: element j of tensor i on world rank w
+// is (i + 1) · (w + 1) + j / 64.
+float grad_value(int i, int w, size_t j) { return (float)(i + 1) * (float)(w + 1) + (float)j / 64.0f; }
+
+TEST(DpSync, BucketedAveragingAndGlobalNorm) {
+    const int W = world()->size;
+    for (int ep : {1, 2, 4}) {
+        if (W % ep != 0) continue;
+        Grid *g = grid_create(world(), 1, ep, 8);
+        // Tensor sizes around a 7-float bucket: smaller, equal, spanning several; dense and expert mixed.
+        const std::vector<size_t> sizes = {3, 7, 20, 1, 9, 5};
+        const std::vector<int> expert = {0, 1, 0, 1, 1, 0};
+        std::vector<std::vector<float>> buf(sizes.size());
+        std::vector<DpGrad> t(sizes.size());
+        for (size_t i = 0; i < sizes.size(); i++) {
+            buf[i].resize(sizes[i]);
+            for (size_t j = 0; j < sizes[i]; j++) buf[i][j] = grad_value((int)i, g->rank, j);
+            t[i] = DpGrad{buf[i].data(), sizes[i], expert[i]};
+        }
+        dp_sync_grads(g, t.data(), (int)t.size(), 7);
+        // Dense: mean over all DP ranks. Expert: sum over the ranks of the same EP rank, / DP.
+        double sq_dense = 0, sq_expert_here = 0;
+        for (size_t i = 0; i < sizes.size(); i++)
+            for (size_t j = 0; j < sizes[i]; j++) {
+                double want = 0;
+                for (int w = 0; w < W; w++)
+                    if (!expert[i] || w % ep == g->ep_rank) want += grad_value((int)i, w, j);
+                want /= W;
+                EXPECT_NEAR(buf[i][j], want, 1e-5 * std::fabs(want)) << "tensor " << i << " ep " << ep;
+                (expert[i] ? sq_expert_here : sq_dense) += want * want;
+            }
+        // The norm counts dense tensors once and every EP rank's expert slices once.
+        double sq_expert = 0;
+        for (int k = 0; k < ep; k++)
+            for (size_t i = 0; i < sizes.size(); i++)
+                for (size_t j = 0; expert[i] && j < sizes[i]; j++) {
+                    double want = 0;
+                    for (int w = k; w < W; w += ep) want += grad_value((int)i, w, j);
+                    sq_expert += (want / W) * (want / W);
+                }
+        EXPECT_GT(sq_expert_here, 0.0);
+        EXPECT_NEAR(dp_sync_grad_sqsum(g, t.data(), (int)t.size()), sq_dense + sq_expert,
+                    1e-5 * (sq_dense + sq_expert));
+        long counts[3] = {g->rank, 1, 0};
+        dp_sync_sum_counts(g, counts, 3);
+        EXPECT_EQ(counts[0], (long)W * (W - 1) / 2);
+        EXPECT_EQ(counts[1], W);
+        EXPECT_EQ(counts[2], 0);
+        double m[2] = {(double)g->rank, 3.0};
+        dp_sync_mean(g, m, 2);
+        EXPECT_DOUBLE_EQ(m[0], (W - 1) / 2.0);
+        EXPECT_DOUBLE_EQ(m[1], 3.0);
+        grid_free(g);
+    }
+}
+
+}  // namespace

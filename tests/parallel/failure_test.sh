@@ -1,0 +1,56 @@
+#!/bin/bash
+# Failure modes of multi-rank runs; each must end every rank with a non-zero exit and one clear
+# message, quickly:
+#  - an operation some rank never joins (deadlock): "<op> on group world timed out after 2s";
+#  - a bad layout (DP % EP, E % EP) in the grid and in `moelab train`: exit 2 before any work;
+#  - a rank killed mid-step (MOELAB_TEST_DIE_AT_STEP): the job ends within the comm timeout.
+set -uo pipefail
+root="$TEST_SRCDIR/moelab"
+driver="$root/tests/parallel/comm_driver"
+moelab="$root/tools/moelab"
+tmp="${TEST_TMPDIR:-/tmp}"
+source "$root/tests/parallel/mpi_env.sh"
+fail=0
+
+# expect NAME CODE REGEX MAX_SECONDS NP PROGRAM ARGS...: exit status CODE ("nonzero": any but 0) and
+# REGEX in the output, within MAX_SECONDS.
+expect() {
+    local name=$1 code=$2 regex=$3 max=$4 np=$5
+    shift 5
+    local t0=$SECONDS rc
+    mpi "$np" -x MOELAB_TEST_DIE_AT_STEP "$@" >"$tmp/$name.out" 2>&1
+    rc=$?
+    local took=$((SECONDS - t0))
+    if { [ "$code" = nonzero ] && [ $rc -eq 0 ]; } || { [ "$code" != nonzero ] && [ $rc -ne "$code" ]; }; then
+        echo "FAIL: $name exited with $rc, expected $code"; fail=1
+    elif ! grep -Eq "$regex" "$tmp/$name.out"; then
+        echo "FAIL: $name: no line matches /$regex/"; fail=1
+    elif [ $took -gt "$max" ]; then
+        echo "FAIL: $name took ${took}s (limit ${max}s)"; fail=1
+    else
+        echo "ok: $name (exit $rc in ${took}s)"; return
+    fi
+    sed 's/^/  | /' "$tmp/$name.out"
+}
+
+unset MOELAB_TEST_DIE_AT_STEP
+expect deadlock nonzero 'moelab: error \[rank [0-9]\]: (barrier|recv) on group world timed out after 2s' 60 \
+    2 "$driver" hang 2
+expect grid_dp_ep 2 'moelab: error \[rank [0-9]\]: grid: 4 data-parallel ranks .* cannot form expert-parallel groups of --ep 3' 60 \
+    4 "$driver" grid 1 3 6
+expect grid_e_ep 2 'moelab: error \[rank [0-9]\]: grid: 6 experts cannot be split evenly over --ep 4 ranks' 60 \
+    4 "$driver" grid 1 4 6
+expect grid_pp 2 'grid: 4 processes cannot form 3 pipeline stages' 60 4 "$driver" grid 3 1 6
+
+"$moelab" data prepare --input "$root/tests/parallel" --vocab 256 --out "$tmp/data" >/dev/null
+args=(--data "$tmp/data" --batch-size 2 --seq-len 16 --d-model 32 --d-expert 16 --d-ff 64 --val-every 0
+      --val-batches 1 --log-every 1)
+expect train_e_ep 2 'moelab: error \[rank [0-9]\]: config: n_experts \(6\) must be divisible by ep \(4\)' 60 \
+    4 "$moelab" train "${args[@]}" --n-experts 6 --ep 4 --steps 3
+if grep -q "step" "$tmp/train_e_ep.out"; then echo "FAIL: train_e_ep did work before failing"; fail=1; fi
+
+export MOELAB_TEST_DIE_AT_STEP=1:2
+expect dead_rank nonzero '(timed out after 5s|exited on signal 9)' 60 \
+    2 "$moelab" train "${args[@]}" --ep 2 --steps 6 --comm-timeout 5
+grep -q "killing myself at step 2" "$tmp/dead_rank.out" || { echo "FAIL: rank 1 did not die at step 2"; fail=1; }
+exit $fail

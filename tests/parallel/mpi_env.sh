@@ -1,0 +1,22 @@
+# Sourced by this package's test scripts: how to run mpirun inside Bazel's sandbox.
+# - Sandboxes share /tmp and /dev/shm and reuse the same PIDs, so OpenMPI's session directory
+#   (/tmp/ompi.<host>.<uid>/pid.<pid>) and shared-memory files (/dev/shm/vader_segment.<host>.<job>,
+#   the job id derived from the PID) would collide between tests running at the same time: each
+#   script puts them all in its own short directory (short: PMIx puts a Unix socket there).
+# - One OpenMP thread per rank keeps oversubscribed ranks (more ranks than cores) from spinning.
+# - Several ranks of one GoogleTest binary would race for Bazel's premature-exit marker file.
+# - `timeout` bounds every job, so a deadlock fails the test instead of hanging CI.
+export OMP_NUM_THREADS=1
+unset TEST_PREMATURE_EXIT_FILE
+MPI_SESSION_DIR=$(mktemp -d /tmp/moelab-mpi.XXXXXX)
+trap 'rm -rf "$MPI_SESSION_DIR"' EXIT
+export OMPI_MCA_orte_tmpdir_base="$MPI_SESSION_DIR"
+export OMPI_MCA_btl_vader_backing_directory="$MPI_SESSION_DIR"
+export OMPI_MCA_shmem_mmap_backing_file_base_dir="$MPI_SESSION_DIR"
+
+# mpi NP [mpirun options] PROGRAM [ARGS...]
+mpi() {
+    local np=$1
+    shift
+    timeout 300 mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS -np "$np" "$@"
+}

@@ -1,0 +1,37 @@
+#!/bin/bash
+# `moelab train` under mpirun against the one-process run: the same global batch (4 micro-batches
+# of 4 sequences per step) as 1 process × 4 micro-batches, 2 processes (EP 2) × 2, 4 processes
+# (EP 2, so DP 4 > EP) × 1 and 4 processes (EP 4) × 1. The logged losses and gradient norms of every
+# step must agree within 1e-5 relative; the log must show the grid.
+set -euo pipefail
+here="$TEST_SRCDIR/moelab/tests/parallel"
+moelab="$TEST_SRCDIR/moelab/tools/moelab"
+tmp="${TEST_TMPDIR:-/tmp}"
+source "$here/mpi_env.sh"
+
+# A small byte-level corpus: this package's own sources.
+"$moelab" data prepare --input "$here" --vocab 256 --out "$tmp/data" --val-fraction 0.1 >/dev/null
+args=(--data "$tmp/data" --steps 3 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4
+      --seq-len 16 --d-model 32 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64 --warmup-steps 1
+      --lr 0.01 --bias-rate 0.01 --balance-alpha 0.01)
+
+"$moelab" train "${args[@]}" --grad-accum 4 --metrics "$tmp/one.jsonl" >"$tmp/one.log"
+mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --ep 2 --metrics "$tmp/ep2.jsonl" >"$tmp/ep2.log"
+mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 2 --metrics "$tmp/dp4ep2.jsonl" >"$tmp/dp4ep2.log"
+mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 4 --metrics "$tmp/ep4.jsonl" >"$tmp/ep4.log"
+
+grep -q "grid: world 4 = pp 1 x dp 4, dp = ep 2 x edp 2 | 4 of 8 experts per rank" "$tmp/dp4ep2.log" ||
+    { echo "FAIL: the grid is not in the log:"; cat "$tmp/dp4ep2.log"; exit 1; }
+[ "$(grep -c '"step"' "$tmp/one.jsonl")" = 3 ] || { echo "FAIL: expected 3 metrics lines"; exit 1; }
+
+# Field values of every metrics line: "name": value.
+fields() { grep -o "\"$2\": [-0-9.e]*" "$1" | awk '{print $2}'; }
+for run in ep2 dp4ep2 ep4; do
+    for f in loss ce grad_norm; do
+        paste <(fields "$tmp/one.jsonl" $f) <(fields "$tmp/$run.jsonl" $f) | awk -v run=$run -v f=$f '
+            { d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1
+              if (d > 1e-5 * s + 1e-6) { printf "FAIL: %s step %d %s %s vs one process %s\n", run, NR, f, $2, $1; bad = 1 } }
+            END { if (NR != 3) { printf "FAIL: %s has %d %s values\n", run, NR, f; bad = 1 }; exit bad }'
+    done
+    echo "ok: $run matches the one-process run"
+done
