@@ -30,6 +30,12 @@ static void flush(Comm *c, float *bucket, size_t *fill, Piece *pieces, int *np, 
 // Sums the tensors of one group (expert == 0 or 1) over c and multiplies them by scale, packing
 // them in list order into buckets of cap floats.
 static void sync_group(Comm *c, const DpGrad *t, int n, int expert, float scale, size_t cap) {
+    // A model smaller than one bucket needs a bucket only as large as the model.
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        if ((t[i].expert != 0) == expert) total += t[i].n;
+    if (total == 0) return;
+    if (total < cap) cap = total;
     float *bucket = core_alloc(cap * sizeof(float));             // (cap)
     Piece *pieces = core_alloc((size_t)(n + 1) * sizeof(Piece));  // at most one per tensor
     size_t fill = 0;
