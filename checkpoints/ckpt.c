@@ -1,0 +1,722 @@
+// Saving and loading checkpoints (API in ckpt.h, format in docs/checkpoint-format.md): the logical
+// layout written from any expert-parallel layout (one file, or part files joined by an index of
+// HDF5 virtual datasets), atomic commits, and a loader that checks everything before reading.
+#include "checkpoints/ckpt.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checkpoints/format.h"
+#include "framework/core/check.h"
+#include "framework/core/log.h"
+#include "framework/core/mem.h"
+
+static void (*save_hook)(int);
+static int saved_datasets;
+
+void ckpt_set_save_hook(void (*hook)(int datasets_written)) { save_hook = hook; }
+
+static void dataset_done(void) {
+    saved_datasets++;
+    if (save_hook) save_hook(saved_datasets);
+}
+
+static const char *kind_name(ParamKind k) {
+    return k == PARAM_EXPERT ? "expert" : k == PARAM_BUFFER ? "buffer" : "dense";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expert slots: which logical expert each physical slot holds, and who writes it.
+
+CkptShard ckpt_shard_of(const Model *m) {
+    CkptShard s;
+    memset(&s, 0, sizeof s);
+    s.part = s.ep_rank = m->ep_rank;
+    s.parts = s.ep_size = m->ep_size;
+    s.write_dense = m->ep_rank == 0;
+    s.write_experts = 1;
+    s.R = m->cfg.E;
+    return s;
+}
+
+static int slot_expert(const CkptShard *sh, int l, int p) {
+    return sh->phy2log ? sh->phy2log[(size_t)l * sh->R + p] : p;
+}
+
+// A shard that does not fit the model is the caller's bug, not bad input: CHECK (exit 1).
+static void check_shard(const CkptShard *sh, const Model *m) {
+    const MoeConfig *c = &m->cfg;
+    CHECK(sh->parts >= 1 && sh->part >= 0 && sh->part < sh->parts, "checkpoint shard: part %d of %d",
+          sh->part, sh->parts);
+    CHECK(sh->ep_size >= 1 && sh->ep_rank >= 0 && sh->ep_rank < sh->ep_size && sh->R >= c->E &&
+              sh->R % sh->ep_size == 0,
+          "checkpoint shard: EP rank %d of %d with %d slots for %d experts", sh->ep_rank, sh->ep_size,
+          sh->R, c->E);
+    CHECK(sh->phy2log || sh->R == c->E, "checkpoint shard: %d slots for %d experts need a phy2log map",
+          sh->R, c->E);
+    for (int i = 0; i < m->reg.n; i++)
+        CHECK(m->reg.p[i].kind != PARAM_EXPERT || m->reg.p[i].local_rows == sh->R / sh->ep_size,
+              "checkpoint shard: %s holds %lld slots here, the shard says %d", m->reg.p[i].name,
+              (long long)m->reg.p[i].local_rows, sh->R / sh->ep_size);
+    if (!sh->phy2log) return;
+    char *seen = core_alloc((size_t)c->E);
+    for (int l = 0; l < c->L; l++) {
+        if (!model_is_moe_layer(m, l)) continue;
+        memset(seen, 0, (size_t)c->E);
+        for (int p = 0; p < sh->R; p++) {
+            int e = slot_expert(sh, l, p);
+            CHECK(e >= 0 && e < c->E, "checkpoint shard: layer %d slot %d holds expert %d", l, p, e);
+            seen[e] = 1;
+        }
+        for (int e = 0; e < c->E; e++) CHECK(seen[e], "checkpoint shard: layer %d holds no copy of expert %d", l, e);
+    }
+    core_free(seen);
+}
+
+// The logical experts this rank writes for layer l, ascending, and the local slot of each; returns
+// their number. Each expert is written once, from the lowest physical slot holding it.
+static int owned_rows(const CkptShard *sh, const Model *m, int l, int *slot, int *expert) {
+    const int E = m->cfg.E, n = sh->R / sh->ep_size, first = sh->ep_rank * n;
+    int *first_slot = core_alloc((size_t)E * sizeof(int));
+    for (int e = 0; e < E; e++) first_slot[e] = -1;
+    for (int p = 0; p < sh->R; p++)
+        if (first_slot[slot_expert(sh, l, p)] < 0) first_slot[slot_expert(sh, l, p)] = p;
+    int k = 0;
+    for (int e = 0; e < E; e++)
+        if (first_slot[e] >= first && first_slot[e] < first + n) {
+            slot[k] = first_slot[e] - first;
+            expert[k++] = e;
+        }
+    core_free(first_slot);
+    return k;
+}
+
+// Length of the run of a[] starting at i that steps by one: rows that move in one HDF5 call.
+static int run_len(const int *a, int i, int n) {
+    int k = 1;
+    while (i + k < n && a[i + k] == a[i] + k) k++;
+    return k;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing.
+
+// Writes registry buffer `base` (values, or one AdamW moment) into group g: the non-expert tensors
+// whole (if this rank writes them) and the expert rows this rank owns, in logical order. In a part
+// file, expert datasets are labelled with the logical ids of their rows.
+static void write_group(const H5Io *io, hid_t g, const Model *m, const float *base,
+                        const CkptShard *sh, int with_buffers, int in_part) {
+    const ParamRegistry *r = &m->reg;
+    int *slot = core_alloc((size_t)m->cfg.E * sizeof(int)), *expert = core_alloc((size_t)m->cfg.E * sizeof(int));
+    for (int i = 0; i < r->n; i++) {
+        const ParamInfo *p = &r->p[i];
+        const int is_expert = p->kind == PARAM_EXPERT;
+        if ((p->kind == PARAM_BUFFER && !with_buffers) || !(is_expert ? sh->write_experts : sh->write_dense))
+            continue;
+        hsize_t dims[4];
+        for (int k = 0; k < p->ndim; k++) dims[k] = (hsize_t)p->shape[k];
+        const float *x = base + p->offset;
+        const size_t row = p->numel / (size_t)p->local_rows;
+        int n = is_expert ? owned_rows(sh, m, p->layer, slot, expert) : 0;
+        if (is_expert && n == 0) continue;
+        if (is_expert) dims[0] = (hsize_t)n;
+        hid_t d = h5_create_dataset(io, g, p->name, H5T_IEEE_F32LE, p->ndim, dims, is_expert);
+        if (!is_expert) h5_write_rows(io, d, p->name, H5T_NATIVE_FLOAT, p->ndim, dims, 0, dims[0], x);
+        for (int k = 0, len; k < n; k += len) {
+            len = run_len(slot, k, n);
+            h5_write_rows(io, d, p->name, H5T_NATIVE_FLOAT, p->ndim, dims, (hsize_t)k, (hsize_t)len,
+                          x + (size_t)slot[k] * row);
+        }
+        h5_attr_write_str(io, d, "kind", kind_name(p->kind));
+        if (is_expert && in_part) h5_attr_write(io, d, "experts", H5T_STD_I32LE, H5T_NATIVE_INT, n, expert);
+        H5Dclose(d);
+        dataset_done();
+    }
+    core_free(slot);
+    core_free(expert);
+}
+
+static void write_tensors(const H5Io *io, hid_t f, const CkptShard *sh, const Model *m, const AdamW *o,
+                          int in_part) {
+    hid_t g = h5_create_group(io, f, "model");
+    write_group(io, g, m, m->reg.data, sh, 1, in_part);
+    H5Gclose(g);
+    hid_t go = h5_create_group(io, f, "optim");
+    g = h5_create_group(io, go, "m");
+    write_group(io, g, m, o->m, sh, 0, in_part);
+    H5Gclose(g);
+    g = h5_create_group(io, go, "v");
+    write_group(io, g, m, o->v, sh, 0, in_part);
+    H5Gclose(g);
+    H5Gclose(go);
+}
+
+static void write_format(const H5Io *io, hid_t f, const char *format) {
+    const int64_t v = CKPT_FORMAT_VERSION;
+    h5_attr_write_str(io, f, "format", format);
+    h5_attr_write(io, f, "format_version", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &v);
+}
+
+// The config text, /state and the optional /eplb group: what the single file and the index hold
+// besides tensors.
+static void write_state(const H5Io *io, hid_t f, const MoeConfig *c, long adam_t, const CkptState *st,
+                        const CkptEplb *e) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mf = open_memstream(&text, &len);
+    CHECK(mf, "open_memstream failed");
+    config_write(c, mf);
+    fclose(mf);
+    h5_attr_write_str(io, f, "config", text);
+    free(text);
+    hid_t g = h5_create_group(io, f, "state");
+    const int64_t step = st->step, t = adam_t;
+    h5_attr_write(io, g, "step", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &step);
+    h5_attr_write(io, g, "adam_t", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &t);
+    h5_attr_write(io, g, "data_epoch", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->data.epoch);
+    h5_attr_write(io, g, "data_index", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->data.index);
+    h5_attr_write(io, g, "rng_seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.seed);
+    h5_attr_write(io, g, "rng_stream", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &st->rng.stream);
+    h5_attr_write(io, g, "rng_counter", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.counter);
+    H5Gclose(g);
+    if (!e || (!e->phy2log && !e->counts)) return;
+    g = h5_create_group(io, f, "eplb");
+    if (e->phy2log) {
+        CHECK(e->R >= c->E, "EPLB plan with %d slots for %d experts", e->R, c->E);
+        for (int l = c->n_dense_layers; l < c->L; l++)
+            for (int p = 0; p < e->R; p++)
+                CHECK(e->phy2log[(size_t)l * e->R + p] >= 0 && e->phy2log[(size_t)l * e->R + p] < c->E,
+                      "EPLB plan: layer %d slot %d holds expert %d", l, p, e->phy2log[(size_t)l * e->R + p]);
+        const hsize_t dims[2] = {(hsize_t)c->L, (hsize_t)e->R};
+        hid_t d = h5_create_dataset(io, g, "phy2log", H5T_STD_I32LE, 2, dims, 0);
+        h5_write_rows(io, d, "phy2log", H5T_NATIVE_INT, 2, dims, 0, dims[0], e->phy2log);
+        H5Dclose(d);
+        dataset_done();
+    }
+    if (e->counts) {
+        const hsize_t dims[2] = {(hsize_t)c->L, (hsize_t)c->E};
+        hid_t d = h5_create_dataset(io, g, "expert_counts", H5T_STD_I64LE, 2, dims, 0);
+        h5_write_rows(io, d, "expert_counts", H5T_NATIVE_LONG, 2, dims, 0, dims[0], e->counts);
+        H5Dclose(d);
+        dataset_done();
+    }
+    H5Gclose(g);
+}
+
+// A file written under a temporary name and renamed only once complete and on disk.
+typedef struct {
+    const char *final;
+    char tmp[CKPT_PATH_MAX + 32];
+    char dir[CKPT_PATH_MAX];
+    H5Io io;
+    hid_t f;
+} AtomicFile;
+
+static void dir_of(const char *path, char *dir, size_t n) {
+    if (strlen(path) >= n) core_usage_error("checkpoint path too long: %.80s...", path);
+    strcpy(dir, path);
+    char *slash = strrchr(dir, '/');
+    if (slash) slash[slash == dir] = '\0';
+    else strcpy(dir, ".");
+}
+
+static void atomic_create(AtomicFile *a, const char *path) {
+    a->final = path;
+    a->io.path = path;
+    a->io.code = CORE_EXIT_FAILURE;
+    dir_of(path, a->dir, sizeof a->dir);
+    // A missing or read-only directory is the user's doing (a bad --out): a usage error.
+    if (access(a->dir, W_OK) != 0)
+        core_usage_error("cannot write checkpoint %s: directory %s: %s", path, a->dir, strerror(errno));
+    snprintf(a->tmp, sizeof a->tmp, "%s.tmp-%ld", path, (long)getpid());
+    a->f = h5_create_file(&a->io, a->tmp);
+    saved_datasets = 0;
+}
+
+static void fsync_path(const char *path, int flags) {
+    int fd = open(path, flags);
+    if (fd < 0 || fsync(fd) != 0) FATAL("checkpoint: fsync %s: %s", path, strerror(errno));
+    close(fd);
+}
+
+// Closing writes HDF5's last metadata, so the bytes are synced after the close; the rename then
+// publishes a complete file, and syncing the directory makes the rename itself durable.
+static void atomic_commit(AtomicFile *a) {
+    H5_OK(&a->io, H5Fflush(a->f, H5F_SCOPE_GLOBAL), "flush");
+    H5_OK(&a->io, H5Fclose(a->f), "close");
+    fsync_path(a->tmp, O_RDONLY);
+    if (rename(a->tmp, a->final) != 0)
+        FATAL("checkpoint: rename %s to %s: %s", a->tmp, a->final, strerror(errno));
+    fsync_path(a->dir, O_RDONLY | O_DIRECTORY);
+}
+
+void ckpt_save(const char *path, const CkptShard *sh, const Model *m, const AdamW *o,
+               const CkptState *st, const CkptEplb *eplb) {
+    check_shard(sh, m);
+    CHECK(sh->parts == 1 && sh->ep_size == 1 && sh->write_dense && sh->write_experts,
+          "ckpt_save writes a whole model from one process (this shard is part %d of %d, EP %d of %d): "
+          "use ckpt_save_part and ckpt_save_index", sh->part, sh->parts, sh->ep_rank, sh->ep_size);
+    AtomicFile a;
+    atomic_create(&a, path);
+    write_format(&a.io, a.f, CKPT_FORMAT_NAME);
+    write_state(&a.io, a.f, &m->cfg, o->t, st, eplb);
+    write_tensors(&a.io, a.f, sh, m, o, 0);
+    atomic_commit(&a);
+}
+
+// A part id that differs between saves (time, process, part), so that the index can tell its own
+// parts from stale ones of an earlier save under the same name.
+static uint64_t new_part_id(int part) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    x ^= ((uint64_t)getpid() << 32) ^ ((uint64_t)part * 0x9E3779B97F4A7C15ull);
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+void ckpt_save_part(const char *path, const CkptShard *sh, const Model *m, const AdamW *o) {
+    check_shard(sh, m);
+    char pp[CKPT_PATH_MAX];
+    ckpt_part_path(path, sh->part, sh->parts, pp, sizeof pp);
+    AtomicFile a;
+    atomic_create(&a, pp);
+    write_format(&a.io, a.f, CKPT_PART_FORMAT_NAME);
+    const int64_t r = sh->part, n = sh->parts;
+    const uint64_t id = new_part_id(sh->part);
+    h5_attr_write(&a.io, a.f, "part", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &r);
+    h5_attr_write(&a.io, a.f, "parts", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &n);
+    h5_attr_write(&a.io, a.f, "part_id", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &id);
+    write_tensors(&a.io, a.f, sh, m, o, 1);
+    atomic_commit(&a);
+}
+
+// One virtual mapping: rows [row0, row0 + n) of the logical tensor are rows [src0, src0 + n) of the
+// same-named dataset (src_rows rows) in part `part`.
+typedef struct {
+    int part;
+    hsize_t src_rows, src0, row0, n;
+} VMap;
+
+typedef struct {
+    char name[PARAM_NAME_MAX];
+    char kind[16];
+    int ndim;
+    hsize_t dims[4];   // logical extent
+    int nmap, cap;
+    VMap *map;
+} VTensor;
+
+static void *grow(void *p, int n, int *cap, size_t elem) {
+    if (n < *cap) return p;
+    int c = *cap ? 2 * *cap : 16;
+    void *q = core_alloc((size_t)c * elem);
+    if (p) memcpy(q, p, (size_t)n * elem);
+    core_free(p);
+    *cap = c;
+    return q;
+}
+
+static void add_map(VTensor *v, int part, hsize_t src_rows, hsize_t src0, hsize_t row0, hsize_t n) {
+    v->map = grow(v->map, v->nmap, &v->cap, sizeof *v->map);
+    v->map[v->nmap++] = (VMap){part, src_rows, src0, row0, n};
+}
+
+// HDF5 reads '%' in a virtual source name as a printf-like pattern: "%%" is a literal '%'.
+static void escape_percent(const char *s, char *out, size_t n) {
+    size_t k = 0;
+    for (; *s && k + 2 < n; s++) {
+        if (*s == '%') out[k++] = '%';
+        out[k++] = *s;
+    }
+    out[k] = '\0';
+}
+
+// Collects group gname's datasets from every part and creates the index's virtual datasets, after
+// checking that the parts agree on shapes and cover every logical row exactly once.
+static void join_group(const H5Io *io, hid_t f, const char *gname, const hid_t *pf, char (*pnames)[CKPT_PATH_MAX],
+                       int parts, int E) {
+    VTensor *t = NULL;
+    int nt = 0, cap = 0;
+    for (int r = 0; r < parts; r++) {
+        H5Io pio = {pnames[r], CORE_EXIT_FAILURE};
+        if (!h5_exists(&pio, pf[r], gname)) continue;
+        hid_t g = H5_OK(&pio, H5Gopen2(pf[r], gname, H5P_DEFAULT), "open %s", gname);
+        H5G_info_t gi;
+        H5_OK(&pio, H5Gget_info(g, &gi), "%s: group info", gname);
+        for (hsize_t k = 0; k < gi.nlinks; k++) {
+            char name[PARAM_NAME_MAX];
+            ssize_t len = H5_OK(&pio, H5Lget_name_by_idx(g, ".", H5_INDEX_CRT_ORDER, H5_ITER_INC, k, name,
+                                                         sizeof name, H5P_DEFAULT), "%s: link %llu", gname,
+                                (unsigned long long)k);
+            CHECK(len < (ssize_t)sizeof name, "part %s: dataset name too long in %s", pnames[r], gname);
+            hid_t d = H5_OK(&pio, H5Dopen2(g, name, H5P_DEFAULT), "open %s/%s", gname, name);
+            hsize_t dims[4];
+            int nd = h5_dims(&pio, d, name, dims);
+            char *kind = h5_attr_read_str(&pio, d, name, "kind", 15);
+            int v = 0;
+            while (v < nt && strcmp(t[v].name, name) != 0) v++;
+            if (v == nt) {
+                t = grow(t, nt, &cap, sizeof *t);
+                memset(&t[nt], 0, sizeof t[nt]);
+                strcpy(t[nt].name, name);
+                strcpy(t[nt].kind, kind);
+                t[nt].ndim = nd;
+                memcpy(t[nt].dims, dims, sizeof dims);
+                if (!strcmp(kind, "expert")) t[nt].dims[0] = (hsize_t)E;
+                nt++;
+            }
+            VTensor *vt = &t[v];
+            int same = nd == vt->ndim && !strcmp(kind, vt->kind);
+            for (int i = 1; same && i < nd; i++) same = dims[i] == vt->dims[i];
+            CHECK(same, "checkpoint parts disagree on the shape or kind of %s/%s (part %s)", gname, name, pnames[r]);
+            if (!strcmp(kind, "expert")) {
+                int *ids = core_alloc((size_t)dims[0] * sizeof(int));
+                h5_attr_read(&pio, d, name, "experts", H5T_STD_I32LE, H5T_NATIVE_INT, (int)dims[0], ids);
+                for (hsize_t i = 0; i < dims[0]; i++)
+                    CHECK(ids[i] >= 0 && ids[i] < E, "part %s: %s holds expert %d of %d", pnames[r], name, ids[i], E);
+                for (int i = 0, n; i < (int)dims[0]; i += n) {
+                    n = run_len(ids, i, (int)dims[0]);
+                    add_map(vt, r, dims[0], (hsize_t)i, (hsize_t)ids[i], (hsize_t)n);
+                }
+                core_free(ids);
+            } else {
+                add_map(vt, r, dims[0], 0, 0, dims[0]);
+            }
+            core_free(kind);
+            H5Dclose(d);
+        }
+        H5Gclose(g);
+    }
+    const float nan = NAN;
+    for (int v = 0; v < nt; v++) {
+        VTensor *vt = &t[v];
+        char full[PARAM_NAME_MAX + 16];
+        snprintf(full, sizeof full, "%s/%s", gname, vt->name);
+        unsigned char *covered = core_alloc(vt->dims[0]);
+        hid_t dcpl = h5_new_dcpl(io);
+        // Rows no part maps read as NaN, never as plausible zeros (the loader refuses them anyway).
+        H5_OK(io, H5Pset_fill_value(dcpl, H5T_NATIVE_FLOAT, &nan), "%s: fill value", full);
+        hid_t vs = H5_OK(io, H5Screate_simple(vt->ndim, vt->dims, NULL), "%s: dataspace", full);
+        for (int i = 0; i < vt->nmap; i++) {
+            const VMap *mp = &vt->map[i];
+            for (hsize_t row = mp->row0; row < mp->row0 + mp->n; row++) {
+                CHECK(!covered[row], "checkpoint parts: row %llu of %s is saved twice", (unsigned long long)row, full);
+                covered[row] = 1;
+            }
+            hsize_t start[4] = {mp->row0, 0, 0, 0}, count[4], sdims[4];
+            for (int k = 0; k < vt->ndim; k++) {
+                count[k] = k == 0 ? mp->n : vt->dims[k];
+                sdims[k] = k == 0 ? mp->src_rows : vt->dims[k];
+            }
+            H5_OK(io, H5Sselect_hyperslab(vs, H5S_SELECT_SET, start, NULL, count, NULL), "%s: rows", full);
+            hid_t ss = H5_OK(io, H5Screate_simple(vt->ndim, sdims, NULL), "%s: source dataspace", full);
+            start[0] = mp->src0;
+            H5_OK(io, H5Sselect_hyperslab(ss, H5S_SELECT_SET, start, NULL, count, NULL), "%s: source rows", full);
+            const char *base = strrchr(pnames[mp->part], '/');
+            char src[512];
+            escape_percent(base ? base + 1 : pnames[mp->part], src, sizeof src);
+            H5_OK(io, H5Pset_virtual(dcpl, vs, src, full, ss), "%s: virtual mapping", full);
+            H5Sclose(ss);
+        }
+        for (hsize_t row = 0; row < vt->dims[0]; row++)
+            CHECK(covered[row], "checkpoint parts: no part saved row %llu of %s", (unsigned long long)row, full);
+        H5_OK(io, H5Sselect_all(vs), "%s: dataspace", full);
+        hid_t d = H5_OK(io, H5Dcreate2(f, full, H5T_IEEE_F32LE, vs, H5P_DEFAULT, dcpl, H5P_DEFAULT),
+                        "create virtual dataset %s", full);
+        h5_attr_write_str(io, d, "kind", vt->kind);
+        H5Dclose(d);
+        H5Sclose(vs);
+        h5_dcpl_close(dcpl);
+        core_free(covered);
+        core_free(vt->map);
+        dataset_done();
+    }
+    core_free(t);
+}
+
+void ckpt_save_index(const char *path, int parts, const Model *m, const AdamW *o,
+                     const CkptState *st, const CkptEplb *eplb) {
+    CHECK(parts >= 1, "checkpoint index of %d parts", parts);
+    h5_init();
+    hid_t *pf = core_alloc((size_t)parts * sizeof *pf);
+    uint64_t *ids = core_alloc((size_t)parts * sizeof *ids);
+    char(*pnames)[CKPT_PATH_MAX] = core_alloc((size_t)parts * sizeof *pnames);
+    for (int r = 0; r < parts; r++) {
+        ckpt_part_path(path, r, parts, pnames[r], sizeof pnames[r]);
+        H5Io pio = {pnames[r], CORE_EXIT_FAILURE};
+        pf[r] = h5_open_file(&pio);
+        int64_t pr, pn;
+        h5_attr_read(&pio, pf[r], "part", "part", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &pr);
+        h5_attr_read(&pio, pf[r], "part", "parts", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &pn);
+        h5_attr_read(&pio, pf[r], "part", "part_id", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &ids[r]);
+        CHECK(pr == r && pn == parts, "checkpoint part %s says it is part %lld of %lld", pnames[r],
+              (long long)pr, (long long)pn);
+    }
+    AtomicFile a;
+    atomic_create(&a, path);
+    write_format(&a.io, a.f, CKPT_FORMAT_NAME);
+    const int64_t n = parts;
+    h5_attr_write(&a.io, a.f, "parts", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &n);
+    h5_attr_write(&a.io, a.f, "part_ids", H5T_STD_U64LE, H5T_NATIVE_UINT64, parts, ids);
+    write_state(&a.io, a.f, &m->cfg, o->t, st, eplb);
+    hid_t g = h5_create_group(&a.io, a.f, "model");
+    H5Gclose(g);
+    g = h5_create_group(&a.io, a.f, "optim");
+    H5Gclose(h5_create_group(&a.io, g, "m"));
+    H5Gclose(h5_create_group(&a.io, g, "v"));
+    H5Gclose(g);
+    for (int i = 0; i < CKPT_NGROUPS; i++) join_group(&a.io, a.f, CKPT_GROUPS[i], pf, pnames, parts, m->cfg.E);
+    atomic_commit(&a);
+    for (int r = 0; r < parts; r++) H5Fclose(pf[r]);
+    core_free(pf);
+    core_free(ids);
+    core_free(pnames);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+
+// Keys that fix tensor shapes must agree; other keys that change the math or the data order may
+// differ on purpose (a new schedule, fine-tuning), so they only draw a warning; layout and I/O keys
+// are free (resharding is the point).
+static const char *const SHAPE_KEYS[] = {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
+                                         "n_dense_layers", "d_ff", "n_experts", "n_shared", "d_expert",
+                                         "tie_embeddings"};
+static const char *const FREE_KEYS[] = {"log_every", "val_every", "val_batches", "val_fraction",
+                                        "sample_tokens", "temperature", "top_k_sample", "threads",
+                                        "ep", "pp", "chunks", "schedule", "eplb_interval", "eplb_redundant",
+                                        "device", "data", "metrics", "out", "resume", "trace",
+                                        "save_every", "keep"};
+
+static int key_in(const char *key, const char *const *list, int n) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(key, list[i])) return 1;
+    return 0;
+}
+
+static char *config_text(const MoeConfig *c) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    CHECK(f, "open_memstream failed");
+    config_write(c, f);
+    fclose(f);
+    return text;
+}
+
+static void check_config(const char *path, const MoeConfig *saved, const MoeConfig *now) {
+    char *a = config_text(saved), *b = config_text(now);
+    char warn[1024] = "";
+    size_t w = 0;
+    // config_write prints the keys in one fixed order, so the two texts pair up line by line.
+    for (char *la = a, *lb = b; la && lb;) {
+        char *na = strchr(la, '\n'), *nb = strchr(lb, '\n');
+        if (na) *na = '\0';
+        if (nb) *nb = '\0';
+        char *ea = strstr(la, " = "), *eb = strstr(lb, " = ");
+        if (ea && eb && strcmp(la, lb) != 0) {
+            *ea = '\0';
+            const char *key = la, *va = ea + 3, *vb = eb + 3;
+            if (key_in(key, SHAPE_KEYS, (int)(sizeof SHAPE_KEYS / sizeof *SHAPE_KEYS)))
+                core_usage_error("checkpoint %s was saved with %s = %s, but this model has %s = %s", path,
+                                 key, va, key, vb);
+            if (!key_in(key, FREE_KEYS, (int)(sizeof FREE_KEYS / sizeof *FREE_KEYS)) && w < sizeof warn - 1)
+                w += (size_t)snprintf(warn + w, sizeof warn - w, "%s%s %s -> %s", w ? ", " : "", key, va, vb);
+        }
+        la = na ? na + 1 : NULL;
+        lb = nb ? nb + 1 : NULL;
+    }
+    if (w) core_warn("checkpoint %s: these settings differ from the saved run and take their new values: %s",
+                     path, warn);
+    free(a);
+    free(b);
+}
+
+// Reads one tensor into this process's layout: non-expert tensors whole, expert tensors slot by
+// slot from their logical rows (runs of consecutive experts in one hyperslab read).
+static void read_tensor(const H5Io *io, hid_t d, const char *name, const ParamInfo *p, float *x,
+                        const CkptShard *sh) {
+    hsize_t dims[4];
+    for (int k = 0; k < p->ndim; k++) dims[k] = (hsize_t)p->shape[k];
+    if (p->kind != PARAM_EXPERT) {
+        h5_read_rows(io, d, name, H5T_NATIVE_FLOAT, p->ndim, dims, 0, dims[0], x);
+        return;
+    }
+    const int n = (int)p->local_rows;
+    const size_t row = p->numel / (size_t)n;
+    int *ids = core_alloc((size_t)n * sizeof(int));
+    for (int s = 0; s < n; s++) ids[s] = slot_expert(sh, p->layer, sh->ep_rank * n + s);
+    for (int s = 0, len; s < n; s += len) {
+        len = run_len(ids, s, n);
+        h5_read_rows(io, d, name, H5T_NATIVE_FLOAT, p->ndim, dims, (hsize_t)ids[s], (hsize_t)len,
+                     x + (size_t)s * row);
+    }
+    core_free(ids);
+}
+
+void ckpt_load(const char *path, const CkptShard *sh, Model *m, AdamW *o, CkptState *st) {
+    check_shard(sh, m);
+    CkptFile cf;
+    ckpt_file_open(&cf, path);
+    MoeConfig saved;
+    ckpt_file_config(&cf, &saved);
+    check_config(path, &saved, &m->cfg);
+    CkptState s;
+    int64_t adam_t;
+    ckpt_file_state(&cf, &s, &adam_t);
+    // Every dataset is opened and checked before any is read, so that a bad file changes nothing.
+    const ParamRegistry *r = &m->reg;
+    const int ng = o ? CKPT_NGROUPS : 1;
+    hid_t *d = core_alloc((size_t)r->n * CKPT_NGROUPS * sizeof *d);
+    char name[PARAM_NAME_MAX + 16];
+    for (int i = 0; i < r->n; i++)
+        for (int g = 0; g < ng; g++) {
+            if (g > 0 && r->p[i].kind == PARAM_BUFFER) continue;
+            snprintf(name, sizeof name, "%s/%s", CKPT_GROUPS[g], r->p[i].name);
+            int nd;
+            hsize_t dims[4];
+            d[i * CKPT_NGROUPS + g] = ckpt_open_tensor(&cf, name, &r->p[i], &nd, dims);
+        }
+    for (int i = 0; i < r->n; i++)
+        for (int g = 0; g < ng; g++) {
+            if (g > 0 && r->p[i].kind == PARAM_BUFFER) continue;
+            float *base = g == 0 ? r->data : g == 1 ? o->m : o->v;
+            snprintf(name, sizeof name, "%s/%s", CKPT_GROUPS[g], r->p[i].name);
+            read_tensor(&cf.io, d[i * CKPT_NGROUPS + g], name, &r->p[i], base + r->p[i].offset, sh);
+            H5Dclose(d[i * CKPT_NGROUPS + g]);
+        }
+    core_free(d);
+    if (o) o->t = (long)adam_t;
+    if (st) *st = s;
+    ckpt_file_close(&cf);
+}
+
+void ckpt_read_config(const char *path, MoeConfig *c) {
+    CkptFile cf;
+    ckpt_file_open(&cf, path);
+    ckpt_file_config(&cf, c);
+    ckpt_file_close(&cf);
+}
+
+// Opens an integer dataset of /eplb after checking its type, checksum filter and extent (rows, cols).
+static hid_t open_eplb(CkptFile *cf, const char *name, hid_t ftype, hsize_t rows, hsize_t *cols) {
+    const H5Io *io = &cf->io;
+    hid_t d = H5_OK(io, H5Dopen2(cf->f, name, H5P_DEFAULT), "open %s", name);
+    h5_check_stored(io, d, name, ftype);
+    hsize_t dims[4];
+    if (h5_dims(io, d, name, dims) != 2 || dims[0] != rows || (*cols && dims[1] != *cols))
+        H5_FAIL(io, "%s should have %llu rows of %s", name, (unsigned long long)rows,
+                *cols ? "one count per expert" : "slots");
+    *cols = dims[1];
+    return d;
+}
+
+int ckpt_load_eplb(const char *path, const MoeConfig *c, CkptEplb *out) {
+    memset(out, 0, sizeof *out);
+    CkptFile cf;
+    ckpt_file_open(&cf, path);
+    const H5Io *io = &cf.io;
+    int found = h5_exists(io, cf.f, "/eplb");
+    if (found && h5_exists(io, cf.f, "/eplb/phy2log")) {
+        hsize_t R = 0;
+        hid_t d = open_eplb(&cf, "/eplb/phy2log", H5T_STD_I32LE, (hsize_t)c->L, &R);
+        if (R < (hsize_t)c->E || R > ((hsize_t)1 << 20))
+            H5_FAIL(io, "/eplb/phy2log has %llu slots per layer for %d experts", (unsigned long long)R, c->E);
+        out->R = (int)R;
+        out->phy2log = core_alloc((size_t)c->L * R * sizeof(int));
+        const hsize_t dims[2] = {(hsize_t)c->L, R};
+        h5_read_rows(io, d, "/eplb/phy2log", H5T_NATIVE_INT, 2, dims, 0, dims[0], out->phy2log);
+        H5Dclose(d);
+        for (int l = c->n_dense_layers; l < c->L; l++)
+            for (hsize_t p = 0; p < R; p++)
+                if (out->phy2log[l * R + p] < 0 || out->phy2log[l * R + p] >= c->E)
+                    H5_FAIL(io, "/eplb/phy2log: layer %d slot %llu holds expert %d of %d", l,
+                            (unsigned long long)p, out->phy2log[l * R + p], c->E);
+    }
+    if (found && h5_exists(io, cf.f, "/eplb/expert_counts")) {
+        hsize_t E = (hsize_t)c->E;
+        hid_t d = open_eplb(&cf, "/eplb/expert_counts", H5T_STD_I64LE, (hsize_t)c->L, &E);
+        out->counts = core_alloc((size_t)c->L * E * sizeof(long));
+        const hsize_t dims[2] = {(hsize_t)c->L, E};
+        h5_read_rows(io, d, "/eplb/expert_counts", H5T_NATIVE_LONG, 2, dims, 0, dims[0], out->counts);
+        H5Dclose(d);
+        for (size_t i = 0; i < (size_t)c->L * E; i++)
+            if (out->counts[i] < 0) H5_FAIL(io, "/eplb/expert_counts holds a negative count");
+    }
+    ckpt_file_close(&cf);
+    return found;
+}
+
+void ckpt_eplb_free(CkptEplb *e) {
+    core_free(e->phy2log);
+    core_free(e->counts);
+    memset(e, 0, sizeof *e);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoint directories of a training run.
+
+void ckpt_step_path(const char *dir, long step, char *out, size_t n) {
+    int k = snprintf(out, n, "%s/step_%ld.h5", dir, step);
+    if (k < 0 || (size_t)k >= n) core_usage_error("checkpoint path too long: %s/step_%ld.h5", dir, step);
+}
+
+void ckpt_make_dir(const char *dir) {
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+        core_usage_error("cannot create checkpoint directory %s: %s", dir, strerror(errno));
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) core_usage_error("--out %s is not a directory", dir);
+    if (access(dir, W_OK) != 0) core_usage_error("cannot write to checkpoint directory %s: %s", dir, strerror(errno));
+}
+
+// The step of "step_<n>.h5", or -1 for any other name.
+static long step_of(const char *name) {
+    long step;
+    int end = 0;
+    if (sscanf(name, "step_%ld.h5%n", &step, &end) != 1 || name[end] != '\0' || step < 0) return -1;
+    return step;
+}
+
+static int desc_long(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x < y) - (x > y);
+}
+
+void ckpt_prune(const char *dir, int keep) {
+    if (keep <= 0) return;
+    DIR *dp = opendir(dir);
+    if (!dp) core_usage_error("cannot list checkpoint directory %s: %s", dir, strerror(errno));
+    long *steps = NULL;
+    int n = 0, cap = 0;
+    for (struct dirent *e; (e = readdir(dp));) {
+        long s = step_of(e->d_name);
+        if (s < 0) continue;
+        steps = grow(steps, n, &cap, sizeof *steps);
+        steps[n++] = s;
+    }
+    qsort(steps, (size_t)n, sizeof *steps, desc_long);
+    char path[CKPT_PATH_MAX], prefix[64];
+    for (int i = keep; i < n; i++) {
+        // The index (or single file) goes first: a checkpoint is never visible with parts missing.
+        ckpt_step_path(dir, steps[i], path, sizeof path);
+        if (unlink(path) != 0) core_warn("cannot remove old checkpoint %s: %s", path, strerror(errno));
+        snprintf(prefix, sizeof prefix, "step_%ld.h5.part-", steps[i]);
+        rewinddir(dp);
+        for (struct dirent *e; (e = readdir(dp));) {
+            if (strncmp(e->d_name, prefix, strlen(prefix)) != 0) continue;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            if (unlink(path) != 0) core_warn("cannot remove old checkpoint part %s: %s", path, strerror(errno));
+        }
+    }
+    core_free(steps);
+    closedir(dp);
+}

@@ -1,0 +1,100 @@
+// HDF5 checkpoints of the full training state in the logical layout of ARCHITECTURE.md §7 (every
+// tensor whole, by parameter name; experts as one (E, ...) array), written atomically and read back
+// into any expert-parallel layout. The file format is documented in docs/checkpoint-format.md.
+#ifndef MOELAB_CHECKPOINTS_CKPT_H
+#define MOELAB_CHECKPOINTS_CKPT_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "data/loader.h"
+#include "framework/core/rng.h"
+#include "framework/model.h"
+#include "framework/optimizer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CKPT_FORMAT_VERSION 1
+
+// Which expert rows this process holds, and which tensors it writes. Each MoE layer has R physical
+// expert slots spread evenly over ep_size ranks: rank ep_rank holds slots
+// [ep_rank·R/ep_size, (ep_rank+1)·R/ep_size), and slot p holds logical expert phy2log[l·R + p]
+// (EPLB's plan; several slots may hold replicas of one expert). Saving writes each logical expert
+// once, from the lowest slot that holds it; loading fills every slot from its expert's logical row.
+typedef struct {
+    int part, parts;        // this process's part file and the number of parts (global rank, world)
+    int ep_rank, ep_size;   // place among the ranks that share each MoE layer's slots
+    int write_dense;        // 1 on exactly one rank per copy of the non-expert tensors
+    int write_experts;      // 1 on exactly one rank per copy of the expert slots (expert-DP rank 0)
+    int R;                  // physical slots per MoE layer over the ep_size ranks
+    const int *phy2log;     // (L, R) logical expert of each slot (rows of dense layers unused);
+                            // NULL: the identity (slot p holds expert p, R == E)
+} CkptShard;
+
+// The identity layout of a model: ep_rank/ep_size from the model, one part per EP rank, R = E.
+CkptShard ckpt_shard_of(const Model *m);
+
+// Training state besides the tensors and the AdamW step count (AdamW.t travels with the moments).
+// The learning-rate schedule is a pure function of the config's lr keys and `step`, so those are
+// its whole state.
+typedef struct {
+    int64_t step;      // optimizer steps taken (the 0-based index of the next step)
+    LoaderPos data;    // training loader position of the next step
+    RngStream rng;     // the sampling stream (training draws no other random numbers: the loader's
+                       // shuffle is keyed by (seed, epoch), restored by the config and `data`)
+} CkptState;
+
+// EPLB plan and load statistics (optional in a checkpoint; absent means the identity placement).
+typedef struct {
+    int R;             // physical slots per MoE layer of phy2log
+    int *phy2log;      // (L, R) logical expert in each slot, -1 on dense layers; NULL: none saved
+    long *counts;      // (L, E) tokens routed to each logical expert; NULL: none saved
+} CkptEplb;
+
+// One process holding every expert (sh->parts == 1): writes the whole state to the single file
+// `path`, atomically (path.tmp-<pid>, fsync, rename). eplb may be NULL.
+void ckpt_save(const char *path, const CkptShard *sh, const Model *m, const AdamW *o,
+               const CkptState *st, const CkptEplb *eplb);
+
+// Several processes: every rank writes its own part file (path.part-<r>-of-<n>) with the tensors and
+// expert rows it owns; then, once every part is on disk (after a barrier), rank 0 writes the index
+// `path`, which joins the parts into the logical tensors through HDF5 virtual datasets and holds the
+// state. The index's rename is the commit: until it happens the previous checkpoint is the latest.
+void ckpt_save_part(const char *path, const CkptShard *sh, const Model *m, const AdamW *o);
+void ckpt_save_index(const char *path, int parts, const Model *m, const AdamW *o,
+                     const CkptState *st, const CkptEplb *eplb);
+
+// Loads a checkpoint (single file or index, whatever layout saved it) into the slots sh describes.
+// Checks the format version, the stored config against m->cfg (model-shape keys must agree), and
+// every dataset's name, type, shape and completeness before reading anything; a bad file exits 2
+// with one message naming the problem. o and st may be NULL (weights only).
+void ckpt_load(const char *path, const CkptShard *sh, Model *m, AdamW *o, CkptState *st);
+// The config stored in a checkpoint (on top of the defaults).
+void ckpt_read_config(const char *path, MoeConfig *c);
+// The EPLB group of a checkpoint: returns 0 (and zeroes *out) when absent; arrays from core_alloc.
+int ckpt_load_eplb(const char *path, const MoeConfig *c, CkptEplb *out);
+void ckpt_eplb_free(CkptEplb *e);
+
+// `moelab ckpt inspect`: prints the state, the config and every tensor with shape, dtype and norms.
+void ckpt_inspect(const char *path, FILE *out);
+// `moelab ckpt verify`: reads every dataset (Fletcher-32 checks each chunk), checks completeness and
+// shapes against the stored config; prints a summary and returns on success, exits 2 on a problem.
+void ckpt_verify(const char *path, FILE *out);
+
+// Checkpoints of a training run: DIR/step_<step>.h5.
+void ckpt_step_path(const char *dir, long step, char *out, size_t n);
+// Creates dir if it does not exist (a usage error if it cannot).
+void ckpt_make_dir(const char *dir);
+// Keeps the newest `keep` DIR/step_<n>.h5 checkpoints (with their part files); keep 0 keeps all.
+void ckpt_prune(const char *dir, int keep);
+
+// Tests only: called after each dataset a save writes, with the number written so far (used to kill
+// a save half-way). NULL turns it off.
+void ckpt_set_save_hook(void (*hook)(int datasets_written));
+
+#ifdef __cplusplus
+}
+#endif
+#endif

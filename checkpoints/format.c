@@ -1,0 +1,277 @@
+// The checked checkpoint reader (see format.h): every object is validated before a byte of tensor
+// data is read, so that a damaged, truncated or hostile file ends in one clear message.
+#include "checkpoints/format.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "checkpoints/ckpt.h"
+#include "framework/core/check.h"
+#include "framework/core/mem.h"
+
+const char *const CKPT_GROUPS[CKPT_NGROUPS] = {"/model", "/optim/m", "/optim/v"};
+
+void ckpt_part_path(const char *path, int r, int n, char *out, size_t len) {
+    int k = snprintf(out, len, "%s.part-%d-of-%d", path, r, n);
+    if (k < 0 || (size_t)k >= len) core_usage_error("checkpoint path too long: %s", path);
+}
+
+// Checks a file's format name and version attributes; returns the version.
+static int64_t check_format(const H5Io *io, hid_t f, const char *want) {
+    char *fmt = h5_attr_read_str(io, f, "file", "format", 64);
+    if (strcmp(fmt, want) != 0) H5_FAIL(io, "format is '%s', not '%s'", fmt, want);
+    core_free(fmt);
+    int64_t v;
+    h5_attr_read(io, f, "file", "format_version", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &v);
+    if (v != CKPT_FORMAT_VERSION)
+        H5_FAIL(io, "unknown format version %lld (this build reads version %d)", (long long)v,
+                CKPT_FORMAT_VERSION);
+    return v;
+}
+
+void ckpt_file_open(CkptFile *cf, const char *path) {
+    memset(cf, 0, sizeof *cf);
+    cf->io.path = path;
+    cf->io.code = CORE_EXIT_USAGE;
+    struct stat sb;
+    if (stat(path, &sb) != 0) core_usage_error("checkpoint %s: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode)) core_usage_error("checkpoint %s: not a regular file", path);
+    if (strlen(path) >= sizeof cf->dir) core_usage_error("checkpoint path too long: %.80s...", path);
+    strcpy(cf->dir, path);
+    char *slash = strrchr(cf->dir, '/');
+    if (slash) slash[slash == cf->dir] = '\0';
+    else strcpy(cf->dir, ".");
+    cf->f = h5_open_file(&cf->io);
+    cf->version = check_format(&cf->io, cf->f, CKPT_FORMAT_NAME);
+    if (H5_OK(&cf->io, H5Aexists(cf->f, "parts"), "look up attribute parts")) {
+        int64_t n;
+        h5_attr_read(&cf->io, cf->f, "index", "parts", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &n);
+        if (n < 1 || n > (1 << 20)) H5_FAIL(&cf->io, "index names %lld part files", (long long)n);
+        cf->parts = (int)n;
+        cf->part_ids = core_alloc((size_t)n * sizeof *cf->part_ids);
+        h5_attr_read(&cf->io, cf->f, "index", "part_ids", H5T_STD_U64LE, H5T_NATIVE_UINT64, cf->parts,
+                     cf->part_ids);
+        cf->open_parts = core_alloc((size_t)n * sizeof *cf->open_parts);
+    }
+}
+
+void ckpt_file_close(CkptFile *cf) {
+    for (int i = 0; i < cf->n_open; i++) H5Fclose(cf->open_parts[i].f);
+    core_free(cf->open_parts);
+    core_free(cf->part_ids);
+    if (cf->f > 0) H5Fclose(cf->f);
+    memset(cf, 0, sizeof *cf);
+}
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
+    return s;
+}
+
+void ckpt_file_config(CkptFile *cf, MoeConfig *c) {
+    char *text = h5_attr_read_str(&cf->io, cf->f, "file", "config", CKPT_CONFIG_MAX);
+    config_defaults(c);
+    char origin[CKPT_PATH_MAX + 64];
+    int lineno = 1;
+    for (char *line = text, *next; line; line = next, lineno++) {
+        next = strchr(line, '\n');
+        if (next) *next++ = '\0';
+        char *s = trim(line);
+        if (*s == '\0') continue;
+        snprintf(origin, sizeof origin, "checkpoint %s, stored config line %d", cf->io.path, lineno);
+        char *eq = strchr(s, '=');
+        if (!eq) core_usage_error("%s: expected 'key = value', got '%.80s'", origin, s);
+        *eq = '\0';
+        config_set(c, trim(s), trim(eq + 1), origin);
+    }
+    core_free(text);
+}
+
+void ckpt_file_state(CkptFile *cf, CkptState *st, int64_t *adam_t) {
+    const H5Io *io = &cf->io;
+    if (!h5_exists(io, cf->f, "state")) H5_FAIL(io, "group /state is missing");
+    hid_t g = H5_OK(io, H5Gopen2(cf->f, "state", H5P_DEFAULT), "open /state");
+    h5_attr_read(io, g, "/state", "step", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &st->step);
+    h5_attr_read(io, g, "/state", "adam_t", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, adam_t);
+    h5_attr_read(io, g, "/state", "data_epoch", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->data.epoch);
+    h5_attr_read(io, g, "/state", "data_index", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->data.index);
+    h5_attr_read(io, g, "/state", "rng_seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.seed);
+    h5_attr_read(io, g, "/state", "rng_stream", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &st->rng.stream);
+    h5_attr_read(io, g, "/state", "rng_counter", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.counter);
+    H5Gclose(g);
+    if (st->step < 0 || st->step > INT32_MAX || *adam_t < 0)
+        H5_FAIL(io, "/state holds step %lld and AdamW t %lld", (long long)st->step, (long long)*adam_t);
+}
+
+int ckpt_has_tensor(CkptFile *cf, const char *name) { return h5_exists(&cf->io, cf->f, name); }
+
+// Opens (once) and checks the part file `fname` named by a virtual mapping of the index.
+static CkptPartFile *open_part(CkptFile *cf, const char *tensor, const char *fname) {
+    for (int i = 0; i < cf->n_open; i++)
+        if (strcmp(cf->open_parts[i].name, fname) == 0) return &cf->open_parts[i];
+    // Only plain names in the index's own directory: a mapping may not reach elsewhere.
+    if (strchr(fname, '/') || !strcmp(fname, ".") || !strcmp(fname, "..") || strlen(fname) >= 256)
+        H5_FAIL(&cf->io, "%s maps to '%s', which is not a part file name", tensor, fname);
+    if (cf->n_open == cf->parts)
+        H5_FAIL(&cf->io, "%s maps to more part files than the %d the index names", tensor, cf->parts);
+    CkptPartFile *p = &cf->open_parts[cf->n_open];
+    char path[2 * CKPT_PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", cf->dir, fname);
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        H5_FAIL(&cf->io, "part file %s (holding part of %s) is missing: %s", path, tensor, strerror(errno));
+    // The part's own messages name it; they still exit 2 (bad input).
+    H5Io io = {path, CORE_EXIT_USAGE};
+    p->f = h5_open_file(&io);
+    check_format(&io, p->f, CKPT_PART_FORMAT_NAME);
+    int64_t r, n;
+    uint64_t id;
+    h5_attr_read(&io, p->f, "part", "part", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &r);
+    h5_attr_read(&io, p->f, "part", "parts", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &n);
+    h5_attr_read(&io, p->f, "part", "part_id", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &id);
+    if (n != cf->parts || r < 0 || r >= n)
+        H5_FAIL(&io, "is part %lld of %lld, but the index %s has %d parts", (long long)r, (long long)n,
+                cf->io.path, cf->parts);
+    if (id != cf->part_ids[r])
+        H5_FAIL(&io, "belongs to another save than the index %s (part id %016llx, the index expects "
+                "%016llx)", cf->io.path, (unsigned long long)id, (unsigned long long)cf->part_ids[r]);
+    strcpy(p->name, fname);
+    cf->n_open++;
+    return p;
+}
+
+// Rows [*r0, *r1] of a selection that must be one block of whole rows of a dataset of extent `full`
+// (ndim dims; an "all" selection counts as one block).
+static void one_row_block(const H5Io *io, hid_t s, const char *what, int ndim, const hsize_t *full,
+                          hsize_t *r0, hsize_t *r1) {
+    hsize_t start[4], end[4];
+    int nd = (int)H5_OK(io, H5Sget_simple_extent_ndims(s), "%s: rank", what);
+    if (nd != ndim) H5_FAIL(io, "%s has %d dimensions, not %d", what, nd, ndim);
+    H5S_sel_type type = H5_OK(io, H5Sget_select_type(s), "%s: selection", what);
+    if (type != H5S_SEL_ALL &&
+        (type != H5S_SEL_HYPERSLABS || H5_OK(io, H5Sget_select_hyper_nblocks(s), "%s: selection", what) != 1))
+        H5_FAIL(io, "%s is not one block of rows", what);
+    H5_OK(io, H5Sget_select_bounds(s, start, end), "%s: selection bounds", what);
+    if (end[0] >= full[0]) H5_FAIL(io, "%s selects rows beyond the dataset's %llu", what, (unsigned long long)full[0]);
+    for (int i = 1; i < ndim; i++)
+        if (start[i] != 0 || end[i] + 1 != full[i]) H5_FAIL(io, "%s does not span whole rows", what);
+    *r0 = start[0];
+    *r1 = end[0];
+}
+
+// A virtual dataset: every mapping is one block of whole rows, taken from a checked part file's
+// dataset of the same name, and the mappings cover each row of the logical tensor exactly once
+// (HDF5 would fill a row whose source is missing with the fill value, silently).
+static void check_virtual(CkptFile *cf, hid_t d, const char *name, int ndim, const hsize_t *dims) {
+    const H5Io *io = &cf->io;
+    if (cf->parts == 0) H5_FAIL(io, "%s is a virtual dataset, but the file is not an index of parts", name);
+    hid_t dcpl = h5_dcpl_of(io, d, name);
+    size_t n;
+    H5_OK(io, H5Pget_virtual_count(dcpl, &n), "%s: virtual mappings", name);
+    if (n == 0 || n > dims[0]) H5_FAIL(io, "%s has %zu virtual mappings for %llu rows", name, n,
+                                       (unsigned long long)dims[0]);
+    unsigned char *covered = core_alloc(dims[0]);
+    for (size_t i = 0; i < n; i++) {
+        char what[300], fname[256], dname[300];
+        snprintf(what, sizeof what, "%s (virtual mapping %zu)", name, i);
+        ssize_t fl = H5_OK(io, H5Pget_virtual_filename(dcpl, i, NULL, 0), "%s: source file", what);
+        ssize_t dl = H5_OK(io, H5Pget_virtual_dsetname(dcpl, i, NULL, 0), "%s: source dataset", what);
+        if (fl >= (ssize_t)sizeof fname || dl >= (ssize_t)sizeof dname)
+            H5_FAIL(io, "%s: source name too long", what);
+        H5_OK(io, H5Pget_virtual_filename(dcpl, i, fname, sizeof fname), "%s: source file", what);
+        H5_OK(io, H5Pget_virtual_dsetname(dcpl, i, dname, sizeof dname), "%s: source dataset", what);
+        if (strcmp(dname, name) != 0) H5_FAIL(io, "%s maps to dataset '%s' of its part", what, dname);
+        CkptPartFile *p = open_part(cf, name, fname);
+        hid_t vs = H5_OK(io, H5Pget_virtual_vspace(dcpl, i), "%s", what);
+        hsize_t v0, v1;
+        one_row_block(io, vs, what, ndim, dims, &v0, &v1);
+        H5Sclose(vs);
+        char ppath[2 * CKPT_PATH_MAX];
+        snprintf(ppath, sizeof ppath, "%s/%s", cf->dir, fname);
+        H5Io pio = {ppath, CORE_EXIT_USAGE};
+        if (!h5_exists(&pio, p->f, name)) H5_FAIL(&pio, "dataset %s (mapped by the index) is missing", name);
+        hid_t src = H5_OK(&pio, H5Dopen2(p->f, name, H5P_DEFAULT), "open %s", name);
+        h5_check_stored(&pio, src, name, H5T_IEEE_F32LE);
+        hsize_t sd[4];
+        int snd = h5_dims(&pio, src, name, sd);
+        H5Dclose(src);
+        if (snd != ndim) H5_FAIL(&pio, "%s has %d dimensions, the index's has %d", name, snd, ndim);
+        for (int k = 1; k < ndim; k++)
+            if (sd[k] != dims[k]) H5_FAIL(&pio, "%s's rows differ in shape from the index's", name);
+        hid_t ss = H5_OK(io, H5Pget_virtual_srcspace(dcpl, i), "%s: source selection", what);
+        hsize_t s0, s1;
+        one_row_block(io, ss, what, ndim, sd, &s0, &s1);
+        H5Sclose(ss);
+        if (s1 - s0 != v1 - v0)
+            H5_FAIL(io, "%s: source rows %llu..%llu do not match rows %llu..%llu", what,
+                    (unsigned long long)s0, (unsigned long long)s1, (unsigned long long)v0,
+                    (unsigned long long)v1);
+        for (hsize_t r = v0; r <= v1; r++) {
+            if (covered[r]) H5_FAIL(io, "%s: row %llu is mapped twice", name, (unsigned long long)r);
+            covered[r] = 1;
+        }
+    }
+    for (hsize_t r = 0; r < dims[0]; r++)
+        if (!covered[r]) H5_FAIL(io, "%s: row %llu comes from no part file", name, (unsigned long long)r);
+    core_free(covered);
+    h5_dcpl_close(dcpl);
+}
+
+static void shape_str(char *out, size_t n, int ndim, const hsize_t *d) {
+    int k = snprintf(out, n, "(");
+    for (int i = 0; i < ndim && (size_t)k < n; i++)
+        k += snprintf(out + k, n - (size_t)k, i ? ", %llu" : "%llu", (unsigned long long)d[i]);
+    if ((size_t)k < n) snprintf(out + k, n - (size_t)k, ")");
+}
+
+hid_t ckpt_open_tensor(CkptFile *cf, const char *name, const ParamInfo *want, int *ndim, hsize_t dims[4]) {
+    const H5Io *io = &cf->io;
+    if (!h5_exists(io, cf->f, name)) H5_FAIL(io, "dataset %s is missing", name);
+    hid_t o = H5_OK(io, H5Oopen(cf->f, name, H5P_DEFAULT), "open %s", name);
+    if (H5Iget_type(o) != H5I_DATASET) H5_FAIL(io, "%s is not a dataset", name);
+    H5Oclose(o);
+    // Virtual sources are found next to the index, whatever the working directory.
+    hid_t dapl = H5_OK(io, H5Pcreate(H5P_DATASET_ACCESS), "dataset access list");
+    H5_OK(io, H5Pset_virtual_prefix(dapl, cf->dir), "virtual prefix");
+    hid_t d = H5_OK(io, H5Dopen2(cf->f, name, dapl), "open %s", name);
+    H5Pclose(dapl);
+    *ndim = h5_dims(io, d, name, dims);
+    if (want) {
+        hsize_t w[4];
+        for (int i = 0; i < want->ndim; i++) w[i] = (hsize_t)want->shape[i];
+        int same = *ndim == want->ndim;
+        for (int i = 0; same && i < *ndim; i++) same = dims[i] == w[i];
+        if (!same) {
+            char a[128], b[128];
+            shape_str(a, sizeof a, *ndim, dims);
+            shape_str(b, sizeof b, want->ndim, w);
+            H5_FAIL(io, "dataset %s has shape %s but the model expects %s", name, a, b);
+        }
+    }
+    hid_t dcpl = h5_dcpl_of(io, d, name);
+    H5D_layout_t layout = H5_OK(io, H5Pget_layout(dcpl), "%s: layout", name);
+    h5_dcpl_close(dcpl);
+    if (layout == H5D_VIRTUAL) {
+        hid_t t = H5_OK(io, H5Dget_type(d), "%s: type", name);
+        if (!H5_OK(io, H5Tequal(t, H5T_IEEE_F32LE), "%s: type", name))
+            H5_FAIL(io, "%s has the wrong data type (little-endian float32 expected)", name);
+        H5Tclose(t);
+        check_virtual(cf, d, name, *ndim, dims);
+    } else {
+        h5_check_stored(io, d, name, H5T_IEEE_F32LE);
+    }
+    return d;
+}
+
+int ckpt_tensor_maps(CkptFile *cf, hid_t d, const char *name) {
+    hid_t dcpl = h5_dcpl_of(&cf->io, d, name);
+    size_t n = 0;
+    if (H5_OK(&cf->io, H5Pget_layout(dcpl), "%s: layout", name) == H5D_VIRTUAL)
+        H5_OK(&cf->io, H5Pget_virtual_count(dcpl, &n), "%s: virtual mappings", name);
+    h5_dcpl_close(dcpl);
+    return (int)n;
+}

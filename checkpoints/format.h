@@ -1,0 +1,58 @@
+// The checkpoint file format's names and the checked reader shared by the loader, `ckpt inspect` and
+// `ckpt verify`: opening a checkpoint (single file or index of parts) and opening one tensor dataset
+// only after its type, shape, checksum filter, completeness and (for virtual datasets) every source
+// part have been checked. Internal to checkpoints/; the format is docs/checkpoint-format.md.
+#ifndef MOELAB_CHECKPOINTS_FORMAT_H
+#define MOELAB_CHECKPOINTS_FORMAT_H
+
+#include "checkpoints/ckpt.h"
+#include "checkpoints/h5.h"
+#include "framework/core/config.h"
+#include "framework/params.h"
+
+#define CKPT_FORMAT_NAME "moelab-checkpoint"
+#define CKPT_PART_FORMAT_NAME "moelab-checkpoint-part"
+#define CKPT_CONFIG_MAX (1 << 20)  // bytes of the stored config text we accept
+#define CKPT_PATH_MAX 4096
+
+// The three groups that hold tensors, in the order they are written.
+#define CKPT_NGROUPS 3
+extern const char *const CKPT_GROUPS[CKPT_NGROUPS];  // "/model", "/optim/m", "/optim/v"
+
+// "<path>.part-<r>-of-<n>": part r's file name.
+void ckpt_part_path(const char *path, int r, int n, char *out, size_t len);
+
+typedef struct {
+    char name[256];   // as the index's virtual datasets name it (a plain file name)
+    hid_t f;
+} CkptPartFile;
+
+// A checkpoint opened for reading.
+typedef struct {
+    H5Io io;                  // path: the single file or index
+    hid_t f;
+    char dir[CKPT_PATH_MAX];  // its directory, where part files live
+    int parts;                // 0 for a single file, else the number of part files
+    uint64_t *part_ids;       // (parts) id each part file must carry
+    CkptPartFile *open_parts; // (parts) part files checked so far
+    int n_open;
+    int64_t version;
+} CkptFile;
+
+// Checks that path exists, is HDF5, names our format and has a version this build reads.
+void ckpt_file_open(CkptFile *cf, const char *path);
+void ckpt_file_close(CkptFile *cf);
+// The stored config, parsed on top of the defaults (a bad stored config exits 2).
+void ckpt_file_config(CkptFile *cf, MoeConfig *c);
+// The /state group: step, loader position, RNG stream and AdamW's step count, range-checked.
+void ckpt_file_state(CkptFile *cf, CkptState *st, int64_t *adam_t);
+// True if the float32 tensor `name` (e.g. "/model/embed") exists.
+int ckpt_has_tensor(CkptFile *cf, const char *name);
+// Opens tensor `name` after checking it completely (see the top of this file). With want != NULL its
+// shape must equal want's logical shape; ndim and dims receive the stored extent. A missing dataset
+// is an error that names it.
+hid_t ckpt_open_tensor(CkptFile *cf, const char *name, const ParamInfo *want, int *ndim, hsize_t dims[4]);
+// Number of virtual mappings of an opened tensor (0 when it is stored in the file itself).
+int ckpt_tensor_maps(CkptFile *cf, hid_t d, const char *name);
+
+#endif

@@ -1,0 +1,314 @@
+// HDF5 helpers of the checkpoint code (see h5.h): the error check that turns HDF5's error stack into
+// one message, checked attributes, and Fletcher-32-protected chunked datasets.
+#include "checkpoints/h5.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "framework/core/check.h"
+#include "framework/core/mem.h"
+
+void h5_init(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+
+// The outermost (API) and innermost (first detected) descriptions of HDF5's error stack.
+typedef struct {
+    char outer[200], inner[200];
+    int n;
+} ErrWalk;
+
+static herr_t err_walk(unsigned n, const H5E_error2_t *e, void *data) {
+    ErrWalk *w = data;
+    if (w->n == 0) snprintf(w->outer, sizeof w->outer, "%s", e->desc ? e->desc : "");
+    snprintf(w->inner, sizeof w->inner, "%s", e->desc ? e->desc : "");
+    w->n++;
+    return 0;
+}
+
+#define HELD_MAX 8
+static hid_t held[HELD_MAX];
+static int n_held;
+
+static hid_t hold(hid_t p) {
+    CHECK(n_held < HELD_MAX, "more than %d dataset creation lists open at once", HELD_MAX);
+    held[n_held++] = p;
+    return p;
+}
+
+void h5_dcpl_close(hid_t dcpl) {
+    for (int i = 0; i < n_held; i++)
+        if (held[i] == dcpl) {
+            held[i] = held[--n_held];
+            break;
+        }
+    H5Pclose(dcpl);
+}
+
+static noreturn void fail(const H5Io *io, const char *file, int line, const char *what,
+                          const char *detail) {
+    while (n_held > 0) H5Pclose(held[--n_held]);
+    if (io->code == CORE_EXIT_USAGE)
+        core_usage_error("checkpoint %s: %s%s%s (at %s:%d)", io->path, what, detail[0] ? ": " : "",
+                         detail, file, line);
+    core_fatal_at(file, line, io->code, "checkpoint %s: %s%s%s", io->path, what,
+                  detail[0] ? ": " : "", detail);
+}
+
+int64_t h5_ok_at(int64_t r, const H5Io *io, const char *file, int line, const char *fmt, ...) {
+    if (r >= 0) return r;
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    ErrWalk w = {{0}, {0}, 0};
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, err_walk, &w);
+    H5Eclear2(H5E_DEFAULT);
+    char detail[420] = "HDF5 reported no detail";
+    if (w.n == 1 || strcmp(w.outer, w.inner) == 0) snprintf(detail, sizeof detail, "%s", w.outer);
+    else if (w.n > 1) snprintf(detail, sizeof detail, "%s (%s)", w.outer, w.inner);
+    fail(io, file, line, what, detail);
+}
+
+void h5_fail_at(const H5Io *io, const char *file, int line, const char *fmt, ...) {
+    char what[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    fail(io, file, line, what, "");
+}
+
+static hid_t fapl_v110(const H5Io *io) {
+    hid_t fapl = H5_OK(io, H5Pcreate(H5P_FILE_ACCESS), "file access list");
+    H5_OK(io, H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110), "format version bounds");
+    return fapl;
+}
+
+hid_t h5_dcpl_of(const H5Io *io, hid_t d, const char *name) {
+    return hold(H5_OK(io, H5Dget_create_plist(d), "%s: creation list", name));
+}
+
+hid_t h5_new_dcpl(const H5Io *io) {
+    return hold(H5_OK(io, H5Pcreate(H5P_DATASET_CREATE), "dataset creation list"));
+}
+
+hid_t h5_create_file(const H5Io *io, const char *file) {
+    h5_init();
+    hid_t fapl = fapl_v110(io);
+    hid_t f = H5_OK(io, H5Fcreate(file, H5F_ACC_TRUNC, H5P_DEFAULT, fapl), "cannot create %s", file);
+    H5Pclose(fapl);
+    return f;
+}
+
+hid_t h5_open_file(const H5Io *io) {
+    h5_init();
+    hid_t fapl = fapl_v110(io);
+    hid_t f = H5_OK(io, H5Fopen(io->path, H5F_ACC_RDONLY, fapl),
+                    "cannot open as HDF5 (not a checkpoint, or truncated or damaged)");
+    H5Pclose(fapl);
+    return f;
+}
+
+hid_t h5_create_group(const H5Io *io, hid_t loc, const char *name) {
+    hid_t gcpl = H5_OK(io, H5Pcreate(H5P_GROUP_CREATE), "group creation list");
+    H5_OK(io, H5Pset_link_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED),
+          "group %s: creation order", name);
+    hid_t g = H5_OK(io, H5Gcreate2(loc, name, H5P_DEFAULT, gcpl, H5P_DEFAULT), "create group %s", name);
+    H5Pclose(gcpl);
+    return g;
+}
+
+int h5_exists(const H5Io *io, hid_t loc, const char *name) {
+    // H5Lexists fails (rather than answering 0) when an intermediate group is missing, so the path
+    // is walked one component at a time.
+    char part[512];
+    const char *p = name;
+    if (*p == '/') p++;
+    for (;;) {
+        const char *slash = strchr(p, '/');
+        size_t n = slash ? (size_t)(slash - name) : strlen(name);
+        if (n >= sizeof part) H5_FAIL(io, "object name too long: %.60s...", name);
+        memcpy(part, name, n);
+        part[n] = '\0';
+        if (!H5_OK(io, H5Lexists(loc, part, H5P_DEFAULT), "look up %s", part)) return 0;
+        if (!slash) return 1;
+        p = slash + 1;
+    }
+}
+
+static hid_t space_of(const H5Io *io, int n) {
+    if (n == 0) return H5_OK(io, H5Screate(H5S_SCALAR), "scalar dataspace");
+    hsize_t d = (hsize_t)n;
+    return H5_OK(io, H5Screate_simple(1, &d, NULL), "dataspace of %d", n);
+}
+
+void h5_attr_write(const H5Io *io, hid_t obj, const char *name, hid_t ftype, hid_t mtype, int n,
+                   const void *v) {
+    hid_t s = space_of(io, n);
+    hid_t a = H5_OK(io, H5Acreate2(obj, name, ftype, s, H5P_DEFAULT, H5P_DEFAULT), "create attribute %s", name);
+    H5_OK(io, H5Awrite(a, mtype, v), "write attribute %s", name);
+    H5Aclose(a);
+    H5Sclose(s);
+}
+
+// Opens attribute `name` of obj and checks its extent (scalar when n == 0, else 1-D of n).
+static hid_t attr_open(const H5Io *io, hid_t obj, const char *where, const char *name, int n) {
+    if (!H5_OK(io, H5Aexists(obj, name), "%s: look up attribute %s", where, name))
+        H5_FAIL(io, "%s: attribute '%s' is missing", where, name);
+    hid_t a = H5_OK(io, H5Aopen(obj, name, H5P_DEFAULT), "%s: open attribute %s", where, name);
+    hid_t s = H5_OK(io, H5Aget_space(a), "%s: attribute %s extent", where, name);
+    int nd = (int)H5_OK(io, H5Sget_simple_extent_ndims(s), "%s: attribute %s rank", where, name);
+    hsize_t d = 0;
+    if (nd == 1) H5_OK(io, H5Sget_simple_extent_dims(s, &d, NULL), "%s: attribute %s extent", where, name);
+    H5Sclose(s);
+    if (n == 0 && nd != 0) H5_FAIL(io, "%s: attribute '%s' should be a scalar", where, name);
+    if (n > 0 && (nd != 1 || d != (hsize_t)n))
+        H5_FAIL(io, "%s: attribute '%s' should hold %d values", where, name, n);
+    return a;
+}
+
+void h5_attr_read(const H5Io *io, hid_t obj, const char *where, const char *name, hid_t ftype,
+                  hid_t mtype, int n, void *out) {
+    hid_t a = attr_open(io, obj, where, name, n);
+    hid_t t = H5_OK(io, H5Aget_type(a), "%s: attribute %s type", where, name);
+    if (!H5_OK(io, H5Tequal(t, ftype), "%s: attribute %s type", where, name))
+        H5_FAIL(io, "%s: attribute '%s' has the wrong type", where, name);
+    H5Tclose(t);
+    H5_OK(io, H5Aread(a, mtype, out), "%s: read attribute %s", where, name);
+    H5Aclose(a);
+}
+
+void h5_attr_write_str(const H5Io *io, hid_t obj, const char *name, const char *s) {
+    hid_t t = H5_OK(io, H5Tcopy(H5T_C_S1), "string type");
+    H5_OK(io, H5Tset_size(t, strlen(s) + 1), "string type size");
+    H5_OK(io, H5Tset_strpad(t, H5T_STR_NULLTERM), "string padding");
+    h5_attr_write(io, obj, name, t, t, 0, s);
+    H5Tclose(t);
+}
+
+char *h5_attr_read_str(const H5Io *io, hid_t obj, const char *where, const char *name, size_t max_len) {
+    hid_t a = attr_open(io, obj, where, name, 0);
+    hid_t t = H5_OK(io, H5Aget_type(a), "%s: attribute %s type", where, name);
+    if (H5_OK(io, H5Tget_class(t), "%s: attribute %s type", where, name) != H5T_STRING ||
+        H5_OK(io, H5Tis_variable_str(t), "%s: attribute %s type", where, name))
+        H5_FAIL(io, "%s: attribute '%s' should be a fixed-length string", where, name);
+    size_t n = H5Tget_size(t);
+    if (n == 0 || n > max_len) H5_FAIL(io, "%s: attribute '%s' has %zu bytes (at most %zu expected)", where, name, n, max_len);
+    // Read with our own memory type of the same size, so the terminator is always ours to add.
+    hid_t mt = H5_OK(io, H5Tcopy(H5T_C_S1), "string type");
+    H5_OK(io, H5Tset_size(mt, n), "string type size");
+    H5_OK(io, H5Tset_strpad(mt, H5T_STR_NULLPAD), "string padding");
+    char *s = core_alloc(n + 1);
+    H5_OK(io, H5Aread(a, mt, s), "%s: read attribute %s", where, name);
+    s[n] = '\0';
+    H5Tclose(mt);
+    H5Tclose(t);
+    H5Aclose(a);
+    return s;
+}
+
+// Chunk shape: whole trailing rows, about 4 MiB (2^20 elements of 4 bytes), leading axis split first.
+static void chunk_shape(int ndim, const hsize_t *dims, int one_per_row, hsize_t *chunk) {
+    const hsize_t budget = (hsize_t)1 << 20;
+    for (int i = 0; i < ndim; i++) chunk[i] = dims[i] > 0 ? dims[i] : 1;
+    if (one_per_row) chunk[0] = 1;
+    for (int i = 0; i < ndim; i++) {
+        hsize_t inner = 1;
+        for (int j = i + 1; j < ndim; j++) inner *= chunk[j];
+        if (chunk[i] * inner <= budget) break;
+        if (inner <= budget) {
+            chunk[i] = budget / inner;
+            break;
+        }
+        chunk[i] = 1;
+    }
+}
+
+hid_t h5_create_dataset(const H5Io *io, hid_t loc, const char *name, hid_t ftype, int ndim,
+                        const hsize_t *dims, int one_per_row) {
+    hsize_t chunk[4];
+    chunk_shape(ndim, dims, one_per_row, chunk);
+    hid_t dcpl = h5_new_dcpl(io);
+    H5_OK(io, H5Pset_chunk(dcpl, ndim, chunk), "%s: chunking", name);
+    H5_OK(io, H5Pset_fletcher32(dcpl), "%s: Fletcher-32 filter", name);
+    // Every byte is written by us: filling chunks first would only double the I/O.
+    H5_OK(io, H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER), "%s: fill time", name);
+    hid_t s = H5_OK(io, H5Screate_simple(ndim, dims, NULL), "%s: dataspace", name);
+    hid_t d = H5_OK(io, H5Dcreate2(loc, name, ftype, s, H5P_DEFAULT, dcpl, H5P_DEFAULT), "create dataset %s", name);
+    H5Sclose(s);
+    h5_dcpl_close(dcpl);
+    return d;
+}
+
+// File and memory dataspaces for rows [row0, row0 + n) of a dataset of extent dims.
+static void row_spaces(const H5Io *io, hid_t d, const char *name, int ndim, const hsize_t *dims,
+                       hsize_t row0, hsize_t n, hid_t *fs, hid_t *ms) {
+    hsize_t start[4] = {row0, 0, 0, 0}, count[4];
+    for (int i = 0; i < ndim; i++) count[i] = i == 0 ? n : dims[i];
+    *fs = H5_OK(io, H5Dget_space(d), "%s: dataspace", name);
+    H5_OK(io, H5Sselect_hyperslab(*fs, H5S_SELECT_SET, start, NULL, count, NULL), "%s: select rows", name);
+    *ms = H5_OK(io, H5Screate_simple(ndim, count, NULL), "%s: memory dataspace", name);
+}
+
+void h5_write_rows(const H5Io *io, hid_t d, const char *name, hid_t mtype, int ndim,
+                   const hsize_t *dims, hsize_t row0, hsize_t n, const void *buf) {
+    hid_t fs, ms;
+    row_spaces(io, d, name, ndim, dims, row0, n, &fs, &ms);
+    H5_OK(io, H5Dwrite(d, mtype, ms, fs, H5P_DEFAULT, buf), "write %s", name);
+    H5Sclose(ms);
+    H5Sclose(fs);
+}
+
+void h5_read_rows(const H5Io *io, hid_t d, const char *name, hid_t mtype, int ndim,
+                  const hsize_t *dims, hsize_t row0, hsize_t n, void *buf) {
+    hid_t fs, ms;
+    row_spaces(io, d, name, ndim, dims, row0, n, &fs, &ms);
+    H5_OK(io, H5Dread(d, mtype, ms, fs, H5P_DEFAULT, buf), "read %s", name);
+    H5Sclose(ms);
+    H5Sclose(fs);
+}
+
+int h5_dims(const H5Io *io, hid_t d, const char *name, hsize_t dims[4]) {
+    hid_t s = H5_OK(io, H5Dget_space(d), "%s: dataspace", name);
+    int nd = (int)H5_OK(io, H5Sget_simple_extent_ndims(s), "%s: rank", name);
+    if (nd < 1 || nd > 4) H5_FAIL(io, "%s has %d dimensions (1 to 4 expected)", name, nd);
+    H5_OK(io, H5Sget_simple_extent_dims(s, dims, NULL), "%s: extent", name);
+    H5Sclose(s);
+    return nd;
+}
+
+void h5_check_stored(const H5Io *io, hid_t d, const char *name, hid_t ftype) {
+    hid_t t = H5_OK(io, H5Dget_type(d), "%s: type", name);
+    if (!H5_OK(io, H5Tequal(t, ftype), "%s: type", name))
+        H5_FAIL(io, "%s has the wrong data type (%s expected)", name,
+                H5Tequal(ftype, H5T_IEEE_F32LE) > 0 ? "little-endian float32" : "the documented integer type");
+    H5Tclose(t);
+    hid_t dcpl = h5_dcpl_of(io, d, name);
+    if (H5_OK(io, H5Pget_layout(dcpl), "%s: layout", name) != H5D_CHUNKED)
+        H5_FAIL(io, "%s is not chunked, so it carries no Fletcher-32 checksum", name);
+    int nf = (int)H5_OK(io, H5Pget_nfilters(dcpl), "%s: filters", name), fletcher = 0;
+    for (int i = 0; i < nf; i++) {
+        unsigned flags, cd[8];
+        size_t ncd = 8;
+        char fname[64];
+        H5Z_filter_t f = H5_OK(io, H5Pget_filter2(dcpl, (unsigned)i, &flags, &ncd, cd, sizeof fname, fname, NULL),
+                               "%s: filter %d", name, i);
+        fletcher |= f == H5Z_FILTER_FLETCHER32;
+    }
+    if (!fletcher) H5_FAIL(io, "%s carries no Fletcher-32 checksum filter", name);
+    hsize_t dims[4], chunk[4], want = 1, have = 0;
+    int nd = h5_dims(io, d, name, dims);
+    H5_OK(io, H5Pget_chunk(dcpl, nd, chunk), "%s: chunk shape", name);
+    for (int i = 0; i < nd; i++) {
+        if (chunk[i] == 0) H5_FAIL(io, "%s has a zero chunk dimension", name);
+        want *= (dims[i] + chunk[i] - 1) / chunk[i];
+    }
+    h5_dcpl_close(dcpl);
+    hid_t fs = H5_OK(io, H5Dget_space(d), "%s: dataspace", name);
+    H5_OK(io, H5Dget_num_chunks(d, fs, &have), "%s: count chunks", name);
+    H5Sclose(fs);
+    if (have != want)
+        H5_FAIL(io, "%s has %llu of its %llu chunks written (an incomplete save)", name,
+                (unsigned long long)have, (unsigned long long)want);
+}

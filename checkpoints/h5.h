@@ -1,0 +1,76 @@
+// Thin helpers over the HDF5 C API for the checkpoint code: one check macro around every HDF5 call
+// (file, line and HDF5's own message, in one error), typed attributes that are checked on read, and
+// float32 datasets chunked with the Fletcher-32 filter. Internal to checkpoints/.
+#ifndef MOELAB_CHECKPOINTS_H5_H
+#define MOELAB_CHECKPOINTS_H5_H
+
+#include <hdf5.h>
+#include <stdint.h>
+#include <stdnoreturn.h>
+
+// The file a sequence of calls concerns, and how a failure ends: CORE_EXIT_USAGE (2) while reading
+// (the file is bad input), CORE_EXIT_FAILURE (1) while writing (the system failed us).
+typedef struct {
+    const char *path;
+    int code;
+} H5Io;
+
+// Turns off HDF5's automatic printing of its error stack: our check macro prints one message.
+void h5_init(void);
+
+// Returns r when r >= 0; otherwise ends the process with "checkpoint PATH: <what>: <HDF5 message>"
+// and the call site. Every hid_t, herr_t, htri_t and hssize_t result goes through it.
+int64_t h5_ok_at(int64_t r, const H5Io *io, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+#define H5_OK(io, call, ...) h5_ok_at((int64_t)(call), (io), __FILE__, __LINE__, __VA_ARGS__)
+
+// Our own findings about a file (wrong shape, missing object, ...), reported like H5_OK's.
+noreturn void h5_fail_at(const H5Io *io, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+#define H5_FAIL(io, ...) h5_fail_at((io), __FILE__, __LINE__, __VA_ARGS__)
+
+// Dataset creation lists: every one we open is registered, and a failure closes the registered ones
+// before the process exits, because HDF5 1.10 crashes at exit when the creation list of a virtual
+// dataset is still open. h5_dcpl_of returns a dataset's list, h5_new_dcpl a new one.
+hid_t h5_dcpl_of(const H5Io *io, hid_t d, const char *name);
+hid_t h5_new_dcpl(const H5Io *io);
+void h5_dcpl_close(hid_t dcpl);
+
+// Creates `file` (truncating; messages name io->path) or opens io->path read-only, in the HDF5 1.10
+// format (whose superblock, object headers and chunk indexes carry their own checksums).
+hid_t h5_create_file(const H5Io *io, const char *file);
+hid_t h5_open_file(const H5Io *io);
+
+// A group that remembers creation order (so tools list tensors in the model's order).
+hid_t h5_create_group(const H5Io *io, hid_t loc, const char *name);
+// 1 if loc has a link called name (a missing intermediate group counts as absent).
+int h5_exists(const H5Io *io, hid_t loc, const char *name);
+
+// Attributes: n == 0 means a scalar, else a 1-D array of n values. Reading checks that the
+// attribute exists, has exactly the stored type `ftype` and the expected extent.
+void h5_attr_write(const H5Io *io, hid_t obj, const char *name, hid_t ftype, hid_t mtype, int n,
+                   const void *v);
+void h5_attr_read(const H5Io *io, hid_t obj, const char *where, const char *name, hid_t ftype,
+                  hid_t mtype, int n, void *out);
+// Fixed-length string attributes. Reading returns a core_alloc'd copy of at most max_len bytes.
+void h5_attr_write_str(const H5Io *io, hid_t obj, const char *name, const char *s);
+char *h5_attr_read_str(const H5Io *io, hid_t obj, const char *where, const char *name, size_t max_len);
+
+// A chunked dataset of type ftype with the Fletcher-32 filter. Chunks span whole trailing rows
+// and hold about 4 MiB; with one_per_row, each leading-axis row (an expert) gets chunks of its own.
+hid_t h5_create_dataset(const H5Io *io, hid_t loc, const char *name, hid_t ftype, int ndim,
+                        const hsize_t *dims, int one_per_row);
+// Writes or reads rows [row0, row0 + n) of a dataset of ndim dims (all rows' trailing dims are
+// whole) from / into the contiguous memory buf of type mtype.
+void h5_write_rows(const H5Io *io, hid_t d, const char *name, hid_t mtype, int ndim,
+                   const hsize_t *dims, hsize_t row0, hsize_t n, const void *buf);
+void h5_read_rows(const H5Io *io, hid_t d, const char *name, hid_t mtype, int ndim,
+                  const hsize_t *dims, hsize_t row0, hsize_t n, void *buf);
+
+// Checks a stored (not virtual) dataset before anything is read from it: type ftype, chunked with
+// the Fletcher-32 filter, and every chunk written (an unwritten chunk would read as silent zeros).
+void h5_check_stored(const H5Io *io, hid_t d, const char *name, hid_t ftype);
+// The dataset's extent: returns ndim (at most 4, else a failure) and fills dims.
+int h5_dims(const H5Io *io, hid_t d, const char *name, hsize_t dims[4]);
+
+#endif

@@ -1,0 +1,342 @@
+// Bad checkpoints give one clear error (exit 2, a message naming the problem), never a crash:
+// missing, foreign, truncated and bit-flipped files, wrong shapes and types, missing datasets, config
+// mismatches, unknown versions, incomplete or stale part files, hostile virtual mappings. And a save
+// killed half-way leaves the previous checkpoint loadable and no file under the final name.
+#include <dirent.h>
+#include <hdf5.h>
+#include <signal.h>
+
+#include <string>
+
+#include "tests/checkpoints/ckpt_test_util.h"
+
+using namespace ckpt_test;
+using ::testing::ExitedWithCode;
+using ::testing::KilledBySignal;
+
+namespace {
+
+class CheckpointErrors : public ::testing::Test {
+protected:
+    void SetUp() override {
+        // "fast" (fork at the statement): the child must see this test's files, and the kill test
+        // must leave its traces in the parent's directory. Nothing here starts threads.
+        GTEST_FLAG_SET(death_test_style, "fast");
+        core_set_quiet(1);
+        H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+        c_ = tiny();
+        dir_ = temp_dir();
+        single_ = dir_ + "/single.h5";
+        index_ = dir_ + "/index.h5";
+        State s = make_state(c_, 0, 1);
+        CkptShard sh = ckpt_shard_of(s.m);
+        CkptState st;
+        memset(&st, 0, sizeof st);
+        st.step = 3;
+        ckpt_save(single_.c_str(), &sh, s.m, &s.o, &st, nullptr);
+        free_state(s);
+        save_index(index_);
+    }
+
+    void save_index(const std::string &path) {
+        CkptState st;
+        memset(&st, 0, sizeof st);
+        State h[2] = {make_state(c_, 0, 2), make_state(c_, 1, 2)};
+        for (int r = 0; r < 2; r++) {
+            CkptShard sh = ckpt_shard_of(h[r].m);
+            ckpt_save_part(path.c_str(), &sh, h[r].m, &h[r].o);
+        }
+        ckpt_save_index(path.c_str(), 2, h[0].m, &h[0].o, &st, nullptr);
+        free_state(h[0]);
+        free_state(h[1]);
+    }
+
+    // Loads path into a one-process model of config c (the statement under the death tests).
+    static void load(const std::string &path, const MoeConfig &c) {
+        State s = blank_state(c, 0, 1);
+        CkptShard sh = ckpt_shard_of(s.m);
+        ckpt_load(path.c_str(), &sh, s.m, &s.o, nullptr);
+        free_state(s);
+    }
+
+    std::string copy_of(const std::string &src, const std::string &name) {
+        std::string dst = dir_ + "/" + name;
+        FILE *in = fopen(src.c_str(), "rb"), *out = fopen(dst.c_str(), "wb");
+        char buf[1 << 16];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, n, out);
+        fclose(in);
+        fclose(out);
+        return dst;
+    }
+
+    // Flips one byte in the middle of the first chunk of dataset `name`.
+    static void flip_chunk_byte(const std::string &path, const char *name) {
+        hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+        hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+        hsize_t offset[4];
+        unsigned mask;
+        haddr_t addr;
+        hsize_t size;
+        hid_t fs = H5Dget_space(d);
+        ASSERT_GE(H5Dget_chunk_info(d, fs, 0, offset, &mask, &addr, &size), 0);
+        H5Sclose(fs);
+        H5Dclose(d);
+        H5Fclose(f);
+        FILE *fp = fopen(path.c_str(), "r+b");
+        ASSERT_EQ(0, fseek(fp, (long)(addr + size / 2), SEEK_SET));
+        int ch = fgetc(fp);
+        ASSERT_EQ(0, fseek(fp, (long)(addr + size / 2), SEEK_SET));
+        fputc(ch ^ 0x5a, fp);
+        fclose(fp);
+    }
+
+    // Replaces dataset `name` by a chunked, Fletcher-32 one of the given type and shape (written
+    // with zeros unless `write` is false).
+    static void replace_dataset(const std::string &path, const char *name, hid_t type, int nd,
+                                const hsize_t *dims, bool write = true) {
+        hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+        ASSERT_GE(H5Ldelete(f, name, H5P_DEFAULT), 0);
+        hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+        H5Pset_chunk(dcpl, nd, dims);
+        H5Pset_fletcher32(dcpl);
+        hid_t s = H5Screate_simple(nd, dims, NULL);
+        hid_t d = H5Dcreate2(f, name, type, s, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        ASSERT_GE(d, 0);
+        if (write) {
+            size_t n = 1;
+            for (int i = 0; i < nd; i++) n *= dims[i];
+            std::vector<double> zeros(n, 0.0);
+            ASSERT_GE(H5Dwrite(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros.data()), 0);
+        }
+        H5Dclose(d);
+        H5Sclose(s);
+        H5Pclose(dcpl);
+        H5Fclose(f);
+    }
+
+    static void delete_object(const std::string &path, const char *name) {
+        hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+        ASSERT_GE(H5Ldelete(f, name, H5P_DEFAULT), 0);
+        H5Fclose(f);
+    }
+
+    MoeConfig c_;
+    std::string dir_, single_, index_;
+};
+
+TEST_F(CheckpointErrors, MissingFile) {
+    EXPECT_EXIT(load(dir_ + "/nope.h5", c_), ExitedWithCode(2), "checkpoint .*nope.h5: No such file");
+}
+
+TEST_F(CheckpointErrors, NotAnHdf5File) {
+    std::string p = dir_ + "/text.h5";
+    FILE *f = fopen(p.c_str(), "w");
+    fputs("step = 3\nthis is not HDF5\n", f);
+    fclose(f);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "text.h5: cannot open as HDF5");
+}
+
+TEST_F(CheckpointErrors, TruncatedFile) {
+    std::string p = copy_of(single_, "trunc.h5");
+    struct stat sb;
+    ASSERT_EQ(0, stat(p.c_str(), &sb));
+    ASSERT_EQ(0, truncate(p.c_str(), sb.st_size / 2));
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "trunc.h5: cannot open as HDF5.*truncated");
+}
+
+TEST_F(CheckpointErrors, FlippedByteInsideADataset) {
+    std::string p = copy_of(single_, "flip.h5");
+    flip_chunk_byte(p, "/model/layers.1.experts.w1");
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "flip.h5: read /model/layers.1.experts.w1: .*Fletcher32");
+    EXPECT_EXIT(ckpt_verify(p.c_str(), stdout), ExitedWithCode(2), "layers.1.experts.w1: .*Fletcher32");
+}
+
+TEST_F(CheckpointErrors, FlippedByteInsideAPartFile) {
+    flip_chunk_byte(index_ + ".part-1-of-2", "/optim/v/layers.2.experts.w2");
+    EXPECT_EXIT(load(index_, c_), ExitedWithCode(2), "read /optim/v/layers.2.experts.w2: .*Fletcher32");
+}
+
+TEST_F(CheckpointErrors, WrongShape) {
+    std::string p = copy_of(single_, "shape.h5");
+    const hsize_t dims[2] = {32, 8};
+    replace_dataset(p, "/model/embed", H5T_IEEE_F32LE, 2, dims);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2),
+                "dataset /model/embed has shape \\(32, 8\\) but the model expects \\(32, 16\\)");
+}
+
+TEST_F(CheckpointErrors, WrongDataType) {
+    std::string p = copy_of(single_, "dtype.h5");
+    const hsize_t dims[2] = {32, 16};
+    replace_dataset(p, "/model/embed", H5T_IEEE_F64LE, 2, dims);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "/model/embed has the wrong data type");
+}
+
+TEST_F(CheckpointErrors, UnwrittenChunks) {
+    std::string p = copy_of(single_, "hole.h5");
+    const hsize_t dims[2] = {32, 16};
+    replace_dataset(p, "/model/embed", H5T_IEEE_F32LE, 2, dims, false);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "/model/embed has 0 of its 1 chunks written");
+}
+
+TEST_F(CheckpointErrors, MissingDataset) {
+    std::string p = copy_of(single_, "missing.h5");
+    delete_object(p, "/optim/v/layers.0.wq");
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "missing.h5: dataset /optim/v/layers.0.wq is missing");
+    EXPECT_EXIT(ckpt_verify(p.c_str(), stdout), ExitedWithCode(2), "dataset /optim/v/layers.0.wq is missing");
+}
+
+TEST_F(CheckpointErrors, MissingStateGroup) {
+    std::string p = copy_of(single_, "nostate.h5");
+    delete_object(p, "/state");
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "nostate.h5: group /state is missing");
+}
+
+TEST_F(CheckpointErrors, ConfigMismatch) {
+    MoeConfig other = c_;
+    other.D = 32;
+    EXPECT_EXIT(load(single_, other), ExitedWithCode(2),
+                "single.h5 was saved with d_model = 16, but this model has d_model = 32");
+    other = c_;
+    other.E = 8;
+    EXPECT_EXIT(load(index_, other), ExitedWithCode(2), "saved with n_experts = 4, but this model has n_experts = 8");
+}
+
+TEST_F(CheckpointErrors, UnknownFormatVersion) {
+    std::string p = copy_of(single_, "v99.h5");
+    hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
+    int64_t v = 99;
+    ASSERT_GE(H5Awrite(a, H5T_NATIVE_INT64, &v), 0);
+    H5Aclose(a);
+    H5Fclose(f);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "v99.h5: unknown format version 99 \\(this build reads version 1\\)");
+}
+
+TEST_F(CheckpointErrors, GarbageStoredConfig) {
+    std::string p = copy_of(single_, "cfg.h5");
+    hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(H5Adelete(f, "config"), 0);
+    const char *text = "d_model = banana\n";
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, strlen(text) + 1);
+    hid_t s = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(f, "config", t, s, H5P_DEFAULT, H5P_DEFAULT);
+    H5Awrite(a, t, text);
+    H5Aclose(a);
+    H5Sclose(s);
+    H5Tclose(t);
+    H5Fclose(f);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "stored config line 1: d_model = 'banana' is not valid");
+}
+
+TEST_F(CheckpointErrors, MissingPartFile) {
+    ASSERT_EQ(0, unlink((index_ + ".part-1-of-2").c_str()));
+    EXPECT_EXIT(load(index_, c_), ExitedWithCode(2), "part file .*index.h5.part-1-of-2 .* is missing");
+    EXPECT_EXIT(ckpt_verify(index_.c_str(), stdout), ExitedWithCode(2), "index.h5.part-1-of-2 .* is missing");
+}
+
+TEST_F(CheckpointErrors, PartFileOfAnotherSave) {
+    std::string old_index = copy_of(index_, "old_index");
+    save_index(index_);  // new parts under the same names
+    ASSERT_EQ(0, rename(old_index.c_str(), index_.c_str()));
+    EXPECT_EXIT(load(index_, c_), ExitedWithCode(2), "part-0-of-2: belongs to another save than the index");
+}
+
+TEST_F(CheckpointErrors, HostileVirtualMapping) {
+    // A virtual dataset that reaches outside the checkpoint's directory.
+    hid_t f = H5Fopen(index_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(H5Ldelete(f, "/model/embed", H5P_DEFAULT), 0);
+    const hsize_t dims[2] = {32, 16};
+    hid_t s = H5Screate_simple(2, dims, NULL);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    ASSERT_GE(H5Pset_virtual(dcpl, s, "../../elsewhere.h5", "/model/embed", s), 0);
+    hid_t d = H5Dcreate2(f, "/model/embed", H5T_IEEE_F32LE, s, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    ASSERT_GE(d, 0);
+    H5Dclose(d);
+    H5Pclose(dcpl);
+    H5Sclose(s);
+    H5Fclose(f);
+    EXPECT_EXIT(load(index_, c_), ExitedWithCode(2),
+                "/model/embed maps to '../../elsewhere.h5', which is not a part file name");
+}
+
+TEST_F(CheckpointErrors, VirtualDatasetInASingleFile) {
+    std::string p = copy_of(single_, "fakevirt.h5");
+    hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(H5Ldelete(f, "/model/embed", H5P_DEFAULT), 0);
+    const hsize_t dims[2] = {32, 16};
+    hid_t s = H5Screate_simple(2, dims, NULL);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    ASSERT_GE(H5Pset_virtual(dcpl, s, "other.h5", "/model/embed", s), 0);
+    H5Dclose(H5Dcreate2(f, "/model/embed", H5T_IEEE_F32LE, s, H5P_DEFAULT, dcpl, H5P_DEFAULT));
+    H5Pclose(dcpl);
+    H5Sclose(s);
+    H5Fclose(f);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "/model/embed is a virtual dataset, but the file is not an index");
+}
+
+// The test hook: the save is killed after its third dataset, as a crash or `kill -9` would.
+void kill_after_three(int written) {
+    if (written == 3) raise(SIGKILL);
+}
+
+std::vector<std::string> list_dir(const std::string &dir) {
+    std::vector<std::string> names;
+    DIR *d = opendir(dir.c_str());
+    for (struct dirent *e; (e = readdir(d));) names.push_back(e->d_name);
+    closedir(d);
+    return names;
+}
+
+TEST_F(CheckpointErrors, SaveKilledMidWriteLeavesThePreviousCheckpoint) {
+    State other = make_state(c_, 0, 1);
+    for (size_t i = 0; i < other.m->reg.total; i++) other.m->reg.data[i] += 1.0f;
+    CkptShard sh = ckpt_shard_of(other.m);
+    CkptState st;
+    memset(&st, 0, sizeof st);
+    const std::string next = dir_ + "/next.h5";
+    EXPECT_EXIT(
+        {
+            ckpt_set_save_hook(kill_after_three);
+            ckpt_save(next.c_str(), &sh, other.m, &other.o, &st, nullptr);
+        },
+        KilledBySignal(SIGKILL), "");
+    EXPECT_FALSE(file_exists(next));
+    // The killed save did start: its temporary file is there, under a name no loader takes.
+    bool tmp = false;
+    for (const std::string &n : list_dir(dir_)) tmp |= n.rfind("next.h5.tmp-", 0) == 0;
+    EXPECT_TRUE(tmp);
+    // Overwriting an existing checkpoint and dying leaves the old one whole.
+    EXPECT_EXIT(
+        {
+            ckpt_set_save_hook(kill_after_three);
+            ckpt_save(single_.c_str(), &sh, other.m, &other.o, &st, nullptr);
+        },
+        KilledBySignal(SIGKILL), "");
+    State want = make_state(c_, 0, 1), got = blank_state(c_, 0, 1);
+    ckpt_load(single_.c_str(), &sh, got.m, &got.o, nullptr);
+    expect_same(want, got);
+    ckpt_verify(single_.c_str(), stdout);
+    // A multi-part save that dies while writing the index publishes no index.
+    const std::string idx = dir_ + "/killed_index.h5";
+    EXPECT_EXIT(
+        {
+            for (int r = 0; r < 2; r++) {
+                State h = make_state(c_, r, 2);
+                CkptShard hs = ckpt_shard_of(h.m);
+                ckpt_save_part(idx.c_str(), &hs, h.m, &h.o);
+                if (r == 1) {
+                    ckpt_set_save_hook(kill_after_three);
+                    ckpt_save_index(idx.c_str(), 2, h.m, &h.o, &st, nullptr);
+                }
+            }
+        },
+        KilledBySignal(SIGKILL), "");
+    EXPECT_FALSE(file_exists(idx));
+    free_state(want);
+    free_state(got);
+    free_state(other);
+}
+
+}  // namespace

@@ -1,0 +1,317 @@
+// Checkpoint save and load: round trip of every tensor and state field, bit-exact resume of training,
+// resharding between expert-parallel layouts (EP 2 halves -> one process and back, and an EPLB plan
+// with replicas), the EPLB group, and pruning old checkpoints.
+#include "tests/checkpoints/ckpt_test_util.h"
+
+#include <string>
+#include <vector>
+
+using namespace ckpt_test;
+
+namespace {
+
+CkptState some_state() {
+    CkptState st;
+    st.step = 42;
+    st.data.epoch = 3;
+    st.data.index = 17;
+    st.rng = rng_stream(1234, 7);
+    st.rng.counter = 99;
+    return st;
+}
+
+TEST(Checkpoint, RoundTripRestoresEveryTensorAndState) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    State a = make_state(c, 0, 1);
+    std::vector<long> counts((size_t)c.L * c.E);
+    for (size_t i = 0; i < counts.size(); i++) counts[i] = (long)(i * 37 % 11);
+    CkptEplb eplb = {0, nullptr, counts.data()};
+    const std::string path = temp_dir() + "/a.h5";
+    CkptShard sh = ckpt_shard_of(a.m);
+    const CkptState st = some_state();
+    ckpt_save(path.c_str(), &sh, a.m, &a.o, &st, &eplb);
+    ASSERT_TRUE(file_exists(path));
+    EXPECT_FALSE(file_exists(path + ".tmp-" + std::to_string(getpid())));
+
+    State b = blank_state(c, 0, 1);
+    CkptState got;
+    memset(&got, 0, sizeof got);
+    ckpt_load(path.c_str(), &sh, b.m, &b.o, &got);
+    expect_same(a, b);
+    EXPECT_EQ(got.step, 42);
+    EXPECT_EQ(got.data.epoch, 3u);
+    EXPECT_EQ(got.data.index, 17u);
+    EXPECT_EQ(got.rng.seed, 1234u);
+    EXPECT_EQ(got.rng.stream, 7u);
+    EXPECT_EQ(got.rng.counter, 99u);
+
+    CkptEplb e;
+    ASSERT_EQ(ckpt_load_eplb(path.c_str(), &c, &e), 1);
+    EXPECT_EQ(e.phy2log, nullptr);  // no plan saved: identity placement
+    ASSERT_NE(e.counts, nullptr);
+    for (size_t i = 0; i < counts.size(); i++) EXPECT_EQ(e.counts[i], counts[i]);
+    ckpt_eplb_free(&e);
+
+    MoeConfig rc;
+    ckpt_read_config(path.c_str(), &rc);
+    EXPECT_EQ(rc.D, c.D);
+    EXPECT_EQ(rc.E, c.E);
+    EXPECT_EQ(rc.seed, c.seed);
+    EXPECT_EQ(rc.lr, c.lr);
+    free_state(a);
+    free_state(b);
+}
+
+TEST(Checkpoint, WeightsOnlyLoadLeavesOptimizerAlone) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    State a = make_state(c, 0, 1);
+    const std::string path = temp_dir() + "/w.h5";
+    CkptShard sh = ckpt_shard_of(a.m);
+    const CkptState st = some_state();
+    ckpt_save(path.c_str(), &sh, a.m, &a.o, &st, nullptr);
+    Model *m = model_create(&c, 0, 1);
+    ckpt_load(path.c_str(), &sh, m, nullptr, nullptr);
+    EXPECT_EQ(0, memcmp(m->reg.data, a.m->reg.data, m->reg.total * sizeof(float)));
+    CkptEplb e;
+    EXPECT_EQ(ckpt_load_eplb(path.c_str(), &c, &e), 0);  // no /eplb group at all
+    model_free(m);
+    free_state(a);
+}
+
+// Trains `steps` steps from `first` with train_step_tokens; returns the losses.
+std::vector<float> train(State &s, const MoeConfig &c, int first, int steps) {
+    std::vector<float> losses;
+    for (int k = first; k < first + steps; k++) {
+        std::vector<int> tok = step_tokens(c, k);
+        losses.push_back(train_step_tokens(s.m, &s.o, &c, k, tok.data()).loss);
+    }
+    return losses;
+}
+
+TEST(Checkpoint, ResumeIsBitIdenticalToAnUninterruptedRun) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    const int N = 4, M = 5;
+    State full = blank_state(c, 0, 1);
+    model_init_weights(full.m);
+    std::vector<float> want = train(full, c, 0, N + M);
+
+    State first = blank_state(c, 0, 1);
+    model_init_weights(first.m);
+    std::vector<float> got = train(first, c, 0, N);
+    const std::string path = temp_dir() + "/step_4.h5";
+    CkptShard sh = ckpt_shard_of(first.m);
+    CkptState st = some_state();
+    st.step = N;
+    ckpt_save(path.c_str(), &sh, first.m, &first.o, &st, nullptr);
+
+    // A fresh process: different initial weights, so everything must come from the file.
+    MoeConfig c2 = c;
+    c2.seed = 777;
+    State resumed = blank_state(c2, 0, 1);
+    model_init_weights(resumed.m);
+    resumed.m->cfg.seed = c.seed;
+    CkptState rs;
+    ckpt_load(path.c_str(), &sh, resumed.m, &resumed.o, &rs);
+    ASSERT_EQ(rs.step, N);
+    std::vector<float> rest = train(resumed, c, (int)rs.step, M);
+    got.insert(got.end(), rest.begin(), rest.end());
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t k = 0; k < want.size(); k++) EXPECT_EQ(got[k], want[k]) << "step " << k;
+    expect_same(full, resumed);
+    free_state(full);
+    free_state(first);
+    free_state(resumed);
+}
+
+// Saves the two EP halves of `c` as parts + index at path.
+void save_halves(const std::string &path, const MoeConfig &c, State h[2], const CkptState &st) {
+    for (int r = 0; r < 2; r++) {
+        CkptShard sh = ckpt_shard_of(h[r].m);
+        ckpt_save_part(path.c_str(), &sh, h[r].m, &h[r].o);
+    }
+    ckpt_save_index(path.c_str(), 2, h[0].m, &h[0].o, &st, nullptr);
+}
+
+TEST(Checkpoint, ReshardTwoHalvesIntoOneProcess) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    State h[2] = {make_state(c, 0, 2), make_state(c, 1, 2)};
+    const std::string dir = temp_dir(), path = dir + "/step_1.h5";
+    const CkptState st = some_state();
+    save_halves(path, c, h, st);
+    EXPECT_TRUE(file_exists(path + ".part-0-of-2"));
+    EXPECT_TRUE(file_exists(path + ".part-1-of-2"));
+
+    State want = make_state(c, 0, 1), got = blank_state(c, 0, 1);
+    CkptShard sh = ckpt_shard_of(got.m);
+    CkptState gs;
+    ckpt_load(path.c_str(), &sh, got.m, &got.o, &gs);
+    expect_same(want, got);
+    EXPECT_EQ(gs.step, st.step);
+
+    // And back into two halves, from the same index.
+    for (int r = 0; r < 2; r++) {
+        State back = blank_state(c, r, 2);
+        CkptShard bs = ckpt_shard_of(back.m);
+        ckpt_load(path.c_str(), &bs, back.m, &back.o, nullptr);
+        expect_same(h[r], back);
+        free_state(back);
+    }
+    // The index still loads from another working directory (parts are found next to it).
+    char cwd[4096];
+    ASSERT_NE(getcwd(cwd, sizeof cwd), nullptr);
+    ASSERT_EQ(0, chdir("/"));
+    State again = blank_state(c, 0, 1);
+    ckpt_load(path.c_str(), &sh, again.m, &again.o, nullptr);
+    ASSERT_EQ(0, chdir(cwd));
+    expect_same(want, again);
+    free_state(again);
+    free_state(want);
+    free_state(got);
+    free_state(h[0]);
+    free_state(h[1]);
+}
+
+TEST(Checkpoint, ReshardOneProcessIntoTwoHalves) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    State full = make_state(c, 0, 1);
+    const std::string path = temp_dir() + "/full.h5";
+    CkptShard sh = ckpt_shard_of(full.m);
+    const CkptState st = some_state();
+    ckpt_save(path.c_str(), &sh, full.m, &full.o, &st, nullptr);
+    for (int r = 0; r < 2; r++) {
+        State want = make_state(c, r, 2), got = blank_state(c, r, 2);
+        CkptShard hs = ckpt_shard_of(got.m);
+        ckpt_load(path.c_str(), &hs, got.m, &got.o, nullptr);
+        expect_same(want, got);
+        free_state(want);
+        free_state(got);
+    }
+    free_state(full);
+}
+
+// An EPLB placement with replicas: 8 slots over 2 ranks for 4 experts, a different plan per MoE
+// layer. Each "rank" is a one-process model (4 local rows) whose slots hold copies of the experts'
+// logical rows; only the lowest slot of each expert writes it.
+TEST(Checkpoint, ReshardThroughAnEplbPlanWithReplicas) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    const int R = 8;
+    std::vector<int> phy2log((size_t)c.L * R, -1);
+    const int plan[2][8] = {{2, 0, 1, 2, 3, 0, 1, 3}, {3, 3, 1, 0, 2, 1, 0, 2}};
+    for (int l = 1; l < c.L; l++)
+        for (int p = 0; p < R; p++) phy2log[(size_t)l * R + p] = plan[l - 1][p];
+    State ref = make_state(c, 0, 1);  // logical values
+    State ranks[2] = {blank_state(c, 0, 1), blank_state(c, 0, 1)};
+    CkptShard sh[2];
+    for (int r = 0; r < 2; r++) {
+        sh[r] = CkptShard{r, 2, r, 2, r == 0, 1, R, phy2log.data()};
+        // Place copies of the logical rows into this rank's slots.
+        for (int i = 0; i < ref.m->reg.n; i++) {
+            const ParamInfo *p = &ref.m->reg.p[i];
+            const size_t row = p->numel / (size_t)p->local_rows;
+            for (int g = 0; g < 3; g++) {
+                const float *src = (g == 0 ? ref.m->reg.data : g == 1 ? ref.o.m : ref.o.v) + p->offset;
+                float *dst = (g == 0 ? ranks[r].m->reg.data : g == 1 ? ranks[r].o.m : ranks[r].o.v) + p->offset;
+                if (p->kind != PARAM_EXPERT) {
+                    memcpy(dst, src, p->numel * sizeof(float));
+                    continue;
+                }
+                for (int s = 0; s < 4; s++)
+                    memcpy(dst + s * row, src + (size_t)phy2log[(size_t)p->layer * R + r * 4 + s] * row,
+                           row * sizeof(float));
+            }
+        }
+        ranks[r].o.t = ref.o.t;
+    }
+    const std::string path = temp_dir() + "/eplb.h5";
+    for (int r = 0; r < 2; r++) ckpt_save_part(path.c_str(), &sh[r], ranks[r].m, &ranks[r].o);
+    std::vector<long> counts((size_t)c.L * c.E, 5);
+    CkptEplb e = {R, phy2log.data(), counts.data()};
+    const CkptState st = some_state();
+    ckpt_save_index(path.c_str(), 2, ranks[0].m, &ranks[0].o, &st, &e);
+
+    State got = blank_state(c, 0, 1);
+    CkptShard id = ckpt_shard_of(got.m);
+    ckpt_load(path.c_str(), &id, got.m, &got.o, nullptr);
+    expect_same(ref, got);
+
+    // Loading back into the replica layout fills every slot, replicas included.
+    for (int r = 0; r < 2; r++) {
+        State back = blank_state(c, 0, 1);
+        ckpt_load(path.c_str(), &sh[r], back.m, &back.o, nullptr);
+        expect_same(ranks[r], back);
+        free_state(back);
+    }
+    CkptEplb le;
+    ASSERT_EQ(ckpt_load_eplb(path.c_str(), &c, &le), 1);
+    ASSERT_EQ(le.R, R);
+    for (size_t i = (size_t)R; i < phy2log.size(); i++) EXPECT_EQ(le.phy2log[i], phy2log[i]);
+    ckpt_eplb_free(&le);
+    free_state(got);
+    free_state(ref);
+    free_state(ranks[0]);
+    free_state(ranks[1]);
+}
+
+TEST(Checkpoint, PruneKeepsTheNewest) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    State s = make_state(c, 0, 1);
+    const std::string dir = temp_dir();
+    CkptShard sh = ckpt_shard_of(s.m);
+    CkptState st = some_state();
+    for (int k : {5, 10, 15, 20}) {
+        char path[512];
+        ckpt_step_path(dir.c_str(), k, path, sizeof path);
+        st.step = k;
+        ckpt_save(path, &sh, s.m, &s.o, &st, nullptr);
+    }
+    // A multi-part checkpoint at step 2 (older than all): its parts must go with it.
+    State h[2] = {make_state(c, 0, 2), make_state(c, 1, 2)};
+    save_halves(dir + "/step_2.h5", c, h, st);
+    ckpt_prune(dir.c_str(), 2);
+    EXPECT_FALSE(file_exists(dir + "/step_2.h5"));
+    EXPECT_FALSE(file_exists(dir + "/step_2.h5.part-0-of-2"));
+    EXPECT_FALSE(file_exists(dir + "/step_2.h5.part-1-of-2"));
+    EXPECT_FALSE(file_exists(dir + "/step_5.h5"));
+    EXPECT_FALSE(file_exists(dir + "/step_10.h5"));
+    EXPECT_TRUE(file_exists(dir + "/step_15.h5"));
+    EXPECT_TRUE(file_exists(dir + "/step_20.h5"));
+    ckpt_prune(dir.c_str(), 0);  // keep all
+    EXPECT_TRUE(file_exists(dir + "/step_15.h5"));
+    free_state(s);
+    free_state(h[0]);
+    free_state(h[1]);
+}
+
+TEST(Checkpoint, VerifyAndInspectASoundCheckpoint) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    State h[2] = {make_state(c, 0, 2), make_state(c, 1, 2)};
+    const std::string path = temp_dir() + "/v.h5";
+    save_halves(path, c, h, some_state());
+    char *buf = nullptr;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    ckpt_verify(path.c_str(), f);
+    ckpt_inspect(path.c_str(), f);
+    fclose(f);
+    std::string out(buf, len);
+    free(buf);
+    EXPECT_NE(out.find("sound"), std::string::npos) << out;
+    EXPECT_NE(out.find("all part files present"), std::string::npos) << out;
+    EXPECT_NE(out.find("index of 2 part files"), std::string::npos) << out;
+    EXPECT_NE(out.find("layers.1.experts.w1"), std::string::npos) << out;
+    EXPECT_NE(out.find("(4, 8, 16)"), std::string::npos) << out;
+    EXPECT_NE(out.find("step        42"), std::string::npos) << out;
+    EXPECT_NE(out.find("d_model = 16"), std::string::npos) << out;
+    free_state(h[0]);
+    free_state(h[1]);
+}
+
+}  // namespace

@@ -1,0 +1,123 @@
+// Helpers shared by the checkpoint tests: a tiny MoE config, temporary directories, a model and
+// optimizer state whose every value depends only on its logical identity (so that models of different
+// expert-parallel layouts hold comparable values), and tensor comparisons.
+#ifndef MOELAB_TESTS_CHECKPOINTS_CKPT_TEST_UTIL_H
+#define MOELAB_TESTS_CHECKPOINTS_CKPT_TEST_UTIL_H
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+extern "C" {
+#include "checkpoints/ckpt.h"
+#include "framework/core/log.h"
+#include "framework/core/rng.h"
+#include "framework/model.h"
+#include "framework/optimizer.h"
+#include "framework/train.h"
+}
+
+namespace ckpt_test {
+
+// Two MoE layers after one dense layer, 4 experts, one shared expert.
+inline MoeConfig tiny() {
+    MoeConfig c;
+    config_defaults(&c);
+    c.V = 32; c.D = 16; c.L = 3; c.H = 4; c.Hkv = 2; c.T = 8; c.n_dense_layers = 1;
+    c.F = 24; c.E = 4; c.K = 2; c.S = 1; c.Fe = 8; c.batch_size = 2; c.seed = 5;
+    c.steps = 12; c.warmup_steps = 3; c.bias_rate = 0.01f; c.balance_alpha = 0.01f;
+    return c;
+}
+
+// A fresh directory under $TEST_TMPDIR (Bazel) or /tmp.
+inline std::string temp_dir() {
+    const char *base = getenv("TEST_TMPDIR");
+    std::string tmpl = std::string(base ? base : "/tmp") + "/moelab_ckpt_XXXXXX";
+    if (!mkdtemp(&tmpl[0])) abort();
+    return tmpl;
+}
+
+inline bool file_exists(const std::string &p) {
+    struct stat sb;
+    return stat(p.c_str(), &sb) == 0;
+}
+
+// A value that depends on (tensor name, logical element index, salt) only.
+inline float logical_value(const char *name, size_t logical_index, uint32_t salt) {
+    uint32_t h = rng_name_hash(name) ^ (salt * 0x9E3779B9u);
+    uint64_t x = ((uint64_t)h << 32) ^ (uint64_t)logical_index;
+    x = (x ^ (x >> 31)) * 0x7FB5D329728EA185ull;
+    x = (x ^ (x >> 27)) * 0x81DADEF4BC2DD44Dull;
+    return (float)((double)(x >> 40) / (double)(1ull << 24)) - 0.5f;
+}
+
+// Fills `buf` (values or a moment of m's registry) with logical_value, through m's expert slots.
+inline void fill_logical(const Model *m, float *buf, uint32_t salt) {
+    for (int i = 0; i < m->reg.n; i++) {
+        const ParamInfo *p = &m->reg.p[i];
+        size_t row = p->numel / (size_t)p->local_rows;
+        size_t first = p->kind == PARAM_EXPERT ? (size_t)m->ep_rank * (size_t)m->n_local : 0;
+        for (size_t j = 0; j < p->numel; j++)
+            buf[p->offset + j] = logical_value(p->name, first * row + j, salt);
+    }
+}
+
+// A model of the given EP layout with every value (weights, biases, moments) set by identity.
+struct State {
+    Model *m;
+    AdamW o;
+};
+
+inline State make_state(const MoeConfig &c, int ep_rank, int ep_size) {
+    State s;
+    s.m = model_create(&c, ep_rank, ep_size);
+    fill_logical(s.m, s.m->reg.data, 1);
+    adamw_init(&s.o, &s.m->reg);
+    fill_logical(s.m, s.o.m, 2);
+    fill_logical(s.m, s.o.v, 3);
+    s.o.t = 7;
+    return s;
+}
+
+inline State blank_state(const MoeConfig &c, int ep_rank, int ep_size) {
+    State s;
+    s.m = model_create(&c, ep_rank, ep_size);
+    adamw_init(&s.o, &s.m->reg);
+    return s;
+}
+
+inline void free_state(State &s) {
+    adamw_free(&s.o);
+    model_free(s.m);
+}
+
+// Every tensor of a and b bit-identical (same layout).
+inline void expect_same(const State &a, const State &b) {
+    ASSERT_EQ(a.m->reg.total, b.m->reg.total);
+    for (int i = 0; i < a.m->reg.n; i++) {
+        const ParamInfo *p = &a.m->reg.p[i];
+        const size_t n = p->numel * sizeof(float);
+        EXPECT_EQ(0, memcmp(a.m->reg.data + p->offset, b.m->reg.data + p->offset, n)) << p->name;
+        if (p->kind == PARAM_BUFFER) continue;
+        EXPECT_EQ(0, memcmp(a.o.m + p->offset, b.o.m + p->offset, n)) << "m of " << p->name;
+        EXPECT_EQ(0, memcmp(a.o.v + p->offset, b.o.v + p->offset, n)) << "v of " << p->name;
+    }
+    EXPECT_EQ(a.o.t, b.o.t);
+}
+
+// Deterministic tokens for training step `step`: (A, B, T + 1).
+inline std::vector<int> step_tokens(const MoeConfig &c, int step) {
+    std::vector<int> t((size_t)c.grad_accum * c.batch_size * (c.T + 1));
+    RngStream r = rng_stream(99, (uint32_t)step);
+    for (int &x : t) x = (int)(rng_next_u32(&r) % (uint32_t)c.V);
+    return t;
+}
+
+}  // namespace ckpt_test
+
+#endif
