@@ -1,4 +1,4 @@
-"""cuda_library: compiles .cu files with nvcc (sm_90 machine code plus compute_90 PTX) into a cc_library.
+"""cuda_library: .cu files compiled by nvcc (sm_90 machine code plus compute_90 PTX) as a cc_library.
 
 Each .cu becomes one genrule (nvcc -c) whose object feeds a cc_library. The genrules are tagged
 manual and the objects are selected on //:cuda, so a build without --config=cuda never runs nvcc and

@@ -31,7 +31,8 @@ void core_cuda_check_indices(const int *idx, long n, int limit, const char *what
 }
 
 void core_cuda_check_at(int err, const char *file, int line, const char *expr) {
-    if (err != 0) core_fatal_at(file, line, CORE_EXIT_FAILURE, "%s failed (%d): " NO_CUDA, expr, err);
+    if (err != 0)
+        core_fatal_at(file, line, CORE_EXIT_FAILURE, "%s failed (%d): " NO_CUDA, expr, err);
 }
 
 void core_cublas_check_at(int status, const char *file, int line, const char *expr) {

@@ -2,9 +2,9 @@
 
 nvcc is looked up as $CUDA_PATH/bin/nvcc, then on PATH; the toolkit root is the folder above its
 bin/. The repository exposes:
-  :nvcc       the compiler (a script that fails with a clear message in the stub)
+  :nvcc       the compiler (in the stub, a script that fails with a clear message)
   :headers    the toolkit's top-level headers (cuda_runtime.h, cublas_v2.h, ...)
-  :cudart, :cublas, :cublasLt, :nccl   link flags for the shared libraries, with an rpath
+  :cudart, :cublas, :cublasLt, :nccl   the shared libraries (link flags with an rpath)
   defs.bzl    CUDA_FOUND, CUDA_ROOT, NVCC (the compiler's absolute path: nvcc finds its own
               tools, cicc and ptxas, relative to where it really lives, so it is called there)
 The stub keeps every name, so a build without --config=cuda loads this package on any machine
@@ -27,54 +27,59 @@ def _first_dir_with(rctx, dirs, name):
             return d
     return None
 
-def _lib_target(name, libdir, lib):
-    if not libdir:
-        return "cc_library(name = \"%s\")\n" % name
-    return ("cc_library(\n    name = \"%s\",\n    linkopts = [\"-L%s\", \"-Wl,-rpath,%s\", \"-l%s\"],\n)\n" %
-            (name, libdir, libdir, lib))
+def _cc(name, hdrs = "[]", includes = [], linkopts = []):
+    """The text of one cc_library; hdrs is Starlark text (a list or a glob)."""
+    return "cc_library(\n    name = %r,\n    hdrs = %s,\n    includes = %r,\n    linkopts = %r,\n)\n" % (
+        name,
+        hdrs,
+        includes,
+        linkopts,
+    )
+
+def _link(libdir, lib):
+    return ["-L" + libdir, "-Wl,-rpath," + libdir, "-l" + lib]
+
+def _write(rctx, build, found, root, nvcc):
+    head = "package(default_visibility = [\"//visibility:public\"])\n\nexports_files([\"nvcc\"])\n\n"
+    rctx.file("BUILD", head + build)
+    rctx.file("defs.bzl", "CUDA_FOUND = %r\nCUDA_ROOT = %r\nNVCC = %r\n" % (found, root, nvcc))
 
 def _stub(rctx, why):
     rctx.file("nvcc", "#!/bin/sh\necho 'moelab: error: %s' >&2\nexit 1\n" % why, executable = True)
-    build = "# Stub: %s\npackage(default_visibility = [\"//visibility:public\"])\n" % why
-    build += "exports_files([\"nvcc\"])\n"
-    build += "cc_library(name = \"headers\")\n"
-    for lib in _LIBS + ["nccl"]:
-        build += "cc_library(name = \"%s\")\n" % lib
-    rctx.file("BUILD", build)
-    rctx.file("defs.bzl", "CUDA_FOUND = False\nCUDA_ROOT = \"\"\nNVCC = \"%s\"\n" % rctx.path("nvcc"))
+    build = "# Stub: %s\n" % why
+    for lib in ["headers", "nccl"] + _LIBS:
+        build += _cc(lib)
+    _write(rctx, build, False, "", str(rctx.path("nvcc")))
 
 def _cuda_configure_impl(rctx):
     nvcc = _find_nvcc(rctx)
     if nvcc == None:
-        _stub(rctx, "nvcc not found (PATH, $CUDA_PATH): install the CUDA toolkit to build with --config=cuda")
+        _stub(rctx, "nvcc not found (PATH, $CUDA_PATH): install the CUDA toolkit to build " +
+                    "with --config=cuda")
         return
     root = str(nvcc.dirname.dirname)
-    libdir = _first_dir_with(rctx, [root + "/lib64", root + "/lib", root + "/targets/x86_64-linux/lib"], "libcudart.so")
+    lib_dirs = [root + "/lib64", root + "/lib", root + "/targets/x86_64-linux/lib"]
+    libdir = _first_dir_with(rctx, lib_dirs, "libcudart.so")
     if libdir == None:
         _stub(rctx, "libcudart.so not found under " + root)
         return
 
-    # NCCL ships apart from the toolkit: next to it, or from the distribution's packages.
-    nccl_dirs = [libdir, "/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/lib"]
-    nccl_libdir = _first_dir_with(rctx, nccl_dirs, "libnccl.so")
-    nccl_incdir = _first_dir_with(rctx, [root + "/include", "/usr/include", "/usr/local/include"], "nccl.h")
-
     rctx.symlink(nvcc, "nvcc")
     rctx.symlink(root + "/include", "include")
     build = "# The CUDA toolkit at %s (found by third_party/cuda/cuda_configure.bzl).\n" % root
-    build += "package(default_visibility = [\"//visibility:public\"])\n"
-    build += "exports_files([\"nvcc\"])\n"
-    build += "cc_library(\n    name = \"headers\",\n    hdrs = glob([\"include/*.h\", \"include/crt/*\"]),\n    includes = [\"include\"],\n)\n"
+    build += _cc("headers", "glob([\"include/*.h\", \"include/crt/*\"])", ["include"])
     for lib in _LIBS:
-        build += _lib_target(lib, libdir, lib)
+        build += _cc(lib, linkopts = _link(libdir, lib))
+
+    # NCCL ships apart from the toolkit: next to it, or from the distribution's packages.
+    nccl_libdir = _first_dir_with(rctx, [libdir, "/usr/lib/x86_64-linux-gnu", "/usr/lib64"], "libnccl.so")
+    nccl_incdir = _first_dir_with(rctx, [root + "/include", "/usr/include", "/usr/local/include"], "nccl.h")
     if nccl_libdir and nccl_incdir:
         rctx.symlink(nccl_incdir + "/nccl.h", "nccl_include/nccl.h")
-        build += ("cc_library(\n    name = \"nccl\",\n    hdrs = [\"nccl_include/nccl.h\"],\n    includes = [\"nccl_include\"],\n    linkopts = [\"-L%s\", \"-Wl,-rpath,%s\", \"-lnccl\"],\n)\n" %
-                  (nccl_libdir, nccl_libdir))
+        build += _cc("nccl", "[\"nccl_include/nccl.h\"]", ["nccl_include"], _link(nccl_libdir, "nccl"))
     else:
-        build += "# NCCL (libnccl.so and nccl.h) was not found: :nccl is empty.\ncc_library(name = \"nccl\")\n"
-    rctx.file("BUILD", build)
-    rctx.file("defs.bzl", "CUDA_FOUND = True\nCUDA_ROOT = \"%s\"\nNVCC = \"%s\"\n" % (root, nvcc))
+        build += "# NCCL (libnccl.so and nccl.h) was not found: :nccl is empty.\n" + _cc("nccl")
+    _write(rctx, build, True, root, str(nvcc))
 
 cuda_configure = repository_rule(
     implementation = _cuda_configure_impl,

@@ -1,0 +1,79 @@
+// Fused softmax cross-entropy on the GPU (see crossentropy_cuda.h): one block per row. The forward
+// reads the row once, keeping a running (max, Σ exp) pair per thread that the block then merges,
+// so large logits cannot overflow; the backward recomputes softmax from the saved lse.
+#include "layers/crossentropy_cuda.h"
+
+#define THREADS 256
+
+template <typename T>
+__global__ void crossentropy_forward_kernel(float *losses, float *lse, const T *logits,
+                                            const int *targets, int V) {
+    const T *z = logits + (size_t)blockIdx.x * V;
+    float m = -INFINITY, s = 0.0f;
+    for (int i = threadIdx.x; i < V; i += THREADS) {
+        float x = core_ld(z + i);
+        if (x > m) {
+            s = s * expf(m - x) + 1.0f;
+            m = x;
+        } else {
+            s += expf(x - m);
+        }
+    }
+    float M = core_block_max(m);
+    // A thread that saw no element (V < THREADS) holds m = −inf and adds nothing.
+    float S = core_block_sum(m == -INFINITY ? 0.0f : s * expf(m - M));
+    if (threadIdx.x == 0) {
+        float l = M + logf(S);
+        lse[blockIdx.x] = l;
+        losses[blockIdx.x] = l - core_ld(z + targets[blockIdx.x]);
+    }
+}
+
+template <typename T>
+__global__ void crossentropy_backward_kernel(T *dlogits, const T *logits, const float *lse,
+                                             const int *targets, float dloss, int V) {
+    size_t row = (size_t)blockIdx.x * V;
+    float l = lse[blockIdx.x];
+    int target = targets[blockIdx.x];
+    for (int i = threadIdx.x; i < V; i += THREADS) {
+        float g = dloss * expf(core_ld(logits + row + i) - l) - (i == target ? dloss : 0.0f);
+        core_st(dlogits + row + i, core_ld(dlogits + row + i) + g);
+    }
+}
+
+template <typename T>
+static void forward(float *losses, float *lse, const void *logits, const int *targets, int N,
+                    int V) {
+    crossentropy_forward_kernel<T><<<N, THREADS, 0, core_stream()>>>(losses, lse,
+                                                                     (const T *)logits, targets,
+                                                                     V);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+static void backward(void *dlogits, const void *logits, const float *lse, const int *targets,
+                     float dloss, int N, int V) {
+    crossentropy_backward_kernel<T><<<N, THREADS, 0, core_stream()>>>(
+        (T *)dlogits, (const T *)logits, lse, targets, dloss, V);
+    CUDA_CHECK_LAUNCH();
+}
+
+static void crossentropy_check(const int *targets, int N, int V) {
+    CHECK(N >= 0 && V > 0, "crossentropy: bad shape N=%d V=%d", N, V);
+    core_cuda_check_indices(targets, N, V, "crossentropy: target");
+}
+
+void crossentropy_cuda_forward(CoreDtype dt, float *losses, float *lse, const void *logits,
+                               const int *targets, int N, int V) {
+    crossentropy_check(targets, N, V);
+    if (N == 0) return;
+    CORE_DTYPE_CALL(dt, forward, losses, lse, logits, targets, N, V);
+}
+
+void crossentropy_cuda_backward_input(CoreDtype dt, void *dlogits, const void *logits,
+                                      const float *lse, const int *targets, float dloss, int N,
+                                      int V) {
+    crossentropy_check(targets, N, V);
+    if (N == 0) return;
+    CORE_DTYPE_CALL(dt, backward, dlogits, logits, lse, targets, dloss, N, V);
+}

@@ -1,0 +1,24 @@
+// Softmax cross-entropy on the GPU: the calls of crossentropy.h on device pointers. logits and
+// dlogits are of dtype dt; losses and lse are fp32; targets are device ints, checked against
+// [0, V) before use (a synchronizing check).
+#ifndef MOELAB_LAYERS_CROSSENTROPY_CUDA_H
+#define MOELAB_LAYERS_CROSSENTROPY_CUDA_H
+
+#include "framework/core/cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// losses (N) = lse − logits[target], lse (N) saved; logits (N, V), targets (N) in [0, V).
+void crossentropy_cuda_forward(CoreDtype dt, float *losses, float *lse, const void *logits,
+                               const int *targets, int N, int V);
+// dlogits (N, V) += dloss · (softmax(logits) − onehot(target)).
+void crossentropy_cuda_backward_input(CoreDtype dt, void *dlogits, const void *logits,
+                                      const float *lse, const int *targets, float dloss, int N,
+                                      int V);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

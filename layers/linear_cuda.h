@@ -1,0 +1,27 @@
+// Linear layer on the GPU through cuBLAS (cublasGemmEx): the calls of linear.h on device pointers.
+// Operands (inp, W, dout, dinp) are of dtype dt; every product accumulates in fp32. The forward
+// may write fp32 from bf16 operands (out_dt = CORE_F32: router logits, LM-head logits); weight
+// gradients are always fp32.
+#ifndef MOELAB_LAYERS_LINEAR_CUDA_H
+#define MOELAB_LAYERS_LINEAR_CUDA_H
+
+#include "framework/core/cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// out (N, OC) of dtype out_dt (dt or CORE_F32) = inp (N, IC) · W (OC, IC)ᵀ
+void linear_cuda_forward(CoreDtype dt, CoreDtype out_dt, void *out, const void *inp, const void *W,
+                         int N, int IC, int OC);
+// dinp (N, IC) += dout (N, OC) · W (OC, IC)
+void linear_cuda_backward_input(CoreDtype dt, void *dinp, const void *dout, const void *W, int N,
+                                int IC, int OC);
+// dW (OC, IC, fp32) += dout (N, OC)ᵀ · inp (N, IC)
+void linear_cuda_backward_weight(CoreDtype dt, float *dW, const void *dout, const void *inp, int N,
+                                 int IC, int OC);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,33 @@
+// The MoE layer's data movement on the GPU: the local dispatcher's plan (a stable sort of the
+// N·K (token, choice) pairs by expert, as moe_local_dispatch.c), the permute into contiguous
+// per-expert rows, the un-permute back, and the gate-weighted combine. Row data is of dtype dt;
+// idx, row_of and counts are device ints; gates are fp32.
+#ifndef MOELAB_LAYERS_MOE_CUDA_H
+#define MOELAB_LAYERS_MOE_CUDA_H
+
+#include "framework/core/cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// counts (E) = pairs routed to each expert; row_of (N, K) = the expert-side row of each pair, rows
+// ordered by expert, then token, then choice. idx (N, K) is checked against [0, E) first (a
+// synchronizing check).
+void moe_cuda_plan(int *row_of, int *counts, const int *idx, int N, int K, int E);
+// rows (N·K, D) ← home rows. per_choice = 0: src is (N, D), each pair's row is its token's;
+// per_choice = 1: src is (N, K, D), one row per pair.
+void moe_cuda_permute(CoreDtype dt, void *rows, const void *src, int per_choice,
+                      const int *row_of, int N, int K, int D);
+// dst (N, K, D) ← rows (N·K, D): each pair gets its expert-side row back.
+void moe_cuda_unpermute(CoreDtype dt, void *dst, const void *rows, const int *row_of, int N,
+                        int K, int D);
+// y (N, D) = Σ_k gates (N, K)[t, k] · rows[row_of[t, k]], the choices added in order k = 0..K-1.
+// Overwrites y.
+void moe_cuda_combine(CoreDtype dt, void *y, const void *rows, const float *gates,
+                      const int *row_of, int N, int K, int D);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

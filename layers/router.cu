@@ -1,0 +1,146 @@
+// Top-k router on the GPU (see router_cuda.h). Forward, in one kernel with one warp per token:
+// scores, then K rounds of a warp-wide arg-max over score + bias in which equal keys go to the
+// lower expert id (the tie rule of router.c), then the gates. The keys live in shared memory, so
+// E is bounded only by it.
+#include "layers/router_cuda.h"
+
+#define WARPS 4  // tokens per block
+
+// The better of two (key, id) candidates: the larger key, and on equal keys the lower id.
+__device__ __forceinline__ bool router_better(float k1, int i1, float k2, int i2) {
+    return k1 > k2 || (k1 == k2 && i1 < i2);
+}
+
+__global__ void router_forward_kernel(float *scores, int *idx, float *gates, const float *logits,
+                                      const float *bias, int N, int E, int K, int softmax,
+                                      int norm_topk, float route_scale) {
+    extern __shared__ float key_smem[];  // (WARPS, E)
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int t = blockIdx.x * WARPS + w;
+    if (t >= N) return;
+    float *key = key_smem + (size_t)w * E;
+    const float *l = logits + (size_t)t * E;
+    float *s = scores + (size_t)t * E;
+    // Scores; softmax subtracts the row max so that expf stays finite.
+    float mx = -INFINITY;
+    if (softmax)
+        for (int i = lane; i < E; i += 32) mx = fmaxf(mx, l[i]);
+    mx = core_warp_max(mx);
+    float sum = 0.0f;
+    for (int i = lane; i < E; i += 32) {
+        float e = softmax ? expf(l[i] - mx) : 1.0f / (1.0f + expf(-l[i]));
+        key[i] = e;
+        sum += e;
+    }
+    float inv = softmax ? 1.0f / core_warp_sum(sum) : 1.0f;
+    for (int i = lane; i < E; i += 32) {
+        float si = softmax ? key[i] * inv : key[i];
+        s[i] = si;
+        float ki = si + (bias ? bias[i] : 0.0f);
+        key[i] = isnan(ki) ? -INFINITY : ki;  // a NaN key would never win, and K must be chosen
+    }
+    __syncwarp();
+    // K rounds of arg-max; each lane scans its experts in increasing id, so a strict > keeps the
+    // lowest id among its equal keys, and router_better keeps it across lanes. Every untaken key
+    // beats the start candidate (−inf, E), and a taken key, set to NaN, beats nothing.
+    int *id = idx + (size_t)t * K;
+    float *g = gates + (size_t)t * K;
+    float z = 0.0f;
+    for (int k = 0; k < K; k++) {
+        float bk = -INFINITY;
+        int bi = E;
+        for (int i = lane; i < E; i += 32)
+            if (router_better(key[i], i, bk, bi)) {
+                bk = key[i];
+                bi = i;
+            }
+        for (int o = 16; o > 0; o >>= 1) {
+            float ok = __shfl_xor_sync(0xffffffffu, bk, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (router_better(ok, oi, bk, bi)) {
+                bk = ok;
+                bi = oi;
+            }
+        }
+        __syncwarp();
+        if (lane == 0) {
+            id[k] = bi;
+            key[bi] = NAN;
+        }
+        __syncwarp();
+        z += s[bi];
+    }
+    // Gates in choice order, z summed in that order as on the CPU.
+    float scale = norm_topk ? route_scale / z : route_scale;
+    for (int k = lane; k < K; k += 32) g[k] = s[id[k]] * scale;
+}
+
+// One warp per token: ds (E) = dscores + the gate terms, then back through sigmoid or softmax.
+__global__ void router_backward_kernel(float *dlogits, const float *dgates, const float *dscores,
+                                       const float *scores, const int *idx, int N, int E, int K,
+                                       int softmax, int norm_topk, float route_scale) {
+    extern __shared__ float ds_smem[];  // (WARPS, E)
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int t = blockIdx.x * WARPS + w;
+    if (t >= N) return;
+    float *ds = ds_smem + (size_t)w * E;
+    const float *s = scores + (size_t)t * E;
+    const int *id = idx + (size_t)t * K;
+    const float *dg = dgates + (size_t)t * K;
+    for (int i = lane; i < E; i += 32) ds[i] = dscores ? dscores[(size_t)t * E + i] : 0.0f;
+    __syncwarp();
+    // g_k = rs · s_k / z (z ≡ 1 without norm_topk): ∂L/∂s_k = rs · (dg_k / z − Σ_j dg_j s_j / z²).
+    // Lane 0 alone, in choice order: K is small and the sums then match the CPU's order.
+    if (lane == 0) {
+        float z = 1.0f, dot = 0.0f;
+        if (norm_topk) {
+            z = 0.0f;
+            for (int k = 0; k < K; k++) {
+                z += s[id[k]];
+                dot += dg[k] * s[id[k]];
+            }
+        }
+        for (int k = 0; k < K; k++)
+            ds[id[k]] += route_scale * (dg[k] / z - (norm_topk ? dot / (z * z) : 0.0f));
+    }
+    __syncwarp();
+    float *dl = dlogits + (size_t)t * E;
+    if (!softmax) {
+        for (int i = lane; i < E; i += 32) dl[i] += ds[i] * s[i] * (1.0f - s[i]);
+        return;
+    }
+    float sds = 0.0f;
+    for (int i = lane; i < E; i += 32) sds += ds[i] * s[i];
+    sds = core_warp_sum(sds);
+    for (int i = lane; i < E; i += 32) dl[i] += s[i] * (ds[i] - sds);
+}
+
+static size_t router_smem(const RouterCfg *c) {
+    CHECK(c->E >= 1 && c->K >= 1 && c->K <= c->E, "router: need 1 <= K <= E, got E = %d, K = %d",
+          c->E, c->K);
+    size_t bytes = (size_t)WARPS * c->E * sizeof(float);
+    CHECK(bytes <= 48 * 1024, "router: E = %d experts exceed the kernel's shared memory", c->E);
+    return bytes;
+}
+
+void router_cuda_forward(float *scores, int *idx, float *gates, const float *logits,
+                         const float *bias, const RouterCfg *c, int N) {
+    size_t smem = router_smem(c);
+    CHECK(N >= 0, "router: bad token count %d", N);
+    if (N == 0) return;
+    router_forward_kernel<<<core_blocks(N, WARPS), WARPS * 32, smem, core_stream()>>>(
+        scores, idx, gates, logits, bias, N, c->E, c->K, c->softmax, c->norm_topk,
+        c->route_scale);
+    CUDA_CHECK_LAUNCH();
+}
+
+void router_cuda_backward_input(float *dlogits, const float *dgates, const float *dscores,
+                                const float *scores, const int *idx, const RouterCfg *c, int N) {
+    size_t smem = router_smem(c);
+    CHECK(N >= 0, "router: bad token count %d", N);
+    if (N == 0) return;
+    router_backward_kernel<<<core_blocks(N, WARPS), WARPS * 32, smem, core_stream()>>>(
+        dlogits, dgates, dscores, scores, idx, N, c->E, c->K, c->softmax, c->norm_topk,
+        c->route_scale);
+    CUDA_CHECK_LAUNCH();
+}

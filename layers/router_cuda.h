@@ -1,0 +1,25 @@
+// Top-k router on the GPU: router_forward and router_backward_input of router.h on device
+// pointers, each one kernel (one warp per token). Router logits, scores and gates stay fp32 (the
+// choice of experts is sensitive to rounding); idx is device ints.
+#ifndef MOELAB_LAYERS_ROUTER_CUDA_H
+#define MOELAB_LAYERS_ROUTER_CUDA_H
+
+#include "framework/core/cuda.h"
+#include "layers/router.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// scores (N, E) from logits (N, E); idx (N, K) the chosen experts in descending order of
+// score + bias (ties: lower id first); gates (N, K) in the same order. bias (E) may be NULL.
+void router_cuda_forward(float *scores, int *idx, float *gates, const float *logits,
+                         const float *bias, const RouterCfg *c, int N);
+// dlogits (N, E) += ∂L/∂logits given dgates (N, K) and dscores (N, E) (dscores may be NULL).
+void router_cuda_backward_input(float *dlogits, const float *dgates, const float *dscores,
+                                const float *scores, const int *idx, const RouterCfg *c, int N);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,21 @@
+// SwiGLU's elementwise gate on the GPU: the calls swiglu_act_* of swiglu.h on device pointers of
+// dtype dt. The three GEMMs around it are linear_cuda_* calls (layers/linear_cuda.h).
+#ifndef MOELAB_LAYERS_SWIGLU_CUDA_H
+#define MOELAB_LAYERS_SWIGLU_CUDA_H
+
+#include "framework/core/cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// h (n) = silu(a) ⊙ b
+void swiglu_cuda_act_forward(CoreDtype dt, void *h, const void *a, const void *b, long n);
+// da, db (n) += gradients given dh (n)
+void swiglu_cuda_act_backward(CoreDtype dt, void *da, void *db, const void *dh, const void *a,
+                              const void *b, long n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

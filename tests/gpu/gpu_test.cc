@@ -1,0 +1,601 @@
+// GPU kernels (layers/*.cu, framework/core/cuda.cu) against the CPU layers (layers/*.c) on fresh
+// random inputs, in fp32 and bf16. Error = ‖gpu − cpu‖ / ‖cpu‖: fp32 must stay far below 1e-3,
+// bf16 below 1e-2, and a NaN anywhere fails. Outputs that a call overwrites are poisoned with NaN
+// first (an element the kernel misses fails); outputs that it accumulates into start random.
+// The CPU side reads the same values the GPU holds (inputs rounded to bf16 where the GPU has bf16).
+// Runs on a GPU machine only (tagged manual): see tools/gpu_run.sh.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+extern "C" {
+#include "framework/core/cuda.h"
+#include "framework/core/config.h"
+#include "framework/core/log.h"
+#include "framework/optimizer.h"
+#include "framework/params.h"
+#include "layers/adamw_cuda.h"
+#include "layers/attention.h"
+#include "layers/attention_cuda.h"
+#include "layers/crossentropy.h"
+#include "layers/crossentropy_cuda.h"
+#include "layers/embedding.h"
+#include "layers/embedding_cuda.h"
+#include "layers/linear.h"
+#include "layers/linear_cuda.h"
+#include "layers/moe.h"
+#include "layers/moe_cuda.h"
+#include "layers/rmsnorm.h"
+#include "layers/rmsnorm_cuda.h"
+#include "layers/rope.h"
+#include "layers/rope_cuda.h"
+#include "layers/router.h"
+#include "layers/router_cuda.h"
+#include "layers/swiglu.h"
+#include "layers/swiglu_cuda.h"
+}
+
+namespace {
+
+using Vec = std::vector<float>;
+using IVec = std::vector<int>;
+
+const CoreDtype kDtypes[] = {CORE_F32, CORE_BF16};
+
+const char *dname(CoreDtype dt) { return dt == CORE_BF16 ? "bf16" : "fp32"; }
+
+// A GPU buffer that frees itself.
+struct Buf {
+    void *p;
+    explicit Buf(size_t bytes) : p(core_device_alloc(CORE_CUDA, bytes)) {}
+    ~Buf() { core_device_free(CORE_CUDA, p); }
+    Buf(const Buf &) = delete;
+    Buf &operator=(const Buf &) = delete;
+    float *f() const { return (float *)p; }
+    int *i() const { return (int *)p; }
+};
+using BufP = std::unique_ptr<Buf>;
+
+// n values uniform in [lo, hi) from their own seed: every check draws fresh numbers.
+uint32_t g_seed = 12345;
+Vec rnd(size_t n, float lo = -1.0f, float hi = 1.0f) {
+    std::mt19937 gen(g_seed++);
+    std::uniform_real_distribution<float> u(lo, hi);
+    Vec v(n);
+    for (auto &x : v) x = u(gen);
+    return v;
+}
+IVec rnd_int(size_t n, int limit) {
+    std::mt19937 gen(g_seed++);
+    IVec v(n);
+    for (auto &x : v) x = (int)(gen() % (uint32_t)limit);
+    return v;
+}
+
+// Puts h on the GPU as dtype dt and rounds h to the values the GPU holds.
+BufP put(Vec &h, CoreDtype dt) {
+    size_t n = h.size();
+    Buf f32(n * sizeof(float));
+    core_copy(f32.p, CORE_CUDA, h.data(), CORE_CPU, n * sizeof(float));
+    BufP b(new Buf(n * core_dtype_size(dt)));
+    core_cuda_convert(b->p, dt, f32.p, CORE_F32, (long)n);
+    core_cuda_convert(f32.p, CORE_F32, b->p, dt, (long)n);
+    core_copy(h.data(), CORE_CPU, f32.p, CORE_CUDA, n * sizeof(float));
+    return b;
+}
+BufP put_f32(Vec &h) { return put(h, CORE_F32); }
+BufP put_int(const IVec &h) {
+    BufP b(new Buf(h.size() * sizeof(int)));
+    core_copy(b->p, CORE_CUDA, h.data(), CORE_CPU, h.size() * sizeof(int));
+    return b;
+}
+// n elements of dtype dt, every one a NaN.
+BufP poisoned(size_t n, CoreDtype dt) {
+    BufP b(new Buf(n * core_dtype_size(dt)));
+    core_cuda_memset(b->p, 0xFF, n * core_dtype_size(dt));
+    return b;
+}
+Vec get(const Buf &b, CoreDtype dt, size_t n) {
+    Buf f32(n * sizeof(float));
+    core_cuda_convert(f32.p, CORE_F32, b.p, dt, (long)n);
+    Vec h(n);
+    core_copy(h.data(), CORE_CPU, f32.p, CORE_CUDA, n * sizeof(float));
+    return h;
+}
+Vec get_f32(const Buf &b, size_t n) { return get(b, CORE_F32, n); }
+IVec get_int(const Buf &b, size_t n) {
+    IVec h(n);
+    core_copy(h.data(), CORE_CPU, b.p, CORE_CUDA, n * sizeof(int));
+    return h;
+}
+
+// ‖out − ref‖ / ‖ref‖ in double; +inf if out holds a NaN or an infinity.
+double rel_err(const Vec &out, const Vec &ref) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref.size(); i++) {
+        if (!std::isfinite(out[i])) return INFINITY;
+        double d = (double)out[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+// The bound for a result of dtype dt: fp32 far below 1e-3, bf16 below 1e-2. fp32 results of a
+// long fp32 sum (a GEMM's K, a softmax over V) may differ from the CPU's order by more than one
+// rounding, hence 1e-5 rather than a few ulps.
+double tol(CoreDtype dt) { return dt == CORE_BF16 ? 1e-2 : 1e-5; }
+
+// Checks one result and prints its error (the numbers docs/gpu.md reports).
+#define EXPECT_CLOSE(out, ref, dt, what)                                                      \
+    do {                                                                                      \
+        double e_ = rel_err(out, ref);                                                        \
+        printf("  %-40s %s  rel err %.2e\n", what, dname(dt), e_);                            \
+        EXPECT_LT(e_, tol(dt)) << what << " (" << dname(dt) << ")";                           \
+    } while (0)
+
+class Gpu : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        GTEST_FLAG_SET(death_test_style, "threadsafe");  // a forked child cannot use CUDA
+        ASSERT_TRUE(core_cuda_available()) << "no GPU is visible (or this build has no CUDA)";
+        core_cuda_init(0);
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The plumbing and the checker itself.
+
+TEST_F(Gpu, AllocatorZeroFillsAndCopiesBothWays) {
+    Buf b(1000 * sizeof(float));
+    Vec z = get_f32(b, 1000);
+    for (float x : z) ASSERT_EQ(x, 0.0f);
+    Vec h = rnd(1000), back(1000);
+    core_copy(b.p, CORE_CUDA, h.data(), CORE_CPU, h.size() * sizeof(float));
+    Buf c(1000 * sizeof(float));
+    core_copy(c.p, CORE_CUDA, b.p, CORE_CUDA, h.size() * sizeof(float));
+    core_copy(back.data(), CORE_CPU, c.p, CORE_CUDA, h.size() * sizeof(float));
+    EXPECT_EQ(0, memcmp(h.data(), back.data(), h.size() * sizeof(float)));
+}
+
+TEST_F(Gpu, Bf16ConversionRoundsToNearestEven) {
+    // 1 + 2^-8 lies halfway between bf16 neighbours 1 and 1 + 2^-7: it goes to the even one (1);
+    // 1 + 3·2^-8 goes up to 1 + 2^-6; 1 + 2^-8 + 2^-20 is past halfway and goes up.
+    Vec h = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 1.0f + 0x1p-8f + 0x1p-20f, -2.5f};
+    put(h, CORE_BF16);
+    EXPECT_EQ(h[0], 1.0f);
+    EXPECT_EQ(h[1], 1.0f + 0x1p-6f);
+    EXPECT_EQ(h[2], 1.0f + 0x1p-7f);
+    EXPECT_EQ(h[3], -2.5f);
+}
+
+TEST_F(Gpu, CheckerFailsOnNaNAndOnWrongValues) {
+    Vec ref = rnd(100), out = ref;
+    EXPECT_EQ(rel_err(out, ref), 0.0);
+    out[7] = NAN;
+    EXPECT_EQ(rel_err(out, ref), INFINITY);
+    out = ref;
+    out[7] += 1.0f;
+    EXPECT_GT(rel_err(out, ref), tol(CORE_BF16));
+    // A poisoned buffer reads back as NaN in both dtypes.
+    for (CoreDtype dt : kDtypes) EXPECT_TRUE(std::isnan(get(*poisoned(3, dt), dt, 3)[1]));
+}
+
+TEST_F(Gpu, DeviceSelection) {
+    EXPECT_EQ(core_device_select("cpu", 0), CORE_CPU);
+    EXPECT_EQ(core_device_select("cuda", 0), CORE_CUDA);
+    EXPECT_EXIT(core_device_select("tpu", 0), ::testing::ExitedWithCode(2),
+                "--device tpu: expected cpu or cuda");
+}
+
+TEST_F(Gpu, FailedCudaCallNamesTheCallAndTheError) {
+    const int cuda_error_memory_allocation = 2;  // cudaErrorMemoryAllocation
+    EXPECT_EXIT(CUDA_CHECK(cuda_error_memory_allocation), ::testing::ExitedWithCode(1),
+                "gpu_test.cc:[0-9]+: cuda_error_memory_allocation failed: out of memory");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense layers.
+
+TEST_F(Gpu, RmsNorm) {
+    const int shapes[][2] = {{300, 200}, {64, 1024}};
+    for (auto &sh : shapes) {
+        int N = sh[0], D = sh[1];
+        for (CoreDtype dt : kDtypes) {
+            Vec x = rnd((size_t)N * D, -2, 2), g = rnd(D, 0.5f, 1.5f), dy = rnd((size_t)N * D);
+            Vec dx = rnd((size_t)N * D), dg = rnd(D);
+            BufP dX = put(x, dt), dG = put(g, dt), dDy = put(dy, dt), dDx = put(dx, dt);
+            BufP dDg = put_f32(dg);
+            BufP dOut = poisoned((size_t)N * D, dt), dR = poisoned(N, CORE_F32);
+            Vec out(x.size()), r(N);
+            rmsnorm_forward(out.data(), r.data(), x.data(), g.data(), N, D, 1e-5f);
+            rmsnorm_backward_input(dx.data(), dy.data(), x.data(), g.data(), r.data(), N, D);
+            rmsnorm_backward_weight(dg.data(), dy.data(), x.data(), r.data(), N, D);
+            rmsnorm_cuda_forward(dt, dOut->p, dR->f(), dX->p, dG->p, N, D, 1e-5f);
+            rmsnorm_cuda_backward_input(dt, dDx->p, dDy->p, dX->p, dG->p, dR->f(), N, D);
+            rmsnorm_cuda_backward_weight(dt, dDg->f(), dDy->p, dX->p, dR->f(), N, D);
+            EXPECT_CLOSE(get(*dOut, dt, out.size()), out, dt, "rmsnorm forward");
+            EXPECT_CLOSE(get_f32(*dR, N), r, CORE_F32, "rmsnorm rstd");
+            EXPECT_CLOSE(get(*dDx, dt, dx.size()), dx, dt, "rmsnorm backward_input");
+            EXPECT_CLOSE(get_f32(*dDg, D), dg, CORE_F32, "rmsnorm backward_weight");
+        }
+    }
+}
+
+TEST_F(Gpu, Rope) {
+    const int B = 3, T = 50, nh = 6, N = B * T;
+    for (int hd : {16, 64}) {
+        for (CoreDtype dt : kDtypes) {
+            size_t n = (size_t)N * nh * hd;
+            Vec x = rnd(n), dy = rnd(n), dx = rnd(n);
+            BufP dX = put(x, dt), dDy = put(dy, dt), dDx = put(dx, dt), dOut = poisoned(n, dt);
+            Vec out(n);
+            rope_forward(out.data(), x.data(), N, T, nh, hd, 10000.0f);
+            rope_backward_input(dx.data(), dy.data(), N, T, nh, hd, 10000.0f);
+            rope_cuda_forward(dt, dOut->p, dX->p, N, T, nh, hd, 10000.0f);
+            rope_cuda_backward_input(dt, dDx->p, dDy->p, N, T, nh, hd, 10000.0f);
+            EXPECT_CLOSE(get(*dOut, dt, n), out, dt, "rope forward");
+            EXPECT_CLOSE(get(*dDx, dt, n), dx, dt, "rope backward_input");
+            // In place, as the engine applies it to q and k.
+            rope_cuda_forward(dt, dX->p, dX->p, N, T, nh, hd, 10000.0f);
+            EXPECT_CLOSE(get(*dX, dt, n), out, dt, "rope forward in place");
+        }
+    }
+}
+
+TEST_F(Gpu, SwigluGate) {
+    const long n = 100003;
+    for (CoreDtype dt : kDtypes) {
+        Vec a = rnd(n, -4, 4), b = rnd(n), dh = rnd(n), da = rnd(n), db = rnd(n);
+        BufP dA = put(a, dt), dB = put(b, dt), dDh = put(dh, dt), dDa = put(da, dt),
+             dDb = put(db, dt), dH = poisoned(n, dt);
+        Vec h(n);
+        swiglu_act_forward(h.data(), a.data(), b.data(), n);
+        swiglu_act_backward(da.data(), db.data(), dh.data(), a.data(), b.data(), n);
+        swiglu_cuda_act_forward(dt, dH->p, dA->p, dB->p, n);
+        swiglu_cuda_act_backward(dt, dDa->p, dDb->p, dDh->p, dA->p, dB->p, n);
+        EXPECT_CLOSE(get(*dH, dt, n), h, dt, "swiglu gate forward");
+        EXPECT_CLOSE(get(*dDa, dt, n), da, dt, "swiglu gate backward da");
+        EXPECT_CLOSE(get(*dDb, dt, n), db, dt, "swiglu gate backward db");
+    }
+}
+
+TEST_F(Gpu, CrossEntropy) {
+    const int shapes[][2] = {{64, 1000}, {8, 32768}, {5, 100}};
+    for (auto &sh : shapes) {
+        int N = sh[0], V = sh[1];
+        for (CoreDtype dt : kDtypes) {
+            Vec z = rnd((size_t)N * V, -6, 6), dz = rnd((size_t)N * V, -1e-3f, 1e-3f);
+            IVec tg = rnd_int(N, V);
+            BufP dZ = put(z, dt), dDz = put(dz, dt), dT = put_int(tg);
+            BufP dL = poisoned(N, CORE_F32), dLse = poisoned(N, CORE_F32);
+            Vec loss(N), lse(N);
+            crossentropy_forward(loss.data(), lse.data(), z.data(), tg.data(), N, V);
+            crossentropy_backward_input(dz.data(), z.data(), lse.data(), tg.data(), 1.0f / N, N,
+                                        V);
+            crossentropy_cuda_forward(dt, dL->f(), dLse->f(), dZ->p, dT->i(), N, V);
+            crossentropy_cuda_backward_input(dt, dDz->p, dZ->p, dLse->f(), dT->i(), 1.0f / N, N,
+                                             V);
+            EXPECT_CLOSE(get_f32(*dL, N), loss, CORE_F32, "crossentropy losses");
+            EXPECT_CLOSE(get_f32(*dLse, N), lse, CORE_F32, "crossentropy lse");
+            EXPECT_CLOSE(get(*dDz, dt, dz.size()), dz, dt, "crossentropy backward_input");
+        }
+    }
+}
+
+TEST_F(Gpu, CrossEntropyRejectsATargetOutsideTheVocabulary) {
+    IVec tg = {1, 2, 10, 3};
+    Vec z = rnd(4 * 10);
+    BufP dZ = put_f32(z), dT = put_int(tg);
+    BufP dL = poisoned(4, CORE_F32), dLse = poisoned(4, CORE_F32);
+    EXPECT_EXIT(crossentropy_cuda_forward(CORE_F32, dL->f(), dLse->f(), dZ->p, dT->i(), 4, 10),
+                ::testing::ExitedWithCode(1), "crossentropy: target 10 at position 2 is outside");
+}
+
+TEST_F(Gpu, Embedding) {
+    const int N = 500, V = 50, D = 96;  // many repeated tokens: the backward must add them all
+    for (CoreDtype dt : kDtypes) {
+        Vec table = rnd((size_t)V * D), dy = rnd((size_t)N * D), dtab = rnd((size_t)V * D);
+        IVec tok = rnd_int(N, V);
+        BufP dTab = put(table, dt), dDy = put(dy, dt), dTok = put_int(tok), dDtab = put_f32(dtab);
+        BufP dOut = poisoned((size_t)N * D, dt);
+        Vec out((size_t)N * D);
+        embedding_forward(out.data(), tok.data(), table.data(), N, V, D);
+        embedding_backward_weight(dtab.data(), dy.data(), tok.data(), N, V, D);
+        embedding_cuda_forward(dt, dOut->p, dTok->i(), dTab->p, N, V, D);
+        embedding_cuda_backward_weight(dt, dDtab->f(), dDy->p, dTok->i(), N, V, D);
+        EXPECT_CLOSE(get(*dOut, dt, out.size()), out, dt, "embedding forward");
+        EXPECT_CLOSE(get_f32(*dDtab, dtab.size()), dtab, CORE_F32, "embedding backward_weight");
+    }
+    IVec bad = {3, 7, -1};
+    BufP dBad = put_int(bad), dOut = poisoned(3 * D, CORE_F32), dTab = poisoned((size_t)V * D,
+                                                                                CORE_F32);
+    EXPECT_EXIT(embedding_cuda_forward(CORE_F32, dOut->p, dBad->i(), dTab->p, 3, V, D),
+                ::testing::ExitedWithCode(1), "embedding: token -1 at position 2 is outside");
+}
+
+TEST_F(Gpu, Linear) {
+    const int shapes[][3] = {{100, 96, 80}, {256, 1024, 512}, {1, 33, 7}};
+    for (auto &sh : shapes) {
+        int N = sh[0], IC = sh[1], OC = sh[2];
+        for (CoreDtype dt : kDtypes) {
+            Vec x = rnd((size_t)N * IC), W = rnd((size_t)OC * IC, -0.1f, 0.1f);
+            Vec dy = rnd((size_t)N * OC), dx = rnd((size_t)N * IC), dW = rnd((size_t)OC * IC);
+            BufP dX = put(x, dt), dWt = put(W, dt), dDy = put(dy, dt), dDx = put(dx, dt);
+            BufP dDW = put_f32(dW), dOut = poisoned((size_t)N * OC, dt);
+            BufP dOut32 = poisoned((size_t)N * OC, CORE_F32);
+            Vec out((size_t)N * OC);
+            linear_forward(out.data(), x.data(), W.data(), N, IC, OC);
+            linear_backward_input(dx.data(), dy.data(), W.data(), N, IC, OC);
+            linear_backward_weight(dW.data(), dy.data(), x.data(), N, IC, OC);
+            linear_cuda_forward(dt, dt, dOut->p, dX->p, dWt->p, N, IC, OC);
+            linear_cuda_forward(dt, CORE_F32, dOut32->p, dX->p, dWt->p, N, IC, OC);
+            linear_cuda_backward_input(dt, dDx->p, dDy->p, dWt->p, N, IC, OC);
+            linear_cuda_backward_weight(dt, dDW->f(), dDy->p, dX->p, N, IC, OC);
+            EXPECT_CLOSE(get(*dOut, dt, out.size()), out, dt, "linear forward");
+            EXPECT_CLOSE(get_f32(*dOut32, out.size()), out, CORE_F32, "linear forward, fp32 out");
+            EXPECT_CLOSE(get(*dDx, dt, dx.size()), dx, dt, "linear backward_input");
+            EXPECT_CLOSE(get_f32(*dDW, dW.size()), dW, CORE_F32, "linear backward_weight");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention: the CPU layer keeps (B, H, T, T) probabilities, the GPU one lse only.
+
+TEST_F(Gpu, AttentionForwardAndBackward) {
+    const int B = 2, T = 100, H = 4, Hkv = 2;  // T not a multiple of the 32-row tiles
+    for (int hd : {16, 32, 64, 128}) {
+        for (CoreDtype dt : kDtypes) {
+            size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd;
+            Vec q = rnd(nq, -2, 2), k = rnd(nk, -2, 2), v = rnd(nk), dy = rnd(nq);
+            Vec dq = rnd(nq), dk = rnd(nk), dv = rnd(nk);
+            BufP dQ = put(q, dt), dK = put(k, dt), dV = put(v, dt), dDy = put(dy, dt);
+            BufP dDq = put(dq, dt), dDk = put(dk, dt), dDv = put(dv, dt);
+            BufP dOut = poisoned(nq, dt), dLse = poisoned((size_t)B * H * T, CORE_F32);
+            BufP dDelta = poisoned((size_t)B * H * T, CORE_F32);
+            Vec out(nq), att((size_t)B * H * T * T);
+            attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, Hkv,
+                              hd);
+            attention_backward_input(dq.data(), dk.data(), dv.data(), dy.data(), q.data(),
+                                     k.data(), v.data(), att.data(), B, T, H, Hkv, hd);
+            // lse reference in double, straight from the definition.
+            Vec lse((size_t)B * H * T);
+            for (int b = 0; b < B; b++)
+                for (int h = 0; h < H; h++)
+                    for (int t = 0; t < T; t++) {
+                        std::vector<double> s(t + 1);
+                        double mx = -INFINITY, sum = 0;
+                        for (int u = 0; u <= t; u++) {
+                            double d = 0;
+                            for (int i = 0; i < hd; i++)
+                                d += (double)q[(((size_t)b * T + t) * H + h) * hd + i] *
+                                     k[(((size_t)b * T + u) * Hkv + h / (H / Hkv)) * hd + i];
+                            s[u] = d / std::sqrt((double)hd);
+                            mx = std::max(mx, s[u]);
+                        }
+                        for (double x : s) sum += std::exp(x - mx);
+                        lse[((size_t)b * H + h) * T + t] = (float)(mx + std::log(sum));
+                    }
+            attention_cuda_forward(dt, dOut->p, dLse->f(), dQ->p, dK->p, dV->p, B, T, H, Hkv, hd);
+            attention_cuda_backward_input(dt, dDq->p, dDk->p, dDv->p, dDy->p, dQ->p, dK->p, dV->p,
+                                          dOut->p, dLse->f(), dDelta->f(), B, T, H, Hkv, hd);
+            char what[64];
+            snprintf(what, sizeof what, "attention hd=%d forward", hd);
+            EXPECT_CLOSE(get(*dOut, dt, nq), out, dt, what);
+            snprintf(what, sizeof what, "attention hd=%d lse", hd);
+            EXPECT_CLOSE(get_f32(*dLse, lse.size()), lse, CORE_F32, what);
+            snprintf(what, sizeof what, "attention hd=%d dq", hd);
+            EXPECT_CLOSE(get(*dDq, dt, nq), dq, dt, what);
+            snprintf(what, sizeof what, "attention hd=%d dk", hd);
+            EXPECT_CLOSE(get(*dDk, dt, nk), dk, dt, what);
+            snprintf(what, sizeof what, "attention hd=%d dv", hd);
+            EXPECT_CLOSE(get(*dDv, dt, nk), dv, dt, what);
+        }
+    }
+}
+
+TEST_F(Gpu, AttentionBackwardIsBitIdenticalRunToRun) {
+    const int B = 1, T = 80, H = 4, Hkv = 1, hd = 32;
+    size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd;
+    Vec q = rnd(nq), k = rnd(nk), v = rnd(nk), dy = rnd(nq);
+    BufP dQ = put_f32(q), dK = put_f32(k), dV = put_f32(v), dDy = put_f32(dy);
+    BufP dOut = poisoned(nq, CORE_F32), dLse = poisoned((size_t)B * H * T, CORE_F32);
+    BufP dDelta = poisoned((size_t)B * H * T, CORE_F32);
+    attention_cuda_forward(CORE_F32, dOut->p, dLse->f(), dQ->p, dK->p, dV->p, B, T, H, Hkv, hd);
+    Vec first;
+    for (int run = 0; run < 2; run++) {
+        Buf dq(nq * 4), dk(nk * 4), dv(nk * 4);
+        attention_cuda_backward_input(CORE_F32, dq.p, dk.p, dv.p, dDy->p, dQ->p, dK->p, dV->p,
+                                      dOut->p, dLse->f(), dDelta->f(), B, T, H, Hkv, hd);
+        Vec all = get_f32(dq, nq), kk = get_f32(dk, nk), vv = get_f32(dv, nk);
+        all.insert(all.end(), kk.begin(), kk.end());
+        all.insert(all.end(), vv.begin(), vv.end());
+        if (run == 0) first = all;
+        else EXPECT_EQ(0, memcmp(first.data(), all.data(), all.size() * sizeof(float)));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Router and MoE data movement.
+
+// Router outputs against the CPU. The chosen ids must match exactly, except for tokens whose
+// K-th and (K+1)-th keys on the CPU are so close (< 1e-5) that one ulp of expf may swap them.
+void router_case(int N, const RouterCfg &c, bool all_equal, bool with_bias) {
+    int E = c.E, K = c.K;
+    Vec l = all_equal ? Vec((size_t)N * E, 0.3f) : rnd((size_t)N * E, -3, 3);
+    Vec bias = with_bias ? rnd(E, -0.05f, 0.05f) : Vec(E, 0.0f);
+    BufP dL = put_f32(l), dBias = put_f32(bias);
+    BufP dS = poisoned((size_t)N * E, CORE_F32), dG = poisoned((size_t)N * K, CORE_F32);
+    BufP dIdx = put_int(IVec((size_t)N * K, -1));
+    Vec s((size_t)N * E), g((size_t)N * K);
+    IVec idx((size_t)N * K);
+    router_forward(s.data(), idx.data(), g.data(), l.data(), with_bias ? bias.data() : NULL, &c, N);
+    router_cuda_forward(dS->f(), dIdx->i(), dG->f(), dL->f(), with_bias ? dBias->f() : NULL, &c, N);
+    IVec gidx = get_int(*dIdx, idx.size());
+    int skipped = 0;
+    for (int t = 0; t < N; t++) {
+        // The CPU's keys sorted, to find near-ties at the top-K boundary.
+        std::vector<float> key(E);
+        for (int i = 0; i < E; i++) key[i] = s[(size_t)t * E + i] + bias[i];
+        std::vector<float> sorted = key;
+        std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+        bool near_tie = false;
+        for (int j = 0; j + 1 < E && j < K; j++)
+            near_tie |= sorted[j] != sorted[j + 1] && sorted[j] - sorted[j + 1] < 1e-5f;
+        if (near_tie) {
+            skipped++;
+            continue;
+        }
+        for (int k = 0; k < K; k++)
+            ASSERT_EQ(gidx[(size_t)t * K + k], idx[(size_t)t * K + k])
+                << "token " << t << " choice " << k;
+    }
+    EXPECT_LT(skipped, N / 10) << "too many near-ties to test the choice";
+    Vec gs = get_f32(*dS, s.size()), gg = get_f32(*dG, g.size());
+    EXPECT_CLOSE(gs, s, CORE_F32, "router scores");
+    // Gates of skipped tokens may belong to other experts: compare the others only.
+    Vec gg_cmp, g_cmp;
+    for (int t = 0; t < N; t++)
+        if (std::equal(idx.begin() + (size_t)t * K, idx.begin() + (size_t)(t + 1) * K,
+                       gidx.begin() + (size_t)t * K))
+            for (int k = 0; k < K; k++) {
+                gg_cmp.push_back(gg[(size_t)t * K + k]);
+                g_cmp.push_back(g[(size_t)t * K + k]);
+            }
+    EXPECT_CLOSE(gg_cmp, g_cmp, CORE_F32, "router gates");
+
+    // Backward from the CPU's own routing (idx, scores) so both sides differentiate one choice.
+    Vec dg = rnd((size_t)N * K), dsc = rnd((size_t)N * E), dl = rnd((size_t)N * E);
+    BufP dDg = put_f32(dg), dDs = put_f32(dsc), dDl = put_f32(dl), dSc = put_f32(s);
+    BufP dI = put_int(idx);
+    router_backward_input(dl.data(), dg.data(), dsc.data(), s.data(), idx.data(), &c, N);
+    router_cuda_backward_input(dDl->f(), dDg->f(), dDs->f(), dSc->f(), dI->i(), &c, N);
+    EXPECT_CLOSE(get_f32(*dDl, dl.size()), dl, CORE_F32, "router backward_input");
+}
+
+TEST_F(Gpu, Router) {
+    for (int softmax : {0, 1})
+        for (int norm : {0, 1}) {
+            RouterCfg c = {64, 6, softmax, norm, 2.5f};
+            router_case(500, c, false, true);
+        }
+    RouterCfg wide = {160, 8, 0, 1, 1.0f};  // E beyond one expert per lane
+    router_case(200, wide, false, true);
+    RouterCfg all = {16, 16, 1, 1, 1.0f};  // K = E
+    router_case(50, all, false, false);
+}
+
+TEST_F(Gpu, RouterTiesGoToTheLowerExpertId) {
+    RouterCfg c = {40, 5, 0, 1, 1.0f};
+    router_case(20, c, true, false);  // all scores equal: the CPU picks 0..4, so must the GPU
+    Vec l(40, 0.3f);
+    BufP dL = put_f32(l), dS = poisoned(40, CORE_F32), dG = poisoned(5, CORE_F32);
+    BufP dIdx = put_int(IVec(5, -1));
+    router_cuda_forward(dS->f(), dIdx->i(), dG->f(), dL->f(), NULL, &c, 1);
+    EXPECT_EQ(get_int(*dIdx, 5), (IVec{0, 1, 2, 3, 4}));
+}
+
+TEST_F(Gpu, MoePermuteUnpermuteCombine) {
+    const int N = 300, K = 4, E = 16, D = 40;
+    for (CoreDtype dt : kDtypes) {
+        // Experts 3 and 11 receive nothing: empty ranges are ordinary.
+        IVec idx = rnd_int((size_t)N * K, E);
+        for (int &e : idx)
+            if (e == 3 || e == 11) e = 5;
+        Vec x = rnd((size_t)N * D), xk = rnd((size_t)N * K * D), gates = rnd((size_t)N * K);
+        BufP dIdx = put_int(idx), dX = put(x, dt), dXk = put(xk, dt), dGates = put_f32(gates);
+        MoeDispatcher *d = moe_local_dispatcher_create(E);
+        IVec counts(E);
+        int n_rows;
+        MoeDispatchPlan *p = d->plan(d, idx.data(), N, K, &n_rows, counts.data());
+        Vec rows((size_t)n_rows * D), rows_k((size_t)n_rows * D), back((size_t)N * K * D);
+        d->to_experts(d, p, x.data(), 0, rows.data(), D);
+        d->to_experts(d, p, xk.data(), 1, rows_k.data(), D);
+        d->from_experts(d, p, rows_k.data(), back.data(), D);
+        d->release(d, p);
+        d->destroy(d);
+        Vec y((size_t)N * D, 0.0f);
+        for (int t = 0; t < N; t++)
+            for (int k = 0; k < K; k++)
+                for (int i = 0; i < D; i++)
+                    y[(size_t)t * D + i] +=
+                        gates[(size_t)t * K + k] * back[((size_t)t * K + k) * D + i];
+
+        BufP dRowOf = put_int(IVec((size_t)N * K, -1)), dCounts = put_int(IVec(E, -1));
+        moe_cuda_plan(dRowOf->i(), dCounts->i(), dIdx->i(), N, K, E);
+        EXPECT_EQ(get_int(*dCounts, E), counts);
+        BufP dRows = poisoned(rows.size(), dt), dRowsK = poisoned(rows.size(), dt);
+        BufP dBack = poisoned(back.size(), dt), dY = poisoned(y.size(), dt);
+        moe_cuda_permute(dt, dRows->p, dX->p, 0, dRowOf->i(), N, K, D);
+        moe_cuda_permute(dt, dRowsK->p, dXk->p, 1, dRowOf->i(), N, K, D);
+        moe_cuda_unpermute(dt, dBack->p, dRowsK->p, dRowOf->i(), N, K, D);
+        moe_cuda_combine(dt, dY->p, dRowsK->p, dGates->f(), dRowOf->i(), N, K, D);
+        // Moving rows is exact.
+        EXPECT_EQ(get(*dRows, dt, rows.size()), rows) << dname(dt);
+        EXPECT_EQ(get(*dRowsK, dt, rows.size()), rows_k) << dname(dt);
+        EXPECT_EQ(get(*dBack, dt, back.size()), back) << dname(dt);
+        EXPECT_CLOSE(get(*dY, dt, y.size()), y, dt, "moe combine");
+    }
+    IVec bad = {0, 1, 16, 2};
+    BufP dBad = put_int(bad), dRowOf = poisoned(4, CORE_F32), dCounts = poisoned(16, CORE_F32);
+    EXPECT_EXIT(moe_cuda_plan(dRowOf->i(), dCounts->i(), dBad->i(), 2, 2, 16),
+                ::testing::ExitedWithCode(1), "moe: expert id 16 at position 2 is outside");
+}
+
+// ---------------------------------------------------------------------------------------------
+// AdamW against framework/optimizer.c on a small parameter registry (a matrix with weight decay,
+// a vector without), three steps with fresh gradients each.
+
+TEST_F(Gpu, AdamW) {
+    MoeConfig c;
+    config_defaults(&c);
+    ParamRegistry r;
+    memset(&r, 0, sizeof r);
+    // Sizes in multiples of 16 floats: the registry then leaves no alignment gaps between them.
+    int64_t mat[2] = {37, 48}, vec[1] = {304};
+    params_add(&r, "w", 0, PARAM_DENSE, 2, mat, 37, 0.02f, 0.0f);
+    params_add(&r, "g", 0, PARAM_DENSE, 1, vec, 304, 0.0f, 1.0f);
+    ASSERT_EQ(r.total, (size_t)(37 * 48 + 304));
+    params_allocate(&r);
+    size_t n = r.total;
+    Vec p0 = rnd(n);
+    memcpy(r.data, p0.data(), n * sizeof(float));
+    AdamW o;
+    adamw_init(&o, &r);
+    BufP dP = put_f32(p0), dM(new Buf(n * 4)), dV(new Buf(n * 4));
+    BufP dLow = poisoned(n, CORE_BF16);
+    const float lr = 3e-3f;
+    for (int step = 1; step <= 3; step++) {
+        Vec g = rnd(n, -0.5f, 0.5f);
+        memcpy(r.grad, g.data(), n * sizeof(float));
+        BufP dGr = put_f32(g);
+        adamw_step(&o, &r, &c, lr);
+        AdamwHyper h = {lr, c.beta1, c.beta2, c.adam_eps, c.weight_decay, step};
+        for (int i = 0; i < r.n; i++) {
+            const ParamInfo *pi = &r.p[i];
+            adamw_cuda_step(dP->f() + pi->offset, dGr->f() + pi->offset, dM->f() + pi->offset,
+                            dV->f() + pi->offset, (long)pi->numel, &h, pi->decay,
+                            (uint16_t *)dLow->p + pi->offset, CORE_BF16);
+        }
+    }
+    Vec p(r.data, r.data + n), m(o.m, o.m + n), v(o.v, o.v + n);
+    Vec gp = get_f32(*dP, n);
+    EXPECT_CLOSE(gp, p, CORE_F32, "adamw params (3 steps)");
+    EXPECT_CLOSE(get_f32(*dM, n), m, CORE_F32, "adamw first moment");
+    EXPECT_CLOSE(get_f32(*dV, n), v, CORE_F32, "adamw second moment");
+    // The compute copy is the fp32 result rounded to bf16.
+    Vec low = get(*dLow, CORE_BF16, n), gp_rounded = gp;
+    put(gp_rounded, CORE_BF16);
+    EXPECT_EQ(low, gp_rounded);
+    adamw_free(&o);
+    params_free(&r);
+}
+
+}  // namespace
