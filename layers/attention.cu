@@ -74,7 +74,7 @@ attention_forward_kernel(T *out, float *lse, const T *q, const T *k, const T *v,
         __syncthreads();
         float sc[TILE];
         float mt = m;
-#pragma unroll
+        #pragma unroll
         for (int c = 0; c < TILE; c++) {
             float s = 0.0f;
             #pragma unroll
@@ -88,7 +88,7 @@ attention_forward_kernel(T *out, float *lse, const T *q, const T *k, const T *v,
         l *= corr;
         #pragma unroll
         for (int j = 0; j < HD / LANES; j++) o[j] *= corr;
-#pragma unroll
+        #pragma unroll
         for (int c = 0; c < TILE; c++) {
             float p = expf(sc[c] - mt);
             l += p;
@@ -145,7 +145,7 @@ attention_dkdv_kernel(T *dk, T *dv, const T *dout, const T *q, const T *k, const
                 dels[threadIdx.x] = t < Tseq ? delta[at] : 0.0f;
             }
             __syncthreads();
-    #pragma unroll
+        #pragma unroll
         for (int c = 0; c < TILE; c++) {
                 int t = q0 + c;
                 float s = 0.0f, dp = 0.0f;
@@ -192,7 +192,7 @@ attention_dq_kernel(T *dq, const T *dout, const T *q, const T *k, const T *v, co
         load_tile<T, HD>(ks, k, b, k0, Tseq, Hkv, g);
         load_tile<T, HD>(vs, v, b, k0, Tseq, Hkv, g);
         __syncthreads();
-#pragma unroll
+        #pragma unroll
         for (int c = 0; c < TILE; c++) {
             float s = 0.0f, dp = 0.0f;
             #pragma unroll

@@ -32,9 +32,9 @@ __global__ void router_forward_kernel(float *scores, int *idx, float *gates, con
         key[i] = e;
         sum += e;
     }
-    float inv = softmax ? 1.0f / core_warp_sum(sum) : 1.0f;
+    float total = softmax ? core_warp_sum(sum) : 1.0f;
     for (int i = lane; i < E; i += 32) {
-        float si = softmax ? key[i] * inv : key[i];
+        float si = softmax ? key[i] / total : key[i];
         s[i] = si;
         float ki = si + (bias ? bias[i] : 0.0f);
         key[i] = isnan(ki) ? -INFINITY : ki;  // a NaN key would never win, and K must be chosen

@@ -52,7 +52,11 @@ static void *cuda_alloc(size_t bytes) {
     return p;
 }
 
-static void cuda_free(void *p) { CUDA_CHECK(cudaFree(p)); }
+// Kernels still queued on the stream may read p: let them finish first.
+static void cuda_free(void *p) {
+    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+    CUDA_CHECK(cudaFree(p));
+}
 
 static void cuda_copy(void *dst, CoreDevice dd, const void *src, CoreDevice sd, size_t bytes) {
     cudaMemcpyKind kind = dd == CORE_CUDA ? (sd == CORE_CUDA ? cudaMemcpyDeviceToDevice

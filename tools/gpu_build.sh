@@ -1,0 +1,41 @@
+#!/bin/bash
+# Builds the GPU test binary and moelab with --config=cuda on this machine (nvcc needed, no GPU)
+# and copies them into .dist/ (git-ignored), ready to carry to the GPU machine, which has no Bazel;
+# tools/gpu_run.sh runs them there. The GPU machine has CUDA, OpenBLAS, OpenMPI and HDF5
+# (ARCHITECTURE.md §9); for one that lacks some, --with-libs also copies the libraries the binaries
+# name directly (not CUDA's) into .dist/lib, which gpu_run.sh uses only for what is missing there.
+# Mind the 64 MiB a device call may carry: OpenBLAS alone is about 35 MB.
+#   usage: tools/gpu_build.sh [--output_base DIR] [--with-libs]   (DIR: a private output base)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bazel=(bazel)
+with_libs=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --output_base) bazel+=(--output_base="$2"); shift 2 ;;
+        --with-libs) with_libs=1; shift ;;
+        *) echo "usage: tools/gpu_build.sh [--output_base DIR] [--with-libs]" >&2; exit 2 ;;
+    esac
+done
+
+"${bazel[@]}" build --config=cuda //tests/gpu:gpu_test //tools:moelab
+bin=$("${bazel[@]}" info --config=cuda bazel-bin)
+
+rm -rf .dist
+mkdir -p .dist/bin .dist/lib
+cp "$bin/tests/gpu/gpu_test" "$bin/tools/moelab" .dist/bin/
+chmod u+w .dist/bin/*
+if [ "$with_libs" = 1 ]; then
+    # The libraries the binaries name (DT_NEEDED), except the C/C++ runtime and CUDA's.
+    needed=$(objdump -p .dist/bin/* | awk '/NEEDED/ {print $2}' | sort -u)
+    for name in $needed; do
+        case "$name" in
+            libc.so* | libm.so* | libdl.so* | libpthread.so* | librt.so* | ld-linux* | \
+                libstdc++* | libgcc_s* | libcuda* | libcublas* | libnccl*) continue ;;
+        esac
+        path=$(ldd .dist/bin/* | awk -v n="$name" '$1 == n && $3 ~ /^\// {print $3; exit}')
+        [ -n "$path" ] && cp -L "$path" .dist/lib/
+    done
+fi
+du -sh .dist
+echo "gpu_build: .dist/ is ready; on the GPU machine run: bash tools/gpu_run.sh"
