@@ -40,7 +40,7 @@ void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float
                      int top_k, RngStream *rng, int *out) {
     CHECK(n_prompt >= 1, "sampling needs a prompt of at least one token");
     const int V = m->cfg.V, T = m->cfg.T;
-    memcpy(out, prompt, (size_t)n_prompt * sizeof(int));
+    memmove(out, prompt, (size_t)n_prompt * sizeof(int));  // out may be prompt itself
     float *wp = core_alloc((size_t)V * sizeof(float));
     int *wi = core_alloc((size_t)V * sizeof(int));
     for (int len = n_prompt; len < n_prompt + n_new; len++) {

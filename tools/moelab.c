@@ -13,9 +13,11 @@ typedef struct {
 static const Command COMMANDS[] = {
     {"train", cmd_train, "train a model (CPU or GPU, one or many processes)"},
     {"data", cmd_data, "prepare a tokenizer and token shards from text"},
+    {"sample", cmd_sample, "generate text from a checkpoint"},
     {"eplb", cmd_eplb, "plan expert placement from a load matrix (EPLB)"},
     {"schedule", cmd_schedule, "print or draw a pipeline schedule"},
     {"bench", cmd_bench, "measure training throughput"},
+    {"ckpt", cmd_ckpt, "inspect or verify a checkpoint"},
 };
 #define NCOMMANDS ((int)(sizeof COMMANDS / sizeof COMMANDS[0]))
 
