@@ -1,0 +1,39 @@
+// `moelab ckpt`: looks into checkpoints (checkpoints/ckpt.h). `inspect` prints the state, the config
+// and every tensor with its shape, dtype and norms; `verify` reads every dataset, checking each
+// chunk's Fletcher-32 checksum, and the file's completeness and shapes against its stored config.
+#include <stdio.h>
+#include <string.h>
+
+#include "checkpoints/ckpt.h"
+#include "framework/core/check.h"
+#include "tools/commands.h"
+
+static const char USAGE[] =
+    "usage: moelab ckpt inspect PATH\n"
+    "       moelab ckpt verify PATH\n"
+    "\n"
+    "PATH is a checkpoint from `moelab train --out DIR` (DIR/step_<n>.h5): one file, or an index\n"
+    "whose part files (PATH.part-<r>-of-<n>) lie next to it. The format is docs/checkpoint-format.md.\n"
+    "  inspect   step, AdamW t, learning rate, data position, RNG, EPLB group, then every tensor\n"
+    "            (kind, dtype, logical shape, L2 norms of the weights and both AdamW moments) and the\n"
+    "            stored config\n"
+    "  verify    reads every dataset (each chunk's Fletcher-32 checksum), checks that every tensor of\n"
+    "            the stored config's model is there with its shape and nothing else, and that every\n"
+    "            part file is present and belongs to this index; exit 0 only if all of it holds, exit 2\n"
+    "            with a message naming the first problem otherwise\n";
+
+int cmd_ckpt(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(USAGE, stdout);
+            return 0;
+        }
+    if (argc != 3) {
+        fputs(USAGE, stderr);
+        core_usage_error("ckpt: expected `inspect PATH` or `verify PATH`");
+    }
+    if (!strcmp(argv[1], "inspect")) ckpt_inspect(argv[2], stdout);
+    else if (!strcmp(argv[1], "verify")) ckpt_verify(argv[2], stdout);
+    else core_usage_error("ckpt: unknown subcommand '%s' (inspect or verify)", argv[1]);
+    return 0;
+}
