@@ -38,3 +38,58 @@ void adamw_cuda_step(float *p, const float *g, float *m, float *v, long n, const
     float d = decay ? 1.0f - h->lr * h->weight_decay : 1.0f;
     CORE_DTYPE_CALL(low_dt, step, p, g, m, v, n, h, d, p_low);
 }
+
+#define SQ_THREADS 256
+#define SQ_BLOCKS 1024  // at most; the partial sums are added in block order
+
+// part (gridDim.x) = Σ g² over the elements i ≡ this block's threads (mod the grid's size).
+__global__ void sqsum_partial_kernel(double *part, const float *g, long n) {
+    __shared__ double acc[SQ_THREADS];
+    double s = 0.0;
+    for (long i = (long)blockIdx.x * SQ_THREADS + threadIdx.x; i < n;
+         i += (long)gridDim.x * SQ_THREADS)
+        s += (double)g[i] * g[i];
+    acc[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = SQ_THREADS / 2; w > 0; w /= 2) {
+        if (threadIdx.x < w) acc[threadIdx.x] += acc[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) part[blockIdx.x] = acc[0];
+}
+
+__global__ void sqsum_final_kernel(double *out, const double *part, int nparts) {
+    double s = 0.0;
+    for (int b = 0; b < nparts; b++) s += part[b];
+    *out = s;
+}
+
+double adamw_cuda_sqsum(const float *g, long n) {
+    CHECK(n >= 0, "adamw_cuda_sqsum: bad element count %ld", n);
+    if (n == 0) return 0.0;
+    long want = (n + SQ_THREADS - 1) / SQ_THREADS;
+    int blocks = want < SQ_BLOCKS ? (int)want : SQ_BLOCKS;
+    double *part, result;  // part (blocks + 1): the partial sums, then the total
+    CUDA_CHECK(cudaMallocAsync((void **)&part, (blocks + 1) * sizeof(double), core_stream()));
+    sqsum_partial_kernel<<<blocks, SQ_THREADS, 0, core_stream()>>>(part, g, n);
+    CUDA_CHECK_LAUNCH();
+    sqsum_final_kernel<<<1, 1, 0, core_stream()>>>(part + blocks, part, blocks);
+    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaMemcpyAsync(&result, part + blocks, sizeof result, cudaMemcpyDeviceToHost,
+                               core_stream()));
+    CUDA_CHECK(cudaFreeAsync(part, core_stream()));
+    core_cuda_sync();
+    return result;
+}
+
+__global__ void scale_kernel(float *g, long n, float s) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) g[i] *= s;
+}
+
+void adamw_cuda_scale(float *g, long n, float s) {
+    CHECK(n >= 0, "adamw_cuda_scale: bad element count %ld", n);
+    if (n == 0) return;
+    scale_kernel<<<core_blocks(n, 256), 256, 0, core_stream()>>>(g, n, s);
+    CUDA_CHECK_LAUNCH();
+}

@@ -35,8 +35,8 @@ __device__ void load_tile(float (*s)[HD], const T *x, int b, int r0, int Tseq, i
 template <typename T, int HD>
 __device__ void load_row(float *dst, const T *x, int b, int t, int Tseq, int nh, int head,
                          int lane) {
-    #pragma unroll
     const T *row = x + (((size_t)b * Tseq + t) * nh + head) * HD + lane;
+    #pragma unroll
     for (int j = 0; j < HD / LANES; j++) dst[j] = t < Tseq ? core_ld(row + LANES * j) : 0.0f;
 }
 

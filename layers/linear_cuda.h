@@ -21,6 +21,17 @@ void linear_cuda_backward_input(CoreDtype dt, void *dinp, const void *dout, cons
 void linear_cuda_backward_weight(CoreDtype dt, float *dW, const void *dout, const void *inp, int N,
                                  int IC, int OC);
 
+// The same three products for G experts at once, on contiguous per-expert row ranges: rows
+// [o_e, o_e + counts[e]) of inp, out, dout and dinp belong to expert e, o_e = Σ_{j<e} counts[j];
+// W and dW are (G, OC, IC). counts (G) is on the host (cuBLAS takes sizes from the host); an
+// expert with no rows is skipped (its dW is left as it is).
+void linear_cuda_forward_grouped(CoreDtype dt, CoreDtype out_dt, void *out, const void *inp,
+                                 const void *W, const int *counts, int G, int IC, int OC);
+void linear_cuda_backward_input_grouped(CoreDtype dt, void *dinp, const void *dout, const void *W,
+                                        const int *counts, int G, int IC, int OC);
+void linear_cuda_backward_weight_grouped(CoreDtype dt, float *dW, const void *dout,
+                                         const void *inp, const int *counts, int G, int IC, int OC);
+
 #ifdef __cplusplus
 }
 #endif

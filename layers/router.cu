@@ -144,3 +144,101 @@ void router_cuda_backward_input(float *dlogits, const float *dgates, const float
         c->route_scale);
     CUDA_CHECK_LAUNCH();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sequence balance loss: one block per sequence. f_i = E/(K·T) · #{t : i chosen for t} is counted
+// in shared memory with integer atomics (exact in any order); each thread then takes tokens
+// t = tid, tid + blockDim, ... and the block adds their terms in a fixed order.
+
+#define BAL_THREADS 256
+
+// f (E, shared) of sequence b; idx (B·T, K).
+__device__ void balance_f(float *f, int *cnt, const int *idx, int b, int T, int E, int K) {
+    for (int i = threadIdx.x; i < E; i += BAL_THREADS) cnt[i] = 0;
+    __syncthreads();
+    for (long r = threadIdx.x; r < (long)T * K; r += BAL_THREADS)
+        atomicAdd(&cnt[idx[(long)b * T * K + r]], 1);
+    __syncthreads();
+    float scale = (float)E / ((float)K * (float)T);
+    for (int i = threadIdx.x; i < E; i += BAL_THREADS) f[i] = cnt[i] * scale;
+    __syncthreads();
+}
+
+// seq (B) = (1/T) Σ_t Σ_i f_i s_{i,t} / Σ_j s_{j,t} of each sequence.
+__global__ void balance_loss_kernel(float *seq, const float *scores, const int *idx, int T, int E,
+                                    int K) {
+    extern __shared__ float bal_smem[];  // f (E) then cnt (E)
+    float *f = bal_smem;
+    int *cnt = (int *)(bal_smem + E);
+    int b = blockIdx.x;
+    balance_f(f, cnt, idx, b, T, E, K);
+    float acc = 0.0f;
+    for (int t = threadIdx.x; t < T; t += BAL_THREADS) {
+        const float *s = scores + ((size_t)b * T + t) * E;
+        float z = 0.0f, fs = 0.0f;
+        for (int i = 0; i < E; i++) {
+            z += s[i];
+            fs += f[i] * s[i];
+        }
+        acc += fs / z;
+    }
+    acc = core_block_sum(acc);
+    if (threadIdx.x == 0) seq[b] = acc / T;
+}
+
+// loss (1) = mean of seq (B), added in order.
+__global__ void balance_mean_kernel(float *loss, const float *seq, int B) {
+    float s = 0.0f;
+    for (int b = 0; b < B; b++) s += seq[b];
+    *loss = s / B;
+}
+
+// ∂L/∂s_{j,t} = w · (f_j / z_t − Σ_i f_i s_{i,t} / z_t²), w = dloss / (B·T) (see router.c).
+__global__ void balance_backward_kernel(float *dscores, float w, const float *scores,
+                                        const int *idx, int T, int E, int K) {
+    extern __shared__ float bal_smem[];
+    float *f = bal_smem;
+    int *cnt = (int *)(bal_smem + E);
+    int b = blockIdx.x;
+    balance_f(f, cnt, idx, b, T, E, K);
+    for (int t = threadIdx.x; t < T; t += BAL_THREADS) {
+        size_t row = ((size_t)b * T + t) * E;
+        const float *s = scores + row;
+        float z = 0.0f, fs = 0.0f;
+        for (int i = 0; i < E; i++) {
+            z += s[i];
+            fs += f[i] * s[i];
+        }
+        for (int j = 0; j < E; j++) dscores[row + j] += w * (f[j] / z - fs / (z * z));
+    }
+}
+
+static size_t balance_check(const int *idx, int B, int T, int E, int K) {
+    CHECK(B >= 1 && T >= 1 && E >= 1 && K >= 1 && K <= E,
+          "router balance loss: bad shape B = %d, T = %d, E = %d, K = %d", B, T, E, K);
+    core_cuda_check_indices(idx, (long)B * T * K, E, "router balance loss: expert id");
+    size_t smem = 2 * (size_t)E * sizeof(float);
+    CHECK(smem <= 48 * 1024, "router balance loss: E = %d exceeds the kernel's shared memory", E);
+    return smem;
+}
+
+void router_cuda_balance_loss(float *loss, const float *scores, const int *idx, int B, int T, int E,
+                              int K) {
+    size_t smem = balance_check(idx, B, T, E, K);
+    float *seq;  // (B)
+    CUDA_CHECK(cudaMallocAsync((void **)&seq, (size_t)B * sizeof(float), core_stream()));
+    balance_loss_kernel<<<B, BAL_THREADS, smem, core_stream()>>>(seq, scores, idx, T, E, K);
+    CUDA_CHECK_LAUNCH();
+    balance_mean_kernel<<<1, 1, 0, core_stream()>>>(loss, seq, B);
+    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaFreeAsync(seq, core_stream()));
+}
+
+void router_cuda_balance_loss_backward(float *dscores, float dloss, const float *scores,
+                                       const int *idx, int B, int T, int E, int K) {
+    size_t smem = balance_check(idx, B, T, E, K);
+    float w = dloss / ((float)B * (float)T);
+    balance_backward_kernel<<<B, BAL_THREADS, smem, core_stream()>>>(dscores, w, scores, idx, T,
+                                                                     E, K);
+    CUDA_CHECK_LAUNCH();
+}

@@ -19,6 +19,14 @@ void router_cuda_forward(float *scores, int *idx, float *gates, const float *log
 void router_cuda_backward_input(float *dlogits, const float *dgates, const float *dscores,
                                 const float *scores, const int *idx, const RouterCfg *c, int N);
 
+// Sequence balance loss of router.h on the GPU: *loss (one device float) = L_bal averaged over the
+// B sequences of T tokens; scores (N, E), idx (N, K), N = B·T. Sums run in a fixed order.
+void router_cuda_balance_loss(float *loss, const float *scores, const int *idx, int B, int T, int E,
+                              int K);
+// dscores (N, E) += dloss · ∂L_bal/∂scores (through P only).
+void router_cuda_balance_loss_backward(float *dscores, float dloss, const float *scores,
+                                       const int *idx, int B, int T, int E, int K);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Builds the GPU test binary and moelab with --config=cuda on this machine (nvcc needed, no GPU)
+# Builds the GPU test binary, the kernel benchmark and moelab with --config=cuda on this machine (nvcc needed, no GPU)
 # and copies them into .dist/ (git-ignored), ready to carry to the GPU machine, which has no Bazel;
 # tools/gpu_run.sh runs them there. The GPU machine has CUDA, OpenBLAS, OpenMPI and HDF5
 # (ARCHITECTURE.md §9); for one that lacks some, --with-libs also copies the libraries the binaries
@@ -18,12 +18,12 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-"${bazel[@]}" build --config=cuda //tests/gpu:gpu_test //tools:moelab
+"${bazel[@]}" build --config=cuda //tests/gpu:gpu_test //tests/gpu:kernel_bench //tools:moelab
 bin=$("${bazel[@]}" info --config=cuda bazel-bin)
 
 rm -rf .dist
 mkdir -p .dist/bin .dist/lib
-cp "$bin/tests/gpu/gpu_test" "$bin/tools/moelab" .dist/bin/
+cp "$bin/tests/gpu/gpu_test" "$bin/tests/gpu/kernel_bench" "$bin/tools/moelab" .dist/bin/
 chmod u+w .dist/bin/*
 if [ "$with_libs" = 1 ]; then
     # The libraries the binaries name (DT_NEEDED), except the C/C++ runtime and CUDA's.

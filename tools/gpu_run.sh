@@ -1,6 +1,7 @@
 #!/bin/bash
 # Runs the GPU tests that tools/gpu_build.sh put into .dist/, on the GPU machine: the whole gtest
-# suite, then compute-sanitizer (memcheck, racecheck) over the kernels, then a moelab smoke check.
+# suite, then compute-sanitizer (memcheck, racecheck) over the kernels, the kernel benchmark at the
+# bench config's shapes, and a moelab smoke check.
 # Logs go to $OUT (the device tool's result folder), or to ./out when OUT is unset.
 #   usage: bash tools/gpu_run.sh [gtest filter]
 set -uo pipefail
@@ -9,14 +10,17 @@ export NCCL_NVLS_ENABLE=0 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 log=${OUT:-out}
 mkdir -p "$log"
 filter=${1:-*}
-[ -x .dist/bin/gpu_test ] || { echo "gpu_run: .dist/bin/gpu_test missing: run tools/gpu_build.sh first"; exit 2; }
+if [ ! -x .dist/bin/gpu_test ]; then
+    echo "gpu_run: .dist/bin/gpu_test missing: run tools/gpu_build.sh first (on the build machine)"
+    exit 2
+fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$log/gpu.txt"
 date -u +"run at %Y-%m-%dT%H:%MZ" | tee -a "$log/gpu.txt"
 
 # Use the carried copy of a library only where this machine lacks it.
 fallback=$(mktemp -d)
-for lib in $(ldd .dist/bin/gpu_test .dist/bin/moelab | awk '/not found/ {print $1}' | sort -u); do
+for lib in $(ldd .dist/bin/* | awk '/not found/ {print $1}' | sort -u); do
     if [ -e ".dist/lib/$lib" ]; then ln -sf "$PWD/.dist/lib/$lib" "$fallback/$lib"; fi
 done
 export LD_LIBRARY_PATH=$fallback${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -45,6 +49,10 @@ if command -v compute-sanitizer >/dev/null; then
 else
     echo "gpu_run: compute-sanitizer not found: sanitizer pass skipped"
 fi
+
+echo "== kernel_bench"
+.dist/bin/kernel_bench 2>&1 | tee "$log/kernel_bench.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || rc=1
 
 echo "== moelab --help"
 .dist/bin/moelab --help > "$log/moelab_help.txt" 2>&1 || rc=1

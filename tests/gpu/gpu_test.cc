@@ -355,6 +355,36 @@ TEST_F(Gpu, Linear) {
     }
 }
 
+// Per-expert GEMMs on contiguous row ranges (one empty expert, one of a single row) against the
+// CPU linear layer called range by range.
+TEST_F(Gpu, LinearGrouped) {
+    const int G = 5, IC = 64, OC = 48;
+    const int counts[G] = {30, 0, 17, 1, 52};
+    int R = 0;
+    for (int c : counts) R += c;
+    for (CoreDtype dt : kDtypes) {
+        Vec x = rnd((size_t)R * IC), W = rnd((size_t)G * OC * IC, -0.1f, 0.1f);
+        Vec dy = rnd((size_t)R * OC), dx = rnd((size_t)R * IC), dW = rnd((size_t)G * OC * IC);
+        BufP dX = put(x, dt), dWt = put(W, dt), dDy = put(dy, dt), dDx = put(dx, dt);
+        BufP dDW = put_f32(dW), dOut = poisoned((size_t)R * OC, dt);
+        Vec out((size_t)R * OC);
+        size_t r0 = 0;
+        for (int e = 0; e < G; r0 += counts[e], e++) {
+            const float *w = W.data() + (size_t)e * OC * IC;
+            linear_forward(out.data() + r0 * OC, x.data() + r0 * IC, w, counts[e], IC, OC);
+            linear_backward_input(dx.data() + r0 * IC, dy.data() + r0 * OC, w, counts[e], IC, OC);
+            linear_backward_weight(dW.data() + (size_t)e * OC * IC, dy.data() + r0 * OC,
+                                   x.data() + r0 * IC, counts[e], IC, OC);
+        }
+        linear_cuda_forward_grouped(dt, dt, dOut->p, dX->p, dWt->p, counts, G, IC, OC);
+        linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts, G, IC, OC);
+        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts, G, IC, OC);
+        EXPECT_CLOSE(get(*dOut, dt, out.size()), out, dt, "linear grouped forward");
+        EXPECT_CLOSE(get(*dDx, dt, dx.size()), dx, dt, "linear grouped backward_input");
+        EXPECT_CLOSE(get_f32(*dDW, dW.size()), dW, CORE_F32, "linear grouped backward_weight");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Attention: the CPU layer keeps (B, H, T, T) probabilities, the GPU one lse only.
 
@@ -511,6 +541,22 @@ TEST_F(Gpu, RouterTiesGoToTheLowerExpertId) {
     EXPECT_EQ(get_int(*dIdx, 5), (IVec{0, 1, 2, 3, 4}));
 }
 
+TEST_F(Gpu, RouterBalanceLoss) {
+    const int B = 3, T = 40, E = 16, K = 4, N = B * T;
+    RouterCfg c = {E, K, 0, 1, 1.0f};
+    Vec l = rnd((size_t)N * E, -3, 3), s((size_t)N * E), g((size_t)N * K);
+    IVec idx((size_t)N * K);
+    router_forward(s.data(), idx.data(), g.data(), l.data(), NULL, &c, N);
+    Vec ds = rnd((size_t)N * E);
+    BufP dS = put_f32(s), dIdx = put_int(idx), dDs = put_f32(ds), dLoss = poisoned(1, CORE_F32);
+    Vec loss = {router_balance_loss(s.data(), idx.data(), B, T, E, K)};
+    router_balance_loss_backward(ds.data(), 0.7f, s.data(), idx.data(), B, T, E, K);
+    router_cuda_balance_loss(dLoss->f(), dS->f(), dIdx->i(), B, T, E, K);
+    router_cuda_balance_loss_backward(dDs->f(), 0.7f, dS->f(), dIdx->i(), B, T, E, K);
+    EXPECT_CLOSE(get_f32(*dLoss, 1), loss, CORE_F32, "router balance loss");
+    EXPECT_CLOSE(get_f32(*dDs, ds.size()), ds, CORE_F32, "router balance loss backward");
+}
+
 TEST_F(Gpu, MoePermuteUnpermuteCombine) {
     const int N = 300, K = 4, E = 16, D = 40;
     for (CoreDtype dt : kDtypes) {
@@ -608,6 +654,22 @@ TEST_F(Gpu, AdamW) {
     EXPECT_EQ(low, gp_rounded);
     adamw_free(&o);
     params_free(&r);
+}
+
+// The two gradient passes of clipping: Σ g² (against a double sum) and g *= s.
+TEST_F(Gpu, GradSquareSumAndScale) {
+    for (long n : {1L, 1000L, 3000017L}) {
+        Vec g = rnd((size_t)n);
+        BufP dG = put_f32(g);
+        double ref = 0;
+        for (float x : g) ref += (double)x * x;
+        double got = adamw_cuda_sqsum(dG->f(), n);
+        EXPECT_LT(std::fabs(got - ref) / ref, 1e-10) << "n = " << n;
+        EXPECT_EQ(got, adamw_cuda_sqsum(dG->f(), n)) << "the sum must not vary between runs";
+        adamw_cuda_scale(dG->f(), n, 0.25f);
+        for (float &x : g) x *= 0.25f;
+        EXPECT_EQ(get_f32(*dG, g.size()), g);
+    }
 }
 
 }  // namespace

@@ -1,0 +1,215 @@
+// Times each CUDA kernel of layers/*.cu at the shapes of configs/bench.cfg (B 8, T 2048, D 1024,
+// H 16, Hkv 4, V 32768, E 64, K 6, Fe 512, bf16) and prints one table: median time per call and
+// the rate it implies (GB/s moved for memory-bound kernels, TFLOP/s for the GEMMs and attention),
+// next to a device-to-device copy and a bf16 GEMM measured in the same run. A benchmark, not a
+// test: it checks nothing. Runs on the GPU machine (tools/gpu_run.sh).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <vector>
+
+extern "C" {
+#include "framework/core/cuda.h"
+#include "layers/adamw_cuda.h"
+#include "layers/attention_cuda.h"
+#include "layers/crossentropy_cuda.h"
+#include "layers/embedding_cuda.h"
+#include "layers/linear_cuda.h"
+#include "layers/moe_cuda.h"
+#include "layers/rmsnorm_cuda.h"
+#include "layers/rope_cuda.h"
+#include "layers/router_cuda.h"
+#include "layers/swiglu_cuda.h"
+}
+
+namespace {
+
+const int B = 8, T = 2048, N = B * T, D = 1024, H = 16, Hkv = 4, hd = 64, V = 32768, E = 64,
+          K = 6, Fe = 512;
+const CoreDtype BF = CORE_BF16;
+
+// n random fp32 values in [-a, a) on the GPU, converted to dtype dt (never zeros: see METHOD.md).
+void *dev_rand(size_t n, CoreDtype dt, float a = 1.0f) {
+    std::mt19937 gen((uint32_t)n);
+    std::uniform_real_distribution<float> u(-a, a);
+    std::vector<float> h(n);
+    for (auto &x : h) x = u(gen);
+    void *f = core_device_alloc(CORE_CUDA, n * 4);
+    core_copy(f, CORE_CUDA, h.data(), CORE_CPU, n * 4);
+    if (dt == CORE_F32) return f;
+    void *b = core_device_alloc(CORE_CUDA, n * 2);
+    core_cuda_convert(b, dt, f, CORE_F32, (long)n);
+    core_device_free(CORE_CUDA, f);
+    return b;
+}
+int *dev_ints(size_t n, int limit) {
+    std::mt19937 gen(7);
+    std::vector<int> h(n);
+    for (auto &x : h) x = (int)(gen() % (uint32_t)limit);
+    int *d = (int *)core_device_alloc(CORE_CUDA, n * 4);
+    core_copy(d, CORE_CUDA, h.data(), CORE_CPU, n * 4);
+    return d;
+}
+
+// Median seconds of one call over 10 timed calls after 2 warm-up calls.
+double time_it(const std::function<void()> &fn) {
+    for (int i = 0; i < 2; i++) fn();
+    core_cuda_sync();
+    std::vector<double> t;
+    for (int i = 0; i < 10; i++) {
+        auto t0 = std::chrono::steady_clock::now();
+        fn();
+        core_cuda_sync();
+        t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
+void row(const char *name, double s, double bytes, double flops) {
+    printf("%-34s %9.3f ms", name, s * 1e3);
+    if (bytes > 0) printf("  %8.1f GB/s", bytes / s / 1e9);
+    if (flops > 0) printf("  %8.1f TFLOP/s", flops / s / 1e12);
+    printf("\n");
+}
+
+}  // namespace
+
+int main() {
+    core_cuda_init(0);
+    printf("shapes: B %d T %d D %d H %d Hkv %d hd %d V %d E %d K %d Fe %d, bf16 activations\n\n",
+           B, T, D, H, Hkv, hd, V, E, K, Fe);
+    const double nd = (double)N * D;
+
+    // The two ceilings, measured in this run.
+    size_t big = (size_t)1 << 30;
+    void *src = core_device_alloc(CORE_CUDA, big), *dst = core_device_alloc(CORE_CUDA, big);
+    core_cuda_memset(src, 1, big);
+    row("copy 1 GiB device to device", time_it([&] {
+            core_copy(dst, CORE_CUDA, src, CORE_CUDA, big);
+        }), 2.0 * big, 0);
+    core_device_free(CORE_CUDA, src);
+    core_device_free(CORE_CUDA, dst);
+    void *a = dev_rand((size_t)8192 * 8192, BF), *b = dev_rand((size_t)8192 * 8192, BF),
+         *c = dev_rand((size_t)8192 * 8192, BF);
+    row("bf16 GEMM 8192^3 (cuBLAS)", time_it([&] {
+            linear_cuda_forward(BF, BF, c, a, b, 8192, 8192, 8192);
+        }), 0, 2.0 * 8192 * 8192 * 8192);
+    core_device_free(CORE_CUDA, a);
+    core_device_free(CORE_CUDA, b);
+    core_device_free(CORE_CUDA, c);
+    printf("\n");
+
+    void *x = dev_rand((size_t)N * D, BF), *y = dev_rand((size_t)N * D, BF),
+         *dy = dev_rand((size_t)N * D, BF), *g = dev_rand(D, BF);
+    float *rstd = (float *)dev_rand(N, CORE_F32), *dg = (float *)dev_rand(D, CORE_F32);
+    row("rmsnorm forward", time_it([&] { rmsnorm_cuda_forward(BF, y, rstd, x, g, N, D, 1e-5f); }),
+        2 * 2 * nd, 0);
+    row("rmsnorm backward_input", time_it([&] {
+            rmsnorm_cuda_backward_input(BF, y, dy, x, g, rstd, N, D);
+        }), 4 * 2 * nd, 0);
+    row("rmsnorm backward_weight", time_it([&] {
+            rmsnorm_cuda_backward_weight(BF, dg, dy, x, rstd, N, D);
+        }), 2 * 2 * nd, 0);
+    row("rope forward (q, in place)", time_it([&] {
+            rope_cuda_forward(BF, x, x, N, T, H, hd, 10000.0f);
+        }), 2 * 2 * nd, 0);
+
+    void *W = dev_rand((size_t)D * D, BF, 0.03f);
+    float *dW = (float *)dev_rand((size_t)D * D, CORE_F32);
+    row("linear forward 16384x1024x1024", time_it([&] {
+            linear_cuda_forward(BF, BF, y, x, W, N, D, D);
+        }), 0, 2.0 * N * D * D);
+    row("linear backward_input", time_it([&] {
+            linear_cuda_backward_input(BF, y, dy, W, N, D, D);
+        }), 0, 2.0 * N * D * D);
+    row("linear backward_weight (fp32 dW)", time_it([&] {
+            linear_cuda_backward_weight(BF, dW, dy, x, N, D, D);
+        }), 0, 2.0 * N * D * D);
+
+    // Experts: N·K rows spread evenly over E experts, D -> Fe.
+    int R = N * K;
+    std::vector<int> counts(E, R / E);
+    void *xe = dev_rand((size_t)R * D, BF), *he = dev_rand((size_t)R * Fe, BF),
+         *we = dev_rand((size_t)E * Fe * D, BF, 0.03f);
+    row("expert GEMM grouped (64 x 1536x1024x512)", time_it([&] {
+            linear_cuda_forward_grouped(BF, BF, he, xe, we, counts.data(), E, D, Fe);
+        }), 0, 2.0 * R * D * Fe);
+    void *hb = dev_rand((size_t)R * Fe, BF), *hh = dev_rand((size_t)R * Fe, BF),
+         *da = dev_rand((size_t)R * Fe, BF), *db = dev_rand((size_t)R * Fe, BF);
+    row("swiglu gate forward (N·K, Fe)", time_it([&] {
+            swiglu_cuda_act_forward(BF, hh, he, hb, (long)R * Fe);
+        }), 3 * 2.0 * R * Fe, 0);
+    row("swiglu gate backward", time_it([&] {
+            swiglu_cuda_act_backward(BF, da, db, hh, he, hb, (long)R * Fe);
+        }), 7 * 2.0 * R * Fe, 0);
+
+    float *logits = (float *)dev_rand((size_t)N * E, CORE_F32), *scores, *gates;
+    scores = (float *)core_device_alloc(CORE_CUDA, (size_t)N * E * 4);
+    gates = (float *)core_device_alloc(CORE_CUDA, (size_t)N * K * 4);
+    int *idx = (int *)core_device_alloc(CORE_CUDA, (size_t)N * K * 4);
+    int *row_of = (int *)core_device_alloc(CORE_CUDA, (size_t)N * K * 4);
+    int *cnt = (int *)core_device_alloc(CORE_CUDA, E * 4);
+    RouterCfg rc = {E, K, 0, 1, 2.5f};
+    row("router forward (N, 64), top-6", time_it([&] {
+            router_cuda_forward(scores, idx, gates, logits, NULL, &rc, N);
+        }), 2 * 4.0 * N * E, 0);
+    row("moe plan (incl. index check)", time_it([&] {
+            moe_cuda_plan(row_of, cnt, idx, N, K, E);
+        }), 0, 0);
+    row("moe permute (N·K rows of D)", time_it([&] {
+            moe_cuda_permute(BF, xe, x, 0, row_of, N, K, D);
+        }), 2 * 2.0 * R * D, 0);
+    row("moe combine", time_it([&] {
+            moe_cuda_combine(BF, y, xe, gates, row_of, N, K, D);
+        }), 2.0 * R * D + 2 * nd, 0);
+
+    // Attention: causal, so half of the T×T score matrix; forward 2 GEMM-like products.
+    size_t nq = (size_t)N * H * hd, nk = (size_t)N * Hkv * hd;
+    void *q = dev_rand(nq, BF), *k = dev_rand(nk, BF), *v = dev_rand(nk, BF),
+         *o = dev_rand(nq, BF), *dq = dev_rand(nq, BF), *dk = dev_rand(nk, BF),
+         *dv = dev_rand(nk, BF), *dout = dev_rand(nq, BF);
+    float *lse = (float *)core_device_alloc(CORE_CUDA, (size_t)B * H * T * 4);
+    float *delta = (float *)core_device_alloc(CORE_CUDA, (size_t)B * H * T * 4);
+    double att_flops = 4.0 * B * H * (double)T * T * hd / 2;
+    row("attention forward (flash, CUDA cores)", time_it([&] {
+            attention_cuda_forward(BF, o, lse, q, k, v, B, T, H, Hkv, hd);
+        }), 0, att_flops);
+    row("attention backward", time_it([&] {
+            attention_cuda_backward_input(BF, dq, dk, dv, dout, q, k, v, o, lse, delta, B, T, H,
+                                          Hkv, hd);
+        }), 0, 2.5 * att_flops);
+
+    void *lg = dev_rand((size_t)N * V, BF, 4.0f), *dlg = dev_rand((size_t)N * V, BF, 1e-3f);
+    int *tg = dev_ints(N, V), *tok = dev_ints(N, V);
+    float *loss = (float *)core_device_alloc(CORE_CUDA, N * 4);
+    float *lse2 = (float *)core_device_alloc(CORE_CUDA, N * 4);
+    row("crossentropy forward (N, V)", time_it([&] {
+            crossentropy_cuda_forward(BF, loss, lse2, lg, tg, N, V);
+        }), 2.0 * N * V, 0);
+    row("crossentropy backward", time_it([&] {
+            crossentropy_cuda_backward_input(BF, dlg, lg, lse2, tg, 1.0f / N, N, V);
+        }), 3 * 2.0 * N * V, 0);
+    void *table = dev_rand((size_t)V * D, BF);
+    float *dtable = (float *)dev_rand((size_t)V * D, CORE_F32);
+    row("embedding forward", time_it([&] {
+            embedding_cuda_forward(BF, y, tok, table, N, V, D);
+        }), 2 * 2 * nd, 0);
+    row("embedding backward_weight", time_it([&] {
+            embedding_cuda_backward_weight(BF, dtable, dy, tok, N, V, D);
+        }), 2 * nd + 8 * nd, 0);
+
+    long np = 100000000;
+    float *p = (float *)dev_rand(np, CORE_F32), *pg = (float *)dev_rand(np, CORE_F32, 0.01f);
+    float *m = (float *)core_device_alloc(CORE_CUDA, np * 4);
+    float *vv = (float *)core_device_alloc(CORE_CUDA, np * 4);
+    void *plow = core_device_alloc(CORE_CUDA, np * 2);
+    AdamwHyper hy = {3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1};
+    row("adamw step (1e8 params, bf16 copy)", time_it([&] {
+            adamw_cuda_step(p, pg, m, vv, np, &hy, 1, plow, BF);
+        }), (4 * 4 + 3 * 4 + 2) * (double)np, 0);
+    row("grad square sum (1e8)", time_it([&] { adamw_cuda_sqsum(pg, np); }), 4.0 * np, 0);
+    return 0;
+}
