@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "checkpoints/ckpt.h"
 #include "data/shard.h"
 #include "framework/core/check.h"
 #include "framework/core/log.h"
@@ -99,6 +100,55 @@ static void join(char *out, size_t n, const char *dir, const char *file) {
     if (k < 0 || (size_t)k >= n) core_usage_error("path too long: %s/%s", dir, file);
 }
 
+// The Philox stream of the sample drawn at the end of training (saved in checkpoints).
+static const uint32_t SAMPLE_STREAM = 7;
+
+// This process's place in a checkpoint: one part file per rank; the non-expert tensors written by
+// rank 0, each expert row by its first expert-data-parallel replica.
+static CkptShard trainer_shard(const Trainer *t) {
+    CkptShard sh = ckpt_shard_of(t->model);
+    const Grid *g = t->model->grid;
+    if (g) {
+        sh.part = g->rank;
+        sh.parts = g->world;
+        sh.write_dense = g->rank == 0;
+        sh.write_experts = g->edp_rank == 0;
+    }
+    return sh;
+}
+
+// Restores everything a step depends on: weights and router biases, AdamW moments and t, the step
+// (hence the learning rate) and the training loader's position.
+static void trainer_resume(Trainer *t) {
+    CkptShard sh = trainer_shard(t);
+    CkptState st;
+    ckpt_load(t->cfg.resume, &sh, t->model, &t->opt, &st);
+    t->step = (int)st.step;
+    loader_set_pos(t->train, st.data);
+    core_info0("resumed from %s at step %d", t->cfg.resume, t->step);
+}
+
+// DIR/step_<n>.h5: one file from one process; with several, every rank writes its part and rank 0
+// then commits the index. Keeps the newest cfg.keep checkpoints.
+static void trainer_save(Trainer *t) {
+    char path[CONFIG_STR + 32];
+    ckpt_step_path(t->cfg.out, t->step, path, sizeof path);
+    const CkptShard sh = trainer_shard(t);
+    const CkptState st = {t->step, loader_get_pos(t->train), rng_stream(t->cfg.seed, SAMPLE_STREAM)};
+    const CkptEplb counts = {0, NULL, t->model->expert_counts};
+    const Grid *g = t->model->grid;
+    if (!g) {
+        ckpt_save(path, &sh, t->model, &t->opt, &st, &counts);
+    } else {
+        ckpt_save_part(path, &sh, t->model, &t->opt);
+        comm_barrier(g->world_comm);
+        if (g->rank == 0) ckpt_save_index(path, g->world, t->model, &t->opt, &st, &counts);
+        comm_barrier(g->world_comm);
+    }
+    if (core_rank() == 0) ckpt_prune(t->cfg.out, t->cfg.keep);
+    core_info0("saved %s", path);
+}
+
 Trainer *trainer_create(const MoeConfig *cfg) {
     Trainer *t = core_alloc(sizeof *t);
     t->cfg = *cfg;
@@ -138,6 +188,13 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         t->metrics = fopen(c->metrics, "w");
         if (!t->metrics) core_usage_error("cannot write --metrics %s: %s", c->metrics, strerror(errno));
     }
+    // Checkpoints are wired to the trainer's own model and optimizer, which the pipeline engine
+    // replaces by its stages (a stage's model is only part of the whole, and t->opt goes unused).
+    if ((c->out[0] || c->resume[0]) && (t->model->l0 != 0 || t->model->l1 != c->L || !t->opt.m))
+        core_usage_error("--out/--resume: checkpoints of pipeline-parallel runs are not supported yet "
+                         "(run with --pp 1 and --schedule 1f1b)");
+    if (c->out[0]) ckpt_make_dir(c->out);
+    if (c->resume[0]) trainer_resume(t);
     return t;
 }
 
@@ -240,10 +297,10 @@ int trainer_run(Trainer *t) {
     core_info0("unigram entropy of the training tokens: %.4f nats/token (a model that ignores context "
                "scores this)", t->unigram_entropy);
     float val = trainer_eval(t);
-    core_info0("step %5d/%d | val %.4f (before training)", 0, c->steps, val);
+    core_info0("step %5d/%d | val %.4f (before training)", t->step, c->steps, val);
     float val_first = val;
     double tokens = 0, secs = 0;
-    for (int s = 0; s < c->steps; s++) {
+    while (t->step < c->steps) {  // from the resumed step, if any
         StepStats st = trainer_step(t);
         tokens += (double)c->grad_accum * c->batch_size * c->T * dp;
         secs += st.seconds;
@@ -254,12 +311,13 @@ int trainer_run(Trainer *t) {
             log_step(t, &st, val, tokens / (secs > 0 ? secs : 1e-9));
             tokens = secs = 0;
         }
+        if (c->out[0] && (last || (c->save_every > 0 && t->step % c->save_every == 0))) trainer_save(t);
     }
     core_info0("validation loss %.4f -> %.4f nats/token; unigram entropy %.4f: %s", val_first, val,
                t->unigram_entropy, val < t->unigram_entropy ? "the model uses context" :
                "not yet below the unigram entropy (train longer)");
     if (c->sample_tokens > 0) {
-        RngStream rng = rng_stream(c->seed, 7);
+        RngStream rng = rng_stream(c->seed, SAMPLE_STREAM);
         int prompt = 0;
         uint32_t nl[4];
         // Start from the encoding of a newline when the vocabulary has one, else token 0.

@@ -21,6 +21,9 @@ static void train_help(void) {
            "  --steps N         optimizer steps\n"
            "  --seed S          seed of weights, data order and sampling\n"
            "  --metrics FILE    JSON Lines metrics, one object per logged step\n"
+           "  --out DIR         save checkpoints DIR/step_<n>.h5 (every --save-every N steps and at the end)\n"
+           "  --keep K          keep the newest K checkpoints in DIR (0: all)\n"
+           "  --resume PATH     continue from a checkpoint (pass the same config; any EP layout)\n"
            "  --ep N            expert-parallel ranks (run under `mpirun -np P`, P a multiple of N)\n"
            "  --device cpu|cuda\n\n");
     config_print_help(stdout);
