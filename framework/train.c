@@ -13,6 +13,7 @@
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/core/timer.h"
+#include "framework/pipe_train.h"
 #include "framework/sample.h"
 #include "parallel/comm.h"
 #include "parallel/dp_sync.h"
@@ -154,8 +155,10 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     t->cfg = *cfg;
     MoeConfig *c = &t->cfg;
     // The layout is checked on every rank before any data is read.
-    if (c->pp > 1)
-        core_usage_error("--pp %d: the trainer does not run pipeline schedules yet; use --pp 1", c->pp);
+    if (c->chunks > 0 && c->grad_accum != 1 && c->grad_accum != c->chunks)
+        core_usage_error("--chunks %d and --grad-accum %d both set the micro-batches per step: pass one",
+                         c->chunks, c->grad_accum);
+    if (c->chunks > 0) c->grad_accum = c->chunks;
     Grid *g = grid_create(comm_world(), c->pp, c->ep, c->E);
     grid_log(g, c->E);
     if (c->data[0] == '\0')
@@ -174,15 +177,20 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     t->unigram_entropy = unigram_entropy(path, c->V);
     join(path, sizeof path, c->data, "val.bin");
     t->val = loader_open(path, c->T, c->batch_size, g->dp_rank, g->dp, c->seed, 0);
-    t->model = model_create(c, g->ep_rank, g->ep);
-    model_init_weights(t->model);
-    if (g->world > 1) {
-        t->model->grid = g;
-        if (g->ep > 1) model_set_dispatcher(t->model, ep_dispatcher_create(g->ep_comm, c->E));
+    if (pipe_trainer_wanted(c)) {
+        t->pipe = pipe_trainer_create(c, g);
+        t->model = t->pipe->model[SCHED_DOWN];
     } else {
-        grid_free(g);  // one process: the plain path, no communication
+        t->model = model_create(c, g->ep_rank, g->ep);
+        model_init_weights(t->model);
+        if (g->world > 1) {
+            t->model->grid = g;
+            if (g->ep > 1) model_set_dispatcher(t->model, ep_dispatcher_create(g->ep_comm, c->E));
+        } else {
+            grid_free(g);  // one process: the plain path, no communication
+        }
+        adamw_init(&t->opt, &t->model->reg);
     }
-    adamw_init(&t->opt, &t->model->reg);
     t->tokens = core_alloc((size_t)c->grad_accum * c->batch_size * (c->T + 1) * sizeof(int));
     if (c->metrics[0] && core_rank() == 0) {
         t->metrics = fopen(c->metrics, "w");
@@ -205,8 +213,12 @@ void trainer_free(Trainer *t) {
     loader_close(t->val);
     tok_free(t->tok);
     adamw_free(&t->opt);
-    grid_free(t->model->grid);
-    model_free(t->model);
+    if (t->pipe) {
+        pipe_trainer_free(t->pipe);
+    } else {
+        grid_free(t->model->grid);
+        model_free(t->model);
+    }
     core_free(t->tokens);
     core_free(t);
 }
@@ -215,7 +227,8 @@ StepStats trainer_step(Trainer *t) {
     const MoeConfig *c = &t->cfg;
     const size_t mb = (size_t)c->batch_size * (c->T + 1);
     for (int i = 0; i < c->grad_accum; i++) loader_next(t->train, t->tokens + i * mb);
-    StepStats st = train_step_tokens(t->model, &t->opt, c, t->step, t->tokens);
+    StepStats st = t->pipe ? pipe_train_step(t->pipe, c, t->step, t->tokens)
+                           : train_step_tokens(t->model, &t->opt, c, t->step, t->tokens);
     t->step++;
     return st;
 }
@@ -228,6 +241,10 @@ float trainer_eval(Trainer *t) {
     double sum = 0;
     for (int i = 0; i < c->val_batches; i++) {
         loader_next(t->val, t->tokens);
+        if (t->pipe) {
+            sum += pipe_eval_ce(t->pipe, t->tokens);
+            continue;
+        }
         ModelActs a;
         sum += model_forward(t->model, &a, t->tokens, c->batch_size, c->T, 1);
         sum -= c->balance_alpha * a.bal;  // report the language-model loss alone
@@ -261,7 +278,8 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s) {
     const MoeConfig *c = &t->cfg;
     float imb[1024];
     int L = c->L < 1024 ? c->L : 1024;
-    model_load_imbalance(t->model, imb);
+    if (t->pipe) memcpy(imb, t->pipe->imbalance, (size_t)L * sizeof(float));
+    else model_load_imbalance(t->model, imb);
     char ib[512] = "", *p = ib;
     for (int l = 0; l < L && p < ib + sizeof ib - 16; l++)
         if (model_is_moe_layer(t->model, l)) p += sprintf(p, " %.2f", imb[l]);
@@ -286,7 +304,7 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s) {
 
 int trainer_run(Trainer *t) {
     const MoeConfig *c = &t->cfg;
-    const size_t n_params = t->model->reg.total;
+    const size_t n_params = t->pipe ? pipe_param_count(t->pipe) : t->model->reg.total;
     const int dp = t->model->grid ? t->model->grid->dp : 1;
     core_info0("model: V %d D %d L %d (dense %d) H %d Hkv %d T %d | E %d K %d S %d Fe %d | %.2fM parameters",
                c->V, c->D, c->L, c->n_dense_layers, c->H, c->Hkv, c->T, c->E, c->K, c->S, c->Fe,
@@ -316,7 +334,10 @@ int trainer_run(Trainer *t) {
     core_info0("validation loss %.4f -> %.4f nats/token; unigram entropy %.4f: %s", val_first, val,
                t->unigram_entropy, val < t->unigram_entropy ? "the model uses context" :
                "not yet below the unigram entropy (train longer)");
-    if (c->sample_tokens > 0) {
+    if (t->pipe && c->trace[0]) pipe_write_trace(t->pipe, c->trace);
+    if (c->sample_tokens > 0 && t->pipe) {
+        core_info0("no sample: sampling needs the whole model in one process (it runs without a pipeline)");
+    } else if (c->sample_tokens > 0) {
         RngStream rng = rng_stream(c->seed, SAMPLE_STREAM);
         int prompt = 0;
         uint32_t nl[4];

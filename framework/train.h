@@ -15,10 +15,14 @@
 extern "C" {
 #endif
 
+struct PipeTrainer;
+
 typedef struct {
     MoeConfig cfg;
-    Model *model;
-    AdamW opt;
+    Model *model;            // the whole model; under a pipeline (pipe != NULL) the stage this rank
+                             // holds in the down pipe, owned by pipe
+    AdamW opt;               // the whole model's optimizer (unused under a pipeline: pipe has one per stage)
+    struct PipeTrainer *pipe;  // framework/pipe_train.h: pipeline schedule and stages, or NULL
     Loader *train, *val;
     Tokenizer *tok;          // NULL when the data has no tokenizer (raw shard)
     FILE *metrics;

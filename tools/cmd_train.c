@@ -25,6 +25,10 @@ static void train_help(void) {
            "  --keep K          keep the newest K checkpoints in DIR (0: all)\n"
            "  --resume PATH     continue from a checkpoint (pass the same config; any EP layout)\n"
            "  --ep N            expert-parallel ranks (run under `mpirun -np P`, P a multiple of N)\n"
+           "  --pp N            pipeline ranks (P = pp x dp processes); the layers are split by cost\n"
+           "  --schedule S      1f1b | dualpipe (even pp, chunks even >= 2 pp) | dualpipev (chunks >= 2 pp)\n"
+           "  --chunks C        micro-batches per step (0: --grad-accum)\n"
+           "  --trace FILE      Chrome trace of the last step's pipeline ops (moelab schedule --from-trace)\n"
            "  --device cpu|cuda\n\n");
     config_print_help(stdout);
 }

@@ -1,0 +1,307 @@
+// Pipeline-parallel training (see pipe_train.h): the Model behind the executor's stage interface,
+// and the step around the schedule. Every rank of a pipeline reads the same micro-batches from its
+// loader, so the first stage finds the inputs and the last stage the targets of any micro-batch
+// without sending tokens along.
+#include "framework/pipe_train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "framework/core/check.h"
+#include "framework/core/log.h"
+#include "framework/core/mem.h"
+#include "framework/core/timer.h"
+#include "layers/router.h"
+#include "parallel/dp_sync.h"
+#include "parallel/ep_dispatch.h"
+#include "parallel/stage_partition.h"
+
+// ---------------------------------------------------------------------------------------------
+// The stage interface over a Model.
+
+static const float *stage_forward(void *ctx, int mb, const float *h_in) {
+    PipeStageCtx *x = ctx;
+    ModelActs *a = &x->acts[mb];
+    const int *tok = x->tokens + (size_t)mb * x->B * (x->T + 1);
+    x->loss += model_stage_forward(x->m, a, tok, h_in, x->B, x->T, 1);
+    if (x->m->last) {
+        x->ce += a->ce;
+        return NULL;
+    }
+    return a->h_out;
+}
+
+static const float *stage_backward_input(void *ctx, int mb, const float *dh_out) {
+    PipeStageCtx *x = ctx;
+    model_stage_backward_input(x->m, &x->acts[mb], dh_out, x->scale);
+    return x->m->first ? NULL : model_stage_dinput(x->m, &x->acts[mb]);
+}
+
+static void stage_backward_weight(void *ctx, int mb) {
+    PipeStageCtx *x = ctx;
+    model_backward_weight(x->m, &x->acts[mb]);
+}
+
+static void stage_release(void *ctx, int mb) {
+    PipeStageCtx *x = ctx;
+    model_acts_free(x->m, &x->acts[mb]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Set-up.
+
+int pipe_trainer_wanted(const MoeConfig *c) {
+    return c->pp > 1 || strcmp(c->schedule, "1f1b") != 0 || c->trace[0] != '\0';
+}
+
+PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g) {
+    const int kind = sched_kind_parse(c->schedule), N = g->pp, C = c->grad_accum;
+    if (kind < 0) core_usage_error("--schedule %s: expected 1f1b, dualpipe or dualpipev", c->schedule);
+    char err[SCHED_ERR_LEN];
+    Schedule *s = sched_build((SchedKind)kind, N, C, err);
+    if (!s) core_usage_error("--schedule %s --pp %d with %d micro-batches per step (--chunks): %s",
+                             c->schedule, N, C, err);
+    PipeTrainer *p = core_alloc(sizeof *p);
+    p->sched = s;
+    p->grid = g;
+    p->S = kind == SCHED_DUALPIPEV ? 2 * N : N;
+    if (c->L < p->S)
+        core_usage_error("--schedule %s with --pp %d cuts the model into %d stages of at least one "
+                         "layer, but n_layers = %d", c->schedule, N, p->S, c->L);
+    double *layer = core_alloc((size_t)c->L * sizeof(double));  // (L) forward FLOPs per token
+    double embed, head;
+    stage_costs(c, layer, &embed, &head);
+    p->bounds = core_alloc((size_t)(p->S + 1) * sizeof(int));
+    stage_partition(layer, c->L, embed, head, p->S, p->bounds);
+    core_free(layer);
+
+    p->n_models = kind == SCHED_1F1B ? 1 : 2;
+    p->partner = kind == SCHED_DUALPIPE ? N - 1 - g->pp_rank : -1;
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
+        const int st = sched_stage(s, g->pp_rank, pipe);
+        // Initialization is keyed by parameter identity, so both copies of a DualPipe stage (and
+        // every stage against the one-process model) start identical.
+        Model *m = model_create_stage(c, g->ep_rank, g->ep, p->bounds[st], p->bounds[st + 1]);
+        model_init_weights(m);
+        m->grid = g;
+        if (g->ep > 1) model_set_dispatcher(m, ep_dispatcher_create(g->ep_comm, c->E));
+        p->model[pipe] = m;
+        adamw_init(&p->opt[pipe], &m->reg);
+        p->ctx[pipe] = (PipeStageCtx){m, core_alloc((size_t)C * sizeof(ModelActs)), NULL, c->batch_size,
+                                      c->T, 1.0f / (float)C, 0, 0};
+        p->stage[pipe] = (PipeStage){&p->ctx[pipe], stage_forward, stage_backward_input,
+                                     stage_backward_weight, stage_release};
+    }
+    // A trace file that cannot be written is found now, not after the last step.
+    if (c->trace[0] && g->rank == 0) {
+        FILE *f = fopen(c->trace, "w");
+        if (!f) core_usage_error("cannot write --trace %s: %s", c->trace, strerror(errno));
+        fclose(f);
+    }
+    p->imbalance = core_alloc((size_t)c->L * sizeof(float));
+    p->trace = core_alloc((size_t)(s->n_ops[g->pp_rank] > 0 ? s->n_ops[g->pp_rank] : 1) * sizeof(SimEvent));
+
+    char line[1024];
+    int n = snprintf(line, sizeof line, "pipeline: %s, %d ranks, %d micro-batches per step | layers per stage:",
+                     c->schedule, N, C);
+    for (int st = 0; st < p->S && n < (int)sizeof line - 32; st++)
+        n += snprintf(line + n, sizeof line - (size_t)n, " [%d,%d)", p->bounds[st], p->bounds[st + 1]);
+    core_info0("%s", line);
+    if (kind == SCHED_DUALPIPE)
+        core_info0("pipeline: rank r holds stages r and %d-r; their gradients are summed with rank %d-r", N - 1, N - 1);
+    if (kind == SCHED_DUALPIPEV) core_info0("pipeline: rank r holds stages r and %d-r", 2 * N - 1);
+    return p;
+}
+
+void pipe_trainer_free(PipeTrainer *p) {
+    if (!p) return;
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
+        model_free(p->model[pipe]);  // before the grid: the EP dispatcher uses its communicator
+        adamw_free(&p->opt[pipe]);
+        core_free(p->ctx[pipe].acts);
+    }
+    grid_free(p->grid);
+    sched_free(p->sched);
+    core_free(p->bounds);
+    core_free(p->imbalance);
+    core_free(p->trace);
+    core_free(p);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The step.
+
+static PipeRun run_of(PipeTrainer *p, SimEvent *trace) {
+    const MoeConfig *c = &p->model[0]->cfg;
+    PipeRun r = {p->sched, p->grid->pp_rank, p->grid->pp_comm, {&p->stage[0], NULL},
+                 (size_t)c->batch_size * c->T * c->D, trace};
+    if (p->n_models > 1) r.stage[1] = &p->stage[1];
+    return r;
+}
+
+// DualPipe: the two copies of each stage (this rank's down stage r and the partner's up stage r,
+// and the other way round) add up their gradients and routing counts, so that both copies take
+// the same optimizer step and bias update. Both exchanges finish before anything is added (each
+// rank sends the gradients it is about to add to), and a + b on one rank and b + a on the other
+// are the same float, so the copies stay bit-identical.
+static void copy_sum(PipeTrainer *p) {
+    Comm *pp = p->grid->pp_comm;
+    const MoeConfig *c = &p->model[0]->cfg;
+    const size_t nc = (size_t)c->L * c->E;
+    float *g[2];  // [pipe] (total) the partner's copy of this rank's `pipe` stage's gradients
+    long *k[2];   // [pipe] (L, E) its routing counts
+    for (int pipe = 0; pipe < 2; pipe++) {
+        // The partner holds our `pipe` stage in its other pipe.
+        const Model *mine = p->model[pipe], *send = p->model[1 - pipe];
+        g[pipe] = core_alloc(mine->reg.total * sizeof(float));
+        k[pipe] = core_alloc(nc * sizeof(long));
+        comm_sendrecv(pp, send->reg.grad, send->reg.total, p->partner, g[pipe], mine->reg.total,
+                      p->partner, COMM_F32, 2 * pipe);
+        comm_sendrecv(pp, send->expert_counts, nc, p->partner, k[pipe], nc, p->partner, COMM_I64,
+                      2 * pipe + 1);
+    }
+    for (int pipe = 0; pipe < 2; pipe++) {
+        Model *mine = p->model[pipe];
+        for (size_t i = 0; i < mine->reg.total; i++) mine->reg.grad[i] += g[pipe][i];
+        for (size_t i = 0; i < nc; i++) mine->expert_counts[i] += k[pipe][i];
+        core_free(g[pipe]);
+        core_free(k[pipe]);
+    }
+}
+
+// The trained tensors' gradients of models [0, n) as a DpGrad list (t has room for all tensors).
+static int grad_list(PipeTrainer *p, int n, DpGrad *t) {
+    int k = 0;
+    for (int pipe = 0; pipe < n; pipe++) {
+        const ParamRegistry *r = &p->model[pipe]->reg;
+        for (int i = 0; i < r->n; i++)
+            if (r->p[i].kind != PARAM_BUFFER)
+                t[k++] = (DpGrad){r->grad + r->p[i].offset, r->p[i].numel, r->p[i].kind == PARAM_EXPERT};
+    }
+    return k;
+}
+
+StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const int *tokens) {
+    StepStats st = {0};
+    const double t0 = core_now();
+    const Grid *g = p->grid;
+    const int C = p->sched->C;
+    CHECK(c->grad_accum == C, "pipe_train_step: %d micro-batches, the schedule has %d", c->grad_accum, C);
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
+        Model *m = p->model[pipe];
+        params_zero_grad(&m->reg);
+        model_reset_counts(m);
+        m->count_routes = 1;
+        p->ctx[pipe].tokens = tokens;
+        p->ctx[pipe].loss = p->ctx[pipe].ce = 0;
+    }
+    grid_test_die_at(g, step);
+    PipeRun run = run_of(p, p->trace);
+    pipe_run(&run);
+    double means[2] = {0, 0};  // loss, ce: summed over the stages, then over the pipeline group
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
+        p->model[pipe]->count_routes = 0;
+        means[0] += p->ctx[pipe].loss;
+        means[1] += p->ctx[pipe].ce;
+    }
+    comm_allreduce(g->pp_comm, means, 2, COMM_F64, COMM_SUM);
+    means[0] /= C;
+    means[1] /= C;
+    if (p->partner >= 0) copy_sum(p);
+
+    int n_tensors = 0;
+    for (int pipe = 0; pipe < p->n_models; pipe++) n_tensors += p->model[pipe]->reg.n;
+    DpGrad *t = core_alloc((size_t)n_tensors * sizeof *t);
+    dp_sync_grads(g, t, grad_list(p, p->n_models, t), DP_SYNC_BUCKET_FLOATS);
+    // Each stage counted once: DualPipe's up stages are copies of other ranks' down stages.
+    const int unique = p->partner >= 0 ? 1 : p->n_models;
+    st.grad_norm = (float)sqrt(dp_sync_grad_sqsum(g, t, grad_list(p, unique, t)));
+    core_free(t);
+    dp_sync_mean(g, means, 2);
+    st.loss = (float)means[0];
+    st.ce = (float)means[1];
+
+    const float clip = optim_clip_factor(st.grad_norm, c->grad_clip);
+    st.lr = optim_lr(c, step);
+    // The bias update's c̄ counts the tokens of the whole step, over all data-parallel ranks.
+    const long n_tokens = (long)C * c->batch_size * c->T * g->dp;
+    for (int l = 0; l < c->L; l++) p->imbalance[l] = 0;
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
+        Model *m = p->model[pipe];
+        dp_sync_sum_counts(g, m->expert_counts, (size_t)c->L * c->E);
+        if (clip != 1.0f) optim_scale_grads(&m->reg, clip);
+        adamw_step(&p->opt[pipe], &m->reg, c, st.lr);
+        for (int l = m->l0; l < m->l1; l++)
+            if (model_is_moe_layer(m, l))
+                router_bias_update(m->w[l].moe.bias, m->expert_counts + (size_t)l * c->E, c->E, c->K,
+                                   n_tokens, c->bias_rate);
+        float *imb = core_alloc((size_t)c->L * sizeof(float));  // (L) zero outside this stage
+        model_load_imbalance(m, imb);
+        for (int l = 0; l < c->L; l++) p->imbalance[l] = fmaxf(p->imbalance[l], imb[l]);
+        core_free(imb);
+    }
+    comm_allreduce(g->pp_comm, p->imbalance, (size_t)c->L, COMM_F32, COMM_MAX);
+    st.seconds = core_now() - t0;
+    return st;
+}
+
+float pipe_eval_ce(PipeTrainer *p, const int *tokens) {
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
+        p->ctx[pipe].tokens = tokens;
+        p->ctx[pipe].loss = p->ctx[pipe].ce = 0;
+    }
+    PipeRun run = run_of(p, NULL);
+    pipe_run_forward(&run, 1);
+    double ce = 0;
+    for (int pipe = 0; pipe < p->n_models; pipe++) ce += p->ctx[pipe].ce;
+    comm_allreduce(p->grid->pp_comm, &ce, 1, COMM_F64, COMM_SUM);
+    return (float)ce;
+}
+
+size_t pipe_param_count(const PipeTrainer *p) {
+    const int unique = p->partner >= 0 ? 1 : p->n_models;
+    long total = 0;
+    for (int pipe = 0; pipe < unique; pipe++) total += (long)p->model[pipe]->reg.total;
+    comm_allreduce(p->grid->pp_comm, &total, 1, COMM_I64, COMM_SUM);
+    return (size_t)total;
+}
+
+void pipe_write_trace(const PipeTrainer *p, const char *path) {
+    const Grid *g = p->grid;
+    const Schedule *s = p->sched;
+    // DP rank 0's pipeline holds world rank 0; the other pipelines ran the same schedule.
+    if (g->dp_rank != 0) return;
+    int most = 1;
+    for (int r = 0; r < s->N; r++) most = s->n_ops[r] > most ? s->n_ops[r] : most;
+    // Every rank knows every rank's ops (the schedule): only the times travel.
+    double *mine = core_alloc((size_t)2 * most * sizeof(double));       // (most, 2) start, end
+    double *all = core_alloc((size_t)2 * most * s->N * sizeof(double)); // (N, most, 2)
+    for (int i = 0; i < s->n_ops[g->pp_rank]; i++) {
+        mine[2 * i] = p->trace[i].start;
+        mine[2 * i + 1] = p->trace[i].end;
+    }
+    comm_allgather(g->pp_comm, mine, all, (size_t)2 * most, COMM_F64);
+    if (g->rank == 0) {
+        double t0 = all[0];
+        for (int r = 0; r < s->N; r++)
+            for (int i = 0; i < s->n_ops[r]; i++) t0 = fmin(t0, all[((size_t)r * most + i) * 2]);
+        SimEvent **ev = core_alloc((size_t)s->N * sizeof(SimEvent *));  // (N) per-rank events
+        for (int r = 0; r < s->N; r++) {
+            ev[r] = core_alloc((size_t)(s->n_ops[r] > 0 ? s->n_ops[r] : 1) * sizeof(SimEvent));
+            for (int i = 0; i < s->n_ops[r]; i++) {
+                const double *x = &all[((size_t)r * most + i) * 2];
+                ev[r][i] = (SimEvent){s->ops[r][i], x[0] - t0, x[1] - t0};
+            }
+        }
+        SimTimeline tl = {s->N, s->n_ops, ev, 0, 0, NULL, NULL};
+        char err[SCHED_ERR_LEN];
+        if (sim_write_trace(&tl, path, err)) FATAL("--trace: %s", err);
+        core_info0("trace of the last step's pipeline ops written to %s", path);
+        for (int r = 0; r < s->N; r++) core_free(ev[r]);
+        core_free(ev);
+    }
+    core_free(mine);
+    core_free(all);
+}

@@ -1,0 +1,66 @@
+#!/bin/bash
+# `moelab train --pp` under mpirun against the one-process run: the same 4 micro-batches of 4
+# sequences per step as DualPipe on 2 ranks (--chunks 4) and DualPipeV on 2 ranks; the logged
+# losses and gradient norms of every step agree within 1e-5 relative. The DualPipe run's --trace
+# must draw with `moelab schedule --from-trace`, and bad pipeline arguments end with one message.
+set -euo pipefail
+here="$TEST_SRCDIR/moelab/tests/pipeline"
+moelab="$TEST_SRCDIR/moelab/tools/moelab"
+tmp="${TEST_TMPDIR:-/tmp}"
+source "$here/mpi.sh"
+
+# A small byte-level corpus: this package's own sources.
+"$moelab" data prepare --input "$here" --vocab 256 --out "$tmp/data" --val-fraction 0.1 >/dev/null
+args=(--data "$tmp/data" --steps 3 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4
+      --seq-len 16 --d-model 32 --n-layers 4 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64
+      --warmup-steps 1 --lr 0.01 --bias-rate 0.01 --balance-alpha 0.01)
+
+"$moelab" train "${args[@]}" --grad-accum 4 --metrics "$tmp/one.jsonl" >"$tmp/one.log"
+mpi 2 "$moelab" train "${args[@]}" --pp 2 --schedule dualpipe --chunks 4 --trace "$tmp/trace.json" \
+    --metrics "$tmp/dualpipe.jsonl" >"$tmp/dualpipe.log"
+mpi 2 "$moelab" train "${args[@]}" --pp 2 --schedule dualpipev --chunks 4 \
+    --metrics "$tmp/dualpipev.jsonl" >"$tmp/dualpipev.log"
+
+grep -q "pipeline: dualpipe, 2 ranks, 4 micro-batches per step | layers per stage: \[0,2) \[2,4)" \
+    "$tmp/dualpipe.log" || { echo "FAIL: the partition is not in the log:"; cat "$tmp/dualpipe.log"; exit 1; }
+
+# Field values of every metrics line: "name": value.
+fields() { grep -o "\"$2\": [-0-9.e]*" "$1" | awk '{print $2}'; }
+for run in dualpipe dualpipev; do
+    for f in loss ce grad_norm; do
+        paste <(fields "$tmp/one.jsonl" $f) <(fields "$tmp/$run.jsonl" $f) | awk -v run=$run -v f=$f '
+            { d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1
+              if (d > 1e-5 * s + 1e-6) { printf "FAIL: %s step %d %s %s vs one process %s\n", run, NR, f, $2, $1; bad = 1 } }
+            END { if (NR != 3) { printf "FAIL: %s has %d %s values\n", run, NR, f; bad = 1 }; exit bad }'
+    done
+    echo "ok: $run matches the one-process run"
+done
+
+# The measured timeline: every op of both ranks, drawn.
+"$moelab" schedule --from-trace "$tmp/trace.json" --svg "$tmp/trace.svg" >"$tmp/from_trace.txt"
+ops=$(grep -c '"ph": "X"' "$tmp/trace.json")
+[ "$ops" = "$("$moelab" schedule --kind dualpipe --pp 2 --chunks 4 --format json | grep -o '"op"' | wc -l)" ] ||
+    { echo "FAIL: the trace has $ops op events"; cat "$tmp/trace.json"; exit 1; }
+grep -q "<svg" "$tmp/trace.svg" && [ "$(grep -c 'class="op"' "$tmp/trace.svg")" = "$ops" ] ||
+    { echo "FAIL: the SVG does not draw the $ops ops"; exit 1; }
+grep -q "rank 1" "$tmp/from_trace.txt" || { echo "FAIL: no per-rank idle time:"; cat "$tmp/from_trace.txt"; exit 1; }
+echo "ok: the trace of $ops ops draws"
+
+# Bad pipeline arguments: one message and exit status 2.
+expect_usage() {
+    local want=$1
+    shift
+    set +e
+    "$@" >"$tmp/err.log" 2>&1
+    local rc=$?
+    set -e
+    [ $rc -ne 0 ] && grep -qF -- "$want" "$tmp/err.log" ||
+        { echo "FAIL: expected '$want' (exit $rc):"; cat "$tmp/err.log"; exit 1; }
+}
+expect_usage "dualpipe needs an even number of micro-batches (chunks = 3)" \
+    mpi 2 "$moelab" train "${args[@]}" --pp 2 --schedule dualpipe --chunks 3
+expect_usage "cuts the model into 8 stages of at least one layer, but n_layers = 4" \
+    mpi 4 "$moelab" train "${args[@]}" --pp 4 --schedule dualpipev --chunks 8
+expect_usage "--chunks 4 and --grad-accum 2 both set the micro-batches per step" \
+    "$moelab" train "${args[@]}" --chunks 4 --grad-accum 2
+echo "ok: bad arguments are refused"
