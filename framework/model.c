@@ -108,6 +108,9 @@ Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, 
     config_validate(c);
     CHECK(ep_size >= 1 && c->E % ep_size == 0 && ep_rank >= 0 && ep_rank < ep_size,
           "bad expert-parallel layout: rank %d of %d for %d experts", ep_rank, ep_size, c->E);
+    CHECK((c->E + c->eplb_redundant) % ep_size == 0,
+          "%d experts + %d redundant slots cannot be split evenly over %d expert-parallel ranks", c->E,
+          c->eplb_redundant, ep_size);
     CHECK(0 <= l0 && l0 < l1 && l1 <= c->L, "bad stage: layers [%d, %d) of %d", l0, l1, c->L);
     // A tied head reads the embedding: both must live on one stage.
     if (c->tie_embeddings && (l0 > 0 || l1 < c->L))
@@ -122,7 +125,14 @@ Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, 
     m->hd = c->D / c->H;
     m->ep_rank = ep_rank;
     m->ep_size = ep_size;
-    m->n_local = c->E / ep_size;
+    m->R = c->E + c->eplb_redundant;
+    m->n_local = m->R / ep_size;
+    // Before any rebalance slot p holds expert p mod E: the identity when there are no redundant
+    // slots, and replicas of experts 0, 1, ... in the redundant ones.
+    m->phy2log = core_alloc((size_t)c->L * m->R * sizeof(int));
+    for (int l = 0; l < c->L; l++)
+        for (int p = 0; p < m->R; p++)
+            m->phy2log[(size_t)l * m->R + p] = model_is_moe_layer(m, l) ? p % c->E : -1;
     declare(m);
     params_allocate(&m->reg);
     m->w = core_alloc((size_t)c->L * sizeof *m->w);
@@ -149,6 +159,7 @@ Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, 
     s->rc.route_scale = c->route_scale;
     s->alpha = c->balance_alpha;
     m->disp = moe_local_dispatcher_create(c->E);
+    m->layer_disp = core_alloc((size_t)c->L * sizeof *m->layer_disp);
     m->expert_counts = core_alloc((size_t)c->L * (size_t)c->E * sizeof(long));
     return m;
 }
@@ -164,13 +175,13 @@ void model_init_weights(Model *m) {
         if (p->init_std == 0.0f) {
             for (size_t j = 0; j < p->numel; j++) x[j] = p->init_value;
         } else if (p->kind == PARAM_EXPERT || strstr(p->name, ".shared.")) {
-            // One key per expert: a rank holding experts [first, first + local_rows) generates exactly
-            // the numbers the one-process run puts there.
+            // One key per expert: a slot gets exactly the numbers the one-process run puts in the
+            // row of the logical expert it holds (routed experts), or of its index (shared experts).
             size_t slice = p->numel / (size_t)p->local_rows;
-            int first = p->kind == PARAM_EXPERT ? m->ep_rank * m->n_local : 0;
+            const int *slots = m->phy2log + (size_t)p->layer * m->R + m->ep_rank * m->n_local;
             for (int64_t e = 0; e < p->local_rows; e++)
                 rng_normal_fill(x + (size_t)e * slice, slice, p->init_std, m->cfg.seed, p->layer,
-                                short_name, first + (int)e);
+                                short_name, p->kind == PARAM_EXPERT ? slots[e] : (int)e);
         } else {
             rng_normal_fill(x, p->numel, p->init_std, m->cfg.seed, p->layer, short_name, -1);
         }
@@ -188,9 +199,25 @@ void model_set_dispatcher(Model *m, MoeDispatcher *d) {
     m->disp = d;
 }
 
+void model_set_layer_dispatcher(Model *m, int l, MoeDispatcher *d) {
+    CHECK(l >= m->l0 && l < m->l1 && model_is_moe_layer(m, l),
+          "layer %d is not a MoE layer of stage [%d, %d)", l, m->l0, m->l1);
+    if (m->layer_disp[l]) m->layer_disp[l]->destroy(m->layer_disp[l]);
+    m->layer_disp[l] = d;
+}
+
+// The dispatcher that moves MoE layer l's tokens.
+static MoeDispatcher *disp_of(const Model *m, int l) {
+    return m->layer_disp[l] ? m->layer_disp[l] : m->disp;
+}
+
 void model_free(Model *m) {
     if (!m) return;
     if (m->disp) m->disp->destroy(m->disp);
+    for (int l = 0; l < m->cfg.L; l++)
+        if (m->layer_disp[l]) m->layer_disp[l]->destroy(m->layer_disp[l]);
+    core_free(m->layer_disp);
+    core_free(m->phy2log);
     params_free(&m->reg);
     core_free(m->w);
     core_free(m->g);
@@ -283,7 +310,7 @@ static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
 void model_acts_free(Model *m, ModelActs *a) {
     if (a->layer)
         for (int l = m->l0; l < m->l1; l++)
-            if (model_is_moe_layer(m, l)) moe_acts_free(&a->layer[l].moe, m->disp);
+            if (model_is_moe_layer(m, l)) moe_acts_free(&a->layer[l].moe, disp_of(m, l));
     core_free(a->layer);
     core_free(a->arena);
     memset(a, 0, sizeof *a);
@@ -354,7 +381,12 @@ static void ffn_forward(Model *m, int l, LayerActs *la, float *h_out, int B, int
     const LayerWeights *w = &m->w[l];
     rmsnorm_forward(la->m, la->rstd2, la->h_mid, w->ffn_norm, N, D, c->norm_eps);
     if (model_is_moe_layer(m, l)) {
-        moe_forward(la->ffn_out, &la->moe, la->m, &m->moe_shape, &w->moe, m->disp, B, T);
+        MoeDispatcher *d = disp_of(m, l);
+        // A dispatcher that fills fewer slots than the tensors hold would pair experts with wrong rows.
+        CHECK(d->n_local == m->n_local, "layer %d: the dispatcher runs %d expert slots per rank but the "
+              "model holds %d (redundant EPLB slots need the EPLB runtime's dispatchers)", l, d->n_local,
+              m->n_local);
+        moe_forward(la->ffn_out, &la->moe, la->m, &m->moe_shape, &w->moe, d, B, T);
         if (m->count_routes)
             router_count(m->expert_counts + (size_t)l * c->E, la->moe.idx, N, c->K, c->E);
     } else {
@@ -374,7 +406,7 @@ static void ffn_backward_input(Model *m, int l, LayerActs *la, const float *dh_o
         // The balance loss enters the objective as scale·alpha·L_bal (dh_out is already scaled).
         MoeShape shape = m->moe_shape;
         shape.alpha *= scale;
-        moe_backward_input(la->dm, &la->moe, dh_out, &shape, &w->moe, m->disp);
+        moe_backward_input(la->dm, &la->moe, dh_out, &shape, &w->moe, disp_of(m, l));
     } else {
         float *dh = core_alloc((size_t)N * c->F * sizeof(float));
         swiglu_backward_input(la->dm, &la->ffn, dh, dh_out, w->w1, w->w3, w->w2, N, D, c->F);
@@ -388,7 +420,7 @@ static void ffn_backward_weight(Model *m, int l, LayerActs *la, const float *dh_
     const MoeConfig *c = &m->cfg;
     LayerWeights *g = &m->g[l];
     if (model_is_moe_layer(m, l))
-        moe_backward_weight(&g->moe, &la->moe, &m->moe_shape, m->disp);
+        moe_backward_weight(&g->moe, &la->moe, &m->moe_shape, disp_of(m, l));
     else
         swiglu_backward_weight(g->w1, g->w3, g->w2, &la->ffn, la->m, dh_out, N, c->D, c->F);
     rmsnorm_backward_weight(g->ffn_norm, la->dm, la->h_mid, la->rstd2, N, c->D);

@@ -38,11 +38,17 @@ typedef struct {
     float *final_norm, *d_final_norm;  // (D) last stage only
     float *lm_head, *d_lm_head;        // (V, D) last stage only; the embedding when tied
     MoeShape moe_shape;
-    MoeDispatcher *disp;     // owned
-    int ep_rank, ep_size, n_local;     // expert slots held here: n_local = E / ep
+    MoeDispatcher *disp;     // owned: moves the tokens of every MoE layer without a dispatcher of its own
+    MoeDispatcher **layer_disp;  // [L] owned, NULL: use disp. EPLB gives each MoE layer its own,
+                                 // because each layer has its own placement of experts in slots
+    int R;                   // physical expert slots per MoE layer over the EP group: E + eplb_redundant
+    int *phy2log;            // (L, R) logical expert held by each slot (MoE layers; -1 on dense layers);
+                             // slot p lives on EP rank p / n_local. Starts as p mod E; EPLB rewrites it
+    int ep_rank, ep_size, n_local;     // expert slots held here: n_local = R / ep
     long *expert_counts;     // (L, E) tokens routed to each logical expert since the last reset
     int count_routes;        // training micro-batches add to expert_counts; eval and sampling do not
     struct Grid *grid;       // process grid (parallel/grid.h), not owned; NULL for one process
+    struct EplbRuntime *eplb;  // EPLB during training (parallel/eplb_runtime.h), not owned; or NULL
 } Model;
 
 // Per-layer activations of one micro-batch (and the gradients backward_weight needs).
@@ -81,15 +87,18 @@ typedef struct {
     size_t arena_used, arena_cap;
 } ModelActs;
 
-// The whole model (stage [0, L)).
+// The whole model (stage [0, L)). Each MoE layer has R = E + c->eplb_redundant physical expert slots,
+// R / ep_size of them on this EP rank (R % ep_size == 0).
 Model *model_create(const MoeConfig *c, int ep_rank, int ep_size);
 // One pipeline stage: layers [l0, l1) of the model c describes.
 Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1);
 // Fills every tensor from its parameter identity (seed, layer, name, expert): identical whatever
-// the layout.
+// the layout; a slot gets the numbers of the logical expert it holds, so replicas start identical.
 void model_init_weights(Model *m);
 // Replaces the dispatcher (the model owns it from now on).
 void model_set_dispatcher(Model *m, MoeDispatcher *d);
+// Gives MoE layer l a dispatcher of its own, replacing any earlier one (the model owns it).
+void model_set_layer_dispatcher(Model *m, int l, MoeDispatcher *d);
 void model_free(Model *m);
 
 // Forward of one micro-batch through the whole model. tokens (B, T+1) gives inputs [:, :T] and

@@ -18,7 +18,12 @@
 #include "parallel/comm.h"
 #include "parallel/dp_sync.h"
 #include "parallel/ep_dispatch.h"
+#include "parallel/eplb_runtime.h"
 #include "parallel/grid.h"
+
+// Σ g² that a norm over every slot counts more than once: replicas of an expert hold copies of one
+// gradient, and the norm counts each logical expert once.
+static double duplicate_sqsum(Model *m) { return m->eplb ? eplb_runtime_duplicate_sqsum(m->eplb) : 0; }
 
 // The multi-process part of a step (ARCHITECTURE.md §4): gradients averaged over DP (dense) and
 // expert-DP (experts), the step's expert counts and mean losses (loss, ce) made global. Returns the
@@ -32,7 +37,7 @@ static float sync_step(Model *m, double *means) {
         if (r->p[i].kind != PARAM_BUFFER)
             t[n++] = (DpGrad){r->grad + r->p[i].offset, r->p[i].numel, r->p[i].kind == PARAM_EXPERT};
     dp_sync_grads(g, t, n, DP_SYNC_BUCKET_FLOATS);
-    const double sq = dp_sync_grad_sqsum(g, t, n);
+    const double sq = dp_sync_grad_sqsum(g, t, n) - duplicate_sqsum(m);
     core_free(t);
     dp_sync_sum_counts(g, m->expert_counts, (size_t)m->cfg.L * (size_t)m->cfg.E);
     dp_sync_mean(g, means, 2);
@@ -58,6 +63,8 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
         model_acts_free(m, &a);
     }
     m->count_routes = 0;
+    // Replicas of an expert apply one update: each gets the sum of all the replicas' gradients.
+    if (m->eplb) eplb_runtime_sum_replica_grads(m->eplb);
     double means[2] = {loss / A, ce / A};
     // The bias update's c̄ counts the tokens of the whole step, over all data-parallel ranks.
     long n_tokens = (long)A * B * T;
@@ -65,7 +72,7 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
         st.grad_norm = sync_step(m, means);
         n_tokens *= m->grid->dp;
     } else {
-        st.grad_norm = (float)sqrt(optim_grad_sqsum(&m->reg, -1));
+        st.grad_norm = (float)sqrt(optim_grad_sqsum(&m->reg, -1) - duplicate_sqsum(m));
     }
     st.loss = (float)means[0];
     st.ce = (float)means[1];
@@ -77,8 +84,39 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
         if (model_is_moe_layer(m, l))
             router_bias_update(m->w[l].moe.bias, m->expert_counts + (size_t)l * c->E, c->E, c->K,
                                n_tokens, c->bias_rate);
+    if (m->eplb)
+        st.rebalanced = eplb_runtime_step(m->eplb, m->expert_counts + (size_t)c->n_dense_layers * c->E, step);
     st.seconds = core_now() - t0;
     return st;
+}
+
+void train_eplb_attach(Model *m, AdamW *o, Comm *ep) {
+    const MoeConfig *c = &m->cfg;
+    CHECK(m->first && m->last && !m->eplb, "EPLB attaches once, to a whole model");
+    CHECK(ep->size == m->ep_size && ep->rank == m->ep_rank, "EPLB: group %s (rank %d of %d) is not the "
+          "model's EP group (rank %d of %d)", ep->name, ep->rank, ep->size, m->ep_rank, m->ep_size);
+    eplb_runtime_check_config(c);
+    const int L = c->L - c->n_dense_layers;
+    EplbRuntimeSpec s = {.L = L, .E = c->E, .R = m->R, .interval = c->eplb_interval, .ep = ep,
+                         .phy2log = m->phy2log + (size_t)c->n_dense_layers * m->R,
+                         .state = {m->reg.data, o->m, o->v}, .grad = m->reg.grad};
+    // Each MoE layer gets its own dispatcher: placements differ from layer to layer.
+    s.disp = core_alloc((size_t)L * sizeof *s.disp);
+    for (int l = 0; l < L; l++) {
+        s.disp[l] = ep_dispatcher_create(ep, c->E);
+        model_set_layer_dispatcher(m, c->n_dense_layers + l, s.disp[l]);
+    }
+    EplbTensor *t = core_alloc((size_t)m->reg.n * sizeof *t);
+    for (int i = 0; i < m->reg.n; i++) {
+        const ParamInfo *p = &m->reg.p[i];
+        if (p->kind == PARAM_EXPERT)
+            t[s.n_tensor++] = (EplbTensor){p->layer - c->n_dense_layers, p->offset,
+                                           p->numel / (size_t)p->local_rows};
+    }
+    s.tensor = t;
+    m->eplb = eplb_runtime_create(&s);
+    core_free(t);
+    core_free(s.disp);
 }
 
 // Entropy (nats per token) of the token frequencies of a shard: the loss of the best model that
@@ -108,6 +146,9 @@ static const uint32_t SAMPLE_STREAM = 7;
 // rank 0, each expert row by its first expert-data-parallel replica.
 static CkptShard trainer_shard(const Trainer *t) {
     CkptShard sh = ckpt_shard_of(t->model);
+    // The slots hold the experts of the model's placement (EPLB rewrites it; replicas included).
+    sh.R = t->model->R;
+    sh.phy2log = t->model->phy2log;
     const Grid *g = t->model->grid;
     if (g) {
         sh.part = g->rank;
@@ -121,6 +162,14 @@ static CkptShard trainer_shard(const Trainer *t) {
 // Restores everything a step depends on: weights and router biases, AdamW moments and t, the step
 // (hence the learning rate) and the training loader's position.
 static void trainer_resume(Trainer *t) {
+    // EPLB goes on from the saved placement when it has as many slots, so that replicas split their
+    // experts' tokens as before; ckpt_load fills each slot from its expert's logical rows either way.
+    CkptEplb e;
+    if (t->model->eplb && ckpt_load_eplb(t->cfg.resume, &t->cfg, &e)) {
+        if (e.phy2log && e.R == t->model->R)
+            eplb_runtime_set_placement(t->model->eplb, e.phy2log + (size_t)t->cfg.n_dense_layers * e.R);
+        ckpt_eplb_free(&e);
+    }
     CkptShard sh = trainer_shard(t);
     CkptState st;
     ckpt_load(t->cfg.resume, &sh, t->model, &t->opt, &st);
@@ -136,7 +185,7 @@ static void trainer_save(Trainer *t) {
     ckpt_step_path(t->cfg.out, t->step, path, sizeof path);
     const CkptShard sh = trainer_shard(t);
     const CkptState st = {t->step, loader_get_pos(t->train), rng_stream(t->cfg.seed, SAMPLE_STREAM)};
-    const CkptEplb counts = {0, NULL, t->model->expert_counts};
+    const CkptEplb counts = {t->model->R, t->model->eplb ? t->model->phy2log : NULL, t->model->expert_counts};
     const Grid *g = t->model->grid;
     if (!g) {
         ckpt_save(path, &sh, t->model, &t->opt, &st, &counts);
@@ -161,6 +210,10 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     if (c->chunks > 0) c->grad_accum = c->chunks;
     Grid *g = grid_create(comm_world(), c->pp, c->ep, c->E);
     grid_log(g, c->E);
+    eplb_runtime_check_config(c);
+    if (c->eplb_interval > 0 && pipe_trainer_wanted(c))
+        core_usage_error("--eplb-interval runs in the trainer without a pipeline: drop --pp, --schedule "
+                         "and --trace");
     if (c->data[0] == '\0')
         core_usage_error("no training data: pass --data DIR (a directory made by `moelab data prepare`)");
     struct stat sb;
@@ -190,6 +243,8 @@ Trainer *trainer_create(const MoeConfig *cfg) {
             grid_free(g);  // one process: the plain path, no communication
         }
         adamw_init(&t->opt, &t->model->reg);
+        if (c->eplb_interval > 0)
+            train_eplb_attach(t->model, &t->opt, t->model->grid ? t->model->grid->ep_comm : comm_world());
     }
     t->tokens = core_alloc((size_t)c->grad_accum * c->batch_size * (c->T + 1) * sizeof(int));
     if (c->metrics[0] && core_rank() == 0) {
@@ -216,6 +271,7 @@ void trainer_free(Trainer *t) {
     if (t->pipe) {
         pipe_trainer_free(t->pipe);
     } else {
+        eplb_runtime_free(t->model->eplb);
         grid_free(t->model->grid);
         model_free(t->model);
     }
@@ -274,6 +330,19 @@ static void print_text(const Tokenizer *tok, const int *ids, int n) {
     core_free(txt);
 }
 
+// `, "expert_load": [[...], ...]`: the step's tokens per logical expert of each MoE layer, over all
+// data-parallel ranks (what `moelab plot` draws).
+static void write_expert_load(FILE *f, const Model *m) {
+    const int E = m->cfg.E;
+    fputs(", \"expert_load\": [", f);
+    for (int l = m->cfg.n_dense_layers; l < m->cfg.L; l++) {
+        fputs(l > m->cfg.n_dense_layers ? ", [" : "[", f);
+        for (int e = 0; e < E; e++) fprintf(f, e ? ", %ld" : "%ld", m->expert_counts[(size_t)l * E + e]);
+        fputc(']', f);
+    }
+    fputc(']', f);
+}
+
 static void log_step(Trainer *t, const StepStats *st, float val, double tok_s) {
     const MoeConfig *c = &t->cfg;
     float imb[1024];
@@ -298,7 +367,10 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s) {
             fprintf(t->metrics, first ? "%.4f" : ", %.4f", imb[l]);
             first = 0;
         }
-    fprintf(t->metrics, "]}\n");
+    fprintf(t->metrics, "]");
+    if (!t->pipe) write_expert_load(t->metrics, t->model);
+    if (t->model->eplb) eplb_runtime_write_metrics(t->model->eplb, t->metrics, st->rebalanced);
+    fprintf(t->metrics, "}\n");
     fflush(t->metrics);
 }
 
@@ -325,7 +397,7 @@ int trainer_run(Trainer *t) {
         int last = t->step == c->steps;
         val = -1;
         if (last || (c->val_every > 0 && t->step % c->val_every == 0)) val = trainer_eval(t);
-        if (last || t->step % c->log_every == 0 || val >= 0) {
+        if (last || t->step % c->log_every == 0 || val >= 0 || st.rebalanced) {
             log_step(t, &st, val, tokens / (secs > 0 ? secs : 1e-9));
             tokens = secs = 0;
         }

@@ -38,12 +38,21 @@ typedef struct {
     float grad_norm;     // before clipping
     float lr;
     double seconds;
+    int rebalanced;      // EPLB moved experts to new slots after this step (model->eplb has the figures)
 } StepStats;
 
 // One optimizer step of model m on A = c->grad_accum micro-batches, tokens (A, B, T+1), as step
 // number `step` (0-based) of the schedule: forward, backward_input, backward_weight per micro-batch,
 // then clipping, AdamW and the aux-loss-free bias update. The core of every training path.
 StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, const int *tokens);
+
+struct Comm;
+
+// Gives a whole model (after adamw_init of o) EPLB as cfg.eplb_interval/eplb_redundant ask: one
+// expert-parallel dispatcher per MoE layer over ep (the model's EP group: grid->ep_comm, or
+// comm_world() for one process), and a runtime (m->eplb, freed by the caller with eplb_runtime_free)
+// that train_step_tokens then drives. Usage errors (exit 2) for settings EPLB cannot run.
+void train_eplb_attach(Model *m, AdamW *o, struct Comm *ep);
 
 // Opens the data named by cfg->data (a directory from `moelab data prepare`, holding tokenizer.bin,
 // train.bin and val.bin), builds and initializes the model and the optimizer.

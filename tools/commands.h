@@ -8,6 +8,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_eplb(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
 int cmd_schedule(int argc, char **argv);
 int cmd_ckpt(int argc, char **argv);
 

@@ -15,6 +15,7 @@ static const Command COMMANDS[] = {
     {"data", cmd_data, "prepare a tokenizer and token shards from text"},
     {"sample", cmd_sample, "generate text from a checkpoint"},
     {"eplb", cmd_eplb, "plan expert placement from a load matrix (EPLB)"},
+    {"plot", cmd_plot, "draw expert and rank load of a training run as SVG"},
     {"schedule", cmd_schedule, "print or draw a pipeline schedule"},
     {"bench", cmd_bench, "measure training throughput"},
     {"ckpt", cmd_ckpt, "inspect or verify a checkpoint"},

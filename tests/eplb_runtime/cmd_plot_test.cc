@@ -1,0 +1,153 @@
+// `moelab plot` (tools/cmd_plot.c): the SVG of a small hand-written metrics file (one heatmap cell per
+// logged step, layer and expert, colored by share; a rebalance marked and its per-rank bars drawn),
+// --help, and every bad input: exit code 2 and one message naming the file, line and problem.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+extern "C" {
+#include "tools/commands.h"
+}
+
+namespace {
+
+std::string tmp_path(const char *name) {
+    const char *dir = getenv("TEST_TMPDIR");
+    return std::string(dir ? dir : "/tmp") + "/" + name;
+}
+
+std::string write_file(const char *name, const std::string &text) {
+    std::string path = tmp_path(name);
+    FILE *f = fopen(path.c_str(), "w");
+    fputs(text.c_str(), f);
+    fclose(f);
+    return path;
+}
+
+std::string read_file(const std::string &path) {
+    std::string s;
+    FILE *f = fopen(path.c_str(), "r");
+    if (!f) return s;
+    for (int c; (c = fgetc(f)) != EOF;) s += (char)c;
+    fclose(f);
+    return s;
+}
+
+size_t count(const std::string &s, const std::string &what) {
+    size_t n = 0;
+    for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) n++;
+    return n;
+}
+
+struct Result {
+    int rc;
+    std::string out, err;
+};
+
+Result plot(std::vector<std::string> args) {
+    args.insert(args.begin(), "plot");
+    std::vector<char *> argv;
+    for (std::string &a : args) argv.push_back(&a[0]);
+    testing::internal::CaptureStdout();
+    testing::internal::CaptureStderr();
+    Result r;
+    r.rc = cmd_plot((int)argv.size(), argv.data());
+    r.out = testing::internal::GetCapturedStdout();
+    r.err = testing::internal::GetCapturedStderr();
+    return r;
+}
+
+// Two MoE layers of 4 experts over three logged steps; a rebalance after step 2 on 2 EP ranks.
+const char *METRICS =
+    "{\"step\": 1, \"loss\": 4.1, \"load_imbalance\": [2.0, 1.0], \"expert_load\": [[8, 0, 4, 4], [4, 4, 4, 4]]}\n"
+    "{\"step\": 2, \"loss\": 4.0, \"expert_load\": [[10, 2, 2, 2], [4, 4, 4, 4]], \"rank_imbalance\": [1.5, 1.0], "
+    "\"eplb\": {\"before\": [1.5, 1.0], \"after\": [1.0, 1.0], \"slots_changed\": 2, \"slots_sent\": 2, "
+    "\"rank_load_before\": [[12.0, 4.0], [8.0, 8.0]], \"rank_load_after\": [[8.0, 8.0], [8.0, 8.0]]}}\n"
+    "\n"
+    "{\"step\": 3, \"loss\": 3.9, \"expert_load\": [[4, 4, 4, 4], [0, 0, 0, 16]]}\n";
+
+TEST(CmdPlot, DrawsHeatmapsAndRankLoads) {
+    std::string m = write_file("m.jsonl", METRICS), svg = tmp_path("m.svg");
+    Result r = plot({"--metrics", m, "--out=" + svg});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(r.out, "plot: 3 logged steps x 2 MoE layers x 4 experts, 1 rebalances -> " + svg + "\n");
+    std::string s = read_file(svg);
+    ASSERT_EQ(s.rfind("<svg ", 0), 0u);
+    EXPECT_EQ(s.substr(s.size() - 7), "</svg>\n");
+    EXPECT_EQ(count(s, "<title>step "), 3u * 2 * 4);  // one cell per step, layer and expert
+    // Colors by share of the layer's tokens: a fair share is white, none is full blue, 3x is red.
+    EXPECT_EQ(count(s, "fill=\"#f7f7f7\"><title>step 3, expert 2: 4 tokens (1.00 x fair share)"), 1u);
+    EXPECT_EQ(count(s, "fill=\"#2166ac\"><title>step 1, expert 1: 0 tokens (0.00 x fair share)"), 1u);
+    EXPECT_EQ(count(s, "fill=\"#b2182b\"><title>step 3, expert 3: 16 tokens (4.00 x fair share)"), 1u);
+    // The rebalance: a dashed line in each heatmap, and before/after bars of both ranks per layer.
+    EXPECT_EQ(count(s, "stroke-dasharray"), 2u + 2u);  // 2 heatmaps + 2 mean lines
+    EXPECT_NE(s.find("step 2, MoE layer 0: max/mean 1.50 -&gt; 1.00"), std::string::npos);
+    EXPECT_NE(s.find("<title>rank 0 before: 12.0 tokens</title>"), std::string::npos);
+    EXPECT_NE(s.find("<title>rank 1 after: 8.0 tokens</title>"), std::string::npos);
+}
+
+TEST(CmdPlot, WithoutRebalancesSaysSo) {
+    std::string m = write_file("plain.jsonl", "{\"step\": 5, \"expert_load\": [[1, 2]]}\n"), svg = tmp_path("p.svg");
+    Result r = plot({"--metrics", m, "--out", svg});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_NE(read_file(svg).find("no EPLB rebalance in this run"), std::string::npos);
+}
+
+TEST(CmdPlot, Help) {
+    Result r = plot({"--help"});
+    EXPECT_EQ(r.rc, 0);
+    EXPECT_EQ(r.out.rfind("usage: moelab plot --metrics FILE --out FILE.svg", 0), 0u);
+}
+
+TEST(CmdPlot, BadInput) {
+    const std::string svg = tmp_path("bad.svg");
+    struct Case {
+        const char *name, *text, *message;
+    } cases[] = {
+        {"json.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2]]}\n{\"step\": 2, \"expert_load\": [[1, 2]\n",
+         "json.jsonl, line 2: not JSON: expected ',' or ']' at column 35"},
+        {"trailing.jsonl", "{\"step\": 1} x\n", "line 1: not JSON: text after the value at column 13"},
+        {"array.jsonl", "[1, 2]\n", "line 1: not a JSON object"},
+        {"ragged.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2], [3]]}\n",
+         "line 1: \"expert_load\" row 2 has 1 values, expected 2"},
+        {"layers.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2]]}\n{\"step\": 2, \"expert_load\": [[1, 2], [3, 4]]}\n",
+         "line 2: \"expert_load\" has 2 rows, earlier lines had 1"},
+        {"negative.jsonl", "{\"step\": 1, \"expert_load\": [[1, -2]]}\n",
+         "line 1: \"expert_load\" row 1, value 2 is not a number >= 0"},
+        {"nostep.jsonl", "{\"expert_load\": [[1, 2]]}\n", "line 1: \"step\" is missing or not a non-negative integer"},
+        {"early.jsonl", "{\"step\": 1, \"eplb\": {}}\n", "line 1: \"eplb\" comes before any \"expert_load\""},
+        {"short.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2]], \"eplb\": {\"before\": [1, 2]}}\n",
+         "line 1: \"before\" is not an array of 1 numbers \\(one per MoE layer\\)"},
+        {"none.jsonl", "{\"step\": 1, \"loss\": 2}\n", "has no line with \"expert_load\""},
+        {"empty.jsonl", "", "is empty"},
+    };
+    for (const Case &c : cases) {
+        std::string m = write_file(c.name, c.text);
+        Result r = plot({"--metrics", m, "--out", svg});
+        EXPECT_EQ(r.rc, 2) << c.name;
+        EXPECT_TRUE(testing::internal::RE::PartialMatch(r.err, testing::internal::RE(c.message)))
+            << c.name << ": " << r.err;
+        EXPECT_EQ(r.err.rfind("moelab: error: plot: ", 0), 0u) << r.err;
+        EXPECT_EQ(count(r.err, "\n"), 1u) << r.err;
+    }
+    std::string ok = write_file("ok.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2]]}\n");
+    const std::vector<std::pair<std::vector<std::string>, const char *>> flags = {
+        {{"--out", svg}, "missing --metrics FILE"},
+        {{"--metrics", ok}, "missing --out FILE.svg"},
+        {{"--metrics", ok, "--out"}, "--out needs a value"},
+        {{"--metrics", ok, "--out", svg, "--bins", "3"}, "unknown option '--bins'"},
+        {{"--metrics", tmp_path("missing.jsonl"), "--out", svg}, "cannot read --metrics '.*missing.jsonl'"},
+        {{"--metrics", ok, "--out", "/nonexistent-dir/x.svg"}, "cannot write --out '/nonexistent-dir/x.svg'"},
+    };
+    for (const auto &f : flags) {
+        Result r = plot(f.first);
+        EXPECT_EQ(r.rc, 2) << f.second;
+        EXPECT_TRUE(testing::internal::RE::PartialMatch(r.err, testing::internal::RE(f.second))) << r.err;
+    }
+}
+
+}  // namespace

@@ -1,0 +1,108 @@
+#!/bin/bash
+# `moelab train` with EPLB under mpirun, end to end: with one process (EP 1), EP 2 on 2 ranks and EP 4
+# on 4 ranks, a run that rebalances every 2 steps (with redundant slots) logs the same losses and
+# gradient norms as the one-process run without EPLB on the same global batch (within 1e-5
+# relative); the log shows each rebalance, the metrics carry expert loads and the EPLB figures, and
+# `moelab plot` draws them. A checkpoint saved after a rebalance resumes bit-identically (with its
+# placement) in one process and under EP 2. Bad EPLB settings end every rank with exit 2 before any step.
+set -euo pipefail
+here="$TEST_SRCDIR/moelab/tests/eplb_runtime"
+moelab="$TEST_SRCDIR/moelab/tools/moelab"
+tmp="${TEST_TMPDIR:-/tmp}"
+source "$here/mpi.sh"
+
+# A small byte-level corpus: this package's own sources.
+"$moelab" data prepare --input "$here" --vocab 256 --out "$tmp/data" --val-fraction 0.1 >/dev/null
+args=(--data "$tmp/data" --steps 6 --log-every 5 --val-every 0 --val-batches 1 --batch-size 4
+      --seq-len 16 --d-model 32 --n-layers 3 --n-dense-layers 1 --n-experts 8 --top-k 2 --d-expert 16
+      --d-ff 64 --warmup-steps 1 --lr 0.003 --adam-eps 1e-6 --bias-rate 0.01 --balance-alpha 0.01
+      --router-skew -0.1)
+eplb=(--eplb-interval 2)
+
+"$moelab" train "${args[@]}" --grad-accum 4 --metrics "$tmp/one.jsonl" >"$tmp/one.log"
+"$moelab" train "${args[@]}" --grad-accum 4 "${eplb[@]}" --eplb-redundant 1 --out "$tmp/ck1" --save-every 4 \
+    --metrics "$tmp/ep1.jsonl" >"$tmp/ep1.log"
+mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --ep 2 "${eplb[@]}" --eplb-redundant 2 \
+    --out "$tmp/ck2" --save-every 4 --metrics "$tmp/ep2.jsonl" >"$tmp/ep2.log"
+mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 4 "${eplb[@]}" --eplb-redundant 4 \
+    --metrics "$tmp/ep4.jsonl" >"$tmp/ep4.log"
+
+# Field values of every metrics line: "name": value.
+fields() { grep -o "\"$2\": [-0-9.e]*" "$1" | awk '{print $2}'; }
+# close A B RUN: the loss, ce and gradient norm of steps 5 and 6 in metrics B match A's within 1e-5.
+close() {
+    for f in loss ce grad_norm; do
+        paste <(grep '"step": [56],' "$1" | fields /dev/stdin $f) <(grep '"step": [56],' "$2" | fields /dev/stdin $f) |
+            awk -v run="$3" -v f=$f '
+            { d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1
+              if (d > 1e-5 * s + 1e-6) { printf "FAIL: %s line %d %s %s vs one process without EPLB %s\n", run, NR, f, $2, $1; bad = 1 } }
+            END { if (NR != 2) { printf "FAIL: %s has %d comparable %s values\n", run, NR, f; bad = 1 }; exit bad }'
+    done
+}
+for run in ep1 ep2 ep4; do
+    # Logged: steps 2, 4, 5 and 6 (every 5th step, the last, and every step that rebalanced).
+    [ "$(fields "$tmp/$run.jsonl" step | tr '\n' ' ')" = "2 4 5 6 " ] ||
+        { echo "FAIL: $run logged steps $(fields "$tmp/$run.jsonl" step | tr '\n' ' ')"; exit 1; }
+    close "$tmp/one.jsonl" "$tmp/$run.jsonl" $run
+    for s in 2 4 6; do
+        grep -q "eplb: step $s: rebalanced | rank load max/mean before->after per MoE layer: [0-9.]*->[0-9.]* [0-9.]*->[0-9.]* |" \
+            "$tmp/$run.log" || { echo "FAIL: $run does not log the rebalance after step $s:"; cat "$tmp/$run.log"; exit 1; }
+    done
+    [ "$(grep -c '"eplb": {"before": \[' "$tmp/$run.jsonl")" = 3 ] || { echo "FAIL: $run metrics lack the eplb figures"; exit 1; }
+    [ "$(grep -c '"expert_load": \[\[' "$tmp/$run.jsonl")" = 4 ] || { echo "FAIL: $run metrics lack expert_load"; exit 1; }
+    echo "ok: $run rebalances and matches the one-process run without EPLB"
+done
+# Resume after the rebalance of step 4 (its checkpoint holds the new placement): steps 5 and 6 as
+# in the uninterrupted runs, bit for bit.
+"$moelab" train "${args[@]}" --grad-accum 4 "${eplb[@]}" --eplb-redundant 1 --resume "$tmp/ck1/step_4.h5" \
+    --metrics "$tmp/r1.jsonl" >"$tmp/r1.log"
+mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --ep 2 "${eplb[@]}" --eplb-redundant 2 \
+    --resume "$tmp/ck2/step_4.h5" --out "$tmp/ck2r" --metrics "$tmp/r2.jsonl" >"$tmp/r2.log"
+for r in 1 2; do
+    grep -q "resumed from $tmp/ck$r/step_4.h5 at step 4" "$tmp/r$r.log" || { echo "FAIL: no resume"; cat "$tmp/r$r.log"; exit 1; }
+    for f in loss grad_norm; do
+        diff <(grep '"step": [56],' "$tmp/ep$r.jsonl" | fields /dev/stdin $f) <(fields "$tmp/r$r.jsonl" $f) ||
+            { echo "FAIL: ep$r resumed after a rebalance: $f differs"; exit 1; }
+    done
+done
+# The printed losses hide the last bits: the final checkpoints (weights, moments, placement) must be equal.
+/usr/bin/python3 - "$tmp/ck2/step_6.h5" "$tmp/ck2r/step_6.h5" <<'PY'
+import sys, h5py, numpy as np
+a, b = (h5py.File(p, "r") for p in sys.argv[1:])
+for g in ("model", "optim/m", "optim/v"):
+    for k in a[g]:
+        assert np.array_equal(a[g][k][...], b[g][k][...]), (g, k)
+assert np.array_equal(a["eplb/phy2log"][...], b["eplb/phy2log"][...])
+PY
+echo "ok: resume after a rebalance is bit-identical (one process, EP 2)"
+# The checkpoint is logical: one process without EPLB goes on from the EP 2 run's replicated slots.
+"$moelab" train "${args[@]}" --grad-accum 4 --resume "$tmp/ck2/step_4.h5" --metrics "$tmp/r0.jsonl" >"$tmp/r0.log"
+close "$tmp/one.jsonl" "$tmp/r0.jsonl" "EP 2 checkpoint resumed without EPLB"
+echo "ok: a checkpoint of replicated slots resumes in one process without EPLB"
+
+# The plain run's metrics carry expert loads but no EPLB figures.
+grep -q '"expert_load": \[\[' "$tmp/one.jsonl" && ! grep -q '"eplb"' "$tmp/one.jsonl" ||
+    { echo "FAIL: the run without EPLB has wrong metrics fields"; exit 1; }
+
+# Every rebalance on 4 ranks actually moved experts between them at least once.
+grep -q "copied between ranks" "$tmp/ep4.log" && grep -v " 0 copied between ranks" "$tmp/ep4.log" | grep -q "copied between ranks" ||
+    { echo "FAIL: no expert moved between ranks:"; grep eplb: "$tmp/ep4.log"; exit 1; }
+
+"$moelab" plot --metrics "$tmp/ep4.jsonl" --out "$tmp/ep4.svg" >"$tmp/plot.log"
+grep -q "plot: 4 logged steps x 2 MoE layers x 8 experts, 3 rebalances" "$tmp/plot.log" &&
+    grep -q "Tokens per EP rank" "$tmp/ep4.svg" || { echo "FAIL: moelab plot"; cat "$tmp/plot.log"; exit 1; }
+echo "ok: moelab plot"
+
+# Bad settings: exit 2 on every rank with the rule, before any step.
+set +e
+mpi 2 "$moelab" train "${args[@]}" --ep 2 "${eplb[@]}" --eplb-redundant 1 >"$tmp/bad.log" 2>&1
+rc=$?
+set -e
+[ $rc -eq 2 ] && grep -q "eplb_redundant = 9 physical slots per MoE layer do not split evenly over --ep 2 ranks" "$tmp/bad.log" &&
+    ! grep -q "step     1/" "$tmp/bad.log" || { echo "FAIL: bad --eplb-redundant (exit $rc):"; cat "$tmp/bad.log"; exit 1; }
+set +e
+"$moelab" train "${args[@]}" --eplb-redundant 2 >"$tmp/bad1.log" 2>&1
+rc=$?
+set -e
+[ $rc -eq 2 ] && grep -q "needs --eplb-interval > 0" "$tmp/bad1.log" || { echo "FAIL: redundant without interval"; cat "$tmp/bad1.log"; exit 1; }
+echo "ok: bad EPLB settings exit 2"
