@@ -121,8 +121,9 @@ EplbRuntime *eplb_runtime_create(const EplbRuntimeSpec *s) {
 void eplb_runtime_set_placement(EplbRuntime *rt, const int *phy2log) {
     const size_t n = (size_t)rt->s.L * rt->s.R;
     for (size_t p = 0; p < n; p++)
-        CHECK(phy2log[p] >= 0 && phy2log[p] < rt->s.E, "eplb runtime: slot %zu of layer %zu holds expert %d",
-              p % (size_t)rt->s.R, p / (size_t)rt->s.R, phy2log[p]);
+        CHECK(phy2log[p] >= 0 && phy2log[p] < rt->s.E,
+              "eplb runtime: slot %zu of layer %zu holds expert %d", p % (size_t)rt->s.R,
+              p / (size_t)rt->s.R, phy2log[p]);
     memcpy(rt->s.phy2log, phy2log, n * sizeof(int));
     install_placement(rt);
 }

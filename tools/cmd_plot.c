@@ -237,12 +237,14 @@ static const char *read_matrix(const JVal *v, const char *name, int *rows, int *
     return NULL;
 }
 
-static const char *read_vector(const JVal *v, const char *name, int n, double **out, char *msg, size_t cap) {
+static const char *read_vector(const JVal *v, const char *name, int n, double **out, char *msg,
+                               size_t cap) {
     if (!v || v->kind != J_ARR || v->n != n)
         return snprintf(msg, cap, "\"%s\" is not an array of %d numbers (one per MoE layer)", name, n), msg;
     *out = core_alloc((size_t)n * sizeof(double));
     for (int i = 0; i < n; i++) {
-        if (v->item[i].kind != J_NUM) return snprintf(msg, cap, "\"%s\" value %d is not a number", name, i + 1), msg;
+        if (v->item[i].kind != J_NUM)
+            return snprintf(msg, cap, "\"%s\" value %d is not a number", name, i + 1), msg;
         (*out)[i] = v->item[i].num;
     }
     return NULL;
@@ -292,8 +294,10 @@ static const char *take_line(Run *d, const JVal *o, char *msg, size_t cap) {
     int L = d->L;
     if ((e = read_vector(j_get(eplb, "before"), "before", d->L, &r->before, msg, cap)) ||
         (e = read_vector(j_get(eplb, "after"), "after", d->L, &r->after, msg, cap)) ||
-        (e = read_matrix(j_get(eplb, "rank_load_before"), "rank_load_before", &L, &d->G, &r->rank_before, msg, cap)) ||
-        (e = read_matrix(j_get(eplb, "rank_load_after"), "rank_load_after", &L, &d->G, &r->rank_after, msg, cap)))
+        (e = read_matrix(j_get(eplb, "rank_load_before"), "rank_load_before", &L, &d->G,
+                         &r->rank_before, msg, cap)) ||
+        (e = read_matrix(j_get(eplb, "rank_load_after"), "rank_load_after", &L, &d->G, &r->rank_after,
+                         msg, cap)))
         return e;
     return NULL;
 }
@@ -343,7 +347,8 @@ static int read_run(const char *path, Run *d) {
     }
     core_free(text);
     if (!rc && d->ns == 0)
-        rc = fail("%s has no line with \"expert_load\" (moelab train writes it into every --metrics line)", path);
+        rc = fail("%s has no line with \"expert_load\" (moelab train writes it into every --metrics line)",
+                  path);
     return rc;
 }
 
@@ -367,8 +372,8 @@ static void share_color(double r, char out[8]) {
 
 static int heatmap(FILE *f, const Run *d, int l, int top, double cw, double ch) {
     const int E = d->E;
-    fprintf(f, "<text x=\"%d\" y=\"%d\" font-weight=\"bold\">MoE layer %d: tokens per expert / fair share</text>\n",
-            LEFT, top - 8, l);
+    fprintf(f, "<text x=\"%d\" y=\"%d\" font-weight=\"bold\">MoE layer %d: tokens per expert / fair share"
+               "</text>\n", LEFT, top - 8, l);
     for (int i = 0; i < d->ns; i++) {
         const double *x = d->load + ((size_t)i * d->L + l) * E;
         double sum = 0;
@@ -383,15 +388,15 @@ static int heatmap(FILE *f, const Run *d, int l, int top, double cw, double ch) 
         }
     }
     const double w = d->ns * cw, h = E * ch;
-    fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%.2f\" height=\"%.2f\" fill=\"none\" stroke=\"#444\"/>\n", LEFT,
-            top, w, h);
+    fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%.2f\" height=\"%.2f\" fill=\"none\" stroke=\"#444\"/>\n",
+            LEFT, top, w, h);
     // Each rebalance takes effect after its step: a line at the right edge of that step's column.
     for (int k = 0; k < d->nr; k++)
         for (int i = 0; i < d->ns; i++)
             if (d->step[i] == d->reb[k].step)
                 fprintf(f, "<line x1=\"%.2f\" y1=\"%d\" x2=\"%.2f\" y2=\"%.2f\" stroke=\"#000\" "
-                           "stroke-dasharray=\"4,3\"/>\n", LEFT + (i + 1) * cw, top - 4, LEFT + (i + 1) * cw,
-                        top + h + 4);
+                           "stroke-dasharray=\"4,3\"/>\n",
+                        LEFT + (i + 1) * cw, top - 4, LEFT + (i + 1) * cw, top + h + 4);
     fprintf(f, "<text x=\"%d\" y=\"%.2f\" text-anchor=\"end\" font-size=\"11\">expert 0</text>\n", LEFT - 4,
             top + ch / 2 + 4);
     fprintf(f, "<text x=\"%d\" y=\"%.2f\" text-anchor=\"end\" font-size=\"11\">%d</text>\n", LEFT - 4,
@@ -415,8 +420,8 @@ static int legend(FILE *f, int top) {
         fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-size=\"10\">%s%.1f</text>\n",
                 LEFT + 134 + 34 * k, top + 26, k == 6 ? ">=" : "", k * 0.5);
     }
-    fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">dashed line: EPLB rebalance after that step</text>\n",
-            LEFT + 370, top + 12);
+    fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">dashed line: EPLB rebalance after that step"
+               "</text>\n", LEFT + 370, top + 12);
     return top + 48;
 }
 
@@ -428,24 +433,27 @@ static int rank_chart(FILE *f, const Run *d, int k, int l, int x0, int top) {
     double mean = 0, peak = 1.5;
     for (int g = 0; g < G; g++) mean += b[g] / G;
     for (int g = 0; g < G && mean > 0; g++) peak = fmax(peak, fmax(b[g], a[g]) / mean);
-    fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">step %d, MoE layer %d: max/mean %.2f -&gt; %.2f</text>\n",
-            x0, top - 6, r->step, l, r->before[l], r->after[l]);
+    fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">step %d, MoE layer %d: max/mean %.2f -&gt; "
+               "%.2f</text>\n", x0, top - 6, r->step, l, r->before[l], r->after[l]);
     for (int g = 0; g < G; g++) {
-        const double hb = mean > 0 ? BAR_H * b[g] / mean / peak : 0, ha = mean > 0 ? BAR_H * a[g] / mean / peak : 0;
+        const double hb = mean > 0 ? BAR_H * b[g] / mean / peak : 0;
+        const double ha = mean > 0 ? BAR_H * a[g] / mean / peak : 0;
         const int x = x0 + g * (2 * bw + 6);
         fprintf(f, "<rect x=\"%d\" y=\"%.2f\" width=\"%d\" height=\"%.2f\" fill=\"#969696\">"
-                   "<title>rank %d before: %.1f tokens</title></rect>\n", x, top + BAR_H - hb, bw, hb, g, b[g]);
+                   "<title>rank %d before: %.1f tokens</title></rect>\n",
+                x, top + BAR_H - hb, bw, hb, g, b[g]);
         fprintf(f, "<rect x=\"%d\" y=\"%.2f\" width=\"%d\" height=\"%.2f\" fill=\"#2166ac\">"
-                   "<title>rank %d after: %.1f tokens</title></rect>\n", x + bw, top + BAR_H - ha, bw, ha, g, a[g]);
+                   "<title>rank %d after: %.1f tokens</title></rect>\n",
+                x + bw, top + BAR_H - ha, bw, ha, g, a[g]);
     }
     const int w = G * (2 * bw + 6);
     const double y1 = top + BAR_H - BAR_H / peak;
-    fprintf(f, "<line x1=\"%d\" y1=\"%.2f\" x2=\"%d\" y2=\"%.2f\" stroke=\"#000\" stroke-dasharray=\"4,3\"/>\n",
-            x0 - 2, y1, x0 + w, y1);
-    fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#444\"/>\n", x0 - 2, top + BAR_H, x0 + w,
-            top + BAR_H);
-    fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"10\">ranks 0..%d; dashed: mean</text>\n", x0, top + BAR_H + 14,
-            G - 1);
+    fprintf(f, "<line x1=\"%d\" y1=\"%.2f\" x2=\"%d\" y2=\"%.2f\" stroke=\"#000\" "
+               "stroke-dasharray=\"4,3\"/>\n", x0 - 2, y1, x0 + w, y1);
+    fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#444\"/>\n", x0 - 2, top + BAR_H,
+            x0 + w, top + BAR_H);
+    fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"10\">ranks 0..%d; dashed: mean</text>\n", x0,
+            top + BAR_H + 14, G - 1);
     return w > 260 ? w : 260;
 }
 
@@ -460,19 +468,20 @@ static int write_svg(const char *path, const Run *d) {
     const int height = 40 + d->L * heat_h + 60 + (n_charts ? n_charts * (BAR_H + 60) + 30 : 30);
     FILE *f = fopen(path, "w");
     if (!f) return fail("cannot write --out '%s': %s", path, strerror(errno));
-    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
-               "font-size=\"13\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n", width, height);
-    fprintf(f, "<text x=\"%d\" y=\"24\" font-size=\"15\" font-weight=\"bold\">Expert load: %d MoE layers x %d "
-               "experts, %d logged steps, %d rebalances</text>\n", LEFT, d->L, d->E, d->ns, d->nr);
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+               "font-family=\"sans-serif\" font-size=\"13\">\n"
+               "<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n", width, height);
+    fprintf(f, "<text x=\"%d\" y=\"24\" font-size=\"15\" font-weight=\"bold\">Expert load: %d MoE layers "
+               "x %d experts, %d logged steps, %d rebalances</text>\n", LEFT, d->L, d->E, d->ns, d->nr);
     int y = 60;
     for (int l = 0; l < d->L; l++) y = heatmap(f, d, l, y + 14, cw, ch);
     y = legend(f, y);
     if (n_charts == 0) {
-        fprintf(f, "<text x=\"%d\" y=\"%d\">no EPLB rebalance in this run (moelab train --eplb-interval N)</text>\n",
-                LEFT, y + 10);
+        fprintf(f, "<text x=\"%d\" y=\"%d\">no EPLB rebalance in this run (moelab train --eplb-interval N)"
+                   "</text>\n", LEFT, y + 10);
     } else {
-        fprintf(f, "<text x=\"%d\" y=\"%d\" font-weight=\"bold\">Tokens per EP rank, before (grey) and after (blue) "
-                   "a rebalance</text>\n", LEFT, y + 10);
+        fprintf(f, "<text x=\"%d\" y=\"%d\" font-weight=\"bold\">Tokens per EP rank, before (grey) and "
+                   "after (blue) a rebalance</text>\n", LEFT, y + 10);
         y += 40;
         for (int c = 0; c < n_charts; c++, y += BAR_H + 60) {
             int x = LEFT;
@@ -510,8 +519,8 @@ int cmd_plot(int argc, char **argv) {
     int rc = read_run(metrics, &d);
     if (!rc) rc = write_svg(out, &d);
     if (!rc)
-        printf("plot: %d logged steps x %d MoE layers x %d experts, %d rebalances -> %s\n", d.ns, d.L, d.E, d.nr,
-               out);
+        printf("plot: %d logged steps x %d MoE layers x %d experts, %d rebalances -> %s\n", d.ns, d.L, d.E,
+               d.nr, out);
     run_free(&d);
     return rc;
 }

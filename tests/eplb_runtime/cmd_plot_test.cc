@@ -63,8 +63,10 @@ Result plot(std::vector<std::string> args) {
 
 // Two MoE layers of 4 experts over three logged steps; a rebalance after step 2 on 2 EP ranks.
 const char *METRICS =
-    "{\"step\": 1, \"loss\": 4.1, \"load_imbalance\": [2.0, 1.0], \"expert_load\": [[8, 0, 4, 4], [4, 4, 4, 4]]}\n"
-    "{\"step\": 2, \"loss\": 4.0, \"expert_load\": [[10, 2, 2, 2], [4, 4, 4, 4]], \"rank_imbalance\": [1.5, 1.0], "
+    "{\"step\": 1, \"loss\": 4.1, \"load_imbalance\": [2.0, 1.0], "
+    "\"expert_load\": [[8, 0, 4, 4], [4, 4, 4, 4]]}\n"
+    "{\"step\": 2, \"loss\": 4.0, \"expert_load\": [[10, 2, 2, 2], [4, 4, 4, 4]], "
+    "\"rank_imbalance\": [1.5, 1.0], "
     "\"eplb\": {\"before\": [1.5, 1.0], \"after\": [1.0, 1.0], \"slots_changed\": 2, \"slots_sent\": 2, "
     "\"rank_load_before\": [[12.0, 4.0], [8.0, 8.0]], \"rank_load_after\": [[8.0, 8.0], [8.0, 8.0]]}}\n"
     "\n"
@@ -91,7 +93,8 @@ TEST(CmdPlot, DrawsHeatmapsAndRankLoads) {
 }
 
 TEST(CmdPlot, WithoutRebalancesSaysSo) {
-    std::string m = write_file("plain.jsonl", "{\"step\": 5, \"expert_load\": [[1, 2]]}\n"), svg = tmp_path("p.svg");
+    std::string m = write_file("plain.jsonl", "{\"step\": 5, \"expert_load\": [[1, 2]]}\n");
+    std::string svg = tmp_path("p.svg");
     Result r = plot({"--metrics", m, "--out", svg});
     ASSERT_EQ(r.rc, 0) << r.err;
     EXPECT_NE(read_file(svg).find("no EPLB rebalance in this run"), std::string::npos);
@@ -114,12 +117,15 @@ TEST(CmdPlot, BadInput) {
         {"array.jsonl", "[1, 2]\n", "line 1: not a JSON object"},
         {"ragged.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2], [3]]}\n",
          "line 1: \"expert_load\" row 2 has 1 values, expected 2"},
-        {"layers.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2]]}\n{\"step\": 2, \"expert_load\": [[1, 2], [3, 4]]}\n",
+        {"layers.jsonl",
+         "{\"step\": 1, \"expert_load\": [[1, 2]]}\n{\"step\": 2, \"expert_load\": [[1, 2], [3, 4]]}\n",
          "line 2: \"expert_load\" has 2 rows, earlier lines had 1"},
         {"negative.jsonl", "{\"step\": 1, \"expert_load\": [[1, -2]]}\n",
          "line 1: \"expert_load\" row 1, value 2 is not a number >= 0"},
-        {"nostep.jsonl", "{\"expert_load\": [[1, 2]]}\n", "line 1: \"step\" is missing or not a non-negative integer"},
-        {"early.jsonl", "{\"step\": 1, \"eplb\": {}}\n", "line 1: \"eplb\" comes before any \"expert_load\""},
+        {"nostep.jsonl", "{\"expert_load\": [[1, 2]]}\n",
+         "line 1: \"step\" is missing or not a non-negative integer"},
+        {"early.jsonl", "{\"step\": 1, \"eplb\": {}}\n",
+         "line 1: \"eplb\" comes before any \"expert_load\""},
         {"short.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2]], \"eplb\": {\"before\": [1, 2]}}\n",
          "line 1: \"before\" is not an array of 1 numbers \\(one per MoE layer\\)"},
         {"none.jsonl", "{\"step\": 1, \"loss\": 2}\n", "has no line with \"expert_load\""},

@@ -82,7 +82,8 @@ TEST(EplbModel, ReplicaSlotsStartAsCopiesOfTheirExpert) {
         const size_t row = p->numel / 11;
         const float *x = m->reg.data + p->offset, *y = params_ptr(&ref->reg, name);
         for (int s = 0; s < 11; s++)  // slot s holds expert s mod 8, with that expert's numbers
-            EXPECT_EQ(memcmp(x + s * row, y + (s % 8) * row, row * sizeof(float)), 0) << name << " slot " << s;
+            EXPECT_EQ(memcmp(x + s * row, y + (s % 8) * row, row * sizeof(float)), 0)
+                << name << " slot " << s;
     }
     EXPECT_EQ(m->phy2log[0], -1);  // a dense layer has no slots
     EXPECT_EQ(m->phy2log[11 + 9], 1);

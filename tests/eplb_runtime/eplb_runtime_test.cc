@@ -43,7 +43,9 @@ std::vector<int> ep_sizes() {
 const int TL = 2, TE = 8;                 // layers, experts
 const size_t ROWS[2] = {3, 5};             // two tensors per layer with these row sizes
 
-float tag(int e, int tensor, int buf, size_t j) { return (float)(e * 1000 + tensor * 100 + buf * 10 + (int)j); }
+float tag(int e, int tensor, int buf, size_t j) {
+    return (float)(e * 1000 + tensor * 100 + buf * 10 + (int)j);
+}
 
 struct Synthetic {
     Grid *g;
@@ -89,7 +91,8 @@ struct Synthetic {
             for (int s = 0; s < n; s++) {
                 const int e = phy2log[(size_t)t[i].layer * R + first_slot() + s];
                 for (int k = 0; k < EPLB_STATES; k++)
-                    for (size_t j = 0; j < t[i].row; j++) buf[k][t[i].offset + s * t[i].row + j] = tag(e, (int)i, k, j);
+                    for (size_t j = 0; j < t[i].row; j++)
+                        buf[k][t[i].offset + s * t[i].row + j] = tag(e, (int)i, k, j);
             }
     }
     // Slots whose rows are not exactly their expert's tags.
@@ -112,7 +115,8 @@ struct Synthetic {
 std::vector<long> skewed_load(int round) {
     std::vector<long> c((size_t)TL * TE);
     for (int l = 0; l < TL; l++)
-        for (int e = 0; e < TE; e++) c[(size_t)l * TE + e] = 1 + ((e * (3 + l) + 5 * round) % TE) * ((e + round) % 3 + 1) * 7;
+        for (int e = 0; e < TE; e++)
+            c[(size_t)l * TE + e] = 1 + ((e * (3 + l) + 5 * round) % TE) * ((e + round) % 3 + 1) * 7;
     return c;
 }
 
@@ -137,17 +141,17 @@ TEST(EplbRuntime, SlotsFollowThePlanAndOnlyChangedSlotsMove) {
                 for (int l = 0; l < TL; l++) {
                     std::vector<int> cnt(TE, 0);
                     for (int q = 0; q < x.R; q++) cnt[old[(size_t)l * x.R + q]]++;
-                    const double before = eplb_rank_imbalance(&ld[(size_t)l * TE], TE, &old[(size_t)l * x.R],
-                                                              cnt.data(), x.R, ep);
-                    const double planned = eplb_rank_imbalance(&ld[(size_t)l * TE], TE, p->phy2log + (size_t)l * x.R,
+                    const double *lw = &ld[(size_t)l * TE];
+                    const double before = eplb_rank_imbalance(lw, TE, &old[(size_t)l * x.R], cnt.data(), x.R, ep);
+                    const double planned = eplb_rank_imbalance(lw, TE, p->phy2log + (size_t)l * x.R,
                                                                p->logcnt + (size_t)l * TE, x.R, ep);
                     const bool better = planned < before * (1 - 1e-9);
                     (better ? moved_layers : kept_layers)++;
                     for (int r = 0; r < ep; r++) {
                         const size_t a = (size_t)l * x.R + (size_t)r * x.n;
                         std::vector<int> got(&x.phy2log[a], &x.phy2log[a] + x.n);
-                        std::vector<int> want = better ? std::vector<int>(p->phy2log + a, p->phy2log + a + x.n)
-                                                       : std::vector<int>(&old[a], &old[a] + x.n);
+                        const int *from = better ? p->phy2log + a : &old[a];
+                        std::vector<int> want(from, from + x.n);
                         std::vector<int> was(&old[a], &old[a] + x.n), kept;
                         std::sort(got.begin(), got.end());
                         std::sort(want.begin(), want.end());
@@ -157,7 +161,8 @@ TEST(EplbRuntime, SlotsFollowThePlanAndOnlyChangedSlotsMove) {
                                               std::back_inserter(kept));
                         fewest += x.n - (long)kept.size();
                     }
-                    for (int q = 0; q < x.R; q++) changed += old[(size_t)l * x.R + q] != x.phy2log[(size_t)l * x.R + q];
+                    for (int q = 0; q < x.R; q++)
+                        changed += old[(size_t)l * x.R + q] != x.phy2log[(size_t)l * x.R + q];
                     // Figures: before/after agree with the planner's own measure.
                     EXPECT_NEAR(x.rt->before[l], before, 1e-12);
                     EXPECT_NEAR(x.rt->after[l], better ? planned : before, 1e-12);
@@ -197,7 +202,8 @@ TEST(EplbRuntime, ReplicaGradientsAreSummedInOneOrder) {
         for (size_t i = 0; i < x.t.size(); i++)
             for (int s = 0; s < x.n; s++)
                 for (size_t j = 0; j < x.t[i].row; j++)
-                    x.grad[x.t[i].offset + s * x.t[i].row + j] = 0.1f * (float)(x.first_slot() + s) + 0.01f * (float)j + (float)i;
+                    x.grad[x.t[i].offset + s * x.t[i].row + j] =
+                        0.1f * (float)(x.first_slot() + s) + 0.01f * (float)j + (float)i;
         std::vector<float> g0 = x.grad, all(g0.size() * ep);
         comm_allgather(x.g->ep_comm, g0.data(), all.data(), g0.size(), COMM_F32);
         double dup = 0;
@@ -207,16 +213,18 @@ TEST(EplbRuntime, ReplicaGradientsAreSummedInOneOrder) {
             for (int s = 0; s < x.n; s++) {
                 const int e = p2l[x.first_slot() + s];
                 for (size_t j = 0; j < x.t[i].row; j++) {
+                    const size_t at = x.t[i].offset + s * x.t[i].row + j;
                     // The expected sum: each rank's replicas in slot order, then the ranks in order.
                     float want = 0;
                     for (int r = 0; r < ep; r++) {
                         float part = 0;
                         for (int q = 0; q < x.n; q++)
-                            if (p2l[r * x.n + q] == e) part += all[(size_t)r * g0.size() + x.t[i].offset + q * x.t[i].row + j];
+                            if (p2l[r * x.n + q] == e)
+                                part += all[(size_t)r * g0.size() + x.t[i].offset + q * x.t[i].row + j];
                         want = r == 0 ? part : want + part;
                     }
-                    if (x.rt->logcnt[(size_t)x.t[i].layer * TE + e] == 1) want = g0[x.t[i].offset + s * x.t[i].row + j];
-                    EXPECT_EQ(x.grad[x.t[i].offset + s * x.t[i].row + j], want) << "slot " << x.first_slot() + s;
+                    if (x.rt->logcnt[(size_t)x.t[i].layer * TE + e] == 1) want = g0[at];
+                    EXPECT_EQ(x.grad[at], want) << "slot " << x.first_slot() + s;
                 }
             }
         }
@@ -228,7 +236,8 @@ TEST(EplbRuntime, ReplicaGradientsAreSummedInOneOrder) {
             for (int q = 0; q < x.R; q++) {
                 if (std::find(p2l, p2l + q, p2l[q]) == p2l + q) continue;  // the first copy
                 for (size_t j = 0; j < x.t[i].row; j++) {
-                    const double v = summed[(size_t)(q / x.n) * x.grad.size() + x.t[i].offset + (q % x.n) * x.t[i].row + j];
+                    const double v =
+                        summed[(size_t)(q / x.n) * x.grad.size() + x.t[i].offset + (q % x.n) * x.t[i].row + j];
                     dup += v * v;
                 }
             }
@@ -348,7 +357,8 @@ void compare_runs(MoeConfig c, int ep, int A, double tol, long *changed) {
     for (int i = 0; i < ra->n; i++) {
         const ParamInfo *p = &ra->p[i], *q = &rb->p[i];
         ASSERT_STREQ(p->name, q->name);
-        const float *bufs_a[3] = {ra->data, plain.o.m, plain.o.v}, *bufs_b[3] = {rb->data, eplb.o.m, eplb.o.v};
+        const float *bufs_a[3] = {ra->data, plain.o.m, plain.o.v};
+        const float *bufs_b[3] = {rb->data, eplb.o.m, eplb.o.v};
         for (int k = 0; k < 3; k++) {
             const char *what[3] = {"weights", "AdamW m", "AdamW v"};
             if (p->kind != PARAM_EXPERT) {
@@ -362,7 +372,8 @@ void compare_runs(MoeConfig c, int ep, int A, double tol, long *changed) {
             EXPECT_EQ(mismatch, 0u);
             std::vector<float> lb = eplb.logical(i, bufs_b[k], &mismatch);
             EXPECT_EQ(mismatch, 0u) << p->name << " " << what[k] << ": replicas differ, ep " << ep;
-            EXPECT_LE(rel_err(lb.data(), la.data(), la.size()), tol) << p->name << " " << what[k] << " ep " << ep;
+            EXPECT_LE(rel_err(lb.data(), la.data(), la.size()), tol)
+                << p->name << " " << what[k] << " ep " << ep;
         }
     }
 }
@@ -379,7 +390,8 @@ TEST(EplbTraining, RebalancingEveryTwoStepsKeepsTheMath) {
             long changed;
             compare_runs(c, ep, 2, extra ? TOL : 0.0, &changed);
             // One rank holds every slot: a plan only moves the redundant replicas, maybe not at all.
-            if (ep > 1) EXPECT_GT(changed, 0) << "no rebalance changed a slot: ep " << ep << " extra " << extra;
+            if (ep > 1)
+                EXPECT_GT(changed, 0) << "no rebalance changed a slot: ep " << ep << " extra " << extra;
         }
 }
 
@@ -415,7 +427,8 @@ TEST(EplbTraining, SkewedRouterIsBalancedAfterTheFirstRebalance) {
             for (int l = 0; l < L; l++) {
                 EXPECT_GE(before[l], 1.5) << "the skew does not unbalance layer " << l << ": a weak test";
                 EXPECT_LE(after[l], planned[l] + 0.1) << "layer " << l << " ep " << ep << " extra " << extra;
-                EXPECT_LE(after[l], extra ? BOUND : CUT * before[l]) << "layer " << l << " ep " << ep << " extra " << extra;
+                EXPECT_LE(after[l], extra ? BOUND : CUT * before[l])
+                    << "layer " << l << " ep " << ep << " extra " << extra;
                 if (comm_world()->rank == 0)
                     std::printf("skewed router, ep %d, %d redundant slots, MoE layer %d: rank load max/mean "
                                 "%.3f (steps 1-2) -> %.3f (steps 3-4; planned %.3f)\n", ep, extra, l, before[l],
