@@ -73,6 +73,14 @@ static void count_replicas(EplbRuntime *rt) {
         for (int p = 0; p < R; p++) rt->logcnt[(size_t)l * E + rt->s.phy2log[(size_t)l * R + p]]++;
 }
 
+// Every slot of phy2log (L, R) names an expert in [0, E) (that every expert has a slot, the
+// dispatchers check).
+static void check_placement(const int *phy2log, int L, int R, int E) {
+    for (size_t p = 0; p < (size_t)L * R; p++)
+        CHECK(phy2log[p] >= 0 && phy2log[p] < E, "eplb runtime: slot %zu of layer %zu holds expert %d",
+              p % (size_t)R, p / (size_t)R, phy2log[p]);
+}
+
 static void install_placement(EplbRuntime *rt) {
     count_replicas(rt);
     for (int l = 0; l < rt->s.L; l++) {
@@ -91,9 +99,7 @@ EplbRuntime *eplb_runtime_create(const EplbRuntimeSpec *s) {
         CHECK(s->tensor[i].layer >= 0 && s->tensor[i].layer < s->L && s->tensor[i].row > 0,
               "eplb runtime: tensor %d names layer %d of %d (row %zu)", i, s->tensor[i].layer, s->L,
               s->tensor[i].row);
-    for (size_t p = 0; p < (size_t)s->L * s->R; p++)
-        CHECK(s->phy2log[p] >= 0 && s->phy2log[p] < s->E, "eplb runtime: slot %zu holds expert %d",
-              p % (size_t)s->R, s->phy2log[p]);
+    check_placement(s->phy2log, s->L, s->R, s->E);
     EplbRuntime *rt = core_alloc(sizeof *rt);
     rt->s = *s;
     EplbTensor *t = core_alloc((size_t)s->n_tensor * sizeof *t);
@@ -119,12 +125,8 @@ EplbRuntime *eplb_runtime_create(const EplbRuntimeSpec *s) {
 }
 
 void eplb_runtime_set_placement(EplbRuntime *rt, const int *phy2log) {
-    const size_t n = (size_t)rt->s.L * rt->s.R;
-    for (size_t p = 0; p < n; p++)
-        CHECK(phy2log[p] >= 0 && phy2log[p] < rt->s.E,
-              "eplb runtime: slot %zu of layer %zu holds expert %d", p % (size_t)rt->s.R,
-              p / (size_t)rt->s.R, phy2log[p]);
-    memcpy(rt->s.phy2log, phy2log, n * sizeof(int));
+    check_placement(phy2log, rt->s.L, rt->s.R, rt->s.E);
+    memcpy(rt->s.phy2log, phy2log, (size_t)rt->s.L * rt->s.R * sizeof(int));
     install_placement(rt);
 }
 
@@ -151,9 +153,10 @@ void eplb_runtime_sum_replica_grads(EplbRuntime *rt) {
     const int L = rt->s.L, E = rt->s.E, R = rt->s.R, n = rt->n_local, me = rt->s.ep->rank;
     // Each replicated expert owns one block of slot_floats(l) in the exchange buffer.
     size_t *off = core_alloc((size_t)L * E * sizeof(size_t));  // (L, E) block offset + 1; 0: one replica
-    size_t total = 0;
+    size_t total = 0, widest = 0;
     for (int l = 0; l < L; l++) {
         const size_t f = slot_floats(rt, l);
+        if (f > widest) widest = f;
         for (int e = 0; e < E; e++)
             if (rt->logcnt[(size_t)l * E + e] > 1) {
                 off[(size_t)l * E + e] = total + 1;
@@ -166,7 +169,7 @@ void eplb_runtime_sum_replica_grads(EplbRuntime *rt) {
         return;
     }
     float *part = core_alloc(total * sizeof(float));  // (total) this rank's replicas, summed
-    float *row = core_alloc(total * sizeof(float));   // one slot's gradient rows
+    float *row = core_alloc(widest * sizeof(float));  // one slot's gradient rows
     for (int l = 0; l < L; l++)
         for (int s = 0; s < n; s++) {
             const size_t o = off[(size_t)l * E + rt->s.phy2log[(size_t)l * R + me * n + s]];
@@ -402,7 +405,6 @@ static void rebalance(EplbRuntime *rt, int step) {
     core_free(next);
     install_placement(rt);
     eplb_runtime_rank_load(rt, rt->load, rt->rank_after, rt->after);
-    rt->rebalances++;
     log_rebalance(rt, step);
 }
 

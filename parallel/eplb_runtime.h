@@ -53,7 +53,6 @@ typedef struct EplbRuntime {
     // The step just observed by eplb_runtime_step (placement in force during that step):
     double *step_imbalance;    // (L) max/mean of the EP ranks' loads
     // The last rebalance (for the log and the metrics), on the interval's loads:
-    int rebalances;            // rebalances so far
     double *before, *after;    // (L) max/mean rank load under the old and the new placement
     double *rank_before, *rank_after;  // (L, G) tokens per EP rank under the old and the new placement
     long changed;              // slots (all layers, whole EP group) whose expert changed
