@@ -1,4 +1,4 @@
-// Training throughput and the sgemm baseline (see bench.h).
+// Training throughput and the GEMM baselines (see bench.h).
 #include "framework/bench.h"
 
 #include <cblas.h>
@@ -10,20 +10,22 @@
 #include "framework/optimizer.h"
 #include "framework/train.h"
 
-BenchResult bench_train_cpu(const MoeConfig *c, int min_steps, double min_seconds) {
+BenchResult bench_train(const MoeConfig *c, const LayerOps *ops, int min_steps, double min_seconds) {
     BenchResult r = {0};
     Model *m = model_create(c, 0, 1);
     model_init_weights(m);
+    model_to_device(m, ops);
     AdamW o;
-    adamw_init(&o, &m->reg);
+    adamw_init_on(&o, &m->reg, ops, m->wlow);
     const size_t n = (size_t)c->grad_accum * c->batch_size * (c->T + 1);
     int *tok = core_alloc(n * sizeof(int));
     RngStream rng = rng_stream(c->seed, 3);
     for (size_t i = 0; i < n; i++) tok[i] = (int)(rng_next_u32(&rng) % (uint32_t)c->V);
-    train_step_tokens(m, &o, c, 0, tok);  // warm-up: first-touch page faults, BLAS thread start
+    // Warm-up: first-touch page faults, BLAS thread start, the GPU pool's first allocations.
+    r.first_loss = train_step_tokens(m, &o, c, 0, tok).loss;
     double t0 = core_now(), t = 0;
     while (r.steps < min_steps || t < min_seconds) {
-        train_step_tokens(m, &o, c, r.steps + 1, tok);
+        r.last_loss = train_step_tokens(m, &o, c, r.steps + 1, tok).loss;
         r.steps++;
         t = core_now() - t0;
     }
@@ -32,6 +34,7 @@ BenchResult bench_train_cpu(const MoeConfig *c, int min_steps, double min_second
     r.gflops = r.tokens_per_s * model_train_flops_per_token(c) / 1e9;
     r.step_seconds = t / r.steps;
     r.params_m = (double)m->reg.total / 1e6;
+    r.peak_gib = (double)ops->peak_bytes() / (1024.0 * 1024.0 * 1024.0);
     core_free(tok);
     adamw_free(&o);
     model_free(m);
@@ -56,5 +59,34 @@ double bench_sgemm_gflops(int n, int reps) {
     core_free(a);
     core_free(b);
     core_free(c);
+    return 2.0 * n * (double)n * n / best / 1e9;
+}
+
+double bench_gemm_gflops(const LayerOps *ops, int n, int reps) {
+    const size_t nn = (size_t)n * n;
+    // Random operands: all-zero ones would flatter a GPU (less switching power, higher clocks).
+    float *h = core_alloc(nn * sizeof(float));  // (n, n) on the host
+    RngStream rng = rng_stream(1, 11);
+    for (size_t i = 0; i < nn; i++) h[i] = (float)(rng_next_u32(&rng) % 2001) * 1e-3f - 1.0f;
+    float *f = ops->alloc(nn * sizeof(float));
+    ops->upload(f, h, nn * sizeof(float));
+    void *a = ops->alloc(nn * ops->act_size), *b = ops->alloc(nn * ops->act_size),
+         *c = ops->alloc(nn * ops->act_size);
+    ops->to_act(a, f, (long)nn);
+    ops->to_act(b, f, (long)nn);
+    double best = 1e30;
+    for (int r = -1; r < reps; r++) {  // r = -1: warm-up (cuBLAS heuristics, clocks)
+        ops->sync();
+        double t0 = core_now();
+        ops->linear_forward(c, a, b, n, n, n);
+        ops->sync();
+        double t = core_now() - t0;
+        if (r >= 0 && t < best) best = t;
+    }
+    ops->free(a);
+    ops->free(b);
+    ops->free(c);
+    ops->free(f);
+    core_free(h);
     return 2.0 * n * (double)n * n / best / 1e9;
 }

@@ -1,9 +1,11 @@
-// Throughput measurement for `moelab bench`: training steps of a config on synthetic tokens, and
-// the machine's sgemm rate measured in the same run as the baseline to compare against.
+// Throughput measurement for `moelab bench`: training steps of a config on synthetic tokens on a
+// backend (layers/ops.h), and the machine's GEMM rate measured in the same run as the baseline to
+// compare against (OpenBLAS sgemm on the CPU, cuBLAS bf16 on the GPU).
 #ifndef MOELAB_FRAMEWORK_BENCH_H
 #define MOELAB_FRAMEWORK_BENCH_H
 
 #include "framework/core/config.h"
+#include "layers/ops.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -15,12 +17,18 @@ typedef struct {
     double step_seconds;    // mean over the timed steps
     int steps;              // timed steps (after one warm-up step)
     double params_m;        // parameters held, millions
+    double peak_gib;        // most device memory the backend held at once (0 where not tracked)
+    float first_loss, last_loss;  // loss of the warm-up step and of the last timed step
 } BenchResult;
 
-// Times optimizer steps of c (one warm-up step, then at least min_steps and at least min_seconds).
-BenchResult bench_train_cpu(const MoeConfig *c, int min_steps, double min_seconds);
+// Times optimizer steps of c on backend ops (one warm-up step, then at least min_steps and at least
+// min_seconds), the model and its optimizer living on that backend.
+BenchResult bench_train(const MoeConfig *c, const LayerOps *ops, int min_steps, double min_seconds);
 // Single-precision GEMM rate (GFLOP/s) of cblas_sgemm on n × n × n, best of `reps` runs.
 double bench_sgemm_gflops(int n, int reps);
+// GEMM rate (GFLOP/s) of ops->linear_forward (the backend's own GEMM, in its dtype) on
+// n × n × n, best of `reps` synchronized runs after one warm-up.
+double bench_gemm_gflops(const LayerOps *ops, int n, int reps);
 
 #ifdef __cplusplus
 }

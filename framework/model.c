@@ -10,12 +10,6 @@
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
 #include "framework/core/rng.h"
-#include "layers/attention.h"
-#include "layers/crossentropy.h"
-#include "layers/embedding.h"
-#include "layers/linear.h"
-#include "layers/rmsnorm.h"
-#include "layers/rope.h"
 
 int model_is_moe_layer(const Model *m, int l) { return l >= m->cfg.n_dense_layers; }
 
@@ -76,14 +70,16 @@ static void declare(Model *m) {
     if (!c->tie_embeddings) add(m, "lm_head", -1, PARAM_DENSE, 2, c->V, D, 1, s, 0);
 }
 
-// Views of layer l's tensors inside `base` (the value or the gradient buffer).
-static LayerWeights layer_views(const Model *m, int l, float *base) {
+// Views of layer l's tensors inside `base` (the values' compute copy or the gradient buffer), whose
+// elements are esize bytes (the compute copy may be bf16; the float * then holds bf16).
+static LayerWeights layer_views(const Model *m, int l, float *base, size_t esize) {
     LayerWeights w;
     memset(&w, 0, sizeof w);
     char n[PARAM_NAME_MAX];
-#define AT(x) (snprintf(n, sizeof n, "layers.%d." x, l), base + m->reg.p[params_find(&m->reg, n)].offset)
-#define AT_OPT(x) (snprintf(n, sizeof n, "layers.%d." x, l), \
-                   params_find(&m->reg, n) >= 0 ? base + m->reg.p[params_find(&m->reg, n)].offset : NULL)
+#define AT_IN(b, es, x) (snprintf(n, sizeof n, "layers.%d." x, l), \
+                         (float *)((char *)(b) + m->reg.p[params_find(&m->reg, n)].offset * (es)))
+#define AT(x) AT_IN(base, esize, x)
+#define AT_OPT(x) (snprintf(n, sizeof n, "layers.%d." x, l), params_find(&m->reg, n) >= 0 ? AT(x) : NULL)
     w.attn_norm = AT("attn_norm");
     w.wq = AT("wq"); w.wk = AT("wk"); w.wv = AT("wv"); w.wo = AT("wo");
     w.ffn_norm = AT("ffn_norm");
@@ -91,13 +87,39 @@ static LayerWeights layer_views(const Model *m, int l, float *base) {
         w.w1 = AT("w1"); w.w3 = AT("w3"); w.w2 = AT("w2");
     } else {
         w.moe.router = AT("router");
-        w.moe.bias = base == m->reg.data ? AT("router_bias") : NULL;
+        // The bias has no gradient, and the router reads it in fp32: a view into the master values.
+        w.moe.bias = base != m->reg.grad ? AT_IN(m->reg.data, sizeof(float), "router_bias") : NULL;
         w.moe.w1 = AT("experts.w1"); w.moe.w3 = AT("experts.w3"); w.moe.w2 = AT("experts.w2");
         w.moe.sw1 = AT_OPT("shared.w1"); w.moe.sw3 = AT_OPT("shared.w3"); w.moe.sw2 = AT_OPT("shared.w2");
     }
+#undef AT_IN
 #undef AT
 #undef AT_OPT
     return w;
+}
+
+// Points every weight view at the compute copy (m->wlow, or the values themselves) and every
+// gradient view at the gradient buffer.
+static void set_views(Model *m) {
+    const MoeConfig *c = &m->cfg;
+    float *wbase = m->wlow ? m->wlow : m->reg.data;
+    const size_t es = m->wlow ? m->ops->act_size : sizeof(float);
+    for (int l = m->l0; l < m->l1; l++) {
+        m->w[l] = layer_views(m, l, wbase, es);
+        m->g[l] = layer_views(m, l, m->reg.grad, sizeof(float));
+    }
+#define VALUE(x) (float *)((char *)wbase + m->reg.p[params_find(&m->reg, x)].offset * es)
+    if (m->first) {
+        m->embed = VALUE("embed");
+        m->d_embed = params_grad(&m->reg, "embed");
+    }
+    if (m->last) {
+        m->final_norm = VALUE("final_norm");
+        m->d_final_norm = params_grad(&m->reg, "final_norm");
+        m->lm_head = c->tie_embeddings ? m->embed : VALUE("lm_head");
+        m->d_lm_head = c->tie_embeddings ? m->d_embed : params_grad(&m->reg, "lm_head");
+    }
+#undef VALUE
 }
 
 Model *model_create(const MoeConfig *c, int ep_rank, int ep_size) {
@@ -135,22 +157,10 @@ Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, 
             m->phy2log[(size_t)l * m->R + p] = model_is_moe_layer(m, l) ? p % c->E : -1;
     declare(m);
     params_allocate(&m->reg);
+    m->ops = &layer_ops_cpu;
     m->w = core_alloc((size_t)c->L * sizeof *m->w);
     m->g = core_alloc((size_t)c->L * sizeof *m->g);
-    for (int l = l0; l < l1; l++) {
-        m->w[l] = layer_views(m, l, m->reg.data);
-        m->g[l] = layer_views(m, l, m->reg.grad);
-    }
-    if (m->first) {
-        m->embed = params_ptr(&m->reg, "embed");
-        m->d_embed = params_grad(&m->reg, "embed");
-    }
-    if (m->last) {
-        m->final_norm = params_ptr(&m->reg, "final_norm");
-        m->d_final_norm = params_grad(&m->reg, "final_norm");
-        m->lm_head = c->tie_embeddings ? m->embed : params_ptr(&m->reg, "lm_head");
-        m->d_lm_head = c->tie_embeddings ? m->d_embed : params_grad(&m->reg, "lm_head");
-    }
+    set_views(m);
     MoeShape *s = &m->moe_shape;
     s->D = c->D; s->E = c->E; s->K = c->K; s->S = c->S; s->Fe = c->Fe;
     s->rc.E = c->E; s->rc.K = c->K;
@@ -218,11 +228,57 @@ void model_free(Model *m) {
         if (m->layer_disp[l]) m->layer_disp[l]->destroy(m->layer_disp[l]);
     core_free(m->layer_disp);
     core_free(m->phy2log);
+    if (m->ops->dev != CORE_CPU) {  // params_free frees host memory only
+        m->ops->free(m->reg.data);
+        m->ops->free(m->reg.grad);
+        m->reg.data = m->reg.grad = NULL;
+    }
+    m->ops->free(m->wlow);
     params_free(&m->reg);
     core_free(m->w);
     core_free(m->g);
     core_free(m->expert_counts);
     core_free(m);
+}
+
+void model_to_device(Model *m, const LayerOps *ops) {
+    CHECK(m->ops == &layer_ops_cpu, "model_to_device: the model is on %s already", m->ops->name);
+    if (ops == m->ops) return;
+    CHECK(!m->grid && !m->eplb && m->ep_size == 1 && m->R == m->cfg.E,
+          "model_to_device: %s runs one process without expert parallelism or EPLB", ops->name);
+    for (int l = 0; l < m->cfg.L; l++)
+        CHECK(!m->layer_disp[l], "model_to_device: layer %d has a dispatcher of its own", l);
+    ParamRegistry *r = &m->reg;
+    const size_t bytes = r->total * sizeof(float);
+    float *data = ops->alloc(bytes), *grad = ops->alloc(bytes);
+    ops->upload(data, r->data, bytes);
+    ops->upload(grad, r->grad, bytes);
+    core_free(r->data);
+    core_free(r->grad);
+    r->data = data;
+    r->grad = grad;
+    m->ops = ops;
+    if (ops->dt != CORE_F32) {
+        m->wlow = ops->alloc(r->total * ops->act_size);
+        ops->to_act(m->wlow, data, (long)r->total);
+    }
+    set_views(m);
+    m->disp->destroy(m->disp);
+    m->disp = ops->local_dispatcher(m->cfg.E);
+}
+
+void model_zero_grad(Model *m) { m->ops->zero(m->reg.grad, m->reg.total * sizeof(float)); }
+
+void model_router_bias_update(Model *m, long n_tokens) {
+    const MoeConfig *c = &m->cfg;
+    float *bias = core_alloc((size_t)c->E * sizeof(float));  // (E) on the host
+    for (int l = m->l0; l < m->l1; l++) {
+        if (!model_is_moe_layer(m, l)) continue;
+        m->ops->download(bias, m->w[l].moe.bias, (size_t)c->E * sizeof(float));
+        router_bias_update(bias, m->expert_counts + (size_t)l * c->E, c->E, c->K, n_tokens, c->bias_rate);
+        m->ops->upload(m->w[l].moe.bias, bias, (size_t)c->E * sizeof(float));
+    }
+    core_free(bias);
 }
 
 void model_reset_counts(Model *m) {
@@ -244,67 +300,65 @@ void model_load_imbalance(const Model *m, float *out) {
 // ---------------------------------------------------------------------------------------------
 // Activation memory: one arena per micro-batch, freed as a whole when the micro-batch is done.
 
-static float *arena_f(ModelActs *a, size_t n) {
-    size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
-    CHECK(a->arena_used + bytes <= a->arena_cap, "activation arena overflow (%zu + %zu > %zu)",
+// Takes `bytes` (rounded up to 64) from the arena. A NULL arena only counts: acts_alloc sizes the
+// arena with a first pass over the same buffers, so the size is exact whatever the dtype.
+static void *arena_take(ModelActs *a, size_t bytes) {
+    bytes = (bytes + 63) & ~(size_t)63;
+    CHECK(!a->arena || a->arena_used + bytes <= a->arena_cap, "activation arena overflow (%zu + %zu > %zu)",
           a->arena_used, bytes, a->arena_cap);
-    float *p = (float *)(a->arena + a->arena_used);
+    void *p = a->arena ? a->arena + a->arena_used : NULL;
     a->arena_used += bytes;
     return p;
 }
 
-// Floats the arena needs for B sequences of T tokens (a safe upper bound on the buffers below).
-static size_t arena_floats(const Model *m, int B, int T) {
+// n fp32 values (or ints), and n elements of the backend's activation dtype.
+static float *arena_f(ModelActs *a, size_t n) { return arena_take(a, n * sizeof(float)); }
+static float *arena_x(const Model *m, ModelActs *a, size_t n) { return arena_take(a, n * m->ops->act_size); }
+
+static void acts_carve(const Model *m, ModelActs *a) {
     const MoeConfig *c = &m->cfg;
-    const size_t N = (size_t)B * T, D = c->D, qd = (size_t)c->H * m->hd, kd = (size_t)c->Hkv * m->hd;
-    size_t per_layer = 2 * N * D /*h_in, a*/ + N + 2 * (N * qd + 2 * N * kd) /*q k v qr kr*/ +
-                       (size_t)B * c->H * T * T + N * qd + 3 * N * D /*h_mid m ffn_out*/ + N +
-                       5 * N * (size_t)c->F /*ffn*/ + N * D /*d_h_mid*/ + N * qd + 2 * N * kd +
-                       2 * N * D /*da dm*/;
-    const size_t n_layers = (size_t)(m->l1 - m->l0);
-    size_t rest = 2 * N /*tokens as ints*/ + N * D * 2 + N + N * c->V * 2 + 2 * N + N * D +
-                  (n_layers + 1) * N * D;
-    return n_layers * (per_layer + 16 * 64) + rest + 64 * 64;
+    const size_t N = (size_t)a->N, D = c->D, qd = (size_t)c->H * m->hd, kd = (size_t)c->Hkv * m->hd;
+    a->inputs = (int *)arena_f(a, N);
+    a->targets = (int *)arena_f(a, N);
+    for (int l = m->l0; l < m->l1; l++) {
+        LayerActs *la = &a->layer[l];
+        la->h_in = arena_x(m, a, N * D);
+        la->a = arena_x(m, a, N * D); la->rstd1 = arena_f(a, N);
+        la->q = arena_x(m, a, N * qd); la->k = arena_x(m, a, N * kd); la->v = arena_x(m, a, N * kd);
+        la->qr = arena_x(m, a, N * qd); la->kr = arena_x(m, a, N * kd);
+        la->att = arena_f(a, m->ops->attention_state_floats(a->B, a->T, c->H));
+        la->o = arena_x(m, a, N * qd);
+        la->h_mid = arena_x(m, a, N * D);
+        la->m = arena_x(m, a, N * D); la->rstd2 = arena_f(a, N);
+        la->ffn_out = arena_x(m, a, N * D);
+        if (!model_is_moe_layer(m, l)) {
+            la->ffn.a = arena_x(m, a, N * c->F); la->ffn.b = arena_x(m, a, N * c->F);
+            la->ffn.h = arena_x(m, a, N * c->F);
+            la->ffn.da = arena_x(m, a, N * c->F); la->ffn.db = arena_x(m, a, N * c->F);
+        }
+        la->d_h_mid = arena_x(m, a, N * D);
+        la->dq = arena_x(m, a, N * qd); la->dk = arena_x(m, a, N * kd); la->dv = arena_x(m, a, N * kd);
+        la->da = arena_x(m, a, N * D); la->dm = arena_x(m, a, N * D);
+    }
+    a->h_out = arena_x(m, a, N * D);
+    a->dh = arena_x(m, a, ((size_t)(m->l1 - m->l0) + 1) * N * D);
+    if (!m->last) return;
+    a->hf = arena_x(m, a, N * D); a->rstdf = arena_f(a, N);
+    a->logits = arena_x(m, a, N * c->V);
+    a->lse = arena_f(a, N); a->losses = arena_f(a, N);
+    a->dlogits = arena_x(m, a, N * c->V);
+    a->dhf = arena_x(m, a, N * D);
 }
 
 static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
     memset(a, 0, sizeof *a);
-    const MoeConfig *c = &m->cfg;
-    const size_t N = (size_t)B * T, D = c->D, qd = (size_t)c->H * m->hd, kd = (size_t)c->Hkv * m->hd;
-    a->B = B; a->T = T; a->N = (int)N;
-    a->arena_cap = arena_floats(m, B, T) * sizeof(float);
-    a->arena = core_alloc(a->arena_cap);
-    a->inputs = (int *)arena_f(a, N);
-    a->targets = (int *)arena_f(a, N);
-    a->layer = core_alloc((size_t)c->L * sizeof *a->layer);
-    for (int l = m->l0; l < m->l1; l++) {
-        LayerActs *la = &a->layer[l];
-        la->h_in = arena_f(a, N * D);
-        la->a = arena_f(a, N * D); la->rstd1 = arena_f(a, N);
-        la->q = arena_f(a, N * qd); la->k = arena_f(a, N * kd); la->v = arena_f(a, N * kd);
-        la->qr = arena_f(a, N * qd); la->kr = arena_f(a, N * kd);
-        la->att = arena_f(a, (size_t)B * c->H * T * T);
-        la->o = arena_f(a, N * qd);
-        la->h_mid = arena_f(a, N * D);
-        la->m = arena_f(a, N * D); la->rstd2 = arena_f(a, N);
-        la->ffn_out = arena_f(a, N * D);
-        if (!model_is_moe_layer(m, l)) {
-            la->ffn.a = arena_f(a, N * c->F); la->ffn.b = arena_f(a, N * c->F);
-            la->ffn.h = arena_f(a, N * c->F);
-            la->ffn.da = arena_f(a, N * c->F); la->ffn.db = arena_f(a, N * c->F);
-        }
-        la->d_h_mid = arena_f(a, N * D);
-        la->dq = arena_f(a, N * qd); la->dk = arena_f(a, N * kd); la->dv = arena_f(a, N * kd);
-        la->da = arena_f(a, N * D); la->dm = arena_f(a, N * D);
-    }
-    a->h_out = arena_f(a, N * D);
-    a->dh = arena_f(a, ((size_t)(m->l1 - m->l0) + 1) * N * D);
-    if (!m->last) return;
-    a->hf = arena_f(a, N * D); a->rstdf = arena_f(a, N);
-    a->logits = arena_f(a, N * c->V);
-    a->lse = arena_f(a, N); a->losses = arena_f(a, N);
-    a->dlogits = arena_f(a, N * c->V);
-    a->dhf = arena_f(a, N * D);
+    a->B = B; a->T = T; a->N = B * T;
+    a->layer = core_alloc((size_t)m->cfg.L * sizeof *a->layer);
+    acts_carve(m, a);  // counts
+    a->arena_cap = a->arena_used;
+    a->arena = m->ops->alloc(a->arena_cap);
+    a->arena_used = 0;
+    acts_carve(m, a);
 }
 
 void model_acts_free(Model *m, ModelActs *a) {
@@ -312,7 +366,7 @@ void model_acts_free(Model *m, ModelActs *a) {
         for (int l = m->l0; l < m->l1; l++)
             if (model_is_moe_layer(m, l)) moe_acts_free(&a->layer[l].moe, disp_of(m, l));
     core_free(a->layer);
-    core_free(a->arena);
+    m->ops->free(a->arena);
     memset(a, 0, sizeof *a);
 }
 
@@ -321,16 +375,17 @@ void model_acts_free(Model *m, ModelActs *a) {
 
 static void attn_forward(const Model *m, const LayerWeights *w, LayerActs *la, int B, int T) {
     const MoeConfig *c = &m->cfg;
+    const LayerOps *o = m->ops;
     const int N = B * T, D = c->D, hd = m->hd, qd = c->H * hd, kd = c->Hkv * hd;
-    rmsnorm_forward(la->a, la->rstd1, la->h_in, w->attn_norm, N, D, c->norm_eps);
-    linear_forward(la->q, la->a, w->wq, N, D, qd);
-    linear_forward(la->k, la->a, w->wk, N, D, kd);
-    linear_forward(la->v, la->a, w->wv, N, D, kd);
-    rope_forward(la->qr, la->q, N, T, c->H, hd, c->rope_theta);
-    rope_forward(la->kr, la->k, N, T, c->Hkv, hd, c->rope_theta);
-    attention_forward(la->o, la->att, la->qr, la->kr, la->v, B, T, c->H, c->Hkv, hd);
-    linear_forward(la->h_mid, la->o, w->wo, N, qd, D);
-    for (size_t i = 0; i < (size_t)N * D; i++) la->h_mid[i] += la->h_in[i];
+    o->rmsnorm_forward(la->a, la->rstd1, la->h_in, w->attn_norm, N, D, c->norm_eps);
+    o->linear_forward(la->q, la->a, w->wq, N, D, qd);
+    o->linear_forward(la->k, la->a, w->wk, N, D, kd);
+    o->linear_forward(la->v, la->a, w->wv, N, D, kd);
+    o->rope_forward(la->qr, la->q, N, T, c->H, hd, c->rope_theta);
+    o->rope_forward(la->kr, la->k, N, T, c->Hkv, hd, c->rope_theta);
+    o->attention_forward(la->o, la->att, la->qr, la->kr, la->v, B, T, c->H, c->Hkv, hd);
+    o->linear_forward(la->h_mid, la->o, w->wo, N, qd, D);
+    o->add(la->h_mid, la->h_mid, la->h_in, (long)N * D);
 }
 
 // dh_in (N, D) = ∂/∂h_in given d_h_mid (already in la->d_h_mid).
@@ -339,37 +394,40 @@ static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs
     const MoeConfig *c = &m->cfg;
     const size_t N = (size_t)B * T;
     const int D = c->D, hd = m->hd, qd = c->H * hd, kd = c->Hkv * hd;
+    const LayerOps *o = m->ops;
+    const size_t x = o->act_size;
     // do and the RoPE'd gradients are temporaries: backward_weight needs only dq, dk, dv, da.
-    float *d_o = core_alloc(N * qd * sizeof(float));
-    float *dqr = core_alloc(N * qd * sizeof(float));
-    float *dkr = core_alloc(N * kd * sizeof(float));
-    linear_backward_input(d_o, la->d_h_mid, w->wo, (int)N, qd, D);
-    memset(la->dv, 0, N * kd * sizeof(float));
-    attention_backward_input(dqr, dkr, la->dv, d_o, la->qr, la->kr, la->v, la->att, B, T, c->H,
-                             c->Hkv, hd);
-    memset(la->dq, 0, N * qd * sizeof(float));
-    memset(la->dk, 0, N * kd * sizeof(float));
-    rope_backward_input(la->dq, dqr, (int)N, T, c->H, hd, c->rope_theta);
-    rope_backward_input(la->dk, dkr, (int)N, T, c->Hkv, hd, c->rope_theta);
-    memset(la->da, 0, N * D * sizeof(float));
-    linear_backward_input(la->da, la->dq, w->wq, (int)N, D, qd);
-    linear_backward_input(la->da, la->dk, w->wk, (int)N, D, kd);
-    linear_backward_input(la->da, la->dv, w->wv, (int)N, D, kd);
-    memcpy(dh_in, la->d_h_mid, N * D * sizeof(float));  // the residual path
-    rmsnorm_backward_input(dh_in, la->da, la->h_in, w->attn_norm, la->rstd1, (int)N, D);
-    core_free(d_o);
-    core_free(dqr);
-    core_free(dkr);
+    void *d_o = o->alloc(N * qd * x);
+    void *dqr = o->alloc(N * qd * x);
+    void *dkr = o->alloc(N * kd * x);
+    o->linear_backward_input(d_o, la->d_h_mid, w->wo, (int)N, qd, D);
+    o->zero(la->dv, N * kd * x);
+    o->attention_backward_input(dqr, dkr, la->dv, d_o, la->qr, la->kr, la->v, la->o, la->att, B, T,
+                                c->H, c->Hkv, hd);
+    o->zero(la->dq, N * qd * x);
+    o->zero(la->dk, N * kd * x);
+    o->rope_backward_input(la->dq, dqr, (int)N, T, c->H, hd, c->rope_theta);
+    o->rope_backward_input(la->dk, dkr, (int)N, T, c->Hkv, hd, c->rope_theta);
+    o->zero(la->da, N * D * x);
+    o->linear_backward_input(la->da, la->dq, w->wq, (int)N, D, qd);
+    o->linear_backward_input(la->da, la->dk, w->wk, (int)N, D, kd);
+    o->linear_backward_input(la->da, la->dv, w->wv, (int)N, D, kd);
+    o->copy(dh_in, la->d_h_mid, N * D * x);  // the residual path
+    o->rmsnorm_backward_input(dh_in, la->da, la->h_in, w->attn_norm, la->rstd1, (int)N, D);
+    o->free(d_o);
+    o->free(dqr);
+    o->free(dkr);
 }
 
 static void attn_backward_weight(const Model *m, LayerWeights *g, const LayerActs *la, int N) {
     const MoeConfig *c = &m->cfg;
     const int D = c->D, qd = c->H * m->hd, kd = c->Hkv * m->hd;
-    linear_backward_weight(g->wo, la->d_h_mid, la->o, N, qd, D);
-    linear_backward_weight(g->wq, la->dq, la->a, N, D, qd);
-    linear_backward_weight(g->wk, la->dk, la->a, N, D, kd);
-    linear_backward_weight(g->wv, la->dv, la->a, N, D, kd);
-    rmsnorm_backward_weight(g->attn_norm, la->da, la->h_in, la->rstd1, N, D);
+    const LayerOps *o = m->ops;
+    o->linear_backward_weight(g->wo, la->d_h_mid, la->o, N, qd, D);
+    o->linear_backward_weight(g->wq, la->dq, la->a, N, D, qd);
+    o->linear_backward_weight(g->wk, la->dk, la->a, N, D, kd);
+    o->linear_backward_weight(g->wv, la->dv, la->a, N, D, kd);
+    o->rmsnorm_backward_weight(g->attn_norm, la->da, la->h_in, la->rstd1, N, D);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -379,7 +437,8 @@ static void ffn_forward(Model *m, int l, LayerActs *la, float *h_out, int B, int
     const MoeConfig *c = &m->cfg;
     const int N = B * T, D = c->D;
     const LayerWeights *w = &m->w[l];
-    rmsnorm_forward(la->m, la->rstd2, la->h_mid, w->ffn_norm, N, D, c->norm_eps);
+    const LayerOps *o = m->ops;
+    o->rmsnorm_forward(la->m, la->rstd2, la->h_mid, w->ffn_norm, N, D, c->norm_eps);
     if (model_is_moe_layer(m, l)) {
         MoeDispatcher *d = disp_of(m, l);
         // A dispatcher that fills fewer slots than the tensors hold would pair experts with wrong rows.
@@ -388,11 +447,11 @@ static void ffn_forward(Model *m, int l, LayerActs *la, float *h_out, int B, int
               m->n_local);
         moe_forward(la->ffn_out, &la->moe, la->m, &m->moe_shape, &w->moe, d, B, T);
         if (m->count_routes)
-            router_count(m->expert_counts + (size_t)l * c->E, la->moe.idx, N, c->K, c->E);
+            o->router_count(m->expert_counts + (size_t)l * c->E, la->moe.idx, N, c->K, c->E);
     } else {
-        swiglu_forward(la->ffn_out, &la->ffn, la->m, w->w1, w->w3, w->w2, N, D, c->F);
+        ops_swiglu_forward(o, la->ffn_out, &la->ffn, la->m, w->w1, w->w3, w->w2, &N, 1, D, c->F);
     }
-    for (size_t i = 0; i < (size_t)N * D; i++) h_out[i] = la->h_mid[i] + la->ffn_out[i];
+    o->add(h_out, la->h_mid, la->ffn_out, (long)N * D);
 }
 
 // la->d_h_mid = ∂/∂h_mid given dh_out (N, D).
@@ -401,19 +460,20 @@ static void ffn_backward_input(Model *m, int l, LayerActs *la, const float *dh_o
     const MoeConfig *c = &m->cfg;
     const int D = c->D;
     const LayerWeights *w = &m->w[l];
-    memset(la->dm, 0, (size_t)N * D * sizeof(float));
+    const LayerOps *o = m->ops;
+    o->zero(la->dm, (size_t)N * D * o->act_size);
     if (model_is_moe_layer(m, l)) {
         // The balance loss enters the objective as scale·alpha·L_bal (dh_out is already scaled).
         MoeShape shape = m->moe_shape;
         shape.alpha *= scale;
         moe_backward_input(la->dm, &la->moe, dh_out, &shape, &w->moe, disp_of(m, l));
     } else {
-        float *dh = core_alloc((size_t)N * c->F * sizeof(float));
-        swiglu_backward_input(la->dm, &la->ffn, dh, dh_out, w->w1, w->w3, w->w2, N, D, c->F);
-        core_free(dh);
+        void *dh = o->alloc((size_t)N * c->F * o->act_size);
+        ops_swiglu_backward_input(o, la->dm, &la->ffn, dh, dh_out, w->w1, w->w3, w->w2, &N, 1, D, c->F);
+        o->free(dh);
     }
-    memcpy(la->d_h_mid, dh_out, (size_t)N * D * sizeof(float));
-    rmsnorm_backward_input(la->d_h_mid, la->dm, la->h_mid, w->ffn_norm, la->rstd2, N, D);
+    o->copy(la->d_h_mid, dh_out, (size_t)N * D * o->act_size);
+    o->rmsnorm_backward_input(la->d_h_mid, la->dm, la->h_mid, w->ffn_norm, la->rstd2, N, D);
 }
 
 static void ffn_backward_weight(Model *m, int l, LayerActs *la, const float *dh_out, int N) {
@@ -422,8 +482,8 @@ static void ffn_backward_weight(Model *m, int l, LayerActs *la, const float *dh_
     if (model_is_moe_layer(m, l))
         moe_backward_weight(&g->moe, &la->moe, &m->moe_shape, disp_of(m, l));
     else
-        swiglu_backward_weight(g->w1, g->w3, g->w2, &la->ffn, la->m, dh_out, N, c->D, c->F);
-    rmsnorm_backward_weight(g->ffn_norm, la->dm, la->h_mid, la->rstd2, N, c->D);
+        ops_swiglu_backward_weight(m->ops, g->w1, g->w3, g->w2, &la->ffn, la->m, dh_out, &N, 1, c->D, c->F);
+    m->ops->rmsnorm_backward_weight(g->ffn_norm, la->dm, la->h_mid, la->rstd2, N, c->D);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -431,7 +491,7 @@ static void ffn_backward_weight(Model *m, int l, LayerActs *la, const float *dh_
 
 // ∂L/∂(input of layer l) (N, D); l == l1 is ∂L/∂h_out.
 static float *dh_at(const Model *m, const ModelActs *a, int l) {
-    return a->dh + (size_t)(l - m->l0) * a->N * m->cfg.D;
+    return (float *)((char *)a->dh + (size_t)(l - m->l0) * a->N * m->cfg.D * m->ops->act_size);
 }
 
 float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float *h_in, int B, int T,
@@ -442,22 +502,29 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float
     CHECK(!(m->last && with_targets) || tokens != NULL, "the last stage needs the targets");
     acts_alloc(m, a, B, T);
     const int N = B * T, D = c->D;
+    const LayerOps *o = m->ops;
     a->has_targets = with_targets;
     const int stride = with_targets ? T + 1 : T;
-    if (tokens)
+    if (tokens) {
+        // Checked on the host, then handed to the backend.
+        int *in = core_alloc(2 * (size_t)N * sizeof(int)), *tg = in + N;  // (N), (N)
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++) {
                 int x = tokens[b * stride + t];
                 CHECK(x >= 0 && x < c->V, "token id %d outside the vocabulary [0, %d)", x, c->V);
-                a->inputs[b * T + t] = x;
+                in[b * T + t] = x;
                 if (with_targets) {
                     int y = tokens[b * stride + t + 1];
                     CHECK(y >= 0 && y < c->V, "token id %d outside the vocabulary [0, %d)", y, c->V);
-                    a->targets[b * T + t] = y;
+                    tg[b * T + t] = y;
                 }
             }
-    if (m->first) embedding_forward(a->layer[0].h_in, a->inputs, m->embed, N, c->V, D);
-    else memcpy(a->layer[m->l0].h_in, h_in, (size_t)N * D * sizeof(float));
+        o->upload(a->inputs, in, (size_t)N * sizeof(int));
+        if (with_targets) o->upload(a->targets, tg, (size_t)N * sizeof(int));
+        core_free(in);
+    }
+    if (m->first) o->embedding_forward(a->layer[0].h_in, a->inputs, m->embed, N, c->V, D);
+    else o->copy(a->layer[m->l0].h_in, h_in, (size_t)N * D * o->act_size);
     a->bal = 0;
     for (int l = m->l0; l < m->l1; l++) {
         LayerActs *la = &a->layer[l];
@@ -467,12 +534,15 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float
         if (model_is_moe_layer(m, l)) a->bal += la->moe.bal_loss;
     }
     if (!m->last) return c->balance_alpha * a->bal;
-    rmsnorm_forward(a->hf, a->rstdf, a->h_out, m->final_norm, N, D, c->norm_eps);
-    linear_forward(a->logits, a->hf, m->lm_head, N, D, c->V);
+    o->rmsnorm_forward(a->hf, a->rstdf, a->h_out, m->final_norm, N, D, c->norm_eps);
+    o->linear_forward(a->logits, a->hf, m->lm_head, N, D, c->V);
     if (!with_targets) return 0.0f;
-    crossentropy_forward(a->losses, a->lse, a->logits, a->targets, N, c->V);
+    o->crossentropy_forward(a->losses, a->lse, a->logits, a->targets, N, c->V);
+    float *losses = core_alloc((size_t)N * sizeof(float));  // (N) on the host, summed in order there
+    o->download(losses, a->losses, (size_t)N * sizeof(float));
     double ce = 0;
-    for (int i = 0; i < N; i++) ce += a->losses[i];
+    for (int i = 0; i < N; i++) ce += losses[i];
+    core_free(losses);
     a->ce = (float)(ce / N);
     return a->ce + c->balance_alpha * a->bal;
 }
@@ -487,17 +557,19 @@ void model_stage_backward_input(Model *m, ModelActs *a, const float *dh_out, flo
     const int N = a->N, D = c->D;
     CHECK(a->has_targets, "backward needs a forward with targets");
     CHECK(m->last || dh_out != NULL, "stage [%d, %d) needs the next stage's gradient", m->l0, m->l1);
+    const LayerOps *o = m->ops;
+    const size_t x = o->act_size;
     float *dh = dh_at(m, a, m->l1);
     if (m->last) {
-        memset(a->dlogits, 0, (size_t)N * c->V * sizeof(float));
-        crossentropy_backward_input(a->dlogits, a->logits, a->lse, a->targets, scale / (float)N, N,
-                                    c->V);
-        memset(a->dhf, 0, (size_t)N * D * sizeof(float));
-        linear_backward_input(a->dhf, a->dlogits, m->lm_head, N, D, c->V);
-        memset(dh, 0, (size_t)N * D * sizeof(float));
-        rmsnorm_backward_input(dh, a->dhf, a->h_out, m->final_norm, a->rstdf, N, D);
+        o->zero(a->dlogits, (size_t)N * c->V * x);
+        o->crossentropy_backward_input(a->dlogits, a->logits, a->lse, a->targets, scale / (float)N, N,
+                                       c->V);
+        o->zero(a->dhf, (size_t)N * D * x);
+        o->linear_backward_input(a->dhf, a->dlogits, m->lm_head, N, D, c->V);
+        o->zero(dh, (size_t)N * D * x);
+        o->rmsnorm_backward_input(dh, a->dhf, a->h_out, m->final_norm, a->rstdf, N, D);
     } else {
-        memcpy(dh, dh_out, (size_t)N * D * sizeof(float));
+        o->copy(dh, dh_out, (size_t)N * D * x);
     }
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
@@ -515,14 +587,15 @@ const float *model_stage_dinput(const Model *m, const ModelActs *a) { return dh_
 void model_backward_weight(Model *m, ModelActs *a) {
     const MoeConfig *c = &m->cfg;
     const int N = a->N, D = c->D;
+    const LayerOps *o = m->ops;
     if (m->last) {
-        linear_backward_weight(m->d_lm_head, a->dlogits, a->hf, N, D, c->V);
-        rmsnorm_backward_weight(m->d_final_norm, a->dhf, a->h_out, a->rstdf, N, D);
+        o->linear_backward_weight(m->d_lm_head, a->dlogits, a->hf, N, D, c->V);
+        o->rmsnorm_backward_weight(m->d_final_norm, a->dhf, a->h_out, a->rstdf, N, D);
     }
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
         ffn_backward_weight(m, l, la, dh_at(m, a, l + 1), N);
         attn_backward_weight(m, &m->g[l], la, N);
     }
-    if (m->first) embedding_backward_weight(m->d_embed, a->dh, a->inputs, N, c->V, D);
+    if (m->first) o->embedding_backward_weight(m->d_embed, a->dh, a->inputs, N, c->V, D);
 }

@@ -9,6 +9,7 @@
 #include "framework/core/config.h"
 #include "framework/params.h"
 #include "layers/moe.h"
+#include "layers/ops.h"
 #include "layers/swiglu.h"
 
 #ifdef __cplusplus
@@ -49,6 +50,11 @@ typedef struct {
     int count_routes;        // training micro-batches add to expert_counts; eval and sampling do not
     struct Grid *grid;       // process grid (parallel/grid.h), not owned; NULL for one process
     struct EplbRuntime *eplb;  // EPLB during training (parallel/eplb_runtime.h), not owned; or NULL
+    const LayerOps *ops;     // the backend every call goes through (layers/ops.h): the CPU until
+                             // model_to_device; reg.data, reg.grad and the activations live on it
+    void *wlow;              // (reg.total) compute copy of the weights in ops->dt that the weight
+                             // views point into (refreshed by every AdamW step); NULL when ops->dt is
+                             // fp32 and the views point into reg.data
 } Model;
 
 // Per-layer activations of one micro-batch (and the gradients backward_weight needs).
@@ -95,6 +101,16 @@ Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, 
 // Fills every tensor from its parameter identity (seed, layer, name, expert): identical whatever
 // the layout; a slot gets the numbers of the logical expert it holds, so replicas start identical.
 void model_init_weights(Model *m);
+// Moves an initialized model (one process, no EPLB) onto the backend ops: values and gradients to
+// its memory, a compute copy in ops->dt when that is not fp32, and ops' local dispatcher. From then
+// on token ids stay host arrays, while h_in, dh_out, the activations and reg.data/reg.grad are
+// memory of ops->dev (read them with ops->download).
+void model_to_device(Model *m, const LayerOps *ops);
+// Zeroes every gradient (on the model's device).
+void model_zero_grad(Model *m);
+// The aux-loss-free bias update of every MoE layer from expert_counts, n_tokens the step's tokens
+// over all data-parallel ranks (router_bias_update, on the host).
+void model_router_bias_update(Model *m, long n_tokens);
 // Replaces the dispatcher (the model owns it from now on).
 void model_set_dispatcher(Model *m, MoeDispatcher *d);
 // Gives MoE layer l a dispatcher of its own, replacing any earlier one (the model owns it).

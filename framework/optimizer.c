@@ -5,16 +5,21 @@
 
 #include "framework/core/mem.h"
 
-void adamw_init(AdamW *o, const ParamRegistry *r) {
+void adamw_init(AdamW *o, const ParamRegistry *r) { adamw_init_on(o, r, &layer_ops_cpu, NULL); }
+
+void adamw_init_on(AdamW *o, const ParamRegistry *r, const LayerOps *ops, void *p_low) {
     o->total = r->total;
-    o->m = core_alloc(r->total * sizeof(float));
-    o->v = core_alloc(r->total * sizeof(float));
+    o->ops = ops;
+    o->p_low = p_low;
+    o->m = ops->alloc(r->total * sizeof(float));
+    o->v = ops->alloc(r->total * sizeof(float));
     o->t = 0;
 }
 
 void adamw_free(AdamW *o) {
-    core_free(o->m);
-    core_free(o->v);
+    if (!o->ops) return;  // never initialized (a pipeline trainer's unused optimizer)
+    o->ops->free(o->m);
+    o->ops->free(o->v);
     o->m = o->v = NULL;
 }
 
@@ -26,23 +31,24 @@ float optim_lr(const MoeConfig *c, int step) {
     return (float)(c->min_lr + 0.5 * (c->lr - c->min_lr) * (1.0 + cos(M_PI * p)));
 }
 
-double optim_grad_sqsum(const ParamRegistry *r, int kind) {
+double optim_grad_sqsum(const ParamRegistry *r, int kind) { return optim_grad_sqsum_on(&layer_ops_cpu, r, kind); }
+
+void optim_scale_grads(ParamRegistry *r, float s) { optim_scale_grads_on(&layer_ops_cpu, r, s); }
+
+double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind) {
     double s = 0;
     for (int i = 0; i < r->n; i++) {
         const ParamInfo *p = &r->p[i];
         if (p->kind == PARAM_BUFFER || (kind >= 0 && (int)p->kind != kind)) continue;
-        const float *g = r->grad + p->offset;
-        for (size_t j = 0; j < p->numel; j++) s += (double)g[j] * g[j];
+        ops->grad_sqsum(&s, r->grad + p->offset, (long)p->numel);
     }
     return s;
 }
 
-void optim_scale_grads(ParamRegistry *r, float s) {
+void optim_scale_grads_on(const LayerOps *ops, ParamRegistry *r, float s) {
     for (int i = 0; i < r->n; i++) {
         const ParamInfo *p = &r->p[i];
-        if (p->kind == PARAM_BUFFER) continue;
-        float *g = r->grad + p->offset;
-        for (size_t j = 0; j < p->numel; j++) g[j] *= s;
+        if (p->kind != PARAM_BUFFER) ops->grad_scale(r->grad + p->offset, (long)p->numel, s);
     }
 }
 
@@ -52,20 +58,12 @@ float optim_clip_factor(float norm, float clip) {
 
 void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr) {
     o->t++;
-    const double bc1 = 1.0 - pow(c->beta1, (double)o->t), bc2 = 1.0 - pow(c->beta2, (double)o->t);
-    const float b1 = c->beta1, b2 = c->beta2, eps = c->adam_eps;
+    const AdamwHyper h = {lr, c->beta1, c->beta2, c->adam_eps, c->weight_decay, o->t};
     for (int i = 0; i < r->n; i++) {
         const ParamInfo *pi = &r->p[i];
         if (pi->kind == PARAM_BUFFER) continue;
-        float *p = r->data + pi->offset, *g = r->grad + pi->offset;
-        float *m = o->m + pi->offset, *v = o->v + pi->offset;
-        const float decay = pi->decay ? 1.0f - lr * c->weight_decay : 1.0f;
-#pragma omp parallel for schedule(static)
-        for (size_t j = 0; j < pi->numel; j++) {
-            m[j] = b1 * m[j] + (1.0f - b1) * g[j];
-            v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
-            float mhat = (float)(m[j] / bc1), vhat = (float)(v[j] / bc2);
-            p[j] = p[j] * decay - lr * mhat / (sqrtf(vhat) + eps);
-        }
+        void *low = o->p_low ? (char *)o->p_low + pi->offset * o->ops->act_size : NULL;
+        o->ops->adamw_step(r->data + pi->offset, r->grad + pi->offset, o->m + pi->offset, o->v + pi->offset,
+                           (long)pi->numel, &h, pi->decay, low);
     }
 }

@@ -6,6 +6,7 @@
 
 #include "framework/core/config.h"
 #include "framework/params.h"
+#include "layers/ops.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -15,9 +16,14 @@ typedef struct {
     float *m, *v;   // (total) first and second moments, same layout as the parameter registry
     size_t total;
     long t;         // steps taken
+    const LayerOps *ops;  // the backend holding m, v and the registry's buffers (layers/ops.h)
+    void *p_low;    // (total) compute copy of the weights in ops->dt that each step refreshes, or NULL
 } AdamW;
 
+// On the host, for a registry in host memory.
 void adamw_init(AdamW *o, const ParamRegistry *r);
+// On backend ops, for a registry whose buffers live there (model_to_device); p_low as in AdamW.
+void adamw_init_on(AdamW *o, const ParamRegistry *r, const LayerOps *ops, void *p_low);
 void adamw_free(AdamW *o);
 // Learning rate of step `step` (0-based): lr·(step+1)/warmup during warm-up, then
 // min_lr + ½(lr − min_lr)(1 + cos(π·p)), p = (step − warmup)/max(1, steps − warmup) capped at 1.
@@ -26,6 +32,9 @@ float optim_lr(const MoeConfig *c, int step);
 double optim_grad_sqsum(const ParamRegistry *r, int kind);
 // Multiplies every trained gradient by s.
 void optim_scale_grads(ParamRegistry *r, float s);
+// The same two for a registry whose buffers live on backend ops.
+double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind);
+void optim_scale_grads_on(const LayerOps *ops, ParamRegistry *r, float s);
 // Clip factor for a global gradient norm: min(1, clip / norm) (1 when clip is 0).
 float optim_clip_factor(float norm, float clip);
 // One AdamW step with learning rate lr (PyTorch's AdamW: p ← p(1 − lr·wd), then the Adam update).

@@ -9,6 +9,7 @@
 
 #include "checkpoints/ckpt.h"
 #include "data/shard.h"
+#include "framework/backend.h"
 #include "framework/core/check.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
@@ -48,7 +49,7 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
     StepStats st = {0};
     double t0 = core_now();
     const int A = c->grad_accum, B = c->batch_size, T = c->T;
-    params_zero_grad(&m->reg);
+    model_zero_grad(m);
     model_reset_counts(m);
     m->count_routes = 1;
     double loss = 0, ce = 0;
@@ -72,20 +73,18 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
         st.grad_norm = sync_step(m, means);
         n_tokens *= m->grid->dp;
     } else {
-        st.grad_norm = (float)sqrt(optim_grad_sqsum(&m->reg, -1) - duplicate_sqsum(m));
+        st.grad_norm = (float)sqrt(optim_grad_sqsum_on(m->ops, &m->reg, -1) - duplicate_sqsum(m));
     }
     st.loss = (float)means[0];
     st.ce = (float)means[1];
     float clip = optim_clip_factor(st.grad_norm, c->grad_clip);
-    if (clip != 1.0f) optim_scale_grads(&m->reg, clip);
+    if (clip != 1.0f) optim_scale_grads_on(m->ops, &m->reg, clip);
     st.lr = optim_lr(c, step);
     adamw_step(o, &m->reg, c, st.lr);
-    for (int l = 0; l < c->L; l++)
-        if (model_is_moe_layer(m, l))
-            router_bias_update(m->w[l].moe.bias, m->expert_counts + (size_t)l * c->E, c->E, c->K,
-                               n_tokens, c->bias_rate);
+    model_router_bias_update(m, n_tokens);
     if (m->eplb)
         st.rebalanced = eplb_runtime_step(m->eplb, m->expert_counts + (size_t)c->n_dense_layers * c->E, step);
+    m->ops->sync();  // a GPU step is done when its last kernel is
     st.seconds = core_now() - t0;
     return st;
 }
@@ -214,6 +213,11 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     if (c->eplb_interval > 0 && pipe_trainer_wanted(c))
         core_usage_error("--eplb-interval runs in the trainer without a pipeline: drop --pp, --schedule "
                          "and --trace");
+    const LayerOps *ops = backend_ops(c->device);
+    if (ops->dev != CORE_CPU && (g->world > 1 || pipe_trainer_wanted(c) || c->eplb_interval > 0 ||
+                                 c->out[0] || c->resume[0]))
+        core_usage_error("--device %s trains one process on one GPU: mpirun, --pp/--schedule/--trace, "
+                         "--eplb-interval and --out/--resume run on the CPU only so far", c->device);
     if (c->data[0] == '\0')
         core_usage_error("no training data: pass --data DIR (a directory made by `moelab data prepare`)");
     struct stat sb;
@@ -242,7 +246,8 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         } else {
             grid_free(g);  // one process: the plain path, no communication
         }
-        adamw_init(&t->opt, &t->model->reg);
+        model_to_device(t->model, ops);
+        adamw_init_on(&t->opt, &t->model->reg, ops, t->model->wlow);
         if (c->eplb_interval > 0)
             train_eplb_attach(t->model, &t->opt, t->model->grid ? t->model->grid->ep_comm : comm_world());
     }
@@ -409,6 +414,8 @@ int trainer_run(Trainer *t) {
     if (t->pipe && c->trace[0]) pipe_write_trace(t->pipe, c->trace);
     if (c->sample_tokens > 0 && t->pipe) {
         core_info0("no sample: sampling needs the whole model in one process (it runs without a pipeline)");
+    } else if (c->sample_tokens > 0 && t->model->ops->dev != CORE_CPU) {
+        core_info0("no sample: sampling reads the model on the host (--device cpu, or `moelab sample`)");
     } else if (c->sample_tokens > 0) {
         RngStream rng = rng_stream(c->seed, SAMPLE_STREAM);
         int prompt = 0;

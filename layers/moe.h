@@ -25,9 +25,14 @@ extern "C" {
 // dispatch-backward brings expert-input gradients home the way combine did.
 typedef struct MoeDispatchPlan MoeDispatchPlan;  // opaque, one per micro-batch in flight
 
+struct LayerOps;
+
 typedef struct MoeDispatcher {
     void *impl;
     int n_local;  // expert slots computed on this rank
+    // The backend (layers/ops.h) whose memory the rows live in; the layer computes through it too.
+    // NULL: the CPU.
+    const struct LayerOps *ops;
     // Plans the exchange for idx (N, K). Writes counts (n_local) and returns the plan; *n_rows is the
     // total number of rows this rank's experts receive.
     MoeDispatchPlan *(*plan)(struct MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,

@@ -29,7 +29,7 @@ static void train_help(void) {
            "  --schedule S      1f1b | dualpipe (even pp, chunks even >= 2 pp) | dualpipev (chunks >= 2 pp)\n"
            "  --chunks C        micro-batches per step (0: --grad-accum)\n"
            "  --trace FILE      Chrome trace of the last step's pipeline ops (moelab schedule --from-trace)\n"
-           "  --device cpu|cuda\n\n");
+           "  --device D        cpu | cuda (bf16 compute, fp32 master weights) | cuda-fp32 (one GPU)\n\n");
     config_print_help(stdout);
 }
 
@@ -47,8 +47,6 @@ int cmd_train(int argc, char **argv) {
     if (rest > 0) core_usage_error("train: unknown option '%s' (see `moelab train --help`)", argv[1]);
     config_validate(&c);
     comm_set_timeout(c.comm_timeout);
-    if (strcmp(c.device, "cpu") != 0)
-        core_usage_error("--device %s: this build trains on the CPU only (the CUDA backend is issue 3)", c.device);
 #ifdef _OPENMP
     if (c.threads > 0) omp_set_num_threads(c.threads);
 #endif

@@ -1,0 +1,23 @@
+// Device name → backend table (see backend.h). The CUDA tables exist only in a --config=cuda build
+// (MOELAB_CUDA); elsewhere core_device_select names the missing backend.
+#include "framework/backend.h"
+
+#include <string.h>
+
+#include "framework/core/check.h"
+#ifdef MOELAB_CUDA
+#include "layers/ops_cuda.h"
+#endif
+
+const LayerOps *backend_ops(const char *device) {
+    if (!strcmp(device, "cpu")) return &layer_ops_cpu;
+    const int fp32 = !strcmp(device, "cuda-fp32");
+    if (!fp32 && strcmp(device, "cuda") != 0)
+        core_usage_error("--device %s: expected cpu, cuda (bf16 compute) or cuda-fp32", device);
+    core_device_select("cuda", 0);  // a CPU build ends here with its usage error
+#ifdef MOELAB_CUDA
+    return layer_ops_cuda(fp32 ? CORE_F32 : CORE_BF16);
+#else
+    core_usage_error("--device %s: this build has no CUDA backend: rebuild with --config=cuda", device);
+#endif
+}

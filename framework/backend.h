@@ -1,0 +1,21 @@
+// The compute backend behind `--device`: the device name of a config to the layer-ops table
+// (layers/ops.h) that the model, the MoE layer and the optimizer call through. "cpu" is the fp32
+// CPU path; "cuda" is the GPU in bf16 compute with fp32 master weights, moments and reductions
+// (ARCHITECTURE.md §2); "cuda-fp32" is the GPU in fp32 end to end (exact comparison with the CPU).
+#ifndef MOELAB_FRAMEWORK_BACKEND_H
+#define MOELAB_FRAMEWORK_BACKEND_H
+
+#include "layers/ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// The table for `device`, initializing GPU 0 on the first GPU request (one process per GPU). An
+// unknown name, or a GPU in a build without --config=cuda, is a usage error (exit 2).
+const LayerOps *backend_ops(const char *device);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

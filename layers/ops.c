@@ -1,0 +1,280 @@
+// The CPU backend table of ops.h (fp32 host memory, the layers' CPU functions), and the SwiGLU
+// composition every backend shares. The loops here are the ones the engine ran inline before the
+// table existed, in the same order, so CPU results are unchanged to the bit.
+#include "layers/ops.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "framework/core/check.h"
+#include "layers/attention.h"
+#include "layers/crossentropy.h"
+#include "layers/embedding.h"
+#include "layers/linear.h"
+#include "layers/rmsnorm.h"
+#include "layers/rope.h"
+
+static void cpu_zero(void *p, size_t bytes) { if (bytes) memset(p, 0, bytes); }
+static void cpu_copy(void *dst, const void *src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
+static void cpu_sync(void) {}
+static size_t cpu_peak_bytes(void) { return 0; }
+static void cpu_to_act(void *dst, const float *src, long n) { cpu_copy(dst, src, (size_t)n * sizeof(float)); }
+static void cpu_from_act(float *dst, const void *src, long n) { cpu_copy(dst, src, (size_t)n * sizeof(float)); }
+
+static void cpu_add(void *out, const void *a, const void *b, long n) {
+    float *o = out;
+    const float *x = a, *y = b;
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) o[i] = x[i] + y[i];
+}
+
+static void cpu_embedding_forward(void *out, const int *tokens, const void *table, int N, int V, int D) {
+    embedding_forward(out, tokens, table, N, V, D);
+}
+static void cpu_embedding_backward_weight(float *dtable, const void *dout, const int *tokens, int N,
+                                          int V, int D) {
+    embedding_backward_weight(dtable, dout, tokens, N, V, D);
+}
+static void cpu_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *gain, int N, int D,
+                                float eps) {
+    rmsnorm_forward(out, rstd, inp, gain, N, D, eps);
+}
+static void cpu_rmsnorm_backward_input(void *dinp, const void *dout, const void *inp, const void *gain,
+                                       const float *rstd, int N, int D) {
+    rmsnorm_backward_input(dinp, dout, inp, gain, rstd, N, D);
+}
+static void cpu_rmsnorm_backward_weight(float *dgain, const void *dout, const void *inp,
+                                        const float *rstd, int N, int D) {
+    rmsnorm_backward_weight(dgain, dout, inp, rstd, N, D);
+}
+static void cpu_linear_forward(void *out, const void *inp, const void *W, int N, int IC, int OC) {
+    linear_forward(out, inp, W, N, IC, OC);
+}
+static void cpu_linear_forward_f32(float *out, const void *inp, const void *W, int N, int IC, int OC) {
+    linear_forward(out, inp, W, N, IC, OC);
+}
+static void cpu_linear_backward_input(void *dinp, const void *dout, const void *W, int N, int IC, int OC) {
+    linear_backward_input(dinp, dout, W, N, IC, OC);
+}
+static void cpu_linear_backward_weight(float *dW, const void *dout, const void *inp, int N, int IC,
+                                       int OC) {
+    linear_backward_weight(dW, dout, inp, N, IC, OC);
+}
+
+// Group e's rows start at row `off` (advanced by the loop) and its matrix at e·OC·IC.
+#define FOR_GROUPS(counts, G)                                                                   \
+    for (long e = 0, off = 0; e < (G); off += (counts)[e], e++)                                 \
+        if ((counts)[e] > 0)
+
+static void cpu_linear_forward_grouped(void *out, const void *inp, const void *W, const int *counts,
+                                       int G, int IC, int OC) {
+    FOR_GROUPS(counts, G)
+    linear_forward((float *)out + off * OC, (const float *)inp + off * IC, (const float *)W + e * OC * IC,
+                   counts[e], IC, OC);
+}
+static void cpu_linear_backward_input_grouped(void *dinp, const void *dout, const void *W,
+                                              const int *counts, int G, int IC, int OC) {
+    FOR_GROUPS(counts, G)
+    linear_backward_input((float *)dinp + off * IC, (const float *)dout + off * OC,
+                          (const float *)W + e * OC * IC, counts[e], IC, OC);
+}
+static void cpu_linear_backward_weight_grouped(float *dW, const void *dout, const void *inp,
+                                               const int *counts, int G, int IC, int OC) {
+    FOR_GROUPS(counts, G)
+    linear_backward_weight(dW + e * OC * IC, (const float *)dout + off * OC, (const float *)inp + off * IC,
+                           counts[e], IC, OC);
+}
+
+static void cpu_rope_forward(void *out, const void *inp, int N, int T, int nh, int hd, float theta) {
+    rope_forward(out, inp, N, T, nh, hd, theta);
+}
+static void cpu_rope_backward_input(void *dinp, const void *dout, int N, int T, int nh, int hd,
+                                    float theta) {
+    rope_backward_input(dinp, dout, N, T, nh, hd, theta);
+}
+static size_t cpu_attention_state_floats(int B, int T, int H) { return (size_t)B * H * T * T; }
+static void cpu_attention_forward(void *out, float *state, const void *q, const void *k, const void *v,
+                                  int B, int T, int H, int Hkv, int hd) {
+    attention_forward(out, state, q, k, v, B, T, H, Hkv, hd);
+}
+static void cpu_attention_backward_input(void *dq, void *dk, void *dv, const void *dout, const void *q,
+                                         const void *k, const void *v, const void *out,
+                                         const float *state, int B, int T, int H, int Hkv, int hd) {
+    attention_backward_input(dq, dk, dv, dout, q, k, v, state, B, T, H, Hkv, hd);
+}
+static void cpu_swiglu_act_forward(void *h, const void *a, const void *b, long n) {
+    swiglu_act_forward(h, a, b, n);
+}
+static void cpu_swiglu_act_backward(void *da, void *db, const void *dh, const void *a, const void *b,
+                                    long n) {
+    swiglu_act_backward(da, db, dh, a, b, n);
+}
+static void cpu_crossentropy_forward(float *losses, float *lse, const void *logits, const int *targets,
+                                     int N, int V) {
+    crossentropy_forward(losses, lse, logits, targets, N, V);
+}
+static void cpu_crossentropy_backward_input(void *dlogits, const void *logits, const float *lse,
+                                            const int *targets, float dloss, int N, int V) {
+    crossentropy_backward_input(dlogits, logits, lse, targets, dloss, N, V);
+}
+
+static void cpu_moe_combine(void *y, const void *nk, const float *gates, int N, int K, int D) {
+    for (int t = 0; t < N; t++) {
+        float *yt = (float *)y + (long)t * D;
+        memset(yt, 0, (size_t)D * sizeof(float));
+        for (int k = 0; k < K; k++) {
+            float g = gates[(long)t * K + k];
+            const float *o = (const float *)nk + ((long)t * K + k) * D;
+            for (int i = 0; i < D; i++) yt[i] += g * o[i];
+        }
+    }
+}
+
+static void cpu_moe_combine_backward(float *dgates, void *dnk, const void *dy, const void *nk,
+                                     const float *gates, int N, int K, int D) {
+    for (int t = 0; t < N; t++) {
+        const float *dyt = (const float *)dy + (long)t * D;
+        for (int k = 0; k < K; k++) {
+            long tk = (long)t * K + k;
+            const float *o = (const float *)nk + tk * D;
+            float *dout = (float *)dnk + tk * D;
+            float dot = 0.0f;
+            for (int i = 0; i < D; i++) {
+                dot += dyt[i] * o[i];
+                dout[i] = gates[tk] * dyt[i];
+            }
+            dgates[tk] = dot;
+        }
+    }
+}
+
+static void cpu_moe_sum_choices(void *dx, const void *nk, int N, int K, int D) {
+    for (int t = 0; t < N; t++)
+        for (int k = 0; k < K; k++) {
+            const float *src = (const float *)nk + ((long)t * K + k) * D;
+            for (int i = 0; i < D; i++) ((float *)dx)[(long)t * D + i] += src[i];
+        }
+}
+
+static void cpu_adamw_step(float *p, const float *g, float *m, float *v, long n, const AdamwHyper *h,
+                           int decay, void *p_low) {
+    // The CPU computes in fp32: the weights are their own compute copy.
+    CHECK(p_low == NULL, "the CPU backend keeps no low-precision copy of the weights");
+    const double bc1 = 1.0 - pow(h->beta1, (double)h->t), bc2 = 1.0 - pow(h->beta2, (double)h->t);
+    const float b1 = h->beta1, b2 = h->beta2, eps = h->eps, lr = h->lr;
+    const float d = decay ? 1.0f - lr * h->weight_decay : 1.0f;
+#pragma omp parallel for schedule(static)
+    for (long j = 0; j < n; j++) {
+        m[j] = b1 * m[j] + (1.0f - b1) * g[j];
+        v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
+        float mhat = (float)(m[j] / bc1), vhat = (float)(v[j] / bc2);
+        p[j] = p[j] * d - lr * mhat / (sqrtf(vhat) + eps);
+    }
+}
+
+static void cpu_grad_sqsum(double *sum, const float *g, long n) {
+    double s = *sum;
+    for (long j = 0; j < n; j++) s += (double)g[j] * g[j];
+    *sum = s;
+}
+
+static void cpu_grad_scale(float *g, long n, float s) {
+    for (long j = 0; j < n; j++) g[j] *= s;
+}
+
+const LayerOps layer_ops_cpu = {
+    .name = "cpu",
+    .dev = CORE_CPU,
+    .dt = CORE_F32,
+    .act_size = sizeof(float),
+    .alloc = core_alloc,
+    .free = core_free,
+    .zero = cpu_zero,
+    .copy = cpu_copy,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .sync = cpu_sync,
+    .peak_bytes = cpu_peak_bytes,
+    .to_act = cpu_to_act,
+    .from_act = cpu_from_act,
+    .add = cpu_add,
+    .embedding_forward = cpu_embedding_forward,
+    .embedding_backward_weight = cpu_embedding_backward_weight,
+    .rmsnorm_forward = cpu_rmsnorm_forward,
+    .rmsnorm_backward_input = cpu_rmsnorm_backward_input,
+    .rmsnorm_backward_weight = cpu_rmsnorm_backward_weight,
+    .linear_forward = cpu_linear_forward,
+    .linear_forward_f32 = cpu_linear_forward_f32,
+    .linear_backward_input = cpu_linear_backward_input,
+    .linear_backward_weight = cpu_linear_backward_weight,
+    .linear_forward_grouped = cpu_linear_forward_grouped,
+    .linear_backward_input_grouped = cpu_linear_backward_input_grouped,
+    .linear_backward_weight_grouped = cpu_linear_backward_weight_grouped,
+    .rope_forward = cpu_rope_forward,
+    .rope_backward_input = cpu_rope_backward_input,
+    .attention_state_floats = cpu_attention_state_floats,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward_input = cpu_attention_backward_input,
+    .swiglu_act_forward = cpu_swiglu_act_forward,
+    .swiglu_act_backward = cpu_swiglu_act_backward,
+    .crossentropy_forward = cpu_crossentropy_forward,
+    .crossentropy_backward_input = cpu_crossentropy_backward_input,
+    .router_forward = router_forward,
+    .router_backward_input = router_backward_input,
+    .balance_loss = router_balance_loss,
+    .balance_loss_backward = router_balance_loss_backward,
+    .router_count = router_count,
+    .moe_combine = cpu_moe_combine,
+    .moe_combine_backward = cpu_moe_combine_backward,
+    .moe_sum_choices = cpu_moe_sum_choices,
+    .local_dispatcher = moe_local_dispatcher_create,
+    .adamw_step = cpu_adamw_step,
+    .grad_sqsum = cpu_grad_sqsum,
+    .grad_scale = cpu_grad_scale,
+};
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU through a table: the dense FFN (one group), the shared experts (one group each) and the
+// routed experts (one group per expert slot) are this one composition.
+
+static long total_rows(const int *counts, int G) {
+    long n = 0;
+    for (int e = 0; e < G; e++) {
+        CHECK(counts[e] >= 0, "swiglu: group %d has %d rows", e, counts[e]);
+        n += counts[e];
+    }
+    return n;
+}
+
+void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w1,
+                        const void *w3, const void *w2, const int *counts, int G, int D, int F) {
+    o->linear_forward_grouped(acts->a, x, w1, counts, G, D, F);
+    o->linear_forward_grouped(acts->b, x, w3, counts, G, D, F);
+    o->swiglu_act_forward(acts->h, acts->a, acts->b, total_rows(counts, G) * F);
+    o->linear_forward_grouped(out, acts->h, w2, counts, G, F, D);
+}
+
+void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
+                               const void *dout, const void *w1, const void *w3, const void *w2,
+                               const int *counts, int G, int D, int F) {
+    const long n = total_rows(counts, G) * F;
+    // Groups without rows may come with NULL buffers: nothing to do.
+    if (n == 0) return;
+    // dh, da and db are fresh per call (the accumulating calls add into them); only dx accumulates.
+    const size_t bytes = (size_t)n * o->act_size;
+    o->zero(scratch_dh, bytes);
+    o->zero(acts->da, bytes);
+    o->zero(acts->db, bytes);
+    o->linear_backward_input_grouped(scratch_dh, dout, w2, counts, G, F, D);
+    o->swiglu_act_backward(acts->da, acts->db, scratch_dh, acts->a, acts->b, n);
+    o->linear_backward_input_grouped(dx, acts->da, w1, counts, G, D, F);
+    o->linear_backward_input_grouped(dx, acts->db, w3, counts, G, D, F);
+}
+
+void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float *dw2,
+                                const SwigluActs *acts, const void *x, const void *dout,
+                                const int *counts, int G, int D, int F) {
+    o->linear_backward_weight_grouped(dw2, dout, acts->h, counts, G, F, D);
+    o->linear_backward_weight_grouped(dw1, acts->da, x, counts, G, D, F);
+    o->linear_backward_weight_grouped(dw3, acts->db, x, counts, G, D, F);
+}

@@ -1,0 +1,414 @@
+// The CUDA tables of ops.h (see ops_cuda.h): thin calls into the layers' *_cuda_* kernels with the
+// table's dtype, stream-ordered memory (cudaMallocAsync on the one stream, so a free is never a
+// device-wide wait), the few kernels the engine needs besides the layers (residual add, the MoE
+// gate-weighted combine and its backward), and the GPU's single-process MoE dispatcher.
+#include "layers/ops_cuda.h"
+
+#include <limits.h>
+
+#include "layers/attention_cuda.h"
+#include "layers/crossentropy_cuda.h"
+#include "layers/embedding_cuda.h"
+#include "layers/linear_cuda.h"
+#include "layers/moe_cuda.h"
+#include "layers/rmsnorm_cuda.h"
+#include "layers/rope_cuda.h"
+#include "layers/router_cuda.h"
+#include "layers/swiglu_cuda.h"
+
+// ---------------------------------------------------------------------------------------------
+// Memory: the device's default pool, used on core_cuda's stream.
+
+static void *cu_alloc(size_t bytes) {
+    if (bytes == 0) return NULL;
+    void *p = NULL;
+    cudaError_t e = cudaMallocAsync(&p, bytes, core_stream());
+    CHECK(e == cudaSuccess, "out of GPU memory allocating %zu bytes (%s)", bytes, cudaGetErrorString(e));
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, core_stream()));
+    return p;
+}
+static void cu_free(void *p) {
+    if (p) CUDA_CHECK(cudaFreeAsync(p, core_stream()));
+}
+static void cu_zero(void *p, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, core_stream()));
+}
+static void cu_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, core_stream()));
+}
+// Both transfers wait: the host buffer may be reused or freed as soon as the call returns.
+static void cu_upload(void *dst, const void *host, size_t bytes) {
+    if (!bytes) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, core_stream()));
+    core_cuda_sync();
+}
+static void cu_download(void *host, const void *src, size_t bytes) {
+    if (!bytes) return;
+    CUDA_CHECK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, core_stream()));
+    core_cuda_sync();
+}
+static void cu_sync(void) { core_cuda_sync(); }
+
+static cudaMemPool_t pool(void) {
+    int dev;
+    cudaMemPool_t p;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&p, dev));
+    return p;
+}
+static size_t cu_peak_bytes(void) {
+    unsigned long long high = 0;
+    CUDA_CHECK(cudaMemPoolGetAttribute(pool(), cudaMemPoolAttrUsedMemHigh, &high));
+    return (size_t)high;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise kernels; every sum in fp32 in a fixed order.
+
+template <typename T>
+__global__ void add_kernel(T *out, const T *a, const T *b, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) core_st(out + i, core_ld(a + i) + core_ld(b + i));
+}
+
+// y[t, d] = Σ_k gates[t, k] · nk[t, k, d]; a thread per (t, d).
+template <typename T>
+__global__ void combine_kernel(T *y, const T *nk, const float *gates, int N, int K, int D) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)N * D) return;
+    long t = i / D, d = i % D;
+    float acc = 0.0f;
+    for (int k = 0; k < K; k++) acc += gates[t * K + k] * core_ld(nk + (t * K + k) * D + d);
+    core_st(y + i, acc);
+}
+
+// A warp per (t, k): dgates[t, k] = dy[t] · nk[t, k] and dnk[t, k] = gates[t, k] · dy[t].
+template <typename T>
+__global__ void combine_backward_kernel(float *dgates, T *dnk, const T *dy, const T *nk,
+                                        const float *gates, long NK, int K, int D) {
+    long w = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (w >= NK) return;  // the whole warp leaves together
+    long t = w / K;
+    float g = gates[w], dot = 0.0f;
+    for (int d = lane; d < D; d += 32) {
+        float dyv = core_ld(dy + t * D + d);
+        dot += dyv * core_ld(nk + w * D + d);
+        core_st(dnk + w * D + d, g * dyv);
+    }
+    dot = core_warp_sum(dot);
+    if (lane == 0) dgates[w] = dot;
+}
+
+// dx[t, d] += Σ_k nk[t, k, d], choices in order.
+template <typename T>
+__global__ void sum_choices_kernel(T *dx, const T *nk, int N, int K, int D) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)N * D) return;
+    long t = i / D, d = i % D;
+    float acc = core_ld(dx + i);
+    for (int k = 0; k < K; k++) acc += core_ld(nk + (t * K + k) * D + d);
+    core_st(dx + i, acc);
+}
+
+// The element type of a dtype known at compile time.
+template <CoreDtype DT> struct Elem { typedef float T; };
+template <> struct Elem<CORE_BF16> { typedef __nv_bfloat16 T; };
+
+template <CoreDtype DT>
+static void cu_add(void *out, const void *a, const void *b, long n) {
+    typedef typename Elem<DT>::T T;
+    if (n <= 0) return;
+    add_kernel<T><<<core_blocks(n, 256), 256, 0, core_stream()>>>((T *)out, (const T *)a, (const T *)b, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <CoreDtype DT>
+static void cu_moe_combine(void *y, const void *nk, const float *gates, int N, int K, int D) {
+    typedef typename Elem<DT>::T T;
+    if (N == 0) return;
+    combine_kernel<T><<<core_blocks((long)N * D, 256), 256, 0, core_stream()>>>((T *)y, (const T *)nk,
+                                                                               gates, N, K, D);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <CoreDtype DT>
+static void cu_moe_combine_backward(float *dgates, void *dnk, const void *dy, const void *nk,
+                                    const float *gates, int N, int K, int D) {
+    typedef typename Elem<DT>::T T;
+    if (N == 0) return;
+    long NK = (long)N * K;
+    combine_backward_kernel<T><<<core_blocks(NK * 32, 256), 256, 0, core_stream()>>>(
+        dgates, (T *)dnk, (const T *)dy, (const T *)nk, gates, NK, K, D);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <CoreDtype DT>
+static void cu_moe_sum_choices(void *dx, const void *nk, int N, int K, int D) {
+    typedef typename Elem<DT>::T T;
+    if (N == 0) return;
+    sum_choices_kernel<T><<<core_blocks((long)N * D, 256), 256, 0, core_stream()>>>((T *)dx, (const T *)nk,
+                                                                                   N, K, D);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <CoreDtype DT>
+static void cu_to_act(void *dst, const float *src, long n) { core_cuda_convert(dst, DT, src, CORE_F32, n); }
+template <CoreDtype DT>
+static void cu_from_act(float *dst, const void *src, long n) { core_cuda_convert(dst, CORE_F32, src, DT, n); }
+
+// ---------------------------------------------------------------------------------------------
+// The layers, in the table's dtype.
+
+template <CoreDtype DT>
+static void cu_embedding_forward(void *out, const int *tokens, const void *table, int N, int V, int D) {
+    embedding_cuda_forward(DT, out, tokens, table, N, V, D);
+}
+template <CoreDtype DT>
+static void cu_embedding_backward_weight(float *dtable, const void *dout, const int *tokens, int N, int V,
+                                         int D) {
+    embedding_cuda_backward_weight(DT, dtable, dout, tokens, N, V, D);
+}
+template <CoreDtype DT>
+static void cu_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *gain, int N, int D,
+                               float eps) {
+    rmsnorm_cuda_forward(DT, out, rstd, inp, gain, N, D, eps);
+}
+template <CoreDtype DT>
+static void cu_rmsnorm_backward_input(void *dinp, const void *dout, const void *inp, const void *gain,
+                                      const float *rstd, int N, int D) {
+    rmsnorm_cuda_backward_input(DT, dinp, dout, inp, gain, rstd, N, D);
+}
+template <CoreDtype DT>
+static void cu_rmsnorm_backward_weight(float *dgain, const void *dout, const void *inp, const float *rstd,
+                                       int N, int D) {
+    rmsnorm_cuda_backward_weight(DT, dgain, dout, inp, rstd, N, D);
+}
+template <CoreDtype DT>
+static void cu_linear_forward(void *out, const void *inp, const void *W, int N, int IC, int OC) {
+    linear_cuda_forward(DT, DT, out, inp, W, N, IC, OC);
+}
+template <CoreDtype DT>
+static void cu_linear_forward_f32(float *out, const void *inp, const void *W, int N, int IC, int OC) {
+    linear_cuda_forward(DT, CORE_F32, out, inp, W, N, IC, OC);
+}
+template <CoreDtype DT>
+static void cu_linear_backward_input(void *dinp, const void *dout, const void *W, int N, int IC, int OC) {
+    linear_cuda_backward_input(DT, dinp, dout, W, N, IC, OC);
+}
+template <CoreDtype DT>
+static void cu_linear_backward_weight(float *dW, const void *dout, const void *inp, int N, int IC, int OC) {
+    linear_cuda_backward_weight(DT, dW, dout, inp, N, IC, OC);
+}
+template <CoreDtype DT>
+static void cu_linear_forward_grouped(void *out, const void *inp, const void *W, const int *counts, int G,
+                                      int IC, int OC) {
+    linear_cuda_forward_grouped(DT, DT, out, inp, W, counts, G, IC, OC);
+}
+template <CoreDtype DT>
+static void cu_linear_backward_input_grouped(void *dinp, const void *dout, const void *W,
+                                             const int *counts, int G, int IC, int OC) {
+    linear_cuda_backward_input_grouped(DT, dinp, dout, W, counts, G, IC, OC);
+}
+template <CoreDtype DT>
+static void cu_linear_backward_weight_grouped(float *dW, const void *dout, const void *inp,
+                                              const int *counts, int G, int IC, int OC) {
+    linear_cuda_backward_weight_grouped(DT, dW, dout, inp, counts, G, IC, OC);
+}
+template <CoreDtype DT>
+static void cu_rope_forward(void *out, const void *inp, int N, int T, int nh, int hd, float theta) {
+    rope_cuda_forward(DT, out, inp, N, T, nh, hd, theta);
+}
+template <CoreDtype DT>
+static void cu_rope_backward_input(void *dinp, const void *dout, int N, int T, int nh, int hd,
+                                   float theta) {
+    rope_cuda_backward_input(DT, dinp, dout, N, T, nh, hd, theta);
+}
+static size_t cu_attention_state_floats(int B, int T, int H) { return (size_t)B * H * T; }
+template <CoreDtype DT>
+static void cu_attention_forward(void *out, float *state, const void *q, const void *k, const void *v,
+                                 int B, int T, int H, int Hkv, int hd) {
+    attention_cuda_forward(DT, out, state, q, k, v, B, T, H, Hkv, hd);
+}
+template <CoreDtype DT>
+static void cu_attention_backward_input(void *dq, void *dk, void *dv, const void *dout, const void *q,
+                                        const void *k, const void *v, const void *out,
+                                        const float *state, int B, int T, int H, int Hkv, int hd) {
+    float *delta = (float *)cu_alloc((size_t)B * H * T * sizeof(float));  // (B, H, T) scratch
+    attention_cuda_backward_input(DT, dq, dk, dv, dout, q, k, v, out, state, delta, B, T, H, Hkv, hd);
+    cu_free(delta);
+}
+template <CoreDtype DT>
+static void cu_swiglu_act_forward(void *h, const void *a, const void *b, long n) {
+    swiglu_cuda_act_forward(DT, h, a, b, n);
+}
+template <CoreDtype DT>
+static void cu_swiglu_act_backward(void *da, void *db, const void *dh, const void *a, const void *b,
+                                   long n) {
+    swiglu_cuda_act_backward(DT, da, db, dh, a, b, n);
+}
+template <CoreDtype DT>
+static void cu_crossentropy_forward(float *losses, float *lse, const void *logits, const int *targets,
+                                    int N, int V) {
+    crossentropy_cuda_forward(DT, losses, lse, logits, targets, N, V);
+}
+template <CoreDtype DT>
+static void cu_crossentropy_backward_input(void *dlogits, const void *logits, const float *lse,
+                                           const int *targets, float dloss, int N, int V) {
+    crossentropy_cuda_backward_input(DT, dlogits, logits, lse, targets, dloss, N, V);
+}
+
+static float cu_balance_loss(const float *scores, const int *idx, int B, int T, int E, int K) {
+    float *d = (float *)cu_alloc(sizeof(float)), loss;
+    router_cuda_balance_loss(d, scores, idx, B, T, E, K);
+    cu_download(&loss, d, sizeof loss);
+    cu_free(d);
+    return loss;
+}
+
+// The counts live on the host (logging, the bias update, EPLB), so the choices come over.
+static void cu_router_count(long *counts, const int *idx, int N, int K, int E) {
+    int *h = (int *)core_alloc((size_t)N * K * sizeof(int));  // (N, K) on the host
+    cu_download(h, idx, (size_t)N * K * sizeof(int));
+    router_count(counts, h, N, K, E);
+    core_free(h);
+}
+
+template <CoreDtype DT>
+static void cu_adamw_step(float *p, const float *g, float *m, float *v, long n, const AdamwHyper *h,
+                          int decay, void *p_low) {
+    adamw_cuda_step(p, g, m, v, n, h, decay, p_low, DT);
+}
+static void cu_grad_sqsum(double *sum, const float *g, long n) { *sum += adamw_cuda_sqsum(g, n); }
+
+// ---------------------------------------------------------------------------------------------
+// The single-process dispatcher on the GPU: moe_cuda_plan gives each (token, choice) pair its row
+// in the local dispatcher's stable order (expert, token, choice), and the permutes move the rows.
+
+struct MoeDispatchPlan {
+    int N, K;
+    int *row_of;  // (N, K) on the GPU: the expert-side row of each pair
+};
+
+static MoeDispatchPlan *cu_plan(MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,
+                                int *counts) {
+    const int E = self->n_local;
+    CHECK(N >= 0 && K >= 1, "GPU dispatcher: bad routing shape N = %d, K = %d", N, K);
+    long n = (long)N * K;
+    CHECK(n <= INT_MAX, "GPU dispatcher: %ld routed rows overflow an int", n);
+    MoeDispatchPlan *p = (MoeDispatchPlan *)core_alloc(sizeof *p);
+    p->N = N;
+    p->K = K;
+    p->row_of = (int *)cu_alloc((size_t)n * sizeof(int));
+    int *dcounts = (int *)cu_alloc((size_t)E * sizeof(int));  // (E) on the GPU
+    moe_cuda_plan(p->row_of, dcounts, idx, N, K, E);
+    cu_download(counts, dcounts, (size_t)E * sizeof(int));  // the grouped GEMMs size from the host
+    cu_free(dcounts);
+    *n_rows = (int)n;
+    return p;
+}
+
+template <CoreDtype DT>
+static void cu_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *src, int per_choice,
+                          float *rows, int D) {
+    moe_cuda_permute(DT, rows, src, per_choice, p->row_of, p->N, p->K, D);
+}
+
+template <CoreDtype DT>
+static void cu_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *rows, float *dst, int D) {
+    moe_cuda_unpermute(DT, dst, rows, p->row_of, p->N, p->K, D);
+}
+
+static void cu_release(MoeDispatcher *self, MoeDispatchPlan *p) {
+    if (!p) return;
+    cu_free(p->row_of);
+    core_free(p);
+}
+
+static void cu_destroy(MoeDispatcher *self) { core_free(self); }
+
+template <CoreDtype DT>
+static MoeDispatcher *cu_local_dispatcher(int E) {
+    CHECK(E >= 1, "GPU dispatcher: need at least one expert, got E = %d", E);
+    MoeDispatcher *d = (MoeDispatcher *)core_alloc(sizeof *d);
+    d->n_local = E;
+    d->ops = layer_ops_cuda(DT);
+    d->plan = cu_plan;
+    d->to_experts = cu_to_experts<DT>;
+    d->from_experts = cu_from_experts<DT>;
+    d->release = cu_release;
+    d->destroy = cu_destroy;
+    return d;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tables (filled in code: nvcc's C++17 has no designated initializers).
+
+template <CoreDtype DT>
+static void fill(LayerOps *t, const char *name) {
+    t->name = name;
+    t->dev = CORE_CUDA;
+    t->dt = DT;
+    t->act_size = core_dtype_size(DT);
+    t->alloc = cu_alloc;
+    t->free = cu_free;
+    t->zero = cu_zero;
+    t->copy = cu_copy;
+    t->upload = cu_upload;
+    t->download = cu_download;
+    t->sync = cu_sync;
+    t->peak_bytes = cu_peak_bytes;
+    t->to_act = cu_to_act<DT>;
+    t->from_act = cu_from_act<DT>;
+    t->add = cu_add<DT>;
+    t->embedding_forward = cu_embedding_forward<DT>;
+    t->embedding_backward_weight = cu_embedding_backward_weight<DT>;
+    t->rmsnorm_forward = cu_rmsnorm_forward<DT>;
+    t->rmsnorm_backward_input = cu_rmsnorm_backward_input<DT>;
+    t->rmsnorm_backward_weight = cu_rmsnorm_backward_weight<DT>;
+    t->linear_forward = cu_linear_forward<DT>;
+    t->linear_forward_f32 = cu_linear_forward_f32<DT>;
+    t->linear_backward_input = cu_linear_backward_input<DT>;
+    t->linear_backward_weight = cu_linear_backward_weight<DT>;
+    t->linear_forward_grouped = cu_linear_forward_grouped<DT>;
+    t->linear_backward_input_grouped = cu_linear_backward_input_grouped<DT>;
+    t->linear_backward_weight_grouped = cu_linear_backward_weight_grouped<DT>;
+    t->rope_forward = cu_rope_forward<DT>;
+    t->rope_backward_input = cu_rope_backward_input<DT>;
+    t->attention_state_floats = cu_attention_state_floats;
+    t->attention_forward = cu_attention_forward<DT>;
+    t->attention_backward_input = cu_attention_backward_input<DT>;
+    t->swiglu_act_forward = cu_swiglu_act_forward<DT>;
+    t->swiglu_act_backward = cu_swiglu_act_backward<DT>;
+    t->crossentropy_forward = cu_crossentropy_forward<DT>;
+    t->crossentropy_backward_input = cu_crossentropy_backward_input<DT>;
+    t->router_forward = router_cuda_forward;
+    t->router_backward_input = router_cuda_backward_input;
+    t->balance_loss = cu_balance_loss;
+    t->balance_loss_backward = router_cuda_balance_loss_backward;
+    t->router_count = cu_router_count;
+    t->moe_combine = cu_moe_combine<DT>;
+    t->moe_combine_backward = cu_moe_combine_backward<DT>;
+    t->moe_sum_choices = cu_moe_sum_choices<DT>;
+    t->local_dispatcher = cu_local_dispatcher<DT>;
+    t->adamw_step = cu_adamw_step<DT>;
+    t->grad_sqsum = cu_grad_sqsum;
+    t->grad_scale = adamw_cuda_scale;
+}
+
+const LayerOps *layer_ops_cuda(CoreDtype dt) {
+    static LayerOps f32, bf16;
+    static int ready = 0;
+    core_cuda_stream();  // CHECKs that core_cuda_init ran
+    if (!ready) {
+        fill<CORE_F32>(&f32, "cuda fp32");
+        fill<CORE_BF16>(&bf16, "cuda bf16");
+        // Keep freed blocks in the pool: every micro-batch allocates and frees the same sizes, and
+        // returning memory to the driver at each synchronization would cost a cudaMalloc each time.
+        unsigned long long keep = ~0ull;
+        CUDA_CHECK(cudaMemPoolSetAttribute(pool(), cudaMemPoolAttrReleaseThreshold, &keep));
+        ready = 1;
+    }
+    CHECK(dt == CORE_F32 || dt == CORE_BF16, "layer_ops_cuda: unknown dtype %d", (int)dt);
+    return dt == CORE_BF16 ? &bf16 : &f32;
+}

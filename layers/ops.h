@@ -1,0 +1,139 @@
+// The compute backend as a table of functions: every call the engine (framework/model.c), the MoE
+// layer (moe.c) and the optimizer make on activations, weights and gradients. The CPU table
+// (ops.c) calls the layers' CPU functions; the CUDA table (ops.cu, --config=cuda only) calls their
+// *_cuda_* kernels in one dtype. Code written against the table runs unchanged on either device.
+#ifndef MOELAB_LAYERS_OPS_H
+#define MOELAB_LAYERS_OPS_H
+
+#include <stddef.h>
+
+#include "framework/core/cuda.h"
+#include "framework/core/mem.h"
+#include "layers/adamw_cuda.h"
+#include "layers/moe.h"
+#include "layers/router.h"
+#include "layers/swiglu.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Conventions. Every pointer is memory of `dev`. `void *` tensors (and the float * members of the
+// activation structs SwigluActs, MoeActs, LayerActs when a table's dt is bf16) hold elements of
+// `dt`: activations, their gradients, logits and the compute copy of the weights. `float *`
+// tensors are always fp32: per-row statistics (rstd, lse, losses), the attention state, router
+// logits, scores, gates and their gradients, weight gradients, master weights and moments.
+// Calls that take `counts` (per-group row counts) read them on the host. backward_* calls
+// accumulate (+=) as the layers do. Shapes are those of the layer headers.
+typedef struct LayerOps {
+    const char *name;    // "cpu", "cuda fp32", "cuda bf16"
+    CoreDevice dev;
+    CoreDtype dt;
+    size_t act_size;     // bytes per element of dt
+
+    // Memory. alloc zero-fills and never returns NULL (one clear error instead).
+    void *(*alloc)(size_t bytes);
+    void (*free)(void *p);
+    void (*zero)(void *p, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes);        // within dev
+    void (*upload)(void *dst, const void *host, size_t bytes);    // host → dev
+    void (*download)(void *host, const void *src, size_t bytes);  // dev → host, complete on return
+    void (*sync)(void);          // waits for every call issued so far
+    size_t (*peak_bytes)(void);  // most bytes allocated through alloc at once (0: not tracked)
+    // dst (n, dt) ← src (n, fp32), rounded to nearest even; and back.
+    void (*to_act)(void *dst, const float *src, long n);
+    void (*from_act)(float *dst, const void *src, long n);
+    // out (n) = a (n) + b (n); out may be a or b.
+    void (*add)(void *out, const void *a, const void *b, long n);
+
+    void (*embedding_forward)(void *out, const int *tokens, const void *table, int N, int V, int D);
+    void (*embedding_backward_weight)(float *dtable, const void *dout, const int *tokens, int N, int V,
+                                      int D);
+    void (*rmsnorm_forward)(void *out, float *rstd, const void *inp, const void *gain, int N, int D,
+                            float eps);
+    void (*rmsnorm_backward_input)(void *dinp, const void *dout, const void *inp, const void *gain,
+                                   const float *rstd, int N, int D);
+    void (*rmsnorm_backward_weight)(float *dgain, const void *dout, const void *inp, const float *rstd,
+                                    int N, int D);
+    void (*linear_forward)(void *out, const void *inp, const void *W, int N, int IC, int OC);
+    // The same product with an fp32 output (router logits).
+    void (*linear_forward_f32)(float *out, const void *inp, const void *W, int N, int IC, int OC);
+    void (*linear_backward_input)(void *dinp, const void *dout, const void *W, int N, int IC, int OC);
+    void (*linear_backward_weight)(float *dW, const void *dout, const void *inp, int N, int IC, int OC);
+    // The three products over G groups of rows (experts): rows [o_e, o_e + counts[e]) use W[e]
+    // (G, OC, IC); a group without rows is skipped.
+    void (*linear_forward_grouped)(void *out, const void *inp, const void *W, const int *counts, int G,
+                                   int IC, int OC);
+    void (*linear_backward_input_grouped)(void *dinp, const void *dout, const void *W,
+                                          const int *counts, int G, int IC, int OC);
+    void (*linear_backward_weight_grouped)(float *dW, const void *dout, const void *inp,
+                                           const int *counts, int G, int IC, int OC);
+    void (*rope_forward)(void *out, const void *inp, int N, int T, int nh, int hd, float theta);
+    void (*rope_backward_input)(void *dinp, const void *dout, int N, int T, int nh, int hd,
+                                float theta);
+    // Attention keeps a per-backend fp32 state from forward to backward: the (B, H, T, T)
+    // probabilities on the CPU, the (B, H, T) log-sum-exp of each query row on the GPU.
+    size_t (*attention_state_floats)(int B, int T, int H);
+    void (*attention_forward)(void *out, float *state, const void *q, const void *k, const void *v,
+                              int B, int T, int H, int Hkv, int hd);
+    // dq, dk, dv += gradients given dout; out is the forward's output.
+    void (*attention_backward_input)(void *dq, void *dk, void *dv, const void *dout, const void *q,
+                                     const void *k, const void *v, const void *out,
+                                     const float *state, int B, int T, int H, int Hkv, int hd);
+    void (*swiglu_act_forward)(void *h, const void *a, const void *b, long n);
+    void (*swiglu_act_backward)(void *da, void *db, const void *dh, const void *a, const void *b,
+                                long n);
+    void (*crossentropy_forward)(float *losses, float *lse, const void *logits, const int *targets,
+                                 int N, int V);
+    void (*crossentropy_backward_input)(void *dlogits, const void *logits, const float *lse,
+                                        const int *targets, float dloss, int N, int V);
+
+    // Router (all fp32) and the MoE layer's gate-weighted combine.
+    void (*router_forward)(float *scores, int *idx, float *gates, const float *logits,
+                           const float *bias, const RouterCfg *c, int N);
+    void (*router_backward_input)(float *dlogits, const float *dgates, const float *dscores,
+                                  const float *scores, const int *idx, const RouterCfg *c, int N);
+    float (*balance_loss)(const float *scores, const int *idx, int B, int T, int E, int K);  // to host
+    void (*balance_loss_backward)(float *dscores, float dloss, const float *scores, const int *idx,
+                                  int B, int T, int E, int K);
+    // counts (E, host) += tokens that chose each expert; idx (N, K) on dev.
+    void (*router_count)(long *counts, const int *idx, int N, int K, int E);
+    // y (N, D) = Σ_k gates (N, K)[t, k] · nk (N, K, D)[t, k], choices added in order. Overwrites y.
+    void (*moe_combine)(void *y, const void *nk, const float *gates, int N, int K, int D);
+    // Its backward given dy (N, D): dgates (N, K) = dy · nk[t, k] and dnk (N, K, D) = gates · dy
+    // (both overwritten).
+    void (*moe_combine_backward)(float *dgates, void *dnk, const void *dy, const void *nk,
+                                 const float *gates, int N, int K, int D);
+    // dx (N, D) += Σ_k nk (N, K, D)[t, k].
+    void (*moe_sum_choices)(void *dx, const void *nk, int N, int K, int D);
+    // The single-process dispatcher on this device (rows of dt).
+    MoeDispatcher *(*local_dispatcher)(int E);
+
+    // Optimizer on one tensor: AdamW (adamw_cuda.h's arithmetic; p_low (n, dt) receives the new
+    // weights, or NULL), *sum += Σ g² in double, and g *= s.
+    void (*adamw_step)(float *p, const float *g, float *m, float *v, long n, const AdamwHyper *h,
+                       int decay, void *p_low);
+    void (*grad_sqsum)(double *sum, const float *g, long n);
+    void (*grad_scale)(float *g, long n, float s);
+} LayerOps;
+
+// The CPU backend (fp32): the functions of layers/*.c.
+extern const LayerOps layer_ops_cpu;
+
+// SwiGLU over G groups of rows (G = 1, counts = {N}: one FFN; G experts: one range each), through
+// o's calls. out (ΣN, D) = W2 (silu(W1 x) ⊙ W3 x) per group; w1, w3 (G, F, D), w2 (G, D, F).
+void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w1,
+                        const void *w3, const void *w2, const int *counts, int G, int D, int F);
+// dx += ∂L/∂x given dout; writes (=) acts->da, acts->db. scratch_dh (ΣN, F).
+void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
+                               const void *dout, const void *w1, const void *w3, const void *w2,
+                               const int *counts, int G, int D, int F);
+// dw1, dw3 (G, F, D), dw2 (G, D, F) += weight gradients.
+void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float *dw2,
+                                const SwigluActs *acts, const void *x, const void *dout,
+                                const int *counts, int G, int D, int F);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,228 @@
+// The whole engine on the GPU against the CPU path: one micro-batch's loss and every parameter
+// gradient (fp32 on the GPU: relative error far below 1e-3; bf16 compute with fp32 master weights:
+// below 1e-2, and above 1e-4 so that bf16 really ran), bit-identical losses and weights across two
+// GPU runs, and short training runs whose losses track the CPU run step by step.
+// Runs on a GPU machine only (tagged manual): see tools/gpu_run.sh.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+extern "C" {
+#include "framework/backend.h"
+#include "framework/core/config.h"
+#include "framework/core/cuda.h"
+#include "framework/core/rng.h"
+#include "framework/model.h"
+#include "framework/optimizer.h"
+#include "framework/train.h"
+#include "layers/ops_cuda.h"
+}
+
+namespace {
+
+using Vec = std::vector<float>;
+
+// A small model that still has every part: a dense layer, two MoE layers with a shared expert, GQA
+// (H 4, Hkv 2, hd 16), the balance loss on, an untied head.
+MoeConfig test_config() {
+    MoeConfig c;
+    config_defaults(&c);
+    c.V = 256; c.D = 64; c.L = 3; c.H = 4; c.Hkv = 2; c.T = 32;
+    c.n_dense_layers = 1; c.F = 128; c.E = 8; c.K = 2; c.S = 1; c.Fe = 32;
+    c.batch_size = 4; c.balance_alpha = 0.01f; c.tie_embeddings = 0;
+    c.steps = 40; c.warmup_steps = 5; c.lr = 1e-2f; c.min_lr = 1e-3f;
+    config_validate(&c);
+    return c;
+}
+
+// (B, T+1) random token ids of stream `stream`.
+std::vector<int> random_tokens(const MoeConfig &c, uint32_t stream) {
+    std::vector<int> t((size_t)c.batch_size * (c.T + 1));
+    RngStream r = rng_stream(c.seed, stream);
+    for (int &x : t) x = (int)(rng_next_u32(&r) % (uint32_t)c.V);
+    return t;
+}
+
+// Learnable tokens: each sequence walks x ← (5x + 3) mod V from a random start, so the next token
+// is a function of the current one and a model can drive the loss far below log V.
+std::vector<int> walk_tokens(const MoeConfig &c, uint32_t stream) {
+    std::vector<int> t = random_tokens(c, stream);
+    for (int b = 0; b < c.batch_size; b++)
+        for (int i = 1; i <= c.T; i++) {
+            size_t k = (size_t)b * (c.T + 1) + i;
+            t[k] = (5 * t[k - 1] + 3) % c.V;
+        }
+    return t;
+}
+
+Model *make_model(const MoeConfig &c, const LayerOps *ops) {
+    Model *m = model_create(&c, 0, 1);
+    model_init_weights(m);
+    model_to_device(m, ops);
+    m->count_routes = 1;
+    return m;
+}
+
+// Forward, backward_input and backward_weight of one micro-batch; returns the loss.
+float forward_backward(Model *m, const std::vector<int> &tok) {
+    const MoeConfig &c = m->cfg;
+    ModelActs a;
+    float loss = model_forward(m, &a, tok.data(), c.batch_size, c.T, 1);
+    model_backward_input(m, &a, 1.0f);
+    model_backward_weight(m, &a);
+    model_acts_free(m, &a);
+    return loss;
+}
+
+Vec download(const Model *m, const float *p) {
+    Vec v(m->reg.total);
+    m->ops->download(v.data(), p, v.size() * sizeof(float));
+    return v;
+}
+
+double rel_err(const float *x, const float *ref, size_t n) {
+    double d = 0, r = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!std::isfinite(x[i])) return INFINITY;  // NaN never passes
+        d += ((double)x[i] - ref[i]) * ((double)x[i] - ref[i]);
+        r += (double)ref[i] * ref[i];
+    }
+    return r > 0 ? std::sqrt(d / r) : std::sqrt(d);
+}
+
+class ModelGpu : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        GTEST_FLAG_SET(death_test_style, "threadsafe");  // a forked child cannot use CUDA
+        ASSERT_TRUE(core_cuda_available()) << "no GPU is visible (or this build has no CUDA)";
+        core_cuda_init(0);
+    }
+};
+
+// Loss, routing and every gradient of one micro-batch, GPU in dtype dt against the CPU: relative
+// errors of the loss, of each tensor's gradient and of all gradients together (global_floor < 0:
+// no lower bound).
+void compare_with_cpu(CoreDtype dt, double loss_tol, double tensor_tol, double global_tol,
+                      double global_floor) {
+    const MoeConfig c = test_config();
+    const std::vector<int> tok = random_tokens(c, 5);
+    Model *cpu = make_model(c, &layer_ops_cpu), *gpu = make_model(c, layer_ops_cuda(dt));
+    const float lc = forward_backward(cpu, tok), lg = forward_backward(gpu, tok);
+    const char *name = gpu->ops->name;
+    EXPECT_LT(std::fabs(lg - lc) / lc, loss_tol) << name << ": loss " << lg << " vs " << lc;
+    if (dt == CORE_F32) {
+        // fp32 routing must pick the same experts (a flip would show as a large gradient error too).
+        for (int i = 0; i < c.L * c.E; i++)
+            EXPECT_EQ(gpu->expert_counts[i], cpu->expert_counts[i]) << "expert count " << i;
+    }
+    Vec gg = download(gpu, gpu->reg.grad);
+    const float *gc = cpu->reg.grad;
+    double worst = 0, d = 0, r = 0;
+    for (int i = 0; i < cpu->reg.n; i++) {
+        const ParamInfo *p = &cpu->reg.p[i];
+        if (p->kind == PARAM_BUFFER) continue;
+        double e = rel_err(gg.data() + p->offset, gc + p->offset, p->numel);
+        printf("  %-24s %s relative error %.2e\n", p->name, name, e);
+        EXPECT_LT(e, tensor_tol) << name << ": gradient of " << p->name;
+        worst = std::max(worst, e);
+        for (size_t j = 0; j < p->numel; j++) {
+            double x = gg[p->offset + j], y = gc[p->offset + j];
+            d += (x - y) * (x - y);
+            r += y * y;
+        }
+    }
+    const double global = std::sqrt(d / r);
+    printf("%s: loss %.6f (cpu %.6f, rel %.2e) | gradients: worst tensor %.2e, all %.2e\n", name, lg, lc,
+           std::fabs(lg - lc) / lc, worst, global);
+    EXPECT_LT(global, global_tol) << name;
+    EXPECT_GT(global, global_floor) << name << ": suspiciously exact for this dtype";
+    model_free(cpu);
+    model_free(gpu);
+}
+
+TEST_F(ModelGpu, Fp32MatchesCpu) { compare_with_cpu(CORE_F32, 1e-5, 1e-4, 1e-5, -1.0); }
+
+TEST_F(ModelGpu, Bf16MatchesCpuWithinBf16) { compare_with_cpu(CORE_BF16, 1e-2, 5e-2, 1e-2, 1e-4); }
+
+// Three optimizer steps, twice from scratch: losses, gradient norms and final weights identical.
+TEST_F(ModelGpu, BitIdenticalRuns) {
+    const MoeConfig c = test_config();
+    for (CoreDtype dt : {CORE_F32, CORE_BF16}) {
+        std::vector<float> loss[2], norm[2];
+        Vec w[2];
+        for (int run = 0; run < 2; run++) {
+            Model *m = make_model(c, layer_ops_cuda(dt));
+            AdamW o;
+            adamw_init_on(&o, &m->reg, m->ops, m->wlow);
+            for (int s = 0; s < 3; s++) {
+                std::vector<int> tok = random_tokens(c, 100 + s);
+                StepStats st = train_step_tokens(m, &o, &c, s, tok.data());
+                loss[run].push_back(st.loss);
+                norm[run].push_back(st.grad_norm);
+            }
+            w[run] = download(m, m->reg.data);
+            adamw_free(&o);
+            model_free(m);
+        }
+        const char *name = layer_ops_cuda(dt)->name;
+        EXPECT_EQ(loss[0], loss[1]) << name;
+        EXPECT_EQ(norm[0], norm[1]) << name;
+        EXPECT_TRUE(w[0] == w[1]) << name << ": weights differ after three steps";
+    }
+}
+
+// The GPU run's loss follows the CPU run's step by step on a learnable stream, and both learn.
+void track_cpu(CoreDtype dt, int steps, double tol) {
+    MoeConfig c = test_config();
+    c.steps = steps;
+    Model *cpu = make_model(c, &layer_ops_cpu), *gpu = make_model(c, layer_ops_cuda(dt));
+    AdamW oc, og;
+    adamw_init_on(&oc, &cpu->reg, cpu->ops, NULL);
+    adamw_init_on(&og, &gpu->reg, gpu->ops, gpu->wlow);
+    float first = 0, last_c = 0, last_g = 0;
+    double worst = 0;
+    for (int s = 0; s < steps; s++) {
+        std::vector<int> tok = walk_tokens(c, 200 + s);
+        float lc = train_step_tokens(cpu, &oc, &c, s, tok.data()).loss;
+        float lg = train_step_tokens(gpu, &og, &c, s, tok.data()).loss;
+        if (s == 0) first = lc;
+        last_c = lc;
+        last_g = lg;
+        worst = std::max(worst, std::fabs((double)lg - lc) / lc);
+        EXPECT_LT(std::fabs(lg - lc) / lc, tol) << gpu->ops->name << " step " << s << ": " << lg << " vs " << lc;
+    }
+    printf("%s: %d steps, loss %.4f -> cpu %.4f, gpu %.4f; worst step relative gap %.2e\n", gpu->ops->name, steps,
+           first, last_c, last_g, worst);
+    EXPECT_LT(last_c, 0.6f * first) << "the CPU run did not learn";
+    EXPECT_LT(last_g, 0.6f * first) << "the GPU run did not learn";
+    adamw_free(&oc);
+    adamw_free(&og);
+    model_free(cpu);
+    model_free(gpu);
+}
+
+TEST_F(ModelGpu, Fp32TrainingTracksCpu) { track_cpu(CORE_F32, 40, 1e-3); }
+
+TEST_F(ModelGpu, Bf16TrainingTracksCpu) { track_cpu(CORE_BF16, 40, 5e-2); }
+
+TEST_F(ModelGpu, BackendNamesDeath) {
+    EXPECT_EQ(backend_ops("cpu"), &layer_ops_cpu);
+    EXPECT_EQ(backend_ops("cuda"), layer_ops_cuda(CORE_BF16));
+    EXPECT_EQ(backend_ops("cuda-fp32"), layer_ops_cuda(CORE_F32));
+    EXPECT_EXIT(backend_ops("tpu"), ::testing::ExitedWithCode(2), "expected cpu, cuda");
+}
+
+TEST_F(ModelGpu, MoveTwiceDeath) {
+    const MoeConfig c = test_config();
+    EXPECT_EXIT(
+        {
+            Model *m = make_model(c, layer_ops_cuda(CORE_BF16));
+            model_to_device(m, layer_ops_cuda(CORE_F32));
+        },
+        ::testing::ExitedWithCode(1), "the model is on cuda bf16 already");
+}
+
+}  // namespace
