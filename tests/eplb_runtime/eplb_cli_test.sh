@@ -9,7 +9,7 @@ set -euo pipefail
 here="$TEST_SRCDIR/moelab/tests/eplb_runtime"
 moelab="$TEST_SRCDIR/moelab/tools/moelab"
 tmp="${TEST_TMPDIR:-/tmp}"
-source "$here/mpi.sh"
+source "$TEST_SRCDIR/moelab/tests/parallel/mpi_env.sh"
 
 # A small byte-level corpus: this package's own sources.
 "$moelab" data prepare --input "$here" --vocab 256 --out "$tmp/data" --val-fraction 0.1 >/dev/null

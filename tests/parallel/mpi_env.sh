@@ -18,5 +18,5 @@ export OMPI_MCA_shmem_mmap_backing_file_base_dir="$MPI_SESSION_DIR"
 mpi() {
     local np=$1
     shift
-    timeout 300 mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS -np "$np" "$@"
+    timeout 300 mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS -x TEST_TMPDIR -np "$np" "$@"
 }
