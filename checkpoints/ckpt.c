@@ -543,12 +543,12 @@ static void check_config(const char *path, const MoeConfig *saved, const MoeConf
 
 // Reads one tensor into this process's layout: non-expert tensors whole, expert tensors slot by
 // slot from their logical rows (runs of consecutive experts in one hyperslab read).
-static void read_tensor(const H5Io *io, hid_t d, const char *name, const ParamInfo *p, float *x,
+static void read_tensor(CkptFile *cf, hid_t d, const char *name, const ParamInfo *p, float *x,
                         const CkptShard *sh) {
     hsize_t dims[4];
     for (int k = 0; k < p->ndim; k++) dims[k] = (hsize_t)p->shape[k];
     if (p->kind != PARAM_EXPERT) {
-        h5_read_rows(io, d, name, H5T_NATIVE_FLOAT, p->ndim, dims, 0, dims[0], x);
+        ckpt_read_rows(cf, d, name, p->ndim, dims, 0, dims[0], x);
         return;
     }
     const int n = (int)p->local_rows;
@@ -557,8 +557,7 @@ static void read_tensor(const H5Io *io, hid_t d, const char *name, const ParamIn
     for (int s = 0; s < n; s++) ids[s] = slot_expert(sh, p->layer, sh->ep_rank * n + s);
     for (int s = 0, len; s < n; s += len) {
         len = run_len(ids, s, n);
-        h5_read_rows(io, d, name, H5T_NATIVE_FLOAT, p->ndim, dims, (hsize_t)ids[s], (hsize_t)len,
-                     x + (size_t)s * row);
+        ckpt_read_rows(cf, d, name, p->ndim, dims, (hsize_t)ids[s], (hsize_t)len, x + (size_t)s * row);
     }
     core_free(ids);
 }
@@ -591,7 +590,7 @@ void ckpt_load(const char *path, const CkptShard *sh, Model *m, AdamW *o, CkptSt
             if (g > 0 && r->p[i].kind == PARAM_BUFFER) continue;
             float *base = g == 0 ? r->data : g == 1 ? o->m : o->v;
             snprintf(name, sizeof name, "%s/%s", CKPT_GROUPS[g], r->p[i].name);
-            read_tensor(&cf.io, d[i * CKPT_NGROUPS + g], name, &r->p[i], base + r->p[i].offset, sh);
+            read_tensor(&cf, d[i * CKPT_NGROUPS + g], name, &r->p[i], base + r->p[i].offset, sh);
             H5Dclose(d[i * CKPT_NGROUPS + g]);
         }
     core_free(d);

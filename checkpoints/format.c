@@ -163,54 +163,71 @@ static void one_row_block(const H5Io *io, hid_t s, const char *what, int ndim, c
     *r1 = end[0];
 }
 
-// A virtual dataset: every mapping is one block of whole rows, taken from a checked part file's
-// dataset of the same name, and the mappings cover each row of the logical tensor exactly once
-// (HDF5 would fill a row whose source is missing with the fill value, silently).
+// Mapping i of a virtual dataset, checked: logical rows [v0, v1] come from source rows [s0, s1] of
+// the dataset of the same name in a checked part file, which is present, float32, chunked with
+// Fletcher-32 and completely written. Returns the opened source dataset and its extent.
+typedef struct {
+    hsize_t v0, v1, s0, s1;
+    hsize_t src_dims[4];
+    hid_t src;
+    char path[2 * CKPT_PATH_MAX];   // of the part file (for messages)
+} VirtualMap;
+
+static void virtual_map(CkptFile *cf, hid_t dcpl, size_t i, const char *name, int ndim,
+                        const hsize_t *dims, VirtualMap *m) {
+    const H5Io *io = &cf->io;
+    char what[300], fname[256], dname[300];
+    snprintf(what, sizeof what, "%s (virtual mapping %zu)", name, i);
+    ssize_t fl = H5_OK(io, H5Pget_virtual_filename(dcpl, i, NULL, 0), "%s: source file", what);
+    ssize_t dl = H5_OK(io, H5Pget_virtual_dsetname(dcpl, i, NULL, 0), "%s: source dataset", what);
+    if (fl >= (ssize_t)sizeof fname || dl >= (ssize_t)sizeof dname) H5_FAIL(io, "%s: source name too long", what);
+    H5_OK(io, H5Pget_virtual_filename(dcpl, i, fname, sizeof fname), "%s: source file", what);
+    H5_OK(io, H5Pget_virtual_dsetname(dcpl, i, dname, sizeof dname), "%s: source dataset", what);
+    if (strcmp(dname, name) != 0) H5_FAIL(io, "%s maps to dataset '%s' of its part", what, dname);
+    CkptPartFile *p = open_part(cf, name, fname);
+    hid_t vs = H5_OK(io, H5Pget_virtual_vspace(dcpl, i), "%s", what);
+    one_row_block(io, vs, what, ndim, dims, &m->v0, &m->v1);
+    H5Sclose(vs);
+    snprintf(m->path, sizeof m->path, "%s/%s", cf->dir, fname);
+    H5Io pio = {m->path, CORE_EXIT_USAGE};
+    if (!h5_exists(&pio, p->f, name)) H5_FAIL(&pio, "dataset %s (mapped by the index) is missing", name);
+    m->src = H5_OK(&pio, H5Dopen2(p->f, name, H5P_DEFAULT), "open %s", name);
+    h5_check_stored(&pio, m->src, name, H5T_IEEE_F32LE);
+    if (h5_dims(&pio, m->src, name, m->src_dims) != ndim)
+        H5_FAIL(&pio, "%s has another number of dimensions than the index's", name);
+    for (int k = 1; k < ndim; k++)
+        if (m->src_dims[k] != dims[k]) H5_FAIL(&pio, "%s's rows differ in shape from the index's", name);
+    hid_t ss = H5_OK(io, H5Pget_virtual_srcspace(dcpl, i), "%s: source selection", what);
+    one_row_block(io, ss, what, ndim, m->src_dims, &m->s0, &m->s1);
+    H5Sclose(ss);
+    if (m->s1 - m->s0 != m->v1 - m->v0)
+        H5_FAIL(io, "%s: source rows %llu..%llu do not match rows %llu..%llu", what, (unsigned long long)m->s0,
+                (unsigned long long)m->s1, (unsigned long long)m->v0, (unsigned long long)m->v1);
+}
+
+// The mappings of a virtual dataset, their count checked against its rows.
+static size_t virtual_count(CkptFile *cf, hid_t dcpl, const char *name, const hsize_t *dims) {
+    size_t n;
+    H5_OK(&cf->io, H5Pget_virtual_count(dcpl, &n), "%s: virtual mappings", name);
+    if (n == 0 || n > dims[0])
+        H5_FAIL(&cf->io, "%s has %zu virtual mappings for %llu rows", name, n, (unsigned long long)dims[0]);
+    return n;
+}
+
+// A virtual dataset: every mapping checked (virtual_map), and together they cover each row of the
+// logical tensor exactly once (HDF5 would fill a row whose source is missing with the fill value,
+// silently).
 static void check_virtual(CkptFile *cf, hid_t d, const char *name, int ndim, const hsize_t *dims) {
     const H5Io *io = &cf->io;
     if (cf->parts == 0) H5_FAIL(io, "%s is a virtual dataset, but the file is not an index of parts", name);
     hid_t dcpl = h5_dcpl_of(io, d, name);
-    size_t n;
-    H5_OK(io, H5Pget_virtual_count(dcpl, &n), "%s: virtual mappings", name);
-    if (n == 0 || n > dims[0]) H5_FAIL(io, "%s has %zu virtual mappings for %llu rows", name, n,
-                                       (unsigned long long)dims[0]);
+    const size_t n = virtual_count(cf, dcpl, name, dims);
     unsigned char *covered = core_alloc(dims[0]);
     for (size_t i = 0; i < n; i++) {
-        char what[300], fname[256], dname[300];
-        snprintf(what, sizeof what, "%s (virtual mapping %zu)", name, i);
-        ssize_t fl = H5_OK(io, H5Pget_virtual_filename(dcpl, i, NULL, 0), "%s: source file", what);
-        ssize_t dl = H5_OK(io, H5Pget_virtual_dsetname(dcpl, i, NULL, 0), "%s: source dataset", what);
-        if (fl >= (ssize_t)sizeof fname || dl >= (ssize_t)sizeof dname)
-            H5_FAIL(io, "%s: source name too long", what);
-        H5_OK(io, H5Pget_virtual_filename(dcpl, i, fname, sizeof fname), "%s: source file", what);
-        H5_OK(io, H5Pget_virtual_dsetname(dcpl, i, dname, sizeof dname), "%s: source dataset", what);
-        if (strcmp(dname, name) != 0) H5_FAIL(io, "%s maps to dataset '%s' of its part", what, dname);
-        CkptPartFile *p = open_part(cf, name, fname);
-        hid_t vs = H5_OK(io, H5Pget_virtual_vspace(dcpl, i), "%s", what);
-        hsize_t v0, v1;
-        one_row_block(io, vs, what, ndim, dims, &v0, &v1);
-        H5Sclose(vs);
-        char ppath[2 * CKPT_PATH_MAX];
-        snprintf(ppath, sizeof ppath, "%s/%s", cf->dir, fname);
-        H5Io pio = {ppath, CORE_EXIT_USAGE};
-        if (!h5_exists(&pio, p->f, name)) H5_FAIL(&pio, "dataset %s (mapped by the index) is missing", name);
-        hid_t src = H5_OK(&pio, H5Dopen2(p->f, name, H5P_DEFAULT), "open %s", name);
-        h5_check_stored(&pio, src, name, H5T_IEEE_F32LE);
-        hsize_t sd[4];
-        int snd = h5_dims(&pio, src, name, sd);
-        H5Dclose(src);
-        if (snd != ndim) H5_FAIL(&pio, "%s has %d dimensions, the index's has %d", name, snd, ndim);
-        for (int k = 1; k < ndim; k++)
-            if (sd[k] != dims[k]) H5_FAIL(&pio, "%s's rows differ in shape from the index's", name);
-        hid_t ss = H5_OK(io, H5Pget_virtual_srcspace(dcpl, i), "%s: source selection", what);
-        hsize_t s0, s1;
-        one_row_block(io, ss, what, ndim, sd, &s0, &s1);
-        H5Sclose(ss);
-        if (s1 - s0 != v1 - v0)
-            H5_FAIL(io, "%s: source rows %llu..%llu do not match rows %llu..%llu", what,
-                    (unsigned long long)s0, (unsigned long long)s1, (unsigned long long)v0,
-                    (unsigned long long)v1);
-        for (hsize_t r = v0; r <= v1; r++) {
+        VirtualMap m;
+        virtual_map(cf, dcpl, i, name, ndim, dims, &m);
+        H5Dclose(m.src);
+        for (hsize_t r = m.v0; r <= m.v1; r++) {
             if (covered[r]) H5_FAIL(io, "%s: row %llu is mapped twice", name, (unsigned long long)r);
             covered[r] = 1;
         }
@@ -218,6 +235,32 @@ static void check_virtual(CkptFile *cf, hid_t d, const char *name, int ndim, con
     for (hsize_t r = 0; r < dims[0]; r++)
         if (!covered[r]) H5_FAIL(io, "%s: row %llu comes from no part file", name, (unsigned long long)r);
     core_free(covered);
+    h5_dcpl_close(dcpl);
+}
+
+void ckpt_read_rows(CkptFile *cf, hid_t d, const char *name, int ndim, const hsize_t *dims,
+                    hsize_t row0, hsize_t n, float *buf) {
+    hid_t dcpl = h5_dcpl_of(&cf->io, d, name);
+    if (H5_OK(&cf->io, H5Pget_layout(dcpl), "%s: layout", name) != H5D_VIRTUAL) {
+        h5_dcpl_close(dcpl);
+        h5_read_rows(&cf->io, d, name, H5T_NATIVE_FLOAT, ndim, dims, row0, n, buf);
+        return;
+    }
+    // Each mapping's share of the rows comes straight from its part (our own direct chunk reads
+    // check every checksum; they do not go through HDF5's virtual-dataset layer).
+    size_t row = 1;
+    for (int k = 1; k < ndim; k++) row *= (size_t)dims[k];
+    const size_t nmap = virtual_count(cf, dcpl, name, dims);
+    for (size_t i = 0; i < nmap; i++) {
+        VirtualMap m;
+        virtual_map(cf, dcpl, i, name, ndim, dims, &m);
+        const hsize_t a = row0 > m.v0 ? row0 : m.v0, b = row0 + n < m.v1 + 1 ? row0 + n : m.v1 + 1;
+        H5Io pio = {m.path, CORE_EXIT_USAGE};
+        if (a < b)
+            h5_read_rows(&pio, m.src, name, H5T_NATIVE_FLOAT, ndim, m.src_dims, m.s0 + (a - m.v0), b - a,
+                         buf + (size_t)(a - row0) * row);
+        H5Dclose(m.src);
+    }
     h5_dcpl_close(dcpl);
 }
 
@@ -234,11 +277,7 @@ hid_t ckpt_open_tensor(CkptFile *cf, const char *name, const ParamInfo *want, in
     hid_t o = H5_OK(io, H5Oopen(cf->f, name, H5P_DEFAULT), "open %s", name);
     if (H5Iget_type(o) != H5I_DATASET) H5_FAIL(io, "%s is not a dataset", name);
     H5Oclose(o);
-    // Virtual sources are found next to the index, whatever the working directory.
-    hid_t dapl = H5_OK(io, H5Pcreate(H5P_DATASET_ACCESS), "dataset access list");
-    H5_OK(io, H5Pset_virtual_prefix(dapl, cf->dir), "virtual prefix");
-    hid_t d = H5_OK(io, H5Dopen2(cf->f, name, dapl), "open %s", name);
-    H5Pclose(dapl);
+    hid_t d = H5_OK(io, H5Dopen2(cf->f, name, H5P_DEFAULT), "open %s", name);
     *ndim = h5_dims(io, d, name, dims);
     if (want) {
         hsize_t w[4];

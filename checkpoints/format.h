@@ -52,6 +52,10 @@ int ckpt_has_tensor(CkptFile *cf, const char *name);
 // shape must equal want's logical shape; ndim and dims receive the stored extent. A missing dataset
 // is an error that names it.
 hid_t ckpt_open_tensor(CkptFile *cf, const char *name, const ParamInfo *want, int *ndim, hsize_t dims[4]);
+// Reads rows [row0, row0 + n) of an opened tensor of extent dims into buf: from the file itself, or
+// for a virtual dataset from the part files its mappings name (each read checks every checksum).
+void ckpt_read_rows(CkptFile *cf, hid_t d, const char *name, int ndim, const hsize_t *dims,
+                    hsize_t row0, hsize_t n, float *buf);
 // Number of virtual mappings of an opened tensor (0 when it is stored in the file itself).
 int ckpt_tensor_maps(CkptFile *cf, hid_t d, const char *name);
 

@@ -2,9 +2,11 @@
 // one message, checked attributes, and Fletcher-32-protected chunked datasets.
 #include "checkpoints/h5.h"
 
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
@@ -241,32 +243,216 @@ hid_t h5_create_dataset(const H5Io *io, hid_t loc, const char *name, hid_t ftype
     return d;
 }
 
-// File and memory dataspaces for rows [row0, row0 + n) of a dataset of extent dims.
-static void row_spaces(const H5Io *io, hid_t d, const char *name, int ndim, const hsize_t *dims,
-                       hsize_t row0, hsize_t n, hid_t *fs, hid_t *ms) {
-    hsize_t start[4] = {row0, 0, 0, 0}, count[4];
-    for (int i = 0; i < ndim; i++) count[i] = i == 0 ? n : dims[i];
-    *fs = H5_OK(io, H5Dget_space(d), "%s: dataspace", name);
-    H5_OK(io, H5Sselect_hyperslab(*fs, H5S_SELECT_SET, start, NULL, count, NULL), "%s: select rows", name);
-    *ms = H5_OK(io, H5Screate_simple(ndim, count, NULL), "%s: memory dataspace", name);
+uint32_t h5_fletcher32(const void *data, size_t bytes) {
+    // The data is read as big-endian 16-bit words (an odd last byte is the high byte of a word);
+    // both sums are folded to 17 bits after every 360 words, before they could overflow 32 bits,
+    // and once more at the end: HDF5's definition, which its filter checks on every read.
+    const uint8_t *p = data;
+    size_t words = bytes / 2;
+    uint32_t a = 0, b = 0;
+    while (words > 0) {
+        size_t k = words < 360 ? words : 360;
+        words -= k;
+        for (; k > 0; k--, p += 2) {
+            a += (uint32_t)p[0] << 8 | p[1];
+            b += a;
+        }
+        a = (a & 0xffff) + (a >> 16);
+        b = (b & 0xffff) + (b >> 16);
+    }
+    if (bytes % 2) {
+        a += (uint32_t)p[0] << 8;
+        b += a;
+        a = (a & 0xffff) + (a >> 16);
+        b = (b & 0xffff) + (b >> 16);
+    }
+    a = (a & 0xffff) + (a >> 16);
+    b = (b & 0xffff) + (b >> 16);
+    return b << 16 | a;
+}
+
+// The chunk geometry of a dataset written by h5_create_dataset: chunk = (1, ..., 1, k, whole
+// trailing dims), so each chunk's data is one contiguous run of the array in C order.
+typedef struct {
+    int ndim, split;       // chunks hold whole dims after `split`, and one index of the dims before
+    hsize_t dims[4], chunk[4], grid[4];  // extent, chunk shape, chunks per dim
+    size_t esize;          // bytes per element
+    size_t chunk_bytes;    // of a whole chunk (edge chunks are stored whole, padded with zeros)
+    size_t row;            // elements per leading-axis row
+} Chunking;
+
+static void chunking_of(const H5Io *io, hid_t d, const char *name, hid_t mtype, int ndim,
+                        const hsize_t *dims, Chunking *g) {
+    hid_t t = H5_OK(io, H5Dget_type(d), "%s: type", name);
+    // Chunks move as raw bytes, so memory and file must agree on the type (true on x86-64).
+    CHECK(H5Tequal(t, mtype) > 0, "checkpoint %s: %s: the file's element type is not this machine's",
+          io->path, name);
+    H5Tclose(t);
+    hid_t dcpl = h5_dcpl_of(io, d, name);
+    if (H5_OK(io, H5Pget_layout(dcpl), "%s: layout", name) != H5D_CHUNKED)
+        H5_FAIL(io, "%s is not chunked", name);
+    if (H5_OK(io, H5Pget_chunk(dcpl, ndim, g->chunk), "%s: chunk shape", name) != ndim)
+        H5_FAIL(io, "%s: the chunks' rank differs from the dataset's", name);
+    h5_dcpl_close(dcpl);
+    g->ndim = ndim;
+    g->esize = H5Tget_size(mtype);
+    g->split = 0;
+    g->row = 1;
+    size_t elems = 1;
+    for (int i = 0; i < ndim; i++) {
+        g->dims[i] = dims[i];
+        if (g->chunk[i] == 0 || g->chunk[i] > dims[i] || dims[i] == 0)
+            H5_FAIL(io, "%s: chunk dimension %d is %llu for an extent of %llu", name, i,
+                    (unsigned long long)g->chunk[i], (unsigned long long)dims[i]);
+        g->grid[i] = (dims[i] + g->chunk[i] - 1) / g->chunk[i];
+        if (g->chunk[i] != dims[i]) g->split = i;
+        elems *= g->chunk[i];
+        if (i > 0) g->row *= dims[i];
+    }
+    for (int i = 0; i < g->split; i++)
+        if (g->chunk[i] != 1) H5_FAIL(io, "%s: unsupported chunk shape (not whole trailing rows)", name);
+    if (elems > ((size_t)1 << 28)) H5_FAIL(io, "%s: chunks of %zu elements are too large", name, elems);
+    g->chunk_bytes = elems * g->esize;
+}
+
+// Chunk k of the chunks covering rows [row0, row0 + n) in C order: its coordinates `off` (in
+// elements) and the range [*first, *first + *len) of its data among the array's elements.
+static void chunk_at(const Chunking *g, hsize_t row0, size_t k, hsize_t *off, size_t *first, size_t *len) {
+    for (int i = g->ndim - 1; i >= 0; i--) {
+        hsize_t c = i == 0 ? row0 / g->chunk[0] + k : k % g->grid[i];
+        if (i > 0) k /= g->grid[i];
+        off[i] = c * g->chunk[i];
+    }
+    size_t stride = 1;
+    *first = 0;
+    for (int i = g->ndim - 1; i >= 0; i--) {
+        if (i == g->split) {
+            hsize_t end = off[i] + g->chunk[i] < g->dims[i] ? off[i] + g->chunk[i] : g->dims[i];
+            *len = (size_t)(end - off[i]) * stride;
+        }
+        *first += (size_t)off[i] * stride;
+        stride *= (size_t)g->dims[i];
+    }
+}
+
+static size_t chunks_covering(const Chunking *g, hsize_t row0, hsize_t n) {
+    size_t c = (size_t)((row0 + n + g->chunk[0] - 1) / g->chunk[0] - row0 / g->chunk[0]);
+    for (int i = 1; i < g->ndim; i++) c *= (size_t)g->grid[i];
+    return c;
+}
+
+// Chunks are staged in batches of about 64 MiB: checksummed on every core, moved by one (HDF5 is
+// not thread-safe).
+static size_t batch_of(const Chunking *g, size_t nchunks) {
+    size_t b = ((size_t)64 << 20) / (g->chunk_bytes + 4);
+    if (b < 1) b = 1;
+    return b < nchunks ? b : nchunks;
+}
+
+// The staging buffer of chunk I/O, kept from one call to the next (at most a batch, ~64 MiB): a fresh
+// zero-filled block per tensor would cost a pass of page faults and zeroing over every byte saved.
+static unsigned char *stage_get(size_t bytes) {
+    static unsigned char *stage;
+    static size_t cap;
+    if (bytes > cap) {
+        core_free(stage);
+        stage = core_alloc(bytes);
+        cap = bytes;
+    }
+    return stage;
+}
+
+// Threads only pay off on megabytes: a small tensor is done before a team wakes up.
+static int worth_threads(const Chunking *g, long nb) {
+    return nb > 1 && (size_t)nb * g->chunk_bytes >= ((size_t)4 << 20);
 }
 
 void h5_write_rows(const H5Io *io, hid_t d, const char *name, hid_t mtype, int ndim,
                    const hsize_t *dims, hsize_t row0, hsize_t n, const void *buf) {
-    hid_t fs, ms;
-    row_spaces(io, d, name, ndim, dims, row0, n, &fs, &ms);
-    H5_OK(io, H5Dwrite(d, mtype, ms, fs, H5P_DEFAULT, buf), "write %s", name);
-    H5Sclose(ms);
-    H5Sclose(fs);
+    Chunking g;
+    chunking_of(io, d, name, mtype, ndim, dims, &g);
+    CHECK(row0 % g.chunk[0] == 0 && ((row0 + n) % g.chunk[0] == 0 || row0 + n == dims[0]),
+          "%s: rows [%llu, %llu) do not start and end on chunk boundaries", name,
+          (unsigned long long)row0, (unsigned long long)(row0 + n));
+    const size_t nchunks = chunks_covering(&g, row0, n), batch = batch_of(&g, nchunks);
+    const size_t stride = g.chunk_bytes + 4;
+    unsigned char *stage = stage_get(batch * stride);
+    hsize_t *offs = core_alloc(batch * 4 * sizeof(hsize_t));
+    const unsigned char *src = (const unsigned char *)buf - (size_t)row0 * g.row * g.esize;
+    for (size_t k0 = 0; k0 < nchunks; k0 += batch) {
+        const long nb = (long)(nchunks - k0 < batch ? nchunks - k0 : batch);
+        // What HDF5's Fletcher-32 filter would store: the whole chunk (zero-padded past the
+        // array's end), then its checksum little-endian.
+#pragma omp parallel for schedule(dynamic) if (worth_threads(&g, nb))
+        for (long b = 0; b < nb; b++) {
+            size_t first, len;
+            unsigned char *c = stage + (size_t)b * stride;
+            chunk_at(&g, row0, k0 + (size_t)b, offs + 4 * b, &first, &len);
+            memcpy(c, src + first * g.esize, len * g.esize);
+            memset(c + len * g.esize, 0, g.chunk_bytes - len * g.esize);
+            const uint32_t f = h5_fletcher32(c, g.chunk_bytes);
+            for (int i = 0; i < 4; i++) c[g.chunk_bytes + (size_t)i] = (unsigned char)(f >> (8 * i));
+        }
+        for (long b = 0; b < nb; b++)
+            H5_OK(io, H5Dwrite_chunk(d, H5P_DEFAULT, 0, offs + 4 * b, stride, stage + (size_t)b * stride),
+                  "write %s", name);
+    }
+    core_free(offs);
 }
 
 void h5_read_rows(const H5Io *io, hid_t d, const char *name, hid_t mtype, int ndim,
                   const hsize_t *dims, hsize_t row0, hsize_t n, void *buf) {
-    hid_t fs, ms;
-    row_spaces(io, d, name, ndim, dims, row0, n, &fs, &ms);
-    H5_OK(io, H5Dread(d, mtype, ms, fs, H5P_DEFAULT, buf), "read %s", name);
-    H5Sclose(ms);
-    H5Sclose(fs);
+    Chunking g;
+    chunking_of(io, d, name, mtype, ndim, dims, &g);
+    const size_t nchunks = chunks_covering(&g, row0, n), batch = batch_of(&g, nchunks);
+    const size_t stride = g.chunk_bytes + 4, lo = (size_t)row0 * g.row, hi = (size_t)(row0 + n) * g.row;
+    unsigned char *stage = stage_get(batch * stride);
+    hsize_t *offs = core_alloc(batch * 4 * sizeof(hsize_t));
+    unsigned char *dst = buf;
+    for (size_t k0 = 0; k0 < nchunks; k0 += batch) {
+        const long nb = (long)(nchunks - k0 < batch ? nchunks - k0 : batch);
+        for (long b = 0; b < nb; b++) {
+            size_t first, len;
+            chunk_at(&g, row0, k0 + (size_t)b, offs + 4 * b, &first, &len);
+            // The stored size is checked first: a hostile size must not overrun the stage.
+            hsize_t bytes = 0;
+            uint32_t filters = 0;
+            H5_OK(io, H5Dget_chunk_storage_size(d, offs + 4 * b, &bytes), "%s: chunk size", name);
+            if (bytes != stride)
+                H5_FAIL(io, "%s: a chunk holds %llu bytes, not %zu (damaged, or not written by moelab)",
+                        name, (unsigned long long)bytes, stride);
+            H5_OK(io, H5Dread_chunk(d, H5P_DEFAULT, offs + 4 * b, &filters, stage + (size_t)b * stride),
+                  "read %s", name);
+            if (filters != 0) H5_FAIL(io, "%s: a chunk was stored without its Fletcher-32 checksum", name);
+        }
+        long bad = -1;
+#pragma omp parallel for schedule(dynamic) if (worth_threads(&g, nb))
+        for (long b = 0; b < nb; b++) {
+            const unsigned char *c = stage + (size_t)b * stride, *t = c + g.chunk_bytes;
+            const uint32_t stored = (uint32_t)t[0] | (uint32_t)t[1] << 8 | (uint32_t)t[2] << 16 | (uint32_t)t[3] << 24;
+            const uint32_t f = h5_fletcher32(c, g.chunk_bytes);
+            // HDF5 also accepts the byte-swapped sum, which its early versions stored.
+            const uint32_t swapped = (f & 0xff) << 24 | (f & 0xff00) << 8 | (f >> 8 & 0xff00) | f >> 24;
+            if (stored != f && stored != swapped) {
+#pragma omp critical
+                if (bad < 0 || b < bad) bad = b;
+                continue;
+            }
+            size_t first, len;
+            hsize_t off[4];
+            chunk_at(&g, row0, k0 + (size_t)b, off, &first, &len);
+            const size_t a = first > lo ? first : lo, e = first + len < hi ? first + len : hi;
+            if (a < e) memcpy(dst + (a - lo) * g.esize, c + (a - first) * g.esize, (e - a) * g.esize);
+        }
+        if (bad >= 0) {
+            const hsize_t *o = offs + 4 * bad;
+            H5_FAIL(io, "read %s: the chunk at (%llu, %llu, %llu, %llu) fails its Fletcher-32 checksum "
+                    "(the data is damaged)", name, (unsigned long long)o[0],
+                    (unsigned long long)(ndim > 1 ? o[1] : 0), (unsigned long long)(ndim > 2 ? o[2] : 0),
+                    (unsigned long long)(ndim > 3 ? o[3] : 0));
+        }
+    }
+    core_free(offs);
 }
 
 int h5_dims(const H5Io *io, hid_t d, const char *name, hsize_t dims[4]) {

@@ -60,12 +60,18 @@ char *h5_attr_read_str(const H5Io *io, hid_t obj, const char *where, const char 
 // and hold about 4 MiB; with one_per_row, each leading-axis row (an expert) gets chunks of its own.
 hid_t h5_create_dataset(const H5Io *io, hid_t loc, const char *name, hid_t ftype, int ndim,
                         const hsize_t *dims, int one_per_row);
-// Writes or reads rows [row0, row0 + n) of a dataset of ndim dims (all rows' trailing dims are
-// whole) from / into the contiguous memory buf of type mtype.
+// Writes or reads rows [row0, row0 + n) of a chunked dataset from h5_create_dataset (extent dims,
+// ndim dims) from / into the contiguous memory buf of type mtype (which must equal the file's type).
+// Chunks move whole through HDF5's direct chunk I/O, with their Fletcher-32 checksums computed or
+// verified on every core (HDF5's filter pipeline would use one); the result is byte for byte what the
+// filter stores and checks. Writes must start and end on chunk boundaries (each leading-axis row of
+// an expert tensor is, and whole tensors are).
 void h5_write_rows(const H5Io *io, hid_t d, const char *name, hid_t mtype, int ndim,
                    const hsize_t *dims, hsize_t row0, hsize_t n, const void *buf);
 void h5_read_rows(const H5Io *io, hid_t d, const char *name, hid_t mtype, int ndim,
                   const hsize_t *dims, hsize_t row0, hsize_t n, void *buf);
+// HDF5's Fletcher-32 of `bytes` bytes.
+uint32_t h5_fletcher32(const void *data, size_t bytes);
 
 // Checks a stored (not virtual) dataset before anything is read from it: type ftype, chunked with
 // the Fletcher-32 filter, and every chunk written (an unwritten chunk would read as silent zeros).

@@ -27,7 +27,7 @@ static Scan scan_tensor(CkptFile *cf, hid_t d, const char *name, int nd, const h
     float *buf = core_alloc((size_t)rows * row * sizeof(float));
     for (hsize_t r0 = 0; r0 < dims[0]; r0 += rows) {
         hsize_t n = dims[0] - r0 < rows ? dims[0] - r0 : rows;
-        h5_read_rows(&cf->io, d, name, H5T_NATIVE_FLOAT, nd, dims, r0, n, buf);
+        ckpt_read_rows(cf, d, name, nd, dims, r0, n, buf);
         for (size_t i = 0; i < (size_t)n * row; i++) {
             if (!isfinite(buf[i])) s.nonfinite++;
             else s.sqsum += (double)buf[i] * buf[i];

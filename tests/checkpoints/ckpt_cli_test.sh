@@ -93,7 +93,7 @@ with open(sys.argv[1], "r+b") as f:
     f.seek(info.byte_offset + info.size // 2)
     f.write(bytes([b[0] ^ 0x40]))
 PY
-expect_error "flip.h5: read /model/embed: .*Fletcher32" "$moelab" ckpt verify "$tmp/flip.h5"
+expect_error "flip.h5: read /model/embed: .*fails its Fletcher-32 checksum" "$moelab" ckpt verify "$tmp/flip.h5"
 head -c 5000 "$tmp/a/step_6.h5" >"$tmp/short.h5"
 expect_error "short.h5: cannot open as HDF5" "$moelab" ckpt verify "$tmp/short.h5"
 rm "$tmp/c/step_6.h5.part-1-of-2"
