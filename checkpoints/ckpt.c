@@ -164,16 +164,22 @@ static void write_format(const H5Io *io, hid_t f, const char *format) {
     h5_attr_write(io, f, "format_version", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &v);
 }
 
+// The config as `key = value` lines (config_write's output), malloc'd.
+static char *config_text(const MoeConfig *c) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    CHECK(f, "open_memstream failed");
+    config_write(c, f);
+    fclose(f);
+    return text;
+}
+
 // The config text, /state and the optional /eplb group: what the single file and the index hold
 // besides tensors.
 static void write_state(const H5Io *io, hid_t f, const MoeConfig *c, long adam_t, const CkptState *st,
                         const CkptEplb *e) {
-    char *text = NULL;
-    size_t len = 0;
-    FILE *mf = open_memstream(&text, &len);
-    CHECK(mf, "open_memstream failed");
-    config_write(c, mf);
-    fclose(mf);
+    char *text = config_text(c);
     h5_attr_write_str(io, f, "config", text);
     free(text);
     hid_t g = h5_create_group(io, f, "state");
@@ -219,19 +225,11 @@ typedef struct {
     hid_t f;
 } AtomicFile;
 
-static void dir_of(const char *path, char *dir, size_t n) {
-    if (strlen(path) >= n) core_usage_error("checkpoint path too long: %.80s...", path);
-    strcpy(dir, path);
-    char *slash = strrchr(dir, '/');
-    if (slash) slash[slash == dir] = '\0';
-    else strcpy(dir, ".");
-}
-
 static void atomic_create(AtomicFile *a, const char *path) {
     a->final = path;
     a->io.path = path;
     a->io.code = CORE_EXIT_FAILURE;
-    dir_of(path, a->dir, sizeof a->dir);
+    ckpt_dir_of(path, a->dir, sizeof a->dir);
     // A missing or read-only directory is the user's doing (a bad --out): a usage error.
     if (access(a->dir, W_OK) != 0)
         core_usage_error("cannot write checkpoint %s: directory %s: %s", path, a->dir, strerror(errno));
@@ -501,16 +499,6 @@ static int key_in(const char *key, const char *const *list, int n) {
     for (int i = 0; i < n; i++)
         if (!strcmp(key, list[i])) return 1;
     return 0;
-}
-
-static char *config_text(const MoeConfig *c) {
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    CHECK(f, "open_memstream failed");
-    config_write(c, f);
-    fclose(f);
-    return text;
 }
 
 static void check_config(const char *path, const MoeConfig *saved, const MoeConfig *now) {

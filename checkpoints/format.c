@@ -13,6 +13,14 @@
 
 const char *const CKPT_GROUPS[CKPT_NGROUPS] = {"/model", "/optim/m", "/optim/v"};
 
+void ckpt_dir_of(const char *path, char *dir, size_t n) {
+    if (strlen(path) >= n) core_usage_error("checkpoint path too long: %.80s...", path);
+    strcpy(dir, path);
+    char *slash = strrchr(dir, '/');
+    if (slash) slash[slash == dir] = '\0';  // "/x.h5" lives in "/"
+    else strcpy(dir, ".");
+}
+
 void ckpt_part_path(const char *path, int r, int n, char *out, size_t len) {
     int k = snprintf(out, len, "%s.part-%d-of-%d", path, r, n);
     if (k < 0 || (size_t)k >= len) core_usage_error("checkpoint path too long: %s", path);
@@ -38,11 +46,7 @@ void ckpt_file_open(CkptFile *cf, const char *path) {
     struct stat sb;
     if (stat(path, &sb) != 0) core_usage_error("checkpoint %s: %s", path, strerror(errno));
     if (!S_ISREG(sb.st_mode)) core_usage_error("checkpoint %s: not a regular file", path);
-    if (strlen(path) >= sizeof cf->dir) core_usage_error("checkpoint path too long: %.80s...", path);
-    strcpy(cf->dir, path);
-    char *slash = strrchr(cf->dir, '/');
-    if (slash) slash[slash == cf->dir] = '\0';
-    else strcpy(cf->dir, ".");
+    ckpt_dir_of(path, cf->dir, sizeof cf->dir);
     cf->f = h5_open_file(&cf->io);
     cf->version = check_format(&cf->io, cf->f, CKPT_FORMAT_NAME);
     if (H5_OK(&cf->io, H5Aexists(cf->f, "parts"), "look up attribute parts")) {
@@ -264,7 +268,7 @@ void ckpt_read_rows(CkptFile *cf, hid_t d, const char *name, int ndim, const hsi
     h5_dcpl_close(dcpl);
 }
 
-static void shape_str(char *out, size_t n, int ndim, const hsize_t *d) {
+void ckpt_shape_str(char *out, size_t n, int ndim, const hsize_t *d) {
     int k = snprintf(out, n, "(");
     for (int i = 0; i < ndim && (size_t)k < n; i++)
         k += snprintf(out + k, n - (size_t)k, i ? ", %llu" : "%llu", (unsigned long long)d[i]);
@@ -286,8 +290,8 @@ hid_t ckpt_open_tensor(CkptFile *cf, const char *name, const ParamInfo *want, in
         for (int i = 0; same && i < *ndim; i++) same = dims[i] == w[i];
         if (!same) {
             char a[128], b[128];
-            shape_str(a, sizeof a, *ndim, dims);
-            shape_str(b, sizeof b, want->ndim, w);
+            ckpt_shape_str(a, sizeof a, *ndim, dims);
+            ckpt_shape_str(b, sizeof b, want->ndim, w);
             H5_FAIL(io, "dataset %s has shape %s but the model expects %s", name, a, b);
         }
     }

@@ -19,6 +19,10 @@
 #define CKPT_NGROUPS 3
 extern const char *const CKPT_GROUPS[CKPT_NGROUPS];  // "/model", "/optim/m", "/optim/v"
 
+// The directory of a file path ("." for a bare name).
+void ckpt_dir_of(const char *path, char *dir, size_t n);
+// "(a, b, c)": a shape for messages.
+void ckpt_shape_str(char *out, size_t n, int ndim, const hsize_t *d);
 // "<path>.part-<r>-of-<n>": part r's file name.
 void ckpt_part_path(const char *path, int r, int n, char *out, size_t len);
 

@@ -56,13 +56,6 @@ static void print_header(CkptFile *cf, const MoeConfig *c, FILE *out) {
             c->L, c->n_dense_layers, c->H, c->Hkv, c->E, c->K, c->S, c->Fe);
 }
 
-static void shape_str(char *out, size_t n, int nd, const hsize_t *d) {
-    int k = snprintf(out, n, "(");
-    for (int i = 0; i < nd && (size_t)k < n; i++)
-        k += snprintf(out + k, n - (size_t)k, i ? ", %llu" : "%llu", (unsigned long long)d[i]);
-    if ((size_t)k < n) snprintf(out + k, n - (size_t)k, ")");
-}
-
 // "%12.6g" of the norm of `name` (or "-" when absent); checks and reads the whole tensor.
 static void norm_of(CkptFile *cf, const char *name, char *out, size_t n) {
     if (!ckpt_has_tensor(cf, name)) {
@@ -108,7 +101,7 @@ void ckpt_inspect(const char *path, FILE *out) {
         hid_t d = ckpt_open_tensor(&cf, full, NULL, &nd, dims);
         char *kind = h5_attr_read_str(&cf.io, d, full, "kind", 15);
         H5Dclose(d);
-        shape_str(shape, sizeof shape, nd, dims);
+        ckpt_shape_str(shape, sizeof shape, nd, dims);
         for (int gi2 = 0; gi2 < CKPT_NGROUPS; gi2++) {
             snprintf(full, sizeof full, "%s/%s", CKPT_GROUPS[gi2], name);
             norm_of(&cf, full, nm[gi2], sizeof nm[gi2]);

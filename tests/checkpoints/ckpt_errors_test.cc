@@ -169,7 +169,6 @@ TEST_F(CheckpointErrors, WrongShape) {
 // HDF5's own filter pipeline wrote must load (and h5py reads ours: h5py_snippet_test).
 TEST_F(CheckpointErrors, ChunksWrittenByHdf5sOwnFilterLoad) {
     std::string p = copy_of(single_, "plain.h5");
-    const hsize_t dims[2] = {32, 16};
     std::vector<float> want(32 * 16);
     for (size_t i = 0; i < want.size(); i++) want[i] = logical_value("plain", i, 9);
     hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
