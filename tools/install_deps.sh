@@ -2,7 +2,7 @@
 # Installs the Debian packages moelab builds and runs with (as root, or through sudo when present).
 # Safe to run again: apt-get skips what is already there.
 set -euo pipefail
-PKGS=(bazel-bootstrap bazel-rules-java g++ libopenblas-dev libopenmpi-dev openmpi-bin libhdf5-dev
+PKGS=(bazel-bootstrap bazel-rules-java g++ libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin libhdf5-dev
       hdf5-tools libgtest-dev python3-torch python3-h5py python3-numpy fortunes gnuplot-nox clang
       libclang-rt-14-dev)
 missing=()
