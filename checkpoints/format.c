@@ -256,13 +256,18 @@ void ckpt_read_rows(CkptFile *cf, hid_t d, const char *name, int ndim, const hsi
     for (int k = 1; k < ndim; k++) row *= (size_t)dims[k];
     const size_t nmap = virtual_count(cf, dcpl, name, dims);
     for (size_t i = 0; i < nmap; i++) {
+        // Mappings that hold none of the rows are skipped before their part is touched.
+        hsize_t v0, v1;
+        hid_t vs = H5_OK(&cf->io, H5Pget_virtual_vspace(dcpl, i), "%s: virtual mapping %zu", name, i);
+        one_row_block(&cf->io, vs, name, ndim, dims, &v0, &v1);
+        H5Sclose(vs);
+        if (v1 < row0 || v0 >= row0 + n) continue;
         VirtualMap m;
         virtual_map(cf, dcpl, i, name, ndim, dims, &m);
         const hsize_t a = row0 > m.v0 ? row0 : m.v0, b = row0 + n < m.v1 + 1 ? row0 + n : m.v1 + 1;
         H5Io pio = {m.path, CORE_EXIT_USAGE};
-        if (a < b)
-            h5_read_rows(&pio, m.src, name, H5T_NATIVE_FLOAT, ndim, m.src_dims, m.s0 + (a - m.v0), b - a,
-                         buf + (size_t)(a - row0) * row);
+        h5_read_rows(&pio, m.src, name, H5T_NATIVE_FLOAT, ndim, m.src_dims, m.s0 + (a - m.v0), b - a,
+                     buf + (size_t)(a - row0) * row);
         H5Dclose(m.src);
     }
     h5_dcpl_close(dcpl);
