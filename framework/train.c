@@ -379,6 +379,32 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s) {
     fflush(t->metrics);
 }
 
+// Prints cfg.sample_tokens tokens generated from a newline (the same random numbers every time, so
+// the sample before and after training differ only by what the model learned).
+static void trainer_sample(Trainer *t, const char *when) {
+    const MoeConfig *c = &t->cfg;
+    if (c->sample_tokens <= 0) return;
+    if (t->pipe) {
+        core_info0("no sample: sampling needs the whole model in one process (it runs without a pipeline)");
+        return;
+    }
+    if (t->model->ops->dev != CORE_CPU) {
+        core_info0("no sample: sampling reads the model on the host (--device cpu, or `moelab sample`)");
+        return;
+    }
+    RngStream rng = rng_stream(c->seed, SAMPLE_STREAM);
+    int prompt = 0;
+    uint32_t nl[4];
+    // Start from the encoding of a newline when the vocabulary has one, else token 0.
+    if (tok_encode(t->tok, (const uint8_t *)"\n", 1, nl) >= 1) prompt = (int)nl[0];
+    int *out = core_alloc((size_t)(c->sample_tokens + 1) * sizeof(int));
+    sample_generate(t->model, &prompt, 1, c->sample_tokens, c->temperature, c->top_k_sample, &rng, out);
+    core_info0("sample %s (%d tokens, temperature %.2f, top-k %d):", when, c->sample_tokens,
+               c->temperature, c->top_k_sample);
+    if (core_rank() == 0) print_text(t->tok, out + 1, c->sample_tokens);
+    core_free(out);
+}
+
 int trainer_run(Trainer *t) {
     const MoeConfig *c = &t->cfg;
     const size_t n_params = t->pipe ? pipe_param_count(t->pipe) : t->model->reg.total;
@@ -391,6 +417,7 @@ int trainer_run(Trainer *t) {
                c->steps);
     core_info0("unigram entropy of the training tokens: %.4f nats/token (a model that ignores context "
                "scores this)", t->unigram_entropy);
+    if (t->step == 0) trainer_sample(t, "before training");
     float val = trainer_eval(t);
     core_info0("step %5d/%d | val %.4f (before training)", t->step, c->steps, val);
     float val_first = val;
@@ -412,22 +439,6 @@ int trainer_run(Trainer *t) {
                t->unigram_entropy, val < t->unigram_entropy ? "the model uses context" :
                "not yet below the unigram entropy (train longer)");
     if (t->pipe && c->trace[0]) pipe_write_trace(t->pipe, c->trace);
-    if (c->sample_tokens > 0 && t->pipe) {
-        core_info0("no sample: sampling needs the whole model in one process (it runs without a pipeline)");
-    } else if (c->sample_tokens > 0 && t->model->ops->dev != CORE_CPU) {
-        core_info0("no sample: sampling reads the model on the host (--device cpu, or `moelab sample`)");
-    } else if (c->sample_tokens > 0) {
-        RngStream rng = rng_stream(c->seed, SAMPLE_STREAM);
-        int prompt = 0;
-        uint32_t nl[4];
-        // Start from the encoding of a newline when the vocabulary has one, else token 0.
-        if (tok_encode(t->tok, (const uint8_t *)"\n", 1, nl) >= 1) prompt = (int)nl[0];
-        int *out = core_alloc((size_t)(c->sample_tokens + 1) * sizeof(int));
-        sample_generate(t->model, &prompt, 1, c->sample_tokens, c->temperature, c->top_k_sample, &rng, out);
-        core_info0("sample (%d tokens, temperature %.2f, top-k %d):", c->sample_tokens, c->temperature,
-                   c->top_k_sample);
-        if (core_rank() == 0) print_text(t->tok, out + 1, c->sample_tokens);
-        core_free(out);
-    }
+    trainer_sample(t, "after training");
     return 0;
 }

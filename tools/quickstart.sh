@@ -9,4 +9,4 @@ bazel build //tools:moelab
 mkdir -p out
 cp -f "$(bazel info bazel-bin)/tools/moelab" out/moelab
 out/moelab data prepare --input /usr/share/games/fortunes --vocab 2048 --out out/data
-out/moelab train --config configs/quickstart.cfg --data out/data --metrics out/quickstart.jsonl "$@"
+out/moelab train --config configs/quickstart.cfg --data out/data --metrics out/quickstart.jsonl --out out/ckpt "$@"
