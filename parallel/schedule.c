@@ -10,8 +10,7 @@
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
 
-static void set_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(char *err, const char *fmt, ...) {
+void sched_set_err(char *err, const char *fmt, ...) {
     if (!err) return;
     va_list ap;
     va_start(ap, fmt);
@@ -160,11 +159,11 @@ void sched_free(Schedule *s) {
 
 static int check_nc(const char *name, int N, int C, char *err) {
     if (N < 1) {
-        set_err(err, "%s needs at least 1 rank (pp = %d)", name, N);
+        sched_set_err(err, "%s needs at least 1 rank (pp = %d)", name, N);
         return 1;
     }
     if (C < 1) {
-        set_err(err, "%s needs at least 1 micro-batch (chunks = %d)", name, C);
+        sched_set_err(err, "%s needs at least 1 micro-batch (chunks = %d)", name, C);
         return 1;
     }
     return 0;
@@ -244,15 +243,15 @@ static void eight_steps(Builder *b, int H, int h, int M, int near) {
 Schedule *sched_dualpipe(int N, int C, char *err) {
     if (check_nc("dualpipe", N, C, err)) return NULL;
     if (N % 2) {
-        set_err(err, "dualpipe needs an even number of ranks (pp = %d)", N);
+        sched_set_err(err, "dualpipe needs an even number of ranks (pp = %d)", N);
         return NULL;
     }
     if (C % 2) {
-        set_err(err, "dualpipe needs an even number of micro-batches (chunks = %d)", C);
+        sched_set_err(err, "dualpipe needs an even number of micro-batches (chunks = %d)", C);
         return NULL;
     }
     if (C < 2 * N) {
-        set_err(err, "dualpipe needs at least 2N = %d micro-batches (chunks = %d)", 2 * N, C);
+        sched_set_err(err, "dualpipe needs at least 2N = %d micro-batches (chunks = %d)", 2 * N, C);
         return NULL;
     }
     Schedule *s = sched_alloc(SCHED_DUALPIPE, N, C);
@@ -268,7 +267,7 @@ Schedule *sched_dualpipe(int N, int C, char *err) {
 Schedule *sched_dualpipev(int N, int C, char *err) {
     if (check_nc("dualpipev", N, C, err)) return NULL;
     if (C < 2 * N) {
-        set_err(err, "dualpipev needs at least 2N = %d micro-batches (chunks = %d)", 2 * N, C);
+        sched_set_err(err, "dualpipev needs at least 2N = %d micro-batches (chunks = %d)", 2 * N, C);
         return NULL;
     }
     Schedule *s = sched_alloc(SCHED_DUALPIPEV, N, C);
@@ -286,7 +285,7 @@ Schedule *sched_build(SchedKind kind, int N, int C, char *err) {
     case SCHED_DUALPIPE: return sched_dualpipe(N, C, err);
     case SCHED_DUALPIPEV: return sched_dualpipev(N, C, err);
     }
-    set_err(err, "unknown schedule kind %d", (int)kind);
+    sched_set_err(err, "unknown schedule kind %d", (int)kind);
     return NULL;
 }
 
@@ -424,7 +423,7 @@ static int defers_w(const SchedOp *op) {
 static int cell_pos(Play *P, int r, int i, const SchedCell *c, const char *what) {
     int k = sched_path_pos(P->s, r, c->pipe, c->mb);
     if (k < 0) {
-        set_err(P->err, "rank %d op %d: %s of micro-batch %d in pipe %s does not exist in a %s "
+        sched_set_err(P->err, "rank %d op %d: %s of micro-batch %d in pipe %s does not exist in a %s "
                 "schedule with %d ranks and %d micro-batches", r, i, what, c->mb, sched_pipe_name(c->pipe),
                 KIND_NAMES[P->s->kind], P->s->N, P->s->C);
     }
@@ -440,7 +439,7 @@ static int f_ready(Play *P, int r, int i, const SchedCell *c, double *t) {
     int k = cell_pos(P, r, i, c, "forward");
     if (k < 0) return -1;
     if (P->f_done[AT(P, c->mb, k)]) {
-        set_err(P->err, "rank %d op %d: forward of micro-batch %d (pipe %s) runs twice", r, i, c->mb,
+        sched_set_err(P->err, "rank %d op %d: forward of micro-batch %d (pipe %s) runs twice", r, i, c->mb,
                 sched_pipe_name(c->pipe));
         return -1;
     }
@@ -457,7 +456,7 @@ static int b_ready(Play *P, int r, int i, const SchedCell *c, double *t) {
     int k = cell_pos(P, r, i, c, "backward");
     if (k < 0) return -1;
     if (P->b_done[AT(P, c->mb, k)]) {
-        set_err(P->err, "rank %d op %d: backward of micro-batch %d (pipe %s) runs twice", r, i, c->mb,
+        sched_set_err(P->err, "rank %d op %d: backward of micro-batch %d (pipe %s) runs twice", r, i, c->mb,
                 sched_pipe_name(c->pipe));
         return -1;
     }
@@ -496,7 +495,7 @@ int sched_play(const Schedule *s, double *const *dur, double p2p, double **start
                 double t = clock[r], tf = 0, tb = 0;
                 int ok = 1;
                 if (op->kind < SCHED_F || op->kind > SCHED_FB) {
-                    set_err(err, "rank %d op %d: unknown op kind %d", r, i, op->kind);
+                    sched_set_err(err, "rank %d op %d: unknown op kind %d", r, i, op->kind);
                     bad = 1;
                     break;
                 }
@@ -511,7 +510,7 @@ int sched_play(const Schedule *s, double *const *dur, double p2p, double **start
                     ok = ok && st;
                 }
                 if (op->kind == SCHED_FB && op->f.mb == op->b.mb && op->f.pipe == op->b.pipe) {
-                    set_err(err, "rank %d op %d: F&B of micro-batch %d with itself", r, i, op->f.mb);
+                    sched_set_err(err, "rank %d op %d: F&B of micro-batch %d with itself", r, i, op->f.mb);
                     bad = 1;
                     break;
                 }
@@ -519,13 +518,13 @@ int sched_play(const Schedule *s, double *const *dur, double p2p, double **start
                     // The oldest deferred backward of this rank not yet completed by a W.
                     while (qhead[r] < i && !defers_w(&s->ops[r][qhead[r]])) qhead[r]++;
                     if (qhead[r] >= i) {
-                        set_err(err, "rank %d op %d: W with no deferred backward before it", r, i);
+                        sched_set_err(err, "rank %d op %d: W with no deferred backward before it", r, i);
                         bad = 1;
                         break;
                     }
                     const SchedCell *q = &s->ops[r][qhead[r]].b;
                     if (q->mb != op->b.mb || q->pipe != op->b.pipe) {
-                        set_err(err, "rank %d op %d: W names micro-batch %d (pipe %s) but the oldest "
+                        sched_set_err(err, "rank %d op %d: W names micro-batch %d (pipe %s) but the oldest "
                                 "deferred backward is micro-batch %d (pipe %s)", r, i, op->b.mb,
                                 sched_pipe_name(op->b.pipe), q->mb, sched_pipe_name(q->pipe));
                         bad = 1;
@@ -574,7 +573,7 @@ int sched_play(const Schedule *s, double *const *dur, double p2p, double **start
                 n += snprintf(msg + n, sizeof msg - n, " rank %d waits at op %d (%s);", r, pc[r],
                               sched_op_label(&s->ops[r][pc[r]], lab, sizeof lab));
         }
-        if (bad) set_err(err, "%s", msg);
+        if (bad) sched_set_err(err, "%s", msg);
     }
     // Completeness: every position of every path ran F, B and W, and no W is left owed.
     for (int mb = 0; mb < s->C && !bad; mb++) {
@@ -582,7 +581,7 @@ int sched_play(const Schedule *s, double *const *dur, double p2p, double **start
             size_t a = AT(&P, mb, k);
             const char *miss = !P.f_done[a] ? "forward" : !P.b_done[a] ? "backward" : !P.w_done[a] ? "W" : NULL;
             if (miss) {
-                set_err(err, "micro-batch %d never runs its %s at stage %d on rank %d (pipe %s)", mb, miss,
+                sched_set_err(err, "micro-batch %d never runs its %s at stage %d on rank %d (pipe %s)", mb, miss,
                         sched_stage(s, sched_path_rank(s, mb, k), sched_path_pipe(s, mb, k)),
                         sched_path_rank(s, mb, k), sched_pipe_name(sched_path_pipe(s, mb, k)));
                 bad = 1;

@@ -44,6 +44,9 @@ typedef struct {
 } Schedule;
 
 #define SCHED_ERR_LEN 512
+// Writes a message of at most SCHED_ERR_LEN bytes into err (nothing when err is NULL): the one way the
+// schedule, simulator and SVG functions report a problem to their caller.
+void sched_set_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 // Generators: a new schedule, or NULL with a message in err (SCHED_ERR_LEN bytes) for invalid
 // arguments. 1F1B: N ≥ 1, C ≥ 1. DualPipe: N even, C even, C ≥ 2N. DualPipeV: N ≥ 1, C ≥ 2N.

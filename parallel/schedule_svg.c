@@ -7,15 +7,6 @@
 #include <stdarg.h>
 #include <string.h>
 
-static void set_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(char *err, const char *fmt, ...) {
-    if (!err) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, SCHED_ERR_LEN, fmt, ap);
-    va_end(ap);
-}
-
 // Colours by op kind (F, B, W) and pipe (down lighter, up darker).
 static const char *COLOR[3][2] = {
     {"#fcd5a4", "#ef9a3c"},   // F: orange
@@ -70,7 +61,7 @@ int sched_svg_write(const SimTimeline *tl, const char *title, const char *unit, 
 
     FILE *f = fopen(path, "w");
     if (!f) {
-        set_err(err, "cannot write SVG %s", path);
+        sched_set_err(err, "cannot write SVG %s", path);
         return 1;
     }
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
@@ -148,7 +139,7 @@ int sched_svg_write(const SimTimeline *tl, const char *title, const char *unit, 
             "right column: idle time per rank</text>\n", LEFT, ly + 32);
     fputs("</svg>\n", f);
     if (fclose(f) != 0) {
-        set_err(err, "cannot write SVG %s", path);
+        sched_set_err(err, "cannot write SVG %s", path);
         return 1;
     }
     return 0;

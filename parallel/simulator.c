@@ -10,27 +10,18 @@
 
 #include "framework/core/mem.h"
 
-static void set_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(char *err, const char *fmt, ...) {
-    if (!err) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, SCHED_ERR_LEN, fmt, ap);
-    va_end(ap);
-}
-
 int sim_costs_check(const SimCosts *c, char *err) {
     const double v[5] = {c->f, c->b, c->w, c->fb, c->p2p};
     const char *name[5] = {"F", "B", "W", "F&B", "p2p"};
     for (int i = 0; i < 5; i++) {
         if (!isfinite(v[i]) || v[i] < 0) {
-            set_err(err, "cost of %s must be a finite number >= 0 (got %g)", name[i], v[i]);
+            sched_set_err(err, "cost of %s must be a finite number >= 0 (got %g)", name[i], v[i]);
             return 1;
         }
     }
     // B and F&B include a full backward, of which W is a part.
     if (c->w > c->b || c->w > c->fb) {
-        set_err(err, "cost of W (%g) must not exceed B (%g) or F&B (%g): B is the full backward, W its "
+        sched_set_err(err, "cost of W (%g) must not exceed B (%g) or F&B (%g): B is the full backward, W its "
                 "weight-gradient part", c->w, c->b, c->fb);
         return 1;
     }
@@ -141,7 +132,7 @@ typedef struct {
 static int json_fail(Json *J, const char *what) {
     int line = 1;
     for (const char *q = J->base; q < J->p; q++) line += *q == '\n';
-    set_err(J->err, "%s:%d: malformed JSON: %s", J->path, line, what);
+    sched_set_err(J->err, "%s:%d: malformed JSON: %s", J->path, line, what);
     return 1;
 }
 
@@ -280,11 +271,11 @@ static int trace_event(Json *J, const char *key, void *ctx) {
     if (strcmp(e->ph, "X") != 0 || sched_op_parse(e->name, &op) != 0) return 0;
     double rank = e->has_pid ? e->pid : e->tid;
     if (!e->has_ts || !e->has_dur || !(e->has_pid || e->has_tid)) {
-        set_err(J->err, "%s: event \"%s\" lacks ts, dur or pid/tid", J->path, e->name);
+        sched_set_err(J->err, "%s: event \"%s\" lacks ts, dur or pid/tid", J->path, e->name);
         return 1;
     }
     if (rank < 0 || rank > 65535 || rank != floor(rank) || !isfinite(e->ts) || !isfinite(e->dur) || e->dur < 0) {
-        set_err(J->err, "%s: event \"%s\" has rank %g, ts %g or dur %g out of range", J->path, e->name, rank,
+        sched_set_err(J->err, "%s: event \"%s\" has rank %g, ts %g or dur %g out of range", J->path, e->name, rank,
                 e->ts, e->dur);
         return 1;
     }
@@ -319,7 +310,7 @@ static int cmp_event(const void *a, const void *b) {
 SimTimeline *sim_read_trace(const char *path, char *err) {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        set_err(err, "cannot open trace %s", path);
+        sched_set_err(err, "cannot open trace %s", path);
         return NULL;
     }
     fseek(f, 0, SEEK_END);
@@ -339,7 +330,7 @@ SimTimeline *sim_read_trace(const char *path, char *err) {
         if (J.p != J.end) bad = json_fail(&J, "text after the trace");
     }
     if (!bad && T.n == 0) {
-        set_err(err, "%s: no complete (\"ph\": \"X\") events named like schedule ops (F3d, B0u*, W0u, "
+        sched_set_err(err, "%s: no complete (\"ph\": \"X\") events named like schedule ops (F3d, B0u*, W0u, "
                 "FB(4d,1u))", path);
         bad = 1;
     }
@@ -366,7 +357,7 @@ SimTimeline *sim_read_trace(const char *path, char *err) {
 int sim_write_trace(const SimTimeline *tl, const char *path, char *err) {
     FILE *f = fopen(path, "w");
     if (!f) {
-        set_err(err, "cannot write trace %s", path);
+        sched_set_err(err, "cannot write trace %s", path);
         return 1;
     }
     char lab[48];
@@ -382,7 +373,7 @@ int sim_write_trace(const SimTimeline *tl, const char *path, char *err) {
     }
     fputs("\n]}\n", f);
     if (fclose(f) != 0) {
-        set_err(err, "cannot write trace %s", path);
+        sched_set_err(err, "cannot write trace %s", path);
         return 1;
     }
     return 0;

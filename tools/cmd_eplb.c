@@ -28,18 +28,8 @@ static const char USAGE[] =
     "  \"rank_load_max_over_mean_before\", \"rank_load_max_over_mean_after\"}, ...]}\n"
     "(\"before\" is the identity placement, E/G experts per rank; null when G does not divide E).\n";
 
-// Prints one usage-error line (the same form as core_usage_error) and returns exit code 2.
-static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int fail(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fflush(stdout);
-    fputs("moelab: error: eplb: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return CORE_EXIT_USAGE;
-}
+// One usage-error line naming the command; returns exit code 2.
+#define fail(...) core_usage_report("eplb: " __VA_ARGS__)
 
 // A positive int from a flag value, or -1.
 static int parse_positive(const char *s) {

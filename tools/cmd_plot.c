@@ -25,18 +25,8 @@ static const char USAGE[] =
     "  --metrics FILE   JSON Lines written by moelab train (lines need \"step\" and \"expert_load\")\n"
     "  --out FILE       the SVG to write\n";
 
-// Prints one usage-error line (the same form as core_usage_error) and returns exit code 2.
-static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int fail(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fflush(stdout);
-    fputs("moelab: error: plot: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return CORE_EXIT_USAGE;
-}
+// One usage-error line naming the command; returns exit code 2.
+#define fail(...) core_usage_report("plot: " __VA_ARGS__)
 
 // ---------------------------------------------------------------------------------------------
 // A JSON reader (one value per line of the metrics file): numbers, strings, arrays, objects,

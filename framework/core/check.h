@@ -20,6 +20,10 @@ noreturn void core_fatal_at(const char *file, int line, int code, const char *fm
 // Prints "moelab: error: message" (no source location: the message is for the user) and exits 2.
 noreturn void core_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+// Prints the same line as core_usage_error but returns CORE_EXIT_USAGE instead of exiting, for
+// commands that hand their exit code back to main (and to tests that call them).
+int core_usage_report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 // The hook that ends the process; the default is exit(code). The MPI backend swaps in MPI_Abort.
 typedef void (*core_abort_fn)(int code);
 void core_set_abort_hook(core_abort_fn fn);

@@ -62,16 +62,28 @@ void core_fatal_at(const char *file, int line, int code, const char *fmt, ...) {
     exit(code);  // the hook must not return; make sure
 }
 
-void core_usage_error(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
+static void usage_line(const char *fmt, va_list ap) {
     fflush(stdout);
     if (g_world > 1) fprintf(stderr, "moelab: error [rank %d]: ", g_rank);
     else fputs("moelab: error: ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     fflush(stderr);
+}
+
+void core_usage_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    usage_line(fmt, ap);
     va_end(ap);
     g_abort(CORE_EXIT_USAGE);
     exit(CORE_EXIT_USAGE);
+}
+
+int core_usage_report(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    usage_line(fmt, ap);
+    va_end(ap);
+    return CORE_EXIT_USAGE;
 }
