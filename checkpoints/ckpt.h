@@ -23,10 +23,12 @@ extern "C" {
 // [ep_rank·R/ep_size, (ep_rank+1)·R/ep_size), and slot p holds logical expert phy2log[l·R + p]
 // (EPLB's plan; several slots may hold replicas of one expert). Saving writes each logical expert
 // once, from the lowest slot that holds it; loading fills every slot from its expert's logical row.
+// The tensors are those of the Model passed along: a pipeline stage's Model saves and loads only its
+// own layers (moelab train: one part per stage and DP rank, part = stage·DP + dp_rank).
 typedef struct {
-    int part, parts;        // this process's part file and the number of parts (global rank, world)
+    int part, parts;        // this part file and the number of parts (without a pipeline: rank, world)
     int ep_rank, ep_size;   // place among the ranks that share each MoE layer's slots
-    int write_dense;        // 1 on exactly one rank per copy of the non-expert tensors
+    int write_dense;        // 1 on exactly one rank per copy of the non-expert tensors (of each stage)
     int write_experts;      // 1 on exactly one rank per copy of the expert slots (expert-DP rank 0)
     int R;                  // physical slots per MoE layer over the ep_size ranks
     const int *phy2log;     // (L, R) logical expert of each slot (rows of dense layers unused);

@@ -79,6 +79,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g) {
 
     p->n_models = kind == SCHED_1F1B ? 1 : 2;
     p->partner = kind == SCHED_DUALPIPE ? N - 1 - g->pp_rank : -1;
+    p->n_own = p->partner >= 0 ? 1 : p->n_models;
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         const int st = sched_stage(s, g->pp_rank, pipe);
         // Initialization is keyed by parameter identity, so both copies of a DualPipe stage (and
@@ -216,8 +217,7 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
     DpGrad *t = core_alloc((size_t)n_tensors * sizeof *t);
     dp_sync_grads(g, t, grad_list(p, p->n_models, t), DP_SYNC_BUCKET_FLOATS);
     // Each stage counted once: DualPipe's up stages are copies of other ranks' down stages.
-    const int unique = p->partner >= 0 ? 1 : p->n_models;
-    st.grad_norm = (float)sqrt(dp_sync_grad_sqsum(g, t, grad_list(p, unique, t)));
+    st.grad_norm = (float)sqrt(dp_sync_grad_sqsum(g, t, grad_list(p, p->n_own, t)));
     core_free(t);
     dp_sync_mean(g, means, 2);
     st.loss = (float)means[0];
@@ -261,11 +261,20 @@ float pipe_eval_ce(PipeTrainer *p, const int *tokens) {
 }
 
 size_t pipe_param_count(const PipeTrainer *p) {
-    const int unique = p->partner >= 0 ? 1 : p->n_models;
     long total = 0;
-    for (int pipe = 0; pipe < unique; pipe++) total += (long)p->model[pipe]->reg.total;
+    for (int pipe = 0; pipe < p->n_own; pipe++) total += (long)p->model[pipe]->reg.total;
     comm_allreduce(p->grid->pp_comm, &total, 1, COMM_I64, COMM_SUM);
     return (size_t)total;
+}
+
+void pipe_expert_counts(const PipeTrainer *p, long *counts) {
+    const MoeConfig *c = &p->model[0]->cfg;
+    const size_t n = (size_t)c->L * c->E;
+    // Every layer belongs to exactly one owned stage of the pipeline, and is zero in all others.
+    memset(counts, 0, n * sizeof(long));
+    for (int pipe = 0; pipe < p->n_own; pipe++)
+        for (size_t i = 0; i < n; i++) counts[i] += p->model[pipe]->expert_counts[i];
+    comm_allreduce(p->grid->pp_comm, counts, n, COMM_I64, COMM_SUM);
 }
 
 void pipe_write_trace(const PipeTrainer *p, const char *path) {

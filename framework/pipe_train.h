@@ -32,6 +32,8 @@ typedef struct PipeTrainer {
     int S;               // model stages: pp, or 2·pp for DualPipeV
     int *bounds;         // (S + 1) stage s holds layers [bounds[s], bounds[s + 1])
     int n_models;        // 1 (1F1B) or 2 (DualPipe, DualPipeV)
+    int n_own;           // models [0, n_own) hold distinct stages, and over the pipeline every stage
+                         // once: n_models, or 1 under DualPipe (the up stages copy other ranks' down)
     Model *model[2];     // [pipe] the stage held in the down / up pipe (sched_stage), owned
     AdamW opt[2];        // [pipe]
     int partner;         // DualPipe: the pp rank N−1−r holding the other copies of both stages; else -1
@@ -57,6 +59,9 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
 float pipe_eval_ce(PipeTrainer *p, const int *tokens);
 // Parameters held by this rank's pipeline group, each stage counted once.
 size_t pipe_param_count(const PipeTrainer *p);
+// counts (L, E): the last step's tokens routed to each logical expert of the whole model (each stage
+// counts only its own layers), on every rank of the pipeline group. Collective over it.
+void pipe_expert_counts(const PipeTrainer *p, long *counts);
 // Rank 0 writes the last step's op timeline of DP rank 0's pipeline as a Chrome trace (ranks as
 // pids, µs from the first op); collective over the grid. Exits 1 if the file cannot be written.
 void pipe_write_trace(const PipeTrainer *p, const char *path);

@@ -141,18 +141,30 @@ static void join(char *out, size_t n, const char *dir, const char *file) {
 // The Philox stream of the sample drawn at the end of training (saved in checkpoints).
 static const uint32_t SAMPLE_STREAM = 7;
 
-// This process's place in a checkpoint: one part file per rank; the non-expert tensors written by
-// rank 0, each expert row by its first expert-data-parallel replica.
-static CkptShard trainer_shard(const Trainer *t) {
-    CkptShard sh = ckpt_shard_of(t->model);
+// The model this rank trains in pipe `pipe` and its optimizer (o may be NULL): a pipeline stage, or
+// without a pipeline the trainer's own (pipe 0).
+static Model *trainer_model_of(Trainer *t, int pipe, AdamW **o) {
+    if (o) *o = t->pipe ? &t->pipe->opt[pipe] : &t->opt;
+    return t->pipe ? t->pipe->model[pipe] : t->model;
+}
+
+// This process's place in a checkpoint for its model of pipe `pipe`: one part file per model stage
+// and data-parallel rank (part = stage·DP + dp_rank of S·DP, so the parts follow the model's order;
+// S = 1 without a pipeline, where part = rank); the non-expert tensors of each stage written by its
+// DP rank 0, each expert row by its first expert-data-parallel replica.
+static CkptShard trainer_shard(Trainer *t, int pipe) {
+    const Model *m = trainer_model_of(t, pipe, NULL);
+    CkptShard sh = ckpt_shard_of(m);
     // The slots hold the experts of the model's placement (EPLB rewrites it; replicas included).
-    sh.R = t->model->R;
-    sh.phy2log = t->model->phy2log;
-    const Grid *g = t->model->grid;
+    sh.R = m->R;
+    sh.phy2log = m->phy2log;
+    const Grid *g = m->grid;
     if (g) {
-        sh.part = g->rank;
-        sh.parts = g->world;
-        sh.write_dense = g->rank == 0;
+        const int S = t->pipe ? t->pipe->S : 1;
+        const int stage = t->pipe ? sched_stage(t->pipe->sched, g->pp_rank, pipe) : 0;
+        sh.part = stage * g->dp + g->dp_rank;
+        sh.parts = S * g->dp;
+        sh.write_dense = g->dp_rank == 0;
         sh.write_experts = g->edp_rank == 0;
     }
     return sh;
@@ -169,31 +181,50 @@ static void trainer_resume(Trainer *t) {
             eplb_runtime_set_placement(t->model->eplb, e.phy2log + (size_t)t->cfg.n_dense_layers * e.R);
         ckpt_eplb_free(&e);
     }
-    CkptShard sh = trainer_shard(t);
+    // Every held model loads its stage's tensors (both copies of a DualPipe stage: they stay equal).
     CkptState st;
-    ckpt_load(t->cfg.resume, &sh, t->model, &t->opt, &st);
+    for (int pipe = 0; pipe < (t->pipe ? t->pipe->n_models : 1); pipe++) {
+        AdamW *o;
+        Model *m = trainer_model_of(t, pipe, &o);
+        const CkptShard sh = trainer_shard(t, pipe);
+        ckpt_load(t->cfg.resume, &sh, m, o, &st);
+    }
     t->step = (int)st.step;
     loader_set_pos(t->train, st.data);
     core_info0("resumed from %s at step %d", t->cfg.resume, t->step);
 }
 
-// DIR/step_<n>.h5: one file from one process; with several, every rank writes its part and rank 0
-// then commits the index. Keeps the newest cfg.keep checkpoints.
+// DIR/step_<n>.h5: one file from one process holding the whole model; otherwise every rank writes
+// the part of each stage it owns and rank 0 then commits the index. Keeps the newest cfg.keep.
 static void trainer_save(Trainer *t) {
     char path[CONFIG_STR + 32];
     ckpt_step_path(t->cfg.out, t->step, path, sizeof path);
-    const CkptShard sh = trainer_shard(t);
     const CkptState st = {t->step, loader_get_pos(t->train), rng_stream(t->cfg.seed, SAMPLE_STREAM)};
-    const CkptEplb counts = {t->model->R, t->model->eplb ? t->model->phy2log : NULL, t->model->expert_counts};
-    const Grid *g = t->model->grid;
-    if (!g) {
-        ckpt_save(path, &sh, t->model, &t->opt, &st, &counts);
-    } else {
-        ckpt_save_part(path, &sh, t->model, &t->opt);
-        comm_barrier(g->world_comm);
-        if (g->rank == 0) ckpt_save_index(path, g->world, t->model, &t->opt, &st, &counts);
-        comm_barrier(g->world_comm);
+    AdamW *o;
+    Model *m = trainer_model_of(t, 0, &o);
+    // A pipeline stage counts only its own layers' tokens: the whole model's are summed over stages.
+    long *counts = m->expert_counts;  // (L, E)
+    if (t->pipe) {
+        counts = core_alloc((size_t)t->cfg.L * t->cfg.E * sizeof(long));
+        pipe_expert_counts(t->pipe, counts);
     }
+    const CkptEplb e = {m->R, m->eplb ? m->phy2log : NULL, counts};
+    const CkptShard sh = trainer_shard(t, 0);
+    if (sh.parts == 1) {
+        ckpt_save(path, &sh, m, o, &st, &e);
+    } else {
+        // DualPipe's up stages are copies of other ranks' down stages: only the down copy is saved.
+        for (int pipe = 0; pipe < (t->pipe ? t->pipe->n_own : 1); pipe++) {
+            AdamW *po;
+            Model *pm = trainer_model_of(t, pipe, &po);
+            const CkptShard psh = trainer_shard(t, pipe);
+            ckpt_save_part(path, &psh, pm, po);
+        }
+        comm_barrier(m->grid->world_comm);
+        if (m->grid->rank == 0) ckpt_save_index(path, sh.parts, m, o, &st, &e);
+        comm_barrier(m->grid->world_comm);
+    }
+    if (t->pipe) core_free(counts);
     if (core_rank() == 0) ckpt_prune(t->cfg.out, t->cfg.keep);
     core_info0("saved %s", path);
 }
@@ -256,11 +287,6 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         t->metrics = fopen(c->metrics, "w");
         if (!t->metrics) core_usage_error("cannot write --metrics %s: %s", c->metrics, strerror(errno));
     }
-    // Checkpoints are wired to the trainer's own model and optimizer, which the pipeline engine
-    // replaces by its stages (a stage's model is only part of the whole, and t->opt goes unused).
-    if ((c->out[0] || c->resume[0]) && (t->model->l0 != 0 || t->model->l1 != c->L || !t->opt.m))
-        core_usage_error("--out/--resume: checkpoints of pipeline-parallel runs are not supported yet "
-                         "(run with --pp 1 and --schedule 1f1b)");
     if (c->out[0]) ckpt_make_dir(c->out);
     if (c->resume[0]) trainer_resume(t);
     return t;

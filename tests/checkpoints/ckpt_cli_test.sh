@@ -15,7 +15,7 @@ root="$TEST_SRCDIR/moelab"
 moelab="$root/tools/moelab"
 tmp="${TEST_TMPDIR:-/tmp}"
 source "$root/tests/parallel/mpi_env.sh"
-py=/usr/bin/python3
+source "$root/tests/checkpoints/cli_lib.sh"
 
 "$moelab" data prepare --input "$root/tests/checkpoints" --vocab 256 --out "$tmp/data" --val-fraction 0.1 >/dev/null
 args=(--data "$tmp/data" --steps 6 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4
@@ -29,21 +29,8 @@ args=(--data "$tmp/data" --steps 6 --log-every 1 --val-every 0 --val-batches 1 -
     --metrics "$tmp/b.jsonl" >"$tmp/b.log"
 grep -q "resumed from $tmp/a/step_3.h5 at step 3" "$tmp/b.log" || { echo "FAIL: no resume line"; cat "$tmp/b.log"; exit 1; }
 [ "$(ls "$tmp/b")" = "$(printf 'step_5.h5\nstep_6.h5')" ] || { echo "FAIL: --keep 2 left:"; ls "$tmp/b"; exit 1; }
-# Metrics lines without the timing field.
-steps() { sed 's/, "tokens_per_s": [0-9.]*//' "$1" | grep -E "\"step\": [$2]"; }
-diff <(steps "$tmp/a.jsonl" 456) <(steps "$tmp/b.jsonl" 456) || { echo "FAIL: resumed steps differ"; exit 1; }
-"$py" - "$tmp/a/step_6.h5" "$tmp/b/step_6.h5" <<'PY'
-import sys, h5py, numpy as np
-a, b = (h5py.File(p, "r") for p in sys.argv[1:])
-n = 0
-for g in ("model", "optim/m", "optim/v"):
-    assert set(a[g]) == set(b[g]), g
-    for k in a[g]:
-        assert np.array_equal(a[g][k][...], b[g][k][...]), (g, k)  # bit for bit (no NaN here)
-        n += 1
-assert dict(a["state"].attrs) == dict(b["state"].attrs), (dict(a["state"].attrs), dict(b["state"].attrs))
-print("ok: resumed run's final checkpoint equals the uninterrupted one: %d datasets and /state" % n)
-PY
+same_steps "$tmp/a.jsonl" "$tmp/b.jsonl" 456
+same_checkpoints "$tmp/a/step_6.h5" "$tmp/b/step_6.h5"
 echo "ok: resume in one process is bit-identical"
 
 # 3: EP 2 -> one process, one process -> EP 4.
@@ -53,15 +40,7 @@ mpi 2 "$moelab" train "${args[@]}" --grad-accum 1 --ep 2 --out "$tmp/c" --save-e
 "$moelab" train "${args[@]}" --grad-accum 2 --resume "$tmp/c/step_3.h5" --metrics "$tmp/d.jsonl" >"$tmp/d.log"
 mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --batch-size 2 --ep 4 --resume "$tmp/a/step_3.h5" \
     --metrics "$tmp/e.jsonl" >"$tmp/e.log"
-fields() { grep -E "\"step\": [456]" "$1" | grep -o "\"$2\": [-0-9.e]*" | awk '{print $2}'; }
-for run in c d e; do
-    for f in loss ce grad_norm; do
-        paste <(fields "$tmp/a.jsonl" $f) <(fields "$tmp/$run.jsonl" $f) | awk -v run=$run -v f=$f '
-            { d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1
-              if (d > 1e-5 * s + 1e-6) { printf "FAIL: %s step %d %s %s vs %s\n", run, NR + 3, f, $2, $1; bad = 1 } }
-            END { if (NR != 3) { printf "FAIL: %s has %d %s values\n", run, NR, f; bad = 1 }; exit bad }'
-    done
-done
+for run in c d e; do close_steps "$tmp/a.jsonl" "$tmp/$run.jsonl" 456; done
 echo "ok: EP 2 -> 1 process and 1 process -> EP 4 continue the run within 1e-5"
 
 # 4: moelab ckpt.

@@ -194,6 +194,59 @@ TEST(Checkpoint, ReshardOneProcessIntoTwoHalves) {
     free_state(full);
 }
 
+// Pipeline stages: each stage Model holds only its own tensors, so its part holds only those. Saved
+// as stages [0, 2) and [2, 3) under EP 2 (four parts whose tensor sets differ, as `moelab train`
+// numbers them: part = stage·2 + EP rank), the index loads into one process, and into another cut
+// ([0, 1) and [1, 3) under EP 4); a one-process file loads into stages too.
+TEST(Checkpoint, ReshardPipelineStagesIntoAnyCut) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    const int cut[2][3] = {{0, 2, 3}, {0, 1, 3}};  // [layout] stage bounds
+    const std::string dir = temp_dir(), path = dir + "/pp.h5", single = dir + "/one.h5";
+    const CkptState st = some_state();
+    std::vector<State> parts;
+    for (int s = 0; s < 2; s++)
+        for (int r = 0; r < 2; r++) {
+            parts.push_back(make_state(c, r, 2, cut[0][s], cut[0][s + 1]));
+            CkptShard sh = ckpt_shard_of(parts.back().m);
+            sh.part = s * 2 + r;
+            sh.parts = 4;
+            ckpt_save_part(path.c_str(), &sh, parts.back().m, &parts.back().o);
+        }
+    ckpt_save_index(path.c_str(), 4, parts[0].m, &parts[0].o, &st, nullptr);
+
+    State want = make_state(c, 0, 1), got = blank_state(c, 0, 1);
+    CkptShard sh = ckpt_shard_of(got.m);
+    CkptState gs;
+    ckpt_load(path.c_str(), &sh, got.m, &got.o, &gs);
+    expect_same(want, got);
+    EXPECT_EQ(gs.step, st.step);
+    ckpt_save(single.c_str(), &sh, want.m, &want.o, &st, nullptr);
+
+    for (const std::string &from : {path, single})
+        for (int s = 0; s < 2; s++)
+            for (int r = 0; r < 4; r++) {
+                State w = make_state(c, r, 4, cut[1][s], cut[1][s + 1]);
+                State g = blank_state(c, r, 4, cut[1][s], cut[1][s + 1]);
+                CkptShard gsh = ckpt_shard_of(g.m);
+                ckpt_load(from.c_str(), &gsh, g.m, &g.o, nullptr);
+                expect_same(w, g);
+                free_state(w);
+                free_state(g);
+            }
+
+    char *buf = nullptr;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    ckpt_verify(path.c_str(), f);
+    fclose(f);
+    EXPECT_NE(std::string(buf, len).find("sound"), std::string::npos) << buf;
+    free(buf);
+    for (State &p : parts) free_state(p);
+    free_state(want);
+    free_state(got);
+}
+
 // An EPLB placement with replicas: 8 slots over 2 ranks for 4 experts, a different plan per MoE
 // layer. Each "rank" is a one-process model (4 local rows) whose slots hold copies of the experts'
 // logical rows; only the lowest slot of each expert writes it.

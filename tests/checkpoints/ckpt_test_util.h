@@ -1,6 +1,6 @@
-// Helpers shared by the checkpoint tests: a tiny MoE config, temporary directories, a model and
-// optimizer state whose every value depends only on its logical identity (so that models of different
-// expert-parallel layouts hold comparable values), and tensor comparisons.
+// Helpers shared by the checkpoint tests: a tiny MoE config, temporary directories, a model (or
+// pipeline stage) and optimizer state whose every value depends only on its logical identity (so that
+// models of different expert- and pipeline-parallel layouts hold comparable values), and comparisons.
 #ifndef MOELAB_TESTS_CHECKPOINTS_CKPT_TEST_UTIL_H
 #define MOELAB_TESTS_CHECKPOINTS_CKPT_TEST_UTIL_H
 
@@ -67,27 +67,26 @@ inline void fill_logical(const Model *m, float *buf, uint32_t salt) {
     }
 }
 
-// A model of the given EP layout with every value (weights, biases, moments) set by identity.
+// A model of the given EP layout (layers [l0, l1): one pipeline stage; l1 = -1: to the last layer)
+// with every value (weights, biases, moments) set by identity.
 struct State {
     Model *m;
     AdamW o;
 };
 
-inline State make_state(const MoeConfig &c, int ep_rank, int ep_size) {
+inline State blank_state(const MoeConfig &c, int ep_rank, int ep_size, int l0 = 0, int l1 = -1) {
     State s;
-    s.m = model_create(&c, ep_rank, ep_size);
-    fill_logical(s.m, s.m->reg.data, 1);
+    s.m = model_create_stage(&c, ep_rank, ep_size, l0, l1 < 0 ? c.L : l1);
     adamw_init(&s.o, &s.m->reg);
-    fill_logical(s.m, s.o.m, 2);
-    fill_logical(s.m, s.o.v, 3);
-    s.o.t = 7;
     return s;
 }
 
-inline State blank_state(const MoeConfig &c, int ep_rank, int ep_size) {
-    State s;
-    s.m = model_create(&c, ep_rank, ep_size);
-    adamw_init(&s.o, &s.m->reg);
+inline State make_state(const MoeConfig &c, int ep_rank, int ep_size, int l0 = 0, int l1 = -1) {
+    State s = blank_state(c, ep_rank, ep_size, l0, l1);
+    fill_logical(s.m, s.m->reg.data, 1);
+    fill_logical(s.m, s.o.m, 2);
+    fill_logical(s.m, s.o.v, 3);
+    s.o.t = 7;
     return s;
 }
 
