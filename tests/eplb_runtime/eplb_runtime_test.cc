@@ -12,6 +12,8 @@
 #include <cstring>
 #include <vector>
 
+#include "tests/util/layout_util.h"
+
 extern "C" {
 #include "framework/core/log.h"
 #include "framework/core/rng.h"
@@ -251,11 +253,8 @@ TEST(EplbRuntime, ReplicaGradientsAreSummedInOneOrder) {
 // Training with and without rebalancing.
 
 MoeConfig tiny() {
-    MoeConfig c;
-    config_defaults(&c);
-    c.V = 32; c.D = 16; c.L = 3; c.H = 4; c.Hkv = 2; c.T = 8; c.n_dense_layers = 1;
-    c.F = 24; c.E = 8; c.K = 2; c.S = 1; c.Fe = 8; c.batch_size = 2; c.seed = 5;
-    c.balance_alpha = 0.01f; c.bias_rate = 0.01f; c.lr = 2e-3f; c.warmup_steps = 1; c.steps = 6;
+    MoeConfig c = layout_tiny_config(6);
+    c.L = 3; c.E = 8; c.batch_size = 2; c.lr = 2e-3f;
     c.router_skew = 0.3f;  // graded loads (low ids busiest), so that the plans move experts
     // AdamW's first steps move a weight by lr·g/(|g| + ε): with the default ε = 1e-8 a gradient of
     // 1e-8 that reassociation changes by 1e-13 moves its weight visibly (the replicas of an expert add
@@ -263,23 +262,6 @@ MoeConfig tiny() {
     // the runtime, not about ε.
     c.adam_eps = 1e-6f;
     return c;
-}
-
-// The global batch of a step: micro-batches (M, B, T + 1), the same on every rank.
-std::vector<int> global_batch(const MoeConfig &c, int M, int step) {
-    RngStream r = rng_stream(91, 2000 + (uint32_t)step);
-    std::vector<int> t((size_t)M * c.batch_size * (c.T + 1));
-    for (int &x : t) x = (int)(rng_next_u32(&r) % (uint32_t)c.V);
-    return t;
-}
-
-double rel_err(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num = std::fmax(num, std::fabs((double)a[i] - b[i]));
-        den = std::fmax(den, std::fabs((double)b[i]));
-    }
-    return den > 0 ? num / den : num;
 }
 
 // One training run on this rank: an EP layout, with or without EPLB.
@@ -308,7 +290,7 @@ struct TrainRun {
     }
     StepStats step(int s) {
         const int M = g->dp * c.grad_accum;
-        std::vector<int> tok = global_batch(c, M, s);
+        std::vector<int> tok = layout_global_batch(c, M, 91, 2000 + (uint32_t)(s));
         const size_t mb = (size_t)c.batch_size * (c.T + 1);
         return train_step_tokens(m, &o, &c, s, tok.data() + (size_t)g->dp_rank * c.grad_accum * mb);
     }
@@ -362,7 +344,7 @@ void compare_runs(MoeConfig c, int ep, int A, double tol, long *changed) {
         for (int k = 0; k < 3; k++) {
             const char *what[3] = {"weights", "AdamW m", "AdamW v"};
             if (p->kind != PARAM_EXPERT) {
-                EXPECT_LE(rel_err(bufs_b[k] + q->offset, bufs_a[k] + p->offset, p->numel),
+                EXPECT_LE(layout_rel_err(bufs_b[k] + q->offset, bufs_a[k] + p->offset, p->numel),
                           p->kind == PARAM_BUFFER ? 0 : tol)
                     << p->name << " " << what[k] << " ep " << ep;
                 continue;
@@ -372,7 +354,7 @@ void compare_runs(MoeConfig c, int ep, int A, double tol, long *changed) {
             EXPECT_EQ(mismatch, 0u);
             std::vector<float> lb = eplb.logical(i, bufs_b[k], &mismatch);
             EXPECT_EQ(mismatch, 0u) << p->name << " " << what[k] << ": replicas differ, ep " << ep;
-            EXPECT_LE(rel_err(lb.data(), la.data(), la.size()), tol)
+            EXPECT_LE(layout_rel_err(lb.data(), la.data(), la.size()), tol)
                 << p->name << " " << what[k] << " ep " << ep;
         }
     }

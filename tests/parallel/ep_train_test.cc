@@ -8,6 +8,8 @@
 #include <cmath>
 #include <vector>
 
+#include "tests/util/layout_util.h"
+
 extern "C" {
 #include "framework/core/rng.h"
 #include "framework/model.h"
@@ -23,32 +25,7 @@ namespace {
 const int STEPS = 3;
 const double TOL = 1e-5;
 
-MoeConfig tiny() {
-    MoeConfig c;
-    config_defaults(&c);
-    c.V = 32; c.D = 16; c.L = 2; c.H = 4; c.Hkv = 2; c.T = 8; c.n_dense_layers = 1;
-    c.F = 24; c.E = 8; c.K = 2; c.S = 1; c.Fe = 8; c.batch_size = 2; c.seed = 5;
-    c.balance_alpha = 0.01f; c.bias_rate = 0.01f; c.lr = 5e-3f; c.warmup_steps = 1; c.steps = STEPS;
-    return c;
-}
-
-// The global batch of a step: micro-batches (G, B, T + 1), the same on every rank.
-std::vector<int> global_batch(const MoeConfig &c, int G, int step) {
-    RngStream r = rng_stream(77, 1000 + (uint32_t)step);
-    std::vector<int> t((size_t)G * c.batch_size * (c.T + 1));
-    for (int &x : t) x = (int)(rng_next_u32(&r) % (uint32_t)c.V);
-    return t;
-}
-
-// max |a - b| over a tensor, relative to max |b| (elements near zero are judged at the tensor's scale).
-double rel_err(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num = std::fmax(num, std::fabs((double)a[i] - b[i]));
-        den = std::fmax(den, std::fabs((double)b[i]));
-    }
-    return den > 0 ? num / den : num;
-}
+MoeConfig tiny() { return layout_tiny_config(STEPS); }
 
 // Elements of v that are not the same on every rank of c (each must equal its max and min over c).
 size_t replica_mismatches(Comm *c, const std::vector<float> &v) {
@@ -87,7 +64,7 @@ std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A) {
     adamw_init(&o, &m->reg);
 
     for (int s = 0; s < STEPS; s++) {
-        std::vector<int> tok = global_batch(c, G, s);
+        std::vector<int> tok = layout_global_batch(c, G, 77, 1000 + (uint32_t)(s));
         StepStats a = train_step_tokens(ref, &ro, &cr, s, tok.data());
         // Rank (dp_rank) takes micro-batches [dp_rank·A, (dp_rank + 1)·A) of the global batch.
         StepStats b = train_step_tokens(m, &o, &cp, s, tok.data() + (size_t)g->dp_rank * A * mb);
@@ -106,7 +83,7 @@ std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A) {
         if (p->kind == PARAM_BUFFER) {
             for (size_t j = 0; j < p->numel; j++) EXPECT_EQ(a[j], b[j]) << p->name << "[" << j << "] ep " << ep;
         } else {
-            EXPECT_LE(rel_err(a, b, p->numel), TOL) << p->name << " ep " << ep;
+            EXPECT_LE(layout_rel_err(a, b, p->numel), TOL) << p->name << " ep " << ep;
         }
         compared++;
     }

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/util/layout_util.h"
+
 extern "C" {
 #include "framework/core/rng.h"
 #include "framework/model.h"
@@ -30,35 +32,14 @@ const double TOL = 1e-5;
 
 // L = 8 layers so that DualPipeV with 4 ranks (8 stages) and DualPipe with 8 ranks fit.
 MoeConfig tiny() {
-    MoeConfig c;
-    config_defaults(&c);
-    c.V = 32; c.D = 16; c.L = 8; c.H = 4; c.Hkv = 2; c.T = 8; c.n_dense_layers = 1;
-    c.F = 24; c.E = 4; c.K = 2; c.S = 1; c.Fe = 8; c.batch_size = 1; c.seed = 5;
-    c.balance_alpha = 0.01f; c.bias_rate = 0.01f; c.lr = 1e-3f; c.warmup_steps = 1; c.steps = STEPS;
+    MoeConfig c = layout_tiny_config(STEPS);
+    c.L = 8; c.E = 4; c.batch_size = 1; c.lr = 1e-3f;
     // AdamW moves a weight by lr·g/(|g| + eps): a gradient element that cancels down to ~1e-10
     // (1e-5 of its neighbours) carries its terms' reassociation error, at percent level, into
     // the update when eps = 1e-8. eps = 1e-6 keeps such elements from dominating the comparison;
     // every ordinary gradient (1e-6 and up here) is still normalized by Adam.
     c.adam_eps = 1e-6f;
     return c;
-}
-
-// The global batch of a step: micro-batches (G, B, T + 1), the same on every rank.
-std::vector<int> global_batch(const MoeConfig &c, int G, int step) {
-    RngStream r = rng_stream(77, 2000 + (uint32_t)step);
-    std::vector<int> t((size_t)G * c.batch_size * (c.T + 1));
-    for (int &x : t) x = (int)(rng_next_u32(&r) % (uint32_t)c.V);
-    return t;
-}
-
-// max |a - b| over a tensor, relative to max |b|.
-double rel_err(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num = std::fmax(num, std::fabs((double)a[i] - b[i]));
-        den = std::fmax(den, std::fabs((double)b[i]));
-    }
-    return den > 0 ? num / den : num;
 }
 
 // Each held stage's tensors against the reference model's (expert tensors: this rank's slice).
@@ -74,7 +55,7 @@ void compare_weights(const Model *m, const Model *ref, int ep_rank, const std::s
         if (p->kind == PARAM_BUFFER) {
             for (size_t k = 0; k < p->numel; k++) EXPECT_EQ(a[k], b[k]) << p->name << "[" << k << "] " << what;
         } else {
-            EXPECT_LE(rel_err(a, b, p->numel), TOL) << p->name << " " << what;
+            EXPECT_LE(layout_rel_err(a, b, p->numel), TOL) << p->name << " " << what;
         }
         compared++;
     }
@@ -126,7 +107,7 @@ Reference train_reference(const MoeConfig &c, int G, const std::vector<int> &val
         AdamW o;
         adamw_init(&o, &ref.m->reg);
         for (int s = 0; s < STEPS; s++) {
-            StepStats a = train_step_tokens(ref.m, &o, &cr, s, global_batch(c, G, s).data());
+            StepStats a = train_step_tokens(ref.m, &o, &cr, s, layout_global_batch(c, G, 77, 2000 + (uint32_t)(s)).data());
             stats[3 * s] = a.loss;
             stats[3 * s + 1] = a.ce;
             stats[3 * s + 2] = a.grad_norm;
@@ -155,7 +136,7 @@ void compare_with_one_process(const Case &k, const char *trace) {
     const int DP = g->dp, G = DP * k.C;
     const size_t mb = (size_t)c.batch_size * (c.T + 1);
     const std::string what = name_of(k, DP);
-    const std::vector<int> val = global_batch(c, 1, 99);
+    const std::vector<int> val = layout_global_batch(c, 1, 77, 2000 + (uint32_t)(99));
     Reference ref = train_reference(c, G, val);
 
     MoeConfig cp = c;
@@ -165,7 +146,7 @@ void compare_with_one_process(const Case &k, const char *trace) {
     std::snprintf(cp.schedule, sizeof cp.schedule, "%s", k.schedule);
     PipeTrainer *p = pipe_trainer_create(&cp, g);
     for (int s = 0; s < STEPS; s++) {
-        const std::vector<int> tok = global_batch(c, G, s);
+        const std::vector<int> tok = layout_global_batch(c, G, 77, 2000 + (uint32_t)(s));
         const StepStats &a = ref.steps[s];
         // Every rank of a pipeline takes micro-batches [dp_rank·C, (dp_rank + 1)·C).
         StepStats b = pipe_train_step(p, &cp, s, tok.data() + (size_t)g->dp_rank * k.C * mb);
