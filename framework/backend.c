@@ -9,12 +9,14 @@
 #include "layers/ops_cuda.h"
 #endif
 
-const LayerOps *backend_ops(const char *device) {
+const LayerOps *backend_ops(const char *device) { return backend_ops_on(device, 0); }
+
+const LayerOps *backend_ops_on(const char *device, int gpu) {
     if (!strcmp(device, "cpu")) return &layer_ops_cpu;
     const int fp32 = !strcmp(device, "cuda-fp32");
     if (!fp32 && strcmp(device, "cuda") != 0)
         core_usage_error("--device %s: expected cpu, cuda (bf16 compute) or cuda-fp32", device);
-    core_device_select("cuda", 0);  // a CPU build ends here with its usage error
+    core_device_select("cuda", gpu);  // a CPU build ends here with its usage error
 #ifdef MOELAB_CUDA
     return layer_ops_cuda(fp32 ? CORE_F32 : CORE_BF16);
 #else

@@ -14,6 +14,8 @@ extern "C" {
 // The table for `device`, initializing GPU 0 on the first GPU request (one process per GPU). An
 // unknown name, or a GPU in a build without --config=cuda, is a usage error (exit 2).
 const LayerOps *backend_ops(const char *device);
+// The same on GPU `gpu` (one process per GPU: under mpirun, the rank's GPU on its host).
+const LayerOps *backend_ops_on(const char *device, int gpu);
 
 #ifdef __cplusplus
 }

@@ -244,8 +244,12 @@ void model_free(Model *m) {
 void model_to_device(Model *m, const LayerOps *ops) {
     CHECK(m->ops == &layer_ops_cpu, "model_to_device: the model is on %s already", m->ops->name);
     if (ops == m->ops) return;
-    CHECK(!m->grid && !m->eplb && m->ep_size == 1 && m->R == m->cfg.E,
-          "model_to_device: %s runs one process without expert parallelism or EPLB", ops->name);
+    CHECK(!m->eplb && m->R == m->cfg.E, "model_to_device: %s runs without EPLB", ops->name);
+    // An expert-parallel dispatcher cannot be swapped for the device's local one: it must have been
+    // moved to the device already (ep_dispatcher_to_device).
+    CHECK(m->ep_size == 1 || m->disp->ops == ops,
+          "model_to_device: the expert-parallel dispatcher moves rows in %s memory, not %s",
+          m->disp->ops ? m->disp->ops->name : "cpu", ops->name);
     for (int l = 0; l < m->cfg.L; l++)
         CHECK(!m->layer_disp[l], "model_to_device: layer %d has a dispatcher of its own", l);
     ParamRegistry *r = &m->reg;
@@ -263,8 +267,10 @@ void model_to_device(Model *m, const LayerOps *ops) {
         ops->to_act(m->wlow, data, (long)r->total);
     }
     set_views(m);
-    m->disp->destroy(m->disp);
-    m->disp = ops->local_dispatcher(m->cfg.E);
+    if (m->ep_size == 1) {
+        m->disp->destroy(m->disp);
+        m->disp = ops->local_dispatcher(m->cfg.E);
+    }
 }
 
 void model_zero_grad(Model *m) { m->ops->zero(m->reg.grad, m->reg.total * sizeof(float)); }

@@ -101,8 +101,9 @@ Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, 
 // Fills every tensor from its parameter identity (seed, layer, name, expert): identical whatever
 // the layout; a slot gets the numbers of the logical expert it holds, so replicas start identical.
 void model_init_weights(Model *m);
-// Moves an initialized model (one process, no EPLB) onto the backend ops: values and gradients to
-// its memory, a compute copy in ops->dt when that is not fp32, and ops' local dispatcher. From then
+// Moves an initialized model (no EPLB) onto the backend ops: values and gradients to its memory, a
+// compute copy in ops->dt when that is not fp32, and ops' local dispatcher (with expert parallelism
+// the model's dispatcher must be on ops already: ep_dispatcher_to_device). From then
 // on token ids stay host arrays, while h_in, dh_out, the activations and reg.data/reg.grad are
 // memory of ops->dev (read them with ops->download).
 void model_to_device(Model *m, const LayerOps *ops);

@@ -89,6 +89,24 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
     return st;
 }
 
+Model *train_model_create(const MoeConfig *c, Grid *g, const LayerOps *ops) {
+    Model *m = model_create(c, g->ep_rank, g->ep);
+    model_init_weights(m);
+    if (g->world > 1) {
+        m->grid = g;
+        // On GPUs gradients and token rows stay in device memory and travel over NCCL twins of
+        // the grid's groups; counts, losses and norms still travel over the host groups.
+        if (ops->dev != CORE_CPU) grid_to_device(g, ops);
+        if (g->ep > 1) {
+            MoeDispatcher *d = ep_dispatcher_create(g->ep_comm, c->E);
+            if (ops->dev != CORE_CPU) ep_dispatcher_to_device(d, g->ep_dev, ops);
+            model_set_dispatcher(m, d);
+        }
+    }
+    model_to_device(m, ops);
+    return m;
+}
+
 void train_eplb_attach(Model *m, AdamW *o, Comm *ep) {
     const MoeConfig *c = &m->cfg;
     CHECK(m->first && m->last && !m->eplb, "EPLB attaches once, to a whole model");
@@ -244,11 +262,14 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     if (c->eplb_interval > 0 && pipe_trainer_wanted(c))
         core_usage_error("--eplb-interval runs in the trainer without a pipeline: drop --pp, --schedule "
                          "and --trace");
-    const LayerOps *ops = backend_ops(c->device);
-    if (ops->dev != CORE_CPU && (g->world > 1 || pipe_trainer_wanted(c) || c->eplb_interval > 0 ||
-                                 c->out[0] || c->resume[0]))
-        core_usage_error("--device %s trains one process on one GPU: mpirun, --pp/--schedule/--trace, "
-                         "--eplb-interval and --out/--resume run on the CPU only so far", c->device);
+    const int on_gpu = strcmp(c->device, "cpu") != 0;
+    if (on_gpu && (pipe_trainer_wanted(c) || c->eplb_interval > 0 || c->out[0] || c->resume[0]))
+        core_usage_error("--device %s: --pp/--schedule/--trace, --eplb-interval and --out/--resume run on "
+                         "the CPU only so far (on GPUs: one process, or mpirun with --ep and data "
+                         "parallelism, one rank per GPU)", c->device);
+    // One process per GPU: under mpirun each rank takes the GPU of its rank on its host.
+    const LayerOps *ops =
+        backend_ops_on(c->device, on_gpu && g->world > 1 ? grid_local_rank(comm_world()) : 0);
     if (c->data[0] == '\0')
         core_usage_error("no training data: pass --data DIR (a directory made by `moelab data prepare`)");
     struct stat sb;
@@ -269,15 +290,8 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         t->pipe = pipe_trainer_create(c, g);
         t->model = t->pipe->model[SCHED_DOWN];
     } else {
-        t->model = model_create(c, g->ep_rank, g->ep);
-        model_init_weights(t->model);
-        if (g->world > 1) {
-            t->model->grid = g;
-            if (g->ep > 1) model_set_dispatcher(t->model, ep_dispatcher_create(g->ep_comm, c->E));
-        } else {
-            grid_free(g);  // one process: the plain path, no communication
-        }
-        model_to_device(t->model, ops);
+        t->model = train_model_create(c, g, ops);
+        if (!t->model->grid) grid_free(g);  // one process: the plain path, no communication
         adamw_init_on(&t->opt, &t->model->reg, ops, t->model->wlow);
         if (c->eplb_interval > 0)
             train_eplb_attach(t->model, &t->opt, t->model->grid ? t->model->grid->ep_comm : comm_world());

@@ -47,6 +47,13 @@ typedef struct {
 StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, const int *tokens);
 
 struct Comm;
+struct Grid;
+
+// The whole model of this process of grid g, initialized, on backend ops (the optimizer is the
+// caller's). With several processes g becomes the model's grid (m->grid, not owned): the EP
+// dispatcher when g->ep > 1, and on a GPU the grid's NCCL twins (grid_to_device) through which the
+// dispatcher's rows and the gradient sync travel. One process: g is not kept.
+Model *train_model_create(const MoeConfig *c, struct Grid *g, const LayerOps *ops);
 
 // Gives a whole model (after adamw_init of o) EPLB as cfg.eplb_interval/eplb_redundant ask: one
 // expert-parallel dispatcher per MoE layer over ep (the model's EP group: grid->ep_comm, or

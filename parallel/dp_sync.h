@@ -23,7 +23,7 @@ extern "C" {
 
 // One gradient tensor to synchronize (the engine lists its trained parameters).
 typedef struct {
-    float *g;      // (n) the gradient, synchronized in place
+    float *g;      // (n) the gradient, synchronized in place; device memory after grid_to_device
     size_t n;
     int expert;    // 0: replicated over DP (dense); 1: an expert slice, replicated over expert-DP
 } DpGrad;

@@ -2,7 +2,9 @@
 // slot, count rows per (destination rank, local slot), exchange the counts (all-to-all), and order
 // the send rows by destination slot (a stable counting sort, so one process reproduces the local
 // dispatcher's order exactly). Rows arrive ordered by (source rank, slot); one permutation regroups
-// them by (slot, source rank) so each local expert owns one contiguous range.
+// them by (slot, source rank) so each local expert owns one contiguous range. The plan is made on
+// the host (counts travel over the host group); on a GPU the rows stay in device memory: the two
+// index maps go to the device, the permutes are kernels, and the rows travel over the NCCL twin.
 #include "parallel/ep_dispatch.h"
 
 #include <limits.h>
@@ -10,9 +12,14 @@
 
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
+#include "layers/ops.h"
+#ifdef MOELAB_CUDA
+#include "layers/moe_cuda.h"
+#endif
 
 typedef struct {
-    Comm *ep;        // the EP group (not owned)
+    Comm *ep;        // the EP group (not owned): counts, and the rows of a CPU dispatcher
+    Comm *ep_dev;    // its NCCL twin for device rows (not owned; ep_dispatcher_to_device), or NULL
     int E, R;        // logical experts; physical slots over the group (R / ep->size per rank)
     int maxcnt;      // most replicas of one expert
     int *phy2log;    // (R) logical expert of each slot
@@ -23,13 +30,15 @@ typedef struct {
 struct MoeDispatchPlan {
     int N, K;
     int n_send, n_recv;   // rows leaving this rank (N·K) and arriving at its experts
-    int *pair;            // (n_send) send row i carries pair t·K + k; rows ordered by destination slot
+    int *send_pos;        // (N·K) send row of pair t·K + k; rows ordered by destination slot
     size_t *send_rows;    // (P) rows to each EP rank
     size_t *recv_rows;    // (P) rows from each EP rank
     int *recv_to_row;     // (n_recv) arrival position (source, slot, pair order) → expert row
+    int *d_send_pos, *d_recv_to_row;  // device copies of the two maps (GPU dispatchers), or NULL
 };
 
 static EpDispatcher *impl_of(MoeDispatcher *d) { return (EpDispatcher *)d->impl; }
+static const LayerOps *ops_of(const MoeDispatcher *d) { return d->ops ? d->ops : &layer_ops_cpu; }
 
 static MoeDispatchPlan *ep_plan(MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,
                                 int *counts) {
@@ -38,6 +47,14 @@ static MoeDispatchPlan *ep_plan(MoeDispatcher *self, const int *idx, int N, int 
     CHECK(N >= 0 && K >= 1, "ep dispatcher: bad routing shape N = %d, K = %d", N, K);
     const long n = (long)N * K;
     CHECK(n <= INT_MAX, "ep dispatcher: %ld routed rows overflow an int", n);
+    // A GPU's routing comes to the host, where the plan is made.
+    const LayerOps *o = ops_of(self);
+    int *host_idx = NULL;  // (N, K)
+    if (o->dev != CORE_CPU) {
+        host_idx = core_alloc((size_t)(n > 0 ? n : 1) * sizeof(int));
+        o->download(host_idx, idx, (size_t)n * sizeof(int));
+        idx = host_idx;
+    }
 
     // Physical slot of every pair; replicas are taken round-robin per expert, starting at this
     // rank's offset, so that small batches on many ranks still spread over the replicas.
@@ -56,15 +73,16 @@ static MoeDispatchPlan *ep_plan(MoeDispatcher *self, const int *idx, int N, int 
     p->N = N;
     p->K = K;
     p->n_send = (int)n;
-    p->pair = core_alloc((size_t)(n > 0 ? n : 1) * sizeof(int));
+    p->send_pos = core_alloc((size_t)(n > 0 ? n : 1) * sizeof(int));
     // Stable counting sort of the pairs by slot: destination rank, then local slot, then
     // (token, choice) order.
     int *next = core_alloc((size_t)R * sizeof(int));  // (R) next free send row of each slot
     for (int s = 1; s < R; s++) next[s] = next[s - 1] + send_cnt[s - 1];
-    for (long r = 0; r < n; r++) p->pair[next[slot[r]]++] = (int)r;
+    for (long r = 0; r < n; r++) p->send_pos[r] = next[slot[r]]++;
     core_free(next);
     core_free(slot);
     core_free(seen);
+    core_free(host_idx);
 
     int *recv_cnt = core_alloc((size_t)R * sizeof(int));  // (P, Ln) rows from each source per slot
     comm_alltoall(x->ep, send_cnt, recv_cnt, (size_t)Ln, COMM_I32);
@@ -100,60 +118,106 @@ static MoeDispatchPlan *ep_plan(MoeDispatcher *self, const int *idx, int N, int 
     core_free(start);
     core_free(send_cnt);
     core_free(recv_cnt);
+    if (o->dev != CORE_CPU) {
+        p->d_send_pos = o->alloc((size_t)n * sizeof(int));
+        p->d_recv_to_row = o->alloc((size_t)total * sizeof(int));
+        o->upload(p->d_send_pos, p->send_pos, (size_t)n * sizeof(int));
+        o->upload(p->d_recv_to_row, p->recv_to_row, (size_t)total * sizeof(int));
+    }
     *n_rows = p->n_recv;
     return p;
 }
 
-// Moves (rows × D) blocks: counts in rows become counts in floats.
-static void exchange(Comm *ep, const float *send, const size_t *send_rows, float *recv,
+// Rows are D elements of the backend's activation dtype (fp32 on the CPU, fp32 or bf16 on a GPU).
+// The all-to-all moves them as 4-byte words: it only copies, so the words' type does not matter.
+static size_t row_words(const LayerOps *o, int D) {
+    const size_t bytes = (size_t)D * o->act_size;
+    CHECK(bytes % 4 == 0, "ep dispatcher: rows of %d %zu-byte elements are not whole 4-byte words "
+          "(use an even d_model)", D, o->act_size);
+    return bytes / 4;
+}
+
+// Moves (rows × D) blocks over the group the rows live on (the NCCL twin for device rows).
+static void exchange(MoeDispatcher *self, const void *send, const size_t *send_rows, void *recv,
                      const size_t *recv_rows, int D) {
-    const int P = ep->size;
+    EpDispatcher *x = impl_of(self);
+    Comm *c = ops_of(self)->dev != CORE_CPU ? x->ep_dev : x->ep;
+    const size_t w = row_words(ops_of(self), D);
+    const int P = c->size;
     size_t *sc = core_alloc((size_t)2 * P * sizeof(size_t));  // (2, P) send and receive counts
     for (int j = 0; j < P; j++) {
-        sc[j] = send_rows[j] * (size_t)D;
-        sc[P + j] = recv_rows[j] * (size_t)D;
+        sc[j] = send_rows[j] * w;
+        sc[P + j] = recv_rows[j] * w;
     }
-    comm_alltoallv(ep, send, sc, recv, sc + P, COMM_F32);
+    comm_alltoallv(c, send, sc, recv, sc + P, COMM_F32);
     core_free(sc);
 }
 
-static float *rows_alloc(int n, int D) {
-    return core_alloc((size_t)(n > 0 ? n : 1) * (size_t)D * sizeof(float));
+static void *rows_alloc(const LayerOps *o, int n, int D) {
+    return o->alloc((size_t)(n > 0 ? n : 1) * (size_t)D * o->act_size);
+}
+
+// rows[map[i]] ← src[per_choice ? i : i / K] for the N·K entries of map (N, K): a scatter of home
+// rows (or of arrival rows, with K = 1) to their places. dmap is map on the device.
+static void scatter_rows(const LayerOps *o, void *rows, const void *src, int per_choice, const int *map,
+                         const int *dmap, int N, int K, int D) {
+#ifdef MOELAB_CUDA
+    if (o->dev == CORE_CUDA) {
+        moe_cuda_permute(o->dt, rows, src, per_choice, dmap, N, K, D);
+        return;
+    }
+#endif
+    (void)dmap;
+    const size_t bytes = (size_t)D * o->act_size;
+    for (long i = 0; i < (long)N * K; i++)
+        memcpy((char *)rows + (size_t)map[i] * bytes,
+               (const char *)src + (size_t)(per_choice ? i : i / K) * bytes, bytes);
+}
+
+// dst[i] ← rows[map[i]] for the n entries of map: the inverse move of scatter_rows (per choice).
+static void gather_rows(const LayerOps *o, void *dst, const void *rows, const int *map, const int *dmap,
+                        int n, int D) {
+#ifdef MOELAB_CUDA
+    if (o->dev == CORE_CUDA) {
+        moe_cuda_unpermute(o->dt, dst, rows, dmap, n, 1, D);
+        return;
+    }
+#endif
+    (void)dmap;
+    const size_t bytes = (size_t)D * o->act_size;
+    for (long i = 0; i < n; i++)
+        memcpy((char *)dst + (size_t)i * bytes, (const char *)rows + (size_t)map[i] * bytes, bytes);
 }
 
 static void ep_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *src, int per_choice,
                           float *rows, int D) {
-    const size_t bytes = (size_t)D * sizeof(float);
-    float *send = rows_alloc(p->n_send, D);  // (n_send, D) in send order
-    for (int i = 0; i < p->n_send; i++) {
-        const long home = per_choice ? p->pair[i] : p->pair[i] / p->K;
-        memcpy(send + (size_t)i * D, src + home * D, bytes);
-    }
-    float *recv = rows_alloc(p->n_recv, D);  // (n_recv, D) in arrival order
-    exchange(impl_of(self)->ep, send, p->send_rows, recv, p->recv_rows, D);
-    for (int j = 0; j < p->n_recv; j++)
-        memcpy(rows + (size_t)p->recv_to_row[j] * D, recv + (size_t)j * D, bytes);
-    core_free(send);
-    core_free(recv);
+    const LayerOps *o = ops_of(self);
+    void *send = rows_alloc(o, p->n_send, D);  // (n_send, D) in send order
+    scatter_rows(o, send, src, per_choice, p->send_pos, p->d_send_pos, p->N, p->K, D);
+    void *recv = rows_alloc(o, p->n_recv, D);  // (n_recv, D) in arrival order
+    exchange(self, send, p->send_rows, recv, p->recv_rows, D);
+    scatter_rows(o, rows, recv, 1, p->recv_to_row, p->d_recv_to_row, p->n_recv, 1, D);
+    o->free(send);
+    o->free(recv);
 }
 
 static void ep_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *rows, float *dst,
                             int D) {
-    const size_t bytes = (size_t)D * sizeof(float);
-    float *back = rows_alloc(p->n_recv, D);  // (n_recv, D) expert rows in arrival order
-    for (int j = 0; j < p->n_recv; j++)
-        memcpy(back + (size_t)j * D, rows + (size_t)p->recv_to_row[j] * D, bytes);
-    float *home = rows_alloc(p->n_send, D);  // (n_send, D) in send order
-    exchange(impl_of(self)->ep, back, p->recv_rows, home, p->send_rows, D);
-    for (int i = 0; i < p->n_send; i++)
-        memcpy(dst + (size_t)p->pair[i] * D, home + (size_t)i * D, bytes);
-    core_free(back);
-    core_free(home);
+    const LayerOps *o = ops_of(self);
+    void *back = rows_alloc(o, p->n_recv, D);  // (n_recv, D) expert rows in arrival order
+    gather_rows(o, back, rows, p->recv_to_row, p->d_recv_to_row, p->n_recv, D);
+    void *home = rows_alloc(o, p->n_send, D);  // (n_send, D) in send order
+    exchange(self, back, p->recv_rows, home, p->send_rows, D);
+    gather_rows(o, dst, home, p->send_pos, p->d_send_pos, p->n_send, D);
+    o->free(back);
+    o->free(home);
 }
 
 static void ep_release(MoeDispatcher *self, MoeDispatchPlan *p) {
     if (!p) return;
-    core_free(p->pair);
+    ops_of(self)->free(p->d_send_pos);
+    ops_of(self)->free(p->d_recv_to_row);
+    core_free(p->send_pos);
     core_free(p->send_rows);
     core_free(p->recv_rows);
     core_free(p->recv_to_row);
@@ -203,6 +267,17 @@ void ep_dispatcher_set_placement(MoeDispatcher *d, const int *phy2log, int R) {
     for (int s = 0; s < R; s++) x->log2phy[(long)phy2log[s] * maxcnt + fill[phy2log[s]]++] = s;
     core_free(fill);
     d->n_local = R / P;
+}
+
+void ep_dispatcher_to_device(MoeDispatcher *d, Comm *ep_dev, const LayerOps *ops) {
+    CHECK(d->plan == ep_plan, "ep_dispatcher_to_device: not an expert-parallel dispatcher");
+    EpDispatcher *x = impl_of(d);
+    CHECK(ep_dev->size == x->ep->size && ep_dev->rank == x->ep->rank,
+          "ep_dispatcher_to_device: group %s (rank %d of %d) is not the twin of %s (rank %d of %d)",
+          ep_dev->name, ep_dev->rank, ep_dev->size, x->ep->name, x->ep->rank, x->ep->size);
+    CHECK(ops->dev != CORE_CPU, "ep_dispatcher_to_device: %s is not a device backend", ops->name);
+    x->ep_dev = ep_dev;
+    d->ops = ops;
 }
 
 MoeDispatcher *ep_dispatcher_create(Comm *ep, int E) {

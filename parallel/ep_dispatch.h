@@ -26,6 +26,12 @@ MoeDispatcher *ep_dispatcher_create(Comm *ep, int E);
 // per rank. The slots' weights are the caller's business (replicas must hold identical weights).
 void ep_dispatcher_set_placement(MoeDispatcher *d, const int *phy2log, int R);
 
+// Moves the dispatcher's rows to a GPU backend: from the next plan on, routings, rows and their
+// permutes live in ops' memory and the rows travel over ep_dev, the NCCL twin of the dispatcher's
+// group (parallel/comm_nccl.h; not owned). The plan is still made on the host: the routing comes
+// over, the counts travel over the host group, and the two index maps go back to the device.
+void ep_dispatcher_to_device(MoeDispatcher *d, Comm *ep_dev, const struct LayerOps *ops);
+
 #ifdef __cplusplus
 }
 #endif

@@ -5,10 +5,13 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "framework/core/check.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
+#include "parallel/comm_nccl.h"
 
 Grid *grid_create(Comm *world, int pp, int ep, int E) {
     const int W = world->size;
@@ -52,11 +55,36 @@ Grid *grid_create(Comm *world, int pp, int ep, int E) {
 
 void grid_free(Grid *g) {
     if (!g) return;
+    comm_free(g->dp_dev);
+    comm_free(g->ep_dev);
+    comm_free(g->edp_dev);
     comm_free(g->dp_comm);
     comm_free(g->ep_comm);
     comm_free(g->edp_comm);
     comm_free(g->pp_comm);
     core_free(g);
+}
+
+int grid_local_rank(Comm *world) {
+    enum { HOST_MAX = 64 };  // bytes of a host name compared (as 16 int32 words)
+    char name[HOST_MAX];
+    memset(name, 0, sizeof name);
+    CHECK(gethostname(name, sizeof name - 1) == 0, "grid: gethostname failed");
+    char *all = core_alloc((size_t)world->size * HOST_MAX);  // (size, HOST_MAX) every rank's host
+    comm_allgather(world, name, all, HOST_MAX / 4, COMM_I32);
+    int local = 0;
+    for (int r = 0; r < world->rank; r++)
+        local += memcmp(all + (size_t)r * HOST_MAX, name, HOST_MAX) == 0;
+    core_free(all);
+    return local;
+}
+
+void grid_to_device(Grid *g, const struct LayerOps *ops) {
+    CHECK(!g->ops, "grid: the grid is on a device already");
+    g->dp_dev = comm_nccl_create(g->dp_comm, "dp");
+    g->ep_dev = comm_nccl_create(g->ep_comm, "ep");
+    g->edp_dev = comm_nccl_create(g->edp_comm, "edp");
+    g->ops = ops;
 }
 
 void grid_log(const Grid *g, int E) {

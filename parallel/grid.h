@@ -13,6 +13,8 @@
 extern "C" {
 #endif
 
+struct LayerOps;
+
 typedef struct Grid {
     int world, rank;          // processes in the job and this one's rank in it
     int pp, dp, ep, edp;      // sizes: world = pp · dp, dp = ep · edp
@@ -22,12 +24,22 @@ typedef struct Grid {
     Comm *ep_comm;            // this EP group: token dispatch and combine
     Comm *edp_comm;           // same stage and EP rank in every EP group: expert gradients
     Comm *pp_comm;            // the stages of this data-parallel rank: activations, global norm
+    // On GPUs (grid_to_device): NCCL twins of dp, ep and edp for device buffers, and the backend
+    // whose memory the gradients and token rows live in. NULL on the CPU.
+    Comm *dp_dev, *ep_dev, *edp_dev;
+    const struct LayerOps *ops;
 } Grid;
 
 // Checks world % pp, DP % ep and E % ep on every rank before any communication (a usage error,
 // exit 2, naming the rule and the fix), then splits the four communicators (collective over world).
 Grid *grid_create(Comm *world, int pp, int ep, int E);
 void grid_free(Grid *g);
+// The rank of this process among the processes of its host (collective over world): the GPU it
+// uses, one process per GPU.
+int grid_local_rank(Comm *world);
+// Makes the NCCL twins of the dp, ep and edp groups (collective over world; GPU runs, after
+// core_cuda_init) and records ops, the device backend: dp_sync then works on device gradients.
+void grid_to_device(Grid *g, const struct LayerOps *ops);
 // Logs the layout on rank 0: sizes, experts per rank, and the ranks of every EP group.
 void grid_log(const Grid *g, int E);
 

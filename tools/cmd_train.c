@@ -29,7 +29,8 @@ static void train_help(void) {
            "  --schedule S      1f1b | dualpipe (even pp, chunks even >= 2 pp) | dualpipev (chunks >= 2 pp)\n"
            "  --chunks C        micro-batches per step (0: --grad-accum)\n"
            "  --trace FILE      Chrome trace of the last step's pipeline ops (moelab schedule --from-trace)\n"
-           "  --device D        cpu | cuda (bf16 compute, fp32 master weights) | cuda-fp32 (one GPU)\n\n");
+           "  --device D        cpu | cuda (bf16 compute, fp32 master weights) | cuda-fp32; under mpirun\n"
+           "                    one rank per GPU (EP and DP over NCCL)\n\n");
     config_print_help(stdout);
 }
 

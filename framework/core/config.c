@@ -73,7 +73,7 @@ static const KeyInfo KEYS[] = {
     {"eplb_redundant", K_INT, OFF(eplb_redundant), 0, 1 << 16, NULL, "redundant expert slots per layer"},
     {"router_skew", K_FLOAT, OFF(router_skew), -1e3, 1e3, NULL, "test knob: skews router logits"},
     {"comm_timeout", K_FLOAT, OFF(comm_timeout), 0.001, 1e6, NULL, "seconds a collective may wait before the job ends"},
-    {"device", K_STR, OFF(device), 0, 0, "cpu|cuda", "compute device"},
+    {"device", K_STR, OFF(device), 0, 0, "cpu|cuda|cuda-fp32", "compute device"},
     {"data", K_STR, OFF(data), 0, 0, NULL, "token shard or prepared data directory"},
     {"metrics", K_STR, OFF(metrics), 0, 0, NULL, "JSON Lines metrics file"},
     {"out", K_STR, OFF(out), 0, 0, NULL, "checkpoint directory"},
