@@ -1,11 +1,11 @@
 #!/bin/bash
-# Builds the GPU test binaries (kernels, whole model), the kernel benchmark and moelab with
-# --config=cuda on this machine (nvcc needed, no GPU) and copies them into .dist/ (git-ignored), ready
-# to carry to the GPU machine, which has no Bazel; tools/gpu_run.sh runs them there. Where the
-# fortunes corpus is installed it also prepares the quickstart data (.dist/data/quickstart, 2 MB) for
-# gpu_run.sh's `moelab train --device cuda` stage. The GPU machine has CUDA, OpenBLAS, OpenMPI and HDF5
-# (ARCHITECTURE.md §9); for one that lacks some, --with-libs also copies the libraries the binaries
-# name directly (not CUDA's) into .dist/lib, which gpu_run.sh uses only for what is missing there.
+# Builds the GPU test binaries (kernels, whole model, NCCL and EP under mpirun), the kernel and EP
+# benchmarks and moelab with --config=cuda on this machine (nvcc needed, no GPU) and copies them
+# into .dist/ (git-ignored), ready to carry to the GPU machine, which has no Bazel; tools/gpu_run.sh
+# runs them there. Where the fortunes corpus is installed it also prepares the quickstart data
+# (.dist/data/quickstart, 2 MB) for gpu_run.sh's training stages. The GPU machine has CUDA,
+# OpenBLAS, OpenMPI and HDF5 (ARCHITECTURE.md §9); for one that lacks some, --with-libs also copies
+# the libraries the binaries name directly (not CUDA's) into .dist/lib, which gpu_run.sh uses only for what is missing there.
 # Mind the 64 MiB a device call may carry: OpenBLAS alone is about 35 MB.
 #   usage: tools/gpu_build.sh [--output_base DIR] [--with-libs]   (DIR: a private output base)
 set -euo pipefail
@@ -21,13 +21,13 @@ while [ $# -gt 0 ]; do
 done
 
 "${bazel[@]}" build --config=cuda //tests/gpu:gpu_test //tests/gpu:model_gpu_test //tests/gpu:kernel_bench \
-    //tools:moelab
+    //tests/gpu:nccl_test //tests/gpu:ep_bench //tools:moelab
 bin=$("${bazel[@]}" info --config=cuda bazel-bin)
 
 rm -rf .dist
 mkdir -p .dist/bin .dist/lib
-cp "$bin/tests/gpu/gpu_test" "$bin/tests/gpu/model_gpu_test" "$bin/tests/gpu/kernel_bench" "$bin/tools/moelab" \
-    .dist/bin/
+cp "$bin/tests/gpu/gpu_test" "$bin/tests/gpu/model_gpu_test" "$bin/tests/gpu/kernel_bench" \
+    "$bin/tests/gpu/nccl_test" "$bin/tests/gpu/ep_bench" "$bin/tools/moelab" .dist/bin/
 chmod u+w .dist/bin/*
 corpus=/usr/share/games/fortunes
 if [ -d "$corpus" ]; then

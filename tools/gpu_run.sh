@@ -7,15 +7,24 @@
 #              default 600), and the same run on the CPU alongside when QS_CPU=1
 #   bench      `moelab bench --device cuda --config configs/bench.cfg`
 #   torch      tools/bench_torch.py, the PyTorch baseline of the same model (eager, torch.compile)
+#   nccl       on NP GPUs (default 2) under mpirun: nccl_test (NCCL communicators, EP/DP training in
+#              fp32 against one GPU), an unmatched NCCL all-reduce ending the job at its timeout,
+#              and `moelab train --device cuda-fp32` with EP NP and DP NP against one GPU
+#   ep_bench   on NP GPUs: EP dispatch + combine bandwidth (ep_bench a2a) against PyTorch's NCCL
+#              all_to_all_single moving the same bytes (tools/bench_a2a.py), and training tokens/s
+#              of configs/bench.cfg with EP 1 on one GPU, EP NP and DP NP (ep_bench train)
 # Logs go to $OUT (the device tool's result folder), or to ./out when OUT is unset.
 #   usage: [STAGES="tests train ..."] bash tools/gpu_run.sh [gtest filter]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export NCCL_NVLS_ENABLE=0 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+# NVLink multicast stays off everywhere (NCCL, PyTorch, NVSHMEM): see the device tool's KINDS.md.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 log=${OUT:-out}
 mkdir -p "$log"
 filter=${1:-*}
-stages=" ${STAGES:-tests sanitizer kernels train bench torch} "
+stages=" ${STAGES:-tests sanitizer kernels train bench torch nccl ep_bench} "
+np=${NP:-2}  # GPUs of the nccl and ep_bench stages
 want() { [[ "$stages" == *" $1 "* ]]; }
 if [ ! -x .dist/bin/gpu_test ]; then
     echo "gpu_run: .dist/bin/gpu_test missing: run tools/gpu_build.sh first (on the build machine)"
@@ -38,6 +47,15 @@ fi
 
 rc=0
 fail() { echo "gpu_run: $1 FAILED"; rc=1; }
+# mpirun with the variables every rank needs, bounded in time: mpi NP PROGRAM [ARGS...]
+mpi() {
+    local n=$1
+    shift
+    timeout "${MPI_TIMEOUT:-300}" mpirun --allow-run-as-root --oversubscribe \
+        --mca btl_vader_single_copy_mechanism none -x NCCL_NVLS_ENABLE \
+        -x TORCH_SYMM_MEM_DISABLE_MULTICAST -x NVSHMEM_DISABLE_NVLS -x OMP_NUM_THREADS -x LD_LIBRARY_PATH \
+        -np "$n" "$@"
+}
 qs_steps=${QS_STEPS:-600}
 qs=(--config configs/quickstart.cfg --data .dist/data/quickstart --steps "$qs_steps" --sample-tokens 0)
 if want train && [ "${QS_CPU:-0}" = 1 ] && [ -d .dist/data/quickstart ]; then
@@ -99,6 +117,63 @@ if want torch; then
     timeout "${TORCH_TIMEOUT:-400}" python3 tools/bench_torch.py --config configs/bench.cfg 2>&1 |
         tee "$log/bench_torch.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail "bench_torch.py"
+fi
+
+if want nccl; then
+    echo "== nccl_test on $np GPUs"
+    mpi "$np" .dist/bin/nccl_test --gtest_filter="$filter" 2>&1 | tee "$log/nccl_test.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || fail nccl_test
+    echo "== an unmatched NCCL all-reduce ends the job at its 3 s timeout"
+    start=$(date +%s)
+    MPI_TIMEOUT=90 mpi "$np" .dist/bin/nccl_test --gtest_also_run_disabled_tests --gtest_filter='*TimesOut' \
+        > "$log/nccl_timeout.log" 2>&1
+    s=$?
+    took=$(($(date +%s) - start))
+    grep "timed out" "$log/nccl_timeout.log"
+    if [ "$s" != 0 ] && [ "$s" != 124 ] && [ "$took" -lt 60 ] &&
+        grep -q "all-reduce on group world timed out after 3s" "$log/nccl_timeout.log"; then
+        echo "ok: the job exited $s after ${took}s with the timeout message"
+    else
+        fail "NCCL timeout (exit $s after ${took}s, see nccl_timeout.log)"
+    fi
+    if [ -d .dist/data/quickstart ]; then
+        echo "== moelab train --device cuda-fp32: EP $np and DP $np against one GPU (same global batch)"
+        a=(train --config configs/quickstart.cfg --data .dist/data/quickstart --steps 3 --log-every 1
+           --val-every 0 --val-batches 1 --sample-tokens 0 --batch-size 4 --device cuda-fp32)
+        .dist/bin/moelab "${a[@]}" --grad-accum "$np" --metrics "$log/cli_one.jsonl" > "$log/cli_one.log" 2>&1 ||
+            fail "moelab train on one GPU"
+        mpi "$np" .dist/bin/moelab "${a[@]}" --ep "$np" --metrics "$log/cli_ep.jsonl" > "$log/cli_ep.log" 2>&1 ||
+            fail "moelab train --ep $np"
+        mpi "$np" .dist/bin/moelab "${a[@]}" --ep 1 --metrics "$log/cli_dp.jsonl" > "$log/cli_dp.log" 2>&1 ||
+            fail "moelab train, DP $np"
+        grep "grid:" "$log/cli_ep.log"
+        fields() { grep -o "\"$2\": [-0-9.e]*" "$1" | awk '{print $2}'; }
+        for run in ep dp; do
+            for f in loss grad_norm; do
+                paste <(fields "$log/cli_one.jsonl" $f) <(fields "$log/cli_$run.jsonl" $f) | awk -v run=$run -v f=$f '
+                    { d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1
+                      printf "%s step %d %s: %s vs one GPU %s\n", run, NR, f, $2, $1
+                      if (d > 1e-5 * s + 1e-6) bad = 1 }
+                    END { exit bad || NR != 3 }' || fail "moelab train $run $f differs from one GPU"
+            done
+        done
+    fi
+fi
+
+if want ep_bench; then
+    echo "== EP dispatch + combine on $np GPUs, and PyTorch's all_to_all_single moving the same bytes"
+    mpi "$np" .dist/bin/ep_bench a2a 2>&1 | tee "$log/ep_bench_a2a.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench a2a"
+    timeout "${TORCH_TIMEOUT:-400}" python3 -m torch.distributed.run --standalone --nproc_per_node="$np" \
+        tools/bench_a2a.py 2>&1 | grep -v "^W\|OMP_NUM_THREADS\|^\*" | tee -a "$log/ep_bench_a2a.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || fail "bench_a2a.py"
+    echo "== training tokens/s, configs/bench.cfg at its per-GPU batch: EP $np, EP 1 on one GPU, DP $np"
+    mpi "$np" .dist/bin/ep_bench train --config configs/bench.cfg --ep "$np" 2>&1 | tee "$log/ep_bench_train.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train --ep $np"
+    .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 2>&1 | tee -a "$log/ep_bench_train.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train on one GPU"
+    mpi "$np" .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 2>&1 | tee -a "$log/ep_bench_train.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train, DP $np"
 fi
 
 if [ -n "${cpu_pid:-}" ]; then
