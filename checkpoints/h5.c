@@ -46,7 +46,7 @@ void h5_dcpl_close(hid_t dcpl) {
     H5Pclose(dcpl);
 }
 
-static noreturn void fail(const H5Io *io, const char *file, int line, const char *what,
+static CORE_NORETURN void fail(const H5Io *io, const char *file, int line, const char *what,
                           const char *detail) {
     while (n_held > 0) H5Pclose(held[--n_held]);
     if (io->code == CORE_EXIT_USAGE)

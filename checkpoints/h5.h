@@ -6,7 +6,8 @@
 
 #include <hdf5.h>
 #include <stdint.h>
-#include <stdnoreturn.h>
+
+#include "framework/core/check.h"
 
 // The file a sequence of calls concerns, and how a failure ends: CORE_EXIT_USAGE (2) while reading
 // (the file is bad input), CORE_EXIT_FAILURE (1) while writing (the system failed us).
@@ -25,7 +26,7 @@ int64_t h5_ok_at(int64_t r, const H5Io *io, const char *file, int line, const ch
 #define H5_OK(io, call, ...) h5_ok_at((int64_t)(call), (io), __FILE__, __LINE__, __VA_ARGS__)
 
 // Our own findings about a file (wrong shape, missing object, ...), reported like H5_OK's.
-noreturn void h5_fail_at(const H5Io *io, const char *file, int line, const char *fmt, ...)
+CORE_NORETURN void h5_fail_at(const H5Io *io, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 #define H5_FAIL(io, ...) h5_fail_at((io), __FILE__, __LINE__, __VA_ARGS__)
 

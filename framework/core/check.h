@@ -4,7 +4,14 @@
 #ifndef MOELAB_CORE_CHECK_H
 #define MOELAB_CORE_CHECK_H
 
+// C11 spells "does not return" `noreturn` (stdnoreturn.h); C++ (nvcc, the GoogleTest suites) spells
+// it [[noreturn]]. One macro for both.
+#ifdef __cplusplus
+#define CORE_NORETURN [[noreturn]]
+#else
 #include <stdnoreturn.h>
+#define CORE_NORETURN noreturn
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -14,11 +21,11 @@ extern "C" {
 enum { CORE_EXIT_FAILURE = 1, CORE_EXIT_USAGE = 2 };
 
 // Prints "moelab: error [rank r] file:line: message" and exits with `code` through the abort hook.
-noreturn void core_fatal_at(const char *file, int line, int code, const char *fmt, ...)
+CORE_NORETURN void core_fatal_at(const char *file, int line, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 // Prints "moelab: error: message" (no source location: the message is for the user) and exits 2.
-noreturn void core_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+CORE_NORETURN void core_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 // Prints the same line as core_usage_error but returns CORE_EXIT_USAGE instead of exiting, for
 // commands that hand their exit code back to main (and to tests that call them).

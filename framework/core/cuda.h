@@ -9,15 +9,7 @@
 
 #include "framework/core/mem.h"
 
-// check.h spells C11's `noreturn`, which C++ (nvcc, the GoogleTest suites) lacks: lend it the C++
-// attribute while check.h is read.
-#if defined(__cplusplus) && !defined(MOELAB_CORE_CHECK_H)
-#define noreturn [[noreturn]]
 #include "framework/core/check.h"
-#undef noreturn
-#else
-#include "framework/core/check.h"
-#endif
 
 #ifdef __cplusplus
 extern "C" {
