@@ -1,6 +1,6 @@
 #!/bin/bash
-# `moelab train --out/--save-every/--keep/--resume` and `moelab ckpt` end to end, on a byte-level
-# corpus made of this package's sources:
+# `moelab train --out/--save-every/--keep/--resume` and `moelab ckpt` end to end, on the byte-level
+# fixed generated corpus (tests/util/cli_lib.sh):
 #  1. one process trains 6 steps, saving at steps 3 and 6;
 #  2. resuming at step 3 in one process gives steps 4-6 identical to the uninterrupted run (logged
 #     losses, and every tensor, moment and state field of the final checkpoints bit for bit), and
@@ -15,9 +15,9 @@ root="$TEST_SRCDIR/moelab"
 moelab="$root/tools/moelab"
 tmp="${TEST_TMPDIR:-/tmp}"
 source "$root/tests/parallel/mpi_env.sh"
-source "$root/tests/checkpoints/cli_lib.sh"
+source "$root/tests/util/cli_lib.sh"
 
-"$moelab" data prepare --input "$root/tests/checkpoints" --vocab 256 --out "$tmp/data" --val-fraction 0.1 >/dev/null
+prepare_corpus "$tmp/data"
 args=(--data "$tmp/data" --steps 6 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4
       --seq-len 16 --d-model 32 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64 --warmup-steps 1
       --lr 0.01 --bias-rate 0.01 --balance-alpha 0.01)

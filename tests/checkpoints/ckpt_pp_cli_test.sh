@@ -1,7 +1,7 @@
 #!/bin/bash
 # Checkpoints of pipeline-parallel runs through `moelab train` (issue 7's resharding test), on a tiny
-# 3-layer model (dense layer 0, MoE layers 1 and 2) and a byte-level corpus of this package's
-# sources. Every run takes the same 16 sequences per step (DP × micro-batches × batch), so all of
+# 3-layer model (dense layer 0, MoE layers 1 and 2) and the fixed generated corpus of
+# tests/util/cli_lib.sh. Every run takes the same 16 sequences per step (DP × micro-batches × batch), so all of
 # them continue the same run:
 #  1. EP 2 × PP 2 with 1F1B (4 ranks) trains 6 steps and saves at steps 3 and 6 (4 parts + index);
 #  2. resuming its step 3 (a) under EP 4 without a pipeline and (b) in one process gives steps 4-6
@@ -18,9 +18,9 @@ root="$TEST_SRCDIR/moelab"
 moelab="$root/tools/moelab"
 tmp="${TEST_TMPDIR:-/tmp}"
 source "$root/tests/parallel/mpi_env.sh"
-source "$root/tests/checkpoints/cli_lib.sh"
+source "$root/tests/util/cli_lib.sh"
 
-"$moelab" data prepare --input "$root/tests/checkpoints" --vocab 256 --out "$tmp/data" --val-fraction 0.1 >/dev/null
+prepare_corpus "$tmp/data"
 args=(--data "$tmp/data" --steps 6 --log-every 1 --val-every 0 --val-batches 1 --seq-len 16
       --d-model 32 --n-layers 3 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64 --warmup-steps 1
       --lr 0.01 --bias-rate 0.01 --balance-alpha 0.01)

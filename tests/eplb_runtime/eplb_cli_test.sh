@@ -6,13 +6,12 @@
 # `moelab plot` draws them. A checkpoint saved after a rebalance resumes bit-identically (with its
 # placement) in one process and under EP 2. Bad EPLB settings end every rank with exit 2 before any step.
 set -euo pipefail
-here="$TEST_SRCDIR/moelab/tests/eplb_runtime"
 moelab="$TEST_SRCDIR/moelab/tools/moelab"
 tmp="${TEST_TMPDIR:-/tmp}"
 source "$TEST_SRCDIR/moelab/tests/parallel/mpi_env.sh"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"
 
-# A small byte-level corpus: this package's own sources.
-"$moelab" data prepare --input "$here" --vocab 256 --out "$tmp/data" --val-fraction 0.1 >/dev/null
+prepare_corpus "$tmp/data"
 args=(--data "$tmp/data" --steps 6 --log-every 5 --val-every 0 --val-batches 1 --batch-size 4
       --seq-len 16 --d-model 32 --n-layers 3 --n-dense-layers 1 --n-experts 8 --top-k 2 --d-expert 16
       --d-ff 64 --warmup-steps 1 --lr 0.003 --adam-eps 1e-6 --bias-rate 0.01 --balance-alpha 0.01
@@ -29,21 +28,11 @@ mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 4 "${eplb[@]}" --eplb-red
 
 # Field values of every metrics line: "name": value.
 fields() { grep -o "\"$2\": [-0-9.e]*" "$1" | awk '{print $2}'; }
-# close A B RUN: the loss, ce and gradient norm of steps 5 and 6 in metrics B match A's within 1e-5.
-close() {
-    for f in loss ce grad_norm; do
-        paste <(grep '"step": [56],' "$1" | fields /dev/stdin $f) <(grep '"step": [56],' "$2" | fields /dev/stdin $f) |
-            awk -v run="$3" -v f=$f '
-            { d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1
-              if (d > 1e-5 * s + 1e-6) { printf "FAIL: %s line %d %s %s vs one process without EPLB %s\n", run, NR, f, $2, $1; bad = 1 } }
-            END { if (NR != 2) { printf "FAIL: %s has %d comparable %s values\n", run, NR, f; bad = 1 }; exit bad }'
-    done
-}
 for run in ep1 ep2 ep4; do
     # Logged: steps 2, 4, 5 and 6 (every 5th step, the last, and every step that rebalanced).
     [ "$(fields "$tmp/$run.jsonl" step | tr '\n' ' ')" = "2 4 5 6 " ] ||
         { echo "FAIL: $run logged steps $(fields "$tmp/$run.jsonl" step | tr '\n' ' ')"; exit 1; }
-    close "$tmp/one.jsonl" "$tmp/$run.jsonl" $run
+    close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 56
     for s in 2 4 6; do
         grep -q "eplb: step $s: rebalanced | rank load max/mean before->after per MoE layer: [0-9.]*->[0-9.]* [0-9.]*->[0-9.]* |" \
             "$tmp/$run.log" || { echo "FAIL: $run does not log the rebalance after step $s:"; cat "$tmp/$run.log"; exit 1; }
@@ -77,7 +66,7 @@ PY
 echo "ok: resume after a rebalance is bit-identical (one process, EP 2)"
 # The checkpoint is logical: one process without EPLB goes on from the EP 2 run's replicated slots.
 "$moelab" train "${args[@]}" --grad-accum 4 --resume "$tmp/ck2/step_4.h5" --metrics "$tmp/r0.jsonl" >"$tmp/r0.log"
-close "$tmp/one.jsonl" "$tmp/r0.jsonl" "EP 2 checkpoint resumed without EPLB"
+close_steps "$tmp/one.jsonl" "$tmp/r0.jsonl" 56
 echo "ok: a checkpoint of replicated slots resumes in one process without EPLB"
 
 # The plain run's metrics carry expert loads but no EPLB figures.

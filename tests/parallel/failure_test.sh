@@ -42,7 +42,8 @@ expect grid_e_ep 2 'moelab: error \[rank [0-9]\]: grid: 6 experts cannot be spli
     4 "$driver" grid 1 4 6
 expect grid_pp 2 'grid: 4 processes cannot form 3 pipeline stages' 60 4 "$driver" grid 3 1 6
 
-"$moelab" data prepare --input "$root/tests/parallel" --vocab 256 --out "$tmp/data" >/dev/null
+source "$root/tests/util/cli_lib.sh"
+prepare_corpus "$tmp/data"
 args=(--data "$tmp/data" --batch-size 2 --seq-len 16 --d-model 32 --d-expert 16 --d-ff 64 --val-every 0
       --val-batches 1 --log-every 1)
 expect train_e_ep 2 'moelab: error \[rank [0-9]\]: config: n_experts \(6\) must be divisible by ep \(4\)' 60 \

@@ -8,9 +8,9 @@ here="$TEST_SRCDIR/moelab/tests/parallel"
 moelab="$TEST_SRCDIR/moelab/tools/moelab"
 tmp="${TEST_TMPDIR:-/tmp}"
 source "$here/mpi_env.sh"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"
 
-# A small byte-level corpus: this package's own sources.
-"$moelab" data prepare --input "$here" --vocab 256 --out "$tmp/data" --val-fraction 0.1 >/dev/null
+prepare_corpus "$tmp/data"
 args=(--data "$tmp/data" --steps 3 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4
       --seq-len 16 --d-model 32 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64 --warmup-steps 1
       --lr 0.01 --bias-rate 0.01 --balance-alpha 0.01)
@@ -24,14 +24,7 @@ grep -q "grid: world 4 = pp 1 x dp 4, dp = ep 2 x edp 2 | 4 of 8 experts per ran
     { echo "FAIL: the grid is not in the log:"; cat "$tmp/dp4ep2.log"; exit 1; }
 [ "$(grep -c '"step"' "$tmp/one.jsonl")" = 3 ] || { echo "FAIL: expected 3 metrics lines"; exit 1; }
 
-# Field values of every metrics line: "name": value.
-fields() { grep -o "\"$2\": [-0-9.e]*" "$1" | awk '{print $2}'; }
 for run in ep2 dp4ep2 ep4; do
-    for f in loss ce grad_norm; do
-        paste <(fields "$tmp/one.jsonl" $f) <(fields "$tmp/$run.jsonl" $f) | awk -v run=$run -v f=$f '
-            { d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1
-              if (d > 1e-5 * s + 1e-6) { printf "FAIL: %s step %d %s %s vs one process %s\n", run, NR, f, $2, $1; bad = 1 } }
-            END { if (NR != 3) { printf "FAIL: %s has %d %s values\n", run, NR, f; bad = 1 }; exit bad }'
-    done
+    close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 123
     echo "ok: $run matches the one-process run"
 done

@@ -4,13 +4,12 @@
 # losses and gradient norms of every step agree within 1e-5 relative. The DualPipe run's --trace
 # must draw with `moelab schedule --from-trace`, and bad pipeline arguments end with one message.
 set -euo pipefail
-here="$TEST_SRCDIR/moelab/tests/pipeline"
 moelab="$TEST_SRCDIR/moelab/tools/moelab"
 tmp="${TEST_TMPDIR:-/tmp}"
 source "$TEST_SRCDIR/moelab/tests/parallel/mpi_env.sh"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"
 
-# A small byte-level corpus: this package's own sources.
-"$moelab" data prepare --input "$here" --vocab 256 --out "$tmp/data" --val-fraction 0.1 >/dev/null
+prepare_corpus "$tmp/data"
 args=(--data "$tmp/data" --steps 3 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4
       --seq-len 16 --d-model 32 --n-layers 4 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64
       --warmup-steps 1 --lr 0.01 --bias-rate 0.01 --balance-alpha 0.01)
@@ -24,15 +23,8 @@ mpi 2 "$moelab" train "${args[@]}" --pp 2 --schedule dualpipev --chunks 4 \
 grep -q "pipeline: dualpipe, 2 ranks, 4 micro-batches per step | layers per stage: \[0,2) \[2,4)" \
     "$tmp/dualpipe.log" || { echo "FAIL: the partition is not in the log:"; cat "$tmp/dualpipe.log"; exit 1; }
 
-# Field values of every metrics line: "name": value.
-fields() { grep -o "\"$2\": [-0-9.e]*" "$1" | awk '{print $2}'; }
 for run in dualpipe dualpipev; do
-    for f in loss ce grad_norm; do
-        paste <(fields "$tmp/one.jsonl" $f) <(fields "$tmp/$run.jsonl" $f) | awk -v run=$run -v f=$f '
-            { d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1
-              if (d > 1e-5 * s + 1e-6) { printf "FAIL: %s step %d %s %s vs one process %s\n", run, NR, f, $2, $1; bad = 1 } }
-            END { if (NR != 3) { printf "FAIL: %s has %d %s values\n", run, NR, f; bad = 1 }; exit bad }'
-    done
+    close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 123
     echo "ok: $run matches the one-process run"
 done
 

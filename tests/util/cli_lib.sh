@@ -1,0 +1,74 @@
+# Sourced by the end-to-end `moelab train` test scripts (tests/parallel, tests/pipeline,
+# tests/checkpoints): the corpus they train on, and comparisons of runs through their metrics files
+# (JSON lines) and their checkpoints. Each check prints "FAIL: ..." and exits 1 on a mismatch.
+py=/usr/bin/python3
+
+# make_corpus DIR: writes DIR/corpus.txt, 48 KB of word salad from a fixed generator (Park-Miller,
+# exact in awk's doubles), identical on every machine. The layout tests compare runs at 1e-5: a corpus
+# taken from files of the tree would change with every edit to them, and with it which top-k choices
+# are near-ties that summation order can flip.
+make_corpus() {
+    mkdir -p "$1"
+    awk 'BEGIN {
+        n = split("the of and a to in is it that was he for on are with as his they be at one have " \
+                  "this from or had by word but what some we can out other were all there when up use " \
+                  "your how said an each she which do their time if will way about many then them " \
+                  "write would like so these her long make thing see him two has look more day could " \
+                  "go come did number sound no most people my over know water than call first who may " \
+                  "down side been now find expert router token layer", w, " ")
+        x = 20261128
+        for (bytes = 0; bytes < 48000;) {
+            x = (x * 16807) % 2147483647; len = 4 + x % 9; s = ""
+            for (i = 0; i < len; i++) { x = (x * 16807) % 2147483647; s = s (i ? " " : "") w[1 + x % n] }
+            x = (x * 16807) % 2147483647
+            s = toupper(substr(s, 1, 1)) substr(s, 2) (x % 5 ? "." : "?") (x % 3 ? " " : "\n")
+            printf "%s", s; bytes += length(s)
+        }
+    }' >"$1/corpus.txt"
+}
+
+# prepare_corpus OUT: the byte-level (vocabulary 256) training data of make_corpus, in OUT.
+prepare_corpus() {
+    make_corpus "$1.txt"
+    "$moelab" data prepare --input "$1.txt" --vocab 256 --out "$1" --val-fraction 0.1 >/dev/null
+}
+
+# steps FILE DIGITS: the metrics lines of the steps whose numbers are among DIGITS (e.g. 456), without
+# the timing field.
+steps() { sed 's/, "tokens_per_s": [0-9.]*//' "$1" | grep -E "\"step\": [$2]"; }
+
+# same_steps REF RUN DIGITS: those steps' lines identical in both runs (every printed digit).
+same_steps() {
+    diff <(steps "$1" "$3") <(steps "$2" "$3") || { echo "FAIL: steps [$3] of $2 differ from $1"; exit 1; }
+}
+
+# close_steps REF RUN DIGITS: loss, ce and grad_norm of those steps within 1e-5 relative (+1e-6) of
+# REF's, one value per step.
+close_steps() {
+    local f
+    for f in loss ce grad_norm; do
+        paste <(steps "$1" "$3" | grep -o "\"$f\": [-0-9.e]*" | awk '{print $2}') \
+              <(steps "$2" "$3" | grep -o "\"$f\": [-0-9.e]*" | awk '{print $2}') |
+            awk -v run="$2" -v f=$f -v n=${#3} '
+                { d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1
+                  if (d > 1e-5 * s + 1e-6) { printf "FAIL: %s: %s %s vs %s (value %d)\n", run, f, $2, $1, NR; bad = 1 } }
+                END { if (NR != n) { printf "FAIL: %s has %d %s values, expected %d\n", run, NR, f, n; bad = 1 }
+                      exit bad }' || exit 1
+    done
+}
+
+# same_checkpoints A B: every tensor and moment, and /state, of two checkpoints bit for bit.
+same_checkpoints() {
+    "$py" - "$1" "$2" <<'PY' || exit 1
+import sys, h5py, numpy as np
+a, b = (h5py.File(p, "r") for p in sys.argv[1:])
+n = 0
+for g in ("model", "optim/m", "optim/v"):
+    assert set(a[g]) == set(b[g]), g
+    for k in a[g]:
+        assert np.array_equal(a[g][k][...], b[g][k][...]), ("FAIL", sys.argv[2], g, k)  # no NaN here
+        n += 1
+assert dict(a["state"].attrs) == dict(b["state"].attrs), (dict(a["state"].attrs), dict(b["state"].attrs))
+print("ok: %s equals %s: %d datasets and /state" % (sys.argv[2], sys.argv[1], n))
+PY
+}
