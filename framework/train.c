@@ -376,13 +376,12 @@ static void print_text(const Tokenizer *tok, const int *ids, int n) {
 }
 
 // `, "expert_load": [[...], ...]`: the step's tokens per logical expert of each MoE layer, over all
-// data-parallel ranks (what `moelab plot` draws).
-static void write_expert_load(FILE *f, const Model *m) {
-    const int E = m->cfg.E;
+// data-parallel ranks (what `moelab plot` draws); counts (L, E).
+static void write_expert_load(FILE *f, const MoeConfig *c, const long *counts) {
     fputs(", \"expert_load\": [", f);
-    for (int l = m->cfg.n_dense_layers; l < m->cfg.L; l++) {
-        fputs(l > m->cfg.n_dense_layers ? ", [" : "[", f);
-        for (int e = 0; e < E; e++) fprintf(f, e ? ", %ld" : "%ld", m->expert_counts[(size_t)l * E + e]);
+    for (int l = c->n_dense_layers; l < c->L; l++) {
+        fputs(l > c->n_dense_layers ? ", [" : "[", f);
+        for (int e = 0; e < c->E; e++) fprintf(f, e ? ", %ld" : "%ld", counts[(size_t)l * c->E + e]);
         fputc(']', f);
     }
     fputc(']', f);
@@ -401,7 +400,20 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s) {
     if (val >= 0) snprintf(vb, sizeof vb, " | val %.4f", val);
     core_info0("step %5d/%d | loss %.4f%s | lr %.2e | grad %.3f | %.0f tok/s | load max/mean%s",
                t->step, c->steps, st->loss, vb, st->lr, st->grad_norm, tok_s, ib);
-    if (!t->metrics) return;
+    if (!c->metrics[0]) return;
+    // A pipeline stage counts only its own layers' tokens: the whole model's are summed over the
+    // stages, by every rank (a collective), before rank 0 writes them.
+    const long *counts = t->model->expert_counts;
+    long *stage_sum = NULL;
+    if (t->pipe) {
+        stage_sum = core_alloc((size_t)c->L * c->E * sizeof(long));
+        pipe_expert_counts(t->pipe, stage_sum);
+        counts = stage_sum;
+    }
+    if (!t->metrics) {
+        core_free(stage_sum);
+        return;
+    }
     fprintf(t->metrics, "{\"step\": %d, \"loss\": %.6f, \"ce\": %.6f", t->step, st->loss, st->ce);
     if (val >= 0) fprintf(t->metrics, ", \"val_loss\": %.6f", val);
     fprintf(t->metrics, ", \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, \"load_imbalance\": [",
@@ -413,7 +425,8 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s) {
             first = 0;
         }
     fprintf(t->metrics, "]");
-    if (!t->pipe) write_expert_load(t->metrics, t->model);
+    write_expert_load(t->metrics, c, counts);
+    core_free(stage_sum);
     if (t->model->eplb) eplb_runtime_write_metrics(t->model->eplb, t->metrics, st->rebalanced);
     fprintf(t->metrics, "}\n");
     fflush(t->metrics);

@@ -28,6 +28,18 @@ for run in dualpipe dualpipev; do
     echo "ok: $run matches the one-process run"
 done
 
+# The pipeline's metrics carry the whole model's expert loads (summed over the stages): every MoE
+# layer routes each of the step's 4 x 4 x 16 tokens to top-k = 2 experts.
+for run in dualpipe dualpipev; do
+    /usr/bin/python3 - "$tmp/$run.jsonl" "$tmp/one.jsonl" <<'PY' || { echo "FAIL: $run expert_load"; exit 1; }
+import json, sys
+runs = [[json.loads(line)["expert_load"] for line in open(p)] for p in sys.argv[1:]]
+assert [len(s) for s in runs[0]] == [len(s) for s in runs[1]], runs
+assert all(sum(layer) == 512 for step in runs[0] for layer in step), runs[0]
+PY
+done
+echo "ok: the pipelines log the whole model's expert loads"
+
 # The measured timeline: every op of both ranks, drawn.
 "$moelab" schedule --from-trace "$tmp/trace.json" --svg "$tmp/trace.svg" >"$tmp/from_trace.txt"
 ops=$(grep -c '"ph": "X"' "$tmp/trace.json")
