@@ -114,7 +114,8 @@ void train_eplb_attach(Model *m, AdamW *o, Comm *ep) {
           "model's EP group (rank %d of %d)", ep->name, ep->rank, ep->size, m->ep_rank, m->ep_size);
     eplb_runtime_check_config(c);
     const int L = c->L - c->n_dense_layers;
-    EplbRuntimeSpec s = {.L = L, .E = c->E, .R = m->R, .interval = c->eplb_interval, .ep = ep,
+    EplbRuntimeSpec s = {.L = L, .E = c->E, .R = m->R, .interval = c->eplb_interval,
+                         .groups = c->eplb_groups, .nodes = c->eplb_nodes, .ep = ep,
                          .phy2log = m->phy2log + (size_t)c->n_dense_layers * m->R,
                          .state = {m->reg.data, o->m, o->v}, .grad = m->reg.grad};
     // Each MoE layer gets its own dispatcher: placements differ from layer to layer.

@@ -18,6 +18,9 @@ void eplb_runtime_check_config(const MoeConfig *c) {
             core_usage_error("--eplb-redundant %d needs --eplb-interval > 0: redundant slots hold "
                              "replicas, and only rebalancing decides which experts get them",
                              c->eplb_redundant);
+        if (c->eplb_groups > 1 || c->eplb_nodes > 1)
+            core_usage_error("--eplb-groups %d / --eplb-nodes %d need --eplb-interval > 0: they shape "
+                             "the rebalancing plan", c->eplb_groups, c->eplb_nodes);
         return;
     }
     const int L = c->L - c->n_dense_layers, R = c->E + c->eplb_redundant;
@@ -29,7 +32,7 @@ void eplb_runtime_check_config(const MoeConfig *c) {
                          "layer do not split evenly over --ep %d ranks (choose eplb_redundant so that "
                          "%d + eplb_redundant is a multiple of %d)",
                          c->eplb_redundant, R, c->ep, c->E, c->ep);
-    EplbShape s = {.L = L, .E = c->E, .R = R, .Ng = 1, .Nn = 1, .G = c->ep};
+    EplbShape s = {.L = L, .E = c->E, .R = R, .Ng = c->eplb_groups, .Nn = c->eplb_nodes, .G = c->ep};
     char msg[256];
     if (eplb_shape_error(&s, msg, sizeof msg)) core_usage_error("eplb: %s", msg);
 }
@@ -112,7 +115,7 @@ EplbRuntime *eplb_runtime_create(const EplbRuntimeSpec *s) {
     const size_t LE = (size_t)s->L * s->E, LG = (size_t)s->L * G;
     rt->logcnt = core_alloc(LE * sizeof(int));
     rt->load = core_alloc(LE * sizeof(long));
-    EplbShape shape = {.L = s->L, .E = s->E, .R = s->R, .Ng = 1, .Nn = 1, .G = G};
+    EplbShape shape = {.L = s->L, .E = s->E, .R = s->R, .Ng = s->groups, .Nn = s->nodes, .G = G};
     rt->plan = eplb_plan_create(&shape);
     rt->work = core_alloc((size_t)s->E * sizeof(int));
     rt->step_imbalance = core_alloc((size_t)s->L * sizeof(double));

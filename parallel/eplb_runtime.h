@@ -32,6 +32,7 @@ typedef struct {
 typedef struct {
     int L, E, R;               // MoE layers; logical experts and physical slots per layer
     int interval;              // optimizer steps between rebalances (>= 1)
+    int groups, nodes;         // the planner's Ng expert groups and Nn nodes (1, 1: global policy)
     Comm *ep;                  // the EP group (not owned): slot p lives on its rank p / (R / ep->size)
     int *phy2log;              // (L, R) the placement, the caller's buffer: read at creation and
                                // rewritten by every rebalance

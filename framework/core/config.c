@@ -71,6 +71,8 @@ static const KeyInfo KEYS[] = {
     {"schedule", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
     {"eplb_interval", K_INT, OFF(eplb_interval), 0, INT_MAX, NULL, "steps between EPLB rebalances (0: off)"},
     {"eplb_redundant", K_INT, OFF(eplb_redundant), 0, 1 << 16, NULL, "redundant expert slots per layer"},
+    {"eplb_groups", K_INT, OFF(eplb_groups), 1, 1 << 16, NULL, "EPLB expert groups (hierarchical policy when nodes divide them)"},
+    {"eplb_nodes", K_INT, OFF(eplb_nodes), 1, 1 << 16, NULL, "EPLB nodes the EP ranks form, in rank order"},
     {"router_skew", K_FLOAT, OFF(router_skew), -1e3, 1e3, NULL, "test knob: skews router logits"},
     {"comm_timeout", K_FLOAT, OFF(comm_timeout), 0.001, 1e6, NULL, "seconds a collective may wait before the job ends"},
     {"device", K_STR, OFF(device), 0, 0, "cpu|cuda|cuda-fp32", "compute device"},
@@ -97,7 +99,8 @@ void config_defaults(MoeConfig *c) {
     c->log_every = 10; c->val_every = 50; c->val_batches = 4; c->val_fraction = 0.05f;
     c->sample_tokens = 0; c->temperature = 0.8f; c->top_k_sample = 40; c->threads = 0;
     c->ep = 1; c->pp = 1; c->chunks = 0; strcpy(c->schedule, "1f1b");
-    c->eplb_interval = 0; c->eplb_redundant = 0; c->router_skew = 0; c->comm_timeout = 300;
+    c->eplb_interval = 0; c->eplb_redundant = 0; c->eplb_groups = 1; c->eplb_nodes = 1;
+    c->router_skew = 0; c->comm_timeout = 300;
     strcpy(c->device, "cpu");
     c->save_every = 0; c->keep = 0;
 }

@@ -55,6 +55,7 @@ typedef struct {
     int ep, pp, chunks;
     char schedule[CONFIG_STR];   // "1f1b" | "dualpipe" | "dualpipev"
     int eplb_interval, eplb_redundant;
+    int eplb_groups, eplb_nodes;  // the planner's expert groups and nodes (ARCHITECTURE.md §6)
     float router_skew;   // test knob: adds skew*(E-1-i)/E to expert i's router logit (0: off)
     float comm_timeout;  // seconds a collective may wait before every rank is ended
     // --- I/O ---

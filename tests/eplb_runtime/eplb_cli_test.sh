@@ -25,10 +25,13 @@ mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --ep 2 "${eplb[@]}" --eplb-red
     --out "$tmp/ck2" --save-every 4 --metrics "$tmp/ep2.jsonl" >"$tmp/ep2.log"
 mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 4 "${eplb[@]}" --eplb-redundant 4 \
     --metrics "$tmp/ep4.jsonl" >"$tmp/ep4.log"
+# The hierarchical policy: 4 expert groups packed onto 2 nodes of 2 ranks.
+mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 4 "${eplb[@]}" --eplb-redundant 4 --eplb-groups 4 \
+    --eplb-nodes 2 --metrics "$tmp/ep4h.jsonl" >"$tmp/ep4h.log"
 
 # Field values of every metrics line: "name": value.
 fields() { grep -o "\"$2\": [-0-9.e]*" "$1" | awk '{print $2}'; }
-for run in ep1 ep2 ep4; do
+for run in ep1 ep2 ep4 ep4h; do
     # Logged: steps 2, 4, 5 and 6 (every 5th step, the last, and every step that rebalanced).
     [ "$(fields "$tmp/$run.jsonl" step | tr '\n' ' ')" = "2 4 5 6 " ] ||
         { echo "FAIL: $run logged steps $(fields "$tmp/$run.jsonl" step | tr '\n' ' ')"; exit 1; }
@@ -94,4 +97,10 @@ set +e
 rc=$?
 set -e
 [ $rc -eq 2 ] && grep -q "needs --eplb-interval > 0" "$tmp/bad1.log" || { echo "FAIL: redundant without interval"; cat "$tmp/bad1.log"; exit 1; }
+set +e
+mpi 2 "$moelab" train "${args[@]}" --ep 2 "${eplb[@]}" --eplb-groups 3 >"$tmp/bad2.log" 2>&1
+rc=$?
+set -e
+[ $rc -eq 2 ] && grep -q "error \[rank [01]\]: eplb: rule E % Ng == 0 broken" "$tmp/bad2.log" ||
+    { echo "FAIL: --eplb-groups 3 with 8 experts (exit $rc):"; cat "$tmp/bad2.log"; exit 1; }
 echo "ok: bad EPLB settings exit 2"

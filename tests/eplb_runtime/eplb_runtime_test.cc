@@ -74,7 +74,8 @@ struct Synthetic {
         grad.resize(off);
         for (int l = 0; l < TL; l++) disp.push_back(ep_dispatcher_create(g->ep_comm, TE));
         EplbRuntimeSpec s = {};
-        s.L = TL; s.E = TE; s.R = R; s.interval = 1; s.ep = g->ep_comm; s.phy2log = phy2log.data();
+        s.L = TL; s.E = TE; s.R = R; s.interval = 1; s.groups = s.nodes = 1; s.ep = g->ep_comm;
+        s.phy2log = phy2log.data();
         s.disp = disp.data(); s.tensor = t.data(); s.n_tensor = (int)t.size();
         for (int k = 0; k < EPLB_STATES; k++) s.state[k] = buf[k].data();
         s.grad = grad.data();
