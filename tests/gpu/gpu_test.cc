@@ -391,10 +391,13 @@ TEST_F(Gpu, LinearGrouped) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Attention: the CPU layer keeps (B, H, T, T) probabilities, the GPU one lse only.
+// Attention: the CPU layer keeps (B, H, T, T) probabilities, the GPU one lse only. bf16 with
+// head size 64 or 128 runs the tensor-core kernels, everything else the CUDA-core ones.
 
 TEST_F(Gpu, AttentionForwardAndBackward) {
-    const int B = 2, T = 100, H = 4, Hkv = 2;  // T not a multiple of the 32-row tiles
+    // T not a multiple of the 32- or 64-row tiles (3 tiles of 64, the last partial, so the
+    // tensor-core kernels see full, diagonal and out-of-range tiles); 4 query heads per kv head.
+    const int B = 2, T = 150, H = 8, Hkv = 2;
     for (int hd : {16, 32, 64, 128}) {
         for (CoreDtype dt : kDtypes) {
             size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd;
@@ -445,24 +448,69 @@ TEST_F(Gpu, AttentionForwardAndBackward) {
     }
 }
 
+// The tensor-core kernels against the CUDA-core ones (same bf16 inputs) over a longer sequence
+// than the CPU reference can afford: many off-diagonal tiles, the last one partial.
+TEST_F(Gpu, AttentionTensorCoresMatchCudaCoresLongSequence) {
+    const int B = 2, T = 1000, H = 8, Hkv = 2;
+    for (int hd : {64, 128}) {
+        size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd, nl = (size_t)B * H * T;
+        Vec q = rnd(nq, -2, 2), k = rnd(nk, -2, 2), v = rnd(nk), dy = rnd(nq);
+        Vec g0q = rnd(nq), g0k = rnd(nk), g0v = rnd(nk);
+        BufP dQ = put(q, CORE_BF16), dK = put(k, CORE_BF16), dV = put(v, CORE_BF16),
+             dDy = put(dy, CORE_BF16);
+        Vec res[2][5];  // [tensor cores off / on]: out, lse, dq, dk, dv
+        for (int tc = 0; tc < 2; tc++) {
+            BufP dDq = put(g0q, CORE_BF16), dDk = put(g0k, CORE_BF16), dDv = put(g0v, CORE_BF16);
+            BufP dOut = poisoned(nq, CORE_BF16), dLse = poisoned(nl, CORE_F32);
+            BufP dDelta = poisoned(nl, CORE_F32);
+            attention_cuda_set_tensor_cores(tc);
+            attention_cuda_forward(CORE_BF16, dOut->p, dLse->f(), dQ->p, dK->p, dV->p, B, T, H,
+                                   Hkv, hd);
+            attention_cuda_backward_input(CORE_BF16, dDq->p, dDk->p, dDv->p, dDy->p, dQ->p, dK->p,
+                                          dV->p, dOut->p, dLse->f(), dDelta->f(), B, T, H, Hkv,
+                                          hd);
+            attention_cuda_set_tensor_cores(1);
+            res[tc][0] = get(*dOut, CORE_BF16, nq);
+            res[tc][1] = get_f32(*dLse, nl);
+            res[tc][2] = get(*dDq, CORE_BF16, nq);
+            res[tc][3] = get(*dDk, CORE_BF16, nk);
+            res[tc][4] = get(*dDv, CORE_BF16, nk);
+        }
+        const char *names[] = {"forward", "lse", "dq", "dk", "dv"};
+        for (int i = 0; i < 5; i++) {
+            char what[64];
+            snprintf(what, sizeof what, "attention T=%d hd=%d %s", T, hd, names[i]);
+            EXPECT_CLOSE(res[1][i], res[0][i], i == 1 ? CORE_F32 : CORE_BF16, what);
+        }
+    }
+}
+
+// Both kernel sets: CUDA cores (fp32, hd 32) and tensor cores (bf16, hd 64).
 TEST_F(Gpu, AttentionBackwardIsBitIdenticalRunToRun) {
-    const int B = 1, T = 80, H = 4, Hkv = 1, hd = 32;
-    size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd;
-    Vec q = rnd(nq), k = rnd(nk), v = rnd(nk), dy = rnd(nq);
-    BufP dQ = put_f32(q), dK = put_f32(k), dV = put_f32(v), dDy = put_f32(dy);
-    BufP dOut = poisoned(nq, CORE_F32), dLse = poisoned((size_t)B * H * T, CORE_F32);
-    BufP dDelta = poisoned((size_t)B * H * T, CORE_F32);
-    attention_cuda_forward(CORE_F32, dOut->p, dLse->f(), dQ->p, dK->p, dV->p, B, T, H, Hkv, hd);
-    Vec first;
-    for (int run = 0; run < 2; run++) {
-        Buf dq(nq * 4), dk(nk * 4), dv(nk * 4);
-        attention_cuda_backward_input(CORE_F32, dq.p, dk.p, dv.p, dDy->p, dQ->p, dK->p, dV->p,
-                                      dOut->p, dLse->f(), dDelta->f(), B, T, H, Hkv, hd);
-        Vec all = get_f32(dq, nq), kk = get_f32(dk, nk), vv = get_f32(dv, nk);
-        all.insert(all.end(), kk.begin(), kk.end());
-        all.insert(all.end(), vv.begin(), vv.end());
-        if (run == 0) first = all;
-        else EXPECT_EQ(0, memcmp(first.data(), all.data(), all.size() * sizeof(float)));
+    const int B = 1, T = 80, H = 4, Hkv = 1;
+    const struct { CoreDtype dt; int hd; } cases[] = {{CORE_F32, 32}, {CORE_BF16, 64}};
+    for (auto c : cases) {
+        CoreDtype dt = c.dt;
+        int hd = c.hd;
+        size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd;
+        Vec q = rnd(nq), k = rnd(nk), v = rnd(nk), dy = rnd(nq);
+        BufP dQ = put(q, dt), dK = put(k, dt), dV = put(v, dt), dDy = put(dy, dt);
+        BufP dOut = poisoned(nq, dt), dLse = poisoned((size_t)B * H * T, CORE_F32);
+        BufP dDelta = poisoned((size_t)B * H * T, CORE_F32);
+        attention_cuda_forward(dt, dOut->p, dLse->f(), dQ->p, dK->p, dV->p, B, T, H, Hkv, hd);
+        Vec first;
+        for (int run = 0; run < 2; run++) {
+            size_t es = core_dtype_size(dt);
+            Buf dq(nq * es), dk(nk * es), dv(nk * es);  // zero-filled by the allocator
+            attention_cuda_backward_input(dt, dq.p, dk.p, dv.p, dDy->p, dQ->p, dK->p, dV->p,
+                                          dOut->p, dLse->f(), dDelta->f(), B, T, H, Hkv, hd);
+            Vec all = get(dq, dt, nq), kk = get(dk, dt, nk), vv = get(dv, dt, nk);
+            all.insert(all.end(), kk.begin(), kk.end());
+            all.insert(all.end(), vv.begin(), vv.end());
+            if (run == 0) first = all;
+            else EXPECT_EQ(0, memcmp(first.data(), all.data(), all.size() * sizeof(float)))
+                     << dname(dt);
+        }
     }
 }
 

@@ -173,14 +173,21 @@ int main() {
          *dv = dev_rand(nk, BF), *dout = dev_rand(nq, BF);
     float *lse = (float *)core_device_alloc(CORE_CUDA, (size_t)B * H * T * 4);
     float *delta = (float *)core_device_alloc(CORE_CUDA, (size_t)B * H * T * 4);
+    // Model FLOPs: forward 2·2·B·H·T²·hd / 2, backward 2.5 times that. Both kernel sets: the
+    // tensor-core one the trainer uses for bf16, and the CUDA-core one it replaced.
     double att_flops = 4.0 * B * H * (double)T * T * hd / 2;
-    row("attention forward (flash, CUDA cores)", time_it([&] {
-            attention_cuda_forward(BF, o, lse, q, k, v, B, T, H, Hkv, hd);
-        }), 0, att_flops);
-    row("attention backward", time_it([&] {
-            attention_cuda_backward_input(BF, dq, dk, dv, dout, q, k, v, o, lse, delta, B, T, H,
-                                          Hkv, hd);
-        }), 0, 2.5 * att_flops);
+    for (int tc = 1; tc >= 0; tc--) {
+        attention_cuda_set_tensor_cores(tc);
+        row(tc ? "attention forward (tensor cores)" : "attention forward (CUDA cores)",
+            time_it([&] { attention_cuda_forward(BF, o, lse, q, k, v, B, T, H, Hkv, hd); }), 0,
+            att_flops);
+        row(tc ? "attention backward (tensor cores)" : "attention backward (CUDA cores)",
+            time_it([&] {
+                attention_cuda_backward_input(BF, dq, dk, dv, dout, q, k, v, o, lse, delta, B, T,
+                                              H, Hkv, hd);
+            }), 0, 2.5 * att_flops);
+    }
+    attention_cuda_set_tensor_cores(1);
 
     void *lg = dev_rand((size_t)N * V, BF, 4.0f), *dlg = dev_rand((size_t)N * V, BF, 1e-3f);
     int *tg = dev_ints(N, V), *tok = dev_ints(N, V);
