@@ -446,12 +446,13 @@ attention_tc_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
         inv[r] = 1.0f / l[r];
     }
     tc_store<HD>(out, o, false, inv, b, w0, Tseq, H, h);
-    if (threadIdx.x % 4 == 0)
+    if (threadIdx.x % 4 == 0) {
         #pragma unroll
         for (int r = 0; r < 2; r++) {
             int t = w0 + tc_row(2 * r);
             if (t < Tseq) lse[((size_t)b * H + h) * Tseq + t] = (m[r] + log2f(l[r])) / TC_LOG2E;
         }
+    }
 }
 
 // Block (key tile, b·Hkv + g): dk, dv of its TC_ROWS key rows, summed over the query heads of
