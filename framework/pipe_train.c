@@ -13,7 +13,7 @@
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/core/timer.h"
-#include "layers/router.h"
+#include "parallel/comm_nccl.h"
 #include "parallel/dp_sync.h"
 #include "parallel/ep_dispatch.h"
 #include "parallel/stage_partition.h"
@@ -56,7 +56,7 @@ int pipe_trainer_wanted(const MoeConfig *c) {
     return c->pp > 1 || strcmp(c->schedule, "1f1b") != 0 || c->trace[0] != '\0';
 }
 
-PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g) {
+PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *ops) {
     const int kind = sched_kind_parse(c->schedule), N = g->pp, C = c->grad_accum;
     if (kind < 0) core_usage_error("--schedule %s: expected 1f1b, dualpipe or dualpipev", c->schedule);
     char err[SCHED_ERR_LEN];
@@ -80,6 +80,11 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g) {
     p->n_models = kind == SCHED_1F1B ? 1 : 2;
     p->partner = kind == SCHED_DUALPIPE ? N - 1 - g->pp_rank : -1;
     p->n_own = p->partner >= 0 ? 1 : p->n_models;
+    p->ops = ops;
+    const int on_gpu = ops->dev != CORE_CPU;
+    // On GPUs gradients and token rows stay in device memory and travel over NCCL twins of the
+    // grid's groups; counts, losses and norms still travel over the host groups.
+    if (on_gpu) grid_to_device(g, ops);
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         const int st = sched_stage(s, g->pp_rank, pipe);
         // Initialization is keyed by parameter identity, so both copies of a DualPipe stage (and
@@ -87,14 +92,28 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g) {
         Model *m = model_create_stage(c, g->ep_rank, g->ep, p->bounds[st], p->bounds[st + 1]);
         model_init_weights(m);
         m->grid = g;
-        if (g->ep > 1) model_set_dispatcher(m, ep_dispatcher_create(g->ep_comm, c->E));
+        if (g->ep > 1) {
+            MoeDispatcher *d = ep_dispatcher_create(g->ep_comm, c->E);
+            if (on_gpu) ep_dispatcher_to_device(d, g->ep_dev, ops);
+            model_set_dispatcher(m, d);
+        }
+        model_to_device(m, ops);
         p->model[pipe] = m;
-        adamw_init(&p->opt[pipe], &m->reg);
+        adamw_init_on(&p->opt[pipe], &m->reg, ops, m->wlow);
         p->ctx[pipe] = (PipeStageCtx){m, core_alloc((size_t)C * sizeof(ModelActs)), NULL, c->batch_size,
                                       c->T, 1.0f / (float)C, 0, 0};
         p->stage[pipe] = (PipeStage){&p->ctx[pipe], stage_forward, stage_backward_input,
                                      stage_backward_weight, stage_release};
     }
+    // The copies of a DualPipe stage sum their gradients over a group of the two ranks: an
+    // all-reduce of two gives both the same a + b.
+    if (p->partner >= 0) {
+        const int lo = g->pp_rank < p->partner ? g->pp_rank : p->partner;
+        p->pair = comm_split(g->pp_comm, lo, g->pp_rank, "pp copies");
+        if (on_gpu) p->pair_dev = comm_nccl_create(p->pair, "pp copies");
+    }
+    if (on_gpu && N > 1)
+        p->links = pipe_links_create(g->pp_comm, ops, (size_t)c->batch_size * c->T * c->D * ops->act_size);
     // A trace file that cannot be written is found now, not after the last step.
     if (c->trace[0] && g->rank == 0) {
         FILE *f = fopen(c->trace, "w");
@@ -123,6 +142,9 @@ void pipe_trainer_free(PipeTrainer *p) {
         adamw_free(&p->opt[pipe]);
         core_free(p->ctx[pipe].acts);
     }
+    pipe_links_free(p->links);
+    if (p->pair_dev) comm_free(p->pair_dev);
+    if (p->pair) comm_free(p->pair);
     grid_free(p->grid);
     sched_free(p->sched);
     core_free(p->bounds);
@@ -136,39 +158,26 @@ void pipe_trainer_free(PipeTrainer *p) {
 
 static PipeRun run_of(PipeTrainer *p, SimEvent *trace) {
     const MoeConfig *c = &p->model[0]->cfg;
+    const int on_gpu = p->ops->dev != CORE_CPU;
     PipeRun r = {p->sched, p->grid->pp_rank, p->grid->pp_comm, {&p->stage[0], NULL},
-                 (size_t)c->batch_size * c->T * c->D, trace};
+                 (size_t)c->batch_size * c->T * c->D * p->ops->act_size, on_gpu ? p->ops : NULL,
+                 p->links, trace};
     if (p->n_models > 1) r.stage[1] = &p->stage[1];
     return r;
 }
 
 // DualPipe: the two copies of each stage (this rank's down stage r and the partner's up stage r,
 // and the other way round) add up their gradients and routing counts, so that both copies take
-// the same optimizer step and bias update. Both exchanges finish before anything is added (each
-// rank sends the gradients it is about to add to), and a + b on one rank and b + a on the other
-// are the same float, so the copies stay bit-identical.
+// the same optimizer step and bias update. Each sum is an all-reduce over the pair (its device
+// twin for the gradients), which gives both ranks the same float a + b, so the copies stay
+// bit-identical. Both ranks sum the copies of the lower rank's down stage first.
 static void copy_sum(PipeTrainer *p) {
-    Comm *pp = p->grid->pp_comm;
     const MoeConfig *c = &p->model[0]->cfg;
-    const size_t nc = (size_t)c->L * c->E;
-    float *g[2];  // [pipe] (total) the partner's copy of this rank's `pipe` stage's gradients
-    long *k[2];   // [pipe] (L, E) its routing counts
-    for (int pipe = 0; pipe < 2; pipe++) {
-        // The partner holds our `pipe` stage in its other pipe.
-        const Model *mine = p->model[pipe], *send = p->model[1 - pipe];
-        g[pipe] = core_alloc(mine->reg.total * sizeof(float));
-        k[pipe] = core_alloc(nc * sizeof(long));
-        comm_sendrecv(pp, send->reg.grad, send->reg.total, p->partner, g[pipe], mine->reg.total,
-                      p->partner, COMM_F32, 2 * pipe);
-        comm_sendrecv(pp, send->expert_counts, nc, p->partner, k[pipe], nc, p->partner, COMM_I64,
-                      2 * pipe + 1);
-    }
-    for (int pipe = 0; pipe < 2; pipe++) {
-        Model *mine = p->model[pipe];
-        for (size_t i = 0; i < mine->reg.total; i++) mine->reg.grad[i] += g[pipe][i];
-        for (size_t i = 0; i < nc; i++) mine->expert_counts[i] += k[pipe][i];
-        core_free(g[pipe]);
-        core_free(k[pipe]);
+    const int lower = p->grid->pp_rank < p->partner;
+    for (int i = 0; i < 2; i++) {
+        Model *m = p->model[lower ? i : 1 - i];
+        comm_allreduce(p->pair_dev ? p->pair_dev : p->pair, m->reg.grad, m->reg.total, COMM_F32, COMM_SUM);
+        comm_allreduce(p->pair, m->expert_counts, (size_t)c->L * c->E, COMM_I64, COMM_SUM);
     }
 }
 
@@ -192,7 +201,7 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
     CHECK(c->grad_accum == C, "pipe_train_step: %d micro-batches, the schedule has %d", c->grad_accum, C);
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         Model *m = p->model[pipe];
-        params_zero_grad(&m->reg);
+        model_zero_grad(m);
         model_reset_counts(m);
         m->count_routes = 1;
         p->ctx[pipe].tokens = tokens;
@@ -231,18 +240,16 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         Model *m = p->model[pipe];
         dp_sync_sum_counts(g, m->expert_counts, (size_t)c->L * c->E);
-        if (clip != 1.0f) optim_scale_grads(&m->reg, clip);
+        if (clip != 1.0f) optim_scale_grads_on(m->ops, &m->reg, clip);
         adamw_step(&p->opt[pipe], &m->reg, c, st.lr);
-        for (int l = m->l0; l < m->l1; l++)
-            if (model_is_moe_layer(m, l))
-                router_bias_update(m->w[l].moe.bias, m->expert_counts + (size_t)l * c->E, c->E, c->K,
-                                   n_tokens, c->bias_rate);
+        model_router_bias_update(m, n_tokens);
         float *imb = core_alloc((size_t)c->L * sizeof(float));  // (L) zero outside this stage
         model_load_imbalance(m, imb);
         for (int l = 0; l < c->L; l++) p->imbalance[l] = fmaxf(p->imbalance[l], imb[l]);
         core_free(imb);
     }
     comm_allreduce(g->pp_comm, p->imbalance, (size_t)c->L, COMM_F32, COMM_MAX);
+    p->ops->sync();  // a GPU step is done when its last kernel is
     st.seconds = core_now() - t0;
     return st;
 }

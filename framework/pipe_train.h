@@ -37,6 +37,10 @@ typedef struct PipeTrainer {
     Model *model[2];     // [pipe] the stage held in the down / up pipe (sched_stage), owned
     AdamW opt[2];        // [pipe]
     int partner;         // DualPipe: the pp rank N−1−r holding the other copies of both stages; else -1
+    Comm *pair;          // DualPipe: this rank and its partner (host memory: counts); else NULL
+    Comm *pair_dev;      // its NCCL twin on GPUs (the gradients), else NULL
+    const LayerOps *ops; // the backend the stages run on
+    PipeLinks *links;    // on GPUs with pp > 1: the executor's NCCL links, else NULL
     PipeStageCtx ctx[2]; // [pipe]
     PipeStage stage[2];  // [pipe] the executor's view of model[pipe]
     float *imbalance;    // (L) per-layer max/mean tokens per expert of the last step, whole pipeline
@@ -46,9 +50,11 @@ typedef struct PipeTrainer {
 // Whether cfg asks for the pipeline engine: pp > 1, a schedule other than 1f1b, or a trace.
 int pipe_trainer_wanted(const MoeConfig *c);
 // Partitions the model (stage_partition), builds this rank's stage models with identical initial
-// weights, their optimizers and EP dispatchers, and the schedule of cfg->grad_accum micro-batches.
-// Takes ownership of g. Usage errors (exit 2) for a schedule the layout cannot run.
-PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g);
+// weights, their optimizers and EP dispatchers, and the schedule of cfg->grad_accum micro-batches,
+// on the backend ops (on a GPU: the grid's NCCL twins, the models, optimizers and dispatchers on
+// the device, and the executor's NCCL links). Takes ownership of g. Usage errors (exit 2) for a
+// schedule the layout cannot run.
+PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *ops);
 void pipe_trainer_free(PipeTrainer *p);
 // One optimizer step on tokens (C, B, T+1), the same on every rank of the pipeline: the schedule,
 // then the DualPipe copy sum, DP/expert-DP averaging, the global gradient norm (every stage once),

@@ -264,10 +264,10 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         core_usage_error("--eplb-interval runs in the trainer without a pipeline: drop --pp, --schedule "
                          "and --trace");
     const int on_gpu = strcmp(c->device, "cpu") != 0;
-    if (on_gpu && (pipe_trainer_wanted(c) || c->eplb_interval > 0 || c->out[0] || c->resume[0]))
-        core_usage_error("--device %s: --pp/--schedule/--trace, --eplb-interval and --out/--resume run on "
-                         "the CPU only so far (on GPUs: one process, or mpirun with --ep and data "
-                         "parallelism, one rank per GPU)", c->device);
+    if (on_gpu && (c->eplb_interval > 0 || c->out[0] || c->resume[0]))
+        core_usage_error("--device %s: --eplb-interval and --out/--resume run on the CPU only so far "
+                         "(on GPUs: one process, or mpirun with --pp, --ep and data parallelism, one "
+                         "rank per GPU)", c->device);
     // One process per GPU: under mpirun each rank takes the GPU of its rank on its host.
     const LayerOps *ops =
         backend_ops_on(c->device, on_gpu && g->world > 1 ? grid_local_rank(comm_world()) : 0);
@@ -288,7 +288,7 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     join(path, sizeof path, c->data, "val.bin");
     t->val = loader_open(path, c->T, c->batch_size, g->dp_rank, g->dp, c->seed, 0);
     if (pipe_trainer_wanted(c)) {
-        t->pipe = pipe_trainer_create(c, g);
+        t->pipe = pipe_trainer_create(c, g, ops);
         t->model = t->pipe->model[SCHED_DOWN];
     } else {
         t->model = train_model_create(c, g, ops);

@@ -1,15 +1,21 @@
 // The pipeline executor (see pipeline.h). Each op's sends and receives follow from the path of its
-// micro-batch (sched_path_*): a message is tagged with (kind, pipe, micro-batch) of the position
-// that receives it, so the receiver picks exactly the message it needs whatever order the link
-// delivers them in. Sends are non-blocking from an executor-owned copy, so a rank never waits for a
-// peer to post its receive.
+// micro-batch (sched_path_*). Sends are non-blocking from an executor-owned copy, so a rank never
+// waits for a peer to post its receive. A message is known by (kind, pipe, micro-batch) of the
+// position that receives it: over MPI that is its tag, and the receiver picks exactly the message
+// it needs whatever order the link delivers them in. NCCL has no tags: there each directed link
+// is a communicator of its own (PipeLinks) whose messages arrive in the order the sender posts
+// them, and the receiver, which knows the sender's op list (the schedule), replays it to know that
+// order; it receives into a mailbox until the message it needs has arrived.
 #include "parallel/pipeline.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
+#include "layers/ops.h"
+#include "parallel/comm_nccl.h"
 
 enum { MSG_ACT = 0, MSG_GRAD = 1 };
 
@@ -20,14 +26,19 @@ static int tag_of(int kind, int pipe, int mb) { return (mb * 2 + pipe) * 2 + kin
 
 typedef struct {
     CommRequest *req;
-    float *buf;  // (n_act) the message, owned until the send completes
+    void *buf;  // (msg_bytes) the message, owned until the send completes
 } Send;
 
 typedef struct {
     const PipeRun *r;
     const Schedule *s;
     int last;              // the last position of a path
-    float **local;         // (2 kinds, 2 pipes, C) messages handed over on this rank, or NULL
+    int n_fwd;             // pipe_run_forward's micro-batches; 0 in a training step
+    // (2 kinds, 2 pipes, C) messages that have arrived and wait to be taken: handed over on this
+    // rank, or (over links) received ahead of the one a receive was waiting for
+    void **box;
+    int *order[2];         // [neighbour] over links: box slots in the order the neighbour sends them
+    int n_order[2], next[2];  // [neighbour] messages it sends in the step, and received so far
     Send *sends;           // (cap) sends in flight
     int n_sends, cap_sends;
     SchedCell *wq;         // (C · 2) the deferred-W queue: backwards waiting for their W
@@ -40,29 +51,50 @@ static double wall_us(void) {
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
 }
 
-static float **local_slot(Exec *x, int kind, int pipe, int mb) {
-    return &x->local[((size_t)kind * 2 + (size_t)pipe) * (size_t)x->s->C + (size_t)mb];
+// Messages live in the stage's memory: the device's through ops, else the host's.
+static void *msg_alloc(const PipeRun *r) {
+    return r->ops ? r->ops->alloc(r->msg_bytes) : core_alloc(r->msg_bytes);
+}
+static void msg_free(const PipeRun *r, void *p) {
+    if (r->ops) r->ops->free(p);
+    else core_free(p);
+}
+
+// A message travels as 32-bit words (the p2p calls move bytes; bf16 activations pair up).
+static size_t msg_words(const PipeRun *r) { return r->msg_bytes / 4; }
+
+static int slot_of(const Exec *x, int kind, int pipe, int mb) {
+    return (kind * 2 + pipe) * x->s->C + mb;
+}
+
+// Which of this rank's links leads to pp rank `peer` (0: the previous rank, 1: the next).
+static int link_of(const Exec *x, int peer) {
+    const int me = x->r->rank;
+    CHECK(peer == me - 1 || peer == me + 1, "pipeline: rank %d exchanges a message with rank %d, "
+          "which is not its neighbour", me, peer);
+    return peer == me + 1;
 }
 
 // Frees the buffers of completed sends.
 static void reap_sends(Exec *x) {
     int k = 0;
     for (int i = 0; i < x->n_sends; i++) {
-        if (comm_test(x->sends[i].req)) core_free(x->sends[i].buf);
+        if (comm_test(x->sends[i].req)) msg_free(x->r, x->sends[i].buf);
         else x->sends[k++] = x->sends[i];
     }
     x->n_sends = k;
 }
 
-// Sends a copy of msg (n_act) about micro-batch mb to position k of the path of micro-batch path
-// (mb itself in a training step).
-static void post(Exec *x, int kind, int mb, int path, int k, const float *msg) {
+// Sends a copy of msg (msg_bytes) about micro-batch mb to position k of the path of micro-batch
+// path (mb itself in a training step).
+static void post(Exec *x, int kind, int mb, int path, int k, const void *msg) {
     const PipeRun *r = x->r;
     const int dst = sched_path_rank(x->s, path, k), pipe = sched_path_pipe(x->s, path, k);
-    float *buf = core_alloc(r->n_act * sizeof(float));  // (n_act)
-    memcpy(buf, msg, r->n_act * sizeof(float));
+    void *buf = msg_alloc(r);  // (msg_bytes)
+    if (r->ops) r->ops->copy(buf, msg, r->msg_bytes);
+    else memcpy(buf, msg, r->msg_bytes);
     if (dst == r->rank) {
-        float **slot = local_slot(x, kind, pipe, mb);
+        void **slot = &x->box[slot_of(x, kind, pipe, mb)];
         CHECK(*slot == NULL, "pipeline: message %d of micro-batch %d handed over twice", kind, mb);
         *slot = buf;
         return;
@@ -74,24 +106,43 @@ static void post(Exec *x, int kind, int mb, int path, int k, const float *msg) {
         core_free(x->sends);
         x->sends = grown;
     }
-    x->sends[x->n_sends++] = (Send){comm_isend(r->pp, buf, r->n_act, COMM_F32, dst, tag_of(kind, pipe, mb)), buf};
+    CommRequest *req;
+    if (r->links) {
+        Comm *link = r->links->to[link_of(x, dst)];
+        req = comm_isend(link, buf, msg_words(r), COMM_I32, 1 - link->rank, 0);
+    } else {
+        req = comm_isend(r->pp, buf, msg_words(r), COMM_I32, dst, tag_of(kind, pipe, mb));
+    }
+    x->sends[x->n_sends++] = (Send){req, buf};
 }
 
 // The message of `kind` for (pipe, mb) at this rank, coming from position k of the path of
-// micro-batch path (a new buffer (n_act), freed by the caller).
-static float *take(Exec *x, int kind, int pipe, int mb, int path, int k) {
+// micro-batch path (a buffer (msg_bytes) that the caller frees with msg_free).
+static void *take(Exec *x, int kind, int pipe, int mb, int path, int k) {
     const PipeRun *r = x->r;
     const int src = sched_path_rank(x->s, path, k);
-    if (src == r->rank) {
-        float **slot = local_slot(x, kind, pipe, mb);
-        float *buf = *slot;
-        CHECK(buf != NULL, "pipeline: rank %d needs a local message %d of micro-batch %d that was "
-              "never handed over", r->rank, kind, mb);
-        *slot = NULL;
+    void **slot = &x->box[slot_of(x, kind, pipe, mb)];
+    if (src != r->rank && !r->links) {
+        void *buf = msg_alloc(r);  // (msg_bytes)
+        comm_recv(r->pp, buf, msg_words(r), COMM_I32, src, tag_of(kind, pipe, mb));
         return buf;
     }
-    float *buf = core_alloc(r->n_act * sizeof(float));  // (n_act)
-    comm_recv(r->pp, buf, r->n_act, COMM_F32, src, tag_of(kind, pipe, mb));
+    if (src != r->rank) {
+        // Everything the neighbour sent on this link before our message arrives first.
+        const int j = link_of(x, src);
+        Comm *link = r->links->from[j];
+        while (*slot == NULL) {
+            CHECK(x->next[j] < x->n_order[j], "pipeline: rank %d waits for message %d of micro-batch "
+                  "%d, which rank %d never sends", r->rank, kind, mb, src);
+            void *buf = msg_alloc(r);  // (msg_bytes)
+            comm_recv(link, buf, msg_words(r), COMM_I32, 1 - link->rank, 0);
+            x->box[x->order[j][x->next[j]++]] = buf;
+        }
+    }
+    void *buf = *slot;
+    CHECK(buf != NULL, "pipeline: rank %d needs a local message %d of micro-batch %d that was "
+          "never handed over", r->rank, kind, mb);
+    *slot = NULL;
     return buf;
 }
 
@@ -111,16 +162,16 @@ static int position(const Exec *x, const SchedCell *c) {
 // The message an op part needs before it runs (NULL if none): a forward (MSG_ACT) at position k of
 // the path of micro-batch path takes the activation from k − 1, a backward (MSG_GRAD) the gradient
 // from k + 1.
-static float *input_of(Exec *x, int kind, const SchedCell *c, int path, int k) {
+static void *input_of(Exec *x, int kind, const SchedCell *c, int path, int k) {
     if (kind == MSG_ACT) return k > 0 ? take(x, MSG_ACT, c->pipe, c->mb, path, k - 1) : NULL;
     return k < x->last ? take(x, MSG_GRAD, c->pipe, c->mb, path, k + 1) : NULL;
 }
 
 // Forward of c at position k of the path of micro-batch path, given its input h_in (freed here).
-static void run_forward(Exec *x, const SchedCell *c, int path, int k, float *h_in) {
+static void run_forward(Exec *x, const SchedCell *c, int path, int k, void *h_in) {
     PipeStage *st = stage_of(x->r, c->pipe);
     const float *out = st->forward(st->ctx, c->mb, h_in);
-    core_free(h_in);
+    if (h_in) msg_free(x->r, h_in);
     if (k < x->last) post(x, MSG_ACT, c->mb, path, k + 1, out);
 }
 
@@ -131,46 +182,95 @@ static void run_weight(Exec *x, const SchedCell *c) {
 }
 
 // Backward of c at position k given its output gradient dh_out (freed here).
-static void run_backward(Exec *x, const SchedCell *c, int k, float *dh_out) {
+static void run_backward(Exec *x, const SchedCell *c, int k, void *dh_out) {
     PipeStage *st = stage_of(x->r, c->pipe);
     const float *dh_in = st->backward_input(st->ctx, c->mb, dh_out);
-    core_free(dh_out);
+    if (dh_out) msg_free(x->r, dh_out);
     if (k > 0) post(x, MSG_GRAD, c->mb, c->mb, k - 1, dh_in);
     if (c->defer_w) x->wq[x->wq_tail++] = *c;
     else run_weight(x, c);
 }
 
-static void exec_init(Exec *x, const PipeRun *r) {
+// Appends to keys (if non-NULL) the box slot, at dst, of every message that rank src sends to
+// rank dst, in the order src posts them: its ops in order (an F&B sends its F's output first), or
+// pipe_run_forward's loop for n_fwd > 0. Returns their number.
+static int sends_between(const Exec *x, int src, int dst, int *keys) {
+    const Schedule *s = x->s;
+    int n = 0;
+#define SENT(kind, pipe, mb)                                       \
+    do {                                                           \
+        if (keys) keys[n] = slot_of(x, (kind), (pipe), (mb));      \
+        n++;                                                       \
+    } while (0)
+    if (x->n_fwd > 0) {
+        for (int mb = 0; mb < x->n_fwd; mb++)
+            for (int k = 0; k < x->last; k++)
+                if (sched_path_rank(s, 0, k) == src && sched_path_rank(s, 0, k + 1) == dst)
+                    SENT(MSG_ACT, sched_path_pipe(s, 0, k + 1), mb);
+        return n;
+    }
+    for (int i = 0; i < s->n_ops[src]; i++) {
+        const SchedOp *op = &s->ops[src][i];
+        if (op->kind == SCHED_F || op->kind == SCHED_FB) {
+            const int mb = op->f.mb, k = sched_path_pos(s, src, op->f.pipe, mb);
+            if (k < x->last && sched_path_rank(s, mb, k + 1) == dst)
+                SENT(MSG_ACT, sched_path_pipe(s, mb, k + 1), mb);
+        }
+        if (op->kind == SCHED_B || op->kind == SCHED_FB) {
+            const int mb = op->b.mb, k = sched_path_pos(s, src, op->b.pipe, mb);
+            if (k > 0 && sched_path_rank(s, mb, k - 1) == dst)
+                SENT(MSG_GRAD, sched_path_pipe(s, mb, k - 1), mb);
+        }
+    }
+#undef SENT
+    return n;
+}
+
+static void exec_init(Exec *x, const PipeRun *r, int n_fwd) {
     const Schedule *s = r->s;
     CHECK(r->pp->size == s->N && r->rank == r->pp->rank,
           "pipeline: a %d-rank schedule needs a pipeline group of %d ranks (this is rank %d of %d)",
           s->N, s->N, r->pp->rank, r->pp->size);
     CHECK(s->C <= PIPE_MAX_MB, "pipeline: %d micro-batches per step, at most %d fit the message tags",
           s->C, PIPE_MAX_MB);
+    CHECK(r->msg_bytes % 4 == 0, "pipeline: a message of %zu bytes is not whole 32-bit words", r->msg_bytes);
     memset(x, 0, sizeof *x);
     x->r = r;
     x->s = s;
     x->last = sched_path_len(s) - 1;
-    x->local = core_alloc((size_t)4 * s->C * sizeof(float *));
+    x->n_fwd = n_fwd;
+    x->box = core_alloc((size_t)4 * s->C * sizeof(void *));
     x->wq = core_alloc((size_t)2 * s->C * sizeof(SchedCell));
+    for (int j = 0; j < 2 && r->links; j++) {
+        const int peer = r->rank + (j ? 1 : -1);
+        if (peer < 0 || peer >= s->N) continue;
+        x->n_order[j] = sends_between(x, peer, r->rank, NULL);
+        x->order[j] = core_alloc((size_t)(x->n_order[j] ? x->n_order[j] : 1) * sizeof(int));
+        sends_between(x, peer, r->rank, x->order[j]);
+    }
 }
 
 // Waits for every send (under the comm timeout) and frees the executor's buffers.
 static void exec_finish(Exec *x) {
     for (int i = 0; i < x->n_sends; i++) {
         comm_wait(x->sends[i].req);
-        core_free(x->sends[i].buf);
+        msg_free(x->r, x->sends[i].buf);
     }
     for (int i = 0; i < 4 * x->s->C; i++)
-        CHECK(x->local[i] == NULL, "pipeline: rank %d kept a local message nobody took", x->r->rank);
+        CHECK(x->box[i] == NULL, "pipeline: rank %d kept a message nobody took", x->r->rank);
+    for (int j = 0; j < 2; j++)
+        CHECK(x->next[j] == x->n_order[j], "pipeline: rank %d received %d of the %d messages of its "
+              "%s neighbour", x->r->rank, x->next[j], x->n_order[j], j ? "next" : "previous");
     core_free(x->sends);
-    core_free(x->local);
+    core_free(x->box);
+    core_free(x->order[0]);
+    core_free(x->order[1]);
     core_free(x->wq);
 }
 
 void pipe_run(const PipeRun *r) {
     Exec x;
-    exec_init(&x, r);
+    exec_init(&x, r, 0);
     const int n = r->s->n_ops[r->rank];
     const SchedOp *ops = r->s->ops[r->rank];
     for (int i = 0; i < n; i++) {
@@ -180,8 +280,8 @@ void pipe_run(const PipeRun *r) {
         const int kf = has_f ? position(&x, &op->f) : -1, kb = has_b ? position(&x, &op->b) : -1;
         // Inputs first, so that a traced op spans its compute and sends, not the wait for its
         // inputs (that wait is the bubble). An F&B waits for both, as the validator assumes.
-        float *h_in = has_f ? input_of(&x, MSG_ACT, &op->f, op->f.mb, kf) : NULL;
-        float *dh_out = has_b ? input_of(&x, MSG_GRAD, &op->b, op->b.mb, kb) : NULL;
+        void *h_in = has_f ? input_of(&x, MSG_ACT, &op->f, op->f.mb, kf) : NULL;
+        void *dh_out = has_b ? input_of(&x, MSG_GRAD, &op->b, op->b.mb, kb) : NULL;
         const double t0 = r->trace ? wall_us() : 0;
         if (has_f) run_forward(&x, &op->f, op->f.mb, kf, h_in);
         if (has_b) run_backward(&x, &op->b, kb, dh_out);
@@ -196,7 +296,11 @@ void pipe_run(const PipeRun *r) {
             run_weight(&x, &c);
         }
         CHECK(has_f || has_b || op->kind == SCHED_W, "pipeline: unknown op kind %d", op->kind);
-        if (r->trace) r->trace[i] = (SimEvent){*op, t0, wall_us()};
+        if (r->trace) {
+            // The GPU work of the op, queued so far, is part of it.
+            if (r->ops) r->ops->sync();
+            r->trace[i] = (SimEvent){*op, t0, wall_us()};
+        }
         reap_sends(&x);
     }
     CHECK(x.wq_head == x.wq_tail, "pipeline: rank %d ends the step with %d deferred W's not run",
@@ -205,9 +309,9 @@ void pipe_run(const PipeRun *r) {
 }
 
 void pipe_run_forward(const PipeRun *r, int n) {
+    CHECK(n > 0 && n <= r->s->C, "pipeline: %d forward micro-batches, the schedule has %d", n, r->s->C);
     Exec x;
-    exec_init(&x, r);
-    CHECK(n <= r->s->C, "pipeline: %d forward micro-batches, the schedule has %d", n, r->s->C);
+    exec_init(&x, r, n);
     const int L = sched_path_len(r->s);
     for (int mb = 0; mb < n; mb++)
         for (int k = 0; k < L; k++) {
@@ -220,4 +324,73 @@ void pipe_run_forward(const PipeRun *r, int n) {
             reap_sends(&x);
         }
     exec_finish(&x);
+}
+
+// Calls fn on each directed link of this rank in one order that every rank agrees on: the pairs of
+// neighbours (2i, 2i+1), then (2i+1, 2i+2) (a rank is in at most one pair of a phase, so the
+// pairs' collective set-ups and finalizations cannot wait on each other), in a pair the
+// lower-to-higher direction first. With split, fn gets the pair's host communicator (split off pp
+// for the phase, collective over pp), else NULL.
+static void each_link(Comm *pp, int split, void (*fn)(void *arg, Comm *pair, int peer, int sender),
+                      void *arg) {
+    const int me = pp->rank, N = pp->size;
+    for (int phase = 0; phase < 2; phase++) {
+        const int peer = (me % 2 == phase) ? me + 1 : me - 1;
+        const int paired = peer >= 0 && peer < N;
+        // The pair's color is its lower rank; a rank left out gets a color of its own.
+        Comm *pair = split ? comm_split(pp, paired ? (me < peer ? me : peer) : N + me, me, "pp pair") : NULL;
+        if (paired) {
+            fn(arg, pair, peer, me < peer);  // lower to higher: the lower rank sends
+            fn(arg, pair, peer, me > peer);
+        }
+        if (pair) comm_free(pair);
+    }
+}
+
+typedef struct {
+    PipeLinks *l;
+    int me;            // this rank in pp
+    size_t msg_bytes;
+    void *warm;        // (msg_bytes) the warm-up message, device memory
+} LinkSetup;
+
+static Comm **link_slot(PipeLinks *l, int me, int peer, int sender) {
+    const int j = peer > me;
+    return sender ? &l->to[j] : &l->from[j];
+}
+
+// Makes the NCCL communicator of one direction of the link with peer and moves the warm-up message
+// over it: NCCL connects a pair on its first transfer, which must not wait inside a step.
+static void link_create(void *arg, Comm *pair, int peer, int sender) {
+    LinkSetup *u = arg;
+    char name[COMM_NAME_MAX];
+    snprintf(name, sizeof name, "pp %d->%d", sender ? u->me : peer, sender ? peer : u->me);
+    Comm *c = comm_nccl_create(pair, name);
+    *link_slot(u->l, u->me, peer, sender) = c;
+    if (sender) comm_send(c, u->warm, u->msg_bytes / 4, COMM_I32, 1 - c->rank, 0);
+    else comm_recv(c, u->warm, u->msg_bytes / 4, COMM_I32, 1 - c->rank, 0);
+}
+
+static void link_free(void *arg, Comm *pair, int peer, int sender) {
+    (void)pair;
+    LinkSetup *u = arg;
+    Comm **c = link_slot(u->l, u->me, peer, sender);
+    comm_free(*c);
+    *c = NULL;
+}
+
+PipeLinks *pipe_links_create(Comm *pp, const struct LayerOps *ops, size_t msg_bytes) {
+    CHECK(msg_bytes % 4 == 0, "pipeline: a message of %zu bytes is not whole 32-bit words", msg_bytes);
+    LinkSetup u = {core_alloc(sizeof(PipeLinks)), pp->rank, msg_bytes, ops->alloc(msg_bytes)};
+    each_link(pp, 1, link_create, &u);
+    ops->free(u.warm);
+    u.l->pp = pp;
+    return u.l;
+}
+
+void pipe_links_free(PipeLinks *l) {
+    if (!l) return;
+    LinkSetup u = {l, l->pp->rank, 0, NULL};
+    each_link(l->pp, 0, link_free, &u);
+    core_free(l);
 }

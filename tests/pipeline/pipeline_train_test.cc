@@ -144,7 +144,7 @@ void compare_with_one_process(const Case &k, const char *trace) {
     cp.pp = k.pp;
     cp.ep = k.ep;
     std::snprintf(cp.schedule, sizeof cp.schedule, "%s", k.schedule);
-    PipeTrainer *p = pipe_trainer_create(&cp, g);
+    PipeTrainer *p = pipe_trainer_create(&cp, g, &layer_ops_cpu);
     for (int s = 0; s < STEPS; s++) {
         const std::vector<int> tok = layout_global_batch(c, G, 77, 2000 + (uint32_t)(s));
         const StepStats &a = ref.steps[s];

@@ -108,7 +108,7 @@ MoeConfig tiny() {
     return c;
 }
 
-void create(MoeConfig c) { pipe_trainer_create(&c, grid_create(comm_world(), c.pp, c.ep, c.E)); }
+void create(MoeConfig c) { pipe_trainer_create(&c, grid_create(comm_world(), c.pp, c.ep, c.E), &layer_ops_cpu); }
 
 TEST(PipeTrainerDeath, LayoutsTheScheduleCannotRun) {
     MoeConfig c = tiny();
