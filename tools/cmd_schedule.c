@@ -13,7 +13,7 @@
 
 static const char *HELP =
     "usage: moelab schedule --kind 1f1b|dualpipe|dualpipev --pp N --chunks C [options]\n"
-    "       moelab schedule --from-trace FILE --svg OUT\n"
+    "       moelab schedule --from-trace FILE --svg OUT [--kind K]\n"
     "\n"
     "Prints the per-rank op list of a pipeline schedule (ARCHITECTURE.md §5, docs/pipeline.md),\n"
     "checks it by playing all ranks against each other, and simulates it with per-op costs.\n"
@@ -29,7 +29,8 @@ static const char *HELP =
     "  --cost-w X        cost of the weight-gradient part of a backward (default 1)\n"
     "  --cost-fb X       cost of an overlapped forward & backward (default 3)\n"
     "  --cost-p2p X      latency of one message between ranks (default 0)\n"
-    "  --from-trace FILE read a measured Chrome trace (moelab train --trace) instead\n"
+    "  --from-trace FILE read a measured Chrome trace (moelab train --trace) instead; with --kind\n"
+    "                    also the measured mean op costs and the bubble formula they give\n"
     "\n"
     "Text tokens: F3d forward of micro-batch 3 in the down pipe, B0u backward (u = up pipe),\n"
     "B0u* backward with W deferred, W0u the deferred W of B0u, FB(4d,1u) F4d and B1u overlapped.\n";
@@ -71,7 +72,28 @@ static void print_idle(const SimTimeline *tl) {
                span > 0 ? 100 * tl->bubble[r] / span : 0.0);
 }
 
-static int from_trace(const char *trace, const char *svg) {
+// Mean op costs of a measured timeline in SimCosts' terms: f from the F ops; w from the W ops; b a
+// full backward (a B that defers its W measures b − w); fb likewise (f + b when no F&B ran).
+static SimCosts measured_costs(const SimTimeline *tl) {
+    double sum[6] = {0}, n[6] = {0};  // F, B, B deferring W, W, F&B, F&B deferring W
+    for (int r = 0; r < tl->R; r++)
+        for (int i = 0; i < tl->n[r]; i++) {
+            const SchedOp *op = &tl->ev[r][i].op;
+            const int k = op->kind == SCHED_F ? 0 : op->kind == SCHED_B ? 1 + op->b.defer_w
+                        : op->kind == SCHED_W ? 3 : 4 + op->b.defer_w;
+            sum[k] += tl->ev[r][i].end - tl->ev[r][i].start;
+            n[k] += 1;
+        }
+    double mean[6];
+    for (int k = 0; k < 6; k++) mean[k] = n[k] > 0 ? sum[k] / n[k] : 0;
+    SimCosts c = {mean[0], 0, mean[3], 0, 0};
+    c.b = n[1] > 0 ? mean[1] : mean[2] + c.w;
+    c.fb = n[4] > 0 ? mean[4] : n[5] > 0 ? mean[5] + c.w : c.f + c.b;
+    return c;
+}
+
+// kind < 0: draw and report idle time only; else also the §5 formula at the measured costs.
+static int from_trace(const char *trace, const char *svg, int kind) {
     char err[SCHED_ERR_LEN], title[512];
     SimTimeline *tl = sim_read_trace(trace, err);
     if (!tl) {
@@ -82,6 +104,15 @@ static int from_trace(const char *trace, const char *svg) {
     int rc = sched_svg_write(tl, title, "µs", svg, err);
     if (rc) fprintf(stderr, "moelab: error: %s\n", err);
     else print_idle(tl);
+    if (!rc && kind >= 0) {
+        const SimCosts c = measured_costs(tl);
+        const double span = tl->t1 - tl->t0, formula = sim_bubble_formula(kind, tl->R, &c);
+        double idle = 0;
+        for (int r = 0; r < tl->R; r++) idle += tl->bubble[r] / tl->R;
+        printf("measured mean costs (µs): F %.6g, B %.6g, W %.6g, F&B %.6g\n", c.f, c.b, c.w, c.fb);
+        printf("idle per rank: measured %.6g (%.1f%% of the step), formula %s = %.6g (%.1f%%)\n", idle,
+               span > 0 ? 100 * idle / span : 0.0, FORMULA[kind], formula, span > 0 ? 100 * formula / span : 0.0);
+    }
     sim_free(tl);
     return rc;
 }
@@ -138,8 +169,10 @@ int cmd_schedule(int argc, char **argv) {
 
     if (from) {
         if (!svg) return usage("--from-trace needs --svg OUT");
-        if (kind_name || have_n || have_c) return usage("--from-trace draws a measured run: drop --kind/--pp/--chunks");
-        return from_trace(from, svg);
+        if (have_n || have_c) return usage("--from-trace draws a measured run: drop --pp/--chunks");
+        const int k = kind_name ? sched_kind_parse(kind_name) : -1;
+        if (kind_name && k < 0) return usage("--kind must be 1f1b, dualpipe or dualpipev, got '%s'", kind_name);
+        return from_trace(from, svg, k);
     }
     if (!kind_name || !have_n || !have_c) return usage("--kind, --pp and --chunks are required");
     int kind = sched_kind_parse(kind_name);

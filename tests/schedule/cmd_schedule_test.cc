@@ -99,6 +99,11 @@ TEST(CmdSchedule, JsonAndFiles) {
     std::string s2 = slurp(svg2);
     EXPECT_NE(s2.find("Measured timeline"), std::string::npos);
     EXPECT_NE(s2.find("time (µs)"), std::string::npos);
+    // With --kind: the simulated costs come back from the timeline, and the formula with them.
+    Result k = run({"--from-trace", trace, "--svg", svg2, "--kind", "dualpipev"});
+    EXPECT_EQ(k.rc, 0) << k.err;
+    EXPECT_NE(k.out.find("measured mean costs (µs): F 1, B 2, W 1, F&B 3\n"), std::string::npos) << k.out;
+    EXPECT_NE(k.out.find("formula (N-1)(F&B+B-3W) = 4 ("), std::string::npos) << k.out;
     remove(svg.c_str());
     remove(svg2.c_str());
     remove(trace.c_str());
