@@ -13,6 +13,11 @@
 #   ep_bench   on NP GPUs: EP dispatch + combine bandwidth (ep_bench a2a) against PyTorch's NCCL
 #              all_to_all_single moving the same bytes (tools/bench_a2a.py), and training tokens/s
 #              of configs/bench.cfg with EP 1 on one GPU, EP NP and DP NP (ep_bench train)
+#   pp         on 4 GPUs: `moelab train --device cuda-fp32` with 1F1B PP 4, DualPipe PP 4, DualPipeV
+#              PP 4 and DualPipe PP 2 x EP 2 (8 micro-batches) against one GPU with the same batch
+#   pp_bench   on 4 GPUs: configs/bench.cfg (bf16), 8 micro-batches of PP_BATCH (default 8)
+#              sequences: step time of 1F1B, DualPipe and DualPipeV at PP 4, each rank's measured
+#              idle fraction from --trace against the §5 formula, and the measured timelines as SVG
 # Logs go to $OUT (the device tool's result folder), or to ./out when OUT is unset.
 #   usage: [STAGES="tests train ..."] bash tools/gpu_run.sh [gtest filter]
 set -uo pipefail
@@ -55,6 +60,19 @@ mpi() {
         --mca btl_vader_single_copy_mechanism none -x NCCL_NVLS_ENABLE \
         -x TORCH_SYMM_MEM_DISABLE_MULTICAST -x NVSHMEM_DISABLE_NVLS -x OMP_NUM_THREADS -x LD_LIBRARY_PATH \
         -np "$n" "$@"
+}
+# Compares the loss and grad_norm of every step of run (metrics file) with the reference's within
+# 1e-5 relative and expects `steps` steps: same_as ONE.jsonl RUN.jsonl LABEL STEPS
+same_as() {
+    local f
+    for f in loss grad_norm; do
+        paste <(grep -o "\"$f\": [-0-9.e]*" "$1" | awk '{print $2}') \
+              <(grep -o "\"$f\": [-0-9.e]*" "$2" | awk '{print $2}') | awk -v run="$3" -v f=$f -v n="$4" '
+            { d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1
+              printf "%s step %d %s: %s vs one GPU %s\n", run, NR, f, $2, $1
+              if (d > 1e-5 * s + 1e-6) bad = 1 }
+            END { exit bad || NR != n }' || fail "moelab train $3 $f differs from one GPU"
+    done
 }
 qs_steps=${QS_STEPS:-600}
 qs=(--config configs/quickstart.cfg --data .dist/data/quickstart --steps "$qs_steps" --sample-tokens 0)
@@ -147,16 +165,7 @@ if want nccl; then
         mpi "$np" .dist/bin/moelab "${a[@]}" --ep 1 --metrics "$log/cli_dp.jsonl" > "$log/cli_dp.log" 2>&1 ||
             fail "moelab train, DP $np"
         grep "grid:" "$log/cli_ep.log"
-        fields() { grep -o "\"$2\": [-0-9.e]*" "$1" | awk '{print $2}'; }
-        for run in ep dp; do
-            for f in loss grad_norm; do
-                paste <(fields "$log/cli_one.jsonl" $f) <(fields "$log/cli_$run.jsonl" $f) | awk -v run=$run -v f=$f '
-                    { d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1
-                      printf "%s step %d %s: %s vs one GPU %s\n", run, NR, f, $2, $1
-                      if (d > 1e-5 * s + 1e-6) bad = 1 }
-                    END { exit bad || NR != 3 }' || fail "moelab train $run $f differs from one GPU"
-            done
-        done
+        for run in ep dp; do same_as "$log/cli_one.jsonl" "$log/cli_$run.jsonl" $run 3; done
     fi
 fi
 
@@ -174,6 +183,54 @@ if want ep_bench; then
     [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train on one GPU"
     mpi "$np" .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 2>&1 | tee -a "$log/ep_bench_train.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train, DP $np"
+fi
+
+if want pp; then
+    if [ -d .dist/data/quickstart ]; then
+        echo "== moelab train --device cuda-fp32 --pp on 4 GPUs against one GPU (same global batch)"
+        # 8 layers: DualPipeV at PP 4 cuts the model into 8 stages.
+        a=(train --config configs/quickstart.cfg --data .dist/data/quickstart --steps 3 --log-every 1
+           --val-every 0 --val-batches 1 --sample-tokens 0 --batch-size 4 --n-layers 8 --device cuda-fp32)
+        # PP 2 x EP 2 has two data-parallel pipelines: the one-GPU run reads both (16 micro-batches).
+        for accum in 8 16; do
+            .dist/bin/moelab "${a[@]}" --grad-accum $accum --metrics "$log/pp_one_$accum.jsonl" \
+                > "$log/pp_one_$accum.log" 2>&1 || fail "moelab train on one GPU, --grad-accum $accum"
+        done
+        for run in "1f1b 4 1" "dualpipe 4 1" "dualpipev 4 1" "dualpipe 2 2"; do
+            read -r kind pp ep <<< "$run"
+            name=pp_${kind}_pp${pp}_ep$ep
+            mpi 4 .dist/bin/moelab "${a[@]}" --schedule $kind --pp $pp --ep $ep --chunks 8 \
+                --metrics "$log/$name.jsonl" > "$log/$name.log" 2>&1 || fail "moelab train $name"
+            grep "pipeline:" "$log/$name.log" | head -n 1
+            same_as "$log/pp_one_$((8 * 4 / pp)).jsonl" "$log/$name.jsonl" $name 3
+        done
+    else
+        echo "gpu_run: no .dist/data/quickstart: pp stage skipped"
+    fi
+fi
+
+if want pp_bench; then
+    if [ -d .dist/data/quickstart ]; then
+        b=${PP_BATCH:-8}
+        echo "== pipeline schedules on 4 GPUs: configs/bench.cfg (bf16), PP 4, 8 micro-batches of $b x 2048"
+        # The quickstart tokens, read with the bench model's vocabulary (ids < 2048 < 32768).
+        a=(train --config configs/bench.cfg --data .dist/data/quickstart --vocab-size 2048 --steps 4
+           --log-every 1 --val-every 0 --val-batches 1 --sample-tokens 0 --batch-size "$b" --device cuda)
+        for kind in 1f1b dualpipe dualpipev; do
+            mpi 4 .dist/bin/moelab "${a[@]}" --pp 4 --schedule $kind --chunks 8 --trace "$log/pp_trace_$kind.json" \
+                --metrics "$log/pp_bench_$kind.jsonl" > "$log/pp_bench_$kind.log" 2>&1 || {
+                fail "moelab train --pp 4 --schedule $kind (bench.cfg)"; continue; }
+            # The last step (the traced one): its time from the global tokens and the rate.
+            tps=$(grep -o '"tokens_per_s": [0-9.e+]*' "$log/pp_bench_$kind.jsonl" | tail -n 1 | awk '{print $2}')
+            awk -v k=$kind -v t="$tps" -v n=$((8 * b * 2048)) \
+                'BEGIN { printf "%s: last step %.1f ms (%.0f tok/s)\n", k, 1000 * n / t, t }' | tee -a "$log/pp_bench.txt"
+            .dist/bin/moelab schedule --from-trace "$log/pp_trace_$kind.json" --svg "$log/pp_timeline_$kind.svg" \
+                --kind $kind 2>&1 | grep -v "^rank" | tee -a "$log/pp_bench.txt"
+            [ "${PIPESTATUS[0]}" = 0 ] || fail "moelab schedule --from-trace (pp_trace_$kind.json)"
+        done
+    else
+        echo "gpu_run: no .dist/data/quickstart: pp_bench stage skipped"
+    fi
 fi
 
 if [ -n "${cpu_pid:-}" ]; then
