@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "framework/core/check.h"
@@ -112,7 +113,10 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         p->pair = comm_split(g->pp_comm, lo, g->pp_rank, "pp copies");
         if (on_gpu) p->pair_dev = comm_nccl_create(p->pair, "pp copies");
     }
-    if (on_gpu && N > 1)
+    // MOELAB_TEST_PIPE_LINKS=1 runs the GPU transport (per-link communicators, ordered receives)
+    // over MPI on the CPU, for the tests.
+    const char *test_links = getenv("MOELAB_TEST_PIPE_LINKS");
+    if (N > 1 && (on_gpu || (test_links && strcmp(test_links, "1") == 0)))
         p->links = pipe_links_create(g->pp_comm, ops, (size_t)c->batch_size * c->T * c->D * ops->act_size);
     // A trace file that cannot be written is found now, not after the last step.
     if (c->trace[0] && g->rank == 0) {
@@ -132,6 +136,9 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     if (kind == SCHED_DUALPIPE)
         core_info0("pipeline: rank r holds stages r and %d-r; their gradients are summed with rank %d-r", N - 1, N - 1);
     if (kind == SCHED_DUALPIPEV) core_info0("pipeline: rank r holds stages r and %d-r", 2 * N - 1);
+    if (p->links)
+        core_info0("pipeline: messages over one %s communicator per directed link between neighbours",
+                   on_gpu ? "NCCL" : "MPI");
     return p;
 }
 

@@ -350,6 +350,7 @@ static void each_link(Comm *pp, int split, void (*fn)(void *arg, Comm *pair, int
 typedef struct {
     PipeLinks *l;
     int me;            // this rank in pp
+    int on_gpu;        // NCCL communicators, else MPI ones
     size_t msg_bytes;
     void *warm;        // (msg_bytes) the warm-up message, device memory
 } LinkSetup;
@@ -365,7 +366,9 @@ static void link_create(void *arg, Comm *pair, int peer, int sender) {
     LinkSetup *u = arg;
     char name[COMM_NAME_MAX];
     snprintf(name, sizeof name, "pp %d->%d", sender ? u->me : peer, sender ? peer : u->me);
-    Comm *c = comm_nccl_create(pair, name);
+    // On the CPU (the tests of the GPU transport) a two-process MPI communicator: its messages of
+    // one tag arrive in order too.
+    Comm *c = u->on_gpu ? comm_nccl_create(pair, name) : comm_split(pair, 0, pair->rank, name);
     *link_slot(u->l, u->me, peer, sender) = c;
     if (sender) comm_send(c, u->warm, u->msg_bytes / 4, COMM_I32, 1 - c->rank, 0);
     else comm_recv(c, u->warm, u->msg_bytes / 4, COMM_I32, 1 - c->rank, 0);
@@ -381,7 +384,8 @@ static void link_free(void *arg, Comm *pair, int peer, int sender) {
 
 PipeLinks *pipe_links_create(Comm *pp, const struct LayerOps *ops, size_t msg_bytes) {
     CHECK(msg_bytes % 4 == 0, "pipeline: a message of %zu bytes is not whole 32-bit words", msg_bytes);
-    LinkSetup u = {core_alloc(sizeof(PipeLinks)), pp->rank, msg_bytes, ops->alloc(msg_bytes)};
+    LinkSetup u = {core_alloc(sizeof(PipeLinks)), pp->rank, ops->dev != CORE_CPU, msg_bytes,
+                   ops->alloc(msg_bytes)};
     each_link(pp, 1, link_create, &u);
     ops->free(u.warm);
     u.l->pp = pp;
@@ -390,7 +394,7 @@ PipeLinks *pipe_links_create(Comm *pp, const struct LayerOps *ops, size_t msg_by
 
 void pipe_links_free(PipeLinks *l) {
     if (!l) return;
-    LinkSetup u = {l, l->pp->rank, 0, NULL};
+    LinkSetup u = {l, l->pp->rank, 0, 0, NULL};
     each_link(l->pp, 0, link_free, &u);
     core_free(l);
 }

@@ -32,7 +32,8 @@ typedef struct {
 // Makes the links of every rank of pp (collective over pp, after core_cuda_init): pairs of
 // neighbours (2i, 2i+1), then (2i+1, 2i+2), each split off pp and given its two NCCL
 // communicators, which then move one warm-up message of msg_bytes (device memory of ops) so that
-// NCCL's lazy connection set-up is done before the first step.
+// NCCL's lazy connection set-up is done before the first step. With a CPU ops the links are
+// two-process MPI communicators instead (host messages; how the tests run this transport).
 PipeLinks *pipe_links_create(Comm *pp, const struct LayerOps *ops, size_t msg_bytes);
 // Finalizes the communicators in the order they were made (collective over pp).
 void pipe_links_free(PipeLinks *l);

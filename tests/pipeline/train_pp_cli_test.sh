@@ -1,8 +1,10 @@
 #!/bin/bash
 # `moelab train --pp` under mpirun against the one-process run: the same 4 micro-batches of 4
 # sequences per step as DualPipe on 2 ranks (--chunks 4) and DualPipeV on 2 ranks; the logged
-# losses and gradient norms of every step agree within 1e-5 relative. The DualPipe run's --trace
-# must draw with `moelab schedule --from-trace`, and bad pipeline arguments end with one message.
+# losses and gradient norms of every step agree within 1e-5 relative; so do 1F1B, DualPipe and
+# DualPipeV on 4 ranks over the GPU transport run on MPI (MOELAB_TEST_PIPE_LINKS=1). The DualPipe
+# run's --trace must draw with `moelab schedule --from-trace`, and bad pipeline arguments end with
+# one message.
 set -euo pipefail
 moelab="$TEST_SRCDIR/moelab/tools/moelab"
 tmp="${TEST_TMPDIR:-/tmp}"
@@ -26,6 +28,19 @@ grep -q "pipeline: dualpipe, 2 ranks, 4 micro-batches per step | layers per stag
 for run in dualpipe dualpipev; do
     close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 123
     echo "ok: $run matches the one-process run"
+done
+
+# The GPU transport (one communicator per directed link, receives in the sender's order into a
+# mailbox) run over MPI: the 4-rank schedules, whose links form both phases of pairs.
+args8=("${args[@]}" --n-layers 8)
+"$moelab" train "${args8[@]}" --grad-accum 8 --metrics "$tmp/one8.jsonl" >"$tmp/one8.log"
+for kind in 1f1b dualpipe dualpipev; do
+    MOELAB_TEST_PIPE_LINKS=1 mpi 4 "$moelab" train "${args8[@]}" --pp 4 --schedule $kind --chunks 8 \
+        --metrics "$tmp/links_$kind.jsonl" >"$tmp/links_$kind.log"
+    grep -q "one MPI communicator per directed link" "$tmp/links_$kind.log" ||
+        { echo "FAIL: $kind did not run over the links:"; cat "$tmp/links_$kind.log"; exit 1; }
+    close_steps "$tmp/one8.jsonl" "$tmp/links_$kind.jsonl" 123
+    echo "ok: $kind over per-link communicators matches the one-process run"
 done
 
 # The pipeline's metrics carry the whole model's expert loads (summed over the stages): every MoE
