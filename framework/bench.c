@@ -33,6 +33,14 @@ BenchResult bench_train(const MoeConfig *c, const LayerOps *ops, int min_steps, 
     r.tokens_per_s = tokens / t;
     r.gflops = r.tokens_per_s * model_train_flops_per_token(c) / 1e9;
     r.step_seconds = t / r.steps;
+    r.prof_steps = 2;
+    prof_start(ops->dev != CORE_CPU);
+    for (int s = 0; s < r.prof_steps; s++) train_step_tokens(m, &o, c, r.steps + 1 + s, tok);
+    prof_stop(r.prof_ms);
+    for (int i = 0; i < PROF_N; i++) {
+        r.prof_ms[i] /= r.prof_steps;
+        r.prof_step_ms += r.prof_ms[i];
+    }
     r.params_m = (double)m->reg.total / 1e6;
     r.peak_gib = (double)ops->peak_bytes() / (1024.0 * 1024.0 * 1024.0);
     core_free(tok);

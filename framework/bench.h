@@ -5,6 +5,7 @@
 #define MOELAB_FRAMEWORK_BENCH_H
 
 #include "framework/core/config.h"
+#include "framework/core/prof.h"
 #include "layers/ops.h"
 
 #ifdef __cplusplus
@@ -19,10 +20,15 @@ typedef struct {
     double params_m;        // parameters held, millions
     double peak_gib;        // most device memory the backend held at once (0 where not tracked)
     float first_loss, last_loss;  // loss of the warm-up step and of the last timed step
+    // Time by layer type (prof.h) over prof_steps more steps after the timed ones (so the marks
+    // cost the throughput nothing): milliseconds per step in each region, and their sum.
+    int prof_steps;
+    double prof_ms[PROF_N], prof_step_ms;
 } BenchResult;
 
 // Times optimizer steps of c on backend ops (one warm-up step, then at least min_steps and at least
-// min_seconds), the model and its optimizer living on that backend.
+// min_seconds), the model and its optimizer living on that backend; then 2 steps with prof marks on
+// (GPU: CUDA events on the compute stream; CPU: the wall clock) for the time by layer type.
 BenchResult bench_train(const MoeConfig *c, const LayerOps *ops, int min_steps, double min_seconds);
 // Single-precision GEMM rate (GFLOP/s) of cblas_sgemm on n × n × n, best of `reps` runs.
 double bench_sgemm_gflops(int n, int reps);

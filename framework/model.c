@@ -9,6 +9,7 @@
 
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
+#include "framework/core/prof.h"
 #include "framework/core/rng.h"
 
 int model_is_moe_layer(const Model *m, int l) { return l >= m->cfg.n_dense_layers; }
@@ -383,7 +384,9 @@ static void attn_forward(const Model *m, const LayerWeights *w, LayerActs *la, i
     const MoeConfig *c = &m->cfg;
     const LayerOps *o = m->ops;
     const int N = B * T, D = c->D, hd = m->hd, qd = c->H * hd, kd = c->Hkv * hd;
+    prof_mark(PROF_NORM);
     o->rmsnorm_forward(la->a, la->rstd1, la->h_in, w->attn_norm, N, D, c->norm_eps);
+    prof_mark(PROF_ATTN);
     o->linear_forward(la->q, la->a, w->wq, N, D, qd);
     o->linear_forward(la->k, la->a, w->wk, N, D, kd);
     o->linear_forward(la->v, la->a, w->wv, N, D, kd);
@@ -403,6 +406,7 @@ static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs
     const LayerOps *o = m->ops;
     const size_t x = o->act_size;
     // do and the RoPE'd gradients are temporaries: backward_weight needs only dq, dk, dv, da.
+    prof_mark(PROF_ATTN);
     void *d_o = o->alloc(N * qd * x);
     void *dqr = o->alloc(N * qd * x);
     void *dkr = o->alloc(N * kd * x);
@@ -418,6 +422,7 @@ static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs
     o->linear_backward_input(la->da, la->dq, w->wq, (int)N, D, qd);
     o->linear_backward_input(la->da, la->dk, w->wk, (int)N, D, kd);
     o->linear_backward_input(la->da, la->dv, w->wv, (int)N, D, kd);
+    prof_mark(PROF_NORM);
     o->copy(dh_in, la->d_h_mid, N * D * x);  // the residual path
     o->rmsnorm_backward_input(dh_in, la->da, la->h_in, w->attn_norm, la->rstd1, (int)N, D);
     o->free(d_o);
@@ -429,10 +434,12 @@ static void attn_backward_weight(const Model *m, LayerWeights *g, const LayerAct
     const MoeConfig *c = &m->cfg;
     const int D = c->D, qd = c->H * m->hd, kd = c->Hkv * m->hd;
     const LayerOps *o = m->ops;
+    prof_mark(PROF_ATTN);
     o->linear_backward_weight(g->wo, la->d_h_mid, la->o, N, qd, D);
     o->linear_backward_weight(g->wq, la->dq, la->a, N, D, qd);
     o->linear_backward_weight(g->wk, la->dk, la->a, N, D, kd);
     o->linear_backward_weight(g->wv, la->dv, la->a, N, D, kd);
+    prof_mark(PROF_NORM);
     o->rmsnorm_backward_weight(g->attn_norm, la->da, la->h_in, la->rstd1, N, D);
 }
 
@@ -444,6 +451,7 @@ static void ffn_forward(Model *m, int l, LayerActs *la, float *h_out, int B, int
     const int N = B * T, D = c->D;
     const LayerWeights *w = &m->w[l];
     const LayerOps *o = m->ops;
+    prof_mark(PROF_NORM);
     o->rmsnorm_forward(la->m, la->rstd2, la->h_mid, w->ffn_norm, N, D, c->norm_eps);
     if (model_is_moe_layer(m, l)) {
         MoeDispatcher *d = disp_of(m, l);
@@ -455,6 +463,7 @@ static void ffn_forward(Model *m, int l, LayerActs *la, float *h_out, int B, int
         if (m->count_routes)
             o->router_count(m->expert_counts + (size_t)l * c->E, la->moe.idx, N, c->K, c->E);
     } else {
+        prof_mark(PROF_FFN);
         ops_swiglu_forward(o, la->ffn_out, &la->ffn, la->m, w->w1, w->w3, w->w2, &N, 1, D, c->F);
     }
     o->add(h_out, la->h_mid, la->ffn_out, (long)N * D);
@@ -474,10 +483,12 @@ static void ffn_backward_input(Model *m, int l, LayerActs *la, const float *dh_o
         shape.alpha *= scale;
         moe_backward_input(la->dm, &la->moe, dh_out, &shape, &w->moe, disp_of(m, l));
     } else {
+        prof_mark(PROF_FFN);
         void *dh = o->alloc((size_t)N * c->F * o->act_size);
         ops_swiglu_backward_input(o, la->dm, &la->ffn, dh, dh_out, w->w1, w->w3, w->w2, &N, 1, D, c->F);
         o->free(dh);
     }
+    prof_mark(PROF_NORM);
     o->copy(la->d_h_mid, dh_out, (size_t)N * D * o->act_size);
     o->rmsnorm_backward_input(la->d_h_mid, la->dm, la->h_mid, w->ffn_norm, la->rstd2, N, D);
 }
@@ -487,8 +498,11 @@ static void ffn_backward_weight(Model *m, int l, LayerActs *la, const float *dh_
     LayerWeights *g = &m->g[l];
     if (model_is_moe_layer(m, l))
         moe_backward_weight(&g->moe, &la->moe, &m->moe_shape, disp_of(m, l));
-    else
+    else {
+        prof_mark(PROF_FFN);
         ops_swiglu_backward_weight(m->ops, g->w1, g->w3, g->w2, &la->ffn, la->m, dh_out, &N, 1, c->D, c->F);
+    }
+    prof_mark(PROF_NORM);
     m->ops->rmsnorm_backward_weight(g->ffn_norm, la->dm, la->h_mid, la->rstd2, N, c->D);
 }
 
@@ -529,6 +543,7 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float
         if (with_targets) o->upload(a->targets, tg, (size_t)N * sizeof(int));
         core_free(in);
     }
+    prof_mark(PROF_EMBED);
     if (m->first) o->embedding_forward(a->layer[0].h_in, a->inputs, m->embed, N, c->V, D);
     else o->copy(a->layer[m->l0].h_in, h_in, (size_t)N * D * o->act_size);
     a->bal = 0;
@@ -540,6 +555,7 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float
         if (model_is_moe_layer(m, l)) a->bal += la->moe.bal_loss;
     }
     if (!m->last) return c->balance_alpha * a->bal;
+    prof_mark(PROF_HEAD);  // the final norm included
     o->rmsnorm_forward(a->hf, a->rstdf, a->h_out, m->final_norm, N, D, c->norm_eps);
     o->linear_forward(a->logits, a->hf, m->lm_head, N, D, c->V);
     if (!with_targets) return 0.0f;
@@ -567,6 +583,7 @@ void model_stage_backward_input(Model *m, ModelActs *a, const float *dh_out, flo
     const size_t x = o->act_size;
     float *dh = dh_at(m, a, m->l1);
     if (m->last) {
+        prof_mark(PROF_HEAD);
         o->zero(a->dlogits, (size_t)N * c->V * x);
         o->crossentropy_backward_input(a->dlogits, a->logits, a->lse, a->targets, scale / (float)N, N,
                                        c->V);
@@ -595,6 +612,7 @@ void model_backward_weight(Model *m, ModelActs *a) {
     const int N = a->N, D = c->D;
     const LayerOps *o = m->ops;
     if (m->last) {
+        prof_mark(PROF_HEAD);
         o->linear_backward_weight(m->d_lm_head, a->dlogits, a->hf, N, D, c->V);
         o->rmsnorm_backward_weight(m->d_final_norm, a->dhf, a->h_out, a->rstdf, N, D);
     }
@@ -603,5 +621,7 @@ void model_backward_weight(Model *m, ModelActs *a) {
         ffn_backward_weight(m, l, la, dh_at(m, a, l + 1), N);
         attn_backward_weight(m, &m->g[l], la, N);
     }
+    prof_mark(PROF_EMBED);
     if (m->first) o->embedding_backward_weight(m->d_embed, a->dh, a->inputs, N, c->V, D);
+    prof_mark(PROF_OTHER);
 }

@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "framework/core/mem.h"
+#include "framework/core/prof.h"
 
 void adamw_init(AdamW *o, const ParamRegistry *r) { adamw_init_on(o, r, &layer_ops_cpu, NULL); }
 
@@ -57,6 +58,7 @@ float optim_clip_factor(float norm, float clip) {
 }
 
 void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr) {
+    prof_mark(PROF_OPTIM);
     o->t++;
     const AdamwHyper h = {lr, c->beta1, c->beta2, c->adam_eps, c->weight_decay, o->t};
     for (int i = 0; i < r->n; i++) {
@@ -66,4 +68,5 @@ void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr) {
         o->ops->adamw_step(r->data + pi->offset, r->grad + pi->offset, o->m + pi->offset, o->v + pi->offset,
                            (long)pi->numel, &h, pi->decay, low);
     }
+    prof_mark(PROF_OTHER);
 }

@@ -1,28 +1,61 @@
-// Linear layer on the GPU (see linear_cuda.h): each product is one cublasGemmEx with fp32 compute;
-// the grouped (per-expert) calls issue one per non-empty expert on the same stream. That loop is
-// the baseline that cuBLAS's grouped GEMM or a custom kernel would have to beat.
+// Linear layer on the GPU (see linear_cuda.h): each product is one cublasGemmEx with fp32 compute.
+// The grouped (per-expert) calls run the same per-expert products either one cublasGemmEx each on
+// the same stream (the loop) or as one cublasGemmGroupedBatchedEx (MOELAB_GROUPED_GEMM chooses;
+// tests/gpu/kernel_bench.cc measures both at the bench config's expert shapes).
 // cuBLAS is column-major: a row-major (r, c) matrix is its column-major (c, r) transpose, so
 // out = inp · Wᵀ (row-major) is outᵀ = W · inpᵀ (column-major), and likewise for the backward.
 #include "layers/linear_cuda.h"
 
 #include <cublas_v2.h>
+#include <stdlib.h>
+#include <string.h>
 
 static cudaDataType_t cuda_type(CoreDtype dt) {
     return core_dtype_size(dt) == 2 ? CUDA_R_16BF : CUDA_R_32F;
 }
 
-// C (m × n, column-major, type ct) = alpha · op(A) · op(B) + beta · C, operands of type ab.
-static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A,
-                 int lda, const void *B, int ldb, float beta, void *C, cudaDataType_t ct, int ldc,
-                 cudaDataType_t ab) {
+// One product: C (m × n, column-major, type ct) = op(A) · op(B) + beta · C, operands of type ab.
+typedef struct {
+    cublasOperation_t ta, tb;
+    int m, n, k;
+    const void *A, *B;
+    int lda, ldb, ldc;
+    float beta;
+    void *C;
+    cudaDataType_t ct, ab;
+} Gemm;
+
+static void gemm(const Gemm *g) {
     const float alpha = 1.0f;
-    CUBLAS_CHECK(cublasGemmEx((cublasHandle_t)core_cuda_cublas(), ta, tb, m, n, k, &alpha, A, ab,
-                              lda, B, ab, ldb, &beta, C, ct, ldc, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
+    CUBLAS_CHECK(cublasGemmEx((cublasHandle_t)core_cuda_cublas(), g->ta, g->tb, g->m, g->n, g->k, &alpha,
+                              g->A, g->ab, g->lda, g->B, g->ab, g->ldb, &g->beta, g->C, g->ct, g->ldc,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 static void linear_check(int N, int IC, int OC) {
     CHECK(N >= 0 && IC > 0 && OC > 0, "linear: bad shape N=%d IC=%d OC=%d", N, IC, OC);
+}
+
+// outᵀ (OC × N) = W (col-major IC × OC)ᵀ · inpᵀ (IC × N)
+static Gemm forward_gemm(CoreDtype dt, CoreDtype out_dt, void *out, const void *inp, const void *W,
+                         int N, int IC, int OC) {
+    Gemm g = {CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, W, inp, IC, IC, OC, 0.0f, out, cuda_type(out_dt),
+              cuda_type(dt)};
+    return g;
+}
+// dinpᵀ (IC × N) += W (col-major IC × OC) · doutᵀ (OC × N)
+static Gemm backward_input_gemm(CoreDtype dt, void *dinp, const void *dout, const void *W, int N,
+                                int IC, int OC) {
+    Gemm g = {CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC, W, dout, IC, OC, IC, 1.0f, dinp, cuda_type(dt),
+              cuda_type(dt)};
+    return g;
+}
+// dWᵀ (IC × OC) += inpᵀ (IC × N) · dout (col-major OC × N)ᵀ
+static Gemm backward_weight_gemm(CoreDtype dt, float *dW, const void *dout, const void *inp, int N,
+                                 int IC, int OC) {
+    Gemm g = {CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, inp, dout, IC, OC, IC, 1.0f, dW, CUDA_R_32F,
+              cuda_type(dt)};
+    return g;
 }
 
 void linear_cuda_forward(CoreDtype dt, CoreDtype out_dt, void *out, const void *inp, const void *W,
@@ -31,46 +64,116 @@ void linear_cuda_forward(CoreDtype dt, CoreDtype out_dt, void *out, const void *
     CHECK(out_dt == dt || out_dt == CORE_F32,
           "linear: output dtype %d must be the operands' (%d) or fp32", (int)out_dt, (int)dt);
     if (N == 0) return;
-    // outᵀ (OC × N) = W (col-major IC × OC)ᵀ · inpᵀ (IC × N)
-    gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, W, IC, inp, IC, 0.0f, out, cuda_type(out_dt), OC,
-         cuda_type(dt));
+    Gemm g = forward_gemm(dt, out_dt, out, inp, W, N, IC, OC);
+    gemm(&g);
 }
 
 void linear_cuda_backward_input(CoreDtype dt, void *dinp, const void *dout, const void *W, int N,
                                 int IC, int OC) {
     linear_check(N, IC, OC);
     if (N == 0) return;
-    // dinpᵀ (IC × N) += W (col-major IC × OC) · doutᵀ (OC × N)
-    gemm(CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC, W, IC, dout, OC, 1.0f, dinp, cuda_type(dt), IC,
-         cuda_type(dt));
+    Gemm g = backward_input_gemm(dt, dinp, dout, W, N, IC, OC);
+    gemm(&g);
 }
 
 void linear_cuda_backward_weight(CoreDtype dt, float *dW, const void *dout, const void *inp, int N,
                                  int IC, int OC) {
     linear_check(N, IC, OC);
     if (N == 0) return;
-    // dWᵀ (IC × OC) += inpᵀ (IC × N) · dout (col-major OC × N)ᵀ
-    gemm(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, inp, IC, dout, OC, 1.0f, dW, CUDA_R_32F, IC,
-         cuda_type(dt));
+    Gemm g = backward_weight_gemm(dt, dW, dout, inp, N, IC, OC);
+    gemm(&g);
 }
 
-// Calls fn(ctx, e, rows, row0) for every expert e that has rows, row0 being its first row.
-typedef void (*GroupFn)(const void *ctx, int e, int rows, size_t row0);
+// ---------------------------------------------------------------------------------------------
+// Per-expert products. Each expert's product is the plain one above on its row range; the mode
+// decides whether those GEMMs run one cublasGemmEx each (the loop) or as one
+// cublasGemmGroupedBatchedEx call (one group of one problem per non-empty expert).
 
-static void for_each_group(const int *counts, int G, const void *ctx, GroupFn fn) {
-    CHECK(G >= 1, "linear: need at least one group, got G = %d", G);
-    size_t row0 = 0;
-    for (int e = 0; e < G; e++) {
-        CHECK(counts[e] >= 0, "linear: group %d has %d rows", e, counts[e]);
-        if (counts[e] > 0) fn(ctx, e, counts[e], row0);
-        row0 += (size_t)counts[e];
+static int g_mode = -1;  // LinearGroupedMode once read from MOELAB_GROUPED_GEMM or set
+
+int linear_cuda_grouped_mode(void) {
+    if (g_mode < 0) {
+        const char *env = getenv("MOELAB_GROUPED_GEMM");
+        if (!env || !strcmp(env, "grouped")) g_mode = LINEAR_GROUPED_CUBLAS;
+        else if (!strcmp(env, "loop")) g_mode = LINEAR_GROUPED_LOOP;
+        else core_usage_error("MOELAB_GROUPED_GEMM must be 'loop' or 'grouped', not '%s'", env);
     }
+    return g_mode;
 }
+
+void linear_cuda_set_grouped_mode(int mode) {
+    CHECK(mode == LINEAR_GROUPED_LOOP || mode == LINEAR_GROUPED_CUBLAS, "linear: unknown grouped mode %d", mode);
+    g_mode = mode;
+}
+
+// cuBLAS answers CUBLAS_STATUS_NOT_SUPPORTED for operand/output type pairs its grouped GEMM lacks
+// (its documentation lists bf16 operands with a bf16 C only, so the fp32 weight gradient of bf16
+// operands may be one): such a pair falls back to the loop, remembered here per [operands][C].
+static int g_unsupported[2][2];
+
+int linear_cuda_grouped_unsupported(CoreDtype dt, CoreDtype c_dt) { return g_unsupported[dt][c_dt]; }
+
+// Device pointer arrays travel as kernel arguments: no host buffer whose lifetime would tie the
+// host to the stream, and no synchronizing copy from pageable memory.
+enum { PTR_BLOCK = 256 };
+struct PtrBlock {
+    const void *p[PTR_BLOCK];
+};
+__global__ void store_ptrs_kernel(const void **dst, PtrBlock b, int n) {
+    if ((int)threadIdx.x < n) dst[threadIdx.x] = b.p[threadIdx.x];
+}
+
+// Runs the n products of gs (same transposes, beta and types) as one grouped GEMM; 0 when cuBLAS
+// does not support the types (nothing ran).
+static int gemm_grouped(const Gemm *gs, int n, CoreDtype dt, CoreDtype c_dt) {
+    if (g_unsupported[dt][c_dt]) return 0;
+    // Host arrays of the group-level arguments (one group of one problem per product).
+    int *ints = (int *)core_alloc((size_t)7 * n * sizeof(int));
+    int *m = ints, *nn = m + n, *k = nn + n, *lda = k + n, *ldb = lda + n, *ldc = ldb + n, *one = ldc + n;
+    float *scal = (float *)core_alloc((size_t)2 * n * sizeof(float));  // alpha (n), beta (n)
+    cublasOperation_t *ops = (cublasOperation_t *)core_alloc((size_t)2 * n * sizeof(cublasOperation_t));
+    const void **ptrs = (const void **)core_alloc((size_t)3 * n * sizeof(void *));  // A, B, C
+    for (int i = 0; i < n; i++) {
+        m[i] = gs[i].m, nn[i] = gs[i].n, k[i] = gs[i].k;
+        lda[i] = gs[i].lda, ldb[i] = gs[i].ldb, ldc[i] = gs[i].ldc, one[i] = 1;
+        scal[i] = 1.0f, scal[n + i] = gs[i].beta;
+        ops[i] = gs[i].ta, ops[n + i] = gs[i].tb;
+        ptrs[i] = gs[i].A, ptrs[n + i] = gs[i].B, ptrs[2 * n + i] = gs[i].C;
+    }
+    const void **dptrs = NULL;  // (3n) on the GPU
+    CUDA_CHECK(cudaMallocAsync((void **)&dptrs, (size_t)3 * n * sizeof(void *), core_stream()));
+    for (int i = 0; i < 3 * n; i += PTR_BLOCK) {
+        PtrBlock b;
+        int c = 3 * n - i < PTR_BLOCK ? 3 * n - i : PTR_BLOCK;
+        memcpy(b.p, ptrs + i, (size_t)c * sizeof(void *));
+        store_ptrs_kernel<<<1, PTR_BLOCK, 0, core_stream()>>>(dptrs + i, b, c);
+        CUDA_CHECK_LAUNCH();
+    }
+    cublasStatus_t s = cublasGemmGroupedBatchedEx(
+        (cublasHandle_t)core_cuda_cublas(), ops, ops + n, m, nn, k, scal, dptrs, gs[0].ab, lda,
+        dptrs + n, gs[0].ab, ldb, scal + n, (void *const *)(dptrs + 2 * n), gs[0].ct, ldc, n, one,
+        CUBLAS_COMPUTE_32F);
+    CUDA_CHECK(cudaFreeAsync(dptrs, core_stream()));
+    core_free(ints);
+    core_free(scal);
+    core_free(ops);
+    core_free(ptrs);
+    if (s == CUBLAS_STATUS_NOT_SUPPORTED) {
+        g_unsupported[dt][c_dt] = 1;
+        return 0;
+    }
+    CUBLAS_CHECK(s);
+    return 1;
+}
+
+// The product of expert e on its rows (row0 its first, rows > 0) for each of the three kinds.
+typedef enum { GROUP_FORWARD, GROUP_BACKWARD_INPUT, GROUP_BACKWARD_WEIGHT } GroupKind;
 
 typedef struct {
+    GroupKind kind;
     CoreDtype dt, out_dt;
-    void *y;              // out (forward), dinp (backward_input) or dW (backward_weight)
-    const void *a, *b;    // inp, W (forward); dout, W (backward_input); dout, inp (weight)
+    void *y;            // out (forward), dinp (backward_input) or dW (backward_weight)
+    const void *a, *b;  // inp, W (forward); dout, W (backward_input); dout, inp (weight)
     int IC, OC;
 } GroupArgs;
 
@@ -78,42 +181,55 @@ static const char *at(const void *p, size_t elems, CoreDtype dt) {
     return (const char *)p + elems * core_dtype_size(dt);
 }
 
-static void forward_group(const void *ctx, int e, int rows, size_t row0) {
-    const GroupArgs *g = (const GroupArgs *)ctx;
-    linear_cuda_forward(g->dt, g->out_dt, (void *)at(g->y, row0 * g->OC, g->out_dt),
-                        at(g->a, row0 * g->IC, g->dt), at(g->b, (size_t)e * g->OC * g->IC, g->dt),
-                        rows, g->IC, g->OC);
+static Gemm group_gemm(const GroupArgs *g, int e, int rows, size_t row0) {
+    const size_t w = (size_t)e * g->OC * g->IC;  // expert e's weight matrix
+    switch (g->kind) {
+    case GROUP_FORWARD:
+        return forward_gemm(g->dt, g->out_dt, (void *)at(g->y, row0 * g->OC, g->out_dt),
+                            at(g->a, row0 * g->IC, g->dt), at(g->b, w, g->dt), rows, g->IC, g->OC);
+    case GROUP_BACKWARD_INPUT:
+        return backward_input_gemm(g->dt, (void *)at(g->y, row0 * g->IC, g->dt),
+                                   at(g->a, row0 * g->OC, g->dt), at(g->b, w, g->dt), rows, g->IC, g->OC);
+    default:
+        return backward_weight_gemm(g->dt, (float *)g->y + w, at(g->a, row0 * g->OC, g->dt),
+                                    at(g->b, row0 * g->IC, g->dt), rows, g->IC, g->OC);
+    }
 }
 
-static void backward_input_group(const void *ctx, int e, int rows, size_t row0) {
-    const GroupArgs *g = (const GroupArgs *)ctx;
-    linear_cuda_backward_input(g->dt, (void *)at(g->y, row0 * g->IC, g->dt),
-                               at(g->a, row0 * g->OC, g->dt),
-                               at(g->b, (size_t)e * g->OC * g->IC, g->dt), rows, g->IC, g->OC);
-}
-
-static void backward_weight_group(const void *ctx, int e, int rows, size_t row0) {
-    const GroupArgs *g = (const GroupArgs *)ctx;
-    linear_cuda_backward_weight(g->dt, (float *)g->y + (size_t)e * g->OC * g->IC,
-                                at(g->a, row0 * g->OC, g->dt), at(g->b, row0 * g->IC, g->dt),
-                                rows, g->IC, g->OC);
+static void run_groups(const GroupArgs *g, const int *counts, int G) {
+    CHECK(G >= 1, "linear: need at least one group, got G = %d", G);
+    linear_check(0, g->IC, g->OC);
+    Gemm *gs = (Gemm *)core_alloc((size_t)G * sizeof(Gemm));
+    int n = 0;
+    size_t row0 = 0;
+    for (int e = 0; e < G; e++) {
+        CHECK(counts[e] >= 0, "linear: group %d has %d rows", e, counts[e]);
+        if (counts[e] > 0) gs[n++] = group_gemm(g, e, counts[e], row0);
+        row0 += (size_t)counts[e];
+    }
+    const CoreDtype c_dt = g->kind == GROUP_BACKWARD_WEIGHT ? CORE_F32 : g->out_dt;
+    if (n > 0 && !(linear_cuda_grouped_mode() == LINEAR_GROUPED_CUBLAS && gemm_grouped(gs, n, g->dt, c_dt)))
+        for (int i = 0; i < n; i++) gemm(&gs[i]);
+    core_free(gs);
 }
 
 void linear_cuda_forward_grouped(CoreDtype dt, CoreDtype out_dt, void *out, const void *inp,
                                  const void *W, const int *counts, int G, int IC, int OC) {
-    GroupArgs g = {dt, out_dt, out, inp, W, IC, OC};
-    for_each_group(counts, G, &g, forward_group);
+    CHECK(out_dt == dt || out_dt == CORE_F32,
+          "linear: output dtype %d must be the operands' (%d) or fp32", (int)out_dt, (int)dt);
+    GroupArgs g = {GROUP_FORWARD, dt, out_dt, out, inp, W, IC, OC};
+    run_groups(&g, counts, G);
 }
 
 void linear_cuda_backward_input_grouped(CoreDtype dt, void *dinp, const void *dout, const void *W,
                                         const int *counts, int G, int IC, int OC) {
-    GroupArgs g = {dt, dt, dinp, dout, W, IC, OC};
-    for_each_group(counts, G, &g, backward_input_group);
+    GroupArgs g = {GROUP_BACKWARD_INPUT, dt, dt, dinp, dout, W, IC, OC};
+    run_groups(&g, counts, G);
 }
 
 void linear_cuda_backward_weight_grouped(CoreDtype dt, float *dW, const void *dout,
                                          const void *inp, const int *counts, int G, int IC,
                                          int OC) {
-    GroupArgs g = {dt, CORE_F32, dW, dout, inp, IC, OC};
-    for_each_group(counts, G, &g, backward_weight_group);
+    GroupArgs g = {GROUP_BACKWARD_WEIGHT, dt, CORE_F32, dW, dout, inp, IC, OC};
+    run_groups(&g, counts, G);
 }

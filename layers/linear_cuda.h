@@ -24,13 +24,25 @@ void linear_cuda_backward_weight(CoreDtype dt, float *dW, const void *dout, cons
 // The same three products for G experts at once, on contiguous per-expert row ranges: rows
 // [o_e, o_e + counts[e]) of inp, out, dout and dinp belong to expert e, o_e = Σ_{j<e} counts[j];
 // W and dW are (G, OC, IC). counts (G) is on the host (cuBLAS takes sizes from the host); an
-// expert with no rows is skipped (its dW is left as it is).
+// expert with no rows is skipped (its dW is left as it is). linear_cuda_grouped_mode() says how
+// they run.
 void linear_cuda_forward_grouped(CoreDtype dt, CoreDtype out_dt, void *out, const void *inp,
                                  const void *W, const int *counts, int G, int IC, int OC);
 void linear_cuda_backward_input_grouped(CoreDtype dt, void *dinp, const void *dout, const void *W,
                                         const int *counts, int G, int IC, int OC);
 void linear_cuda_backward_weight_grouped(CoreDtype dt, float *dW, const void *dout,
                                          const void *inp, const int *counts, int G, int IC, int OC);
+
+// How the grouped products run: LINEAR_GROUPED_LOOP issues one cublasGemmEx per non-empty expert;
+// LINEAR_GROUPED_CUBLAS one cublasGemmGroupedBatchedEx for all of them (the default). The
+// environment variable MOELAB_GROUPED_GEMM=loop|grouped sets it at the first call (another value
+// is a usage error); linear_cuda_set_grouped_mode overrides it (tests, benchmarks).
+enum { LINEAR_GROUPED_LOOP = 0, LINEAR_GROUPED_CUBLAS = 1 };
+int linear_cuda_grouped_mode(void);
+void linear_cuda_set_grouped_mode(int mode);
+// 1 once cuBLAS's grouped GEMM has refused operands of dtype dt with a C of dtype c_dt
+// (CUBLAS_STATUS_NOT_SUPPORTED): those products then run as the loop whatever the mode.
+int linear_cuda_grouped_unsupported(CoreDtype dt, CoreDtype c_dt);
 
 #ifdef __cplusplus
 }

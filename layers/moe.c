@@ -8,6 +8,7 @@
 
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
+#include "framework/core/prof.h"
 #include "layers/ops.h"
 
 static const LayerOps *ops_of(const MoeDispatcher *d) { return d->ops ? d->ops : &layer_ops_cpu; }
@@ -49,6 +50,7 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
     a->S = s->S;
     a->x = x;
 
+    prof_mark(PROF_ROUTER);
     a->logits = falloc(o, (long)N * E);
     a->scores = falloc(o, (long)N * E);
     a->idx = o->alloc((size_t)N * K * sizeof(int));
@@ -57,6 +59,7 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
     o->router_forward(a->scores, a->idx, a->gates, a->logits, p->bias, &s->rc, N);
     a->bal_loss = o->balance_loss(a->scores, a->idx, B, T, E, K);
 
+    prof_mark(PROF_DISPATCH);
     a->counts = core_alloc((size_t)L * sizeof(int));
     a->plan = d->plan(d, a->idx, N, K, &a->n_rows, a->counts);
     long total = 0;
@@ -70,15 +73,19 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
     a->ex.b = xalloc(o, R * Fe);
     a->ex.h = xalloc(o, R * Fe);
     d->to_experts(d, a->plan, x, 0, a->xe, D);
+    prof_mark(PROF_EXPERTS);
     ops_swiglu_forward(o, a->ye, &a->ex, a->xe, p->w1, p->w3, p->w2, a->counts, L, D, Fe);
+    prof_mark(PROF_DISPATCH);
     a->out_nk = xalloc(o, (long)N * K * D);
     d->from_experts(d, a->plan, a->ye, a->out_nk, D);
     // The backward reads the expert outputs from out_nk at home, so the rows can go now.
     o->free(a->ye);
     a->ye = NULL;
+    prof_mark(PROF_COMBINE);
     o->moe_combine(y, a->out_nk, a->gates, N, K, D);
 
     if (s->S == 0) return;
+    prof_mark(PROF_EXPERTS);
     a->sh = core_alloc((size_t)s->S * sizeof(SwigluActs));
     void *tmp = xalloc(o, (long)N * D);  // (N, D) one shared expert's output
     for (int j = 0; j < s->S; j++) {
@@ -99,6 +106,7 @@ void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *
     const LayerOps *o = ops_of(d);
     int N = a->N, D = s->D, E = s->E, K = s->K, Fe = s->Fe, L = d->n_local;
     long R = a->n_rows;
+    prof_mark(PROF_COMBINE);
     a->dy = xalloc(o, (long)N * D);
     o->copy(a->dy, dy, (size_t)N * D * o->act_size);
 
@@ -110,20 +118,25 @@ void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *
     a->out_nk = NULL;
 
     // Routed experts: the gradient rows travel out the way x did, and come home the way y did.
+    prof_mark(PROF_DISPATCH);
     a->dye = xalloc(o, R * D);
     d->to_experts(d, a->plan, nk, 1, a->dye, D);
+    prof_mark(PROF_EXPERTS);
     a->ex.da = xalloc(o, R * Fe);
     a->ex.db = xalloc(o, R * Fe);
     void *dh = xalloc(o, R * Fe);   // (n_rows, Fe) scratch
     void *dxe = xalloc(o, R * D);   // (n_rows, D) ∂L/∂xe
     ops_swiglu_backward_input(o, dxe, &a->ex, dh, a->dye, p->w1, p->w3, p->w2, a->counts, L, D, Fe);
     o->free(dh);
+    prof_mark(PROF_DISPATCH);
     d->from_experts(d, a->plan, dxe, nk, D);
     o->free(dxe);
+    prof_mark(PROF_COMBINE);
     o->moe_sum_choices(dx, nk, N, K, D);
     o->free(nk);
 
     if (s->S > 0) {
+        prof_mark(PROF_EXPERTS);
         void *sdh = xalloc(o, (long)N * Fe);  // (N, Fe) scratch
         for (int j = 0; j < s->S; j++) {
             SwigluActs *h = &a->sh[j];
@@ -138,6 +151,7 @@ void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *
 
     // Router: the gates' gradient, plus alpha · ∂L_bal/∂scores when the balance loss is on. The
     // router's logits are fp32; their gradient joins the activations' dtype for the two products.
+    prof_mark(PROF_ROUTER);
     float *dscores = NULL;  // (N, E)
     if (s->alpha > 0.0f) {
         dscores = falloc(o, (long)N * E);
@@ -157,7 +171,9 @@ void moe_backward_weight(MoeParams *g, MoeActs *a, const MoeShape *s, MoeDispatc
     CHECK(a->dlogits != NULL, "moe_backward_weight: needs moe_backward_input first");
     const LayerOps *o = ops_of(d);
     int N = a->N, D = s->D, E = s->E, Fe = s->Fe, L = d->n_local;
+    prof_mark(PROF_ROUTER);
     o->linear_backward_weight(g->router, a->dlogits, a->x, N, D, E);
+    prof_mark(PROF_EXPERTS);
     ops_swiglu_backward_weight(o, g->w1, g->w3, g->w2, &a->ex, a->xe, a->dye, a->counts, L, D, Fe);
     for (int j = 0; j < s->S; j++) {
         long w = (long)j * Fe * D;

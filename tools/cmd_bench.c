@@ -14,8 +14,30 @@ static void bench_help(void) {
            "Times training steps on synthetic tokens for each config (default: configs/tiny.cfg and\n"
            "configs/small.cfg) and prints tokens/s and achieved model FLOP/s next to the GEMM rate of\n"
            "this machine measured in the same run: OpenBLAS sgemm on the CPU; on a GPU the bf16 cuBLAS\n"
-           "GEMM (8192^3), against which MFU is given, and the peak GPU memory. --device defaults to\n"
-           "the first config's device key. Other --key value pairs override every config.\n");
+           "GEMM (8192^3), against which MFU is given, and the peak GPU memory. Then, per config, the\n"
+           "time of a training step by layer type over 2 more steps (GPU: CUDA events on the compute\n"
+           "stream; CPU: wall clock). --device defaults to the first config's device key. Other\n"
+           "--key value pairs override every config. MOELAB_GROUPED_GEMM=loop|grouped picks how the\n"
+           "GPU runs the expert GEMMs (default grouped).\n");
+}
+
+// The time of one step by layer type, largest first.
+static void print_breakdown(const char *config, const BenchResult *r, int gpu) {
+    printf("\n%s: time by layer type, mean of %d steps (%s)\n", config, r->prof_steps,
+           gpu ? "CUDA events on the compute stream" : "wall clock");
+    printf("  %-18s %10s %8s\n", "layer type", "ms/step", "% step");
+    int order[PROF_N];
+    for (int i = 0; i < PROF_N; i++) order[i] = i;
+    for (int i = 1; i < PROF_N; i++)  // insertion sort by time, descending
+        for (int j = i; j > 0 && r->prof_ms[order[j]] > r->prof_ms[order[j - 1]]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    for (int i = 0; i < PROF_N; i++)
+        printf("  %-18s %10.2f %7.1f%%\n", prof_name((ProfRegion)order[i]), r->prof_ms[order[i]],
+               100.0 * r->prof_ms[order[i]] / r->prof_step_ms);
+    printf("  %-18s %10.2f %7.1f%%\n", "step", r->prof_step_ms, 100.0);
 }
 
 int cmd_bench(int argc, char **argv) {
@@ -62,12 +84,15 @@ int cmd_bench(int argc, char **argv) {
         printf("moelab bench --device cpu: sgemm 1024^3 = %.1f GFLOP/s (OpenBLAS, this machine, this run)\n\n", base);
     printf("%-22s %9s %7s %10s %10s %10s %8s %9s %17s\n", "config", "params(M)", "steps", "step (s)", "tokens/s",
            gpu ? "TFLOP/s" : "GFLOP/s", gpu ? "MFU" : "/sgemm", "peak GiB", "loss first/last");
+    BenchResult *res = calloc((size_t)n_cfg, sizeof *res);
     for (int k = 0; k < n_cfg; k++) {
-        BenchResult r = bench_train(&cfg[k], ops, min_steps, min_seconds);
+        BenchResult r = res[k] = bench_train(&cfg[k], ops, min_steps, min_seconds);
         printf("%-22s %9.2f %7d %10.3f %10.0f %10.1f %7.1f%% %9.2f %8.3f/%.3f\n", configs[k], r.params_m, r.steps,
                r.step_seconds, r.tokens_per_s, gpu ? r.gflops / 1e3 : r.gflops, 100.0 * r.gflops / base, r.peak_gib,
                r.first_loss, r.last_loss);
     }
+    for (int k = 0; k < n_cfg; k++) print_breakdown(configs[k], &res[k], gpu);
+    free(res);
     free(cfg);
     return 0;
 }

@@ -5,7 +5,9 @@
 #   kernels    the kernel benchmark at the bench config's shapes
 #   train      `moelab train --device cuda` on the quickstart config and data (QS_STEPS steps,
 #              default 600), and the same run on the CPU alongside when QS_CPU=1
-#   bench      `moelab bench --device cuda --config configs/bench.cfg`
+#   bench      `moelab bench --device cuda --config configs/bench.cfg` (with its time breakdown)
+#   reference  the model on cuda-fp32 (tolerance 1e-4) and cuda (bf16: 1e-2, final weights 5e-2)
+#              against the PyTorch reference of tests/reference (python3 with numpy and torch)
 #   torch      tools/bench_torch.py, the PyTorch baseline of the same model (eager, torch.compile)
 #   nccl       on NP GPUs (default 2) under mpirun: nccl_test (NCCL communicators, EP/DP training in
 #              fp32 against one GPU), an unmatched NCCL all-reduce ending the job at its timeout,
@@ -28,7 +30,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 log=${OUT:-out}
 mkdir -p "$log"
 filter=${1:-*}
-stages=" ${STAGES:-tests sanitizer kernels train bench torch nccl ep_bench} "
+stages=" ${STAGES:-tests sanitizer kernels train bench reference torch nccl ep_bench} "
 np=${NP:-2}  # GPUs of the nccl and ep_bench stages
 want() { [[ "$stages" == *" $1 "* ]]; }
 if [ ! -x .dist/bin/gpu_test ]; then
@@ -128,6 +130,25 @@ if want bench; then
     echo "== moelab bench --device cuda"
     .dist/bin/moelab bench --device cuda --config configs/bench.cfg 2>&1 | tee "$log/bench_moelab.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail "moelab bench"
+fi
+
+# dump_model runs the model on the GPU; moe_reference.py recomputes it in PyTorch (on the CPU).
+if want reference; then
+    if ! python3 -c "import numpy, torch" > "$log/reference_imports.txt" 2>&1; then
+        fail "reference: python3 cannot import numpy and torch ($(tail -n 1 "$log/reference_imports.txt"))"
+    else
+        for dev in cuda-fp32 cuda; do
+            # bf16 compute: about 3 significant digits per operation, so 1e-2 on logits, loss and
+            # gradients; the weights after 5 AdamW steps amplify sign flips of tiny gradients.
+            if [ $dev = cuda ]; then tol=1e-2 tol_final=5e-2; else tol=1e-4 tol_final=1e-4; fi
+            echo "== dump_model --device $dev against the PyTorch reference (tolerance $tol, final.* $tol_final)"
+            REF_DIR=tests/reference DUMP_MODEL=.dist/bin/dump_model PYTHON=python3 DEVICE=$dev TOL=$tol \
+                TOL_FINAL=$tol_final bash tests/reference/reference_model_test.sh > "$log/reference_$dev.log" 2>&1
+            s=$?
+            grep -E "^== |passed, .* failed|FAIL" "$log/reference_$dev.log"
+            [ "$s" = 0 ] || fail "reference $dev (see reference_$dev.log)"
+        done
+    fi
 fi
 
 if want torch; then

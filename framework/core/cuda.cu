@@ -119,6 +119,24 @@ void core_cuda_sync(void) {
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
 }
 
+void *core_cuda_event_create(void) {
+    require_init();
+    cudaEvent_t ev;
+    CUDA_CHECK(cudaEventCreate(&ev));
+    return (void *)ev;
+}
+
+void core_cuda_event_destroy(void *ev) { CUDA_CHECK(cudaEventDestroy((cudaEvent_t)ev)); }
+
+void core_cuda_event_record(void *ev) { CUDA_CHECK(cudaEventRecord((cudaEvent_t)ev, g_stream)); }
+
+float core_cuda_event_ms(void *a, void *b) {
+    float ms = 0.0f;
+    CUDA_CHECK(cudaEventSynchronize((cudaEvent_t)b));
+    CUDA_CHECK(cudaEventElapsedTime(&ms, (cudaEvent_t)a, (cudaEvent_t)b));
+    return ms;
+}
+
 template <typename D, typename S>
 __global__ void convert_kernel(D *dst, const S *src, long n) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;

@@ -40,6 +40,13 @@ void *core_cuda_stream(void);   // the cudaStream_t every kernel and cuBLAS call
 void *core_cuda_cublas(void);   // the cublasHandle_t, bound to that stream
 void core_cuda_sync(void);      // waits for the stream; a failed kernel is reported here
 
+// Timing events on the stream (framework/core/prof.c): create one (a cudaEvent_t), record it at
+// the stream's current position, and the milliseconds between two recorded events (waits for b).
+void *core_cuda_event_create(void);
+void core_cuda_event_destroy(void *ev);
+void core_cuda_event_record(void *ev);
+float core_cuda_event_ms(void *a, void *b);
+
 // dst (n) of dtype ddt = src (n) of dtype sdt, both on the GPU (bf16 rounds to nearest even).
 void core_cuda_convert(void *dst, CoreDtype ddt, const void *src, CoreDtype sdt, long n);
 // Sets `bytes` bytes of GPU memory to `byte` (0xFF makes every f32 and bf16 element a NaN).

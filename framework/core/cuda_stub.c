@@ -19,6 +19,10 @@ CoreDevice core_device_select(const char *name, int index) {
 void *core_cuda_stream(void) { FATAL(NO_CUDA); }
 void *core_cuda_cublas(void) { FATAL(NO_CUDA); }
 void core_cuda_sync(void) { FATAL(NO_CUDA); }
+void *core_cuda_event_create(void) { FATAL(NO_CUDA); }
+void core_cuda_event_destroy(void *ev) { FATAL(NO_CUDA); }
+void core_cuda_event_record(void *ev) { FATAL(NO_CUDA); }
+float core_cuda_event_ms(void *a, void *b) { FATAL(NO_CUDA); }
 
 void core_cuda_convert(void *dst, CoreDtype ddt, const void *src, CoreDtype sdt, long n) {
     FATAL(NO_CUDA);

@@ -361,13 +361,18 @@ TEST_F(Gpu, Linear) {
 }
 
 // Per-expert GEMMs on contiguous row ranges (one empty expert, one of a single row) against the
-// CPU linear layer called range by range.
+// CPU linear layer called range by range, both ways: one cuBLAS call per expert and one grouped
+// GEMM (where cuBLAS's grouped GEMM lacks the types, that product runs the loop either way).
 TEST_F(Gpu, LinearGrouped) {
     const int G = 5, IC = 64, OC = 48;
     const int counts[G] = {30, 0, 17, 1, 52};
     int R = 0;
     for (int c : counts) R += c;
+    const int saved = linear_cuda_grouped_mode();
+    for (int mode : {LINEAR_GROUPED_LOOP, LINEAR_GROUPED_CUBLAS})
     for (CoreDtype dt : kDtypes) {
+        SCOPED_TRACE(mode == LINEAR_GROUPED_LOOP ? "loop" : "grouped");
+        linear_cuda_set_grouped_mode(mode);
         Vec x = rnd((size_t)R * IC), W = rnd((size_t)G * OC * IC, -0.1f, 0.1f);
         Vec dy = rnd((size_t)R * OC), dx = rnd((size_t)R * IC), dW = rnd((size_t)G * OC * IC);
         BufP dX = put(x, dt), dWt = put(W, dt), dDy = put(dy, dt), dDx = put(dx, dt);
@@ -388,6 +393,7 @@ TEST_F(Gpu, LinearGrouped) {
         EXPECT_CLOSE(get(*dDx, dt, dx.size()), dx, dt, "linear grouped backward_input");
         EXPECT_CLOSE(get_f32(*dDW, dW.size()), dW, CORE_F32, "linear grouped backward_weight");
     }
+    linear_cuda_set_grouped_mode(saved);
 }
 
 // ---------------------------------------------------------------------------------------------

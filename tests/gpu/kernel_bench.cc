@@ -75,6 +75,46 @@ void row(const char *name, double s, double bytes, double flops) {
     printf("\n");
 }
 
+// The counts of R rows over E experts: even, or skewed (Zipf weights 1/(e+1) over the first E - 4
+// experts, the last 4 empty), the remainder to expert 0.
+std::vector<int> expert_counts(int R, bool skewed) {
+    std::vector<int> c(E, 0);
+    int live = skewed ? E - 4 : E, sum = 0;
+    double wsum = 0;
+    for (int e = 0; e < live; e++) wsum += skewed ? 1.0 / (e + 1) : 1.0;
+    for (int e = 0; e < live; e++) sum += c[e] = (int)(R * (skewed ? 1.0 / (e + 1) : 1.0) / wsum);
+    c[0] += R - sum;
+    return c;
+}
+
+// The three expert products at the bench shapes, loop against grouped, uniform and skewed counts.
+void expert_gemms(int R, void *xe, void *he, void *we, void *dxe, float *dwe) {
+    const double flops = 2.0 * R * D * Fe;
+    const int saved = linear_cuda_grouped_mode();
+    for (bool skewed : {false, true}) {
+        std::vector<int> c = expert_counts(R, skewed);
+        printf("expert GEMMs, %d rows over %d experts (%s, largest %d): loop vs grouped\n", R, E,
+               skewed ? "skewed" : "uniform", *std::max_element(c.begin(), c.end()));
+        const char *names[3] = {"  forward D->Fe", "  backward_input", "  backward_weight (fp32 dW)"};
+        for (int kind = 0; kind < 3; kind++) {
+            double t[2];
+            for (int mode : {LINEAR_GROUPED_LOOP, LINEAR_GROUPED_CUBLAS}) {
+                linear_cuda_set_grouped_mode(mode);
+                t[mode] = time_it([&] {
+                    if (kind == 0) linear_cuda_forward_grouped(BF, BF, he, xe, we, c.data(), E, D, Fe);
+                    if (kind == 1) linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), E, D, Fe);
+                    if (kind == 2) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), E, D, Fe);
+                });
+            }
+            const int fell_back = linear_cuda_grouped_unsupported(BF, kind == 2 ? CORE_F32 : BF);
+            printf("%-34s loop %8.3f ms %6.1f TFLOP/s | grouped %8.3f ms %6.1f TFLOP/s | loop/grouped %.2fx%s\n",
+                   names[kind], t[0] * 1e3, flops / t[0] / 1e12, t[1] * 1e3, flops / t[1] / 1e12,
+                   t[0] / t[1], fell_back ? "  (cuBLAS grouped: types not supported, ran the loop)" : "");
+        }
+    }
+    linear_cuda_set_grouped_mode(saved);
+}
+
 }  // namespace
 
 int main() {
@@ -129,14 +169,13 @@ int main() {
             linear_cuda_backward_weight(BF, dW, dy, x, N, D, D);
         }), 0, 2.0 * N * D * D);
 
-    // Experts: N·K rows spread evenly over E experts, D -> Fe.
+    // Experts: N·K rows over E experts, D -> Fe; the products of the up projection (w1 or w3)
+    // both ways: one cuBLAS call per expert (loop) and one grouped GEMM (grouped).
     int R = N * K;
-    std::vector<int> counts(E, R / E);
     void *xe = dev_rand((size_t)R * D, BF), *he = dev_rand((size_t)R * Fe, BF),
-         *we = dev_rand((size_t)E * Fe * D, BF, 0.03f);
-    row("expert GEMM grouped (64 x 1536x1024x512)", time_it([&] {
-            linear_cuda_forward_grouped(BF, BF, he, xe, we, counts.data(), E, D, Fe);
-        }), 0, 2.0 * R * D * Fe);
+         *we = dev_rand((size_t)E * Fe * D, BF, 0.03f), *dxe = dev_rand((size_t)R * D, BF);
+    float *dwe = (float *)dev_rand((size_t)E * Fe * D, CORE_F32);
+    expert_gemms(R, xe, he, we, dxe, dwe);
     void *hb = dev_rand((size_t)R * Fe, BF), *hh = dev_rand((size_t)R * Fe, BF),
          *da = dev_rand((size_t)R * Fe, BF), *db = dev_rand((size_t)R * Fe, BF);
     row("swiglu gate forward (N·K, Fe)", time_it([&] {

@@ -1,11 +1,14 @@
 // The C side of the PyTorch comparison: builds the model from a config (defaults below, overridden
 // by --key value arguments), and dumps its parameters, a batch, its logits, loss and every gradient,
 // then the losses of a few AdamW steps, for tests/reference/moe_reference.py to recompute.
-// usage: dump_model OUT.dump [--n-steps S] [--key value ...]
+// --device cuda-fp32 or cuda runs the model on the GPU from the same host-initialized weights
+// (parameters are dumped before they go over; results come back to the host to be dumped).
+// usage: dump_model OUT.dump [--n-steps S] [--device cpu|cuda|cuda-fp32] [--key value ...]
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "framework/backend.h"
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
 #include "framework/core/rng.h"
@@ -19,8 +22,12 @@ static void random_tokens(int *out, size_t n, int V, uint32_t stream) {
     for (size_t i = 0; i < n; i++) out[i] = (int)(rng_next_u32(&r) % (uint32_t)V);
 }
 
-static void dump_registry(TensorDump *td, const Model *m, const float *base, const char *prefix,
+// Dumps the registry's tensors at base (the model's data or grad buffer, on the model's backend).
+static void dump_registry(TensorDump *td, const Model *m, const float *dev_base, const char *prefix,
                           int with_buffers) {
+    const size_t bytes = m->reg.total * sizeof(float);
+    float *base = core_alloc(bytes);  // the whole buffer on the host
+    m->ops->download(base, dev_base, bytes);
     char name[PARAM_NAME_MAX + 16];
     for (int i = 0; i < m->reg.n; i++) {
         const ParamInfo *p = &m->reg.p[i];
@@ -28,14 +35,16 @@ static void dump_registry(TensorDump *td, const Model *m, const float *base, con
         snprintf(name, sizeof name, "%s%s", prefix, p->name);
         tdump_f32(td, name, base + p->offset, p->ndim, p->shape);
     }
+    core_free(base);
 }
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help")) {
-        fprintf(stderr, "usage: dump_model OUT.dump [--n-steps S] [--key value ...]\n");
+        fprintf(stderr, "usage: dump_model OUT.dump [--n-steps S] [--device cpu|cuda|cuda-fp32] [--key value ...]\n");
         return 2;
     }
     int n_steps = 5;
+    const char *device = "cpu";
     MoeConfig c;
     config_defaults(&c);
     // A small model that exercises every path: GQA, a dense and two MoE layers, shared experts,
@@ -47,6 +56,7 @@ int main(int argc, char **argv) {
     int rest = config_apply_args(&c, argc - 2, argv + 2);
     for (int i = 0; i < rest; i++) {
         if (!strcmp(argv[2 + i], "--n-steps") && i + 1 < rest) n_steps = atoi(argv[2 + ++i]);
+        else if (!strcmp(argv[2 + i], "--device") && i + 1 < rest) device = argv[2 + ++i];
         else core_usage_error("dump_model: unknown option '%s'", argv[2 + i]);
     }
     c.steps = n_steps;
@@ -65,6 +75,8 @@ int main(int argc, char **argv) {
     tdump_u8(td, "config_text", (const uint8_t *)text, 1, &n_text);
     free(text);
     dump_registry(td, m, m->reg.data, "param.", 1);
+    const LayerOps *ops = backend_ops(device);
+    if (ops->dev != CORE_CPU) model_to_device(m, ops);
 
     // One micro-batch: logits, loss and gradients (of that micro-batch's loss alone).
     const int B = c.batch_size, T = c.T, A = c.grad_accum;
@@ -73,13 +85,20 @@ int main(int argc, char **argv) {
     random_tokens(tok, mb, c.V, 0);
     int64_t dims[4] = {B, T + 1};
     tdump_i32(td, "tokens", tok, 2, dims);
-    params_zero_grad(&m->reg);
+    model_zero_grad(m);
     ModelActs a;
     float loss = model_forward(m, &a, tok, B, T, 1);
     model_backward_input(m, &a, 1.0f);
     model_backward_weight(m, &a);
     int64_t ldims[3] = {B, T, c.V}, one = 1;
-    tdump_f32(td, "logits", a.logits, 3, ldims);
+    // The logits are in the backend's activation dtype: to fp32 there, then to the host.
+    const size_t nl = (size_t)B * T * c.V;
+    float *dlog = ops->alloc(nl * sizeof(float)), *logits = core_alloc(nl * sizeof(float));
+    ops->from_act(dlog, a.logits, (long)nl);
+    ops->download(logits, dlog, nl * sizeof(float));
+    tdump_f32(td, "logits", logits, 3, ldims);
+    ops->free(dlog);
+    core_free(logits);
     tdump_f32(td, "loss", &loss, 1, &one);
     tdump_f32(td, "ce_loss", &a.ce, 1, &one);
     model_acts_free(m, &a);
@@ -90,7 +109,7 @@ int main(int argc, char **argv) {
     random_tokens(steps_tok, (size_t)n_steps * A * mb, c.V, 1);
     float *losses = core_alloc((size_t)n_steps * sizeof(float));
     AdamW opt;
-    adamw_init(&opt, &m->reg);
+    adamw_init_on(&opt, &m->reg, ops, m->wlow);
     for (int s = 0; s < n_steps; s++)
         losses[s] = train_step_tokens(m, &opt, &c, s, steps_tok + (size_t)s * A * mb).loss;
     int64_t sdims[4] = {n_steps, A, B, T + 1}, ns = n_steps;

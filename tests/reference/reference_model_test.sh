@@ -2,14 +2,21 @@
 # The C model against the independent PyTorch reference: for several configs, dump_model writes the
 # parameters, a batch, logits, loss, every gradient and 5 AdamW step losses; moe_reference.py
 # recomputes them all and fails on a relative error above 1e-4.
+# Outside Bazel (tools/gpu_run.sh's `reference` stage) the environment says what to run:
+# REF_DIR (this folder), DUMP_MODEL (the binary), PYTHON, DEVICE (dump_model's --device),
+# TOL and TOL_FINAL (moe_reference.py's --tol and --tol-final).
 set -euo pipefail
-here="$TEST_SRCDIR/moelab/tests/reference"
-out="${TEST_TMPDIR:-/tmp}"
+here="${REF_DIR:-$TEST_SRCDIR/moelab/tests/reference}"
+dump_model="${DUMP_MODEL:-$here/dump_model}"
+python="${PYTHON:-/usr/bin/python3}"
+device="${DEVICE:-cpu}"
+tol="${TOL:-1e-4}"
+out="${TEST_TMPDIR:-$(mktemp -d)}"
 run() {
     local name=$1; shift
-    echo "== $name: $*"
-    "$here/dump_model" "$out/$name.dump" "$@"
-    /usr/bin/python3 "$here/moe_reference.py" --tol 1e-4 "$out/$name.dump"
+    echo "== $name ($device): $*"
+    "$dump_model" "$out/$name.dump" --device "$device" "$@"
+    "$python" "$here/moe_reference.py" --tol "$tol" --tol-final "${TOL_FINAL:-$tol}" "$out/$name.dump"
 }
 # Sigmoid scores, norm_topk, shared expert, untied head, GQA 4:2, balance loss, 2 micro-batches.
 run sigmoid
