@@ -392,6 +392,13 @@ TEST_F(Gpu, LinearGrouped) {
         EXPECT_CLOSE(get(*dOut, dt, out.size()), out, dt, "linear grouped forward");
         EXPECT_CLOSE(get(*dDx, dt, dx.size()), dx, dt, "linear grouped backward_input");
         EXPECT_CLOSE(get_f32(*dDW, dW.size()), dW, CORE_F32, "linear grouped backward_weight");
+        if (mode == LINEAR_GROUPED_CUBLAS) {
+            // A C of the operands' dtype is in cuBLAS's grouped table: those must not have fallen
+            // back to the loop. The fp32 dW of bf16 operands may have (said here).
+            EXPECT_FALSE(linear_cuda_grouped_unsupported(dt, dt)) << "grouped GEMM refused " << dname(dt);
+            printf("  grouped dW from %s operands ran as %s\n", dname(dt),
+                   linear_cuda_grouped_unsupported(dt, CORE_F32) ? "the loop (types not supported)" : "one grouped GEMM");
+        }
     }
     linear_cuda_set_grouped_mode(saved);
 }

@@ -1,8 +1,9 @@
 // Times each CUDA kernel of layers/*.cu at the shapes of configs/bench.cfg (B 8, T 2048, D 1024,
 // H 16, Hkv 4, V 32768, E 64, K 6, Fe 512, bf16) and prints one table: median time per call and
 // the rate it implies (GB/s moved for memory-bound kernels, TFLOP/s for the GEMMs and attention),
-// next to a device-to-device copy and a bf16 GEMM measured in the same run. A benchmark, not a
-// test: it checks nothing. Runs on the GPU machine (tools/gpu_run.sh).
+// next to a device-to-device copy and a bf16 GEMM measured in the same run, and the expert GEMMs
+// both ways (one cuBLAS call per expert against one grouped GEMM, uniform and skewed counts). A
+// benchmark, not a test: it checks nothing. Runs on the GPU machine (tools/gpu_run.sh).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
