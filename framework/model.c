@@ -172,6 +172,7 @@ Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, 
     m->disp = moe_local_dispatcher_create(c->E);
     m->layer_disp = core_alloc((size_t)c->L * sizeof *m->layer_disp);
     m->expert_counts = core_alloc((size_t)c->L * (size_t)c->E * sizeof(long));
+    m->dcounts = m->expert_counts;
     return m;
 }
 
@@ -235,6 +236,7 @@ void model_free(Model *m) {
         m->reg.data = m->reg.grad = NULL;
     }
     m->ops->free(m->wlow);
+    if (m->dcounts != m->expert_counts) m->ops->free(m->dcounts);
     params_free(&m->reg);
     core_free(m->w);
     core_free(m->g);
@@ -268,6 +270,8 @@ void model_to_device(Model *m, const LayerOps *ops) {
         ops->to_act(m->wlow, data, (long)r->total);
     }
     set_views(m);
+    m->dcounts = ops->alloc((size_t)m->cfg.L * m->cfg.E * sizeof(long));
+    ops->upload(m->dcounts, m->expert_counts, (size_t)m->cfg.L * m->cfg.E * sizeof(long));
     if (m->ep_size == 1) {
         m->disp->destroy(m->disp);
         m->disp = ops->local_dispatcher(m->cfg.E);
@@ -278,18 +282,26 @@ void model_zero_grad(Model *m) { m->ops->zero(m->reg.grad, m->reg.total * sizeof
 
 void model_router_bias_update(Model *m, long n_tokens) {
     const MoeConfig *c = &m->cfg;
-    float *bias = core_alloc((size_t)c->E * sizeof(float));  // (E) on the host
-    for (int l = m->l0; l < m->l1; l++) {
-        if (!model_is_moe_layer(m, l)) continue;
-        m->ops->download(bias, m->w[l].moe.bias, (size_t)c->E * sizeof(float));
-        router_bias_update(bias, m->expert_counts + (size_t)l * c->E, c->E, c->K, n_tokens, c->bias_rate);
-        m->ops->upload(m->w[l].moe.bias, bias, (size_t)c->E * sizeof(float));
-    }
+    float **bias = core_alloc((size_t)c->L * sizeof *bias);  // (L) NULL for layers not updated here
+    for (int l = m->l0; l < m->l1; l++)
+        if (model_is_moe_layer(m, l)) bias[l] = m->w[l].moe.bias;
+    m->ops->router_bias_update(bias, m->dcounts, c->L, c->E, c->K, n_tokens, c->bias_rate);
     core_free(bias);
 }
 
+static size_t counts_bytes(const Model *m) { return (size_t)m->cfg.L * m->cfg.E * sizeof(long); }
+
+void model_counts_to_host(Model *m) {
+    if (m->dcounts != m->expert_counts) m->ops->download(m->expert_counts, m->dcounts, counts_bytes(m));
+}
+
+void model_counts_to_device(Model *m) {
+    if (m->dcounts != m->expert_counts) m->ops->upload(m->dcounts, m->expert_counts, counts_bytes(m));
+}
+
 void model_reset_counts(Model *m) {
-    memset(m->expert_counts, 0, (size_t)m->cfg.L * (size_t)m->cfg.E * sizeof(long));
+    memset(m->expert_counts, 0, counts_bytes(m));
+    if (m->dcounts != m->expert_counts) m->ops->zero(m->dcounts, counts_bytes(m));
 }
 
 void model_load_imbalance(const Model *m, float *out) {
@@ -325,6 +337,7 @@ static float *arena_x(const Model *m, ModelActs *a, size_t n) { return arena_tak
 static void acts_carve(const Model *m, ModelActs *a) {
     const MoeConfig *c = &m->cfg;
     const size_t N = (size_t)a->N, D = c->D, qd = (size_t)c->H * m->hd, kd = (size_t)c->Hkv * m->hd;
+    a->scalars = arena_f(a, 1 + (size_t)c->L);
     a->inputs = (int *)arena_f(a, N);
     a->targets = (int *)arena_f(a, N);
     for (int l = m->l0; l < m->l1; l++) {
@@ -461,7 +474,7 @@ static void ffn_forward(Model *m, int l, LayerActs *la, float *h_out, int B, int
               m->n_local);
         moe_forward(la->ffn_out, &la->moe, la->m, &m->moe_shape, &w->moe, d, B, T);
         if (m->count_routes)
-            o->router_count(m->expert_counts + (size_t)l * c->E, la->moe.idx, N, c->K, c->E);
+            o->router_count(m->dcounts + (size_t)l * c->E, la->moe.idx, N, c->K, c->E);
     } else {
         prof_mark(PROF_FFN);
         ops_swiglu_forward(o, la->ffn_out, &la->ffn, la->m, w->w1, w->w3, w->w2, &N, 1, D, c->F);
@@ -546,27 +559,41 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float
     prof_mark(PROF_EMBED);
     if (m->first) o->embedding_forward(a->layer[0].h_in, a->inputs, m->embed, N, c->V, D);
     else o->copy(a->layer[m->l0].h_in, h_in, (size_t)N * D * o->act_size);
-    a->bal = 0;
     for (int l = m->l0; l < m->l1; l++) {
         LayerActs *la = &a->layer[l];
         float *h_out = l + 1 < m->l1 ? a->layer[l + 1].h_in : a->h_out;
         attn_forward(m, &m->w[l], la, B, T);
         ffn_forward(m, l, la, h_out, B, T);
-        if (model_is_moe_layer(m, l)) a->bal += la->moe.bal_loss;
+        if (model_is_moe_layer(m, l)) o->copy(a->scalars + 1 + l, la->moe.bal_loss, sizeof(float));
     }
-    if (!m->last) return c->balance_alpha * a->bal;
-    prof_mark(PROF_HEAD);  // the final norm included
-    o->rmsnorm_forward(a->hf, a->rstdf, a->h_out, m->final_norm, N, D, c->norm_eps);
-    o->linear_forward(a->logits, a->hf, m->lm_head, N, D, c->V);
+    if (m->last) {
+        prof_mark(PROF_HEAD);  // the final norm included
+        o->rmsnorm_forward(a->hf, a->rstdf, a->h_out, m->final_norm, N, D, c->norm_eps);
+        o->linear_forward(a->logits, a->hf, m->lm_head, N, D, c->V);
+        if (with_targets) {
+            o->crossentropy_forward(a->losses, a->lse, a->logits, a->targets, N, c->V);
+            o->loss_mean(a->scalars, a->losses, N);
+        }
+    }
+    // The scalars come to the host only when the caller waits for the loss (not while sampling,
+    // not in a training step, which reads all its micro-batches' scalars at once).
+    if (m->defer_loss || (m->last && !with_targets)) return 0.0f;
+    float *s = core_alloc((1 + (size_t)c->L) * sizeof(float));  // (1 + L) on the host
+    o->download(s, a->scalars, (1 + (size_t)c->L) * sizeof(float));
+    float loss = model_scalars_loss(m, s, with_targets, &a->ce, &a->bal);
+    core_free(s);
+    return loss;
+}
+
+float model_scalars_loss(const Model *m, const float *scalars, int with_targets, float *ce, float *bal) {
+    float b = 0;
+    for (int l = m->l0; l < m->l1; l++)
+        if (model_is_moe_layer(m, l)) b += scalars[1 + l];
+    *bal = b;
+    if (!m->last) return m->cfg.balance_alpha * b;
     if (!with_targets) return 0.0f;
-    o->crossentropy_forward(a->losses, a->lse, a->logits, a->targets, N, c->V);
-    float *losses = core_alloc((size_t)N * sizeof(float));  // (N) on the host, summed in order there
-    o->download(losses, a->losses, (size_t)N * sizeof(float));
-    double ce = 0;
-    for (int i = 0; i < N; i++) ce += losses[i];
-    core_free(losses);
-    a->ce = (float)(ce / N);
-    return a->ce + c->balance_alpha * a->bal;
+    *ce = scalars[0];
+    return *ce + m->cfg.balance_alpha * b;
 }
 
 float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int with_targets) {

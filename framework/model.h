@@ -46,8 +46,13 @@ typedef struct {
     int *phy2log;            // (L, R) logical expert held by each slot (MoE layers; -1 on dense layers);
                              // slot p lives on EP rank p / n_local. Starts as p mod E; EPLB rewrites it
     int ep_rank, ep_size, n_local;     // expert slots held here: n_local = R / ep
-    long *expert_counts;     // (L, E) tokens routed to each logical expert since the last reset
-    int count_routes;        // training micro-batches add to expert_counts; eval and sampling do not
+    long *expert_counts;     // (L, E) tokens routed to each logical expert since the last reset, on
+                             // the host: up to date after model_counts_to_host
+    long *dcounts;           // (L, E) where the forward counts, in ops' memory (expert_counts itself
+                             // on the CPU), so that a GPU step downloads the counts once
+    int count_routes;        // training micro-batches add to the counts; eval and sampling do not
+    int defer_loss;          // model_stage_forward returns 0 and leaves the loss in a->scalars (the
+                             // training step downloads every micro-batch's scalars at once)
     struct Grid *grid;       // process grid (parallel/grid.h), not owned; NULL for one process
     struct EplbRuntime *eplb;  // EPLB during training (parallel/eplb_runtime.h), not owned; or NULL
     const LayerOps *ops;     // the backend every call goes through (layers/ops.h): the CPU until
@@ -86,6 +91,8 @@ typedef struct {
     float *logits;          // (N, V)
     float *lse, *losses;    // (N), (N)
     float ce, bal;          // mean cross-entropy (last stage); Σ over the stage's MoE layers of L_bal
+    float *scalars;         // (1 + L) in ops' memory: [0] the mean cross-entropy, [1 + l] L_bal of
+                            // MoE layer l; ce and bal are read from them (model_scalars_loss)
     float *dh;              // (l1 − l0 + 1, N, D): slot l − l0 = ∂L/∂(input of layer l); the last
                             // slot = ∂L/∂h_out
     float *dlogits, *dhf;   // (N, V), (N, D)
@@ -109,9 +116,13 @@ void model_init_weights(Model *m);
 void model_to_device(Model *m, const LayerOps *ops);
 // Zeroes every gradient (on the model's device).
 void model_zero_grad(Model *m);
-// The aux-loss-free bias update of every MoE layer from expert_counts, n_tokens the step's tokens
-// over all data-parallel ranks (router_bias_update, on the host).
+// The aux-loss-free bias update of every MoE layer from dcounts, n_tokens the step's tokens over
+// all data-parallel ranks (router_bias_update's rule, on the model's device, one call).
 void model_router_bias_update(Model *m, long n_tokens);
+// dcounts → expert_counts (one download; nothing on the CPU), and back after the host changed them
+// (the data-parallel sum).
+void model_counts_to_host(Model *m);
+void model_counts_to_device(Model *m);
 // Replaces the dispatcher (the model owns it from now on).
 void model_set_dispatcher(Model *m, MoeDispatcher *d);
 // Gives MoE layer l a dispatcher of its own, replacing any earlier one (the model owns it).
@@ -120,8 +131,9 @@ void model_free(Model *m);
 
 // Forward of one micro-batch through the whole model. tokens (B, T+1) gives inputs [:, :T] and
 // targets [:, 1:]; with with_targets == 0 only inputs (B, T) are read and no loss is computed.
-// Returns the micro-batch loss CE + α·Σ L_bal (0 without targets). Counts routed tokens into
-// expert_counts if m->count_routes.
+// Returns the micro-batch loss CE + α·Σ L_bal (0 without targets), and sets a->ce and a->bal
+// (with m->defer_loss: returns 0, see model_scalars_loss). Counts routed tokens into dcounts if
+// m->count_routes.
 float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int with_targets);
 // ∂(scale · loss)/∂(everything) except weights; keeps what backward_weight needs.
 void model_backward_input(Model *m, ModelActs *a, float scale);
@@ -139,6 +151,9 @@ const float *model_stage_dinput(const Model *m, const ModelActs *a);
 // Accumulates (+=) the weight gradients of the micro-batch into m->reg.grad.
 void model_backward_weight(Model *m, ModelActs *a);
 void model_acts_free(Model *m, ModelActs *a);
+// The loss model_stage_forward returns, from a copy of a->scalars on the host (1 + L); sets *ce
+// and *bal as it sets a->ce and a->bal. with_targets as given to the forward.
+float model_scalars_loss(const Model *m, const float *scalars, int with_targets, float *ce, float *bal);
 
 // Per-layer load imbalance of expert_counts: max / mean tokens per expert (0 for dense layers).
 void model_load_imbalance(const Model *m, float *out /* (L) */);

@@ -37,12 +37,15 @@ double optim_grad_sqsum(const ParamRegistry *r, int kind) { return optim_grad_sq
 void optim_scale_grads(ParamRegistry *r, float s) { optim_scale_grads_on(&layer_ops_cpu, r, s); }
 
 double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind) {
-    double s = 0;
+    // The tensors' sums gather in one double of the backend's memory: one download, not one each.
+    double *d = ops->alloc(sizeof(double)), s;
     for (int i = 0; i < r->n; i++) {
         const ParamInfo *p = &r->p[i];
         if (p->kind == PARAM_BUFFER || (kind >= 0 && (int)p->kind != kind)) continue;
-        ops->grad_sqsum(&s, r->grad + p->offset, (long)p->numel);
+        ops->grad_sqsum(d, r->grad + p->offset, (long)p->numel);
     }
+    ops->download(&s, d, sizeof s);
+    ops->free(d);
     return s;
 }
 

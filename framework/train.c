@@ -52,18 +52,34 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
     model_zero_grad(m);
     model_reset_counts(m);
     m->count_routes = 1;
-    double loss = 0, ce = 0;
+    // Each micro-batch's loss scalars (1 + L) stay in the model's memory until the loop is done:
+    // one download for the step instead of a wait per micro-batch.
+    const size_t ns = 1 + (size_t)c->L;
+    float *dscal = m->ops->alloc((size_t)A * ns * sizeof(float));
+    m->defer_loss = 1;
     for (int mb = 0; mb < A; mb++) {
         ModelActs a;
-        loss += model_forward(m, &a, tokens + (size_t)mb * B * (T + 1), B, T, 1);
-        ce += a.ce;
+        model_forward(m, &a, tokens + (size_t)mb * B * (T + 1), B, T, 1);
+        m->ops->copy(dscal + (size_t)mb * ns, a.scalars, ns * sizeof(float));
         if (m->grid && mb == 0) grid_test_die_at(m->grid, step);
         // The step's objective is the mean over micro-batches: each contributes 1/A.
         model_backward_input(m, &a, 1.0f / (float)A);
         model_backward_weight(m, &a);
         model_acts_free(m, &a);
     }
+    m->defer_loss = 0;
     m->count_routes = 0;
+    float *scal = core_alloc((size_t)A * ns * sizeof(float));  // (A, 1 + L) on the host
+    m->ops->download(scal, dscal, (size_t)A * ns * sizeof(float));
+    m->ops->free(dscal);
+    double loss = 0, ce = 0;
+    for (int mb = 0; mb < A; mb++) {
+        float ce_mb, bal_mb;
+        loss += model_scalars_loss(m, scal + (size_t)mb * ns, 1, &ce_mb, &bal_mb);
+        ce += ce_mb;
+    }
+    core_free(scal);
+    model_counts_to_host(m);
     // Replicas of an expert apply one update: each gets the sum of all the replicas' gradients.
     if (m->eplb) eplb_runtime_sum_replica_grads(m->eplb);
     double means[2] = {loss / A, ce / A};
@@ -72,6 +88,7 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
     if (m->grid) {
         st.grad_norm = sync_step(m, means);
         n_tokens *= m->grid->dp;
+        model_counts_to_device(m);  // the bias update reads the counts summed over DP
     } else {
         st.grad_norm = (float)sqrt(optim_grad_sqsum_on(m->ops, &m->reg, -1) - duplicate_sqsum(m));
     }

@@ -58,28 +58,25 @@ __global__ void sqsum_partial_kernel(double *part, const float *g, long n) {
     if (threadIdx.x == 0) part[blockIdx.x] = acc[0];
 }
 
-__global__ void sqsum_final_kernel(double *out, const double *part, int nparts) {
+// *sum += Σ part (nparts), parts in block order.
+__global__ void sqsum_final_kernel(double *sum, const double *part, int nparts) {
     double s = 0.0;
     for (int b = 0; b < nparts; b++) s += part[b];
-    *out = s;
+    *sum += s;
 }
 
-double adamw_cuda_sqsum(const float *g, long n) {
+void adamw_cuda_sqsum(double *sum, const float *g, long n) {
     CHECK(n >= 0, "adamw_cuda_sqsum: bad element count %ld", n);
-    if (n == 0) return 0.0;
+    if (n == 0) return;
     long want = (n + SQ_THREADS - 1) / SQ_THREADS;
     int blocks = want < SQ_BLOCKS ? (int)want : SQ_BLOCKS;
-    double *part, result;  // part (blocks + 1): the partial sums, then the total
-    CUDA_CHECK(cudaMallocAsync((void **)&part, (blocks + 1) * sizeof(double), core_stream()));
+    double *part;  // (blocks) the partial sums
+    CUDA_CHECK(cudaMallocAsync((void **)&part, blocks * sizeof(double), core_stream()));
     sqsum_partial_kernel<<<blocks, SQ_THREADS, 0, core_stream()>>>(part, g, n);
     CUDA_CHECK_LAUNCH();
-    sqsum_final_kernel<<<1, 1, 0, core_stream()>>>(part + blocks, part, blocks);
+    sqsum_final_kernel<<<1, 1, 0, core_stream()>>>(sum, part, blocks);
     CUDA_CHECK_LAUNCH();
-    CUDA_CHECK(cudaMemcpyAsync(&result, part + blocks, sizeof result, cudaMemcpyDeviceToHost,
-                               core_stream()));
     CUDA_CHECK(cudaFreeAsync(part, core_stream()));
-    core_cuda_sync();
-    return result;
 }
 
 __global__ void scale_kernel(float *g, long n, float s) {

@@ -24,9 +24,9 @@ typedef struct {
 void adamw_cuda_step(float *p, const float *g, float *m, float *v, long n, const AdamwHyper *h,
                      int decay, void *p_low, CoreDtype low_dt);
 
-// Σ g² over g (n, fp32), accumulated in double in an order fixed by n alone (bit-identical runs).
-// Synchronizes: the result is on the host, where the clip factor is computed.
-double adamw_cuda_sqsum(const float *g, long n);
+// *sum (one device double) += Σ g² over g (n, fp32), accumulated in double in an order fixed by n
+// alone (bit-identical runs). Asynchronous: the caller downloads the sum of all tensors once.
+void adamw_cuda_sqsum(double *sum, const float *g, long n);
 // g (n) *= s (the clip factor).
 void adamw_cuda_scale(float *g, long n, float s);
 

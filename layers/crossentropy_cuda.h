@@ -17,6 +17,9 @@ void crossentropy_cuda_forward(CoreDtype dt, float *losses, float *lse, const vo
 void crossentropy_cuda_backward_input(CoreDtype dt, void *dlogits, const void *logits,
                                       const float *lse, const int *targets, float dloss, int N,
                                       int V);
+// out (1, device) = (float)(Σ losses (N) / N), summed in double in an order fixed by N: the mean
+// loss stays on the device until the training step downloads all its scalars at once.
+void crossentropy_cuda_mean(float *out, const float *losses, int N);
 
 #ifdef __cplusplus
 }

@@ -57,7 +57,8 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
     a->gates = falloc(o, (long)N * K);
     o->linear_forward_f32(a->logits, x, p->router, N, D, E);
     o->router_forward(a->scores, a->idx, a->gates, a->logits, p->bias, &s->rc, N);
-    a->bal_loss = o->balance_loss(a->scores, a->idx, B, T, E, K);
+    a->bal_loss = falloc(o, 1);
+    o->balance_loss(a->bal_loss, a->scores, a->idx, B, T, E, K);
 
     prof_mark(PROF_DISPATCH);
     a->counts = core_alloc((size_t)L * sizeof(int));
@@ -188,6 +189,7 @@ void moe_acts_free(MoeActs *a, MoeDispatcher *d) {
     o->free(a->scores);
     o->free(a->idx);
     o->free(a->gates);
+    o->free(a->bal_loss);
     if (a->plan) d->release(d, a->plan);
     core_free(a->counts);
     o->free(a->xe);

@@ -82,7 +82,7 @@ typedef struct {
     float *scores;          // (N, E)
     int *idx;               // (N, K)
     float *gates;           // (N, K)
-    float bal_loss;         // L_bal of this micro-batch (before alpha)
+    float *bal_loss;        // (1) L_bal of this micro-batch (before alpha), in the backend's memory
     MoeDispatchPlan *plan;
     int *counts;            // (n_local)
     float *xe;              // (n_rows, D) expert input rows

@@ -118,6 +118,23 @@ static void cpu_crossentropy_backward_input(void *dlogits, const void *logits, c
     crossentropy_backward_input(dlogits, logits, lse, targets, dloss, N, V);
 }
 
+static void cpu_loss_mean(float *out, const float *x, int n) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += x[i];
+    *out = (float)(s / n);
+}
+
+static void cpu_balance_loss(float *loss, const float *scores, const int *idx, int B, int T, int E,
+                             int K) {
+    *loss = router_balance_loss(scores, idx, B, T, E, K);
+}
+
+static void cpu_router_bias_update(float *const *bias, const long *counts, int L, int E, int K,
+                                   long n_tokens, float gamma) {
+    for (int l = 0; l < L; l++)
+        if (bias[l]) router_bias_update(bias[l], counts + (size_t)l * E, E, K, n_tokens, gamma);
+}
+
 static void cpu_moe_combine(void *y, const void *nk, const float *gates, int N, int K, int D) {
     for (int t = 0; t < N; t++) {
         float *yt = (float *)y + (long)t * D;
@@ -219,11 +236,13 @@ const LayerOps layer_ops_cpu = {
     .swiglu_act_backward = cpu_swiglu_act_backward,
     .crossentropy_forward = cpu_crossentropy_forward,
     .crossentropy_backward_input = cpu_crossentropy_backward_input,
+    .loss_mean = cpu_loss_mean,
     .router_forward = router_forward,
     .router_backward_input = router_backward_input,
-    .balance_loss = router_balance_loss,
+    .balance_loss = cpu_balance_loss,
     .balance_loss_backward = router_balance_loss_backward,
     .router_count = router_count,
+    .router_bias_update = cpu_router_bias_update,
     .moe_combine = cpu_moe_combine,
     .moe_combine_backward = cpu_moe_combine_backward,
     .moe_sum_choices = cpu_moe_sum_choices,

@@ -258,28 +258,11 @@ static void cu_crossentropy_backward_input(void *dlogits, const void *logits, co
     crossentropy_cuda_backward_input(DT, dlogits, logits, lse, targets, dloss, N, V);
 }
 
-static float cu_balance_loss(const float *scores, const int *idx, int B, int T, int E, int K) {
-    float *d = (float *)cu_alloc(sizeof(float)), loss;
-    router_cuda_balance_loss(d, scores, idx, B, T, E, K);
-    cu_download(&loss, d, sizeof loss);
-    cu_free(d);
-    return loss;
-}
-
-// The counts live on the host (logging, the bias update, EPLB), so the choices come over.
-static void cu_router_count(long *counts, const int *idx, int N, int K, int E) {
-    int *h = (int *)core_alloc((size_t)N * K * sizeof(int));  // (N, K) on the host
-    cu_download(h, idx, (size_t)N * K * sizeof(int));
-    router_count(counts, h, N, K, E);
-    core_free(h);
-}
-
 template <CoreDtype DT>
 static void cu_adamw_step(float *p, const float *g, float *m, float *v, long n, const AdamwHyper *h,
                           int decay, void *p_low) {
     adamw_cuda_step(p, g, m, v, n, h, decay, p_low, DT);
 }
-static void cu_grad_sqsum(double *sum, const float *g, long n) { *sum += adamw_cuda_sqsum(g, n); }
 
 // ---------------------------------------------------------------------------------------------
 // The single-process dispatcher on the GPU: moe_cuda_plan gives each (token, choice) pair its row
@@ -382,17 +365,19 @@ static void fill(LayerOps *t, const char *name) {
     t->swiglu_act_backward = cu_swiglu_act_backward<DT>;
     t->crossentropy_forward = cu_crossentropy_forward<DT>;
     t->crossentropy_backward_input = cu_crossentropy_backward_input<DT>;
+    t->loss_mean = crossentropy_cuda_mean;
     t->router_forward = router_cuda_forward;
     t->router_backward_input = router_cuda_backward_input;
-    t->balance_loss = cu_balance_loss;
+    t->balance_loss = router_cuda_balance_loss;
     t->balance_loss_backward = router_cuda_balance_loss_backward;
-    t->router_count = cu_router_count;
+    t->router_count = router_cuda_count;
+    t->router_bias_update = router_cuda_bias_update;
     t->moe_combine = cu_moe_combine<DT>;
     t->moe_combine_backward = cu_moe_combine_backward<DT>;
     t->moe_sum_choices = cu_moe_sum_choices<DT>;
     t->local_dispatcher = cu_local_dispatcher<DT>;
     t->adamw_step = cu_adamw_step<DT>;
-    t->grad_sqsum = cu_grad_sqsum;
+    t->grad_sqsum = adamw_cuda_sqsum;
     t->grad_scale = adamw_cuda_scale;
 }
 

@@ -24,7 +24,9 @@ extern "C" {
 // tensors are always fp32: per-row statistics (rstd, lse, losses), the attention state, router
 // logits, scores, gates and their gradients, weight gradients, master weights and moments.
 // Calls that take `counts` (per-group row counts) read them on the host. backward_* calls
-// accumulate (+=) as the layers do. Shapes are those of the layer headers.
+// accumulate (+=) as the layers do. Shapes are those of the layer headers. Scalar results (the
+// balance loss, the mean loss, expert counts, Σ g²) stay in dev memory too, so that a training step
+// brings them to the host in one download at its end instead of one wait each.
 typedef struct LayerOps {
     const char *name;    // "cpu", "cuda fp32", "cuda bf16"
     CoreDevice dev;
@@ -87,17 +89,24 @@ typedef struct LayerOps {
                                  int N, int V);
     void (*crossentropy_backward_input)(void *dlogits, const void *logits, const float *lse,
                                         const int *targets, float dloss, int N, int V);
+    // out (1) = (Σ x (n) / n), the sum in double in a fixed order (the mean cross-entropy).
+    void (*loss_mean)(float *out, const float *x, int n);
 
     // Router (all fp32) and the MoE layer's gate-weighted combine.
     void (*router_forward)(float *scores, int *idx, float *gates, const float *logits,
                            const float *bias, const RouterCfg *c, int N);
     void (*router_backward_input)(float *dlogits, const float *dgates, const float *dscores,
                                   const float *scores, const int *idx, const RouterCfg *c, int N);
-    float (*balance_loss)(const float *scores, const int *idx, int B, int T, int E, int K);  // to host
+    // loss (1) = L_bal (overwritten).
+    void (*balance_loss)(float *loss, const float *scores, const int *idx, int B, int T, int E, int K);
     void (*balance_loss_backward)(float *dscores, float dloss, const float *scores, const int *idx,
                                   int B, int T, int E, int K);
-    // counts (E, host) += tokens that chose each expert; idx (N, K) on dev.
+    // counts (E) += tokens that chose each expert; idx (N, K).
     void (*router_count)(long *counts, const int *idx, int N, int K, int E);
+    // The aux-loss-free bias update (router_bias_update's sign rule) of L layers at once: bias is a
+    // host array of L pointers to (E) biases (NULL: the layer is skipped), counts (L, E).
+    void (*router_bias_update)(float *const *bias, const long *counts, int L, int E, int K,
+                               long n_tokens, float gamma);
     // y (N, D) = Σ_k gates (N, K)[t, k] · nk (N, K, D)[t, k], choices added in order. Overwrites y.
     void (*moe_combine)(void *y, const void *nk, const float *gates, int N, int K, int D);
     // Its backward given dy (N, D): dgates (N, K) = dy · nk[t, k] and dnk (N, K, D) = gates · dy
@@ -110,7 +119,7 @@ typedef struct LayerOps {
     MoeDispatcher *(*local_dispatcher)(int E);
 
     // Optimizer on one tensor: AdamW (adamw_cuda.h's arithmetic; p_low (n, dt) receives the new
-    // weights, or NULL), *sum += Σ g² in double, and g *= s.
+    // weights, or NULL), *sum += Σ g² in double (sum in dev memory), and g *= s.
     void (*adamw_step)(float *p, const float *g, float *m, float *v, long n, const AdamwHyper *h,
                        int decay, void *p_low);
     void (*grad_sqsum)(double *sum, const float *g, long n);

@@ -1,5 +1,6 @@
 // RMSNorm on the GPU (see rmsnorm_cuda.h): one warp per row for the forward and the input
-// gradient; the gain gradient sums over rows in two fixed-order passes (no atomics).
+// gradient, with 16-byte loads where the shapes allow; the gain gradient sums over rows in two
+// fixed-order passes (no atomics).
 #include "layers/rmsnorm_cuda.h"
 
 #define ROWS_PER_BLOCK 8   // warps per block in the row kernels
@@ -10,30 +11,52 @@ static void rmsnorm_check(int N, int D) {
     CHECK(N >= 0 && D > 0, "rmsnorm: bad shape N=%d D=%d", N, D);
 }
 
-template <typename T>
+// Each lane reads W consecutive elements at a time: W = 16 bytes of T (8 bf16, 4 fp32) when the
+// pointers and D allow, else 1. Lane j takes elements [j·W, j·W + W) of every 32·W.
+template <typename T, int W>
 __global__ void rmsnorm_forward_kernel(T *out, float *rstd, const T *inp, const T *gain, int N,
                                        int D, float eps) {
     int n = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
     const T *x = inp + (size_t)n * D;
     float ss = 0.0f;
-    for (int d = lane; d < D; d += 32) {
-        float v = core_ld(x + d);
-        ss += v * v;
+    for (int d = lane * W; d < D; d += 32 * W) {
+        float v[W];
+        core_ld_vec<W>(v, x + d);
+#pragma unroll
+        for (int i = 0; i < W; i++) ss += v[i] * v[i];
     }
     float r = 1.0f / sqrtf(core_warp_sum(ss) / D + eps);
     T *y = out + (size_t)n * D;
-    for (int d = lane; d < D; d += 32) core_st(y + d, core_ld(x + d) * r * core_ld(gain + d));
+    for (int d = lane * W; d < D; d += 32 * W) {
+        float v[W], g[W];
+        core_ld_vec<W>(v, x + d);
+        core_ld_vec<W>(g, gain + d);
+#pragma unroll
+        for (int i = 0; i < W; i++) v[i] = v[i] * r * g[i];
+        core_st_vec<W>(y + d, v);
+    }
     if (lane == 0) rstd[n] = r;
 }
+
+// Launches kernel<T, W> over N rows with 16-byte accesses where they fit, else kernel<T, 1>.
+#define ROW_LAUNCH(kernel, T, ptrs, N, D, ...)                                                    \
+    do {                                                                                          \
+        constexpr int W_ = 16 / sizeof(T);                                                        \
+        unsigned blocks_ = core_blocks(N, ROWS_PER_BLOCK);                                        \
+        if (core_vec_ok(W_, sizeof(T), D, ptrs, (int)(sizeof ptrs / sizeof *ptrs)))              \
+            kernel<T, W_><<<blocks_, ROWS_PER_BLOCK * 32, 0, core_stream()>>>(__VA_ARGS__);       \
+        else                                                                                      \
+            kernel<T, 1><<<blocks_, ROWS_PER_BLOCK * 32, 0, core_stream()>>>(__VA_ARGS__);        \
+        CUDA_CHECK_LAUNCH();                                                                      \
+    } while (0)
 
 template <typename T>
 static void forward(void *out, float *rstd, const void *inp, const void *gain, int N, int D,
                     float eps) {
-    rmsnorm_forward_kernel<T><<<core_blocks(N, ROWS_PER_BLOCK), ROWS_PER_BLOCK * 32, 0,
-                                core_stream()>>>((T *)out, rstd, (const T *)inp, (const T *)gain,
-                                                 N, D, eps);
-    CUDA_CHECK_LAUNCH();
+    const void *ptrs[] = {out, inp, gain};
+    ROW_LAUNCH(rmsnorm_forward_kernel, T, ptrs, N, D, (T *)out, rstd, (const T *)inp,
+               (const T *)gain, N, D, eps);
 }
 
 void rmsnorm_cuda_forward(CoreDtype dt, void *out, float *rstd, const void *inp, const void *gain,
@@ -44,8 +67,10 @@ void rmsnorm_cuda_forward(CoreDtype dt, void *out, float *rstd, const void *inp,
     CORE_DTYPE_CALL(dt, forward, out, rstd, inp, gain, N, D, eps);
 }
 
-// ∂L/∂x_k = r g_k dy_k − (r³ / D) x_k Σ_d g_d dy_d x_d (see rmsnorm.c).
-template <typename T>
+// ∂L/∂x_k = r g_k dy_k − (r³ / D) x_k Σ_d g_d dy_d x_d (see rmsnorm.c). A warp per row, W-wide
+// accesses as in the forward: every load of a pass is issued before the arithmetic that needs it,
+// and the row's dot product is reduced in registers, then across the warp (a fixed order).
+template <typename T, int W>
 __global__ void rmsnorm_backward_input_kernel(T *dinp, const T *dout, const T *inp, const T *gain,
                                               const float *rstd, int N, int D) {
     int n = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -53,23 +78,34 @@ __global__ void rmsnorm_backward_input_kernel(T *dinp, const T *dout, const T *i
     const T *x = inp + (size_t)n * D, *dy = dout + (size_t)n * D;
     T *dx = dinp + (size_t)n * D;
     float s = 0.0f;
-    for (int d = lane; d < D; d += 32) s += core_ld(gain + d) * core_ld(dy + d) * core_ld(x + d);
+    for (int d = lane * W; d < D; d += 32 * W) {
+        float xv[W], dyv[W], g[W];
+        core_ld_vec<W>(xv, x + d);
+        core_ld_vec<W>(dyv, dy + d);
+        core_ld_vec<W>(g, gain + d);
+#pragma unroll
+        for (int i = 0; i < W; i++) s += g[i] * dyv[i] * xv[i];
+    }
     float r = rstd[n];
     float c = r * r * r * core_warp_sum(s) / D;
-    for (int d = lane; d < D; d += 32) {
-        float g = r * core_ld(gain + d) * core_ld(dy + d) - c * core_ld(x + d);
-        core_st(dx + d, core_ld(dx + d) + g);
+    for (int d = lane * W; d < D; d += 32 * W) {
+        float xv[W], dyv[W], g[W], acc[W];
+        core_ld_vec<W>(xv, x + d);
+        core_ld_vec<W>(dyv, dy + d);
+        core_ld_vec<W>(g, gain + d);
+        core_ld_vec<W>(acc, dx + d);
+#pragma unroll
+        for (int i = 0; i < W; i++) acc[i] += r * g[i] * dyv[i] - c * xv[i];
+        core_st_vec<W>(dx + d, acc);
     }
 }
 
 template <typename T>
 static void backward_input(void *dinp, const void *dout, const void *inp, const void *gain,
                            const float *rstd, int N, int D) {
-    rmsnorm_backward_input_kernel<T><<<core_blocks(N, ROWS_PER_BLOCK), ROWS_PER_BLOCK * 32, 0,
-                                       core_stream()>>>((T *)dinp, (const T *)dout,
-                                                        (const T *)inp, (const T *)gain, rstd, N,
-                                                        D);
-    CUDA_CHECK_LAUNCH();
+    const void *ptrs[] = {dinp, dout, inp, gain};
+    ROW_LAUNCH(rmsnorm_backward_input_kernel, T, ptrs, N, D, (T *)dinp, (const T *)dout,
+               (const T *)inp, (const T *)gain, rstd, N, D);
 }
 
 void rmsnorm_cuda_backward_input(CoreDtype dt, void *dinp, const void *dout, const void *inp,

@@ -156,8 +156,10 @@ void router_cuda_backward_input(float *dlogits, const float *dgates, const float
 __device__ void balance_f(float *f, int *cnt, const int *idx, int b, int T, int E, int K) {
     for (int i = threadIdx.x; i < E; i += BAL_THREADS) cnt[i] = 0;
     __syncthreads();
-    for (long r = threadIdx.x; r < (long)T * K; r += BAL_THREADS)
-        atomicAdd(&cnt[idx[(long)b * T * K + r]], 1);
+    for (long r = threadIdx.x; r < (long)T * K; r += BAL_THREADS) {
+        int e = idx[(long)b * T * K + r];
+        if ((unsigned)e < (unsigned)E) atomicAdd(&cnt[e], 1);  // a bad id counts for no expert
+    }
     __syncthreads();
     float scale = (float)E / ((float)K * (float)T);
     for (int i = threadIdx.x; i < E; i += BAL_THREADS) f[i] = cnt[i] * scale;
@@ -213,10 +215,11 @@ __global__ void balance_backward_kernel(float *dscores, float w, const float *sc
     }
 }
 
-static size_t balance_check(const int *idx, int B, int T, int E, int K) {
+// The expert ids are not checked here: that would cost a host round trip per call, and in the
+// engine they come from router_cuda_forward and pass moe_cuda_plan's check in the same forward.
+static size_t balance_check(int B, int T, int E, int K) {
     CHECK(B >= 1 && T >= 1 && E >= 1 && K >= 1 && K <= E,
           "router balance loss: bad shape B = %d, T = %d, E = %d, K = %d", B, T, E, K);
-    core_cuda_check_indices(idx, (long)B * T * K, E, "router balance loss: expert id");
     size_t smem = 2 * (size_t)E * sizeof(float);
     CHECK(smem <= 48 * 1024, "router balance loss: E = %d exceeds the kernel's shared memory", E);
     return smem;
@@ -224,7 +227,7 @@ static size_t balance_check(const int *idx, int B, int T, int E, int K) {
 
 void router_cuda_balance_loss(float *loss, const float *scores, const int *idx, int B, int T, int E,
                               int K) {
-    size_t smem = balance_check(idx, B, T, E, K);
+    size_t smem = balance_check(B, T, E, K);
     float *seq;  // (B)
     CUDA_CHECK(cudaMallocAsync((void **)&seq, (size_t)B * sizeof(float), core_stream()));
     balance_loss_kernel<<<B, BAL_THREADS, smem, core_stream()>>>(seq, scores, idx, T, E, K);
@@ -236,9 +239,73 @@ void router_cuda_balance_loss(float *loss, const float *scores, const int *idx, 
 
 void router_cuda_balance_loss_backward(float *dscores, float dloss, const float *scores,
                                        const int *idx, int B, int T, int E, int K) {
-    size_t smem = balance_check(idx, B, T, E, K);
+    size_t smem = balance_check(B, T, E, K);
     float w = dloss / ((float)B * (float)T);
     balance_backward_kernel<<<B, BAL_THREADS, smem, core_stream()>>>(dscores, w, scores, idx, T,
                                                                      E, K);
     CUDA_CHECK_LAUNCH();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expert counts and the bias update, on the device so that a training step needs no host round
+// trip for them. Counts are integers: atomics add them exactly, in any order.
+
+#define COUNT_THREADS 256
+#define COUNT_BLOCKS 256  // at most; each block folds its share into a shared histogram first
+
+__global__ void router_count_kernel(unsigned long long *counts, const int *idx, long n, int E) {
+    extern __shared__ unsigned hist[];  // (E)
+    for (int e = threadIdx.x; e < E; e += COUNT_THREADS) hist[e] = 0;
+    __syncthreads();
+    for (long r = (long)blockIdx.x * COUNT_THREADS + threadIdx.x; r < n; r += (long)gridDim.x * COUNT_THREADS) {
+        int e = idx[r];
+        if ((unsigned)e < (unsigned)E) atomicAdd(&hist[e], 1u);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += COUNT_THREADS)
+        if (hist[e]) atomicAdd(&counts[e], (unsigned long long)hist[e]);
+}
+
+void router_cuda_count(long *counts, const int *idx, int N, int K, int E) {
+    CHECK(N >= 0 && K >= 1 && E >= 1, "router_count: bad shape N = %d, K = %d, E = %d", N, K, E);
+    CHECK((size_t)E * sizeof(unsigned) <= 48 * 1024, "router_count: E = %d exceeds the kernel's shared memory", E);
+    long n = (long)N * K;
+    if (n == 0) return;
+    long want = (n + COUNT_THREADS - 1) / COUNT_THREADS;
+    int blocks = want < COUNT_BLOCKS ? (int)want : COUNT_BLOCKS;
+    static_assert(sizeof(long) == sizeof(unsigned long long), "counts are 64-bit");
+    router_count_kernel<<<blocks, COUNT_THREADS, (size_t)E * sizeof(unsigned), core_stream()>>>(
+        (unsigned long long *)counts, idx, n, E);
+    CUDA_CHECK_LAUNCH();
+}
+
+#define BIAS_LAYERS 64  // layers per launch: their pointers travel as a kernel argument
+
+struct BiasPtrs {
+    float *p[BIAS_LAYERS];
+};
+
+// Block (x, y = layer): router_bias_update's arithmetic on layer y's biases (see router.c).
+__global__ void router_bias_update_kernel(BiasPtrs bias, const long *counts, int E, double mean,
+                                          float gamma) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    float *b = bias.p[blockIdx.y];
+    if (!b || e >= E) return;
+    double gap = mean - (double)counts[(size_t)blockIdx.y * E + e];
+    b[e] += gamma * (float)((gap > 0) - (gap < 0));
+}
+
+void router_cuda_bias_update(float *const *bias, const long *counts, int L, int E, int K,
+                             long n_tokens, float gamma) {
+    CHECK(L >= 0 && E >= 1 && K >= 1, "router bias update: bad shape L = %d, E = %d, K = %d", L, E, K);
+    double mean = (double)K * (double)n_tokens / E;  // c̄, as router_bias_update computes it
+    for (int l0 = 0; l0 < L; l0 += BIAS_LAYERS) {
+        int nl = L - l0 < BIAS_LAYERS ? L - l0 : BIAS_LAYERS;
+        BiasPtrs p = {};
+        for (int j = 0; j < nl; j++) p.p[j] = bias[l0 + j];
+        dim3 grid(core_blocks(E, 256), nl);
+        router_bias_update_kernel<<<grid, 256, 0, core_stream()>>>(p, counts + (size_t)l0 * E, E, mean,
+                                                                   gamma);
+        CUDA_CHECK_LAUNCH();
+    }
 }

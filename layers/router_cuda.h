@@ -20,12 +20,21 @@ void router_cuda_backward_input(float *dlogits, const float *dgates, const float
                                 const float *scores, const int *idx, const RouterCfg *c, int N);
 
 // Sequence balance loss of router.h on the GPU: *loss (one device float) = L_bal averaged over the
-// B sequences of T tokens; scores (N, E), idx (N, K), N = B·T. Sums run in a fixed order.
+// B sequences of T tokens; scores (N, E), idx (N, K), N = B·T. Sums run in a fixed order. Neither
+// call checks the ids (no host round trip): an id outside [0, E) counts for no expert.
 void router_cuda_balance_loss(float *loss, const float *scores, const int *idx, int B, int T, int E,
                               int K);
 // dscores (N, E) += dloss · ∂L_bal/∂scores (through P only).
 void router_cuda_balance_loss_backward(float *dscores, float dloss, const float *scores,
                                        const int *idx, int B, int T, int E, int K);
+
+// counts (E, device) += tokens that chose each expert; idx (N, K). Integer atomics: exact and
+// the same in any order. Ids outside [0, E) are not counted (router_count of router.h fails on them).
+void router_cuda_count(long *counts, const int *idx, int N, int K, int E);
+// router_bias_update of router.h on L layers in one launch: bias is a host array of L device
+// pointers to (E) biases (NULL: skipped), counts (L, E) on the device; same arithmetic.
+void router_cuda_bias_update(float *const *bias, const long *counts, int L, int E, int K,
+                             long n_tokens, float gamma);
 
 #ifdef __cplusplus
 }

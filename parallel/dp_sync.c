@@ -72,12 +72,15 @@ void dp_sync_grads(const Grid *g, const DpGrad *t, int n, size_t bucket_floats) 
 }
 
 double dp_sync_grad_sqsum(const Grid *g, const DpGrad *t, int n) {
+    // One double per tensor in the backend's memory, downloaded at once (not one wait per tensor).
+    const LayerOps *o = ops_of(g);
     double sq[2] = {0, 0};  // dense, expert
-    for (int i = 0; i < n; i++) {
-        double s = 0;
-        ops_of(g)->grad_sqsum(&s, t[i].g, (long)t[i].n);
-        sq[t[i].expert != 0] += s;
-    }
+    double *d = o->alloc((size_t)n * sizeof(double)), *s = core_alloc((size_t)n * sizeof(double));
+    for (int i = 0; i < n; i++) o->grad_sqsum(d + i, t[i].g, (long)t[i].n);
+    o->download(s, d, (size_t)n * sizeof(double));
+    for (int i = 0; i < n; i++) sq[t[i].expert != 0] += s[i];
+    o->free(d);
+    core_free(s);
     comm_allreduce(g->ep_comm, &sq[1], 1, COMM_F64, COMM_SUM);
     double total = sq[0] + sq[1];
     comm_allreduce(g->pp_comm, &total, 1, COMM_F64, COMM_SUM);

@@ -214,7 +214,9 @@ TEST_F(Gpu, FailedCudaCallDeath) {
 // Dense layers.
 
 TEST_F(Gpu, RmsNorm) {
-    const int shapes[][2] = {{300, 200}, {64, 1024}};
+    // 16-byte accesses where D and the pointers allow them (200, 1024; 36 in fp32 only), single
+    // elements otherwise (33; 36 in bf16).
+    const int shapes[][2] = {{300, 200}, {64, 1024}, {50, 36}, {17, 33}};
     for (auto &sh : shapes) {
         int N = sh[0], D = sh[1];
         for (CoreDtype dt : kDtypes) {
@@ -632,6 +634,52 @@ TEST_F(Gpu, RouterBalanceLoss) {
     EXPECT_CLOSE(get_f32(*dDs, ds.size()), ds, CORE_F32, "router balance loss backward");
 }
 
+// The expert histogram and the bias update of a training step, on the device, against router.c:
+// counts equal exactly (integers), biases to the bit (the same double c̄ and sign rule).
+TEST_F(Gpu, RouterCountAndBiasUpdate) {
+    const int L = 3, E = 40, K = 6;
+    for (int N : {1, 77, 5000}) {
+        std::vector<long> counts((size_t)L * E, 0);
+        Buf dCounts(counts.size() * sizeof(long));
+        core_cuda_memset(dCounts.p, 0, counts.size() * sizeof(long));
+        for (int l = 0; l < L; l++)
+            for (int rep = 0; rep < 2; rep++) {  // the counts accumulate over calls
+                IVec idx = rnd_int((size_t)N * K, l == 1 ? 3 : E);  // layer 1: only experts 0..2
+                BufP dIdx = put_int(idx);
+                router_count(counts.data() + (size_t)l * E, idx.data(), N, K, E);
+                router_cuda_count((long *)dCounts.p + (size_t)l * E, dIdx->i(), N, K, E);
+            }
+        std::vector<long> got(counts.size());
+        core_copy(got.data(), CORE_CPU, dCounts.p, CORE_CUDA, got.size() * sizeof(long));
+        EXPECT_EQ(got, counts) << "N = " << N;
+
+        // Layer 2 is skipped (a dense layer's NULL); n_tokens = 2N makes c̄ the mean of the counts.
+        Vec b0 = rnd(E), b1 = rnd(E), b2 = rnd(E);
+        BufP dB0 = put_f32(b0), dB1 = put_f32(b1), dB2 = put_f32(b2);
+        float *bias[L] = {dB0->f(), dB1->f(), NULL};
+        router_cuda_bias_update(bias, (const long *)dCounts.p, L, E, K, 2L * N, 0.01f);
+        router_bias_update(b0.data(), counts.data(), E, K, 2L * N, 0.01f);
+        router_bias_update(b1.data(), counts.data() + E, E, K, 2L * N, 0.01f);
+        EXPECT_EQ(get_f32(*dB0, E), b0);
+        EXPECT_EQ(get_f32(*dB1, E), b1);
+        EXPECT_EQ(get_f32(*dB2, E), b2) << "a NULL layer must stay untouched";
+    }
+}
+
+// The mean cross-entropy kept on the device: against the CPU's ordered double sum.
+TEST_F(Gpu, LossMean) {
+    for (int N : {1, 255, 257, 16384}) {
+        Vec x = rnd((size_t)N, 0.0f, 10.0f);
+        BufP dX = put_f32(x), dOut = poisoned(1, CORE_F32), dOut2 = poisoned(1, CORE_F32);
+        double ref = 0;
+        for (float v : x) ref += v;
+        crossentropy_cuda_mean(dOut->f(), dX->f(), N);
+        crossentropy_cuda_mean(dOut2->f(), dX->f(), N);
+        EXPECT_CLOSE(get_f32(*dOut, 1), Vec{(float)(ref / N)}, CORE_F32, "loss mean");
+        EXPECT_EQ(get_f32(*dOut, 1), get_f32(*dOut2, 1)) << "the mean must not vary between runs";
+    }
+}
+
 TEST_F(Gpu, MoePermuteUnpermuteCombine) {
     const int N = 300, K = 4, E = 16, D = 40;
     for (CoreDtype dt : kDtypes) {
@@ -738,9 +786,18 @@ TEST_F(Gpu, GradSquareSumAndScale) {
         BufP dG = put_f32(g);
         double ref = 0;
         for (float x : g) ref += (double)x * x;
-        double got = adamw_cuda_sqsum(dG->f(), n);
-        EXPECT_LT(std::fabs(got - ref) / ref, 1e-10) << "n = " << n;
-        EXPECT_EQ(got, adamw_cuda_sqsum(dG->f(), n)) << "the sum must not vary between runs";
+        // Into a device double that starts at 1: the call accumulates (+=).
+        auto sum_from_one = [&] {
+            Buf dSum(sizeof(double));
+            double v = 1.0;
+            core_copy(dSum.p, CORE_CUDA, &v, CORE_CPU, sizeof v);
+            adamw_cuda_sqsum((double *)dSum.p, dG->f(), n);
+            core_copy(&v, CORE_CPU, dSum.p, CORE_CUDA, sizeof v);
+            return v;
+        };
+        double got = sum_from_one();
+        EXPECT_LT(std::fabs(got - 1.0 - ref) / ref, 1e-10) << "n = " << n;
+        EXPECT_EQ(got, sum_from_one()) << "the sum must not vary between runs";
         adamw_cuda_scale(dG->f(), n, 0.25f);
         for (float &x : g) x *= 0.25f;
         EXPECT_EQ(get_f32(*dG, g.size()), g);

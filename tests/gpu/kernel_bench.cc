@@ -196,6 +196,15 @@ int main() {
     row("router forward (N, 64), top-6", time_it([&] {
             router_cuda_forward(scores, idx, gates, logits, NULL, &rc, N);
         }), 2 * 4.0 * N * E, 0);
+    long *ecount = (long *)core_device_alloc(CORE_CUDA, 12 * E * sizeof(long));  // (12 layers, E)
+    row("router count (N·K ids)", time_it([&] { router_cuda_count(ecount, idx, N, K, E); }),
+        4.0 * N * K, 0);
+    float *biases = (float *)dev_rand(12 * E, CORE_F32);
+    float *bias_of[12];
+    for (int l = 0; l < 12; l++) bias_of[l] = biases + l * E;
+    row("router bias update (12 layers)", time_it([&] {
+            router_cuda_bias_update(bias_of, ecount, 12, E, K, N, 1e-3f);
+        }), 0, 0);
     row("moe plan (incl. index check)", time_it([&] {
             moe_cuda_plan(row_of, cnt, idx, N, K, E);
         }), 0, 0);
@@ -239,6 +248,8 @@ int main() {
     row("crossentropy backward", time_it([&] {
             crossentropy_cuda_backward_input(BF, dlg, lg, lse2, tg, 1.0f / N, N, V);
         }), 3 * 2.0 * N * V, 0);
+    float *mean = (float *)core_device_alloc(CORE_CUDA, 4);
+    row("loss mean (N)", time_it([&] { crossentropy_cuda_mean(mean, loss, N); }), 4.0 * N, 0);
     void *table = dev_rand((size_t)V * D, BF);
     float *dtable = (float *)dev_rand((size_t)V * D, CORE_F32);
     row("embedding forward", time_it([&] {
@@ -257,6 +268,7 @@ int main() {
     row("adamw step (1e8 params, bf16 copy)", time_it([&] {
             adamw_cuda_step(p, pg, m, vv, np, &hy, 1, plow, BF);
         }), (4 * 4 + 3 * 4 + 2) * (double)np, 0);
-    row("grad square sum (1e8)", time_it([&] { adamw_cuda_sqsum(pg, np); }), 4.0 * np, 0);
+    double *sq = (double *)core_device_alloc(CORE_CUDA, sizeof(double));
+    row("grad square sum (1e8)", time_it([&] { adamw_cuda_sqsum(sq, pg, np); }), 4.0 * np, 0);
     return 0;
 }

@@ -79,6 +79,7 @@ float forward_backward(Model *m, const std::vector<int> &tok) {
     model_backward_input(m, &a, 1.0f);
     model_backward_weight(m, &a);
     model_acts_free(m, &a);
+    model_counts_to_host(m);
     return loss;
 }
 

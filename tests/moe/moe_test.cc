@@ -162,7 +162,7 @@ Fwd forward(Model &m, const std::vector<float> &x, int B, int T, MoeDispatcher *
     MoeActs a;
     moe_forward(f.y.data(), &a, x.data(), &m.s, &p, d, B, T);
     f.idx.assign(a.idx, a.idx + (size_t)a.N * m.s.K);
-    f.bal = a.bal_loss;
+    f.bal = *a.bal_loss;
     moe_acts_free(&a, d);
     return f;
 }
