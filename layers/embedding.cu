@@ -83,10 +83,14 @@ void embedding_cuda_backward_weight(CoreDtype dt, float *dtable, const void *dou
     start[groups] = N;
     for (int n = 0; n < N; n++) order[count[tok[n]]++] = n;
     size_t bytes = (size_t)(N + 2 * groups + 1) * sizeof(int);
-    int *d_plan = (int *)core_device_alloc(CORE_CUDA, bytes);
-    core_copy(d_plan, CORE_CUDA, plan, CORE_CPU, bytes);
+    // Stream-ordered memory (cudaFree would wait for the whole device, kernel included); the upload
+    // is waited for because the host plan is freed below.
+    int *d_plan;
+    CUDA_CHECK(cudaMallocAsync((void **)&d_plan, bytes, core_stream()));
+    CUDA_CHECK(cudaMemcpyAsync(d_plan, plan, bytes, cudaMemcpyHostToDevice, core_stream()));
+    core_cuda_sync();
     CORE_DTYPE_CALL(dt, backward, dtable, dout, d_plan, groups, N, D);
-    core_device_free(CORE_CUDA, d_plan);
+    CUDA_CHECK(cudaFreeAsync(d_plan, core_stream()));
     core_free(plan);
     core_free(count);
     core_free(tok);

@@ -284,9 +284,15 @@ static MoeDispatchPlan *cu_plan(MoeDispatcher *self, const int *idx, int N, int 
     p->K = K;
     p->row_of = (int *)cu_alloc((size_t)n * sizeof(int));
     int *dcounts = (int *)cu_alloc((size_t)E * sizeof(int));  // (E) on the GPU
-    moe_cuda_plan(p->row_of, dcounts, idx, N, K, E);
-    cu_download(counts, dcounts, (size_t)E * sizeof(int));  // the grouped GEMMs size from the host
+    // The one host round trip of a MoE layer's micro-batch: the grouped GEMMs size from the host.
+    // The expert ids are checked by the same download: a bad one is missing from the counts.
+    moe_cuda_plan_unchecked(p->row_of, dcounts, idx, N, K, E);
+    cu_download(counts, dcounts, (size_t)E * sizeof(int));
     cu_free(dcounts);
+    long routed = 0;
+    for (int e = 0; e < E; e++) routed += counts[e];
+    if (routed != n) core_cuda_check_indices(idx, n, E, "moe: expert id");  // exits with the id
+    CHECK(routed == n, "GPU dispatcher: %ld of %ld routed pairs planned", routed, n);
     *n_rows = (int)n;
     return p;
 }
