@@ -45,6 +45,24 @@ static float sync_step(Model *m, double *means) {
     return (float)sqrt(sq);
 }
 
+// The step's mean loss and cross-entropy (means) from the A micro-batches' scalars (A, 1 + L) in
+// the model's memory, and the step's expert counts on the host: one download each.
+static void step_scalars(Model *m, const float *dscal, int A, double *means) {
+    const size_t ns = 1 + (size_t)m->cfg.L;
+    float *scal = core_alloc((size_t)A * ns * sizeof(float));  // (A, 1 + L) on the host
+    m->ops->download(scal, dscal, (size_t)A * ns * sizeof(float));
+    double loss = 0, ce = 0;
+    for (int mb = 0; mb < A; mb++) {
+        float ce_mb, bal_mb;
+        loss += model_scalars_loss(m, scal + (size_t)mb * ns, 1, &ce_mb, &bal_mb);
+        ce += ce_mb;
+    }
+    core_free(scal);
+    means[0] = loss / A;
+    means[1] = ce / A;
+    model_counts_to_host(m);
+}
+
 StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, const int *tokens) {
     StepStats st = {0};
     double t0 = core_now();
@@ -69,29 +87,22 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
     }
     m->defer_loss = 0;
     m->count_routes = 0;
-    float *scal = core_alloc((size_t)A * ns * sizeof(float));  // (A, 1 + L) on the host
-    m->ops->download(scal, dscal, (size_t)A * ns * sizeof(float));
-    m->ops->free(dscal);
-    double loss = 0, ce = 0;
-    for (int mb = 0; mb < A; mb++) {
-        float ce_mb, bal_mb;
-        loss += model_scalars_loss(m, scal + (size_t)mb * ns, 1, &ce_mb, &bal_mb);
-        ce += ce_mb;
-    }
-    core_free(scal);
-    model_counts_to_host(m);
     // Replicas of an expert apply one update: each gets the sum of all the replicas' gradients.
     if (m->eplb) eplb_runtime_sum_replica_grads(m->eplb);
-    double means[2] = {loss / A, ce / A};
+    double means[2];
     // The bias update's c̄ counts the tokens of the whole step, over all data-parallel ranks.
     long n_tokens = (long)A * B * T;
     if (m->grid) {
+        step_scalars(m, dscal, A, means);
         st.grad_norm = sync_step(m, means);
         n_tokens *= m->grid->dp;
         model_counts_to_device(m);  // the bias update reads the counts summed over DP
     } else {
+        // Σ g² is queued before the first wait, so the device is busy while the host launches it.
         st.grad_norm = (float)sqrt(optim_grad_sqsum_on(m->ops, &m->reg, -1) - duplicate_sqsum(m));
+        step_scalars(m, dscal, A, means);
     }
+    m->ops->free(dscal);
     st.loss = (float)means[0];
     st.ce = (float)means[1];
     float clip = optim_clip_factor(st.grad_norm, c->grad_clip);
