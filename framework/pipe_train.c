@@ -220,6 +220,7 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
     double means[2] = {0, 0};  // loss, ce: summed over the stages, then over the pipeline group
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         p->model[pipe]->count_routes = 0;
+        model_counts_to_host(p->model[pipe]);  // the counts travel over the host groups
         means[0] += p->ctx[pipe].loss;
         means[1] += p->ctx[pipe].ce;
     }
@@ -247,6 +248,7 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         Model *m = p->model[pipe];
         dp_sync_sum_counts(g, m->expert_counts, (size_t)c->L * c->E);
+        model_counts_to_device(m);  // the bias update reads the global counts where it runs
         if (clip != 1.0f) optim_scale_grads_on(m->ops, &m->reg, clip);
         adamw_step(&p->opt[pipe], &m->reg, c, st.lr);
         model_router_bias_update(m, n_tokens);
