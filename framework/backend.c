@@ -23,3 +23,11 @@ const LayerOps *backend_ops_on(const char *device, int gpu) {
     core_usage_error("--device %s: this build has no CUDA backend: rebuild with --config=cuda", device);
 #endif
 }
+
+const LayerOps *backend_ops_f32(const LayerOps *ops) {
+    if (ops->dt == CORE_F32) return ops;
+#ifdef MOELAB_CUDA
+    if (ops->dev == CORE_CUDA) return layer_ops_cuda(CORE_F32);
+#endif
+    core_fatal_at(__FILE__, __LINE__, CORE_EXIT_FAILURE, "backend_ops_f32: no fp32 table for %s", ops->name);
+}

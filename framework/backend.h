@@ -16,6 +16,9 @@ extern "C" {
 const LayerOps *backend_ops(const char *device);
 // The same on GPU `gpu` (one process per GPU: under mpirun, the rank's GPU on its host).
 const LayerOps *backend_ops_on(const char *device, int gpu);
+// The fp32 table of ops' device (ops itself when its dt is fp32): for buffers that stay fp32 whatever
+// the compute dtype, such as gradients, master weights and moments.
+const LayerOps *backend_ops_f32(const LayerOps *ops);
 
 #ifdef __cplusplus
 }

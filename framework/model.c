@@ -247,7 +247,8 @@ void model_free(Model *m) {
 void model_to_device(Model *m, const LayerOps *ops) {
     CHECK(m->ops == &layer_ops_cpu, "model_to_device: the model is on %s already", m->ops->name);
     if (ops == m->ops) return;
-    CHECK(!m->eplb && m->R == m->cfg.E, "model_to_device: %s runs without EPLB", ops->name);
+    // EPLB attaches to the model on the device (its runtime and dispatchers point at device buffers).
+    CHECK(!m->eplb, "model_to_device: attach EPLB after moving the model to %s", ops->name);
     // An expert-parallel dispatcher cannot be swapped for the device's local one: it must have been
     // moved to the device already (ep_dispatcher_to_device).
     CHECK(m->ep_size == 1 || m->disp->ops == ops,
@@ -265,10 +266,8 @@ void model_to_device(Model *m, const LayerOps *ops) {
     r->data = data;
     r->grad = grad;
     m->ops = ops;
-    if (ops->dt != CORE_F32) {
-        m->wlow = ops->alloc(r->total * ops->act_size);
-        ops->to_act(m->wlow, data, (long)r->total);
-    }
+    if (ops->dt != CORE_F32) m->wlow = ops->alloc(r->total * ops->act_size);
+    model_refresh_low(m);
     set_views(m);
     m->dcounts = ops->alloc((size_t)m->cfg.L * m->cfg.E * sizeof(long));
     ops->upload(m->dcounts, m->expert_counts, (size_t)m->cfg.L * m->cfg.E * sizeof(long));
@@ -276,6 +275,11 @@ void model_to_device(Model *m, const LayerOps *ops) {
         m->disp->destroy(m->disp);
         m->disp = ops->local_dispatcher(m->cfg.E);
     }
+}
+
+void model_refresh_low(Model *m) {
+    // AdamW writes wlow with the same rounding (to nearest even), so this equals what a step leaves.
+    if (m->wlow) m->ops->to_act(m->wlow, m->reg.data, (long)m->reg.total);
 }
 
 void model_zero_grad(Model *m) { m->ops->zero(m->reg.grad, m->reg.total * sizeof(float)); }

@@ -108,12 +108,15 @@ Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, 
 // Fills every tensor from its parameter identity (seed, layer, name, expert): identical whatever
 // the layout; a slot gets the numbers of the logical expert it holds, so replicas start identical.
 void model_init_weights(Model *m);
-// Moves an initialized model (no EPLB) onto the backend ops: values and gradients to its memory, a
-// compute copy in ops->dt when that is not fp32, and ops' local dispatcher (with expert parallelism
-// the model's dispatcher must be on ops already: ep_dispatcher_to_device). From then
-// on token ids stay host arrays, while h_in, dh_out, the activations and reg.data/reg.grad are
+// Moves an initialized model (EPLB attaches afterwards) onto the backend ops: values and gradients
+// to its memory, a compute copy in ops->dt when that is not fp32, and ops' local dispatcher (with
+// expert parallelism the model's dispatcher must be on ops already: ep_dispatcher_to_device). From
+// then on token ids stay host arrays, while h_in, dh_out, the activations and reg.data/reg.grad are
 // memory of ops->dev (read them with ops->download).
 void model_to_device(Model *m, const LayerOps *ops);
+// Re-derives the compute copy (wlow) from the fp32 values after something other than AdamW rewrote
+// them (an EPLB rebalance, a checkpoint load); nothing to do without one.
+void model_refresh_low(Model *m);
 // Zeroes every gradient (on the model's device).
 void model_zero_grad(Model *m);
 // The aux-loss-free bias update of every MoE layer from dcounts, n_tokens the step's tokens over

@@ -13,6 +13,7 @@
 #include "framework/core/check.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
+#include "framework/core/prof.h"
 #include "framework/core/timer.h"
 #include "framework/pipe_train.h"
 #include "framework/sample.h"
@@ -112,6 +113,7 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
     model_router_bias_update(m, n_tokens);
     if (m->eplb)
         st.rebalanced = eplb_runtime_step(m->eplb, m->expert_counts + (size_t)c->n_dense_layers * c->E, step);
+    if (st.rebalanced) model_refresh_low(m);  // the moved slots' compute copy
     m->ops->sync();  // a GPU step is done when its last kernel is
     st.seconds = core_now() - t0;
     return st;
@@ -141,15 +143,21 @@ void train_eplb_attach(Model *m, AdamW *o, Comm *ep) {
     CHECK(ep->size == m->ep_size && ep->rank == m->ep_rank, "EPLB: group %s (rank %d of %d) is not the "
           "model's EP group (rank %d of %d)", ep->name, ep->rank, ep->size, m->ep_rank, m->ep_size);
     eplb_runtime_check_config(c);
+    // On a GPU (the model moved there first) slot rows move over the EP group's NCCL twin.
+    const int on_gpu = m->ops->dev != CORE_CPU;
+    CHECK(!on_gpu || (m->grid && m->grid->ep_comm == ep && m->grid->ep_dev),
+          "EPLB on %s needs the model's grid on the device (grid_to_device)", m->ops->name);
     const int L = c->L - c->n_dense_layers;
     EplbRuntimeSpec s = {.L = L, .E = c->E, .R = m->R, .interval = c->eplb_interval,
                          .groups = c->eplb_groups, .nodes = c->eplb_nodes, .ep = ep,
                          .phy2log = m->phy2log + (size_t)c->n_dense_layers * m->R,
-                         .state = {m->reg.data, o->m, o->v}, .grad = m->reg.grad};
+                         .state = {m->reg.data, o->m, o->v}, .grad = m->reg.grad,
+                         .ops = backend_ops_f32(m->ops), .ep_dev = on_gpu ? m->grid->ep_dev : NULL};
     // Each MoE layer gets its own dispatcher: placements differ from layer to layer.
     s.disp = core_alloc((size_t)L * sizeof *s.disp);
     for (int l = 0; l < L; l++) {
         s.disp[l] = ep_dispatcher_create(ep, c->E);
+        if (on_gpu) ep_dispatcher_to_device(s.disp[l], m->grid->ep_dev, m->ops);
         model_set_layer_dispatcher(m, c->n_dense_layers + l, s.disp[l]);
     }
     EplbTensor *t = core_alloc((size_t)m->reg.n * sizeof *t);
@@ -217,6 +225,51 @@ static CkptShard trainer_shard(Trainer *t, int pipe) {
     return sh;
 }
 
+// The checkpoint code reads and writes host tensors. For a model on a GPU, the values and the AdamW
+// moments are staged through host memory: hm and ho are shallow copies of the model and its optimizer
+// whose reg.data, m and v are host buffers holding the device contents (the checkpoint code touches
+// nothing else of them). On the CPU, m and o are the model and optimizer themselves.
+typedef struct {
+    Model *m;
+    AdamW *o;
+    Model hm;
+    AdamW ho;
+} CkptStage;
+
+static void stage_open(CkptStage *s, Model *m, AdamW *o) {
+    s->m = m;
+    s->o = o;
+    if (m->ops->dev == CORE_CPU) return;
+    const size_t bytes = m->reg.total * sizeof(float);
+    s->hm = *m;
+    s->ho = *o;
+    s->hm.reg.data = core_alloc(bytes);
+    s->ho.m = core_alloc(bytes);
+    s->ho.v = core_alloc(bytes);
+    m->ops->download(s->hm.reg.data, m->reg.data, bytes);
+    m->ops->download(s->ho.m, o->m, bytes);
+    m->ops->download(s->ho.v, o->v, bytes);
+    s->m = &s->hm;
+    s->o = &s->ho;
+}
+
+// Frees the host copies; after a load (upload = 1) first copies them, and AdamW's t, back to the
+// device and re-derives the compute copy of the weights from the loaded values.
+static void stage_close(CkptStage *s, Model *m, AdamW *o, int upload) {
+    if (s->m == m) return;
+    const size_t bytes = m->reg.total * sizeof(float);
+    if (upload) {
+        m->ops->upload(m->reg.data, s->hm.reg.data, bytes);
+        m->ops->upload(o->m, s->ho.m, bytes);
+        m->ops->upload(o->v, s->ho.v, bytes);
+        o->t = s->ho.t;
+        model_refresh_low(m);
+    }
+    core_free(s->hm.reg.data);
+    core_free(s->ho.m);
+    core_free(s->ho.v);
+}
+
 // Restores everything a step depends on: weights and router biases, AdamW moments and t, the step
 // (hence the learning rate) and the training loader's position.
 static void trainer_resume(Trainer *t) {
@@ -234,7 +287,10 @@ static void trainer_resume(Trainer *t) {
         AdamW *o;
         Model *m = trainer_model_of(t, pipe, &o);
         const CkptShard sh = trainer_shard(t, pipe);
-        ckpt_load(t->cfg.resume, &sh, m, o, &st);
+        CkptStage s;
+        stage_open(&s, m, o);
+        ckpt_load(t->cfg.resume, &sh, s.m, s.o, &st);
+        stage_close(&s, m, o, 1);
     }
     t->step = (int)st.step;
     loader_set_pos(t->train, st.data);
@@ -257,15 +313,20 @@ static void trainer_save(Trainer *t) {
     }
     const CkptEplb e = {m->R, m->eplb ? m->phy2log : NULL, counts};
     const CkptShard sh = trainer_shard(t, 0);
+    CkptStage s;
     if (sh.parts == 1) {
-        ckpt_save(path, &sh, m, o, &st, &e);
+        stage_open(&s, m, o);
+        ckpt_save(path, &sh, s.m, s.o, &st, &e);
+        stage_close(&s, m, o, 0);
     } else {
         // DualPipe's up stages are copies of other ranks' down stages: only the down copy is saved.
         for (int pipe = 0; pipe < (t->pipe ? t->pipe->n_own : 1); pipe++) {
             AdamW *po;
             Model *pm = trainer_model_of(t, pipe, &po);
             const CkptShard psh = trainer_shard(t, pipe);
-            ckpt_save_part(path, &psh, pm, po);
+            stage_open(&s, pm, po);
+            ckpt_save_part(path, &psh, s.m, s.o);
+            stage_close(&s, pm, po, 0);
         }
         comm_barrier(m->grid->world_comm);
         if (m->grid->rank == 0) ckpt_save_index(path, sh.parts, m, o, &st, &e);
@@ -292,10 +353,10 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         core_usage_error("--eplb-interval runs in the trainer without a pipeline: drop --pp, --schedule "
                          "and --trace");
     const int on_gpu = strcmp(c->device, "cpu") != 0;
-    if (on_gpu && (c->eplb_interval > 0 || c->out[0] || c->resume[0]))
-        core_usage_error("--device %s: --eplb-interval and --out/--resume run on the CPU only so far "
-                         "(on GPUs: one process, or mpirun with --pp, --ep and data parallelism, one "
-                         "rank per GPU)", c->device);
+    // The device dispatchers move rows over NCCL, which a one-rank EP group does not have.
+    if (on_gpu && c->eplb_interval > 0 && g->ep < 2)
+        core_usage_error("--device %s --eplb-interval %d needs --ep > 1 (mpirun, one rank per GPU): one "
+                         "expert-parallel rank has no load to balance", c->device, c->eplb_interval);
     // One process per GPU: under mpirun each rank takes the GPU of its rank on its host.
     const LayerOps *ops =
         backend_ops_on(c->device, on_gpu && g->world > 1 ? grid_local_rank(comm_world()) : 0);
@@ -416,7 +477,33 @@ static void write_expert_load(FILE *f, const MoeConfig *c, const long *counts) {
     fputc(']', f);
 }
 
-static void log_step(Trainer *t, const StepStats *st, float val, double tok_s) {
+// Under mpirun without a pipeline the trainer keeps the time-by-layer-type profiler (prof.h) running
+// over each log line's steps, for the ranks' time in the experts.
+static int expert_timing(const Trainer *t) { return t->model->grid && !t->pipe; }
+
+// Every rank's milliseconds per step in the experts (the profiler's `experts` region: the routed
+// and shared SwiGLUs) over the `steps` steps since the previous log line, gathered into ms (world) on
+// every rank and logged with their max/mean, the compute imbalance that EPLB removes; then restarts
+// the profiler unless training is over. Collective over the world.
+static void log_expert_time(const Trainer *t, int steps, double *ms) {
+    const Grid *g = t->model->grid;
+    double region[PROF_N] = {0};
+    prof_stop(region);
+    if (t->step < t->cfg.steps) prof_start(t->model->ops->dev != CORE_CPU);
+    const double mine = region[PROF_EXPERTS] / (steps > 0 ? steps : 1);
+    comm_allgather(g->world_comm, &mine, ms, 1, COMM_F64);
+    char buf[512] = "", *p = buf;
+    double sum = 0, mx = 0;
+    for (int r = 0; r < g->world; r++) {
+        if (p < buf + sizeof buf - 16) p += sprintf(p, " %.2f", ms[r]);
+        sum += ms[r];
+        if (ms[r] > mx) mx = ms[r];
+    }
+    core_info0("expert time | ms/step per rank over %d steps:%s | max/mean %.3f", steps, buf,
+               sum > 0 ? mx * g->world / sum : 1.0);
+}
+
+static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, int steps) {
     const MoeConfig *c = &t->cfg;
     float imb[1024];
     int L = c->L < 1024 ? c->L : 1024;
@@ -429,7 +516,13 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s) {
     if (val >= 0) snprintf(vb, sizeof vb, " | val %.4f", val);
     core_info0("step %5d/%d | loss %.4f%s | lr %.2e | grad %.3f | %.0f tok/s | load max/mean%s",
                t->step, c->steps, st->loss, vb, st->lr, st->grad_norm, tok_s, ib);
-    if (!c->metrics[0]) return;
+    const Grid *g = t->model->grid;
+    double *ems = expert_timing(t) ? core_alloc((size_t)g->world * sizeof(double)) : NULL;  // (world)
+    if (ems) log_expert_time(t, steps, ems);
+    if (!c->metrics[0]) {
+        core_free(ems);
+        return;
+    }
     // A pipeline stage counts only its own layers' tokens: the whole model's are summed over the
     // stages, by every rank (a collective), before rank 0 writes them.
     const long *counts = t->model->expert_counts;
@@ -441,6 +534,7 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s) {
     }
     if (!t->metrics) {
         core_free(stage_sum);
+        core_free(ems);
         return;
     }
     fprintf(t->metrics, "{\"step\": %d, \"loss\": %.6f, \"ce\": %.6f", t->step, st->loss, st->ce);
@@ -456,6 +550,12 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s) {
     fprintf(t->metrics, "]");
     write_expert_load(t->metrics, c, counts);
     core_free(stage_sum);
+    if (ems) {
+        fputs(", \"expert_ms\": [", t->metrics);
+        for (int r = 0; r < g->world; r++) fprintf(t->metrics, r ? ", %.3f" : "%.3f", ems[r]);
+        fputc(']', t->metrics);
+        core_free(ems);
+    }
     if (t->model->eplb) eplb_runtime_write_metrics(t->model->eplb, t->metrics, st->rebalanced);
     fprintf(t->metrics, "}\n");
     fflush(t->metrics);
@@ -504,16 +604,20 @@ int trainer_run(Trainer *t) {
     core_info0("step %5d/%d | val %.4f (before training)", t->step, c->steps, val);
     float val_first = val;
     double tokens = 0, secs = 0;
+    int steps = 0;  // since the last log line
+    if (expert_timing(t) && t->step < c->steps) prof_start(t->model->ops->dev != CORE_CPU);
     while (t->step < c->steps) {  // from the resumed step, if any
         StepStats st = trainer_step(t);
         tokens += (double)c->grad_accum * c->batch_size * c->T * dp;
         secs += st.seconds;
+        steps++;
         int last = t->step == c->steps;
         val = -1;
         if (last || (c->val_every > 0 && t->step % c->val_every == 0)) val = trainer_eval(t);
         if (last || t->step % c->log_every == 0 || val >= 0 || st.rebalanced) {
-            log_step(t, &st, val, tokens / (secs > 0 ? secs : 1e-9));
+            log_step(t, &st, val, tokens / (secs > 0 ? secs : 1e-9), steps);
             tokens = secs = 0;
+            steps = 0;
         }
         if (c->out[0] && (last || (c->save_every > 0 && t->step % c->save_every == 0))) trainer_save(t);
     }

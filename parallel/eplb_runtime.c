@@ -1,6 +1,7 @@
 // EPLB during training (see eplb_runtime.h and docs/eplb.md "Runtime"): replica gradient sums, the
 // rebalance (plan, keep experts in place where the plan allows, move the rest point-to-point), and the
-// load figures for the log and the metrics.
+// load figures for the log and the metrics. Buffer rows are touched only through the spec's backend
+// table (memory of the host or of a GPU) and travel over the spec's ep_dev.
 #include "parallel/eplb_runtime.h"
 
 #include <string.h>
@@ -8,6 +9,7 @@
 #include "framework/core/check.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
+#include "layers/ops.h"
 #include "parallel/ep_dispatch.h"
 
 #define EPLB_TAG 611  // point-to-point tag of the slot moves
@@ -49,9 +51,10 @@ static size_t slot_floats(const EplbRuntime *rt, int l) {
     return n;
 }
 
-// Copies local slot `slot` of layer l between the buffers and buf: the layer's tensors in list order,
-// each as one row of `from` (the gradient, or with from == NULL the EPLB_STATES moved buffers).
-// to_buf = 1 reads the slot into buf, 0 writes buf into the slot. Returns the floats used.
+// Copies local slot `slot` of layer l between the buffers and buf (both in the backend's memory): the
+// layer's tensors in list order, each as one row of `from` (the gradient, or with from == NULL the
+// EPLB_STATES moved buffers). to_buf = 1 reads the slot into buf, 0 writes buf into the slot. Returns
+// the floats used.
 static size_t slot_copy(const EplbRuntime *rt, int l, int slot, float *buf, int to_buf, float *from) {
     float *const *bufs = from ? &from : rt->s.state;
     const int nb = from ? 1 : EPLB_STATES;
@@ -61,8 +64,8 @@ static size_t slot_copy(const EplbRuntime *rt, int l, int slot, float *buf, int 
         if (t->layer != l) continue;
         for (int k = 0; k < nb; k++) {
             float *x = bufs[k] + t->offset + (size_t)slot * t->row;
-            if (to_buf) memcpy(buf + used, x, t->row * sizeof(float));
-            else memcpy(x, buf + used, t->row * sizeof(float));
+            if (to_buf) rt->s.ops->copy(buf + used, x, t->row * sizeof(float));
+            else rt->s.ops->copy(x, buf + used, t->row * sizeof(float));
             used += t->row;
         }
     }
@@ -105,6 +108,13 @@ EplbRuntime *eplb_runtime_create(const EplbRuntimeSpec *s) {
     check_placement(s->phy2log, s->L, s->R, s->E);
     EplbRuntime *rt = core_alloc(sizeof *rt);
     rt->s = *s;
+    if (!rt->s.ops) rt->s.ops = &layer_ops_cpu;
+    if (!rt->s.ep_dev) rt->s.ep_dev = s->ep;
+    CHECK(rt->s.ops->dt == CORE_F32, "eplb runtime: the %s table does not add fp32 gradients",
+          rt->s.ops->name);
+    CHECK(rt->s.ep_dev->size == G && rt->s.ep_dev->rank == s->ep->rank,
+          "eplb runtime: group %s (rank %d of %d) is not the twin of %s (rank %d of %d)",
+          rt->s.ep_dev->name, rt->s.ep_dev->rank, rt->s.ep_dev->size, s->ep->name, s->ep->rank, G);
     EplbTensor *t = core_alloc((size_t)s->n_tensor * sizeof *t);
     memcpy(t, s->tensor, (size_t)s->n_tensor * sizeof *t);
     rt->s.tensor = t;
@@ -171,29 +181,34 @@ void eplb_runtime_sum_replica_grads(EplbRuntime *rt) {
         core_free(off);
         return;
     }
-    float *part = core_alloc(total * sizeof(float));  // (total) this rank's replicas, summed
-    float *row = core_alloc(widest * sizeof(float));  // one slot's gradient rows
+    const LayerOps *ops = rt->s.ops;
+    float *part = ops->alloc(total * sizeof(float));  // (total) this rank's replicas, summed (zeroed)
+    float *row = ops->alloc(widest * sizeof(float));  // one slot's gradient rows
     for (int l = 0; l < L; l++)
         for (int s = 0; s < n; s++) {
             const size_t o = off[(size_t)l * E + rt->s.phy2log[(size_t)l * R + me * n + s]];
             if (!o) continue;
             const size_t k = slot_copy(rt, l, s, row, 1, rt->s.grad);
-            for (size_t j = 0; j < k; j++) part[o - 1 + j] += row[j];
+            ops->add(part + o - 1, part + o - 1, row, (long)k);
         }
-    float *all = core_alloc((size_t)rt->G * total * sizeof(float));  // (G, total)
-    comm_allgather(rt->s.ep, part, all, total, COMM_F32);
-    // The ranks' parts are added in rank order on every rank: the same sum, bit for bit.
-    memcpy(part, all, total * sizeof(float));
-    for (int r = 1; r < rt->G; r++)
-        for (size_t j = 0; j < total; j++) part[j] += all[(size_t)r * total + j];
+    // One EP rank holds every replica: its part is the sum already (and a one-process group's
+    // all-gather would copy on the host).
+    float *all = NULL;
+    if (rt->G > 1) {
+        all = ops->alloc((size_t)rt->G * total * sizeof(float));  // (G, total)
+        comm_allgather(rt->s.ep_dev, part, all, total, COMM_F32);
+        // The ranks' parts are added in rank order on every rank: the same sum, bit for bit.
+        ops->copy(part, all, total * sizeof(float));
+        for (int r = 1; r < rt->G; r++) ops->add(part, part, all + (size_t)r * total, (long)total);
+    }
     for (int l = 0; l < L; l++)
         for (int s = 0; s < n; s++) {
             const size_t o = off[(size_t)l * E + rt->s.phy2log[(size_t)l * R + me * n + s]];
             if (o) slot_copy(rt, l, s, part + o - 1, 0, rt->s.grad);
         }
-    core_free(all);
-    core_free(row);
-    core_free(part);
+    ops->free(all);
+    ops->free(row);
+    ops->free(part);
     core_free(off);
 }
 
@@ -211,8 +226,7 @@ double eplb_runtime_duplicate_sqsum(EplbRuntime *rt) {
             for (int i = 0; i < rt->s.n_tensor; i++) {
                 const EplbTensor *t = &rt->s.tensor[i];
                 if (t->layer != l) continue;
-                const float *g = rt->s.grad + t->offset + (size_t)s * t->row;
-                for (size_t j = 0; j < t->row; j++) sq += (double)g[j] * g[j];
+                rt->s.ops->grad_sqsum(&sq, rt->s.grad + t->offset + (size_t)s * t->row, (long)t->row);
             }
         }
     }
@@ -330,8 +344,9 @@ static void move_slots(EplbRuntime *rt, const SlotMove *mv, int nm) {
         ns += nsend[r];
         nr += nrecv[r];
     }
-    float *sbuf = core_alloc(ns * sizeof(float)), *rbuf = core_alloc(nr * sizeof(float));
-    float *lbuf = core_alloc(nlocal * sizeof(float));
+    const LayerOps *ops = rt->s.ops;
+    float *sbuf = ops->alloc(ns * sizeof(float)), *rbuf = ops->alloc(nr * sizeof(float));
+    float *lbuf = ops->alloc(nlocal * sizeof(float));
     // Cursor into each peer's block of sbuf (packing) and rbuf (unpacking).
     size_t *scur = core_alloc((size_t)G * sizeof(size_t)), *rcur = core_alloc((size_t)G * sizeof(size_t));
     for (int r = 1; r < G; r++) {
@@ -347,11 +362,18 @@ static void move_slots(EplbRuntime *rt, const SlotMove *mv, int nm) {
         if (mv[i].dst == me) lcur += k;
         else scur[mv[i].dst] += k;
     }
-    // Nothing crosses ranks: no round at all (every rank knows, the move list is global).
+    // Nothing crosses ranks: no round at all (every rank knows, the move list is global). An empty
+    // side is left out, so that both ends of a pair agree on what round k carries: NCCL matches
+    // untagged point-to-point calls in issue order.
     for (int k = 1; k < G && sent > 0; k++) {
         const int dst = (me + k) % G, src = (me - k + G) % G;
-        comm_sendrecv(rt->s.ep, sbuf + base[dst], nsend[dst], dst, rbuf + rcur[src], nrecv[src], src,
-                      COMM_F32, EPLB_TAG);
+        float *sb = sbuf + base[dst], *rb = rbuf + rcur[src];
+        if (nsend[dst] && nrecv[src])
+            comm_sendrecv(rt->s.ep_dev, sb, nsend[dst], dst, rb, nrecv[src], src, COMM_F32, EPLB_TAG);
+        else if (nsend[dst])
+            comm_send(rt->s.ep_dev, sb, nsend[dst], COMM_F32, dst, EPLB_TAG);
+        else if (nrecv[src])
+            comm_recv(rt->s.ep_dev, rb, nrecv[src], COMM_F32, src, EPLB_TAG);
     }
     lcur = 0;
     for (int i = 0; i < nm; i++) {
@@ -365,9 +387,9 @@ static void move_slots(EplbRuntime *rt, const SlotMove *mv, int nm) {
     rt->sent = sent;
     core_free(scur);
     core_free(rcur);
-    core_free(sbuf);
-    core_free(rbuf);
-    core_free(lbuf);
+    ops->free(sbuf);
+    ops->free(rbuf);
+    ops->free(lbuf);
     core_free(cnt);
 }
 

@@ -4,7 +4,9 @@
 // plans a new placement from the tokens each logical expert received, moves expert weights and AdamW
 // moments into their new slots point-to-point (only slots whose content changes), and switches the
 // layers' dispatchers to it. It knows nothing of the model: the engine lists its expert tensors as
-// rows inside buffers that share the parameter registry's layout.
+// rows inside buffers that share the parameter registry's layout. The buffers may live on a GPU: the
+// runtime then copies and adds through a backend table and moves rows over the EP group's NCCL twin;
+// the placement, the loads and the plan stay on the host.
 #ifndef MOELAB_PARALLEL_EPLB_RUNTIME_H
 #define MOELAB_PARALLEL_EPLB_RUNTIME_H
 
@@ -42,10 +44,14 @@ typedef struct {
     int n_tensor;
     float *state[EPLB_STATES]; // moved with the slots: weights, AdamW m, AdamW v
     float *grad;               // gradients: replicas are summed here
+    // Where the buffers live (NULL: host memory, layer_ops_cpu): a table whose add sums fp32 (the
+    // fp32 table of the buffers' device, backend_ops_f32) for copies, sums and Σ g².
+    const struct LayerOps *ops;
+    Comm *ep_dev;              // the twin of ep that moves buffer rows (NULL: ep itself)
 } EplbRuntimeSpec;
 
 typedef struct EplbRuntime {
-    EplbRuntimeSpec s;         // tensor and disp point to the runtime's own copies
+    EplbRuntimeSpec s;         // tensor and disp point to the runtime's own copies; ops and ep_dev set
     int G, n_local;            // EP ranks; slots per rank (R / G)
     int *logcnt;               // (L, E) replicas of each logical expert in the current placement
     long *load;                // (L, E) tokens per logical expert since the last rebalance (all DP ranks)

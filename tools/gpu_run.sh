@@ -20,6 +20,13 @@
 #   pp_bench   on 4 GPUs: configs/bench.cfg (bf16), 8 micro-batches of PP_BATCH (default 8)
 #              sequences: step time of 1F1B, DualPipe and DualPipeV at PP 4, each rank's measured
 #              idle fraction from --trace against the §5 formula, and the measured timelines as SVG
+#   eplb       on NP GPUs, --device cuda-fp32, quickstart model: EP NP rebalancing every 2 steps (NP
+#              redundant slots) against the same run without EPLB (losses, norms within 1e-5), the
+#              max/mean rank load of a skewed router falling after a rebalance, and checkpoints:
+#              resume on one GPU bit-exact (fp32 and bf16), resume under EP NP with EPLB within 1e-5
+#   eplb_bench on NP GPUs: configs/bench.cfg (bf16) with a skewed router, with and without EPLB
+#              (EPLB_STEPS steps, default 35, rebalancing every 10, E/4 redundant slots): step time and
+#              per-rank expert GEMM time, as a table (eplb_bench.txt)
 # Logs go to $OUT (the device tool's result folder), or to ./out when OUT is unset.
 #   usage: [STAGES="tests train ..."] bash tools/gpu_run.sh [gtest filter]
 set -uo pipefail
@@ -30,8 +37,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 log=${OUT:-out}
 mkdir -p "$log"
 filter=${1:-*}
-stages=" ${STAGES:-tests sanitizer kernels train bench reference torch nccl ep_bench} "
-np=${NP:-2}  # GPUs of the nccl and ep_bench stages
+stages=" ${STAGES:-tests sanitizer kernels train bench reference torch nccl ep_bench eplb eplb_bench} "
+np=${NP:-2}  # GPUs of the nccl, ep_bench, eplb and eplb_bench stages
 want() { [[ "$stages" == *" $1 "* ]]; }
 if [ ! -x .dist/bin/gpu_test ]; then
     echo "gpu_run: .dist/bin/gpu_test missing: run tools/gpu_build.sh first (on the build machine)"
@@ -63,17 +70,18 @@ mpi() {
         -x TORCH_SYMM_MEM_DISABLE_MULTICAST -x NVSHMEM_DISABLE_NVLS -x OMP_NUM_THREADS -x LD_LIBRARY_PATH \
         -np "$n" "$@"
 }
-# Compares the loss and grad_norm of every step of run (metrics file) with the reference's within
-# 1e-5 relative and expects `steps` steps: same_as ONE.jsonl RUN.jsonl LABEL STEPS
-same_as() {
-    local f
+# Field values of every line of a metrics file: fields FILE NAME.
+fields() { grep -o "\"$2\": [-0-9.e]*" "$1" | awk '{print $2}'; }
+# same_run REF RUN LABEL N [TOL]: the loss and grad_norm lines of metrics RUN equal REF's, line by
+# line, within TOL relative (default 1e-5; 0: the printed digits equal), over exactly N lines.
+same_run() {
+    local ref=$1 run=$2 label=$3 n=$4 tol=${5:-1e-5} f
     for f in loss grad_norm; do
-        paste <(grep -o "\"$f\": [-0-9.e]*" "$1" | awk '{print $2}') \
-              <(grep -o "\"$f\": [-0-9.e]*" "$2" | awk '{print $2}') | awk -v run="$3" -v f=$f -v n="$4" '
+        paste <(fields "$ref" $f) <(fields "$run" $f) | awk -v run="$label" -v f=$f -v n="$n" -v tol="$tol" '
             { d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1
-              printf "%s step %d %s: %s vs one GPU %s\n", run, NR, f, $2, $1
-              if (d > 1e-5 * s + 1e-6) bad = 1 }
-            END { exit bad || NR != n }' || fail "moelab train $3 $f differs from one GPU"
+              printf "%s line %d %s: %s vs %s\n", run, NR, f, $2, $1
+              if (d > tol * (s + 0.1)) bad = 1 }
+            END { exit bad || NR != n }' || fail "$label: $f differs"
     done
 }
 qs_steps=${QS_STEPS:-600}
@@ -186,7 +194,7 @@ if want nccl; then
         mpi "$np" .dist/bin/moelab "${a[@]}" --ep 1 --metrics "$log/cli_dp.jsonl" > "$log/cli_dp.log" 2>&1 ||
             fail "moelab train, DP $np"
         grep "grid:" "$log/cli_ep.log"
-        for run in ep dp; do same_as "$log/cli_one.jsonl" "$log/cli_$run.jsonl" $run 3; done
+        for run in ep dp; do same_run "$log/cli_one.jsonl" "$log/cli_$run.jsonl" "moelab train $run vs one GPU" 3; done
     fi
 fi
 
@@ -223,7 +231,7 @@ if want pp; then
             mpi 4 .dist/bin/moelab "${a[@]}" --schedule $kind --pp $pp --ep $ep --chunks 8 \
                 --metrics "$log/$name.jsonl" > "$log/$name.log" 2>&1 || fail "moelab train $name"
             grep "pipeline:" "$log/$name.log" | head -n 1
-            same_as "$log/pp_one_$((8 * 4 / pp)).jsonl" "$log/$name.jsonl" $name 3
+            same_run "$log/pp_one_$((8 * 4 / pp)).jsonl" "$log/$name.jsonl" "moelab train $name vs one GPU" 3
         done
     else
         echo "gpu_run: no .dist/data/quickstart: pp stage skipped"
@@ -251,6 +259,105 @@ if want pp_bench; then
         done
     else
         echo "gpu_run: no .dist/data/quickstart: pp_bench stage skipped"
+    fi
+fi
+
+if want eplb; then
+    if [ -d .dist/data/quickstart ]; then
+        echo "== EPLB on $np GPUs (cuda-fp32): rebalancing every 2 steps against no rebalancing"
+        # adam-eps 1e-6: replicas add partial gradients in another order, and with ε = 1e-8 AdamW's
+        # first steps would magnify that rounding (docs/eplb.md).
+        e=(train --config configs/quickstart.cfg --data .dist/data/quickstart --steps 6 --log-every 1
+           --val-every 0 --val-batches 1 --sample-tokens 0 --batch-size 4 --device cuda-fp32 --adam-eps 1e-6
+           --router-skew -0.3 --ep "$np")
+        mpi "$np" .dist/bin/moelab "${e[@]}" --metrics "$log/eplb_off.jsonl" > "$log/eplb_off.log" 2>&1 ||
+            fail "moelab train --ep $np without EPLB"
+        mpi "$np" .dist/bin/moelab "${e[@]}" --eplb-interval 2 --eplb-redundant "$np" \
+            --metrics "$log/eplb_on.jsonl" > "$log/eplb_on.log" 2>&1 || fail "moelab train --ep $np --eplb-interval 2"
+        grep "eplb: step" "$log/eplb_on.log"
+        [ "$(grep -c "eplb: step [246]: rebalanced" "$log/eplb_on.log")" = 3 ] || fail "EPLB: not 3 rebalances"
+        grep "copied between ranks" "$log/eplb_on.log" | grep -qv " 0 copied between ranks" ||
+            fail "EPLB: no expert moved between GPUs"
+        same_run "$log/eplb_off.jsonl" "$log/eplb_on.jsonl" "EPLB every 2 steps vs none" 6
+
+        echo "== EPLB on $np GPUs: a skewed router (lr 0, no bias updates) is balanced by the first rebalance"
+        mpi "$np" .dist/bin/moelab "${e[@]}" --lr 0 --min-lr 0 --bias-rate 0 --eplb-interval 2 \
+            --eplb-redundant "$np" --metrics "$log/eplb_skew.jsonl" > "$log/eplb_skew.log" 2>&1 ||
+            fail "moelab train, skewed router"
+        # rank_imbalance: max/mean tokens per EP rank during each step, per MoE layer. Steps 1-2 ran on
+        # the initial placement, steps 3-6 on rebalanced ones.
+        grep -o '"rank_imbalance": \[[^]]*\]' "$log/eplb_skew.jsonl" | tr -d '[],' | awk '
+            { m = 0; for (i = 2; i <= NF; i++) if ($i > m) m = $i
+              printf "step %d: worst MoE layer max/mean rank load %.3f\n", NR, m
+              if (NR <= 2) { if (NR == 1 || m < before) before = m } else if (m > after) after = m }
+            END { printf "before (best of steps 1-2) %.3f, after (worst of steps 3-6) %.3f\n", before, after
+                  exit !(NR == 6 && before >= 1.3 && after <= 0.8 * before && after <= 1.5) }' ||
+            fail "EPLB: the skewed router's max/mean rank load did not fall (bounds: before >= 1.3, after <= 0.8 before and <= 1.5)"
+
+        echo "== checkpoints on GPUs: resume after step 3 on one GPU (fp32 and bf16) is bit-exact"
+        c=(train --config configs/quickstart.cfg --data .dist/data/quickstart --steps 6 --log-every 1
+           --val-every 0 --val-batches 1 --sample-tokens 0 --batch-size 4)
+        for dev in cuda-fp32 cuda; do
+            rm -rf "$log/ck_$dev"
+            .dist/bin/moelab "${c[@]}" --device $dev --out "$log/ck_$dev" --save-every 3 \
+                --metrics "$log/ck_${dev}_full.jsonl" > "$log/ck_${dev}_full.log" 2>&1 || fail "moelab train --device $dev --out"
+            .dist/bin/moelab "${c[@]}" --device $dev --resume "$log/ck_$dev/step_3.h5" \
+                --metrics "$log/ck_${dev}_resumed.jsonl" > "$log/ck_${dev}_resumed.log" 2>&1 || fail "moelab train --device $dev --resume"
+            grep '"step": [456],' "$log/ck_${dev}_full.jsonl" > "$log/ck_${dev}_tail.jsonl"
+            same_run "$log/ck_${dev}_tail.jsonl" "$log/ck_${dev}_resumed.jsonl" "resume on one GPU ($dev)" 3 0
+        done
+
+        echo "== checkpoints on $np GPUs: EP $np with EPLB, resumed after the rebalance of step 4"
+        rm -rf "$log/ck_ep"
+        mpi "$np" .dist/bin/moelab "${e[@]}" --eplb-interval 2 --eplb-redundant "$np" --out "$log/ck_ep" \
+            --save-every 4 --metrics "$log/ck_ep_full.jsonl" > "$log/ck_ep_full.log" 2>&1 || fail "moelab train --ep $np --out"
+        mpi "$np" .dist/bin/moelab "${e[@]}" --eplb-interval 2 --eplb-redundant "$np" --resume "$log/ck_ep/step_4.h5" \
+            --metrics "$log/ck_ep_resumed.jsonl" > "$log/ck_ep_resumed.log" 2>&1 || fail "moelab train --ep $np --resume"
+        grep "resumed from" "$log/ck_ep_resumed.log"
+        grep '"step": [56],' "$log/ck_ep_full.jsonl" > "$log/ck_ep_tail.jsonl"
+        same_run "$log/ck_ep_tail.jsonl" "$log/ck_ep_resumed.jsonl" "resume under EP $np with EPLB" 2
+    else
+        echo "gpu_run: no .dist/data/quickstart: eplb stage skipped"
+    fi
+fi
+
+if want eplb_bench; then
+    if [ -d .dist/data/quickstart ]; then
+        steps=${EPLB_STEPS:-35}
+        echo "== EPLB benchmark on $np GPUs: configs/bench.cfg (bf16), skewed router, $steps steps"
+        # The quickstart data has 2048 tokens; no bias updates keep the skew from fading.
+        b=(train --config configs/bench.cfg --data .dist/data/quickstart --vocab-size 2048 --steps "$steps"
+           --log-every 5 --val-every 0 --val-batches 1 --sample-tokens 0 --router-skew -0.3 --bias-rate 0
+           --ep "$np")
+        mpi "$np" .dist/bin/moelab "${b[@]}" --metrics "$log/eplb_bench_off.jsonl" > "$log/eplb_bench_off.log" 2>&1 ||
+            fail "eplb_bench without EPLB"
+        mpi "$np" .dist/bin/moelab "${b[@]}" --eplb-interval 10 --eplb-redundant 16 \
+            --metrics "$log/eplb_bench_on.jsonl" > "$log/eplb_bench_on.log" 2>&1 || fail "eplb_bench with EPLB"
+        grep -h "eplb: step\|expert time" "$log/eplb_bench_on.log"
+        # Per 5-step window: ms per step (from tokens/s), each GPU's ms per step in the expert GEMMs,
+        # and the routed tokens' max/mean over EP ranks (mean over MoE layers).
+        python3 - "$log/eplb_bench_off.jsonl" "$log/eplb_bench_on.jsonl" "$np" <<'PY' | tee "$log/eplb_bench.txt"
+import json, sys
+np_ = int(sys.argv[3])
+tokens = 8 * 2048 * np_  # bench.cfg: batch 8 x seq 2048 per GPU, every GPU a DP rank
+print(f"EPLB benchmark: configs/bench.cfg (bf16), EP {np_} on {np_} GPUs, router_skew -0.3, no bias updates")
+print("| run | steps | ms/step | expert ms/step per GPU | expert max/mean | routed max/mean (EP ranks) |")
+print("|---|---|---|---|---|---|")
+for name, path in (("no EPLB", sys.argv[1]), ("EPLB every 10, 16 redundant", sys.argv[2])):
+    prev = 0
+    for line in open(path):
+        m = json.loads(line)
+        ex = m.get("expert_ms", [])
+        mx = max(ex) / (sum(ex) / len(ex)) if ex and sum(ex) > 0 else float("nan")
+        ri = m.get("rank_imbalance")
+        routed = f"{sum(ri) / len(ri):.3f}" if ri else "-"
+        print(f"| {name} | {prev + 1}-{m['step']} | {1e3 * tokens / m['tokens_per_s']:.1f} | "
+              f"{' '.join(f'{x:.1f}' for x in ex)} | {mx:.3f} | {routed} |")
+        prev = m["step"]
+PY
+        [ "${PIPESTATUS[0]}" = 0 ] || fail "eplb_bench table"
+    else
+        echo "gpu_run: no .dist/data/quickstart: eplb_bench stage skipped"
     fi
 fi
 
