@@ -25,8 +25,10 @@
 #              max/mean rank load of a skewed router falling after a rebalance, and checkpoints:
 #              resume on one GPU bit-exact (fp32 and bf16), resume under EP NP with EPLB within 1e-5
 #   eplb_bench on NP GPUs: configs/bench.cfg (bf16) with a skewed router, with and without EPLB
-#              (EPLB_STEPS steps, default 35, rebalancing every 10, E/4 redundant slots): step time and
-#              per-rank expert GEMM time, as a table (eplb_bench.txt)
+#              (EPLB_STEPS steps, default 36, rebalancing every 10, E/4 redundant slots): step time and
+#              per-rank expert GEMM time per 5-step window, as a table (eplb_bench.txt); steps 31-35
+#              are the steady state (the window of a rebalance includes its moves, the last one the
+#              validation pass)
 # Logs go to $OUT (the device tool's result folder), or to ./out when OUT is unset.
 #   usage: [STAGES="tests train ..."] bash tools/gpu_run.sh [gtest filter]
 set -uo pipefail
@@ -323,7 +325,7 @@ fi
 
 if want eplb_bench; then
     if [ -d .dist/data/quickstart ]; then
-        steps=${EPLB_STEPS:-35}
+        steps=${EPLB_STEPS:-36}
         echo "== EPLB benchmark on $np GPUs: configs/bench.cfg (bf16), skewed router, $steps steps"
         # The quickstart data has 2048 tokens; no bias updates keep the skew from fading.
         b=(train --config configs/bench.cfg --data .dist/data/quickstart --vocab-size 2048 --steps "$steps"
@@ -341,7 +343,7 @@ import json, sys
 np_ = int(sys.argv[3])
 tokens = 8 * 2048 * np_  # bench.cfg: batch 8 x seq 2048 per GPU, every GPU a DP rank
 print(f"EPLB benchmark: configs/bench.cfg (bf16), EP {np_} on {np_} GPUs, router_skew -0.3, no bias updates")
-print("| run | steps | ms/step | expert ms/step per GPU | expert max/mean | routed max/mean (EP ranks) |")
+print("| run | steps | ms/step | expert ms/step per GPU | expert max/mean | routed max/mean over EP ranks (window's last step) |")
 print("|---|---|---|---|---|---|")
 for name, path in (("no EPLB", sys.argv[1]), ("EPLB every 10, 16 redundant", sys.argv[2])):
     prev = 0
