@@ -38,6 +38,19 @@ static void acts_free(const LayerOps *o, SwigluActs *a) {
     o->free(a->db);
 }
 
+// out (N, D) = shared expert j of x (N, D), keeping its activations in a->sh[j].
+static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, const float *x,
+                           const MoeShape *s, const MoeParams *p) {
+    const int N = a->N, D = s->D, Fe = s->Fe;
+    SwigluActs *h = &a->sh[j];
+    h->a = xalloc(o, (long)N * Fe);
+    h->b = xalloc(o, (long)N * Fe);
+    h->h = xalloc(o, (long)N * Fe);
+    const long w = (long)j * Fe * D;
+    ops_swiglu_forward(o, out, h, x, at(o, p->sw1, w), at(o, p->sw3, w), at(o, p->sw2, w), &a->N, 1, D,
+                       Fe);
+}
+
 void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const MoeParams *p,
                  MoeDispatcher *d, int B, int T) {
     check_shape(s, d, B, T);
@@ -73,7 +86,24 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
     a->ex.a = xalloc(o, R * Fe);
     a->ex.b = xalloc(o, R * Fe);
     a->ex.h = xalloc(o, R * Fe);
-    d->to_experts(d, a->plan, x, 0, a->xe, D);
+    // The shared experts need only x: where the dispatcher can leave the rows in flight, their
+    // GEMMs run while the rows travel, into buffers of their own that are added to y in the same
+    // order as without the overlap (bit-identical results).
+    const int overlap = d->to_experts_start != NULL;
+    if (overlap) d->to_experts_start(d, a->plan, x, 0, a->xe, D);
+    else d->to_experts(d, a->plan, x, 0, a->xe, D);
+    void *shared = NULL;  // (S, N, D) the shared experts' outputs, or (N, D) one at a time
+    if (s->S > 0) {
+        a->sh = core_alloc((size_t)s->S * sizeof(SwigluActs));
+        shared = xalloc(o, (long)(overlap ? s->S : 1) * N * D);
+    }
+    if (overlap) {
+        prof_mark(PROF_EXPERTS);
+        for (int j = 0; j < s->S; j++)
+            shared_forward(o, (char *)shared + (size_t)j * N * D * o->act_size, a, j, x, s, p);
+        prof_mark(PROF_DISPATCH);
+        d->finish(d, a->plan);
+    }
     prof_mark(PROF_EXPERTS);
     ops_swiglu_forward(o, a->ye, &a->ex, a->xe, p->w1, p->w3, p->w2, a->counts, L, D, Fe);
     prof_mark(PROF_DISPATCH);
@@ -85,20 +115,13 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
     prof_mark(PROF_COMBINE);
     o->moe_combine(y, a->out_nk, a->gates, N, K, D);
 
-    if (s->S == 0) return;
-    prof_mark(PROF_EXPERTS);
-    a->sh = core_alloc((size_t)s->S * sizeof(SwigluActs));
-    void *tmp = xalloc(o, (long)N * D);  // (N, D) one shared expert's output
+    if (s->S > 0) prof_mark(PROF_EXPERTS);
     for (int j = 0; j < s->S; j++) {
-        SwigluActs *h = &a->sh[j];
-        h->a = xalloc(o, (long)N * Fe);
-        h->b = xalloc(o, (long)N * Fe);
-        h->h = xalloc(o, (long)N * Fe);
-        long w = (long)j * Fe * D;
-        ops_swiglu_forward(o, tmp, h, x, at(o, p->sw1, w), at(o, p->sw3, w), at(o, p->sw2, w), &N, 1, D, Fe);
-        o->add(y, y, tmp, (long)N * D);
+        void *sj = (char *)shared + (size_t)(overlap ? j : 0) * N * D * o->act_size;
+        if (!overlap) shared_forward(o, sj, a, j, x, s, p);
+        o->add(y, y, sj, (long)N * D);
     }
-    o->free(tmp);
+    o->free(shared);
 }
 
 void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *s,

@@ -5,6 +5,7 @@
 #include "layers/moe_cuda.h"
 
 #include <limits.h>
+#include <stdint.h>
 
 #define PLAN_THREADS 256
 
@@ -36,26 +37,62 @@ __global__ void moe_plan_kernel(int *row_of, int *counts, const int *idx, long n
     if (threadIdx.x == 0) counts[e] = next - before;
 }
 
-// Thread per element of the N·K·D pair rows: rows[row_of[pair]] ← src row of the pair (forward),
-// or dst[pair] ← rows[row_of[pair]] (backward = un-permute).
-template <typename T>
-__global__ void moe_permute_kernel(T *rows, const T *src, int per_choice, const int *row_of,
-                                   long n_pairs, int K, int D) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n_pairs * D) return;
-    long pair = i / D;
-    int d = (int)(i % D);
-    long home = per_choice ? pair : pair / K;
-    rows[(size_t)row_of[pair] * D + d] = src[home * D + d];
+// Block per pair, its threads striding over the row in words of type V (16 bytes where the rows
+// and buffers allow, else 4, else one element): scatter = 1 moves rows[row_of[pair]] ← the pair's
+// src row (its token's, or its own with per_choice), scatter = 0 moves dst[pair] ← rows[row_of[pair]].
+// Whole rows per block keep every access coalesced and need no per-element index arithmetic.
+template <typename V>
+__global__ void moe_rows_kernel(V *dst, const V *src, int scatter, int per_choice, const int *row_of,
+                                int K, long words) {
+    long pair = blockIdx.x;
+    long from = scatter ? (per_choice ? pair : pair / K) : row_of[pair];
+    long to = scatter ? row_of[pair] : pair;
+    const V *s = src + from * words;
+    V *d = dst + to * words;
+    for (long i = threadIdx.x; i < words; i += blockDim.x) d[i] = s[i];
 }
 
-template <typename T>
-__global__ void moe_unpermute_kernel(T *dst, const T *rows, const int *row_of, long n_pairs,
-                                     int D) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n_pairs * D) return;
-    long pair = i / D;
-    dst[i] = rows[(size_t)row_of[pair] * D + i % D];
+// The widest word dividing the row bytes and both buffers' alignment.
+static void move_rows(void *dst, const void *src, int scatter, int per_choice, const int *row_of,
+                      long n_pairs, int K, size_t row_bytes) {
+    const size_t align = (size_t)dst | (size_t)src | row_bytes;
+    const unsigned grid = (unsigned)n_pairs;
+    if (align % 16 == 0)
+        moe_rows_kernel<uint4><<<grid, 128, 0, core_stream()>>>((uint4 *)dst, (const uint4 *)src, scatter,
+                                                                 per_choice, row_of, K, row_bytes / 16);
+    else if (align % 4 == 0)
+        moe_rows_kernel<uint32_t><<<grid, 128, 0, core_stream()>>>(
+            (uint32_t *)dst, (const uint32_t *)src, scatter, per_choice, row_of, K, row_bytes / 4);
+    else
+        moe_rows_kernel<uint16_t><<<grid, 128, 0, core_stream()>>>(
+            (uint16_t *)dst, (const uint16_t *)src, scatter, per_choice, row_of, K, row_bytes / 2);
+    CUDA_CHECK_LAUNCH();
+}
+
+// Thread per pair: the EP slot of pair r routed to expert e = idx[r], replica (j + me) mod logcnt[e]
+// of e where j = row_e[r] - (first row of e) numbers e's pairs in pair order (row_e, counts_e: the
+// plan by expert). An id outside [0, E) gets slot -1 (no slot counts it: the host sees the sum short).
+__global__ void moe_ep_slot_kernel(int *slot, const int *idx, const int *row_e, const int *counts_e,
+                                   const int *log2phy, const int *logcnt, int maxcnt, int me, long n,
+                                   int E) {
+    extern __shared__ int first[];  // (E) first row of each expert
+    if (threadIdx.x == 0) {
+        int acc = 0;
+        for (int e = 0; e < E; e++) {
+            first[e] = acc;
+            acc += counts_e[e];
+        }
+    }
+    __syncthreads();
+    long r = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n) return;
+    int e = idx[r];
+    if (e < 0 || e >= E) {
+        slot[r] = -1;
+        return;
+    }
+    int j = row_e[r] - first[e];
+    slot[r] = log2phy[(long)e * maxcnt + (j + me) % logcnt[e]];
 }
 
 template <typename T>
@@ -69,21 +106,6 @@ __global__ void moe_combine_kernel(T *y, const T *rows, const float *gates, cons
     for (int k = 0; k < K; k++)
         s += gates[t * K + k] * core_ld(rows + (size_t)row_of[t * K + k] * D + d);
     core_st(y + i, s);
-}
-
-template <typename T>
-static void permute(void *rows, const void *src, int per_choice, const int *row_of, long n, int K,
-                    int D) {
-    moe_permute_kernel<T><<<core_blocks(n * D, 256), 256, 0, core_stream()>>>(
-        (T *)rows, (const T *)src, per_choice, row_of, n, K, D);
-    CUDA_CHECK_LAUNCH();
-}
-
-template <typename T>
-static void unpermute(void *dst, const void *rows, const int *row_of, long n, int D) {
-    moe_unpermute_kernel<T><<<core_blocks(n * D, 256), 256, 0, core_stream()>>>(
-        (T *)dst, (const T *)rows, row_of, n, D);
-    CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
@@ -116,14 +138,28 @@ void moe_cuda_permute(CoreDtype dt, void *rows, const void *src, int per_choice,
                       const int *row_of, int N, int K, int D) {
     moe_check(N, K, D);
     if (N == 0) return;
-    CORE_DTYPE_CALL(dt, permute, rows, src, per_choice, row_of, (long)N * K, K, D);
+    move_rows(rows, src, 1, per_choice, row_of, (long)N * K, K, (size_t)D * core_dtype_size(dt));
 }
 
 void moe_cuda_unpermute(CoreDtype dt, void *dst, const void *rows, const int *row_of, int N,
                         int K, int D) {
     moe_check(N, K, D);
     if (N == 0) return;
-    CORE_DTYPE_CALL(dt, unpermute, dst, rows, row_of, (long)N * K, D);
+    move_rows(dst, rows, 0, 0, row_of, (long)N * K, K, (size_t)D * core_dtype_size(dt));
+}
+
+void moe_cuda_ep_plan(int *send_pos, int *counts, int *scratch, const int *idx, long n, int E,
+                      const int *log2phy, const int *logcnt, int maxcnt, int me, int R) {
+    CHECK(n >= 0 && n <= INT_MAX, "moe: %ld routed pairs overflow an int row index", n);
+    CHECK(E >= 1 && R >= E && maxcnt >= 1, "moe: bad EP placement E = %d, R = %d", E, R);
+    int *row_e = scratch, *counts_e = scratch + n, *slot = scratch + n + E;
+    moe_plan_kernel<<<E, PLAN_THREADS, 0, core_stream()>>>(row_e, counts_e, idx, n, E);
+    CUDA_CHECK_LAUNCH();
+    moe_ep_slot_kernel<<<core_blocks(n, 256), 256, (size_t)E * sizeof(int), core_stream()>>>(
+        slot, idx, row_e, counts_e, log2phy, logcnt, maxcnt, me, n, E);
+    CUDA_CHECK_LAUNCH();
+    moe_plan_kernel<<<R, PLAN_THREADS, 0, core_stream()>>>(send_pos, counts, slot, n, R);
+    CUDA_CHECK_LAUNCH();
 }
 
 void moe_cuda_combine(CoreDtype dt, void *y, const void *rows, const float *gates,

@@ -41,6 +41,12 @@ typedef struct MoeDispatcher {
     // its K experts; per_choice = 1: src is (N, K, D), one row per (token, choice).
     void (*to_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const float *src,
                        int per_choice, float *rows, int D);
+    // Optional (NULL: the layer calls to_experts): to_experts started but perhaps still in flight
+    // until finish(self, p), so that independent work queued in between (the shared experts)
+    // overlaps the transfer. Neither src nor rows may be touched before finish.
+    void (*to_experts_start)(struct MoeDispatcher *self, MoeDispatchPlan *p, const float *src,
+                             int per_choice, float *rows, int D);
+    void (*finish)(struct MoeDispatcher *self, MoeDispatchPlan *p);
     // dst (N, K, D) ← rows (n_rows, D): each (token, choice) gets its expert's row back.
     void (*from_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const float *rows,
                          float *dst, int D);

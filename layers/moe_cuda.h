@@ -26,6 +26,14 @@ void moe_cuda_permute(CoreDtype dt, void *rows, const void *src, int per_choice,
 // dst (N, K, D) ← rows (N·K, D): each pair gets its expert-side row back.
 void moe_cuda_unpermute(CoreDtype dt, void *dst, const void *rows, const int *row_of, int N,
                         int K, int D);
+// The expert-parallel dispatcher's plan (parallel/ep_dispatch.c) without leaving the GPU: pair r of
+// the n routed pairs idx (n) goes to physical slot log2phy[e·maxcnt + (j + me) mod logcnt[e]]
+// (e = idx[r], j = its rank among e's pairs in pair order; log2phy (E, maxcnt), logcnt (E)), and
+// send_pos (n) numbers the pairs by slot, then pair order (a stable sort), with counts (R) per slot.
+// scratch holds 2·n + E ints. Ids outside [0, E) are counted in no slot: the counts then sum to
+// less than n, which the caller checks once they are on the host (no synchronizing check here).
+void moe_cuda_ep_plan(int *send_pos, int *counts, int *scratch, const int *idx, long n, int E,
+                      const int *log2phy, const int *logcnt, int maxcnt, int me, int R);
 // y (N, D) = Σ_k gates (N, K)[t, k] · rows[row_of[t, k]], the choices added in order k = 0..K-1.
 // Overwrites y.
 void moe_cuda_combine(CoreDtype dt, void *y, const void *rows, const float *gates,

@@ -178,29 +178,105 @@ static void mpi_free(void *impl) {
     core_free(impl);
 }
 
+// A request of the MPI backend: one MPI request, the name its timeout message gives, and what
+// MPI reads until the operation completes (freed with the request): an all-to-all-v's argument
+// arrays and its n_types datatypes.
+typedef struct {
+    MPI_Request r;
+    const char *op;
+    int *ints;
+    MPI_Datatype *types;
+    int n_types;
+} MpiReq;
+
+static void mpi_req_free(MpiReq *q) {
+    for (int i = 0; i < q->n_types; i++) MPI_CHECK(MPI_Type_free(&q->types[i]));
+    core_free(q->types);
+    core_free(q->ints);
+    core_free(q);
+}
+
+static MpiReq *mpi_req(const char *op) {
+    MpiReq *q = core_alloc(sizeof *q);
+    q->op = op;
+    return q;
+}
+
 static void *mpi_isend(Comm *c, const void *buf, size_t n, int dst, CommType t, int tag) {
-    MPI_Request *r = core_alloc(sizeof *r);
-    MPI_CHECK(MPI_Isend(buf, mpi_count(c, n, "send"), mpi_type(t), dst, tag, mpi_of(c), r));
-    return r;
+    MpiReq *q = mpi_req("send");
+    MPI_CHECK(MPI_Isend(buf, mpi_count(c, n, "send"), mpi_type(t), dst, tag, mpi_of(c), &q->r));
+    return q;
+}
+
+static void *mpi_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
+    MpiReq *q = mpi_req("all-reduce");
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, mpi_count(c, n, q->op), mpi_type(t), mpi_op(op),
+                             mpi_of(c), &q->r));
+    return q;
+}
+
+// The B blocks exchanged with each peer form one indexed datatype per peer and direction, so the
+// whole exchange is one MPI_Ialltoallw (a collective: no tags to reserve, no matching to order).
+static void *mpi_ialltoallv(Comm *c, int B, const void *send, const size_t *send_counts,
+                           const size_t *send_offs, void *recv, const size_t *recv_counts,
+                           const size_t *recv_offs, CommType t) {
+    const char *op = "all-to-all-v";
+    const int P = c->size;
+    int *v = core_alloc(((size_t)2 * B + 2 * P) * sizeof(int));
+    int *len = v, *at = v + B;                          // (B) one peer's block lengths, offsets
+    int *counts = v + 2 * B, *displs = v + 2 * B + P;  // (P) one datatype per peer at offset 0
+    MPI_Datatype *ty = core_alloc((size_t)2 * P * sizeof(MPI_Datatype));  // (2, P) send, recv
+    for (int side = 0; side < 2; side++) {
+        const size_t *n = side ? recv_counts : send_counts, *off = side ? recv_offs : send_offs;
+        for (int j = 0; j < P; j++) {
+            for (int b = 0; b < B; b++) {
+                len[b] = mpi_count(c, n[(size_t)j * B + b], op);
+                at[b] = mpi_count(c, off[(size_t)j * B + b], op);
+            }
+            MPI_CHECK(MPI_Type_indexed(B, len, at, mpi_type(t), &ty[side * P + j]));
+            MPI_CHECK(MPI_Type_commit(&ty[side * P + j]));
+        }
+    }
+    for (int j = 0; j < P; j++) {
+        counts[j] = 1;
+        displs[j] = 0;
+    }
+    MpiReq *q = mpi_req(op);
+    MPI_CHECK(MPI_Ialltoallw(send, counts, displs, ty, recv, counts, displs, ty + P, mpi_of(c), &q->r));
+    q->ints = v;
+    q->types = ty;
+    q->n_types = 2 * P;
+    return q;
 }
 
 static int mpi_test(Comm *c, void *req) {
     (void)c;
     int done = 0;
-    MPI_CHECK(MPI_Test((MPI_Request *)req, &done, MPI_STATUS_IGNORE));
-    if (done) core_free(req);
+    MPI_CHECK(MPI_Test(&((MpiReq *)req)->r, &done, MPI_STATUS_IGNORE));
+    if (done) mpi_req_free(req);
     return done;
 }
 
 static void mpi_wait_one(Comm *c, void *req) {
-    mpi_wait(c, 1, (MPI_Request *)req, "send");
-    core_free(req);
+    MpiReq *q = req;
+    mpi_wait(c, 1, &q->r, q->op);
+    mpi_req_free(q);
 }
 
 static const CommOps MPI_OPS = {
-    mpi_allreduce, mpi_allgather, mpi_reduce_scatter, mpi_alltoallv,
-    mpi_sendrecv,  mpi_barrier,   mpi_split,          mpi_free,
-    mpi_isend,     mpi_test,      mpi_wait_one,
+    .allreduce = mpi_allreduce,
+    .allgather = mpi_allgather,
+    .reduce_scatter = mpi_reduce_scatter,
+    .alltoallv = mpi_alltoallv,
+    .sendrecv = mpi_sendrecv,
+    .barrier = mpi_barrier,
+    .split = mpi_split,
+    .free = mpi_free,
+    .isend = mpi_isend,
+    .test = mpi_test,
+    .wait = mpi_wait_one,
+    .iallreduce = mpi_iallreduce,
+    .ialltoallv = mpi_ialltoallv,
 };
 
 static MPI_Comm g_world_mpi;
@@ -356,25 +432,63 @@ void comm_barrier(Comm *c) {
 
 struct CommRequest {
     Comm *c;
-    void *impl;  // the backend's request
+    void *impl;  // the backend's request; NULL: completed when started (a one-process group)
 };
+
+static CommRequest *request(Comm *c, void *impl) {
+    CommRequest *r = core_alloc(sizeof *r);
+    r->c = c;
+    r->impl = impl;
+    return r;
+}
 
 CommRequest *comm_isend(Comm *c, const void *buf, size_t n, CommType t, int dst, int tag) {
     check_peer(c, dst, tag, "send");
     check_not_self(c, dst, "send");
-    CommRequest *r = core_alloc(sizeof *r);
-    r->c = c;
-    r->impl = c->ops->isend(c, buf, n, dst, t, tag);
+    return request(c, c->ops->isend(c, buf, n, dst, t, tag));
+}
+
+CommRequest *comm_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
+    return request(c, c->ops && n > 0 ? c->ops->iallreduce(c, buf, n, t, op) : NULL);
+}
+
+CommRequest *comm_ialltoallv_blocks(Comm *c, int B, const void *send, const size_t *send_counts,
+                                    const size_t *send_offs, void *recv, const size_t *recv_counts,
+                                    const size_t *recv_offs, CommType t) {
+    CHECK(B >= 1, "comm: all-to-all-v on group %s with %d blocks per rank", c->name, B);
+    if (c->ops)
+        return request(c, c->ops->ialltoallv(c, B, send, send_counts, send_offs, recv, recv_counts,
+                                             recv_offs, t));
+    const size_t es = comm_type_size(t);
+    for (int b = 0; b < B; b++) {
+        CHECK(send_counts[b] == recv_counts[b],
+              "comm: all-to-all-v on one-process group %s sends block %d of %zu elements to itself "
+              "but expects %zu", c->name, b, send_counts[b], recv_counts[b]);
+        copy((char *)recv + recv_offs[b] * es, (const char *)send + send_offs[b] * es, send_counts[b], t);
+    }
+    return request(c, NULL);
+}
+
+CommRequest *comm_ialltoallv(Comm *c, const void *send, const size_t *send_counts, void *recv,
+                             const size_t *recv_counts, CommType t) {
+    size_t *offs = core_alloc((size_t)2 * c->size * sizeof(size_t));  // (2, size) packed offsets
+    for (int j = 1; j < c->size; j++) {
+        offs[j] = offs[j - 1] + send_counts[j - 1];
+        offs[c->size + j] = offs[c->size + j - 1] + recv_counts[j - 1];
+    }
+    CommRequest *r = comm_ialltoallv_blocks(c, 1, send, send_counts, offs, recv, recv_counts,
+                                            offs + c->size, t);
+    core_free(offs);
     return r;
 }
 
 int comm_test(CommRequest *r) {
-    if (!r->c->ops->test(r->c, r->impl)) return 0;
+    if (r->impl && !r->c->ops->test(r->c, r->impl)) return 0;
     core_free(r);
     return 1;
 }
 
 void comm_wait(CommRequest *r) {
-    r->c->ops->wait(r->c, r->impl);
+    if (r->impl) r->c->ops->wait(r->c, r->impl);
     core_free(r);
 }

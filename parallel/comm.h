@@ -44,6 +44,12 @@ typedef struct {
     // request; test returns 1 once it has completed (and releases it), wait completes it under the
     // deadline (and releases it).
     void *(*isend)(Comm *c, const void *buf, size_t n, int dst, CommType t, int tag);
+    // Non-blocking collectives, completed by test / wait like isend's requests. ialltoallv moves
+    // B blocks per pair of ranks (comm_ialltoallv_blocks).
+    void *(*iallreduce)(Comm *c, void *buf, size_t n, CommType t, CommOp op);
+    void *(*ialltoallv)(Comm *c, int B, const void *send, const size_t *send_counts,
+                        const size_t *send_offs, void *recv, const size_t *recv_counts,
+                        const size_t *recv_offs, CommType t);
     int (*test)(Comm *c, void *req);
     void (*wait)(Comm *c, void *req);
 } CommOps;
@@ -90,14 +96,28 @@ void comm_recv(Comm *c, void *buf, size_t n, CommType t, int src, int tag);
 void comm_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void *recv, size_t recv_n,
                    int src, CommType t, int tag);
 void comm_barrier(Comm *c);
-// A send in flight (comm_isend), completed and freed by comm_test or comm_wait.
+// An operation in flight (comm_isend, comm_iallreduce, comm_ialltoallv*), completed and freed by
+// comm_test or comm_wait. Its buffers must stay untouched until then.
 typedef struct CommRequest CommRequest;
 // Starts sending buf (n) to dst (another rank of c, matched by tag) and returns at once; buf must
 // stay untouched until the request has completed.
 CommRequest *comm_isend(Comm *c, const void *buf, size_t n, CommType t, int dst, int tag);
-// 1 once the send has completed (the request is then freed), 0 while it is in flight.
+// Non-blocking comm_allreduce and comm_alltoallv: they start the operation and return at once.
+// Collectives in flight must be started in the same order on every rank of c (NCCL runs them in
+// issue order); on a one-process group the copy is made at once and the request is complete.
+CommRequest *comm_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op);
+CommRequest *comm_ialltoallv(Comm *c, const void *send, const size_t *send_counts, void *recv,
+                             const size_t *recv_counts, CommType t);
+// The all-to-all-v of an expert-parallel dispatcher: what rank i sends rank j is B blocks, and
+// neither side need be packed. Block (j, b) of this rank's send, send_counts[j·B + b] elements at
+// element offset send_offs[j·B + b], becomes block (i, b) of rank j's receive (recv_counts[i·B + b]
+// elements at recv_offs[i·B + b] there; the counts must agree). Blocks may not overlap in recv.
+CommRequest *comm_ialltoallv_blocks(Comm *c, int B, const void *send, const size_t *send_counts,
+                                    const size_t *send_offs, void *recv, const size_t *recv_counts,
+                                    const size_t *recv_offs, CommType t);
+// 1 once the operation has completed (the request is then freed), 0 while it is in flight.
 int comm_test(CommRequest *r);
-// Completes the send under the timeout and frees the request.
+// Completes the operation under the timeout and frees the request.
 void comm_wait(CommRequest *r);
 
 size_t comm_type_size(CommType t);

@@ -204,35 +204,78 @@ static void nc_free(void *impl) {
     core_free(x);
 }
 
-// The request of a send in flight is an event recorded after it on the communicator's stream.
+// The request of an operation in flight is an event recorded after it on the communicator's
+// stream, and the operation's name for the timeout message.
+typedef struct {
+    cudaEvent_t ev;
+    const char *op;
+} NcclReq;
+
+// Once the NCCL call just enqueued has left the in-progress state (its kernels are then on the
+// stream), the event after it.
+static NcclReq *enqueued(Comm *c, const char *op) {
+    Nccl *x = nccl_of(c);
+    nccl_wait(c->name, x->comm, NULL, NULL, op);
+    NcclReq *q = core_alloc(sizeof *q);
+    q->op = op;
+    CUDA_CHECK(cudaEventCreateWithFlags(&q->ev, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventRecord(q->ev, x->stream));
+    return q;
+}
+
 static void *nc_isend(Comm *c, const void *buf, size_t n, int dst, CommType t, int tag) {
     (void)tag;
     Nccl *x = nccl_of(c);
     after_compute(x);
     NCCL_CHECK(ncclSend(buf, n, nccl_type(t), dst, x->comm, x->stream));
-    // The send's kernel is on the stream only once the call has left the in-progress state.
-    nccl_wait(c->name, x->comm, NULL, NULL, "send");
-    cudaEvent_t *ev = core_alloc(sizeof *ev);
-    CUDA_CHECK(cudaEventCreateWithFlags(ev, cudaEventDisableTiming));
-    CUDA_CHECK(cudaEventRecord(*ev, x->stream));
-    return ev;
+    return enqueued(c, "send");
 }
 
-static void release(cudaEvent_t *ev) {
-    CUDA_CHECK(cudaEventDestroy(*ev));
-    core_free(ev);
+static void *nc_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
+    Nccl *x = nccl_of(c);
+    after_compute(x);
+    NCCL_CHECK(ncclAllReduce(buf, buf, n, nccl_type(t), nccl_op(op), x->comm, x->stream));
+    return enqueued(c, "all-reduce");
+}
+
+// One group of every block's send and receive; NCCL matches a pair's transfers in issue order, so
+// blocks (j, b) go out and come in in b order. Empty blocks are skipped on both sides alike.
+static void *nc_ialltoallv(Comm *c, int B, const void *send, const size_t *send_counts,
+                           const size_t *send_offs, void *recv, const size_t *recv_counts,
+                           const size_t *recv_offs, CommType t) {
+    Nccl *x = nccl_of(c);
+    const size_t es = comm_type_size(t);
+    after_compute(x);
+    NCCL_CHECK(ncclGroupStart());
+    for (size_t i = 0; i < (size_t)c->size * B; i++) {
+        const int j = (int)(i / B);
+        if (send_counts[i] > 0)
+            NCCL_CHECK(ncclSend((const char *)send + send_offs[i] * es, send_counts[i], nccl_type(t), j,
+                                x->comm, x->stream));
+        if (recv_counts[i] > 0)
+            NCCL_CHECK(ncclRecv((char *)recv + recv_offs[i] * es, recv_counts[i], nccl_type(t), j,
+                                x->comm, x->stream));
+    }
+    NCCL_CHECK(ncclGroupEnd());
+    return enqueued(c, "all-to-all-v");
+}
+
+static void release(NcclReq *q) {
+    CUDA_CHECK(cudaEventDestroy(q->ev));
+    core_free(q);
 }
 
 static int nc_test(Comm *c, void *req) {
     (void)c;
-    if (!gpu_done(NULL, *(cudaEvent_t *)req)) return 0;
+    if (!gpu_done(NULL, ((NcclReq *)req)->ev)) return 0;
     release(req);
     return 1;
 }
 
 static void nc_wait(Comm *c, void *req) {
-    nccl_wait(c->name, nccl_of(c)->comm, NULL, *(cudaEvent_t *)req, "send");
-    release(req);
+    NcclReq *q = req;
+    nccl_wait(c->name, nccl_of(c)->comm, NULL, q->ev, q->op);
+    release(q);
 }
 
 static const CommOps NCCL_OPS = {
@@ -247,6 +290,8 @@ static const CommOps NCCL_OPS = {
     .isend = nc_isend,
     .test = nc_test,
     .wait = nc_wait,
+    .iallreduce = nc_iallreduce,
+    .ialltoallv = nc_ialltoallv,
 };
 
 Comm *comm_nccl_create(Comm *host, const char *name) {

@@ -1,13 +1,18 @@
 // Expert-parallel dispatch and combine (see ep_dispatch.h). The plan: choose each pair's physical
 // slot, count rows per (destination rank, local slot), exchange the counts (all-to-all), and order
-// the send rows by destination slot (a stable counting sort, so one process reproduces the local
-// dispatcher's order exactly). Rows arrive ordered by (source rank, slot); one permutation regroups
-// them by (slot, source rank) so each local expert owns one contiguous range. The plan is made on
-// the host (counts travel over the host group); on a GPU the rows stay in device memory: the two
-// index maps go to the device, the permutes are kernels, and the rows travel over the NCCL twin.
+// the send rows by destination slot (a stable sort, so one process reproduces the local
+// dispatcher's order exactly). The expert rows are grouped by (slot, source rank), so each local
+// expert owns one contiguous range; the all-to-all moves one block per (rank, slot) straight to its
+// place there (comm_ialltoallv_blocks), so a dispatch is one gather into send order plus the
+// exchange, and a combine the exchange plus one gather back home.
+//
+// On a GPU the plan stays on the device (moe_cuda_ep_plan) except for the R slot counts, which come
+// to the host in one copy: the count exchange runs over the host group, and the block sizes and
+// offsets it gives are all the exchange needs. The rows travel over the NCCL twin.
 #include "parallel/ep_dispatch.h"
 
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "framework/core/check.h"
@@ -25,105 +30,105 @@ typedef struct {
     int *phy2log;    // (R) logical expert of each slot
     int *logcnt;     // (E) replicas of each expert
     int *log2phy;    // (E, maxcnt) slots of each expert's replicas, ascending, -1 padded
+    int *d_logcnt, *d_log2phy;  // device copies of the two tables (GPU dispatchers), or NULL
 } EpDispatcher;
 
 struct MoeDispatchPlan {
     int N, K;
     int n_send, n_recv;   // rows leaving this rank (N·K) and arriving at its experts
-    int *send_pos;        // (N·K) send row of pair t·K + k; rows ordered by destination slot
-    size_t *send_rows;    // (P) rows to each EP rank
-    size_t *recv_rows;    // (P) rows from each EP rank
-    int *recv_to_row;     // (n_recv) arrival position (source, slot, pair order) → expert row
-    int *d_send_pos, *d_recv_to_row;  // device copies of the two maps (GPU dispatchers), or NULL
+    int *send_pos;        // (N·K) send row of pair t·K + k, rows ordered by destination slot: host
+                          // memory on a CPU, device memory on a GPU
+    // (4, P·Ln) in rows, block (j, s) = (EP rank j, local slot s): rows sent to slot s of rank j and
+    // their offset in send order (rank-major); rows received from rank j for local slot s and
+    // their offset among the expert rows (slot-major).
+    size_t *blocks;
+    // A dispatch in flight (to_experts_start until finish): its request and send buffer.
+    CommRequest *req;
+    void *send;
 };
 
 static EpDispatcher *impl_of(MoeDispatcher *d) { return (EpDispatcher *)d->impl; }
 static const LayerOps *ops_of(const MoeDispatcher *d) { return d->ops ? d->ops : &layer_ops_cpu; }
 
-static MoeDispatchPlan *ep_plan(MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,
-                                int *counts) {
-    EpDispatcher *x = impl_of(self);
-    const int P = x->ep->size, Ln = self->n_local, R = x->R, me = x->ep->rank;
-    CHECK(N >= 0 && K >= 1, "ep dispatcher: bad routing shape N = %d, K = %d", N, K);
-    const long n = (long)N * K;
-    CHECK(n <= INT_MAX, "ep dispatcher: %ld routed rows overflow an int", n);
-    // A GPU's routing comes to the host, where the plan is made.
-    const LayerOps *o = ops_of(self);
-    int *host_idx = NULL;  // (N, K)
-    if (o->dev != CORE_CPU) {
-        host_idx = core_alloc((size_t)(n > 0 ? n : 1) * sizeof(int));
-        o->download(host_idx, idx, (size_t)n * sizeof(int));
-        idx = host_idx;
-    }
-
-    // Physical slot of every pair; replicas are taken round-robin per expert, starting at this
-    // rank's offset, so that small batches on many ranks still spread over the replicas.
+// Slot of every pair and the send rows (a stable counting sort by slot) from a host routing idx.
+// Replicas are taken round-robin per expert, starting at this rank's offset, so that small batches
+// on many ranks still spread over the replicas.
+static void plan_on_host(EpDispatcher *x, int *send_pos, int *send_cnt, const int *idx, long n) {
+    const int me = x->ep->rank, R = x->R;
     int *slot = core_alloc((size_t)(n > 0 ? n : 1) * sizeof(int));  // (N·K)
     int *seen = core_alloc((size_t)x->E * sizeof(int));              // (E) pairs so far per expert
-    int *send_cnt = core_alloc((size_t)R * sizeof(int));             // (P, Ln) rows per dest slot
     for (long r = 0; r < n; r++) {
         const int e = idx[r];
         CHECK(e >= 0 && e < x->E, "ep dispatcher: expert id %d out of range [0, %d)", e, x->E);
-        const int c = x->logcnt[e];
-        slot[r] = x->log2phy[(long)e * x->maxcnt + (seen[e]++ + me) % c];
+        slot[r] = x->log2phy[(long)e * x->maxcnt + (seen[e]++ + me) % x->logcnt[e]];
         send_cnt[slot[r]]++;
     }
+    int *next = core_alloc((size_t)R * sizeof(int));  // (R) next free send row of each slot
+    for (int s = 1; s < R; s++) next[s] = next[s - 1] + send_cnt[s - 1];
+    for (long r = 0; r < n; r++) send_pos[r] = next[slot[r]]++;
+    core_free(next);
+    core_free(slot);
+    core_free(seen);
+}
 
+static MoeDispatchPlan *ep_plan(MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,
+                                int *counts) {
+    EpDispatcher *x = impl_of(self);
+    const int P = x->ep->size, Ln = self->n_local, R = x->R;
+    CHECK(N >= 0 && K >= 1, "ep dispatcher: bad routing shape N = %d, K = %d", N, K);
+    const long n = (long)N * K;
+    CHECK(n <= INT_MAX, "ep dispatcher: %ld routed rows overflow an int", n);
+    const LayerOps *o = ops_of(self);
     MoeDispatchPlan *p = core_alloc(sizeof *p);
     p->N = N;
     p->K = K;
     p->n_send = (int)n;
-    p->send_pos = core_alloc((size_t)(n > 0 ? n : 1) * sizeof(int));
-    // Stable counting sort of the pairs by slot: destination rank, then local slot, then
-    // (token, choice) order.
-    int *next = core_alloc((size_t)R * sizeof(int));  // (R) next free send row of each slot
-    for (int s = 1; s < R; s++) next[s] = next[s - 1] + send_cnt[s - 1];
-    for (long r = 0; r < n; r++) p->send_pos[r] = next[slot[r]]++;
-    core_free(next);
-    core_free(slot);
-    core_free(seen);
-    core_free(host_idx);
+    int *cnt = core_alloc((size_t)2 * R * sizeof(int));  // (2, P, Ln) rows sent and received per block
+    if (o->dev == CORE_CPU) {
+        p->send_pos = core_alloc((size_t)(n > 0 ? n : 1) * sizeof(int));
+        plan_on_host(x, p->send_pos, cnt, idx, n);
+    } else {
+#ifdef MOELAB_CUDA
+        p->send_pos = o->alloc((size_t)(n > 0 ? n : 1) * sizeof(int));
+        int *dcnt = o->alloc((size_t)R * sizeof(int));                      // (R)
+        int *scratch = o->alloc((size_t)(2 * n + x->E) * sizeof(int));      // moe_cuda_ep_plan's
+        moe_cuda_ep_plan(p->send_pos, dcnt, scratch, idx, n, x->E, x->d_log2phy, x->d_logcnt, x->maxcnt,
+                         x->ep->rank, R);
+        o->download(cnt, dcnt, (size_t)R * sizeof(int));  // the plan's one device → host copy
+        o->free(scratch);
+        o->free(dcnt);
+        long sent = 0;
+        for (int s = 0; s < R; s++) sent += cnt[s];
+        CHECK(sent == n, "ep dispatcher: %ld of %ld routed pairs have an expert id outside [0, %d)",
+              n - sent, n, x->E);
+#else
+        FATAL("ep dispatcher: device rows in a build without CUDA");
+#endif
+    }
+    comm_alltoall(x->ep, cnt, cnt + R, (size_t)Ln, COMM_I32);
 
-    int *recv_cnt = core_alloc((size_t)R * sizeof(int));  // (P, Ln) rows from each source per slot
-    comm_alltoall(x->ep, send_cnt, recv_cnt, (size_t)Ln, COMM_I32);
-
-    p->send_rows = core_alloc((size_t)P * sizeof(size_t));
-    p->recv_rows = core_alloc((size_t)P * sizeof(size_t));
+    // Send blocks are packed rank-major; the expert rows of (slot s, source j) follow the rows of
+    // slots before s and those of s from sources before j.
+    p->blocks = core_alloc((size_t)4 * R * sizeof(size_t));
+    size_t *scount = p->blocks, *soff = p->blocks + R, *rcount = p->blocks + 2 * R, *roff = p->blocks + 3 * R;
+    size_t at = 0;
+    for (int b = 0; b < R; b++) {
+        scount[b] = (size_t)cnt[b];
+        rcount[b] = (size_t)cnt[R + b];
+        soff[b] = at;
+        at += scount[b];
+    }
     memset(counts, 0, (size_t)Ln * sizeof(int));
     long total = 0;
-    for (int j = 0; j < P; j++)
-        for (int s = 0; s < Ln; s++) {
-            p->send_rows[j] += (size_t)send_cnt[j * Ln + s];
-            p->recv_rows[j] += (size_t)recv_cnt[j * Ln + s];
-            counts[s] += recv_cnt[j * Ln + s];
-            total += recv_cnt[j * Ln + s];
-        }
-    CHECK(total <= INT_MAX, "ep dispatcher: %ld rows arrive at this rank's experts", total);
-    p->n_recv = (int)total;
-
-    // Expert rows are grouped by slot, and within a slot by source rank: the first row of
-    // (slot s, source j) is the rows of slots before s plus those of s from sources before j.
-    p->recv_to_row = core_alloc((size_t)(total > 0 ? total : 1) * sizeof(int));
-    int *start = core_alloc((size_t)R * sizeof(int));  // (P, Ln) first expert row of (source, slot)
-    int row = 0;
     for (int s = 0; s < Ln; s++)
         for (int j = 0; j < P; j++) {
-            start[j * Ln + s] = row;
-            row += recv_cnt[j * Ln + s];
+            roff[j * Ln + s] = (size_t)total;
+            counts[s] += cnt[R + j * Ln + s];
+            total += cnt[R + j * Ln + s];
         }
-    int pos = 0;
-    for (int j = 0; j < P; j++)
-        for (int s = 0; s < Ln; s++)
-            for (int i = 0; i < recv_cnt[j * Ln + s]; i++) p->recv_to_row[pos++] = start[j * Ln + s] + i;
-    core_free(start);
-    core_free(send_cnt);
-    core_free(recv_cnt);
-    if (o->dev != CORE_CPU) {
-        p->d_send_pos = o->alloc((size_t)n * sizeof(int));
-        p->d_recv_to_row = o->alloc((size_t)total * sizeof(int));
-        o->upload(p->d_send_pos, p->send_pos, (size_t)n * sizeof(int));
-        o->upload(p->d_recv_to_row, p->recv_to_row, (size_t)total * sizeof(int));
-    }
+    CHECK(total <= INT_MAX, "ep dispatcher: %ld rows arrive at this rank's experts", total);
+    core_free(cnt);
+    p->n_recv = (int)total;
     *n_rows = p->n_recv;
     return p;
 }
@@ -137,102 +142,109 @@ static size_t row_words(const LayerOps *o, int D) {
     return bytes / 4;
 }
 
-// Moves (rows × D) blocks over the group the rows live on (the NCCL twin for device rows).
-static void exchange(MoeDispatcher *self, const void *send, const size_t *send_rows, void *recv,
-                     const size_t *recv_rows, int D) {
+// Starts moving the plan's blocks over the group the rows live on (the NCCL twin for device rows):
+// home → experts when out, experts → home otherwise.
+static CommRequest *exchange(MoeDispatcher *self, MoeDispatchPlan *p, int out, const void *send,
+                             void *recv, int D) {
     EpDispatcher *x = impl_of(self);
     Comm *c = ops_of(self)->dev != CORE_CPU ? x->ep_dev : x->ep;
     const size_t w = row_words(ops_of(self), D);
-    const int P = c->size;
-    size_t *sc = core_alloc((size_t)2 * P * sizeof(size_t));  // (2, P) send and receive counts
-    for (int j = 0; j < P; j++) {
-        sc[j] = send_rows[j] * w;
-        sc[P + j] = recv_rows[j] * w;
-    }
-    comm_alltoallv(c, send, sc, recv, sc + P, COMM_F32);
-    core_free(sc);
+    const int R = x->R;
+    size_t *b = core_alloc((size_t)4 * R * sizeof(size_t));  // (4, R) the plan's blocks in words
+    for (int i = 0; i < 4 * R; i++) b[i] = p->blocks[i] * w;
+    const size_t *home_cnt = b, *home_off = b + R, *exp_cnt = b + 2 * R, *exp_off = b + 3 * R;
+    const int Ln = self->n_local;
+    CommRequest *r = out ? comm_ialltoallv_blocks(c, Ln, send, home_cnt, home_off, recv, exp_cnt, exp_off, COMM_F32)
+                         : comm_ialltoallv_blocks(c, Ln, send, exp_cnt, exp_off, recv, home_cnt, home_off, COMM_F32);
+    core_free(b);
+    return r;
 }
 
 static void *rows_alloc(const LayerOps *o, int n, int D) {
     return o->alloc((size_t)(n > 0 ? n : 1) * (size_t)D * o->act_size);
 }
 
-// rows[map[i]] ← src[per_choice ? i : i / K] for the N·K entries of map (N, K): a scatter of home
-// rows (or of arrival rows, with K = 1) to their places. dmap is map on the device.
-static void scatter_rows(const LayerOps *o, void *rows, const void *src, int per_choice, const int *map,
-                         const int *dmap, int N, int K, int D) {
+static void ep_to_experts_start(MoeDispatcher *self, MoeDispatchPlan *p, const float *src,
+                                int per_choice, float *rows, int D) {
+    CHECK(p->req == NULL, "ep dispatcher: a dispatch of this plan is already in flight");
+    const LayerOps *o = ops_of(self);
+    p->send = rows_alloc(o, p->n_send, D);  // (n_send, D) in send order
 #ifdef MOELAB_CUDA
-    if (o->dev == CORE_CUDA) {
-        moe_cuda_permute(o->dt, rows, src, per_choice, dmap, N, K, D);
-        return;
-    }
+    if (o->dev == CORE_CUDA)
+        moe_cuda_permute(o->dt, p->send, src, per_choice, p->send_pos, p->N, p->K, D);
 #endif
-    (void)dmap;
-    const size_t bytes = (size_t)D * o->act_size;
-    for (long i = 0; i < (long)N * K; i++)
-        memcpy((char *)rows + (size_t)map[i] * bytes,
-               (const char *)src + (size_t)(per_choice ? i : i / K) * bytes, bytes);
+    if (o->dev == CORE_CPU) {
+        const size_t bytes = (size_t)D * o->act_size;
+        for (long i = 0; i < (long)p->n_send; i++)
+            memcpy((char *)p->send + (size_t)p->send_pos[i] * bytes,
+                   (const char *)src + (size_t)(per_choice ? i : i / p->K) * bytes, bytes);
+    }
+    p->req = exchange(self, p, 1, p->send, rows, D);
 }
 
-// dst[i] ← rows[map[i]] for the n entries of map: the inverse move of scatter_rows (per choice).
-static void gather_rows(const LayerOps *o, void *dst, const void *rows, const int *map, const int *dmap,
-                        int n, int D) {
-#ifdef MOELAB_CUDA
-    if (o->dev == CORE_CUDA) {
-        moe_cuda_unpermute(o->dt, dst, rows, dmap, n, 1, D);
-        return;
-    }
-#endif
-    (void)dmap;
-    const size_t bytes = (size_t)D * o->act_size;
-    for (long i = 0; i < n; i++)
-        memcpy((char *)dst + (size_t)i * bytes, (const char *)rows + (size_t)map[i] * bytes, bytes);
+static void ep_finish(MoeDispatcher *self, MoeDispatchPlan *p) {
+    if (!p->req) return;
+    comm_wait(p->req);
+    ops_of(self)->free(p->send);
+    p->req = NULL;
+    p->send = NULL;
 }
 
 static void ep_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *src, int per_choice,
                           float *rows, int D) {
-    const LayerOps *o = ops_of(self);
-    void *send = rows_alloc(o, p->n_send, D);  // (n_send, D) in send order
-    scatter_rows(o, send, src, per_choice, p->send_pos, p->d_send_pos, p->N, p->K, D);
-    void *recv = rows_alloc(o, p->n_recv, D);  // (n_recv, D) in arrival order
-    exchange(self, send, p->send_rows, recv, p->recv_rows, D);
-    scatter_rows(o, rows, recv, 1, p->recv_to_row, p->d_recv_to_row, p->n_recv, 1, D);
-    o->free(send);
-    o->free(recv);
+    ep_to_experts_start(self, p, src, per_choice, rows, D);
+    ep_finish(self, p);
 }
 
 static void ep_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *rows, float *dst,
                             int D) {
     const LayerOps *o = ops_of(self);
-    void *back = rows_alloc(o, p->n_recv, D);  // (n_recv, D) expert rows in arrival order
-    gather_rows(o, back, rows, p->recv_to_row, p->d_recv_to_row, p->n_recv, D);
     void *home = rows_alloc(o, p->n_send, D);  // (n_send, D) in send order
-    exchange(self, back, p->recv_rows, home, p->send_rows, D);
-    gather_rows(o, dst, home, p->send_pos, p->d_send_pos, p->n_send, D);
-    o->free(back);
+    comm_wait(exchange(self, p, 0, rows, home, D));
+#ifdef MOELAB_CUDA
+    if (o->dev == CORE_CUDA) moe_cuda_unpermute(o->dt, dst, home, p->send_pos, p->N, p->K, D);
+#endif
+    if (o->dev == CORE_CPU) {
+        const size_t bytes = (size_t)D * o->act_size;
+        for (long i = 0; i < (long)p->n_send; i++)
+            memcpy((char *)dst + (size_t)i * bytes, (const char *)home + (size_t)p->send_pos[i] * bytes, bytes);
+    }
     o->free(home);
 }
 
 static void ep_release(MoeDispatcher *self, MoeDispatchPlan *p) {
     if (!p) return;
-    ops_of(self)->free(p->d_send_pos);
-    ops_of(self)->free(p->d_recv_to_row);
-    core_free(p->send_pos);
-    core_free(p->send_rows);
-    core_free(p->recv_rows);
-    core_free(p->recv_to_row);
+    ep_finish(self, p);
+    if (ops_of(self)->dev == CORE_CPU) core_free(p->send_pos);
+    else ops_of(self)->free(p->send_pos);
+    core_free(p->blocks);
     core_free(p);
 }
 
-static void placement_free(EpDispatcher *x) {
+// The placement tables the device plan reads, copied to ops' memory (a GPU dispatcher's).
+static void placement_upload(EpDispatcher *x, const LayerOps *ops) {
+    const size_t lb = (size_t)x->E * sizeof(int), pb = lb * (size_t)x->maxcnt;
+    x->d_logcnt = ops->alloc(lb);
+    x->d_log2phy = ops->alloc(pb);
+    ops->upload(x->d_logcnt, x->logcnt, lb);
+    ops->upload(x->d_log2phy, x->log2phy, pb);
+}
+
+static void placement_free(MoeDispatcher *d) {
+    EpDispatcher *x = impl_of(d);
     core_free(x->phy2log);
     core_free(x->logcnt);
     core_free(x->log2phy);
+    if (x->d_logcnt) {
+        d->ops->free(x->d_logcnt);
+        d->ops->free(x->d_log2phy);
+    }
+    x->d_logcnt = x->d_log2phy = NULL;
 }
 
 static void ep_destroy(MoeDispatcher *self) {
     EpDispatcher *x = impl_of(self);
-    placement_free(x);
+    placement_free(self);
     core_free(x);
     core_free(self);
 }
@@ -255,7 +267,7 @@ void ep_dispatcher_set_placement(MoeDispatcher *d, const int *phy2log, int R) {
         CHECK(cnt[e] >= 1, "ep dispatcher: expert %d has no physical slot", e);
         if (cnt[e] > maxcnt) maxcnt = cnt[e];
     }
-    placement_free(x);
+    placement_free(d);
     x->R = R;
     x->maxcnt = maxcnt;
     x->phy2log = core_alloc((size_t)R * sizeof(int));
@@ -266,6 +278,7 @@ void ep_dispatcher_set_placement(MoeDispatcher *d, const int *phy2log, int R) {
     int *fill = core_alloc((size_t)E * sizeof(int));  // (E) replicas listed so far
     for (int s = 0; s < R; s++) x->log2phy[(long)phy2log[s] * maxcnt + fill[phy2log[s]]++] = s;
     core_free(fill);
+    if (d->ops) placement_upload(x, d->ops);
     d->n_local = R / P;
 }
 
@@ -276,8 +289,10 @@ void ep_dispatcher_to_device(MoeDispatcher *d, Comm *ep_dev, const LayerOps *ops
           "ep_dispatcher_to_device: group %s (rank %d of %d) is not the twin of %s (rank %d of %d)",
           ep_dev->name, ep_dev->rank, ep_dev->size, x->ep->name, x->ep->rank, x->ep->size);
     CHECK(ops->dev != CORE_CPU, "ep_dispatcher_to_device: %s is not a device backend", ops->name);
+    CHECK(d->ops == NULL, "ep_dispatcher_to_device: the dispatcher is on a device already");
     x->ep_dev = ep_dev;
     d->ops = ops;
+    placement_upload(x, ops);
 }
 
 MoeDispatcher *ep_dispatcher_create(Comm *ep, int E) {
@@ -290,6 +305,12 @@ MoeDispatcher *ep_dispatcher_create(Comm *ep, int E) {
     d->impl = x;
     d->plan = ep_plan;
     d->to_experts = ep_to_experts;
+    // MOELAB_EP_OVERLAP=0 turns the overlap of the dispatch all-to-all off (to measure its gain).
+    const char *overlap = getenv("MOELAB_EP_OVERLAP");
+    if (!overlap || strcmp(overlap, "0") != 0) {
+        d->to_experts_start = ep_to_experts_start;
+        d->finish = ep_finish;
+    }
     d->from_experts = ep_from_experts;
     d->release = ep_release;
     d->destroy = ep_destroy;

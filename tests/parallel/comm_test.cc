@@ -78,6 +78,67 @@ TEST(Comm, AlltoallvWithUnevenAndZeroCounts) {
     for (int j = 0; j < P; j++) EXPECT_EQ(got[j], 100 * j + r);
 }
 
+TEST(Comm, NonBlockingAllreduceAndAlltoallvInFlightTogether) {
+    const int P = world()->size, r = world()->rank;
+    // Two all-reduces and an all-to-all-v in flight at once, completed out of start order.
+    std::vector<double> a = {1.0 * r, 2.0}, b = {0.5 * r};
+    std::vector<size_t> sc(P), rc(P);
+    std::vector<float> send, expect;
+    for (int j = 0; j < P; j++) {
+        sc[j] = a2a_count(r, j);
+        rc[j] = a2a_count(j, r);
+        for (size_t i = 0; i < sc[j]; i++) send.push_back(a2a_value(r, j, i));
+        for (size_t i = 0; i < rc[j]; i++) expect.push_back(a2a_value(j, r, i));
+    }
+    std::vector<float> recv(expect.size() + 1, -1.0f);
+    CommRequest *ra = comm_iallreduce(world(), a.data(), a.size(), COMM_F64, COMM_SUM);
+    CommRequest *rv = comm_ialltoallv(world(), send.data(), sc.data(), recv.data(), rc.data(), COMM_F32);
+    CommRequest *rb = comm_iallreduce(world(), b.data(), 1, COMM_F64, COMM_MAX);
+    comm_wait(rb);
+    while (!comm_test(rv)) {
+    }
+    comm_wait(ra);
+    EXPECT_EQ(a[0], P * (P - 1) / 2.0);
+    EXPECT_EQ(a[1], 2.0 * P);
+    EXPECT_EQ(b[0], 0.5 * (P - 1));
+    for (size_t i = 0; i < expect.size(); i++) EXPECT_EQ(recv[i], expect[i]) << "element " << i;
+    EXPECT_EQ(recv.back(), -1.0f);
+}
+
+TEST(Comm, BlockAlltoallvTransposesBlocks) {
+    // B = 3 blocks per pair of ranks; rank r sends block (j, b) of (r + j + b) % 3 elements packed
+    // rank-major, and receives block (i, b) from rank i at offsets packed block-major (the EP
+    // dispatcher's layouts), in reverse at the end of a larger buffer.
+    const int P = world()->size, r = world()->rank, B = 3;
+    auto count = [](int src, int dst, int b) { return (size_t)((src + dst + b) % 3); };
+    auto value = [](int src, int dst, int b, size_t k) { return (int)(10000 * src + 100 * dst + 10 * b + (int)k); };
+    std::vector<size_t> sc(P * B), so(P * B), rc(P * B), ro(P * B);
+    std::vector<int> send;
+    for (int j = 0; j < P; j++)
+        for (int b = 0; b < B; b++) {
+            sc[j * B + b] = count(r, j, b);
+            so[j * B + b] = send.size();
+            for (size_t k = 0; k < sc[j * B + b]; k++) send.push_back(value(r, j, b, k));
+        }
+    size_t at = 2;  // two leading elements stay untouched
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < P; i++) {
+            rc[i * B + b] = count(i, r, b);
+            ro[i * B + b] = at;
+            at += rc[i * B + b];
+        }
+    std::vector<int> recv(at + 1, -1);
+    comm_wait(comm_ialltoallv_blocks(world(), B, send.data(), sc.data(), so.data(), recv.data(), rc.data(),
+                                     ro.data(), COMM_I32));
+    EXPECT_EQ(recv[0], -1);
+    EXPECT_EQ(recv[1], -1);
+    EXPECT_EQ(recv[at], -1);
+    for (int i = 0; i < P; i++)
+        for (int b = 0; b < B; b++)
+            for (size_t k = 0; k < rc[i * B + b]; k++)
+                EXPECT_EQ(recv[ro[i * B + b] + k], value(i, r, b, k)) << "from " << i << " block " << b;
+}
+
 TEST(Comm, SplitIntoSubGroups) {
     const int P = world()->size, r = world()->rank;
     // Two groups by parity, ranked in reverse world order.
