@@ -1,16 +1,18 @@
 // The GPU half of expert parallelism under mpirun, one rank per GPU (tagged manual; run by
 // tools/gpu_run.sh's `nccl` stage): the NCCL backend of the communicator API on device buffers
-// (every collective with all four types, uneven and zero all-to-all-v counts, point-to-point,
-// split, ordering after the compute stream), and EP / DP training in fp32 against the one-GPU run
-// of the same global batch (losses and gradient norms of 3 steps within 1e-5 relative, every
-// updated tensor within W_TOL, also with every token routed to one expert so that a rank's experts
-// receive no rows).
+// (every collective with all four types, uneven and zero all-to-all-v counts, the non-blocking
+// all-reduce and block all-to-all-v, point-to-point, split, ordering after the compute stream), and
+// EP / DP training in fp32 against the one-GPU run of the same global batch (losses and gradient
+// norms of 3 steps within 1e-5 relative, every updated tensor within W_TOL, also with every token
+// routed to one expert so that a rank's experts receive no rows), and EP training with the shared
+// experts overlapping the dispatch bit-identical to the same run without the overlap.
 // DISABLED_UnmatchedAllReduceTimesOut is run on its own by gpu_run.sh: it must end the job.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -123,6 +125,56 @@ TEST(NcclComm, AllToAllVUnevenAndZeroCounts) {
         for (size_t k = 0; k < rc[j]; k++) EXPECT_EQ(got[at++], 1000 * j + 10 * r + (int32_t)k);
     core_device_free(CORE_CUDA, ds);
     core_device_free(CORE_CUDA, dr);
+}
+
+TEST(NcclComm, NonBlockingAllReduceAndBlockAllToAllV) {
+    // An all-reduce and a block all-to-all-v in flight together (started in the same order on
+    // every rank), completed by test and wait: rank q sends block (j, b) of (q + j + b) % 3 elements
+    // packed rank-major; the receiver places block (i, b) block-major (the EP dispatcher's layouts).
+    Comm *w = world();
+    const int P = w->size, r = w->rank, B = 3;
+    auto count = [](int src, int dst, int b) { return (size_t)((src + dst + b) % 3); };
+    auto value = [](int src, int dst, int b, size_t k) { return 10000 * src + 100 * dst + 10 * b + (int32_t)k; };
+    std::vector<size_t> sc(P * B), so(P * B), rc(P * B), ro(P * B);
+    std::vector<int32_t> send;
+    for (int j = 0; j < P; j++)
+        for (int b = 0; b < B; b++) {
+            sc[j * B + b] = count(r, j, b);
+            so[j * B + b] = send.size();
+            for (size_t k = 0; k < sc[j * B + b]; k++) send.push_back(value(r, j, b, k));
+        }
+    size_t at = 0;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < P; i++) {
+            rc[i * B + b] = count(i, r, b);
+            ro[i * B + b] = at;
+            at += rc[i * B + b];
+        }
+    std::vector<float> v = {1.0f * r, 2.0f};
+    float *dv = to_dev(v);
+    int32_t *ds = to_dev(send), *dr = to_dev(std::vector<int32_t>(at));
+    CommRequest *ra = comm_iallreduce(w, dv, 2, COMM_F32, COMM_SUM);
+    CommRequest *rb = comm_ialltoallv_blocks(w, B, ds, sc.data(), so.data(), dr, rc.data(), ro.data(), COMM_I32);
+    while (!comm_test(ra)) {
+    }
+    comm_wait(rb);
+    std::vector<float> sum = to_host(dv, 2);
+    EXPECT_EQ(sum[0], (float)(P * (P - 1) / 2));
+    EXPECT_EQ(sum[1], 2.0f * P);
+    std::vector<int32_t> got = to_host(dr, at);
+    for (int i = 0; i < P; i++)
+        for (int b = 0; b < B; b++)
+            for (size_t k = 0; k < rc[i * B + b]; k++)
+                EXPECT_EQ(got[ro[i * B + b] + k], value(i, r, b, k)) << "from " << i << " block " << b;
+    // The plain packed form.
+    std::vector<size_t> pc(P, 2);
+    std::vector<int32_t> ps(2 * P);
+    for (int j = 0; j < P; j++) ps[2 * j] = ps[2 * j + 1] = 100 * r + j;
+    int32_t *dps = to_dev(ps), *dpr = to_dev(std::vector<int32_t>(2 * P));
+    comm_wait(comm_ialltoallv(w, dps, pc.data(), dpr, pc.data(), COMM_I32));
+    std::vector<int32_t> pr = to_host(dpr, 2 * P);
+    for (int j = 0; j < P; j++) EXPECT_EQ(pr[2 * j + 1], 100 * j + r);
+    for (void *p : {(void *)dv, (void *)ds, (void *)dr, (void *)dps, (void *)dpr}) core_device_free(CORE_CUDA, p);
 }
 
 TEST(NcclComm, RingSendRecvAndIsend) {
@@ -301,6 +353,46 @@ std::vector<long> compare_with_one_gpu(MoeConfig c, int ep, int A) {
 TEST(GpuEpTrain, MatchesTheOneGpuRun) {
     for (int ep = 1; ep <= comm_world()->size; ep *= 2)
         if (comm_world()->size % ep == 0) compare_with_one_gpu(small(), ep, 2);
+}
+
+// Losses, gradient norms and the updated weights of 3 EP steps (EP = the world) with the dispatch
+// all-to-all overlapped by the shared experts (MOELAB_EP_OVERLAP unset) or not (= 0).
+std::vector<float> ep_run(bool overlap, std::vector<float> *weights) {
+    const LayerOps *o = gpu();
+    if (overlap) unsetenv("MOELAB_EP_OVERLAP");
+    else setenv("MOELAB_EP_OVERLAP", "0", 1);
+    MoeConfig c = small();
+    c.ep = comm_world()->size;
+    c.grad_accum = 2;
+    Grid *g = grid_create(comm_world(), 1, c.ep, c.E);
+    Model *m = train_model_create(&c, g, o);
+    unsetenv("MOELAB_EP_OVERLAP");
+    AdamW opt;
+    adamw_init_on(&opt, &m->reg, o, m->wlow);
+    std::vector<float> out;
+    for (int s = 0; s < STEPS; s++) {
+        std::vector<int> tok = global_batch(c, g->dp * c.grad_accum, s);
+        StepStats st = train_step_tokens(m, &opt, &c, s, tok.data() + (size_t)g->dp_rank * c.grad_accum *
+                                                                          c.batch_size * (c.T + 1));
+        out.push_back(st.loss);
+        out.push_back(st.grad_norm);
+    }
+    weights->resize(m->reg.total);
+    o->download(weights->data(), m->reg.data, weights->size() * sizeof(float));
+    model_free(m);
+    adamw_free(&opt);
+    grid_free(g);
+    return out;
+}
+
+TEST(GpuEpTrain, SharedExpertOverlapIsBitIdentical) {
+    std::vector<float> wa, wb;
+    std::vector<float> a = ep_run(true, &wa), b = ep_run(false, &wb);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); i++) EXPECT_EQ(a[i], b[i]) << "step " << i / 2 << (i % 2 ? " grad norm" : " loss");
+    size_t differ = 0;
+    for (size_t i = 0; i < wa.size(); i++) differ += std::memcmp(&wa[i], &wb[i], sizeof(float)) != 0;
+    EXPECT_EQ(differ, 0u) << "weights differ with and without the overlap";
 }
 
 TEST(GpuEpTrain, AllTokensToOneExpert) {
