@@ -651,6 +651,7 @@ void model_backward_weight(Model *m, ModelActs *a) {
         LayerActs *la = &a->layer[l];
         ffn_backward_weight(m, l, la, dh_at(m, a, l + 1), N);
         attn_backward_weight(m, &m->g[l], la, N);
+        if (m->layer_grads_done) m->layer_grads_done(m->layer_grads_ctx, l);
     }
     prof_mark(PROF_EMBED);
     if (m->first) o->embedding_backward_weight(m->d_embed, a->dh, a->inputs, N, c->V, D);

@@ -55,6 +55,10 @@ typedef struct {
                              // training step downloads every micro-batch's scalars at once)
     struct Grid *grid;       // process grid (parallel/grid.h), not owned; NULL for one process
     struct EplbRuntime *eplb;  // EPLB during training (parallel/eplb_runtime.h), not owned; or NULL
+    // Called by model_backward_weight once layer l's weight gradients are final (the DP sync
+    // starts their all-reduce then); NULL: nobody asks.
+    void (*layer_grads_done)(void *ctx, int l);
+    void *layer_grads_ctx;
     const LayerOps *ops;     // the backend every call goes through (layers/ops.h): the CPU until
                              // model_to_device; reg.data, reg.grad and the activations live on it
     void *wlow;              // (reg.total) compute copy of the weights in ops->dt that the weight

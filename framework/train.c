@@ -27,20 +27,59 @@
 // gradient, and the norm counts each logical expert once.
 static double duplicate_sqsum(Model *m) { return m->eplb ? eplb_runtime_duplicate_sqsum(m->eplb) : 0; }
 
-// The multi-process part of a step (ARCHITECTURE.md §4): gradients averaged over DP (dense) and
-// expert-DP (experts), the step's expert counts and mean losses (loss, ce) made global. Returns the
-// global gradient norm.
-static float sync_step(Model *m, double *means) {
-    const Grid *g = m->grid;
+// The trained tensors' gradients as a DpGrad list (t has room for every tensor); layer_of (the
+// same room) gets each one's layer (-1 outside the layers).
+static int grad_list(const Model *m, DpGrad *t, int *layer_of) {
     const ParamRegistry *r = &m->reg;
-    DpGrad *t = core_alloc((size_t)r->n * sizeof *t);  // the trained tensors' gradients
     int n = 0;
     for (int i = 0; i < r->n; i++)
-        if (r->p[i].kind != PARAM_BUFFER)
+        if (r->p[i].kind != PARAM_BUFFER) {
+            layer_of[n] = r->p[i].layer;
             t[n++] = (DpGrad){r->grad + r->p[i].offset, r->p[i].numel, r->p[i].kind == PARAM_EXPERT};
-    dp_sync_grads(g, t, n, DP_SYNC_BUCKET_FLOATS);
-    const double sq = dp_sync_grad_sqsum(g, t, n) - duplicate_sqsum(m);
-    core_free(t);
+        }
+    return n;
+}
+
+// The gradient sync of a step, overlapped with the last micro-batch's backward_weight: a layer's
+// buckets start their all-reduce as soon as the layer is done (layers go last to first), and
+// sync_step completes them. EPLB sums replica gradients after the backward, so it syncs afterwards;
+// MOELAB_DP_OVERLAP=0 does too (to measure the gain).
+typedef struct {
+    DpSync *sync;
+    DpGrad *t;
+    int *layer_of;
+    int n;
+} GradSync;
+
+static void layer_done(void *ctx, int l) {
+    GradSync *s = ctx;
+    for (int i = 0; i < s->n; i++)
+        if (s->layer_of[i] == l) dp_sync_ready(s->sync, i);
+}
+
+static void grad_sync_begin(Model *m, GradSync *s) {
+    const char *env = getenv("MOELAB_DP_OVERLAP");
+    s->t = core_alloc((size_t)m->reg.n * sizeof *s->t);
+    s->layer_of = core_alloc((size_t)m->reg.n * sizeof(int));
+    s->n = grad_list(m, s->t, s->layer_of);
+    s->sync = dp_sync_start(m->grid, s->t, s->n, DP_SYNC_BUCKET_FLOATS);
+    if (!m->eplb && !(env && strcmp(env, "0") == 0)) {
+        m->layer_grads_done = layer_done;
+        m->layer_grads_ctx = s;
+    }
+}
+
+// The multi-process part of a step (ARCHITECTURE.md §4): gradients averaged over DP (dense) and
+// expert-DP (experts), completing s, the step's expert counts and mean losses (loss, ce) made
+// global. Returns the global gradient norm.
+static float sync_step(Model *m, GradSync *s, double *means) {
+    const Grid *g = m->grid;
+    m->layer_grads_done = NULL;
+    m->layer_grads_ctx = NULL;
+    dp_sync_finish(s->sync);
+    const double sq = dp_sync_grad_sqsum(g, s->t, s->n) - duplicate_sqsum(m);
+    core_free(s->t);
+    core_free(s->layer_of);
     dp_sync_sum_counts(g, m->expert_counts, (size_t)m->cfg.L * (size_t)m->cfg.E);
     dp_sync_mean(g, means, 2);
     return (float)sqrt(sq);
@@ -76,6 +115,7 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
     const size_t ns = 1 + (size_t)c->L;
     float *dscal = m->ops->alloc((size_t)A * ns * sizeof(float));
     m->defer_loss = 1;
+    GradSync gs = {0};
     for (int mb = 0; mb < A; mb++) {
         ModelActs a;
         model_forward(m, &a, tokens + (size_t)mb * B * (T + 1), B, T, 1);
@@ -83,6 +123,7 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
         if (m->grid && mb == 0) grid_test_die_at(m->grid, step);
         // The step's objective is the mean over micro-batches: each contributes 1/A.
         model_backward_input(m, &a, 1.0f / (float)A);
+        if (m->grid && mb == A - 1) grad_sync_begin(m, &gs);
         model_backward_weight(m, &a);
         model_acts_free(m, &a);
     }
@@ -95,7 +136,7 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
     long n_tokens = (long)A * B * T;
     if (m->grid) {
         step_scalars(m, dscal, A, means);
-        st.grad_norm = sync_step(m, means);
+        st.grad_norm = sync_step(m, &gs, means);
         n_tokens *= m->grid->dp;
         model_counts_to_device(m);  // the bias update reads the counts summed over DP
     } else {

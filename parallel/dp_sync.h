@@ -31,6 +31,15 @@ typedef struct {
 // Averages the gradients as above, in buckets of at most bucket_floats floats (> 0); a tensor larger
 // than a bucket spans several. Collective over the grid's dp and edp communicators.
 void dp_sync_grads(const Grid *g, const DpGrad *t, int n, size_t bucket_floats);
+// The same sync overlapped with the backward pass: dp_sync_start fixes the buckets (exactly
+// dp_sync_grads' buckets, so the results are bit-identical) and copies the list; dp_sync_ready says
+// tensor i's gradient is final, which starts the all-reduce of every bucket whose tensors are all
+// final (comm_iallreduce); dp_sync_finish starts the rest and completes everything (collective).
+// Every rank must report the tensors in the same order (the backward's order is).
+typedef struct DpSync DpSync;
+DpSync *dp_sync_start(const Grid *g, const DpGrad *t, int n, size_t bucket_floats);
+void dp_sync_ready(DpSync *s, int tensor);
+void dp_sync_finish(DpSync *s);
 // Σ g² over the whole model after dp_sync_grads: dense tensors counted once (they are equal on every
 // DP rank), expert slices summed over EP, everything summed over the pipeline stages.
 double dp_sync_grad_sqsum(const Grid *g, const DpGrad *t, int n);
