@@ -2,10 +2,13 @@
 // ranks, every EP that divides the world, so DP > EP too): three optimizer steps on the same global
 // batch must give the same losses, gradient norms, router biases and updated weights (every dense
 // tensor, and each rank's expert slice) within 1e-5 relative, and bit-identical replicas on the DP
-// ranks. Also with every token routed to one expert (ranks whose experts receive nothing).
+// ranks. Also with every token routed to one expert (ranks whose experts receive nothing), and the
+// overlaps (shared experts during the dispatch, DP all-reduces during the backward) bit-identical
+// to the sequential order (MOELAB_EP_OVERLAP=0, MOELAB_DP_OVERLAP=0).
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <vector>
 
 #include "tests/util/layout_util.h"
@@ -118,6 +121,47 @@ std::vector<int> ep_sizes() {
 
 TEST(EpTrain, MatchesTheOneProcessRun) {
     for (int ep : ep_sizes()) compare_with_one_process(tiny(), ep, 2);
+}
+
+// Losses and gradient norms of STEPS steps and the final weights of the EP = world layout, with the
+// overlaps (shared experts during the dispatch, gradient all-reduces during the backward) on or off.
+std::vector<float> overlap_run(bool on, std::vector<float> *weights) {
+    if (on) unsetenv("MOELAB_EP_OVERLAP");
+    else setenv("MOELAB_EP_OVERLAP", "0", 1);
+    if (on) unsetenv("MOELAB_DP_OVERLAP");
+    else setenv("MOELAB_DP_OVERLAP", "0", 1);
+    MoeConfig c = tiny();
+    c.grad_accum = 2;
+    c.ep = comm_world()->size;
+    Grid *g = grid_create(comm_world(), 1, c.ep, c.E);
+    Model *m = model_create(&c, g->ep_rank, c.ep);
+    model_init_weights(m);
+    m->grid = g;
+    if (c.ep > 1) model_set_dispatcher(m, ep_dispatcher_create(g->ep_comm, c.E));
+    AdamW o;
+    adamw_init(&o, &m->reg);
+    std::vector<float> out;
+    const size_t mb = (size_t)c.batch_size * (c.T + 1);
+    for (int s = 0; s < STEPS; s++) {
+        std::vector<int> tok = layout_global_batch(c, g->dp * 2, 77, 1000 + (uint32_t)s);
+        StepStats st = train_step_tokens(m, &o, &c, s, tok.data() + (size_t)g->dp_rank * 2 * mb);
+        out.push_back(st.loss);
+        out.push_back(st.grad_norm);
+    }
+    unsetenv("MOELAB_EP_OVERLAP");
+    unsetenv("MOELAB_DP_OVERLAP");
+    weights->assign(m->reg.data, m->reg.data + m->reg.total);
+    model_free(m);
+    adamw_free(&o);
+    grid_free(g);
+    return out;
+}
+
+TEST(EpTrain, OverlapsAreBitIdentical) {
+    std::vector<float> wa, wb;
+    std::vector<float> a = overlap_run(true, &wa), b = overlap_run(false, &wb);
+    EXPECT_EQ(a, b);
+    EXPECT_TRUE(wa == wb) << "weights differ with and without the overlaps";
 }
 
 TEST(EpTrain, AllTokensToOneExpert) {
