@@ -215,7 +215,11 @@ void eplb_runtime_sum_replica_grads(EplbRuntime *rt) {
 double eplb_runtime_duplicate_sqsum(EplbRuntime *rt) {
     const int L = rt->s.L, E = rt->s.E, R = rt->s.R, n = rt->n_local, me = rt->s.ep->rank;
     int *first = rt->work;  // (E) lowest slot holding each expert
-    double sq = 0;
+    // The backend adds each row's Σ g² into a double in its own memory (a GPU's, where a host
+    // address would be an illegal access): one download at the end, none on a rank without
+    // duplicate slots.
+    const LayerOps *ops = rt->s.ops;
+    double *dsq = NULL, sq = 0;  // (1) in ops' memory
     for (int l = 0; l < L; l++) {
         const int *p2l = rt->s.phy2log + (size_t)l * R;
         for (int e = 0; e < E; e++) first[e] = -1;
@@ -226,9 +230,14 @@ double eplb_runtime_duplicate_sqsum(EplbRuntime *rt) {
             for (int i = 0; i < rt->s.n_tensor; i++) {
                 const EplbTensor *t = &rt->s.tensor[i];
                 if (t->layer != l) continue;
-                rt->s.ops->grad_sqsum(&sq, rt->s.grad + t->offset + (size_t)s * t->row, (long)t->row);
+                if (!dsq) dsq = ops->alloc(sizeof(double));  // zeroed
+                ops->grad_sqsum(dsq, rt->s.grad + t->offset + (size_t)s * t->row, (long)t->row);
             }
         }
+    }
+    if (dsq) {
+        ops->download(&sq, dsq, sizeof sq);
+        ops->free(dsq);
     }
     // Gathered and added in rank order, so every rank computes the same norm.
     double *all = core_alloc((size_t)rt->G * sizeof(double));

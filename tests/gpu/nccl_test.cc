@@ -5,7 +5,11 @@
 // EP / DP training in fp32 against the one-GPU run of the same global batch (losses and gradient
 // norms of 3 steps within 1e-5 relative, every updated tensor within W_TOL, also with every token
 // routed to one expert so that a rank's experts receive no rows), and EP training with the shared
-// experts overlapping the dispatch bit-identical to the same run without the overlap.
+// experts overlapping the dispatch bit-identical to the same run without the overlap. EPLB on
+// GPUs (2 ranks or more): the device EP dispatcher with R > E slots and replicas against the host
+// one (counts and rows bit for bit), the EPLB runtime on device buffers against the same runtime on
+// host buffers (duplicate Σ g², replica gradient sums, slot moves, placements re-uploaded after a
+// rebalance), and EP training rebalancing every 2 steps against the same run without EPLB.
 // DISABLED_UnmatchedAllReduceTimesOut is run on its own by gpu_run.sh: it must end the job.
 #include <gtest/gtest.h>
 
@@ -26,6 +30,8 @@ extern "C" {
 #include "framework/train.h"
 #include "parallel/comm.h"
 #include "parallel/comm_nccl.h"
+#include "parallel/ep_dispatch.h"
+#include "parallel/eplb_runtime.h"
 #include "parallel/grid.h"
 }
 
@@ -406,6 +412,258 @@ TEST(GpuEpTrain, AllTokensToOneExpert) {
     const long tokens = (long)comm_world()->size * c.batch_size * c.T;
     EXPECT_EQ(counts[(size_t)1 * c.E + 0], tokens);
     for (int e = 1; e < c.E; e++) EXPECT_EQ(counts[(size_t)1 * c.E + e], 0) << "expert " << e;
+}
+
+// ---------------------------------------------------------------------------------------------
+// EPLB on GPUs: the device paths against their host twins, which tests/eplb_runtime checks.
+
+// Floats of a and b (same length) whose bits differ.
+size_t bits_differ(const std::vector<float> &a, const std::vector<float> &b) {
+    size_t n = 0;
+    for (size_t i = 0; i < a.size() && i < b.size(); i++) n += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
+    return n + (a.size() > b.size() ? a.size() - b.size() : b.size() - a.size());
+}
+
+// The device EP dispatcher dev against the host one (both over the world, same placement) on one
+// skewed routing: counts, the expert rows of a dispatch by token (overlapped form where dev has it)
+// and by choice, and the rows a combine brings home, bit for bit (fp32 rows are only copied).
+void expect_same_dispatch(MoeDispatcher *host, MoeDispatcher *dev, int E, uint32_t seed,
+                          const char *what) {
+    const int r = comm_world()->rank, N = 29 + 7 * r, K = 2, D = 12;
+    RngStream g = rng_stream(seed, 100 + (uint32_t)r);
+    std::vector<int> idx((size_t)N * K);  // (N, K): choice 0 among experts 0-2, choice 1 any
+    for (int t = 0; t < N; t++) {
+        idx[(size_t)t * K] = (int)(rng_next_u32(&g) % 3);
+        idx[(size_t)t * K + 1] = (int)(rng_next_u32(&g) % (uint32_t)E);
+    }
+    std::vector<float> x((size_t)N * D), nk((size_t)N * K * D);  // (N, D), (N, K, D)
+    for (size_t i = 0; i < x.size(); i++) x[i] = (float)(r * 100000 + (int)i);
+    for (size_t i = 0; i < nk.size(); i++) nk[i] = -(float)(r * 100000 + (int)i);
+    ASSERT_EQ(dev->n_local, host->n_local) << what;
+    const int L = host->n_local;
+    std::vector<int> ch(L), cd(L);
+    int nh = 0, nd = 0;
+    int *didx = to_dev(idx);
+    MoeDispatchPlan *ph = host->plan(host, idx.data(), N, K, &nh, ch.data());
+    MoeDispatchPlan *pd = dev->plan(dev, didx, N, K, &nd, cd.data());
+    ASSERT_EQ(nd, nh) << what;
+    EXPECT_EQ(cd, ch) << what;
+    const size_t nr = (size_t)nh * D;
+    std::vector<float> rh(nr > 0 ? nr : 1), back(nk.size());
+    float *dx = to_dev(x), *dnk = to_dev(nk), *drows = to_dev(rh), *dback = to_dev(back);
+    host->to_experts(host, ph, x.data(), 0, rh.data(), D);
+    if (dev->to_experts_start) {
+        dev->to_experts_start(dev, pd, dx, 0, drows, D);
+        dev->finish(dev, pd);
+    } else {
+        dev->to_experts(dev, pd, dx, 0, drows, D);
+    }
+    EXPECT_EQ(bits_differ(to_host(drows, rh.size()), rh), 0u) << what << ": dispatch by token";
+    host->to_experts(host, ph, nk.data(), 1, rh.data(), D);
+    dev->to_experts(dev, pd, dnk, 1, drows, D);
+    EXPECT_EQ(bits_differ(to_host(drows, rh.size()), rh), 0u) << what << ": dispatch by choice";
+    // The rows just dispatched by choice come home: the round trip is the identity.
+    host->from_experts(host, ph, rh.data(), back.data(), D);
+    dev->from_experts(dev, pd, drows, dback, D);
+    EXPECT_EQ(bits_differ(back, nk), 0u) << what << ": host round trip";
+    EXPECT_EQ(bits_differ(to_host(dback, back.size()), back), 0u) << what << ": combine";
+    host->release(host, ph);
+    dev->release(dev, pd);
+    for (void *p : {(void *)didx, (void *)dx, (void *)dnk, (void *)drows, (void *)dback})
+        core_device_free(CORE_CUDA, p);
+}
+
+// EPLB on GPUs moves rows over NCCL, which needs 2 ranks or more; the tests use 8 experts.
+bool eplb_world_ok() { return comm_world()->size >= 2 && 8 % comm_world()->size == 0; }
+
+TEST(GpuEplb, DispatcherWithReplicasMatchesTheHostOne) {
+    if (!eplb_world_ok()) GTEST_SKIP() << "needs 2, 4 or 8 ranks";
+    const int P = comm_world()->size, E = 8;
+    MoeDispatcher *host = ep_dispatcher_create(comm_world(), E), *dev = ep_dispatcher_create(comm_world(), E);
+    ep_dispatcher_to_device(dev, world(), gpu());
+    expect_same_dispatch(host, dev, E, 1, "identity placement");
+    for (int extra : {P, 2 * P}) {
+        const int R = E + extra;
+        // The trainer's first placement (slot p holds expert p mod E: replicas on the last ranks),
+        // then a shuffled one with expert 6 on many slots.
+        std::vector<int> p2l(R);
+        eplb_initial_placement(p2l.data(), R, E);
+        ep_dispatcher_set_placement(host, p2l.data(), R);
+        ep_dispatcher_set_placement(dev, p2l.data(), R);
+        expect_same_dispatch(host, dev, E, 2, extra == P ? "initial placement, P redundant" : "initial, 2P");
+        for (int p = 0; p < R; p++) p2l[p] = p < E ? (3 * p + 1) % E : p % 2 ? 6 : p % E;
+        ep_dispatcher_set_placement(host, p2l.data(), R);
+        ep_dispatcher_set_placement(dev, p2l.data(), R);
+        expect_same_dispatch(host, dev, E, 3, extra == P ? "shuffled placement, P redundant" : "shuffled, 2P");
+    }
+    host->destroy(host);
+    dev->destroy(dev);
+}
+
+// One EPLB runtime over the world on synthetic slots (2 layers, 8 experts, R = 8 + 2P, two tensors
+// of 3 and 5 floats per layer): buffers in host memory (MPI) or on this rank's GPU (its NCCL twin),
+// with dispatchers of the same memory. Every float of a slot names its expert, tensor, buffer and
+// element; gradients name the slot.
+struct EplbSide {
+    static constexpr int L = 2, E = 8;
+    bool gpu_side;
+    int R, n;
+    std::vector<int> phy2log;
+    std::vector<EplbTensor> t;
+    std::vector<MoeDispatcher *> disp;
+    float *state[EPLB_STATES], *grad;
+    size_t floats = 0;
+    EplbRuntime *rt;
+
+    explicit EplbSide(bool on_gpu) : gpu_side(on_gpu) {
+        const int P = comm_world()->size, me = comm_world()->rank;
+        R = E + 2 * P;
+        n = R / P;
+        phy2log.resize((size_t)L * R);
+        for (int l = 0; l < L; l++) eplb_initial_placement(&phy2log[(size_t)l * R], R, E);
+        const size_t rows[2] = {3, 5};
+        for (int l = 0; l < L; l++)
+            for (int k = 0; k < 2; k++) {
+                t.push_back(EplbTensor{l, floats, rows[k]});
+                floats += (size_t)n * rows[k];
+            }
+        std::vector<float> h[EPLB_STATES], g(floats);
+        for (int k = 0; k < EPLB_STATES; k++) h[k].resize(floats);
+        for (size_t i = 0; i < t.size(); i++)
+            for (int s = 0; s < n; s++) {
+                const int e = phy2log[(size_t)t[i].layer * R + me * n + s];
+                for (size_t j = 0; j < t[i].row; j++) {
+                    const size_t at = t[i].offset + s * t[i].row + j;
+                    for (int k = 0; k < EPLB_STATES; k++) h[k][at] = (float)(e * 1000 + (int)i * 100 + k * 10 + (int)j);
+                    g[at] = 0.1f * (float)(me * n + s) + 0.01f * (float)j + (float)i;
+                }
+            }
+        for (int k = 0; k < EPLB_STATES; k++) state[k] = put(h[k]);
+        grad = put(g);
+        for (int l = 0; l < L; l++) {
+            disp.push_back(ep_dispatcher_create(comm_world(), E));
+            if (on_gpu) ep_dispatcher_to_device(disp.back(), world(), gpu());
+        }
+        EplbRuntimeSpec s = {};
+        s.L = L; s.E = E; s.R = R; s.interval = 1; s.groups = s.nodes = 1; s.ep = comm_world();
+        s.phy2log = phy2log.data();
+        s.disp = disp.data(); s.tensor = t.data(); s.n_tensor = (int)t.size();
+        for (int k = 0; k < EPLB_STATES; k++) s.state[k] = state[k];
+        s.grad = grad;
+        s.ops = on_gpu ? gpu() : NULL;
+        s.ep_dev = on_gpu ? world() : NULL;
+        rt = eplb_runtime_create(&s);
+    }
+    ~EplbSide() {
+        eplb_runtime_free(rt);
+        for (MoeDispatcher *d : disp) d->destroy(d);
+        for (float *b : {state[0], state[1], state[2], grad}) {
+            if (gpu_side) core_device_free(CORE_CUDA, b);
+            else delete[] b;
+        }
+    }
+    float *put(const std::vector<float> &h) {
+        if (gpu_side) return to_dev(h);
+        float *b = new float[h.size()];
+        std::copy(h.begin(), h.end(), b);
+        return b;
+    }
+    std::vector<float> get(const float *b) const {
+        return gpu_side ? to_host(b, floats) : std::vector<float>(b, b + floats);
+    }
+};
+
+// Skewed loads (L, E), different per layer and per round.
+std::vector<long> eplb_load(int round) {
+    std::vector<long> c((size_t)EplbSide::L * EplbSide::E);
+    for (int l = 0; l < EplbSide::L; l++)
+        for (int e = 0; e < EplbSide::E; e++)
+            c[(size_t)l * EplbSide::E + e] = 1 + ((e * (3 + l) + 5 * round) % EplbSide::E) * ((e + round) % 3 + 1) * 7;
+    return c;
+}
+
+void expect_same_sides(const EplbSide &h, const EplbSide &d, const char *when) {
+    EXPECT_EQ(d.phy2log, h.phy2log) << when;
+    const char *what[EPLB_STATES] = {"weights", "AdamW m", "AdamW v"};
+    for (int k = 0; k < EPLB_STATES; k++)
+        EXPECT_EQ(bits_differ(d.get(d.state[k]), h.get(h.state[k])), 0u) << when << ": " << what[k];
+    EXPECT_EQ(bits_differ(d.get(d.grad), h.get(h.grad)), 0u) << when << ": gradients";
+    // Σ g² of the duplicate slots: the slots of the last ranks at the first placement, so only some
+    // ranks add anything (each into the backend's memory).
+    const double sh = eplb_runtime_duplicate_sqsum(h.rt), sd = eplb_runtime_duplicate_sqsum(d.rt);
+    EXPECT_GT(sh, 0.0) << when;
+    EXPECT_NEAR(sd, sh, 1e-12 * sh) << when << ": duplicate sum of squares";
+    for (int l = 0; l < EplbSide::L; l++)
+        expect_same_dispatch(h.disp[l], d.disp[l], EplbSide::E, 10 + (uint32_t)l, when);
+}
+
+TEST(GpuEplb, RuntimeOnDeviceBuffersMatchesTheHost) {
+    if (!eplb_world_ok()) GTEST_SKIP() << "needs 2, 4 or 8 ranks";
+    EplbSide h(false), d(true);
+    expect_same_sides(h, d, "initial placement");
+    long sent = 0;
+    for (int round = 0; round < 3; round++) {
+        eplb_runtime_sum_replica_grads(h.rt);
+        eplb_runtime_sum_replica_grads(d.rt);
+        std::vector<long> load = eplb_load(round);
+        ASSERT_EQ(eplb_runtime_step(h.rt, load.data(), round), 1);
+        ASSERT_EQ(eplb_runtime_step(d.rt, load.data(), round), 1);
+        EXPECT_EQ(d.rt->changed, h.rt->changed) << "round " << round;
+        EXPECT_EQ(d.rt->sent, h.rt->sent) << "round " << round;
+        sent += d.rt->sent;
+        char when[32];
+        std::snprintf(when, sizeof when, "after rebalance %d", round + 1);
+        expect_same_sides(h, d, when);
+    }
+    EXPECT_GT(sent, 0) << "no slot crossed GPUs: the test would not see a bad move";
+}
+
+// Losses and gradient norms of 4 EP steps (EP = the world, fp32, a skewed router) rebalancing after
+// steps 2 and 4 with P redundant slots, or without EPLB (gpu_run.sh's eplb stage, in one process
+// per rank). ε = 1e-6: replicas add partial gradients in another order (tests/eplb_runtime).
+std::vector<float> eplb_train(bool eplb) {
+    const LayerOps *o = gpu();
+    MoeConfig c = small();
+    c.ep = comm_world()->size;
+    c.grad_accum = 2;
+    c.adam_eps = 1e-6f;
+    c.router_skew = -0.3f;
+    c.steps = 4;
+    if (eplb) {
+        c.eplb_interval = 2;
+        c.eplb_redundant = c.ep;
+    }
+    Grid *g = grid_create(comm_world(), 1, c.ep, c.E);
+    Model *m = train_model_create(&c, g, o);
+    AdamW opt;
+    adamw_init_on(&opt, &m->reg, o, m->wlow);
+    if (eplb) train_eplb_attach(m, &opt, g->ep_comm);
+    std::vector<float> out;
+    for (int s = 0; s < c.steps; s++) {
+        std::vector<int> tok = global_batch(c, g->dp * c.grad_accum, s);
+        StepStats st = train_step_tokens(m, &opt, &c, s, tok.data() + (size_t)g->dp_rank * c.grad_accum *
+                                                                          c.batch_size * (c.T + 1));
+        if (eplb) EXPECT_EQ(st.rebalanced, (s + 1) % 2 == 0) << "step " << s;
+        out.push_back(st.loss);
+        out.push_back(st.grad_norm);
+    }
+    eplb_runtime_free(m->eplb);
+    model_free(m);
+    adamw_free(&opt);
+    grid_free(g);
+    return out;
+}
+
+TEST(GpuEplbTrain, RebalancingMatchesNoEplb) {
+    if (!eplb_world_ok()) GTEST_SKIP() << "needs 2, 4 or 8 ranks";
+    std::vector<float> a = eplb_train(false), b = eplb_train(true);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); i++) {
+        EXPECT_NEAR(b[i], a[i], TOL * std::fabs(a[i])) << "step " << i / 2 << (i % 2 ? " grad norm" : " loss");
+        if (comm_world()->rank == 0 && i % 2)
+            std::printf("EPLB on %d GPUs, step %zu: loss %.7f vs %.7f without, grad norm %.7f vs %.7f\n",
+                        comm_world()->size, i / 2 + 1, b[i - 1], a[i - 1], b[i], a[i]);
+    }
 }
 
 }  // namespace
