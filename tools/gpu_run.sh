@@ -10,7 +10,8 @@
 #              against the PyTorch reference of tests/reference (python3 with numpy and torch)
 #   torch      tools/bench_torch.py, the PyTorch baseline of the same model (eager, torch.compile)
 #   nccl       on NP GPUs (default 2) under mpirun: nccl_test (NCCL communicators, EP/DP training in
-#              fp32 against one GPU), an unmatched NCCL all-reduce ending the job at its timeout,
+#              fp32 against one GPU, EPLB's device dispatcher and runtime against their host twins
+#              and EPLB training against none), an unmatched NCCL all-reduce ending the job at its timeout,
 #              and `moelab train --device cuda-fp32` with EP NP and DP NP against one GPU
 #   ep_bench   on NP GPUs: EP dispatch + combine bandwidth (ep_bench a2a) against PyTorch's NCCL
 #              all_to_all_single moving the same bytes (tools/bench_a2a.py), and training tokens/s
