@@ -1,7 +1,8 @@
 // Linear layer on the GPU (see linear_cuda.h): each product is one cublasGemmEx with fp32 compute.
-// The grouped (per-expert) calls run the same per-expert products either one cublasGemmEx each on
-// the same stream (the loop) or as one cublasGemmGroupedBatchedEx (MOELAB_GROUPED_GEMM chooses;
-// tests/gpu/kernel_bench.cc measures both at the bench config's expert shapes).
+// The grouped (per-expert) calls run the same per-expert products one cublasGemmEx each, on one
+// side stream (the loop) or spread over a few concurrent ones (streams), or as one
+// cublasGemmGroupedBatchedEx (MOELAB_GROUPED_GEMM chooses; tests/gpu/kernel_bench.cc measures
+// all three at the bench config's expert shapes).
 // cuBLAS is column-major: a row-major (r, c) matrix is its column-major (c, r) transpose, so
 // out = inp · Wᵀ (row-major) is outᵀ = W · inpᵀ (column-major), and likewise for the backward.
 #include "layers/linear_cuda.h"
@@ -25,12 +26,16 @@ typedef struct {
     cudaDataType_t ct, ab;
 } Gemm;
 
-static void gemm(const Gemm *g) {
+// CUBLAS_GEMM_DEFAULT: since CUDA 11 the *_TENSOR_OP algorithm values are deprecated and act as
+// the default; bf16 operands use tensor cores either way, and fp32 stays fp32 by the math mode.
+static void gemm_on(const Gemm *g, cublasHandle_t h) {
     const float alpha = 1.0f;
-    CUBLAS_CHECK(cublasGemmEx((cublasHandle_t)core_cuda_cublas(), g->ta, g->tb, g->m, g->n, g->k, &alpha,
+    CUBLAS_CHECK(cublasGemmEx(h, g->ta, g->tb, g->m, g->n, g->k, &alpha,
                               g->A, g->ab, g->lda, g->B, g->ab, g->ldb, &g->beta, g->C, g->ct, g->ldc,
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
+static void gemm(const Gemm *g) { gemm_on(g, (cublasHandle_t)core_cuda_cublas()); }
+static double gemm_work(const Gemm *g) { return (double)g->m * g->n * g->k; }
 
 static void linear_check(int N, int IC, int OC) {
     CHECK(N >= 0 && IC > 0 && OC > 0, "linear: bad shape N=%d IC=%d OC=%d", N, IC, OC);
@@ -86,29 +91,116 @@ void linear_cuda_backward_weight(CoreDtype dt, float *dW, const void *dout, cons
 
 // ---------------------------------------------------------------------------------------------
 // Per-expert products. Each expert's product is the plain one above on its row range; the mode
-// decides whether those GEMMs run one cublasGemmEx each (the loop) or as one
-// cublasGemmGroupedBatchedEx call (one group of one problem per non-empty expert).
+// decides whether those GEMMs run one cublasGemmEx each, spread over S side streams (the loop is
+// S = 1), or as one cublasGemmGroupedBatchedEx call (one group of one problem per non-empty expert).
 
-static int g_mode = -1;  // LinearGroupedMode once read from MOELAB_GROUPED_GEMM or set
+static int g_mode = -1;     // LinearGroupedMode once read from MOELAB_GROUPED_GEMM or set
+static int g_streams = -1;  // side streams of LINEAR_GROUPED_STREAMS, from MOELAB_GEMM_STREAMS or set
 
 int linear_cuda_grouped_mode(void) {
     if (g_mode < 0) {
         const char *env = getenv("MOELAB_GROUPED_GEMM");
-        if (!env || !strcmp(env, "grouped")) g_mode = LINEAR_GROUPED_CUBLAS;
+        if (!env || !strcmp(env, "streams")) g_mode = LINEAR_GROUPED_STREAMS;
+        else if (!strcmp(env, "grouped")) g_mode = LINEAR_GROUPED_CUBLAS;
         else if (!strcmp(env, "loop")) g_mode = LINEAR_GROUPED_LOOP;
-        else core_usage_error("MOELAB_GROUPED_GEMM must be 'loop' or 'grouped', not '%s'", env);
+        else core_usage_error("MOELAB_GROUPED_GEMM must be 'loop', 'streams' or 'grouped', not '%s'", env);
     }
     return g_mode;
 }
 
 void linear_cuda_set_grouped_mode(int mode) {
-    CHECK(mode == LINEAR_GROUPED_LOOP || mode == LINEAR_GROUPED_CUBLAS, "linear: unknown grouped mode %d", mode);
+    CHECK(mode == LINEAR_GROUPED_LOOP || mode == LINEAR_GROUPED_CUBLAS || mode == LINEAR_GROUPED_STREAMS,
+          "linear: unknown grouped mode %d", mode);
     g_mode = mode;
+}
+
+int linear_cuda_gemm_streams(void) {
+    if (g_streams < 0) {
+        const char *env = getenv("MOELAB_GEMM_STREAMS");
+        int n = env ? atoi(env) : LINEAR_DEFAULT_STREAMS;
+        if (n < 1 || n > LINEAR_MAX_STREAMS)
+            core_usage_error("MOELAB_GEMM_STREAMS must be 1..%d, not '%s'", LINEAR_MAX_STREAMS, env);
+        g_streams = n;
+    }
+    return g_streams;
+}
+
+void linear_cuda_set_gemm_streams(int n) {
+    CHECK(n >= 1 && n <= LINEAR_MAX_STREAMS, "linear: %d GEMM streams, need 1..%d", n, LINEAR_MAX_STREAMS);
+    g_streams = n;
+}
+
+// The side streams, created on first use and kept for the process (like the compute stream).
+// cuBLAS promises bit-identical results only per stream with its own workspace: a handle shared
+// by concurrent streams may pick other kernels (its workspace is per handle). So each side
+// stream has its own handle and workspace, configured alike (math mode, workspace size), so
+// that an expert's GEMM picks the same kernel whichever side stream runs it. The loop (S = 1)
+// runs on side stream 0 too, so loop and streams are bit-identical. 32 MiB is the workspace
+// cuBLAS's documentation recommends for Hopper (4 MiB before).
+enum { SIDE_WORKSPACE = 32 << 20 };
+typedef struct {
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    cudaEvent_t done;  // recorded on this stream after its last GEMM of a call
+} SideStream;
+static SideStream g_side[LINEAR_MAX_STREAMS];
+static int g_side_n;        // side streams created so far
+static cudaEvent_t g_fork;  // recorded on the compute stream before a call's GEMMs
+
+static void side_streams_init(int S) {
+    if (g_side_n == 0) CUDA_CHECK(cudaEventCreateWithFlags(&g_fork, cudaEventDisableTiming));
+    for (; g_side_n < S; g_side_n++) {
+        SideStream *s = &g_side[g_side_n];
+        void *ws = NULL;
+        CUDA_CHECK(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+        CUDA_CHECK(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming));
+        CUDA_CHECK(cudaMalloc(&ws, SIDE_WORKSPACE));
+        CUBLAS_CHECK(cublasCreate(&s->cublas));
+        // cublasSetStream resets the workspace to cuBLAS's own pool: the stream first.
+        CUBLAS_CHECK(cublasSetStream(s->cublas, s->stream));
+        CUBLAS_CHECK(cublasSetWorkspace(s->cublas, ws, SIDE_WORKSPACE));
+        CUBLAS_CHECK(cublasSetMathMode(s->cublas, CUBLAS_DEFAULT_MATH));  // as the compute handle
+    }
+}
+
+// Runs the n products of gs one cublasGemmEx each on S side streams: forked from the compute
+// stream by one event, joined back by one event per stream before returning, so everything after
+// the call on the compute stream (and whatever orders itself after that stream, like the NCCL
+// backend) sees the results. Products go largest first (by m·n·k), each to the stream with the
+// least work so far (round-robin for equal sizes); the products write disjoint outputs
+// (run_groups says why), so neither the order nor the stream changes a bit of the results.
+static void gemm_streams(const Gemm *gs, int n, int S) {
+    if (S > n) S = n;
+    side_streams_init(S);
+    int *order = (int *)core_alloc((size_t)n * sizeof(int));
+    for (int i = 0; i < n; i++) order[i] = i;
+    // Insertion sort by size, descending, ties by index: n is the expert count (tens).
+    for (int i = 1; i < n; i++) {
+        int o = order[i], j = i;
+        for (; j > 0 && gemm_work(&gs[order[j - 1]]) < gemm_work(&gs[o]); j--) order[j] = order[j - 1];
+        order[j] = o;
+    }
+    double load[LINEAR_MAX_STREAMS] = {0};
+    CUDA_CHECK(cudaEventRecord(g_fork, core_stream()));
+    for (int s = 0; s < S; s++) CUDA_CHECK(cudaStreamWaitEvent(g_side[s].stream, g_fork, 0));
+    for (int i = 0; i < n; i++) {
+        const Gemm *g = &gs[order[i]];
+        int s = 0;
+        for (int t = 1; t < S; t++)
+            if (load[t] < load[s]) s = t;
+        load[s] += gemm_work(g);
+        gemm_on(g, g_side[s].cublas);
+    }
+    for (int s = 0; s < S; s++) {
+        CUDA_CHECK(cudaEventRecord(g_side[s].done, g_side[s].stream));
+        CUDA_CHECK(cudaStreamWaitEvent(core_stream(), g_side[s].done, 0));
+    }
+    core_free(order);
 }
 
 // cuBLAS refuses operand/output type pairs its grouped GEMM lacks (its documentation lists bf16
 // operands with a bf16 C only, so the fp32 weight gradient of bf16 operands may be one): such a
-// pair falls back to the loop, remembered here per [operands][C]. gpu_test checks that the pairs
+// pair falls back to streams, remembered here per [operands][C]. gpu_test checks that the pairs
 // of the table (C of the operands' dtype) never fall back, so a bad argument cannot hide here.
 static int g_unsupported[2][2];
 
@@ -197,6 +289,12 @@ static Gemm group_gemm(const GroupArgs *g, int e, int rows, size_t row0) {
     }
 }
 
+// Why the experts' products may run concurrently and stay bit-identical to the loop: product e
+// reads its own operand rows and weights and writes only its own output, which no other product
+// touches: the forward its out rows [o_e, o_e + counts[e]), backward_input its dinp rows (β = 1
+// adds to that range only), backward_weight its dW[e] (β = 1 adds to that matrix only; every
+// expert has its own). So no two products race, and each is the same cublasGemmEx on an alike
+// configured handle whichever stream runs it.
 static void run_groups(const GroupArgs *g, const int *counts, int G) {
     CHECK(G >= 1, "linear: need at least one group, got G = %d", G);
     linear_check(0, g->IC, g->OC);
@@ -209,8 +307,9 @@ static void run_groups(const GroupArgs *g, const int *counts, int G) {
         row0 += (size_t)counts[e];
     }
     const CoreDtype c_dt = g->kind == GROUP_BACKWARD_WEIGHT ? CORE_F32 : g->out_dt;
-    if (n > 0 && !(linear_cuda_grouped_mode() == LINEAR_GROUPED_CUBLAS && gemm_grouped(gs, n, g->dt, c_dt)))
-        for (int i = 0; i < n; i++) gemm(&gs[i]);
+    const int mode = linear_cuda_grouped_mode();
+    if (n > 0 && !(mode == LINEAR_GROUPED_CUBLAS && gemm_grouped(gs, n, g->dt, c_dt)))
+        gemm_streams(gs, n, mode == LINEAR_GROUPED_LOOP ? 1 : linear_cuda_gemm_streams());
     core_free(gs);
 }
 

@@ -33,15 +33,23 @@ void linear_cuda_backward_input_grouped(CoreDtype dt, void *dinp, const void *do
 void linear_cuda_backward_weight_grouped(CoreDtype dt, float *dW, const void *dout,
                                          const void *inp, const int *counts, int G, int IC, int OC);
 
-// How the grouped products run: LINEAR_GROUPED_LOOP issues one cublasGemmEx per non-empty expert;
-// LINEAR_GROUPED_CUBLAS one cublasGemmGroupedBatchedEx for all of them (the default). The
-// environment variable MOELAB_GROUPED_GEMM=loop|grouped sets it at the first call (another value
-// is a usage error); linear_cuda_set_grouped_mode overrides it (tests, benchmarks).
-enum { LINEAR_GROUPED_LOOP = 0, LINEAR_GROUPED_CUBLAS = 1 };
+// How the grouped products run. LINEAR_GROUPED_STREAMS (the default) issues one cublasGemmEx per
+// non-empty expert, spread over linear_cuda_gemm_streams() side streams that run concurrently
+// (each with its own cuBLAS handle and workspace), forked from and joined back into the compute
+// stream within the call; LINEAR_GROUPED_LOOP is the same with one side stream (one GEMM after
+// another); LINEAR_GROUPED_CUBLAS one cublasGemmGroupedBatchedEx for all of them. The three give
+// the same results, and loop and streams bit-identical ones. MOELAB_GROUPED_GEMM=loop|streams|grouped
+// sets the mode and MOELAB_GEMM_STREAMS=1..LINEAR_MAX_STREAMS the stream count (default
+// LINEAR_DEFAULT_STREAMS) at the first call (other values are usage errors); the setters override
+// them (tests, benchmarks).
+enum { LINEAR_GROUPED_LOOP = 0, LINEAR_GROUPED_CUBLAS = 1, LINEAR_GROUPED_STREAMS = 2 };
+enum { LINEAR_DEFAULT_STREAMS = 4, LINEAR_MAX_STREAMS = 8 };
 int linear_cuda_grouped_mode(void);
 void linear_cuda_set_grouped_mode(int mode);
+int linear_cuda_gemm_streams(void);
+void linear_cuda_set_gemm_streams(int n);
 // 1 once cuBLAS's grouped GEMM has refused operands of dtype dt with a C of dtype c_dt
-// (CUBLAS_STATUS_NOT_SUPPORTED): those products then run as the loop whatever the mode.
+// (CUBLAS_STATUS_NOT_SUPPORTED): those products then run as streams whatever the mode.
 int linear_cuda_grouped_unsupported(CoreDtype dt, CoreDtype c_dt);
 
 #ifdef __cplusplus

@@ -362,18 +362,25 @@ TEST_F(Gpu, Linear) {
     }
 }
 
+const char *mode_name(int mode) {
+    return mode == LINEAR_GROUPED_LOOP ? "loop" : mode == LINEAR_GROUPED_STREAMS ? "streams" : "grouped";
+}
+
 // Per-expert GEMMs on contiguous row ranges (one empty expert, one of a single row) against the
-// CPU linear layer called range by range, both ways: one cuBLAS call per expert and one grouped
-// GEMM (where cuBLAS's grouped GEMM lacks the types, that product runs the loop either way).
+// CPU linear layer called range by range, all three ways: one cuBLAS call per expert on one
+// stream (loop) and on 3 concurrent streams, and one grouped GEMM (where cuBLAS's grouped GEMM
+// lacks the types, that product runs as streams either way).
 TEST_F(Gpu, LinearGrouped) {
     const int G = 5, IC = 64, OC = 48;
     const int counts[G] = {30, 0, 17, 1, 52};
     int R = 0;
     for (int c : counts) R += c;
-    const int saved = linear_cuda_grouped_mode();
-    for (int mode : {LINEAR_GROUPED_LOOP, LINEAR_GROUPED_CUBLAS})
+    const int saved = linear_cuda_grouped_mode(), saved_streams = linear_cuda_gemm_streams();
+    linear_cuda_set_gemm_streams(3);
+    for (int mode : {LINEAR_GROUPED_LOOP, LINEAR_GROUPED_STREAMS, LINEAR_GROUPED_CUBLAS})
     for (CoreDtype dt : kDtypes) {
-        SCOPED_TRACE(mode == LINEAR_GROUPED_LOOP ? "loop" : "grouped");
+        SCOPED_TRACE(mode_name(mode));
+        printf("  %s, %s:\n", mode_name(mode), dname(dt));
         linear_cuda_set_grouped_mode(mode);
         Vec x = rnd((size_t)R * IC), W = rnd((size_t)G * OC * IC, -0.1f, 0.1f);
         Vec dy = rnd((size_t)R * OC), dx = rnd((size_t)R * IC), dW = rnd((size_t)G * OC * IC);
@@ -403,6 +410,59 @@ TEST_F(Gpu, LinearGrouped) {
         }
     }
     linear_cuda_set_grouped_mode(saved);
+    linear_cuda_set_gemm_streams(saved_streams);
+}
+
+// Streams against the loop, bit for bit: the three products of 24 experts (some empty, sizes
+// from 1 row to a few hundred, so that several streams run at once and are assigned unevenly)
+// from the same inputs and the same accumulators, with 2, 4 and LINEAR_MAX_STREAMS streams. The
+// run_groups argument (each product writes only its own rows or its own dW) says they must agree
+// exactly; a race or a kernel choice that depends on the stream would show here.
+TEST_F(Gpu, LinearGroupedStreamsBitIdentical) {
+    const int G = 24, IC = 256, OC = 192;
+    IVec counts = rnd_int(G, 400);
+    for (int e = 0; e < G; e += 5) counts[e] = 0;
+    counts[1] = 1;
+    int R = 0;
+    for (int c : counts) R += c;
+    const int saved = linear_cuda_grouped_mode(), saved_streams = linear_cuda_gemm_streams();
+    for (CoreDtype dt : kDtypes) {
+        Vec x = rnd((size_t)R * IC), W = rnd((size_t)G * OC * IC, -0.1f, 0.1f);
+        Vec dy = rnd((size_t)R * OC), dx0 = rnd((size_t)R * IC), dW0 = rnd((size_t)G * OC * IC);
+        BufP dX = put(x, dt), dWt = put(W, dt), dDy = put(dy, dt);
+        const size_t nout = (size_t)R * OC * core_dtype_size(dt), ndx = (size_t)R * IC * core_dtype_size(dt),
+                     ndw = (size_t)G * OC * IC * sizeof(float);
+        // The bytes of out, dinp and dW after the three products with `streams` streams (0: loop).
+        auto run = [&](int streams) {
+            linear_cuda_set_grouped_mode(streams ? LINEAR_GROUPED_STREAMS : LINEAR_GROUPED_LOOP);
+            if (streams) linear_cuda_set_gemm_streams(streams);
+            BufP out = poisoned((size_t)R * OC, dt), dDx = put(dx0, dt), dDW = put_f32(dW0);
+            linear_cuda_forward_grouped(dt, dt, out->p, dX->p, dWt->p, counts.data(), G, IC, OC);
+            linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts.data(), G, IC, OC);
+            linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), G, IC, OC);
+            std::vector<unsigned char> h(nout + ndx + ndw);
+            core_copy(h.data(), CORE_CPU, out->p, CORE_CUDA, nout);
+            core_copy(h.data() + nout, CORE_CPU, dDx->p, CORE_CUDA, ndx);
+            core_copy(h.data() + nout + ndx, CORE_CPU, dDW->p, CORE_CUDA, ndw);
+            return h;
+        };
+        const std::vector<unsigned char> loop = run(0);
+        const char *what[3] = {"forward", "backward_input", "backward_weight"};
+        const size_t off[4] = {0, nout, nout + ndx, nout + ndx + ndw};
+        bool same = true;
+        for (int streams : {2, 4, (int)LINEAR_MAX_STREAMS}) {
+            const std::vector<unsigned char> got = run(streams);
+            for (int k = 0; k < 3; k++) {
+                const bool eq = memcmp(got.data() + off[k], loop.data() + off[k], off[k + 1] - off[k]) == 0;
+                EXPECT_TRUE(eq) << dname(dt) << " " << what[k] << ", " << streams << " streams differs from the loop";
+                same = same && eq;
+            }
+        }
+        printf("  streams 2, 4, %d vs loop, %s: %s\n", (int)LINEAR_MAX_STREAMS, dname(dt),
+               same ? "bit-identical" : "DIFFERENT");
+    }
+    linear_cuda_set_grouped_mode(saved);
+    linear_cuda_set_gemm_streams(saved_streams);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 // H 16, Hkv 4, V 32768, E 64, K 6, Fe 512, bf16) and prints one table: median time per call and
 // the rate it implies (GB/s moved for memory-bound kernels, TFLOP/s for the GEMMs and attention),
 // next to a device-to-device copy and a bf16 GEMM measured in the same run, and the expert GEMMs
-// both ways (one cuBLAS call per expert against one grouped GEMM, uniform and skewed counts). A
+// every way (one cuBLAS call per expert on 1, 2, 4 or 8 streams, one grouped GEMM; uniform and
+// skewed counts). A
 // benchmark, not a test: it checks nothing. Runs on the GPU machine (tools/gpu_run.sh).
 #include <algorithm>
 #include <chrono>
@@ -88,32 +89,49 @@ std::vector<int> expert_counts(int R, bool skewed) {
     return c;
 }
 
-// The three expert products at the bench shapes, loop against grouped, uniform and skewed counts.
+// The three expert products at the bench shapes, uniform and skewed counts, every way they run:
+// one cuBLAS call per expert on one stream (loop), on 2, 4 and 8 concurrent streams, and one
+// grouped GEMM. Each row gives ms and TFLOP/s per way, and the loop's time over the best one's.
 void expert_gemms(int R, void *xe, void *he, void *we, void *dxe, float *dwe) {
     const double flops = 2.0 * R * D * Fe;
-    const int saved = linear_cuda_grouped_mode();
+    const int saved = linear_cuda_grouped_mode(), saved_streams = linear_cuda_gemm_streams();
+    struct Way {
+        const char *name;
+        int mode, streams;
+    };
+    const Way ways[] = {{"loop", LINEAR_GROUPED_LOOP, 1},
+                        {"streams 2", LINEAR_GROUPED_STREAMS, 2},
+                        {"streams 4", LINEAR_GROUPED_STREAMS, 4},
+                        {"streams 8", LINEAR_GROUPED_STREAMS, 8},
+                        {"grouped", LINEAR_GROUPED_CUBLAS, saved_streams}};
+    const int nways = (int)(sizeof ways / sizeof ways[0]);
     for (bool skewed : {false, true}) {
         std::vector<int> c = expert_counts(R, skewed);
-        printf("expert GEMMs, %d rows over %d experts (%s, largest %d): loop vs grouped\n", R, E,
-               skewed ? "skewed" : "uniform", *std::max_element(c.begin(), c.end()));
+        printf("expert GEMMs, %d rows over %d experts (%s, largest %d): ms and TFLOP/s per way, loop/best\n",
+               R, E, skewed ? "skewed" : "uniform", *std::max_element(c.begin(), c.end()));
         const char *names[3] = {"  forward D->Fe", "  backward_input", "  backward_weight (fp32 dW)"};
         for (int kind = 0; kind < 3; kind++) {
-            double t[2];
-            for (int mode : {LINEAR_GROUPED_LOOP, LINEAR_GROUPED_CUBLAS}) {
-                linear_cuda_set_grouped_mode(mode);
-                t[mode] = time_it([&] {
+            printf("%-28s", names[kind]);
+            double loop = 0, best = 1e30;
+            for (int w = 0; w < nways; w++) {
+                linear_cuda_set_grouped_mode(ways[w].mode);
+                linear_cuda_set_gemm_streams(ways[w].streams);
+                double t = time_it([&] {
                     if (kind == 0) linear_cuda_forward_grouped(BF, BF, he, xe, we, c.data(), E, D, Fe);
                     if (kind == 1) linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), E, D, Fe);
                     if (kind == 2) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), E, D, Fe);
                 });
+                if (w == 0) loop = t;
+                best = std::min(best, t);
+                printf(" | %s %.3f ms %5.1f", ways[w].name, t * 1e3, flops / t / 1e12);
             }
             const int fell_back = linear_cuda_grouped_unsupported(BF, kind == 2 ? CORE_F32 : BF);
-            printf("%-34s loop %8.3f ms %6.1f TFLOP/s | grouped %8.3f ms %6.1f TFLOP/s | loop/grouped %.2fx%s\n",
-                   names[kind], t[0] * 1e3, flops / t[0] / 1e12, t[1] * 1e3, flops / t[1] / 1e12,
-                   t[0] / t[1], fell_back ? "  (cuBLAS grouped: types not supported, ran the loop)" : "");
+            printf(" | loop/best %.2fx%s\n", loop / best,
+                   fell_back ? "  (cuBLAS grouped: types not supported, ran as streams)" : "");
         }
     }
     linear_cuda_set_grouped_mode(saved);
+    linear_cuda_set_gemm_streams(saved_streams);
 }
 
 }  // namespace
@@ -171,7 +189,7 @@ int main() {
         }), 0, 2.0 * N * D * D);
 
     // Experts: N·K rows over E experts, D -> Fe; the products of the up projection (w1 or w3)
-    // both ways: one cuBLAS call per expert (loop) and one grouped GEMM (grouped).
+    // every way (expert_gemms).
     int R = N * K;
     void *xe = dev_rand((size_t)R * D, BF), *he = dev_rand((size_t)R * Fe, BF),
          *we = dev_rand((size_t)E * Fe * D, BF, 0.03f), *dxe = dev_rand((size_t)R * D, BF);
