@@ -118,6 +118,13 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     const char *test_links = getenv("MOELAB_TEST_PIPE_LINKS");
     if (N > 1 && (on_gpu || (test_links && strcmp(test_links, "1") == 0)))
         p->links = pipe_links_create(g->pp_comm, ops, (size_t)c->batch_size * c->T * c->D * ops->act_size);
+    // The F&B overlap runs an op's forward on a second stream; the CPU runs the halves in turn
+    // (a second host thread there would compete for the same cores, and OpenMP's settings are
+    // per thread). trainer_create has refused it with EP.
+    if (c->fb_overlap && on_gpu) p->fb = pipe_fb_create();
+    if (c->fb_overlap && kind != SCHED_1F1B)
+        core_info0("pipeline: F&B ops run their forward and backward %s",
+                   on_gpu ? "at once, on two streams" : "one after the other (no overlap on the CPU)");
     // A trace file that cannot be written is found now, not after the last step.
     if (c->trace[0] && g->rank == 0) {
         FILE *f = fopen(c->trace, "w");
@@ -150,6 +157,7 @@ void pipe_trainer_free(PipeTrainer *p) {
         core_free(p->ctx[pipe].acts);
     }
     pipe_links_free(p->links);
+    pipe_fb_free(p->fb);
     if (p->pair_dev) comm_free(p->pair_dev);
     if (p->pair) comm_free(p->pair);
     grid_free(p->grid);
@@ -168,7 +176,7 @@ static PipeRun run_of(PipeTrainer *p, SimEvent *trace) {
     const int on_gpu = p->ops->dev != CORE_CPU;
     PipeRun r = {p->sched, p->grid->pp_rank, p->grid->pp_comm, {&p->stage[0], NULL},
                  (size_t)c->batch_size * c->T * c->D * p->ops->act_size, on_gpu ? p->ops : NULL,
-                 p->links, trace};
+                 p->links, trace, p->fb};
     if (p->n_models > 1) r.stage[1] = &p->stage[1];
     return r;
 }

@@ -41,6 +41,7 @@ typedef struct PipeTrainer {
     Comm *pair_dev;      // its NCCL twin on GPUs (the gradients), else NULL
     const LayerOps *ops; // the backend the stages run on
     PipeLinks *links;    // on GPUs with pp > 1: the executor's NCCL links, else NULL
+    PipeFb *fb;          // on GPUs with fb_overlap: the F&B overlap's side stream, else NULL
     PipeStageCtx ctx[2]; // [pipe]
     PipeStage stage[2];  // [pipe] the executor's view of model[pipe]
     float *imbalance;    // (L) per-layer max/mean tokens per expert of the last step, whole pipeline

@@ -5,14 +5,17 @@
 // it needs whatever order the link delivers them in. NCCL has no tags: there each directed link
 // is a communicator of its own (PipeLinks) whose messages arrive in the order the sender posts
 // them, and the receiver, which knows the sender's op list (the schedule), replays it to know that
-// order; it receives into a mailbox until the message it needs has arrived.
+// order; it receives into a mailbox until the message it needs has arrived. On a GPU an F&B op may
+// run its two halves at once, the forward on a worker thread with a stream of its own (PipeFb).
 #include "parallel/pipeline.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "framework/core/check.h"
+#include "framework/core/cuda.h"
 #include "framework/core/mem.h"
 #include "layers/ops.h"
 #include "parallel/comm_nccl.h"
@@ -191,6 +194,77 @@ static void run_backward(Exec *x, const SchedCell *c, int k, void *dh_out) {
     else run_weight(x, c);
 }
 
+// ---------------------------------------------------------------------------------------------
+// The F&B overlap.
+
+struct PipeFb {
+    CoreCudaStream *stream;  // the worker's side stream and cuBLAS handle
+    void *fork;              // recorded on the main stream before the worker starts
+    void *join;              // recorded on the side stream after the forward
+};
+
+PipeFb *pipe_fb_create(void) {
+    PipeFb *fb = core_alloc(sizeof *fb);
+    fb->stream = core_cuda_stream_create();
+    fb->fork = core_cuda_event_create();
+    fb->join = core_cuda_event_create();
+    return fb;
+}
+
+void pipe_fb_free(PipeFb *fb) {
+    if (!fb) return;
+    core_cuda_stream_free(fb->stream);
+    core_cuda_event_destroy(fb->fork);
+    core_cuda_event_destroy(fb->join);
+    core_free(fb);
+}
+
+typedef struct {
+    PipeFb *fb;
+    PipeStage *st;
+    int mb;
+    const float *h_in;  // (msg_bytes) the forward's input, NULL on the first stage
+    const float *out;   // its output, set by the worker
+} FbForward;
+
+// The worker thread: the forward on the side stream, ordered after everything the main stream
+// had queued when the op began (the received input among it).
+static void *fb_forward(void *arg) {
+    FbForward *t = arg;
+    core_cuda_use_stream(t->fb->stream);
+    core_cuda_stream_wait(t->fb->fork);
+    t->out = t->st->forward(t->st->ctx, t->mb, t->h_in);
+    core_cuda_event_record(t->fb->join);
+    core_cuda_use_stream(NULL);
+    return NULL;
+}
+
+// An F&B op with its halves at once: the forward of op->f (input h_in, position kf) on the worker,
+// the backward of op->b (dh_out, kb) here, input and (unless deferred) weight gradients. The halves
+// touch different Models, activation stores and messages. After the join the main stream waits for
+// the side stream, so the sends, the frees and every later op see the forward's results; the sends
+// go out in the order of the sequential op (F's output first), which the GPU links' receivers
+// expect. The results are those of the sequential op: the same kernels on the same data.
+static void run_fb_overlapped(Exec *x, const SchedOp *op, int kf, int kb, void *h_in, void *dh_out) {
+    PipeFb *fb = x->r->fb;
+    PipeStage *sb = stage_of(x->r, op->b.pipe);
+    FbForward t = {fb, stage_of(x->r, op->f.pipe), op->f.mb, h_in, NULL};
+    core_cuda_event_record(fb->fork);
+    pthread_t worker;
+    CHECK(pthread_create(&worker, NULL, fb_forward, &t) == 0, "pipeline: cannot start the F&B worker thread");
+    const float *dh_in = sb->backward_input(sb->ctx, op->b.mb, dh_out);
+    if (!op->b.defer_w) sb->backward_weight(sb->ctx, op->b.mb);
+    CHECK(pthread_join(worker, NULL) == 0, "pipeline: cannot join the F&B worker thread");
+    core_cuda_stream_wait(fb->join);
+    if (h_in) msg_free(x->r, h_in);
+    if (dh_out) msg_free(x->r, dh_out);
+    if (kf < x->last) post(x, MSG_ACT, op->f.mb, op->f.mb, kf + 1, t.out);
+    // dh_in lives in the backward's activations: released only once it has been copied out.
+    if (kb > 0) post(x, MSG_GRAD, op->b.mb, op->b.mb, kb - 1, dh_in);
+    if (op->b.defer_w) x->wq[x->wq_tail++] = op->b;
+    else sb->release(sb->ctx, op->b.mb);
+}
+
 // Appends to keys (if non-NULL) the box slot, at dst, of every message that rank src sends to
 // rank dst, in the order src posts them: its ops in order (an F&B sends its F's output first), or
 // pipe_run_forward's loop for n_fwd > 0. Returns their number.
@@ -283,8 +357,14 @@ void pipe_run(const PipeRun *r) {
         void *h_in = has_f ? input_of(&x, MSG_ACT, &op->f, op->f.mb, kf) : NULL;
         void *dh_out = has_b ? input_of(&x, MSG_GRAD, &op->b, op->b.mb, kb) : NULL;
         const double t0 = r->trace ? wall_us() : 0;
-        if (has_f) run_forward(&x, &op->f, op->f.mb, kf, h_in);
-        if (has_b) run_backward(&x, &op->b, kb, dh_out);
+        // Two halves of one pipe would share a Model (and its activations and scratch): those run
+        // one after the other. The generators always pair the two pipes.
+        if (op->kind == SCHED_FB && r->fb && op->f.pipe != op->b.pipe) {
+            run_fb_overlapped(&x, op, kf, kb, h_in, dh_out);
+        } else {
+            if (has_f) run_forward(&x, &op->f, op->f.mb, kf, h_in);
+            if (has_b) run_backward(&x, &op->b, kb, dh_out);
+        }
         if (op->kind == SCHED_W) {
             CHECK(x.wq_head < x.wq_tail, "pipeline: rank %d op %d is a W with no deferred backward",
                   r->rank, i);

@@ -38,6 +38,16 @@ PipeLinks *pipe_links_create(Comm *pp, const struct LayerOps *ops, size_t msg_by
 // Finalizes the communicators in the order they were made (collective over pp).
 void pipe_links_free(PipeLinks *l);
 
+// The F&B overlap on a GPU: an F&B op runs its forward on a worker thread, on a side stream of
+// its own (core_cuda_use_stream), while the calling thread runs its backward on the main stream;
+// then the main stream waits for the side stream, and the op's sends go out. The two halves touch
+// different Models (the generators pair the two pipes), so they share no memory; the stages must
+// make no communication calls inside forward and backward (no expert parallelism), since the two
+// threads would issue them in different orders on shared communicators.
+typedef struct PipeFb PipeFb;
+PipeFb *pipe_fb_create(void);  // the side stream and two events, after core_cuda_init
+void pipe_fb_free(PipeFb *fb);
+
 // One pipeline stage as the executor sees it (the stage interface of §3); the engine implements it.
 // Activations of a micro-batch live from its forward until release. Messages (h_in, dh_out and
 // what the calls return) are memory of PipeRun.ops.
@@ -70,6 +80,7 @@ typedef struct {
     const PipeLinks *links;      // the GPU transport, or NULL: tagged messages over pp
     SimEvent *trace;       // (s->n_ops[rank]) filled with each op and its start/end (µs, wall
                            // clock) when non-NULL
+    PipeFb *fb;            // the F&B overlap (GPU only), or NULL: an F&B op runs F, then B
 } PipeRun;
 
 // Runs this rank's ops of r->s in order (collective over r->pp: every rank runs its own list):
@@ -77,7 +88,9 @@ typedef struct {
 //   B:  receive the output gradient (unless last), backward_input, send the input gradient (unless
 //       first), then backward_weight and release now, or, with defer_w, queue them for a W;
 //   W:  backward_weight and release of the oldest queued backward (the one the op names);
-//   FB: both inputs, then its F, then its B (one after the other: no overlap on the CPU).
+//   FB: both inputs, then its F, then its B (one after the other), or with r->fb its F on the
+//       worker thread while this thread runs its B (input and weight gradients, or input only
+//       with defer_w); then F's output goes out, then B's input gradient (the order of F, B).
 // Messages between positions on the same rank (the tip of DualPipeV's V) are handed over locally.
 // With trace, an op's time starts once its inputs are in: waiting for them is the rank's bubble;
 // on a device (ops) the op ends when its GPU work has (ops->sync after each traced op).

@@ -18,10 +18,13 @@
 #              of configs/bench.cfg with EP 1 on one GPU, EP NP (with and without the shared experts
 #              overlapping the dispatch, MOELAB_EP_OVERLAP=0) and DP NP (ep_bench train)
 #   pp         on 4 GPUs: `moelab train --device cuda-fp32` with 1F1B PP 4, DualPipe PP 4, DualPipeV
-#              PP 4 and DualPipe PP 2 x EP 2 (8 micro-batches) against one GPU with the same batch
+#              PP 4 and DualPipe PP 2 x EP 2 (8 micro-batches) against one GPU with the same batch;
+#              DualPipe and DualPipeV PP 4 with the F&B overlap (--fb-overlap 1) equal to the same
+#              runs without it (every printed digit)
 #   pp_bench   on 4 GPUs: configs/bench.cfg (bf16), 8 micro-batches of PP_BATCH (default 8)
-#              sequences: step time of 1F1B, DualPipe and DualPipeV at PP 4, each rank's measured
-#              idle fraction from --trace against the §5 formula, and the measured timelines as SVG
+#              sequences: step time of 1F1B, DualPipe and DualPipeV at PP 4 (the last two with the F&B
+#              overlap off and on; step 3 untraced, step 4 traced), each rank's measured idle fraction
+#              from --trace against the §5 formula, and the measured timelines as SVG
 #   eplb       on NP GPUs, --device cuda-fp32, quickstart model: EP NP rebalancing every 2 steps (NP
 #              redundant slots) against the same run without EPLB (losses, norms within 1e-5), the
 #              max/mean rank load of a skewed router falling after a rebalance, and checkpoints:
@@ -241,6 +244,14 @@ if want pp; then
             grep "pipeline:" "$log/$name.log" | head -n 1
             same_run "$log/pp_one_$((8 * 4 / pp)).jsonl" "$log/$name.jsonl" "moelab train $name vs one GPU" 3
         done
+        # The F&B overlap only changes which kernels run at once: the same numbers as without it.
+        for kind in dualpipe dualpipev; do
+            name=pp_${kind}_pp4_ep1
+            mpi 4 .dist/bin/moelab "${a[@]}" --schedule $kind --pp 4 --chunks 8 --fb-overlap 1 \
+                --metrics "$log/${name}_fb.jsonl" > "$log/${name}_fb.log" 2>&1 || fail "moelab train $name --fb-overlap 1"
+            grep "F&B ops" "$log/${name}_fb.log" | head -n 1
+            same_run "$log/$name.jsonl" "$log/${name}_fb.jsonl" "moelab train $name, F&B overlap vs none" 3 0
+        done
     else
         echo "gpu_run: no .dist/data/quickstart: pp stage skipped"
     fi
@@ -253,17 +264,21 @@ if want pp_bench; then
         # The quickstart tokens, read with the bench model's vocabulary (ids < 2048 < 32768).
         a=(train --config configs/bench.cfg --data .dist/data/quickstart --vocab-size 2048 --steps 4
            --log-every 1 --val-every 0 --val-batches 1 --sample-tokens 0 --batch-size "$b" --device cuda)
-        for kind in 1f1b dualpipe dualpipev; do
-            mpi 4 .dist/bin/moelab "${a[@]}" --pp 4 --schedule $kind --chunks 8 --trace "$log/pp_trace_$kind.json" \
-                --metrics "$log/pp_bench_$kind.jsonl" > "$log/pp_bench_$kind.log" 2>&1 || {
-                fail "moelab train --pp 4 --schedule $kind (bench.cfg)"; continue; }
-            # The last step (the traced one): its time from the global tokens and the rate.
-            tps=$(grep -o '"tokens_per_s": [0-9.e+]*' "$log/pp_bench_$kind.jsonl" | tail -n 1 | awk '{print $2}')
-            awk -v k=$kind -v t="$tps" -v n=$((8 * b * 2048)) \
-                'BEGIN { printf "%s: last step %.1f ms (%.0f tok/s)\n", k, 1000 * n / t, t }' | tee -a "$log/pp_bench.txt"
-            .dist/bin/moelab schedule --from-trace "$log/pp_trace_$kind.json" --svg "$log/pp_timeline_$kind.svg" \
+        for run in "1f1b 0" "dualpipe 0" "dualpipe 1" "dualpipev 0" "dualpipev 1"; do
+            read -r kind fb <<< "$run"
+            name=$kind$([ "$fb" = 1 ] && echo _fb)
+            mpi 4 .dist/bin/moelab "${a[@]}" --pp 4 --schedule $kind --chunks 8 --fb-overlap $fb \
+                --trace "$log/pp_trace_$name.json" --metrics "$log/pp_bench_$name.jsonl" > "$log/pp_bench_$name.log" 2>&1 || {
+                fail "moelab train --pp 4 --schedule $kind --fb-overlap $fb (bench.cfg)"; continue; }
+            # Step times from the global tokens and the rate: step 3 (untraced) and the last step
+            # (traced: the host waits for the GPU after every op).
+            tps=$(grep -o '"tokens_per_s": [0-9.e+]*' "$log/pp_bench_$name.jsonl" | awk '{print $2}' | tail -n 2 | paste -sd' ')
+            awk -v k=$kind -v fb=$fb -v t="$tps" -v n=$((8 * b * 2048)) 'BEGIN { split(t, r, " ")
+                printf "%s, F&B overlap %s: step 3 %.1f ms (%.0f tok/s), last step (traced) %.1f ms (%.0f tok/s)\n",
+                    k, fb ? "on" : "off", 1000 * n / r[1], r[1], 1000 * n / r[2], r[2] }' | tee -a "$log/pp_bench.txt"
+            .dist/bin/moelab schedule --from-trace "$log/pp_trace_$name.json" --svg "$log/pp_timeline_$name.svg" \
                 --kind $kind 2>&1 | grep -v "^rank" | tee -a "$log/pp_bench.txt"
-            [ "${PIPESTATUS[0]}" = 0 ] || fail "moelab schedule --from-trace (pp_trace_$kind.json)"
+            [ "${PIPESTATUS[0]}" = 0 ] || fail "moelab schedule --from-trace (pp_trace_$name.json)"
         done
     else
         echo "gpu_run: no .dist/data/quickstart: pp_bench stage skipped"

@@ -54,6 +54,7 @@ typedef struct {
     // --- parallel layout ---
     int ep, pp, chunks;
     char schedule[CONFIG_STR];   // "1f1b" | "dualpipe" | "dualpipev"
+    int fb_overlap;      // bool: an F&B op's forward and backward at once on GPUs (needs ep = 1)
     int eplb_interval, eplb_redundant;
     int eplb_groups, eplb_nodes;  // the planner's expert groups and nodes (ARCHITECTURE.md §6)
     float router_skew;   // test knob: adds skew*(E-1-i)/E to expert i's router logit (0: off)

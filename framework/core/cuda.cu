@@ -1,5 +1,6 @@
-// The CUDA backend's device plumbing (see cuda.h): one GPU per process, one stream, one cuBLAS
-// handle, the CORE_CUDA allocator, dtype conversion and the check functions behind CUDA_CHECK and
+// The CUDA backend's device plumbing (see cuda.h): one GPU per process, the main stream and its
+// cuBLAS handle, side streams for worker threads (each thread's current stream is thread-local),
+// the CORE_CUDA allocator, dtype conversion and the check functions behind CUDA_CHECK and
 // CUBLAS_CHECK. Built by nvcc under --config=cuda only.
 #include "framework/core/cuda.h"
 
@@ -10,8 +11,17 @@
 #include "framework/core/log.h"
 
 static int g_device = -1;                 // current GPU, -1 before core_cuda_init
-static cudaStream_t g_stream;
-static cublasHandle_t g_cublas;
+
+struct CoreCudaStream {
+    cudaStream_t stream;
+    cublasHandle_t cublas;  // bound to stream
+};
+static CoreCudaStream g_main;                        // made by core_cuda_init
+// The calling thread's side stream, NULL: the main stream. Thread-local, so that two threads
+// never issue work on one stream or share a cuBLAS handle.
+static thread_local CoreCudaStream *t_side = NULL;
+
+static cudaStream_t cur_stream(void) { return t_side ? t_side->stream : g_main.stream; }
 
 void core_cuda_check_at(int err, const char *file, int line, const char *expr) {
     if (err == (int)cudaSuccess) return;
@@ -48,13 +58,13 @@ static void *cuda_alloc(size_t bytes) {
     cudaError_t e = cudaMalloc(&p, bytes);
     CHECK(e == cudaSuccess, "out of GPU memory allocating %zu bytes on device %d: %s", bytes,
           g_device, cudaGetErrorString(e));
-    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, g_stream));
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cur_stream()));
     return p;
 }
 
 // Kernels still queued on the stream may read p: let them finish first.
 static void cuda_free(void *p) {
-    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+    CUDA_CHECK(cudaStreamSynchronize(cur_stream()));
     CUDA_CHECK(cudaFree(p));
 }
 
@@ -62,10 +72,21 @@ static void cuda_copy(void *dst, CoreDevice dd, const void *src, CoreDevice sd, 
     cudaMemcpyKind kind = dd == CORE_CUDA ? (sd == CORE_CUDA ? cudaMemcpyDeviceToDevice
                                                              : cudaMemcpyHostToDevice)
                                           : cudaMemcpyDeviceToHost;
-    // On the one stream, then wait: a copy sees every kernel before it, and the host may use
+    // On the thread's stream, then wait: a copy sees every kernel before it, and the host may use
     // (or free) its buffer as soon as the call returns.
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, g_stream));
-    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, cur_stream()));
+    CUDA_CHECK(cudaStreamSynchronize(cur_stream()));
+}
+
+// A non-blocking stream (no implicit ordering with the legacy default stream) and a cuBLAS handle
+// on it, on the current device. Every stream's handle is set up the same way, so a GEMM picks the
+// same algorithm, and gives the same bits, on any of them.
+static void stream_init(CoreCudaStream *s) {
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&s->cublas));
+    CUBLAS_CHECK(cublasSetStream(s->cublas, s->stream));
+    // Plain fp32 GEMMs stay fp32 (no TF32): the CPU comparison of fp32 runs depends on it.
+    CUBLAS_CHECK(cublasSetMathMode(s->cublas, CUBLAS_DEFAULT_MATH));
 }
 
 void core_cuda_init(int device) {
@@ -80,12 +101,8 @@ void core_cuda_init(int device) {
         core_usage_error("--device cuda: GPU %d requested, but this process sees %d GPU(s)", device,
                          n);
     CUDA_CHECK(cudaSetDevice(device));
-    CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
-    CUBLAS_CHECK(cublasCreate(&g_cublas));
-    CUBLAS_CHECK(cublasSetStream(g_cublas, g_stream));
-    // Plain fp32 GEMMs stay fp32 (no TF32): the CPU comparison of fp32 runs depends on it.
-    CUBLAS_CHECK(cublasSetMathMode(g_cublas, CUBLAS_DEFAULT_MATH));
     g_device = device;
+    stream_init(&g_main);
     CoreAllocator a = {cuda_alloc, cuda_free, cuda_copy};
     core_register_allocator(CORE_CUDA, &a);
     cudaDeviceProp prop;
@@ -106,17 +123,40 @@ CoreDevice core_device_select(const char *name, int index) {
 
 void *core_cuda_stream(void) {
     require_init();
-    return (void *)g_stream;
+    return (void *)cur_stream();
 }
 
 void *core_cuda_cublas(void) {
     require_init();
-    return (void *)g_cublas;
+    return (void *)(t_side ? t_side->cublas : g_main.cublas);
 }
 
 void core_cuda_sync(void) {
     require_init();
-    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+    CUDA_CHECK(cudaStreamSynchronize(cur_stream()));
+}
+
+CoreCudaStream *core_cuda_stream_create(void) {
+    require_init();
+    CoreCudaStream *s = (CoreCudaStream *)core_alloc(sizeof *s);
+    stream_init(s);
+    return s;
+}
+
+void core_cuda_stream_free(CoreCudaStream *s) {
+    if (!s) return;
+    CHECK(t_side != s, "core_cuda_stream_free: the stream is still current on this thread");
+    CUDA_CHECK(cudaStreamSynchronize(s->stream));
+    CUBLAS_CHECK(cublasDestroy(s->cublas));
+    CUDA_CHECK(cudaStreamDestroy(s->stream));
+    core_free(s);
+}
+
+void core_cuda_use_stream(CoreCudaStream *s) {
+    require_init();
+    // The current device is per host thread; the one process's GPU for every thread.
+    CUDA_CHECK(cudaSetDevice(g_device));
+    t_side = s;
 }
 
 void *core_cuda_event_create(void) {
@@ -128,7 +168,9 @@ void *core_cuda_event_create(void) {
 
 void core_cuda_event_destroy(void *ev) { CUDA_CHECK(cudaEventDestroy((cudaEvent_t)ev)); }
 
-void core_cuda_event_record(void *ev) { CUDA_CHECK(cudaEventRecord((cudaEvent_t)ev, g_stream)); }
+void core_cuda_event_record(void *ev) { CUDA_CHECK(cudaEventRecord((cudaEvent_t)ev, cur_stream())); }
+
+void core_cuda_stream_wait(void *ev) { CUDA_CHECK(cudaStreamWaitEvent(cur_stream(), (cudaEvent_t)ev, 0)); }
 
 float core_cuda_event_ms(void *a, void *b) {
     float ms = 0.0f;
@@ -147,9 +189,9 @@ template <typename D>
 static void convert_from(void *dst, const void *src, CoreDtype sdt, long n) {
     unsigned blocks = core_blocks(n, 256);
     if (sdt == CORE_BF16)
-        convert_kernel<<<blocks, 256, 0, g_stream>>>((D *)dst, (const __nv_bfloat16 *)src, n);
+        convert_kernel<<<blocks, 256, 0, cur_stream()>>>((D *)dst, (const __nv_bfloat16 *)src, n);
     else
-        convert_kernel<<<blocks, 256, 0, g_stream>>>((D *)dst, (const float *)src, n);
+        convert_kernel<<<blocks, 256, 0, cur_stream()>>>((D *)dst, (const float *)src, n);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -163,7 +205,7 @@ void core_cuda_convert(void *dst, CoreDtype ddt, const void *src, CoreDtype sdt,
 
 void core_cuda_memset(void *dst, int byte, size_t bytes) {
     require_init();
-    CUDA_CHECK(cudaMemsetAsync(dst, byte, bytes, g_stream));
+    CUDA_CHECK(cudaMemsetAsync(dst, byte, bytes, cur_stream()));
 }
 
 // first (1) = the lowest position whose index is outside [0, limit), or n if none.
@@ -177,13 +219,13 @@ void core_cuda_check_indices(const int *idx, long n, int limit, const char *what
     require_init();
     if (n == 0) return;
     unsigned long long first = (unsigned long long)n, *d_first;
-    CUDA_CHECK(cudaMallocAsync((void **)&d_first, sizeof first, g_stream));
-    CUDA_CHECK(cudaMemcpyAsync(d_first, &first, sizeof first, cudaMemcpyHostToDevice, g_stream));
-    check_indices_kernel<<<core_blocks(n, 256), 256, 0, g_stream>>>(d_first, idx, n, limit);
+    CUDA_CHECK(cudaMallocAsync((void **)&d_first, sizeof first, cur_stream()));
+    CUDA_CHECK(cudaMemcpyAsync(d_first, &first, sizeof first, cudaMemcpyHostToDevice, cur_stream()));
+    check_indices_kernel<<<core_blocks(n, 256), 256, 0, cur_stream()>>>(d_first, idx, n, limit);
     CUDA_CHECK_LAUNCH();
-    CUDA_CHECK(cudaMemcpyAsync(&first, d_first, sizeof first, cudaMemcpyDeviceToHost, g_stream));
-    CUDA_CHECK(cudaFreeAsync(d_first, g_stream));
-    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+    CUDA_CHECK(cudaMemcpyAsync(&first, d_first, sizeof first, cudaMemcpyDeviceToHost, cur_stream()));
+    CUDA_CHECK(cudaFreeAsync(d_first, cur_stream()));
+    CUDA_CHECK(cudaStreamSynchronize(cur_stream()));
     if (first == (unsigned long long)n) return;
     int bad;
     CUDA_CHECK(cudaMemcpy(&bad, idx + first, sizeof bad, cudaMemcpyDeviceToHost));

@@ -1,6 +1,7 @@
 // The CUDA backend's device plumbing: device selection (--device cpu|cuda), the CORE_CUDA
-// allocator, the one stream and cuBLAS handle every kernel uses, dtype conversion, and the check
-// macros for CUDA and cuBLAS calls. A CPU build links cuda_stub.c instead: every call there is one
+// allocator, the stream and cuBLAS handle every kernel of a host thread uses (the main thread's,
+// or a side stream a worker thread makes its own), dtype conversion, and the check macros for
+// CUDA and cuBLAS calls. A CPU build links cuda_stub.c instead: every call there is one
 // clear error, so code that mentions no CUDA type compiles and links in both builds.
 #ifndef MOELAB_CORE_CUDA_H
 #define MOELAB_CORE_CUDA_H
@@ -36,15 +37,31 @@ void core_cuda_init(int device);
 // CORE_CUDA; anything else (or "cuda" in a CPU build) is a usage error (exit 2).
 CoreDevice core_device_select(const char *name, int index);
 
-void *core_cuda_stream(void);   // the cudaStream_t every kernel and cuBLAS call runs on
-void *core_cuda_cublas(void);   // the cublasHandle_t, bound to that stream
-void core_cuda_sync(void);      // waits for the stream; a failed kernel is reported here
+// The calling thread's current stream: every kernel, copy, stream-ordered allocation and cuBLAS
+// call a thread issues runs on it. It is the main stream (made by core_cuda_init) unless the
+// thread made a side stream current with core_cuda_use_stream.
+void *core_cuda_stream(void);   // the cudaStream_t of the calling thread
+void *core_cuda_cublas(void);   // its cublasHandle_t, bound to that stream
+void core_cuda_sync(void);      // waits for that stream; a failed kernel is reported here
 
-// Timing events on the stream (framework/core/prof.c): create one (a cudaEvent_t), record it at
-// the stream's current position, and the milliseconds between two recorded events (waits for b).
+// A side stream with a cuBLAS handle of its own (one handle per stream keeps cuBLAS bit-identical
+// to the main stream's: each handle has its own default workspace), for a worker thread that
+// runs kernels while the main thread runs others (the pipeline's F&B overlap).
+typedef struct CoreCudaStream CoreCudaStream;
+CoreCudaStream *core_cuda_stream_create(void);
+void core_cuda_stream_free(CoreCudaStream *s);  // waits for its work first
+// Makes s the calling thread's current stream and handle (NULL: the main ones again), and the
+// process's GPU the thread's current device (a new thread starts on device 0). A stream is
+// current on at most one thread at a time.
+void core_cuda_use_stream(CoreCudaStream *s);
+
+// Events on the calling thread's stream: create one (a cudaEvent_t, timed), record it at the
+// stream's current position, make the stream wait for the work before an event's last record
+// (orders two streams), and the milliseconds between two recorded events (waits for b; prof.c).
 void *core_cuda_event_create(void);
 void core_cuda_event_destroy(void *ev);
 void core_cuda_event_record(void *ev);
+void core_cuda_stream_wait(void *ev);
 float core_cuda_event_ms(void *a, void *b);
 
 // dst (n) of dtype ddt = src (n) of dtype sdt, both on the GPU (bf16 rounds to nearest even).

@@ -22,6 +22,12 @@ void core_cuda_sync(void) { FATAL(NO_CUDA); }
 void *core_cuda_event_create(void) { FATAL(NO_CUDA); }
 void core_cuda_event_destroy(void *ev) { FATAL(NO_CUDA); }
 void core_cuda_event_record(void *ev) { FATAL(NO_CUDA); }
+void core_cuda_stream_wait(void *ev) { FATAL(NO_CUDA); }
+CoreCudaStream *core_cuda_stream_create(void) { FATAL(NO_CUDA); }
+void core_cuda_stream_free(CoreCudaStream *s) {
+    if (s) FATAL(NO_CUDA);
+}
+void core_cuda_use_stream(CoreCudaStream *s) { FATAL(NO_CUDA); }
 float core_cuda_event_ms(void *a, void *b) { FATAL(NO_CUDA); }
 
 void core_cuda_convert(void *dst, CoreDtype ddt, const void *src, CoreDtype sdt, long n) {

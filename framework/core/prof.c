@@ -1,4 +1,6 @@
-// Time by layer type (see prof.h): a list of (region, timestamp) marks, summed at prof_stop.
+// Time by layer type (see prof.h): a list of (region, timestamp) marks, summed at prof_stop. Only
+// the thread that called prof_start takes marks: a worker thread (the pipeline's F&B overlap) runs
+// on a stream of its own, whose times would interleave with this one's, so its marks are no-ops.
 #include "framework/core/prof.h"
 
 #include <string.h>
@@ -9,6 +11,7 @@
 #include "framework/core/timer.h"
 
 static int g_on, g_gpu;
+static _Thread_local int t_owner;  // this thread called prof_start (and not yet prof_stop)
 static int g_n, g_cap;     // marks taken, marks the arrays hold
 static ProfRegion *g_region;  // (cap) the region each mark opens
 static double *g_t;           // (cap) CPU: the wall clock at each mark
@@ -42,7 +45,8 @@ static void take(ProfRegion r) {
 }
 
 void prof_mark(ProfRegion r) {
-    if (!g_on) return;
+    // Read first, so that another thread never reads the shared state.
+    if (!t_owner) return;
     CHECK(r >= 0 && r < PROF_N, "prof_mark: unknown region %d", (int)r);
     // Two marks in a row for the same region add nothing but an event.
     if (g_region[g_n - 1] != r) take(r);
@@ -51,6 +55,7 @@ void prof_mark(ProfRegion r) {
 void prof_start(int gpu) {
     CHECK(!g_on, "prof_start: already started");
     g_on = 1;
+    t_owner = 1;
     g_gpu = gpu;
     g_n = 0;
     take(PROF_OTHER);
@@ -60,6 +65,7 @@ void prof_stop(double ms[PROF_N]) {
     CHECK(g_on, "prof_stop: not started");
     take(PROF_OTHER);  // closes the last interval
     g_on = 0;
+    t_owner = 0;
     for (int i = 0; i + 1 < g_n; i++)
         ms[g_region[i]] += g_gpu ? core_cuda_event_ms(g_ev[i], g_ev[i + 1]) : 1e3 * (g_t[i + 1] - g_t[i]);
 }
