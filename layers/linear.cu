@@ -130,7 +130,9 @@ void linear_cuda_set_gemm_streams(int n) {
     g_streams = n;
 }
 
-// The side streams, created on first use and kept for the process (like the compute stream).
+// The side streams, created on first use and kept for the process (like the compute stream), one
+// pool per compute stream: a worker thread with a stream of its own (the pipeline's F&B overlap)
+// gets its own side streams, handles and events, so two threads never share one.
 // cuBLAS promises bit-identical results only per stream with its own workspace: a handle shared
 // by concurrent streams may pick other kernels (its workspace is per handle). So each side
 // stream has its own handle and workspace, configured alike (math mode, workspace size), so
@@ -143,14 +145,22 @@ typedef struct {
     cublasHandle_t cublas;
     cudaEvent_t done;  // recorded on this stream after its last GEMM of a call
 } SideStream;
-static SideStream g_side[LINEAR_MAX_STREAMS];
-static int g_side_n;        // side streams created so far
-static cudaEvent_t g_fork;  // recorded on the compute stream before a call's GEMMs
+typedef struct {
+    SideStream side[LINEAR_MAX_STREAMS];
+    int n;              // side streams created so far
+    cudaEvent_t fork;   // recorded on the compute stream before a call's GEMMs
+} SidePool;
 
-static void side_streams_init(int S) {
-    if (g_side_n == 0) CUDA_CHECK(cudaEventCreateWithFlags(&g_fork, cudaEventDisableTiming));
-    for (; g_side_n < S; g_side_n++) {
-        SideStream *s = &g_side[g_side_n];
+// The calling thread's compute stream's pool, with at least S side streams.
+static SidePool *side_streams_init(int S) {
+    SidePool **slot = (SidePool **)core_cuda_stream_state();
+    if (!*slot) {
+        *slot = (SidePool *)core_alloc(sizeof(SidePool));  // zeroed
+        CUDA_CHECK(cudaEventCreateWithFlags(&(*slot)->fork, cudaEventDisableTiming));
+    }
+    SidePool *p = *slot;
+    for (; p->n < S; p->n++) {
+        SideStream *s = &p->side[p->n];
         void *ws = NULL;
         CUDA_CHECK(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
         CUDA_CHECK(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming));
@@ -161,6 +171,7 @@ static void side_streams_init(int S) {
         CUBLAS_CHECK(cublasSetWorkspace(s->cublas, ws, SIDE_WORKSPACE));
         CUBLAS_CHECK(cublasSetMathMode(s->cublas, CUBLAS_DEFAULT_MATH));  // as the compute handle
     }
+    return p;
 }
 
 // Runs the n products of gs one cublasGemmEx each on S side streams: forked from the compute
@@ -171,7 +182,7 @@ static void side_streams_init(int S) {
 // (run_groups says why), so neither the order nor the stream changes a bit of the results.
 static void gemm_streams(const Gemm *gs, int n, int S) {
     if (S > n) S = n;
-    side_streams_init(S);
+    SidePool *p = side_streams_init(S);
     int *order = (int *)core_alloc((size_t)n * sizeof(int));
     for (int i = 0; i < n; i++) order[i] = i;
     // Insertion sort by size, descending, ties by index: n is the expert count (tens).
@@ -181,19 +192,19 @@ static void gemm_streams(const Gemm *gs, int n, int S) {
         order[j] = o;
     }
     double load[LINEAR_MAX_STREAMS] = {0};
-    CUDA_CHECK(cudaEventRecord(g_fork, core_stream()));
-    for (int s = 0; s < S; s++) CUDA_CHECK(cudaStreamWaitEvent(g_side[s].stream, g_fork, 0));
+    CUDA_CHECK(cudaEventRecord(p->fork, core_stream()));
+    for (int s = 0; s < S; s++) CUDA_CHECK(cudaStreamWaitEvent(p->side[s].stream, p->fork, 0));
     for (int i = 0; i < n; i++) {
         const Gemm *g = &gs[order[i]];
         int s = 0;
         for (int t = 1; t < S; t++)
             if (load[t] < load[s]) s = t;
         load[s] += gemm_work(g);
-        gemm_on(g, g_side[s].cublas);
+        gemm_on(g, p->side[s].cublas);
     }
     for (int s = 0; s < S; s++) {
-        CUDA_CHECK(cudaEventRecord(g_side[s].done, g_side[s].stream));
-        CUDA_CHECK(cudaStreamWaitEvent(core_stream(), g_side[s].done, 0));
+        CUDA_CHECK(cudaEventRecord(p->side[s].done, p->side[s].stream));
+        CUDA_CHECK(cudaStreamWaitEvent(core_stream(), p->side[s].done, 0));
     }
     core_free(order);
 }

@@ -15,6 +15,7 @@ static int g_device = -1;                 // current GPU, -1 before core_cuda_in
 struct CoreCudaStream {
     cudaStream_t stream;
     cublasHandle_t cublas;  // bound to stream
+    void *state;            // core_cuda_stream_state's slot
 };
 static CoreCudaStream g_main;                        // made by core_cuda_init
 // The calling thread's side stream, NULL: the main stream. Thread-local, so that two threads
@@ -150,6 +151,11 @@ void core_cuda_stream_free(CoreCudaStream *s) {
     CUBLAS_CHECK(cublasDestroy(s->cublas));
     CUDA_CHECK(cudaStreamDestroy(s->stream));
     core_free(s);
+}
+
+void **core_cuda_stream_state(void) {
+    require_init();
+    return t_side ? &t_side->state : &g_main.state;
 }
 
 void core_cuda_use_stream(CoreCudaStream *s) {

@@ -54,6 +54,10 @@ void core_cuda_stream_free(CoreCudaStream *s);  // waits for its work first
 // process's GPU the thread's current device (a new thread starts on device 0). A stream is
 // current on at most one thread at a time.
 void core_cuda_use_stream(CoreCudaStream *s);
+// A pointer slot of the calling thread's current stream (the main one or a side stream), NULL
+// until set: per-stream state of other modules (layers/linear.cu's GEMM side streams), so that two
+// threads never share it. What it points to is kept for the process.
+void **core_cuda_stream_state(void);
 
 // Events on the calling thread's stream: create one (a cudaEvent_t, timed), record it at the
 // stream's current position, make the stream wait for the work before an event's last record
