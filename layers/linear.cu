@@ -100,8 +100,10 @@ static int g_streams = -1;  // side streams of LINEAR_GROUPED_STREAMS, from MOEL
 int linear_cuda_grouped_mode(void) {
     if (g_mode < 0) {
         const char *env = getenv("MOELAB_GROUPED_GEMM");
-        if (!env || !strcmp(env, "streams")) g_mode = LINEAR_GROUPED_STREAMS;
-        else if (!strcmp(env, "grouped")) g_mode = LINEAR_GROUPED_CUBLAS;
+        // Default grouped: measured 2026-11-28 on an H200 in the whole bench step (docs/BENCHMARKS.md),
+        // grouped 157 ms, loop and streams 241-264 ms (side-stream fork/join in the model's step).
+        if (!env || !strcmp(env, "grouped")) g_mode = LINEAR_GROUPED_CUBLAS;
+        else if (!strcmp(env, "streams")) g_mode = LINEAR_GROUPED_STREAMS;
         else if (!strcmp(env, "loop")) g_mode = LINEAR_GROUPED_LOOP;
         else core_usage_error("MOELAB_GROUPED_GEMM must be 'loop', 'streams' or 'grouped', not '%s'", env);
     }
