@@ -17,12 +17,12 @@
 #              all_to_all_single moving the same bytes (tools/bench_a2a.py), and training tokens/s
 #              of configs/bench.cfg with EP 1 on one GPU, EP NP (with and without the shared experts
 #              overlapping the dispatch, MOELAB_EP_OVERLAP=0) and DP NP (ep_bench train)
-#   pp         on 4 GPUs: `moelab train --device cuda-fp32` with 1F1B PP 4, DualPipe PP 4, DualPipeV
-#              PP 4 and DualPipe PP 2 x EP 2 (8 micro-batches) against one GPU with the same batch;
-#              DualPipe and DualPipeV PP 4 with the F&B overlap (--fb-overlap 1) equal to the same
-#              runs without it (every printed digit)
-#   pp_bench   on 4 GPUs: configs/bench.cfg (bf16), 8 micro-batches of PP_BATCH (default 8)
-#              sequences: step time of 1F1B, DualPipe and DualPipeV at PP 4 (the last two with the F&B
+#   pp         on PP_NP GPUs (default 4): `moelab train --device cuda-fp32` with 1F1B, DualPipe and
+#              DualPipeV at PP PP_NP, and at 4 GPUs DualPipe PP 2 x EP 2 (8 micro-batches), against
+#              one GPU with the same batch; DualPipe and DualPipeV with the F&B overlap
+#              (--fb-overlap 1) equal to the same runs without it (every printed digit)
+#   pp_bench   on PP_NP GPUs: configs/bench.cfg (bf16), 8 micro-batches of PP_BATCH (default 8)
+#              sequences: step time of 1F1B, DualPipe and DualPipeV at PP PP_NP (the last two with the F&B
 #              overlap off and on; step 3 untraced, step 4 traced), each rank's measured idle fraction
 #              from --trace against the §5 formula, and the measured timelines as SVG
 #   eplb       on NP GPUs, --device cuda-fp32, quickstart model: EP NP rebalancing every 2 steps (NP
@@ -46,6 +46,7 @@ mkdir -p "$log"
 filter=${1:-*}
 stages=" ${STAGES:-tests sanitizer kernels train bench reference torch nccl ep_bench eplb eplb_bench} "
 np=${NP:-2}  # GPUs of the nccl, ep_bench, eplb and eplb_bench stages
+pp_np=${PP_NP:-4}  # GPUs (= pipeline ranks) of the pp and pp_bench stages
 want() { [[ "$stages" == *" $1 "* ]]; }
 if [ ! -x .dist/bin/gpu_test ]; then
     echo "gpu_run: .dist/bin/gpu_test missing: run tools/gpu_build.sh first (on the build machine)"
@@ -227,27 +228,29 @@ fi
 
 if want pp; then
     if [ -d .dist/data/quickstart ]; then
-        echo "== moelab train --device cuda-fp32 --pp on 4 GPUs against one GPU (same global batch)"
+        echo "== moelab train --device cuda-fp32 --pp on $pp_np GPUs against one GPU (same global batch)"
         # 8 layers: DualPipeV at PP 4 cuts the model into 8 stages.
         a=(train --config configs/quickstart.cfg --data .dist/data/quickstart --steps 3 --log-every 1
            --val-every 0 --val-batches 1 --sample-tokens 0 --batch-size 4 --n-layers 8 --device cuda-fp32)
-        # PP 2 x EP 2 has two data-parallel pipelines: the one-GPU run reads both (16 micro-batches).
-        for accum in 8 16; do
-            .dist/bin/moelab "${a[@]}" --grad-accum $accum --metrics "$log/pp_one_$accum.jsonl" \
-                > "$log/pp_one_$accum.log" 2>&1 || fail "moelab train on one GPU, --grad-accum $accum"
-        done
-        for run in "1f1b 4 1" "dualpipe 4 1" "dualpipev 4 1" "dualpipe 2 2"; do
+        runs=("1f1b $pp_np 1" "dualpipe $pp_np 1" "dualpipev $pp_np 1")
+        [ "$pp_np" = 4 ] && runs+=("dualpipe 2 2")
+        for run in "${runs[@]}"; do
             read -r kind pp ep <<< "$run"
             name=pp_${kind}_pp${pp}_ep$ep
-            mpi 4 .dist/bin/moelab "${a[@]}" --schedule $kind --pp $pp --ep $ep --chunks 8 \
+            # DP = pp_np / pp pipelines of 8 micro-batches: the one-GPU run reads them all.
+            accum=$((8 * pp_np / pp))
+            [ -f "$log/pp_one_$accum.jsonl" ] || .dist/bin/moelab "${a[@]}" --grad-accum $accum \
+                --metrics "$log/pp_one_$accum.jsonl" > "$log/pp_one_$accum.log" 2>&1 ||
+                fail "moelab train on one GPU, --grad-accum $accum"
+            mpi "$pp_np" .dist/bin/moelab "${a[@]}" --schedule $kind --pp $pp --ep $ep --chunks 8 \
                 --metrics "$log/$name.jsonl" > "$log/$name.log" 2>&1 || fail "moelab train $name"
             grep "pipeline:" "$log/$name.log" | head -n 1
-            same_run "$log/pp_one_$((8 * 4 / pp)).jsonl" "$log/$name.jsonl" "moelab train $name vs one GPU" 3
+            same_run "$log/pp_one_$accum.jsonl" "$log/$name.jsonl" "moelab train $name vs one GPU" 3
         done
         # The F&B overlap only changes which kernels run at once: the same numbers as without it.
         for kind in dualpipe dualpipev; do
-            name=pp_${kind}_pp4_ep1
-            mpi 4 .dist/bin/moelab "${a[@]}" --schedule $kind --pp 4 --chunks 8 --fb-overlap 1 \
+            name=pp_${kind}_pp${pp_np}_ep1
+            mpi "$pp_np" .dist/bin/moelab "${a[@]}" --schedule $kind --pp "$pp_np" --chunks 8 --fb-overlap 1 \
                 --metrics "$log/${name}_fb.jsonl" > "$log/${name}_fb.log" 2>&1 || fail "moelab train $name --fb-overlap 1"
             grep "F&B ops" "$log/${name}_fb.log" | head -n 1
             same_run "$log/$name.jsonl" "$log/${name}_fb.jsonl" "moelab train $name, F&B overlap vs none" 3 0
@@ -260,16 +263,16 @@ fi
 if want pp_bench; then
     if [ -d .dist/data/quickstart ]; then
         b=${PP_BATCH:-8}
-        echo "== pipeline schedules on 4 GPUs: configs/bench.cfg (bf16), PP 4, 8 micro-batches of $b x 2048"
+        echo "== pipeline schedules on $pp_np GPUs: configs/bench.cfg (bf16), PP $pp_np, 8 micro-batches of $b x 2048"
         # The quickstart tokens, read with the bench model's vocabulary (ids < 2048 < 32768).
         a=(train --config configs/bench.cfg --data .dist/data/quickstart --vocab-size 2048 --steps 4
            --log-every 1 --val-every 0 --val-batches 1 --sample-tokens 0 --batch-size "$b" --device cuda)
         for run in "1f1b 0" "dualpipe 0" "dualpipe 1" "dualpipev 0" "dualpipev 1"; do
             read -r kind fb <<< "$run"
             name=$kind$([ "$fb" = 1 ] && echo _fb)
-            mpi 4 .dist/bin/moelab "${a[@]}" --pp 4 --schedule $kind --chunks 8 --fb-overlap $fb \
+            mpi "$pp_np" .dist/bin/moelab "${a[@]}" --pp "$pp_np" --schedule $kind --chunks 8 --fb-overlap $fb \
                 --trace "$log/pp_trace_$name.json" --metrics "$log/pp_bench_$name.jsonl" > "$log/pp_bench_$name.log" 2>&1 || {
-                fail "moelab train --pp 4 --schedule $kind --fb-overlap $fb (bench.cfg)"; continue; }
+                fail "moelab train --pp $pp_np --schedule $kind --fb-overlap $fb (bench.cfg)"; continue; }
             # Step times from the global tokens and the rate: step 3 (untraced) and the last step
             # (traced: the host waits for the GPU after every op).
             tps=$(grep -o '"tokens_per_s": [0-9.e+]*' "$log/pp_bench_$name.jsonl" | awk '{print $2}' | tail -n 2 | paste -sd' ')
