@@ -33,11 +33,12 @@ void linear_cuda_backward_input_grouped(CoreDtype dt, void *dinp, const void *do
 void linear_cuda_backward_weight_grouped(CoreDtype dt, float *dW, const void *dout,
                                          const void *inp, const int *counts, int G, int IC, int OC);
 
-// How the grouped products run. LINEAR_GROUPED_STREAMS (the default) issues one cublasGemmEx per
-// non-empty expert, spread over linear_cuda_gemm_streams() side streams that run concurrently
+// How the grouped products run. LINEAR_GROUPED_CUBLAS (the default, the fastest in the whole step
+// when measured: docs/gpu.md) makes one cublasGemmGroupedBatchedEx for all of them.
+// LINEAR_GROUPED_STREAMS issues one cublasGemmEx per non-empty expert, spread over linear_cuda_gemm_streams() side streams that run concurrently
 // (each with its own cuBLAS handle and workspace), forked from and joined back into the compute
 // stream within the call; LINEAR_GROUPED_LOOP is the same with one side stream (one GEMM after
-// another); LINEAR_GROUPED_CUBLAS one cublasGemmGroupedBatchedEx for all of them. The three give
+// another). The three give
 // the same results, and loop and streams bit-identical ones. MOELAB_GROUPED_GEMM=loop|streams|grouped
 // sets the mode and MOELAB_GEMM_STREAMS=1..LINEAR_MAX_STREAMS the stream count (default
 // LINEAR_DEFAULT_STREAMS) at the first call (other values are usage errors); the setters override

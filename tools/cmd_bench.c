@@ -18,7 +18,7 @@ static void bench_help(void) {
            "time of a training step by layer type over 2 more steps (GPU: CUDA events on the compute\n"
            "stream; CPU: wall clock). --device defaults to the first config's device key. Other\n"
            "--key value pairs override every config. MOELAB_GROUPED_GEMM=loop|streams|grouped picks how\n"
-           "the GPU runs the expert GEMMs (default streams; MOELAB_GEMM_STREAMS=1..8 of them, default 4).\n");
+           "the GPU runs the expert GEMMs (default grouped; MOELAB_GEMM_STREAMS=1..8 streams, default 4).\n");
 }
 
 // The time of one step by layer type, largest first.
