@@ -86,6 +86,15 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     // On GPUs gradients and token rows stay in device memory and travel over NCCL twins of the
     // grid's groups; counts, losses and norms still travel over the host groups.
     if (on_gpu) grid_to_device(g, ops);
+    // Pipe 1's model gets EP communicators of its own (the same ranks as the grid's EP group), so
+    // that each communicator serves one model: the F&B overlap runs pipe 0's and pipe 1's halves on
+    // two threads, and every EP rank of the stage issues one model's calls in the schedule's order,
+    // which is the per-communicator order MPI and NCCL need. Made whenever there are two pipes, so
+    // that the CPU tests run the layout the overlap uses.
+    if (p->n_models == 2 && g->ep > 1) {
+        p->ep1 = comm_split(g->ep_comm, 0, g->ep_rank, "ep pipe 1");
+        if (on_gpu) p->ep1_dev = comm_nccl_create(p->ep1, "ep pipe 1");
+    }
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         const int st = sched_stage(s, g->pp_rank, pipe);
         // Initialization is keyed by parameter identity, so both copies of a DualPipe stage (and
@@ -94,8 +103,8 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         model_init_weights(m);
         m->grid = g;
         if (g->ep > 1) {
-            MoeDispatcher *d = ep_dispatcher_create(g->ep_comm, c->E);
-            if (on_gpu) ep_dispatcher_to_device(d, g->ep_dev, ops);
+            MoeDispatcher *d = ep_dispatcher_create(pipe == 1 ? p->ep1 : g->ep_comm, c->E);
+            if (on_gpu) ep_dispatcher_to_device(d, pipe == 1 ? p->ep1_dev : g->ep_dev, ops);
             model_set_dispatcher(m, d);
         }
         model_to_device(m, ops);
@@ -120,7 +129,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         p->links = pipe_links_create(g->pp_comm, ops, (size_t)c->batch_size * c->T * c->D * ops->act_size);
     // The F&B overlap runs an op's forward on a second stream; the CPU runs the halves in turn
     // (a second host thread there would compete for the same cores, and OpenMP's settings are
-    // per thread). trainer_create has refused it with EP.
+    // per thread).
     if (c->fb_overlap && on_gpu) p->fb = pipe_fb_create();
     if (c->fb_overlap && kind != SCHED_1F1B)
         core_info0("pipeline: F&B ops run their forward and backward %s",
@@ -158,6 +167,8 @@ void pipe_trainer_free(PipeTrainer *p) {
     }
     pipe_links_free(p->links);
     pipe_fb_free(p->fb);
+    if (p->ep1_dev) comm_free(p->ep1_dev);
+    if (p->ep1) comm_free(p->ep1);
     if (p->pair_dev) comm_free(p->pair_dev);
     if (p->pair) comm_free(p->pair);
     grid_free(p->grid);

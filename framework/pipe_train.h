@@ -39,6 +39,8 @@ typedef struct PipeTrainer {
     int partner;         // DualPipe: the pp rank N−1−r holding the other copies of both stages; else -1
     Comm *pair;          // DualPipe: this rank and its partner (host memory: counts); else NULL
     Comm *pair_dev;      // its NCCL twin on GPUs (the gradients), else NULL
+    Comm *ep1;           // two pipes with EP: pipe 1's own EP group (counts; rows on the CPU), else NULL
+    Comm *ep1_dev;       // its NCCL twin on GPUs (pipe 1's token rows), else NULL
     const LayerOps *ops; // the backend the stages run on
     PipeLinks *links;    // on GPUs with pp > 1: the executor's NCCL links, else NULL
     PipeFb *fb;          // on GPUs with fb_overlap: the F&B overlap's side stream, else NULL

@@ -387,11 +387,11 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         core_usage_error("--chunks %d and --grad-accum %d both set the micro-batches per step: pass one",
                          c->chunks, c->grad_accum);
     if (c->chunks > 0) c->grad_accum = c->chunks;
-    // With EP the dispatcher talks over the EP group inside every forward and backward: the F&B
-    // overlap's two threads would issue those calls in different orders on different ranks.
-    if (c->fb_overlap && c->ep > 1)
-        core_usage_error("--fb-overlap 1 needs --ep 1: with expert parallelism the forward and the "
-                         "backward of an F&B op both communicate, and cannot run at once");
+    // With EP the F&B overlap's two threads both call MPI (each pipe on its own EP group).
+    if (c->fb_overlap && c->ep > 1 && !comm_threads_ok())
+        core_usage_error("--fb-overlap 1 with --ep %d needs an MPI with MPI_THREAD_MULTIPLE: the forward "
+                         "and the backward of an F&B op both communicate, from two threads; this MPI "
+                         "gives less (pass --fb-overlap 0)", c->ep);
     Grid *g = grid_create(comm_world(), c->pp, c->ep, c->E);
     grid_log(g, c->E);
     eplb_runtime_check_config(c);

@@ -19,6 +19,7 @@
 
 static double g_timeout = COMM_DEFAULT_TIMEOUT;
 static int g_mpi_started = 0;  // comm_init called MPI_Init (so comm_finalize calls MPI_Finalize)
+static int g_threads_ok = 1;   // MPI runs with MPI_THREAD_MULTIPLE, or there is no MPI
 static Comm g_world = {"world", 0, 1, NULL, NULL};
 
 size_t comm_type_size(CommType t) {
@@ -39,6 +40,8 @@ void comm_set_timeout(double seconds) {
 double comm_timeout(void) { return g_timeout; }
 
 Comm *comm_world(void) { return &g_world; }
+
+int comm_threads_ok(void) { return g_threads_ok; }
 
 void comm_timed_out(const Comm *c, const char *op) {
     fflush(stdout);
@@ -294,9 +297,15 @@ void comm_init(int *argc, char ***argv) {
     MPI_CHECK(MPI_Initialized(&up));
     if (!up) {
         if (!launched_by_mpirun()) return;  // one process: the world needs no MPI
-        MPI_CHECK(MPI_Init(argc, argv));
+        // The pipeline's F&B overlap calls MPI from two threads at once (on different groups).
+        int provided = MPI_THREAD_SINGLE;
+        MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
         g_mpi_started = 1;
     }
+    // Asked again: MPI may have been started by someone else (the MPI tests' main).
+    int level = MPI_THREAD_SINGLE;
+    MPI_CHECK(MPI_Query_thread(&level));
+    g_threads_ok = level >= MPI_THREAD_MULTIPLE;
     // Errors come back to MPI_CHECK (with MPI's message) instead of MPI's default abort.
     MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
     g_world_mpi = MPI_COMM_WORLD;
@@ -315,6 +324,7 @@ void comm_finalize(void) {
     core_set_abort_hook(NULL);
     MPI_CHECK(MPI_Finalize());
     g_mpi_started = 0;
+    g_threads_ok = 1;
     g_world.rank = 0;
     g_world.size = 1;
     g_world.ops = NULL;

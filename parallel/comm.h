@@ -69,6 +69,10 @@ void comm_init(int *argc, char ***argv);
 void comm_finalize(void);
 // The communicator of all processes (one process before comm_init or without mpirun).
 Comm *comm_world(void);
+// 1 when two threads may call into communicators at once (each on its own group): MPI was started
+// with MPI_THREAD_MULTIPLE, or there is no MPI. comm_init asks for it; an MPI built without it
+// gives less.
+int comm_threads_ok(void);
 // Seconds an operation may take before the job is ended (default COMM_DEFAULT_TIMEOUT, > 0).
 void comm_set_timeout(double seconds);
 double comm_timeout(void);

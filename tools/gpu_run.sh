@@ -19,8 +19,9 @@
 #              overlapping the dispatch, MOELAB_EP_OVERLAP=0) and DP NP (ep_bench train)
 #   pp         on PP_NP GPUs (default 4): `moelab train --device cuda-fp32` with 1F1B, DualPipe and
 #              DualPipeV at PP PP_NP, and at 4 GPUs DualPipe PP 2 x EP 2 (8 micro-batches), against
-#              one GPU with the same batch; DualPipe and DualPipeV with the F&B overlap
-#              (--fb-overlap 1) equal to the same runs without it (every printed digit)
+#              one GPU with the same batch; DualPipe and DualPipeV (and at 4 GPUs DualPipe PP 2 x
+#              EP 2) with the F&B overlap (--fb-overlap 1) equal to the same runs without it (every
+#              printed digit)
 #   pp_bench   on PP_NP GPUs: configs/bench.cfg (bf16), 8 micro-batches of PP_BATCH (default 8)
 #              sequences: step time of 1F1B, DualPipe and DualPipeV at PP PP_NP (the last two with the F&B
 #              overlap off and on; step 3 untraced, step 4 traced), each rank's measured idle fraction
@@ -248,9 +249,13 @@ if want pp; then
             same_run "$log/pp_one_$accum.jsonl" "$log/$name.jsonl" "moelab train $name vs one GPU" 3
         done
         # The F&B overlap only changes which kernels run at once: the same numbers as without it.
-        for kind in dualpipe dualpipev; do
-            name=pp_${kind}_pp${pp_np}_ep1
-            mpi "$pp_np" .dist/bin/moelab "${a[@]}" --schedule $kind --pp "$pp_np" --chunks 8 --fb-overlap 1 \
+        # With EP the two halves' all-to-alls run at once too, each pipe on its own EP groups.
+        fb_runs=("dualpipe $pp_np 1" "dualpipev $pp_np 1")
+        [ "$pp_np" = 4 ] && fb_runs+=("dualpipe 2 2")
+        for run in "${fb_runs[@]}"; do
+            read -r kind pp ep <<< "$run"
+            name=pp_${kind}_pp${pp}_ep$ep
+            mpi "$pp_np" .dist/bin/moelab "${a[@]}" --schedule $kind --pp $pp --ep $ep --chunks 8 --fb-overlap 1 \
                 --metrics "$log/${name}_fb.jsonl" > "$log/${name}_fb.log" 2>&1 || fail "moelab train $name --fb-overlap 1"
             grep "F&B ops" "$log/${name}_fb.log" | head -n 1
             same_run "$log/$name.jsonl" "$log/${name}_fb.jsonl" "moelab train $name, F&B overlap vs none" 3 0

@@ -69,7 +69,7 @@ static const KeyInfo KEYS[] = {
     {"pp", K_INT, OFF(pp), 1, 1 << 16, NULL, "pipeline stages (ranks)"},
     {"chunks", K_INT, OFF(chunks), 0, 1 << 20, NULL, "pipeline micro-batches per step (0: grad_accum)"},
     {"schedule", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
-    {"fb_overlap", K_BOOL, OFF(fb_overlap), 0, 1, NULL, "F&B ops: forward and backward on two GPU streams (ep 1)"},
+    {"fb_overlap", K_BOOL, OFF(fb_overlap), 0, 1, NULL, "F&B ops: forward and backward on two GPU streams"},
     {"eplb_interval", K_INT, OFF(eplb_interval), 0, INT_MAX, NULL, "steps between EPLB rebalances (0: off)"},
     {"eplb_redundant", K_INT, OFF(eplb_redundant), 0, 1 << 16, NULL, "redundant expert slots per layer"},
     {"eplb_groups", K_INT, OFF(eplb_groups), 1, 1 << 16, NULL, "EPLB expert groups (hierarchical policy when nodes divide them)"},

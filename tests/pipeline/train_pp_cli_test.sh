@@ -3,8 +3,9 @@
 # sequences per step as DualPipe on 2 ranks (--chunks 4) and DualPipeV on 2 ranks; the logged
 # losses and gradient norms of every step agree within 1e-5 relative; so do 1F1B, DualPipe and
 # DualPipeV on 4 ranks over the GPU transport run on MPI (MOELAB_TEST_PIPE_LINKS=1). The DualPipe
-# run's --trace must draw with `moelab schedule --from-trace`, the CPU accepts --fb-overlap 1 and
-# runs the F&B halves in turn, and bad pipeline arguments end with one message.
+# run's --trace must draw with `moelab schedule --from-trace`, the CPU accepts --fb-overlap 1 (with
+# EP too: DualPipe PP 2 x EP 2) and runs the F&B halves in turn, and bad pipeline arguments end
+# with one message.
 set -euo pipefail
 moelab="$TEST_SRCDIR/moelab/tools/moelab"
 tmp="${TEST_TMPDIR:-/tmp}"
@@ -27,7 +28,13 @@ grep -q "F&B ops run their forward and backward one after the other (no overlap 
 grep -q "pipeline: dualpipe, 2 ranks, 4 micro-batches per step | layers per stage: \[0,2) \[2,4)" \
     "$tmp/dualpipe.log" || { echo "FAIL: the partition is not in the log:"; cat "$tmp/dualpipe.log"; exit 1; }
 
-for run in dualpipe dualpipev; do
+# With EP each pipe's dispatcher has an EP group of its own; the overlap's flag is accepted.
+mpi 4 "$moelab" train "${args[@]}" --pp 2 --ep 2 --schedule dualpipe --chunks 4 --batch-size 2 --fb-overlap 1 \
+    --metrics "$tmp/dualpipe_ep.jsonl" >"$tmp/dualpipe_ep.log"
+grep -q "F&B ops run their forward and backward one after the other (no overlap on the CPU)" \
+    "$tmp/dualpipe_ep.log" || { echo "FAIL: --fb-overlap with EP is not logged:"; cat "$tmp/dualpipe_ep.log"; exit 1; }
+
+for run in dualpipe dualpipev dualpipe_ep; do
     close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 123
     echo "ok: $run matches the one-process run"
 done
@@ -84,5 +91,4 @@ expect_usage "cuts the model into 8 stages of at least one layer, but n_layers =
     mpi 4 "$moelab" train "${args[@]}" --pp 4 --schedule dualpipev --chunks 8
 expect_usage "--chunks 4 and --grad-accum 2 both set the micro-batches per step" \
     "$moelab" train "${args[@]}" --chunks 4 --grad-accum 2
-expect_usage "--fb-overlap 1 needs --ep 1" "$moelab" train "${args[@]}" --ep 2 --fb-overlap 1
 echo "ok: bad arguments are refused"
