@@ -18,7 +18,7 @@
 #include "framework/core/timer.h"
 
 static double g_timeout = COMM_DEFAULT_TIMEOUT;
-static int g_mpi_started = 0;  // comm_init called MPI_Init (so comm_finalize calls MPI_Finalize)
+static int g_mpi_started = 0;  // comm_init started MPI (so comm_finalize calls MPI_Finalize)
 static int g_threads_ok = 1;   // MPI runs with MPI_THREAD_MULTIPLE, or there is no MPI
 static Comm g_world = {"world", 0, 1, NULL, NULL};
 
