@@ -57,16 +57,27 @@ TEST(Comm, AllgatherAndReduceScatter) {
 size_t a2a_count(int src, int dst) { return (size_t)((src + 2 * dst) % 3); }
 float a2a_value(int src, int dst, size_t i) { return (float)(1000 * src + 10 * dst + (int)i); }
 
+// This rank's side of the uneven all-to-all-v above: counts, what it sends, what it must receive.
+struct A2aCase {
+    std::vector<size_t> sc, rc;
+    std::vector<float> send, expect;
+};
+A2aCase a2a_case(int P, int r) {
+    A2aCase a{std::vector<size_t>(P), std::vector<size_t>(P), {}, {}};
+    for (int j = 0; j < P; j++) {
+        a.sc[j] = a2a_count(r, j);
+        a.rc[j] = a2a_count(j, r);
+        for (size_t i = 0; i < a.sc[j]; i++) a.send.push_back(a2a_value(r, j, i));
+        for (size_t i = 0; i < a.rc[j]; i++) a.expect.push_back(a2a_value(j, r, i));
+    }
+    return a;
+}
+
 TEST(Comm, AlltoallvWithUnevenAndZeroCounts) {
     const int P = world()->size, r = world()->rank;
-    std::vector<size_t> sc(P), rc(P);
-    std::vector<float> send, expect;
-    for (int j = 0; j < P; j++) {
-        sc[j] = a2a_count(r, j);
-        rc[j] = a2a_count(j, r);
-        for (size_t i = 0; i < sc[j]; i++) send.push_back(a2a_value(r, j, i));
-        for (size_t i = 0; i < rc[j]; i++) expect.push_back(a2a_value(j, r, i));
-    }
+    A2aCase x = a2a_case(P, r);
+    std::vector<size_t> &sc = x.sc, &rc = x.rc;
+    std::vector<float> &send = x.send, &expect = x.expect;
     std::vector<float> recv(expect.size() + 1, -1.0f);  // one spare element must stay untouched
     comm_alltoallv(world(), send.data(), sc.data(), recv.data(), rc.data(), COMM_F32);
     for (size_t i = 0; i < expect.size(); i++) EXPECT_EQ(recv[i], expect[i]) << "element " << i;
@@ -82,14 +93,9 @@ TEST(Comm, NonBlockingAllreduceAndAlltoallvInFlightTogether) {
     const int P = world()->size, r = world()->rank;
     // Two all-reduces and an all-to-all-v in flight at once, completed out of start order.
     std::vector<double> a = {1.0 * r, 2.0}, b = {0.5 * r};
-    std::vector<size_t> sc(P), rc(P);
-    std::vector<float> send, expect;
-    for (int j = 0; j < P; j++) {
-        sc[j] = a2a_count(r, j);
-        rc[j] = a2a_count(j, r);
-        for (size_t i = 0; i < sc[j]; i++) send.push_back(a2a_value(r, j, i));
-        for (size_t i = 0; i < rc[j]; i++) expect.push_back(a2a_value(j, r, i));
-    }
+    A2aCase x = a2a_case(P, r);
+    std::vector<size_t> &sc = x.sc, &rc = x.rc;
+    std::vector<float> &send = x.send, &expect = x.expect;
     std::vector<float> recv(expect.size() + 1, -1.0f);
     CommRequest *ra = comm_iallreduce(world(), a.data(), a.size(), COMM_F64, COMM_SUM);
     CommRequest *rv = comm_ialltoallv(world(), send.data(), sc.data(), recv.data(), rc.data(), COMM_F32);
