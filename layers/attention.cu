@@ -236,21 +236,20 @@ attention_dq_kernel(T *dq, const T *dout, const T *q, const T *k, const T *v, co
 typedef __nv_bfloat16 bf16;
 
 // ldmatrix .x4: lanes 8i..8i+7 give the row addresses (16 bytes each) of 8×8 matrix i; lane l
-// receives r[i] = elements (l / 4, 2·(l % 4) and +1) of matrix i, or of its transpose with .trans.
+// receives r[i] = elements (l / 4, 2·(l % 4) and +1) of matrix i, or of its transpose with TRANS
+// (.trans).
+#define TC_LDSM(instr, r, a)                                                      \
+    asm volatile(instr " {%0, %1, %2, %3}, [%4];\n"                              \
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])                \
+                 : "r"(a)                                                        \
+                 : "memory")
+template <bool TRANS>
 __device__ __forceinline__ void tc_ldsm(uint32_t r[4], const bf16 *p) {
     uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
+    if (TRANS) TC_LDSM("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16", r, a);
+    else TC_LDSM("ldmatrix.sync.aligned.m8n8.x4.shared.b16", r, a);
 }
-__device__ __forceinline__ void tc_ldsm_t(uint32_t r[4], const bf16 *p) {
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-}
+#undef TC_LDSM
 
 // c (16×8, fp32) += a (16×16, bf16, row) · b (16×8, bf16, col). With g = lane / 4, i = lane % 4
 // (PTX ISA, mma.m16n8k16 fragments): a[0] holds A(g, 2i..2i+1), a[1] A(g+8, 2i..), a[2]
@@ -279,14 +278,14 @@ __device__ __forceinline__ void tc_gemm_abt(float (*acc)[4], const bf16 *a, int 
     for (int kk = 0; kk < K; kk += 16) {
         // Matrices 0..3 = rows 0-7 / 8-15 × columns kk / kk+8: the a[0..3] fragment order.
         uint32_t af[4];
-        tc_ldsm(af, a + (lane % 16) * lda + kk + (lane / 16) * 8);
+        tc_ldsm<false>(af, a + (lane % 16) * lda + kk + (lane / 16) * 8);
         #pragma unroll
         for (int n = 0; n < N; n += 16) {
             // B(k, n) = b(n, k): rows of b are B's columns, so no transpose. Matrices 0..3 =
             // (b rows n..n+7, columns kk), (n..n+7, kk+8), (n+8.., kk), (n+8.., kk+8): b0, b1 of
             // column block n / 8, then b0, b1 of block n / 8 + 1.
             uint32_t bf[4];
-            tc_ldsm(bf, b + (n + lane % 8 + (lane / 16) * 8) * ldb + kk + (lane / 8 % 2) * 8);
+            tc_ldsm<false>(bf, b + (n + lane % 8 + (lane / 16) * 8) * ldb + kk + (lane / 8 % 2) * 8);
             tc_mma(acc[n / 8], af, bf[0], bf[1]);
             tc_mma(acc[n / 8 + 1], af, bf[2], bf[3]);
         }
@@ -307,7 +306,7 @@ __device__ __forceinline__ void tc_gemm_pb(float (*acc)[4], const uint32_t (*p)[
             // (b rows 16kk..+7, columns n..n+7), (rows +8..+15, n), (rows 16kk.., n+8),
             // (rows +8.., n+8): b0, b1 of column block n / 8, then of block n / 8 + 1.
             uint32_t bf[4];
-            tc_ldsm_t(bf, b + (kk * 16 + lane % 8 + (lane / 8 % 2) * 8) * ldb + n + (lane / 16) * 8);
+            tc_ldsm<true>(bf, b + (kk * 16 + lane % 8 + (lane / 8 % 2) * 8) * ldb + n + (lane / 16) * 8);
             tc_mma(acc[n / 8], p[kk], bf[0], bf[1]);
             tc_mma(acc[n / 8 + 1], p[kk], bf[2], bf[3]);
         }
