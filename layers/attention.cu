@@ -35,6 +35,24 @@ __device__ __forceinline__ float row_sum(float x) {
     return x;
 }
 
+// The backward's per-(query, key) quantities from this thread's parts of the row pairs: the score
+// s = a·x and dp = b·y (x, y rows of shared tiles), then the softmax probability p = exp(s·scale −
+// lse) (0 where `live` is false: masked or past T) and the score gradient ds = p·(dp − delta)·scale.
+template <int HD>
+__device__ __forceinline__ float2 attn_p_ds(const float *a, const float *x, const float *b, const float *y,
+                                            int lane, bool live, float lse, float delta, float scale) {
+    float s = 0.0f, dp = 0.0f;
+    #pragma unroll
+    for (int j = 0; j < HD / LANES; j++) {
+        s += a[j] * x[lane + LANES * j];
+        dp += b[j] * y[lane + LANES * j];
+    }
+    s = row_sum(s);
+    dp = row_sum(dp);
+    const float p = live ? expf(s * scale - lse) : 0.0f;
+    return make_float2(p, p * (dp - delta) * scale);
+}
+
 // Loads rows [r0, r0 + TILE) of head `head` of x (B, T, nh, HD) for batch b into s (TILE, HD) as
 // fp32; rows past T become zeros.
 template <typename T, int HD>
@@ -162,17 +180,10 @@ attention_dkdv_kernel(T *dk, T *dv, const T *dout, const T *q, const T *k, const
         #pragma unroll
         for (int c = 0; c < TILE; c++) {
                 int t = q0 + c;
-                float s = 0.0f, dp = 0.0f;
-                #pragma unroll
-                for (int j = 0; j < HD / LANES; j++) {
-                    s += kr[j] * qs[c][lane + LANES * j];
-                    dp += vr[j] * dos[c][lane + LANES * j];
-                }
-                s = row_sum(s);
-                dp = row_sum(dp);
-                // p = softmax probability of key tk for query t; 0 where masked or out of range.
-                float p = (t < Tseq && tk <= t) ? expf(s * scale - lses[c]) : 0.0f;
-                float ds = p * (dp - dels[c]) * scale;
+                // Key tk against query t (masked unless tk <= t < T).
+                const float2 pd = attn_p_ds<HD>(kr, qs[c], vr, dos[c], lane, t < Tseq && tk <= t, lses[c],
+                                                dels[c], scale);
+                const float p = pd.x, ds = pd.y;
                 #pragma unroll
                 for (int j = 0; j < HD / LANES; j++) {
                     dvr[j] += p * dos[c][lane + LANES * j];
@@ -208,16 +219,8 @@ attention_dq_kernel(T *dq, const T *dout, const T *q, const T *k, const T *v, co
         __syncthreads();
         #pragma unroll
         for (int c = 0; c < TILE; c++) {
-            float s = 0.0f, dp = 0.0f;
-            #pragma unroll
-            for (int j = 0; j < HD / LANES; j++) {
-                s += qr[j] * ks[c][lane + LANES * j];
-                dp += dor[j] * vs[c][lane + LANES * j];
-            }
-            s = row_sum(s);
-            dp = row_sum(dp);
-            float p = (t < Tseq && k0 + c <= t) ? expf(s * scale - l) : 0.0f;
-            float ds = p * (dp - del) * scale;
+            const float ds =
+                attn_p_ds<HD>(qr, ks[c], dor, vs[c], lane, t < Tseq && k0 + c <= t, l, del, scale).y;
             #pragma unroll
             for (int j = 0; j < HD / LANES; j++) dqr[j] += ds * ks[c][lane + LANES * j];
         }
