@@ -1,11 +1,14 @@
 // Linear layer on the GPU (see linear_cuda.h): each product is one cublasGemmEx with fp32 compute.
-// The grouped (per-expert) calls run the same per-expert products one cublasGemmEx each, on one
-// side stream (the loop) or spread over a few concurrent ones (streams), or as one
-// cublasGemmGroupedBatchedEx (MOELAB_GROUPED_GEMM chooses; tests/gpu/kernel_bench.cc measures
-// all three at the bench config's expert shapes).
+// The grouped (per-expert) calls run, on a Hopper GPU with bf16 operands, as one CUTLASS grouped
+// GEMM (gemm_sm90.cu); otherwise, or when asked, the same per-expert products run one
+// cublasGemmEx each, on one side stream (the loop) or spread over a few concurrent ones (streams),
+// or as one cublasGemmGroupedBatchedEx (MOELAB_GROUPED_GEMM chooses; tests/gpu/kernel_bench.cc
+// measures every way at the bench config's expert shapes).
 // cuBLAS is column-major: a row-major (r, c) matrix is its column-major (c, r) transpose, so
 // out = inp · Wᵀ (row-major) is outᵀ = W · inpᵀ (column-major), and likewise for the backward.
 #include "layers/linear_cuda.h"
+
+#include "layers/gemm_sm90_cuda.h"
 
 #include <cublas_v2.h>
 #include <stdlib.h>
@@ -100,19 +103,20 @@ static int g_streams = -1;  // side streams of LINEAR_GROUPED_STREAMS, from MOEL
 int linear_cuda_grouped_mode(void) {
     if (g_mode < 0) {
         const char *env = getenv("MOELAB_GROUPED_GEMM");
-        // Default grouped: measured 2026-11-28 on an H200 in the whole bench step (docs/BENCHMARKS.md),
-        // grouped 157 ms, loop and streams 241-264 ms (side-stream fork/join in the model's step).
-        if (!env || !strcmp(env, "grouped")) g_mode = LINEAR_GROUPED_CUBLAS;
+        // Default cutlass, which is cuBLAS's grouped call where the Hopper kernels do not apply:
+        // measured on an H200 (docs/BENCHMARKS.md), cuBLAS grouped 157 ms per bench step against
+        // 241-264 ms for loop and streams (side-stream fork/join in the model's step).
+        if (!env || !strcmp(env, "cutlass")) g_mode = LINEAR_GROUPED_CUTLASS;
+        else if (!strcmp(env, "grouped")) g_mode = LINEAR_GROUPED_CUBLAS;
         else if (!strcmp(env, "streams")) g_mode = LINEAR_GROUPED_STREAMS;
         else if (!strcmp(env, "loop")) g_mode = LINEAR_GROUPED_LOOP;
-        else core_usage_error("MOELAB_GROUPED_GEMM must be 'loop', 'streams' or 'grouped', not '%s'", env);
+        else core_usage_error("MOELAB_GROUPED_GEMM must be 'loop', 'streams', 'grouped' or 'cutlass', not '%s'", env);
     }
     return g_mode;
 }
 
 void linear_cuda_set_grouped_mode(int mode) {
-    CHECK(mode == LINEAR_GROUPED_LOOP || mode == LINEAR_GROUPED_CUBLAS || mode == LINEAR_GROUPED_STREAMS,
-          "linear: unknown grouped mode %d", mode);
+    CHECK(mode >= LINEAR_GROUPED_LOOP && mode <= LINEAR_GROUPED_CUTLASS, "linear: unknown grouped mode %d", mode);
     g_mode = mode;
 }
 
@@ -219,6 +223,10 @@ static int g_unsupported[2][2];
 
 int linear_cuda_grouped_unsupported(CoreDtype dt, CoreDtype c_dt) { return g_unsupported[dt][c_dt]; }
 
+int linear_cuda_cutlass_applies(CoreDtype dt, CoreDtype out_dt, int IC, int OC) {
+    return dt == CORE_BF16 && out_dt == CORE_BF16 && gemm_sm90_available() && gemm_sm90_shapes_ok(IC, OC);
+}
+
 // Device pointer arrays travel as kernel arguments: no host buffer whose lifetime would tie the
 // host to the stream, and no synchronizing copy from pageable memory.
 enum { PTR_BLOCK = 256 };
@@ -311,6 +319,19 @@ static Gemm group_gemm(const GroupArgs *g, int e, int rows, size_t row0) {
 static void run_groups(const GroupArgs *g, const int *counts, int G) {
     CHECK(G >= 1, "linear: need at least one group, got G = %d", G);
     linear_check(0, g->IC, g->OC);
+    int mode = linear_cuda_grouped_mode();
+    if (mode == LINEAR_GROUPED_CUTLASS) {
+        // The weight gradient is always fp32: what decides is the dtype of its operands.
+        const CoreDtype out_dt = g->kind == GROUP_BACKWARD_WEIGHT ? g->dt : g->out_dt;
+        if (linear_cuda_cutlass_applies(g->dt, out_dt, g->IC, g->OC)) {
+            const GemmSm90Kind kind = g->kind == GROUP_FORWARD          ? GEMM_SM90_FORWARD
+                                      : g->kind == GROUP_BACKWARD_INPUT ? GEMM_SM90_BACKWARD_INPUT
+                                                                        : GEMM_SM90_BACKWARD_WEIGHT;
+            gemm_sm90_grouped(kind, g->y, g->a, g->b, counts, G, g->IC, g->OC);
+            return;
+        }
+        mode = LINEAR_GROUPED_CUBLAS;
+    }
     Gemm *gs = (Gemm *)core_alloc((size_t)G * sizeof(Gemm));
     int n = 0;
     size_t row0 = 0;
@@ -320,7 +341,6 @@ static void run_groups(const GroupArgs *g, const int *counts, int G) {
         row0 += (size_t)counts[e];
     }
     const CoreDtype c_dt = g->kind == GROUP_BACKWARD_WEIGHT ? CORE_F32 : g->out_dt;
-    const int mode = linear_cuda_grouped_mode();
     if (n > 0 && !(mode == LINEAR_GROUPED_CUBLAS && gemm_grouped(gs, n, g->dt, c_dt)))
         gemm_streams(gs, n, mode == LINEAR_GROUPED_LOOP ? 1 : linear_cuda_gemm_streams());
     core_free(gs);

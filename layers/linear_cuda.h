@@ -33,19 +33,24 @@ void linear_cuda_backward_input_grouped(CoreDtype dt, void *dinp, const void *do
 void linear_cuda_backward_weight_grouped(CoreDtype dt, float *dW, const void *dout,
                                          const void *inp, const int *counts, int G, int IC, int OC);
 
-// How the grouped products run. LINEAR_GROUPED_CUBLAS (the default, the fastest in the whole step
-// when measured: docs/gpu.md) makes one cublasGemmGroupedBatchedEx for all of them.
+// How the grouped products run. LINEAR_GROUPED_CUTLASS (the default) runs them as one CUTLASS
+// Hopper grouped GEMM (layers/gemm_sm90.cu) where linear_cuda_cutlass_applies, and as
+// LINEAR_GROUPED_CUBLAS elsewhere. LINEAR_GROUPED_CUBLAS makes one cublasGemmGroupedBatchedEx
+// for all of them.
 // LINEAR_GROUPED_STREAMS issues one cublasGemmEx per non-empty expert, spread over linear_cuda_gemm_streams() side streams that run concurrently
 // (each with its own cuBLAS handle and workspace), forked from and joined back into the compute
 // stream within the call; LINEAR_GROUPED_LOOP is the same with one side stream (one GEMM after
 // another). The three give
-// the same results, and loop and streams bit-identical ones. MOELAB_GROUPED_GEMM=loop|streams|grouped
+// the same results, and loop and streams bit-identical ones. MOELAB_GROUPED_GEMM=loop|streams|grouped|cutlass
 // sets the mode and MOELAB_GEMM_STREAMS=1..LINEAR_MAX_STREAMS the stream count (default
 // LINEAR_DEFAULT_STREAMS) at the first call (other values are usage errors); the setters override
 // them (tests, benchmarks).
-enum { LINEAR_GROUPED_LOOP = 0, LINEAR_GROUPED_CUBLAS = 1, LINEAR_GROUPED_STREAMS = 2 };
+enum { LINEAR_GROUPED_LOOP = 0, LINEAR_GROUPED_CUBLAS = 1, LINEAR_GROUPED_STREAMS = 2, LINEAR_GROUPED_CUTLASS = 3 };
 enum { LINEAR_DEFAULT_STREAMS = 4, LINEAR_MAX_STREAMS = 8 };
 int linear_cuda_grouped_mode(void);
+// 1 when the CUTLASS kernels run the grouped products of these operands: bf16 in and out (the
+// weight gradient is fp32 from bf16), a GPU of compute capability 9.0, IC and OC multiples of 8.
+int linear_cuda_cutlass_applies(CoreDtype dt, CoreDtype out_dt, int IC, int OC);
 void linear_cuda_set_grouped_mode(int mode);
 int linear_cuda_gemm_streams(void);
 void linear_cuda_set_gemm_streams(int n);

@@ -1,4 +1,4 @@
-"""cuda_library: .cu files compiled by nvcc (sm_90 machine code plus compute_90 PTX) as a cc_library.
+"""cuda_library: .cu files compiled by nvcc (by default sm_90 machine code plus compute_90 PTX) as a cc_library.
 
 Each .cu becomes one genrule (nvcc -c) whose object feeds a cc_library. The genrules are tagged
 manual and the objects are selected on //:cuda, so a build without --config=cuda never runs nvcc and
@@ -8,10 +8,17 @@ the library's own headers and every header of its deps (collected from their CcI
 
 load("@local_cuda//:defs.bzl", "NVCC")
 
-_NVCC_FLAGS = [
-    "-c",
+# Code for every Hopper-class and later GPU: sm_90 machine code, and compute_90 PTX the driver can
+# compile for newer chips. A library of Hopper-only kernels (wgmma, setmaxnreg) passes
+# gencode = SM90A instead: that code runs on compute capability 9.0 only.
+DEFAULT_GENCODE = [
     "-gencode=arch=compute_90,code=sm_90",
     "-gencode=arch=compute_90,code=compute_90",
+]
+SM90A = ["-gencode=arch=compute_90a,code=sm_90a"]
+
+_NVCC_FLAGS = [
+    "-c",
     "-O3",
     "--std=c++17",
     "-Xcompiler=-fPIC,-Wall",
@@ -31,10 +38,10 @@ _cc_headers = rule(
     attrs = {"deps": attr.label_list(providers = [CcInfo])},
 )
 
-def cuda_library(name, srcs, hdrs = [], deps = [], copts = [], **kwargs):
+def cuda_library(name, srcs, hdrs = [], deps = [], copts = [], gencode = DEFAULT_GENCODE, **kwargs):
     """A cc_library over nvcc-compiled srcs (.cu); hdrs and deps as for cc_library.
 
-    copts go to nvcc (e.g. "-lineinfo"). Under --config=cuda the library links cudart, cuBLAS and
+    copts go to nvcc (e.g. "-lineinfo"); gencode chooses the GPU code (DEFAULT_GENCODE or SM90A). Under --config=cuda the library links cudart, cuBLAS and
     cuBLASLt from @local_cuda; without it the library holds hdrs only.
     """
     dep_hdrs = name + "_dep_hdrs"
@@ -49,9 +56,10 @@ def cuda_library(name, srcs, hdrs = [], deps = [], copts = [], **kwargs):
             srcs = [src, ":" + dep_hdrs] + hdrs,
             outs = [obj],
             tools = ["@local_cuda//:nvcc"],
-            cmd = "%s %s %s -o $@ $(location %s)" % (
+            cmd = "%s %s %s %s -o $@ $(location %s)" % (
                 NVCC,
                 " ".join(_NVCC_FLAGS),
+                " ".join(gencode),
                 " ".join(copts),
                 src,
             ),

@@ -2,7 +2,9 @@
 # Runs what tools/gpu_build.sh put into .dist/, on the GPU machine, in stages (all by default):
 #   tests      the kernel suite (gpu_test) and the whole-model suite (model_gpu_test)
 #   sanitizer  compute-sanitizer memcheck and racecheck over the kernel suite
-#   kernels    the kernel benchmark at the bench config's shapes
+#   kernels    the kernel benchmark at the bench config's shapes, and its library baselines in the
+#              same run (tools/bench_torch_kernels.py: PyTorch's grouped GEMM, cuDNN and
+#              FlashAttention-2 through scaled_dot_product_attention)
 #   train      `moelab train --device cuda` on the quickstart config and data (QS_STEPS steps,
 #              default 600), and the same run on the CPU alongside when QS_CPU=1
 #   bench      `moelab bench --device cuda --config configs/bench.cfg` (with its time breakdown)
@@ -130,6 +132,9 @@ if want kernels; then
     echo "== kernel_bench"
     .dist/bin/kernel_bench 2>&1 | tee "$log/kernel_bench.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail kernel_bench
+    echo "== bench_torch_kernels.py (the library baselines)"
+    python3 tools/bench_torch_kernels.py 2>&1 | tee "$log/kernel_baselines.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || fail bench_torch_kernels
 fi
 
 if want train; then

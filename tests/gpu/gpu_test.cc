@@ -29,6 +29,7 @@ extern "C" {
 #include "layers/embedding.h"
 #include "layers/embedding_cuda.h"
 #include "layers/linear.h"
+#include "layers/gemm_sm90_cuda.h"
 #include "layers/linear_cuda.h"
 #include "layers/moe.h"
 #include "layers/moe_cuda.h"
@@ -363,13 +364,17 @@ TEST_F(Gpu, Linear) {
 }
 
 const char *mode_name(int mode) {
-    return mode == LINEAR_GROUPED_LOOP ? "loop" : mode == LINEAR_GROUPED_STREAMS ? "streams" : "grouped";
+    return mode == LINEAR_GROUPED_LOOP      ? "loop"
+           : mode == LINEAR_GROUPED_STREAMS ? "streams"
+           : mode == LINEAR_GROUPED_CUTLASS ? "cutlass"
+                                            : "grouped";
 }
 
 // Per-expert GEMMs on contiguous row ranges (one empty expert, one of a single row) against the
 // CPU linear layer called range by range, all three ways: one cuBLAS call per expert on one
-// stream (loop) and on 3 concurrent streams, and one grouped GEMM (where cuBLAS's grouped GEMM
-// lacks the types, that product runs as streams either way).
+// stream (loop) and on 3 concurrent streams, one cuBLAS grouped GEMM (where cuBLAS's grouped GEMM
+// lacks the types, that product runs as streams either way) and one CUTLASS grouped GEMM (bf16 on
+// a Hopper GPU; cuBLAS's grouped GEMM elsewhere).
 TEST_F(Gpu, LinearGrouped) {
     const int G = 5, IC = 64, OC = 48;
     const int counts[G] = {30, 0, 17, 1, 52};
@@ -377,7 +382,7 @@ TEST_F(Gpu, LinearGrouped) {
     for (int c : counts) R += c;
     const int saved = linear_cuda_grouped_mode(), saved_streams = linear_cuda_gemm_streams();
     linear_cuda_set_gemm_streams(3);
-    for (int mode : {LINEAR_GROUPED_LOOP, LINEAR_GROUPED_STREAMS, LINEAR_GROUPED_CUBLAS})
+    for (int mode : {LINEAR_GROUPED_LOOP, LINEAR_GROUPED_STREAMS, LINEAR_GROUPED_CUBLAS, LINEAR_GROUPED_CUTLASS})
     for (CoreDtype dt : kDtypes) {
         SCOPED_TRACE(mode_name(mode));
         printf("  %s, %s:\n", mode_name(mode), dname(dt));
@@ -411,6 +416,50 @@ TEST_F(Gpu, LinearGrouped) {
     }
     linear_cuda_set_grouped_mode(saved);
     linear_cuda_set_gemm_streams(saved_streams);
+}
+
+// The CUTLASS grouped GEMM (Hopper only) on 600 experts, more than one launch takes
+// (GEMM_SM90_MAX_GROUPS), with empty experts, single rows and a few hundred rows, against the CPU
+// layer expert by expert; and run twice from the same inputs, bit for bit (no split-K, no atomics).
+TEST_F(Gpu, LinearGroupedCutlass) {
+    if (!gemm_sm90_available()) GTEST_SKIP() << "needs a GPU of compute capability 9.0";
+    const int G = 600, IC = 136, OC = 72;  // multiples of 8, not of the tile
+    ASSERT_GT(G, (int)GEMM_SM90_MAX_GROUPS);
+    IVec counts = rnd_int(G, 40);
+    for (int e = 0; e < G; e += 7) counts[e] = 0;
+    counts[1] = 1, counts[G - 1] = 300;
+    int R = 0;
+    for (int c : counts) R += c;
+    const CoreDtype dt = CORE_BF16;
+    ASSERT_TRUE(linear_cuda_cutlass_applies(dt, dt, IC, OC));
+    const int saved = linear_cuda_grouped_mode();
+    linear_cuda_set_grouped_mode(LINEAR_GROUPED_CUTLASS);
+    Vec x = rnd((size_t)R * IC), W = rnd((size_t)G * OC * IC, -0.1f, 0.1f), dy = rnd((size_t)R * OC);
+    Vec dx0 = rnd((size_t)R * IC), dW0 = rnd((size_t)G * OC * IC);
+    BufP dX = put(x, dt), dWt = put(W, dt), dDy = put(dy, dt);  // put rounds x, W and dy to bf16
+    put(dx0, dt);                                                // and dx0
+    Vec out((size_t)R * OC), dx = dx0, dW = dW0;
+    size_t r0 = 0;
+    for (int e = 0; e < G; r0 += counts[e], e++) {
+        const float *w = W.data() + (size_t)e * OC * IC;
+        linear_forward(out.data() + r0 * OC, x.data() + r0 * IC, w, counts[e], IC, OC);
+        linear_backward_input(dx.data() + r0 * IC, dy.data() + r0 * OC, w, counts[e], IC, OC);
+        linear_backward_weight(dW.data() + (size_t)e * OC * IC, dy.data() + r0 * OC, x.data() + r0 * IC,
+                               counts[e], IC, OC);
+    }
+    std::vector<Vec> runs[2];
+    for (int run = 0; run < 2; run++) {
+        BufP dOut = poisoned((size_t)R * OC, dt), dDx = put(dx0, dt), dDW = put_f32(dW0);
+        linear_cuda_forward_grouped(dt, dt, dOut->p, dX->p, dWt->p, counts.data(), G, IC, OC);
+        linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts.data(), G, IC, OC);
+        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), G, IC, OC);
+        runs[run] = {get(*dOut, dt, out.size()), get(*dDx, dt, dx.size()), get_f32(*dDW, dW.size())};
+    }
+    EXPECT_CLOSE(runs[0][0], out, dt, "cutlass grouped forward");
+    EXPECT_CLOSE(runs[0][1], dx, dt, "cutlass grouped backward_input");
+    EXPECT_CLOSE(runs[0][2], dW, CORE_F32, "cutlass grouped backward_weight");
+    for (int k = 0; k < 3; k++) EXPECT_TRUE(runs[0][k] == runs[1][k]) << "product " << k << " differs between runs";
+    linear_cuda_set_grouped_mode(saved);
 }
 
 // Streams against the loop, bit for bit: the three products of 24 experts (some empty, sizes

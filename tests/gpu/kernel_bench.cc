@@ -2,8 +2,8 @@
 // H 16, Hkv 4, V 32768, E 64, K 6, Fe 512, bf16) and prints one table: median time per call and
 // the rate it implies (GB/s moved for memory-bound kernels, TFLOP/s for the GEMMs and attention),
 // next to a device-to-device copy and a bf16 GEMM measured in the same run, and the expert GEMMs
-// every way (one cuBLAS call per expert on 1, 2, 4 or 8 streams, one grouped GEMM; uniform and
-// skewed counts). A
+// every way (one cuBLAS call per expert on 1, 2, 4 or 8 streams, one cuBLAS grouped GEMM, the
+// CUTLASS Hopper grouped GEMM; uniform and skewed counts, also at bench_wide.cfg's shapes). A
 // benchmark, not a test: it checks nothing. Runs on the GPU machine (tools/gpu_run.sh).
 #include <algorithm>
 #include <chrono>
@@ -77,11 +77,12 @@ void row(const char *name, double s, double bytes, double flops) {
     printf("\n");
 }
 
-// The counts of R rows over E experts: even, or skewed (Zipf weights 1/(e+1) over the first E - 4
-// experts, the last 4 empty), the remainder to expert 0.
-std::vector<int> expert_counts(int R, bool skewed) {
-    std::vector<int> c(E, 0);
-    int live = skewed ? E - 4 : E, sum = 0;
+// The counts of R rows over nE experts: even, or skewed (Zipf weights 1/(e+1) over the first
+// nE - 4 experts, the last 4 empty), the remainder to expert 0. tools/bench_torch_kernels.py makes
+// the same counts for PyTorch's grouped GEMM.
+std::vector<int> expert_counts(int R, int nE, bool skewed) {
+    std::vector<int> c(nE, 0);
+    int live = skewed ? nE - 4 : nE, sum = 0;
     double wsum = 0;
     for (int e = 0; e < live; e++) wsum += skewed ? 1.0 / (e + 1) : 1.0;
     for (int e = 0; e < live; e++) sum += c[e] = (int)(R * (skewed ? 1.0 / (e + 1) : 1.0) / wsum);
@@ -89,37 +90,41 @@ std::vector<int> expert_counts(int R, bool skewed) {
     return c;
 }
 
-// The three expert products at the bench shapes, uniform and skewed counts, every way they run:
-// one cuBLAS call per expert on one stream (loop), on 2, 4 and 8 concurrent streams, and one
-// grouped GEMM. Each row gives ms and TFLOP/s per way, and the loop's time over the best one's.
-void expert_gemms(int R, void *xe, void *he, void *we, void *dxe, float *dwe) {
-    const double flops = 2.0 * R * D * Fe;
+// The expert products of the up projection (nD -> nF, w1 or w3) for R rows over nE experts,
+// uniform and skewed counts, every way they run: one cuBLAS call per expert on one stream (loop),
+// on 2, 4 and 8 concurrent streams, one cuBLAS grouped GEMM, and the CUTLASS Hopper grouped GEMM
+// (where it applies). Each row gives ms and TFLOP/s per way, and the loop's time over the best one's.
+void expert_gemms(int R, int nE, int nD, int nF) {
+    void *xe = dev_rand((size_t)R * nD, BF), *he = dev_rand((size_t)R * nF, BF),
+         *we = dev_rand((size_t)nE * nF * nD, BF, 0.03f), *dxe = dev_rand((size_t)R * nD, BF);
+    float *dwe = (float *)dev_rand((size_t)nE * nF * nD, CORE_F32);
+    const double flops = 2.0 * R * nD * nF;
     const int saved = linear_cuda_grouped_mode(), saved_streams = linear_cuda_gemm_streams();
     struct Way {
         const char *name;
         int mode, streams;
     };
-    const Way ways[] = {{"loop", LINEAR_GROUPED_LOOP, 1},
-                        {"streams 2", LINEAR_GROUPED_STREAMS, 2},
-                        {"streams 4", LINEAR_GROUPED_STREAMS, 4},
-                        {"streams 8", LINEAR_GROUPED_STREAMS, 8},
-                        {"grouped", LINEAR_GROUPED_CUBLAS, saved_streams}};
-    const int nways = (int)(sizeof ways / sizeof ways[0]);
+    std::vector<Way> ways = {{"loop", LINEAR_GROUPED_LOOP, 1},
+                             {"streams 2", LINEAR_GROUPED_STREAMS, 2},
+                             {"streams 4", LINEAR_GROUPED_STREAMS, 4},
+                             {"streams 8", LINEAR_GROUPED_STREAMS, 8},
+                             {"grouped", LINEAR_GROUPED_CUBLAS, saved_streams}};
+    if (linear_cuda_cutlass_applies(BF, BF, nD, nF)) ways.push_back({"cutlass", LINEAR_GROUPED_CUTLASS, saved_streams});
     for (bool skewed : {false, true}) {
-        std::vector<int> c = expert_counts(R, skewed);
-        printf("expert GEMMs, %d rows over %d experts (%s, largest %d): ms and TFLOP/s per way, loop/best\n",
-               R, E, skewed ? "skewed" : "uniform", *std::max_element(c.begin(), c.end()));
+        std::vector<int> c = expert_counts(R, nE, skewed);
+        printf("expert GEMMs, %d rows over %d experts, D %d Fe %d (%s, largest %d): ms and TFLOP/s per way, loop/best\n",
+               R, nE, nD, nF, skewed ? "skewed" : "uniform", *std::max_element(c.begin(), c.end()));
         const char *names[3] = {"  forward D->Fe", "  backward_input", "  backward_weight (fp32 dW)"};
         for (int kind = 0; kind < 3; kind++) {
             printf("%-28s", names[kind]);
             double loop = 0, best = 1e30;
-            for (int w = 0; w < nways; w++) {
+            for (size_t w = 0; w < ways.size(); w++) {
                 linear_cuda_set_grouped_mode(ways[w].mode);
                 linear_cuda_set_gemm_streams(ways[w].streams);
                 double t = time_it([&] {
-                    if (kind == 0) linear_cuda_forward_grouped(BF, BF, he, xe, we, c.data(), E, D, Fe);
-                    if (kind == 1) linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), E, D, Fe);
-                    if (kind == 2) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), E, D, Fe);
+                    if (kind == 0) linear_cuda_forward_grouped(BF, BF, he, xe, we, c.data(), nE, nD, nF);
+                    if (kind == 1) linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), nE, nD, nF);
+                    if (kind == 2) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), nE, nD, nF);
                 });
                 if (w == 0) loop = t;
                 best = std::min(best, t);
@@ -132,6 +137,7 @@ void expert_gemms(int R, void *xe, void *he, void *we, void *dxe, float *dwe) {
     }
     linear_cuda_set_grouped_mode(saved);
     linear_cuda_set_gemm_streams(saved_streams);
+    for (void *p : {xe, he, we, dxe, (void *)dwe}) core_device_free(CORE_CUDA, p);
 }
 
 }  // namespace
@@ -189,12 +195,12 @@ int main() {
         }), 0, 2.0 * N * D * D);
 
     // Experts: N·K rows over E experts, D -> Fe; the products of the up projection (w1 or w3)
-    // every way (expert_gemms).
+    // every way (expert_gemms), at the bench config's shapes and at bench_wide.cfg's (4 × 4096
+    // tokens, K 6, 32 experts, D 2048, Fe 1408).
     int R = N * K;
-    void *xe = dev_rand((size_t)R * D, BF), *he = dev_rand((size_t)R * Fe, BF),
-         *we = dev_rand((size_t)E * Fe * D, BF, 0.03f), *dxe = dev_rand((size_t)R * D, BF);
-    float *dwe = (float *)dev_rand((size_t)E * Fe * D, CORE_F32);
-    expert_gemms(R, xe, he, we, dxe, dwe);
+    expert_gemms(R, E, D, Fe);
+    expert_gemms(4 * 4096 * 6, 32, 2048, 1408);
+    void *xe = dev_rand((size_t)R * D, BF);
     void *hb = dev_rand((size_t)R * Fe, BF), *hh = dev_rand((size_t)R * Fe, BF),
          *da = dev_rand((size_t)R * Fe, BF), *db = dev_rand((size_t)R * Fe, BF);
     row("swiglu gate forward (N·K, Fe)", time_it([&] {

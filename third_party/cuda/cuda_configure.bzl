@@ -5,6 +5,9 @@ bin/. The repository exposes:
   :nvcc       the compiler (in the stub, a script that fails with a clear message)
   :headers    the toolkit's top-level headers (cuda_runtime.h, cublas_v2.h, ...)
   :cudart, :cublas, :cublasLt, :nccl   the shared libraries (link flags with an rpath)
+  :cutlass    CUTLASS's headers (cute/, cutlass/ and its util headers) as tools/install_deps.sh
+              unpacks them into /opt/moelab/cutlass; where they are missing, a cutlass/cutlass.h
+              that stops the compile with a message saying how to get them
   defs.bzl    CUDA_FOUND, CUDA_ROOT, NVCC (the compiler's absolute path: nvcc finds its own
               tools, cicc and ptxas, relative to where it really lives, so it is called there)
 The stub keeps every name, so a build without --config=cuda loads this package on any machine
@@ -44,10 +47,24 @@ def _write(rctx, build, found, root, nvcc):
     rctx.file("BUILD", head + build)
     rctx.file("defs.bzl", "CUDA_FOUND = %r\nCUDA_ROOT = %r\nNVCC = %r\n" % (found, root, nvcc))
 
+# Where tools/install_deps.sh unpacks the pinned CUTLASS (header-only, from the nvidia-cutlass package).
+_CUTLASS_DIR = "/opt/moelab/cutlass"
+CUTLASS_INCLUDES = ["cutlass/include", "cutlass/util/include"]
+
+def _cutlass(rctx):
+    """The text of the :cutlass library: the headers found, or one that stops the compile."""
+    if rctx.path(_CUTLASS_DIR + "/include/cutlass/cutlass.h").exists:
+        rctx.symlink(_CUTLASS_DIR + "/include", "cutlass/include")
+        rctx.symlink(_CUTLASS_DIR + "/util/include", "cutlass/util/include")
+        return _cc("cutlass", "glob([\"cutlass/include/**\", \"cutlass/util/include/**\"])", CUTLASS_INCLUDES)
+    rctx.file("cutlass/include/cutlass/cutlass.h",
+              "#error \"CUTLASS not found in %s: run tools/install_deps.sh\"\n" % _CUTLASS_DIR)
+    return _cc("cutlass", "[\"cutlass/include/cutlass/cutlass.h\"]", CUTLASS_INCLUDES)
+
 def _stub(rctx, why):
     rctx.file("nvcc", "#!/bin/sh\necho 'moelab: error: %s' >&2\nexit 1\n" % why, executable = True)
     build = "# Stub: %s\n" % why
-    for lib in ["headers", "nccl"] + _LIBS:
+    for lib in ["headers", "nccl", "cutlass"] + _LIBS:
         build += _cc(lib)
     _write(rctx, build, False, "", str(rctx.path("nvcc")))
 
@@ -79,6 +96,7 @@ def _cuda_configure_impl(rctx):
         build += _cc("nccl", "[\"nccl_include/nccl.h\"]", ["nccl_include"], _link(nccl_libdir, "nccl"))
     else:
         build += "# NCCL (libnccl.so and nccl.h) was not found: :nccl is empty.\n" + _cc("nccl")
+    build += _cutlass(rctx)
     _write(rctx, build, True, root, str(nvcc))
 
 cuda_configure = repository_rule(

@@ -1,0 +1,216 @@
+// Hopper grouped GEMMs for the experts (see gemm_sm90_cuda.h) through CUTLASS 3.x: one persistent,
+// warp-specialized kernel per product (TMA producer warp, two wgmma consumer warpgroups that split
+// a 256-row tile), every expert of a MoE layer in one launch. A small setup kernel writes the
+// groups' problem sizes, operand pointers and strides on the device from the row counts, which
+// travel as a kernel argument: no host buffer, no copy, nothing to wait for. The tile scheduler
+// walks the groups' tiles in a fixed order with no split-K, so every output element is summed by
+// one thread in one order: reruns are bit-identical and dW needs no atomics.
+#include "layers/gemm_sm90_cuda.h"
+
+#include "framework/core/cuda.h"
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/thread/linear_combination.h"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/group_array_problem_shape.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/util/packed_stride.hpp"
+
+using namespace cute;
+
+namespace gemm_sm90 {
+
+using Problem = cutlass::gemm::GroupProblemShape<Shape<int, int, int>>;  // (M, N, K) per group
+using ProblemMNK = Problem::UnderlyingProblemShape;
+using Bf16 = cutlass::bfloat16_t;
+using RowMajor = cutlass::layout::RowMajor;
+using ColMajor = cutlass::layout::ColumnMajor;
+
+// One grouped GEMM type: D (M, N, ElementC, row-major) = A (M, K) · B (K, N) + beta · C, bf16
+// operands in the given layouts, fp32 accumulation. In CUTLASS's convention B is given as (N, K):
+// ColumnMajor B is K-contiguous, RowMajor B is N-contiguous. The tile is 256 × 128 × 64 (two
+// consumer warpgroups of 128 rows each), clusters of one CTA (groups have ragged row counts).
+template <class LayoutA, class LayoutB, class ElementC>
+struct GroupedGemm {
+    using Tile = Shape<_256, _128, _64>;
+    using Cluster = Shape<_1, _1, _1>;
+    static constexpr int kAlignAB = 8;                                   // 16 bytes of bf16
+    static constexpr int kAlignC = 16 / (int)sizeof(ElementC);
+    using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+        cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster,
+        cutlass::epilogue::collective::EpilogueTileAuto, float, float, ElementC, RowMajor *, kAlignC,
+        ElementC, RowMajor *, kAlignC, cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
+        cutlass::epilogue::fusion::LinearCombination<ElementC, float>>::CollectiveOp;
+    using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+        cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Bf16, LayoutA *, kAlignAB, Bf16,
+        LayoutB *, kAlignAB, float, Tile, Cluster,
+        cutlass::gemm::collective::StageCountAutoCarveout<
+            static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+        cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>::CollectiveOp;
+    using Kernel = cutlass::gemm::kernel::GemmUniversal<Problem, Mainloop, Epilogue>;
+    using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+    using StrideA = typename Kernel::InternalStrideA;
+    using StrideB = typename Kernel::InternalStrideB;
+    using StrideC = typename Kernel::InternalStrideC;
+};
+
+// forward: A = inp (n, IC) row-major, B = W (OC, IC) K-contiguous, D = out (n, OC) bf16
+using ForwardGemm = GroupedGemm<RowMajor, ColMajor, Bf16>;
+// backward_input: A = dout (n, OC) row-major, B = W (OC, IC) N-contiguous, D = dinp (n, IC) bf16
+using BackwardInputGemm = GroupedGemm<RowMajor, RowMajor, Bf16>;
+// backward_weight: A = doutᵀ (OC, n) from row-major dout, B = inp (n, IC) N-contiguous,
+// D = dW (OC, IC) fp32
+using BackwardWeightGemm = GroupedGemm<ColMajor, RowMajor, float>;
+
+// The non-empty groups of one launch: expert id, rows and first row of each. Passed by value.
+struct Groups {
+    int expert[GEMM_SM90_MAX_GROUPS];
+    int rows[GEMM_SM90_MAX_GROUPS];
+    long row0[GEMM_SM90_MAX_GROUPS];
+    int n, IC, OC;
+};
+
+// The device arrays CUTLASS reads per group (one allocation, freed in stream order after the launch).
+template <class G>
+struct GroupArrays {
+    ProblemMNK problem[GEMM_SM90_MAX_GROUPS];
+    const Bf16 *a[GEMM_SM90_MAX_GROUPS];
+    const Bf16 *b[GEMM_SM90_MAX_GROUPS];
+    typename G::Gemm::ElementC *c[GEMM_SM90_MAX_GROUPS];
+    typename G::StrideA sa[GEMM_SM90_MAX_GROUPS];
+    typename G::StrideB sb[GEMM_SM90_MAX_GROUPS];
+    typename G::StrideC sc[GEMM_SM90_MAX_GROUPS];
+};
+
+// Thread i fills group i: its (M, N, K), operand pointers and packed strides (see the header for
+// the products; r0 and n are the group's first row and row count, e its expert).
+template <class G>
+__global__ void setup_kernel(GroupArrays<G> *arr, Groups g, GemmSm90Kind kind, const Bf16 *a,
+                             const Bf16 *b, void *y) {
+    const int i = threadIdx.x;
+    if (i >= g.n) return;
+    using C = typename G::Gemm::ElementC;
+    const long e = g.expert[i], r0 = g.row0[i], IC = g.IC, OC = g.OC;
+    const int n = g.rows[i];
+    int M, N, K;
+    if (kind == GEMM_SM90_FORWARD) {
+        M = n, N = g.OC, K = g.IC;
+        arr->a[i] = a + r0 * IC, arr->b[i] = b + e * OC * IC, arr->c[i] = (C *)y + r0 * OC;
+    } else if (kind == GEMM_SM90_BACKWARD_INPUT) {
+        M = n, N = g.IC, K = g.OC;
+        arr->a[i] = a + r0 * OC, arr->b[i] = b + e * OC * IC, arr->c[i] = (C *)y + r0 * IC;
+    } else {
+        M = g.OC, N = g.IC, K = n;
+        arr->a[i] = a + r0 * OC, arr->b[i] = b + r0 * IC, arr->c[i] = (C *)y + e * OC * IC;
+    }
+    arr->problem[i] = ProblemMNK(M, N, K);
+    arr->sa[i] = cutlass::make_cute_packed_stride(typename G::StrideA{}, make_shape(M, K, 1));
+    arr->sb[i] = cutlass::make_cute_packed_stride(typename G::StrideB{}, make_shape(N, K, 1));
+    arr->sc[i] = cutlass::make_cute_packed_stride(typename G::StrideC{}, make_shape(M, N, 1));
+}
+
+#define CUTLASS_CHECK(call)                                                                         \
+    do {                                                                                            \
+        cutlass::Status s_ = (call);                                                                \
+        CHECK(s_ == cutlass::Status::kSuccess, "%s failed: %s", #call, cutlassGetStatusString(s_)); \
+    } while (0)
+
+// The multiprocessor count, read once (the persistent grid has one CTA per multiprocessor).
+cutlass::KernelHardwareInfo hardware_info() {
+    static cutlass::KernelHardwareInfo hw;
+    if (hw.sm_count == 0) {
+        CUDA_CHECK(cudaGetDevice(&hw.device_id));
+        hw.sm_count = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(hw.device_id);
+    }
+    return hw;
+}
+
+// One launch over the groups g (g.n ≥ 1): device arrays, setup kernel, CUTLASS kernel, free.
+// beta is 0 for the forward (D overwritten) and 1 for the accumulating backward products.
+template <class G>
+void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b, float beta) {
+    cudaStream_t st = core_stream();
+    // The host problem sizes let CUTLASS size the grid to the tiles when they are fewer than the
+    // multiprocessors; the device copy is what the kernel reads.
+    ProblemMNK host[GEMM_SM90_MAX_GROUPS];
+    for (int i = 0; i < g.n; i++) {
+        const int n = g.rows[i];
+        host[i] = kind == GEMM_SM90_FORWARD          ? ProblemMNK(n, g.OC, g.IC)
+                  : kind == GEMM_SM90_BACKWARD_INPUT ? ProblemMNK(n, g.IC, g.OC)
+                                                     : ProblemMNK(g.OC, g.IC, n);
+    }
+    GroupArrays<G> *arr = nullptr;
+    CUDA_CHECK(cudaMallocAsync((void **)&arr, sizeof(GroupArrays<G>), st));
+    setup_kernel<G><<<1, GEMM_SM90_MAX_GROUPS, 0, st>>>(arr, g, kind, (const Bf16 *)a, (const Bf16 *)b, y);
+    CUDA_CHECK_LAUNCH();
+
+    using C = typename G::Gemm::ElementC;
+    typename G::Gemm::Arguments args;
+    args.mode = cutlass::gemm::GemmUniversalMode::kGrouped;
+    args.problem_shape = {g.n, arr->problem, host};
+    args.mainloop = {arr->a, arr->sa, arr->b, arr->sb};
+    args.epilogue.thread.alpha = 1.0f;
+    args.epilogue.thread.beta = beta;
+    args.epilogue.ptr_C = (const C **)arr->c;
+    args.epilogue.dC = arr->sc;
+    args.epilogue.ptr_D = arr->c;
+    args.epilogue.dD = arr->sc;
+    args.hw_info = hardware_info();
+
+    typename G::Gemm gemm;
+    CUTLASS_CHECK(gemm.can_implement(args));
+    const size_t ws_bytes = G::Gemm::get_workspace_size(args);
+    void *ws = nullptr;
+    if (ws_bytes) CUDA_CHECK(cudaMallocAsync(&ws, ws_bytes, st));
+    CUTLASS_CHECK(gemm.initialize(args, ws, st));
+    CUTLASS_CHECK(gemm.run(st));
+    CUDA_CHECK_LAUNCH();
+    if (ws) CUDA_CHECK(cudaFreeAsync(ws, st));
+    CUDA_CHECK(cudaFreeAsync(arr, st));
+}
+
+}  // namespace gemm_sm90
+
+using namespace gemm_sm90;
+
+extern "C" int gemm_sm90_available(void) {
+    static int avail = -1;
+    if (avail < 0) {
+        int dev = 0, major = 0, minor = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+        avail = major == 9 && minor == 0;
+    }
+    return avail;
+}
+
+extern "C" int gemm_sm90_shapes_ok(int IC, int OC) { return IC > 0 && OC > 0 && IC % 8 == 0 && OC % 8 == 0; }
+
+extern "C" void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, const void *b,
+                                  const int *counts, int G, int IC, int OC) {
+    CHECK(gemm_sm90_available(), "gemm_sm90: needs a GPU of compute capability 9.0");
+    CHECK(gemm_sm90_shapes_ok(IC, OC), "gemm_sm90: IC %d and OC %d must be positive multiples of 8", IC, OC);
+    // The groups of one launch; a full set launches and the next one starts.
+    Groups g;
+    g.n = 0, g.IC = IC, g.OC = OC;
+    long row0 = 0;
+    for (int e = 0; e < G; e++) {
+        CHECK(counts[e] >= 0, "gemm_sm90: group %d has %d rows", e, counts[e]);
+        if (counts[e] > 0) {
+            g.expert[g.n] = e, g.rows[g.n] = counts[e], g.row0[g.n] = row0;
+            g.n++;
+        }
+        row0 += counts[e];
+        if (g.n == GEMM_SM90_MAX_GROUPS || (e == G - 1 && g.n > 0)) {
+            if (kind == GEMM_SM90_FORWARD) launch<ForwardGemm>(g, kind, y, a, b, 0.0f);
+            else if (kind == GEMM_SM90_BACKWARD_INPUT) launch<BackwardInputGemm>(g, kind, y, a, b, 1.0f);
+            else launch<BackwardWeightGemm>(g, kind, y, a, b, 1.0f);
+            g.n = 0;
+        }
+    }
+}

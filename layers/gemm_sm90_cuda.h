@@ -1,0 +1,32 @@
+// Hopper grouped GEMMs for the experts (layers/gemm_sm90.cu): CUTLASS 3.x persistent kernels with
+// TMA loads and wgmma, one launch for all experts, their problem sizes and pointers written on the
+// device. bf16 operands, fp32 accumulation. Built for sm_90a only: gemm_sm90_available() says
+// whether this process may call them (compute capability 9.0); elsewhere linear.cu keeps cuBLAS.
+#ifndef MOELAB_LAYERS_GEMM_SM90_CUDA_H
+#define MOELAB_LAYERS_GEMM_SM90_CUDA_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// The three products of linear_cuda.h's grouped calls, on rows [o_e, o_e + counts[e]) of expert e:
+//   GEMM_SM90_FORWARD          y (n_e, OC) bf16    = a (n_e, IC) · b_e (OC, IC)ᵀ      (a: inp, b: W)
+//   GEMM_SM90_BACKWARD_INPUT   y (n_e, IC) bf16   += a (n_e, OC) · b_e (OC, IC)       (a: dout, b: W)
+//   GEMM_SM90_BACKWARD_WEIGHT  y_e (OC, IC) fp32  += a (n_e, OC)ᵀ · b (n_e, IC)       (a: dout, b: inp)
+typedef enum { GEMM_SM90_FORWARD, GEMM_SM90_BACKWARD_INPUT, GEMM_SM90_BACKWARD_WEIGHT } GemmSm90Kind;
+
+// 1 when the current device is compute capability 9.0 (the sm_90a code runs there and only there).
+int gemm_sm90_available(void);
+// 1 when the shapes suit the kernels: IC and OC multiples of 8 (16-byte rows for TMA).
+int gemm_sm90_shapes_ok(int IC, int OC);
+// Runs the product kind for G groups in one launch (per GEMM_SM90_MAX_GROUPS groups) on the current
+// stream. counts (G) are on the host; a group without rows is left out (its dW untouched).
+void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, const void *b, const int *counts,
+                       int G, int IC, int OC);
+
+enum { GEMM_SM90_MAX_GROUPS = 512 };
+
+#ifdef __cplusplus
+}
+#endif
+#endif
