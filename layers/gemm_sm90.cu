@@ -30,27 +30,43 @@ using Bf16 = cutlass::bfloat16_t;
 using RowMajor = cutlass::layout::RowMajor;
 using ColMajor = cutlass::layout::ColumnMajor;
 
-// One grouped GEMM type: D (M, N, ElementC, row-major) = A (M, K) · B (K, N) + beta · C, bf16
-// operands in the given layouts, fp32 accumulation. In CUTLASS's convention B is given as (N, K):
-// ColumnMajor B is K-contiguous, RowMajor B is N-contiguous. The tile is 256 × 128 × 64 (two
-// consumer warpgroups of 128 rows each), clusters of one CTA (groups have ragged row counts).
-template <class LayoutA, class LayoutB, class ElementC>
-struct GroupedGemm {
+// Tile configurations (CTA tile M × N × K, cluster, kernel and epilogue schedules), both
+// cooperative: two consumer warpgroups share one tile, each taking half of its rows. Measured on an
+// H200 at the bench and wide shapes (docs/BENCHMARKS.md), 256 × 128 is the faster forward and
+// 128 × 256 the faster backward_input and backward_weight; a ping-pong 64 × 128 × 128 kernel lost
+// everywhere but the weight gradient of skewed counts.
+struct CoopWide {  // 128 × 256 tiles, clusters of 2 along M (B tiles multicast to both CTAs)
+    using Tile = Shape<_128, _256, _64>;
+    using Cluster = Shape<_2, _1, _1>;
+    using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
+    using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
+};
+struct CoopTall {  // 256 × 128 tiles, one CTA per cluster
     using Tile = Shape<_256, _128, _64>;
     using Cluster = Shape<_1, _1, _1>;
+    using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
+    using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
+};
+// One grouped GEMM type: D (M, N, ElementC, row-major) = A (M, K) · B (K, N) + beta · C, bf16
+// operands in the given layouts, fp32 accumulation, tiles of configuration Cfg. In CUTLASS's
+// convention B is given as (N, K): ColumnMajor B is K-contiguous, RowMajor B is N-contiguous.
+template <class LayoutA, class LayoutB, class ElementC, class Cfg>
+struct GroupedGemm {
+    using Tile = typename Cfg::Tile;
+    using Cluster = typename Cfg::Cluster;
     static constexpr int kAlignAB = 8;                                   // 16 bytes of bf16
     static constexpr int kAlignC = 16 / (int)sizeof(ElementC);
     using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
         cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster,
         cutlass::epilogue::collective::EpilogueTileAuto, float, float, ElementC, RowMajor *, kAlignC,
-        ElementC, RowMajor *, kAlignC, cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
+        ElementC, RowMajor *, kAlignC, typename Cfg::Epi,
         cutlass::epilogue::fusion::LinearCombination<ElementC, float>>::CollectiveOp;
     using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
         cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Bf16, LayoutA *, kAlignAB, Bf16,
         LayoutB *, kAlignAB, float, Tile, Cluster,
         cutlass::gemm::collective::StageCountAutoCarveout<
             static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-        cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>::CollectiveOp;
+        typename Cfg::Kernel>::CollectiveOp;
     using Kernel = cutlass::gemm::kernel::GemmUniversal<Problem, Mainloop, Epilogue>;
     using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
     using StrideA = typename Kernel::InternalStrideA;
@@ -59,12 +75,14 @@ struct GroupedGemm {
 };
 
 // forward: A = inp (n, IC) row-major, B = W (OC, IC) K-contiguous, D = out (n, OC) bf16
-using ForwardGemm = GroupedGemm<RowMajor, ColMajor, Bf16>;
+template <class Cfg> using ForwardGemm = GroupedGemm<RowMajor, ColMajor, Bf16, Cfg>;
 // backward_input: A = dout (n, OC) row-major, B = W (OC, IC) N-contiguous, D = dinp (n, IC) bf16
-using BackwardInputGemm = GroupedGemm<RowMajor, RowMajor, Bf16>;
+template <class Cfg> using BackwardInputGemm = GroupedGemm<RowMajor, RowMajor, Bf16, Cfg>;
 // backward_weight: A = doutᵀ (OC, n) from row-major dout, B = inp (n, IC) N-contiguous,
 // D = dW (OC, IC) fp32
-using BackwardWeightGemm = GroupedGemm<ColMajor, RowMajor, float>;
+template <class Cfg> using BackwardWeightGemm = GroupedGemm<ColMajor, RowMajor, float, Cfg>;
+
+int g_config = GEMM_SM90_CONFIG_BEST;  // the tile configuration (gemm_sm90_set_config)
 
 // The non-empty groups of one launch: expert id, rows and first row of each. Passed by value.
 struct Groups {
@@ -145,8 +163,6 @@ void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const vo
     }
     GroupArrays<G> *arr = nullptr;
     CUDA_CHECK(cudaMallocAsync((void **)&arr, sizeof(GroupArrays<G>), st));
-    setup_kernel<G><<<1, GEMM_SM90_MAX_GROUPS, 0, st>>>(arr, g, kind, (const Bf16 *)a, (const Bf16 *)b, y);
-    CUDA_CHECK_LAUNCH();
 
     using C = typename G::Gemm::ElementC;
     typename G::Gemm::Arguments args;
@@ -167,10 +183,21 @@ void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const vo
     void *ws = nullptr;
     if (ws_bytes) CUDA_CHECK(cudaMallocAsync(&ws, ws_bytes, st));
     CUTLASS_CHECK(gemm.initialize(args, ws, st));
+    // The host's work is done: the setup kernel and the GEMM reach the GPU back to back.
+    setup_kernel<G><<<1, GEMM_SM90_MAX_GROUPS, 0, st>>>(arr, g, kind, (const Bf16 *)a, (const Bf16 *)b, y);
+    CUDA_CHECK_LAUNCH();
     CUTLASS_CHECK(gemm.run(st));
     CUDA_CHECK_LAUNCH();
     if (ws) CUDA_CHECK(cudaFreeAsync(ws, st));
     CUDA_CHECK(cudaFreeAsync(arr, st));
+}
+
+// The product kind with tile configuration Cfg.
+template <class Cfg>
+void launch_kind(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b) {
+    if (kind == GEMM_SM90_FORWARD) launch<ForwardGemm<Cfg>>(g, kind, y, a, b, 0.0f);
+    else if (kind == GEMM_SM90_BACKWARD_INPUT) launch<BackwardInputGemm<Cfg>>(g, kind, y, a, b, 1.0f);
+    else launch<BackwardWeightGemm<Cfg>>(g, kind, y, a, b, 1.0f);
 }
 
 }  // namespace gemm_sm90
@@ -187,6 +214,12 @@ extern "C" int gemm_sm90_available(void) {
         avail = major == 9 && minor == 0;
     }
     return avail;
+}
+
+extern "C" void gemm_sm90_set_config(int config) {
+    CHECK(config >= GEMM_SM90_CONFIG_BEST && config <= GEMM_SM90_COOP_TALL, "gemm_sm90: unknown tile configuration %d",
+          config);
+    g_config = config;
 }
 
 extern "C" int gemm_sm90_shapes_ok(int IC, int OC) { return IC > 0 && OC > 0 && IC % 8 == 0 && OC % 8 == 0; }
@@ -207,9 +240,11 @@ extern "C" void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, con
         }
         row0 += counts[e];
         if (g.n == GEMM_SM90_MAX_GROUPS || (e == G - 1 && g.n > 0)) {
-            if (kind == GEMM_SM90_FORWARD) launch<ForwardGemm>(g, kind, y, a, b, 0.0f);
-            else if (kind == GEMM_SM90_BACKWARD_INPUT) launch<BackwardInputGemm>(g, kind, y, a, b, 1.0f);
-            else launch<BackwardWeightGemm>(g, kind, y, a, b, 1.0f);
+            const int config = g_config != GEMM_SM90_CONFIG_BEST ? g_config
+                               : kind == GEMM_SM90_FORWARD      ? GEMM_SM90_COOP_TALL
+                                                                : GEMM_SM90_COOP_WIDE;
+            if (config == GEMM_SM90_COOP_WIDE) launch_kind<CoopWide>(g, kind, y, a, b);
+            else launch_kind<CoopTall>(g, kind, y, a, b);
             g.n = 0;
         }
     }

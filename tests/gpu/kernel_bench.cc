@@ -6,7 +6,6 @@
 // CUTLASS Hopper grouped GEMM; uniform and skewed counts, also at bench_wide.cfg's shapes). A
 // benchmark, not a test: it checks nothing. Runs on the GPU machine (tools/gpu_run.sh).
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <random>
@@ -18,6 +17,7 @@ extern "C" {
 #include "layers/attention_cuda.h"
 #include "layers/crossentropy_cuda.h"
 #include "layers/embedding_cuda.h"
+#include "layers/gemm_sm90_cuda.h"
 #include "layers/linear_cuda.h"
 #include "layers/moe_cuda.h"
 #include "layers/rmsnorm_cuda.h"
@@ -55,19 +55,39 @@ int *dev_ints(size_t n, int limit) {
     return d;
 }
 
-// Median seconds of one call over 10 timed calls after 2 warm-up calls.
+// Median seconds of one call over 10 timed calls after 2 warm-up calls, from CUDA events recorded
+// on the stream around each call (as tools/bench_torch_kernels.py times PyTorch): the time from the
+// call's first queued work to its last, host launch gaps included.
 double time_it(const std::function<void()> &fn) {
     for (int i = 0; i < 2; i++) fn();
     core_cuda_sync();
+    void *a = core_cuda_event_create(), *b = core_cuda_event_create();
     std::vector<double> t;
     for (int i = 0; i < 10; i++) {
-        auto t0 = std::chrono::steady_clock::now();
+        core_cuda_event_record(a);
         fn();
-        core_cuda_sync();
-        t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        core_cuda_event_record(b);
+        t.push_back(core_cuda_event_ms(a, b) * 1e-3);
     }
+    core_cuda_event_destroy(a);
+    core_cuda_event_destroy(b);
     std::sort(t.begin(), t.end());
     return t[t.size() / 2];
+}
+
+// Seconds per call of 10 calls queued back to back between two events (after 2 warm-up calls):
+// the host's per-call work hides behind the GPU's as it does inside a training step.
+double time_queued(const std::function<void()> &fn) {
+    for (int i = 0; i < 2; i++) fn();
+    core_cuda_sync();
+    void *a = core_cuda_event_create(), *b = core_cuda_event_create();
+    core_cuda_event_record(a);
+    for (int i = 0; i < 10; i++) fn();
+    core_cuda_event_record(b);
+    double t = core_cuda_event_ms(a, b) * 1e-3 / 10;
+    core_cuda_event_destroy(a);
+    core_cuda_event_destroy(b);
+    return t;
 }
 
 void row(const char *name, double s, double bytes, double flops) {
@@ -102,33 +122,44 @@ void expert_gemms(int R, int nE, int nD, int nF) {
     const int saved = linear_cuda_grouped_mode(), saved_streams = linear_cuda_gemm_streams();
     struct Way {
         const char *name;
-        int mode, streams;
+        int mode, streams, config;  // config: the CUTLASS tile configuration
     };
-    std::vector<Way> ways = {{"loop", LINEAR_GROUPED_LOOP, 1},
-                             {"streams 2", LINEAR_GROUPED_STREAMS, 2},
-                             {"streams 4", LINEAR_GROUPED_STREAMS, 4},
-                             {"streams 8", LINEAR_GROUPED_STREAMS, 8},
-                             {"grouped", LINEAR_GROUPED_CUBLAS, saved_streams}};
-    if (linear_cuda_cutlass_applies(BF, BF, nD, nF)) ways.push_back({"cutlass", LINEAR_GROUPED_CUTLASS, saved_streams});
+    std::vector<Way> ways = {{"loop", LINEAR_GROUPED_LOOP, 1, 0},
+                             {"streams 2", LINEAR_GROUPED_STREAMS, 2, 0},
+                             {"streams 4", LINEAR_GROUPED_STREAMS, 4, 0},
+                             {"streams 8", LINEAR_GROUPED_STREAMS, 8, 0},
+                             {"grouped", LINEAR_GROUPED_CUBLAS, saved_streams, 0}};
+    if (linear_cuda_cutlass_applies(BF, BF, nD, nF)) {
+        ways.push_back({"cutlass 128x256", LINEAR_GROUPED_CUTLASS, saved_streams, GEMM_SM90_COOP_WIDE});
+        ways.push_back({"cutlass 256x128", LINEAR_GROUPED_CUTLASS, saved_streams, GEMM_SM90_COOP_TALL});
+    }
     for (bool skewed : {false, true}) {
         std::vector<int> c = expert_counts(R, nE, skewed);
         printf("expert GEMMs, %d rows over %d experts, D %d Fe %d (%s, largest %d): ms and TFLOP/s per way, loop/best\n",
                R, nE, nD, nF, skewed ? "skewed" : "uniform", *std::max_element(c.begin(), c.end()));
         const char *names[3] = {"  forward D->Fe", "  backward_input", "  backward_weight (fp32 dW)"};
+        auto product = [&](int kind) {
+            if (kind == 0) linear_cuda_forward_grouped(BF, BF, he, xe, we, c.data(), nE, nD, nF);
+            if (kind == 1) linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), nE, nD, nF);
+            if (kind == 2) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), nE, nD, nF);
+        };
         for (int kind = 0; kind < 3; kind++) {
             printf("%-28s", names[kind]);
             double loop = 0, best = 1e30;
             for (size_t w = 0; w < ways.size(); w++) {
                 linear_cuda_set_grouped_mode(ways[w].mode);
                 linear_cuda_set_gemm_streams(ways[w].streams);
-                double t = time_it([&] {
-                    if (kind == 0) linear_cuda_forward_grouped(BF, BF, he, xe, we, c.data(), nE, nD, nF);
-                    if (kind == 1) linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), nE, nD, nF);
-                    if (kind == 2) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), nE, nD, nF);
-                });
+                if (ways[w].mode == LINEAR_GROUPED_CUTLASS) gemm_sm90_set_config(ways[w].config);
+                double t = time_it([&] { product(kind); });
                 if (w == 0) loop = t;
                 best = std::min(best, t);
                 printf(" | %s %.3f ms %5.1f", ways[w].name, t * 1e3, flops / t / 1e12);
+            }
+            if (linear_cuda_cutlass_applies(BF, BF, nD, nF)) {
+                linear_cuda_set_grouped_mode(LINEAR_GROUPED_CUTLASS);
+                gemm_sm90_set_config(GEMM_SM90_CONFIG_BEST);
+                double t = time_queued([&] { product(kind); });
+                printf(" | cutlass best, 10 queued %.3f ms %5.1f", t * 1e3, flops / t / 1e12);
             }
             const int fell_back = linear_cuda_grouped_unsupported(BF, kind == 2 ? CORE_F32 : BF);
             printf(" | loop/best %.2fx%s\n", loop / best,
@@ -137,6 +168,7 @@ void expert_gemms(int R, int nE, int nD, int nF) {
     }
     linear_cuda_set_grouped_mode(saved);
     linear_cuda_set_gemm_streams(saved_streams);
+    if (linear_cuda_cutlass_applies(BF, BF, nD, nF)) gemm_sm90_set_config(GEMM_SM90_CONFIG_BEST);
     for (void *p : {xe, he, we, dxe, (void *)dwe}) core_device_free(CORE_CUDA, p);
 }
 
@@ -200,7 +232,7 @@ int main() {
     int R = N * K;
     expert_gemms(R, E, D, Fe);
     expert_gemms(4 * 4096 * 6, 32, 2048, 1408);
-    void *xe = dev_rand((size_t)R * D, BF);
+    void *xe = dev_rand((size_t)R * D, BF), *he = dev_rand((size_t)R * Fe, BF);
     void *hb = dev_rand((size_t)R * Fe, BF), *hh = dev_rand((size_t)R * Fe, BF),
          *da = dev_rand((size_t)R * Fe, BF), *db = dev_rand((size_t)R * Fe, BF);
     row("swiglu gate forward (N·K, Fe)", time_it([&] {
