@@ -1,8 +1,8 @@
-// Run configuration: model shape (ARCHITECTURE.md §2), training, parallel layout and I/O, in one
-// struct. Config files hold `key = value` lines with `#` comments; the command line overrides any
-// key as `--key value` (dashes and underscores are the same: --eplb-interval == --eplb_interval).
-// An unknown key or a malformed value is a usage error that names the key and the expected form
-// (exit code 2).
+// Run configuration: model shape (docs/architecture.md §2), training, parallel layout and I/O, in
+// one struct. Config files hold `key = value` lines with `#` comments; the command line overrides
+// any key as `--key value` (dashes and underscores are the same: --eplb-interval ==
+// --eplb_interval). An unknown key or a malformed value is a usage error that names the key and the
+// expected form (exit code 2).
 #ifndef MOELAB_CORE_CONFIG_H
 #define MOELAB_CORE_CONFIG_H
 
@@ -54,14 +54,17 @@ typedef struct {
     // --- parallel layout ---
     int ep, pp, chunks;
     char schedule[CONFIG_STR];   // "1f1b" | "dualpipe" | "dualpipev"
-    int fb_overlap;      // bool: an F&B op's forward and backward at once on GPUs (needs ep = 1)
+    int fb_overlap;      // bool: DualPipe/DualPipeV F&B ops run their forward and backward at once,
+                         // on two GPU streams (the CPU runs them in turn); with ep > 1 MPI must
+                         // provide MPI_THREAD_MULTIPLE
     int eplb_interval, eplb_redundant;
-    int eplb_groups, eplb_nodes;  // the planner's expert groups and nodes (ARCHITECTURE.md §6)
-    float router_skew;   // test knob: adds skew*(E-1-i)/E to expert i's router logit (0: off)
+    int eplb_groups, eplb_nodes;  // EPLB's expert groups and nodes (docs/architecture.md §6)
+    float router_skew;   // test knob: expert i's balancing bias starts at skew*(E-1-i)/E (0: off)
     float comm_timeout;  // seconds a collective may wait before every rank is ended
     // --- I/O ---
-    char device[CONFIG_STR];     // "cpu" | "cuda"
-    char data[CONFIG_STR];       // token shard file or data directory
+    char device[CONFIG_STR];     // "cpu" | "cuda" (bf16 compute, fp32 master weights) | "cuda-fp32"
+    char data[CONFIG_STR];       // directory from `moelab data prepare`: tokenizer.bin, train.bin,
+                                 // val.bin
     char metrics[CONFIG_STR];    // JSON Lines file ("" = none)
     char out[CONFIG_STR];        // output directory for checkpoints ("" = none)
     char resume[CONFIG_STR];     // checkpoint to resume from ("" = none)
