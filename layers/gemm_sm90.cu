@@ -2,12 +2,15 @@
 // warp-specialized kernel per product (TMA producer warp, two wgmma consumer warpgroups that split
 // a 256-row tile), every expert of a MoE layer in one launch. A small setup kernel writes the
 // groups' problem sizes, operand pointers and strides on the device from the row counts, which
-// travel as a kernel argument: no host buffer, no copy, nothing to wait for. The tile scheduler
+// travel as a kernel argument: no host buffer, no copy, nothing to wait for; the CUTLASS operator
+// is initialized once per stream and group count, so a call costs the host two launches. The tile scheduler
 // walks the groups' tiles in a fixed order with no split-K, so every output element is summed by
 // one thread in one order: reruns are bit-identical and dW needs no atomics.
 #include "layers/gemm_sm90_cuda.h"
 
 #include "framework/core/cuda.h"
+
+#include <mutex>
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -147,27 +150,33 @@ cutlass::KernelHardwareInfo hardware_info() {
     return hw;
 }
 
-// One launch over the groups g (g.n ≥ 1): device arrays, setup kernel, CUTLASS kernel, free.
-// beta is 0 for the forward (D overwritten) and 1 for the accumulating backward products.
+// What one GEMM type keeps per stream between calls: the device arrays the setup kernel fills,
+// the workspace, and the CUTLASS operator initialized for `groups` groups. Initializing costs the
+// host tens of microseconds (TMA descriptors, kernel attributes, argument checks), so it runs only
+// when the group count changes, which in training is almost never; each call is then the setup
+// kernel and the GEMM's launch. Per stream, because the pipeline's F&B overlap runs kernels on a
+// worker thread's stream while the main one runs others: two streams never share arrays.
+// Kept for the process, like linear.cu's side streams.
 template <class G>
-void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b, float beta) {
-    cudaStream_t st = core_stream();
-    // The host problem sizes let CUTLASS size the grid to the tiles when they are fewer than the
-    // multiprocessors; the device copy is what the kernel reads.
-    ProblemMNK host[GEMM_SM90_MAX_GROUPS];
-    for (int i = 0; i < g.n; i++) {
-        const int n = g.rows[i];
-        host[i] = kind == GEMM_SM90_FORWARD          ? ProblemMNK(n, g.OC, g.IC)
-                  : kind == GEMM_SM90_BACKWARD_INPUT ? ProblemMNK(n, g.IC, g.OC)
-                                                     : ProblemMNK(g.OC, g.IC, n);
-    }
-    GroupArrays<G> *arr = nullptr;
-    CUDA_CHECK(cudaMallocAsync((void **)&arr, sizeof(GroupArrays<G>), st));
+struct Prepared {
+    cudaStream_t stream = nullptr;
+    GroupArrays<G> *arr = nullptr;  // device
+    void *ws = nullptr;             // device, ws_bytes
+    size_t ws_bytes = 0;
+    int groups = 0;                 // what gemm is initialized for (0: not yet)
+    typename G::Gemm gemm;
+};
 
+enum { MAX_STREAMS = 16 };  // streams per GEMM type: the main one and a few workers' in practice
+
+// The arguments of a launch over g.n groups whose arrays are arr: sizes and pointers are read on
+// the device, and with no host copy of the sizes CUTLASS launches one CTA per multiprocessor.
+template <class G>
+typename G::Gemm::Arguments arguments(GroupArrays<G> *arr, int groups, float beta) {
     using C = typename G::Gemm::ElementC;
     typename G::Gemm::Arguments args;
     args.mode = cutlass::gemm::GemmUniversalMode::kGrouped;
-    args.problem_shape = {g.n, arr->problem, host};
+    args.problem_shape = {groups, arr->problem, nullptr};
     args.mainloop = {arr->a, arr->sa, arr->b, arr->sb};
     args.epilogue.thread.alpha = 1.0f;
     args.epilogue.thread.beta = beta;
@@ -176,20 +185,49 @@ void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const vo
     args.epilogue.ptr_D = arr->c;
     args.epilogue.dD = arr->sc;
     args.hw_info = hardware_info();
+    return args;
+}
 
-    typename G::Gemm gemm;
-    CUTLASS_CHECK(gemm.can_implement(args));
-    const size_t ws_bytes = G::Gemm::get_workspace_size(args);
-    void *ws = nullptr;
-    if (ws_bytes) CUDA_CHECK(cudaMallocAsync(&ws, ws_bytes, st));
-    CUTLASS_CHECK(gemm.initialize(args, ws, st));
-    // The host's work is done: the setup kernel and the GEMM reach the GPU back to back.
-    setup_kernel<G><<<1, GEMM_SM90_MAX_GROUPS, 0, st>>>(arr, g, kind, (const Bf16 *)a, (const Bf16 *)b, y);
+// The calling thread's stream's state for GEMM type G, made at its first use.
+template <class G>
+Prepared<G> &prepared(cudaStream_t st) {
+    static Prepared<G> slots[MAX_STREAMS];
+    static std::mutex mu;
+    std::lock_guard<std::mutex> lock(mu);
+    for (int i = 0; i < MAX_STREAMS; i++) {
+        Prepared<G> &p = slots[i];
+        if (p.arr && p.stream == st) return p;
+        if (!p.arr) {
+            p.stream = st;
+            CUDA_CHECK(cudaMalloc((void **)&p.arr, sizeof(GroupArrays<G>)));
+            p.ws_bytes = G::Gemm::get_workspace_size(arguments<G>(p.arr, GEMM_SM90_MAX_GROUPS, 0.0f));
+            if (p.ws_bytes) CUDA_CHECK(cudaMalloc(&p.ws, p.ws_bytes));
+            return p;
+        }
+    }
+    CHECK(0, "gemm_sm90: more than %d streams", (int)MAX_STREAMS);
+    return slots[0];
+}
+
+// One launch over the groups g (g.n ≥ 1) on the calling thread's stream: the setup kernel writes
+// the arrays, then the GEMM reads them (stream order). beta is 0 for the forward (D overwritten)
+// and 1 for the accumulating backward products; it is fixed per GEMM type.
+template <class G>
+void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b, float beta) {
+    cudaStream_t st = core_stream();
+    Prepared<G> &p = prepared<G>(st);
+    if (p.groups != g.n) {
+        typename G::Gemm::Arguments args = arguments<G>(p.arr, g.n, beta);
+        CUTLASS_CHECK(p.gemm.can_implement(args));
+        CHECK(G::Gemm::get_workspace_size(args) <= p.ws_bytes, "gemm_sm90: workspace of %zu bytes too small",
+              p.ws_bytes);
+        CUTLASS_CHECK(p.gemm.initialize(args, p.ws, st));
+        p.groups = g.n;
+    }
+    setup_kernel<G><<<1, GEMM_SM90_MAX_GROUPS, 0, st>>>(p.arr, g, kind, (const Bf16 *)a, (const Bf16 *)b, y);
     CUDA_CHECK_LAUNCH();
-    CUTLASS_CHECK(gemm.run(st));
+    CUTLASS_CHECK(p.gemm.run(st));
     CUDA_CHECK_LAUNCH();
-    if (ws) CUDA_CHECK(cudaFreeAsync(ws, st));
-    CUDA_CHECK(cudaFreeAsync(arr, st));
 }
 
 // The product kind with tile configuration Cfg.
