@@ -46,6 +46,10 @@ expect_usage "twice.cfg:3: lr is set twice, on lines 1 and 3" --config "$tmp/twi
 expect_usage "beta1 \(1\) must be below 1" "${args[@]}" --beta1 1
 expect_usage "beta2 \(1\) must be below 1" "${args[@]}" --beta2 1
 expect_usage "norm_eps = 0 is too small" "${args[@]}" --norm-eps 0
+# The validation split holds 22 sequences of 17 tokens: 11 batches of 2.
+expect_usage "val-batches 12 is too large: .*/val.bin holds 22 sequences of 17 tokens, enough for 11 batches" \
+    "${args[@]}" --val-batches 12
+expect_usage "val-batches 2147483647 is too large" "${args[@]}" --val-batches 2147483647
 expect_usage "steps = 99999999999 is too large: at most 2147483647" "${args[@]}" --steps 99999999999
 
 # Shards and tokenizer of different vocabularies (issue 14): token ids index the model's V rows, so
