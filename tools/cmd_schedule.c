@@ -188,8 +188,8 @@ int cmd_schedule(int argc, char **argv) {
 
     const double need = schedule_bytes(N, C), have = core_host_memory_bytes();
     if (need > have)
-        return usage("--pp %d x --chunks %d is too large: its schedule and simulation need about %.3g GiB, "
-                     "more than this machine's %.3g GiB of memory", N, C, need / (1 << 30), have / (1 << 30));
+        return usage("--pp %d x --chunks %d is too large: its schedule and simulation need about %.0f GiB, "
+                     "more than this machine's %.1f GiB of memory", N, C, need / (1 << 30), have / (1 << 30));
     char err[SCHED_ERR_LEN];
     if (sim_costs_check(&cost, err)) return usage("%s", err);
     Schedule *s = sched_build(kind, N, C, err);
