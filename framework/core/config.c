@@ -61,7 +61,7 @@ static const KeyInfo KEYS[] = {
     {"val_every", K_INT, OFF(val_every), 0, INT_MAX, NULL, "steps between validations (0: end only)"},
     {"val_batches", K_INT, OFF(val_batches), 1, INT_MAX, NULL, "micro-batches per validation"},
     {"val_fraction", K_FLOAT, OFF(val_fraction), 0, 0.9, NULL, "held-out share of the data"},
-    {"sample_tokens", K_INT, OFF(sample_tokens), 0, 1 << 20, NULL, "tokens sampled after training"},
+    {"sample_tokens", K_INT, OFF(sample_tokens), 0, 1 << 14, NULL, "tokens sampled after training (as `moelab sample --tokens`)"},
     {"temperature", K_FLOAT, OFF(temperature), 0, 100, NULL, "sampling temperature (0: greedy)"},
     {"top_k_sample", K_INT, OFF(top_k_sample), 0, 1 << 24, NULL, "sample among the k most likely (0: all)"},
     {"threads", K_INT, OFF(threads), 0, 4096, NULL, "OpenMP threads (0: default)"},
