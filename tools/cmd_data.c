@@ -92,7 +92,8 @@ static int cmd_prepare(int argc, char **argv) {
     unsigned long long S = 1337;
     char err[NUM_ERR_LEN];
     if (rc == 0 && num_parse_int("--vocab", vocab, 256, 1 << 20, &V, err)) rc = fail("data prepare: %s", err);
-    if (rc == 0 && frac && num_parse_real("--val-fraction", frac, 0, 1, &f, err)) rc = fail("data prepare: %s", err);
+    if (rc == 0 && frac && num_parse_real("--val-fraction", frac, 0, 1, &f, err))
+        rc = fail("data prepare: %s", err);
     // Some text must be left to train on.
     if (rc == 0 && f >= 1.0) rc = fail("data prepare: --val-fraction %s is too large: must be below 1", frac);
     if (rc == 0 && seed && num_parse_u64("--seed", seed, UINT64_MAX, &S, err)) rc = fail("data prepare: %s", err);

@@ -61,7 +61,7 @@ static const KeyInfo KEYS[] = {
     {"val_every", K_INT, OFF(val_every), 0, INT_MAX, NULL, "steps between validations (0: end only)"},
     {"val_batches", K_INT, OFF(val_batches), 1, INT_MAX, NULL, "micro-batches per validation"},
     {"val_fraction", K_FLOAT, OFF(val_fraction), 0, 0.9, NULL, "held-out share of the data"},
-    {"sample_tokens", K_INT, OFF(sample_tokens), 0, 1 << 14, NULL, "tokens sampled after training (as `moelab sample --tokens`)"},
+    {"sample_tokens", K_INT, OFF(sample_tokens), 0, 1 << 14, NULL, "tokens sampled after training"},
     {"temperature", K_FLOAT, OFF(temperature), 0, 100, NULL, "sampling temperature (0: greedy)"},
     {"top_k_sample", K_INT, OFF(top_k_sample), 0, 1 << 24, NULL, "sample among the k most likely (0: all)"},
     {"threads", K_INT, OFF(threads), 0, 4096, NULL, "OpenMP threads (0: default)"},
@@ -169,7 +169,8 @@ void config_set(MoeConfig *c, const char *key, const char *value, const char *or
     switch (k->type) {
     case K_INT: {
         long long v;
-        check_number(k, value, origin, num_parse_int(name, value, (long long)k->lo, (long long)k->hi, &v, err), err);
+        const NumStatus st = num_parse_int(name, value, (long long)k->lo, (long long)k->hi, &v, err);
+        check_number(k, value, origin, st, err);
         *(int *)base = (int)v;
         break;
     }
