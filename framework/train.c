@@ -436,15 +436,15 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     t->unigram_entropy = unigram_entropy(path);
     join(path, sizeof path, c->data, "val.bin");
     t->val = open_split(path, c, t->tok, g, 0);
-    // A validation pass reads val_batches x B x dp sequences from the start of val.bin; more than it
-    // holds would read some twice (and a huge count would never end).
-    const uint64_t per_batch = (uint64_t)c->batch_size * (uint64_t)g->dp, val_seqs = loader_num_sequences(t->val);
-    if ((uint64_t)c->val_batches * per_batch > val_seqs)
+    // A validation pass reads val_batches x B sequences on each rank from the start of val.bin; more
+    // than it holds would re-read it (and a huge count would never end). Under DP the ranks' shares
+    // may overlap (the README's 4-rank quickstart reads 512 of 375): still validation data.
+    const uint64_t val_seqs = loader_num_sequences(t->val);
+    if ((uint64_t)c->val_batches * (uint64_t)c->batch_size > val_seqs)
         core_usage_error("--val-batches %d is too large: %s holds %llu sequences of %d tokens, enough for "
-                         "%llu batches of %d x %d data-parallel ranks (lower --val-batches or --batch-size, "
-                         "or prepare a larger --val-fraction)", c->val_batches, path,
-                         (unsigned long long)val_seqs, c->T + 1, (unsigned long long)(val_seqs / per_batch),
-                         c->batch_size, g->dp);
+                         "%llu batches of %d (lower --val-batches or --batch-size, or prepare a larger "
+                         "--val-fraction)", c->val_batches, path, (unsigned long long)val_seqs, c->T + 1,
+                         (unsigned long long)(val_seqs / (uint64_t)c->batch_size), c->batch_size);
     if (pipe_trainer_wanted(c)) {
         t->pipe = pipe_trainer_create(c, g, ops);
         t->model = t->pipe->model[SCHED_DOWN];
