@@ -215,18 +215,32 @@ void train_eplb_attach(Model *m, AdamW *o, Comm *ep) {
 }
 
 // Entropy (nats per token) of the token frequencies of a shard: the loss of the best model that
-// ignores context, which a trained model must beat.
-static double unigram_entropy(const char *path, int V) {
+// ignores context, which a trained model must beat. The histogram has the shard's own vocabulary
+// (every id is below it: shard_open checked), whatever the config says.
+static double unigram_entropy(const char *path) {
     Shard sh;
     shard_open(path, &sh);
-    double *cnt = core_alloc((size_t)V * sizeof(double));
+    double *cnt = core_alloc((size_t)sh.vocab * sizeof(double));  // (shard vocab)
     for (uint64_t i = 0; i < sh.n; i++) cnt[shard_token(&sh, i)] += 1.0;
     double h = 0;
-    for (int v = 0; v < V; v++)
+    for (uint32_t v = 0; v < sh.vocab; v++)
         if (cnt[v] > 0) h -= cnt[v] / (double)sh.n * log(cnt[v] / (double)sh.n);
     core_free(cnt);
     shard_close(&sh);
     return h;
+}
+
+// One split of the data directory for the loader. Its token ids index the embedding and the LM head
+// (V rows), so a shard written with another vocabulary than the tokenizer's (the files of two
+// `moelab data prepare` runs, or an edited header) is bad data, reported here on every rank.
+static Loader *open_split(const char *path, const MoeConfig *c, const Tokenizer *tok, const Grid *g,
+                          int shuffle) {
+    Loader *l = loader_open(path, c->T, c->batch_size, g->dp_rank, g->dp, c->seed, shuffle);
+    if (loader_vocab(l) != (uint32_t)tok->V)
+        core_usage_error("%s was written for a vocabulary of %u tokens, but %s/tokenizer.bin and "
+                         "vocab_size have %d: the data directory mixes files of different `moelab data "
+                         "prepare` runs (prepare it again)", path, loader_vocab(l), c->data, tok->V);
+    return l;
 }
 
 static void join(char *out, size_t n, const char *dir, const char *file) {
@@ -418,10 +432,19 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         core_usage_error("config vocab_size = %d but the tokenizer in %s has %d tokens: set "
                          "--vocab-size %d", c->V, c->data, t->tok->V, t->tok->V);
     join(path, sizeof path, c->data, "train.bin");
-    t->train = loader_open(path, c->T, c->batch_size, g->dp_rank, g->dp, c->seed, 1);
-    t->unigram_entropy = unigram_entropy(path, c->V);
+    t->train = open_split(path, c, t->tok, g, 1);
+    t->unigram_entropy = unigram_entropy(path);
     join(path, sizeof path, c->data, "val.bin");
-    t->val = loader_open(path, c->T, c->batch_size, g->dp_rank, g->dp, c->seed, 0);
+    t->val = open_split(path, c, t->tok, g, 0);
+    // A validation pass reads val_batches x B sequences on each rank from the start of val.bin; more
+    // than it holds would re-read it (and a huge count would never end). Under DP the ranks' shares
+    // may overlap (the README's 4-rank quickstart reads 512 of 375): still validation data.
+    const uint64_t val_seqs = loader_num_sequences(t->val);
+    if ((uint64_t)c->val_batches * (uint64_t)c->batch_size > val_seqs)
+        core_usage_error("--val-batches %d is too large: %s holds %llu sequences of %d tokens, enough for "
+                         "%llu batches of %d (lower --val-batches or --batch-size, or prepare a larger "
+                         "--val-fraction)", c->val_batches, path, (unsigned long long)val_seqs, c->T + 1,
+                         (unsigned long long)(val_seqs / (uint64_t)c->batch_size), c->batch_size);
     if (pipe_trainer_wanted(c)) {
         t->pipe = pipe_trainer_create(c, g, ops);
         t->model = t->pipe->model[SCHED_DOWN];

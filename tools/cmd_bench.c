@@ -7,6 +7,7 @@
 #include "framework/bench.h"
 #include "framework/core/check.h"
 #include "framework/core/config.h"
+#include "framework/core/num.h"
 #include "tools/commands.h"
 
 static void bench_help(void) {
@@ -16,8 +17,10 @@ static void bench_help(void) {
            "this machine measured in the same run: OpenBLAS sgemm on the CPU; on a GPU the bf16 cuBLAS\n"
            "GEMM (8192^3), against which MFU is given, and the peak GPU memory. Then, per config, the\n"
            "time of a training step by layer type over 2 more steps (GPU: CUDA events on the compute\n"
-           "stream; CPU: wall clock). --device defaults to the first config's device key. Other\n"
-           "--key value pairs override every config. MOELAB_GROUPED_GEMM=loop|streams|grouped picks how\n"
+           "stream; CPU: wall clock). --steps and --seconds: time at least N steps (default 3, at most\n"
+           "1000000) and at least S seconds (default 5, at most 86400) per config. --device defaults\n"
+           "to the first config's device key. Other --key value pairs (at most 32) override every\n"
+           "config. MOELAB_GROUPED_GEMM=loop|streams|grouped picks how\n"
            "the GPU runs the expert GEMMs (default grouped; MOELAB_GEMM_STREAMS=1..8 streams, default 4).\n");
 }
 
@@ -48,6 +51,7 @@ int cmd_bench(int argc, char **argv) {
     // Our own flags first; everything else is a config override applied to every config.
     char *overrides[64];
     int n_over = 0;
+    char err[NUM_ERR_LEN];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { bench_help(); return 0; }
@@ -56,9 +60,14 @@ int cmd_bench(int argc, char **argv) {
             if (n_cfg == 16) core_usage_error("bench: at most 16 --config files");
             configs[n_cfg++] = argv[++i];
         } else if (!strcmp(a, "--device")) device = argv[++i];
-        else if (!strcmp(a, "--steps")) min_steps = atoi(argv[++i]);
-        else if (!strcmp(a, "--seconds")) min_seconds = atof(argv[++i]);
-        else if (n_over + 2 <= 64 && config_is_key(a)) {
+        else if (!strcmp(a, "--steps")) {
+            long long n;
+            if (num_parse_int(a, argv[++i], 1, 1000000, &n, err)) core_usage_error("bench: %s", err);
+            min_steps = (int)n;
+        } else if (!strcmp(a, "--seconds")) {
+            if (num_parse_real(a, argv[++i], 0, 86400, &min_seconds, err)) core_usage_error("bench: %s", err);
+        } else if (config_is_key(a)) {
+            if (n_over == 64) core_usage_error("bench: at most 32 config overrides");
             overrides[n_over++] = argv[i];
             overrides[n_over++] = argv[++i];
         } else core_usage_error("bench: unknown option '%s' (see `moelab bench --help`)", a);

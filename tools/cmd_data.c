@@ -1,12 +1,13 @@
 // `moelab data`: dataset tooling. `moelab data prepare` turns text files into a BPE tokenizer and
 // train/validation token shards (data/prepare.h does the work; this file only parses flags).
-#include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "data/prepare.h"
+#include "framework/core/num.h"
 #include "tools/commands.h"
 
 static const char USAGE[] =
@@ -86,27 +87,16 @@ static int cmd_prepare(int argc, char **argv) {
     if (rc == 0 && n_inputs == 0) rc = fail("data prepare: missing --input PATH... (see moelab data prepare --help)");
     if (rc == 0 && !vocab) rc = fail("data prepare: missing --vocab N (see moelab data prepare --help)");
     if (rc == 0 && (!out || !*out)) rc = fail("data prepare: missing --out DIR (see moelab data prepare --help)");
-    long V = 0;
+    long long V = 0;
     double f = 0.05;
     unsigned long long S = 1337;
-    char *end;
-    if (rc == 0) {
-        errno = 0;
-        V = strtol(vocab, &end, 10);
-        if (errno || end == vocab || *end || V < 256 || V > (1 << 20))
-            rc = fail("data prepare: --vocab '%s': expected an integer in [256, 1048576]", vocab);
-    }
-    if (rc == 0 && frac) {
-        f = strtod(frac, &end);
-        if (end == frac || *end || !(f >= 0.0 && f < 1.0))
-            rc = fail("data prepare: --val-fraction '%s': expected a number in [0, 1)", frac);
-    }
-    if (rc == 0 && seed) {
-        errno = 0;
-        S = strtoull(seed, &end, 10);
-        if (errno || end == seed || *end || seed[0] == '-')
-            rc = fail("data prepare: --seed '%s': expected a non-negative integer", seed);
-    }
+    char err[NUM_ERR_LEN];
+    if (rc == 0 && num_parse_int("--vocab", vocab, 256, 1 << 20, &V, err)) rc = fail("data prepare: %s", err);
+    if (rc == 0 && frac && num_parse_real("--val-fraction", frac, 0, 1, &f, err))
+        rc = fail("data prepare: %s", err);
+    // Some text must be left to train on.
+    if (rc == 0 && f >= 1.0) rc = fail("data prepare: --val-fraction %s is too large: must be below 1", frac);
+    if (rc == 0 && seed && num_parse_u64("--seed", seed, UINT64_MAX, &S, err)) rc = fail("data prepare: %s", err);
     if (rc == 0) {
         PrepareStats st;
         prepare_dataset(inputs, n_inputs, (int)V, out, f, S, &st);

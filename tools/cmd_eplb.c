@@ -2,15 +2,15 @@
 // prints the EPLB plan of parallel/eplb.h as JSON. A thin front end: flags, CSV checks, JSON output.
 // Bad input gives one message naming the row and column (1-based) or the broken rule, and exit code 2.
 #include <errno.h>
-#include <limits.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
+#include "framework/core/num.h"
 #include "parallel/eplb.h"
 #include "tools/commands.h"
 
@@ -18,12 +18,13 @@ static const char USAGE[] =
     "usage: moelab eplb --load FILE --replicas R --groups Ng --nodes Nn --ranks G\n"
     "\n"
     "Plans expert replication and placement (ARCHITECTURE.md §6) and prints it as JSON.\n"
-    "  --load FILE    CSV of expert loads: one row per layer, E non-negative numbers per row\n"
+    "  --load FILE    CSV of expert loads: one row per layer, E numbers in [0, 1e15] per row\n"
     "  --replicas R   physical expert slots per layer (R >= E, R % G == 0)\n"
     "  --groups Ng    expert groups, contiguous blocks kept on one node (E % Ng == 0)\n"
     "  --nodes Nn     nodes (G % Nn == 0); Ng % Nn == 0 selects the hierarchical policy,\n"
     "                 otherwise the global one\n"
     "  --ranks G      ranks (GPUs) in all, R/G slots each\n"
+    "Each of R, Ng, Nn and G is 1 to 1048576, and the plan must fit in this machine's memory.\n"
     "Output: {\"policy\": ..., \"layers\": [{\"phy2log\", \"log2phy\", \"logcnt\",\n"
     "  \"rank_load_max_over_mean_before\", \"rank_load_max_over_mean_after\"}, ...]}\n"
     "(\"before\" is the identity placement, E/G experts per rank; null when G does not divide E).\n";
@@ -31,21 +32,34 @@ static const char USAGE[] =
 // One usage-error line naming the command; returns exit code 2.
 #define fail(...) core_usage_report("eplb: " __VA_ARGS__)
 
-// A positive int from a flag value, or -1.
-static int parse_positive(const char *s) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end != '\0' || v < 1 || v > INT_MAX) return -1;
-    return (int)v;
+// Bounds: a plan of more slots, groups, nodes or ranks than any cluster has is no plan; loads are
+// token counts, far below 1e15, and their sums over any layer stay exact in a double.
+enum { MAX_FLAG = 1 << 20 };
+static const double MAX_LOAD = 1e15;
+
+// Memory of the plan of L layers, E experts and R slots (eplb_plan_create): phy2log and phyrank (L,
+// R), logcnt (L, E) and log2phy (L, E, R - E + 1), ints; the loads (L, E) as doubles.
+static double plan_bytes(int L, int E, int R) {
+    return (double)L * ((2.0 * R + E + (double)E * (R - E + 1)) * sizeof(int) + (double)E * sizeof(double));
 }
 
-// Reads the whole file into a NUL-terminated buffer (core_free it), or NULL.
-static char *read_text(const char *path) {
+// Reads the whole file into a NUL-terminated buffer (core_free it), or NULL with *why saying why.
+static char *read_text(const char *path, const char **why) {
     FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
+    if (!f) {
+        *why = strerror(errno);
+        return NULL;
+    }
+    // A directory opens, and its "size" from ftell is LONG_MAX: only a regular file has a length.
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        *why = "not a regular file";
+        return NULL;
+    }
     char *text = NULL;
     long n;
+    *why = "read error";
     if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
         text = core_alloc((size_t)n + 1);
         if (fread(text, 1, (size_t)n, f) != (size_t)n) {
@@ -64,11 +78,9 @@ static int parse_field(char *s, const char *path, int row, int col, double *v) {
     char *e = s + strlen(s);
     while (e > s && (e[-1] == ' ' || e[-1] == '\t')) *--e = '\0';
     if (*s == '\0') return fail("%s: row %d, column %d: empty value", path, row, col);
-    char *end;
-    *v = strtod(s, &end);
-    if (end == s || *end != '\0') return fail("%s: row %d, column %d: '%s' is not a number", path, row, col, s);
-    if (!isfinite(*v)) return fail("%s: row %d, column %d: '%s' is not a finite number", path, row, col, s);
-    if (*v < 0) return fail("%s: row %d, column %d: %s is negative, loads must be >= 0", path, row, col, s);
+    char name[64], err[NUM_ERR_LEN];
+    snprintf(name, sizeof name, "row %d, column %d: load", row, col);
+    if (num_parse_real(name, s, 0, MAX_LOAD, v, err)) return fail("%s: %s", path, err);
     return 0;
 }
 
@@ -190,16 +202,20 @@ int cmd_eplb(int argc, char **argv) {
         if (!eq) i++;
         if (k < 0) {
             path = val;
-        } else if ((*ints[k] = parse_positive(val)) < 0) {
-            return fail("%s = '%s': expected a positive integer", names[k], val);
+        } else {
+            char err[NUM_ERR_LEN];
+            long long v;
+            if (num_parse_int(names[k], val, 1, MAX_FLAG, &v, err)) return fail("%s", err);
+            *ints[k] = (int)v;
         }
     }
     if (!path) return fail("missing --load FILE (see moelab eplb --help)");
     for (int j = 0; j < 4; j++)
         if (*ints[j] == 0) return fail("missing %s (see moelab eplb --help)", names[j]);
 
-    char *text = read_text(path);
-    if (!text) return fail("cannot read load file '%s'", path);
+    const char *why;
+    char *text = read_text(path, &why);
+    if (!text) return fail("cannot read load file '%s': %s", path, why);
     double *load;  // (L, E)
     int L, E;
     int rc = parse_csv(text, path, &load, &L, &E);
@@ -211,6 +227,12 @@ int cmd_eplb(int argc, char **argv) {
     if (eplb_shape_error(&s, msg, sizeof msg)) {
         core_free(load);
         return fail("%s (E = %d is the number of columns of %s)", msg, E, path);
+    }
+    const double need = plan_bytes(L, E, R), have = core_host_memory_bytes();
+    if (need > have) {
+        core_free(load);
+        return fail("--replicas %d for %d layers of %d experts is too large: the plan needs about %.0f GiB, more "
+                    "than this machine's %.1f GiB of memory", R, L, E, need / (1 << 30), have / (1 << 30));
     }
     EplbPlan *p = eplb_plan_create(&s);
     eplb_plan_run(p, load);

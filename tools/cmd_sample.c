@@ -8,6 +8,7 @@
 #include "framework/core/check.h"
 #include "framework/core/config.h"
 #include "framework/core/mem.h"
+#include "framework/core/num.h"
 #include "framework/core/rng.h"
 #include "framework/model.h"
 #include "framework/sample.h"
@@ -16,25 +17,42 @@
 static void sample_help(void) {
     printf("usage: moelab sample --ckpt PATH [--prompt TEXT] [--tokens N] [--temperature T]\n"
            "                     [--top-k K] [--seed S] [--data DIR]\n\n"
-           "Generates N tokens (default 200) after the prompt (default: a newline) from the model in\n"
-           "the checkpoint. temperature 0 is greedy (default 0.8); top-k 0 samples from the whole\n"
-           "vocabulary (default 40). The tokenizer is DIR/tokenizer.bin, where DIR defaults to the\n"
-           "data directory the checkpoint was trained on.\n");
+           "Generates N tokens (default 200, at most 16384) after the prompt (default: a newline)\n"
+           "from the model in the checkpoint, printing the text as it goes. temperature 0 is greedy\n"
+           "(default 0.8); top-k 0 samples from the whole vocabulary (default 40). The tokenizer is\n"
+           "DIR/tokenizer.bin, where DIR defaults to the data directory the checkpoint was trained on.\n");
 }
 
-static long parse_long(const char *flag, const char *v, long lo, long hi) {
-    char *end;
-    long x = strtol(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || x < lo || x > hi)
-        core_usage_error("sample: %s '%s': expected an integer in [%ld, %ld]", flag, v, lo, hi);
+// At most this many tokens a run: each one is a forward of the model's whole window, and 2^14 tokens
+// of the tiny config already take a few minutes on a CPU (the text streams out as it is drawn).
+enum { MAX_TOKENS = 1 << 14 };
+
+static long long int_flag(const char *flag, const char *v, long long lo, long long hi) {
+    char err[NUM_ERR_LEN];
+    long long x;
+    if (num_parse_int(flag, v, lo, hi, &x, err)) core_usage_error("sample: %s", err);
     return x;
+}
+
+// Prints the text of ids (n), flushed: a long sample shows its progress token by token.
+static void print_tokens(const Tokenizer *tok, const int *ids, int n) {
+    uint32_t *u = core_alloc((size_t)n * sizeof *u);
+    for (int i = 0; i < n; i++) u[i] = (uint32_t)ids[i];
+    const size_t len = tok_decode(tok, u, (size_t)n, NULL, 0);  // the length only
+    uint8_t *text = core_alloc(len + 1);
+    tok_decode(tok, u, (size_t)n, text, len);
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    core_free(text);
+    core_free(u);
 }
 
 int cmd_sample(int argc, char **argv) {
     const char *ckpt = NULL, *prompt = "\n", *data = NULL;
-    long n_new = 200, top_k = 40;
+    int n_new = 200, top_k = 40;
     unsigned long long seed = 1;
     float temperature = 0.8f;
+    char err[NUM_ERR_LEN];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { sample_help(); return 0; }
@@ -43,14 +61,14 @@ int cmd_sample(int argc, char **argv) {
         if (!strcmp(a, "--ckpt")) ckpt = v;
         else if (!strcmp(a, "--prompt")) prompt = v;
         else if (!strcmp(a, "--data")) data = v;
-        else if (!strcmp(a, "--tokens")) n_new = parse_long(a, v, 1, 1 << 20);
-        else if (!strcmp(a, "--top-k")) top_k = parse_long(a, v, 0, 1 << 24);
-        else if (!strcmp(a, "--seed")) seed = (unsigned long long)parse_long(a, v, 0, 1L << 62);
-        else if (!strcmp(a, "--temperature")) {
-            char *end;
-            temperature = strtof(v, &end);
-            if (*end != '\0' || !(temperature >= 0.0f && temperature <= 100.0f))
-                core_usage_error("sample: --temperature '%s': expected a number in [0, 100]", v);
+        else if (!strcmp(a, "--tokens")) n_new = (int)int_flag(a, v, 1, MAX_TOKENS);
+        else if (!strcmp(a, "--top-k")) top_k = (int)int_flag(a, v, 0, 1 << 24);
+        else if (!strcmp(a, "--seed")) {
+            if (num_parse_u64(a, v, UINT64_MAX, &seed, err)) core_usage_error("sample: %s", err);
+        } else if (!strcmp(a, "--temperature")) {
+            double x;
+            if (num_parse_real(a, v, 0, 100, &x, err)) core_usage_error("sample: %s", err);
+            temperature = (float)x;
         } else core_usage_error("sample: unknown option '%s' (see `moelab sample --help`)", a);
     }
     if (!ckpt) core_usage_error("sample: --ckpt PATH is required (see `moelab sample --help`)");
@@ -74,17 +92,14 @@ int cmd_sample(int argc, char **argv) {
     if (n_prompt == 0) core_usage_error("sample: --prompt must not be empty");
     int *all = core_alloc((size_t)(n_prompt + n_new) * sizeof(int));
     for (int i = 0; i < n_prompt; i++) all[i] = (int)ids[i];
+    print_tokens(tok, all, n_prompt);
+    // One token per call, printed as soon as it is drawn (the same draws as one call for all).
     RngStream rng = rng_stream(seed, 7);
-    sample_generate(m, all, n_prompt, (int)n_new, temperature, (int)top_k, &rng, all);
-    size_t cap = (size_t)(n_prompt + n_new) * 64 + 1;
-    uint8_t *text = core_alloc(cap);
-    uint32_t *u = core_alloc((size_t)(n_prompt + n_new) * sizeof *u);
-    for (long i = 0; i < n_prompt + n_new; i++) u[i] = (uint32_t)all[i];
-    size_t len = tok_decode(tok, u, (size_t)(n_prompt + n_new), text, cap);
-    fwrite(text, 1, len, stdout);
+    for (int len = n_prompt; len < n_prompt + n_new; len++) {
+        sample_generate(m, all, len, 1, temperature, top_k, &rng, all);
+        print_tokens(tok, all + len, 1);
+    }
     putchar('\n');
-    core_free(u);
-    core_free(text);
     core_free(all);
     core_free(ids);
     model_free(m);

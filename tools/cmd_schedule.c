@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "framework/core/mem.h"
+#include "framework/core/num.h"
 #include "parallel/schedule.h"
 #include "parallel/schedule_svg.h"
 #include "parallel/simulator.h"
@@ -19,8 +21,9 @@ static const char *HELP =
     "checks it by playing all ranks against each other, and simulates it with per-op costs.\n"
     "\n"
     "  --kind K          1f1b, dualpipe (N even, C even, C >= 2N) or dualpipev (C >= 2N)\n"
-    "  --pp N            pipeline ranks\n"
-    "  --chunks C        micro-batches per step\n"
+    "  --pp N            pipeline ranks, 1 to 65536\n"
+    "  --chunks C        micro-batches per step, 1 to 1048576 (and the schedule of N x C must fit\n"
+    "                    in this machine's memory)\n"
     "  --format F        text (default: ops per rank, then simulated idle time per rank) or json\n"
     "  --svg FILE        draw the simulated (or, with --from-trace, the measured) timeline\n"
     "  --trace FILE      write the simulated timeline as a Chrome trace (opens in Perfetto)\n"
@@ -28,7 +31,7 @@ static const char *HELP =
     "  --cost-b X        cost of a FULL backward chunk, input and weights (default 2)\n"
     "  --cost-w X        cost of the weight-gradient part of a backward (default 1)\n"
     "  --cost-fb X       cost of an overlapped forward & backward (default 3)\n"
-    "  --cost-p2p X      latency of one message between ranks (default 0)\n"
+    "  --cost-p2p X      latency of one message between ranks (default 0); every cost in [0, 1e12]\n"
     "  --from-trace FILE read a measured Chrome trace (moelab train --trace) instead; with --kind\n"
     "                    also the measured mean op costs and the bubble formula they give\n"
     "\n"
@@ -46,18 +49,17 @@ static int usage(const char *fmt, ...) {
     return 2;
 }
 
-static int parse_int(const char *s, int *v) {
-    char *end;
-    long x = strtol(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || x < -1000000 || x > 1000000) return 1;
-    *v = (int)x;
-    return 0;
-}
+// Bounds of the flags: more ranks or micro-batches than any pipeline has, and costs whose sums over
+// every op of the largest schedule stay exact in a double.
+enum { MAX_PP = 1 << 16, MAX_CHUNKS = 1 << 20 };
+static const double MAX_COST = 1e12;
 
-static int parse_double(const char *s, double *v) {
-    char *end;
-    *v = strtod(s, &end);
-    return *s == '\0' || *end != '\0';
+// Memory of a schedule of N ranks and C micro-batches and of its simulation: up to 6 ops per rank and
+// micro-batch (one F, B and W per pipe), each held as an op, a simulated event and 3 doubles; and
+// the player's 2 x 19 bytes per micro-batch and stage (2N stages at most).
+static double schedule_bytes(int N, int C) {
+    const double ops = 6.0 * N * C, cells = 2.0 * N * C;
+    return ops * (double)(sizeof(SchedOp) + sizeof(SimEvent) + 3 * sizeof(double)) + cells * 2 * 19;
 }
 
 static const char *DISPLAY[] = {"1F1B", "DualPipe", "DualPipeV"};
@@ -144,15 +146,19 @@ int cmd_schedule(int argc, char **argv) {
         int cost_i = -1;
         for (int k = 0; k < 5; k++)
             if (strcmp(flag, costs[k].flag) == 0) cost_i = k;
+        char err[NUM_ERR_LEN];
+        long long n;
         if (cost_i >= 0) {
-            if (parse_double(val, costs[cost_i].v)) return usage("%s expects a number, got '%s'", flag, val);
+            if (num_parse_real(flag, val, 0, MAX_COST, costs[cost_i].v, err)) return usage("%s", err);
         } else if (strcmp(flag, "--kind") == 0) {
             kind_name = val;
         } else if (strcmp(flag, "--pp") == 0) {
-            if (parse_int(val, &N)) return usage("--pp expects an integer, got '%s'", val);
+            if (num_parse_int(flag, val, 1, MAX_PP, &n, err)) return usage("%s", err);
+            N = (int)n;
             have_n = 1;
         } else if (strcmp(flag, "--chunks") == 0) {
-            if (parse_int(val, &C)) return usage("--chunks expects an integer, got '%s'", val);
+            if (num_parse_int(flag, val, 1, MAX_CHUNKS, &n, err)) return usage("%s", err);
+            C = (int)n;
             have_c = 1;
         } else if (strcmp(flag, "--format") == 0) {
             format = val;
@@ -180,6 +186,10 @@ int cmd_schedule(int argc, char **argv) {
     int json = strcmp(format, "json") == 0;
     if (!json && strcmp(format, "text") != 0) return usage("--format must be text or json, got '%s'", format);
 
+    const double need = schedule_bytes(N, C), have = core_host_memory_bytes();
+    if (need > have)
+        return usage("--pp %d x --chunks %d is too large: its schedule and simulation need about %.0f GiB, "
+                     "more than this machine's %.1f GiB of memory", N, C, need / (1 << 30), have / (1 << 30));
     char err[SCHED_ERR_LEN];
     if (sim_costs_check(&cost, err)) return usage("%s", err);
     Schedule *s = sched_build(kind, N, C, err);

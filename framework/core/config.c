@@ -5,12 +5,12 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
-#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "framework/core/check.h"
+#include "framework/core/num.h"
 
 typedef enum { K_INT, K_U64, K_FLOAT, K_BOOL, K_STR } KeyType;
 
@@ -43,7 +43,7 @@ static const KeyInfo KEYS[] = {
     {"bias_rate", K_FLOAT, OFF(bias_rate), 0, 1e3, NULL, "aux-loss-free bias update rate gamma"},
     {"balance_alpha", K_FLOAT, OFF(balance_alpha), 0, 1e3, NULL, "sequence balance loss weight alpha"},
     {"rope_theta", K_FLOAT, OFF(rope_theta), 1, 1e12, NULL, "RoPE base theta"},
-    {"norm_eps", K_FLOAT, OFF(norm_eps), 0, 1, NULL, "RMSNorm epsilon"},
+    {"norm_eps", K_FLOAT, OFF(norm_eps), 1e-30, 1, NULL, "RMSNorm epsilon (positive)"},
     {"tie_embeddings", K_BOOL, OFF(tie_embeddings), 0, 1, NULL, "LM head shares the embedding"},
     {"seed", K_U64, OFF(seed), 0, 0, NULL, "random seed (weights, data order, sampling)"},
     {"steps", K_INT, OFF(steps), 0, INT_MAX, NULL, "optimizer steps"},
@@ -54,14 +54,14 @@ static const KeyInfo KEYS[] = {
     {"warmup_steps", K_INT, OFF(warmup_steps), 0, INT_MAX, NULL, "linear warm-up steps"},
     {"weight_decay", K_FLOAT, OFF(weight_decay), 0, 10, NULL, "AdamW decay (matrices only)"},
     {"grad_clip", K_FLOAT, OFF(grad_clip), 0, 1e9, NULL, "global gradient-norm clip (0: off)"},
-    {"beta1", K_FLOAT, OFF(beta1), 0, 1, NULL, "AdamW beta1"},
-    {"beta2", K_FLOAT, OFF(beta2), 0, 1, NULL, "AdamW beta2"},
+    {"beta1", K_FLOAT, OFF(beta1), 0, 1, NULL, "AdamW beta1, below 1"},
+    {"beta2", K_FLOAT, OFF(beta2), 0, 1, NULL, "AdamW beta2, below 1"},
     {"adam_eps", K_FLOAT, OFF(adam_eps), 0, 1, NULL, "AdamW epsilon"},
     {"log_every", K_INT, OFF(log_every), 1, INT_MAX, NULL, "steps between log lines"},
     {"val_every", K_INT, OFF(val_every), 0, INT_MAX, NULL, "steps between validations (0: end only)"},
     {"val_batches", K_INT, OFF(val_batches), 1, INT_MAX, NULL, "micro-batches per validation"},
     {"val_fraction", K_FLOAT, OFF(val_fraction), 0, 0.9, NULL, "held-out share of the data"},
-    {"sample_tokens", K_INT, OFF(sample_tokens), 0, 1 << 20, NULL, "tokens sampled after training"},
+    {"sample_tokens", K_INT, OFF(sample_tokens), 0, 1 << 14, NULL, "tokens sampled after training"},
     {"temperature", K_FLOAT, OFF(temperature), 0, 100, NULL, "sampling temperature (0: greedy)"},
     {"top_k_sample", K_INT, OFF(top_k_sample), 0, 1 << 24, NULL, "sample among the k most likely (0: all)"},
     {"threads", K_INT, OFF(threads), 0, 4096, NULL, "OpenMP threads (0: default)"},
@@ -149,35 +149,40 @@ static int in_choices(const char *choices, const char *v) {
     return 0;
 }
 
+// Ends a bad number with one message: text that is no number gets the key's whole expected form;
+// a number past a bound gets the parser's "too large: at most HI" (it is a number).
+static void check_number(const KeyInfo *k, const char *value, const char *origin, NumStatus st,
+                         const char *err) {
+    char form[128];
+    if (st == NUM_SYNTAX)
+        core_usage_error("%s: %s = '%s' is not valid: expected %s", origin, k->name, value,
+                         expected_form(k, form, sizeof form));
+    if (st != NUM_OK) core_usage_error("%s: %s", origin, err);
+}
+
 void config_set(MoeConfig *c, const char *key, const char *value, const char *origin) {
     const KeyInfo *k = find_key(key);
     if (!k) core_usage_error("%s: unknown config key '%s' (see `moelab train --help`)", origin, key);
-    char form[128];
+    char form[128], name[128], err[NUM_ERR_LEN];
+    snprintf(name, sizeof name, "%s =", k->name);
     char *base = (char *)c + k->offset;
-    char *end = NULL;
-    errno = 0;
     switch (k->type) {
     case K_INT: {
-        long v = strtol(value, &end, 10);
-        if (*value == '\0' || *end != '\0' || errno || v < k->lo || v > k->hi)
-            core_usage_error("%s: %s = '%s' is not valid: expected %s", origin, k->name, value,
-                             expected_form(k, form, sizeof form));
+        long long v;
+        const NumStatus st = num_parse_int(name, value, (long long)k->lo, (long long)k->hi, &v, err);
+        check_number(k, value, origin, st, err);
         *(int *)base = (int)v;
         break;
     }
     case K_U64: {
-        unsigned long long v = strtoull(value, &end, 10);
-        if (*value == '\0' || *value == '-' || *end != '\0' || errno)
-            core_usage_error("%s: %s = '%s' is not valid: expected %s", origin, k->name, value,
-                             expected_form(k, form, sizeof form));
+        unsigned long long v;
+        check_number(k, value, origin, num_parse_u64(name, value, UINT64_MAX, &v, err), err);
         *(uint64_t *)base = (uint64_t)v;
         break;
     }
     case K_FLOAT: {
-        double v = strtod(value, &end);
-        if (*value == '\0' || *end != '\0' || errno || !isfinite(v) || v < k->lo || v > k->hi)
-            core_usage_error("%s: %s = '%s' is not valid: expected %s", origin, k->name, value,
-                             expected_form(k, form, sizeof form));
+        double v;
+        check_number(k, value, origin, num_parse_real(name, value, k->lo, k->hi, &v, err), err);
         *(float *)base = (float)v;
         break;
     }
@@ -206,12 +211,13 @@ static char *trim(char *s) {
     return s;
 }
 
-void config_load_file(MoeConfig *c, const char *path) {
-    FILE *f = fopen(path, "r");
-    if (!f) core_usage_error("cannot open config file '%s': %s", path, strerror(errno));
+void config_load_stream(MoeConfig *c, FILE *f, const char *name) {
+    // The line each key was set on (0: not yet): a key set twice in one file is a mistake (which
+    // line was meant?), unlike a command-line --key, which overrides the file on purpose.
+    int set_on[NKEYS] = {0};
     char line[1024], origin[1200];
     for (int lineno = 1; fgets(line, sizeof line, f); lineno++) {
-        snprintf(origin, sizeof origin, "%s:%d", path, lineno);
+        snprintf(origin, sizeof origin, "%s:%d", name, lineno);
         if (!strchr(line, '\n') && !feof(f)) core_usage_error("%s: line too long", origin);
         char *hash = strchr(line, '#');
         if (hash) *hash = '\0';
@@ -222,8 +228,24 @@ void config_load_file(MoeConfig *c, const char *path) {
         *eq = '\0';
         char *key = trim(s), *value = trim(eq + 1);
         if (*key == '\0') core_usage_error("%s: missing key before '='", origin);
+        const KeyInfo *k = find_key(key);
+        if (k && set_on[k - KEYS])
+            core_usage_error("%s: %s is set twice, on lines %d and %d (keep one)", origin, k->name,
+                             set_on[k - KEYS], lineno);
+        if (k) set_on[k - KEYS] = lineno;
         config_set(c, key, value, origin);
     }
+    // fgets also returns NULL on a read error (a directory reads as EISDIR): not the end of a file.
+    if (ferror(f)) {
+        if (errno == EISDIR) core_usage_error("config file '%s' is a directory", name);
+        FATAL("cannot read config file '%s': %s", name, strerror(errno));
+    }
+}
+
+void config_load_file(MoeConfig *c, const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) core_usage_error("cannot open config file '%s': %s", path, strerror(errno));
+    config_load_stream(c, f, path);
     fclose(f);
 }
 
@@ -278,6 +300,9 @@ void config_validate(const MoeConfig *c) {
     RULE(c->n_dense_layers <= c->L, "n_dense_layers (%d) must not exceed n_layers (%d)",
          c->n_dense_layers, c->L);
     RULE(c->min_lr <= c->lr, "min_lr (%g) must not exceed lr (%g)", c->min_lr, c->lr);
+    // AdamW's bias correction divides by 1 - beta^t: beta = 1 makes the second step NaN.
+    RULE(c->beta1 < 1, "beta1 (%g) must be below 1 (AdamW divides by 1 - beta1^t)", c->beta1);
+    RULE(c->beta2 < 1, "beta2 (%g) must be below 1 (AdamW divides by 1 - beta2^t)", c->beta2);
     RULE(c->E % c->ep == 0, "n_experts (%d) must be divisible by ep (%d)", c->E, c->ep);
 #undef RULE
 }

@@ -76,6 +76,9 @@ typedef struct {
 void config_defaults(MoeConfig *c);
 // Reads `key = value` lines from path; exits 2 with a message naming the file, line and key on error.
 void config_load_file(MoeConfig *c, const char *path);
+// The same from an open stream (not closed here); name stands for it in messages. A key set twice in
+// one file is an error naming both lines.
+void config_load_stream(MoeConfig *c, FILE *f, const char *name);
 // Sets one key from its text value; `origin` names where it came from for error messages.
 void config_set(MoeConfig *c, const char *key, const char *value, const char *origin);
 // Applies `--key value` pairs from argv[0..argc). `--config FILE` loads a file first (wherever it

@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "framework/core/check.h"
 
@@ -16,6 +17,12 @@ void *core_alloc(size_t bytes) {
 }
 
 void core_free(void *p) { free(p); }
+
+double core_host_memory_bytes(void) {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    CHECK(pages > 0 && page > 0, "cannot read this machine's memory size (sysconf)");
+    return (double)pages * (double)page;
+}
 
 static void cpu_copy(void *dst, CoreDevice dd, const void *src, CoreDevice sd, size_t bytes) {
     (void)dd; (void)sd;

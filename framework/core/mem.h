@@ -15,6 +15,9 @@ typedef enum { CORE_CPU = 0, CORE_CUDA = 1 } CoreDevice;
 // Host memory, 64-byte aligned, zero-filled. Never returns NULL.
 void *core_alloc(size_t bytes);
 void core_free(void *p);
+// This machine's physical memory in bytes: the bound of sizes given on a command line, checked
+// before anything is allocated (an allocation beyond it would only swap or be killed).
+double core_host_memory_bytes(void);
 
 // Device memory through an allocator registered by a backend (CORE_CPU uses core_alloc).
 typedef struct {

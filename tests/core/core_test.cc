@@ -1,13 +1,17 @@
 // framework/core: config files and overrides (including every error path, which must exit 2 with
-// a message naming the key), and the Philox-4x32-10 generator against its published test vectors.
+// a message naming the key), the checked number parser, and the Philox-4x32-10 generator against
+// its published test vectors.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdio>
 #include <string>
 
+#include <sys/stat.h>
+
 extern "C" {
 #include "framework/core/config.h"
+#include "framework/core/num.h"
 #include "framework/core/rng.h"
 }
 
@@ -69,8 +73,53 @@ TEST(ConfigDeath, UnknownKey) {
 TEST(ConfigDeath, MalformedInt) {
     EXPECT_EXIT(set_key("d_model", "3x"), ::testing::ExitedWithCode(2), "d_model = '3x'.*expected an integer");
 }
+// A number past a bound is a number: the message says which bound, not "expected an integer".
 TEST(ConfigDeath, OutOfRange) {
-    EXPECT_EXIT(set_key("d_model", "0"), ::testing::ExitedWithCode(2), "d_model.*expected an integer in \\[1");
+    EXPECT_EXIT(set_key("d_model", "0"), ::testing::ExitedWithCode(2), "test: d_model = 0 is too small: at least 1");
+    EXPECT_EXIT(set_key("steps", "99999999999999999999"), ::testing::ExitedWithCode(2),
+                "steps = 99999999999999999999 is too large: at most 2147483647");
+    EXPECT_EXIT(set_key("lr", "1e999"), ::testing::ExitedWithCode(2), "lr = 1e999 is too large: at most 10");
+}
+TEST(ConfigDeath, AdamBetaBelowOne) {
+    for (const char *key : {"beta1", "beta2"}) {
+        MoeConfig c;
+        config_defaults(&c);
+        config_set(&c, key, "1", "test");  // in the key's range; the rule is AdamW's
+        EXPECT_EXIT(config_validate(&c), ::testing::ExitedWithCode(2),
+                    std::string(key) + " \\(1\\) must be below 1");
+    }
+}
+TEST(ConfigDeath, NormEpsPositive) {
+    EXPECT_EXIT(set_key("norm_eps", "0"), ::testing::ExitedWithCode(2), "norm_eps = 0 is too small");
+    EXPECT_EXIT(set_key("norm_eps", "1e-50"), ::testing::ExitedWithCode(2), "norm_eps = 1e-50 is too small");
+}
+TEST(ConfigDeath, DuplicateKeyInFile) {
+    std::string p = write_tmp("lr = 0.1\nsteps = 3\n# again\nlr = 0.2\n");
+    MoeConfig c;
+    config_defaults(&c);
+    EXPECT_EXIT(config_load_file(&c, p.c_str()), ::testing::ExitedWithCode(2),
+                ":4: lr is set twice, on lines 1 and 4");
+    remove(p.c_str());
+}
+// The command line overrides the file, however often the file is named.
+TEST(Config, CommandLineOverridesFile) {
+    std::string p = write_tmp("lr = 0.1\n");
+    MoeConfig c;
+    config_defaults(&c);
+    const char *args[] = {"--lr", "0.2", "--config", p.c_str(), "--config", p.c_str()};
+    char *argv[6];
+    for (int i = 0; i < 6; i++) argv[i] = const_cast<char *>(args[i]);
+    EXPECT_EQ(config_apply_args(&c, 6, argv), 0);
+    EXPECT_FLOAT_EQ(c.lr, 0.2f);
+    remove(p.c_str());
+}
+TEST(ConfigDeath, DirectoryAsFile) {
+    char dir[] = "/tmp/moelab_cfgdir_XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    MoeConfig c;
+    config_defaults(&c);
+    EXPECT_EXIT(config_load_file(&c, dir), ::testing::ExitedWithCode(2), "config file '.*' is a directory");
+    rmdir(dir);
 }
 TEST(ConfigDeath, BadChoice) {
     EXPECT_EXIT(set_key("score", "relu"), ::testing::ExitedWithCode(2), "expected sigmoid\\|softmax");
@@ -98,6 +147,62 @@ TEST(ConfigDeath, CrossFieldRule) {
     config_defaults(&c);
     c.Hkv = 3;
     EXPECT_EXIT(config_validate(&c), ::testing::ExitedWithCode(2), "n_heads \\(4\\) must be divisible by n_kv_heads \\(3\\)");
+}
+
+TEST(Num, Int) {
+    char err[NUM_ERR_LEN];
+    long long v = -7;
+    EXPECT_EQ(num_parse_int("--n", "42", 1, 100, &v, err), NUM_OK);
+    EXPECT_EQ(v, 42);
+    EXPECT_EQ(num_parse_int("--n", "-3", -5, 5, &v, err), NUM_OK);
+    EXPECT_EQ(v, -3);
+    struct { const char *s; NumStatus st; const char *msg; } bad[] = {
+        {"", NUM_SYNTAX, "--n '' is not an integer"},
+        {"x", NUM_SYNTAX, "--n 'x' is not an integer"},
+        {"3x", NUM_SYNTAX, "--n '3x' is not an integer"},
+        {" 3", NUM_SYNTAX, "--n ' 3' is not an integer"},
+        {"0x10", NUM_SYNTAX, "--n '0x10' is not an integer"},
+        {"1.5", NUM_SYNTAX, "--n '1.5' is not an integer"},
+        {"0", NUM_TOO_SMALL, "--n 0 is too small: at least 1"},
+        {"101", NUM_TOO_LARGE, "--n 101 is too large: at most 100"},
+        {"99999999999999999999", NUM_TOO_LARGE, "--n 99999999999999999999 is too large: at most 100"},
+        {"-99999999999999999999", NUM_TOO_SMALL, "--n -99999999999999999999 is too small: at least 1"},
+    };
+    for (const auto &b : bad) {
+        v = -7;
+        EXPECT_EQ(num_parse_int("--n", b.s, 1, 100, &v, err), b.st) << b.s;
+        EXPECT_STREQ(err, b.msg);
+        EXPECT_EQ(v, -7) << "a failed parse leaves the value alone";
+    }
+}
+TEST(Num, U64) {
+    char err[NUM_ERR_LEN];
+    unsigned long long v = 0;
+    EXPECT_EQ(num_parse_u64("--seed", "18446744073709551615", UINT64_MAX, &v, err), NUM_OK);
+    EXPECT_EQ(v, UINT64_MAX);
+    EXPECT_EQ(num_parse_u64("--seed", "18446744073709551616", UINT64_MAX, &v, err), NUM_TOO_LARGE);
+    EXPECT_STREQ(err, "--seed 18446744073709551616 is too large: at most 18446744073709551615");
+    EXPECT_EQ(num_parse_u64("--seed", "-1", UINT64_MAX, &v, err), NUM_SYNTAX);
+    EXPECT_STREQ(err, "--seed '-1' is not a non-negative integer");
+}
+TEST(Num, Real) {
+    char err[NUM_ERR_LEN];
+    double v = 0;
+    EXPECT_EQ(num_parse_real("--x", "2.5e-3", 0, 1, &v, err), NUM_OK);
+    EXPECT_EQ(v, 2.5e-3);
+    struct { const char *s; NumStatus st; const char *msg; } bad[] = {
+        {"nan", NUM_SYNTAX, "--x 'nan' is not a finite number"},
+        {"0x1p3", NUM_SYNTAX, "--x '0x1p3' is not a finite number"},
+        {"1,5", NUM_SYNTAX, "--x '1,5' is not a finite number"},
+        {"inf", NUM_TOO_LARGE, "--x inf is too large: at most 1"},
+        {"1e308", NUM_TOO_LARGE, "--x 1e308 is too large: at most 1"},
+        {"1e999", NUM_TOO_LARGE, "--x 1e999 is too large: at most 1"},
+        {"-1e999", NUM_TOO_SMALL, "--x -1e999 is too small: at least 0"},
+    };
+    for (const auto &b : bad) {
+        EXPECT_EQ(num_parse_real("--x", b.s, 0, 1, &v, err), b.st) << b.s;
+        EXPECT_STREQ(err, b.msg);
+    }
 }
 
 // Known-answer tests from the Random123 distribution (philox4x32_10).

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -164,6 +165,24 @@ TEST(CmdData, HelpAndFlagErrors) {
     testing::internal::CaptureStderr();
     run({"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x", "--bogus"});
     EXPECT_NE(testing::internal::GetCapturedStderr().find("unknown option '--bogus'"), std::string::npos);
+    // Each bad number names its flag and how it is wrong: a value past a bound is too large or too
+    // small, never "not an integer".
+    const struct { const char *flag, *value, *msg; } bad[] = {
+        {"--vocab", "3k", "--vocab '3k' is not an integer"},
+        {"--vocab", "255", "--vocab 255 is too small: at least 256"},
+        {"--vocab", "99999999999", "--vocab 99999999999 is too large: at most 1048576"},
+        {"--val-fraction", "1", "--val-fraction 1 is too large: must be below 1"},
+        {"--val-fraction", "nan", "--val-fraction 'nan' is not a finite number"},
+        {"--seed", "-1", "--seed '-1' is not a non-negative integer"},
+    };
+    for (const auto &b : bad) {
+        std::vector<std::string> args = {"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x"};
+        if (!strcmp(b.flag, "--vocab")) args[5] = b.value;
+        else args.insert(args.end(), {b.flag, b.value});
+        testing::internal::CaptureStderr();
+        EXPECT_EQ(run(args), 2) << b.msg;
+        EXPECT_NE(testing::internal::GetCapturedStderr().find(b.msg), std::string::npos) << b.msg;
+    }
 }
 
 TEST(CmdData, PrepareEndToEnd) {

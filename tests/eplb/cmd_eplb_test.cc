@@ -211,16 +211,21 @@ TEST(CmdEplb, BadInputExitsTwoWithOneClearMessage) {
     unknown.insert(unknown.end(), {"--foo", "1"});
     std::vector<std::string> dangling = without("--ranks");
     dangling.push_back("--ranks");
+    std::string big;  // 1024 layers of 1024 experts
+    for (int l = 0; l < 1024; l++)
+        for (int e = 0; e < 1024; e++) big += e + 1 < 1024 ? "1," : "1\n";
     const std::vector<Case> cases = {
         {"1,2,3\n4,5\n", ok, ": row 2 has 2 values but row 1 has 3"},
         {"1,2,3,4\n4,5,6,7,8\n", ok, ": row 2 has 5 values but row 1 has 4"},
-        {"1,2\n3,-4\n", ok, ": row 2, column 2: -4 is negative, loads must be >= 0"},
-        {"1,abc\n", ok, ": row 1, column 2: 'abc' is not a number"},
-        {"1,2 3\n", ok, ": row 1, column 2: '2 3' is not a number"},
+        {"1,2\n3,-4\n", ok, ": row 2, column 2: load -4 is too small: at least 0"},
+        {"1,abc\n", ok, ": row 1, column 2: load 'abc' is not a finite number"},
+        {"1,2 3\n", ok, ": row 1, column 2: load '2 3' is not a finite number"},
         {"1,,2\n", ok, ": row 1, column 2: empty value"},
         {"1,2,\n", ok, ": row 1, column 3: empty value"},
-        {"1,2\n3,nan\n", ok, ": row 2, column 2: 'nan' is not a finite number"},
-        {"1e999,1\n", ok, ": row 1, column 1: '1e999' is not a finite number"},
+        {"1,2\n3,nan\n", ok, ": row 2, column 2: load 'nan' is not a finite number"},
+        {"1e999,1\n", ok, ": row 1, column 1: load 1e999 is too large: at most 1e+15"},
+        // Loads whose sum overflowed a double ended in an internal check (exit 1).
+        {"1e308,1e308\n", ok, ": row 1, column 1: load 1e308 is too large: at most 1e+15"},
         {"1,2\n\n3,4\n", ok, ": row 2 is empty (blank lines may only end the file)"},
         {"", ok, ": no rows of expert loads"},
         {"1,2,3,4,5\n", ok, "rule R >= E broken: R = 4 physical slots cannot hold E = 5 logical experts"},
@@ -230,10 +235,17 @@ TEST(CmdEplb, BadInputExitsTwoWithOneClearMessage) {
         {"1,2\n", without("--ranks"), "missing --ranks"},
         {"1,2\n", without("--load"), "missing --load FILE"},
         {"1,2\n", unknown, "unknown option '--foo'"},
-        {"1,2\n", with("--replicas", "x"), "--replicas = 'x': expected a positive integer"},
-        {"1,2\n", with("--groups", "0"), "--groups = '0': expected a positive integer"},
+        {"1,2\n", with("--replicas", "x"), "--replicas 'x' is not an integer"},
+        {"1,2\n", with("--groups", "0"), "--groups 0 is too small: at least 1"},
+        // Past a bound: too large (never "not an integer"); within the bounds, a plan beyond this
+        // machine's memory (1024 layers of 1024 experts, 2^20 slots: 4 PiB of log2phy).
+        {"1,2\n", with("--replicas", "2000000000"), "--replicas 2000000000 is too large: at most 1048576"},
+        {"1,2\n", with("--replicas", "4000000000"), "--replicas 4000000000 is too large: at most 1048576"},
+        {big.c_str(), with("--replicas", "1048576"), "--replicas 1048576 for 1024 layers of 1024 experts is too large: "
+                                                 "the plan needs about"},
         {"1,2\n", dangling, "--ranks needs a value"},
-        {nullptr, ok, "cannot read load file '/nonexistent/loads.csv'"},
+        {"", with("--load", "/tmp"), "cannot read load file '/tmp': not a regular file"},
+        {"", with("--load", "/nonexistent/loads.csv"), "cannot read load file '/nonexistent/loads.csv': No such file or directory"},
     };
     for (const Case &c : cases) {
         std::string path = c.csv ? write_csv(c.csv) : "/nonexistent/loads.csv";

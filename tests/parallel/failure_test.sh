@@ -3,6 +3,7 @@
 # message, quickly:
 #  - an operation some rank never joins (deadlock): "<op> on group world timed out after 2s";
 #  - a bad layout (DP % EP, E % EP) in the grid and in `moelab train`: exit 2 before any work;
+#  - bad data (a val.bin of another vocabulary) in `moelab train`: exit 2;
 #  - a rank killed mid-step (MOELAB_TEST_DIE_AT_STEP): the job ends within the comm timeout.
 set -uo pipefail
 root="$TEST_SRCDIR/moelab"
@@ -49,6 +50,11 @@ args=(--data "$tmp/data" --batch-size 2 --seq-len 16 --d-model 32 --d-expert 16 
 expect train_e_ep 2 'moelab: error \[rank [0-9]\]: config: n_experts \(6\) must be divisible by ep \(4\)' 60 \
     4 "$moelab" train "${args[@]}" --n-experts 6 --ep 4 --steps 3
 if grep -q "step" "$tmp/train_e_ep.out"; then echo "FAIL: train_e_ep did work before failing"; fail=1; fi
+# Bad data (issue 14): a val.bin of another vocabulary than the tokenizer's is exit 2 on every rank.
+"$moelab" data prepare --input "$tmp/data.txt" --vocab 300 --out "$tmp/v300" >/dev/null
+mkdir -p "$tmp/mixed" && cp "$tmp/data/tokenizer.bin" "$tmp/data/train.bin" "$tmp/v300/val.bin" "$tmp/mixed/"
+expect train_vocab 2 'moelab: error \[rank [0-9]\]: .*mixed/val.bin was written for a vocabulary of 300 tokens' 60 \
+    2 "$moelab" train "${args[@]}" --data "$tmp/mixed" --ep 2 --steps 3
 
 export MOELAB_TEST_DIE_AT_STEP=1:2
 expect dead_rank nonzero '(timed out after 5s|exited on signal 9)' 60 \

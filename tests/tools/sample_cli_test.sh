@@ -31,8 +31,13 @@ expect_usage() {  # expect_usage REGEX ARGS...: exit code 2 and REGEX in stderr
     grep -qE -e "$re" "$tmp/err" || { echo "sample $*: message lacks /$re/:"; cat "$tmp/err"; exit 1; }
 }
 expect_usage "--ckpt PATH is required" --tokens 5
-expect_usage "--tokens '0'" --ckpt "$ckpt" --tokens 0
-expect_usage "--temperature 'hot'" --ckpt "$ckpt" --temperature hot
+expect_usage "--tokens 0 is too small: at least 1" --ckpt "$ckpt" --tokens 0
+# A million tokens ran for hours before printing anything: bounded, with the bound in the message.
+expect_usage "--tokens 1048576 is too large: at most 16384" --ckpt "$ckpt" --tokens 1048576
+expect_usage "--tokens 'many' is not an integer" --ckpt "$ckpt" --tokens many
+expect_usage "--temperature 'hot' is not a finite number" --ckpt "$ckpt" --temperature hot
+expect_usage "--temperature 1e308 is too large: at most 100" --ckpt "$ckpt" --temperature 1e308
+expect_usage "--seed '-1' is not a non-negative integer" --ckpt "$ckpt" --seed -1
 expect_usage "unknown option '--bogus'" --ckpt "$ckpt" --bogus 1
 expect_usage "no_such" --ckpt "$tmp/no_such.h5"
 expect_usage "prompt must not be empty" --ckpt "$ckpt" --prompt ""

@@ -40,6 +40,39 @@ expect_usage "not a directory made by" --config "$cfg" --data "$tmp/none"
 expect_usage "vocab_size = 2048 but the tokenizer" "${args[@]}" --vocab-size 2048
 expect_usage "n_heads \(4\) must be divisible by n_kv_heads \(3\)" "${args[@]}" --n-kv-heads 3
 expect_usage "cannot open config file" --config "$tmp/missing.cfg"
+expect_usage "config file '.*/text' is a directory" --config "$tmp/text" --data "$tmp/data"
+printf 'lr = 0.01\nsteps = 2\nlr = 0.02\n' > "$tmp/twice.cfg"
+expect_usage "twice.cfg:3: lr is set twice, on lines 1 and 3" --config "$tmp/twice.cfg" --data "$tmp/data"
+expect_usage "beta1 \(1\) must be below 1" "${args[@]}" --beta1 1
+expect_usage "beta2 \(1\) must be below 1" "${args[@]}" --beta2 1
+expect_usage "norm_eps = 0 is too small" "${args[@]}" --norm-eps 0
+# The validation split holds 22 sequences of 17 tokens: 11 batches of 2.
+expect_usage "val-batches 12 is too large: .*/val.bin holds 22 sequences of 17 tokens, enough for 11 batches" \
+    "${args[@]}" --val-batches 12
+expect_usage "val-batches 2147483647 is too large" "${args[@]}" --val-batches 2147483647
+expect_usage "steps = 99999999999 is too large: at most 2147483647" "${args[@]}" --steps 99999999999
+
+# Shards and tokenizer of different vocabularies (issue 14): token ids index the model's V rows, so
+# every mismatch is bad data named by file, both ways, in train.bin or in val.bin alone, and in a
+# header whose vocabulary field was edited.
+"$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/v300" --val-fraction 0.2 >/dev/null
+mixed() {  # mixed DIR TOKENIZER_DIR TRAIN_DIR VAL_DIR: a data directory of the three files
+    mkdir -p "$1"
+    cp "$2/tokenizer.bin" "$1/"; cp "$3/train.bin" "$1/"; cp "$4/val.bin" "$1/"
+}
+mixed "$tmp/big_shards" "$tmp/data" "$tmp/v300" "$tmp/v300"
+expect_usage "big_shards/train.bin was written for a vocabulary of 300 tokens, but .* have 256" \
+    "${args[@]}" --data "$tmp/big_shards"
+mixed "$tmp/big_val" "$tmp/data" "$tmp/data" "$tmp/v300"
+expect_usage "big_val/val.bin was written for a vocabulary of 300 tokens, but .* have 256" \
+    "${args[@]}" --data "$tmp/big_val"
+mixed "$tmp/small_shards" "$tmp/v300" "$tmp/data" "$tmp/data"
+expect_usage "small_shards/train.bin was written for a vocabulary of 256 tokens, but .* have 300" \
+    "${args[@]}" --data "$tmp/small_shards" --vocab-size 300
+mixed "$tmp/edited" "$tmp/data" "$tmp/data" "$tmp/data"
+printf '\x2c\x01' | dd of="$tmp/edited/train.bin" bs=1 seek=12 conv=notrunc status=none  # vocab 300
+expect_usage "edited/train.bin was written for a vocabulary of 300 tokens" "${args[@]}" --data "$tmp/edited"
+
 "$moelab" train --help > "$tmp/help"; grep -q "usage: moelab train" "$tmp/help"
 "$moelab" --help > "$tmp/help"; grep -q "commands:" "$tmp/help"
 set +e; "$moelab" frobnicate 2>/dev/null; rc=$?; set -e

@@ -1,0 +1,31 @@
+#!/bin/bash
+# `moelab bench`'s command line: bad values end with one message and exit code 2 before anything is
+# timed (--steps -1 and --seconds nan printed a table of nonsense with exit 0).
+set -euo pipefail
+moelab="$TEST_SRCDIR/moelab/tools/moelab"
+cfg="$TEST_SRCDIR/moelab/configs/tiny.cfg"
+tmp="${TEST_TMPDIR:-/tmp}"
+
+expect_usage() {  # expect_usage REGEX ARGS...: exit code 2 and REGEX in stderr, nothing on stdout
+    local re=$1; shift
+    set +e
+    "$moelab" bench "$@" >"$tmp/out" 2>"$tmp/err"
+    local rc=$?
+    set -e
+    [ $rc -eq 2 ] || { echo "bench $*: exit $rc, expected 2"; cat "$tmp/err"; exit 1; }
+    grep -qE -e "$re" "$tmp/err" || { echo "bench $*: message lacks /$re/:"; cat "$tmp/err"; exit 1; }
+    [ ! -s "$tmp/out" ] || { echo "bench $*: printed on stdout:"; cat "$tmp/out"; exit 1; }
+}
+expect_usage "bench: --steps -1 is too small: at least 1" --config "$cfg" --steps -1
+expect_usage "bench: --steps 'x' is not an integer" --config "$cfg" --steps x
+expect_usage "bench: --steps 99999999999 is too large: at most 1000000" --config "$cfg" --steps 99999999999
+expect_usage "bench: --seconds 'nan' is not a finite number" --config "$cfg" --seconds nan
+expect_usage "bench: --seconds 1e308 is too large: at most 86400" --config "$cfg" --seconds 1e308
+expect_usage "bench: --seconds -1 is too small: at least 0" --config "$cfg" --seconds -1
+expect_usage "beta2 \(1\) must be below 1" --config "$cfg" --beta2 1
+expect_usage "config file '.*' is a directory" --config "$tmp"
+overrides=()
+for i in $(seq 1 33); do overrides+=(--seed "$i"); done
+expect_usage "bench: at most 32 config overrides" --config "$cfg" "${overrides[@]}"
+"$moelab" bench --help | grep -q "usage: moelab bench"
+echo "bench_cli_test: ok"
