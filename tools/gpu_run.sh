@@ -7,7 +7,8 @@
 #              FlashAttention-2 through scaled_dot_product_attention)
 #   train      `moelab train --device cuda` on the quickstart config and data (QS_STEPS steps,
 #              default 600), and the same run on the CPU alongside when QS_CPU=1
-#   bench      `moelab bench --device cuda --config configs/bench.cfg` (with its time breakdown)
+#   bench      `moelab bench --device cuda` on configs/bench.cfg and configs/bench_wide.cfg (with the
+#              time breakdown)
 #   reference  the model on cuda-fp32 (tolerance 1e-4) and cuda (bf16: 1e-2, final weights 5e-2)
 #              against the PyTorch reference of tests/reference (python3 with numpy and torch)
 #   torch      tools/bench_torch.py, the PyTorch baseline of the same model (eager, torch.compile)
@@ -150,7 +151,8 @@ fi
 
 if want bench; then
     echo "== moelab bench --device cuda"
-    .dist/bin/moelab bench --device cuda --config configs/bench.cfg 2>&1 | tee "$log/bench_moelab.txt"
+    .dist/bin/moelab bench --device cuda --config configs/bench.cfg --config configs/bench_wide.cfg 2>&1 |
+        tee "$log/bench_moelab.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail "moelab bench"
 fi
 
@@ -175,8 +177,9 @@ fi
 
 if want torch; then
     echo "== PyTorch baseline (tools/bench_torch.py)"
-    timeout "${TORCH_TIMEOUT:-400}" python3 tools/bench_torch.py --config configs/bench.cfg 2>&1 |
-        tee "$log/bench_torch.txt"
+    for cfg in configs/bench.cfg configs/bench_wide.cfg; do
+        timeout "${TORCH_TIMEOUT:-400}" python3 tools/bench_torch.py --config "$cfg" 2>&1 || exit 1
+    done | tee "$log/bench_torch.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail "bench_torch.py"
 fi
 
