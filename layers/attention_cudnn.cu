@@ -84,8 +84,8 @@ int g_loaded = -1;                                 // -1: not tried yet, 0: unav
 std::map<cudaStream_t, StreamState> g_streams;     // per stream: handle and graphs
 std::set<Key> g_failed;                            // graphs that did not build or run: not retried
 
-// A frontend call (error_t) or cuDNN call (cudnnStatus_t) that fails sets *why to the call's text
-// and the library's message and makes the enclosing function return false: the caller falls back.
+// A frontend call (error_t) that fails sets *why to the call's text and the frontend's message and
+// makes the enclosing function return false: the caller falls back.
 #define FE_TRY(call)                                                      \
     do {                                                                  \
         fe::error_t e_ = (call);                                          \
@@ -94,15 +94,6 @@ std::set<Key> g_failed;                            // graphs that did not build 
             return false;                                                 \
         }                                                                 \
     } while (0)
-#define CUDNN_TRY(call)                                                                    \
-    do {                                                                                   \
-        cudnnStatus_t s_ = (call);                                                         \
-        if (s_ != CUDNN_STATUS_SUCCESS) {                                                  \
-            *why = std::string(#call) + ": " + fe::detail::get_error_string(s_);           \
-            return false;                                                                  \
-        }                                                                                  \
-    } while (0)
-
 // Loads libcudnn.so.9 once and logs which attention path the process runs; true when loaded.
 // A cuDNN other than 9.x is not used (the frontend headers are built against cuDNN 9's API).
 bool load_cudnn_locked() {

@@ -563,31 +563,37 @@ struct AttnRef {
     static void round_to(Vec &x, CoreDtype dt) { BufP b = put(x, dt); }
 };
 
-// The GPU's out, lse, dq, dk, dv of one case on one path: the forward, then the backward from
-// its out and lse, every output poisoned first.
+// The GPU's out, lse, dq, dk, dv of one case: the forward on path fwd, then the backward on path
+// bwd (the same unless given) from its out and lse, every output poisoned first.
 std::array<Vec, 5> attention_gpu(const AttnRef &r, const AttnCase &c, CoreDtype dt,
-                                 AttentionCudaPath path) {
+                                 AttentionCudaPath fwd, AttentionCudaPath bwd) {
     const int B = c.B, T = c.T, H = c.H, Hkv = c.Hkv, hd = c.hd;
     const size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd, nl = (size_t)B * H * T;
     Vec q = r.q, k = r.k, v = r.v, dy = r.dy;  // already of dtype dt: put() keeps them
     BufP dQ = put(q, dt), dK = put(k, dt), dV = put(v, dt), dDy = put(dy, dt);
     BufP dOut = poisoned(nq, dt), dLse = poisoned(nl, CORE_F32), dDelta = poisoned(nl, CORE_F32);
     BufP dDq = poisoned(nq, dt), dDk = poisoned(nk, dt), dDv = poisoned(nk, dt);
-    attention_cuda_set_path(path);
+    attention_cuda_set_path(fwd);
     attention_cuda_forward(dt, dOut->p, dLse->f(), dQ->p, dK->p, dV->p, B, T, H, Hkv, hd);
+    attention_cuda_set_path(bwd);
     attention_cuda_backward_input(dt, dDq->p, dDk->p, dDv->p, dDy->p, dQ->p, dK->p, dV->p, dOut->p,
                                   dLse->f(), dDelta->f(), B, T, H, Hkv, hd);
     attention_cuda_set_path(ATTENTION_CUDA_AUTO);
     return {get(*dOut, dt, nq), get_f32(*dLse, nl), get(*dDq, dt, nq), get(*dDk, dt, nk),
             get(*dDv, dt, nk)};
 }
+std::array<Vec, 5> attention_gpu(const AttnRef &r, const AttnCase &c, CoreDtype dt,
+                                 AttentionCudaPath path) {
+    return attention_gpu(r, c, dt, path, path);
+}
 
 const char *const kAttnNames[5] = {"forward", "lse", "dq", "dk", "dv"};
 
-// One path against the CPU at case c.
-void attention_vs_cpu(const AttnCase &c, CoreDtype dt, AttentionCudaPath path, const char *tag) {
+// The forward on path fwd and the backward on path bwd against the CPU at case c.
+void attention_vs_cpu(const AttnCase &c, CoreDtype dt, AttentionCudaPath fwd, AttentionCudaPath bwd,
+                      const char *tag) {
     AttnRef r(c, dt, true);
-    std::array<Vec, 5> got = attention_gpu(r, c, dt, path);
+    std::array<Vec, 5> got = attention_gpu(r, c, dt, fwd, bwd);
     const Vec *ref[5] = {&r.out, &r.lse, &r.dq, &r.dk, &r.dv};
     for (int i = 0; i < 5; i++) {
         char what[96];
@@ -619,6 +625,15 @@ bool cudnn_runs(const AttnCase &c) {
     if (!cudnn_runs(c))                                                                        \
     GTEST_SKIP() << "cuDNN does not run attention here (libcudnn.so.9 not loaded, or the "    \
                     "graph did not build: see the log)"
+// Once cuDNN runs one case, every other case of the test must run too: a shape it turns down is
+// a failure here (forcing the path would end the process), not a skip.
+bool cudnn_runs_case(const AttnCase &c) {
+    bool ok = cudnn_runs(c);
+    if (!ok)
+        ADD_FAILURE() << "cuDNN does not run B=" << c.B << " T=" << c.T << " H=" << c.H
+                      << " Hkv=" << c.Hkv << " hd=" << c.hd << " (see the log)";
+    return ok;
+}
 
 // T not a multiple of the 32- or 64-row tiles (3 tiles of 64, the last partial, so the
 // tensor-core kernels see full, diagonal and out-of-range tiles); 4 query heads per kv head.
@@ -628,7 +643,8 @@ const AttnCase kAttnSmall[] = {{2, 150, 8, 2, 16}, {2, 150, 8, 2, 32}, {2, 150, 
 TEST_F(Gpu, AttentionForwardAndBackward) {
     for (const AttnCase &c : kAttnSmall)
         for (CoreDtype dt : kDtypes)
-            attention_vs_cpu(c, dt, ATTENTION_CUDA_TENSOR_CORES, "kernels");
+            attention_vs_cpu(c, dt, ATTENTION_CUDA_TENSOR_CORES, ATTENTION_CUDA_TENSOR_CORES,
+                             "kernels");
 }
 
 // The tensor-core kernels against the CUDA-core ones (same bf16 inputs) over a longer sequence
@@ -646,7 +662,28 @@ TEST_F(Gpu, AttentionCudnnMatchesCpu) {
     for (int hd : {64, 128})
         for (AttnCase c : {AttnCase{2, 150, 8, 2, hd}, AttnCase{1, 97, 4, 1, hd},
                            AttnCase{1, 130, 4, 4, hd}})
-            attention_vs_cpu(c, CORE_BF16, ATTENTION_CUDA_CUDNN, "cudnn");
+            if (cudnn_runs_case(c))
+                attention_vs_cpu(c, CORE_BF16, ATTENTION_CUDA_CUDNN, ATTENTION_CUDA_CUDNN, "cudnn");
+}
+
+// cuDNN's softmax statistics are our lse: its forward feeds the tensor-core backward, and the
+// tensor-core forward feeds its backward (as where only one direction's graph builds).
+TEST_F(Gpu, AttentionCudnnLseFeedsTheKernelsAndBack) {
+    const AttnCase c = {2, 150, 8, 2, 64};
+    SKIP_WITHOUT_CUDNN(c);
+    attention_vs_cpu(c, CORE_BF16, ATTENTION_CUDA_CUDNN, ATTENTION_CUDA_TENSOR_CORES,
+                     "cudnn fwd + kernel bwd");
+    attention_vs_cpu(c, CORE_BF16, ATTENTION_CUDA_TENSOR_CORES, ATTENTION_CUDA_CUDNN,
+                     "kernel fwd + cudnn bwd");
+}
+
+// The trainer's default path at a length cuDNN may turn down (T 1: one key; its backward does not
+// take s_q = s_kv = 1): whatever runs, falling back per direction, matches the CPU. Runs with and
+// without cuDNN.
+TEST_F(Gpu, AttentionCudnnAutoPathMatchesCpuAtEveryLength) {
+    for (int T : {1, 2, 150})
+        attention_vs_cpu({2, T, 8, 2, 64}, CORE_BF16, ATTENTION_CUDA_AUTO, ATTENTION_CUDA_AUTO,
+                         "auto");
 }
 
 // cuDNN against the tensor-core kernels over long sequences: T 600 (partial last tile) and the
@@ -655,8 +692,9 @@ TEST_F(Gpu, AttentionCudnnMatchesTensorCoresLongSequence) {
     SKIP_WITHOUT_CUDNN(AttnCase({1, 600, 8, 2, 64}));
     for (int hd : {64, 128})
         for (AttnCase c : {AttnCase{1, 600, 8, 2, hd}, AttnCase{1, 2048, 16, 4, hd}})
-            attention_paths_agree(c, ATTENTION_CUDA_CUDNN, ATTENTION_CUDA_TENSOR_CORES,
-                                  "cudnn vs tensor cores");
+            if (cudnn_runs_case(c))
+                attention_paths_agree(c, ATTENTION_CUDA_CUDNN, ATTENTION_CUDA_TENSOR_CORES,
+                                      "cudnn vs tensor cores");
 }
 
 // Twice on the same inputs: the forward's and the backward's outputs bit for bit.
@@ -679,7 +717,9 @@ TEST_F(Gpu, AttentionIsBitIdenticalRunToRun) {
 // algorithm (attention_cudnn.cu), without which dQ's atomic sums would differ run to run.
 TEST_F(Gpu, AttentionCudnnIsBitIdenticalRunToRun) {
     SKIP_WITHOUT_CUDNN(AttnCase({2, 200, 8, 2, 64}));
-    for (int hd : {64, 128}) attention_bit_identical({2, 200, 8, 2, hd}, CORE_BF16, ATTENTION_CUDA_CUDNN);
+    for (int hd : {64, 128})
+        if (cudnn_runs_case({2, 200, 8, 2, hd}))
+            attention_bit_identical({2, 200, 8, 2, hd}, CORE_BF16, ATTENTION_CUDA_CUDNN);
 }
 
 // cuDNN on a side stream (its own cuDNN handle and graphs, as a pipeline worker thread has):
