@@ -79,10 +79,13 @@ struct StreamState {
     std::map<Key, Built> graphs;
 };
 
-std::mutex g_mu;                                   // guards everything below
-int g_loaded = -1;                                 // -1: not tried yet, 0: unavailable, 1: loaded
-std::map<cudaStream_t, StreamState> g_streams;     // per stream: handle and graphs
-std::set<Key> g_failed;                            // graphs that did not build or run: not retried
+std::mutex g_mu;          // guards everything below
+int g_loaded = -1;        // -1: not tried yet, 0: unavailable, 1: loaded
+std::set<Key> g_failed;   // graphs that did not build or run: not tried again
+// Per stream: its handle and graphs. Kept for the process and never destroyed: at exit the CUDA
+// context may already be gone, and destroying cuDNN plans (which may hold loaded kernels) then is
+// undefined; the driver frees everything with the process.
+std::map<cudaStream_t, StreamState> &g_streams = *new std::map<cudaStream_t, StreamState>;
 
 // A frontend call (error_t) that fails sets *why to the call's text and the frontend's message and
 // makes the enclosing function return false: the caller falls back.
@@ -94,6 +97,7 @@ std::set<Key> g_failed;                            // graphs that did not build 
             return false;                                                 \
         }                                                                 \
     } while (0)
+
 // Loads libcudnn.so.9 once and logs which attention path the process runs; true when loaded.
 // A cuDNN other than 9.x is not used (the frontend headers are built against cuDNN 9's API).
 bool load_cudnn_locked() {
