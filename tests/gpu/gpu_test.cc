@@ -722,6 +722,18 @@ TEST_F(Gpu, AttentionCudnnIsBitIdenticalRunToRun) {
             attention_bit_identical({2, 200, 8, 2, hd}, CORE_BF16, ATTENTION_CUDA_CUDNN);
 }
 
+// Where cuDNN runs a shape, the default path (the trainer's) is cuDNN: the same bits as forcing it.
+TEST_F(Gpu, AttentionCudnnIsTheDefaultWhereItRuns) {
+    const AttnCase c = {2, 200, 8, 2, 64};
+    SKIP_WITHOUT_CUDNN(c);
+    AttnRef r(c, CORE_BF16, false);
+    std::array<Vec, 5> forced = attention_gpu(r, c, CORE_BF16, ATTENTION_CUDA_CUDNN),
+                       dflt = attention_gpu(r, c, CORE_BF16, ATTENTION_CUDA_AUTO);
+    for (int i = 0; i < 5; i++)
+        EXPECT_EQ(0, memcmp(forced[i].data(), dflt[i].data(), forced[i].size() * sizeof(float)))
+            << kAttnNames[i];
+}
+
 // cuDNN on a side stream (its own cuDNN handle and graphs, as a pipeline worker thread has):
 // the same bits as on the main stream.
 TEST_F(Gpu, AttentionCudnnSideStreamMatchesMainStream) {
