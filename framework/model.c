@@ -428,7 +428,6 @@ static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs
     void *dqr = o->alloc(N * qd * x);
     void *dkr = o->alloc(N * kd * x);
     o->linear_backward_input(d_o, la->d_h_mid, w->wo, (int)N, qd, D);
-    o->zero(la->dv, N * kd * x);
     o->attention_backward_input(dqr, dkr, la->dv, d_o, la->qr, la->kr, la->v, la->o, la->att, B, T,
                                 c->H, c->Hkv, hd);
     o->zero(la->dq, N * qd * x);

@@ -1,5 +1,7 @@
 // Causal grouped-query attention on the GPU (see attention_cuda.h), flash-attention style: scores
-// live in registers one tile at a time and nothing of size T×T is ever stored. Two kernel sets:
+// live in registers one tile at a time and nothing of size T×T is ever stored. bf16 with head size
+// 64 or 128 goes to cuDNN's fused attention first (attention_cudnn.cu) where cuDNN is present and
+// runs the shape; the rest, and everything where it is not, to one of two kernel sets here:
 //
 // Tensor cores (bf16, head size 64 or 128): FA2 on mma.sync.m16n8k16 (bf16 in, fp32 accumulate)
 // with ldmatrix. Blocks of 4 warps; a block owns 64 rows (query rows, or key rows for dk/dv) and
@@ -18,11 +20,13 @@
 // per row, each thread holding every 4th element of its row's head vector (interleaved, so that
 // the 4 threads read neighbouring shared-memory words); the same forward / delta / dk,dv / dq split.
 // In both, every output row is owned by one block, so the sums need no atomics and are
-// bit-identical run to run.
+// bit-identical run to run, and each block stores its rows (dq, dk, dv are overwritten, never read).
 #include "layers/attention_cuda.h"
 
 #include <math.h>
 #include <stdint.h>
+
+#include "layers/attention_cudnn_cuda.h"
 
 #define TILE 32          // rows per tile (query rows per block, key rows per block or per step)
 #define LANES 4          // threads per row
@@ -72,16 +76,14 @@ __device__ void load_row(float *dst, const T *x, int b, int t, int Tseq, int nh,
     for (int j = 0; j < HD / LANES; j++) dst[j] = t < Tseq ? core_ld(row + LANES * j) : 0.0f;
 }
 
-// dst row t += this thread's elements of acc (a no-op past T).
+// dst row t = this thread's elements of acc (a no-op past T).
 template <typename T, int HD>
-__device__ void add_row(T *x, const float *acc, int b, int t, int Tseq, int nh, int head,
-                        int lane) {
+__device__ void store_row(T *x, const float *acc, int b, int t, int Tseq, int nh, int head,
+                          int lane) {
     if (t >= Tseq) return;
     #pragma unroll
-    for (int j = 0; j < HD / LANES; j++) {
-        T *p = x + (((size_t)b * Tseq + t) * nh + head) * HD + lane + LANES * j;
-        core_st(p, core_ld(p) + acc[j]);
-    }
+    for (int j = 0; j < HD / LANES; j++)
+        core_st(x + (((size_t)b * Tseq + t) * nh + head) * HD + lane + LANES * j, acc[j]);
 }
 
 // Block (query tile, b·H + h).
@@ -192,8 +194,8 @@ attention_dkdv_kernel(T *dk, T *dv, const T *dout, const T *q, const T *k, const
             }
         }
     }
-    add_row<T, HD>(dk, dkr, b, tk, Tseq, Hkv, g, lane);
-    add_row<T, HD>(dv, dvr, b, tk, Tseq, Hkv, g, lane);
+    store_row<T, HD>(dk, dkr, b, tk, Tseq, Hkv, g, lane);
+    store_row<T, HD>(dv, dvr, b, tk, Tseq, Hkv, g, lane);
 }
 
 // Block (query tile, b·H + h): dq of its TILE query rows over the keys at or before each.
@@ -225,7 +227,7 @@ attention_dq_kernel(T *dq, const T *dout, const T *q, const T *k, const T *v, co
             for (int j = 0; j < HD / LANES; j++) dqr[j] += ds * ks[c][lane + LANES * j];
         }
     }
-    add_row<T, HD>(dq, dqr, b, t, Tseq, H, h, lane);
+    store_row<T, HD>(dq, dqr, b, t, Tseq, H, h, lane);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,11 +359,11 @@ __device__ void tc_load(bf16 *s, const bf16 *x, int rows, int b, int r0, int Tse
     }
 }
 
-// Rows r0 + (0..15) of head `head` of x (B, T, nh, HD) = (or += when add) the warp's (16, HD)
-// accumulator tile acc, its rows g scaled by mul[0] and g+8 by mul[1]. Rows past T are skipped.
+// Rows r0 + (0..15) of head `head` of x (B, T, nh, HD) = the warp's (16, HD) accumulator tile
+// acc, its rows g scaled by mul[0] and g+8 by mul[1]. Rows past T are skipped.
 template <int HD>
-__device__ void tc_store(bf16 *x, const float (*acc)[4], bool add, const float mul[2], int b,
-                         int r0, int Tseq, int nh, int head) {
+__device__ void tc_store(bf16 *x, const float (*acc)[4], const float mul[2], int b, int r0,
+                         int Tseq, int nh, int head) {
     #pragma unroll
     for (int half = 0; half < 2; half++) {
         int t = r0 + tc_row(2 * half);
@@ -370,13 +372,7 @@ __device__ void tc_store(bf16 *x, const float (*acc)[4], bool add, const float m
         #pragma unroll
         for (int j = 0; j < HD / 8; j++) {
             __nv_bfloat162 *p = (__nv_bfloat162 *)(row + tc_col(j, 0));
-            float lo = acc[j][2 * half] * mul[half], hi = acc[j][2 * half + 1] * mul[half];
-            if (add) {
-                float2 old = __bfloat1622float2(*p);
-                lo += old.x;
-                hi += old.y;
-            }
-            *p = __floats2bfloat162_rn(lo, hi);
+            *p = __floats2bfloat162_rn(acc[j][2 * half] * mul[half], acc[j][2 * half + 1] * mul[half]);
         }
     }
 }
@@ -447,7 +443,7 @@ attention_tc_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
         l[r] = tc_quad_sum(l[r]);
         inv[r] = 1.0f / l[r];
     }
-    tc_store<HD>(out, o, false, inv, b, w0, Tseq, H, h);
+    tc_store<HD>(out, o, inv, b, w0, Tseq, H, h);
     if (threadIdx.x % 4 == 0) {
         #pragma unroll
         for (int r = 0; r < 2; r++) {
@@ -513,8 +509,8 @@ attention_tc_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, co
         }
     }
     const float kmul[2] = {scale, scale}, vmul[2] = {1.0f, 1.0f};
-    tc_store<HD>(dk, dka, true, kmul, b, w0, Tseq, Hkv, g);
-    tc_store<HD>(dv, dva, true, vmul, b, w0, Tseq, Hkv, g);
+    tc_store<HD>(dk, dka, kmul, b, w0, Tseq, Hkv, g);
+    tc_store<HD>(dv, dva, vmul, b, w0, Tseq, Hkv, g);
 }
 
 // Block (query tile, b·H + h), tiles in reverse block order as in the forward: dq of its
@@ -563,7 +559,7 @@ attention_tc_dq_kernel(bf16 *dq, const bf16 *dout, const bf16 *q, const bf16 *k,
         tc_gemm_pb<HD, TC_ROWS>(dqa, pf, ks, LD);
     }
     const float mul[2] = {scale, scale};
-    tc_store<HD>(dq, dqa, true, mul, b, w0, Tseq, H, h);
+    tc_store<HD>(dq, dqa, mul, b, w0, Tseq, H, h);
 }
 
 struct AttnShape {
@@ -672,19 +668,37 @@ static void tc_backward_hd(void *dq, void *dk, void *dv, const void *dout, const
     CUDA_CHECK_LAUNCH();
 }
 
-// Off only through attention_cuda_set_tensor_cores (kernel_bench's comparison).
-static int g_tensor_cores = 1;
+// Other than AUTO only through attention_cuda_set_path (tests, kernel_bench).
+static AttentionCudaPath g_path = ATTENTION_CUDA_AUTO;
 
-void attention_cuda_set_tensor_cores(int on) { g_tensor_cores = on; }
+void attention_cuda_set_path(AttentionCudaPath path) { g_path = path; }
 
-// The tensor-core kernels take bf16 with head size 64 or 128, and tensors whose rows start on
-// 16 bytes (their loads are 16-byte vectors; a row's offset is a multiple of 128 bytes, so the
-// base pointers decide).
-static bool use_tensor_cores(CoreDtype dt, int hd, const void *const *ptrs, int n) {
-    if (!g_tensor_cores || dt != CORE_BF16 || (hd != 64 && hd != 128)) return false;
+// cuDNN and the tensor-core kernels take bf16 with head size 64 or 128, and tensors whose rows
+// start on 16 bytes (16-byte vector loads; a row's offset is a multiple of 128 bytes, so the base
+// pointers decide).
+static bool bf16_fast_shape(CoreDtype dt, int hd, const void *const *ptrs, int n) {
+    if (dt != CORE_BF16 || (hd != 64 && hd != 128)) return false;
     for (int i = 0; i < n; i++)
         if ((uintptr_t)ptrs[i] % 16 != 0) return false;
     return true;
+}
+static bool try_cudnn(CoreDtype dt, int hd, const void *const *ptrs, int n) {
+    if (g_path == ATTENTION_CUDA_CUDNN) {
+        CHECK(bf16_fast_shape(dt, hd, ptrs, n),
+              "attention: the cuDNN path takes bf16 with head size 64 or 128 and 16-byte aligned "
+              "tensors");
+        return true;
+    }
+    return g_path == ATTENTION_CUDA_AUTO && bf16_fast_shape(dt, hd, ptrs, n);
+}
+static bool use_tensor_cores(CoreDtype dt, int hd, const void *const *ptrs, int n) {
+    return g_path != ATTENTION_CUDA_CUDA_CORES && bf16_fast_shape(dt, hd, ptrs, n);
+}
+// Ends the process where the cuDNN path was forced and cuDNN did not run the call.
+static void cudnn_ran(int ran, const char *what, AttnShape s) {
+    CHECK(ran || g_path != ATTENTION_CUDA_CUDNN,
+          "attention: cuDNN %s forced but not run for B=%d T=%d H=%d Hkv=%d hd=%d (see the log)",
+          what, s.B, s.T, s.H, s.Hkv, s.hd);
 }
 
 static AttnShape attention_check(int B, int T, int H, int Hkv, int hd) {
@@ -701,7 +715,12 @@ void attention_cuda_forward(CoreDtype dt, void *out, float *lse, const void *q, 
                             const void *v, int B, int T, int H, int Hkv, int hd) {
     AttnShape s = attention_check(B, T, H, Hkv, hd);
     if (B == 0) return;
-    const void *ptrs[] = {out, q, k, v};
+    const void *ptrs[] = {out, q, k, v, lse};  // the tensor-core kernels' 4, and cuDNN's lse
+    if (try_cudnn(dt, hd, ptrs, 5)) {
+        int ran = attention_cudnn_forward(out, lse, q, k, v, B, T, H, Hkv, hd);
+        cudnn_ran(ran, "forward", s);
+        if (ran) return;
+    }
     if (use_tensor_cores(dt, hd, ptrs, 4)) {
         if (hd == 64) tc_forward_hd<64>(out, lse, q, k, v, s);
         else tc_forward_hd<128>(out, lse, q, k, v, s);
@@ -716,11 +735,22 @@ void attention_cuda_backward_input(CoreDtype dt, void *dq, void *dk, void *dv, c
                                    int hd) {
     AttnShape s = attention_check(B, T, H, Hkv, hd);
     if (B == 0) return;
-    const void *ptrs[] = {dq, dk, dv, dout, q, k, v};
+    // The tensor-core kernels' 7 (16-byte vector loads and stores), and cuDNN's out and lse.
+    const void *ptrs[] = {dq, dk, dv, dout, q, k, v, out, lse};
+    if (try_cudnn(dt, hd, ptrs, 9)) {
+        int ran = attention_cudnn_backward(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Hkv, hd);
+        cudnn_ran(ran, "backward", s);
+        if (ran) return;
+    }
     if (use_tensor_cores(dt, hd, ptrs, 7)) {
         if (hd == 64) tc_backward_hd<64>(dq, dk, dv, dout, q, k, v, out, lse, delta, s);
         else tc_backward_hd<128>(dq, dk, dv, dout, q, k, v, out, lse, delta, s);
         return;
     }
     CORE_DTYPE_CALL(dt, backward, dq, dk, dv, dout, q, k, v, out, lse, delta, s);
+}
+
+int attention_cuda_cudnn_applies(CoreDtype dt, int B, int T, int H, int Hkv, int hd) {
+    attention_check(B, T, H, Hkv, hd);
+    return dt == CORE_BF16 && (hd == 64 || hd == 128) && attention_cudnn_supports(B, T, H, Hkv, hd);
 }

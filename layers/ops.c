@@ -100,6 +100,10 @@ static void cpu_attention_forward(void *out, float *state, const void *q, const 
 static void cpu_attention_backward_input(void *dq, void *dk, void *dv, const void *dout, const void *q,
                                          const void *k, const void *v, const void *out,
                                          const float *state, int B, int T, int H, int Hkv, int hd) {
+    // The table overwrites (as the GPU kernels do); the layer adds into its outputs.
+    memset(dq, 0, (size_t)B * T * H * hd * sizeof(float));
+    memset(dk, 0, (size_t)B * T * Hkv * hd * sizeof(float));
+    memset(dv, 0, (size_t)B * T * Hkv * hd * sizeof(float));
     attention_backward_input(dq, dk, dv, dout, q, k, v, state, B, T, H, Hkv, hd);
 }
 static void cpu_swiglu_act_forward(void *h, const void *a, const void *b, long n) {

@@ -78,7 +78,7 @@ typedef struct LayerOps {
     size_t (*attention_state_floats)(int B, int T, int H);
     void (*attention_forward)(void *out, float *state, const void *q, const void *k, const void *v,
                               int B, int T, int H, int Hkv, int hd);
-    // dq, dk, dv += gradients given dout; out is the forward's output.
+    // dq, dk, dv = gradients given dout (overwritten); out is the forward's output.
     void (*attention_backward_input)(void *dq, void *dk, void *dv, const void *dout, const void *q,
                                      const void *k, const void *v, const void *out,
                                      const float *state, int B, int T, int H, int Hkv, int hd);

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs what tools/gpu_build.sh put into .dist/, on the GPU machine, in stages (all by default):
 #   tests      the kernel suite (gpu_test) and the whole-model suite (model_gpu_test)
-#   sanitizer  compute-sanitizer memcheck and racecheck over the kernel suite
+#   sanitizer  compute-sanitizer memcheck and racecheck over the kernel suite (not over cuDNN's
+#              kernels: the AttentionCudnn* tests are left out)
 #   kernels    the kernel benchmark at the bench config's shapes, and its library baselines in the
 #              same run (tools/bench_torch_kernels.py: PyTorch's grouped GEMM, cuDNN and
 #              FlashAttention-2 through scaled_dot_product_attention)
@@ -71,6 +72,27 @@ if grep -q "not found" "$log/ldd.txt"; then
     echo "gpu_run: libraries missing on this machine:"; grep "not found" "$log/ldd.txt"; exit 1
 fi
 
+# cuDNN for the fused attention (layers/attention_cudnn.cu loads libcudnn.so.9 at run time, and
+# runs the tensor-core kernels without it): PyTorch's copy, from its nvidia-cudnn package (or its
+# own lib/), with the NVRTC of the same CUDA release (cuDNN compiles some kernels at run time).
+cudnn_dirs=$(python3 - 2>/dev/null <<'PY'
+import importlib, os
+for mod, lib in (("nvidia.cudnn", "libcudnn.so.9"), ("torch", "libcudnn.so.9"), ("nvidia.cuda_nvrtc", None)):
+    try:
+        d = os.path.join(list(importlib.import_module(mod).__path__)[0], "lib")
+    except Exception:
+        continue
+    if lib is None or os.path.exists(os.path.join(d, lib)):
+        print(d)
+PY
+)
+if [ -n "$(for d in $cudnn_dirs; do ls "$d"/libcudnn.so.9 2>/dev/null; done)" ]; then
+    for d in $cudnn_dirs; do export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d; done
+    echo "gpu_run: cuDNN from PyTorch's packages: $cudnn_dirs" | tr '\n' ' '; echo
+else
+    echo "gpu_run: no libcudnn.so.9 in PyTorch's packages: attention runs the tensor-core kernels"
+fi
+
 rc=0
 fail() { echo "gpu_run: $1 FAILED"; rc=1; }
 # mpirun with the variables every rank needs, bounded in time: mpi NP PROGRAM [ARGS...]
@@ -119,7 +141,7 @@ if want sanitizer; then
         for tool in memcheck racecheck; do
             echo "== compute-sanitizer --tool $tool"
             compute-sanitizer --tool "$tool" --error-exitcode 1 .dist/bin/gpu_test \
-                --gtest_filter="$filter:-*Death*" > "$log/sanitizer_$tool.log" 2>&1
+                --gtest_filter="$filter:-*Death*:*Cudnn*" > "$log/sanitizer_$tool.log" 2>&1
             s=$?
             tail -n 3 "$log/sanitizer_$tool.log"
             [ "$s" = 0 ] || fail "compute-sanitizer $tool (see its log)"

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Installs the Debian packages moelab builds and runs with (as root, or through sudo when present),
-# and the pinned header-only CUTLASS the CUDA build's Hopper kernels use (unpacked from the
-# nvidia-cutlass package of the Python package registry into /opt/moelab/cutlass). Safe to run
-# again: what is already there is skipped.
+# and two pinned header-only libraries of the CUDA build, unpacked from the Python package
+# registry: CUTLASS (the Hopper kernels; nvidia-cutlass, into /opt/moelab/cutlass) and cuDNN's
+# C++ frontend (fused attention; nvidia-cudnn-frontend, into /opt/moelab/cudnn_frontend). Safe to
+# run again: what is already there is skipped.
 set -euo pipefail
 PKGS=(bazel-bootstrap bazel-rules-java g++ libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin libhdf5-dev
       hdf5-tools libgtest-dev python3-torch python3-h5py python3-numpy fortunes gnuplot-nox clang
@@ -37,5 +38,26 @@ else
     $SUDO mv "$tmp/x/cutlass_library/source/include" "$cutlass/include"
     $SUDO mv "$tmp/x/cutlass_library/source/tools/util/include" "$cutlass/util/include"
     echo "$CUTLASS_VERSION" | $SUDO tee "$cutlass/VERSION" > /dev/null
+    rm -rf "$tmp"
+fi
+
+# cuDNN's C++ frontend, header-only: the include/ tree of its wheel (the wheel also holds Python
+# bindings, hence one interpreter and platform named; the headers are the same in every wheel).
+# cuDNN itself is not installed: the build needs only the cudnn*.h of the CUDA toolkit, and the
+# library is loaded at run time where present (docs/gpu.md).
+CUDNN_FRONTEND_VERSION=1.16.0
+cudnn_fe=/opt/moelab/cudnn_frontend
+if [ "$(cat "$cudnn_fe/VERSION" 2>/dev/null)" = "$CUDNN_FRONTEND_VERSION" ]; then
+    echo "install_deps: cuDNN frontend $CUDNN_FRONTEND_VERSION present"
+else
+    echo "install_deps: installing cuDNN frontend $CUDNN_FRONTEND_VERSION headers into $cudnn_fe"
+    tmp=$(mktemp -d)
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+        --platform manylinux_2_28_x86_64 -d "$tmp" "nvidia-cudnn-frontend==$CUDNN_FRONTEND_VERSION"
+    unzip -q "$tmp"/nvidia_cudnn_frontend-*.whl 'include/*' -d "$tmp/x"
+    $SUDO rm -rf "$cudnn_fe"
+    $SUDO mkdir -p "$cudnn_fe"
+    $SUDO mv "$tmp/x/include" "$cudnn_fe/include"
+    echo "$CUDNN_FRONTEND_VERSION" | $SUDO tee "$cudnn_fe/VERSION" > /dev/null
     rm -rf "$tmp"
 fi

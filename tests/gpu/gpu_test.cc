@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -515,128 +516,240 @@ TEST_F(Gpu, LinearGroupedStreamsBitIdentical) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Attention: the CPU layer keeps (B, H, T, T) probabilities, the GPU one lse only. bf16 with
-// head size 64 or 128 runs the tensor-core kernels, everything else the CUDA-core ones.
+// Attention: the CPU layer keeps (B, H, T, T) probabilities, the GPU one lse only. Three paths
+// (attention_cuda_set_path): cuDNN's fused attention (bf16, head size 64 or 128, where
+// libcudnn.so.9 loads: the cuDNN tests skip, saying so, where it does not), the tensor-core
+// kernels (the same shapes) and the CUDA-core ones (everything). The backward overwrites dq, dk
+// and dv: they start as NaN, so a path that reads them, or misses a row, fails.
+
+struct AttnCase {
+    int B, T, H, Hkv, hd;
+};
+
+// The inputs of one case, rounded to dtype dt, and the CPU's out, lse (in double, from the
+// definition), dq, dk and dv.
+struct AttnRef {
+    Vec q, k, v, dy, out, lse, dq, dk, dv;
+    AttnRef(const AttnCase &c, CoreDtype dt, bool with_cpu) {
+        const int B = c.B, T = c.T, H = c.H, Hkv = c.Hkv, hd = c.hd;
+        const size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd;
+        q = rnd(nq, -2, 2), k = rnd(nk, -2, 2), v = rnd(nk), dy = rnd(nq);
+        round_to(q, dt), round_to(k, dt), round_to(v, dt), round_to(dy, dt);
+        if (!with_cpu) return;
+        out.resize(nq), dq.assign(nq, 0.0f), dk.assign(nk, 0.0f), dv.assign(nk, 0.0f);
+        Vec att((size_t)B * H * T * T);
+        attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, hd);
+        attention_backward_input(dq.data(), dk.data(), dv.data(), dy.data(), q.data(), k.data(),
+                                 v.data(), att.data(), B, T, H, Hkv, hd);
+        lse.resize((size_t)B * H * T);
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+                for (int t = 0; t < T; t++) {
+                    std::vector<double> s(t + 1);
+                    double mx = -INFINITY, sum = 0;
+                    for (int u = 0; u <= t; u++) {
+                        double d = 0;
+                        for (int i = 0; i < hd; i++)
+                            d += (double)q[(((size_t)b * T + t) * H + h) * hd + i] *
+                                 k[(((size_t)b * T + u) * Hkv + h / (H / Hkv)) * hd + i];
+                        s[u] = d / std::sqrt((double)hd);
+                        mx = std::max(mx, s[u]);
+                    }
+                    for (double x : s) sum += std::exp(x - mx);
+                    lse[((size_t)b * H + h) * T + t] = (float)(mx + std::log(sum));
+                }
+    }
+    // x rounded to the values dtype dt holds (what put() does, without a GPU buffer to keep).
+    static void round_to(Vec &x, CoreDtype dt) { BufP b = put(x, dt); }
+};
+
+// The GPU's out, lse, dq, dk, dv of one case: the forward on path fwd, then the backward on path
+// bwd (the same unless given) from its out and lse, every output poisoned first.
+std::array<Vec, 5> attention_gpu(const AttnRef &r, const AttnCase &c, CoreDtype dt,
+                                 AttentionCudaPath fwd, AttentionCudaPath bwd) {
+    const int B = c.B, T = c.T, H = c.H, Hkv = c.Hkv, hd = c.hd;
+    const size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd, nl = (size_t)B * H * T;
+    Vec q = r.q, k = r.k, v = r.v, dy = r.dy;  // already of dtype dt: put() keeps them
+    BufP dQ = put(q, dt), dK = put(k, dt), dV = put(v, dt), dDy = put(dy, dt);
+    BufP dOut = poisoned(nq, dt), dLse = poisoned(nl, CORE_F32), dDelta = poisoned(nl, CORE_F32);
+    BufP dDq = poisoned(nq, dt), dDk = poisoned(nk, dt), dDv = poisoned(nk, dt);
+    attention_cuda_set_path(fwd);
+    attention_cuda_forward(dt, dOut->p, dLse->f(), dQ->p, dK->p, dV->p, B, T, H, Hkv, hd);
+    attention_cuda_set_path(bwd);
+    attention_cuda_backward_input(dt, dDq->p, dDk->p, dDv->p, dDy->p, dQ->p, dK->p, dV->p, dOut->p,
+                                  dLse->f(), dDelta->f(), B, T, H, Hkv, hd);
+    attention_cuda_set_path(ATTENTION_CUDA_AUTO);
+    return {get(*dOut, dt, nq), get_f32(*dLse, nl), get(*dDq, dt, nq), get(*dDk, dt, nk),
+            get(*dDv, dt, nk)};
+}
+std::array<Vec, 5> attention_gpu(const AttnRef &r, const AttnCase &c, CoreDtype dt,
+                                 AttentionCudaPath path) {
+    return attention_gpu(r, c, dt, path, path);
+}
+
+const char *const kAttnNames[5] = {"forward", "lse", "dq", "dk", "dv"};
+
+// The forward on path fwd and the backward on path bwd against the CPU at case c.
+void attention_vs_cpu(const AttnCase &c, CoreDtype dt, AttentionCudaPath fwd, AttentionCudaPath bwd,
+                      const char *tag) {
+    AttnRef r(c, dt, true);
+    std::array<Vec, 5> got = attention_gpu(r, c, dt, fwd, bwd);
+    const Vec *ref[5] = {&r.out, &r.lse, &r.dq, &r.dk, &r.dv};
+    for (int i = 0; i < 5; i++) {
+        char what[96];
+        snprintf(what, sizeof what, "attention %s T=%d H=%d/%d hd=%d %s", tag, c.T, c.H, c.Hkv,
+                 c.hd, kAttnNames[i]);
+        EXPECT_CLOSE(got[i], *ref[i], i == 1 ? CORE_F32 : dt, what);
+    }
+}
+
+// Path a against path b (bf16, same inputs) where the CPU reference would be too slow.
+void attention_paths_agree(const AttnCase &c, AttentionCudaPath a, AttentionCudaPath b,
+                           const char *tag) {
+    AttnRef r(c, CORE_BF16, false);
+    std::array<Vec, 5> ga = attention_gpu(r, c, CORE_BF16, a), gb = attention_gpu(r, c, CORE_BF16, b);
+    for (int i = 0; i < 5; i++) {
+        char what[96];
+        snprintf(what, sizeof what, "attention %s T=%d H=%d/%d hd=%d %s", tag, c.T, c.H, c.Hkv,
+                 c.hd, kAttnNames[i]);
+        EXPECT_CLOSE(ga[i], gb[i], i == 1 ? CORE_F32 : CORE_BF16, what);
+    }
+}
+
+// True when cuDNN runs case c; else the test is skipped with the reason (the log line above it
+// says why cuDNN is missing: tools/gpu_run.sh puts PyTorch's cuDNN on the library path).
+bool cudnn_runs(const AttnCase &c) {
+    return attention_cuda_cudnn_applies(CORE_BF16, c.B, c.T, c.H, c.Hkv, c.hd) != 0;
+}
+#define SKIP_WITHOUT_CUDNN(c)                                                                  \
+    if (!cudnn_runs(c))                                                                        \
+    GTEST_SKIP() << "cuDNN does not run attention here (libcudnn.so.9 not loaded, or the "    \
+                    "graph did not build: see the log)"
+// Once cuDNN runs one case, every other case of the test must run too: a shape it turns down is
+// a failure here (forcing the path would end the process), not a skip.
+bool cudnn_runs_case(const AttnCase &c) {
+    bool ok = cudnn_runs(c);
+    if (!ok)
+        ADD_FAILURE() << "cuDNN does not run B=" << c.B << " T=" << c.T << " H=" << c.H
+                      << " Hkv=" << c.Hkv << " hd=" << c.hd << " (see the log)";
+    return ok;
+}
+
+// T not a multiple of the 32- or 64-row tiles (3 tiles of 64, the last partial, so the
+// tensor-core kernels see full, diagonal and out-of-range tiles); 4 query heads per kv head.
+const AttnCase kAttnSmall[] = {{2, 150, 8, 2, 16}, {2, 150, 8, 2, 32}, {2, 150, 8, 2, 64},
+                               {2, 150, 8, 2, 128}};
 
 TEST_F(Gpu, AttentionForwardAndBackward) {
-    // T not a multiple of the 32- or 64-row tiles (3 tiles of 64, the last partial, so the
-    // tensor-core kernels see full, diagonal and out-of-range tiles); 4 query heads per kv head.
-    const int B = 2, T = 150, H = 8, Hkv = 2;
-    for (int hd : {16, 32, 64, 128}) {
-        for (CoreDtype dt : kDtypes) {
-            size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd;
-            Vec q = rnd(nq, -2, 2), k = rnd(nk, -2, 2), v = rnd(nk), dy = rnd(nq);
-            Vec dq = rnd(nq), dk = rnd(nk), dv = rnd(nk);
-            BufP dQ = put(q, dt), dK = put(k, dt), dV = put(v, dt), dDy = put(dy, dt);
-            BufP dDq = put(dq, dt), dDk = put(dk, dt), dDv = put(dv, dt);
-            BufP dOut = poisoned(nq, dt), dLse = poisoned((size_t)B * H * T, CORE_F32);
-            BufP dDelta = poisoned((size_t)B * H * T, CORE_F32);
-            Vec out(nq), att((size_t)B * H * T * T);
-            attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, Hkv,
-                              hd);
-            attention_backward_input(dq.data(), dk.data(), dv.data(), dy.data(), q.data(),
-                                     k.data(), v.data(), att.data(), B, T, H, Hkv, hd);
-            // lse reference in double, straight from the definition.
-            Vec lse((size_t)B * H * T);
-            for (int b = 0; b < B; b++)
-                for (int h = 0; h < H; h++)
-                    for (int t = 0; t < T; t++) {
-                        std::vector<double> s(t + 1);
-                        double mx = -INFINITY, sum = 0;
-                        for (int u = 0; u <= t; u++) {
-                            double d = 0;
-                            for (int i = 0; i < hd; i++)
-                                d += (double)q[(((size_t)b * T + t) * H + h) * hd + i] *
-                                     k[(((size_t)b * T + u) * Hkv + h / (H / Hkv)) * hd + i];
-                            s[u] = d / std::sqrt((double)hd);
-                            mx = std::max(mx, s[u]);
-                        }
-                        for (double x : s) sum += std::exp(x - mx);
-                        lse[((size_t)b * H + h) * T + t] = (float)(mx + std::log(sum));
-                    }
-            attention_cuda_forward(dt, dOut->p, dLse->f(), dQ->p, dK->p, dV->p, B, T, H, Hkv, hd);
-            attention_cuda_backward_input(dt, dDq->p, dDk->p, dDv->p, dDy->p, dQ->p, dK->p, dV->p,
-                                          dOut->p, dLse->f(), dDelta->f(), B, T, H, Hkv, hd);
-            char what[64];
-            snprintf(what, sizeof what, "attention hd=%d forward", hd);
-            EXPECT_CLOSE(get(*dOut, dt, nq), out, dt, what);
-            snprintf(what, sizeof what, "attention hd=%d lse", hd);
-            EXPECT_CLOSE(get_f32(*dLse, lse.size()), lse, CORE_F32, what);
-            snprintf(what, sizeof what, "attention hd=%d dq", hd);
-            EXPECT_CLOSE(get(*dDq, dt, nq), dq, dt, what);
-            snprintf(what, sizeof what, "attention hd=%d dk", hd);
-            EXPECT_CLOSE(get(*dDk, dt, nk), dk, dt, what);
-            snprintf(what, sizeof what, "attention hd=%d dv", hd);
-            EXPECT_CLOSE(get(*dDv, dt, nk), dv, dt, what);
-        }
-    }
+    for (const AttnCase &c : kAttnSmall)
+        for (CoreDtype dt : kDtypes)
+            attention_vs_cpu(c, dt, ATTENTION_CUDA_TENSOR_CORES, ATTENTION_CUDA_TENSOR_CORES,
+                             "kernels");
 }
 
 // The tensor-core kernels against the CUDA-core ones (same bf16 inputs) over a longer sequence
 // than the CPU reference can afford: many off-diagonal tiles, the last one partial. Small enough
 // for the sanitizer stage (racecheck slows the CUDA-core kernels a lot).
 TEST_F(Gpu, AttentionTensorCoresMatchCudaCoresLongSequence) {
-    const int B = 1, T = 600, H = 8, Hkv = 2;
-    for (int hd : {64, 128}) {
-        size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd, nl = (size_t)B * H * T;
-        Vec q = rnd(nq, -2, 2), k = rnd(nk, -2, 2), v = rnd(nk), dy = rnd(nq);
-        Vec g0q = rnd(nq), g0k = rnd(nk), g0v = rnd(nk);
-        BufP dQ = put(q, CORE_BF16), dK = put(k, CORE_BF16), dV = put(v, CORE_BF16),
-             dDy = put(dy, CORE_BF16);
-        Vec res[2][5];  // [tensor cores off / on]: out, lse, dq, dk, dv
-        for (int tc = 0; tc < 2; tc++) {
-            BufP dDq = put(g0q, CORE_BF16), dDk = put(g0k, CORE_BF16), dDv = put(g0v, CORE_BF16);
-            BufP dOut = poisoned(nq, CORE_BF16), dLse = poisoned(nl, CORE_F32);
-            BufP dDelta = poisoned(nl, CORE_F32);
-            attention_cuda_set_tensor_cores(tc);
-            attention_cuda_forward(CORE_BF16, dOut->p, dLse->f(), dQ->p, dK->p, dV->p, B, T, H,
-                                   Hkv, hd);
-            attention_cuda_backward_input(CORE_BF16, dDq->p, dDk->p, dDv->p, dDy->p, dQ->p, dK->p,
-                                          dV->p, dOut->p, dLse->f(), dDelta->f(), B, T, H, Hkv,
-                                          hd);
-            attention_cuda_set_tensor_cores(1);
-            res[tc][0] = get(*dOut, CORE_BF16, nq);
-            res[tc][1] = get_f32(*dLse, nl);
-            res[tc][2] = get(*dDq, CORE_BF16, nq);
-            res[tc][3] = get(*dDk, CORE_BF16, nk);
-            res[tc][4] = get(*dDv, CORE_BF16, nk);
-        }
-        const char *names[] = {"forward", "lse", "dq", "dk", "dv"};
-        for (int i = 0; i < 5; i++) {
-            char what[64];
-            snprintf(what, sizeof what, "attention T=%d hd=%d %s", T, hd, names[i]);
-            EXPECT_CLOSE(res[1][i], res[0][i], i == 1 ? CORE_F32 : CORE_BF16, what);
-        }
-    }
+    for (int hd : {64, 128})
+        attention_paths_agree({1, 600, 8, 2, hd}, ATTENTION_CUDA_TENSOR_CORES,
+                              ATTENTION_CUDA_CUDA_CORES, "tensor cores vs CUDA cores");
 }
 
-// Both kernel sets: CUDA cores (fp32, hd 32) and tensor cores (bf16, hd 64).
-TEST_F(Gpu, AttentionBackwardIsBitIdenticalRunToRun) {
-    const int B = 1, T = 80, H = 4, Hkv = 1;
-    const struct { CoreDtype dt; int hd; } cases[] = {{CORE_F32, 32}, {CORE_BF16, 64}};
-    for (auto c : cases) {
-        CoreDtype dt = c.dt;
-        int hd = c.hd;
-        size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd;
-        Vec q = rnd(nq), k = rnd(nk), v = rnd(nk), dy = rnd(nq);
-        BufP dQ = put(q, dt), dK = put(k, dt), dV = put(v, dt), dDy = put(dy, dt);
-        BufP dOut = poisoned(nq, dt), dLse = poisoned((size_t)B * H * T, CORE_F32);
-        BufP dDelta = poisoned((size_t)B * H * T, CORE_F32);
-        attention_cuda_forward(dt, dOut->p, dLse->f(), dQ->p, dK->p, dV->p, B, T, H, Hkv, hd);
-        Vec first;
-        for (int run = 0; run < 2; run++) {
-            size_t es = core_dtype_size(dt);
-            Buf dq(nq * es), dk(nk * es), dv(nk * es);  // zero-filled by the allocator
-            attention_cuda_backward_input(dt, dq.p, dk.p, dv.p, dDy->p, dQ->p, dK->p, dV->p,
-                                          dOut->p, dLse->f(), dDelta->f(), B, T, H, Hkv, hd);
-            Vec all = get(dq, dt, nq), kk = get(dk, dt, nk), vv = get(dv, dt, nk);
-            all.insert(all.end(), kk.begin(), kk.end());
-            all.insert(all.end(), vv.begin(), vv.end());
-            if (run == 0) first = all;
-            else EXPECT_EQ(0, memcmp(first.data(), all.data(), all.size() * sizeof(float)))
-                     << dname(dt);
-        }
-    }
+// cuDNN against the CPU at the kernels' shapes, and with one kv head (MQA) and none shared (MHA).
+TEST_F(Gpu, AttentionCudnnMatchesCpu) {
+    SKIP_WITHOUT_CUDNN(kAttnSmall[2]);
+    for (int hd : {64, 128})
+        for (AttnCase c : {AttnCase{2, 150, 8, 2, hd}, AttnCase{1, 97, 4, 1, hd},
+                           AttnCase{1, 130, 4, 4, hd}})
+            if (cudnn_runs_case(c))
+                attention_vs_cpu(c, CORE_BF16, ATTENTION_CUDA_CUDNN, ATTENTION_CUDA_CUDNN, "cudnn");
+}
+
+// cuDNN's softmax statistics are our lse: its forward feeds the tensor-core backward, and the
+// tensor-core forward feeds its backward (as where only one direction's graph builds).
+TEST_F(Gpu, AttentionCudnnLseFeedsTheKernelsAndBack) {
+    const AttnCase c = {2, 150, 8, 2, 64};
+    SKIP_WITHOUT_CUDNN(c);
+    attention_vs_cpu(c, CORE_BF16, ATTENTION_CUDA_CUDNN, ATTENTION_CUDA_TENSOR_CORES,
+                     "cudnn fwd + kernel bwd");
+    attention_vs_cpu(c, CORE_BF16, ATTENTION_CUDA_TENSOR_CORES, ATTENTION_CUDA_CUDNN,
+                     "kernel fwd + cudnn bwd");
+}
+
+// The trainer's default path at a length cuDNN may turn down (T 1: one key; its backward does not
+// take s_q = s_kv = 1): whatever runs, falling back per direction, matches the CPU. Runs with and
+// without cuDNN.
+TEST_F(Gpu, AttentionCudnnAutoPathMatchesCpuAtEveryLength) {
+    for (int T : {1, 2, 150})
+        attention_vs_cpu({2, T, 8, 2, 64}, CORE_BF16, ATTENTION_CUDA_AUTO, ATTENTION_CUDA_AUTO,
+                         "auto");
+}
+
+// cuDNN against the tensor-core kernels over long sequences: T 600 (partial last tile) and the
+// bench config's head layout (H 16, Hkv 4) at T 2048.
+TEST_F(Gpu, AttentionCudnnMatchesTensorCoresLongSequence) {
+    SKIP_WITHOUT_CUDNN(AttnCase({1, 600, 8, 2, 64}));
+    for (int hd : {64, 128})
+        for (AttnCase c : {AttnCase{1, 600, 8, 2, hd}, AttnCase{1, 2048, 16, 4, hd}})
+            if (cudnn_runs_case(c))
+                attention_paths_agree(c, ATTENTION_CUDA_CUDNN, ATTENTION_CUDA_TENSOR_CORES,
+                                      "cudnn vs tensor cores");
+}
+
+// Twice on the same inputs: the forward's and the backward's outputs bit for bit.
+void attention_bit_identical(const AttnCase &c, CoreDtype dt, AttentionCudaPath path) {
+    AttnRef r(c, dt, false);
+    std::array<Vec, 5> first = attention_gpu(r, c, dt, path), again = attention_gpu(r, c, dt, path);
+    for (int i = 0; i < 5; i++)
+        EXPECT_EQ(0, memcmp(first[i].data(), again[i].data(), first[i].size() * sizeof(float)))
+            << "path " << (int)path << " " << dname(dt) << " hd " << c.hd << " " << kAttnNames[i];
+}
+
+// Both kernel sets: CUDA cores (fp32, hd 32) and tensor cores (bf16, hd 64); every output row is
+// owned by one block.
+TEST_F(Gpu, AttentionIsBitIdenticalRunToRun) {
+    attention_bit_identical({1, 80, 4, 1, 32}, CORE_F32, ATTENTION_CUDA_CUDA_CORES);
+    attention_bit_identical({1, 80, 4, 1, 64}, CORE_BF16, ATTENTION_CUDA_TENSOR_CORES);
+}
+
+// cuDNN with grouped-query heads and T not a multiple of 64: its backward runs the deterministic
+// algorithm (attention_cudnn.cu), without which dQ's atomic sums would differ run to run.
+TEST_F(Gpu, AttentionCudnnIsBitIdenticalRunToRun) {
+    SKIP_WITHOUT_CUDNN(AttnCase({2, 200, 8, 2, 64}));
+    for (int hd : {64, 128})
+        if (cudnn_runs_case({2, 200, 8, 2, hd}))
+            attention_bit_identical({2, 200, 8, 2, hd}, CORE_BF16, ATTENTION_CUDA_CUDNN);
+}
+
+// Where cuDNN runs a shape, the default path (the trainer's) is cuDNN: the same bits as forcing it.
+TEST_F(Gpu, AttentionCudnnIsTheDefaultWhereItRuns) {
+    const AttnCase c = {2, 200, 8, 2, 64};
+    SKIP_WITHOUT_CUDNN(c);
+    AttnRef r(c, CORE_BF16, false);
+    std::array<Vec, 5> forced = attention_gpu(r, c, CORE_BF16, ATTENTION_CUDA_CUDNN),
+                       dflt = attention_gpu(r, c, CORE_BF16, ATTENTION_CUDA_AUTO);
+    for (int i = 0; i < 5; i++)
+        EXPECT_EQ(0, memcmp(forced[i].data(), dflt[i].data(), forced[i].size() * sizeof(float)))
+            << kAttnNames[i];
+}
+
+// cuDNN on a side stream (its own cuDNN handle and graphs, as a pipeline worker thread has):
+// the same bits as on the main stream.
+TEST_F(Gpu, AttentionCudnnSideStreamMatchesMainStream) {
+    const AttnCase c = {2, 200, 8, 2, 128};
+    SKIP_WITHOUT_CUDNN(c);
+    AttnRef r(c, CORE_BF16, false);
+    std::array<Vec, 5> main_run = attention_gpu(r, c, CORE_BF16, ATTENTION_CUDA_CUDNN);
+    CoreCudaStream *side = core_cuda_stream_create();
+    core_cuda_use_stream(side);
+    std::array<Vec, 5> side_run = attention_gpu(r, c, CORE_BF16, ATTENTION_CUDA_CUDNN);
+    core_cuda_sync();
+    core_cuda_use_stream(NULL);
+    core_cuda_stream_free(side);
+    for (int i = 0; i < 5; i++)
+        EXPECT_EQ(0, memcmp(main_run[i].data(), side_run[i].data(), main_run[i].size() * sizeof(float)))
+            << kAttnNames[i];
 }
 
 // ---------------------------------------------------------------------------------------------

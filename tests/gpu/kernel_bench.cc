@@ -271,28 +271,50 @@ int main() {
             moe_cuda_combine(BF, y, xe, gates, row_of, N, K, D);
         }), 2.0 * R * D + 2 * nd, 0);
 
-    // Attention: causal, so half of the T×T score matrix; forward 2 GEMM-like products.
-    size_t nq = (size_t)N * H * hd, nk = (size_t)N * Hkv * hd;
-    void *q = dev_rand(nq, BF), *k = dev_rand(nk, BF), *v = dev_rand(nk, BF),
-         *o = dev_rand(nq, BF), *dq = dev_rand(nq, BF), *dk = dev_rand(nk, BF),
-         *dv = dev_rand(nk, BF), *dout = dev_rand(nq, BF);
-    float *lse = (float *)core_device_alloc(CORE_CUDA, (size_t)B * H * T * 4);
-    float *delta = (float *)core_device_alloc(CORE_CUDA, (size_t)B * H * T * 4);
-    // Model FLOPs: forward 2·2·B·H·T²·hd / 2, backward 2.5 times that. Both kernel sets: the
-    // tensor-core one the trainer uses for bf16, and the CUDA-core one it replaced.
-    double att_flops = 4.0 * B * H * (double)T * T * hd / 2;
-    for (int tc = 1; tc >= 0; tc--) {
-        attention_cuda_set_tensor_cores(tc);
-        row(tc ? "attention forward (tensor cores)" : "attention forward (CUDA cores)",
-            time_it([&] { attention_cuda_forward(BF, o, lse, q, k, v, B, T, H, Hkv, hd); }), 0,
-            att_flops);
-        row(tc ? "attention backward (tensor cores)" : "attention backward (CUDA cores)",
-            time_it([&] {
-                attention_cuda_backward_input(BF, dq, dk, dv, dout, q, k, v, o, lse, delta, B, T,
-                                              H, Hkv, hd);
-            }), 0, 2.5 * att_flops);
-    }
-    attention_cuda_set_tensor_cores(1);
+    // Attention: causal, so half of the T×T score matrix; forward 2 GEMM-like products. Model
+    // FLOPs: forward 2·2·B·H·T²·hd / 2, backward 2.5 times that. Every path at the bench config's
+    // shapes: cuDNN's fused attention (what the trainer runs where libcudnn.so.9 loads), the
+    // tensor-core kernels (its fallback) and the CUDA-core ones; then cuDNN and the tensor-core
+    // kernels at the two shapes of the attention targets (docs/gpu.md): hd 64 and hd 128.
+    auto attention_rows = [&](int ab, int at, int ah, int ahkv, int ahd, bool cuda_cores) {
+        size_t nq = (size_t)ab * at * ah * ahd, nk = (size_t)ab * at * ahkv * ahd;
+        void *q = dev_rand(nq, BF), *k = dev_rand(nk, BF), *v = dev_rand(nk, BF),
+             *o = dev_rand(nq, BF), *dq = dev_rand(nq, BF), *dk = dev_rand(nk, BF),
+             *dv = dev_rand(nk, BF), *dout = dev_rand(nq, BF);
+        float *lse = (float *)core_device_alloc(CORE_CUDA, (size_t)ab * ah * at * 4);
+        float *delta = (float *)core_device_alloc(CORE_CUDA, (size_t)ab * ah * at * 4);
+        double flops = 4.0 * ab * ah * (double)at * at * ahd / 2;
+        printf("attention B %d T %d H %d Hkv %d hd %d:\n", ab, at, ah, ahkv, ahd);
+        struct Path {
+            AttentionCudaPath path;
+            const char *name;
+        };
+        std::vector<Path> paths;
+        if (attention_cuda_cudnn_applies(BF, ab, at, ah, ahkv, ahd))
+            paths.push_back({ATTENTION_CUDA_CUDNN, "cuDNN"});
+        else
+            printf("  (cuDNN does not run this shape here: see the log above)\n");
+        paths.push_back({ATTENTION_CUDA_TENSOR_CORES, "tensor cores"});
+        if (cuda_cores) paths.push_back({ATTENTION_CUDA_CUDA_CORES, "CUDA cores"});
+        for (const Path &p : paths) {
+            attention_cuda_set_path(p.path);
+            char name[64];
+            snprintf(name, sizeof name, "  forward (%s)", p.name);
+            row(name, time_it([&] {
+                    attention_cuda_forward(BF, o, lse, q, k, v, ab, at, ah, ahkv, ahd);
+                }), 0, flops);
+            snprintf(name, sizeof name, "  backward (%s)", p.name);
+            row(name, time_it([&] {
+                    attention_cuda_backward_input(BF, dq, dk, dv, dout, q, k, v, o, lse, delta, ab,
+                                                  at, ah, ahkv, ahd);
+                }), 0, 2.5 * flops);
+        }
+        attention_cuda_set_path(ATTENTION_CUDA_AUTO);
+        for (void *p : {q, k, v, o, dq, dk, dv, dout, (void *)lse, (void *)delta})
+            core_device_free(CORE_CUDA, p);
+    };
+    attention_rows(B, T, H, Hkv, hd, true);
+    attention_rows(4, 4096, 16, 4, 128, false);
 
     void *lg = dev_rand((size_t)N * V, BF, 4.0f), *dlg = dev_rand((size_t)N * V, BF, 1e-3f);
     int *tg = dev_ints(N, V), *tok = dev_ints(N, V);

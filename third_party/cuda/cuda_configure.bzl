@@ -8,6 +8,11 @@ bin/. The repository exposes:
   :cutlass    CUTLASS's headers (cute/, cutlass/ and its util headers) as tools/install_deps.sh
               unpacks them into /opt/moelab/cutlass; where they are missing, a cutlass/cutlass.h
               that stops the compile with a message saying how to get them
+  :cudnn      cuDNN 9's headers (cudnn*.h, next to the toolkit's or the system's), headers only:
+              the library is loaded at run time (layers/attention_cudnn.cu), never linked
+  :cudnn_frontend  cuDNN's header-only C++ frontend as install_deps.sh unpacks it into
+              /opt/moelab/cudnn_frontend; missing headers of either become one that stops the
+              compile with a message
   defs.bzl    CUDA_FOUND, CUDA_ROOT, NVCC (the compiler's absolute path: nvcc finds its own
               tools, cicc and ptxas, relative to where it really lives, so it is called there)
 The stub keeps every name, so a build without --config=cuda loads this package on any machine
@@ -61,10 +66,38 @@ def _cutlass(rctx):
               "#error \"CUTLASS not found in %s: run tools/install_deps.sh\"\n" % _CUTLASS_DIR)
     return _cc("cutlass", "[\"cutlass/include/cutlass/cutlass.h\"]", CUTLASS_INCLUDES)
 
+# Where tools/install_deps.sh unpacks the pinned cuDNN frontend (from the nvidia-cudnn-frontend package).
+_CUDNN_FRONTEND_DIR = "/opt/moelab/cudnn_frontend"
+
+# cuDNN 9's headers: cudnn.h and what it includes (the _v9 names are the Debian packages' own).
+_CUDNN_HEADERS = ["cudnn%s%s.h" % (part, v9) for part in ["", "_adv", "_backend", "_cnn", "_graph", "_ops", "_version"]
+                  for v9 in ["", "_v9"]]
+
+def _cudnn(rctx, inc_dirs):
+    """The text of :cudnn and :cudnn_frontend: the headers found, or ones that stop the compile."""
+    build = ""
+    cudnn_dir = _first_dir_with(rctx, inc_dirs, "cudnn.h")
+    if cudnn_dir:
+        for h in _CUDNN_HEADERS:
+            if rctx.path(cudnn_dir + "/" + h).exists:
+                rctx.symlink(cudnn_dir + "/" + h, "cudnn/include/" + h)
+        build += _cc("cudnn", "glob([\"cudnn/include/*.h\"])", ["cudnn/include"])
+    else:
+        rctx.file("cudnn/include/cudnn.h", "#error \"cudnn.h (cuDNN 9) not found in %s\"\n" % " ".join(inc_dirs))
+        build += _cc("cudnn", "[\"cudnn/include/cudnn.h\"]", ["cudnn/include"])
+    if rctx.path(_CUDNN_FRONTEND_DIR + "/include/cudnn_frontend.h").exists:
+        rctx.symlink(_CUDNN_FRONTEND_DIR + "/include", "cudnn_frontend/include")
+        build += _cc("cudnn_frontend", "glob([\"cudnn_frontend/include/**\"])", ["cudnn_frontend/include"])
+    else:
+        rctx.file("cudnn_frontend/include/cudnn_frontend.h",
+                  "#error \"cuDNN frontend not found in %s: run tools/install_deps.sh\"\n" % _CUDNN_FRONTEND_DIR)
+        build += _cc("cudnn_frontend", "[\"cudnn_frontend/include/cudnn_frontend.h\"]", ["cudnn_frontend/include"])
+    return build
+
 def _stub(rctx, why):
     rctx.file("nvcc", "#!/bin/sh\necho 'moelab: error: %s' >&2\nexit 1\n" % why, executable = True)
     build = "# Stub: %s\n" % why
-    for lib in ["headers", "nccl", "cutlass"] + _LIBS:
+    for lib in ["headers", "nccl", "cutlass", "cudnn", "cudnn_frontend"] + _LIBS:
         build += _cc(lib)
     _write(rctx, build, False, "", str(rctx.path("nvcc")))
 
@@ -97,6 +130,7 @@ def _cuda_configure_impl(rctx):
     else:
         build += "# NCCL (libnccl.so and nccl.h) was not found: :nccl is empty.\n" + _cc("nccl")
     build += _cutlass(rctx)
+    build += _cudnn(rctx, [root + "/include", "/usr/include", "/usr/include/x86_64-linux-gnu"])
     _write(rctx, build, True, root, str(nvcc))
 
 cuda_configure = repository_rule(

@@ -1,0 +1,354 @@
+// cuDNN's fused flash attention behind attention_cuda.h (see attention_cudnn_cuda.h): one cuDNN
+// SDPA graph for the forward and one for the backward per shape, built with cuDNN's C++ frontend
+// (header-only, pinned by tools/install_deps.sh) and kept for the process.
+//
+// Loading. The frontend is compiled with NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING: it resolves
+// every cuDNN function with dlsym on cudnn_frontend::cudnn_dlhandle, which this file sets after
+// dlopen("libcudnn.so.9") on the first call. Nothing links libcudnn, so a machine without it runs
+// the tensor-core kernels, and the log says so once.
+//
+// Layouts. cuDNN's SDPA takes logical (b, h, s, d) tensors with any strides: q, out, dq and dout
+// (B, T, H, hd) are (B, H, T, hd) with strides (T·H·hd, hd, H·hd, 1), k, v, dk, dv the same with
+// Hkv (cuDNN's grouped-query attention: query head j reads kv head j / (H / Hkv), as ours). The
+// softmax statistics ("Stats", (b, h, s, 1) fp32) are max + log Σ exp of the scaled scores of a
+// query row in natural log (the frontend builds them as reduction max, then add(max, log(sum
+// exp))), which is our lse (B, H, T): the forward writes them straight into lse and the backward
+// reads them from there. Scale 1/sqrt(hd); the causal mask is top-left aligned (key ≤ query).
+//
+// Determinism. By default cuDNN's SDPA backward adds the dQ of each key block into an fp32
+// buffer with atomics, whose order varies run to run. The backward graph asks for the
+// deterministic algorithm (set_deterministic_algorithm), which cuDNN supports on Hopper: it keeps
+// the suite's "reruns bit-identical" and the trainer's reproducible steps, for a larger workspace
+// and some speed. Where a cuDNN cannot build it, the backward runs our (deterministic) kernels.
+//
+// Handles and streams. A cuDNN handle carries the stream it launches on, and the graphs' plans
+// are made with a handle, so each stream a thread runs attention on (the main one, or a side
+// stream of core_cuda_use_stream) gets its own handle and graphs. One mutex covers the whole of a
+// call (lookup, first-time build, enqueue): two threads never share a handle or build at once.
+// The workspace comes from the stream-ordered pool (cudaMallocAsync on the current stream).
+#include "layers/attention_cudnn_cuda.h"
+
+#include <dlfcn.h>
+#include <math.h>
+#include <stdint.h>
+
+#include <cstring>  // before the frontend, whose shim uses std::strlen without it
+#include <exception>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+
+#include <cudnn_frontend.h>
+
+#include "framework/core/cuda.h"
+#include "framework/core/log.h"
+
+namespace fe = cudnn_frontend;
+
+// The library handle the frontend's dynamic loading resolves every cuDNN call through; defined by
+// the program that uses the frontend (here), NULL until load_cudnn succeeds.
+namespace cudnn_frontend {
+void *cudnn_dlhandle = nullptr;
+}
+
+namespace {
+
+const char *const kCudnnLib = "libcudnn.so.9";
+
+// Tensor ids of the variant packs (any distinct numbers).
+enum : int64_t { UID_Q = 1, UID_K, UID_V, UID_O, UID_STATS, UID_DO, UID_DQ, UID_DK, UID_DV };
+
+enum Dir { FORWARD = 0, BACKWARD = 1 };
+const char *const kDirName[2] = {"forward", "backward"};
+
+// (direction, B, T, H, Hkv, hd): the key of a graph.
+typedef std::tuple<int, int, int, int, int, int> Key;
+
+struct Built {
+    std::shared_ptr<fe::graph::Graph> graph;
+    int64_t workspace;  // bytes
+};
+
+struct StreamState {
+    cudnnHandle_t handle;
+    std::map<Key, Built> graphs;
+};
+
+std::mutex g_mu;          // guards everything below
+int g_loaded = -1;        // -1: not tried yet, 0: unavailable, 1: loaded
+std::set<Key> g_failed;   // graphs that did not build or run: not tried again
+// Per stream: its handle and graphs. Kept for the process and never destroyed: at exit the CUDA
+// context may already be gone, and destroying cuDNN plans (which may hold loaded kernels) then is
+// undefined; the driver frees everything with the process.
+std::map<cudaStream_t, StreamState> &g_streams = *new std::map<cudaStream_t, StreamState>;
+
+// A frontend call (error_t) that fails sets *why to the call's text and the frontend's message and
+// makes the enclosing function return false: the caller falls back.
+#define FE_TRY(call)                                                      \
+    do {                                                                  \
+        fe::error_t e_ = (call);                                          \
+        if (!e_.is_good()) {                                              \
+            *why = std::string(#call) + ": " + e_.get_message();          \
+            return false;                                                 \
+        }                                                                 \
+    } while (0)
+
+// Loads libcudnn.so.9 once and logs which attention path the process runs; true when loaded.
+// A cuDNN other than 9.x is not used (the frontend headers are built against cuDNN 9's API).
+bool load_cudnn_locked() {
+    if (g_loaded >= 0) return g_loaded == 1;
+    g_loaded = 0;
+    void *lib = dlopen(kCudnnLib, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        const char *e = dlerror();
+        core_info("attention: cuDNN not found (%s): tensor-core kernels", e ? e : kCudnnLib);
+        return false;
+    }
+    size_t (*get_version)(void) = (size_t (*)(void))dlsym(lib, "cudnnGetVersion");
+    size_t v = get_version ? get_version() : 0;
+    if (v < 90000 || v >= 100000) {
+        core_info("attention: %s is cuDNN version %zu, not 9.x: tensor-core kernels", kCudnnLib, v);
+        dlclose(lib);
+        return false;
+    }
+    fe::cudnn_dlhandle = lib;
+    g_loaded = 1;
+    core_info("attention: cuDNN %zu.%zu.%zu fused attention (%s; tensor-core kernels where it "
+              "cannot run a shape)",
+              v / 10000, v / 100 % 100, v % 100, kCudnnLib);
+    return true;
+}
+
+// The calling thread's stream's state, its handle made and bound to that stream on first use;
+// NULL when cuDNN is unavailable (the failure logged once, and cuDNN not tried again).
+StreamState *stream_state_locked() {
+    if (!load_cudnn_locked()) return nullptr;
+    cudaStream_t stream = core_stream();
+    auto it = g_streams.find(stream);
+    if (it != g_streams.end()) return &it->second;
+    cudnnHandle_t h = nullptr;
+    std::string why;
+    cudnnStatus_t s = CUDNN_STATUS_SUCCESS;
+    try {
+        s = fe::detail::create_handle(&h);
+        if (s == CUDNN_STATUS_SUCCESS) {
+            s = fe::detail::set_stream(h, stream);
+            if (s != CUDNN_STATUS_SUCCESS) (void)fe::detail::destroy_handle(h);
+        }
+        if (s != CUDNN_STATUS_SUCCESS) why = fe::detail::get_error_string(s);
+    } catch (const std::exception &e) {
+        why = e.what();
+        s = CUDNN_STATUS_INTERNAL_ERROR;
+    }
+    if (s != CUDNN_STATUS_SUCCESS) {
+        core_warn("attention: cuDNN handle not created (%s): tensor-core kernels", why.c_str());
+        g_loaded = 0;
+        return nullptr;
+    }
+    StreamState &st = g_streams[stream];
+    st.handle = h;
+    return &st;
+}
+
+// The (b, h, s, d) view of a (B, T, nh, hd) bf16 tensor.
+fe::graph::Tensor_attributes bthd(const char *name, int64_t uid, int B, int T, int nh, int hd) {
+    return fe::graph::Tensor_attributes()
+        .set_name(name)
+        .set_uid(uid)
+        .set_data_type(fe::DataType_t::BFLOAT16)
+        .set_dim({B, nh, T, hd})
+        .set_stride({(int64_t)T * nh * hd, hd, (int64_t)nh * hd, 1});
+}
+void as_bthd(const std::shared_ptr<fe::graph::Tensor_attributes> &t, int64_t uid, int B, int T,
+             int nh, int hd) {
+    t->set_output(true)
+        .set_uid(uid)
+        .set_data_type(fe::DataType_t::BFLOAT16)
+        .set_dim({B, nh, T, hd})
+        .set_stride({(int64_t)T * nh * hd, hd, (int64_t)nh * hd, 1});
+}
+// lse (B, H, T) fp32 as cuDNN's Stats (b, h, s, 1).
+void as_stats(fe::graph::Tensor_attributes &t, int B, int T, int H) {
+    t.set_uid(UID_STATS)
+        .set_data_type(fe::DataType_t::FLOAT)
+        .set_dim({B, H, T, 1})
+        .set_stride({(int64_t)H * T, T, 1, 1});
+}
+
+// Builds the graph of key k on handle h into *out; false (with *why) where cuDNN cannot.
+bool build_graph(cudnnHandle_t h, const Key &k, Built *out, std::string *why) {
+    const int dir = std::get<0>(k), B = std::get<1>(k), T = std::get<2>(k), H = std::get<3>(k),
+              Hkv = std::get<4>(k), hd = std::get<5>(k);
+    const float scale = 1.0f / sqrtf((float)hd);  // the kernels' scale, to the bit
+    auto g = std::make_shared<fe::graph::Graph>();
+    g->set_io_data_type(fe::DataType_t::BFLOAT16)
+        .set_intermediate_data_type(fe::DataType_t::FLOAT)
+        .set_compute_data_type(fe::DataType_t::FLOAT);
+    auto Q = g->tensor(bthd("Q", UID_Q, B, T, H, hd));
+    auto K = g->tensor(bthd("K", UID_K, B, T, Hkv, hd));
+    auto V = g->tensor(bthd("V", UID_V, B, T, Hkv, hd));
+    if (dir == FORWARD) {
+        auto opts = fe::graph::SDPA_attributes()
+                        .set_name("attention_forward")
+                        .set_generate_stats(true)
+                        .set_attn_scale(scale)
+                        .set_causal_mask(true);
+        auto outs = g->sdpa(Q, K, V, opts);
+        as_bthd(outs[0], UID_O, B, T, H, hd);
+        outs[1]->set_output(true);
+        as_stats(*outs[1], B, T, H);
+    } else {
+        auto O = g->tensor(bthd("O", UID_O, B, T, H, hd));
+        auto dO = g->tensor(bthd("dO", UID_DO, B, T, H, hd));
+        fe::graph::Tensor_attributes st;
+        st.set_name("Stats");
+        as_stats(st, B, T, H);
+        auto Stats = g->tensor(st);
+        auto opts = fe::graph::SDPA_backward_attributes()
+                        .set_name("attention_backward")
+                        .set_attn_scale(scale)
+                        .set_causal_mask(true)
+                        .set_deterministic_algorithm(true);  // see the top of the file
+        auto grads = g->sdpa_backward(Q, K, V, O, dO, Stats, opts);
+        as_bthd(grads[0], UID_DQ, B, T, H, hd);
+        as_bthd(grads[1], UID_DK, B, T, Hkv, hd);
+        as_bthd(grads[2], UID_DV, B, T, Hkv, hd);
+    }
+    FE_TRY(g->validate());
+    FE_TRY(g->build_operation_graph(h));
+    FE_TRY(g->create_execution_plans({fe::HeurMode_t::A}));
+    FE_TRY(g->check_support());
+    FE_TRY(g->build_plans(fe::BuildPlanPolicy_t::HEURISTICS_CHOICE));
+    int64_t ws = 0;
+    FE_TRY(g->get_workspace_size(ws));
+    out->graph = g;
+    out->workspace = ws;
+    return true;
+}
+
+// The graph of key k for the calling thread's stream (built on first use), or NULL where cuDNN
+// cannot run it; a graph that fails to build is reported once and not tried again.
+const Built *graph_locked(StreamState *st, const Key &k) {
+    if (g_failed.count(k)) return nullptr;
+    auto it = st->graphs.find(k);
+    if (it != st->graphs.end()) return &it->second;
+    Built b;
+    std::string why;
+    bool ok = false;
+    try {
+        ok = build_graph(st->handle, k, &b, &why);
+    } catch (const std::exception &e) {
+        why = e.what();
+    }
+    if (!ok) {
+        core_warn("attention: cuDNN %s graph not built for B=%d T=%d H=%d Hkv=%d hd=%d (%s): "
+                  "tensor-core kernels for this shape",
+                  kDirName[std::get<0>(k)], std::get<1>(k), std::get<2>(k), std::get<3>(k),
+                  std::get<4>(k), std::get<5>(k), why.c_str());
+        g_failed.insert(k);
+        return nullptr;
+    }
+    core_info("attention: cuDNN %s graph built for B=%d T=%d H=%d Hkv=%d hd=%d (workspace %.1f MiB)",
+              kDirName[std::get<0>(k)], std::get<1>(k), std::get<2>(k), std::get<3>(k),
+              std::get<4>(k), std::get<5>(k), b.workspace / 1048576.0);
+    return &(st->graphs[k] = b);
+}
+
+// Runs graph b of key k on the calling thread's stream with the pointers of pack; false (reported
+// once, the key then not tried again) where it fails.
+bool execute_locked(StreamState *st, const Key &k, const Built &b,
+                    std::unordered_map<int64_t, void *> &pack) {
+    cudaStream_t stream = core_stream();
+    void *ws = nullptr;
+    if (b.workspace > 0) {
+        cudaError_t e = cudaMallocAsync(&ws, (size_t)b.workspace, stream);
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError();  // not sticky: clear it, so no later check reports it
+            static bool warned = false;
+            if (!warned)
+                core_warn("attention: no GPU memory for cuDNN's %.2f GiB workspace (%s): "
+                          "tensor-core kernels for such calls",
+                          b.workspace / 1073741824.0, cudaGetErrorString(e));
+            warned = true;
+            return false;
+        }
+    }
+    std::string why;
+    bool ok = false;
+    try {
+        cudnnStatus_t s = fe::detail::set_stream(st->handle, stream);
+        if (s != CUDNN_STATUS_SUCCESS) {
+            why = std::string("cudnnSetStream: ") + fe::detail::get_error_string(s);
+        } else {
+            fe::error_t e = b.graph->execute(st->handle, pack, ws);
+            ok = e.is_good();
+            if (!ok) why = "execute: " + e.get_message();
+        }
+    } catch (const std::exception &e) {
+        why = e.what();
+    }
+    if (ws) CUDA_CHECK(cudaFreeAsync(ws, stream));
+    if (!ok) {
+        core_warn("attention: cuDNN %s failed for B=%d T=%d H=%d Hkv=%d hd=%d (%s): tensor-core "
+                  "kernels for this shape",
+                  kDirName[std::get<0>(k)], std::get<1>(k), std::get<2>(k), std::get<3>(k),
+                  std::get<4>(k), std::get<5>(k), why.c_str());
+        g_failed.insert(k);
+    }
+    return ok;
+}
+
+bool aligned16(std::initializer_list<const void *> ptrs) {
+    for (const void *p : ptrs)
+        if ((uintptr_t)p % 16 != 0) return false;
+    return true;
+}
+
+}  // namespace
+
+extern "C" int attention_cudnn_forward(void *out, float *lse, const void *q, const void *k,
+                                       const void *v, int B, int T, int H, int Hkv, int hd) {
+    if (B <= 0 || !aligned16({out, lse, q, k, v})) return 0;
+    std::lock_guard<std::mutex> lock(g_mu);
+    StreamState *st = stream_state_locked();
+    if (!st) return 0;
+    const Key key(FORWARD, B, T, H, Hkv, hd);
+    const Built *b = graph_locked(st, key);
+    if (!b) return 0;
+    std::unordered_map<int64_t, void *> pack = {
+        {UID_Q, (void *)q}, {UID_K, (void *)k}, {UID_V, (void *)v},
+        {UID_O, out},       {UID_STATS, (void *)lse}};
+    return execute_locked(st, key, *b, pack) ? 1 : 0;
+}
+
+extern "C" int attention_cudnn_backward(void *dq, void *dk, void *dv, const void *dout,
+                                        const void *q, const void *k, const void *v,
+                                        const void *out, const float *lse, int B, int T, int H,
+                                        int Hkv, int hd) {
+    if (B <= 0 || !aligned16({dq, dk, dv, dout, q, k, v, out, lse})) return 0;
+    std::lock_guard<std::mutex> lock(g_mu);
+    StreamState *st = stream_state_locked();
+    if (!st) return 0;
+    const Key key(BACKWARD, B, T, H, Hkv, hd);
+    const Built *b = graph_locked(st, key);
+    if (!b) return 0;
+    std::unordered_map<int64_t, void *> pack = {
+        {UID_Q, (void *)q},   {UID_K, (void *)k},     {UID_V, (void *)v},
+        {UID_O, (void *)out}, {UID_DO, (void *)dout}, {UID_STATS, (void *)lse},
+        {UID_DQ, dq},         {UID_DK, dk},           {UID_DV, dv}};
+    return execute_locked(st, key, *b, pack) ? 1 : 0;
+}
+
+extern "C" int attention_cudnn_supports(int B, int T, int H, int Hkv, int hd) {
+    if (B <= 0) return 0;
+    std::lock_guard<std::mutex> lock(g_mu);
+    StreamState *st = stream_state_locked();
+    if (!st) return 0;
+    return graph_locked(st, Key(FORWARD, B, T, H, Hkv, hd)) &&
+           graph_locked(st, Key(BACKWARD, B, T, H, Hkv, hd));
+}

@@ -1,0 +1,32 @@
+// cuDNN's fused flash attention (scaled dot-product attention through the cuDNN graph API and its
+// C++ frontend), the fast path behind attention_cuda.h for bf16 with head size 64 or 128
+// (attention_cudnn.cu). The layouts, scale, causal mask and lse are attention_cuda.h's.
+//
+// libcudnn.so.9 is not linked: it is loaded at run time on the first call, and the process logs
+// once which attention path it runs. Where the library is missing, or cannot run a shape (its
+// graph does not build, its workspace cannot be had), a call returns 0 and the caller runs its
+// own kernels; a call may then have written part of its outputs, which the caller overwrites.
+#ifndef MOELAB_LAYERS_ATTENTION_CUDNN_CUDA_H
+#define MOELAB_LAYERS_ATTENTION_CUDNN_CUDA_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// out (B, T, H, hd) and lse (B, H, T, fp32) as attention_cuda_forward, all bf16 but lse, every
+// pointer 16-byte aligned. 1 when cuDNN ran it, 0 when it could not.
+int attention_cudnn_forward(void *out, float *lse, const void *q, const void *k, const void *v,
+                            int B, int T, int H, int Hkv, int hd);
+// dq (B, T, H, hd), dk and dv (B, T, Hkv, hd) = the gradients (overwritten), from the forward's
+// inputs, out and lse, as attention_cuda_backward_input. Deterministic. 1 when cuDNN ran it.
+int attention_cudnn_backward(void *dq, void *dk, void *dv, const void *dout, const void *q,
+                             const void *k, const void *v, const void *out, const float *lse,
+                             int B, int T, int H, int Hkv, int hd);
+// 1 when cuDNN runs this shape on the calling thread's stream: the library is loaded and the
+// forward and backward graphs build (they are built and kept here if they were not already).
+int attention_cudnn_supports(int B, int T, int H, int Hkv, int hd);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
