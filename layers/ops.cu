@@ -394,10 +394,6 @@ const LayerOps *layer_ops_cuda(CoreDtype dt) {
     if (!ready) {
         fill<CORE_F32>(&f32, "cuda fp32");
         fill<CORE_BF16>(&bf16, "cuda bf16");
-        // Keep freed blocks in the pool: every micro-batch allocates and frees the same sizes, and
-        // returning memory to the driver at each synchronization would cost a cudaMalloc each time.
-        unsigned long long keep = ~0ull;
-        CUDA_CHECK(cudaMemPoolSetAttribute(pool(), cudaMemPoolAttrReleaseThreshold, &keep));
         ready = 1;
     }
     CHECK(dt == CORE_F32 || dt == CORE_BF16, "layer_ops_cuda: unknown dtype %d", (int)dt);
