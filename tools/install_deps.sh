@@ -3,7 +3,7 @@
 # Safe to run again: apt-get skips what is already there.
 set -euo pipefail
 PKGS=(bazel-bootstrap bazel-rules-java g++ libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin libhdf5-dev
-      hdf5-tools libgtest-dev python3-torch python3-h5py python3-numpy fortunes gnuplot-nox clang
+      hdf5-tools zlib1g-dev libgtest-dev python3-torch python3-h5py python3-numpy fortunes gnuplot-nox clang
       libclang-rt-14-dev)
 missing=()
 for p in "${PKGS[@]}"; do
