@@ -285,6 +285,15 @@ void hf_export(const HfExportOptions *o) {
     if (hf_tokenizer_check(tok, err)) core_usage_error("export: %s: %s", tok_path, err);
     c.ep = 1;  // one process holds every expert, whatever layout saved the checkpoint
     c.pp = 1;
+    // verify first: it also requires every part file of an index, even one the weights do not
+    // need, and reads every dataset through its checksums; its summary is not wanted here.
+    char *summary = NULL;
+    size_t summary_len = 0;
+    FILE *sink = open_memstream(&summary, &summary_len);
+    CHECK(sink != NULL, "open_memstream: %s", strerror(errno));
+    ckpt_verify(o->ckpt, sink);
+    fclose(sink);
+    free(summary);
     Model *m = model_create(&c, 0, 1);
     CkptShard sh = ckpt_shard_of(m);
     CkptState st;
