@@ -87,10 +87,10 @@ static void put_utf8(char *out, size_t *len, uint32_t cp) {
 // A string starting at the opening quote. The decoded text is never longer than the literal (an
 // escape of k bytes decodes to at most k bytes), so one buffer of the literal's size suffices.
 static int parse_string(Parser *p, JsonValue *v) {
-    p->i++;  // the opening quote
-    size_t end = p->i;
+    size_t end = p->i + 1;  // after the opening quote
     while (end < p->n && p->s[end] != '"') end += p->s[end] == '\\' ? 2 : 1;
-    if (end >= p->n) return fail(p, "unterminated string");
+    if (end >= p->n) return fail(p, "unterminated string");  // named at its opening quote
+    p->i++;
     char *out = xrealloc(NULL, end - p->i + 1);
     size_t len = 0;
     while (p->s[p->i] != '"') {
@@ -233,7 +233,9 @@ static int parse_value(Parser *p, JsonValue *v, int depth) {
     case 't': v->type = JSON_BOOL; v->boolean = 1; return literal(p, "true");
     case 'f': v->type = JSON_BOOL; return literal(p, "false");
     case 'n': v->type = JSON_NULL; return literal(p, "null");
-    default: return parse_number(p, v);
+    default:
+        if (p->s[p->i] == '-' || is_digit(p->s[p->i])) return parse_number(p, v);
+        return fail(p, "expected a JSON value");
     }
 }
 

@@ -70,7 +70,8 @@ TEST(Json, RejectsMalformedTextSayingWhere) {
     EXPECT_EQ(error_of("[1 2]"), "at byte 3: expected ',' or ']'");
     EXPECT_EQ(error_of("{\"a\": 1,}"), "at byte 8: expected a member name in quotes");
     EXPECT_EQ(error_of("{} x"), "at byte 3: unexpected text after the JSON value");
-    EXPECT_EQ(error_of("\"abc"), "at byte 1: unterminated string");
+    EXPECT_EQ(error_of("\"abc"), "at byte 0: unterminated string");
+    EXPECT_EQ(error_of("oops"), "at byte 0: expected a JSON value");
     EXPECT_EQ(error_of("\"a\nb\""), "at byte 2: control byte 0x0a inside a string");
     EXPECT_EQ(error_of("\"\\x\""), "at byte 1: bad escape in a string");
     EXPECT_EQ(error_of("\"\\u12g4\""), "at byte 3: bad hex digit in \\u escape");
