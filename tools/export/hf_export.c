@@ -157,7 +157,8 @@ static void write_tokenizer(const char *dir, const Tokenizer *t, const MoeConfig
     finish(f, dir, "tokenizer.json");
     f = create(dir, "tokenizer_config.json");
     fprintf(f, "{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n  \"model_max_length\": %d,\n"
-               "  \"clean_up_tokenization_spaces\": false,\n  \"add_prefix_space\": false\n}\n", c->T);
+               "  \"clean_up_tokenization_spaces\": false,\n  \"add_prefix_space\": false,\n"
+               "  \"model_input_names\": [\"input_ids\", \"attention_mask\"]\n}\n", c->T);
     finish(f, dir, "tokenizer_config.json");
 }
 

@@ -7,7 +7,8 @@ model.safetensors, so that
 
 loads the model as `MoelabForCausalLM` (a `PreTrainedModel` with a causal-LM head: `forward` takes
 `input_ids` and optional `labels` and returns logits and the mean cross-entropy; `generate` works,
-recomputing the whole sequence at each step: there is no KV cache). The modules and their parameter
+recomputing the last max_position_embeddings tokens at each step, as `moelab sample` does: there is
+no KV cache). The modules and their parameter
 names are those of the safetensors file (docs/export.md of moelab has the map).
 
 Without transformers the same model runs in plain PyTorch (moelab's CI does this with an older
@@ -273,7 +274,12 @@ if _HAVE_TRANSFORMERS:
             return self.lm_head
 
         def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-            return {"input_ids": input_ids, "attention_mask": attention_mask}  # no cache: the whole text
+            """No cache: each step reads the text again, its last max_position_embeddings tokens at
+            most (the window the model was trained on, as `moelab sample` does)."""
+            T = self.config.max_position_embeddings
+            if attention_mask is not None:
+                attention_mask = attention_mask[:, -T:]
+            return {"input_ids": input_ids[:, -T:], "attention_mask": attention_mask}
 
         def forward(self, input_ids=None, attention_mask=None, labels=None, return_dict=None, **kwargs):
             # attention_mask: the model attends causally to every position (moelab has no padding);
