@@ -98,8 +98,8 @@ def main():
     # One process: synced_gpus=False also spares transformers a probe of torch.distributed.fsdp.
     out = model.generate(**prompt, max_new_tokens=100, synced_gpus=False)  # sampling per generation_config.json
     sample = tok.decode(out[0])
-    greedy = [tok.decode(model.generate(**prompt, max_new_tokens=40, do_sample=False, synced_gpus=False)[0])
-              for _ in range(2)]
+    greedy = [tok.decode(model.generate(**prompt, max_new_tokens=40, do_sample=False, temperature=None,
+                                        top_k=None, synced_gpus=False)[0]) for _ in range(2)]
     same = out.shape[1] == prompt["input_ids"].shape[1] + 100 and greedy[0] == greedy[1]
     print(f"hf_check: generate {'ok' if same else 'FAILED'}:\n--- sampled ---\n{sample}\n--- greedy ---\n{greedy[0]}\n---")
     ok &= same
