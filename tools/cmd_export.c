@@ -21,6 +21,8 @@ static void export_help(void) {
            "The tokenizer is DIR/tokenizer.bin of --data (default: the data directory the checkpoint\n"
            "was trained on). The folder is written under a temporary name and renamed at the end; an\n"
            "existing non-empty --out is refused unless --force, which replaces only an earlier export.\n"
+           "A damaged checkpoint, one with a missing part or non-finite weights, or a tokenizer of\n"
+           "another size is refused (exit 2) before anything is written.\n"
            "Layout and tensor names: docs/export.md.\n");
 }
 

@@ -178,6 +178,7 @@ def check_tokenizer(folder, tokenizer_bin, probe, corpus):
 
 
 def load_modeling(folder):
+    sys.dont_write_bytecode = True  # leave the folder as the exporter wrote it
     spec = importlib.util.spec_from_file_location("modeling_moelab", os.path.join(folder, "modeling_moelab.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

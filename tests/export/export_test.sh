@@ -3,9 +3,10 @@
 # under an EPLB plan with replicas) exported as fp32 and bf16 folders; export_check.py compares the
 # safetensors file with the checkpoint, tokenizer.json (through `tokenizers`) with moelab's tokenizer on
 # the fortunes corpus and random text, and the exported modeling file (Debian's PyTorch) with moelab's
-# logits. Then the bad input: damaged, other-version and part-less checkpoints, a wrong tokenizer, and
-# an existing folder, each one message with exit code 2 and nothing left behind.
+# logits. Then the bad input: damaged, other-version, diverged (NaN) and part-less checkpoints, a wrong
+# tokenizer, and an existing folder, each one message with exit code 2 and nothing left behind.
 set -euo pipefail
+trap 'echo "export_test: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 root="$TEST_SRCDIR/moelab"
 moelab="$root/tools/moelab"
 probe="$root/tests/export/export_probe"
@@ -53,6 +54,9 @@ expect_usage "truncated" "$tmp/out1" --ckpt "$bad/truncated.h5" --data "$tmp/dat
 "${check[0]}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); h5py.File(sys.argv[2], 'r+').attrs['format_version'] = 2" \
     "$tmp/a/single.h5" "$bad/v2.h5"
 expect_usage "version" "$tmp/out1" --ckpt "$bad/v2.h5" --data "$tmp/data"
+"${check[0]}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); f = h5py.File(sys.argv[2], 'r+'); d = f['model/layers.1.wq']; d[0, 3] = float('nan')" \
+    "$tmp/a/single.h5" "$bad/nan.h5"
+expect_usage "tensor layers.1.wq holds a non-finite value \(nan at element 3\)" "$tmp/out1" --ckpt "$bad/nan.h5" --data "$tmp/data"
 cp "$tmp/a/eplb.h5" "$tmp/a/eplb.h5.part-0-of-2" "$bad/"
 expect_usage "part-1-of-2" "$tmp/out1" --ckpt "$bad/eplb.h5" --data "$tmp/data"
 expect_usage "no_such" "$tmp/out1" --ckpt "$bad/no_such.h5" --data "$tmp/data"
@@ -70,12 +74,21 @@ mkdir "$tmp/empty"
 [ -f "$tmp/empty/model.safetensors" ]
 expect_usage "not empty .*--force" "$tmp/hf_a_single" --ckpt "$tmp/b/single.h5" --data "$tmp/data"
 "${check[@]}" weights "$tmp/hf_a_single" "$tmp/a/single.h5" > /dev/null  # untouched
+# Python's byte code of the modeling file is part of an export (importing it from the folder writes it).
+mkdir "$tmp/hf_a_single/__pycache__"
+touch "$tmp/hf_a_single/__pycache__/modeling_moelab.cpython-311.pyc"
 "$moelab" export --ckpt "$tmp/b/single.h5" --out "$tmp/hf_a_single/" --data "$tmp/data" --force > /dev/null
+[ ! -e "$tmp/hf_a_single/__pycache__" ] || { echo "--force kept the old __pycache__"; exit 1; }
 "${check[@]}" weights "$tmp/hf_a_single" "$tmp/b/single.h5"
 if ls -d "$tmp"/*.tmp-* "$tmp"/*.old-* 2> /dev/null; then echo "--force left a folder behind"; exit 1; fi
 echo keep > "$tmp/hf_b_single/README.md"
 expect_usage "holds 'README.md'" "$tmp/hf_b_single" --ckpt "$tmp/a/single.h5" --data "$tmp/data" --force
 [ -f "$tmp/hf_b_single/README.md" ]
+rm "$tmp/hf_b_single/README.md"
+mkdir "$tmp/hf_b_single/__pycache__"
+touch "$tmp/hf_b_single/__pycache__/other.pyc"
+expect_usage "holds '__pycache__'" "$tmp/hf_b_single" --ckpt "$tmp/a/single.h5" --data "$tmp/data" --force
+[ -f "$tmp/hf_b_single/__pycache__/other.pyc" ]
 touch "$tmp/file"
 expect_usage "not a directory" "$tmp/file" --ckpt "$tmp/a/single.h5" --data "$tmp/data"
 "$moelab" export --help | grep -q "usage: moelab export"

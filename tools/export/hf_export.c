@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,7 @@
 extern const char hf_modeling_py[];
 extern const unsigned long hf_modeling_py_len;
 
-// The files of an export folder: all that --force may replace.
+// The files of an export folder: all that --force may replace (with the modeling file's __pycache__).
 static const char *const EXPORT_FILES[] = {"model.safetensors", "config.json", "generation_config.json",
                                            "modeling_moelab.py", "tokenizer.json", "tokenizer_config.json"};
 #define N_EXPORT_FILES ((int)(sizeof EXPORT_FILES / sizeof EXPORT_FILES[0]))
@@ -100,7 +101,7 @@ static void finish(FILE *f, const char *dir, const char *name) {
 }
 
 // A float as JSON that reads back as the same float32.
-static void json_float(FILE *f, const char *key, float x, const char *sep) { fprintf(f, "  \"%s\": %.9g%s\n", key, x, sep); }
+static void json_float(FILE *f, const char *key, float x) { fprintf(f, "  \"%s\": %.9g,\n", key, x); }
 static void json_int(FILE *f, const char *key, long x) { fprintf(f, "  \"%s\": %ld,\n", key, x); }
 static void json_bool(FILE *f, const char *key, int x) { fprintf(f, "  \"%s\": %s,\n", key, x ? "true" : "false"); }
 
@@ -125,10 +126,10 @@ static void write_config(const char *dir, const MoeConfig *c, int bf16, long ste
     json_int(f, "n_shared_experts", c->S);
     json_int(f, "moe_intermediate_size", c->Fe);
     fprintf(f, "  \"scoring_func\": \"%s\",\n", c->score);
-    json_float(f, "routed_scaling_factor", c->route_scale, ",");
+    json_float(f, "routed_scaling_factor", c->route_scale);
     json_bool(f, "norm_topk_prob", c->norm_topk);
-    json_float(f, "rope_theta", c->rope_theta, ",");
-    json_float(f, "rms_norm_eps", c->norm_eps, ",");
+    json_float(f, "rope_theta", c->rope_theta);
+    json_float(f, "rms_norm_eps", c->norm_eps);
     // Tied embeddings are the model's own business (the head reads embed_tokens): transformers'
     // tying machinery differs between versions, so it is kept out (tie_word_embeddings false).
     json_bool(f, "tie_embeddings", c->tie_embeddings);
@@ -145,7 +146,7 @@ static void write_config(const char *dir, const MoeConfig *c, int bf16, long ste
 static void write_generation_config(const char *dir, const MoeConfig *c) {
     FILE *f = create(dir, "generation_config.json");
     fputs("{\n  \"do_sample\": true,\n", f);
-    json_float(f, "temperature", c->temperature, ",");
+    json_float(f, "temperature", c->temperature);
     json_int(f, "top_k", c->top_k_sample);
     fputs("  \"use_cache\": false\n}\n", f);
     finish(f, dir, "generation_config.json");
@@ -204,12 +205,40 @@ static void write_modeling(const char *dir) {
 
 static char g_tmp[4096];  // the folder being written, removed at exit unless committed
 
+// Python's byte code of the modeling file (written next to it when it is imported from the folder):
+// __pycache__/modeling_moelab.*.pyc counts as part of an export.
+static int is_modeling_pyc(const char *name) {
+    const size_t n = strlen(name);
+    return strncmp(name, "modeling_moelab.", 16) == 0 && n > 20 && strcmp(name + n - 4, ".pyc") == 0;
+}
+
+// Calls fn(dir/name) for each entry of dir but . and ..; returns how many fn refused (fn != 0).
+static int each_entry(const char *dir, int (*fn)(const char *dir, const char *name)) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int refused = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) refused += fn(dir, e->d_name) != 0;
+    closedir(d);
+    return refused;
+}
+
+static int unlink_entry(const char *dir, const char *name) {
+    char path[8400];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return unlink(path);
+}
+
+// Removes a folder of export files (and the modeling file's __pycache__), nothing else.
 static void remove_export_folder(const char *dir) {
     char path[4200];
     for (int i = 0; i < N_EXPORT_FILES; i++) {
         snprintf(path, sizeof path, "%s/%s", dir, EXPORT_FILES[i]);
         unlink(path);
     }
+    snprintf(path, sizeof path, "%s/__pycache__", dir);
+    each_entry(path, unlink_entry);  // check_out_dir made sure it holds only modeling_moelab.*.pyc
+    rmdir(path);
     rmdir(dir);
 }
 
@@ -217,10 +246,18 @@ static void cleanup_tmp(void) {
     if (g_tmp[0]) remove_export_folder(g_tmp);
 }
 
-static int is_export_file(const char *name) {
+static int not_modeling_pyc(const char *dir, const char *name) {
+    (void)dir;
+    return !is_modeling_pyc(name);
+}
+
+static int is_export_file(const char *dir, const char *name) {
     for (int i = 0; i < N_EXPORT_FILES; i++)
         if (!strcmp(name, EXPORT_FILES[i])) return 1;
-    return 0;
+    if (strcmp(name, "__pycache__") != 0) return 0;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return each_entry(path, not_modeling_pyc) == 0;
 }
 
 // Refuses an out_dir that is not a directory, or not empty without --force, or holding anything
@@ -239,7 +276,7 @@ static int check_out_dir(const char *dir, int force) {
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         n++;
-        if (force && !is_export_file(e->d_name)) {
+        if (force && !is_export_file(dir, e->d_name)) {
             closedir(d);
             core_usage_error("export: --out %s holds '%s', which is not an export file; --force replaces "
                              "only a folder of export files (remove it, or choose another --out)", dir, e->d_name);
@@ -299,6 +336,15 @@ void hf_export(const HfExportOptions *o) {
     CkptShard sh = ckpt_shard_of(m);
     CkptState st;
     ckpt_load(o->ckpt, &sh, m, NULL, &st);
+    // A diverged model is not exported as if it were good (verify only warns about it).
+    for (int i = 0; i < m->reg.n; i++) {
+        const ParamInfo *p = &m->reg.p[i];
+        for (size_t k = 0; k < p->numel; k++)
+            if (!isfinite(m->reg.data[p->offset + k]))
+                core_usage_error("export: checkpoint %s: tensor %s holds a non-finite value (%g at element "
+                                 "%zu): a diverged run; nothing exported", o->ckpt, p->name,
+                                 m->reg.data[p->offset + k], k);
+    }
 
     // Written under <out>.tmp-XXXXXX next to it (same file system, so the rename is atomic).
     snprintf(g_tmp, sizeof g_tmp, "%s.tmp-XXXXXX", out);
