@@ -1,5 +1,6 @@
 // Dataset preparation (see prepare.h): find and read the documents (plain files, JSON Lines, gzip
-// through zlib), split each into train and validation parts, train the tokenizer on the train parts, encode both into token shards.
+// through zlib), split each into train and validation parts, train the tokenizer on the train parts,
+// encode both into token shards.
 #include "data/prepare.h"
 
 #include <dirent.h>
@@ -288,9 +289,6 @@ void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const c
         }
         progress_fn(&pr, "reading", (double)(i + 1) / files.n);
     }
-    if (stats->bad_lines > JSONL_REPORT)
-        core_warn("prepare: %llu JSON lines gave no document (the first %d are listed above)",
-                  (unsigned long long)stats->bad_lines, JSONL_REPORT);
     if (docs.n == 0) core_usage_error("the %d input file(s) hold no documents", files.n);
     if (docs.n > INT_MAX) core_usage_error("%zu documents: more than this build handles (%d)", docs.n, INT_MAX);
 
@@ -340,8 +338,9 @@ void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const c
 
     const double mb = 1e-6;
     if (stats->bad_lines > 0)
-        core_info0("prepare: %llu JSON line(s) gave no document and were skipped (see the warnings above)",
-                   (unsigned long long)stats->bad_lines);
+        core_info0("prepare: %llu JSON line(s) gave no document and were skipped (the first %d listed above)",
+                   (unsigned long long)stats->bad_lines,
+                   stats->bad_lines < JSONL_REPORT ? (int)stats->bad_lines : JSONL_REPORT);
     core_info0("prepare: %d documents, %.2f MB (train %.2f MB, val %.2f MB) in %.1f s", D,
                stats->bytes * mb, stats->train_bytes * mb, stats->val_bytes * mb, stats->seconds);
     if (vocab > 256)

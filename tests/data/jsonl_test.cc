@@ -146,12 +146,15 @@ TEST(PrepareJsonl, ReportsTheFirstFiveBadLinesAndCountsAll) {
     const char *inputs[] = {path.c_str()};
     PrepareStats st;
     testing::internal::CaptureStderr();
+    testing::internal::CaptureStdout();
     prepare_dataset(inputs, 1, 280, out.c_str(), 0.1, 1, nullptr, &st);
+    const std::string summary = testing::internal::GetCapturedStdout();
     const std::string err = testing::internal::GetCapturedStderr();
     EXPECT_EQ(st.bad_lines, 7u);
     EXPECT_NE(err.find("x.jsonl:9: no member \"text\""), std::string::npos) << err;
     EXPECT_EQ(err.find("x.jsonl:10:"), std::string::npos) << err;  // only the first five in detail
-    EXPECT_NE(err.find("7 JSON lines gave no document (the first 5 are listed above)"), std::string::npos) << err;
+    EXPECT_NE(summary.find("7 JSON line(s) gave no document and were skipped (the first 5 listed above)"),
+              std::string::npos) << summary;
     const PrepareJsonl field = {"txt", 0};
     testing::internal::CaptureStderr();
     prepare_dataset(inputs, 1, 256, out.c_str(), 0.1, 1, &field, &st);

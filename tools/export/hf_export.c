@@ -277,9 +277,11 @@ static int check_out_dir(const char *dir, int force) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         n++;
         if (force && !is_export_file(dir, e->d_name)) {
+            char name[256];  // e->d_name dies with closedir
+            snprintf(name, sizeof name, "%s", e->d_name);
             closedir(d);
             core_usage_error("export: --out %s holds '%s', which is not an export file; --force replaces "
-                             "only a folder of export files (remove it, or choose another --out)", dir, e->d_name);
+                             "only a folder of export files (remove it, or choose another --out)", dir, name);
         }
     }
     closedir(d);
