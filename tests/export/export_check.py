@@ -91,14 +91,17 @@ def check_weights(folder, ckpt, bf16):
         cfg = dict(line.split(" = ", 1) for line in f.attrs["config"].decode().splitlines())
     want = expected_tensors(model, cfg)
     if bf16:
-        from safetensors.numpy import load_file  # numpy has no bfloat16: compare the raw bits
-        if set(header) != set(want):
-            fail(f"tensor names differ: missing {sorted(set(want) - set(header))[:5]}, "
-                 f"extra {sorted(set(header) - set(want))[:5]}")
-        for name, info in header.items():
-            b, e = info["data_offsets"]
-            got = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<u2").reshape(info["shape"])
-            if info["dtype"] != "BF16" or not np.array_equal(got, bf16_round(want[name])):
+        import torch
+        from safetensors.torch import load_file  # numpy has no bfloat16: compare the bits
+        got = load_file(path)
+        if set(got) != set(want):
+            fail(f"tensor names differ: missing {sorted(set(want) - set(got))[:5]}, "
+                 f"extra {sorted(set(got) - set(want))[:5]}")
+        for name, value in want.items():
+            t = got[name]
+            if t.dtype != torch.bfloat16 or tuple(t.shape) != value.shape:
+                fail(f"{name}: {t.dtype} {tuple(t.shape)}, expected bfloat16 {value.shape}")
+            if not np.array_equal(t.view(torch.int16).numpy().view(np.uint16), bf16_round(value)):
                 fail(f"{name}: bf16 values differ from the checkpoint's rounded to nearest even")
     else:
         from safetensors.numpy import load_file
