@@ -1,15 +1,19 @@
-// Dataset preparation (see prepare.h): find and read the documents, split each into train and
-// validation parts, train the tokenizer on the train parts, encode both into token shards.
+// Dataset preparation (see prepare.h): find and read the documents (plain files, JSON Lines, gzip
+// through zlib), split each into train and validation parts, train the tokenizer on the train parts,
+// encode both into token shards.
 #include "data/prepare.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
+#include "data/jsonl.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "framework/core/check.h"
@@ -108,6 +112,60 @@ static uint8_t *read_file(const char *path, size_t *len) {
     return buf;
 }
 
+// Reads a gzip file whole through zlib. Anything but a complete gzip stream (another format, a
+// truncated or corrupt file) is a usage error naming the file: zlib alone would pass plain bytes
+// through as if uncompressed and stop quietly at a truncation.
+static uint8_t *read_gzip(const char *path, size_t *len) {
+    size_t n;
+    uint8_t *raw = read_file(path, &n);
+    if (n < 2 || raw[0] != 0x1f || raw[1] != 0x8b) core_usage_error("%s: not a gzip file (bad magic)", path);
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    CHECK(inflateInit2(&z, 15 + 32) == Z_OK, "zlib: inflateInit2 failed");  // 32: gzip header
+    size_t cap = n < 4096 ? 16384 : 4 * n, used = 0;
+    uint8_t *out = malloc(cap);
+    CHECK(out != NULL, "out of memory for %zu bytes of %s", cap, path);
+    z.next_in = raw;
+    z.avail_in = (uInt)(n < UINT_MAX ? n : UINT_MAX);
+    size_t fed = z.avail_in;
+    int rc = Z_OK;
+    for (;;) {
+        if (used == cap) {
+            cap *= 2;
+            uint8_t *grown = realloc(out, cap);
+            CHECK(grown != NULL, "out of memory for %zu bytes of %s", cap, path);
+            out = grown;
+        }
+        if (z.avail_in == 0 && fed < n) {
+            z.avail_in = (uInt)(n - fed < UINT_MAX ? n - fed : UINT_MAX);
+            fed += z.avail_in;
+        }
+        const size_t room = cap - used < UINT_MAX ? cap - used : UINT_MAX;
+        z.next_out = out + used;
+        z.avail_out = (uInt)room;
+        rc = inflate(&z, Z_NO_FLUSH);
+        used += room - z.avail_out;
+        if (rc == Z_STREAM_END) {
+            // Concatenated gzip members (as `cat a.gz b.gz` makes) are one file: go on with the next.
+            if (z.avail_in == 0 && fed == n) break;
+            CHECK(inflateReset(&z) == Z_OK, "zlib: inflateReset failed");
+            continue;
+        }
+        if (rc == Z_BUF_ERROR && z.avail_in == 0 && fed == n) rc = Z_DATA_ERROR;  // input ran out
+        if (rc != Z_OK) {
+            core_usage_error("%s: damaged gzip file: %s (at compressed byte %zu of %zu)", path,
+                             z.msg ? z.msg : "truncated", fed - z.avail_in, n);
+        }
+    }
+    inflateEnd(&z);
+    core_free(raw);
+    *len = used;
+    uint8_t *text = core_alloc(used ? used : 1);
+    memcpy(text, out, used);
+    free(out);
+    return text;
+}
+
 // mkdir -p
 static void make_dirs(const char *dir) {
     char *p = dup_str(dir);
@@ -153,8 +211,43 @@ static uint64_t write_shard(const Tokenizer *tok, const char *path, const uint8_
     return shard_writer_close(w);
 }
 
+// Documents: where each lies in the buffers read.
+typedef struct {
+    const uint8_t *p;
+    size_t len;
+} Doc;
+
+typedef struct {
+    Doc *d;
+    size_t n, cap;
+} Docs;
+
+static void docs_push(Docs *l, const uint8_t *p, size_t len) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        Doc *grown = realloc(l->d, sizeof(Doc) * l->cap);
+        CHECK(grown != NULL, "out of memory listing %zu documents", l->cap);
+        l->d = grown;
+    }
+    l->d[l->n++] = (Doc){p, len};
+}
+
+// The JSON lines of one file that gave no document: an error at the first under strict, else a
+// warning for each of the first JSONL_REPORT of the whole run, all counted in stats.
+static void report_bad_lines(const char *path, const char *field, const JsonlDocs *jd, int strict,
+                             PrepareStats *stats) {
+    if (jd->bad > 0 && strict)
+        core_usage_error("%s:%llu: %s (--strict: every line must be a JSON object with a string member \"%s\")",
+                         path, (unsigned long long)jd->first_bad[0].line, jd->first_bad[0].reason, field);
+    for (uint64_t k = 0; k < jd->bad && k < JSONL_REPORT; k++)
+        if (stats->bad_lines + k < JSONL_REPORT)
+            core_warn("prepare: %s:%llu: %s; line skipped", path, (unsigned long long)jd->first_bad[k].line,
+                      jd->first_bad[k].reason);
+    stats->bad_lines += jd->bad;
+}
+
 void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const char *out_dir,
-                     double val_fraction, uint64_t seed, PrepareStats *stats) {
+                     double val_fraction, uint64_t seed, const PrepareJsonl *jsonl, PrepareStats *stats) {
     const double t0 = core_now();
     if (vocab < 256 || vocab > TOK_VOCAB_MAX)
         core_usage_error("--vocab %d is outside [256, %d] (256 means raw bytes)", vocab, TOK_VOCAB_MAX);
@@ -173,34 +266,57 @@ void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const c
     }
     if (files.n == 0) core_usage_error("no input files found in the %d given path(s)", n_inputs);
 
+    // Every document, in input order: a plain file is one, a JSON Lines file one per good line.
+    const char *field = jsonl && jsonl->text_field ? jsonl->text_field : "text";
+    const int strict = jsonl && jsonl->strict;
+    Docs docs = {0};
+    uint8_t **bufs = core_alloc(sizeof(uint8_t *) * (size_t)files.n);  // what the documents point into
+    for (int i = 0; i < files.n; i++) {
+        const char *path = files.paths[i];
+        size_t n;
+        const int gz = ends_with(path, ".jsonl.gz");
+        bufs[i] = gz ? read_gzip(path, &n) : read_file(path, &n);
+        if (!gz && !ends_with(path, ".jsonl")) {
+            docs_push(&docs, bufs[i], n);
+        } else {
+            JsonlDocs jd;
+            jsonl_parse(bufs[i], n, field, strict, &jd);
+            report_bad_lines(path, field, &jd, strict, stats);
+            core_free(bufs[i]);
+            bufs[i] = jd.text;  // taken over: freed with the other buffers
+            for (size_t d = 0; d < jd.n; d++) docs_push(&docs, jd.text + jd.off[d], jd.off[d + 1] - jd.off[d]);
+            core_free(jd.off);
+        }
+        progress_fn(&pr, "reading", (double)(i + 1) / files.n);
+    }
+    if (docs.n == 0) core_usage_error("the %d input file(s) hold no documents", files.n);
+    if (docs.n > INT_MAX) core_usage_error("%zu documents: more than this build handles (%d)", docs.n, INT_MAX);
+
     // Documents in a seeded order, so that both shards mix all sources (a validation run over the
     // first few batches then sees every document, not the alphabetically first ones).
     RngStream r = rng_stream(seed, PREPARE_STREAM);
-    for (int i = files.n - 1; i > 0; i--) {
-        const int j = (int)(rng_next_u32(&r) % (uint32_t)(i + 1));
-        char *t = files.paths[i];
-        files.paths[i] = files.paths[j];
-        files.paths[j] = t;
+    for (size_t i = docs.n - 1; i > 0; i--) {
+        const size_t j = rng_next_u32(&r) % (uint32_t)(i + 1);
+        const Doc t = docs.d[i];
+        docs.d[i] = docs.d[j];
+        docs.d[j] = t;
     }
-    const int D = files.n;
-    uint8_t **text = core_alloc(sizeof(uint8_t *) * (size_t)D);
+    const int D = (int)docs.n;
     const uint8_t **train = core_alloc(sizeof(uint8_t *) * (size_t)D), **val = core_alloc(sizeof(uint8_t *) * (size_t)D);
     size_t *train_len = core_alloc(sizeof(size_t) * (size_t)D), *val_len = core_alloc(sizeof(size_t) * (size_t)D);
     for (int i = 0; i < D; i++) {
-        size_t n;
-        text[i] = read_file(files.paths[i], &n);
-        const size_t c = split_point(text[i], n, val_fraction);
-        train[i] = text[i];
+        const uint8_t *x = docs.d[i].p;
+        const size_t n = docs.d[i].len, c = split_point(x, n, val_fraction);
+        train[i] = x;
         train_len[i] = c;
-        val[i] = text[i] + c;
+        val[i] = x + c;
         val_len[i] = n - c;
         stats->bytes += n;
         stats->train_bytes += c;
         stats->val_bytes += n - c;
-        progress_fn(&pr, "reading", (double)(i + 1) / D);
     }
     stats->docs = D;
-    if (stats->train_bytes == 0) core_usage_error("the %d input file(s) hold no training text", D);
+    if (stats->train_bytes == 0) core_usage_error("the %d input file(s) hold no training text", files.n);
 
     make_dirs(out_dir);
     char *path = core_alloc(strlen(out_dir) + 32);
@@ -221,6 +337,10 @@ void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const c
     stats->seconds = core_now() - t0;
 
     const double mb = 1e-6;
+    if (stats->bad_lines > 0)
+        core_info0("prepare: %llu JSON line(s) gave no document and were skipped (the first %d listed above)",
+                   (unsigned long long)stats->bad_lines,
+                   stats->bad_lines < JSONL_REPORT ? (int)stats->bad_lines : JSONL_REPORT);
     core_info0("prepare: %d documents, %.2f MB (train %.2f MB, val %.2f MB) in %.1f s", D,
                stats->bytes * mb, stats->train_bytes * mb, stats->val_bytes * mb, stats->seconds);
     if (vocab > 256)
@@ -236,12 +356,13 @@ void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const c
 
     tok_free(tok);
     core_free(path);
-    for (int i = 0; i < D; i++) {
-        core_free(text[i]);
+    for (int i = 0; i < files.n; i++) {
+        core_free(bufs[i]);
         core_free(files.paths[i]);
     }
     free(files.paths);
-    core_free(text);
+    free(docs.d);
+    core_free(bufs);
     core_free(train);
     core_free(val);
     core_free(train_len);

@@ -1,5 +1,6 @@
 // Dataset preparation (`moelab data prepare`): text files in, DIR/tokenizer.bin, DIR/train.bin and
-// DIR/val.bin out. Each file is a document; the last val_fraction of every document (moved forward
+// DIR/val.bin out. Each plain-text file is a document, and so is each line of a JSON Lines file
+// (*.jsonl, or *.jsonl.gz compressed with gzip): the string member `text_field` of its object; the last val_fraction of every document (moved forward
 // to just after a newline where there is one) is held out for validation, and the tokenizer is
 // trained on the training parts only. Documents enter the shards in an order shuffled by the seed.
 #ifndef MOELAB_DATA_PREPARE_H
@@ -11,8 +12,17 @@
 extern "C" {
 #endif
 
+// JSON Lines input: which member of each line's object holds its document, and whether a line that
+// gives none (empty, not JSON, not an object, member missing or not a string) is an error (exit 2,
+// naming file and line) or is counted and reported (the first JSONL_REPORT with their line numbers).
 typedef struct {
-    int docs;                            // documents (files) read
+    const char *text_field;              // NULL means "text"
+    int strict;
+} PrepareJsonl;
+
+typedef struct {
+    int docs;                            // documents read (plain files and JSON lines)
+    uint64_t bad_lines;                  // JSON lines that gave no document (see PrepareJsonl)
     uint64_t bytes;                      // all of them
     uint64_t train_bytes, val_bytes;
     uint64_t train_tokens, val_tokens;
@@ -24,10 +34,11 @@ typedef struct {
 
 // inputs: files or directories (walked recursively in name order, skipping hidden entries, the
 // fortunes index files *.dat and *.u8, and symbolic links to directories). vocab = 256 gives raw
-// bytes (no merges). val_fraction in [0, 1). Prints a progress line on stderr (when it is a
-// terminal) and a summary on stdout. Bad input (missing path, no text, bad vocab) exits 2.
+// bytes (no merges). val_fraction in [0, 1). jsonl may be NULL (the defaults). Prints a progress
+// line on stderr (when it is a terminal) and a summary on stdout. Bad input (missing path, no text,
+// bad vocab, a damaged .gz file, a bad JSON line under strict) exits 2.
 void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const char *out_dir,
-                     double val_fraction, uint64_t seed, PrepareStats *stats);
+                     double val_fraction, uint64_t seed, const PrepareJsonl *jsonl, PrepareStats *stats);
 
 #ifdef __cplusplus
 }

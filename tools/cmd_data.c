@@ -20,10 +20,15 @@ static const char USAGE[] =
 
 static const char USAGE_PREPARE[] =
     "usage: moelab data prepare --input PATH... --vocab N --out DIR [--val-fraction F] [--seed S]\n"
+    "                           [--text-field NAME] [--strict]\n"
     "\n"
     "Reads every file named by --input (directories are walked recursively, skipping hidden\n"
     "entries and the fortunes index files *.dat and *.u8), trains a byte-level BPE tokenizer of N\n"
     "tokens on the training text, and writes DIR/tokenizer.bin, DIR/train.bin and DIR/val.bin.\n"
+    "A file is one document, except JSON Lines files (*.jsonl, and *.jsonl.gz compressed with\n"
+    "gzip): there each line is a JSON object whose string member NAME is one document. Lines that\n"
+    "give no document (empty, not JSON, not an object, no such member, not a string) are counted\n"
+    "and the first few reported with their line numbers; --strict makes the first one an error.\n"
     "\n"
     "options:\n"
     "  --input PATH...     one or more files or directories (the flag may also repeat)\n"
@@ -31,7 +36,9 @@ static const char USAGE_PREPARE[] =
     "  --out DIR           output directory (created if missing)\n"
     "  --val-fraction F    last fraction of each file held out for validation, in [0, 1)\n"
     "                      (default 0.05)\n"
-    "  --seed S            seed of the order of the files in the shards (default 1337)\n"
+    "  --seed S            seed of the order of the documents in the shards (default 1337)\n"
+    "  --text-field NAME   member of each JSON Lines object that holds the text (default text)\n"
+    "  --strict            a JSON line without a document is an error (exit 2), not a warning\n"
     "\n"
     "Formats and loader semantics: docs/data.md.\n";
 
@@ -51,7 +58,8 @@ static int is_help(const char *a) { return !strcmp(a, "--help") || !strcmp(a, "-
 static int cmd_prepare(int argc, char **argv) {
     const char **inputs = calloc((size_t)argc, sizeof *inputs);  // at most argc - 1 paths
     int n_inputs = 0, rc = 0;
-    const char *out = NULL, *vocab = NULL, *frac = NULL, *seed = NULL;
+    const char *out = NULL, *vocab = NULL, *frac = NULL, *seed = NULL, *field = NULL;
+    int strict = 0;
     for (int i = 1; i < argc && rc == 0; i++) {
         const char *a = argv[i];
         if (is_help(a)) {
@@ -60,6 +68,10 @@ static int cmd_prepare(int argc, char **argv) {
             return 0;
         }
         // "--flag value" and "--flag=value"; --input takes every following argument up to a flag.
+        if (!strcmp(a, "--strict")) {
+            strict = 1;
+            continue;
+        }
         const char *eq = strchr(a, '=');
         const size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
         if (nlen == 7 && !strncmp(a, "--input", 7)) {
@@ -73,6 +85,7 @@ static int cmd_prepare(int argc, char **argv) {
                             : nlen == 5 && !strncmp(a, "--out", 5)           ? &out
                             : nlen == 14 && !strncmp(a, "--val-fraction", 14) ? &frac
                             : nlen == 6 && !strncmp(a, "--seed", 6)          ? &seed
+                            : nlen == 12 && !strncmp(a, "--text-field", 12)  ? &field
                                                                              : NULL;
         if (!slot) {
             rc = fail("data prepare: unknown option '%s' (see moelab data prepare --help)", a);
@@ -97,9 +110,11 @@ static int cmd_prepare(int argc, char **argv) {
     // Some text must be left to train on.
     if (rc == 0 && f >= 1.0) rc = fail("data prepare: --val-fraction %s is too large: must be below 1", frac);
     if (rc == 0 && seed && num_parse_u64("--seed", seed, UINT64_MAX, &S, err)) rc = fail("data prepare: %s", err);
+    if (rc == 0 && field && !*field) rc = fail("data prepare: --text-field must not be empty");
     if (rc == 0) {
         PrepareStats st;
-        prepare_dataset(inputs, n_inputs, (int)V, out, f, S, &st);
+        const PrepareJsonl jsonl = {field, strict};
+        prepare_dataset(inputs, n_inputs, (int)V, out, f, S, &jsonl, &st);
     }
     free(inputs);
     return rc;

@@ -11,5 +11,6 @@ int cmd_eplb(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
 int cmd_schedule(int argc, char **argv);
 int cmd_ckpt(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 #endif

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Builds the GPU test binaries (kernels, whole model, NCCL and EP under mpirun), the kernel and EP
-# benchmarks, the reference comparison's dump_model and moelab with --config=cuda on this machine (nvcc needed, no GPU) and copies them
+# benchmarks, the reference comparison's dump_model, the export check's export_probe and moelab with --config=cuda on this machine (nvcc needed, no GPU) and copies them
 # into .dist/ (git-ignored), ready to carry to the GPU machine, which has no Bazel; tools/gpu_run.sh
 # runs them there. Where the fortunes corpus is installed it also prepares the quickstart data
 # (.dist/data/quickstart, 2 MB) for gpu_run.sh's training stages. The GPU machine has CUDA,
@@ -21,13 +21,14 @@ while [ $# -gt 0 ]; do
 done
 
 "${bazel[@]}" build --config=cuda //tests/gpu:gpu_test //tests/gpu:model_gpu_test //tests/gpu:kernel_bench \
-    //tests/gpu:nccl_test //tests/gpu:ep_bench //tests/reference:dump_model //tools:moelab
+    //tests/gpu:nccl_test //tests/gpu:ep_bench //tests/reference:dump_model //tests/export:export_probe //tools:moelab
 bin=$("${bazel[@]}" info --config=cuda bazel-bin)
 
 rm -rf .dist
 mkdir -p .dist/bin .dist/lib
 cp "$bin/tests/gpu/gpu_test" "$bin/tests/gpu/model_gpu_test" "$bin/tests/gpu/kernel_bench" \
-    "$bin/tests/gpu/nccl_test" "$bin/tests/gpu/ep_bench" "$bin/tests/reference/dump_model" "$bin/tools/moelab" \
+    "$bin/tests/gpu/nccl_test" "$bin/tests/gpu/ep_bench" "$bin/tests/reference/dump_model" \
+    "$bin/tests/export/export_probe" "$bin/tools/moelab" \
     .dist/bin/
 chmod u+w .dist/bin/*
 corpus=/usr/share/games/fortunes

@@ -39,6 +39,12 @@
 #              per-rank expert GEMM time per 5-step window, as a table (eplb_bench.txt); steps 31-35
 #              are the steady state (the window of a rebalance includes its moves, the last one the
 #              validation pass)
+#   export     `moelab export` of a quickstart checkpoint (EXPORT_CKPT, or one trained here on the GPU for
+#              EXPORT_STEPS steps, default 300) into a Hugging Face folder, then tools/export/hf_check.py
+#              (python3 with torch and transformers): AutoModelForCausalLM (trust_remote_code) and
+#              AutoTokenizer load it, the tokenizer's ids equal moelab's on validation text, the
+#              validation loss of 4 x 8 windows equals moelab's (CPU, export_probe) within 1e-4, and
+#              generate writes text (greedy twice the same)
 # Logs go to $OUT (the device tool's result folder), or to ./out when OUT is unset.
 #   usage: [STAGES="tests train ..."] bash tools/gpu_run.sh [gtest filter]
 set -uo pipefail
@@ -49,7 +55,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 log=${OUT:-out}
 mkdir -p "$log"
 filter=${1:-*}
-stages=" ${STAGES:-tests sanitizer kernels train bench reference torch nccl ep_bench eplb eplb_bench} "
+stages=" ${STAGES:-tests sanitizer kernels train bench reference torch nccl ep_bench eplb eplb_bench export} "
 np=${NP:-2}  # GPUs of the nccl, ep_bench, eplb and eplb_bench stages
 pp_np=${PP_NP:-4}  # GPUs (= pipeline ranks) of the pp and pp_bench stages
 want() { [[ "$stages" == *" $1 "* ]]; }
@@ -419,6 +425,37 @@ PY
         [ "${PIPESTATUS[0]}" = 0 ] || fail "eplb_bench table"
     else
         echo "gpu_run: no .dist/data/quickstart: eplb_bench stage skipped"
+    fi
+fi
+
+if want export; then
+    if [ ! -d .dist/data/quickstart ]; then
+        echo "gpu_run: no .dist/data/quickstart: export stage skipped"
+    elif ! python3 -c "import torch, transformers, numpy" > "$log/export_imports.txt" 2>&1; then
+        fail "export: python3 cannot import torch, transformers and numpy ($(tail -n 1 "$log/export_imports.txt"))"
+    else
+        ckpt=${EXPORT_CKPT:-}
+        if [ -z "$ckpt" ]; then
+            echo "== moelab train --device cuda (quickstart, ${EXPORT_STEPS:-300} steps) for the export"
+            rm -rf "$log/export_ckpt"
+            .dist/bin/moelab train --config configs/quickstart.cfg --data .dist/data/quickstart \
+                --steps "${EXPORT_STEPS:-300}" --sample-tokens 0 --device cuda --out "$log/export_ckpt" \
+                > "$log/export_train.log" 2>&1 || fail "export: moelab train"
+            grep -E "validation" "$log/export_train.log"
+            ckpt=$(ls "$log"/export_ckpt/step_*.h5 2> /dev/null | sort -V | tail -n 1)
+        fi
+        if [ -n "$ckpt" ]; then
+            echo "== moelab export $ckpt, then transformers (tools/export/hf_check.py)"
+            rm -rf "$log/hf_quickstart"
+            .dist/bin/moelab export --ckpt "$ckpt" --out "$log/hf_quickstart" --data .dist/data/quickstart ||
+                fail "moelab export"
+            # Local files only (no network here); transformers' module cache stays in the log folder.
+            HF_HUB_OFFLINE=1 HF_HOME="$log/hf_home" timeout "${EXPORT_TIMEOUT:-600}" python3 tools/export/hf_check.py \
+                "$log/hf_quickstart" "$ckpt" .dist/data/quickstart .dist/bin/export_probe 2>&1 | tee "$log/export.log"
+            [ "${PIPESTATUS[0]}" = 0 ] || fail "export: hf_check.py (see export.log)"
+        else
+            fail "export: no checkpoint"
+        fi
     fi
 fi
 

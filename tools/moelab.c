@@ -19,6 +19,7 @@ static const Command COMMANDS[] = {
     {"schedule", cmd_schedule, "print or draw a pipeline schedule"},
     {"bench", cmd_bench, "measure training throughput"},
     {"ckpt", cmd_ckpt, "inspect or verify a checkpoint"},
+    {"export", cmd_export, "write a checkpoint as a Hugging Face model folder"},
 };
 #define NCOMMANDS ((int)(sizeof COMMANDS / sizeof COMMANDS[0]))
 

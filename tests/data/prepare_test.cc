@@ -62,7 +62,7 @@ TEST(Prepare, EndToEnd) {
     std::string in = make_corpus(), out = temp_dir() + "/out/nested";
     const char *inputs[] = {in.c_str()};
     PrepareStats st;
-    prepare_dataset(inputs, 1, 300, out.c_str(), 0.3, 5, &st);
+    prepare_dataset(inputs, 1, 300, out.c_str(), 0.3, 5, nullptr, &st);
     EXPECT_EQ(st.docs, 3);
     EXPECT_EQ(st.bytes, kDocA.size() + kDocB.size() + kDocC.size());
     EXPECT_EQ(st.vocab, 300);
@@ -92,11 +92,11 @@ TEST(Prepare, EndToEnd) {
 
     // Same seed, same files; another seed, another document order.
     std::string out2 = temp_dir(), out3 = temp_dir();
-    prepare_dataset(inputs, 1, 300, out2.c_str(), 0.3, 5, &st);
+    prepare_dataset(inputs, 1, 300, out2.c_str(), 0.3, 5, nullptr, &st);
     EXPECT_EQ(read_file(out + "/train.bin"), read_file(out2 + "/train.bin"));
     EXPECT_EQ(read_file(out + "/val.bin"), read_file(out2 + "/val.bin"));
     EXPECT_EQ(read_file(out + "/tokenizer.bin"), read_file(out2 + "/tokenizer.bin"));
-    prepare_dataset(inputs, 1, 300, out3.c_str(), 0.3, 6, &st);
+    prepare_dataset(inputs, 1, 300, out3.c_str(), 0.3, 6, nullptr, &st);
     t = tok_load((out3 + "/tokenizer.bin").c_str());
     std::string train3 = decode_shard(t, out3 + "/train.bin");
     tok_free(t);
@@ -109,7 +109,7 @@ TEST(Prepare, RawBytesAndExplicitFiles) {
     std::string a = in + "/a.txt", c = in + "/sub/c";
     const char *inputs[] = {a.c_str(), c.c_str()};
     PrepareStats st;
-    prepare_dataset(inputs, 2, 256, out.c_str(), 0.0, 1, &st);
+    prepare_dataset(inputs, 2, 256, out.c_str(), 0.0, 1, nullptr, &st);
     EXPECT_EQ(st.docs, 2);
     EXPECT_EQ(st.train_tokens, kDocA.size() + kDocC.size());
     EXPECT_EQ(st.val_tokens, 0u);
@@ -126,18 +126,18 @@ TEST(Prepare, BadInputIsUsageError) {
     std::string out = temp_dir(), empty = temp_dir();
     const char *missing[] = {"/nonexistent/moelab/corpus"};
     PrepareStats st;
-    EXPECT_EXIT(prepare_dataset(missing, 1, 300, out.c_str(), 0.1, 1, &st), ::testing::ExitedWithCode(2),
+    EXPECT_EXIT(prepare_dataset(missing, 1, 300, out.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
                 "cannot read input /nonexistent/moelab/corpus: No such file");
     const char *none[] = {empty.c_str()};
-    EXPECT_EXIT(prepare_dataset(none, 1, 300, out.c_str(), 0.1, 1, &st), ::testing::ExitedWithCode(2),
+    EXPECT_EXIT(prepare_dataset(none, 1, 300, out.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
                 "no input files found");
     write_file(empty + "/zero", "");
-    EXPECT_EXIT(prepare_dataset(none, 1, 300, out.c_str(), 0.1, 1, &st), ::testing::ExitedWithCode(2),
+    EXPECT_EXIT(prepare_dataset(none, 1, 300, out.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
                 "hold no training text");
     std::string in = make_corpus();
     const char *ok[] = {in.c_str()};
     std::string blocked = in + "/a.txt/out";  // a file where a directory must go
-    EXPECT_EXIT(prepare_dataset(ok, 1, 300, blocked.c_str(), 0.1, 1, &st), ::testing::ExitedWithCode(2),
+    EXPECT_EXIT(prepare_dataset(ok, 1, 300, blocked.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
                 "cannot create output directory .*a.txt/out");
 }
 

@@ -1,0 +1,47 @@
+// A small JSON reader (RFC 8259: the whole grammar, into a tree of values) and the string escaper of
+// the JSON we write. Used where moelab reads or writes JSON text that is not its own format (JSON
+// Lines corpora, the Hugging Face export); fuzzed by tests/core/fuzz_json.c.
+#ifndef MOELAB_CORE_JSON_H
+#define MOELAB_CORE_JSON_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Nesting deeper than this is refused (so that a hostile line cannot exhaust the stack).
+#define JSON_MAX_DEPTH 256
+// Size of the caller's buffer for json_parse's error message.
+#define JSON_ERR_LEN 256
+
+typedef enum { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT } JsonType;
+
+typedef struct JsonValue JsonValue;
+struct JsonValue {
+    JsonType type;
+    int boolean;        // JSON_BOOL
+    double number;      // JSON_NUMBER
+    char *str;          // JSON_STRING: the decoded bytes (UTF-8), NUL-terminated; may hold NULs
+    size_t len;         // JSON_STRING: bytes in str; JSON_ARRAY, JSON_OBJECT: number of items
+    JsonValue *items;   // JSON_ARRAY, JSON_OBJECT: (len) the elements or the members' values
+    JsonValue *keys;    // JSON_OBJECT: (len) the members' names, as JSON_STRING values
+};
+
+// Parses the n bytes at s as exactly one JSON value (surrounded by optional whitespace). Returns
+// NULL on malformed text with a message in err (JSON_ERR_LEN bytes) naming the byte offset and what
+// was expected. String escapes are decoded to UTF-8; an unpaired \uD800-\uDFFF escape becomes
+// U+FFFD; other bytes of a string are kept as they are (not checked to be UTF-8).
+JsonValue *json_parse(const char *s, size_t n, char *err);
+void json_free(JsonValue *v);
+// The value of the first member named key of an object, or NULL (also when v is not an object).
+const JsonValue *json_get(const JsonValue *v, const char *key);
+
+// Writes the n bytes at s as a JSON string literal (quotes, escapes for '"', '\\' and control bytes).
+void json_write_string(FILE *f, const char *s, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

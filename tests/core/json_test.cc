@@ -1,0 +1,112 @@
+// framework/core/json: the reader on the whole grammar, its error messages and limits, and the string
+// escaper (what it writes reads back the same).
+#include <gtest/gtest.h>
+
+#include <string>
+
+extern "C" {
+#include "framework/core/json.h"
+}
+
+namespace {
+
+JsonValue *parse(const std::string &s, std::string *err = nullptr) {
+    char e[JSON_ERR_LEN] = "";
+    JsonValue *v = json_parse(s.data(), s.size(), e);
+    if (err) *err = e;
+    return v;
+}
+
+std::string error_of(const std::string &s) {
+    std::string err;
+    JsonValue *v = parse(s, &err);
+    EXPECT_EQ(v, nullptr) << s;
+    json_free(v);
+    return err;
+}
+
+TEST(Json, ParsesEveryKindOfValue) {
+    JsonValue *v = parse(" {\"a\": [1, -2.5e3, 0.125, true, false, null], \"b\": {\"c\": \"d\"}, \"a\": 7}\r\n");
+    ASSERT_NE(v, nullptr);
+    ASSERT_EQ(v->type, JSON_OBJECT);
+    ASSERT_EQ(v->len, 3u);
+    const JsonValue *a = json_get(v, "a");  // the first of two members with one name
+    ASSERT_EQ(a->type, JSON_ARRAY);
+    ASSERT_EQ(a->len, 6u);
+    EXPECT_EQ(a->items[0].number, 1.0);
+    EXPECT_EQ(a->items[1].number, -2500.0);
+    EXPECT_EQ(a->items[2].number, 0.125);
+    EXPECT_EQ(a->items[3].type, JSON_BOOL);
+    EXPECT_EQ(a->items[3].boolean, 1);
+    EXPECT_EQ(a->items[4].boolean, 0);
+    EXPECT_EQ(a->items[5].type, JSON_NULL);
+    EXPECT_STREQ(json_get(json_get(v, "b"), "c")->str, "d");
+    EXPECT_EQ(json_get(v, "zz"), nullptr);
+    EXPECT_EQ(json_get(a, "a"), nullptr);  // not an object
+    json_free(v);
+    for (const char *scalar : {"0", "-0.5E-2", "\"\"", "[]", "{}", "[[[]]]"}) {
+        JsonValue *s = parse(scalar);
+        EXPECT_NE(s, nullptr) << scalar;
+        json_free(s);
+    }
+}
+
+TEST(Json, DecodesEscapesToUtf8) {
+    JsonValue *v = parse("\"a\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\u4e2d\\ud83d\\ude00\\u0000z\"");
+    ASSERT_NE(v, nullptr);
+    const std::string want = "a\"\\/\b\f\n\r\t\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80" + std::string(1, '\0') + "z";
+    EXPECT_EQ(std::string(v->str, v->len), want);
+    json_free(v);
+    // Unpaired surrogates become U+FFFD; raw bytes >= 0x80 pass through unchanged.
+    v = parse("\"\\ud800x\\udc00\\ud800\\u0041\xff\"");
+    ASSERT_NE(v, nullptr);
+    EXPECT_EQ(std::string(v->str, v->len), "\xef\xbf\xbdx\xef\xbf\xbd\xef\xbf\xbd" "A\xff");
+    json_free(v);
+}
+
+TEST(Json, RejectsMalformedTextSayingWhere) {
+    EXPECT_EQ(error_of(""), "at byte 0: expected a JSON value, found the end of the text");
+    EXPECT_EQ(error_of("{\"a\" 1}"), "at byte 5: expected ':' after a member name");
+    EXPECT_EQ(error_of("[1 2]"), "at byte 3: expected ',' or ']'");
+    EXPECT_EQ(error_of("{\"a\": 1,}"), "at byte 8: expected a member name in quotes");
+    EXPECT_EQ(error_of("{} x"), "at byte 3: unexpected text after the JSON value");
+    EXPECT_EQ(error_of("\"abc"), "at byte 0: unterminated string");
+    EXPECT_EQ(error_of("oops"), "at byte 0: expected a JSON value");
+    EXPECT_EQ(error_of("\"a\nb\""), "at byte 2: control byte 0x0a inside a string");
+    EXPECT_EQ(error_of("\"\\x\""), "at byte 1: bad escape in a string");
+    EXPECT_EQ(error_of("\"\\u12g4\""), "at byte 3: bad hex digit in \\u escape");
+    EXPECT_EQ(error_of("01"), "at byte 1: unexpected text after the JSON value");
+    EXPECT_EQ(error_of("1."), "at byte 2: expected a digit after '.'");
+    EXPECT_EQ(error_of("-"), "at byte 1: expected a digit");
+    EXPECT_EQ(error_of("1e+"), "at byte 3: expected a digit in the exponent");
+    EXPECT_EQ(error_of("tru"), "at byte 0: expected a JSON value");
+    EXPECT_EQ(error_of("[1, {\"a\": [nul]}]"), "at byte 11: expected a JSON value");
+}
+
+TEST(Json, RefusesNestingPastTheLimit) {
+    const std::string ok = std::string(JSON_MAX_DEPTH, '[') + std::string(JSON_MAX_DEPTH, ']');
+    JsonValue *v = parse(ok);
+    EXPECT_NE(v, nullptr);
+    json_free(v);
+    const std::string deep = std::string(JSON_MAX_DEPTH + 1, '[') + std::string(JSON_MAX_DEPTH + 1, ']');
+    EXPECT_NE(error_of(deep).find("nested deeper than 256 levels"), std::string::npos);
+    EXPECT_NE(error_of(std::string(100000, '[')).find("nested deeper"), std::string::npos);
+}
+
+TEST(Json, WrittenStringsReadBack) {
+    std::string all;
+    for (int c = 0; c < 256; c++) all.push_back((char)c);
+    char *buf = nullptr;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    json_write_string(f, all.data(), all.size());
+    fclose(f);
+    JsonValue *v = parse(std::string(buf, n));
+    ASSERT_NE(v, nullptr) << buf;
+    EXPECT_EQ(std::string(v->str, v->len), all);
+    EXPECT_EQ(std::string(buf, 7), "\"\\u0000");  // control bytes as \u escapes
+    json_free(v);
+    free(buf);
+}
+
+}  // namespace

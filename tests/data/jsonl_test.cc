@@ -1,0 +1,221 @@
+// JSON Lines corpora: data/jsonl (documents and counted bad lines) and `moelab data prepare` on .jsonl
+// and .jsonl.gz files: what becomes a document, the split and determinism rules, the reports of bad
+// lines, --strict, --text-field, and damaged gzip files.
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <string>
+#include <vector>
+
+#include "tests/data/test_util.h"
+
+extern "C" {
+#include "data/jsonl.h"
+#include "data/prepare.h"
+#include "data/shard.h"
+#include "data/tokenizer.h"
+#include "tools/commands.h"
+}
+
+using data_test::read_file;
+using data_test::temp_dir;
+using data_test::write_file;
+
+namespace {
+
+std::vector<std::string> docs_of(const JsonlDocs &d) {
+    std::vector<std::string> out;
+    for (size_t i = 0; i < d.n; i++) out.emplace_back((const char *)d.text + d.off[i], d.off[i + 1] - d.off[i]);
+    return out;
+}
+
+TEST(Jsonl, DocumentsAndBadLines) {
+    const std::string text =
+        "{\"text\": \"first\\ndoc\", \"id\": 1}\n"
+        "\n"                                   // 2: empty
+        "{\"text\": \"caf\\u00e9\"}\r\n"       // CRLF is fine
+        "{\"text\": 3}\n"                      // 4: not a string
+        "[\"text\"]\n"                         // 5: not an object
+        "{\"body\": \"x\"}\n"                  // 6: no member
+        "{\"text\": \"unterminated}\n"         // 7: not JSON
+        "  \t \n"                              // 8: blank
+        "{\"text\": \"\"}\n"                   // an empty document is a document
+        "{\"text\": \"last, no newline\"}";
+    JsonlDocs d;
+    jsonl_parse((const uint8_t *)text.data(), text.size(), "text", 0, &d);
+    EXPECT_EQ(d.lines, 10u);
+    EXPECT_EQ(d.bad, 6u);
+    EXPECT_EQ(docs_of(d), (std::vector<std::string>{"first\ndoc", "caf\xc3\xa9", "", "last, no newline"}));
+    const uint64_t lines[] = {2, 4, 5, 6, 7};
+    const char *reasons[] = {"empty line", "member \"text\" is a number, not a string",
+                             "not a JSON object but an array", "no member \"text\"",
+                             "not JSON: at byte 9: unterminated string"};
+    for (int k = 0; k < JSONL_REPORT; k++) {
+        EXPECT_EQ(d.first_bad[k].line, lines[k]);
+        EXPECT_STREQ(d.first_bad[k].reason, reasons[k]);
+    }
+    jsonl_free(&d);
+
+    jsonl_parse((const uint8_t *)text.data(), text.size(), "body", 0, &d);  // another field
+    EXPECT_EQ(docs_of(d), std::vector<std::string>{"x"});
+    jsonl_free(&d);
+    jsonl_parse((const uint8_t *)text.data(), text.size(), "text", 1, &d);  // strict: stops at line 2
+    EXPECT_EQ(d.bad, 1u);
+    EXPECT_EQ(d.lines, 2u);
+    jsonl_free(&d);
+    jsonl_parse((const uint8_t *)"", 0, "text", 0, &d);
+    EXPECT_EQ(d.lines, 0u);
+    EXPECT_EQ(d.n, 0u);
+    jsonl_free(&d);
+}
+
+void write_gzip(const std::string &path, const std::string &bytes) {
+    gzFile g = gzopen(path.c_str(), "wb");
+    ASSERT_NE(g, nullptr);
+    ASSERT_EQ(gzwrite(g, bytes.data(), (unsigned)bytes.size()), (int)bytes.size());
+    ASSERT_EQ(gzclose(g), Z_OK);
+}
+
+std::string decode_shard(const Tokenizer *t, const std::string &path) {
+    Shard s;
+    shard_open(path.c_str(), &s);
+    std::vector<uint32_t> ids(s.n);
+    for (uint64_t i = 0; i < s.n; i++) ids[i] = shard_token(&s, i);
+    shard_close(&s);
+    std::string out(tok_decode(t, ids.data(), ids.size(), NULL, 0), '\0');
+    tok_decode(t, ids.data(), ids.size(), (uint8_t *)&out[0], out.size());
+    return out;
+}
+
+const std::vector<std::string> kDocs = {
+    "the first json document.\nwith a second line here.\n", "another one, without a newline at all",
+    "third: the words repeat, the the the.\nand end.\n", "fourth \xe2\x80\x94 with a dash.\nok\n"};
+
+std::string jsonl_of(const std::vector<std::string> &docs, size_t from, size_t to) {
+    std::string s;
+    for (size_t i = from; i < to; i++) {
+        std::string esc;
+        for (char c : docs[i]) esc += c == '\n' ? std::string("\\n") : std::string(1, c);
+        s += "{\"meta\": {\"n\": " + std::to_string(i) + "}, \"text\": \"" + esc + "\"}\n";
+    }
+    return s;
+}
+
+TEST(PrepareJsonl, EveryLineIsADocument) {
+    const std::string in = temp_dir(), out = temp_dir(), out2 = temp_dir();
+    write_file(in + "/a.jsonl", jsonl_of(kDocs, 0, 2) + "oops\n");
+    write_gzip(in + "/b.jsonl.gz", jsonl_of(kDocs, 2, 4));
+    write_file(in + "/c.txt", "a plain text file is still one document.\nsecond line.\n");
+    const char *inputs[] = {in.c_str()};
+    PrepareStats st;
+    testing::internal::CaptureStderr();
+    prepare_dataset(inputs, 1, 300, out.c_str(), 0.3, 5, nullptr, &st);
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_NE(err.find("a.jsonl:3: not JSON: at byte 0: expected a JSON value; line skipped"), std::string::npos) << err;
+    EXPECT_EQ(st.docs, 5);
+    EXPECT_EQ(st.bad_lines, 1u);
+    size_t bytes = 0;
+    for (const std::string &d : kDocs) bytes += d.size();
+    EXPECT_EQ(st.bytes, bytes + 54);  // the documents' own bytes, not the JSON around them
+    Tokenizer *t = tok_load((out + "/tokenizer.bin").c_str());
+    const std::string train = decode_shard(t, out + "/train.bin"), val = decode_shard(t, out + "/val.bin");
+    tok_free(t);
+    // Each document split as a file would be: its head in train, its tail in val.
+    for (const std::string &d : kDocs) {
+        size_t c = (size_t)(d.size() * 0.7);
+        const size_t nl = d.find('\n', c);
+        c = nl == std::string::npos ? c : nl + 1;
+        EXPECT_NE(train.find(d.substr(0, c)), std::string::npos) << d;
+        EXPECT_NE(val.find(d.substr(c)), std::string::npos) << d;
+    }
+    EXPECT_EQ(train.find("{\"meta\""), std::string::npos);
+    // Deterministic: the same inputs and seed give the same files.
+    testing::internal::CaptureStderr();
+    prepare_dataset(inputs, 1, 300, out2.c_str(), 0.3, 5, nullptr, &st);
+    testing::internal::GetCapturedStderr();
+    EXPECT_EQ(read_file(out + "/train.bin"), read_file(out2 + "/train.bin"));
+    EXPECT_EQ(read_file(out + "/val.bin"), read_file(out2 + "/val.bin"));
+}
+
+TEST(PrepareJsonl, ReportsTheFirstFiveBadLinesAndCountsAll) {
+    const std::string in = temp_dir(), out = temp_dir();
+    std::string text = jsonl_of(kDocs, 0, 4);
+    for (int i = 0; i < 7; i++) text += "{\"txt\": \"wrong field\"}\n";
+    write_file(in + "/x.jsonl", text);
+    const std::string path = in + "/x.jsonl";
+    const char *inputs[] = {path.c_str()};
+    PrepareStats st;
+    testing::internal::CaptureStderr();
+    testing::internal::CaptureStdout();
+    prepare_dataset(inputs, 1, 280, out.c_str(), 0.1, 1, nullptr, &st);
+    const std::string summary = testing::internal::GetCapturedStdout();
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(st.bad_lines, 7u);
+    EXPECT_NE(err.find("x.jsonl:9: no member \"text\""), std::string::npos) << err;
+    EXPECT_EQ(err.find("x.jsonl:10:"), std::string::npos) << err;  // only the first five in detail
+    EXPECT_NE(summary.find("7 JSON line(s) gave no document and were skipped (the first 5 listed above)"),
+              std::string::npos) << summary;
+    const PrepareJsonl field = {"txt", 0};
+    testing::internal::CaptureStderr();
+    prepare_dataset(inputs, 1, 256, out.c_str(), 0.1, 1, &field, &st);
+    testing::internal::GetCapturedStderr();
+    EXPECT_EQ(st.docs, 7);
+    EXPECT_EQ(st.bad_lines, 4u);
+}
+
+TEST(PrepareJsonl, BadInputIsUsageError) {
+    const std::string in = temp_dir(), out = temp_dir();
+    PrepareStats st;
+    write_file(in + "/s.jsonl", jsonl_of(kDocs, 0, 2) + "{\"text\": null}\n");
+    const std::string s = in + "/s.jsonl";
+    const char *strict_in[] = {s.c_str()};
+    const PrepareJsonl strict = {nullptr, 1};
+    EXPECT_EXIT(prepare_dataset(strict_in, 1, 300, out.c_str(), 0.1, 1, &strict, &st), ::testing::ExitedWithCode(2),
+                "s.jsonl:3: member \"text\" is null, not a string \\(--strict");
+    std::string gz = in + "/d.jsonl.gz";
+    write_gzip(gz, jsonl_of(kDocs, 0, 4));
+    const std::string whole = read_file(gz);
+    const char *gz_in[] = {gz.c_str()};
+    write_file(gz, whole.substr(0, whole.size() - 12));  // truncated
+    EXPECT_EXIT(prepare_dataset(gz_in, 1, 300, out.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
+                "d.jsonl.gz: damaged gzip file: truncated");
+    std::string flipped = whole;
+    flipped[whole.size() - 5] ^= 0x55;  // the CRC-32 in the trailer no longer matches
+    write_file(gz, flipped);
+    EXPECT_EXIT(prepare_dataset(gz_in, 1, 300, out.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
+                "d.jsonl.gz: damaged gzip file: incorrect data check");
+    write_file(gz, jsonl_of(kDocs, 0, 1));  // not compressed at all
+    EXPECT_EXIT(prepare_dataset(gz_in, 1, 300, out.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
+                "d.jsonl.gz: not a gzip file");
+    write_file(s, "{\"a\": 1}\n\n");
+    EXPECT_EXIT(prepare_dataset(strict_in, 1, 300, out.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
+                "hold no documents");
+}
+
+int run(std::vector<std::string> args) {
+    std::vector<char *> argv;
+    for (std::string &a : args) argv.push_back(&a[0]);
+    return cmd_data((int)argv.size(), argv.data());
+}
+
+TEST(PrepareJsonl, CommandLineFlags) {
+    const std::string in = temp_dir(), out = temp_dir();
+    write_file(in + "/a.jsonl", "{\"body\": \"one document of text.\\nline two.\"}\n{\"text\": \"x\"}\n");
+    const std::string a = in + "/a.jsonl";
+    EXPECT_EQ(run({"data", "prepare", "--input", a, "--vocab", "260", "--out", out, "--text-field", ""}), 2);
+    EXPECT_EXIT(run({"data", "prepare", "--input", a, "--vocab", "260", "--out", out, "--text-field=body", "--strict"}),
+                ::testing::ExitedWithCode(2), "a.jsonl:2: no member \"body\"");
+    testing::internal::CaptureStderr();
+    EXPECT_EQ(run({"data", "prepare", "--input", a, "--vocab", "260", "--out", out, "--text-field", "body"}), 0);
+    testing::internal::GetCapturedStderr();
+    Tokenizer *t = tok_load((out + "/tokenizer.bin").c_str());
+    EXPECT_EQ(decode_shard(t, out + "/train.bin") + decode_shard(t, out + "/val.bin"), "one document of text.\nline two.");
+    tok_free(t);
+    testing::internal::CaptureStdout();
+    EXPECT_EQ(run({"data", "prepare", "--help"}), 0);
+    const std::string help = testing::internal::GetCapturedStdout();
+    EXPECT_NE(help.find("--text-field NAME"), std::string::npos);
+    EXPECT_NE(help.find("--strict"), std::string::npos);
+}
+
+}  // namespace

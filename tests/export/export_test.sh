@@ -1,0 +1,102 @@
+#!/bin/bash
+# `moelab export` end to end: checkpoints of two model variants (one file, and an index of two EP parts
+# under an EPLB plan with replicas) exported as fp32 and bf16 folders; export_check.py compares the
+# safetensors file with the checkpoint, tokenizer.json (through `tokenizers`) with moelab's tokenizer on
+# the fortunes corpus and random text, and the exported modeling file (Debian's PyTorch) with moelab's
+# logits. Then the bad input: damaged, other-version, diverged (NaN) and part-less checkpoints, a wrong
+# tokenizer, and an existing folder, each one message with exit code 2 and nothing left behind.
+set -euo pipefail
+trap 'echo "export_test: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
+root="$TEST_SRCDIR/moelab"
+moelab="$root/tools/moelab"
+probe="$root/tests/export/export_probe"
+check=("${PYTHON:-/usr/bin/python3}" "$root/tests/export/export_check.py")
+tmp="${TEST_TMPDIR:-$(mktemp -d)}"
+corpus=/usr/share/games/fortunes
+[ -d "$corpus" ] || { echo "export_test: $corpus missing (apt-get install fortunes)"; exit 1; }
+
+"$moelab" data prepare --input "$corpus" --vocab 512 --out "$tmp/data" > /dev/null
+# Sigmoid scores, shared expert, untied head, GQA; softmax scores, route_scale, tied embeddings,
+# no shared expert, every layer MoE, one kv head.
+mkdir -p "$tmp/a" "$tmp/b"
+"$probe" make "$tmp/a"
+"$probe" make "$tmp/b" --score softmax --norm-topk false --route-scale 2.5 --n-shared 0 \
+    --tie-embeddings true --n-kv-heads 1 --n-dense-layers 0
+for v in a b; do
+    for ck in single eplb; do
+        "$moelab" export --ckpt "$tmp/$v/$ck.h5" --out "$tmp/hf_${v}_$ck" --data "$tmp/data" > /dev/null
+        "${check[@]}" weights "$tmp/hf_${v}_$ck" "$tmp/$v/single.h5"
+        "${check[@]}" logits "$tmp/hf_${v}_$ck" "$tmp/$v/$ck.h5" "$probe"
+    done
+done
+"$moelab" export --ckpt "$tmp/a/eplb.h5" --out "$tmp/hf_bf16" --data "$tmp/data" --dtype bf16 > /dev/null
+"${check[@]}" weights "$tmp/hf_bf16" "$tmp/a/single.h5" --bf16
+grep -q '"torch_dtype": "bfloat16"' "$tmp/hf_bf16/config.json"
+"${check[@]}" tokenizer "$tmp/hf_a_single" "$tmp/data/tokenizer.bin" "$probe" "$corpus"
+cmp "$tmp/hf_a_single/modeling_moelab.py" "$root/tools/export/modeling_moelab.py"
+
+# Bad input: exit 2, the message, and no folder (nor temporary one) left behind.
+expect_usage() {  # expect_usage REGEX OUT ARGS...
+    local re=$1 out=$2; shift 2
+    set +e
+    "$moelab" export --out "$out" "$@" > /dev/null 2> "$tmp/err"
+    local rc=$?
+    set -e
+    [ $rc -eq 2 ] || { echo "export $*: exit $rc, expected 2"; cat "$tmp/err"; exit 1; }
+    grep -qE -e "$re" "$tmp/err" || { echo "export $*: message lacks /$re/:"; cat "$tmp/err"; exit 1; }
+    [ "$(wc -l < "$tmp/err")" -eq 1 ] || { echo "export $*: more than one line:"; cat "$tmp/err"; exit 1; }
+    if ls -d "$out".tmp-* "$out".old-* 2> /dev/null; then echo "export $*: left a temporary folder"; exit 1; fi
+}
+bad="$tmp/bad"
+mkdir -p "$bad"
+head -c 5000 "$tmp/a/single.h5" > "$bad/truncated.h5"
+expect_usage "truncated" "$tmp/out1" --ckpt "$bad/truncated.h5" --data "$tmp/data"
+"${check[0]}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); h5py.File(sys.argv[2], 'r+').attrs['format_version'] = 2" \
+    "$tmp/a/single.h5" "$bad/v2.h5"
+expect_usage "version" "$tmp/out1" --ckpt "$bad/v2.h5" --data "$tmp/data"
+"${check[0]}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); f = h5py.File(sys.argv[2], 'r+'); d = f['model/layers.1.wq']; d[0, 3] = float('nan')" \
+    "$tmp/a/single.h5" "$bad/nan.h5"
+expect_usage "tensor layers.1.wq holds a non-finite value \(nan at element 3\)" "$tmp/out1" --ckpt "$bad/nan.h5" --data "$tmp/data"
+cp "$tmp/a/eplb.h5" "$tmp/a/eplb.h5.part-0-of-2" "$bad/"
+expect_usage "part-1-of-2" "$tmp/out1" --ckpt "$bad/eplb.h5" --data "$tmp/data"
+expect_usage "no_such" "$tmp/out1" --ckpt "$bad/no_such.h5" --data "$tmp/data"
+expect_usage "tokenizer" "$tmp/out1" --ckpt "$tmp/a/single.h5" --data "$bad"
+"$moelab" data prepare --input "$corpus" --vocab 300 --out "$tmp/data300" > /dev/null
+expect_usage "300 tokens but .* vocab_size 512" "$tmp/out1" --ckpt "$tmp/a/single.h5" --data "$tmp/data300"
+# A tokenizer with two tokens of the same bytes: 257 = (ab)c and 259 = a(bc) both spell "abc".
+mkdir -p "$tmp/dup" "$tmp/c"
+"${check[0]}" -c "import struct, sys; m = [(97, 98), (256, 99), (98, 99), (97, 258)]
+open(sys.argv[1], 'wb').write(b'MOELBPE1' + struct.pack('<II', 1, 260) + b''.join(struct.pack('<II', *p) for p in m))" \
+    "$tmp/dup/tokenizer.bin"
+"$probe" make "$tmp/c" --vocab-size 260
+expect_usage "tokens 257 and 259 of the tokenizer have the same 3 bytes" "$tmp/out1" --ckpt "$tmp/c/single.h5" --data "$tmp/dup"
+[ ! -e "$tmp/out1" ] || { echo "a failed export left $tmp/out1"; exit 1; }
+expect_usage "--ckpt PATH is required" "$tmp/out1"
+expect_usage "--dtype 'fp16'" "$tmp/out1" --ckpt "$tmp/a/single.h5" --dtype fp16
+expect_usage "unknown option '--bogus'" "$tmp/out1" --ckpt "$tmp/a/single.h5" --bogus 1
+
+# An existing folder: refused when not empty unless --force, which replaces only an earlier export.
+mkdir "$tmp/empty"
+"$moelab" export --ckpt "$tmp/a/single.h5" --out "$tmp/empty" --data "$tmp/data" > /dev/null
+[ -f "$tmp/empty/model.safetensors" ]
+expect_usage "not empty .*--force" "$tmp/hf_a_single" --ckpt "$tmp/b/single.h5" --data "$tmp/data"
+"${check[@]}" weights "$tmp/hf_a_single" "$tmp/a/single.h5" > /dev/null  # untouched
+# Python's byte code of the modeling file is part of an export (importing it from the folder writes it).
+mkdir "$tmp/hf_a_single/__pycache__"
+touch "$tmp/hf_a_single/__pycache__/modeling_moelab.cpython-311.pyc"
+"$moelab" export --ckpt "$tmp/b/single.h5" --out "$tmp/hf_a_single/" --data "$tmp/data" --force > /dev/null
+[ ! -e "$tmp/hf_a_single/__pycache__" ] || { echo "--force kept the old __pycache__"; exit 1; }
+"${check[@]}" weights "$tmp/hf_a_single" "$tmp/b/single.h5"
+if ls -d "$tmp"/*.tmp-* "$tmp"/*.old-* 2> /dev/null; then echo "--force left a folder behind"; exit 1; fi
+echo keep > "$tmp/hf_b_single/README.md"
+expect_usage "holds 'README.md'" "$tmp/hf_b_single" --ckpt "$tmp/a/single.h5" --data "$tmp/data" --force
+[ -f "$tmp/hf_b_single/README.md" ]
+rm "$tmp/hf_b_single/README.md"
+mkdir "$tmp/hf_b_single/__pycache__"
+touch "$tmp/hf_b_single/__pycache__/other.pyc"
+expect_usage "holds '__pycache__'" "$tmp/hf_b_single" --ckpt "$tmp/a/single.h5" --data "$tmp/data" --force
+[ -f "$tmp/hf_b_single/__pycache__/other.pyc" ]
+touch "$tmp/file"
+expect_usage "not a directory" "$tmp/file" --ckpt "$tmp/a/single.h5" --data "$tmp/data"
+"$moelab" export --help | grep -q "usage: moelab export"
+echo "export_test: ok"

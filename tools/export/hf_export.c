@@ -1,0 +1,391 @@
+// The Hugging Face export (see hf_export.h): check, load the checkpoint into one process holding every
+// expert (whatever layout saved it), write the folder under a temporary name, rename it into place.
+#include "tools/export/hf_export.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "checkpoints/ckpt.h"
+#include "framework/core/check.h"
+#include "framework/core/config.h"
+#include "framework/core/json.h"
+#include "framework/core/log.h"
+#include "framework/core/mem.h"
+#include "framework/model.h"
+#include "tools/export/safetensors.h"
+
+// modeling_moelab.py, embedded at build time (BUILD: genrule modeling_py) so that the one moelab
+// binary is all an export needs.
+extern const char hf_modeling_py[];
+extern const unsigned long hf_modeling_py_len;
+
+// The files of an export folder: all that --force may replace (with the modeling file's __pycache__).
+static const char *const EXPORT_FILES[] = {"model.safetensors", "config.json", "generation_config.json",
+                                           "modeling_moelab.py", "tokenizer.json", "tokenizer_config.json"};
+#define N_EXPORT_FILES ((int)(sizeof EXPORT_FILES / sizeof EXPORT_FILES[0]))
+
+// ---------------------------------------------------------------------------------------------
+// Tensor names: moelab's registry names (docs/checkpoint-format.md) to the modeling file's modules.
+
+typedef struct {
+    const char *moelab;  // name after "layers.<l>." (or the whole name outside the layers)
+    const char *hf;      // after "model.layers.<l>." ; "%d" is the expert or shared-expert row
+    int split;           // 1: one Hugging Face tensor per row of the leading axis
+} NameMap;
+
+static const NameMap LAYER_NAMES[] = {
+    {"attn_norm", "input_layernorm.weight", 0},
+    {"wq", "self_attn.q_proj.weight", 0},
+    {"wk", "self_attn.k_proj.weight", 0},
+    {"wv", "self_attn.v_proj.weight", 0},
+    {"wo", "self_attn.o_proj.weight", 0},
+    {"ffn_norm", "post_attention_layernorm.weight", 0},
+    {"w1", "mlp.gate_proj.weight", 0},
+    {"w3", "mlp.up_proj.weight", 0},
+    {"w2", "mlp.down_proj.weight", 0},
+    {"router", "mlp.gate.weight", 0},
+    {"router_bias", "mlp.gate.e_score_correction_bias", 0},
+    {"experts.w1", "mlp.experts.%d.gate_proj.weight", 1},
+    {"experts.w3", "mlp.experts.%d.up_proj.weight", 1},
+    {"experts.w2", "mlp.experts.%d.down_proj.weight", 1},
+    {"shared.w1", "mlp.shared_experts.%d.gate_proj.weight", 1},
+    {"shared.w3", "mlp.shared_experts.%d.up_proj.weight", 1},
+    {"shared.w2", "mlp.shared_experts.%d.down_proj.weight", 1},
+};
+static const NameMap TOP_NAMES[] = {
+    {"embed", "model.embed_tokens.weight", 0},
+    {"final_norm", "model.norm.weight", 0},
+    {"lm_head", "lm_head.weight", 0},
+};
+
+int hf_tensor_name(const char *name, int row, char *out, size_t n) {
+    int layer, used = 0;
+    if (sscanf(name, "layers.%d.%n", &layer, &used) == 1 && used > 0) {
+        for (size_t i = 0; i < sizeof LAYER_NAMES / sizeof LAYER_NAMES[0]; i++) {
+            if (strcmp(name + used, LAYER_NAMES[i].moelab) != 0) continue;
+            char tail[ST_NAME_MAX];
+            snprintf(tail, sizeof tail, LAYER_NAMES[i].hf, row);
+            CHECK(snprintf(out, n, "model.layers.%d.%s", layer, tail) < (int)n, "name too long");
+            return LAYER_NAMES[i].split;
+        }
+    }
+    for (size_t i = 0; i < sizeof TOP_NAMES / sizeof TOP_NAMES[0]; i++)
+        if (!strcmp(name, TOP_NAMES[i].moelab)) {
+            snprintf(out, n, "%s", TOP_NAMES[i].hf);
+            return 0;
+        }
+    FATAL("no Hugging Face name for tensor %s (update LAYER_NAMES in tools/export/hf_export.c)", name);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The folder's files
+
+static FILE *create(const char *dir, const char *name) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL, "cannot create %s: %s", path, strerror(errno));
+    return f;
+}
+
+static void finish(FILE *f, const char *dir, const char *name) {
+    const int ok = !ferror(f) && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    const int err = errno;
+    CHECK(fclose(f) == 0 && ok, "cannot write %s/%s: %s", dir, name, strerror(err));
+}
+
+// A float as JSON that reads back as the same float32.
+static void json_float(FILE *f, const char *key, float x) { fprintf(f, "  \"%s\": %.9g,\n", key, x); }
+static void json_int(FILE *f, const char *key, long x) { fprintf(f, "  \"%s\": %ld,\n", key, x); }
+static void json_bool(FILE *f, const char *key, int x) { fprintf(f, "  \"%s\": %s,\n", key, x ? "true" : "false"); }
+
+// config.json: the architecture's sizes under the names transformers models use where one fits.
+static void write_config(const char *dir, const MoeConfig *c, int bf16, long step) {
+    FILE *f = create(dir, "config.json");
+    fputs("{\n  \"architectures\": [\"MoelabForCausalLM\"],\n"
+          "  \"auto_map\": {\"AutoConfig\": \"modeling_moelab.MoelabConfig\",\n"
+          "               \"AutoModelForCausalLM\": \"modeling_moelab.MoelabForCausalLM\"},\n"
+          "  \"model_type\": \"moelab\",\n", f);
+    json_int(f, "vocab_size", c->V);
+    json_int(f, "hidden_size", c->D);
+    json_int(f, "num_hidden_layers", c->L);
+    json_int(f, "num_attention_heads", c->H);
+    json_int(f, "num_key_value_heads", c->Hkv);
+    json_int(f, "head_dim", c->D / c->H);
+    json_int(f, "max_position_embeddings", c->T);
+    json_int(f, "n_dense_layers", c->n_dense_layers);
+    json_int(f, "intermediate_size", c->F);
+    json_int(f, "n_routed_experts", c->E);
+    json_int(f, "num_experts_per_tok", c->K);
+    json_int(f, "n_shared_experts", c->S);
+    json_int(f, "moe_intermediate_size", c->Fe);
+    fprintf(f, "  \"scoring_func\": \"%s\",\n", c->score);
+    json_float(f, "routed_scaling_factor", c->route_scale);
+    json_bool(f, "norm_topk_prob", c->norm_topk);
+    json_float(f, "rope_theta", c->rope_theta);
+    json_float(f, "rms_norm_eps", c->norm_eps);
+    // Tied embeddings are the model's own business (the head reads embed_tokens): transformers'
+    // tying machinery differs between versions, so it is kept out (tie_word_embeddings false).
+    json_bool(f, "tie_embeddings", c->tie_embeddings);
+    json_bool(f, "tie_word_embeddings", 0);
+    json_bool(f, "use_cache", 0);
+    fprintf(f, "  \"torch_dtype\": \"%s\",\n", bf16 ? "bfloat16" : "float32");
+    json_int(f, "moelab_step", step);
+    json_int(f, "moelab_checkpoint_format_version", CKPT_FORMAT_VERSION);
+    fputs("  \"moelab_export_version\": 1\n}\n", f);
+    finish(f, dir, "config.json");
+}
+
+// generation_config.json: `moelab sample`'s defaults (temperature, top-k from the training config).
+static void write_generation_config(const char *dir, const MoeConfig *c) {
+    FILE *f = create(dir, "generation_config.json");
+    fputs("{\n  \"do_sample\": true,\n", f);
+    json_float(f, "temperature", c->temperature);
+    json_int(f, "top_k", c->top_k_sample);
+    fputs("  \"use_cache\": false\n}\n", f);
+    finish(f, dir, "generation_config.json");
+}
+
+static void write_tokenizer(const char *dir, const Tokenizer *t, const MoeConfig *c) {
+    FILE *f = create(dir, "tokenizer.json");
+    hf_tokenizer_write(t, f);
+    finish(f, dir, "tokenizer.json");
+    f = create(dir, "tokenizer_config.json");
+    fprintf(f, "{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n  \"model_max_length\": %d,\n"
+               "  \"clean_up_tokenization_spaces\": false,\n  \"add_prefix_space\": false,\n"
+               "  \"model_input_names\": [\"input_ids\", \"attention_mask\"]\n}\n", c->T);
+    finish(f, dir, "tokenizer_config.json");
+}
+
+// model.safetensors: every registry tensor under its Hugging Face name, expert stacks split by row.
+static void write_weights(const char *dir, const Model *m, int bf16, long step) {
+    int n = 0;
+    for (int i = 0; i < m->reg.n; i++) {
+        char name[ST_NAME_MAX];
+        n += hf_tensor_name(m->reg.p[i].name, 0, name, sizeof name) ? (int)m->reg.p[i].shape[0] : 1;
+    }
+    StTensor *t = core_alloc(sizeof(StTensor) * (size_t)n);
+    int k = 0;
+    for (int i = 0; i < m->reg.n; i++) {
+        const ParamInfo *p = &m->reg.p[i];
+        const float *x = m->reg.data + p->offset;
+        const int split = hf_tensor_name(p->name, 0, t[k].name, ST_NAME_MAX);
+        const int rows = split ? (int)p->shape[0] : 1;
+        const size_t row_numel = split ? p->numel / (size_t)rows : p->numel;
+        for (int r = 0; r < rows; r++, k++) {
+            hf_tensor_name(p->name, r, t[k].name, ST_NAME_MAX);
+            t[k].ndim = split ? p->ndim - 1 : p->ndim;
+            for (int d = 0; d < t[k].ndim; d++) t[k].shape[d] = p->shape[d + split];
+            t[k].data = x + (size_t)r * row_numel;
+        }
+    }
+    char step_str[32];
+    snprintf(step_str, sizeof step_str, "%ld", step);
+    const char *meta[] = {"moelab_step", step_str};
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    st_write(path, t, n, bf16 ? ST_BF16 : ST_F32, meta, 1);
+    core_free(t);
+}
+
+static void write_modeling(const char *dir) {
+    FILE *f = create(dir, "modeling_moelab.py");
+    fwrite(hf_modeling_py, 1, hf_modeling_py_len, f);
+    finish(f, dir, "modeling_moelab.py");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The temporary folder and the final rename
+
+static char g_tmp[4096];  // the folder being written, removed at exit unless committed
+
+// Python's byte code of the modeling file (written next to it when it is imported from the folder):
+// __pycache__/modeling_moelab.*.pyc counts as part of an export.
+static int is_modeling_pyc(const char *name) {
+    const size_t n = strlen(name);
+    return strncmp(name, "modeling_moelab.", 16) == 0 && n > 20 && strcmp(name + n - 4, ".pyc") == 0;
+}
+
+// Calls fn(dir/name) for each entry of dir but . and ..; returns how many fn refused (fn != 0).
+static int each_entry(const char *dir, int (*fn)(const char *dir, const char *name)) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int refused = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) refused += fn(dir, e->d_name) != 0;
+    closedir(d);
+    return refused;
+}
+
+static int unlink_entry(const char *dir, const char *name) {
+    char path[8400];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return unlink(path);
+}
+
+// Removes a folder of export files (and the modeling file's __pycache__), nothing else.
+static void remove_export_folder(const char *dir) {
+    char path[4200];
+    for (int i = 0; i < N_EXPORT_FILES; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, EXPORT_FILES[i]);
+        unlink(path);
+    }
+    snprintf(path, sizeof path, "%s/__pycache__", dir);
+    each_entry(path, unlink_entry);  // check_out_dir made sure it holds only modeling_moelab.*.pyc
+    rmdir(path);
+    rmdir(dir);
+}
+
+static void cleanup_tmp(void) {
+    if (g_tmp[0]) remove_export_folder(g_tmp);
+}
+
+static int not_modeling_pyc(const char *dir, const char *name) {
+    (void)dir;
+    return !is_modeling_pyc(name);
+}
+
+static int is_export_file(const char *dir, const char *name) {
+    for (int i = 0; i < N_EXPORT_FILES; i++)
+        if (!strcmp(name, EXPORT_FILES[i])) return 1;
+    if (strcmp(name, "__pycache__") != 0) return 0;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return each_entry(path, not_modeling_pyc) == 0;
+}
+
+// Refuses an out_dir that is not a directory, or not empty without --force, or holding anything
+// but export files even with --force (so that --force can never delete someone's other files).
+// Returns 1 if it exists (and may be replaced), 0 if it does not.
+static int check_out_dir(const char *dir, int force) {
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        if (errno != ENOENT) core_usage_error("export: cannot read --out %s: %s", dir, strerror(errno));
+        return 0;
+    }
+    if (!S_ISDIR(st.st_mode)) core_usage_error("export: --out %s exists and is not a directory", dir);
+    DIR *d = opendir(dir);
+    if (!d) core_usage_error("export: cannot read --out %s: %s", dir, strerror(errno));
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        n++;
+        if (force && !is_export_file(dir, e->d_name)) {
+            char name[256];  // e->d_name dies with closedir
+            snprintf(name, sizeof name, "%s", e->d_name);
+            closedir(d);
+            core_usage_error("export: --out %s holds '%s', which is not an export file; --force replaces "
+                             "only a folder of export files (remove it, or choose another --out)", dir, name);
+        }
+    }
+    closedir(d);
+    if (n > 0 && !force)
+        core_usage_error("export: --out %s exists and is not empty (--force replaces an earlier export)", dir);
+    return 1;
+}
+
+static void fsync_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    fsync(dirfd(d));
+    closedir(d);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+void hf_export(const HfExportOptions *o) {
+    // The folder without trailing slashes: its temporary twin and the rename need the bare name.
+    char out[4096];
+    if (!o->out_dir || !*o->out_dir) core_usage_error("export: --out DIR is required");
+    if (strlen(o->out_dir) >= sizeof out - 32) core_usage_error("export: --out path too long");
+    snprintf(out, sizeof out, "%s", o->out_dir);
+    for (size_t n = strlen(out); n > 1 && out[n - 1] == '/'; n--) out[n - 1] = '\0';
+    const int exists = check_out_dir(out, o->force);
+
+    // Everything that can be wrong with the input is found here, before a file is written.
+    MoeConfig c;
+    config_defaults(&c);
+    ckpt_read_config(o->ckpt, &c);
+    char tok_path[2 * CONFIG_STR + 32];
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.bin", o->data_dir ? o->data_dir : c.data);
+    char err[TOK_ERR_LEN];
+    Tokenizer *tok = tok_load_try(tok_path, err);
+    if (!tok)
+        core_usage_error("export: %s (the tokenizer of the checkpoint's data directory; --data DIR names "
+                         "another)", err);
+    if (tok->V != c.V)
+        core_usage_error("export: %s has %d tokens but the checkpoint's model has vocab_size %d", tok_path,
+                         tok->V, c.V);
+    if (hf_tokenizer_check(tok, err)) core_usage_error("export: %s: %s", tok_path, err);
+    c.ep = 1;  // one process holds every expert, whatever layout saved the checkpoint
+    c.pp = 1;
+    // verify first: it also requires every part file of an index, even one the weights do not
+    // need, and reads every dataset through its checksums; its summary is not wanted here.
+    char *summary = NULL;
+    size_t summary_len = 0;
+    FILE *sink = open_memstream(&summary, &summary_len);
+    CHECK(sink != NULL, "open_memstream: %s", strerror(errno));
+    ckpt_verify(o->ckpt, sink);
+    fclose(sink);
+    free(summary);
+    Model *m = model_create(&c, 0, 1);
+    CkptShard sh = ckpt_shard_of(m);
+    CkptState st;
+    ckpt_load(o->ckpt, &sh, m, NULL, &st);
+    // A diverged model is not exported as if it were good (verify only warns about it).
+    for (int i = 0; i < m->reg.n; i++) {
+        const ParamInfo *p = &m->reg.p[i];
+        for (size_t k = 0; k < p->numel; k++)
+            if (!isfinite(m->reg.data[p->offset + k]))
+                core_usage_error("export: checkpoint %s: tensor %s holds a non-finite value (%g at element "
+                                 "%zu): a diverged run; nothing exported", o->ckpt, p->name,
+                                 m->reg.data[p->offset + k], k);
+    }
+
+    // Written under <out>.tmp-XXXXXX next to it (same file system, so the rename is atomic).
+    snprintf(g_tmp, sizeof g_tmp, "%s.tmp-XXXXXX", out);
+    if (!mkdtemp(g_tmp)) {
+        const int e = errno;
+        g_tmp[0] = '\0';
+        core_usage_error("export: cannot create a folder next to %s: %s", out, strerror(e));
+    }
+    atexit(cleanup_tmp);
+    const mode_t mask = umask(0);
+    umask(mask);
+    CHECK(chmod(g_tmp, 0777 & ~mask) == 0, "chmod %s: %s", g_tmp, strerror(errno));
+    core_info0("export: %s (step %ld) -> %s (%s weights)", o->ckpt, (long)st.step, out, o->bf16 ? "bf16" : "fp32");
+    write_weights(g_tmp, m, o->bf16, (long)st.step);
+    write_config(g_tmp, &c, o->bf16, (long)st.step);
+    write_generation_config(g_tmp, &c);
+    write_tokenizer(g_tmp, tok, &c);
+    write_modeling(g_tmp);
+    fsync_dir(g_tmp);
+
+    // Commit. An existing folder (empty, or an earlier export under --force) is first moved aside
+    // (rename onto an empty placeholder), so that `out` always holds one whole export or none.
+    char old[4200] = "";
+    if (exists) {
+        snprintf(old, sizeof old, "%s.old-XXXXXX", out);
+        CHECK(mkdtemp(old) != NULL, "cannot create a folder next to %s: %s", out, strerror(errno));
+        CHECK(rename(out, old) == 0, "cannot move %s aside to %s: %s", out, old, strerror(errno));
+    }
+    CHECK(rename(g_tmp, out) == 0, "cannot rename %s to %s: %s", g_tmp, out, strerror(errno));
+    g_tmp[0] = '\0';
+    if (exists) remove_export_folder(old);
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", out);
+    char *slash = strrchr(parent, '/');
+    if (!slash) snprintf(parent, sizeof parent, ".");
+    else slash[slash == parent] = '\0';  // "/x" -> "/"
+    fsync_dir(parent);
+    core_info0("export: wrote %s/{model.safetensors, config.json, generation_config.json, modeling_moelab.py, "
+               "tokenizer.json, tokenizer_config.json}", out);
+    model_free(m);
+    tok_free(tok);
+}
