@@ -191,6 +191,7 @@ static void write_state(const H5Io *io, hid_t f, const MoeConfig *c, long adam_t
     h5_attr_write(io, g, "rng_seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.seed);
     h5_attr_write(io, g, "rng_stream", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &st->rng.stream);
     h5_attr_write(io, g, "rng_counter", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.counter);
+    h5_attr_write(io, g, "lineage", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->lineage);
     H5Gclose(g);
     if (!e || (!e->phy2log && !e->counts)) return;
     g = h5_create_group(io, f, "eplb");
@@ -269,16 +270,21 @@ void ckpt_save(const char *path, const CkptShard *sh, const Model *m, const Adam
     atomic_commit(&a);
 }
 
-// A part id that differs between saves (time, process, part), so that the index can tell its own
-// parts from stale ones of an earlier save under the same name.
-static uint64_t new_part_id(int part) {
+// An id that differs between saves and runs (time, process, salt): part ids let the index tell its
+// own parts from stale ones of an earlier save under the same name; lineage ids tell runs apart.
+static uint64_t new_id(uint64_t salt) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uint64_t x = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-    x ^= ((uint64_t)getpid() << 32) ^ ((uint64_t)part * 0x9E3779B97F4A7C15ull);
+    x ^= ((uint64_t)getpid() << 32) ^ (salt * 0x9E3779B97F4A7C15ull);
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
     x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
     return x ^ (x >> 31);
+}
+
+uint64_t ckpt_new_lineage(void) {
+    uint64_t id = new_id((uint64_t)1 << 40);
+    return id ? id : 1;
 }
 
 void ckpt_save_part(const char *path, const CkptShard *sh, const Model *m, const AdamW *o) {
@@ -289,7 +295,7 @@ void ckpt_save_part(const char *path, const CkptShard *sh, const Model *m, const
     atomic_create(&a, pp);
     write_format(&a.io, a.f, CKPT_PART_FORMAT_NAME);
     const int64_t r = sh->part, n = sh->parts;
-    const uint64_t id = new_part_id(sh->part);
+    const uint64_t id = new_id((uint64_t)sh->part);
     h5_attr_write(&a.io, a.f, "part", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &r);
     h5_attr_write(&a.io, a.f, "parts", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &n);
     h5_attr_write(&a.io, a.f, "part_id", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &id);
@@ -678,21 +684,44 @@ static int desc_long(const void *a, const void *b) {
     return (x < y) - (x > y);
 }
 
-void ckpt_prune(const char *dir, int keep) {
-    if (keep <= 0) return;
+// The lineage stored in checkpoint `path`, or 0 when it has none or cannot be read: pruning leaves
+// alone whatever it cannot prove to be its own.
+static uint64_t lineage_of(const char *path) {
+    h5_init();
+    uint64_t id = 0;
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return 0;
+    if (H5Aexists_by_name(f, "state", "lineage", H5P_DEFAULT) > 0) {
+        hid_t a = H5Aopen_by_name(f, "state", "lineage", H5P_DEFAULT, H5P_DEFAULT);
+        if (a >= 0 && H5Aread(a, H5T_NATIVE_UINT64, &id) < 0) id = 0;
+        if (a >= 0) H5Aclose(a);
+    }
+    H5Fclose(f);
+    H5Eclear2(H5E_DEFAULT);
+    return id;
+}
+
+void ckpt_prune(const char *dir, int keep, uint64_t lineage, long newest, long from, const long *own,
+                int n_own) {
+    if (keep <= 0 || lineage == 0) return;
     DIR *dp = opendir(dir);
     if (!dp) core_usage_error("cannot list checkpoint directory %s: %s", dir, strerror(errno));
     long *steps = NULL;
     int n = 0, cap = 0;
+    char path[CKPT_PATH_MAX], prefix[64];
     for (struct dirent *e; (e = readdir(dp));) {
         long s = step_of(e->d_name);
-        if (s < 0) continue;
+        if (s < 0 || s >= newest) continue;
+        int mine = s <= from;
+        for (int i = 0; i < n_own && !mine; i++) mine = own[i] == s;
+        ckpt_step_path(dir, s, path, sizeof path);
+        if (!mine || lineage_of(path) != lineage) continue;
         steps = grow(steps, n, &cap, sizeof *steps);
         steps[n++] = s;
     }
     qsort(steps, (size_t)n, sizeof *steps, desc_long);
-    char path[CKPT_PATH_MAX], prefix[64];
-    for (int i = keep; i < n; i++) {
+    // The checkpoint just saved is the newest of the `keep`.
+    for (int i = keep - 1; i < n; i++) {
         // The index (or single file) goes first: a checkpoint is never visible with parts missing.
         ckpt_step_path(dir, steps[i], path, sizeof path);
         if (unlink(path) != 0) core_warn("cannot remove old checkpoint %s: %s", path, strerror(errno));

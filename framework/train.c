@@ -334,6 +334,9 @@ static void trainer_resume(Trainer *t) {
         stage_close(&s, m, o, 1);
     }
     t->step = (int)st.step;
+    t->resumed_at = t->step;
+    if (st.lineage) t->lineage = st.lineage;
+    snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", t->cfg.resume);
     loader_set_pos(t->train, st.data);
     core_info0("resumed from %s at step %d", t->cfg.resume, t->step);
 }
@@ -343,7 +346,8 @@ static void trainer_resume(Trainer *t) {
 static void trainer_save(Trainer *t) {
     char path[CONFIG_STR + 32];
     ckpt_step_path(t->cfg.out, t->step, path, sizeof path);
-    const CkptState st = {t->step, loader_get_pos(t->train), rng_stream(t->cfg.seed, SAMPLE_STREAM)};
+    const CkptState st = {t->step, loader_get_pos(t->train), rng_stream(t->cfg.seed, SAMPLE_STREAM),
+                          t->lineage};
     AdamW *o;
     Model *m = trainer_model_of(t, 0, &o);
     // A pipeline stage counts only its own layers' tokens: the whole model's are summed over stages.
@@ -374,7 +378,14 @@ static void trainer_save(Trainer *t) {
         comm_barrier(m->grid->world_comm);
     }
     if (t->pipe) core_free(counts);
-    if (core_rank() == 0) ckpt_prune(t->cfg.out, t->cfg.keep);
+    long *saved = core_alloc((size_t)(t->n_saved + 1) * sizeof *saved);
+    if (t->n_saved) memcpy(saved, t->saved, (size_t)t->n_saved * sizeof *saved);
+    core_free(t->saved);
+    t->saved = saved;
+    t->saved[t->n_saved++] = t->step;
+    snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", path);
+    if (core_rank() == 0)
+        ckpt_prune(t->cfg.out, t->cfg.keep, t->lineage, t->step, t->resumed_at, t->saved, t->n_saved);
     core_info0("saved %s", path);
 }
 
@@ -438,6 +449,8 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         if (!t->metrics) core_usage_error("cannot write --metrics %s: %s", c->metrics, strerror(errno));
     }
     if (c->out[0]) ckpt_make_dir(c->out);
+    t->lineage = ckpt_new_lineage();
+    t->resumed_at = -1;
     if (c->resume[0]) trainer_resume(t);
     return t;
 }
@@ -457,6 +470,7 @@ void trainer_free(Trainer *t) {
         model_free(t->model);
     }
     core_free(t->tokens);
+    core_free(t->saved);
     core_free(t);
 }
 

@@ -29,6 +29,11 @@ typedef struct {
     int step;                // optimizer steps taken
     int *tokens;             // (A, B, T+1) micro-batch staging buffer
     double unigram_entropy;  // nats/token of the training tokens' frequencies
+    uint64_t lineage;        // of the checkpoints: new for a fresh run, the resumed checkpoint's otherwise
+    int resumed_at;          // step of the --resume checkpoint (-1: a fresh run)
+    long *saved;             // (n_saved) steps this run saved (what --keep may prune besides ancestors)
+    int n_saved;
+    char last_ckpt[CONFIG_STR + 32];  // the newest checkpoint of good weights ("" if none)
 } Trainer;
 
 // Step statistics returned by trainer_step.

@@ -4,7 +4,8 @@
 #  1. one process trains 6 steps, saving at steps 3 and 6;
 #  2. resuming at step 3 in one process gives steps 4-6 identical to the uninterrupted run (logged
 #     losses, and every tensor, moment and state field of the final checkpoints bit for bit), and
-#     --keep 2 leaves the two newest checkpoints;
+#     --keep 2 leaves the two newest checkpoints, and after a resume into a folder with newer
+#     checkpoints of an abandoned branch prunes only the resumed run's own lineage;
 #  3. EP 2 under mpirun saves an index of two parts; one process resumes from it; and a one-process
 #     checkpoint resumes under EP 4 (4 ranks): the same global batch per step, so their losses match
 #     the uninterrupted run within 1e-5 (the EP runs reassociate sums);
@@ -32,6 +33,16 @@ grep -q "resumed from $tmp/a/step_3.h5 at step 3" "$tmp/b.log" || { echo "FAIL: 
 same_steps "$tmp/a.jsonl" "$tmp/b.jsonl" 456
 same_checkpoints "$tmp/a/step_6.h5" "$tmp/b/step_6.h5"
 echo "ok: resume in one process is bit-identical"
+
+# --keep prunes only its own lineage: resumed from step 2 into the folder of a 6-step run (and a stray
+# large-numbered file), --keep 2 keeps the steps 3 and 4 it saved; the abandoned 5 and 6 and the stray stay.
+"$moelab" train "${args[@]}" --grad-accum 1 --out "$tmp/k" --save-every 1 >/dev/null
+echo "not a checkpoint" >"$tmp/k/step_99.h5"
+"$moelab" train "${args[@]}" --grad-accum 1 --steps 4 --resume "$tmp/k/step_2.h5" --out "$tmp/k" --save-every 1 \
+    --keep 2 >"$tmp/k.log" 2>&1
+[ "$(ls "$tmp/k" | tr '\n' ' ')" = "step_3.h5 step_4.h5 step_5.h5 step_6.h5 step_99.h5 " ] ||
+    { echo "FAIL: --keep 2 after a resume left:"; ls "$tmp/k"; exit 1; }
+echo "ok: --keep prunes only the run's own lineage"
 
 # 3: EP 2 -> one process, one process -> EP 4.
 mpi 2 "$moelab" train "${args[@]}" --grad-accum 1 --ep 2 --out "$tmp/c" --save-every 3 --metrics "$tmp/c.jsonl" >"$tmp/c.log"
