@@ -217,6 +217,21 @@ static void write_state(const H5Io *io, hid_t f, const MoeConfig *c, long adam_t
     H5Gclose(g);
 }
 
+// A diverged state is never saved: every value and moment this process would write is checked before
+// any file is created (a non-finite one fails the save, exit 1).
+static void check_finite(const char *path, const Model *m, const AdamW *o) {
+    const ParamRegistry *r = &m->reg;
+    const float *base[CKPT_NGROUPS] = {r->data, o->m, o->v};
+    for (int g = 0; g < CKPT_NGROUPS; g++)
+        for (int i = 0; i < r->n; i++) {
+            if (g > 0 && r->p[i].kind == PARAM_BUFFER) continue;
+            const size_t bad = ckpt_count_nonfinite(base[g] + r->p[i].offset, r->p[i].numel);
+            if (bad)
+                FATAL("checkpoint %s: refusing to save %s/%s: %zu of its values are NaN or infinite (the "
+                      "run diverged)", path, CKPT_GROUPS[g], r->p[i].name, bad);
+        }
+}
+
 // A file written under a temporary name and renamed only once complete and on disk.
 typedef struct {
     const char *final;
@@ -262,6 +277,7 @@ void ckpt_save(const char *path, const CkptShard *sh, const Model *m, const Adam
     CHECK(sh->parts == 1 && sh->ep_size == 1 && sh->write_dense && sh->write_experts,
           "ckpt_save writes a whole model from one process (this shard is part %d of %d, EP %d of %d): "
           "use ckpt_save_part and ckpt_save_index", sh->part, sh->parts, sh->ep_rank, sh->ep_size);
+    check_finite(path, m, o);
     AtomicFile a;
     atomic_create(&a, path);
     write_format(&a.io, a.f, CKPT_FORMAT_NAME);
@@ -289,6 +305,7 @@ uint64_t ckpt_new_lineage(void) {
 
 void ckpt_save_part(const char *path, const CkptShard *sh, const Model *m, const AdamW *o) {
     check_shard(sh, m);
+    check_finite(path, m, o);
     char pp[CKPT_PATH_MAX];
     ckpt_part_path(path, sh->part, sh->parts, pp, sizeof pp);
     AtomicFile a;
@@ -499,7 +516,7 @@ static const char *const FREE_KEYS[] = {"log_every", "val_every", "val_batches",
                                         "sample_tokens", "temperature", "top_k_sample", "threads",
                                         "ep", "pp", "chunks", "schedule", "fb_overlap", "eplb_interval", "eplb_redundant",
                                         "device", "data", "metrics", "out", "resume", "trace",
-                                        "save_every", "keep"};
+                                        "save_every", "keep", "nonfinite_skip"};
 
 static int key_in(const char *key, const char *const *list, int n) {
     for (int i = 0; i < n; i++)
@@ -586,6 +603,8 @@ void ckpt_load(const char *path, const CkptShard *sh, Model *m, AdamW *o, CkptSt
             snprintf(name, sizeof name, "%s/%s", CKPT_GROUPS[g], r->p[i].name);
             read_tensor(&cf, d[i * CKPT_NGROUPS + g], name, &r->p[i], base + r->p[i].offset, sh);
             H5Dclose(d[i * CKPT_NGROUPS + g]);
+            const size_t bad = ckpt_count_nonfinite(base + r->p[i].offset, r->p[i].numel);
+            if (bad) H5_FAIL(&cf.io, "%s holds %zu NaN or infinite values (saved by a diverged run)", name, bad);
         }
     core_free(d);
     if (o) o->t = (long)adam_t;

@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -19,6 +20,12 @@ void ckpt_dir_of(const char *path, char *dir, size_t n) {
     char *slash = strrchr(dir, '/');
     if (slash) slash[slash == dir] = '\0';  // "/x.h5" lives in "/"
     else strcpy(dir, ".");
+}
+
+size_t ckpt_count_nonfinite(const float *x, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += !isfinite(x[i]);
+    return bad;
 }
 
 void ckpt_part_path(const char *path, int r, int n, char *out, size_t len) {

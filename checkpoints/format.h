@@ -21,6 +21,9 @@ extern const char *const CKPT_GROUPS[CKPT_NGROUPS];  // "/model", "/optim/m", "/
 
 // The directory of a file path ("." for a bare name).
 void ckpt_dir_of(const char *path, char *dir, size_t n);
+// Number of NaN and infinite values among x[0..n): a checkpoint holds none (the saver refuses them,
+// the loader and `verify` reject them).
+size_t ckpt_count_nonfinite(const float *x, size_t n);
 // "(a, b, c)": a shape for messages.
 void ckpt_shape_str(char *out, size_t n, int ndim, const hsize_t *d);
 // "<path>.part-<r>-of-<n>": part r's file name.

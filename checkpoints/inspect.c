@@ -156,7 +156,6 @@ void ckpt_verify(const char *path, FILE *out) {
     Model *ref = model_create(&c, 0, c.E);
     const ParamRegistry *r = &ref->reg;
     int datasets = 0;
-    long nonfinite = 0;
     double bytes = 0;
     for (int gi = 0; gi < CKPT_NGROUPS; gi++) {
         check_no_extra(&cf, CKPT_GROUPS[gi], r, gi == 0);
@@ -169,7 +168,9 @@ void ckpt_verify(const char *path, FILE *out) {
             hid_t d = ckpt_open_tensor(&cf, name, &r->p[i], &nd, dims);
             Scan s = scan_tensor(&cf, d, name, nd, dims);
             H5Dclose(d);
-            nonfinite += s.nonfinite;
+            // As the loader: a checkpoint holds no NaN or infinite value.
+            if (s.nonfinite)
+                H5_FAIL(&cf.io, "%s holds %ld NaN or infinite values (saved by a diverged run)", name, s.nonfinite);
             bytes += 4.0 * (double)s.n;
             datasets++;
         }
@@ -177,9 +178,6 @@ void ckpt_verify(const char *path, FILE *out) {
     CkptEplb e;
     int eplb = ckpt_load_eplb(path, &c, &e);
     ckpt_eplb_free(&e);
-    if (nonfinite)
-        fprintf(out, "warning: %ld NaN or infinite values among the tensors (the file itself is sound)\n",
-                nonfinite);
     fprintf(out, "checkpoint %s: sound. %d tensor datasets (%.1f MB of float32)%s read with every "
             "Fletcher-32 checksum verified; %s; every tensor of the stored config's model (V %d D %d L %d "
             "E %d) present with its shape; step %lld\n",

@@ -87,3 +87,11 @@ int core_usage_report(const char *fmt, ...) {
     va_end(ap);
     return CORE_EXIT_USAGE;
 }
+
+int core_failure_report(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    usage_line(fmt, ap);
+    va_end(ap);
+    return CORE_EXIT_FAILURE;
+}
