@@ -241,6 +241,16 @@ typedef struct {
     hid_t f;
 } AtomicFile;
 
+// The temporary file of the save under way ("" if none): a save that fails (a full disk, an I/O
+// error, any check) exits through exit(), whose handler removes it, so no partial file is left.
+// (A rank killed by a signal or by MPI_Abort leaves it: `moelab ckpt clean` removes such files.)
+static char pending_tmp[CKPT_PATH_MAX + 32];
+
+static void remove_pending_tmp(void) {
+    if (pending_tmp[0]) unlink(pending_tmp);
+    pending_tmp[0] = '\0';
+}
+
 static void atomic_create(AtomicFile *a, const char *path) {
     a->final = path;
     a->io.path = path;
@@ -250,6 +260,10 @@ static void atomic_create(AtomicFile *a, const char *path) {
     if (access(a->dir, W_OK) != 0)
         core_usage_error("cannot write checkpoint %s: directory %s: %s", path, a->dir, strerror(errno));
     snprintf(a->tmp, sizeof a->tmp, "%s.tmp-%ld", path, (long)getpid());
+    static int registered;
+    if (!registered) atexit(remove_pending_tmp);
+    registered = 1;
+    snprintf(pending_tmp, sizeof pending_tmp, "%s", a->tmp);
     a->f = h5_create_file(&a->io, a->tmp);
     saved_datasets = 0;
 }
@@ -268,6 +282,7 @@ static void atomic_commit(AtomicFile *a) {
     fsync_path(a->tmp, O_RDONLY);
     if (rename(a->tmp, a->final) != 0)
         FATAL("checkpoint: rename %s to %s: %s", a->tmp, a->final, strerror(errno));
+    pending_tmp[0] = '\0';
     fsync_path(a->dir, O_RDONLY | O_DIRECTORY);
 }
 
