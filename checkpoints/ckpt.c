@@ -622,6 +622,10 @@ void ckpt_load(const char *path, const CkptShard *sh, Model *m, AdamW *o, CkptSt
             if (bad) H5_FAIL(&cf.io, "%s holds %zu NaN or infinite values (saved by a diverged run)", name, bad);
         }
     core_free(d);
+    // The EPLB group is checked like the rest (the caller reads it with ckpt_load_eplb if it wants it),
+    // so that a file the loader takes is one `ckpt verify` passes, and the other way round.
+    CkptEplb e;
+    if (ckpt_file_eplb(&cf, &saved, &e)) ckpt_eplb_free(&e);
     if (o) o->t = (long)adam_t;
     if (st) *st = s;
     ckpt_file_close(&cf);
@@ -648,14 +652,20 @@ static hid_t open_eplb(CkptFile *cf, const char *name, hid_t ftype, hsize_t rows
 }
 
 int ckpt_load_eplb(const char *path, const MoeConfig *c, CkptEplb *out) {
-    memset(out, 0, sizeof *out);
     CkptFile cf;
     ckpt_file_open(&cf, path);
-    const H5Io *io = &cf.io;
-    int found = h5_exists(io, cf.f, "/eplb");
-    if (found && h5_exists(io, cf.f, "/eplb/phy2log")) {
+    int found = ckpt_file_eplb(&cf, c, out);
+    ckpt_file_close(&cf);
+    return found;
+}
+
+int ckpt_file_eplb(CkptFile *cf, const MoeConfig *c, CkptEplb *out) {
+    memset(out, 0, sizeof *out);
+    const H5Io *io = &cf->io;
+    int found = h5_exists(io, cf->f, "/eplb");
+    if (found && h5_exists(io, cf->f, "/eplb/phy2log")) {
         hsize_t R = 0;
-        hid_t d = open_eplb(&cf, "/eplb/phy2log", H5T_STD_I32LE, (hsize_t)c->L, &R);
+        hid_t d = open_eplb(cf, "/eplb/phy2log", H5T_STD_I32LE, (hsize_t)c->L, &R);
         if (R < (hsize_t)c->E || R > ((hsize_t)1 << 20))
             H5_FAIL(io, "/eplb/phy2log has %llu slots per layer for %d experts", (unsigned long long)R, c->E);
         out->R = (int)R;
@@ -669,9 +679,9 @@ int ckpt_load_eplb(const char *path, const MoeConfig *c, CkptEplb *out) {
                     H5_FAIL(io, "/eplb/phy2log: layer %d slot %llu holds expert %d of %d", l,
                             (unsigned long long)p, out->phy2log[l * R + p], c->E);
     }
-    if (found && h5_exists(io, cf.f, "/eplb/expert_counts")) {
+    if (found && h5_exists(io, cf->f, "/eplb/expert_counts")) {
         hsize_t E = (hsize_t)c->E;
-        hid_t d = open_eplb(&cf, "/eplb/expert_counts", H5T_STD_I64LE, (hsize_t)c->L, &E);
+        hid_t d = open_eplb(cf, "/eplb/expert_counts", H5T_STD_I64LE, (hsize_t)c->L, &E);
         out->counts = core_alloc((size_t)c->L * E * sizeof(long));
         const hsize_t dims[2] = {(hsize_t)c->L, E};
         h5_read_rows(io, d, "/eplb/expert_counts", H5T_NATIVE_LONG, 2, dims, 0, dims[0], out->counts);
@@ -679,7 +689,6 @@ int ckpt_load_eplb(const char *path, const MoeConfig *c, CkptEplb *out) {
         for (size_t i = 0; i < (size_t)c->L * E; i++)
             if (out->counts[i] < 0) H5_FAIL(io, "/eplb/expert_counts holds a negative count");
     }
-    ckpt_file_close(&cf);
     return found;
 }
 

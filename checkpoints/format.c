@@ -100,6 +100,8 @@ void ckpt_file_config(CkptFile *cf, MoeConfig *c) {
         config_set(c, trim(s), trim(eq + 1), origin);
     }
     core_free(text);
+    // A stored config no run could have had is damage (the model built from it is what verify checks).
+    config_validate(c);
 }
 
 void ckpt_file_state(CkptFile *cf, CkptState *st, int64_t *adam_t) {

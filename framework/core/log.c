@@ -5,6 +5,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 
 static int g_rank = 0, g_world = 1, g_quiet = 0;
@@ -64,10 +65,13 @@ void core_fatal_at(const char *file, int line, int code, const char *fmt, ...) {
 
 static void usage_line(const char *fmt, va_list ap) {
     fflush(stdout);
-    if (g_world > 1) fprintf(stderr, "moelab: error [rank %d]: ", g_rank);
-    else fputs("moelab: error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    // One write for the whole line: the ranks of a job share stderr, and their lines must not mix.
+    char line[4096];
+    int k = g_world > 1 ? snprintf(line, sizeof line, "moelab: error [rank %d]: ", g_rank)
+                        : snprintf(line, sizeof line, "moelab: error: ");
+    vsnprintf(line + k, sizeof line - (size_t)k - 1, fmt, ap);
+    strcat(line, "\n");
+    fputs(line, stderr);
     fflush(stderr);
 }
 
