@@ -405,6 +405,20 @@ static void trainer_save(Trainer *t) {
     core_info0("saved %s", path);
 }
 
+static void count_stale(const char *path, const char *why, void *first) {
+    if (!*(char *)first) snprintf(first, CONFIG_STR + 64, "%s (%s)", path, why);
+}
+
+// Crashed saves leave temporary and orphaned part files in --out: the user hears of them (and of the
+// command that removes them) when a run starts there.
+static void report_stale(const char *dir) {
+    char first[CONFIG_STR + 64] = "";
+    const int n = ckpt_stale_files(dir, count_stale, first);
+    if (n > 0)
+        core_warn("%s holds %d file%s left by saves that crashed, e.g. %s: `moelab ckpt clean %s` removes them",
+                  dir, n, n == 1 ? "" : "s", first, dir);
+}
+
 Trainer *trainer_create(const MoeConfig *cfg) {
     Trainer *t = core_alloc(sizeof *t);
     t->cfg = *cfg;
@@ -464,7 +478,10 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         t->metrics = fopen(c->metrics, "w");
         if (!t->metrics) core_usage_error("cannot write --metrics %s: %s", c->metrics, strerror(errno));
     }
-    if (c->out[0]) ckpt_make_dir(c->out);
+    if (c->out[0]) {
+        ckpt_make_dir(c->out);
+        if (core_rank() == 0) report_stale(c->out);
+    }
     t->lineage = ckpt_new_lineage();
     t->resumed_at = -1;
     if (c->resume[0]) trainer_resume(t);

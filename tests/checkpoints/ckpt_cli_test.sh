@@ -10,7 +10,8 @@
 #     checkpoint resumes under EP 4 (4 ranks): the same global batch per step, so their losses match
 #     the uninterrupted run within 1e-5 (the EP runs reassociate sums);
 #  4. `moelab ckpt verify` accepts sound checkpoints and rejects damaged ones (exit 2, named problem),
-#     `inspect` shows the state and tensors, and a mismatched config is refused on --resume.
+#     `inspect` shows the state and tensors, and a mismatched config is refused on --resume;
+#  5. leftovers of crashed saves are reported by `moelab train` and removed by `moelab ckpt clean`.
 set -euo pipefail
 root="$TEST_SRCDIR/moelab"
 moelab="$root/tools/moelab"
@@ -93,3 +94,27 @@ expect_error "unknown subcommand 'check'" "$moelab" ckpt check "$tmp/a/step_6.h5
 expect_error "saved with d_model = 32, but this model has d_model = 48" \
     "$moelab" train "${args[@]}" --d-model 48 --resume "$tmp/a/step_3.h5"
 echo "ok: moelab ckpt inspect/verify and the resume errors"
+
+# 5. Leftovers of crashed saves in --out: a temporary file of a dead process and a part file without
+# its index are reported when a run starts there, and `moelab ckpt clean` removes exactly them (not
+# the temporary file of a live process, nor the parts of a committed index).
+"$moelab" ckpt --help | grep -q "moelab ckpt clean DIR"
+sleep 0 & dead=$!
+wait $dead
+sleep 60 & alive=$!
+cp "$tmp/a/step_3.h5" "$tmp/c/step_9.h5.tmp-$dead"
+cp "$tmp/a/step_3.h5" "$tmp/c/step_9.h5.tmp-$alive"
+cp "$tmp/c/step_3.h5.part-0-of-2" "$tmp/c/step_8.h5.part-0-of-2"
+"$moelab" train "${args[@]}" --steps 3 --resume "$tmp/c/step_3.h5" --out "$tmp/c" >"$tmp/stale.log" 2>&1
+grep -q "$tmp/c holds 2 files left by saves that crashed, .*moelab ckpt clean $tmp/c. removes them" "$tmp/stale.log" ||
+    { echo "FAIL: no report of the leftovers:"; cat "$tmp/stale.log"; exit 1; }
+"$moelab" ckpt clean "$tmp/c" >"$tmp/clean.log"
+grep -q "removed $tmp/c/step_9.h5.tmp-$dead (temporary file" "$tmp/clean.log" &&
+    grep -q "removed $tmp/c/step_8.h5.part-0-of-2 (part file whose index is missing" "$tmp/clean.log" &&
+    grep -q "$tmp/c: 2 files removed" "$tmp/clean.log" || { echo "FAIL: ckpt clean said:"; cat "$tmp/clean.log"; exit 1; }
+kill $alive
+[ -f "$tmp/c/step_9.h5.tmp-$alive" ] && [ -f "$tmp/c/step_3.h5.part-1-of-2" ] ||
+    { echo "FAIL: ckpt clean removed too much:"; ls "$tmp/c"; exit 1; }
+"$moelab" ckpt verify "$tmp/c/step_3.h5" | grep -q sound
+expect_error "cannot list checkpoint directory $tmp/none" "$moelab" ckpt clean "$tmp/none"
+echo "ok: leftovers of crashed saves are reported and cleaned"
