@@ -336,3 +336,49 @@ int ckpt_tensor_maps(CkptFile *cf, hid_t d, const char *name) {
     h5_dcpl_close(dcpl);
     return (int)n;
 }
+
+// Opens an integer dataset of /eplb after checking its type, checksum filter and extent (rows, cols).
+static hid_t open_eplb(CkptFile *cf, const char *name, hid_t ftype, hsize_t rows, hsize_t *cols) {
+    const H5Io *io = &cf->io;
+    hid_t d = H5_OK(io, H5Dopen2(cf->f, name, H5P_DEFAULT), "open %s", name);
+    h5_check_stored(io, d, name, ftype);
+    hsize_t dims[4];
+    if (h5_dims(io, d, name, dims) != 2 || dims[0] != rows || (*cols && dims[1] != *cols))
+        H5_FAIL(io, "%s should have %llu rows of %s", name, (unsigned long long)rows,
+                *cols ? "one count per expert" : "slots");
+    *cols = dims[1];
+    return d;
+}
+
+int ckpt_file_eplb(CkptFile *cf, const MoeConfig *c, CkptEplb *out) {
+    memset(out, 0, sizeof *out);
+    const H5Io *io = &cf->io;
+    int found = h5_exists(io, cf->f, "/eplb");
+    if (found && h5_exists(io, cf->f, "/eplb/phy2log")) {
+        hsize_t R = 0;
+        hid_t d = open_eplb(cf, "/eplb/phy2log", H5T_STD_I32LE, (hsize_t)c->L, &R);
+        if (R < (hsize_t)c->E || R > ((hsize_t)1 << 20))
+            H5_FAIL(io, "/eplb/phy2log has %llu slots per layer for %d experts", (unsigned long long)R, c->E);
+        out->R = (int)R;
+        out->phy2log = core_alloc((size_t)c->L * R * sizeof(int));
+        const hsize_t dims[2] = {(hsize_t)c->L, R};
+        h5_read_rows(io, d, "/eplb/phy2log", H5T_NATIVE_INT, 2, dims, 0, dims[0], out->phy2log);
+        H5Dclose(d);
+        for (int l = c->n_dense_layers; l < c->L; l++)
+            for (hsize_t p = 0; p < R; p++)
+                if (out->phy2log[l * R + p] < 0 || out->phy2log[l * R + p] >= c->E)
+                    H5_FAIL(io, "/eplb/phy2log: layer %d slot %llu holds expert %d of %d", l,
+                            (unsigned long long)p, out->phy2log[l * R + p], c->E);
+    }
+    if (found && h5_exists(io, cf->f, "/eplb/expert_counts")) {
+        hsize_t E = (hsize_t)c->E;
+        hid_t d = open_eplb(cf, "/eplb/expert_counts", H5T_STD_I64LE, (hsize_t)c->L, &E);
+        out->counts = core_alloc((size_t)c->L * E * sizeof(long));
+        const hsize_t dims[2] = {(hsize_t)c->L, E};
+        h5_read_rows(io, d, "/eplb/expert_counts", H5T_NATIVE_LONG, 2, dims, 0, dims[0], out->counts);
+        H5Dclose(d);
+        for (size_t i = 0; i < (size_t)c->L * E; i++)
+            if (out->counts[i] < 0) H5_FAIL(io, "/eplb/expert_counts holds a negative count");
+    }
+    return found;
+}
