@@ -85,7 +85,7 @@ static const KeyInfo KEYS[] = {
     {"resume", K_STR, OFF(resume), 0, 0, NULL, "checkpoint to resume from"},
     {"trace", K_STR, OFF(trace), 0, 0, NULL, "Chrome trace output file"},
     {"save_every", K_INT, OFF(save_every), 0, INT_MAX, NULL, "steps between checkpoints (0: end only)"},
-    {"keep", K_INT, OFF(keep), 0, INT_MAX, NULL, "checkpoints kept (0: all)"},
+    {"keep", K_INT, OFF(keep), 0, INT_MAX, NULL, "checkpoints of the run's lineage kept (0: all)"},
 };
 #define NKEYS ((int)(sizeof(KEYS) / sizeof(KEYS[0])))
 
