@@ -717,7 +717,7 @@ void ckpt_prune(const char *dir, int keep, uint64_t lineage, long newest, long f
         steps = grow(steps, n, &cap, sizeof *steps);
         steps[n++] = s;
     }
-    qsort(steps, (size_t)n, sizeof *steps, desc_long);
+    if (n > 1) qsort(steps, (size_t)n, sizeof *steps, desc_long);
     // The checkpoint just saved is the newest of the `keep`.
     for (int i = keep - 1; i < n; i++) {
         // The index (or single file) goes first: a checkpoint is never visible with parts missing.

@@ -709,18 +709,21 @@ static int trainer_diverged(Trainer *t, const StepStats *st) {
     t->skipped++;
     t->skipped_run++;
     if (t->skipped_run <= c->nonfinite_skip) {
-        core_warn("step %d: loss %g, gradient norm %g: not finite or too large, step skipped (%d in a row, at most %d; "
-                  "%d in all)", t->step, (double)st->loss, (double)st->grad_norm, t->skipped_run,
+        core_warn("step %d: loss %g, gradient norm %g: not finite or too large, step skipped (%d in a row, "
+                  "at most %d; %d in all)", t->step, (double)st->loss, (double)st->grad_norm, t->skipped_run,
                   c->nonfinite_skip, t->skipped);
         return 0;
     }
-    char last[sizeof t->last_ckpt + 64];
-    if (t->last_ckpt[0]) snprintf(last, sizeof last, "the last good checkpoint is %s", t->last_ckpt);
-    else snprintf(last, sizeof last, "no checkpoint of this run holds good weights%s", c->out[0] ? "" : " (no --out)");
-    core_failure_report("training diverged at step %d: loss %g, gradient norm %g (not finite or too large)%s; nothing was saved from "
-                      "it, %s (resume from it with a lower --lr or a --grad-clip, or let "
-                      "--nonfinite-skip N skip such steps)", t->step, (double)st->loss, (double)st->grad_norm,
-                      c->nonfinite_skip > 0 ? " (too many in a row)" : "", last);
+    char last[sizeof t->last_ckpt + 96];
+    if (t->last_ckpt[0])
+        snprintf(last, sizeof last, "the last good checkpoint is %s (resume from it with", t->last_ckpt);
+    else
+        snprintf(last, sizeof last, "no checkpoint of this run holds good weights%s (start again with",
+                 c->out[0] ? "" : ": pass --out DIR");
+    core_failure_report("training diverged at step %d: loss %g, gradient norm %g (not finite or too large)%s; "
+                        "nothing was saved from it, %s a lower --lr or a --grad-clip, or let "
+                        "--nonfinite-skip N skip such steps)", t->step, (double)st->loss,
+                        (double)st->grad_norm, c->nonfinite_skip > 0 ? ", too many in a row" : "", last);
     return 1;
 }
 
