@@ -243,8 +243,9 @@ typedef struct {
 } AtomicFile;
 
 // The temporary file of the save under way ("" if none): a save that fails (a full disk, an I/O
-// error, any check) exits through exit(), whose handler removes it, so no partial file is left.
-// (A rank killed by a signal or by MPI_Abort leaves it: `moelab ckpt clean` removes such files.)
+// error, any check) removes it before the process ends — from h5.c's failure path, which runs before
+// MPI_Abort, and from an exit handler for the other exits — so no partial file is left. (A rank
+// killed by a signal, or ended by another rank's MPI_Abort, leaves it: `moelab ckpt clean`.)
 static char pending_tmp[CKPT_PATH_MAX + 32];
 
 static void remove_pending_tmp(void) {
@@ -264,6 +265,7 @@ static void atomic_create(AtomicFile *a, const char *path) {
     static int registered;
     if (!registered) atexit(remove_pending_tmp);
     registered = 1;
+    h5_on_failure(remove_pending_tmp);
     snprintf(pending_tmp, sizeof pending_tmp, "%s", a->tmp);
     a->f = h5_create_file(&a->io, a->tmp);
     saved_datasets = 0;
@@ -271,7 +273,11 @@ static void atomic_create(AtomicFile *a, const char *path) {
 
 static void fsync_path(const char *path, int flags) {
     int fd = open(path, flags);
-    if (fd < 0 || fsync(fd) != 0) FATAL("checkpoint: fsync %s: %s", path, strerror(errno));
+    if (fd < 0 || fsync(fd) != 0) {
+        const int err = errno;
+        remove_pending_tmp();
+        FATAL("checkpoint: fsync %s: %s", path, strerror(err));
+    }
     close(fd);
 }
 
@@ -281,8 +287,11 @@ static void atomic_commit(AtomicFile *a) {
     H5_OK(&a->io, H5Fflush(a->f, H5F_SCOPE_GLOBAL), "flush");
     H5_OK(&a->io, H5Fclose(a->f), "close");
     fsync_path(a->tmp, O_RDONLY);
-    if (rename(a->tmp, a->final) != 0)
-        FATAL("checkpoint: rename %s to %s: %s", a->tmp, a->final, strerror(errno));
+    if (rename(a->tmp, a->final) != 0) {
+        const int err = errno;
+        remove_pending_tmp();
+        FATAL("checkpoint: rename %s to %s: %s", a->tmp, a->final, strerror(err));
+    }
     pending_tmp[0] = '\0';
     fsync_path(a->dir, O_RDONLY | O_DIRECTORY);
 }
