@@ -124,8 +124,9 @@ void ckpt_inspect(const char *path, FILE *out) {
 // Group gname must hold the tensors of the stored config's model and nothing else. Each of them is
 // opened by name afterwards (a missing one is named then), and names within a group are unique, so a
 // larger link count means an object that does not belong. The links are counted, never listed: HDF5
-// 1.10 crashes listing a group whose link storage (an unchecksummed heap block) is damaged, where a
-// lookup by name fails cleanly.
+// 1.10 crashes listing a group whose link storage (heap blocks, heap header, name index) is damaged,
+// where a lookup by name fails cleanly. (The loader, which may hold one pipeline stage, does not
+// look for extra objects; it runs every other check here.)
 static void check_no_extra(CkptFile *cf, const char *gname, const ParamRegistry *r, int with_buffers) {
     if (!h5_exists(&cf->io, cf->f, gname)) H5_FAIL(&cf->io, "group %s is missing", gname);
     hid_t g = H5_OK(&cf->io, H5Gopen2(cf->f, gname, H5P_DEFAULT), "open %s", gname);
@@ -166,7 +167,8 @@ void ckpt_verify(const char *path, FILE *out) {
             H5Dclose(d);
             // As the loader: a checkpoint holds no NaN or infinite value.
             if (s.nonfinite)
-                H5_FAIL(&cf.io, "%s holds %ld NaN or infinite values (saved by a diverged run)", name, s.nonfinite);
+                H5_FAIL(&cf.io, "%s holds %ld NaN or infinite values (saved by a diverged run)", name,
+                        s.nonfinite);
             bytes += 4.0 * (double)s.n;
             datasets++;
         }

@@ -395,4 +395,17 @@ TEST_F(CheckpointErrors, NonFiniteValuesAreRefusedOnLoadAndVerify) {
                 "nan.h5: /optim/m/layers.1.experts.w1 holds 1 NaN or infinite");
 }
 
+// verify finds an object that is no tensor of the stored config's model by counting a group's links
+// (it never lists them: HDF5 crashes listing damaged link storage).
+TEST_F(CheckpointErrors, VerifyRefusesAnExtraObject) {
+    const std::string path = copy_of(single_, "extra.h5");
+    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t g = H5Gcreate2(f, "/optim/m/stray", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(g, 0);
+    H5Gclose(g);
+    H5Fclose(f);
+    EXPECT_EXIT(ckpt_verify(path.c_str(), stdout), ExitedWithCode(2),
+                "extra.h5: group /optim/m holds [0-9]+ objects, but the stored config's model has [0-9]+ tensors");
+}
+
 }  // namespace
