@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -191,6 +192,7 @@ static void write_state(const H5Io *io, hid_t f, const MoeConfig *c, long adam_t
     h5_attr_write(io, g, "rng_seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.seed);
     h5_attr_write(io, g, "rng_stream", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &st->rng.stream);
     h5_attr_write(io, g, "rng_counter", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.counter);
+    h5_attr_write(io, g, "lineage", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->lineage);
     H5Gclose(g);
     if (!e || (!e->phy2log && !e->counts)) return;
     g = h5_create_group(io, f, "eplb");
@@ -216,6 +218,21 @@ static void write_state(const H5Io *io, hid_t f, const MoeConfig *c, long adam_t
     H5Gclose(g);
 }
 
+// A diverged state is never saved: every value and moment this process would write is checked before
+// any file is created (a non-finite one fails the save, exit 1).
+static void check_finite(const char *path, const Model *m, const AdamW *o) {
+    const ParamRegistry *r = &m->reg;
+    const float *base[CKPT_NGROUPS] = {r->data, o->m, o->v};
+    for (int g = 0; g < CKPT_NGROUPS; g++)
+        for (int i = 0; i < r->n; i++) {
+            if (g > 0 && r->p[i].kind == PARAM_BUFFER) continue;
+            const size_t bad = ckpt_count_nonfinite(base[g] + r->p[i].offset, r->p[i].numel);
+            if (bad)
+                FATAL("checkpoint %s: refusing to save %s/%s: %zu of its values are NaN or infinite (the "
+                      "run diverged)", path, CKPT_GROUPS[g], r->p[i].name, bad);
+        }
+}
+
 // A file written under a temporary name and renamed only once complete and on disk.
 typedef struct {
     const char *final;
@@ -224,6 +241,17 @@ typedef struct {
     H5Io io;
     hid_t f;
 } AtomicFile;
+
+// The temporary file of the save under way ("" if none): a save that fails (a full disk, an I/O
+// error, any check) removes it before the process ends — from h5.c's failure path, which runs before
+// MPI_Abort, and from an exit handler for the other exits — so no partial file is left. (A rank
+// killed by a signal, or ended by another rank's MPI_Abort, leaves it: `moelab ckpt clean`.)
+static char pending_tmp[CKPT_PATH_MAX + 32];
+
+static void remove_pending_tmp(void) {
+    if (pending_tmp[0]) unlink(pending_tmp);
+    pending_tmp[0] = '\0';
+}
 
 static void atomic_create(AtomicFile *a, const char *path) {
     a->final = path;
@@ -234,13 +262,22 @@ static void atomic_create(AtomicFile *a, const char *path) {
     if (access(a->dir, W_OK) != 0)
         core_usage_error("cannot write checkpoint %s: directory %s: %s", path, a->dir, strerror(errno));
     snprintf(a->tmp, sizeof a->tmp, "%s.tmp-%ld", path, (long)getpid());
+    static int registered;
+    if (!registered) atexit(remove_pending_tmp);
+    registered = 1;
+    h5_on_failure(remove_pending_tmp);
+    snprintf(pending_tmp, sizeof pending_tmp, "%s", a->tmp);
     a->f = h5_create_file(&a->io, a->tmp);
     saved_datasets = 0;
 }
 
 static void fsync_path(const char *path, int flags) {
     int fd = open(path, flags);
-    if (fd < 0 || fsync(fd) != 0) FATAL("checkpoint: fsync %s: %s", path, strerror(errno));
+    if (fd < 0 || fsync(fd) != 0) {
+        const int err = errno;
+        remove_pending_tmp();
+        FATAL("checkpoint: fsync %s: %s", path, strerror(err));
+    }
     close(fd);
 }
 
@@ -250,8 +287,12 @@ static void atomic_commit(AtomicFile *a) {
     H5_OK(&a->io, H5Fflush(a->f, H5F_SCOPE_GLOBAL), "flush");
     H5_OK(&a->io, H5Fclose(a->f), "close");
     fsync_path(a->tmp, O_RDONLY);
-    if (rename(a->tmp, a->final) != 0)
-        FATAL("checkpoint: rename %s to %s: %s", a->tmp, a->final, strerror(errno));
+    if (rename(a->tmp, a->final) != 0) {
+        const int err = errno;
+        remove_pending_tmp();
+        FATAL("checkpoint: rename %s to %s: %s", a->tmp, a->final, strerror(err));
+    }
+    pending_tmp[0] = '\0';
     fsync_path(a->dir, O_RDONLY | O_DIRECTORY);
 }
 
@@ -261,6 +302,7 @@ void ckpt_save(const char *path, const CkptShard *sh, const Model *m, const Adam
     CHECK(sh->parts == 1 && sh->ep_size == 1 && sh->write_dense && sh->write_experts,
           "ckpt_save writes a whole model from one process (this shard is part %d of %d, EP %d of %d): "
           "use ckpt_save_part and ckpt_save_index", sh->part, sh->parts, sh->ep_rank, sh->ep_size);
+    check_finite(path, m, o);
     AtomicFile a;
     atomic_create(&a, path);
     write_format(&a.io, a.f, CKPT_FORMAT_NAME);
@@ -269,27 +311,33 @@ void ckpt_save(const char *path, const CkptShard *sh, const Model *m, const Adam
     atomic_commit(&a);
 }
 
-// A part id that differs between saves (time, process, part), so that the index can tell its own
-// parts from stale ones of an earlier save under the same name.
-static uint64_t new_part_id(int part) {
+// An id that differs between saves and runs (time, process, salt): part ids let the index tell its
+// own parts from stale ones of an earlier save under the same name; lineage ids tell runs apart.
+static uint64_t new_id(uint64_t salt) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uint64_t x = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-    x ^= ((uint64_t)getpid() << 32) ^ ((uint64_t)part * 0x9E3779B97F4A7C15ull);
+    x ^= ((uint64_t)getpid() << 32) ^ (salt * 0x9E3779B97F4A7C15ull);
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
     x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
     return x ^ (x >> 31);
 }
 
+uint64_t ckpt_new_lineage(void) {
+    uint64_t id = new_id((uint64_t)1 << 40);
+    return id ? id : 1;
+}
+
 void ckpt_save_part(const char *path, const CkptShard *sh, const Model *m, const AdamW *o) {
     check_shard(sh, m);
+    check_finite(path, m, o);
     char pp[CKPT_PATH_MAX];
     ckpt_part_path(path, sh->part, sh->parts, pp, sizeof pp);
     AtomicFile a;
     atomic_create(&a, pp);
     write_format(&a.io, a.f, CKPT_PART_FORMAT_NAME);
     const int64_t r = sh->part, n = sh->parts;
-    const uint64_t id = new_part_id(sh->part);
+    const uint64_t id = new_id((uint64_t)sh->part);
     h5_attr_write(&a.io, a.f, "part", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &r);
     h5_attr_write(&a.io, a.f, "parts", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &n);
     h5_attr_write(&a.io, a.f, "part_id", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &id);
@@ -493,7 +541,7 @@ static const char *const FREE_KEYS[] = {"log_every", "val_every", "val_batches",
                                         "sample_tokens", "temperature", "top_k_sample", "threads",
                                         "ep", "pp", "chunks", "schedule", "fb_overlap", "eplb_interval", "eplb_redundant",
                                         "device", "data", "metrics", "out", "resume", "trace",
-                                        "save_every", "keep"};
+                                        "save_every", "keep", "nonfinite_skip"};
 
 static int key_in(const char *key, const char *const *list, int n) {
     for (int i = 0; i < n; i++)
@@ -580,8 +628,14 @@ void ckpt_load(const char *path, const CkptShard *sh, Model *m, AdamW *o, CkptSt
             snprintf(name, sizeof name, "%s/%s", CKPT_GROUPS[g], r->p[i].name);
             read_tensor(&cf, d[i * CKPT_NGROUPS + g], name, &r->p[i], base + r->p[i].offset, sh);
             H5Dclose(d[i * CKPT_NGROUPS + g]);
+            const size_t bad = ckpt_count_nonfinite(base + r->p[i].offset, r->p[i].numel);
+            if (bad) H5_FAIL(&cf.io, "%s holds %zu NaN or infinite values (saved by a diverged run)", name, bad);
         }
     core_free(d);
+    // The EPLB group is checked like the rest (the caller reads it with ckpt_load_eplb if it wants it),
+    // so that a file the loader takes is one `ckpt verify` passes, and the other way round.
+    CkptEplb e;
+    if (ckpt_file_eplb(&cf, &saved, &e)) ckpt_eplb_free(&e);
     if (o) o->t = (long)adam_t;
     if (st) *st = s;
     ckpt_file_close(&cf);
@@ -594,51 +648,10 @@ void ckpt_read_config(const char *path, MoeConfig *c) {
     ckpt_file_close(&cf);
 }
 
-// Opens an integer dataset of /eplb after checking its type, checksum filter and extent (rows, cols).
-static hid_t open_eplb(CkptFile *cf, const char *name, hid_t ftype, hsize_t rows, hsize_t *cols) {
-    const H5Io *io = &cf->io;
-    hid_t d = H5_OK(io, H5Dopen2(cf->f, name, H5P_DEFAULT), "open %s", name);
-    h5_check_stored(io, d, name, ftype);
-    hsize_t dims[4];
-    if (h5_dims(io, d, name, dims) != 2 || dims[0] != rows || (*cols && dims[1] != *cols))
-        H5_FAIL(io, "%s should have %llu rows of %s", name, (unsigned long long)rows,
-                *cols ? "one count per expert" : "slots");
-    *cols = dims[1];
-    return d;
-}
-
 int ckpt_load_eplb(const char *path, const MoeConfig *c, CkptEplb *out) {
-    memset(out, 0, sizeof *out);
     CkptFile cf;
     ckpt_file_open(&cf, path);
-    const H5Io *io = &cf.io;
-    int found = h5_exists(io, cf.f, "/eplb");
-    if (found && h5_exists(io, cf.f, "/eplb/phy2log")) {
-        hsize_t R = 0;
-        hid_t d = open_eplb(&cf, "/eplb/phy2log", H5T_STD_I32LE, (hsize_t)c->L, &R);
-        if (R < (hsize_t)c->E || R > ((hsize_t)1 << 20))
-            H5_FAIL(io, "/eplb/phy2log has %llu slots per layer for %d experts", (unsigned long long)R, c->E);
-        out->R = (int)R;
-        out->phy2log = core_alloc((size_t)c->L * R * sizeof(int));
-        const hsize_t dims[2] = {(hsize_t)c->L, R};
-        h5_read_rows(io, d, "/eplb/phy2log", H5T_NATIVE_INT, 2, dims, 0, dims[0], out->phy2log);
-        H5Dclose(d);
-        for (int l = c->n_dense_layers; l < c->L; l++)
-            for (hsize_t p = 0; p < R; p++)
-                if (out->phy2log[l * R + p] < 0 || out->phy2log[l * R + p] >= c->E)
-                    H5_FAIL(io, "/eplb/phy2log: layer %d slot %llu holds expert %d of %d", l,
-                            (unsigned long long)p, out->phy2log[l * R + p], c->E);
-    }
-    if (found && h5_exists(io, cf.f, "/eplb/expert_counts")) {
-        hsize_t E = (hsize_t)c->E;
-        hid_t d = open_eplb(&cf, "/eplb/expert_counts", H5T_STD_I64LE, (hsize_t)c->L, &E);
-        out->counts = core_alloc((size_t)c->L * E * sizeof(long));
-        const hsize_t dims[2] = {(hsize_t)c->L, E};
-        h5_read_rows(io, d, "/eplb/expert_counts", H5T_NATIVE_LONG, 2, dims, 0, dims[0], out->counts);
-        H5Dclose(d);
-        for (size_t i = 0; i < (size_t)c->L * E; i++)
-            if (out->counts[i] < 0) H5_FAIL(io, "/eplb/expert_counts holds a negative count");
-    }
+    int found = ckpt_file_eplb(&cf, c, out);
     ckpt_file_close(&cf);
     return found;
 }
@@ -678,21 +691,44 @@ static int desc_long(const void *a, const void *b) {
     return (x < y) - (x > y);
 }
 
-void ckpt_prune(const char *dir, int keep) {
-    if (keep <= 0) return;
+// The lineage stored in checkpoint `path`, or 0 when it has none or cannot be read: pruning leaves
+// alone whatever it cannot prove to be its own.
+static uint64_t lineage_of(const char *path) {
+    h5_init();
+    uint64_t id = 0;
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return 0;
+    if (H5Aexists_by_name(f, "state", "lineage", H5P_DEFAULT) > 0) {
+        hid_t a = H5Aopen_by_name(f, "state", "lineage", H5P_DEFAULT, H5P_DEFAULT);
+        if (a >= 0 && H5Aread(a, H5T_NATIVE_UINT64, &id) < 0) id = 0;
+        if (a >= 0) H5Aclose(a);
+    }
+    H5Fclose(f);
+    H5Eclear2(H5E_DEFAULT);
+    return id;
+}
+
+void ckpt_prune(const char *dir, int keep, uint64_t lineage, long newest, long from, const long *own,
+                int n_own) {
+    if (keep <= 0 || lineage == 0) return;
     DIR *dp = opendir(dir);
     if (!dp) core_usage_error("cannot list checkpoint directory %s: %s", dir, strerror(errno));
     long *steps = NULL;
     int n = 0, cap = 0;
+    char path[CKPT_PATH_MAX], prefix[64];
     for (struct dirent *e; (e = readdir(dp));) {
         long s = step_of(e->d_name);
-        if (s < 0) continue;
+        if (s < 0 || s >= newest) continue;
+        int mine = s <= from;
+        for (int i = 0; i < n_own && !mine; i++) mine = own[i] == s;
+        ckpt_step_path(dir, s, path, sizeof path);
+        if (!mine || lineage_of(path) != lineage) continue;
         steps = grow(steps, n, &cap, sizeof *steps);
         steps[n++] = s;
     }
-    qsort(steps, (size_t)n, sizeof *steps, desc_long);
-    char path[CKPT_PATH_MAX], prefix[64];
-    for (int i = keep; i < n; i++) {
+    if (n > 1) qsort(steps, (size_t)n, sizeof *steps, desc_long);
+    // The checkpoint just saved is the newest of the `keep`.
+    for (int i = keep - 1; i < n; i++) {
         // The index (or single file) goes first: a checkpoint is never visible with parts missing.
         ckpt_step_path(dir, steps[i], path, sizeof path);
         if (unlink(path) != 0) core_warn("cannot remove old checkpoint %s: %s", path, strerror(errno));
@@ -706,4 +742,40 @@ void ckpt_prune(const char *dir, int keep) {
     }
     core_free(steps);
     closedir(dp);
+}
+
+// The pid of a temporary file name "NAME.tmp-<pid>", or 0 for any other name.
+static long tmp_pid(const char *name) {
+    const char *t = strstr(name, ".tmp-");
+    if (!t) return 0;
+    char *end;
+    long pid = strtol(t + 5, &end, 10);
+    return *end == '\0' && pid > 0 ? pid : 0;
+}
+
+int ckpt_stale_files(const char *dir, void (*fn)(const char *path, const char *why, void *ctx), void *ctx) {
+    DIR *dp = opendir(dir);
+    if (!dp) core_usage_error("cannot list checkpoint directory %s: %s", dir, strerror(errno));
+    int n = 0;
+    char path[2 * CKPT_PATH_MAX], index[2 * CKPT_PATH_MAX];
+    for (struct dirent *e; (e = readdir(dp));) {
+        const char *why = NULL;
+        const long pid = tmp_pid(e->d_name);
+        const char *part = strstr(e->d_name, ".part-");
+        int r, k, end = 0;
+        struct stat sb;
+        // A pid that is alive here may be a save under way: left alone.
+        if (pid && !(kill((pid_t)pid, 0) == 0 || errno == EPERM)) {
+            why = "temporary file of a save that did not finish";
+        } else if (!pid && part && sscanf(part, ".part-%d-of-%d%n", &r, &k, &end) == 2 && part[end] == '\0') {
+            snprintf(index, sizeof index, "%s/%.*s", dir, (int)(part - e->d_name), e->d_name);
+            if (stat(index, &sb) != 0) why = "part file whose index is missing (a save that did not finish)";
+        }
+        if (!why) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        fn(path, why, ctx);
+        n++;
+    }
+    closedir(dp);
+    return n;
 }

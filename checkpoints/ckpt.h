@@ -46,6 +46,8 @@ typedef struct {
     LoaderPos data;    // training loader position of the next step
     RngStream rng;     // the sampling stream (training draws no other random numbers: the loader's
                        // shuffle is keyed by (seed, epoch), restored by the config and `data`)
+    uint64_t lineage;  // the run's lineage: drawn by a fresh run, kept by a resumed one (ckpt_prune
+                       // removes only checkpoints of its own lineage); 0 in files saved before it
 } CkptState;
 
 // EPLB plan and load statistics (optional in a checkpoint; absent means the identity placement).
@@ -89,8 +91,22 @@ void ckpt_verify(const char *path, FILE *out);
 void ckpt_step_path(const char *dir, long step, char *out, size_t n);
 // Creates dir if it does not exist (a usage error if it cannot).
 void ckpt_make_dir(const char *dir);
-// Keeps the newest `keep` DIR/step_<n>.h5 checkpoints (with their part files); keep 0 keeps all.
-void ckpt_prune(const char *dir, int keep);
+// A new lineage id (never 0) for a run that does not resume.
+uint64_t ckpt_new_lineage(void);
+// After a run saved DIR/step_<newest>.h5: keeps `keep` checkpoints of its lineage (keep 0 keeps all),
+// removing (with their part files) the oldest of those that are older than `newest` and that this
+// run wrote itself (steps own[0..n_own)) or descends from (step <= from, the step it resumed at; -1
+// for a fresh run) and that carry `lineage`. Checkpoints of other runs, of abandoned branches of this
+// lineage and files that only look like checkpoints are never touched.
+void ckpt_prune(const char *dir, int keep, uint64_t lineage, long newest, long from, const long *own,
+                int n_own);
+
+// Leftovers of crashed saves in dir: temporary files NAME.tmp-<pid> whose process is not running
+// here, and part files NAME.part-<r>-of-<n> whose index NAME is missing (a multi-rank save that died
+// before its commit). Calls fn(path, why, ctx) for each and returns their number. A running save of
+// another run into the same directory has part files without an index for a moment: clean a
+// directory no run is writing to.
+int ckpt_stale_files(const char *dir, void (*fn)(const char *path, const char *why, void *ctx), void *ctx);
 
 // Tests only: called after each dataset a save writes, with the number written so far (used to kill
 // a save half-way). NULL turns it off.

@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -19,6 +20,12 @@ void ckpt_dir_of(const char *path, char *dir, size_t n) {
     char *slash = strrchr(dir, '/');
     if (slash) slash[slash == dir] = '\0';  // "/x.h5" lives in "/"
     else strcpy(dir, ".");
+}
+
+size_t ckpt_count_nonfinite(const float *x, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += !isfinite(x[i]);
+    return bad;
 }
 
 void ckpt_part_path(const char *path, int r, int n, char *out, size_t len) {
@@ -93,6 +100,8 @@ void ckpt_file_config(CkptFile *cf, MoeConfig *c) {
         config_set(c, trim(s), trim(eq + 1), origin);
     }
     core_free(text);
+    // A stored config no run could have had is damage (the model built from it is what verify checks).
+    config_validate(c);
 }
 
 void ckpt_file_state(CkptFile *cf, CkptState *st, int64_t *adam_t) {
@@ -106,6 +115,10 @@ void ckpt_file_state(CkptFile *cf, CkptState *st, int64_t *adam_t) {
     h5_attr_read(io, g, "/state", "rng_seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.seed);
     h5_attr_read(io, g, "/state", "rng_stream", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &st->rng.stream);
     h5_attr_read(io, g, "/state", "rng_counter", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.counter);
+    // Optional: files saved before lineages existed belong to none.
+    st->lineage = 0;
+    if (H5_OK(io, H5Aexists(g, "lineage"), "/state: look up attribute lineage"))
+        h5_attr_read(io, g, "/state", "lineage", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->lineage);
     H5Gclose(g);
     if (st->step < 0 || st->step > INT32_MAX || *adam_t < 0)
         H5_FAIL(io, "/state holds step %lld and AdamW t %lld", (long long)st->step, (long long)*adam_t);
@@ -322,4 +335,50 @@ int ckpt_tensor_maps(CkptFile *cf, hid_t d, const char *name) {
         H5_OK(&cf->io, H5Pget_virtual_count(dcpl, &n), "%s: virtual mappings", name);
     h5_dcpl_close(dcpl);
     return (int)n;
+}
+
+// Opens an integer dataset of /eplb after checking its type, checksum filter and extent (rows, cols).
+static hid_t open_eplb(CkptFile *cf, const char *name, hid_t ftype, hsize_t rows, hsize_t *cols) {
+    const H5Io *io = &cf->io;
+    hid_t d = H5_OK(io, H5Dopen2(cf->f, name, H5P_DEFAULT), "open %s", name);
+    h5_check_stored(io, d, name, ftype);
+    hsize_t dims[4];
+    if (h5_dims(io, d, name, dims) != 2 || dims[0] != rows || (*cols && dims[1] != *cols))
+        H5_FAIL(io, "%s should have %llu rows of %s", name, (unsigned long long)rows,
+                *cols ? "one count per expert" : "slots");
+    *cols = dims[1];
+    return d;
+}
+
+int ckpt_file_eplb(CkptFile *cf, const MoeConfig *c, CkptEplb *out) {
+    memset(out, 0, sizeof *out);
+    const H5Io *io = &cf->io;
+    int found = h5_exists(io, cf->f, "/eplb");
+    if (found && h5_exists(io, cf->f, "/eplb/phy2log")) {
+        hsize_t R = 0;
+        hid_t d = open_eplb(cf, "/eplb/phy2log", H5T_STD_I32LE, (hsize_t)c->L, &R);
+        if (R < (hsize_t)c->E || R > ((hsize_t)1 << 20))
+            H5_FAIL(io, "/eplb/phy2log has %llu slots per layer for %d experts", (unsigned long long)R, c->E);
+        out->R = (int)R;
+        out->phy2log = core_alloc((size_t)c->L * R * sizeof(int));
+        const hsize_t dims[2] = {(hsize_t)c->L, R};
+        h5_read_rows(io, d, "/eplb/phy2log", H5T_NATIVE_INT, 2, dims, 0, dims[0], out->phy2log);
+        H5Dclose(d);
+        for (int l = c->n_dense_layers; l < c->L; l++)
+            for (hsize_t p = 0; p < R; p++)
+                if (out->phy2log[l * R + p] < 0 || out->phy2log[l * R + p] >= c->E)
+                    H5_FAIL(io, "/eplb/phy2log: layer %d slot %llu holds expert %d of %d", l,
+                            (unsigned long long)p, out->phy2log[l * R + p], c->E);
+    }
+    if (found && h5_exists(io, cf->f, "/eplb/expert_counts")) {
+        hsize_t E = (hsize_t)c->E;
+        hid_t d = open_eplb(cf, "/eplb/expert_counts", H5T_STD_I64LE, (hsize_t)c->L, &E);
+        out->counts = core_alloc((size_t)c->L * E * sizeof(long));
+        const hsize_t dims[2] = {(hsize_t)c->L, E};
+        h5_read_rows(io, d, "/eplb/expert_counts", H5T_NATIVE_LONG, 2, dims, 0, dims[0], out->counts);
+        H5Dclose(d);
+        for (size_t i = 0; i < (size_t)c->L * E; i++)
+            if (out->counts[i] < 0) H5_FAIL(io, "/eplb/expert_counts holds a negative count");
+    }
+    return found;
 }

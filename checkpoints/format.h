@@ -21,6 +21,9 @@ extern const char *const CKPT_GROUPS[CKPT_NGROUPS];  // "/model", "/optim/m", "/
 
 // The directory of a file path ("." for a bare name).
 void ckpt_dir_of(const char *path, char *dir, size_t n);
+// Number of NaN and infinite values among x[0..n): a checkpoint holds none (the saver refuses them,
+// the loader and `verify` reject them).
+size_t ckpt_count_nonfinite(const float *x, size_t n);
 // "(a, b, c)": a shape for messages.
 void ckpt_shape_str(char *out, size_t n, int ndim, const hsize_t *d);
 // "<path>.part-<r>-of-<n>": part r's file name.
@@ -60,6 +63,8 @@ hid_t ckpt_open_tensor(CkptFile *cf, const char *name, const ParamInfo *want, in
 // for a virtual dataset from the part files its mappings name (each read checks every checksum).
 void ckpt_read_rows(CkptFile *cf, hid_t d, const char *name, int ndim, const hsize_t *dims,
                     hsize_t row0, hsize_t n, float *buf);
+// The /eplb group (see ckpt_load_eplb), checked and read from an opened file.
+int ckpt_file_eplb(CkptFile *cf, const MoeConfig *c, CkptEplb *out);
 // Number of virtual mappings of an opened tensor (0 when it is stored in the file itself).
 int ckpt_tensor_maps(CkptFile *cf, hid_t d, const char *name);
 

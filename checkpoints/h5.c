@@ -11,11 +11,20 @@
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
 
-void h5_init(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+void h5_init(void) {
+    // HDF5's exit handler flushes and closes files left open; after a failed write (a full disk) it
+    // crashes doing so. Every file is closed explicitly on success, and a failed save's temporary file
+    // is removed (ckpt.c), so the handler has nothing to do: it is never installed. This must come
+    // before the first call that starts the library; later it does nothing.
+    static int done;
+    if (!done) H5dont_atexit();
+    done = 1;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
 
 // The outermost (API) and innermost (first detected) descriptions of HDF5's error stack.
 typedef struct {
-    char outer[200], inner[200];
+    char outer[200], inner[600];  // HDF5's I/O messages run long
     int n;
 } ErrWalk;
 
@@ -46,9 +55,14 @@ void h5_dcpl_close(hid_t dcpl) {
     H5Pclose(dcpl);
 }
 
+static void (*on_failure)(void);
+
+void h5_on_failure(void (*fn)(void)) { on_failure = fn; }
+
 static CORE_NORETURN void fail(const H5Io *io, const char *file, int line, const char *what,
                           const char *detail) {
     while (n_held > 0) H5Pclose(held[--n_held]);
+    if (on_failure) on_failure();
     if (io->code == CORE_EXIT_USAGE)
         core_usage_error("checkpoint %s: %s%s%s (at %s:%d)", io->path, what, detail[0] ? ": " : "",
                          detail, file, line);
@@ -66,9 +80,20 @@ int64_t h5_ok_at(int64_t r, const H5Io *io, const char *file, int line, const ch
     ErrWalk w = {{0}, {0}, 0};
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, err_walk, &w);
     H5Eclear2(H5E_DEFAULT);
-    char detail[420] = "HDF5 reported no detail";
+    char detail[820] = "HDF5 reported no detail";
     if (w.n == 1 || strcmp(w.outer, w.inner) == 0) snprintf(detail, sizeof detail, "%s", w.outer);
     else if (w.n > 1) snprintf(detail, sizeof detail, "%s (%s)", w.outer, w.inner);
+    // HDF5's I/O failures describe themselves over several lines (time, file, descriptor, errno, the
+    // system's message, buffer): the system's message alone says what went wrong ("No space left on
+    // device").
+    const char *sys = strstr(w.inner, "error message = '");
+    if (sys) {
+        sys += strlen("error message = '");
+        const char *end = strchr(sys, '\'');
+        snprintf(detail, sizeof detail, "%s (%.*s)", w.outer, end ? (int)(end - sys) : (int)strlen(sys), sys);
+    }
+    for (char *p = detail; *p; p++)
+        if (*p == '\n') *p = ' ';
     fail(io, file, line, what, detail);
 }
 

@@ -258,6 +258,12 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
     dp_sync_mean(g, means, 2);
     st.loss = (float)means[0];
     st.ce = (float)means[1];
+    // As in train_step_tokens: a diverged step changes nothing, on every rank (both values are global).
+    if (train_step_nonfinite(&st, c)) {
+        p->ops->sync();
+        st.seconds = core_now() - t0;
+        return st;
+    }
 
     const float clip = optim_clip_factor(st.grad_norm, c->grad_clip);
     st.lr = optim_lr(c, step);

@@ -2,6 +2,7 @@
 #include "framework/train.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +104,14 @@ static void step_scalars(Model *m, const float *dscal, int A, double *means) {
     model_counts_to_host(m);
 }
 
+int train_step_nonfinite(StepStats *st, const MoeConfig *c) {
+    // AdamW squares each gradient into a float32 moment: a (clipped) norm past sqrt(FLT_MAX) could
+    // make it infinite even though the norm itself is finite.
+    const float applied = st->grad_norm * optim_clip_factor(st->grad_norm, c->grad_clip);
+    st->nonfinite = !isfinite(st->loss) || !isfinite(st->grad_norm) || !(applied < sqrtf(FLT_MAX));
+    return st->nonfinite;
+}
+
 StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, const int *tokens) {
     StepStats st = {0};
     double t0 = core_now();
@@ -147,6 +156,13 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
     m->ops->free(dscal);
     st.loss = (float)means[0];
     st.ce = (float)means[1];
+    // A diverged step must not reach the weights, the moments or the router biases. The loss and the
+    // norm are global (reduced over every rank), so every rank takes this branch together.
+    if (train_step_nonfinite(&st, c)) {
+        m->ops->sync();
+        st.seconds = core_now() - t0;
+        return st;
+    }
     float clip = optim_clip_factor(st.grad_norm, c->grad_clip);
     if (clip != 1.0f) optim_scale_grads_on(m->ops, &m->reg, clip);
     st.lr = optim_lr(c, step);
@@ -348,6 +364,9 @@ static void trainer_resume(Trainer *t) {
         stage_close(&s, m, o, 1);
     }
     t->step = (int)st.step;
+    t->resumed_at = t->step;
+    if (st.lineage) t->lineage = st.lineage;
+    snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", t->cfg.resume);
     loader_set_pos(t->train, st.data);
     core_info0("resumed from %s at step %d", t->cfg.resume, t->step);
 }
@@ -357,7 +376,8 @@ static void trainer_resume(Trainer *t) {
 static void trainer_save(Trainer *t) {
     char path[CONFIG_STR + 32];
     ckpt_step_path(t->cfg.out, t->step, path, sizeof path);
-    const CkptState st = {t->step, loader_get_pos(t->train), rng_stream(t->cfg.seed, SAMPLE_STREAM)};
+    const CkptState st = {t->step, loader_get_pos(t->train), rng_stream(t->cfg.seed, SAMPLE_STREAM),
+                          t->lineage};
     AdamW *o;
     Model *m = trainer_model_of(t, 0, &o);
     // A pipeline stage counts only its own layers' tokens: the whole model's are summed over stages.
@@ -388,8 +408,29 @@ static void trainer_save(Trainer *t) {
         comm_barrier(m->grid->world_comm);
     }
     if (t->pipe) core_free(counts);
-    if (core_rank() == 0) ckpt_prune(t->cfg.out, t->cfg.keep);
+    long *saved = core_alloc((size_t)(t->n_saved + 1) * sizeof *saved);
+    if (t->n_saved) memcpy(saved, t->saved, (size_t)t->n_saved * sizeof *saved);
+    core_free(t->saved);
+    t->saved = saved;
+    t->saved[t->n_saved++] = t->step;
+    snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", path);
+    if (core_rank() == 0)
+        ckpt_prune(t->cfg.out, t->cfg.keep, t->lineage, t->step, t->resumed_at, t->saved, t->n_saved);
     core_info0("saved %s", path);
+}
+
+static void count_stale(const char *path, const char *why, void *first) {
+    if (!*(char *)first) snprintf(first, CONFIG_STR + 64, "%s (%s)", path, why);
+}
+
+// Crashed saves leave temporary and orphaned part files in --out: the user hears of them (and of the
+// command that removes them) when a run starts there.
+static void report_stale(const char *dir) {
+    char first[CONFIG_STR + 64] = "";
+    const int n = ckpt_stale_files(dir, count_stale, first);
+    if (n > 0)
+        core_warn("%s holds %d file%s left by saves that crashed, e.g. %s: `moelab ckpt clean %s` removes them",
+                  dir, n, n == 1 ? "" : "s", first, dir);
 }
 
 Trainer *trainer_create(const MoeConfig *cfg) {
@@ -460,7 +501,12 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         t->metrics = fopen(c->metrics, "w");
         if (!t->metrics) core_usage_error("cannot write --metrics %s: %s", c->metrics, strerror(errno));
     }
-    if (c->out[0]) ckpt_make_dir(c->out);
+    if (c->out[0]) {
+        ckpt_make_dir(c->out);
+        if (core_rank() == 0) report_stale(c->out);
+    }
+    t->lineage = ckpt_new_lineage();
+    t->resumed_at = -1;
     if (c->resume[0]) trainer_resume(t);
     return t;
 }
@@ -480,6 +526,7 @@ void trainer_free(Trainer *t) {
         model_free(t->model);
     }
     core_free(t->tokens);
+    core_free(t->saved);
     core_free(t);
 }
 
@@ -572,6 +619,13 @@ static void log_expert_time(const Trainer *t, int steps, double *ms) {
                sum > 0 ? mx * g->world / sum : 1.0);
 }
 
+// `, "key": value` in metrics: a non-finite value is written as null, so every line stays valid JSON.
+static void json_num(FILE *f, const char *key, double v, const char *fmt) {
+    fprintf(f, ", \"%s\": ", key);
+    if (isfinite(v)) fprintf(f, fmt, v);
+    else fputs("null", f);
+}
+
 static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, int steps) {
     const MoeConfig *c = &t->cfg;
     float imb[1024];
@@ -606,14 +660,21 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
         core_free(ems);
         return;
     }
-    fprintf(t->metrics, "{\"step\": %d, \"loss\": %.6f, \"ce\": %.6f", t->step, st->loss, st->ce);
-    if (val >= 0) fprintf(t->metrics, ", \"val_loss\": %.6f", val);
-    fprintf(t->metrics, ", \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, \"load_imbalance\": [",
-            st->lr, st->grad_norm, tok_s);
+    fprintf(t->metrics, "{\"step\": %d", t->step);
+    json_num(t->metrics, "loss", st->loss, "%.6f");
+    json_num(t->metrics, "ce", st->ce, "%.6f");
+    if (val >= 0 || isnan(val)) json_num(t->metrics, "val_loss", val, "%.6f");
+    json_num(t->metrics, "lr", st->lr, "%.6g");
+    json_num(t->metrics, "grad_norm", st->grad_norm, "%.6f");
+    json_num(t->metrics, "tokens_per_s", tok_s, "%.1f");
+    if (c->nonfinite_skip > 0) fprintf(t->metrics, ", \"skipped_steps\": %d", t->skipped);
+    fputs(", \"load_imbalance\": [", t->metrics);
     int first = 1;
     for (int l = 0; l < L; l++)
         if (model_is_moe_layer(t->model, l)) {
-            fprintf(t->metrics, first ? "%.4f" : ", %.4f", imb[l]);
+            if (!first) fputs(", ", t->metrics);
+            if (isfinite(imb[l])) fprintf(t->metrics, "%.4f", imb[l]);
+            else fputs("null", t->metrics);
             first = 0;
         }
     fprintf(t->metrics, "]");
@@ -627,7 +688,10 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
     }
     if (t->model->eplb) eplb_runtime_write_metrics(t->model->eplb, t->metrics, st->rebalanced);
     fprintf(t->metrics, "}\n");
-    fflush(t->metrics);
+    // A full disk shows here (buffered writes fail late): the run stops rather than logging nothing.
+    if (fflush(t->metrics) != 0 || ferror(t->metrics))
+        core_fatal_at(__FILE__, __LINE__, CORE_EXIT_FAILURE, "cannot write --metrics %s: %s", c->metrics,
+                      strerror(errno));
 }
 
 // Prints cfg.sample_tokens tokens generated from a newline (the same random numbers every time, so
@@ -656,6 +720,36 @@ static void trainer_sample(Trainer *t, const char *when) {
     core_free(out);
 }
 
+// After a step: a non-finite loss or gradient norm (no update was applied) is skipped while at most
+// cfg.nonfinite_skip come in a row; past that the run stops. Every rank sees the same global values,
+// so all of them decide alike. Returns 1 when the run must stop.
+static int trainer_diverged(Trainer *t, const StepStats *st) {
+    const MoeConfig *c = &t->cfg;
+    if (!st->nonfinite) {
+        t->skipped_run = 0;
+        return 0;
+    }
+    t->skipped++;
+    t->skipped_run++;
+    if (t->skipped_run <= c->nonfinite_skip) {
+        core_warn("step %d: loss %g, gradient norm %g: not finite or too large, step skipped (%d in a row, "
+                  "at most %d; %d in all)", t->step, (double)st->loss, (double)st->grad_norm, t->skipped_run,
+                  c->nonfinite_skip, t->skipped);
+        return 0;
+    }
+    char last[sizeof t->last_ckpt + 96];
+    if (t->last_ckpt[0])
+        snprintf(last, sizeof last, "the last good checkpoint is %s (resume from it with", t->last_ckpt);
+    else
+        snprintf(last, sizeof last, "no checkpoint of this run holds good weights%s (start again with",
+                 c->out[0] ? "" : ": pass --out DIR");
+    core_failure_report("training diverged at step %d: loss %g, gradient norm %g (not finite or too large)%s; "
+                        "nothing was saved from it, %s a lower --lr or a --grad-clip, or let "
+                        "--nonfinite-skip N skip such steps)", t->step, (double)st->loss,
+                        (double)st->grad_norm, c->nonfinite_skip > 0 ? ", too many in a row" : "", last);
+    return 1;
+}
+
 int trainer_run(Trainer *t) {
     const MoeConfig *c = &t->cfg;
     const size_t n_params = t->pipe ? pipe_param_count(t->pipe) : t->model->reg.total;
@@ -680,10 +774,11 @@ int trainer_run(Trainer *t) {
         tokens += (double)c->grad_accum * c->batch_size * c->T * dp;
         secs += st.seconds;
         steps++;
+        if (trainer_diverged(t, &st)) return CORE_EXIT_FAILURE;
         int last = t->step == c->steps;
         val = -1;
         if (last || (c->val_every > 0 && t->step % c->val_every == 0)) val = trainer_eval(t);
-        if (last || t->step % c->log_every == 0 || val >= 0 || st.rebalanced) {
+        if (!st.nonfinite && (last || t->step % c->log_every == 0 || val >= 0 || st.rebalanced)) {
             log_step(t, &st, val, tokens / (secs > 0 ? secs : 1e-9), steps);
             tokens = secs = 0;
             steps = 0;

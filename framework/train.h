@@ -29,6 +29,12 @@ typedef struct {
     int step;                // optimizer steps taken
     int *tokens;             // (A, B, T+1) micro-batch staging buffer
     double unigram_entropy;  // nats/token of the training tokens' frequencies
+    uint64_t lineage;        // of the checkpoints: new for a fresh run, the resumed checkpoint's otherwise
+    int resumed_at;          // step of the --resume checkpoint (-1: a fresh run)
+    long *saved;             // (n_saved) steps this run saved (what --keep may prune besides ancestors)
+    int n_saved;
+    char last_ckpt[CONFIG_STR + 32];  // the newest checkpoint of good weights ("" if none)
+    int skipped, skipped_run;  // non-finite steps skipped in all, and in a row up to now
 } Trainer;
 
 // Step statistics returned by trainer_step.
@@ -39,12 +45,18 @@ typedef struct {
     float lr;
     double seconds;
     int rebalanced;      // EPLB moved experts to new slots after this step (model->eplb has the figures)
+    int nonfinite;       // the loss or the gradient norm was NaN or infinite (train_step_nonfinite): no
+                         // update was applied
 } StepStats;
 
 // One optimizer step of model m on A = c->grad_accum micro-batches, tokens (A, B, T+1), as step
 // number `step` (0-based) of the schedule: forward, backward_input, backward_weight per micro-batch,
-// then clipping, AdamW and the aux-loss-free bias update. The core of every training path.
+// then clipping, AdamW and the aux-loss-free bias update. The core of every training path. A step
+// whose loss or gradient norm is not finite changes nothing but the gradients (st.nonfinite).
 StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, const int *tokens);
+// Sets st->nonfinite and returns it (both trainers' test): the loss or the gradient norm is NaN or
+// infinite, or the gradient AdamW would apply (after clipping) is too large for its float32 moments.
+int train_step_nonfinite(StepStats *st, const MoeConfig *c);
 
 struct Comm;
 struct Grid;

@@ -1,8 +1,11 @@
 // `moelab ckpt`: looks into checkpoints (checkpoints/ckpt.h). `inspect` prints the state, the config
 // and every tensor with its shape, dtype and norms; `verify` reads every dataset, checking each
-// chunk's Fletcher-32 checksum, and the file's completeness and shapes against its stored config.
+// chunk's Fletcher-32 checksum, and the file's completeness and shapes against its stored config;
+// `clean` removes what crashed saves left in a checkpoint directory.
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "checkpoints/ckpt.h"
 #include "framework/core/check.h"
@@ -11,6 +14,7 @@
 static const char USAGE[] =
     "usage: moelab ckpt inspect PATH\n"
     "       moelab ckpt verify PATH\n"
+    "       moelab ckpt clean DIR\n"
     "\n"
     "PATH is a checkpoint from `moelab train --out DIR` (DIR/step_<n>.h5): one file, or an index\n"
     "whose part files (PATH.part-<r>-of-<n>) lie next to it. The format is docs/checkpoint-format.md.\n"
@@ -19,8 +23,20 @@ static const char USAGE[] =
     "            stored config\n"
     "  verify    reads every dataset (each chunk's Fletcher-32 checksum), checks that every tensor of\n"
     "            the stored config's model is there with its shape and nothing else, and that every\n"
-    "            part file is present and belongs to this index; exit 0 only if all of it holds, exit 2\n"
-    "            with a message naming the first problem otherwise\n";
+    "            part file is present and belongs to this index, that no value is NaN or infinite, and\n"
+    "            the EPLB group: the checks `moelab train --resume` runs. Exit 0 only if all of it holds,\n"
+    "            exit 2 with a message naming the first problem otherwise\n"
+    "  clean     removes from DIR what saves that crashed left behind: temporary files\n"
+    "            (NAME.tmp-<pid>) of processes no longer running on this machine, and part files\n"
+    "            (NAME.part-<r>-of-<n>) whose index NAME is missing; prints each file it removes.\n"
+    "            `moelab train --out DIR` reports such files when it starts. Run it when no training\n"
+    "            run writes to DIR (a save under way has part files without an index for a moment)\n";
+
+static void remove_stale(const char *path, const char *why, void *ctx) {
+    if (unlink(path) != 0) FATAL("ckpt clean: cannot remove %s: %s", path, strerror(errno));
+    printf("removed %s (%s)\n", path, why);
+    (void)ctx;
+}
 
 int cmd_ckpt(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
@@ -30,10 +46,13 @@ int cmd_ckpt(int argc, char **argv) {
         }
     if (argc != 3) {
         fputs(USAGE, stderr);
-        core_usage_error("ckpt: expected `inspect PATH` or `verify PATH`");
+        core_usage_error("ckpt: expected `inspect PATH`, `verify PATH` or `clean DIR`");
     }
     if (!strcmp(argv[1], "inspect")) ckpt_inspect(argv[2], stdout);
     else if (!strcmp(argv[1], "verify")) ckpt_verify(argv[2], stdout);
-    else core_usage_error("ckpt: unknown subcommand '%s' (inspect or verify)", argv[1]);
+    else if (!strcmp(argv[1], "clean")) {
+        int n = ckpt_stale_files(argv[2], remove_stale, NULL);
+        printf("%s: %d file%s removed\n", argv[2], n, n == 1 ? "" : "s");
+    } else core_usage_error("ckpt: unknown subcommand '%s' (inspect, verify or clean)", argv[1]);
     return 0;
 }

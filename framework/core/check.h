@@ -30,6 +30,9 @@ CORE_NORETURN void core_usage_error(const char *fmt, ...) __attribute__((format(
 // Prints the same line as core_usage_error but returns CORE_EXIT_USAGE instead of exiting, for
 // commands that hand their exit code back to main (and to tests that call them).
 int core_usage_report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// The same line for a run that ends on its own failure (not bad input): returns CORE_EXIT_FAILURE, so
+// that every rank can leave through its normal exit path together.
+int core_failure_report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 // The hook that ends the process; the default is exit(code). The MPI backend swaps in MPI_Abort.
 typedef void (*core_abort_fn)(int code);

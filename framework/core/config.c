@@ -57,6 +57,8 @@ static const KeyInfo KEYS[] = {
     {"beta1", K_FLOAT, OFF(beta1), 0, 1, NULL, "AdamW beta1, below 1"},
     {"beta2", K_FLOAT, OFF(beta2), 0, 1, NULL, "AdamW beta2, below 1"},
     {"adam_eps", K_FLOAT, OFF(adam_eps), 0, 1, NULL, "AdamW epsilon"},
+    {"nonfinite_skip", K_INT, OFF(nonfinite_skip), 0, INT_MAX, NULL,
+     "non-finite steps (loss or grad norm) skipped in a row before the run stops (0: stop at once)"},
     {"log_every", K_INT, OFF(log_every), 1, INT_MAX, NULL, "steps between log lines"},
     {"val_every", K_INT, OFF(val_every), 0, INT_MAX, NULL, "steps between validations (0: end only)"},
     {"val_batches", K_INT, OFF(val_batches), 1, INT_MAX, NULL, "micro-batches per validation"},
@@ -83,7 +85,7 @@ static const KeyInfo KEYS[] = {
     {"resume", K_STR, OFF(resume), 0, 0, NULL, "checkpoint to resume from"},
     {"trace", K_STR, OFF(trace), 0, 0, NULL, "Chrome trace output file"},
     {"save_every", K_INT, OFF(save_every), 0, INT_MAX, NULL, "steps between checkpoints (0: end only)"},
-    {"keep", K_INT, OFF(keep), 0, INT_MAX, NULL, "checkpoints kept (0: all)"},
+    {"keep", K_INT, OFF(keep), 0, INT_MAX, NULL, "checkpoints of the run's lineage kept (0: all)"},
 };
 #define NKEYS ((int)(sizeof(KEYS) / sizeof(KEYS[0])))
 
@@ -97,6 +99,7 @@ void config_defaults(MoeConfig *c) {
     c->seed = 1337; c->steps = 100; c->batch_size = 8; c->grad_accum = 1;
     c->lr = 3e-3f; c->min_lr = 3e-4f; c->warmup_steps = 10;
     c->weight_decay = 0.1f; c->grad_clip = 1.0f; c->beta1 = 0.9f; c->beta2 = 0.95f; c->adam_eps = 1e-8f;
+    c->nonfinite_skip = 0;
     c->log_every = 10; c->val_every = 50; c->val_batches = 4; c->val_fraction = 0.05f;
     c->sample_tokens = 0; c->temperature = 0.8f; c->top_k_sample = 40; c->threads = 0;
     c->ep = 1; c->pp = 1; c->chunks = 0; strcpy(c->schedule, "1f1b");

@@ -45,6 +45,7 @@ typedef struct {
     float lr, min_lr;
     int warmup_steps;
     float weight_decay, grad_clip, beta1, beta2, adam_eps;
+    int nonfinite_skip;  // non-finite steps skipped in a row before the run stops (0: stop at once)
     int log_every, val_every, val_batches;
     float val_fraction;  // fraction of the token stream held out for validation
     int sample_tokens;   // tokens generated at the end of training (0: none)

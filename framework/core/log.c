@@ -5,6 +5,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 
 static int g_rank = 0, g_world = 1, g_quiet = 0;
@@ -49,26 +50,34 @@ void core_warn(const char *fmt, ...) {
     va_end(ap);
 }
 
+// Writes "<head><message>\n" to stderr in one piece: the ranks of a job share stderr, and their lines
+// must not mix.
+static void error_line(const char *head, const char *fmt, va_list ap) {
+    fflush(stdout);
+    char line[4096];
+    int k = snprintf(line, sizeof line, "%s", head);
+    vsnprintf(line + k, sizeof line - (size_t)k - 1, fmt, ap);
+    strcat(line, "\n");
+    fputs(line, stderr);
+    fflush(stderr);
+}
+
 void core_fatal_at(const char *file, int line, int code, const char *fmt, ...) {
+    char head[512];
+    snprintf(head, sizeof head, "moelab: error [rank %d] %s:%d: ", g_rank, file, line);
     va_list ap;
     va_start(ap, fmt);
-    fflush(stdout);
-    fprintf(stderr, "moelab: error [rank %d] %s:%d: ", g_rank, file, line);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    fflush(stderr);
+    error_line(head, fmt, ap);
     va_end(ap);
     g_abort(code);
     exit(code);  // the hook must not return; make sure
 }
 
 static void usage_line(const char *fmt, va_list ap) {
-    fflush(stdout);
-    if (g_world > 1) fprintf(stderr, "moelab: error [rank %d]: ", g_rank);
-    else fputs("moelab: error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    fflush(stderr);
+    char head[64];
+    if (g_world > 1) snprintf(head, sizeof head, "moelab: error [rank %d]: ", g_rank);
+    else snprintf(head, sizeof head, "moelab: error: ");
+    error_line(head, fmt, ap);
 }
 
 void core_usage_error(const char *fmt, ...) {
@@ -86,4 +95,12 @@ int core_usage_report(const char *fmt, ...) {
     usage_line(fmt, ap);
     va_end(ap);
     return CORE_EXIT_USAGE;
+}
+
+int core_failure_report(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    usage_line(fmt, ap);
+    va_end(ap);
+    return CORE_EXIT_FAILURE;
 }

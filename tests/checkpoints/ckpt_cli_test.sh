@@ -4,12 +4,14 @@
 #  1. one process trains 6 steps, saving at steps 3 and 6;
 #  2. resuming at step 3 in one process gives steps 4-6 identical to the uninterrupted run (logged
 #     losses, and every tensor, moment and state field of the final checkpoints bit for bit), and
-#     --keep 2 leaves the two newest checkpoints;
+#     --keep 2 leaves the two newest checkpoints, and after a resume into a folder with newer
+#     checkpoints of an abandoned branch prunes only the resumed run's own lineage;
 #  3. EP 2 under mpirun saves an index of two parts; one process resumes from it; and a one-process
 #     checkpoint resumes under EP 4 (4 ranks): the same global batch per step, so their losses match
 #     the uninterrupted run within 1e-5 (the EP runs reassociate sums);
 #  4. `moelab ckpt verify` accepts sound checkpoints and rejects damaged ones (exit 2, named problem),
-#     `inspect` shows the state and tensors, and a mismatched config is refused on --resume.
+#     `inspect` shows the state and tensors, and a mismatched config is refused on --resume;
+#  5. leftovers of crashed saves are reported by `moelab train` and removed by `moelab ckpt clean`.
 set -euo pipefail
 root="$TEST_SRCDIR/moelab"
 moelab="$root/tools/moelab"
@@ -32,6 +34,16 @@ grep -q "resumed from $tmp/a/step_3.h5 at step 3" "$tmp/b.log" || { echo "FAIL: 
 same_steps "$tmp/a.jsonl" "$tmp/b.jsonl" 456
 same_checkpoints "$tmp/a/step_6.h5" "$tmp/b/step_6.h5"
 echo "ok: resume in one process is bit-identical"
+
+# --keep prunes only its own lineage: resumed from step 2 into the folder of a 6-step run (and a stray
+# large-numbered file), --keep 2 keeps the steps 3 and 4 it saved; the abandoned 5 and 6 and the stray stay.
+"$moelab" train "${args[@]}" --grad-accum 1 --out "$tmp/k" --save-every 1 >/dev/null
+echo "not a checkpoint" >"$tmp/k/step_99.h5"
+"$moelab" train "${args[@]}" --grad-accum 1 --steps 4 --resume "$tmp/k/step_2.h5" --out "$tmp/k" --save-every 1 \
+    --keep 2 >"$tmp/k.log" 2>&1
+[ "$(ls "$tmp/k" | tr '\n' ' ')" = "step_3.h5 step_4.h5 step_5.h5 step_6.h5 step_99.h5 " ] ||
+    { echo "FAIL: --keep 2 after a resume left:"; ls "$tmp/k"; exit 1; }
+echo "ok: --keep prunes only the run's own lineage"
 
 # 3: EP 2 -> one process, one process -> EP 4.
 mpi 2 "$moelab" train "${args[@]}" --grad-accum 1 --ep 2 --out "$tmp/c" --save-every 3 --metrics "$tmp/c.jsonl" >"$tmp/c.log"
@@ -82,3 +94,27 @@ expect_error "unknown subcommand 'check'" "$moelab" ckpt check "$tmp/a/step_6.h5
 expect_error "saved with d_model = 32, but this model has d_model = 48" \
     "$moelab" train "${args[@]}" --d-model 48 --resume "$tmp/a/step_3.h5"
 echo "ok: moelab ckpt inspect/verify and the resume errors"
+
+# 5. Leftovers of crashed saves in --out: a temporary file of a dead process and a part file without
+# its index are reported when a run starts there, and `moelab ckpt clean` removes exactly them (not
+# the temporary file of a live process, nor the parts of a committed index).
+"$moelab" ckpt --help | grep -q "moelab ckpt clean DIR"
+sleep 0 & dead=$!
+wait $dead
+sleep 60 & alive=$!
+cp "$tmp/a/step_3.h5" "$tmp/c/step_9.h5.tmp-$dead"
+cp "$tmp/a/step_3.h5" "$tmp/c/step_9.h5.tmp-$alive"
+cp "$tmp/c/step_3.h5.part-0-of-2" "$tmp/c/step_8.h5.part-0-of-2"
+"$moelab" train "${args[@]}" --steps 3 --resume "$tmp/c/step_3.h5" --out "$tmp/c" >"$tmp/stale.log" 2>&1
+grep -q "$tmp/c holds 2 files left by saves that crashed, .*moelab ckpt clean $tmp/c. removes them" "$tmp/stale.log" ||
+    { echo "FAIL: no report of the leftovers:"; cat "$tmp/stale.log"; exit 1; }
+"$moelab" ckpt clean "$tmp/c" >"$tmp/clean.log"
+grep -q "removed $tmp/c/step_9.h5.tmp-$dead (temporary file" "$tmp/clean.log" &&
+    grep -q "removed $tmp/c/step_8.h5.part-0-of-2 (part file whose index is missing" "$tmp/clean.log" &&
+    grep -q "$tmp/c: 2 files removed" "$tmp/clean.log" || { echo "FAIL: ckpt clean said:"; cat "$tmp/clean.log"; exit 1; }
+kill $alive
+[ -f "$tmp/c/step_9.h5.tmp-$alive" ] && [ -f "$tmp/c/step_3.h5.part-1-of-2" ] ||
+    { echo "FAIL: ckpt clean removed too much:"; ls "$tmp/c"; exit 1; }
+"$moelab" ckpt verify "$tmp/c/step_3.h5" | grep -q sound
+expect_error "cannot list checkpoint directory $tmp/none" "$moelab" ckpt clean "$tmp/none"
+echo "ok: leftovers of crashed saves are reported and cleaned"

@@ -3,6 +3,7 @@
 // mismatches, unknown versions, incomplete or stale part files, hostile virtual mappings. And a save
 // killed half-way leaves the previous checkpoint loadable and no file under the final name.
 #include <dirent.h>
+#include <math.h>
 #include <hdf5.h>
 #include <signal.h>
 
@@ -355,6 +356,56 @@ TEST_F(CheckpointErrors, SaveKilledMidWriteLeavesThePreviousCheckpoint) {
     free_state(want);
     free_state(got);
     free_state(other);
+}
+
+// A diverged state is never saved: the save fails (exit 1) before it creates any file.
+TEST_F(CheckpointErrors, SaverRefusesNonFiniteValues) {
+    State s = make_state(c_, 0, 1);
+    CkptShard sh = ckpt_shard_of(s.m);
+    CkptState st;
+    memset(&st, 0, sizeof st);
+    const std::string path = dir_ + "/nan.h5";
+    s.o.v[s.m->reg.total / 2] = NAN;
+    EXPECT_EXIT(ckpt_save(path.c_str(), &sh, s.m, &s.o, &st, nullptr), ExitedWithCode(1),
+                "nan.h5: refusing to save /optim/v/.*NaN or infinite .*diverged");
+    EXPECT_EXIT(ckpt_save_part(path.c_str(), &sh, s.m, &s.o), ExitedWithCode(1), "refusing to save /optim/v/");
+    s.o.v[s.m->reg.total / 2] = 0;
+    s.m->reg.data[0] = INFINITY;
+    EXPECT_EXIT(ckpt_save(path.c_str(), &sh, s.m, &s.o, &st, nullptr), ExitedWithCode(1),
+                "refusing to save /model/");
+    for (const std::string &n : list_dir(dir_)) EXPECT_EQ(n.find("nan.h5"), std::string::npos) << n;
+    free_state(s);
+}
+
+// A file holding NaN (written by another tool, or before the saver refused them) is refused by the
+// loader and by verify alike.
+TEST_F(CheckpointErrors, NonFiniteValuesAreRefusedOnLoadAndVerify) {
+    const std::string path = copy_of(single_, "nan.h5");
+    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "/optim/m/layers.1.experts.w1", H5P_DEFAULT);
+    hid_t fs = H5Dget_space(d);
+    std::vector<float> x((size_t)H5Sget_simple_extent_npoints(fs), 0.5f);
+    x[x.size() - 1] = NAN;
+    ASSERT_GE(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, x.data()), 0);
+    H5Sclose(fs);
+    H5Dclose(d);
+    H5Fclose(f);
+    EXPECT_EXIT(load(path, c_), ExitedWithCode(2), "nan.h5: /optim/m/layers.1.experts.w1 holds 1 NaN or infinite");
+    EXPECT_EXIT(ckpt_verify(path.c_str(), stdout), ExitedWithCode(2),
+                "nan.h5: /optim/m/layers.1.experts.w1 holds 1 NaN or infinite");
+}
+
+// verify finds an object that is no tensor of the stored config's model by counting a group's links
+// (it never lists them: HDF5 crashes listing damaged link storage).
+TEST_F(CheckpointErrors, VerifyRefusesAnExtraObject) {
+    const std::string path = copy_of(single_, "extra.h5");
+    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t g = H5Gcreate2(f, "/optim/m/stray", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(g, 0);
+    H5Gclose(g);
+    H5Fclose(f);
+    EXPECT_EXIT(ckpt_verify(path.c_str(), stdout), ExitedWithCode(2),
+                "extra.h5: group /optim/m holds [0-9]+ objects, but the stored config's model has [0-9]+ tensors");
 }
 
 }  // namespace

@@ -17,6 +17,7 @@ CkptState some_state() {
     st.data.index = 17;
     st.rng = rng_stream(1234, 7);
     st.rng.counter = 99;
+    st.lineage = 7;
     return st;
 }
 
@@ -311,35 +312,70 @@ TEST(Checkpoint, ReshardThroughAnEplbPlanWithReplicas) {
     free_state(ranks[1]);
 }
 
-TEST(Checkpoint, PruneKeepsTheNewest) {
-    core_set_quiet(1);
-    const MoeConfig c = tiny();
-    State s = make_state(c, 0, 1);
-    const std::string dir = temp_dir();
+// Saves step_<k>.h5 in dir for each k with the given lineage.
+void save_steps(const std::string &dir, State &s, std::initializer_list<int> steps, uint64_t lineage) {
     CkptShard sh = ckpt_shard_of(s.m);
     CkptState st = some_state();
-    for (int k : {5, 10, 15, 20}) {
+    st.lineage = lineage;
+    for (int k : steps) {
         char path[512];
         ckpt_step_path(dir.c_str(), k, path, sizeof path);
         st.step = k;
         ckpt_save(path, &sh, s.m, &s.o, &st, nullptr);
     }
+}
+
+TEST(Checkpoint, PruneKeepsTheNewestOfItsLineage) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    State s = make_state(c, 0, 1);
+    const std::string dir = temp_dir();
+    save_steps(dir, s, {5, 10, 15, 20}, 7);
+    save_steps(dir, s, {12}, 8);  // another run's checkpoint in the same folder
     // A multi-part checkpoint at step 2 (older than all): its parts must go with it.
     State h[2] = {make_state(c, 0, 2), make_state(c, 1, 2)};
+    CkptState st = some_state();
     save_halves(dir + "/step_2.h5", c, h, st);
-    ckpt_prune(dir.c_str(), 2);
+    // A stray file with a large step number is no checkpoint of this run.
+    FILE *f = fopen((dir + "/step_999.h5").c_str(), "w");
+    fputs("not a checkpoint\n", f);
+    fclose(f);
+    const long own[] = {2, 5, 10, 15, 20};
+    ckpt_prune(dir.c_str(), 2, 7, 20, -1, own, 5);
     EXPECT_FALSE(file_exists(dir + "/step_2.h5"));
     EXPECT_FALSE(file_exists(dir + "/step_2.h5.part-0-of-2"));
     EXPECT_FALSE(file_exists(dir + "/step_2.h5.part-1-of-2"));
     EXPECT_FALSE(file_exists(dir + "/step_5.h5"));
     EXPECT_FALSE(file_exists(dir + "/step_10.h5"));
+    EXPECT_TRUE(file_exists(dir + "/step_12.h5"));
     EXPECT_TRUE(file_exists(dir + "/step_15.h5"));
     EXPECT_TRUE(file_exists(dir + "/step_20.h5"));
-    ckpt_prune(dir.c_str(), 0);  // keep all
+    EXPECT_TRUE(file_exists(dir + "/step_999.h5"));
+    ckpt_prune(dir.c_str(), 0, 7, 20, -1, own, 5);  // keep all
     EXPECT_TRUE(file_exists(dir + "/step_15.h5"));
     free_state(s);
     free_state(h[0]);
     free_state(h[1]);
+}
+
+// Resumed from step 2 of a run that had gone on to step 6, into the same folder, the run saves steps
+// 3 and 4 with keep 2: its own two newest stay, its ancestors go, the abandoned steps 5 and 6 stay.
+TEST(Checkpoint, PruneAfterAResumeKeepsWhatTheRunWrote) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    State s = make_state(c, 0, 1);
+    const std::string dir = temp_dir();
+    save_steps(dir, s, {1, 2, 5, 6}, 7);
+    save_steps(dir, s, {3}, 7);
+    const long own[] = {3, 4};
+    ckpt_prune(dir.c_str(), 2, 7, 3, 2, own, 1);
+    EXPECT_FALSE(file_exists(dir + "/step_1.h5"));
+    EXPECT_TRUE(file_exists(dir + "/step_2.h5"));
+    save_steps(dir, s, {4}, 7);
+    ckpt_prune(dir.c_str(), 2, 7, 4, 2, own, 2);
+    EXPECT_FALSE(file_exists(dir + "/step_2.h5"));
+    for (int k : {3, 4, 5, 6}) EXPECT_TRUE(file_exists(dir + "/step_" + std::to_string(k) + ".h5")) << k;
+    free_state(s);
 }
 
 TEST(Checkpoint, VerifyAndInspectASoundCheckpoint) {

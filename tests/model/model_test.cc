@@ -155,6 +155,38 @@ TEST(Model, FixedBatchLossFalls) {
     model_free(m);
 }
 
+// A step whose loss or gradient norm is not finite (here: a NaN weight) reports it and applies no
+// update: weights, router biases, AdamW moments and step count stay bit for bit as they were.
+TEST(Model, NonFiniteStepChangesNothing) {
+    MoeConfig c = tiny(1);
+    Model *m = model_create(&c, 0, 1);
+    model_init_weights(m);
+    AdamW o;
+    adamw_init(&o, &m->reg);
+    std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 3);
+    EXPECT_EQ(0, train_step_tokens(m, &o, &c, 0, tok.data()).nonfinite);
+    m->reg.data[m->reg.p[1].offset] = NAN;
+    const size_t n = m->reg.total;
+    std::vector<float> w(m->reg.data, m->reg.data + n), mo(o.m, o.m + n), v(o.v, o.v + n);
+    const long t = o.t;
+    StepStats st = train_step_tokens(m, &o, &c, 1, tok.data());
+    EXPECT_EQ(1, st.nonfinite);
+    EXPECT_EQ(0, std::memcmp(w.data(), m->reg.data, n * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(mo.data(), o.m, n * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(v.data(), o.v, n * sizeof(float)));
+    EXPECT_EQ(t, o.t);
+    // A finite gradient too large for AdamW's float32 second moment counts as non-finite too.
+    StepStats big = {};
+    big.loss = 1.0f;
+    big.grad_norm = 1e20f;
+    c.grad_clip = 0;
+    EXPECT_EQ(1, train_step_nonfinite(&big, &c));
+    c.grad_clip = 1;  // clipped to norm 1 before AdamW: fine
+    EXPECT_EQ(0, train_step_nonfinite(&big, &c));
+    adamw_free(&o);
+    model_free(m);
+}
+
 // Two pipeline stages run one after the other compute exactly what the whole model does.
 TEST(Model, StagesComposeToTheWholeModel) {
     MoeConfig c = tiny(1);

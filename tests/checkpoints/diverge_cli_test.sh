@@ -1,0 +1,81 @@
+#!/bin/bash
+# A diverging run (lr 10, no clipping, beta2 0.5, adam_eps 1e-30: the loss passes 1e5 and turns NaN
+# within about 40 steps) through `moelab train`:
+#  1. one process stops at the first non-finite step with exit 1 and one message naming the step and
+#     the last good checkpoint; every checkpoint left is finite (`ckpt verify` passes), every metrics
+#     line is valid JSON without NaN, no temporary file is left, and no sample of garbage is drawn;
+#  2. with --nonfinite-skip 3 the run skips three non-finite steps in a row (counted in the metrics),
+#     then stops at the fourth the same way;
+#  3. the pipeline trainer (DualPipeV in one process) and two ranks under mpirun (EP 2) stop alike,
+#     every rank with exit 1 and the message.
+set -euo pipefail
+root="$TEST_SRCDIR/moelab"
+moelab="$root/tools/moelab"
+tmp="${TEST_TMPDIR:-/tmp}"
+source "$root/tests/parallel/mpi_env.sh"
+source "$root/tests/util/cli_lib.sh"
+
+prepare_corpus "$tmp/data"
+args=(--data "$tmp/data" --steps 300 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4 --seq-len 16
+      --d-model 32 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64 --warmup-steps 0 --bias-rate 0.01
+      --balance-alpha 0.01 --lr 10 --min-lr 10 --grad-clip 0 --beta2 0.5 --adam-eps 1e-30 --sample-tokens 16)
+
+# check_diverged NAME: the run in $tmp/NAME{,.log,.jsonl} ended as case 1 describes.
+check_diverged() {
+    local name=$1 log="$tmp/$1.log"
+    grep -qE "moelab: error.*training diverged at step [0-9]+: loss [^,]+, gradient norm .*the last good checkpoint is $tmp/$name/step_[0-9]+\.h5" "$log" ||
+        { echo "FAIL: $name: no divergence message:"; tail -5 "$log"; exit 1; }
+    ! grep -q "sample after training" "$log" || { echo "FAIL: $name sampled after diverging"; exit 1; }
+    ls "$tmp/$name" >"$tmp/$name.ls"
+    grep -q '^step_[0-9]*\.h5$' "$tmp/$name.ls" || { echo "FAIL: $name saved nothing"; exit 1; }
+    ! grep -q tmp- "$tmp/$name.ls" || { echo "FAIL: $name left temporary files:"; cat "$tmp/$name.ls"; exit 1; }
+    local last
+    last=$(grep -m1 -oE "last good checkpoint is [^ ]+\.h5" "$log" | awk '{print $5}')
+    "$moelab" ckpt verify "$last" | grep -q sound || { echo "FAIL: $name: $last does not verify"; exit 1; }
+    for f in "$tmp/$name"/step_*.h5; do
+        case "$f" in *.part-*) continue ;; esac
+        "$moelab" ckpt verify "$f" >/dev/null || { echo "FAIL: $name: $f does not verify"; exit 1; }
+    done
+    # Python's json accepts NaN and Infinity unless told not to.
+    "$py" - "$tmp/$name.jsonl" <<'PY' || { echo "FAIL: $name: invalid metrics"; exit 1; }
+import json, sys
+def bad(c): raise ValueError("non-finite number " + c)
+lines = open(sys.argv[1]).read().splitlines()
+assert lines, "no metrics"
+for l in lines: json.loads(l, parse_constant=bad)
+PY
+}
+
+# 1.
+rc=0
+"$moelab" train "${args[@]}" --out "$tmp/a" --save-every 5 --keep 2 --metrics "$tmp/a.jsonl" >"$tmp/a.log" 2>&1 || rc=$?
+[ $rc = 1 ] || { echo "FAIL: the diverging run exited $rc, not 1:"; tail -5 "$tmp/a.log"; exit 1; }
+check_diverged a
+echo "ok: one process stops at the first non-finite step"
+
+# 2.
+rc=0
+"$moelab" train "${args[@]}" --nonfinite-skip 3 --out "$tmp/s" --save-every 5 --metrics "$tmp/s.jsonl" >"$tmp/s.log" 2>&1 || rc=$?
+[ $rc = 1 ] || { echo "FAIL: the skipping run exited $rc, not 1:"; tail -5 "$tmp/s.log"; exit 1; }
+check_diverged s
+for k in 1 2 3; do
+    grep -q "step skipped ($k in a row, at most 3" "$tmp/s.log" || { echo "FAIL: skip $k not reported"; exit 1; }
+done
+grep -q "too many in a row" "$tmp/s.log" || { echo "FAIL: no stop after 3 skips"; tail -3 "$tmp/s.log"; exit 1; }
+grep -q '"skipped_steps": 0' "$tmp/s.jsonl" || { echo "FAIL: no skipped_steps counter in the metrics"; exit 1; }
+echo "ok: --nonfinite-skip 3 skips three steps in a row, then stops"
+
+# 3.
+rc=0
+"$moelab" train "${args[@]}" --schedule dualpipev --chunks 2 --out "$tmp/p" --save-every 5 --metrics "$tmp/p.jsonl" \
+    >"$tmp/p.log" 2>&1 || rc=$?
+[ $rc = 1 ] || { echo "FAIL: the pipeline run exited $rc, not 1:"; tail -5 "$tmp/p.log"; exit 1; }
+check_diverged p
+rc=0
+mpi 2 "$moelab" train "${args[@]}" --ep 2 --out "$tmp/e" --save-every 5 --metrics "$tmp/e.jsonl" >"$tmp/e.log" 2>&1 || rc=$?
+[ $rc = 1 ] || { echo "FAIL: the EP 2 run exited $rc, not 1:"; tail -5 "$tmp/e.log"; exit 1; }
+check_diverged e
+for r in 0 1; do
+    grep -q "error \[rank $r\]: training diverged" "$tmp/e.log" || { echo "FAIL: rank $r did not report"; cat "$tmp/e.log"; exit 1; }
+done
+echo "ok: the pipeline trainer and EP 2 under mpirun stop alike, on every rank"
