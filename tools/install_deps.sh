@@ -31,42 +31,37 @@ else
     $SUDO /usr/bin/python3 -m pip install -q --break-system-packages --root-user-action=ignore "${PIP_PKGS[@]}"
 fi
 
-# CUTLASS, header-only: only its include trees are kept (cute/ and cutlass/, and the util headers).
-CUTLASS_VERSION=4.2.0.0
-cutlass=/opt/moelab/cutlass
-if [ "$(cat "$cutlass/VERSION" 2>/dev/null)" = "$CUTLASS_VERSION" ]; then
-    echo "install_deps: CUTLASS $CUTLASS_VERSION present"
-else
-    echo "install_deps: installing CUTLASS $CUTLASS_VERSION headers into $cutlass"
+# Unpacks the include trees of a pinned wheel from the Python package registry into DIR (header-only
+# libraries: nothing of the wheel is installed). Skipped where DIR/VERSION says that version.
+#   wheel_headers NAME DIR VERSION 'DOWNLOAD FLAGS' MEMBER:DEST...  (MEMBER a folder of the wheel,
+#   DEST its place under DIR)
+wheel_headers() {
+    local name=$1 dir=$2 version=$3 flags=$4 tmp pair
+    shift 4
+    if [ "$(cat "$dir/VERSION" 2>/dev/null)" = "$version" ]; then
+        echo "install_deps: $name $version present"
+        return
+    fi
+    echo "install_deps: installing $name $version headers into $dir"
     tmp=$(mktemp -d)
-    python3 -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "nvidia-cutlass==$CUTLASS_VERSION"
-    unzip -q "$tmp"/nvidia_cutlass-*.whl 'cutlass_library/source/include/*' \
-        'cutlass_library/source/tools/util/include/*' -d "$tmp/x"
-    $SUDO rm -rf "$cutlass"
-    $SUDO mkdir -p "$cutlass/util"
-    $SUDO mv "$tmp/x/cutlass_library/source/include" "$cutlass/include"
-    $SUDO mv "$tmp/x/cutlass_library/source/tools/util/include" "$cutlass/util/include"
-    echo "$CUTLASS_VERSION" | $SUDO tee "$cutlass/VERSION" > /dev/null
+    # shellcheck disable=SC2086  # flags is a list of words
+    python3 -m pip download -q --no-deps --only-binary=:all: $flags -d "$tmp" "$name==$version"
+    $SUDO rm -rf "$dir"
+    for pair in "$@"; do
+        unzip -q "$tmp"/*.whl "${pair%%:*}/*" -d "$tmp/x"
+        $SUDO mkdir -p "$(dirname "$dir/${pair#*:}")"
+        $SUDO mv "$tmp/x/${pair%%:*}" "$dir/${pair#*:}"
+    done
+    echo "$version" | $SUDO tee "$dir/VERSION" > /dev/null
     rm -rf "$tmp"
-fi
+}
 
-# cuDNN's C++ frontend, header-only: the include/ tree of its wheel (the wheel also holds Python
-# bindings, hence one interpreter and platform named; the headers are the same in every wheel).
-# cuDNN itself is not installed: the build needs only the cudnn*.h of the CUDA toolkit, and the
-# library is loaded at run time where present (docs/gpu.md).
-CUDNN_FRONTEND_VERSION=1.16.0
-cudnn_fe=/opt/moelab/cudnn_frontend
-if [ "$(cat "$cudnn_fe/VERSION" 2>/dev/null)" = "$CUDNN_FRONTEND_VERSION" ]; then
-    echo "install_deps: cuDNN frontend $CUDNN_FRONTEND_VERSION present"
-else
-    echo "install_deps: installing cuDNN frontend $CUDNN_FRONTEND_VERSION headers into $cudnn_fe"
-    tmp=$(mktemp -d)
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
-        --platform manylinux_2_28_x86_64 -d "$tmp" "nvidia-cudnn-frontend==$CUDNN_FRONTEND_VERSION"
-    unzip -q "$tmp"/nvidia_cudnn_frontend-*.whl 'include/*' -d "$tmp/x"
-    $SUDO rm -rf "$cudnn_fe"
-    $SUDO mkdir -p "$cudnn_fe"
-    $SUDO mv "$tmp/x/include" "$cudnn_fe/include"
-    echo "$CUDNN_FRONTEND_VERSION" | $SUDO tee "$cudnn_fe/VERSION" > /dev/null
-    rm -rf "$tmp"
-fi
+# CUTLASS (the Hopper grouped GEMM): its include trees, cute/ and cutlass/, and the util headers.
+wheel_headers nvidia-cutlass /opt/moelab/cutlass 4.2.0.0 "" \
+    cutlass_library/source/include:include cutlass_library/source/tools/util/include:util/include
+# cuDNN's C++ frontend (fused attention): the wheel also holds Python bindings, hence one interpreter
+# and platform named; the headers are the same in every wheel. cuDNN itself is not installed: the
+# build needs only the cudnn*.h of the CUDA toolkit, and the library is loaded at run time where
+# present (docs/gpu.md).
+wheel_headers nvidia-cudnn-frontend /opt/moelab/cudnn_frontend 1.16.0 \
+    "--python-version 3.11 --platform manylinux_2_28_x86_64" include:include

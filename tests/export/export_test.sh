@@ -56,7 +56,7 @@ expect_usage "truncated" "$tmp/out1" --ckpt "$bad/truncated.h5" --data "$tmp/dat
 expect_usage "version" "$tmp/out1" --ckpt "$bad/v2.h5" --data "$tmp/data"
 "${check[0]}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); f = h5py.File(sys.argv[2], 'r+'); d = f['model/layers.1.wq']; d[0, 3] = float('nan')" \
     "$tmp/a/single.h5" "$bad/nan.h5"
-expect_usage "tensor layers.1.wq holds a non-finite value \(nan at element 3\)" "$tmp/out1" --ckpt "$bad/nan.h5" --data "$tmp/data"
+expect_usage "layers.1.wq holds 1 NaN or infinite values" "$tmp/out1" --ckpt "$bad/nan.h5" --data "$tmp/data"
 cp "$tmp/a/eplb.h5" "$tmp/a/eplb.h5.part-0-of-2" "$bad/"
 expect_usage "part-1-of-2" "$tmp/out1" --ckpt "$bad/eplb.h5" --data "$tmp/data"
 expect_usage "no_such" "$tmp/out1" --ckpt "$bad/no_such.h5" --data "$tmp/data"

@@ -49,7 +49,9 @@ def main():
     a = ap.parse_args()
     ok = True
 
-    tok = AutoTokenizer.from_pretrained(a.dir)
+    # trust_remote_code for the tokenizer too: the folder ships modeling code, and transformers 5
+    # otherwise asks on the terminal whether to run it (seen on the GPU machine, 2026-12-02).
+    tok = AutoTokenizer.from_pretrained(a.dir, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(a.dir, trust_remote_code=True, torch_dtype=torch.float32)
     model.to(a.device).eval()
     print(f"hf_check: loaded {type(model).__name__} ({sum(p.numel() for p in model.parameters())} parameters) "

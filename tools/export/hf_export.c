@@ -4,7 +4,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -338,15 +337,6 @@ void hf_export(const HfExportOptions *o) {
     CkptShard sh = ckpt_shard_of(m);
     CkptState st;
     ckpt_load(o->ckpt, &sh, m, NULL, &st);
-    // A diverged model is not exported as if it were good (verify only warns about it).
-    for (int i = 0; i < m->reg.n; i++) {
-        const ParamInfo *p = &m->reg.p[i];
-        for (size_t k = 0; k < p->numel; k++)
-            if (!isfinite(m->reg.data[p->offset + k]))
-                core_usage_error("export: checkpoint %s: tensor %s holds a non-finite value (%g at element "
-                                 "%zu): a diverged run; nothing exported", o->ckpt, p->name,
-                                 m->reg.data[p->offset + k], k);
-    }
 
     // Written under <out>.tmp-XXXXXX next to it (same file system, so the rename is atomic).
     snprintf(g_tmp, sizeof g_tmp, "%s.tmp-XXXXXX", out);
