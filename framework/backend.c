@@ -6,6 +6,7 @@
 
 #include "framework/core/check.h"
 #ifdef MOELAB_CUDA
+#include "layers/linear_cuda.h"
 #include "layers/ops_cuda.h"
 #endif
 
@@ -30,4 +31,21 @@ const LayerOps *backend_ops_f32(const LayerOps *ops) {
     if (ops->dev == CORE_CUDA) return layer_ops_cuda(CORE_F32);
 #endif
     core_fatal_at(__FILE__, __LINE__, CORE_EXIT_FAILURE, "backend_ops_f32: no fp32 table for %s", ops->name);
+}
+
+void backend_configure(const MoeConfig *c) {
+#ifdef MOELAB_CUDA
+    // The config's names for the modes of layers/linear_cuda.h (config_set checked the name).
+    static const struct { const char *name; int mode; } modes[] = {
+        {"cutlass", LINEAR_GROUPED_CUTLASS}, {"grouped", LINEAR_GROUPED_CUBLAS},
+        {"streams", LINEAR_GROUPED_STREAMS}, {"loop", LINEAR_GROUPED_LOOP}};
+    int mode = -1;
+    for (size_t i = 0; i < sizeof modes / sizeof *modes; i++)
+        if (!strcmp(c->expert_gemm, modes[i].name)) mode = modes[i].mode;
+    CHECK(mode >= 0, "backend: unknown expert_gemm '%s'", c->expert_gemm);
+    linear_cuda_set_grouped_mode(mode);
+    linear_cuda_set_gemm_streams(c->gemm_streams);
+#else
+    (void)c;
+#endif
 }

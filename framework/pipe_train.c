@@ -104,6 +104,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         m->grid = g;
         if (g->ep > 1) {
             MoeDispatcher *d = ep_dispatcher_create(pipe == 1 ? p->ep1 : g->ep_comm, c->E);
+            ep_dispatcher_set_overlap(d, c->ep_overlap);
             if (on_gpu) ep_dispatcher_to_device(d, pipe == 1 ? p->ep1_dev : g->ep_dev, ops);
             model_set_dispatcher(m, d);
         }
@@ -122,10 +123,12 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         p->pair = comm_split(g->pp_comm, lo, g->pp_rank, "pp copies");
         if (on_gpu) p->pair_dev = comm_nccl_create(p->pair, "pp copies");
     }
-    // MOELAB_TEST_PIPE_LINKS=1 runs the GPU transport (per-link communicators, ordered receives)
-    // over MPI on the CPU, for the tests.
-    const char *test_links = getenv("MOELAB_TEST_PIPE_LINKS");
-    if (N > 1 && (on_gpu || (test_links && strcmp(test_links, "1") == 0)))
+    // Test seam (core_test_seam): MOELAB_TEST_PIPE_LINKS=1 runs the GPU transport (per-link
+    // communicators, ordered receives) over MPI on the CPU (tests/pipeline/train_pp_cli_test.sh).
+    const char *test_links = core_test_seam("MOELAB_TEST_PIPE_LINKS");
+    if (test_links && strcmp(test_links, "1") != 0)
+        core_usage_error("MOELAB_TEST_PIPE_LINKS = '%s': expected 1 (or unset)", test_links);
+    if (N > 1 && (on_gpu || test_links))
         p->links = pipe_links_create(g->pp_comm, ops, (size_t)c->batch_size * c->T * c->D * ops->act_size);
     // The F&B overlap runs an op's forward on a second stream; the CPU runs the halves in turn
     // (a second host thread there would compete for the same cores, and OpenMP's settings are

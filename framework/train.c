@@ -44,7 +44,7 @@ static int grad_list(const Model *m, DpGrad *t, int *layer_of) {
 // The gradient sync of a step, overlapped with the last micro-batch's backward_weight: a layer's
 // buckets start their all-reduce as soon as the layer is done (layers go last to first), and
 // sync_step completes them. EPLB sums replica gradients after the backward, so it syncs afterwards;
-// MOELAB_DP_OVERLAP=0 does too (to measure the gain).
+// dp_overlap = 0 does too (to measure the gain).
 typedef struct {
     DpSync *sync;
     DpGrad *t;
@@ -59,12 +59,11 @@ static void layer_done(void *ctx, int l) {
 }
 
 static void grad_sync_begin(Model *m, GradSync *s) {
-    const char *env = getenv("MOELAB_DP_OVERLAP");
     s->t = core_alloc((size_t)m->reg.n * sizeof *s->t);
     s->layer_of = core_alloc((size_t)m->reg.n * sizeof(int));
     s->n = grad_list(m, s->t, s->layer_of);
     s->sync = dp_sync_start(m->grid, s->t, s->n, DP_SYNC_BUCKET_FLOATS);
-    if (!m->eplb && !(env && strcmp(env, "0") == 0)) {
+    if (!m->eplb && m->cfg.dp_overlap) {
         m->layer_grads_done = layer_done;
         m->layer_grads_ctx = s;
     }
@@ -186,6 +185,7 @@ Model *train_model_create(const MoeConfig *c, Grid *g, const LayerOps *ops) {
         if (ops->dev != CORE_CPU) grid_to_device(g, ops);
         if (g->ep > 1) {
             MoeDispatcher *d = ep_dispatcher_create(g->ep_comm, c->E);
+            ep_dispatcher_set_overlap(d, c->ep_overlap);
             if (ops->dev != CORE_CPU) ep_dispatcher_to_device(d, g->ep_dev, ops);
             model_set_dispatcher(m, d);
         }
@@ -214,6 +214,7 @@ void train_eplb_attach(Model *m, AdamW *o, Comm *ep) {
     s.disp = core_alloc((size_t)L * sizeof *s.disp);
     for (int l = 0; l < L; l++) {
         s.disp[l] = ep_dispatcher_create(ep, c->E);
+        ep_dispatcher_set_overlap(s.disp[l], c->ep_overlap);
         if (on_gpu) ep_dispatcher_to_device(s.disp[l], m->grid->ep_dev, m->ops);
         model_set_layer_dispatcher(m, c->n_dense_layers + l, s.disp[l]);
     }
@@ -461,6 +462,7 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     // One process per GPU: under mpirun each rank takes the GPU of its rank on its host.
     const LayerOps *ops =
         backend_ops_on(c->device, on_gpu && g->world > 1 ? grid_local_rank(comm_world()) : 0);
+    backend_configure(c);
     if (c->data[0] == '\0')
         core_usage_error("no training data: pass --data DIR (a directory made by `moelab data prepare`)");
     struct stat sb;

@@ -97,39 +97,20 @@ void linear_cuda_backward_weight(CoreDtype dt, float *dW, const void *dout, cons
 // decides whether those GEMMs run one cublasGemmEx each, spread over S side streams (the loop is
 // S = 1), or as one cublasGemmGroupedBatchedEx call (one group of one problem per non-empty expert).
 
-static int g_mode = -1;     // LinearGroupedMode once read from MOELAB_GROUPED_GEMM or set
-static int g_streams = -1;  // side streams of LINEAR_GROUPED_STREAMS, from MOELAB_GEMM_STREAMS or set
+// Default cutlass, which is cuBLAS's grouped call where the Hopper kernels do not apply: measured
+// on an H200 (docs/BENCHMARKS.md), cuBLAS grouped 157 ms per bench step against 241-264 ms for loop
+// and streams (side-stream fork/join in the model's step).
+static int g_mode = LINEAR_GROUPED_CUTLASS;
+static int g_streams = LINEAR_DEFAULT_STREAMS;  // side streams of LINEAR_GROUPED_STREAMS
 
-int linear_cuda_grouped_mode(void) {
-    if (g_mode < 0) {
-        const char *env = getenv("MOELAB_GROUPED_GEMM");
-        // Default cutlass, which is cuBLAS's grouped call where the Hopper kernels do not apply:
-        // measured on an H200 (docs/BENCHMARKS.md), cuBLAS grouped 157 ms per bench step against
-        // 241-264 ms for loop and streams (side-stream fork/join in the model's step).
-        if (!env || !strcmp(env, "cutlass")) g_mode = LINEAR_GROUPED_CUTLASS;
-        else if (!strcmp(env, "grouped")) g_mode = LINEAR_GROUPED_CUBLAS;
-        else if (!strcmp(env, "streams")) g_mode = LINEAR_GROUPED_STREAMS;
-        else if (!strcmp(env, "loop")) g_mode = LINEAR_GROUPED_LOOP;
-        else core_usage_error("MOELAB_GROUPED_GEMM must be 'loop', 'streams', 'grouped' or 'cutlass', not '%s'", env);
-    }
-    return g_mode;
-}
+int linear_cuda_grouped_mode(void) { return g_mode; }
 
 void linear_cuda_set_grouped_mode(int mode) {
     CHECK(mode >= LINEAR_GROUPED_LOOP && mode <= LINEAR_GROUPED_CUTLASS, "linear: unknown grouped mode %d", mode);
     g_mode = mode;
 }
 
-int linear_cuda_gemm_streams(void) {
-    if (g_streams < 0) {
-        const char *env = getenv("MOELAB_GEMM_STREAMS");
-        int n = env ? atoi(env) : LINEAR_DEFAULT_STREAMS;
-        if (n < 1 || n > LINEAR_MAX_STREAMS)
-            core_usage_error("MOELAB_GEMM_STREAMS must be 1..%d, not '%s'", LINEAR_MAX_STREAMS, env);
-        g_streams = n;
-    }
-    return g_streams;
-}
+int linear_cuda_gemm_streams(void) { return g_streams; }
 
 void linear_cuda_set_gemm_streams(int n) {
     CHECK(n >= 1 && n <= LINEAR_MAX_STREAMS, "linear: %d GEMM streams, need 1..%d", n, LINEAR_MAX_STREAMS);

@@ -41,10 +41,10 @@ void linear_cuda_backward_weight_grouped(CoreDtype dt, float *dW, const void *do
 // (each with its own cuBLAS handle and workspace), forked from and joined back into the compute
 // stream within the call; LINEAR_GROUPED_LOOP is the same with one side stream (one GEMM after
 // another). The three give
-// the same results, and loop and streams bit-identical ones. MOELAB_GROUPED_GEMM=loop|streams|grouped|cutlass
-// sets the mode and MOELAB_GEMM_STREAMS=1..LINEAR_MAX_STREAMS the stream count (default
-// LINEAR_DEFAULT_STREAMS) at the first call (other values are usage errors); the setters override
-// them (tests, benchmarks).
+// the same results, and loop and streams bit-identical ones. The mode starts as
+// LINEAR_GROUPED_CUTLASS and the stream count as LINEAR_DEFAULT_STREAMS; the setters change them
+// (the framework from the config keys expert_gemm and gemm_streams, backend_configure; tests and
+// benchmarks directly). layers/ reads no configuration of its own.
 enum { LINEAR_GROUPED_LOOP = 0, LINEAR_GROUPED_CUBLAS = 1, LINEAR_GROUPED_STREAMS = 2, LINEAR_GROUPED_CUTLASS = 3 };
 enum { LINEAR_DEFAULT_STREAMS = 4, LINEAR_MAX_STREAMS = 8 };
 int linear_cuda_grouped_mode(void);

@@ -295,6 +295,13 @@ void ep_dispatcher_to_device(MoeDispatcher *d, Comm *ep_dev, const LayerOps *ops
     placement_upload(x, ops);
 }
 
+// Without the two hooks the MoE layer dispatches with to_experts, which waits for the transfer.
+void ep_dispatcher_set_overlap(MoeDispatcher *d, int on) {
+    CHECK(d->plan == ep_plan, "ep_dispatcher_set_overlap: not an EP dispatcher");
+    d->to_experts_start = on ? ep_to_experts_start : NULL;
+    d->finish = on ? ep_finish : NULL;
+}
+
 MoeDispatcher *ep_dispatcher_create(Comm *ep, int E) {
     CHECK(E >= 1 && E % ep->size == 0, "ep dispatcher: %d experts cannot be split over %d ranks", E,
           ep->size);
@@ -305,12 +312,7 @@ MoeDispatcher *ep_dispatcher_create(Comm *ep, int E) {
     d->impl = x;
     d->plan = ep_plan;
     d->to_experts = ep_to_experts;
-    // MOELAB_EP_OVERLAP=0 turns the overlap of the dispatch all-to-all off (to measure its gain).
-    const char *overlap = getenv("MOELAB_EP_OVERLAP");
-    if (!overlap || strcmp(overlap, "0") != 0) {
-        d->to_experts_start = ep_to_experts_start;
-        d->finish = ep_finish;
-    }
+    ep_dispatcher_set_overlap(d, 1);
     d->from_experts = ep_from_experts;
     d->release = ep_release;
     d->destroy = ep_destroy;

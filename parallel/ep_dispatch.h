@@ -18,6 +18,11 @@ extern "C" {
 // collective over ep: all its ranks plan, dispatch and combine the same layers in the same order.
 MoeDispatcher *ep_dispatcher_create(Comm *ep, int E);
 
+// Whether the dispatch all-to-all overlaps the shared experts (to_experts_start and finish: the
+// default) or runs to its end first (on = 0, config key ep_overlap = 0, to measure the gain). The
+// results are bit-identical either way.
+void ep_dispatcher_set_overlap(MoeDispatcher *d, int on);
+
 // The EPLB hook: the EP group's R physical slots (R % ep->size == 0; slot p lives on EP rank
 // p / (R / ep->size), local slot p % (R / ep->size)) hold the logical experts phy2log (R); every
 // expert needs at least one slot. n_local becomes R / ep->size from the next plan on. A pair routed

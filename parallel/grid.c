@@ -106,9 +106,14 @@ void grid_log(const Grid *g, int E) {
 }
 
 void grid_test_die_at(const Grid *g, int step) {
-    const char *v = getenv("MOELAB_TEST_DIE_AT_STEP");
+    // Test seam (core_test_seam): MOELAB_TEST_DIE_AT_STEP=R:S makes world rank R SIGKILL itself
+    // at 0-based step S, for the tests of a rank lost mid-step (tests/parallel/failure_test.sh).
+    const char *v = core_test_seam("MOELAB_TEST_DIE_AT_STEP");
+    if (!v) return;
     int rank = -1, at = -1;
-    if (!v || sscanf(v, "%d:%d", &rank, &at) != 2) return;
+    char end;
+    if (sscanf(v, "%d:%d%c", &rank, &at, &end) != 2)
+        core_usage_error("MOELAB_TEST_DIE_AT_STEP = '%s': expected RANK:STEP", v);
     if (rank == g->rank && at == step) {
         fprintf(stderr, "moelab: [rank %d] MOELAB_TEST_DIE_AT_STEP: killing myself at step %d\n",
                 g->rank, step);

@@ -20,9 +20,10 @@ static void bench_help(void) {
            "stream; CPU: wall clock). --steps and --seconds: time at least N steps (default 3, at most\n"
            "1000000) and at least S seconds (default 5, at most 86400) per config. --device defaults\n"
            "to the first config's device key. Other --key value pairs (at most 32) override every\n"
-           "config. MOELAB_GROUPED_GEMM=loop|streams|grouped|cutlass picks how the GPU runs the\n"
+           "config; among them --expert-gemm cutlass|grouped|streams|loop picks how the GPU runs the\n"
            "expert GEMMs (default cutlass: CUTLASS's Hopper grouped GEMM on compute capability 9.0,\n"
-           "else cuBLAS's grouped call; MOELAB_GEMM_STREAMS=1..8 streams, default 4).\n");
+           "else cuBLAS's grouped call; --gemm-streams 1..8 streams, default 4). `moelab train --help`\n"
+           "lists every key.\n");
 }
 
 // The time of one step by layer type, largest first.

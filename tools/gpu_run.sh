@@ -20,7 +20,7 @@
 #   ep_bench   on NP GPUs: EP dispatch + combine bandwidth (ep_bench a2a) against PyTorch's NCCL
 #              all_to_all_single moving the same bytes (tools/bench_a2a.py), and training tokens/s
 #              of configs/bench.cfg with EP 1 on one GPU, EP NP (with and without the shared experts
-#              overlapping the dispatch, MOELAB_EP_OVERLAP=0) and DP NP (ep_bench train)
+#              overlapping the dispatch, --ep-overlap 0) and DP NP (ep_bench train)
 #   pp         on PP_NP GPUs (default 4): `moelab train --device cuda-fp32` with 1F1B, DualPipe and
 #              DualPipeV at PP PP_NP, and at 4 GPUs DualPipe PP 2 x EP 2 (8 micro-batches), against
 #              one GPU with the same batch; DualPipe and DualPipeV (and at 4 GPUs DualPipe PP 2 x
@@ -253,9 +253,8 @@ if want ep_bench; then
     echo "== training tokens/s, configs/bench.cfg at its per-GPU batch: EP $np, EP 1 on one GPU, DP $np"
     mpi "$np" .dist/bin/ep_bench train --config configs/bench.cfg --ep "$np" 2>&1 | tee "$log/ep_bench_train.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train --ep $np"
-    echo "== the same EP $np run without the shared experts overlapping the dispatch (MOELAB_EP_OVERLAP=0)"
-    MOELAB_EP_OVERLAP=0 mpi "$np" -x MOELAB_EP_OVERLAP .dist/bin/ep_bench train --config configs/bench.cfg \
-        --ep "$np" 2>&1 | sed 's/^ep_bench train:/ep_bench train (no overlap):/' | tee -a "$log/ep_bench_train.txt"
+    echo "== the same EP $np run without the shared experts overlapping the dispatch (--ep-overlap 0)"
+    mpi "$np" .dist/bin/ep_bench train --config configs/bench.cfg --ep "$np" --ep-overlap 0 2>&1 | sed 's/^ep_bench train:/ep_bench train (no overlap):/' | tee -a "$log/ep_bench_train.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train --ep $np without overlap"
     .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 2>&1 | tee -a "$log/ep_bench_train.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train on one GPU"

@@ -72,6 +72,13 @@ static const KeyInfo KEYS[] = {
     {"chunks", K_INT, OFF(chunks), 0, 1 << 20, NULL, "pipeline micro-batches per step (0: grad_accum)"},
     {"schedule", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
     {"fb_overlap", K_BOOL, OFF(fb_overlap), 0, 1, NULL, "F&B ops: forward and backward on two GPU streams"},
+    // The four below choose how the work runs, never what it computes (beyond the rounding of
+    // the GEMM kernels): overlaps on by default, off to measure their gain.
+    {"dp_overlap", K_BOOL, OFF(dp_overlap), 0, 1, NULL, "DP gradient all-reduce overlaps the backward"},
+    {"ep_overlap", K_BOOL, OFF(ep_overlap), 0, 1, NULL, "shared experts overlap the EP dispatch all-to-all"},
+    {"expert_gemm", K_STR, OFF(expert_gemm), 0, 0, "cutlass|grouped|streams|loop",
+     "GPU expert GEMMs: CUTLASS (sm90 bf16, else grouped), cuBLAS grouped, per-expert streams, loop"},
+    {"gemm_streams", K_INT, OFF(gemm_streams), 1, 8, NULL, "side streams of expert_gemm = streams"},
     {"eplb_interval", K_INT, OFF(eplb_interval), 0, INT_MAX, NULL, "steps between EPLB rebalances (0: off)"},
     {"eplb_redundant", K_INT, OFF(eplb_redundant), 0, 1 << 16, NULL, "redundant expert slots per layer"},
     {"eplb_groups", K_INT, OFF(eplb_groups), 1, 1 << 16, NULL, "EPLB expert groups (hierarchical policy when nodes divide them)"},
@@ -103,6 +110,7 @@ void config_defaults(MoeConfig *c) {
     c->log_every = 10; c->val_every = 50; c->val_batches = 4; c->val_fraction = 0.05f;
     c->sample_tokens = 0; c->temperature = 0.8f; c->top_k_sample = 40; c->threads = 0;
     c->ep = 1; c->pp = 1; c->chunks = 0; strcpy(c->schedule, "1f1b");
+    c->dp_overlap = 1; c->ep_overlap = 1; strcpy(c->expert_gemm, "cutlass"); c->gemm_streams = 4;
     c->eplb_interval = 0; c->eplb_redundant = 0; c->eplb_groups = 1; c->eplb_nodes = 1;
     c->router_skew = 0; c->comm_timeout = 300;
     strcpy(c->device, "cpu");

@@ -58,6 +58,10 @@ typedef struct {
     int fb_overlap;      // bool: DualPipe/DualPipeV F&B ops run their forward and backward at once,
                          // on two GPU streams (the CPU runs them in turn); with ep > 1 MPI must
                          // provide MPI_THREAD_MULTIPLE
+    int dp_overlap;      // bool: the DP gradient all-reduce overlaps the last backward (0: after it)
+    int ep_overlap;      // bool: the shared experts overlap the EP dispatch all-to-all (0: after it)
+    char expert_gemm[CONFIG_STR];  // GPU expert GEMMs: "cutlass" | "grouped" | "streams" | "loop"
+    int gemm_streams;    // side streams of expert_gemm = streams (1..8)
     int eplb_interval, eplb_redundant;
     int eplb_groups, eplb_nodes;  // EPLB's expert groups and nodes (docs/architecture.md §6)
     float router_skew;   // test knob: expert i's balancing bias starts at skew*(E-1-i)/E (0: off)

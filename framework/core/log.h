@@ -21,6 +21,12 @@ void core_info0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // "moelab: warning [rank r]: message\n" on stderr.
 void core_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+// Fault-injection seams for tests, the only environment variables moelab reads besides the MPI
+// launcher's (docs/architecture.md lists them): the value of `name`, which must begin with
+// MOELAB_TEST_, or NULL when unset. A set seam is announced once per name with core_warn, so that
+// no real run carries one unnoticed. Every setting of a run is a config key instead.
+const char *core_test_seam(const char *name);
+
 #ifdef __cplusplus
 }
 #endif

@@ -11,6 +11,7 @@
 
 extern "C" {
 #include "framework/core/config.h"
+#include "framework/core/log.h"
 #include "framework/core/num.h"
 #include "framework/core/rng.h"
 }
@@ -65,6 +66,54 @@ void set_key(const char *k, const char *v) {
     MoeConfig c;
     config_defaults(&c);
     config_set(&c, k, v, "test");
+}
+
+// The keys that choose how the work runs (formerly environment variables): defaults, the command
+// line's dashed spelling, and every kind of bad value.
+TEST(Config, RunKeys) {
+    MoeConfig c;
+    config_defaults(&c);
+    EXPECT_EQ(c.dp_overlap, 1);
+    EXPECT_EQ(c.ep_overlap, 1);
+    EXPECT_STREQ(c.expert_gemm, "cutlass");
+    EXPECT_EQ(c.gemm_streams, 4);
+    const char *args[] = {"--dp-overlap", "0", "--ep-overlap=false", "--expert-gemm", "streams",
+                          "--gemm-streams", "8"};
+    char *argv[7];
+    for (int i = 0; i < 7; i++) argv[i] = const_cast<char *>(args[i]);
+    EXPECT_EQ(config_apply_args(&c, 7, argv), 0);
+    EXPECT_EQ(c.dp_overlap, 0);
+    EXPECT_EQ(c.ep_overlap, 0);
+    EXPECT_STREQ(c.expert_gemm, "streams");
+    EXPECT_EQ(c.gemm_streams, 8);
+    for (const char *mode : {"cutlass", "grouped", "loop"}) {
+        config_set(&c, "expert_gemm", mode, "test");
+        EXPECT_STREQ(c.expert_gemm, mode);
+    }
+}
+TEST(ConfigDeath, RunKeysRejectBadValues) {
+    EXPECT_EXIT(set_key("dp_overlap", "2"), ::testing::ExitedWithCode(2), "test: dp_overlap = '2'.*true\\|false");
+    EXPECT_EXIT(set_key("ep_overlap", "on"), ::testing::ExitedWithCode(2), "test: ep_overlap = 'on'.*true\\|false");
+    EXPECT_EXIT(set_key("expert_gemm", "fast"), ::testing::ExitedWithCode(2),
+                "test: expert_gemm = 'fast' is not valid: expected cutlass\\|grouped\\|streams\\|loop");
+    EXPECT_EXIT(set_key("gemm_streams", "0"), ::testing::ExitedWithCode(2), "test: gemm_streams = 0 is too small: at least 1");
+    EXPECT_EXIT(set_key("gemm_streams", "9"), ::testing::ExitedWithCode(2), "test: gemm_streams = 9 is too large: at most 8");
+    EXPECT_EXIT(set_key("gemm_streams", "4x"), ::testing::ExitedWithCode(2), "test: gemm_streams = '4x'.*expected an integer");
+}
+
+// Test seams read the environment only under the MOELAB_TEST_ prefix, and announce themselves once.
+TEST(TestSeam, PrefixedAndAnnounced) {
+    unsetenv("MOELAB_TEST_CORE_SEAM");
+    EXPECT_EQ(core_test_seam("MOELAB_TEST_CORE_SEAM"), nullptr);
+    setenv("MOELAB_TEST_CORE_SEAM", "7", 1);
+    testing::internal::CaptureStderr();
+    EXPECT_STREQ(core_test_seam("MOELAB_TEST_CORE_SEAM"), "7");
+    EXPECT_STREQ(core_test_seam("MOELAB_TEST_CORE_SEAM"), "7");
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_NE(err.find("test seam MOELAB_TEST_CORE_SEAM=7 is set"), std::string::npos) << err;
+    EXPECT_EQ(err.find("test seam", err.find("test seam") + 1), std::string::npos) << "announced twice: " << err;
+    unsetenv("MOELAB_TEST_CORE_SEAM");
+    EXPECT_DEATH(core_test_seam("MOELAB_DP_OVERLAP"), "lacks the MOELAB_TEST_ prefix");
 }
 
 TEST(ConfigDeath, UnknownKey) {

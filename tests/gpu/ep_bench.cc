@@ -4,7 +4,7 @@
 //   ep_bench a2a [--tokens N] [--d-model D] [--top-k K] [--experts E] [--reps R]
 //       the EP dispatcher's dispatch + combine of N tokens × K choices of D bf16 values per rank,
 //       EP = the world, every expert receiving the same number of rows
-//   ep_bench train --config FILE --ep E [--steps S]
+//   ep_bench train --config FILE --ep E [--steps S] [--ep-overlap 0|1]
 //       training tokens/s of the config (bf16 on the GPU) at its per-GPU batch, EP E, DP = world/E
 // Rank 0 prints one line of figures; times are the slowest rank's.
 #include <algorithm>
@@ -112,9 +112,11 @@ int bench_ep_train(int argc, char **argv) {
     config_load_file(&c, arg(argc, argv, "--config", "configs/bench.cfg"));
     c.ep = std::atoi(arg(argc, argv, "--ep", "1"));
     const int steps = std::atoi(arg(argc, argv, "--steps", "4"));
+    config_set(&c, "ep_overlap", arg(argc, argv, "--ep-overlap", "1"), "command line");
     config_validate(&c);
     Grid *g = grid_create(w, 1, c.ep, c.E);
     const LayerOps *o = backend_ops_on(c.device, grid_local_rank(w));
+    backend_configure(&c);
     Model *m = train_model_create(&c, g, o);
     AdamW opt;
     adamw_init_on(&opt, &m->reg, o, m->wlow);
@@ -152,7 +154,7 @@ int main(int argc, char **argv) {
     if (argc >= 2 && !std::strcmp(argv[1], "a2a")) rc = bench_a2a(argc, argv);
     else if (argc >= 2 && !std::strcmp(argv[1], "train")) rc = bench_ep_train(argc, argv);
     else std::fprintf(stderr, "usage: ep_bench a2a [--tokens N] [--d-model D] [--top-k K] [--experts E] "
-                              "[--reps R] | ep_bench train --config FILE --ep E [--steps S]\n");
+                              "[--reps R] | ep_bench train --config FILE --ep E [--steps S] [--ep-overlap 0|1]\n");
     comm_finalize();
     return rc;
 }

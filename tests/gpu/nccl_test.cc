@@ -362,17 +362,15 @@ TEST(GpuEpTrain, MatchesTheOneGpuRun) {
 }
 
 // Losses, gradient norms and the updated weights of 3 EP steps (EP = the world) with the dispatch
-// all-to-all overlapped by the shared experts (MOELAB_EP_OVERLAP unset) or not (= 0).
+// all-to-all overlapped by the shared experts (config key ep_overlap = 1, the default) or not (0).
 std::vector<float> ep_run(bool overlap, std::vector<float> *weights) {
     const LayerOps *o = gpu();
-    if (overlap) unsetenv("MOELAB_EP_OVERLAP");
-    else setenv("MOELAB_EP_OVERLAP", "0", 1);
     MoeConfig c = small();
+    c.ep_overlap = overlap;
     c.ep = comm_world()->size;
     c.grad_accum = 2;
     Grid *g = grid_create(comm_world(), 1, c.ep, c.E);
     Model *m = train_model_create(&c, g, o);
-    unsetenv("MOELAB_EP_OVERLAP");
     AdamW opt;
     adamw_init_on(&opt, &m->reg, o, m->wlow);
     std::vector<float> out;

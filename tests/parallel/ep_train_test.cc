@@ -4,7 +4,7 @@
 // tensor, and each rank's expert slice) within 1e-5 relative, and bit-identical replicas on the DP
 // ranks. Also with every token routed to one expert (ranks whose experts receive nothing), and the
 // overlaps (shared experts during the dispatch, DP all-reduces during the backward) bit-identical
-// to the sequential order (MOELAB_EP_OVERLAP=0, MOELAB_DP_OVERLAP=0).
+// to the sequential order (config keys ep_overlap = 0, dp_overlap = 0).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -126,18 +126,19 @@ TEST(EpTrain, MatchesTheOneProcessRun) {
 // Losses and gradient norms of STEPS steps and the final weights of the EP = world layout, with the
 // overlaps (shared experts during the dispatch, gradient all-reduces during the backward) on or off.
 std::vector<float> overlap_run(bool on, std::vector<float> *weights) {
-    if (on) unsetenv("MOELAB_EP_OVERLAP");
-    else setenv("MOELAB_EP_OVERLAP", "0", 1);
-    if (on) unsetenv("MOELAB_DP_OVERLAP");
-    else setenv("MOELAB_DP_OVERLAP", "0", 1);
     MoeConfig c = tiny();
+    c.ep_overlap = c.dp_overlap = on;  // train_step_tokens reads dp_overlap from the model's config
     c.grad_accum = 2;
     c.ep = comm_world()->size;
     Grid *g = grid_create(comm_world(), 1, c.ep, c.E);
     Model *m = model_create(&c, g->ep_rank, c.ep);
     model_init_weights(m);
     m->grid = g;
-    if (c.ep > 1) model_set_dispatcher(m, ep_dispatcher_create(g->ep_comm, c.E));
+    if (c.ep > 1) {
+        MoeDispatcher *d = ep_dispatcher_create(g->ep_comm, c.E);
+        ep_dispatcher_set_overlap(d, on);
+        model_set_dispatcher(m, d);
+    }
     AdamW o;
     adamw_init(&o, &m->reg);
     std::vector<float> out;
@@ -148,8 +149,6 @@ std::vector<float> overlap_run(bool on, std::vector<float> *weights) {
         out.push_back(st.loss);
         out.push_back(st.grad_norm);
     }
-    unsetenv("MOELAB_EP_OVERLAP");
-    unsetenv("MOELAB_DP_OVERLAP");
     weights->assign(m->reg.data, m->reg.data + m->reg.total);
     model_free(m);
     adamw_free(&o);
@@ -162,6 +161,23 @@ TEST(EpTrain, OverlapsAreBitIdentical) {
     std::vector<float> a = overlap_run(true, &wa), b = overlap_run(false, &wb);
     EXPECT_EQ(a, b);
     EXPECT_TRUE(wa == wb) << "weights differ with and without the overlaps";
+}
+
+// The trainer's model takes ep_overlap from the config: with 0 its dispatcher has no start/finish
+// pair, so the MoE layer waits for the dispatch before the shared experts.
+TEST(EpTrain, EpOverlapKeyReachesTheDispatcher) {
+    if (comm_world()->size == 1) GTEST_SKIP() << "EP needs two ranks";
+    for (int on = 0; on <= 1; on++) {
+        MoeConfig c = tiny();
+        c.ep = comm_world()->size;
+        c.ep_overlap = on;
+        Grid *g = grid_create(comm_world(), 1, c.ep, c.E);
+        Model *m = train_model_create(&c, g, &layer_ops_cpu);
+        EXPECT_EQ(m->disp->to_experts_start != NULL, on) << "ep_overlap = " << on;
+        EXPECT_EQ(m->disp->finish != NULL, on) << "ep_overlap = " << on;
+        model_free(m);
+        grid_free(g);
+    }
 }
 
 TEST(EpTrain, AllTokensToOneExpert) {
