@@ -32,10 +32,6 @@ float optim_lr(const MoeConfig *c, int step) {
     return (float)(c->min_lr + 0.5 * (c->lr - c->min_lr) * (1.0 + cos(M_PI * p)));
 }
 
-double optim_grad_sqsum(const ParamRegistry *r, int kind) { return optim_grad_sqsum_on(&layer_ops_cpu, r, kind); }
-
-void optim_scale_grads(ParamRegistry *r, float s) { optim_scale_grads_on(&layer_ops_cpu, r, s); }
-
 double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind) {
     // The tensors' sums gather in one double of the backend's memory: one download, not one each.
     double *d = ops->alloc(sizeof(double)), s;

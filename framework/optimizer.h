@@ -28,12 +28,10 @@ void adamw_free(AdamW *o);
 // Learning rate of step `step` (0-based): lr·(step+1)/warmup during warm-up, then
 // min_lr + ½(lr − min_lr)(1 + cos(π·p)), p = (step − warmup)/max(1, steps − warmup) capped at 1.
 float optim_lr(const MoeConfig *c, int step);
-// Σ g² over the trained tensors of kind `kind` (-1: all trained kinds), accumulated in double.
-double optim_grad_sqsum(const ParamRegistry *r, int kind);
-// Multiplies every trained gradient by s.
-void optim_scale_grads(ParamRegistry *r, float s);
-// The same two for a registry whose buffers live on backend ops.
+// Σ g² over the trained tensors of kind `kind` (-1: all trained kinds), accumulated in double, for
+// a registry whose buffers live on backend ops.
 double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind);
+// Multiplies every trained gradient by s (buffers on ops).
 void optim_scale_grads_on(const LayerOps *ops, ParamRegistry *r, float s);
 // Clip factor for a global gradient norm: min(1, clip / norm) (1 when clip is 0).
 float optim_clip_factor(float norm, float clip);

@@ -2,8 +2,8 @@
 // The grouped (per-expert) calls run, on a Hopper GPU with bf16 operands, as one CUTLASS grouped
 // GEMM (gemm_sm90.cu); otherwise, or when asked, the same per-expert products run one
 // cublasGemmEx each, on one side stream (the loop) or spread over a few concurrent ones (streams),
-// or as one cublasGemmGroupedBatchedEx (MOELAB_GROUPED_GEMM chooses; tests/gpu/kernel_bench.cc
-// measures every way at the bench config's expert shapes).
+// or as one cublasGemmGroupedBatchedEx (linear_cuda_set_grouped_mode chooses, from the config key
+// expert_gemm; tests/gpu/kernel_bench.cc measures every way at the bench config's expert shapes).
 // cuBLAS is column-major: a row-major (r, c) matrix is its column-major (c, r) transpose, so
 // out = inp · Wᵀ (row-major) is outᵀ = W · inpᵀ (column-major), and likewise for the backward.
 #include "layers/linear_cuda.h"

@@ -4,7 +4,8 @@
 #  - an operation some rank never joins (deadlock): "<op> on group world timed out after 2s";
 #  - a bad layout (DP % EP, E % EP) in the grid and in `moelab train`: exit 2 before any work;
 #  - bad data (a val.bin of another vocabulary) in `moelab train`: exit 2;
-#  - a rank killed mid-step (MOELAB_TEST_DIE_AT_STEP): the job ends within the comm timeout.
+#  - a rank killed mid-step (the test seam MOELAB_TEST_DIE_AT_STEP, announced with a warning; a
+#    malformed value is exit 2): the job ends within the comm timeout.
 set -uo pipefail
 root="$TEST_SRCDIR/moelab"
 driver="$root/tests/parallel/comm_driver"
@@ -56,8 +57,14 @@ mkdir -p "$tmp/mixed" && cp "$tmp/data/tokenizer.bin" "$tmp/data/train.bin" "$tm
 expect train_vocab 2 'moelab: error \[rank [0-9]\]: .*mixed/val.bin was written for a vocabulary of 300 tokens' 60 \
     2 "$moelab" train "${args[@]}" --data "$tmp/mixed" --ep 2 --steps 3
 
+# The test seam (docs/architecture.md §2) takes RANK:STEP only, and announces itself when set.
+export MOELAB_TEST_DIE_AT_STEP=1
+expect seam_malformed 2 "moelab: error \\[rank [0-9]\\]: MOELAB_TEST_DIE_AT_STEP = '1': expected RANK:STEP" 60 \
+    2 "$moelab" train "${args[@]}" --ep 2 --steps 1
 export MOELAB_TEST_DIE_AT_STEP=1:2
 expect dead_rank nonzero '(timed out after 5s|exited on signal 9)' 60 \
     2 "$moelab" train "${args[@]}" --ep 2 --steps 6 --comm-timeout 5
 grep -q "killing myself at step 2" "$tmp/dead_rank.out" || { echo "FAIL: rank 1 did not die at step 2"; fail=1; }
+grep -q "warning.*test seam MOELAB_TEST_DIE_AT_STEP=1:2 is set" "$tmp/dead_rank.out" ||
+    { echo "FAIL: the active test seam is not announced"; fail=1; }
 exit $fail
