@@ -1,7 +1,8 @@
 #!/bin/bash
 # `moelab train` in one process, end to end: the log and the metrics file carry what the README
 # promises (step, loss, val_loss, lr, grad_norm, tokens_per_s, expert load), two runs with the same
-# seed print identical losses, and bad command lines end with one message and exit code 2.
+# seed print identical losses, and bad command lines end with one message and exit code 2; the run
+# keys (dp_overlap, ep_overlap, expert_gemm, gemm_streams) are in --help and the checkpoint's config.
 set -euo pipefail
 moelab="$TEST_SRCDIR/moelab/tools/moelab"
 cfg="$TEST_SRCDIR/moelab/configs/tiny.cfg"
@@ -51,6 +52,24 @@ expect_usage "val-batches 12 is too large: .*/val.bin holds 22 sequences of 17 t
     "${args[@]}" --val-batches 12
 expect_usage "val-batches 2147483647 is too large" "${args[@]}" --val-batches 2147483647
 expect_usage "steps = 99999999999 is too large: at most 2147483647" "${args[@]}" --steps 99999999999
+
+# The keys that choose how the work runs (once environment variables): listed by --help, checked on
+# the command line, stored in the checkpoint's config.
+"$moelab" train --help > "$tmp/help.txt"
+for key in dp_overlap ep_overlap expert_gemm gemm_streams; do
+    grep -q -- "--$key " "$tmp/help.txt" || { echo "train --help lacks $key"; cat "$tmp/help.txt"; exit 1; }
+done
+expect_usage "command line: expert_gemm = 'fast' is not valid: expected cutlass\|grouped\|streams\|loop" \
+    "${args[@]}" --expert-gemm fast
+expect_usage "command line: gemm_streams = 9 is too large: at most 8" "${args[@]}" --gemm-streams 9
+expect_usage "command line: dp_overlap = '2' is not valid" "${args[@]}" --dp-overlap 2
+expect_usage "command line: ep_overlap = 'off' is not valid" "${args[@]}" --ep-overlap off
+"$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --out "$tmp/run_keys" --dp-overlap 0 --ep-overlap 0 \
+    --expert-gemm loop --gemm-streams 2 > /dev/null
+"$moelab" ckpt inspect "$tmp/run_keys/step_1.h5" > "$tmp/run_keys.txt"
+for want in "dp_overlap = false" "ep_overlap = false" "expert_gemm = loop" "gemm_streams = 2"; do
+    grep -q "^  $want\$" "$tmp/run_keys.txt" || { echo "checkpoint config lacks '$want'"; cat "$tmp/run_keys.txt"; exit 1; }
+done
 
 # Shards and tokenizer of different vocabularies (issue 14): token ids index the model's V rows, so
 # every mismatch is bad data named by file, both ways, in train.bin or in val.bin alone, and in a
