@@ -1,4 +1,4 @@
-// Pipeline schedules (ARCHITECTURE.md §5): generators checked by the validator and against the
+// Pipeline schedules (docs/architecture.md §5): generators checked by the validator and against the
 // step table, broken schedules caught, simulator bubbles against the formulas, and the JSON, text,
 // SVG and Chrome-trace outputs.
 #include <gtest/gtest.h>
