@@ -1,6 +1,7 @@
 // A small JSON reader (RFC 8259: the whole grammar, into a tree of values) and the string escaper of
-// the JSON we write. Used where moelab reads or writes JSON text that is not its own format (JSON
-// Lines corpora, the Hugging Face export); fuzzed by tests/core/fuzz_json.c.
+// the JSON we write. moelab's one JSON reader: JSON Lines corpora, Chrome traces (moelab schedule
+// --from-trace), training metrics (moelab plot); the escaper serves the Hugging Face export. Fuzzed
+// by tests/data/fuzz_jsonl.c.
 #ifndef MOELAB_CORE_JSON_H
 #define MOELAB_CORE_JSON_H
 
