@@ -104,9 +104,11 @@ static const char *read_vector(const JsonValue *v, const char *name, int n, doub
 
 // Takes what one metrics line holds; returns an error message or NULL.
 static const char *take_line(Run *d, const JsonValue *o, char *msg, size_t cap) {
-    const JsonValue *load = json_get(o, "expert_load"), *eplb = json_get(o, "eplb"), *step = json_get(o, "step");
+    const JsonValue *load = json_get(o, "expert_load"), *eplb = json_get(o, "eplb");
+    const JsonValue *step = json_get(o, "step");
     if (!load && !eplb) return NULL;
-    if (!step || step->type != JSON_NUMBER || step->number < 0 || step->number != floor(step->number) || step->number > 1e9)
+    if (!step || step->type != JSON_NUMBER || step->number < 0 || step->number != floor(step->number) ||
+        step->number > 1e9)
         return "\"step\" is missing or not a non-negative integer";
     if (load) {
         double *x;
@@ -148,8 +150,8 @@ static const char *take_line(Run *d, const JsonValue *o, char *msg, size_t cap) 
         (e = read_vector(json_get(eplb, "after"), "after", d->L, &r->after, msg, cap)) ||
         (e = read_matrix(json_get(eplb, "rank_load_before"), "rank_load_before", &L, &d->G,
                          &r->rank_before, msg, cap)) ||
-        (e = read_matrix(json_get(eplb, "rank_load_after"), "rank_load_after", &L, &d->G, &r->rank_after,
-                         msg, cap)))
+        (e = read_matrix(json_get(eplb, "rank_load_after"), "rank_load_after", &L, &d->G,
+                         &r->rank_after, msg, cap)))
         return e;
     return NULL;
 }
