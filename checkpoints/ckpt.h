@@ -1,4 +1,4 @@
-// HDF5 checkpoints of the full training state in the logical layout of ARCHITECTURE.md §7 (every
+// HDF5 checkpoints of the full training state in the logical layout of docs/architecture.md §7 (every
 // tensor whole, by parameter name; experts as one (E, ...) array), written atomically and read back
 // into any expert-parallel layout. The file format is documented in docs/checkpoint-format.md.
 #ifndef MOELAB_CHECKPOINTS_CKPT_H

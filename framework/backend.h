@@ -1,7 +1,7 @@
 // The compute backend behind `--device`: the device name of a config to the layer-ops table
 // (layers/ops.h) that the model, the MoE layer and the optimizer call through. "cpu" is the fp32
 // CPU path; "cuda" is the GPU in bf16 compute with fp32 master weights, moments and reductions
-// (ARCHITECTURE.md §2); "cuda-fp32" is the GPU in fp32 end to end (exact comparison with the CPU).
+// (docs/architecture.md §2); "cuda-fp32" is the GPU in fp32 end to end (exact comparison with the CPU).
 #ifndef MOELAB_FRAMEWORK_BACKEND_H
 #define MOELAB_FRAMEWORK_BACKEND_H
 

@@ -1,4 +1,4 @@
-// Model assembly and the micro-batch forward/backward of the MoE transformer (ARCHITECTURE.md §2).
+// Model assembly and the micro-batch forward/backward of the MoE transformer (docs/architecture.md §2).
 // Each layer's forward and backward sit side by side; backward is split into backward_input (the
 // gradient flowing to earlier layers) and backward_weight (parameter gradients), as §3 requires.
 #include "framework/model.h"

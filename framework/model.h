@@ -1,4 +1,4 @@
-// The MoE transformer of ARCHITECTURE.md §2, assembled from a config: the parameter registry and its
+// The MoE transformer of docs/architecture.md §2, assembled from a config: the parameter registry and its
 // per-layer views, weight initialization, and one micro-batch's forward, backward_input and
 // backward_weight. A Model is one pipeline stage (the stage interface of §3): layers [l0, l1), with
 // the embedding when l0 == 0 and the final norm, head and loss when l1 == L; the whole model is the

@@ -1,4 +1,4 @@
-// Pipeline-parallel training (ARCHITECTURE.md §4–§5): the stages this rank holds (one Model per
+// Pipeline-parallel training (docs/architecture.md §4–§5): the stages this rank holds (one Model per
 // pipe), the executor's stage interface over a Model, one optimizer step under a 1F1B, DualPipe or
 // DualPipeV schedule (with DP and EP), evaluation through the pipeline, and the measured op trace.
 #ifndef MOELAB_FRAMEWORK_PIPE_TRAIN_H

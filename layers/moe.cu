@@ -98,27 +98,6 @@ __global__ void moe_ep_slot_kernel(int *slot, const int *idx, const int *row_e, 
     slot[r] = log2phy[(long)e * maxcnt + (j + me) % logcnt[e]];
 }
 
-template <typename T>
-__global__ void moe_combine_kernel(T *y, const T *rows, const float *gates, const int *row_of,
-                                   int N, int K, int D) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)N * D) return;
-    long t = i / D;
-    int d = (int)(i % D);
-    float s = 0.0f;
-    for (int k = 0; k < K; k++)
-        s += gates[t * K + k] * core_ld(rows + (size_t)row_of[t * K + k] * D + d);
-    core_st(y + i, s);
-}
-
-template <typename T>
-static void combine(void *y, const void *rows, const float *gates, const int *row_of, int N, int K,
-                    int D) {
-    moe_combine_kernel<T><<<core_blocks((long)N * D, 256), 256, 0, core_stream()>>>(
-        (T *)y, (const T *)rows, gates, row_of, N, K, D);
-    CUDA_CHECK_LAUNCH();
-}
-
 static void moe_check(int N, int K, int D) {
     CHECK(N >= 0 && K >= 1 && D >= 1, "moe: bad shape N=%d K=%d D=%d", N, K, D);
 }
@@ -163,11 +142,4 @@ void moe_cuda_ep_plan(int *send_pos, int *counts, int *scratch, const int *idx, 
     CUDA_CHECK_LAUNCH();
     moe_plan_kernel<<<R, PLAN_THREADS, 0, core_stream()>>>(send_pos, counts, slot, n, R);
     CUDA_CHECK_LAUNCH();
-}
-
-void moe_cuda_combine(CoreDtype dt, void *y, const void *rows, const float *gates,
-                      const int *row_of, int N, int K, int D) {
-    moe_check(N, K, D);
-    if (N == 0) return;
-    CORE_DTYPE_CALL(dt, combine, y, rows, gates, row_of, N, K, D);
 }

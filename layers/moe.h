@@ -58,6 +58,12 @@ typedef struct MoeDispatcher {
 // then by token, then by choice (a stable counting sort).
 MoeDispatcher *moe_local_dispatcher_create(int E);
 
+// The stable counting sort of every host dispatch plan (the local dispatcher here, the EP one in
+// parallel/): orders n items by key (each in [0, n_keys), checked by the caller) keeping the input
+// order within a key. Writes counts (n_keys) items per key, and where not NULL row (n) the sorted
+// row of item r and item (n) its inverse, the item at each row. (The GPU plan is moe_cuda_ep_plan.)
+void moe_counting_sort(const int *key, long n, int n_keys, int *counts, int *row, int *item);
+
 // ---------------------------------------------------------------------------------------------
 // The layer.
 

@@ -1,7 +1,7 @@
 // The MoE layer's data movement on the GPU: the local dispatcher's plan (a stable sort of the
 // N·K (token, choice) pairs by expert, as moe_local_dispatch.c), the permute into contiguous
-// per-expert rows, the un-permute back, and the gate-weighted combine. Row data is of dtype dt;
-// idx, row_of and counts are device ints; gates are fp32.
+// per-expert rows and the un-permute back (the gate-weighted combine is the ops table's
+// moe_combine, layers/ops.h). Row data is of dtype dt; idx, row_of and counts are device ints.
 #ifndef MOELAB_LAYERS_MOE_CUDA_H
 #define MOELAB_LAYERS_MOE_CUDA_H
 
@@ -34,10 +34,6 @@ void moe_cuda_unpermute(CoreDtype dt, void *dst, const void *rows, const int *ro
 // less than n, which the caller checks once they are on the host (no synchronizing check here).
 void moe_cuda_ep_plan(int *send_pos, int *counts, int *scratch, const int *idx, long n, int E,
                       const int *log2phy, const int *logcnt, int maxcnt, int me, int R);
-// y (N, D) = Σ_k gates (N, K)[t, k] · rows[row_of[t, k]], the choices added in order k = 0..K-1.
-// Overwrites y.
-void moe_cuda_combine(CoreDtype dt, void *y, const void *rows, const float *gates,
-                      const int *row_of, int N, int K, int D);
 
 #ifdef __cplusplus
 }

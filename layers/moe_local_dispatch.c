@@ -1,6 +1,7 @@
 // The single-process MoE dispatcher (see moe.h): every expert is local (slot s = expert s), and the
 // plan is a stable counting sort of the N·K (token, choice) pairs by expert id, so rows come ordered
 // by expert, then token, then choice. Dispatch and combine are a gather and a scatter through it.
+// The sort itself (moe_counting_sort) lives here and serves the EP dispatcher's host plan too.
 #include <limits.h>
 #include <string.h>
 
@@ -19,25 +20,32 @@ static MoeDispatchPlan *local_plan(MoeDispatcher *self, const int *idx, int N, i
     CHECK(N >= 0 && K >= 1, "local dispatcher: bad routing shape N = %d, K = %d", N, K);
     long n = (long)N * K;
     CHECK(n <= INT_MAX, "local dispatcher: %ld routed rows overflow an int", n);
-    memset(counts, 0, (size_t)E * sizeof(int));
-    for (long r = 0; r < n; r++) {
+    for (long r = 0; r < n; r++)
         CHECK(idx[r] >= 0 && idx[r] < E, "local dispatcher: expert id %d out of range [0, %d)", idx[r],
               E);
-        counts[idx[r]]++;
-    }
     MoeDispatchPlan *p = core_alloc(sizeof *p);
     p->N = N;
     p->K = K;
     p->n_rows = (int)n;
     p->pair = core_alloc((size_t)n * sizeof(int));
-    // Visiting the pairs in (token, choice) order and appending each at its expert's next free row
-    // is what makes the sort stable.
-    int *next = core_alloc((size_t)E * sizeof(int));  // (E) next free row of each expert
-    for (int e = 1; e < E; e++) next[e] = next[e - 1] + counts[e - 1];
-    for (long r = 0; r < n; r++) p->pair[next[idx[r]]++] = (int)r;
-    core_free(next);
+    moe_counting_sort(idx, n, E, counts, NULL, p->pair);
     *n_rows = p->n_rows;
     return p;
+}
+
+void moe_counting_sort(const int *key, long n, int n_keys, int *counts, int *row, int *item) {
+    memset(counts, 0, (size_t)n_keys * sizeof(int));
+    for (long r = 0; r < n; r++) counts[key[r]]++;
+    // Visiting the items in input order and appending each at its key's next free row is what makes
+    // the sort stable.
+    int *next = core_alloc((size_t)n_keys * sizeof(int));  // (n_keys) next free row of each key
+    for (int k = 1; k < n_keys; k++) next[k] = next[k - 1] + counts[k - 1];
+    for (long r = 0; r < n; r++) {
+        const int at = next[key[r]]++;
+        if (row) row[r] = at;
+        if (item) item[at] = (int)r;
+    }
+    core_free(next);
 }
 
 static void local_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *src, int per_choice,

@@ -1,6 +1,6 @@
 // Top-k router on the CPU (see router.h): scores, the choice of K experts with the tie rule, gates,
 // their backward through the sigmoid/softmax Jacobian, the sequence balance loss and the
-// auxiliary-loss-free bias update of ARCHITECTURE.md §2.
+// auxiliary-loss-free bias update of docs/architecture.md §2.
 #include "layers/router.h"
 
 #include <math.h>

@@ -1,6 +1,6 @@
 // Top-k router: expert scores (sigmoid or softmax of the router logits), the K experts with the
 // largest score + balancing bias (ties to the lower expert id), and their gates. Also the two
-// balancing mechanisms of ARCHITECTURE.md §2: the sequence balance loss (DeepSeek-V3 eqs. 17–20) and
+// balancing mechanisms of docs/architecture.md §2: the sequence balance loss (DeepSeek-V3 eqs. 17–20) and
 // the auxiliary-loss-free bias update.
 #ifndef MOELAB_LAYERS_ROUTER_H
 #define MOELAB_LAYERS_ROUTER_H

@@ -1,4 +1,4 @@
-// Data-parallel gradient sync (ARCHITECTURE.md §4): averaging of dense gradients over DP and of
+// Data-parallel gradient sync (docs/architecture.md §4): averaging of dense gradients over DP and of
 // expert gradients over expert-DP, bucketed (tensors packed into fixed-size buckets, one all-reduce
 // per bucket); the global gradient norm; and the global sums the engine needs (expert counts for the
 // bias update, losses for logging).

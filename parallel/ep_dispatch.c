@@ -61,12 +61,8 @@ static void plan_on_host(EpDispatcher *x, int *send_pos, int *send_cnt, const in
         const int e = idx[r];
         CHECK(e >= 0 && e < x->E, "ep dispatcher: expert id %d out of range [0, %d)", e, x->E);
         slot[r] = x->log2phy[(long)e * x->maxcnt + (seen[e]++ + me) % x->logcnt[e]];
-        send_cnt[slot[r]]++;
     }
-    int *next = core_alloc((size_t)R * sizeof(int));  // (R) next free send row of each slot
-    for (int s = 1; s < R; s++) next[s] = next[s - 1] + send_cnt[s - 1];
-    for (long r = 0; r < n; r++) send_pos[r] = next[slot[r]]++;
-    core_free(next);
+    moe_counting_sort(slot, n, R, send_cnt, send_pos, NULL);
     core_free(slot);
     core_free(seen);
 }

@@ -1,5 +1,5 @@
 // The expert-parallel MoE dispatcher (the layers/moe.h interface over an EP communicator,
-// ARCHITECTURE.md §4): each (token, choice) pair travels to the rank holding its expert's physical
+// docs/architecture.md §4): each (token, choice) pair travels to the rank holding its expert's physical
 // slot through an all-to-all-v, arrives grouped by local slot for the grouped expert GEMMs, and
 // comes back the same way. Which logical expert each physical slot holds is a table (the default is
 // the identity block: slot s of EP rank r holds expert r·E/EP + s), so EPLB can swap in replicas.

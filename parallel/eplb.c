@@ -1,4 +1,4 @@
-// EPLB planner (ARCHITECTURE.md §6): balanced packing, replication, and the hierarchical policy; the
+// EPLB planner (docs/architecture.md §6): balanced packing, replication, and the hierarchical policy; the
 // global policy is the hierarchical one run with a single group on a single node.
 #include "parallel/eplb.h"
 

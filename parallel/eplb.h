@@ -1,4 +1,4 @@
-// EPLB planner (ARCHITECTURE.md §6): given the load of every logical expert of every MoE layer, choose
+// EPLB planner (docs/architecture.md §6): given the load of every logical expert of every MoE layer, choose
 // how many replicas each expert gets and which physical slot (hence which rank) holds each replica.
 // Pure functions, no communication; a plan object owns every buffer, so re-planning allocates nothing.
 #ifndef MOELAB_PARALLEL_EPLB_H

@@ -1,4 +1,4 @@
-// EPLB during training (ARCHITECTURE.md §6, "Runtime"; docs/eplb.md "Runtime"): keeps the physical
+// EPLB during training (docs/architecture.md §6, "Runtime"; docs/eplb.md "Runtime"): keeps the physical
 // expert slots of every MoE layer balanced over the EP ranks while the model trains. Every step it sums
 // the gradients of each expert's replicas, so that replicas stay identical; every `interval` steps it
 // plans a new placement from the tokens each logical expert received, moves expert weights and AdamW
@@ -55,7 +55,8 @@ typedef struct EplbRuntime {
     int G, n_local;            // EP ranks; slots per rank (R / G)
     int *logcnt;               // (L, E) replicas of each logical expert in the current placement
     long *load;                // (L, E) tokens per logical expert since the last rebalance (all DP ranks)
-    EplbPlan *plan;            // the planner: global policy (Ng = Nn = 1) over G ranks
+    EplbPlan *plan;            // the planner over G ranks: hierarchical with s.groups expert groups on
+                               // s.nodes nodes, the global policy when both are 1
     int *work;                 // (E) scratch
     // The step just observed by eplb_runtime_step (placement in force during that step):
     double *step_imbalance;    // (L) max/mean of the EP ranks' loads

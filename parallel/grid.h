@@ -1,4 +1,4 @@
-// The process grid of ARCHITECTURE.md §4: world = PP × DP pipeline stages by data-parallel ranks,
+// The process grid of docs/architecture.md §4: world = PP × DP pipeline stages by data-parallel ranks,
 // with expert parallelism inside DP (DP = EP × EDP), and the communicators each parameter group
 // needs. Layout (pp-major, EP groups contiguous):
 //     rank = pp_rank · DP + dp_rank,   dp_rank = edp_rank · EP + ep_rank

@@ -1,4 +1,4 @@
-// The pipeline executor (ARCHITECTURE.md §5): runs one rank's op list of any Schedule on real
+// The pipeline executor (docs/architecture.md §5): runs one rank's op list of any Schedule on real
 // ranks. Activations and gradients travel between ranks of the pipeline as non-blocking messages:
 // on the CPU tagged MPI messages over the pipeline communicator, matched by (kind, pipe,
 // micro-batch); on GPUs device buffers over one NCCL communicator per directed link between
@@ -41,9 +41,11 @@ void pipe_links_free(PipeLinks *l);
 // The F&B overlap on a GPU: an F&B op runs its forward on a worker thread, on a side stream of
 // its own (core_cuda_use_stream), while the calling thread runs its backward on the main stream;
 // then the main stream waits for the side stream, and the op's sends go out. The two halves touch
-// different Models (the generators pair the two pipes), so they share no memory; the stages must
-// make no communication calls inside forward and backward (no expert parallelism), since the two
-// threads would issue them in different orders on shared communicators.
+// different Models (the generators pair the two pipes), so they share no memory. Their stages may
+// communicate inside forward and backward (expert parallelism) on communicators of their own: each
+// pipe's model has its own EP group (framework/pipe_train.c), so every communicator sees one thread's
+// calls in the schedule's order; and MPI must allow two calling threads (comm_threads_ok, which the
+// trainer checks before --fb-overlap with --ep > 1).
 typedef struct PipeFb PipeFb;
 PipeFb *pipe_fb_create(void);  // the side stream and two events, after core_cuda_init
 void pipe_fb_free(PipeFb *fb);

@@ -1,4 +1,4 @@
-// Pipeline schedule generators (1F1B, DualPipe, DualPipeV per ARCHITECTURE.md §5), the
+// Pipeline schedule generators (1F1B, DualPipe, DualPipeV per docs/architecture.md §5), the
 // dependency player that validates them and times them for the simulator, and the text / JSON
 // writers. docs/pipeline.md is the narrative version of this file.
 #include "parallel/schedule.h"

@@ -1,4 +1,4 @@
-// Pipeline schedules as plain data (ARCHITECTURE.md §5): for each rank, the ordered list of ops it
+// Pipeline schedules as plain data (docs/architecture.md §5): for each rank, the ordered list of ops it
 // runs. Pure generators for 1F1B, DualPipe and DualPipeV, a validator that plays all ranks against
 // each other, and text / JSON writers. docs/pipeline.md explains the model in full.
 #ifndef MOELAB_PARALLEL_SCHEDULE_H

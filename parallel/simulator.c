@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "framework/core/json.h"
 #include "framework/core/mem.h"
 
 int sim_costs_check(const SimCosts *c, char *err) {
@@ -120,186 +121,53 @@ SimTimeline *sim_run(const Schedule *s, const SimCosts *c, char *err) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Chrome traces. A minimal JSON reader: it understands the whole grammar (so any valid trace
-// parses) but keeps only the fields a timeline needs.
+// Chrome traces, read with the JSON reader of framework/core/json.h; only the fields a timeline
+// needs are kept.
 
-typedef struct {
-    const char *base, *p, *end;   // the text, the read position, its end
-    char *err;
-    const char *path;
-} Json;
-
-static int json_fail(Json *J, const char *what) {
-    int line = 1;
-    for (const char *q = J->base; q < J->p; q++) line += *q == '\n';
-    sched_set_err(J->err, "%s:%d: malformed JSON: %s", J->path, line, what);
+// The number member key of event ev into *out; 0 when absent, 1 when present, -1 when not a number.
+static int trace_number(const JsonValue *ev, const char *key, double *out) {
+    const JsonValue *v = json_get(ev, key);
+    if (!v) return 0;
+    if (v->type != JSON_NUMBER) return -1;
+    *out = v->number;
     return 1;
 }
 
-static void json_ws(Json *J) {
-    while (J->p < J->end && (*J->p == ' ' || *J->p == '\t' || *J->p == '\n' || *J->p == '\r')) J->p++;
-}
-
-static int json_eat(Json *J, char c) {
-    json_ws(J);
-    if (J->p < J->end && *J->p == c) {
-        J->p++;
-        return 1;
+// Checks event k (a JSON value) and, when it is a complete event named like a schedule op, stores it
+// into *out with its rank. Returns -1 on a bad event (message in err), 0 to skip it, 1 when kept.
+static int trace_event(const JsonValue *ev, size_t k, const char *path, SimEvent *out, int *rank_out,
+                       char *err) {
+    if (ev->type != JSON_OBJECT) {
+        sched_set_err(err, "%s: event %zu is not a JSON object", path, k);
+        return -1;
     }
-    return 0;
-}
-
-// A string into out (cap bytes, truncated); \u escapes outside ASCII become '?'.
-static int json_string(Json *J, char *out, size_t cap) {
-    size_t n = 0;
-    if (!json_eat(J, '"')) return json_fail(J, "expected a string");
-    while (J->p < J->end && *J->p != '"') {
-        char ch = *J->p++;
-        if (ch == '\\') {
-            if (J->p >= J->end) break;
-            char e = *J->p++;
-            switch (e) {
-            case '"': case '\\': case '/': ch = e; break;
-            case 'b': ch = '\b'; break;
-            case 'f': ch = '\f'; break;
-            case 'n': ch = '\n'; break;
-            case 'r': ch = '\r'; break;
-            case 't': ch = '\t'; break;
-            case 'u': {
-                char hex[5] = {0};
-                if (J->end - J->p < 4) return json_fail(J, "short \\u escape");
-                memcpy(hex, J->p, 4);
-                J->p += 4;
-                long u = strtol(hex, NULL, 16);
-                ch = u > 0 && u < 128 ? (char)u : '?';
-                break;
-            }
-            default: return json_fail(J, "bad escape in string");
-            }
-        }
-        if (n + 1 < cap) out[n++] = ch;
+    const JsonValue *name = json_get(ev, "name"), *ph = json_get(ev, "ph");
+    if ((name && name->type != JSON_STRING) || (ph && ph->type != JSON_STRING)) {
+        sched_set_err(err, "%s: event %zu has a \"name\" or \"ph\" that is not a string", path, k);
+        return -1;
     }
-    if (!json_eat(J, '"')) return json_fail(J, "unterminated string");
-    if (cap) out[n] = '\0';
-    return 0;
-}
-
-static int json_number(Json *J, double *v) {
-    json_ws(J);
-    char *e;
-    *v = strtod(J->p, &e);
-    if (e == J->p || e > J->end) return json_fail(J, "expected a number");
-    J->p = e;
-    return 0;
-}
-
-static int json_skip(Json *J, int depth);
-
-// Reads an array or object, calling fn on each element / member value (its key in `key`), or
-// skipping the values when fn is NULL.
-typedef int (*JsonItemFn)(Json *J, const char *key, void *ctx);
-
-static int json_container(Json *J, int object, JsonItemFn fn, void *ctx, int depth) {
-    char key[64] = "";
-    if (depth > 64) return json_fail(J, "nesting too deep");
-    if (!json_eat(J, object ? '{' : '[')) return json_fail(J, object ? "expected '{'" : "expected '['");
-    if (json_eat(J, object ? '}' : ']')) return 0;
-    do {
-        if (object) {
-            if (json_string(J, key, sizeof key)) return 1;
-            if (!json_eat(J, ':')) return json_fail(J, "expected ':'");
-        }
-        if (fn ? fn(J, key, ctx) : json_skip(J, depth + 1)) return 1;
-    } while (json_eat(J, ','));
-    if (!json_eat(J, object ? '}' : ']')) return json_fail(J, object ? "expected ',' or '}'" : "expected ',' or ']'");
-    return 0;
-}
-
-static int json_skip(Json *J, int depth) {
-    json_ws(J);
-    if (J->p >= J->end) return json_fail(J, "unexpected end");
-    if (*J->p == '{' || *J->p == '[') return json_container(J, *J->p == '{', NULL, NULL, depth);
-    if (*J->p == '"') return json_string(J, NULL, 0);
-    static const char *lit[3] = {"true", "false", "null"};
-    for (int i = 0; i < 3; i++) {
-        size_t n = strlen(lit[i]);
-        if ((size_t)(J->end - J->p) >= n && strncmp(J->p, lit[i], n) == 0) {
-            J->p += n;
-            return 0;
-        }
+    double pid = 0, tid = 0, ts = 0, dur = 0;
+    const int has_pid = trace_number(ev, "pid", &pid), has_tid = trace_number(ev, "tid", &tid),
+              has_ts = trace_number(ev, "ts", &ts), has_dur = trace_number(ev, "dur", &dur);
+    if (has_pid < 0 || has_tid < 0 || has_ts < 0 || has_dur < 0) {
+        sched_set_err(err, "%s: event %zu has a pid, tid, ts or dur that is not a number", path, k);
+        return -1;
     }
-    double v;
-    return json_number(J, &v);
-}
-
-// One trace event being read.
-typedef struct {
-    char name[48], ph[8];
-    double pid, tid, ts, dur;
-    int has_pid, has_tid, has_ts, has_dur;
-} TraceEv;
-
-typedef struct {
-    SimEvent *ev;          // (cap) kept events
-    int *rank;             // (cap) their ranks
-    int n, cap;
-    TraceEv cur;
-} TraceRead;
-
-static int trace_field(Json *J, const char *key, void *ctx) {
-    TraceEv *e = ctx;
-    if (strcmp(key, "name") == 0) return json_string(J, e->name, sizeof e->name);
-    if (strcmp(key, "ph") == 0) return json_string(J, e->ph, sizeof e->ph);
-    struct { const char *k; double *v; int *has; } num[4] = {
-        {"pid", &e->pid, &e->has_pid}, {"tid", &e->tid, &e->has_tid},
-        {"ts", &e->ts, &e->has_ts}, {"dur", &e->dur, &e->has_dur}};
-    for (int i = 0; i < 4; i++) {
-        if (strcmp(key, num[i].k) == 0) {
-            *num[i].has = 1;
-            return json_number(J, num[i].v);
-        }
-    }
-    return json_skip(J, 2);
-}
-
-static int trace_event(Json *J, const char *key, void *ctx) {
-    TraceRead *T = ctx;
-    memset(&T->cur, 0, sizeof T->cur);
-    if (json_container(J, 1, trace_field, &T->cur, 1)) return 1;
-    TraceEv *e = &T->cur;
     SchedOp op;
-    if (strcmp(e->ph, "X") != 0 || sched_op_parse(e->name, &op) != 0) return 0;
-    double rank = e->has_pid ? e->pid : e->tid;
-    if (!e->has_ts || !e->has_dur || !(e->has_pid || e->has_tid)) {
-        sched_set_err(J->err, "%s: event \"%s\" lacks ts, dur or pid/tid", J->path, e->name);
-        return 1;
+    if (!ph || strcmp(ph->str, "X") != 0 || !name || sched_op_parse(name->str, &op) != 0) return 0;
+    const double rank = has_pid ? pid : tid;
+    if (!has_ts || !has_dur || !(has_pid || has_tid)) {
+        sched_set_err(err, "%s: event \"%s\" lacks ts, dur or pid/tid", path, name->str);
+        return -1;
     }
-    if (rank < 0 || rank > 65535 || rank != floor(rank) || !isfinite(e->ts) || !isfinite(e->dur) || e->dur < 0) {
-        sched_set_err(J->err, "%s: event \"%s\" has rank %g, ts %g or dur %g out of range", J->path, e->name, rank,
-                e->ts, e->dur);
-        return 1;
+    if (rank < 0 || rank > 65535 || rank != floor(rank) || dur < 0 || !isfinite(ts + dur)) {
+        sched_set_err(err, "%s: event \"%s\" has rank %g, ts %g or dur %g out of range", path, name->str, rank,
+                ts, dur);
+        return -1;
     }
-    if (T->n == T->cap) {
-        T->cap = T->cap ? 2 * T->cap : 256;
-        SimEvent *ev = core_alloc(sizeof(SimEvent) * T->cap);
-        int *rk = core_alloc(sizeof(int) * T->cap);
-        if (T->n) {
-            memcpy(ev, T->ev, sizeof(SimEvent) * T->n);
-            memcpy(rk, T->rank, sizeof(int) * T->n);
-        }
-        core_free(T->ev);
-        core_free(T->rank);
-        T->ev = ev;
-        T->rank = rk;
-    }
-    T->ev[T->n] = (SimEvent){op, e->ts, e->ts + e->dur};
-    T->rank[T->n++] = (int)rank;
-    return 0;
-}
-
-static int trace_top(Json *J, const char *key, void *ctx) {
-    if (strcmp(key, "traceEvents") == 0) return json_container(J, 0, trace_event, ctx, 1);
-    return json_skip(J, 1);
+    *out = (SimEvent){op, ts, ts + dur};
+    *rank_out = (int)rank;
+    return 1;
 }
 
 static int cmp_event(const void *a, const void *b) {
@@ -319,17 +187,34 @@ SimTimeline *sim_read_trace(const char *path, char *err) {
     char *text = core_alloc((size_t)(size > 0 ? size : 0) + 1);  // (size + 1) NUL-terminated
     size_t got = size > 0 ? fread(text, 1, (size_t)size, f) : 0;
     fclose(f);
-    Json J = {text, text, text + got, err, path};
-    TraceRead T;
-    memset(&T, 0, sizeof T);
-    json_ws(&J);
-    int bad = (J.p < J.end && *J.p == '[') ? json_container(&J, 0, trace_event, &T, 0)
-                                           : json_container(&J, 1, trace_top, &T, 0);
-    if (!bad) {
-        json_ws(&J);
-        if (J.p != J.end) bad = json_fail(&J, "text after the trace");
+    char what[JSON_ERR_LEN];
+    size_t at;
+    JsonValue *doc = json_parse_at(text, got, what, &at);
+    int bad = 0;
+    if (!doc) {
+        int line = 1;
+        for (size_t i = 0; i < at; i++) line += text[i] == '\n';
+        sched_set_err(err, "%s:%d: malformed JSON: %s", path, line, what);
+        bad = 1;
     }
-    if (!bad && T.n == 0) {
+    // The two forms of a Chrome trace: an array of events, or an object with "traceEvents".
+    const JsonValue *events = doc && doc->type == JSON_OBJECT ? json_get(doc, "traceEvents") : doc;
+    if (!bad && (!events || events->type != JSON_ARRAY)) {
+        sched_set_err(err, "%s: not a Chrome trace (a JSON array of events, or an object with a "
+                "\"traceEvents\" array)", path);
+        bad = 1;
+    }
+    // (n) the kept events and their ranks; n <= the events of the trace.
+    const size_t cap = bad ? 1 : events->len + 1;
+    SimEvent *kept = core_alloc(sizeof(SimEvent) * cap);
+    int *rank = core_alloc(sizeof(int) * cap);
+    size_t n = 0;
+    for (size_t k = 0; !bad && k < events->len; k++) {
+        const int r = trace_event(&events->items[k], k, path, &kept[n], &rank[n], err);
+        if (r < 0) bad = 1;
+        n += r > 0;
+    }
+    if (!bad && n == 0) {
         sched_set_err(err, "%s: no complete (\"ph\": \"X\") events named like schedule ops (F3d, B0u*, W0u, "
                 "FB(4d,1u))", path);
         bad = 1;
@@ -337,19 +222,20 @@ SimTimeline *sim_read_trace(const char *path, char *err) {
     SimTimeline *tl = NULL;
     if (!bad) {
         int R = 0;
-        for (int i = 0; i < T.n; i++) R = T.rank[i] + 1 > R ? T.rank[i] + 1 : R;
+        for (size_t i = 0; i < n; i++) R = rank[i] + 1 > R ? rank[i] + 1 : R;
         tl = timeline_alloc(R);
-        for (int i = 0; i < T.n; i++) tl->n[T.rank[i]]++;
+        for (size_t i = 0; i < n; i++) tl->n[rank[i]]++;
         for (int r = 0; r < R; r++) {
             tl->ev[r] = core_alloc(sizeof(SimEvent) * (tl->n[r] > 0 ? tl->n[r] : 1));
             tl->n[r] = 0;
         }
-        for (int i = 0; i < T.n; i++) tl->ev[T.rank[i]][tl->n[T.rank[i]]++] = T.ev[i];
+        for (size_t i = 0; i < n; i++) tl->ev[rank[i]][tl->n[rank[i]]++] = kept[i];
         for (int r = 0; r < R; r++) qsort(tl->ev[r], tl->n[r], sizeof(SimEvent), cmp_event);
         timeline_finish(tl);
     }
-    core_free(T.ev);
-    core_free(T.rank);
+    core_free(kept);
+    core_free(rank);
+    json_free(doc);
     core_free(text);
     return tl;
 }

@@ -1,5 +1,5 @@
 // Pipeline timelines: the cost simulator (per-op costs F, B, W, F&B → each rank's op start/end and
-// idle time, ARCHITECTURE.md §5) and a reader that builds the same timeline from a measured Chrome
+// idle time, docs/architecture.md §5) and a reader that builds the same timeline from a measured Chrome
 // trace, so that planned and measured schedules are drawn and compared the same way.
 #ifndef MOELAB_PARALLEL_SIMULATOR_H
 #define MOELAB_PARALLEL_SIMULATOR_H

@@ -1,4 +1,4 @@
-// Pipeline stage partitioning (ARCHITECTURE.md §5, docs/pipeline.md "Executor"): a cost per layer
+// Pipeline stage partitioning (docs/architecture.md §5, docs/pipeline.md "Executor"): a cost per layer
 // from the config (forward FLOPs per token), plus the embedding on the first stage and the head and
 // loss on the last, and the contiguous split of the layers into S stages that minimizes the most
 // expensive stage.

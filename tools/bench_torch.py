@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# The PyTorch baseline of `moelab bench --device cuda` (issue 3 item 4): the model of ARCHITECTURE.md
+# The PyTorch baseline of `moelab bench --device cuda` (issue 3 item 4): the model of docs/architecture.md
 # §2 written as a good PyTorch user would (bf16 autocast over fp32 master weights, fused AdamW,
 # scaled_dot_product_attention, experts as grouped GEMMs over sorted rows), timed in eager mode and
 # under torch.compile on synthetic tokens, with the same FLOP count and bf16 GEMM baseline.

@@ -17,7 +17,7 @@
 static const char USAGE[] =
     "usage: moelab eplb --load FILE --replicas R --groups Ng --nodes Nn --ranks G\n"
     "\n"
-    "Plans expert replication and placement (ARCHITECTURE.md §6) and prints it as JSON.\n"
+    "Plans expert replication and placement (docs/architecture.md §6) and prints it as JSON.\n"
     "  --load FILE    CSV of expert loads: one row per layer, E numbers in [0, 1e15] per row\n"
     "  --replicas R   physical expert slots per layer (R >= E, R % G == 0)\n"
     "  --groups Ng    expert groups, contiguous blocks kept on one node (E % Ng == 0)\n"

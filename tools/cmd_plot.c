@@ -1,7 +1,8 @@
 // `moelab plot`: draws the expert load of a training run from its --metrics file (JSON Lines) as one
 // SVG: a heatmap per MoE layer of each expert's tokens over the logged steps (relative to a fair share,
 // rebalances marked), and for the first and last EPLB rebalance each EP rank's load before and after.
-// A thin front end: a small JSON reader, checks on the fields it needs, and plain SVG rectangles.
+// A thin front end: the JSON reader of framework/core/json.h, checks on the fields it needs, and plain
+// SVG rectangles.
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "framework/core/check.h"
+#include "framework/core/json.h"
 #include "framework/core/mem.h"
 #include "tools/commands.h"
 
@@ -27,147 +29,6 @@ static const char USAGE[] =
 
 // One usage-error line naming the command; returns exit code 2.
 #define fail(...) core_usage_report("plot: " __VA_ARGS__)
-
-// ---------------------------------------------------------------------------------------------
-// A JSON reader (one value per line of the metrics file): numbers, strings, arrays, objects,
-// true/false/null. Strings keep their escapes undecoded: only keys are compared, and they are plain.
-
-typedef enum { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ } JKind;
-
-typedef struct JVal {
-    JKind kind;
-    double num;
-    char *str;            // J_STR: the text between the quotes
-    int n;                // J_ARR, J_OBJ: elements
-    struct JVal *item;    // (n) elements or members' values
-    char **key;           // (n) J_OBJ: members' names
-} JVal;
-
-typedef struct {
-    const char *s, *p;
-    char err[160];
-} JReader;
-
-static void j_free(JVal *v) {
-    for (int i = 0; i < v->n; i++) {
-        j_free(&v->item[i]);
-        if (v->key) core_free(v->key[i]);
-    }
-    core_free(v->item);
-    core_free(v->key);
-    core_free(v->str);
-}
-
-static int j_error(JReader *r, const char *what) {
-    if (!r->err[0]) snprintf(r->err, sizeof r->err, "%s at column %d", what, (int)(r->p - r->s) + 1);
-    return 1;
-}
-
-static void j_ws(JReader *r) {
-    while (*r->p == ' ' || *r->p == '\t' || *r->p == '\r') r->p++;
-}
-
-static int j_value(JReader *r, JVal *v, int depth);
-
-static int j_string(JReader *r, char **out) {
-    const char *start = ++r->p;
-    while (*r->p && *r->p != '"') r->p += *r->p == '\\' && r->p[1] ? 2 : 1;
-    if (*r->p != '"') return j_error(r, "unterminated string");
-    size_t n = (size_t)(r->p - start);
-    *out = core_alloc(n + 1);
-    memcpy(*out, start, n);
-    r->p++;
-    return 0;
-}
-
-// Appends one element (and its key) to an array or object under construction.
-static JVal *j_push(JVal *v, int *cap) {
-    if (v->n == *cap) {
-        *cap = *cap ? 2 * *cap : 8;
-        JVal *item = core_alloc((size_t)*cap * sizeof *item);
-        if (v->n) memcpy(item, v->item, (size_t)v->n * sizeof *item);
-        core_free(v->item);
-        v->item = item;
-        if (v->kind == J_OBJ) {
-            char **key = core_alloc((size_t)*cap * sizeof *key);
-            if (v->n) memcpy(key, v->key, (size_t)v->n * sizeof *key);
-            core_free(v->key);
-            v->key = key;
-        }
-    }
-    return &v->item[v->n++];
-}
-
-static int j_container(JReader *r, JVal *v, int depth) {
-    const char close = *r->p == '[' ? ']' : '}';
-    v->kind = close == ']' ? J_ARR : J_OBJ;
-    int cap = 0;
-    r->p++;
-    j_ws(r);
-    if (*r->p == close) {
-        r->p++;
-        return 0;
-    }
-    for (;;) {
-        char *key = NULL;
-        j_ws(r);
-        if (v->kind == J_OBJ) {
-            if (*r->p != '"') return j_error(r, "expected a member name");
-            if (j_string(r, &key)) return 1;
-            j_ws(r);
-            if (*r->p != ':') {
-                core_free(key);
-                return j_error(r, "expected ':'");
-            }
-            r->p++;
-        }
-        JVal *item = j_push(v, &cap);
-        if (v->kind == J_OBJ) v->key[v->n - 1] = key;
-        if (j_value(r, item, depth + 1)) return 1;
-        j_ws(r);
-        if (*r->p == ',') {
-            r->p++;
-            continue;
-        }
-        if (*r->p == close) {
-            r->p++;
-            return 0;
-        }
-        return j_error(r, close == ']' ? "expected ',' or ']'" : "expected ',' or '}'");
-    }
-}
-
-static int j_value(JReader *r, JVal *v, int depth) {
-    memset(v, 0, sizeof *v);
-    if (depth > 32) return j_error(r, "nesting deeper than 32");
-    j_ws(r);
-    const char c = *r->p;
-    if (c == '[' || c == '{') return j_container(r, v, depth);
-    if (c == '"') {
-        v->kind = J_STR;
-        return j_string(r, &v->str);
-    }
-    static const char *words[] = {"null", "true", "false"};
-    for (int i = 0; i < 3; i++)
-        if (!strncmp(r->p, words[i], strlen(words[i]))) {
-            v->kind = i ? J_BOOL : J_NULL;
-            v->num = i == 1;
-            r->p += strlen(words[i]);
-            return 0;
-        }
-    char *end;
-    v->num = strtod(r->p, &end);
-    if (end == r->p || !isfinite(v->num)) return j_error(r, "expected a value");
-    v->kind = J_NUM;
-    r->p = end;
-    return 0;
-}
-
-static const JVal *j_get(const JVal *o, const char *key) {
-    for (int i = 0; o->kind == J_OBJ && i < o->n; i++)
-        if (!strcmp(o->key[i], key)) return &o->item[i];
-    return NULL;
-}
 
 // ---------------------------------------------------------------------------------------------
 // The run's load data.
@@ -201,50 +62,53 @@ static void run_free(Run *d) {
 
 // Reads a (rows, cols) matrix of non-negative numbers into out (rows·cols, core_alloc), fixing rows and
 // cols on first sight (*rows == 0) and checking them afterwards. Returns an error message or NULL.
-static const char *read_matrix(const JVal *v, const char *name, int *rows, int *cols, double **out,
+static const char *read_matrix(const JsonValue *v, const char *name, int *rows, int *cols, double **out,
                                char *msg, size_t cap) {
-    if (!v || v->kind != J_ARR || v->n == 0)
+    if (!v || v->type != JSON_ARRAY || v->len == 0)
         return snprintf(msg, cap, "\"%s\" is not a non-empty array of arrays", name), msg;
-    if (*rows && v->n != *rows)
-        return snprintf(msg, cap, "\"%s\" has %d rows, earlier lines had %d", name, v->n, *rows), msg;
-    for (int i = 0; i < v->n; i++) {
-        const JVal *row = &v->item[i];
-        if (row->kind != J_ARR || row->n == 0)
-            return snprintf(msg, cap, "\"%s\" row %d is not a non-empty array", name, i + 1), msg;
-        if ((*cols && row->n != *cols) || (i > 0 && row->n != v->item[0].n))
-            return snprintf(msg, cap, "\"%s\" row %d has %d values, expected %d", name, i + 1, row->n,
-                            *cols ? *cols : v->item[0].n), msg;
-        for (int j = 0; j < row->n; j++)
-            if (row->item[j].kind != J_NUM || row->item[j].num < 0)
-                return snprintf(msg, cap, "\"%s\" row %d, value %d is not a number >= 0", name, i + 1,
+    if (*rows && v->len != (size_t)*rows)
+        return snprintf(msg, cap, "\"%s\" has %zu rows, earlier lines had %d", name, v->len, *rows), msg;
+    const size_t want = *cols ? (size_t)*cols : v->items[0].len;
+    for (size_t i = 0; i < v->len; i++) {
+        const JsonValue *row = &v->items[i];
+        if (row->type != JSON_ARRAY || row->len == 0)
+            return snprintf(msg, cap, "\"%s\" row %zu is not a non-empty array", name, i + 1), msg;
+        if (row->len != want)
+            return snprintf(msg, cap, "\"%s\" row %zu has %zu values, expected %zu", name, i + 1, row->len,
+                            want), msg;
+        for (size_t j = 0; j < row->len; j++)
+            if (row->items[j].type != JSON_NUMBER || row->items[j].number < 0)
+                return snprintf(msg, cap, "\"%s\" row %zu, value %zu is not a number >= 0", name, i + 1,
                                 j + 1), msg;
     }
-    *rows = v->n;
-    *cols = v->item[0].n;
+    *rows = (int)v->len;
+    *cols = (int)want;
     *out = core_alloc((size_t)*rows * *cols * sizeof(double));
     for (int i = 0; i < *rows; i++)
-        for (int j = 0; j < *cols; j++) (*out)[(size_t)i * *cols + j] = v->item[i].item[j].num;
+        for (int j = 0; j < *cols; j++) (*out)[(size_t)i * *cols + j] = v->items[i].items[j].number;
     return NULL;
 }
 
-static const char *read_vector(const JVal *v, const char *name, int n, double **out, char *msg,
+static const char *read_vector(const JsonValue *v, const char *name, int n, double **out, char *msg,
                                size_t cap) {
-    if (!v || v->kind != J_ARR || v->n != n)
+    if (!v || v->type != JSON_ARRAY || v->len != (size_t)n)
         return snprintf(msg, cap, "\"%s\" is not an array of %d numbers (one per MoE layer)", name, n), msg;
     *out = core_alloc((size_t)n * sizeof(double));
     for (int i = 0; i < n; i++) {
-        if (v->item[i].kind != J_NUM)
+        if (v->items[i].type != JSON_NUMBER)
             return snprintf(msg, cap, "\"%s\" value %d is not a number", name, i + 1), msg;
-        (*out)[i] = v->item[i].num;
+        (*out)[i] = v->items[i].number;
     }
     return NULL;
 }
 
 // Takes what one metrics line holds; returns an error message or NULL.
-static const char *take_line(Run *d, const JVal *o, char *msg, size_t cap) {
-    const JVal *load = j_get(o, "expert_load"), *eplb = j_get(o, "eplb"), *step = j_get(o, "step");
+static const char *take_line(Run *d, const JsonValue *o, char *msg, size_t cap) {
+    const JsonValue *load = json_get(o, "expert_load"), *eplb = json_get(o, "eplb");
+    const JsonValue *step = json_get(o, "step");
     if (!load && !eplb) return NULL;
-    if (!step || step->kind != J_NUM || step->num < 0 || step->num != floor(step->num) || step->num > 1e9)
+    if (!step || step->type != JSON_NUMBER || step->number < 0 || step->number != floor(step->number) ||
+        step->number > 1e9)
         return "\"step\" is missing or not a non-negative integer";
     if (load) {
         double *x;
@@ -263,13 +127,13 @@ static const char *take_line(Run *d, const JVal *o, char *msg, size_t cap) {
             d->step = s;
             d->load = l;
         }
-        d->step[d->ns] = (int)step->num;
+        d->step[d->ns] = (int)step->number;
         memcpy(d->load + (size_t)d->ns * d->L * d->E, x, (size_t)d->L * d->E * sizeof(double));
         d->ns++;
         core_free(x);
     }
     if (!eplb) return NULL;
-    if (eplb->kind != J_OBJ) return "\"eplb\" is not an object";
+    if (eplb->type != JSON_OBJECT) return "\"eplb\" is not an object";
     if (!d->L) return "\"eplb\" comes before any \"expert_load\"";
     if (d->nr == d->rcap) {
         d->rcap = d->rcap ? 2 * d->rcap : 16;
@@ -279,15 +143,15 @@ static const char *take_line(Run *d, const JVal *o, char *msg, size_t cap) {
         d->reb = r;
     }
     Rebalance *r = &d->reb[d->nr++];
-    r->step = (int)step->num;
+    r->step = (int)step->number;
     const char *e;
     int L = d->L;
-    if ((e = read_vector(j_get(eplb, "before"), "before", d->L, &r->before, msg, cap)) ||
-        (e = read_vector(j_get(eplb, "after"), "after", d->L, &r->after, msg, cap)) ||
-        (e = read_matrix(j_get(eplb, "rank_load_before"), "rank_load_before", &L, &d->G,
+    if ((e = read_vector(json_get(eplb, "before"), "before", d->L, &r->before, msg, cap)) ||
+        (e = read_vector(json_get(eplb, "after"), "after", d->L, &r->after, msg, cap)) ||
+        (e = read_matrix(json_get(eplb, "rank_load_before"), "rank_load_before", &L, &d->G,
                          &r->rank_before, msg, cap)) ||
-        (e = read_matrix(j_get(eplb, "rank_load_after"), "rank_load_after", &L, &d->G, &r->rank_after,
-                         msg, cap)))
+        (e = read_matrix(json_get(eplb, "rank_load_after"), "rank_load_after", &L, &d->G,
+                         &r->rank_after, msg, cap)))
         return e;
     return NULL;
 }
@@ -314,24 +178,20 @@ static int read_run(const char *path, Run *d) {
     int rc = 0, line = 0;
     for (char *s = text; s && *s && !rc; line++) {
         char *eol = strchr(s, '\n');
-        if (eol) *eol = '\0';
-        JReader r = {s, s, ""};
-        j_ws(&r);
-        if (*r.p) {
-            JVal v;
-            char msg[200];
-            int bad = j_value(&r, &v, 0);
-            j_ws(&r);
-            if (!bad && *r.p) bad = j_error(&r, "text after the value");
-            if (bad)
-                rc = fail("%s, line %d: not JSON: %s", path, line + 1, r.err);
-            else if (v.kind != J_OBJ)
+        const size_t len = eol ? (size_t)(eol - s) : strlen(s);
+        if (strspn(s, " \t\r") < len) {  // blank lines are skipped
+            char what[JSON_ERR_LEN], msg[200];
+            size_t at;
+            JsonValue *v = json_parse_at(s, len, what, &at);
+            if (!v)
+                rc = fail("%s, line %d: not JSON: %s at column %zu", path, line + 1, what, at + 1);
+            else if (v->type != JSON_OBJECT)
                 rc = fail("%s, line %d: not a JSON object", path, line + 1);
             else {
-                const char *e = take_line(d, &v, msg, sizeof msg);
+                const char *e = take_line(d, v, msg, sizeof msg);
                 if (e) rc = fail("%s, line %d: %s", path, line + 1, e);
             }
-            j_free(&v);
+            json_free(v);
         }
         s = eol ? eol + 1 : NULL;
     }

@@ -17,7 +17,7 @@ static const char *HELP =
     "usage: moelab schedule --kind 1f1b|dualpipe|dualpipev --pp N --chunks C [options]\n"
     "       moelab schedule --from-trace FILE --svg OUT [--kind K]\n"
     "\n"
-    "Prints the per-rank op list of a pipeline schedule (ARCHITECTURE.md §5, docs/pipeline.md),\n"
+    "Prints the per-rank op list of a pipeline schedule (docs/architecture.md §5, docs/pipeline.md),\n"
     "checks it by playing all ranks against each other, and simulates it with per-op costs.\n"
     "\n"
     "  --kind K          1f1b, dualpipe (N even, C even, C >= 2N) or dualpipev (C >= 2N)\n"
@@ -102,7 +102,10 @@ static int from_trace(const char *trace, const char *svg, int kind) {
         fprintf(stderr, "moelab: error: %s\n", err);
         return 2;
     }
-    snprintf(title, sizeof title, "Measured timeline: %s", trace);
+    // The file's name without its folders (often a temporary one), and the schedule when named.
+    const char *slash = strrchr(trace, '/'), *name = slash ? slash + 1 : trace;
+    snprintf(title, sizeof title, "Measured timeline: %s%sPP %d (%.200s)", kind >= 0 ? DISPLAY[kind] : "",
+             kind >= 0 ? ", " : "", tl->R, name);
     int rc = sched_svg_write(tl, title, "µs", svg, err);
     if (rc) fprintf(stderr, "moelab: error: %s\n", err);
     else print_idle(tl);

@@ -4,7 +4,7 @@
 # into .dist/ (git-ignored), ready to carry to the GPU machine, which has no Bazel; tools/gpu_run.sh
 # runs them there. Where the fortunes corpus is installed it also prepares the quickstart data
 # (.dist/data/quickstart, 2 MB) for gpu_run.sh's training stages. The GPU machine has CUDA,
-# OpenBLAS, OpenMPI and HDF5 (ARCHITECTURE.md §9); for one that lacks some, --with-libs also copies
+# OpenBLAS, OpenMPI and HDF5 (docs/architecture.md §9); for one that lacks some, --with-libs also copies
 # the libraries the binaries name directly (not CUDA's) into .dist/lib, which gpu_run.sh uses only for what is missing there.
 # Mind the 64 MiB a device call may carry: OpenBLAS alone is about 35 MB.
 #   usage: tools/gpu_build.sh [--output_base DIR] [--with-libs]   (DIR: a private output base)

@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-// Element type of a GPU tensor. ARCHITECTURE.md §2: activations and the compute copy of the
+// Element type of a GPU tensor. docs/architecture.md §2: activations and the compute copy of the
 // weights may be bf16; master weights, optimizer state, weight gradients and per-row statistics
 // (rstd, lse, losses) are always fp32.
 typedef enum { CORE_F32 = 0, CORE_BF16 = 1 } CoreDtype;

@@ -2,6 +2,7 @@
 // never reads past it, with a depth limit, building a tree of malloc'd values.
 #include "framework/core/json.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -12,7 +13,8 @@
 typedef struct {
     const char *s;
     size_t n, i;
-    char *err;
+    char *err;      // (JSON_ERR_LEN) what was expected, without the place
+    size_t at;      // the byte offset of the first failure
     int failed;
 } Parser;
 
@@ -20,10 +22,10 @@ static int fail(Parser *p, const char *fmt, ...) __attribute__((format(printf, 2
 static int fail(Parser *p, const char *fmt, ...) {
     if (p->failed) return 0;
     p->failed = 1;
-    int k = snprintf(p->err, JSON_ERR_LEN, "at byte %zu: ", p->i);
+    p->at = p->i;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(p->err + k, JSON_ERR_LEN - (size_t)k, fmt, ap);
+    vsnprintf(p->err, JSON_ERR_LEN, fmt, ap);
     va_end(ap);
     return 0;
 }
@@ -170,6 +172,10 @@ static int parse_number(Parser *p, JsonValue *v) {
     v->type = JSON_NUMBER;
     v->number = strtod(text, NULL);
     free(text);
+    if (!isfinite(v->number)) {
+        p->i = start;
+        return fail(p, "number out of the range of a double");
+    }
     return 1;
 }
 
@@ -248,7 +254,15 @@ static void free_children(JsonValue *v) {
 }
 
 JsonValue *json_parse(const char *s, size_t n, char *err) {
-    Parser p = {s, n, 0, err, 0};
+    char what[JSON_ERR_LEN];
+    size_t at;
+    JsonValue *v = json_parse_at(s, n, what, &at);
+    if (!v) snprintf(err, JSON_ERR_LEN, "at byte %zu: %.200s", at, what);
+    return v;
+}
+
+JsonValue *json_parse_at(const char *s, size_t n, char *err, size_t *at) {
+    Parser p = {s, n, 0, err, 0, 0};
     JsonValue *v = xrealloc(NULL, sizeof *v);
     memset(v, 0, sizeof *v);
     skip_ws(&p);
@@ -257,6 +271,7 @@ JsonValue *json_parse(const char *s, size_t n, char *err) {
         if (p.i == n) return v;
         fail(&p, "unexpected text after the JSON value");
     }
+    *at = p.at;
     json_free(v);
     return NULL;
 }

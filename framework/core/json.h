@@ -1,6 +1,7 @@
 // A small JSON reader (RFC 8259: the whole grammar, into a tree of values) and the string escaper of
-// the JSON we write. Used where moelab reads or writes JSON text that is not its own format (JSON
-// Lines corpora, the Hugging Face export); fuzzed by tests/core/fuzz_json.c.
+// the JSON we write. moelab's one JSON reader: JSON Lines corpora, Chrome traces (moelab schedule
+// --from-trace), training metrics (moelab plot); the escaper serves the Hugging Face export. Fuzzed
+// by tests/data/fuzz_jsonl.c.
 #ifndef MOELAB_CORE_JSON_H
 #define MOELAB_CORE_JSON_H
 
@@ -32,8 +33,12 @@ struct JsonValue {
 // Parses the n bytes at s as exactly one JSON value (surrounded by optional whitespace). Returns
 // NULL on malformed text with a message in err (JSON_ERR_LEN bytes) naming the byte offset and what
 // was expected. String escapes are decoded to UTF-8; an unpaired \uD800-\uDFFF escape becomes
-// U+FFFD; other bytes of a string are kept as they are (not checked to be UTF-8).
+// U+FFFD; other bytes of a string are kept as they are (not checked to be UTF-8). A number beyond
+// the range of a double is refused (it would read as infinity).
 JsonValue *json_parse(const char *s, size_t n, char *err);
+// json_parse for callers that name the place their own way (a line and column, a line of a file):
+// on malformed text err holds only what was expected and *at the byte offset where it went wrong.
+JsonValue *json_parse_at(const char *s, size_t n, char *err, size_t *at);
 void json_free(JsonValue *v);
 // The value of the first member named key of an object, or NULL (also when v is not an object).
 const JsonValue *json_get(const JsonValue *v, const char *key);

@@ -81,6 +81,24 @@ TEST(Json, RejectsMalformedTextSayingWhere) {
     EXPECT_EQ(error_of("1e+"), "at byte 3: expected a digit in the exponent");
     EXPECT_EQ(error_of("tru"), "at byte 0: expected a JSON value");
     EXPECT_EQ(error_of("[1, {\"a\": [nul]}]"), "at byte 11: expected a JSON value");
+    // A number a double cannot hold would read as infinity.
+    EXPECT_EQ(error_of("[1, -1e999]"), "at byte 4: number out of the range of a double");
+    EXPECT_EQ(error_of("1" + std::string(400, '0')), "at byte 0: number out of the range of a double");
+    JsonValue *tiny = parse("1e-999");  // underflow to 0 loses nothing a caller could check
+    ASSERT_NE(tiny, nullptr);
+    EXPECT_EQ(tiny->number, 0.0);
+    json_free(tiny);
+}
+
+TEST(Json, ParseAtGivesTheOffsetApart) {
+    char what[JSON_ERR_LEN] = "";
+    size_t at = 0;
+    EXPECT_EQ(json_parse_at("{\"a\": 1\n \"b\": 2}", 16, what, &at), nullptr);
+    EXPECT_STREQ(what, "expected ',' or '}'");
+    EXPECT_EQ(at, 9u);
+    JsonValue *v = json_parse_at("[1]", 3, what, &at);
+    ASSERT_NE(v, nullptr);
+    json_free(v);
 }
 
 TEST(Json, RefusesNestingPastTheLimit) {

@@ -1,4 +1,4 @@
-// The EPLB planner (parallel/eplb.h, ARCHITECTURE.md §6): hand-checked packing and replication (ties,
+// The EPLB planner (parallel/eplb.h, docs/architecture.md §6): hand-checked packing and replication (ties,
 // one item per pack, R = E, equal weights), hand-worked hierarchical and global plans, input
 // validation, and properties of plans for many random shapes and loads.
 #include <gtest/gtest.h>

@@ -113,8 +113,10 @@ TEST(CmdPlot, BadInput) {
     } cases[] = {
         {"json.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2]]}\n{\"step\": 2, \"expert_load\": [[1, 2]\n",
          "json.jsonl, line 2: not JSON: expected ',' or ']' at column 35"},
-        {"trailing.jsonl", "{\"step\": 1} x\n", "line 1: not JSON: text after the value at column 13"},
+        {"trailing.jsonl", "{\"step\": 1} x\n", "line 1: not JSON: unexpected text after the JSON value at column 13"},
         {"array.jsonl", "[1, 2]\n", "line 1: not a JSON object"},
+        {"inf.jsonl", "{\"step\": 1, \"expert_load\": [[1, 1e999]]}\n",
+         "line 1: not JSON: number out of the range of a double at column 33"},
         {"ragged.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2], [3]]}\n",
          "line 1: \"expert_load\" row 2 has 1 values, expected 2"},
         {"layers.jsonl",

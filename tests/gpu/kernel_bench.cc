@@ -20,6 +20,7 @@ extern "C" {
 #include "layers/gemm_sm90_cuda.h"
 #include "layers/linear_cuda.h"
 #include "layers/moe_cuda.h"
+#include "layers/ops_cuda.h"
 #include "layers/rmsnorm_cuda.h"
 #include "layers/rope_cuda.h"
 #include "layers/router_cuda.h"
@@ -267,8 +268,8 @@ int main() {
     row("moe permute (N·K rows of D)", time_it([&] {
             moe_cuda_permute(BF, xe, x, 0, row_of, N, K, D);
         }), 2 * 2.0 * R * D, 0);
-    row("moe combine", time_it([&] {
-            moe_cuda_combine(BF, y, xe, gates, row_of, N, K, D);
+    row("moe combine (N·K rows of D)", time_it([&] {
+            layer_ops_cuda(BF)->moe_combine(y, xe, gates, N, K, D);
         }), 2.0 * R * D + 2 * nd, 0);
 
     // Attention: causal, so half of the T×T score matrix; forward 2 GEMM-like products. Model

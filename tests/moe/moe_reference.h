@@ -1,5 +1,5 @@
 // Plain double-precision references for the router and the MoE layer tests: the math of
-// ARCHITECTURE.md §2 written out token by token, with a full sort for the top-k, sharing no code
+// docs/architecture.md §2 written out token by token, with a full sort for the top-k, sharing no code
 // with layers/.
 #ifndef MOELAB_TESTS_MOE_REFERENCE_H
 #define MOELAB_TESTS_MOE_REFERENCE_H

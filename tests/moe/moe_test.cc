@@ -26,6 +26,22 @@ class OneThread : public testing::Environment {
 };
 testing::Environment *const one_thread = testing::AddGlobalTestEnvironment(new OneThread);
 
+// The sort both host plans share: rows by key, input order within a key, row and item inverse.
+TEST(CountingSort, StableByKeyWithInverse) {
+    const std::vector<int> key = {2, 0, 2, 1, 0, 2, 3};
+    std::vector<int> counts(5, -1), row(key.size(), -1), item(key.size(), -1);
+    moe_counting_sort(key.data(), (long)key.size(), 5, counts.data(), row.data(), item.data());
+    EXPECT_EQ(counts, (std::vector<int>{2, 1, 3, 1, 0}));
+    EXPECT_EQ(item, (std::vector<int>{1, 4, 3, 0, 2, 5, 6}));
+    EXPECT_EQ(row, (std::vector<int>{3, 0, 4, 2, 1, 5, 6}));
+    // Either output alone, and no items at all.
+    std::vector<int> only_row(key.size(), -1);
+    moe_counting_sort(key.data(), (long)key.size(), 5, counts.data(), only_row.data(), nullptr);
+    EXPECT_EQ(only_row, row);
+    moe_counting_sort(nullptr, 0, 5, counts.data(), nullptr, nullptr);
+    EXPECT_EQ(counts, (std::vector<int>(5, 0)));
+}
+
 TEST(LocalDispatcher, StableCountingSortByExpert) {
     const int N = 3, K = 2, E = 3, D = 2;
     std::vector<int> idx = {2, 0, 0, 2, 1, 0};  // token 0 → 2, 0; token 1 → 0, 2; token 2 → 1, 0

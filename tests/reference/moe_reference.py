@@ -1,4 +1,4 @@
-"""Independent PyTorch reference of the moelab model (ARCHITECTURE.md §2), its loss and its optimizer.
+"""Independent PyTorch reference of the moelab model (docs/architecture.md §2), its loss and its optimizer.
 
 `moe_reference.py DUMP` recomputes, in float64 from the dump's config, tokens and float32 parameters,
 the logits, losses, every parameter gradient and the losses of a few AdamW steps, and compares them
@@ -37,7 +37,7 @@ BOOL_KEYS = ("norm_topk", "tie_embeddings")
 
 
 class Config:
-    """Model and optimizer settings; attribute names follow ARCHITECTURE.md (V, D, L, H, ...)."""
+    """Model and optimizer settings; attribute names follow docs/architecture.md (V, D, L, H, ...)."""
 
     def __init__(self, kv):
         def need(key):

@@ -97,11 +97,15 @@ TEST(CmdSchedule, JsonAndFiles) {
     EXPECT_EQ(m.rc, 0) << m.err;
     EXPECT_NE(m.out.find("rank 2: busy"), std::string::npos);
     std::string s2 = slurp(svg2);
-    EXPECT_NE(s2.find("Measured timeline"), std::string::npos);
+    // The title names the file, not the folder it sits in (often a temporary one).
+    const std::string base = trace.substr(trace.rfind('/') + 1);
+    EXPECT_NE(s2.find("Measured timeline: PP 3 (" + base + ")"), std::string::npos) << s2.substr(0, 400);
+    EXPECT_EQ(s2.find(trace), std::string::npos);
     EXPECT_NE(s2.find("time (µs)"), std::string::npos);
     // With --kind: the simulated costs come back from the timeline, and the formula with them.
     Result k = run({"--from-trace", trace, "--svg", svg2, "--kind", "dualpipev"});
     EXPECT_EQ(k.rc, 0) << k.err;
+    EXPECT_NE(slurp(svg2).find("Measured timeline: DualPipeV, PP 3 (" + base + ")"), std::string::npos);
     EXPECT_NE(k.out.find("measured mean costs (µs): F 1, B 2, W 1, F&B 3\n"), std::string::npos) << k.out;
     EXPECT_NE(k.out.find("formula (N-1)(F&B+B-3W) = 4 ("), std::string::npos) << k.out;
     remove(svg.c_str());

@@ -1,4 +1,4 @@
-// Pipeline schedules (ARCHITECTURE.md §5): generators checked by the validator and against the
+// Pipeline schedules (docs/architecture.md §5): generators checked by the validator and against the
 // step table, broken schedules caught, simulator bubbles against the formulas, and the JSON, text,
 // SVG and Chrome-trace outputs.
 #include <gtest/gtest.h>
@@ -692,6 +692,30 @@ TEST(Trace, Errors) {
     EXPECT_EQ(sim_read_trace(path.c_str(), err), nullptr);
     EXPECT_NE(std::string(err).find("lacks ts"), std::string::npos) << err;
     remove(path.c_str());
+    // Valid JSON that is not a trace, or whose events have fields of the wrong type.
+    const struct {
+        const char *text, *message;
+    } bad[] = {
+        {"{\"events\": []}",
+         ": not a Chrome trace (a JSON array of events, or an object with a \"traceEvents\" array)"},
+        {"7", ": not a Chrome trace"},
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1, \"dur\": 2}, 3]",
+         ": event 1 is not a JSON object"},
+        {"[{\"name\": 5, \"ph\": \"X\"}]", ": event 0 has a \"name\" or \"ph\" that is not a string"},
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": \"0\", \"ts\": 1, \"dur\": 2}]",
+         ": event 0 has a pid, tid, ts or dur that is not a number"},
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1e999, \"dur\": 2}]",
+         ":1: malformed JSON: number out of the range of a double"},
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1e308, \"dur\": 1e308}]",
+         ": event \"F0d\" has rank 0"},
+        {"[] x", ":1: malformed JSON: unexpected text after the JSON value"},
+    };
+    for (const auto &b : bad) {
+        path = write_text(b.text);
+        EXPECT_EQ(sim_read_trace(path.c_str(), err), nullptr) << b.text;
+        EXPECT_NE(std::string(err).find(path + b.message), std::string::npos) << err;
+        remove(path.c_str());
+    }
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-"""moelab's mixture-of-experts transformer (ARCHITECTURE.md §2 of moelab) for PyTorch and transformers.
+"""moelab's mixture-of-experts transformer (docs/architecture.md §2 of moelab) for PyTorch and transformers.
 
 `moelab export` copies this file into a Hugging Face model folder, next to config.json and
 model.safetensors, so that
