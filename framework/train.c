@@ -69,7 +69,7 @@ static void grad_sync_begin(Model *m, GradSync *s) {
     }
 }
 
-// The multi-process part of a step (ARCHITECTURE.md §4): gradients averaged over DP (dense) and
+// The multi-process part of a step (docs/architecture.md §4): gradients averaged over DP (dense) and
 // expert-DP (experts), completing s, the step's expert counts and mean losses (loss, ce) made
 // global. Returns the global gradient norm.
 static float sync_step(Model *m, GradSync *s, double *means) {
