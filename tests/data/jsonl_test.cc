@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/data/cmd_data_util.h"
 #include "tests/data/test_util.h"
 
 extern "C" {
@@ -14,7 +15,6 @@ extern "C" {
 #include "data/prepare.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
-#include "tools/commands.h"
 }
 
 using data_test::read_file;
@@ -192,27 +192,21 @@ TEST(PrepareJsonl, BadInputIsUsageError) {
                 "hold no documents");
 }
 
-int run(std::vector<std::string> args) {
-    std::vector<char *> argv;
-    for (std::string &a : args) argv.push_back(&a[0]);
-    return cmd_data((int)argv.size(), argv.data());
-}
-
 TEST(PrepareJsonl, CommandLineFlags) {
     const std::string in = temp_dir(), out = temp_dir();
     write_file(in + "/a.jsonl", "{\"body\": \"one document of text.\\nline two.\"}\n{\"text\": \"x\"}\n");
     const std::string a = in + "/a.jsonl";
-    EXPECT_EQ(run({"data", "prepare", "--input", a, "--vocab", "260", "--out", out, "--text-field", ""}), 2);
-    EXPECT_EXIT(run({"data", "prepare", "--input", a, "--vocab", "260", "--out", out, "--text-field=body", "--strict"}),
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", a, "--vocab", "260", "--out", out, "--text-field", ""}), 2);
+    EXPECT_EXIT(run_cmd_data({"data", "prepare", "--input", a, "--vocab", "260", "--out", out, "--text-field=body", "--strict"}),
                 ::testing::ExitedWithCode(2), "a.jsonl:2: no member \"body\"");
     testing::internal::CaptureStderr();
-    EXPECT_EQ(run({"data", "prepare", "--input", a, "--vocab", "260", "--out", out, "--text-field", "body"}), 0);
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", a, "--vocab", "260", "--out", out, "--text-field", "body"}), 0);
     testing::internal::GetCapturedStderr();
     Tokenizer *t = tok_load((out + "/tokenizer.bin").c_str());
     EXPECT_EQ(decode_shard(t, out + "/train.bin") + decode_shard(t, out + "/val.bin"), "one document of text.\nline two.");
     tok_free(t);
     testing::internal::CaptureStdout();
-    EXPECT_EQ(run({"data", "prepare", "--help"}), 0);
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--help"}), 0);
     const std::string help = testing::internal::GetCapturedStdout();
     EXPECT_NE(help.find("--text-field NAME"), std::string::npos);
     EXPECT_NE(help.find("--strict"), std::string::npos);

@@ -7,13 +7,13 @@
 #include <string>
 #include <vector>
 
+#include "tests/data/cmd_data_util.h"
 #include "tests/data/test_util.h"
 
 extern "C" {
 #include "data/prepare.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
-#include "tools/commands.h"
 }
 
 using data_test::read_file;
@@ -141,29 +141,23 @@ TEST(Prepare, BadInputIsUsageError) {
                 "cannot create output directory .*a.txt/out");
 }
 
-int run(std::vector<std::string> args) {
-    std::vector<char *> argv;
-    for (std::string &a : args) argv.push_back(&a[0]);
-    return cmd_data((int)argv.size(), argv.data());
-}
-
 TEST(CmdData, HelpAndFlagErrors) {
-    EXPECT_EQ(run({"data", "--help"}), 0);
-    EXPECT_EQ(run({"data", "prepare", "--help"}), 0);
-    EXPECT_EQ(run({"data"}), 2);
-    EXPECT_EQ(run({"data", "shuffle"}), 2);
-    EXPECT_EQ(run({"data", "prepare", "--vocab", "300", "--out", "x"}), 2);               // no --input
-    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--out", "x"}), 2);                 // no --vocab
-    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab", "300"}), 2);             // no --out
-    EXPECT_EQ(run({"data", "prepare", "--input", "--vocab", "300", "--out", "x"}), 2);    // empty --input
-    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab", "255", "--out", "x"}), 2);
-    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab", "3k", "--out", "x"}), 2);
-    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x", "--val-fraction", "1"}), 2);
-    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x", "--seed", "-1"}), 2);
-    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x", "--bogus", "1"}), 2);
-    EXPECT_EQ(run({"data", "prepare", "--input", "a", "--vocab"}), 2);
+    EXPECT_EQ(run_cmd_data({"data", "--help"}), 0);
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--help"}), 0);
+    EXPECT_EQ(run_cmd_data({"data"}), 2);
+    EXPECT_EQ(run_cmd_data({"data", "shuffle"}), 2);
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--vocab", "300", "--out", "x"}), 2);               // no --input
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", "a", "--out", "x"}), 2);                 // no --vocab
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", "a", "--vocab", "300"}), 2);             // no --out
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", "--vocab", "300", "--out", "x"}), 2);    // empty --input
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", "a", "--vocab", "255", "--out", "x"}), 2);
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", "a", "--vocab", "3k", "--out", "x"}), 2);
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x", "--val-fraction", "1"}), 2);
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x", "--seed", "-1"}), 2);
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x", "--bogus", "1"}), 2);
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", "a", "--vocab"}), 2);
     testing::internal::CaptureStderr();
-    run({"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x", "--bogus"});
+    run_cmd_data({"data", "prepare", "--input", "a", "--vocab", "300", "--out", "x", "--bogus"});
     EXPECT_NE(testing::internal::GetCapturedStderr().find("unknown option '--bogus'"), std::string::npos);
     // Each bad number names its flag and how it is wrong: a value past a bound is too large or too
     // small, never "not an integer".
@@ -180,7 +174,7 @@ TEST(CmdData, HelpAndFlagErrors) {
         if (!strcmp(b.flag, "--vocab")) args[5] = b.value;
         else args.insert(args.end(), {b.flag, b.value});
         testing::internal::CaptureStderr();
-        EXPECT_EQ(run(args), 2) << b.msg;
+        EXPECT_EQ(run_cmd_data(args), 2) << b.msg;
         EXPECT_NE(testing::internal::GetCapturedStderr().find(b.msg), std::string::npos) << b.msg;
     }
 }
@@ -188,7 +182,7 @@ TEST(CmdData, HelpAndFlagErrors) {
 TEST(CmdData, PrepareEndToEnd) {
     std::string in = make_corpus(), out = temp_dir();
     std::string a = in + "/a.txt", b = in + "/b";
-    EXPECT_EQ(run({"data", "prepare", "--input", a, b, "--input=" + in + "/sub", "--vocab=280", "--out", out,
+    EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", a, b, "--input=" + in + "/sub", "--vocab=280", "--out", out,
                    "--val-fraction", "0.2", "--seed", "3"}),
               0);
     Tokenizer *t = tok_load((out + "/tokenizer.bin").c_str());
