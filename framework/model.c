@@ -247,8 +247,6 @@ void model_free(Model *m) {
 void model_to_device(Model *m, const LayerOps *ops) {
     CHECK(m->ops == &layer_ops_cpu, "model_to_device: the model is on %s already", m->ops->name);
     if (ops == m->ops) return;
-    // EPLB attaches to the model on the device (its runtime and dispatchers point at device buffers).
-    CHECK(!m->eplb, "model_to_device: attach EPLB after moving the model to %s", ops->name);
     // An expert-parallel dispatcher cannot be swapped for the device's local one: it must have been
     // moved to the device already (ep_dispatcher_to_device).
     CHECK(m->ep_size == 1 || m->disp->ops == ops,
@@ -462,7 +460,7 @@ static void attn_backward_weight(const Model *m, LayerWeights *g, const LayerAct
 // ---------------------------------------------------------------------------------------------
 // Feed-forward block: h_out = h_mid + FFN(RMSNorm(h_mid)·g), FFN dense SwiGLU or MoE.
 
-static void ffn_forward(Model *m, int l, LayerActs *la, float *h_out, int B, int T) {
+static void ffn_forward(Model *m, int l, LayerActs *la, float *h_out, int B, int T, int count_routes) {
     const MoeConfig *c = &m->cfg;
     const int N = B * T, D = c->D;
     const LayerWeights *w = &m->w[l];
@@ -476,7 +474,7 @@ static void ffn_forward(Model *m, int l, LayerActs *la, float *h_out, int B, int
               "model holds %d (redundant EPLB slots need the EPLB runtime's dispatchers)", l, d->n_local,
               m->n_local);
         moe_forward(la->ffn_out, &la->moe, la->m, &m->moe_shape, &w->moe, d, B, T);
-        if (m->count_routes)
+        if (count_routes)
             o->router_count(m->dcounts + (size_t)l * c->E, la->moe.idx, N, c->K, c->E);
     } else {
         prof_mark(PROF_FFN);
@@ -531,7 +529,9 @@ static float *dh_at(const Model *m, const ModelActs *a, int l) {
 }
 
 float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float *h_in, int B, int T,
-                          int with_targets) {
+                          int with_targets, const ModelPass *pass) {
+    const ModelPass none = {0};
+    if (!pass) pass = &none;
     const MoeConfig *c = &m->cfg;
     CHECK(T >= 1 && T <= c->T, "sequence length %d outside [1, %d]", T, c->T);
     CHECK(m->first || h_in != NULL, "stage [%d, %d) needs the previous stage's output", m->l0, m->l1);
@@ -566,7 +566,7 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float
         LayerActs *la = &a->layer[l];
         float *h_out = l + 1 < m->l1 ? a->layer[l + 1].h_in : a->h_out;
         attn_forward(m, &m->w[l], la, B, T);
-        ffn_forward(m, l, la, h_out, B, T);
+        ffn_forward(m, l, la, h_out, B, T, pass->count_routes);
         if (model_is_moe_layer(m, l)) o->copy(a->scalars + 1 + l, la->moe.bal_loss, sizeof(float));
     }
     if (m->last) {
@@ -580,7 +580,7 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float
     }
     // The scalars come to the host only when the caller waits for the loss (not while sampling,
     // not in a training step, which reads all its micro-batches' scalars at once).
-    if (m->defer_loss || (m->last && !with_targets)) return 0.0f;
+    if (pass->defer_loss || (m->last && !with_targets)) return 0.0f;
     float *s = core_alloc((1 + (size_t)c->L) * sizeof(float));  // (1 + L) on the host
     o->download(s, a->scalars, (1 + (size_t)c->L) * sizeof(float));
     float loss = model_scalars_loss(m, s, with_targets, &a->ce, &a->bal);
@@ -601,7 +601,7 @@ float model_scalars_loss(const Model *m, const float *scalars, int with_targets,
 
 float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int with_targets) {
     CHECK(m->first && m->last, "model_forward needs the whole model; use model_stage_forward");
-    return model_stage_forward(m, a, tokens, NULL, B, T, with_targets);
+    return model_stage_forward(m, a, tokens, NULL, B, T, with_targets, NULL);
 }
 
 void model_stage_backward_input(Model *m, ModelActs *a, const float *dh_out, float scale) {
@@ -637,7 +637,7 @@ void model_backward_input(Model *m, ModelActs *a, float scale) {
 
 const float *model_stage_dinput(const Model *m, const ModelActs *a) { return dh_at(m, a, m->l0); }
 
-void model_backward_weight(Model *m, ModelActs *a) {
+void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass) {
     const MoeConfig *c = &m->cfg;
     const int N = a->N, D = c->D;
     const LayerOps *o = m->ops;
@@ -650,7 +650,7 @@ void model_backward_weight(Model *m, ModelActs *a) {
         LayerActs *la = &a->layer[l];
         ffn_backward_weight(m, l, la, dh_at(m, a, l + 1), N);
         attn_backward_weight(m, &m->g[l], la, N);
-        if (m->layer_grads_done) m->layer_grads_done(m->layer_grads_ctx, l);
+        if (pass && pass->layer_done) pass->layer_done(pass->layer_ctx, l);
     }
     prof_mark(PROF_EMBED);
     if (m->first) o->embedding_backward_weight(m->d_embed, a->dh, a->inputs, N, c->V, D);

@@ -50,21 +50,24 @@ typedef struct {
                              // the host: up to date after model_counts_to_host
     long *dcounts;           // (L, E) where the forward counts, in ops' memory (expert_counts itself
                              // on the CPU), so that a GPU step downloads the counts once
-    int count_routes;        // training micro-batches add to the counts; eval and sampling do not
-    int defer_loss;          // model_stage_forward returns 0 and leaves the loss in a->scalars (the
-                             // training step downloads every micro-batch's scalars at once)
-    struct Grid *grid;       // process grid (parallel/grid.h), not owned; NULL for one process
-    struct EplbRuntime *eplb;  // EPLB during training (parallel/eplb_runtime.h), not owned; or NULL
-    // Called by model_backward_weight once layer l's weight gradients are final (the DP sync
-    // starts their all-reduce then); NULL: nobody asks.
-    void (*layer_grads_done)(void *ctx, int l);
-    void *layer_grads_ctx;
     const LayerOps *ops;     // the backend every call goes through (layers/ops.h): the CPU until
                              // model_to_device; reg.data, reg.grad and the activations live on it
     void *wlow;              // (reg.total) compute copy of the weights in ops->dt that the weight
                              // views point into (refreshed by every AdamW step); NULL when ops->dt is
                              // fp32 and the views point into reg.data
 } Model;
+
+// What a forward or backward does besides the math: the caller's choices for one call (NULL: none of
+// them, as evaluation and sampling want).
+typedef struct {
+    int count_routes;   // forward: add the micro-batch's routed tokens to dcounts (training only)
+    int defer_loss;     // forward: return 0 and leave the loss in a->scalars (a training step
+                        // downloads every micro-batch's scalars at once, see model_scalars_loss)
+    // backward_weight: called once layer l's weight gradients are final (the DP sync starts their
+    // all-reduce then), with layer_ctx; NULL: nobody asks.
+    void (*layer_done)(void *layer_ctx, int l);
+    void *layer_ctx;
+} ModelPass;
 
 // Per-layer activations of one micro-batch (and the gradients backward_weight needs).
 typedef struct {
@@ -138,9 +141,8 @@ void model_free(Model *m);
 
 // Forward of one micro-batch through the whole model. tokens (B, T+1) gives inputs [:, :T] and
 // targets [:, 1:]; with with_targets == 0 only inputs (B, T) are read and no loss is computed.
-// Returns the micro-batch loss CE + α·Σ L_bal (0 without targets), and sets a->ce and a->bal
-// (with m->defer_loss: returns 0, see model_scalars_loss). Counts routed tokens into dcounts if
-// m->count_routes.
+// Returns the micro-batch loss CE + α·Σ L_bal (0 without targets), and sets a->ce and a->bal. Counts
+// no routes (evaluation, sampling): a training step runs the stage calls with a ModelPass.
 float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int with_targets);
 // ∂(scale · loss)/∂(everything) except weights; keeps what backward_weight needs.
 void model_backward_input(Model *m, ModelActs *a, float scale);
@@ -148,15 +150,16 @@ void model_backward_input(Model *m, ModelActs *a, float scale);
 // The same for one stage. The first stage reads its inputs from tokens, a later one takes h_in
 // (N, D), the previous stage's h_out. The last stage reads the targets from tokens (B, T+1) and
 // returns CE + α·Σ L_bal of its layers; an earlier stage returns α·Σ L_bal of its layers. The
-// stage's output is a->h_out.
+// stage's output is a->h_out. pass (or NULL) as ModelPass says.
 float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float *h_in, int B, int T,
-                          int with_targets);
+                          int with_targets, const ModelPass *pass);
 // dh_out (N, D) is ∂L/∂h_out from the next stage (NULL on the last stage, which starts from its
 // loss). Afterwards model_stage_dinput gives ∂L/∂h_in (N, D) for the previous stage.
 void model_stage_backward_input(Model *m, ModelActs *a, const float *dh_out, float scale);
 const float *model_stage_dinput(const Model *m, const ModelActs *a);
-// Accumulates (+=) the weight gradients of the micro-batch into m->reg.grad.
-void model_backward_weight(Model *m, ModelActs *a);
+// Accumulates (+=) the weight gradients of the micro-batch into m->reg.grad; pass (or NULL) as
+// ModelPass says.
+void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass);
 void model_acts_free(Model *m, ModelActs *a);
 // The loss model_stage_forward returns, from a copy of a->scalars on the host (1 + L); sets *ce
 // and *bal as it sets a->ce and a->bal. with_targets as given to the forward.

@@ -1,15 +1,17 @@
-// Pipeline-parallel training (see pipe_train.h): the Model behind the executor's stage interface,
-// and the step around the schedule. Every rank of a pipeline reads the same micro-batches from its
-// loader, so the first stage finds the inputs and the last stage the targets of any micro-batch
-// without sending tokens along.
+// The training engine (see pipe_train.h): the Model behind the executor's stage interface, and the
+// one step around the schedule for every layout. Every rank of a pipeline reads the same
+// micro-batches from its loader, so the first stage finds the inputs and the last stage the targets
+// of any micro-batch without sending tokens along.
 #include "framework/pipe_train.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "framework/backend.h"
 #include "framework/core/check.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
@@ -22,16 +24,25 @@
 // ---------------------------------------------------------------------------------------------
 // The stage interface over a Model.
 
+// A training forward counts its routes and leaves its loss scalars in the model's memory (the step
+// downloads them once); an evaluation forward returns its loss at once, and the last stage adds
+// its cross-entropy.
 static const float *stage_forward(void *ctx, int mb, const float *h_in) {
     PipeStageCtx *x = ctx;
+    Model *m = x->m;
     ModelActs *a = &x->acts[mb];
     const int *tok = x->tokens + (size_t)mb * x->B * (x->T + 1);
-    x->loss += model_stage_forward(x->m, a, tok, h_in, x->B, x->T, 1);
-    if (x->m->last) {
+    const ModelPass train = {.count_routes = 1, .defer_loss = 1};
+    model_stage_forward(m, a, tok, h_in, x->B, x->T, 1, x->training ? &train : NULL);
+    if (x->training) {
+        CHECK(x->n_fwd < x->n_mb, "stage [%d, %d): more forwards than its %d micro-batches", m->l0, m->l1,
+              x->n_mb);
+        const size_t ns = 1 + (size_t)m->cfg.L;
+        m->ops->copy(x->dscal + (size_t)x->n_fwd++ * ns, a->scalars, ns * sizeof(float));
+    } else if (m->last) {
         x->ce += a->ce;
-        return NULL;
     }
-    return a->h_out;
+    return m->last ? NULL : a->h_out;
 }
 
 static const float *stage_backward_input(void *ctx, int mb, const float *dh_out) {
@@ -40,9 +51,20 @@ static const float *stage_backward_input(void *ctx, int mb, const float *dh_out)
     return x->m->first ? NULL : model_stage_dinput(x->m, &x->acts[mb]);
 }
 
+// Layer l's weight gradients are final: the buckets of its tensors may start their all-reduce.
+static void layer_done(void *ctx, int l) {
+    PipeStageCtx *x = ctx;
+    for (int i = 0; i < x->n_grads; i++)
+        if (x->layer_of[i] == l) dp_sync_ready(x->sync, i);
+}
+
+// The stage's last backward_weight of the step reports each layer as it finishes (layers go last to
+// first), so that the DP sync runs during the rest of the backward.
 static void stage_backward_weight(void *ctx, int mb) {
     PipeStageCtx *x = ctx;
-    model_backward_weight(x->m, &x->acts[mb]);
+    const ModelPass last = {.layer_done = layer_done, .layer_ctx = x};
+    model_backward_weight(x->m, &x->acts[mb], x->sync && x->n_wgt == x->n_mb - 1 ? &last : NULL);
+    x->n_wgt++;
 }
 
 static void stage_release(void *ctx, int mb) {
@@ -53,8 +75,80 @@ static void stage_release(void *ctx, int mb) {
 // ---------------------------------------------------------------------------------------------
 // Set-up.
 
-int pipe_trainer_wanted(const MoeConfig *c) {
-    return c->pp > 1 || strcmp(c->schedule, "1f1b") != 0 || c->trace[0] != '\0';
+// The step context of pipe `pipe` around model m (on its backend already) and optimizer o, for
+// steps of c: the trained tensors' gradient list, the micro-batches this rank runs through the stage
+// (each is one backward of the pipe in the schedule), and the step's buffers.
+static void stage_init(PipeTrainer *p, int pipe, const MoeConfig *c, Model *m, AdamW *o) {
+    const Schedule *s = p->sched;
+    const int rank = p->grid ? p->grid->pp_rank : 0;
+    PipeStageCtx *x = &p->ctx[pipe];
+    x->m = m;
+    x->o = o;
+    x->moe0 = m->l0 > c->n_dense_layers ? m->l0 : c->n_dense_layers;
+    const ParamRegistry *r = &m->reg;
+    x->grads = core_alloc((size_t)r->n * sizeof *x->grads);
+    x->layer_of = core_alloc((size_t)r->n * sizeof(int));
+    for (int i = 0; i < r->n; i++)
+        if (r->p[i].kind != PARAM_BUFFER) {
+            x->layer_of[x->n_grads] = r->p[i].layer;
+            x->grads[x->n_grads++] = (DpGrad){r->grad + r->p[i].offset, r->p[i].numel, r->p[i].kind == PARAM_EXPERT};
+        }
+    for (int i = 0; i < s->n_ops[rank]; i++) {
+        const SchedOp *op = &s->ops[rank][i];
+        x->n_mb += (op->kind == SCHED_B || op->kind == SCHED_FB) && op->b.pipe == pipe;
+    }
+    x->acts = core_alloc((size_t)s->C * sizeof(ModelActs));
+    x->B = c->batch_size;
+    x->T = c->T;
+    x->scale = 1.0f / (float)s->C;
+    x->dscal = m->ops->alloc((size_t)(x->n_mb > 0 ? x->n_mb : 1) * (1 + (size_t)c->L) * sizeof(float));
+    p->stage[pipe] = (PipeStage){x, stage_forward, stage_backward_input, stage_backward_weight, stage_release};
+}
+
+static void stage_free(PipeStageCtx *x, int owned) {
+    eplb_runtime_free(x->eplb);
+    x->m->ops->free(x->dscal);
+    core_free(x->acts);
+    core_free(x->grads);
+    core_free(x->layer_of);
+    if (!owned) return;
+    model_free(x->m);  // before the grid: the EP dispatchers use its communicators
+    adamw_free(x->o);
+    core_free(x->o);
+}
+
+// EPLB over the stage's MoE layers [moe0, l1) in its EP group (cfg.eplb_interval > 0): a runtime that
+// the step drives, and a dispatcher of its own for each layer, because each layer has its own
+// placement of experts in slots. On a GPU slot rows move over the group's NCCL twin. A stage of
+// dense layers only has nothing to balance.
+static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
+    Model *m = x->m;
+    const int L = m->l1 - x->moe0;
+    if (c->eplb_interval <= 0 || L <= 0) return;
+    const int on_gpu = m->ops->dev != CORE_CPU;
+    CHECK(!on_gpu || x->ep_dev, "EPLB on %s needs the EP group's NCCL twin (grid_to_device)", m->ops->name);
+    EplbRuntimeSpec s = {.L = L, .E = c->E, .R = m->R, .interval = c->eplb_interval,
+                         .groups = c->eplb_groups, .nodes = c->eplb_nodes, .ep = x->ep,
+                         .phy2log = m->phy2log + (size_t)x->moe0 * m->R,
+                         .state = {m->reg.data, x->o->m, x->o->v}, .grad = m->reg.grad,
+                         .ops = backend_ops_f32(m->ops), .ep_dev = on_gpu ? x->ep_dev : NULL};
+    s.disp = core_alloc((size_t)L * sizeof *s.disp);
+    for (int l = 0; l < L; l++) {
+        s.disp[l] = ep_dispatcher_create(x->ep, c->E);
+        ep_dispatcher_set_overlap(s.disp[l], c->ep_overlap);
+        if (on_gpu) ep_dispatcher_to_device(s.disp[l], x->ep_dev, m->ops);
+        model_set_layer_dispatcher(m, x->moe0 + l, s.disp[l]);
+    }
+    EplbTensor *t = core_alloc((size_t)m->reg.n * sizeof *t);
+    for (int i = 0; i < m->reg.n; i++) {
+        const ParamInfo *q = &m->reg.p[i];
+        if (q->kind == PARAM_EXPERT)
+            t[s.n_tensor++] = (EplbTensor){q->layer - x->moe0, q->offset, q->numel / (size_t)q->local_rows};
+    }
+    s.tensor = t;
+    x->eplb = eplb_runtime_create(&s);
+    core_free(t);
+    core_free(s.disp);
 }
 
 PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *ops) {
@@ -64,9 +158,9 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     Schedule *s = sched_build((SchedKind)kind, N, C, err);
     if (!s) core_usage_error("--schedule %s --pp %d with %d micro-batches per step (--chunks): %s",
                              c->schedule, N, C, err);
+    eplb_runtime_check_config(c);
     PipeTrainer *p = core_alloc(sizeof *p);
     p->sched = s;
-    p->grid = g;
     p->S = kind == SCHED_DUALPIPEV ? 2 * N : N;
     if (c->L < p->S)
         core_usage_error("--schedule %s with --pp %d cuts the model into %d stages of at least one "
@@ -78,49 +172,58 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     stage_partition(layer, c->L, embed, head, p->S, p->bounds);
     core_free(layer);
 
+    // One process has nobody to talk to: no grid, and the step does no communication at all.
+    if (g->world == 1) {
+        grid_free(g);
+        g = NULL;
+    }
+    p->grid = g;
+    const int rank = g ? g->pp_rank : 0, ep = g ? g->ep : 1;
     p->n_models = kind == SCHED_1F1B ? 1 : 2;
-    p->partner = kind == SCHED_DUALPIPE ? N - 1 - g->pp_rank : -1;
+    p->partner = kind == SCHED_DUALPIPE ? N - 1 - rank : -1;
     p->n_own = p->partner >= 0 ? 1 : p->n_models;
     p->ops = ops;
+    p->overlap = c->dp_overlap;
     const int on_gpu = ops->dev != CORE_CPU;
     // On GPUs gradients and token rows stay in device memory and travel over NCCL twins of the
     // grid's groups; counts, losses and norms still travel over the host groups.
-    if (on_gpu) grid_to_device(g, ops);
+    if (g && on_gpu) grid_to_device(g, ops);
     // Pipe 1's model gets EP communicators of its own (the same ranks as the grid's EP group), so
     // that each communicator serves one model: the F&B overlap runs pipe 0's and pipe 1's halves on
     // two threads, and every EP rank of the stage issues one model's calls in the schedule's order,
     // which is the per-communicator order MPI and NCCL need. Made whenever there are two pipes, so
     // that the CPU tests run the layout the overlap uses.
-    if (p->n_models == 2 && g->ep > 1) {
+    if (p->n_models == 2 && ep > 1) {
         p->ep1 = comm_split(g->ep_comm, 0, g->ep_rank, "ep pipe 1");
         if (on_gpu) p->ep1_dev = comm_nccl_create(p->ep1, "ep pipe 1");
     }
     for (int pipe = 0; pipe < p->n_models; pipe++) {
-        const int st = sched_stage(s, g->pp_rank, pipe);
+        const int st = sched_stage(s, rank, pipe);
         // Initialization is keyed by parameter identity, so both copies of a DualPipe stage (and
         // every stage against the one-process model) start identical.
-        Model *m = model_create_stage(c, g->ep_rank, g->ep, p->bounds[st], p->bounds[st + 1]);
+        Model *m = model_create_stage(c, g ? g->ep_rank : 0, ep, p->bounds[st], p->bounds[st + 1]);
         model_init_weights(m);
-        m->grid = g;
-        if (g->ep > 1) {
-            MoeDispatcher *d = ep_dispatcher_create(pipe == 1 ? p->ep1 : g->ep_comm, c->E);
+        PipeStageCtx *x = &p->ctx[pipe];
+        const int own_ep = pipe == 1 && p->ep1;
+        x->ep = own_ep ? p->ep1 : g ? g->ep_comm : comm_world();
+        x->ep_dev = own_ep ? p->ep1_dev : g ? g->ep_dev : NULL;
+        if (ep > 1) {
+            MoeDispatcher *d = ep_dispatcher_create(x->ep, c->E);
             ep_dispatcher_set_overlap(d, c->ep_overlap);
-            if (on_gpu) ep_dispatcher_to_device(d, pipe == 1 ? p->ep1_dev : g->ep_dev, ops);
+            if (on_gpu) ep_dispatcher_to_device(d, x->ep_dev, ops);
             model_set_dispatcher(m, d);
         }
         model_to_device(m, ops);
-        p->model[pipe] = m;
-        adamw_init_on(&p->opt[pipe], &m->reg, ops, m->wlow);
-        p->ctx[pipe] = (PipeStageCtx){m, core_alloc((size_t)C * sizeof(ModelActs)), NULL, c->batch_size,
-                                      c->T, 1.0f / (float)C, 0, 0};
-        p->stage[pipe] = (PipeStage){&p->ctx[pipe], stage_forward, stage_backward_input,
-                                     stage_backward_weight, stage_release};
+        AdamW *o = core_alloc(sizeof *o);
+        adamw_init_on(o, &m->reg, ops, m->wlow);
+        stage_init(p, pipe, c, m, o);
+        stage_eplb_attach(x, c);
     }
     // The copies of a DualPipe stage sum their gradients over a group of the two ranks: an
     // all-reduce of two gives both the same a + b.
     if (p->partner >= 0) {
-        const int lo = g->pp_rank < p->partner ? g->pp_rank : p->partner;
-        p->pair = comm_split(g->pp_comm, lo, g->pp_rank, "pp copies");
+        const int lo = rank < p->partner ? rank : p->partner;
+        p->pair = comm_split(g->pp_comm, lo, rank, "pp copies");
         if (on_gpu) p->pair_dev = comm_nccl_create(p->pair, "pp copies");
     }
     // Test seam (core_test_seam): MOELAB_TEST_PIPE_LINKS=1 runs the GPU transport (per-link
@@ -138,14 +241,15 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         core_info0("pipeline: F&B ops run their forward and backward %s",
                    on_gpu ? "at once, on two streams" : "one after the other (no overlap on the CPU)");
     // A trace file that cannot be written is found now, not after the last step.
-    if (c->trace[0] && g->rank == 0) {
+    if (c->trace[0] && core_rank() == 0) {
         FILE *f = fopen(c->trace, "w");
         if (!f) core_usage_error("cannot write --trace %s: %s", c->trace, strerror(errno));
         fclose(f);
     }
     p->imbalance = core_alloc((size_t)c->L * sizeof(float));
-    p->trace = core_alloc((size_t)(s->n_ops[g->pp_rank] > 0 ? s->n_ops[g->pp_rank] : 1) * sizeof(SimEvent));
-
+    p->trace = core_alloc((size_t)(s->n_ops[rank] > 0 ? s->n_ops[rank] : 1) * sizeof(SimEvent));
+    // A plain run is a pipeline of one stage: only a real pipeline is worth a line.
+    if (N == 1 && kind == SCHED_1F1B) return p;
     char line[1024];
     int n = snprintf(line, sizeof line, "pipeline: %s, %d ranks, %d micro-batches per step | layers per stage:",
                      c->schedule, N, C);
@@ -163,11 +267,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
 
 void pipe_trainer_free(PipeTrainer *p) {
     if (!p) return;
-    for (int pipe = 0; pipe < p->n_models; pipe++) {
-        model_free(p->model[pipe]);  // before the grid: the EP dispatcher uses its communicator
-        adamw_free(&p->opt[pipe]);
-        core_free(p->ctx[pipe].acts);
-    }
+    for (int pipe = 0; pipe < p->n_models; pipe++) stage_free(&p->ctx[pipe], !p->borrowed);
     pipe_links_free(p->links);
     pipe_fb_free(p->fb);
     if (p->ep1_dev) comm_free(p->ep1_dev);
@@ -186,40 +286,76 @@ void pipe_trainer_free(PipeTrainer *p) {
 // The step.
 
 static PipeRun run_of(PipeTrainer *p, SimEvent *trace) {
-    const MoeConfig *c = &p->model[0]->cfg;
+    const MoeConfig *c = &p->ctx[0].m->cfg;
     const int on_gpu = p->ops->dev != CORE_CPU;
-    PipeRun r = {p->sched, p->grid->pp_rank, p->grid->pp_comm, {&p->stage[0], NULL},
-                 (size_t)c->batch_size * c->T * c->D * p->ops->act_size, on_gpu ? p->ops : NULL,
-                 p->links, trace, p->fb};
+    PipeRun r = {p->sched, p->grid ? p->grid->pp_rank : 0, p->grid ? p->grid->pp_comm : NULL,
+                 {&p->stage[0], NULL}, (size_t)c->batch_size * c->T * c->D * p->ops->act_size,
+                 on_gpu ? p->ops : NULL, p->links, trace, p->fb};
     if (p->n_models > 1) r.stage[1] = &p->stage[1];
     return r;
 }
 
 // DualPipe: the two copies of each stage (this rank's down stage r and the partner's up stage r,
-// and the other way round) add up their gradients and routing counts, so that both copies take
+// and the other way round) add up their gradients (or routing counts), so that both copies take
 // the same optimizer step and bias update. Each sum is an all-reduce over the pair (its device
-// twin for the gradients), which gives both ranks the same float a + b, so the copies stay
+// twin for the gradients), which gives both ranks the same a + b, so the copies stay
 // bit-identical. Both ranks sum the copies of the lower rank's down stage first.
-static void copy_sum(PipeTrainer *p) {
-    const MoeConfig *c = &p->model[0]->cfg;
+static void copy_sum(PipeTrainer *p, int counts) {
+    const MoeConfig *c = &p->ctx[0].m->cfg;
     const int lower = p->grid->pp_rank < p->partner;
     for (int i = 0; i < 2; i++) {
-        Model *m = p->model[lower ? i : 1 - i];
-        comm_allreduce(p->pair_dev ? p->pair_dev : p->pair, m->reg.grad, m->reg.total, COMM_F32, COMM_SUM);
-        comm_allreduce(p->pair, m->expert_counts, (size_t)c->L * c->E, COMM_I64, COMM_SUM);
+        Model *m = p->ctx[lower ? i : 1 - i].m;
+        if (counts) comm_allreduce(p->pair, m->expert_counts, (size_t)c->L * c->E, COMM_I64, COMM_SUM);
+        else comm_allreduce(p->pair_dev ? p->pair_dev : p->pair, m->reg.grad, m->reg.total, COMM_F32, COMM_SUM);
     }
 }
 
-// The trained tensors' gradients of models [0, n) as a DpGrad list (t has room for all tensors).
-static int grad_list(PipeTrainer *p, int n, DpGrad *t) {
-    int k = 0;
-    for (int pipe = 0; pipe < n; pipe++) {
-        const ParamRegistry *r = &p->model[pipe]->reg;
-        for (int i = 0; i < r->n; i++)
-            if (r->p[i].kind != PARAM_BUFFER)
-                t[k++] = (DpGrad){r->grad + r->p[i].offset, r->p[i].numel, r->p[i].kind == PARAM_EXPERT};
+// Σ g² of the whole model, every logical tensor once: the stages this rank owns (DualPipe's up
+// stages are copies of other ranks' down stages), summed over the grid, less EPLB's replicas.
+static double grad_sqsum(PipeTrainer *p) {
+    const Grid *g = p->grid;
+    double sq = 0, dup = 0;
+    if (g) {
+        int n = 0;
+        for (int pipe = 0; pipe < p->n_own; pipe++) n += p->ctx[pipe].n_grads;
+        DpGrad *t = core_alloc((size_t)n * sizeof *t);
+        n = 0;
+        for (int pipe = 0; pipe < p->n_own; pipe++) {
+            memcpy(t + n, p->ctx[pipe].grads, (size_t)p->ctx[pipe].n_grads * sizeof *t);
+            n += p->ctx[pipe].n_grads;
+        }
+        sq = dp_sync_grad_sqsum(g, t, n);
+        core_free(t);
+    } else {
+        for (int pipe = 0; pipe < p->n_own; pipe++) sq += optim_grad_sqsum_on(p->ops, &p->ctx[pipe].m->reg, -1);
     }
-    return k;
+    // The duplicate slots' share, over each stage's EP group, then over the pipeline.
+    for (int pipe = 0; pipe < p->n_own; pipe++)
+        if (p->ctx[pipe].eplb) dup += eplb_runtime_duplicate_sqsum(p->ctx[pipe].eplb);
+    if (g && g->pp > 1 && p->ctx[0].m->cfg.eplb_interval > 0) comm_allreduce(g->pp_comm, &dup, 1, COMM_F64, COMM_SUM);
+    return sq - dup;
+}
+
+// The step's mean loss and cross-entropy over its C micro-batches (means), from every training
+// forward's scalars (one download per stage), summed over the stages.
+static void step_means(PipeTrainer *p, int C, double *means) {
+    means[0] = means[1] = 0;
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
+        const PipeStageCtx *x = &p->ctx[pipe];
+        const size_t ns = 1 + (size_t)x->m->cfg.L;
+        float *scal = core_alloc((size_t)(x->n_fwd > 0 ? x->n_fwd : 1) * ns * sizeof(float));  // (n_fwd, 1 + L)
+        x->m->ops->download(scal, x->dscal, (size_t)x->n_fwd * ns * sizeof(float));
+        for (int i = 0; i < x->n_fwd; i++) {
+            float ce, bal;
+            means[0] += model_scalars_loss(x->m, scal + (size_t)i * ns, 1, &ce, &bal);
+            if (x->m->last) means[1] += ce;
+        }
+        core_free(scal);
+    }
+    const Grid *g = p->grid;
+    if (g && g->pp > 1) comm_allreduce(g->pp_comm, means, 2, COMM_F64, COMM_SUM);
+    means[0] /= C;
+    means[1] /= C;
 }
 
 StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const int *tokens) {
@@ -229,114 +365,169 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
     const int C = p->sched->C;
     CHECK(c->grad_accum == C, "pipe_train_step: %d micro-batches, the schedule has %d", c->grad_accum, C);
     for (int pipe = 0; pipe < p->n_models; pipe++) {
-        Model *m = p->model[pipe];
-        model_zero_grad(m);
-        model_reset_counts(m);
-        m->count_routes = 1;
-        p->ctx[pipe].tokens = tokens;
-        p->ctx[pipe].loss = p->ctx[pipe].ce = 0;
+        PipeStageCtx *x = &p->ctx[pipe];
+        model_zero_grad(x->m);
+        model_reset_counts(x->m);
+        x->tokens = tokens;
+        x->training = 1;
+        x->n_fwd = x->n_wgt = 0;
+        // The DP all-reduces run during the stage's last backward_weight. EPLB sums the replicas'
+        // gradients after the backward, so its stages sync afterwards; dp_overlap = 0 does too (to
+        // measure the gain, with bit-identical results).
+        if (g && g->dp > 1 && p->overlap && !x->eplb)
+            x->sync = dp_sync_start(g, x->grads, x->n_grads, DP_SYNC_BUCKET_FLOATS);
     }
-    grid_test_die_at(g, step);
-    PipeRun run = run_of(p, p->trace);
+    if (g) grid_test_die_at(g, step);
+    PipeRun run = run_of(p, c->trace[0] ? p->trace : NULL);
     pipe_run(&run);
-    double means[2] = {0, 0};  // loss, ce: summed over the stages, then over the pipeline group
+    // Gradients: EPLB's replica sums, the DP/expert-DP averages (docs/architecture.md §4), then
+    // DualPipe's copy sums.
     for (int pipe = 0; pipe < p->n_models; pipe++) {
-        p->model[pipe]->count_routes = 0;
-        model_counts_to_host(p->model[pipe]);  // the counts travel over the host groups
-        means[0] += p->ctx[pipe].loss;
-        means[1] += p->ctx[pipe].ce;
+        PipeStageCtx *x = &p->ctx[pipe];
+        x->training = 0;
+        // Replicas of an expert apply one update: each gets the sum of all the replicas' gradients.
+        if (x->eplb) eplb_runtime_sum_replica_grads(x->eplb);
+        if (x->sync) dp_sync_finish(x->sync);
+        else if (g && g->dp > 1) dp_sync_grads(g, x->grads, x->n_grads, DP_SYNC_BUCKET_FLOATS);
+        x->sync = NULL;
     }
-    comm_allreduce(g->pp_comm, means, 2, COMM_F64, COMM_SUM);
-    means[0] /= C;
-    means[1] /= C;
-    if (p->partner >= 0) copy_sum(p);
-
-    int n_tensors = 0;
-    for (int pipe = 0; pipe < p->n_models; pipe++) n_tensors += p->model[pipe]->reg.n;
-    DpGrad *t = core_alloc((size_t)n_tensors * sizeof *t);
-    dp_sync_grads(g, t, grad_list(p, p->n_models, t), DP_SYNC_BUCKET_FLOATS);
-    // Each stage counted once: DualPipe's up stages are copies of other ranks' down stages.
-    st.grad_norm = (float)sqrt(dp_sync_grad_sqsum(g, t, grad_list(p, p->n_own, t)));
-    core_free(t);
-    dp_sync_mean(g, means, 2);
+    if (p->partner >= 0) copy_sum(p, 0);
+    // Σ g² is queued before the first wait (the scalars' download), so the device keeps busy.
+    st.grad_norm = (float)sqrt(grad_sqsum(p));
+    double means[2];
+    step_means(p, C, means);
+    // The step's routing counts, over both copies of a DualPipe stage and all DP ranks.
+    for (int pipe = 0; pipe < p->n_models; pipe++) model_counts_to_host(p->ctx[pipe].m);
+    if (p->partner >= 0) copy_sum(p, 1);
+    if (g) {
+        for (int pipe = 0; pipe < p->n_models; pipe++) {
+            dp_sync_sum_counts(g, p->ctx[pipe].m->expert_counts, (size_t)c->L * c->E);
+            model_counts_to_device(p->ctx[pipe].m);  // the bias update reads them where it runs
+        }
+        dp_sync_mean(g, means, 2);
+    }
     st.loss = (float)means[0];
     st.ce = (float)means[1];
-    // As in train_step_tokens: a diverged step changes nothing, on every rank (both values are global).
+    // A diverged step must not reach the weights, the moments or the router biases. The loss and the
+    // norm are global (reduced over every rank), so every rank takes this branch together.
     if (train_step_nonfinite(&st, c)) {
         p->ops->sync();
         st.seconds = core_now() - t0;
         return st;
     }
-
     const float clip = optim_clip_factor(st.grad_norm, c->grad_clip);
     st.lr = optim_lr(c, step);
     // The bias update's c̄ counts the tokens of the whole step, over all data-parallel ranks.
-    const long n_tokens = (long)C * c->batch_size * c->T * g->dp;
+    const long n_tokens = (long)C * c->batch_size * c->T * (g ? g->dp : 1);
     for (int l = 0; l < c->L; l++) p->imbalance[l] = 0;
+    float *imb = core_alloc((size_t)c->L * sizeof(float));  // (L) zero outside a stage
     for (int pipe = 0; pipe < p->n_models; pipe++) {
-        Model *m = p->model[pipe];
-        dp_sync_sum_counts(g, m->expert_counts, (size_t)c->L * c->E);
-        model_counts_to_device(m);  // the bias update reads the global counts where it runs
+        PipeStageCtx *x = &p->ctx[pipe];
+        Model *m = x->m;
         if (clip != 1.0f) optim_scale_grads_on(m->ops, &m->reg, clip);
-        adamw_step(&p->opt[pipe], &m->reg, c, st.lr);
+        adamw_step(x->o, &m->reg, c, st.lr);
         model_router_bias_update(m, n_tokens);
-        float *imb = core_alloc((size_t)c->L * sizeof(float));  // (L) zero outside this stage
+        // Every stage balances its own MoE layers on the step's global counts; both copies of a
+        // DualPipe stage see the same counts and placement, so they plan the same moves.
+        if (x->eplb && eplb_runtime_step(x->eplb, m->expert_counts + (size_t)x->moe0 * c->E, step))
+            model_refresh_low(m);  // the moved slots' compute copy
         model_load_imbalance(m, imb);
         for (int l = 0; l < c->L; l++) p->imbalance[l] = fmaxf(p->imbalance[l], imb[l]);
-        core_free(imb);
     }
-    comm_allreduce(g->pp_comm, p->imbalance, (size_t)c->L, COMM_F32, COMM_MAX);
+    core_free(imb);
+    // Every stage rebalances after the same steps (a stage without MoE layers has no runtime).
+    st.rebalanced = c->eplb_interval > 0 && (step + 1) % c->eplb_interval == 0;
+    if (g && g->pp > 1) comm_allreduce(g->pp_comm, p->imbalance, (size_t)c->L, COMM_F32, COMM_MAX);
     p->ops->sync();  // a GPU step is done when its last kernel is
     st.seconds = core_now() - t0;
+    return st;
+}
+
+int train_step_nonfinite(StepStats *st, const MoeConfig *c) {
+    // AdamW squares each gradient into a float32 moment: a (clipped) norm past sqrt(FLT_MAX) could
+    // make it infinite even though the norm itself is finite.
+    const float applied = st->grad_norm * optim_clip_factor(st->grad_norm, c->grad_clip);
+    st->nonfinite = !isfinite(st->loss) || !isfinite(st->grad_norm) || !(applied < sqrtf(FLT_MAX));
+    return st->nonfinite;
+}
+
+StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, const int *tokens) {
+    CHECK(m->first && m->last, "train_step_tokens: stage [%d, %d) is not the whole model", m->l0, m->l1);
+    char err[SCHED_ERR_LEN];
+    PipeTrainer *p = core_alloc(sizeof *p);
+    p->sched = sched_build(SCHED_1F1B, 1, c->grad_accum, err);
+    CHECK(p->sched, "train_step_tokens: %s", err);
+    p->S = p->n_models = p->n_own = 1;
+    p->partner = -1;
+    p->ops = m->ops;
+    p->borrowed = 1;
+    p->imbalance = core_alloc((size_t)c->L * sizeof(float));
+    stage_init(p, 0, c, m, o);
+    const StepStats st = pipe_train_step(p, c, step, tokens);
+    pipe_trainer_free(p);
     return st;
 }
 
 float pipe_eval_ce(PipeTrainer *p, const int *tokens) {
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         p->ctx[pipe].tokens = tokens;
-        p->ctx[pipe].loss = p->ctx[pipe].ce = 0;
+        p->ctx[pipe].ce = 0;
     }
     PipeRun run = run_of(p, NULL);
     pipe_run_forward(&run, 1);
     double ce = 0;
     for (int pipe = 0; pipe < p->n_models; pipe++) ce += p->ctx[pipe].ce;
-    comm_allreduce(p->grid->pp_comm, &ce, 1, COMM_F64, COMM_SUM);
+    if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, &ce, 1, COMM_F64, COMM_SUM);
     return (float)ce;
 }
 
 size_t pipe_param_count(const PipeTrainer *p) {
     long total = 0;
-    for (int pipe = 0; pipe < p->n_own; pipe++) total += (long)p->model[pipe]->reg.total;
-    comm_allreduce(p->grid->pp_comm, &total, 1, COMM_I64, COMM_SUM);
+    for (int pipe = 0; pipe < p->n_own; pipe++) total += (long)p->ctx[pipe].m->reg.total;
+    if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, &total, 1, COMM_I64, COMM_SUM);
     return (size_t)total;
 }
 
 void pipe_expert_counts(const PipeTrainer *p, long *counts) {
-    const MoeConfig *c = &p->model[0]->cfg;
+    const MoeConfig *c = &p->ctx[0].m->cfg;
     const size_t n = (size_t)c->L * c->E;
     // Every layer belongs to exactly one owned stage of the pipeline, and is zero in all others.
     memset(counts, 0, n * sizeof(long));
     for (int pipe = 0; pipe < p->n_own; pipe++)
-        for (size_t i = 0; i < n; i++) counts[i] += p->model[pipe]->expert_counts[i];
-    comm_allreduce(p->grid->pp_comm, counts, n, COMM_I64, COMM_SUM);
+        for (size_t i = 0; i < n; i++) counts[i] += p->ctx[pipe].m->expert_counts[i];
+    if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, counts, n, COMM_I64, COMM_SUM);
+}
+
+void pipe_eplb_placement(const PipeTrainer *p, int *phy2log) {
+    const Model *m0 = p->ctx[0].m;
+    const size_t R = (size_t)m0->R, n = (size_t)m0->cfg.L * R;
+    // Each layer's row comes from the owned stage that holds it; -1 elsewhere loses every maximum.
+    for (size_t i = 0; i < n; i++) phy2log[i] = -1;
+    for (int pipe = 0; pipe < p->n_own; pipe++) {
+        const Model *m = p->ctx[pipe].m;
+        memcpy(phy2log + (size_t)m->l0 * R, m->phy2log + (size_t)m->l0 * R, (size_t)(m->l1 - m->l0) * R * sizeof(int));
+    }
+    if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, phy2log, n, COMM_I32, COMM_MAX);
 }
 
 void pipe_write_trace(const PipeTrainer *p, const char *path) {
     const Grid *g = p->grid;
     const Schedule *s = p->sched;
     // DP rank 0's pipeline holds world rank 0; the other pipelines ran the same schedule.
-    if (g->dp_rank != 0) return;
+    if (g && g->dp_rank != 0) return;
+    const int rank = g ? g->pp_rank : 0;
     int most = 1;
     for (int r = 0; r < s->N; r++) most = s->n_ops[r] > most ? s->n_ops[r] : most;
     // Every rank knows every rank's ops (the schedule): only the times travel.
     double *mine = core_alloc((size_t)2 * most * sizeof(double));       // (most, 2) start, end
     double *all = core_alloc((size_t)2 * most * s->N * sizeof(double)); // (N, most, 2)
-    for (int i = 0; i < s->n_ops[g->pp_rank]; i++) {
+    for (int i = 0; i < s->n_ops[rank]; i++) {
         mine[2 * i] = p->trace[i].start;
         mine[2 * i + 1] = p->trace[i].end;
     }
-    comm_allgather(g->pp_comm, mine, all, (size_t)2 * most, COMM_F64);
-    if (g->rank == 0) {
+    if (g) comm_allgather(g->pp_comm, mine, all, (size_t)2 * most, COMM_F64);
+    else memcpy(all, mine, (size_t)2 * most * sizeof(double));
+    if (core_rank() == 0) {
         double t0 = all[0];
         for (int r = 0; r < s->N; r++)
             for (int i = 0; i < s->n_ops[r]; i++) t0 = fmin(t0, all[((size_t)r * most + i) * 2]);

@@ -2,7 +2,6 @@
 #include "framework/train.h"
 
 #include <errno.h>
-#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,221 +14,12 @@
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/core/prof.h"
-#include "framework/core/timer.h"
 #include "framework/pipe_train.h"
 #include "framework/sample.h"
 #include "parallel/comm.h"
 #include "parallel/dp_sync.h"
-#include "parallel/ep_dispatch.h"
 #include "parallel/eplb_runtime.h"
 #include "parallel/grid.h"
-
-// Σ g² that a norm over every slot counts more than once: replicas of an expert hold copies of one
-// gradient, and the norm counts each logical expert once.
-static double duplicate_sqsum(Model *m) { return m->eplb ? eplb_runtime_duplicate_sqsum(m->eplb) : 0; }
-
-// The trained tensors' gradients as a DpGrad list (t has room for every tensor); layer_of (the
-// same room) gets each one's layer (-1 outside the layers).
-static int grad_list(const Model *m, DpGrad *t, int *layer_of) {
-    const ParamRegistry *r = &m->reg;
-    int n = 0;
-    for (int i = 0; i < r->n; i++)
-        if (r->p[i].kind != PARAM_BUFFER) {
-            layer_of[n] = r->p[i].layer;
-            t[n++] = (DpGrad){r->grad + r->p[i].offset, r->p[i].numel, r->p[i].kind == PARAM_EXPERT};
-        }
-    return n;
-}
-
-// The gradient sync of a step, overlapped with the last micro-batch's backward_weight: a layer's
-// buckets start their all-reduce as soon as the layer is done (layers go last to first), and
-// sync_step completes them. EPLB sums replica gradients after the backward, so it syncs afterwards;
-// dp_overlap = 0 does too (to measure the gain).
-typedef struct {
-    DpSync *sync;
-    DpGrad *t;
-    int *layer_of;
-    int n;
-} GradSync;
-
-static void layer_done(void *ctx, int l) {
-    GradSync *s = ctx;
-    for (int i = 0; i < s->n; i++)
-        if (s->layer_of[i] == l) dp_sync_ready(s->sync, i);
-}
-
-static void grad_sync_begin(Model *m, GradSync *s) {
-    s->t = core_alloc((size_t)m->reg.n * sizeof *s->t);
-    s->layer_of = core_alloc((size_t)m->reg.n * sizeof(int));
-    s->n = grad_list(m, s->t, s->layer_of);
-    s->sync = dp_sync_start(m->grid, s->t, s->n, DP_SYNC_BUCKET_FLOATS);
-    if (!m->eplb && m->cfg.dp_overlap) {
-        m->layer_grads_done = layer_done;
-        m->layer_grads_ctx = s;
-    }
-}
-
-// The multi-process part of a step (docs/architecture.md §4): gradients averaged over DP (dense) and
-// expert-DP (experts), completing s, the step's expert counts and mean losses (loss, ce) made
-// global. Returns the global gradient norm.
-static float sync_step(Model *m, GradSync *s, double *means) {
-    const Grid *g = m->grid;
-    m->layer_grads_done = NULL;
-    m->layer_grads_ctx = NULL;
-    dp_sync_finish(s->sync);
-    const double sq = dp_sync_grad_sqsum(g, s->t, s->n) - duplicate_sqsum(m);
-    core_free(s->t);
-    core_free(s->layer_of);
-    dp_sync_sum_counts(g, m->expert_counts, (size_t)m->cfg.L * (size_t)m->cfg.E);
-    dp_sync_mean(g, means, 2);
-    return (float)sqrt(sq);
-}
-
-// The step's mean loss and cross-entropy (means) from the A micro-batches' scalars (A, 1 + L) in
-// the model's memory, and the step's expert counts on the host: one download each.
-static void step_scalars(Model *m, const float *dscal, int A, double *means) {
-    const size_t ns = 1 + (size_t)m->cfg.L;
-    float *scal = core_alloc((size_t)A * ns * sizeof(float));  // (A, 1 + L) on the host
-    m->ops->download(scal, dscal, (size_t)A * ns * sizeof(float));
-    double loss = 0, ce = 0;
-    for (int mb = 0; mb < A; mb++) {
-        float ce_mb, bal_mb;
-        loss += model_scalars_loss(m, scal + (size_t)mb * ns, 1, &ce_mb, &bal_mb);
-        ce += ce_mb;
-    }
-    core_free(scal);
-    means[0] = loss / A;
-    means[1] = ce / A;
-    model_counts_to_host(m);
-}
-
-int train_step_nonfinite(StepStats *st, const MoeConfig *c) {
-    // AdamW squares each gradient into a float32 moment: a (clipped) norm past sqrt(FLT_MAX) could
-    // make it infinite even though the norm itself is finite.
-    const float applied = st->grad_norm * optim_clip_factor(st->grad_norm, c->grad_clip);
-    st->nonfinite = !isfinite(st->loss) || !isfinite(st->grad_norm) || !(applied < sqrtf(FLT_MAX));
-    return st->nonfinite;
-}
-
-StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, const int *tokens) {
-    StepStats st = {0};
-    double t0 = core_now();
-    const int A = c->grad_accum, B = c->batch_size, T = c->T;
-    model_zero_grad(m);
-    model_reset_counts(m);
-    m->count_routes = 1;
-    // Each micro-batch's loss scalars (1 + L) stay in the model's memory until the loop is done:
-    // one download for the step instead of a wait per micro-batch.
-    const size_t ns = 1 + (size_t)c->L;
-    float *dscal = m->ops->alloc((size_t)A * ns * sizeof(float));
-    m->defer_loss = 1;
-    GradSync gs = {0};
-    for (int mb = 0; mb < A; mb++) {
-        ModelActs a;
-        model_forward(m, &a, tokens + (size_t)mb * B * (T + 1), B, T, 1);
-        m->ops->copy(dscal + (size_t)mb * ns, a.scalars, ns * sizeof(float));
-        if (m->grid && mb == 0) grid_test_die_at(m->grid, step);
-        // The step's objective is the mean over micro-batches: each contributes 1/A.
-        model_backward_input(m, &a, 1.0f / (float)A);
-        if (m->grid && mb == A - 1) grad_sync_begin(m, &gs);
-        model_backward_weight(m, &a);
-        model_acts_free(m, &a);
-    }
-    m->defer_loss = 0;
-    m->count_routes = 0;
-    // Replicas of an expert apply one update: each gets the sum of all the replicas' gradients.
-    if (m->eplb) eplb_runtime_sum_replica_grads(m->eplb);
-    double means[2];
-    // The bias update's c̄ counts the tokens of the whole step, over all data-parallel ranks.
-    long n_tokens = (long)A * B * T;
-    if (m->grid) {
-        step_scalars(m, dscal, A, means);
-        st.grad_norm = sync_step(m, &gs, means);
-        n_tokens *= m->grid->dp;
-        model_counts_to_device(m);  // the bias update reads the counts summed over DP
-    } else {
-        // Σ g² is queued before the first wait, so the device is busy while the host launches it.
-        st.grad_norm = (float)sqrt(optim_grad_sqsum_on(m->ops, &m->reg, -1) - duplicate_sqsum(m));
-        step_scalars(m, dscal, A, means);
-    }
-    m->ops->free(dscal);
-    st.loss = (float)means[0];
-    st.ce = (float)means[1];
-    // A diverged step must not reach the weights, the moments or the router biases. The loss and the
-    // norm are global (reduced over every rank), so every rank takes this branch together.
-    if (train_step_nonfinite(&st, c)) {
-        m->ops->sync();
-        st.seconds = core_now() - t0;
-        return st;
-    }
-    float clip = optim_clip_factor(st.grad_norm, c->grad_clip);
-    if (clip != 1.0f) optim_scale_grads_on(m->ops, &m->reg, clip);
-    st.lr = optim_lr(c, step);
-    adamw_step(o, &m->reg, c, st.lr);
-    model_router_bias_update(m, n_tokens);
-    if (m->eplb)
-        st.rebalanced = eplb_runtime_step(m->eplb, m->expert_counts + (size_t)c->n_dense_layers * c->E, step);
-    if (st.rebalanced) model_refresh_low(m);  // the moved slots' compute copy
-    m->ops->sync();  // a GPU step is done when its last kernel is
-    st.seconds = core_now() - t0;
-    return st;
-}
-
-Model *train_model_create(const MoeConfig *c, Grid *g, const LayerOps *ops) {
-    Model *m = model_create(c, g->ep_rank, g->ep);
-    model_init_weights(m);
-    if (g->world > 1) {
-        m->grid = g;
-        // On GPUs gradients and token rows stay in device memory and travel over NCCL twins of
-        // the grid's groups; counts, losses and norms still travel over the host groups.
-        if (ops->dev != CORE_CPU) grid_to_device(g, ops);
-        if (g->ep > 1) {
-            MoeDispatcher *d = ep_dispatcher_create(g->ep_comm, c->E);
-            ep_dispatcher_set_overlap(d, c->ep_overlap);
-            if (ops->dev != CORE_CPU) ep_dispatcher_to_device(d, g->ep_dev, ops);
-            model_set_dispatcher(m, d);
-        }
-    }
-    model_to_device(m, ops);
-    return m;
-}
-
-void train_eplb_attach(Model *m, AdamW *o, Comm *ep) {
-    const MoeConfig *c = &m->cfg;
-    CHECK(m->first && m->last && !m->eplb, "EPLB attaches once, to a whole model");
-    CHECK(ep->size == m->ep_size && ep->rank == m->ep_rank, "EPLB: group %s (rank %d of %d) is not the "
-          "model's EP group (rank %d of %d)", ep->name, ep->rank, ep->size, m->ep_rank, m->ep_size);
-    eplb_runtime_check_config(c);
-    // On a GPU (the model moved there first) slot rows move over the EP group's NCCL twin.
-    const int on_gpu = m->ops->dev != CORE_CPU;
-    CHECK(!on_gpu || (m->grid && m->grid->ep_comm == ep && m->grid->ep_dev),
-          "EPLB on %s needs the model's grid on the device (grid_to_device)", m->ops->name);
-    const int L = c->L - c->n_dense_layers;
-    EplbRuntimeSpec s = {.L = L, .E = c->E, .R = m->R, .interval = c->eplb_interval,
-                         .groups = c->eplb_groups, .nodes = c->eplb_nodes, .ep = ep,
-                         .phy2log = m->phy2log + (size_t)c->n_dense_layers * m->R,
-                         .state = {m->reg.data, o->m, o->v}, .grad = m->reg.grad,
-                         .ops = backend_ops_f32(m->ops), .ep_dev = on_gpu ? m->grid->ep_dev : NULL};
-    // Each MoE layer gets its own dispatcher: placements differ from layer to layer.
-    s.disp = core_alloc((size_t)L * sizeof *s.disp);
-    for (int l = 0; l < L; l++) {
-        s.disp[l] = ep_dispatcher_create(ep, c->E);
-        ep_dispatcher_set_overlap(s.disp[l], c->ep_overlap);
-        if (on_gpu) ep_dispatcher_to_device(s.disp[l], m->grid->ep_dev, m->ops);
-        model_set_layer_dispatcher(m, c->n_dense_layers + l, s.disp[l]);
-    }
-    EplbTensor *t = core_alloc((size_t)m->reg.n * sizeof *t);
-    for (int i = 0; i < m->reg.n; i++) {
-        const ParamInfo *p = &m->reg.p[i];
-        if (p->kind == PARAM_EXPERT)
-            t[s.n_tensor++] = (EplbTensor){p->layer - c->n_dense_layers, p->offset,
-                                           p->numel / (size_t)p->local_rows};
-    }
-    s.tensor = t;
-    m->eplb = eplb_runtime_create(&s);
-    core_free(t);
-    core_free(s.disp);
-}
 
 // Entropy (nats per token) of the token frequencies of a shard: the loss of the best model that
 // ignores context, which a trained model must beat. The histogram has the shard's own vocabulary
@@ -268,11 +58,11 @@ static void join(char *out, size_t n, const char *dir, const char *file) {
 // The Philox stream of the sample drawn at the end of training (saved in checkpoints).
 static const uint32_t SAMPLE_STREAM = 7;
 
-// The model this rank trains in pipe `pipe` and its optimizer (o may be NULL): a pipeline stage, or
-// without a pipeline the trainer's own (pipe 0).
-static Model *trainer_model_of(Trainer *t, int pipe, AdamW **o) {
-    if (o) *o = t->pipe ? &t->pipe->opt[pipe] : &t->opt;
-    return t->pipe ? t->pipe->model[pipe] : t->model;
+// The model this rank trains in pipe `pipe` (pipe 0: the down pipe, the whole model in a plain run)
+// and its optimizer (o may be NULL).
+static Model *trainer_model_of(const Trainer *t, int pipe, AdamW **o) {
+    if (o) *o = t->pipe->ctx[pipe].o;
+    return t->pipe->ctx[pipe].m;
 }
 
 // This process's place in a checkpoint for its model of pipe `pipe`: one part file per model stage
@@ -285,15 +75,13 @@ static CkptShard trainer_shard(Trainer *t, int pipe) {
     // The slots hold the experts of the model's placement (EPLB rewrites it; replicas included).
     sh.R = m->R;
     sh.phy2log = m->phy2log;
-    const Grid *g = m->grid;
-    if (g) {
-        const int S = t->pipe ? t->pipe->S : 1;
-        const int stage = t->pipe ? sched_stage(t->pipe->sched, g->pp_rank, pipe) : 0;
-        sh.part = stage * g->dp + g->dp_rank;
-        sh.parts = S * g->dp;
-        sh.write_dense = g->dp_rank == 0;
-        sh.write_experts = g->edp_rank == 0;
-    }
+    const PipeTrainer *p = t->pipe;
+    const Grid *g = p->grid;
+    const int dp = g ? g->dp : 1;
+    sh.part = sched_stage(p->sched, g ? g->pp_rank : 0, pipe) * dp + (g ? g->dp_rank : 0);
+    sh.parts = p->S * dp;
+    sh.write_dense = !g || g->dp_rank == 0;
+    sh.write_experts = !g || g->edp_rank == 0;
     return sh;
 }
 
@@ -347,15 +135,19 @@ static void stage_close(CkptStage *s, Model *m, AdamW *o, int upload) {
 static void trainer_resume(Trainer *t) {
     // EPLB goes on from the saved placement when it has as many slots, so that replicas split their
     // experts' tokens as before; ckpt_load fills each slot from its expert's logical rows either way.
+    // Each stage's runtime takes the rows of its own MoE layers.
     CkptEplb e;
-    if (t->model->eplb && ckpt_load_eplb(t->cfg.resume, &t->cfg, &e)) {
-        if (e.phy2log && e.R == t->model->R)
-            eplb_runtime_set_placement(t->model->eplb, e.phy2log + (size_t)t->cfg.n_dense_layers * e.R);
+    if (t->cfg.eplb_interval > 0 && ckpt_load_eplb(t->cfg.resume, &t->cfg, &e)) {
+        for (int pipe = 0; pipe < t->pipe->n_models; pipe++) {
+            const PipeStageCtx *x = &t->pipe->ctx[pipe];
+            if (x->eplb && e.phy2log && e.R == x->m->R)
+                eplb_runtime_set_placement(x->eplb, e.phy2log + (size_t)x->moe0 * e.R);
+        }
         ckpt_eplb_free(&e);
     }
     // Every held model loads its stage's tensors (both copies of a DualPipe stage: they stay equal).
     CkptState st;
-    for (int pipe = 0; pipe < (t->pipe ? t->pipe->n_models : 1); pipe++) {
+    for (int pipe = 0; pipe < t->pipe->n_models; pipe++) {
         AdamW *o;
         Model *m = trainer_model_of(t, pipe, &o);
         const CkptShard sh = trainer_shard(t, pipe);
@@ -381,13 +173,16 @@ static void trainer_save(Trainer *t) {
                           t->lineage};
     AdamW *o;
     Model *m = trainer_model_of(t, 0, &o);
-    // A pipeline stage counts only its own layers' tokens: the whole model's are summed over stages.
-    long *counts = m->expert_counts;  // (L, E)
-    if (t->pipe) {
-        counts = core_alloc((size_t)t->cfg.L * t->cfg.E * sizeof(long));
-        pipe_expert_counts(t->pipe, counts);
+    // A pipeline stage counts only its own layers' tokens (and places only its own layers' experts):
+    // the whole model's are gathered over the stages.
+    long *counts = core_alloc((size_t)t->cfg.L * t->cfg.E * sizeof(long));  // (L, E)
+    pipe_expert_counts(t->pipe, counts);
+    int *phy2log = NULL;  // (L, R) with EPLB
+    if (t->cfg.eplb_interval > 0) {
+        phy2log = core_alloc((size_t)t->cfg.L * m->R * sizeof(int));
+        pipe_eplb_placement(t->pipe, phy2log);
     }
-    const CkptEplb e = {m->R, m->eplb ? m->phy2log : NULL, counts};
+    const CkptEplb e = {m->R, phy2log, counts};
     const CkptShard sh = trainer_shard(t, 0);
     CkptStage s;
     if (sh.parts == 1) {
@@ -396,7 +191,7 @@ static void trainer_save(Trainer *t) {
         stage_close(&s, m, o, 0);
     } else {
         // DualPipe's up stages are copies of other ranks' down stages: only the down copy is saved.
-        for (int pipe = 0; pipe < (t->pipe ? t->pipe->n_own : 1); pipe++) {
+        for (int pipe = 0; pipe < t->pipe->n_own; pipe++) {
             AdamW *po;
             Model *pm = trainer_model_of(t, pipe, &po);
             const CkptShard psh = trainer_shard(t, pipe);
@@ -404,11 +199,13 @@ static void trainer_save(Trainer *t) {
             ckpt_save_part(path, &psh, s.m, s.o);
             stage_close(&s, pm, po, 0);
         }
-        comm_barrier(m->grid->world_comm);
-        if (m->grid->rank == 0) ckpt_save_index(path, sh.parts, m, o, &st, &e);
-        comm_barrier(m->grid->world_comm);
+        Comm *world = t->pipe->grid ? t->pipe->grid->world_comm : NULL;
+        if (world) comm_barrier(world);
+        if (core_rank() == 0) ckpt_save_index(path, sh.parts, m, o, &st, &e);
+        if (world) comm_barrier(world);
     }
-    if (t->pipe) core_free(counts);
+    core_free(counts);
+    core_free(phy2log);
     long *saved = core_alloc((size_t)(t->n_saved + 1) * sizeof *saved);
     if (t->n_saved) memcpy(saved, t->saved, (size_t)t->n_saved * sizeof *saved);
     core_free(t->saved);
@@ -451,9 +248,6 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     Grid *g = grid_create(comm_world(), c->pp, c->ep, c->E);
     grid_log(g, c->E);
     eplb_runtime_check_config(c);
-    if (c->eplb_interval > 0 && pipe_trainer_wanted(c))
-        core_usage_error("--eplb-interval runs in the trainer without a pipeline: drop --pp, --schedule "
-                         "and --trace");
     const int on_gpu = strcmp(c->device, "cpu") != 0;
     // The device dispatchers move rows over NCCL, which a one-rank EP group does not have.
     if (on_gpu && c->eplb_interval > 0 && g->ep < 2)
@@ -488,16 +282,7 @@ Trainer *trainer_create(const MoeConfig *cfg) {
                          "%llu batches of %d (lower --val-batches or --batch-size, or prepare a larger "
                          "--val-fraction)", c->val_batches, path, (unsigned long long)val_seqs, c->T + 1,
                          (unsigned long long)(val_seqs / (uint64_t)c->batch_size), c->batch_size);
-    if (pipe_trainer_wanted(c)) {
-        t->pipe = pipe_trainer_create(c, g, ops);
-        t->model = t->pipe->model[SCHED_DOWN];
-    } else {
-        t->model = train_model_create(c, g, ops);
-        if (!t->model->grid) grid_free(g);  // one process: the plain path, no communication
-        adamw_init_on(&t->opt, &t->model->reg, ops, t->model->wlow);
-        if (c->eplb_interval > 0)
-            train_eplb_attach(t->model, &t->opt, t->model->grid ? t->model->grid->ep_comm : comm_world());
-    }
+    t->pipe = pipe_trainer_create(c, g, ops);
     t->tokens = core_alloc((size_t)c->grad_accum * c->batch_size * (c->T + 1) * sizeof(int));
     if (c->metrics[0] && core_rank() == 0) {
         t->metrics = fopen(c->metrics, "w");
@@ -519,14 +304,7 @@ void trainer_free(Trainer *t) {
     loader_close(t->train);
     loader_close(t->val);
     tok_free(t->tok);
-    adamw_free(&t->opt);
-    if (t->pipe) {
-        pipe_trainer_free(t->pipe);
-    } else {
-        eplb_runtime_free(t->model->eplb);
-        grid_free(t->model->grid);
-        model_free(t->model);
-    }
+    pipe_trainer_free(t->pipe);
     core_free(t->tokens);
     core_free(t->saved);
     core_free(t);
@@ -536,8 +314,7 @@ StepStats trainer_step(Trainer *t) {
     const MoeConfig *c = &t->cfg;
     const size_t mb = (size_t)c->batch_size * (c->T + 1);
     for (int i = 0; i < c->grad_accum; i++) loader_next(t->train, t->tokens + i * mb);
-    StepStats st = t->pipe ? pipe_train_step(t->pipe, c, t->step, t->tokens)
-                           : train_step_tokens(t->model, &t->opt, c, t->step, t->tokens);
+    StepStats st = pipe_train_step(t->pipe, c, t->step, t->tokens);
     t->step++;
     return st;
 }
@@ -550,17 +327,10 @@ float trainer_eval(Trainer *t) {
     double sum = 0;
     for (int i = 0; i < c->val_batches; i++) {
         loader_next(t->val, t->tokens);
-        if (t->pipe) {
-            sum += pipe_eval_ce(t->pipe, t->tokens);
-            continue;
-        }
-        ModelActs a;
-        sum += model_forward(t->model, &a, t->tokens, c->batch_size, c->T, 1);
-        sum -= c->balance_alpha * a.bal;  // report the language-model loss alone
-        model_acts_free(t->model, &a);
+        sum += pipe_eval_ce(t->pipe, t->tokens);  // the language-model loss alone
     }
     double mean = sum / c->val_batches;
-    if (t->model->grid) dp_sync_mean(t->model->grid, &mean, 1);
+    if (t->pipe->grid) dp_sync_mean(t->pipe->grid, &mean, 1);
     return (float)mean;
 }
 
@@ -595,19 +365,20 @@ static void write_expert_load(FILE *f, const MoeConfig *c, const long *counts) {
     fputc(']', f);
 }
 
-// Under mpirun without a pipeline the trainer keeps the time-by-layer-type profiler (prof.h) running
-// over each log line's steps, for the ranks' time in the experts.
-static int expert_timing(const Trainer *t) { return t->model->grid && !t->pipe; }
+// Under mpirun with one stage per rank (every rank runs the whole model) the trainer keeps the
+// time-by-layer-type profiler (prof.h) running over each log line's steps, for the ranks' time in the
+// experts.
+static int expert_timing(const Trainer *t) { return t->pipe->grid && t->pipe->S == 1; }
 
 // Every rank's milliseconds per step in the experts (the profiler's `experts` region: the routed
 // and shared SwiGLUs) over the `steps` steps since the previous log line, gathered into ms (world) on
 // every rank and logged with their max/mean, the compute imbalance that EPLB removes; then restarts
 // the profiler unless training is over. Collective over the world.
 static void log_expert_time(const Trainer *t, int steps, double *ms) {
-    const Grid *g = t->model->grid;
+    const Grid *g = t->pipe->grid;
     double region[PROF_N] = {0};
     prof_stop(region);
-    if (t->step < t->cfg.steps) prof_start(t->model->ops->dev != CORE_CPU);
+    if (t->step < t->cfg.steps) prof_start(t->pipe->ops->dev != CORE_CPU);
     const double mine = region[PROF_EXPERTS] / (steps > 0 ? steps : 1);
     comm_allgather(g->world_comm, &mine, ms, 1, COMM_F64);
     char buf[512] = "", *p = buf;
@@ -630,18 +401,17 @@ static void json_num(FILE *f, const char *key, double v, const char *fmt) {
 
 static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, int steps) {
     const MoeConfig *c = &t->cfg;
-    float imb[1024];
-    int L = c->L < 1024 ? c->L : 1024;
-    if (t->pipe) memcpy(imb, t->pipe->imbalance, (size_t)L * sizeof(float));
-    else model_load_imbalance(t->model, imb);
+    const Model *m = t->pipe->ctx[0].m;  // for model_is_moe_layer
+    const float *imb = t->pipe->imbalance;
+    const int L = c->L;
     char ib[512] = "", *p = ib;
     for (int l = 0; l < L && p < ib + sizeof ib - 16; l++)
-        if (model_is_moe_layer(t->model, l)) p += sprintf(p, " %.2f", imb[l]);
+        if (model_is_moe_layer(m, l)) p += sprintf(p, " %.2f", imb[l]);
     char vb[32] = "";
     if (val >= 0) snprintf(vb, sizeof vb, " | val %.4f", val);
     core_info0("step %5d/%d | loss %.4f%s | lr %.2e | grad %.3f | %.0f tok/s | load max/mean%s",
                t->step, c->steps, st->loss, vb, st->lr, st->grad_norm, tok_s, ib);
-    const Grid *g = t->model->grid;
+    const Grid *g = t->pipe->grid;
     double *ems = expert_timing(t) ? core_alloc((size_t)g->world * sizeof(double)) : NULL;  // (world)
     if (ems) log_expert_time(t, steps, ems);
     if (!c->metrics[0]) {
@@ -650,15 +420,10 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
     }
     // A pipeline stage counts only its own layers' tokens: the whole model's are summed over the
     // stages, by every rank (a collective), before rank 0 writes them.
-    const long *counts = t->model->expert_counts;
-    long *stage_sum = NULL;
-    if (t->pipe) {
-        stage_sum = core_alloc((size_t)c->L * c->E * sizeof(long));
-        pipe_expert_counts(t->pipe, stage_sum);
-        counts = stage_sum;
-    }
+    long *counts = core_alloc((size_t)c->L * c->E * sizeof(long));  // (L, E)
+    pipe_expert_counts(t->pipe, counts);
     if (!t->metrics) {
-        core_free(stage_sum);
+        core_free(counts);
         core_free(ems);
         return;
     }
@@ -673,7 +438,7 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
     fputs(", \"load_imbalance\": [", t->metrics);
     int first = 1;
     for (int l = 0; l < L; l++)
-        if (model_is_moe_layer(t->model, l)) {
+        if (model_is_moe_layer(m, l)) {
             if (!first) fputs(", ", t->metrics);
             if (isfinite(imb[l])) fprintf(t->metrics, "%.4f", imb[l]);
             else fputs("null", t->metrics);
@@ -681,14 +446,15 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
         }
     fprintf(t->metrics, "]");
     write_expert_load(t->metrics, c, counts);
-    core_free(stage_sum);
+    core_free(counts);
     if (ems) {
         fputs(", \"expert_ms\": [", t->metrics);
         for (int r = 0; r < g->world; r++) fprintf(t->metrics, r ? ", %.3f" : "%.3f", ems[r]);
         fputc(']', t->metrics);
         core_free(ems);
     }
-    if (t->model->eplb) eplb_runtime_write_metrics(t->model->eplb, t->metrics, st->rebalanced);
+    // The EPLB figures of this rank's first stage (under a pipeline: the MoE layers of stage 0).
+    if (t->pipe->ctx[0].eplb) eplb_runtime_write_metrics(t->pipe->ctx[0].eplb, t->metrics, st->rebalanced);
     fprintf(t->metrics, "}\n");
     // A full disk shows here (buffered writes fail late): the run stops rather than logging nothing.
     if (fflush(t->metrics) != 0 || ferror(t->metrics))
@@ -701,11 +467,12 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
 static void trainer_sample(Trainer *t, const char *when) {
     const MoeConfig *c = &t->cfg;
     if (c->sample_tokens <= 0) return;
-    if (t->pipe) {
+    Model *m = t->pipe->ctx[0].m;
+    if (!m->first || !m->last) {
         core_info0("no sample: sampling needs the whole model in one process (it runs without a pipeline)");
         return;
     }
-    if (t->model->ops->dev != CORE_CPU) {
+    if (m->ops->dev != CORE_CPU) {
         core_info0("no sample: sampling reads the model on the host (--device cpu, or `moelab sample`)");
         return;
     }
@@ -715,7 +482,7 @@ static void trainer_sample(Trainer *t, const char *when) {
     // Start from the encoding of a newline when the vocabulary has one, else token 0.
     if (tok_encode(t->tok, (const uint8_t *)"\n", 1, nl) >= 1) prompt = (int)nl[0];
     int *out = core_alloc((size_t)(c->sample_tokens + 1) * sizeof(int));
-    sample_generate(t->model, &prompt, 1, c->sample_tokens, c->temperature, c->top_k_sample, &rng, out);
+    sample_generate(m, &prompt, 1, c->sample_tokens, c->temperature, c->top_k_sample, &rng, out);
     core_info0("sample %s (%d tokens, temperature %.2f, top-k %d):", when, c->sample_tokens,
                c->temperature, c->top_k_sample);
     if (core_rank() == 0) print_text(t->tok, out + 1, c->sample_tokens);
@@ -754,8 +521,8 @@ static int trainer_diverged(Trainer *t, const StepStats *st) {
 
 int trainer_run(Trainer *t) {
     const MoeConfig *c = &t->cfg;
-    const size_t n_params = t->pipe ? pipe_param_count(t->pipe) : t->model->reg.total;
-    const int dp = t->model->grid ? t->model->grid->dp : 1;
+    const size_t n_params = pipe_param_count(t->pipe);
+    const int dp = t->pipe->grid ? t->pipe->grid->dp : 1;
     core_info0("model: V %d D %d L %d (dense %d) H %d Hkv %d T %d | E %d K %d S %d Fe %d | %.2fM parameters",
                c->V, c->D, c->L, c->n_dense_layers, c->H, c->Hkv, c->T, c->E, c->K, c->S, c->Fe,
                (double)n_params / 1e6);
@@ -770,7 +537,7 @@ int trainer_run(Trainer *t) {
     float val_first = val;
     double tokens = 0, secs = 0;
     int steps = 0;  // since the last log line
-    if (expert_timing(t) && t->step < c->steps) prof_start(t->model->ops->dev != CORE_CPU);
+    if (expert_timing(t) && t->step < c->steps) prof_start(t->pipe->ops->dev != CORE_CPU);
     while (t->step < c->steps) {  // from the resumed step, if any
         StepStats st = trainer_step(t);
         tokens += (double)c->grad_accum * c->batch_size * c->T * dp;
@@ -790,7 +557,7 @@ int trainer_run(Trainer *t) {
     core_info0("validation loss %.4f -> %.4f nats/token; unigram entropy %.4f: %s", val_first, val,
                t->unigram_entropy, val < t->unigram_entropy ? "the model uses context" :
                "not yet below the unigram entropy (train longer)");
-    if (t->pipe && c->trace[0]) pipe_write_trace(t->pipe, c->trace);
+    if (c->trace[0]) pipe_write_trace(t->pipe, c->trace);
     trainer_sample(t, "after training");
     return 0;
 }

@@ -302,9 +302,10 @@ static int sends_between(const Exec *x, int src, int dst, int *keys) {
 
 static void exec_init(Exec *x, const PipeRun *r, int n_fwd) {
     const Schedule *s = r->s;
-    CHECK(r->pp->size == s->N && r->rank == r->pp->rank,
+    // One rank sends nothing: it needs no group (a one-process run has none).
+    CHECK(r->pp ? r->pp->size == s->N && r->rank == r->pp->rank : s->N == 1 && r->rank == 0,
           "pipeline: a %d-rank schedule needs a pipeline group of %d ranks (this is rank %d of %d)",
-          s->N, s->N, r->pp->rank, r->pp->size);
+          s->N, s->N, r->rank, r->pp ? r->pp->size : 1);
     CHECK(s->C <= PIPE_MAX_MB, "pipeline: %d micro-batches per step, at most %d fit the message tags",
           s->C, PIPE_MAX_MB);
     CHECK(r->msg_bytes % 4 == 0, "pipeline: a message of %zu bytes is not whole 32-bit words", r->msg_bytes);

@@ -72,7 +72,8 @@ typedef struct PipeStage {
 typedef struct {
     const Schedule *s;
     int rank;              // this process's rank in s
-    Comm *pp;              // the pipeline group: its rank i runs s's rank i (size s->N)
+    Comm *pp;              // the pipeline group: its rank i runs s's rank i (size s->N); may be NULL
+                           // when s->N == 1
     PipeStage *stage[2];   // [pipe] the stage this rank holds in the down and the up pipe
                            // (sched_stage); up is NULL for 1F1B
     size_t msg_bytes;      // bytes of one activation or gradient message (B·T·D elements of the

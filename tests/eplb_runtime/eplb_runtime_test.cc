@@ -19,7 +19,7 @@ extern "C" {
 #include "framework/core/rng.h"
 #include "framework/model.h"
 #include "framework/optimizer.h"
-#include "framework/train.h"
+#include "framework/pipe_train.h"
 #include "parallel/comm.h"
 #include "parallel/ep_dispatch.h"
 #include "parallel/eplb.h"
@@ -265,47 +265,53 @@ MoeConfig tiny() {
     return c;
 }
 
-// One training run on this rank: an EP layout, with or without EPLB.
+// One training run on this rank through the engine: a layout (EP, or a pipeline with EP), with or
+// without EPLB. m and o are this rank's first stage (pipe 0).
 struct TrainRun {
     MoeConfig c;
-    Grid *g;
+    PipeTrainer *p;
     Model *m;
-    AdamW o;
-    TrainRun(MoeConfig c_, int ep, int A, bool eplb) : c(c_) {
+    AdamW *o;
+    int dp, dp_rank, ep;
+    TrainRun(MoeConfig c_, int ep_, int A, bool eplb, int pp = 1, const char *schedule = "1f1b") : c(c_), ep(ep_) {
         c.ep = ep;
+        c.pp = pp;
         c.grad_accum = A;
+        std::snprintf(c.schedule, sizeof c.schedule, "%s", schedule);
         if (!eplb) c.eplb_interval = c.eplb_redundant = 0;
-        g = grid_create(comm_world(), 1, ep, c.E);
-        m = model_create(&c, g->ep_rank, ep);
-        model_init_weights(m);
-        m->grid = g;
-        if (!eplb && ep > 1) model_set_dispatcher(m, ep_dispatcher_create(g->ep_comm, c.E));
-        adamw_init(&o, &m->reg);
-        if (eplb) train_eplb_attach(m, &o, g->ep_comm);
+        Grid *g = grid_create(comm_world(), pp, ep, c.E);
+        dp = g->dp;
+        dp_rank = g->dp_rank;
+        p = pipe_trainer_create(&c, g, &layer_ops_cpu);
+        m = p->ctx[0].m;
+        o = p->ctx[0].o;
     }
-    ~TrainRun() {
-        eplb_runtime_free(m->eplb);
-        model_free(m);
-        adamw_free(&o);
-        grid_free(g);
-    }
+    ~TrainRun() { pipe_trainer_free(p); }
     StepStats step(int s) {
-        const int M = g->dp * c.grad_accum;
+        const int M = dp * c.grad_accum;
         std::vector<int> tok = layout_global_batch(c, M, 91, 2000 + (uint32_t)(s));
         const size_t mb = (size_t)c.batch_size * (c.T + 1);
-        return train_step_tokens(m, &o, &c, s, tok.data() + (size_t)g->dp_rank * c.grad_accum * mb);
+        return pipe_train_step(p, &c, s, tok.data() + (size_t)dp_rank * c.grad_accum * mb);
     }
-    // Logical rows (E, row) of tensor i in buf (weights or a moment): each expert from the lowest slot
-    // holding it. Adds to *mismatch the replicas whose bits differ from that copy.
-    std::vector<float> logical(int i, const float *buf, size_t *mismatch) const {
-        const ParamInfo *p = &m->reg.p[i];
-        const size_t row = p->numel / (size_t)p->local_rows;
-        std::vector<float> all(p->numel * g->ep), out((size_t)c.E * row);
-        comm_allgather(g->ep_comm, buf + p->offset, all.data(), p->numel, COMM_F32);
+    // The figure f (changed, sent) of the last rebalance, summed over this rank's stages.
+    long eplb_sum(long EplbRuntime::*f) const {
+        long n = 0;
+        for (int pipe = 0; pipe < p->n_models; pipe++)
+            if (p->ctx[pipe].eplb) n += p->ctx[pipe].eplb->*f;
+        return n;
+    }
+    // Logical rows (E, row) of tensor i of stage `pipe` in buf (weights or a moment): each expert
+    // from the lowest slot holding it. Adds to *mismatch the replicas whose bits differ from that copy.
+    std::vector<float> logical(int pipe, int i, const float *buf, size_t *mismatch) const {
+        const Model *sm = p->ctx[pipe].m;
+        const ParamInfo *q = &sm->reg.p[i];
+        const size_t row = q->numel / (size_t)q->local_rows;
+        std::vector<float> all(q->numel * ep), out((size_t)c.E * row);
+        comm_allgather(p->ctx[pipe].ep, buf + q->offset, all.data(), q->numel, COMM_F32);
         std::vector<char> seen(c.E, 0);
-        for (int q = 0; q < m->R; q++) {
-            const int e = m->phy2log[(size_t)p->layer * m->R + q];
-            const float *src = &all[(size_t)q * row];
+        for (int k = 0; k < sm->R; k++) {
+            const int e = sm->phy2log[(size_t)q->layer * sm->R + k];
+            const float *src = &all[(size_t)k * row];
             if (!seen[e]) std::copy(src, src + row, &out[(size_t)e * row]);
             else *mismatch += memcmp(src, &out[(size_t)e * row], row * sizeof(float)) != 0;
             seen[e] = 1;
@@ -314,49 +320,59 @@ struct TrainRun {
     }
 };
 
-// Trains the same batches with and without EPLB; *changed = the slots changed over all rebalances.
-// Losses, norms, logical weights and moments must agree within tol relative.
-void compare_runs(MoeConfig c, int ep, int A, double tol, long *changed) {
-    TrainRun plain(c, ep, A, false), eplb(c, ep, A, true);
+// Trains the same batches with and without EPLB (layout: EP ep, A micro-batches, and a pipeline of
+// pp ranks under schedule); *changed = the slots changed over all rebalances and every EP group.
+// Losses, norms, and the logical weights and moments of every stage this rank holds must agree
+// within tol relative.
+void compare_runs(MoeConfig c, int ep, int A, double tol, long *changed, int pp = 1,
+                  const char *schedule = "1f1b") {
+    TrainRun plain(c, ep, A, false, pp, schedule), eplb(c, ep, A, true, pp, schedule);
     long sent = 0;
     int rebalances = 0;
     *changed = 0;
     for (int s = 0; s < c.steps; s++) {
         StepStats a = plain.step(s), b = eplb.step(s);
-        EXPECT_NEAR(b.loss, a.loss, tol * std::fabs(a.loss)) << "step " << s << " ep " << ep;
-        EXPECT_NEAR(b.ce, a.ce, tol * std::fabs(a.ce)) << "step " << s << " ep " << ep;
-        EXPECT_NEAR(b.grad_norm, a.grad_norm, tol * a.grad_norm) << "step " << s << " ep " << ep;
+        EXPECT_NEAR(b.loss, a.loss, tol * std::fabs(a.loss)) << "step " << s << " ep " << ep << " pp " << pp;
+        EXPECT_NEAR(b.ce, a.ce, tol * std::fabs(a.ce)) << "step " << s << " ep " << ep << " pp " << pp;
+        EXPECT_NEAR(b.grad_norm, a.grad_norm, tol * a.grad_norm) << "step " << s << " ep " << ep << " pp " << pp;
         EXPECT_EQ(b.rebalanced, (s + 1) % c.eplb_interval == 0) << "step " << s;
         if (b.rebalanced) {
-            *changed += eplb.m->eplb->changed;
-            sent += eplb.m->eplb->sent;
+            *changed += eplb.eplb_sum(&EplbRuntime::changed);
+            sent += eplb.eplb_sum(&EplbRuntime::sent);
             rebalances++;
         }
     }
     EXPECT_EQ(rebalances, c.steps / c.eplb_interval);
+    // Under a pipeline each stage's EP group moves its own layers' experts: count them all.
+    comm_allreduce(comm_world(), changed, 1, COMM_I64, COMM_SUM);
+    comm_allreduce(comm_world(), &sent, 1, COMM_I64, COMM_SUM);
     if (ep > 1) EXPECT_GT(sent, 0) << "no expert crossed ranks: the test would not see a bad move";
-    const ParamRegistry *ra = &plain.m->reg, *rb = &eplb.m->reg;
-    ASSERT_EQ(ra->n, rb->n);
-    for (int i = 0; i < ra->n; i++) {
-        const ParamInfo *p = &ra->p[i], *q = &rb->p[i];
-        ASSERT_STREQ(p->name, q->name);
-        const float *bufs_a[3] = {ra->data, plain.o.m, plain.o.v};
-        const float *bufs_b[3] = {rb->data, eplb.o.m, eplb.o.v};
-        for (int k = 0; k < 3; k++) {
-            const char *what[3] = {"weights", "AdamW m", "AdamW v"};
-            if (p->kind != PARAM_EXPERT) {
-                EXPECT_LE(layout_rel_err(bufs_b[k] + q->offset, bufs_a[k] + p->offset, p->numel),
-                          p->kind == PARAM_BUFFER ? 0 : tol)
-                    << p->name << " " << what[k] << " ep " << ep;
-                continue;
+    ASSERT_EQ(plain.p->n_models, eplb.p->n_models);
+    for (int pipe = 0; pipe < plain.p->n_models; pipe++) {
+        const ParamRegistry *ra = &plain.p->ctx[pipe].m->reg, *rb = &eplb.p->ctx[pipe].m->reg;
+        const AdamW *oa = plain.p->ctx[pipe].o, *ob = eplb.p->ctx[pipe].o;
+        ASSERT_EQ(ra->n, rb->n);
+        for (int i = 0; i < ra->n; i++) {
+            const ParamInfo *p = &ra->p[i], *q = &rb->p[i];
+            ASSERT_STREQ(p->name, q->name);
+            const float *bufs_a[3] = {ra->data, oa->m, oa->v};
+            const float *bufs_b[3] = {rb->data, ob->m, ob->v};
+            for (int k = 0; k < 3; k++) {
+                const char *what[3] = {"weights", "AdamW m", "AdamW v"};
+                if (p->kind != PARAM_EXPERT) {
+                    EXPECT_LE(layout_rel_err(bufs_b[k] + q->offset, bufs_a[k] + p->offset, p->numel),
+                              p->kind == PARAM_BUFFER ? 0 : tol)
+                        << p->name << " " << what[k] << " ep " << ep << " pp " << pp;
+                    continue;
+                }
+                size_t mismatch = 0;
+                std::vector<float> la = plain.logical(pipe, i, bufs_a[k], &mismatch);
+                EXPECT_EQ(mismatch, 0u);
+                std::vector<float> lb = eplb.logical(pipe, i, bufs_b[k], &mismatch);
+                EXPECT_EQ(mismatch, 0u) << p->name << " " << what[k] << ": replicas differ, ep " << ep;
+                EXPECT_LE(layout_rel_err(lb.data(), la.data(), la.size()), tol)
+                    << p->name << " " << what[k] << " ep " << ep << " pp " << pp;
             }
-            size_t mismatch = 0;
-            std::vector<float> la = plain.logical(i, bufs_a[k], &mismatch);
-            EXPECT_EQ(mismatch, 0u);
-            std::vector<float> lb = eplb.logical(i, bufs_b[k], &mismatch);
-            EXPECT_EQ(mismatch, 0u) << p->name << " " << what[k] << ": replicas differ, ep " << ep;
-            EXPECT_LE(layout_rel_err(lb.data(), la.data(), la.size()), tol)
-                << p->name << " " << what[k] << " ep " << ep;
         }
     }
 }
@@ -375,6 +391,33 @@ TEST(EplbTraining, RebalancingEveryTwoStepsKeepsTheMath) {
             // One rank holds every slot: a plan only moves the redundant replicas, maybe not at all.
             if (ep > 1)
                 EXPECT_GT(changed, 0) << "no rebalance changed a slot: ep " << ep << " extra " << extra;
+        }
+}
+
+TEST(EplbTraining, PipelinesRebalanceEachStage) {
+    // Every stage balances its own MoE layers over its EP group: PP 2 with 1F1B and DualPipe (whose
+    // two copies of a stage plan alike from the same counts), with EP 2 on 4 ranks; and DualPipeV in
+    // one process, whose two stages each have a runtime. The same bounds as without a pipeline.
+    struct Layout {
+        const char *schedule;
+        int pp, ep, C;
+    };
+    const int W = comm_world()->size;
+    std::vector<Layout> layouts;
+    if (W == 1) layouts = {{"dualpipev", 1, 1, 2}};
+    if (W == 2) layouts = {{"1f1b", 2, 1, 2}};
+    if (W == 4) layouts = {{"1f1b", 2, 2, 2}, {"dualpipe", 2, 2, 4}};
+    for (const Layout &k : layouts)
+        for (int extra : {0, k.ep}) {
+            MoeConfig c = tiny();
+            c.L = 4;
+            c.tie_embeddings = 0;  // the embedding and the head on different stages
+            c.eplb_interval = 2;
+            c.eplb_redundant = extra;
+            long changed;
+            compare_runs(c, k.ep, k.C, extra ? TOL : 0.0, &changed, k.pp, k.schedule);
+            if (k.ep > 1)
+                EXPECT_GT(changed, 0) << "no rebalance changed a slot: " << k.schedule << " extra " << extra;
         }
 }
 
@@ -403,8 +446,8 @@ TEST(EplbTraining, SkewedRouterIsBalancedAfterTheFirstRebalance) {
                 run.step(s);
                 for (int l = 0; l < L; l++) {
                     double &x = s < 2 ? before[l] : after[l];
-                    x = std::max(x, run.m->eplb->step_imbalance[l]);
-                    if (s == 1) planned[l] = run.m->eplb->after[l];
+                    x = std::max(x, run.p->ctx[0].eplb->step_imbalance[l]);
+                    if (s == 1) planned[l] = run.p->ctx[0].eplb->after[l];
                 }
             }
             for (int l = 0; l < L; l++) {

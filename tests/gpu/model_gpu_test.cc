@@ -67,7 +67,6 @@ Model *make_model(const MoeConfig &c, const LayerOps *ops) {
     Model *m = model_create(&c, 0, 1);
     model_init_weights(m);
     model_to_device(m, ops);
-    m->count_routes = 1;
     return m;
 }
 
@@ -75,9 +74,10 @@ Model *make_model(const MoeConfig &c, const LayerOps *ops) {
 float forward_backward(Model *m, const std::vector<int> &tok) {
     const MoeConfig &c = m->cfg;
     ModelActs a;
-    float loss = model_forward(m, &a, tok.data(), c.batch_size, c.T, 1);
+    const ModelPass count = {1, 0, nullptr, nullptr};  // the routing counts, as a training step has them
+    float loss = model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &count);
     model_backward_input(m, &a, 1.0f);
-    model_backward_weight(m, &a);
+    model_backward_weight(m, &a, nullptr);
     model_acts_free(m, &a);
     model_counts_to_host(m);
     return loss;

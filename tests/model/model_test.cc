@@ -50,7 +50,7 @@ void check_grads(const MoeConfig &c, bool (*want)(const char *)) {
     ModelActs a;
     model_forward(m, &a, tok.data(), c.batch_size, c.T, 1);
     model_backward_input(m, &a, 1.0f);
-    model_backward_weight(m, &a);
+    model_backward_weight(m, &a, nullptr);
     model_acts_free(m, &a);
     int checked = 0;
     for (int i = 0; i < m->reg.n; i++) {
@@ -201,16 +201,16 @@ TEST(Model, StagesComposeToTheWholeModel) {
     std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 4);
     ModelActs a, a0, a1;
     float lw = model_forward(whole, &a, tok.data(), c.batch_size, c.T, 1);
-    float l0 = model_stage_forward(s0, &a0, tok.data(), nullptr, c.batch_size, c.T, 1);
-    float l1 = model_stage_forward(s1, &a1, tok.data(), a0.h_out, c.batch_size, c.T, 1);
+    float l0 = model_stage_forward(s0, &a0, tok.data(), nullptr, c.batch_size, c.T, 1, nullptr);
+    float l1 = model_stage_forward(s1, &a1, tok.data(), a0.h_out, c.batch_size, c.T, 1, nullptr);
     EXPECT_FLOAT_EQ(lw, l0 + l1);
     for (Model *m : {whole, s0, s1}) params_zero_grad(&m->reg);
     model_backward_input(whole, &a, 0.5f);
-    model_backward_weight(whole, &a);
+    model_backward_weight(whole, &a, nullptr);
     model_stage_backward_input(s1, &a1, nullptr, 0.5f);
-    model_backward_weight(s1, &a1);
+    model_backward_weight(s1, &a1, nullptr);
     model_stage_backward_input(s0, &a0, model_stage_dinput(s1, &a1), 0.5f);
-    model_backward_weight(s0, &a0);
+    model_backward_weight(s0, &a0, nullptr);
     int compared = 0;
     for (Model *st : {s0, s1})
         for (int i = 0; i < st->reg.n; i++) {

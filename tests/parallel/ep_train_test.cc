@@ -4,10 +4,11 @@
 // tensor, and each rank's expert slice) within 1e-5 relative, and bit-identical replicas on the DP
 // ranks. Also with every token routed to one expert (ranks whose experts receive nothing), and the
 // overlaps (shared experts during the dispatch, DP all-reduces during the backward) bit-identical
-// to the sequential order (config keys ep_overlap = 0, dp_overlap = 0).
+// to the sequential order (config keys ep_overlap = 0, dp_overlap = 0), in pipelines too.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <vector>
 
@@ -17,9 +18,8 @@ extern "C" {
 #include "framework/core/rng.h"
 #include "framework/model.h"
 #include "framework/optimizer.h"
-#include "framework/train.h"
+#include "framework/pipe_train.h"
 #include "parallel/comm.h"
-#include "parallel/ep_dispatch.h"
 #include "parallel/grid.h"
 }
 
@@ -46,7 +46,7 @@ size_t replica_mismatches(Comm *c, const std::vector<float> &v) {
 // expert counts of the last step, for the routing checks.
 std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A) {
     Grid *g = grid_create(comm_world(), 1, ep, c.E);
-    const int DP = g->dp, G = DP * A;
+    const int DP = g->dp, G = DP * A, dp_rank = g->dp_rank, ep_rank = g->ep_rank;
     const size_t mb = (size_t)c.batch_size * (c.T + 1);
 
     MoeConfig cr = c;
@@ -59,18 +59,14 @@ std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A) {
     MoeConfig cp = c;
     cp.grad_accum = A;
     cp.ep = ep;
-    Model *m = model_create(&cp, g->ep_rank, ep);
-    model_init_weights(m);
-    m->grid = g;
-    if (ep > 1) model_set_dispatcher(m, ep_dispatcher_create(g->ep_comm, c.E));
-    AdamW o;
-    adamw_init(&o, &m->reg);
+    PipeTrainer *pt = pipe_trainer_create(&cp, g, &layer_ops_cpu);  // owns g (frees it for one process)
+    Model *m = pt->ctx[0].m;
 
     for (int s = 0; s < STEPS; s++) {
         std::vector<int> tok = layout_global_batch(c, G, 77, 1000 + (uint32_t)(s));
         StepStats a = train_step_tokens(ref, &ro, &cr, s, tok.data());
         // Rank (dp_rank) takes micro-batches [dp_rank·A, (dp_rank + 1)·A) of the global batch.
-        StepStats b = train_step_tokens(m, &o, &cp, s, tok.data() + (size_t)g->dp_rank * A * mb);
+        StepStats b = pipe_train_step(pt, &cp, s, tok.data() + (size_t)dp_rank * A * mb);
         EXPECT_NEAR(b.loss, a.loss, TOL * std::fabs(a.loss)) << "step " << s << " ep " << ep;
         EXPECT_NEAR(b.ce, a.ce, TOL * std::fabs(a.ce)) << "step " << s << " ep " << ep;
         EXPECT_NEAR(b.grad_norm, a.grad_norm, TOL * a.grad_norm) << "step " << s << " ep " << ep;
@@ -82,7 +78,7 @@ std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A) {
         const ParamInfo *q = &ref->reg.p[params_find(&ref->reg, p->name)];
         const float *a = m->reg.data + p->offset;
         // An expert tensor here holds slots [ep_rank·n_local, +n_local) of the full one.
-        const float *b = ref->reg.data + q->offset + (p->kind == PARAM_EXPERT ? g->ep_rank * p->numel : 0);
+        const float *b = ref->reg.data + q->offset + (p->kind == PARAM_EXPERT ? ep_rank * p->numel : 0);
         if (p->kind == PARAM_BUFFER) {
             for (size_t j = 0; j < p->numel; j++) EXPECT_EQ(a[j], b[j]) << p->name << "[" << j << "] ep " << ep;
         } else {
@@ -92,22 +88,23 @@ std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A) {
     }
     EXPECT_EQ(compared, ref->reg.n);
 
-    // Replicas stay bit-identical: dense tensors over DP, expert slices over expert-DP.
-    std::vector<float> dense;
-    for (int i = 0; i < m->reg.n; i++)
-        if (m->reg.p[i].kind == PARAM_DENSE)
-            dense.insert(dense.end(), m->reg.data + m->reg.p[i].offset,
-                         m->reg.data + m->reg.p[i].offset + m->reg.p[i].numel);
-    EXPECT_EQ(replica_mismatches(g->dp_comm, dense), 0u) << "dense weights differ over DP, ep " << ep;
-    std::vector<float> all(m->reg.data, m->reg.data + m->reg.total);
-    EXPECT_EQ(replica_mismatches(g->edp_comm, all), 0u) << "weights differ over expert-DP, ep " << ep;
+    // Replicas stay bit-identical: dense tensors over DP, expert slices over expert-DP (one process
+    // has no grid and no replicas).
+    if (pt->grid) {
+        std::vector<float> dense;
+        for (int i = 0; i < m->reg.n; i++)
+            if (m->reg.p[i].kind == PARAM_DENSE)
+                dense.insert(dense.end(), m->reg.data + m->reg.p[i].offset,
+                             m->reg.data + m->reg.p[i].offset + m->reg.p[i].numel);
+        EXPECT_EQ(replica_mismatches(pt->grid->dp_comm, dense), 0u) << "dense weights differ over DP, ep " << ep;
+        std::vector<float> all(m->reg.data, m->reg.data + m->reg.total);
+        EXPECT_EQ(replica_mismatches(pt->grid->edp_comm, all), 0u) << "weights differ over expert-DP, ep " << ep;
+    }
 
     std::vector<long> counts(m->expert_counts, m->expert_counts + (size_t)c.L * c.E);
-    model_free(m);  // the EP dispatcher goes first: it uses the grid's communicator
+    pipe_trainer_free(pt);
     model_free(ref);
-    adamw_free(&o);
     adamw_free(&ro);
-    grid_free(g);
     return counts;
 }
 
@@ -123,47 +120,58 @@ TEST(EpTrain, MatchesTheOneProcessRun) {
     for (int ep : ep_sizes()) compare_with_one_process(tiny(), ep, 2);
 }
 
-// Losses and gradient norms of STEPS steps and the final weights of the EP = world layout, with the
+// A layout of the overlap test: the schedule, pp and EP; micro-batches per step.
+struct OverlapLayout {
+    const char *schedule;
+    int pp, ep, C;
+};
+
+// Losses and gradient norms of STEPS steps and the final weights of this rank's stages, with the
 // overlaps (shared experts during the dispatch, gradient all-reduces during the backward) on or off.
-std::vector<float> overlap_run(bool on, std::vector<float> *weights) {
+std::vector<float> overlap_run(bool on, const OverlapLayout &k, std::vector<float> *weights) {
     MoeConfig c = tiny();
-    c.ep_overlap = c.dp_overlap = on;  // train_step_tokens reads dp_overlap from the model's config
-    c.grad_accum = 2;
-    c.ep = comm_world()->size;
-    Grid *g = grid_create(comm_world(), 1, c.ep, c.E);
-    Model *m = model_create(&c, g->ep_rank, c.ep);
-    model_init_weights(m);
-    m->grid = g;
-    if (c.ep > 1) {
-        MoeDispatcher *d = ep_dispatcher_create(g->ep_comm, c.E);
-        ep_dispatcher_set_overlap(d, on);
-        model_set_dispatcher(m, d);
-    }
-    AdamW o;
-    adamw_init(&o, &m->reg);
+    c.ep_overlap = c.dp_overlap = on;
+    c.grad_accum = k.C;
+    c.ep = k.ep;
+    c.pp = k.pp;
+    std::snprintf(c.schedule, sizeof c.schedule, "%s", k.schedule);
+    Grid *g = grid_create(comm_world(), k.pp, k.ep, c.E);
+    const int dp = g->dp, dp_rank = g->dp_rank;
+    PipeTrainer *p = pipe_trainer_create(&c, g, &layer_ops_cpu);
     std::vector<float> out;
     const size_t mb = (size_t)c.batch_size * (c.T + 1);
     for (int s = 0; s < STEPS; s++) {
-        std::vector<int> tok = layout_global_batch(c, g->dp * 2, 77, 1000 + (uint32_t)s);
-        StepStats st = train_step_tokens(m, &o, &c, s, tok.data() + (size_t)g->dp_rank * 2 * mb);
+        std::vector<int> tok = layout_global_batch(c, dp * k.C, 77, 1000 + (uint32_t)s);
+        StepStats st = pipe_train_step(p, &c, s, tok.data() + (size_t)dp_rank * k.C * mb);
         out.push_back(st.loss);
         out.push_back(st.grad_norm);
     }
-    weights->assign(m->reg.data, m->reg.data + m->reg.total);
-    model_free(m);
-    adamw_free(&o);
-    grid_free(g);
+    weights->clear();
+    for (int pipe = 0; pipe < p->n_models; pipe++)
+        weights->insert(weights->end(), p->ctx[pipe].m->reg.data, p->ctx[pipe].m->reg.data + p->ctx[pipe].m->reg.total);
+    pipe_trainer_free(p);
     return out;
 }
 
+// Every layout honours the overlaps' keys bit for bit: the EP = world layout, and with 4 ranks
+// pipelines (1F1B and DualPipe, PP 2 × EP 2: DP 2), where each stage's DP sync overlaps its own
+// last backward_weight.
 TEST(EpTrain, OverlapsAreBitIdentical) {
-    std::vector<float> wa, wb;
-    std::vector<float> a = overlap_run(true, &wa), b = overlap_run(false, &wb);
-    EXPECT_EQ(a, b);
-    EXPECT_TRUE(wa == wb) << "weights differ with and without the overlaps";
+    const int W = comm_world()->size;
+    std::vector<OverlapLayout> layouts = {{"1f1b", 1, W, 2}};
+    if (W == 4) {
+        layouts.push_back({"1f1b", 2, 2, 2});
+        layouts.push_back({"dualpipe", 2, 2, 4});
+    }
+    for (const OverlapLayout &k : layouts) {
+        std::vector<float> wa, wb;
+        std::vector<float> a = overlap_run(true, k, &wa), b = overlap_run(false, k, &wb);
+        EXPECT_EQ(a, b) << k.schedule << " pp " << k.pp;
+        EXPECT_TRUE(wa == wb) << "weights differ with and without the overlaps: " << k.schedule << " pp " << k.pp;
+    }
 }
 
-// The trainer's model takes ep_overlap from the config: with 0 its dispatcher has no start/finish
+// The engine's model takes ep_overlap from the config: with 0 its dispatcher has no start/finish
 // pair, so the MoE layer waits for the dispatch before the shared experts.
 TEST(EpTrain, EpOverlapKeyReachesTheDispatcher) {
     if (comm_world()->size == 1) GTEST_SKIP() << "EP needs two ranks";
@@ -171,12 +179,11 @@ TEST(EpTrain, EpOverlapKeyReachesTheDispatcher) {
         MoeConfig c = tiny();
         c.ep = comm_world()->size;
         c.ep_overlap = on;
-        Grid *g = grid_create(comm_world(), 1, c.ep, c.E);
-        Model *m = train_model_create(&c, g, &layer_ops_cpu);
+        PipeTrainer *p = pipe_trainer_create(&c, grid_create(comm_world(), 1, c.ep, c.E), &layer_ops_cpu);
+        const Model *m = p->ctx[0].m;
         EXPECT_EQ(m->disp->to_experts_start != NULL, on) << "ep_overlap = " << on;
         EXPECT_EQ(m->disp->finish != NULL, on) << "ep_overlap = " << on;
-        model_free(m);
-        grid_free(g);
+        pipe_trainer_free(p);
     }
 }
 

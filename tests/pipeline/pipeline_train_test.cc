@@ -65,7 +65,7 @@ void compare_weights(const Model *m, const Model *ref, int ep_rank, const std::s
 // DualPipe: this rank's copy of stage s against the partner's copy, bit for bit.
 void check_copies_identical(PipeTrainer *p, const std::string &what) {
     for (int pipe = 0; pipe < 2; pipe++) {
-        const Model *mine = p->model[pipe], *other = p->model[1 - pipe];
+        const Model *mine = p->ctx[pipe].m, *other = p->ctx[1 - pipe].m;
         std::vector<float> got(mine->reg.total);
         comm_sendrecv(p->grid->pp_comm, other->reg.data, other->reg.total, p->partner, got.data(),
                       got.size(), p->partner, COMM_F32, 7);
@@ -133,7 +133,7 @@ Reference train_reference(const MoeConfig &c, int G, const std::vector<int> &val
 void compare_with_one_process(const Case &k, const char *trace) {
     MoeConfig c = tiny();
     Grid *g = grid_create(comm_world(), k.pp, k.ep, c.E);
-    const int DP = g->dp, G = DP * k.C;
+    const int DP = g->dp, G = DP * k.C, dp_rank = g->dp_rank, ep_rank = g->ep_rank;
     const size_t mb = (size_t)c.batch_size * (c.T + 1);
     const std::string what = name_of(k, DP);
     const std::vector<int> val = layout_global_batch(c, 1, 77, 2000 + (uint32_t)(99));
@@ -144,17 +144,18 @@ void compare_with_one_process(const Case &k, const char *trace) {
     cp.pp = k.pp;
     cp.ep = k.ep;
     std::snprintf(cp.schedule, sizeof cp.schedule, "%s", k.schedule);
-    PipeTrainer *p = pipe_trainer_create(&cp, g, &layer_ops_cpu);
+    if (trace) std::snprintf(cp.trace, sizeof cp.trace, "%s", trace);  // the step records its ops
+    PipeTrainer *p = pipe_trainer_create(&cp, g, &layer_ops_cpu);  // owns g (frees it for one process)
     for (int s = 0; s < STEPS; s++) {
         const std::vector<int> tok = layout_global_batch(c, G, 77, 2000 + (uint32_t)(s));
         const StepStats &a = ref.steps[s];
         // Every rank of a pipeline takes micro-batches [dp_rank·C, (dp_rank + 1)·C).
-        StepStats b = pipe_train_step(p, &cp, s, tok.data() + (size_t)g->dp_rank * k.C * mb);
+        StepStats b = pipe_train_step(p, &cp, s, tok.data() + (size_t)dp_rank * k.C * mb);
         EXPECT_NEAR(b.loss, a.loss, TOL * std::fabs(a.loss)) << "step " << s << " " << what;
         EXPECT_NEAR(b.ce, a.ce, TOL * std::fabs(a.ce)) << "step " << s << " " << what;
         EXPECT_NEAR(b.grad_norm, a.grad_norm, TOL * a.grad_norm) << "step " << s << " " << what;
     }
-    for (int pipe = 0; pipe < p->n_models; pipe++) compare_weights(p->model[pipe], ref.m, g->ep_rank, what);
+    for (int pipe = 0; pipe < p->n_models; pipe++) compare_weights(p->ctx[pipe].m, ref.m, ep_rank, what);
     if (p->partner >= 0) check_copies_identical(p, what);
     // Evaluation through the pipeline.
     EXPECT_NEAR(pipe_eval_ce(p, val.data()), ref.eval_ce, TOL * ref.eval_ce) << what;

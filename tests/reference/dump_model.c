@@ -89,7 +89,7 @@ int main(int argc, char **argv) {
     ModelActs a;
     float loss = model_forward(m, &a, tok, B, T, 1);
     model_backward_input(m, &a, 1.0f);
-    model_backward_weight(m, &a);
+    model_backward_weight(m, &a, NULL);
     int64_t ldims[3] = {B, T, c.V}, one = 1;
     // The logits are in the backend's activation dtype: to fp32 there, then to the host.
     const size_t nl = (size_t)B * T * c.V;
