@@ -347,6 +347,16 @@ void compare_runs(MoeConfig c, int ep, int A, double tol, long *changed, int pp 
     comm_allreduce(comm_world(), changed, 1, COMM_I64, COMM_SUM);
     comm_allreduce(comm_world(), &sent, 1, COMM_I64, COMM_SUM);
     if (ep > 1) EXPECT_GT(sent, 0) << "no expert crossed ranks: the test would not see a bad move";
+    // Each runtime observed its own layers' counts: after a step without a rebalance its recorded
+    // imbalance is that of the stage's counts under the placement still in force.
+    for (int pipe = 0; pipe < eplb.p->n_models && c.steps % c.eplb_interval; pipe++) {
+        const PipeStageCtx *x = &eplb.p->ctx[pipe];
+        if (!x->eplb) continue;
+        std::vector<double> rank_load((size_t)x->eplb->s.L * x->eplb->G), imb(x->eplb->s.L);
+        eplb_runtime_rank_load(x->eplb, x->m->expert_counts + (size_t)x->moe0 * c.E, rank_load.data(), imb.data());
+        for (int l = 0; l < x->eplb->s.L; l++)
+            EXPECT_EQ(imb[l], x->eplb->step_imbalance[l]) << "MoE layer " << x->moe0 + l << " pp " << pp;
+    }
     ASSERT_EQ(plain.p->n_models, eplb.p->n_models);
     for (int pipe = 0; pipe < plain.p->n_models; pipe++) {
         const ParamRegistry *ra = &plain.p->ctx[pipe].m->reg, *rb = &eplb.p->ctx[pipe].m->reg;
@@ -411,6 +421,7 @@ TEST(EplbTraining, PipelinesRebalanceEachStage) {
         for (int extra : {0, k.ep}) {
             MoeConfig c = tiny();
             c.L = 4;
+            c.steps = 5;           // the last step observes without rebalancing (checked above)
             c.tie_embeddings = 0;  // the embedding and the head on different stages
             c.eplb_interval = 2;
             c.eplb_redundant = extra;
