@@ -115,34 +115,31 @@ int bench_ep_train(int argc, char **argv) {
     config_set(&c, "ep_overlap", arg(argc, argv, "--ep-overlap", "1"), "command line");
     config_validate(&c);
     Grid *g = grid_create(w, 1, c.ep, c.E);
+    const int ep = g->ep, dp = g->dp, dp_rank = g->dp_rank;
     const LayerOps *o = backend_ops_on(c.device, grid_local_rank(w));
     backend_configure(&c);
-    Model *m = train_model_create(&c, g, o);
-    AdamW opt;
-    adamw_init_on(&opt, &m->reg, o, m->wlow);
+    PipeTrainer *p = pipe_trainer_create(&c, g, o);  // owns g
     // Each data-parallel rank its own random tokens.
     const size_t n = (size_t)c.grad_accum * c.batch_size * (c.T + 1);
     std::vector<int> tok(n);
-    RngStream rng = rng_stream(c.seed, 3 + (uint32_t)g->dp_rank);
+    RngStream rng = rng_stream(c.seed, 3 + (uint32_t)dp_rank);
     for (int &t : tok) t = (int)(rng_next_u32(&rng) % (uint32_t)c.V);
-    const float first = train_step_tokens(m, &opt, &c, 0, tok.data()).loss;  // warm-up
+    const float first = pipe_train_step(p, &c, 0, tok.data()).loss;  // warm-up
     std::vector<double> t(1);
     comm_barrier(w);
     const double t0 = core_now();
     float last = first;
-    for (int s = 1; s <= steps; s++) last = train_step_tokens(m, &opt, &c, s, tok.data()).loss;
+    for (int s = 1; s <= steps; s++) last = pipe_train_step(p, &c, s, tok.data()).loss;
     t[0] = core_now() - t0;
     const double secs = slowest_median(t);
     const double tokens = (double)steps * w->size * c.grad_accum * c.batch_size * c.T;
     if (w->rank == 0)
         std::printf("ep_bench train: world %d = ep %d x dp %d | per-GPU batch %d x %d | %.3f s/step | "
                     "%.0f tokens/s (%.0f per GPU, %.1f TFLOP/s per GPU) | loss %.4f -> %.4f | peak %.1f GiB\n",
-                    w->size, g->ep, g->dp, c.batch_size, c.T, secs / steps, tokens / secs,
+                    w->size, ep, dp, c.batch_size, c.T, secs / steps, tokens / secs,
                     tokens / secs / w->size, tokens / secs / w->size * model_train_flops_per_token(&c) / 1e12,
                     first, last, (double)o->peak_bytes() / (1024.0 * 1024.0 * 1024.0));
-    adamw_free(&opt);
-    model_free(m);  // the model never owns the grid
-    grid_free(g);
+    pipe_trainer_free(p);
     return 0;
 }
 

@@ -300,7 +300,7 @@ double rel_err(const std::vector<float> &a, const float *b, size_t n) {
 std::vector<long> compare_with_one_gpu(MoeConfig c, int ep, int A) {
     const LayerOps *o = gpu();
     Grid *g = grid_create(comm_world(), 1, ep, c.E);
-    const int G = g->dp * A;
+    const int G = g->dp * A, dp = g->dp, dp_rank = g->dp_rank, ep_rank = g->ep_rank, rank = g->rank;
     const size_t mb = (size_t)c.batch_size * (c.T + 1);
 
     MoeConfig cr = c;
@@ -314,20 +314,19 @@ std::vector<long> compare_with_one_gpu(MoeConfig c, int ep, int A) {
     MoeConfig cp = c;
     cp.grad_accum = A;
     cp.ep = ep;
-    Model *m = train_model_create(&cp, g, o);
-    AdamW po;
-    adamw_init_on(&po, &m->reg, o, m->wlow);
+    PipeTrainer *pt = pipe_trainer_create(&cp, g, o);  // owns g
+    Model *m = pt->ctx[0].m;
 
     for (int s = 0; s < STEPS; s++) {
         std::vector<int> tok = global_batch(c, G, s);
         StepStats a = train_step_tokens(ref, &ro, &cr, s, tok.data());
-        StepStats b = train_step_tokens(m, &po, &cp, s, tok.data() + (size_t)g->dp_rank * A * mb);
+        StepStats b = pipe_train_step(pt, &cp, s, tok.data() + (size_t)dp_rank * A * mb);
         EXPECT_NEAR(b.loss, a.loss, TOL * std::fabs(a.loss)) << "step " << s << " ep " << ep;
         EXPECT_NEAR(b.ce, a.ce, TOL * std::fabs(a.ce)) << "step " << s << " ep " << ep;
         EXPECT_NEAR(b.grad_norm, a.grad_norm, TOL * a.grad_norm) << "step " << s << " ep " << ep;
-        if (g->rank == 0)
+        if (rank == 0)
             std::printf("ep %d dp %d step %d: loss %.7f vs one GPU %.7f, grad norm %.7f vs %.7f\n", ep,
-                        g->dp, s, b.loss, a.loss, b.grad_norm, a.grad_norm);
+                        dp, s, b.loss, a.loss, b.grad_norm, a.grad_norm);
     }
 
     std::vector<float> mine(m->reg.total), want(ref->reg.total);
@@ -339,20 +338,18 @@ std::vector<long> compare_with_one_gpu(MoeConfig c, int ep, int A) {
         const ParamInfo *q = &ref->reg.p[params_find(&ref->reg, p->name)];
         std::vector<float> a(mine.begin() + p->offset, mine.begin() + p->offset + p->numel);
         // An expert tensor here holds slots [ep_rank·n_local, +n_local) of the full one.
-        const float *b = want.data() + q->offset + (p->kind == PARAM_EXPERT ? g->ep_rank * p->numel : 0);
+        const float *b = want.data() + q->offset + (p->kind == PARAM_EXPERT ? ep_rank * p->numel : 0);
         const double e = rel_err(a, b, p->numel);
         worst = std::fmax(worst, e);
         EXPECT_LE(e, W_TOL) << p->name << " ep " << ep;
     }
-    if (g->rank == 0)
-        std::printf("ep %d dp %d: worst tensor after %d steps %.2e relative\n", ep, g->dp, STEPS, worst);
+    if (rank == 0)
+        std::printf("ep %d dp %d: worst tensor after %d steps %.2e relative\n", ep, dp, STEPS, worst);
 
     std::vector<long> counts(m->expert_counts, m->expert_counts + (size_t)c.L * c.E);
-    model_free(m);  // the dispatcher goes before the grid whose groups it uses
+    pipe_trainer_free(pt);
     model_free(ref);
-    adamw_free(&po);
     adamw_free(&ro);
-    grid_free(g);
     return counts;
 }
 
@@ -370,22 +367,20 @@ std::vector<float> ep_run(bool overlap, std::vector<float> *weights) {
     c.ep = comm_world()->size;
     c.grad_accum = 2;
     Grid *g = grid_create(comm_world(), 1, c.ep, c.E);
-    Model *m = train_model_create(&c, g, o);
-    AdamW opt;
-    adamw_init_on(&opt, &m->reg, o, m->wlow);
+    const int dp = g->dp, dp_rank = g->dp_rank;
+    PipeTrainer *p = pipe_trainer_create(&c, g, o);  // owns g
+    const Model *m = p->ctx[0].m;
     std::vector<float> out;
     for (int s = 0; s < STEPS; s++) {
-        std::vector<int> tok = global_batch(c, g->dp * c.grad_accum, s);
-        StepStats st = train_step_tokens(m, &opt, &c, s, tok.data() + (size_t)g->dp_rank * c.grad_accum *
-                                                                          c.batch_size * (c.T + 1));
+        std::vector<int> tok = global_batch(c, dp * c.grad_accum, s);
+        StepStats st = pipe_train_step(p, &c, s, tok.data() + (size_t)dp_rank * c.grad_accum *
+                                                                 c.batch_size * (c.T + 1));
         out.push_back(st.loss);
         out.push_back(st.grad_norm);
     }
     weights->resize(m->reg.total);
     o->download(weights->data(), m->reg.data, weights->size() * sizeof(float));
-    model_free(m);
-    adamw_free(&opt);
-    grid_free(g);
+    pipe_trainer_free(p);
     return out;
 }
 
@@ -632,23 +627,18 @@ std::vector<float> eplb_train(bool eplb) {
         c.eplb_redundant = c.ep;
     }
     Grid *g = grid_create(comm_world(), 1, c.ep, c.E);
-    Model *m = train_model_create(&c, g, o);
-    AdamW opt;
-    adamw_init_on(&opt, &m->reg, o, m->wlow);
-    if (eplb) train_eplb_attach(m, &opt, g->ep_comm);
+    const int dp = g->dp, dp_rank = g->dp_rank;
+    PipeTrainer *p = pipe_trainer_create(&c, g, o);  // owns g; EPLB per c
     std::vector<float> out;
     for (int s = 0; s < c.steps; s++) {
-        std::vector<int> tok = global_batch(c, g->dp * c.grad_accum, s);
-        StepStats st = train_step_tokens(m, &opt, &c, s, tok.data() + (size_t)g->dp_rank * c.grad_accum *
-                                                                          c.batch_size * (c.T + 1));
+        std::vector<int> tok = global_batch(c, dp * c.grad_accum, s);
+        StepStats st = pipe_train_step(p, &c, s, tok.data() + (size_t)dp_rank * c.grad_accum *
+                                                                 c.batch_size * (c.T + 1));
         if (eplb) EXPECT_EQ(st.rebalanced, (s + 1) % 2 == 0) << "step " << s;
         out.push_back(st.loss);
         out.push_back(st.grad_norm);
     }
-    eplb_runtime_free(m->eplb);
-    model_free(m);
-    adamw_free(&opt);
-    grid_free(g);
+    pipe_trainer_free(p);
     return out;
 }
 
