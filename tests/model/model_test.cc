@@ -1,6 +1,6 @@
 // The assembled model: backward against central finite differences of the whole loss, bit-identical
-// reruns, layout-independent initialization, the learning-rate schedule, and that training on a fixed
-// batch drives its loss down.
+// reruns, layout-independent initialization, the learning-rate schedule, that training on a fixed
+// batch drives its loss down, and the per-call options of a forward and backward (ModelPass).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -230,6 +230,44 @@ TEST(Model, StagesComposeToTheWholeModel) {
     model_acts_free(s0, &a0);
     model_acts_free(s1, &a1);
     for (Model *m : {whole, s0, s1}) model_free(m);
+}
+
+// What a call does besides the math is its ModelPass, per call: without one a forward counts no
+// routes and returns its loss; with count_routes and defer_loss it counts N·K (token, choice) pairs
+// per MoE layer and returns 0, leaving the same loss in its scalars; layer_done reports every layer
+// of the stage once, last to first.
+TEST(Model, PassOptionsArePerCall) {
+    MoeConfig c = tiny(1);
+    c.L = 3;
+    Model *m = model_create(&c, 0, 1);
+    model_init_weights(m);
+    std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 5);
+    model_reset_counts(m);
+    ModelActs a;
+    const float loss = model_forward(m, &a, tok.data(), c.batch_size, c.T, 1);
+    model_acts_free(m, &a);
+    EXPECT_GT(loss, 0.0f);
+    model_counts_to_host(m);
+    for (int i = 0; i < c.L * c.E; i++) EXPECT_EQ(m->expert_counts[i], 0) << "counted without count_routes";
+
+    std::vector<int> done;
+    const ModelPass train = {1, 1, [](void *ctx, int l) { static_cast<std::vector<int> *>(ctx)->push_back(l); }, &done};
+    EXPECT_EQ(model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &train), 0.0f);
+    std::vector<float> scal(1 + c.L);
+    m->ops->download(scal.data(), a.scalars, scal.size() * sizeof(float));
+    float ce, bal;
+    EXPECT_EQ(model_scalars_loss(m, scal.data(), 1, &ce, &bal), loss);
+    model_backward_input(m, &a, 1.0f);
+    model_backward_weight(m, &a, &train);
+    model_acts_free(m, &a);
+    EXPECT_EQ(done, (std::vector<int>{2, 1, 0}));
+    model_counts_to_host(m);
+    for (int l = 0; l < c.L; l++) {
+        long n = 0;
+        for (int e = 0; e < c.E; e++) n += m->expert_counts[(size_t)l * c.E + e];
+        EXPECT_EQ(n, model_is_moe_layer(m, l) ? (long)c.batch_size * c.T * c.K : 0) << "layer " << l;
+    }
+    model_free(m);
 }
 
 TEST(ModelDeath, TiedEmbeddingsAcrossStages) {
