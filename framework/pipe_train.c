@@ -385,6 +385,9 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         PipeStageCtx *x = &p->ctx[pipe];
         x->training = 0;
+        // The DP overlap starts at the stage's n_mb-th weight backward: that must be its last.
+        CHECK(x->n_fwd == x->n_mb && x->n_wgt == x->n_mb, "stage [%d, %d): %d forwards and %d weight "
+              "backwards, the schedule has %d micro-batches", x->m->l0, x->m->l1, x->n_fwd, x->n_wgt, x->n_mb);
         // Replicas of an expert apply one update: each gets the sum of all the replicas' gradients.
         if (x->eplb) eplb_runtime_sum_replica_grads(x->eplb);
         if (x->sync) dp_sync_finish(x->sync);
