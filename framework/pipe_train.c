@@ -513,6 +513,40 @@ void pipe_eplb_placement(const PipeTrainer *p, int *phy2log) {
     if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, phy2log, n, COMM_I32, COMM_MAX);
 }
 
+void pipe_eplb_figures(const PipeTrainer *p, EplbRuntime *v) {
+    const MoeConfig *c = &p->ctx[0].m->cfg;
+    const int L = c->L - c->n_dense_layers, G = p->grid ? p->grid->ep : 1;
+    // One block: step imbalance, before, after (L each), rank loads before and after (L, G each),
+    // then the slots changed and sent. Each owned stage fills its layers' rows, zeros elsewhere, and
+    // a sum over the pipeline puts every stage's rows (and counts) together.
+    const size_t n = 3 * (size_t)L + 2 * (size_t)L * G + 2;
+    double *b = core_alloc(n * sizeof(double));
+    memset(v, 0, sizeof *v);
+    v->s.L = L;
+    v->G = G;
+    v->step_imbalance = b;
+    v->before = b + L;
+    v->after = b + 2 * L;
+    v->rank_before = b + 3 * L;
+    v->rank_after = v->rank_before + (size_t)L * G;
+    double *slots = v->rank_after + (size_t)L * G;
+    for (int pipe = 0; pipe < p->n_own; pipe++) {
+        const EplbRuntime *rt = p->ctx[pipe].eplb;
+        if (!rt) continue;
+        const size_t at = (size_t)(p->ctx[pipe].moe0 - c->n_dense_layers), nl = (size_t)rt->s.L;
+        memcpy(v->step_imbalance + at, rt->step_imbalance, nl * sizeof(double));
+        memcpy(v->before + at, rt->before, nl * sizeof(double));
+        memcpy(v->after + at, rt->after, nl * sizeof(double));
+        memcpy(v->rank_before + at * G, rt->rank_before, nl * G * sizeof(double));
+        memcpy(v->rank_after + at * G, rt->rank_after, nl * G * sizeof(double));
+        slots[0] += (double)rt->changed;
+        slots[1] += (double)rt->sent;
+    }
+    if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, b, n, COMM_F64, COMM_SUM);
+    v->changed = (long)slots[0];
+    v->sent = (long)slots[1];
+}
+
 void pipe_write_trace(const PipeTrainer *p, const char *path) {
     const Grid *g = p->grid;
     const Schedule *s = p->sched;

@@ -113,6 +113,11 @@ void pipe_expert_counts(const PipeTrainer *p, long *counts);
 // phy2log (L, R): the EPLB placement of the whole model (each stage's runtime places its own layers;
 // -1 on dense layers), on every rank of the pipeline group. Collective over it.
 void pipe_eplb_placement(const PipeTrainer *p, int *phy2log);
+// The EPLB figures of the whole model for the metrics: each stage's runtime's per-layer figures of
+// the last step (and rebalance), gathered over the pipeline into v, a runtime-shaped view over every
+// MoE layer for eplb_runtime_write_metrics (its arrays are one block: core_free(v->step_imbalance)).
+// Collective over the pipeline group.
+void pipe_eplb_figures(const PipeTrainer *p, EplbRuntime *v);
 // Rank 0 writes the last step's op timeline of DP rank 0's pipeline as a Chrome trace (ranks as
 // pids, µs from the first op); collective over the grid. Exits 1 if the file cannot be written.
 void pipe_write_trace(const PipeTrainer *p, const char *path);

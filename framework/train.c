@@ -422,7 +422,10 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
     // stages, by every rank (a collective), before rank 0 writes them.
     long *counts = core_alloc((size_t)c->L * c->E * sizeof(long));  // (L, E)
     pipe_expert_counts(t->pipe, counts);
+    EplbRuntime eplb = {0};  // the EPLB figures of every stage's MoE layers, likewise
+    if (c->eplb_interval > 0) pipe_eplb_figures(t->pipe, &eplb);
     if (!t->metrics) {
+        core_free(eplb.step_imbalance);
         core_free(counts);
         core_free(ems);
         return;
@@ -453,8 +456,8 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
         fputc(']', t->metrics);
         core_free(ems);
     }
-    // The EPLB figures of this rank's first stage (under a pipeline: the MoE layers of stage 0).
-    if (t->pipe->ctx[0].eplb) eplb_runtime_write_metrics(t->pipe->ctx[0].eplb, t->metrics, st->rebalanced);
+    if (eplb.step_imbalance) eplb_runtime_write_metrics(&eplb, t->metrics, st->rebalanced);
+    core_free(eplb.step_imbalance);
     fprintf(t->metrics, "}\n");
     // A full disk shows here (buffered writes fail late): the run stops rather than logging nothing.
     if (fflush(t->metrics) != 0 || ferror(t->metrics))

@@ -4,7 +4,8 @@
 # cross-entropies and gradient norms as the same run without EPLB within 1e-5 relative, and its final
 # checkpoint's logical weights and AdamW moments equal that run's within 1e-5 relative. The checkpoint
 # holds the placement of both stages' layers, and a resume from the checkpoint after the first
-# rebalance ends bit-identical to the uninterrupted run. DualPipe (two copies of each stage, each
+# rebalance ends bit-identical to the uninterrupted run. The metrics carry the EPLB figures of every
+# stage's MoE layers (`moelab plot` draws them). DualPipe (two copies of each stage, each
 # balanced in its own EP group) matches too.
 set -euo pipefail
 moelab="$TEST_SRCDIR/moelab/tools/moelab"
@@ -26,7 +27,13 @@ for s in 2 4; do
     grep -q "eplb: step $s: rebalanced" "$tmp/eplb.log" ||
         { echo "FAIL: no rebalance logged after step $s:"; cat "$tmp/eplb.log"; exit 1; }
 done
-[ "$(grep -c '"eplb": {"before": \[' "$tmp/eplb.jsonl")" = 2 ] || { echo "FAIL: metrics lack the eplb figures"; exit 1; }
+# The metrics' EPLB figures cover the MoE layers of both stages (1 on the first, 2 and 3 on the second).
+[ "$(grep -c '"eplb": {"before": \[[0-9.]*, [0-9.]*, [0-9.]*\], "after": \[[0-9.]*, [0-9.]*, [0-9.]*\]' "$tmp/eplb.jsonl")" = 2 ] &&
+    [ "$(grep -c '"rank_imbalance": \[[0-9.]*, [0-9.]*, [0-9.]*\]' "$tmp/eplb.jsonl")" = 4 ] ||
+    { echo "FAIL: the metrics' eplb figures do not cover every stage's MoE layers:"; cat "$tmp/eplb.jsonl"; exit 1; }
+"$moelab" plot --metrics "$tmp/eplb.jsonl" --out "$tmp/eplb.svg" >"$tmp/plot.log"
+grep -q "plot: 4 logged steps x 3 MoE layers x 8 experts, 2 rebalances" "$tmp/plot.log" ||
+    { echo "FAIL: moelab plot of the pipeline's metrics:"; cat "$tmp/plot.log"; exit 1; }
 close_steps "$tmp/plain.jsonl" "$tmp/eplb.jsonl" 1234
 
 # close_checkpoints A B: every tensor and moment of two checkpoints (logical tensors: each expert once,
