@@ -184,6 +184,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     p->n_own = p->partner >= 0 ? 1 : p->n_models;
     p->ops = ops;
     p->overlap = c->dp_overlap;
+    p->eplb = c->eplb_interval > 0;
     const int on_gpu = ops->dev != CORE_CPU;
     // On GPUs gradients and token rows stay in device memory and travel over NCCL twins of the
     // grid's groups; counts, losses and norms still travel over the host groups.
@@ -332,7 +333,7 @@ static double grad_sqsum(PipeTrainer *p) {
     // The duplicate slots' share, over each stage's EP group, then over the pipeline.
     for (int pipe = 0; pipe < p->n_own; pipe++)
         if (p->ctx[pipe].eplb) dup += eplb_runtime_duplicate_sqsum(p->ctx[pipe].eplb);
-    if (g && g->pp > 1 && p->ctx[0].m->cfg.eplb_interval > 0) comm_allreduce(g->pp_comm, &dup, 1, COMM_F64, COMM_SUM);
+    if (g && g->pp > 1 && p->eplb) comm_allreduce(g->pp_comm, &dup, 1, COMM_F64, COMM_SUM);
     return sq - dup;
 }
 
@@ -356,6 +357,20 @@ static void step_means(PipeTrainer *p, int C, double *means) {
     if (g && g->pp > 1) comm_allreduce(g->pp_comm, means, 2, COMM_F64, COMM_SUM);
     means[0] /= C;
     means[1] /= C;
+}
+
+// The rebalance after step `step`: every stage's MoE layers, gathered over the pipeline, in one
+// line on rank 0. Collective over the pipeline group.
+static void log_rebalance(const PipeTrainer *p, int step) {
+    EplbRuntime v;
+    pipe_eplb_figures(p, &v);
+    char buf[1024], *at = buf;
+    for (int l = 0; l < v.s.L && at < buf + sizeof buf - 32; l++)
+        at += sprintf(at, " %.2f->%.2f", v.before[l], v.after[l]);
+    core_info0("eplb: step %d: rebalanced | rank load max/mean before->after per MoE layer:%s | "
+               "%ld of %d slots changed, %ld copied between ranks", step + 1, buf, v.changed,
+               v.s.L * p->ctx[0].m->R, v.sent);
+    core_free(v.step_imbalance);
 }
 
 StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const int *tokens) {
@@ -439,7 +454,8 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
     }
     core_free(imb);
     // Every stage rebalances after the same steps (a stage without MoE layers has no runtime).
-    st.rebalanced = c->eplb_interval > 0 && (step + 1) % c->eplb_interval == 0;
+    st.rebalanced = p->eplb && (step + 1) % c->eplb_interval == 0;
+    if (st.rebalanced) log_rebalance(p, step);
     if (g && g->pp > 1) comm_allreduce(g->pp_comm, p->imbalance, (size_t)c->L, COMM_F32, COMM_MAX);
     p->ops->sync();  // a GPU step is done when its last kernel is
     st.seconds = core_now() - t0;

@@ -79,6 +79,7 @@ typedef struct PipeTrainer {
     PipeStage stage[2];  // [pipe] the executor's view of ctx[pipe]
     int overlap;         // dp_overlap: the DP sync of a stage without EPLB runs during its last
                          // backward_weight
+    int eplb;            // EPLB runs (cfg.eplb_interval > 0): each stage with MoE layers has a runtime
     float *imbalance;    // (L) per-layer max/mean tokens per expert of the last step, whole pipeline
     SimEvent *trace;     // (n_ops of this rank) the last step's ops with start/end (µs)
     int borrowed;        // the stage is a caller's model and optimizer (train_step_tokens)

@@ -402,16 +402,7 @@ static void move_slots(EplbRuntime *rt, const SlotMove *mv, int nm) {
     core_free(cnt);
 }
 
-static void log_rebalance(const EplbRuntime *rt, int step) {
-    char buf[1024], *p = buf;
-    for (int l = 0; l < rt->s.L && p < buf + sizeof buf - 32; l++)
-        p += sprintf(p, " %.2f->%.2f", rt->before[l], rt->after[l]);
-    core_info0("eplb: step %d: rebalanced | rank load max/mean before->after per MoE layer:%s | "
-               "%ld of %d slots changed, %ld copied between ranks", step + 1, buf, rt->changed,
-               rt->s.L * rt->s.R, rt->sent);
-}
-
-static void rebalance(EplbRuntime *rt, int step) {
+static void rebalance(EplbRuntime *rt) {
     const int L = rt->s.L, E = rt->s.E, R = rt->s.R;
     eplb_runtime_rank_load(rt, rt->load, rt->rank_before, rt->before);
     double *load = core_alloc((size_t)L * E * sizeof(double));  // (L, E)
@@ -439,7 +430,6 @@ static void rebalance(EplbRuntime *rt, int step) {
     core_free(next);
     install_placement(rt);
     eplb_runtime_rank_load(rt, rt->load, rt->rank_after, rt->after);
-    log_rebalance(rt, step);
 }
 
 int eplb_runtime_step(EplbRuntime *rt, const long *counts, int step) {
@@ -449,7 +439,7 @@ int eplb_runtime_step(EplbRuntime *rt, const long *counts, int step) {
     core_free(rl);
     for (size_t i = 0; i < LE; i++) rt->load[i] += counts[i];
     if ((step + 1) % rt->s.interval != 0) return 0;
-    rebalance(rt, step);
+    rebalance(rt);
     memset(rt->load, 0, LE * sizeof(long));
     return 1;
 }

@@ -93,7 +93,7 @@ double eplb_runtime_duplicate_sqsum(EplbRuntime *rt);
 // End of optimizer step `step` (0-based); counts (L, E) are the step's tokens per logical expert over
 // all DP ranks (the same on every rank). Records the step's rank imbalance and adds the counts to the
 // interval's load; after every interval-th step (step + 1 ≡ 0 mod interval) plans, moves the slots
-// whose expert changes, switches the dispatchers, logs before → after on rank 0, and returns 1. A layer
+// whose expert changes, switches the dispatchers and returns 1 (the engine logs the figures). A layer
 // whose plan does not balance the interval's loads strictly better than its current placement keeps
 // it. Collective over ep.
 int eplb_runtime_step(EplbRuntime *rt, const long *counts, int step);

@@ -427,8 +427,9 @@ TEST(EplbTraining, PipelinesRebalanceEachStage) {
             c.eplb_redundant = extra;
             long changed;
             compare_runs(c, k.ep, k.C, extra ? TOL : 0.0, &changed, k.pp, k.schedule);
-            if (k.ep > 1)
+            if (k.ep > 1) {
                 EXPECT_GT(changed, 0) << "no rebalance changed a slot: " << k.schedule << " extra " << extra;
+            }
         }
 }
 
