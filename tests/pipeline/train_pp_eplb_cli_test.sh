@@ -24,7 +24,9 @@ eplb=(--eplb-interval 2 --eplb-redundant 2)
 mpi 4 "$moelab" train "${args[@]}" --out "$tmp/plain" --metrics "$tmp/plain.jsonl" >"$tmp/plain.log"
 mpi 4 "$moelab" train "${args[@]}" "${eplb[@]}" --out "$tmp/eplb" --metrics "$tmp/eplb.jsonl" >"$tmp/eplb.log"
 for s in 2 4; do
-    grep -q "eplb: step $s: rebalanced" "$tmp/eplb.log" ||
+    # One line per rebalance, with the MoE layers of both stages.
+    grep -q "eplb: step $s: rebalanced | rank load max/mean before->after per MoE layer: [0-9.]*->[0-9.]* [0-9.]*->[0-9.]* [0-9.]*->[0-9.]* |" \
+        "$tmp/eplb.log" ||
         { echo "FAIL: no rebalance logged after step $s:"; cat "$tmp/eplb.log"; exit 1; }
 done
 # The metrics' EPLB figures cover the MoE layers of both stages (1 on the first, 2 and 3 on the second).
