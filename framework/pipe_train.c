@@ -312,27 +312,16 @@ static void copy_sum(PipeTrainer *p, int counts) {
 }
 
 // Σ g² of the whole model, every logical tensor once: the stages this rank owns (DualPipe's up
-// stages are copies of other ranks' down stages), summed over the grid, less EPLB's replicas.
+// stages are copies of other ranks' down stages), each summed over the grid, less EPLB's replicas
+// (each stage's over its EP group, then over the pipeline).
 static double grad_sqsum(PipeTrainer *p) {
     const Grid *g = p->grid;
     double sq = 0, dup = 0;
-    if (g) {
-        int n = 0;
-        for (int pipe = 0; pipe < p->n_own; pipe++) n += p->ctx[pipe].n_grads;
-        DpGrad *t = core_alloc((size_t)n * sizeof *t);
-        n = 0;
-        for (int pipe = 0; pipe < p->n_own; pipe++) {
-            memcpy(t + n, p->ctx[pipe].grads, (size_t)p->ctx[pipe].n_grads * sizeof *t);
-            n += p->ctx[pipe].n_grads;
-        }
-        sq = dp_sync_grad_sqsum(g, t, n);
-        core_free(t);
-    } else {
-        for (int pipe = 0; pipe < p->n_own; pipe++) sq += optim_grad_sqsum_on(p->ops, &p->ctx[pipe].m->reg, -1);
+    for (int pipe = 0; pipe < p->n_own; pipe++) {
+        const PipeStageCtx *x = &p->ctx[pipe];
+        sq += g ? dp_sync_grad_sqsum(g, x->grads, x->n_grads) : optim_grad_sqsum_on(p->ops, &x->m->reg, -1);
+        if (x->eplb) dup += eplb_runtime_duplicate_sqsum(x->eplb);
     }
-    // The duplicate slots' share, over each stage's EP group, then over the pipeline.
-    for (int pipe = 0; pipe < p->n_own; pipe++)
-        if (p->ctx[pipe].eplb) dup += eplb_runtime_duplicate_sqsum(p->ctx[pipe].eplb);
     if (g && g->pp > 1 && p->eplb) comm_allreduce(g->pp_comm, &dup, 1, COMM_F64, COMM_SUM);
     return sq - dup;
 }

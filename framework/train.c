@@ -58,19 +58,12 @@ static void join(char *out, size_t n, const char *dir, const char *file) {
 // The Philox stream of the sample drawn at the end of training (saved in checkpoints).
 static const uint32_t SAMPLE_STREAM = 7;
 
-// The model this rank trains in pipe `pipe` (pipe 0: the down pipe, the whole model in a plain run)
-// and its optimizer (o may be NULL).
-static Model *trainer_model_of(const Trainer *t, int pipe, AdamW **o) {
-    if (o) *o = t->pipe->ctx[pipe].o;
-    return t->pipe->ctx[pipe].m;
-}
-
 // This process's place in a checkpoint for its model of pipe `pipe`: one part file per model stage
 // and data-parallel rank (part = stage·DP + dp_rank of S·DP, so the parts follow the model's order;
 // S = 1 without a pipeline, where part = rank); the non-expert tensors of each stage written by its
 // DP rank 0, each expert row by its first expert-data-parallel replica.
 static CkptShard trainer_shard(Trainer *t, int pipe) {
-    const Model *m = trainer_model_of(t, pipe, NULL);
+    const Model *m = t->pipe->ctx[pipe].m;
     CkptShard sh = ckpt_shard_of(m);
     // The slots hold the experts of the model's placement (EPLB rewrites it; replicas included).
     sh.R = m->R;
@@ -148,8 +141,8 @@ static void trainer_resume(Trainer *t) {
     // Every held model loads its stage's tensors (both copies of a DualPipe stage: they stay equal).
     CkptState st;
     for (int pipe = 0; pipe < t->pipe->n_models; pipe++) {
-        AdamW *o;
-        Model *m = trainer_model_of(t, pipe, &o);
+        Model *m = t->pipe->ctx[pipe].m;
+        AdamW *o = t->pipe->ctx[pipe].o;
         const CkptShard sh = trainer_shard(t, pipe);
         CkptStage s;
         stage_open(&s, m, o);
@@ -171,8 +164,8 @@ static void trainer_save(Trainer *t) {
     ckpt_step_path(t->cfg.out, t->step, path, sizeof path);
     const CkptState st = {t->step, loader_get_pos(t->train), rng_stream(t->cfg.seed, SAMPLE_STREAM),
                           t->lineage};
-    AdamW *o;
-    Model *m = trainer_model_of(t, 0, &o);
+    Model *m = t->pipe->ctx[0].m;  // pipe 0: the down pipe, the whole model in a plain run
+    AdamW *o = t->pipe->ctx[0].o;
     // A pipeline stage counts only its own layers' tokens (and places only its own layers' experts):
     // the whole model's are gathered over the stages.
     long *counts = core_alloc((size_t)t->cfg.L * t->cfg.E * sizeof(long));  // (L, E)
@@ -192,8 +185,8 @@ static void trainer_save(Trainer *t) {
     } else {
         // DualPipe's up stages are copies of other ranks' down stages: only the down copy is saved.
         for (int pipe = 0; pipe < t->pipe->n_own; pipe++) {
-            AdamW *po;
-            Model *pm = trainer_model_of(t, pipe, &po);
+            Model *pm = t->pipe->ctx[pipe].m;
+            AdamW *po = t->pipe->ctx[pipe].o;
             const CkptShard psh = trainer_shard(t, pipe);
             stage_open(&s, pm, po);
             ckpt_save_part(path, &psh, s.m, s.o);
@@ -402,7 +395,7 @@ static void json_num(FILE *f, const char *key, double v, const char *fmt) {
 static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, int steps) {
     const MoeConfig *c = &t->cfg;
     const Model *m = t->pipe->ctx[0].m;  // for model_is_moe_layer
-    const float *imb = t->pipe->imbalance;
+    const float *imb = t->pipe->imbalance;  // (L)
     const int L = c->L;
     char ib[512] = "", *p = ib;
     for (int l = 0; l < L && p < ib + sizeof ib - 16; l++)
