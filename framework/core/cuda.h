@@ -127,8 +127,9 @@ __device__ __forceinline__ void core_st_vec(T *p, const float *x) {
     for (int i = 0; i < W; i++) core_st(&r.v[i], x[i]);
     *reinterpret_cast<CoreVec<T, W> *>(p) = r;
 }
-// Whether W-element accesses fit: every pointer aligned to W elements and rows of D = k·W.
-static inline int core_vec_ok(int W, size_t elem, int D, const void *const *ptrs, int n) {
+// Whether W-element accesses fit: every pointer aligned to W elements and rows (or a whole buffer)
+// of D = k·W elements.
+static inline int core_vec_ok(int W, size_t elem, long D, const void *const *ptrs, int n) {
     if (D % W) return 0;
     for (int i = 0; i < n; i++)
         if (ptrs[i] && (size_t)ptrs[i] % (W * elem)) return 0;
