@@ -15,6 +15,11 @@
 #include "layers/rope.h"
 
 static void cpu_zero(void *p, size_t bytes) { if (bytes) memset(p, 0, bytes); }
+static void *cpu_alloc_uninit(size_t bytes) {
+    void *p = core_alloc(bytes);
+    memset(p, 0xFF, bytes);
+    return p;
+}
 static void cpu_copy(void *dst, const void *src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
 static void cpu_sync(void) {}
 static size_t cpu_peak_bytes(void) { return 0; }
@@ -209,6 +214,7 @@ const LayerOps layer_ops_cpu = {
     .dt = CORE_F32,
     .act_size = sizeof(float),
     .alloc = core_alloc,
+    .alloc_uninit = cpu_alloc_uninit,
     .free = core_free,
     .zero = cpu_zero,
     .copy = cpu_copy,

@@ -19,12 +19,16 @@
 // ---------------------------------------------------------------------------------------------
 // Memory: the device's default pool, used on core_cuda's stream.
 
-static void *cu_alloc(size_t bytes) {
+static void *cu_alloc_uninit(size_t bytes) {
     if (bytes == 0) return NULL;
     void *p = NULL;
     cudaError_t e = cudaMallocAsync(&p, bytes, core_stream());
     CHECK(e == cudaSuccess, "out of GPU memory allocating %zu bytes (%s)", bytes, cudaGetErrorString(e));
-    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, core_stream()));
+    return p;
+}
+static void *cu_alloc(size_t bytes) {
+    void *p = cu_alloc_uninit(bytes);
+    if (p) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, core_stream()));
     return p;
 }
 static void cu_free(void *p) {
@@ -380,6 +384,7 @@ static void fill(LayerOps *t, const char *name) {
     t->dt = DT;
     t->act_size = core_dtype_size(DT);
     t->alloc = cu_alloc;
+    t->alloc_uninit = cu_alloc_uninit;
     t->free = cu_free;
     t->zero = cu_zero;
     t->copy = cu_copy;

@@ -33,8 +33,12 @@ typedef struct LayerOps {
     CoreDtype dt;
     size_t act_size;     // bytes per element of dt
 
-    // Memory. alloc zero-fills and never returns NULL (one clear error instead).
+    // Memory. alloc zero-fills and never returns NULL (one clear error instead). alloc_uninit is for
+    // a buffer the caller writes in full before reading it: on a GPU it skips the fill (the MoE
+    // layer's buffers are gigabytes a step); the CPU table fills it with 0xFF bytes (NaN, expert
+    // id -1) so that a read before the write shows in the CPU tests.
     void *(*alloc)(size_t bytes);
+    void *(*alloc_uninit)(size_t bytes);
     void (*free)(void *p);
     void (*zero)(void *p, size_t bytes);
     void (*copy)(void *dst, const void *src, size_t bytes);        // within dev
