@@ -45,21 +45,14 @@ double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind
     return s;
 }
 
-void optim_scale_grads_on(const LayerOps *ops, ParamRegistry *r, float s) {
-    for (int i = 0; i < r->n; i++) {
-        const ParamInfo *p = &r->p[i];
-        if (p->kind != PARAM_BUFFER) ops->grad_scale(r->grad + p->offset, (long)p->numel, s);
-    }
-}
-
 float optim_clip_factor(float norm, float clip) {
     return clip > 0.0f && norm > clip ? clip / norm : 1.0f;
 }
 
-void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr) {
+void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float gscale) {
     prof_mark(PROF_OPTIM);
     o->t++;
-    const AdamwHyper h = {lr, c->beta1, c->beta2, c->adam_eps, c->weight_decay, o->t};
+    const AdamwHyper h = {lr, c->beta1, c->beta2, c->adam_eps, c->weight_decay, o->t, gscale};
     for (int i = 0; i < r->n; i++) {
         const ParamInfo *pi = &r->p[i];
         if (pi->kind == PARAM_BUFFER) continue;

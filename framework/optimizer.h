@@ -31,12 +31,11 @@ float optim_lr(const MoeConfig *c, int step);
 // Σ g² over the trained tensors of kind `kind` (-1: all trained kinds), accumulated in double, for
 // a registry whose buffers live on backend ops.
 double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind);
-// Multiplies every trained gradient by s (buffers on ops).
-void optim_scale_grads_on(const LayerOps *ops, ParamRegistry *r, float s);
 // Clip factor for a global gradient norm: min(1, clip / norm) (1 when clip is 0).
 float optim_clip_factor(float norm, float clip);
-// One AdamW step with learning rate lr (PyTorch's AdamW: p ← p(1 − lr·wd), then the Adam update).
-void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr);
+// One AdamW step with learning rate lr (PyTorch's AdamW: p ← p(1 − lr·wd), then the Adam update) on
+// the gradients times gscale (the clip factor, optim_clip_factor; the buffers keep their values).
+void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float gscale);
 
 #ifdef __cplusplus
 }

@@ -277,8 +277,7 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
         Model *m = p->model[pipe];
         dp_sync_sum_counts(g, m->expert_counts, (size_t)c->L * c->E);
         model_counts_to_device(m);  // the bias update reads the global counts where it runs
-        if (clip != 1.0f) optim_scale_grads_on(m->ops, &m->reg, clip);
-        adamw_step(&p->opt[pipe], &m->reg, c, st.lr);
+        adamw_step(&p->opt[pipe], &m->reg, c, st.lr, clip);
         model_router_bias_update(m, n_tokens);
         float *imb = core_alloc((size_t)c->L * sizeof(float));  // (L) zero outside this stage
         model_load_imbalance(m, imb);

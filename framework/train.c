@@ -163,9 +163,8 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
         return st;
     }
     float clip = optim_clip_factor(st.grad_norm, c->grad_clip);
-    if (clip != 1.0f) optim_scale_grads_on(m->ops, &m->reg, clip);
     st.lr = optim_lr(c, step);
-    adamw_step(o, &m->reg, c, st.lr);
+    adamw_step(o, &m->reg, c, st.lr, clip);
     model_router_bias_update(m, n_tokens);
     if (m->eplb)
         st.rebalanced = eplb_runtime_step(m->eplb, m->expert_counts + (size_t)c->n_dense_layers * c->E, step);

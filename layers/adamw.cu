@@ -8,10 +8,10 @@
 template <typename L>
 __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, long n, float lr,
                              float b1, float b2, float eps, float decay, double bc1, double bc2,
-                             L *p_low) {
+                             float gscale, L *p_low) {
     long j = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= n) return;
-    float gj = g[j];
+    float gj = g[j] * gscale;
     float mj = b1 * m[j] + (1.0f - b1) * gj;
     float vj = b2 * v[j] + (1.0f - b2) * gj * gj;
     float mhat = (float)(mj / bc1), vhat = (float)(vj / bc2);
@@ -27,7 +27,7 @@ static void step(float *p, const float *g, float *m, float *v, long n, const Ada
                  float decay, void *p_low) {
     double bc1 = 1.0 - pow(h->beta1, (double)h->t), bc2 = 1.0 - pow(h->beta2, (double)h->t);
     adamw_kernel<L><<<core_blocks(n, 256), 256, 0, core_stream()>>>(
-        p, g, m, v, n, h->lr, h->beta1, h->beta2, h->eps, decay, bc1, bc2, (L *)p_low);
+        p, g, m, v, n, h->lr, h->beta1, h->beta2, h->eps, decay, bc1, bc2, h->gscale, (L *)p_low);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -188,11 +188,12 @@ static void cpu_adamw_step(float *p, const float *g, float *m, float *v, long n,
     CHECK(p_low == NULL, "the CPU backend keeps no low-precision copy of the weights");
     const double bc1 = 1.0 - pow(h->beta1, (double)h->t), bc2 = 1.0 - pow(h->beta2, (double)h->t);
     const float b1 = h->beta1, b2 = h->beta2, eps = h->eps, lr = h->lr;
-    const float d = decay ? 1.0f - lr * h->weight_decay : 1.0f;
+    const float d = decay ? 1.0f - lr * h->weight_decay : 1.0f, gs = h->gscale;
 #pragma omp parallel for schedule(static)
     for (long j = 0; j < n; j++) {
-        m[j] = b1 * m[j] + (1.0f - b1) * g[j];
-        v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
+        const float gj = g[j] * gs;
+        m[j] = b1 * m[j] + (1.0f - b1) * gj;
+        v[j] = b2 * v[j] + (1.0f - b2) * gj * gj;
         float mhat = (float)(m[j] / bc1), vhat = (float)(v[j] / bc2);
         p[j] = p[j] * d - lr * mhat / (sqrtf(vhat) + eps);
     }

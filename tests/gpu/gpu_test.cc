@@ -980,8 +980,10 @@ TEST_F(Gpu, AdamW) {
         Vec g = rnd(n, -0.5f, 0.5f);
         memcpy(r.grad, g.data(), n * sizeof(float));
         BufP dGr = put_f32(g);
-        adamw_step(&o, &r, &c, lr);
-        AdamwHyper h = {lr, c.beta1, c.beta2, c.adam_eps, c.weight_decay, step};
+        // Steps 2 and 3 clip: the factor scales the gradients as they are read.
+        const float gscale = step == 1 ? 1.0f : 0.37f * (float)step;
+        adamw_step(&o, &r, &c, lr, gscale);
+        AdamwHyper h = {lr, c.beta1, c.beta2, c.adam_eps, c.weight_decay, step, gscale};
         for (int i = 0; i < r.n; i++) {
             const ParamInfo *pi = &r.p[i];
             adamw_cuda_step(dP->f() + pi->offset, dGr->f() + pi->offset, dM->f() + pi->offset,

@@ -343,7 +343,7 @@ int main() {
     float *m = (float *)core_device_alloc(CORE_CUDA, np * 4);
     float *vv = (float *)core_device_alloc(CORE_CUDA, np * 4);
     void *plow = core_device_alloc(CORE_CUDA, np * 2);
-    AdamwHyper hy = {3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1};
+    AdamwHyper hy = {3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 1.0f};
     row("adamw step (1e8 params, bf16 copy)", time_it([&] {
             adamw_cuda_step(p, pg, m, vv, np, &hy, 1, plow, BF);
         }), (4 * 4 + 3 * 4 + 2) * (double)np, 0);
