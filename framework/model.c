@@ -609,26 +609,36 @@ float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int
     return model_stage_forward(m, a, tokens, NULL, B, T, with_targets);
 }
 
-void model_stage_backward_input(Model *m, ModelActs *a, const float *dh_out, float scale) {
+// The head's part of backward_input: dh (N, D) = ∂(scale · CE)/∂h_out.
+static void head_backward_input(Model *m, ModelActs *a, float *dh, float scale) {
     const MoeConfig *c = &m->cfg;
     const int N = a->N, D = c->D;
-    CHECK(a->has_targets, "backward needs a forward with targets");
-    CHECK(m->last || dh_out != NULL, "stage [%d, %d) needs the next stage's gradient", m->l0, m->l1);
     const LayerOps *o = m->ops;
     const size_t x = o->act_size;
+    prof_mark(PROF_HEAD);
+    o->zero(a->dlogits, (size_t)N * c->V * x);
+    o->crossentropy_backward_input(a->dlogits, a->logits, a->lse, a->targets, scale / (float)N, N, c->V);
+    o->zero(a->dhf, (size_t)N * D * x);
+    o->linear_backward_input(a->dhf, a->dlogits, m->lm_head, N, D, c->V);
+    o->zero(dh, (size_t)N * D * x);
+    o->rmsnorm_backward_input(dh, a->dhf, a->h_out, m->final_norm, a->rstdf, N, D);
+}
+
+// The head's weight gradients (LM head and final norm).
+static void head_backward_weight(Model *m, ModelActs *a) {
+    const int N = a->N, D = m->cfg.D;
+    prof_mark(PROF_HEAD);
+    m->ops->linear_backward_weight(m->d_lm_head, a->dlogits, a->hf, N, D, m->cfg.V);
+    m->ops->rmsnorm_backward_weight(m->d_final_norm, a->dhf, a->h_out, a->rstdf, N, D);
+}
+
+void model_stage_backward_input(Model *m, ModelActs *a, const float *dh_out, float scale) {
+    const int N = a->N;
+    CHECK(a->has_targets, "backward needs a forward with targets");
+    CHECK(m->last || dh_out != NULL, "stage [%d, %d) needs the next stage's gradient", m->l0, m->l1);
     float *dh = dh_at(m, a, m->l1);
-    if (m->last) {
-        prof_mark(PROF_HEAD);
-        o->zero(a->dlogits, (size_t)N * c->V * x);
-        o->crossentropy_backward_input(a->dlogits, a->logits, a->lse, a->targets, scale / (float)N, N,
-                                       c->V);
-        o->zero(a->dhf, (size_t)N * D * x);
-        o->linear_backward_input(a->dhf, a->dlogits, m->lm_head, N, D, c->V);
-        o->zero(dh, (size_t)N * D * x);
-        o->rmsnorm_backward_input(dh, a->dhf, a->h_out, m->final_norm, a->rstdf, N, D);
-    } else {
-        o->copy(dh, dh_out, (size_t)N * D * x);
-    }
+    if (m->last) head_backward_input(m, a, dh, scale);
+    else m->ops->copy(dh, dh_out, (size_t)N * m->cfg.D * m->ops->act_size);
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
         ffn_backward_input(m, l, la, dh_at(m, a, l + 1), N, scale);
@@ -640,17 +650,34 @@ void model_backward_input(Model *m, ModelActs *a, float scale) {
     model_stage_backward_input(m, a, NULL, scale);
 }
 
+void model_backward(Model *m, ModelActs *a, float scale) {
+    const int N = a->N;
+    CHECK(m->first && m->last, "model_backward needs the whole model");
+    CHECK(a->has_targets, "backward needs a forward with targets");
+    head_backward_input(m, a, dh_at(m, a, m->l1), scale);
+    head_backward_weight(m, a);
+    for (int l = m->l1 - 1; l >= m->l0; l--) {
+        LayerActs *la = &a->layer[l];
+        ffn_backward_input(m, l, la, dh_at(m, a, l + 1), N, scale);
+        ffn_backward_weight(m, l, la, dh_at(m, a, l + 1), N);
+        // The layer's expert rows, gradients and scratch are done with: gone before the next layer's.
+        if (model_is_moe_layer(m, l)) moe_acts_free(&la->moe, disp_of(m, l));
+        attn_backward_input(m, &m->w[l], la, dh_at(m, a, l), a->B, a->T);
+        attn_backward_weight(m, &m->g[l], la, N);
+        if (m->layer_grads_done) m->layer_grads_done(m->layer_grads_ctx, l);
+    }
+    prof_mark(PROF_EMBED);
+    m->ops->embedding_backward_weight(m->d_embed, a->dh, a->inputs, N, m->cfg.V, m->cfg.D);
+    prof_mark(PROF_OTHER);
+}
+
 const float *model_stage_dinput(const Model *m, const ModelActs *a) { return dh_at(m, a, m->l0); }
 
 void model_backward_weight(Model *m, ModelActs *a) {
     const MoeConfig *c = &m->cfg;
     const int N = a->N, D = c->D;
     const LayerOps *o = m->ops;
-    if (m->last) {
-        prof_mark(PROF_HEAD);
-        o->linear_backward_weight(m->d_lm_head, a->dlogits, a->hf, N, D, c->V);
-        o->rmsnorm_backward_weight(m->d_final_norm, a->dhf, a->h_out, a->rstdf, N, D);
-    }
+    if (m->last) head_backward_weight(m, a);
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
         ffn_backward_weight(m, l, la, dh_at(m, a, l + 1), N);

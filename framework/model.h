@@ -157,6 +157,10 @@ void model_stage_backward_input(Model *m, ModelActs *a, const float *dh_out, flo
 const float *model_stage_dinput(const Model *m, const ModelActs *a);
 // Accumulates (+=) the weight gradients of the micro-batch into m->reg.grad.
 void model_backward_weight(Model *m, ModelActs *a);
+// model_backward_input then model_backward_weight with the same results, bit for bit, but layer by
+// layer (input, then weight, from the last layer down), freeing each MoE layer's rows as soon as its
+// weight gradients are done: the peak holds one layer's backward buffers instead of all of them.
+void model_backward(Model *m, ModelActs *a, float scale);
 void model_acts_free(Model *m, ModelActs *a);
 // The loss model_stage_forward returns, from a copy of a->scalars on the host (1 + L); sets *ce
 // and *bal as it sets a->ce and a->bal. with_targets as given to the forward.

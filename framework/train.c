@@ -129,10 +129,16 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
         model_forward(m, &a, tokens + (size_t)mb * B * (T + 1), B, T, 1);
         m->ops->copy(dscal + (size_t)mb * ns, a.scalars, ns * sizeof(float));
         if (m->grid && mb == 0) grid_test_die_at(m->grid, step);
-        // The step's objective is the mean over micro-batches: each contributes 1/A.
-        model_backward_input(m, &a, 1.0f / (float)A);
-        if (m->grid && mb == A - 1) grad_sync_begin(m, &gs);
-        model_backward_weight(m, &a);
+        // The step's objective is the mean over micro-batches: each contributes 1/A. With a grid the
+        // weight pass waits for the whole input pass: the DP gradient sync, which starts as layers'
+        // weight gradients complete, then never interleaves with the input pass's EP exchanges.
+        if (m->grid) {
+            model_backward_input(m, &a, 1.0f / (float)A);
+            if (mb == A - 1) grad_sync_begin(m, &gs);
+            model_backward_weight(m, &a);
+        } else {
+            model_backward(m, &a, 1.0f / (float)A);
+        }
         model_acts_free(m, &a);
     }
     m->defer_loss = 0;
