@@ -42,7 +42,15 @@ static void acts_free(const LayerOps *o, SwigluActs *a) {
     o->free(a->db);
 }
 
-// out (N, D) = shared expert j of x (N, D), keeping its activations in a->sh[j].
+// The gate's output h is needed again only by backward_weight's W2 gradient, which recomputes it
+// from a and b (ops_swiglu_backward_weight): not keeping it saves a third of the expert activations
+// for one elementwise pass, the trade torch.compile makes too.
+static void drop_h(const LayerOps *o, SwigluActs *h) {
+    o->free(h->h);
+    h->h = NULL;
+}
+
+// out (N, D) = shared expert j of x (N, D), keeping its activations in a->sh[j] (all but h).
 static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, const float *x,
                            const MoeShape *s, const MoeParams *p) {
     const int N = a->N, D = s->D, Fe = s->Fe;
@@ -53,6 +61,7 @@ static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, cons
     const long w = (long)j * Fe * D;
     ops_swiglu_forward(o, out, h, x, at(o, p->sw1, w), at(o, p->sw3, w), at(o, p->sw2, w), &a->N, 1, D,
                        Fe);
+    drop_h(o, h);
 }
 
 void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const MoeParams *p,
@@ -110,6 +119,7 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
     }
     prof_mark(PROF_EXPERTS);
     ops_swiglu_forward(o, a->ye, &a->ex, a->xe, p->w1, p->w3, p->w2, a->counts, L, D, Fe);
+    drop_h(o, &a->ex);
     prof_mark(PROF_DISPATCH);
     a->out_nk = xout(o, (long)N * K * D);
     d->from_experts(d, a->plan, a->ye, a->out_nk, D);

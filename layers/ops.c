@@ -304,7 +304,16 @@ void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, vo
 void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float *dw2,
                                 const SwigluActs *acts, const void *x, const void *dout,
                                 const int *counts, int G, int D, int F) {
-    o->linear_backward_weight_grouped(dw2, dout, acts->h, counts, G, F, D);
+    // A caller that dropped h after the forward (the MoE layer: a gigabyte a layer at the bench
+    // shapes) gets it recomputed from a and b, the same kernel on the same inputs: the same bits.
+    const long n = total_rows(counts, G) * F;
+    void *h = acts->h;
+    if (!h && n > 0) {
+        h = o->alloc_uninit((size_t)n * o->act_size);
+        o->swiglu_act_forward(h, acts->a, acts->b, n);
+    }
+    o->linear_backward_weight_grouped(dw2, dout, h, counts, G, F, D);
+    if (h != acts->h) o->free(h);
     o->linear_backward_weight_grouped(dw1, acts->da, x, counts, G, D, F);
     o->linear_backward_weight_grouped(dw3, acts->db, x, counts, G, D, F);
 }

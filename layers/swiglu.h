@@ -11,7 +11,7 @@ extern "C" {
 typedef struct {
     float *a;   // W1 x
     float *b;   // W3 x
-    float *h;   // silu(a) ⊙ b
+    float *h;   // silu(a) ⊙ b; may be dropped (NULL) after the forward: backward_weight recomputes it
     float *da;  // ∂L/∂a, written by backward_input, read by backward_weight
     float *db;  // ∂L/∂b, likewise
 } SwigluActs;
