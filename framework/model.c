@@ -497,16 +497,16 @@ static void ffn_backward_input(Model *m, int l, LayerActs *la, const float *dh_o
     const int D = c->D;
     const LayerWeights *w = &m->w[l];
     const LayerOps *o = m->ops;
-    o->zero(la->dm, (size_t)N * D * o->act_size);
     if (model_is_moe_layer(m, l)) {
         // The balance loss enters the objective as scale·alpha·L_bal (dh_out is already scaled).
         MoeShape shape = m->moe_shape;
         shape.alpha *= scale;
+        o->zero(la->dm, (size_t)N * D * o->act_size);  // the MoE layer adds its parts into it
         moe_backward_input(la->dm, &la->moe, dh_out, &shape, &w->moe, disp_of(m, l));
     } else {
         prof_mark(PROF_FFN);
-        void *dh = o->alloc((size_t)N * c->F * o->act_size);
-        ops_swiglu_backward_input(o, la->dm, &la->ffn, dh, dh_out, w->w1, w->w3, w->w2, &N, 1, D, c->F);
+        void *dh = o->alloc_uninit((size_t)N * c->F * o->act_size);
+        ops_swiglu_backward_input(o, la->dm, &la->ffn, dh, dh_out, w->w1, w->w3, w->w2, &N, 1, D, c->F, 0);
         o->free(dh);
     }
     prof_mark(PROF_NORM);

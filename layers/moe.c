@@ -160,11 +160,11 @@ void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *
     a->dye = xout(o, R * D);
     d->to_experts(d, a->plan, nk, 1, a->dye, D);
     prof_mark(PROF_EXPERTS);
-    a->ex.da = xout(o, R * Fe);  // zeroed by ops_swiglu_backward_input, as is dh
+    a->ex.da = xout(o, R * Fe);  // written by ops_swiglu_backward_input, as are dh and dxe
     a->ex.db = xout(o, R * Fe);
     void *dh = xout(o, R * Fe);   // (n_rows, Fe) scratch
-    void *dxe = xalloc(o, R * D);   // (n_rows, D) ∂L/∂xe
-    ops_swiglu_backward_input(o, dxe, &a->ex, dh, a->dye, p->w1, p->w3, p->w2, a->counts, L, D, Fe);
+    void *dxe = xout(o, R * D);   // (n_rows, D) ∂L/∂xe
+    ops_swiglu_backward_input(o, dxe, &a->ex, dh, a->dye, p->w1, p->w3, p->w2, a->counts, L, D, Fe, 0);
     o->free(dh);
     prof_mark(PROF_DISPATCH);
     d->from_experts(d, a->plan, dxe, nk, D);
@@ -182,7 +182,7 @@ void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *
             h->db = xout(o, (long)N * Fe);
             long w = (long)j * Fe * D;
             ops_swiglu_backward_input(o, dx, h, sdh, dy, at(o, p->sw1, w), at(o, p->sw3, w),
-                                      at(o, p->sw2, w), &N, 1, D, Fe);
+                                      at(o, p->sw2, w), &N, 1, D, Fe, 1);
         }
         o->free(sdh);
     }

@@ -78,7 +78,10 @@ static void cpu_linear_forward_grouped(void *out, const void *inp, const void *W
                    counts[e], IC, OC);
 }
 static void cpu_linear_backward_input_grouped(void *dinp, const void *dout, const void *W,
-                                              const int *counts, int G, int IC, int OC) {
+                                              const int *counts, int G, int IC, int OC, int acc) {
+    long rows = 0;
+    for (int e = 0; e < G; e++) rows += counts[e];
+    if (!acc) cpu_zero(dinp, (size_t)rows * IC * sizeof(float));
     FOR_GROUPS(counts, G)
     linear_backward_input((float *)dinp + off * IC, (const float *)dout + off * OC,
                           (const float *)W + e * OC * IC, counts[e], IC, OC);
@@ -286,19 +289,16 @@ void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const vo
 
 void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
                                const void *dout, const void *w1, const void *w3, const void *w2,
-                               const int *counts, int G, int D, int F) {
+                               const int *counts, int G, int D, int F, int acc) {
     const long n = total_rows(counts, G) * F;
     // Groups without rows may come with NULL buffers: nothing to do.
     if (n == 0) return;
-    // dh, da and db are fresh per call (the accumulating calls add into them); only dx accumulates.
-    const size_t bytes = (size_t)n * o->act_size;
-    o->zero(scratch_dh, bytes);
-    o->zero(acts->da, bytes);
-    o->zero(acts->db, bytes);
-    o->linear_backward_input_grouped(scratch_dh, dout, w2, counts, G, F, D);
+    // dh, da and db are written, never added to, so they need no zero fill and no read of zeros;
+    // dx gets the first product written (acc = 0) or added, the second added.
+    o->linear_backward_input_grouped(scratch_dh, dout, w2, counts, G, F, D, 0);
     o->swiglu_act_backward(acts->da, acts->db, scratch_dh, acts->a, acts->b, n);
-    o->linear_backward_input_grouped(dx, acts->da, w1, counts, G, D, F);
-    o->linear_backward_input_grouped(dx, acts->db, w3, counts, G, D, F);
+    o->linear_backward_input_grouped(dx, acts->da, w1, counts, G, D, F, acc);
+    o->linear_backward_input_grouped(dx, acts->db, w3, counts, G, D, F, 1);
 }
 
 void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float *dw2,

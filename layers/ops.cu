@@ -251,8 +251,8 @@ static void cu_linear_forward_grouped(void *out, const void *inp, const void *W,
 }
 template <CoreDtype DT>
 static void cu_linear_backward_input_grouped(void *dinp, const void *dout, const void *W,
-                                             const int *counts, int G, int IC, int OC) {
-    linear_cuda_backward_input_grouped(DT, dinp, dout, W, counts, G, IC, OC);
+                                             const int *counts, int G, int IC, int OC, int acc) {
+    linear_cuda_backward_input_grouped(DT, dinp, dout, W, counts, G, IC, OC, acc);
 }
 template <CoreDtype DT>
 static void cu_linear_backward_weight_grouped(float *dW, const void *dout, const void *inp,

@@ -15,7 +15,7 @@ __global__ void swiglu_forward_kernel(T *h, const T *a, const T *b, long n) {
     core_st_vec<W>(h + i, x);
 }
 
-// silu'(a) = s + a·s·(1 − s) with s = sigmoid(a).
+// da, db = the gate's gradients (written, not added); silu'(a) = s + a·s·(1 − s), s = sigmoid(a).
 template <typename T, int W>
 __global__ void swiglu_backward_kernel(T *da, T *db, const T *dh, const T *a, const T *b, long n) {
     long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * W;
@@ -24,13 +24,11 @@ __global__ void swiglu_backward_kernel(T *da, T *db, const T *dh, const T *a, co
     core_ld_vec<W>(x, a + i);
     core_ld_vec<W>(y, b + i);
     core_ld_vec<W>(g, dh + i);
-    core_ld_vec<W>(ga, da + i);
-    core_ld_vec<W>(gb, db + i);
 #pragma unroll
     for (int j = 0; j < W; j++) {
         float s = 1.0f / (1.0f + expf(-x[j]));
-        ga[j] += g[j] * y[j] * s * (1.0f + x[j] * (1.0f - s));
-        gb[j] += g[j] * x[j] * s;
+        ga[j] = g[j] * y[j] * s * (1.0f + x[j] * (1.0f - s));
+        gb[j] = g[j] * x[j] * s;
     }
     core_st_vec<W>(da + i, ga);
     core_st_vec<W>(db + i, gb);

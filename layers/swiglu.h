@@ -18,7 +18,7 @@ typedef struct {
 
 // Elementwise gate: h (N, F) = silu(a) ⊙ b
 void swiglu_act_forward(float *h, const float *a, const float *b, long n);
-// da, db (n) += gradients given dh (n)
+// da, db (n) = gradients given dh (n) (written, not added)
 void swiglu_act_backward(float *da, float *db, const float *dh, const float *a, const float *b, long n);
 
 // out (N, D) = W2 (D, F) · (silu(W1 (F, D) x) ⊙ (W3 (F, D) x)); x (N, D). Fills acts->a, b, h.

@@ -141,7 +141,7 @@ void expert_gemms(int R, int nE, int nD, int nF) {
         const char *names[3] = {"  forward D->Fe", "  backward_input", "  backward_weight (fp32 dW)"};
         auto product = [&](int kind) {
             if (kind == 0) linear_cuda_forward_grouped(BF, BF, he, xe, we, c.data(), nE, nD, nF);
-            if (kind == 1) linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), nE, nD, nF);
+            if (kind == 1) linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), nE, nD, nF, 1);
             if (kind == 2) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), nE, nD, nF);
         };
         for (int kind = 0; kind < 3; kind++) {
