@@ -358,11 +358,7 @@ static void acts_carve(const Model *m, ModelActs *a) {
         if (!model_is_moe_layer(m, l)) {
             la->ffn.a = arena_x(m, a, N * c->F); la->ffn.b = arena_x(m, a, N * c->F);
             la->ffn.h = arena_x(m, a, N * c->F);
-            la->ffn.da = arena_x(m, a, N * c->F); la->ffn.db = arena_x(m, a, N * c->F);
         }
-        la->d_h_mid = arena_x(m, a, N * D);
-        la->dq = arena_x(m, a, N * qd); la->dk = arena_x(m, a, N * kd); la->dv = arena_x(m, a, N * kd);
-        la->da = arena_x(m, a, N * D); la->dm = arena_x(m, a, N * D);
     }
     a->h_out = arena_x(m, a, N * D);
     a->dh = arena_x(m, a, ((size_t)(m->l1 - m->l0) + 1) * N * D);
@@ -390,10 +386,35 @@ static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
     m->ops->zero(a->scalars, (1 + (size_t)m->cfg.L) * sizeof(float));
 }
 
+// A layer's backward buffers (LayerActs' d* and ffn.da, ffn.db), each (N, width) elements of the
+// activation dtype, written before they are read.
+static float *bwd_alloc(const Model *m, int N, int width) {
+    return m->ops->alloc_uninit((size_t)N * width * m->ops->act_size);
+}
+static void bwd_free(const Model *m, float **p) {
+    m->ops->free(*p);
+    *p = NULL;
+}
+static void ffn_bwd_free(const Model *m, LayerActs *la) {
+    bwd_free(m, &la->dm);
+    bwd_free(m, &la->ffn.da);
+    bwd_free(m, &la->ffn.db);
+}
+static void attn_bwd_free(const Model *m, LayerActs *la) {
+    bwd_free(m, &la->d_h_mid);
+    bwd_free(m, &la->dq);
+    bwd_free(m, &la->dk);
+    bwd_free(m, &la->dv);
+    bwd_free(m, &la->da);
+}
+
 void model_acts_free(Model *m, ModelActs *a) {
     if (a->layer)
-        for (int l = m->l0; l < m->l1; l++)
+        for (int l = m->l0; l < m->l1; l++) {
             if (model_is_moe_layer(m, l)) moe_acts_free(&a->layer[l].moe, disp_of(m, l));
+            ffn_bwd_free(m, &a->layer[l]);  // a backward_input without its backward_weight
+            attn_bwd_free(m, &a->layer[l]);
+        }
     core_free(a->layer);
     m->ops->free(a->arena);
     memset(a, 0, sizeof *a);
@@ -429,6 +450,10 @@ static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs
     const size_t x = o->act_size;
     // do and the RoPE'd gradients are temporaries: backward_weight needs only dq, dk, dv, da.
     prof_mark(PROF_ATTN);
+    la->dq = bwd_alloc(m, (int)N, qd);
+    la->dk = bwd_alloc(m, (int)N, kd);
+    la->dv = bwd_alloc(m, (int)N, kd);
+    la->da = bwd_alloc(m, (int)N, D);
     void *d_o = o->alloc(N * qd * x);
     void *dqr = o->alloc(N * qd * x);
     void *dkr = o->alloc(N * kd * x);
@@ -451,7 +476,7 @@ static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs
     o->free(dkr);
 }
 
-static void attn_backward_weight(const Model *m, LayerWeights *g, const LayerActs *la, int N) {
+static void attn_backward_weight(const Model *m, LayerWeights *g, LayerActs *la, int N) {
     const MoeConfig *c = &m->cfg;
     const int D = c->D, qd = c->H * m->hd, kd = c->Hkv * m->hd;
     const LayerOps *o = m->ops;
@@ -462,6 +487,7 @@ static void attn_backward_weight(const Model *m, LayerWeights *g, const LayerAct
     o->linear_backward_weight(g->wv, la->dv, la->a, N, D, kd);
     prof_mark(PROF_NORM);
     o->rmsnorm_backward_weight(g->attn_norm, la->da, la->h_in, la->rstd1, N, D);
+    attn_bwd_free(m, la);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -497,6 +523,8 @@ static void ffn_backward_input(Model *m, int l, LayerActs *la, const float *dh_o
     const int D = c->D;
     const LayerWeights *w = &m->w[l];
     const LayerOps *o = m->ops;
+    la->dm = bwd_alloc(m, N, D);
+    la->d_h_mid = bwd_alloc(m, N, D);
     if (model_is_moe_layer(m, l)) {
         // The balance loss enters the objective as scale·alpha·L_bal (dh_out is already scaled).
         MoeShape shape = m->moe_shape;
@@ -505,6 +533,8 @@ static void ffn_backward_input(Model *m, int l, LayerActs *la, const float *dh_o
         moe_backward_input(la->dm, &la->moe, dh_out, &shape, &w->moe, disp_of(m, l));
     } else {
         prof_mark(PROF_FFN);
+        la->ffn.da = bwd_alloc(m, N, c->F);
+        la->ffn.db = bwd_alloc(m, N, c->F);
         void *dh = o->alloc_uninit((size_t)N * c->F * o->act_size);
         ops_swiglu_backward_input(o, la->dm, &la->ffn, dh, dh_out, w->w1, w->w3, w->w2, &N, 1, D, c->F, 0);
         o->free(dh);
@@ -525,6 +555,7 @@ static void ffn_backward_weight(Model *m, int l, LayerActs *la, const float *dh_
     }
     prof_mark(PROF_NORM);
     m->ops->rmsnorm_backward_weight(g->ffn_norm, la->dm, la->h_mid, la->rstd2, N, c->D);
+    ffn_bwd_free(m, la);
 }
 
 // ---------------------------------------------------------------------------------------------

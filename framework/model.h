@@ -79,7 +79,8 @@ typedef struct {
     SwigluActs ffn;     // (N, F) dense FFN activations
     MoeActs moe;        // MoE layer activations
     float *ffn_out;     // (N, D)
-    // Written by backward_input, read by backward_weight:
+    // Allocated and written by backward_input, read and freed by backward_weight (outside the
+    // arena, so that model_backward holds one layer's at a time); ffn.da and ffn.db likewise:
     float *d_h_mid;     // (N, D)
     float *dq, *dk, *dv;  // gradients of the projections (before RoPE)
     float *da, *dm;     // (N, D) gradients of the two RMSNorm outputs

@@ -13,10 +13,9 @@
 
 static const LayerOps *ops_of(const MoeDispatcher *d) { return d->ops ? d->ops : &layer_ops_cpu; }
 
-// n elements of the backend's activation dtype, and n fp32 values, in the backend's memory: zero-filled
-// for the buffers that calls accumulate into, and not (ops.h's alloc_uninit) for those that a call
-// writes in full first; the latter are most of the layer's gigabytes a step.
-static void *xalloc(const LayerOps *o, long n) { return o->alloc((size_t)n * o->act_size); }
+// n fp32 values zero-filled (for the calls that add into them), and n elements of the backend's
+// activation dtype or n fp32 values not filled (ops.h's alloc_uninit) for the buffers that a call
+// writes in full first: most of the layer's gigabytes a step.
 static float *falloc(const LayerOps *o, long n) { return o->alloc((size_t)n * sizeof(float)); }
 static void *xout(const LayerOps *o, long n) { return o->alloc_uninit((size_t)n * o->act_size); }
 static float *fout(const LayerOps *o, long n) { return o->alloc_uninit((size_t)n * sizeof(float)); }
