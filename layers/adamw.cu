@@ -44,33 +44,21 @@ void adamw_cuda_step(float *p, const float *g, float *m, float *v, long n, const
 
 // part (gridDim.x) = Σ g² over the elements i ≡ this block's threads (mod the grid's size).
 __global__ void sqsum_partial_kernel(double *part, const float *g, long n) {
-    __shared__ double acc[SQ_THREADS];
     double s = 0.0;
     for (long i = (long)blockIdx.x * SQ_THREADS + threadIdx.x; i < n;
          i += (long)gridDim.x * SQ_THREADS)
         s += (double)g[i] * g[i];
-    acc[threadIdx.x] = s;
-    __syncthreads();
-    for (int w = SQ_THREADS / 2; w > 0; w /= 2) {
-        if (threadIdx.x < w) acc[threadIdx.x] += acc[threadIdx.x + w];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) part[blockIdx.x] = acc[0];
+    s = core_block_sum(s);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 
-// *sum += Σ part (nparts) in a fixed order: thread i adds parts i, i + SQ_THREADS, ..., then the
-// block's tree. One block (a single thread took 28 µs per call: 4 ms of a bench step).
+// *sum += Σ part (nparts) in a fixed order, in one block (one thread took 28 µs per call: 4 ms
+// of a bench step).
 __global__ void sqsum_final_kernel(double *sum, const double *part, int nparts) {
-    __shared__ double acc[SQ_THREADS];
     double s = 0.0;
     for (int b = threadIdx.x; b < nparts; b += SQ_THREADS) s += part[b];
-    acc[threadIdx.x] = s;
-    __syncthreads();
-    for (int w = SQ_THREADS / 2; w > 0; w /= 2) {
-        if (threadIdx.x < w) acc[threadIdx.x] += acc[threadIdx.x + w];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) *sum += acc[0];
+    s = core_block_sum(s);
+    if (threadIdx.x == 0) *sum += s;
 }
 
 void adamw_cuda_sqsum(double *sum, const float *g, long n) {

@@ -89,19 +89,13 @@ void crossentropy_cuda_backward_input(CoreDtype dt, void *dlogits, const void *l
     CORE_DTYPE_CALL(dt, backward, dlogits, logits, lse, targets, dloss, N, V);
 }
 
-// One block: thread i sums losses i, i + THREADS, ... in double, then the block adds the THREADS
-// partial sums in a fixed tree order.
+// One block: thread i sums losses i, i + THREADS, ... in double, then the block adds the partial
+// sums in a fixed order.
 __global__ void crossentropy_mean_kernel(float *out, const float *losses, int N) {
-    __shared__ double acc[THREADS];
     double s = 0.0;
     for (int i = threadIdx.x; i < N; i += THREADS) s += losses[i];
-    acc[threadIdx.x] = s;
-    __syncthreads();
-    for (int w = THREADS / 2; w > 0; w /= 2) {
-        if (threadIdx.x < w) acc[threadIdx.x] += acc[threadIdx.x + w];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) *out = (float)(acc[0] / N);
+    s = core_block_sum(s);
+    if (threadIdx.x == 0) *out = (float)(s / N);
 }
 
 void crossentropy_cuda_mean(float *out, const float *losses, int N) {
