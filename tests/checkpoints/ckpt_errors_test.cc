@@ -358,6 +358,27 @@ TEST_F(CheckpointErrors, SaveKilledMidWriteLeavesThePreviousCheckpoint) {
     free_state(other);
 }
 
+// A view that does not hold what a save or load needs is the caller's bug (exit 1), found before any
+// file is touched.
+TEST_F(CheckpointErrors, ViewWithoutBothMomentsIsRefused) {
+    State s = make_state(c_, 0, 1);
+    CkptShard sh = shard_of(s.m);
+    CkptState st;
+    memset(&st, 0, sizeof st);
+    const std::string path = dir_ + "/view.h5";
+    CkptView v = *view(s);
+    v.v = nullptr;
+    EXPECT_EXIT(ckpt_save(path.c_str(), &sh, &v, &st, nullptr), ExitedWithCode(1),
+                "checkpoint view: values, and both AdamW moments");
+    EXPECT_EXIT(ckpt_load(single_.c_str(), &sh, &v, nullptr), ExitedWithCode(1), "checkpoint view");
+    v.m = v.v = nullptr;  // weights only: loads, but is nothing to save
+    v.adam_t = nullptr;
+    EXPECT_EXIT(ckpt_save(path.c_str(), &sh, &v, &st, nullptr), ExitedWithCode(1),
+                "checkpoint save: the view has no AdamW moments");
+    for (const std::string &n : list_dir(dir_)) EXPECT_EQ(n.find("view.h5"), std::string::npos) << n;
+    free_state(s);
+}
+
 // A diverged state is never saved: the save fails (exit 1) before it creates any file.
 TEST_F(CheckpointErrors, SaverRefusesNonFiniteValues) {
     State s = make_state(c_, 0, 1);

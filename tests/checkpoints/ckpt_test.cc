@@ -64,6 +64,38 @@ TEST(Checkpoint, RoundTripRestoresEveryTensorAndState) {
     free_state(b);
 }
 
+// The checkpoint code reads and writes only the view's buffers, never the registry's own (which are
+// device memory for a model on a GPU): a save and a load through host copies, with the registry's
+// buffers gone, round-trip every tensor, and AdamW's t through the view.
+TEST(Checkpoint, ViewOfHostCopiesLeavesTheRegistryBuffersAlone) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    State a = make_state(c, 0, 1);
+    const size_t n = a.m->reg.total;
+    std::vector<float> data(a.m->reg.data, a.m->reg.data + n), m(a.o.m, a.o.m + n), v(a.o.v, a.o.v + n);
+    ParamRegistry names = a.m->reg;  // the tensor table only
+    names.data = names.grad = nullptr;
+    long t = a.o.t;
+    const CkptView out = {&c, &names, data.data(), m.data(), v.data(), &t};
+    const std::string path = temp_dir() + "/host.h5";
+    CkptShard sh = shard_of(a.m);
+    const CkptState st = some_state();
+    ckpt_save(path.c_str(), &sh, &out, &st, nullptr);
+
+    State b = blank_state(c, 0, 1);
+    std::vector<float> bd(n, 0.0f), bm(n, 0.0f), bv(n, 0.0f);
+    long bt = 0;
+    const CkptView in = {&c, &names, bd.data(), bm.data(), bv.data(), &bt};
+    ckpt_load(path.c_str(), &sh, &in, nullptr);
+    memcpy(b.m->reg.data, bd.data(), n * sizeof(float));
+    memcpy(b.o.m, bm.data(), n * sizeof(float));
+    memcpy(b.o.v, bv.data(), n * sizeof(float));
+    b.o.t = bt;
+    expect_same(a, b);
+    free_state(a);
+    free_state(b);
+}
+
 TEST(Checkpoint, WeightsOnlyLoadLeavesOptimizerAlone) {
     core_set_quiet(1);
     const MoeConfig c = tiny();
