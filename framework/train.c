@@ -419,6 +419,14 @@ static void report_stale(const char *dir) {
                   dir, n, n == 1 ? "" : "s", first, dir);
 }
 
+// A full disk shows at the flush (buffered writes fail late): the run stops rather than logging
+// nothing.
+static void metrics_flush(Trainer *t) {
+    if (fflush(t->metrics) != 0 || ferror(t->metrics))
+        core_fatal_at(__FILE__, __LINE__, CORE_EXIT_FAILURE, "cannot write --metrics %s: %s", t->cfg.metrics,
+                      strerror(errno));
+}
+
 Trainer *trainer_create(const MoeConfig *cfg) {
     Trainer *t = core_alloc(sizeof *t);
     t->cfg = *cfg;
@@ -487,6 +495,11 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     if (c->metrics[0] && core_rank() == 0) {
         t->metrics = fopen(c->metrics, "w");
         if (!t->metrics) core_usage_error("cannot write --metrics %s: %s", c->metrics, strerror(errno));
+        // The first line says which settings produced the file: every key, as this run resolved it.
+        fputs("{\"config\": ", t->metrics);
+        config_write_json(c, t->metrics);
+        fputs("}\n", t->metrics);
+        metrics_flush(t);
     }
     if (c->out[0]) {
         ckpt_make_dir(c->out);
@@ -675,10 +688,7 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
     }
     if (t->model->eplb) eplb_runtime_write_metrics(t->model->eplb, t->metrics, st->rebalanced);
     fprintf(t->metrics, "}\n");
-    // A full disk shows here (buffered writes fail late): the run stops rather than logging nothing.
-    if (fflush(t->metrics) != 0 || ferror(t->metrics))
-        core_fatal_at(__FILE__, __LINE__, CORE_EXIT_FAILURE, "cannot write --metrics %s: %s", c->metrics,
-                      strerror(errno));
+    metrics_flush(t);
 }
 
 // Prints cfg.sample_tokens tokens generated from a newline (the same random numbers every time, so
