@@ -7,7 +7,7 @@
 #define MOELAB_FRAMEWORK_MODEL_H
 
 #include "framework/core/config.h"
-#include "framework/params.h"
+#include "framework/core/params.h"
 #include "layers/moe.h"
 #include "layers/ops.h"
 #include "layers/swiglu.h"

@@ -5,7 +5,7 @@
 #define MOELAB_FRAMEWORK_OPTIMIZER_H
 
 #include "framework/core/config.h"
-#include "framework/params.h"
+#include "framework/core/params.h"
 #include "layers/ops.h"
 
 #ifdef __cplusplus

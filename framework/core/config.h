@@ -94,6 +94,9 @@ int config_apply_args(MoeConfig *c, int argc, char **argv);
 void config_validate(const MoeConfig *c);
 // Writes every key as `key = value` lines (the format config_load_file reads).
 void config_write(const MoeConfig *c, FILE *f);
+// Writes every key as one JSON object, {"key": value, ...} in config_write's order, without a
+// newline: numbers, true/false, and strings (the metrics file's first line holds it).
+void config_write_json(const MoeConfig *c, FILE *f);
 // Prints the keys with their defaults and help text (for --help).
 void config_print_help(FILE *f);
 // True if name (after the leading dashes, dash == underscore) is a config key.

@@ -21,7 +21,7 @@ extern "C" {
 #include "framework/core/config.h"
 #include "framework/core/log.h"
 #include "framework/optimizer.h"
-#include "framework/params.h"
+#include "framework/core/params.h"
 #include "layers/adamw_cuda.h"
 #include "layers/attention.h"
 #include "layers/attention_cuda.h"
