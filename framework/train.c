@@ -23,6 +23,7 @@
 #include "parallel/ep_dispatch.h"
 #include "parallel/eplb_runtime.h"
 #include "parallel/grid.h"
+#include "parallel/zero1.h"
 
 // Σ g² that a norm over every slot counts more than once: replicas of an expert hold copies of one
 // gradient, and the norm counts each logical expert once.
@@ -42,7 +43,8 @@ static int grad_list(const Model *m, DpGrad *t, int *layer_of) {
 }
 
 // The gradient sync of a step, overlapped with the last micro-batch's backward_weight: a layer's
-// buckets start their all-reduce as soon as the layer is done (layers go last to first), and
+// buckets start their all-reduce (ZeRO-1: their reduce-scatter, through the optimizer's sharded
+// sync, whose list is this grad_list's) as soon as the layer is done (layers go last to first), and
 // sync_step completes them. EPLB sums replica gradients after the backward, so it syncs afterwards;
 // dp_overlap = 0 does too (to measure the gain).
 typedef struct {
@@ -58,11 +60,11 @@ static void layer_done(void *ctx, int l) {
         if (s->layer_of[i] == l) dp_sync_ready(s->sync, i);
 }
 
-static void grad_sync_begin(Model *m, GradSync *s) {
+static void grad_sync_begin(Model *m, AdamW *o, GradSync *s) {
     s->t = core_alloc((size_t)m->reg.n * sizeof *s->t);
     s->layer_of = core_alloc((size_t)m->reg.n * sizeof(int));
     s->n = grad_list(m, s->t, s->layer_of);
-    s->sync = dp_sync_start(m->grid, s->t, s->n, DP_SYNC_BUCKET_FLOATS);
+    s->sync = o->shard ? o->shard : dp_sync_start(m->grid, s->t, s->n, DP_SYNC_BUCKET_FLOATS);
     if (!m->eplb && m->cfg.dp_overlap) {
         m->layer_grads_done = layer_done;
         m->layer_grads_ctx = s;
@@ -70,14 +72,20 @@ static void grad_sync_begin(Model *m, GradSync *s) {
 }
 
 // The multi-process part of a step (docs/architecture.md §4): gradients averaged over DP (dense) and
-// expert-DP (experts), completing s, the step's expert counts and mean losses (loss, ce) made
-// global. Returns the global gradient norm.
-static float sync_step(Model *m, GradSync *s, double *means) {
+// expert-DP (experts), completing s (ZeRO-1: into the optimizer's shard), the step's expert counts
+// and mean losses (loss, ce) made global. Returns the global gradient norm.
+static float sync_step(Model *m, AdamW *o, GradSync *s, double *means) {
     const Grid *g = m->grid;
     m->layer_grads_done = NULL;
     m->layer_grads_ctx = NULL;
-    dp_sync_finish(s->sync);
-    const double sq = dp_sync_grad_sqsum(g, s->t, s->n) - duplicate_sqsum(m);
+    double sq;
+    if (o->shard) {
+        dp_sync_complete(o->shard);
+        sq = dp_sync_shard_sqsum(g, o->shard);
+    } else {
+        dp_sync_finish(s->sync);
+        sq = dp_sync_grad_sqsum(g, s->t, s->n) - duplicate_sqsum(m);
+    }
     core_free(s->t);
     core_free(s->layer_of);
     dp_sync_sum_counts(g, m->expert_counts, (size_t)m->cfg.L * (size_t)m->cfg.E);
@@ -131,7 +139,7 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
         if (m->grid && mb == 0) grid_test_die_at(m->grid, step);
         // The step's objective is the mean over micro-batches: each contributes 1/A.
         model_backward_input(m, &a, 1.0f / (float)A);
-        if (m->grid && mb == A - 1) grad_sync_begin(m, &gs);
+        if (m->grid && mb == A - 1) grad_sync_begin(m, o, &gs);
         model_backward_weight(m, &a);
         model_acts_free(m, &a);
     }
@@ -144,7 +152,7 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
     long n_tokens = (long)A * B * T;
     if (m->grid) {
         step_scalars(m, dscal, A, means);
-        st.grad_norm = sync_step(m, &gs, means);
+        st.grad_norm = sync_step(m, o, &gs, means);
         n_tokens *= m->grid->dp;
         model_counts_to_device(m);  // the bias update reads the counts summed over DP
     } else {
@@ -163,9 +171,13 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
         return st;
     }
     float clip = optim_clip_factor(st.grad_norm, c->grad_clip);
-    if (clip != 1.0f) optim_scale_grads_on(m->ops, &m->reg, clip);
     st.lr = optim_lr(c, step);
-    adamw_step(o, &m->reg, c, st.lr);
+    if (o->shard) {
+        zero1_step(o, &m->reg, c, st.lr, clip);
+    } else {
+        if (clip != 1.0f) optim_scale_grads_on(m->ops, &m->reg, clip);
+        adamw_step(o, &m->reg, c, st.lr);
+    }
     model_router_bias_update(m, n_tokens);
     if (m->eplb)
         st.rebalanced = eplb_runtime_step(m->eplb, m->expert_counts + (size_t)c->n_dense_layers * c->E, step);
@@ -300,7 +312,8 @@ static CkptShard trainer_shard(Trainer *t, int pipe) {
 // The checkpoint code reads and writes host tensors. For a model on a GPU, the values and the AdamW
 // moments are staged through host memory: hm and ho are shallow copies of the model and its optimizer
 // whose reg.data, m and v are host buffers holding the device contents (the checkpoint code touches
-// nothing else of them). On the CPU, m and o are the model and optimizer themselves.
+// nothing else of them); a ZeRO-1 optimizer's are its whole moments, gathered from every rank (a
+// collective). On the CPU without ZeRO-1, m and o are the model and optimizer themselves.
 typedef struct {
     Model *m;
     AdamW *o;
@@ -311,16 +324,21 @@ typedef struct {
 static void stage_open(CkptStage *s, Model *m, AdamW *o) {
     s->m = m;
     s->o = o;
-    if (m->ops->dev == CORE_CPU) return;
+    if (m->ops->dev == CORE_CPU && !o->shard) return;
     const size_t bytes = m->reg.total * sizeof(float);
     s->hm = *m;
     s->ho = *o;
+    s->ho.shard = NULL;
     s->hm.reg.data = core_alloc(bytes);
     s->ho.m = core_alloc(bytes);
     s->ho.v = core_alloc(bytes);
+    if (o->shard) {
+        zero1_gather_state(o, &m->reg, s->ho.m, s->ho.v);  // first: it makes a GPU's values whole
+    } else {
+        m->ops->download(s->ho.m, o->m, bytes);
+        m->ops->download(s->ho.v, o->v, bytes);
+    }
     m->ops->download(s->hm.reg.data, m->reg.data, bytes);
-    m->ops->download(s->ho.m, o->m, bytes);
-    m->ops->download(s->ho.v, o->v, bytes);
     s->m = &s->hm;
     s->o = &s->ho;
 }
@@ -332,8 +350,12 @@ static void stage_close(CkptStage *s, Model *m, AdamW *o, int upload) {
     const size_t bytes = m->reg.total * sizeof(float);
     if (upload) {
         m->ops->upload(m->reg.data, s->hm.reg.data, bytes);
-        m->ops->upload(o->m, s->ho.m, bytes);
-        m->ops->upload(o->v, s->ho.v, bytes);
+        if (o->shard) {
+            zero1_scatter_state(o, s->ho.m, s->ho.v);
+        } else {
+            m->ops->upload(o->m, s->ho.m, bytes);
+            m->ops->upload(o->v, s->ho.v, bytes);
+        }
         o->t = s->ho.t;
         model_refresh_low(m);
     }
@@ -454,6 +476,13 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     if (c->eplb_interval > 0 && pipe_trainer_wanted(c))
         core_usage_error("--eplb-interval runs in the trainer without a pipeline: drop --pp, --schedule "
                          "and --trace");
+    if (c->zero && pipe_trainer_wanted(c))
+        core_usage_error("--zero 1 runs in the trainer without a pipeline: drop --pp, --schedule and "
+                         "--trace, or pass --zero 0");
+    // EPLB moves the moments of expert slots between ranks, which a shard does not hold whole.
+    if (c->zero && c->eplb_interval > 0)
+        core_usage_error("--zero 1 with --eplb-interval %d: EPLB moves whole AdamW moments between ranks, "
+                         "ZeRO-1 keeps a shard of them: pass one", c->eplb_interval);
     const int on_gpu = strcmp(c->device, "cpu") != 0;
     // The device dispatchers move rows over NCCL, which a one-rank EP group does not have.
     if (on_gpu && c->eplb_interval > 0 && g->ep < 2)
@@ -494,7 +523,11 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     } else {
         t->model = train_model_create(c, g, ops);
         if (!t->model->grid) grid_free(g);  // one process: the plain path, no communication
-        adamw_init_on(&t->opt, &t->model->reg, ops, t->model->wlow);
+        if (c->zero && t->model->grid)
+            zero1_init(&t->opt, &t->model->reg, ops, t->model->wlow, t->model->grid, DP_SYNC_BUCKET_FLOATS);
+        else
+            adamw_init_on(&t->opt, &t->model->reg, ops, t->model->wlow);
+        if (c->zero && !t->model->grid) core_info0("zero-1: one data-parallel rank, nothing to shard");
         if (c->eplb_interval > 0)
             train_eplb_attach(t->model, &t->opt, t->model->grid ? t->model->grid->ep_comm : comm_world());
     }
@@ -519,6 +552,7 @@ void trainer_free(Trainer *t) {
     loader_close(t->train);
     loader_close(t->val);
     tok_free(t->tok);
+    zero1_free(&t->opt);
     adamw_free(&t->opt);
     if (t->pipe) {
         pipe_trainer_free(t->pipe);
