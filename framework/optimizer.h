@@ -39,7 +39,8 @@ double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind
 void optim_scale_grads_on(const LayerOps *ops, ParamRegistry *r, float s);
 // Clip factor for a global gradient norm: min(1, clip / norm) (1 when clip is 0).
 float optim_clip_factor(float norm, float clip);
-// One AdamW step with learning rate lr (an unsharded optimizer; ZeRO-1 steps with zero1_step) (PyTorch's AdamW: p ← p(1 − lr·wd), then the Adam update).
+// One AdamW step with learning rate lr (PyTorch's AdamW: p ← p(1 − lr·wd), then the Adam update) of an
+// unsharded optimizer (ZeRO-1 steps with zero1_step).
 void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr);
 
 #ifdef __cplusplus
