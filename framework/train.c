@@ -81,7 +81,7 @@ static float sync_step(Model *m, AdamW *o, GradSync *s, double *means) {
     double sq;
     if (o->shard) {
         dp_sync_complete(o->shard);
-        sq = dp_sync_shard_sqsum(g, o->shard);
+        sq = dp_sync_shard_sqsum(g, &o->shard, 1);
     } else {
         dp_sync_finish(s->sync);
         sq = dp_sync_grad_sqsum(g, s->t, s->n) - duplicate_sqsum(m);
@@ -476,9 +476,6 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     if (c->eplb_interval > 0 && pipe_trainer_wanted(c))
         core_usage_error("--eplb-interval runs in the trainer without a pipeline: drop --pp, --schedule "
                          "and --trace");
-    if (c->zero && pipe_trainer_wanted(c))
-        core_usage_error("--zero 1 runs in the trainer without a pipeline: drop --pp, --schedule and "
-                         "--trace, or pass --zero 0");
     // EPLB moves the moments of expert slots between ranks, which a shard does not hold whole.
     if (c->zero && c->eplb_interval > 0)
         core_usage_error("--zero 1 with --eplb-interval %d: EPLB moves whole AdamW moments between ranks, "
@@ -523,11 +520,7 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     } else {
         t->model = train_model_create(c, g, ops);
         if (!t->model->grid) grid_free(g);  // one process: the plain path, no communication
-        if (c->zero && t->model->grid)
-            zero1_init(&t->opt, &t->model->reg, ops, t->model->wlow, t->model->grid, DP_SYNC_BUCKET_FLOATS);
-        else
-            adamw_init_on(&t->opt, &t->model->reg, ops, t->model->wlow);
-        if (c->zero && !t->model->grid) core_info0("zero-1: one data-parallel rank, nothing to shard");
+        zero1_init_if(&t->opt, &t->model->reg, ops, t->model->wlow, t->model->grid, c->zero);
         if (c->eplb_interval > 0)
             train_eplb_attach(t->model, &t->opt, t->model->grid ? t->model->grid->ep_comm : comm_world());
     }

@@ -228,13 +228,16 @@ size_t dp_sync_shard_floats(const DpSync *s) { return s->shard_n; }
 
 float *dp_sync_shard_grads(DpSync *s) { return s->shard; }
 
-double dp_sync_shard_sqsum(const Grid *g, DpSync *s) {
-    // The padding is zero (reduce-scatter of zeros), so the whole shard can be summed at once.
-    double *d = s->o->alloc(sizeof(double)), sq = 0;
-    s->o->zero(d, sizeof(double));
-    if (s->shard_n) s->o->grad_sqsum(d, s->shard, (long)s->shard_n);
-    s->o->download(&sq, d, sizeof sq);
-    s->o->free(d);
+double dp_sync_shard_sqsum(const Grid *g, DpSync *const *s, int n) {
+    // The padding is zero (reduce-scatter of zeros), so each whole shard can be summed at once, into
+    // one double of the backend's memory.
+    const LayerOps *o = ops_of(g);
+    double *d = o->alloc(sizeof(double)), sq = 0;
+    o->zero(d, sizeof(double));
+    for (int k = 0; k < n; k++)
+        if (s[k]->shard_n) o->grad_sqsum(d, s[k]->shard, (long)s[k]->shard_n);
+    o->download(&sq, d, sizeof sq);
+    o->free(d);
     comm_allreduce(g->dp_comm, &sq, 1, COMM_F64, COMM_SUM);
     comm_allreduce(g->pp_comm, &sq, 1, COMM_F64, COMM_SUM);
     return sq;

@@ -26,7 +26,6 @@ static double mib(size_t floats) { return (double)floats * sizeof(float) / (1024
 
 void zero1_init(AdamW *o, const ParamRegistry *r, const LayerOps *ops, void *p_low, const Grid *g,
                 size_t bucket_floats) {
-    CHECK(g->pp == 1, "zero-1 runs without a pipeline (grid pp %d)", g->pp);
     CHECK(g->ops == NULL || g->ops == ops, "zero-1: the registry and the grid are on different backends");
     DpGrad *t = core_alloc((size_t)(r->n > 0 ? r->n : 1) * sizeof *t);
     size_t *off = core_alloc((size_t)(r->n > 0 ? r->n : 1) * sizeof *off);
@@ -49,6 +48,16 @@ void zero1_init(AdamW *o, const ParamRegistry *r, const LayerOps *ops, void *p_l
     core_info0("zero-1: optimizer state %.2f MiB per rank instead of %.2f (AdamW moments of 1/%d of the "
                "dense and 1/%d of the expert floats; a %.2f MiB gradient shard; weights and gradients "
                "stay whole)", mib(2 * S), mib(2 * r->total), g->dp, g->edp, mib(S));
+}
+
+void zero1_init_if(AdamW *o, const ParamRegistry *r, const LayerOps *ops, void *p_low, const Grid *g,
+                   int zero) {
+    if (zero && g && g->dp > 1) {
+        zero1_init(o, r, ops, p_low, g, DP_SYNC_BUCKET_FLOATS);
+        return;
+    }
+    adamw_init_on(o, r, ops, p_low);
+    if (zero) core_info0("zero-1: one data-parallel rank, nothing to shard");
 }
 
 void zero1_free(AdamW *o) {

@@ -18,11 +18,16 @@
 extern "C" {
 #endif
 
-// o for the registry r of a model of grid g (g->pp == 1) on backend ops (r's buffers live there;
-// p_low as in AdamW), with buckets of bucket_floats floats (DP_SYNC_BUCKET_FLOATS in training).
-// Collective over the grid. Logs the optimizer memory per rank against the unsharded optimizer's.
+// o for the registry r of a model (or pipeline stage) of grid g on backend ops (r's buffers live
+// there; p_low as in AdamW), with buckets of bucket_floats floats (DP_SYNC_BUCKET_FLOATS in
+// training). Collective over the grid's dp and edp groups. Logs the optimizer memory per rank against the unsharded optimizer's.
 void zero1_init(AdamW *o, const ParamRegistry *r, const LayerOps *ops, void *p_low, const Grid *g,
                 size_t bucket_floats);
+// The optimizer the config asks for: zero1_init when zero is set and g (NULL for one process) has
+// more than one data-parallel rank, else adamw_init_on (logging that there is nothing to shard when
+// zero is set). Buckets of DP_SYNC_BUCKET_FLOATS. Collective over g.
+void zero1_init_if(AdamW *o, const ParamRegistry *r, const LayerOps *ops, void *p_low, const Grid *g,
+                   int zero);
 // Frees what zero1_init added (a no-op for an unsharded optimizer); adamw_free frees the rest.
 void zero1_free(AdamW *o);
 // The step after dp_sync_complete(o->shard): the shard's gradients times clip (the global clip

@@ -383,7 +383,7 @@ TEST(DpSync, ShardedReduceScatterAndGathers) {
             for (int i = 0; i < n; i++) u[i] = DpGrad{again.data() + off[i], sizes[i], expert[i]};
             dp_sync_grads(g, u.data(), n, 7);
             const double want_sq = dp_sync_grad_sqsum(g, u.data(), n);
-            EXPECT_NEAR(dp_sync_shard_sqsum(g, s), want_sq, 1e-6 * want_sq) << "ep " << ep;
+            EXPECT_NEAR(dp_sync_shard_sqsum(g, &s, 1), want_sq, 1e-6 * want_sq) << "ep " << ep;
         }
         // Weights: each rank knows only its own pieces (the rest is -1); the gather fills them all,
         // in fp32 and as 16-bit words.

@@ -1,8 +1,8 @@
 #!/bin/bash
 # `moelab train --zero 1` (ZeRO-1, parallel/zero1.h) end to end under mpirun, on the byte-level fixed
 # corpus (tests/util/cli_lib.sh) and the same global batch per step in every run:
-#  1. --help lists the key; --zero 2, --zero 1 with a pipeline and --zero 1 with EPLB end every
-#     rank with exit 2 and one message naming the problem;
+#  1. --help lists the key; --zero 2 and --zero 1 with EPLB end every rank with exit 2 and one
+#     message naming the problem;
 #  2. DP 2 (EP 1) and DP 4 (EP 2, so experts are sharded over expert-DP 2) with --zero 1 log the
 #     optimizer memory per rank, and their losses and gradient norms of every step are within 1e-5
 #     of the one-process run's;
@@ -10,7 +10,10 @@
 #     the unsharded DP 2 run's within 1e-5 relative per tensor, and the same step and AdamW t;
 #  4. the ZeRO-1 checkpoint of step 3 resumes in one process (another layout), and the one-process
 #     checkpoint of step 3 resumes under --zero 1 with 2 ranks: steps 4-6 within 1e-5 of the
-#     uninterrupted run.
+#     uninterrupted run;
+#  5. pipelines of 2 stages x DP 2 with --zero 1 (1F1B; DualPipe, whose stage copies each shard
+#     their optimizer, with EP 2; DualPipeV, two stages per rank) match a 4-layer one-process run
+#     within 1e-5 for 3 steps, and DualPipe's ZeRO-1 checkpoint of step 2 resumes in one process.
 set -euo pipefail
 root="$TEST_SRCDIR/moelab"
 moelab="$root/tools/moelab"
@@ -36,7 +39,6 @@ expect_exit2() {
 # 1.
 "$moelab" train --help | grep -Eq -- "--zero .*ZeRO stage" || { echo "FAIL: --help has no --zero"; exit 1; }
 expect_exit2 bad_value "zero = 2 is too large: at most 1" 1 "${args[@]}" --zero 2
-expect_exit2 with_pipeline "--zero 1 runs in the trainer without a pipeline" 2 "${args[@]}" --zero 1 --pp 2
 expect_exit2 with_eplb "--zero 1 with --eplb-interval 2: EPLB moves whole AdamW moments" 2 "${args[@]}" \
     --zero 1 --ep 2 --eplb-interval 2
 
@@ -81,3 +83,22 @@ for run in r1 r2; do
     close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 456
     echo "ok: $run (resumed at step 3) matches the uninterrupted run"
 done
+
+# 5.
+args4=("${args[@]}" --n-layers 4 --steps 3)
+"$moelab" train "${args4[@]}" --grad-accum 4 --metrics "$tmp/one4.jsonl" >"$tmp/one4.log"
+mpi 4 "$moelab" train "${args4[@]}" --pp 2 --schedule 1f1b --chunks 4 --batch-size 2 --zero 1 \
+    --metrics "$tmp/p1f1b.jsonl" >"$tmp/p1f1b.log"
+mpi 4 "$moelab" train "${args4[@]}" --pp 2 --ep 2 --schedule dualpipe --chunks 4 --batch-size 2 --zero 1 \
+    --out "$tmp/pdual" --save-every 2 --metrics "$tmp/pdual.jsonl" >"$tmp/pdual.log"
+mpi 4 "$moelab" train "${args4[@]}" --pp 2 --schedule dualpipev --chunks 4 --batch-size 2 --zero 1 \
+    --metrics "$tmp/pdualv.jsonl" >"$tmp/pdualv.log"
+grep -Eq "zero-1: optimizer state .* of 1/2 of the dense and 1/1 of the expert floats" "$tmp/pdual.log" ||
+    { echo "FAIL: no memory line in the DualPipe log:"; cat "$tmp/pdual.log"; exit 1; }
+"$moelab" train "${args4[@]}" --grad-accum 4 --resume "$tmp/pdual/step_2.h5" --metrics "$tmp/pr.jsonl" >"$tmp/pr.log"
+for run in p1f1b pdual pdualv; do
+    close_steps "$tmp/one4.jsonl" "$tmp/$run.jsonl" 123
+    echo "ok: $run matches the one-process run"
+done
+close_steps "$tmp/one4.jsonl" "$tmp/pr.jsonl" 3
+echo "ok: DualPipe's ZeRO-1 checkpoint resumes in one process"
