@@ -5,12 +5,13 @@
 #     message naming the problem;
 #  2. DP 2 (EP 1) and DP 4 (EP 2, so experts are sharded over expert-DP 2) with --zero 1 log the
 #     optimizer memory per rank, and their losses and gradient norms of every step are within 1e-5
-#     of the one-process run's;
+#     of the one-process run's; with one process --zero 1 says there is nothing to shard and
+#     changes nothing;
 #  3. the ZeRO-1 checkpoints (moments gathered from the shards) hold the same weights and moments as
 #     the unsharded DP 2 run's within 1e-5 relative per tensor, and the same step and AdamW t;
 #  4. the ZeRO-1 checkpoint of step 3 resumes in one process (another layout), and the one-process
 #     checkpoint of step 3 resumes under --zero 1 with 2 ranks: steps 4-6 within 1e-5 of the
-#     uninterrupted run;
+#     uninterrupted run, and neither resume warns of a changed setting (zero is a layout key);
 #  5. pipelines of 2 stages x DP 2 with --zero 1 (1F1B; DualPipe, whose stage copies each shard
 #     their optimizer, with EP 2; DualPipeV, two stages per rank) match a 4-layer one-process run
 #     within 1e-5 for 3 steps, and DualPipe's ZeRO-1 checkpoint of step 2 resumes in one process.
@@ -51,6 +52,10 @@ mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 2 --zero 1 --metrics "$tm
 memory="zero-1: optimizer state [0-9.]+ MiB per rank instead of [0-9.]+ \(AdamW moments of 1/4 of the dense"
 grep -Eq "$memory and 1/2 of the expert floats" "$tmp/z4.log" ||
     { echo "FAIL: no memory line in the DP 4 log:"; cat "$tmp/z4.log"; exit 1; }
+"$moelab" train "${args[@]}" --grad-accum 4 --zero 1 --metrics "$tmp/z1.jsonl" >"$tmp/z1.log"
+grep -q "zero-1: one data-parallel rank, nothing to shard" "$tmp/z1.log" ||
+    { echo "FAIL: the one-process run does not say that --zero 1 has nothing to shard:"; cat "$tmp/z1.log"; exit 1; }
+same_steps "$tmp/one.jsonl" "$tmp/z1.jsonl" 123456
 for run in dp2 z2 z4; do
     close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 123456
     echo "ok: $run matches the one-process run"
@@ -80,6 +85,9 @@ PY
 mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --zero 1 --resume "$tmp/one/step_3.h5" \
     --metrics "$tmp/r2.jsonl" >"$tmp/r2.log"
 for run in r1 r2; do
+    if grep -q "settings differ from the saved run" "$tmp/$run.log"; then
+        echo "FAIL: $run warns of changed settings:"; cat "$tmp/$run.log"; exit 1
+    fi
     close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 456
     echo "ok: $run (resumed at step 3) matches the uninterrupted run"
 done
