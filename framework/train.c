@@ -209,6 +209,7 @@ Model *train_model_create(const MoeConfig *c, Grid *g, const LayerOps *ops) {
 void train_eplb_attach(Model *m, AdamW *o, Comm *ep) {
     const MoeConfig *c = &m->cfg;
     CHECK(m->first && m->last && !m->eplb, "EPLB attaches once, to a whole model");
+    CHECK(!o->shard, "EPLB moves whole AdamW moments: not with a ZeRO-1 optimizer");
     CHECK(ep->size == m->ep_size && ep->rank == m->ep_rank, "EPLB: group %s (rank %d of %d) is not the "
           "model's EP group (rank %d of %d)", ep->name, ep->rank, ep->size, m->ep_rank, m->ep_size);
     eplb_runtime_check_config(c);
