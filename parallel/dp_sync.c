@@ -1,7 +1,9 @@
 // Data-parallel gradient sync (see dp_sync.h): the gradients of each group are visited as one
-// stream of floats, cut into buckets; each bucket is packed, all-reduced once, scaled and unpacked.
-// The buckets are fixed by the list alone, whatever the order they start in, so every element is
-// summed in one all-reduce of the same size and place with or without the overlap.
+// stream of floats, cut into buckets; each bucket is packed, all-reduced once, scaled and unpacked
+// (ZeRO-1: packed, reduce-scattered into this rank's shard and scaled there; the weight and moment
+// gathers run the other way, bucket by bucket). The buckets are fixed by the list alone, whatever
+// the order they start in, so every element is summed in one collective of the same size and place
+// with or without the overlap.
 // The copies, the scaling and the sums of squares go through the grid's backend (layers/ops.h), so
 // device gradients are synchronized over the grid's NCCL twins without leaving the GPU.
 #include "parallel/dp_sync.h"
