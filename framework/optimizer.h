@@ -12,12 +12,16 @@
 extern "C" {
 #endif
 
+struct DpSync;
+
 typedef struct {
-    float *m, *v;   // (total) first and second moments, same layout as the parameter registry
-    size_t total;
+    float *m, *v;   // (total) first and second moments, same layout as the parameter registry; under
+                    // ZeRO-1 (shard != NULL) only this rank's shard of them, in the shard's layout
+    size_t total;   // floats of the registry
     long t;         // steps taken
     const LayerOps *ops;  // the backend holding m, v and the registry's buffers (layers/ops.h)
     void *p_low;    // (total) compute copy of the weights in ops->dt that each step refreshes, or NULL
+    struct DpSync *shard;  // ZeRO-1 (parallel/zero1.h): the sharded gradient sync, or NULL
 } AdamW;
 
 // On the host, for a registry in host memory.
@@ -33,8 +37,9 @@ float optim_lr(const MoeConfig *c, int step);
 double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind);
 // Clip factor for a global gradient norm: min(1, clip / norm) (1 when clip is 0).
 float optim_clip_factor(float norm, float clip);
-// One AdamW step with learning rate lr (PyTorch's AdamW: p ← p(1 − lr·wd), then the Adam update) on
-// the gradients times gscale (the clip factor, optim_clip_factor; the buffers keep their values).
+// One AdamW step with learning rate lr (PyTorch's AdamW: p ← p(1 − lr·wd), then the Adam update) of an
+// unsharded optimizer (ZeRO-1 steps with zero1_step) on the gradients times gscale (the clip factor,
+// optim_clip_factor; the buffers keep their values).
 void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float gscale);
 
 #ifdef __cplusplus

@@ -18,6 +18,7 @@
 #include "parallel/dp_sync.h"
 #include "parallel/ep_dispatch.h"
 #include "parallel/stage_partition.h"
+#include "parallel/zero1.h"
 
 // ---------------------------------------------------------------------------------------------
 // The stage interface over a Model.
@@ -110,7 +111,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         }
         model_to_device(m, ops);
         p->model[pipe] = m;
-        adamw_init_on(&p->opt[pipe], &m->reg, ops, m->wlow);
+        zero1_init_if(&p->opt[pipe], &m->reg, ops, m->wlow, g, c->zero);
         p->ctx[pipe] = (PipeStageCtx){m, core_alloc((size_t)C * sizeof(ModelActs)), NULL, c->batch_size,
                                       c->T, 1.0f / (float)C, 0, 0};
         p->stage[pipe] = (PipeStage){&p->ctx[pipe], stage_forward, stage_backward_input,
@@ -165,6 +166,7 @@ void pipe_trainer_free(PipeTrainer *p) {
     if (!p) return;
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         model_free(p->model[pipe]);  // before the grid: the EP dispatcher uses its communicator
+        zero1_free(&p->opt[pipe]);
         adamw_free(&p->opt[pipe]);
         core_free(p->ctx[pipe].acts);
     }
@@ -254,9 +256,15 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
     int n_tensors = 0;
     for (int pipe = 0; pipe < p->n_models; pipe++) n_tensors += p->model[pipe]->reg.n;
     DpGrad *t = core_alloc((size_t)n_tensors * sizeof *t);
-    dp_sync_grads(g, t, grad_list(p, p->n_models, t), DP_SYNC_BUCKET_FLOATS);
+    DpSync *shard[2] = {p->opt[0].shard, p->opt[1].shard};  // ZeRO-1: each model's sharded sync
     // Each stage counted once: DualPipe's up stages are copies of other ranks' down stages.
-    st.grad_norm = (float)sqrt(dp_sync_grad_sqsum(g, t, grad_list(p, p->n_own, t)));
+    if (shard[0]) {
+        for (int pipe = 0; pipe < p->n_models; pipe++) dp_sync_complete(shard[pipe]);
+        st.grad_norm = (float)sqrt(dp_sync_shard_sqsum(g, shard, p->n_own));
+    } else {
+        dp_sync_grads(g, t, grad_list(p, p->n_models, t), DP_SYNC_BUCKET_FLOATS);
+        st.grad_norm = (float)sqrt(dp_sync_grad_sqsum(g, t, grad_list(p, p->n_own, t)));
+    }
     core_free(t);
     dp_sync_mean(g, means, 2);
     st.loss = (float)means[0];
@@ -277,7 +285,8 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
         Model *m = p->model[pipe];
         dp_sync_sum_counts(g, m->expert_counts, (size_t)c->L * c->E);
         model_counts_to_device(m);  // the bias update reads the global counts where it runs
-        adamw_step(&p->opt[pipe], &m->reg, c, st.lr, clip);
+        if (shard[0]) zero1_step(&p->opt[pipe], &m->reg, c, st.lr, clip);
+        else adamw_step(&p->opt[pipe], &m->reg, c, st.lr, clip);
         model_router_bias_update(m, n_tokens);
         float *imb = core_alloc((size_t)c->L * sizeof(float));  // (L) zero outside this stage
         model_load_imbalance(m, imb);

@@ -23,6 +23,7 @@
 #include "parallel/ep_dispatch.h"
 #include "parallel/eplb_runtime.h"
 #include "parallel/grid.h"
+#include "parallel/zero1.h"
 
 // Σ g² that a norm over every slot counts more than once: replicas of an expert hold copies of one
 // gradient, and the norm counts each logical expert once.
@@ -42,7 +43,8 @@ static int grad_list(const Model *m, DpGrad *t, int *layer_of) {
 }
 
 // The gradient sync of a step, overlapped with the last micro-batch's backward_weight: a layer's
-// buckets start their all-reduce as soon as the layer is done (layers go last to first), and
+// buckets start their all-reduce (ZeRO-1: their reduce-scatter, through the optimizer's sharded
+// sync, whose list is this grad_list's) as soon as the layer is done (layers go last to first), and
 // sync_step completes them. EPLB sums replica gradients after the backward, so it syncs afterwards;
 // dp_overlap = 0 does too (to measure the gain).
 typedef struct {
@@ -58,11 +60,11 @@ static void layer_done(void *ctx, int l) {
         if (s->layer_of[i] == l) dp_sync_ready(s->sync, i);
 }
 
-static void grad_sync_begin(Model *m, GradSync *s) {
+static void grad_sync_begin(Model *m, AdamW *o, GradSync *s) {
     s->t = core_alloc((size_t)m->reg.n * sizeof *s->t);
     s->layer_of = core_alloc((size_t)m->reg.n * sizeof(int));
     s->n = grad_list(m, s->t, s->layer_of);
-    s->sync = dp_sync_start(m->grid, s->t, s->n, DP_SYNC_BUCKET_FLOATS);
+    s->sync = o->shard ? o->shard : dp_sync_start(m->grid, s->t, s->n, DP_SYNC_BUCKET_FLOATS);
     if (!m->eplb && m->cfg.dp_overlap) {
         m->layer_grads_done = layer_done;
         m->layer_grads_ctx = s;
@@ -70,14 +72,20 @@ static void grad_sync_begin(Model *m, GradSync *s) {
 }
 
 // The multi-process part of a step (docs/architecture.md §4): gradients averaged over DP (dense) and
-// expert-DP (experts), completing s, the step's expert counts and mean losses (loss, ce) made
-// global. Returns the global gradient norm.
-static float sync_step(Model *m, GradSync *s, double *means) {
+// expert-DP (experts), completing s (ZeRO-1: into the optimizer's shard), the step's expert counts
+// and mean losses (loss, ce) made global. Returns the global gradient norm.
+static float sync_step(Model *m, AdamW *o, GradSync *s, double *means) {
     const Grid *g = m->grid;
     m->layer_grads_done = NULL;
     m->layer_grads_ctx = NULL;
-    dp_sync_finish(s->sync);
-    const double sq = dp_sync_grad_sqsum(g, s->t, s->n) - duplicate_sqsum(m);
+    double sq;
+    if (o->shard) {
+        dp_sync_complete(o->shard);
+        sq = dp_sync_shard_sqsum(g, &o->shard, 1);
+    } else {
+        dp_sync_finish(s->sync);
+        sq = dp_sync_grad_sqsum(g, s->t, s->n) - duplicate_sqsum(m);
+    }
     core_free(s->t);
     core_free(s->layer_of);
     dp_sync_sum_counts(g, m->expert_counts, (size_t)m->cfg.L * (size_t)m->cfg.E);
@@ -134,7 +142,7 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
         // weight gradients complete, then never interleaves with the input pass's EP exchanges.
         if (m->grid) {
             model_backward_input(m, &a, 1.0f / (float)A);
-            if (mb == A - 1) grad_sync_begin(m, &gs);
+            if (mb == A - 1) grad_sync_begin(m, o, &gs);
             model_backward_weight(m, &a);
         } else {
             model_backward(m, &a, 1.0f / (float)A);
@@ -150,7 +158,7 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
     long n_tokens = (long)A * B * T;
     if (m->grid) {
         step_scalars(m, dscal, A, means);
-        st.grad_norm = sync_step(m, &gs, means);
+        st.grad_norm = sync_step(m, o, &gs, means);
         n_tokens *= m->grid->dp;
         model_counts_to_device(m);  // the bias update reads the counts summed over DP
     } else {
@@ -170,7 +178,8 @@ StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, co
     }
     float clip = optim_clip_factor(st.grad_norm, c->grad_clip);
     st.lr = optim_lr(c, step);
-    adamw_step(o, &m->reg, c, st.lr, clip);
+    if (o->shard) zero1_step(o, &m->reg, c, st.lr, clip);
+    else adamw_step(o, &m->reg, c, st.lr, clip);
     model_router_bias_update(m, n_tokens);
     if (m->eplb)
         st.rebalanced = eplb_runtime_step(m->eplb, m->expert_counts + (size_t)c->n_dense_layers * c->E, step);
@@ -202,6 +211,7 @@ Model *train_model_create(const MoeConfig *c, Grid *g, const LayerOps *ops) {
 void train_eplb_attach(Model *m, AdamW *o, Comm *ep) {
     const MoeConfig *c = &m->cfg;
     CHECK(m->first && m->last && !m->eplb, "EPLB attaches once, to a whole model");
+    CHECK(!o->shard, "EPLB moves whole AdamW moments: not with a ZeRO-1 optimizer");
     CHECK(ep->size == m->ep_size && ep->rank == m->ep_rank, "EPLB: group %s (rank %d of %d) is not the "
           "model's EP group (rank %d of %d)", ep->name, ep->rank, ep->size, m->ep_rank, m->ep_size);
     eplb_runtime_check_config(c);
@@ -303,18 +313,23 @@ static CkptShard trainer_shard(Trainer *t, int pipe) {
 }
 
 // What a checkpoint stores of model m and optimizer o, in the host memory the checkpoint code reads
-// and writes: on the CPU their own buffers; on a GPU host copies of the values and the AdamW moments
-// (AdamW's t lives on the host either way).
+// and writes: on the CPU without ZeRO-1 their own buffers; else host copies of the values and the
+// whole AdamW moments (a ZeRO-1 optimizer's gathered from every rank: a collective). AdamW's t lives
+// on the host either way.
 static CkptView trainer_ckpt_view(Model *m, AdamW *o) {
     CkptView v = {&m->cfg, &m->reg, m->reg.data, o->m, o->v, &o->t};
-    if (m->ops->dev == CORE_CPU) return v;
+    if (m->ops->dev == CORE_CPU && !o->shard) return v;
     const size_t bytes = m->reg.total * sizeof(float);
     v.data = core_alloc(bytes);
     v.m = core_alloc(bytes);
     v.v = core_alloc(bytes);
+    if (o->shard) {
+        zero1_gather_state(o, &m->reg, v.m, v.v);  // first: it makes a GPU's values whole
+    } else {
+        m->ops->download(v.m, o->m, bytes);
+        m->ops->download(v.v, o->v, bytes);
+    }
     m->ops->download(v.data, m->reg.data, bytes);
-    m->ops->download(v.m, o->m, bytes);
-    m->ops->download(v.v, o->v, bytes);
     return v;
 }
 
@@ -325,8 +340,12 @@ static void trainer_ckpt_view_free(CkptView *v, Model *m, AdamW *o, int upload) 
     const size_t bytes = m->reg.total * sizeof(float);
     if (upload) {
         m->ops->upload(m->reg.data, v->data, bytes);
-        m->ops->upload(o->m, v->m, bytes);
-        m->ops->upload(o->v, v->v, bytes);
+        if (o->shard) {
+            zero1_scatter_state(o, v->m, v->v);
+        } else {
+            m->ops->upload(o->m, v->m, bytes);
+            m->ops->upload(o->v, v->v, bytes);
+        }
         model_refresh_low(m);
     }
     core_free(v->data);
@@ -452,6 +471,10 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     if (c->eplb_interval > 0 && pipe_trainer_wanted(c))
         core_usage_error("--eplb-interval runs in the trainer without a pipeline: drop --pp, --schedule "
                          "and --trace");
+    // EPLB moves the moments of expert slots between ranks, which a shard does not hold whole.
+    if (c->zero && c->eplb_interval > 0)
+        core_usage_error("--zero 1 with --eplb-interval %d: EPLB moves whole AdamW moments between ranks, "
+                         "ZeRO-1 keeps a shard of them: pass one", c->eplb_interval);
     const int on_gpu = strcmp(c->device, "cpu") != 0;
     // The device dispatchers move rows over NCCL, which a one-rank EP group does not have.
     if (on_gpu && c->eplb_interval > 0 && g->ep < 2)
@@ -492,7 +515,7 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     } else {
         t->model = train_model_create(c, g, ops);
         if (!t->model->grid) grid_free(g);  // one process: the plain path, no communication
-        adamw_init_on(&t->opt, &t->model->reg, ops, t->model->wlow);
+        zero1_init_if(&t->opt, &t->model->reg, ops, t->model->wlow, t->model->grid, c->zero);
         if (c->eplb_interval > 0)
             train_eplb_attach(t->model, &t->opt, t->model->grid ? t->model->grid->ep_comm : comm_world());
     }
@@ -522,6 +545,7 @@ void trainer_free(Trainer *t) {
     loader_close(t->train);
     loader_close(t->val);
     tok_free(t->tok);
+    zero1_free(&t->opt);
     adamw_free(&t->opt);
     if (t->pipe) {
         pipe_trainer_free(t->pipe);

@@ -28,6 +28,7 @@ size_t comm_type_size(CommType t) {
     case COMM_F64: return sizeof(double);
     case COMM_I32: return sizeof(int32_t);
     case COMM_I64: return sizeof(int64_t);
+    case COMM_B16: return sizeof(uint16_t);
     }
     FATAL("comm: unknown element type %d", (int)t);
 }
@@ -76,6 +77,7 @@ static MPI_Datatype mpi_type(CommType t) {
     case COMM_F64: return MPI_DOUBLE;
     case COMM_I32: return MPI_INT32_T;
     case COMM_I64: return MPI_INT64_T;
+    case COMM_B16: return MPI_UINT16_T;
     }
     FATAL("comm: unknown element type %d", (int)t);
 }
@@ -218,6 +220,22 @@ static void *mpi_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op)
     return q;
 }
 
+static void *mpi_ireduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op) {
+    MpiReq *q = mpi_req("reduce-scatter");
+    mpi_count(c, n * (size_t)c->size, q->op);
+    MPI_CHECK(MPI_Ireduce_scatter_block(send, recv, mpi_count(c, n, q->op), mpi_type(t), mpi_op(op),
+                                        mpi_of(c), &q->r));
+    return q;
+}
+
+static void *mpi_iallgather(Comm *c, const void *send, void *recv, size_t n, CommType t) {
+    MpiReq *q = mpi_req("all-gather");
+    const int k = mpi_count(c, n, q->op);
+    mpi_count(c, n * (size_t)c->size, q->op);
+    MPI_CHECK(MPI_Iallgather(send, k, mpi_type(t), recv, k, mpi_type(t), mpi_of(c), &q->r));
+    return q;
+}
+
 // The B blocks exchanged with each peer form one indexed datatype per peer and direction, so the
 // whole exchange is one MPI_Ialltoallw (a collective: no tags to reserve, no matching to order).
 static void *mpi_ialltoallv(Comm *c, int B, const void *send, const size_t *send_counts,
@@ -279,6 +297,8 @@ static const CommOps MPI_OPS = {
     .test = mpi_test,
     .wait = mpi_wait_one,
     .iallreduce = mpi_iallreduce,
+    .ireduce_scatter = mpi_ireduce_scatter,
+    .iallgather = mpi_iallgather,
     .ialltoallv = mpi_ialltoallv,
 };
 
@@ -372,7 +392,13 @@ void comm_free(Comm *c) {
     core_free(c);
 }
 
+// Reductions add numbers; COMM_B16 words are only moved.
+static void check_reducible(const Comm *c, CommType t, const char *op) {
+    CHECK(t != COMM_B16, "comm: %s on group %s of 16-bit words: they are moved, never reduced", op, c->name);
+}
+
 void comm_allreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
+    check_reducible(c, t, "all-reduce");
     if (c->ops && n > 0) c->ops->allreduce(c, buf, n, t, op);
 }
 
@@ -382,6 +408,7 @@ void comm_allgather(Comm *c, const void *send, void *recv, size_t n, CommType t)
 }
 
 void comm_reduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op) {
+    check_reducible(c, t, "reduce-scatter");
     if (c->ops) c->ops->reduce_scatter(c, send, recv, n, t, op);
     else copy(recv, send, n, t);
 }
@@ -459,7 +486,21 @@ CommRequest *comm_isend(Comm *c, const void *buf, size_t n, CommType t, int dst,
 }
 
 CommRequest *comm_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
+    check_reducible(c, t, "all-reduce");
     return request(c, c->ops && n > 0 ? c->ops->iallreduce(c, buf, n, t, op) : NULL);
+}
+
+CommRequest *comm_ireduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op) {
+    check_reducible(c, t, "reduce-scatter");
+    if (c->ops) return request(c, n > 0 ? c->ops->ireduce_scatter(c, send, recv, n, t, op) : NULL);
+    copy(recv, send, n, t);
+    return request(c, NULL);
+}
+
+CommRequest *comm_iallgather(Comm *c, const void *send, void *recv, size_t n, CommType t) {
+    if (c->ops) return request(c, n > 0 ? c->ops->iallgather(c, send, recv, n, t) : NULL);
+    copy(recv, send, n, t);
+    return request(c, NULL);
 }
 
 CommRequest *comm_ialltoallv_blocks(Comm *c, int B, const void *send, const size_t *send_counts,

@@ -15,7 +15,8 @@
 extern "C" {
 #endif
 
-typedef enum { COMM_F32 = 0, COMM_F64 = 1, COMM_I32 = 2, COMM_I64 = 3 } CommType;
+// COMM_B16: 16-bit words (bf16 weights), moved by the copying operations, never reduced.
+typedef enum { COMM_F32 = 0, COMM_F64 = 1, COMM_I32 = 2, COMM_I64 = 3, COMM_B16 = 4 } CommType;
 typedef enum { COMM_SUM = 0, COMM_MAX = 1 } CommOp;
 
 #define COMM_NAME_MAX 32
@@ -47,6 +48,8 @@ typedef struct {
     // Non-blocking collectives, completed by test / wait like isend's requests. ialltoallv moves
     // B blocks per pair of ranks (comm_ialltoallv_blocks).
     void *(*iallreduce)(Comm *c, void *buf, size_t n, CommType t, CommOp op);
+    void *(*ireduce_scatter)(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op);
+    void *(*iallgather)(Comm *c, const void *send, void *recv, size_t n, CommType t);
     void *(*ialltoallv)(Comm *c, int B, const void *send, const size_t *send_counts,
                         const size_t *send_offs, void *recv, const size_t *recv_counts,
                         const size_t *recv_offs, CommType t);
@@ -100,7 +103,7 @@ void comm_recv(Comm *c, void *buf, size_t n, CommType t, int src, int tag);
 void comm_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void *recv, size_t recv_n,
                    int src, CommType t, int tag);
 void comm_barrier(Comm *c);
-// An operation in flight (comm_isend, comm_iallreduce, comm_ialltoallv*), completed and freed by
+// An operation in flight (comm_isend, comm_i* collectives), completed and freed by
 // comm_test or comm_wait. Its buffers must stay untouched until then.
 typedef struct CommRequest CommRequest;
 // Starts sending buf (n) to dst (another rank of c, matched by tag) and returns at once; buf must
@@ -110,6 +113,9 @@ CommRequest *comm_isend(Comm *c, const void *buf, size_t n, CommType t, int dst,
 // Collectives in flight must be started in the same order on every rank of c (NCCL runs them in
 // issue order); on a one-process group the copy is made at once and the request is complete.
 CommRequest *comm_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op);
+// Non-blocking comm_reduce_scatter and comm_allgather (ZeRO-1's gradient shards and weights).
+CommRequest *comm_ireduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op);
+CommRequest *comm_iallgather(Comm *c, const void *send, void *recv, size_t n, CommType t);
 CommRequest *comm_ialltoallv(Comm *c, const void *send, const size_t *send_counts, void *recv,
                              const size_t *recv_counts, CommType t);
 // The all-to-all-v of an expert-parallel dispatcher: what rank i sends rank j is B blocks, and

@@ -42,6 +42,8 @@ static ncclDataType_t nccl_type(CommType t) {
     case COMM_F64: return ncclFloat64;
     case COMM_I32: return ncclInt32;
     case COMM_I64: return ncclInt64;
+    // Only moved, never reduced (comm.c refuses): any 16-bit type carries the bits unchanged.
+    case COMM_B16: return ncclFloat16;
     }
     FATAL("comm: unknown element type %d", (int)t);
 }
@@ -238,6 +240,20 @@ static void *nc_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) 
     return enqueued(c, "all-reduce");
 }
 
+static void *nc_ireduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op) {
+    Nccl *x = nccl_of(c);
+    after_compute(x);
+    NCCL_CHECK(ncclReduceScatter(send, recv, n, nccl_type(t), nccl_op(op), x->comm, x->stream));
+    return enqueued(c, "reduce-scatter");
+}
+
+static void *nc_iallgather(Comm *c, const void *send, void *recv, size_t n, CommType t) {
+    Nccl *x = nccl_of(c);
+    after_compute(x);
+    NCCL_CHECK(ncclAllGather(send, recv, n, nccl_type(t), x->comm, x->stream));
+    return enqueued(c, "all-gather");
+}
+
 // One group of every block's send and receive; NCCL matches a pair's transfers in issue order, so
 // blocks (j, b) go out and come in in b order. Empty blocks are skipped on both sides alike.
 static void *nc_ialltoallv(Comm *c, int B, const void *send, const size_t *send_counts,
@@ -291,6 +307,8 @@ static const CommOps NCCL_OPS = {
     .test = nc_test,
     .wait = nc_wait,
     .iallreduce = nc_iallreduce,
+    .ireduce_scatter = nc_ireduce_scatter,
+    .iallgather = nc_iallgather,
     .ialltoallv = nc_ialltoallv,
 };
 

@@ -73,6 +73,7 @@ static const KeyInfo KEYS[] = {
     {"chunks", K_INT, OFF(chunks), 0, 1 << 20, NULL, "pipeline micro-batches per step (0: grad_accum)"},
     {"schedule", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
     {"fb_overlap", K_BOOL, OFF(fb_overlap), 0, 1, NULL, "F&B ops: forward and backward on two GPU streams"},
+    {"zero", K_INT, OFF(zero), 0, 1, NULL, "ZeRO stage: 1 shards the AdamW moments over the DP ranks (0: off)"},
     // The four below choose how the work runs, never what it computes (beyond the rounding of
     // the GEMM kernels): overlaps on by default, off to measure their gain.
     {"dp_overlap", K_BOOL, OFF(dp_overlap), 0, 1, NULL, "DP gradient all-reduce overlaps the backward"},

@@ -2,6 +2,8 @@
 //   comm_driver hang SECONDS     rank 0 waits in a barrier the others never join (they wait for a
 //                                message rank 0 never sends): every rank must end with a timeout
 //   comm_driver grid PP EP E     builds the process grid: a bad layout must end every rank with exit 2
+//   comm_driver b16sum           all-reduces 16-bit words, which are only moved: every rank must end
+//                                with the message
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,8 +29,12 @@ int main(int argc, char **argv) {
         Grid *g = grid_create(w, atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
         grid_log(g, atoi(argv[4]));
         grid_free(g);
+    } else if (argc == 2 && !strcmp(argv[1], "b16sum")) {
+        unsigned short x = 1;
+        comm_allreduce(w, &x, 1, COMM_B16, COMM_SUM);
+        core_info("unreachable: 16-bit words were summed");
     } else {
-        core_usage_error("usage: comm_driver hang SECONDS | grid PP EP E");
+        core_usage_error("usage: comm_driver hang SECONDS | grid PP EP E | b16sum");
     }
     comm_finalize();
     return 0;

@@ -4,7 +4,9 @@
 // tensor, and each rank's expert slice) within 1e-5 relative, and bit-identical replicas on the DP
 // ranks. Also with every token routed to one expert (ranks whose experts receive nothing), and the
 // overlaps (shared experts during the dispatch, DP all-reduces during the backward) bit-identical
-// to the sequential order (config keys ep_overlap = 0, dp_overlap = 0).
+// to the sequential order (config keys ep_overlap = 0, dp_overlap = 0). ZeRO-1 (parallel/zero1.h)
+// the same way: weights and the gathered AdamW moments against the one-process run within the same
+// 1e-5, with one bucket and with buckets that cut tensors, and its overlap bit-identical too.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -21,6 +23,7 @@ extern "C" {
 #include "parallel/comm.h"
 #include "parallel/ep_dispatch.h"
 #include "parallel/grid.h"
+#include "parallel/zero1.h"
 }
 
 namespace {
@@ -42,9 +45,10 @@ size_t replica_mismatches(Comm *c, const std::vector<float> &v) {
 }
 
 // Trains the EP layout (A micro-batches per rank) and the one-process run (DP·A micro-batches) on the
-// same global batches; checks everything the step changes. Returns the parallel model's global
-// expert counts of the last step, for the routing checks.
-std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A) {
+// same global batches; checks everything the step changes, the AdamW moments included. zero_bucket
+// > 0: the layout's optimizer is ZeRO-1 with buckets of that many floats. Returns the parallel
+// model's global expert counts of the last step, for the routing checks.
+std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A, size_t zero_bucket = 0) {
     Grid *g = grid_create(comm_world(), 1, ep, c.E);
     const int DP = g->dp, G = DP * A;
     const size_t mb = (size_t)c.batch_size * (c.T + 1);
@@ -64,7 +68,8 @@ std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A) {
     m->grid = g;
     if (ep > 1) model_set_dispatcher(m, ep_dispatcher_create(g->ep_comm, c.E));
     AdamW o;
-    adamw_init(&o, &m->reg);
+    if (zero_bucket) zero1_init(&o, &m->reg, &layer_ops_cpu, NULL, g, zero_bucket);
+    else adamw_init(&o, &m->reg);
 
     for (int s = 0; s < STEPS; s++) {
         std::vector<int> tok = layout_global_batch(c, G, 77, 1000 + (uint32_t)(s));
@@ -76,17 +81,30 @@ std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A) {
         EXPECT_NEAR(b.grad_norm, a.grad_norm, TOL * a.grad_norm) << "step " << s << " ep " << ep;
     }
 
+    // The whole moments of this rank's tensors (ZeRO-1: gathered from the shards, as a save does).
+    std::vector<float> mom_m(m->reg.total), mom_v(m->reg.total);
+    if (zero_bucket) {
+        zero1_gather_state(&o, &m->reg, mom_m.data(), mom_v.data());
+    } else {
+        mom_m.assign(o.m, o.m + o.total);
+        mom_v.assign(o.v, o.v + o.total);
+    }
+    EXPECT_EQ(o.t, ro.t);
     int compared = 0;
     for (int i = 0; i < m->reg.n; i++) {
         const ParamInfo *p = &m->reg.p[i];
         const ParamInfo *q = &ref->reg.p[params_find(&ref->reg, p->name)];
-        const float *a = m->reg.data + p->offset;
         // An expert tensor here holds slots [ep_rank·n_local, +n_local) of the full one.
-        const float *b = ref->reg.data + q->offset + (p->kind == PARAM_EXPERT ? g->ep_rank * p->numel : 0);
+        const size_t at = q->offset + (p->kind == PARAM_EXPERT ? g->ep_rank * p->numel : 0);
+        const float *a = m->reg.data + p->offset, *b = ref->reg.data + at;
         if (p->kind == PARAM_BUFFER) {
             for (size_t j = 0; j < p->numel; j++) EXPECT_EQ(a[j], b[j]) << p->name << "[" << j << "] ep " << ep;
         } else {
-            EXPECT_LE(layout_rel_err(a, b, p->numel), TOL) << p->name << " ep " << ep;
+            EXPECT_LE(layout_rel_err(a, b, p->numel), TOL) << p->name << " ep " << ep << " zero " << zero_bucket;
+            EXPECT_LE(layout_rel_err(mom_m.data() + p->offset, ro.m + at, p->numel), TOL)
+                << "first moment of " << p->name << " ep " << ep << " zero " << zero_bucket;
+            EXPECT_LE(layout_rel_err(mom_v.data() + p->offset, ro.v + at, p->numel), TOL)
+                << "second moment of " << p->name << " ep " << ep << " zero " << zero_bucket;
         }
         compared++;
     }
@@ -105,6 +123,7 @@ std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A) {
     std::vector<long> counts(m->expert_counts, m->expert_counts + (size_t)c.L * c.E);
     model_free(m);  // the EP dispatcher goes first: it uses the grid's communicator
     model_free(ref);
+    zero1_free(&o);
     adamw_free(&o);
     adamw_free(&ro);
     grid_free(g);
@@ -123,13 +142,22 @@ TEST(EpTrain, MatchesTheOneProcessRun) {
     for (int ep : ep_sizes()) compare_with_one_process(tiny(), ep, 2);
 }
 
-// Losses and gradient norms of STEPS steps and the final weights of the EP = world layout, with the
-// overlaps (shared experts during the dispatch, gradient all-reduces during the backward) on or off.
-std::vector<float> overlap_run(bool on, std::vector<float> *weights) {
+// ZeRO-1 (DP 2 and 4, with and without EP under 2 and 4 ranks) with 1000-float buckets, which cut
+// tensors and leave padding in the last rank's chunk, and with the trainer's buckets (one per group
+// for this model) at EP = world, where the experts have no expert-DP replica to shard over.
+TEST(EpTrain, Zero1MatchesTheOneProcessRun) {
+    for (int ep : ep_sizes())
+        compare_with_one_process(tiny(), ep, 2, ep == comm_world()->size ? DP_SYNC_BUCKET_FLOATS : 1000);
+}
+
+// Losses and gradient norms of STEPS steps and the final weights of the EP = world layout (zero:
+// EP 1, DP = world, ZeRO-1 with 1000-float buckets), with the overlaps (shared experts during the
+// dispatch, gradient all-reduces or reduce-scatters during the backward) on or off.
+std::vector<float> overlap_run(bool on, std::vector<float> *weights, bool zero = false) {
     MoeConfig c = tiny();
     c.ep_overlap = c.dp_overlap = on;  // train_step_tokens reads dp_overlap from the model's config
     c.grad_accum = 2;
-    c.ep = comm_world()->size;
+    c.ep = zero ? 1 : comm_world()->size;
     Grid *g = grid_create(comm_world(), 1, c.ep, c.E);
     Model *m = model_create(&c, g->ep_rank, c.ep);
     model_init_weights(m);
@@ -140,7 +168,8 @@ std::vector<float> overlap_run(bool on, std::vector<float> *weights) {
         model_set_dispatcher(m, d);
     }
     AdamW o;
-    adamw_init(&o, &m->reg);
+    if (zero) zero1_init(&o, &m->reg, &layer_ops_cpu, NULL, g, 1000);
+    else adamw_init(&o, &m->reg);
     std::vector<float> out;
     const size_t mb = (size_t)c.batch_size * (c.T + 1);
     for (int s = 0; s < STEPS; s++) {
@@ -151,6 +180,7 @@ std::vector<float> overlap_run(bool on, std::vector<float> *weights) {
     }
     weights->assign(m->reg.data, m->reg.data + m->reg.total);
     model_free(m);
+    zero1_free(&o);
     adamw_free(&o);
     grid_free(g);
     return out;
@@ -161,6 +191,13 @@ TEST(EpTrain, OverlapsAreBitIdentical) {
     std::vector<float> a = overlap_run(true, &wa), b = overlap_run(false, &wb);
     EXPECT_EQ(a, b);
     EXPECT_TRUE(wa == wb) << "weights differ with and without the overlaps";
+}
+
+TEST(EpTrain, Zero1OverlapIsBitIdentical) {
+    std::vector<float> wa, wb;
+    std::vector<float> a = overlap_run(true, &wa, true), b = overlap_run(false, &wb, true);
+    EXPECT_EQ(a, b);
+    EXPECT_TRUE(wa == wb) << "ZeRO-1 weights differ with and without the overlap";
 }
 
 // The trainer's model takes ep_overlap from the config: with 0 its dispatcher has no start/finish

@@ -3,6 +3,7 @@
 # message, quickly:
 #  - an operation some rank never joins (deadlock): "<op> on group world timed out after 2s";
 #  - a bad layout (DP % EP, E % EP) in the grid and in `moelab train`: exit 2 before any work;
+#  - a reduction of 16-bit words (COMM_B16, moved only): exit 1 naming the operation;
 #  - bad data (a val.bin of another vocabulary) in `moelab train`: exit 2;
 #  - a rank killed mid-step (the test seam MOELAB_TEST_DIE_AT_STEP, announced with a warning; a
 #    malformed value is exit 2): the job ends within the comm timeout.
@@ -43,6 +44,7 @@ expect grid_dp_ep 2 'moelab: error \[rank [0-9]\]: grid: 4 data-parallel ranks .
 expect grid_e_ep 2 'moelab: error \[rank [0-9]\]: grid: 6 experts cannot be split evenly over --ep 4 ranks' 60 \
     4 "$driver" grid 1 4 6
 expect grid_pp 2 'grid: 4 processes cannot form 3 pipeline stages' 60 4 "$driver" grid 3 1 6
+expect b16_sum 1 'all-reduce on group world of 16-bit words: they are moved, never reduced' 60 2 "$driver" b16sum
 
 source "$root/tests/util/cli_lib.sh"
 prepare_corpus "$tmp/data"
