@@ -1,10 +1,15 @@
 // Failure-mode driver for the multi-rank tests (run under mpirun by failure_test.sh):
 //   comm_driver hang SECONDS     rank 0 waits in a barrier the others never join (they wait for a
 //                                message rank 0 never sends): every rank must end with a timeout
+//   comm_driver stall SECONDS    the last rank never joins the EP dispatcher's row exchange (an
+//                                all-to-all-v with uneven counts) that the others enter: a peer
+//                                that hangs where mpirun cannot see it; every rank must end with a
+//                                timeout naming the operation and the group
 //   comm_driver grid PP EP E     builds the process grid: a bad layout must end every rank with exit 2
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "framework/core/check.h"
 #include "framework/core/log.h"
@@ -23,12 +28,31 @@ int main(int argc, char **argv) {
             comm_recv(w, &x, 1, COMM_I32, 0, 1);
         }
         core_info("unreachable: the unmatched operations completed");
+    } else if (argc == 3 && !strcmp(argv[1], "stall")) {
+        comm_set_timeout(atof(argv[2]));
+        if (w->rank == w->size - 1) {
+            sleep(60);  // ended by the others' MPI_Abort long before
+        } else {
+            // Rank r sends r + j + 1 floats to rank j and receives j + r + 1 from it.
+            size_t sc[64], rc[64], ns = 0, nr = 0;
+            CHECK(w->size <= 64, "comm_driver: at most 64 ranks");
+            for (int j = 0; j < w->size; j++) {
+                sc[j] = rc[j] = (size_t)(w->rank + j + 1);
+                ns += sc[j];
+                nr += rc[j];
+            }
+            float *send = calloc(ns, sizeof(float)), *recv = calloc(nr, sizeof(float));
+            comm_alltoallv(w, send, sc, recv, rc, COMM_F32);
+            free(send);
+            free(recv);
+        }
+        core_info("unreachable: the all-to-all-v completed without its last rank");
     } else if (argc == 5 && !strcmp(argv[1], "grid")) {
         Grid *g = grid_create(w, atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
         grid_log(g, atoi(argv[4]));
         grid_free(g);
     } else {
-        core_usage_error("usage: comm_driver hang SECONDS | grid PP EP E");
+        core_usage_error("usage: comm_driver hang SECONDS | stall SECONDS | grid PP EP E");
     }
     comm_finalize();
     return 0;
