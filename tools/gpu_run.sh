@@ -294,7 +294,7 @@ if want ep_bench; then
         for run in "one GPU" $(for n in $ep_nps; do echo "EP_$n EP_${n}_no_overlap DP_$n"; done); do
             label=$(echo "$run" | tr '_' ' ')
             t=$(per_gpu "$log/ep_bench_train.txt" "ep_bench train $label:")
-            awk -v l="$label" -v t="${t:-0}" -v o="${one:-0}" 'BEGIN { printf "%-24s %16.0f %11.1f%%\n", l, t, o > 0 ? 100 * t / o : 0 }'
+            awk -v l="$label" -v t="${t:-0}" -v o="${one:-0}" 'BEGIN { printf "%-24s %16.0f %11.1f%%\n", l, t, (o > 0 ? 100 * t / o : 0) }'
         done
     } | tee "$log/ep_bench_scaling.txt"
 fi
