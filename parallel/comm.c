@@ -43,6 +43,13 @@ Comm *comm_world(void) { return &g_world; }
 
 int comm_threads_ok(void) { return g_threads_ok; }
 
+const char *comm_p2p_name(char *buf, int dst, int src) {
+    if (dst >= 0 && src >= 0) snprintf(buf, COMM_OP_NAME_MAX, "send to rank %d / recv from rank %d", dst, src);
+    else if (dst >= 0) snprintf(buf, COMM_OP_NAME_MAX, "send to rank %d", dst);
+    else snprintf(buf, COMM_OP_NAME_MAX, "recv from rank %d", src);
+    return buf;
+}
+
 void comm_timed_out(const Comm *c, const char *op) {
     fflush(stdout);
     fprintf(stderr, "moelab: error [rank %d]: %s on group %s timed out after %gs\n", core_rank(), op,
@@ -134,7 +141,8 @@ static void mpi_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void
                          int src, CommType t, int tag) {
     MPI_Request r[2];
     int n = 0;
-    const char *op = dst >= 0 && src >= 0 ? "send/recv" : dst >= 0 ? "send" : "recv";
+    char op[COMM_OP_NAME_MAX];
+    comm_p2p_name(op, dst, src);
     if (src >= 0)
         MPI_CHECK(MPI_Irecv(recv, mpi_count(c, recv_n, op), mpi_type(t), src, tag, mpi_of(c), &r[n++]));
     if (dst >= 0)
@@ -165,7 +173,7 @@ static void mpi_free(void *impl) {
 // reads until the operation completes (freed with the request): an all-to-all-v's argument arrays.
 typedef struct {
     MPI_Request r;
-    const char *op;
+    char op[COMM_OP_NAME_MAX];
     int *ints;
 } MpiReq;
 
@@ -176,13 +184,14 @@ static void mpi_req_free(MpiReq *q) {
 
 static MpiReq *mpi_req(const char *op) {
     MpiReq *q = core_alloc(sizeof *q);
-    q->op = op;
+    snprintf(q->op, sizeof q->op, "%s", op);
     return q;
 }
 
 static void *mpi_isend(Comm *c, const void *buf, size_t n, int dst, CommType t, int tag) {
-    MpiReq *q = mpi_req("send");
-    MPI_CHECK(MPI_Isend(buf, mpi_count(c, n, "send"), mpi_type(t), dst, tag, mpi_of(c), &q->r));
+    char op[COMM_OP_NAME_MAX];
+    MpiReq *q = mpi_req(comm_p2p_name(op, dst, -1));
+    MPI_CHECK(MPI_Isend(buf, mpi_count(c, n, q->op), mpi_type(t), dst, tag, mpi_of(c), &q->r));
     return q;
 }
 

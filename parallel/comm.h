@@ -119,6 +119,11 @@ void comm_wait(CommRequest *r);
 size_t comm_type_size(CommType t);
 // Ends every rank of the job after printing the timeout message (backends call this).
 void comm_timed_out(const Comm *c, const char *op);
+// The name a point-to-point operation goes by in messages, naming its peers (backends call this):
+// "send to rank 3", "recv from rank 0", "send to rank 1 / recv from rank 0" (dst or src < 0: that
+// side is absent). Written into buf (COMM_OP_NAME_MAX), which it returns.
+#define COMM_OP_NAME_MAX 64
+const char *comm_p2p_name(char *buf, int dst, int src);
 
 #ifdef __cplusplus
 }

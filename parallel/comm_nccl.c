@@ -8,6 +8,7 @@
 #include <nccl.h>
 #include <sched.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -129,7 +130,8 @@ static void nc_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void 
                         int src, CommType t, int tag) {
     (void)tag;
     Nccl *x = nccl_of(c);
-    const char *op = dst >= 0 && src >= 0 ? "send/recv" : dst >= 0 ? "send" : "recv";
+    char op[COMM_OP_NAME_MAX];
+    comm_p2p_name(op, dst, src);
     after_compute(x);
     NCCL_CHECK(ncclGroupStart());
     if (src >= 0) NCCL_CHECK(ncclRecv(recv, recv_n, nccl_type(t), src, x->comm, x->stream));
@@ -186,7 +188,7 @@ static void nc_free(void *impl) {
 // stream, and the operation's name for the timeout message.
 typedef struct {
     cudaEvent_t ev;
-    const char *op;
+    char op[COMM_OP_NAME_MAX];
 } NcclReq;
 
 // Once the NCCL call just enqueued has left the in-progress state (its kernels are then on the
@@ -195,7 +197,7 @@ static NcclReq *enqueued(Comm *c, const char *op) {
     Nccl *x = nccl_of(c);
     nccl_wait(c->name, x->comm, NULL, NULL, op);
     NcclReq *q = core_alloc(sizeof *q);
-    q->op = op;
+    snprintf(q->op, sizeof q->op, "%s", op);
     CUDA_CHECK(cudaEventCreateWithFlags(&q->ev, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(q->ev, x->stream));
     return q;
@@ -206,7 +208,8 @@ static void *nc_isend(Comm *c, const void *buf, size_t n, int dst, CommType t, i
     Nccl *x = nccl_of(c);
     after_compute(x);
     NCCL_CHECK(ncclSend(buf, n, nccl_type(t), dst, x->comm, x->stream));
-    return enqueued(c, "send");
+    char op[COMM_OP_NAME_MAX];
+    return enqueued(c, comm_p2p_name(op, dst, -1));
 }
 
 static void *nc_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {

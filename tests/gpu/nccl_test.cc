@@ -627,7 +627,9 @@ std::vector<float> eplb_train(bool eplb) {
         std::vector<int> tok = global_batch(c, g->dp * c.grad_accum, s);
         StepStats st = train_step_tokens(m, &opt, &c, s, tok.data() + (size_t)g->dp_rank * c.grad_accum *
                                                                           c.batch_size * (c.T + 1));
-        if (eplb) EXPECT_EQ(st.rebalanced, (s + 1) % 2 == 0) << "step " << s;
+        if (eplb) {
+            EXPECT_EQ(st.rebalanced, (s + 1) % 2 == 0) << "step " << s;
+        }
         out.push_back(st.loss);
         out.push_back(st.grad_norm);
     }

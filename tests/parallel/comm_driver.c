@@ -1,6 +1,8 @@
 // Failure-mode driver for the multi-rank tests (run under mpirun by failure_test.sh):
 //   comm_driver hang SECONDS     rank 0 waits in a barrier the others never join (they wait for a
-//                                message rank 0 never sends): every rank must end with a timeout
+//                                message rank 0 never sends): every rank must end with a timeout;
+//                                rank 0 waits twice as long, so the receivers' message, naming
+//                                their peer, comes first
 //   comm_driver stall SECONDS    the last rank never joins the EP dispatcher's row exchange (an
 //                                all-to-all-v with uneven counts) that the others enter: a peer
 //                                that hangs where mpirun cannot see it; every rank must end with a
@@ -20,7 +22,7 @@ int main(int argc, char **argv) {
     comm_init(&argc, &argv);
     Comm *w = comm_world();
     if (argc == 3 && !strcmp(argv[1], "hang")) {
-        comm_set_timeout(atof(argv[2]));
+        comm_set_timeout(atof(argv[2]) * (w->rank == 0 ? 2 : 1));
         if (w->rank == 0) {
             comm_barrier(w);
         } else {
