@@ -144,40 +144,6 @@ TEST(Comm, NonBlockingReduceScatterAndAllgather) {
     }
 }
 
-TEST(Comm, BlockAlltoallvTransposesBlocks) {
-    // B = 3 blocks per pair of ranks; rank r sends block (j, b) of (r + j + b) % 3 elements packed
-    // rank-major, and receives block (i, b) from rank i at offsets packed block-major (the EP
-    // dispatcher's layouts), in reverse at the end of a larger buffer.
-    const int P = world()->size, r = world()->rank, B = 3;
-    auto count = [](int src, int dst, int b) { return (size_t)((src + dst + b) % 3); };
-    auto value = [](int src, int dst, int b, size_t k) { return (int)(10000 * src + 100 * dst + 10 * b + (int)k); };
-    std::vector<size_t> sc(P * B), so(P * B), rc(P * B), ro(P * B);
-    std::vector<int> send;
-    for (int j = 0; j < P; j++)
-        for (int b = 0; b < B; b++) {
-            sc[j * B + b] = count(r, j, b);
-            so[j * B + b] = send.size();
-            for (size_t k = 0; k < sc[j * B + b]; k++) send.push_back(value(r, j, b, k));
-        }
-    size_t at = 2;  // two leading elements stay untouched
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < P; i++) {
-            rc[i * B + b] = count(i, r, b);
-            ro[i * B + b] = at;
-            at += rc[i * B + b];
-        }
-    std::vector<int> recv(at + 1, -1);
-    comm_wait(comm_ialltoallv_blocks(world(), B, send.data(), sc.data(), so.data(), recv.data(), rc.data(),
-                                     ro.data(), COMM_I32));
-    EXPECT_EQ(recv[0], -1);
-    EXPECT_EQ(recv[1], -1);
-    EXPECT_EQ(recv[at], -1);
-    for (int i = 0; i < P; i++)
-        for (int b = 0; b < B; b++)
-            for (size_t k = 0; k < rc[i * B + b]; k++)
-                EXPECT_EQ(recv[ro[i * B + b] + k], value(i, r, b, k)) << "from " << i << " block " << b;
-}
-
 TEST(Comm, SplitIntoSubGroups) {
     const int P = world()->size, r = world()->rank;
     // Two groups by parity, ranked in reverse world order.
