@@ -36,14 +36,14 @@ static const char *kind_name(ParamKind k) {
 // ---------------------------------------------------------------------------------------------
 // Expert slots: which logical expert each physical slot holds, and who writes it.
 
-CkptShard ckpt_shard_of(const Model *m) {
+CkptShard ckpt_shard_identity(int ep_rank, int ep_size, int E) {
     CkptShard s;
     memset(&s, 0, sizeof s);
-    s.part = s.ep_rank = m->ep_rank;
-    s.parts = s.ep_size = m->ep_size;
-    s.write_dense = m->ep_rank == 0;
+    s.part = s.ep_rank = ep_rank;
+    s.parts = s.ep_size = ep_size;
+    s.write_dense = ep_rank == 0;
     s.write_experts = 1;
-    s.R = m->cfg.E;
+    s.R = E;
     return s;
 }
 
@@ -51,9 +51,10 @@ static int slot_expert(const CkptShard *sh, int l, int p) {
     return sh->phy2log ? sh->phy2log[(size_t)l * sh->R + p] : p;
 }
 
-// A shard that does not fit the model is the caller's bug, not bad input: CHECK (exit 1).
-static void check_shard(const CkptShard *sh, const Model *m) {
-    const MoeConfig *c = &m->cfg;
+// A shard or view that does not fit the model is the caller's bug, not bad input: CHECK (exit 1).
+static void check_shard(const CkptShard *sh, const CkptView *v) {
+    const MoeConfig *c = v->cfg;
+    const ParamRegistry *r = v->reg;
     CHECK(sh->parts >= 1 && sh->part >= 0 && sh->part < sh->parts, "checkpoint shard: part %d of %d",
           sh->part, sh->parts);
     CHECK(sh->ep_size >= 1 && sh->ep_rank >= 0 && sh->ep_rank < sh->ep_size && sh->R >= c->E &&
@@ -62,14 +63,16 @@ static void check_shard(const CkptShard *sh, const Model *m) {
           sh->R, c->E);
     CHECK(sh->phy2log || sh->R == c->E, "checkpoint shard: %d slots for %d experts need a phy2log map",
           sh->R, c->E);
-    for (int i = 0; i < m->reg.n; i++)
-        CHECK(m->reg.p[i].kind != PARAM_EXPERT || m->reg.p[i].local_rows == sh->R / sh->ep_size,
-              "checkpoint shard: %s holds %lld slots here, the shard says %d", m->reg.p[i].name,
-              (long long)m->reg.p[i].local_rows, sh->R / sh->ep_size);
+    CHECK(v->data && (!v->m) == (!v->v) && (!v->m || v->adam_t),
+          "checkpoint view: values, and both AdamW moments with the step count or none of them");
+    for (int i = 0; i < r->n; i++)
+        CHECK(r->p[i].kind != PARAM_EXPERT || r->p[i].local_rows == sh->R / sh->ep_size,
+              "checkpoint shard: %s holds %lld slots here, the shard says %d", r->p[i].name,
+              (long long)r->p[i].local_rows, sh->R / sh->ep_size);
     if (!sh->phy2log) return;
     char *seen = core_alloc((size_t)c->E);
-    for (int l = 0; l < c->L; l++) {
-        if (!model_is_moe_layer(m, l)) continue;
+    // Dense layers [0, n_dense_layers) hold no experts.
+    for (int l = c->n_dense_layers; l < c->L; l++) {
         memset(seen, 0, (size_t)c->E);
         for (int p = 0; p < sh->R; p++) {
             int e = slot_expert(sh, l, p);
@@ -83,8 +86,8 @@ static void check_shard(const CkptShard *sh, const Model *m) {
 
 // The logical experts this rank writes for layer l, ascending, and the local slot of each; returns
 // their number. Each expert is written once, from the lowest physical slot holding it.
-static int owned_rows(const CkptShard *sh, const Model *m, int l, int *slot, int *expert) {
-    const int E = m->cfg.E, n = sh->R / sh->ep_size, first = sh->ep_rank * n;
+static int owned_rows(const CkptShard *sh, int E, int l, int *slot, int *expert) {
+    const int n = sh->R / sh->ep_size, first = sh->ep_rank * n;
     int *first_slot = core_alloc((size_t)E * sizeof(int));
     for (int e = 0; e < E; e++) first_slot[e] = -1;
     for (int p = 0; p < sh->R; p++)
@@ -112,10 +115,11 @@ static int run_len(const int *a, int i, int n) {
 // Writes registry buffer `base` (values, or one AdamW moment) into group g: the non-expert tensors
 // whole (if this rank writes them) and the expert rows this rank owns, in logical order. In a part
 // file, expert datasets are labelled with the logical ids of their rows.
-static void write_group(const H5Io *io, hid_t g, const Model *m, const float *base,
+static void write_group(const H5Io *io, hid_t g, const CkptView *v, const float *base,
                         const CkptShard *sh, int with_buffers, int in_part) {
-    const ParamRegistry *r = &m->reg;
-    int *slot = core_alloc((size_t)m->cfg.E * sizeof(int)), *expert = core_alloc((size_t)m->cfg.E * sizeof(int));
+    const ParamRegistry *r = v->reg;
+    const int E = v->cfg->E;
+    int *slot = core_alloc((size_t)E * sizeof(int)), *expert = core_alloc((size_t)E * sizeof(int));
     for (int i = 0; i < r->n; i++) {
         const ParamInfo *p = &r->p[i];
         const int is_expert = p->kind == PARAM_EXPERT;
@@ -125,7 +129,7 @@ static void write_group(const H5Io *io, hid_t g, const Model *m, const float *ba
         for (int k = 0; k < p->ndim; k++) dims[k] = (hsize_t)p->shape[k];
         const float *x = base + p->offset;
         const size_t row = p->numel / (size_t)p->local_rows;
-        int n = is_expert ? owned_rows(sh, m, p->layer, slot, expert) : 0;
+        int n = is_expert ? owned_rows(sh, E, p->layer, slot, expert) : 0;
         if (is_expert && n == 0) continue;
         if (is_expert) dims[0] = (hsize_t)n;
         hid_t d = h5_create_dataset(io, g, p->name, H5T_IEEE_F32LE, p->ndim, dims, is_expert);
@@ -144,17 +148,16 @@ static void write_group(const H5Io *io, hid_t g, const Model *m, const float *ba
     core_free(expert);
 }
 
-static void write_tensors(const H5Io *io, hid_t f, const CkptShard *sh, const Model *m, const AdamW *o,
-                          int in_part) {
+static void write_tensors(const H5Io *io, hid_t f, const CkptShard *sh, const CkptView *v, int in_part) {
     hid_t g = h5_create_group(io, f, "model");
-    write_group(io, g, m, m->reg.data, sh, 1, in_part);
+    write_group(io, g, v, v->data, sh, 1, in_part);
     H5Gclose(g);
     hid_t go = h5_create_group(io, f, "optim");
     g = h5_create_group(io, go, "m");
-    write_group(io, g, m, o->m, sh, 0, in_part);
+    write_group(io, g, v, v->m, sh, 0, in_part);
     H5Gclose(g);
     g = h5_create_group(io, go, "v");
-    write_group(io, g, m, o->v, sh, 0, in_part);
+    write_group(io, g, v, v->v, sh, 0, in_part);
     H5Gclose(g);
     H5Gclose(go);
 }
@@ -220,9 +223,9 @@ static void write_state(const H5Io *io, hid_t f, const MoeConfig *c, long adam_t
 
 // A diverged state is never saved: every value and moment this process would write is checked before
 // any file is created (a non-finite one fails the save, exit 1).
-static void check_finite(const char *path, const Model *m, const AdamW *o) {
-    const ParamRegistry *r = &m->reg;
-    const float *base[CKPT_NGROUPS] = {r->data, o->m, o->v};
+static void check_finite(const char *path, const CkptView *v) {
+    const ParamRegistry *r = v->reg;
+    const float *base[CKPT_NGROUPS] = {v->data, v->m, v->v};
     for (int g = 0; g < CKPT_NGROUPS; g++)
         for (int i = 0; i < r->n; i++) {
             if (g > 0 && r->p[i].kind == PARAM_BUFFER) continue;
@@ -296,18 +299,24 @@ static void atomic_commit(AtomicFile *a) {
     fsync_path(a->dir, O_RDONLY | O_DIRECTORY);
 }
 
-void ckpt_save(const char *path, const CkptShard *sh, const Model *m, const AdamW *o,
-               const CkptState *st, const CkptEplb *eplb) {
-    check_shard(sh, m);
+// A save writes the moments: a view without them is the caller's bug.
+static void check_save_view(const CkptShard *sh, const CkptView *v) {
+    check_shard(sh, v);
+    CHECK(v->m, "checkpoint save: the view has no AdamW moments");
+}
+
+void ckpt_save(const char *path, const CkptShard *sh, const CkptView *v, const CkptState *st,
+               const CkptEplb *eplb) {
+    check_save_view(sh, v);
     CHECK(sh->parts == 1 && sh->ep_size == 1 && sh->write_dense && sh->write_experts,
           "ckpt_save writes a whole model from one process (this shard is part %d of %d, EP %d of %d): "
           "use ckpt_save_part and ckpt_save_index", sh->part, sh->parts, sh->ep_rank, sh->ep_size);
-    check_finite(path, m, o);
+    check_finite(path, v);
     AtomicFile a;
     atomic_create(&a, path);
     write_format(&a.io, a.f, CKPT_FORMAT_NAME);
-    write_state(&a.io, a.f, &m->cfg, o->t, st, eplb);
-    write_tensors(&a.io, a.f, sh, m, o, 0);
+    write_state(&a.io, a.f, v->cfg, *v->adam_t, st, eplb);
+    write_tensors(&a.io, a.f, sh, v, 0);
     atomic_commit(&a);
 }
 
@@ -328,9 +337,9 @@ uint64_t ckpt_new_lineage(void) {
     return id ? id : 1;
 }
 
-void ckpt_save_part(const char *path, const CkptShard *sh, const Model *m, const AdamW *o) {
-    check_shard(sh, m);
-    check_finite(path, m, o);
+void ckpt_save_part(const char *path, const CkptShard *sh, const CkptView *v) {
+    check_save_view(sh, v);
+    check_finite(path, v);
     char pp[CKPT_PATH_MAX];
     ckpt_part_path(path, sh->part, sh->parts, pp, sizeof pp);
     AtomicFile a;
@@ -341,7 +350,7 @@ void ckpt_save_part(const char *path, const CkptShard *sh, const Model *m, const
     h5_attr_write(&a.io, a.f, "part", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &r);
     h5_attr_write(&a.io, a.f, "parts", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &n);
     h5_attr_write(&a.io, a.f, "part_id", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &id);
-    write_tensors(&a.io, a.f, sh, m, o, 1);
+    write_tensors(&a.io, a.f, sh, v, 1);
     atomic_commit(&a);
 }
 
@@ -489,8 +498,8 @@ static void join_group(const H5Io *io, hid_t f, const char *gname, const hid_t *
     core_free(t);
 }
 
-void ckpt_save_index(const char *path, int parts, const Model *m, const AdamW *o,
-                     const CkptState *st, const CkptEplb *eplb) {
+void ckpt_save_index(const char *path, int parts, const MoeConfig *c, long adam_t, const CkptState *st,
+                     const CkptEplb *eplb) {
     CHECK(parts >= 1, "checkpoint index of %d parts", parts);
     h5_init();
     hid_t *pf = core_alloc((size_t)parts * sizeof *pf);
@@ -513,14 +522,14 @@ void ckpt_save_index(const char *path, int parts, const Model *m, const AdamW *o
     const int64_t n = parts;
     h5_attr_write(&a.io, a.f, "parts", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &n);
     h5_attr_write(&a.io, a.f, "part_ids", H5T_STD_U64LE, H5T_NATIVE_UINT64, parts, ids);
-    write_state(&a.io, a.f, &m->cfg, o->t, st, eplb);
+    write_state(&a.io, a.f, c, adam_t, st, eplb);
     hid_t g = h5_create_group(&a.io, a.f, "model");
     H5Gclose(g);
     g = h5_create_group(&a.io, a.f, "optim");
     H5Gclose(h5_create_group(&a.io, g, "m"));
     H5Gclose(h5_create_group(&a.io, g, "v"));
     H5Gclose(g);
-    for (int i = 0; i < CKPT_NGROUPS; i++) join_group(&a.io, a.f, CKPT_GROUPS[i], pf, pnames, parts, m->cfg.E);
+    for (int i = 0; i < CKPT_NGROUPS; i++) join_group(&a.io, a.f, CKPT_GROUPS[i], pf, pnames, parts, c->E);
     atomic_commit(&a);
     for (int r = 0; r < parts; r++) H5Fclose(pf[r]);
     core_free(pf);
@@ -540,7 +549,7 @@ static const char *const SHAPE_KEYS[] = {"vocab_size", "d_model", "n_layers", "n
 static const char *const FREE_KEYS[] = {"log_every", "val_every", "val_batches", "val_fraction",
                                         "sample_tokens", "temperature", "top_k_sample", "threads",
                                         "ep", "pp", "chunks", "schedule", "fb_overlap", "dp_overlap", "ep_overlap",
-                                        "expert_gemm", "gemm_streams", "eplb_interval", "eplb_redundant",
+                                        "zero", "expert_gemm", "gemm_streams", "eplb_interval", "eplb_redundant",
                                         "device", "data", "metrics", "out", "resume", "trace",
                                         "save_every", "keep", "nonfinite_skip"};
 
@@ -599,19 +608,19 @@ static void read_tensor(CkptFile *cf, hid_t d, const char *name, const ParamInfo
     core_free(ids);
 }
 
-void ckpt_load(const char *path, const CkptShard *sh, Model *m, AdamW *o, CkptState *st) {
-    check_shard(sh, m);
+void ckpt_load(const char *path, const CkptShard *sh, const CkptView *v, CkptState *st) {
+    check_shard(sh, v);
     CkptFile cf;
     ckpt_file_open(&cf, path);
     MoeConfig saved;
     ckpt_file_config(&cf, &saved);
-    check_config(path, &saved, &m->cfg);
+    check_config(path, &saved, v->cfg);
     CkptState s;
     int64_t adam_t;
     ckpt_file_state(&cf, &s, &adam_t);
     // Every dataset is opened and checked before any is read, so that a bad file changes nothing.
-    const ParamRegistry *r = &m->reg;
-    const int ng = o ? CKPT_NGROUPS : 1;
+    const ParamRegistry *r = v->reg;
+    const int ng = v->m ? CKPT_NGROUPS : 1;
     hid_t *d = core_alloc((size_t)r->n * CKPT_NGROUPS * sizeof *d);
     char name[PARAM_NAME_MAX + 16];
     for (int i = 0; i < r->n; i++)
@@ -625,7 +634,7 @@ void ckpt_load(const char *path, const CkptShard *sh, Model *m, AdamW *o, CkptSt
     for (int i = 0; i < r->n; i++)
         for (int g = 0; g < ng; g++) {
             if (g > 0 && r->p[i].kind == PARAM_BUFFER) continue;
-            float *base = g == 0 ? r->data : g == 1 ? o->m : o->v;
+            float *base = g == 0 ? v->data : g == 1 ? v->m : v->v;
             snprintf(name, sizeof name, "%s/%s", CKPT_GROUPS[g], r->p[i].name);
             read_tensor(&cf, d[i * CKPT_NGROUPS + g], name, &r->p[i], base + r->p[i].offset, sh);
             H5Dclose(d[i * CKPT_NGROUPS + g]);
@@ -637,7 +646,7 @@ void ckpt_load(const char *path, const CkptShard *sh, Model *m, AdamW *o, CkptSt
     // so that a file the loader takes is one `ckpt verify` passes, and the other way round.
     CkptEplb e;
     if (ckpt_file_eplb(&cf, &saved, &e)) ckpt_eplb_free(&e);
-    if (o) o->t = (long)adam_t;
+    if (v->m) *v->adam_t = (long)adam_t;
     if (st) *st = s;
     ckpt_file_close(&cf);
 }

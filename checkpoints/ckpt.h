@@ -8,9 +8,9 @@
 #include <stdio.h>
 
 #include "data/loader.h"
+#include "framework/core/config.h"
+#include "framework/core/params.h"
 #include "framework/core/rng.h"
-#include "framework/model.h"
-#include "framework/optimizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,8 +23,8 @@ extern "C" {
 // [ep_rank·R/ep_size, (ep_rank+1)·R/ep_size), and slot p holds logical expert phy2log[l·R + p]
 // (EPLB's plan; several slots may hold replicas of one expert). Saving writes each logical expert
 // once, from the lowest slot that holds it; loading fills every slot from its expert's logical row.
-// The tensors are those of the Model passed along: a pipeline stage's Model saves and loads only its
-// own layers (moelab train: one part per stage and DP rank, part = stage·DP + dp_rank).
+// The tensors are those of the CkptView passed along: a pipeline stage's view saves and loads only
+// its own layers (moelab train: one part per stage and DP rank, part = stage·DP + dp_rank).
 typedef struct {
     int part, parts;        // this part file and the number of parts (without a pipeline: rank, world)
     int ep_rank, ep_size;   // place among the ranks that share each MoE layer's slots
@@ -35,8 +35,21 @@ typedef struct {
                             // NULL: the identity (slot p holds expert p, R == E)
 } CkptShard;
 
-// The identity layout of a model: ep_rank/ep_size from the model, one part per EP rank, R = E.
-CkptShard ckpt_shard_of(const Model *m);
+// The identity layout of a model whose MoE layers' E experts are spread over ep_size ranks: one
+// part per EP rank, R = E, every rank writing its own experts and rank 0 the non-expert tensors.
+CkptShard ckpt_shard_identity(int ep_rank, int ep_size, int E);
+
+// What a checkpoint stores of one model (the whole model, or one pipeline stage of it), handed over
+// by the caller in host memory: the tensors its parameter registry declares, with their values and
+// AdamW moments in buffers of the registry's layout. The registry's own buffers are never touched (on
+// a GPU they are device memory): for a device model, data, m and v are host copies.
+typedef struct {
+    const MoeConfig *cfg;      // the run's config: stored by a save, what a load checks the file against
+    const ParamRegistry *reg;  // names, logical shapes, kinds, layers and offsets of the tensors
+    float *data;               // (reg->total) values
+    float *m, *v;              // (reg->total) AdamW moments; NULL in a ckpt_load of the weights only
+    long *adam_t;              // AdamW's steps taken (a load with moments sets it); NULL with m, v NULL
+} CkptView;
 
 // Training state besides the tensors and the AdamW step count (AdamW.t travels with the moments).
 // The learning-rate schedule is a pure function of the config's lr keys and `step`, so those are
@@ -59,33 +72,42 @@ typedef struct {
 
 // One process holding every expert (sh->parts == 1): writes the whole state to the single file
 // `path`, atomically (path.tmp-<pid>, fsync, rename). eplb may be NULL.
-void ckpt_save(const char *path, const CkptShard *sh, const Model *m, const AdamW *o,
-               const CkptState *st, const CkptEplb *eplb);
+void ckpt_save(const char *path, const CkptShard *sh, const CkptView *v, const CkptState *st,
+               const CkptEplb *eplb);
 
 // Several processes: every rank writes its own part file (path.part-<r>-of-<n>) with the tensors and
 // expert rows it owns; then, once every part is on disk (after a barrier), rank 0 writes the index
 // `path`, which joins the parts into the logical tensors through HDF5 virtual datasets and holds the
 // state. The index's rename is the commit: until it happens the previous checkpoint is the latest.
-void ckpt_save_part(const char *path, const CkptShard *sh, const Model *m, const AdamW *o);
-void ckpt_save_index(const char *path, int parts, const Model *m, const AdamW *o,
-                     const CkptState *st, const CkptEplb *eplb);
+// The index stores c and the state: adam_t is AdamW's step count, as in CkptView.
+void ckpt_save_part(const char *path, const CkptShard *sh, const CkptView *v);
+void ckpt_save_index(const char *path, int parts, const MoeConfig *c, long adam_t, const CkptState *st,
+                     const CkptEplb *eplb);
 
 // Loads a checkpoint (single file or index, whatever layout saved it) into the slots sh describes.
-// Checks the format version, the stored config against m->cfg (model-shape keys must agree), and
+// Checks the format version, the stored config against v->cfg (model-shape keys must agree), and
 // every dataset's name, type, shape and completeness before reading anything; a bad file exits 2
-// with one message naming the problem. o and st may be NULL (weights only).
-void ckpt_load(const char *path, const CkptShard *sh, Model *m, AdamW *o, CkptState *st);
+// with one message naming the problem. Fills v->data (and v->m, v->v, *v->adam_t unless v->m is
+// NULL: weights only) and *st (unless NULL).
+void ckpt_load(const char *path, const CkptShard *sh, const CkptView *v, CkptState *st);
 // The config stored in a checkpoint (on top of the defaults).
 void ckpt_read_config(const char *path, MoeConfig *c);
 // The EPLB group of a checkpoint: returns 0 (and zeroes *out) when absent; arrays from core_alloc.
 int ckpt_load_eplb(const char *path, const MoeConfig *c, CkptEplb *out);
 void ckpt_eplb_free(CkptEplb *e);
 
-// `moelab ckpt inspect`: prints the state, the config and every tensor with shape, dtype and norms.
-void ckpt_inspect(const char *path, FILE *out);
+// `moelab ckpt inspect` and `moelab ckpt verify` compare a file with the model its stored config
+// builds, which the caller assembles (checkpoints/ does not build models): after ckpt_read_config,
+// ref is the registry of that model in any expert-parallel layout (only names, logical shapes and
+// kinds are read).
+//
+// `moelab ckpt inspect`: prints the state (with lr(c, step), the learning rate of the next step), the
+// config and every tensor of ref with shape, dtype and norms.
+void ckpt_inspect(const char *path, const ParamRegistry *ref, float (*lr)(const MoeConfig *c, int step),
+                  FILE *out);
 // `moelab ckpt verify`: reads every dataset (Fletcher-32 checks each chunk), checks completeness and
-// shapes against the stored config; prints a summary and returns on success, exits 2 on a problem.
-void ckpt_verify(const char *path, FILE *out);
+// shapes against ref; prints a summary and returns on success, exits 2 on a problem.
+void ckpt_verify(const char *path, const ParamRegistry *ref, FILE *out);
 
 // Checkpoints of a training run: DIR/step_<step>.h5.
 void ckpt_step_path(const char *dir, long step, char *out, size_t n);

@@ -8,7 +8,7 @@
 #include "checkpoints/ckpt.h"
 #include "checkpoints/h5.h"
 #include "framework/core/config.h"
-#include "framework/params.h"
+#include "framework/core/params.h"
 
 #define CKPT_FORMAT_NAME "moelab-checkpoint"
 #define CKPT_PART_FORMAT_NAME "moelab-checkpoint-part"

@@ -38,7 +38,7 @@ static Scan scan_tensor(CkptFile *cf, hid_t d, const char *name, int nd, const h
     return s;
 }
 
-static void print_header(CkptFile *cf, const MoeConfig *c, FILE *out) {
+static void print_header(CkptFile *cf, const MoeConfig *c, float (*lr)(const MoeConfig *, int), FILE *out) {
     CkptState st;
     int64_t t;
     ckpt_file_state(cf, &st, &t);
@@ -47,7 +47,7 @@ static void print_header(CkptFile *cf, const MoeConfig *c, FILE *out) {
                            CKPT_FORMAT_NAME, (long long)cf->version, cf->parts);
     else fprintf(out, "format      %s version %lld, single file\n", CKPT_FORMAT_NAME, (long long)cf->version);
     fprintf(out, "step        %lld (AdamW t %lld), next learning rate %.4g\n", (long long)st.step,
-            (long long)t, (double)optim_lr(c, (int)st.step));
+            (long long)t, (double)lr(c, (int)st.step));
     fprintf(out, "data        epoch %llu, next sequence %llu\n", (unsigned long long)st.data.epoch,
             (unsigned long long)st.data.index);
     fprintf(out, "rng         seed %llu, stream %u, counter %llu\n", (unsigned long long)st.rng.seed,
@@ -71,12 +71,13 @@ static void norm_of(CkptFile *cf, const char *name, char *out, size_t n) {
     else snprintf(out, n, "%12.6g", sqrt(s.sqsum));
 }
 
-void ckpt_inspect(const char *path, FILE *out) {
+void ckpt_inspect(const char *path, const ParamRegistry *ref, float (*lr)(const MoeConfig *c, int step),
+                  FILE *out) {
     CkptFile cf;
     ckpt_file_open(&cf, path);
     MoeConfig c;
     ckpt_file_config(&cf, &c);
-    print_header(&cf, &c, out);
+    print_header(&cf, &c, lr, out);
     CkptEplb e;
     if (!ckpt_file_eplb(&cf, &c, &e)) fprintf(out, "eplb        none (identity placement)\n");
     else if (e.phy2log) fprintf(out, "eplb        phy2log (%d layers, %d slots)%s\n", c.L, e.R,
@@ -87,10 +88,9 @@ void ckpt_inspect(const char *path, FILE *out) {
             "adam m norm", "adam v norm");
     // The tensors of the stored config's model, in its order (the links are not listed: see
     // check_no_extra).
-    Model *ref = model_create(&c, 0, c.E);
     double total = 0;
-    for (int i = 0; i < ref->reg.n; i++) {
-        const char *name = ref->reg.p[i].name;
+    for (int i = 0; i < ref->n; i++) {
+        const char *name = ref->p[i].name;
         char full[PARAM_NAME_MAX + 16], shape[64], nm[3][32];
         int nd;
         hsize_t dims[4];
@@ -109,7 +109,6 @@ void ckpt_inspect(const char *path, FILE *out) {
         fprintf(out, "%-28s %-7s %-8s %-18s %s %s %s\n", name, kind, "float32", shape, nm[0], nm[1], nm[2]);
         core_free(kind);
     }
-    model_free(ref);
     fprintf(out, "%.0f parameters (%.2fM)\n\nconfig:\n", total, total / 1e6);
     char *text = h5_attr_read_str(&cf.io, cf.f, "file", "config", CKPT_CONFIG_MAX);
     for (char *line = text, *next; line && *line; line = next) {
@@ -140,7 +139,7 @@ static void check_no_extra(CkptFile *cf, const char *gname, const ParamRegistry 
                 gname, (unsigned long long)gi.nlinks, (unsigned long long)want);
 }
 
-void ckpt_verify(const char *path, FILE *out) {
+void ckpt_verify(const char *path, const ParamRegistry *ref, FILE *out) {
     CkptFile cf;
     ckpt_file_open(&cf, path);
     MoeConfig c;
@@ -148,10 +147,8 @@ void ckpt_verify(const char *path, FILE *out) {
     CkptState st;
     int64_t t;
     ckpt_file_state(&cf, &st, &t);
-    // The expected names and logical shapes come from the model the stored config builds; one
-    // expert slot per layer is enough to know them (model_create with ep_size = E).
-    Model *ref = model_create(&c, 0, c.E);
-    const ParamRegistry *r = &ref->reg;
+    // The expected names and logical shapes come from the model the stored config builds.
+    const ParamRegistry *r = ref;
     int datasets = 0;
     double bytes = 0;
     for (int gi = 0; gi < CKPT_NGROUPS; gi++) {
@@ -182,6 +179,5 @@ void ckpt_verify(const char *path, FILE *out) {
             path, datasets, bytes / 1e6, eplb ? " and the EPLB group" : "",
             cf.parts ? "all part files present and matching the index" : "single file", c.V, c.D, c.L,
             c.E, (long long)st.step);
-    model_free(ref);
     ckpt_file_close(&cf);
 }

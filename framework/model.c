@@ -356,11 +356,7 @@ static void acts_carve(const Model *m, ModelActs *a) {
         if (!model_is_moe_layer(m, l)) {
             la->ffn.a = arena_x(m, a, N * c->F); la->ffn.b = arena_x(m, a, N * c->F);
             la->ffn.h = arena_x(m, a, N * c->F);
-            la->ffn.da = arena_x(m, a, N * c->F); la->ffn.db = arena_x(m, a, N * c->F);
         }
-        la->d_h_mid = arena_x(m, a, N * D);
-        la->dq = arena_x(m, a, N * qd); la->dk = arena_x(m, a, N * kd); la->dv = arena_x(m, a, N * kd);
-        la->da = arena_x(m, a, N * D); la->dm = arena_x(m, a, N * D);
     }
     a->h_out = arena_x(m, a, N * D);
     a->dh = arena_x(m, a, ((size_t)(m->l1 - m->l0) + 1) * N * D);
@@ -378,15 +374,45 @@ static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
     a->layer = core_alloc((size_t)m->cfg.L * sizeof *a->layer);
     acts_carve(m, a);  // counts
     a->arena_cap = a->arena_used;
-    a->arena = m->ops->alloc(a->arena_cap);
+    // Every buffer of the arena is written in full before it is read (the accumulating backward
+    // calls get their buffers zeroed right before them), so it is not zero-filled: that saved
+    // gigabytes of fill a step on the GPU. The scalars are the exception: stages without the head
+    // and dense layers leave some of them unwritten, and the host reads all of them.
+    a->arena = m->ops->alloc_uninit(a->arena_cap);
     a->arena_used = 0;
     acts_carve(m, a);
+    m->ops->zero(a->scalars, (1 + (size_t)m->cfg.L) * sizeof(float));
+}
+
+// A layer's backward buffers (LayerActs' d* and ffn.da, ffn.db), each (N, width) elements of the
+// activation dtype, written before they are read.
+static float *bwd_alloc(const Model *m, int N, int width) {
+    return m->ops->alloc_uninit((size_t)N * width * m->ops->act_size);
+}
+static void bwd_free(const Model *m, float **p) {
+    m->ops->free(*p);
+    *p = NULL;
+}
+static void ffn_bwd_free(const Model *m, LayerActs *la) {
+    bwd_free(m, &la->dm);
+    bwd_free(m, &la->ffn.da);
+    bwd_free(m, &la->ffn.db);
+}
+static void attn_bwd_free(const Model *m, LayerActs *la) {
+    bwd_free(m, &la->d_h_mid);
+    bwd_free(m, &la->dq);
+    bwd_free(m, &la->dk);
+    bwd_free(m, &la->dv);
+    bwd_free(m, &la->da);
 }
 
 void model_acts_free(Model *m, ModelActs *a) {
     if (a->layer)
-        for (int l = m->l0; l < m->l1; l++)
+        for (int l = m->l0; l < m->l1; l++) {
             if (model_is_moe_layer(m, l)) moe_acts_free(&a->layer[l].moe, disp_of(m, l));
+            ffn_bwd_free(m, &a->layer[l]);  // a backward_input without its backward_weight
+            attn_bwd_free(m, &a->layer[l]);
+        }
     core_free(a->layer);
     m->ops->free(a->arena);
     memset(a, 0, sizeof *a);
@@ -422,6 +448,10 @@ static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs
     const size_t x = o->act_size;
     // do and the RoPE'd gradients are temporaries: backward_weight needs only dq, dk, dv, da.
     prof_mark(PROF_ATTN);
+    la->dq = bwd_alloc(m, (int)N, qd);
+    la->dk = bwd_alloc(m, (int)N, kd);
+    la->dv = bwd_alloc(m, (int)N, kd);
+    la->da = bwd_alloc(m, (int)N, D);
     void *d_o = o->alloc(N * qd * x);
     void *dqr = o->alloc(N * qd * x);
     void *dkr = o->alloc(N * kd * x);
@@ -444,7 +474,7 @@ static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs
     o->free(dkr);
 }
 
-static void attn_backward_weight(const Model *m, LayerWeights *g, const LayerActs *la, int N) {
+static void attn_backward_weight(const Model *m, LayerWeights *g, LayerActs *la, int N) {
     const MoeConfig *c = &m->cfg;
     const int D = c->D, qd = c->H * m->hd, kd = c->Hkv * m->hd;
     const LayerOps *o = m->ops;
@@ -455,6 +485,7 @@ static void attn_backward_weight(const Model *m, LayerWeights *g, const LayerAct
     o->linear_backward_weight(g->wv, la->dv, la->a, N, D, kd);
     prof_mark(PROF_NORM);
     o->rmsnorm_backward_weight(g->attn_norm, la->da, la->h_in, la->rstd1, N, D);
+    attn_bwd_free(m, la);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -490,16 +521,20 @@ static void ffn_backward_input(Model *m, int l, LayerActs *la, const float *dh_o
     const int D = c->D;
     const LayerWeights *w = &m->w[l];
     const LayerOps *o = m->ops;
-    o->zero(la->dm, (size_t)N * D * o->act_size);
+    la->dm = bwd_alloc(m, N, D);
+    la->d_h_mid = bwd_alloc(m, N, D);
     if (model_is_moe_layer(m, l)) {
         // The balance loss enters the objective as scale·alpha·L_bal (dh_out is already scaled).
         MoeShape shape = m->moe_shape;
         shape.alpha *= scale;
+        o->zero(la->dm, (size_t)N * D * o->act_size);  // the MoE layer adds its parts into it
         moe_backward_input(la->dm, &la->moe, dh_out, &shape, &w->moe, disp_of(m, l));
     } else {
         prof_mark(PROF_FFN);
-        void *dh = o->alloc((size_t)N * c->F * o->act_size);
-        ops_swiglu_backward_input(o, la->dm, &la->ffn, dh, dh_out, w->w1, w->w3, w->w2, &N, 1, D, c->F);
+        la->ffn.da = bwd_alloc(m, N, c->F);
+        la->ffn.db = bwd_alloc(m, N, c->F);
+        void *dh = o->alloc_uninit((size_t)N * c->F * o->act_size);
+        ops_swiglu_backward_input(o, la->dm, &la->ffn, dh, dh_out, w->w1, w->w3, w->w2, &N, 1, D, c->F, 0);
         o->free(dh);
     }
     prof_mark(PROF_NORM);
@@ -518,6 +553,7 @@ static void ffn_backward_weight(Model *m, int l, LayerActs *la, const float *dh_
     }
     prof_mark(PROF_NORM);
     m->ops->rmsnorm_backward_weight(g->ffn_norm, la->dm, la->h_mid, la->rstd2, N, c->D);
+    ffn_bwd_free(m, la);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -604,26 +640,36 @@ float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int
     return model_stage_forward(m, a, tokens, NULL, B, T, with_targets, NULL);
 }
 
-void model_stage_backward_input(Model *m, ModelActs *a, const float *dh_out, float scale) {
+// The head's part of backward_input: dh (N, D) = ∂(scale · CE)/∂h_out.
+static void head_backward_input(Model *m, ModelActs *a, float *dh, float scale) {
     const MoeConfig *c = &m->cfg;
     const int N = a->N, D = c->D;
-    CHECK(a->has_targets, "backward needs a forward with targets");
-    CHECK(m->last || dh_out != NULL, "stage [%d, %d) needs the next stage's gradient", m->l0, m->l1);
     const LayerOps *o = m->ops;
     const size_t x = o->act_size;
+    prof_mark(PROF_HEAD);
+    o->zero(a->dlogits, (size_t)N * c->V * x);
+    o->crossentropy_backward_input(a->dlogits, a->logits, a->lse, a->targets, scale / (float)N, N, c->V);
+    o->zero(a->dhf, (size_t)N * D * x);
+    o->linear_backward_input(a->dhf, a->dlogits, m->lm_head, N, D, c->V);
+    o->zero(dh, (size_t)N * D * x);
+    o->rmsnorm_backward_input(dh, a->dhf, a->h_out, m->final_norm, a->rstdf, N, D);
+}
+
+// The head's weight gradients (LM head and final norm).
+static void head_backward_weight(Model *m, ModelActs *a) {
+    const int N = a->N, D = m->cfg.D;
+    prof_mark(PROF_HEAD);
+    m->ops->linear_backward_weight(m->d_lm_head, a->dlogits, a->hf, N, D, m->cfg.V);
+    m->ops->rmsnorm_backward_weight(m->d_final_norm, a->dhf, a->h_out, a->rstdf, N, D);
+}
+
+void model_stage_backward_input(Model *m, ModelActs *a, const float *dh_out, float scale) {
+    const int N = a->N;
+    CHECK(a->has_targets, "backward needs a forward with targets");
+    CHECK(m->last || dh_out != NULL, "stage [%d, %d) needs the next stage's gradient", m->l0, m->l1);
     float *dh = dh_at(m, a, m->l1);
-    if (m->last) {
-        prof_mark(PROF_HEAD);
-        o->zero(a->dlogits, (size_t)N * c->V * x);
-        o->crossentropy_backward_input(a->dlogits, a->logits, a->lse, a->targets, scale / (float)N, N,
-                                       c->V);
-        o->zero(a->dhf, (size_t)N * D * x);
-        o->linear_backward_input(a->dhf, a->dlogits, m->lm_head, N, D, c->V);
-        o->zero(dh, (size_t)N * D * x);
-        o->rmsnorm_backward_input(dh, a->dhf, a->h_out, m->final_norm, a->rstdf, N, D);
-    } else {
-        o->copy(dh, dh_out, (size_t)N * D * x);
-    }
+    if (m->last) head_backward_input(m, a, dh, scale);
+    else m->ops->copy(dh, dh_out, (size_t)N * m->cfg.D * m->ops->act_size);
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
         ffn_backward_input(m, l, la, dh_at(m, a, l + 1), N, scale);
@@ -635,17 +681,34 @@ void model_backward_input(Model *m, ModelActs *a, float scale) {
     model_stage_backward_input(m, a, NULL, scale);
 }
 
+void model_backward(Model *m, ModelActs *a, float scale, const ModelPass *pass) {
+    const int N = a->N;
+    CHECK(m->first && m->last, "model_backward needs the whole model");
+    CHECK(a->has_targets, "backward needs a forward with targets");
+    head_backward_input(m, a, dh_at(m, a, m->l1), scale);
+    head_backward_weight(m, a);
+    for (int l = m->l1 - 1; l >= m->l0; l--) {
+        LayerActs *la = &a->layer[l];
+        ffn_backward_input(m, l, la, dh_at(m, a, l + 1), N, scale);
+        ffn_backward_weight(m, l, la, dh_at(m, a, l + 1), N);
+        // The layer's expert rows, gradients and scratch are done with: gone before the next layer's.
+        if (model_is_moe_layer(m, l)) moe_acts_free(&la->moe, disp_of(m, l));
+        attn_backward_input(m, &m->w[l], la, dh_at(m, a, l), a->B, a->T);
+        attn_backward_weight(m, &m->g[l], la, N);
+        if (pass && pass->layer_done) pass->layer_done(pass->layer_ctx, l);
+    }
+    prof_mark(PROF_EMBED);
+    m->ops->embedding_backward_weight(m->d_embed, a->dh, a->inputs, N, m->cfg.V, m->cfg.D);
+    prof_mark(PROF_OTHER);
+}
+
 const float *model_stage_dinput(const Model *m, const ModelActs *a) { return dh_at(m, a, m->l0); }
 
 void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass) {
     const MoeConfig *c = &m->cfg;
     const int N = a->N, D = c->D;
     const LayerOps *o = m->ops;
-    if (m->last) {
-        prof_mark(PROF_HEAD);
-        o->linear_backward_weight(m->d_lm_head, a->dlogits, a->hf, N, D, c->V);
-        o->rmsnorm_backward_weight(m->d_final_norm, a->dhf, a->h_out, a->rstdf, N, D);
-    }
+    if (m->last) head_backward_weight(m, a);
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
         ffn_backward_weight(m, l, la, dh_at(m, a, l + 1), N);

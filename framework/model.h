@@ -7,7 +7,7 @@
 #define MOELAB_FRAMEWORK_MODEL_H
 
 #include "framework/core/config.h"
-#include "framework/params.h"
+#include "framework/core/params.h"
 #include "layers/moe.h"
 #include "layers/ops.h"
 #include "layers/swiglu.h"
@@ -82,7 +82,8 @@ typedef struct {
     SwigluActs ffn;     // (N, F) dense FFN activations
     MoeActs moe;        // MoE layer activations
     float *ffn_out;     // (N, D)
-    // Written by backward_input, read by backward_weight:
+    // Allocated and written by backward_input, read and freed by backward_weight (outside the
+    // arena, so that model_backward holds one layer's at a time); ffn.da and ffn.db likewise:
     float *d_h_mid;     // (N, D)
     float *dq, *dk, *dv;  // gradients of the projections (before RoPE)
     float *da, *dm;     // (N, D) gradients of the two RMSNorm outputs
@@ -160,6 +161,11 @@ const float *model_stage_dinput(const Model *m, const ModelActs *a);
 // Accumulates (+=) the weight gradients of the micro-batch into m->reg.grad; pass (or NULL) as
 // ModelPass says.
 void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass);
+// model_backward_input then model_backward_weight with the same results, bit for bit, but layer by
+// layer (input, then weight, from the last layer down), freeing each MoE layer's rows as soon as its
+// weight gradients are done: the peak holds one layer's backward buffers instead of all of them.
+// pass (or NULL) as ModelPass says.
+void model_backward(Model *m, ModelActs *a, float scale, const ModelPass *pass);
 void model_acts_free(Model *m, ModelActs *a);
 // The loss model_stage_forward returns, from a copy of a->scalars on the host (1 + L); sets *ce
 // and *bal as it sets a->ce and a->bal. with_targets as given to the forward.

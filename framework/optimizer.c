@@ -3,6 +3,7 @@
 
 #include <math.h>
 
+#include "framework/core/check.h"
 #include "framework/core/mem.h"
 #include "framework/core/prof.h"
 
@@ -15,6 +16,7 @@ void adamw_init_on(AdamW *o, const ParamRegistry *r, const LayerOps *ops, void *
     o->m = ops->alloc(r->total * sizeof(float));
     o->v = ops->alloc(r->total * sizeof(float));
     o->t = 0;
+    o->shard = NULL;
 }
 
 void adamw_free(AdamW *o) {
@@ -45,21 +47,15 @@ double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind
     return s;
 }
 
-void optim_scale_grads_on(const LayerOps *ops, ParamRegistry *r, float s) {
-    for (int i = 0; i < r->n; i++) {
-        const ParamInfo *p = &r->p[i];
-        if (p->kind != PARAM_BUFFER) ops->grad_scale(r->grad + p->offset, (long)p->numel, s);
-    }
-}
-
 float optim_clip_factor(float norm, float clip) {
     return clip > 0.0f && norm > clip ? clip / norm : 1.0f;
 }
 
-void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr) {
+void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float gscale) {
+    CHECK(!o->shard, "adamw_step: a ZeRO-1 optimizer steps with zero1_step");
     prof_mark(PROF_OPTIM);
     o->t++;
-    const AdamwHyper h = {lr, c->beta1, c->beta2, c->adam_eps, c->weight_decay, o->t};
+    const AdamwHyper h = {lr, c->beta1, c->beta2, c->adam_eps, c->weight_decay, o->t, gscale};
     for (int i = 0; i < r->n; i++) {
         const ParamInfo *pi = &r->p[i];
         if (pi->kind == PARAM_BUFFER) continue;

@@ -5,19 +5,23 @@
 #define MOELAB_FRAMEWORK_OPTIMIZER_H
 
 #include "framework/core/config.h"
-#include "framework/params.h"
+#include "framework/core/params.h"
 #include "layers/ops.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
+struct DpSync;
+
 typedef struct {
-    float *m, *v;   // (total) first and second moments, same layout as the parameter registry
-    size_t total;
+    float *m, *v;   // (total) first and second moments, same layout as the parameter registry; under
+                    // ZeRO-1 (shard != NULL) only this rank's shard of them, in the shard's layout
+    size_t total;   // floats of the registry
     long t;         // steps taken
     const LayerOps *ops;  // the backend holding m, v and the registry's buffers (layers/ops.h)
     void *p_low;    // (total) compute copy of the weights in ops->dt that each step refreshes, or NULL
+    struct DpSync *shard;  // ZeRO-1 (parallel/zero1.h): the sharded gradient sync, or NULL
 } AdamW;
 
 // On the host, for a registry in host memory.
@@ -31,12 +35,12 @@ float optim_lr(const MoeConfig *c, int step);
 // Σ g² over the trained tensors of kind `kind` (-1: all trained kinds), accumulated in double, for
 // a registry whose buffers live on backend ops.
 double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind);
-// Multiplies every trained gradient by s (buffers on ops).
-void optim_scale_grads_on(const LayerOps *ops, ParamRegistry *r, float s);
 // Clip factor for a global gradient norm: min(1, clip / norm) (1 when clip is 0).
 float optim_clip_factor(float norm, float clip);
-// One AdamW step with learning rate lr (PyTorch's AdamW: p ← p(1 − lr·wd), then the Adam update).
-void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr);
+// One AdamW step with learning rate lr (PyTorch's AdamW: p ← p(1 − lr·wd), then the Adam update) of an
+// unsharded optimizer (ZeRO-1 steps with zero1_step) on the gradients times gscale (the clip factor,
+// optim_clip_factor; the buffers keep their values).
+void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float gscale);
 
 #ifdef __cplusplus
 }

@@ -20,6 +20,7 @@
 #include "parallel/dp_sync.h"
 #include "parallel/ep_dispatch.h"
 #include "parallel/stage_partition.h"
+#include "parallel/zero1.h"
 
 // ---------------------------------------------------------------------------------------------
 // The stage interface over a Model.
@@ -45,8 +46,17 @@ static const float *stage_forward(void *ctx, int mb, const float *h_in) {
     return m->last ? NULL : a->h_out;
 }
 
+// A whole model without a grid (one process, one stage) runs model_backward here: input and weight
+// gradients layer by layer, bit-identical to the two passes, with one layer's backward buffers at a
+// time; its backward_weight then has nothing left to do. With a grid the weight pass waits for the
+// whole input pass: the DP gradient sync, which starts as layers' weight gradients complete, then
+// never interleaves with the input pass's EP exchanges.
 static const float *stage_backward_input(void *ctx, int mb, const float *dh_out) {
     PipeStageCtx *x = ctx;
+    if (x->fused) {
+        model_backward(x->m, &x->acts[mb], x->scale, NULL);
+        return NULL;
+    }
     model_stage_backward_input(x->m, &x->acts[mb], dh_out, x->scale);
     return x->m->first ? NULL : model_stage_dinput(x->m, &x->acts[mb]);
 }
@@ -63,7 +73,7 @@ static void layer_done(void *ctx, int l) {
 static void stage_backward_weight(void *ctx, int mb) {
     PipeStageCtx *x = ctx;
     const ModelPass last = {.layer_done = layer_done, .layer_ctx = x};
-    model_backward_weight(x->m, &x->acts[mb], x->sync && x->n_wgt == x->n_mb - 1 ? &last : NULL);
+    if (!x->fused) model_backward_weight(x->m, &x->acts[mb], x->sync && x->n_wgt == x->n_mb - 1 ? &last : NULL);
     x->n_wgt++;
 }
 
@@ -101,6 +111,7 @@ static void stage_init(PipeTrainer *p, int pipe, const MoeConfig *c, Model *m, A
     x->B = c->batch_size;
     x->T = c->T;
     x->scale = 1.0f / (float)s->C;
+    x->fused = !p->grid && m->first && m->last;
     x->dscal = m->ops->alloc((size_t)(x->n_mb > 0 ? x->n_mb : 1) * (1 + (size_t)c->L) * sizeof(float));
     p->stage[pipe] = (PipeStage){x, stage_forward, stage_backward_input, stage_backward_weight, stage_release};
 }
@@ -113,6 +124,7 @@ static void stage_free(PipeStageCtx *x, int owned) {
     core_free(x->layer_of);
     if (!owned) return;
     model_free(x->m);  // before the grid: the EP dispatchers use its communicators
+    zero1_free(x->o);
     adamw_free(x->o);
     core_free(x->o);
 }
@@ -126,6 +138,7 @@ static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
     const int L = m->l1 - x->moe0;
     if (c->eplb_interval <= 0 || L <= 0) return;
     const int on_gpu = m->ops->dev != CORE_CPU;
+    CHECK(!x->o->shard, "EPLB moves whole AdamW moments: not with a ZeRO-1 optimizer");
     CHECK(!on_gpu || x->ep_dev, "EPLB on %s needs the EP group's NCCL twin (grid_to_device)", m->ops->name);
     EplbRuntimeSpec s = {.L = L, .E = c->E, .R = m->R, .interval = c->eplb_interval,
                          .groups = c->eplb_groups, .nodes = c->eplb_nodes, .ep = x->ep,
@@ -216,7 +229,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         }
         model_to_device(m, ops);
         AdamW *o = core_alloc(sizeof *o);
-        adamw_init_on(o, &m->reg, ops, m->wlow);
+        zero1_init_if(o, &m->reg, ops, m->wlow, g, c->zero);
         stage_init(p, pipe, c, m, o);
         stage_eplb_attach(x, c);
     }
@@ -316,6 +329,11 @@ static void copy_sum(PipeTrainer *p, int counts) {
 // (each stage's over its EP group, then over the pipeline).
 static double grad_sqsum(PipeTrainer *p) {
     const Grid *g = p->grid;
+    // ZeRO-1 (no EPLB with it): every float lies in one rank's shard.
+    if (p->ctx[0].o->shard) {
+        DpSync *shard[2] = {p->ctx[0].o->shard, p->n_models > 1 ? p->ctx[1].o->shard : NULL};
+        return dp_sync_shard_sqsum(g, shard, p->n_own);
+    }
     double sq = 0, dup = 0;
     for (int pipe = 0; pipe < p->n_own; pipe++) {
         const PipeStageCtx *x = &p->ctx[pipe];
@@ -375,11 +393,13 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
         x->tokens = tokens;
         x->training = 1;
         x->n_fwd = x->n_wgt = 0;
-        // The DP all-reduces run during the stage's last backward_weight. EPLB sums the replicas'
-        // gradients after the backward, so its stages sync afterwards; dp_overlap = 0 does too (to
-        // measure the gain, with bit-identical results).
-        if (g && g->dp > 1 && p->overlap && !x->eplb)
-            x->sync = dp_sync_start(g, x->grads, x->n_grads, DP_SYNC_BUCKET_FLOATS);
+        // The DP all-reduces (ZeRO-1: the optimizer's reduce-scatters, whose list is x->grads) run
+        // during the stage's last backward_weight. EPLB sums the replicas' gradients after the
+        // backward, so its stages sync afterwards; dp_overlap = 0 does too (to measure the gain, with
+        // bit-identical results); so does ZeRO-1 under DualPipe, whose copies sum their whole
+        // gradients before the reduce-scatter.
+        if (g && g->dp > 1 && p->overlap && !x->eplb && !(x->o->shard && p->partner >= 0))
+            x->sync = x->o->shard ? x->o->shard : dp_sync_start(g, x->grads, x->n_grads, DP_SYNC_BUCKET_FLOATS);
     }
     if (g) grid_test_die_at(g, step);
     PipeRun run = run_of(p, c->trace[0] ? p->trace : NULL);
@@ -394,11 +414,19 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
               "backwards, the schedule has %d micro-batches", x->m->l0, x->m->l1, x->n_fwd, x->n_wgt, x->n_mb);
         // Replicas of an expert apply one update: each gets the sum of all the replicas' gradients.
         if (x->eplb) eplb_runtime_sum_replica_grads(x->eplb);
+        if (x->o->shard) continue;  // reduce-scattered below, after DualPipe's copy sums
         if (x->sync) dp_sync_finish(x->sync);
         else if (g && g->dp > 1) dp_sync_grads(g, x->grads, x->n_grads, DP_SYNC_BUCKET_FLOATS);
         x->sync = NULL;
     }
     if (p->partner >= 0) copy_sum(p, 0);
+    // ZeRO-1: each rank's shard of the averaged gradients (docs/parallel.md); zero1_step reads it.
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
+        PipeStageCtx *x = &p->ctx[pipe];
+        if (!x->o->shard) continue;
+        dp_sync_complete(x->o->shard);
+        x->sync = NULL;
+    }
     // Σ g² is queued before the first wait (the scalars' download), so the device keeps busy.
     st.grad_norm = (float)sqrt(grad_sqsum(p));
     double means[2];
@@ -431,8 +459,8 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         PipeStageCtx *x = &p->ctx[pipe];
         Model *m = x->m;
-        if (clip != 1.0f) optim_scale_grads_on(m->ops, &m->reg, clip);
-        adamw_step(x->o, &m->reg, c, st.lr);
+        if (x->o->shard) zero1_step(x->o, &m->reg, c, st.lr, clip);
+        else adamw_step(x->o, &m->reg, c, st.lr, clip);
         model_router_bias_update(m, n_tokens);
         // Every stage balances its own MoE layers on the step's global counts; both copies of a
         // DualPipe stage see the same counts and placement, so they plan the same moves.

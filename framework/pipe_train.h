@@ -53,6 +53,8 @@ typedef struct {
     const int *tokens;   // (C, B, T+1) the step's micro-batches (every rank reads all of them)
     int B, T;
     float scale;         // 1/C: each micro-batch's share of the step's objective
+    int fused;           // no grid and the whole model: backward_input runs model_backward (input and
+                         // weight gradients) and backward_weight only counts
     float *dscal;        // (n_mb, 1 + L) each training forward's loss scalars, in the model's memory
     int n_fwd, n_wgt;    // forwards and backward_weights run this step
     DpSync *sync;        // the DP sync overlapped with this step's last backward_weight, or NULL

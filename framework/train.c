@@ -20,6 +20,7 @@
 #include "parallel/dp_sync.h"
 #include "parallel/eplb_runtime.h"
 #include "parallel/grid.h"
+#include "parallel/zero1.h"
 
 // Entropy (nats per token) of the token frequencies of a shard: the loss of the best model that
 // ignores context, which a trained model must beat. The histogram has the shard's own vocabulary
@@ -64,7 +65,7 @@ static const uint32_t SAMPLE_STREAM = 7;
 // DP rank 0, each expert row by its first expert-data-parallel replica.
 static CkptShard trainer_shard(Trainer *t, int pipe) {
     const Model *m = t->pipe->ctx[pipe].m;
-    CkptShard sh = ckpt_shard_of(m);
+    CkptShard sh = ckpt_shard_identity(m->ep_rank, m->ep_size, m->cfg.E);
     // The slots hold the experts of the model's placement (EPLB rewrites it; replicas included).
     sh.R = m->R;
     sh.phy2log = m->phy2log;
@@ -78,49 +79,45 @@ static CkptShard trainer_shard(Trainer *t, int pipe) {
     return sh;
 }
 
-// The checkpoint code reads and writes host tensors. For a model on a GPU, the values and the AdamW
-// moments are staged through host memory: hm and ho are shallow copies of the model and its optimizer
-// whose reg.data, m and v are host buffers holding the device contents (the checkpoint code touches
-// nothing else of them). On the CPU, m and o are the model and optimizer themselves.
-typedef struct {
-    Model *m;
-    AdamW *o;
-    Model hm;
-    AdamW ho;
-} CkptStage;
-
-static void stage_open(CkptStage *s, Model *m, AdamW *o) {
-    s->m = m;
-    s->o = o;
-    if (m->ops->dev == CORE_CPU) return;
+// What a checkpoint stores of model m and optimizer o, in the host memory the checkpoint code reads
+// and writes: on the CPU without ZeRO-1 their own buffers; else host copies of the values and the
+// whole AdamW moments (a ZeRO-1 optimizer's gathered from every rank: a collective). AdamW's t lives
+// on the host either way.
+static CkptView trainer_ckpt_view(Model *m, AdamW *o) {
+    CkptView v = {&m->cfg, &m->reg, m->reg.data, o->m, o->v, &o->t};
+    if (m->ops->dev == CORE_CPU && !o->shard) return v;
     const size_t bytes = m->reg.total * sizeof(float);
-    s->hm = *m;
-    s->ho = *o;
-    s->hm.reg.data = core_alloc(bytes);
-    s->ho.m = core_alloc(bytes);
-    s->ho.v = core_alloc(bytes);
-    m->ops->download(s->hm.reg.data, m->reg.data, bytes);
-    m->ops->download(s->ho.m, o->m, bytes);
-    m->ops->download(s->ho.v, o->v, bytes);
-    s->m = &s->hm;
-    s->o = &s->ho;
+    v.data = core_alloc(bytes);
+    v.m = core_alloc(bytes);
+    v.v = core_alloc(bytes);
+    if (o->shard) {
+        zero1_gather_state(o, &m->reg, v.m, v.v);  // first: it makes a GPU's values whole
+    } else {
+        m->ops->download(v.m, o->m, bytes);
+        m->ops->download(v.v, o->v, bytes);
+    }
+    m->ops->download(v.data, m->reg.data, bytes);
+    return v;
 }
 
-// Frees the host copies; after a load (upload = 1) first copies them, and AdamW's t, back to the
-// device and re-derives the compute copy of the weights from the loaded values.
-static void stage_close(CkptStage *s, Model *m, AdamW *o, int upload) {
-    if (s->m == m) return;
+// Frees a GPU view's host copies; after a load (upload = 1) first copies them back to the device and
+// re-derives the compute copy of the weights from the loaded values.
+static void trainer_ckpt_view_free(CkptView *v, Model *m, AdamW *o, int upload) {
+    if (v->data == m->reg.data) return;
     const size_t bytes = m->reg.total * sizeof(float);
     if (upload) {
-        m->ops->upload(m->reg.data, s->hm.reg.data, bytes);
-        m->ops->upload(o->m, s->ho.m, bytes);
-        m->ops->upload(o->v, s->ho.v, bytes);
-        o->t = s->ho.t;
+        m->ops->upload(m->reg.data, v->data, bytes);
+        if (o->shard) {
+            zero1_scatter_state(o, v->m, v->v);
+        } else {
+            m->ops->upload(o->m, v->m, bytes);
+            m->ops->upload(o->v, v->v, bytes);
+        }
         model_refresh_low(m);
     }
-    core_free(s->hm.reg.data);
-    core_free(s->ho.m);
-    core_free(s->ho.v);
+    core_free(v->data);
+    core_free(v->m);
+    core_free(v->v);
 }
 
 // Restores everything a step depends on: weights and router biases, AdamW moments and t, the step
@@ -144,10 +141,9 @@ static void trainer_resume(Trainer *t) {
         Model *m = t->pipe->ctx[pipe].m;
         AdamW *o = t->pipe->ctx[pipe].o;
         const CkptShard sh = trainer_shard(t, pipe);
-        CkptStage s;
-        stage_open(&s, m, o);
-        ckpt_load(t->cfg.resume, &sh, s.m, s.o, &st);
-        stage_close(&s, m, o, 1);
+        CkptView v = trainer_ckpt_view(m, o);
+        ckpt_load(t->cfg.resume, &sh, &v, &st);
+        trainer_ckpt_view_free(&v, m, o, 1);
     }
     t->step = (int)st.step;
     t->resumed_at = t->step;
@@ -177,24 +173,23 @@ static void trainer_save(Trainer *t) {
     }
     const CkptEplb e = {m->R, phy2log, counts};
     const CkptShard sh = trainer_shard(t, 0);
-    CkptStage s;
     if (sh.parts == 1) {
-        stage_open(&s, m, o);
-        ckpt_save(path, &sh, s.m, s.o, &st, &e);
-        stage_close(&s, m, o, 0);
+        CkptView v = trainer_ckpt_view(m, o);
+        ckpt_save(path, &sh, &v, &st, &e);
+        trainer_ckpt_view_free(&v, m, o, 0);
     } else {
         // DualPipe's up stages are copies of other ranks' down stages: only the down copy is saved.
         for (int pipe = 0; pipe < t->pipe->n_own; pipe++) {
             Model *pm = t->pipe->ctx[pipe].m;
             AdamW *po = t->pipe->ctx[pipe].o;
             const CkptShard psh = trainer_shard(t, pipe);
-            stage_open(&s, pm, po);
-            ckpt_save_part(path, &psh, s.m, s.o);
-            stage_close(&s, pm, po, 0);
+            CkptView v = trainer_ckpt_view(pm, po);
+            ckpt_save_part(path, &psh, &v);
+            trainer_ckpt_view_free(&v, pm, po, 0);
         }
         Comm *world = t->pipe->grid ? t->pipe->grid->world_comm : NULL;
         if (world) comm_barrier(world);
-        if (core_rank() == 0) ckpt_save_index(path, sh.parts, m, o, &st, &e);
+        if (core_rank() == 0) ckpt_save_index(path, sh.parts, &m->cfg, o->t, &st, &e);
         if (world) comm_barrier(world);
     }
     core_free(counts);
@@ -224,6 +219,14 @@ static void report_stale(const char *dir) {
                   dir, n, n == 1 ? "" : "s", first, dir);
 }
 
+// A full disk shows at the flush (buffered writes fail late): the run stops rather than logging
+// nothing.
+static void metrics_flush(Trainer *t) {
+    if (fflush(t->metrics) != 0 || ferror(t->metrics))
+        core_fatal_at(__FILE__, __LINE__, CORE_EXIT_FAILURE, "cannot write --metrics %s: %s", t->cfg.metrics,
+                      strerror(errno));
+}
+
 Trainer *trainer_create(const MoeConfig *cfg) {
     Trainer *t = core_alloc(sizeof *t);
     t->cfg = *cfg;
@@ -241,6 +244,10 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     Grid *g = grid_create(comm_world(), c->pp, c->ep, c->E);
     grid_log(g, c->E);
     eplb_runtime_check_config(c);
+    // EPLB moves the moments of expert slots between ranks, which a shard does not hold whole.
+    if (c->zero && c->eplb_interval > 0)
+        core_usage_error("--zero 1 with --eplb-interval %d: EPLB moves whole AdamW moments between ranks, "
+                         "ZeRO-1 keeps a shard of them: pass one", c->eplb_interval);
     const int on_gpu = strcmp(c->device, "cpu") != 0;
     // The device dispatchers move rows over NCCL, which a one-rank EP group does not have.
     if (on_gpu && c->eplb_interval > 0 && g->ep < 2)
@@ -280,6 +287,11 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     if (c->metrics[0] && core_rank() == 0) {
         t->metrics = fopen(c->metrics, "w");
         if (!t->metrics) core_usage_error("cannot write --metrics %s: %s", c->metrics, strerror(errno));
+        // The first line says which settings produced the file: every key, as this run resolved it.
+        fputs("{\"config\": ", t->metrics);
+        config_write_json(c, t->metrics);
+        fputs("}\n", t->metrics);
+        metrics_flush(t);
     }
     if (c->out[0]) {
         ckpt_make_dir(c->out);
@@ -452,10 +464,7 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
     if (eplb.step_imbalance) eplb_runtime_write_metrics(&eplb, t->metrics, st->rebalanced);
     core_free(eplb.step_imbalance);
     fprintf(t->metrics, "}\n");
-    // A full disk shows here (buffered writes fail late): the run stops rather than logging nothing.
-    if (fflush(t->metrics) != 0 || ferror(t->metrics))
-        core_fatal_at(__FILE__, __LINE__, CORE_EXIT_FAILURE, "cannot write --metrics %s: %s", c->metrics,
-                      strerror(errno));
+    metrics_flush(t);
 }
 
 // Prints cfg.sample_tokens tokens generated from a newline (the same random numbers every time, so

@@ -15,6 +15,8 @@ typedef struct {
     float lr, beta1, beta2, eps;
     float weight_decay;  // applied only when adamw_cuda_step's `decay` is set (matrices)
     long t;              // the step being taken, 1-based (bias corrections 1 − beta^t)
+    float gscale;        // every gradient's factor (the clip factor), applied as it is read: clipping
+                         // needs no pass over the gradients of its own (3.8 ms a bench step)
 } AdamwHyper;
 
 // m = β1 m + (1 − β1) g, v = β2 v + (1 − β2) g²,

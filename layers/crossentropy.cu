@@ -29,15 +29,21 @@ __global__ void crossentropy_forward_kernel(float *losses, float *lse, const T *
     }
 }
 
-template <typename T>
+// W consecutive logits a thread at a time (one 16-byte access per tensor where V and the buffers
+// allow, else W = 1).
+template <typename T, int W>
 __global__ void crossentropy_backward_kernel(T *dlogits, const T *logits, const float *lse,
                                              const int *targets, float dloss, int V) {
     size_t row = (size_t)blockIdx.x * V;
     float l = lse[blockIdx.x];
     int target = targets[blockIdx.x];
-    for (int i = threadIdx.x; i < V; i += THREADS) {
-        float g = dloss * expf(core_ld(logits + row + i) - l) - (i == target ? dloss : 0.0f);
-        core_st(dlogits + row + i, core_ld(dlogits + row + i) + g);
+    for (int i = threadIdx.x * W; i < V; i += THREADS * W) {
+        float z[W], d[W];
+        core_ld_vec<W>(z, logits + row + i);
+        core_ld_vec<W>(d, dlogits + row + i);
+#pragma unroll
+        for (int j = 0; j < W; j++) d[j] += dloss * expf(z[j] - l) - (i + j == target ? dloss : 0.0f);
+        core_st_vec<W>(dlogits + row + i, d);
     }
 }
 
@@ -53,8 +59,13 @@ static void forward(float *losses, float *lse, const void *logits, const int *ta
 template <typename T>
 static void backward(void *dlogits, const void *logits, const float *lse, const int *targets,
                      float dloss, int N, int V) {
-    crossentropy_backward_kernel<T><<<N, THREADS, 0, core_stream()>>>(
-        (T *)dlogits, (const T *)logits, lse, targets, dloss, V);
+    const void *p[] = {dlogits, logits};
+    if (core_vec_ok(16 / sizeof(T), sizeof(T), V, p, 2))
+        crossentropy_backward_kernel<T, 16 / sizeof(T)><<<N, THREADS, 0, core_stream()>>>(
+            (T *)dlogits, (const T *)logits, lse, targets, dloss, V);
+    else
+        crossentropy_backward_kernel<T, 1><<<N, THREADS, 0, core_stream()>>>(
+            (T *)dlogits, (const T *)logits, lse, targets, dloss, V);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -78,19 +89,13 @@ void crossentropy_cuda_backward_input(CoreDtype dt, void *dlogits, const void *l
     CORE_DTYPE_CALL(dt, backward, dlogits, logits, lse, targets, dloss, N, V);
 }
 
-// One block: thread i sums losses i, i + THREADS, ... in double, then the block adds the THREADS
-// partial sums in a fixed tree order.
+// One block: thread i sums losses i, i + THREADS, ... in double, then the block adds the partial
+// sums in a fixed order.
 __global__ void crossentropy_mean_kernel(float *out, const float *losses, int N) {
-    __shared__ double acc[THREADS];
     double s = 0.0;
     for (int i = threadIdx.x; i < N; i += THREADS) s += losses[i];
-    acc[threadIdx.x] = s;
-    __syncthreads();
-    for (int w = THREADS / 2; w > 0; w /= 2) {
-        if (threadIdx.x < w) acc[threadIdx.x] += acc[threadIdx.x + w];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) *out = (float)(acc[0] / N);
+    s = core_block_sum(s);
+    if (threadIdx.x == 0) *out = (float)(s / N);
 }
 
 void crossentropy_cuda_mean(float *out, const float *losses, int N) {

@@ -160,6 +160,7 @@ cutlass::KernelHardwareInfo hardware_info() {
 template <class G>
 struct Prepared {
     cudaStream_t stream = nullptr;
+    float beta = 0.0f;              // the epilogue's β, part of the initialized parameters
     GroupArrays<G> *arr = nullptr;  // device
     void *ws = nullptr;             // device, ws_bytes
     size_t ws_bytes = 0;
@@ -167,7 +168,7 @@ struct Prepared {
     typename G::Gemm gemm;
 };
 
-enum { MAX_STREAMS = 16 };  // streams per GEMM type: the main one and a few workers' in practice
+enum { MAX_STREAMS = 16 };  // (stream, β) pairs per GEMM type: the main one and a few workers' in practice
 
 // The arguments of a launch over g.n groups whose arrays are arr: sizes and pointers are read on
 // the device, and with no host copy of the sizes CUTLASS launches one CTA per multiprocessor.
@@ -188,34 +189,35 @@ typename G::Gemm::Arguments arguments(GroupArrays<G> *arr, int groups, float bet
     return args;
 }
 
-// The calling thread's stream's state for GEMM type G, made at its first use.
+// The calling thread's stream's state for GEMM type G and epilogue β, made at its first use.
 template <class G>
-Prepared<G> &prepared(cudaStream_t st) {
+Prepared<G> &prepared(cudaStream_t st, float beta) {
     static Prepared<G> slots[MAX_STREAMS];
     static std::mutex mu;
     std::lock_guard<std::mutex> lock(mu);
     for (int i = 0; i < MAX_STREAMS; i++) {
         Prepared<G> &p = slots[i];
-        if (p.arr && p.stream == st) return p;
+        if (p.arr && p.stream == st && p.beta == beta) return p;
         if (!p.arr) {
             p.stream = st;
+            p.beta = beta;
             CUDA_CHECK(cudaMalloc((void **)&p.arr, sizeof(GroupArrays<G>)));
             p.ws_bytes = G::Gemm::get_workspace_size(arguments<G>(p.arr, GEMM_SM90_MAX_GROUPS, 0.0f));
             if (p.ws_bytes) CUDA_CHECK(cudaMalloc(&p.ws, p.ws_bytes));
             return p;
         }
     }
-    CHECK(0, "gemm_sm90: more than %d streams", (int)MAX_STREAMS);
+    CHECK(0, "gemm_sm90: more than %d (stream, beta) pairs", (int)MAX_STREAMS);
     return slots[0];
 }
 
 // One launch over the groups g (g.n ≥ 1) on the calling thread's stream: the setup kernel writes
-// the arrays, then the GEMM reads them (stream order). beta is 0 for the forward (D overwritten)
-// and 1 for the accumulating backward products; it is fixed per GEMM type.
+// the arrays, then the GEMM reads them (stream order). beta: 0 overwrites D without reading it, 1
+// adds to it; each (stream, beta) keeps its own initialized operator.
 template <class G>
 void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b, float beta) {
     cudaStream_t st = core_stream();
-    Prepared<G> &p = prepared<G>(st);
+    Prepared<G> &p = prepared<G>(st, beta);
     if (p.groups != g.n) {
         typename G::Gemm::Arguments args = arguments<G>(p.arr, g.n, beta);
         CUTLASS_CHECK(p.gemm.can_implement(args));
@@ -232,9 +234,9 @@ void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const vo
 
 // The product kind with tile configuration Cfg.
 template <class Cfg>
-void launch_kind(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b) {
+void launch_kind(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b, float beta) {
     if (kind == GEMM_SM90_FORWARD) launch<ForwardGemm<Cfg>>(g, kind, y, a, b, 0.0f);
-    else if (kind == GEMM_SM90_BACKWARD_INPUT) launch<BackwardInputGemm<Cfg>>(g, kind, y, a, b, 1.0f);
+    else if (kind == GEMM_SM90_BACKWARD_INPUT) launch<BackwardInputGemm<Cfg>>(g, kind, y, a, b, beta);
     else launch<BackwardWeightGemm<Cfg>>(g, kind, y, a, b, 1.0f);
 }
 
@@ -263,7 +265,7 @@ extern "C" void gemm_sm90_set_config(int config) {
 extern "C" int gemm_sm90_shapes_ok(int IC, int OC) { return IC > 0 && OC > 0 && IC % 8 == 0 && OC % 8 == 0; }
 
 extern "C" void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, const void *b,
-                                  const int *counts, int G, int IC, int OC) {
+                                  const int *counts, int G, int IC, int OC, int acc) {
     CHECK(gemm_sm90_available(), "gemm_sm90: needs a GPU of compute capability 9.0");
     CHECK(gemm_sm90_shapes_ok(IC, OC), "gemm_sm90: IC %d and OC %d must be positive multiples of 8", IC, OC);
     // The groups of one launch; a full set launches and the next one starts.
@@ -281,8 +283,9 @@ extern "C" void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, con
             const int config = g_config != GEMM_SM90_CONFIG_BEST ? g_config
                                : kind == GEMM_SM90_FORWARD      ? GEMM_SM90_COOP_TALL
                                                                 : GEMM_SM90_COOP_WIDE;
-            if (config == GEMM_SM90_COOP_WIDE) launch_kind<CoopWide>(g, kind, y, a, b);
-            else launch_kind<CoopTall>(g, kind, y, a, b);
+            const float beta = acc ? 1.0f : 0.0f;
+            if (config == GEMM_SM90_COOP_WIDE) launch_kind<CoopWide>(g, kind, y, a, b, beta);
+            else launch_kind<CoopTall>(g, kind, y, a, b, beta);
             g.n = 0;
         }
     }

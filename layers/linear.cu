@@ -51,10 +51,10 @@ static Gemm forward_gemm(CoreDtype dt, CoreDtype out_dt, void *out, const void *
               cuda_type(dt)};
     return g;
 }
-// dinpᵀ (IC × N) += W (col-major IC × OC) · doutᵀ (OC × N)
+// dinpᵀ (IC × N) += W (col-major IC × OC) · doutᵀ (OC × N); = with beta 0 (dinp not read)
 static Gemm backward_input_gemm(CoreDtype dt, void *dinp, const void *dout, const void *W, int N,
-                                int IC, int OC) {
-    Gemm g = {CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC, W, dout, IC, OC, IC, 1.0f, dinp, cuda_type(dt),
+                                int IC, int OC, float beta) {
+    Gemm g = {CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC, W, dout, IC, OC, IC, beta, dinp, cuda_type(dt),
               cuda_type(dt)};
     return g;
 }
@@ -80,7 +80,7 @@ void linear_cuda_backward_input(CoreDtype dt, void *dinp, const void *dout, cons
                                 int IC, int OC) {
     linear_check(N, IC, OC);
     if (N == 0) return;
-    Gemm g = backward_input_gemm(dt, dinp, dout, W, N, IC, OC);
+    Gemm g = backward_input_gemm(dt, dinp, dout, W, N, IC, OC, 1.0f);
     gemm(&g);
 }
 
@@ -270,6 +270,7 @@ typedef struct {
     void *y;            // out (forward), dinp (backward_input) or dW (backward_weight)
     const void *a, *b;  // inp, W (forward); dout, W (backward_input); dout, inp (weight)
     int IC, OC;
+    float beta;         // backward_input: 1 adds to dinp, 0 writes it unread (the others ignore it)
 } GroupArgs;
 
 static const char *at(const void *p, size_t elems, CoreDtype dt) {
@@ -284,7 +285,8 @@ static Gemm group_gemm(const GroupArgs *g, int e, int rows, size_t row0) {
                             at(g->a, row0 * g->IC, g->dt), at(g->b, w, g->dt), rows, g->IC, g->OC);
     case GROUP_BACKWARD_INPUT:
         return backward_input_gemm(g->dt, (void *)at(g->y, row0 * g->IC, g->dt),
-                                   at(g->a, row0 * g->OC, g->dt), at(g->b, w, g->dt), rows, g->IC, g->OC);
+                                   at(g->a, row0 * g->OC, g->dt), at(g->b, w, g->dt), rows, g->IC, g->OC,
+                                   g->beta);
     default:
         return backward_weight_gemm(g->dt, (float *)g->y + w, at(g->a, row0 * g->OC, g->dt),
                                     at(g->b, row0 * g->IC, g->dt), rows, g->IC, g->OC);
@@ -308,7 +310,7 @@ static void run_groups(const GroupArgs *g, const int *counts, int G) {
             const GemmSm90Kind kind = g->kind == GROUP_FORWARD          ? GEMM_SM90_FORWARD
                                       : g->kind == GROUP_BACKWARD_INPUT ? GEMM_SM90_BACKWARD_INPUT
                                                                         : GEMM_SM90_BACKWARD_WEIGHT;
-            gemm_sm90_grouped(kind, g->y, g->a, g->b, counts, G, g->IC, g->OC);
+            gemm_sm90_grouped(kind, g->y, g->a, g->b, counts, G, g->IC, g->OC, g->beta != 0.0f);
             return;
         }
         mode = LINEAR_GROUPED_CUBLAS;
@@ -331,19 +333,19 @@ void linear_cuda_forward_grouped(CoreDtype dt, CoreDtype out_dt, void *out, cons
                                  const void *W, const int *counts, int G, int IC, int OC) {
     CHECK(out_dt == dt || out_dt == CORE_F32,
           "linear: output dtype %d must be the operands' (%d) or fp32", (int)out_dt, (int)dt);
-    GroupArgs g = {GROUP_FORWARD, dt, out_dt, out, inp, W, IC, OC};
+    GroupArgs g = {GROUP_FORWARD, dt, out_dt, out, inp, W, IC, OC, 0.0f};
     run_groups(&g, counts, G);
 }
 
 void linear_cuda_backward_input_grouped(CoreDtype dt, void *dinp, const void *dout, const void *W,
-                                        const int *counts, int G, int IC, int OC) {
-    GroupArgs g = {GROUP_BACKWARD_INPUT, dt, dt, dinp, dout, W, IC, OC};
+                                        const int *counts, int G, int IC, int OC, int acc) {
+    GroupArgs g = {GROUP_BACKWARD_INPUT, dt, dt, dinp, dout, W, IC, OC, acc ? 1.0f : 0.0f};
     run_groups(&g, counts, G);
 }
 
 void linear_cuda_backward_weight_grouped(CoreDtype dt, float *dW, const void *dout,
                                          const void *inp, const int *counts, int G, int IC,
                                          int OC) {
-    GroupArgs g = {GROUP_BACKWARD_WEIGHT, dt, CORE_F32, dW, dout, inp, IC, OC};
+    GroupArgs g = {GROUP_BACKWARD_WEIGHT, dt, CORE_F32, dW, dout, inp, IC, OC, 1.0f};
     run_groups(&g, counts, G);
 }

@@ -13,9 +13,12 @@
 
 static const LayerOps *ops_of(const MoeDispatcher *d) { return d->ops ? d->ops : &layer_ops_cpu; }
 
-// n elements of the backend's activation dtype, and n fp32 values, in the backend's memory.
-static void *xalloc(const LayerOps *o, long n) { return o->alloc((size_t)n * o->act_size); }
+// n fp32 values zero-filled (for the calls that add into them), and n elements of the backend's
+// activation dtype or n fp32 values not filled (ops.h's alloc_uninit) for the buffers that a call
+// writes in full first: most of the layer's gigabytes a step.
 static float *falloc(const LayerOps *o, long n) { return o->alloc((size_t)n * sizeof(float)); }
+static void *xout(const LayerOps *o, long n) { return o->alloc_uninit((size_t)n * o->act_size); }
+static float *fout(const LayerOps *o, long n) { return o->alloc_uninit((size_t)n * sizeof(float)); }
 // Element n of an activation-dtype tensor (weights' compute copy included).
 static const void *at(const LayerOps *o, const void *p, long n) { return (const char *)p + n * (long)o->act_size; }
 
@@ -38,17 +41,26 @@ static void acts_free(const LayerOps *o, SwigluActs *a) {
     o->free(a->db);
 }
 
-// out (N, D) = shared expert j of x (N, D), keeping its activations in a->sh[j].
+// The gate's output h is needed again only by backward_weight's W2 gradient, which recomputes it
+// from a and b (ops_swiglu_backward_weight): not keeping it saves a third of the expert activations
+// for one elementwise pass, the trade torch.compile makes too.
+static void drop_h(const LayerOps *o, SwigluActs *h) {
+    o->free(h->h);
+    h->h = NULL;
+}
+
+// out (N, D) = shared expert j of x (N, D), keeping its activations in a->sh[j] (all but h).
 static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, const float *x,
                            const MoeShape *s, const MoeParams *p) {
     const int N = a->N, D = s->D, Fe = s->Fe;
     SwigluActs *h = &a->sh[j];
-    h->a = xalloc(o, (long)N * Fe);
-    h->b = xalloc(o, (long)N * Fe);
-    h->h = xalloc(o, (long)N * Fe);
+    h->a = xout(o, (long)N * Fe);
+    h->b = xout(o, (long)N * Fe);
+    h->h = xout(o, (long)N * Fe);
     const long w = (long)j * Fe * D;
     ops_swiglu_forward(o, out, h, x, at(o, p->sw1, w), at(o, p->sw3, w), at(o, p->sw2, w), &a->N, 1, D,
                        Fe);
+    drop_h(o, h);
 }
 
 void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const MoeParams *p,
@@ -64,10 +76,10 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
     a->x = x;
 
     prof_mark(PROF_ROUTER);
-    a->logits = falloc(o, (long)N * E);
-    a->scores = falloc(o, (long)N * E);
-    a->idx = o->alloc((size_t)N * K * sizeof(int));
-    a->gates = falloc(o, (long)N * K);
+    a->logits = fout(o, (long)N * E);
+    a->scores = fout(o, (long)N * E);
+    a->idx = o->alloc_uninit((size_t)N * K * sizeof(int));
+    a->gates = fout(o, (long)N * K);
     o->linear_forward_f32(a->logits, x, p->router, N, D, E);
     o->router_forward(a->scores, a->idx, a->gates, a->logits, p->bias, &s->rc, N);
     a->bal_loss = falloc(o, 1);
@@ -81,11 +93,11 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
     CHECK(total == a->n_rows, "moe: dispatcher counts sum to %ld rows, plan says %d", total, a->n_rows);
 
     long R = a->n_rows;
-    a->xe = xalloc(o, R * D);
-    a->ye = xalloc(o, R * D);
-    a->ex.a = xalloc(o, R * Fe);
-    a->ex.b = xalloc(o, R * Fe);
-    a->ex.h = xalloc(o, R * Fe);
+    a->xe = xout(o, R * D);
+    a->ye = xout(o, R * D);
+    a->ex.a = xout(o, R * Fe);
+    a->ex.b = xout(o, R * Fe);
+    a->ex.h = xout(o, R * Fe);
     // The shared experts need only x: where the dispatcher can leave the rows in flight, their
     // GEMMs run while the rows travel, into buffers of their own that are added to y in the same
     // order as without the overlap (bit-identical results).
@@ -95,7 +107,7 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
     void *shared = NULL;  // (S, N, D) the shared experts' outputs, or (N, D) one at a time
     if (s->S > 0) {
         a->sh = core_alloc((size_t)s->S * sizeof(SwigluActs));
-        shared = xalloc(o, (long)(overlap ? s->S : 1) * N * D);
+        shared = xout(o, (long)(overlap ? s->S : 1) * N * D);
     }
     if (overlap) {
         prof_mark(PROF_EXPERTS);
@@ -106,8 +118,9 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
     }
     prof_mark(PROF_EXPERTS);
     ops_swiglu_forward(o, a->ye, &a->ex, a->xe, p->w1, p->w3, p->w2, a->counts, L, D, Fe);
+    drop_h(o, &a->ex);
     prof_mark(PROF_DISPATCH);
-    a->out_nk = xalloc(o, (long)N * K * D);
+    a->out_nk = xout(o, (long)N * K * D);
     d->from_experts(d, a->plan, a->ye, a->out_nk, D);
     // The backward reads the expert outputs from out_nk at home, so the rows can go now.
     o->free(a->ye);
@@ -131,26 +144,26 @@ void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *
     int N = a->N, D = s->D, E = s->E, K = s->K, Fe = s->Fe, L = d->n_local;
     long R = a->n_rows;
     prof_mark(PROF_COMBINE);
-    a->dy = xalloc(o, (long)N * D);
+    a->dy = xout(o, (long)N * D);
     o->copy(a->dy, dy, (size_t)N * D * o->act_size);
 
     // y = Σ_k g_k · out_k: ∂L/∂g_k = dy · out_k and ∂L/∂out_k = g_k · dy.
-    float *dgates = falloc(o, (long)N * K);  // (N, K)
-    void *nk = xalloc(o, (long)N * K * D);   // (N, K, D) first ∂L/∂out_nk, then the experts' dx
+    float *dgates = fout(o, (long)N * K);  // (N, K)
+    void *nk = xout(o, (long)N * K * D);   // (N, K, D) first ∂L/∂out_nk, then the experts' dx
     o->moe_combine_backward(dgates, nk, dy, a->out_nk, a->gates, N, K, D);
     o->free(a->out_nk);
     a->out_nk = NULL;
 
     // Routed experts: the gradient rows travel out the way x did, and come home the way y did.
     prof_mark(PROF_DISPATCH);
-    a->dye = xalloc(o, R * D);
+    a->dye = xout(o, R * D);
     d->to_experts(d, a->plan, nk, 1, a->dye, D);
     prof_mark(PROF_EXPERTS);
-    a->ex.da = xalloc(o, R * Fe);
-    a->ex.db = xalloc(o, R * Fe);
-    void *dh = xalloc(o, R * Fe);   // (n_rows, Fe) scratch
-    void *dxe = xalloc(o, R * D);   // (n_rows, D) ∂L/∂xe
-    ops_swiglu_backward_input(o, dxe, &a->ex, dh, a->dye, p->w1, p->w3, p->w2, a->counts, L, D, Fe);
+    a->ex.da = xout(o, R * Fe);  // written by ops_swiglu_backward_input, as are dh and dxe
+    a->ex.db = xout(o, R * Fe);
+    void *dh = xout(o, R * Fe);   // (n_rows, Fe) scratch
+    void *dxe = xout(o, R * D);   // (n_rows, D) ∂L/∂xe
+    ops_swiglu_backward_input(o, dxe, &a->ex, dh, a->dye, p->w1, p->w3, p->w2, a->counts, L, D, Fe, 0);
     o->free(dh);
     prof_mark(PROF_DISPATCH);
     d->from_experts(d, a->plan, dxe, nk, D);
@@ -161,14 +174,14 @@ void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *
 
     if (s->S > 0) {
         prof_mark(PROF_EXPERTS);
-        void *sdh = xalloc(o, (long)N * Fe);  // (N, Fe) scratch
+        void *sdh = xout(o, (long)N * Fe);  // (N, Fe) scratch
         for (int j = 0; j < s->S; j++) {
             SwigluActs *h = &a->sh[j];
-            h->da = xalloc(o, (long)N * Fe);
-            h->db = xalloc(o, (long)N * Fe);
+            h->da = xout(o, (long)N * Fe);
+            h->db = xout(o, (long)N * Fe);
             long w = (long)j * Fe * D;
             ops_swiglu_backward_input(o, dx, h, sdh, dy, at(o, p->sw1, w), at(o, p->sw3, w),
-                                      at(o, p->sw2, w), &N, 1, D, Fe);
+                                      at(o, p->sw2, w), &N, 1, D, Fe, 1);
         }
         o->free(sdh);
     }
@@ -183,7 +196,7 @@ void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *
     }
     float *dlogits = falloc(o, (long)N * E);  // (N, E) fp32
     o->router_backward_input(dlogits, dgates, dscores, a->scores, a->idx, &s->rc, N);
-    a->dlogits = xalloc(o, (long)N * E);
+    a->dlogits = xout(o, (long)N * E);
     o->to_act(a->dlogits, dlogits, (long)N * E);
     o->linear_backward_input(dx, a->dlogits, p->router, N, D, E);
     o->free(dlogits);

@@ -98,6 +98,20 @@ __global__ void moe_ep_slot_kernel(int *slot, const int *idx, const int *row_e, 
     slot[r] = log2phy[(long)e * maxcnt + (j + me) % logcnt[e]];
 }
 
+// Thread per arrival row a: a binary search over the B arrival offsets (table[0..B), ascending) for
+// the last block starting at or before a, then its offset among the expert rows.
+__global__ void moe_ep_recv_pos_kernel(int *recv_pos, const int *table, int B, long n) {
+    long a = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= n) return;
+    int lo = 0, hi = B - 1;  // table[lo] <= a always (table[0] = 0)
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (table[mid] <= a) lo = mid;
+        else hi = mid - 1;
+    }
+    recv_pos[a] = table[B + lo] + (int)(a - table[lo]);
+}
+
 static void moe_check(int N, int K, int D) {
     CHECK(N >= 0 && K >= 1 && D >= 1, "moe: bad shape N=%d K=%d D=%d", N, K, D);
 }
@@ -141,5 +155,12 @@ void moe_cuda_ep_plan(int *send_pos, int *counts, int *scratch, const int *idx, 
         slot, idx, row_e, counts_e, log2phy, logcnt, maxcnt, me, n, E);
     CUDA_CHECK_LAUNCH();
     moe_plan_kernel<<<R, PLAN_THREADS, 0, core_stream()>>>(send_pos, counts, slot, n, R);
+    CUDA_CHECK_LAUNCH();
+}
+
+void moe_cuda_ep_recv_pos(int *recv_pos, const int *table, int B, long n) {
+    CHECK(B >= 1 && n >= 0 && n <= INT_MAX, "moe: bad EP receive map: %d blocks, %ld rows", B, n);
+    if (n == 0) return;
+    moe_ep_recv_pos_kernel<<<core_blocks(n, 256), 256, 0, core_stream()>>>(recv_pos, table, B, n);
     CUDA_CHECK_LAUNCH();
 }

@@ -35,6 +35,14 @@ void moe_cuda_unpermute(CoreDtype dt, void *dst, const void *rows, const int *ro
 void moe_cuda_ep_plan(int *send_pos, int *counts, int *scratch, const int *idx, long n, int E,
                       const int *log2phy, const int *logcnt, int maxcnt, int me, int R);
 
+// The expert-parallel receive permute's map: rows arrive from an all-to-all-v packed by source rank
+// in B blocks (block b = j·n_local + s: source j's rows for local slot s, at arrival offsets
+// table[b], ascending), and recv_pos (n) gives arrival row a its row among the expert rows:
+// table[B + b] + a - table[b] for the last block b with table[b] <= a (empty blocks share the next
+// block's offset and never match). table (2, B) is device ints. moe_cuda_permute (per_choice = 1,
+// K = 1) then groups the rows by slot, and moe_cuda_unpermute brings them back to arrival order.
+void moe_cuda_ep_recv_pos(int *recv_pos, const int *table, int B, long n);
+
 #ifdef __cplusplus
 }
 #endif

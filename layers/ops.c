@@ -15,6 +15,11 @@
 #include "layers/rope.h"
 
 static void cpu_zero(void *p, size_t bytes) { if (bytes) memset(p, 0, bytes); }
+static void *cpu_alloc_uninit(size_t bytes) {
+    void *p = core_alloc(bytes);
+    memset(p, 0xFF, bytes);
+    return p;
+}
 static void cpu_copy(void *dst, const void *src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
 static void cpu_sync(void) {}
 static size_t cpu_peak_bytes(void) { return 0; }
@@ -73,7 +78,10 @@ static void cpu_linear_forward_grouped(void *out, const void *inp, const void *W
                    counts[e], IC, OC);
 }
 static void cpu_linear_backward_input_grouped(void *dinp, const void *dout, const void *W,
-                                              const int *counts, int G, int IC, int OC) {
+                                              const int *counts, int G, int IC, int OC, int acc) {
+    long rows = 0;
+    for (int e = 0; e < G; e++) rows += counts[e];
+    if (!acc) cpu_zero(dinp, (size_t)rows * IC * sizeof(float));
     FOR_GROUPS(counts, G)
     linear_backward_input((float *)dinp + off * IC, (const float *)dout + off * OC,
                           (const float *)W + e * OC * IC, counts[e], IC, OC);
@@ -183,11 +191,12 @@ static void cpu_adamw_step(float *p, const float *g, float *m, float *v, long n,
     CHECK(p_low == NULL, "the CPU backend keeps no low-precision copy of the weights");
     const double bc1 = 1.0 - pow(h->beta1, (double)h->t), bc2 = 1.0 - pow(h->beta2, (double)h->t);
     const float b1 = h->beta1, b2 = h->beta2, eps = h->eps, lr = h->lr;
-    const float d = decay ? 1.0f - lr * h->weight_decay : 1.0f;
+    const float d = decay ? 1.0f - lr * h->weight_decay : 1.0f, gs = h->gscale;
 #pragma omp parallel for schedule(static)
     for (long j = 0; j < n; j++) {
-        m[j] = b1 * m[j] + (1.0f - b1) * g[j];
-        v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
+        const float gj = g[j] * gs;
+        m[j] = b1 * m[j] + (1.0f - b1) * gj;
+        v[j] = b2 * v[j] + (1.0f - b2) * gj * gj;
         float mhat = (float)(m[j] / bc1), vhat = (float)(v[j] / bc2);
         p[j] = p[j] * d - lr * mhat / (sqrtf(vhat) + eps);
     }
@@ -209,6 +218,7 @@ const LayerOps layer_ops_cpu = {
     .dt = CORE_F32,
     .act_size = sizeof(float),
     .alloc = core_alloc,
+    .alloc_uninit = cpu_alloc_uninit,
     .free = core_free,
     .zero = cpu_zero,
     .copy = cpu_copy,
@@ -279,25 +289,31 @@ void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const vo
 
 void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
                                const void *dout, const void *w1, const void *w3, const void *w2,
-                               const int *counts, int G, int D, int F) {
+                               const int *counts, int G, int D, int F, int acc) {
     const long n = total_rows(counts, G) * F;
     // Groups without rows may come with NULL buffers: nothing to do.
     if (n == 0) return;
-    // dh, da and db are fresh per call (the accumulating calls add into them); only dx accumulates.
-    const size_t bytes = (size_t)n * o->act_size;
-    o->zero(scratch_dh, bytes);
-    o->zero(acts->da, bytes);
-    o->zero(acts->db, bytes);
-    o->linear_backward_input_grouped(scratch_dh, dout, w2, counts, G, F, D);
+    // dh, da and db are written, never added to, so they need no zero fill and no read of zeros;
+    // dx gets the first product written (acc = 0) or added, the second added.
+    o->linear_backward_input_grouped(scratch_dh, dout, w2, counts, G, F, D, 0);
     o->swiglu_act_backward(acts->da, acts->db, scratch_dh, acts->a, acts->b, n);
-    o->linear_backward_input_grouped(dx, acts->da, w1, counts, G, D, F);
-    o->linear_backward_input_grouped(dx, acts->db, w3, counts, G, D, F);
+    o->linear_backward_input_grouped(dx, acts->da, w1, counts, G, D, F, acc);
+    o->linear_backward_input_grouped(dx, acts->db, w3, counts, G, D, F, 1);
 }
 
 void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float *dw2,
                                 const SwigluActs *acts, const void *x, const void *dout,
                                 const int *counts, int G, int D, int F) {
-    o->linear_backward_weight_grouped(dw2, dout, acts->h, counts, G, F, D);
+    // A caller that dropped h after the forward (the MoE layer: a gigabyte a layer at the bench
+    // shapes) gets it recomputed from a and b, the same kernel on the same inputs: the same bits.
+    const long n = total_rows(counts, G) * F;
+    void *h = acts->h;
+    if (!h && n > 0) {
+        h = o->alloc_uninit((size_t)n * o->act_size);
+        o->swiglu_act_forward(h, acts->a, acts->b, n);
+    }
+    o->linear_backward_weight_grouped(dw2, dout, h, counts, G, F, D);
+    if (h != acts->h) o->free(h);
     o->linear_backward_weight_grouped(dw1, acts->da, x, counts, G, D, F);
     o->linear_backward_weight_grouped(dw3, acts->db, x, counts, G, D, F);
 }

@@ -33,8 +33,12 @@ typedef struct LayerOps {
     CoreDtype dt;
     size_t act_size;     // bytes per element of dt
 
-    // Memory. alloc zero-fills and never returns NULL (one clear error instead).
+    // Memory. alloc zero-fills and never returns NULL (one clear error instead). alloc_uninit is for
+    // a buffer the caller writes in full before reading it: on a GPU it skips the fill (the MoE
+    // layer's buffers are gigabytes a step); the CPU table fills it with 0xFF bytes (NaN, expert
+    // id -1) so that a read before the write shows in the CPU tests.
     void *(*alloc)(size_t bytes);
+    void *(*alloc_uninit)(size_t bytes);
     void (*free)(void *p);
     void (*zero)(void *p, size_t bytes);
     void (*copy)(void *dst, const void *src, size_t bytes);        // within dev
@@ -63,11 +67,12 @@ typedef struct LayerOps {
     void (*linear_backward_input)(void *dinp, const void *dout, const void *W, int N, int IC, int OC);
     void (*linear_backward_weight)(float *dW, const void *dout, const void *inp, int N, int IC, int OC);
     // The three products over G groups of rows (experts): rows [o_e, o_e + counts[e]) use W[e]
-    // (G, OC, IC); a group without rows is skipped.
+    // (G, OC, IC); a group without rows is skipped. backward_input adds to dinp (acc = 1) or writes
+    // it without reading it (acc = 0: a fresh buffer, no zero fill).
     void (*linear_forward_grouped)(void *out, const void *inp, const void *W, const int *counts, int G,
                                    int IC, int OC);
     void (*linear_backward_input_grouped)(void *dinp, const void *dout, const void *W,
-                                          const int *counts, int G, int IC, int OC);
+                                          const int *counts, int G, int IC, int OC, int acc);
     void (*linear_backward_weight_grouped)(float *dW, const void *dout, const void *inp,
                                            const int *counts, int G, int IC, int OC);
     void (*rope_forward)(void *out, const void *inp, int N, int T, int nh, int hd, float theta);
@@ -83,6 +88,7 @@ typedef struct LayerOps {
                                      const void *k, const void *v, const void *out,
                                      const float *state, int B, int T, int H, int Hkv, int hd);
     void (*swiglu_act_forward)(void *h, const void *a, const void *b, long n);
+    // da, db (n) = the gate's gradients given dh (written, not added: the buffers are fresh).
     void (*swiglu_act_backward)(void *da, void *db, const void *dh, const void *a, const void *b,
                                 long n);
     void (*crossentropy_forward)(float *losses, float *lse, const void *logits, const int *targets,
@@ -133,10 +139,11 @@ extern const LayerOps layer_ops_cpu;
 // o's calls. out (ΣN, D) = W2 (silu(W1 x) ⊙ W3 x) per group; w1, w3 (G, F, D), w2 (G, D, F).
 void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w1,
                         const void *w3, const void *w2, const int *counts, int G, int D, int F);
-// dx += ∂L/∂x given dout; writes (=) acts->da, acts->db. scratch_dh (ΣN, F).
+// dx += ∂L/∂x given dout (acc = 1), or dx = ∂L/∂x with dx's contents unread (acc = 0); writes (=)
+// acts->da, acts->db. scratch_dh (ΣN, F).
 void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
                                const void *dout, const void *w1, const void *w3, const void *w2,
-                               const int *counts, int G, int D, int F);
+                               const int *counts, int G, int D, int F, int acc);
 // dw1, dw3 (G, F, D), dw2 (G, D, F) += weight gradients.
 void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float *dw2,
                                 const SwigluActs *acts, const void *x, const void *dout,

@@ -21,8 +21,8 @@ void swiglu_act_backward(float *da, float *db, const float *dh, const float *a, 
 #pragma omp parallel for
     for (long i = 0; i < n; i++) {
         float s = sigmoidf(a[i]);
-        da[i] += dh[i] * b[i] * s * (1.0f + a[i] * (1.0f - s));
-        db[i] += dh[i] * a[i] * s;
+        da[i] = dh[i] * b[i] * s * (1.0f + a[i] * (1.0f - s));
+        db[i] = dh[i] * a[i] * s;
     }
 }
 
@@ -34,7 +34,7 @@ void swiglu_forward(float *out, SwigluActs *acts, const float *x, const float *w
 
 void swiglu_backward_input(float *dx, SwigluActs *acts, float *scratch_dh, const float *dout,
                            const float *w1, const float *w3, const float *w2, int N, int D, int F) {
-    ops_swiglu_backward_input(&layer_ops_cpu, dx, acts, scratch_dh, dout, w1, w3, w2, &N, 1, D, F);
+    ops_swiglu_backward_input(&layer_ops_cpu, dx, acts, scratch_dh, dout, w1, w3, w2, &N, 1, D, F, 1);
 }
 
 void swiglu_backward_weight(float *dw1, float *dw3, float *dw2, const SwigluActs *acts,

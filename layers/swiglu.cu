@@ -1,37 +1,62 @@
-// SwiGLU's elementwise gate on the GPU (see swiglu_cuda.h), one thread per element.
+// SwiGLU's elementwise gate on the GPU (see swiglu_cuda.h). A thread takes W consecutive elements
+// in one 16-byte load per tensor where n and the buffers allow (W = 8 in bf16, 4 in fp32), else one:
+// element-wide bf16 accesses left the gate at 40 % of the memory bandwidth (kernel_bench).
 #include "layers/swiglu_cuda.h"
 
-template <typename T>
+// h = silu(a) · b
+struct SwigluGate {
+    __device__ float operator()(float a, float b) const { return a / (1.0f + expf(-a)) * b; }
+};
+
+template <typename T, int W>
 __global__ void swiglu_forward_kernel(T *h, const T *a, const T *b, long n) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float x = core_ld(a + i);
-    core_st(h + i, x / (1.0f + expf(-x)) * core_ld(b + i));
+    long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * W;
+    if (i < n) core_zip_vec<W>(h, a, b, i, SwigluGate());
 }
 
-// silu'(a) = s + a·s·(1 − s) with s = sigmoid(a).
-template <typename T>
+// da, db = the gate's gradients (written, not added); silu'(a) = s + a·s·(1 − s), s = sigmoid(a).
+template <typename T, int W>
 __global__ void swiglu_backward_kernel(T *da, T *db, const T *dh, const T *a, const T *b, long n) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * W;
     if (i >= n) return;
-    float x = core_ld(a + i), y = core_ld(b + i), g = core_ld(dh + i);
-    float s = 1.0f / (1.0f + expf(-x));
-    core_st(da + i, core_ld(da + i) + g * y * s * (1.0f + x * (1.0f - s)));
-    core_st(db + i, core_ld(db + i) + g * x * s);
+    float x[W], y[W], g[W], ga[W], gb[W];
+    core_ld_vec<W>(x, a + i);
+    core_ld_vec<W>(y, b + i);
+    core_ld_vec<W>(g, dh + i);
+#pragma unroll
+    for (int j = 0; j < W; j++) {
+        float s = 1.0f / (1.0f + expf(-x[j]));
+        ga[j] = g[j] * y[j] * s * (1.0f + x[j] * (1.0f - s));
+        gb[j] = g[j] * x[j] * s;
+    }
+    core_st_vec<W>(da + i, ga);
+    core_st_vec<W>(db + i, gb);
 }
 
 template <typename T>
 static void act_forward(void *h, const void *a, const void *b, long n) {
-    swiglu_forward_kernel<T><<<core_blocks(n, 256), 256, 0, core_stream()>>>(
-        (T *)h, (const T *)a, (const T *)b, n);
+    const int W = 16 / sizeof(T);
+    const void *p[] = {h, a, b};
+    if (core_vec_ok(W, sizeof(T), n, p, 3))
+        swiglu_forward_kernel<T, W><<<core_blocks(n / W, 256), 256, 0, core_stream()>>>(
+            (T *)h, (const T *)a, (const T *)b, n);
+    else
+        swiglu_forward_kernel<T, 1><<<core_blocks(n, 256), 256, 0, core_stream()>>>(
+            (T *)h, (const T *)a, (const T *)b, n);
     CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
 static void act_backward(void *da, void *db, const void *dh, const void *a, const void *b,
                          long n) {
-    swiglu_backward_kernel<T><<<core_blocks(n, 256), 256, 0, core_stream()>>>(
-        (T *)da, (T *)db, (const T *)dh, (const T *)a, (const T *)b, n);
+    const int W = 16 / sizeof(T);
+    const void *p[] = {da, db, dh, a, b};
+    if (core_vec_ok(W, sizeof(T), n, p, 5))
+        swiglu_backward_kernel<T, W><<<core_blocks(n / W, 256), 256, 0, core_stream()>>>(
+            (T *)da, (T *)db, (const T *)dh, (const T *)a, (const T *)b, n);
+    else
+        swiglu_backward_kernel<T, 1><<<core_blocks(n, 256), 256, 0, core_stream()>>>(
+            (T *)da, (T *)db, (const T *)dh, (const T *)a, (const T *)b, n);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -11,14 +11,14 @@ extern "C" {
 typedef struct {
     float *a;   // W1 x
     float *b;   // W3 x
-    float *h;   // silu(a) ⊙ b
+    float *h;   // silu(a) ⊙ b; may be dropped (NULL) after the forward: backward_weight recomputes it
     float *da;  // ∂L/∂a, written by backward_input, read by backward_weight
     float *db;  // ∂L/∂b, likewise
 } SwigluActs;
 
 // Elementwise gate: h (N, F) = silu(a) ⊙ b
 void swiglu_act_forward(float *h, const float *a, const float *b, long n);
-// da, db (n) += gradients given dh (n)
+// da, db (n) = gradients given dh (n) (written, not added)
 void swiglu_act_backward(float *da, float *db, const float *dh, const float *a, const float *b, long n);
 
 // out (N, D) = W2 (D, F) · (silu(W1 (F, D) x) ⊙ (W3 (F, D) x)); x (N, D). Fills acts->a, b, h.

@@ -28,6 +28,7 @@ size_t comm_type_size(CommType t) {
     case COMM_F64: return sizeof(double);
     case COMM_I32: return sizeof(int32_t);
     case COMM_I64: return sizeof(int64_t);
+    case COMM_B16: return sizeof(uint16_t);
     }
     FATAL("comm: unknown element type %d", (int)t);
 }
@@ -42,6 +43,13 @@ double comm_timeout(void) { return g_timeout; }
 Comm *comm_world(void) { return &g_world; }
 
 int comm_threads_ok(void) { return g_threads_ok; }
+
+const char *comm_p2p_name(char *buf, int dst, int src) {
+    if (dst >= 0 && src >= 0) snprintf(buf, COMM_OP_NAME_MAX, "send to rank %d / recv from rank %d", dst, src);
+    else if (dst >= 0) snprintf(buf, COMM_OP_NAME_MAX, "send to rank %d", dst);
+    else snprintf(buf, COMM_OP_NAME_MAX, "recv from rank %d", src);
+    return buf;
+}
 
 void comm_timed_out(const Comm *c, const char *op) {
     fflush(stdout);
@@ -76,6 +84,7 @@ static MPI_Datatype mpi_type(CommType t) {
     case COMM_F64: return MPI_DOUBLE;
     case COMM_I32: return MPI_INT32_T;
     case COMM_I64: return MPI_INT64_T;
+    case COMM_B16: return MPI_UINT16_T;
     }
     FATAL("comm: unknown element type %d", (int)t);
 }
@@ -130,31 +139,12 @@ static void mpi_reduce_scatter(Comm *c, const void *send, void *recv, size_t n, 
     mpi_wait(c, 1, &r, "reduce-scatter");
 }
 
-static void mpi_alltoallv(Comm *c, const void *send, const size_t *send_counts, void *recv,
-                          const size_t *recv_counts, CommType t) {
-    const int P = c->size;
-    int *v = core_alloc((size_t)4 * P * sizeof(int));  // send counts, send displs, recv counts, recv displs
-    size_t soff = 0, roff = 0;
-    for (int j = 0; j < P; j++) {
-        v[j] = mpi_count(c, send_counts[j], "all-to-all-v");
-        v[P + j] = mpi_count(c, soff, "all-to-all-v");
-        v[2 * P + j] = mpi_count(c, recv_counts[j], "all-to-all-v");
-        v[3 * P + j] = mpi_count(c, roff, "all-to-all-v");
-        soff += send_counts[j];
-        roff += recv_counts[j];
-    }
-    MPI_Request r;
-    MPI_CHECK(MPI_Ialltoallv(send, v, v + P, mpi_type(t), recv, v + 2 * P, v + 3 * P, mpi_type(t),
-                             mpi_of(c), &r));
-    mpi_wait(c, 1, &r, "all-to-all-v");
-    core_free(v);
-}
-
 static void mpi_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void *recv, size_t recv_n,
                          int src, CommType t, int tag) {
     MPI_Request r[2];
     int n = 0;
-    const char *op = dst >= 0 && src >= 0 ? "send/recv" : dst >= 0 ? "send" : "recv";
+    char op[COMM_OP_NAME_MAX];
+    comm_p2p_name(op, dst, src);
     if (src >= 0)
         MPI_CHECK(MPI_Irecv(recv, mpi_count(c, recv_n, op), mpi_type(t), src, tag, mpi_of(c), &r[n++]));
     if (dst >= 0)
@@ -181,33 +171,29 @@ static void mpi_free(void *impl) {
     core_free(impl);
 }
 
-// A request of the MPI backend: one MPI request, the name its timeout message gives, and what
-// MPI reads until the operation completes (freed with the request): an all-to-all-v's argument
-// arrays and its n_types datatypes.
+// A request of the MPI backend: one MPI request, the name its timeout message gives, and what MPI
+// reads until the operation completes (freed with the request): an all-to-all-v's argument arrays.
 typedef struct {
     MPI_Request r;
-    const char *op;
+    char op[COMM_OP_NAME_MAX];
     int *ints;
-    MPI_Datatype *types;
-    int n_types;
 } MpiReq;
 
 static void mpi_req_free(MpiReq *q) {
-    for (int i = 0; i < q->n_types; i++) MPI_CHECK(MPI_Type_free(&q->types[i]));
-    core_free(q->types);
     core_free(q->ints);
     core_free(q);
 }
 
 static MpiReq *mpi_req(const char *op) {
     MpiReq *q = core_alloc(sizeof *q);
-    q->op = op;
+    snprintf(q->op, sizeof q->op, "%s", op);
     return q;
 }
 
 static void *mpi_isend(Comm *c, const void *buf, size_t n, int dst, CommType t, int tag) {
-    MpiReq *q = mpi_req("send");
-    MPI_CHECK(MPI_Isend(buf, mpi_count(c, n, "send"), mpi_type(t), dst, tag, mpi_of(c), &q->r));
+    char op[COMM_OP_NAME_MAX];
+    MpiReq *q = mpi_req(comm_p2p_name(op, dst, -1));
+    MPI_CHECK(MPI_Isend(buf, mpi_count(c, n, q->op), mpi_type(t), dst, tag, mpi_of(c), &q->r));
     return q;
 }
 
@@ -218,37 +204,40 @@ static void *mpi_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op)
     return q;
 }
 
-// The B blocks exchanged with each peer form one indexed datatype per peer and direction, so the
-// whole exchange is one MPI_Ialltoallw (a collective: no tags to reserve, no matching to order).
-static void *mpi_ialltoallv(Comm *c, int B, const void *send, const size_t *send_counts,
-                           const size_t *send_offs, void *recv, const size_t *recv_counts,
-                           const size_t *recv_offs, CommType t) {
-    const char *op = "all-to-all-v";
+static void *mpi_ireduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op) {
+    MpiReq *q = mpi_req("reduce-scatter");
+    mpi_count(c, n * (size_t)c->size, q->op);
+    MPI_CHECK(MPI_Ireduce_scatter_block(send, recv, mpi_count(c, n, q->op), mpi_type(t), mpi_op(op),
+                                        mpi_of(c), &q->r));
+    return q;
+}
+
+static void *mpi_iallgather(Comm *c, const void *send, void *recv, size_t n, CommType t) {
+    MpiReq *q = mpi_req("all-gather");
+    const int k = mpi_count(c, n, q->op);
+    mpi_count(c, n * (size_t)c->size, q->op);
+    MPI_CHECK(MPI_Iallgather(send, k, mpi_type(t), recv, k, mpi_type(t), mpi_of(c), &q->r));
+    return q;
+}
+
+// One MPI_Ialltoallv over buffers packed in rank order; its count and displacement arrays stay
+// with the request (MPI reads them until the operation completes).
+static void *mpi_ialltoallv(Comm *c, const void *send, const size_t *send_counts, void *recv,
+                            const size_t *recv_counts, CommType t) {
+    MpiReq *q = mpi_req("all-to-all-v");
     const int P = c->size;
-    int *v = core_alloc(((size_t)2 * B + 2 * P) * sizeof(int));
-    int *len = v, *at = v + B;                          // (B) one peer's block lengths, offsets
-    int *counts = v + 2 * B, *displs = v + 2 * B + P;  // (P) one datatype per peer at offset 0
-    MPI_Datatype *ty = core_alloc((size_t)2 * P * sizeof(MPI_Datatype));  // (2, P) send, recv
-    for (int side = 0; side < 2; side++) {
-        const size_t *n = side ? recv_counts : send_counts, *off = side ? recv_offs : send_offs;
-        for (int j = 0; j < P; j++) {
-            for (int b = 0; b < B; b++) {
-                len[b] = mpi_count(c, n[(size_t)j * B + b], op);
-                at[b] = mpi_count(c, off[(size_t)j * B + b], op);
-            }
-            MPI_CHECK(MPI_Type_indexed(B, len, at, mpi_type(t), &ty[side * P + j]));
-            MPI_CHECK(MPI_Type_commit(&ty[side * P + j]));
-        }
-    }
+    int *v = q->ints = core_alloc((size_t)4 * P * sizeof(int));  // send counts, displs; recv counts, displs
+    size_t soff = 0, roff = 0;
     for (int j = 0; j < P; j++) {
-        counts[j] = 1;
-        displs[j] = 0;
+        v[j] = mpi_count(c, send_counts[j], q->op);
+        v[P + j] = mpi_count(c, soff, q->op);
+        v[2 * P + j] = mpi_count(c, recv_counts[j], q->op);
+        v[3 * P + j] = mpi_count(c, roff, q->op);
+        soff += send_counts[j];
+        roff += recv_counts[j];
     }
-    MpiReq *q = mpi_req(op);
-    MPI_CHECK(MPI_Ialltoallw(send, counts, displs, ty, recv, counts, displs, ty + P, mpi_of(c), &q->r));
-    q->ints = v;
-    q->types = ty;
-    q->n_types = 2 * P;
+    MPI_CHECK(MPI_Ialltoallv(send, v, v + P, mpi_type(t), recv, v + 2 * P, v + 3 * P, mpi_type(t),
+                             mpi_of(c), &q->r));
     return q;
 }
 
@@ -270,7 +259,6 @@ static const CommOps MPI_OPS = {
     .allreduce = mpi_allreduce,
     .allgather = mpi_allgather,
     .reduce_scatter = mpi_reduce_scatter,
-    .alltoallv = mpi_alltoallv,
     .sendrecv = mpi_sendrecv,
     .barrier = mpi_barrier,
     .split = mpi_split,
@@ -279,6 +267,8 @@ static const CommOps MPI_OPS = {
     .test = mpi_test,
     .wait = mpi_wait_one,
     .iallreduce = mpi_iallreduce,
+    .ireduce_scatter = mpi_ireduce_scatter,
+    .iallgather = mpi_iallgather,
     .ialltoallv = mpi_ialltoallv,
 };
 
@@ -372,7 +362,13 @@ void comm_free(Comm *c) {
     core_free(c);
 }
 
+// Reductions add numbers; COMM_B16 words are only moved.
+static void check_reducible(const Comm *c, CommType t, const char *op) {
+    CHECK(t != COMM_B16, "comm: %s on group %s of 16-bit words: they are moved, never reduced", op, c->name);
+}
+
 void comm_allreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
+    check_reducible(c, t, "all-reduce");
     if (c->ops && n > 0) c->ops->allreduce(c, buf, n, t, op);
 }
 
@@ -382,20 +378,14 @@ void comm_allgather(Comm *c, const void *send, void *recv, size_t n, CommType t)
 }
 
 void comm_reduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op) {
+    check_reducible(c, t, "reduce-scatter");
     if (c->ops) c->ops->reduce_scatter(c, send, recv, n, t, op);
     else copy(recv, send, n, t);
 }
 
 void comm_alltoallv(Comm *c, const void *send, const size_t *send_counts, void *recv,
                     const size_t *recv_counts, CommType t) {
-    if (c->ops) {
-        c->ops->alltoallv(c, send, send_counts, recv, recv_counts, t);
-        return;
-    }
-    CHECK(send_counts[0] == recv_counts[0],
-          "comm: all-to-all-v on one-process group %s sends %zu elements to itself but expects %zu",
-          c->name, send_counts[0], recv_counts[0]);
-    copy(recv, send, send_counts[0], t);
+    comm_wait(comm_ialltoallv(c, send, send_counts, recv, recv_counts, t));
 }
 
 void comm_alltoall(Comm *c, const void *send, void *recv, size_t n, CommType t) {
@@ -459,37 +449,31 @@ CommRequest *comm_isend(Comm *c, const void *buf, size_t n, CommType t, int dst,
 }
 
 CommRequest *comm_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
+    check_reducible(c, t, "all-reduce");
     return request(c, c->ops && n > 0 ? c->ops->iallreduce(c, buf, n, t, op) : NULL);
 }
 
-CommRequest *comm_ialltoallv_blocks(Comm *c, int B, const void *send, const size_t *send_counts,
-                                    const size_t *send_offs, void *recv, const size_t *recv_counts,
-                                    const size_t *recv_offs, CommType t) {
-    CHECK(B >= 1, "comm: all-to-all-v on group %s with %d blocks per rank", c->name, B);
-    if (c->ops)
-        return request(c, c->ops->ialltoallv(c, B, send, send_counts, send_offs, recv, recv_counts,
-                                             recv_offs, t));
-    const size_t es = comm_type_size(t);
-    for (int b = 0; b < B; b++) {
-        CHECK(send_counts[b] == recv_counts[b],
-              "comm: all-to-all-v on one-process group %s sends block %d of %zu elements to itself "
-              "but expects %zu", c->name, b, send_counts[b], recv_counts[b]);
-        copy((char *)recv + recv_offs[b] * es, (const char *)send + send_offs[b] * es, send_counts[b], t);
-    }
+CommRequest *comm_ireduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op) {
+    check_reducible(c, t, "reduce-scatter");
+    if (c->ops) return request(c, n > 0 ? c->ops->ireduce_scatter(c, send, recv, n, t, op) : NULL);
+    copy(recv, send, n, t);
+    return request(c, NULL);
+}
+
+CommRequest *comm_iallgather(Comm *c, const void *send, void *recv, size_t n, CommType t) {
+    if (c->ops) return request(c, n > 0 ? c->ops->iallgather(c, send, recv, n, t) : NULL);
+    copy(recv, send, n, t);
     return request(c, NULL);
 }
 
 CommRequest *comm_ialltoallv(Comm *c, const void *send, const size_t *send_counts, void *recv,
                              const size_t *recv_counts, CommType t) {
-    size_t *offs = core_alloc((size_t)2 * c->size * sizeof(size_t));  // (2, size) packed offsets
-    for (int j = 1; j < c->size; j++) {
-        offs[j] = offs[j - 1] + send_counts[j - 1];
-        offs[c->size + j] = offs[c->size + j - 1] + recv_counts[j - 1];
-    }
-    CommRequest *r = comm_ialltoallv_blocks(c, 1, send, send_counts, offs, recv, recv_counts,
-                                            offs + c->size, t);
-    core_free(offs);
-    return r;
+    if (c->ops) return request(c, c->ops->ialltoallv(c, send, send_counts, recv, recv_counts, t));
+    CHECK(send_counts[0] == recv_counts[0],
+          "comm: all-to-all-v on one-process group %s sends %zu elements to itself but expects %zu",
+          c->name, send_counts[0], recv_counts[0]);
+    copy(recv, send, send_counts[0], t);
+    return request(c, NULL);
 }
 
 int comm_test(CommRequest *r) {

@@ -15,7 +15,8 @@
 extern "C" {
 #endif
 
-typedef enum { COMM_F32 = 0, COMM_F64 = 1, COMM_I32 = 2, COMM_I64 = 3 } CommType;
+// COMM_B16: 16-bit words (bf16 weights), moved by the copying operations, never reduced.
+typedef enum { COMM_F32 = 0, COMM_F64 = 1, COMM_I32 = 2, COMM_I64 = 3, COMM_B16 = 4 } CommType;
 typedef enum { COMM_SUM = 0, COMM_MAX = 1 } CommOp;
 
 #define COMM_NAME_MAX 32
@@ -31,8 +32,6 @@ typedef struct {
     void (*allreduce)(Comm *c, void *buf, size_t n, CommType t, CommOp op);
     void (*allgather)(Comm *c, const void *send, void *recv, size_t n, CommType t);
     void (*reduce_scatter)(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op);
-    void (*alltoallv)(Comm *c, const void *send, const size_t *send_counts, void *recv,
-                      const size_t *recv_counts, CommType t);
     // Either side may be absent (dst or src = -1): send only, receive only, or both at once.
     void (*sendrecv)(Comm *c, const void *send, size_t send_n, int dst, void *recv, size_t recv_n,
                      int src, CommType t, int tag);
@@ -44,12 +43,13 @@ typedef struct {
     // request; test returns 1 once it has completed (and releases it), wait completes it under the
     // deadline (and releases it).
     void *(*isend)(Comm *c, const void *buf, size_t n, int dst, CommType t, int tag);
-    // Non-blocking collectives, completed by test / wait like isend's requests. ialltoallv moves
-    // B blocks per pair of ranks (comm_ialltoallv_blocks).
+    // Non-blocking collectives, completed by test / wait like isend's requests (the blocking
+    // comm_alltoallv waits on ialltoallv at once).
     void *(*iallreduce)(Comm *c, void *buf, size_t n, CommType t, CommOp op);
-    void *(*ialltoallv)(Comm *c, int B, const void *send, const size_t *send_counts,
-                        const size_t *send_offs, void *recv, const size_t *recv_counts,
-                        const size_t *recv_offs, CommType t);
+    void *(*ireduce_scatter)(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op);
+    void *(*iallgather)(Comm *c, const void *send, void *recv, size_t n, CommType t);
+    void *(*ialltoallv)(Comm *c, const void *send, const size_t *send_counts, void *recv,
+                        const size_t *recv_counts, CommType t);
     int (*test)(Comm *c, void *req);
     void (*wait)(Comm *c, void *req);
 } CommOps;
@@ -100,7 +100,7 @@ void comm_recv(Comm *c, void *buf, size_t n, CommType t, int src, int tag);
 void comm_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void *recv, size_t recv_n,
                    int src, CommType t, int tag);
 void comm_barrier(Comm *c);
-// An operation in flight (comm_isend, comm_iallreduce, comm_ialltoallv*), completed and freed by
+// An operation in flight (comm_isend, comm_i* collectives), completed and freed by
 // comm_test or comm_wait. Its buffers must stay untouched until then.
 typedef struct CommRequest CommRequest;
 // Starts sending buf (n) to dst (another rank of c, matched by tag) and returns at once; buf must
@@ -109,16 +109,14 @@ CommRequest *comm_isend(Comm *c, const void *buf, size_t n, CommType t, int dst,
 // Non-blocking comm_allreduce and comm_alltoallv: they start the operation and return at once.
 // Collectives in flight must be started in the same order on every rank of c (NCCL runs them in
 // issue order); on a one-process group the copy is made at once and the request is complete.
+// comm_ialltoallv is the expert-parallel dispatcher's one row exchange per MoE layer and direction:
+// one MPI_Ialltoallv on MPI, one group of one send and one receive per peer on NCCL.
 CommRequest *comm_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op);
+// Non-blocking comm_reduce_scatter and comm_allgather (ZeRO-1's gradient shards and weights).
+CommRequest *comm_ireduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op);
+CommRequest *comm_iallgather(Comm *c, const void *send, void *recv, size_t n, CommType t);
 CommRequest *comm_ialltoallv(Comm *c, const void *send, const size_t *send_counts, void *recv,
                              const size_t *recv_counts, CommType t);
-// The all-to-all-v of an expert-parallel dispatcher: what rank i sends rank j is B blocks, and
-// neither side need be packed. Block (j, b) of this rank's send, send_counts[j·B + b] elements at
-// element offset send_offs[j·B + b], becomes block (i, b) of rank j's receive (recv_counts[i·B + b]
-// elements at recv_offs[i·B + b] there; the counts must agree). Blocks may not overlap in recv.
-CommRequest *comm_ialltoallv_blocks(Comm *c, int B, const void *send, const size_t *send_counts,
-                                    const size_t *send_offs, void *recv, const size_t *recv_counts,
-                                    const size_t *recv_offs, CommType t);
 // 1 once the operation has completed (the request is then freed), 0 while it is in flight.
 int comm_test(CommRequest *r);
 // Completes the operation under the timeout and frees the request.
@@ -127,6 +125,11 @@ void comm_wait(CommRequest *r);
 size_t comm_type_size(CommType t);
 // Ends every rank of the job after printing the timeout message (backends call this).
 void comm_timed_out(const Comm *c, const char *op);
+// The name a point-to-point operation goes by in messages, naming its peers (backends call this):
+// "send to rank 3", "recv from rank 0", "send to rank 1 / recv from rank 0" (dst or src < 0: that
+// side is absent). Written into buf (COMM_OP_NAME_MAX), which it returns.
+#define COMM_OP_NAME_MAX 64
+const char *comm_p2p_name(char *buf, int dst, int src);
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,7 @@
 #include <nccl.h>
 #include <sched.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -42,6 +43,8 @@ static ncclDataType_t nccl_type(CommType t) {
     case COMM_F64: return ncclFloat64;
     case COMM_I32: return ncclInt32;
     case COMM_I64: return ncclInt64;
+    // Only moved, never reduced (comm.c refuses): any 16-bit type carries the bits unchanged.
+    case COMM_B16: return ncclFloat16;
     }
     FATAL("comm: unknown element type %d", (int)t);
 }
@@ -125,33 +128,12 @@ static void nc_reduce_scatter(Comm *c, const void *send, void *recv, size_t n, C
     nccl_wait(c->name, x->comm, x->stream, NULL, "reduce-scatter");
 }
 
-// One group of sends and receives: NCCL runs them together, so no ordering can deadlock.
-static void nc_alltoallv(Comm *c, const void *send, const size_t *send_counts, void *recv,
-                         const size_t *recv_counts, CommType t) {
-    Nccl *x = nccl_of(c);
-    const size_t es = comm_type_size(t);
-    after_compute(x);
-    NCCL_CHECK(ncclGroupStart());
-    size_t soff = 0, roff = 0;
-    for (int j = 0; j < c->size; j++) {
-        if (send_counts[j] > 0)
-            NCCL_CHECK(ncclSend((const char *)send + soff * es, send_counts[j], nccl_type(t), j, x->comm,
-                                x->stream));
-        if (recv_counts[j] > 0)
-            NCCL_CHECK(ncclRecv((char *)recv + roff * es, recv_counts[j], nccl_type(t), j, x->comm,
-                                x->stream));
-        soff += send_counts[j];
-        roff += recv_counts[j];
-    }
-    NCCL_CHECK(ncclGroupEnd());
-    nccl_wait(c->name, x->comm, x->stream, NULL, "all-to-all-v");
-}
-
 static void nc_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void *recv, size_t recv_n,
                         int src, CommType t, int tag) {
     (void)tag;
     Nccl *x = nccl_of(c);
-    const char *op = dst >= 0 && src >= 0 ? "send/recv" : dst >= 0 ? "send" : "recv";
+    char op[COMM_OP_NAME_MAX];
+    comm_p2p_name(op, dst, src);
     after_compute(x);
     NCCL_CHECK(ncclGroupStart());
     if (src >= 0) NCCL_CHECK(ncclRecv(recv, recv_n, nccl_type(t), src, x->comm, x->stream));
@@ -208,7 +190,7 @@ static void nc_free(void *impl) {
 // stream, and the operation's name for the timeout message.
 typedef struct {
     cudaEvent_t ev;
-    const char *op;
+    char op[COMM_OP_NAME_MAX];
 } NcclReq;
 
 // Once the NCCL call just enqueued has left the in-progress state (its kernels are then on the
@@ -217,7 +199,7 @@ static NcclReq *enqueued(Comm *c, const char *op) {
     Nccl *x = nccl_of(c);
     nccl_wait(c->name, x->comm, NULL, NULL, op);
     NcclReq *q = core_alloc(sizeof *q);
-    q->op = op;
+    snprintf(q->op, sizeof q->op, "%s", op);
     CUDA_CHECK(cudaEventCreateWithFlags(&q->ev, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(q->ev, x->stream));
     return q;
@@ -228,7 +210,8 @@ static void *nc_isend(Comm *c, const void *buf, size_t n, int dst, CommType t, i
     Nccl *x = nccl_of(c);
     after_compute(x);
     NCCL_CHECK(ncclSend(buf, n, nccl_type(t), dst, x->comm, x->stream));
-    return enqueued(c, "send");
+    char op[COMM_OP_NAME_MAX];
+    return enqueued(c, comm_p2p_name(op, dst, -1));
 }
 
 static void *nc_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
@@ -238,23 +221,38 @@ static void *nc_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) 
     return enqueued(c, "all-reduce");
 }
 
-// One group of every block's send and receive; NCCL matches a pair's transfers in issue order, so
-// blocks (j, b) go out and come in in b order. Empty blocks are skipped on both sides alike.
-static void *nc_ialltoallv(Comm *c, int B, const void *send, const size_t *send_counts,
-                           const size_t *send_offs, void *recv, const size_t *recv_counts,
-                           const size_t *recv_offs, CommType t) {
+static void *nc_ireduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op) {
+    Nccl *x = nccl_of(c);
+    after_compute(x);
+    NCCL_CHECK(ncclReduceScatter(send, recv, n, nccl_type(t), nccl_op(op), x->comm, x->stream));
+    return enqueued(c, "reduce-scatter");
+}
+
+static void *nc_iallgather(Comm *c, const void *send, void *recv, size_t n, CommType t) {
+    Nccl *x = nccl_of(c);
+    after_compute(x);
+    NCCL_CHECK(ncclAllGather(send, recv, n, nccl_type(t), x->comm, x->stream));
+    return enqueued(c, "all-gather");
+}
+
+// One group of one send and one receive per peer (zero counts skipped on both sides alike): NCCL
+// runs them together, so no ordering can deadlock.
+static void *nc_ialltoallv(Comm *c, const void *send, const size_t *send_counts, void *recv,
+                           const size_t *recv_counts, CommType t) {
     Nccl *x = nccl_of(c);
     const size_t es = comm_type_size(t);
     after_compute(x);
     NCCL_CHECK(ncclGroupStart());
-    for (size_t i = 0; i < (size_t)c->size * B; i++) {
-        const int j = (int)(i / B);
-        if (send_counts[i] > 0)
-            NCCL_CHECK(ncclSend((const char *)send + send_offs[i] * es, send_counts[i], nccl_type(t), j,
-                                x->comm, x->stream));
-        if (recv_counts[i] > 0)
-            NCCL_CHECK(ncclRecv((char *)recv + recv_offs[i] * es, recv_counts[i], nccl_type(t), j,
-                                x->comm, x->stream));
+    size_t soff = 0, roff = 0;
+    for (int j = 0; j < c->size; j++) {
+        if (send_counts[j] > 0)
+            NCCL_CHECK(ncclSend((const char *)send + soff * es, send_counts[j], nccl_type(t), j, x->comm,
+                                x->stream));
+        if (recv_counts[j] > 0)
+            NCCL_CHECK(ncclRecv((char *)recv + roff * es, recv_counts[j], nccl_type(t), j, x->comm,
+                                x->stream));
+        soff += send_counts[j];
+        roff += recv_counts[j];
     }
     NCCL_CHECK(ncclGroupEnd());
     return enqueued(c, "all-to-all-v");
@@ -282,7 +280,6 @@ static const CommOps NCCL_OPS = {
     .allreduce = nc_allreduce,
     .allgather = nc_allgather,
     .reduce_scatter = nc_reduce_scatter,
-    .alltoallv = nc_alltoallv,
     .sendrecv = nc_sendrecv,
     .barrier = nc_barrier,
     .split = nc_split,
@@ -291,6 +288,8 @@ static const CommOps NCCL_OPS = {
     .test = nc_test,
     .wait = nc_wait,
     .iallreduce = nc_iallreduce,
+    .ireduce_scatter = nc_ireduce_scatter,
+    .iallgather = nc_iallgather,
     .ialltoallv = nc_ialltoallv,
 };
 

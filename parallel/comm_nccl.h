@@ -21,8 +21,8 @@ extern "C" {
 // (core_cuda_stream: the producers of its buffers), enqueues the NCCL call, and returns once the
 // call has completed: it polls ncclCommGetAsyncError and the stream against comm_timeout(), and on
 // expiry aborts the NCCL communicator and ends every rank with the MPI backend's message
-// ("<op> on group <name> timed out after Ns"). A non-blocking operation (comm_isend,
-// comm_iallreduce, comm_ialltoallv*) returns once NCCL has queued it, with an event after it on the
+// ("<op> on group <name> timed out after Ns"). A non-blocking operation (comm_isend, comm_i*
+// collectives) returns once NCCL has queued it, with an event after it on the
 // communicator's stream as its request: comm_wait polls that event the same way, and the compute
 // stream's later kernels overlap the transfer. The communicators are non-blocking (NCCL's
 // config.blocking = 0), so neither their set-up nor a first connection to a missing peer can hang

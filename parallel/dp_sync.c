@@ -1,7 +1,9 @@
 // Data-parallel gradient sync (see dp_sync.h): the gradients of each group are visited as one
-// stream of floats, cut into buckets; each bucket is packed, all-reduced once, scaled and unpacked.
-// The buckets are fixed by the list alone, whatever the order they start in, so every element is
-// summed in one all-reduce of the same size and place with or without the overlap.
+// stream of floats, cut into buckets; each bucket is packed, all-reduced once, scaled and unpacked
+// (ZeRO-1: packed, reduce-scattered into this rank's shard and scaled there; the weight and moment
+// gathers run the other way, bucket by bucket). The buckets are fixed by the list alone, whatever
+// the order they start in, so every element is summed in one collective of the same size and place
+// with or without the overlap.
 // The copies, the scaling and the sums of squares go through the grid's backend (layers/ops.h), so
 // device gradients are synchronized over the grid's NCCL twins without leaving the GPU.
 #include "parallel/dp_sync.h"
@@ -22,16 +24,21 @@ typedef struct {
     int tensor;     // index into the list
     size_t start;   // first float of the tensor in the piece
     size_t n;
+    size_t pos;     // first float of the piece in the bucket's stream
 } Piece;
 
-// One all-reduce: pieces packed in list order, over the dense or the expert group.
+// One all-reduce (or reduce-scatter): pieces packed in list order, over the dense or the expert group.
 typedef struct {
     Comm *c;
     Piece *pieces;
     int np;
     size_t fill;       // floats
-    float *buf;        // (fill) packed, in the backend's memory, while in flight
-    CommRequest *req;  // NULL until started
+    size_t chunk, at;  // sharded: floats per rank (fill padded to c->size · chunk), offset in the shard
+    int sp0, nsp;      // sharded: this rank's shard pieces [sp0, sp0 + nsp)
+    float *buf;        // (fill, or c->size · chunk) packed, in the backend's memory, while in flight
+    void *send;        // a gather's packed chunk (weights), while in flight
+    CommRequest *req;  // while in flight
+    int started;       // this step
 } Bucket;
 
 struct DpSync {
@@ -44,6 +51,12 @@ struct DpSync {
     int nb;
     int *order;       // (nb) started buckets in start order
     int n_started;
+    // Sharded syncs only (shard != NULL).
+    size_t *off;        // (n) tensors' element offsets in the registry layout
+    float *shard;       // (shard_n) this rank's averaged gradient chunks, backend memory
+    size_t shard_n;
+    DpShardPiece *sp;   // (nsp) this rank's pieces, in shard order
+    int nsp;
 };
 
 // Cuts group `expert` of the list into buckets of at most cap floats (a model smaller than one
@@ -64,14 +77,15 @@ static void plan_group(DpSync *s, Comm *c, int expert, size_t cap) {
                 cur->pieces = core_alloc((size_t)(s->n + 1) * sizeof(Piece));
             }
             const size_t k = s->t[i].n - done < cap - cur->fill ? s->t[i].n - done : cap - cur->fill;
-            cur->pieces[cur->np++] = (Piece){i, done, k};
+            cur->pieces[cur->np++] = (Piece){i, done, k, cur->fill};
             cur->fill += k;
             done += k;
         }
     }
 }
 
-DpSync *dp_sync_start(const Grid *g, const DpGrad *t, int n, size_t bucket_floats) {
+// The buckets of the list over the grid's groups (see dp_sync_start).
+static DpSync *plan(const Grid *g, const DpGrad *t, int n, size_t bucket_floats) {
     CHECK(bucket_floats > 0, "dp_sync: the bucket size must be positive");
     DpSync *s = core_alloc(sizeof *s);
     s->o = ops_of(g);
@@ -92,54 +106,105 @@ DpSync *dp_sync_start(const Grid *g, const DpGrad *t, int n, size_t bucket_float
     return s;
 }
 
-// Packs bucket i and starts its all-reduce.
+DpSync *dp_sync_start(const Grid *g, const DpGrad *t, int n, size_t bucket_floats) {
+    return plan(g, t, n, bucket_floats);
+}
+
+DpSync *dp_sync_shard_create(const Grid *g, const DpGrad *t, const size_t *off, int n, size_t bucket_floats) {
+    DpSync *s = plan(g, t, n, bucket_floats);
+    s->off = core_alloc((size_t)(n > 0 ? n : 1) * sizeof(size_t));
+    memcpy(s->off, off, (size_t)n * sizeof(size_t));
+    // This rank's chunk of each bucket, and the pieces of tensors it covers.
+    int max_sp = 0;
+    for (int i = 0; i < s->nb; i++) max_sp += s->b[i].np;
+    s->sp = core_alloc((size_t)(max_sp > 0 ? max_sp : 1) * sizeof(DpShardPiece));
+    for (int i = 0; i < s->nb; i++) {
+        Bucket *b = &s->b[i];
+        const size_t P = (size_t)b->c->size;
+        b->chunk = (b->fill + P - 1) / P;
+        b->at = s->shard_n;
+        b->sp0 = s->nsp;
+        const size_t lo = (size_t)b->c->rank * b->chunk;
+        const size_t hi = lo + b->chunk < b->fill ? lo + b->chunk : b->fill;
+        for (int p = 0; p < b->np; p++) {
+            const Piece *q = &b->pieces[p];
+            const size_t a = q->pos > lo ? q->pos : lo, z = q->pos + q->n < hi ? q->pos + q->n : hi;
+            if (a < z) s->sp[s->nsp++] = (DpShardPiece){q->tensor, q->start + (a - q->pos), z - a, b->at + (a - lo)};
+        }
+        b->nsp = s->nsp - b->sp0;
+        s->shard_n += b->chunk;
+    }
+    s->shard = s->o->alloc((s->shard_n > 0 ? s->shard_n : 1) * sizeof(float));
+    s->o->zero(s->shard, (s->shard_n > 0 ? s->shard_n : 1) * sizeof(float));
+    return s;
+}
+
+// Packs bucket i and starts its all-reduce (sharded: its reduce-scatter into the shard).
 static void start(DpSync *s, int i) {
     Bucket *b = &s->b[i];
-    b->buf = s->o->alloc(b->fill * sizeof(float));
-    float *at = b->buf;
+    const size_t len = s->shard ? (size_t)b->c->size * b->chunk : b->fill;
+    b->buf = s->o->alloc(len * sizeof(float));
+    // The padding adds zeros to the last rank's chunk.
+    if (len > b->fill) s->o->zero(b->buf + b->fill, (len - b->fill) * sizeof(float));
     for (int p = 0; p < b->np; p++) {
         const Piece *q = &b->pieces[p];
-        s->o->copy(at, s->t[q->tensor].g + q->start, q->n * sizeof(float));
-        at += q->n;
+        s->o->copy(b->buf + q->pos, s->t[q->tensor].g + q->start, q->n * sizeof(float));
     }
-    b->req = comm_iallreduce(b->c, b->buf, b->fill, COMM_F32, COMM_SUM);
+    b->started = 1;
+    b->req = s->shard ? comm_ireduce_scatter(b->c, b->buf, s->shard + b->at, b->chunk, COMM_F32, COMM_SUM)
+                      : comm_iallreduce(b->c, b->buf, b->fill, COMM_F32, COMM_SUM);
     s->order[s->n_started++] = i;
 }
 
-// Completes bucket i's all-reduce, scales the sums and writes every piece back.
+// Completes bucket i's collective and scales the sums: in the shard, or written back to every piece.
 static void complete(DpSync *s, int i) {
     Bucket *b = &s->b[i];
     comm_wait(b->req);
-    s->o->grad_scale(b->buf, (long)b->fill, s->scale);
-    const float *at = b->buf;
-    for (int p = 0; p < b->np; p++) {
-        const Piece *q = &b->pieces[p];
-        s->o->copy(s->t[q->tensor].g + q->start, at, q->n * sizeof(float));
-        at += q->n;
+    b->req = NULL;
+    if (s->shard) {
+        s->o->grad_scale(s->shard + b->at, (long)b->chunk, s->scale);
+    } else {
+        s->o->grad_scale(b->buf, (long)b->fill, s->scale);
+        for (int p = 0; p < b->np; p++) {
+            const Piece *q = &b->pieces[p];
+            s->o->copy(s->t[q->tensor].g + q->start, b->buf + q->pos, q->n * sizeof(float));
+        }
     }
     s->o->free(b->buf);
+    b->buf = NULL;
 }
 
 void dp_sync_ready(DpSync *s, int tensor) {
     CHECK(tensor >= 0 && tensor < s->n, "dp_sync_ready: tensor %d outside [0, %d)", tensor, s->n);
     s->ready[tensor] = 1;
     for (int i = 0; i < s->nb; i++) {
-        if (s->b[i].req) continue;
+        if (s->b[i].started) continue;
         int all = 1;
         for (int p = 0; p < s->b[i].np && all; p++) all = s->ready[s->b[i].pieces[p].tensor];
         if (all) start(s, i);
     }
 }
 
-void dp_sync_finish(DpSync *s) {
+void dp_sync_complete(DpSync *s) {
+    // The started buckets, then the rest one at a time, so that a sync without overlap holds one
+    // bucket. A completed bucket has no buffer, so none starts twice.
     for (int k = 0; k < s->n_started; k++) complete(s, s->order[k]);
-    // The rest one at a time, so that a sync without overlap holds one bucket.
     for (int i = 0; i < s->nb; i++) {
-        if (s->b[i].req) continue;
+        if (s->b[i].started) continue;
         start(s, i);
         complete(s, i);
     }
+    for (int i = 0; i < s->nb; i++) s->b[i].started = 0;
+    s->n_started = 0;
+    memset(s->ready, 0, (size_t)(s->n > 0 ? s->n : 1) * sizeof(int));
+}
+
+void dp_sync_free(DpSync *s) {
+    if (!s) return;
     for (int i = 0; i < s->nb; i++) core_free(s->b[i].pieces);
+    if (s->shard) s->o->free(s->shard);
+    core_free(s->sp);
+    core_free(s->off);
     core_free(s->b);
     core_free(s->order);
     core_free(s->ready);
@@ -147,8 +212,94 @@ void dp_sync_finish(DpSync *s) {
     core_free(s);
 }
 
+void dp_sync_finish(DpSync *s) {
+    dp_sync_complete(s);
+    dp_sync_free(s);
+}
+
 void dp_sync_grads(const Grid *g, const DpGrad *t, int n, size_t bucket_floats) {
     dp_sync_finish(dp_sync_start(g, t, n, bucket_floats));
+}
+
+const DpShardPiece *dp_sync_shard_pieces(const DpSync *s, int *n) {
+    *n = s->nsp;
+    return s->sp;
+}
+
+size_t dp_sync_shard_floats(const DpSync *s) { return s->shard_n; }
+
+float *dp_sync_shard_grads(DpSync *s) { return s->shard; }
+
+double dp_sync_shard_sqsum(const Grid *g, DpSync *const *s, int n) {
+    // The padding is zero (reduce-scatter of zeros), so each whole shard can be summed at once, into
+    // one double of the backend's memory.
+    const LayerOps *o = ops_of(g);
+    double *d = o->alloc(sizeof(double)), sq = 0;
+    o->zero(d, sizeof(double));
+    for (int k = 0; k < n; k++)
+        if (s[k]->shard_n) o->grad_sqsum(d, s[k]->shard, (long)s[k]->shard_n);
+    o->download(&sq, d, sizeof sq);
+    o->free(d);
+    comm_allreduce(g->dp_comm, &sq, 1, COMM_F64, COMM_SUM);
+    comm_allreduce(g->pp_comm, &sq, 1, COMM_F64, COMM_SUM);
+    return sq;
+}
+
+// Starts bucket i's all-gather into a new buffer (c->size · chunk elements of es bytes): this
+// rank's chunk is shard + at (shard layout) or, without a shard, packed from its pieces of w.
+static void gather_start(DpSync *s, int i, const void *shard, const void *w, size_t es, CommType t) {
+    Bucket *b = &s->b[i];
+    b->buf = s->o->alloc((size_t)b->c->size * b->chunk * es);
+    const void *send = shard ? (const char *)shard + b->at * es : NULL;
+    if (!shard) {
+        // Padding (the last rank's chunk past the bucket's end) travels as zeros and is never read.
+        b->send = s->o->alloc(b->chunk * es);
+        s->o->zero(b->send, b->chunk * es);
+        for (int k = b->sp0; k < b->sp0 + b->nsp; k++) {
+            const DpShardPiece *q = &s->sp[k];
+            s->o->copy((char *)b->send + (q->at - b->at) * es,
+                       (const char *)w + (s->off[q->tensor] + q->start) * es, q->n * es);
+        }
+        send = b->send;
+    }
+    b->req = comm_iallgather(b->c, send, b->buf, b->chunk, t);
+}
+
+// Completes bucket i's all-gather and writes every piece of the bucket into w.
+static void gather_complete(DpSync *s, int i, void *w, size_t es) {
+    Bucket *b = &s->b[i];
+    comm_wait(b->req);
+    b->req = NULL;
+    for (int p = 0; p < b->np; p++) {
+        const Piece *q = &b->pieces[p];
+        s->o->copy((char *)w + (s->off[q->tensor] + q->start) * es, (const char *)b->buf + q->pos * es, q->n * es);
+    }
+    s->o->free(b->buf);
+    if (b->send) s->o->free(b->send);
+    b->buf = b->send = NULL;
+}
+
+// Both gathers: bucket i + 1's transfer runs while bucket i is unpacked.
+static void gather(DpSync *s, const void *shard, void *w, size_t es, CommType t) {
+    CHECK(s->shard, "dp_sync: a gather needs a sharded sync (dp_sync_shard_create)");
+    if (s->nb > 0) gather_start(s, 0, shard, w, es, t);
+    for (int i = 0; i < s->nb; i++) {
+        if (i + 1 < s->nb) gather_start(s, i + 1, shard, w, es, t);
+        gather_complete(s, i, w, es);
+    }
+}
+
+void dp_sync_shard_allgather(DpSync *s, void *w, size_t es, CommType t) { gather(s, NULL, w, es, t); }
+
+void dp_sync_shard_expand(DpSync *s, const float *shard, float *full) {
+    gather(s, shard, full, sizeof(float), COMM_F32);
+}
+
+void dp_sync_shard_take(const DpSync *s, const float *full, float *shard) {
+    for (int k = 0; k < s->nsp; k++) {
+        const DpShardPiece *q = &s->sp[k];
+        s->o->copy(shard + q->at, full + s->off[q->tensor] + q->start, q->n * sizeof(float));
+    }
 }
 
 double dp_sync_grad_sqsum(const Grid *g, const DpGrad *t, int n) {

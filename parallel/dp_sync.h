@@ -39,7 +39,43 @@ void dp_sync_grads(const Grid *g, const DpGrad *t, int n, size_t bucket_floats);
 typedef struct DpSync DpSync;
 DpSync *dp_sync_start(const Grid *g, const DpGrad *t, int n, size_t bucket_floats);
 void dp_sync_ready(DpSync *s, int tensor);
-void dp_sync_finish(DpSync *s);
+void dp_sync_finish(DpSync *s);  // dp_sync_complete, then dp_sync_free
+
+// ZeRO-1 (docs/parallel.md): the same buckets, reduce-scattered instead of all-reduced, so that each
+// rank of a bucket's group (dp for dense tensors, edp for experts) receives one chunk of its average.
+// A bucket of f floats is padded with zeros to P·c floats, c = ⌈f/P⌉ for a group of P ranks; rank r
+// owns floats [r·c, min(f, (r+1)·c)) of its stream, at offset `at` of its shard, which holds its
+// chunks of every bucket in bucket order (Σ c floats). The layout depends on the list, the bucket
+// size and the group sizes alone. The sync lives across steps: dp_sync_ready as above during the
+// backward, then dp_sync_complete each step. off (n): each tensor's element offset in the buffers
+// that dp_sync_shard_allgather and dp_sync_shard_expand fill (the parameter registry's layout).
+DpSync *dp_sync_shard_create(const Grid *g, const DpGrad *t, const size_t *off, int n, size_t bucket_floats);
+// Starts what dp_sync_ready has not, completes every bucket (collective), and makes the sync ready
+// for the next step. Sharded: the shard (dp_sync_shard_grads) holds the averages of this rank's chunks.
+void dp_sync_complete(DpSync *s);
+void dp_sync_free(DpSync *s);
+// One piece of this rank's shard: floats [start, start + n) of tensor `tensor` at shard offset `at`.
+typedef struct {
+    int tensor;
+    size_t start, n, at;
+} DpShardPiece;
+// This rank's pieces in shard order (*n of them); floats of the shard outside them are padding.
+const DpShardPiece *dp_sync_shard_pieces(const DpSync *s, int *n);
+size_t dp_sync_shard_floats(const DpSync *s);
+float *dp_sync_shard_grads(DpSync *s);  // (shard floats) in the grid's backend memory
+// Σ g² over the whole model from the shards of the n syncs s (one per model stage this rank owns)
+// after dp_sync_complete: this rank's partial sum, then one all-reduce over dp (every dense float and
+// every expert float lies in exactly one shard of the DP ranks, since DP = EP · EDP) and one over
+// the pipeline stages.
+double dp_sync_shard_sqsum(const Grid *g, DpSync *const *s, int n);
+// w (registry layout, elements of es bytes, moved as type t) ← every rank's shard of it: each rank
+// sends its own pieces of w (collective; at most two buckets in flight).
+void dp_sync_shard_allgather(DpSync *s, void *w, size_t es, CommType t);
+// full (registry layout, fp32) ← the shards (shard layout, fp32) of every rank (collective).
+void dp_sync_shard_expand(DpSync *s, const float *shard, float *full);
+// shard ← this rank's pieces of full (registry layout); local.
+void dp_sync_shard_take(const DpSync *s, const float *full, float *shard);
+
 // Σ g² over the whole model after dp_sync_grads: dense tensors counted once (they are equal on every
 // DP rank), expert slices summed over EP, everything summed over the pipeline stages.
 double dp_sync_grad_sqsum(const Grid *g, const DpGrad *t, int n);

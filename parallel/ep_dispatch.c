@@ -1,14 +1,19 @@
 // Expert-parallel dispatch and combine (see ep_dispatch.h). The plan: choose each pair's physical
-// slot, count rows per (destination rank, local slot), exchange the counts (all-to-all), and order
-// the send rows by destination slot (a stable sort, so one process reproduces the local
-// dispatcher's order exactly). The expert rows are grouped by (slot, source rank), so each local
-// expert owns one contiguous range; the all-to-all moves one block per (rank, slot) straight to its
-// place there (comm_ialltoallv_blocks), so a dispatch is one gather into send order plus the
-// exchange, and a combine the exchange plus one gather back home.
+// slot, count rows per (destination rank, local slot), exchange the counts (one small all-to-all),
+// and order the send rows by destination slot (a stable sort, so one process reproduces the local
+// dispatcher's order exactly): rows leave packed by destination rank, expert order inside each
+// peer's block. The rows then travel in ONE exchange per direction (comm_ialltoallv: one
+// MPI_Ialltoallv, or one NCCL group of one send and one receive per peer) and arrive packed by
+// source rank; one permute pass groups them by (local slot, source rank), so each local expert owns
+// one contiguous range. A combine runs the inverse permute, the exchange back, and one gather home.
+// Where the arrival order is already the expert order (one EP rank, or one slot per rank) the rows
+// land in place and there is no permute.
 //
 // On a GPU the plan stays on the device (moe_cuda_ep_plan) except for the R slot counts, which come
-// to the host in one copy: the count exchange runs over the host group, and the block sizes and
-// offsets it gives are all the exchange needs. The rows travel over the NCCL twin.
+// to the host in one copy: the count exchange runs over the host group (the MoE layer needs the
+// counts on the host anyway, for its grouped GEMMs), the peer counts and the receive permute's block
+// table are host arithmetic, and the table goes back in one upload from which a kernel makes the
+// permute's row map (moe_cuda_ep_recv_pos). The rows travel over the NCCL twin.
 #include "parallel/ep_dispatch.h"
 
 #include <limits.h>
@@ -38,13 +43,19 @@ struct MoeDispatchPlan {
     int n_send, n_recv;   // rows leaving this rank (N·K) and arriving at its experts
     int *send_pos;        // (N·K) send row of pair t·K + k, rows ordered by destination slot: host
                           // memory on a CPU, device memory on a GPU
-    // (4, P·Ln) in rows, block (j, s) = (EP rank j, local slot s): rows sent to slot s of rank j and
-    // their offset in send order (rank-major); rows received from rank j for local slot s and
-    // their offset among the expert rows (slot-major).
-    size_t *blocks;
-    // A dispatch in flight (to_experts_start until finish): its request and send buffer.
+    size_t *peer;         // (2, P) rows sent to each EP rank, rows received from each (rank order)
+    // The receive permute, both NULL where the rows arrive in expert order. Block b = j·Ln + s holds
+    // the rows from rank j for local slot s. blocks (3, P·Ln), host: each block's offset in arrival
+    // order (source-major), its offset among the expert rows (slot-major), its rows. recv_pos
+    // (n_recv), device: the expert row of each arrival row (moe_cuda_ep_recv_pos).
+    int *blocks;
+    int *recv_pos;
+    // A dispatch in flight (to_experts_start until finish): its request, its send and arrival
+    // buffers (arrival NULL: the rows land in place), and where the rows go.
     CommRequest *req;
-    void *send;
+    void *send, *arrival;
+    float *rows;
+    int D;
 };
 
 static EpDispatcher *impl_of(MoeDispatcher *d) { return (EpDispatcher *)d->impl; }
@@ -65,6 +76,49 @@ static void plan_on_host(EpDispatcher *x, int *send_pos, int *send_cnt, const in
     moe_counting_sort(slot, n, R, send_cnt, send_pos, NULL);
     core_free(slot);
     core_free(seen);
+}
+
+// The receive permute of a plan whose received counts are rcnt (P, Ln): block b = j·Ln + s arrives
+// at offset Σ_{b' < b} rcnt[b'] (the exchange packs by source rank) and belongs at the expert rows of
+// slot s after those of slots before s and of s from ranks before j. Nothing is kept where every
+// non-empty block's two offsets agree. A GPU dispatcher turns the offsets into recv_pos on the
+// device (one upload of the (2, P·Ln) offset table).
+static void plan_receive_permute(MoeDispatcher *self, MoeDispatchPlan *p, const int *rcnt) {
+    const int P = impl_of(self)->ep->size, Ln = self->n_local, B = P * Ln;
+    int *blk = core_alloc((size_t)3 * B * sizeof(int));  // (3, B): arrival offset, expert offset, rows
+    int *aoff = blk, *eoff = blk + B, *nrow = blk + 2 * B;
+    int at = 0;
+    for (int b = 0; b < B; b++) {
+        nrow[b] = rcnt[b];
+        aoff[b] = at;
+        at += nrow[b];
+    }
+    at = 0;
+    int direct = 1;
+    for (int s = 0; s < Ln; s++)
+        for (int j = 0; j < P; j++) {
+            const int b = j * Ln + s;
+            eoff[b] = at;
+            at += nrow[b];
+            if (nrow[b] > 0 && eoff[b] != aoff[b]) direct = 0;
+        }
+    if (direct) {
+        core_free(blk);
+        return;
+    }
+    const LayerOps *o = ops_of(self);
+    if (o->dev == CORE_CPU) {
+        p->blocks = blk;
+        return;
+    }
+#ifdef MOELAB_CUDA
+    int *table = o->alloc((size_t)2 * B * sizeof(int));  // (2, B) arrival and expert offsets
+    o->upload(table, blk, (size_t)2 * B * sizeof(int));
+    p->recv_pos = o->alloc((size_t)(p->n_recv > 0 ? p->n_recv : 1) * sizeof(int));
+    moe_cuda_ep_recv_pos(p->recv_pos, table, B, p->n_recv);
+    o->free(table);
+#endif
+    core_free(blk);
 }
 
 static MoeDispatchPlan *ep_plan(MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,
@@ -103,29 +157,22 @@ static MoeDispatchPlan *ep_plan(MoeDispatcher *self, const int *idx, int N, int 
     }
     comm_alltoall(x->ep, cnt, cnt + R, (size_t)Ln, COMM_I32);
 
-    // Send blocks are packed rank-major; the expert rows of (slot s, source j) follow the rows of
-    // slots before s and those of s from sources before j.
-    p->blocks = core_alloc((size_t)4 * R * sizeof(size_t));
-    size_t *scount = p->blocks, *soff = p->blocks + R, *rcount = p->blocks + 2 * R, *roff = p->blocks + 3 * R;
-    size_t at = 0;
-    for (int b = 0; b < R; b++) {
-        scount[b] = (size_t)cnt[b];
-        rcount[b] = (size_t)cnt[R + b];
-        soff[b] = at;
-        at += scount[b];
-    }
+    // Rows per peer each way, and the rows each local slot receives.
+    p->peer = core_alloc((size_t)2 * P * sizeof(size_t));
     memset(counts, 0, (size_t)Ln * sizeof(int));
     long total = 0;
-    for (int s = 0; s < Ln; s++)
-        for (int j = 0; j < P; j++) {
-            roff[j * Ln + s] = (size_t)total;
+    for (int j = 0; j < P; j++)
+        for (int s = 0; s < Ln; s++) {
+            p->peer[j] += (size_t)cnt[j * Ln + s];
+            p->peer[P + j] += (size_t)cnt[R + j * Ln + s];
             counts[s] += cnt[R + j * Ln + s];
             total += cnt[R + j * Ln + s];
         }
     CHECK(total <= INT_MAX, "ep dispatcher: %ld rows arrive at this rank's experts", total);
-    core_free(cnt);
     p->n_recv = (int)total;
     *n_rows = p->n_recv;
+    plan_receive_permute(self, p, cnt + R);
+    core_free(cnt);
     return p;
 }
 
@@ -138,22 +185,45 @@ static size_t row_words(const LayerOps *o, int D) {
     return bytes / 4;
 }
 
-// Starts moving the plan's blocks over the group the rows live on (the NCCL twin for device rows):
-// home → experts when out, experts → home otherwise.
+// Starts the plan's one row exchange over the group the rows live on (the NCCL twin for device
+// rows): home → experts when out (send order to arrival order), experts → home otherwise.
 static CommRequest *exchange(MoeDispatcher *self, MoeDispatchPlan *p, int out, const void *send,
                              void *recv, int D) {
     EpDispatcher *x = impl_of(self);
     Comm *c = ops_of(self)->dev != CORE_CPU ? x->ep_dev : x->ep;
     const size_t w = row_words(ops_of(self), D);
-    const int R = x->R;
-    size_t *b = core_alloc((size_t)4 * R * sizeof(size_t));  // (4, R) the plan's blocks in words
-    for (int i = 0; i < 4 * R; i++) b[i] = p->blocks[i] * w;
-    const size_t *home_cnt = b, *home_off = b + R, *exp_cnt = b + 2 * R, *exp_off = b + 3 * R;
-    const int Ln = self->n_local;
-    CommRequest *r = out ? comm_ialltoallv_blocks(c, Ln, send, home_cnt, home_off, recv, exp_cnt, exp_off, COMM_F32)
-                         : comm_ialltoallv_blocks(c, Ln, send, exp_cnt, exp_off, recv, home_cnt, home_off, COMM_F32);
-    core_free(b);
+    const int P = x->ep->size;
+    size_t *n = core_alloc((size_t)2 * P * sizeof(size_t));  // (2, P) the plan's peer counts in words
+    for (int i = 0; i < 2 * P; i++) n[i] = p->peer[i] * w;
+    CommRequest *r = out ? comm_ialltoallv(c, send, n, recv, n + P, COMM_F32)
+                         : comm_ialltoallv(c, send, n + P, recv, n, COMM_F32);
+    core_free(n);
     return r;
+}
+
+static int in_place(const MoeDispatchPlan *p) { return !p->blocks && !p->recv_pos; }
+
+// The receive permute (a plan that is not in_place): rows (n_recv, D) from arrival order to expert
+// order when out, back otherwise. One pass over the rows: a copy per block on the CPU, a row gather
+// by recv_pos on a GPU.
+static void permute(MoeDispatcher *self, const MoeDispatchPlan *p, int out, void *dst, const void *src,
+                    int D) {
+    const LayerOps *o = ops_of(self);
+#ifdef MOELAB_CUDA
+    if (o->dev == CORE_CUDA) {
+        if (out) moe_cuda_permute(o->dt, dst, src, 1, p->recv_pos, p->n_recv, 1, D);
+        else moe_cuda_unpermute(o->dt, dst, src, p->recv_pos, p->n_recv, 1, D);
+    }
+#endif
+    if (o->dev == CORE_CPU) {
+        const int B = impl_of(self)->ep->size * self->n_local;
+        const int *aoff = p->blocks, *eoff = p->blocks + B, *nrow = p->blocks + 2 * B;
+        const size_t bytes = (size_t)D * o->act_size;
+        for (int b = 0; b < B; b++)
+            if (nrow[b] > 0)
+                memcpy((char *)dst + (size_t)(out ? eoff[b] : aoff[b]) * bytes,
+                       (const char *)src + (size_t)(out ? aoff[b] : eoff[b]) * bytes, (size_t)nrow[b] * bytes);
+    }
 }
 
 static void *rows_alloc(const LayerOps *o, int n, int D) {
@@ -175,15 +245,24 @@ static void ep_to_experts_start(MoeDispatcher *self, MoeDispatchPlan *p, const f
             memcpy((char *)p->send + (size_t)p->send_pos[i] * bytes,
                    (const char *)src + (size_t)(per_choice ? i : i / p->K) * bytes, bytes);
     }
-    p->req = exchange(self, p, 1, p->send, rows, D);
+    p->arrival = in_place(p) ? NULL : rows_alloc(o, p->n_recv, D);  // (n_recv, D) in arrival order
+    p->rows = rows;
+    p->D = D;
+    p->req = exchange(self, p, 1, p->send, p->arrival ? p->arrival : rows, D);
 }
 
 static void ep_finish(MoeDispatcher *self, MoeDispatchPlan *p) {
     if (!p->req) return;
     comm_wait(p->req);
-    ops_of(self)->free(p->send);
+    const LayerOps *o = ops_of(self);
+    if (p->arrival) {
+        permute(self, p, 1, p->rows, p->arrival, p->D);
+        o->free(p->arrival);
+    }
+    o->free(p->send);
     p->req = NULL;
-    p->send = NULL;
+    p->send = p->arrival = NULL;
+    p->rows = NULL;
 }
 
 static void ep_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *src, int per_choice,
@@ -195,8 +274,10 @@ static void ep_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *
 static void ep_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *rows, float *dst,
                             int D) {
     const LayerOps *o = ops_of(self);
+    void *arrival = in_place(p) ? NULL : rows_alloc(o, p->n_recv, D);  // (n_recv, D) in arrival order
+    if (arrival) permute(self, p, 0, arrival, rows, D);
     void *home = rows_alloc(o, p->n_send, D);  // (n_send, D) in send order
-    comm_wait(exchange(self, p, 0, rows, home, D));
+    comm_wait(exchange(self, p, 0, arrival ? arrival : rows, home, D));
 #ifdef MOELAB_CUDA
     if (o->dev == CORE_CUDA) moe_cuda_unpermute(o->dt, dst, home, p->send_pos, p->N, p->K, D);
 #endif
@@ -206,13 +287,19 @@ static void ep_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float
             memcpy((char *)dst + (size_t)i * bytes, (const char *)home + (size_t)p->send_pos[i] * bytes, bytes);
     }
     o->free(home);
+    if (arrival) o->free(arrival);
 }
 
 static void ep_release(MoeDispatcher *self, MoeDispatchPlan *p) {
     if (!p) return;
     ep_finish(self, p);
-    if (ops_of(self)->dev == CORE_CPU) core_free(p->send_pos);
-    else ops_of(self)->free(p->send_pos);
+    if (ops_of(self)->dev == CORE_CPU) {
+        core_free(p->send_pos);
+    } else {
+        ops_of(self)->free(p->send_pos);
+        if (p->recv_pos) ops_of(self)->free(p->recv_pos);
+    }
+    core_free(p->peer);
     core_free(p->blocks);
     core_free(p);
 }

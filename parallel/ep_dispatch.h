@@ -1,7 +1,8 @@
 // The expert-parallel MoE dispatcher (the layers/moe.h interface over an EP communicator,
-// docs/architecture.md §4): each (token, choice) pair travels to the rank holding its expert's physical
-// slot through an all-to-all-v, arrives grouped by local slot for the grouped expert GEMMs, and
-// comes back the same way. Which logical expert each physical slot holds is a table (the default is
+// docs/architecture.md §4, docs/parallel.md §4): each (token, choice) pair travels to the rank
+// holding its expert's physical slot in one all-to-all-v per direction (rows packed by peer), is
+// grouped by local slot for the grouped expert GEMMs by one permute pass on arrival, and comes back
+// the same way. Which logical expert each physical slot holds is a table (the default is
 // the identity block: slot s of EP rank r holds expert r·E/EP + s), so EPLB can swap in replicas.
 #ifndef MOELAB_PARALLEL_EP_DISPATCH_H
 #define MOELAB_PARALLEL_EP_DISPATCH_H
@@ -33,8 +34,9 @@ void ep_dispatcher_set_placement(MoeDispatcher *d, const int *phy2log, int R);
 
 // Moves the dispatcher's rows to a GPU backend: from the next plan on, routings, rows and their
 // permutes live in ops' memory and the rows travel over ep_dev, the NCCL twin of the dispatcher's
-// group (parallel/comm_nccl.h; not owned). The plan is still made on the host: the routing comes
-// over, the counts travel over the host group, and the two index maps go back to the device.
+// group (parallel/comm_nccl.h; not owned). The plan is made on the device except for the counts:
+// the slot counts come to the host in one copy and travel over the host group, and the receive
+// permute's block offsets go back in one upload.
 void ep_dispatcher_to_device(MoeDispatcher *d, Comm *ep_dev, const struct LayerOps *ops);
 
 #ifdef __cplusplus

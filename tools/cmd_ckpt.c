@@ -9,6 +9,8 @@
 
 #include "checkpoints/ckpt.h"
 #include "framework/core/check.h"
+#include "framework/model.h"
+#include "framework/optimizer.h"
 #include "tools/commands.h"
 
 static const char USAGE[] =
@@ -38,6 +40,17 @@ static void remove_stale(const char *path, const char *why, void *ctx) {
     (void)ctx;
 }
 
+// inspect and verify compare the file with the model its stored config builds; one expert slot per
+// rank (ep_size = E) is the smallest layout that has every tensor with its logical shape.
+static void look_into(const char *sub, const char *path) {
+    MoeConfig c;
+    ckpt_read_config(path, &c);
+    Model *ref = model_create(&c, 0, c.E);
+    if (!strcmp(sub, "inspect")) ckpt_inspect(path, &ref->reg, optim_lr, stdout);
+    else ckpt_verify(path, &ref->reg, stdout);
+    model_free(ref);
+}
+
 int cmd_ckpt(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -48,8 +61,7 @@ int cmd_ckpt(int argc, char **argv) {
         fputs(USAGE, stderr);
         core_usage_error("ckpt: expected `inspect PATH`, `verify PATH` or `clean DIR`");
     }
-    if (!strcmp(argv[1], "inspect")) ckpt_inspect(argv[2], stdout);
-    else if (!strcmp(argv[1], "verify")) ckpt_verify(argv[2], stdout);
+    if (!strcmp(argv[1], "inspect") || !strcmp(argv[1], "verify")) look_into(argv[1], argv[2]);
     else if (!strcmp(argv[1], "clean")) {
         int n = ckpt_stale_files(argv[2], remove_stale, NULL);
         printf("%s: %d file%s removed\n", argv[2], n, n == 1 ? "" : "s");

@@ -24,7 +24,8 @@ static const char USAGE[] =
     "    mark EPLB rebalances;\n"
     "  - for the first and the last rebalance (--eplb-interval), each EP rank's tokens before and\n"
     "    after, relative to the mean rank, with max/mean.\n"
-    "  --metrics FILE   JSON Lines written by moelab train (lines need \"step\" and \"expert_load\")\n"
+    "  --metrics FILE   JSON Lines written by moelab train: lines with \"expert_load\" or \"eplb\" need\n"
+    "                   \"step\"; other lines (the first one, the run's config) are skipped\n"
     "  --out FILE       the SVG to write\n";
 
 // One usage-error line naming the command; returns exit code 2.
@@ -106,6 +107,7 @@ static const char *read_vector(const JsonValue *v, const char *name, int n, doub
 static const char *take_line(Run *d, const JsonValue *o, char *msg, size_t cap) {
     const JsonValue *load = json_get(o, "expert_load"), *eplb = json_get(o, "eplb");
     const JsonValue *step = json_get(o, "step");
+    // Other lines (the config line moelab train writes first) hold nothing to draw.
     if (!load && !eplb) return NULL;
     if (!step || step->type != JSON_NUMBER || step->number < 0 || step->number != floor(step->number) ||
         step->number > 1e9)

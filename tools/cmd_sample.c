@@ -83,8 +83,9 @@ int cmd_sample(int argc, char **argv) {
                          tok->V, c.V);
     c.ep = 1;  // one process holds every expert, whatever layout saved the checkpoint
     Model *m = model_create(&c, 0, 1);
-    CkptShard sh = ckpt_shard_of(m);
-    ckpt_load(ckpt, &sh, m, NULL, NULL);
+    CkptShard sh = ckpt_shard_identity(0, 1, c.E);
+    const CkptView weights = {&m->cfg, &m->reg, m->reg.data, NULL, NULL, NULL};
+    ckpt_load(ckpt, &sh, &weights, NULL);
 
     size_t plen = strlen(prompt);
     uint32_t *ids = core_alloc((plen + 1) * sizeof *ids);

@@ -20,7 +20,7 @@ static void train_help(void) {
            "  --data DIR        prepared data (tokenizer.bin, train.bin, val.bin)\n"
            "  --steps N         optimizer steps\n"
            "  --seed S          seed of weights, data order and sampling\n"
-           "  --metrics FILE    JSON Lines metrics, one object per logged step\n"
+           "  --metrics FILE    JSON Lines metrics: {\"config\": {every key}}, then one object per logged step\n"
            "  --out DIR         save checkpoints DIR/step_<n>.h5 (every --save-every N steps and at the end)\n"
            "  --keep K          keep the newest K checkpoints of this run's lineage in DIR (0: all)\n"
            "  --nonfinite-skip N  skip up to N steps with a NaN/inf loss or gradient in a row, then stop (0: stop)\n"

@@ -17,10 +17,12 @@
 #              fp32 against one GPU, EPLB's device dispatcher and runtime against their host twins
 #              and EPLB training against none), an unmatched NCCL all-reduce ending the job at its timeout,
 #              and `moelab train --device cuda-fp32` with EP NP and DP NP against one GPU
-#   ep_bench   on NP GPUs: EP dispatch + combine bandwidth (ep_bench a2a) against PyTorch's NCCL
-#              all_to_all_single moving the same bytes (tools/bench_a2a.py), and training tokens/s
-#              of configs/bench.cfg with EP 1 on one GPU, EP NP (with and without the shared experts
-#              overlapping the dispatch, --ep-overlap 0) and DP NP (ep_bench train)
+#   ep_bench   on 2 and 4 GPUs (EP_NPS, default "2 4", those the machine has): EP dispatch + combine
+#              bandwidth (ep_bench a2a: one exchange per direction) against PyTorch's NCCL
+#              all_to_all_single moving the same bytes per rank (tools/bench_a2a.py under torchrun),
+#              with their ratio; and weak scaling of configs/bench.cfg at its per-GPU batch (ep_bench
+#              train): tokens/s per GPU at EP n (with and without the shared experts overlapping the
+#              dispatch, --ep-overlap 0) and DP n against one GPU, as a table (ep_bench_scaling.txt)
 #   pp         on PP_NP GPUs (default 4): `moelab train --device cuda-fp32` with 1F1B, DualPipe and
 #              DualPipeV at PP PP_NP, and at 4 GPUs DualPipe PP 2 x EP 2 (8 micro-batches), against
 #              one GPU with the same batch; DualPipe and DualPipeV (and at 4 GPUs DualPipe PP 2 x
@@ -244,22 +246,57 @@ if want nccl; then
 fi
 
 if want ep_bench; then
-    echo "== EP dispatch + combine on $np GPUs, and PyTorch's all_to_all_single moving the same bytes"
-    mpi "$np" .dist/bin/ep_bench a2a 2>&1 | tee "$log/ep_bench_a2a.txt"
-    [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench a2a"
-    timeout "${TORCH_TIMEOUT:-400}" python3 -m torch.distributed.run --standalone --nproc_per_node="$np" \
-        tools/bench_a2a.py 2>&1 | grep -v "^W\|OMP_NUM_THREADS\|^\*" | tee -a "$log/ep_bench_a2a.txt"
-    [ "${PIPESTATUS[0]}" = 0 ] || fail "bench_a2a.py"
-    echo "== training tokens/s, configs/bench.cfg at its per-GPU batch: EP $np, EP 1 on one GPU, DP $np"
-    mpi "$np" .dist/bin/ep_bench train --config configs/bench.cfg --ep "$np" 2>&1 | tee "$log/ep_bench_train.txt"
-    [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train --ep $np"
-    echo "== the same EP $np run without the shared experts overlapping the dispatch (--ep-overlap 0)"
-    mpi "$np" .dist/bin/ep_bench train --config configs/bench.cfg --ep "$np" --ep-overlap 0 2>&1 | sed 's/^ep_bench train:/ep_bench train (no overlap):/' | tee -a "$log/ep_bench_train.txt"
-    [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train --ep $np without overlap"
-    .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 2>&1 | tee -a "$log/ep_bench_train.txt"
+    # The GPU counts of this stage: EP_NPS (default "2 4"), those this machine has.
+    ngpu=$(nvidia-smi -L | wc -l)
+    ep_nps=""
+    for n in ${EP_NPS:-2 4}; do if [ "$n" -ge 2 ] && [ "$n" -le "$ngpu" ]; then ep_nps="$ep_nps $n"; fi; done
+    [ -n "$ep_nps" ] || fail "ep_bench: no GPU count of EP_NPS='${EP_NPS:-2 4}' fits this machine's $ngpu GPUs"
+    : > "$log/ep_bench_a2a.txt"
+    : > "$log/ep_bench_train.txt"
+    # The GB/s per rank of the line of FILE starting with PREFIX (the first figure "= X GB/s per rank").
+    gbs() { grep "^$2" "$1" | tail -1 | sed -n 's/.* = \([0-9.]*\) GB\/s per rank.*/\1/p'; }
+    # Tokens/s per GPU of the last line of FILE starting with PREFIX.
+    per_gpu() { grep "^$2" "$1" | tail -1 | sed -n 's/.*tokens\/s (\([0-9]*\) per GPU.*/\1/p'; }
+    for n in $ep_nps; do
+        echo "== EP dispatch + combine on $n GPUs, and PyTorch's all_to_all_single moving the same bytes"
+        mpi "$n" .dist/bin/ep_bench a2a 2>&1 | tee "$log/ep_bench_a2a_$n.txt"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench a2a on $n GPUs"
+        timeout "${TORCH_TIMEOUT:-400}" python3 -m torch.distributed.run --standalone --nproc_per_node="$n" \
+            tools/bench_a2a.py 2>&1 | grep -v "^W\|OMP_NUM_THREADS\|^\*" | tee -a "$log/ep_bench_a2a_$n.txt"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail "bench_a2a.py on $n GPUs"
+        ours=$(gbs "$log/ep_bench_a2a_$n.txt" "ep_bench a2a:") theirs=$(gbs "$log/ep_bench_a2a_$n.txt" "torch all_to_all_single:")
+        planned=$(grep "^ep_bench a2a:" "$log/ep_bench_a2a_$n.txt" | sed -n 's/.*with the plan [0-9.]* ms = \([0-9.]*\) GB\/s.*/\1/p')
+        if [ -n "$ours" ] && [ -n "$theirs" ] && [ -n "$planned" ]; then
+            awk -v n="$n" -v a="$ours" -v b="$theirs" -v c="$planned" 'BEGIN {
+                printf "ep_bench a2a / torch all_to_all_single on %d GPUs: %.1f / %.1f GB/s per rank = %.2f ", n, a, b, a / b
+                printf "(with the plan and its count exchange: %.1f GB/s = %.2f)\n", c, c / b }' | tee -a "$log/ep_bench_a2a_$n.txt"
+        else
+            fail "ep_bench a2a on $n GPUs: no GB/s figures to compare"
+        fi
+        cat "$log/ep_bench_a2a_$n.txt" >> "$log/ep_bench_a2a.txt"
+    done
+    echo "== weak scaling of configs/bench.cfg at its per-GPU batch: one GPU, then EP n and DP n for n in$ep_nps"
+    .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 2>&1 | sed 's/^ep_bench train:/ep_bench train one GPU:/' | tee -a "$log/ep_bench_train.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train on one GPU"
-    mpi "$np" .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 2>&1 | tee -a "$log/ep_bench_train.txt"
-    [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train, DP $np"
+    for n in $ep_nps; do
+        mpi "$n" .dist/bin/ep_bench train --config configs/bench.cfg --ep "$n" 2>&1 | sed "s/^ep_bench train:/ep_bench train EP $n:/" | tee -a "$log/ep_bench_train.txt"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train --ep $n"
+        # Without the shared experts overlapping the dispatch (--ep-overlap 0), to measure the overlap.
+        mpi "$n" .dist/bin/ep_bench train --config configs/bench.cfg --ep "$n" --ep-overlap 0 2>&1 | sed "s/^ep_bench train:/ep_bench train EP $n no overlap:/" | tee -a "$log/ep_bench_train.txt"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train --ep $n without overlap"
+        mpi "$n" .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 2>&1 | sed "s/^ep_bench train:/ep_bench train DP $n:/" | tee -a "$log/ep_bench_train.txt"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train, DP $n"
+    done
+    # Weak-scaling efficiency: tokens/s per GPU against the one-GPU run's.
+    one=$(per_gpu "$log/ep_bench_train.txt" "ep_bench train one GPU:")
+    {
+        printf "%-24s %16s %12s\n" "run" "tokens/s per GPU" "vs one GPU"
+        for run in "one GPU" $(for n in $ep_nps; do echo "EP_$n EP_${n}_no_overlap DP_$n"; done); do
+            label=$(echo "$run" | tr '_' ' ')
+            t=$(per_gpu "$log/ep_bench_train.txt" "ep_bench train $label:")
+            awk -v l="$label" -v t="${t:-0}" -v o="${one:-0}" 'BEGIN { printf "%-24s %16.0f %11.1f%%\n", l, t, (o > 0 ? 100 * t / o : 0) }'
+        done
+    } | tee "$log/ep_bench_scaling.txt"
 fi
 
 if want pp; then

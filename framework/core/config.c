@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "framework/core/check.h"
+#include "framework/core/json.h"
 #include "framework/core/num.h"
 
 typedef enum { K_INT, K_U64, K_FLOAT, K_BOOL, K_STR } KeyType;
@@ -72,6 +73,7 @@ static const KeyInfo KEYS[] = {
     {"chunks", K_INT, OFF(chunks), 0, 1 << 20, NULL, "pipeline micro-batches per step (0: grad_accum)"},
     {"schedule", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
     {"fb_overlap", K_BOOL, OFF(fb_overlap), 0, 1, NULL, "F&B ops: forward and backward on two GPU streams"},
+    {"zero", K_INT, OFF(zero), 0, 1, NULL, "ZeRO stage: 1 shards the AdamW moments over the DP ranks (0: off)"},
     // The four below choose how the work runs, never what it computes (beyond the rounding of
     // the GEMM kernels): overlaps on by default, off to measure their gain.
     {"dp_overlap", K_BOOL, OFF(dp_overlap), 0, 1, NULL, "DP gradient all-reduce overlaps the backward"},
@@ -318,19 +320,37 @@ void config_validate(const MoeConfig *c) {
 #undef RULE
 }
 
+// Key k's value in c, as a config file spells it; with json, a string is a JSON string literal
+// (numbers and true/false are the same in both; a validated config holds no NaN or infinity).
+static void write_value(const KeyInfo *k, const MoeConfig *c, int json, FILE *f) {
+    const char *base = (const char *)c + k->offset;
+    switch (k->type) {
+    case K_INT: fprintf(f, "%d", *(const int *)base); break;
+    case K_U64: fprintf(f, "%llu", (unsigned long long)*(const uint64_t *)base); break;
+    case K_FLOAT: fprintf(f, "%.9g", (double)*(const float *)base); break;
+    case K_BOOL: fputs(*(const int *)base ? "true" : "false", f); break;
+    case K_STR:
+        if (json) json_write_string(f, base, strlen(base));
+        else fputs(base, f);
+        break;
+    }
+}
+
 void config_write(const MoeConfig *c, FILE *f) {
     for (int i = 0; i < NKEYS; i++) {
-        const KeyInfo *k = &KEYS[i];
-        const char *base = (const char *)c + k->offset;
-        fprintf(f, "%s = ", k->name);
-        switch (k->type) {
-        case K_INT: fprintf(f, "%d\n", *(const int *)base); break;
-        case K_U64: fprintf(f, "%llu\n", (unsigned long long)*(const uint64_t *)base); break;
-        case K_FLOAT: fprintf(f, "%.9g\n", (double)*(const float *)base); break;
-        case K_BOOL: fprintf(f, "%s\n", *(const int *)base ? "true" : "false"); break;
-        case K_STR: fprintf(f, "%s\n", base); break;
-        }
+        fprintf(f, "%s = ", KEYS[i].name);
+        write_value(&KEYS[i], c, 0, f);
+        fputc('\n', f);
     }
+}
+
+void config_write_json(const MoeConfig *c, FILE *f) {
+    fputc('{', f);
+    for (int i = 0; i < NKEYS; i++) {
+        fprintf(f, "%s\"%s\": ", i ? ", " : "", KEYS[i].name);
+        write_value(&KEYS[i], c, 1, f);
+    }
+    fputc('}', f);
 }
 
 void config_print_help(FILE *f) {

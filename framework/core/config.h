@@ -60,6 +60,7 @@ typedef struct {
                          // provide MPI_THREAD_MULTIPLE
     int dp_overlap;      // bool: the DP gradient all-reduce overlaps the last backward (0: after it)
     int ep_overlap;      // bool: the shared experts overlap the EP dispatch all-to-all (0: after it)
+    int zero;            // ZeRO stage: 1 shards the AdamW moments over the data-parallel ranks (0: off)
     char expert_gemm[CONFIG_STR];  // GPU expert GEMMs: "cutlass" | "grouped" | "streams" | "loop"
     int gemm_streams;    // side streams of expert_gemm = streams (1..8)
     int eplb_interval, eplb_redundant;
@@ -94,6 +95,9 @@ int config_apply_args(MoeConfig *c, int argc, char **argv);
 void config_validate(const MoeConfig *c);
 // Writes every key as `key = value` lines (the format config_load_file reads).
 void config_write(const MoeConfig *c, FILE *f);
+// Writes every key as one JSON object, {"key": value, ...} in config_write's order, without a
+// newline: numbers, true/false, and strings (the metrics file's first line holds it).
+void config_write_json(const MoeConfig *c, FILE *f);
 // Prints the keys with their defaults and help text (for --help).
 void config_print_help(FILE *f);
 // True if name (after the leading dashes, dash == underscore) is a config key.

@@ -127,15 +127,29 @@ __device__ __forceinline__ void core_st_vec(T *p, const float *x) {
     for (int i = 0; i < W; i++) core_st(&r.v[i], x[i]);
     *reinterpret_cast<CoreVec<T, W> *>(p) = r;
 }
-// Whether W-element accesses fit: every pointer aligned to W elements and rows of D = k·W.
-static inline int core_vec_ok(int W, size_t elem, int D, const void *const *ptrs, int n) {
+// out[i + j] = f(a[i + j], b[i + j]) for the W elements j of one 16-byte access (or one element):
+// the body of an elementwise kernel of two inputs, f a functor of two floats.
+template <int W, typename T, typename F>
+__device__ __forceinline__ void core_zip_vec(T *out, const T *a, const T *b, long i, F f) {
+    float x[W], y[W];
+    core_ld_vec<W>(x, a + i);
+    core_ld_vec<W>(y, b + i);
+#pragma unroll
+    for (int j = 0; j < W; j++) x[j] = f(x[j], y[j]);
+    core_st_vec<W>(out + i, x);
+}
+// Whether W-element accesses fit: every pointer aligned to W elements and rows (or a whole buffer)
+// of D = k·W elements.
+static inline int core_vec_ok(int W, size_t elem, long D, const void *const *ptrs, int n) {
     if (D % W) return 0;
     for (int i = 0; i < n; i++)
         if (ptrs[i] && (size_t)ptrs[i] % (W * elem)) return 0;
     return 1;
 }
 
-__device__ __forceinline__ float core_warp_sum(float x) {
+// Sums over a warp and over a block (float or double), in a fixed order: reruns give the same bits.
+template <typename X>
+__device__ __forceinline__ X core_warp_sum(X x) {
     for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
     return x;
 }
@@ -145,14 +159,15 @@ __device__ __forceinline__ float core_warp_max(float x) {
 }
 // Sum over a block of blockDim.x threads (a multiple of 32, at most 1024), returned to every
 // thread. The order is fixed by the launch shape, so results are bit-identical run to run.
-__device__ __forceinline__ float core_block_sum(float x) {
-    __shared__ float part[32];
+template <typename X>
+__device__ __forceinline__ X core_block_sum(X x) {
+    __shared__ X part[32];
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
     x = core_warp_sum(x);
     __syncthreads();  // part[] may still be read by a previous call
     if (lane == 0) part[warp] = x;
     __syncthreads();
-    x = lane < nw ? part[lane] : 0.0f;
+    x = lane < nw ? part[lane] : (X)0;
     return core_warp_sum(x);
 }
 __device__ __forceinline__ float core_block_max(float x) {

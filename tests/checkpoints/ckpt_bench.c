@@ -16,6 +16,8 @@
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/core/timer.h"
+#include "framework/model.h"
+#include "framework/optimizer.h"
 
 #define BLOCK ((size_t)16 << 20)
 
@@ -107,30 +109,33 @@ int main(int argc, char **argv) {
     snprintf(index, sizeof index, "%s/index.h5", dir);
     CkptState st;
     memset(&st, 0, sizeof st);
-    CkptShard sh = ckpt_shard_of(full);
+    CkptShard sh = ckpt_shard_identity(0, 1, c.E);
+    CkptView views[3];
+    for (int k = 0; k < 3; k++)
+        views[k] = (CkptView){&all[k]->cfg, &all[k]->reg, all[k]->reg.data, opt[k]->m, opt[k]->v, &opt[k]->t};
     double t[6][100];
     for (int r = 0; r < reps; r++) {
         t[0][r] = raw_write(raw, bufs, 3, bytes);
         drop_cache(raw);
         t[1][r] = raw_read(raw, bufs, 3, bytes);
         double t0 = core_now();
-        ckpt_save(single, &sh, full, &of, &st, NULL);
+        ckpt_save(single, &sh, &views[0], &st, NULL);
         t[2][r] = core_now() - t0;
         drop_ckpt(single, 0);
         t0 = core_now();
-        ckpt_load(single, &sh, full, &of, NULL);
+        ckpt_load(single, &sh, &views[0], NULL);
         t[3][r] = core_now() - t0;
         // Two EP parts, written one after the other here (a real run writes them in parallel).
         t0 = core_now();
         for (int k = 0; k < 2; k++) {
-            CkptShard hs = ckpt_shard_of(half[k]);
-            ckpt_save_part(index, &hs, half[k], &oh[k]);
+            CkptShard hs = ckpt_shard_identity(k, 2, c.E);
+            ckpt_save_part(index, &hs, &views[1 + k]);
         }
-        ckpt_save_index(index, 2, half[0], &oh[0], &st, NULL);
+        ckpt_save_index(index, 2, &c, oh[0].t, &st, NULL);
         t[4][r] = core_now() - t0;
         drop_ckpt(index, 2);
         t0 = core_now();
-        ckpt_load(index, &sh, full, &of, NULL);
+        ckpt_load(index, &sh, &views[0], NULL);
         t[5][r] = core_now() - t0;
     }
     const double gb = 3.0 * (double)bytes / 1e9;

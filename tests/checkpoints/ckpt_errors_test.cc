@@ -30,11 +30,11 @@ protected:
         single_ = dir_ + "/single.h5";
         index_ = dir_ + "/index.h5";
         State s = make_state(c_, 0, 1);
-        CkptShard sh = ckpt_shard_of(s.m);
+        CkptShard sh = shard_of(s.m);
         CkptState st;
         memset(&st, 0, sizeof st);
         st.step = 3;
-        ckpt_save(single_.c_str(), &sh, s.m, &s.o, &st, nullptr);
+        ckpt_save(single_.c_str(), &sh, view(s), &st, nullptr);
         free_state(s);
         save_index(index_);
     }
@@ -44,10 +44,10 @@ protected:
         memset(&st, 0, sizeof st);
         State h[2] = {make_state(c_, 0, 2), make_state(c_, 1, 2)};
         for (int r = 0; r < 2; r++) {
-            CkptShard sh = ckpt_shard_of(h[r].m);
-            ckpt_save_part(path.c_str(), &sh, h[r].m, &h[r].o);
+            CkptShard sh = shard_of(h[r].m);
+            ckpt_save_part(path.c_str(), &sh, view(h[r]));
         }
-        ckpt_save_index(path.c_str(), 2, h[0].m, &h[0].o, &st, nullptr);
+        ckpt_save_index(path.c_str(), 2, &h[0].m->cfg, h[0].o.t, &st, nullptr);
         free_state(h[0]);
         free_state(h[1]);
     }
@@ -55,8 +55,8 @@ protected:
     // Loads path into a one-process model of config c (the statement under the death tests).
     static void load(const std::string &path, const MoeConfig &c) {
         State s = blank_state(c, 0, 1);
-        CkptShard sh = ckpt_shard_of(s.m);
-        ckpt_load(path.c_str(), &sh, s.m, &s.o, nullptr);
+        CkptShard sh = shard_of(s.m);
+        ckpt_load(path.c_str(), &sh, view(s), nullptr);
         free_state(s);
     }
 
@@ -150,7 +150,7 @@ TEST_F(CheckpointErrors, FlippedByteInsideADataset) {
     std::string p = copy_of(single_, "flip.h5");
     flip_chunk_byte(p, "/model/layers.1.experts.w1");
     EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "flip.h5: read /model/layers.1.experts.w1: .*fails its Fletcher-32 checksum");
-    EXPECT_EXIT(ckpt_verify(p.c_str(), stdout), ExitedWithCode(2), "layers.1.experts.w1: .*fails its Fletcher-32 checksum");
+    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), "layers.1.experts.w1: .*fails its Fletcher-32 checksum");
 }
 
 TEST_F(CheckpointErrors, FlippedByteInsideAPartFile) {
@@ -178,8 +178,8 @@ TEST_F(CheckpointErrors, ChunksWrittenByHdf5sOwnFilterLoad) {
     H5Dclose(d);
     H5Fclose(f);
     State s = blank_state(c_, 0, 1);
-    CkptShard sh = ckpt_shard_of(s.m);
-    ckpt_load(p.c_str(), &sh, s.m, &s.o, nullptr);
+    CkptShard sh = shard_of(s.m);
+    ckpt_load(p.c_str(), &sh, view(s), nullptr);
     EXPECT_EQ(0, memcmp(s.m->embed, want.data(), want.size() * sizeof(float)));
     free_state(s);
 }
@@ -202,7 +202,7 @@ TEST_F(CheckpointErrors, MissingDataset) {
     std::string p = copy_of(single_, "missing.h5");
     delete_object(p, "/optim/v/layers.0.wq");
     EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "missing.h5: dataset /optim/v/layers.0.wq is missing");
-    EXPECT_EXIT(ckpt_verify(p.c_str(), stdout), ExitedWithCode(2), "dataset /optim/v/layers.0.wq is missing");
+    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), "dataset /optim/v/layers.0.wq is missing");
 }
 
 TEST_F(CheckpointErrors, MissingStateGroup) {
@@ -252,7 +252,7 @@ TEST_F(CheckpointErrors, GarbageStoredConfig) {
 TEST_F(CheckpointErrors, MissingPartFile) {
     ASSERT_EQ(0, unlink((index_ + ".part-1-of-2").c_str()));
     EXPECT_EXIT(load(index_, c_), ExitedWithCode(2), "part file .*index.h5.part-1-of-2 .* is missing");
-    EXPECT_EXIT(ckpt_verify(index_.c_str(), stdout), ExitedWithCode(2), "index.h5.part-1-of-2 .* is missing");
+    EXPECT_EXIT(verify(index_.c_str(), stdout), ExitedWithCode(2), "index.h5.part-1-of-2 .* is missing");
 }
 
 TEST_F(CheckpointErrors, PartFileOfAnotherSave) {
@@ -311,14 +311,14 @@ std::vector<std::string> list_dir(const std::string &dir) {
 TEST_F(CheckpointErrors, SaveKilledMidWriteLeavesThePreviousCheckpoint) {
     State other = make_state(c_, 0, 1);
     for (size_t i = 0; i < other.m->reg.total; i++) other.m->reg.data[i] += 1.0f;
-    CkptShard sh = ckpt_shard_of(other.m);
+    CkptShard sh = shard_of(other.m);
     CkptState st;
     memset(&st, 0, sizeof st);
     const std::string next = dir_ + "/next.h5";
     EXPECT_EXIT(
         {
             ckpt_set_save_hook(kill_after_three);
-            ckpt_save(next.c_str(), &sh, other.m, &other.o, &st, nullptr);
+            ckpt_save(next.c_str(), &sh, view(other), &st, nullptr);
         },
         KilledBySignal(SIGKILL), "");
     EXPECT_FALSE(file_exists(next));
@@ -330,24 +330,24 @@ TEST_F(CheckpointErrors, SaveKilledMidWriteLeavesThePreviousCheckpoint) {
     EXPECT_EXIT(
         {
             ckpt_set_save_hook(kill_after_three);
-            ckpt_save(single_.c_str(), &sh, other.m, &other.o, &st, nullptr);
+            ckpt_save(single_.c_str(), &sh, view(other), &st, nullptr);
         },
         KilledBySignal(SIGKILL), "");
     State want = make_state(c_, 0, 1), got = blank_state(c_, 0, 1);
-    ckpt_load(single_.c_str(), &sh, got.m, &got.o, nullptr);
+    ckpt_load(single_.c_str(), &sh, view(got), nullptr);
     expect_same(want, got);
-    ckpt_verify(single_.c_str(), stdout);
+    verify(single_.c_str(), stdout);
     // A multi-part save that dies while writing the index publishes no index.
     const std::string idx = dir_ + "/killed_index.h5";
     EXPECT_EXIT(
         {
             for (int r = 0; r < 2; r++) {
                 State h = make_state(c_, r, 2);
-                CkptShard hs = ckpt_shard_of(h.m);
-                ckpt_save_part(idx.c_str(), &hs, h.m, &h.o);
+                CkptShard hs = shard_of(h.m);
+                ckpt_save_part(idx.c_str(), &hs, view(h));
                 if (r == 1) {
                     ckpt_set_save_hook(kill_after_three);
-                    ckpt_save_index(idx.c_str(), 2, h.m, &h.o, &st, nullptr);
+                    ckpt_save_index(idx.c_str(), 2, &h.m->cfg, h.o.t, &st, nullptr);
                 }
             }
         },
@@ -358,20 +358,41 @@ TEST_F(CheckpointErrors, SaveKilledMidWriteLeavesThePreviousCheckpoint) {
     free_state(other);
 }
 
+// A view that does not hold what a save or load needs is the caller's bug (exit 1), found before any
+// file is touched.
+TEST_F(CheckpointErrors, ViewWithoutBothMomentsIsRefused) {
+    State s = make_state(c_, 0, 1);
+    CkptShard sh = shard_of(s.m);
+    CkptState st;
+    memset(&st, 0, sizeof st);
+    const std::string path = dir_ + "/view.h5";
+    CkptView v = *view(s);
+    v.v = nullptr;
+    EXPECT_EXIT(ckpt_save(path.c_str(), &sh, &v, &st, nullptr), ExitedWithCode(1),
+                "checkpoint view: values, and both AdamW moments");
+    EXPECT_EXIT(ckpt_load(single_.c_str(), &sh, &v, nullptr), ExitedWithCode(1), "checkpoint view");
+    v.m = v.v = nullptr;  // weights only: loads, but is nothing to save
+    v.adam_t = nullptr;
+    EXPECT_EXIT(ckpt_save(path.c_str(), &sh, &v, &st, nullptr), ExitedWithCode(1),
+                "checkpoint save: the view has no AdamW moments");
+    for (const std::string &n : list_dir(dir_)) EXPECT_EQ(n.find("view.h5"), std::string::npos) << n;
+    free_state(s);
+}
+
 // A diverged state is never saved: the save fails (exit 1) before it creates any file.
 TEST_F(CheckpointErrors, SaverRefusesNonFiniteValues) {
     State s = make_state(c_, 0, 1);
-    CkptShard sh = ckpt_shard_of(s.m);
+    CkptShard sh = shard_of(s.m);
     CkptState st;
     memset(&st, 0, sizeof st);
     const std::string path = dir_ + "/nan.h5";
     s.o.v[s.m->reg.total / 2] = NAN;
-    EXPECT_EXIT(ckpt_save(path.c_str(), &sh, s.m, &s.o, &st, nullptr), ExitedWithCode(1),
+    EXPECT_EXIT(ckpt_save(path.c_str(), &sh, view(s), &st, nullptr), ExitedWithCode(1),
                 "nan.h5: refusing to save /optim/v/.*NaN or infinite .*diverged");
-    EXPECT_EXIT(ckpt_save_part(path.c_str(), &sh, s.m, &s.o), ExitedWithCode(1), "refusing to save /optim/v/");
+    EXPECT_EXIT(ckpt_save_part(path.c_str(), &sh, view(s)), ExitedWithCode(1), "refusing to save /optim/v/");
     s.o.v[s.m->reg.total / 2] = 0;
     s.m->reg.data[0] = INFINITY;
-    EXPECT_EXIT(ckpt_save(path.c_str(), &sh, s.m, &s.o, &st, nullptr), ExitedWithCode(1),
+    EXPECT_EXIT(ckpt_save(path.c_str(), &sh, view(s), &st, nullptr), ExitedWithCode(1),
                 "refusing to save /model/");
     for (const std::string &n : list_dir(dir_)) EXPECT_EQ(n.find("nan.h5"), std::string::npos) << n;
     free_state(s);
@@ -391,7 +412,7 @@ TEST_F(CheckpointErrors, NonFiniteValuesAreRefusedOnLoadAndVerify) {
     H5Dclose(d);
     H5Fclose(f);
     EXPECT_EXIT(load(path, c_), ExitedWithCode(2), "nan.h5: /optim/m/layers.1.experts.w1 holds 1 NaN or infinite");
-    EXPECT_EXIT(ckpt_verify(path.c_str(), stdout), ExitedWithCode(2),
+    EXPECT_EXIT(verify(path.c_str(), stdout), ExitedWithCode(2),
                 "nan.h5: /optim/m/layers.1.experts.w1 holds 1 NaN or infinite");
 }
 
@@ -404,7 +425,7 @@ TEST_F(CheckpointErrors, VerifyRefusesAnExtraObject) {
     ASSERT_GE(g, 0);
     H5Gclose(g);
     H5Fclose(f);
-    EXPECT_EXIT(ckpt_verify(path.c_str(), stdout), ExitedWithCode(2),
+    EXPECT_EXIT(verify(path.c_str(), stdout), ExitedWithCode(2),
                 "extra.h5: group /optim/m holds [0-9]+ objects, but the stored config's model has [0-9]+ tensors");
 }
 

@@ -87,14 +87,14 @@ TEST(CheckpointFlip, VerifyNeverCrashesAndAgreesWithTheLoader) {
     c.tie_embeddings = 1;
     const std::string dir = temp_dir(), good = dir + "/good.h5", path = dir + "/flip.h5";
     State s = make_state(c, 0, 1);
-    CkptShard sh = ckpt_shard_of(s.m);
+    CkptShard sh = shard_of(s.m);
     CkptState st;
     memset(&st, 0, sizeof st);
     st.step = 3;
     st.lineage = 11;
     std::vector<long> counts((size_t)c.L * c.E, 5);
     CkptEplb eplb = {0, nullptr, counts.data()};
-    ckpt_save(good.c_str(), &sh, s.m, &s.o, &st, &eplb);
+    ckpt_save(good.c_str(), &sh, view(s), &st, &eplb);
 
     FILE *in = fopen(good.c_str(), "rb");
     std::vector<unsigned char> bytes;
@@ -141,11 +141,11 @@ TEST(CheckpointFlip, VerifyNeverCrashesAndAgreesWithTheLoader) {
             const unsigned char flipped = bytes[off] ^ 0xff;
             if (fd < 0 || pwrite(fd, &flipped, 1, (off_t)off) != 1) _exit(3);
             close(fd);
-            res[2 * k] = run_check([&] { ckpt_verify(path.c_str(), stdout); });
+            res[2 * k] = run_check([&] { verify(path.c_str(), stdout); });
             res[2 * k + 1] = run_check([&] {
                 State t = blank_state(c, 0, 1);
-                CkptShard ts = ckpt_shard_of(t.m);
-                ckpt_load(path.c_str(), &ts, t.m, &t.o, nullptr);
+                CkptShard ts = shard_of(t.m);
+                ckpt_load(path.c_str(), &ts, view(t), nullptr);
             });
             _exit(0);
         }

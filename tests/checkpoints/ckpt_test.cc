@@ -29,16 +29,16 @@ TEST(Checkpoint, RoundTripRestoresEveryTensorAndState) {
     for (size_t i = 0; i < counts.size(); i++) counts[i] = (long)(i * 37 % 11);
     CkptEplb eplb = {0, nullptr, counts.data()};
     const std::string path = temp_dir() + "/a.h5";
-    CkptShard sh = ckpt_shard_of(a.m);
+    CkptShard sh = shard_of(a.m);
     const CkptState st = some_state();
-    ckpt_save(path.c_str(), &sh, a.m, &a.o, &st, &eplb);
+    ckpt_save(path.c_str(), &sh, view(a), &st, &eplb);
     ASSERT_TRUE(file_exists(path));
     EXPECT_FALSE(file_exists(path + ".tmp-" + std::to_string(getpid())));
 
     State b = blank_state(c, 0, 1);
     CkptState got;
     memset(&got, 0, sizeof got);
-    ckpt_load(path.c_str(), &sh, b.m, &b.o, &got);
+    ckpt_load(path.c_str(), &sh, view(b), &got);
     expect_same(a, b);
     EXPECT_EQ(got.step, 42);
     EXPECT_EQ(got.data.epoch, 3u);
@@ -64,16 +64,49 @@ TEST(Checkpoint, RoundTripRestoresEveryTensorAndState) {
     free_state(b);
 }
 
+// The checkpoint code reads and writes only the view's buffers, never the registry's own (which are
+// device memory for a model on a GPU): a save and a load through host copies, with the registry's
+// buffers gone, round-trip every tensor, and AdamW's t through the view.
+TEST(Checkpoint, ViewOfHostCopiesLeavesTheRegistryBuffersAlone) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    State a = make_state(c, 0, 1);
+    const size_t n = a.m->reg.total;
+    std::vector<float> data(a.m->reg.data, a.m->reg.data + n), m(a.o.m, a.o.m + n), v(a.o.v, a.o.v + n);
+    ParamRegistry names = a.m->reg;  // the tensor table only
+    names.data = names.grad = nullptr;
+    long t = a.o.t;
+    const CkptView out = {&c, &names, data.data(), m.data(), v.data(), &t};
+    const std::string path = temp_dir() + "/host.h5";
+    CkptShard sh = shard_of(a.m);
+    const CkptState st = some_state();
+    ckpt_save(path.c_str(), &sh, &out, &st, nullptr);
+
+    State b = blank_state(c, 0, 1);
+    std::vector<float> bd(n, 0.0f), bm(n, 0.0f), bv(n, 0.0f);
+    long bt = 0;
+    const CkptView in = {&c, &names, bd.data(), bm.data(), bv.data(), &bt};
+    ckpt_load(path.c_str(), &sh, &in, nullptr);
+    memcpy(b.m->reg.data, bd.data(), n * sizeof(float));
+    memcpy(b.o.m, bm.data(), n * sizeof(float));
+    memcpy(b.o.v, bv.data(), n * sizeof(float));
+    b.o.t = bt;
+    expect_same(a, b);
+    free_state(a);
+    free_state(b);
+}
+
 TEST(Checkpoint, WeightsOnlyLoadLeavesOptimizerAlone) {
     core_set_quiet(1);
     const MoeConfig c = tiny();
     State a = make_state(c, 0, 1);
     const std::string path = temp_dir() + "/w.h5";
-    CkptShard sh = ckpt_shard_of(a.m);
+    CkptShard sh = shard_of(a.m);
     const CkptState st = some_state();
-    ckpt_save(path.c_str(), &sh, a.m, &a.o, &st, nullptr);
+    ckpt_save(path.c_str(), &sh, view(a), &st, nullptr);
     Model *m = model_create(&c, 0, 1);
-    ckpt_load(path.c_str(), &sh, m, nullptr, nullptr);
+    const CkptView weights = {&m->cfg, &m->reg, m->reg.data, nullptr, nullptr, nullptr};
+    ckpt_load(path.c_str(), &sh, &weights, nullptr);
     EXPECT_EQ(0, memcmp(m->reg.data, a.m->reg.data, m->reg.total * sizeof(float)));
     CkptEplb e;
     EXPECT_EQ(ckpt_load_eplb(path.c_str(), &c, &e), 0);  // no /eplb group at all
@@ -103,10 +136,10 @@ TEST(Checkpoint, ResumeIsBitIdenticalToAnUninterruptedRun) {
     model_init_weights(first.m);
     std::vector<float> got = train(first, c, 0, N);
     const std::string path = temp_dir() + "/step_4.h5";
-    CkptShard sh = ckpt_shard_of(first.m);
+    CkptShard sh = shard_of(first.m);
     CkptState st = some_state();
     st.step = N;
-    ckpt_save(path.c_str(), &sh, first.m, &first.o, &st, nullptr);
+    ckpt_save(path.c_str(), &sh, view(first), &st, nullptr);
 
     // A fresh process: different initial weights, so everything must come from the file.
     MoeConfig c2 = c;
@@ -115,7 +148,7 @@ TEST(Checkpoint, ResumeIsBitIdenticalToAnUninterruptedRun) {
     model_init_weights(resumed.m);
     resumed.m->cfg.seed = c.seed;
     CkptState rs;
-    ckpt_load(path.c_str(), &sh, resumed.m, &resumed.o, &rs);
+    ckpt_load(path.c_str(), &sh, view(resumed), &rs);
     ASSERT_EQ(rs.step, N);
     std::vector<float> rest = train(resumed, c, (int)rs.step, M);
     got.insert(got.end(), rest.begin(), rest.end());
@@ -130,10 +163,10 @@ TEST(Checkpoint, ResumeIsBitIdenticalToAnUninterruptedRun) {
 // Saves the two EP halves of `c` as parts + index at path.
 void save_halves(const std::string &path, const MoeConfig &c, State h[2], const CkptState &st) {
     for (int r = 0; r < 2; r++) {
-        CkptShard sh = ckpt_shard_of(h[r].m);
-        ckpt_save_part(path.c_str(), &sh, h[r].m, &h[r].o);
+        CkptShard sh = shard_of(h[r].m);
+        ckpt_save_part(path.c_str(), &sh, view(h[r]));
     }
-    ckpt_save_index(path.c_str(), 2, h[0].m, &h[0].o, &st, nullptr);
+    ckpt_save_index(path.c_str(), 2, &h[0].m->cfg, h[0].o.t, &st, nullptr);
 }
 
 TEST(Checkpoint, ReshardTwoHalvesIntoOneProcess) {
@@ -147,17 +180,17 @@ TEST(Checkpoint, ReshardTwoHalvesIntoOneProcess) {
     EXPECT_TRUE(file_exists(path + ".part-1-of-2"));
 
     State want = make_state(c, 0, 1), got = blank_state(c, 0, 1);
-    CkptShard sh = ckpt_shard_of(got.m);
+    CkptShard sh = shard_of(got.m);
     CkptState gs;
-    ckpt_load(path.c_str(), &sh, got.m, &got.o, &gs);
+    ckpt_load(path.c_str(), &sh, view(got), &gs);
     expect_same(want, got);
     EXPECT_EQ(gs.step, st.step);
 
     // And back into two halves, from the same index.
     for (int r = 0; r < 2; r++) {
         State back = blank_state(c, r, 2);
-        CkptShard bs = ckpt_shard_of(back.m);
-        ckpt_load(path.c_str(), &bs, back.m, &back.o, nullptr);
+        CkptShard bs = shard_of(back.m);
+        ckpt_load(path.c_str(), &bs, view(back), nullptr);
         expect_same(h[r], back);
         free_state(back);
     }
@@ -166,7 +199,7 @@ TEST(Checkpoint, ReshardTwoHalvesIntoOneProcess) {
     ASSERT_NE(getcwd(cwd, sizeof cwd), nullptr);
     ASSERT_EQ(0, chdir("/"));
     State again = blank_state(c, 0, 1);
-    ckpt_load(path.c_str(), &sh, again.m, &again.o, nullptr);
+    ckpt_load(path.c_str(), &sh, view(again), nullptr);
     ASSERT_EQ(0, chdir(cwd));
     expect_same(want, again);
     free_state(again);
@@ -181,13 +214,13 @@ TEST(Checkpoint, ReshardOneProcessIntoTwoHalves) {
     const MoeConfig c = tiny();
     State full = make_state(c, 0, 1);
     const std::string path = temp_dir() + "/full.h5";
-    CkptShard sh = ckpt_shard_of(full.m);
+    CkptShard sh = shard_of(full.m);
     const CkptState st = some_state();
-    ckpt_save(path.c_str(), &sh, full.m, &full.o, &st, nullptr);
+    ckpt_save(path.c_str(), &sh, view(full), &st, nullptr);
     for (int r = 0; r < 2; r++) {
         State want = make_state(c, r, 2), got = blank_state(c, r, 2);
-        CkptShard hs = ckpt_shard_of(got.m);
-        ckpt_load(path.c_str(), &hs, got.m, &got.o, nullptr);
+        CkptShard hs = shard_of(got.m);
+        ckpt_load(path.c_str(), &hs, view(got), nullptr);
         expect_same(want, got);
         free_state(want);
         free_state(got);
@@ -209,28 +242,28 @@ TEST(Checkpoint, ReshardPipelineStagesIntoAnyCut) {
     for (int s = 0; s < 2; s++)
         for (int r = 0; r < 2; r++) {
             parts.push_back(make_state(c, r, 2, cut[0][s], cut[0][s + 1]));
-            CkptShard sh = ckpt_shard_of(parts.back().m);
+            CkptShard sh = shard_of(parts.back().m);
             sh.part = s * 2 + r;
             sh.parts = 4;
-            ckpt_save_part(path.c_str(), &sh, parts.back().m, &parts.back().o);
+            ckpt_save_part(path.c_str(), &sh, view(parts.back()));
         }
-    ckpt_save_index(path.c_str(), 4, parts[0].m, &parts[0].o, &st, nullptr);
+    ckpt_save_index(path.c_str(), 4, &parts[0].m->cfg, parts[0].o.t, &st, nullptr);
 
     State want = make_state(c, 0, 1), got = blank_state(c, 0, 1);
-    CkptShard sh = ckpt_shard_of(got.m);
+    CkptShard sh = shard_of(got.m);
     CkptState gs;
-    ckpt_load(path.c_str(), &sh, got.m, &got.o, &gs);
+    ckpt_load(path.c_str(), &sh, view(got), &gs);
     expect_same(want, got);
     EXPECT_EQ(gs.step, st.step);
-    ckpt_save(single.c_str(), &sh, want.m, &want.o, &st, nullptr);
+    ckpt_save(single.c_str(), &sh, view(want), &st, nullptr);
 
     for (const std::string &from : {path, single})
         for (int s = 0; s < 2; s++)
             for (int r = 0; r < 4; r++) {
                 State w = make_state(c, r, 4, cut[1][s], cut[1][s + 1]);
                 State g = blank_state(c, r, 4, cut[1][s], cut[1][s + 1]);
-                CkptShard gsh = ckpt_shard_of(g.m);
-                ckpt_load(from.c_str(), &gsh, g.m, &g.o, nullptr);
+                CkptShard gsh = shard_of(g.m);
+                ckpt_load(from.c_str(), &gsh, view(g), nullptr);
                 expect_same(w, g);
                 free_state(w);
                 free_state(g);
@@ -239,7 +272,7 @@ TEST(Checkpoint, ReshardPipelineStagesIntoAnyCut) {
     char *buf = nullptr;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
-    ckpt_verify(path.c_str(), f);
+    verify(path.c_str(), f);
     fclose(f);
     EXPECT_NE(std::string(buf, len).find("sound"), std::string::npos) << buf;
     free(buf);
@@ -283,21 +316,21 @@ TEST(Checkpoint, ReshardThroughAnEplbPlanWithReplicas) {
         ranks[r].o.t = ref.o.t;
     }
     const std::string path = temp_dir() + "/eplb.h5";
-    for (int r = 0; r < 2; r++) ckpt_save_part(path.c_str(), &sh[r], ranks[r].m, &ranks[r].o);
+    for (int r = 0; r < 2; r++) ckpt_save_part(path.c_str(), &sh[r], view(ranks[r]));
     std::vector<long> counts((size_t)c.L * c.E, 5);
     CkptEplb e = {R, phy2log.data(), counts.data()};
     const CkptState st = some_state();
-    ckpt_save_index(path.c_str(), 2, ranks[0].m, &ranks[0].o, &st, &e);
+    ckpt_save_index(path.c_str(), 2, &ranks[0].m->cfg, ranks[0].o.t, &st, &e);
 
     State got = blank_state(c, 0, 1);
-    CkptShard id = ckpt_shard_of(got.m);
-    ckpt_load(path.c_str(), &id, got.m, &got.o, nullptr);
+    CkptShard id = shard_of(got.m);
+    ckpt_load(path.c_str(), &id, view(got), nullptr);
     expect_same(ref, got);
 
     // Loading back into the replica layout fills every slot, replicas included.
     for (int r = 0; r < 2; r++) {
         State back = blank_state(c, 0, 1);
-        ckpt_load(path.c_str(), &sh[r], back.m, &back.o, nullptr);
+        ckpt_load(path.c_str(), &sh[r], view(back), nullptr);
         expect_same(ranks[r], back);
         free_state(back);
     }
@@ -314,14 +347,14 @@ TEST(Checkpoint, ReshardThroughAnEplbPlanWithReplicas) {
 
 // Saves step_<k>.h5 in dir for each k with the given lineage.
 void save_steps(const std::string &dir, State &s, std::initializer_list<int> steps, uint64_t lineage) {
-    CkptShard sh = ckpt_shard_of(s.m);
+    CkptShard sh = shard_of(s.m);
     CkptState st = some_state();
     st.lineage = lineage;
     for (int k : steps) {
         char path[512];
         ckpt_step_path(dir.c_str(), k, path, sizeof path);
         st.step = k;
-        ckpt_save(path, &sh, s.m, &s.o, &st, nullptr);
+        ckpt_save(path, &sh, view(s), &st, nullptr);
     }
 }
 
@@ -387,8 +420,8 @@ TEST(Checkpoint, VerifyAndInspectASoundCheckpoint) {
     char *buf = nullptr;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
-    ckpt_verify(path.c_str(), f);
-    ckpt_inspect(path.c_str(), f);
+    verify(path.c_str(), f);
+    inspect(path.c_str(), f);
     fclose(f);
     std::string out(buf, len);
     free(buf);

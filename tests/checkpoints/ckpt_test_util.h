@@ -72,7 +72,36 @@ inline void fill_logical(const Model *m, float *buf, uint32_t salt) {
 struct State {
     Model *m;
     AdamW o;
+    CkptView v;  // what view() last returned
 };
+
+// What the checkpoint code stores of s: its model's and optimizer's own (host) buffers. Rebuilt on
+// every call, since a State is copied around (the view points at s.o.t).
+inline const CkptView *view(State &s) {
+    s.v = CkptView{&s.m->cfg, &s.m->reg, s.m->reg.data, s.o.m, s.o.v, &s.o.t};
+    return &s.v;
+}
+
+// The identity layout of m's expert slots.
+inline CkptShard shard_of(const Model *m) { return ckpt_shard_identity(m->ep_rank, m->ep_size, m->cfg.E); }
+
+// `moelab ckpt verify` / `inspect` as tools/cmd_ckpt.c runs them: against the model the checkpoint's
+// stored config builds, with one expert slot per rank (the smallest layout that has every tensor).
+inline void verify(const char *path, FILE *out) {
+    MoeConfig c;
+    ckpt_read_config(path, &c);
+    Model *ref = model_create(&c, 0, c.E);
+    ckpt_verify(path, &ref->reg, out);
+    model_free(ref);
+}
+
+inline void inspect(const char *path, FILE *out) {
+    MoeConfig c;
+    ckpt_read_config(path, &c);
+    Model *ref = model_create(&c, 0, c.E);
+    ckpt_inspect(path, &ref->reg, optim_lr, out);
+    model_free(ref);
+}
 
 inline State blank_state(const MoeConfig &c, int ep_rank, int ep_size, int l0 = 0, int l1 = -1) {
     State s;

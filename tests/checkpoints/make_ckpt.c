@@ -10,6 +10,8 @@
 #include "checkpoints/ckpt.h"
 #include "framework/core/check.h"
 #include "framework/core/log.h"
+#include "framework/model.h"
+#include "framework/optimizer.h"
 
 // Moments derived from the weights, so that every layout computes the same logical values.
 static void fill_moments(Model *m, AdamW *o) {
@@ -35,9 +37,10 @@ int main(int argc, char **argv) {
     model_init_weights(full);
     adamw_init(&of, &full->reg);
     fill_moments(full, &of);
-    CkptShard sh = ckpt_shard_of(full);
+    CkptShard sh = ckpt_shard_identity(0, 1, c.E);
     snprintf(path, sizeof path, "%s/single.h5", argv[1]);
-    ckpt_save(path, &sh, full, &of, &st, NULL);
+    const CkptView fv = {&full->cfg, &full->reg, full->reg.data, of.m, of.v, &of.t};
+    ckpt_save(path, &sh, &fv, &st, NULL);
 
     snprintf(path, sizeof path, "%s/index.h5", argv[1]);
     Model *half[2];
@@ -47,10 +50,11 @@ int main(int argc, char **argv) {
         model_init_weights(half[r]);
         adamw_init(&oh[r], &half[r]->reg);
         fill_moments(half[r], &oh[r]);
-        CkptShard hs = ckpt_shard_of(half[r]);
-        ckpt_save_part(path, &hs, half[r], &oh[r]);
+        CkptShard hs = ckpt_shard_identity(r, 2, c.E);
+        const CkptView hv = {&half[r]->cfg, &half[r]->reg, half[r]->reg.data, oh[r].m, oh[r].v, &oh[r].t};
+        ckpt_save_part(path, &hs, &hv);
     }
-    ckpt_save_index(path, 2, half[0], &oh[0], &st, NULL);
+    ckpt_save_index(path, 2, &c, oh[0].t, &st, NULL);
 
     snprintf(path, sizeof path, "%s/expected.bin", argv[1]);
     FILE *f = fopen(path, "wb");

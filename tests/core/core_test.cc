@@ -11,6 +11,7 @@
 
 extern "C" {
 #include "framework/core/config.h"
+#include "framework/core/json.h"
 #include "framework/core/log.h"
 #include "framework/core/num.h"
 #include "framework/core/rng.h"
@@ -60,6 +61,46 @@ TEST(Config, WriteReadRoundTrip) {
     config_load_file(&b, path);
     EXPECT_EQ(memcmp(&a, &b, sizeof a), 0);
     remove(path);
+}
+
+// The JSON form (the metrics file's first line) holds every key config_write writes, in its order,
+// as numbers, booleans and strings, with a string that needs escapes still valid JSON.
+TEST(Config, WriteJsonHoldsEveryKey) {
+    MoeConfig c;
+    config_defaults(&c);
+    c.lr = 1.25e-3f; c.seed = 12345678901ull; c.dp_overlap = 0; c.gemm_streams = 3;
+    strcpy(c.expert_gemm, "loop");
+    strcpy(c.data, "dir \"q\"\\x");
+    char *text = nullptr, *json = nullptr;
+    size_t text_len = 0, json_len = 0;
+    FILE *f = open_memstream(&text, &text_len);
+    config_write(&c, f);
+    fclose(f);
+    f = open_memstream(&json, &json_len);
+    config_write_json(&c, f);
+    fclose(f);
+    char err[JSON_ERR_LEN];
+    JsonValue *v = json_parse(json, json_len, err);
+    ASSERT_NE(v, nullptr) << err << ": " << json;
+    ASSERT_EQ(v->type, JSON_OBJECT);
+    size_t line = 0;
+    for (const char *p = text; *p; p = strchr(p, '\n') + 1, line++) {
+        ASSERT_LT(line, v->len);
+        EXPECT_EQ(std::string(p, strstr(p, " = ") - p), v->keys[line].str);
+    }
+    EXPECT_EQ(line, v->len);
+    EXPECT_EQ((float)json_get(v, "lr")->number, 1.25e-3f);  // 9 digits: the float exactly
+    EXPECT_EQ(json_get(v, "seed")->number, 12345678901.0);
+    EXPECT_EQ(json_get(v, "dp_overlap")->type, JSON_BOOL);
+    EXPECT_EQ(json_get(v, "dp_overlap")->boolean, 0);
+    EXPECT_EQ(json_get(v, "ep_overlap")->boolean, 1);
+    EXPECT_EQ(json_get(v, "gemm_streams")->number, 3);
+    EXPECT_STREQ(json_get(v, "expert_gemm")->str, "loop");
+    EXPECT_STREQ(json_get(v, "data")->str, "dir \"q\"\\x");
+    EXPECT_STREQ(json_get(v, "trace")->str, "");
+    json_free(v);
+    free(text);
+    free(json);
 }
 
 void set_key(const char *k, const char *v) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 extern "C" {
+#include "framework/core/config.h"
 #include "tools/commands.h"
 }
 
@@ -90,6 +91,29 @@ TEST(CmdPlot, DrawsHeatmapsAndRankLoads) {
     EXPECT_NE(s.find("step 2, MoE layer 0: max/mean 1.50 -&gt; 1.00"), std::string::npos);
     EXPECT_NE(s.find("<title>rank 0 before: 12.0 tokens</title>"), std::string::npos);
     EXPECT_NE(s.find("<title>rank 1 after: 8.0 tokens</title>"), std::string::npos);
+}
+
+// moelab train's first metrics line holds the run's config and no step: plot skips it, drawing the
+// same picture as from the step lines alone.
+TEST(CmdPlot, SkipsTheConfigLine) {
+    MoeConfig c;
+    config_defaults(&c);
+    char *line = nullptr;
+    size_t len = 0;
+    FILE *f = open_memstream(&line, &len);
+    ASSERT_NE(f, nullptr);
+    fputs("{\"config\": ", f);
+    config_write_json(&c, f);
+    fputs("}\n", f);
+    fclose(f);
+    std::string m = write_file("cfg.jsonl", line + std::string(METRICS)), svg = tmp_path("cfg.svg");
+    free(line);
+    std::string plain = write_file("nocfg.jsonl", METRICS), plain_svg = tmp_path("nocfg.svg");
+    Result r = plot({"--metrics", m, "--out", svg});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(r.out, "plot: 3 logged steps x 2 MoE layers x 4 experts, 1 rebalances -> " + svg + "\n");
+    ASSERT_EQ(plot({"--metrics", plain, "--out", plain_svg}).rc, 0);
+    EXPECT_EQ(read_file(svg), read_file(plain_svg));
 }
 
 TEST(CmdPlot, WithoutRebalancesSaysSo) {

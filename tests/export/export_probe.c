@@ -17,6 +17,7 @@
 #include "framework/core/mem.h"
 #include "framework/core/rng.h"
 #include "framework/model.h"
+#include "framework/optimizer.h"
 
 static void *read_all(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
@@ -50,9 +51,10 @@ static int make(const char *dir, int argc, char **argv) {
     adamw_init(&o, &m->reg);
     const CkptState st = {7, {0, 0}, {c.seed, 7, 0}};
     char path[4096];
-    CkptShard sh = ckpt_shard_of(m);
+    CkptShard sh = ckpt_shard_identity(0, 1, c.E);
     snprintf(path, sizeof path, "%s/single.h5", dir);
-    ckpt_save(path, &sh, m, &o, &st, NULL);
+    const CkptView v = {&m->cfg, &m->reg, m->reg.data, o.m, o.v, &o.t};
+    ckpt_save(path, &sh, &v, &st, NULL);
 
     // EPLB: 2E slots over two ranks; slot s of layer l holds expert (s / 2 + l) mod E, so every
     // expert has two adjacent replicas and each rank owns half of the experts, rotated by layer.
@@ -79,11 +81,12 @@ static int make(const char *dir, int argc, char **argv) {
                 memcpy(dst + s * row, src + (size_t)phy2log[p->layer * R + k * c.E + s] * row, row * sizeof(float));
         }
         CkptShard hs = {k, 2, k, 2, k == 0, 1, R, phy2log};
-        ckpt_save_part(path, &hs, rank[k], &ro[k]);
+        const CkptView rv = {&rank[k]->cfg, &rank[k]->reg, rank[k]->reg.data, ro[k].m, ro[k].v, &ro[k].t};
+        ckpt_save_part(path, &hs, &rv);
     }
     long *counts = core_alloc(sizeof(long) * (size_t)(c.L * c.E));
     CkptEplb e = {R, phy2log, counts};
-    ckpt_save_index(path, 2, rank[0], &ro[0], &st, &e);
+    ckpt_save_index(path, 2, &c, ro[0].t, &st, &e);
     for (int k = 0; k < 2; k++) {
         adamw_free(&ro[k]);
         model_free(rank[k]);
@@ -126,8 +129,9 @@ static int logits(const char *ckpt, const char *tok_path, int B, int T, const ch
     c.ep = 1;
     c.T = T;
     Model *m = model_create(&c, 0, 1);
-    CkptShard sh = ckpt_shard_of(m);
-    ckpt_load(ckpt, &sh, m, NULL, NULL);
+    CkptShard sh = ckpt_shard_identity(0, 1, c.E);
+    const CkptView weights = {&m->cfg, &m->reg, m->reg.data, NULL, NULL, NULL};
+    ckpt_load(ckpt, &sh, &weights, NULL);
     size_t n;
     int *tok = read_all(tok_path, &n);
     CHECK(n == sizeof(int) * (size_t)B * (T + 1), "%s: expected %d x %d int32 tokens", tok_path, B, T + 1);

@@ -21,7 +21,7 @@ extern "C" {
 #include "framework/core/config.h"
 #include "framework/core/log.h"
 #include "framework/optimizer.h"
-#include "framework/params.h"
+#include "framework/core/params.h"
 #include "layers/adamw_cuda.h"
 #include "layers/attention.h"
 #include "layers/attention_cuda.h"
@@ -264,12 +264,13 @@ TEST_F(Gpu, Rope) {
     }
 }
 
+// n = 100000 takes the 16-byte path, 100003 the element path; da and db are written (poisoned).
 TEST_F(Gpu, SwigluGate) {
-    const long n = 100003;
+    for (long n : {100000L, 100003L})
     for (CoreDtype dt : kDtypes) {
-        Vec a = rnd(n, -4, 4), b = rnd(n), dh = rnd(n), da = rnd(n), db = rnd(n);
-        BufP dA = put(a, dt), dB = put(b, dt), dDh = put(dh, dt), dDa = put(da, dt),
-             dDb = put(db, dt), dH = poisoned(n, dt);
+        Vec a = rnd(n, -4, 4), b = rnd(n), dh = rnd(n), da(n), db(n);
+        BufP dA = put(a, dt), dB = put(b, dt), dDh = put(dh, dt), dDa = poisoned(n, dt),
+             dDb = poisoned(n, dt), dH = poisoned(n, dt);
         Vec h(n);
         swiglu_act_forward(h.data(), a.data(), b.data(), n);
         swiglu_act_backward(da.data(), db.data(), dh.data(), a.data(), b.data(), n);
@@ -392,21 +393,24 @@ TEST_F(Gpu, LinearGrouped) {
         Vec x = rnd((size_t)R * IC), W = rnd((size_t)G * OC * IC, -0.1f, 0.1f);
         Vec dy = rnd((size_t)R * OC), dx = rnd((size_t)R * IC), dW = rnd((size_t)G * OC * IC);
         BufP dX = put(x, dt), dWt = put(W, dt), dDy = put(dy, dt), dDx = put(dx, dt);
-        BufP dDW = put_f32(dW), dOut = poisoned((size_t)R * OC, dt);
-        Vec out((size_t)R * OC);
+        BufP dDW = put_f32(dW), dOut = poisoned((size_t)R * OC, dt), dDxw = poisoned((size_t)R * IC, dt);
+        Vec out((size_t)R * OC), dxw((size_t)R * IC, 0.0f);  // dxw: backward_input written (acc 0)
         size_t r0 = 0;
         for (int e = 0; e < G; r0 += counts[e], e++) {
             const float *w = W.data() + (size_t)e * OC * IC;
             linear_forward(out.data() + r0 * OC, x.data() + r0 * IC, w, counts[e], IC, OC);
             linear_backward_input(dx.data() + r0 * IC, dy.data() + r0 * OC, w, counts[e], IC, OC);
+            linear_backward_input(dxw.data() + r0 * IC, dy.data() + r0 * OC, w, counts[e], IC, OC);
             linear_backward_weight(dW.data() + (size_t)e * OC * IC, dy.data() + r0 * OC,
                                    x.data() + r0 * IC, counts[e], IC, OC);
         }
         linear_cuda_forward_grouped(dt, dt, dOut->p, dX->p, dWt->p, counts, G, IC, OC);
-        linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts, G, IC, OC);
+        linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts, G, IC, OC, 1);
+        linear_cuda_backward_input_grouped(dt, dDxw->p, dDy->p, dWt->p, counts, G, IC, OC, 0);
         linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts, G, IC, OC);
         EXPECT_CLOSE(get(*dOut, dt, out.size()), out, dt, "linear grouped forward");
         EXPECT_CLOSE(get(*dDx, dt, dx.size()), dx, dt, "linear grouped backward_input");
+        EXPECT_CLOSE(get(*dDxw, dt, dxw.size()), dxw, dt, "linear grouped backward_input written (poisoned)");
         EXPECT_CLOSE(get_f32(*dDW, dW.size()), dW, CORE_F32, "linear grouped backward_weight");
         if (mode == LINEAR_GROUPED_CUBLAS) {
             // A C of the operands' dtype is in cuBLAS's grouped table: those must not have fallen
@@ -440,27 +444,32 @@ TEST_F(Gpu, LinearGroupedCutlass) {
     Vec dx0 = rnd((size_t)R * IC), dW0 = rnd((size_t)G * OC * IC);
     BufP dX = put(x, dt), dWt = put(W, dt), dDy = put(dy, dt);  // put rounds x, W and dy to bf16
     put(dx0, dt);                                                // and dx0
-    Vec out((size_t)R * OC), dx = dx0, dW = dW0;
+    Vec out((size_t)R * OC), dx = dx0, dW = dW0, dxw((size_t)R * IC, 0.0f);
     size_t r0 = 0;
     for (int e = 0; e < G; r0 += counts[e], e++) {
         const float *w = W.data() + (size_t)e * OC * IC;
         linear_forward(out.data() + r0 * OC, x.data() + r0 * IC, w, counts[e], IC, OC);
         linear_backward_input(dx.data() + r0 * IC, dy.data() + r0 * OC, w, counts[e], IC, OC);
+        linear_backward_input(dxw.data() + r0 * IC, dy.data() + r0 * OC, w, counts[e], IC, OC);
         linear_backward_weight(dW.data() + (size_t)e * OC * IC, dy.data() + r0 * OC, x.data() + r0 * IC,
                                counts[e], IC, OC);
     }
     std::vector<Vec> runs[2];
     for (int run = 0; run < 2; run++) {
         BufP dOut = poisoned((size_t)R * OC, dt), dDx = put(dx0, dt), dDW = put_f32(dW0);
+        BufP dDxw = poisoned((size_t)R * IC, dt);
         linear_cuda_forward_grouped(dt, dt, dOut->p, dX->p, dWt->p, counts.data(), G, IC, OC);
-        linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts.data(), G, IC, OC);
+        linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts.data(), G, IC, OC, 1);
+        linear_cuda_backward_input_grouped(dt, dDxw->p, dDy->p, dWt->p, counts.data(), G, IC, OC, 0);
         linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), G, IC, OC);
-        runs[run] = {get(*dOut, dt, out.size()), get(*dDx, dt, dx.size()), get_f32(*dDW, dW.size())};
+        runs[run] = {get(*dOut, dt, out.size()), get(*dDx, dt, dx.size()), get_f32(*dDW, dW.size()),
+                     get(*dDxw, dt, dxw.size())};
     }
     EXPECT_CLOSE(runs[0][0], out, dt, "cutlass grouped forward");
     EXPECT_CLOSE(runs[0][1], dx, dt, "cutlass grouped backward_input");
     EXPECT_CLOSE(runs[0][2], dW, CORE_F32, "cutlass grouped backward_weight");
-    for (int k = 0; k < 3; k++) EXPECT_TRUE(runs[0][k] == runs[1][k]) << "product " << k << " differs between runs";
+    EXPECT_CLOSE(runs[0][3], dxw, dt, "cutlass grouped backward_input written (poisoned)");
+    for (int k = 0; k < 4; k++) EXPECT_TRUE(runs[0][k] == runs[1][k]) << "product " << k << " differs between runs";
     linear_cuda_set_grouped_mode(saved);
 }
 
@@ -489,7 +498,7 @@ TEST_F(Gpu, LinearGroupedStreamsBitIdentical) {
             if (streams) linear_cuda_set_gemm_streams(streams);
             BufP out = poisoned((size_t)R * OC, dt), dDx = put(dx0, dt), dDW = put_f32(dW0);
             linear_cuda_forward_grouped(dt, dt, out->p, dX->p, dWt->p, counts.data(), G, IC, OC);
-            linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts.data(), G, IC, OC);
+            linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts.data(), G, IC, OC, 1);
             linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), G, IC, OC);
             std::vector<unsigned char> h(nout + ndx + ndw);
             core_copy(h.data(), CORE_CPU, out->p, CORE_CUDA, nout);
@@ -980,8 +989,10 @@ TEST_F(Gpu, AdamW) {
         Vec g = rnd(n, -0.5f, 0.5f);
         memcpy(r.grad, g.data(), n * sizeof(float));
         BufP dGr = put_f32(g);
-        adamw_step(&o, &r, &c, lr);
-        AdamwHyper h = {lr, c.beta1, c.beta2, c.adam_eps, c.weight_decay, step};
+        // Steps 2 and 3 clip: the factor scales the gradients as they are read.
+        const float gscale = step == 1 ? 1.0f : 0.37f * (float)step;
+        adamw_step(&o, &r, &c, lr, gscale);
+        AdamwHyper h = {lr, c.beta1, c.beta2, c.adam_eps, c.weight_decay, step, gscale};
         for (int i = 0; i < r.n; i++) {
             const ParamInfo *pi = &r.p[i];
             adamw_cuda_step(dP->f() + pi->offset, dGr->f() + pi->offset, dM->f() + pi->offset,

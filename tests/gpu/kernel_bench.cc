@@ -141,7 +141,7 @@ void expert_gemms(int R, int nE, int nD, int nF) {
         const char *names[3] = {"  forward D->Fe", "  backward_input", "  backward_weight (fp32 dW)"};
         auto product = [&](int kind) {
             if (kind == 0) linear_cuda_forward_grouped(BF, BF, he, xe, we, c.data(), nE, nD, nF);
-            if (kind == 1) linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), nE, nD, nF);
+            if (kind == 1) linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), nE, nD, nF, 1);
             if (kind == 2) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), nE, nD, nF);
         };
         for (int kind = 0; kind < 3; kind++) {
@@ -241,7 +241,7 @@ int main() {
         }), 3 * 2.0 * R * Fe, 0);
     row("swiglu gate backward", time_it([&] {
             swiglu_cuda_act_backward(BF, da, db, hh, he, hb, (long)R * Fe);
-        }), 7 * 2.0 * R * Fe, 0);
+        }), 5 * 2.0 * R * Fe, 0);  // reads dh, a, b; writes da, db
 
     float *logits = (float *)dev_rand((size_t)N * E, CORE_F32), *scores, *gates;
     scores = (float *)core_device_alloc(CORE_CUDA, (size_t)N * E * 4);
@@ -343,7 +343,7 @@ int main() {
     float *m = (float *)core_device_alloc(CORE_CUDA, np * 4);
     float *vv = (float *)core_device_alloc(CORE_CUDA, np * 4);
     void *plow = core_device_alloc(CORE_CUDA, np * 2);
-    AdamwHyper hy = {3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1};
+    AdamwHyper hy = {3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 1.0f};
     row("adamw step (1e8 params, bf16 copy)", time_it([&] {
             adamw_cuda_step(p, pg, m, vv, np, &hy, 1, plow, BF);
         }), (4 * 4 + 3 * 4 + 2) * (double)np, 0);

@@ -187,6 +187,67 @@ TEST(Model, NonFiniteStepChangesNothing) {
     model_free(m);
 }
 
+// model_backward (layer by layer, input then weight) computes the split passes' gradients bit for bit,
+// with dense and MoE layers and the balance loss on.
+TEST(Model, InterleavedBackwardEqualsSplitPasses) {
+    MoeConfig c = tiny(1);
+    c.L = 3;
+    Model *m = model_create(&c, 0, 1);
+    model_init_weights(m);
+    std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 4);
+    std::vector<float> split, inter;
+    for (int pass = 0; pass < 2; pass++) {
+        params_zero_grad(&m->reg);
+        ModelActs a;
+        model_forward(m, &a, tok.data(), c.batch_size, c.T, 1);
+        if (pass == 0) {
+            model_backward_input(m, &a, 0.75f);
+            model_backward_weight(m, &a, nullptr);
+        } else {
+            model_backward(m, &a, 0.75f, nullptr);
+        }
+        model_acts_free(m, &a);
+        (pass == 0 ? split : inter).assign(m->reg.grad, m->reg.grad + m->reg.total);
+    }
+    ASSERT_EQ(split.size(), inter.size());
+    EXPECT_EQ(0, std::memcmp(split.data(), inter.data(), split.size() * sizeof(float)));
+    double norm = 0;
+    for (float g : split) norm += (double)g * g;
+    EXPECT_GT(norm, 0.0);  // the comparison is of real gradients
+    model_free(m);
+}
+
+// Clipping rides in AdamW (gscale): the step on gradients g with factor s equals, bit for bit, the
+// step on gradients s·g (what a separate scaling pass used to write), and leaves g as it was.
+TEST(Model, ClipFactorInAdamwEqualsScaledGradients) {
+    MoeConfig c = tiny(1);
+    Model *a = model_create(&c, 0, 1), *b = model_create(&c, 0, 1);
+    model_init_weights(a);
+    model_init_weights(b);
+    const size_t n = a->reg.total;
+    AdamW oa, ob;
+    adamw_init(&oa, &a->reg);
+    adamw_init(&ob, &b->reg);
+    const float s = 0.3125f + 1e-3f;  // not a power of two: the products round
+    for (int step = 0; step < 3; step++) {
+        for (size_t j = 0; j < n; j++) {
+            a->reg.grad[j] = (float)((j * 7919 + (size_t)step * 104729) % 2001) * 1e-3f - 1.0f;
+            b->reg.grad[j] = a->reg.grad[j] * s;
+        }
+        std::vector<float> g(a->reg.grad, a->reg.grad + n);
+        adamw_step(&oa, &a->reg, &c, 1e-2f, s);
+        adamw_step(&ob, &b->reg, &c, 1e-2f, 1.0f);
+        EXPECT_EQ(0, std::memcmp(g.data(), a->reg.grad, n * sizeof(float)));
+    }
+    EXPECT_EQ(0, std::memcmp(a->reg.data, b->reg.data, n * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(oa.m, ob.m, n * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(oa.v, ob.v, n * sizeof(float)));
+    adamw_free(&oa);
+    adamw_free(&ob);
+    model_free(a);
+    model_free(b);
+}
+
 // Two pipeline stages run one after the other compute exactly what the whole model does.
 TEST(Model, StagesComposeToTheWholeModel) {
     MoeConfig c = tiny(1);

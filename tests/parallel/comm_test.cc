@@ -1,10 +1,13 @@
 // Communicators, the process grid and data-parallel gradient sync, run under mpirun with any number
 // of ranks (CI: 1, 2 and 4): every collective against values each rank can predict, all-to-all-v with
 // uneven and zero counts, sub-group splits, every grid layout the world size allows, bucketed
-// averaging with tensors spanning buckets, and the global gradient norm.
+// averaging with tensors spanning buckets, the global gradient norm, and ZeRO-1's sharded sync
+// (reduce-scatter into shards that tile every tensor once, their norm, the gathers of weights and
+// moments).
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 extern "C" {
@@ -111,38 +114,34 @@ TEST(Comm, NonBlockingAllreduceAndAlltoallvInFlightTogether) {
     EXPECT_EQ(recv.back(), -1.0f);
 }
 
-TEST(Comm, BlockAlltoallvTransposesBlocks) {
-    // B = 3 blocks per pair of ranks; rank r sends block (j, b) of (r + j + b) % 3 elements packed
-    // rank-major, and receives block (i, b) from rank i at offsets packed block-major (the EP
-    // dispatcher's layouts), in reverse at the end of a larger buffer.
-    const int P = world()->size, r = world()->rank, B = 3;
-    auto count = [](int src, int dst, int b) { return (size_t)((src + dst + b) % 3); };
-    auto value = [](int src, int dst, int b, size_t k) { return (int)(10000 * src + 100 * dst + 10 * b + (int)k); };
-    std::vector<size_t> sc(P * B), so(P * B), rc(P * B), ro(P * B);
-    std::vector<int> send;
-    for (int j = 0; j < P; j++)
-        for (int b = 0; b < B; b++) {
-            sc[j * B + b] = count(r, j, b);
-            so[j * B + b] = send.size();
-            for (size_t k = 0; k < sc[j * B + b]; k++) send.push_back(value(r, j, b, k));
-        }
-    size_t at = 2;  // two leading elements stay untouched
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < P; i++) {
-            rc[i * B + b] = count(i, r, b);
-            ro[i * B + b] = at;
-            at += rc[i * B + b];
-        }
-    std::vector<int> recv(at + 1, -1);
-    comm_wait(comm_ialltoallv_blocks(world(), B, send.data(), sc.data(), so.data(), recv.data(), rc.data(),
-                                     ro.data(), COMM_I32));
-    EXPECT_EQ(recv[0], -1);
-    EXPECT_EQ(recv[1], -1);
-    EXPECT_EQ(recv[at], -1);
-    for (int i = 0; i < P; i++)
-        for (int b = 0; b < B; b++)
-            for (size_t k = 0; k < rc[i * B + b]; k++)
-                EXPECT_EQ(recv[ro[i * B + b] + k], value(i, r, b, k)) << "from " << i << " block " << b;
+TEST(Comm, NonBlockingReduceScatterAndAllgather) {
+    const int P = world()->size, r = world()->rank;
+    // A reduce-scatter, an all-gather and an all-gather of 16-bit words in flight at once.
+    std::vector<float> send(2 * P), recv(2, -1.0f);
+    for (int j = 0; j < P; j++) {
+        send[2 * j] = (float)(r + 10 * j);
+        send[2 * j + 1] = 0.5f;
+    }
+    const int mine[2] = {r, -r};
+    std::vector<int> all(2 * P, 7);
+    const uint16_t w[3] = {(uint16_t)(0xbf80 + r), 0xffff, (uint16_t)r};
+    std::vector<uint16_t> words(3 * P, 0);
+    CommRequest *rs = comm_ireduce_scatter(world(), send.data(), recv.data(), 2, COMM_F32, COMM_SUM);
+    CommRequest *ag = comm_iallgather(world(), mine, all.data(), 2, COMM_I32);
+    CommRequest *aw = comm_iallgather(world(), w, words.data(), 3, COMM_B16);
+    comm_wait(aw);
+    while (!comm_test(ag)) {
+    }
+    comm_wait(rs);
+    EXPECT_EQ(recv[0], P * (P - 1) / 2.0f + 10.0f * r * P);
+    EXPECT_EQ(recv[1], 0.5f * P);
+    for (int j = 0; j < P; j++) {
+        EXPECT_EQ(all[2 * j], j);
+        EXPECT_EQ(all[2 * j + 1], -j);
+        EXPECT_EQ(words[3 * j], 0xbf80 + j);
+        EXPECT_EQ(words[3 * j + 1], 0xffff);
+        EXPECT_EQ(words[3 * j + 2], j);
+    }
 }
 
 TEST(Comm, SplitIntoSubGroups) {
@@ -285,6 +284,101 @@ TEST(DpSync, BucketedAveragingAndGlobalNorm) {
         dp_sync_mean(g, m, 2);
         EXPECT_DOUBLE_EQ(m[0], (W - 1) / 2.0);
         EXPECT_DOUBLE_EQ(m[1], 3.0);
+        grid_free(g);
+    }
+}
+
+// ZeRO-1's sync on the same tensors, laid out in one flat buffer (offsets off): each rank's shard
+// holds the averages of its pieces, the pieces of the ranks of a group tile every tensor once, the
+// shards' norm is the global one, and the gathers bring every rank's pieces to all. Two rounds, the
+// second with the tensors reported ready in reverse, as the backward does: the sync is reusable.
+TEST(DpSync, ShardedReduceScatterAndGathers) {
+    const int W = world()->size;
+    const std::vector<size_t> sizes = {3, 7, 20, 1, 9, 5};
+    const std::vector<int> expert = {0, 1, 0, 1, 1, 0};
+    const int n = (int)sizes.size();
+    std::vector<size_t> off(n);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        off[i] = total;
+        total += sizes[i];
+    }
+    for (int ep : {1, 2, 4}) {
+        if (W % ep != 0) continue;
+        Grid *g = grid_create(world(), 1, ep, 8);
+        std::vector<float> flat(total);
+        std::vector<DpGrad> t(n);
+        for (int i = 0; i < n; i++) t[i] = DpGrad{flat.data() + off[i], sizes[i], expert[i]};
+        DpSync *s = dp_sync_shard_create(g, t.data(), off.data(), n, 7);
+        for (int round = 0; round < 2; round++) {
+            for (int i = 0; i < n; i++)
+                for (size_t j = 0; j < sizes[i]; j++) flat[off[i] + j] = grad_value(i, g->rank, j) * (round + 1);
+            if (round == 1)
+                for (int i = n - 1; i >= 0; i--) dp_sync_ready(s, i);
+            dp_sync_complete(s);
+            int np;
+            const DpShardPiece *sp = dp_sync_shard_pieces(s, &np);
+            const float *sh = dp_sync_shard_grads(s);
+            // covered (total): how many ranks of each float's group hold it.
+            std::vector<int> dense_cov(total, 0), expert_cov(total, 0);
+            for (int k = 0; k < np; k++) {
+                const int i = sp[k].tensor;
+                ASSERT_LE(sp[k].start + sp[k].n, sizes[i]);
+                ASSERT_LE(sp[k].at + sp[k].n, dp_sync_shard_floats(s));
+                for (size_t j = sp[k].start; j < sp[k].start + sp[k].n; j++) {
+                    double want = 0;
+                    for (int w = 0; w < W; w++)
+                        if (!expert[i] || w % ep == g->ep_rank) want += grad_value(i, w, j) * (round + 1);
+                    want /= W;
+                    EXPECT_NEAR(sh[sp[k].at + j - sp[k].start], want, 1e-5 * std::fabs(want))
+                        << "tensor " << i << " ep " << ep << " round " << round;
+                    (expert[i] ? expert_cov : dense_cov)[off[i] + j]++;
+                }
+            }
+            comm_allreduce(g->dp_comm, dense_cov.data(), total, COMM_I32, COMM_SUM);
+            comm_allreduce(g->edp_comm, expert_cov.data(), total, COMM_I32, COMM_SUM);
+            for (int i = 0; i < n; i++)
+                for (size_t j = 0; j < sizes[i]; j++)
+                    EXPECT_EQ((expert[i] ? expert_cov : dense_cov)[off[i] + j], 1)
+                        << "tensor " << i << "[" << j << "] ep " << ep;
+            // The global norm from the shards against the unsharded sync's on the same gradients.
+            std::vector<float> again(total);
+            for (int i = 0; i < n; i++)
+                for (size_t j = 0; j < sizes[i]; j++) again[off[i] + j] = grad_value(i, g->rank, j) * (round + 1);
+            std::vector<DpGrad> u(n);
+            for (int i = 0; i < n; i++) u[i] = DpGrad{again.data() + off[i], sizes[i], expert[i]};
+            dp_sync_grads(g, u.data(), n, 7);
+            const double want_sq = dp_sync_grad_sqsum(g, u.data(), n);
+            EXPECT_NEAR(dp_sync_shard_sqsum(g, &s, 1), want_sq, 1e-6 * want_sq) << "ep " << ep;
+        }
+        // Weights: each rank knows only its own pieces (the rest is -1); the gather fills them all,
+        // in fp32 and as 16-bit words.
+        auto weight = [](size_t at) { return (float)at * 0.25f - 3.0f; };
+        int np;
+        const DpShardPiece *sp = dp_sync_shard_pieces(s, &np);
+        std::vector<float> w(total, -1.0f);
+        std::vector<uint16_t> w16(total, 0xffff);
+        for (int k = 0; k < np; k++)
+            for (size_t j = 0; j < sp[k].n; j++) {
+                const size_t at = off[sp[k].tensor] + sp[k].start + j;
+                w[at] = weight(at);
+                w16[at] = (uint16_t)at;
+            }
+        dp_sync_shard_allgather(s, w.data(), sizeof(float), COMM_F32);
+        dp_sync_shard_allgather(s, w16.data(), sizeof(uint16_t), COMM_B16);
+        for (size_t at = 0; at < total; at++) {
+            EXPECT_EQ(w[at], weight(at)) << "float " << at << " ep " << ep;
+            EXPECT_EQ(w16[at], (uint16_t)at) << "word " << at << " ep " << ep;
+        }
+        // Moments: a shard-layout buffer expands to the whole and this rank's pieces come back.
+        std::vector<float> shard(dp_sync_shard_floats(s), 0.0f), full(total, -1.0f), back(shard.size(), 0.0f);
+        for (int k = 0; k < np; k++)
+            for (size_t j = 0; j < sp[k].n; j++) shard[sp[k].at + j] = weight(off[sp[k].tensor] + sp[k].start + j);
+        dp_sync_shard_expand(s, shard.data(), full.data());
+        for (size_t at = 0; at < total; at++) EXPECT_EQ(full[at], weight(at)) << "float " << at << " ep " << ep;
+        dp_sync_shard_take(s, full.data(), back.data());
+        EXPECT_EQ(back, shard);
+        dp_sync_free(s);
         grid_free(g);
     }
 }

@@ -1,9 +1,12 @@
 // The expert-parallel dispatcher under mpirun (CI: 1, 2 and 4 ranks): every rank predicts, from all
 // ranks' routings, which rows its expert slots must receive and in which order (slot, then source
 // rank, then token and choice), and what every (token, choice) must get back after a per-expert
-// transform. Covers uneven tokens per rank, a rank with no tokens, experts with no tokens, replicas
-// (the EPLB placement hook), both dispatch flavours (x rows and per-choice rows), and that a
-// one-rank group reproduces the local dispatcher bit for bit.
+// transform. This checks the one row exchange per direction and the receive permute around it.
+// Covers uneven tokens per rank, a rank with no tokens, experts with no tokens, ranks that receive
+// no rows while one expert receives every row, one slot per rank (rows land in place, no permute),
+// replicas (the EPLB placement hook), both dispatch flavours (x rows and per-choice rows), the
+// dispatch started and finished apart (the shared-expert overlap), and that a one-rank group
+// reproduces the local dispatcher bit for bit.
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -26,14 +29,16 @@ struct Routing {
 };
 
 // Rank r's routing: N = 2 + 3r tokens (none on rank 1 when `empty_rank1`), K distinct experts per
-// token drawn from [0, E_used) so that experts E_used..E-1 receive nothing.
-Routing routing(int r, int E_used, int K, bool empty_rank1, uint32_t seed) {
+// token drawn from [0, E_used) so that experts E_used..E-1 receive nothing; with hot >= 0 every
+// token's first choice is expert `hot`.
+Routing routing(int r, int E_used, int K, bool empty_rank1, uint32_t seed, int hot = -1) {
     Routing R;
     R.N = empty_rank1 && r == 1 ? 0 : 2 + 3 * r;
     R.K = K;
     RngStream s = rng_stream(seed, (uint64_t)r);
     for (int t = 0; t < R.N; t++) {
         std::vector<int> chosen;
+        if (hot >= 0) chosen.push_back(hot);
         while ((int)chosen.size() < K) {
             int e = (int)(rng_next_u32(&s) % (uint32_t)E_used);
             bool dup = false;
@@ -67,11 +72,11 @@ std::vector<std::vector<int>> slots_of(const std::vector<Routing> &all, const st
 
 // Runs one plan/dispatch/combine round on the EP group `ep` and checks it against the prediction.
 void check_round(Comm *ep, MoeDispatcher *d, const std::vector<int> &phy2log, int E, int K, bool empty_rank1,
-                 uint32_t seed) {
+                 uint32_t seed, int hot = -1) {
     const int P = ep->size, me = ep->rank, R = (int)phy2log.size(), Ln = R / P;
     ASSERT_EQ(d->n_local, Ln);
     std::vector<Routing> all;
-    for (int r = 0; r < P; r++) all.push_back(routing(r, E - 1, K, empty_rank1, seed));
+    for (int r = 0; r < P; r++) all.push_back(routing(r, E - 1, K, empty_rank1, seed, hot));
     const Routing &mine = all[me];
     const std::vector<std::vector<int>> slots = slots_of(all, phy2log, E);
 
@@ -109,7 +114,10 @@ void check_round(Comm *ep, MoeDispatcher *d, const std::vector<int> &phy2log, in
 
     // "Experts": slot s multiplies its rows by (logical expert + 1), so every pair must come back as
     // its own row times its chosen expert + 1, whichever replica served it.
-    d->to_experts(d, p, x.data(), 0, rows.data(), D);
+    // This dispatch is started and finished apart, as the MoE layer does around its shared experts.
+    ASSERT_TRUE(d->to_experts_start && d->finish);
+    d->to_experts_start(d, p, x.data(), 0, rows.data(), D);
+    d->finish(d, p);
     for (int s = 0, off = 0; s < Ln; off += counts[s], s++)
         for (int i = off * D; i < (off + counts[s]) * D; i++) rows[i] *= (float)(phy2log[me * Ln + s] + 1);
     std::vector<float> back(mine.N * K * D + 1, -7.0f);
@@ -137,6 +145,34 @@ TEST(EpDispatch, RoutesEveryPairToItsExpertAndBack) {
     check_round(w, d, identity(E), E, 2, false, 1);
     check_round(w, d, identity(E), E, 3, true, 2);  // rank 1 routes nothing; expert 7 gets nothing
     check_round(w, d, identity(E), E, 1, false, 3);
+    d->destroy(d);
+}
+
+TEST(EpDispatch, OneExpertReceivesEveryRow) {
+    Comm *w = comm_world();
+    const int E = 8;
+    if (E % w->size != 0) GTEST_SKIP() << "world size must divide 8";
+    MoeDispatcher *d = ep_dispatcher_create(w, E);
+    // K = 1, every pair to expert 7 (the last rank's last slot): every other rank receives no rows,
+    // and its own other slots none either.
+    check_round(w, d, identity(E), E, 1, false, 4, E - 1);
+    // K = 3, every token's first choice expert 7: it receives one row per token of every rank, next
+    // to random ones, with rank 1 routing nothing.
+    check_round(w, d, identity(E), E, 3, true, 5, E - 1);
+    // The hot expert on rank 0 instead.
+    check_round(w, d, identity(E), E, 1, false, 6, 0);
+    d->destroy(d);
+}
+
+TEST(EpDispatch, OneSlotPerRankLandsInPlace) {
+    // E = world size: each rank's rows arrive in expert order already (one slot), the case without
+    // a receive permute; a round must give the same results as any other.
+    Comm *w = comm_world();
+    const int E = w->size;
+    if (E < 2) GTEST_SKIP() << "needs 2 ranks or more (experts draw from E - 1)";
+    MoeDispatcher *d = ep_dispatcher_create(w, E);
+    check_round(w, d, identity(E), E, 1, false, 7);
+    check_round(w, d, identity(E), E, 1, true, 8, E - 1);
     d->destroy(d);
 }
 

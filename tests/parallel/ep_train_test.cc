@@ -4,7 +4,10 @@
 // tensor, and each rank's expert slice) within 1e-5 relative, and bit-identical replicas on the DP
 // ranks. Also with every token routed to one expert (ranks whose experts receive nothing), and the
 // overlaps (shared experts during the dispatch, DP all-reduces during the backward) bit-identical
-// to the sequential order (config keys ep_overlap = 0, dp_overlap = 0), in pipelines too.
+// to the sequential order (config keys ep_overlap = 0, dp_overlap = 0), in pipelines too. ZeRO-1
+// (parallel/zero1.h) the same way: weights and the gathered AdamW moments against the one-process run
+// within the same 1e-5, with one bucket and with buckets that cut tensors, and its overlap
+// bit-identical too.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -21,6 +24,7 @@ extern "C" {
 #include "framework/pipe_train.h"
 #include "parallel/comm.h"
 #include "parallel/grid.h"
+#include "parallel/zero1.h"
 }
 
 namespace {
@@ -41,10 +45,23 @@ size_t replica_mismatches(Comm *c, const std::vector<float> &v) {
     return n;
 }
 
+// ZeRO-1 with buckets of `bucket` floats in place of the engine's optimizers (it builds them from
+// c.zero with the trainer's buckets; smaller ones cut tensors). One process has no grid and nothing to
+// shard: the plain AdamW stays, as zero1_init_if keeps it.
+void use_zero1(PipeTrainer *p, size_t bucket) {
+    if (!p->grid) return;
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
+        PipeStageCtx *x = &p->ctx[pipe];
+        adamw_free(x->o);
+        zero1_init(x->o, &x->m->reg, &layer_ops_cpu, NULL, p->grid, bucket);
+    }
+}
+
 // Trains the EP layout (A micro-batches per rank) and the one-process run (DP·A micro-batches) on the
-// same global batches; checks everything the step changes. Returns the parallel model's global
-// expert counts of the last step, for the routing checks.
-std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A) {
+// same global batches; checks everything the step changes, the AdamW moments included. zero_bucket
+// > 0: the layout's optimizer is ZeRO-1 with buckets of that many floats. Returns the parallel
+// model's global expert counts of the last step, for the routing checks.
+std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A, size_t zero_bucket = 0) {
     Grid *g = grid_create(comm_world(), 1, ep, c.E);
     const int DP = g->dp, G = DP * A, dp_rank = g->dp_rank, ep_rank = g->ep_rank;
     const size_t mb = (size_t)c.batch_size * (c.T + 1);
@@ -61,6 +78,8 @@ std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A) {
     cp.ep = ep;
     PipeTrainer *pt = pipe_trainer_create(&cp, g, &layer_ops_cpu);  // owns g (frees it for one process)
     Model *m = pt->ctx[0].m;
+    if (zero_bucket) use_zero1(pt, zero_bucket);
+    const AdamW &o = *pt->ctx[0].o;
 
     for (int s = 0; s < STEPS; s++) {
         std::vector<int> tok = layout_global_batch(c, G, 77, 1000 + (uint32_t)(s));
@@ -72,17 +91,30 @@ std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A) {
         EXPECT_NEAR(b.grad_norm, a.grad_norm, TOL * a.grad_norm) << "step " << s << " ep " << ep;
     }
 
+    // The whole moments of this rank's tensors (ZeRO-1: gathered from the shards, as a save does).
+    std::vector<float> mom_m(m->reg.total), mom_v(m->reg.total);
+    if (o.shard) {
+        zero1_gather_state(pt->ctx[0].o, &m->reg, mom_m.data(), mom_v.data());
+    } else {
+        mom_m.assign(o.m, o.m + o.total);
+        mom_v.assign(o.v, o.v + o.total);
+    }
+    EXPECT_EQ(o.t, ro.t);
     int compared = 0;
     for (int i = 0; i < m->reg.n; i++) {
         const ParamInfo *p = &m->reg.p[i];
         const ParamInfo *q = &ref->reg.p[params_find(&ref->reg, p->name)];
-        const float *a = m->reg.data + p->offset;
         // An expert tensor here holds slots [ep_rank·n_local, +n_local) of the full one.
-        const float *b = ref->reg.data + q->offset + (p->kind == PARAM_EXPERT ? ep_rank * p->numel : 0);
+        const size_t at = q->offset + (p->kind == PARAM_EXPERT ? ep_rank * p->numel : 0);
+        const float *a = m->reg.data + p->offset, *b = ref->reg.data + at;
         if (p->kind == PARAM_BUFFER) {
             for (size_t j = 0; j < p->numel; j++) EXPECT_EQ(a[j], b[j]) << p->name << "[" << j << "] ep " << ep;
         } else {
-            EXPECT_LE(layout_rel_err(a, b, p->numel), TOL) << p->name << " ep " << ep;
+            EXPECT_LE(layout_rel_err(a, b, p->numel), TOL) << p->name << " ep " << ep << " zero " << zero_bucket;
+            EXPECT_LE(layout_rel_err(mom_m.data() + p->offset, ro.m + at, p->numel), TOL)
+                << "first moment of " << p->name << " ep " << ep << " zero " << zero_bucket;
+            EXPECT_LE(layout_rel_err(mom_v.data() + p->offset, ro.v + at, p->numel), TOL)
+                << "second moment of " << p->name << " ep " << ep << " zero " << zero_bucket;
         }
         compared++;
     }
@@ -120,14 +152,25 @@ TEST(EpTrain, MatchesTheOneProcessRun) {
     for (int ep : ep_sizes()) compare_with_one_process(tiny(), ep, 2);
 }
 
-// A layout of the overlap test: the schedule, pp and EP; micro-batches per step.
+// A layout of the overlap test: the schedule, pp and EP; micro-batches per step; ZeRO-1's bucket
+// (0: none).
 struct OverlapLayout {
     const char *schedule;
     int pp, ep, C;
+    size_t zero_bucket;
 };
 
+// ZeRO-1 (DP 2 and 4, with and without EP under 2 and 4 ranks) with 1000-float buckets, which cut
+// tensors and leave padding in the last rank's chunk, and with the trainer's buckets (one per group
+// for this model) at EP = world, where the experts have no expert-DP replica to shard over.
+TEST(EpTrain, Zero1MatchesTheOneProcessRun) {
+    for (int ep : ep_sizes())
+        compare_with_one_process(tiny(), ep, 2, ep == comm_world()->size ? DP_SYNC_BUCKET_FLOATS : 1000);
+}
+
 // Losses and gradient norms of STEPS steps and the final weights of this rank's stages, with the
-// overlaps (shared experts during the dispatch, gradient all-reduces during the backward) on or off.
+// overlaps (shared experts during the dispatch, gradient all-reduces or ZeRO-1's reduce-scatters
+// during the backward) on or off.
 std::vector<float> overlap_run(bool on, const OverlapLayout &k, std::vector<float> *weights) {
     MoeConfig c = tiny();
     c.ep_overlap = c.dp_overlap = on;
@@ -138,6 +181,7 @@ std::vector<float> overlap_run(bool on, const OverlapLayout &k, std::vector<floa
     Grid *g = grid_create(comm_world(), k.pp, k.ep, c.E);
     const int dp = g->dp, dp_rank = g->dp_rank;
     PipeTrainer *p = pipe_trainer_create(&c, g, &layer_ops_cpu);
+    if (k.zero_bucket) use_zero1(p, k.zero_bucket);
     std::vector<float> out;
     const size_t mb = (size_t)c.batch_size * (c.T + 1);
     for (int s = 0; s < STEPS; s++) {
@@ -158,16 +202,33 @@ std::vector<float> overlap_run(bool on, const OverlapLayout &k, std::vector<floa
 // last backward_weight.
 TEST(EpTrain, OverlapsAreBitIdentical) {
     const int W = comm_world()->size;
-    std::vector<OverlapLayout> layouts = {{"1f1b", 1, W, 2}};
+    std::vector<OverlapLayout> layouts = {{"1f1b", 1, W, 2, 0}};
     if (W == 4) {
-        layouts.push_back({"1f1b", 2, 2, 2});
-        layouts.push_back({"dualpipe", 2, 2, 4});
+        layouts.push_back({"1f1b", 2, 2, 2, 0});
+        layouts.push_back({"dualpipe", 2, 2, 4, 0});
     }
     for (const OverlapLayout &k : layouts) {
         std::vector<float> wa, wb;
         std::vector<float> a = overlap_run(true, k, &wa), b = overlap_run(false, k, &wb);
         EXPECT_EQ(a, b) << k.schedule << " pp " << k.pp;
         EXPECT_TRUE(wa == wb) << "weights differ with and without the overlaps: " << k.schedule << " pp " << k.pp;
+    }
+}
+
+// ZeRO-1 with 1000-float buckets at EP 1, DP = world, and with 4 ranks in 1F1B and DualPipe
+// pipelines (PP 2, DP 2): its reduce-scatters overlapped with the last backward_weight or not, bit
+// for bit.
+TEST(EpTrain, Zero1OverlapIsBitIdentical) {
+    std::vector<OverlapLayout> layouts = {{"1f1b", 1, 1, 2, 1000}};
+    if (comm_world()->size == 4) {
+        layouts.push_back({"1f1b", 2, 1, 2, 1000});
+        layouts.push_back({"dualpipe", 2, 1, 4, 1000});
+    }
+    for (const OverlapLayout &k : layouts) {
+        std::vector<float> wa, wb;
+        std::vector<float> a = overlap_run(true, k, &wa), b = overlap_run(false, k, &wb);
+        EXPECT_EQ(a, b) << k.schedule << " pp " << k.pp;
+        EXPECT_TRUE(wa == wb) << "ZeRO-1 weights differ with and without the overlap: " << k.schedule;
     }
 }
 

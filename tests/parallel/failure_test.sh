@@ -1,11 +1,15 @@
 #!/bin/bash
 # Failure modes of multi-rank runs; each must end every rank with a non-zero exit and one clear
 # message, quickly:
-#  - an operation some rank never joins (deadlock): "<op> on group world timed out after 2s";
+#  - an operation some rank never joins (deadlock): "<op> on group world timed out after 2s", a
+#    receive naming its peer ("recv from rank 0 on group world ..."); the same for the EP
+#    dispatcher's row exchange (an all-to-all-v) with a rank that hangs;
 #  - a bad layout (DP % EP, E % EP) in the grid and in `moelab train`: exit 2 before any work;
+#  - a reduction of 16-bit words (COMM_B16, moved only): exit 1 naming the operation;
 #  - bad data (a val.bin of another vocabulary) in `moelab train`: exit 2;
 #  - a rank killed mid-step (the test seam MOELAB_TEST_DIE_AT_STEP, announced with a warning; a
-#    malformed value is exit 2): the job ends within the comm timeout.
+#    malformed value is exit 2): the job ends within the comm timeout, with a message naming the dead
+#    rank (mpirun's) or the operation the survivors waited in (the timeout's).
 set -uo pipefail
 root="$TEST_SRCDIR/moelab"
 driver="$root/tests/parallel/comm_driver"
@@ -36,13 +40,17 @@ expect() {
 }
 
 unset MOELAB_TEST_DIE_AT_STEP
-expect deadlock nonzero 'moelab: error \[rank [0-9]\]: (barrier|recv) on group world timed out after 2s' 60 \
+expect deadlock nonzero 'moelab: error \[rank 1\]: recv from rank 0 on group world timed out after 2s' 60 \
     2 "$driver" hang 2
+expect stall nonzero 'moelab: error \[rank [01]\]: all-to-all-v on group world timed out after 2s' 60 \
+    3 "$driver" stall 2
+if grep -q "unreachable" "$tmp/stall.out"; then echo "FAIL: stall: the exchange completed without rank 2"; fail=1; fi
 expect grid_dp_ep 2 'moelab: error \[rank [0-9]\]: grid: 4 data-parallel ranks .* cannot form expert-parallel groups of --ep 3' 60 \
     4 "$driver" grid 1 3 6
 expect grid_e_ep 2 'moelab: error \[rank [0-9]\]: grid: 6 experts cannot be split evenly over --ep 4 ranks' 60 \
     4 "$driver" grid 1 4 6
 expect grid_pp 2 'grid: 4 processes cannot form 3 pipeline stages' 60 4 "$driver" grid 3 1 6
+expect b16_sum 1 'all-reduce on group world of 16-bit words: they are moved, never reduced' 60 2 "$driver" b16sum
 
 source "$root/tests/util/cli_lib.sh"
 prepare_corpus "$tmp/data"
@@ -62,7 +70,7 @@ export MOELAB_TEST_DIE_AT_STEP=1
 expect seam_malformed 2 "moelab: error \\[rank [0-9]\\]: MOELAB_TEST_DIE_AT_STEP = '1': expected RANK:STEP" 60 \
     2 "$moelab" train "${args[@]}" --ep 2 --steps 1
 export MOELAB_TEST_DIE_AT_STEP=1:2
-expect dead_rank nonzero '(timed out after 5s|exited on signal 9)' 60 \
+expect dead_rank nonzero '(: [a-z/ -]+ on group [a-z]+ timed out after 5s|process rank 1 .*exited on signal 9)' 60 \
     2 "$moelab" train "${args[@]}" --ep 2 --steps 6 --comm-timeout 5
 grep -q "killing myself at step 2" "$tmp/dead_rank.out" || { echo "FAIL: rank 1 did not die at step 2"; fail=1; }
 grep -q "warning.*test seam MOELAB_TEST_DIE_AT_STEP=1:2 is set" "$tmp/dead_rank.out" ||

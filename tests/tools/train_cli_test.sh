@@ -2,7 +2,8 @@
 # `moelab train` in one process, end to end: the log and the metrics file carry what the README
 # promises (step, loss, val_loss, lr, grad_norm, tokens_per_s, expert load), two runs with the same
 # seed print identical losses, and bad command lines end with one message and exit code 2; the run
-# keys (dp_overlap, ep_overlap, expert_gemm, gemm_streams) are in --help and the checkpoint's config.
+# keys (dp_overlap, ep_overlap, expert_gemm, gemm_streams) are in --help and the checkpoint's config;
+# the metrics file's first line is the run's whole config, the one its checkpoint stores.
 set -euo pipefail
 moelab="$TEST_SRCDIR/moelab/tools/moelab"
 cfg="$TEST_SRCDIR/moelab/configs/tiny.cfg"
@@ -17,7 +18,7 @@ args=(--config "$cfg" --data "$tmp/data" --steps 4 --log-every 2 --val-every 2 -
 grep -q "unigram entropy" "$tmp/run1.log"
 grep -q "load max/mean" "$tmp/run1.log"
 grep -q "^sample" "$tmp/run1.log"
-[ "$(wc -l < "$tmp/m1.jsonl")" -eq 2 ] || { echo "expected 2 metrics lines"; cat "$tmp/m1.jsonl"; exit 1; }
+[ "$(wc -l < "$tmp/m1.jsonl")" -eq 3 ] || { echo "expected the config and 2 step lines"; cat "$tmp/m1.jsonl"; exit 1; }
 for key in '"step": 4' '"loss"' '"val_loss"' '"lr"' '"grad_norm"' '"tokens_per_s"' '"load_imbalance"'; do
     tail -1 "$tmp/m1.jsonl" | grep -q "$key" || { echo "metrics lack $key"; tail -1 "$tmp/m1.jsonl"; exit 1; }
 done
@@ -65,11 +66,30 @@ expect_usage "command line: gemm_streams = 9 is too large: at most 8" "${args[@]
 expect_usage "command line: dp_overlap = '2' is not valid" "${args[@]}" --dp-overlap 2
 expect_usage "command line: ep_overlap = 'off' is not valid" "${args[@]}" --ep-overlap off
 "$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --out "$tmp/run_keys" --dp-overlap 0 --ep-overlap 0 \
-    --expert-gemm loop --gemm-streams 2 > /dev/null
+    --expert-gemm loop --gemm-streams 2 --metrics "$tmp/run_keys.jsonl" > /dev/null
 "$moelab" ckpt inspect "$tmp/run_keys/step_1.h5" > "$tmp/run_keys.txt"
 for want in "dp_overlap = false" "ep_overlap = false" "expert_gemm = loop" "gemm_streams = 2"; do
     grep -q "^  $want\$" "$tmp/run_keys.txt" || { echo "checkpoint config lacks '$want'"; cat "$tmp/run_keys.txt"; exit 1; }
 done
+# The metrics file's first line: {"config": {...}} with every key the checkpoint stores, in its order
+# and with its values (a run's settings can be read from its metrics alone); no other line has it.
+/usr/bin/python3 - "$tmp/run_keys.jsonl" "$tmp/run_keys.txt" <<'PY' || { echo "FAIL: metrics config line"; exit 1; }
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert list(lines[0]) == ["config"], lines[0]
+cfg = lines[0]["config"]
+assert all("config" not in l and "step" in l for l in lines[1:]), lines[1:]
+text = open(sys.argv[2]).read().split("\nconfig:\n", 1)[1]
+stored = dict(l[2:].split(" = ", 1) for l in text.splitlines() if l.startswith("  "))
+assert list(cfg) == list(stored), (list(cfg), list(stored))
+for k, v in cfg.items():
+    s = stored[k]
+    same = (s == ("true" if v else "false")) if isinstance(v, bool) else \
+           (s == v) if isinstance(v, str) else float(s) == v
+    assert same, (k, v, s)
+assert (cfg["dp_overlap"], cfg["ep_overlap"], cfg["expert_gemm"], cfg["gemm_streams"]) == (False, False, "loop", 2), cfg
+assert cfg["data"] == sys.argv[1].rsplit("/", 1)[0] + "/data" and cfg["steps"] == 1, cfg
+PY
 
 # Shards and tokenizer of different vocabularies (issue 14): token ids index the model's V rows, so
 # every mismatch is bad data named by file, both ways, in train.bin or in val.bin alone, and in a

@@ -330,13 +330,14 @@ void hf_export(const HfExportOptions *o) {
     size_t summary_len = 0;
     FILE *sink = open_memstream(&summary, &summary_len);
     CHECK(sink != NULL, "open_memstream: %s", strerror(errno));
-    ckpt_verify(o->ckpt, sink);
+    Model *m = model_create(&c, 0, 1);
+    ckpt_verify(o->ckpt, &m->reg, sink);
     fclose(sink);
     free(summary);
-    Model *m = model_create(&c, 0, 1);
-    CkptShard sh = ckpt_shard_of(m);
+    CkptShard sh = ckpt_shard_identity(0, 1, c.E);
+    const CkptView weights = {&m->cfg, &m->reg, m->reg.data, NULL, NULL, NULL};
     CkptState st;
-    ckpt_load(o->ckpt, &sh, m, NULL, &st);
+    ckpt_load(o->ckpt, &sh, &weights, &st);
 
     // Written under <out>.tmp-XXXXXX next to it (same file system, so the rename is atomic).
     snprintf(g_tmp, sizeof g_tmp, "%s.tmp-XXXXXX", out);

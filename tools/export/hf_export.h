@@ -10,7 +10,7 @@
 #include <stdio.h>
 
 #include "data/tokenizer.h"
-#include "framework/params.h"
+#include "framework/core/params.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,5 +1,5 @@
 // Named parameter registry (see params.h).
-#include "framework/params.h"
+#include "framework/core/params.h"
 
 #include <string.h>
 

@@ -1,8 +1,10 @@
 // The named parameter registry: every tensor of the model lives in one contiguous buffer (and its
 // gradient in a second one of the same layout), described by name, logical shape, kind and offset.
-// Checkpoints, expert-parallel sharding, gradient sync and EPLB all find tensors through it.
-#ifndef MOELAB_FRAMEWORK_PARAMS_H
-#define MOELAB_FRAMEWORK_PARAMS_H
+// Checkpoints, expert-parallel sharding, gradient sync and EPLB all find tensors through it. It lives
+// in framework/core so that checkpoints/, which stores what it describes, depends on it alone and
+// not on the model.
+#ifndef MOELAB_CORE_PARAMS_H
+#define MOELAB_CORE_PARAMS_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,0 +1,112 @@
+#!/bin/bash
+# `moelab train --zero 1` (ZeRO-1, parallel/zero1.h) end to end under mpirun, on the byte-level fixed
+# corpus (tests/util/cli_lib.sh) and the same global batch per step in every run:
+#  1. --help lists the key; --zero 2 and --zero 1 with EPLB end every rank with exit 2 and one
+#     message naming the problem;
+#  2. DP 2 (EP 1) and DP 4 (EP 2, so experts are sharded over expert-DP 2) with --zero 1 log the
+#     optimizer memory per rank, and their losses and gradient norms of every step are within 1e-5
+#     of the one-process run's; with one process --zero 1 says there is nothing to shard and
+#     changes nothing;
+#  3. the ZeRO-1 checkpoints (moments gathered from the shards) hold the same weights and moments as
+#     the unsharded DP 2 run's within 1e-5 relative per tensor, and the same step and AdamW t;
+#  4. the ZeRO-1 checkpoint of step 3 resumes in one process (another layout), and the one-process
+#     checkpoint of step 3 resumes under --zero 1 with 2 ranks: steps 4-6 within 1e-5 of the
+#     uninterrupted run, and neither resume warns of a changed setting (zero is a layout key);
+#  5. pipelines of 2 stages x DP 2 with --zero 1 (1F1B; DualPipe, whose stage copies each shard
+#     their optimizer, with EP 2; DualPipeV, two stages per rank) match a 4-layer one-process run
+#     within 1e-5 for 3 steps, and DualPipe's ZeRO-1 checkpoint of step 2 resumes in one process.
+set -euo pipefail
+root="$TEST_SRCDIR/moelab"
+moelab="$root/tools/moelab"
+tmp="${TEST_TMPDIR:-/tmp}"
+source "$root/tests/parallel/mpi_env.sh"
+source "$root/tests/util/cli_lib.sh"
+
+prepare_corpus "$tmp/data"
+args=(--data "$tmp/data" --steps 6 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4
+      --seq-len 16 --d-model 32 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64 --warmup-steps 1
+      --lr 0.01 --bias-rate 0.01 --balance-alpha 0.01)
+
+# expect_exit2 NAME REGEX NP ARGS...: exit 2 and REGEX in the output of an NP-rank `moelab train`.
+expect_exit2() {
+    local name=$1 regex=$2 np=$3 rc=0
+    shift 3
+    mpi "$np" "$moelab" train "$@" >"$tmp/$name.out" 2>&1 || rc=$?
+    [ $rc -eq 2 ] || { echo "FAIL: $name exited with $rc, expected 2:"; cat "$tmp/$name.out"; exit 1; }
+    grep -Eq -e "$regex" "$tmp/$name.out" || { echo "FAIL: $name: no /$regex/ in:"; cat "$tmp/$name.out"; exit 1; }
+    echo "ok: $name"
+}
+
+# 1.
+"$moelab" train --help | grep -Eq -- "--zero .*ZeRO stage" || { echo "FAIL: --help has no --zero"; exit 1; }
+expect_exit2 bad_value "zero = 2 is too large: at most 1" 1 "${args[@]}" --zero 2
+expect_exit2 with_eplb "--zero 1 with --eplb-interval 2: EPLB moves whole AdamW moments" 2 "${args[@]}" \
+    --zero 1 --ep 2 --eplb-interval 2
+
+# 2.
+"$moelab" train "${args[@]}" --grad-accum 4 --out "$tmp/one" --save-every 3 --metrics "$tmp/one.jsonl" >"$tmp/one.log"
+mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --out "$tmp/dp2" --metrics "$tmp/dp2.jsonl" >"$tmp/dp2.log"
+mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --zero 1 --out "$tmp/z2" --save-every 3 \
+    --metrics "$tmp/z2.jsonl" >"$tmp/z2.log"
+mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 2 --zero 1 --metrics "$tmp/z4.jsonl" >"$tmp/z4.log"
+memory="zero-1: optimizer state [0-9.]+ MiB per rank instead of [0-9.]+ \(AdamW moments of 1/4 of the dense"
+grep -Eq "$memory and 1/2 of the expert floats" "$tmp/z4.log" ||
+    { echo "FAIL: no memory line in the DP 4 log:"; cat "$tmp/z4.log"; exit 1; }
+"$moelab" train "${args[@]}" --grad-accum 4 --zero 1 --metrics "$tmp/z1.jsonl" >"$tmp/z1.log"
+grep -q "zero-1: one data-parallel rank, nothing to shard" "$tmp/z1.log" ||
+    { echo "FAIL: the one-process run does not say that --zero 1 has nothing to shard:"; cat "$tmp/z1.log"; exit 1; }
+same_steps "$tmp/one.jsonl" "$tmp/z1.jsonl" 123456
+for run in dp2 z2 z4; do
+    close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 123456
+    echo "ok: $run matches the one-process run"
+done
+
+# 3.
+"$py" - "$tmp/dp2/step_6.h5" "$tmp/z2/step_6.h5" <<'PY'
+import sys, h5py, numpy as np
+a, b = (h5py.File(p, "r") for p in sys.argv[1:])
+n = 0
+for g in ("model", "optim/m", "optim/v"):
+    assert set(a[g]) == set(b[g]), g
+    for k in a[g]:
+        x, y = a[g][k][...].astype(np.float64), b[g][k][...].astype(np.float64)
+        err = np.abs(x - y).max() / max(np.abs(x).max(), 1e-30)
+        assert err <= 1e-5, ("FAIL: %s differs from %s in %s/%s by %g" % (sys.argv[2], sys.argv[1], g, k, err))
+        n += 1
+sa, sb = dict(a["state"].attrs), dict(b["state"].attrs)
+for k in sa:
+    if k != "lineage":
+        assert np.array_equal(sa[k], sb[k]), ("FAIL: /state", k, sa[k], sb[k])
+print("ok: the ZeRO-1 checkpoint matches the unsharded one: %d datasets within 1e-5, /state" % n)
+PY
+
+# 4.
+"$moelab" train "${args[@]}" --grad-accum 4 --resume "$tmp/z2/step_3.h5" --metrics "$tmp/r1.jsonl" >"$tmp/r1.log"
+mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --zero 1 --resume "$tmp/one/step_3.h5" \
+    --metrics "$tmp/r2.jsonl" >"$tmp/r2.log"
+for run in r1 r2; do
+    if grep -q "settings differ from the saved run" "$tmp/$run.log"; then
+        echo "FAIL: $run warns of changed settings:"; cat "$tmp/$run.log"; exit 1
+    fi
+    close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 456
+    echo "ok: $run (resumed at step 3) matches the uninterrupted run"
+done
+
+# 5.
+args4=("${args[@]}" --n-layers 4 --steps 3)
+"$moelab" train "${args4[@]}" --grad-accum 4 --metrics "$tmp/one4.jsonl" >"$tmp/one4.log"
+mpi 4 "$moelab" train "${args4[@]}" --pp 2 --schedule 1f1b --chunks 4 --batch-size 2 --zero 1 \
+    --metrics "$tmp/p1f1b.jsonl" >"$tmp/p1f1b.log"
+mpi 4 "$moelab" train "${args4[@]}" --pp 2 --ep 2 --schedule dualpipe --chunks 4 --batch-size 2 --zero 1 \
+    --out "$tmp/pdual" --save-every 2 --metrics "$tmp/pdual.jsonl" >"$tmp/pdual.log"
+mpi 4 "$moelab" train "${args4[@]}" --pp 2 --schedule dualpipev --chunks 4 --batch-size 2 --zero 1 \
+    --metrics "$tmp/pdualv.jsonl" >"$tmp/pdualv.log"
+grep -Eq "zero-1: optimizer state .* of 1/2 of the dense and 1/1 of the expert floats" "$tmp/pdual.log" ||
+    { echo "FAIL: no memory line in the DualPipe log:"; cat "$tmp/pdual.log"; exit 1; }
+"$moelab" train "${args4[@]}" --grad-accum 4 --resume "$tmp/pdual/step_2.h5" --metrics "$tmp/pr.jsonl" >"$tmp/pr.log"
+for run in p1f1b pdual pdualv; do
+    close_steps "$tmp/one4.jsonl" "$tmp/$run.jsonl" 123
+    echo "ok: $run matches the one-process run"
+done
+close_steps "$tmp/one4.jsonl" "$tmp/pr.jsonl" 3
+echo "ok: DualPipe's ZeRO-1 checkpoint resumes in one process"
