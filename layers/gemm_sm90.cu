@@ -33,20 +33,25 @@ using Bf16 = cutlass::bfloat16_t;
 using RowMajor = cutlass::layout::RowMajor;
 using ColMajor = cutlass::layout::ColumnMajor;
 
-// Tile configurations (CTA tile M × N × K, cluster, kernel and epilogue schedules), both
-// cooperative: two consumer warpgroups share one tile, each taking half of its rows. Measured on an
-// H200 at the bench and wide shapes (docs/BENCHMARKS.md), 256 × 128 is the faster forward and
-// 128 × 256 the faster backward_input and backward_weight; a ping-pong 64 × 128 × 128 kernel lost
-// everywhere but the weight gradient of skewed counts.
-struct CoopWide {  // 128 × 256 tiles, clusters of 2 along M (B tiles multicast to both CTAs)
+// Tile configurations (CTA tile M × N × K, cluster, kernel and epilogue schedules), measured on an
+// H200 at the bench and wide shapes, uniform and skewed counts (docs/BENCHMARKS.md). Ping-pong
+// 128 × 128: each of the two consumer warpgroups owns a whole tile and they take turns, so one's
+// epilogue (the bf16 store, the β = 1 read of dX, dW's fp32 read-modify-write) runs under the
+// other's mainloop; it is the fastest forward and backward_input everywhere measured, and the
+// fastest weight gradient while the groups are short (K = rows per expert ≤ 2048: 494 against 462
+// TFLOP/s at the bench shapes, 394 against 298 with skewed counts). Cooperative 128 × 256 (both
+// warpgroups on one tile, half its rows each) wins the weight gradient of long groups (wide shapes,
+// K ≈ 3072: 529 against 518), where the mainloop dwarfs the epilogue. A cooperative 256 × 128 lost
+// everywhere once the ping-pong kernel was in.
+struct PingSquare {  // 128 × 128 tiles, clusters of 2 along M (B tiles multicast to both CTAs)
+    using Tile = Shape<_128, _128, _64>;
+    using Cluster = Shape<_2, _1, _1>;
+    using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
+    using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
+};
+struct CoopWide {  // 128 × 256 tiles, clusters of 2 along M
     using Tile = Shape<_128, _256, _64>;
     using Cluster = Shape<_2, _1, _1>;
-    using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
-    using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
-};
-struct CoopTall {  // 256 × 128 tiles, one CTA per cluster
-    using Tile = Shape<_256, _128, _64>;
-    using Cluster = Shape<_1, _1, _1>;
     using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
     using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
 };
@@ -240,6 +245,15 @@ void launch_kind(const Groups &g, GemmSm90Kind kind, void *y, const void *a, con
     else launch<BackwardWeightGemm<Cfg>>(g, kind, y, a, b, 1.0f);
 }
 
+// The measured best configuration for the groups g (see the tile configurations above): ping-pong,
+// but cooperative 128 × 256 for a weight gradient whose groups are longer than 2048 rows on average.
+int best_config(GemmSm90Kind kind, const Groups &g) {
+    long rows = 0;
+    for (int i = 0; i < g.n; i++) rows += g.rows[i];
+    if (kind == GEMM_SM90_BACKWARD_WEIGHT && rows > 2048L * g.n) return GEMM_SM90_COOP_WIDE;
+    return GEMM_SM90_PING_SQUARE;
+}
+
 }  // namespace gemm_sm90
 
 using namespace gemm_sm90;
@@ -257,7 +271,7 @@ extern "C" int gemm_sm90_available(void) {
 }
 
 extern "C" void gemm_sm90_set_config(int config) {
-    CHECK(config >= GEMM_SM90_CONFIG_BEST && config <= GEMM_SM90_COOP_TALL, "gemm_sm90: unknown tile configuration %d",
+    CHECK(config >= GEMM_SM90_CONFIG_BEST && config <= GEMM_SM90_PING_SQUARE, "gemm_sm90: unknown tile configuration %d",
           config);
     g_config = config;
 }
@@ -280,12 +294,10 @@ extern "C" void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, con
         }
         row0 += counts[e];
         if (g.n == GEMM_SM90_MAX_GROUPS || (e == G - 1 && g.n > 0)) {
-            const int config = g_config != GEMM_SM90_CONFIG_BEST ? g_config
-                               : kind == GEMM_SM90_FORWARD      ? GEMM_SM90_COOP_TALL
-                                                                : GEMM_SM90_COOP_WIDE;
+            const int config = g_config != GEMM_SM90_CONFIG_BEST ? g_config : best_config(kind, g);
             const float beta = acc ? 1.0f : 0.0f;
             if (config == GEMM_SM90_COOP_WIDE) launch_kind<CoopWide>(g, kind, y, a, b, beta);
-            else launch_kind<CoopTall>(g, kind, y, a, b, beta);
+            else launch_kind<PingSquare>(g, kind, y, a, b, beta);
             g.n = 0;
         }
     }

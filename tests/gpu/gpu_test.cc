@@ -385,11 +385,24 @@ TEST_F(Gpu, LinearGrouped) {
     for (int c : counts) R += c;
     const int saved = linear_cuda_grouped_mode(), saved_streams = linear_cuda_gemm_streams();
     linear_cuda_set_gemm_streams(3);
-    for (int mode : {LINEAR_GROUPED_LOOP, LINEAR_GROUPED_STREAMS, LINEAR_GROUPED_CUBLAS, LINEAR_GROUPED_CUTLASS})
+    // CUTLASS once per tile configuration (each is some product's best on some shape).
+    struct Way {
+        int mode, config;
+    };
+    const Way ways[] = {{LINEAR_GROUPED_LOOP, 0},
+                        {LINEAR_GROUPED_STREAMS, 0},
+                        {LINEAR_GROUPED_CUBLAS, 0},
+                        {LINEAR_GROUPED_CUTLASS, GEMM_SM90_CONFIG_BEST},
+                        {LINEAR_GROUPED_CUTLASS, GEMM_SM90_COOP_WIDE},
+                        {LINEAR_GROUPED_CUTLASS, GEMM_SM90_PING_SQUARE}};
+    for (const Way &way : ways)
     for (CoreDtype dt : kDtypes) {
+        const int mode = way.mode;
         SCOPED_TRACE(mode_name(mode));
-        printf("  %s, %s:\n", mode_name(mode), dname(dt));
+        SCOPED_TRACE(way.config);
+        printf("  %s (tiles %d), %s:\n", mode_name(mode), way.config, dname(dt));
         linear_cuda_set_grouped_mode(mode);
+        if (mode == LINEAR_GROUPED_CUTLASS) gemm_sm90_set_config(way.config);
         Vec x = rnd((size_t)R * IC), W = rnd((size_t)G * OC * IC, -0.1f, 0.1f);
         Vec dy = rnd((size_t)R * OC), dx = rnd((size_t)R * IC), dW = rnd((size_t)G * OC * IC);
         BufP dX = put(x, dt), dWt = put(W, dt), dDy = put(dy, dt), dDx = put(dx, dt);
@@ -420,6 +433,7 @@ TEST_F(Gpu, LinearGrouped) {
                    linear_cuda_grouped_unsupported(dt, CORE_F32) ? "the loop (types not supported)" : "one grouped GEMM");
         }
     }
+    gemm_sm90_set_config(GEMM_SM90_CONFIG_BEST);
     linear_cuda_set_grouped_mode(saved);
     linear_cuda_set_gemm_streams(saved_streams);
 }

@@ -132,19 +132,23 @@ void expert_gemms(int R, int nE, int nD, int nF) {
                              {"grouped", LINEAR_GROUPED_CUBLAS, saved_streams, 0}};
     if (linear_cuda_cutlass_applies(BF, BF, nD, nF)) {
         ways.push_back({"cutlass 128x256", LINEAR_GROUPED_CUTLASS, saved_streams, GEMM_SM90_COOP_WIDE});
-        ways.push_back({"cutlass 256x128", LINEAR_GROUPED_CUTLASS, saved_streams, GEMM_SM90_COOP_TALL});
+        ways.push_back({"cutlass pingpong 128x128", LINEAR_GROUPED_CUTLASS, saved_streams, GEMM_SM90_PING_SQUARE});
     }
     for (bool skewed : {false, true}) {
         std::vector<int> c = expert_counts(R, nE, skewed);
         printf("expert GEMMs, %d rows over %d experts, D %d Fe %d (%s, largest %d): ms and TFLOP/s per way, loop/best\n",
                R, nE, nD, nF, skewed ? "skewed" : "uniform", *std::max_element(c.begin(), c.end()));
-        const char *names[3] = {"  forward D->Fe", "  backward_input", "  backward_weight (fp32 dW)"};
+        // backward_input both ways the SwiGLU backward calls it: written (β = 0, the first of the
+        // W1/W3 pair) and added (β = 1, the second).
+        const char *names[4] = {"  forward D->Fe", "  backward_input (=)", "  backward_input (+=)",
+                                "  backward_weight (fp32 dW)"};
         auto product = [&](int kind) {
             if (kind == 0) linear_cuda_forward_grouped(BF, BF, he, xe, we, c.data(), nE, nD, nF);
-            if (kind == 1) linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), nE, nD, nF, 1);
-            if (kind == 2) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), nE, nD, nF);
+            if (kind == 1 || kind == 2)
+                linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), nE, nD, nF, kind == 2);
+            if (kind == 3) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), nE, nD, nF);
         };
-        for (int kind = 0; kind < 3; kind++) {
+        for (int kind = 0; kind < 4; kind++) {
             printf("%-28s", names[kind]);
             double loop = 0, best = 1e30;
             for (size_t w = 0; w < ways.size(); w++) {
@@ -162,7 +166,7 @@ void expert_gemms(int R, int nE, int nD, int nF) {
                 double t = time_queued([&] { product(kind); });
                 printf(" | cutlass best, 10 queued %.3f ms %5.1f", t * 1e3, flops / t / 1e12);
             }
-            const int fell_back = linear_cuda_grouped_unsupported(BF, kind == 2 ? CORE_F32 : BF);
+            const int fell_back = linear_cuda_grouped_unsupported(BF, kind == 3 ? CORE_F32 : BF);
             printf(" | loop/best %.2fx%s\n", loop / best,
                    fell_back ? "  (cuBLAS grouped: types not supported, ran as streams)" : "");
         }
