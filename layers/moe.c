@@ -119,14 +119,18 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
     prof_mark(PROF_EXPERTS);
     ops_swiglu_forward(o, a->ye, &a->ex, a->xe, p->w1, p->w3, p->w2, a->counts, L, D, Fe);
     drop_h(o, &a->ex);
-    prof_mark(PROF_DISPATCH);
-    a->out_nk = xout(o, (long)N * K * D);
-    d->from_experts(d, a->plan, a->ye, a->out_nk, D);
-    // The backward reads the expert outputs from out_nk at home, so the rows can go now.
-    o->free(a->ye);
-    a->ye = NULL;
+    // Rows that never left this process are combined in place; others come home first, in pair
+    // order. Either way the combine's input stays in ye for the backward.
+    a->map = d->row_map ? d->row_map(d, a->plan) : NULL;
+    if (!a->map) {
+        prof_mark(PROF_DISPATCH);
+        void *home = xout(o, (long)N * K * D);
+        d->from_experts(d, a->plan, a->ye, home, D);
+        o->free(a->ye);
+        a->ye = home;
+    }
     prof_mark(PROF_COMBINE);
-    o->moe_combine(y, a->out_nk, a->gates, N, K, D);
+    o->moe_combine(y, a->ye, a->map, a->gates, N, K, D);
 
     if (s->S > 0) prof_mark(PROF_EXPERTS);
     for (int j = 0; j < s->S; j++) {
@@ -139,7 +143,7 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
 
 void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *s,
                         const MoeParams *p, MoeDispatcher *d) {
-    CHECK(a->out_nk != NULL, "moe_backward_input: needs moe_forward first, and runs once per forward");
+    CHECK(a->ye != NULL && a->dy == NULL, "moe_backward_input: needs moe_forward first, and runs once per forward");
     const LayerOps *o = ops_of(d);
     int N = a->N, D = s->D, E = s->E, K = s->K, Fe = s->Fe, L = d->n_local;
     long R = a->n_rows;
@@ -147,17 +151,25 @@ void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *
     a->dy = xout(o, (long)N * D);
     o->copy(a->dy, dy, (size_t)N * D * o->act_size);
 
-    // y = Σ_k g_k · out_k: ∂L/∂g_k = dy · out_k and ∂L/∂out_k = g_k · dy.
+    // y = Σ_k g_k · out_k: ∂L/∂g_k = dy · out_k and ∂L/∂out_k = g_k · dy. With the row map these
+    // land in the experts' rows directly; otherwise in pair order at home, and then travel out the
+    // way x did.
     float *dgates = fout(o, (long)N * K);  // (N, K)
-    void *nk = xout(o, (long)N * K * D);   // (N, K, D) first ∂L/∂out_nk, then the experts' dx
-    o->moe_combine_backward(dgates, nk, dy, a->out_nk, a->gates, N, K, D);
-    o->free(a->out_nk);
-    a->out_nk = NULL;
-
-    // Routed experts: the gradient rows travel out the way x did, and come home the way y did.
-    prof_mark(PROF_DISPATCH);
     a->dye = xout(o, R * D);
-    d->to_experts(d, a->plan, nk, 1, a->dye, D);
+    if (a->map) {
+        o->moe_combine_backward(dgates, a->dye, dy, a->ye, a->map, a->gates, N, K, D);
+    } else {
+        void *nk = xout(o, (long)N * K * D);  // (N, K, D) ∂L/∂out_nk
+        o->moe_combine_backward(dgates, nk, dy, a->ye, NULL, a->gates, N, K, D);
+        prof_mark(PROF_DISPATCH);
+        d->to_experts(d, a->plan, nk, 1, a->dye, D);
+        o->free(nk);
+    }
+    o->free(a->ye);
+    a->ye = NULL;
+
+    // Routed experts; their input gradient rows are summed over the choices in place, or after
+    // coming home the way y did.
     prof_mark(PROF_EXPERTS);
     a->ex.da = xout(o, R * Fe);  // written by ops_swiglu_backward_input, as are dh and dxe
     a->ex.db = xout(o, R * Fe);
@@ -165,12 +177,16 @@ void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *
     void *dxe = xout(o, R * D);   // (n_rows, D) ∂L/∂xe
     ops_swiglu_backward_input(o, dxe, &a->ex, dh, a->dye, p->w1, p->w3, p->w2, a->counts, L, D, Fe, 0);
     o->free(dh);
-    prof_mark(PROF_DISPATCH);
-    d->from_experts(d, a->plan, dxe, nk, D);
-    o->free(dxe);
+    if (!a->map) {
+        prof_mark(PROF_DISPATCH);
+        void *nk = xout(o, (long)N * K * D);  // (N, K, D) the experts' dx rows at home
+        d->from_experts(d, a->plan, dxe, nk, D);
+        o->free(dxe);
+        dxe = nk;
+    }
     prof_mark(PROF_COMBINE);
-    o->moe_sum_choices(dx, nk, N, K, D);
-    o->free(nk);
+    o->moe_sum_choices(dx, dxe, a->map, N, K, D);
+    o->free(dxe);
 
     if (s->S > 0) {
         prof_mark(PROF_EXPERTS);
@@ -231,7 +247,6 @@ void moe_acts_free(MoeActs *a, MoeDispatcher *d) {
     o->free(a->xe);
     o->free(a->ye);
     acts_free(o, &a->ex);
-    o->free(a->out_nk);
     for (int j = 0; a->sh && j < a->S; j++) acts_free(o, &a->sh[j]);
     core_free(a->sh);
     o->free(a->dy);

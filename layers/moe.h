@@ -50,6 +50,11 @@ typedef struct MoeDispatcher {
     // dst (N, K, D) ← rows (n_rows, D): each (token, choice) gets its expert's row back.
     void (*from_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const float *rows,
                          float *dst, int D);
+    // Optional (NULL where rows travel to other ranks): the row of rows (n_rows, D) that holds pair
+    // t·K + k, (N·K) ints in the backend's memory, valid until release. With it the layer moves no
+    // rows home: the combine, its backward and the sum of choices read and write the experts' rows
+    // in place (layers/ops.h), which saves two passes over (N, K, D) each way.
+    const int *(*row_map)(struct MoeDispatcher *self, MoeDispatchPlan *p);
     void (*release)(struct MoeDispatcher *self, MoeDispatchPlan *p);
     void (*destroy)(struct MoeDispatcher *self);
 } MoeDispatcher;
@@ -98,9 +103,12 @@ typedef struct {
     MoeDispatchPlan *plan;
     int *counts;            // (n_local)
     float *xe;              // (n_rows, D) expert input rows
-    float *ye;              // (n_rows, D) expert output rows (freed by moe_forward once combined)
     SwigluActs ex;          // (n_rows, Fe) routed-expert activations
-    float *out_nk;          // (N, K, D) expert outputs back home (freed by moe_backward_input)
+    // The expert outputs the combine read, kept for its backward (freed by moe_backward_input):
+    // the experts' rows ye (n_rows, D) themselves, pair t·K + k at row map[t·K + k], or with map
+    // NULL (the dispatcher has no row_map) the rows moved home, (N, K, D) in pair order.
+    float *ye;
+    const int *map;         // (N·K) the dispatcher's row map, or NULL
     SwigluActs *sh;         // [S] of (N, Fe) shared-expert activations
     // written by backward_input for backward_weight:
     float *dy;              // (N, D) copy of the upstream gradient

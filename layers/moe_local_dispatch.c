@@ -1,6 +1,7 @@
 // The single-process MoE dispatcher (see moe.h): every expert is local (slot s = expert s), and the
 // plan is a stable counting sort of the N·K (token, choice) pairs by expert id, so rows come ordered
-// by expert, then token, then choice. Dispatch and combine are a gather and a scatter through it.
+// by expert, then token, then choice. Dispatch and combine are a gather and a scatter through it;
+// the layer's combine reads the rows in place through the inverse map (row_map).
 // The sort itself (moe_counting_sort) lives here and serves the EP dispatcher's host plan too.
 #include <limits.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 struct MoeDispatchPlan {
     int N, K, n_rows;  // n_rows = N·K: every pair stays in this process
     int *pair;         // (n_rows) row r holds pair t·K + k
+    int *row;          // (n_rows) pair t·K + k is at row row[t·K + k] (the inverse of pair)
 };
 
 static MoeDispatchPlan *local_plan(MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,
@@ -28,7 +30,8 @@ static MoeDispatchPlan *local_plan(MoeDispatcher *self, const int *idx, int N, i
     p->K = K;
     p->n_rows = (int)n;
     p->pair = core_alloc((size_t)n * sizeof(int));
-    moe_counting_sort(idx, n, E, counts, NULL, p->pair);
+    p->row = core_alloc((size_t)n * sizeof(int));
+    moe_counting_sort(idx, n, E, counts, p->row, p->pair);
     *n_rows = p->n_rows;
     return p;
 }
@@ -62,9 +65,12 @@ static void local_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const fl
         memcpy(dst + (long)p->pair[r] * D, rows + (long)r * D, (size_t)D * sizeof(float));
 }
 
+static const int *local_row_map(MoeDispatcher *self, MoeDispatchPlan *p) { return p->row; }
+
 static void local_release(MoeDispatcher *self, MoeDispatchPlan *p) {
     if (!p) return;
     core_free(p->pair);
+    core_free(p->row);
     core_free(p);
 }
 
@@ -78,6 +84,7 @@ MoeDispatcher *moe_local_dispatcher_create(int E) {
     d->plan = local_plan;
     d->to_experts = local_to_experts;
     d->from_experts = local_from_experts;
+    d->row_map = local_row_map;
     d->release = local_release;
     d->destroy = local_destroy;
     return d;

@@ -147,26 +147,32 @@ static void cpu_router_bias_update(float *const *bias, const long *counts, int L
         if (bias[l]) router_bias_update(bias[l], counts + (size_t)l * E, E, K, n_tokens, gamma);
 }
 
-static void cpu_moe_combine(void *y, const void *nk, const float *gates, int N, int K, int D) {
+// Row of pair tk in a combine's rows (see ops.h).
+static const float *pair_row(const void *rows, const int *map, long tk, int D) {
+    return (const float *)rows + (map ? map[tk] : tk) * (long)D;
+}
+
+static void cpu_moe_combine(void *y, const void *rows, const int *map, const float *gates, int N, int K,
+                            int D) {
     for (int t = 0; t < N; t++) {
         float *yt = (float *)y + (long)t * D;
         memset(yt, 0, (size_t)D * sizeof(float));
         for (int k = 0; k < K; k++) {
             float g = gates[(long)t * K + k];
-            const float *o = (const float *)nk + ((long)t * K + k) * D;
+            const float *o = pair_row(rows, map, (long)t * K + k, D);
             for (int i = 0; i < D; i++) yt[i] += g * o[i];
         }
     }
 }
 
-static void cpu_moe_combine_backward(float *dgates, void *dnk, const void *dy, const void *nk,
-                                     const float *gates, int N, int K, int D) {
+static void cpu_moe_combine_backward(float *dgates, void *drows, const void *dy, const void *rows,
+                                     const int *map, const float *gates, int N, int K, int D) {
     for (int t = 0; t < N; t++) {
         const float *dyt = (const float *)dy + (long)t * D;
         for (int k = 0; k < K; k++) {
             long tk = (long)t * K + k;
-            const float *o = (const float *)nk + tk * D;
-            float *dout = (float *)dnk + tk * D;
+            const float *o = pair_row(rows, map, tk, D);
+            float *dout = (float *)pair_row(drows, map, tk, D);
             float dot = 0.0f;
             for (int i = 0; i < D; i++) {
                 dot += dyt[i] * o[i];
@@ -177,10 +183,10 @@ static void cpu_moe_combine_backward(float *dgates, void *dnk, const void *dy, c
     }
 }
 
-static void cpu_moe_sum_choices(void *dx, const void *nk, int N, int K, int D) {
+static void cpu_moe_sum_choices(void *dx, const void *rows, const int *map, int N, int K, int D) {
     for (int t = 0; t < N; t++)
         for (int k = 0; k < K; k++) {
-            const float *src = (const float *)nk + ((long)t * K + k) * D;
+            const float *src = pair_row(rows, map, (long)t * K + k, D);
             for (int i = 0; i < D; i++) ((float *)dx)[(long)t * D + i] += src[i];
         }
 }

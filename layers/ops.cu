@@ -81,56 +81,59 @@ __global__ void add_kernel(T *out, const T *a, const T *b, long n) {
     if (i < n) core_zip_vec<W>(out, a, b, i, OpsAdd());
 }
 
-// y[t, d] = Σ_k gates[t, k] · nk[t, k, d]; a thread per (t, W consecutive d).
+// The row of pair tk in a combine's rows: map[tk], or tk without a map (layers/ops.h).
+__device__ __forceinline__ long pair_row(const int *map, long tk) { return map ? map[tk] : tk; }
+
+// y[t, d] = Σ_k gates[t, k] · rows[pair (t, k), d]; a thread per (t, W consecutive d).
 template <typename T, int W>
-__global__ void combine_kernel(T *y, const T *nk, const float *gates, int N, int K, int D) {
+__global__ void combine_kernel(T *y, const T *rows, const int *map, const float *gates, int N, int K, int D) {
     long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * W;
     if (i >= (long)N * D) return;
     long t = i / D, d = i % D;
     float acc[W] = {0.0f}, v[W];
     for (int k = 0; k < K; k++) {
         float g = gates[t * K + k];
-        core_ld_vec<W>(v, nk + (t * K + k) * D + d);
+        core_ld_vec<W>(v, rows + pair_row(map, t * K + k) * D + d);
 #pragma unroll
         for (int j = 0; j < W; j++) acc[j] += g * v[j];
     }
     core_st_vec<W>(y + i, acc);
 }
 
-// A warp per (t, k): dgates[t, k] = dy[t] · nk[t, k] and dnk[t, k] = gates[t, k] · dy[t]; each lane
-// takes W consecutive d at a time.
+// A warp per pair w = (t, k): dgates[w] = dy[t] · rows[pair w] and drows[pair w] = gates[w] · dy[t];
+// each lane takes W consecutive d at a time.
 template <typename T, int W>
-__global__ void combine_backward_kernel(float *dgates, T *dnk, const T *dy, const T *nk,
+__global__ void combine_backward_kernel(float *dgates, T *drows, const T *dy, const T *rows, const int *map,
                                         const float *gates, long NK, int K, int D) {
     long w = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
     if (w >= NK) return;  // the whole warp leaves together
-    long t = w / K;
+    long t = w / K, r = pair_row(map, w);
     float g = gates[w], dot = 0.0f, dyv[W], v[W];
     for (int d = lane * W; d < D; d += 32 * W) {
         core_ld_vec<W>(dyv, dy + t * D + d);
-        core_ld_vec<W>(v, nk + w * D + d);
+        core_ld_vec<W>(v, rows + r * D + d);
 #pragma unroll
         for (int j = 0; j < W; j++) {
             dot += dyv[j] * v[j];
             dyv[j] *= g;
         }
-        core_st_vec<W>(dnk + w * D + d, dyv);
+        core_st_vec<W>(drows + r * D + d, dyv);
     }
     dot = core_warp_sum(dot);
     if (lane == 0) dgates[w] = dot;
 }
 
-// dx[t, d] += Σ_k nk[t, k, d], choices in order; a thread per (t, W consecutive d).
+// dx[t, d] += Σ_k rows[pair (t, k), d], choices in order; a thread per (t, W consecutive d).
 template <typename T, int W>
-__global__ void sum_choices_kernel(T *dx, const T *nk, int N, int K, int D) {
+__global__ void sum_choices_kernel(T *dx, const T *rows, const int *map, int N, int K, int D) {
     long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * W;
     if (i >= (long)N * D) return;
     long t = i / D, d = i % D;
     float acc[W], v[W];
     core_ld_vec<W>(acc, dx + i);
     for (int k = 0; k < K; k++) {
-        core_ld_vec<W>(v, nk + (t * K + k) * D + d);
+        core_ld_vec<W>(v, rows + pair_row(map, t * K + k) * D + d);
 #pragma unroll
         for (int j = 0; j < W; j++) acc[j] += v[j];
     }
@@ -162,36 +165,36 @@ static void cu_add(void *out, const void *a, const void *b, long n) {
 }
 
 template <CoreDtype DT>
-static void cu_moe_combine(void *y, const void *nk, const float *gates, int N, int K, int D) {
+static void cu_moe_combine(void *y, const void *rows, const int *map, const float *gates, int N, int K, int D) {
     typedef typename Elem<DT>::T T;
     if (N == 0) return;
-    const void *p[] = {y, nk};
-    OPS_VEC_LAUNCH(combine_kernel, T, (long)N * D, D, p, (T *)y, (const T *)nk, gates, N, K, D);
+    const void *p[] = {y, rows};
+    OPS_VEC_LAUNCH(combine_kernel, T, (long)N * D, D, p, (T *)y, (const T *)rows, map, gates, N, K, D);
 }
 
 template <CoreDtype DT>
-static void cu_moe_combine_backward(float *dgates, void *dnk, const void *dy, const void *nk,
-                                    const float *gates, int N, int K, int D) {
+static void cu_moe_combine_backward(float *dgates, void *drows, const void *dy, const void *rows,
+                                    const int *map, const float *gates, int N, int K, int D) {
     typedef typename Elem<DT>::T T;
     if (N == 0) return;
     const long NK = (long)N * K;
     const int W = 16 / sizeof(T);
-    const void *p[] = {dnk, dy, nk};
+    const void *p[] = {drows, dy, rows};
     if (core_vec_ok(W, sizeof(T), D, p, 3))
         combine_backward_kernel<T, 16 / sizeof(T)><<<core_blocks(NK * 32, 256), 256, 0, core_stream()>>>(
-            dgates, (T *)dnk, (const T *)dy, (const T *)nk, gates, NK, K, D);
+            dgates, (T *)drows, (const T *)dy, (const T *)rows, map, gates, NK, K, D);
     else
         combine_backward_kernel<T, 1><<<core_blocks(NK * 32, 256), 256, 0, core_stream()>>>(
-            dgates, (T *)dnk, (const T *)dy, (const T *)nk, gates, NK, K, D);
+            dgates, (T *)drows, (const T *)dy, (const T *)rows, map, gates, NK, K, D);
     CUDA_CHECK_LAUNCH();
 }
 
 template <CoreDtype DT>
-static void cu_moe_sum_choices(void *dx, const void *nk, int N, int K, int D) {
+static void cu_moe_sum_choices(void *dx, const void *rows, const int *map, int N, int K, int D) {
     typedef typename Elem<DT>::T T;
     if (N == 0) return;
-    const void *p[] = {dx, nk};
-    OPS_VEC_LAUNCH(sum_choices_kernel, T, (long)N * D, D, p, (T *)dx, (const T *)nk, N, K, D);
+    const void *p[] = {dx, rows};
+    OPS_VEC_LAUNCH(sum_choices_kernel, T, (long)N * D, D, p, (T *)dx, (const T *)rows, map, N, K, D);
 }
 
 template <CoreDtype DT>
@@ -308,7 +311,8 @@ static void cu_adamw_step(float *p, const float *g, float *m, float *v, long n, 
 
 // ---------------------------------------------------------------------------------------------
 // The single-process dispatcher on the GPU: moe_cuda_plan gives each (token, choice) pair its row
-// in the local dispatcher's stable order (expert, token, choice), and the permutes move the rows.
+// in the local dispatcher's stable order (expert, token, choice), and the permutes move the rows;
+// the combine reads the expert rows in place through the same map (row_map).
 
 struct MoeDispatchPlan {
     int N, K;
@@ -350,6 +354,8 @@ static void cu_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float
     moe_cuda_unpermute(DT, dst, rows, p->row_of, p->N, p->K, D);
 }
 
+static const int *cu_row_map(MoeDispatcher *self, MoeDispatchPlan *p) { return p->row_of; }
+
 static void cu_release(MoeDispatcher *self, MoeDispatchPlan *p) {
     if (!p) return;
     cu_free(p->row_of);
@@ -367,6 +373,7 @@ static MoeDispatcher *cu_local_dispatcher(int E) {
     d->plan = cu_plan;
     d->to_experts = cu_to_experts<DT>;
     d->from_experts = cu_from_experts<DT>;
+    d->row_map = cu_row_map;
     d->release = cu_release;
     d->destroy = cu_destroy;
     return d;

@@ -113,14 +113,18 @@ typedef struct LayerOps {
     // host array of L pointers to (E) biases (NULL: the layer is skipped), counts (L, E).
     void (*router_bias_update)(float *const *bias, const long *counts, int L, int E, int K,
                                long n_tokens, float gamma);
-    // y (N, D) = Σ_k gates (N, K)[t, k] · nk (N, K, D)[t, k], choices added in order. Overwrites y.
-    void (*moe_combine)(void *y, const void *nk, const float *gates, int N, int K, int D);
-    // Its backward given dy (N, D): dgates (N, K) = dy · nk[t, k] and dnk (N, K, D) = gates · dy
-    // (both overwritten).
-    void (*moe_combine_backward)(float *dgates, void *dnk, const void *dy, const void *nk,
-                                 const float *gates, int N, int K, int D);
-    // dx (N, D) += Σ_k nk (N, K, D)[t, k].
-    void (*moe_sum_choices)(void *dx, const void *nk, int N, int K, int D);
+    // The combine and its backward read and write the experts' rows where they are: pair t·K + k
+    // is row map[t·K + k] of rows (a dispatcher's row map, MoeDispatcher.row_map, in dev memory),
+    // or row t·K + k with map NULL (rows moved home in pair order, (N, K, D)).
+    // y (N, D) = Σ_k gates (N, K)[t, k] · rows[pair t·K + k], choices added in order. Overwrites y.
+    void (*moe_combine)(void *y, const void *rows, const int *map, const float *gates, int N, int K,
+                        int D);
+    // Its backward given dy (N, D): dgates (N, K) = dy[t] · rows[pair] and drows[pair] =
+    // gates · dy[t] (both overwritten; drows is laid out as rows).
+    void (*moe_combine_backward)(float *dgates, void *drows, const void *dy, const void *rows,
+                                 const int *map, const float *gates, int N, int K, int D);
+    // dx (N, D) += Σ_k rows[pair t·K + k], choices in order.
+    void (*moe_sum_choices)(void *dx, const void *rows, const int *map, int N, int K, int D);
     // The single-process dispatcher on this device (rows of dt).
     MoeDispatcher *(*local_dispatcher)(int E);
 

@@ -960,12 +960,40 @@ TEST_F(Gpu, MoePermuteUnpermuteCombine) {
         moe_cuda_permute(dt, dRows->p, dX->p, 0, dRowOf->i(), N, K, D);
         moe_cuda_permute(dt, dRowsK->p, dXk->p, 1, dRowOf->i(), N, K, D);
         moe_cuda_unpermute(dt, dBack->p, dRowsK->p, dRowOf->i(), N, K, D);
-        layer_ops_cuda(dt)->moe_combine(dY->p, dBack->p, dGates->f(), N, K, D);  // the layer's combine
+        const LayerOps *o = layer_ops_cuda(dt);
+        o->moe_combine(dY->p, dBack->p, NULL, dGates->f(), N, K, D);  // rows moved home (EP)
         // Moving rows is exact.
         EXPECT_EQ(get(*dRows, dt, rows.size()), rows) << dname(dt);
         EXPECT_EQ(get(*dRowsK, dt, rows.size()), rows_k) << dname(dt);
         EXPECT_EQ(get(*dBack, dt, back.size()), back) << dname(dt);
         EXPECT_CLOSE(get(*dY, dt, y.size()), y, dt, "moe combine");
+
+        // The single-process layer's way: the combine, its backward and the sum of choices read
+        // and write the expert rows in place through the plan's row map. Same bits as on rows
+        // moved home, the backward's rows landing where the permute would have put them.
+        const int *map = dRowOf->i();
+        BufP dYm = poisoned(y.size(), dt);
+        o->moe_combine(dYm->p, dRowsK->p, map, dGates->f(), N, K, D);
+        EXPECT_EQ(get(*dYm, dt, y.size()), get(*dY, dt, y.size())) << dname(dt);
+        Vec dy = rnd((size_t)N * D), dx0 = rnd((size_t)N * D);
+        BufP dDy = put(dy, dt), dG = poisoned((size_t)N * K, CORE_F32), dGm = poisoned((size_t)N * K, CORE_F32);
+        BufP dNk = poisoned(back.size(), dt), dNkRows = poisoned(rows.size(), dt), dRowsM = poisoned(rows.size(), dt);
+        o->moe_combine_backward(dG->f(), dNk->p, dDy->p, dBack->p, NULL, dGates->f(), N, K, D);
+        moe_cuda_permute(dt, dNkRows->p, dNk->p, 1, dRowOf->i(), N, K, D);
+        o->moe_combine_backward(dGm->f(), dRowsM->p, dDy->p, dRowsK->p, map, dGates->f(), N, K, D);
+        EXPECT_EQ(get_f32(*dGm, (size_t)N * K), get_f32(*dG, (size_t)N * K)) << dname(dt);
+        EXPECT_EQ(get(*dRowsM, dt, rows.size()), get(*dNkRows, dt, rows.size())) << dname(dt);
+        Vec dgates_ref((size_t)N * K);
+        for (size_t w = 0; w < dgates_ref.size(); w++) {
+            double dot = 0;
+            for (int i = 0; i < D; i++) dot += (double)dy[(w / K) * D + i] * back[w * D + i];
+            dgates_ref[w] = (float)dot;
+        }
+        EXPECT_CLOSE(get_f32(*dGm, dgates_ref.size()), dgates_ref, dt, "moe combine backward dgates");
+        BufP dDx = put(dx0, dt), dDxm = put(dx0, dt);
+        o->moe_sum_choices(dDx->p, dBack->p, NULL, N, K, D);
+        o->moe_sum_choices(dDxm->p, dRowsK->p, map, N, K, D);
+        EXPECT_EQ(get(*dDxm, dt, dx0.size()), get(*dDx, dt, dx0.size())) << dname(dt);
     }
 }
 

@@ -72,6 +72,9 @@ TEST(LocalDispatcher, StableCountingSortByExpert) {
     std::vector<float> back((size_t)N * K * D, -7);
     d->from_experts(d, p, rows.data(), back.data(), D);
     EXPECT_EQ(back, nk);
+    // The row map is the inverse: pair (t, k) sits at row map[t·K + k].
+    const int *map = d->row_map(d, p);
+    for (int r = 0; r < n_rows; r++) EXPECT_EQ(map[pair[r]], r) << r;
     d->release(d, p);
     d->destroy(d);
 }
@@ -323,6 +326,33 @@ TEST_P(MoeLayer, Deterministic) {
     EXPECT_EQ(f1.y, f2.y);
     EXPECT_EQ(f1.bal, f2.bal);
     Grads g1 = backward(m, x, dy, B, T, d, 0.0f), g2 = backward(m, x, dy, B, T, d, 0.0f);
+    EXPECT_EQ(g1.x, g2.x);
+    EXPECT_EQ(g1.router, g2.router);
+    EXPECT_EQ(g1.w1, g2.w1);
+    EXPECT_EQ(g1.w3, g2.w3);
+    EXPECT_EQ(g1.w2, g2.w2);
+    EXPECT_EQ(g1.sw1, g2.sw1);
+    EXPECT_EQ(g1.sw3, g2.sw3);
+    EXPECT_EQ(g1.sw2, g2.sw2);
+    d->destroy(d);
+}
+
+// The local dispatcher's row map lets the layer combine in place; a dispatcher without one (every
+// EP dispatcher) moves the rows home first. Both ways give the same bits.
+TEST_P(MoeLayer, RowMapEqualsRowsMovedHome) {
+    const Case &c = GetParam();
+    const int B = 2, T = 5, N = B * T, D = c.s.D;
+    Model m(c.s, 41);
+    if (!c.bias.empty()) m.bias = c.bias;
+    std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 42);
+    std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 43);
+    MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
+    ASSERT_NE(d->row_map, nullptr);
+    MoeDispatcher home = *d;
+    home.row_map = NULL;
+    Fwd f1 = forward(m, x, B, T, d), f2 = forward(m, x, B, T, &home);
+    EXPECT_EQ(f1.y, f2.y);
+    Grads g1 = backward(m, x, dy, B, T, d, 0.5f), g2 = backward(m, x, dy, B, T, &home, 0.5f);
     EXPECT_EQ(g1.x, g2.x);
     EXPECT_EQ(g1.router, g2.router);
     EXPECT_EQ(g1.w1, g2.w1);
