@@ -1,6 +1,6 @@
-# Sourced by the end-to-end `moelab train` test scripts (tests/parallel, tests/pipeline,
-# tests/checkpoints): the corpus they train on, and comparisons of runs through their metrics files
-# (JSON lines) and their checkpoints. Each check prints "FAIL: ..." and exits 1 on a mismatch.
+# Sourced by the end-to-end `moelab train` test scripts (tests/parallel, tests/checkpoints): the
+# corpus they train on, and comparisons of runs through their metrics files (JSON lines) and their
+# checkpoints. Each check prints "FAIL: ..." and exits 1 on a mismatch.
 py=/usr/bin/python3
 
 # make_corpus DIR: writes DIR/corpus.txt, 48 KB of word salad from a fixed generator (Park-Miller,
