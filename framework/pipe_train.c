@@ -241,7 +241,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         if (on_gpu) p->pair_dev = comm_nccl_create(p->pair, "pp copies");
     }
     // Test seam (core_test_seam): MOELAB_TEST_PIPE_LINKS=1 runs the GPU transport (per-link
-    // communicators, ordered receives) over MPI on the CPU (tests/pipeline/train_pp_cli_test.sh).
+    // communicators, ordered receives) over MPI on the CPU (tests/parallel/train_pp_cli_test.sh).
     const char *test_links = core_test_seam("MOELAB_TEST_PIPE_LINKS");
     if (test_links && strcmp(test_links, "1") != 0)
         core_usage_error("MOELAB_TEST_PIPE_LINKS = '%s': expected 1 (or unset)", test_links);

@@ -21,14 +21,14 @@ while [ $# -gt 0 ]; do
 done
 
 "${bazel[@]}" build --config=cuda //tests/gpu:gpu_test //tests/gpu:model_gpu_test //tests/gpu:kernel_bench \
-    //tests/gpu:nccl_test //tests/gpu:ep_bench //tests/reference:dump_model //tests/export:export_probe //tools:moelab
+    //tests/gpu:nccl_test //tests/gpu:ep_bench //tests/reference:dump_model //tests/tools/export:export_probe //tools:moelab
 bin=$("${bazel[@]}" info --config=cuda bazel-bin)
 
 rm -rf .dist
 mkdir -p .dist/bin .dist/lib
 cp "$bin/tests/gpu/gpu_test" "$bin/tests/gpu/model_gpu_test" "$bin/tests/gpu/kernel_bench" \
     "$bin/tests/gpu/nccl_test" "$bin/tests/gpu/ep_bench" "$bin/tests/reference/dump_model" \
-    "$bin/tests/export/export_probe" "$bin/tools/moelab" \
+    "$bin/tests/tools/export/export_probe" "$bin/tools/moelab" \
     .dist/bin/
 chmod u+w .dist/bin/*
 corpus=/usr/share/games/fortunes

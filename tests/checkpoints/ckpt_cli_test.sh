@@ -13,16 +13,12 @@
 #     `inspect` shows the state and tensors, and a mismatched config is refused on --resume;
 #  5. leftovers of crashed saves are reported by `moelab train` and removed by `moelab ckpt clean`.
 set -euo pipefail
-root="$TEST_SRCDIR/moelab"
-moelab="$root/tools/moelab"
-tmp="${TEST_TMPDIR:-/tmp}"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
-source "$root/tests/util/cli_lib.sh"
 
 prepare_corpus "$tmp/data"
-args=(--data "$tmp/data" --steps 6 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4
-      --seq-len 16 --d-model 32 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64 --warmup-steps 1
-      --lr 0.01 --bias-rate 0.01 --balance-alpha 0.01)
+args=("${tiny[@]}" --steps 6 --log-every 1 --batch-size 4 --warmup-steps 1 --lr 0.01 --bias-rate 0.01
+      --balance-alpha 0.01)
 
 # 1, 2: one process, uninterrupted and resumed.
 "$moelab" train "${args[@]}" --grad-accum 2 --out "$tmp/a" --save-every 3 --metrics "$tmp/a.jsonl" >"$tmp/a.log"

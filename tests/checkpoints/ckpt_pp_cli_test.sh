@@ -14,16 +14,12 @@
 #  4. `moelab ckpt verify` accepts the pipeline checkpoints, and their expert counts are the whole
 #     model's (every MoE layer counts each token K times, DualPipe's copies once).
 set -euo pipefail
-root="$TEST_SRCDIR/moelab"
-moelab="$root/tools/moelab"
-tmp="${TEST_TMPDIR:-/tmp}"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
-source "$root/tests/util/cli_lib.sh"
 
 prepare_corpus "$tmp/data"
-args=(--data "$tmp/data" --steps 6 --log-every 1 --val-every 0 --val-batches 1 --seq-len 16
-      --d-model 32 --n-layers 3 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64 --warmup-steps 1
-      --lr 0.01 --bias-rate 0.01 --balance-alpha 0.01)
+args=("${tiny[@]}" --steps 6 --log-every 1 --n-layers 3 --warmup-steps 1 --lr 0.01 --bias-rate 0.01
+      --balance-alpha 0.01)
 pp=(--pp 2 --ep 2 --chunks 2 --batch-size 4)                           # 1F1B, DP 2 × 2 × 4
 dualpipe=(--pp 2 --ep 2 --schedule dualpipe --chunks 4 --batch-size 2)  # DP 2 × 4 × 2
 

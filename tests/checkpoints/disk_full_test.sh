@@ -7,11 +7,8 @@
 # and the temporary file of a rank ended by another's MPI_Abort) is what `moelab ckpt clean` removes.
 # Needs `mount -t tmpfs` (root); where mounting is not allowed the test says so and passes.
 set -euo pipefail
-root="$TEST_SRCDIR/moelab"
-moelab="$root/tools/moelab"
-tmp="${TEST_TMPDIR:-/tmp}"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
-source "$root/tests/util/cli_lib.sh"
 
 prepare_corpus "$tmp/data"
 mnt="$tmp/mnt"
@@ -24,8 +21,7 @@ fi
 # mpi_env.sh's session directory.
 trap 'umount "$mnt" || umount -l "$mnt"; rm -rf "$MPI_SESSION_DIR"' EXIT
 
-args=(--data "$tmp/data" --steps 3 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4 --seq-len 16
-      --d-model 32 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64 --save-every 1)
+args=("${tiny[@]}" --steps 3 --log-every 1 --batch-size 4 --save-every 1)
 
 # run_full FILL_KB [mpi NP] ARGS...: fills the tmpfs with FILL_KB KB, runs `moelab train ARGS` (under
 # mpirun with NP ranks after `mpi NP`), expects exit 1 with the full-disk message and no temporary

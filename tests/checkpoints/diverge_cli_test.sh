@@ -9,15 +9,11 @@
 #  3. the pipeline trainer (DualPipeV in one process) and two ranks under mpirun (EP 2) stop alike,
 #     every rank with exit 1 and the message.
 set -euo pipefail
-root="$TEST_SRCDIR/moelab"
-moelab="$root/tools/moelab"
-tmp="${TEST_TMPDIR:-/tmp}"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
-source "$root/tests/util/cli_lib.sh"
 
 prepare_corpus "$tmp/data"
-args=(--data "$tmp/data" --steps 300 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4 --seq-len 16
-      --d-model 32 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64 --warmup-steps 0 --bias-rate 0.01
+args=("${tiny[@]}" --steps 300 --log-every 1 --batch-size 4 --warmup-steps 0 --bias-rate 0.01
       --balance-alpha 0.01 --lr 10 --min-lr 10 --grad-clip 0 --beta2 0.5 --adam-eps 1e-30 --sample-tokens 16)
 
 # check_diverged NAME: the run in $tmp/NAME{,.log,.jsonl} ended as case 1 describes.

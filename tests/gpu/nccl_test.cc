@@ -394,7 +394,8 @@ TEST(GpuEpTrain, AllTokensToOneExpert) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// EPLB on GPUs: the device paths against their host twins, which tests/eplb_runtime checks.
+// EPLB on GPUs: the device paths against their host twins, which
+// tests/parallel/eplb_runtime_test.cc checks.
 
 // Floats of a and b (same length) whose bits differ.
 size_t bits_differ(const std::vector<float> &a, const std::vector<float> &b) {
@@ -599,7 +600,8 @@ TEST(GpuEplb, RuntimeOnDeviceBuffersMatchesTheHost) {
 
 // Losses and gradient norms of 4 EP steps (EP = the world, fp32, a skewed router) rebalancing after
 // steps 2 and 4 with P redundant slots, or without EPLB (gpu_run.sh's eplb stage, in one process
-// per rank). ε = 1e-6: replicas add partial gradients in another order (tests/eplb_runtime).
+// per rank). ε = 1e-6: replicas add partial gradients in another order
+// (tests/parallel/eplb_runtime_test.cc).
 std::vector<float> eplb_train(bool eplb) {
     const LayerOps *o = gpu();
     MoeConfig c = small();

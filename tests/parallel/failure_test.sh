@@ -11,11 +11,9 @@
 #    malformed value is exit 2): the job ends within the comm timeout, with a message naming the dead
 #    rank (mpirun's) or the operation the survivors waited in (the timeout's).
 set -uo pipefail
-root="$TEST_SRCDIR/moelab"
-driver="$root/tests/parallel/comm_driver"
-moelab="$root/tools/moelab"
-tmp="${TEST_TMPDIR:-/tmp}"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
+driver="$root/tests/parallel/comm_driver"
 fail=0
 
 # expect NAME CODE REGEX MAX_SECONDS NP PROGRAM ARGS...: exit status CODE ("nonzero": any but 0) and
@@ -52,7 +50,6 @@ expect grid_e_ep 2 'moelab: error \[rank [0-9]\]: grid: 6 experts cannot be spli
 expect grid_pp 2 'grid: 4 processes cannot form 3 pipeline stages' 60 4 "$driver" grid 3 1 6
 expect b16_sum 1 'all-reduce on group world of 16-bit words: they are moved, never reduced' 60 2 "$driver" b16sum
 
-source "$root/tests/util/cli_lib.sh"
 prepare_corpus "$tmp/data"
 args=(--data "$tmp/data" --batch-size 2 --seq-len 16 --d-model 32 --d-expert 16 --d-ff 64 --val-every 0
       --val-batches 1 --log-every 1)

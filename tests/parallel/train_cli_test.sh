@@ -4,16 +4,12 @@
 # (EP 2, so DP 4 > EP) × 1 and 4 processes (EP 4) × 1. The logged losses and gradient norms of every
 # step must agree within 1e-5 relative; the log must show the grid.
 set -euo pipefail
-here="$TEST_SRCDIR/moelab/tests/parallel"
-moelab="$TEST_SRCDIR/moelab/tools/moelab"
-tmp="${TEST_TMPDIR:-/tmp}"
-source "$here/mpi_env.sh"
-source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
+source "$root/tests/parallel/mpi_env.sh"
 
 prepare_corpus "$tmp/data"
-args=(--data "$tmp/data" --steps 3 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4
-      --seq-len 16 --d-model 32 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64 --warmup-steps 1
-      --lr 0.01 --bias-rate 0.01 --balance-alpha 0.01)
+args=("${tiny[@]}" --steps 3 --log-every 1 --batch-size 4 --warmup-steps 1 --lr 0.01 --bias-rate 0.01
+      --balance-alpha 0.01)
 
 "$moelab" train "${args[@]}" --grad-accum 4 --metrics "$tmp/one.jsonl" >"$tmp/one.log"
 mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --ep 2 --metrics "$tmp/ep2.jsonl" >"$tmp/ep2.log"

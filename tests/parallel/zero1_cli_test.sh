@@ -16,16 +16,12 @@
 #     their optimizer, with EP 2; DualPipeV, two stages per rank) match a 4-layer one-process run
 #     within 1e-5 for 3 steps, and DualPipe's ZeRO-1 checkpoint of step 2 resumes in one process.
 set -euo pipefail
-root="$TEST_SRCDIR/moelab"
-moelab="$root/tools/moelab"
-tmp="${TEST_TMPDIR:-/tmp}"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
-source "$root/tests/util/cli_lib.sh"
 
 prepare_corpus "$tmp/data"
-args=(--data "$tmp/data" --steps 6 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4
-      --seq-len 16 --d-model 32 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64 --warmup-steps 1
-      --lr 0.01 --bias-rate 0.01 --balance-alpha 0.01)
+args=("${tiny[@]}" --steps 6 --log-every 1 --batch-size 4 --warmup-steps 1 --lr 0.01 --bias-rate 0.01
+      --balance-alpha 0.01)
 
 # expect_exit2 NAME REGEX NP ARGS...: exit 2 and REGEX in the output of an NP-rank `moelab train`.
 expect_exit2() {

@@ -2,9 +2,8 @@
 # `moelab bench`'s command line: bad values end with one message and exit code 2 before anything is
 # timed (--steps -1 and --seconds nan printed a table of nonsense with exit 0).
 set -euo pipefail
-moelab="$TEST_SRCDIR/moelab/tools/moelab"
-cfg="$TEST_SRCDIR/moelab/configs/tiny.cfg"
-tmp="${TEST_TMPDIR:-/tmp}"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp
+cfg="$root/configs/tiny.cfg"
 
 expect_usage() {  # expect_usage REGEX ARGS...: exit code 2 and REGEX in stderr, nothing on stdout
     local re=$1; shift

@@ -3,9 +3,8 @@
 # it: the output starts with the prompt, a fixed seed gives the same text twice, greedy decoding is
 # deterministic, and bad arguments end with one message and exit code 2.
 set -euo pipefail
-moelab="$TEST_SRCDIR/moelab/tools/moelab"
-here="$TEST_SRCDIR/moelab/tests/tools"
-tmp="${TEST_TMPDIR:-/tmp}"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp
+here="$root/tests/tools"
 "$moelab" data prepare --input "$here" --vocab 300 --out "$tmp/data" --val-fraction 0.2 >/dev/null
 "$moelab" train --data "$tmp/data" --vocab-size 300 --steps 3 --seq-len 32 --batch-size 2 \
     --val-batches 1 --out "$tmp/ckpt" >/dev/null

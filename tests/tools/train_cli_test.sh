@@ -5,9 +5,8 @@
 # keys (dp_overlap, ep_overlap, expert_gemm, gemm_streams) are in --help and the checkpoint's config;
 # the metrics file's first line is the run's whole config, the one its checkpoint stores.
 set -euo pipefail
-moelab="$TEST_SRCDIR/moelab/tools/moelab"
-cfg="$TEST_SRCDIR/moelab/configs/tiny.cfg"
-tmp="${TEST_TMPDIR:-/tmp}"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp
+cfg="$root/configs/tiny.cfg"
 mkdir -p "$tmp/text"
 for i in $(seq 1 40); do echo "the quick brown fox $i jumps over the lazy dog $((i * 7))."; done > "$tmp/text/a.txt"
 "$moelab" data prepare --input "$tmp/text" --vocab 256 --out "$tmp/data" --val-fraction 0.2 >/dev/null

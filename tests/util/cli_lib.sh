@@ -1,7 +1,19 @@
-# Sourced by the end-to-end `moelab train` test scripts (tests/parallel, tests/pipeline,
-# tests/checkpoints): the corpus they train on, and comparisons of runs through their metrics files
-# (JSON lines) and their checkpoints. Each check prints "FAIL: ..." and exits 1 on a mismatch.
+# Sourced first by the end-to-end `moelab` test scripts (tests/parallel, tests/checkpoints,
+# tests/tools): where the binary and the scratch folder are, the tiny model of the `moelab train`
+# runs, the corpus they train on, and comparisons of runs through their metrics files (JSON lines)
+# and their checkpoints. Each check prints "FAIL: ..." and exits 1 on a mismatch.
 py=/usr/bin/python3
+
+# Every script's setting: the tree of its runfiles, the moelab binary, its scratch folder.
+root="$TEST_SRCDIR/moelab"
+moelab="$root/tools/moelab"
+tmp="${TEST_TMPDIR:-/tmp}"
+
+# The runs' common arguments: the data of `prepare_corpus "$tmp/data"`, no validation, and the tiny
+# model (8 experts, which EP 1, 2 and 4 divide). Each script adds its steps, layers, optimizer and
+# layout.
+tiny=(--data "$tmp/data" --val-every 0 --val-batches 1 --seq-len 16 --d-model 32 --n-experts 8 --top-k 2
+      --d-expert 16 --d-ff 64)
 
 # make_corpus DIR: writes DIR/corpus.txt, 48 KB of word salad from a fixed generator (Park-Miller,
 # exact in awk's doubles), identical on every machine. The layout tests compare runs at 1e-5: a corpus

@@ -8,17 +8,14 @@
 # stage's MoE layers (`moelab plot` draws them). DualPipe (two copies of each stage, each
 # balanced in its own EP group) matches too.
 set -euo pipefail
-moelab="$TEST_SRCDIR/moelab/tools/moelab"
-tmp="${TEST_TMPDIR:-/tmp}"
-source "$TEST_SRCDIR/moelab/tests/parallel/mpi_env.sh"
-source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
+source "$root/tests/parallel/mpi_env.sh"
 
 prepare_corpus "$tmp/data"
 # Layers [0, 2) and [2, 4): each stage holds MoE layers (layer 0 is dense).
-args=(--data "$tmp/data" --steps 4 --log-every 1 --val-every 0 --val-batches 1 --batch-size 2
-      --seq-len 16 --d-model 32 --n-layers 4 --n-dense-layers 1 --n-experts 8 --top-k 2 --d-expert 16
-      --d-ff 64 --warmup-steps 1 --lr 0.003 --adam-eps 1e-6 --bias-rate 0.01 --balance-alpha 0.01
-      --router-skew -0.1 --pp 2 --ep 2 --chunks 2 --save-every 2)
+args=("${tiny[@]}" --steps 4 --log-every 1 --batch-size 2 --n-layers 4 --n-dense-layers 1
+      --warmup-steps 1 --lr 0.003 --adam-eps 1e-6 --bias-rate 0.01 --balance-alpha 0.01 --router-skew -0.1
+      --pp 2 --ep 2 --chunks 2 --save-every 2)
 eplb=(--eplb-interval 2 --eplb-redundant 2)
 
 mpi 4 "$moelab" train "${args[@]}" --out "$tmp/plain" --metrics "$tmp/plain.jsonl" >"$tmp/plain.log"

@@ -81,7 +81,7 @@ void check_grads(const MoeConfig &c, bool (*want)(const char *)) {
 
 bool all(const char *) { return true; }
 // Perturbing a router weight can flip a top-k choice (a step in the loss): keep those out of the
-// whole-model check; tests/moe checks the router gradient with the choice held fixed.
+// whole-model check; tests/layers checks the router gradient with the choice held fixed.
 bool not_router(const char *n) { return std::strstr(n, "router") == nullptr; }
 
 TEST(Model, DenseGradientsMatchFiniteDifferences) { check_grads(tiny(2), all); }

@@ -9,8 +9,8 @@ set -euo pipefail
 trap 'echo "export_test: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 root="$TEST_SRCDIR/moelab"
 moelab="$root/tools/moelab"
-probe="$root/tests/export/export_probe"
-check=("${PYTHON:-/usr/bin/python3}" "$root/tests/export/export_check.py")
+probe="$root/tests/tools/export/export_probe"
+check=("${PYTHON:-/usr/bin/python3}" "$root/tests/tools/export/export_check.py")
 tmp="${TEST_TMPDIR:-$(mktemp -d)}"
 corpus=/usr/share/games/fortunes
 [ -d "$corpus" ] || { echo "export_test: $corpus missing (apt-get install fortunes)"; exit 1; }

@@ -1,4 +1,4 @@
-"""Checks a `moelab export` folder against the checkpoint and tokenizer it came from (tests/export).
+"""Checks a `moelab export` folder against the checkpoint and tokenizer it came from (tests/tools/export).
 
     export_check.py weights DIR CKPT [--bf16]   model.safetensors: the format's header and alignment,
         and every tensor (name, shape, value) against the checkpoint read with h5py, under the

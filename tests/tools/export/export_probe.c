@@ -1,4 +1,4 @@
-// The C side of tests/export/export_check.py (and of tools/gpu_run.sh's `export` stage):
+// The C side of tests/tools/export/export_check.py (and of tools/gpu_run.sh's `export` stage):
 //   export_probe make DIR [--key value ...]     a model of that config, initialized with nonzero
 //       balancing biases, saved as DIR/single.h5 (one process) and DIR/eplb.h5, an index of two EP
 //       parts under an EPLB plan with a replica of every expert (R = 2E slots), of the same weights

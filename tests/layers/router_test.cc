@@ -9,7 +9,7 @@
 extern "C" {
 #include "layers/router.h"
 }
-#include "tests/moe/moe_reference.h"
+#include "tests/layers/moe_reference.h"
 
 namespace {
 

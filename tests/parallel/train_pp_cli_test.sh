@@ -7,15 +7,12 @@
 # EP too: DualPipe PP 2 x EP 2) and runs the F&B halves in turn, and bad pipeline arguments end
 # with one message.
 set -euo pipefail
-moelab="$TEST_SRCDIR/moelab/tools/moelab"
-tmp="${TEST_TMPDIR:-/tmp}"
-source "$TEST_SRCDIR/moelab/tests/parallel/mpi_env.sh"
-source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
+source "$root/tests/parallel/mpi_env.sh"
 
 prepare_corpus "$tmp/data"
-args=(--data "$tmp/data" --steps 3 --log-every 1 --val-every 0 --val-batches 1 --batch-size 4
-      --seq-len 16 --d-model 32 --n-layers 4 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64
-      --warmup-steps 1 --lr 0.01 --bias-rate 0.01 --balance-alpha 0.01)
+args=("${tiny[@]}" --steps 3 --log-every 1 --batch-size 4 --n-layers 4 --warmup-steps 1 --lr 0.01
+      --bias-rate 0.01 --balance-alpha 0.01)
 
 "$moelab" train "${args[@]}" --grad-accum 4 --metrics "$tmp/one.jsonl" >"$tmp/one.log"
 mpi 2 "$moelab" train "${args[@]}" --pp 2 --schedule dualpipe --chunks 4 --trace "$tmp/trace.json" \

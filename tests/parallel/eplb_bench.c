@@ -2,7 +2,7 @@
 // 32 expert groups, random skewed loads (fixed seed). Prints the median time of one whole plan (all
 // layers) over many runs, for the hierarchical policy and for the global one on the same loads: wall
 // time, and this thread's CPU time (which leaves out the time other processes take on a shared core).
-// Run on one core: OMP_NUM_THREADS=1 taskset -c 0 bazel-bin/tests/eplb/eplb_bench [runs]
+// Run on one core: OMP_NUM_THREADS=1 taskset -c 0 bazel-bin/tests/parallel/eplb_bench [runs]
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

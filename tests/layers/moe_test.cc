@@ -14,7 +14,7 @@
 extern "C" {
 #include "layers/moe.h"
 }
-#include "tests/moe/moe_reference.h"
+#include "tests/layers/moe_reference.h"
 
 namespace {
 

@@ -6,16 +6,12 @@
 # `moelab plot` draws them. A checkpoint saved after a rebalance resumes bit-identically (with its
 # placement) in one process and under EP 2. Bad EPLB settings end every rank with exit 2 before any step.
 set -euo pipefail
-moelab="$TEST_SRCDIR/moelab/tools/moelab"
-tmp="${TEST_TMPDIR:-/tmp}"
-source "$TEST_SRCDIR/moelab/tests/parallel/mpi_env.sh"
-source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
+source "$root/tests/parallel/mpi_env.sh"
 
 prepare_corpus "$tmp/data"
-args=(--data "$tmp/data" --steps 6 --log-every 5 --val-every 0 --val-batches 1 --batch-size 4
-      --seq-len 16 --d-model 32 --n-layers 3 --n-dense-layers 1 --n-experts 8 --top-k 2 --d-expert 16
-      --d-ff 64 --warmup-steps 1 --lr 0.003 --adam-eps 1e-6 --bias-rate 0.01 --balance-alpha 0.01
-      --router-skew -0.1)
+args=("${tiny[@]}" --steps 6 --log-every 5 --batch-size 4 --n-layers 3 --n-dense-layers 1
+      --warmup-steps 1 --lr 0.003 --adam-eps 1e-6 --bias-rate 0.01 --balance-alpha 0.01 --router-skew -0.1)
 eplb=(--eplb-interval 2)
 
 "$moelab" train "${args[@]}" --grad-accum 4 --metrics "$tmp/one.jsonl" >"$tmp/one.log"
