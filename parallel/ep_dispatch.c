@@ -397,6 +397,7 @@ MoeDispatcher *ep_dispatcher_create(Comm *ep, int E) {
     d->to_experts = ep_to_experts;
     ep_dispatcher_set_overlap(d, 1);
     d->from_experts = ep_from_experts;
+    d->row_map = NULL;  // rows travel between ranks: the layer combines them once home
     d->release = ep_release;
     d->destroy = ep_destroy;
     int *identity = core_alloc((size_t)E * sizeof(int));  // (E) slot p holds expert p
