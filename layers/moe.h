@@ -38,18 +38,19 @@ typedef struct MoeDispatcher {
     MoeDispatchPlan *(*plan)(struct MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,
                              int *counts);
     // rows (n_rows, D) ← home rows. per_choice = 0: src is (N, D) and token t's row goes to each of
-    // its K experts; per_choice = 1: src is (N, K, D), one row per (token, choice).
-    void (*to_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const float *src,
-                       int per_choice, float *rows, int D);
+    // its K experts; per_choice = 1: src is (N, K, D), one row per (token, choice). Rows are elements
+    // of the backend's activation dtype (ops->act_size bytes each).
+    void (*to_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const void *src,
+                       int per_choice, void *rows, int D);
     // Optional (NULL: the layer calls to_experts): to_experts started but perhaps still in flight
     // until finish(self, p), so that independent work queued in between (the shared experts)
     // overlaps the transfer. Neither src nor rows may be touched before finish.
-    void (*to_experts_start)(struct MoeDispatcher *self, MoeDispatchPlan *p, const float *src,
-                             int per_choice, float *rows, int D);
+    void (*to_experts_start)(struct MoeDispatcher *self, MoeDispatchPlan *p, const void *src,
+                             int per_choice, void *rows, int D);
     void (*finish)(struct MoeDispatcher *self, MoeDispatchPlan *p);
     // dst (N, K, D) ← rows (n_rows, D): each (token, choice) gets its expert's row back.
-    void (*from_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const float *rows,
-                         float *dst, int D);
+    void (*from_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const void *rows,
+                         void *dst, int D);
     void (*release)(struct MoeDispatcher *self, MoeDispatchPlan *p);
     void (*destroy)(struct MoeDispatcher *self);
 } MoeDispatcher;
