@@ -71,45 +71,56 @@ static void declare(Model *m) {
     if (!c->tie_embeddings) add(m, "lm_head", -1, PARAM_DENSE, 2, c->V, D, 1, s, 0);
 }
 
-// Views of layer l's tensors inside `base` (the values' compute copy or the gradient buffer), whose
-// elements are esize bytes (the compute copy may be bf16; the float * then holds bf16).
-static LayerWeights layer_views(const Model *m, int l, float *base, size_t esize) {
+// Layer l's tensor `name` inside base, whose elements are es bytes; NULL where the layer has none.
+static void *layer_view(const Model *m, int l, const char *name, void *base, size_t es) {
+    char n[PARAM_NAME_MAX];
+    snprintf(n, sizeof n, "layers.%d.%s", l, name);
+    const int i = params_find(&m->reg, n);
+    return i >= 0 ? (char *)base + m->reg.p[i].offset * es : NULL;
+}
+
+// The tensors LayerWeights and LayerGrads both view, X(member, name): a layer has either the dense
+// FFN or the MoE tensors, and the shared experts only when S > 0 (the others stay NULL). The MoE
+// bias is not among them: it has no gradient.
+#define LAYER_TENSORS(X)                                                                          \
+    X(attn_norm, "attn_norm") X(wq, "wq") X(wk, "wk") X(wv, "wv") X(wo, "wo")                     \
+    X(ffn_norm, "ffn_norm") X(w1, "w1") X(w3, "w3") X(w2, "w2") X(moe.router, "router")           \
+    X(moe.w1, "experts.w1") X(moe.w3, "experts.w3") X(moe.w2, "experts.w2")                       \
+    X(moe.sw1, "shared.w1") X(moe.sw3, "shared.w3") X(moe.sw2, "shared.w2")
+
+// Layer l's weight views inside the compute copy base (elements of es bytes).
+static LayerWeights layer_weights(const Model *m, int l, void *base, size_t es) {
     LayerWeights w;
     memset(&w, 0, sizeof w);
-    char n[PARAM_NAME_MAX];
-#define AT_IN(b, es, x) (snprintf(n, sizeof n, "layers.%d." x, l), \
-                         (float *)((char *)(b) + m->reg.p[params_find(&m->reg, n)].offset * (es)))
-#define AT(x) AT_IN(base, esize, x)
-#define AT_OPT(x) (snprintf(n, sizeof n, "layers.%d." x, l), params_find(&m->reg, n) >= 0 ? AT(x) : NULL)
-    w.attn_norm = AT("attn_norm");
-    w.wq = AT("wq"); w.wk = AT("wk"); w.wv = AT("wv"); w.wo = AT("wo");
-    w.ffn_norm = AT("ffn_norm");
-    if (!model_is_moe_layer(m, l)) {
-        w.w1 = AT("w1"); w.w3 = AT("w3"); w.w2 = AT("w2");
-    } else {
-        w.moe.router = AT("router");
-        // The bias has no gradient, and the router reads it in fp32: a view into the master values.
-        w.moe.bias = base != m->reg.grad ? AT_IN(m->reg.data, sizeof(float), "router_bias") : NULL;
-        w.moe.w1 = AT("experts.w1"); w.moe.w3 = AT("experts.w3"); w.moe.w2 = AT("experts.w2");
-        w.moe.sw1 = AT_OPT("shared.w1"); w.moe.sw3 = AT_OPT("shared.w3"); w.moe.sw2 = AT_OPT("shared.w2");
-    }
-#undef AT_IN
-#undef AT
-#undef AT_OPT
+#define X(member, name) w.member = layer_view(m, l, name, base, es);
+    LAYER_TENSORS(X)
+#undef X
+    // The router reads the bias in fp32 and the bias update writes it: a view into the master values.
+    w.moe.bias = layer_view(m, l, "router_bias", m->reg.data, sizeof(float));
     return w;
+}
+
+// Layer l's gradient views (fp32).
+static LayerGrads layer_grads(const Model *m, int l) {
+    LayerGrads g;
+    memset(&g, 0, sizeof g);
+#define X(member, name) g.member = layer_view(m, l, name, m->reg.grad, sizeof(float));
+    LAYER_TENSORS(X)
+#undef X
+    return g;
 }
 
 // Points every weight view at the compute copy (m->wlow, or the values themselves) and every
 // gradient view at the gradient buffer.
 static void set_views(Model *m) {
     const MoeConfig *c = &m->cfg;
-    float *wbase = m->wlow ? m->wlow : m->reg.data;
+    void *wbase = m->wlow ? m->wlow : (void *)m->reg.data;
     const size_t es = m->wlow ? m->ops->act_size : sizeof(float);
     for (int l = m->l0; l < m->l1; l++) {
-        m->w[l] = layer_views(m, l, wbase, es);
-        m->g[l] = layer_views(m, l, m->reg.grad, sizeof(float));
+        m->w[l] = layer_weights(m, l, wbase, es);
+        m->g[l] = layer_grads(m, l);
     }
-#define VALUE(x) (float *)((char *)wbase + m->reg.p[params_find(&m->reg, x)].offset * es)
+#define VALUE(x) ((const char *)wbase + m->reg.p[params_find(&m->reg, x)].offset * es)
     if (m->first) {
         m->embed = VALUE("embed");
         m->d_embed = params_grad(&m->reg, "embed");
@@ -334,7 +345,7 @@ static void *arena_take(ModelActs *a, size_t bytes) {
 
 // n fp32 values (or ints), and n elements of the backend's activation dtype.
 static float *arena_f(ModelActs *a, size_t n) { return arena_take(a, n * sizeof(float)); }
-static float *arena_x(const Model *m, ModelActs *a, size_t n) { return arena_take(a, n * m->ops->act_size); }
+static void *arena_x(const Model *m, ModelActs *a, size_t n) { return arena_take(a, n * m->ops->act_size); }
 
 static void acts_carve(const Model *m, ModelActs *a) {
     const MoeConfig *c = &m->cfg;
@@ -386,10 +397,10 @@ static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
 
 // A layer's backward buffers (LayerActs' d* and ffn.da, ffn.db), each (N, width) elements of the
 // activation dtype, written before they are read.
-static float *bwd_alloc(const Model *m, int N, int width) {
+static void *bwd_alloc(const Model *m, int N, int width) {
     return m->ops->alloc_uninit((size_t)N * width * m->ops->act_size);
 }
-static void bwd_free(const Model *m, float **p) {
+static void bwd_free(const Model *m, void **p) {
     m->ops->free(*p);
     *p = NULL;
 }
@@ -439,7 +450,7 @@ static void attn_forward(const Model *m, const LayerWeights *w, LayerActs *la, i
 }
 
 // dh_in (N, D) = ∂/∂h_in given d_h_mid (already in la->d_h_mid).
-static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs *la, float *dh_in,
+static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs *la, void *dh_in,
                                 int B, int T) {
     const MoeConfig *c = &m->cfg;
     const size_t N = (size_t)B * T;
@@ -474,7 +485,7 @@ static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs
     o->free(dkr);
 }
 
-static void attn_backward_weight(const Model *m, LayerWeights *g, LayerActs *la, int N) {
+static void attn_backward_weight(const Model *m, LayerGrads *g, LayerActs *la, int N) {
     const MoeConfig *c = &m->cfg;
     const int D = c->D, qd = c->H * m->hd, kd = c->Hkv * m->hd;
     const LayerOps *o = m->ops;
@@ -491,7 +502,7 @@ static void attn_backward_weight(const Model *m, LayerWeights *g, LayerActs *la,
 // ---------------------------------------------------------------------------------------------
 // Feed-forward block: h_out = h_mid + FFN(RMSNorm(h_mid)·g), FFN dense SwiGLU or MoE.
 
-static void ffn_forward(Model *m, int l, LayerActs *la, float *h_out, int B, int T, int count_routes) {
+static void ffn_forward(Model *m, int l, LayerActs *la, void *h_out, int B, int T, int count_routes) {
     const MoeConfig *c = &m->cfg;
     const int N = B * T, D = c->D;
     const LayerWeights *w = &m->w[l];
@@ -515,7 +526,7 @@ static void ffn_forward(Model *m, int l, LayerActs *la, float *h_out, int B, int
 }
 
 // la->d_h_mid = ∂/∂h_mid given dh_out (N, D).
-static void ffn_backward_input(Model *m, int l, LayerActs *la, const float *dh_out, int N,
+static void ffn_backward_input(Model *m, int l, LayerActs *la, const void *dh_out, int N,
                                float scale) {
     const MoeConfig *c = &m->cfg;
     const int D = c->D;
@@ -542,9 +553,9 @@ static void ffn_backward_input(Model *m, int l, LayerActs *la, const float *dh_o
     o->rmsnorm_backward_input(la->d_h_mid, la->dm, la->h_mid, w->ffn_norm, la->rstd2, N, D);
 }
 
-static void ffn_backward_weight(Model *m, int l, LayerActs *la, const float *dh_out, int N) {
+static void ffn_backward_weight(Model *m, int l, LayerActs *la, const void *dh_out, int N) {
     const MoeConfig *c = &m->cfg;
-    LayerWeights *g = &m->g[l];
+    LayerGrads *g = &m->g[l];
     if (model_is_moe_layer(m, l))
         moe_backward_weight(&g->moe, &la->moe, &m->moe_shape, disp_of(m, l));
     else {
@@ -560,11 +571,11 @@ static void ffn_backward_weight(Model *m, int l, LayerActs *la, const float *dh_
 // The whole stack.
 
 // ∂L/∂(input of layer l) (N, D); l == l1 is ∂L/∂h_out.
-static float *dh_at(const Model *m, const ModelActs *a, int l) {
-    return (float *)((char *)a->dh + (size_t)(l - m->l0) * a->N * m->cfg.D * m->ops->act_size);
+static void *dh_at(const Model *m, const ModelActs *a, int l) {
+    return (char *)a->dh + (size_t)(l - m->l0) * a->N * m->cfg.D * m->ops->act_size;
 }
 
-float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float *h_in, int B, int T,
+float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void *h_in, int B, int T,
                           int with_targets, const ModelPass *pass) {
     const ModelPass none = {0};
     if (!pass) pass = &none;
@@ -600,7 +611,7 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float
     else o->copy(a->layer[m->l0].h_in, h_in, (size_t)N * D * o->act_size);
     for (int l = m->l0; l < m->l1; l++) {
         LayerActs *la = &a->layer[l];
-        float *h_out = l + 1 < m->l1 ? a->layer[l + 1].h_in : a->h_out;
+        void *h_out = l + 1 < m->l1 ? a->layer[l + 1].h_in : a->h_out;
         attn_forward(m, &m->w[l], la, B, T);
         ffn_forward(m, l, la, h_out, B, T, pass->count_routes);
         if (model_is_moe_layer(m, l)) o->copy(a->scalars + 1 + l, la->moe.bal_loss, sizeof(float));
@@ -641,7 +652,7 @@ float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int
 }
 
 // The head's part of backward_input: dh (N, D) = ∂(scale · CE)/∂h_out.
-static void head_backward_input(Model *m, ModelActs *a, float *dh, float scale) {
+static void head_backward_input(Model *m, ModelActs *a, void *dh, float scale) {
     const MoeConfig *c = &m->cfg;
     const int N = a->N, D = c->D;
     const LayerOps *o = m->ops;
@@ -663,11 +674,11 @@ static void head_backward_weight(Model *m, ModelActs *a) {
     m->ops->rmsnorm_backward_weight(m->d_final_norm, a->dhf, a->h_out, a->rstdf, N, D);
 }
 
-void model_stage_backward_input(Model *m, ModelActs *a, const float *dh_out, float scale) {
+void model_stage_backward_input(Model *m, ModelActs *a, const void *dh_out, float scale) {
     const int N = a->N;
     CHECK(a->has_targets, "backward needs a forward with targets");
     CHECK(m->last || dh_out != NULL, "stage [%d, %d) needs the next stage's gradient", m->l0, m->l1);
-    float *dh = dh_at(m, a, m->l1);
+    void *dh = dh_at(m, a, m->l1);
     if (m->last) head_backward_input(m, a, dh, scale);
     else m->ops->copy(dh, dh_out, (size_t)N * m->cfg.D * m->ops->act_size);
     for (int l = m->l1 - 1; l >= m->l0; l--) {
@@ -702,7 +713,7 @@ void model_backward(Model *m, ModelActs *a, float scale, const ModelPass *pass) 
     prof_mark(PROF_OTHER);
 }
 
-const float *model_stage_dinput(const Model *m, const ModelActs *a) { return dh_at(m, a, m->l0); }
+const void *model_stage_dinput(const Model *m, const ModelActs *a) { return dh_at(m, a, m->l0); }
 
 void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass) {
     const MoeConfig *c = &m->cfg;

@@ -16,28 +16,42 @@
 extern "C" {
 #endif
 
-// Views of one layer's tensors (values or gradients), into the registry's buffers.
+// Views of one layer's weights into the compute copy the layers read: elements of ops->dt (Model.wlow,
+// or the fp32 values themselves when ops->dt is fp32).
 typedef struct {
-    float *attn_norm;   // (D)
-    float *wq;          // (H·hd, D)
-    float *wk, *wv;     // (Hkv·hd, D)
-    float *wo;          // (D, H·hd)
-    float *ffn_norm;    // (D)
-    float *w1, *w3;     // (F, D) dense layers only
-    float *w2;          // (D, F)
-    MoeParams moe;      // MoE layers only
+    const void *attn_norm;  // (D)
+    const void *wq;         // (H·hd, D)
+    const void *wk, *wv;    // (Hkv·hd, D)
+    const void *wo;         // (D, H·hd)
+    const void *ffn_norm;   // (D)
+    const void *w1, *w3;    // (F, D) dense layers only
+    const void *w2;         // (D, F)
+    MoeParams moe;          // MoE layers only
 } LayerWeights;
+
+// Views of one layer's weight gradients (fp32) into the registry's gradient buffer: the same tensors.
+typedef struct {
+    float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm;
+    float *w1, *w3, *w2;    // dense layers only
+    MoeGrads moe;           // MoE layers only
+} LayerGrads;
 
 typedef struct {
     MoeConfig cfg;
     int hd;                  // head size D / H
     ParamRegistry reg;
-    LayerWeights *w, *g;     // [L] value and gradient views (zero outside [l0, l1))
+    LayerWeights *w;         // [L] weight views (zero outside [l0, l1))
+    LayerGrads *g;           // [L] gradient views (likewise)
     int l0, l1;              // this stage's layers [l0, l1)
     int first, last;         // holds the embedding (l0 == 0) / the final norm, head and loss (l1 == L)
-    float *embed, *d_embed;            // (V, D) first stage only
-    float *final_norm, *d_final_norm;  // (D) last stage only
-    float *lm_head, *d_lm_head;        // (V, D) last stage only; the embedding when tied
+    // The weights outside the layers: views into the compute copy (ops->dt) like LayerWeights, and
+    // their fp32 gradients.
+    const void *embed;                 // (V, D) first stage only
+    float *d_embed;
+    const void *final_norm;            // (D) last stage only
+    float *d_final_norm;
+    const void *lm_head;               // (V, D) last stage only; the embedding when tied
+    float *d_lm_head;
     MoeShape moe_shape;
     MoeDispatcher *disp;     // owned: moves the tokens of every MoE layer without a dispatcher of its own
     MoeDispatcher **layer_disp;  // [L] owned, NULL: use disp. EPLB gives each MoE layer its own,
@@ -69,24 +83,27 @@ typedef struct {
     void *layer_ctx;
 } ModelPass;
 
-// Per-layer activations of one micro-batch (and the gradients backward_weight needs).
+// Per-layer activations of one micro-batch (and the gradients backward_weight needs). `void *`
+// buffers hold elements of ops->dt, `float *` ones fp32 (layers/ops.h's conventions).
 typedef struct {
-    float *h_in;        // (N, D) residual stream entering the layer
-    float *a, *rstd1;   // (N, D), (N) attention RMSNorm output and its 1/rms
-    float *q, *k, *v;   // (N, H·hd), (N, Hkv·hd), (N, Hkv·hd) projections before RoPE
-    float *qr, *kr;     // (N, H·hd), (N, Hkv·hd) after RoPE
-    float *att;         // (B, H, T, T) attention probabilities
-    float *o;           // (N, H·hd) attention output before Wo
-    float *h_mid;       // (N, D) residual after attention
-    float *m, *rstd2;   // (N, D), (N) FFN RMSNorm output and its 1/rms
+    void *h_in;         // (N, D) residual stream entering the layer
+    void *a;            // (N, D) attention RMSNorm output
+    float *rstd1;       // (N) its 1/rms
+    void *q, *k, *v;    // (N, H·hd), (N, Hkv·hd), (N, Hkv·hd) projections before RoPE
+    void *qr, *kr;      // (N, H·hd), (N, Hkv·hd) after RoPE
+    float *att;         // the attention state (ops->attention_state_floats)
+    void *o;            // (N, H·hd) attention output before Wo
+    void *h_mid;        // (N, D) residual after attention
+    void *m;            // (N, D) FFN RMSNorm output
+    float *rstd2;       // (N) its 1/rms
     SwigluActs ffn;     // (N, F) dense FFN activations
     MoeActs moe;        // MoE layer activations
-    float *ffn_out;     // (N, D)
+    void *ffn_out;      // (N, D)
     // Allocated and written by backward_input, read and freed by backward_weight (outside the
     // arena, so that model_backward holds one layer's at a time); ffn.da and ffn.db likewise:
-    float *d_h_mid;     // (N, D)
-    float *dq, *dk, *dv;  // gradients of the projections (before RoPE)
-    float *da, *dm;     // (N, D) gradients of the two RMSNorm outputs
+    void *d_h_mid;      // (N, D)
+    void *dq, *dk, *dv; // gradients of the projections (before RoPE)
+    void *da, *dm;      // (N, D) gradients of the two RMSNorm outputs
 } LayerActs;
 
 typedef struct {
@@ -94,17 +111,18 @@ typedef struct {
     int *inputs, *targets;  // (N) each; targets NULL-equivalent when has_targets == 0
     int has_targets;
     LayerActs *layer;       // [L], used in [l0, l1)
-    float *h_out;           // (N, D) residual stream after the stage's last layer (sent onwards)
-    float *hf, *rstdf;      // (N, D), (N) final RMSNorm
-    float *logits;          // (N, V)
+    void *h_out;            // (N, D) residual stream after the stage's last layer (sent onwards)
+    void *hf;               // (N, D) final RMSNorm output
+    float *rstdf;           // (N) its 1/rms
+    void *logits;           // (N, V)
     float *lse, *losses;    // (N), (N)
     float ce, bal;          // mean cross-entropy (last stage); Σ over the stage's MoE layers of L_bal
     float *scalars;         // (1 + L) in ops' memory: [0] the mean cross-entropy, [1 + l] L_bal of
                             // MoE layer l; ce and bal are read from them (model_scalars_loss)
-    float *dh;              // (l1 − l0 + 1, N, D): slot l − l0 = ∂L/∂(input of layer l); the last
+    void *dh;               // (l1 − l0 + 1, N, D): slot l − l0 = ∂L/∂(input of layer l); the last
                             // slot = ∂L/∂h_out
-    float *dlogits, *dhf;   // (N, V), (N, D)
-    char *arena;            // one block holding every float buffer above
+    void *dlogits, *dhf;    // (N, V), (N, D)
+    char *arena;            // one block holding every buffer above
     size_t arena_used, arena_cap;
 } ModelActs;
 
@@ -152,12 +170,12 @@ void model_backward_input(Model *m, ModelActs *a, float scale);
 // (N, D), the previous stage's h_out. The last stage reads the targets from tokens (B, T+1) and
 // returns CE + α·Σ L_bal of its layers; an earlier stage returns α·Σ L_bal of its layers. The
 // stage's output is a->h_out. pass (or NULL) as ModelPass says.
-float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const float *h_in, int B, int T,
+float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void *h_in, int B, int T,
                           int with_targets, const ModelPass *pass);
 // dh_out (N, D) is ∂L/∂h_out from the next stage (NULL on the last stage, which starts from its
 // loss). Afterwards model_stage_dinput gives ∂L/∂h_in (N, D) for the previous stage.
-void model_stage_backward_input(Model *m, ModelActs *a, const float *dh_out, float scale);
-const float *model_stage_dinput(const Model *m, const ModelActs *a);
+void model_stage_backward_input(Model *m, ModelActs *a, const void *dh_out, float scale);
+const void *model_stage_dinput(const Model *m, const ModelActs *a);
 // Accumulates (+=) the weight gradients of the micro-batch into m->reg.grad; pass (or NULL) as
 // ModelPass says.
 void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass);

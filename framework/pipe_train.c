@@ -28,7 +28,7 @@
 // A training forward counts its routes and leaves its loss scalars in the model's memory (the step
 // downloads them once); an evaluation forward returns its loss at once, and the last stage adds
 // its cross-entropy.
-static const float *stage_forward(void *ctx, int mb, const float *h_in) {
+static const void *stage_forward(void *ctx, int mb, const void *h_in) {
     PipeStageCtx *x = ctx;
     Model *m = x->m;
     ModelActs *a = &x->acts[mb];
@@ -51,7 +51,7 @@ static const float *stage_forward(void *ctx, int mb, const float *h_in) {
 // time; its backward_weight then has nothing left to do. With a grid the weight pass waits for the
 // whole input pass: the DP gradient sync, which starts as layers' weight gradients complete, then
 // never interleaves with the input pass's EP exchanges.
-static const float *stage_backward_input(void *ctx, int mb, const float *dh_out) {
+static const void *stage_backward_input(void *ctx, int mb, const void *dh_out) {
     PipeStageCtx *x = ctx;
     if (x->fused) {
         model_backward(x->m, &x->acts[mb], x->scale, NULL);

@@ -47,7 +47,9 @@ void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float
         int w = len < T ? len : T;
         ModelActs a;
         model_forward(m, &a, out + len - w, 1, w, 0);
-        out[len] = sample_pick(a.logits + (size_t)(w - 1) * V, V, temperature, top_k, rng, wp, wi);
+        // The model is on the CPU (sample.h), whose activation dtype is fp32.
+        const float *logits = a.logits;  // (w, V)
+        out[len] = sample_pick(logits + (size_t)(w - 1) * V, V, temperature, top_k, rng, wp, wi);
         model_acts_free(m, &a);
     }
     core_free(wp);

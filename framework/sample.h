@@ -12,6 +12,7 @@ extern "C" {
 
 // Appends n_new tokens to prompt (n_prompt ≥ 1 tokens) and writes all n_prompt + n_new tokens to out.
 // The window is the last min(len, T) tokens. temperature 0 means greedy; top_k 0 means no cut-off.
+// m is on the CPU (the logits are read on the host).
 void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float temperature,
                      int top_k, RngStream *rng, int *out);
 

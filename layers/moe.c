@@ -50,7 +50,7 @@ static void drop_h(const LayerOps *o, SwigluActs *h) {
 }
 
 // out (N, D) = shared expert j of x (N, D), keeping its activations in a->sh[j] (all but h).
-static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, const float *x,
+static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, const void *x,
                            const MoeShape *s, const MoeParams *p) {
     const int N = a->N, D = s->D, Fe = s->Fe;
     SwigluActs *h = &a->sh[j];
@@ -63,7 +63,7 @@ static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, cons
     drop_h(o, h);
 }
 
-void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const MoeParams *p,
+void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const MoeParams *p,
                  MoeDispatcher *d, int B, int T) {
     check_shape(s, d, B, T);
     const LayerOps *o = ops_of(d);
@@ -141,7 +141,7 @@ void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const 
     o->free(shared);
 }
 
-void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *s,
+void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
                         const MoeParams *p, MoeDispatcher *d) {
     CHECK(a->ye != NULL && a->dy == NULL, "moe_backward_input: needs moe_forward first, and runs once per forward");
     const LayerOps *o = ops_of(d);
@@ -220,7 +220,7 @@ void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *
     o->free(dgates);
 }
 
-void moe_backward_weight(MoeParams *g, MoeActs *a, const MoeShape *s, MoeDispatcher *d) {
+void moe_backward_weight(MoeGrads *g, MoeActs *a, const MoeShape *s, MoeDispatcher *d) {
     CHECK(a->dlogits != NULL, "moe_backward_weight: needs moe_backward_input first");
     const LayerOps *o = ops_of(d);
     int N = a->N, D = s->D, E = s->E, Fe = s->Fe, L = d->n_local;

@@ -38,18 +38,19 @@ typedef struct MoeDispatcher {
     MoeDispatchPlan *(*plan)(struct MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,
                              int *counts);
     // rows (n_rows, D) ← home rows. per_choice = 0: src is (N, D) and token t's row goes to each of
-    // its K experts; per_choice = 1: src is (N, K, D), one row per (token, choice).
-    void (*to_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const float *src,
-                       int per_choice, float *rows, int D);
+    // its K experts; per_choice = 1: src is (N, K, D), one row per (token, choice). Rows are elements
+    // of the backend's activation dtype (ops->act_size bytes each).
+    void (*to_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const void *src,
+                       int per_choice, void *rows, int D);
     // Optional (NULL: the layer calls to_experts): to_experts started but perhaps still in flight
     // until finish(self, p), so that independent work queued in between (the shared experts)
     // overlaps the transfer. Neither src nor rows may be touched before finish.
-    void (*to_experts_start)(struct MoeDispatcher *self, MoeDispatchPlan *p, const float *src,
-                             int per_choice, float *rows, int D);
+    void (*to_experts_start)(struct MoeDispatcher *self, MoeDispatchPlan *p, const void *src,
+                             int per_choice, void *rows, int D);
     void (*finish)(struct MoeDispatcher *self, MoeDispatchPlan *p);
     // dst (N, K, D) ← rows (n_rows, D): each (token, choice) gets its expert's row back.
-    void (*from_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const float *rows,
-                         float *dst, int D);
+    void (*from_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const void *rows,
+                         void *dst, int D);
     // Optional (NULL where rows travel to other ranks): the row of rows (n_rows, D) that holds pair
     // t·K + k, (N·K) ints in the backend's memory, valid until release. With it the layer moves no
     // rows home: the combine, its backward and the sum of choices read and write the experts' rows
@@ -78,23 +79,33 @@ typedef struct {
     float alpha;        // sequence balance loss weight (0: off)
 } MoeShape;
 
-// Views into the model's parameter (or gradient) buffers. n_local = dispatcher->n_local slots.
+// Views into the model's parameter buffers. n_local = dispatcher->n_local slots. The weights are
+// the compute copy the layer reads, elements of the backend's activation dtype; the bias is read
+// and updated in fp32, so it points into the fp32 master values.
 typedef struct {
-    float *router;      // (E, D)
-    float *bias;        // (E) balancing bias: no gradient (NULL in a gradient view)
-    float *w1, *w3;     // (n_local, Fe, D) routed experts
-    float *w2;          // (n_local, D, Fe)
-    float *sw1, *sw3;   // (S, Fe, D) shared experts
-    float *sw2;         // (S, D, Fe)
+    const void *router;     // (E, D)
+    float *bias;            // (E) balancing bias (fp32, no gradient)
+    const void *w1, *w3;    // (n_local, Fe, D) routed experts
+    const void *w2;         // (n_local, D, Fe)
+    const void *sw1, *sw3;  // (S, Fe, D) shared experts
+    const void *sw2;        // (S, D, Fe)
 } MoeParams;
+
+// Views into the model's gradient buffers (fp32), the same shapes as MoeParams (the bias has none).
+typedef struct {
+    float *router;
+    float *w1, *w3, *w2;
+    float *sw1, *sw3, *sw2;
+} MoeGrads;
 
 // Everything one micro-batch keeps between forward, backward_input and backward_weight.
 // Buffers are allocated by moe_forward (sized by the rows actually received) and freed by
-// moe_acts_free as soon as backward_weight has consumed them.
+// moe_acts_free as soon as backward_weight has consumed them. `void *` buffers hold elements of the
+// backend's activation dtype, `float *` ones fp32 (layers/ops.h's conventions).
 typedef struct {
     int B, T, N, n_rows;
     int S;                  // shared experts (the length of sh, for moe_acts_free)
-    const float *x;         // (N, D) input, owned by the caller, must live until backward_weight
+    const void *x;          // (N, D) input, owned by the caller, must live until backward_weight
     float *logits;          // (N, E)
     float *scores;          // (N, E)
     int *idx;               // (N, K)
@@ -102,28 +113,30 @@ typedef struct {
     float *bal_loss;        // (1) L_bal of this micro-batch (before alpha), in the backend's memory
     MoeDispatchPlan *plan;
     int *counts;            // (n_local)
-    float *xe;              // (n_rows, D) expert input rows
+    void *xe;               // (n_rows, D) expert input rows
     SwigluActs ex;          // (n_rows, Fe) routed-expert activations
     // The expert outputs the combine read, kept for its backward (freed by moe_backward_input):
     // the experts' rows ye (n_rows, D) themselves, pair t·K + k at row map[t·K + k], or with map
     // NULL (the dispatcher has no row_map) the rows moved home, (N, K, D) in pair order.
-    float *ye;
+    void *ye;
     const int *map;         // (N·K) the dispatcher's row map, or NULL
     SwigluActs *sh;         // [S] of (N, Fe) shared-expert activations
     // written by backward_input for backward_weight:
-    float *dy;              // (N, D) copy of the upstream gradient
-    float *dye;             // (n_rows, D) gradient of the expert output rows
-    float *dlogits;         // (N, E)
+    void *dy;               // (N, D) copy of the upstream gradient
+    void *dye;              // (n_rows, D) gradient of the expert output rows
+    void *dlogits;          // (N, E) the router logits' gradient in the activation dtype (the
+                            // linear products' operand; the fp32 one is scratch)
 } MoeActs;
 
 // y (N, D) = MoE(x (N, D)) for B sequences of T tokens (N = B·T). Overwrites y.
-void moe_forward(float *y, MoeActs *a, const float *x, const MoeShape *s, const MoeParams *p,
+// y and x are elements of the dispatcher's backend's activation dtype, like every (·, D) tensor below.
+void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const MoeParams *p,
                  MoeDispatcher *d, int B, int T);
 // dx (N, D) += ∂(L + alpha·L_bal)/∂x given dy (N, D).
-void moe_backward_input(float *dx, MoeActs *a, const float *dy, const MoeShape *s,
+void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
                         const MoeParams *p, MoeDispatcher *d);
-// g (gradient views, same layout as p) += ∂L/∂weights. Needs backward_input first.
-void moe_backward_weight(MoeParams *g, MoeActs *a, const MoeShape *s, MoeDispatcher *d);
+// g (gradient views, the layout of the forward's p) += ∂L/∂weights. Needs backward_input first.
+void moe_backward_weight(MoeGrads *g, MoeActs *a, const MoeShape *s, MoeDispatcher *d);
 // Frees a micro-batch's buffers and releases its dispatch plan.
 void moe_acts_free(MoeActs *a, MoeDispatcher *d);
 

@@ -51,18 +51,23 @@ void moe_counting_sort(const int *key, long n, int n_keys, int *counts, int *row
     core_free(next);
 }
 
-static void local_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *src, int per_choice,
-                             float *rows, int D) {
-    for (int r = 0; r < p->n_rows; r++) {
-        long home = per_choice ? p->pair[r] : p->pair[r] / p->K;
-        memcpy(rows + (long)r * D, src + home * D, (size_t)D * sizeof(float));
+// The CPU backend's dispatcher: its rows are the CPU table's activation dtype, fp32.
+static void local_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const void *src, int per_choice,
+                             void *rows, int D) {
+    const float *s = src;
+    float *r = rows;
+    for (int i = 0; i < p->n_rows; i++) {
+        long home = per_choice ? p->pair[i] : p->pair[i] / p->K;
+        memcpy(r + (long)i * D, s + home * D, (size_t)D * sizeof(float));
     }
 }
 
-static void local_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *rows, float *dst,
+static void local_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const void *rows, void *dst,
                                int D) {
-    for (int r = 0; r < p->n_rows; r++)
-        memcpy(dst + (long)p->pair[r] * D, rows + (long)r * D, (size_t)D * sizeof(float));
+    const float *r = rows;
+    float *d = dst;
+    for (int i = 0; i < p->n_rows; i++)
+        memcpy(d + (long)p->pair[i] * D, r + (long)i * D, (size_t)D * sizeof(float));
 }
 
 static const int *local_row_map(MoeDispatcher *self, MoeDispatchPlan *p) { return p->row; }

@@ -344,13 +344,13 @@ static MoeDispatchPlan *cu_plan(MoeDispatcher *self, const int *idx, int N, int 
 }
 
 template <CoreDtype DT>
-static void cu_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *src, int per_choice,
-                          float *rows, int D) {
+static void cu_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const void *src, int per_choice,
+                          void *rows, int D) {
     moe_cuda_permute(DT, rows, src, per_choice, p->row_of, p->N, p->K, D);
 }
 
 template <CoreDtype DT>
-static void cu_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *rows, float *dst, int D) {
+static void cu_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const void *rows, void *dst, int D) {
     moe_cuda_unpermute(DT, dst, rows, p->row_of, p->N, p->K, D);
 }
 

@@ -18,11 +18,12 @@
 extern "C" {
 #endif
 
-// Conventions. Every pointer is memory of `dev`. `void *` tensors (and the float * members of the
-// activation structs SwigluActs, MoeActs, LayerActs when a table's dt is bf16) hold elements of
-// `dt`: activations, their gradients, logits and the compute copy of the weights. `float *`
-// tensors are always fp32: per-row statistics (rstd, lse, losses), the attention state, router
-// logits, scores, gates and their gradients, weight gradients, master weights and moments.
+// Conventions. Every pointer is memory of `dev`. `void *` tensors hold elements of `dt`:
+// activations, their gradients, logits and the compute copy of the weights; the structs and layer
+// APIs above the table (SwigluActs, MoeActs, MoeParams, the dispatcher, framework/model.h) declare
+// such buffers `void *` too, and step through them in units of act_size. `float *` tensors are
+// always fp32: per-row statistics (rstd, lse, losses), the attention state, router logits, scores,
+// gates and their gradients, weight gradients, master weights and moments.
 // Calls that take `counts` (per-group row counts) read them on the host. backward_* calls
 // accumulate (+=) as the layers do. Shapes are those of the layer headers. Scalar results (the
 // balance loss, the mean loss, expert counts, Σ g²) stay in dev memory too, so that a training step

@@ -7,13 +7,14 @@
 extern "C" {
 #endif
 
-// Activations of one FFN call over N rows, kept from forward to backward. All (N, F).
+// Activations of one FFN call over N rows, kept from forward to backward. All (N, F), elements of
+// the backend's activation dtype (layers/ops.h; fp32 for the CPU functions below).
 typedef struct {
-    float *a;   // W1 x
-    float *b;   // W3 x
-    float *h;   // silu(a) ⊙ b; may be dropped (NULL) after the forward: backward_weight recomputes it
-    float *da;  // ∂L/∂a, written by backward_input, read by backward_weight
-    float *db;  // ∂L/∂b, likewise
+    void *a;   // W1 x
+    void *b;   // W3 x
+    void *h;   // silu(a) ⊙ b; may be dropped (NULL) after the forward: backward_weight recomputes it
+    void *da;  // ∂L/∂a, written by backward_input, read by backward_weight
+    void *db;  // ∂L/∂b, likewise
 } SwigluActs;
 
 // Elementwise gate: h (N, F) = silu(a) ⊙ b

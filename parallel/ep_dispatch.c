@@ -54,7 +54,7 @@ struct MoeDispatchPlan {
     // buffers (arrival NULL: the rows land in place), and where the rows go.
     CommRequest *req;
     void *send, *arrival;
-    float *rows;
+    void *rows;
     int D;
 };
 
@@ -230,8 +230,8 @@ static void *rows_alloc(const LayerOps *o, int n, int D) {
     return o->alloc((size_t)(n > 0 ? n : 1) * (size_t)D * o->act_size);
 }
 
-static void ep_to_experts_start(MoeDispatcher *self, MoeDispatchPlan *p, const float *src,
-                                int per_choice, float *rows, int D) {
+static void ep_to_experts_start(MoeDispatcher *self, MoeDispatchPlan *p, const void *src,
+                                int per_choice, void *rows, int D) {
     CHECK(p->req == NULL, "ep dispatcher: a dispatch of this plan is already in flight");
     const LayerOps *o = ops_of(self);
     p->send = rows_alloc(o, p->n_send, D);  // (n_send, D) in send order
@@ -265,13 +265,13 @@ static void ep_finish(MoeDispatcher *self, MoeDispatchPlan *p) {
     p->rows = NULL;
 }
 
-static void ep_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *src, int per_choice,
-                          float *rows, int D) {
+static void ep_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const void *src, int per_choice,
+                          void *rows, int D) {
     ep_to_experts_start(self, p, src, per_choice, rows, D);
     ep_finish(self, p);
 }
 
-static void ep_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const float *rows, float *dst,
+static void ep_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const void *rows, void *dst,
                             int D) {
     const LayerOps *o = ops_of(self);
     void *arrival = in_place(p) ? NULL : rows_alloc(o, p->n_recv, D);  // (n_recv, D) in arrival order

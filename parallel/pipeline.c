@@ -173,7 +173,7 @@ static void *input_of(Exec *x, int kind, const SchedCell *c, int path, int k) {
 // Forward of c at position k of the path of micro-batch path, given its input h_in (freed here).
 static void run_forward(Exec *x, const SchedCell *c, int path, int k, void *h_in) {
     PipeStage *st = stage_of(x->r, c->pipe);
-    const float *out = st->forward(st->ctx, c->mb, h_in);
+    const void *out = st->forward(st->ctx, c->mb, h_in);
     if (h_in) msg_free(x->r, h_in);
     if (k < x->last) post(x, MSG_ACT, c->mb, path, k + 1, out);
 }
@@ -187,7 +187,7 @@ static void run_weight(Exec *x, const SchedCell *c) {
 // Backward of c at position k given its output gradient dh_out (freed here).
 static void run_backward(Exec *x, const SchedCell *c, int k, void *dh_out) {
     PipeStage *st = stage_of(x->r, c->pipe);
-    const float *dh_in = st->backward_input(st->ctx, c->mb, dh_out);
+    const void *dh_in = st->backward_input(st->ctx, c->mb, dh_out);
     if (dh_out) msg_free(x->r, dh_out);
     if (k > 0) post(x, MSG_GRAD, c->mb, c->mb, k - 1, dh_in);
     if (c->defer_w) x->wq[x->wq_tail++] = *c;
@@ -223,8 +223,8 @@ typedef struct {
     PipeFb *fb;
     PipeStage *st;
     int mb;
-    const float *h_in;  // (msg_bytes) the forward's input, NULL on the first stage
-    const float *out;   // its output, set by the worker
+    const void *h_in;   // (msg_bytes) the forward's input, NULL on the first stage
+    const void *out;    // its output, set by the worker
 } FbForward;
 
 // The worker thread: the forward on the side stream, ordered after everything the main stream
@@ -252,7 +252,7 @@ static void run_fb_overlapped(Exec *x, const SchedOp *op, int kf, int kb, void *
     core_cuda_event_record(fb->fork);
     pthread_t worker;
     CHECK(pthread_create(&worker, NULL, fb_forward, &t) == 0, "pipeline: cannot start the F&B worker thread");
-    const float *dh_in = sb->backward_input(sb->ctx, op->b.mb, dh_out);
+    const void *dh_in = sb->backward_input(sb->ctx, op->b.mb, dh_out);
     if (!op->b.defer_w) sb->backward_weight(sb->ctx, op->b.mb);
     CHECK(pthread_join(worker, NULL) == 0, "pipeline: cannot join the F&B worker thread");
     core_cuda_stream_wait(fb->join);

@@ -52,17 +52,17 @@ void pipe_fb_free(PipeFb *fb);
 
 // One pipeline stage as the executor sees it (the stage interface of §3); the engine implements it.
 // Activations of a micro-batch live from its forward until release. Messages (h_in, dh_out and
-// what the calls return) are memory of PipeRun.ops.
+// what the calls return) are memory of PipeRun.ops, elements of the stage's activation dtype.
 typedef struct PipeStage {
     void *ctx;
     // Forward of micro-batch mb; h_in (msg_bytes) is the previous stage's output, NULL on the first
     // stage. Returns the output (msg_bytes) to send on, NULL on the last stage (it ends in the loss);
     // the pointer stays valid until the next call on this stage.
-    const float *(*forward)(void *ctx, int mb, const float *h_in);
+    const void *(*forward)(void *ctx, int mb, const void *h_in);
     // Backward for the input of micro-batch mb; dh_out (msg_bytes) is the gradient of the output from
     // the next stage, NULL on the last stage (it starts from the loss). Returns ∂/∂h_in (msg_bytes),
     // NULL on the first stage; valid until the next call on this stage.
-    const float *(*backward_input)(void *ctx, int mb, const float *dh_out);
+    const void *(*backward_input)(void *ctx, int mb, const void *dh_out);
     // Accumulates micro-batch mb's weight gradients (after its backward_input).
     void (*backward_weight)(void *ctx, int mb);
     // Frees micro-batch mb's activations.

@@ -69,7 +69,6 @@ void zero1_free(AdamW *o) {
 void zero1_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float clip) {
     CHECK(o->shard, "zero1_step: the optimizer is not sharded (zero1_init)");
     float *g = dp_sync_shard_grads(o->shard);
-    const size_t S = dp_sync_shard_floats(o->shard);
     prof_mark(PROF_OPTIM);
     o->t++;
     const AdamwHyper h = {lr, c->beta1, c->beta2, c->adam_eps, c->weight_decay, o->t, clip};

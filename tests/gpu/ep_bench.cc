@@ -79,8 +79,8 @@ int bench_a2a(int argc, char **argv) {
         void *rows = o->alloc((size_t)n_rows * row);  // (n_rows, D) at the experts
         o->sync();
         const double t1 = core_now();
-        d->to_experts(d, p, (const float *)x, 0, (float *)rows, D);
-        d->from_experts(d, p, (const float *)rows, (float *)back, D);
+        d->to_experts(d, p, x, 0, rows, D);
+        d->from_experts(d, p, rows, back, D);
         o->sync();
         const double t2 = core_now();
         o->free(rows);

@@ -200,8 +200,8 @@ Grads backward(Model &m, const std::vector<float> &x, const std::vector<float> &
         dst->assign(src->size(), init);
     std::vector<float> y(x.size());
     MoeParams p = m.params();
-    MoeParams gp = {g.router.data(), nullptr,      g.w1.data(),  g.w3.data(),
-                    g.w2.data(),     g.sw1.data(), g.sw3.data(), g.sw2.data()};
+    MoeGrads gp = {g.router.data(), g.w1.data(),  g.w3.data(), g.w2.data(),
+                   g.sw1.data(),    g.sw3.data(), g.sw2.data()};
     MoeActs a;
     moe_forward(y.data(), &a, x.data(), &m.s, &p, d, B, T);
     moe_backward_input(g.x.data(), &a, dy.data(), &m.s, &p, d);
@@ -400,13 +400,14 @@ TEST(MoeLayerDeathTest, Misuse) {
     MoeShape s = shape(0, 0, 1, 1.0f, 0.0f);
     Model m(s, 51);
     MoeParams p = m.params();
+    MoeGrads gp = {};
     std::vector<float> x((size_t)2 * s.D, 0.5f), y(x.size());
     MoeDispatcher *d = moe_local_dispatcher_create(s.E);
     EXPECT_EXIT(
         {
             MoeActs a;
             moe_forward(y.data(), &a, x.data(), &s, &p, d, 1, 2);
-            moe_backward_weight(&p, &a, &s, d);
+            moe_backward_weight(&gp, &a, &s, d);
         },
         testing::ExitedWithCode(1), "needs moe_backward_input first");
     MoeShape bad = s;
