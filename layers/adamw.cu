@@ -1,33 +1,50 @@
-// AdamW on the GPU (see adamw_cuda.h): one thread per parameter, the same arithmetic as
+// AdamW on the GPU (see adamw_cuda.h): the same arithmetic as
 // framework/optimizer.c (bias corrections divided in double), so the CPU and GPU steps agree to
 // the last bits up to fused multiply-adds.
 #include "layers/adamw_cuda.h"
 
 #include <math.h>
 
-template <typename L>
+// A thread per W consecutive parameters: 16-byte loads and stores of p, g, m and v where n and the
+// buffers allow (W = 4), one element otherwise. The step is memory-bound (30 bytes a parameter with
+// a bf16 copy): one float per access reached 87 % of the device-to-device copy's bandwidth.
+template <typename L, int W>
 __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, long n, float lr,
                              float b1, float b2, float eps, float decay, double bc1, double bc2,
                              float gscale, L *p_low) {
-    long j = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    long j = ((long)blockIdx.x * blockDim.x + threadIdx.x) * W;
     if (j >= n) return;
-    float gj = g[j] * gscale;
-    float mj = b1 * m[j] + (1.0f - b1) * gj;
-    float vj = b2 * v[j] + (1.0f - b2) * gj * gj;
-    float mhat = (float)(mj / bc1), vhat = (float)(vj / bc2);
-    float pj = p[j] * decay - lr * mhat / (sqrtf(vhat) + eps);
-    m[j] = mj;
-    v[j] = vj;
-    p[j] = pj;
-    if (p_low) core_st(p_low + j, pj);
+    float pj[W], gj[W], mj[W], vj[W];
+    core_ld_vec<W>(pj, p + j);
+    core_ld_vec<W>(gj, g + j);
+    core_ld_vec<W>(mj, m + j);
+    core_ld_vec<W>(vj, v + j);
+#pragma unroll
+    for (int i = 0; i < W; i++) {
+        float gi = gj[i] * gscale;
+        mj[i] = b1 * mj[i] + (1.0f - b1) * gi;
+        vj[i] = b2 * vj[i] + (1.0f - b2) * gi * gi;
+        float mhat = (float)(mj[i] / bc1), vhat = (float)(vj[i] / bc2);
+        pj[i] = pj[i] * decay - lr * mhat / (sqrtf(vhat) + eps);
+    }
+    core_st_vec<W>(m + j, mj);
+    core_st_vec<W>(v + j, vj);
+    core_st_vec<W>(p + j, pj);
+    if (p_low) core_st_vec<W>(p_low + j, pj);
 }
 
 template <typename L>
 static void step(float *p, const float *g, float *m, float *v, long n, const AdamwHyper *h,
                  float decay, void *p_low) {
     double bc1 = 1.0 - pow(h->beta1, (double)h->t), bc2 = 1.0 - pow(h->beta2, (double)h->t);
-    adamw_kernel<L><<<core_blocks(n, 256), 256, 0, core_stream()>>>(
-        p, g, m, v, n, h->lr, h->beta1, h->beta2, h->eps, decay, bc1, bc2, h->gscale, (L *)p_low);
+    const void *ptrs[] = {p, g, m, v};
+    const int W = 4;
+    if (core_vec_ok(W, sizeof(float), n, ptrs, 4) && (size_t)p_low % (W * sizeof(L)) == 0)
+        adamw_kernel<L, W><<<core_blocks(n / W, 256), 256, 0, core_stream()>>>(
+            p, g, m, v, n, h->lr, h->beta1, h->beta2, h->eps, decay, bc1, bc2, h->gscale, (L *)p_low);
+    else
+        adamw_kernel<L, 1><<<core_blocks(n, 256), 256, 0, core_stream()>>>(
+            p, g, m, v, n, h->lr, h->beta1, h->beta2, h->eps, decay, bc1, bc2, h->gscale, (L *)p_low);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -1026,6 +1026,9 @@ TEST_F(Gpu, AdamW) {
     adamw_init(&o, &r);
     BufP dP = put_f32(p0), dM(new Buf(n * 4)), dV(new Buf(n * 4));
     BufP dLow = poisoned(n, CORE_BF16);
+    // A second copy steps each tensor as its first element and the misaligned rest: the
+    // one-element kernel, which must give the 16-byte kernel's bits.
+    BufP dP1 = put_f32(p0), dM1(new Buf(n * 4)), dV1(new Buf(n * 4)), dLow1 = poisoned(n, CORE_BF16);
     const float lr = 3e-3f;
     for (int step = 1; step <= 3; step++) {
         Vec g = rnd(n, -0.5f, 0.5f);
@@ -1040,8 +1043,17 @@ TEST_F(Gpu, AdamW) {
             adamw_cuda_step(dP->f() + pi->offset, dGr->f() + pi->offset, dM->f() + pi->offset,
                             dV->f() + pi->offset, (long)pi->numel, &h, pi->decay,
                             (uint16_t *)dLow->p + pi->offset, CORE_BF16);
+            for (long a : {0L, 1L}) {
+                const long o1 = (long)pi->offset + a, n1 = a == 0 ? 1 : (long)pi->numel - 1;
+                adamw_cuda_step(dP1->f() + o1, dGr->f() + o1, dM1->f() + o1, dV1->f() + o1, n1, &h,
+                                pi->decay, (uint16_t *)dLow1->p + o1, CORE_BF16);
+            }
         }
     }
+    EXPECT_EQ(get_f32(*dP1, n), get_f32(*dP, n)) << "one element a thread against four";
+    EXPECT_EQ(get_f32(*dM1, n), get_f32(*dM, n));
+    EXPECT_EQ(get_f32(*dV1, n), get_f32(*dV, n));
+    EXPECT_EQ(get(*dLow1, CORE_BF16, n), get(*dLow, CORE_BF16, n));
     Vec p(r.data, r.data + n), m(o.m, o.m + n), v(o.v, o.v + n);
     Vec gp = get_f32(*dP, n);
     EXPECT_CLOSE(gp, p, CORE_F32, "adamw params (3 steps)");
