@@ -183,6 +183,7 @@ Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, 
     m->disp = moe_local_dispatcher_create(c->E);
     m->layer_disp = core_alloc((size_t)c->L * sizeof *m->layer_disp);
     m->expert_counts = core_alloc((size_t)c->L * (size_t)c->E * sizeof(long));
+    m->ffn_unzeroed = core_alloc((size_t)c->L);
     m->dcounts = m->expert_counts;
     return m;
 }
@@ -252,6 +253,7 @@ void model_free(Model *m) {
     core_free(m->w);
     core_free(m->g);
     core_free(m->expert_counts);
+    core_free(m->ffn_unzeroed);
     core_free(m);
 }
 
@@ -291,7 +293,29 @@ void model_refresh_low(Model *m) {
     if (m->wlow) m->ops->to_act(m->wlow, m->reg.data, (long)m->reg.total);
 }
 
-void model_zero_grad(Model *m) { m->ops->zero(m->reg.grad, m->reg.total * sizeof(float)); }
+// Whether the gradient at g is one of layer l's SwiGLU weight gradients.
+static int is_ffn_grad(const LayerGrads *g, const float *p) {
+    const float *ffn[] = {g->w1, g->w3, g->w2, g->moe.w1, g->moe.w3, g->moe.w2, g->moe.sw1, g->moe.sw3, g->moe.sw2};
+    for (size_t i = 0; i < sizeof ffn / sizeof *ffn; i++)
+        if (ffn[i] && ffn[i] == p) return 1;
+    return 0;
+}
+
+void model_zero_grad(Model *m) {
+    // The registry lays the tensors out in order: one fill per run of tensors (and the alignment
+    // gaps between them) up to the next SwiGLU weight gradient, which is skipped.
+    size_t from = 0;  // start of the run not yet filled
+    for (int i = 0; i < m->reg.n; i++) {
+        const ParamInfo *p = &m->reg.p[i];
+        int skip = 0;
+        for (int l = m->l0; l < m->l1 && !skip; l++) skip = is_ffn_grad(&m->g[l], m->reg.grad + p->offset);
+        if (!skip) continue;
+        if (p->offset > from) m->ops->zero(m->reg.grad + from, (p->offset - from) * sizeof(float));
+        from = p->offset + p->numel;
+    }
+    if (m->reg.total > from) m->ops->zero(m->reg.grad + from, (m->reg.total - from) * sizeof(float));
+    memset(m->ffn_unzeroed + m->l0, 1, (size_t)(m->l1 - m->l0));
+}
 
 void model_router_bias_update(Model *m, long n_tokens) {
     const MoeConfig *c = &m->cfg;
@@ -556,11 +580,14 @@ static void ffn_backward_input(Model *m, int l, LayerActs *la, const void *dh_ou
 static void ffn_backward_weight(Model *m, int l, LayerActs *la, const void *dh_out, int N) {
     const MoeConfig *c = &m->cfg;
     LayerGrads *g = &m->g[l];
+    const int acc = !m->ffn_unzeroed[l];  // the first weight backward since model_zero_grad writes
+    m->ffn_unzeroed[l] = 0;
     if (model_is_moe_layer(m, l))
-        moe_backward_weight(&g->moe, &la->moe, &m->moe_shape, disp_of(m, l));
+        moe_backward_weight(&g->moe, &la->moe, &m->moe_shape, disp_of(m, l), acc);
     else {
         prof_mark(PROF_FFN);
-        ops_swiglu_backward_weight(m->ops, g->w1, g->w3, g->w2, &la->ffn, la->m, dh_out, &N, 1, c->D, c->F);
+        ops_swiglu_backward_weight(m->ops, g->w1, g->w3, g->w2, &la->ffn, la->m, dh_out, &N, 1, c->D, c->F,
+                                   acc);
     }
     prof_mark(PROF_NORM);
     m->ops->rmsnorm_backward_weight(g->ffn_norm, la->dm, la->h_mid, la->rstd2, N, c->D);

@@ -69,6 +69,10 @@ typedef struct {
     void *wlow;              // (reg.total) compute copy of the weights in ops->dt that the weight
                              // views point into (refreshed by every AdamW step); NULL when ops->dt is
                              // fp32 and the views point into reg.data
+    unsigned char *ffn_unzeroed;  // [L] 1 from model_zero_grad, which leaves layer l's SwiGLU weight
+                                  // gradients (experts, shared experts or dense FFN) as they are, to
+                                  // the layer's next weight backward, which writes them instead of
+                                  // adding to them
 } Model;
 
 // What a forward or backward does besides the math: the caller's choices for one call (NULL: none of
@@ -144,6 +148,10 @@ void model_to_device(Model *m, const LayerOps *ops);
 // them (an EPLB rebalance, a checkpoint load); nothing to do without one.
 void model_refresh_low(Model *m);
 // Zeroes every gradient (on the model's device).
+// Every gradient is zero, as far as any reader can tell: the SwiGLU weight gradients (most of the
+// model: gigabytes a step) are not filled but marked, and each layer's next weight backward writes
+// them (Model.ffn_unzeroed). Every layer of the stage must run its weight backward before the
+// gradients are read, as every training step does.
 void model_zero_grad(Model *m);
 // The aux-loss-free bias update of every MoE layer from dcounts, n_tokens the step's tokens over
 // all data-parallel ranks (router_bias_update's rule, on the model's device, one call).

@@ -242,7 +242,7 @@ template <class Cfg>
 void launch_kind(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b, float beta) {
     if (kind == GEMM_SM90_FORWARD) launch<ForwardGemm<Cfg>>(g, kind, y, a, b, 0.0f);
     else if (kind == GEMM_SM90_BACKWARD_INPUT) launch<BackwardInputGemm<Cfg>>(g, kind, y, a, b, beta);
-    else launch<BackwardWeightGemm<Cfg>>(g, kind, y, a, b, 1.0f);
+    else launch<BackwardWeightGemm<Cfg>>(g, kind, y, a, b, beta);
 }
 
 // The measured best configuration for the groups g (see the tile configurations above): ping-pong,

@@ -12,8 +12,8 @@ extern "C" {
 // The three products of linear_cuda.h's grouped calls, on rows [o_e, o_e + counts[e]) of expert e:
 //   GEMM_SM90_FORWARD          y (n_e, OC) bf16    = a (n_e, IC) · b_e (OC, IC)ᵀ      (a: inp, b: W)
 //   GEMM_SM90_BACKWARD_INPUT   y (n_e, IC) bf16   += a (n_e, OC) · b_e (OC, IC)       (a: dout, b: W)
-//                              (= with acc 0: y is written without being read)
 //   GEMM_SM90_BACKWARD_WEIGHT  y_e (OC, IC) fp32  += a (n_e, OC)ᵀ · b (n_e, IC)       (a: dout, b: inp)
+// (the backward products: = with acc 0, y written without being read)
 typedef enum { GEMM_SM90_FORWARD, GEMM_SM90_BACKWARD_INPUT, GEMM_SM90_BACKWARD_WEIGHT } GemmSm90Kind;
 
 // 1 when the current device is compute capability 9.0 (the sm_90a code runs there and only there).
@@ -22,8 +22,7 @@ int gemm_sm90_available(void);
 int gemm_sm90_shapes_ok(int IC, int OC);
 // Runs the product kind for G groups in one launch (per GEMM_SM90_MAX_GROUPS groups) on the current
 // stream. counts (G) are on the host; a group without rows is left out (its dW untouched). acc
-// matters for GEMM_SM90_BACKWARD_INPUT only (the forward always overwrites, the weight gradient
-// always adds).
+// matters for the backward products only (the forward always overwrites).
 void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, const void *b, const int *counts,
                        int G, int IC, int OC, int acc);
 

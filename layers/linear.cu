@@ -58,10 +58,10 @@ static Gemm backward_input_gemm(CoreDtype dt, void *dinp, const void *dout, cons
               cuda_type(dt)};
     return g;
 }
-// dWᵀ (IC × OC) += inpᵀ (IC × N) · dout (col-major OC × N)ᵀ
+// dWᵀ (IC × OC) += inpᵀ (IC × N) · dout (col-major OC × N)ᵀ; = with beta 0 (dW not read)
 static Gemm backward_weight_gemm(CoreDtype dt, float *dW, const void *dout, const void *inp, int N,
-                                 int IC, int OC) {
-    Gemm g = {CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, inp, dout, IC, OC, IC, 1.0f, dW, CUDA_R_32F,
+                                 int IC, int OC, float beta) {
+    Gemm g = {CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, inp, dout, IC, OC, IC, beta, dW, CUDA_R_32F,
               cuda_type(dt)};
     return g;
 }
@@ -88,7 +88,7 @@ void linear_cuda_backward_weight(CoreDtype dt, float *dW, const void *dout, cons
                                  int IC, int OC) {
     linear_check(N, IC, OC);
     if (N == 0) return;
-    Gemm g = backward_weight_gemm(dt, dW, dout, inp, N, IC, OC);
+    Gemm g = backward_weight_gemm(dt, dW, dout, inp, N, IC, OC, 1.0f);
     gemm(&g);
 }
 
@@ -270,7 +270,7 @@ typedef struct {
     void *y;            // out (forward), dinp (backward_input) or dW (backward_weight)
     const void *a, *b;  // inp, W (forward); dout, W (backward_input); dout, inp (weight)
     int IC, OC;
-    float beta;         // backward_input: 1 adds to dinp, 0 writes it unread (the others ignore it)
+    float beta;         // backward_*: 1 adds to dinp or dW, 0 writes it unread (the forward ignores it)
 } GroupArgs;
 
 static const char *at(const void *p, size_t elems, CoreDtype dt) {
@@ -289,7 +289,7 @@ static Gemm group_gemm(const GroupArgs *g, int e, int rows, size_t row0) {
                                    g->beta);
     default:
         return backward_weight_gemm(g->dt, (float *)g->y + w, at(g->a, row0 * g->OC, g->dt),
-                                    at(g->b, row0 * g->IC, g->dt), rows, g->IC, g->OC);
+                                    at(g->b, row0 * g->IC, g->dt), rows, g->IC, g->OC, g->beta);
     }
 }
 
@@ -302,6 +302,13 @@ static Gemm group_gemm(const GroupArgs *g, int e, int rows, size_t row0) {
 static void run_groups(const GroupArgs *g, const int *counts, int G) {
     CHECK(G >= 1, "linear: need at least one group, got G = %d", G);
     linear_check(0, g->IC, g->OC);
+    // A weight gradient written (β = 0) is written for every group: the products skip groups
+    // without rows, whose gradient is zero.
+    if (g->kind == GROUP_BACKWARD_WEIGHT && g->beta == 0.0f)
+        for (int e = 0; e < G; e++)
+            if (counts[e] == 0)
+                CUDA_CHECK(cudaMemsetAsync((float *)g->y + (size_t)e * g->OC * g->IC, 0,
+                                           (size_t)g->OC * g->IC * sizeof(float), core_stream()));
     int mode = linear_cuda_grouped_mode();
     // The weight gradient of a single group (a shared expert: every token of the micro-batch) is one
     // product with a long K, which CUTLASS's grouped kernel, never splitting K, runs on one CTA per
@@ -350,7 +357,7 @@ void linear_cuda_backward_input_grouped(CoreDtype dt, void *dinp, const void *do
 
 void linear_cuda_backward_weight_grouped(CoreDtype dt, float *dW, const void *dout,
                                          const void *inp, const int *counts, int G, int IC,
-                                         int OC) {
-    GroupArgs g = {GROUP_BACKWARD_WEIGHT, dt, CORE_F32, dW, dout, inp, IC, OC, 1.0f};
+                                         int OC, int acc) {
+    GroupArgs g = {GROUP_BACKWARD_WEIGHT, dt, CORE_F32, dW, dout, inp, IC, OC, acc ? 1.0f : 0.0f};
     run_groups(&g, counts, G);
 }

@@ -220,18 +220,18 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
     o->free(dgates);
 }
 
-void moe_backward_weight(MoeGrads *g, MoeActs *a, const MoeShape *s, MoeDispatcher *d) {
+void moe_backward_weight(MoeGrads *g, MoeActs *a, const MoeShape *s, MoeDispatcher *d, int acc) {
     CHECK(a->dlogits != NULL, "moe_backward_weight: needs moe_backward_input first");
     const LayerOps *o = ops_of(d);
     int N = a->N, D = s->D, E = s->E, Fe = s->Fe, L = d->n_local;
     prof_mark(PROF_ROUTER);
     o->linear_backward_weight(g->router, a->dlogits, a->x, N, D, E);
     prof_mark(PROF_EXPERTS);
-    ops_swiglu_backward_weight(o, g->w1, g->w3, g->w2, &a->ex, a->xe, a->dye, a->counts, L, D, Fe);
+    ops_swiglu_backward_weight(o, g->w1, g->w3, g->w2, &a->ex, a->xe, a->dye, a->counts, L, D, Fe, acc);
     for (int j = 0; j < s->S; j++) {
         long w = (long)j * Fe * D;
         ops_swiglu_backward_weight(o, g->sw1 + w, g->sw3 + w, g->sw2 + w, &a->sh[j], a->x, a->dy, &N, 1,
-                                   D, Fe);
+                                   D, Fe, acc);
     }
 }
 

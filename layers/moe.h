@@ -136,7 +136,9 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
 void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
                         const MoeParams *p, MoeDispatcher *d);
 // g (gradient views, the layout of the forward's p) += ∂L/∂weights. Needs backward_input first.
-void moe_backward_weight(MoeGrads *g, MoeActs *a, const MoeShape *s, MoeDispatcher *d);
+// acc = 0: the experts' gradients (routed and shared) are written, their old contents unread; the
+// router's is always added to.
+void moe_backward_weight(MoeGrads *g, MoeActs *a, const MoeShape *s, MoeDispatcher *d, int acc);
 // Frees a micro-batch's buffers and releases its dispatch plan.
 void moe_acts_free(MoeActs *a, MoeDispatcher *d);
 

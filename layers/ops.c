@@ -87,7 +87,8 @@ static void cpu_linear_backward_input_grouped(void *dinp, const void *dout, cons
                           (const float *)W + e * OC * IC, counts[e], IC, OC);
 }
 static void cpu_linear_backward_weight_grouped(float *dW, const void *dout, const void *inp,
-                                               const int *counts, int G, int IC, int OC) {
+                                               const int *counts, int G, int IC, int OC, int acc) {
+    if (!acc) memset(dW, 0, (size_t)G * OC * IC * sizeof(float));
     FOR_GROUPS(counts, G)
     linear_backward_weight(dW + e * OC * IC, (const float *)dout + off * OC, (const float *)inp + off * IC,
                            counts[e], IC, OC);
@@ -309,7 +310,7 @@ void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, vo
 
 void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float *dw2,
                                 const SwigluActs *acts, const void *x, const void *dout,
-                                const int *counts, int G, int D, int F) {
+                                const int *counts, int G, int D, int F, int acc) {
     // A caller that dropped h after the forward (the MoE layer: a gigabyte a layer at the bench
     // shapes) gets it recomputed from a and b, the same kernel on the same inputs: the same bits.
     const long n = total_rows(counts, G) * F;
@@ -318,8 +319,8 @@ void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float
         h = o->alloc_uninit((size_t)n * o->act_size);
         o->swiglu_act_forward(h, acts->a, acts->b, n);
     }
-    o->linear_backward_weight_grouped(dw2, dout, h, counts, G, F, D);
+    o->linear_backward_weight_grouped(dw2, dout, h, counts, G, F, D, acc);
     if (h != acts->h) o->free(h);
-    o->linear_backward_weight_grouped(dw1, acts->da, x, counts, G, D, F);
-    o->linear_backward_weight_grouped(dw3, acts->db, x, counts, G, D, F);
+    o->linear_backward_weight_grouped(dw1, acts->da, x, counts, G, D, F, acc);
+    o->linear_backward_weight_grouped(dw3, acts->db, x, counts, G, D, F, acc);
 }

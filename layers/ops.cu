@@ -257,8 +257,8 @@ static void cu_linear_backward_input_grouped(void *dinp, const void *dout, const
 }
 template <CoreDtype DT>
 static void cu_linear_backward_weight_grouped(float *dW, const void *dout, const void *inp,
-                                              const int *counts, int G, int IC, int OC) {
-    linear_cuda_backward_weight_grouped(DT, dW, dout, inp, counts, G, IC, OC);
+                                              const int *counts, int G, int IC, int OC, int acc) {
+    linear_cuda_backward_weight_grouped(DT, dW, dout, inp, counts, G, IC, OC, acc);
 }
 template <CoreDtype DT>
 static void cu_rope_forward(void *out, const void *inp, int N, int T, int nh, int hd, float theta) {

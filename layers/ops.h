@@ -68,14 +68,15 @@ typedef struct LayerOps {
     void (*linear_backward_input)(void *dinp, const void *dout, const void *W, int N, int IC, int OC);
     void (*linear_backward_weight)(float *dW, const void *dout, const void *inp, int N, int IC, int OC);
     // The three products over G groups of rows (experts): rows [o_e, o_e + counts[e]) use W[e]
-    // (G, OC, IC); a group without rows is skipped. backward_input adds to dinp (acc = 1) or writes
-    // it without reading it (acc = 0: a fresh buffer, no zero fill).
+    // (G, OC, IC); a group without rows is skipped. The backward products add to dinp or dW
+    // (acc = 1) or write them without reading them (acc = 0: a fresh buffer, no zero fill); with
+    // acc = 0 a group without rows gets a zero dW.
     void (*linear_forward_grouped)(void *out, const void *inp, const void *W, const int *counts, int G,
                                    int IC, int OC);
     void (*linear_backward_input_grouped)(void *dinp, const void *dout, const void *W,
                                           const int *counts, int G, int IC, int OC, int acc);
     void (*linear_backward_weight_grouped)(float *dW, const void *dout, const void *inp,
-                                           const int *counts, int G, int IC, int OC);
+                                           const int *counts, int G, int IC, int OC, int acc);
     void (*rope_forward)(void *out, const void *inp, int N, int T, int nh, int hd, float theta);
     void (*rope_backward_input)(void *dinp, const void *dout, int N, int T, int nh, int hd,
                                 float theta);
@@ -149,10 +150,11 @@ void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const vo
 void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
                                const void *dout, const void *w1, const void *w3, const void *w2,
                                const int *counts, int G, int D, int F, int acc);
-// dw1, dw3 (G, F, D), dw2 (G, D, F) += weight gradients.
+// dw1, dw3 (G, F, D), dw2 (G, D, F) += weight gradients (acc = 1), or = them with the old
+// contents unread (acc = 0).
 void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float *dw2,
                                 const SwigluActs *acts, const void *x, const void *dout,
-                                const int *counts, int G, int D, int F);
+                                const int *counts, int G, int D, int F, int acc);
 
 #ifdef __cplusplus
 }

@@ -39,5 +39,5 @@ void swiglu_backward_input(float *dx, SwigluActs *acts, float *scratch_dh, const
 
 void swiglu_backward_weight(float *dw1, float *dw3, float *dw2, const SwigluActs *acts,
                             const float *x, const float *dout, int N, int D, int F) {
-    ops_swiglu_backward_weight(&layer_ops_cpu, dw1, dw3, dw2, acts, x, dout, &N, 1, D, F);
+    ops_swiglu_backward_weight(&layer_ops_cpu, dw1, dw3, dw2, acts, x, dout, &N, 1, D, F, 1);
 }

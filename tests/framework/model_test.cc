@@ -3,6 +3,7 @@
 // batch drives its loss down, and the per-call options of a forward and backward (ModelPass).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -214,6 +215,38 @@ TEST(Model, InterleavedBackwardEqualsSplitPasses) {
     double norm = 0;
     for (float g : split) norm += (double)g * g;
     EXPECT_GT(norm, 0.0);  // the comparison is of real gradients
+    model_free(m);
+}
+
+// model_zero_grad fills every gradient but the SwiGLU weights' (experts, shared experts, dense FFN),
+// which each layer's first weight backward then writes: from NaN-filled gradients, two micro-batches
+// give the bits of two micro-batches added to zeros.
+TEST(Model, ZeroGradLeavesSwigluGradientsToTheirFirstBackward) {
+    MoeConfig c = tiny(1);
+    c.L = 3;
+    Model *m = model_create(&c, 0, 1);
+    model_init_weights(m);
+    std::vector<int> tok = random_tokens(2 * c.batch_size * (c.T + 1), c.V, 6);
+    std::vector<float> zeroed, marked;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 0) {
+            params_zero_grad(&m->reg);
+        } else {
+            std::fill(m->reg.grad, m->reg.grad + m->reg.total, NAN);
+            model_zero_grad(m);
+            EXPECT_TRUE(std::isnan(m->g[0].w1[0])) << "the dense FFN's gradient is left to its backward";
+            EXPECT_TRUE(std::isnan(m->g[1].moe.w2[0])) << "the experts' gradient is left to their backward";
+            EXPECT_EQ(0.0f, m->g[1].wq[0]) << "the attention's gradient is filled";
+        }
+        for (int mb = 0; mb < 2; mb++) {
+            ModelActs a;
+            model_forward(m, &a, tok.data() + (size_t)mb * c.batch_size * (c.T + 1), c.batch_size, c.T, 1);
+            model_backward(m, &a, 0.5f, nullptr);
+            model_acts_free(m, &a);
+        }
+        (pass == 0 ? zeroed : marked).assign(m->reg.grad, m->reg.grad + m->reg.total);
+    }
+    EXPECT_EQ(0, std::memcmp(zeroed.data(), marked.data(), zeroed.size() * sizeof(float)));
     model_free(m);
 }
 

@@ -407,7 +407,9 @@ TEST_F(Gpu, LinearGrouped) {
         Vec dy = rnd((size_t)R * OC), dx = rnd((size_t)R * IC), dW = rnd((size_t)G * OC * IC);
         BufP dX = put(x, dt), dWt = put(W, dt), dDy = put(dy, dt), dDx = put(dx, dt);
         BufP dDW = put_f32(dW), dOut = poisoned((size_t)R * OC, dt), dDxw = poisoned((size_t)R * IC, dt);
+        BufP dDWw = poisoned((size_t)G * OC * IC, CORE_F32);
         Vec out((size_t)R * OC), dxw((size_t)R * IC, 0.0f);  // dxw: backward_input written (acc 0)
+        Vec dWw((size_t)G * OC * IC, 0.0f);                  // dWw: backward_weight written (acc 0)
         size_t r0 = 0;
         for (int e = 0; e < G; r0 += counts[e], e++) {
             const float *w = W.data() + (size_t)e * OC * IC;
@@ -416,15 +418,20 @@ TEST_F(Gpu, LinearGrouped) {
             linear_backward_input(dxw.data() + r0 * IC, dy.data() + r0 * OC, w, counts[e], IC, OC);
             linear_backward_weight(dW.data() + (size_t)e * OC * IC, dy.data() + r0 * OC,
                                    x.data() + r0 * IC, counts[e], IC, OC);
+            linear_backward_weight(dWw.data() + (size_t)e * OC * IC, dy.data() + r0 * OC,
+                                   x.data() + r0 * IC, counts[e], IC, OC);
         }
         linear_cuda_forward_grouped(dt, dt, dOut->p, dX->p, dWt->p, counts, G, IC, OC);
         linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts, G, IC, OC, 1);
         linear_cuda_backward_input_grouped(dt, dDxw->p, dDy->p, dWt->p, counts, G, IC, OC, 0);
-        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts, G, IC, OC);
+        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts, G, IC, OC, 1);
+        linear_cuda_backward_weight_grouped(dt, dDWw->f(), dDy->p, dX->p, counts, G, IC, OC, 0);
         EXPECT_CLOSE(get(*dOut, dt, out.size()), out, dt, "linear grouped forward");
         EXPECT_CLOSE(get(*dDx, dt, dx.size()), dx, dt, "linear grouped backward_input");
         EXPECT_CLOSE(get(*dDxw, dt, dxw.size()), dxw, dt, "linear grouped backward_input written (poisoned)");
         EXPECT_CLOSE(get_f32(*dDW, dW.size()), dW, CORE_F32, "linear grouped backward_weight");
+        // Expert 1 has no rows: its written gradient is zeros, not the poison.
+        EXPECT_CLOSE(get_f32(*dDWw, dWw.size()), dWw, CORE_F32, "linear grouped backward_weight written (poisoned)");
         if (mode == LINEAR_GROUPED_CUBLAS) {
             // A C of the operands' dtype is in cuBLAS's grouped table: those must not have fallen
             // back to the loop. The fp32 dW of bf16 operands may have (said here).
@@ -475,7 +482,7 @@ TEST_F(Gpu, LinearGroupedCutlass) {
         linear_cuda_forward_grouped(dt, dt, dOut->p, dX->p, dWt->p, counts.data(), G, IC, OC);
         linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts.data(), G, IC, OC, 1);
         linear_cuda_backward_input_grouped(dt, dDxw->p, dDy->p, dWt->p, counts.data(), G, IC, OC, 0);
-        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), G, IC, OC);
+        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), G, IC, OC, 1);
         runs[run] = {get(*dOut, dt, out.size()), get(*dDx, dt, dx.size()), get_f32(*dDW, dW.size()),
                      get(*dDxw, dt, dxw.size())};
     }
@@ -513,7 +520,7 @@ TEST_F(Gpu, LinearGroupedStreamsBitIdentical) {
             BufP out = poisoned((size_t)R * OC, dt), dDx = put(dx0, dt), dDW = put_f32(dW0);
             linear_cuda_forward_grouped(dt, dt, out->p, dX->p, dWt->p, counts.data(), G, IC, OC);
             linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts.data(), G, IC, OC, 1);
-            linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), G, IC, OC);
+            linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), G, IC, OC, 1);
             std::vector<unsigned char> h(nout + ndx + ndw);
             core_copy(h.data(), CORE_CPU, out->p, CORE_CUDA, nout);
             core_copy(h.data() + nout, CORE_CPU, dDx->p, CORE_CUDA, ndx);

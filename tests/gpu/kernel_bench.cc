@@ -138,17 +138,18 @@ void expert_gemms(int R, int nE, int nD, int nF) {
         std::vector<int> c = expert_counts(R, nE, skewed);
         printf("expert GEMMs, %d rows over %d experts, D %d Fe %d (%s, largest %d): ms and TFLOP/s per way, loop/best\n",
                R, nE, nD, nF, skewed ? "skewed" : "uniform", *std::max_element(c.begin(), c.end()));
-        // backward_input both ways the SwiGLU backward calls it: written (β = 0, the first of the
-        // W1/W3 pair) and added (β = 1, the second).
-        const char *names[4] = {"  forward D->Fe", "  backward_input (=)", "  backward_input (+=)",
-                                "  backward_weight (fp32 dW)"};
+        // The backward products both ways the SwiGLU backward calls them: backward_input written
+        // (β = 0, the first of the W1/W3 pair) and added (β = 1, the second); the weight gradient
+        // added (a second micro-batch) and written (the first after model_zero_grad).
+        const char *names[5] = {"  forward D->Fe", "  backward_input (=)", "  backward_input (+=)",
+                                "  backward_weight (fp32 dW +=)", "  backward_weight (fp32 dW =)"};
         auto product = [&](int kind) {
             if (kind == 0) linear_cuda_forward_grouped(BF, BF, he, xe, we, c.data(), nE, nD, nF);
             if (kind == 1 || kind == 2)
                 linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), nE, nD, nF, kind == 2);
-            if (kind == 3) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), nE, nD, nF);
+            if (kind >= 3) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), nE, nD, nF, kind == 3);
         };
-        for (int kind = 0; kind < 4; kind++) {
+        for (int kind = 0; kind < 5; kind++) {
             printf("%-28s", names[kind]);
             double loop = 0, best = 1e30;
             for (size_t w = 0; w < ways.size(); w++) {
@@ -166,7 +167,7 @@ void expert_gemms(int R, int nE, int nD, int nF) {
                 double t = time_queued([&] { product(kind); });
                 printf(" | cutlass best, 10 queued %.3f ms %5.1f", t * 1e3, flops / t / 1e12);
             }
-            const int fell_back = linear_cuda_grouped_unsupported(BF, kind == 3 ? CORE_F32 : BF);
+            const int fell_back = linear_cuda_grouped_unsupported(BF, kind >= 3 ? CORE_F32 : BF);
             printf(" | loop/best %.2fx%s\n", loop / best,
                    fell_back ? "  (cuBLAS grouped: types not supported, ran as streams)" : "");
         }

@@ -186,18 +186,19 @@ Fwd forward(Model &m, const std::vector<float> &x, int B, int T, MoeDispatcher *
     return f;
 }
 
-// Gradients of every tensor, each buffer starting at `init` to check that the backward accumulates.
+// Gradients of every tensor, each buffer starting at `init` to check that the backward accumulates;
+// with acc = 0 the experts' gradients start at expert_init instead, and must be written unread.
 struct Grads {
     std::vector<float> x, router, w1, w3, w2, sw1, sw3, sw2;
 };
 
 Grads backward(Model &m, const std::vector<float> &x, const std::vector<float> &dy, int B, int T,
-               MoeDispatcher *d, float init) {
+               MoeDispatcher *d, float init, int acc = 1, float expert_init = 0.0f) {
     Grads g;
     for (auto [dst, src] : {std::pair{&g.x, &x}, {&g.router, &m.router}, {&g.w1, &m.w1},
                             {&g.w3, &m.w3}, {&g.w2, &m.w2}, {&g.sw1, &m.sw1}, {&g.sw3, &m.sw3},
                             {&g.sw2, &m.sw2}})
-        dst->assign(src->size(), init);
+        dst->assign(src->size(), acc || dst == &g.x || dst == &g.router ? init : expert_init);
     std::vector<float> y(x.size());
     MoeParams p = m.params();
     MoeGrads gp = {g.router.data(), g.w1.data(),  g.w3.data(), g.w2.data(),
@@ -205,7 +206,7 @@ Grads backward(Model &m, const std::vector<float> &x, const std::vector<float> &
     MoeActs a;
     moe_forward(y.data(), &a, x.data(), &m.s, &p, d, B, T);
     moe_backward_input(g.x.data(), &a, dy.data(), &m.s, &p, d);
-    moe_backward_weight(&gp, &a, &m.s, d);
+    moe_backward_weight(&gp, &a, &m.s, d, acc);
     moe_acts_free(&a, d);
     return g;
 }
@@ -337,6 +338,28 @@ TEST_P(MoeLayer, Deterministic) {
     d->destroy(d);
 }
 
+// The first weight backward after a step's zeroing writes the experts' gradients (acc = 0): from
+// NaN-filled buffers the same bits as adding to zeros, experts without rows included.
+TEST_P(MoeLayer, ExpertWeightGradientsWritten) {
+    const Case &c = GetParam();
+    const int B = 2, T = 5, N = B * T, D = c.s.D;
+    Model m(c.s, 45);
+    if (!c.bias.empty()) m.bias = c.bias;
+    std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 46);
+    std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 47);
+    MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
+    Grads added = backward(m, x, dy, B, T, d, 0.0f), written = backward(m, x, dy, B, T, d, 0.0f, 0, NAN);
+    EXPECT_EQ(written.x, added.x);
+    EXPECT_EQ(written.router, added.router);
+    EXPECT_EQ(written.w1, added.w1);
+    EXPECT_EQ(written.w3, added.w3);
+    EXPECT_EQ(written.w2, added.w2);
+    EXPECT_EQ(written.sw1, added.sw1);
+    EXPECT_EQ(written.sw3, added.sw3);
+    EXPECT_EQ(written.sw2, added.sw2);
+    d->destroy(d);
+}
+
 // The local dispatcher's row map lets the layer combine in place; a dispatcher without one (every
 // EP dispatcher) moves the rows home first. Both ways give the same bits.
 TEST_P(MoeLayer, RowMapEqualsRowsMovedHome) {
@@ -407,7 +430,7 @@ TEST(MoeLayerDeathTest, Misuse) {
         {
             MoeActs a;
             moe_forward(y.data(), &a, x.data(), &s, &p, d, 1, 2);
-            moe_backward_weight(&gp, &a, &s, d);
+            moe_backward_weight(&gp, &a, &s, d, 1);
         },
         testing::ExitedWithCode(1), "needs moe_backward_input first");
     MoeShape bad = s;
