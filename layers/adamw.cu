@@ -1,6 +1,6 @@
 // AdamW on the GPU (see adamw_cuda.h): the same arithmetic as
 // framework/optimizer.c (bias corrections divided in double), so the CPU and GPU steps agree to
-// the last bits up to fused multiply-adds.
+// the last bits up to fused multiply-adds (the kernel fixes its own: see adamw_kernel).
 #include "layers/adamw_cuda.h"
 
 #include <math.h>
@@ -19,13 +19,17 @@ __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, long 
     core_ld_vec<W>(gj, g + j);
     core_ld_vec<W>(mj, m + j);
     core_ld_vec<W>(vj, v + j);
+    // Every rounding spelled out: left to the compiler, the unrolled W = 4 body and the W = 1 body
+    // contracted v's update into different fused multiply-adds, and a tensor stepped from a
+    // misaligned start (a ZeRO-1 shard) took other bits than the same tensor stepped whole.
 #pragma unroll
     for (int i = 0; i < W; i++) {
-        float gi = gj[i] * gscale;
-        mj[i] = b1 * mj[i] + (1.0f - b1) * gi;
-        vj[i] = b2 * vj[i] + (1.0f - b2) * gi * gi;
+        float gi = __fmul_rn(gj[i], gscale);
+        mj[i] = __fmaf_rn(b1, mj[i], __fmul_rn(1.0f - b1, gi));
+        vj[i] = __fmaf_rn(b2, vj[i], __fmul_rn(__fmul_rn(1.0f - b2, gi), gi));
         float mhat = (float)(mj[i] / bc1), vhat = (float)(vj[i] / bc2);
-        pj[i] = pj[i] * decay - lr * mhat / (sqrtf(vhat) + eps);
+        float upd = __fdiv_rn(__fmul_rn(lr, mhat), __fadd_rn(__fsqrt_rn(vhat), eps));
+        pj[i] = __fsub_rn(__fmul_rn(pj[i], decay), upd);
     }
     core_st_vec<W>(m + j, mj);
     core_st_vec<W>(v + j, vj);
