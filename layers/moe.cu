@@ -1,43 +1,105 @@
-// The MoE layer's data movement on the GPU (see moe_cuda.h). The plan is deterministic without
-// atomics on row positions: one block per expert walks all pairs in (token, choice) order and
-// numbers the ones routed to it with a block-wide prefix count, which is exactly the stable order
-// of the CPU's counting sort.
+// The MoE layer's data movement on the GPU (see moe_cuda.h). The plan is a stable counting sort
+// of the (token, choice) pairs by expert in three launches, deterministic without atomics on row
+// positions: the pairs are cut into tiles of PLAN_TILE, (1) each tile counts its pairs per expert,
+// (2) one block turns the (expert, tile) counts, expert-major, into each tile's first row of each
+// expert (an exclusive prefix sum), (3) each tile numbers its pairs from those first rows in pair
+// order. That is exactly the order of the CPU's counting sort (expert, then pair).
 #include "layers/moe_cuda.h"
 
 #include <limits.h>
 #include <stdint.h>
 
-// A block walks all pairs in steps of PLAN_THREADS with two barriers a step, so the step count
-// bounds the kernel: 1024 threads take a quarter of the steps of 256 (0.25 ms at the bench shapes
-// with 256 threads, kernel_bench).
-#define PLAN_THREADS 1024
+// One warp per tile: tiles of 256 pairs keep a few hundred blocks in flight at the bench shapes
+// (98,304 pairs) and leave each warp eight steps. The previous plan, a block per expert walking
+// all pairs, took 0.10 ms there for 64 experts (kernel_bench), its 64 blocks on 64 of 132 SMs.
+#define PLAN_TILE 256
+#define PLAN_SCAN_THREADS 1024
 
-// Block e: counts[e] and the rows of expert e's pairs. The expert's first row is the sum of the
-// counts of the experts before it, which this block counts itself (E·N·K flag tests in all: cheap
-// next to the expert GEMMs, and no second launch or device-wide sync).
-__global__ void moe_plan_kernel(int *row_of, int *counts, const int *idx, long n, int E) {
-    __shared__ int warp_tot[PLAN_THREADS / 32], total_before;
-    int e = blockIdx.x, lane = threadIdx.x % 32, w = threadIdx.x / 32;
-    int mine_before = 0;
-    for (long r = threadIdx.x; r < n; r += PLAN_THREADS) mine_before += idx[r] < e;
-    if (threadIdx.x == 0) total_before = 0;
-    __syncthreads();
-    atomicAdd(&total_before, mine_before);  // integer adds: the same total in any order
-    __syncthreads();
-    int before = total_before, next = before;  // next: the next free row of expert e
-    for (long base = 0; base < n; base += PLAN_THREADS) {
-        long r = base + threadIdx.x;
-        bool mine = r < n && idx[r] == e;
-        unsigned ballot = __ballot_sync(0xffffffffu, mine);
-        __syncthreads();  // warp_tot of the previous chunk has been read
-        if (lane == 0) warp_tot[w] = __popc(ballot);
-        __syncthreads();
-        int off = next;
-        for (int j = 0; j < w; j++) off += warp_tot[j];
-        if (mine) row_of[r] = off + __popc(ballot & ((1u << lane) - 1));
-        for (int j = 0; j < PLAN_THREADS / 32; j++) next += warp_tot[j];
+// tile_counts (E, T): the pairs of tile t routed to each expert (ids outside [0, E) count nowhere).
+__global__ void moe_plan_count_kernel(int *tile_counts, const int *idx, long n, int E, int T) {
+    extern __shared__ int hist[];  // (E)
+    for (int e = threadIdx.x; e < E; e += 32) hist[e] = 0;
+    __syncwarp();
+    const long r0 = (long)blockIdx.x * PLAN_TILE;
+    for (long r = r0 + threadIdx.x; r < n && r < r0 + PLAN_TILE; r += 32) {
+        int e = idx[r];
+        if (e >= 0 && e < E) atomicAdd(&hist[e], 1);  // integer adds: the same count in any order
     }
-    if (threadIdx.x == 0) counts[e] = next - before;
+    __syncwarp();
+    for (int e = threadIdx.x; e < E; e += 32) tile_counts[(long)e * T + blockIdx.x] = hist[e];
+}
+
+// One block: base (M = E·T, in place of the counts) ← the exclusive prefix sum of the counts in
+// expert-major order, and counts (E) the per-expert sums. Thread i scans a contiguous run of the M
+// entries; the runs' totals are scanned across the block.
+__global__ void moe_plan_scan_kernel(int *base, int *counts, int E, int T) {
+    __shared__ int run_tot[PLAN_SCAN_THREADS];
+    const long M = (long)E * T, per = (M + PLAN_SCAN_THREADS - 1) / PLAN_SCAN_THREADS;
+    const long lo = threadIdx.x * per, hi = lo + per < M ? lo + per : M;
+    int sum = 0;
+    for (long i = lo; i < hi; i++) sum += base[i];
+    run_tot[threadIdx.x] = sum;
+    __syncthreads();
+    // Hillis-Steele over the run totals: run_tot[i] becomes the sum of runs 0..i.
+    for (int d = 1; d < PLAN_SCAN_THREADS; d *= 2) {
+        int add = threadIdx.x >= d ? run_tot[threadIdx.x - d] : 0;
+        __syncthreads();
+        run_tot[threadIdx.x] += add;
+        __syncthreads();
+    }
+    int acc = threadIdx.x > 0 ? run_tot[threadIdx.x - 1] : 0;
+    for (long i = lo; i < hi; i++) {
+        int c = base[i];
+        base[i] = acc;
+        acc += c;
+    }
+    __syncthreads();  // every base written (global writes are visible within the block after it)
+    const int total = run_tot[PLAN_SCAN_THREADS - 1];
+    for (int e = threadIdx.x; e < E; e += PLAN_SCAN_THREADS)
+        counts[e] = (e + 1 < E ? base[(long)(e + 1) * T] : total) - base[(long)e * T];
+}
+
+// One warp per tile: row_of of each pair = the tile's next free row of its expert, taken in pair
+// order. The lanes of a step that share an expert (__match_any_sync) number themselves by lane
+// below the step's leader, which reads and advances that expert's next row.
+__global__ void moe_plan_rank_kernel(int *row_of, const int *base, const int *idx, long n, int E, int T) {
+    extern __shared__ int next[];  // (E)
+    const int lane = threadIdx.x;
+    for (int e = lane; e < E; e += 32) next[e] = base[(long)e * T + blockIdx.x];
+    __syncwarp();
+    const long r0 = (long)blockIdx.x * PLAN_TILE;
+    for (long r = r0 + lane; r < r0 + PLAN_TILE; r += 32) {
+        const int e = r < n ? idx[r] : -1;
+        const bool valid = r < n && e >= 0 && e < E;
+        const unsigned peers = __match_any_sync(0xffffffffu, valid ? e : -1);
+        const int leader = __ffs(peers) - 1;
+        const int first = __shfl_sync(0xffffffffu, valid ? next[e] : 0, leader);
+        if (valid) row_of[r] = first + __popc(peers & ((1u << lane) - 1));
+        __syncwarp();
+        if (valid && lane == leader) next[e] = first + __popc(peers);
+        __syncwarp();
+    }
+}
+
+// The three launches of the plan (row_of (n), counts (E)), with the (E, T) table in stream-ordered
+// scratch.
+static void plan(int *row_of, int *counts, const int *idx, long n, int E) {
+    if (n == 0) {
+        CUDA_CHECK(cudaMemsetAsync(counts, 0, (size_t)E * sizeof(int), core_stream()));
+        return;
+    }
+    const int T = (int)((n + PLAN_TILE - 1) / PLAN_TILE);
+    const size_t smem = (size_t)E * sizeof(int);
+    CHECK(smem <= 48 * 1024, "moe: %d experts (or slots) exceed the plan's shared memory", E);
+    int *table = NULL;  // (E, T)
+    CUDA_CHECK(cudaMallocAsync((void **)&table, (size_t)E * T * sizeof(int), core_stream()));
+    moe_plan_count_kernel<<<T, 32, smem, core_stream()>>>(table, idx, n, E, T);
+    CUDA_CHECK_LAUNCH();
+    moe_plan_scan_kernel<<<1, PLAN_SCAN_THREADS, 0, core_stream()>>>(table, counts, E, T);
+    CUDA_CHECK_LAUNCH();
+    moe_plan_rank_kernel<<<T, 32, smem, core_stream()>>>(row_of, table, idx, n, E, T);
+    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaFreeAsync(table, core_stream()));
 }
 
 // Block per pair, its threads striding over the row in words of type V (16 bytes where the rows
@@ -120,8 +182,7 @@ void moe_cuda_plan_unchecked(int *row_of, int *counts, const int *idx, int N, in
     moe_check(N, K, 1);
     CHECK(E >= 1, "moe: need at least one expert, got E = %d", E);
     CHECK((long)N * K <= INT_MAX, "moe: %ld routed pairs overflow an int row index", (long)N * K);
-    moe_plan_kernel<<<E, PLAN_THREADS, 0, core_stream()>>>(row_of, counts, idx, (long)N * K, E);
-    CUDA_CHECK_LAUNCH();
+    plan(row_of, counts, idx, (long)N * K, E);
 }
 
 // The plan kernel never writes outside its outputs whatever the ids, so the check may follow it.
@@ -149,13 +210,11 @@ void moe_cuda_ep_plan(int *send_pos, int *counts, int *scratch, const int *idx, 
     CHECK(n >= 0 && n <= INT_MAX, "moe: %ld routed pairs overflow an int row index", n);
     CHECK(E >= 1 && R >= E && maxcnt >= 1, "moe: bad EP placement E = %d, R = %d", E, R);
     int *row_e = scratch, *counts_e = scratch + n, *slot = scratch + n + E;
-    moe_plan_kernel<<<E, PLAN_THREADS, 0, core_stream()>>>(row_e, counts_e, idx, n, E);
-    CUDA_CHECK_LAUNCH();
+    plan(row_e, counts_e, idx, n, E);
     moe_ep_slot_kernel<<<core_blocks(n, 256), 256, (size_t)E * sizeof(int), core_stream()>>>(
         slot, idx, row_e, counts_e, log2phy, logcnt, maxcnt, me, n, E);
     CUDA_CHECK_LAUNCH();
-    moe_plan_kernel<<<R, PLAN_THREADS, 0, core_stream()>>>(send_pos, counts, slot, n, R);
-    CUDA_CHECK_LAUNCH();
+    plan(send_pos, counts, slot, n, R);
 }
 
 void moe_cuda_ep_recv_pos(int *recv_pos, const int *table, int B, long n) {
