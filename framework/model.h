@@ -91,10 +91,9 @@ typedef struct {
 // buffers hold elements of ops->dt, `float *` ones fp32 (layers/ops.h's conventions).
 typedef struct {
     void *h_in;         // (N, D) residual stream entering the layer
-    void *a;            // (N, D) attention RMSNorm output
     float *rstd1;       // (N) its 1/rms
-    void *q, *k, *v;    // (N, H·hd), (N, Hkv·hd), (N, Hkv·hd) projections before RoPE
-    void *qr, *kr;      // (N, H·hd), (N, Hkv·hd) after RoPE
+    void *v;            // (N, Hkv·hd) value projection
+    void *qr, *kr;      // (N, H·hd), (N, Hkv·hd) query and key projections after RoPE (in place)
     float *att;         // the attention state (ops->attention_state_floats)
     void *o;            // (N, H·hd) attention output before Wo
     void *h_mid;        // (N, D) residual after attention
@@ -118,14 +117,14 @@ typedef struct {
     void *h_out;            // (N, D) residual stream after the stage's last layer (sent onwards)
     void *hf;               // (N, D) final RMSNorm output
     float *rstdf;           // (N) its 1/rms
-    void *logits;           // (N, V)
+    void *logits;           // (N, V); after the backward, their gradient (dlogits is the same buffer)
     float *lse, *losses;    // (N), (N)
     float ce, bal;          // mean cross-entropy (last stage); Σ over the stage's MoE layers of L_bal
     float *scalars;         // (1 + L) in ops' memory: [0] the mean cross-entropy, [1 + l] L_bal of
                             // MoE layer l; ce and bal are read from them (model_scalars_loss)
     void *dh;               // (l1 − l0 + 1, N, D): slot l − l0 = ∂L/∂(input of layer l); the last
                             // slot = ∂L/∂h_out
-    void *dlogits, *dhf;    // (N, V), (N, D)
+    void *dlogits, *dhf;    // (N, V) = logits (written in place by the backward), (N, D)
     char *arena;            // one block holding every buffer above
     size_t arena_used, arena_cap;
 } ModelActs;

@@ -37,7 +37,7 @@ void crossentropy_backward_input(float *dlogits, const float *logits, const floa
     for (int n = 0; n < N; n++) {
         const float *z = logits + (size_t)n * V;
         float *dz = dlogits + (size_t)n * V;
-        for (int i = 0; i < V; i++) dz[i] += dloss * expf(z[i] - lse[n]);
+        for (int i = 0; i < V; i++) dz[i] = dloss * expf(z[i] - lse[n]);  // z[i] read before dz[i] is written
         dz[targets[n]] -= dloss;
     }
 }

@@ -39,10 +39,9 @@ __global__ void crossentropy_backward_kernel(T *dlogits, const T *logits, const 
     int target = targets[blockIdx.x];
     for (int i = threadIdx.x * W; i < V; i += THREADS * W) {
         float z[W], d[W];
-        core_ld_vec<W>(z, logits + row + i);
-        core_ld_vec<W>(d, dlogits + row + i);
+        core_ld_vec<W>(z, logits + row + i);  // each element read, then written by this thread: in place works
 #pragma unroll
-        for (int j = 0; j < W; j++) d[j] += dloss * expf(z[j] - l) - (i + j == target ? dloss : 0.0f);
+        for (int j = 0; j < W; j++) d[j] = dloss * expf(z[j] - l) - (i + j == target ? dloss : 0.0f);
         core_st_vec<W>(dlogits + row + i, d);
     }
 }

@@ -13,7 +13,7 @@ extern "C" {
 // losses (N) = lse − logits[target], lse (N) saved; logits (N, V), targets (N) in [0, V).
 void crossentropy_cuda_forward(CoreDtype dt, float *losses, float *lse, const void *logits,
                                const int *targets, int N, int V);
-// dlogits (N, V) += dloss · (softmax(logits) − onehot(target)).
+// dlogits (N, V) = dloss · (softmax(logits) − onehot(target)), written; dlogits may be logits.
 void crossentropy_cuda_backward_input(CoreDtype dt, void *dlogits, const void *logits,
                                       const float *lse, const int *targets, float dloss, int N,
                                       int V);

@@ -95,6 +95,7 @@ typedef struct LayerOps {
                                 long n);
     void (*crossentropy_forward)(float *losses, float *lse, const void *logits, const int *targets,
                                  int N, int V);
+    // dlogits (N, V) = dloss · (softmax − onehot), written; dlogits may be logits (in place).
     void (*crossentropy_backward_input)(void *dlogits, const void *logits, const float *lse,
                                         const int *targets, float dloss, int N, int V);
     // out (1) = (Σ x (n) / n), the sum in double in a fixed order (the mean cross-entropy).

@@ -88,10 +88,9 @@ int main(int argc, char **argv) {
     model_zero_grad(m);
     ModelActs a;
     float loss = model_forward(m, &a, tok, B, T, 1);
-    model_backward_input(m, &a, 1.0f);
-    model_backward_weight(m, &a, NULL);
     int64_t ldims[3] = {B, T, c.V}, one = 1;
-    // The logits are in the backend's activation dtype: to fp32 there, then to the host.
+    // The logits are in the backend's activation dtype: to fp32 there, then to the host. Before
+    // the backward, which turns them into their gradient in place.
     const size_t nl = (size_t)B * T * c.V;
     float *dlog = ops->alloc(nl * sizeof(float)), *logits = core_alloc(nl * sizeof(float));
     ops->from_act(dlog, a.logits, (long)nl);
@@ -99,6 +98,8 @@ int main(int argc, char **argv) {
     tdump_f32(td, "logits", logits, 3, ldims);
     ops->free(dlog);
     core_free(logits);
+    model_backward_input(m, &a, 1.0f);
+    model_backward_weight(m, &a, NULL);
     tdump_f32(td, "loss", &loss, 1, &one);
     tdump_f32(td, "ce_loss", &a.ce, 1, &one);
     model_acts_free(m, &a);
