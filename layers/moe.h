@@ -109,7 +109,7 @@ typedef struct {
 } MoeGrads;
 
 // One token chunk of a micro-batch: chunk c of C holds the tokens [⌊c·N/C⌋, ⌊(c+1)·N/C⌋), sizes
-// within one token of each other and none empty (C <= N). Its expert
+// within one token of each other (empty ones only where N < C). Its expert
 // rows are a contiguous range of the micro-batch's xe, ex and dye, grouped by local slot.
 typedef struct {
     int t0, n;              // home tokens [t0, t0 + n)

@@ -5,7 +5,9 @@
 #  2. EP 2 on 2 ranks with 2 and 3 chunks, and EP 4 on 4 ranks with 3 chunks, train as with one
 #     chunk and as the one-process run of the same global batch: losses, cross-entropy and gradient
 #     norms of every step within 1e-5 (the expert weight gradients add up chunk by chunk, so the
-#     bits may differ); the metrics' first line records ep_chunks.
+#     bits may differ); the metrics' first line records ep_chunks;
+#  3. the sample after training (forward passes of 1, 2, ... tokens, fewer than the chunks) runs
+#     with EP 2 and 3 chunks: empty chunks, never a rank that skips an exchange.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
@@ -48,3 +50,9 @@ for run in ep2c3 ep4c3; do
     close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 123
     echo "ok: $run matches the one-process run"
 done
+
+# 3.
+mpi 2 "$moelab" train "${args[@]}" --steps 1 --grad-accum 2 --ep 2 --ep-chunks 3 --sample-tokens 4 >"$tmp/sample.log" 2>&1 ||
+    { echo "FAIL: sampling with 3 chunks:"; cat "$tmp/sample.log"; exit 1; }
+grep -q "sample after training (4 tokens" "$tmp/sample.log" || { echo "FAIL: no sample in:"; cat "$tmp/sample.log"; exit 1; }
+echo "ok: the sample runs with empty chunks"

@@ -4,6 +4,7 @@
 // same); the routed experts' weight gradients add their rows up chunk by chunk, C partial sums
 // instead of one, so they may differ by fp32 reassociation only: within 1e-6 of the tensor's
 // largest value. Cases: N not divisible by C (7 tokens), chunks of one token (3 tokens, C = 3),
+// empty chunks on a rank with one token while the other ranks have more,
 // every pair to one expert on the last rank (every other rank receives zero rows from every chunk),
 // a hot expert on rank 0 next to random choices, the exchanges left in flight (the default) and run
 // to their end (ep_overlap = 0). Then C = 3 against the one-process run over every rank's tokens
@@ -104,28 +105,32 @@ std::vector<float> tokens(int T, unsigned seed) {
 
 struct Case {
     int T, K, hot;
+    bool per_rank;  // rank r has T + r tokens instead of T
 };
 
 // hot = E - 1: every pair (K = 1) goes to the last rank's last slot; hot = 0 with K = 2: rank 0's
-// first slot receives every token next to a random second choice.
-const Case CASES[] = {{7, 2, -1}, {3, 2, -1}, {5, 1, E - 1}, {7, 2, 0}};
+// first slot receives every token next to a random second choice. T = 1 + r: rank 0's one token
+// leaves it with empty chunks (as in a sampling pass) while the others' chunks are not.
+const Case CASES[] = {{7, 2, -1, false}, {3, 2, -1, false}, {5, 1, E - 1, false}, {7, 2, 0, false},
+                      {1, 2, -1, true}};
 
 TEST(EpChunks, ChunksEqualOneChunk) {
     Comm *w = comm_world();
     for (int overlap = 1; overlap >= 0; overlap--)
         for (const Case &c : CASES) {
-            SCOPED_TRACE(testing::Message() << "T = " << c.T << ", K = " << c.K << ", hot = " << c.hot
+            const int T = c.T + (c.per_rank ? w->rank : 0);
+            SCOPED_TRACE(testing::Message() << "T = " << T << ", K = " << c.K << ", hot = " << c.hot
                                             << ", ep_overlap = " << overlap);
             const Weights wt(c.hot);
-            const std::vector<float> x = tokens(c.T, 1), dy = tokens(c.T, 2);
+            const std::vector<float> x = tokens(T, 1), dy = tokens(T, 2);
             MoeDispatcher *d = ep_dispatcher_create(w, E);
             ep_dispatcher_set_overlap(d, overlap);
             const int first = w->rank * d->n_local;
-            const Out one = run(d, wt, c.K, first, x, dy, 1, c.T);
+            const Out one = run(d, wt, c.K, first, x, dy, 1, T);
             for (int C = 2; C <= 3; C++) {
                 SCOPED_TRACE(testing::Message() << "ep_chunks = " << C);
                 ep_dispatcher_set_chunks(d, C);
-                const Out o = run(d, wt, c.K, first, x, dy, 1, c.T);
+                const Out o = run(d, wt, c.K, first, x, dy, 1, T);
                 EXPECT_EQ(o.y, one.y);
                 EXPECT_EQ(o.dx, one.dx);
                 EXPECT_EQ(o.router, one.router);
