@@ -65,13 +65,18 @@ static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, cons
 }
 
 // Row r of a (·, n) tensor of the activation dtype, and the view of activations from row r on.
-static void *row_at(const LayerOps *o, const void *p, long r, int n) {
+static void *row_at(const LayerOps *o, const void *p, long r, long n) {
     return p ? (char *)p + (size_t)r * n * o->act_size : NULL;
 }
 static SwigluActs acts_from(const LayerOps *o, const SwigluActs *h, long r, int F) {
     SwigluActs v = {row_at(o, h->a, r, F), row_at(o, h->b, r, F), row_at(o, h->h, r, F),
                     row_at(o, h->da, r, F), row_at(o, h->db, r, F)};
     return v;
+}
+
+// Whether d can leave its exchanges in flight (the three hooks of moe.h).
+static int async_of(const MoeDispatcher *d) {
+    return d->to_experts_start && d->from_experts_start && d->finish;
 }
 
 // Splits the micro-batch into its chunks and plans each chunk's exchange (all before any rows
@@ -107,12 +112,8 @@ static void plan_chunks(MoeActs *a, MoeDispatcher *d, int K) {
 // row map, nothing travels). Where the dispatcher can leave exchanges in flight (async) they are
 // pipelined: chunk c+1's rows travel out while chunk c computes, and chunk c's travel home while
 // chunk c+1 computes; `first` (may be NULL) runs while chunk 0's rows travel out. Otherwise each
-// exchange runs to its end in turn and `first` is not called.
-// Whether d can leave its exchanges in flight (the three hooks of moe.h).
-static int async_of(const MoeDispatcher *d) {
-    return d->to_experts_start && d->from_experts_start && d->finish;
-}
-
+// exchange runs to its end in turn and `first` is not called. home may be src: chunk c's home
+// rows are written only after its own rows went out (its dispatch has finished by then).
 typedef struct ChunkWork {
     void (*experts)(struct ChunkWork *w, const MoeChunk *h);
     void (*first)(struct ChunkWork *w);
@@ -176,7 +177,7 @@ static void experts_forward(ChunkWork *w, const MoeChunk *h) {
 static void shared_all(ChunkWork *w) {
     const long ND = (long)w->a->N * w->s->D;
     for (int j = 0; j < w->s->S; j++)
-        shared_forward(w->o, row_at(w->o, w->shared, j, (int)ND), w->a, j, w->a->x, w->s, w->p);
+        shared_forward(w->o, row_at(w->o, w->shared, j, ND), w->a, j, w->a->x, w->s, w->p);
 }
 
 // Backward-input experts of one chunk: in (∂L/∂ expert output rows) → out (∂L/∂ expert input rows),
@@ -281,15 +282,14 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
     a->ex.db = xout(o, R * Fe);
     void *dh = xout(o, R * Fe);   // (n_rows, Fe) scratch
     void *dxe = xout(o, R * D);   // (n_rows, D) ∂L/∂xe
-    void *home = a->map ? NULL : xout(o, (long)N * K * D);  // (N, K, D) the experts' dx rows at home
+    // The experts' dx rows come home into nk, chunk by chunk where the chunk's ∂L/∂out rows left.
     ChunkWork w = {.experts = experts_backward, .o = o, .s = s, .p = p, .a = a, .L = L, .in = a->dye,
                    .out = dxe, .scratch = dh};
-    routed_chunks(&w, d, nk, 1, home);
+    routed_chunks(&w, d, nk, 1, nk);
     o->free(dh);
-    o->free(nk);
-    if (home) {
+    if (nk) {
         o->free(dxe);
-        dxe = home;
+        dxe = nk;
     }
     prof_mark(PROF_COMBINE);
     o->moe_sum_choices(dx, dxe, a->map, N, K, D);
