@@ -548,7 +548,7 @@ static const char *const SHAPE_KEYS[] = {"vocab_size", "d_model", "n_layers", "n
                                          "tie_embeddings"};
 static const char *const FREE_KEYS[] = {"log_every", "val_every", "val_batches", "val_fraction",
                                         "sample_tokens", "temperature", "top_k_sample", "threads",
-                                        "ep", "pp", "chunks", "schedule", "fb_overlap", "dp_overlap", "ep_overlap",
+                                        "ep", "pp", "chunks", "schedule", "fb_overlap", "dp_overlap", "ep_overlap", "ep_chunks",
                                         "zero", "expert_gemm", "gemm_streams", "eplb_interval", "eplb_redundant",
                                         "device", "data", "metrics", "out", "resume", "trace",
                                         "save_every", "keep", "nonfinite_skip"};

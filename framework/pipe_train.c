@@ -149,6 +149,7 @@ static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
     for (int l = 0; l < L; l++) {
         s.disp[l] = ep_dispatcher_create(x->ep, c->E);
         ep_dispatcher_set_overlap(s.disp[l], c->ep_overlap);
+        ep_dispatcher_set_chunks(s.disp[l], c->ep_chunks);
         if (on_gpu) ep_dispatcher_to_device(s.disp[l], x->ep_dev, m->ops);
         model_set_layer_dispatcher(m, x->moe0 + l, s.disp[l]);
     }
@@ -224,6 +225,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         if (ep > 1) {
             MoeDispatcher *d = ep_dispatcher_create(x->ep, c->E);
             ep_dispatcher_set_overlap(d, c->ep_overlap);
+            ep_dispatcher_set_chunks(d, c->ep_chunks);
             if (on_gpu) ep_dispatcher_to_device(d, x->ep_dev, ops);
             model_set_dispatcher(m, d);
         }

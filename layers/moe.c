@@ -4,6 +4,7 @@
 // goes through the dispatcher's backend (layers/ops.h), so the same code runs on the CPU and GPU.
 #include "layers/moe.h"
 
+#include <limits.h>
 #include <string.h>
 
 #include "framework/core/check.h"
@@ -63,6 +64,131 @@ static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, cons
     drop_h(o, h);
 }
 
+// Row r of a (·, n) tensor of the activation dtype, and the view of activations from row r on.
+static void *row_at(const LayerOps *o, const void *p, long r, long n) {
+    return p ? (char *)p + (size_t)r * n * o->act_size : NULL;
+}
+static SwigluActs acts_from(const LayerOps *o, const SwigluActs *h, long r, int F) {
+    SwigluActs v = {row_at(o, h->a, r, F), row_at(o, h->b, r, F), row_at(o, h->h, r, F),
+                    row_at(o, h->da, r, F), row_at(o, h->db, r, F)};
+    return v;
+}
+
+// Whether d can leave its exchanges in flight (the three hooks of moe.h).
+static int async_of(const MoeDispatcher *d) {
+    return d->to_experts_start && d->from_experts_start && d->finish;
+}
+
+// Splits the micro-batch into its chunks and plans each chunk's exchange (all before any rows
+// travel, so the count exchanges never interleave with row exchanges in flight). Sets a->n_rows.
+static void plan_chunks(MoeActs *a, MoeDispatcher *d, int K) {
+    const int N = a->N, L = d->n_local;
+    // Every rank of an EP group must run the same exchanges, whatever its tokens: with fewer
+    // tokens than chunks (a sampling pass of one token) some chunks are empty, never fewer chunks.
+    const int C = d->chunks > 1 ? d->chunks : 1;
+    CHECK(C == 1 || !d->row_map, "moe: token chunks need a dispatcher whose rows travel (no row map)");
+    a->C = C;
+    a->ch = core_alloc((size_t)C * sizeof(MoeChunk));
+    long rows = 0;
+    for (int c = 0; c < C; c++) {
+        MoeChunk *h = &a->ch[c];
+        h->t0 = (int)((long)c * N / C);
+        h->n = (int)((long)(c + 1) * N / C) - h->t0;
+        h->counts = core_alloc((size_t)L * sizeof(int));
+        h->plan = d->plan(d, a->idx + (long)h->t0 * K, h->n, K, &h->n_rows, h->counts);
+        long total = 0;
+        for (int e = 0; e < L; e++) total += h->counts[e];
+        CHECK(total == h->n_rows, "moe: dispatcher counts sum to %ld rows, plan says %d", total, h->n_rows);
+        h->r0 = (int)rows;
+        rows += h->n_rows;
+        CHECK(rows <= INT_MAX, "moe: %ld expert rows overflow an int", rows);
+    }
+    a->n_rows = (int)rows;
+}
+
+// The routed experts of every chunk between two exchanges: chunk c's home rows src go out to its
+// expert rows of `in` (per_choice as in to_experts), experts(c) turns them into its rows of `out`,
+// and those come home to (N, K, D) `home` at the chunk's pairs (src and home NULL: the dispatcher's
+// row map, nothing travels). Where the dispatcher can leave exchanges in flight (async) they are
+// pipelined: chunk c+1's rows travel out while chunk c computes, and chunk c's travel home while
+// chunk c+1 computes; `first` (may be NULL) runs while chunk 0's rows travel out. Otherwise each
+// exchange runs to its end in turn and `first` is not called. home may be src: chunk c's home
+// rows are written only after its own rows went out (its dispatch has finished by then).
+typedef struct ChunkWork {
+    void (*experts)(struct ChunkWork *w, const MoeChunk *h);
+    void (*first)(struct ChunkWork *w);
+    const LayerOps *o;
+    const MoeShape *s;
+    const MoeParams *p;
+    MoeActs *a;
+    int L;
+    void *in, *out, *scratch;  // (n_rows, D), (n_rows, D), (n_rows, Fe) or NULL
+    void *shared;              // (S, N, D) the shared experts' outputs (forward), or NULL
+} ChunkWork;
+
+static void routed_chunks(ChunkWork *w, MoeDispatcher *d, const void *src, int per_choice, void *home) {
+    const LayerOps *o = w->o;
+    const int C = w->a->C, K = w->s->K, D = w->s->D;
+    const int async = async_of(d);
+    const size_t tok = (size_t)(per_choice ? K : 1) * D * o->act_size;  // bytes of a token in src
+    for (int c = -1; c < C; c++) {
+        // Chunk c+1 starts out (chunk 0 before the loop proper, with `first` behind it).
+        if (c + 1 < C && src) {
+            const MoeChunk *n = &w->a->ch[c + 1];
+            const void *sc = (const char *)src + n->t0 * tok;
+            prof_mark(PROF_DISPATCH);
+            if (async) d->to_experts_start(d, n->plan, sc, per_choice, row_at(o, w->in, n->r0, D), D);
+            else d->to_experts(d, n->plan, sc, per_choice, row_at(o, w->in, n->r0, D), D);
+            if (c < 0 && async && w->first) w->first(w);
+            // Chunk 0 must have arrived before its experts run; chunk c+1 > 0 travels during chunk c's.
+            if (c < 0 && async) d->finish(d, n->plan);
+        }
+        if (c < 0) continue;
+        const MoeChunk *h = &w->a->ch[c];
+        prof_mark(PROF_EXPERTS);
+        w->experts(w, h);
+        if (home) {
+            void *hc = (char *)home + (size_t)h->t0 * K * D * o->act_size;
+            prof_mark(PROF_DISPATCH);
+            if (async) d->from_experts_start(d, h->plan, row_at(o, w->out, h->r0, D), hc, D);
+            else d->from_experts(d, h->plan, row_at(o, w->out, h->r0, D), hc, D);
+        }
+        if (async && c + 1 < C && src) {
+            prof_mark(PROF_DISPATCH);
+            d->finish(d, w->a->ch[c + 1].plan);
+        }
+    }
+    if (async && home) {
+        prof_mark(PROF_DISPATCH);
+        for (int c = 0; c < C; c++) d->finish(d, w->a->ch[c].plan);
+    }
+}
+
+// Forward experts of one chunk: out rows ← SwiGLU of in rows, activations kept in a->ex.
+static void experts_forward(ChunkWork *w, const MoeChunk *h) {
+    const int D = w->s->D, Fe = w->s->Fe;
+    SwigluActs v = acts_from(w->o, &w->a->ex, h->r0, Fe);
+    ops_swiglu_forward(w->o, row_at(w->o, w->out, h->r0, D), &v, row_at(w->o, w->in, h->r0, D), w->p->w1,
+                       w->p->w3, w->p->w2, h->counts, w->L, D, Fe);
+}
+
+// The shared experts of the forward while chunk 0's rows travel: each into its (N, D) of
+// w->shared (S, N, D).
+static void shared_all(ChunkWork *w) {
+    const long ND = (long)w->a->N * w->s->D;
+    for (int j = 0; j < w->s->S; j++)
+        shared_forward(w->o, row_at(w->o, w->shared, j, ND), w->a, j, w->a->x, w->s, w->p);
+}
+
+// Backward-input experts of one chunk: in (∂L/∂ expert output rows) → out (∂L/∂ expert input rows),
+// writing a->ex's da and db.
+static void experts_backward(ChunkWork *w, const MoeChunk *h) {
+    const int D = w->s->D, Fe = w->s->Fe;
+    SwigluActs v = acts_from(w->o, &w->a->ex, h->r0, Fe);
+    ops_swiglu_backward_input(w->o, row_at(w->o, w->out, h->r0, D), &v, row_at(w->o, w->scratch, h->r0, Fe),
+                              row_at(w->o, w->in, h->r0, D), w->p->w1, w->p->w3, w->p->w2, h->counts, w->L,
+                              D, Fe, 0);
+}
 void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const MoeParams *p,
                  MoeDispatcher *d, int B, int T) {
     check_shape(s, d, B, T);
@@ -86,49 +212,32 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
     o->balance_loss(a->bal_loss, a->scores, a->idx, B, T, E, K);
 
     prof_mark(PROF_DISPATCH);
-    a->counts = core_alloc((size_t)L * sizeof(int));
-    a->plan = d->plan(d, a->idx, N, K, &a->n_rows, a->counts);
-    long total = 0;
-    for (int e = 0; e < L; e++) total += a->counts[e];
-    CHECK(total == a->n_rows, "moe: dispatcher counts sum to %ld rows, plan says %d", total, a->n_rows);
-
+    plan_chunks(a, d, K);
     long R = a->n_rows;
     a->xe = xout(o, R * D);
-    a->ye = xout(o, R * D);
+    void *ye = xout(o, R * D);  // (n_rows, D) the experts' output rows
     a->ex.a = xout(o, R * Fe);
     a->ex.b = xout(o, R * Fe);
     a->ex.h = xout(o, R * Fe);
     // The shared experts need only x: where the dispatcher can leave the rows in flight, their
-    // GEMMs run while the rows travel, into buffers of their own that are added to y in the same
-    // order as without the overlap (bit-identical results).
-    const int overlap = d->to_experts_start != NULL;
-    if (overlap) d->to_experts_start(d, a->plan, x, 0, a->xe, D);
-    else d->to_experts(d, a->plan, x, 0, a->xe, D);
+    // GEMMs run while the first chunk's rows travel, into buffers of their own that are added to y
+    // in the same order as without the overlap (bit-identical results).
+    const int overlap = async_of(d);
     void *shared = NULL;  // (S, N, D) the shared experts' outputs, or (N, D) one at a time
     if (s->S > 0) {
         a->sh = core_alloc((size_t)s->S * sizeof(SwigluActs));
         shared = xout(o, (long)(overlap ? s->S : 1) * N * D);
     }
-    if (overlap) {
-        prof_mark(PROF_EXPERTS);
-        for (int j = 0; j < s->S; j++)
-            shared_forward(o, (char *)shared + (size_t)j * N * D * o->act_size, a, j, x, s, p);
-        prof_mark(PROF_DISPATCH);
-        d->finish(d, a->plan);
-    }
-    prof_mark(PROF_EXPERTS);
-    ops_swiglu_forward(o, a->ye, &a->ex, a->xe, p->w1, p->w3, p->w2, a->counts, L, D, Fe);
-    drop_h(o, &a->ex);
     // Rows that never left this process are combined in place; others come home first, in pair
-    // order. Either way the combine's input stays in ye for the backward.
-    a->map = d->row_map ? d->row_map(d, a->plan) : NULL;
-    if (!a->map) {
-        prof_mark(PROF_DISPATCH);
-        void *home = xout(o, (long)N * K * D);
-        d->from_experts(d, a->plan, a->ye, home, D);
-        o->free(a->ye);
-        a->ye = home;
-    }
+    // order. Either way the combine's input stays in a->ye for the backward.
+    a->map = d->row_map ? d->row_map(d, a->ch[0].plan) : NULL;
+    void *home = a->map ? NULL : xout(o, (long)N * K * D);  // (N, K, D)
+    ChunkWork w = {.experts = experts_forward, .first = overlap ? shared_all : NULL, .o = o, .s = s,
+                   .p = p, .a = a, .L = L, .in = a->xe, .out = ye, .shared = shared};
+    routed_chunks(&w, d, x, 0, home);
+    drop_h(o, &a->ex);
+    if (home) o->free(ye);
+    a->ye = home ? home : ye;
     prof_mark(PROF_COMBINE);
     o->moe_combine(y, a->ye, a->map, a->gates, N, K, D);
 
@@ -156,31 +265,29 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
     // way x did.
     float *dgates = fout(o, (long)N * K);  // (N, K)
     a->dye = xout(o, R * D);
+    void *nk = NULL;  // (N, K, D) ∂L/∂out_nk at home, without the row map
     if (a->map) {
         o->moe_combine_backward(dgates, a->dye, dy, a->ye, a->map, a->gates, N, K, D);
     } else {
-        void *nk = xout(o, (long)N * K * D);  // (N, K, D) ∂L/∂out_nk
+        nk = xout(o, (long)N * K * D);
         o->moe_combine_backward(dgates, nk, dy, a->ye, NULL, a->gates, N, K, D);
-        prof_mark(PROF_DISPATCH);
-        d->to_experts(d, a->plan, nk, 1, a->dye, D);
-        o->free(nk);
     }
     o->free(a->ye);
     a->ye = NULL;
 
-    // Routed experts; their input gradient rows are summed over the choices in place, or after
-    // coming home the way y did.
-    prof_mark(PROF_EXPERTS);
+    // Routed experts, chunk by chunk between the two exchanges (the combine's backward travels
+    // out like the dispatch, the dispatch's comes home like the combine); their input gradient
+    // rows are summed over the choices in place, or once home.
     a->ex.da = xout(o, R * Fe);  // written by ops_swiglu_backward_input, as are dh and dxe
     a->ex.db = xout(o, R * Fe);
     void *dh = xout(o, R * Fe);   // (n_rows, Fe) scratch
     void *dxe = xout(o, R * D);   // (n_rows, D) ∂L/∂xe
-    ops_swiglu_backward_input(o, dxe, &a->ex, dh, a->dye, p->w1, p->w3, p->w2, a->counts, L, D, Fe, 0);
+    // The experts' dx rows come home into nk, chunk by chunk where the chunk's ∂L/∂out rows left.
+    ChunkWork w = {.experts = experts_backward, .o = o, .s = s, .p = p, .a = a, .L = L, .in = a->dye,
+                   .out = dxe, .scratch = dh};
+    routed_chunks(&w, d, nk, 1, nk);
     o->free(dh);
-    if (!a->map) {
-        prof_mark(PROF_DISPATCH);
-        void *nk = xout(o, (long)N * K * D);  // (N, K, D) the experts' dx rows at home
-        d->from_experts(d, a->plan, dxe, nk, D);
+    if (nk) {
         o->free(dxe);
         dxe = nk;
     }
@@ -227,7 +334,14 @@ void moe_backward_weight(MoeGrads *g, MoeActs *a, const MoeShape *s, MoeDispatch
     prof_mark(PROF_ROUTER);
     o->linear_backward_weight(g->router, a->dlogits, a->x, N, D, E);
     prof_mark(PROF_EXPERTS);
-    ops_swiglu_backward_weight(o, g->w1, g->w3, g->w2, &a->ex, a->xe, a->dye, a->counts, L, D, Fe, acc);
+    // Chunk by chunk in a fixed order: with C > 1 each expert's rows add up in C sums, which rounds
+    // differently from one sum over all rows (fp32 reassociation, within 1e-6 relative in the tests).
+    for (int c = 0; c < a->C; c++) {
+        const MoeChunk *h = &a->ch[c];
+        SwigluActs v = acts_from(o, &a->ex, h->r0, Fe);
+        ops_swiglu_backward_weight(o, g->w1, g->w3, g->w2, &v, row_at(o, a->xe, h->r0, D),
+                                   row_at(o, a->dye, h->r0, D), h->counts, L, D, Fe, c > 0 || acc);
+    }
     for (int j = 0; j < s->S; j++) {
         long w = (long)j * Fe * D;
         ops_swiglu_backward_weight(o, g->sw1 + w, g->sw3 + w, g->sw2 + w, &a->sh[j], a->x, a->dy, &N, 1,
@@ -242,8 +356,11 @@ void moe_acts_free(MoeActs *a, MoeDispatcher *d) {
     o->free(a->idx);
     o->free(a->gates);
     o->free(a->bal_loss);
-    if (a->plan) d->release(d, a->plan);
-    core_free(a->counts);
+    for (int c = 0; a->ch && c < a->C; c++) {
+        if (a->ch[c].plan) d->release(d, a->ch[c].plan);
+        core_free(a->ch[c].counts);
+    }
+    core_free(a->ch);
     o->free(a->xe);
     o->free(a->ye);
     acts_free(o, &a->ex);

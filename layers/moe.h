@@ -51,6 +51,10 @@ typedef struct MoeDispatcher {
     // dst (N, K, D) ← rows (n_rows, D): each (token, choice) gets its expert's row back.
     void (*from_experts)(struct MoeDispatcher *self, MoeDispatchPlan *p, const void *rows,
                          void *dst, int D);
+    // Optional, with to_experts_start (NULL: the layer calls from_experts): from_experts started,
+    // completed by finish(self, p). Neither rows nor dst may be touched before finish.
+    void (*from_experts_start)(struct MoeDispatcher *self, MoeDispatchPlan *p, const void *rows,
+                               void *dst, int D);
     // Optional (NULL where rows travel to other ranks): the row of rows (n_rows, D) that holds pair
     // t·K + k, (N·K) ints in the backend's memory, valid until release. With it the layer moves no
     // rows home: the combine, its backward and the sum of choices read and write the experts' rows
@@ -58,6 +62,12 @@ typedef struct MoeDispatcher {
     const int *(*row_map)(struct MoeDispatcher *self, MoeDispatchPlan *p);
     void (*release)(struct MoeDispatcher *self, MoeDispatchPlan *p);
     void (*destroy)(struct MoeDispatcher *self);
+    // Token chunks the layer splits each micro-batch into (0 or 1: one; config key ep_chunks), for
+    // a dispatcher without row_map: each chunk has a plan of its own, and with the start hooks
+    // chunk c+1's dispatch travels while chunk c's experts compute, chunk c's combine while chunk
+    // c+1's experts compute (the backward likewise). Per token the math is the same; only the
+    // routed experts' weight gradients add up their rows chunk by chunk.
+    int chunks;
 } MoeDispatcher;
 
 // The single-process dispatcher: all E experts local, slot s = expert s. Rows are ordered by expert,
@@ -98,6 +108,16 @@ typedef struct {
     float *sw1, *sw3, *sw2;
 } MoeGrads;
 
+// One token chunk of a micro-batch: chunk c of C holds the tokens [⌊c·N/C⌋, ⌊(c+1)·N/C⌋), sizes
+// within one token of each other (empty ones only where N < C). Its expert
+// rows are a contiguous range of the micro-batch's xe, ex and dye, grouped by local slot.
+typedef struct {
+    int t0, n;              // home tokens [t0, t0 + n)
+    int r0, n_rows;         // expert rows [r0, r0 + n_rows)
+    MoeDispatchPlan *plan;  // the chunk's exchange
+    int *counts;            // (n_local) rows per local slot
+} MoeChunk;
+
 // Everything one micro-batch keeps between forward, backward_input and backward_weight.
 // Buffers are allocated by moe_forward (sized by the rows actually received) and freed by
 // moe_acts_free as soon as backward_weight has consumed them. `void *` buffers hold elements of the
@@ -111,9 +131,9 @@ typedef struct {
     int *idx;               // (N, K)
     float *gates;           // (N, K)
     float *bal_loss;        // (1) L_bal of this micro-batch (before alpha), in the backend's memory
-    MoeDispatchPlan *plan;
-    int *counts;            // (n_local)
-    void *xe;               // (n_rows, D) expert input rows
+    int C;                  // token chunks (dispatcher->chunks, at least 1)
+    MoeChunk *ch;           // [C]
+    void *xe;               // (n_rows, D) expert input rows, chunk by chunk
     SwigluActs ex;          // (n_rows, Fe) routed-expert activations
     // The expert outputs the combine read, kept for its backward (freed by moe_backward_input):
     // the experts' rows ye (n_rows, D) themselves, pair t·K + k at row map[t·K + k], or with map

@@ -50,11 +50,14 @@ struct MoeDispatchPlan {
     // (n_recv), device: the expert row of each arrival row (moe_cuda_ep_recv_pos).
     int *blocks;
     int *recv_pos;
-    // A dispatch in flight (to_experts_start until finish): its request, its send and arrival
-    // buffers (arrival NULL: the rows land in place), and where the rows go.
+    // An exchange in flight (to_experts_start or from_experts_start until finish): its request,
+    // its direction, its send buffer (a dispatch's, or the combine's arrival-order rows; NULL
+    // where the combine sends the expert rows themselves), the buffer it lands in (arrival order,
+    // NULL where a dispatch lands in place; a combine's send order), and where the rows go.
     CommRequest *req;
+    int out;
     void *send, *arrival;
-    void *rows;
+    void *dst;
     int D;
 };
 
@@ -232,7 +235,7 @@ static void *rows_alloc(const LayerOps *o, int n, int D) {
 
 static void ep_to_experts_start(MoeDispatcher *self, MoeDispatchPlan *p, const void *src,
                                 int per_choice, void *rows, int D) {
-    CHECK(p->req == NULL, "ep dispatcher: a dispatch of this plan is already in flight");
+    CHECK(p->req == NULL, "ep dispatcher: an exchange of this plan is already in flight");
     const LayerOps *o = ops_of(self);
     p->send = rows_alloc(o, p->n_send, D);  // (n_send, D) in send order
 #ifdef MOELAB_CUDA
@@ -246,23 +249,50 @@ static void ep_to_experts_start(MoeDispatcher *self, MoeDispatchPlan *p, const v
                    (const char *)src + (size_t)(per_choice ? i : i / p->K) * bytes, bytes);
     }
     p->arrival = in_place(p) ? NULL : rows_alloc(o, p->n_recv, D);  // (n_recv, D) in arrival order
-    p->rows = rows;
+    p->out = 1;
+    p->dst = rows;
     p->D = D;
     p->req = exchange(self, p, 1, p->send, p->arrival ? p->arrival : rows, D);
 }
 
+static void ep_from_experts_start(MoeDispatcher *self, MoeDispatchPlan *p, const void *rows, void *dst,
+                                  int D) {
+    CHECK(p->req == NULL, "ep dispatcher: an exchange of this plan is already in flight");
+    const LayerOps *o = ops_of(self);
+    p->send = in_place(p) ? NULL : rows_alloc(o, p->n_recv, D);  // (n_recv, D) in arrival order
+    if (p->send) permute(self, p, 0, p->send, rows, D);
+    p->arrival = rows_alloc(o, p->n_send, D);  // (n_send, D) home, in send order
+    p->out = 0;
+    p->dst = dst;
+    p->D = D;
+    p->req = exchange(self, p, 0, p->send ? p->send : rows, p->arrival, D);
+}
+
+// Completes the exchange in flight: a dispatch's rows go from arrival order to expert order, a
+// combine's from send order to (token, choice) order.
 static void ep_finish(MoeDispatcher *self, MoeDispatchPlan *p) {
     if (!p->req) return;
     comm_wait(p->req);
     const LayerOps *o = ops_of(self);
-    if (p->arrival) {
-        permute(self, p, 1, p->rows, p->arrival, p->D);
-        o->free(p->arrival);
+    const int D = p->D;
+    if (p->out && p->arrival) {
+        permute(self, p, 1, p->dst, p->arrival, D);
+    } else if (!p->out) {
+#ifdef MOELAB_CUDA
+        if (o->dev == CORE_CUDA) moe_cuda_unpermute(o->dt, p->dst, p->arrival, p->send_pos, p->N, p->K, D);
+#endif
+        if (o->dev == CORE_CPU) {
+            const size_t bytes = (size_t)D * o->act_size;
+            for (long i = 0; i < (long)p->n_send; i++)
+                memcpy((char *)p->dst + (size_t)i * bytes, (const char *)p->arrival + (size_t)p->send_pos[i] * bytes,
+                       bytes);
+        }
     }
-    o->free(p->send);
+    if (p->arrival) o->free(p->arrival);
+    if (p->send) o->free(p->send);
     p->req = NULL;
     p->send = p->arrival = NULL;
-    p->rows = NULL;
+    p->dst = NULL;
 }
 
 static void ep_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const void *src, int per_choice,
@@ -273,21 +303,8 @@ static void ep_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const void *s
 
 static void ep_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const void *rows, void *dst,
                             int D) {
-    const LayerOps *o = ops_of(self);
-    void *arrival = in_place(p) ? NULL : rows_alloc(o, p->n_recv, D);  // (n_recv, D) in arrival order
-    if (arrival) permute(self, p, 0, arrival, rows, D);
-    void *home = rows_alloc(o, p->n_send, D);  // (n_send, D) in send order
-    comm_wait(exchange(self, p, 0, arrival ? arrival : rows, home, D));
-#ifdef MOELAB_CUDA
-    if (o->dev == CORE_CUDA) moe_cuda_unpermute(o->dt, dst, home, p->send_pos, p->N, p->K, D);
-#endif
-    if (o->dev == CORE_CPU) {
-        const size_t bytes = (size_t)D * o->act_size;
-        for (long i = 0; i < (long)p->n_send; i++)
-            memcpy((char *)dst + (size_t)i * bytes, (const char *)home + (size_t)p->send_pos[i] * bytes, bytes);
-    }
-    o->free(home);
-    if (arrival) o->free(arrival);
+    ep_from_experts_start(self, p, rows, dst, D);
+    ep_finish(self, p);
 }
 
 static void ep_release(MoeDispatcher *self, MoeDispatchPlan *p) {
@@ -378,11 +395,20 @@ void ep_dispatcher_to_device(MoeDispatcher *d, Comm *ep_dev, const LayerOps *ops
     placement_upload(x, ops);
 }
 
-// Without the two hooks the MoE layer dispatches with to_experts, which waits for the transfer.
+// Without the three hooks the MoE layer exchanges with to_experts and from_experts, which wait for
+// the transfer.
 void ep_dispatcher_set_overlap(MoeDispatcher *d, int on) {
     CHECK(d->plan == ep_plan, "ep_dispatcher_set_overlap: not an EP dispatcher");
     d->to_experts_start = on ? ep_to_experts_start : NULL;
+    d->from_experts_start = on ? ep_from_experts_start : NULL;
     d->finish = on ? ep_finish : NULL;
+}
+
+void ep_dispatcher_set_chunks(MoeDispatcher *d, int chunks) {
+    CHECK(d->plan == ep_plan, "ep_dispatcher_set_chunks: not an EP dispatcher");
+    CHECK(chunks >= 1 && chunks <= EP_CHUNKS_MAX, "ep dispatcher: %d token chunks, need 1..%d", chunks,
+          EP_CHUNKS_MAX);
+    d->chunks = chunks;
 }
 
 MoeDispatcher *ep_dispatcher_create(Comm *ep, int E) {

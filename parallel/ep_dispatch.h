@@ -19,10 +19,18 @@ extern "C" {
 // collective over ep: all its ranks plan, dispatch and combine the same layers in the same order.
 MoeDispatcher *ep_dispatcher_create(Comm *ep, int E);
 
-// Whether the dispatch all-to-all overlaps the shared experts (to_experts_start and finish: the
-// default) or runs to its end first (on = 0, config key ep_overlap = 0, to measure the gain). The
-// results are bit-identical either way.
+// Whether the exchanges may stay in flight while the layer computes (to_experts_start,
+// from_experts_start and finish: the default), so that the dispatch all-to-all overlaps the shared
+// experts and, with token chunks, one chunk's exchanges overlap another's expert GEMMs; or each
+// runs to its end first (on = 0, config key ep_overlap = 0, to measure the gain). The results are
+// bit-identical either way.
 void ep_dispatcher_set_overlap(MoeDispatcher *d, int on);
+
+// Token chunks per micro-batch in the MoE layer (moe.h's MoeDispatcher.chunks; config key
+// ep_chunks, 1..EP_CHUNKS_MAX, default 1): each chunk has its own plan and row exchanges, so that
+// chunk c's combine travels while chunk c+1's experts compute. docs/parallel.md says when it pays.
+#define EP_CHUNKS_MAX 8
+void ep_dispatcher_set_chunks(MoeDispatcher *d, int chunks);
 
 // The EPLB hook: the EP group's R physical slots (R % ep->size == 0; slot p lives on EP rank
 // p / (R / ep->size), local slot p % (R / ep->size)) hold the logical experts phy2log (R); every

@@ -21,8 +21,11 @@
 #              bandwidth (ep_bench a2a: one exchange per direction) against PyTorch's NCCL
 #              all_to_all_single moving the same bytes per rank (tools/bench_a2a.py under torchrun),
 #              with their ratio; and weak scaling of configs/bench.cfg at its per-GPU batch (ep_bench
-#              train): tokens/s per GPU at EP n (with and without the shared experts overlapping the
-#              dispatch, --ep-overlap 0) and DP n against one GPU, as a table (ep_bench_scaling.txt)
+#              train): tokens/s per GPU at EP n (with the shared experts overlapping the dispatch,
+#              without any overlap, --ep-overlap 0, and with 2 token chunks, --ep-chunks 2, whose
+#              combines and dispatches overlap the other chunk's expert GEMMs) and DP n against one
+#              GPU, as a table (ep_bench_scaling.txt): each row against the one above says what
+#              each overlap hides
 #   pp         on PP_NP GPUs (default 4): `moelab train --device cuda-fp32` with 1F1B, DualPipe and
 #              DualPipeV at PP PP_NP, and at 4 GPUs DualPipe PP 2 x EP 2 (8 micro-batches), against
 #              one GPU with the same batch; DualPipe and DualPipeV (and at 4 GPUs DualPipe PP 2 x
@@ -275,7 +278,7 @@ if want ep_bench; then
         fi
         cat "$log/ep_bench_a2a_$n.txt" >> "$log/ep_bench_a2a.txt"
     done
-    echo "== weak scaling of configs/bench.cfg at its per-GPU batch: one GPU, then EP n and DP n for n in$ep_nps"
+    echo "== weak scaling of configs/bench.cfg at its per-GPU batch: one GPU, then EP n (without overlap, with the shared-expert overlap, with 2 token chunks) and DP n for n in$ep_nps"
     .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 2>&1 | sed 's/^ep_bench train:/ep_bench train one GPU:/' | tee -a "$log/ep_bench_train.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train on one GPU"
     for n in $ep_nps; do
@@ -284,6 +287,9 @@ if want ep_bench; then
         # Without the shared experts overlapping the dispatch (--ep-overlap 0), to measure the overlap.
         mpi "$n" .dist/bin/ep_bench train --config configs/bench.cfg --ep "$n" --ep-overlap 0 2>&1 | sed "s/^ep_bench train:/ep_bench train EP $n no overlap:/" | tee -a "$log/ep_bench_train.txt"
         [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train --ep $n without overlap"
+        # Two token chunks per MoE layer on top of the shared-expert overlap (--ep-chunks 2).
+        mpi "$n" .dist/bin/ep_bench train --config configs/bench.cfg --ep "$n" --ep-chunks 2 2>&1 | sed "s/^ep_bench train:/ep_bench train EP $n 2 chunks:/" | tee -a "$log/ep_bench_train.txt"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train --ep $n --ep-chunks 2"
         mpi "$n" .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 2>&1 | sed "s/^ep_bench train:/ep_bench train DP $n:/" | tee -a "$log/ep_bench_train.txt"
         [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train, DP $n"
     done
@@ -291,7 +297,7 @@ if want ep_bench; then
     one=$(per_gpu "$log/ep_bench_train.txt" "ep_bench train one GPU:")
     {
         printf "%-24s %16s %12s\n" "run" "tokens/s per GPU" "vs one GPU"
-        for run in "one GPU" $(for n in $ep_nps; do echo "EP_$n EP_${n}_no_overlap DP_$n"; done); do
+        for run in "one GPU" $(for n in $ep_nps; do echo "EP_${n}_no_overlap EP_$n EP_${n}_2_chunks DP_$n"; done); do
             label=$(echo "$run" | tr '_' ' ')
             t=$(per_gpu "$log/ep_bench_train.txt" "ep_bench train $label:")
             awk -v l="$label" -v t="${t:-0}" -v o="${one:-0}" 'BEGIN { printf "%-24s %16.0f %11.1f%%\n", l, t, (o > 0 ? 100 * t / o : 0) }'

@@ -74,10 +74,12 @@ static const KeyInfo KEYS[] = {
     {"schedule", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
     {"fb_overlap", K_BOOL, OFF(fb_overlap), 0, 1, NULL, "F&B ops: forward and backward on two GPU streams"},
     {"zero", K_INT, OFF(zero), 0, 1, NULL, "ZeRO stage: 1 shards the AdamW moments over the DP ranks (0: off)"},
-    // The four below choose how the work runs, never what it computes (beyond the rounding of
+    // The five below choose how the work runs, never what it computes (beyond the rounding of
     // the GEMM kernels): overlaps on by default, off to measure their gain.
     {"dp_overlap", K_BOOL, OFF(dp_overlap), 0, 1, NULL, "DP gradient all-reduce overlaps the backward"},
     {"ep_overlap", K_BOOL, OFF(ep_overlap), 0, 1, NULL, "shared experts overlap the EP dispatch all-to-all"},
+    {"ep_chunks", K_INT, OFF(ep_chunks), 1, 8, NULL,
+     "token chunks per EP MoE layer: one chunk's combine overlaps the next one's experts (<= batch_size*seq_len)"},
     {"expert_gemm", K_STR, OFF(expert_gemm), 0, 0, "cutlass|grouped|streams|loop",
      "GPU expert GEMMs: CUTLASS (sm90 bf16, else grouped), cuBLAS grouped, per-expert streams, loop"},
     {"gemm_streams", K_INT, OFF(gemm_streams), 1, 8, NULL, "side streams of expert_gemm = streams"},
@@ -112,7 +114,7 @@ void config_defaults(MoeConfig *c) {
     c->log_every = 10; c->val_every = 50; c->val_batches = 4; c->val_fraction = 0.05f;
     c->sample_tokens = 0; c->temperature = 0.8f; c->top_k_sample = 40; c->threads = 0;
     c->ep = 1; c->pp = 1; c->chunks = 0; strcpy(c->schedule, "1f1b");
-    c->dp_overlap = 1; c->ep_overlap = 1; strcpy(c->expert_gemm, "cutlass"); c->gemm_streams = 4;
+    c->dp_overlap = 1; c->ep_overlap = 1; c->ep_chunks = 1; strcpy(c->expert_gemm, "cutlass"); c->gemm_streams = 4;
     c->eplb_interval = 0; c->eplb_redundant = 0; c->eplb_groups = 1; c->eplb_nodes = 1;
     c->router_skew = 0; c->comm_timeout = 300;
     strcpy(c->device, "cpu");
@@ -317,6 +319,9 @@ void config_validate(const MoeConfig *c) {
     RULE(c->beta1 < 1, "beta1 (%g) must be below 1 (AdamW divides by 1 - beta1^t)", c->beta1);
     RULE(c->beta2 < 1, "beta2 (%g) must be below 1 (AdamW divides by 1 - beta2^t)", c->beta2);
     RULE(c->E % c->ep == 0, "n_experts (%d) must be divisible by ep (%d)", c->E, c->ep);
+    RULE((long)c->ep_chunks <= (long)c->batch_size * c->T,
+         "ep_chunks (%d) must not exceed the tokens of a micro-batch, batch_size * seq_len (%ld)",
+         c->ep_chunks, (long)c->batch_size * c->T);
 #undef RULE
 }
 

@@ -6,8 +6,10 @@
 //       EP = the world, every expert receiving the same number of rows: per direction one gather,
 //       ONE exchange of rows (one NCCL send and receive per peer) and the receive permute; the
 //       plan (device plan, count download, host count exchange, permute map) is timed apart
-//   ep_bench train --config FILE --ep E [--steps S] [--ep-overlap 0|1]
-//       training tokens/s of the config (bf16 on the GPU) at its per-GPU batch, EP E, DP = world/E
+//   ep_bench train --config FILE --ep E [--steps S] [--ep-overlap 0|1] [--ep-chunks C]
+//       training tokens/s of the config (bf16 on the GPU) at its per-GPU batch, EP E, DP = world/E;
+//       --ep-overlap 0 turns the exchanges' overlaps off, --ep-chunks C splits each MoE layer's
+//       micro-batch into C token chunks (config keys ep_overlap, ep_chunks)
 // Rank 0 prints one line of figures; times are the slowest rank's.
 #include <algorithm>
 #include <cstdio>
@@ -115,6 +117,7 @@ int bench_ep_train(int argc, char **argv) {
     c.ep = std::atoi(arg(argc, argv, "--ep", "1"));
     const int steps = std::atoi(arg(argc, argv, "--steps", "4"));
     config_set(&c, "ep_overlap", arg(argc, argv, "--ep-overlap", "1"), "command line");
+    config_set(&c, "ep_chunks", arg(argc, argv, "--ep-chunks", "1"), "command line");
     config_validate(&c);
     Grid *g = grid_create(w, 1, c.ep, c.E);
     const int ep = g->ep, dp = g->dp, dp_rank = g->dp_rank;
@@ -136,9 +139,9 @@ int bench_ep_train(int argc, char **argv) {
     const double secs = slowest_median(t);
     const double tokens = (double)steps * w->size * c.grad_accum * c.batch_size * c.T;
     if (w->rank == 0)
-        std::printf("ep_bench train: world %d = ep %d x dp %d | per-GPU batch %d x %d | %.3f s/step | "
+        std::printf("ep_bench train: world %d = ep %d x dp %d | ep_overlap %d, ep_chunks %d | per-GPU batch %d x %d | %.3f s/step | "
                     "%.0f tokens/s (%.0f per GPU, %.1f TFLOP/s per GPU) | loss %.4f -> %.4f | peak %.1f GiB\n",
-                    w->size, ep, dp, c.batch_size, c.T, secs / steps, tokens / secs,
+                    w->size, ep, dp, c.ep_overlap, c.ep_chunks, c.batch_size, c.T, secs / steps, tokens / secs,
                     tokens / secs / w->size, tokens / secs / w->size * model_train_flops_per_token(&c) / 1e12,
                     first, last, (double)o->peak_bytes() / (1024.0 * 1024.0 * 1024.0));
     pipe_trainer_free(p);
@@ -153,7 +156,8 @@ int main(int argc, char **argv) {
     if (argc >= 2 && !std::strcmp(argv[1], "a2a")) rc = bench_a2a(argc, argv);
     else if (argc >= 2 && !std::strcmp(argv[1], "train")) rc = bench_ep_train(argc, argv);
     else std::fprintf(stderr, "usage: ep_bench a2a [--tokens N] [--d-model D] [--top-k K] [--experts E] "
-                              "[--reps R] | ep_bench train --config FILE --ep E [--steps S] [--ep-overlap 0|1]\n");
+                              "[--reps R] | ep_bench train --config FILE --ep E [--steps S] [--ep-overlap 0|1] "
+                              "[--ep-chunks C]\n");
     comm_finalize();
     return rc;
 }

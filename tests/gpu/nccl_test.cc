@@ -344,12 +344,14 @@ TEST(GpuEpTrain, MatchesTheOneGpuRun) {
         if (comm_world()->size % ep == 0) compare_with_one_gpu(small(), ep, 2);
 }
 
-// Losses, gradient norms and the updated weights of 3 EP steps (EP = the world) with the dispatch
-// all-to-all overlapped by the shared experts (config key ep_overlap = 1, the default) or not (0).
-std::vector<float> ep_run(bool overlap, std::vector<float> *weights) {
+// Losses, gradient norms and the updated weights of 3 EP steps (EP = the world) with the exchanges
+// overlapped by the shared experts and the other token chunks' experts (config key ep_overlap = 1,
+// the default) or not (0), in `chunks` token chunks per MoE layer (ep_chunks).
+std::vector<float> ep_run(bool overlap, std::vector<float> *weights, int chunks = 1) {
     const LayerOps *o = gpu();
     MoeConfig c = small();
     c.ep_overlap = overlap;
+    c.ep_chunks = chunks;
     c.ep = comm_world()->size;
     c.grad_accum = 2;
     Grid *g = grid_create(comm_world(), 1, c.ep, c.E);
@@ -378,6 +380,22 @@ TEST(GpuEpTrain, SharedExpertOverlapIsBitIdentical) {
     size_t differ = 0;
     for (size_t i = 0; i < wa.size(); i++) differ += std::memcmp(&wa[i], &wb[i], sizeof(float)) != 0;
     EXPECT_EQ(differ, 0u) << "weights differ with and without the overlap";
+}
+
+// Token chunks (ep_chunks 3) on device buffers: with and without the overlap the same bits (the same
+// GEMMs on the same rows, only the exchanges' timing differs); against one chunk, losses and norms
+// within TOL and every tensor within W_TOL (the experts' weight gradients add up chunk by chunk).
+TEST(GpuEpTrain, TokenChunksMatchOneChunk) {
+    std::vector<float> w1, w3, w3s;
+    std::vector<float> one = ep_run(true, &w1), three = ep_run(true, &w3, 3), seq = ep_run(false, &w3s, 3);
+    ASSERT_EQ(one.size(), three.size());
+    EXPECT_EQ(three, seq) << "3 chunks: losses or norms differ with and without the overlap";
+    size_t differ = 0;
+    for (size_t i = 0; i < w3.size(); i++) differ += std::memcmp(&w3[i], &w3s[i], sizeof(float)) != 0;
+    EXPECT_EQ(differ, 0u) << "3 chunks: weights differ with and without the overlap";
+    for (size_t i = 0; i < one.size(); i++)
+        EXPECT_NEAR(three[i], one[i], TOL * std::fabs(one[i])) << "step " << i / 2 << (i % 2 ? " grad norm" : " loss");
+    EXPECT_LE(rel_err(w3, w1.data(), w1.size()), W_TOL) << "weights with 3 chunks against 1";
 }
 
 TEST(GpuEpTrain, AllTokensToOneExpert) {

@@ -5,7 +5,7 @@
 // Covers uneven tokens per rank, a rank with no tokens, experts with no tokens, ranks that receive
 // no rows while one expert receives every row, one slot per rank (rows land in place, no permute),
 // replicas (the EPLB placement hook), both dispatch flavours (x rows and per-choice rows), the
-// dispatch started and finished apart (the shared-expert overlap), and that a one-rank group
+// dispatch and the combine started and finished apart (the overlaps), and that a one-rank group
 // reproduces the local dispatcher bit for bit.
 #include <gtest/gtest.h>
 
@@ -128,6 +128,12 @@ void check_round(Comm *ep, MoeDispatcher *d, const std::vector<int> &phy2log, in
                 EXPECT_EQ(back[(t * K + k) * D + dd], home_value(me, t, dd) * (float)(mine.idx[t * K + k] + 1))
                     << "token " << t << " choice " << k;
     EXPECT_EQ(back[mine.N * K * D], -7.0f);
+    // The combine started and finished apart (the token chunks' pipeline) brings the same rows home.
+    ASSERT_TRUE(d->from_experts_start);
+    std::vector<float> apart(back.size(), -7.0f);
+    d->from_experts_start(d, p, rows.data(), apart.data(), D);
+    d->finish(d, p);
+    EXPECT_EQ(apart, back);
     d->release(d, p);
 }
 

@@ -1,0 +1,58 @@
+#!/bin/bash
+# `moelab train --ep-chunks C` (token chunks of the EP MoE layer, docs/parallel.md) end to end:
+#  1. --help lists the key; 0, 9 and more chunks than a micro-batch's tokens end every rank with
+#     exit 2 and one message naming the problem;
+#  2. EP 2 on 2 ranks with 2 and 3 chunks, and EP 4 on 4 ranks with 3 chunks, train as with one
+#     chunk and as the one-process run of the same global batch: losses, cross-entropy and gradient
+#     norms of every step within 1e-5 (the expert weight gradients add up chunk by chunk, so the
+#     bits may differ); the metrics' first line records ep_chunks;
+#  3. the sample after training (forward passes of 1, 2, ... tokens, fewer than the chunks) runs
+#     with EP 2 and 3 chunks: empty chunks, never a rank that skips an exchange.
+set -euo pipefail
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
+source "$root/tests/parallel/mpi_env.sh"
+
+prepare_corpus "$tmp/data"
+args=("${tiny[@]}" --steps 3 --log-every 1 --batch-size 4 --warmup-steps 1 --lr 0.01 --bias-rate 0.01
+      --balance-alpha 0.01)
+
+# expect_exit2 NAME REGEX NP ARGS...: exit 2 and REGEX in the output of an NP-rank `moelab train`.
+expect_exit2() {
+    local name=$1 regex=$2 np=$3 rc=0
+    shift 3
+    mpi "$np" "$moelab" train "$@" >"$tmp/$name.out" 2>&1 || rc=$?
+    [ $rc -eq 2 ] || { echo "FAIL: $name exited with $rc, expected 2:"; cat "$tmp/$name.out"; exit 1; }
+    grep -Eq -e "$regex" "$tmp/$name.out" || { echo "FAIL: $name: no /$regex/ in:"; cat "$tmp/$name.out"; exit 1; }
+    echo "ok: $name"
+}
+
+# 1.
+"$moelab" train --help | grep -Eq -- "--ep_chunks +1 +token chunks per EP MoE layer" ||
+    { echo "FAIL: --help has no ep_chunks"; exit 1; }
+expect_exit2 zero "ep_chunks = 0 is too small: at least 1" 2 "${args[@]}" --ep 2 --ep-chunks 0
+expect_exit2 nine "ep_chunks = 9 is too large: at most 8" 2 "${args[@]}" --ep 2 --ep-chunks 9
+expect_exit2 more_than_tokens "ep_chunks \(5\) must not exceed the tokens of a micro-batch, batch_size \* seq_len \(4\)" \
+    2 "${args[@]}" --ep 2 --ep-chunks 5 --batch-size 1 --seq-len 4
+
+# 2.
+"$moelab" train "${args[@]}" --grad-accum 4 --metrics "$tmp/one.jsonl" >"$tmp/one.log"
+for c in 1 2 3; do
+    mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --ep 2 --ep-chunks $c --metrics "$tmp/ep2c$c.jsonl" \
+        >"$tmp/ep2c$c.log"
+done
+mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 4 --ep-chunks 3 --metrics "$tmp/ep4c3.jsonl" >"$tmp/ep4c3.log"
+head -1 "$tmp/ep2c3.jsonl" | grep -q '"ep_chunks": 3' || { echo "FAIL: no ep_chunks 3 in the metrics' first line"; exit 1; }
+for run in ep2c2 ep2c3; do
+    close_steps "$tmp/ep2c1.jsonl" "$tmp/$run.jsonl" 123
+    echo "ok: $run matches one chunk"
+done
+for run in ep2c3 ep4c3; do
+    close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 123
+    echo "ok: $run matches the one-process run"
+done
+
+# 3.
+mpi 2 "$moelab" train "${args[@]}" --steps 1 --grad-accum 2 --ep 2 --ep-chunks 3 --sample-tokens 4 >"$tmp/sample.log" 2>&1 ||
+    { echo "FAIL: sampling with 3 chunks:"; cat "$tmp/sample.log"; exit 1; }
+grep -q "sample after training (4 tokens" "$tmp/sample.log" || { echo "FAIL: no sample in:"; cat "$tmp/sample.log"; exit 1; }
+echo "ok: the sample runs with empty chunks"
