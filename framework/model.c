@@ -380,7 +380,7 @@ static void acts_carve(const Model *m, ModelActs *a) {
     for (int l = m->l0; l < m->l1; l++) {
         LayerActs *la = &a->layer[l];
         la->h_in = arena_x(m, a, N * D);
-        la->rstd1 = arena_f(a, N);
+        la->a = arena_x(m, a, N * D); la->rstd1 = arena_f(a, N);
         la->v = arena_x(m, a, N * kd);
         la->qr = arena_x(m, a, N * qd); la->kr = arena_x(m, a, N * kd);
         la->att = arena_f(a, m->ops->attention_state_floats(a->B, a->T, c->H));
@@ -456,30 +456,18 @@ void model_acts_free(Model *m, ModelActs *a) {
 // ---------------------------------------------------------------------------------------------
 // Attention block: h_mid = h + Wo · attention(RoPE(Wq a), RoPE(Wk a), Wv a), a = RMSNorm(h)·g.
 
-// a (N, D) = RMSNorm(h_in)·g in a fresh buffer (the caller frees it), and rstd1; the same kernel on
-// the same inputs, so the weight backward's a has the forward's bits.
-static void *attn_norm_out(const Model *m, const LayerWeights *w, LayerActs *la, int N) {
-    const LayerOps *o = m->ops;
-    void *an = o->alloc_uninit((size_t)N * m->cfg.D * o->act_size);
-    prof_mark(PROF_NORM);
-    o->rmsnorm_forward(an, la->rstd1, la->h_in, w->attn_norm, N, m->cfg.D, m->cfg.norm_eps);
-    return an;
-}
-
 static void attn_forward(const Model *m, const LayerWeights *w, LayerActs *la, int B, int T) {
     const MoeConfig *c = &m->cfg;
     const LayerOps *o = m->ops;
     const int N = B * T, D = c->D, hd = m->hd, qd = c->H * hd, kd = c->Hkv * hd;
-    // The normalized input a is not kept: the weight backward normalizes h_in again (attn_norm_out),
-    // an (N, D) buffer less per layer for one more pass over h_in.
-    void *an = attn_norm_out(m, w, la, N);
+    prof_mark(PROF_NORM);
+    o->rmsnorm_forward(la->a, la->rstd1, la->h_in, w->attn_norm, N, D, c->norm_eps);
     prof_mark(PROF_ATTN);
     // The projections land in qr and kr and turn there (RoPE in place): the backward needs only
     // the rotated q and k, so the unrotated ones are not kept (N·(H + Hkv)·hd a layer).
-    o->linear_forward(la->qr, an, w->wq, N, D, qd);
-    o->linear_forward(la->kr, an, w->wk, N, D, kd);
-    o->linear_forward(la->v, an, w->wv, N, D, kd);
-    o->free(an);
+    o->linear_forward(la->qr, la->a, w->wq, N, D, qd);
+    o->linear_forward(la->kr, la->a, w->wk, N, D, kd);
+    o->linear_forward(la->v, la->a, w->wv, N, D, kd);
     o->rope_forward(la->qr, la->qr, N, T, c->H, hd, c->rope_theta);
     o->rope_forward(la->kr, la->kr, N, T, c->Hkv, hd, c->rope_theta);
     o->attention_forward(la->o, la->att, la->qr, la->kr, la->v, B, T, c->H, c->Hkv, hd);
@@ -523,18 +511,15 @@ static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs
     o->free(dkr);
 }
 
-static void attn_backward_weight(const Model *m, const LayerWeights *w, LayerGrads *g, LayerActs *la,
-                                 int N) {
+static void attn_backward_weight(const Model *m, LayerGrads *g, LayerActs *la, int N) {
     const MoeConfig *c = &m->cfg;
     const int D = c->D, qd = c->H * m->hd, kd = c->Hkv * m->hd;
     const LayerOps *o = m->ops;
-    void *an = attn_norm_out(m, w, la, N);
     prof_mark(PROF_ATTN);
     o->linear_backward_weight(g->wo, la->d_h_mid, la->o, N, qd, D);
-    o->linear_backward_weight(g->wq, la->dq, an, N, D, qd);
-    o->linear_backward_weight(g->wk, la->dk, an, N, D, kd);
-    o->linear_backward_weight(g->wv, la->dv, an, N, D, kd);
-    o->free(an);
+    o->linear_backward_weight(g->wq, la->dq, la->a, N, D, qd);
+    o->linear_backward_weight(g->wk, la->dk, la->a, N, D, kd);
+    o->linear_backward_weight(g->wv, la->dv, la->a, N, D, kd);
     prof_mark(PROF_NORM);
     o->rmsnorm_backward_weight(g->attn_norm, la->da, la->h_in, la->rstd1, N, D);
     attn_bwd_free(m, la);
@@ -748,7 +733,7 @@ void model_backward(Model *m, ModelActs *a, float scale, const ModelPass *pass) 
         // The layer's expert rows, gradients and scratch are done with: gone before the next layer's.
         if (model_is_moe_layer(m, l)) moe_acts_free(&la->moe, disp_of(m, l));
         attn_backward_input(m, &m->w[l], la, dh_at(m, a, l), a->B, a->T);
-        attn_backward_weight(m, &m->w[l], &m->g[l], la, N);
+        attn_backward_weight(m, &m->g[l], la, N);
         if (pass && pass->layer_done) pass->layer_done(pass->layer_ctx, l);
     }
     prof_mark(PROF_EMBED);
@@ -766,7 +751,7 @@ void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass) {
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
         ffn_backward_weight(m, l, la, dh_at(m, a, l + 1), N);
-        attn_backward_weight(m, &m->w[l], &m->g[l], la, N);
+        attn_backward_weight(m, &m->g[l], la, N);
         if (pass && pass->layer_done) pass->layer_done(pass->layer_ctx, l);
     }
     prof_mark(PROF_EMBED);

@@ -91,6 +91,7 @@ typedef struct {
 // buffers hold elements of ops->dt, `float *` ones fp32 (layers/ops.h's conventions).
 typedef struct {
     void *h_in;         // (N, D) residual stream entering the layer
+    void *a;            // (N, D) attention RMSNorm output
     float *rstd1;       // (N) its 1/rms
     void *v;            // (N, Hkv·hd) value projection
     void *qr, *kr;      // (N, H·hd), (N, Hkv·hd) query and key projections after RoPE (in place)

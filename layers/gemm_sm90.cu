@@ -5,13 +5,11 @@
 // travel as a kernel argument: no host buffer, no copy, nothing to wait for; the CUTLASS operator
 // is initialized once per stream and group count, so a call costs the host two launches. The tile scheduler
 // walks the groups' tiles in a fixed order with no split-K, so every output element is summed by
-// one thread in one order, and the pieces of a long weight-gradient group are added by one kernel
-// in piece order: reruns are bit-identical and dW needs no atomics.
+// one thread in one order: reruns are bit-identical and dW needs no atomics.
 #include "layers/gemm_sm90_cuda.h"
 
 #include "framework/core/cuda.h"
 
-#include <climits>
 #include <mutex>
 
 #include "cute/tensor.hpp"
@@ -94,15 +92,12 @@ template <class Cfg> using BackwardWeightGemm = GroupedGemm<ColMajor, RowMajor, 
 
 int g_config = GEMM_SM90_CONFIG_BEST;  // the tile configuration (gemm_sm90_set_config)
 
-// The non-empty groups of one launch: output slot, rows and first row of each. Passed by value.
-// Slot e < G is expert e's output; a weight gradient's slot G + j is piece j of the scratch (a
-// long group's later pieces, gemm_sm90_grouped).
+// The non-empty groups of one launch: expert id, rows and first row of each. Passed by value.
 struct Groups {
-    int slot[GEMM_SM90_MAX_GROUPS];
+    int expert[GEMM_SM90_MAX_GROUPS];
     int rows[GEMM_SM90_MAX_GROUPS];
     long row0[GEMM_SM90_MAX_GROUPS];
-    int n, G, IC, OC;
-    float *scratch;  // (pieces, OC, IC) fp32, or NULL
+    int n, IC, OC;
 };
 
 // The device arrays CUTLASS reads per group (one allocation, freed in stream order after the launch).
@@ -125,7 +120,7 @@ __global__ void setup_kernel(GroupArrays<G> *arr, Groups g, GemmSm90Kind kind, c
     const int i = threadIdx.x;
     if (i >= g.n) return;
     using C = typename G::Gemm::ElementC;
-    const long e = g.slot[i], r0 = g.row0[i], IC = g.IC, OC = g.OC;
+    const long e = g.expert[i], r0 = g.row0[i], IC = g.IC, OC = g.OC;
     const int n = g.rows[i];
     int M, N, K;
     if (kind == GEMM_SM90_FORWARD) {
@@ -136,8 +131,7 @@ __global__ void setup_kernel(GroupArrays<G> *arr, Groups g, GemmSm90Kind kind, c
         arr->a[i] = a + r0 * OC, arr->b[i] = b + e * OC * IC, arr->c[i] = (C *)y + r0 * IC;
     } else {
         M = g.OC, N = g.IC, K = n;
-        C *out = e < g.G ? (C *)y + e * OC * IC : (C *)g.scratch + (e - g.G) * OC * IC;
-        arr->a[i] = a + r0 * OC, arr->b[i] = b + r0 * IC, arr->c[i] = out;
+        arr->a[i] = a + r0 * OC, arr->b[i] = b + r0 * IC, arr->c[i] = (C *)y + e * OC * IC;
     }
     arr->problem[i] = ProblemMNK(M, N, K);
     arr->sa[i] = cutlass::make_cute_packed_stride(typename G::StrideA{}, make_shape(M, K, 1));
@@ -284,90 +278,27 @@ extern "C" void gemm_sm90_set_config(int config) {
 
 extern "C" int gemm_sm90_shapes_ok(int IC, int OC) { return IC > 0 && OC > 0 && IC % 8 == 0 && OC % 8 == 0; }
 
-extern "C" long gemm_sm90_piece_rows(const int *counts, int G) {
-    long rows = 0;
-    int groups = 0;
-    for (int e = 0; e < G; e++) rows += counts[e], groups += counts[e] > 0;
-    const long twice_mean = groups ? 2 * ((rows + groups - 1) / groups) : 0;
-    return twice_mean > GEMM_SM90_MIN_PIECE ? twice_mean : GEMM_SM90_MIN_PIECE;
-}
-
-namespace gemm_sm90 {
-
-// dW (size floats) += pieces[0] + ... + pieces[n - 1] (each size floats), in that order, four
-// floats a thread (size is a multiple of 8: OC and IC are).
-__global__ void add_pieces_kernel(float *dW, const float *pieces, int n, long size) {
-    const long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * 4;
-    if (i >= size) return;
-    float4 acc = *reinterpret_cast<float4 *>(dW + i);
-    for (int j = 0; j < n; j++) {
-        const float4 p = *reinterpret_cast<const float4 *>(pieces + j * size + i);
-        acc.x += p.x, acc.y += p.y, acc.z += p.z, acc.w += p.w;
-    }
-    *reinterpret_cast<float4 *>(dW + i) = acc;
-}
-
-// Launches the product over the groups g with the configuration chosen for it.
-void launch_groups(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b, float beta) {
-    const int config = g_config != GEMM_SM90_CONFIG_BEST ? g_config : best_config(kind, g);
-    if (config == GEMM_SM90_COOP_WIDE) launch_kind<CoopWide>(g, kind, y, a, b, beta);
-    else launch_kind<PingSquare>(g, kind, y, a, b, beta);
-}
-
-}  // namespace gemm_sm90
-
 extern "C" void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, const void *b,
                                   const int *counts, int G, int IC, int OC, int acc) {
     CHECK(gemm_sm90_available(), "gemm_sm90: needs a GPU of compute capability 9.0");
     CHECK(gemm_sm90_shapes_ok(IC, OC), "gemm_sm90: IC %d and OC %d must be positive multiples of 8", IC, OC);
-    for (int e = 0; e < G; e++) CHECK(counts[e] >= 0, "gemm_sm90: group %d has %d rows", e, counts[e]);
-    const float beta = acc ? 1.0f : 0.0f;
-    // Why a weight gradient's long group is cut into pieces: its K is the group's row count, the
-    // kernel never splits K, and the persistent CTAs take the tiles round-robin, so the CTAs that
-    // draw a long group's tiles finish last (skewed counts at the bench shapes: 418 against 525
-    // TFLOP/s uniform, kernel_bench). A group longer than gemm_sm90_piece_rows becomes pieces of
-    // about equal rows: the first writes (or adds to) the expert's dW as before, the others their
-    // own scratch matrices in the same launch, and add_pieces_kernel adds those to dW in piece
-    // order: reruns stay bit-identical.
-    const long piece = kind == GEMM_SM90_BACKWARD_WEIGHT ? gemm_sm90_piece_rows(counts, G) : LONG_MAX;
-    int extra = 0;  // scratch pieces
-    for (int e = 0; e < G; e++)
-        if (counts[e] > piece) extra += (int)((counts[e] + piece - 1) / piece) - 1;
-    const long mat = (long)OC * IC;
-    Groups g;
-    g.n = 0, g.G = G, g.IC = IC, g.OC = OC, g.scratch = NULL;
-    if (extra) {
-        CUDA_CHECK(cudaMallocAsync((void **)&g.scratch, (size_t)extra * mat * sizeof(float), core_stream()));
-        // β = 1 reads what it adds to: the pieces then start from zeros.
-        if (acc) CUDA_CHECK(cudaMemsetAsync(g.scratch, 0, (size_t)extra * mat * sizeof(float), core_stream()));
-    }
     // The groups of one launch; a full set launches and the next one starts.
+    Groups g;
+    g.n = 0, g.IC = IC, g.OC = OC;
     long row0 = 0;
-    int next_piece = 0;
     for (int e = 0; e < G; e++) {
-        const int pieces = counts[e] > piece ? (int)((counts[e] + piece - 1) / piece) : 1;
-        for (int k = 0; k < pieces && counts[e] > 0; k++) {
-            // Piece k: rows [k·n/p, (k+1)·n/p) of the group.
-            const long lo = (long)counts[e] * k / pieces, hi = (long)counts[e] * (k + 1) / pieces;
-            g.slot[g.n] = k == 0 ? e : G + next_piece++;
-            g.rows[g.n] = (int)(hi - lo), g.row0[g.n] = row0 + lo;
-            if (++g.n == GEMM_SM90_MAX_GROUPS) {
-                launch_groups(g, kind, y, a, b, beta);
-                g.n = 0;
-            }
+        CHECK(counts[e] >= 0, "gemm_sm90: group %d has %d rows", e, counts[e]);
+        if (counts[e] > 0) {
+            g.expert[g.n] = e, g.rows[g.n] = counts[e], g.row0[g.n] = row0;
+            g.n++;
         }
         row0 += counts[e];
+        if (g.n == GEMM_SM90_MAX_GROUPS || (e == G - 1 && g.n > 0)) {
+            const int config = g_config != GEMM_SM90_CONFIG_BEST ? g_config : best_config(kind, g);
+            const float beta = acc ? 1.0f : 0.0f;
+            if (config == GEMM_SM90_COOP_WIDE) launch_kind<CoopWide>(g, kind, y, a, b, beta);
+            else launch_kind<PingSquare>(g, kind, y, a, b, beta);
+            g.n = 0;
+        }
     }
-    if (g.n > 0) launch_groups(g, kind, y, a, b, beta);
-    if (!extra) return;
-    next_piece = 0;
-    for (int e = 0; e < G; e++) {
-        if (counts[e] <= piece) continue;
-        const int more = (int)((counts[e] + piece - 1) / piece) - 1;
-        add_pieces_kernel<<<core_blocks(mat / 4, 256), 256, 0, core_stream()>>>(
-            (float *)y + e * mat, g.scratch + next_piece * mat, more, mat);
-        CUDA_CHECK_LAUNCH();
-        next_piece += more;
-    }
-    CUDA_CHECK(cudaFreeAsync(g.scratch, core_stream()));
 }

@@ -28,12 +28,6 @@ void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, const void *b,
 
 enum { GEMM_SM90_MAX_GROUPS = 512 };
 
-// The longest group a weight gradient runs whole: twice the mean rows of the non-empty groups, at
-// least GEMM_SM90_MIN_PIECE. A longer group runs as pieces of at most this many rows, whose
-// products are added to its dW in a fixed order (gemm_sm90.cu says why).
-enum { GEMM_SM90_MIN_PIECE = 1024 };
-long gemm_sm90_piece_rows(const int *counts, int G);
-
 // Tile configurations: each launch's measured best (the default: ping-pong, cooperative for the
 // weight gradient of long groups), or for all products cooperative 128 × 256 or ping-pong 128 × 128,
 // both in clusters of 2. The setter is for kernel_bench and the GPU tests, which run each; not for

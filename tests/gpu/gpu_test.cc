@@ -497,42 +497,6 @@ TEST_F(Gpu, LinearGroupedCutlass) {
     linear_cuda_set_grouped_mode(saved);
 }
 
-// A weight gradient whose groups are far from even: the two long ones run as pieces (the first
-// into dW, the others into scratch, added after), written on a poisoned buffer and added to a
-// gradient, against the CPU layer expert by expert, and twice, bit for bit.
-TEST_F(Gpu, LinearGroupedCutlassLongGroupsInPieces) {
-    if (!gemm_sm90_available()) GTEST_SKIP() << "needs a GPU of compute capability 9.0";
-    const int G = 8, IC = 136, OC = 72;
-    const int counts[G] = {5000, 3, 0, 40, 2600, 7, 0, 1};
-    const long piece = gemm_sm90_piece_rows(counts, G);
-    ASSERT_LT(piece, counts[4]) << "the test needs groups long enough to be cut";
-    ASSERT_GT(counts[0], 2 * piece) << "and one cut into three pieces or more";
-    int R = 0;
-    for (int c : counts) R += c;
-    const CoreDtype dt = CORE_BF16;
-    const int saved = linear_cuda_grouped_mode();
-    linear_cuda_set_grouped_mode(LINEAR_GROUPED_CUTLASS);
-    Vec x = rnd((size_t)R * IC), dy = rnd((size_t)R * OC), dW0 = rnd((size_t)G * OC * IC);
-    BufP dX = put(x, dt), dDy = put(dy, dt);  // put rounds x and dy to bf16
-    Vec dW = dW0, dWw((size_t)G * OC * IC, 0.0f);
-    size_t r0 = 0;
-    for (int e = 0; e < G; r0 += counts[e], e++)
-        for (Vec *v : {&dW, &dWw})
-            linear_backward_weight(v->data() + (size_t)e * OC * IC, dy.data() + r0 * OC, x.data() + r0 * IC,
-                                   counts[e], IC, OC);
-    std::vector<Vec> runs[2];
-    for (int run = 0; run < 2; run++) {
-        BufP dDW = put_f32(dW0), dDWw = poisoned((size_t)G * OC * IC, CORE_F32);
-        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts, G, IC, OC, 1);
-        linear_cuda_backward_weight_grouped(dt, dDWw->f(), dDy->p, dX->p, counts, G, IC, OC, 0);
-        runs[run] = {get_f32(*dDW, dW.size()), get_f32(*dDWw, dW.size())};
-    }
-    EXPECT_CLOSE(runs[0][0], dW, CORE_F32, "cutlass grouped backward_weight in pieces (+=)");
-    EXPECT_CLOSE(runs[0][1], dWw, CORE_F32, "cutlass grouped backward_weight in pieces (=, poisoned)");
-    for (int k = 0; k < 2; k++) EXPECT_TRUE(runs[0][k] == runs[1][k]) << "dW " << k << " differs between runs";
-    linear_cuda_set_grouped_mode(saved);
-}
-
 // Streams against the loop, bit for bit: the three products of 24 experts (some empty, sizes
 // from 1 row to a few hundred, so that several streams run at once and are assigned unevenly)
 // from the same inputs and the same accumulators, with 2, 4 and LINEAR_MAX_STREAMS streams. The
