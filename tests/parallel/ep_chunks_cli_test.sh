@@ -16,16 +16,6 @@ prepare_corpus "$tmp/data"
 args=("${tiny[@]}" --steps 3 --log-every 1 --batch-size 4 --warmup-steps 1 --lr 0.01 --bias-rate 0.01
       --balance-alpha 0.01)
 
-# expect_exit2 NAME REGEX NP ARGS...: exit 2 and REGEX in the output of an NP-rank `moelab train`.
-expect_exit2() {
-    local name=$1 regex=$2 np=$3 rc=0
-    shift 3
-    mpi "$np" "$moelab" train "$@" >"$tmp/$name.out" 2>&1 || rc=$?
-    [ $rc -eq 2 ] || { echo "FAIL: $name exited with $rc, expected 2:"; cat "$tmp/$name.out"; exit 1; }
-    grep -Eq -e "$regex" "$tmp/$name.out" || { echo "FAIL: $name: no /$regex/ in:"; cat "$tmp/$name.out"; exit 1; }
-    echo "ok: $name"
-}
-
 # 1.
 "$moelab" train --help | grep -Eq -- "--ep_chunks +1 +token chunks per EP MoE layer" ||
     { echo "FAIL: --help has no ep_chunks"; exit 1; }

@@ -20,3 +20,14 @@ mpi() {
     shift
     timeout 300 mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS -x TEST_TMPDIR -np "$np" "$@"
 }
+
+# expect_exit2 NAME REGEX NP ARGS...: exit 2 and REGEX in the output of an NP-rank `moelab train`
+# (the sourcing script defines $moelab and $tmp).
+expect_exit2() {
+    local name=$1 regex=$2 np=$3 rc=0
+    shift 3
+    mpi "$np" "$moelab" train "$@" >"$tmp/$name.out" 2>&1 || rc=$?
+    [ $rc -eq 2 ] || { echo "FAIL: $name exited with $rc, expected 2:"; cat "$tmp/$name.out"; exit 1; }
+    grep -Eq -e "$regex" "$tmp/$name.out" || { echo "FAIL: $name: no /$regex/ in:"; cat "$tmp/$name.out"; exit 1; }
+    echo "ok: $name"
+}
