@@ -387,14 +387,13 @@ static void acts_carve(const Model *m, ModelActs *a) {
         la->o = arena_x(m, a, N * qd);
         la->h_mid = arena_x(m, a, N * D);
         la->m = arena_x(m, a, N * D); la->rstd2 = arena_f(a, N);
-        la->ffn_out = arena_x(m, a, N * D);
         if (!model_is_moe_layer(m, l)) {
             la->ffn.a = arena_x(m, a, N * c->F); la->ffn.b = arena_x(m, a, N * c->F);
             la->ffn.h = arena_x(m, a, N * c->F);
         }
     }
+    a->ffn_out = arena_x(m, a, N * D);
     a->h_out = arena_x(m, a, N * D);
-    a->dh = arena_x(m, a, ((size_t)(m->l1 - m->l0) + 1) * N * D);
     if (!m->last) return;
     a->hf = arena_x(m, a, N * D); a->rstdf = arena_f(a, N);
     a->logits = arena_x(m, a, N * c->V);
@@ -449,6 +448,7 @@ void model_acts_free(Model *m, ModelActs *a) {
             attn_bwd_free(m, &a->layer[l]);
         }
     core_free(a->layer);
+    m->ops->free(a->dh);
     m->ops->free(a->arena);
     memset(a, 0, sizeof *a);
 }
@@ -528,7 +528,9 @@ static void attn_backward_weight(const Model *m, LayerGrads *g, LayerActs *la, i
 // ---------------------------------------------------------------------------------------------
 // Feed-forward block: h_out = h_mid + FFN(RMSNorm(h_mid)·g), FFN dense SwiGLU or MoE.
 
-static void ffn_forward(Model *m, int l, LayerActs *la, void *h_out, int B, int T, int count_routes) {
+// ffn_out (N, D) is scratch for the FFN's output.
+static void ffn_forward(Model *m, int l, LayerActs *la, void *ffn_out, void *h_out, int B, int T,
+                        int count_routes) {
     const MoeConfig *c = &m->cfg;
     const int N = B * T, D = c->D;
     const LayerWeights *w = &m->w[l];
@@ -541,14 +543,14 @@ static void ffn_forward(Model *m, int l, LayerActs *la, void *h_out, int B, int 
         CHECK(d->n_local == m->n_local, "layer %d: the dispatcher runs %d expert slots per rank but the "
               "model holds %d (redundant EPLB slots need the EPLB runtime's dispatchers)", l, d->n_local,
               m->n_local);
-        moe_forward(la->ffn_out, &la->moe, la->m, &m->moe_shape, &w->moe, d, B, T);
+        moe_forward(ffn_out, &la->moe, la->m, &m->moe_shape, &w->moe, d, B, T);
         if (count_routes)
             o->router_count(m->dcounts + (size_t)l * c->E, la->moe.idx, N, c->K, c->E);
     } else {
         prof_mark(PROF_FFN);
-        ops_swiglu_forward(o, la->ffn_out, &la->ffn, la->m, w->w1, w->w3, w->w2, &N, 1, D, c->F);
+        ops_swiglu_forward(o, ffn_out, &la->ffn, la->m, w->w1, w->w3, w->w2, &N, 1, D, c->F);
     }
-    o->add(h_out, la->h_mid, la->ffn_out, (long)N * D);
+    o->add(h_out, la->h_mid, ffn_out, (long)N * D);
 }
 
 // la->d_h_mid = ∂/∂h_mid given dh_out (N, D).
@@ -601,7 +603,15 @@ static void ffn_backward_weight(Model *m, int l, LayerActs *la, const void *dh_o
 
 // ∂L/∂(input of layer l) (N, D); l == l1 is ∂L/∂h_out.
 static void *dh_at(const Model *m, const ModelActs *a, int l) {
-    return (char *)a->dh + (size_t)(l - m->l0) * a->N * m->cfg.D * m->ops->act_size;
+    const int slot = a->dh_slots == 2 ? (l - m->l0) % 2 : l - m->l0;
+    return (char *)a->dh + (size_t)slot * a->N * m->cfg.D * m->ops->act_size;
+}
+
+// The backward's dh, written before it is read: `slots` of (N, D).
+static void dh_alloc(const Model *m, ModelActs *a, int slots) {
+    CHECK(a->dh == NULL, "backward: runs once per forward");
+    a->dh_slots = slots;
+    a->dh = m->ops->alloc_uninit((size_t)slots * a->N * m->cfg.D * m->ops->act_size);
 }
 
 float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void *h_in, int B, int T,
@@ -642,7 +652,7 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void 
         LayerActs *la = &a->layer[l];
         void *h_out = l + 1 < m->l1 ? a->layer[l + 1].h_in : a->h_out;
         attn_forward(m, &m->w[l], la, B, T);
-        ffn_forward(m, l, la, h_out, B, T, pass->count_routes);
+        ffn_forward(m, l, la, a->ffn_out, h_out, B, T, pass->count_routes);
         if (model_is_moe_layer(m, l)) o->copy(a->scalars + 1 + l, la->moe.bal_loss, sizeof(float));
     }
     if (m->last) {
@@ -706,6 +716,7 @@ void model_stage_backward_input(Model *m, ModelActs *a, const void *dh_out, floa
     const int N = a->N;
     CHECK(a->has_targets, "backward needs a forward with targets");
     CHECK(m->last || dh_out != NULL, "stage [%d, %d) needs the next stage's gradient", m->l0, m->l1);
+    dh_alloc(m, a, m->l1 - m->l0 + 1);  // backward_weight reads them
     void *dh = dh_at(m, a, m->l1);
     if (m->last) head_backward_input(m, a, dh, scale);
     else m->ops->copy(dh, dh_out, (size_t)N * m->cfg.D * m->ops->act_size);
@@ -724,6 +735,7 @@ void model_backward(Model *m, ModelActs *a, float scale, const ModelPass *pass) 
     const int N = a->N;
     CHECK(m->first && m->last, "model_backward needs the whole model");
     CHECK(a->has_targets, "backward needs a forward with targets");
+    dh_alloc(m, a, 2);
     head_backward_input(m, a, dh_at(m, a, m->l1), scale);
     head_backward_weight(m, a);
     for (int l = m->l1 - 1; l >= m->l0; l--) {
@@ -737,7 +749,7 @@ void model_backward(Model *m, ModelActs *a, float scale, const ModelPass *pass) 
         if (pass && pass->layer_done) pass->layer_done(pass->layer_ctx, l);
     }
     prof_mark(PROF_EMBED);
-    m->ops->embedding_backward_weight(m->d_embed, a->dh, a->inputs, N, m->cfg.V, m->cfg.D);
+    m->ops->embedding_backward_weight(m->d_embed, dh_at(m, a, m->l0), a->inputs, N, m->cfg.V, m->cfg.D);
     prof_mark(PROF_OTHER);
 }
 
@@ -755,6 +767,6 @@ void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass) {
         if (pass && pass->layer_done) pass->layer_done(pass->layer_ctx, l);
     }
     prof_mark(PROF_EMBED);
-    if (m->first) o->embedding_backward_weight(m->d_embed, a->dh, a->inputs, N, c->V, D);
+    if (m->first) o->embedding_backward_weight(m->d_embed, dh_at(m, a, m->l0), a->inputs, N, c->V, D);
     prof_mark(PROF_OTHER);
 }

@@ -102,7 +102,6 @@ typedef struct {
     float *rstd2;       // (N) its 1/rms
     SwigluActs ffn;     // (N, F) dense FFN activations
     MoeActs moe;        // MoE layer activations
-    void *ffn_out;      // (N, D)
     // Allocated and written by backward_input, read and freed by backward_weight (outside the
     // arena, so that model_backward holds one layer's at a time); ffn.da and ffn.db likewise:
     void *d_h_mid;      // (N, D)
@@ -123,8 +122,13 @@ typedef struct {
     float ce, bal;          // mean cross-entropy (last stage); Σ over the stage's MoE layers of L_bal
     float *scalars;         // (1 + L) in ops' memory: [0] the mean cross-entropy, [1 + l] L_bal of
                             // MoE layer l; ce and bal are read from them (model_scalars_loss)
-    void *dh;               // (l1 − l0 + 1, N, D): slot l − l0 = ∂L/∂(input of layer l); the last
-                            // slot = ∂L/∂h_out
+    void *ffn_out;          // (N, D) the output of the FFN being computed, added to the residual
+                            // at once: one buffer for every layer
+    void *dh;               // (dh_slots, N, D) ∂L/∂(input of layer l), allocated by the backward.
+                            // model_stage_backward_input keeps every one for backward_weight:
+                            // slot l − l0, and the last = ∂L/∂h_out. model_backward, which is done
+                            // with a layer before the next, has two that take turns (slot l − l0 mod 2)
+    int dh_slots;
     void *dlogits, *dhf;    // (N, V) = logits (written in place by the backward), (N, D)
     char *arena;            // one block holding every buffer above
     size_t arena_used, arena_cap;

@@ -10,7 +10,10 @@
 
 #include "framework/core/cuda.h"
 
+#include <algorithm>
 #include <mutex>
+#include <queue>
+#include <vector>
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -91,6 +94,7 @@ template <class Cfg> using BackwardInputGemm = GroupedGemm<RowMajor, RowMajor, B
 template <class Cfg> using BackwardWeightGemm = GroupedGemm<ColMajor, RowMajor, float, Cfg>;
 
 int g_config = GEMM_SM90_CONFIG_BEST;  // the tile configuration (gemm_sm90_set_config)
+int g_grid_factor = 0;                 // CTAs per multiprocessor, 0: chosen per launch (gemm_sm90_set_grid_factor)
 
 // The non-empty groups of one launch: expert id, rows and first row of each. Passed by value.
 struct Groups {
@@ -145,7 +149,7 @@ __global__ void setup_kernel(GroupArrays<G> *arr, Groups g, GemmSm90Kind kind, c
         CHECK(s_ == cutlass::Status::kSuccess, "%s failed: %s", #call, cutlassGetStatusString(s_)); \
     } while (0)
 
-// The multiprocessor count, read once (the persistent grid has one CTA per multiprocessor).
+// The multiprocessor count, read once.
 cutlass::KernelHardwareInfo hardware_info() {
     static cutlass::KernelHardwareInfo hw;
     if (hw.sm_count == 0) {
@@ -169,16 +173,18 @@ struct Prepared {
     GroupArrays<G> *arr = nullptr;  // device
     void *ws = nullptr;             // device, ws_bytes
     size_t ws_bytes = 0;
+    int factor = 0;                 // CTAs per multiprocessor of its grid
     int groups = 0;                 // what gemm is initialized for (0: not yet)
     typename G::Gemm gemm;
 };
 
-enum { MAX_STREAMS = 16 };  // (stream, β) pairs per GEMM type: the main one and a few workers' in practice
+enum { MAX_SLOTS = 32 };  // (stream, β, grid factor) per GEMM type: the main stream's and a few workers' in practice
 
 // The arguments of a launch over g.n groups whose arrays are arr: sizes and pointers are read on
-// the device, and with no host copy of the sizes CUTLASS launches one CTA per multiprocessor.
+// the device, and with no host copy of the sizes CUTLASS launches as many CTAs as hw_info.sm_count
+// says: factor per multiprocessor.
 template <class G>
-typename G::Gemm::Arguments arguments(GroupArrays<G> *arr, int groups, float beta) {
+typename G::Gemm::Arguments arguments(GroupArrays<G> *arr, int groups, float beta, int factor) {
     using C = typename G::Gemm::ElementC;
     typename G::Gemm::Arguments args;
     args.mode = cutlass::gemm::GemmUniversalMode::kGrouped;
@@ -191,29 +197,72 @@ typename G::Gemm::Arguments arguments(GroupArrays<G> *arr, int groups, float bet
     args.epilogue.ptr_D = arr->c;
     args.epilogue.dD = arr->sc;
     args.hw_info = hardware_info();
+    args.hw_info.sm_count *= factor;
     return args;
 }
 
-// The calling thread's stream's state for GEMM type G and epilogue β, made at its first use.
+// The calling thread's stream's state for GEMM type G, epilogue β and grid factor, made at its
+// first use. A weight gradient's factor changes with the counts, so each keeps its own operator
+// instead of initializing one again at every change.
 template <class G>
-Prepared<G> &prepared(cudaStream_t st, float beta) {
-    static Prepared<G> slots[MAX_STREAMS];
+Prepared<G> &prepared(cudaStream_t st, float beta, int factor) {
+    static Prepared<G> slots[MAX_SLOTS];
     static std::mutex mu;
     std::lock_guard<std::mutex> lock(mu);
-    for (int i = 0; i < MAX_STREAMS; i++) {
+    for (int i = 0; i < MAX_SLOTS; i++) {
         Prepared<G> &p = slots[i];
-        if (p.arr && p.stream == st && p.beta == beta) return p;
+        if (p.arr && p.stream == st && p.beta == beta && p.factor == factor) return p;
         if (!p.arr) {
             p.stream = st;
             p.beta = beta;
+            p.factor = factor;
             CUDA_CHECK(cudaMalloc((void **)&p.arr, sizeof(GroupArrays<G>)));
-            p.ws_bytes = G::Gemm::get_workspace_size(arguments<G>(p.arr, GEMM_SM90_MAX_GROUPS, 0.0f));
+            p.ws_bytes = G::Gemm::get_workspace_size(arguments<G>(p.arr, GEMM_SM90_MAX_GROUPS, 0.0f, factor));
             if (p.ws_bytes) CUDA_CHECK(cudaMalloc(&p.ws, p.ws_bytes));
             return p;
         }
     }
-    CHECK(0, "gemm_sm90: more than %d (stream, beta) pairs", (int)MAX_STREAMS);
+    CHECK(0, "gemm_sm90: more than %d (stream, beta, grid factor) triples", (int)MAX_SLOTS);
     return slots[0];
+}
+
+// CTAs per multiprocessor for a launch over the groups g with tiles Tile in clusters Cluster.
+// CUTLASS's persistent scheduler hands out tiles statically, group after group: CTA i of n takes
+// tiles i, i + n, i + 2n, ... A forward or backward_input tile costs the same in every group (K is
+// the layer's width), so one CTA per multiprocessor balances. A weight gradient's tile costs its
+// group's rows (K = rows), and with skewed counts one CTA's share can be far above the mean (at the
+// bench shapes with Zipf counts the kernel ran at 416 TFLOP/s against 570 uniform). A grid of f CTAs
+// per multiprocessor lets the hardware start the next CTA wherever one finishes, at a cost per CTA
+// (its pipeline fill and last epilogue, measured as about 5 % for four CTAs per multiprocessor with
+// uniform counts): the factor is the one of 1..4 whose predicted time, from the counts, is least.
+template <class Tile, class Cluster>
+int grid_factor(GemmSm90Kind kind, const Groups &g, Tile, Cluster) {
+    if (kind != GEMM_SM90_BACKWARD_WEIGHT) return 1;
+    constexpr long kTileCost = 64, kCtaCost = 400;  // in rows of K, from the measurements above
+    const int P = hardware_info().sm_count, tm = size<0>(Tile{}), tn = size<1>(Tile{}), cm = size<0>(Cluster{});
+    const int tiles_m = (g.OC + tm - 1) / tm, tiles = ((tiles_m + cm - 1) / cm * cm) * ((g.IC + tn - 1) / tn);
+    std::vector<long> cta;
+    int best = 1;
+    long best_time = 0;
+    for (int f = 1; f <= 4; f++) {
+        const int n = f * P;
+        cta.assign(n, kCtaCost);
+        long t = 0;
+        for (int i = 0; i < g.n; i++)
+            for (int j = 0; j < tiles; j++, t++) cta[t % n] += g.rows[i] + kTileCost;
+        // The CTAs start in order, each on the multiprocessor that frees first.
+        std::priority_queue<long, std::vector<long>, std::greater<long>> sm;
+        for (int i = 0; i < P; i++) sm.push(0);
+        long end = 0;
+        for (int i = 0; i < n; i++) {
+            const long done = sm.top() + cta[i];
+            sm.pop();
+            sm.push(done);
+            end = std::max(end, done);
+        }
+        if (f == 1 || end < best_time) best = f, best_time = end;
+    }
+    return best;
 }
 
 // One launch over the groups g (g.n ≥ 1) on the calling thread's stream: the setup kernel writes
@@ -222,9 +271,10 @@ Prepared<G> &prepared(cudaStream_t st, float beta) {
 template <class G>
 void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b, float beta) {
     cudaStream_t st = core_stream();
-    Prepared<G> &p = prepared<G>(st, beta);
+    const int factor = g_grid_factor ? g_grid_factor : grid_factor(kind, g, typename G::Tile{}, typename G::Cluster{});
+    Prepared<G> &p = prepared<G>(st, beta, factor);
     if (p.groups != g.n) {
-        typename G::Gemm::Arguments args = arguments<G>(p.arr, g.n, beta);
+        typename G::Gemm::Arguments args = arguments<G>(p.arr, g.n, beta, factor);
         CUTLASS_CHECK(p.gemm.can_implement(args));
         CHECK(G::Gemm::get_workspace_size(args) <= p.ws_bytes, "gemm_sm90: workspace of %zu bytes too small",
               p.ws_bytes);
@@ -257,6 +307,12 @@ int best_config(GemmSm90Kind kind, const Groups &g) {
 }  // namespace gemm_sm90
 
 using namespace gemm_sm90;
+
+extern "C" void gemm_sm90_set_grid_factor(int factor) {
+    CHECK(factor >= 0 && factor <= GEMM_SM90_MAX_GRID_FACTOR, "gemm_sm90: grid factor %d outside [0, %d]", factor,
+          (int)GEMM_SM90_MAX_GRID_FACTOR);
+    g_grid_factor = factor;
+}
 
 extern "C" int gemm_sm90_available(void) {
     static int avail = -1;

@@ -34,6 +34,11 @@ enum { GEMM_SM90_MAX_GROUPS = 512 };
 // the trainer.
 enum { GEMM_SM90_CONFIG_BEST = -1, GEMM_SM90_COOP_WIDE = 0, GEMM_SM90_PING_SQUARE = 1 };
 void gemm_sm90_set_config(int config);
+// CTAs per multiprocessor in the grid: 0 (the default) chooses per launch (layers/gemm_sm90.cu's
+// grid_factor: 1, or up to 4 for a weight gradient of skewed counts), 1..GEMM_SM90_MAX_GRID_FACTOR
+// forces it. For kernel_bench's sweep; not for the trainer.
+enum { GEMM_SM90_MAX_GRID_FACTOR = 8 };
+void gemm_sm90_set_grid_factor(int factor);
 
 #ifdef __cplusplus
 }

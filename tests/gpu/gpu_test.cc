@@ -497,6 +497,45 @@ TEST_F(Gpu, LinearGroupedCutlass) {
     linear_cuda_set_grouped_mode(saved);
 }
 
+// The CUTLASS weight gradient on skewed counts (one group of 3000 rows among groups of a few rows,
+// some empty), on grids of 1 to 4 CTAs per multiprocessor and the grid chosen from the counts: the
+// same bits every way (a CTA sums its tiles whole, whichever multiprocessor runs it), and against
+// the CPU layer. These counts make the choice more than one CTA per multiprocessor.
+TEST_F(Gpu, LinearGroupedCutlassGridFactors) {
+    if (!gemm_sm90_available()) GTEST_SKIP() << "needs a GPU of compute capability 9.0";
+    const int G = 40, IC = 512, OC = 256;
+    IVec counts = rnd_int(G, 24);
+    for (int e = 3; e < G; e += 6) counts[e] = 0;
+    counts[0] = 3000;
+    int R = 0;
+    for (int c : counts) R += c;
+    const CoreDtype dt = CORE_BF16;
+    const int saved = linear_cuda_grouped_mode();
+    linear_cuda_set_grouped_mode(LINEAR_GROUPED_CUTLASS);
+    Vec x = rnd((size_t)R * IC), dy = rnd((size_t)R * OC), dW((size_t)G * OC * IC, 0.0f);
+    BufP dX = put(x, dt), dDy = put(dy, dt);  // put rounds x and dy to bf16
+    size_t r0 = 0;
+    for (int e = 0; e < G; r0 += counts[e], e++)
+        linear_backward_weight(dW.data() + (size_t)e * OC * IC, dy.data() + r0 * OC, x.data() + r0 * IC,
+                               counts[e], IC, OC);
+    Vec first;
+    for (int f : {1, 2, 3, 4, 0}) {
+        SCOPED_TRACE(f);
+        gemm_sm90_set_grid_factor(f);
+        BufP dDW = poisoned((size_t)G * OC * IC, CORE_F32);
+        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), G, IC, OC, 0);
+        Vec got = get_f32(*dDW, dW.size());
+        if (f == 1) {
+            EXPECT_CLOSE(got, dW, CORE_F32, "cutlass grouped backward_weight, skewed counts");
+            first = got;
+        } else {
+            EXPECT_TRUE(got == first) << "grid factor " << f << " changed the bits of dW";
+        }
+    }
+    gemm_sm90_set_grid_factor(0);
+    linear_cuda_set_grouped_mode(saved);
+}
+
 // Streams against the loop, bit for bit: the three products of 24 experts (some empty, sizes
 // from 1 row to a few hundred, so that several streams run at once and are assigned unevenly)
 // from the same inputs and the same accumulators, with 2, 4 and LINEAR_MAX_STREAMS streams. The

@@ -167,6 +167,19 @@ void expert_gemms(int R, int nE, int nD, int nF) {
                 double t = time_queued([&] { product(kind); });
                 printf(" | cutlass best, 10 queued %.3f ms %5.1f", t * 1e3, flops / t / 1e12);
             }
+            if (linear_cuda_cutlass_applies(BF, BF, nD, nF) && kind == 4) {
+                // The weight gradient's grid: CTAs per multiprocessor forced, and chosen from the
+                // counts (what the model runs).
+                printf("\n%-28s", "    grid (10 queued)");
+                for (int f : {1, 2, 3, 4, 0}) {
+                    gemm_sm90_set_grid_factor(f);
+                    double t = time_queued([&] { product(kind); });
+                    if (f) printf(" | x%d %.3f ms %5.1f", f, t * 1e3, flops / t / 1e12);
+                    else printf(" | chosen %.3f ms %5.1f", t * 1e3, flops / t / 1e12);
+                }
+                gemm_sm90_set_grid_factor(0);
+                printf("\n%-28s", "");
+            }
             const int fell_back = linear_cuda_grouped_unsupported(BF, kind >= 3 ? CORE_F32 : BF);
             printf(" | loop/best %.2fx%s\n", loop / best,
                    fell_back ? "  (cuBLAS grouped: types not supported, ran as streams)" : "");
