@@ -107,7 +107,7 @@ typedef struct {
     // arena, so that model_backward holds one layer's at a time); ffn.da and ffn.db likewise:
     void *d_h_mid;      // (N, D)
     void *dq, *dk, *dv; // gradients of the projections (before RoPE)
-    void *da, *dm;      // (N, D) gradients of the two RMSNorm outputs
+    float *pa, *pm;     // (rmsnorm_partial_floats(N, D)) the two RMSNorm gains' partial gradients
 } LayerActs;
 
 typedef struct {
@@ -125,7 +125,8 @@ typedef struct {
                             // MoE layer l; ce and bal are read from them (model_scalars_loss)
     void *dh;               // (l1 − l0 + 1, N, D): slot l − l0 = ∂L/∂(input of layer l); the last
                             // slot = ∂L/∂h_out
-    void *dlogits, *dhf;    // (N, V) = logits (written in place by the backward), (N, D)
+    void *dlogits;          // (N, V) = logits (written in place by the backward)
+    float *pf;              // (rmsnorm_partial_floats(N, D)) the final norm gain's partial gradient
     char *arena;            // one block holding every buffer above
     size_t arena_used, arena_cap;
 } ModelActs;
