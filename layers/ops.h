@@ -26,9 +26,10 @@ extern "C" {
 // gates and their gradients, weight gradients, master weights and moments.
 // Calls that take `counts` (per-group row counts) read them on the host. backward_* calls
 // accumulate (+=) as the layers do, except where a call says that it writes (=) or takes an `acc`
-// flag: a buffer written in full needs no zero fill first. Shapes are those of the layer headers. Scalar results (the
-// balance loss, the mean loss, expert counts, Σ g²) stay in dev memory too, so that a training step
-// brings them to the host in one download at its end instead of one wait each.
+// flag: a buffer written in full needs no zero fill first. Shapes are those of the layer headers.
+// Scalar results (the balance loss, the mean loss, expert counts, Σ g²) stay in dev memory too, so
+// that a training step brings them to the host in one download at its end instead of one wait
+// each.
 typedef struct LayerOps {
     const char *name;    // "cpu", "cuda fp32", "cuda bf16"
     CoreDevice dev;
