@@ -11,6 +11,7 @@
 #include "framework/core/mem.h"
 #include "framework/core/prof.h"
 #include "framework/core/rng.h"
+#include "layers/rmsnorm.h"
 
 int model_is_moe_layer(const Model *m, int l) { return l >= m->cfg.n_dense_layers; }
 
@@ -399,7 +400,7 @@ static void acts_carve(const Model *m, ModelActs *a) {
     a->logits = arena_x(m, a, N * c->V);
     a->lse = arena_f(a, N); a->losses = arena_f(a, N);
     a->dlogits = a->logits;  // the cross-entropy backward turns the logits into their gradient in place
-    a->dhf = arena_x(m, a, N * D);
+    a->pf = arena_f(a, rmsnorm_partial_floats(a->N, c->D));
 }
 
 static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
@@ -419,16 +420,24 @@ static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
 }
 
 // A layer's backward buffers (LayerActs' d* and ffn.da, ffn.db), each (N, width) elements of the
-// activation dtype, written before they are read.
+// activation dtype, and the norms' partial gain gradients (fp32, a small fraction of that),
+// written before they are read.
 static void *bwd_alloc(const Model *m, int N, int width) {
     return m->ops->alloc_uninit((size_t)N * width * m->ops->act_size);
+}
+static float *part_alloc(const Model *m, int N) {
+    return m->ops->alloc_uninit(rmsnorm_partial_floats(N, m->cfg.D) * sizeof(float));
 }
 static void bwd_free(const Model *m, void **p) {
     m->ops->free(*p);
     *p = NULL;
 }
+static void part_free(const Model *m, float **p) {
+    m->ops->free(*p);
+    *p = NULL;
+}
 static void ffn_bwd_free(const Model *m, LayerActs *la) {
-    bwd_free(m, &la->dm);
+    part_free(m, &la->pm);
     bwd_free(m, &la->ffn.da);
     bwd_free(m, &la->ffn.db);
 }
@@ -437,7 +446,7 @@ static void attn_bwd_free(const Model *m, LayerActs *la) {
     bwd_free(m, &la->dq);
     bwd_free(m, &la->dk);
     bwd_free(m, &la->dv);
-    bwd_free(m, &la->da);
+    part_free(m, &la->pa);
 }
 
 void model_acts_free(Model *m, ModelActs *a) {
@@ -483,32 +492,31 @@ static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs
     const int D = c->D, hd = m->hd, qd = c->H * hd, kd = c->Hkv * hd;
     const LayerOps *o = m->ops;
     const size_t x = o->act_size;
-    // do and the RoPE'd gradients are temporaries: backward_weight needs only dq, dk, dv, da.
+    // d_o and da are temporaries: backward_weight needs only dq, dk, dv and the norm's partial
+    // gain gradient. Every buffer here is written before it is read (no zero fills): the first
+    // product into da writes, the other two add.
     prof_mark(PROF_ATTN);
     la->dq = bwd_alloc(m, (int)N, qd);
     la->dk = bwd_alloc(m, (int)N, kd);
     la->dv = bwd_alloc(m, (int)N, kd);
-    la->da = bwd_alloc(m, (int)N, D);
-    void *d_o = o->alloc(N * qd * x);
-    void *dqr = o->alloc(N * qd * x);
-    void *dkr = o->alloc(N * kd * x);
-    o->linear_backward_input(d_o, la->d_h_mid, w->wo, (int)N, qd, D);
-    o->attention_backward_input(dqr, dkr, la->dv, d_o, la->qr, la->kr, la->v, la->o, la->att, B, T,
-                                c->H, c->Hkv, hd);
-    o->zero(la->dq, N * qd * x);
-    o->zero(la->dk, N * kd * x);
-    o->rope_backward_input(la->dq, dqr, (int)N, T, c->H, hd, c->rope_theta);
-    o->rope_backward_input(la->dk, dkr, (int)N, T, c->Hkv, hd, c->rope_theta);
-    o->zero(la->da, N * D * x);
-    o->linear_backward_input(la->da, la->dq, w->wq, (int)N, D, qd);
-    o->linear_backward_input(la->da, la->dk, w->wk, (int)N, D, kd);
-    o->linear_backward_input(la->da, la->dv, w->wv, (int)N, D, kd);
-    prof_mark(PROF_NORM);
-    o->copy(dh_in, la->d_h_mid, N * D * x);  // the residual path
-    o->rmsnorm_backward_input(dh_in, la->da, la->h_in, w->attn_norm, la->rstd1, (int)N, D);
+    la->pa = part_alloc(m, (int)N);
+    void *d_o = o->alloc_uninit(N * qd * x);
+    o->linear_backward_input(d_o, la->d_h_mid, w->wo, (int)N, qd, D, 0);
+    o->attention_backward_input(la->dq, la->dk, la->dv, d_o, la->qr, la->kr, la->v, la->o, la->att,
+                                B, T, c->H, c->Hkv, hd);
     o->free(d_o);
-    o->free(dqr);
-    o->free(dkr);
+    // The gradients of the rotated q and k turn back in place into those of the projections.
+    o->rope_backward_input(la->dq, la->dq, (int)N, T, c->H, hd, c->rope_theta);
+    o->rope_backward_input(la->dk, la->dk, (int)N, T, c->Hkv, hd, c->rope_theta);
+    void *da = o->alloc_uninit(N * D * x);
+    o->linear_backward_input(da, la->dq, w->wq, (int)N, D, qd, 0);
+    o->linear_backward_input(da, la->dk, w->wk, (int)N, D, kd, 1);
+    o->linear_backward_input(da, la->dv, w->wv, (int)N, D, kd, 1);
+    prof_mark(PROF_NORM);
+    // dh_in = d_h_mid (the residual path) + the norm's input gradient, in the norm's one pass.
+    o->rmsnorm_backward_input(dh_in, la->pa, la->d_h_mid, da, la->h_in, w->attn_norm, la->rstd1,
+                              (int)N, D);
+    o->free(da);
 }
 
 static void attn_backward_weight(const Model *m, LayerGrads *g, LayerActs *la, int N) {
@@ -521,7 +529,7 @@ static void attn_backward_weight(const Model *m, LayerGrads *g, LayerActs *la, i
     o->linear_backward_weight(g->wk, la->dk, la->a, N, D, kd);
     o->linear_backward_weight(g->wv, la->dv, la->a, N, D, kd);
     prof_mark(PROF_NORM);
-    o->rmsnorm_backward_weight(g->attn_norm, la->da, la->h_in, la->rstd1, N, D);
+    o->rmsnorm_backward_weight(g->attn_norm, la->pa, N, D);
     attn_bwd_free(m, la);
 }
 
@@ -560,25 +568,29 @@ static void ffn_backward_input(Model *m, int l, LayerActs *la, const void *dh_ou
     const int D = c->D;
     const LayerWeights *w = &m->w[l];
     const LayerOps *o = m->ops;
-    la->dm = bwd_alloc(m, N, D);
+    // dm (the gradient of the norm's output) is a temporary: backward_weight needs only the
+    // norm's partial gain gradient.
+    void *dm = bwd_alloc(m, N, D);
+    la->pm = part_alloc(m, N);
     la->d_h_mid = bwd_alloc(m, N, D);
     if (model_is_moe_layer(m, l)) {
         // The balance loss enters the objective as scale·alpha·L_bal (dh_out is already scaled).
         MoeShape shape = m->moe_shape;
         shape.alpha *= scale;
-        o->zero(la->dm, (size_t)N * D * o->act_size);  // the MoE layer adds its parts into it
-        moe_backward_input(la->dm, &la->moe, dh_out, &shape, &w->moe, disp_of(m, l));
+        o->zero(dm, (size_t)N * D * o->act_size);  // the MoE layer adds its parts into it
+        moe_backward_input(dm, &la->moe, dh_out, &shape, &w->moe, disp_of(m, l));
     } else {
         prof_mark(PROF_FFN);
         la->ffn.da = bwd_alloc(m, N, c->F);
         la->ffn.db = bwd_alloc(m, N, c->F);
         void *dh = o->alloc_uninit((size_t)N * c->F * o->act_size);
-        ops_swiglu_backward_input(o, la->dm, &la->ffn, dh, dh_out, w->w1, w->w3, w->w2, &N, 1, D, c->F, 0);
+        ops_swiglu_backward_input(o, dm, &la->ffn, dh, dh_out, w->w1, w->w3, w->w2, &N, 1, D, c->F, 0);
         o->free(dh);
     }
     prof_mark(PROF_NORM);
-    o->copy(la->d_h_mid, dh_out, (size_t)N * D * o->act_size);
-    o->rmsnorm_backward_input(la->d_h_mid, la->dm, la->h_mid, w->ffn_norm, la->rstd2, N, D);
+    // d_h_mid = dh_out (the residual path) + the norm's input gradient, in the norm's one pass.
+    o->rmsnorm_backward_input(la->d_h_mid, la->pm, dh_out, dm, la->h_mid, w->ffn_norm, la->rstd2, N, D);
+    o->free(dm);
 }
 
 static void ffn_backward_weight(Model *m, int l, LayerActs *la, const void *dh_out, int N) {
@@ -594,7 +606,7 @@ static void ffn_backward_weight(Model *m, int l, LayerActs *la, const void *dh_o
                                    acc);
     }
     prof_mark(PROF_NORM);
-    m->ops->rmsnorm_backward_weight(g->ffn_norm, la->dm, la->h_mid, la->rstd2, N, c->D);
+    m->ops->rmsnorm_backward_weight(g->ffn_norm, la->pm, N, c->D);
     ffn_bwd_free(m, la);
 }
 
@@ -698,10 +710,10 @@ static void head_backward_input(Model *m, ModelActs *a, void *dh, float scale) {
     const size_t x = o->act_size;
     prof_mark(PROF_HEAD);
     o->crossentropy_backward_input(a->dlogits, a->logits, a->lse, a->targets, scale / (float)N, N, c->V);
-    o->zero(a->dhf, (size_t)N * D * x);
-    o->linear_backward_input(a->dhf, a->dlogits, m->lm_head, N, D, c->V);
-    o->zero(dh, (size_t)N * D * x);
-    o->rmsnorm_backward_input(dh, a->dhf, a->h_out, m->final_norm, a->rstdf, N, D);
+    void *dhf = o->alloc_uninit((size_t)N * D * x);  // (N, D) the final norm's output gradient
+    o->linear_backward_input(dhf, a->dlogits, m->lm_head, N, D, c->V, 0);
+    o->rmsnorm_backward_input(dh, a->pf, NULL, dhf, a->h_out, m->final_norm, a->rstdf, N, D);
+    o->free(dhf);
 }
 
 // The head's weight gradients (LM head and final norm).
@@ -709,7 +721,7 @@ static void head_backward_weight(Model *m, ModelActs *a) {
     const int N = a->N, D = m->cfg.D;
     prof_mark(PROF_HEAD);
     m->ops->linear_backward_weight(m->d_lm_head, a->dlogits, a->hf, N, D, m->cfg.V);
-    m->ops->rmsnorm_backward_weight(m->d_final_norm, a->dhf, a->h_out, a->rstdf, N, D);
+    m->ops->rmsnorm_backward_weight(m->d_final_norm, a->pf, N, D);
 }
 
 void model_stage_backward_input(Model *m, ModelActs *a, const void *dh_out, float scale) {

@@ -106,7 +106,7 @@ typedef struct {
     // arena, so that model_backward holds one layer's at a time); ffn.da and ffn.db likewise:
     void *d_h_mid;      // (N, D)
     void *dq, *dk, *dv; // gradients of the projections (before RoPE)
-    void *da, *dm;      // (N, D) gradients of the two RMSNorm outputs
+    float *pa, *pm;     // (rmsnorm_partial_floats(N, D)) the two RMSNorm gains' partial gradients
 } LayerActs;
 
 typedef struct {
@@ -129,7 +129,8 @@ typedef struct {
                             // slot l − l0, and the last = ∂L/∂h_out. model_backward, which is done
                             // with a layer before the next, has two that take turns (slot l − l0 mod 2)
     int dh_slots;
-    void *dlogits, *dhf;    // (N, V) = logits (written in place by the backward), (N, D)
+    void *dlogits;          // (N, V) = logits (written in place by the backward)
+    float *pf;              // (rmsnorm_partial_floats(N, D)) the final norm gain's partial gradient
     char *arena;            // one block holding every buffer above
     size_t arena_used, arena_cap;
 } ModelActs;

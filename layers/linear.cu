@@ -77,10 +77,10 @@ void linear_cuda_forward(CoreDtype dt, CoreDtype out_dt, void *out, const void *
 }
 
 void linear_cuda_backward_input(CoreDtype dt, void *dinp, const void *dout, const void *W, int N,
-                                int IC, int OC) {
+                                int IC, int OC, int acc) {
     linear_check(N, IC, OC);
     if (N == 0) return;
-    Gemm g = backward_input_gemm(dt, dinp, dout, W, N, IC, OC, 1.0f);
+    Gemm g = backward_input_gemm(dt, dinp, dout, W, N, IC, OC, acc ? 1.0f : 0.0f);
     gemm(&g);
 }
 

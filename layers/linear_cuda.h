@@ -14,9 +14,10 @@ extern "C" {
 // out (N, OC) of dtype out_dt (dt or CORE_F32) = inp (N, IC) · W (OC, IC)ᵀ
 void linear_cuda_forward(CoreDtype dt, CoreDtype out_dt, void *out, const void *inp, const void *W,
                          int N, int IC, int OC);
-// dinp (N, IC) += dout (N, OC) · W (OC, IC)
+// dinp (N, IC) += dout (N, OC) · W (OC, IC) (acc = 1), or = it with dinp's contents unread
+// (acc = 0: a fresh buffer needs no zero fill)
 void linear_cuda_backward_input(CoreDtype dt, void *dinp, const void *dout, const void *W, int N,
-                                int IC, int OC);
+                                int IC, int OC, int acc);
 // dW (OC, IC, fp32) += dout (N, OC)ᵀ · inp (N, IC)
 void linear_cuda_backward_weight(CoreDtype dt, float *dW, const void *dout, const void *inp, int N,
                                  int IC, int OC);

@@ -321,7 +321,7 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
     o->router_backward_input(dlogits, dgates, dscores, a->scores, a->idx, &s->rc, N);
     a->dlogits = xout(o, (long)N * E);
     o->to_act(a->dlogits, dlogits, (long)N * E);
-    o->linear_backward_input(dx, a->dlogits, p->router, N, D, E);
+    o->linear_backward_input(dx, a->dlogits, p->router, N, D, E, 1);
     o->free(dlogits);
     o->free(dscores);
     o->free(dgates);

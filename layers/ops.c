@@ -44,13 +44,10 @@ static void cpu_rmsnorm_forward(void *out, float *rstd, const void *inp, const v
                                 float eps) {
     rmsnorm_forward(out, rstd, inp, gain, N, D, eps);
 }
-static void cpu_rmsnorm_backward_input(void *dinp, const void *dout, const void *inp, const void *gain,
-                                       const float *rstd, int N, int D) {
-    rmsnorm_backward_input(dinp, dout, inp, gain, rstd, N, D);
-}
-static void cpu_rmsnorm_backward_weight(float *dgain, const void *dout, const void *inp,
-                                        const float *rstd, int N, int D) {
-    rmsnorm_backward_weight(dgain, dout, inp, rstd, N, D);
+static void cpu_rmsnorm_backward_input(void *dinp, float *part, const void *dres, const void *dout,
+                                       const void *inp, const void *gain, const float *rstd, int N,
+                                       int D) {
+    rmsnorm_backward_input(dinp, part, dres, dout, inp, gain, rstd, N, D);
 }
 static void cpu_linear_forward(void *out, const void *inp, const void *W, int N, int IC, int OC) {
     linear_forward(out, inp, W, N, IC, OC);
@@ -58,7 +55,9 @@ static void cpu_linear_forward(void *out, const void *inp, const void *W, int N,
 static void cpu_linear_forward_f32(float *out, const void *inp, const void *W, int N, int IC, int OC) {
     linear_forward(out, inp, W, N, IC, OC);
 }
-static void cpu_linear_backward_input(void *dinp, const void *dout, const void *W, int N, int IC, int OC) {
+static void cpu_linear_backward_input(void *dinp, const void *dout, const void *W, int N, int IC, int OC,
+                                      int acc) {
+    if (!acc) cpu_zero(dinp, (size_t)N * IC * sizeof(float));
     linear_backward_input(dinp, dout, W, N, IC, OC);
 }
 static void cpu_linear_backward_weight(float *dW, const void *dout, const void *inp, int N, int IC,
@@ -240,7 +239,7 @@ const LayerOps layer_ops_cpu = {
     .embedding_backward_weight = cpu_embedding_backward_weight,
     .rmsnorm_forward = cpu_rmsnorm_forward,
     .rmsnorm_backward_input = cpu_rmsnorm_backward_input,
-    .rmsnorm_backward_weight = cpu_rmsnorm_backward_weight,
+    .rmsnorm_backward_weight = rmsnorm_backward_weight,
     .linear_forward = cpu_linear_forward,
     .linear_forward_f32 = cpu_linear_forward_f32,
     .linear_backward_input = cpu_linear_backward_input,

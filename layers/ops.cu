@@ -220,14 +220,10 @@ static void cu_rmsnorm_forward(void *out, float *rstd, const void *inp, const vo
     rmsnorm_cuda_forward(DT, out, rstd, inp, gain, N, D, eps);
 }
 template <CoreDtype DT>
-static void cu_rmsnorm_backward_input(void *dinp, const void *dout, const void *inp, const void *gain,
-                                      const float *rstd, int N, int D) {
-    rmsnorm_cuda_backward_input(DT, dinp, dout, inp, gain, rstd, N, D);
-}
-template <CoreDtype DT>
-static void cu_rmsnorm_backward_weight(float *dgain, const void *dout, const void *inp, const float *rstd,
-                                       int N, int D) {
-    rmsnorm_cuda_backward_weight(DT, dgain, dout, inp, rstd, N, D);
+static void cu_rmsnorm_backward_input(void *dinp, float *part, const void *dres, const void *dout,
+                                      const void *inp, const void *gain, const float *rstd, int N,
+                                      int D) {
+    rmsnorm_cuda_backward_input(DT, dinp, part, dres, dout, inp, gain, rstd, N, D);
 }
 template <CoreDtype DT>
 static void cu_linear_forward(void *out, const void *inp, const void *W, int N, int IC, int OC) {
@@ -238,8 +234,9 @@ static void cu_linear_forward_f32(float *out, const void *inp, const void *W, in
     linear_cuda_forward(DT, CORE_F32, out, inp, W, N, IC, OC);
 }
 template <CoreDtype DT>
-static void cu_linear_backward_input(void *dinp, const void *dout, const void *W, int N, int IC, int OC) {
-    linear_cuda_backward_input(DT, dinp, dout, W, N, IC, OC);
+static void cu_linear_backward_input(void *dinp, const void *dout, const void *W, int N, int IC, int OC,
+                                     int acc) {
+    linear_cuda_backward_input(DT, dinp, dout, W, N, IC, OC, acc);
 }
 template <CoreDtype DT>
 static void cu_linear_backward_weight(float *dW, const void *dout, const void *inp, int N, int IC, int OC) {
@@ -404,7 +401,7 @@ static void fill(LayerOps *t, const char *name) {
     t->embedding_backward_weight = cu_embedding_backward_weight<DT>;
     t->rmsnorm_forward = cu_rmsnorm_forward<DT>;
     t->rmsnorm_backward_input = cu_rmsnorm_backward_input<DT>;
-    t->rmsnorm_backward_weight = cu_rmsnorm_backward_weight<DT>;
+    t->rmsnorm_backward_weight = rmsnorm_cuda_backward_weight;
     t->linear_forward = cu_linear_forward<DT>;
     t->linear_forward_f32 = cu_linear_forward_f32<DT>;
     t->linear_backward_input = cu_linear_backward_input<DT>;

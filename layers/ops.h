@@ -25,9 +25,11 @@ extern "C" {
 // always fp32: per-row statistics (rstd, lse, losses), the attention state, router logits, scores,
 // gates and their gradients, weight gradients, master weights and moments.
 // Calls that take `counts` (per-group row counts) read them on the host. backward_* calls
-// accumulate (+=) as the layers do. Shapes are those of the layer headers. Scalar results (the
-// balance loss, the mean loss, expert counts, Σ g²) stay in dev memory too, so that a training step
-// brings them to the host in one download at its end instead of one wait each.
+// accumulate (+=) as the layers do, except where a call says that it writes (=) or takes an `acc`
+// flag: a buffer written in full needs no zero fill first. Shapes are those of the layer headers.
+// Scalar results (the balance loss, the mean loss, expert counts, Σ g²) stay in dev memory too, so
+// that a training step brings them to the host in one download at its end instead of one wait
+// each.
 typedef struct LayerOps {
     const char *name;    // "cpu", "cuda fp32", "cuda bf16"
     CoreDevice dev;
@@ -58,14 +60,19 @@ typedef struct LayerOps {
                                       int D);
     void (*rmsnorm_forward)(void *out, float *rstd, const void *inp, const void *gain, int N, int D,
                             float eps);
-    void (*rmsnorm_backward_input)(void *dinp, const void *dout, const void *inp, const void *gain,
-                                   const float *rstd, int N, int D);
-    void (*rmsnorm_backward_weight)(float *dgain, const void *dout, const void *inp, const float *rstd,
-                                    int N, int D);
+    // One pass over the rows (layers/rmsnorm.h): dinp (N, D) = dres + ∂L/∂inp given dout, written
+    // (dres (N, D) the residual gradient joining it, or NULL; it may be dinp), and part
+    // (rmsnorm_partial_floats(N, D), fp32) = the gain gradient's partial sums, written.
+    void (*rmsnorm_backward_input)(void *dinp, float *part, const void *dres, const void *dout,
+                                   const void *inp, const void *gain, const float *rstd, int N, int D);
+    // dgain (D) += the partial sums of N rows that backward_input wrote.
+    void (*rmsnorm_backward_weight)(float *dgain, const float *part, int N, int D);
     void (*linear_forward)(void *out, const void *inp, const void *W, int N, int IC, int OC);
     // The same product with an fp32 output (router logits).
     void (*linear_forward_f32)(float *out, const void *inp, const void *W, int N, int IC, int OC);
-    void (*linear_backward_input)(void *dinp, const void *dout, const void *W, int N, int IC, int OC);
+    // dinp += dout · W (acc = 1), or = it with dinp's contents unread (acc = 0).
+    void (*linear_backward_input)(void *dinp, const void *dout, const void *W, int N, int IC, int OC,
+                                  int acc);
     void (*linear_backward_weight)(float *dW, const void *dout, const void *inp, int N, int IC, int OC);
     // The three products over G groups of rows (experts): rows [o_e, o_e + counts[e]) use W[e]
     // (G, OC, IC); a group without rows is skipped. The backward products add to dinp or dW
@@ -78,6 +85,7 @@ typedef struct LayerOps {
     void (*linear_backward_weight_grouped)(float *dW, const void *dout, const void *inp,
                                            const int *counts, int G, int IC, int OC, int acc);
     void (*rope_forward)(void *out, const void *inp, int N, int T, int nh, int hd, float theta);
+    // dinp = the inverse rotation of dout, written; dinp may be dout (in place).
     void (*rope_backward_input)(void *dinp, const void *dout, int N, int T, int nh, int hd,
                                 float theta);
     // Attention keeps a per-backend fp32 state from forward to backward: the (B, H, T, T)

@@ -1,5 +1,6 @@
 // Rotary position embedding on the CPU ("rotate half"): element i of a head pairs with i + hd/2 and
-// the pair turns by angle t · theta^(−2i/hd). The backward is the inverse rotation of the gradient.
+// the pair turns by angle t · theta^(−2i/hd). The backward is the inverse rotation of the gradient
+// (written, not added; in place allowed).
 #include "layers/rope.h"
 
 #include <math.h>
@@ -8,10 +9,10 @@
 #include "framework/core/check.h"
 
 // Rotates every pair of inp (N, nh, hd) by +angle (sign = 1) or −angle (sign = −1) and stores
-// the result into out (N, nh, hd), or adds it when accumulate is set. In-place use (out == inp) is
-// safe: each pair is read fully before it is written.
+// the result into out (N, nh, hd). In-place use (out == inp) is safe: each pair is read fully
+// before it is written.
 static void rope_rotate(float *out, const float *inp, int N, int T, int nh, int hd, float theta,
-                        float sign, int accumulate) {
+                        float sign) {
     CHECK(N >= 0 && T > 0 && nh > 0 && hd > 0, "rope: bad shape N=%d T=%d nh=%d hd=%d", N, T, nh,
           hd);
     CHECK(hd % 2 == 0, "rope: head size %d must be even (pairs i, i + hd/2)", hd);
@@ -28,24 +29,18 @@ static void rope_rotate(float *out, const float *inp, int N, int T, int nh, int 
             for (int h = 0; h < nh; h++) {
                 size_t o = ((size_t)n * nh + h) * hd + i;
                 float x1 = inp[o], x2 = inp[o + half];
-                float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
-                if (accumulate) {
-                    out[o] += y1;
-                    out[o + half] += y2;
-                } else {
-                    out[o] = y1;
-                    out[o + half] = y2;
-                }
+                out[o] = x1 * c - x2 * s;
+                out[o + half] = x2 * c + x1 * s;
             }
         }
     }
 }
 
 void rope_forward(float *out, const float *inp, int N, int T, int nh, int hd, float theta) {
-    rope_rotate(out, inp, N, T, nh, hd, theta, 1.0f, 0);
+    rope_rotate(out, inp, N, T, nh, hd, theta, 1.0f);
 }
 
 void rope_backward_input(float *dinp, const float *dout, int N, int T, int nh, int hd,
                          float theta) {
-    rope_rotate(dinp, dout, N, T, nh, hd, theta, -1.0f, 1);
+    rope_rotate(dinp, dout, N, T, nh, hd, theta, -1.0f);
 }

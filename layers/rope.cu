@@ -2,11 +2,11 @@
 // index i), looping over the heads, so each angle is computed once per row as on the CPU.
 #include "layers/rope_cuda.h"
 
-// Rotates pair (i, i + hd/2) of every head of row n by sign · angle; stores, or adds when
-// accumulate is set. Each pair is read fully before it is written, so out may equal inp.
+// Rotates pair (i, i + hd/2) of every head of row n by sign · angle and stores it. Each pair is
+// read fully before it is written, so out may equal inp.
 template <typename T>
 __global__ void rope_kernel(T *out, const T *inp, int N, int Tseq, int nh, int hd, float theta,
-                            float sign, int accumulate) {
+                            float sign) {
     int half = hd / 2;
     long p = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= (long)N * half) return;
@@ -18,22 +18,17 @@ __global__ void rope_kernel(T *out, const T *inp, int N, int Tseq, int nh, int h
     for (int h = 0; h < nh; h++) {
         size_t o = ((size_t)n * nh + h) * hd + i;
         float x1 = core_ld(inp + o), x2 = core_ld(inp + o + half);
-        float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
-        if (accumulate) {
-            y1 += core_ld(out + o);
-            y2 += core_ld(out + o + half);
-        }
-        core_st(out + o, y1);
-        core_st(out + o + half, y2);
+        core_st(out + o, x1 * c - x2 * s);
+        core_st(out + o + half, x2 * c + x1 * s);
     }
 }
 
 template <typename T>
 static void rotate(void *out, const void *inp, int N, int Tseq, int nh, int hd, float theta,
-                   float sign, int accumulate) {
+                   float sign) {
     long n = (long)N * (hd / 2);
     rope_kernel<T><<<core_blocks(n, 256), 256, 0, core_stream()>>>(
-        (T *)out, (const T *)inp, N, Tseq, nh, hd, theta, sign, accumulate);
+        (T *)out, (const T *)inp, N, Tseq, nh, hd, theta, sign);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -48,12 +43,12 @@ void rope_cuda_forward(CoreDtype dt, void *out, const void *inp, int N, int T, i
                        float theta) {
     rope_check(N, T, nh, hd, theta);
     if (N == 0) return;
-    CORE_DTYPE_CALL(dt, rotate, out, inp, N, T, nh, hd, theta, 1.0f, 0);
+    CORE_DTYPE_CALL(dt, rotate, out, inp, N, T, nh, hd, theta, 1.0f);
 }
 
 void rope_cuda_backward_input(CoreDtype dt, void *dinp, const void *dout, int N, int T, int nh,
                               int hd, float theta) {
     rope_check(N, T, nh, hd, theta);
     if (N == 0) return;
-    CORE_DTYPE_CALL(dt, rotate, dinp, dout, N, T, nh, hd, theta, -1.0f, 1);
+    CORE_DTYPE_CALL(dt, rotate, dinp, dout, N, T, nh, hd, theta, -1.0f);
 }

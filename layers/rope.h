@@ -9,7 +9,7 @@ extern "C" {
 
 // out (N, nh, hd) = rotation of inp (N, nh, hd); row n sits at position n % T. out may equal inp.
 void rope_forward(float *out, const float *inp, int N, int T, int nh, int hd, float theta);
-// dinp (N, nh, hd) += inverse rotation of dout (N, nh, hd)
+// dinp (N, nh, hd) = inverse rotation of dout (N, nh, hd), written (not added); dinp may equal dout.
 void rope_backward_input(float *dinp, const float *dout, int N, int T, int nh, int hd, float theta);
 
 #ifdef __cplusplus

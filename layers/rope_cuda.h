@@ -11,7 +11,7 @@ extern "C" {
 // out (N, nh, hd) = rotation of inp (N, nh, hd); row n sits at position n % T. out may equal inp.
 void rope_cuda_forward(CoreDtype dt, void *out, const void *inp, int N, int T, int nh, int hd,
                        float theta);
-// dinp (N, nh, hd) += inverse rotation of dout (N, nh, hd)
+// dinp (N, nh, hd) = inverse rotation of dout (N, nh, hd), written (not added); dinp may equal dout.
 void rope_cuda_backward_input(CoreDtype dt, void *dinp, const void *dout, int N, int T, int nh,
                               int hd, float theta);
 

@@ -217,28 +217,54 @@ TEST_F(Gpu, FailedCudaCallDeath) {
 // Dense layers.
 
 TEST_F(Gpu, RmsNorm) {
-    // 16-byte accesses where D and the pointers allow them (200, 1024; 36 in fp32 only), single
-    // elements otherwise (33; 36 in bf16).
-    const int shapes[][2] = {{300, 200}, {64, 1024}, {50, 36}, {17, 33}};
+    // 16-byte accesses where D and the pointers allow them (200, 1024, 8192; 36 in fp32 only),
+    // single elements otherwise (33; 36 in bf16). Row counts give a partial last chunk of the
+    // partial sums (all but 64); D 8192 has fewer warps per block than 8 (shared memory).
+    const int shapes[][2] = {{300, 200}, {64, 1024}, {50, 36}, {17, 33}, {70, 8192}};
     for (auto &sh : shapes) {
         int N = sh[0], D = sh[1];
+        const size_t np = rmsnorm_partial_floats(N, D);
         for (CoreDtype dt : kDtypes) {
             Vec x = rnd((size_t)N * D, -2, 2), g = rnd(D, 0.5f, 1.5f), dy = rnd((size_t)N * D);
-            Vec dx = rnd((size_t)N * D), dg = rnd(D);
-            BufP dX = put(x, dt), dG = put(g, dt), dDy = put(dy, dt), dDx = put(dx, dt);
+            Vec dres = rnd((size_t)N * D), dg = rnd(D);
+            BufP dX = put(x, dt), dG = put(g, dt), dDy = put(dy, dt), dRes = put(dres, dt);
             BufP dDg = put_f32(dg);
             BufP dOut = poisoned((size_t)N * D, dt), dR = poisoned(N, CORE_F32);
-            Vec out(x.size()), r(N);
+            // The backward writes dinp and the partial sums: both start poisoned.
+            BufP dDx = poisoned((size_t)N * D, dt), dPart = poisoned(np, CORE_F32);
+            Vec out(x.size()), r(N), dx(x.size()), part(np), dx0(x.size()), part0(np);
             rmsnorm_forward(out.data(), r.data(), x.data(), g.data(), N, D, 1e-5f);
-            rmsnorm_backward_input(dx.data(), dy.data(), x.data(), g.data(), r.data(), N, D);
-            rmsnorm_backward_weight(dg.data(), dy.data(), x.data(), r.data(), N, D);
+            rmsnorm_backward_input(dx.data(), part.data(), dres.data(), dy.data(), x.data(), g.data(),
+                                   r.data(), N, D);
+            rmsnorm_backward_weight(dg.data(), part.data(), N, D);
+            rmsnorm_backward_input(dx0.data(), part0.data(), nullptr, dy.data(), x.data(), g.data(),
+                                   r.data(), N, D);
             rmsnorm_cuda_forward(dt, dOut->p, dR->f(), dX->p, dG->p, N, D, 1e-5f);
-            rmsnorm_cuda_backward_input(dt, dDx->p, dDy->p, dX->p, dG->p, dR->f(), N, D);
-            rmsnorm_cuda_backward_weight(dt, dDg->f(), dDy->p, dX->p, dR->f(), N, D);
+            rmsnorm_cuda_backward_input(dt, dDx->p, dPart->f(), dRes->p, dDy->p, dX->p, dG->p,
+                                        dR->f(), N, D);
+            rmsnorm_cuda_backward_weight(dDg->f(), dPart->f(), N, D);
             EXPECT_CLOSE(get(*dOut, dt, out.size()), out, dt, "rmsnorm forward");
             EXPECT_CLOSE(get_f32(*dR, N), r, CORE_F32, "rmsnorm rstd");
-            EXPECT_CLOSE(get(*dDx, dt, dx.size()), dx, dt, "rmsnorm backward_input");
+            EXPECT_CLOSE(get(*dDx, dt, dx.size()), dx, dt, "rmsnorm backward_input + residual");
+            EXPECT_CLOSE(get_f32(*dPart, np), part, CORE_F32, "rmsnorm gain partial sums");
             EXPECT_CLOSE(get_f32(*dDg, D), dg, CORE_F32, "rmsnorm backward_weight");
+            // Without a residual, and with the residual in dinp itself (the engine's d_h_mid).
+            BufP dDx0 = poisoned((size_t)N * D, dt), dIn = put(dres, dt);
+            rmsnorm_cuda_backward_input(dt, dDx0->p, dPart->f(), nullptr, dDy->p, dX->p, dG->p,
+                                        dR->f(), N, D);
+            EXPECT_CLOSE(get(*dDx0, dt, dx0.size()), dx0, dt, "rmsnorm backward_input, no residual");
+            rmsnorm_cuda_backward_input(dt, dIn->p, dPart->f(), dIn->p, dDy->p, dX->p, dG->p,
+                                        dR->f(), N, D);
+            EXPECT_CLOSE(get(*dIn, dt, dx.size()), dx, dt, "rmsnorm backward_input in place");
+            // Reruns give the same bits: the partial sums and their sum have fixed orders.
+            Vec p1 = get_f32(*dPart, np), start = rnd(D);
+            BufP dPart2 = poisoned(np, CORE_F32), dA = put_f32(start), dB = put_f32(start);
+            rmsnorm_cuda_backward_input(dt, dDx->p, dPart2->f(), dRes->p, dDy->p, dX->p, dG->p,
+                                        dR->f(), N, D);
+            rmsnorm_cuda_backward_weight(dA->f(), dPart->f(), N, D);
+            rmsnorm_cuda_backward_weight(dB->f(), dPart2->f(), N, D);
+            EXPECT_EQ(0, memcmp(get_f32(*dPart2, np).data(), p1.data(), np * sizeof(float)));
+            EXPECT_EQ(0, memcmp(get_f32(*dA, D).data(), get_f32(*dB, D).data(), D * sizeof(float)));
         }
     }
 }
@@ -248,8 +274,9 @@ TEST_F(Gpu, Rope) {
     for (int hd : {16, 64}) {
         for (CoreDtype dt : kDtypes) {
             size_t n = (size_t)N * nh * hd;
-            Vec x = rnd(n), dy = rnd(n), dx = rnd(n);
-            BufP dX = put(x, dt), dDy = put(dy, dt), dDx = put(dx, dt), dOut = poisoned(n, dt);
+            // The backward writes dinp: it starts poisoned.
+            Vec x = rnd(n), dy = rnd(n), dx(n);
+            BufP dX = put(x, dt), dDy = put(dy, dt), dDx = poisoned(n, dt), dOut = poisoned(n, dt);
             Vec out(n);
             rope_forward(out.data(), x.data(), N, T, nh, hd, 10000.0f);
             rope_backward_input(dx.data(), dy.data(), N, T, nh, hd, 10000.0f);
@@ -257,6 +284,9 @@ TEST_F(Gpu, Rope) {
             rope_cuda_backward_input(dt, dDx->p, dDy->p, N, T, nh, hd, 10000.0f);
             EXPECT_CLOSE(get(*dOut, dt, n), out, dt, "rope forward");
             EXPECT_CLOSE(get(*dDx, dt, n), dx, dt, "rope backward_input");
+            // In place, as the engine turns dq and dk back.
+            rope_cuda_backward_input(dt, dDy->p, dDy->p, N, T, nh, hd, 10000.0f);
+            EXPECT_CLOSE(get(*dDy, dt, n), dx, dt, "rope backward_input in place");
             // In place, as the engine applies it to q and k.
             rope_cuda_forward(dt, dX->p, dX->p, N, T, nh, hd, 10000.0f);
             EXPECT_CLOSE(get(*dX, dt, n), out, dt, "rope forward in place");
@@ -359,7 +389,13 @@ TEST_F(Gpu, Linear) {
             linear_backward_weight(dW.data(), dy.data(), x.data(), N, IC, OC);
             linear_cuda_forward(dt, dt, dOut->p, dX->p, dWt->p, N, IC, OC);
             linear_cuda_forward(dt, CORE_F32, dOut32->p, dX->p, dWt->p, N, IC, OC);
-            linear_cuda_backward_input(dt, dDx->p, dDy->p, dWt->p, N, IC, OC);
+            linear_cuda_backward_input(dt, dDx->p, dDy->p, dWt->p, N, IC, OC, 1);
+            // acc = 0 writes without reading: a poisoned dinp gets the product alone.
+            Vec dx0((size_t)N * IC, 0.0f);
+            linear_backward_input(dx0.data(), dy.data(), W.data(), N, IC, OC);
+            BufP dDx0 = poisoned((size_t)N * IC, dt);
+            linear_cuda_backward_input(dt, dDx0->p, dDy->p, dWt->p, N, IC, OC, 0);
+            EXPECT_CLOSE(get(*dDx0, dt, dx0.size()), dx0, dt, "linear backward_input, acc = 0");
             linear_cuda_backward_weight(dt, dDW->f(), dDy->p, dX->p, N, IC, OC);
             EXPECT_CLOSE(get(*dOut, dt, out.size()), out, dt, "linear forward");
             EXPECT_CLOSE(get_f32(*dOut32, out.size()), out, CORE_F32, "linear forward, fp32 out");

@@ -21,6 +21,7 @@ extern "C" {
 #include "layers/linear_cuda.h"
 #include "layers/moe_cuda.h"
 #include "layers/ops_cuda.h"
+#include "layers/rmsnorm.h"
 #include "layers/rmsnorm_cuda.h"
 #include "layers/rope_cuda.h"
 #include "layers/router_cuda.h"
@@ -221,14 +222,18 @@ int main() {
     void *x = dev_rand((size_t)N * D, BF), *y = dev_rand((size_t)N * D, BF),
          *dy = dev_rand((size_t)N * D, BF), *g = dev_rand(D, BF);
     float *rstd = (float *)dev_rand(N, CORE_F32), *dg = (float *)dev_rand(D, CORE_F32);
+    const size_t nparts = rmsnorm_partial_floats(N, D);
+    float *part = (float *)dev_rand(nparts, CORE_F32);
     row("rmsnorm forward", time_it([&] { rmsnorm_cuda_forward(BF, y, rstd, x, g, N, D, 1e-5f); }),
         2 * 2 * nd, 0);
-    row("rmsnorm backward_input", time_it([&] {
-            rmsnorm_cuda_backward_input(BF, y, dy, x, g, rstd, N, D);
-        }), 4 * 2 * nd, 0);
-    row("rmsnorm backward_weight", time_it([&] {
-            rmsnorm_cuda_backward_weight(BF, dg, dy, x, rstd, N, D);
-        }), 2 * 2 * nd, 0);
+    // In place as in the engine (dinp holds the residual gradient): reads x, dy and dinp, writes
+    // dinp and the fp32 partial sums.
+    row("rmsnorm backward_input, in place", time_it([&] {
+            rmsnorm_cuda_backward_input(BF, y, part, y, dy, x, g, rstd, N, D);
+        }), 4 * 2 * nd + 4.0 * nparts, 0);
+    row("rmsnorm backward_weight (partials)", time_it([&] {
+            rmsnorm_cuda_backward_weight(dg, part, N, D);
+        }), 4.0 * nparts + 2 * 4.0 * D, 0);
     row("rope forward (q, in place)", time_it([&] {
             rope_cuda_forward(BF, x, x, N, T, H, hd, 10000.0f);
         }), 2 * 2 * nd, 0);
@@ -239,7 +244,7 @@ int main() {
             linear_cuda_forward(BF, BF, y, x, W, N, D, D);
         }), 0, 2.0 * N * D * D);
     row("linear backward_input", time_it([&] {
-            linear_cuda_backward_input(BF, y, dy, W, N, D, D);
+            linear_cuda_backward_input(BF, y, dy, W, N, D, D, 1);
         }), 0, 2.0 * N * D * D);
     row("linear backward_weight (fp32 dW)", time_it([&] {
             linear_cuda_backward_weight(BF, dW, dy, x, N, D, D);

@@ -1,6 +1,7 @@
 // layers/rope: the rotation against a double-precision formula (also at long positions), position
 // 0 is the identity, norms are preserved, rows wrap at T, in-place use, the backward against
-// finite differences and as the inverse rotation, accumulation, and an odd head size.
+// finite differences and as the inverse rotation, written (not added) and in place, and an odd
+// head size.
 #include "tests/layers/gradcheck.h"
 
 extern "C" {
@@ -81,14 +82,24 @@ TEST(RoPE, BackwardMatchesFiniteDifferences) {
     expect_grad("dinp", dx.data(), fd_grad(x, 1e-2, L), 1e-3);
 }
 
-TEST(RoPE, BackwardIsInverseAndAccumulates) {
-    Vec x = rand_vec(N * nh * hd, 8), y(x.size()), back(x.size()), twice(x.size());
+TEST(RoPE, BackwardIsInverseAndWrites) {
+    // The backward writes its output without reading it: a NaN-filled dinp must not leak through,
+    // and a second call gives the same values, not twice them.
+    Vec x = rand_vec(N * nh * hd, 8), y(x.size()), back(x.size(), NAN);
     rope_forward(y.data(), x.data(), N, T, nh, hd, theta);
     rope_backward_input(back.data(), y.data(), N, T, nh, hd, theta);
     for (size_t i = 0; i < x.size(); i++) EXPECT_NEAR(back[i], x[i], 1e-6);
-    rope_backward_input(twice.data(), y.data(), N, T, nh, hd, theta);
-    rope_backward_input(twice.data(), y.data(), N, T, nh, hd, theta);
-    for (size_t i = 0; i < x.size(); i++) EXPECT_FLOAT_EQ(twice[i], 2.0f * back[i]);
+    Vec again = back;
+    rope_backward_input(again.data(), y.data(), N, T, nh, hd, theta);
+    EXPECT_TRUE(bit_equal(again, back));
+}
+
+TEST(RoPE, BackwardInPlaceEqualsOutOfPlace) {
+    // The engine turns the gradients of the rotated q and k back in place.
+    Vec dy = rand_vec(N * nh * hd, 9), dx(dy.size());
+    rope_backward_input(dx.data(), dy.data(), N, T, nh, hd, theta);
+    rope_backward_input(dy.data(), dy.data(), N, T, nh, hd, theta);
+    EXPECT_TRUE(bit_equal(dx, dy));
 }
 
 TEST(RoPEDeath, OddHeadSize) {
