@@ -6,8 +6,7 @@
 // no rows while one expert receives every row, one slot per rank (rows land in place, no permute),
 // replicas (the EPLB placement hook), both dispatch flavours (x rows and per-choice rows), the
 // dispatch and the combine started and finished apart (the overlaps), rows of one 4-byte element
-// (the MoE layer's row dots), and that a one-rank group
-// reproduces the local dispatcher bit for bit.
+// (the MoE layer's row dots), and that a one-rank group reproduces the local dispatcher bit for bit.
 #include <gtest/gtest.h>
 
 #include <vector>
