@@ -42,7 +42,7 @@ __device__ __forceinline__ float gate_backward_vec(T *da, T *db, const T *dh, co
 template <typename T, int W>
 __global__ void swiglu_backward_kernel(T *da, T *db, const T *dh, const T *a, const T *b, long n) {
     long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * W;
-    if (i < n) gate_backward_vec<W>(da, db, dh, a, b, i);  // the dot is dead code, left out
+    if (i < n) gate_backward_vec<W>(da, db, dh, a, b, i);  // the unused dot is compiled away
 }
 
 // A warp per row of F: the gate's gradients as above, and s[r] = Σ_f dh·h over the row (each lane

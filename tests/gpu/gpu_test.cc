@@ -282,6 +282,25 @@ TEST_F(Gpu, SwigluGate) {
     }
 }
 
+// The backward with row dots (the MoE layer's routed experts, a warp per row): F = 1000 takes the
+// 16-byte path, 1003 the element path; da, db and s are written (poisoned). s = Σ_f dh·h per row is
+// what the gates' gradient is made of (moe_gate_grad): a wrong one fails here.
+TEST_F(Gpu, SwigluGateRowDots) {
+    const long rows = 300;
+    for (int F : {1000, 1003})
+    for (CoreDtype dt : kDtypes) {
+        const long n = rows * F;
+        Vec a = rnd(n, -4, 4), b = rnd(n), dh = rnd(n), da(n), db(n), s(rows);
+        BufP dA = put(a, dt), dB = put(b, dt), dDh = put(dh, dt), dDa = poisoned(n, dt),
+             dDb = poisoned(n, dt), dS = poisoned(rows, CORE_F32);
+        swiglu_act_backward_dot(da.data(), db.data(), s.data(), dh.data(), a.data(), b.data(), rows, F);
+        swiglu_cuda_act_backward_dot(dt, dDa->p, dDb->p, dS->f(), dDh->p, dA->p, dB->p, rows, F);
+        EXPECT_CLOSE(get(*dDa, dt, n), da, dt, "swiglu gate backward (dots) da");
+        EXPECT_CLOSE(get(*dDb, dt, n), db, dt, "swiglu gate backward (dots) db");
+        EXPECT_CLOSE(get_f32(*dS, rows), s, dt, "swiglu gate backward row dots");
+    }
+}
+
 TEST_F(Gpu, CrossEntropy) {
     const int shapes[][2] = {{64, 1000}, {8, 32768}, {5, 100}};
     for (auto &sh : shapes) {
@@ -965,6 +984,7 @@ TEST_F(Gpu, MoePermuteUnpermuteCombine) {
         BufP dRowOf = put_int(IVec((size_t)N * K, -1)), dCounts = put_int(IVec(E, -1));
         moe_cuda_plan(dRowOf->i(), dCounts->i(), dIdx->i(), N, K, E);
         EXPECT_EQ(get_int(*dCounts, E), counts);
+        const IVec row_of_h = get_int(*dRowOf, (size_t)N * K);
         BufP dRows = poisoned(rows.size(), dt), dRowsK = poisoned(rows.size(), dt);
         BufP dBack = poisoned(back.size(), dt), dY = poisoned(y.size(), dt);
         moe_cuda_permute(dt, dRows->p, dX->p, 0, dRowOf->i(), N, K, D);
@@ -986,20 +1006,30 @@ TEST_F(Gpu, MoePermuteUnpermuteCombine) {
         o->moe_combine(dYm->p, dRowsK->p, map, dGates->f(), N, K, D);
         EXPECT_EQ(get(*dYm, dt, y.size()), get(*dY, dt, y.size())) << dname(dt);
         Vec dy = rnd((size_t)N * D), dx0 = rnd((size_t)N * D);
-        BufP dDy = put(dy, dt), dG = poisoned((size_t)N * K, CORE_F32), dGm = poisoned((size_t)N * K, CORE_F32);
+        BufP dDy = put(dy, dt);
         BufP dNk = poisoned(back.size(), dt), dNkRows = poisoned(rows.size(), dt), dRowsM = poisoned(rows.size(), dt);
-        o->moe_combine_backward(dG->f(), dNk->p, dDy->p, dBack->p, NULL, dGates->f(), N, K, D);
+        o->moe_combine_backward(dNk->p, dDy->p, NULL, dGates->f(), N, K, D);
         moe_cuda_permute(dt, dNkRows->p, dNk->p, 1, dRowOf->i(), N, K, D);
-        o->moe_combine_backward(dGm->f(), dRowsM->p, dDy->p, dRowsK->p, map, dGates->f(), N, K, D);
-        EXPECT_EQ(get_f32(*dGm, (size_t)N * K), get_f32(*dG, (size_t)N * K)) << dname(dt);
+        o->moe_combine_backward(dRowsM->p, dDy->p, map, dGates->f(), N, K, D);
         EXPECT_EQ(get(*dRowsM, dt, rows.size()), get(*dNkRows, dt, rows.size())) << dname(dt);
-        Vec dgates_ref((size_t)N * K);
-        for (size_t w = 0; w < dgates_ref.size(); w++) {
-            double dot = 0;
-            for (int i = 0; i < D; i++) dot += (double)dy[(w / K) * D + i] * back[w * D + i];
-            dgates_ref[w] = (float)dot;
-        }
-        EXPECT_CLOSE(get_f32(*dGm, dgates_ref.size()), dgates_ref, dt, "moe combine backward dgates");
+        Vec dnk_ref(back.size());
+        for (size_t i = 0; i < dnk_ref.size(); i++) dnk_ref[i] = gates[i / D] * dy[(i / D / K) * D + i % D];
+        EXPECT_CLOSE(get(*dNk, dt, back.size()), dnk_ref, dt, "moe combine backward");
+
+        // The gates' gradient from the experts' row dots s (one fp32 per row), in place through the
+        // map and on dots moved home, against the CPU's: the same division, so the same bits, and 0
+        // (not 0/0) where a gate is 0.
+        Vec s_rows = rnd(rows.size() / D), g0 = gates;
+        for (size_t w = 0; w < g0.size(); w += 7) g0[w] = 0.0f;
+        Vec s_home(g0.size()), dg_ref(g0.size());
+        for (size_t w = 0; w < g0.size(); w++) s_home[w] = s_rows[(size_t)row_of_h[w]];
+        layer_ops_cpu.moe_gate_grad(dg_ref.data(), s_home.data(), NULL, g0.data(), N, K);
+        BufP dS = put_f32(s_rows), dSh = put_f32(s_home), dG0 = put_f32(g0);
+        BufP dDg = poisoned(g0.size(), CORE_F32), dDgh = poisoned(g0.size(), CORE_F32);
+        o->moe_gate_grad(dDg->f(), dS->f(), map, dG0->f(), N, K);
+        o->moe_gate_grad(dDgh->f(), dSh->f(), NULL, dG0->f(), N, K);
+        EXPECT_EQ(get_f32(*dDg, g0.size()), dg_ref) << dname(dt);
+        EXPECT_EQ(get_f32(*dDgh, g0.size()), dg_ref) << dname(dt);
         BufP dDx = put(dx0, dt), dDxm = put(dx0, dt);
         o->moe_sum_choices(dDx->p, dBack->p, NULL, N, K, D);
         o->moe_sum_choices(dDxm->p, dRowsK->p, map, N, K, D);
