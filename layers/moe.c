@@ -350,8 +350,10 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
     // as dg_k · s_k in norm_topk's Σ_j dg_j s_j, and ∂L/∂s_k reaches the logits only multiplied by
     // s_k (sigmoid: s_k (1 − s_k); softmax: s_k (ds_k − Σ ds s)). g_k = rs · s_k (/ z) is 0 only where
     // s_k = 0 or route_scale rs = 0, and then every term is 0 whatever dg_k is (sigmoid and softmax,
-    // norm_topk on and off); or where rs · s_k / z underflows, where the terms are below fp32's
-    // smallest number anyway.
+    // norm_topk on and off); or where rs · s_k / z underflows (|g_k| < 2^-149), and then each term
+    // is at most about |g_k · dg_k|, far below anything fp32 adds it to. Tiny gates of fp32's
+    // normal range (1e-30) give dy · ye_k to fp32 rounding (tests/layers/moe_test.cc MoeGateGrad);
+    // subnormal ones lose digits in g_k · dy, harmless for the same reason.
     if (dots_home) dots_home_finish(a, d);
     prof_mark(PROF_ROUTER);
     float *dgates = fout(o, (long)N * K);  // (N, K)
