@@ -1030,6 +1030,14 @@ TEST_F(Gpu, MoePermuteUnpermuteCombine) {
         o->moe_gate_grad(dDgh->f(), dSh->f(), NULL, dG0->f(), N, K);
         EXPECT_EQ(get_f32(*dDg, g0.size()), dg_ref) << dname(dt);
         EXPECT_EQ(get_f32(*dDgh, g0.size()), dg_ref) << dname(dt);
+        // Without a row map (EP) the dots travel as rows of one 4-byte word, 4 / size elements of
+        // dt (the narrow-row kernel): both ways exact.
+        const int w4 = 4 / (int)core_dtype_size(dt);
+        BufP dSh2 = poisoned(g0.size(), CORE_F32), dS2 = poisoned(s_rows.size(), CORE_F32);
+        moe_cuda_unpermute(dt, dSh2->p, dS->p, dRowOf->i(), N, K, w4);
+        moe_cuda_permute(dt, dS2->p, dSh2->p, 1, dRowOf->i(), N, K, w4);
+        EXPECT_EQ(get_f32(*dSh2, g0.size()), s_home) << dname(dt);
+        EXPECT_EQ(get_f32(*dS2, s_rows.size()), s_rows) << dname(dt);
         BufP dDx = put(dx0, dt), dDxm = put(dx0, dt);
         o->moe_sum_choices(dDx->p, dBack->p, NULL, N, K, D);
         o->moe_sum_choices(dDxm->p, dRowsK->p, map, N, K, D);
