@@ -1045,6 +1045,79 @@ TEST_F(Gpu, MoePermuteUnpermuteCombine) {
     }
 }
 
+// The whole MoE layer (local dispatcher, routed and shared experts, balance loss) on the GPU
+// against the CPU: y, dx and every gradient. The router's gradient goes through the gates'
+// gradient, which the backward makes from the experts' row dots (moe_gate_grad): a wrong dot or a
+// wrong division fails it. fp32 with top-2 routing (the same choices as the CPU); bf16 with K = E,
+// since bf16 rounding can flip a near-tie choice of top-k (model_gpu_test.cc says more). The bounds
+// are model_gpu_test's per-tensor ones: a chain of five products and the router behind them.
+TEST_F(Gpu, MoeLayerMatchesCpu) {
+    for (CoreDtype dt : kDtypes) {
+        MoeShape sh;
+        sh.D = 64;
+        sh.E = 8;
+        sh.K = dt == CORE_BF16 ? sh.E : 2;
+        sh.S = 1;
+        sh.Fe = 48;
+        sh.rc = RouterCfg{sh.E, sh.K, 0, 1, 2.5f};
+        sh.alpha = 0.1f;
+        const int B = 2, T = 32, N = B * T, D = sh.D, E = sh.E, Fe = sh.Fe;
+        const size_t nw = (size_t)E * Fe * D, ns = (size_t)sh.S * Fe * D;
+        Vec router = rnd((size_t)E * D, -0.3f, 0.3f), bias = rnd(E, -0.05f, 0.05f);
+        Vec w1 = rnd(nw, -0.2f, 0.2f), w3 = rnd(nw, -0.2f, 0.2f), w2 = rnd(nw, -0.2f, 0.2f);
+        Vec sw1 = rnd(ns, -0.2f, 0.2f), sw3 = rnd(ns, -0.2f, 0.2f), sw2 = rnd(ns, -0.2f, 0.2f);
+        Vec x = rnd((size_t)N * D), dy = rnd((size_t)N * D);
+        BufP dR = put(router, dt), dBias = put_f32(bias), dW1 = put(w1, dt), dW3 = put(w3, dt),
+             dW2 = put(w2, dt), dSw1 = put(sw1, dt), dSw3 = put(sw3, dt), dSw2 = put(sw2, dt),
+             dX = put(x, dt), dDy = put(dy, dt);
+
+        // The CPU on the values the GPU holds.
+        MoeParams pc = {router.data(), bias.data(), w1.data(), w3.data(), w2.data(), sw1.data(), sw3.data(),
+                        sw2.data()};
+        Vec y((size_t)N * D), dx((size_t)N * D, 0.0f), gr((size_t)E * D, 0.0f), g1(nw), g3(nw), g2(nw), gs1(ns),
+            gs3(ns), gs2(ns);
+        MoeGrads gc = {gr.data(), g1.data(), g3.data(), g2.data(), gs1.data(), gs3.data(), gs2.data()};
+        MoeDispatcher *dc = moe_local_dispatcher_create(E);
+        MoeActs ac;
+        moe_forward(y.data(), &ac, x.data(), &sh, &pc, dc, B, T);
+        moe_backward_input(dx.data(), &ac, dy.data(), &sh, &pc, dc);
+        moe_backward_weight(&gc, &ac, &sh, dc, 0);
+        moe_acts_free(&ac, dc);
+        dc->destroy(dc);
+
+        const LayerOps *o = layer_ops_cuda(dt);
+        MoeParams pg = {dR->p, dBias->f(), dW1->p, dW3->p, dW2->p, dSw1->p, dSw3->p, dSw2->p};
+        Vec zx((size_t)N * D, 0.0f), zr((size_t)E * D, 0.0f);
+        BufP dY = poisoned(y.size(), dt), dDx = put(zx, dt), dGr = put_f32(zr), dG1 = poisoned(nw, CORE_F32),
+             dG3 = poisoned(nw, CORE_F32), dG2 = poisoned(nw, CORE_F32), dGs1 = poisoned(ns, CORE_F32),
+             dGs3 = poisoned(ns, CORE_F32), dGs2 = poisoned(ns, CORE_F32);
+        MoeGrads gg = {dGr->f(), dG1->f(), dG3->f(), dG2->f(), dGs1->f(), dGs3->f(), dGs2->f()};
+        MoeDispatcher *dd = o->local_dispatcher(E);
+        MoeActs ag;
+        moe_forward(dY->p, &ag, dX->p, &sh, &pg, dd, B, T);
+        moe_backward_input(dDx->p, &ag, dDy->p, &sh, &pg, dd);
+        moe_backward_weight(&gg, &ag, &sh, dd, 0);
+        moe_acts_free(&ag, dd);
+        dd->destroy(dd);
+
+        const double bound = dt == CORE_BF16 ? 2e-2 : 1e-4;
+        auto expect = [&](const Vec &got, const Vec &ref, const char *what) {
+            double e = rel_err(got, ref);
+            printf("  moe layer %-28s %s  rel err %.2e\n", what, dname(dt), e);
+            EXPECT_LT(e, bound) << what << " (" << dname(dt) << ")";
+        };
+        expect(get(*dY, dt, y.size()), y, "y");
+        expect(get(*dDx, dt, dx.size()), dx, "dx");
+        expect(get_f32(*dGr, gr.size()), gr, "router gradient");
+        expect(get_f32(*dG1, nw), g1, "w1 gradient");
+        expect(get_f32(*dG3, nw), g3, "w3 gradient");
+        expect(get_f32(*dG2, nw), g2, "w2 gradient");
+        expect(get_f32(*dGs1, ns), gs1, "sw1 gradient");
+        expect(get_f32(*dGs3, ns), gs3, "sw3 gradient");
+        expect(get_f32(*dGs2, ns), gs2, "sw2 gradient");
+    }
+}
+
 TEST_F(Gpu, MoeExpertIdOutOfRangeDeath) {
     IVec bad = {0, 1, 16, 2};
     BufP dBad = put_int(bad), dRowOf = poisoned(4, CORE_F32), dCounts = poisoned(16, CORE_F32);
