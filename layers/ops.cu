@@ -1,7 +1,8 @@
 // The CUDA tables of ops.h (see ops_cuda.h): thin calls into the layers' *_cuda_* kernels with the
 // table's dtype, stream-ordered memory (cudaMallocAsync on the one stream, so a free is never a
 // device-wide wait), the few kernels the engine needs besides the layers (residual add, the MoE
-// gate-weighted combine, its backward and the gates' gradient), and the GPU's single-process MoE dispatcher.
+// gate-weighted combine, its backward and the gates' gradient), and the GPU's single-process MoE
+// dispatcher.
 #include "layers/ops_cuda.h"
 
 #include <limits.h>

@@ -472,9 +472,10 @@ TEST(MoeGateGrad, EqualsDyDotExpertOutput) {
     const std::vector<int> idx = {0, 1, 2, 0, 1, 2, 0, 2, 1, 0, 2, 1};  // (N, K)
     const std::vector<float> gates = {0.7f, 0.3f, 1e-20f, 1.0f, 0.0f, 0.45f,
                                       1e-30f, 2.5f, 0.0f, 0.0f, 1e-6f, 0.9f};
+    const size_t nw = (size_t)E * Fe * D;
     std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 71), dy = moeref::randn((size_t)N * D, 1.0f, 72);
-    std::vector<float> w1 = moeref::randn((size_t)E * Fe * D, 0.4f, 73), w3 = moeref::randn((size_t)E * Fe * D, 0.4f, 74),
-                       w2 = moeref::randn((size_t)E * D * Fe, 0.4f, 75);
+    std::vector<float> w1 = moeref::randn(nw, 0.4f, 73), w3 = moeref::randn(nw, 0.4f, 74),
+                       w2 = moeref::randn(nw, 0.4f, 75);
     MoeDispatcher *d = moe_local_dispatcher_create(E);
     std::vector<int> counts(E);
     int R = 0;
@@ -484,12 +485,13 @@ TEST(MoeGateGrad, EqualsDyDotExpertOutput) {
         da(a.size()), db(a.size()), dh(a.size()), dye(ye.size()), dxe(ye.size());
     SwigluActs acts = {a.data(), b.data(), h.data(), da.data(), db.data()};
     d->to_experts(d, p, x.data(), 0, xe.data(), D);
-    ops_swiglu_forward(o, ye.data(), &acts, xe.data(), w1.data(), w3.data(), w2.data(), counts.data(), E, D, Fe);
+    ops_swiglu_forward(o, ye.data(), &acts, xe.data(), w1.data(), w3.data(), w2.data(), counts.data(), E, D,
+                       Fe);
 
-    std::vector<float> dots(R, NAN), home((size_t)N * K, NAN), dg((size_t)N * K, NAN), dg_home(dg.size(), NAN);
+    std::vector<float> dots(R, NAN), home((size_t)N * K, NAN), dg(home.size(), NAN), dg_home(home.size(), NAN);
     o->moe_combine_backward(dye.data(), dy.data(), map, gates.data(), N, K, D);
-    ops_swiglu_backward_input_dot(o, dxe.data(), &acts, dh.data(), dots.data(), dye.data(), w1.data(), w3.data(),
-                                  w2.data(), counts.data(), E, D, Fe, 0);
+    ops_swiglu_backward_input_dot(o, dxe.data(), &acts, dh.data(), dots.data(), dye.data(), w1.data(),
+                                  w3.data(), w2.data(), counts.data(), E, D, Fe, 0);
     o->moe_gate_grad(dg.data(), dots.data(), map, gates.data(), N, K);
     d->from_experts(d, p, dots.data(), home.data(), 1);
     o->moe_gate_grad(dg_home.data(), home.data(), nullptr, gates.data(), N, K);
