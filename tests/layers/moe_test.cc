@@ -1,7 +1,8 @@
 // layers/moe with the local dispatcher: the dispatch plan's row order, the forward against a dense
 // token-by-token reference, backward_input + backward_weight of every tensor (router included, with
 // the balance loss on) against central finite differences, experts that receive no tokens, shared
-// experts S = 0 and S = 2, determinism, and misuse errors.
+// experts S = 0 and S = 2, a gate of exactly 0, the gates' gradient from the experts' row dots
+// against dy·ye, determinism, and misuse errors.
 #include <gtest/gtest.h>
 #include <omp.h>
 
