@@ -123,6 +123,7 @@ typedef struct ChunkWork {
     MoeActs *a;
     int L;
     void *in, *out, *scratch;  // (n_rows, D), (n_rows, D), (n_rows, Fe) or NULL
+    float *dots;               // (n_rows) the experts' row dots dh·h (backward), or NULL
     void *shared;              // (S, N, D) the shared experts' outputs (forward), or NULL
 } ChunkWork;
 
@@ -181,13 +182,37 @@ static void shared_all(ChunkWork *w) {
 }
 
 // Backward-input experts of one chunk: in (∂L/∂ expert output rows) → out (∂L/∂ expert input rows),
-// writing a->ex's da and db.
+// writing a->ex's da and db, and the chunk's row dots (the gates' gradient times the gates).
 static void experts_backward(ChunkWork *w, const MoeChunk *h) {
     const int D = w->s->D, Fe = w->s->Fe;
     SwigluActs v = acts_from(w->o, &w->a->ex, h->r0, Fe);
-    ops_swiglu_backward_input(w->o, row_at(w->o, w->out, h->r0, D), &v, row_at(w->o, w->scratch, h->r0, Fe),
-                              row_at(w->o, w->in, h->r0, D), w->p->w1, w->p->w3, w->p->w2, h->counts, w->L,
-                              D, Fe, 0);
+    ops_swiglu_backward_input_dot(w->o, row_at(w->o, w->out, h->r0, D), &v,
+                                  row_at(w->o, w->scratch, h->r0, Fe), w->dots + h->r0,
+                                  row_at(w->o, w->in, h->r0, D), w->p->w1, w->p->w3, w->p->w2, h->counts,
+                                  w->L, D, Fe, 0);
+}
+
+// The row dots (n_rows) of every chunk home to (N, K) pair order through the dispatcher, as rows of
+// 4 bytes (4 / act_size elements: the exchanges only copy bytes), chunk c's from its own rows to
+// its own pairs. Where the dispatcher can leave exchanges in flight they are only started here, so
+// that the shared experts' backward runs under them; dots_home_finish completes them.
+static int dots_width(const LayerOps *o) {
+    CHECK(4 % o->act_size == 0, "moe: %zu-byte activations cannot carry fp32 row dots", o->act_size);
+    return (int)(4 / o->act_size);
+}
+static void dots_home_start(MoeActs *a, MoeDispatcher *d, const float *dots, float *home, int K) {
+    const int W = dots_width(ops_of(d));
+    prof_mark(PROF_DISPATCH);
+    for (int c = 0; c < a->C; c++) {
+        const MoeChunk *h = &a->ch[c];
+        if (async_of(d)) d->from_experts_start(d, h->plan, dots + h->r0, home + (long)h->t0 * K, W);
+        else d->from_experts(d, h->plan, dots + h->r0, home + (long)h->t0 * K, W);
+    }
+}
+static void dots_home_finish(MoeActs *a, MoeDispatcher *d) {
+    if (!async_of(d)) return;
+    prof_mark(PROF_DISPATCH);
+    for (int c = 0; c < a->C; c++) d->finish(d, a->ch[c].plan);
 }
 void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const MoeParams *p,
                  MoeDispatcher *d, int B, int T) {
@@ -229,17 +254,21 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
         shared = xout(o, (long)(overlap ? s->S : 1) * N * D);
     }
     // Rows that never left this process are combined in place; others come home first, in pair
-    // order. Either way the combine's input stays in a->ye for the backward.
+    // order. Either way the combine's input is freed once it has been read: the backward needs
+    // only the gates' gradient from it, and gets that without it (moe_backward_input).
     a->map = d->row_map ? d->row_map(d, a->ch[0].plan) : NULL;
     void *home = a->map ? NULL : xout(o, (long)N * K * D);  // (N, K, D)
     ChunkWork w = {.experts = experts_forward, .first = overlap ? shared_all : NULL, .o = o, .s = s,
                    .p = p, .a = a, .L = L, .in = a->xe, .out = ye, .shared = shared};
     routed_chunks(&w, d, x, 0, home);
     drop_h(o, &a->ex);
-    if (home) o->free(ye);
-    a->ye = home ? home : ye;
+    if (home) {
+        o->free(ye);
+        ye = home;
+    }
     prof_mark(PROF_COMBINE);
-    o->moe_combine(y, a->ye, a->map, a->gates, N, K, D);
+    o->moe_combine(y, ye, a->map, a->gates, N, K, D);
+    o->free(ye);
 
     if (s->S > 0) prof_mark(PROF_EXPERTS);
     for (int j = 0; j < s->S; j++) {
@@ -252,7 +281,7 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
 
 void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
                         const MoeParams *p, MoeDispatcher *d) {
-    CHECK(a->ye != NULL && a->dy == NULL, "moe_backward_input: needs moe_forward first, and runs once per forward");
+    CHECK(a->gates != NULL && a->dy == NULL, "moe_backward_input: needs moe_forward first, and runs once per forward");
     const LayerOps *o = ops_of(d);
     int N = a->N, D = s->D, E = s->E, K = s->K, Fe = s->Fe, L = d->n_local;
     long R = a->n_rows;
@@ -260,33 +289,40 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
     a->dy = xout(o, (long)N * D);
     o->copy(a->dy, dy, (size_t)N * D * o->act_size);
 
-    // y = Σ_k g_k · out_k: ∂L/∂g_k = dy · out_k and ∂L/∂out_k = g_k · dy. With the row map these
-    // land in the experts' rows directly; otherwise in pair order at home, and then travel out the
-    // way x did.
-    float *dgates = fout(o, (long)N * K);  // (N, K)
+    // y = Σ_k g_k · ye_k: ∂L/∂ye_k = g_k · dy. With the row map it lands in the experts' rows
+    // directly; otherwise in pair order at home, and then travels out the way x did.
     a->dye = xout(o, R * D);
-    void *nk = NULL;  // (N, K, D) ∂L/∂out_nk at home, without the row map
+    void *nk = NULL;  // (N, K, D) ∂L/∂ye at home, without the row map
     if (a->map) {
-        o->moe_combine_backward(dgates, a->dye, dy, a->ye, a->map, a->gates, N, K, D);
+        o->moe_combine_backward(a->dye, dy, a->map, a->gates, N, K, D);
     } else {
         nk = xout(o, (long)N * K * D);
-        o->moe_combine_backward(dgates, nk, dy, a->ye, NULL, a->gates, N, K, D);
+        o->moe_combine_backward(nk, dy, NULL, a->gates, N, K, D);
     }
-    o->free(a->ye);
-    a->ye = NULL;
 
     // Routed experts, chunk by chunk between the two exchanges (the combine's backward travels
     // out like the dispatch, the dispatch's comes home like the combine); their input gradient
     // rows are summed over the choices in place, or once home.
-    a->ex.da = xout(o, R * Fe);  // written by ops_swiglu_backward_input, as are dh and dxe
+    // ∂L/∂g_k = dy · ye_k without ye (the forward did not keep it): an expert's output is
+    // ye = W2 h, and its backward forms dh = W2ᵀ(g_k · dy) anyway, so the row dot
+    // dh · h = g_k · (dy · ye_k) gives it for the price of one pass over dh, a and b (fused into
+    // the gate's backward), in place of (N, K, D) activations kept from the forward.
+    a->ex.da = xout(o, R * Fe);  // written by ops_swiglu_backward_input_dot, as are dh, dxe and dots
     a->ex.db = xout(o, R * Fe);
     void *dh = xout(o, R * Fe);   // (n_rows, Fe) scratch
     void *dxe = xout(o, R * D);   // (n_rows, D) ∂L/∂xe
-    // The experts' dx rows come home into nk, chunk by chunk where the chunk's ∂L/∂out rows left.
+    float *dots = fout(o, R);     // (n_rows) dh · h
+    // The experts' dx rows come home into nk, chunk by chunk where the chunk's ∂L/∂ye rows left.
     ChunkWork w = {.experts = experts_backward, .o = o, .s = s, .p = p, .a = a, .L = L, .in = a->dye,
-                   .out = dxe, .scratch = dh};
+                   .out = dxe, .scratch = dh, .dots = dots};
     routed_chunks(&w, d, nk, 1, nk);
     o->free(dh);
+    // The row dots read in place through the row map, or brought home (N, K) in pair order.
+    float *dots_home = NULL;
+    if (!a->map) {
+        dots_home = fout(o, (long)N * K);
+        dots_home_start(a, d, dots, dots_home, K);
+    }
     if (nk) {
         o->free(dxe);
         dxe = nk;
@@ -309,9 +345,24 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
         o->free(sdh);
     }
 
+    // dgates = dots / g. A gate of exactly 0 gets 0 in place of dy · ye_k, which is harmless: the
+    // router's backward (router.c, router.cu) uses dg_k only as rs · dg_k / z added to ∂L/∂s_k and
+    // as dg_k · s_k in norm_topk's Σ_j dg_j s_j, and ∂L/∂s_k reaches the logits only multiplied by
+    // s_k (sigmoid: s_k (1 − s_k); softmax: s_k (ds_k − Σ ds s)). g_k = rs · s_k (/ z) is 0 only where
+    // s_k = 0 or route_scale rs = 0, and then every term is 0 whatever dg_k is (sigmoid and softmax,
+    // norm_topk on and off); or where rs · s_k / z underflows (|g_k| < 2^-149), and then each term
+    // is at most about |g_k · dg_k|, far below anything fp32 adds it to. Tiny gates of fp32's
+    // normal range (1e-30) give dy · ye_k to fp32 rounding (tests/layers/moe_test.cc MoeGateGrad);
+    // subnormal ones lose digits in g_k · dy, harmless for the same reason.
+    if (dots_home) dots_home_finish(a, d);
+    prof_mark(PROF_ROUTER);
+    float *dgates = fout(o, (long)N * K);  // (N, K)
+    o->moe_gate_grad(dgates, dots_home ? dots_home : dots, a->map, a->gates, N, K);
+    o->free(dots);
+    o->free(dots_home);
+
     // Router: the gates' gradient, plus alpha · ∂L_bal/∂scores when the balance loss is on. The
     // router's logits are fp32; their gradient joins the activations' dtype for the two products.
-    prof_mark(PROF_ROUTER);
     float *dscores = NULL;  // (N, E)
     if (s->alpha > 0.0f) {
         dscores = falloc(o, (long)N * E);
@@ -362,7 +413,6 @@ void moe_acts_free(MoeActs *a, MoeDispatcher *d) {
     }
     core_free(a->ch);
     o->free(a->xe);
-    o->free(a->ye);
     acts_free(o, &a->ex);
     for (int j = 0; a->sh && j < a->S; j++) acts_free(o, &a->sh[j]);
     core_free(a->sh);

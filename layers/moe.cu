@@ -102,35 +102,60 @@ static void plan(int *row_of, int *counts, const int *idx, long n, int E) {
     CUDA_CHECK(cudaFreeAsync(table, core_stream()));
 }
 
+// The rows a pair's move reads and writes: scatter = 1 moves rows[row_of[pair]] ← the pair's src
+// row (its token's, or its own with per_choice), scatter = 0 moves dst[pair] ← rows[row_of[pair]].
+__device__ __forceinline__ void moe_pair_rows(long pair, int scatter, int per_choice, const int *row_of,
+                                              int K, long *from, long *to) {
+    *from = scatter ? (per_choice ? pair : pair / K) : row_of[pair];
+    *to = scatter ? row_of[pair] : pair;
+}
+
 // Block per pair, its threads striding over the row in words of type V (16 bytes where the rows
-// and buffers allow, else 4, else one element): scatter = 1 moves rows[row_of[pair]] ← the pair's
-// src row (its token's, or its own with per_choice), scatter = 0 moves dst[pair] ← rows[row_of[pair]].
-// Whole rows per block keep every access coalesced and need no per-element index arithmetic.
+// and buffers allow, else 4, else one element). Whole rows per block keep every access coalesced
+// and need no per-element index arithmetic.
 template <typename V>
 __global__ void moe_rows_kernel(V *dst, const V *src, int scatter, int per_choice, const int *row_of,
                                 int K, long words) {
-    long pair = blockIdx.x;
-    long from = scatter ? (per_choice ? pair : pair / K) : row_of[pair];
-    long to = scatter ? row_of[pair] : pair;
+    long from, to;
+    moe_pair_rows(blockIdx.x, scatter, per_choice, row_of, K, &from, &to);
     const V *s = src + from * words;
     V *d = dst + to * words;
     for (long i = threadIdx.x; i < words; i += blockDim.x) d[i] = s[i];
+}
+
+// Rows of fewer words than a warp (the MoE layer's row dots are one 4-byte word): a thread per
+// (pair, word) of the n pairs, so that the blocks are not mostly idle threads.
+template <typename V>
+__global__ void moe_narrow_rows_kernel(V *dst, const V *src, int scatter, int per_choice, const int *row_of,
+                                       int K, long words, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n * words) return;
+    long from, to;
+    moe_pair_rows(i / words, scatter, per_choice, row_of, K, &from, &to);
+    dst[to * words + i % words] = src[from * words + i % words];
+}
+
+template <typename V>
+static void move_rows_as(void *dst, const void *src, int scatter, int per_choice, const int *row_of,
+                         long n_pairs, int K, long words) {
+    if (words < 32)
+        moe_narrow_rows_kernel<V><<<core_blocks(n_pairs * words, 256), 256, 0, core_stream()>>>(
+            (V *)dst, (const V *)src, scatter, per_choice, row_of, K, words, n_pairs);
+    else
+        moe_rows_kernel<V><<<(unsigned)n_pairs, 128, 0, core_stream()>>>((V *)dst, (const V *)src, scatter,
+                                                                         per_choice, row_of, K, words);
 }
 
 // The widest word dividing the row bytes and both buffers' alignment.
 static void move_rows(void *dst, const void *src, int scatter, int per_choice, const int *row_of,
                       long n_pairs, int K, size_t row_bytes) {
     const size_t align = (size_t)dst | (size_t)src | row_bytes;
-    const unsigned grid = (unsigned)n_pairs;
     if (align % 16 == 0)
-        moe_rows_kernel<uint4><<<grid, 128, 0, core_stream()>>>((uint4 *)dst, (const uint4 *)src, scatter,
-                                                                 per_choice, row_of, K, row_bytes / 16);
+        move_rows_as<uint4>(dst, src, scatter, per_choice, row_of, n_pairs, K, (long)(row_bytes / 16));
     else if (align % 4 == 0)
-        moe_rows_kernel<uint32_t><<<grid, 128, 0, core_stream()>>>(
-            (uint32_t *)dst, (const uint32_t *)src, scatter, per_choice, row_of, K, row_bytes / 4);
+        move_rows_as<uint32_t>(dst, src, scatter, per_choice, row_of, n_pairs, K, (long)(row_bytes / 4));
     else
-        moe_rows_kernel<uint16_t><<<grid, 128, 0, core_stream()>>>(
-            (uint16_t *)dst, (const uint16_t *)src, scatter, per_choice, row_of, K, row_bytes / 2);
+        move_rows_as<uint16_t>(dst, src, scatter, per_choice, row_of, n_pairs, K, (long)(row_bytes / 2));
     CUDA_CHECK_LAUNCH();
 }
 

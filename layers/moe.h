@@ -135,11 +135,9 @@ typedef struct {
     MoeChunk *ch;           // [C]
     void *xe;               // (n_rows, D) expert input rows, chunk by chunk
     SwigluActs ex;          // (n_rows, Fe) routed-expert activations
-    // The expert outputs the combine read, kept for its backward (freed by moe_backward_input):
-    // the experts' rows ye (n_rows, D) themselves, pair t·K + k at row map[t·K + k], or with map
-    // NULL (the dispatcher has no row_map) the rows moved home, (N, K, D) in pair order.
-    void *ye;
-    const int *map;         // (N·K) the dispatcher's row map, or NULL
+    // The experts' output rows are not kept: the combine's backward needs them only for the gates'
+    // gradient dy·ye, which the experts' backward gets from its own dh and h (moe.c).
+    const int *map;         // (N·K) the dispatcher's row map (pair t·K + k at row map[t·K + k]), or NULL
     SwigluActs *sh;         // [S] of (N, Fe) shared-expert activations
     // written by backward_input for backward_weight:
     void *dy;               // (N, D) copy of the upstream gradient

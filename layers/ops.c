@@ -121,6 +121,10 @@ static void cpu_swiglu_act_backward(void *da, void *db, const void *dh, const vo
                                     long n) {
     swiglu_act_backward(da, db, dh, a, b, n);
 }
+static void cpu_swiglu_act_backward_dot(void *da, void *db, float *s, const void *dh, const void *a,
+                                        const void *b, long rows, int F) {
+    swiglu_act_backward_dot(da, db, s, dh, a, b, rows, F);
+}
 static void cpu_crossentropy_forward(float *losses, float *lse, const void *logits, const int *targets,
                                      int N, int V) {
     crossentropy_forward(losses, lse, logits, targets, N, V);
@@ -165,21 +169,23 @@ static void cpu_moe_combine(void *y, const void *rows, const int *map, const flo
     }
 }
 
-static void cpu_moe_combine_backward(float *dgates, void *drows, const void *dy, const void *rows,
-                                     const int *map, const float *gates, int N, int K, int D) {
+static void cpu_moe_combine_backward(void *drows, const void *dy, const int *map, const float *gates,
+                                     int N, int K, int D) {
     for (int t = 0; t < N; t++) {
         const float *dyt = (const float *)dy + (long)t * D;
         for (int k = 0; k < K; k++) {
             long tk = (long)t * K + k;
-            const float *o = pair_row(rows, map, tk, D);
             float *dout = (float *)pair_row(drows, map, tk, D);
-            float dot = 0.0f;
-            for (int i = 0; i < D; i++) {
-                dot += dyt[i] * o[i];
-                dout[i] = gates[tk] * dyt[i];
-            }
-            dgates[tk] = dot;
+            for (int i = 0; i < D; i++) dout[i] = gates[tk] * dyt[i];
         }
+    }
+}
+
+static void cpu_moe_gate_grad(float *dgates, const float *s, const int *map, const float *gates, int N,
+                              int K) {
+    for (long tk = 0; tk < (long)N * K; tk++) {
+        const float g = gates[tk];
+        dgates[tk] = g == 0.0f ? 0.0f : s[map ? map[tk] : tk] / g;
     }
 }
 
@@ -254,6 +260,7 @@ const LayerOps layer_ops_cpu = {
     .attention_backward_input = cpu_attention_backward_input,
     .swiglu_act_forward = cpu_swiglu_act_forward,
     .swiglu_act_backward = cpu_swiglu_act_backward,
+    .swiglu_act_backward_dot = cpu_swiglu_act_backward_dot,
     .crossentropy_forward = cpu_crossentropy_forward,
     .crossentropy_backward_input = cpu_crossentropy_backward_input,
     .loss_mean = cpu_loss_mean,
@@ -265,6 +272,7 @@ const LayerOps layer_ops_cpu = {
     .router_bias_update = cpu_router_bias_update,
     .moe_combine = cpu_moe_combine,
     .moe_combine_backward = cpu_moe_combine_backward,
+    .moe_gate_grad = cpu_moe_gate_grad,
     .moe_sum_choices = cpu_moe_sum_choices,
     .local_dispatcher = moe_local_dispatcher_create,
     .adamw_step = cpu_adamw_step,
@@ -293,18 +301,32 @@ void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const vo
     o->linear_forward_grouped(out, acts->h, w2, counts, G, F, D);
 }
 
-void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
-                               const void *dout, const void *w1, const void *w3, const void *w2,
-                               const int *counts, int G, int D, int F, int acc) {
-    const long n = total_rows(counts, G) * F;
+// ops_swiglu_backward_input(_dot): s (ΣN) = the rows' dh·h, or NULL.
+static void backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh, float *s,
+                           const void *dout, const void *w1, const void *w3, const void *w2,
+                           const int *counts, int G, int D, int F, int acc) {
+    const long rows = total_rows(counts, G), n = rows * F;
     // Groups without rows may come with NULL buffers: nothing to do.
     if (n == 0) return;
     // dh, da and db are written, never added to, so they need no zero fill and no read of zeros;
     // dx gets the first product written (acc = 0) or added, the second added.
     o->linear_backward_input_grouped(scratch_dh, dout, w2, counts, G, F, D, 0);
-    o->swiglu_act_backward(acts->da, acts->db, scratch_dh, acts->a, acts->b, n);
+    if (s) o->swiglu_act_backward_dot(acts->da, acts->db, s, scratch_dh, acts->a, acts->b, rows, F);
+    else o->swiglu_act_backward(acts->da, acts->db, scratch_dh, acts->a, acts->b, n);
     o->linear_backward_input_grouped(dx, acts->da, w1, counts, G, D, F, acc);
     o->linear_backward_input_grouped(dx, acts->db, w3, counts, G, D, F, 1);
+}
+
+void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
+                               const void *dout, const void *w1, const void *w3, const void *w2,
+                               const int *counts, int G, int D, int F, int acc) {
+    backward_input(o, dx, acts, scratch_dh, NULL, dout, w1, w3, w2, counts, G, D, F, acc);
+}
+
+void ops_swiglu_backward_input_dot(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
+                                   float *s, const void *dout, const void *w1, const void *w3,
+                                   const void *w2, const int *counts, int G, int D, int F, int acc) {
+    backward_input(o, dx, acts, scratch_dh, s, dout, w1, w3, w2, counts, G, D, F, acc);
 }
 
 void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float *dw2,

@@ -1,7 +1,8 @@
 // The CUDA tables of ops.h (see ops_cuda.h): thin calls into the layers' *_cuda_* kernels with the
 // table's dtype, stream-ordered memory (cudaMallocAsync on the one stream, so a free is never a
 // device-wide wait), the few kernels the engine needs besides the layers (residual add, the MoE
-// gate-weighted combine and its backward), and the GPU's single-process MoE dispatcher.
+// gate-weighted combine, its backward and the gates' gradient), and the GPU's single-process MoE
+// dispatcher.
 #include "layers/ops_cuda.h"
 
 #include <limits.h>
@@ -100,28 +101,30 @@ __global__ void combine_kernel(T *y, const T *rows, const int *map, const float 
     core_st_vec<W>(y + i, acc);
 }
 
-// A warp per pair w = (t, k): dgates[w] = dy[t] · rows[pair w] and drows[pair w] = gates[w] · dy[t];
-// each lane takes W consecutive d at a time.
+// drows[pair (t, k), d] = gates[t, k] · dy[t, d]; a thread per (t, W consecutive d), dy read once
+// for the K choices.
 template <typename T, int W>
-__global__ void combine_backward_kernel(float *dgates, T *drows, const T *dy, const T *rows, const int *map,
-                                        const float *gates, long NK, int K, int D) {
-    long w = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    int lane = threadIdx.x % 32;
-    if (w >= NK) return;  // the whole warp leaves together
-    long t = w / K, r = pair_row(map, w);
-    float g = gates[w], dot = 0.0f, dyv[W], v[W];
-    for (int d = lane * W; d < D; d += 32 * W) {
-        core_ld_vec<W>(dyv, dy + t * D + d);
-        core_ld_vec<W>(v, rows + r * D + d);
+__global__ void combine_backward_kernel(T *drows, const T *dy, const int *map, const float *gates, int N,
+                                        int K, int D) {
+    long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * W;
+    if (i >= (long)N * D) return;
+    long t = i / D, d = i % D;
+    float dyv[W], v[W];
+    core_ld_vec<W>(dyv, dy + i);
+    for (int k = 0; k < K; k++) {
+        float g = gates[t * K + k];
 #pragma unroll
-        for (int j = 0; j < W; j++) {
-            dot += dyv[j] * v[j];
-            dyv[j] *= g;
-        }
-        core_st_vec<W>(drows + r * D + d, dyv);
+        for (int j = 0; j < W; j++) v[j] = g * dyv[j];
+        core_st_vec<W>(drows + pair_row(map, t * K + k) * D + d, v);
     }
-    dot = core_warp_sum(dot);
-    if (lane == 0) dgates[w] = dot;
+}
+
+// dgates[w] = s[pair w] / gates[w], 0 where the gate is 0 (ops.h); a thread per pair.
+__global__ void gate_grad_kernel(float *dgates, const float *s, const int *map, const float *gates, long NK) {
+    long w = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (w >= NK) return;
+    const float g = gates[w];
+    dgates[w] = g == 0.0f ? 0.0f : s[pair_row(map, w)] / g;
 }
 
 // dx[t, d] += Σ_k rows[pair (t, k), d], choices in order; a thread per (t, W consecutive d).
@@ -173,19 +176,19 @@ static void cu_moe_combine(void *y, const void *rows, const int *map, const floa
 }
 
 template <CoreDtype DT>
-static void cu_moe_combine_backward(float *dgates, void *drows, const void *dy, const void *rows,
-                                    const int *map, const float *gates, int N, int K, int D) {
+static void cu_moe_combine_backward(void *drows, const void *dy, const int *map, const float *gates, int N,
+                                    int K, int D) {
     typedef typename Elem<DT>::T T;
     if (N == 0) return;
+    const void *p[] = {drows, dy};
+    OPS_VEC_LAUNCH(combine_backward_kernel, T, (long)N * D, D, p, (T *)drows, (const T *)dy, map, gates, N,
+                   K, D);
+}
+
+static void cu_moe_gate_grad(float *dgates, const float *s, const int *map, const float *gates, int N, int K) {
     const long NK = (long)N * K;
-    const int W = 16 / sizeof(T);
-    const void *p[] = {drows, dy, rows};
-    if (core_vec_ok(W, sizeof(T), D, p, 3))
-        combine_backward_kernel<T, 16 / sizeof(T)><<<core_blocks(NK * 32, 256), 256, 0, core_stream()>>>(
-            dgates, (T *)drows, (const T *)dy, (const T *)rows, map, gates, NK, K, D);
-    else
-        combine_backward_kernel<T, 1><<<core_blocks(NK * 32, 256), 256, 0, core_stream()>>>(
-            dgates, (T *)drows, (const T *)dy, (const T *)rows, map, gates, NK, K, D);
+    if (NK == 0) return;
+    gate_grad_kernel<<<core_blocks(NK, 256), 256, 0, core_stream()>>>(dgates, s, map, gates, NK);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -288,6 +291,11 @@ template <CoreDtype DT>
 static void cu_swiglu_act_backward(void *da, void *db, const void *dh, const void *a, const void *b,
                                    long n) {
     swiglu_cuda_act_backward(DT, da, db, dh, a, b, n);
+}
+template <CoreDtype DT>
+static void cu_swiglu_act_backward_dot(void *da, void *db, float *s, const void *dh, const void *a,
+                                       const void *b, long rows, int F) {
+    swiglu_cuda_act_backward_dot(DT, da, db, s, dh, a, b, rows, F);
 }
 template <CoreDtype DT>
 static void cu_crossentropy_forward(float *losses, float *lse, const void *logits, const int *targets,
@@ -416,6 +424,7 @@ static void fill(LayerOps *t, const char *name) {
     t->attention_backward_input = cu_attention_backward_input<DT>;
     t->swiglu_act_forward = cu_swiglu_act_forward<DT>;
     t->swiglu_act_backward = cu_swiglu_act_backward<DT>;
+    t->swiglu_act_backward_dot = cu_swiglu_act_backward_dot<DT>;
     t->crossentropy_forward = cu_crossentropy_forward<DT>;
     t->crossentropy_backward_input = cu_crossentropy_backward_input<DT>;
     t->loss_mean = crossentropy_cuda_mean;
@@ -427,6 +436,7 @@ static void fill(LayerOps *t, const char *name) {
     t->router_bias_update = router_cuda_bias_update;
     t->moe_combine = cu_moe_combine<DT>;
     t->moe_combine_backward = cu_moe_combine_backward<DT>;
+    t->moe_gate_grad = cu_moe_gate_grad;
     t->moe_sum_choices = cu_moe_sum_choices<DT>;
     t->local_dispatcher = cu_local_dispatcher<DT>;
     t->adamw_step = cu_adamw_step<DT>;

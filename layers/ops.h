@@ -101,6 +101,11 @@ typedef struct LayerOps {
     // da, db (n) = the gate's gradients given dh (written, not added: the buffers are fresh).
     void (*swiglu_act_backward)(void *da, void *db, const void *dh, const void *a, const void *b,
                                 long n);
+    // The same over `rows` rows of F, and s (rows) = Σ_f dh·h per row (fp32 sums), h = silu(a) ⊙ b
+    // recomputed as the forward stored it (rounded to dt): the routed experts' half of the gates'
+    // gradient (moe_gate_grad below, layers/moe.c).
+    void (*swiglu_act_backward_dot)(void *da, void *db, float *s, const void *dh, const void *a,
+                                    const void *b, long rows, int F);
     void (*crossentropy_forward)(float *losses, float *lse, const void *logits, const int *targets,
                                  int N, int V);
     // dlogits (N, V) = dloss · (softmax − onehot), written; dlogits may be logits (in place).
@@ -130,10 +135,17 @@ typedef struct LayerOps {
     // y (N, D) = Σ_k gates (N, K)[t, k] · rows[pair t·K + k], choices added in order. Overwrites y.
     void (*moe_combine)(void *y, const void *rows, const int *map, const float *gates, int N, int K,
                         int D);
-    // Its backward given dy (N, D): dgates (N, K) = dy[t] · rows[pair] and drows[pair] =
-    // gates · dy[t] (both overwritten; drows is laid out as rows).
-    void (*moe_combine_backward)(float *dgates, void *drows, const void *dy, const void *rows,
-                                 const int *map, const float *gates, int N, int K, int D);
+    // Its backward given dy (N, D): drows[pair] = gates · dy[t] (overwritten; drows is laid out as
+    // rows). The gates' gradient dy[t] · rows[pair] needs no rows kept (moe_gate_grad).
+    void (*moe_combine_backward)(void *drows, const void *dy, const int *map, const float *gates,
+                                 int N, int K, int D);
+    // The gates' gradient from the experts' row dots s (rows laid out as above, one fp32 each):
+    // dgates (N, K)[t, k] = s[pair] / gates[t, k], 0 where the gate is 0 (overwritten). With
+    // drows = g·dy, the expert's dh = drows·W2 and its gate output h, s = dh·h = g·(dy · W2 h) =
+    // g·(dy · rows[pair]): the combine's dot without keeping the rows (layers/moe.c says why a
+    // zero gate may take 0).
+    void (*moe_gate_grad)(float *dgates, const float *s, const int *map, const float *gates, int N,
+                          int K);
     // dx (N, D) += Σ_k rows[pair t·K + k], choices in order.
     void (*moe_sum_choices)(void *dx, const void *rows, const int *map, int N, int K, int D);
     // The single-process dispatcher on this device (rows of dt).
@@ -159,6 +171,10 @@ void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const vo
 void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
                                const void *dout, const void *w1, const void *w3, const void *w2,
                                const int *counts, int G, int D, int F, int acc);
+// The same, and s (ΣN) = Σ_f dh·h per row (swiglu_act_backward_dot): the MoE layer's routed experts.
+void ops_swiglu_backward_input_dot(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
+                                   float *s, const void *dout, const void *w1, const void *w3,
+                                   const void *w2, const int *counts, int G, int D, int F, int acc);
 // dw1, dw3 (G, F, D), dw2 (G, D, F) += weight gradients (acc = 1), or = them with the old
 // contents unread (acc = 0).
 void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float *dw2,

@@ -7,22 +7,40 @@
 #include "layers/ops.h"
 
 static float sigmoidf(float a) { return 1.0f / (1.0f + expf(-a)); }
+static float gate(float a, float b) { return a * sigmoidf(a) * b; }
 
 void swiglu_act_forward(float *h, const float *a, const float *b, long n) {
     CHECK(n >= 0, "swiglu: bad element count %ld", n);
 #pragma omp parallel for
-    for (long i = 0; i < n; i++) h[i] = a[i] * sigmoidf(a[i]) * b[i];
+    for (long i = 0; i < n; i++) h[i] = gate(a[i], b[i]);
+}
+
+// The gate's gradients at one element: silu'(a) = s + a·s·(1 − s) with s = sigmoid(a).
+static void gate_backward(float *da, float *db, float dh, float a, float b) {
+    float s = sigmoidf(a);
+    *da = dh * b * s * (1.0f + a * (1.0f - s));
+    *db = dh * a * s;
 }
 
 void swiglu_act_backward(float *da, float *db, const float *dh, const float *a, const float *b,
                          long n) {
     CHECK(n >= 0, "swiglu: bad element count %ld", n);
-    // silu'(a) = s + a·s·(1 − s) with s = sigmoid(a).
 #pragma omp parallel for
-    for (long i = 0; i < n; i++) {
-        float s = sigmoidf(a[i]);
-        da[i] = dh[i] * b[i] * s * (1.0f + a[i] * (1.0f - s));
-        db[i] = dh[i] * a[i] * s;
+    for (long i = 0; i < n; i++) gate_backward(&da[i], &db[i], dh[i], a[i], b[i]);
+}
+
+void swiglu_act_backward_dot(float *da, float *db, float *s, const float *dh, const float *a,
+                             const float *b, long rows, int F) {
+    CHECK(rows >= 0 && F >= 1, "swiglu: bad shape %ld rows of %d", rows, F);
+    // h is the forward's gate on the same inputs: s is the dot with the h that fed W2, to the bit.
+#pragma omp parallel for
+    for (long r = 0; r < rows; r++) {
+        float dot = 0.0f;
+        for (long i = r * F; i < (r + 1) * F; i++) {
+            gate_backward(&da[i], &db[i], dh[i], a[i], b[i]);
+            dot += dh[i] * gate(a[i], b[i]);
+        }
+        s[r] = dot;
     }
 }
 

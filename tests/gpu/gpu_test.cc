@@ -312,6 +312,25 @@ TEST_F(Gpu, SwigluGate) {
     }
 }
 
+// The backward with row dots (the MoE layer's routed experts, a warp per row): F = 1000 takes the
+// 16-byte path, 1003 the element path; da, db and s are written (poisoned). s = Σ_f dh·h per row is
+// what the gates' gradient is made of (moe_gate_grad): a wrong one fails here.
+TEST_F(Gpu, SwigluGateRowDots) {
+    const long rows = 300;
+    for (int F : {1000, 1003})
+    for (CoreDtype dt : kDtypes) {
+        const long n = rows * F;
+        Vec a = rnd(n, -4, 4), b = rnd(n), dh = rnd(n), da(n), db(n), s(rows);
+        BufP dA = put(a, dt), dB = put(b, dt), dDh = put(dh, dt), dDa = poisoned(n, dt),
+             dDb = poisoned(n, dt), dS = poisoned(rows, CORE_F32);
+        swiglu_act_backward_dot(da.data(), db.data(), s.data(), dh.data(), a.data(), b.data(), rows, F);
+        swiglu_cuda_act_backward_dot(dt, dDa->p, dDb->p, dS->f(), dDh->p, dA->p, dB->p, rows, F);
+        EXPECT_CLOSE(get(*dDa, dt, n), da, dt, "swiglu gate backward (dots) da");
+        EXPECT_CLOSE(get(*dDb, dt, n), db, dt, "swiglu gate backward (dots) db");
+        EXPECT_CLOSE(get_f32(*dS, rows), s, dt, "swiglu gate backward row dots");
+    }
+}
+
 TEST_F(Gpu, CrossEntropy) {
     const int shapes[][2] = {{64, 1000}, {8, 32768}, {5, 100}};
     for (auto &sh : shapes) {
@@ -1040,6 +1059,7 @@ TEST_F(Gpu, MoePermuteUnpermuteCombine) {
         BufP dRowOf = put_int(IVec((size_t)N * K, -1)), dCounts = put_int(IVec(E, -1));
         moe_cuda_plan(dRowOf->i(), dCounts->i(), dIdx->i(), N, K, E);
         EXPECT_EQ(get_int(*dCounts, E), counts);
+        const IVec row_of_h = get_int(*dRowOf, (size_t)N * K);
         BufP dRows = poisoned(rows.size(), dt), dRowsK = poisoned(rows.size(), dt);
         BufP dBack = poisoned(back.size(), dt), dY = poisoned(y.size(), dt);
         moe_cuda_permute(dt, dRows->p, dX->p, 0, dRowOf->i(), N, K, D);
@@ -1061,24 +1081,115 @@ TEST_F(Gpu, MoePermuteUnpermuteCombine) {
         o->moe_combine(dYm->p, dRowsK->p, map, dGates->f(), N, K, D);
         EXPECT_EQ(get(*dYm, dt, y.size()), get(*dY, dt, y.size())) << dname(dt);
         Vec dy = rnd((size_t)N * D), dx0 = rnd((size_t)N * D);
-        BufP dDy = put(dy, dt), dG = poisoned((size_t)N * K, CORE_F32), dGm = poisoned((size_t)N * K, CORE_F32);
+        BufP dDy = put(dy, dt);
         BufP dNk = poisoned(back.size(), dt), dNkRows = poisoned(rows.size(), dt), dRowsM = poisoned(rows.size(), dt);
-        o->moe_combine_backward(dG->f(), dNk->p, dDy->p, dBack->p, NULL, dGates->f(), N, K, D);
+        o->moe_combine_backward(dNk->p, dDy->p, NULL, dGates->f(), N, K, D);
         moe_cuda_permute(dt, dNkRows->p, dNk->p, 1, dRowOf->i(), N, K, D);
-        o->moe_combine_backward(dGm->f(), dRowsM->p, dDy->p, dRowsK->p, map, dGates->f(), N, K, D);
-        EXPECT_EQ(get_f32(*dGm, (size_t)N * K), get_f32(*dG, (size_t)N * K)) << dname(dt);
+        o->moe_combine_backward(dRowsM->p, dDy->p, map, dGates->f(), N, K, D);
         EXPECT_EQ(get(*dRowsM, dt, rows.size()), get(*dNkRows, dt, rows.size())) << dname(dt);
-        Vec dgates_ref((size_t)N * K);
-        for (size_t w = 0; w < dgates_ref.size(); w++) {
-            double dot = 0;
-            for (int i = 0; i < D; i++) dot += (double)dy[(w / K) * D + i] * back[w * D + i];
-            dgates_ref[w] = (float)dot;
-        }
-        EXPECT_CLOSE(get_f32(*dGm, dgates_ref.size()), dgates_ref, dt, "moe combine backward dgates");
+        Vec dnk_ref(back.size());
+        for (size_t i = 0; i < dnk_ref.size(); i++) dnk_ref[i] = gates[i / D] * dy[(i / D / K) * D + i % D];
+        EXPECT_CLOSE(get(*dNk, dt, back.size()), dnk_ref, dt, "moe combine backward");
+
+        // The gates' gradient from the experts' row dots s (one fp32 per row), in place through the
+        // map and on dots moved home, against the CPU's: the same division, so the same bits, and 0
+        // (not 0/0) where a gate is 0.
+        Vec s_rows = rnd(rows.size() / D), g0 = gates;
+        for (size_t w = 0; w < g0.size(); w += 7) g0[w] = 0.0f;
+        Vec s_home(g0.size()), dg_ref(g0.size());
+        for (size_t w = 0; w < g0.size(); w++) s_home[w] = s_rows[(size_t)row_of_h[w]];
+        layer_ops_cpu.moe_gate_grad(dg_ref.data(), s_home.data(), NULL, g0.data(), N, K);
+        BufP dS = put_f32(s_rows), dSh = put_f32(s_home), dG0 = put_f32(g0);
+        BufP dDg = poisoned(g0.size(), CORE_F32), dDgh = poisoned(g0.size(), CORE_F32);
+        o->moe_gate_grad(dDg->f(), dS->f(), map, dG0->f(), N, K);
+        o->moe_gate_grad(dDgh->f(), dSh->f(), NULL, dG0->f(), N, K);
+        EXPECT_EQ(get_f32(*dDg, g0.size()), dg_ref) << dname(dt);
+        EXPECT_EQ(get_f32(*dDgh, g0.size()), dg_ref) << dname(dt);
+        // Without a row map (EP) the dots travel as rows of one 4-byte word, 4 / size elements of
+        // dt (the narrow-row kernel): both ways exact.
+        const int w4 = 4 / (int)core_dtype_size(dt);
+        BufP dSh2 = poisoned(g0.size(), CORE_F32), dS2 = poisoned(s_rows.size(), CORE_F32);
+        moe_cuda_unpermute(dt, dSh2->p, dS->p, dRowOf->i(), N, K, w4);
+        moe_cuda_permute(dt, dS2->p, dSh2->p, 1, dRowOf->i(), N, K, w4);
+        EXPECT_EQ(get_f32(*dSh2, g0.size()), s_home) << dname(dt);
+        EXPECT_EQ(get_f32(*dS2, s_rows.size()), s_rows) << dname(dt);
         BufP dDx = put(dx0, dt), dDxm = put(dx0, dt);
         o->moe_sum_choices(dDx->p, dBack->p, NULL, N, K, D);
         o->moe_sum_choices(dDxm->p, dRowsK->p, map, N, K, D);
         EXPECT_EQ(get(*dDxm, dt, dx0.size()), get(*dDx, dt, dx0.size())) << dname(dt);
+    }
+}
+
+// The whole MoE layer (local dispatcher, routed and shared experts, balance loss) on the GPU
+// against the CPU: y, dx and every gradient. The router's gradient goes through the gates'
+// gradient, which the backward makes from the experts' row dots (moe_gate_grad): a wrong dot or a
+// wrong division fails it. fp32 with top-2 routing (the same choices as the CPU); bf16 with K = E,
+// since bf16 rounding can flip a near-tie choice of top-k (model_gpu_test.cc says more). The bounds
+// are model_gpu_test's per-tensor ones: a chain of five products and the router behind them.
+TEST_F(Gpu, MoeLayerMatchesCpu) {
+    for (CoreDtype dt : kDtypes) {
+        MoeShape sh;
+        sh.D = 64;
+        sh.E = 8;
+        sh.K = dt == CORE_BF16 ? sh.E : 2;
+        sh.S = 1;
+        sh.Fe = 48;
+        sh.rc = RouterCfg{sh.E, sh.K, 0, 1, 2.5f};
+        sh.alpha = 0.1f;
+        const int B = 2, T = 32, N = B * T, D = sh.D, E = sh.E, Fe = sh.Fe;
+        const size_t nw = (size_t)E * Fe * D, ns = (size_t)sh.S * Fe * D;
+        Vec router = rnd((size_t)E * D, -0.3f, 0.3f), bias = rnd(E, -0.05f, 0.05f);
+        Vec w1 = rnd(nw, -0.2f, 0.2f), w3 = rnd(nw, -0.2f, 0.2f), w2 = rnd(nw, -0.2f, 0.2f);
+        Vec sw1 = rnd(ns, -0.2f, 0.2f), sw3 = rnd(ns, -0.2f, 0.2f), sw2 = rnd(ns, -0.2f, 0.2f);
+        Vec x = rnd((size_t)N * D), dy = rnd((size_t)N * D);
+        BufP dR = put(router, dt), dBias = put_f32(bias), dW1 = put(w1, dt), dW3 = put(w3, dt),
+             dW2 = put(w2, dt), dSw1 = put(sw1, dt), dSw3 = put(sw3, dt), dSw2 = put(sw2, dt),
+             dX = put(x, dt), dDy = put(dy, dt);
+
+        // The CPU on the values the GPU holds.
+        MoeParams pc = {router.data(), bias.data(), w1.data(), w3.data(), w2.data(), sw1.data(), sw3.data(),
+                        sw2.data()};
+        Vec y((size_t)N * D), dx((size_t)N * D, 0.0f), gr((size_t)E * D, 0.0f), g1(nw), g3(nw), g2(nw), gs1(ns),
+            gs3(ns), gs2(ns);
+        MoeGrads gc = {gr.data(), g1.data(), g3.data(), g2.data(), gs1.data(), gs3.data(), gs2.data()};
+        MoeDispatcher *dc = moe_local_dispatcher_create(E);
+        MoeActs ac;
+        moe_forward(y.data(), &ac, x.data(), &sh, &pc, dc, B, T);
+        moe_backward_input(dx.data(), &ac, dy.data(), &sh, &pc, dc);
+        moe_backward_weight(&gc, &ac, &sh, dc, 0);
+        moe_acts_free(&ac, dc);
+        dc->destroy(dc);
+
+        const LayerOps *o = layer_ops_cuda(dt);
+        MoeParams pg = {dR->p, dBias->f(), dW1->p, dW3->p, dW2->p, dSw1->p, dSw3->p, dSw2->p};
+        Vec zx((size_t)N * D, 0.0f), zr((size_t)E * D, 0.0f);
+        BufP dY = poisoned(y.size(), dt), dDx = put(zx, dt), dGr = put_f32(zr), dG1 = poisoned(nw, CORE_F32),
+             dG3 = poisoned(nw, CORE_F32), dG2 = poisoned(nw, CORE_F32), dGs1 = poisoned(ns, CORE_F32),
+             dGs3 = poisoned(ns, CORE_F32), dGs2 = poisoned(ns, CORE_F32);
+        MoeGrads gg = {dGr->f(), dG1->f(), dG3->f(), dG2->f(), dGs1->f(), dGs3->f(), dGs2->f()};
+        MoeDispatcher *dd = o->local_dispatcher(E);
+        MoeActs ag;
+        moe_forward(dY->p, &ag, dX->p, &sh, &pg, dd, B, T);
+        moe_backward_input(dDx->p, &ag, dDy->p, &sh, &pg, dd);
+        moe_backward_weight(&gg, &ag, &sh, dd, 0);
+        moe_acts_free(&ag, dd);
+        dd->destroy(dd);
+
+        const double bound = dt == CORE_BF16 ? 2e-2 : 1e-4;
+        auto expect = [&](const Vec &got, const Vec &ref, const char *what) {
+            double e = rel_err(got, ref);
+            printf("  moe layer %-28s %s  rel err %.2e\n", what, dname(dt), e);
+            EXPECT_LT(e, bound) << what << " (" << dname(dt) << ")";
+        };
+        expect(get(*dY, dt, y.size()), y, "y");
+        expect(get(*dDx, dt, dx.size()), dx, "dx");
+        expect(get_f32(*dGr, gr.size()), gr, "router gradient");
+        expect(get_f32(*dG1, nw), g1, "w1 gradient");
+        expect(get_f32(*dG3, nw), g3, "w3 gradient");
+        expect(get_f32(*dG2, nw), g2, "w2 gradient");
+        expect(get_f32(*dGs1, ns), gs1, "sw1 gradient");
+        expect(get_f32(*dGs3, ns), gs3, "sw3 gradient");
+        expect(get_f32(*dGs2, ns), gs2, "sw2 gradient");
     }
 }
 

@@ -1,18 +1,21 @@
 // layers/moe with the local dispatcher: the dispatch plan's row order, the forward against a dense
 // token-by-token reference, backward_input + backward_weight of every tensor (router included, with
 // the balance loss on) against central finite differences, experts that receive no tokens, shared
-// experts S = 0 and S = 2, determinism, and misuse errors.
+// experts S = 0 and S = 2, a gate of exactly 0, the gates' gradient from the experts' row dots
+// against dy·ye, determinism, and misuse errors.
 #include <gtest/gtest.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
 
 extern "C" {
 #include "layers/moe.h"
+#include "layers/ops.h"
 }
 #include "tests/layers/moe_reference.h"
 
@@ -124,8 +127,10 @@ moeref::Route ref_route(const Model &m, const float *xt) {
 }
 
 // N token rows whose K-th and (K+1)-th keys are at least `margin` apart, so that the finite
-// difference steps below cannot change any token's choice.
-std::vector<float> well_routed_inputs(const Model &m, int N, float margin, unsigned seed) {
+// difference steps below cannot change any token's choice. pin (may be empty) sets some of a
+// candidate row's values before the check.
+std::vector<float> well_routed_inputs(const Model &m, int N, float margin, unsigned seed,
+                                      const std::function<void(float *)> &pin = nullptr) {
     int D = m.s.D, E = m.s.E, K = m.s.K;
     std::vector<float> x;
     for (unsigned trial = 0; (int)x.size() < N * D; trial++) {
@@ -134,6 +139,7 @@ std::vector<float> well_routed_inputs(const Model &m, int N, float margin, unsig
             break;
         }
         std::vector<float> row = moeref::randn(D, 1.0f, seed * 1000 + trial);
+        if (pin) pin(row.data());
         moeref::Route r = ref_route(m, row.data());
         std::vector<double> key(E);
         for (int i = 0; i < E; i++) key[i] = r.s[i] + m.bias[i];
@@ -171,6 +177,7 @@ std::vector<double> ref_forward(const Model &m, const std::vector<float> &x, int
 struct Fwd {
     std::vector<float> y;
     std::vector<int> idx;
+    std::vector<float> gates;
     float bal;
 };
 
@@ -181,6 +188,7 @@ Fwd forward(Model &m, const std::vector<float> &x, int B, int T, MoeDispatcher *
     MoeActs a;
     moe_forward(f.y.data(), &a, x.data(), &m.s, &p, d, B, T);
     f.idx.assign(a.idx, a.idx + (size_t)a.N * m.s.K);
+    f.gates.assign(a.gates, a.gates + (size_t)a.N * m.s.K);
     f.bal = *a.bal_loss;
     moe_acts_free(&a, d);
     return f;
@@ -255,23 +263,16 @@ TEST_P(MoeLayer, ForwardMatchesDenseReference) {
     d->destroy(d);
 }
 
-TEST_P(MoeLayer, BackwardMatchesFiniteDifferences) {
-    const Case &c = GetParam();
-    const int B = 2, T = 4, N = B * T, D = c.s.D;
-    Model m(c.s, 21);
-    if (!c.bias.empty()) m.bias = c.bias;
-    std::vector<float> x = well_routed_inputs(m, N, 0.05f, 22);
-    std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 23);
-    MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
-    const float init = 0.25f;
-    Grads g = backward(m, x, dy, B, T, d, init);
+// Every tensor's gradient g (each buffer started at init) against central finite differences of
+// L = Σ dy·y + alpha · L_bal, in double over the layer's float outputs. x must be routed with a margin
+// (well_routed_inputs): a step that changes the routing fails.
+void expect_finite_differences(Model &m, std::vector<float> &x, const std::vector<float> &dy, int B,
+                               int T, MoeDispatcher *d, Grads &g, float init) {
     const std::vector<int> idx0 = forward(m, x, B, T, d).idx;
-
-    // L = Σ dy·y + alpha · L_bal, in double over the layer's float outputs.
     auto loss = [&]() {
         Fwd f = forward(m, x, B, T, d);
         EXPECT_EQ(f.idx, idx0) << "a finite-difference step changed the routing";
-        double L = c.s.alpha * (double)f.bal;
+        double L = m.s.alpha * (double)f.bal;
         for (size_t i = 0; i < f.y.size(); i++) L += (double)dy[i] * f.y[i];
         return L;
     };
@@ -300,8 +301,21 @@ TEST_P(MoeLayer, BackwardMatchesFiniteDifferences) {
             EXPECT_NEAR(an, fd, 2e-3 + 5e-3 * std::fabs(fd)) << ch.name << "[" << i << "]";
             max_err = std::max(max_err, std::fabs(an - fd));
         }
-        RecordProperty(std::string("max_err_") + ch.name, std::to_string(max_err));
+        testing::Test::RecordProperty(std::string("max_err_") + ch.name, std::to_string(max_err));
     }
+}
+
+TEST_P(MoeLayer, BackwardMatchesFiniteDifferences) {
+    const Case &c = GetParam();
+    const int B = 2, T = 4, N = B * T, D = c.s.D;
+    Model m(c.s, 21);
+    if (!c.bias.empty()) m.bias = c.bias;
+    std::vector<float> x = well_routed_inputs(m, N, 0.05f, 22);
+    std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 23);
+    MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
+    const float init = 0.25f;
+    Grads g = backward(m, x, dy, B, T, d, init);
+    expect_finite_differences(m, x, dy, B, T, d, g, init);
     if (!c.bias.empty()) {
         // Experts without tokens get exactly no gradient.
         size_t n = (size_t)c.s.Fe * D;
@@ -416,6 +430,90 @@ TEST(MoeLayerBalance, BalanceLossAloneDrivesTheRouterGradient) {
         norm += fd * fd;
     }
     EXPECT_GT(std::sqrt(norm), 1e-2);  // the check above is not vacuous
+    d->destroy(d);
+}
+
+// A gate of exactly 0 from the router: a balancing bias picks expert 1 for every token while its
+// score is 0 in fp32 (logit about -300: sigmoid and softmax both underflow). Its gradient is then
+// taken as 0 (moe.c: every use of it in the router's backward is multiplied by s = 0), never 0/0,
+// and every gradient still matches finite differences, sigmoid and softmax, norm_topk on and off.
+TEST(MoeLayerZeroGate, GradientsMatchFiniteDifferences) {
+    for (int softmax : {0, 1})
+        for (int norm_topk : {0, 1}) {
+            SCOPED_TRACE(testing::Message() << "softmax " << softmax << " norm_topk " << norm_topk);
+            const int B = 2, T = 3, N = B * T;
+            MoeShape s = shape(1, softmax, norm_topk, 1.5f, 0.5f);
+            Model m(s, 61);
+            m.bias = {0, 10, 0, 0, 0, 0};
+            m.router[1 * s.D + 0] = -300.0f;  // with x[0] = 1: logit 1 near -300
+            std::vector<float> x = well_routed_inputs(m, N, 0.05f, 62, [](float *row) { row[0] = 1.0f; });
+            std::vector<float> dy = moeref::randn((size_t)N * s.D, 1.0f, 63);
+            MoeDispatcher *d = moe_local_dispatcher_create(s.E);
+            Fwd f = forward(m, x, B, T, d);
+            for (int t = 0; t < N; t++) {
+                ASSERT_EQ(f.idx[t * s.K], 1) << t;
+                ASSERT_EQ(f.gates[t * s.K], 0.0f) << t;  // the case under test
+                ASSERT_GT(f.gates[t * s.K + 1], 0.0f) << t;
+            }
+            const float init = 0.25f;
+            Grads g = backward(m, x, dy, B, T, d, init);
+            expect_finite_differences(m, x, dy, B, T, d, g, init);
+            d->destroy(d);
+        }
+}
+
+// The gates' gradient without the experts' outputs (moe.c): (dh·h) / g from the experts' backward
+// equals the combine's dot dy · ye that the layer took before it stopped keeping ye, within fp32
+// rounding, for ordinary gates and tiny ones (1e-20, 1e-30: d(ye) = g·dy stays a normal float); a
+// gate of exactly 0 gets 0, not 0/0 = NaN. The same bits through the row map and with the dots moved
+// home as 4-byte rows (the layer's way without a row map).
+TEST(MoeGateGrad, EqualsDyDotExpertOutput) {
+    const LayerOps *o = &layer_ops_cpu;
+    const int N = 6, K = 2, E = 3, D = 8, Fe = 5;
+    const std::vector<int> idx = {0, 1, 2, 0, 1, 2, 0, 2, 1, 0, 2, 1};  // (N, K)
+    const std::vector<float> gates = {0.7f, 0.3f, 1e-20f, 1.0f, 0.0f, 0.45f,
+                                      1e-30f, 2.5f, 0.0f, 0.0f, 1e-6f, 0.9f};
+    const size_t nw = (size_t)E * Fe * D;
+    std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 71), dy = moeref::randn((size_t)N * D, 1.0f, 72);
+    std::vector<float> w1 = moeref::randn(nw, 0.4f, 73), w3 = moeref::randn(nw, 0.4f, 74),
+                       w2 = moeref::randn(nw, 0.4f, 75);
+    MoeDispatcher *d = moe_local_dispatcher_create(E);
+    std::vector<int> counts(E);
+    int R = 0;
+    MoeDispatchPlan *p = d->plan(d, idx.data(), N, K, &R, counts.data());
+    const int *map = d->row_map(d, p);
+    std::vector<float> xe((size_t)R * D), ye((size_t)R * D), a((size_t)R * Fe), b(a.size()), h(a.size()),
+        da(a.size()), db(a.size()), dh(a.size()), dye(ye.size()), dxe(ye.size());
+    SwigluActs acts = {a.data(), b.data(), h.data(), da.data(), db.data()};
+    d->to_experts(d, p, x.data(), 0, xe.data(), D);
+    ops_swiglu_forward(o, ye.data(), &acts, xe.data(), w1.data(), w3.data(), w2.data(), counts.data(), E, D,
+                       Fe);
+
+    std::vector<float> dots(R, NAN), home((size_t)N * K, NAN), dg(home.size(), NAN), dg_home(home.size(), NAN);
+    o->moe_combine_backward(dye.data(), dy.data(), map, gates.data(), N, K, D);
+    ops_swiglu_backward_input_dot(o, dxe.data(), &acts, dh.data(), dots.data(), dye.data(), w1.data(),
+                                  w3.data(), w2.data(), counts.data(), E, D, Fe, 0);
+    o->moe_gate_grad(dg.data(), dots.data(), map, gates.data(), N, K);
+    d->from_experts(d, p, dots.data(), home.data(), 1);
+    o->moe_gate_grad(dg_home.data(), home.data(), nullptr, gates.data(), N, K);
+    EXPECT_EQ(0, memcmp(dg.data(), dg_home.data(), dg.size() * sizeof(float)));
+
+    for (int t = 0; t < N; t++)
+        for (int k = 0; k < K; k++) {
+            const int tk = t * K, r = map[t * K + k];
+            // The old way, in double, and the size of its terms: fp32 rounding is relative to that.
+            double ref = 0, scale = 0;
+            for (int i = 0; i < D; i++) {
+                ref += (double)dy[t * D + i] * ye[(size_t)r * D + i];
+                for (int f = 0; f < Fe; f++)
+                    scale += std::fabs((double)dy[t * D + i] * w2[((size_t)idx[tk + k] * D + i) * Fe + f] *
+                                       h[(size_t)r * Fe + f]);
+            }
+            SCOPED_TRACE(testing::Message() << "gate " << gates[tk + k]);
+            if (gates[tk + k] == 0.0f) EXPECT_EQ(dg[tk + k], 0.0f);
+            else EXPECT_NEAR(dg[tk + k], ref, 1e-6 * scale);
+        }
+    d->release(d, p);
     d->destroy(d);
 }
 

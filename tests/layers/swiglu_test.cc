@@ -47,6 +47,22 @@ TEST(SwiGLU, GateBackwardMatchesFiniteDifferences) {
     expect_grad("db", db.data(), fd_grad(b, 1e-2, L), 1e-3);
 }
 
+// The row-dot variant (the MoE layer's routed experts): the same da and db to the bit, and s[r] =
+// Σ_f dh·h over each row of F.
+TEST(SwiGLU, GateBackwardDotMatchesGateBackwardAndRowDots) {
+    const long rows = 6;
+    const long n = rows * F;
+    Vec a = rand_vec(n, 11, 4.0f), b = rand_vec(n, 12), dh = rand_vec(n, 13), da(n), db(n);
+    Vec da2(n, NAN), db2(n, NAN), s(rows, NAN);
+    swiglu_act_backward(da.data(), db.data(), dh.data(), a.data(), b.data(), n);
+    swiglu_act_backward_dot(da2.data(), db2.data(), s.data(), dh.data(), a.data(), b.data(), rows, F);
+    EXPECT_TRUE(bit_equal(da2, da));
+    EXPECT_TRUE(bit_equal(db2, db));
+    std::vector<double> ref(rows, 0.0);
+    for (long i = 0; i < n; i++) ref[i / F] += (double)dh[i] * silu(a[i]) * b[i];
+    expect_close("s", s, ref, 1e-6);
+}
+
 TEST(SwiGLU, SaturatedGateStaysFinite) {
     Vec a = {-200.0f, -80.0f, 80.0f, 200.0f}, b(4, 1.0f), h(4), da(4), db(4), dh(4, 1.0f);
     swiglu_act_forward(h.data(), a.data(), b.data(), 4);

@@ -5,8 +5,8 @@
 // Covers uneven tokens per rank, a rank with no tokens, experts with no tokens, ranks that receive
 // no rows while one expert receives every row, one slot per rank (rows land in place, no permute),
 // replicas (the EPLB placement hook), both dispatch flavours (x rows and per-choice rows), the
-// dispatch and the combine started and finished apart (the overlaps), and that a one-rank group
-// reproduces the local dispatcher bit for bit.
+// dispatch and the combine started and finished apart (the overlaps), rows of one 4-byte element
+// (the MoE layer's row dots), and that a one-rank group reproduces the local dispatcher bit for bit.
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -21,7 +21,7 @@ extern "C" {
 
 namespace {
 
-const int D = 3;
+const int kD = 3;  // row width of the checks (elements)
 
 struct Routing {
     int N, K;
@@ -70,9 +70,10 @@ std::vector<std::vector<int>> slots_of(const std::vector<Routing> &all, const st
     return slots;
 }
 
-// Runs one plan/dispatch/combine round on the EP group `ep` and checks it against the prediction.
+// Runs one plan/dispatch/combine round of rows of D elements on the EP group `ep` and checks it
+// against the prediction.
 void check_round(Comm *ep, MoeDispatcher *d, const std::vector<int> &phy2log, int E, int K, bool empty_rank1,
-                 uint32_t seed, int hot = -1) {
+                 uint32_t seed, int hot = -1, int D = kD) {
     const int P = ep->size, me = ep->rank, R = (int)phy2log.size(), Ln = R / P;
     ASSERT_EQ(d->n_local, Ln);
     std::vector<Routing> all;
@@ -208,7 +209,25 @@ TEST(EpDispatch, ReplicasFromThePlacementHook) {
     d->destroy(d);
 }
 
+// The MoE layer brings its experts' row dots home as rows of one fp32 value (moe.c): rows of a
+// single 4-byte element travel like wider ones, with and without the receive permute.
+TEST(EpDispatch, FourByteRowsTravelLikeWiderOnes) {
+    Comm *w = comm_world();
+    const int E = 8;
+    if (E % w->size != 0) GTEST_SKIP() << "world size must divide 8";
+    MoeDispatcher *d = ep_dispatcher_create(w, E);
+    check_round(w, d, identity(E), E, 2, false, 40, -1, 1);
+    check_round(w, d, identity(E), E, 3, true, 41, E - 1, 1);
+    d->destroy(d);
+    if (w->size >= 2) {
+        MoeDispatcher *one = ep_dispatcher_create(w, w->size);  // one slot per rank: rows land in place
+        check_round(w, one, identity(w->size), w->size, 1, false, 42, -1, 1);
+        one->destroy(one);
+    }
+}
+
 TEST(EpDispatch, OneRankGroupMatchesTheLocalDispatcherExactly) {
+    const int D = kD;
     Comm *w = comm_world();
     Comm *self = comm_split(w, w->rank, 0, "self");
     const int E = 6, K = 2;
