@@ -599,7 +599,7 @@ static void ffn_backward_weight(Model *m, int l, LayerActs *la, const void *dh_o
     const int acc = !m->ffn_unzeroed[l];  // the first weight backward since model_zero_grad writes
     m->ffn_unzeroed[l] = 0;
     if (model_is_moe_layer(m, l))
-        moe_backward_weight(&g->moe, &la->moe, &m->moe_shape, disp_of(m, l), acc);
+        moe_backward_weight(&g->moe, &la->moe, dh_out, &m->moe_shape, disp_of(m, l), acc);
     else {
         prof_mark(PROF_FFN);
         ops_swiglu_backward_weight(m->ops, g->w1, g->w3, g->w2, &la->ffn, la->m, dh_out, &N, 1, c->D, c->F,

@@ -42,9 +42,9 @@ static void acts_free(const LayerOps *o, SwigluActs *a) {
     o->free(a->db);
 }
 
-// The gate's output h is needed again only by backward_weight's W2 gradient, which recomputes it
-// from a and b (ops_swiglu_backward_weight): not keeping it saves a third of the expert activations
-// for one elementwise pass, the trade torch.compile makes too.
+// The gate's output h is needed again only by backward_weight's W2 gradient, and the gate's
+// backward writes it anyway, in place of its ∂L/∂h (ops_swiglu_backward_input, the same bits):
+// not keeping it from the forward saves a third of the expert activations for nothing.
 static void drop_h(const LayerOps *o, SwigluActs *h) {
     o->free(h->h);
     h->h = NULL;
@@ -281,13 +281,11 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
 
 void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
                         const MoeParams *p, MoeDispatcher *d) {
-    CHECK(a->gates != NULL && a->dy == NULL, "moe_backward_input: needs moe_forward first, and runs once per forward");
+    CHECK(a->gates != NULL && a->dye == NULL, "moe_backward_input: needs moe_forward first, and runs once per forward");
     const LayerOps *o = ops_of(d);
     int N = a->N, D = s->D, E = s->E, K = s->K, Fe = s->Fe, L = d->n_local;
     long R = a->n_rows;
     prof_mark(PROF_COMBINE);
-    a->dy = xout(o, (long)N * D);
-    o->copy(a->dy, dy, (size_t)N * D * o->act_size);
 
     // y = Σ_k g_k · ye_k: ∂L/∂ye_k = g_k · dy. With the row map it lands in the experts' rows
     // directly; otherwise in pair order at home, and then travels out the way x did.
@@ -309,14 +307,14 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
     // the gate's backward), in place of (N, K, D) activations kept from the forward.
     a->ex.da = xout(o, R * Fe);  // written by ops_swiglu_backward_input_dot, as are dh, dxe and dots
     a->ex.db = xout(o, R * Fe);
-    void *dh = xout(o, R * Fe);   // (n_rows, Fe) scratch
+    void *dh = xout(o, R * Fe);   // (n_rows, Fe) ∂L/∂h, then h itself (kept for backward_weight)
     void *dxe = xout(o, R * D);   // (n_rows, D) ∂L/∂xe
     float *dots = fout(o, R);     // (n_rows) dh · h
     // The experts' dx rows come home into nk, chunk by chunk where the chunk's ∂L/∂ye rows left.
     ChunkWork w = {.experts = experts_backward, .o = o, .s = s, .p = p, .a = a, .L = L, .in = a->dye,
                    .out = dxe, .scratch = dh, .dots = dots};
     routed_chunks(&w, d, nk, 1, nk);
-    o->free(dh);
+    a->ex.h = dh;  // the gate's backward left h there: W2's weight gradient recomputes nothing
     // The row dots read in place through the row map, or brought home (N, K) in pair order.
     float *dots_home = NULL;
     if (!a->map) {
@@ -333,16 +331,15 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
 
     if (s->S > 0) {
         prof_mark(PROF_EXPERTS);
-        void *sdh = xout(o, (long)N * Fe);  // (N, Fe) scratch
         for (int j = 0; j < s->S; j++) {
             SwigluActs *h = &a->sh[j];
             h->da = xout(o, (long)N * Fe);
             h->db = xout(o, (long)N * Fe);
+            h->h = xout(o, (long)N * Fe);  // ∂L/∂h, then h, as for the routed experts
             long w = (long)j * Fe * D;
-            ops_swiglu_backward_input(o, dx, h, sdh, dy, at(o, p->sw1, w), at(o, p->sw3, w),
+            ops_swiglu_backward_input(o, dx, h, h->h, dy, at(o, p->sw1, w), at(o, p->sw3, w),
                                       at(o, p->sw2, w), &N, 1, D, Fe, 1);
         }
-        o->free(sdh);
     }
 
     // dgates = dots / g. A gate of exactly 0 gets 0 in place of dy · ye_k, which is harmless: the
@@ -378,7 +375,8 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
     o->free(dgates);
 }
 
-void moe_backward_weight(MoeGrads *g, MoeActs *a, const MoeShape *s, MoeDispatcher *d, int acc) {
+void moe_backward_weight(MoeGrads *g, MoeActs *a, const void *dy, const MoeShape *s, MoeDispatcher *d,
+                         int acc) {
     CHECK(a->dlogits != NULL, "moe_backward_weight: needs moe_backward_input first");
     const LayerOps *o = ops_of(d);
     int N = a->N, D = s->D, E = s->E, Fe = s->Fe, L = d->n_local;
@@ -395,7 +393,7 @@ void moe_backward_weight(MoeGrads *g, MoeActs *a, const MoeShape *s, MoeDispatch
     }
     for (int j = 0; j < s->S; j++) {
         long w = (long)j * Fe * D;
-        ops_swiglu_backward_weight(o, g->sw1 + w, g->sw3 + w, g->sw2 + w, &a->sh[j], a->x, a->dy, &N, 1,
+        ops_swiglu_backward_weight(o, g->sw1 + w, g->sw3 + w, g->sw2 + w, &a->sh[j], a->x, dy, &N, 1,
                                    D, Fe, acc);
     }
 }
@@ -416,7 +414,6 @@ void moe_acts_free(MoeActs *a, MoeDispatcher *d) {
     acts_free(o, &a->ex);
     for (int j = 0; a->sh && j < a->S; j++) acts_free(o, &a->sh[j]);
     core_free(a->sh);
-    o->free(a->dy);
     o->free(a->dye);
     o->free(a->dlogits);
     memset(a, 0, sizeof *a);

@@ -140,7 +140,6 @@ typedef struct {
     const int *map;         // (N·K) the dispatcher's row map (pair t·K + k at row map[t·K + k]), or NULL
     SwigluActs *sh;         // [S] of (N, Fe) shared-expert activations
     // written by backward_input for backward_weight:
-    void *dy;               // (N, D) copy of the upstream gradient
     void *dye;              // (n_rows, D) gradient of the expert output rows
     void *dlogits;          // (N, E) the router logits' gradient in the activation dtype (the
                             // linear products' operand; the fp32 one is scratch)
@@ -156,7 +155,10 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
 // g (gradient views, the layout of the forward's p) += ∂L/∂weights. Needs backward_input first.
 // acc = 0: the experts' gradients (routed and shared) are written, their old contents unread; the
 // router's is always added to.
-void moe_backward_weight(MoeGrads *g, MoeActs *a, const MoeShape *s, MoeDispatcher *d, int acc);
+// dy is the (N, D) gradient backward_input was given (the shared experts' weight gradients read it:
+// the caller keeps it until then, as the model's dh does).
+void moe_backward_weight(MoeGrads *g, MoeActs *a, const void *dy, const MoeShape *s, MoeDispatcher *d,
+                         int acc);
 // Frees a micro-batch's buffers and releases its dispatch plan.
 void moe_acts_free(MoeActs *a, MoeDispatcher *d);
 

@@ -117,11 +117,10 @@ static void cpu_attention_backward_input(void *dq, void *dk, void *dv, const voi
 static void cpu_swiglu_act_forward(void *h, const void *a, const void *b, long n) {
     swiglu_act_forward(h, a, b, n);
 }
-static void cpu_swiglu_act_backward(void *da, void *db, const void *dh, const void *a, const void *b,
-                                    long n) {
+static void cpu_swiglu_act_backward(void *da, void *db, void *dh, const void *a, const void *b, long n) {
     swiglu_act_backward(da, db, dh, a, b, n);
 }
-static void cpu_swiglu_act_backward_dot(void *da, void *db, float *s, const void *dh, const void *a,
+static void cpu_swiglu_act_backward_dot(void *da, void *db, float *s, void *dh, const void *a,
                                         const void *b, long rows, int F) {
     swiglu_act_backward_dot(da, db, s, dh, a, b, rows, F);
 }
@@ -309,7 +308,8 @@ static void backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *
     // Groups without rows may come with NULL buffers: nothing to do.
     if (n == 0) return;
     // dh, da and db are written, never added to, so they need no zero fill and no read of zeros;
-    // dx gets the first product written (acc = 0) or added, the second added.
+    // dx gets the first product written (acc = 0) or added, the second added. The gate's backward
+    // leaves h in scratch_dh.
     o->linear_backward_input_grouped(scratch_dh, dout, w2, counts, G, F, D, 0);
     if (s) o->swiglu_act_backward_dot(acts->da, acts->db, s, scratch_dh, acts->a, acts->b, rows, F);
     else o->swiglu_act_backward(acts->da, acts->db, scratch_dh, acts->a, acts->b, n);
@@ -332,8 +332,8 @@ void ops_swiglu_backward_input_dot(const LayerOps *o, void *dx, SwigluActs *acts
 void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float *dw2,
                                 const SwigluActs *acts, const void *x, const void *dout,
                                 const int *counts, int G, int D, int F, int acc) {
-    // A caller that dropped h after the forward (the MoE layer: a gigabyte a layer at the bench
-    // shapes) gets it recomputed from a and b, the same kernel on the same inputs: the same bits.
+    // A caller that dropped h after the forward and did not keep backward_input's (a gigabyte a
+    // layer at the bench shapes) gets it recomputed from a and b: the same bits.
     const long n = total_rows(counts, G) * F;
     void *h = acts->h;
     if (!h && n > 0) {

@@ -288,12 +288,11 @@ static void cu_swiglu_act_forward(void *h, const void *a, const void *b, long n)
     swiglu_cuda_act_forward(DT, h, a, b, n);
 }
 template <CoreDtype DT>
-static void cu_swiglu_act_backward(void *da, void *db, const void *dh, const void *a, const void *b,
-                                   long n) {
+static void cu_swiglu_act_backward(void *da, void *db, void *dh, const void *a, const void *b, long n) {
     swiglu_cuda_act_backward(DT, da, db, dh, a, b, n);
 }
 template <CoreDtype DT>
-static void cu_swiglu_act_backward_dot(void *da, void *db, float *s, const void *dh, const void *a,
+static void cu_swiglu_act_backward_dot(void *da, void *db, float *s, void *dh, const void *a,
                                        const void *b, long rows, int F) {
     swiglu_cuda_act_backward_dot(DT, da, db, s, dh, a, b, rows, F);
 }

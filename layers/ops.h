@@ -98,13 +98,13 @@ typedef struct LayerOps {
                                      const void *k, const void *v, const void *out,
                                      const float *state, int B, int T, int H, int Hkv, int hd);
     void (*swiglu_act_forward)(void *h, const void *a, const void *b, long n);
-    // da, db (n) = the gate's gradients given dh (written, not added: the buffers are fresh).
-    void (*swiglu_act_backward)(void *da, void *db, const void *dh, const void *a, const void *b,
-                                long n);
-    // The same over `rows` rows of F, and s (rows) = Σ_f dh·h per row (fp32 sums), h = silu(a) ⊙ b
-    // recomputed as the forward stored it (rounded to dt): the routed experts' half of the gates'
-    // gradient (moe_gate_grad below, layers/moe.c).
-    void (*swiglu_act_backward_dot)(void *da, void *db, float *s, const void *dh, const void *a,
+    // da, db (n) = the gate's gradients given dh (written, not added: the buffers are fresh), and
+    // dh itself replaced by the gate's output h = silu(a) ⊙ b as the forward stored it: the W2
+    // weight gradient's operand, so that a caller that dropped h needs no pass to recompute it.
+    void (*swiglu_act_backward)(void *da, void *db, void *dh, const void *a, const void *b, long n);
+    // The same over `rows` rows of F, and s (rows) = Σ_f dh·h per row (fp32 sums): the routed
+    // experts' half of the gates' gradient (moe_gate_grad below, layers/moe.c).
+    void (*swiglu_act_backward_dot)(void *da, void *db, float *s, void *dh, const void *a,
                                     const void *b, long rows, int F);
     void (*crossentropy_forward)(float *losses, float *lse, const void *logits, const int *targets,
                                  int N, int V);
@@ -167,7 +167,9 @@ extern const LayerOps layer_ops_cpu;
 void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w1,
                         const void *w3, const void *w2, const int *counts, int G, int D, int F);
 // dx += ∂L/∂x given dout (acc = 1), or dx = ∂L/∂x with dx's contents unread (acc = 0); writes (=)
-// acts->da, acts->db. scratch_dh (ΣN, F).
+// acts->da, acts->db. scratch_dh (ΣN, F) is left holding h = silu(a) ⊙ b, the same bits as the
+// forward's: a caller that dropped acts->h after the forward may keep it as acts->h for
+// backward_weight, which then recomputes nothing.
 void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
                                const void *dout, const void *w1, const void *w3, const void *w2,
                                const int *counts, int G, int D, int F, int acc);

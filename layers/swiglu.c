@@ -22,23 +22,27 @@ static void gate_backward(float *da, float *db, float dh, float a, float b) {
     *db = dh * a * s;
 }
 
-void swiglu_act_backward(float *da, float *db, const float *dh, const float *a, const float *b,
-                         long n) {
+void swiglu_act_backward(float *da, float *db, float *dh, const float *a, const float *b, long n) {
     CHECK(n >= 0, "swiglu: bad element count %ld", n);
 #pragma omp parallel for
-    for (long i = 0; i < n; i++) gate_backward(&da[i], &db[i], dh[i], a[i], b[i]);
+    for (long i = 0; i < n; i++) {
+        gate_backward(&da[i], &db[i], dh[i], a[i], b[i]);
+        dh[i] = gate(a[i], b[i]);
+    }
 }
 
-void swiglu_act_backward_dot(float *da, float *db, float *s, const float *dh, const float *a,
-                             const float *b, long rows, int F) {
+void swiglu_act_backward_dot(float *da, float *db, float *s, float *dh, const float *a, const float *b,
+                             long rows, int F) {
     CHECK(rows >= 0 && F >= 1, "swiglu: bad shape %ld rows of %d", rows, F);
     // h is the forward's gate on the same inputs: s is the dot with the h that fed W2, to the bit.
 #pragma omp parallel for
     for (long r = 0; r < rows; r++) {
         float dot = 0.0f;
         for (long i = r * F; i < (r + 1) * F; i++) {
+            const float h = gate(a[i], b[i]);
             gate_backward(&da[i], &db[i], dh[i], a[i], b[i]);
-            dot += dh[i] * gate(a[i], b[i]);
+            dot += dh[i] * h;
+            dh[i] = h;
         }
         s[r] = dot;
     }

@@ -19,12 +19,13 @@ typedef struct {
 
 // Elementwise gate: h (N, F) = silu(a) ⊙ b
 void swiglu_act_forward(float *h, const float *a, const float *b, long n);
-// da, db (n) = gradients given dh (n) (written, not added)
-void swiglu_act_backward(float *da, float *db, const float *dh, const float *a, const float *b, long n);
-// The same over `rows` rows of F, and s (rows) = Σ_f dh·h per row with h = silu(a) ⊙ b recomputed
-// (fp32 sums): the MoE layer's gate gradient without the expert outputs (layers/moe.c).
-void swiglu_act_backward_dot(float *da, float *db, float *s, const float *dh, const float *a,
-                             const float *b, long rows, int F);
+// da, db (n) = gradients given dh (n) (written, not added); dh is then overwritten with the gate's
+// output h = silu(a) ⊙ b (the W2 weight gradient's operand, which the forward may have dropped).
+void swiglu_act_backward(float *da, float *db, float *dh, const float *a, const float *b, long n);
+// The same over `rows` rows of F, and s (rows) = Σ_f dh·h per row (fp32 sums): the MoE layer's
+// gate gradient without the expert outputs (layers/moe.c).
+void swiglu_act_backward_dot(float *da, float *db, float *s, float *dh, const float *a, const float *b,
+                             long rows, int F);
 
 // out (N, D) = W2 (D, F) · (silu(W1 (F, D) x) ⊙ (W3 (F, D) x)); x (N, D). Fills acts->a, b, h.
 void swiglu_forward(float *out, SwigluActs *acts, const float *x, const float *w1, const float *w3,

@@ -11,13 +11,14 @@ extern "C" {
 
 // h (n) = silu(a) ⊙ b
 void swiglu_cuda_act_forward(CoreDtype dt, void *h, const void *a, const void *b, long n);
-// da, db (n) += gradients given dh (n)
-void swiglu_cuda_act_backward(CoreDtype dt, void *da, void *db, const void *dh, const void *a,
-                              const void *b, long n);
-// The same over `rows` rows of F, and s (rows, fp32) = Σ_f dh·h per row, h recomputed and rounded
-// to dt as the forward stores it (swiglu.h's swiglu_act_backward_dot)
-void swiglu_cuda_act_backward_dot(CoreDtype dt, void *da, void *db, float *s, const void *dh,
-                                  const void *a, const void *b, long rows, int F);
+// da, db (n) = gradients given dh (n) (written); dh then holds h = silu(a) ⊙ b rounded to dt, the
+// forward's bits (swiglu.h's swiglu_act_backward)
+void swiglu_cuda_act_backward(CoreDtype dt, void *da, void *db, void *dh, const void *a, const void *b,
+                              long n);
+// The same over `rows` rows of F, and s (rows, fp32) = Σ_f dh·h per row with that h
+// (swiglu.h's swiglu_act_backward_dot)
+void swiglu_cuda_act_backward_dot(CoreDtype dt, void *da, void *db, float *s, void *dh, const void *a,
+                                  const void *b, long rows, int F);
 
 #ifdef __cplusplus
 }

@@ -269,9 +269,11 @@ TEST_F(Gpu, RmsNorm) {
     }
 }
 
+// Head sizes 16 and 64 take the 16-byte path, 12 the element path; 5 heads leave the last pair of
+// heads one short.
 TEST_F(Gpu, Rope) {
-    const int B = 3, T = 50, nh = 6, N = B * T;
-    for (int hd : {16, 64}) {
+    const int B = 3, T = 50, nh = 5, N = B * T;
+    for (int hd : {12, 16, 64}) {
         for (CoreDtype dt : kDtypes) {
             size_t n = (size_t)N * nh * hd;
             // The backward writes dinp: it starts poisoned.
@@ -309,6 +311,8 @@ TEST_F(Gpu, SwigluGate) {
         EXPECT_CLOSE(get(*dH, dt, n), h, dt, "swiglu gate forward");
         EXPECT_CLOSE(get(*dDa, dt, n), da, dt, "swiglu gate backward da");
         EXPECT_CLOSE(get(*dDb, dt, n), db, dt, "swiglu gate backward db");
+        // The backward leaves the forward's h in dh, to the bit (W2's weight gradient reads it).
+        EXPECT_TRUE(get(*dDh, dt, n) == get(*dH, dt, n)) << "swiglu gate backward: dh does not hold h";
     }
 }
 
@@ -328,6 +332,9 @@ TEST_F(Gpu, SwigluGateRowDots) {
         EXPECT_CLOSE(get(*dDa, dt, n), da, dt, "swiglu gate backward (dots) da");
         EXPECT_CLOSE(get(*dDb, dt, n), db, dt, "swiglu gate backward (dots) db");
         EXPECT_CLOSE(get_f32(*dS, rows), s, dt, "swiglu gate backward row dots");
+        BufP dH = poisoned(n, dt);
+        swiglu_cuda_act_forward(dt, dH->p, dA->p, dB->p, n);
+        EXPECT_TRUE(get(*dDh, dt, n) == get(*dH, dt, n)) << "swiglu gate backward (dots): dh does not hold h";
     }
 }
 
@@ -1156,7 +1163,7 @@ TEST_F(Gpu, MoeLayerMatchesCpu) {
         MoeActs ac;
         moe_forward(y.data(), &ac, x.data(), &sh, &pc, dc, B, T);
         moe_backward_input(dx.data(), &ac, dy.data(), &sh, &pc, dc);
-        moe_backward_weight(&gc, &ac, &sh, dc, 0);
+        moe_backward_weight(&gc, &ac, dy.data(), &sh, dc, 0);
         moe_acts_free(&ac, dc);
         dc->destroy(dc);
 
@@ -1171,7 +1178,7 @@ TEST_F(Gpu, MoeLayerMatchesCpu) {
         MoeActs ag;
         moe_forward(dY->p, &ag, dX->p, &sh, &pg, dd, B, T);
         moe_backward_input(dDx->p, &ag, dDy->p, &sh, &pg, dd);
-        moe_backward_weight(&gg, &ag, &sh, dd, 0);
+        moe_backward_weight(&gg, &ag, dDy->p, &sh, dd, 0);
         moe_acts_free(&ag, dd);
         dd->destroy(dd);
 

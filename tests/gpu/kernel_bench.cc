@@ -264,7 +264,7 @@ int main() {
         }), 3 * 2.0 * R * Fe, 0);
     row("swiglu gate backward", time_it([&] {
             swiglu_cuda_act_backward(BF, da, db, hh, he, hb, (long)R * Fe);
-        }), 5 * 2.0 * R * Fe, 0);  // reads dh, a, b; writes da, db
+        }), 6 * 2.0 * R * Fe, 0);  // reads dh, a, b; writes da, db and h over dh
 
     float *logits = (float *)dev_rand((size_t)N * E, CORE_F32), *scores, *gates;
     scores = (float *)core_device_alloc(CORE_CUDA, (size_t)N * E * 4);

@@ -214,7 +214,7 @@ Grads backward(Model &m, const std::vector<float> &x, const std::vector<float> &
     MoeActs a;
     moe_forward(y.data(), &a, x.data(), &m.s, &p, d, B, T);
     moe_backward_input(g.x.data(), &a, dy.data(), &m.s, &p, d);
-    moe_backward_weight(&gp, &a, &m.s, d, acc);
+    moe_backward_weight(&gp, &a, dy.data(), &m.s, d, acc);
     moe_acts_free(&a, d);
     return g;
 }
@@ -528,7 +528,7 @@ TEST(MoeLayerDeathTest, Misuse) {
         {
             MoeActs a;
             moe_forward(y.data(), &a, x.data(), &s, &p, d, 1, 2);
-            moe_backward_weight(&gp, &a, &s, d, 1);
+            moe_backward_weight(&gp, &a, y.data(), &s, d, 1);
         },
         testing::ExitedWithCode(1), "needs moe_backward_input first");
     MoeShape bad = s;

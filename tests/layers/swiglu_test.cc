@@ -42,9 +42,13 @@ TEST(SwiGLU, GateBackwardMatchesFiniteDifferences) {
         swiglu_act_forward(h.data(), a.data(), b.data(), n);
         return objective(h, R);
     };
-    swiglu_act_backward(da.data(), db.data(), R.data(), a.data(), b.data(), n);
+    Vec dh = R;  // the backward leaves h in it
+    swiglu_act_backward(da.data(), db.data(), dh.data(), a.data(), b.data(), n);
     expect_grad("da", da.data(), fd_grad(a, 1e-3, L), 1e-3);
     expect_grad("db", db.data(), fd_grad(b, 1e-2, L), 1e-3);
+    // dh now holds the forward's h, to the bit (the W2 weight gradient reads it).
+    swiglu_act_forward(h.data(), a.data(), b.data(), n);
+    EXPECT_TRUE(bit_equal(dh, h));
 }
 
 // The row-dot variant (the MoE layer's routed experts): the same da and db to the bit, and s[r] =
@@ -53,11 +57,12 @@ TEST(SwiGLU, GateBackwardDotMatchesGateBackwardAndRowDots) {
     const long rows = 6;
     const long n = rows * F;
     Vec a = rand_vec(n, 11, 4.0f), b = rand_vec(n, 12), dh = rand_vec(n, 13), da(n), db(n);
-    Vec da2(n, NAN), db2(n, NAN), s(rows, NAN);
-    swiglu_act_backward(da.data(), db.data(), dh.data(), a.data(), b.data(), n);
-    swiglu_act_backward_dot(da2.data(), db2.data(), s.data(), dh.data(), a.data(), b.data(), rows, F);
+    Vec da2(n, NAN), db2(n, NAN), s(rows, NAN), h1 = dh, h2 = dh;  // each call leaves h in its dh
+    swiglu_act_backward(da.data(), db.data(), h1.data(), a.data(), b.data(), n);
+    swiglu_act_backward_dot(da2.data(), db2.data(), s.data(), h2.data(), a.data(), b.data(), rows, F);
     EXPECT_TRUE(bit_equal(da2, da));
     EXPECT_TRUE(bit_equal(db2, db));
+    EXPECT_TRUE(bit_equal(h2, h1));
     std::vector<double> ref(rows, 0.0);
     for (long i = 0; i < n; i++) ref[i / F] += (double)dh[i] * silu(a[i]) * b[i];
     expect_close("s", s, ref, 1e-6);

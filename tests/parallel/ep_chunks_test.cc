@@ -82,7 +82,7 @@ Out run(MoeDispatcher *d, const Weights &w, int K, int first, const std::vector<
     MoeActs a;
     moe_forward(o.y.data(), &a, x.data(), &s, &p, d, B, T);
     moe_backward_input(o.dx.data(), &a, dy.data(), &s, &p, d);
-    moe_backward_weight(&g, &a, &s, d, 0);
+    moe_backward_weight(&g, &a, dy.data(), &s, d, 0);
     moe_acts_free(&a, d);
     return o;
 }
