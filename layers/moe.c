@@ -173,8 +173,8 @@ static void experts_forward(ChunkWork *w, const MoeChunk *h) {
                        w->p->w3, w->p->w2, h->counts, w->L, D, Fe);
 }
 
-// The shared experts of the forward while chunk 0's rows travel: each into its (N, D) of
-// w->shared (S, N, D).
+// The shared experts of the forward (while chunk 0's rows travel, where they can): each into its
+// (N, D) of w->shared (S, N, D).
 static void shared_all(ChunkWork *w) {
     const long ND = (long)w->a->N * w->s->D;
     for (int j = 0; j < w->s->S; j++)
@@ -245,13 +245,13 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
     a->ex.b = xout(o, R * Fe);
     a->ex.h = xout(o, R * Fe);
     // The shared experts need only x: where the dispatcher can leave the rows in flight, their
-    // GEMMs run while the first chunk's rows travel, into buffers of their own that are added to y
-    // in the same order as without the overlap (bit-identical results).
+    // GEMMs run while the first chunk's rows travel, else after the routed experts; either way into
+    // buffers of their own that the combine adds to y in order (bit-identical results).
     const int overlap = async_of(d);
-    void *shared = NULL;  // (S, N, D) the shared experts' outputs, or (N, D) one at a time
+    void *shared = NULL;  // (S, N, D) the shared experts' outputs
     if (s->S > 0) {
         a->sh = core_alloc((size_t)s->S * sizeof(SwigluActs));
-        shared = xout(o, (long)(overlap ? s->S : 1) * N * D);
+        shared = xout(o, (long)s->S * N * D);
     }
     // Rows that never left this process are combined in place; others come home first, in pair
     // order. Either way the combine's input is freed once it has been read: the backward needs
@@ -266,16 +266,13 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
         o->free(ye);
         ye = home;
     }
-    prof_mark(PROF_COMBINE);
-    o->moe_combine(y, ye, a->map, a->gates, N, K, D);
-    o->free(ye);
-
-    if (s->S > 0) prof_mark(PROF_EXPERTS);
-    for (int j = 0; j < s->S; j++) {
-        void *sj = (char *)shared + (size_t)(overlap ? j : 0) * N * D * o->act_size;
-        if (!overlap) shared_forward(o, sj, a, j, x, s, p);
-        o->add(y, y, sj, (long)N * D);
+    if (s->S > 0 && !overlap) {
+        prof_mark(PROF_EXPERTS);
+        shared_all(&w);
     }
+    prof_mark(PROF_COMBINE);
+    o->moe_combine(y, ye, a->map, a->gates, N, K, D, shared, s->S);
+    o->free(ye);
     o->free(shared);
 }
 

@@ -156,7 +156,7 @@ static const float *pair_row(const void *rows, const int *map, long tk, int D) {
 }
 
 static void cpu_moe_combine(void *y, const void *rows, const int *map, const float *gates, int N, int K,
-                            int D) {
+                            int D, const void *add, int n_add) {
     for (int t = 0; t < N; t++) {
         float *yt = (float *)y + (long)t * D;
         memset(yt, 0, (size_t)D * sizeof(float));
@@ -164,6 +164,10 @@ static void cpu_moe_combine(void *y, const void *rows, const int *map, const flo
             float g = gates[(long)t * K + k];
             const float *o = pair_row(rows, map, (long)t * K + k, D);
             for (int i = 0; i < D; i++) yt[i] += g * o[i];
+        }
+        for (int j = 0; j < n_add; j++) {
+            const float *a = (const float *)add + ((long)j * N + t) * D;
+            for (int i = 0; i < D; i++) yt[i] += a[i];
         }
     }
 }

@@ -85,9 +85,19 @@ __global__ void add_kernel(T *out, const T *a, const T *b, long n) {
 // The row of pair tk in a combine's rows: map[tk], or tk without a map (layers/ops.h).
 __device__ __forceinline__ long pair_row(const int *map, long tk) { return map ? map[tk] : tk; }
 
-// y[t, d] = Σ_k gates[t, k] · rows[pair (t, k), d]; a thread per (t, W consecutive d).
+// The float x rounded to T and back.
+template <typename T>
+__device__ __forceinline__ float round_to(float x) {
+    T r;
+    core_st(&r, x);
+    return core_ld(&r);
+}
+
+// y[t, d] = Σ_k gates[t, k] · rows[pair (t, k), d], then + add[a, t, d] for a < n_add, each sum
+// rounded to T as `add` would round it; a thread per (t, W consecutive d).
 template <typename T, int W>
-__global__ void combine_kernel(T *y, const T *rows, const int *map, const float *gates, int N, int K, int D) {
+__global__ void combine_kernel(T *y, const T *rows, const int *map, const float *gates, int N, int K, int D,
+                               const T *add, int n_add) {
     long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * W;
     if (i >= (long)N * D) return;
     long t = i / D, d = i % D;
@@ -97,6 +107,11 @@ __global__ void combine_kernel(T *y, const T *rows, const int *map, const float 
         core_ld_vec<W>(v, rows + pair_row(map, t * K + k) * D + d);
 #pragma unroll
         for (int j = 0; j < W; j++) acc[j] += g * v[j];
+    }
+    for (int a = 0; a < n_add; a++) {
+        core_ld_vec<W>(v, add + (long)a * N * D + i);
+#pragma unroll
+        for (int j = 0; j < W; j++) acc[j] = round_to<T>(round_to<T>(acc[j]) + v[j]);
     }
     core_st_vec<W>(y + i, acc);
 }
@@ -168,11 +183,13 @@ static void cu_add(void *out, const void *a, const void *b, long n) {
 }
 
 template <CoreDtype DT>
-static void cu_moe_combine(void *y, const void *rows, const int *map, const float *gates, int N, int K, int D) {
+static void cu_moe_combine(void *y, const void *rows, const int *map, const float *gates, int N, int K, int D,
+                           const void *add, int n_add) {
     typedef typename Elem<DT>::T T;
     if (N == 0) return;
-    const void *p[] = {y, rows};
-    OPS_VEC_LAUNCH(combine_kernel, T, (long)N * D, D, p, (T *)y, (const T *)rows, map, gates, N, K, D);
+    const void *p[] = {y, rows, add};
+    OPS_VEC_LAUNCH(combine_kernel, T, (long)N * D, D, p, (T *)y, (const T *)rows, map, gates, N, K, D,
+                   (const T *)add, n_add);
 }
 
 template <CoreDtype DT>

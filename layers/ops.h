@@ -132,9 +132,12 @@ typedef struct LayerOps {
     // The combine and its backward read and write the experts' rows where they are: pair t·K + k
     // is row map[t·K + k] of rows (a dispatcher's row map, MoeDispatcher.row_map, in dev memory),
     // or row t·K + k with map NULL (rows moved home in pair order, (N, K, D)).
-    // y (N, D) = Σ_k gates (N, K)[t, k] · rows[pair t·K + k], choices added in order. Overwrites y.
+    // y (N, D) = Σ_k gates (N, K)[t, k] · rows[pair t·K + k], choices added in order, then plus
+    // each of the n_add (N, D) tensors of add (n_add, N, D) in order (NULL when n_add is 0), each
+    // sum rounded to the activation dtype: the bits of adding them one by one with `add`, in one
+    // pass. Overwrites y.
     void (*moe_combine)(void *y, const void *rows, const int *map, const float *gates, int N, int K,
-                        int D);
+                        int D, const void *add, int n_add);
     // Its backward given dy (N, D): drows[pair] = gates · dy[t] (overwritten; drows is laid out as
     // rows). The gates' gradient dy[t] · rows[pair] needs no rows kept (moe_gate_grad).
     void (*moe_combine_backward)(void *drows, const void *dy, const int *map, const float *gates,

@@ -1073,7 +1073,7 @@ TEST_F(Gpu, MoePermuteUnpermuteCombine) {
         moe_cuda_permute(dt, dRowsK->p, dXk->p, 1, dRowOf->i(), N, K, D);
         moe_cuda_unpermute(dt, dBack->p, dRowsK->p, dRowOf->i(), N, K, D);
         const LayerOps *o = layer_ops_cuda(dt);
-        o->moe_combine(dY->p, dBack->p, NULL, dGates->f(), N, K, D);  // rows moved home (EP)
+        o->moe_combine(dY->p, dBack->p, NULL, dGates->f(), N, K, D, NULL, 0);  // rows moved home (EP)
         // Moving rows is exact.
         EXPECT_EQ(get(*dRows, dt, rows.size()), rows) << dname(dt);
         EXPECT_EQ(get(*dRowsK, dt, rows.size()), rows_k) << dname(dt);
@@ -1085,8 +1085,18 @@ TEST_F(Gpu, MoePermuteUnpermuteCombine) {
         // moved home, the backward's rows landing where the permute would have put them.
         const int *map = dRowOf->i();
         BufP dYm = poisoned(y.size(), dt);
-        o->moe_combine(dYm->p, dRowsK->p, map, dGates->f(), N, K, D);
+        o->moe_combine(dYm->p, dRowsK->p, map, dGates->f(), N, K, D, NULL, 0);
         EXPECT_EQ(get(*dYm, dt, y.size()), get(*dY, dt, y.size())) << dname(dt);
+        // With two addends (the shared experts' outputs): the bits of the combine followed by two
+        // adds, in one pass.
+        Vec sh = rnd(2 * y.size());
+        BufP dShared = put(sh, dt), dYa = poisoned(y.size(), dt);
+        o->moe_combine(dYa->p, dRowsK->p, map, dGates->f(), N, K, D, dShared->p, 2);
+        for (int j = 0; j < 2; j++) {
+            const void *sj = (char *)dShared->p + (size_t)j * y.size() * core_dtype_size(dt);
+            o->add(dYm->p, dYm->p, sj, (long)y.size());
+        }
+        EXPECT_EQ(get(*dYa, dt, y.size()), get(*dYm, dt, y.size())) << dname(dt) << ": combine with addends";
         Vec dy = rnd((size_t)N * D), dx0 = rnd((size_t)N * D);
         BufP dDy = put(dy, dt);
         BufP dNk = poisoned(back.size(), dt), dNkRows = poisoned(rows.size(), dt), dRowsM = poisoned(rows.size(), dt);

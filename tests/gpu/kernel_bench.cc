@@ -292,7 +292,7 @@ int main() {
             moe_cuda_permute(BF, xe, x, 0, row_of, N, K, D);
         }), 2 * 2.0 * R * D, 0);
     row("moe combine (N·K rows of D, in place)", time_it([&] {
-            layer_ops_cuda(BF)->moe_combine(y, xe, row_of, gates, N, K, D);
+            layer_ops_cuda(BF)->moe_combine(y, xe, row_of, gates, N, K, D, NULL, 0);
         }), 2.0 * R * D + 2 * nd, 0);
 
     // Attention: causal, so half of the T×T score matrix; forward 2 GEMM-like products. Model
