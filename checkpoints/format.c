@@ -328,15 +328,6 @@ hid_t ckpt_open_tensor(CkptFile *cf, const char *name, const ParamInfo *want, in
     return d;
 }
 
-int ckpt_tensor_maps(CkptFile *cf, hid_t d, const char *name) {
-    hid_t dcpl = h5_dcpl_of(&cf->io, d, name);
-    size_t n = 0;
-    if (H5_OK(&cf->io, H5Pget_layout(dcpl), "%s: layout", name) == H5D_VIRTUAL)
-        H5_OK(&cf->io, H5Pget_virtual_count(dcpl, &n), "%s: virtual mappings", name);
-    h5_dcpl_close(dcpl);
-    return (int)n;
-}
-
 // Opens an integer dataset of /eplb after checking its type, checksum filter and extent (rows, cols).
 static hid_t open_eplb(CkptFile *cf, const char *name, hid_t ftype, hsize_t rows, hsize_t *cols) {
     const H5Io *io = &cf->io;

@@ -65,7 +65,5 @@ void ckpt_read_rows(CkptFile *cf, hid_t d, const char *name, int ndim, const hsi
                     hsize_t row0, hsize_t n, float *buf);
 // The /eplb group (see ckpt_load_eplb), checked and read from an opened file.
 int ckpt_file_eplb(CkptFile *cf, const MoeConfig *c, CkptEplb *out);
-// Number of virtual mappings of an opened tensor (0 when it is stored in the file itself).
-int ckpt_tensor_maps(CkptFile *cf, hid_t d, const char *name);
 
 #endif

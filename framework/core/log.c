@@ -15,7 +15,6 @@ static core_abort_fn g_abort = default_abort;
 
 void core_set_rank(int rank, int world) { g_rank = rank; g_world = world; }
 int core_rank(void) { return g_rank; }
-int core_world(void) { return g_world; }
 void core_set_quiet(int quiet) { g_quiet = quiet; }
 void core_set_abort_hook(core_abort_fn fn) { g_abort = fn ? fn : default_abort; }
 

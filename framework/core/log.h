@@ -9,7 +9,6 @@ extern "C" {
 
 void core_set_rank(int rank, int world);
 int core_rank(void);
-int core_world(void);
 
 // Quiet mode (tests) silences core_info; warnings and errors always print.
 void core_set_quiet(int quiet);
