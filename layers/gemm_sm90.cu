@@ -3,9 +3,10 @@
 // a 256-row tile), every expert of a MoE layer in one launch. A small setup kernel writes the
 // groups' problem sizes, operand pointers and strides on the device from the row counts, which
 // travel as a kernel argument: no host buffer, no copy, nothing to wait for; the CUTLASS operator
-// is initialized once per stream and group count, so a call costs the host two launches. The tile scheduler
-// walks the groups' tiles in a fixed order with no split-K, so every output element is summed by
-// one thread in one order: reruns are bit-identical and dW needs no atomics.
+// is initialized once per stream, β, grid and group count, so a call costs the host two launches.
+// The tile scheduler walks the groups' tiles in a fixed order with no split-K, so every output
+// element is summed by one thread in one order: reruns are bit-identical and dW needs no atomics,
+// whatever the grid (a weight gradient's is chosen from the counts: grid_factor).
 #include "layers/gemm_sm90_cuda.h"
 
 #include "framework/core/cuda.h"
@@ -94,7 +95,8 @@ template <class Cfg> using BackwardInputGemm = GroupedGemm<RowMajor, RowMajor, B
 template <class Cfg> using BackwardWeightGemm = GroupedGemm<ColMajor, RowMajor, float, Cfg>;
 
 int g_config = GEMM_SM90_CONFIG_BEST;  // the tile configuration (gemm_sm90_set_config)
-int g_grid_factor = 0;                 // CTAs per multiprocessor, 0: chosen per launch (gemm_sm90_set_grid_factor)
+int g_grid_factor = 0;                 // CTAs per multiprocessor; 0: chosen per launch
+                                       // (gemm_sm90_set_grid_factor)
 
 // The non-empty groups of one launch: expert id, rows and first row of each. Passed by value.
 struct Groups {
@@ -159,8 +161,8 @@ cutlass::KernelHardwareInfo hardware_info() {
     return hw;
 }
 
-// What one GEMM type keeps per stream between calls: the device arrays the setup kernel fills,
-// the workspace, and the CUTLASS operator initialized for `groups` groups. Initializing costs the
+// What one GEMM type keeps per stream (and β and grid factor) between calls: the device arrays the
+// setup kernel fills, the workspace, and the CUTLASS operator initialized for `groups` groups. Initializing costs the
 // host tens of microseconds (TMA descriptors, kernel attributes, argument checks), so it runs only
 // when the group count changes, which in training is almost never; each call is then the setup
 // kernel and the GEMM's launch. Per stream, because the pipeline's F&B overlap runs kernels on a
@@ -178,7 +180,8 @@ struct Prepared {
     typename G::Gemm gemm;
 };
 
-enum { MAX_SLOTS = 32 };  // (stream, β, grid factor) per GEMM type: the main stream's and a few workers' in practice
+// (stream, β, grid factor) triples per GEMM type: the main stream's and a few workers' in practice.
+enum { MAX_SLOTS = 32 };
 
 // The arguments of a launch over g.n groups whose arrays are arr: sizes and pointers are read on
 // the device, and with no host copy of the sizes CUTLASS launches as many CTAs as hw_info.sm_count
@@ -239,7 +242,8 @@ template <class Tile, class Cluster>
 int grid_factor(GemmSm90Kind kind, const Groups &g, Tile, Cluster) {
     if (kind != GEMM_SM90_BACKWARD_WEIGHT) return 1;
     constexpr long kTileCost = 64, kCtaCost = 400;  // in rows of K, from the measurements above
-    const int P = hardware_info().sm_count, tm = size<0>(Tile{}), tn = size<1>(Tile{}), cm = size<0>(Cluster{});
+    const int P = hardware_info().sm_count, tm = size<0>(Tile{}), tn = size<1>(Tile{});
+    const int cm = size<0>(Cluster{});
     const int tiles_m = (g.OC + tm - 1) / tm, tiles = ((tiles_m + cm - 1) / cm * cm) * ((g.IC + tn - 1) / tn);
     std::vector<long> cta;
     int best = 1;
@@ -271,7 +275,8 @@ int grid_factor(GemmSm90Kind kind, const Groups &g, Tile, Cluster) {
 template <class G>
 void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b, float beta) {
     cudaStream_t st = core_stream();
-    const int factor = g_grid_factor ? g_grid_factor : grid_factor(kind, g, typename G::Tile{}, typename G::Cluster{});
+    const int factor =
+        g_grid_factor ? g_grid_factor : grid_factor(kind, g, typename G::Tile{}, typename G::Cluster{});
     Prepared<G> &p = prepared<G>(st, beta, factor);
     if (p.groups != g.n) {
         typename G::Gemm::Arguments args = arguments<G>(p.arr, g.n, beta, factor);
