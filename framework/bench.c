@@ -2,6 +2,7 @@
 #include "framework/bench.h"
 
 #include <cblas.h>
+#include <math.h>
 
 #include "framework/backend.h"
 #include "framework/core/mem.h"
@@ -43,6 +44,17 @@ BenchResult bench_train(const MoeConfig *c, const LayerOps *ops, int min_steps, 
         r.prof_ms[i] /= r.prof_steps;
         r.prof_step_ms += r.prof_ms[i];
     }
+    float *imb = core_alloc((size_t)c->L * sizeof(float));  // (L) max/mean per MoE layer, else 0
+    model_load_imbalance(m, imb);
+    int n_moe = 0;
+    for (int l = 0; l < c->L; l++)
+        if (imb[l] > 0) {
+            r.load_mean += imb[l];
+            r.load_worst = fmax(r.load_worst, imb[l]);
+            n_moe++;
+        }
+    if (n_moe) r.load_mean /= n_moe;
+    core_free(imb);
     r.params_m = (double)m->reg.total / 1e6;
     r.peak_gib = (double)ops->peak_bytes() / (1024.0 * 1024.0 * 1024.0);
     core_free(tok);

@@ -24,6 +24,10 @@ typedef struct {
     // cost the throughput nothing): milliseconds per step in each region, and their sum.
     int prof_steps;
     double prof_ms[PROF_N], prof_step_ms;
+    // Expert load of the last step, max/mean tokens per expert of each MoE layer: the mean and the
+    // largest over the layers (0 without MoE layers). The grouped GEMMs run at these counts, so a
+    // kernel benchmark at uniform counts says how fast they could run, this how skewed they were.
+    double load_mean, load_worst;
 } BenchResult;
 
 // Times optimizer steps of c on backend ops (one warm-up step, then at least min_steps and at least

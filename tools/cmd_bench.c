@@ -17,7 +17,8 @@ static void bench_help(void) {
            "this machine measured in the same run: OpenBLAS sgemm on the CPU; on a GPU the bf16 cuBLAS\n"
            "GEMM (8192^3), against which MFU is given, and the peak GPU memory. Then, per config, the\n"
            "time of a training step by layer type over 2 more steps (GPU: CUDA events on the compute\n"
-           "stream; CPU: wall clock). --steps and --seconds: time at least N steps (default 3, at most\n"
+           "stream; CPU: wall clock) and how skewed the last step's expert loads were (max/mean tokens\n"
+           "per expert of each MoE layer: the grouped GEMMs ran at those counts). --steps and --seconds: time at least N steps (default 3, at most\n"
            "1000000) and at least S seconds (default 5, at most 86400) per config. --device defaults\n"
            "to the first config's device key. Other --key value pairs (at most 32) override every\n"
            "config; among them --expert-gemm cutlass|grouped|streams|loop picks how the GPU runs the\n"
@@ -43,6 +44,9 @@ static void print_breakdown(const char *config, const BenchResult *r, int gpu) {
         printf("  %-18s %10.2f %7.1f%%\n", prof_name((ProfRegion)order[i]), r->prof_ms[order[i]],
                100.0 * r->prof_ms[order[i]] / r->prof_step_ms);
     printf("  %-18s %10.2f %7.1f%%\n", "step", r->prof_step_ms, 100.0);
+    if (r->load_worst > 0)
+        printf("  expert load max/mean at the last step: %.2f mean over the MoE layers, %.2f the worst\n",
+               r->load_mean, r->load_worst);
 }
 
 int cmd_bench(int argc, char **argv) {

@@ -27,4 +27,11 @@ overrides=()
 for i in $(seq 1 33); do overrides+=(--seed "$i"); done
 expect_usage "bench: at most 32 config overrides" --config "$cfg" "${overrides[@]}"
 "$moelab" bench --help | grep -q "usage: moelab bench"
+# A run: the time by layer type, then the last step's expert load (max/mean is at least 1).
+"$moelab" bench --config "$cfg" --steps 1 --seconds 0 >"$tmp/out" 2>"$tmp/err"
+grep -q "time by layer type" "$tmp/out" || { echo "bench: no time by layer type:"; cat "$tmp/out"; exit 1; }
+load=$(sed -n 's/.*expert load max\/mean at the last step: \([0-9.]*\) mean.*, \([0-9.]*\) the worst/\1 \2/p' "$tmp/out")
+[ -n "$load" ] || { echo "bench: no expert load line:"; cat "$tmp/out"; exit 1; }
+awk -v m="${load% *}" -v w="${load#* }" 'BEGIN { exit !(m >= 1 && w >= m) }' ||
+    { echo "bench: expert load (mean, worst) = ($load): want 1 <= mean <= worst"; exit 1; }
 echo "bench_cli_test: ok"
