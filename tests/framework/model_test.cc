@@ -189,7 +189,8 @@ TEST(Model, NonFiniteStepChangesNothing) {
 }
 
 // model_backward (layer by layer, input then weight) computes the split passes' gradients bit for bit,
-// with dense and MoE layers and the balance loss on.
+// with dense and MoE layers and the balance loss on; it holds two dh slots that take turns, where
+// the split passes keep one per layer boundary for the weight pass (L + 1).
 TEST(Model, InterleavedBackwardEqualsSplitPasses) {
     MoeConfig c = tiny(1);
     c.L = 3;
@@ -204,8 +205,10 @@ TEST(Model, InterleavedBackwardEqualsSplitPasses) {
         if (pass == 0) {
             model_backward_input(m, &a, 0.75f);
             model_backward_weight(m, &a, nullptr);
+            EXPECT_EQ(a.dh_slots, c.L + 1);
         } else {
             model_backward(m, &a, 0.75f, nullptr);
+            EXPECT_EQ(a.dh_slots, 2);
         }
         model_acts_free(m, &a);
         (pass == 0 ? split : inter).assign(m->reg.grad, m->reg.grad + m->reg.total);
