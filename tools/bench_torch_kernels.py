@@ -4,7 +4,7 @@
   expert GEMMs   torch._grouped_mm (CUTLASS's Hopper grouped GEMM inside PyTorch) for the three
                  products of the up projection at the bench shapes (98,304 rows over 64 experts,
                  D 1024, Fe 512) and the wide ones (98,304 rows over 32 experts, D 2048, Fe 1408),
-                 uniform and skewed counts made exactly as kernel_bench makes them;
+                 uniform, jittered and skewed counts made exactly as kernel_bench makes them;
   attention      causal GQA scaled_dot_product_attention, forward and backward, on each backend
                  PyTorch has here (cuDNN, FlashAttention-2), at B 8 T 2048 H 16 Hkv 4 hd 64 and
                  B 4 T 4096 H 16 Hkv 4 hd 128.
@@ -14,6 +14,7 @@ Each row is the median of 10 timed calls after 3 warm-ups, with CUDA events, in 
 little low next to these). A benchmark: it checks nothing.
   usage: python3 tools/bench_torch_kernels.py
 """
+import math
 import sys
 
 import torch
@@ -36,11 +37,15 @@ def median_ms(fn, reps=10, warm=3):
     return times[len(times) // 2]
 
 
-def expert_counts(R, E, skewed):
-    """kernel_bench's counts: even, or Zipf 1/(e+1) over the first E-4 experts; rest to expert 0."""
-    live = E - 4 if skewed else E
-    w = [1.0 / (e + 1) if skewed else 1.0 for e in range(live)]
-    wsum = sum(w)
+def expert_counts(R, E, spread):
+    """kernel_bench's counts: even, jittered (weights 1 + 0.3 sin(2.7 e + 1)), or skewed (Zipf
+    1/(e+1) over the first E-4 experts); the rest to expert 0."""
+    live = E - 4 if spread == "skewed" else E
+    w = [1.0 / (e + 1) if spread == "skewed" else 1.0 + 0.3 * math.sin(2.7 * e + 1.0) if spread == "jittered"
+         else 1.0 for e in range(live)]
+    wsum = 0.0
+    for x in w:
+        wsum += x
     c = [int(R * w[e] / wsum) for e in range(live)] + [0] * (E - live)
     c[0] += R - sum(c)
     return c
@@ -56,11 +61,11 @@ def expert_gemms(R, E, D, Fe):
     h = torch.randn(R, Fe, device="cuda", dtype=torch.bfloat16, generator=g)
     W = torch.randn(E, Fe, D, device="cuda", dtype=torch.bfloat16, generator=g) * 0.03  # (E, Fe, D)
     flops = 2.0 * R * D * Fe
-    for skewed in (False, True):
-        c = expert_counts(R, E, skewed)
+    for spread in ("uniform", "jittered", "skewed"):
+        c = expert_counts(R, E, spread)
         offs = torch.tensor(c, device="cuda", dtype=torch.int32).cumsum(0, dtype=torch.int32)
         print(f"torch._grouped_mm, {R} rows over {E} experts, D {D} Fe {Fe} "
-              f"({'skewed' if skewed else 'uniform'}, largest {max(c)})")
+              f"({spread}, largest {max(c)})")
         products = [
             ("forward D->Fe", lambda: torch._grouped_mm(x, W.transpose(1, 2), offs=offs)),
             ("backward_input", lambda: torch._grouped_mm(h, W, offs=offs)),

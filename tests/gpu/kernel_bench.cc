@@ -3,9 +3,10 @@
 // the rate it implies (GB/s moved for memory-bound kernels, TFLOP/s for the GEMMs and attention),
 // next to a device-to-device copy and a bf16 GEMM measured in the same run, and the expert GEMMs
 // every way (one cuBLAS call per expert on 1, 2, 4 or 8 streams, one cuBLAS grouped GEMM, the
-// CUTLASS Hopper grouped GEMM; uniform and skewed counts, also at bench_wide.cfg's shapes). A
+// CUTLASS Hopper grouped GEMM; uniform, jittered and skewed counts, also at bench_wide.cfg's shapes). A
 // benchmark, not a test: it checks nothing. Runs on the GPU machine (tools/gpu_run.sh).
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <random>
@@ -99,21 +100,30 @@ void row(const char *name, double s, double bytes, double flops) {
     printf("\n");
 }
 
-// The counts of R rows over nE experts: even, or skewed (Zipf weights 1/(e+1) over the first
-// nE - 4 experts, the last 4 empty), the remainder to expert 0. tools/bench_torch_kernels.py makes
-// the same counts for PyTorch's grouped GEMM.
-std::vector<int> expert_counts(int R, int nE, bool skewed) {
+// How R rows spread over the experts in the benchmark: evenly (whole tiles when R / nE is a multiple
+// of 128, as at both bench shapes), jittered (weights 1 + 0.3 sin(2.7 e + 1): within 30 % of even
+// and no expert a whole number of tiles, as a router that balances its load routes them), or
+// skewed (Zipf weights 1/(e+1) over the first nE - 4 experts, the last 4 empty).
+enum Spread { UNIFORM, JITTERED, SKEWED };
+const char *spread_name(Spread s) { return s == UNIFORM ? "uniform" : s == JITTERED ? "jittered" : "skewed"; }
+
+// The counts of R rows over nE experts by the spread's weights, the remainder to expert 0.
+// tools/bench_torch_kernels.py makes the same counts for PyTorch's grouped GEMM.
+std::vector<int> expert_counts(int R, int nE, Spread s) {
     std::vector<int> c(nE, 0);
-    int live = skewed ? nE - 4 : nE, sum = 0;
+    std::vector<double> w(nE, 0.0);
+    const int live = s == SKEWED ? nE - 4 : nE;
     double wsum = 0;
-    for (int e = 0; e < live; e++) wsum += skewed ? 1.0 / (e + 1) : 1.0;
-    for (int e = 0; e < live; e++) sum += c[e] = (int)(R * (skewed ? 1.0 / (e + 1) : 1.0) / wsum);
+    for (int e = 0; e < live; e++)
+        wsum += w[e] = s == SKEWED ? 1.0 / (e + 1) : s == JITTERED ? 1.0 + 0.3 * std::sin(2.7 * e + 1.0) : 1.0;
+    int sum = 0;
+    for (int e = 0; e < live; e++) sum += c[e] = (int)(R * w[e] / wsum);
     c[0] += R - sum;
     return c;
 }
 
 // The expert products of the up projection (nD -> nF, w1 or w3) for R rows over nE experts,
-// uniform and skewed counts, every way they run: one cuBLAS call per expert on one stream (loop),
+// each spread of the counts, every way they run: one cuBLAS call per expert on one stream (loop),
 // on 2, 4 and 8 concurrent streams, one cuBLAS grouped GEMM, and the CUTLASS Hopper grouped GEMM
 // (where it applies). Each row gives ms and TFLOP/s per way, and the loop's time over the best one's.
 void expert_gemms(int R, int nE, int nD, int nF) {
@@ -135,10 +145,10 @@ void expert_gemms(int R, int nE, int nD, int nF) {
         ways.push_back({"cutlass 128x256", LINEAR_GROUPED_CUTLASS, saved_streams, GEMM_SM90_COOP_WIDE});
         ways.push_back({"cutlass pingpong 128x128", LINEAR_GROUPED_CUTLASS, saved_streams, GEMM_SM90_PING_SQUARE});
     }
-    for (bool skewed : {false, true}) {
-        std::vector<int> c = expert_counts(R, nE, skewed);
+    for (Spread spread : {UNIFORM, JITTERED, SKEWED}) {
+        std::vector<int> c = expert_counts(R, nE, spread);
         printf("expert GEMMs, %d rows over %d experts, D %d Fe %d (%s, largest %d): ms and TFLOP/s per way, loop/best\n",
-               R, nE, nD, nF, skewed ? "skewed" : "uniform", *std::max_element(c.begin(), c.end()));
+               R, nE, nD, nF, spread_name(spread), *std::max_element(c.begin(), c.end()));
         // The backward products both ways the SwiGLU backward calls them: backward_input written
         // (β = 0, the first of the W1/W3 pair) and added (β = 1, the second); the weight gradient
         // added (a second micro-batch) and written (the first after model_zero_grad).
