@@ -17,8 +17,7 @@ source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, t
 source "$root/tests/parallel/mpi_env.sh"
 
 prepare_corpus "$tmp/data"
-args=("${tiny[@]}" --steps 6 --log-every 1 --batch-size 4 --warmup-steps 1 --lr 0.01 --bias-rate 0.01
-      --balance-alpha 0.01)
+args=("${tiny[@]}" "${compared[@]}" --steps 6 --batch-size 4)
 
 # 1, 2: one process, uninterrupted and resumed.
 "$moelab" train "${args[@]}" --grad-accum 2 --out "$tmp/a" --save-every 3 --metrics "$tmp/a.jsonl" >"$tmp/a.log"

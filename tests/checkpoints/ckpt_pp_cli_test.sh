@@ -18,8 +18,7 @@ source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, t
 source "$root/tests/parallel/mpi_env.sh"
 
 prepare_corpus "$tmp/data"
-args=("${tiny[@]}" --steps 6 --log-every 1 --n-layers 3 --warmup-steps 1 --lr 0.01 --bias-rate 0.01
-      --balance-alpha 0.01)
+args=("${tiny[@]}" "${compared[@]}" --steps 6 --n-layers 3)
 pp=(--pp 2 --ep 2 --chunks 2 --batch-size 4)                           # 1F1B, DP 2 × 2 × 4
 dualpipe=(--pp 2 --ep 2 --schedule dualpipe --chunks 4 --batch-size 2)  # DP 2 × 4 × 2
 

@@ -8,8 +8,7 @@ source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, t
 source "$root/tests/parallel/mpi_env.sh"
 
 prepare_corpus "$tmp/data"
-args=("${tiny[@]}" --steps 3 --log-every 1 --batch-size 4 --warmup-steps 1 --lr 0.01 --bias-rate 0.01
-      --balance-alpha 0.01)
+args=("${tiny[@]}" "${compared[@]}" --steps 3 --batch-size 4)
 
 "$moelab" train "${args[@]}" --grad-accum 4 --metrics "$tmp/one.jsonl" >"$tmp/one.log"
 mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --ep 2 --metrics "$tmp/ep2.jsonl" >"$tmp/ep2.log"

@@ -11,8 +11,7 @@ source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, t
 source "$root/tests/parallel/mpi_env.sh"
 
 prepare_corpus "$tmp/data"
-args=("${tiny[@]}" --steps 3 --log-every 1 --batch-size 4 --n-layers 4 --warmup-steps 1 --lr 0.01
-      --bias-rate 0.01 --balance-alpha 0.01)
+args=("${tiny[@]}" "${compared[@]}" --steps 3 --batch-size 4 --n-layers 4)
 
 "$moelab" train "${args[@]}" --grad-accum 4 --metrics "$tmp/one.jsonl" >"$tmp/one.log"
 mpi 2 "$moelab" train "${args[@]}" --pp 2 --schedule dualpipe --chunks 4 --trace "$tmp/trace.json" \

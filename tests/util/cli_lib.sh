@@ -14,6 +14,9 @@ tmp="${TEST_TMPDIR:-/tmp}"
 # layout.
 tiny=(--data "$tmp/data" --val-every 0 --val-batches 1 --seq-len 16 --d-model 32 --n-experts 8 --top-k 2
       --d-expert 16 --d-ff 64)
+# The optimizer of the runs that layouts are compared on: every step logged, one warm-up step, and a
+# learning rate and router bias rate large enough that three steps move the weights visibly.
+compared=(--log-every 1 --warmup-steps 1 --lr 0.01 --bias-rate 0.01 --balance-alpha 0.01)
 
 # make_corpus DIR: writes DIR/corpus.txt, 48 KB of word salad from a fixed generator (Park-Miller,
 # exact in awk's doubles), identical on every machine. The layout tests compare runs at 1e-5: a corpus
