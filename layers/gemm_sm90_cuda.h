@@ -39,6 +39,14 @@ void gemm_sm90_set_config(int config);
 // forces it. For kernel_bench's sweep; not for the trainer.
 enum { GEMM_SM90_MAX_GRID_FACTOR = 8 };
 void gemm_sm90_set_grid_factor(int factor);
+// The order in which the persistent kernel walks a group's output tiles: GEMM_SM90_RASTER_BEST (the
+// default: along N for the forward and backward_input, along M for the weight gradient; see
+// layers/gemm_sm90.cu's raster_along_n), or forced along M (consecutive tiles down a column of
+// tiles, CUTLASS's default for grouped GEMMs) or along N (across a row of tiles). The order moves
+// no bit of the results (each tile is summed the same way whichever CTA runs it). For kernel_bench
+// and the GPU tests; not for the trainer.
+enum { GEMM_SM90_RASTER_BEST = 0, GEMM_SM90_RASTER_M = 1, GEMM_SM90_RASTER_N = 2 };
+void gemm_sm90_set_raster(int raster);
 
 #ifdef __cplusplus
 }

@@ -239,17 +239,17 @@ def run(c, mode, gmm, steps, warmup, peak):
             mean = K * c["grad_accum"] * B * T / E
             for layer, cnt in zip([l for l in model.layers if l.moe], all_counts):
                 layer.bias += c["bias_rate"] * torch.sign(mean - cnt.float())
-        return total
+        return total, all_counts
 
     t_compile = time.perf_counter()
-    first = step().item()
+    first = step()[0].item()
     t_compile = time.perf_counter() - t_compile
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
-        last = step()
+        last, counts = step()
     last = last.item()
     dt = (time.perf_counter() - t0) / steps
     tps = c["grad_accum"] * B * T / dt
@@ -258,6 +258,10 @@ def run(c, mode, gmm, steps, warmup, peak):
     print(f"{'torch ' + mode:<22} {sum(p.numel() for p in model.parameters()) / 1e6:9.2f} {steps:7d} {dt:10.3f} "
           f"{tps:10.0f} {tflops:10.1f} {100 * tflops / peak:7.1f}% {mem:9.2f} {first:8.3f}/{last:.3f}"
           f"   (first step {t_compile:.1f} s)", flush=True)
+    # The same line as moelab bench's: how skewed the last step's expert loads were.
+    load = counts.float().amax(dim=1) / counts.float().mean(dim=1)
+    print(f"  expert load max/mean at the last step: {load.mean().item():.2f} mean over the MoE layers, "
+          f"{load.max().item():.2f} the worst", flush=True)
 
 
 def main():

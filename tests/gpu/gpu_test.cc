@@ -512,7 +512,9 @@ TEST_F(Gpu, LinearGrouped) {
 
 // The CUTLASS grouped GEMM (Hopper only) on 600 experts, more than one launch takes
 // (GEMM_SM90_MAX_GROUPS), with empty experts, single rows and a few hundred rows, against the CPU
-// layer expert by expert; and run twice from the same inputs, bit for bit (no split-K, no atomics).
+// layer expert by expert; and run three times from the same inputs, in the chosen tile order,
+// along M and along N, bit for bit (no split-K, no atomics: the order moves tiles between CTAs,
+// not the sums inside a tile).
 TEST_F(Gpu, LinearGroupedCutlass) {
     if (!gemm_sm90_available()) GTEST_SKIP() << "needs a GPU of compute capability 9.0";
     const int G = 600, IC = 136, OC = 72;  // multiples of 8, not of the tile
@@ -540,8 +542,10 @@ TEST_F(Gpu, LinearGroupedCutlass) {
         linear_backward_weight(dW.data() + (size_t)e * OC * IC, dy.data() + r0 * OC, x.data() + r0 * IC,
                                counts[e], IC, OC);
     }
-    std::vector<Vec> runs[2];
-    for (int run = 0; run < 2; run++) {
+    // Run 0 in the chosen tile order, runs 1 and 2 along M and along N: one of them repeats run 0.
+    std::vector<Vec> runs[3];
+    for (int run = 0; run < 3; run++) {
+        gemm_sm90_set_raster(run == 0 ? GEMM_SM90_RASTER_BEST : run == 1 ? GEMM_SM90_RASTER_M : GEMM_SM90_RASTER_N);
         BufP dOut = poisoned((size_t)R * OC, dt), dDx = put(dx0, dt), dDW = put_f32(dW0);
         BufP dDxw = poisoned((size_t)R * IC, dt);
         linear_cuda_forward_grouped(dt, dt, dOut->p, dX->p, dWt->p, counts.data(), G, IC, OC);
@@ -555,7 +559,10 @@ TEST_F(Gpu, LinearGroupedCutlass) {
     EXPECT_CLOSE(runs[0][1], dx, dt, "cutlass grouped backward_input");
     EXPECT_CLOSE(runs[0][2], dW, CORE_F32, "cutlass grouped backward_weight");
     EXPECT_CLOSE(runs[0][3], dxw, dt, "cutlass grouped backward_input written (poisoned)");
-    for (int k = 0; k < 4; k++) EXPECT_TRUE(runs[0][k] == runs[1][k]) << "product " << k << " differs between runs";
+    gemm_sm90_set_raster(GEMM_SM90_RASTER_BEST);
+    for (int run = 1; run < 3; run++)
+        for (int k = 0; k < 4; k++)
+            EXPECT_TRUE(runs[0][k] == runs[run][k]) << "product " << k << " differs in run " << run;
     linear_cuda_set_grouped_mode(saved);
 }
 

@@ -178,17 +178,27 @@ void expert_gemms(int R, int nE, int nD, int nF) {
                 double t = time_queued([&] { product(kind); });
                 printf(" | cutlass best, 10 queued %.3f ms %5.1f", t * 1e3, flops / t / 1e12);
             }
-            if (linear_cuda_cutlass_applies(BF, BF, nD, nF) && kind == 4) {
-                // The weight gradient's grid: CTAs per multiprocessor forced, and chosen from the
-                // counts (what the model runs).
-                printf("\n%-28s", "    grid (10 queued)");
-                for (int f : {1, 2, 3, 4, 0}) {
-                    gemm_sm90_set_grid_factor(f);
+            if (linear_cuda_cutlass_applies(BF, BF, nD, nF)) {
+                // The order of the tiles forced each way (cutlass best runs the chosen one).
+                printf("\n%-28s", "    tile order (10 queued)");
+                for (int r : {GEMM_SM90_RASTER_M, GEMM_SM90_RASTER_N}) {
+                    gemm_sm90_set_raster(r);
                     double t = time_queued([&] { product(kind); });
-                    if (f) printf(" | x%d %.3f ms %5.1f", f, t * 1e3, flops / t / 1e12);
-                    else printf(" | chosen %.3f ms %5.1f", t * 1e3, flops / t / 1e12);
+                    printf(" | along %c %.3f ms %5.1f", r == GEMM_SM90_RASTER_M ? 'M' : 'N', t * 1e3, flops / t / 1e12);
                 }
-                gemm_sm90_set_grid_factor(0);
+                gemm_sm90_set_raster(GEMM_SM90_RASTER_BEST);
+                if (kind == 4) {
+                    // The weight gradient's grid: CTAs per multiprocessor forced, and chosen from
+                    // the counts (what the model runs).
+                    printf("\n%-28s", "    grid (10 queued)");
+                    for (int f : {1, 2, 3, 4, 0}) {
+                        gemm_sm90_set_grid_factor(f);
+                        double t = time_queued([&] { product(kind); });
+                        if (f) printf(" | x%d %.3f ms %5.1f", f, t * 1e3, flops / t / 1e12);
+                        else printf(" | chosen %.3f ms %5.1f", t * 1e3, flops / t / 1e12);
+                    }
+                    gemm_sm90_set_grid_factor(0);
+                }
                 printf("\n%-28s", "");
             }
             const int fell_back = linear_cuda_grouped_unsupported(BF, kind >= 3 ? CORE_F32 : BF);
