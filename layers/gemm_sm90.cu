@@ -61,6 +61,12 @@ struct CoopWide {  // 128 × 256 tiles, clusters of 2 along M
     using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
     using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
 };
+// A configuration's tiles in clusters of 2 along N instead (A tiles multicast to the pair), for
+// weight gradients (cluster_along_n says when).
+template <class Cfg>
+struct ClusterAlongN : Cfg {
+    using Cluster = Shape<_1, _2, _1>;
+};
 // One grouped GEMM type: D (M, N, ElementC, row-major) = A (M, K) · B (K, N) + beta · C, bf16
 // operands in the given layouts, fp32 accumulation, tiles of configuration Cfg. In CUTLASS's
 // convention B is given as (N, K): ColumnMajor B is K-contiguous, RowMajor B is N-contiguous.
@@ -252,8 +258,9 @@ int grid_factor(GemmSm90Kind kind, const Groups &g, Tile, Cluster) {
     if (kind != GEMM_SM90_BACKWARD_WEIGHT) return 1;
     constexpr long kTileCost = 64, kCtaCost = 400;  // in rows of K, from the measurements above
     const int P = hardware_info().sm_count, tm = size<0>(Tile{}), tn = size<1>(Tile{});
-    const int cm = size<0>(Cluster{});
-    const int tiles_m = (g.OC + tm - 1) / tm, tiles = ((tiles_m + cm - 1) / cm * cm) * ((g.IC + tn - 1) / tn);
+    const int cm = size<0>(Cluster{}), cn = size<1>(Cluster{});
+    const int tiles_m = (g.OC + tm - 1) / tm, tiles_n = (g.IC + tn - 1) / tn;
+    const int tiles = ((tiles_m + cm - 1) / cm * cm) * ((tiles_n + cn - 1) / cn * cn);
     // The prediction depends on the tiles per group and the rows only, which a layer's three weight
     // gradients (W1, W3, W2) share: the last one serves again (tens of microseconds of host time).
     thread_local int last_tiles = 0, last_n = 0, last_best = 1, last_rows[GEMM_SM90_MAX_GROUPS];
@@ -325,11 +332,28 @@ void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const vo
     CUDA_CHECK_LAUNCH();
 }
 
-// The product kind with tile configuration Cfg.
+// Whether a weight gradient of configuration Cfg pairs its tiles along N. The scheduler rounds a
+// group's tile rows (along M) or tile columns (along N) up to the cluster's 2, and a padding tile
+// costs a whole tile's main loop: a weight gradient's M is OC, which at the wide shapes is
+// Fe = 1408 for W1 and W3, 11 rows of 128-row tiles, so clusters along M run 12 × 16 tiles for 11
+// × 16 (8 % idle). The pairs go along N where that pads fewer tiles. (The forward and
+// backward_input keep M: their N is a layer width, their M a group's rows.)
+template <class Cfg>
+bool cluster_along_n(const Groups &g) {
+    const long tm = (g.OC + size<0>(typename Cfg::Tile{}) - 1) / size<0>(typename Cfg::Tile{});
+    const long tn = (g.IC + size<1>(typename Cfg::Tile{}) - 1) / size<1>(typename Cfg::Tile{});
+    return tm * ((tn + 1) / 2 * 2) < ((tm + 1) / 2 * 2) * tn;
+}
+
+// The product kind with tile configuration Cfg; a weight gradient of the best configuration in the
+// clusters that pad fewer tiles (a forced configuration keeps clusters along M: kernel_bench's
+// comparison).
 template <class Cfg>
 void launch_kind(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b, float beta) {
     if (kind == GEMM_SM90_FORWARD) launch<ForwardGemm<Cfg>>(g, kind, y, a, b, 0.0f);
     else if (kind == GEMM_SM90_BACKWARD_INPUT) launch<BackwardInputGemm<Cfg>>(g, kind, y, a, b, beta);
+    else if (g_config == GEMM_SM90_CONFIG_BEST && cluster_along_n<Cfg>(g))
+        launch<BackwardWeightGemm<ClusterAlongN<Cfg>>>(g, kind, y, a, b, beta);
     else launch<BackwardWeightGemm<Cfg>>(g, kind, y, a, b, beta);
 }
 

@@ -29,9 +29,9 @@ void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, const void *b,
 enum { GEMM_SM90_MAX_GROUPS = 512 };
 
 // Tile configurations: each launch's measured best (the default: ping-pong, cooperative for the
-// weight gradient of long groups), or for all products cooperative 128 × 256 or ping-pong 128 × 128,
-// both in clusters of 2. The setter is for kernel_bench and the GPU tests, which run each; not for
-// the trainer.
+// weight gradient of long groups, a weight gradient's clusters along N where that pads fewer tiles),
+// or for all products cooperative 128 × 256 or ping-pong 128 × 128, both in clusters of 2 along M.
+// The setter is for kernel_bench and the GPU tests, which run each; not for the trainer.
 enum { GEMM_SM90_CONFIG_BEST = -1, GEMM_SM90_COOP_WIDE = 0, GEMM_SM90_PING_SQUARE = 1 };
 void gemm_sm90_set_config(int config);
 // CTAs per multiprocessor in the grid: 0 (the default) chooses per launch (layers/gemm_sm90.cu's
