@@ -244,8 +244,8 @@ int main() {
     row("rmsnorm backward_weight (partials)", time_it([&] {
             rmsnorm_cuda_backward_weight(dg, part, N, D);
         }), 4.0 * nparts + 2 * 4.0 * D, 0);
-    row("rope forward (q, in place)", time_it([&] {
-            rope_cuda_forward(BF, x, x, N, T, H, hd, 10000.0f);
+    row("rope forward (q)", time_it([&] {
+            rope_cuda_forward(BF, y, D, x, D, N, T, H, hd, 10000.0f);
         }), 2 * 2 * nd, 0);
 
     void *W = dev_rand((size_t)D * D, BF, 0.03f);
