@@ -336,7 +336,8 @@ TEST_F(Gpu, RopeStrided) {
             else untouched += std::isnan(outs[i]);
         }
         EXPECT_EQ(untouched, n_out - n) << "an element between the output rows was written";
-        EXPECT_CLOSE(got, ref, dt, backward ? "rope backward_input strided" : "rope forward strided");
+        const char *what = backward ? "rope backward_input strided" : "rope forward strided";
+        EXPECT_CLOSE(got, ref, dt, what);
         EXPECT_EQ(0, memcmp(got.data(), plain.data(), n * sizeof(float)))
             << "strided and unstrided calls differ: hd " << hd << ", " << dname(dt);
     }
