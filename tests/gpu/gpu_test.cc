@@ -343,6 +343,29 @@ TEST_F(Gpu, RopeStrided) {
     }
 }
 
+// The table's copy_rows (the engine's v and dv out of and into the stacked q, k, v rows): exact,
+// and nothing written between the destination's rows (poisoned).
+TEST_F(Gpu, CopyRows) {
+    const int rows = 300, cols = 40, src_ld = 100, src_col = 60, dst_ld = 43, dst_col = 3;
+    for (CoreDtype dt : kDtypes) {
+        const size_t es = core_dtype_size(dt), n_dst = (size_t)rows * dst_ld + dst_col;
+        Vec src = rnd((size_t)rows * src_ld + src_col);
+        BufP dSrc = put(src, dt), dDst = poisoned(n_dst, dt);
+        layer_ops_cuda(dt)->copy_rows((char *)dDst->p + dst_col * es, dst_ld, (char *)dSrc->p + src_col * es,
+                                      src_ld, rows, cols);
+        const Vec dst = get(*dDst, dt, n_dst);
+        size_t bad = 0;
+        for (size_t i = 0; i < n_dst; i++) {
+            const long c = (long)i - dst_col;
+            if (c >= 0 && c % dst_ld < cols)
+                bad += dst[i] != src[(size_t)(c / dst_ld) * src_ld + src_col + c % dst_ld];
+            else
+                bad += !std::isnan(dst[i]);
+        }
+        EXPECT_EQ(bad, 0u) << dname(dt);
+    }
+}
+
 // n = 100000 takes the 16-byte path, 100003 the element path; da and db are written (poisoned).
 TEST_F(Gpu, SwigluGate) {
     for (long n : {100000L, 100003L})

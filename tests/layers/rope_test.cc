@@ -2,10 +2,12 @@
 // 0 is the identity, norms are preserved, rows wrap at T, in-place use, the backward against
 // finite differences and as the inverse rotation, written (not added) and in place, rows at
 // strides other than their width (bit-equal to the plain call, nothing written between rows), and
-// the bad shapes (an odd head size, a stride shorter than a row).
+// the bad shapes (an odd head size, a stride shorter than a row); and the ops table's copy_rows,
+// the engine's other strided call (v and dv out of and into the stacked q, k, v rows).
 #include "tests/layers/gradcheck.h"
 
 extern "C" {
+#include "layers/ops.h"
 #include "layers/rope.h"
 }
 
@@ -144,6 +146,24 @@ TEST(RoPE, StridedRowsEqualTheUnstridedCall) {
         call(y2.data() + out_col, out_ld, x.data(), W, N, T, nh, hd, theta);
         EXPECT_TRUE(bit_equal(y2, ys));
     }
+}
+
+TEST(CopyRows, StridedRowsAndNothingElse) {
+    // 6 rows of 5 out of rows 9 apart (from column 4) into rows 7 apart (from column 1).
+    const int rows = 6, cols = 5, src_ld = 9, src_col = 4, dst_ld = 7, dst_col = 1;
+    Vec x = rand_vec(cols * rows, 12);
+    Vec src = spread(x, rows, cols, src_ld, src_col, 2.0f), dst((size_t)rows * dst_ld + dst_col, -1.0f);
+    layer_ops_cpu.copy_rows(dst.data() + dst_col, dst_ld, src.data() + src_col, src_ld, rows, cols);
+    EXPECT_TRUE(bit_equal(dst, spread(x, rows, cols, dst_ld, dst_col, -1.0f)));
+    layer_ops_cpu.copy_rows(dst.data(), dst_ld, src.data(), src_ld, 0, cols);  // nothing to copy
+    EXPECT_TRUE(bit_equal(dst, spread(x, rows, cols, dst_ld, dst_col, -1.0f)));
+}
+
+TEST(CopyRowsDeath, StrideShorterThanARow) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    Vec a(64), b(64);
+    EXPECT_EXIT(layer_ops_cpu.copy_rows(a.data(), 4, b.data(), 8, 3, 5), ::testing::ExitedWithCode(1),
+                "copy_rows: bad shape 3 x 5 at strides 4 \\(dst\\) and 8 \\(src\\)");
 }
 
 TEST(RoPEDeath, StrideShorterThanARow) {
