@@ -34,6 +34,13 @@ static int add(Model *m, const char *name, int layer, ParamKind kind, int ndim, 
     return params_add(&m->reg, name, layer, kind, ndim, shape, local, std, value);
 }
 
+// A dense (d0, d1) matrix right after the tensor declared last, with no alignment gap: wk and wv
+// follow wq so that the three are the one (qd + 2·kd, D) matrix Wqkv of the attention's products.
+static void add_packed(Model *m, const char *name, int layer, int64_t d0, int64_t d1, float std) {
+    const int64_t shape[2] = {d0, d1};
+    params_add_packed(&m->reg, name, layer, PARAM_DENSE, 2, shape, d0, std, 0);
+}
+
 static void declare(Model *m) {
     const MoeConfig *c = &m->cfg;
     const int D = c->D, hd = m->hd;
@@ -45,8 +52,8 @@ static void declare(Model *m) {
 #define NAME(x) (snprintf(n, sizeof n, "layers.%d." x, l), n)
         add(m, NAME("attn_norm"), l, PARAM_DENSE, 1, D, 1, 1, 0, 1.0f);
         add(m, NAME("wq"), l, PARAM_DENSE, 2, (int64_t)c->H * hd, D, 1, s, 0);
-        add(m, NAME("wk"), l, PARAM_DENSE, 2, (int64_t)c->Hkv * hd, D, 1, s, 0);
-        add(m, NAME("wv"), l, PARAM_DENSE, 2, (int64_t)c->Hkv * hd, D, 1, s, 0);
+        add_packed(m, NAME("wk"), l, (int64_t)c->Hkv * hd, D, s);
+        add_packed(m, NAME("wv"), l, (int64_t)c->Hkv * hd, D, s);
         add(m, NAME("wo"), l, PARAM_DENSE, 2, D, (int64_t)c->H * hd, 1, s_out, 0);
         add(m, NAME("ffn_norm"), l, PARAM_DENSE, 1, D, 1, 1, 0, 1.0f);
         if (!model_is_moe_layer(m, l)) {
@@ -117,9 +124,18 @@ static void set_views(Model *m) {
     const MoeConfig *c = &m->cfg;
     void *wbase = m->wlow ? m->wlow : (void *)m->reg.data;
     const size_t es = m->wlow ? m->ops->act_size : sizeof(float);
+    const size_t qd = (size_t)c->H * m->hd, kd = (size_t)c->Hkv * m->hd, D = (size_t)c->D;
     for (int l = m->l0; l < m->l1; l++) {
         m->w[l] = layer_weights(m, l, wbase, es);
         m->g[l] = layer_grads(m, l);
+        // The attention's q, k, v products are one GEMM over Wqkv = [Wq; Wk; Wv] (qd + 2·kd, D),
+        // in the compute copy and in the gradients alike (attn_forward, attn_backward_*): the
+        // registry must hold the three back to back (declare's add_packed).
+        const char *wq = m->w[l].wq, *wk = m->w[l].wk, *wv = m->w[l].wv;
+        CHECK(wk == wq + qd * D * es && wv == wk + kd * D * es &&
+                  m->g[l].wk == m->g[l].wq + qd * D && m->g[l].wv == m->g[l].wk + kd * D,
+              "layer %d: wq, wk, wv are not back to back in the parameter buffers (the attention "
+              "reads them as one stacked (%zu, %zu) matrix)", l, qd + 2 * kd, D);
     }
 #define VALUE(x) ((const char *)wbase + m->reg.p[params_find(&m->reg, x)].offset * es)
     if (m->first) {
@@ -443,9 +459,7 @@ static void ffn_bwd_free(const Model *m, LayerActs *la) {
 }
 static void attn_bwd_free(const Model *m, LayerActs *la) {
     bwd_free(m, &la->d_h_mid);
-    bwd_free(m, &la->dq);
-    bwd_free(m, &la->dk);
-    bwd_free(m, &la->dv);
+    bwd_free(m, &la->dqkv);
     part_free(m, &la->pa);
 }
 
@@ -463,22 +477,27 @@ void model_acts_free(Model *m, ModelActs *a) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Attention block: h_mid = h + Wo · attention(RoPE(Wq a), RoPE(Wk a), Wv a), a = RMSNorm(h)·g.
+// Attention block: h_mid = h + Wo · attention(RoPE(Wq a), RoPE(Wk a), Wv a), a = RMSNorm(h)·g,
+// the three projections one product [q k v] = a · Wqkvᵀ over the stacked Wqkv = [Wq; Wk; Wv].
 
 static void attn_forward(const Model *m, const LayerWeights *w, LayerActs *la, int B, int T) {
     const MoeConfig *c = &m->cfg;
     const LayerOps *o = m->ops;
-    const int N = B * T, D = c->D, hd = m->hd, qd = c->H * hd, kd = c->Hkv * hd;
+    const int N = B * T, D = c->D, hd = m->hd, qd = c->H * hd, kd = c->Hkv * hd, W = qd + 2 * kd;
     prof_mark(PROF_NORM);
     o->rmsnorm_forward(la->a, la->rstd1, la->h_in, w->attn_norm, N, D, c->norm_eps);
     prof_mark(PROF_ATTN);
-    // The projections land in qr and kr and turn there (RoPE in place): the backward needs only
-    // the rotated q and k, so the unrotated ones are not kept (N·(H + Hkv)·hd a layer).
-    o->linear_forward(la->qr, la->a, w->wq, N, D, qd);
-    o->linear_forward(la->kr, la->a, w->wk, N, D, kd);
-    o->linear_forward(la->v, la->a, w->wv, N, D, kd);
-    o->rope_forward(la->qr, la->qr, N, T, c->H, hd, c->rope_theta);
-    o->rope_forward(la->kr, la->kr, N, T, c->Hkv, hd, c->rope_theta);
+    // One product over the stacked Wqkv = [Wq; Wk; Wv] (W, D) (set_views checks that the registry
+    // holds them back to back): three products with N = kd for k and v ran at a poor GEMM rate.
+    // RoPE reads q and k out of its (N, W) rows and writes the contiguous qr and kr that attention
+    // reads; only the rotated q and k are kept (the backward needs no others), v is copied out.
+    void *qkv = o->alloc_uninit((size_t)N * W * o->act_size);
+    o->linear_forward(qkv, la->a, w->wq, N, D, W);
+    o->rope_forward(la->qr, qd, qkv, W, N, T, c->H, hd, c->rope_theta);
+    o->rope_forward(la->kr, kd, (char *)qkv + (size_t)qd * o->act_size, W, N, T, c->Hkv, hd,
+                    c->rope_theta);
+    o->copy_rows(la->v, kd, (char *)qkv + (size_t)(qd + kd) * o->act_size, W, N, kd);
+    o->free(qkv);
     o->attention_forward(la->o, la->att, la->qr, la->kr, la->v, B, T, c->H, c->Hkv, hd);
     o->linear_forward(la->h_mid, la->o, w->wo, N, qd, D);
     o->add(la->h_mid, la->h_mid, la->h_in, (long)N * D);
@@ -489,29 +508,32 @@ static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs
                                 int B, int T) {
     const MoeConfig *c = &m->cfg;
     const size_t N = (size_t)B * T;
-    const int D = c->D, hd = m->hd, qd = c->H * hd, kd = c->Hkv * hd;
+    const int D = c->D, hd = m->hd, qd = c->H * hd, kd = c->Hkv * hd, W = qd + 2 * kd;
     const LayerOps *o = m->ops;
     const size_t x = o->act_size;
-    // d_o and da are temporaries: backward_weight needs only dq, dk, dv and the norm's partial
-    // gain gradient. Every buffer here is written before it is read (no zero fills): the first
-    // product into da writes, the other two add.
+    // d_o, dq, dk, dv and da are temporaries: backward_weight needs only dqkv and the norm's
+    // partial gain gradient. Every buffer here is written before it is read (no zero fills).
     prof_mark(PROF_ATTN);
-    la->dq = bwd_alloc(m, (int)N, qd);
-    la->dk = bwd_alloc(m, (int)N, kd);
-    la->dv = bwd_alloc(m, (int)N, kd);
     la->pa = part_alloc(m, (int)N);
     void *d_o = o->alloc_uninit(N * qd * x);
+    void *dq = o->alloc_uninit(N * qd * x), *dk = o->alloc_uninit(N * kd * x),
+         *dv = o->alloc_uninit(N * kd * x);
     o->linear_backward_input(d_o, la->d_h_mid, w->wo, (int)N, qd, D, 0);
-    o->attention_backward_input(la->dq, la->dk, la->dv, d_o, la->qr, la->kr, la->v, la->o, la->att,
-                                B, T, c->H, c->Hkv, hd);
+    o->attention_backward_input(dq, dk, dv, d_o, la->qr, la->kr, la->v, la->o, la->att, B, T, c->H,
+                                c->Hkv, hd);
     o->free(d_o);
-    // The gradients of the rotated q and k turn back in place into those of the projections.
-    o->rope_backward_input(la->dq, la->dq, (int)N, T, c->H, hd, c->rope_theta);
-    o->rope_backward_input(la->dk, la->dk, (int)N, T, c->Hkv, hd, c->rope_theta);
+    // The gradients of the rotated q and k turn back into those of the projections, written into
+    // the stacked rows dqkv (N, W) = [dq dk dv] of the one product over Wqkv (attn_forward).
+    la->dqkv = bwd_alloc(m, (int)N, W);
+    o->rope_backward_input(la->dqkv, W, dq, qd, (int)N, T, c->H, hd, c->rope_theta);
+    o->rope_backward_input((char *)la->dqkv + (size_t)qd * x, W, dk, kd, (int)N, T, c->Hkv, hd,
+                           c->rope_theta);
+    o->copy_rows((char *)la->dqkv + (size_t)(qd + kd) * x, W, dv, kd, (long)N, kd);
+    o->free(dq);
+    o->free(dk);
+    o->free(dv);
     void *da = o->alloc_uninit(N * D * x);
-    o->linear_backward_input(da, la->dq, w->wq, (int)N, D, qd, 0);
-    o->linear_backward_input(da, la->dk, w->wk, (int)N, D, kd, 1);
-    o->linear_backward_input(da, la->dv, w->wv, (int)N, D, kd, 1);
+    o->linear_backward_input(da, la->dqkv, w->wq, (int)N, D, W, 0);
     prof_mark(PROF_NORM);
     // dh_in = d_h_mid (the residual path) + the norm's input gradient, in the norm's one pass.
     o->rmsnorm_backward_input(dh_in, la->pa, la->d_h_mid, da, la->h_in, w->attn_norm, la->rstd1,
@@ -525,9 +547,8 @@ static void attn_backward_weight(const Model *m, LayerGrads *g, LayerActs *la, i
     const LayerOps *o = m->ops;
     prof_mark(PROF_ATTN);
     o->linear_backward_weight(g->wo, la->d_h_mid, la->o, N, qd, D);
-    o->linear_backward_weight(g->wq, la->dq, la->a, N, D, qd);
-    o->linear_backward_weight(g->wk, la->dk, la->a, N, D, kd);
-    o->linear_backward_weight(g->wv, la->dv, la->a, N, D, kd);
+    // The gradients of Wq, Wk and Wv at once: they are back to back in the gradient buffer too.
+    o->linear_backward_weight(g->wq, la->dqkv, la->a, N, D, qd + 2 * kd);
     prof_mark(PROF_NORM);
     o->rmsnorm_backward_weight(g->attn_norm, la->pa, N, D);
     attn_bwd_free(m, la);

@@ -20,7 +20,7 @@ extern "C" {
 // or the fp32 values themselves when ops->dt is fp32).
 typedef struct {
     const void *attn_norm;  // (D)
-    const void *wq;         // (H·hd, D)
+    const void *wq;         // (H·hd, D); with wk and wv right after it, Wqkv (H·hd + 2·Hkv·hd, D)
     const void *wk, *wv;    // (Hkv·hd, D)
     const void *wo;         // (D, H·hd)
     const void *ffn_norm;   // (D)
@@ -29,7 +29,8 @@ typedef struct {
     MoeParams moe;          // MoE layers only
 } LayerWeights;
 
-// Views of one layer's weight gradients (fp32) into the registry's gradient buffer: the same tensors.
+// Views of one layer's weight gradients (fp32) into the registry's gradient buffer: the same tensors
+// (wq, wk, wv back to back here too).
 typedef struct {
     float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm;
     float *w1, *w3, *w2;    // dense layers only
@@ -94,7 +95,7 @@ typedef struct {
     void *a;            // (N, D) attention RMSNorm output
     float *rstd1;       // (N) its 1/rms
     void *v;            // (N, Hkv·hd) value projection
-    void *qr, *kr;      // (N, H·hd), (N, Hkv·hd) query and key projections after RoPE (in place)
+    void *qr, *kr;      // (N, H·hd), (N, Hkv·hd) query and key projections after RoPE
     float *att;         // the attention state (ops->attention_state_floats)
     void *o;            // (N, H·hd) attention output before Wo
     void *h_mid;        // (N, D) residual after attention
@@ -105,7 +106,7 @@ typedef struct {
     // Allocated and written by backward_input, read and freed by backward_weight (outside the
     // arena, so that model_backward holds one layer's at a time); ffn.da and ffn.db likewise:
     void *d_h_mid;      // (N, D)
-    void *dq, *dk, *dv; // gradients of the projections (before RoPE)
+    void *dqkv;         // (N, H·hd + 2·Hkv·hd) gradient of the stacked projections (before RoPE)
     float *pa, *pm;     // (rmsnorm_partial_floats(N, D)) the two RMSNorm gains' partial gradients
 } LayerActs;
 

@@ -21,6 +21,12 @@ static void *cpu_alloc_uninit(size_t bytes) {
     return p;
 }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
+static void cpu_copy_rows(void *dst, long dst_ld, const void *src, long src_ld, long rows, long cols) {
+    CHECK(rows >= 0 && cols >= 0 && dst_ld >= cols && src_ld >= cols,
+          "copy_rows: bad shape %ld x %ld at strides %ld (dst) and %ld (src)", rows, cols, dst_ld, src_ld);
+    for (long r = 0; r < rows; r++)
+        cpu_copy((float *)dst + r * dst_ld, (const float *)src + r * src_ld, (size_t)cols * sizeof(float));
+}
 static void cpu_sync(void) {}
 static size_t cpu_peak_bytes(void) { return 0; }
 static void cpu_to_act(void *dst, const float *src, long n) { cpu_copy(dst, src, (size_t)n * sizeof(float)); }
@@ -93,12 +99,13 @@ static void cpu_linear_backward_weight_grouped(float *dW, const void *dout, cons
                            counts[e], IC, OC);
 }
 
-static void cpu_rope_forward(void *out, const void *inp, int N, int T, int nh, int hd, float theta) {
-    rope_forward(out, inp, N, T, nh, hd, theta);
+static void cpu_rope_forward(void *out, int out_ld, const void *inp, int inp_ld, int N, int T, int nh,
+                             int hd, float theta) {
+    rope_forward(out, out_ld, inp, inp_ld, N, T, nh, hd, theta);
 }
-static void cpu_rope_backward_input(void *dinp, const void *dout, int N, int T, int nh, int hd,
-                                    float theta) {
-    rope_backward_input(dinp, dout, N, T, nh, hd, theta);
+static void cpu_rope_backward_input(void *dinp, int dinp_ld, const void *dout, int dout_ld, int N, int T,
+                                    int nh, int hd, float theta) {
+    rope_backward_input(dinp, dinp_ld, dout, dout_ld, N, T, nh, hd, theta);
 }
 static size_t cpu_attention_state_floats(int B, int T, int H) { return (size_t)B * H * T * T; }
 static void cpu_attention_forward(void *out, float *state, const void *q, const void *k, const void *v,
@@ -237,6 +244,7 @@ const LayerOps layer_ops_cpu = {
     .free = core_free,
     .zero = cpu_zero,
     .copy = cpu_copy,
+    .copy_rows = cpu_copy_rows,
     .upload = cpu_copy,
     .download = cpu_copy,
     .sync = cpu_sync,

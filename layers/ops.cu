@@ -41,6 +41,15 @@ static void cu_zero(void *p, size_t bytes) {
 static void cu_copy(void *dst, const void *src, size_t bytes) {
     if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, core_stream()));
 }
+template <CoreDtype DT>
+static void cu_copy_rows(void *dst, long dst_ld, const void *src, long src_ld, long rows, long cols) {
+    CHECK(rows >= 0 && cols >= 0 && dst_ld >= cols && src_ld >= cols,
+          "copy_rows: bad shape %ld x %ld at strides %ld (dst) and %ld (src)", rows, cols, dst_ld, src_ld);
+    if (rows == 0 || cols == 0) return;
+    const size_t es = core_dtype_size(DT);
+    CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_ld * es, src, src_ld * es, cols * es, rows,
+                                 cudaMemcpyDeviceToDevice, core_stream()));
+}
 // Both transfers wait: the host buffer may be reused or freed as soon as the call returns.
 static void cu_upload(void *dst, const void *host, size_t bytes) {
     if (!bytes) return;
@@ -278,13 +287,14 @@ static void cu_linear_backward_weight_grouped(float *dW, const void *dout, const
     linear_cuda_backward_weight_grouped(DT, dW, dout, inp, counts, G, IC, OC, acc);
 }
 template <CoreDtype DT>
-static void cu_rope_forward(void *out, const void *inp, int N, int T, int nh, int hd, float theta) {
-    rope_cuda_forward(DT, out, inp, N, T, nh, hd, theta);
+static void cu_rope_forward(void *out, int out_ld, const void *inp, int inp_ld, int N, int T, int nh,
+                            int hd, float theta) {
+    rope_cuda_forward(DT, out, out_ld, inp, inp_ld, N, T, nh, hd, theta);
 }
 template <CoreDtype DT>
-static void cu_rope_backward_input(void *dinp, const void *dout, int N, int T, int nh, int hd,
-                                   float theta) {
-    rope_cuda_backward_input(DT, dinp, dout, N, T, nh, hd, theta);
+static void cu_rope_backward_input(void *dinp, int dinp_ld, const void *dout, int dout_ld, int N, int T,
+                                   int nh, int hd, float theta) {
+    rope_cuda_backward_input(DT, dinp, dinp_ld, dout, dout_ld, N, T, nh, hd, theta);
 }
 static size_t cu_attention_state_floats(int B, int T, int H) { return (size_t)B * H * T; }
 template <CoreDtype DT>
@@ -414,6 +424,7 @@ static void fill(LayerOps *t, const char *name) {
     t->free = cu_free;
     t->zero = cu_zero;
     t->copy = cu_copy;
+    t->copy_rows = cu_copy_rows<DT>;
     t->upload = cu_upload;
     t->download = cu_download;
     t->sync = cu_sync;

@@ -45,6 +45,9 @@ typedef struct LayerOps {
     void (*free)(void *p);
     void (*zero)(void *p, size_t bytes);
     void (*copy)(void *dst, const void *src, size_t bytes);        // within dev
+    // dst (rows, cols) ← src (rows, cols), both of dt with rows dst_ld and src_ld elements apart
+    // (within dev; the attention's v and dv out of and into the stacked q, k, v rows).
+    void (*copy_rows)(void *dst, long dst_ld, const void *src, long src_ld, long rows, long cols);
     void (*upload)(void *dst, const void *host, size_t bytes);    // host → dev
     void (*download)(void *host, const void *src, size_t bytes);  // dev → host, complete on return
     void (*sync)(void);          // waits for every call issued so far
@@ -84,10 +87,14 @@ typedef struct LayerOps {
                                           const int *counts, int G, int IC, int OC, int acc);
     void (*linear_backward_weight_grouped)(float *dW, const void *dout, const void *inp,
                                            const int *counts, int G, int IC, int OC, int acc);
-    void (*rope_forward)(void *out, const void *inp, int N, int T, int nh, int hd, float theta);
-    // dinp = the inverse rotation of dout, written; dinp may be dout (in place).
-    void (*rope_backward_input)(void *dinp, const void *dout, int N, int T, int nh, int hd,
-                                float theta);
+    // RoPE on rows at strides of their own (layers/rope.h: row n at element n·ld, ld ≥ nh·hd), so
+    // that q and k are read out of, and their gradients written into, the stacked (N, qd + 2·kd)
+    // rows of the attention's one q, k, v product.
+    void (*rope_forward)(void *out, int out_ld, const void *inp, int inp_ld, int N, int T, int nh,
+                         int hd, float theta);
+    // dinp = the inverse rotation of dout, written; dinp may be dout (in place, equal strides).
+    void (*rope_backward_input)(void *dinp, int dinp_ld, const void *dout, int dout_ld, int N, int T,
+                                int nh, int hd, float theta);
     // Attention keeps a per-backend fp32 state from forward to backward: the (B, H, T, T)
     // probabilities on the CPU, the (B, H, T) log-sum-exp of each query row on the GPU.
     size_t (*attention_state_floats)(int B, int T, int H);

@@ -1,17 +1,18 @@
 // Rotary position embedding on the GPU ("rotate half", see rope.h): one thread per (row, W
 // consecutive pair indices), looping over the heads, so each angle is computed once per row as on
-// the CPU.
+// the CPU. Rows are read and written at strides of their own (rope.h).
 #include "layers/rope_cuda.h"
 
 // Rotates pairs (i, i + hd/2), i in [i0, i0 + W), of every head of row n by sign · angle. W = 16
-// bytes of T where the head size and the pointers allow (8 bf16, 4 fp32), else 1: neighbouring
+// bytes of T where the head size, the row strides and the pointers allow (8 bf16, 4 fp32), else 1: neighbouring
 // threads take neighbouring pairs of one row, so a warp moves whole 16-byte runs (one element a
 // thread ran at 1-2 TB/s). Two heads are read before either is written, for more loads in flight;
 // each pair is read fully before it is written, so out may equal inp. The products are rounded one
-// by one (no fused multiply-add), as the CPU computes them, whatever W.
+// by one (no fused multiply-add), as the CPU computes them, whatever W. Row n of out starts at
+// element n·out_ld, of inp at n·inp_ld.
 template <typename T, int W>
-__global__ void rope_kernel(T *out, const T *inp, int N, int Tseq, int nh, int hd, float theta,
-                            float sign) {
+__global__ void rope_kernel(T *out, long out_ld, const T *inp, long inp_ld, int N, int Tseq, int nh,
+                            int hd, float theta, float sign) {
     const int half = hd / 2, groups = half / W;
     const long p = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= (long)N * groups) return;
@@ -30,9 +31,9 @@ __global__ void rope_kernel(T *out, const T *inp, int N, int Tseq, int nh, int h
 #pragma unroll
         for (int b = 0; b < 2; b++)
             if (h0 + b < nh) {
-                const size_t o = ((size_t)n * nh + h0 + b) * hd + i0;
-                core_ld_vec<W>(x1[b], inp + o);
-                core_ld_vec<W>(x2[b], inp + o + half);
+                const T *x = inp + n * inp_ld + (long)(h0 + b) * hd + i0;
+                core_ld_vec<W>(x1[b], x);
+                core_ld_vec<W>(x2[b], x + half);
             }
 #pragma unroll
         for (int b = 0; b < 2; b++)
@@ -43,45 +44,50 @@ __global__ void rope_kernel(T *out, const T *inp, int N, int Tseq, int nh, int h
                     y1[j] = __fsub_rn(__fmul_rn(x1[b][j], c[j]), __fmul_rn(x2[b][j], s[j]));
                     y2[j] = __fadd_rn(__fmul_rn(x2[b][j], c[j]), __fmul_rn(x1[b][j], s[j]));
                 }
-                const size_t o = ((size_t)n * nh + h0 + b) * hd + i0;
-                core_st_vec<W>(out + o, y1);
-                core_st_vec<W>(out + o + half, y2);
+                T *y = out + n * out_ld + (long)(h0 + b) * hd + i0;
+                core_st_vec<W>(y, y1);
+                core_st_vec<W>(y + half, y2);
             }
     }
 }
 
 template <typename T>
-static void rotate(void *out, const void *inp, int N, int Tseq, int nh, int hd, float theta,
-                   float sign) {
+static void rotate(void *out, int out_ld, const void *inp, int inp_ld, int N, int Tseq, int nh,
+                   int hd, float theta, float sign) {
     constexpr int W = 16 / sizeof(T);
+    // 16-byte accesses need every access 16-byte aligned: both pointers, the half head (pair i +
+    // hd/2) and both row strides a whole number of W elements (the heads then are too).
     const void *ptrs[] = {out, inp};
-    if (core_vec_ok(W, sizeof(T), hd / 2, ptrs, 2)) {
+    if (core_vec_ok(W, sizeof(T), hd / 2, ptrs, 2) && out_ld % W == 0 && inp_ld % W == 0) {
         rope_kernel<T, W><<<core_blocks((long)N * (hd / 2 / W), 256), 256, 0, core_stream()>>>(
-            (T *)out, (const T *)inp, N, Tseq, nh, hd, theta, sign);
+            (T *)out, out_ld, (const T *)inp, inp_ld, N, Tseq, nh, hd, theta, sign);
     } else {
         rope_kernel<T, 1><<<core_blocks((long)N * (hd / 2), 256), 256, 0, core_stream()>>>(
-            (T *)out, (const T *)inp, N, Tseq, nh, hd, theta, sign);
+            (T *)out, out_ld, (const T *)inp, inp_ld, N, Tseq, nh, hd, theta, sign);
     }
     CUDA_CHECK_LAUNCH();
 }
 
-static void rope_check(int N, int T, int nh, int hd, float theta) {
+static void rope_check(int out_ld, int inp_ld, int N, int T, int nh, int hd, float theta) {
     CHECK(N >= 0 && T > 0 && nh > 0 && hd > 0, "rope: bad shape N=%d T=%d nh=%d hd=%d", N, T, nh,
           hd);
     CHECK(hd % 2 == 0, "rope: head size %d must be even (pairs i, i + hd/2)", hd);
     CHECK(theta > 0.0f, "rope: theta must be positive, got %g", (double)theta);
+    CHECK(inp_ld >= nh * hd && out_ld >= nh * hd,
+          "rope: row strides %d (in) and %d (out) must be at least the row's %d elements", inp_ld,
+          out_ld, nh * hd);
 }
 
-void rope_cuda_forward(CoreDtype dt, void *out, const void *inp, int N, int T, int nh, int hd,
-                       float theta) {
-    rope_check(N, T, nh, hd, theta);
+void rope_cuda_forward(CoreDtype dt, void *out, int out_ld, const void *inp, int inp_ld, int N,
+                       int T, int nh, int hd, float theta) {
+    rope_check(out_ld, inp_ld, N, T, nh, hd, theta);
     if (N == 0) return;
-    CORE_DTYPE_CALL(dt, rotate, out, inp, N, T, nh, hd, theta, 1.0f);
+    CORE_DTYPE_CALL(dt, rotate, out, out_ld, inp, inp_ld, N, T, nh, hd, theta, 1.0f);
 }
 
-void rope_cuda_backward_input(CoreDtype dt, void *dinp, const void *dout, int N, int T, int nh,
-                              int hd, float theta) {
-    rope_check(N, T, nh, hd, theta);
+void rope_cuda_backward_input(CoreDtype dt, void *dinp, int dinp_ld, const void *dout, int dout_ld,
+                              int N, int T, int nh, int hd, float theta) {
+    rope_check(dinp_ld, dout_ld, N, T, nh, hd, theta);
     if (N == 0) return;
-    CORE_DTYPE_CALL(dt, rotate, dinp, dout, N, T, nh, hd, theta, -1.0f);
+    CORE_DTYPE_CALL(dt, rotate, dinp, dinp_ld, dout, dout_ld, N, T, nh, hd, theta, -1.0f);
 }

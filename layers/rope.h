@@ -7,10 +7,17 @@
 extern "C" {
 #endif
 
-// out (N, nh, hd) = rotation of inp (N, nh, hd); row n sits at position n % T. out may equal inp.
-void rope_forward(float *out, const float *inp, int N, int T, int nh, int hd, float theta);
-// dinp (N, nh, hd) = inverse rotation of dout (N, nh, hd), written (not added); dinp may equal dout.
-void rope_backward_input(float *dinp, const float *dout, int N, int T, int nh, int hd, float theta);
+// Rows are strided: row n of a tensor starts at element n·ld (ld ≥ nh·hd, the elements between
+// consecutive rows), so that a row's nh·hd values can sit inside a wider row (the attention's
+// stacked q, k, v projections, framework/model.c). ld = nh·hd is a plain (N, nh, hd) tensor.
+// out (N rows at out_ld) = rotation of inp (N rows at inp_ld); row n sits at position n % T.
+// out may equal inp when out_ld equals inp_ld (in place); otherwise the two must not overlap.
+void rope_forward(float *out, int out_ld, const float *inp, int inp_ld, int N, int T, int nh, int hd,
+                  float theta);
+// dinp (N rows at dinp_ld) = inverse rotation of dout (N rows at dout_ld), written (not added);
+// dinp may equal dout as above.
+void rope_backward_input(float *dinp, int dinp_ld, const float *dout, int dout_ld, int N, int T,
+                         int nh, int hd, float theta);
 
 #ifdef __cplusplus
 }

@@ -8,12 +8,16 @@
 extern "C" {
 #endif
 
-// out (N, nh, hd) = rotation of inp (N, nh, hd); row n sits at position n % T. out may equal inp.
-void rope_cuda_forward(CoreDtype dt, void *out, const void *inp, int N, int T, int nh, int hd,
-                       float theta);
-// dinp (N, nh, hd) = inverse rotation of dout (N, nh, hd), written (not added); dinp may equal dout.
-void rope_cuda_backward_input(CoreDtype dt, void *dinp, const void *dout, int N, int T, int nh,
-                              int hd, float theta);
+// Strided rows as in rope.h: row n at element n·ld, ld ≥ nh·hd. 16-byte accesses where the
+// pointers, hd/2 and both strides allow them, one element a thread otherwise (the same bits).
+// out (N rows at out_ld) = rotation of inp (N rows at inp_ld); row n sits at position n % T.
+// out may equal inp when the strides are equal.
+void rope_cuda_forward(CoreDtype dt, void *out, int out_ld, const void *inp, int inp_ld, int N,
+                       int T, int nh, int hd, float theta);
+// dinp (N rows at dinp_ld) = inverse rotation of dout (N rows at dout_ld), written (not added);
+// dinp may equal dout as above.
+void rope_cuda_backward_input(CoreDtype dt, void *dinp, int dinp_ld, const void *dout, int dout_ld,
+                              int N, int T, int nh, int hd, float theta);
 
 #ifdef __cplusplus
 }

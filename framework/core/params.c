@@ -6,8 +6,10 @@
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
 
-int params_add(ParamRegistry *r, const char *name, int layer, ParamKind kind, int ndim,
-               const int64_t *shape, int64_t local_rows, float init_std, float init_value) {
+// Declares a tensor at the registry's end, its offset rounded up to a multiple of `align` floats.
+static int add_aligned(ParamRegistry *r, const char *name, int layer, ParamKind kind, int ndim,
+                       const int64_t *shape, int64_t local_rows, float init_std, float init_value,
+                       size_t align) {
     CHECK(r->data == NULL, "params_add('%s') after params_allocate", name);
     CHECK(strlen(name) < PARAM_NAME_MAX, "parameter name '%s' too long", name);
     CHECK(params_find(r, name) < 0, "parameter '%s' declared twice", name);
@@ -29,8 +31,7 @@ int params_add(ParamRegistry *r, const char *name, int layer, ParamKind kind, in
     size_t row = 1;
     for (int i = 1; i < ndim; i++) row *= (size_t)shape[i];
     pi->numel = row * (size_t)local_rows;
-    // 16-float alignment keeps every tensor 64-byte aligned for vector loads.
-    pi->offset = (r->total + 15) & ~(size_t)15;
+    pi->offset = (r->total + align - 1) / align * align;
     r->total = pi->offset + pi->numel;
     pi->layer = layer;
     pi->kind = kind;
@@ -38,6 +39,18 @@ int params_add(ParamRegistry *r, const char *name, int layer, ParamKind kind, in
     pi->init_std = init_std;
     pi->init_value = init_value;
     return r->n++;
+}
+
+int params_add(ParamRegistry *r, const char *name, int layer, ParamKind kind, int ndim,
+               const int64_t *shape, int64_t local_rows, float init_std, float init_value) {
+    // 16-float alignment keeps every tensor 64-byte aligned for vector loads.
+    return add_aligned(r, name, layer, kind, ndim, shape, local_rows, init_std, init_value, 16);
+}
+
+int params_add_packed(ParamRegistry *r, const char *name, int layer, ParamKind kind, int ndim,
+                      const int64_t *shape, int64_t local_rows, float init_std, float init_value) {
+    CHECK(r->n > 0, "params_add_packed('%s'): no tensor declared before it to follow", name);
+    return add_aligned(r, name, layer, kind, ndim, shape, local_rows, init_std, init_value, 1);
 }
 
 void params_allocate(ParamRegistry *r) {

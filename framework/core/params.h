@@ -44,8 +44,15 @@ typedef struct {
 } ParamRegistry;
 
 // Declares a tensor; returns its index. local_rows < shape[0] only for expert tensors under EP.
+// Its offset is rounded up to 16 floats (64 bytes, for vector loads): code that walks the registry
+// must take the gaps as they come (and must not take every offset to be a multiple of 16).
 int params_add(ParamRegistry *r, const char *name, int layer, ParamKind kind, int ndim,
                const int64_t *shape, int64_t local_rows, float init_std, float init_value);
+// The same, placed right after the tensor declared last with no gap, so that tensors read as one
+// matrix stay one: the attention's wq, wk, wv are the stacked (qd + 2·kd, D) Wqkv of a single
+// product (framework/model.c). Needs a tensor declared before it.
+int params_add_packed(ParamRegistry *r, const char *name, int layer, ParamKind kind, int ndim,
+                      const int64_t *shape, int64_t local_rows, float init_std, float init_value);
 // Allocates data and grad once every tensor is declared.
 void params_allocate(ParamRegistry *r);
 // Index of a name, or -1.

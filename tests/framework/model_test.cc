@@ -1,11 +1,15 @@
 // The assembled model: backward against central finite differences of the whole loss, bit-identical
 // reruns, layout-independent initialization, the learning-rate schedule, that training on a fixed
-// batch drives its loss down, and the per-call options of a forward and backward (ModelPass).
+// batch drives its loss down, the per-call options of a forward and backward (ModelPass), and the
+// attention's stacked Wqkv = [Wq; Wk; Wv] in the registry (every shipped config, an unaligned shape).
 #include <gtest/gtest.h>
+
+#include <dirent.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 extern "C" {
@@ -365,6 +369,54 @@ TEST(Model, PassOptionsArePerCall) {
         EXPECT_EQ(n, model_is_moe_layer(m, l) ? (long)c.batch_size * c.T * c.K : 0) << "layer " << l;
     }
     model_free(m);
+}
+
+// Layer l's wq, wk and wv are one (qd + 2·kd, D) matrix in the values and the gradients: what
+// attn_forward and attn_backward_* read as Wqkv. model_create's own CHECK ends the process first
+// where they are not.
+void expect_qkv_stacked(const MoeConfig &c, const char *what) {
+    Model *m = model_create(&c, 0, 1);
+    const size_t D = c.D, qd = (size_t)c.H * m->hd, kd = (size_t)c.Hkv * m->hd;
+    for (int l = 0; l < c.L; l++) {
+        const std::string p = "layers." + std::to_string(l) + ".";
+        const size_t q = m->reg.p[params_find(&m->reg, (p + "wq").c_str())].offset;
+        EXPECT_EQ(m->reg.p[params_find(&m->reg, (p + "wk").c_str())].offset, q + qd * D) << what;
+        EXPECT_EQ(m->reg.p[params_find(&m->reg, (p + "wv").c_str())].offset, q + (qd + kd) * D) << what;
+        EXPECT_EQ((const float *)m->w[l].wk, (const float *)m->w[l].wq + qd * D) << what;
+        EXPECT_EQ(m->g[l].wv, m->g[l].wq + (qd + kd) * D) << what;
+    }
+    model_free(m);
+}
+
+TEST(Model, QkvStackedInEveryShippedConfig) {
+    // Every configs/*.cfg (the test's runfiles), with its attention shape (D, H, Hkv) kept and the
+    // rest shrunk to a model of a few megabytes: the layout depends on those three alone.
+    DIR *d = opendir("configs");
+    ASSERT_NE(d, nullptr) << "configs/ is not among the test's runfiles";
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        const std::string name = e->d_name;
+        if (name.size() < 4 || name.compare(name.size() - 4, 4, ".cfg") != 0) continue;
+        MoeConfig c;
+        config_defaults(&c);
+        config_load_file(&c, ("configs/" + name).c_str());
+        c.n_dense_layers = std::min(c.n_dense_layers, 1);
+        c.L = c.n_dense_layers + 1;
+        c.V = 64; c.F = 8; c.Fe = 8; c.ep = 1; c.ep_chunks = 1; c.eplb_redundant = 0;
+        expect_qkv_stacked(c, name.c_str());
+        n++;
+    }
+    closedir(d);
+    EXPECT_GE(n, 5);
+}
+
+TEST(Model, QkvStackedAtAnUnalignedShape) {
+    // kd·D = 24 floats: aligned to 16 floats, wv would start 8 floats after wk's end. The model
+    // still matches finite differences with Wq, Wk and Wv read as one matrix.
+    MoeConfig c = tiny(2);
+    c.D = 12; c.H = 6; c.Hkv = 1;
+    expect_qkv_stacked(c, "D 12, H 6, Hkv 1");
+    check_grads(c, all);
 }
 
 TEST(ModelDeath, TiedEmbeddingsAcrossStages) {

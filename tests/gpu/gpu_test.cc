@@ -275,24 +275,94 @@ TEST_F(Gpu, Rope) {
     const int B = 3, T = 50, nh = 5, N = B * T;
     for (int hd : {12, 16, 64}) {
         for (CoreDtype dt : kDtypes) {
-            size_t n = (size_t)N * nh * hd;
+            const int W = nh * hd;
+            size_t n = (size_t)N * W;
             // The backward writes dinp: it starts poisoned.
             Vec x = rnd(n), dy = rnd(n), dx(n);
             BufP dX = put(x, dt), dDy = put(dy, dt), dDx = poisoned(n, dt), dOut = poisoned(n, dt);
             Vec out(n);
-            rope_forward(out.data(), x.data(), N, T, nh, hd, 10000.0f);
-            rope_backward_input(dx.data(), dy.data(), N, T, nh, hd, 10000.0f);
-            rope_cuda_forward(dt, dOut->p, dX->p, N, T, nh, hd, 10000.0f);
-            rope_cuda_backward_input(dt, dDx->p, dDy->p, N, T, nh, hd, 10000.0f);
+            rope_forward(out.data(), W, x.data(), W, N, T, nh, hd, 10000.0f);
+            rope_backward_input(dx.data(), W, dy.data(), W, N, T, nh, hd, 10000.0f);
+            rope_cuda_forward(dt, dOut->p, W, dX->p, W, N, T, nh, hd, 10000.0f);
+            rope_cuda_backward_input(dt, dDx->p, W, dDy->p, W, N, T, nh, hd, 10000.0f);
             EXPECT_CLOSE(get(*dOut, dt, n), out, dt, "rope forward");
             EXPECT_CLOSE(get(*dDx, dt, n), dx, dt, "rope backward_input");
-            // In place, as the engine turns dq and dk back.
-            rope_cuda_backward_input(dt, dDy->p, dDy->p, N, T, nh, hd, 10000.0f);
+            // In place (one stride) is allowed.
+            rope_cuda_backward_input(dt, dDy->p, W, dDy->p, W, N, T, nh, hd, 10000.0f);
             EXPECT_CLOSE(get(*dDy, dt, n), dx, dt, "rope backward_input in place");
-            // In place, as the engine applies it to q and k.
-            rope_cuda_forward(dt, dX->p, dX->p, N, T, nh, hd, 10000.0f);
+            rope_cuda_forward(dt, dX->p, W, dX->p, W, N, T, nh, hd, 10000.0f);
             EXPECT_CLOSE(get(*dX, dt, n), out, dt, "rope forward in place");
         }
+    }
+}
+
+// Rows at strides other than their width, in and out, as the engine reads q and k out of the
+// stacked (N, qd + 2·kd) projection rows and writes their gradients back into such rows: against
+// the CPU on the same strided data, bit-equal to the unstrided GPU call, and every element between
+// the output rows left as it was (poisoned). Strides and columns that are whole 16-byte runs keep
+// the 16-byte path (hd 16, 64); odd ones take the element path.
+TEST_F(Gpu, RopeStrided) {
+    const int B = 2, T = 40, nh = 3, N = B * T;
+    struct Layout { int in_pad, in_col, out_pad, out_col; };
+    for (Layout lay : {Layout{16, 8, 24, 16}, Layout{3, 1, 5, 3}})
+    for (int hd : {12, 16, 64})
+    for (CoreDtype dt : kDtypes)
+    for (int backward = 0; backward < 2; backward++) {
+        const int W = nh * hd, in_ld = W + lay.in_pad, out_ld = W + lay.out_pad;
+        const size_t n = (size_t)N * W, es = core_dtype_size(dt);
+        const size_t n_in = (size_t)N * in_ld + lay.in_col, n_out = (size_t)N * out_ld + lay.out_col;
+        auto gpu = backward ? rope_cuda_backward_input : rope_cuda_forward;
+        auto cpu = backward ? rope_backward_input : rope_forward;
+        Vec xs = rnd(n_in);
+        BufP dXs = put(xs, dt), dOuts = poisoned(n_out, dt), dOut = poisoned(n, dt);
+        // The same rows packed, for the unstrided call.
+        Vec x(n);
+        for (int r = 0; r < N; r++)
+            std::copy(xs.begin() + (size_t)r * in_ld + lay.in_col,
+                      xs.begin() + (size_t)r * in_ld + lay.in_col + W, x.begin() + (size_t)r * W);
+        BufP dX = put(x, dt);
+        Vec ref(n);
+        cpu(ref.data(), W, xs.data() + lay.in_col, in_ld, N, T, nh, hd, 10000.0f);
+        gpu(dt, (char *)dOuts->p + lay.out_col * es, out_ld, (char *)dXs->p + lay.in_col * es, in_ld,
+            N, T, nh, hd, 10000.0f);
+        gpu(dt, dOut->p, W, dX->p, W, N, T, nh, hd, 10000.0f);
+        const Vec outs = get(*dOuts, dt, n_out), plain = get(*dOut, dt, n);
+        Vec got(n);
+        size_t untouched = 0;
+        for (size_t i = 0; i < n_out; i++) {
+            const long c = (long)i - lay.out_col;
+            const bool in_row = c >= 0 && c % out_ld < W;
+            if (in_row) got[(size_t)(c / out_ld) * W + c % out_ld] = outs[i];
+            else untouched += std::isnan(outs[i]);
+        }
+        EXPECT_EQ(untouched, n_out - n) << "an element between the output rows was written";
+        const char *what = backward ? "rope backward_input strided" : "rope forward strided";
+        EXPECT_CLOSE(got, ref, dt, what);
+        EXPECT_EQ(0, memcmp(got.data(), plain.data(), n * sizeof(float)))
+            << "strided and unstrided calls differ: hd " << hd << ", " << dname(dt);
+    }
+}
+
+// The table's copy_rows (the engine's v and dv out of and into the stacked q, k, v rows): exact,
+// and nothing written between the destination's rows (poisoned).
+TEST_F(Gpu, CopyRows) {
+    const int rows = 300, cols = 40, src_ld = 100, src_col = 60, dst_ld = 43, dst_col = 3;
+    for (CoreDtype dt : kDtypes) {
+        const size_t es = core_dtype_size(dt), n_dst = (size_t)rows * dst_ld + dst_col;
+        Vec src = rnd((size_t)rows * src_ld + src_col);
+        BufP dSrc = put(src, dt), dDst = poisoned(n_dst, dt);
+        layer_ops_cuda(dt)->copy_rows((char *)dDst->p + dst_col * es, dst_ld, (char *)dSrc->p + src_col * es,
+                                      src_ld, rows, cols);
+        const Vec dst = get(*dDst, dt, n_dst);
+        size_t bad = 0;
+        for (size_t i = 0; i < n_dst; i++) {
+            const long c = (long)i - dst_col;
+            if (c >= 0 && c % dst_ld < cols)
+                bad += dst[i] != src[(size_t)(c / dst_ld) * src_ld + src_col + c % dst_ld];
+            else
+                bad += !std::isnan(dst[i]);
+        }
+        EXPECT_EQ(bad, 0u) << dname(dt);
     }
 }
 

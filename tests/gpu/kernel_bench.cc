@@ -3,7 +3,8 @@
 // the rate it implies (GB/s moved for memory-bound kernels, TFLOP/s for the GEMMs and attention),
 // next to a device-to-device copy and a bf16 GEMM measured in the same run, and the expert GEMMs
 // every way (one cuBLAS call per expert on 1, 2, 4 or 8 streams, one cuBLAS grouped GEMM, the
-// CUTLASS Hopper grouped GEMM; uniform, jittered and skewed counts, also at bench_wide.cfg's shapes). A
+// CUTLASS Hopper grouped GEMM; uniform, jittered and skewed counts, also at bench_wide.cfg's shapes),
+// and the attention's q, k, v projections as three products and as one stacked product. A
 // benchmark, not a test: it checks nothing. Runs on the GPU machine (tools/gpu_run.sh).
 #include <algorithm>
 #include <cmath>
@@ -212,6 +213,58 @@ void expert_gemms(int R, int nE, int nD, int nF) {
     for (void *p : {xe, he, we, dxe, (void *)dwe}) core_device_free(CORE_CUDA, p);
 }
 
+// The attention's q, k and v projections of nN rows (sequences of nT; nD -> qd = nH·nhd and
+// kd = nHkv·nhd) each way, as three products (k and v with kd outputs, backward_input adding two of
+// them into da) and as the engine runs them, one product over the stacked Wqkv (qd + 2·kd, nD);
+// then RoPE reading q out of the stacked rows and copy_rows taking v out of them (attn_forward).
+void qkv_products(int nN, int nT, int nD, int nH, int nHkv, int nhd) {
+    const int qd = nH * nhd, kd = nHkv * nhd, nW = qd + 2 * kd;
+    const size_t es = core_dtype_size(BF);
+    void *a = dev_rand((size_t)nN * nD, BF), *da = dev_rand((size_t)nN * nD, BF);
+    void *w = dev_rand((size_t)nW * nD, BF, 0.03f), *y = dev_rand((size_t)nN * nW, BF);
+    float *dw = (float *)dev_rand((size_t)nW * nD, CORE_F32);
+    char *wk = (char *)w + (size_t)qd * nD * es, *wv = wk + (size_t)kd * nD * es;
+    float *dwk = dw + (size_t)qd * nD, *dwv = dwk + (size_t)kd * nD;
+    // The three products' outputs packed one after another (their own contiguous buffers).
+    char *yk = (char *)y + (size_t)nN * qd * es, *yv = yk + (size_t)nN * kd * es;
+    const double flops = 2.0 * nN * nD * nW;
+    char name[64];
+    printf("q, k, v projections: %d rows, D %d -> %d + 2 x %d\n", nN, nD, qd, kd);
+    row("  forward, three products", time_it([&] {
+            linear_cuda_forward(BF, BF, y, a, w, nN, nD, qd);
+            linear_cuda_forward(BF, BF, yk, a, wk, nN, nD, kd);
+            linear_cuda_forward(BF, BF, yv, a, wv, nN, nD, kd);
+        }), 0, flops);
+    row("  forward, one stacked product", time_it([&] { linear_cuda_forward(BF, BF, y, a, w, nN, nD, nW); }),
+        0, flops);
+    row("  backward_input, three products", time_it([&] {
+            linear_cuda_backward_input(BF, da, y, w, nN, nD, qd, 0);
+            linear_cuda_backward_input(BF, da, yk, wk, nN, nD, kd, 1);
+            linear_cuda_backward_input(BF, da, yv, wv, nN, nD, kd, 1);
+        }), 0, flops);
+    row("  backward_input, one stacked product", time_it([&] {
+            linear_cuda_backward_input(BF, da, y, w, nN, nD, nW, 0);
+        }), 0, flops);
+    row("  backward_weight, three products", time_it([&] {
+            linear_cuda_backward_weight(BF, dw, y, a, nN, nD, qd);
+            linear_cuda_backward_weight(BF, dwk, yk, a, nN, nD, kd);
+            linear_cuda_backward_weight(BF, dwv, yv, a, nN, nD, kd);
+        }), 0, flops);
+    row("  backward_weight, one stacked product", time_it([&] {
+            linear_cuda_backward_weight(BF, dw, y, a, nN, nD, nW);
+        }), 0, flops);
+    void *q = dev_rand((size_t)nN * qd, BF), *v = dev_rand((size_t)nN * kd, BF);
+    snprintf(name, sizeof name, "  rope forward (q out of the %d-wide rows)", nW);
+    row(name, time_it([&] { rope_cuda_forward(BF, q, qd, y, nW, nN, nT, nH, nhd, 10000.0f); }),
+        2 * 2.0 * nN * qd, 0);
+    const LayerOps *ops = layer_ops_cuda(BF);
+    row("  copy_rows (v out of the stacked rows)", time_it([&] {
+            ops->copy_rows(v, kd, (char *)y + (size_t)(qd + kd) * es, nW, nN, kd);
+        }), 2 * 2.0 * nN * kd, 0);
+    printf("\n");
+    for (void *p : {a, da, w, y, (void *)dw, q, v}) core_device_free(CORE_CUDA, p);
+}
+
 }  // namespace
 
 int main() {
@@ -254,8 +307,8 @@ int main() {
     row("rmsnorm backward_weight (partials)", time_it([&] {
             rmsnorm_cuda_backward_weight(dg, part, N, D);
         }), 4.0 * nparts + 2 * 4.0 * D, 0);
-    row("rope forward (q, in place)", time_it([&] {
-            rope_cuda_forward(BF, x, x, N, T, H, hd, 10000.0f);
+    row("rope forward (q)", time_it([&] {
+            rope_cuda_forward(BF, y, D, x, D, N, T, H, hd, 10000.0f);
         }), 2 * 2 * nd, 0);
 
     void *W = dev_rand((size_t)D * D, BF, 0.03f);
@@ -269,6 +322,12 @@ int main() {
     row("linear backward_weight (fp32 dW)", time_it([&] {
             linear_cuda_backward_weight(BF, dW, dy, x, N, D, D);
         }), 0, 2.0 * N * D * D);
+
+    // The attention's projections at the bench config's shapes and at bench_wide.cfg's (4 × 4096
+    // tokens, D 2048, 16 heads of 128, 4 key/value heads).
+    printf("\n");
+    qkv_products(N, T, D, H, Hkv, hd);
+    qkv_products(4 * 4096, 4096, 2048, 16, 4, 128);
 
     // Experts: N·K rows over E experts, D -> Fe; the products of the up projection (w1 or w3)
     // every way (expert_gemms), at the bench config's shapes and at bench_wide.cfg's (4 × 4096

@@ -1,16 +1,19 @@
 // layers/rope: the rotation against a double-precision formula (also at long positions), position
 // 0 is the identity, norms are preserved, rows wrap at T, in-place use, the backward against
-// finite differences and as the inverse rotation, written (not added) and in place, and an odd
-// head size.
+// finite differences and as the inverse rotation, written (not added) and in place, rows at
+// strides other than their width (bit-equal to the plain call, nothing written between rows), and
+// the bad shapes (an odd head size, a stride shorter than a row); and the ops table's copy_rows,
+// the engine's other strided call (v and dv out of and into the stacked q, k, v rows).
 #include "tests/layers/gradcheck.h"
 
 extern "C" {
+#include "layers/ops.h"
 #include "layers/rope.h"
 }
 
 namespace {
 
-const int T = 5, N = 2 * T, nh = 3, hd = 8;
+const int T = 5, N = 2 * T, nh = 3, hd = 8, W = nh * hd;  // W: a row's elements
 const float theta = 10000.0f;
 
 std::vector<double> reference(const Vec &x, int n_rows, int t_len, int heads, int h_dim) {
@@ -30,7 +33,7 @@ std::vector<double> reference(const Vec &x, int n_rows, int t_len, int heads, in
 
 TEST(RoPE, ForwardMatchesReference) {
     Vec x = rand_vec(N * nh * hd, 1), out(x.size());
-    rope_forward(out.data(), x.data(), N, T, nh, hd, theta);
+    rope_forward(out.data(), W, x.data(), W, N, T, nh, hd, theta);
     expect_close("out", out, reference(x, N, T, nh, hd), 1e-6);
 }
 
@@ -38,7 +41,7 @@ TEST(RoPE, LongSequenceKeepsThePhase) {
     // At t ≈ 4000 the angle is thousands of radians: computing it in float would be off by ~1e-4.
     const int t_len = 4096, h_dim = 16;
     Vec x = rand_vec((size_t)t_len * h_dim, 2), out(x.size());
-    rope_forward(out.data(), x.data(), t_len, t_len, 1, h_dim, theta);
+    rope_forward(out.data(), h_dim, x.data(), h_dim, t_len, t_len, 1, h_dim, theta);
     expect_close("out", out, reference(x, t_len, t_len, 1, h_dim), 2e-6);
 }
 
@@ -46,7 +49,7 @@ TEST(RoPE, PositionZeroIsIdentityAndRowsWrapAtT) {
     Vec x = rand_vec(N * nh * hd, 3), out(x.size());
     // Rows n and n + T hold the same values, so they must come out the same.
     std::copy(x.begin(), x.begin() + T * nh * hd, x.begin() + T * nh * hd);
-    rope_forward(out.data(), x.data(), N, T, nh, hd, theta);
+    rope_forward(out.data(), W, x.data(), W, N, T, nh, hd, theta);
     for (int i = 0; i < nh * hd; i++) {
         EXPECT_EQ(out[i], x[i]);
         EXPECT_EQ(out[T * nh * hd + i], x[i]);
@@ -56,7 +59,7 @@ TEST(RoPE, PositionZeroIsIdentityAndRowsWrapAtT) {
 
 TEST(RoPE, PreservesPairNorms) {
     Vec x = rand_vec(N * nh * hd, 4), out(x.size());
-    rope_forward(out.data(), x.data(), N, T, nh, hd, theta);
+    rope_forward(out.data(), W, x.data(), W, N, T, nh, hd, theta);
     for (int r = 0; r < N * nh; r++)
         for (int i = 0; i < hd / 2; i++) {
             size_t o = (size_t)r * hd + i;
@@ -67,18 +70,18 @@ TEST(RoPE, PreservesPairNorms) {
 
 TEST(RoPE, InPlaceEqualsOutOfPlace) {
     Vec x = rand_vec(N * nh * hd, 5), out(x.size());
-    rope_forward(out.data(), x.data(), N, T, nh, hd, theta);
-    rope_forward(x.data(), x.data(), N, T, nh, hd, theta);
+    rope_forward(out.data(), W, x.data(), W, N, T, nh, hd, theta);
+    rope_forward(x.data(), W, x.data(), W, N, T, nh, hd, theta);
     EXPECT_TRUE(bit_equal(out, x));
 }
 
 TEST(RoPE, BackwardMatchesFiniteDifferences) {
     Vec x = rand_vec(N * nh * hd, 6), R = rand_vec(x.size(), 7), out(x.size()), dx(x.size());
     auto L = [&] {
-        rope_forward(out.data(), x.data(), N, T, nh, hd, theta);
+        rope_forward(out.data(), W, x.data(), W, N, T, nh, hd, theta);
         return objective(out, R);
     };
-    rope_backward_input(dx.data(), R.data(), N, T, nh, hd, theta);
+    rope_backward_input(dx.data(), W, R.data(), W, N, T, nh, hd, theta);
     expect_grad("dinp", dx.data(), fd_grad(x, 1e-2, L), 1e-3);
 }
 
@@ -86,26 +89,97 @@ TEST(RoPE, BackwardIsInverseAndWrites) {
     // The backward writes its output without reading it: a NaN-filled dinp must not leak through,
     // and a second call gives the same values, not twice them.
     Vec x = rand_vec(N * nh * hd, 8), y(x.size()), back(x.size(), NAN);
-    rope_forward(y.data(), x.data(), N, T, nh, hd, theta);
-    rope_backward_input(back.data(), y.data(), N, T, nh, hd, theta);
+    rope_forward(y.data(), W, x.data(), W, N, T, nh, hd, theta);
+    rope_backward_input(back.data(), W, y.data(), W, N, T, nh, hd, theta);
     for (size_t i = 0; i < x.size(); i++) EXPECT_NEAR(back[i], x[i], 1e-6);
     Vec again = back;
-    rope_backward_input(again.data(), y.data(), N, T, nh, hd, theta);
+    rope_backward_input(again.data(), W, y.data(), W, N, T, nh, hd, theta);
     EXPECT_TRUE(bit_equal(again, back));
 }
 
 TEST(RoPE, BackwardInPlaceEqualsOutOfPlace) {
-    // The engine turns the gradients of the rotated q and k back in place.
+    // In place (one stride) is allowed, and the same as out of place.
     Vec dy = rand_vec(N * nh * hd, 9), dx(dy.size());
-    rope_backward_input(dx.data(), dy.data(), N, T, nh, hd, theta);
-    rope_backward_input(dy.data(), dy.data(), N, T, nh, hd, theta);
+    rope_backward_input(dx.data(), W, dy.data(), W, N, T, nh, hd, theta);
+    rope_backward_input(dy.data(), W, dy.data(), W, N, T, nh, hd, theta);
     EXPECT_TRUE(bit_equal(dx, dy));
+}
+
+// n rows of `width` values at stride ld from column `col` of a buffer filled with `fill` (padding
+// both sides, so that a call that touches it shows), and back.
+Vec spread(const Vec &x, int n, int width, int ld, int col, float fill) {
+    Vec y((size_t)n * ld + col, fill);
+    for (int r = 0; r < n; r++)
+        std::copy(x.begin() + (size_t)r * width, x.begin() + (size_t)(r + 1) * width,
+                  y.begin() + (size_t)r * ld + col);
+    return y;
+}
+Vec gather(const Vec &y, int n, int width, int ld, int col) {
+    Vec x((size_t)n * width);
+    for (int r = 0; r < n; r++)
+        std::copy(y.begin() + (size_t)r * ld + col, y.begin() + (size_t)r * ld + col + width,
+                  x.begin() + (size_t)r * width);
+    return x;
+}
+
+TEST(RoPE, StridedRowsEqualTheUnstridedCall) {
+    // The engine reads q and k out of the stacked (N, qd + 2·kd) projection rows and writes the
+    // gradients back into such rows: strides above the width, in and out, other than each other.
+    // Each pass must give the bits of the plain call and leave every element between rows alone.
+    const int in_ld = W + 7, in_col = 3, out_ld = W + 12, out_col = 5;
+    for (int backward = 0; backward < 2; backward++) {
+        auto call = backward ? rope_backward_input : rope_forward;
+        Vec x = rand_vec(N * W, 10 + backward), want(x.size());
+        call(want.data(), W, x.data(), W, N, T, nh, hd, theta);
+        Vec xs = spread(x, N, W, in_ld, in_col, 7.0f), xs0 = xs;
+        Vec ys((size_t)N * out_ld + out_col, -3.0f);
+        call(ys.data() + out_col, out_ld, xs.data() + in_col, in_ld, N, T, nh, hd, theta);
+        EXPECT_TRUE(bit_equal(gather(ys, N, W, out_ld, out_col), want)) << "backward " << backward;
+        EXPECT_TRUE(bit_equal(xs, xs0)) << "the input changed";
+        Vec pad = spread(gather(ys, N, W, out_ld, out_col), N, W, out_ld, out_col, -3.0f);
+        EXPECT_TRUE(bit_equal(ys, pad)) << "an element between the rows was written";
+        // Strided in, plain out and plain in, strided out: the engine's two uses.
+        Vec y1(x.size());
+        call(y1.data(), W, xs.data() + in_col, in_ld, N, T, nh, hd, theta);
+        EXPECT_TRUE(bit_equal(y1, want));
+        Vec y2((size_t)N * out_ld + out_col, -3.0f);
+        call(y2.data() + out_col, out_ld, x.data(), W, N, T, nh, hd, theta);
+        EXPECT_TRUE(bit_equal(y2, ys));
+    }
+}
+
+TEST(CopyRows, StridedRowsAndNothingElse) {
+    // 6 rows of 5 out of rows 9 apart (from column 4) into rows 7 apart (from column 1).
+    const int rows = 6, cols = 5, src_ld = 9, src_col = 4, dst_ld = 7, dst_col = 1;
+    Vec x = rand_vec(cols * rows, 12);
+    Vec src = spread(x, rows, cols, src_ld, src_col, 2.0f), dst((size_t)rows * dst_ld + dst_col, -1.0f);
+    layer_ops_cpu.copy_rows(dst.data() + dst_col, dst_ld, src.data() + src_col, src_ld, rows, cols);
+    EXPECT_TRUE(bit_equal(dst, spread(x, rows, cols, dst_ld, dst_col, -1.0f)));
+    layer_ops_cpu.copy_rows(dst.data(), dst_ld, src.data(), src_ld, 0, cols);  // nothing to copy
+    EXPECT_TRUE(bit_equal(dst, spread(x, rows, cols, dst_ld, dst_col, -1.0f)));
+}
+
+TEST(CopyRowsDeath, StrideShorterThanARow) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    Vec a(64), b(64);
+    EXPECT_EXIT(layer_ops_cpu.copy_rows(a.data(), 4, b.data(), 8, 3, 5), ::testing::ExitedWithCode(1),
+                "copy_rows: bad shape 3 x 5 at strides 4 \\(dst\\) and 8 \\(src\\)");
+}
+
+TEST(RoPEDeath, StrideShorterThanARow) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    Vec x(N * W), out(x.size());
+    EXPECT_EXIT(rope_forward(out.data(), W, x.data(), W - 1, N, T, nh, hd, theta),
+                ::testing::ExitedWithCode(1),
+                "rope: row strides 23 \\(in\\) and 24 \\(out\\) must be at least the row's 24");
+    EXPECT_EXIT(rope_backward_input(out.data(), W - 2, x.data(), W, N, T, nh, hd, theta),
+                ::testing::ExitedWithCode(1), "rope: row strides 24 \\(in\\) and 22 \\(out\\)");
 }
 
 TEST(RoPEDeath, OddHeadSize) {
     GTEST_FLAG_SET(death_test_style, "threadsafe");
     Vec x(2 * 7), out(x.size());
-    EXPECT_EXIT(rope_forward(out.data(), x.data(), 2, 2, 1, 7, theta), ::testing::ExitedWithCode(1),
+    EXPECT_EXIT(rope_forward(out.data(), 7, x.data(), 7, 2, 2, 1, 7, theta), ::testing::ExitedWithCode(1),
                 "rope: head size 7 must be even");
 }
 

@@ -1,6 +1,6 @@
 // framework/core: config files and overrides (including every error path, which must exit 2 with
 // a message naming the key), the checked number parser, and the Philox-4x32-10 generator against
-// its published test vectors.
+// its published test vectors; the parameter registry's layout (aligned and packed tensors).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -14,6 +14,7 @@ extern "C" {
 #include "framework/core/json.h"
 #include "framework/core/log.h"
 #include "framework/core/num.h"
+#include "framework/core/params.h"
 #include "framework/core/rng.h"
 }
 
@@ -326,6 +327,37 @@ TEST(Rng, NormalFillIsKeyedAndSliceStable) {
     m /= 1001; v = v / 1001 - m * m;
     EXPECT_NEAR(std::sqrt(v), 0.02, 0.002);
     EXPECT_NEAR(m, 0.0, 0.003);
+}
+
+TEST(Params, AlignedAndPackedOffsets) {
+    // params_add rounds a tensor's offset up to 16 floats; params_add_packed puts it right after
+    // the one before (the attention's wq, wk, wv: one stacked matrix, framework/model.c).
+    ParamRegistry r = {};
+    const int64_t a[1] = {5}, q[2] = {3, 7}, k[2] = {1, 7};
+    params_add(&r, "a", -1, PARAM_DENSE, 1, a, 5, 0.0f, 1.0f);
+    params_add(&r, "q", 0, PARAM_DENSE, 2, q, 3, 0.02f, 0.0f);
+    params_add_packed(&r, "k", 0, PARAM_DENSE, 2, k, 1, 0.02f, 0.0f);
+    params_add_packed(&r, "v", 0, PARAM_DENSE, 2, k, 1, 0.02f, 0.0f);
+    params_add(&r, "o", 0, PARAM_DENSE, 2, q, 3, 0.02f, 0.0f);
+    EXPECT_EQ(r.p[0].offset, 0u);
+    EXPECT_EQ(r.p[1].offset, 16u);       // 5 rounded up
+    EXPECT_EQ(r.p[2].offset, 16u + 21);  // no gap after q's 21 floats
+    EXPECT_EQ(r.p[3].offset, 16u + 28);
+    EXPECT_EQ(r.p[4].offset, 64u);       // 16 + 35 rounded up
+    EXPECT_EQ(r.total, 64u + 21);
+    params_allocate(&r);
+    EXPECT_EQ(params_ptr(&r, "k"), params_ptr(&r, "q") + 21);
+    EXPECT_EQ(params_grad(&r, "v"), params_grad(&r, "k") + 7);
+    params_free(&r);
+}
+
+TEST(ParamsDeath, PackedNeedsATensorBefore) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    ParamRegistry r = {};
+    const int64_t k[2] = {1, 7};
+    EXPECT_EXIT(params_add_packed(&r, "k", 0, PARAM_DENSE, 2, k, 1, 0.02f, 0.0f),
+                ::testing::ExitedWithCode(1),
+                "params_add_packed\\('k'\\): no tensor declared before it");
 }
 
 }  // namespace
