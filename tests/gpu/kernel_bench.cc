@@ -3,7 +3,8 @@
 // the rate it implies (GB/s moved for memory-bound kernels, TFLOP/s for the GEMMs and attention),
 // next to a device-to-device copy and a bf16 GEMM measured in the same run, and the expert GEMMs
 // every way (one cuBLAS call per expert on 1, 2, 4 or 8 streams, one cuBLAS grouped GEMM, the
-// CUTLASS Hopper grouped GEMM; uniform, jittered and skewed counts, also at bench_wide.cfg's shapes),
+// CUTLASS Hopper grouped GEMM with its tile order forced each way and the weight gradient's grid;
+// uniform, jittered and skewed counts, also at bench_wide.cfg's shapes),
 // and the attention's q, k, v projections as three products and as one stacked product. A
 // benchmark, not a test: it checks nothing. Runs on the GPU machine (tools/gpu_run.sh).
 #include <algorithm>
