@@ -21,9 +21,12 @@ static void *cpu_alloc_uninit(size_t bytes) {
     return p;
 }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
-static void cpu_copy_rows(void *dst, long dst_ld, const void *src, long src_ld, long rows, long cols) {
+void ops_copy_rows_check(long dst_ld, long src_ld, long rows, long cols) {
     CHECK(rows >= 0 && cols >= 0 && dst_ld >= cols && src_ld >= cols,
           "copy_rows: bad shape %ld x %ld at strides %ld (dst) and %ld (src)", rows, cols, dst_ld, src_ld);
+}
+static void cpu_copy_rows(void *dst, long dst_ld, const void *src, long src_ld, long rows, long cols) {
+    ops_copy_rows_check(dst_ld, src_ld, rows, cols);
     for (long r = 0; r < rows; r++)
         cpu_copy((float *)dst + r * dst_ld, (const float *)src + r * src_ld, (size_t)cols * sizeof(float));
 }

@@ -43,8 +43,7 @@ static void cu_copy(void *dst, const void *src, size_t bytes) {
 }
 template <CoreDtype DT>
 static void cu_copy_rows(void *dst, long dst_ld, const void *src, long src_ld, long rows, long cols) {
-    CHECK(rows >= 0 && cols >= 0 && dst_ld >= cols && src_ld >= cols,
-          "copy_rows: bad shape %ld x %ld at strides %ld (dst) and %ld (src)", rows, cols, dst_ld, src_ld);
+    ops_copy_rows_check(dst_ld, src_ld, rows, cols);
     if (rows == 0 || cols == 0) return;
     const size_t es = core_dtype_size(DT);
     CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_ld * es, src, src_ld * es, cols * es, rows,

@@ -172,6 +172,10 @@ typedef struct LayerOps {
 // The CPU backend (fp32): the functions of layers/*.c.
 extern const LayerOps layer_ops_cpu;
 
+// copy_rows's argument check (one clear error for a negative shape or a stride shorter than a
+// row), shared by the CPU and CUDA tables.
+void ops_copy_rows_check(long dst_ld, long src_ld, long rows, long cols);
+
 // SwiGLU over G groups of rows (G = 1, counts = {N}: one FFN; G experts: one range each), through
 // o's calls. out (ΣN, D) = W2 (silu(W1 x) ⊙ W3 x) per group; w1, w3 (G, F, D), w2 (G, D, F).
 void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w1,

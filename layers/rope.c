@@ -11,8 +11,7 @@
 // Rotates every pair of inp (N rows of nh·hd at inp_ld) by +angle (sign = 1) or −angle (sign = −1)
 // and stores the result into out (N rows at out_ld). In-place use (out == inp, one stride) is
 // safe: each pair is read fully before it is written.
-static void rope_rotate(float *out, int out_ld, const float *inp, int inp_ld, int N, int T, int nh,
-                        int hd, float theta, float sign) {
+void rope_check(int out_ld, int inp_ld, int N, int T, int nh, int hd, float theta) {
     CHECK(N >= 0 && T > 0 && nh > 0 && hd > 0, "rope: bad shape N=%d T=%d nh=%d hd=%d", N, T, nh,
           hd);
     CHECK(hd % 2 == 0, "rope: head size %d must be even (pairs i, i + hd/2)", hd);
@@ -20,6 +19,11 @@ static void rope_rotate(float *out, int out_ld, const float *inp, int inp_ld, in
     CHECK(inp_ld >= nh * hd && out_ld >= nh * hd,
           "rope: row strides %d (in) and %d (out) must be at least the row's %d elements", inp_ld,
           out_ld, nh * hd);
+}
+
+static void rope_rotate(float *out, int out_ld, const float *inp, int inp_ld, int N, int T, int nh,
+                        int hd, float theta, float sign) {
+    rope_check(out_ld, inp_ld, N, T, nh, hd, theta);
     int half = hd / 2;
 #pragma omp parallel for
     for (int n = 0; n < N; n++) {

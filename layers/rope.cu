@@ -3,6 +3,8 @@
 // the CPU. Rows are read and written at strides of their own (rope.h).
 #include "layers/rope_cuda.h"
 
+#include "layers/rope.h"  // rope_check
+
 // Rotates pairs (i, i + hd/2), i in [i0, i0 + W), of every head of row n by sign · angle. W = 16
 // bytes of T where the head size, the row strides and the pointers allow (8 bf16, 4 fp32), else 1: neighbouring
 // threads take neighbouring pairs of one row, so a warp moves whole 16-byte runs (one element a
@@ -66,16 +68,6 @@ static void rotate(void *out, int out_ld, const void *inp, int inp_ld, int N, in
             (T *)out, out_ld, (const T *)inp, inp_ld, N, Tseq, nh, hd, theta, sign);
     }
     CUDA_CHECK_LAUNCH();
-}
-
-static void rope_check(int out_ld, int inp_ld, int N, int T, int nh, int hd, float theta) {
-    CHECK(N >= 0 && T > 0 && nh > 0 && hd > 0, "rope: bad shape N=%d T=%d nh=%d hd=%d", N, T, nh,
-          hd);
-    CHECK(hd % 2 == 0, "rope: head size %d must be even (pairs i, i + hd/2)", hd);
-    CHECK(theta > 0.0f, "rope: theta must be positive, got %g", (double)theta);
-    CHECK(inp_ld >= nh * hd && out_ld >= nh * hd,
-          "rope: row strides %d (in) and %d (out) must be at least the row's %d elements", inp_ld,
-          out_ld, nh * hd);
 }
 
 void rope_cuda_forward(CoreDtype dt, void *out, int out_ld, const void *inp, int inp_ld, int N,

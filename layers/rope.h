@@ -18,6 +18,9 @@ void rope_forward(float *out, int out_ld, const float *inp, int inp_ld, int N, i
 // dinp may equal dout as above.
 void rope_backward_input(float *dinp, int dinp_ld, const float *dout, int dout_ld, int N, int T,
                          int nh, int hd, float theta);
+// The arguments' checks of both calls (one clear error for a bad shape, odd head size, theta ≤ 0
+// or a stride shorter than a row), shared with the GPU kernels (rope_cuda.h).
+void rope_check(int out_ld, int inp_ld, int N, int T, int nh, int hd, float theta);
 
 #ifdef __cplusplus
 }
