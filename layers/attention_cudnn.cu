@@ -66,8 +66,8 @@ enum : int64_t { UID_Q = 1, UID_K, UID_V, UID_O, UID_STATS, UID_DO, UID_DQ, UID_
 enum Dir { FORWARD = 0, BACKWARD = 1 };
 const char *const kDirName[2] = {"forward", "backward"};
 
-// (direction, B, T, H, Hkv, hd): the key of a graph.
-typedef std::tuple<int, int, int, int, int, int> Key;
+// (direction, B, T, H, Hkv, hd, deterministic): the key of a graph.
+typedef std::tuple<int, int, int, int, int, int, int> Key;
 
 struct Built {
     std::shared_ptr<fe::graph::Graph> graph;
@@ -81,6 +81,7 @@ struct StreamState {
 
 std::mutex g_mu;          // guards everything below
 int g_loaded = -1;        // -1: not tried yet, 0: unavailable, 1: loaded
+int g_deterministic = 1;  // the backward's algorithm (attention_cudnn_set_deterministic)
 std::set<Key> g_failed;   // graphs that did not build or run: not tried again
 // Per stream: its handle and graphs. Kept for the process and never destroyed: at exit the CUDA
 // context may already be gone, and destroying cuDNN plans (which may hold loaded kernels) then is
@@ -213,7 +214,7 @@ bool build_graph(cudnnHandle_t h, const Key &k, Built *out, std::string *why) {
                         .set_name("attention_backward")
                         .set_attn_scale(scale)
                         .set_causal_mask(true)
-                        .set_deterministic_algorithm(true);  // see the top of the file
+                        .set_deterministic_algorithm(std::get<6>(k));  // see the top of the file
         auto grads = g->sdpa_backward(Q, K, V, O, dO, Stats, opts);
         as_bthd(grads[0], UID_DQ, B, T, H, hd);
         as_bthd(grads[1], UID_DK, B, T, Hkv, hd);
@@ -253,9 +254,10 @@ const Built *graph_locked(StreamState *st, const Key &k) {
         g_failed.insert(k);
         return nullptr;
     }
-    core_info("attention: cuDNN %s graph built for B=%d T=%d H=%d Hkv=%d hd=%d (workspace %.1f MiB)",
+    core_info("attention: cuDNN %s graph built for B=%d T=%d H=%d Hkv=%d hd=%d (workspace %.1f MiB%s)",
               kDirName[std::get<0>(k)], std::get<1>(k), std::get<2>(k), std::get<3>(k),
-              std::get<4>(k), std::get<5>(k), b.workspace / 1048576.0);
+              std::get<4>(k), std::get<5>(k), b.workspace / 1048576.0,
+              std::get<6>(k) ? "" : ", not deterministic");
     return &(st->graphs[k] = b);
 }
 
@@ -317,7 +319,7 @@ extern "C" int attention_cudnn_forward(void *out, float *lse, const void *q, con
     std::lock_guard<std::mutex> lock(g_mu);
     StreamState *st = stream_state_locked();
     if (!st) return 0;
-    const Key key(FORWARD, B, T, H, Hkv, hd);
+    const Key key(FORWARD, B, T, H, Hkv, hd, 1);
     const Built *b = graph_locked(st, key);
     if (!b) return 0;
     std::unordered_map<int64_t, void *> pack = {
@@ -334,7 +336,7 @@ extern "C" int attention_cudnn_backward(void *dq, void *dk, void *dv, const void
     std::lock_guard<std::mutex> lock(g_mu);
     StreamState *st = stream_state_locked();
     if (!st) return 0;
-    const Key key(BACKWARD, B, T, H, Hkv, hd);
+    const Key key(BACKWARD, B, T, H, Hkv, hd, g_deterministic);
     const Built *b = graph_locked(st, key);
     if (!b) return 0;
     std::unordered_map<int64_t, void *> pack = {
@@ -349,6 +351,11 @@ extern "C" int attention_cudnn_supports(int B, int T, int H, int Hkv, int hd) {
     std::lock_guard<std::mutex> lock(g_mu);
     StreamState *st = stream_state_locked();
     if (!st) return 0;
-    return graph_locked(st, Key(FORWARD, B, T, H, Hkv, hd)) &&
-           graph_locked(st, Key(BACKWARD, B, T, H, Hkv, hd));
+    return graph_locked(st, Key(FORWARD, B, T, H, Hkv, hd, 1)) &&
+           graph_locked(st, Key(BACKWARD, B, T, H, Hkv, hd, g_deterministic));
+}
+
+extern "C" void attention_cudnn_set_deterministic(int deterministic) {
+    std::lock_guard<std::mutex> lock(g_mu);
+    g_deterministic = deterministic != 0;
 }

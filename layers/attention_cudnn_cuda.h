@@ -18,13 +18,18 @@ extern "C" {
 int attention_cudnn_forward(void *out, float *lse, const void *q, const void *k, const void *v,
                             int B, int T, int H, int Hkv, int hd);
 // dq (B, T, H, hd), dk and dv (B, T, Hkv, hd) = the gradients (overwritten), from the forward's
-// inputs, out and lse, as attention_cuda_backward_input. Deterministic. 1 when cuDNN ran it.
+// inputs, out and lse, as attention_cuda_backward_input. Deterministic (but see
+// attention_cudnn_set_deterministic). 1 when cuDNN ran it.
 int attention_cudnn_backward(void *dq, void *dk, void *dv, const void *dout, const void *q,
                              const void *k, const void *v, const void *out, const float *lse,
                              int B, int T, int H, int Hkv, int hd);
 // 1 when cuDNN runs this shape on the calling thread's stream: the library is loaded and the
 // forward and backward graphs build (they are built and kept here if they were not already).
 int attention_cudnn_supports(int B, int T, int H, int Hkv, int hd);
+// 0 makes the backward use cuDNN's default algorithm, which adds dQ with atomics (faster, its bits
+// vary run to run); 1, the default, the deterministic one. For kernel_bench's measure of what the
+// determinism costs; not for the trainer.
+void attention_cudnn_set_deterministic(int deterministic);
 
 #ifdef __cplusplus
 }

@@ -5,8 +5,9 @@
 // every way (one cuBLAS call per expert on 1, 2, 4 or 8 streams, one cuBLAS grouped GEMM, the
 // CUTLASS Hopper grouped GEMM with its tile order forced each way and the weight gradient's grid;
 // uniform, jittered and skewed counts, also at bench_wide.cfg's shapes),
-// and the attention's q, k, v projections as three products and as one stacked product. A
-// benchmark, not a test: it checks nothing. Runs on the GPU machine (tools/gpu_run.sh).
+// the attention's q, k, v projections as three products and as one stacked product, and the
+// attention itself every way (cuDNN's backward also without determinism; these rows time calls
+// queued back to back, as the "10 queued" GEMM rows do). A benchmark, not a test: it checks nothing. Runs on the GPU machine (tools/gpu_run.sh).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -18,6 +19,7 @@ extern "C" {
 #include "framework/core/cuda.h"
 #include "layers/adamw_cuda.h"
 #include "layers/attention_cuda.h"
+#include "layers/attention_cudnn_cuda.h"
 #include "layers/crossentropy_cuda.h"
 #include "layers/embedding_cuda.h"
 #include "layers/gemm_sm90_cuda.h"
@@ -379,7 +381,12 @@ int main() {
     // FLOPs: forward 2·2·B·H·T²·hd / 2, backward 2.5 times that. Every path at the bench config's
     // shapes: cuDNN's fused attention (what the trainer runs where libcudnn.so.9 loads), the
     // tensor-core kernels (its fallback) and the CUDA-core ones; then cuDNN and the tensor-core
-    // kernels at the two shapes of the attention targets (docs/gpu.md): hd 64 and hd 128.
+    // kernels at the two shapes of the attention targets (docs/gpu.md): hd 64 and hd 128. Timed
+    // 10 queued: a cuDNN call works on the host before its kernel starts (the variant pack, the
+    // plan's launch), which a lone call between two events counts and a training step hides
+    // behind the kernels queued before it. cuDNN's
+    // backward also once with its default algorithm (dQ added with atomics, not deterministic):
+    // what the trainer's deterministic one costs.
     auto attention_rows = [&](int ab, int at, int ah, int ahkv, int ahd, bool cuda_cores) {
         size_t nq = (size_t)ab * at * ah * ahd, nk = (size_t)ab * at * ahkv * ahd;
         void *q = dev_rand(nq, BF), *k = dev_rand(nk, BF), *v = dev_rand(nk, BF),
@@ -404,14 +411,20 @@ int main() {
             attention_cuda_set_path(p.path);
             char name[64];
             snprintf(name, sizeof name, "  forward (%s)", p.name);
-            row(name, time_it([&] {
+            row(name, time_queued([&] {
                     attention_cuda_forward(BF, o, lse, q, k, v, ab, at, ah, ahkv, ahd);
                 }), 0, flops);
+            auto backward = [&] {
+                attention_cuda_backward_input(BF, dq, dk, dv, dout, q, k, v, o, lse, delta, ab, at,
+                                              ah, ahkv, ahd);
+            };
             snprintf(name, sizeof name, "  backward (%s)", p.name);
-            row(name, time_it([&] {
-                    attention_cuda_backward_input(BF, dq, dk, dv, dout, q, k, v, o, lse, delta, ab,
-                                                  at, ah, ahkv, ahd);
-                }), 0, 2.5 * flops);
+            row(name, time_queued(backward), 0, 2.5 * flops);
+            if (p.path == ATTENTION_CUDA_CUDNN) {
+                attention_cudnn_set_deterministic(0);
+                row("  backward (cuDNN, with atomics)", time_queued(backward), 0, 2.5 * flops);
+                attention_cudnn_set_deterministic(1);
+            }
         }
         attention_cuda_set_path(ATTENTION_CUDA_AUTO);
         for (void *p : {q, k, v, o, dq, dk, dv, dout, (void *)lse, (void *)delta})
