@@ -40,18 +40,37 @@ void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float
                      int top_k, RngStream *rng, int *out) {
     CHECK(n_prompt >= 1, "sampling needs a prompt of at least one token");
     const int V = m->cfg.V, T = m->cfg.T;
+    const LayerOps *o = m->ops;
+    // On a GPU every forward takes the full window of T tokens, padded with token 0 after the last
+    // one: the attention then runs one shape (cuDNN builds a plan per shape, which would cost more
+    // than the forward), and in a causal model no position sees the ones after it, nor does the
+    // router's choice for a token depend on other tokens. The CPU runs the growing window.
+    const int full = o->dev != CORE_CPU;
     memmove(out, prompt, (size_t)n_prompt * sizeof(int));  // out may be prompt itself
+    int *window = core_alloc((size_t)T * sizeof(int));
+    float *row = core_alloc((size_t)V * sizeof(float));    // the logits of the last position
+    float *row_dev = o->dev == CORE_CPU ? NULL : o->alloc((size_t)V * sizeof(float));
     float *wp = core_alloc((size_t)V * sizeof(float));
     int *wi = core_alloc((size_t)V * sizeof(int));
     for (int len = n_prompt; len < n_prompt + n_new; len++) {
-        int w = len < T ? len : T;
+        const int w = len < T ? len : T;
+        memcpy(window, out + len - w, (size_t)w * sizeof(int));
+        memset(window + w, 0, (size_t)(T - w) * sizeof(int));
         ModelActs a;
-        model_forward(m, &a, out + len - w, 1, w, 0);
-        // The model is on the CPU (sample.h), whose activation dtype is fp32.
-        const float *logits = a.logits;  // (w, V)
-        out[len] = sample_pick(logits + (size_t)(w - 1) * V, V, temperature, top_k, rng, wp, wi);
+        model_forward(m, &a, window, 1, full ? T : w, 0);
+        const char *last = (const char *)a.logits + (size_t)(w - 1) * V * o->act_size;  // (V) of dt
+        if (row_dev) {
+            o->from_act(row_dev, last, V);
+            o->download(row, row_dev, (size_t)V * sizeof(float));
+        } else {
+            o->from_act(row, last, V);
+        }
+        out[len] = sample_pick(row, V, temperature, top_k, rng, wp, wi);
         model_acts_free(m, &a);
     }
+    if (row_dev) o->free(row_dev);
+    core_free(window);
+    core_free(row);
     core_free(wp);
     core_free(wi);
 }

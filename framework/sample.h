@@ -1,5 +1,5 @@
 // Text generation from a model: autoregressive sampling with temperature and top-k, one forward of
-// the whole (growing) window per new token — simple and exact, fine at the sizes we sample.
+// the whole window per new token — simple and exact, fine at the sizes we sample.
 #ifndef MOELAB_FRAMEWORK_SAMPLE_H
 #define MOELAB_FRAMEWORK_SAMPLE_H
 
@@ -11,8 +11,8 @@ extern "C" {
 #endif
 
 // Appends n_new tokens to prompt (n_prompt ≥ 1 tokens) and writes all n_prompt + n_new tokens to out.
-// The window is the last min(len, T) tokens. temperature 0 means greedy; top_k 0 means no cut-off.
-// m is on the CPU (the logits are read on the host).
+// The window is the last min(len, T) tokens (on a GPU padded to T). temperature 0 means greedy;
+// top_k 0 means no cut-off. m is on any device (its last logits row is brought to the host).
 void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float temperature,
                      int top_k, RngStream *rng, int *out);
 

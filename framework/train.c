@@ -477,10 +477,6 @@ static void trainer_sample(Trainer *t, const char *when) {
         core_info0("no sample: sampling needs the whole model in one process (it runs without a pipeline)");
         return;
     }
-    if (m->ops->dev != CORE_CPU) {
-        core_info0("no sample: sampling reads the model on the host (--device cpu, or `moelab sample`)");
-        return;
-    }
     RngStream rng = rng_stream(c->seed, SAMPLE_STREAM);
     int prompt = 0;
     uint32_t nl[4];

@@ -130,7 +130,7 @@ same_run() {
     done
 }
 qs_steps=${QS_STEPS:-600}
-qs=(--config configs/quickstart.cfg --data .dist/data/quickstart --steps "$qs_steps" --sample-tokens 0)
+qs=(--config configs/quickstart.cfg --data .dist/data/quickstart --steps "$qs_steps")
 if want train && [ "${QS_CPU:-0}" = 1 ] && [ -d .dist/data/quickstart ]; then
     # The CPU reference runs alongside the GPU stages (it needs no GPU).
     .dist/bin/moelab train "${qs[@]}" --device cpu --metrics "$log/quickstart_cpu.jsonl" > "$log/train_cpu.log" 2>&1 &
@@ -175,7 +175,7 @@ if want train; then
     if [ -d .dist/data/quickstart ]; then
         echo "== moelab train --device cuda (quickstart, $qs_steps steps)"
         .dist/bin/moelab train "${qs[@]}" --device cuda --metrics "$log/quickstart_cuda.jsonl" 2>&1 |
-            tee "$log/train_cuda.log" | grep -E "step .*val|validation"
+            tee "$log/train_cuda.log" | grep -E "step .*val|validation|sample|^  [|]"
         [ "${PIPESTATUS[0]}" = 0 ] || fail "moelab train --device cuda"
     else
         echo "gpu_run: no .dist/data/quickstart: training stage skipped"

@@ -22,6 +22,7 @@ extern "C" {
 #include "framework/core/rng.h"
 #include "framework/model.h"
 #include "framework/optimizer.h"
+#include "framework/sample.h"
 #include "framework/train.h"
 #include "layers/ops_cuda.h"
 }
@@ -222,6 +223,32 @@ void track_cpu(CoreDtype dt, int steps, double tol, double mean_tol) {
 TEST_F(ModelGpu, Fp32TrainingTracksCpu) { track_cpu(CORE_F32, 40, 1e-3, 5e-4); }
 
 TEST_F(ModelGpu, Bf16TrainingTracksCpu) { track_cpu(CORE_BF16, 40, 0.15, 0.05); }
+
+// Sampling on the GPU (the end-of-training sample of `moelab train --device cuda`): the GPU reads
+// each token's logits at the last real position of a window padded to T, and brings them to the
+// host. In fp32 it draws the CPU's tokens (same seed, temperature 1: a pick moves only where the
+// uniform lands within rounding of a boundary), past T (the window slides); in bf16 the draws are
+// valid ids, start with the prompt and repeat with the seed.
+TEST_F(ModelGpu, SamplesAsTheCpu) {
+    const MoeConfig c = test_config();
+    const int prompt[3] = {7, 100, 3}, n_new = c.T + 8, n = 3 + n_new;
+    auto draw = [&](const LayerOps *ops) {
+        Model *m = make_model(c, ops);
+        RngStream rng = rng_stream(c.seed, 9);
+        std::vector<int> out(n);
+        sample_generate(m, prompt, 3, n_new, 1.0f, 0, &rng, out.data());
+        model_free(m);
+        return out;
+    };
+    const std::vector<int> cpu = draw(&layer_ops_cpu), f32 = draw(layer_ops_cuda(CORE_F32));
+    EXPECT_EQ(f32, cpu) << "cuda fp32 drew other tokens than the CPU";
+    const std::vector<int> b1 = draw(layer_ops_cuda(CORE_BF16)), b2 = draw(layer_ops_cuda(CORE_BF16));
+    EXPECT_EQ(b1, b2) << "cuda bf16: the same seed drew different tokens";
+    for (int i = 0; i < n; i++) {
+        if (i < 3) EXPECT_EQ(b1[i], prompt[i]);
+        EXPECT_TRUE(b1[i] >= 0 && b1[i] < c.V) << "token " << i << " is " << b1[i];
+    }
+}
 
 TEST_F(ModelGpu, BackendNamesDeath) {
     EXPECT_EQ(backend_ops("cpu"), &layer_ops_cpu);
