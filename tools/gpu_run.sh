@@ -175,7 +175,7 @@ if want train; then
     if [ -d .dist/data/quickstart ]; then
         echo "== moelab train --device cuda (quickstart, $qs_steps steps)"
         .dist/bin/moelab train "${qs[@]}" --device cuda --metrics "$log/quickstart_cuda.jsonl" 2>&1 |
-            tee "$log/train_cuda.log" | grep -E "step .*val|validation|sample|^  [|]"
+            tee "$log/train_cuda.log" | grep -a -E "step .*val|validation|sample|^  [|]"
         [ "${PIPESTATUS[0]}" = 0 ] || fail "moelab train --device cuda"
     else
         echo "gpu_run: no .dist/data/quickstart: training stage skipped"
