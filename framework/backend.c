@@ -6,6 +6,7 @@
 
 #include "framework/core/check.h"
 #ifdef MOELAB_CUDA
+#include "layers/attention_cudnn_cuda.h"
 #include "layers/linear_cuda.h"
 #include "layers/ops_cuda.h"
 #endif
@@ -45,6 +46,7 @@ void backend_configure(const MoeConfig *c) {
     CHECK(mode >= 0, "backend: unknown expert_gemm '%s'", c->expert_gemm);
     linear_cuda_set_grouped_mode(mode);
     linear_cuda_set_gemm_streams(c->gemm_streams);
+    attention_cudnn_set_deterministic(c->deterministic);
 #else
     (void)c;
 #endif

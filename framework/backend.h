@@ -20,8 +20,8 @@ const LayerOps *backend_ops_on(const char *device, int gpu);
 // The fp32 table of ops' device (ops itself when its dt is fp32): for buffers that stay fp32 whatever
 // the compute dtype, such as gradients, master weights and moments.
 const LayerOps *backend_ops_f32(const LayerOps *ops);
-// Applies c's backend keys (expert_gemm, gemm_streams: how the GPU runs the expert GEMMs) to the
-// process's GPU backend; layers/ reads no config, so whoever runs a config calls this once its
+// Applies c's backend keys (expert_gemm, gemm_streams: how the GPU runs the expert GEMMs;
+// deterministic: cuDNN's attention backward algorithm) to the process's GPU backend; layers/ reads no config, so whoever runs a config calls this once its
 // device is chosen. Nothing to do on the CPU or in a build without CUDA.
 void backend_configure(const MoeConfig *c);
 

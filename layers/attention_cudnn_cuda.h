@@ -27,8 +27,8 @@ int attention_cudnn_backward(void *dq, void *dk, void *dv, const void *dout, con
 // forward and backward graphs build (they are built and kept here if they were not already).
 int attention_cudnn_supports(int B, int T, int H, int Hkv, int hd);
 // 0 makes the backward use cuDNN's default algorithm, which adds dQ with atomics (faster, its bits
-// vary run to run); 1, the default, the deterministic one. For kernel_bench's measure of what the
-// determinism costs; not for the trainer.
+// vary run to run); 1, the default, the deterministic one. Set from the config key
+// deterministic (framework/backend.c); kernel_bench measures both.
 void attention_cudnn_set_deterministic(int deterministic);
 
 #ifdef __cplusplus

@@ -83,6 +83,8 @@ static const KeyInfo KEYS[] = {
     {"expert_gemm", K_STR, OFF(expert_gemm), 0, 0, "cutlass|grouped|streams|loop",
      "GPU expert GEMMs: CUTLASS (sm90 bf16, else grouped), cuBLAS grouped, per-expert streams, loop"},
     {"gemm_streams", K_INT, OFF(gemm_streams), 1, 8, NULL, "side streams of expert_gemm = streams"},
+    {"deterministic", K_BOOL, OFF(deterministic), 0, 1, NULL,
+     "reruns bit-identical (0: on GPUs cuDNN's faster attention backward, whose dQ varies run to run)"},
     {"eplb_interval", K_INT, OFF(eplb_interval), 0, INT_MAX, NULL, "steps between EPLB rebalances (0: off)"},
     {"eplb_redundant", K_INT, OFF(eplb_redundant), 0, 1 << 16, NULL, "redundant expert slots per layer"},
     {"eplb_groups", K_INT, OFF(eplb_groups), 1, 1 << 16, NULL, "EPLB expert groups (hierarchical policy when nodes divide them)"},
@@ -115,6 +117,7 @@ void config_defaults(MoeConfig *c) {
     c->sample_tokens = 0; c->temperature = 0.8f; c->top_k_sample = 40; c->threads = 0;
     c->ep = 1; c->pp = 1; c->chunks = 0; strcpy(c->schedule, "1f1b");
     c->dp_overlap = 1; c->ep_overlap = 1; c->ep_chunks = 1; strcpy(c->expert_gemm, "cutlass"); c->gemm_streams = 4;
+    c->deterministic = 1;
     c->eplb_interval = 0; c->eplb_redundant = 0; c->eplb_groups = 1; c->eplb_nodes = 1;
     c->router_skew = 0; c->comm_timeout = 300;
     strcpy(c->device, "cpu");

@@ -64,6 +64,8 @@ typedef struct {
     int zero;            // ZeRO stage: 1 shards the AdamW moments over the data-parallel ranks (0: off)
     char expert_gemm[CONFIG_STR];  // GPU expert GEMMs: "cutlass" | "grouped" | "streams" | "loop"
     int gemm_streams;    // side streams of expert_gemm = streams (1..8)
+    int deterministic;   // bool: reruns bit-identical (the default); 0 lets cuDNN's attention
+                         // backward use its faster algorithm, whose dQ sums (atomics) vary run to run
     int eplb_interval, eplb_redundant;
     int eplb_groups, eplb_nodes;  // EPLB's expert groups and nodes (docs/architecture.md §6)
     float router_skew;   // test knob: expert i's balancing bias starts at skew*(E-1-i)/E (0: off)

@@ -25,6 +25,7 @@ extern "C" {
 #include "layers/adamw_cuda.h"
 #include "layers/attention.h"
 #include "layers/attention_cuda.h"
+#include "layers/attention_cudnn_cuda.h"
 #include "layers/crossentropy.h"
 #include "layers/crossentropy_cuda.h"
 #include "layers/embedding.h"
@@ -876,6 +877,19 @@ TEST_F(Gpu, AttentionCudnnMatchesCpu) {
                            AttnCase{1, 130, 4, 4, hd}})
             if (cudnn_runs_case(c))
                 attention_vs_cpu(c, CORE_BF16, ATTENTION_CUDA_CUDNN, ATTENTION_CUDA_CUDNN, "cudnn");
+}
+
+// cuDNN's backward with its default algorithm (config key deterministic = 0: dQ summed with
+// atomics) against the CPU, within the same bf16 tolerance.
+TEST_F(Gpu, AttentionCudnnNotDeterministicMatchesCpu) {
+    const AttnCase c = {2, 150, 8, 2, 64};
+    SKIP_WITHOUT_CUDNN(c);
+    attention_cudnn_set_deterministic(0);
+    for (int hd : {64, 128})
+        if (cudnn_runs_case({2, 150, 8, 2, hd}))
+            attention_vs_cpu({2, 150, 8, 2, hd}, CORE_BF16, ATTENTION_CUDA_CUDNN, ATTENTION_CUDA_CUDNN,
+                             "cudnn, not deterministic");
+    attention_cudnn_set_deterministic(1);
 }
 
 // cuDNN's softmax statistics are our lse: its forward feeds the tensor-core backward, and the

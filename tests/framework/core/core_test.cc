@@ -96,6 +96,7 @@ TEST(Config, WriteJsonHoldsEveryKey) {
     EXPECT_EQ(json_get(v, "dp_overlap")->boolean, 0);
     EXPECT_EQ(json_get(v, "ep_overlap")->boolean, 1);
     EXPECT_EQ(json_get(v, "gemm_streams")->number, 3);
+    EXPECT_EQ(json_get(v, "deterministic")->boolean, 1);
     EXPECT_STREQ(json_get(v, "expert_gemm")->str, "loop");
     EXPECT_STREQ(json_get(v, "data")->str, "dir \"q\"\\x");
     EXPECT_STREQ(json_get(v, "trace")->str, "");
@@ -119,15 +120,17 @@ TEST(Config, RunKeys) {
     EXPECT_EQ(c.ep_overlap, 1);
     EXPECT_STREQ(c.expert_gemm, "cutlass");
     EXPECT_EQ(c.gemm_streams, 4);
+    EXPECT_EQ(c.deterministic, 1);
     const char *args[] = {"--dp-overlap", "0", "--ep-overlap=false", "--expert-gemm", "streams",
-                          "--gemm-streams", "8"};
-    char *argv[7];
-    for (int i = 0; i < 7; i++) argv[i] = const_cast<char *>(args[i]);
-    EXPECT_EQ(config_apply_args(&c, 7, argv), 0);
+                          "--gemm-streams", "8", "--deterministic", "false"};
+    char *argv[9];
+    for (int i = 0; i < 9; i++) argv[i] = const_cast<char *>(args[i]);
+    EXPECT_EQ(config_apply_args(&c, 9, argv), 0);
     EXPECT_EQ(c.dp_overlap, 0);
     EXPECT_EQ(c.ep_overlap, 0);
     EXPECT_STREQ(c.expert_gemm, "streams");
     EXPECT_EQ(c.gemm_streams, 8);
+    EXPECT_EQ(c.deterministic, 0);
     for (const char *mode : {"cutlass", "grouped", "loop"}) {
         config_set(&c, "expert_gemm", mode, "test");
         EXPECT_STREQ(c.expert_gemm, mode);
@@ -141,6 +144,7 @@ TEST(ConfigDeath, RunKeysRejectBadValues) {
     EXPECT_EXIT(set_key("gemm_streams", "0"), ::testing::ExitedWithCode(2), "test: gemm_streams = 0 is too small: at least 1");
     EXPECT_EXIT(set_key("gemm_streams", "9"), ::testing::ExitedWithCode(2), "test: gemm_streams = 9 is too large: at most 8");
     EXPECT_EXIT(set_key("gemm_streams", "4x"), ::testing::ExitedWithCode(2), "test: gemm_streams = '4x'.*expected an integer");
+    EXPECT_EXIT(set_key("deterministic", "mostly"), ::testing::ExitedWithCode(2), "test: deterministic = 'mostly'.*true\\|false");
 }
 
 // Test seams read the environment only under the MOELAB_TEST_ prefix, and announce themselves once.
