@@ -5,6 +5,7 @@
 
 #include "checkpoints/ckpt.h"
 #include "data/tokenizer.h"
+#include "framework/backend.h"
 #include "framework/core/check.h"
 #include "framework/core/config.h"
 #include "framework/core/mem.h"
@@ -16,11 +17,12 @@
 
 static void sample_help(void) {
     printf("usage: moelab sample --ckpt PATH [--prompt TEXT] [--tokens N] [--temperature T]\n"
-           "                     [--top-k K] [--seed S] [--data DIR]\n\n"
+           "                     [--top-k K] [--seed S] [--data DIR] [--device cpu|cuda|cuda-fp32]\n\n"
            "Generates N tokens (default 200, at most 16384) after the prompt (default: a newline)\n"
            "from the model in the checkpoint, printing the text as it goes. temperature 0 is greedy\n"
            "(default 0.8); top-k 0 samples from the whole vocabulary (default 40). The tokenizer is\n"
-           "DIR/tokenizer.bin, where DIR defaults to the data directory the checkpoint was trained on.\n");
+           "DIR/tokenizer.bin, where DIR defaults to the data directory the checkpoint was trained on.\n"
+           "--device runs the model on the CPU (default) or on GPU 0, in bf16 (cuda) or fp32.\n");
 }
 
 // At most this many tokens a run: each one is a forward of the model's whole window, and 2^14 tokens
@@ -48,7 +50,7 @@ static void print_tokens(const Tokenizer *tok, const int *ids, int n) {
 }
 
 int cmd_sample(int argc, char **argv) {
-    const char *ckpt = NULL, *prompt = "\n", *data = NULL;
+    const char *ckpt = NULL, *prompt = "\n", *data = NULL, *device = "cpu";
     int n_new = 200, top_k = 40;
     unsigned long long seed = 1;
     float temperature = 0.8f;
@@ -61,6 +63,7 @@ int cmd_sample(int argc, char **argv) {
         if (!strcmp(a, "--ckpt")) ckpt = v;
         else if (!strcmp(a, "--prompt")) prompt = v;
         else if (!strcmp(a, "--data")) data = v;
+        else if (!strcmp(a, "--device")) device = v;
         else if (!strcmp(a, "--tokens")) n_new = (int)int_flag(a, v, 1, MAX_TOKENS);
         else if (!strcmp(a, "--top-k")) top_k = (int)int_flag(a, v, 0, 1 << 24);
         else if (!strcmp(a, "--seed")) {
@@ -72,6 +75,7 @@ int cmd_sample(int argc, char **argv) {
         } else core_usage_error("sample: unknown option '%s' (see `moelab sample --help`)", a);
     }
     if (!ckpt) core_usage_error("sample: --ckpt PATH is required (see `moelab sample --help`)");
+    const LayerOps *ops = backend_ops(device);  // a bad name is a usage error before any reading
     MoeConfig c;
     config_defaults(&c);
     ckpt_read_config(ckpt, &c);
@@ -86,6 +90,10 @@ int cmd_sample(int argc, char **argv) {
     CkptShard sh = ckpt_shard_identity(0, 1, c.E);
     const CkptView weights = {&m->cfg, &m->reg, m->reg.data, NULL, NULL, NULL};
     ckpt_load(ckpt, &sh, &weights, NULL);
+    if (ops != &layer_ops_cpu) {
+        backend_configure(&c);
+        model_to_device(m, ops);
+    }
 
     size_t plen = strlen(prompt);
     uint32_t *ids = core_alloc((plen + 1) * sizeof *ids);

@@ -174,9 +174,20 @@ fi
 if want train; then
     if [ -d .dist/data/quickstart ]; then
         echo "== moelab train --device cuda (quickstart, $qs_steps steps)"
-        .dist/bin/moelab train "${qs[@]}" --device cuda --metrics "$log/quickstart_cuda.jsonl" 2>&1 |
-            tee "$log/train_cuda.log" | grep -a -E "step .*val|validation|sample|^  [|]"
+        qs_ckpt=$(mktemp -d)
+        .dist/bin/moelab train "${qs[@]}" --device cuda --metrics "$log/quickstart_cuda.jsonl" \
+            --out "$qs_ckpt" 2>&1 | tee "$log/train_cuda.log" | grep -a -E "step .*val|validation|sample|^  [|]"
         [ "${PIPESTATUS[0]}" = 0 ] || fail "moelab train --device cuda"
+        # `moelab sample` from the run's checkpoint on each device, the same seed: fp32 on the GPU
+        # draws the CPU's text but where a draw falls within rounding of a boundary; bf16 its own.
+        for dev in cpu cuda-fp32 cuda; do
+            echo "== moelab sample --device $dev"
+            .dist/bin/moelab sample --ckpt "$qs_ckpt/step_$qs_steps.h5" --data .dist/data/quickstart \
+                --prompt "The" --tokens 60 --seed 3 --device "$dev" > "$log/sample_$dev.txt" 2>&1 ||
+                fail "moelab sample --device $dev"
+            cat -v "$log/sample_$dev.txt"
+        done
+        rm -rf "$qs_ckpt"
     else
         echo "gpu_run: no .dist/data/quickstart: training stage skipped"
     fi

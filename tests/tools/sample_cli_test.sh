@@ -1,7 +1,7 @@
 #!/bin/bash
 # `moelab sample`: trains a tiny model for a few steps with a checkpoint at the end, then samples from
 # it: the output starts with the prompt, a fixed seed gives the same text twice, greedy decoding is
-# deterministic, and bad arguments end with one message and exit code 2.
+# deterministic, --device cpu is the default, and bad arguments end with one message and exit code 2.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp
 here="$root/tests/tools"
@@ -14,6 +14,8 @@ ckpt="$tmp/ckpt/$(ls "$tmp/ckpt" | grep -E '^step_.*\.h5$' | sort | tail -1)"
 a=$("$moelab" sample --ckpt "$ckpt" --prompt "Once upon" --tokens 20 --seed 5)
 b=$("$moelab" sample --ckpt "$ckpt" --prompt "Once upon" --tokens 20 --seed 5)
 [ "$a" = "$b" ] || { echo "same seed, different samples"; exit 1; }
+c=$("$moelab" sample --ckpt "$ckpt" --prompt "Once upon" --tokens 20 --seed 5 --device cpu)
+[ "$a" = "$c" ] || { echo "--device cpu is not the default"; exit 1; }
 case "$a" in "Once upon"*) ;; *) echo "sample does not start with the prompt: $a"; exit 1 ;; esac
 [ ${#a} -gt 9 ] || { echo "no tokens generated"; exit 1; }
 g1=$("$moelab" sample --ckpt "$ckpt" --prompt "x" --tokens 10 --temperature 0 --seed 1)
@@ -40,5 +42,6 @@ expect_usage "--seed '-1' is not a non-negative integer" --ckpt "$ckpt" --seed -
 expect_usage "unknown option '--bogus'" --ckpt "$ckpt" --bogus 1
 expect_usage "no_such" --ckpt "$tmp/no_such.h5"
 expect_usage "prompt must not be empty" --ckpt "$ckpt" --prompt ""
+expect_usage "--device tpu: expected cpu, cuda" --ckpt "$ckpt" --device tpu
 "$moelab" sample --help > "$tmp/help"; grep -q "usage: moelab sample" "$tmp/help"
 echo "sample_cli_test: ok"
