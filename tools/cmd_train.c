@@ -24,7 +24,7 @@ static void train_help(void) {
            "  --out DIR         save checkpoints DIR/step_<n>.h5 (every --save-every N steps and at the end)\n"
            "  --keep K          keep the newest K checkpoints of this run's lineage in DIR (0: all)\n"
            "  --nonfinite-skip N  skip up to N steps with a NaN/inf loss or gradient in a row, then stop (0: stop)\n"
-           "  --resume PATH     continue from a checkpoint (pass the same config; any EP layout)\n"
+           "  --resume PATH     continue from a checkpoint (the same model keys; any layout: EP, DP, PP, GPU)\n"
            "  --ep N            expert-parallel ranks (run under `mpirun -np P`, P a multiple of N)\n"
            "  --pp N            pipeline ranks (P = pp x dp processes); the layers are split by cost\n"
            "  --schedule S      1f1b | dualpipe (even pp, chunks even >= 2 pp) | dualpipev (chunks >= 2 pp)\n"
