@@ -18,13 +18,14 @@ static void bench_help(void) {
            "GEMM (8192^3), against which MFU is given, and the peak GPU memory. Then, per config, the\n"
            "time of a training step by layer type over 2 more steps (GPU: CUDA events on the compute\n"
            "stream; CPU: wall clock) and how skewed the last step's expert loads were (max/mean tokens\n"
-           "per expert of each MoE layer: the grouped GEMMs ran at those counts). --steps and --seconds: time at least N steps (default 3, at most\n"
-           "1000000) and at least S seconds (default 5, at most 86400) per config. --device defaults\n"
-           "to the first config's device key. Other --key value pairs (at most 32) override every\n"
-           "config; among them --expert-gemm cutlass|grouped|streams|loop picks how the GPU runs the\n"
-           "expert GEMMs (default cutlass: CUTLASS's Hopper grouped GEMM on compute capability 9.0,\n"
-           "else cuBLAS's grouped call; --gemm-streams 1..8 streams, default 4). `moelab train --help`\n"
-           "lists every key.\n");
+           "per expert of each MoE layer: the grouped GEMMs ran at those counts). --steps and\n"
+           "--seconds: time at least N steps (default 3, at most 1000000) and at least S seconds\n"
+           "(default 5, at most 86400) per config. --device defaults to the first config's device\n"
+           "key. Other --key value pairs (at most 32) override every config; among them\n"
+           "--expert-gemm cutlass|grouped|streams|loop picks how the GPU runs the expert GEMMs\n"
+           "(default cutlass: CUTLASS's Hopper grouped GEMM on compute capability 9.0, else cuBLAS's\n"
+           "grouped call; --gemm-streams 1..8 streams, default 4). `moelab train --help` lists every\n"
+           "key.\n");
 }
 
 // The time of one step by layer type, largest first.

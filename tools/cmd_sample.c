@@ -20,7 +20,8 @@ static void sample_help(void) {
            "                     [--top-k K] [--seed S] [--data DIR] [--device cpu|cuda|cuda-fp32]\n\n"
            "Generates N tokens (default 200, at most 16384) after the prompt (default: a newline)\n"
            "from the model in the checkpoint, printing the text as it goes. temperature 0 is greedy\n"
-           "(default 0.8); top-k 0 samples from the whole vocabulary (default 40). The tokenizer is\n"
+           "(default 0.8); top-k 0 samples from the whole vocabulary (default 40); --seed picks the\n"
+           "random numbers (default 1: the same text every time). The tokenizer is\n"
            "DIR/tokenizer.bin, where DIR defaults to the data directory the checkpoint was trained on.\n"
            "--device runs the model on the CPU (default) or on GPU 0, in bf16 (cuda) or fp32.\n");
 }

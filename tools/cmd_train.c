@@ -23,15 +23,16 @@ static void train_help(void) {
            "  --metrics FILE    JSON Lines metrics: {\"config\": {every key}}, then one object per logged step\n"
            "  --out DIR         save checkpoints DIR/step_<n>.h5 (every --save-every N steps and at the end)\n"
            "  --keep K          keep the newest K checkpoints of this run's lineage in DIR (0: all)\n"
-           "  --nonfinite-skip N  skip up to N steps with a NaN/inf loss or gradient in a row, then stop (0: stop)\n"
-           "  --resume PATH     continue from a checkpoint (pass the same config; any EP layout)\n"
-           "  --ep N            expert-parallel ranks (run under `mpirun -np P`, P a multiple of N)\n"
+           "  --nonfinite-skip N  skip up to N steps in a row with a NaN/inf loss or gradient, then stop\n"
+           "                    (0: stop at the first)\n"
+           "  --resume PATH     continue from a checkpoint (the same model keys; any layout: EP, DP, PP, GPU)\n"
+           "  --ep N            expert-parallel ranks (under `mpirun -np P`: P / pp DP ranks, a multiple of N)\n"
            "  --pp N            pipeline ranks (P = pp x dp processes); the layers are split by cost\n"
            "  --schedule S      1f1b | dualpipe (even pp, chunks even >= 2 pp) | dualpipev (chunks >= 2 pp)\n"
            "  --chunks C        micro-batches per step (0: --grad-accum)\n"
            "  --trace FILE      Chrome trace of the last step's pipeline ops (moelab schedule --from-trace)\n"
            "  --device D        cpu | cuda (bf16 compute, fp32 master weights) | cuda-fp32; under mpirun\n"
-           "                    one rank per GPU (EP and DP over NCCL)\n\n");
+           "                    one rank per GPU (EP, DP and pipelines over NCCL)\n\n");
     config_print_help(stdout);
 }
 
