@@ -8,7 +8,7 @@
 # is already there is skipped.
 set -euo pipefail
 PKGS=(bazel-bootstrap bazel-rules-java g++ libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin libhdf5-dev
-      hdf5-tools zlib1g-dev libgtest-dev python3-torch python3-h5py python3-numpy python3-pip fortunes gnuplot-nox clang
+      hdf5-tools zlib1g-dev libgtest-dev python3-torch python3-h5py python3-numpy python3-pip fortunes clang
       libclang-rt-14-dev unzip)
 PIP_PKGS=(safetensors==0.8.0 tokenizers==0.23.3)
 SUDO=""

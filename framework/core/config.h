@@ -47,7 +47,8 @@ typedef struct {
     float weight_decay, grad_clip, beta1, beta2, adam_eps;
     int nonfinite_skip;  // non-finite steps skipped in a row before the run stops (0: stop at once)
     int log_every, val_every, val_batches;
-    float val_fraction;  // fraction of the token stream held out for validation
+    float val_fraction;  // unused (moelab data prepare --val-fraction makes the split); accepted
+                         // and saved so that older configs and checkpoints still load
     int sample_tokens;   // tokens generated at the end of training (0: none)
     float temperature;
     int top_k_sample;
