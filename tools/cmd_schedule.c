@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "framework/core/check.h"
 #include "framework/core/mem.h"
 #include "framework/core/num.h"
 #include "parallel/schedule.h"
@@ -38,15 +39,15 @@ static const char *HELP =
     "Text tokens: F3d forward of micro-batch 3 in the down pipe, B0u backward (u = up pipe),\n"
     "B0u* backward with W deferred, W0u the deferred W of B0u, FB(4d,1u) F4d and B1u overlapped.\n";
 
+// One usage-error line that points at --help; returns exit code 2.
 static int usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int usage(const char *fmt, ...) {
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    fputs("moelab: error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputs(" (see moelab schedule --help)\n", stderr);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return 2;
+    return core_usage_report("%s (see moelab schedule --help)", msg);
 }
 
 // Bounds of the flags: more ranks or micro-batches than any pipeline has, and costs whose sums over
@@ -98,16 +99,13 @@ static SimCosts measured_costs(const SimTimeline *tl) {
 static int from_trace(const char *trace, const char *svg, int kind) {
     char err[SCHED_ERR_LEN], title[512];
     SimTimeline *tl = sim_read_trace(trace, err);
-    if (!tl) {
-        fprintf(stderr, "moelab: error: %s\n", err);
-        return 2;
-    }
+    if (!tl) return core_usage_report("%s", err);
     // The file's name without its folders (often a temporary one), and the schedule when named.
     const char *slash = strrchr(trace, '/'), *name = slash ? slash + 1 : trace;
     snprintf(title, sizeof title, "Measured timeline: %s%sPP %d (%.200s)", kind >= 0 ? DISPLAY[kind] : "",
              kind >= 0 ? ", " : "", tl->R, name);
     int rc = sched_svg_write(tl, title, "µs", svg, err);
-    if (rc) fprintf(stderr, "moelab: error: %s\n", err);
+    if (rc) core_failure_report("%s", err);
     else print_idle(tl);
     if (!rc && kind >= 0) {
         const SimCosts c = measured_costs(tl);
@@ -200,9 +198,8 @@ int cmd_schedule(int argc, char **argv) {
     // The generators are exact; a failed play would be a bug in them, reported as such.
     SimTimeline *tl = sim_run(s, &cost, err);
     if (!tl) {
-        fprintf(stderr, "moelab: error: %s schedule failed validation: %s\n", kind_name, err);
         sched_free(s);
-        return 1;
+        return core_failure_report("%s schedule failed validation: %s", kind_name, err);
     }
     int rc = 0;
     if (json) {
@@ -223,7 +220,7 @@ int cmd_schedule(int argc, char **argv) {
         rc = sched_svg_write(tl, title, "cost units", svg, err);
     }
     if (!rc && trace_out) rc = sim_write_trace(tl, trace_out, err);
-    if (rc) fprintf(stderr, "moelab: error: %s\n", err);
+    if (rc) core_failure_report("%s", err);
     sim_free(tl);
     sched_free(s);
     return rc;
