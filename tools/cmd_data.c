@@ -64,30 +64,25 @@ static int cmd_prepare(int argc, char **argv) {
             strict = 1;
             continue;
         }
-        const char *eq = strchr(a, '=');
-        const size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
-        if (nlen == 7 && !strncmp(a, "--input", 7)) {
+        const size_t nlen = cmd_flag_len(a);
+        if (cmd_flag_is(a, nlen, "--input")) {
+            const char *eq = strchr(a, '=');
             if (eq) inputs[n_inputs++] = eq + 1;
             const int before = n_inputs;
             while (!eq && i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) inputs[n_inputs++] = argv[++i];
             if (!eq && n_inputs == before) rc = fail("--input needs at least one path");
             continue;
         }
-        const char **slot = nlen == 7 && !strncmp(a, "--vocab", 7)          ? &vocab
-                            : nlen == 5 && !strncmp(a, "--out", 5)           ? &out
-                            : nlen == 14 && !strncmp(a, "--val-fraction", 14) ? &frac
-                            : nlen == 6 && !strncmp(a, "--seed", 6)          ? &seed
-                            : nlen == 12 && !strncmp(a, "--text-field", 12)  ? &field
-                                                                             : NULL;
-        if (!slot) {
-            rc = fail("unknown option '%s' (see moelab data prepare --help)", a);
-        } else if (eq) {
-            *slot = eq + 1;
-        } else if (i + 1 < argc) {
-            *slot = argv[++i];
-        } else {
-            rc = fail("%s needs a value", a);
-        }
+        const char **slot = cmd_flag_is(a, nlen, "--vocab")          ? &vocab
+                            : cmd_flag_is(a, nlen, "--out")          ? &out
+                            : cmd_flag_is(a, nlen, "--val-fraction") ? &frac
+                            : cmd_flag_is(a, nlen, "--seed")         ? &seed
+                            : cmd_flag_is(a, nlen, "--text-field")   ? &field
+                                                                     : NULL;
+        const char *val = slot ? cmd_flag_value(argc, argv, &i) : NULL;
+        if (!slot) rc = fail("unknown option '%s' (see moelab data prepare --help)", a);
+        else if (!val) rc = fail("%s needs a value", a);
+        else *slot = val;
     }
     if (rc == 0 && n_inputs == 0) rc = fail("missing --input PATH... (see moelab data prepare --help)");
     if (rc == 0 && !vocab) rc = fail("missing --vocab N (see moelab data prepare --help)");

@@ -133,44 +133,39 @@ int cmd_schedule(int argc, char **argv) {
             return 0;
         }
         // Every flag takes a value, as "--flag value" or "--flag=value".
-        char flag[64];
-        const char *val, *eq = strchr(argv[i], '=');
-        if (strncmp(argv[i], "--", 2) != 0) return usage("unexpected argument '%s'", argv[i]);
-        if (eq) {
-            snprintf(flag, sizeof flag, "%.*s", (int)(eq - argv[i]), argv[i]);
-            val = eq + 1;
-        } else {
-            snprintf(flag, sizeof flag, "%s", argv[i]);
-            if (i + 1 >= argc) return usage("%s needs a value", flag);
-            val = argv[++i];
-        }
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0) return usage("unexpected argument '%s'", a);
+        const size_t nlen = cmd_flag_len(a);
+        const char *val = cmd_flag_value(argc, argv, &i);
+        if (!val) return usage("%s needs a value", a);
         int cost_i = -1;
         for (int k = 0; k < 5; k++)
-            if (strcmp(flag, costs[k].flag) == 0) cost_i = k;
+            if (cmd_flag_is(a, nlen, costs[k].flag)) cost_i = k;
         char err[NUM_ERR_LEN];
         long long n;
         if (cost_i >= 0) {
-            if (num_parse_real(flag, val, 0, MAX_COST, costs[cost_i].v, err)) return usage("%s", err);
-        } else if (strcmp(flag, "--kind") == 0) {
+            if (num_parse_real(costs[cost_i].flag, val, 0, MAX_COST, costs[cost_i].v, err))
+                return usage("%s", err);
+        } else if (cmd_flag_is(a, nlen, "--kind")) {
             kind_name = val;
-        } else if (strcmp(flag, "--pp") == 0) {
-            if (num_parse_int(flag, val, 1, MAX_PP, &n, err)) return usage("%s", err);
+        } else if (cmd_flag_is(a, nlen, "--pp")) {
+            if (num_parse_int("--pp", val, 1, MAX_PP, &n, err)) return usage("%s", err);
             N = (int)n;
             have_n = 1;
-        } else if (strcmp(flag, "--chunks") == 0) {
-            if (num_parse_int(flag, val, 1, MAX_CHUNKS, &n, err)) return usage("%s", err);
+        } else if (cmd_flag_is(a, nlen, "--chunks")) {
+            if (num_parse_int("--chunks", val, 1, MAX_CHUNKS, &n, err)) return usage("%s", err);
             C = (int)n;
             have_c = 1;
-        } else if (strcmp(flag, "--format") == 0) {
+        } else if (cmd_flag_is(a, nlen, "--format")) {
             format = val;
-        } else if (strcmp(flag, "--svg") == 0) {
+        } else if (cmd_flag_is(a, nlen, "--svg")) {
             svg = val;
-        } else if (strcmp(flag, "--trace") == 0) {
+        } else if (cmd_flag_is(a, nlen, "--trace")) {
             trace_out = val;
-        } else if (strcmp(flag, "--from-trace") == 0) {
+        } else if (cmd_flag_is(a, nlen, "--from-trace")) {
             from = val;
         } else {
-            return usage("unknown option '%s'", flag);
+            return usage("unknown option '%.*s'", (int)nlen, a);
         }
     }
 
