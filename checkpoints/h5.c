@@ -416,7 +416,7 @@ void h5_write_rows(const H5Io *io, hid_t d, const char *name, hid_t mtype, int n
             memcpy(c, src + first * g.esize, len * g.esize);
             memset(c + len * g.esize, 0, g.chunk_bytes - len * g.esize);
             const uint32_t f = h5_fletcher32(c, g.chunk_bytes);
-            for (int i = 0; i < 4; i++) c[g.chunk_bytes + (size_t)i] = (unsigned char)(f >> (8 * i));
+            core_put_u32le(c + g.chunk_bytes, f);
         }
         for (long b = 0; b < nb; b++)
             H5_OK(io, H5Dwrite_chunk(d, H5P_DEFAULT, 0, offs + 4 * b, stride, stage + (size_t)b * stride),
@@ -454,7 +454,7 @@ void h5_read_rows(const H5Io *io, hid_t d, const char *name, hid_t mtype, int nd
 #pragma omp parallel for schedule(dynamic) if (worth_threads(&g, nb))
         for (long b = 0; b < nb; b++) {
             const unsigned char *c = stage + (size_t)b * stride, *t = c + g.chunk_bytes;
-            const uint32_t stored = (uint32_t)t[0] | (uint32_t)t[1] << 8 | (uint32_t)t[2] << 16 | (uint32_t)t[3] << 24;
+            const uint32_t stored = core_get_u32le(t);
             const uint32_t f = h5_fletcher32(c, g.chunk_bytes);
             // HDF5 also accepts the byte-swapped sum, which its early versions stored.
             const uint32_t swapped = (f & 0xff) << 24 | (f & 0xff00) << 8 | (f >> 8 & 0xff00) | f >> 24;

@@ -15,14 +15,6 @@
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
 
-static uint32_t get_u32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-
 static int fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int fail(char *err, const char *fmt, ...) {
     va_list ap;
@@ -39,9 +31,9 @@ int shard_parse_try(const uint8_t *buf, size_t n, const char *name, Shard *s, ch
                     SHARD_HEADER_BYTES);
     if (memcmp(buf, SHARD_MAGIC, 8) != 0)
         return fail(err, "%s: not a token shard: bad magic (expected \"%s\")", name, SHARD_MAGIC);
-    const uint32_t version = get_u32(buf + 8), vocab = get_u32(buf + 12);
-    const uint64_t count = (uint64_t)get_u32(buf + 16) | (uint64_t)get_u32(buf + 20) << 32;
-    const uint32_t width = get_u32(buf + 24), reserved = get_u32(buf + 28);
+    const uint32_t version = core_get_u32le(buf + 8), vocab = core_get_u32le(buf + 12);
+    const uint64_t count = (uint64_t)core_get_u32le(buf + 16) | (uint64_t)core_get_u32le(buf + 20) << 32;
+    const uint32_t width = core_get_u32le(buf + 24), reserved = core_get_u32le(buf + 28);
     if (version != SHARD_VERSION)
         return fail(err, "%s: unknown token shard version %u (this build reads version %u)", name,
                     version, SHARD_VERSION);
@@ -125,11 +117,11 @@ static void write_or_die(ShardWriter *w, const void *p, size_t n) {
 static void write_header(ShardWriter *w) {
     uint8_t h[SHARD_HEADER_BYTES] = {0};
     memcpy(h, SHARD_MAGIC, 8);
-    put_u32(h + 8, SHARD_VERSION);
-    put_u32(h + 12, w->vocab);
-    put_u32(h + 16, (uint32_t)w->n);
-    put_u32(h + 20, (uint32_t)(w->n >> 32));
-    put_u32(h + 24, w->width);
+    core_put_u32le(h + 8, SHARD_VERSION);
+    core_put_u32le(h + 12, w->vocab);
+    core_put_u32le(h + 16, (uint32_t)w->n);
+    core_put_u32le(h + 20, (uint32_t)(w->n >> 32));
+    core_put_u32le(h + 24, w->width);
     write_or_die(w, h, sizeof h);
 }
 

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "framework/core/mem.h"  // core_get_u32le
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -29,8 +31,7 @@ typedef struct {
 // Token i of the shard (i < n).
 static inline uint32_t shard_token(const Shard *s, uint64_t i) {
     const uint8_t *p = s->data + i * s->width;
-    return s->width == 2 ? (uint32_t)p[0] | (uint32_t)p[1] << 8
-                         : (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    return s->width == 2 ? (uint32_t)p[0] | (uint32_t)p[1] << 8 : core_get_u32le(p);
 }
 
 // Validates a shard image (n bytes; name is used in messages) and points s into it. On error

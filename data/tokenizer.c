@@ -44,7 +44,7 @@ size_t tok_chunk_len(const uint8_t *x, size_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Small helpers: hashing, little-endian fields, error messages
+// Small helpers: hashing, error messages
 
 static uint64_t hash_u64(uint64_t k) {
     k ^= k >> 33;
@@ -54,14 +54,6 @@ static uint64_t hash_u64(uint64_t k) {
 }
 
 static uint64_t pair_key(uint32_t a, uint32_t b) { return (uint64_t)a << 32 | b; }
-
-static uint32_t get_u32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
 
 static void set_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_err(char *err, const char *fmt, ...) {
@@ -214,9 +206,10 @@ void tok_save(const Tokenizer *t, const char *path) {
     const size_t n = TOK_HEADER_BYTES + 8 * (size_t)(t->V - 256);
     uint8_t *buf = core_alloc(n);
     memcpy(buf, TOK_MAGIC, 8);
-    put_u32(buf + 8, TOK_VERSION);
-    put_u32(buf + 12, (uint32_t)t->V);
-    for (int i = 0; i < 2 * (t->V - 256); i++) put_u32(buf + TOK_HEADER_BYTES + 4 * (size_t)i, t->merges[i]);
+    core_put_u32le(buf + 8, TOK_VERSION);
+    core_put_u32le(buf + 12, (uint32_t)t->V);
+    for (int i = 0; i < 2 * (t->V - 256); i++)
+        core_put_u32le(buf + TOK_HEADER_BYTES + 4 * (size_t)i, t->merges[i]);
     FILE *f = fopen(path, "wb");
     if (!f) core_usage_error("cannot create tokenizer file %s: %s", path, strerror(errno));
     const int ok = fwrite(buf, 1, n, f) == n;
@@ -234,7 +227,7 @@ Tokenizer *tok_parse_try(const uint8_t *buf, size_t n, const char *name, char *e
         set_err(err, "%s: not a tokenizer file: bad magic (expected \"%s\")", name, TOK_MAGIC);
         return NULL;
     }
-    const uint32_t version = get_u32(buf + 8), V = get_u32(buf + 12);
+    const uint32_t version = core_get_u32le(buf + 8), V = core_get_u32le(buf + 12);
     if (version != TOK_VERSION) {
         set_err(err, "%s: unknown tokenizer file version %u (this build reads version %u)", name,
                 version, TOK_VERSION);
@@ -252,7 +245,8 @@ Tokenizer *tok_parse_try(const uint8_t *buf, size_t n, const char *name, char *e
     }
     const int n_merges = (int)V - 256;
     uint32_t *merges = core_alloc(sizeof(uint32_t) * 2 * (size_t)n_merges);
-    for (int i = 0; i < 2 * n_merges; i++) merges[i] = get_u32(buf + TOK_HEADER_BYTES + 4 * (size_t)i);
+    for (int i = 0; i < 2 * n_merges; i++)
+        merges[i] = core_get_u32le(buf + TOK_HEADER_BYTES + 4 * (size_t)i);
     Tokenizer *t = build(merges, n_merges, name, err);
     core_free(merges);
     return t;

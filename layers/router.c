@@ -9,7 +9,7 @@
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
 
-static void check_cfg(const RouterCfg *c) {
+void router_check_cfg(const RouterCfg *c) {
     CHECK(c->E >= 1 && c->K >= 1 && c->K <= c->E,
           "router: need 1 <= K <= E, got E = %d, K = %d", c->E, c->K);
 }
@@ -57,7 +57,7 @@ static void topk_row(int *idx, const float *s, const float *bias, int E, int K) 
 
 void router_forward(float *scores, int *idx, float *gates, const float *logits, const float *bias,
                     const RouterCfg *c, int N) {
-    check_cfg(c);
+    router_check_cfg(c);
     int E = c->E, K = c->K;
     for (int t = 0; t < N; t++) {
         float *s = scores + (long)t * E;
@@ -74,7 +74,7 @@ void router_forward(float *scores, int *idx, float *gates, const float *logits, 
 
 void router_backward_input(float *dlogits, const float *dgates, const float *dscores,
                            const float *scores, const int *idx, const RouterCfg *c, int N) {
-    check_cfg(c);
+    router_check_cfg(c);
     int E = c->E, K = c->K;
     float *ds = core_alloc((size_t)E * sizeof(float));  // (E) ∂L/∂scores of one token
     for (int t = 0; t < N; t++) {

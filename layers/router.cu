@@ -115,18 +115,18 @@ __global__ void router_backward_kernel(float *dlogits, const float *dgates, cons
     for (int i = lane; i < E; i += 32) dl[i] += s[i] * (ds[i] - sds);
 }
 
-static size_t router_smem(const RouterCfg *c) {
-    CHECK(c->E >= 1 && c->K >= 1 && c->K <= c->E, "router: need 1 <= K <= E, got E = %d, K = %d",
-          c->E, c->K);
+// The checks of a forward or backward call of N tokens, and its kernel's shared memory (the keys).
+static size_t router_smem(const RouterCfg *c, int N) {
+    router_check_cfg(c);
     size_t bytes = (size_t)WARPS * c->E * sizeof(float);
     CHECK(bytes <= 48 * 1024, "router: E = %d experts exceed the kernel's shared memory", c->E);
+    CHECK(N >= 0, "router: bad token count %d", N);
     return bytes;
 }
 
 void router_cuda_forward(float *scores, int *idx, float *gates, const float *logits,
                          const float *bias, const RouterCfg *c, int N) {
-    size_t smem = router_smem(c);
-    CHECK(N >= 0, "router: bad token count %d", N);
+    size_t smem = router_smem(c, N);
     if (N == 0) return;
     router_forward_kernel<<<core_blocks(N, WARPS), WARPS * 32, smem, core_stream()>>>(
         scores, idx, gates, logits, bias, N, c->E, c->K, c->softmax, c->norm_topk,
@@ -136,8 +136,7 @@ void router_cuda_forward(float *scores, int *idx, float *gates, const float *log
 
 void router_cuda_backward_input(float *dlogits, const float *dgates, const float *dscores,
                                 const float *scores, const int *idx, const RouterCfg *c, int N) {
-    size_t smem = router_smem(c);
-    CHECK(N >= 0, "router: bad token count %d", N);
+    size_t smem = router_smem(c, N);
     if (N == 0) return;
     router_backward_kernel<<<core_blocks(N, WARPS), WARPS * 32, smem, core_stream()>>>(
         dlogits, dgates, dscores, scores, idx, N, c->E, c->K, c->softmax, c->norm_topk,

@@ -16,6 +16,10 @@ typedef struct {
     float route_scale;  // g_i *= route_scale
 } RouterCfg;
 
+// The check of c (1 <= K <= E) that router_forward, router_backward_input and their CUDA kernels'
+// entry points make before anything else.
+void router_check_cfg(const RouterCfg *c);
+
 // scores (N, E) from logits (N, E); idx (N, K) the chosen experts in descending order of
 // score + bias (ties: lower id first); gates (N, K) in the same order. bias (E) may be NULL (zeros).
 void router_forward(float *scores, int *idx, float *gates, const float *logits, const float *bias,

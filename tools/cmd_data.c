@@ -1,12 +1,12 @@
 // `moelab data`: dataset tooling. `moelab data prepare` turns text files into a BPE tokenizer and
 // train/validation token shards (data/prepare.h does the work; this file only parses flags).
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "data/prepare.h"
+#include "framework/core/check.h"
 #include "framework/core/num.h"
 #include "tools/commands.h"
 
@@ -42,16 +42,8 @@ static const char USAGE_PREPARE[] =
     "\n"
     "Formats and loader semantics: docs/data.md.\n";
 
-static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int fail(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("moelab: error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return 2;
-}
+// One usage-error line naming the subcommand; returns exit code 2.
+#define fail(...) core_usage_report("data prepare: " __VA_ARGS__)
 
 static int is_help(const char *a) { return !strcmp(a, "--help") || !strcmp(a, "-h"); }
 
@@ -72,45 +64,40 @@ static int cmd_prepare(int argc, char **argv) {
             strict = 1;
             continue;
         }
-        const char *eq = strchr(a, '=');
-        const size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
-        if (nlen == 7 && !strncmp(a, "--input", 7)) {
+        const size_t nlen = cmd_flag_len(a);
+        if (cmd_flag_is(a, nlen, "--input")) {
+            const char *eq = strchr(a, '=');
             if (eq) inputs[n_inputs++] = eq + 1;
             const int before = n_inputs;
             while (!eq && i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) inputs[n_inputs++] = argv[++i];
-            if (!eq && n_inputs == before) rc = fail("data prepare: --input needs at least one path");
+            if (!eq && n_inputs == before) rc = fail("--input needs at least one path");
             continue;
         }
-        const char **slot = nlen == 7 && !strncmp(a, "--vocab", 7)          ? &vocab
-                            : nlen == 5 && !strncmp(a, "--out", 5)           ? &out
-                            : nlen == 14 && !strncmp(a, "--val-fraction", 14) ? &frac
-                            : nlen == 6 && !strncmp(a, "--seed", 6)          ? &seed
-                            : nlen == 12 && !strncmp(a, "--text-field", 12)  ? &field
-                                                                             : NULL;
-        if (!slot) {
-            rc = fail("data prepare: unknown option '%s' (see moelab data prepare --help)", a);
-        } else if (eq) {
-            *slot = eq + 1;
-        } else if (i + 1 < argc) {
-            *slot = argv[++i];
-        } else {
-            rc = fail("data prepare: %s needs a value", a);
-        }
+        const char **slot = cmd_flag_is(a, nlen, "--vocab")          ? &vocab
+                            : cmd_flag_is(a, nlen, "--out")          ? &out
+                            : cmd_flag_is(a, nlen, "--val-fraction") ? &frac
+                            : cmd_flag_is(a, nlen, "--seed")         ? &seed
+                            : cmd_flag_is(a, nlen, "--text-field")   ? &field
+                                                                     : NULL;
+        const char *val = slot ? cmd_flag_value(argc, argv, &i) : NULL;
+        if (!slot) rc = fail("unknown option '%s' (see moelab data prepare --help)", a);
+        else if (!val) rc = fail("%s needs a value", a);
+        else *slot = val;
     }
-    if (rc == 0 && n_inputs == 0) rc = fail("data prepare: missing --input PATH... (see moelab data prepare --help)");
-    if (rc == 0 && !vocab) rc = fail("data prepare: missing --vocab N (see moelab data prepare --help)");
-    if (rc == 0 && (!out || !*out)) rc = fail("data prepare: missing --out DIR (see moelab data prepare --help)");
+    if (rc == 0 && n_inputs == 0) rc = fail("missing --input PATH... (see moelab data prepare --help)");
+    if (rc == 0 && !vocab) rc = fail("missing --vocab N (see moelab data prepare --help)");
+    if (rc == 0 && (!out || !*out)) rc = fail("missing --out DIR (see moelab data prepare --help)");
     long long V = 0;
     double f = 0.05;
     unsigned long long S = 1337;
     char err[NUM_ERR_LEN];
-    if (rc == 0 && num_parse_int("--vocab", vocab, 256, 1 << 20, &V, err)) rc = fail("data prepare: %s", err);
+    if (rc == 0 && num_parse_int("--vocab", vocab, 256, 1 << 20, &V, err)) rc = fail("%s", err);
     if (rc == 0 && frac && num_parse_real("--val-fraction", frac, 0, 1, &f, err))
-        rc = fail("data prepare: %s", err);
+        rc = fail("%s", err);
     // Some text must be left to train on.
-    if (rc == 0 && f >= 1.0) rc = fail("data prepare: --val-fraction %s is too large: must be below 1", frac);
-    if (rc == 0 && seed && num_parse_u64("--seed", seed, UINT64_MAX, &S, err)) rc = fail("data prepare: %s", err);
-    if (rc == 0 && field && !*field) rc = fail("data prepare: --text-field must not be empty");
+    if (rc == 0 && f >= 1.0) rc = fail("--val-fraction %s is too large: must be below 1", frac);
+    if (rc == 0 && seed && num_parse_u64("--seed", seed, UINT64_MAX, &S, err)) rc = fail("%s", err);
+    if (rc == 0 && field && !*field) rc = fail("--text-field must not be empty");
     if (rc == 0) {
         PrepareStats st;
         const PrepareJsonl jsonl = {field, strict};
@@ -130,5 +117,5 @@ int cmd_data(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(argv[1], "prepare")) return cmd_prepare(argc - 1, argv + 1);
-    return fail("data: unknown subcommand '%s' (see moelab data --help)", argv[1]);
+    return core_usage_report("data: unknown subcommand '%s' (see moelab data --help)", argv[1]);
 }

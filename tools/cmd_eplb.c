@@ -190,16 +190,14 @@ int cmd_eplb(int argc, char **argv) {
             return 0;
         }
         // Both "--flag value" and "--flag=value".
-        const char *eq = strchr(a, '=');
-        size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
-        const char *val = eq ? eq + 1 : (i + 1 < argc ? argv[i + 1] : NULL);
+        const size_t nlen = cmd_flag_len(a);
         int k = -1;
         for (int j = 0; j < 4; j++)
-            if (strlen(names[j]) == nlen && !strncmp(a, names[j], nlen)) k = j;
-        if (k < 0 && !(nlen == 6 && !strncmp(a, "--load", 6)))
+            if (cmd_flag_is(a, nlen, names[j])) k = j;
+        if (k < 0 && !cmd_flag_is(a, nlen, "--load"))
             return fail("unknown option '%s' (see moelab eplb --help)", a);
+        const char *val = cmd_flag_value(argc, argv, &i);
         if (!val) return fail("%.*s needs a value", (int)nlen, a);
-        if (!eq) i++;
         if (k < 0) {
             path = val;
         } else {

@@ -354,13 +354,12 @@ int cmd_plot(int argc, char **argv) {
             return 0;
         }
         // Both "--flag value" and "--flag=value".
-        const char *eq = strchr(a, '=');
-        const size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
-        const char **dst = nlen == 9 && !strncmp(a, "--metrics", 9) ? &metrics
-                           : nlen == 5 && !strncmp(a, "--out", 5)    ? &out
-                                                                     : NULL;
+        const size_t nlen = cmd_flag_len(a);
+        const char **dst = cmd_flag_is(a, nlen, "--metrics") ? &metrics
+                           : cmd_flag_is(a, nlen, "--out")    ? &out
+                                                              : NULL;
         if (!dst) return fail("unknown option '%s' (see moelab plot --help)", a);
-        const char *val = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        const char *val = cmd_flag_value(argc, argv, &i);
         if (!val || !*val) return fail("%.*s needs a value", (int)nlen, a);
         *dst = val;
     }

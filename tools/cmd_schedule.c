@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "framework/core/check.h"
 #include "framework/core/mem.h"
 #include "framework/core/num.h"
 #include "parallel/schedule.h"
@@ -38,15 +39,15 @@ static const char *HELP =
     "Text tokens: F3d forward of micro-batch 3 in the down pipe, B0u backward (u = up pipe),\n"
     "B0u* backward with W deferred, W0u the deferred W of B0u, FB(4d,1u) F4d and B1u overlapped.\n";
 
+// One usage-error line that points at --help; returns exit code 2.
 static int usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int usage(const char *fmt, ...) {
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    fputs("moelab: error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputs(" (see moelab schedule --help)\n", stderr);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return 2;
+    return core_usage_report("%s (see moelab schedule --help)", msg);
 }
 
 // Bounds of the flags: more ranks or micro-batches than any pipeline has, and costs whose sums over
@@ -98,16 +99,13 @@ static SimCosts measured_costs(const SimTimeline *tl) {
 static int from_trace(const char *trace, const char *svg, int kind) {
     char err[SCHED_ERR_LEN], title[512];
     SimTimeline *tl = sim_read_trace(trace, err);
-    if (!tl) {
-        fprintf(stderr, "moelab: error: %s\n", err);
-        return 2;
-    }
+    if (!tl) return core_usage_report("%s", err);
     // The file's name without its folders (often a temporary one), and the schedule when named.
     const char *slash = strrchr(trace, '/'), *name = slash ? slash + 1 : trace;
     snprintf(title, sizeof title, "Measured timeline: %s%sPP %d (%.200s)", kind >= 0 ? DISPLAY[kind] : "",
              kind >= 0 ? ", " : "", tl->R, name);
     int rc = sched_svg_write(tl, title, "µs", svg, err);
-    if (rc) fprintf(stderr, "moelab: error: %s\n", err);
+    if (rc) core_failure_report("%s", err);
     else print_idle(tl);
     if (!rc && kind >= 0) {
         const SimCosts c = measured_costs(tl);
@@ -135,44 +133,39 @@ int cmd_schedule(int argc, char **argv) {
             return 0;
         }
         // Every flag takes a value, as "--flag value" or "--flag=value".
-        char flag[64];
-        const char *val, *eq = strchr(argv[i], '=');
-        if (strncmp(argv[i], "--", 2) != 0) return usage("unexpected argument '%s'", argv[i]);
-        if (eq) {
-            snprintf(flag, sizeof flag, "%.*s", (int)(eq - argv[i]), argv[i]);
-            val = eq + 1;
-        } else {
-            snprintf(flag, sizeof flag, "%s", argv[i]);
-            if (i + 1 >= argc) return usage("%s needs a value", flag);
-            val = argv[++i];
-        }
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0) return usage("unexpected argument '%s'", a);
+        const size_t nlen = cmd_flag_len(a);
+        const char *val = cmd_flag_value(argc, argv, &i);
+        if (!val) return usage("%s needs a value", a);
         int cost_i = -1;
         for (int k = 0; k < 5; k++)
-            if (strcmp(flag, costs[k].flag) == 0) cost_i = k;
+            if (cmd_flag_is(a, nlen, costs[k].flag)) cost_i = k;
         char err[NUM_ERR_LEN];
         long long n;
         if (cost_i >= 0) {
-            if (num_parse_real(flag, val, 0, MAX_COST, costs[cost_i].v, err)) return usage("%s", err);
-        } else if (strcmp(flag, "--kind") == 0) {
+            if (num_parse_real(costs[cost_i].flag, val, 0, MAX_COST, costs[cost_i].v, err))
+                return usage("%s", err);
+        } else if (cmd_flag_is(a, nlen, "--kind")) {
             kind_name = val;
-        } else if (strcmp(flag, "--pp") == 0) {
-            if (num_parse_int(flag, val, 1, MAX_PP, &n, err)) return usage("%s", err);
+        } else if (cmd_flag_is(a, nlen, "--pp")) {
+            if (num_parse_int("--pp", val, 1, MAX_PP, &n, err)) return usage("%s", err);
             N = (int)n;
             have_n = 1;
-        } else if (strcmp(flag, "--chunks") == 0) {
-            if (num_parse_int(flag, val, 1, MAX_CHUNKS, &n, err)) return usage("%s", err);
+        } else if (cmd_flag_is(a, nlen, "--chunks")) {
+            if (num_parse_int("--chunks", val, 1, MAX_CHUNKS, &n, err)) return usage("%s", err);
             C = (int)n;
             have_c = 1;
-        } else if (strcmp(flag, "--format") == 0) {
+        } else if (cmd_flag_is(a, nlen, "--format")) {
             format = val;
-        } else if (strcmp(flag, "--svg") == 0) {
+        } else if (cmd_flag_is(a, nlen, "--svg")) {
             svg = val;
-        } else if (strcmp(flag, "--trace") == 0) {
+        } else if (cmd_flag_is(a, nlen, "--trace")) {
             trace_out = val;
-        } else if (strcmp(flag, "--from-trace") == 0) {
+        } else if (cmd_flag_is(a, nlen, "--from-trace")) {
             from = val;
         } else {
-            return usage("unknown option '%s'", flag);
+            return usage("unknown option '%.*s'", (int)nlen, a);
         }
     }
 
@@ -200,9 +193,8 @@ int cmd_schedule(int argc, char **argv) {
     // The generators are exact; a failed play would be a bug in them, reported as such.
     SimTimeline *tl = sim_run(s, &cost, err);
     if (!tl) {
-        fprintf(stderr, "moelab: error: %s schedule failed validation: %s\n", kind_name, err);
         sched_free(s);
-        return 1;
+        return core_failure_report("%s schedule failed validation: %s", kind_name, err);
     }
     int rc = 0;
     if (json) {
@@ -223,7 +215,7 @@ int cmd_schedule(int argc, char **argv) {
         rc = sched_svg_write(tl, title, "cost units", svg, err);
     }
     if (!rc && trace_out) rc = sim_write_trace(tl, trace_out, err);
-    if (rc) fprintf(stderr, "moelab: error: %s\n", err);
+    if (rc) core_failure_report("%s", err);
     sim_free(tl);
     sched_free(s);
     return rc;

@@ -3,6 +3,9 @@
 #ifndef MOELAB_TOOLS_COMMANDS_H
 #define MOELAB_TOOLS_COMMANDS_H
 
+#include <stddef.h>
+#include <string.h>
+
 int cmd_train(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_data(int argc, char **argv);
@@ -12,5 +15,23 @@ int cmd_plot(int argc, char **argv);
 int cmd_schedule(int argc, char **argv);
 int cmd_ckpt(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+
+// The flag parsers that take both "--flag value" and "--flag=value" share these.
+// The length of the flag name of argument a: up to its '=', else all of it.
+static inline size_t cmd_flag_len(const char *a) {
+    const char *eq = strchr(a, '=');
+    return eq ? (size_t)(eq - a) : strlen(a);
+}
+// 1 when the flag name of a (its first n = cmd_flag_len(a) bytes) is `name`.
+static inline int cmd_flag_is(const char *a, size_t n, const char *name) {
+    return strlen(name) == n && !strncmp(a, name, n);
+}
+// The value of the flag argv[*i]: what follows its '=', else the next argument (and *i then moves
+// past it); NULL when there is none.
+static inline const char *cmd_flag_value(int argc, char **argv, int *i) {
+    const char *eq = strchr(argv[*i], '=');
+    if (eq) return eq + 1;
+    return *i + 1 < argc ? argv[++*i] : NULL;
+}
 
 #endif

@@ -1,10 +1,12 @@
 // Memory: checked host allocation, and the device-allocator slot the CUDA backend fills in.
 // Every buffer of the model and the optimizer goes through here so that a failed allocation is
-// one clear error naming the size, never a NULL dereference later.
+// one clear error naming the size, never a NULL dereference later. Also the little-endian u32
+// fields of the byte buffers that moelab's files are made of.
 #ifndef MOELAB_CORE_MEM_H
 #define MOELAB_CORE_MEM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -29,6 +31,15 @@ void core_register_allocator(CoreDevice dev, const CoreAllocator *a);
 void *core_device_alloc(CoreDevice dev, size_t bytes);
 void core_device_free(CoreDevice dev, void *p);
 void core_copy(void *dst, CoreDevice dst_dev, const void *src, CoreDevice src_dev, size_t bytes);
+
+// The u32 stored little-endian at p, and storing one there: the byte order of every file moelab
+// writes (token shards, tokenizers, checkpoints' chunk checksums), whatever the host's.
+static inline uint32_t core_get_u32le(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline void core_put_u32le(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
 
 #ifdef __cplusplus
 }
