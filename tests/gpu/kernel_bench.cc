@@ -7,7 +7,8 @@
 // uniform, jittered and skewed counts, also at bench_wide.cfg's shapes),
 // the attention's q, k, v projections as three products and as one stacked product, and the
 // attention itself every way (cuDNN's backward also without determinism; these rows time calls
-// queued back to back, as the "10 queued" GEMM rows do). A benchmark, not a test: it checks nothing. Runs on the GPU machine (tools/gpu_run.sh).
+// queued back to back, as the "10 queued" GEMM rows do). A benchmark, not a test: it checks
+// nothing. Runs on the GPU machine (tools/gpu_run.sh).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -384,9 +385,8 @@ int main() {
     // kernels at the two shapes of the attention targets (docs/gpu.md): hd 64 and hd 128. Timed
     // 10 queued: a cuDNN call works on the host before its kernel starts (the variant pack, the
     // plan's launch), which a lone call between two events counts and a training step hides
-    // behind the kernels queued before it. cuDNN's
-    // backward also once with its default algorithm (dQ added with atomics, not deterministic):
-    // what the trainer's deterministic one costs.
+    // behind the kernels queued before it. cuDNN's backward also once with its default algorithm
+    // (dQ added with atomics, not deterministic): what the trainer's deterministic one costs.
     auto attention_rows = [&](int ab, int at, int ah, int ahkv, int ahd, bool cuda_cores) {
         size_t nq = (size_t)ab * at * ah * ahd, nk = (size_t)ab * at * ahkv * ahd;
         void *q = dev_rand(nq, BF), *k = dev_rand(nk, BF), *v = dev_rand(nk, BF),
