@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "framework/backend.h"
+#include "framework/core/cuda.h"
 #include "framework/core/mem.h"
 #include "framework/core/rng.h"
 #include "framework/core/timer.h"
@@ -26,18 +27,23 @@ BenchResult bench_train(const MoeConfig *c, const LayerOps *ops, int min_steps, 
     for (size_t i = 0; i < n; i++) tok[i] = (int)(rng_next_u32(&rng) % (uint32_t)c->V);
     // Warm-up: first-touch page faults, BLAS thread start, the GPU pool's first allocations.
     r.first_loss = train_step_tokens(m, &o, c, 0, tok).loss;
+    // The timed steps are a profiler's window (tools/trace); each step ends with the loss on the
+    // host, so the window holds whole steps.
+    const int gpu = ops->dev != CORE_CPU;
+    if (gpu) core_cuda_profiler_window(1);
     double t0 = core_now(), t = 0;
     while (r.steps < min_steps || t < min_seconds) {
         r.last_loss = train_step_tokens(m, &o, c, r.steps + 1, tok).loss;
         r.steps++;
         t = core_now() - t0;
     }
+    if (gpu) core_cuda_profiler_window(0);
     const double tokens = (double)r.steps * c->grad_accum * c->batch_size * c->T;
     r.tokens_per_s = tokens / t;
     r.gflops = r.tokens_per_s * model_train_flops_per_token(c) / 1e9;
     r.step_seconds = t / r.steps;
     r.prof_steps = 2;
-    prof_start(ops->dev != CORE_CPU);
+    prof_start(gpu);
     for (int s = 0; s < r.prof_steps; s++) train_step_tokens(m, &o, c, r.steps + 1 + s, tok);
     prof_stop(r.prof_ms);
     for (int i = 0; i < PROF_N; i++) {

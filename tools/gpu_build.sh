@@ -1,6 +1,7 @@
 #!/bin/bash
 # Builds the GPU test binaries (kernels, whole model, NCCL and EP under mpirun), the kernel and EP
-# benchmarks, the reference comparison's dump_model, the export check's export_probe and moelab with --config=cuda on this machine (nvcc needed, no GPU) and copies them
+# benchmarks, the reference comparison's dump_model, the export check's export_probe, the kernel
+# trace (tools/trace) and moelab with --config=cuda on this machine (nvcc needed, no GPU) and copies them
 # into .dist/ (git-ignored), ready to carry to the GPU machine, which has no Bazel; tools/gpu_run.sh
 # runs them there. Where the fortunes corpus is installed it also prepares the quickstart data
 # (.dist/data/quickstart, 2 MB) for gpu_run.sh's training stages. The GPU machine has CUDA,
@@ -21,7 +22,8 @@ while [ $# -gt 0 ]; do
 done
 
 "${bazel[@]}" build --config=cuda //tests/gpu:gpu_test //tests/gpu:model_gpu_test //tests/gpu:kernel_bench \
-    //tests/gpu:nccl_test //tests/gpu:ep_bench //tests/reference:dump_model //tests/tools/export:export_probe //tools:moelab
+    //tests/gpu:nccl_test //tests/gpu:ep_bench //tests/reference:dump_model //tests/tools/export:export_probe //tools:moelab \
+    //tools/trace:libkernel_trace.so
 bin=$("${bazel[@]}" info --config=cuda bazel-bin)
 
 rm -rf .dist
@@ -31,6 +33,11 @@ cp "$bin/tests/gpu/gpu_test" "$bin/tests/gpu/model_gpu_test" "$bin/tests/gpu/ker
     "$bin/tests/tools/export/export_probe" "$bin/tools/moelab" \
     .dist/bin/
 chmod u+w .dist/bin/*
+# The kernel trace (gpu_run.sh's trace stage) with the CUPTI it was built against (4 MB).
+mkdir -p .dist/trace
+cp "$bin/tools/trace/libkernel_trace.so" .dist/trace/
+cp -L "$(ldd .dist/trace/libkernel_trace.so | awk '$1 ~ /^libcupti/ {print $3; exit}')" .dist/trace/
+chmod u+w .dist/trace/*
 corpus=/usr/share/games/fortunes
 if [ -d "$corpus" ]; then
     .dist/bin/moelab data prepare --input "$corpus" --vocab 2048 --out .dist/data/quickstart > /dev/null

@@ -10,6 +10,10 @@
 #              default 600), and the same run on the CPU alongside when QS_CPU=1
 #   bench      `moelab bench --device cuda` on configs/bench.cfg and configs/bench_wide.cfg (with the
 #              time breakdown)
+#   trace      the bench configs once more, each under the kernel trace (tools/trace, CUDA_INJECTION64_PATH):
+#              GPU busy and idle time of the timed steps, idle gaps by length, host waits, kernels by
+#              time, the first 3000 in order (trace_<config>.txt; TRACE_CONFIGS, default "bench
+#              bench_wide"; TRACE_SECONDS a config, default 3); not in the default stages
 #   reference  the model on cuda-fp32 (tolerance 1e-4) and cuda (bf16: 1e-2, final weights 5e-2)
 #              against the PyTorch reference of tests/reference (python3 with numpy and torch)
 #   torch      tools/bench_torch.py, the PyTorch baseline of the same model (eager, torch.compile)
@@ -198,6 +202,23 @@ if want bench; then
     .dist/bin/moelab bench --device cuda --config configs/bench.cfg --config configs/bench_wide.cfg 2>&1 |
         tee "$log/bench_moelab.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail "moelab bench"
+fi
+
+# The same benchmark under the kernel trace (tools/trace): per config, the GPU's busy and idle time in
+# the timed steps, the host waits and the kernels by time. CUPTI's own cost shows as the tokens/s
+# against the bench stage's.
+if want trace; then
+    if [ ! -e .dist/trace/libkernel_trace.so ]; then
+        fail "trace: .dist/trace/libkernel_trace.so missing (tools/gpu_build.sh)"
+    else
+        for cfg in ${TRACE_CONFIGS:-bench bench_wide}; do
+            echo "== moelab bench --device cuda --config configs/$cfg.cfg under tools/trace"
+            LD_LIBRARY_PATH=$PWD/.dist/trace:$LD_LIBRARY_PATH CUDA_INJECTION64_PATH=$PWD/.dist/trace/libkernel_trace.so \
+                .dist/bin/moelab bench --device cuda --config configs/$cfg.cfg --seconds "${TRACE_SECONDS:-3}" \
+                > "$log/trace_$cfg.txt" 2>&1 || fail "trace $cfg"
+            grep -v "^kernel_trace: seq" "$log/trace_$cfg.txt" | grep -m 30 "^kernel_trace:\|\.cfg "
+        done
+    fi
 fi
 
 # dump_model runs the model on the GPU; moe_reference.py recomputes it in PyTorch (on the CPU).

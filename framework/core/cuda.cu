@@ -5,6 +5,7 @@
 #include "framework/core/cuda.h"
 
 #include <cublas_v2.h>
+#include <cuda_profiler_api.h>
 #include <string.h>
 
 #include "framework/core/check.h"
@@ -191,6 +192,8 @@ float core_cuda_event_ms(void *a, void *b) {
     CUDA_CHECK(cudaEventElapsedTime(&ms, (cudaEvent_t)a, (cudaEvent_t)b));
     return ms;
 }
+
+void core_cuda_profiler_window(int on) { CUDA_CHECK(on ? cudaProfilerStart() : cudaProfilerStop()); }
 
 template <typename D, typename S>
 __global__ void convert_kernel(D *dst, const S *src, long n) {

@@ -67,6 +67,9 @@ void core_cuda_event_destroy(void *ev);
 void core_cuda_event_record(void *ev);
 void core_cuda_stream_wait(void *ev);
 float core_cuda_event_ms(void *a, void *b);
+// Opens (on = 1) or closes (0) a measurement window for a profiler attached to the process
+// (cudaProfilerStart / Stop: nsys's capture range, tools/trace's windows); without one, nothing.
+void core_cuda_profiler_window(int on);
 
 // dst (n) of dtype ddt = src (n) of dtype sdt, both on the GPU (bf16 rounds to nearest even).
 void core_cuda_convert(void *dst, CoreDtype ddt, const void *src, CoreDtype sdt, long n);

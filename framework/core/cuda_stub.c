@@ -30,6 +30,7 @@ void core_cuda_stream_free(CoreCudaStream *s) {
 void core_cuda_use_stream(CoreCudaStream *s) { FATAL(NO_CUDA); }
 void **core_cuda_stream_state(void) { FATAL(NO_CUDA); }
 float core_cuda_event_ms(void *a, void *b) { FATAL(NO_CUDA); }
+void core_cuda_profiler_window(int on) { FATAL(NO_CUDA); }
 
 void core_cuda_convert(void *dst, CoreDtype ddt, const void *src, CoreDtype sdt, long n) {
     FATAL(NO_CUDA);

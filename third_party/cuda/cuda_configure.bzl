@@ -4,7 +4,8 @@ nvcc is looked up as $CUDA_PATH/bin/nvcc, then on PATH; the toolkit root is the 
 bin/. The repository exposes:
   :nvcc       the compiler (in the stub, a script that fails with a clear message)
   :headers    the toolkit's top-level headers (cuda_runtime.h, cublas_v2.h, ...)
-  :cudart, :cublas, :cublasLt, :nccl   the shared libraries (link flags with an rpath)
+  :cudart, :cublas, :cublasLt, :cupti, :nccl   the shared libraries (link flags with an rpath;
+              CUPTI only for tools/trace)
   :cutlass    CUTLASS's headers (cute/, cutlass/ and its util headers) as tools/install_deps.sh
               unpacks them into /opt/moelab/cutlass; where they are missing, a cutlass/cutlass.h
               that stops the compile with a message saying how to get them
@@ -19,7 +20,7 @@ The stub keeps every name, so a build without --config=cuda loads this package o
 (select() branches are loaded even when not taken) and never needs a CUDA file.
 """
 
-_LIBS = ["cudart", "cublas", "cublasLt"]
+_LIBS = ["cudart", "cublas", "cublasLt", "cupti"]
 
 def _find_nvcc(rctx):
     cuda_path = rctx.os.environ.get("CUDA_PATH", "")
