@@ -34,16 +34,26 @@ float optim_lr(const MoeConfig *c, int step) {
     return (float)(c->min_lr + 0.5 * (c->lr - c->min_lr) * (1.0 + cos(M_PI * p)));
 }
 
-double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind) {
-    // The tensors' sums gather in one double of the backend's memory: one download, not one each.
-    double *d = ops->alloc(sizeof(double)), s;
+// The trained tensors of r (kind < 0: all, else only that kind) as spans of its buffers, in
+// registry order: s (r->n) is filled, their count returned.
+static int trained_spans(const ParamRegistry *r, int kind, AdamwSpan *s) {
+    int n = 0;
     for (int i = 0; i < r->n; i++) {
         const ParamInfo *p = &r->p[i];
         if (p->kind == PARAM_BUFFER || (kind >= 0 && (int)p->kind != kind)) continue;
-        ops->grad_sqsum(d, r->grad + p->offset, (long)p->numel);
+        s[n++] = (AdamwSpan){(long)p->offset, (long)p->offset, (long)p->numel, p->decay};
     }
+    return n;
+}
+
+double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind) {
+    // Every tensor in one pass into one double of the backend's memory: one download.
+    AdamwSpan *sp = core_alloc((size_t)(r->n > 0 ? r->n : 1) * sizeof(AdamwSpan));
+    double *d = ops->alloc(sizeof(double)), s;
+    ops->grad_sqsum(d, r->grad, sp, trained_spans(r, kind, sp));
     ops->download(&s, d, sizeof s);
     ops->free(d);
+    core_free(sp);
     return s;
 }
 
@@ -56,12 +66,8 @@ void adamw_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float 
     prof_mark(PROF_OPTIM);
     o->t++;
     const AdamwHyper h = {lr, c->beta1, c->beta2, c->adam_eps, c->weight_decay, o->t, gscale};
-    for (int i = 0; i < r->n; i++) {
-        const ParamInfo *pi = &r->p[i];
-        if (pi->kind == PARAM_BUFFER) continue;
-        void *low = o->p_low ? (char *)o->p_low + pi->offset * o->ops->act_size : NULL;
-        o->ops->adamw_step(r->data + pi->offset, r->grad + pi->offset, o->m + pi->offset, o->v + pi->offset,
-                           (long)pi->numel, &h, pi->decay, low);
-    }
+    AdamwSpan *sp = core_alloc((size_t)(r->n > 0 ? r->n : 1) * sizeof(AdamwSpan));
+    o->ops->adamw_step(r->data, r->grad, o->m, o->v, o->p_low, sp, trained_spans(r, -1, sp), &h);
+    core_free(sp);
     prof_mark(PROF_OTHER);
 }

@@ -210,27 +210,33 @@ static void cpu_moe_sum_choices(void *dx, const void *rows, const int *map, int 
         }
 }
 
-static void cpu_adamw_step(float *p, const float *g, float *m, float *v, long n, const AdamwHyper *h,
-                           int decay, void *p_low) {
+static void cpu_adamw_step(float *p, const float *g, float *m, float *v, void *p_low, const AdamwSpan *s,
+                           int ns, const AdamwHyper *h) {
     // The CPU computes in fp32: the weights are their own compute copy.
     CHECK(p_low == NULL, "the CPU backend keeps no low-precision copy of the weights");
     const double bc1 = 1.0 - pow(h->beta1, (double)h->t), bc2 = 1.0 - pow(h->beta2, (double)h->t);
-    const float b1 = h->beta1, b2 = h->beta2, eps = h->eps, lr = h->lr;
-    const float d = decay ? 1.0f - lr * h->weight_decay : 1.0f, gs = h->gscale;
+    const float b1 = h->beta1, b2 = h->beta2, eps = h->eps, lr = h->lr, gs = h->gscale;
+    for (int i = 0; i < ns; i++) {
+        const float d = s[i].decay ? 1.0f - lr * h->weight_decay : 1.0f;
+        float *pi = p + s[i].p_at, *mi = m + s[i].g_at, *vi = v + s[i].g_at;
+        const float *gi = g + s[i].g_at;
+        const long n = s[i].n;
 #pragma omp parallel for schedule(static)
-    for (long j = 0; j < n; j++) {
-        const float gj = g[j] * gs;
-        m[j] = b1 * m[j] + (1.0f - b1) * gj;
-        v[j] = b2 * v[j] + (1.0f - b2) * gj * gj;
-        float mhat = (float)(m[j] / bc1), vhat = (float)(v[j] / bc2);
-        p[j] = p[j] * d - lr * mhat / (sqrtf(vhat) + eps);
+        for (long j = 0; j < n; j++) {
+            const float gj = gi[j] * gs;
+            mi[j] = b1 * mi[j] + (1.0f - b1) * gj;
+            vi[j] = b2 * vi[j] + (1.0f - b2) * gj * gj;
+            float mhat = (float)(mi[j] / bc1), vhat = (float)(vi[j] / bc2);
+            pi[j] = pi[j] * d - lr * mhat / (sqrtf(vhat) + eps);
+        }
     }
 }
 
-static void cpu_grad_sqsum(double *sum, const float *g, long n) {
-    double s = *sum;
-    for (long j = 0; j < n; j++) s += (double)g[j] * g[j];
-    *sum = s;
+static void cpu_grad_sqsum(double *sum, const float *g, const AdamwSpan *s, int ns) {
+    double q = *sum;
+    for (int i = 0; i < ns; i++)
+        for (long j = 0; j < s[i].n; j++) q += (double)g[s[i].g_at + j] * g[s[i].g_at + j];
+    *sum = q;
 }
 
 static void cpu_grad_scale(float *g, long n, float s) {

@@ -334,9 +334,9 @@ static void cu_crossentropy_backward_input(void *dlogits, const void *logits, co
 }
 
 template <CoreDtype DT>
-static void cu_adamw_step(float *p, const float *g, float *m, float *v, long n, const AdamwHyper *h,
-                          int decay, void *p_low) {
-    adamw_cuda_step(p, g, m, v, n, h, decay, p_low, DT);
+static void cu_adamw_step(float *p, const float *g, float *m, float *v, void *p_low, const AdamwSpan *s,
+                          int ns, const AdamwHyper *h) {
+    adamw_cuda_step(p, g, m, v, p_low, DT, s, ns, h);
 }
 
 // ---------------------------------------------------------------------------------------------

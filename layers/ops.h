@@ -161,11 +161,12 @@ typedef struct LayerOps {
     // The single-process dispatcher on this device (rows of dt).
     MoeDispatcher *(*local_dispatcher)(int E);
 
-    // Optimizer on one tensor: AdamW (adamw_cuda.h's arithmetic; p_low (n, dt) receives the new
-    // weights, or NULL), *sum += Σ g² in double (sum in dev memory), and g *= s.
-    void (*adamw_step)(float *p, const float *g, float *m, float *v, long n, const AdamwHyper *h,
-                       int decay, void *p_low);
-    void (*grad_sqsum)(double *sum, const float *g, long n);
+    // Optimizer over a list of tensors (spans of the flat buffers, adamw_cuda.h): AdamW
+    // (adamw_cuda.h's arithmetic; p_low, of dt and p's layout, receives the new weights, or NULL)
+    // and *sum += Σ g² in double (sum in dev memory), each over all spans at once; and g *= s.
+    void (*adamw_step)(float *p, const float *g, float *m, float *v, void *p_low, const AdamwSpan *s,
+                       int ns, const AdamwHyper *h);
+    void (*grad_sqsum)(double *sum, const float *g, const AdamwSpan *s, int ns);
     void (*grad_scale)(float *g, long n, float s);
 } LayerOps;
 

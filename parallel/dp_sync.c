@@ -237,7 +237,7 @@ double dp_sync_shard_sqsum(const Grid *g, DpSync *const *s, int n) {
     double *d = o->alloc(sizeof(double)), sq = 0;
     o->zero(d, sizeof(double));
     for (int k = 0; k < n; k++)
-        if (s[k]->shard_n) o->grad_sqsum(d, s[k]->shard, (long)s[k]->shard_n);
+        o->grad_sqsum(d, s[k]->shard, &(AdamwSpan){0, 0, (long)s[k]->shard_n, 0}, 1);
     o->download(&sq, d, sizeof sq);
     o->free(d);
     comm_allreduce(g->dp_comm, &sq, 1, COMM_F64, COMM_SUM);
@@ -307,7 +307,7 @@ double dp_sync_grad_sqsum(const Grid *g, const DpGrad *t, int n) {
     const LayerOps *o = ops_of(g);
     double sq[2] = {0, 0};  // dense, expert
     double *d = o->alloc((size_t)n * sizeof(double)), *s = core_alloc((size_t)n * sizeof(double));
-    for (int i = 0; i < n; i++) o->grad_sqsum(d + i, t[i].g, (long)t[i].n);
+    for (int i = 0; i < n; i++) o->grad_sqsum(d + i, t[i].g, &(AdamwSpan){0, 0, (long)t[i].n, 0}, 1);
     o->download(s, d, (size_t)n * sizeof(double));
     for (int i = 0; i < n; i++) sq[t[i].expert != 0] += s[i];
     o->free(d);

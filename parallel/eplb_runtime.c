@@ -231,7 +231,8 @@ double eplb_runtime_duplicate_sqsum(EplbRuntime *rt) {
                 const EplbTensor *t = &rt->s.tensor[i];
                 if (t->layer != l) continue;
                 if (!dsq) dsq = ops->alloc(sizeof(double));  // zeroed
-                ops->grad_sqsum(dsq, rt->s.grad + t->offset + (size_t)s * t->row, (long)t->row);
+                const AdamwSpan row = {0, (long)(t->offset + (size_t)s * t->row), (long)t->row, 0};
+                ops->grad_sqsum(dsq, rt->s.grad, &row, 1);
             }
         }
     }

@@ -76,13 +76,15 @@ void zero1_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float 
     trained_list(r, NULL, NULL, param);
     int np;
     const DpShardPiece *sp = dp_sync_shard_pieces(o->shard, &np);
+    // The shard's pieces as spans: weights at their registry place, gradient and moments at the
+    // shard's; one pass over all of them.
+    AdamwSpan *span = core_alloc((size_t)(np > 0 ? np : 1) * sizeof(AdamwSpan));
     for (int k = 0; k < np; k++) {
         const ParamInfo *pi = &r->p[param[sp[k].tensor]];
-        const size_t at = pi->offset + sp[k].start;
-        void *low = o->p_low ? (char *)o->p_low + at * o->ops->act_size : NULL;
-        o->ops->adamw_step(r->data + at, g + sp[k].at, o->m + sp[k].at, o->v + sp[k].at, (long)sp[k].n, &h,
-                           pi->decay, low);
+        span[k] = (AdamwSpan){(long)(pi->offset + sp[k].start), (long)sp[k].at, (long)sp[k].n, pi->decay};
     }
+    o->ops->adamw_step(r->data, g, o->m, o->v, o->p_low, span, np, &h);
+    core_free(span);
     core_free(param);
     prof_mark(PROF_OTHER);
     // Every rank now holds its shard of the new weights: the compute copy travels, in its dtype.

@@ -1330,9 +1330,17 @@ TEST_F(Gpu, AdamW) {
     adamw_init(&o, &r);
     BufP dP = put_f32(p0), dM(new Buf(n * 4)), dV(new Buf(n * 4));
     BufP dLow = poisoned(n, CORE_BF16);
-    // A second copy steps each tensor as its first element and the misaligned rest: the
-    // one-element kernel, which must give the 16-byte kernel's bits.
+    // A second copy steps each tensor as its first element and the misaligned rest, all four spans
+    // in one call: the one-element path, which must give the 16-byte path's bits.
     BufP dP1 = put_f32(p0), dM1(new Buf(n * 4)), dV1(new Buf(n * 4)), dLow1 = poisoned(n, CORE_BF16);
+    std::vector<AdamwSpan> whole, split;
+    for (int i = 0; i < r.n; i++) {
+        const ParamInfo *pi = &r.p[i];
+        const long at = (long)pi->offset, numel = (long)pi->numel;
+        whole.push_back({at, at, numel, pi->decay});
+        split.push_back({at, at, 1, pi->decay});
+        split.push_back({at + 1, at + 1, numel - 1, pi->decay});
+    }
     const float lr = 3e-3f;
     for (int step = 1; step <= 3; step++) {
         Vec g = rnd(n, -0.5f, 0.5f);
@@ -1342,17 +1350,9 @@ TEST_F(Gpu, AdamW) {
         const float gscale = step == 1 ? 1.0f : 0.37f * (float)step;
         adamw_step(&o, &r, &c, lr, gscale);
         AdamwHyper h = {lr, c.beta1, c.beta2, c.adam_eps, c.weight_decay, step, gscale};
-        for (int i = 0; i < r.n; i++) {
-            const ParamInfo *pi = &r.p[i];
-            adamw_cuda_step(dP->f() + pi->offset, dGr->f() + pi->offset, dM->f() + pi->offset,
-                            dV->f() + pi->offset, (long)pi->numel, &h, pi->decay,
-                            (uint16_t *)dLow->p + pi->offset, CORE_BF16);
-            for (long a : {0L, 1L}) {
-                const long o1 = (long)pi->offset + a, n1 = a == 0 ? 1 : (long)pi->numel - 1;
-                adamw_cuda_step(dP1->f() + o1, dGr->f() + o1, dM1->f() + o1, dV1->f() + o1, n1, &h,
-                                pi->decay, (uint16_t *)dLow1->p + o1, CORE_BF16);
-            }
-        }
+        adamw_cuda_step(dP->f(), dGr->f(), dM->f(), dV->f(), dLow->p, CORE_BF16, whole.data(), (int)whole.size(), &h);
+        adamw_cuda_step(dP1->f(), dGr->f(), dM1->f(), dV1->f(), dLow1->p, CORE_BF16, split.data(), (int)split.size(),
+                        &h);
     }
     EXPECT_EQ(get_f32(*dP1, n), get_f32(*dP, n)) << "one element a thread against four";
     EXPECT_EQ(get_f32(*dM1, n), get_f32(*dM, n));
@@ -1371,6 +1371,34 @@ TEST_F(Gpu, AdamW) {
     params_free(&r);
 }
 
+// AdamW over more spans than one launch takes (ADAMW_SPANS_PER_LAUNCH = 96), some empty, some
+// misaligned, in one call: the same bits as one call per span.
+TEST_F(Gpu, AdamWManySpans) {
+    std::vector<AdamwSpan> spans;
+    long n = 0;
+    for (int i = 0; i < 250; i++) {
+        const long len = i % 7 == 0 ? 0 : 1 + (i * 37) % 700;
+        spans.push_back({n, n, len, i % 3 != 0});
+        n += len + i % 2;  // odd gaps: misaligned starts
+    }
+    Vec p0 = rnd((size_t)n), g = rnd((size_t)n, -0.5f, 0.5f);
+    BufP dG = put_f32(g);
+    BufP dP = put_f32(p0), dM(new Buf(n * 4)), dV(new Buf(n * 4)), dLow = poisoned(n, CORE_BF16);
+    BufP dP1 = put_f32(p0), dM1(new Buf(n * 4)), dV1(new Buf(n * 4)), dLow1 = poisoned(n, CORE_BF16);
+    const AdamwHyper h = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 0.5f};
+    adamw_cuda_step(dP->f(), dG->f(), dM->f(), dV->f(), dLow->p, CORE_BF16, spans.data(), (int)spans.size(), &h);
+    for (const AdamwSpan &s : spans)
+        adamw_cuda_step(dP1->f(), dG->f(), dM1->f(), dV1->f(), dLow1->p, CORE_BF16, &s, 1, &h);
+    EXPECT_EQ(get_f32(*dP, n), get_f32(*dP1, n));
+    EXPECT_EQ(get_f32(*dM, n), get_f32(*dM1, n));
+    EXPECT_EQ(get_f32(*dV, n), get_f32(*dV1, n));
+    EXPECT_EQ(get(*dLow, CORE_BF16, n), get(*dLow1, CORE_BF16, n));
+    // The gaps between spans are not touched.
+    Vec p = get_f32(*dP, n);
+    for (size_t i = 0; i + 1 < spans.size(); i++)
+        for (long j = spans[i].p_at + spans[i].n; j < spans[i + 1].p_at; j++) EXPECT_EQ(p[j], p0[j]) << j;
+}
+
 // The two gradient passes of clipping: Σ g² (against a double sum) and g *= s.
 TEST_F(Gpu, GradSquareSumAndScale) {
     for (long n : {1L, 1000L, 3000017L}) {
@@ -1383,7 +1411,8 @@ TEST_F(Gpu, GradSquareSumAndScale) {
             Buf dSum(sizeof(double));
             double v = 1.0;
             core_copy(dSum.p, CORE_CUDA, &v, CORE_CPU, sizeof v);
-            adamw_cuda_sqsum((double *)dSum.p, dG->f(), n);
+            const AdamwSpan all = {0, 0, n, 0};
+            adamw_cuda_sqsum((double *)dSum.p, dG->f(), &all, 1);
             core_copy(&v, CORE_CPU, dSum.p, CORE_CUDA, sizeof v);
             return v;
         };
@@ -1394,6 +1423,35 @@ TEST_F(Gpu, GradSquareSumAndScale) {
         for (float &x : g) x *= 0.25f;
         EXPECT_EQ(get_f32(*dG, g.size()), g);
     }
+}
+
+// Σ g² over more spans than one launch takes, some empty, with gaps between them that hold values
+// which must not count: against a double sum of the spans, and the same bits on a rerun.
+TEST_F(Gpu, GradSquareSumManySpans) {
+    std::vector<AdamwSpan> spans;
+    long n = 0;
+    for (int i = 0; i < 300; i++) {
+        const long len = i % 11 == 0 ? 0 : (i * 7919L) % 40000;
+        spans.push_back({0, n, len, 0});
+        n += len + 3;
+    }
+    Vec g = rnd((size_t)n);
+    double ref = 0;
+    for (const AdamwSpan &s : spans)
+        for (long j = 0; j < s.n; j++) ref += (double)g[s.g_at + j] * g[s.g_at + j];
+    for (const AdamwSpan &s : spans) g[s.g_at + s.n] = 1e6f;  // the gaps: would dominate the sum
+    BufP dG = put_f32(g);
+    auto sum = [&] {
+        Buf dSum(sizeof(double));
+        double v = 0.0;
+        core_copy(dSum.p, CORE_CUDA, &v, CORE_CPU, sizeof v);
+        adamw_cuda_sqsum((double *)dSum.p, dG->f(), spans.data(), (int)spans.size());
+        core_copy(&v, CORE_CPU, dSum.p, CORE_CUDA, sizeof v);
+        return v;
+    };
+    const double got = sum();
+    EXPECT_LT(std::fabs(got - ref) / ref, 1e-10);
+    EXPECT_EQ(got, sum());
 }
 
 }  // namespace

@@ -460,10 +460,11 @@ int main() {
     float *vv = (float *)core_device_alloc(CORE_CUDA, np * 4);
     void *plow = core_device_alloc(CORE_CUDA, np * 2);
     AdamwHyper hy = {3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 1.0f};
+    const AdamwSpan all = {0, 0, np, 1};
     row("adamw step (1e8 params, bf16 copy)", time_it([&] {
-            adamw_cuda_step(p, pg, m, vv, np, &hy, 1, plow, BF);
+            adamw_cuda_step(p, pg, m, vv, plow, BF, &all, 1, &hy);
         }), (4 * 4 + 3 * 4 + 2) * (double)np, 0);
     double *sq = (double *)core_device_alloc(CORE_CUDA, sizeof(double));
-    row("grad square sum (1e8)", time_it([&] { adamw_cuda_sqsum(sq, pg, np); }), 4.0 * np, 0);
+    row("grad square sum (1e8)", time_it([&] { adamw_cuda_sqsum(sq, pg, &all, 1); }), 4.0 * np, 0);
     return 0;
 }
