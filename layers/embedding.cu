@@ -1,11 +1,10 @@
 // Token embedding on the GPU (see embedding_cuda.h): a row gather forward, and a scatter-add
-// backward made deterministic by grouping the positions of each token first (a stable counting
-// sort on the host: the tokens are few, and atomics would add in a different order every run).
+// backward made deterministic by grouping the positions of each token first (a stable radix sort
+// of the positions by token on the device, CUB's: atomics would add in a different order every
+// run, and a plan made on the host cost the step two round trips).
 #include "layers/embedding_cuda.h"
 
-#include <stdlib.h>
-
-#include "framework/core/mem.h"
+#include <cub/device/device_radix_sort.cuh>
 
 template <typename T>
 __global__ void embedding_forward_kernel(T *out, const int *tokens, const T *table, int N, int D) {
@@ -23,25 +22,29 @@ static void forward(void *out, const int *tokens, const void *table, int N, int 
     CUDA_CHECK_LAUNCH();
 }
 
-// Block (x = group of equal tokens, y = column block): dtable[token] += the rows of dout at the
-// group's positions, in position order. order (N) lists positions grouped by token; group u spans
-// order[start[u] .. start[u + 1]) and its token is group_tok[u].
+// Block (x = sorted position i, y = column block): where i starts a run of equal tokens in
+// sorted (N), dtable[token] += the rows of dout at the run's positions (order, increasing: the sort
+// is stable); the other blocks have nothing to do.
 template <typename T>
-__global__ void embedding_backward_kernel(float *dtable, const T *dout, const int *order,
-                                          const int *start, const int *group_tok, int D) {
-    int u = blockIdx.x, d = blockIdx.y * blockDim.x + threadIdx.x;
-    if (d >= D) return;
+__global__ void embedding_backward_kernel(float *dtable, const T *dout, const int *sorted, const int *order, int N,
+                                          int D) {
+    const int i = blockIdx.x, d = blockIdx.y * blockDim.x + threadIdx.x;
+    const int v = sorted[i];
+    if (d >= D || (i > 0 && sorted[i - 1] == v)) return;
     float s = 0.0f;
-    for (int j = start[u]; j < start[u + 1]; j++) s += core_ld(dout + (size_t)order[j] * D + d);
-    dtable[(size_t)group_tok[u] * D + d] += s;
+    for (int j = i; j < N && sorted[j] == v; j++) s += core_ld(dout + (size_t)order[j] * D + d);
+    dtable[(size_t)v * D + d] += s;
+}
+
+__global__ void iota_kernel(int *x, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = i;
 }
 
 template <typename T>
-static void backward(float *dtable, const void *dout, const int *plan, int groups, int N, int D) {
-    const int *order = plan, *start = plan + N, *group_tok = plan + N + groups + 1;
-    dim3 grid(groups, core_blocks(D, 128));
-    embedding_backward_kernel<T><<<grid, 128, 0, core_stream()>>>(dtable, (const T *)dout, order,
-                                                                  start, group_tok, D);
+static void backward(float *dtable, const void *dout, const int *sorted, const int *order, int N, int D) {
+    dim3 grid(N, core_blocks(D, 128));
+    embedding_backward_kernel<T><<<grid, 128, 0, core_stream()>>>(dtable, (const T *)dout, sorted, order, N, D);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -61,37 +64,22 @@ void embedding_cuda_backward_weight(CoreDtype dt, float *dtable, const void *dou
                                     const int *tokens, int N, int V, int D) {
     embedding_check(tokens, N, V, D);
     if (N == 0) return;
-    // The plan, one host buffer: order (N), start (groups + 1), group_tok (groups); groups <= N.
-    int *tok = (int *)core_alloc((size_t)N * sizeof(int));
-    int *count = (int *)core_alloc((size_t)V * sizeof(int));  // (V) positions per token
-    int *plan = (int *)core_alloc((size_t)(3 * N + 1) * sizeof(int));
-    core_copy(tok, CORE_CPU, tokens, CORE_CUDA, (size_t)N * sizeof(int));
-    for (int n = 0; n < N; n++) count[tok[n]]++;
-    int groups = 0;
-    for (int v = 0; v < V; v++) groups += count[v] > 0;
-    int *order = plan, *start = plan + N, *group_tok = plan + N + groups + 1;
-    // Groups in token order; count[v] becomes the next free slot of token v in order[].
-    int at = 0, u = 0;
-    for (int v = 0; v < V; v++) {
-        if (!count[v]) continue;
-        start[u] = at;
-        group_tok[u++] = v;
-        int c = count[v];
-        count[v] = at;
-        at += c;
-    }
-    start[groups] = N;
-    for (int n = 0; n < N; n++) order[count[tok[n]]++] = n;
-    size_t bytes = (size_t)(N + 2 * groups + 1) * sizeof(int);
-    // Stream-ordered memory (cudaFree would wait for the whole device, kernel included); the upload
-    // is waited for because the host plan is freed below.
-    int *d_plan;
-    CUDA_CHECK(cudaMallocAsync((void **)&d_plan, bytes, core_stream()));
-    CUDA_CHECK(cudaMemcpyAsync(d_plan, plan, bytes, cudaMemcpyHostToDevice, core_stream()));
-    core_cuda_sync();
-    CORE_DTYPE_CALL(dt, backward, dtable, dout, d_plan, groups, N, D);
-    CUDA_CHECK(cudaFreeAsync(d_plan, core_stream()));
-    core_free(plan);
-    core_free(count);
-    core_free(tok);
+    // The positions sorted by token (stable), in stream-ordered memory: sorted (N) the tokens,
+    // order (N) their positions.
+    cudaStream_t st = core_stream();
+    int bits = 1;
+    while (bits < 31 && (1L << bits) < V) bits++;
+    int *pos, *sorted, *order;
+    CUDA_CHECK(cudaMallocAsync((void **)&pos, 3 * (size_t)N * sizeof(int), st));
+    sorted = pos + N, order = pos + 2 * N;
+    iota_kernel<<<core_blocks(N, 256), 256, 0, st>>>(pos, N);
+    CUDA_CHECK_LAUNCH();
+    size_t temp_bytes = 0;
+    CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, tokens, sorted, pos, order, N, 0, bits, st));
+    void *temp;
+    CUDA_CHECK(cudaMallocAsync(&temp, temp_bytes, st));
+    CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, tokens, sorted, pos, order, N, 0, bits, st));
+    CUDA_CHECK(cudaFreeAsync(temp, st));
+    CORE_DTYPE_CALL(dt, backward, dtable, dout, sorted, order, N, D);
+    CUDA_CHECK(cudaFreeAsync(pos, st));
 }

@@ -80,7 +80,8 @@ static int async_of(const MoeDispatcher *d) {
 }
 
 // Splits the micro-batch into its chunks and plans each chunk's exchange (all before any rows
-// travel, so the count exchanges never interleave with row exchanges in flight). Sets a->n_rows.
+// travel, so the count exchanges never interleave with row exchanges in flight). Sets a->n_rows;
+// the counts may still be in flight (plan_chunks_wait).
 static void plan_chunks(MoeActs *a, MoeDispatcher *d, int K) {
     const int N = a->N, L = d->n_local;
     // Every rank of an EP group must run the same exchanges, whatever its tokens: with fewer
@@ -96,14 +97,28 @@ static void plan_chunks(MoeActs *a, MoeDispatcher *d, int K) {
         h->n = (int)((long)(c + 1) * N / C) - h->t0;
         h->counts = core_alloc((size_t)L * sizeof(int));
         h->plan = d->plan(d, a->idx + (long)h->t0 * K, h->n, K, &h->n_rows, h->counts);
-        long total = 0;
-        for (int e = 0; e < L; e++) total += h->counts[e];
-        CHECK(total == h->n_rows, "moe: dispatcher counts sum to %ld rows, plan says %d", total, h->n_rows);
         h->r0 = (int)rows;
         rows += h->n_rows;
         CHECK(rows <= INT_MAX, "moe: %ld expert rows overflow an int", rows);
     }
     a->n_rows = (int)rows;
+}
+
+// The counts of every chunk's plan, waited for where they travel (plan_wait), and checked.
+static void plan_chunks_wait(MoeActs *a, MoeDispatcher *d) {
+    for (int c = 0; c < a->C; c++) {
+        MoeChunk *h = &a->ch[c];
+        if (d->plan_wait) d->plan_wait(d, h->plan);
+        long total = 0;
+        for (int e = 0; e < d->n_local; e++) total += h->counts[e];
+        CHECK(total == h->n_rows, "moe: dispatcher counts sum to %ld rows, plan says %d", total, h->n_rows);
+    }
+}
+
+MoeDispatchPlan *moe_plan_now(MoeDispatcher *d, const int *idx, int N, int K, int *n_rows, int *counts) {
+    MoeDispatchPlan *p = d->plan(d, idx, N, K, n_rows, counts);
+    if (d->plan_wait) d->plan_wait(d, p);
+    return p;
 }
 
 // The routed experts of every chunk between two exchanges: chunk c's home rows src go out to its
@@ -260,15 +275,21 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
     void *home = a->map ? NULL : xout(o, (long)N * K * D);  // (N, K, D)
     ChunkWork w = {.experts = experts_forward, .first = overlap ? shared_all : NULL, .o = o, .s = s,
                    .p = p, .a = a, .L = L, .in = a->xe, .out = ye, .shared = shared};
+    // Without a dispatch to run under, the shared experts run before the routed ones: where the
+    // counts are still on their way to the host (the GPU's plan), the device computes them meanwhile
+    // instead of idling through the round trip. They write buffers of their own that the combine
+    // adds in a fixed order, so where they run changes no bits.
+    if (s->S > 0 && !overlap) {
+        prof_mark(PROF_EXPERTS);
+        shared_all(&w);
+    }
+    prof_mark(PROF_DISPATCH);
+    plan_chunks_wait(a, d);
     routed_chunks(&w, d, x, 0, home);
     drop_h(o, &a->ex);
     if (home) {
         o->free(ye);
         ye = home;
-    }
-    if (s->S > 0 && !overlap) {
-        prof_mark(PROF_EXPERTS);
-        shared_all(&w);
     }
     prof_mark(PROF_COMBINE);
     o->moe_combine(y, ye, a->map, a->gates, N, K, D, shared, s->S);

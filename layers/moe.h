@@ -34,9 +34,14 @@ typedef struct MoeDispatcher {
     // NULL: the CPU.
     const struct LayerOps *ops;
     // Plans the exchange for idx (N, K). Writes counts (n_local) and returns the plan; *n_rows is the
-    // total number of rows this rank's experts receive.
+    // total number of rows this rank's experts receive. Where plan_wait is set, the counts may still
+    // be on their way when plan returns (n_rows is not) and are there once plan_wait returns.
     MoeDispatchPlan *(*plan)(struct MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,
                              int *counts);
+    // Optional (NULL: plan's counts are ready when it returns): waits for the counts of p. The GPU's
+    // dispatcher computes them on the device; between plan and plan_wait the layer queues work that
+    // needs no counts (the shared experts), which the device runs while the host waits.
+    void (*plan_wait)(struct MoeDispatcher *self, MoeDispatchPlan *p);
     // rows (n_rows, D) ← home rows. per_choice = 0: src is (N, D) and token t's row goes to each of
     // its K experts; per_choice = 1: src is (N, K, D), one row per (token, choice). Rows are elements
     // of the backend's activation dtype (ops->act_size bytes each).
@@ -79,6 +84,9 @@ MoeDispatcher *moe_local_dispatcher_create(int E);
 // order within a key. Writes counts (n_keys) items per key, and where not NULL row (n) the sorted
 // row of item r and item (n) its inverse, the item at each row. (The GPU plan is moe_cuda_ep_plan.)
 void moe_counting_sort(const int *key, long n, int n_keys, int *counts, int *row, int *item);
+
+// plan, then plan_wait where d has it: for a caller that needs the counts at once.
+MoeDispatchPlan *moe_plan_now(MoeDispatcher *d, const int *idx, int N, int K, int *n_rows, int *counts);
 
 // ---------------------------------------------------------------------------------------------
 // The layer.

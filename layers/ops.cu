@@ -6,6 +6,10 @@
 #include "layers/ops_cuda.h"
 
 #include <limits.h>
+#include <string.h>
+
+#include <mutex>
+#include <vector>
 
 #include "layers/attention_cuda.h"
 #include "layers/crossentropy_cuda.h"
@@ -344,9 +348,25 @@ static void cu_adamw_step(float *p, const float *g, float *m, float *v, void *p_
 // in the local dispatcher's stable order (expert, token, choice), and the permutes move the rows;
 // the combine reads the expert rows in place through the same map (row_map).
 
+// Where a plan's counts land on the host: pinned memory (a copy into pageable memory would make
+// the host wait at once) and the event after the copy. The dispatcher keeps those it has made; a
+// plan holds one from cu_plan to cu_plan_wait.
+struct CountStage {
+    int *host;  // (E), pinned
+    cudaEvent_t copied;
+};
+struct LocalDispatch {
+    std::mutex mu;  // the pipeline's F&B overlap plans from two threads
+    std::vector<CountStage> idle;
+};
+
 struct MoeDispatchPlan {
     int N, K;
-    int *row_of;  // (N, K) on the GPU: the expert-side row of each pair
+    int *row_of;      // (N, K) on the GPU: the expert-side row of each pair
+    const int *idx;   // (N, K) on the GPU: the routing, checked where the counts fall short
+    int *counts;      // (E) the caller's, written by cu_plan_wait
+    CountStage stage;
+    bool waiting;     // between cu_plan and cu_plan_wait
 };
 
 static MoeDispatchPlan *cu_plan(MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,
@@ -355,22 +375,48 @@ static MoeDispatchPlan *cu_plan(MoeDispatcher *self, const int *idx, int N, int 
     CHECK(N >= 0 && K >= 1, "GPU dispatcher: bad routing shape N = %d, K = %d", N, K);
     long n = (long)N * K;
     CHECK(n <= INT_MAX, "GPU dispatcher: %ld routed rows overflow an int", n);
-    MoeDispatchPlan *p = (MoeDispatchPlan *)core_alloc(sizeof *p);
-    p->N = N;
-    p->K = K;
-    p->row_of = (int *)cu_alloc((size_t)n * sizeof(int));
+    LocalDispatch *ld = (LocalDispatch *)self->impl;
+    MoeDispatchPlan *p = new MoeDispatchPlan{N, K, (int *)cu_alloc((size_t)n * sizeof(int)), idx, counts, {}, true};
+    {
+        std::lock_guard<std::mutex> lock(ld->mu);
+        if (ld->idle.empty()) {
+            CountStage s;
+            CUDA_CHECK(cudaMallocHost((void **)&s.host, (size_t)E * sizeof(int)));
+            CUDA_CHECK(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming));
+            ld->idle.push_back(s);
+        }
+        p->stage = ld->idle.back();
+        ld->idle.pop_back();
+    }
     int *dcounts = (int *)cu_alloc((size_t)E * sizeof(int));  // (E) on the GPU
-    // The one host round trip of a MoE layer's micro-batch: the grouped GEMMs size from the host.
-    // The expert ids are checked by the same download: a bad one is missing from the counts.
+    // The one host round trip of a MoE layer's micro-batch (the grouped GEMMs size from the host),
+    // started here and waited for in cu_plan_wait. The expert ids are checked by the same copy: a
+    // bad one is missing from the counts.
     moe_cuda_plan_unchecked(p->row_of, dcounts, idx, N, K, E);
-    cu_download(counts, dcounts, (size_t)E * sizeof(int));
+    CUDA_CHECK(cudaMemcpyAsync(p->stage.host, dcounts, (size_t)E * sizeof(int), cudaMemcpyDeviceToHost,
+                               core_stream()));
+    CUDA_CHECK(cudaEventRecord(p->stage.copied, core_stream()));
     cu_free(dcounts);
-    long routed = 0;
-    for (int e = 0; e < E; e++) routed += counts[e];
-    if (routed != n) core_cuda_check_indices(idx, n, E, "moe: expert id");  // exits with the id
-    CHECK(routed == n, "GPU dispatcher: %ld of %ld routed pairs planned", routed, n);
     *n_rows = (int)n;
     return p;
+}
+
+static void cu_plan_wait(MoeDispatcher *self, MoeDispatchPlan *p) {
+    CHECK(p->waiting, "GPU dispatcher: plan_wait twice");
+    const int E = self->n_local;
+    const long n = (long)p->N * p->K;
+    CUDA_CHECK(cudaEventSynchronize(p->stage.copied));
+    memcpy(p->counts, p->stage.host, (size_t)E * sizeof(int));
+    p->waiting = false;
+    {
+        LocalDispatch *ld = (LocalDispatch *)self->impl;
+        std::lock_guard<std::mutex> lock(ld->mu);
+        ld->idle.push_back(p->stage);
+    }
+    long routed = 0;
+    for (int e = 0; e < E; e++) routed += p->counts[e];
+    if (routed != n) core_cuda_check_indices(p->idx, n, E, "moe: expert id");  // exits with the id
+    CHECK(routed == n, "GPU dispatcher: %ld of %ld routed pairs planned", routed, n);
 }
 
 template <CoreDtype DT>
@@ -388,19 +434,30 @@ static const int *cu_row_map(MoeDispatcher *self, MoeDispatchPlan *p) { return p
 
 static void cu_release(MoeDispatcher *self, MoeDispatchPlan *p) {
     if (!p) return;
+    if (p->waiting) cu_plan_wait(self, p);  // its stage goes back to the dispatcher
     cu_free(p->row_of);
-    core_free(p);
+    delete p;
 }
 
-static void cu_destroy(MoeDispatcher *self) { core_free(self); }
+static void cu_destroy(MoeDispatcher *self) {
+    LocalDispatch *ld = (LocalDispatch *)self->impl;
+    for (CountStage &s : ld->idle) {
+        CUDA_CHECK(cudaFreeHost(s.host));
+        CUDA_CHECK(cudaEventDestroy(s.copied));
+    }
+    delete ld;
+    core_free(self);
+}
 
 template <CoreDtype DT>
 static MoeDispatcher *cu_local_dispatcher(int E) {
     CHECK(E >= 1, "GPU dispatcher: need at least one expert, got E = %d", E);
     MoeDispatcher *d = (MoeDispatcher *)core_alloc(sizeof *d);
     d->n_local = E;
+    d->impl = new LocalDispatch;
     d->ops = layer_ops_cuda(DT);
     d->plan = cu_plan;
+    d->plan_wait = cu_plan_wait;
     d->to_experts = cu_to_experts<DT>;
     d->from_experts = cu_from_experts<DT>;
     d->row_map = cu_row_map;

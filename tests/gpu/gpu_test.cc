@@ -444,20 +444,27 @@ TEST_F(Gpu, CrossEntropyTargetOutsideTheVocabularyDeath) {
                 ::testing::ExitedWithCode(1), "crossentropy: target 10 at position 2 is outside");
 }
 
+// Many repeated tokens (the backward must add them all), and a vocabulary of 2^15 with mostly
+// single positions (every bit of the device sort's keys); the backward twice from the same start
+// gives the same bits.
 TEST_F(Gpu, Embedding) {
-    const int N = 500, V = 50, D = 96;  // many repeated tokens: the backward must add them all
+    const int shapes[][3] = {{500, 50, 96}, {4096, 32768, 64}};
+    for (auto &sh : shapes)
     for (CoreDtype dt : kDtypes) {
+        const int N = sh[0], V = sh[1], D = sh[2];
         Vec table = rnd((size_t)V * D), dy = rnd((size_t)N * D), dtab = rnd((size_t)V * D);
         IVec tok = rnd_int(N, V);
         BufP dTab = put(table, dt), dDy = put(dy, dt), dTok = put_int(tok), dDtab = put_f32(dtab);
-        BufP dOut = poisoned((size_t)N * D, dt);
+        BufP dDtab2 = put_f32(dtab), dOut = poisoned((size_t)N * D, dt);
         Vec out((size_t)N * D);
         embedding_forward(out.data(), tok.data(), table.data(), N, V, D);
         embedding_backward_weight(dtab.data(), dy.data(), tok.data(), N, V, D);
         embedding_cuda_forward(dt, dOut->p, dTok->i(), dTab->p, N, V, D);
         embedding_cuda_backward_weight(dt, dDtab->f(), dDy->p, dTok->i(), N, V, D);
+        embedding_cuda_backward_weight(dt, dDtab2->f(), dDy->p, dTok->i(), N, V, D);
         EXPECT_CLOSE(get(*dOut, dt, out.size()), out, dt, "embedding forward");
         EXPECT_CLOSE(get_f32(*dDtab, dtab.size()), dtab, CORE_F32, "embedding backward_weight");
+        EXPECT_EQ(get_f32(*dDtab, dtab.size()), get_f32(*dDtab2, dtab.size()));
     }
 }
 
@@ -1301,6 +1308,46 @@ TEST_F(Gpu, MoeLayerMatchesCpu) {
     }
 }
 
+// The GPU dispatcher's plan leaves the counts in flight; plan_wait brings them: the host's count of
+// each expert, while work queued between the two (here a copy of its own) runs; a plan released
+// without its wait gives its staging back. A bad expert id ends the job at the wait.
+TEST_F(Gpu, LocalDispatcherCountsAtWait) {
+    const int N = 300, K = 3, E = 16;
+    IVec idx = rnd_int((size_t)N * K, E), want(E, 0);
+    for (int e : idx) want[e]++;
+    BufP dIdx = put_int(idx);
+    const LayerOps *o = layer_ops_cuda(CORE_BF16);
+    MoeDispatcher *d = o->local_dispatcher(E);
+    ASSERT_NE(d->plan_wait, nullptr);
+    for (int round = 0; round < 3; round++) {
+        IVec counts(E, -1);
+        int n_rows = 0;
+        MoeDispatchPlan *p = d->plan(d, dIdx->i(), N, K, &n_rows, counts.data());
+        EXPECT_EQ(n_rows, N * K);
+        Vec big = rnd(1 << 20);
+        BufP dBig = put_f32(big), dCopy(new Buf(big.size() * 4));
+        o->copy(dCopy->p, dBig->p, big.size() * 4);
+        d->plan_wait(d, p);
+        EXPECT_EQ(counts, want);
+        EXPECT_EQ(get_f32(*dCopy, big.size()), big);
+        d->release(d, p);
+        MoeDispatchPlan *q = d->plan(d, dIdx->i(), N, K, &n_rows, counts.data());
+        d->release(d, q);
+    }
+    d->destroy(d);
+    IVec bad = idx;
+    bad[7] = E;
+    BufP dBad = put_int(bad);
+    EXPECT_EXIT(
+        {
+            MoeDispatcher *b = o->local_dispatcher(E);
+            IVec counts(E);
+            int n_rows;
+            moe_plan_now(b, dBad->i(), N, K, &n_rows, counts.data());
+        },
+        ::testing::ExitedWithCode(1), "moe: expert id 16 at position 7 is outside");
+}
+
 TEST_F(Gpu, MoeExpertIdOutOfRangeDeath) {
     IVec bad = {0, 1, 16, 2};
     BufP dBad = put_int(bad), dRowOf = poisoned(4, CORE_F32), dCounts = poisoned(16, CORE_F32);
@@ -1392,11 +1439,16 @@ TEST_F(Gpu, AdamWManySpans) {
     EXPECT_EQ(get_f32(*dP, n), get_f32(*dP1, n));
     EXPECT_EQ(get_f32(*dM, n), get_f32(*dM1, n));
     EXPECT_EQ(get_f32(*dV, n), get_f32(*dV1, n));
-    EXPECT_EQ(get(*dLow, CORE_BF16, n), get(*dLow1, CORE_BF16, n));
-    // The gaps between spans are not touched.
-    Vec p = get_f32(*dP, n);
-    for (size_t i = 0; i + 1 < spans.size(); i++)
-        for (long j = spans[i].p_at + spans[i].n; j < spans[i + 1].p_at; j++) EXPECT_EQ(p[j], p0[j]) << j;
+    // The compute copies: equal inside the spans; the gaps between them keep their poison (NaN).
+    Vec low = get(*dLow, CORE_BF16, n), low1 = get(*dLow1, CORE_BF16, n), p = get_f32(*dP, n);
+    for (size_t i = 0; i < spans.size(); i++) {
+        const long end = spans[i].p_at + spans[i].n, next = i + 1 < spans.size() ? spans[i + 1].p_at : n;
+        for (long j = spans[i].p_at; j < end; j++) ASSERT_EQ(low[j], low1[j]) << j;
+        for (long j = end; j < next; j++) {
+            EXPECT_EQ(p[j], p0[j]) << j;
+            EXPECT_TRUE(std::isnan(low[j])) << j;
+        }
+    }
 }
 
 // The two gradient passes of clipping: Σ g² (against a double sum) and g *= s.
