@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -398,6 +399,60 @@ TEST_P(MoeLayer, RowMapEqualsRowsMovedHome) {
     EXPECT_EQ(g1.sw1, g2.sw1);
     EXPECT_EQ(g1.sw3, g2.sw3);
     EXPECT_EQ(g1.sw2, g2.sw2);
+    d->destroy(d);
+}
+
+// A dispatcher whose counts arrive only at plan_wait, as the GPU's do: its plan leaves the caller's
+// counts at -1 until plan_wait writes them (the local dispatcher does the work).
+struct Deferred {
+    int *dst;
+    std::vector<int> counts;
+    bool waited;
+};
+std::map<MoeDispatchPlan *, Deferred> g_deferred;
+MoeDispatcher *g_inner;
+MoeDispatchPlan *deferred_plan(MoeDispatcher *self, const int *idx, int N, int K, int *n_rows, int *counts) {
+    std::vector<int> c(self->n_local);
+    MoeDispatchPlan *p = g_inner->plan(g_inner, idx, N, K, n_rows, c.data());
+    std::fill(counts, counts + self->n_local, -1);
+    g_deferred[p] = {counts, c, false};
+    return p;
+}
+void deferred_wait(MoeDispatcher *self, MoeDispatchPlan *p) {
+    Deferred &d = g_deferred.at(p);
+    EXPECT_FALSE(d.waited) << "plan_wait twice";
+    std::copy(d.counts.begin(), d.counts.end(), d.dst);
+    d.waited = true;
+}
+
+// The layer waits for the counts before it uses them, and the shared experts it runs in between
+// change no bits: forward and backward equal the local dispatcher's.
+TEST_P(MoeLayer, CountsArriveAtPlanWait) {
+    const Case &c = GetParam();
+    const int B = 2, T = 5, N = B * T, D = c.s.D;
+    Model m(c.s, 51);
+    if (!c.bias.empty()) m.bias = c.bias;
+    std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 52);
+    std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 53);
+    MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
+    g_inner = d;
+    g_deferred.clear();
+    MoeDispatcher late = *d;
+    late.plan = deferred_plan;
+    late.plan_wait = deferred_wait;
+    Fwd f1 = forward(m, x, B, T, d), f2 = forward(m, x, B, T, &late);
+    EXPECT_EQ(f1.y, f2.y);
+    Grads g1 = backward(m, x, dy, B, T, d, 0.5f), g2 = backward(m, x, dy, B, T, &late, 0.5f);
+    EXPECT_EQ(g1.x, g2.x);
+    EXPECT_EQ(g1.router, g2.router);
+    EXPECT_EQ(g1.w1, g2.w1);
+    EXPECT_EQ(g1.w3, g2.w3);
+    EXPECT_EQ(g1.w2, g2.w2);
+    EXPECT_EQ(g1.sw1, g2.sw1);
+    EXPECT_EQ(g1.sw3, g2.sw3);
+    EXPECT_EQ(g1.sw2, g2.sw2);
+    EXPECT_EQ(g_deferred.size(), 2u);
+    for (auto &kv : g_deferred) EXPECT_TRUE(kv.second.waited);
     d->destroy(d);
 }
 
