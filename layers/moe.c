@@ -248,7 +248,7 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
     a->gates = fout(o, (long)N * K);
     o->linear_forward_f32(a->logits, x, p->router, N, D, E);
     o->router_forward(a->scores, a->idx, a->gates, a->logits, p->bias, &s->rc, N);
-    a->bal_loss = falloc(o, 1);
+    a->bal_loss = fout(o, 1);  // written by balance_loss
     o->balance_loss(a->bal_loss, a->scores, a->idx, B, T, E, K);
 
     prof_mark(PROF_DISPATCH);
