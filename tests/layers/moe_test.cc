@@ -201,6 +201,18 @@ struct Grads {
     std::vector<float> x, router, w1, w3, w2, sw1, sw3, sw2;
 };
 
+// Every gradient of a equals b's, bit for bit.
+void expect_same(const Grads &a, const Grads &b) {
+    EXPECT_EQ(a.x, b.x);
+    EXPECT_EQ(a.router, b.router);
+    EXPECT_EQ(a.w1, b.w1);
+    EXPECT_EQ(a.w3, b.w3);
+    EXPECT_EQ(a.w2, b.w2);
+    EXPECT_EQ(a.sw1, b.sw1);
+    EXPECT_EQ(a.sw3, b.sw3);
+    EXPECT_EQ(a.sw2, b.sw2);
+}
+
 Grads backward(Model &m, const std::vector<float> &x, const std::vector<float> &dy, int B, int T,
                MoeDispatcher *d, float init, int acc = 1, float expert_init = 0.0f) {
     Grads g;
@@ -342,14 +354,7 @@ TEST_P(MoeLayer, Deterministic) {
     EXPECT_EQ(f1.y, f2.y);
     EXPECT_EQ(f1.bal, f2.bal);
     Grads g1 = backward(m, x, dy, B, T, d, 0.0f), g2 = backward(m, x, dy, B, T, d, 0.0f);
-    EXPECT_EQ(g1.x, g2.x);
-    EXPECT_EQ(g1.router, g2.router);
-    EXPECT_EQ(g1.w1, g2.w1);
-    EXPECT_EQ(g1.w3, g2.w3);
-    EXPECT_EQ(g1.w2, g2.w2);
-    EXPECT_EQ(g1.sw1, g2.sw1);
-    EXPECT_EQ(g1.sw3, g2.sw3);
-    EXPECT_EQ(g1.sw2, g2.sw2);
+    expect_same(g1, g2);
     d->destroy(d);
 }
 
@@ -391,14 +396,7 @@ TEST_P(MoeLayer, RowMapEqualsRowsMovedHome) {
     Fwd f1 = forward(m, x, B, T, d), f2 = forward(m, x, B, T, &home);
     EXPECT_EQ(f1.y, f2.y);
     Grads g1 = backward(m, x, dy, B, T, d, 0.5f), g2 = backward(m, x, dy, B, T, &home, 0.5f);
-    EXPECT_EQ(g1.x, g2.x);
-    EXPECT_EQ(g1.router, g2.router);
-    EXPECT_EQ(g1.w1, g2.w1);
-    EXPECT_EQ(g1.w3, g2.w3);
-    EXPECT_EQ(g1.w2, g2.w2);
-    EXPECT_EQ(g1.sw1, g2.sw1);
-    EXPECT_EQ(g1.sw3, g2.sw3);
-    EXPECT_EQ(g1.sw2, g2.sw2);
+    expect_same(g1, g2);
     d->destroy(d);
 }
 
@@ -443,14 +441,7 @@ TEST_P(MoeLayer, CountsArriveAtPlanWait) {
     Fwd f1 = forward(m, x, B, T, d), f2 = forward(m, x, B, T, &late);
     EXPECT_EQ(f1.y, f2.y);
     Grads g1 = backward(m, x, dy, B, T, d, 0.5f), g2 = backward(m, x, dy, B, T, &late, 0.5f);
-    EXPECT_EQ(g1.x, g2.x);
-    EXPECT_EQ(g1.router, g2.router);
-    EXPECT_EQ(g1.w1, g2.w1);
-    EXPECT_EQ(g1.w3, g2.w3);
-    EXPECT_EQ(g1.w2, g2.w2);
-    EXPECT_EQ(g1.sw1, g2.sw1);
-    EXPECT_EQ(g1.sw3, g2.sw3);
-    EXPECT_EQ(g1.sw2, g2.sw2);
+    expect_same(g1, g2);
     EXPECT_EQ(g_deferred.size(), 2u);
     for (auto &kv : g_deferred) EXPECT_TRUE(kv.second.waited);
     d->destroy(d);
