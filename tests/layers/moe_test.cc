@@ -10,7 +10,6 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -402,22 +401,26 @@ TEST_P(MoeLayer, RowMapEqualsRowsMovedHome) {
 
 // A dispatcher whose counts arrive only at plan_wait, as the GPU's do: its plan leaves the caller's
 // counts at -1 until plan_wait writes them (the local dispatcher does the work).
+// Every plan made, in order (a released plan's address may come back: not a key).
 struct Deferred {
+    MoeDispatchPlan *plan;
     int *dst;
     std::vector<int> counts;
     bool waited;
 };
-std::map<MoeDispatchPlan *, Deferred> g_deferred;
+std::vector<Deferred> g_deferred;
 MoeDispatcher *g_inner;
 MoeDispatchPlan *deferred_plan(MoeDispatcher *self, const int *idx, int N, int K, int *n_rows, int *counts) {
     std::vector<int> c(self->n_local);
     MoeDispatchPlan *p = g_inner->plan(g_inner, idx, N, K, n_rows, c.data());
     std::fill(counts, counts + self->n_local, -1);
-    g_deferred[p] = {counts, c, false};
+    g_deferred.push_back({p, counts, c, false});
     return p;
 }
 void deferred_wait(MoeDispatcher *self, MoeDispatchPlan *p) {
-    Deferred &d = g_deferred.at(p);
+    ASSERT_FALSE(g_deferred.empty());
+    Deferred &d = g_deferred.back();  // the layer waits for its plan before it makes another
+    ASSERT_EQ(d.plan, p);
     EXPECT_FALSE(d.waited) << "plan_wait twice";
     std::copy(d.counts.begin(), d.counts.end(), d.dst);
     d.waited = true;
@@ -443,7 +446,7 @@ TEST_P(MoeLayer, CountsArriveAtPlanWait) {
     Grads g1 = backward(m, x, dy, B, T, d, 0.5f), g2 = backward(m, x, dy, B, T, &late, 0.5f);
     expect_same(g1, g2);
     EXPECT_EQ(g_deferred.size(), 2u);
-    for (auto &kv : g_deferred) EXPECT_TRUE(kv.second.waited);
+    for (const Deferred &r : g_deferred) EXPECT_TRUE(r.waited);
     d->destroy(d);
 }
 
