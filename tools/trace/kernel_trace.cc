@@ -8,7 +8,7 @@
 //   usage: CUDA_INJECTION64_PATH=/path/libkernel_trace.so PROGRAM ARGS...   (report on stderr)
 #include <cupti.h>
 
-#include <cxxabi.h>
+#include "tools/trace/timeline.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -32,14 +32,8 @@ namespace {
         }                                                                                  \
     } while (0)
 
-// One piece of GPU work: [start, end) in CUPTI's nanoseconds; a kernel's mangled name, or for a
-// copy or memset its kind ("memset", "copy HtoD", ...) and its bytes.
-struct Work {
-    uint64_t start, end;
-    const char *name;
-    uint64_t bytes;
-    bool kernel;
-};
+using trace::Work;
+
 // A measurement window and the host waits inside it.
 struct Window {
     uint64_t start = 0, end = 0;
@@ -117,69 +111,21 @@ void CUPTIAPI on_api(void *, CUpti_CallbackDomain, CUpti_CallbackId id, const vo
         if (w.id == id) g_windows.back().waits[w.name]++;
 }
 
-// A kernel's name as a reader knows it: demangled, without its template arguments and parameters
-// (CUTLASS's run to thousands of characters), cut to 90 characters.
-std::string short_name(const char *mangled) {
-    int status = 0;
-    char *d = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
-    std::string s = status == 0 && d ? d : mangled;
-    free(d);
-    std::string out;
-    int depth = 0;
-    for (char ch : s) {
-        if (ch == '<' || ch == '(') {
-            if (depth++ == 0) out += ch == '<' ? "<…>" : "";
-        } else if (ch == '>' || ch == ')') {
-            depth--;
-        } else if (depth == 0) {
-            out += ch;
-        }
-    }
-    if (out.empty()) out = s;
-    return out.size() > 90 ? out.substr(0, 90) : out;
-}
-
-void report_window(int wi, const Window &w, std::vector<Work> work) {
-    // The window's work, clipped to it, in start order.
-    std::vector<Work> in;
-    for (const Work &x : work)
-        if (x.end > w.start && x.start < w.end)
-            in.push_back({std::max(x.start, w.start), std::min(x.end, w.end), x.name, x.bytes, x.kernel});
-    std::sort(in.begin(), in.end(), [](const Work &a, const Work &b) { return a.start < b.start; });
-    // Busy time is the union of the intervals (two streams can overlap); an idle gap is a stretch
-    // between them, bucketed by length: short gaps are the GPU waiting for a launch.
-    const double span = (w.end - w.start) * 1e-6;  // ms
-    const double edges[] = {0.005, 0.020, 0.100, 1.0, 1e30};  // ms
-    const char *labels[] = {"< 5 µs", "5–20 µs", "20–100 µs", "0.1–1 ms", "≥ 1 ms"};
-    double gap_ms[5] = {0}, busy = 0;
-    int gap_n[5] = {0};
-    auto gap = [&](uint64_t from, uint64_t to) {
-        if (to <= from) return;
-        const double g = (to - from) * 1e-6;
-        int b = 0;
-        while (g >= edges[b]) b++;
-        gap_ms[b] += g, gap_n[b]++;
-    };
-    uint64_t cover = w.start;
-    for (const Work &x : in) {
-        gap(cover, x.start);
-        if (x.end > cover) {
-            busy += (x.end - std::max(cover, x.start)) * 1e-6;
-            cover = x.end;
-        }
-    }
-    gap(cover, w.end);
+void report_window(int wi, const Window &w, const std::vector<Work> &work) {
+    const std::vector<Work> in = trace::clip(work, w.start, w.end);
+    const trace::Idle r = trace::idle_of(in, w.start, w.end);
+    const double span = r.span_ms, busy = r.busy_ms;
     fprintf(stderr, "kernel_trace: window %d: %.1f ms, GPU busy %.1f ms (%.2f %%), idle %.2f ms (%.2f %%)\n", wi,
             span, busy, 100 * busy / span, span - busy, 100 * (span - busy) / span);
-    for (int b = 0; b < 5; b++)
-        fprintf(stderr, "kernel_trace:   idle gaps %-10s %6d  %9.3f ms  (%.2f %% of the window)\n", labels[b],
-                gap_n[b], gap_ms[b], 100 * gap_ms[b] / span);
+    for (int b = 0; b < trace::kGapBuckets; b++)
+        fprintf(stderr, "kernel_trace:   idle gaps %-10s %6d  %9.3f ms  (%.2f %% of the window)\n",
+                trace::kGapLabels[b], r.gap_n[b], r.gap_ms[b], 100 * r.gap_ms[b] / span);
     for (const auto &kv : w.waits)
         fprintf(stderr, "kernel_trace:   host waits: %s × %d\n", kv.first.c_str(), kv.second);
     // Kernels by total time (copies and memsets one line per kind).
     std::map<std::string, std::pair<double, int>> by;
     for (const Work &x : in) {
-        auto &e = by[x.kernel ? short_name(x.name) : std::string(x.name)];
+        auto &e = by[x.kernel ? trace::short_name(x.name) : std::string(x.name)];
         e.first += (x.end - x.start) * 1e-6;
         e.second++;
     }
@@ -197,10 +143,7 @@ void report_window(int wi, const Window &w, std::vector<Work> work) {
 // each, its time and what it was. Where a profile's table says how much, this says in what order,
 // which is what tells the call sites apart.
 void report_sequence(int wi, const Window &w, const std::vector<Work> &work, size_t n) {
-    std::vector<Work> in;
-    for (const Work &x : work)
-        if (x.start >= w.start && x.start < w.end) in.push_back(x);
-    std::sort(in.begin(), in.end(), [](const Work &a, const Work &b) { return a.start < b.start; });
+    const std::vector<Work> in = trace::clip(work, w.start, w.end);
     fprintf(stderr, "kernel_trace: window %d, its first %zu pieces of work: gap before (µs), time (µs), what\n", wi,
             std::min(n, in.size()));
     uint64_t prev = w.start;
@@ -208,7 +151,7 @@ void report_sequence(int wi, const Window &w, const std::vector<Work> &work, siz
         const Work &x = in[i];
         const double gap = x.start > prev ? (x.start - prev) * 1e-3 : 0.0;
         if (x.kernel)
-            fprintf(stderr, "kernel_trace: seq %8.1f %9.1f  %s\n", gap, (x.end - x.start) * 1e-3, short_name(x.name).c_str());
+            fprintf(stderr, "kernel_trace: seq %8.1f %9.1f  %s\n", gap, (x.end - x.start) * 1e-3, trace::short_name(x.name).c_str());
         else
             fprintf(stderr, "kernel_trace: seq %8.1f %9.1f  %s %llu B\n", gap, (x.end - x.start) * 1e-3, x.name,
                     (unsigned long long)x.bytes);
