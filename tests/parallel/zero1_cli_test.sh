@@ -14,7 +14,8 @@
 #     uninterrupted run, and neither resume warns of a changed setting (zero is a layout key);
 #  5. pipelines of 2 stages x DP 2 with --zero 1 (1F1B; DualPipe, whose stage copies each shard
 #     their optimizer, with EP 2; DualPipeV, two stages per rank) match a 4-layer one-process run
-#     within 1e-5 for 3 steps, and DualPipe's ZeRO-1 checkpoint of step 2 resumes in one process.
+#     of the same micro-batches within 1e-5 for 3 steps, and DualPipe's ZeRO-1 checkpoint of step 2
+#     resumes in one process.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
@@ -78,17 +79,20 @@ for run in r1 r2; do
 done
 
 # 5.
-args4=("${args[@]}" --n-layers 4 --steps 3)
-"$moelab" train "${args4[@]}" --grad-accum 4 --metrics "$tmp/one4.jsonl" >"$tmp/one4.log"
-mpi 4 "$moelab" train "${args4[@]}" --pp 2 --schedule 1f1b --chunks 4 --batch-size 2 --zero 1 \
+# The layouts run DP 2 x 4 micro-batches of 2 sequences: their reference is the one-process run of
+# the same 8 micro-batches of 2 (cutting the sequences into micro-batches of 4 instead moves step
+# 3's gradient norm by about 1e-5 on its own: tests/parallel/train_pp_cli_test.sh).
+args4=("${args[@]}" --n-layers 4 --steps 3 --batch-size 2)
+"$moelab" train "${args4[@]}" --grad-accum 8 --metrics "$tmp/one4.jsonl" >"$tmp/one4.log"
+mpi 4 "$moelab" train "${args4[@]}" --pp 2 --schedule 1f1b --chunks 4 --zero 1 \
     --metrics "$tmp/p1f1b.jsonl" >"$tmp/p1f1b.log"
-mpi 4 "$moelab" train "${args4[@]}" --pp 2 --ep 2 --schedule dualpipe --chunks 4 --batch-size 2 --zero 1 \
+mpi 4 "$moelab" train "${args4[@]}" --pp 2 --ep 2 --schedule dualpipe --chunks 4 --zero 1 \
     --out "$tmp/pdual" --save-every 2 --metrics "$tmp/pdual.jsonl" >"$tmp/pdual.log"
-mpi 4 "$moelab" train "${args4[@]}" --pp 2 --schedule dualpipev --chunks 4 --batch-size 2 --zero 1 \
+mpi 4 "$moelab" train "${args4[@]}" --pp 2 --schedule dualpipev --chunks 4 --zero 1 \
     --metrics "$tmp/pdualv.jsonl" >"$tmp/pdualv.log"
 grep -Eq "zero-1: optimizer state .* of 1/2 of the dense and 1/1 of the expert floats" "$tmp/pdual.log" ||
     { echo "FAIL: no memory line in the DualPipe log:"; cat "$tmp/pdual.log"; exit 1; }
-"$moelab" train "${args4[@]}" --grad-accum 4 --resume "$tmp/pdual/step_2.h5" --metrics "$tmp/pr.jsonl" >"$tmp/pr.log"
+"$moelab" train "${args4[@]}" --grad-accum 8 --resume "$tmp/pdual/step_2.h5" --metrics "$tmp/pr.jsonl" >"$tmp/pr.log"
 for run in p1f1b pdual pdualv; do
     close_steps "$tmp/one4.jsonl" "$tmp/$run.jsonl" 123
     echo "ok: $run matches the one-process run"
