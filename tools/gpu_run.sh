@@ -27,9 +27,11 @@
 #              with their ratio; and weak scaling of configs/bench.cfg at its per-GPU batch (ep_bench
 #              train): tokens/s per GPU at EP n (with the shared experts overlapping the dispatch,
 #              without any overlap, --ep-overlap 0, and with 2 token chunks, --ep-chunks 2, whose
-#              combines and dispatches overlap the other chunk's expert GEMMs) and DP n against one
-#              GPU, as a table (ep_bench_scaling.txt): each row against the one above says what
-#              each overlap hides
+#              combines and dispatches overlap the other chunk's expert GEMMs) and DP n, without
+#              and with ZeRO-1 (--zero 1), against one GPU, with each run's GPU memory peak, as a
+#              table (ep_bench_scaling.txt): each row against the one above says what each overlap
+#              hides, the ZeRO-1 row what sharding the optimizer saves (and its log line the
+#              optimizer state per rank)
 #   pp         on PP_NP GPUs (default 4): `moelab train --device cuda-fp32` with 1F1B, DualPipe and
 #              DualPipeV at PP PP_NP, and at 4 GPUs DualPipe PP 2 x EP 2 (8 micro-batches), against
 #              one GPU with the same batch; DualPipe and DualPipeV (and at 4 GPUs DualPipe PP 2 x
@@ -324,16 +326,23 @@ if want ep_bench; then
         [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train --ep $n --ep-chunks 2"
         mpi "$n" .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 2>&1 | sed "s/^ep_bench train:/ep_bench train DP $n:/" | tee -a "$log/ep_bench_train.txt"
         [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train, DP $n"
+        # ZeRO-1 (--zero 1): the AdamW moments sharded over the n DP ranks; its log line says the
+        # optimizer state per rank, the peak column what the GPU saved.
+        mpi "$n" .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 --zero 1 2>&1 | sed "s/^ep_bench train:/ep_bench train DP $n ZeRO-1:/" | tee -a "$log/ep_bench_train.txt"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train, DP $n ZeRO-1"
     done
-    # Weak-scaling efficiency: tokens/s per GPU against the one-GPU run's.
+    # Weak-scaling efficiency: tokens/s per GPU against the one-GPU run's, and each run's GPU memory peak.
     one=$(per_gpu "$log/ep_bench_train.txt" "ep_bench train one GPU:")
+    peak() { grep "^$2" "$1" | tail -1 | sed -n 's/.*| peak \([0-9.]*\) GiB.*/\1/p'; }
     {
-        printf "%-24s %16s %12s\n" "run" "tokens/s per GPU" "vs one GPU"
-        for run in "one GPU" $(for n in $ep_nps; do echo "EP_${n}_no_overlap EP_$n EP_${n}_2_chunks DP_$n"; done); do
+        printf "%-24s %16s %12s %10s\n" "run" "tokens/s per GPU" "vs one GPU" "peak GiB"
+        for run in "one GPU" $(for n in $ep_nps; do echo "EP_${n}_no_overlap EP_$n EP_${n}_2_chunks DP_$n DP_${n}_ZeRO-1"; done); do
             label=$(echo "$run" | tr '_' ' ')
             t=$(per_gpu "$log/ep_bench_train.txt" "ep_bench train $label:")
-            awk -v l="$label" -v t="${t:-0}" -v o="${one:-0}" 'BEGIN { printf "%-24s %16.0f %11.1f%%\n", l, t, (o > 0 ? 100 * t / o : 0) }'
+            m=$(peak "$log/ep_bench_train.txt" "ep_bench train $label:")
+            awk -v l="$label" -v t="${t:-0}" -v o="${one:-0}" -v m="${m:-0}" 'BEGIN { printf "%-24s %16.0f %11.1f%% %10.2f\n", l, t, (o > 0 ? 100 * t / o : 0), m }'
         done
+        grep "zero-1: optimizer state" "$log/ep_bench_train.txt" | sed 's/^\[[^]]*\] *//' | sort -u
     } | tee "$log/ep_bench_scaling.txt"
 fi
 

@@ -6,10 +6,11 @@
 //       EP = the world, every expert receiving the same number of rows: per direction one gather,
 //       ONE exchange of rows (one NCCL send and receive per peer) and the receive permute; the
 //       plan (device plan, count download, host count exchange, permute map) is timed apart
-//   ep_bench train --config FILE --ep E [--steps S] [--ep-overlap 0|1] [--ep-chunks C]
-//       training tokens/s of the config (bf16 on the GPU) at its per-GPU batch, EP E, DP = world/E;
-//       --ep-overlap 0 turns the exchanges' overlaps off, --ep-chunks C splits each MoE layer's
-//       micro-batch into C token chunks (config keys ep_overlap, ep_chunks)
+//   ep_bench train --config FILE --ep E [--steps S] [--ep-overlap 0|1] [--ep-chunks C] [--zero 0|1]
+//       training tokens/s of the config (bf16 on the GPU) at its per-GPU batch, EP E, DP = world/E,
+//       and the GPU memory peak; --ep-overlap 0 turns the exchanges' overlaps off, --ep-chunks C
+//       splits each MoE layer's micro-batch into C token chunks, --zero 1 shards the optimizer over
+//       the DP ranks (config keys ep_overlap, ep_chunks, zero)
 // Rank 0 prints one line of figures; times are the slowest rank's.
 #include <algorithm>
 #include <cstdio>
@@ -118,6 +119,7 @@ int bench_ep_train(int argc, char **argv) {
     const int steps = std::atoi(arg(argc, argv, "--steps", "4"));
     config_set(&c, "ep_overlap", arg(argc, argv, "--ep-overlap", "1"), "command line");
     config_set(&c, "ep_chunks", arg(argc, argv, "--ep-chunks", "1"), "command line");
+    config_set(&c, "zero", arg(argc, argv, "--zero", "0"), "command line");
     config_validate(&c);
     Grid *g = grid_create(w, 1, c.ep, c.E);
     const int ep = g->ep, dp = g->dp, dp_rank = g->dp_rank;
@@ -138,12 +140,15 @@ int bench_ep_train(int argc, char **argv) {
     t[0] = core_now() - t0;
     const double secs = slowest_median(t);
     const double tokens = (double)steps * w->size * c.grad_accum * c.batch_size * c.T;
+    // The largest GPU memory peak of any rank (they differ by their shares of ZeRO-1's padding).
+    double most = (double)o->peak_bytes();
+    comm_allreduce(w, &most, 1, COMM_F64, COMM_MAX);
     if (w->rank == 0)
-        std::printf("ep_bench train: world %d = ep %d x dp %d | ep_overlap %d, ep_chunks %d | per-GPU batch %d x %d | %.3f s/step | "
-                    "%.0f tokens/s (%.0f per GPU, %.1f TFLOP/s per GPU) | loss %.4f -> %.4f | peak %.1f GiB\n",
-                    w->size, ep, dp, c.ep_overlap, c.ep_chunks, c.batch_size, c.T, secs / steps, tokens / secs,
+        std::printf("ep_bench train: world %d = ep %d x dp %d | ep_overlap %d, ep_chunks %d, zero %d | per-GPU batch %d x %d | "
+                    "%.3f s/step | %.0f tokens/s (%.0f per GPU, %.1f TFLOP/s per GPU) | loss %.4f -> %.4f | peak %.2f GiB\n",
+                    w->size, ep, dp, c.ep_overlap, c.ep_chunks, c.zero, c.batch_size, c.T, secs / steps, tokens / secs,
                     tokens / secs / w->size, tokens / secs / w->size * model_train_flops_per_token(&c) / 1e12,
-                    first, last, (double)o->peak_bytes() / (1024.0 * 1024.0 * 1024.0));
+                    first, last, most / (1024.0 * 1024.0 * 1024.0));
     pipe_trainer_free(p);
     return 0;
 }
@@ -157,7 +162,7 @@ int main(int argc, char **argv) {
     else if (argc >= 2 && !std::strcmp(argv[1], "train")) rc = bench_ep_train(argc, argv);
     else std::fprintf(stderr, "usage: ep_bench a2a [--tokens N] [--d-model D] [--top-k K] [--experts E] "
                               "[--reps R] | ep_bench train --config FILE --ep E [--steps S] [--ep-overlap 0|1] "
-                              "[--ep-chunks C]\n");
+                              "[--ep-chunks C] [--zero 0|1]\n");
     comm_finalize();
     return rc;
 }
