@@ -250,7 +250,9 @@ const double TOL = 1e-5;
 // an element whose gradient is near AdamW's eps (1e-8) the update lr·g/(|g| + eps) changes by up to
 // lr/(4 eps) per unit of g, so such an element can move by ~1e-5 absolute, 1e-4 of the tensor's
 // largest weight. Measured on 2 H200s (2026-11-28): worst tensor 7.3e-5 (DP 2), 3.6e-4 (EP 2),
-// 3.9e-6 (every token to one expert), while losses and norms agreed to 1e-7.
+// 3.9e-6 (every token to one expert), while losses and norms agreed to 1e-7. The CPU layouts give
+// the same figures on this model (6.9e-5 and 3.6e-4, 2026-12-03; docs/parallel.md §6): the bound is
+// this model's, not the GPU's.
 const double W_TOL = 1e-3;
 
 // The GPU kernels' shapes (attention head size 16): a dense layer, two MoE layers with a shared
