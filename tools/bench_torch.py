@@ -165,6 +165,15 @@ class Layer(nn.Module):
         return x + y.view(B, T, D), bal, counts
 
 
+def init_weights(module, L):
+    """§2's initialization of every matrix of module (a model of L layers, or a part of one): normal
+    with std 0.02, the output projections 0.02/sqrt(2L)."""
+    s_out = 0.02 / math.sqrt(2 * L)
+    for n, p in module.named_parameters():
+        if p.dim() >= 2:
+            nn.init.normal_(p, 0.0, s_out if n.split(".")[-1] in ("wo", "w2", "ew2", "sw2") else 0.02)
+
+
 class Model(nn.Module):
     def __init__(self, c, gmm):
         super().__init__()
@@ -175,10 +184,7 @@ class Model(nn.Module):
         self.final_norm = nn.Parameter(torch.ones(D))
         self.lm_head = None if c["tie_embeddings"] else nn.Parameter(torch.empty(V, D))
         self.rope = Rope(c["seq_len"], D // c["n_heads"], c["rope_theta"])
-        s_out = 0.02 / math.sqrt(2 * L)
-        for n, p in self.named_parameters():
-            if p.dim() >= 2:
-                nn.init.normal_(p, 0.0, s_out if n.split(".")[-1] in ("wo", "w2", "ew2", "sw2") else 0.02)
+        init_weights(self, L)
 
     def forward(self, x, y):
         h = F.embedding(x, self.embed)

@@ -40,7 +40,9 @@
 #   pp_bench   on PP_NP GPUs: configs/bench.cfg (bf16), 8 micro-batches of PP_BATCH (default 8)
 #              sequences: step time of 1F1B, DualPipe and DualPipeV at PP PP_NP (the last two with the F&B
 #              overlap off and on; step 3 untraced, step 4 traced), each rank's measured idle fraction
-#              from --trace against the §5 formula, and the measured timelines as SVG
+#              from --trace against the §5 formula, and the measured timelines as SVG; then the
+#              baseline, PyTorch's Schedule1F1B and ScheduleDualPipeV (tools/bench_torch_pp.py under
+#              torchrun) on the same model, micro-batches and stage cut
 #   eplb       on NP GPUs, --device cuda-fp32, quickstart model: EP NP rebalancing every 2 steps (NP
 #              redundant slots) against the same run without EPLB (losses, norms within 1e-5), the
 #              max/mean rank load of a skewed router falling after a rebalance, and checkpoints:
@@ -407,6 +409,14 @@ if want pp_bench; then
                 --kind $kind 2>&1 | grep -v "^rank" | tee -a "$log/pp_bench.txt"
             [ "${PIPESTATUS[0]}" = 0 ] || fail "moelab schedule --from-trace (pp_trace_$name.json)"
         done
+        # The baseline: PyTorch's own schedules (torch.distributed.pipelining) on the same model, GPUs,
+        # micro-batches and stage cut (the "layers per stage" of moelab's log: the ends, after a 0).
+        cut_of() { grep -o 'layers per stage:.*' "$1" | head -1 | grep -o '[0-9]*)' | tr -d ')' | paste -sd, | sed 's/^/0,/'; }
+        cuts="$(cut_of "$log/pp_bench_1f1b.log");$(cut_of "$log/pp_bench_dualpipev.log")"
+        timeout "${TORCH_TIMEOUT:-400}" python3 -m torch.distributed.run --standalone --nproc_per_node="$pp_np" \
+            tools/bench_torch_pp.py --config configs/bench.cfg --vocab-size 2048 --schedule 1f1b,dualpipev \
+            --microbatches 8 --batch-size "$b" --bounds "$cuts" 2>&1 | grep -v "^W\|OMP_NUM_THREADS\|^\*" | tee -a "$log/pp_bench.txt"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail "bench_torch_pp.py on $pp_np GPUs"
     else
         echo "gpu_run: no .dist/data/quickstart: pp_bench stage skipped"
     fi
