@@ -229,14 +229,40 @@ static char *trim(char *s) {
     return s;
 }
 
+// One line of f into line, NUL-terminated with its newline kept, and its length in bytes (NULs
+// included), or -1 at the end of the file. A line of cap bytes or more keeps its first cap - 1 and
+// returns its whole length: the caller reports it as too long.
+static long read_line(FILE *f, char *line, size_t cap) {
+    size_t n = 0;
+    int ch = EOF;
+    while ((ch = getc(f)) != EOF) {
+        if (n + 1 < cap) line[n] = (char)ch;
+        n++;
+        if (ch == '\n') break;
+    }
+    if (n == 0) return -1;
+    line[n < cap ? n : cap - 1] = '\0';
+    return (long)n;
+}
+
 void config_load_stream(MoeConfig *c, FILE *f, const char *name) {
     // The line each key was set on (0: not yet): a key set twice in one file is a mistake (which
     // line was meant?), unlike a command-line --key, which overrides the file on purpose.
     int set_on[NKEYS] = {0};
     char line[1024], origin[1200];
-    for (int lineno = 1; fgets(line, sizeof line, f); lineno++) {
+    long n;
+    for (int lineno = 1; (n = read_line(f, line, sizeof line)) >= 0; lineno++) {
         snprintf(origin, sizeof origin, "%s:%d", name, lineno);
-        if (!strchr(line, '\n') && !feof(f)) core_usage_error("%s: line too long", origin);
+        if (n >= (long)sizeof line) core_usage_error("%s: line too long (at most %zu bytes)", origin, sizeof line - 1);
+        // A config is text: a NUL would end the line early unseen (a binary file read as empty
+        // lines trained on the defaults), and other control bytes hide inside the values the
+        // messages quote.
+        for (long i = 0; i < n; i++) {
+            const unsigned char b = (unsigned char)line[i];
+            if (b < 32 && b != '\t' && b != '\n' && b != '\r')
+                core_usage_error("%s: byte 0x%02x at column %ld: not a text config file (key = value lines)",
+                                 origin, b, i + 1);
+        }
         char *hash = strchr(line, '#');
         if (hash) *hash = '\0';
         char *s = trim(line);
@@ -253,7 +279,7 @@ void config_load_stream(MoeConfig *c, FILE *f, const char *name) {
         if (k) set_on[k - KEYS] = lineno;
         config_set(c, key, value, origin);
     }
-    // fgets also returns NULL on a read error (a directory reads as EISDIR): not the end of a file.
+    // read_line also returns -1 on a read error (a directory reads as EISDIR): not the end of a file.
     if (ferror(f)) {
         if (errno == EISDIR) core_usage_error("config file '%s' is a directory", name);
         FATAL("cannot read config file '%s': %s", name, strerror(errno));

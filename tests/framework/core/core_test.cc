@@ -232,6 +232,46 @@ TEST(ConfigDeath, FileWithoutEquals) {
     EXPECT_EXIT(config_load_file(&c, p.c_str()), ::testing::ExitedWithCode(2), ":1: expected 'key = value'");
     remove(p.c_str());
 }
+// A config file with a NUL byte once read as empty lines: a binary file trained on the defaults.
+// Control bytes are named with their line and column (a stray one used to hide inside the quoted
+// value of the message).
+TEST(ConfigDeath, BinaryFile) {
+    const char bytes[] = "\x00\x01\x02 garbage\n";
+    std::string p = write_tmp("");
+    FILE *f = fopen(p.c_str(), "wb");
+    fwrite(bytes, 1, sizeof bytes - 1, f);
+    fclose(f);
+    MoeConfig c;
+    config_defaults(&c);
+    EXPECT_EXIT(config_load_file(&c, p.c_str()), ::testing::ExitedWithCode(2),
+                ":1: byte 0x00 at column 1: not a text config file");
+    remove(p.c_str());
+}
+TEST(ConfigDeath, ControlByteInValue) {
+    std::string p = write_tmp("lr = 0.1\nd_model = 64\x01\n");
+    MoeConfig c;
+    config_defaults(&c);
+    EXPECT_EXIT(config_load_file(&c, p.c_str()), ::testing::ExitedWithCode(2),
+                ":2: byte 0x01 at column 13: not a text config file");
+    remove(p.c_str());
+}
+TEST(ConfigDeath, LineTooLong) {
+    std::string p = write_tmp(("lr = 0.1" + std::string(1100, ' ') + "\n").c_str());
+    MoeConfig c;
+    config_defaults(&c);
+    EXPECT_EXIT(config_load_file(&c, p.c_str()), ::testing::ExitedWithCode(2), ":1: line too long");
+    remove(p.c_str());
+}
+// Tabs and Windows line ends are text.
+TEST(Config, TabsAndCarriageReturns) {
+    std::string p = write_tmp("lr\t=\t0.25\r\nsteps = 7\r\n");
+    MoeConfig c;
+    config_defaults(&c);
+    config_load_file(&c, p.c_str());
+    EXPECT_FLOAT_EQ(c.lr, 0.25f);
+    EXPECT_EQ(c.steps, 7);
+    remove(p.c_str());
+}
 TEST(ConfigDeath, MissingFile) {
     MoeConfig c;
     config_defaults(&c);
