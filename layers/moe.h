@@ -82,8 +82,15 @@ MoeDispatcher *moe_local_dispatcher_create(int E);
 // The stable counting sort of every host dispatch plan (the local dispatcher here, the EP one in
 // parallel/): orders n items by key (each in [0, n_keys), checked by the caller) keeping the input
 // order within a key. Writes counts (n_keys) items per key, and where not NULL row (n) the sorted
-// row of item r and item (n) its inverse, the item at each row. (The GPU plan is moe_cuda_ep_plan.)
+// row of item r and item (n) its inverse, the item at each row. (The GPU plans are moe_cuda.h's.)
 void moe_counting_sort(const int *key, long n, int n_keys, int *counts, int *row, int *item);
+
+// The dispatchers' host row moves (rows of D fp32 values; the CPU table's scatter_rows and
+// gather_rows, layers/ops.h): rows[pos[p]] = src[p] (per_choice = 1: src (N·K, D), one row per
+// pair) or src[p / K] (per_choice = 0: src (N, D), each pair's token row) for the N·K pairs p; and
+// dst[p] = rows[pos[p]] for the n pairs p.
+void moe_scatter_rows(float *rows, const float *src, int per_choice, const int *pos, int N, int K, int D);
+void moe_gather_rows(float *dst, const float *rows, const int *pos, long n, int D);
 
 // plan, then plan_wait where d has it: for a caller that needs the counts at once.
 MoeDispatchPlan *moe_plan_now(MoeDispatcher *d, const int *idx, int N, int K, int *n_rows, int *counts);

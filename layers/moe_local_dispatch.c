@@ -1,8 +1,9 @@
 // The single-process MoE dispatcher (see moe.h): every expert is local (slot s = expert s), and the
 // plan is a stable counting sort of the N·K (token, choice) pairs by expert id, so rows come ordered
-// by expert, then token, then choice. Dispatch and combine are a gather and a scatter through it;
-// the layer's combine reads the rows in place through the inverse map (row_map).
-// The sort itself (moe_counting_sort) lives here and serves the EP dispatcher's host plan too.
+// by expert, then token, then choice. Dispatch and combine are a scatter and a gather through the
+// map from each pair to its row, which the layer's combine also reads the rows in place through
+// (row_map). The sort (moe_counting_sort) and the row moves (moe_scatter_rows, moe_gather_rows) live
+// here and serve the EP dispatcher's host plan and the CPU table too.
 #include <limits.h>
 #include <string.h>
 
@@ -12,8 +13,7 @@
 
 struct MoeDispatchPlan {
     int N, K, n_rows;  // n_rows = N·K: every pair stays in this process
-    int *pair;         // (n_rows) row r holds pair t·K + k
-    int *row;          // (n_rows) pair t·K + k is at row row[t·K + k] (the inverse of pair)
+    int *row;          // (n_rows) pair t·K + k is at row row[t·K + k]
 };
 
 static MoeDispatchPlan *local_plan(MoeDispatcher *self, const int *idx, int N, int K, int *n_rows,
@@ -29,9 +29,8 @@ static MoeDispatchPlan *local_plan(MoeDispatcher *self, const int *idx, int N, i
     p->N = N;
     p->K = K;
     p->n_rows = (int)n;
-    p->pair = core_alloc((size_t)n * sizeof(int));
     p->row = core_alloc((size_t)n * sizeof(int));
-    moe_counting_sort(idx, n, E, counts, p->row, p->pair);
+    moe_counting_sort(idx, n, E, counts, p->row, NULL);
     *n_rows = p->n_rows;
     return p;
 }
@@ -51,30 +50,31 @@ void moe_counting_sort(const int *key, long n, int n_keys, int *counts, int *row
     core_free(next);
 }
 
+void moe_scatter_rows(float *rows, const float *src, int per_choice, const int *pos, int N, int K, int D) {
+    const long n = (long)N * K;
+    for (long i = 0; i < n; i++)
+        memcpy(rows + (long)pos[i] * D, src + (per_choice ? i : i / K) * D, (size_t)D * sizeof(float));
+}
+
+void moe_gather_rows(float *dst, const float *rows, const int *pos, long n, int D) {
+    for (long i = 0; i < n; i++) memcpy(dst + i * D, rows + (long)pos[i] * D, (size_t)D * sizeof(float));
+}
+
 // The CPU backend's dispatcher: its rows are the CPU table's activation dtype, fp32.
 static void local_to_experts(MoeDispatcher *self, MoeDispatchPlan *p, const void *src, int per_choice,
                              void *rows, int D) {
-    const float *s = src;
-    float *r = rows;
-    for (int i = 0; i < p->n_rows; i++) {
-        long home = per_choice ? p->pair[i] : p->pair[i] / p->K;
-        memcpy(r + (long)i * D, s + home * D, (size_t)D * sizeof(float));
-    }
+    moe_scatter_rows(rows, src, per_choice, p->row, p->N, p->K, D);
 }
 
 static void local_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const void *rows, void *dst,
                                int D) {
-    const float *r = rows;
-    float *d = dst;
-    for (int i = 0; i < p->n_rows; i++)
-        memcpy(d + (long)p->pair[i] * D, r + (long)i * D, (size_t)D * sizeof(float));
+    moe_gather_rows(dst, rows, p->row, p->n_rows, D);
 }
 
 static const int *local_row_map(MoeDispatcher *self, MoeDispatchPlan *p) { return p->row; }
 
 static void local_release(MoeDispatcher *self, MoeDispatchPlan *p) {
     if (!p) return;
-    core_free(p->pair);
     core_free(p->row);
     core_free(p);
 }

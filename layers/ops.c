@@ -243,6 +243,36 @@ static void cpu_grad_scale(float *g, long n, float s) {
     for (long j = 0; j < n; j++) g[j] *= s;
 }
 
+static void cpu_scatter_rows(void *rows, const void *src, int per_choice, const int *pos, int N, int K, int D) {
+    moe_scatter_rows(rows, src, per_choice, pos, N, K, D);
+}
+static void cpu_gather_rows(void *dst, const void *rows, const int *pos, long n, int D) {
+    moe_gather_rows(dst, rows, pos, n, D);
+}
+// moe_cuda_ep_plan's arithmetic on the host: a pair with an id outside [0, E) gets key R, after
+// every slot, and stays out of the counts.
+static void cpu_ep_plan(int *send_pos, int *counts, const int *idx, long n, int E, const int *log2phy,
+                        const int *logcnt, int maxcnt, int me, int R) {
+    int *slot = core_alloc((size_t)(n > 0 ? n : 1) * sizeof(int));  // (n)
+    int *seen = core_alloc((size_t)E * sizeof(int));                // (E) pairs so far per expert
+    int *all = core_alloc((size_t)(R + 1) * sizeof(int));           // (R + 1) counts with the strays
+    for (long r = 0; r < n; r++) {
+        const int e = idx[r];
+        slot[r] = e >= 0 && e < E ? log2phy[(long)e * maxcnt + (seen[e]++ + me) % logcnt[e]] : R;
+    }
+    moe_counting_sort(slot, n, R + 1, all, send_pos, NULL);
+    memcpy(counts, all, (size_t)R * sizeof(int));
+    core_free(slot);
+    core_free(seen);
+    core_free(all);
+}
+static void cpu_ep_recv_pos(int *recv_pos, const int *table, int B, long n) {
+    for (int b = 0; b < B; b++) {
+        const long end = b + 1 < B ? table[b + 1] : n;
+        for (long a = table[b]; a < end; a++) recv_pos[a] = table[B + b] + (int)(a - table[b]);
+    }
+}
+
 const LayerOps layer_ops_cpu = {
     .name = "cpu",
     .dev = CORE_CPU,
@@ -295,6 +325,10 @@ const LayerOps layer_ops_cpu = {
     .moe_gate_grad = cpu_moe_gate_grad,
     .moe_sum_choices = cpu_moe_sum_choices,
     .local_dispatcher = moe_local_dispatcher_create,
+    .scatter_rows = cpu_scatter_rows,
+    .gather_rows = cpu_gather_rows,
+    .ep_plan = cpu_ep_plan,
+    .ep_recv_pos = cpu_ep_recv_pos,
     .adamw_step = cpu_adamw_step,
     .grad_sqsum = cpu_grad_sqsum,
     .grad_scale = cpu_grad_scale,

@@ -466,6 +466,24 @@ static MoeDispatcher *cu_local_dispatcher(int E) {
     return d;
 }
 
+template <CoreDtype DT>
+static void cu_scatter_rows(void *rows, const void *src, int per_choice, const int *pos, int N, int K, int D) {
+    moe_cuda_permute(DT, rows, src, per_choice, pos, N, K, D);
+}
+
+template <CoreDtype DT>
+static void cu_gather_rows(void *dst, const void *rows, const int *pos, long n, int D) {
+    CHECK(n <= INT_MAX, "gather_rows: %ld rows overflow an int", n);
+    moe_cuda_unpermute(DT, dst, rows, pos, (int)n, 1, D);
+}
+
+static void cu_ep_plan(int *send_pos, int *counts, const int *idx, long n, int E, const int *log2phy,
+                       const int *logcnt, int maxcnt, int me, int R) {
+    int *scratch = (int *)cu_alloc((size_t)(2 * n + E) * sizeof(int));  // moe_cuda_ep_plan's
+    moe_cuda_ep_plan(send_pos, counts, scratch, idx, n, E, log2phy, logcnt, maxcnt, me, R);
+    cu_free(scratch);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tables (filled in code: nvcc's C++17 has no designated initializers).
 
@@ -522,6 +540,10 @@ static void fill(LayerOps *t, const char *name) {
     t->moe_gate_grad = cu_moe_gate_grad;
     t->moe_sum_choices = cu_moe_sum_choices<DT>;
     t->local_dispatcher = cu_local_dispatcher<DT>;
+    t->scatter_rows = cu_scatter_rows<DT>;
+    t->gather_rows = cu_gather_rows<DT>;
+    t->ep_plan = cu_ep_plan;
+    t->ep_recv_pos = moe_cuda_ep_recv_pos;
     t->adamw_step = cu_adamw_step<DT>;
     t->grad_sqsum = adamw_cuda_sqsum;
     t->grad_scale = adamw_cuda_scale;

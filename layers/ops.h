@@ -160,6 +160,22 @@ typedef struct LayerOps {
     void (*moe_sum_choices)(void *dx, const void *rows, const int *map, int N, int K, int D);
     // The single-process dispatcher on this device (rows of dt).
     MoeDispatcher *(*local_dispatcher)(int E);
+    // The expert-parallel dispatcher's work on this device (parallel/ep_dispatch.c), rows of D
+    // elements of dt and int maps in dev memory. scatter_rows: rows[pos[p]] = src[p] (per_choice =
+    // 1: src (N·K, D)) or src[p / K] (per_choice = 0: src (N, D)) for the N·K pairs p; gather_rows:
+    // dst[p] = rows[pos[p]] for the n pairs p. ep_plan: the slot of each of the n routed pairs idx
+    // (n), replica (j + me) mod logcnt[e] of its expert e among log2phy (E, maxcnt) (j: the pair's
+    // rank among e's pairs in pair order), and send_pos (n) numbering the pairs by slot, then pair
+    // order (a stable sort), with counts (R) per slot; ids outside [0, E) are counted in no slot, so
+    // the counts then sum to less than n (the caller checks). ep_recv_pos: arrival row a of rows
+    // packed in B blocks at ascending arrival offsets table[b] goes to expert row
+    // table[B + b] + a - table[b], b the last block with table[b] <= a; table (2, B), recv_pos (n).
+    // layers/moe_cuda.h says the same of the GPU kernels.
+    void (*scatter_rows)(void *rows, const void *src, int per_choice, const int *pos, int N, int K, int D);
+    void (*gather_rows)(void *dst, const void *rows, const int *pos, long n, int D);
+    void (*ep_plan)(int *send_pos, int *counts, const int *idx, long n, int E, const int *log2phy,
+                    const int *logcnt, int maxcnt, int me, int R);
+    void (*ep_recv_pos)(int *recv_pos, const int *table, int B, long n);
 
     // Optimizer over a list of tensors (spans of the flat buffers, adamw_cuda.h): AdamW
     // (adamw_cuda.h's arithmetic; p_low, of dt and p's layout, receives the new weights, or NULL)

@@ -9,11 +9,13 @@
 // Where the arrival order is already the expert order (one EP rank, or one slot per rank) the rows
 // land in place and there is no permute.
 //
-// On a GPU the plan stays on the device (moe_cuda_ep_plan) except for the R slot counts, which come
-// to the host in one copy: the count exchange runs over the host group (the MoE layer needs the
-// counts on the host anyway, for its grouped GEMMs), the peer counts and the receive permute's block
-// table are host arithmetic, and the table goes back in one upload from which a kernel makes the
-// permute's row map (moe_cuda_ep_recv_pos). The rows travel over the NCCL twin.
+// The plan and the row moves are calls of the backend table (layers/ops.h: ep_plan, ep_recv_pos,
+// scatter_rows, gather_rows), so the CPU tests run the same code as a GPU. On a GPU the plan stays
+// on the device except for the R slot counts, which come to the host in one copy: the count exchange
+// runs over the host group (the MoE layer needs the counts on the host anyway, for its grouped
+// GEMMs), the peer counts and the receive permute's block table are host arithmetic, and the table
+// goes back in one upload from which the table's ep_recv_pos makes the permute's row map. The rows
+// travel over the NCCL twin.
 #include "parallel/ep_dispatch.h"
 
 #include <limits.h>
@@ -23,9 +25,6 @@
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
 #include "layers/ops.h"
-#ifdef MOELAB_CUDA
-#include "layers/moe_cuda.h"
-#endif
 
 typedef struct {
     Comm *ep;        // the EP group (not owned): counts, and the rows of a CPU dispatcher
@@ -35,20 +34,16 @@ typedef struct {
     int *phy2log;    // (R) logical expert of each slot
     int *logcnt;     // (E) replicas of each expert
     int *log2phy;    // (E, maxcnt) slots of each expert's replicas, ascending, -1 padded
-    int *d_logcnt, *d_log2phy;  // device copies of the two tables (GPU dispatchers), or NULL
+    int *d_logcnt, *d_log2phy;  // copies of the two tables in the rows' memory (what ep_plan reads)
 } EpDispatcher;
 
 struct MoeDispatchPlan {
     int N, K;
     int n_send, n_recv;   // rows leaving this rank (N·K) and arriving at its experts
-    int *send_pos;        // (N·K) send row of pair t·K + k, rows ordered by destination slot: host
-                          // memory on a CPU, device memory on a GPU
+    int *send_pos;        // (N·K) send row of pair t·K + k, rows ordered by destination slot
     size_t *peer;         // (2, P) rows sent to each EP rank, rows received from each (rank order)
-    // The receive permute, both NULL where the rows arrive in expert order. Block b = j·Ln + s holds
-    // the rows from rank j for local slot s. blocks (3, P·Ln), host: each block's offset in arrival
-    // order (source-major), its offset among the expert rows (slot-major), its rows. recv_pos
-    // (n_recv), device: the expert row of each arrival row (moe_cuda_ep_recv_pos).
-    int *blocks;
+    // The receive permute: (n_recv) the expert row of each arrival row, or NULL where the rows
+    // arrive in expert order. send_pos and recv_pos are in the rows' memory.
     int *recv_pos;
     // An exchange in flight (to_experts_start or from_experts_start until finish): its request,
     // its direction, its send buffer (a dispatch's, or the combine's arrival-order rows; NULL
@@ -64,37 +59,19 @@ struct MoeDispatchPlan {
 static EpDispatcher *impl_of(MoeDispatcher *d) { return (EpDispatcher *)d->impl; }
 static const LayerOps *ops_of(const MoeDispatcher *d) { return d->ops ? d->ops : &layer_ops_cpu; }
 
-// Slot of every pair and the send rows (a stable counting sort by slot) from a host routing idx.
-// Replicas are taken round-robin per expert, starting at this rank's offset, so that small batches
-// on many ranks still spread over the replicas.
-static void plan_on_host(EpDispatcher *x, int *send_pos, int *send_cnt, const int *idx, long n) {
-    const int me = x->ep->rank, R = x->R;
-    int *slot = core_alloc((size_t)(n > 0 ? n : 1) * sizeof(int));  // (N·K)
-    int *seen = core_alloc((size_t)x->E * sizeof(int));              // (E) pairs so far per expert
-    for (long r = 0; r < n; r++) {
-        const int e = idx[r];
-        CHECK(e >= 0 && e < x->E, "ep dispatcher: expert id %d out of range [0, %d)", e, x->E);
-        slot[r] = x->log2phy[(long)e * x->maxcnt + (seen[e]++ + me) % x->logcnt[e]];
-    }
-    moe_counting_sort(slot, n, R, send_cnt, send_pos, NULL);
-    core_free(slot);
-    core_free(seen);
-}
-
 // The receive permute of a plan whose received counts are rcnt (P, Ln): block b = j·Ln + s arrives
 // at offset Σ_{b' < b} rcnt[b'] (the exchange packs by source rank) and belongs at the expert rows of
 // slot s after those of slots before s and of s from ranks before j. Nothing is kept where every
-// non-empty block's two offsets agree. A GPU dispatcher turns the offsets into recv_pos on the
-// device (one upload of the (2, P·Ln) offset table).
+// non-empty block's two offsets agree. The (2, P·Ln) offset table goes to the rows' memory in one
+// upload, where the table's ep_recv_pos turns it into recv_pos.
 static void plan_receive_permute(MoeDispatcher *self, MoeDispatchPlan *p, const int *rcnt) {
     const int P = impl_of(self)->ep->size, Ln = self->n_local, B = P * Ln;
-    int *blk = core_alloc((size_t)3 * B * sizeof(int));  // (3, B): arrival offset, expert offset, rows
-    int *aoff = blk, *eoff = blk + B, *nrow = blk + 2 * B;
+    int *blk = core_alloc((size_t)2 * B * sizeof(int));  // (2, B): arrival offset, expert offset
+    int *aoff = blk, *eoff = blk + B;
     int at = 0;
     for (int b = 0; b < B; b++) {
-        nrow[b] = rcnt[b];
         aoff[b] = at;
-        at += nrow[b];
+        at += rcnt[b];
     }
     at = 0;
     int direct = 1;
@@ -102,25 +79,17 @@ static void plan_receive_permute(MoeDispatcher *self, MoeDispatchPlan *p, const 
         for (int j = 0; j < P; j++) {
             const int b = j * Ln + s;
             eoff[b] = at;
-            at += nrow[b];
-            if (nrow[b] > 0 && eoff[b] != aoff[b]) direct = 0;
+            at += rcnt[b];
+            if (rcnt[b] > 0 && eoff[b] != aoff[b]) direct = 0;
         }
-    if (direct) {
-        core_free(blk);
-        return;
+    if (!direct) {
+        const LayerOps *o = ops_of(self);
+        int *table = o->alloc((size_t)2 * B * sizeof(int));
+        o->upload(table, blk, (size_t)2 * B * sizeof(int));
+        p->recv_pos = o->alloc((size_t)(p->n_recv > 0 ? p->n_recv : 1) * sizeof(int));
+        o->ep_recv_pos(p->recv_pos, table, B, p->n_recv);
+        o->free(table);
     }
-    const LayerOps *o = ops_of(self);
-    if (o->dev == CORE_CPU) {
-        p->blocks = blk;
-        return;
-    }
-#ifdef MOELAB_CUDA
-    int *table = o->alloc((size_t)2 * B * sizeof(int));  // (2, B) arrival and expert offsets
-    o->upload(table, blk, (size_t)2 * B * sizeof(int));
-    p->recv_pos = o->alloc((size_t)(p->n_recv > 0 ? p->n_recv : 1) * sizeof(int));
-    moe_cuda_ep_recv_pos(p->recv_pos, table, B, p->n_recv);
-    o->free(table);
-#endif
     core_free(blk);
 }
 
@@ -137,27 +106,15 @@ static MoeDispatchPlan *ep_plan(MoeDispatcher *self, const int *idx, int N, int 
     p->K = K;
     p->n_send = (int)n;
     int *cnt = core_alloc((size_t)2 * R * sizeof(int));  // (2, P, Ln) rows sent and received per block
-    if (o->dev == CORE_CPU) {
-        p->send_pos = core_alloc((size_t)(n > 0 ? n : 1) * sizeof(int));
-        plan_on_host(x, p->send_pos, cnt, idx, n);
-    } else {
-#ifdef MOELAB_CUDA
-        p->send_pos = o->alloc((size_t)(n > 0 ? n : 1) * sizeof(int));
-        int *dcnt = o->alloc((size_t)R * sizeof(int));                      // (R)
-        int *scratch = o->alloc((size_t)(2 * n + x->E) * sizeof(int));      // moe_cuda_ep_plan's
-        moe_cuda_ep_plan(p->send_pos, dcnt, scratch, idx, n, x->E, x->d_log2phy, x->d_logcnt, x->maxcnt,
-                         x->ep->rank, R);
-        o->download(cnt, dcnt, (size_t)R * sizeof(int));  // the plan's one device → host copy
-        o->free(scratch);
-        o->free(dcnt);
-        long sent = 0;
-        for (int s = 0; s < R; s++) sent += cnt[s];
-        CHECK(sent == n, "ep dispatcher: %ld of %ld routed pairs have an expert id outside [0, %d)",
-              n - sent, n, x->E);
-#else
-        FATAL("ep dispatcher: device rows in a build without CUDA");
-#endif
-    }
+    p->send_pos = o->alloc((size_t)(n > 0 ? n : 1) * sizeof(int));
+    int *dcnt = o->alloc((size_t)R * sizeof(int));  // (R)
+    o->ep_plan(p->send_pos, dcnt, idx, n, x->E, x->d_log2phy, x->d_logcnt, x->maxcnt, x->ep->rank, R);
+    o->download(cnt, dcnt, (size_t)R * sizeof(int));  // the plan's one device → host copy
+    o->free(dcnt);
+    long sent = 0;
+    for (int s = 0; s < R; s++) sent += cnt[s];
+    CHECK(sent == n, "ep dispatcher: %ld of %ld routed pairs have an expert id outside [0, %d)", n - sent,
+          n, x->E);
     comm_alltoall(x->ep, cnt, cnt + R, (size_t)Ln, COMM_I32);
 
     // Rows per peer each way, and the rows each local slot receives.
@@ -204,29 +161,15 @@ static CommRequest *exchange(MoeDispatcher *self, MoeDispatchPlan *p, int out, c
     return r;
 }
 
-static int in_place(const MoeDispatchPlan *p) { return !p->blocks && !p->recv_pos; }
+static int in_place(const MoeDispatchPlan *p) { return !p->recv_pos; }
 
 // The receive permute (a plan that is not in_place): rows (n_recv, D) from arrival order to expert
-// order when out, back otherwise. One pass over the rows: a copy per block on the CPU, a row gather
-// by recv_pos on a GPU.
+// order when out, back otherwise. One pass over the rows, through recv_pos.
 static void permute(MoeDispatcher *self, const MoeDispatchPlan *p, int out, void *dst, const void *src,
                     int D) {
     const LayerOps *o = ops_of(self);
-#ifdef MOELAB_CUDA
-    if (o->dev == CORE_CUDA) {
-        if (out) moe_cuda_permute(o->dt, dst, src, 1, p->recv_pos, p->n_recv, 1, D);
-        else moe_cuda_unpermute(o->dt, dst, src, p->recv_pos, p->n_recv, 1, D);
-    }
-#endif
-    if (o->dev == CORE_CPU) {
-        const int B = impl_of(self)->ep->size * self->n_local;
-        const int *aoff = p->blocks, *eoff = p->blocks + B, *nrow = p->blocks + 2 * B;
-        const size_t bytes = (size_t)D * o->act_size;
-        for (int b = 0; b < B; b++)
-            if (nrow[b] > 0)
-                memcpy((char *)dst + (size_t)(out ? eoff[b] : aoff[b]) * bytes,
-                       (const char *)src + (size_t)(out ? aoff[b] : eoff[b]) * bytes, (size_t)nrow[b] * bytes);
-    }
+    if (out) o->scatter_rows(dst, src, 1, p->recv_pos, p->n_recv, 1, D);
+    else o->gather_rows(dst, src, p->recv_pos, p->n_recv, D);
 }
 
 static void *rows_alloc(const LayerOps *o, int n, int D) {
@@ -238,16 +181,7 @@ static void ep_to_experts_start(MoeDispatcher *self, MoeDispatchPlan *p, const v
     CHECK(p->req == NULL, "ep dispatcher: an exchange of this plan is already in flight");
     const LayerOps *o = ops_of(self);
     p->send = rows_alloc(o, p->n_send, D);  // (n_send, D) in send order
-#ifdef MOELAB_CUDA
-    if (o->dev == CORE_CUDA)
-        moe_cuda_permute(o->dt, p->send, src, per_choice, p->send_pos, p->N, p->K, D);
-#endif
-    if (o->dev == CORE_CPU) {
-        const size_t bytes = (size_t)D * o->act_size;
-        for (long i = 0; i < (long)p->n_send; i++)
-            memcpy((char *)p->send + (size_t)p->send_pos[i] * bytes,
-                   (const char *)src + (size_t)(per_choice ? i : i / p->K) * bytes, bytes);
-    }
+    o->scatter_rows(p->send, src, per_choice, p->send_pos, p->N, p->K, D);
     p->arrival = in_place(p) ? NULL : rows_alloc(o, p->n_recv, D);  // (n_recv, D) in arrival order
     p->out = 1;
     p->dst = rows;
@@ -278,15 +212,7 @@ static void ep_finish(MoeDispatcher *self, MoeDispatchPlan *p) {
     if (p->out && p->arrival) {
         permute(self, p, 1, p->dst, p->arrival, D);
     } else if (!p->out) {
-#ifdef MOELAB_CUDA
-        if (o->dev == CORE_CUDA) moe_cuda_unpermute(o->dt, p->dst, p->arrival, p->send_pos, p->N, p->K, D);
-#endif
-        if (o->dev == CORE_CPU) {
-            const size_t bytes = (size_t)D * o->act_size;
-            for (long i = 0; i < (long)p->n_send; i++)
-                memcpy((char *)p->dst + (size_t)i * bytes, (const char *)p->arrival + (size_t)p->send_pos[i] * bytes,
-                       bytes);
-        }
+        o->gather_rows(p->dst, p->arrival, p->send_pos, p->n_send, D);
     }
     if (p->arrival) o->free(p->arrival);
     if (p->send) o->free(p->send);
@@ -310,19 +236,16 @@ static void ep_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const void 
 static void ep_release(MoeDispatcher *self, MoeDispatchPlan *p) {
     if (!p) return;
     ep_finish(self, p);
-    if (ops_of(self)->dev == CORE_CPU) {
-        core_free(p->send_pos);
-    } else {
-        ops_of(self)->free(p->send_pos);
-        if (p->recv_pos) ops_of(self)->free(p->recv_pos);
-    }
+    ops_of(self)->free(p->send_pos);
+    if (p->recv_pos) ops_of(self)->free(p->recv_pos);
     core_free(p->peer);
-    core_free(p->blocks);
     core_free(p);
 }
 
-// The placement tables the device plan reads, copied to ops' memory (a GPU dispatcher's).
-static void placement_upload(EpDispatcher *x, const LayerOps *ops) {
+// The placement tables the plan reads, copied to the rows' memory; and freeing those copies.
+static void placement_upload(MoeDispatcher *d) {
+    EpDispatcher *x = impl_of(d);
+    const LayerOps *ops = ops_of(d);
     const size_t lb = (size_t)x->E * sizeof(int), pb = lb * (size_t)x->maxcnt;
     x->d_logcnt = ops->alloc(lb);
     x->d_log2phy = ops->alloc(pb);
@@ -330,16 +253,20 @@ static void placement_upload(EpDispatcher *x, const LayerOps *ops) {
     ops->upload(x->d_log2phy, x->log2phy, pb);
 }
 
+static void placement_copies_free(MoeDispatcher *d) {
+    EpDispatcher *x = impl_of(d);
+    if (!x->d_logcnt) return;
+    ops_of(d)->free(x->d_logcnt);
+    ops_of(d)->free(x->d_log2phy);
+    x->d_logcnt = x->d_log2phy = NULL;
+}
+
 static void placement_free(MoeDispatcher *d) {
     EpDispatcher *x = impl_of(d);
     core_free(x->phy2log);
     core_free(x->logcnt);
     core_free(x->log2phy);
-    if (x->d_logcnt) {
-        d->ops->free(x->d_logcnt);
-        d->ops->free(x->d_log2phy);
-    }
-    x->d_logcnt = x->d_log2phy = NULL;
+    placement_copies_free(d);
 }
 
 static void ep_destroy(MoeDispatcher *self) {
@@ -378,7 +305,7 @@ void ep_dispatcher_set_placement(MoeDispatcher *d, const int *phy2log, int R) {
     int *fill = core_alloc((size_t)E * sizeof(int));  // (E) replicas listed so far
     for (int s = 0; s < R; s++) x->log2phy[(long)phy2log[s] * maxcnt + fill[phy2log[s]]++] = s;
     core_free(fill);
-    if (d->ops) placement_upload(x, d->ops);
+    placement_upload(d);
     d->n_local = R / P;
 }
 
@@ -390,9 +317,10 @@ void ep_dispatcher_to_device(MoeDispatcher *d, Comm *ep_dev, const LayerOps *ops
           ep_dev->name, ep_dev->rank, ep_dev->size, x->ep->name, x->ep->rank, x->ep->size);
     CHECK(ops->dev != CORE_CPU, "ep_dispatcher_to_device: %s is not a device backend", ops->name);
     CHECK(d->ops == NULL, "ep_dispatcher_to_device: the dispatcher is on a device already");
+    placement_copies_free(d);  // the host's
     x->ep_dev = ep_dev;
     d->ops = ops;
-    placement_upload(x, ops);
+    placement_upload(d);
 }
 
 // Without the three hooks the MoE layer exchanges with to_experts and from_experts, which wait for

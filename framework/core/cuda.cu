@@ -53,33 +53,6 @@ static void require_init(void) {
     CHECK(g_device >= 0, "the CUDA backend is not initialized: call core_cuda_init first");
 }
 
-static void *cuda_alloc(size_t bytes) {
-    require_init();
-    void *p = NULL;
-    if (bytes == 0) bytes = 1;
-    cudaError_t e = cudaMalloc(&p, bytes);
-    CHECK(e == cudaSuccess, "out of GPU memory allocating %zu bytes on device %d: %s", bytes,
-          g_device, cudaGetErrorString(e));
-    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cur_stream()));
-    return p;
-}
-
-// Kernels still queued on the stream may read p: let them finish first.
-static void cuda_free(void *p) {
-    CUDA_CHECK(cudaStreamSynchronize(cur_stream()));
-    CUDA_CHECK(cudaFree(p));
-}
-
-static void cuda_copy(void *dst, CoreDevice dd, const void *src, CoreDevice sd, size_t bytes) {
-    cudaMemcpyKind kind = dd == CORE_CUDA ? (sd == CORE_CUDA ? cudaMemcpyDeviceToDevice
-                                                             : cudaMemcpyHostToDevice)
-                                          : cudaMemcpyDeviceToHost;
-    // On the thread's stream, then wait: a copy sees every kernel before it, and the host may use
-    // (or free) its buffer as soon as the call returns.
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, cur_stream()));
-    CUDA_CHECK(cudaStreamSynchronize(cur_stream()));
-}
-
 // A non-blocking stream (no implicit ordering with the legacy default stream) and a cuBLAS handle
 // on it, on the current device. Every stream's handle is set up the same way, so a GEMM picks the
 // same algorithm, and gives the same bits, on any of them.
@@ -112,8 +85,6 @@ void core_cuda_init(int device) {
     CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
     CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
     stream_init(&g_main);
-    CoreAllocator a = {cuda_alloc, cuda_free, cuda_copy};
-    core_register_allocator(CORE_CUDA, &a);
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     core_info("cuda: GPU %d: %s, %d SMs, %.1f GiB, compute capability %d.%d", device, prop.name,

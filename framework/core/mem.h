@@ -1,4 +1,4 @@
-// Memory: checked host allocation, and the device-allocator slot the CUDA backend fills in.
+// Memory: checked host allocation (device memory is the backend table's, layers/ops.h).
 // Every buffer of the model and the optimizer goes through here so that a failed allocation is
 // one clear error naming the size, never a NULL dereference later. Also the little-endian u32
 // fields of the byte buffers that moelab's files are made of.
@@ -20,17 +20,6 @@ void core_free(void *p);
 // This machine's physical memory in bytes: the bound of sizes given on a command line, checked
 // before anything is allocated (an allocation beyond it would only swap or be killed).
 double core_host_memory_bytes(void);
-
-// Device memory through an allocator registered by a backend (CORE_CPU uses core_alloc).
-typedef struct {
-    void *(*alloc)(size_t bytes);          // zero-filled
-    void (*free)(void *p);
-    void (*copy)(void *dst, CoreDevice dst_dev, const void *src, CoreDevice src_dev, size_t bytes);
-} CoreAllocator;
-void core_register_allocator(CoreDevice dev, const CoreAllocator *a);
-void *core_device_alloc(CoreDevice dev, size_t bytes);
-void core_device_free(CoreDevice dev, void *p);
-void core_copy(void *dst, CoreDevice dst_dev, const void *src, CoreDevice src_dev, size_t bytes);
 
 // The u32 stored little-endian at p, and storing one there: the byte order of every file moelab
 // writes (token shards, tokenizers, checkpoints' chunk checksums), whatever the host's.

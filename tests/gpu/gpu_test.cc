@@ -55,11 +55,14 @@ const CoreDtype kDtypes[] = {CORE_F32, CORE_BF16};
 
 const char *dname(CoreDtype dt) { return dt == CORE_BF16 ? "bf16" : "fp32"; }
 
+// The device memory calls of the backend table (alloc zero-fills; upload and download wait).
+const LayerOps *dev() { return layer_ops_cuda(CORE_F32); }
+
 // A GPU buffer that frees itself.
 struct Buf {
     void *p;
-    explicit Buf(size_t bytes) : p(core_device_alloc(CORE_CUDA, bytes)) {}
-    ~Buf() { core_device_free(CORE_CUDA, p); }
+    explicit Buf(size_t bytes) : p(dev()->alloc(bytes)) {}
+    ~Buf() { dev()->free(p); }
     Buf(const Buf &) = delete;
     Buf &operator=(const Buf &) = delete;
     float *f() const { return (float *)p; }
@@ -87,17 +90,17 @@ IVec rnd_int(size_t n, int limit) {
 BufP put(Vec &h, CoreDtype dt) {
     size_t n = h.size();
     Buf f32(n * sizeof(float));
-    core_copy(f32.p, CORE_CUDA, h.data(), CORE_CPU, n * sizeof(float));
+    dev()->upload(f32.p, h.data(), n * sizeof(float));
     BufP b(new Buf(n * core_dtype_size(dt)));
     core_cuda_convert(b->p, dt, f32.p, CORE_F32, (long)n);
     core_cuda_convert(f32.p, CORE_F32, b->p, dt, (long)n);
-    core_copy(h.data(), CORE_CPU, f32.p, CORE_CUDA, n * sizeof(float));
+    dev()->download(h.data(), f32.p, n * sizeof(float));
     return b;
 }
 BufP put_f32(Vec &h) { return put(h, CORE_F32); }
 BufP put_int(const IVec &h) {
     BufP b(new Buf(h.size() * sizeof(int)));
-    core_copy(b->p, CORE_CUDA, h.data(), CORE_CPU, h.size() * sizeof(int));
+    dev()->upload(b->p, h.data(), h.size() * sizeof(int));
     return b;
 }
 // n elements of dtype dt, every one a NaN.
@@ -110,13 +113,13 @@ Vec get(const Buf &b, CoreDtype dt, size_t n) {
     Buf f32(n * sizeof(float));
     core_cuda_convert(f32.p, CORE_F32, b.p, dt, (long)n);
     Vec h(n);
-    core_copy(h.data(), CORE_CPU, f32.p, CORE_CUDA, n * sizeof(float));
+    dev()->download(h.data(), f32.p, n * sizeof(float));
     return h;
 }
 Vec get_f32(const Buf &b, size_t n) { return get(b, CORE_F32, n); }
 IVec get_int(const Buf &b, size_t n) {
     IVec h(n);
-    core_copy(h.data(), CORE_CPU, b.p, CORE_CUDA, n * sizeof(int));
+    dev()->download(h.data(), b.p, n * sizeof(int));
     return h;
 }
 
@@ -166,10 +169,10 @@ TEST_F(Gpu, AllocatorZeroFillsAndCopiesBothWays) {
     Vec z = get_f32(b, 1000);
     for (float x : z) ASSERT_EQ(x, 0.0f);
     Vec h = rnd(1000), back(1000);
-    core_copy(b.p, CORE_CUDA, h.data(), CORE_CPU, h.size() * sizeof(float));
+    dev()->upload(b.p, h.data(), h.size() * sizeof(float));
     Buf c(1000 * sizeof(float));
-    core_copy(c.p, CORE_CUDA, b.p, CORE_CUDA, h.size() * sizeof(float));
-    core_copy(back.data(), CORE_CPU, c.p, CORE_CUDA, h.size() * sizeof(float));
+    dev()->copy(c.p, b.p, h.size() * sizeof(float));
+    dev()->download(back.data(), c.p, h.size() * sizeof(float));
     EXPECT_EQ(0, memcmp(h.data(), back.data(), h.size() * sizeof(float)));
 }
 
@@ -711,9 +714,9 @@ TEST_F(Gpu, LinearGroupedStreamsBitIdentical) {
             linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts.data(), G, IC, OC, 1);
             linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), G, IC, OC, 1);
             std::vector<unsigned char> h(nout + ndx + ndw);
-            core_copy(h.data(), CORE_CPU, out->p, CORE_CUDA, nout);
-            core_copy(h.data() + nout, CORE_CPU, dDx->p, CORE_CUDA, ndx);
-            core_copy(h.data() + nout + ndx, CORE_CPU, dDW->p, CORE_CUDA, ndw);
+            dev()->download(h.data(), out->p, nout);
+            dev()->download(h.data() + nout, dDx->p, ndx);
+            dev()->download(h.data() + nout + ndx, dDW->p, ndw);
             return h;
         };
         const std::vector<unsigned char> loop = run(0);
@@ -1105,7 +1108,7 @@ TEST_F(Gpu, RouterCountAndBiasUpdate) {
                 router_cuda_count((long *)dCounts.p + (size_t)l * E, dIdx->i(), N, K, E);
             }
         std::vector<long> got(counts.size());
-        core_copy(got.data(), CORE_CPU, dCounts.p, CORE_CUDA, got.size() * sizeof(long));
+        dev()->download(got.data(), dCounts.p, got.size() * sizeof(long));
         EXPECT_EQ(got, counts) << "N = " << N;
 
         // Layer 2 is skipped (a dense layer's NULL); n_tokens = 2N makes c̄ the mean of the counts.
@@ -1462,10 +1465,10 @@ TEST_F(Gpu, GradSquareSumAndScale) {
         auto sum_from_one = [&] {
             Buf dSum(sizeof(double));
             double v = 1.0;
-            core_copy(dSum.p, CORE_CUDA, &v, CORE_CPU, sizeof v);
+            dev()->upload(dSum.p, &v, sizeof v);
             const AdamwSpan all = {0, 0, n, 0};
             adamw_cuda_sqsum((double *)dSum.p, dG->f(), &all, 1);
-            core_copy(&v, CORE_CPU, dSum.p, CORE_CUDA, sizeof v);
+            dev()->download(&v, dSum.p, sizeof v);
             return v;
         };
         double got = sum_from_one();
@@ -1496,9 +1499,9 @@ TEST_F(Gpu, GradSquareSumManySpans) {
     auto sum = [&] {
         Buf dSum(sizeof(double));
         double v = 0.0;
-        core_copy(dSum.p, CORE_CUDA, &v, CORE_CPU, sizeof v);
+        dev()->upload(dSum.p, &v, sizeof v);
         adamw_cuda_sqsum((double *)dSum.p, dG->f(), spans.data(), (int)spans.size());
-        core_copy(&v, CORE_CPU, dSum.p, CORE_CUDA, sizeof v);
+        dev()->download(&v, dSum.p, sizeof v);
         return v;
     };
     const double got = sum();

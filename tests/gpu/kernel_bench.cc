@@ -40,26 +40,29 @@ const int B = 8, T = 2048, N = B * T, D = 1024, H = 16, Hkv = 4, hd = 64, V = 32
           K = 6, Fe = 512;
 const CoreDtype BF = CORE_BF16;
 
+// The device memory calls of the backend table (alloc zero-fills; upload and download wait).
+const LayerOps *dev() { return layer_ops_cuda(CORE_F32); }
+
 // n random fp32 values in [-a, a) on the GPU, converted to dtype dt (never zeros: see METHOD.md).
 void *dev_rand(size_t n, CoreDtype dt, float a = 1.0f) {
     std::mt19937 gen((uint32_t)n);
     std::uniform_real_distribution<float> u(-a, a);
     std::vector<float> h(n);
     for (auto &x : h) x = u(gen);
-    void *f = core_device_alloc(CORE_CUDA, n * 4);
-    core_copy(f, CORE_CUDA, h.data(), CORE_CPU, n * 4);
+    void *f = dev()->alloc(n * 4);
+    dev()->upload(f, h.data(), n * 4);
     if (dt == CORE_F32) return f;
-    void *b = core_device_alloc(CORE_CUDA, n * 2);
+    void *b = dev()->alloc(n * 2);
     core_cuda_convert(b, dt, f, CORE_F32, (long)n);
-    core_device_free(CORE_CUDA, f);
+    dev()->free(f);
     return b;
 }
 int *dev_ints(size_t n, int limit) {
     std::mt19937 gen(7);
     std::vector<int> h(n);
     for (auto &x : h) x = (int)(gen() % (uint32_t)limit);
-    int *d = (int *)core_device_alloc(CORE_CUDA, n * 4);
-    core_copy(d, CORE_CUDA, h.data(), CORE_CPU, n * 4);
+    int *d = (int *)dev()->alloc(n * 4);
+    dev()->upload(d, h.data(), n * 4);
     return d;
 }
 
@@ -214,7 +217,7 @@ void expert_gemms(int R, int nE, int nD, int nF) {
     linear_cuda_set_grouped_mode(saved);
     linear_cuda_set_gemm_streams(saved_streams);
     if (linear_cuda_cutlass_applies(BF, BF, nD, nF)) gemm_sm90_set_config(GEMM_SM90_CONFIG_BEST);
-    for (void *p : {xe, he, we, dxe, (void *)dwe}) core_device_free(CORE_CUDA, p);
+    for (void *p : {xe, he, we, dxe, (void *)dwe}) dev()->free(p);
 }
 
 // The attention's q, k and v projections of nN rows (sequences of nT; nD -> qd = nH·nhd and
@@ -266,7 +269,7 @@ void qkv_products(int nN, int nT, int nD, int nH, int nHkv, int nhd) {
             ops->copy_rows(v, kd, (char *)y + (size_t)(qd + kd) * es, nW, nN, kd);
         }), 2 * 2.0 * nN * kd, 0);
     printf("\n");
-    for (void *p : {a, da, w, y, (void *)dw, q, v}) core_device_free(CORE_CUDA, p);
+    for (void *p : {a, da, w, y, (void *)dw, q, v}) dev()->free(p);
 }
 
 }  // namespace
@@ -279,21 +282,21 @@ int main() {
 
     // The two ceilings, measured in this run.
     size_t big = (size_t)1 << 30;
-    void *src = core_device_alloc(CORE_CUDA, big), *dst = core_device_alloc(CORE_CUDA, big);
+    void *src = dev()->alloc(big), *dst = dev()->alloc(big);
     core_cuda_memset(src, 1, big);
     row("copy 1 GiB device to device", time_it([&] {
-            core_copy(dst, CORE_CUDA, src, CORE_CUDA, big);
+            dev()->copy(dst, src, big);
         }), 2.0 * big, 0);
-    core_device_free(CORE_CUDA, src);
-    core_device_free(CORE_CUDA, dst);
+    dev()->free(src);
+    dev()->free(dst);
     void *a = dev_rand((size_t)8192 * 8192, BF), *b = dev_rand((size_t)8192 * 8192, BF),
          *c = dev_rand((size_t)8192 * 8192, BF);
     row("bf16 GEMM 8192^3 (cuBLAS)", time_it([&] {
             linear_cuda_forward(BF, BF, c, a, b, 8192, 8192, 8192);
         }), 0, 2.0 * 8192 * 8192 * 8192);
-    core_device_free(CORE_CUDA, a);
-    core_device_free(CORE_CUDA, b);
-    core_device_free(CORE_CUDA, c);
+    dev()->free(a);
+    dev()->free(b);
+    dev()->free(c);
     printf("\n");
 
     void *x = dev_rand((size_t)N * D, BF), *y = dev_rand((size_t)N * D, BF),
@@ -350,16 +353,16 @@ int main() {
         }), 6 * 2.0 * R * Fe, 0);  // reads dh, a, b; writes da, db and h over dh
 
     float *logits = (float *)dev_rand((size_t)N * E, CORE_F32), *scores, *gates;
-    scores = (float *)core_device_alloc(CORE_CUDA, (size_t)N * E * 4);
-    gates = (float *)core_device_alloc(CORE_CUDA, (size_t)N * K * 4);
-    int *idx = (int *)core_device_alloc(CORE_CUDA, (size_t)N * K * 4);
-    int *row_of = (int *)core_device_alloc(CORE_CUDA, (size_t)N * K * 4);
-    int *cnt = (int *)core_device_alloc(CORE_CUDA, E * 4);
+    scores = (float *)dev()->alloc((size_t)N * E * 4);
+    gates = (float *)dev()->alloc((size_t)N * K * 4);
+    int *idx = (int *)dev()->alloc((size_t)N * K * 4);
+    int *row_of = (int *)dev()->alloc((size_t)N * K * 4);
+    int *cnt = (int *)dev()->alloc(E * 4);
     RouterCfg rc = {E, K, 0, 1, 2.5f};
     row("router forward (N, 64), top-6", time_it([&] {
             router_cuda_forward(scores, idx, gates, logits, NULL, &rc, N);
         }), 2 * 4.0 * N * E, 0);
-    long *ecount = (long *)core_device_alloc(CORE_CUDA, 12 * E * sizeof(long));  // (12 layers, E)
+    long *ecount = (long *)dev()->alloc(12 * E * sizeof(long));  // (12 layers, E)
     row("router count (N·K ids)", time_it([&] { router_cuda_count(ecount, idx, N, K, E); }),
         4.0 * N * K, 0);
     float *biases = (float *)dev_rand(12 * E, CORE_F32);
@@ -392,8 +395,8 @@ int main() {
         void *q = dev_rand(nq, BF), *k = dev_rand(nk, BF), *v = dev_rand(nk, BF),
              *o = dev_rand(nq, BF), *dq = dev_rand(nq, BF), *dk = dev_rand(nk, BF),
              *dv = dev_rand(nk, BF), *dout = dev_rand(nq, BF);
-        float *lse = (float *)core_device_alloc(CORE_CUDA, (size_t)ab * ah * at * 4);
-        float *delta = (float *)core_device_alloc(CORE_CUDA, (size_t)ab * ah * at * 4);
+        float *lse = (float *)dev()->alloc((size_t)ab * ah * at * 4);
+        float *delta = (float *)dev()->alloc((size_t)ab * ah * at * 4);
         double flops = 4.0 * ab * ah * (double)at * at * ahd / 2;
         printf("attention B %d T %d H %d Hkv %d hd %d:\n", ab, at, ah, ahkv, ahd);
         struct Path {
@@ -428,22 +431,22 @@ int main() {
         }
         attention_cuda_set_path(ATTENTION_CUDA_AUTO);
         for (void *p : {q, k, v, o, dq, dk, dv, dout, (void *)lse, (void *)delta})
-            core_device_free(CORE_CUDA, p);
+            dev()->free(p);
     };
     attention_rows(B, T, H, Hkv, hd, true);
     attention_rows(4, 4096, 16, 4, 128, false);
 
     void *lg = dev_rand((size_t)N * V, BF, 4.0f), *dlg = dev_rand((size_t)N * V, BF, 1e-3f);
     int *tg = dev_ints(N, V), *tok = dev_ints(N, V);
-    float *loss = (float *)core_device_alloc(CORE_CUDA, N * 4);
-    float *lse2 = (float *)core_device_alloc(CORE_CUDA, N * 4);
+    float *loss = (float *)dev()->alloc(N * 4);
+    float *lse2 = (float *)dev()->alloc(N * 4);
     row("crossentropy forward (N, V)", time_it([&] {
             crossentropy_cuda_forward(BF, loss, lse2, lg, tg, N, V);
         }), 2.0 * N * V, 0);
     row("crossentropy backward", time_it([&] {
             crossentropy_cuda_backward_input(BF, dlg, lg, lse2, tg, 1.0f / N, N, V);
         }), 3 * 2.0 * N * V, 0);
-    float *mean = (float *)core_device_alloc(CORE_CUDA, 4);
+    float *mean = (float *)dev()->alloc(4);
     row("loss mean (N)", time_it([&] { crossentropy_cuda_mean(mean, loss, N); }), 4.0 * N, 0);
     void *table = dev_rand((size_t)V * D, BF);
     float *dtable = (float *)dev_rand((size_t)V * D, CORE_F32);
@@ -456,15 +459,15 @@ int main() {
 
     long np = 100000000;
     float *p = (float *)dev_rand(np, CORE_F32), *pg = (float *)dev_rand(np, CORE_F32, 0.01f);
-    float *m = (float *)core_device_alloc(CORE_CUDA, np * 4);
-    float *vv = (float *)core_device_alloc(CORE_CUDA, np * 4);
-    void *plow = core_device_alloc(CORE_CUDA, np * 2);
+    float *m = (float *)dev()->alloc(np * 4);
+    float *vv = (float *)dev()->alloc(np * 4);
+    void *plow = dev()->alloc(np * 2);
     AdamwHyper hy = {3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 1.0f};
     const AdamwSpan all = {0, 0, np, 1};
     row("adamw step (1e8 params, bf16 copy)", time_it([&] {
             adamw_cuda_step(p, pg, m, vv, plow, BF, &all, 1, &hy);
         }), (4 * 4 + 3 * 4 + 2) * (double)np, 0);
-    double *sq = (double *)core_device_alloc(CORE_CUDA, sizeof(double));
+    double *sq = (double *)dev()->alloc(sizeof(double));
     row("grad square sum (1e8)", time_it([&] { adamw_cuda_sqsum(sq, pg, &all, 1); }), 4.0 * np, 0);
     return 0;
 }

@@ -53,14 +53,14 @@ Comm *world() {
 // Host values to a fresh device buffer and back.
 template <typename T>
 T *to_dev(const std::vector<T> &h) {
-    T *d = (T *)core_device_alloc(CORE_CUDA, h.size() * sizeof(T) + 1);
-    core_copy(d, CORE_CUDA, h.data(), CORE_CPU, h.size() * sizeof(T));
+    T *d = (T *)gpu()->alloc(h.size() * sizeof(T) + 1);
+    gpu()->upload(d, h.data(), h.size() * sizeof(T));
     return d;
 }
 template <typename T>
 std::vector<T> to_host(const T *d, size_t n) {
     std::vector<T> h(n);
-    core_copy(h.data(), CORE_CPU, d, CORE_CUDA, n * sizeof(T));
+    gpu()->download(h.data(), d, n * sizeof(T));
     return h;
 }
 
@@ -78,8 +78,8 @@ void check_allreduce(CommType t) {
         EXPECT_EQ(s[i], (T)(10 * P * (P - 1) / 2 + P * i)) << "type " << t << " [" << i << "]";
         EXPECT_EQ(m[i], (T)((P - 1) * 10 + i)) << "type " << t << " [" << i << "]";
     }
-    core_device_free(CORE_CUDA, a);
-    core_device_free(CORE_CUDA, b);
+    gpu()->free(a);
+    gpu()->free(b);
 }
 
 TEST(NcclComm, AllReduceEveryType) {
@@ -107,7 +107,7 @@ TEST(NcclComm, AllGatherAndReduceScatter) {
     comm_reduce_scatter(w, drs, out, 2, COMM_F32, COMM_SUM);
     std::vector<float> o = to_host(out, 2);
     for (int i = 0; i < 2; i++) EXPECT_EQ(o[i], (float)(P * (P - 1) / 2 + P * (10 * r + i)));
-    for (float *p : {ds, dr, drs, out}) core_device_free(CORE_CUDA, p);
+    for (float *p : {ds, dr, drs, out}) gpu()->free(p);
 }
 
 TEST(NcclComm, AllToAllVUnevenAndZeroCounts) {
@@ -129,8 +129,8 @@ TEST(NcclComm, AllToAllVUnevenAndZeroCounts) {
     size_t at = 0;
     for (int j = 0; j < P; j++)
         for (size_t k = 0; k < rc[j]; k++) EXPECT_EQ(got[at++], 1000 * j + 10 * r + (int32_t)k);
-    core_device_free(CORE_CUDA, ds);
-    core_device_free(CORE_CUDA, dr);
+    gpu()->free(ds);
+    gpu()->free(dr);
 }
 
 TEST(NcclComm, NonBlockingAllReduceAndAllToAllV) {
@@ -166,7 +166,7 @@ TEST(NcclComm, NonBlockingAllReduceAndAllToAllV) {
     for (int j = 0; j < P; j++)
         for (size_t k = 0; k < rc[j]; k++) EXPECT_EQ(got[at++], value(j, r, k)) << "from " << j;
     EXPECT_EQ(got[nr], -1) << "the element after the packed receive";
-    for (void *p : {(void *)dv, (void *)ds, (void *)dr}) core_device_free(CORE_CUDA, p);
+    for (void *p : {(void *)dv, (void *)ds, (void *)dr}) gpu()->free(p);
 }
 
 TEST(NcclComm, RingSendRecvAndIsend) {
@@ -188,8 +188,8 @@ TEST(NcclComm, RingSendRecvAndIsend) {
         }
     }
     comm_barrier(w);
-    core_device_free(CORE_CUDA, s);
-    core_device_free(CORE_CUDA, d);
+    gpu()->free(s);
+    gpu()->free(d);
 }
 
 TEST(NcclComm, SplitReversesRanks) {
@@ -205,8 +205,8 @@ TEST(NcclComm, SplitReversesRanks) {
         comm_allgather(s, d, dall, 1, COMM_I32);
         all = to_host(dall, all.size());
         for (int j = 0; j < s->size; j++) EXPECT_EQ(all[j], j);
-        core_device_free(CORE_CUDA, d);
-        core_device_free(CORE_CUDA, dall);
+        gpu()->free(d);
+        gpu()->free(dall);
     }
     comm_free(s);
 }
@@ -215,7 +215,7 @@ TEST(NcclComm, WaitsForTheComputeStream) {
     // A large fill queued on the compute stream right before the all-reduce must be in its input.
     Comm *w = world();
     const size_t n = (size_t)1 << 24;
-    float *d = (float *)core_device_alloc(CORE_CUDA, n * sizeof(float));
+    float *d = (float *)gpu()->alloc(n * sizeof(float));
     core_cuda_memset(d, 0x3F, n * sizeof(float));  // every float 0x3F3F3F3F ≈ 0.7470
     comm_allreduce(w, d, n, COMM_F32, COMM_MAX);
     std::vector<float> h = to_host(d, n);
@@ -225,7 +225,7 @@ TEST(NcclComm, WaitsForTheComputeStream) {
     size_t bad = 0;
     for (float x : h) bad += x != want;
     EXPECT_EQ(bad, 0u);
-    core_device_free(CORE_CUDA, d);
+    gpu()->free(d);
 }
 
 TEST(NcclComm, DISABLED_UnmatchedAllReduceTimesOut) {
@@ -470,7 +470,7 @@ void expect_same_dispatch(MoeDispatcher *host, MoeDispatcher *dev, int E, uint32
     host->release(host, ph);
     dev->release(dev, pd);
     for (void *p : {(void *)didx, (void *)dx, (void *)dnk, (void *)drows, (void *)dback})
-        core_device_free(CORE_CUDA, p);
+        gpu()->free(p);
 }
 
 // EPLB on GPUs moves rows over NCCL, which needs 2 ranks or more; the tests use 8 experts.
@@ -558,7 +558,7 @@ struct EplbSide {
         eplb_runtime_free(rt);
         for (MoeDispatcher *d : disp) d->destroy(d);
         for (float *b : {state[0], state[1], state[2], grad}) {
-            if (gpu_side) core_device_free(CORE_CUDA, b);
+            if (gpu_side) gpu()->free(b);
             else delete[] b;
         }
     }

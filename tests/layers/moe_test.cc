@@ -595,4 +595,34 @@ TEST(MoeLayerDeathTest, Misuse) {
     d->destroy(d);
 }
 
+// The CPU table's expert-parallel plan (layers/ops.h ep_plan, the arithmetic of the GPU kernel):
+// slots 0..3 hold experts 0, 1, 2 and a replica of 0; rank me = 1 starts each expert's replicas one
+// further. An id outside [0, E) is counted in no slot and sorts after every slot.
+TEST(MoeDispatchOps, EpPlanOnTheHost) {
+    const int E = 3, R = 4, maxcnt = 2, me = 1;
+    const int logcnt[E] = {2, 1, 1};
+    const int log2phy[E * maxcnt] = {0, 3, 1, -1, 2, -1};
+    const std::vector<int> idx = {0, 2, 0, 5, 1, 0};
+    std::vector<int> send_pos(idx.size()), counts(R);
+    layer_ops_cpu.ep_plan(send_pos.data(), counts.data(), idx.data(), (long)idx.size(), E, log2phy, logcnt,
+                          maxcnt, me, R);
+    // Expert 0's pairs (0, 2, 5) take replicas (j + 1) mod 2: slots 3, 0, 3.
+    EXPECT_EQ(counts, std::vector<int>({1, 1, 1, 2}));
+    EXPECT_EQ(send_pos, std::vector<int>({3, 2, 0, 5, 1, 4}));
+}
+
+// The receive permute's map (ep_recv_pos): 2 ranks x 2 slots, blocks b = j·2 + s arriving
+// source-major and going slot-major; an empty block shares the next one's offset and maps nothing.
+TEST(MoeDispatchOps, EpRecvPosOnTheHost) {
+    const int B = 4;
+    const int table[2 * B] = {0, 1, 3, 5,   // arrival offsets of 1, 2, 2, 1 rows
+                              0, 3, 1, 5};  // expert offsets: slot 0 (b0, b2), then slot 1 (b1, b3)
+    std::vector<int> pos(6);
+    layer_ops_cpu.ep_recv_pos(pos.data(), table, B, 6);
+    EXPECT_EQ(pos, std::vector<int>({0, 3, 4, 1, 2, 5}));
+    const int empty[2 * B] = {0, 2, 3, 3, 0, 2, 2, 3};  // block 2 has no rows
+    layer_ops_cpu.ep_recv_pos(pos.data(), empty, B, 6);
+    EXPECT_EQ(pos, std::vector<int>({0, 1, 2, 3, 4, 5}));
+}
+
 }  // namespace
