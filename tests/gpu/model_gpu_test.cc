@@ -245,7 +245,9 @@ TEST_F(ModelGpu, SamplesAsTheCpu) {
     const std::vector<int> b1 = draw(layer_ops_cuda(CORE_BF16)), b2 = draw(layer_ops_cuda(CORE_BF16));
     EXPECT_EQ(b1, b2) << "cuda bf16: the same seed drew different tokens";
     for (int i = 0; i < n; i++) {
-        if (i < 3) EXPECT_EQ(b1[i], prompt[i]);
+        if (i < 3) {
+            EXPECT_EQ(b1[i], prompt[i]);
+        }
         EXPECT_TRUE(b1[i] >= 0 && b1[i] < c.V) << "token " << i << " is " << b1[i];
     }
 }

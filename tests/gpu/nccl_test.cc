@@ -642,7 +642,9 @@ std::vector<float> eplb_train(bool eplb) {
         std::vector<int> tok = global_batch(c, dp * c.grad_accum, s);
         StepStats st = pipe_train_step(p, &c, s, tok.data() + (size_t)dp_rank * c.grad_accum *
                                                                  c.batch_size * (c.T + 1));
-        if (eplb) EXPECT_EQ(st.rebalanced, (s + 1) % 2 == 0) << "step " << s;
+        if (eplb) {
+            EXPECT_EQ(st.rebalanced, (s + 1) % 2 == 0) << "step " << s;
+        }
         out.push_back(st.loss);
         out.push_back(st.grad_norm);
     }

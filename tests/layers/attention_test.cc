@@ -64,7 +64,9 @@ TEST(Attention, ForwardMatchesReference) {
             int t = r % T;
             double sum = 0.0;
             for (int t2 = 0; t2 < T; t2++) {
-                if (t2 > t) EXPECT_EQ(att[(size_t)r * T + t2], 0.0f);
+                if (t2 > t) {
+                    EXPECT_EQ(att[(size_t)r * T + t2], 0.0f);
+                }
                 sum += att[(size_t)r * T + t2];
             }
             EXPECT_NEAR(sum, 1.0, 1e-6);

@@ -179,7 +179,9 @@ TEST(EplbRuntime, SlotsFollowThePlanAndOnlyChangedSlotsMove) {
         }
     // Both cases happen; with one rank every placement is balanced, so nothing ever moves.
     EXPECT_GT(kept_layers, 0);
-    if (comm_world()->size > 1) EXPECT_GT(moved_layers, 0);
+    if (comm_world()->size > 1) {
+        EXPECT_GT(moved_layers, 0);
+    }
 }
 
 TEST(EplbRuntime, BeforeFigureIsThePlannersIdentityMeasure) {
@@ -346,7 +348,9 @@ void compare_runs(MoeConfig c, int ep, int A, double tol, long *changed, int pp 
     // Under a pipeline each stage's EP group moves its own layers' experts: count them all.
     comm_allreduce(comm_world(), changed, 1, COMM_I64, COMM_SUM);
     comm_allreduce(comm_world(), &sent, 1, COMM_I64, COMM_SUM);
-    if (ep > 1) EXPECT_GT(sent, 0) << "no expert crossed ranks: the test would not see a bad move";
+    if (ep > 1) {
+        EXPECT_GT(sent, 0) << "no expert crossed ranks: the test would not see a bad move";
+    }
     // Each runtime observed its own layers' counts: after a step without a rebalance its recorded
     // imbalance is that of the stage's counts under the placement still in force.
     for (int pipe = 0; pipe < eplb.p->n_models && c.steps % c.eplb_interval; pipe++) {
@@ -399,8 +403,9 @@ TEST(EplbTraining, RebalancingEveryTwoStepsKeepsTheMath) {
             long changed;
             compare_runs(c, ep, 2, extra ? TOL : 0.0, &changed);
             // One rank holds every slot: a plan only moves the redundant replicas, maybe not at all.
-            if (ep > 1)
+            if (ep > 1) {
                 EXPECT_GT(changed, 0) << "no rebalance changed a slot: ep " << ep << " extra " << extra;
+            }
         }
 }
 

@@ -373,7 +373,9 @@ TEST(Property, ReplicationNeverHurtsSkewedLoads) {
             after += eplb_rank_imbalance(ld, s.E, p->phy2log + (size_t)l * s.R, p->logcnt + (size_t)l * s.E, s.R, s.G);
         }
         EXPECT_LT(after, before) << "E=" << s.E << " R=" << s.R << " G=" << s.G;
-        if (s.R > s.E) EXPECT_LT(after / s.L, 1.5) << "mean imbalance after, E=" << s.E;
+        if (s.R > s.E) {
+            EXPECT_LT(after / s.L, 1.5) << "mean imbalance after, E=" << s.E;
+        }
         eplb_plan_free(p);
     }
 }

@@ -53,7 +53,9 @@ struct Reader {
         EXPECT_EQ(get<uint32_t>(), dims.size());
         for (int64_t d : dims) EXPECT_EQ(get<int64_t>(), d);
         ASSERT_LE(pos + bytes, b.size());
-        if (bytes > 0) EXPECT_EQ(memcmp(b.data() + pos, data, bytes), 0) << "data of " << name;
+        if (bytes > 0) {
+            EXPECT_EQ(memcmp(b.data() + pos, data, bytes), 0) << "data of " << name;
+        }
         pos += bytes;
     }
 };
