@@ -59,25 +59,33 @@ int cmd_bench(int argc, char **argv) {
     char *overrides[64];
     int n_over = 0;
     char err[NUM_ERR_LEN];
+    // "--flag value" and "--flag=value".
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { bench_help(); return 0; }
-        if (i + 1 >= argc) core_usage_error("bench: %s needs a value", a);
-        if (!strcmp(a, "--config")) {
+        const size_t n = cmd_flag_len(a);
+        char name[64];
+        snprintf(name, sizeof name, "%.*s", (int)n, a);
+        static const char *const flags[] = {"--config", "--device", "--steps", "--seconds", NULL};
+        if (!cmd_flag_in(a, n, flags) && !config_is_key(name)) core_usage_error("bench: unknown option '%s' (see `moelab bench --help`)", name);
+        const char *v = cmd_flag_value(argc, argv, &i);
+        if (!v) core_usage_error("bench: %s needs a value", name);
+        if (cmd_flag_is(a, n, "--config")) {
             if (n_cfg == 16) core_usage_error("bench: at most 16 --config files");
-            configs[n_cfg++] = argv[++i];
-        } else if (!strcmp(a, "--device")) device = argv[++i];
-        else if (!strcmp(a, "--steps")) {
-            long long n;
-            if (num_parse_int(a, argv[++i], 1, 1000000, &n, err)) core_usage_error("bench: %s", err);
-            min_steps = (int)n;
-        } else if (!strcmp(a, "--seconds")) {
-            if (num_parse_real(a, argv[++i], 0, 86400, &min_seconds, err)) core_usage_error("bench: %s", err);
-        } else if (config_is_key(a)) {
-            if (n_over == 64) core_usage_error("bench: at most 32 config overrides");
-            overrides[n_over++] = argv[i];
-            overrides[n_over++] = argv[++i];
-        } else core_usage_error("bench: unknown option '%s' (see `moelab bench --help`)", a);
+            configs[n_cfg++] = v;
+        } else if (cmd_flag_is(a, n, "--device")) device = v;
+        else if (cmd_flag_is(a, n, "--steps")) {
+            long long x;
+            if (num_parse_int("--steps", v, 1, 1000000, &x, err)) core_usage_error("bench: %s", err);
+            min_steps = (int)x;
+        } else if (cmd_flag_is(a, n, "--seconds")) {
+            if (num_parse_real("--seconds", v, 0, 86400, &min_seconds, err)) core_usage_error("bench: %s", err);
+        } else {
+            // A config key, in the form config_apply_args reads: "--key=value" or "--key value".
+            if (n_over >= 63) core_usage_error("bench: at most 32 config overrides");
+            overrides[n_over++] = (char *)a;
+            if (!strchr(a, '=')) overrides[n_over++] = (char *)v;
+        }
     }
     if (n_cfg == 0) { configs[0] = "configs/tiny.cfg"; configs[1] = "configs/small.cfg"; n_cfg = 2; }
     MoeConfig *cfg = calloc((size_t)n_cfg, sizeof *cfg);

@@ -39,16 +39,21 @@ int cmd_export(int argc, char **argv) {
             o.force = 1;
             continue;
         }
-        if (i + 1 >= argc) return core_usage_report("export: %s needs a value (see `moelab export --help`)", a);
-        const char *v = argv[++i];
-        if (!strcmp(a, "--ckpt")) o.ckpt = v;
-        else if (!strcmp(a, "--out")) o.out_dir = v;
-        else if (!strcmp(a, "--data")) o.data_dir = v;
-        else if (!strcmp(a, "--dtype")) {
+        // "--flag value" and "--flag=value".
+        static const char *const flags[] = {"--ckpt", "--out", "--data", "--dtype", NULL};
+        const size_t n = cmd_flag_len(a);
+        if (!cmd_flag_in(a, n, flags))
+            return core_usage_report("export: unknown option '%.*s' (see `moelab export --help`)", (int)n, a);
+        const char *v = cmd_flag_value(argc, argv, &i);
+        if (!v) return core_usage_report("export: %s needs a value (see `moelab export --help`)", a);
+        if (cmd_flag_is(a, n, "--ckpt")) o.ckpt = v;
+        else if (cmd_flag_is(a, n, "--out")) o.out_dir = v;
+        else if (cmd_flag_is(a, n, "--data")) o.data_dir = v;
+        else {  // --dtype
             if (strcmp(v, "fp32") && strcmp(v, "bf16"))
                 return core_usage_report("export: --dtype '%s': expected fp32 or bf16", v);
             o.bf16 = !strcmp(v, "bf16");
-        } else return core_usage_report("export: unknown option '%s' (see `moelab export --help`)", a);
+        }
     }
     if (!o.ckpt) return core_usage_report("export: --ckpt PATH is required (see `moelab export --help`)");
     if (!o.out_dir || !*o.out_dir) return core_usage_report("export: --out DIR is required (see `moelab export --help`)");

@@ -56,24 +56,30 @@ int cmd_sample(int argc, char **argv) {
     unsigned long long seed = 1;
     float temperature = 0.8f;
     char err[NUM_ERR_LEN];
+    // "--flag value" and "--flag=value".
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { sample_help(); return 0; }
-        if (i + 1 >= argc) core_usage_error("sample: %s needs a value (see `moelab sample --help`)", a);
-        const char *v = argv[++i];
-        if (!strcmp(a, "--ckpt")) ckpt = v;
-        else if (!strcmp(a, "--prompt")) prompt = v;
-        else if (!strcmp(a, "--data")) data = v;
-        else if (!strcmp(a, "--device")) device = v;
-        else if (!strcmp(a, "--tokens")) n_new = (int)int_flag(a, v, 1, MAX_TOKENS);
-        else if (!strcmp(a, "--top-k")) top_k = (int)int_flag(a, v, 0, 1 << 24);
-        else if (!strcmp(a, "--seed")) {
-            if (num_parse_u64(a, v, UINT64_MAX, &seed, err)) core_usage_error("sample: %s", err);
-        } else if (!strcmp(a, "--temperature")) {
+        static const char *const flags[] = {"--ckpt", "--prompt", "--data", "--device", "--tokens", "--top-k",
+                                            "--seed", "--temperature", NULL};
+        const size_t n = cmd_flag_len(a);
+        if (!cmd_flag_in(a, n, flags))
+            core_usage_error("sample: unknown option '%.*s' (see `moelab sample --help`)", (int)n, a);
+        const char *v = cmd_flag_value(argc, argv, &i);
+        if (!v) core_usage_error("sample: %s needs a value (see `moelab sample --help`)", a);
+        if (cmd_flag_is(a, n, "--ckpt")) ckpt = v;
+        else if (cmd_flag_is(a, n, "--prompt")) prompt = v;
+        else if (cmd_flag_is(a, n, "--data")) data = v;
+        else if (cmd_flag_is(a, n, "--device")) device = v;
+        else if (cmd_flag_is(a, n, "--tokens")) n_new = (int)int_flag("--tokens", v, 1, MAX_TOKENS);
+        else if (cmd_flag_is(a, n, "--top-k")) top_k = (int)int_flag("--top-k", v, 0, 1 << 24);
+        else if (cmd_flag_is(a, n, "--seed")) {
+            if (num_parse_u64("--seed", v, UINT64_MAX, &seed, err)) core_usage_error("sample: %s", err);
+        } else {  // --temperature
             double x;
-            if (num_parse_real(a, v, 0, 100, &x, err)) core_usage_error("sample: %s", err);
+            if (num_parse_real("--temperature", v, 0, 100, &x, err)) core_usage_error("sample: %s", err);
             temperature = (float)x;
-        } else core_usage_error("sample: unknown option '%s' (see `moelab sample --help`)", a);
+        }
     }
     if (!ckpt) core_usage_error("sample: --ckpt PATH is required (see `moelab sample --help`)");
     const LayerOps *ops = backend_ops(device);  // a bad name is a usage error before any reading

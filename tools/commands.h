@@ -26,6 +26,12 @@ static inline size_t cmd_flag_len(const char *a) {
 static inline int cmd_flag_is(const char *a, size_t n, const char *name) {
     return strlen(name) == n && !strncmp(a, name, n);
 }
+// 1 when the flag name of a is one of the NULL-terminated names.
+static inline int cmd_flag_in(const char *a, size_t n, const char *const *names) {
+    for (; *names; names++)
+        if (cmd_flag_is(a, n, *names)) return 1;
+    return 0;
+}
 // The value of the flag argv[*i]: what follows its '=', else the next argument (and *i then moves
 // past it); NULL when there is none.
 static inline const char *cmd_flag_value(int argc, char **argv, int *i) {

@@ -23,12 +23,14 @@ expect_usage "bench: --seconds 1e308 is too large: at most 86400" --config "$cfg
 expect_usage "bench: --seconds -1 is too small: at least 0" --config "$cfg" --seconds -1
 expect_usage "beta2 \(1\) must be below 1" --config "$cfg" --beta2 1
 expect_usage "config file '.*' is a directory" --config "$tmp"
+expect_usage "bench: --steps 0 is too small: at least 1" --config="$cfg" --steps=0
+expect_usage "bench: unknown option '--bogus'" --config "$cfg" --bogus=1
 overrides=()
 for i in $(seq 1 33); do overrides+=(--seed "$i"); done
 expect_usage "bench: at most 32 config overrides" --config "$cfg" "${overrides[@]}"
 "$moelab" bench --help | grep -q "usage: moelab bench"
 # A run: the time by layer type, then the last step's expert load (max/mean is at least 1).
-"$moelab" bench --config "$cfg" --steps 1 --seconds 0 >"$tmp/out" 2>"$tmp/err"
+"$moelab" bench --config="$cfg" --steps=1 --seconds=0 --lr=0.01 >"$tmp/out" 2>"$tmp/err"
 grep -q "time by layer type" "$tmp/out" || { echo "bench: no time by layer type:"; cat "$tmp/out"; exit 1; }
 load=$(sed -n 's/.*expert load max\/mean at the last step: \([0-9.]*\) mean.*, \([0-9.]*\) the worst/\1 \2/p' "$tmp/out")
 [ -n "$load" ] || { echo "bench: no expert load line:"; cat "$tmp/out"; exit 1; }

@@ -21,6 +21,9 @@ case "$a" in "Once upon"*) ;; *) echo "sample does not start with the prompt: $a
 g1=$("$moelab" sample --ckpt "$ckpt" --prompt "x" --tokens 10 --temperature 0 --seed 1)
 g2=$("$moelab" sample --ckpt "$ckpt" --prompt "x" --tokens 10 --temperature 0 --seed 2)
 [ "$g1" = "$g2" ] || { echo "greedy decoding depends on the seed"; exit 1; }
+# "--flag=value" is the same as "--flag value", as in every moelab command.
+e=$("$moelab" sample --ckpt="$ckpt" --prompt="Once upon" --tokens=20 --seed=5)
+[ "$a" = "$e" ] || { echo "--flag=value differs from --flag value"; exit 1; }
 
 expect_usage() {  # expect_usage REGEX ARGS...: exit code 2 and REGEX in stderr
     local re=$1; shift
@@ -40,6 +43,8 @@ expect_usage "--temperature 'hot' is not a finite number" --ckpt "$ckpt" --tempe
 expect_usage "--temperature 1e308 is too large: at most 100" --ckpt "$ckpt" --temperature 1e308
 expect_usage "--seed '-1' is not a non-negative integer" --ckpt "$ckpt" --seed -1
 expect_usage "unknown option '--bogus'" --ckpt "$ckpt" --bogus 1
+expect_usage "unknown option '--bogus'" --ckpt "$ckpt" --bogus=1
+expect_usage "--tokens needs a value" --ckpt "$ckpt" --tokens
 expect_usage "no_such" --ckpt "$tmp/no_such.h5"
 expect_usage "prompt must not be empty" --ckpt "$ckpt" --prompt ""
 expect_usage "--device tpu: expected cpu, cuda" --ckpt "$ckpt" --device tpu

@@ -29,7 +29,7 @@ for v in a b; do
         "${check[@]}" logits "$tmp/hf_${v}_$ck" "$tmp/$v/$ck.h5" "$probe"
     done
 done
-"$moelab" export --ckpt "$tmp/a/eplb.h5" --out "$tmp/hf_bf16" --data "$tmp/data" --dtype bf16 > /dev/null
+"$moelab" export --ckpt="$tmp/a/eplb.h5" --out="$tmp/hf_bf16" --data="$tmp/data" --dtype=bf16 > /dev/null
 "${check[@]}" weights "$tmp/hf_bf16" "$tmp/a/single.h5" --bf16
 grep -q '"torch_dtype": "bfloat16"' "$tmp/hf_bf16/config.json"
 "${check[@]}" tokenizer "$tmp/hf_a_single" "$tmp/data/tokenizer.bin" "$probe" "$corpus"
@@ -74,6 +74,8 @@ expect_usage "tokens 257 and 259 of the tokenizer have the same 3 bytes" "$tmp/o
 expect_usage "--ckpt PATH is required" "$tmp/out1"
 expect_usage "--dtype 'fp16'" "$tmp/out1" --ckpt "$tmp/a/single.h5" --dtype fp16
 expect_usage "unknown option '--bogus'" "$tmp/out1" --ckpt "$tmp/a/single.h5" --bogus 1
+expect_usage "unknown option '--bogus'" "$tmp/out1" --ckpt "$tmp/a/single.h5" --bogus=1
+expect_usage "--dtype 'fp16'" "$tmp/out1" --ckpt="$tmp/a/single.h5" --dtype=fp16
 
 # An existing folder: refused when not empty unless --force, which replaces only an earlier export.
 mkdir "$tmp/empty"
