@@ -20,13 +20,23 @@ extern "C" {
 
 namespace {
 
-std::string write_tmp(const char *text) {
+// text's bytes (NULs included) in a new temporary file; its path.
+std::string write_tmp(const std::string &text) {
     char path[] = "/tmp/moelab_cfg_XXXXXX";
     int fd = mkstemp(path);
-    FILE *f = fdopen(fd, "w");
-    fputs(text, f);
+    FILE *f = fdopen(fd, "wb");
+    fwrite(text.data(), 1, text.size(), f);
     fclose(f);
     return path;
+}
+
+// Loading a config file of text ends the process with exit 2 and a message matching regex.
+void expect_file_usage_error(const std::string &text, const char *regex) {
+    std::string p = write_tmp(text);
+    MoeConfig c;
+    config_defaults(&c);
+    EXPECT_EXIT(config_load_file(&c, p.c_str()), ::testing::ExitedWithCode(2), regex);
+    remove(p.c_str());
 }
 
 TEST(Config, FileAndOverrides) {
@@ -189,12 +199,7 @@ TEST(ConfigDeath, NormEpsPositive) {
     EXPECT_EXIT(set_key("norm_eps", "1e-50"), ::testing::ExitedWithCode(2), "norm_eps = 1e-50 is too small");
 }
 TEST(ConfigDeath, DuplicateKeyInFile) {
-    std::string p = write_tmp("lr = 0.1\nsteps = 3\n# again\nlr = 0.2\n");
-    MoeConfig c;
-    config_defaults(&c);
-    EXPECT_EXIT(config_load_file(&c, p.c_str()), ::testing::ExitedWithCode(2),
-                ":4: lr is set twice, on lines 1 and 4");
-    remove(p.c_str());
+    expect_file_usage_error("lr = 0.1\nsteps = 3\n# again\nlr = 0.2\n", ":4: lr is set twice, on lines 1 and 4");
 }
 // The command line overrides the file, however often the file is named.
 TEST(Config, CommandLineOverridesFile) {
@@ -226,41 +231,19 @@ TEST(ConfigDeath, BadFloat) {
     EXPECT_EXIT(set_key("lr", "nan"), ::testing::ExitedWithCode(2), "lr = 'nan'.*expected a number");
 }
 TEST(ConfigDeath, FileWithoutEquals) {
-    std::string p = write_tmp("d_model 32\n");
-    MoeConfig c;
-    config_defaults(&c);
-    EXPECT_EXIT(config_load_file(&c, p.c_str()), ::testing::ExitedWithCode(2), ":1: expected 'key = value'");
-    remove(p.c_str());
+    expect_file_usage_error("d_model 32\n", ":1: expected 'key = value'");
 }
 // A config file with a NUL byte once read as empty lines: a binary file trained on the defaults.
 // Control bytes are named with their line and column (a stray one used to hide inside the quoted
 // value of the message).
 TEST(ConfigDeath, BinaryFile) {
-    const char bytes[] = "\x00\x01\x02 garbage\n";
-    std::string p = write_tmp("");
-    FILE *f = fopen(p.c_str(), "wb");
-    fwrite(bytes, 1, sizeof bytes - 1, f);
-    fclose(f);
-    MoeConfig c;
-    config_defaults(&c);
-    EXPECT_EXIT(config_load_file(&c, p.c_str()), ::testing::ExitedWithCode(2),
-                ":1: byte 0x00 at column 1: not a text config file");
-    remove(p.c_str());
+    expect_file_usage_error(std::string("\x00\x01\x02 garbage\n", 12), ":1: byte 0x00 at column 1: not a text config file");
 }
 TEST(ConfigDeath, ControlByteInValue) {
-    std::string p = write_tmp("lr = 0.1\nd_model = 64\x01\n");
-    MoeConfig c;
-    config_defaults(&c);
-    EXPECT_EXIT(config_load_file(&c, p.c_str()), ::testing::ExitedWithCode(2),
-                ":2: byte 0x01 at column 13: not a text config file");
-    remove(p.c_str());
+    expect_file_usage_error("lr = 0.1\nd_model = 64\x01\n", ":2: byte 0x01 at column 13: not a text config file");
 }
 TEST(ConfigDeath, LineTooLong) {
-    std::string p = write_tmp(("lr = 0.1" + std::string(1100, ' ') + "\n").c_str());
-    MoeConfig c;
-    config_defaults(&c);
-    EXPECT_EXIT(config_load_file(&c, p.c_str()), ::testing::ExitedWithCode(2), ":1: line too long");
-    remove(p.c_str());
+    expect_file_usage_error("lr = 0.1" + std::string(1100, ' ') + "\n", ":1: line too long");
 }
 // Tabs and Windows line ends are text.
 TEST(Config, TabsAndCarriageReturns) {
