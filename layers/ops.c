@@ -253,6 +253,7 @@ static void cpu_gather_rows(void *dst, const void *rows, const int *pos, long n,
 // every slot, and stays out of the counts.
 static void cpu_ep_plan(int *send_pos, int *counts, const int *idx, long n, int E, const int *log2phy,
                         const int *logcnt, int maxcnt, int me, int R) {
+    CHECK(E >= 1 && R >= E && maxcnt >= 1, "moe: bad EP placement E = %d, R = %d", E, R);
     int *slot = core_alloc((size_t)(n > 0 ? n : 1) * sizeof(int));  // (n)
     int *seen = core_alloc((size_t)E * sizeof(int));                // (E) pairs so far per expert
     int *all = core_alloc((size_t)(R + 1) * sizeof(int));           // (R + 1) counts with the strays

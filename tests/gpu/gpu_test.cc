@@ -1238,6 +1238,73 @@ TEST_F(Gpu, MoePermuteUnpermuteCombine) {
     }
 }
 
+// The expert-parallel dispatcher's backend calls (parallel/ep_dispatch.c runs the same code on
+// both devices through them): the CUDA table's ep_plan, ep_recv_pos, scatter_rows and gather_rows
+// give the CPU table's results exactly. One GPU runs no exchange, so this is where the GPU side of
+// the EP path is checked without a second GPU; nccl_test runs it end to end.
+TEST_F(Gpu, EpTableCallsMatchTheCpuTable) {
+    const LayerOps *cpu = &layer_ops_cpu;
+    // ep_plan: 5 experts in R = 8 slots (EP 2 x 4), expert 1 replicated on slots 1 and 5, expert 3
+    // on slots 3, 6 and 7, every expert present many times (the replica choice rotates with the
+    // pair's rank among its expert's pairs, offset by me).
+    const int E = 5, R = 8, maxcnt = 3, n = 5000;
+    const IVec logcnt = {1, 2, 1, 3, 1};
+    const IVec log2phy = {0, -1, -1, 1, 5, -1, 2, -1, -1, 3, 6, 7, 4, -1, -1};
+    const IVec idx = rnd_int(n, E);
+    BufP dIdx = put_int(idx), dL2p = put_int(log2phy), dCnt = put_int(logcnt);
+    for (int me = 0; me < 3; me++) {
+        IVec send_pos(n), counts(R);
+        cpu->ep_plan(send_pos.data(), counts.data(), idx.data(), n, E, log2phy.data(), logcnt.data(), maxcnt,
+                     me, R);
+        BufP dPos = put_int(IVec(n, -1)), dCounts = put_int(IVec(R, -1));
+        dev()->ep_plan(dPos->i(), dCounts->i(), dIdx->i(), n, E, dL2p->i(), dCnt->i(), maxcnt, me, R);
+        EXPECT_EQ(get_int(*dCounts, R), counts) << "me " << me;
+        EXPECT_EQ(get_int(*dPos, n), send_pos) << "me " << me;
+    }
+
+    // ep_recv_pos: 3 sources x 3 slots of random sizes, block 4 and the last block empty.
+    const int B = 9;
+    IVec rows = rnd_int(B, 40);
+    rows[4] = rows[B - 1] = 0;
+    IVec table(2 * B);
+    int m = 0;
+    for (int b = 0; b < B; b++) table[b] = m, m += rows[b];  // arrival: source-major
+    int e = 0;
+    for (int s = 0; s < 3; s++)
+        for (int j = 0; j < 3; j++) table[B + j * 3 + s] = e, e += rows[j * 3 + s];  // expert rows: slot-major
+    IVec recv_pos(m);
+    cpu->ep_recv_pos(recv_pos.data(), table.data(), B, m);
+    BufP dTable = put_int(table), dRecv = put_int(IVec(m, -1));
+    dev()->ep_recv_pos(dRecv->i(), dTable->i(), B, m);
+    EXPECT_EQ(get_int(*dRecv, m), recv_pos);
+
+    // scatter_rows (per choice and per token) and gather_rows through the send positions of one
+    // plan: moving rows is exact in both dtypes.
+    const int N = n / 5, K = 5, D = 24;
+    IVec send_pos(n), counts(R);
+    cpu->ep_plan(send_pos.data(), counts.data(), idx.data(), n, E, log2phy.data(), logcnt.data(), maxcnt, 0, R);
+    BufP dPos = put_int(send_pos);
+    for (CoreDtype dt : kDtypes) {
+        const LayerOps *o = layer_ops_cuda(dt);
+        Vec x = rnd((size_t)N * D), xk = rnd((size_t)n * D);
+        BufP dX = put(x, dt), dXk = put(xk, dt);
+        for (int per_choice = 0; per_choice < 2; per_choice++) {
+            Vec ref((size_t)n * D);
+            cpu->scatter_rows(ref.data(), per_choice ? xk.data() : x.data(), per_choice, send_pos.data(), N, K, D);
+            BufP dRows = poisoned(ref.size(), dt);
+            o->scatter_rows(dRows->p, per_choice ? dXk->p : dX->p, per_choice, dPos->i(), N, K, D);
+            EXPECT_EQ(get(*dRows, dt, ref.size()), ref) << dname(dt) << " per_choice " << per_choice;
+            if (!per_choice) continue;
+            Vec back(ref.size());
+            cpu->gather_rows(back.data(), ref.data(), send_pos.data(), n, D);
+            EXPECT_EQ(back, xk);
+            BufP dBack = poisoned(ref.size(), dt);
+            o->gather_rows(dBack->p, dRows->p, dPos->i(), n, D);
+            EXPECT_EQ(get(*dBack, dt, ref.size()), xk) << dname(dt);
+        }
+    }
+}
+
 // The whole MoE layer (local dispatcher, routed and shared experts, balance loss) on the GPU
 // against the CPU: y, dx and every gradient. The router's gradient goes through the gates'
 // gradient, which the backward makes from the experts' row dots (moe_gate_grad): a wrong dot or a

@@ -220,6 +220,55 @@ void expert_gemms(int R, int nE, int nD, int nF) {
     for (void *p : {xe, he, we, dxe, (void *)dwe}) dev()->free(p);
 }
 
+// What W1 and W3 as one product would save (kernels issue, item 2): the SwiGLU's up projection
+// as it runs (two products of width nF per group: forward twice, backward_input written then
+// added, backward_weight twice) against one product of width 2·nF over [W1; W3] (each way once,
+// written), each timed 10 queued. Routed: nE groups of the grouped GEMM, uniform counts over R
+// rows. Dense: `parts` products of width nF over R rows against one of width parts·nF (the shared
+// experts as one SwiGLU: parts = 2·S; the dense FFN: parts = 2).
+void w13_products(const char *what, int R, int nE, int nD, int nF, int parts) {
+    const bool routed = nE > 0;
+    const int P = routed ? 2 : parts, G = routed ? nE : 1;
+    void *x = dev_rand((size_t)R * nD, BF), *dx = dev_rand((size_t)R * nD, BF),
+         *h = dev_rand((size_t)R * P * nF, BF), *w = dev_rand((size_t)G * P * nF * nD, BF, 0.03f);
+    float *dw = (float *)dev_rand((size_t)G * P * nF * nD, CORE_F32);
+    const std::vector<int> c = expert_counts(R, G, UNIFORM);
+    const size_t hs = (size_t)R * nF * 2, ws = (size_t)G * nF * nD * 2;  // bytes of one part
+    auto at = [](void *p, size_t bytes) { return (void *)((char *)p + bytes); };
+    // kind 0 forward, 1 backward_input, 2 backward_weight; width nF at part j, or P·nF (j = -1)
+    auto product = [&](int kind, int j, int acc) {
+        const int F = j < 0 ? P * nF : nF;
+        void *hj = j < 0 ? h : at(h, j * hs), *wj = j < 0 ? w : at(w, j * ws);
+        float *dwj = j < 0 ? dw : (float *)at(dw, j * ws * 2);
+        if (routed) {
+            if (kind == 0) linear_cuda_forward_grouped(BF, BF, hj, x, wj, c.data(), G, nD, F);
+            if (kind == 1) linear_cuda_backward_input_grouped(BF, dx, hj, wj, c.data(), G, nD, F, acc);
+            if (kind == 2) linear_cuda_backward_weight_grouped(BF, dwj, hj, x, c.data(), G, nD, F, 0);
+        } else {
+            if (kind == 0) linear_cuda_forward(BF, BF, hj, x, wj, R, nD, F);
+            if (kind == 1) linear_cuda_backward_input(BF, dx, hj, wj, R, nD, F, acc);
+            if (kind == 2) linear_cuda_backward_weight(BF, dwj, hj, x, R, nD, F);
+        }
+    };
+    printf("%s: %d rows, D %d -> %d x %d (%s)\n", what, R, nD, P, nF,
+           routed ? "grouped over the experts, uniform counts" : "dense");
+    const char *names[3] = {"forward", "backward_input", "backward_weight"};
+    double sum_p = 0, sum_1 = 0;
+    for (int kind = 0; kind < 3; kind++) {
+        const double tp = time_queued([&] {
+            for (int j = 0; j < P; j++) product(kind, j, j > 0);
+        });
+        const double t1 = time_queued([&] { product(kind, -1, 0); });
+        const double flops = 2.0 * R * nD * nF * P;
+        printf("  %-16s %d products %.3f ms %5.1f TFLOP/s | one product %.3f ms %5.1f TFLOP/s | saves %.3f ms\n",
+               names[kind], P, tp * 1e3, flops / tp / 1e12, t1 * 1e3, flops / t1 / 1e12, (tp - t1) * 1e3);
+        sum_p += tp, sum_1 += t1;
+    }
+    printf("  %-16s %d products %.3f ms | one product %.3f ms | saves %.3f ms a layer (%.1f %%)\n", "all three", P,
+           sum_p * 1e3, sum_1 * 1e3, (sum_p - sum_1) * 1e3, 100 * (sum_p - sum_1) / sum_p);
+    for (void *p : {x, dx, h, w, (void *)dw}) dev()->free(p);
+}
+
 // The attention's q, k and v projections of nN rows (sequences of nT; nD -> qd = nH·nhd and
 // kd = nHkv·nhd) each way, as three products (k and v with kd outputs, backward_input adding two of
 // them into da) and as the engine runs them, one product over the stacked Wqkv (qd + 2·kd, nD);
@@ -342,6 +391,14 @@ int main() {
     int R = N * K;
     expert_gemms(R, E, D, Fe);
     expert_gemms(4 * 4096 * 6, 32, 2048, 1408);
+    printf("\n");
+    w13_products("W1 and W3, routed experts, bench", R, E, D, Fe, 2);
+    w13_products("W1 and W3, shared experts, bench", N, 0, D, Fe, 2 * 2);
+    w13_products("W1 and W3, dense FFN, bench", N, 0, D, 2816, 2);
+    w13_products("W1 and W3, routed experts, wide", 4 * 4096 * 6, 32, 2048, 1408, 2);
+    w13_products("W1 and W3, shared experts, wide", 4 * 4096, 0, 2048, 1408, 2 * 2);
+    w13_products("W1 and W3, dense FFN, wide", 4 * 4096, 0, 2048, 5632, 2);
+    printf("\n");
     void *xe = dev_rand((size_t)R * D, BF), *he = dev_rand((size_t)R * Fe, BF);
     void *hb = dev_rand((size_t)R * Fe, BF), *hh = dev_rand((size_t)R * Fe, BF),
          *da = dev_rand((size_t)R * Fe, BF), *db = dev_rand((size_t)R * Fe, BF);

@@ -609,6 +609,10 @@ TEST(MoeDispatchOps, EpPlanOnTheHost) {
     // Expert 0's pairs (0, 2, 5) take replicas (j + 1) mod 2: slots 3, 0, 3.
     EXPECT_EQ(counts, std::vector<int>({1, 1, 1, 2}));
     EXPECT_EQ(send_pos, std::vector<int>({3, 2, 0, 5, 1, 4}));
+    // Fewer slots than experts is no placement: both tables stop (moe_cuda_ep_plan's check).
+    EXPECT_EXIT(layer_ops_cpu.ep_plan(send_pos.data(), counts.data(), idx.data(), (long)idx.size(), 5,
+                                      log2phy, logcnt, maxcnt, me, R),
+                testing::ExitedWithCode(1), "bad EP placement E = 5, R = 4");
 }
 
 // The receive permute's map (ep_recv_pos): 2 ranks x 2 slots, blocks b = j·2 + s arriving
