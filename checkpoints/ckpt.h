@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-#define CKPT_FORMAT_VERSION 1
+#define CKPT_FORMAT_VERSION 2
 
 // Which expert rows this process holds, and which tensors it writes. Each MoE layer has R physical
 // expert slots spread evenly over ep_size ranks: rank ep_rank holds slots

@@ -40,6 +40,10 @@ static int64_t check_format(const H5Io *io, hid_t f, const char *want) {
     core_free(fmt);
     int64_t v;
     h5_attr_read(io, f, "file", "format_version", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &v);
+    // Version 1 stored W1 and W3 as two tensors (w1, w3), version 2 as one (w13: docs/checkpoint-format.md).
+    if (v == 1)
+        H5_FAIL(io, "format version 1 (W1 and W3 as two tensors, moelab before 2026-12-03): this build reads "
+                    "version %d, whose w13 holds them as one", CKPT_FORMAT_VERSION);
     if (v != CKPT_FORMAT_VERSION)
         H5_FAIL(io, "unknown format version %lld (this build reads version %d)", (long long)v,
                 CKPT_FORMAT_VERSION);

@@ -57,19 +57,16 @@ static void declare(Model *m) {
         add(m, NAME("wo"), l, PARAM_DENSE, 2, D, (int64_t)c->H * hd, 1, s_out, 0);
         add(m, NAME("ffn_norm"), l, PARAM_DENSE, 1, D, 1, 1, 0, 1.0f);
         if (!model_is_moe_layer(m, l)) {
-            add(m, NAME("w1"), l, PARAM_DENSE, 2, c->F, D, 1, s, 0);
-            add(m, NAME("w3"), l, PARAM_DENSE, 2, c->F, D, 1, s, 0);
+            add(m, NAME("w13"), l, PARAM_DENSE, 2, 2 * (int64_t)c->F, D, 1, s, 0);
             add(m, NAME("w2"), l, PARAM_DENSE, 2, D, c->F, 1, s_out, 0);
             continue;
         }
         add(m, NAME("router"), l, PARAM_DENSE, 2, c->E, D, 1, s, 0);
         add(m, NAME("router_bias"), l, PARAM_BUFFER, 1, c->E, 1, 1, 0, 0);
-        add(m, NAME("experts.w1"), l, PARAM_EXPERT, 3, c->E, c->Fe, D, s, 0);
-        add(m, NAME("experts.w3"), l, PARAM_EXPERT, 3, c->E, c->Fe, D, s, 0);
+        add(m, NAME("experts.w13"), l, PARAM_EXPERT, 3, c->E, 2 * (int64_t)c->Fe, D, s, 0);
         add(m, NAME("experts.w2"), l, PARAM_EXPERT, 3, c->E, D, c->Fe, s_out, 0);
         if (c->S > 0) {
-            add(m, NAME("shared.w1"), l, PARAM_DENSE, 3, c->S, c->Fe, D, s, 0);
-            add(m, NAME("shared.w3"), l, PARAM_DENSE, 3, c->S, c->Fe, D, s, 0);
+            add(m, NAME("shared.w13"), l, PARAM_DENSE, 3, c->S, 2 * (int64_t)c->Fe, D, s, 0);
             add(m, NAME("shared.w2"), l, PARAM_DENSE, 3, c->S, D, c->Fe, s_out, 0);
         }
 #undef NAME
@@ -92,9 +89,8 @@ static void *layer_view(const Model *m, int l, const char *name, void *base, siz
 // bias is not among them: it has no gradient.
 #define LAYER_TENSORS(X)                                                                          \
     X(attn_norm, "attn_norm") X(wq, "wq") X(wk, "wk") X(wv, "wv") X(wo, "wo")                     \
-    X(ffn_norm, "ffn_norm") X(w1, "w1") X(w3, "w3") X(w2, "w2") X(moe.router, "router")           \
-    X(moe.w1, "experts.w1") X(moe.w3, "experts.w3") X(moe.w2, "experts.w2")                       \
-    X(moe.sw1, "shared.w1") X(moe.sw3, "shared.w3") X(moe.sw2, "shared.w2")
+    X(ffn_norm, "ffn_norm") X(w13, "w13") X(w2, "w2") X(moe.router, "router")           \
+    X(moe.w13, "experts.w13") X(moe.w2, "experts.w2") X(moe.sw13, "shared.w13") X(moe.sw2, "shared.w2")
 
 // Layer l's weight views inside the compute copy base (elements of es bytes).
 static LayerWeights layer_weights(const Model *m, int l, void *base, size_t es) {
@@ -210,7 +206,7 @@ void model_init_weights(Model *m) {
     for (int i = 0; i < r->n; i++) {
         const ParamInfo *p = &r->p[i];
         float *x = r->data + p->offset;
-        // The generator key uses the name inside the layer ("wq", "experts.w1"), so the same tensor
+        // The generator key uses the name inside the layer ("wq", "experts.w13"), so the same tensor
         // of the same layer always gets the same numbers.
         const char *short_name = p->layer >= 0 ? strchr(strchr(p->name, '.') + 1, '.') + 1 : p->name;
         if (p->init_std == 0.0f) {
@@ -312,7 +308,7 @@ void model_refresh_low(Model *m) {
 
 // Whether the gradient at g is one of layer l's SwiGLU weight gradients.
 static int is_ffn_grad(const LayerGrads *g, const float *p) {
-    const float *ffn[] = {g->w1, g->w3, g->w2, g->moe.w1, g->moe.w3, g->moe.w2, g->moe.sw1, g->moe.sw3, g->moe.sw2};
+    const float *ffn[] = {g->w13, g->w2, g->moe.w13, g->moe.w2, g->moe.sw13, g->moe.sw2};
     for (size_t i = 0; i < sizeof ffn / sizeof *ffn; i++)
         if (ffn[i] && ffn[i] == p) return 1;
     return 0;
@@ -405,7 +401,7 @@ static void acts_carve(const Model *m, ModelActs *a) {
         la->h_mid = arena_x(m, a, N * D);
         la->m = arena_x(m, a, N * D); la->rstd2 = arena_f(a, N);
         if (!model_is_moe_layer(m, l)) {
-            la->ffn.a = arena_x(m, a, N * c->F); la->ffn.b = arena_x(m, a, N * c->F);
+            la->ffn.ab = arena_x(m, a, N * 2 * c->F);
             la->ffn.h = arena_x(m, a, N * c->F);
         }
     }
@@ -435,7 +431,7 @@ static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
     m->ops->zero(a->scalars, (1 + (size_t)m->cfg.L) * sizeof(float));
 }
 
-// A layer's backward buffers (LayerActs' d* and ffn.da, ffn.db), each (N, width) elements of the
+// A layer's backward buffers (LayerActs' d* and ffn.dab), each (N, width) elements of the
 // activation dtype, and the norms' partial gain gradients (fp32, a small fraction of that),
 // written before they are read.
 static void *bwd_alloc(const Model *m, int N, int width) {
@@ -454,8 +450,7 @@ static void part_free(const Model *m, float **p) {
 }
 static void ffn_bwd_free(const Model *m, LayerActs *la) {
     part_free(m, &la->pm);
-    bwd_free(m, &la->ffn.da);
-    bwd_free(m, &la->ffn.db);
+    bwd_free(m, &la->ffn.dab);
 }
 static void attn_bwd_free(const Model *m, LayerActs *la) {
     bwd_free(m, &la->d_h_mid);
@@ -577,7 +572,7 @@ static void ffn_forward(Model *m, int l, LayerActs *la, void *ffn_out, void *h_o
             o->router_count(m->dcounts + (size_t)l * c->E, la->moe.idx, N, c->K, c->E);
     } else {
         prof_mark(PROF_FFN);
-        ops_swiglu_forward(o, ffn_out, &la->ffn, la->m, w->w1, w->w3, w->w2, &N, 1, D, c->F);
+        ops_swiglu_forward(o, ffn_out, &la->ffn, la->m, w->w13, w->w2, &N, 1, D, c->F);
     }
     o->add(h_out, la->h_mid, ffn_out, (long)N * D);
 }
@@ -602,10 +597,9 @@ static void ffn_backward_input(Model *m, int l, LayerActs *la, const void *dh_ou
         moe_backward_input(dm, &la->moe, dh_out, &shape, &w->moe, disp_of(m, l));
     } else {
         prof_mark(PROF_FFN);
-        la->ffn.da = bwd_alloc(m, N, c->F);
-        la->ffn.db = bwd_alloc(m, N, c->F);
+        la->ffn.dab = bwd_alloc(m, N, 2 * c->F);
         void *dh = o->alloc_uninit((size_t)N * c->F * o->act_size);
-        ops_swiglu_backward_input(o, dm, &la->ffn, dh, dh_out, w->w1, w->w3, w->w2, &N, 1, D, c->F, 0);
+        ops_swiglu_backward_input(o, dm, &la->ffn, dh, NULL, dh_out, w->w13, w->w2, &N, 1, D, c->F, 0);
         o->free(dh);
     }
     prof_mark(PROF_NORM);
@@ -623,8 +617,7 @@ static void ffn_backward_weight(Model *m, int l, LayerActs *la, const void *dh_o
         moe_backward_weight(&g->moe, &la->moe, dh_out, &m->moe_shape, disp_of(m, l), acc);
     else {
         prof_mark(PROF_FFN);
-        ops_swiglu_backward_weight(m->ops, g->w1, g->w3, g->w2, &la->ffn, la->m, dh_out, &N, 1, c->D, c->F,
-                                   acc);
+        ops_swiglu_backward_weight(m->ops, g->w13, g->w2, &la->ffn, la->m, dh_out, &N, 1, c->D, c->F, acc);
     }
     prof_mark(PROF_NORM);
     m->ops->rmsnorm_backward_weight(g->ffn_norm, la->pm, N, c->D);

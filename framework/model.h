@@ -24,7 +24,7 @@ typedef struct {
     const void *wk, *wv;    // (Hkv·hd, D)
     const void *wo;         // (D, H·hd)
     const void *ffn_norm;   // (D)
-    const void *w1, *w3;    // (F, D) dense layers only
+    const void *w13;        // (2F, D) dense layers only: [W1; W3] (layers/swiglu.h)
     const void *w2;         // (D, F)
     MoeParams moe;          // MoE layers only
 } LayerWeights;
@@ -33,7 +33,7 @@ typedef struct {
 // (wq, wk, wv back to back here too).
 typedef struct {
     float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm;
-    float *w1, *w3, *w2;    // dense layers only
+    float *w13, *w2;        // dense layers only
     MoeGrads moe;           // MoE layers only
 } LayerGrads;
 
@@ -101,10 +101,10 @@ typedef struct {
     void *h_mid;        // (N, D) residual after attention
     void *m;            // (N, D) FFN RMSNorm output
     float *rstd2;       // (N) its 1/rms
-    SwigluActs ffn;     // (N, F) dense FFN activations
+    SwigluActs ffn;     // N rows of dense FFN activations
     MoeActs moe;        // MoE layer activations
     // Allocated and written by backward_input, read and freed by backward_weight (outside the
-    // arena, so that model_backward holds one layer's at a time); ffn.da and ffn.db likewise:
+    // arena, so that model_backward holds one layer's at a time); ffn.dab likewise:
     void *d_h_mid;      // (N, D)
     void *dqkv;         // (N, H·hd + 2·Hkv·hd) gradient of the stacked projections (before RoPE)
     float *pa, *pm;     // (rmsnorm_partial_floats(N, D)) the two RMSNorm gains' partial gradients

@@ -334,9 +334,9 @@ void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const vo
 
 // Whether a weight gradient of configuration Cfg pairs its tiles along N. The scheduler rounds a
 // group's tile rows (along M) or tile columns (along N) up to the cluster's 2, and a padding tile
-// costs a whole tile's main loop: a weight gradient's M is OC, which at the wide shapes is
-// Fe = 1408 for W1 and W3, 11 rows of 128-row tiles, so clusters along M run 12 × 16 tiles for 11
-// × 16 (8 % idle). The pairs go along N where that pads fewer tiles. (The forward and
+// costs a whole tile's main loop: a weight gradient's M is OC, which for an odd count of tile rows
+// (an OC of 1408: 11 rows of 128) and 16 tile columns makes clusters along M run 12 × 16 tiles for
+// 11 × 16 (8 % idle). The pairs go along N where that pads fewer tiles. (The forward and
 // backward_input keep M: their N is a layer width, their M a group's rows.)
 template <class Cfg>
 bool cluster_along_n(const Groups &g) {

@@ -35,11 +35,9 @@ static void check_shape(const MoeShape *s, const MoeDispatcher *d, int B, int T)
 }
 
 static void acts_free(const LayerOps *o, SwigluActs *a) {
-    o->free(a->a);
-    o->free(a->b);
+    o->free(a->ab);
     o->free(a->h);
-    o->free(a->da);
-    o->free(a->db);
+    o->free(a->dab);
 }
 
 // The gate's output h is needed again only by backward_weight's W2 gradient, and the gate's
@@ -55,12 +53,10 @@ static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, cons
                            const MoeShape *s, const MoeParams *p) {
     const int N = a->N, D = s->D, Fe = s->Fe;
     SwigluActs *h = &a->sh[j];
-    h->a = xout(o, (long)N * Fe);
-    h->b = xout(o, (long)N * Fe);
+    h->ab = xout(o, (long)N * 2 * Fe);
     h->h = xout(o, (long)N * Fe);
-    const long w = (long)j * Fe * D;
-    ops_swiglu_forward(o, out, h, x, at(o, p->sw1, w), at(o, p->sw3, w), at(o, p->sw2, w), &a->N, 1, D,
-                       Fe);
+    const long w = (long)j * Fe * D;  // expert j's W2; its [W1; W3] is twice as long
+    ops_swiglu_forward(o, out, h, x, at(o, p->sw13, 2 * w), at(o, p->sw2, w), &a->N, 1, D, Fe);
     drop_h(o, h);
 }
 
@@ -69,8 +65,7 @@ static void *row_at(const LayerOps *o, const void *p, long r, long n) {
     return p ? (char *)p + (size_t)r * n * o->act_size : NULL;
 }
 static SwigluActs acts_from(const LayerOps *o, const SwigluActs *h, long r, int F) {
-    SwigluActs v = {row_at(o, h->a, r, F), row_at(o, h->b, r, F), row_at(o, h->h, r, F),
-                    row_at(o, h->da, r, F), row_at(o, h->db, r, F)};
+    SwigluActs v = {row_at(o, h->ab, r, 2L * F), row_at(o, h->h, r, F), row_at(o, h->dab, r, 2L * F)};
     return v;
 }
 
@@ -184,8 +179,8 @@ static void routed_chunks(ChunkWork *w, MoeDispatcher *d, const void *src, int p
 static void experts_forward(ChunkWork *w, const MoeChunk *h) {
     const int D = w->s->D, Fe = w->s->Fe;
     SwigluActs v = acts_from(w->o, &w->a->ex, h->r0, Fe);
-    ops_swiglu_forward(w->o, row_at(w->o, w->out, h->r0, D), &v, row_at(w->o, w->in, h->r0, D), w->p->w1,
-                       w->p->w3, w->p->w2, h->counts, w->L, D, Fe);
+    ops_swiglu_forward(w->o, row_at(w->o, w->out, h->r0, D), &v, row_at(w->o, w->in, h->r0, D), w->p->w13,
+                       w->p->w2, h->counts, w->L, D, Fe);
 }
 
 // The shared experts of the forward (while chunk 0's rows travel, where they can): each into its
@@ -197,14 +192,13 @@ static void shared_all(ChunkWork *w) {
 }
 
 // Backward-input experts of one chunk: in (∂L/∂ expert output rows) → out (∂L/∂ expert input rows),
-// writing a->ex's da and db, and the chunk's row dots (the gates' gradient times the gates).
+// writing a->ex's dab, and the chunk's row dots (the gates' gradient times the gates).
 static void experts_backward(ChunkWork *w, const MoeChunk *h) {
     const int D = w->s->D, Fe = w->s->Fe;
     SwigluActs v = acts_from(w->o, &w->a->ex, h->r0, Fe);
-    ops_swiglu_backward_input_dot(w->o, row_at(w->o, w->out, h->r0, D), &v,
-                                  row_at(w->o, w->scratch, h->r0, Fe), w->dots + h->r0,
-                                  row_at(w->o, w->in, h->r0, D), w->p->w1, w->p->w3, w->p->w2, h->counts,
-                                  w->L, D, Fe, 0);
+    ops_swiglu_backward_input(w->o, row_at(w->o, w->out, h->r0, D), &v, row_at(w->o, w->scratch, h->r0, Fe),
+                              w->dots + h->r0, row_at(w->o, w->in, h->r0, D), w->p->w13, w->p->w2, h->counts,
+                              w->L, D, Fe, 0);
 }
 
 // The row dots (n_rows) of every chunk home to (N, K) pair order through the dispatcher, as rows of
@@ -256,8 +250,7 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
     long R = a->n_rows;
     a->xe = xout(o, R * D);
     void *ye = xout(o, R * D);  // (n_rows, D) the experts' output rows
-    a->ex.a = xout(o, R * Fe);
-    a->ex.b = xout(o, R * Fe);
+    a->ex.ab = xout(o, R * 2 * Fe);
     a->ex.h = xout(o, R * Fe);
     // The shared experts need only x: where the dispatcher can leave the rows in flight, their
     // GEMMs run while the first chunk's rows travel, else after the routed experts; either way into
@@ -323,8 +316,7 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
     // ye = W2 h, and its backward forms dh = W2ᵀ(g_k · dy) anyway, so the row dot
     // dh · h = g_k · (dy · ye_k) gives it for the price of one pass over dh, a and b (fused into
     // the gate's backward), in place of (N, K, D) activations kept from the forward.
-    a->ex.da = xout(o, R * Fe);  // written by ops_swiglu_backward_input_dot, as are dh, dxe and dots
-    a->ex.db = xout(o, R * Fe);
+    a->ex.dab = xout(o, R * 2 * Fe);  // written by ops_swiglu_backward_input, as are dh, dxe and dots
     void *dh = xout(o, R * Fe);   // (n_rows, Fe) ∂L/∂h, then h itself (kept for backward_weight)
     void *dxe = xout(o, R * D);   // (n_rows, D) ∂L/∂xe
     float *dots = fout(o, R);     // (n_rows) dh · h
@@ -351,12 +343,11 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
         prof_mark(PROF_EXPERTS);
         for (int j = 0; j < s->S; j++) {
             SwigluActs *h = &a->sh[j];
-            h->da = xout(o, (long)N * Fe);
-            h->db = xout(o, (long)N * Fe);
+            h->dab = xout(o, (long)N * 2 * Fe);
             h->h = xout(o, (long)N * Fe);  // ∂L/∂h, then h, as for the routed experts
             long w = (long)j * Fe * D;
-            ops_swiglu_backward_input(o, dx, h, h->h, dy, at(o, p->sw1, w), at(o, p->sw3, w),
-                                      at(o, p->sw2, w), &N, 1, D, Fe, 1);
+            ops_swiglu_backward_input(o, dx, h, h->h, NULL, dy, at(o, p->sw13, 2 * w), at(o, p->sw2, w), &N, 1, D,
+                                      Fe, 1);
         }
     }
 
@@ -406,13 +397,12 @@ void moe_backward_weight(MoeGrads *g, MoeActs *a, const void *dy, const MoeShape
     for (int c = 0; c < a->C; c++) {
         const MoeChunk *h = &a->ch[c];
         SwigluActs v = acts_from(o, &a->ex, h->r0, Fe);
-        ops_swiglu_backward_weight(o, g->w1, g->w3, g->w2, &v, row_at(o, a->xe, h->r0, D),
+        ops_swiglu_backward_weight(o, g->w13, g->w2, &v, row_at(o, a->xe, h->r0, D),
                                    row_at(o, a->dye, h->r0, D), h->counts, L, D, Fe, c > 0 || acc);
     }
     for (int j = 0; j < s->S; j++) {
         long w = (long)j * Fe * D;
-        ops_swiglu_backward_weight(o, g->sw1 + w, g->sw3 + w, g->sw2 + w, &a->sh[j], a->x, dy, &N, 1,
-                                   D, Fe, acc);
+        ops_swiglu_backward_weight(o, g->sw13 + 2 * w, g->sw2 + w, &a->sh[j], a->x, dy, &N, 1, D, Fe, acc);
     }
 }
 

@@ -110,17 +110,17 @@ typedef struct {
 typedef struct {
     const void *router;     // (E, D)
     float *bias;            // (E) balancing bias (fp32, no gradient)
-    const void *w1, *w3;    // (n_local, Fe, D) routed experts
+    const void *w13;        // (n_local, 2·Fe, D) routed experts' [W1; W3] (layers/swiglu.h)
     const void *w2;         // (n_local, D, Fe)
-    const void *sw1, *sw3;  // (S, Fe, D) shared experts
+    const void *sw13;       // (S, 2·Fe, D) shared experts
     const void *sw2;        // (S, D, Fe)
 } MoeParams;
 
 // Views into the model's gradient buffers (fp32), the same shapes as MoeParams (the bias has none).
 typedef struct {
     float *router;
-    float *w1, *w3, *w2;
-    float *sw1, *sw3, *sw2;
+    float *w13, *w2;
+    float *sw13, *sw2;
 } MoeGrads;
 
 // One token chunk of a micro-batch: chunk c of C holds the tokens [⌊c·N/C⌋, ⌊(c+1)·N/C⌋), sizes
@@ -149,11 +149,11 @@ typedef struct {
     int C;                  // token chunks (dispatcher->chunks, at least 1)
     MoeChunk *ch;           // [C]
     void *xe;               // (n_rows, D) expert input rows, chunk by chunk
-    SwigluActs ex;          // (n_rows, Fe) routed-expert activations
+    SwigluActs ex;          // n_rows rows of routed-expert activations
     // The experts' output rows are not kept: the combine's backward needs them only for the gates'
     // gradient dy·ye, which the experts' backward gets from its own dh and h (moe.c).
     const int *map;         // (N·K) the dispatcher's row map (pair t·K + k at row map[t·K + k]), or NULL
-    SwigluActs *sh;         // [S] of (N, Fe) shared-expert activations
+    SwigluActs *sh;         // [S] of N rows of shared-expert activations
     // written by backward_input for backward_weight:
     void *dye;              // (n_rows, D) gradient of the expert output rows
     void *dlogits;          // (N, E) the router logits' gradient in the activation dtype (the

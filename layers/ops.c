@@ -124,15 +124,11 @@ static void cpu_attention_backward_input(void *dq, void *dk, void *dv, const voi
     memset(dv, 0, (size_t)B * T * Hkv * hd * sizeof(float));
     attention_backward_input(dq, dk, dv, dout, q, k, v, state, B, T, H, Hkv, hd);
 }
-static void cpu_swiglu_act_forward(void *h, const void *a, const void *b, long n) {
-    swiglu_act_forward(h, a, b, n);
+static void cpu_swiglu_act_forward(void *h, const void *ab, long rows, int F) {
+    swiglu_act_forward(h, ab, rows, F);
 }
-static void cpu_swiglu_act_backward(void *da, void *db, void *dh, const void *a, const void *b, long n) {
-    swiglu_act_backward(da, db, dh, a, b, n);
-}
-static void cpu_swiglu_act_backward_dot(void *da, void *db, float *s, void *dh, const void *a,
-                                        const void *b, long rows, int F) {
-    swiglu_act_backward_dot(da, db, s, dh, a, b, rows, F);
+static void cpu_swiglu_act_backward(void *dab, float *s, void *dh, const void *ab, long rows, int F) {
+    swiglu_act_backward(dab, s, dh, ab, rows, F);
 }
 static void cpu_crossentropy_forward(float *losses, float *lse, const void *logits, const int *targets,
                                      int N, int V) {
@@ -311,7 +307,6 @@ const LayerOps layer_ops_cpu = {
     .attention_backward_input = cpu_attention_backward_input,
     .swiglu_act_forward = cpu_swiglu_act_forward,
     .swiglu_act_backward = cpu_swiglu_act_backward,
-    .swiglu_act_backward_dot = cpu_swiglu_act_backward_dot,
     .crossentropy_forward = cpu_crossentropy_forward,
     .crossentropy_backward_input = cpu_crossentropy_backward_input,
     .loss_mean = cpu_loss_mean,
@@ -348,56 +343,38 @@ static long total_rows(const int *counts, int G) {
     return n;
 }
 
-void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w1,
-                        const void *w3, const void *w2, const int *counts, int G, int D, int F) {
-    o->linear_forward_grouped(acts->a, x, w1, counts, G, D, F);
-    o->linear_forward_grouped(acts->b, x, w3, counts, G, D, F);
-    o->swiglu_act_forward(acts->h, acts->a, acts->b, total_rows(counts, G) * F);
+void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w13,
+                        const void *w2, const int *counts, int G, int D, int F) {
+    o->linear_forward_grouped(acts->ab, x, w13, counts, G, D, 2 * F);
+    o->swiglu_act_forward(acts->h, acts->ab, total_rows(counts, G), F);
     o->linear_forward_grouped(out, acts->h, w2, counts, G, F, D);
 }
 
-// ops_swiglu_backward_input(_dot): s (ΣN) = the rows' dh·h, or NULL.
-static void backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh, float *s,
-                           const void *dout, const void *w1, const void *w3, const void *w2,
-                           const int *counts, int G, int D, int F, int acc) {
-    const long rows = total_rows(counts, G), n = rows * F;
+void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh, float *s,
+                               const void *dout, const void *w13, const void *w2, const int *counts, int G,
+                               int D, int F, int acc) {
+    const long rows = total_rows(counts, G);
     // Groups without rows may come with NULL buffers: nothing to do.
-    if (n == 0) return;
-    // dh, da and db are written, never added to, so they need no zero fill and no read of zeros;
-    // dx gets the first product written (acc = 0) or added, the second added. The gate's backward
-    // leaves h in scratch_dh.
+    if (rows == 0) return;
+    // dh and dab are written, never added to, so they need no zero fill and no read of zeros. The
+    // gate's backward leaves h in scratch_dh.
     o->linear_backward_input_grouped(scratch_dh, dout, w2, counts, G, F, D, 0);
-    if (s) o->swiglu_act_backward_dot(acts->da, acts->db, s, scratch_dh, acts->a, acts->b, rows, F);
-    else o->swiglu_act_backward(acts->da, acts->db, scratch_dh, acts->a, acts->b, n);
-    o->linear_backward_input_grouped(dx, acts->da, w1, counts, G, D, F, acc);
-    o->linear_backward_input_grouped(dx, acts->db, w3, counts, G, D, F, 1);
+    o->swiglu_act_backward(acts->dab, s, scratch_dh, acts->ab, rows, F);
+    o->linear_backward_input_grouped(dx, acts->dab, w13, counts, G, D, 2 * F, acc);
 }
 
-void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
-                               const void *dout, const void *w1, const void *w3, const void *w2,
-                               const int *counts, int G, int D, int F, int acc) {
-    backward_input(o, dx, acts, scratch_dh, NULL, dout, w1, w3, w2, counts, G, D, F, acc);
-}
-
-void ops_swiglu_backward_input_dot(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
-                                   float *s, const void *dout, const void *w1, const void *w3,
-                                   const void *w2, const int *counts, int G, int D, int F, int acc) {
-    backward_input(o, dx, acts, scratch_dh, s, dout, w1, w3, w2, counts, G, D, F, acc);
-}
-
-void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float *dw2,
-                                const SwigluActs *acts, const void *x, const void *dout,
-                                const int *counts, int G, int D, int F, int acc) {
+void ops_swiglu_backward_weight(const LayerOps *o, float *dw13, float *dw2, const SwigluActs *acts,
+                                const void *x, const void *dout, const int *counts, int G, int D, int F,
+                                int acc) {
     // A caller that dropped h after the forward and did not keep backward_input's (a gigabyte a
-    // layer at the bench shapes) gets it recomputed from a and b: the same bits.
-    const long n = total_rows(counts, G) * F;
+    // layer at the bench shapes) gets it recomputed from ab: the same bits.
+    const long rows = total_rows(counts, G);
     void *h = acts->h;
-    if (!h && n > 0) {
-        h = o->alloc_uninit((size_t)n * o->act_size);
-        o->swiglu_act_forward(h, acts->a, acts->b, n);
+    if (!h && rows > 0) {
+        h = o->alloc_uninit((size_t)rows * F * o->act_size);
+        o->swiglu_act_forward(h, acts->ab, rows, F);
     }
     o->linear_backward_weight_grouped(dw2, dout, h, counts, G, F, D, acc);
     if (h != acts->h) o->free(h);
-    o->linear_backward_weight_grouped(dw1, acts->da, x, counts, G, D, F, acc);
-    o->linear_backward_weight_grouped(dw3, acts->db, x, counts, G, D, F, acc);
+    o->linear_backward_weight_grouped(dw13, acts->dab, x, counts, G, D, 2 * F, acc);
 }

@@ -314,17 +314,12 @@ static void cu_attention_backward_input(void *dq, void *dk, void *dv, const void
     cu_free(delta);
 }
 template <CoreDtype DT>
-static void cu_swiglu_act_forward(void *h, const void *a, const void *b, long n) {
-    swiglu_cuda_act_forward(DT, h, a, b, n);
+static void cu_swiglu_act_forward(void *h, const void *ab, long rows, int F) {
+    swiglu_cuda_act_forward(DT, h, ab, rows, F);
 }
 template <CoreDtype DT>
-static void cu_swiglu_act_backward(void *da, void *db, void *dh, const void *a, const void *b, long n) {
-    swiglu_cuda_act_backward(DT, da, db, dh, a, b, n);
-}
-template <CoreDtype DT>
-static void cu_swiglu_act_backward_dot(void *da, void *db, float *s, void *dh, const void *a,
-                                       const void *b, long rows, int F) {
-    swiglu_cuda_act_backward_dot(DT, da, db, s, dh, a, b, rows, F);
+static void cu_swiglu_act_backward(void *dab, float *s, void *dh, const void *ab, long rows, int F) {
+    swiglu_cuda_act_backward(DT, dab, s, dh, ab, rows, F);
 }
 template <CoreDtype DT>
 static void cu_crossentropy_forward(float *losses, float *lse, const void *logits, const int *targets,
@@ -525,7 +520,6 @@ static void fill(LayerOps *t, const char *name) {
     t->attention_backward_input = cu_attention_backward_input<DT>;
     t->swiglu_act_forward = cu_swiglu_act_forward<DT>;
     t->swiglu_act_backward = cu_swiglu_act_backward<DT>;
-    t->swiglu_act_backward_dot = cu_swiglu_act_backward_dot<DT>;
     t->crossentropy_forward = cu_crossentropy_forward<DT>;
     t->crossentropy_backward_input = cu_crossentropy_backward_input<DT>;
     t->loss_mean = crossentropy_cuda_mean;

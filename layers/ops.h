@@ -104,15 +104,14 @@ typedef struct LayerOps {
     void (*attention_backward_input)(void *dq, void *dk, void *dv, const void *dout, const void *q,
                                      const void *k, const void *v, const void *out,
                                      const float *state, int B, int T, int H, int Hkv, int hd);
-    void (*swiglu_act_forward)(void *h, const void *a, const void *b, long n);
-    // da, db (n) = the gate's gradients given dh (written, not added: the buffers are fresh), and
-    // dh itself replaced by the gate's output h = silu(a) ⊙ b as the forward stored it: the W2
-    // weight gradient's operand, so that a caller that dropped h needs no pass to recompute it.
-    void (*swiglu_act_backward)(void *da, void *db, void *dh, const void *a, const void *b, long n);
-    // The same over `rows` rows of F, and s (rows) = Σ_f dh·h per row (fp32 sums): the routed
-    // experts' half of the gates' gradient (moe_gate_grad below, layers/moe.c).
-    void (*swiglu_act_backward_dot)(void *da, void *db, float *s, void *dh, const void *a,
-                                    const void *b, long rows, int F);
+    // The SwiGLU gate over rows of F, a and b the halves of ab's (rows, 2F) rows (layers/swiglu.h):
+    // h (rows, F) = silu(a) ⊙ b. The backward writes (=) dab (rows, 2F), the buffers being fresh,
+    // and replaces dh by the gate's output h as the forward stored it: the W2 weight gradient's
+    // operand, so that a caller that dropped h needs no pass to recompute it. s (rows), where not
+    // NULL, = Σ_f dh·h per row (fp32 sums): the routed experts' half of the gates' gradient
+    // (moe_gate_grad below, layers/moe.c).
+    void (*swiglu_act_forward)(void *h, const void *ab, long rows, int F);
+    void (*swiglu_act_backward)(void *dab, float *s, void *dh, const void *ab, long rows, int F);
     void (*crossentropy_forward)(float *losses, float *lse, const void *logits, const int *targets,
                                  int N, int V);
     // dlogits (N, V) = dloss · (softmax − onehot), written; dlogits may be logits (in place).
@@ -194,25 +193,23 @@ extern const LayerOps layer_ops_cpu;
 void ops_copy_rows_check(long dst_ld, long src_ld, long rows, long cols);
 
 // SwiGLU over G groups of rows (G = 1, counts = {N}: one FFN; G experts: one range each), through
-// o's calls. out (ΣN, D) = W2 (silu(W1 x) ⊙ W3 x) per group; w1, w3 (G, F, D), w2 (G, D, F).
-void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w1,
-                        const void *w3, const void *w2, const int *counts, int G, int D, int F);
+// o's calls. out (ΣN, D) = W2 (silu(W1 x) ⊙ W3 x) per group; w13 (G, 2F, D) holds each group's
+// [W1; W3] (layers/swiglu.h), w2 (G, D, F).
+void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w13,
+                        const void *w2, const int *counts, int G, int D, int F);
 // dx += ∂L/∂x given dout (acc = 1), or dx = ∂L/∂x with dx's contents unread (acc = 0); writes (=)
-// acts->da, acts->db. scratch_dh (ΣN, F) is left holding h = silu(a) ⊙ b, the same bits as the
-// forward's: a caller that dropped acts->h after the forward may keep it as acts->h for
-// backward_weight, which then recomputes nothing.
-void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
-                               const void *dout, const void *w1, const void *w3, const void *w2,
-                               const int *counts, int G, int D, int F, int acc);
-// The same, and s (ΣN) = Σ_f dh·h per row (swiglu_act_backward_dot): the MoE layer's routed experts.
-void ops_swiglu_backward_input_dot(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh,
-                                   float *s, const void *dout, const void *w1, const void *w3,
-                                   const void *w2, const int *counts, int G, int D, int F, int acc);
-// dw1, dw3 (G, F, D), dw2 (G, D, F) += weight gradients (acc = 1), or = them with the old
-// contents unread (acc = 0).
-void ops_swiglu_backward_weight(const LayerOps *o, float *dw1, float *dw3, float *dw2,
-                                const SwigluActs *acts, const void *x, const void *dout,
-                                const int *counts, int G, int D, int F, int acc);
+// acts->dab, and s (ΣN) = Σ_f dh·h per row where s is not NULL (the MoE layer's routed experts).
+// scratch_dh (ΣN, F) is left holding h = silu(a) ⊙ b, the same bits as the forward's: a caller that
+// dropped acts->h after the forward may keep it as acts->h for backward_weight, which then
+// recomputes nothing.
+void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh, float *s,
+                               const void *dout, const void *w13, const void *w2, const int *counts, int G,
+                               int D, int F, int acc);
+// dw13 (G, 2F, D), dw2 (G, D, F) += weight gradients (acc = 1), or = them with the old contents
+// unread (acc = 0).
+void ops_swiglu_backward_weight(const LayerOps *o, float *dw13, float *dw2, const SwigluActs *acts,
+                                const void *x, const void *dout, const int *counts, int G, int D, int F,
+                                int acc);
 
 #ifdef __cplusplus
 }

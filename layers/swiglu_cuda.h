@@ -9,16 +9,12 @@
 extern "C" {
 #endif
 
-// h (n) = silu(a) ⊙ b
-void swiglu_cuda_act_forward(CoreDtype dt, void *h, const void *a, const void *b, long n);
-// da, db (n) = gradients given dh (n) (written); dh then holds h = silu(a) ⊙ b rounded to dt, the
-// forward's bits (swiglu.h's swiglu_act_backward)
-void swiglu_cuda_act_backward(CoreDtype dt, void *da, void *db, void *dh, const void *a, const void *b,
-                              long n);
-// The same over `rows` rows of F, and s (rows, fp32) = Σ_f dh·h per row with that h
-// (swiglu.h's swiglu_act_backward_dot)
-void swiglu_cuda_act_backward_dot(CoreDtype dt, void *da, void *db, float *s, void *dh, const void *a,
-                                  const void *b, long rows, int F);
+// h (rows, F) = silu(a) ⊙ b, a and b the halves of ab's rows (rows, 2F) (swiglu.h's swiglu_act_forward)
+void swiglu_cuda_act_forward(CoreDtype dt, void *h, const void *ab, long rows, int F);
+// dab (rows, 2F) = the gate's gradients given dh (rows, F) (written); dh then holds h rounded to dt,
+// the forward's bits; s (rows, fp32), where not NULL, = Σ_f dh·h per row with that h (swiglu.h's
+// swiglu_act_backward)
+void swiglu_cuda_act_backward(CoreDtype dt, void *dab, float *s, void *dh, const void *ab, long rows, int F);
 
 #ifdef __cplusplus
 }

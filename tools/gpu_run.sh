@@ -9,7 +9,8 @@
 #   train      `moelab train --device cuda` on the quickstart config and data (QS_STEPS steps,
 #              default 600), and the same run on the CPU alongside when QS_CPU=1
 #   bench      `moelab bench --device cuda` on configs/bench.cfg and configs/bench_wide.cfg (with the
-#              time breakdown)
+#              time breakdown); with BENCH_BASELINE=NAME, first the same with .dist/bin/NAME, another
+#              build carried along (bench_baseline.txt): a change measured against its parent in one run
 #   trace      the bench configs once more, each under the kernel trace (tools/trace, CUDA_INJECTION64_PATH):
 #              GPU busy and idle time of the timed steps, idle gaps by length, host waits, kernels by
 #              time, the first 3000 in order (trace_<config>.txt; TRACE_CONFIGS, default "bench
@@ -202,10 +203,13 @@ if want train; then
 fi
 
 if want bench; then
-    echo "== moelab bench --device cuda"
-    .dist/bin/moelab bench --device cuda --config configs/bench.cfg --config configs/bench_wide.cfg 2>&1 |
-        tee "$log/bench_moelab.txt"
-    [ "${PIPESTATUS[0]}" = 0 ] || fail "moelab bench"
+    for bin in ${BENCH_BASELINE:+"$BENCH_BASELINE"} moelab; do
+        out=$([ "$bin" = moelab ] && echo bench_moelab || echo bench_baseline)
+        echo "== .dist/bin/$bin bench --device cuda"
+        ".dist/bin/$bin" bench --device cuda --config configs/bench.cfg --config configs/bench_wide.cfg 2>&1 |
+            tee "$log/$out.txt"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail "$bin bench"
+    done
 fi
 
 # The same benchmark under the kernel trace (tools/trace): per config, the GPU's busy and idle time in

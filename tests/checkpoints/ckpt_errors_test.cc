@@ -60,6 +60,16 @@ protected:
         free_state(s);
     }
 
+    // A copy of src named `name` whose format_version attribute says v.
+    std::string with_format_version(const std::string &src, const std::string &name, int64_t v) {
+        std::string p = copy_of(src, name);
+        hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+        hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
+        EXPECT_GE(H5Awrite(a, H5T_NATIVE_INT64, &v), 0);
+        H5Aclose(a);
+        H5Fclose(f);
+        return p;
+    }
     std::string copy_of(const std::string &src, const std::string &name) {
         std::string dst = dir_ + "/" + name;
         FILE *in = fopen(src.c_str(), "rb"), *out = fopen(dst.c_str(), "wb");
@@ -148,9 +158,9 @@ TEST_F(CheckpointErrors, TruncatedFile) {
 
 TEST_F(CheckpointErrors, FlippedByteInsideADataset) {
     std::string p = copy_of(single_, "flip.h5");
-    flip_chunk_byte(p, "/model/layers.1.experts.w1");
-    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "flip.h5: read /model/layers.1.experts.w1: .*fails its Fletcher-32 checksum");
-    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), "layers.1.experts.w1: .*fails its Fletcher-32 checksum");
+    flip_chunk_byte(p, "/model/layers.1.experts.w13");
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "flip.h5: read /model/layers.1.experts.w13: .*fails its Fletcher-32 checksum");
+    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), "layers.1.experts.w13: .*fails its Fletcher-32 checksum");
 }
 
 TEST_F(CheckpointErrors, FlippedByteInsideAPartFile) {
@@ -222,14 +232,14 @@ TEST_F(CheckpointErrors, ConfigMismatch) {
 }
 
 TEST_F(CheckpointErrors, UnknownFormatVersion) {
-    std::string p = copy_of(single_, "v99.h5");
-    hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
-    int64_t v = 99;
-    ASSERT_GE(H5Awrite(a, H5T_NATIVE_INT64, &v), 0);
-    H5Aclose(a);
-    H5Fclose(f);
-    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "v99.h5: unknown format version 99 \\(this build reads version 1\\)");
+    EXPECT_EXIT(load(with_format_version(single_, "v99.h5", 99), c_), ExitedWithCode(2),
+                "v99.h5: unknown format version 99 \\(this build reads version 2\\)");
+}
+
+// A checkpoint of the format before W1 and W3 became one tensor is named as such.
+TEST_F(CheckpointErrors, FormatVersionOne) {
+    EXPECT_EXIT(load(with_format_version(single_, "v1.h5", 1), c_), ExitedWithCode(2),
+                "v1.h5: format version 1 \\(W1 and W3 as two tensors");
 }
 
 TEST_F(CheckpointErrors, GarbageStoredConfig) {
@@ -403,7 +413,7 @@ TEST_F(CheckpointErrors, SaverRefusesNonFiniteValues) {
 TEST_F(CheckpointErrors, NonFiniteValuesAreRefusedOnLoadAndVerify) {
     const std::string path = copy_of(single_, "nan.h5");
     hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    hid_t d = H5Dopen2(f, "/optim/m/layers.1.experts.w1", H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "/optim/m/layers.1.experts.w13", H5P_DEFAULT);
     hid_t fs = H5Dget_space(d);
     std::vector<float> x((size_t)H5Sget_simple_extent_npoints(fs), 0.5f);
     x[x.size() - 1] = NAN;
@@ -411,9 +421,9 @@ TEST_F(CheckpointErrors, NonFiniteValuesAreRefusedOnLoadAndVerify) {
     H5Sclose(fs);
     H5Dclose(d);
     H5Fclose(f);
-    EXPECT_EXIT(load(path, c_), ExitedWithCode(2), "nan.h5: /optim/m/layers.1.experts.w1 holds 1 NaN or infinite");
+    EXPECT_EXIT(load(path, c_), ExitedWithCode(2), "nan.h5: /optim/m/layers.1.experts.w13 holds 1 NaN or infinite");
     EXPECT_EXIT(verify(path.c_str(), stdout), ExitedWithCode(2),
-                "nan.h5: /optim/m/layers.1.experts.w1 holds 1 NaN or infinite");
+                "nan.h5: /optim/m/layers.1.experts.w13 holds 1 NaN or infinite");
 }
 
 // verify finds an object that is no tensor of the stored config's model by counting a group's links

@@ -39,9 +39,9 @@ static void read_tensor(CkptFile *cf, const char *name) {
 
 static void check_file(const char *path) {
     static const char *const TOP[] = {"embed", "final_norm", "lm_head"};
-    static const char *const LAYER[] = {"attn_norm", "ffn_norm", "wq", "wk", "wv", "wo", "w1", "w2", "w3",
-                                        "router", "router_bias", "experts.w1", "experts.w2", "experts.w3",
-                                        "shared.w1", "shared.w2", "shared.w3"};
+    static const char *const LAYER[] = {"attn_norm", "ffn_norm", "wq",         "wk",         "wv",
+                                        "wo",        "w13",      "w2",         "router",     "router_bias",
+                                        "experts.w13", "experts.w2", "shared.w13", "shared.w2"};
     CkptFile cf;
     ckpt_file_open(&cf, path);
     MoeConfig c;

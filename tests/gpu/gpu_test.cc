@@ -370,45 +370,33 @@ TEST_F(Gpu, CopyRows) {
     }
 }
 
-// n = 100000 takes the 16-byte path, 100003 the element path; da and db are written (poisoned).
+// The gate over rows of F whose a and b are the halves of (rows, 2F) rows: F = 1000 takes the
+// 16-byte path, 1003 the element path; h, dab and s are written (poisoned). s = Σ_f dh·h per row is
+// what the gates' gradient is made of (moe_gate_grad): a wrong one fails here. Without s the
+// backward gives the same bits.
 TEST_F(Gpu, SwigluGate) {
-    for (long n : {100000L, 100003L})
-    for (CoreDtype dt : kDtypes) {
-        Vec a = rnd(n, -4, 4), b = rnd(n), dh = rnd(n), da(n), db(n);
-        BufP dA = put(a, dt), dB = put(b, dt), dDh = put(dh, dt), dDa = poisoned(n, dt),
-             dDb = poisoned(n, dt), dH = poisoned(n, dt);
-        Vec h(n);
-        swiglu_act_forward(h.data(), a.data(), b.data(), n);
-        swiglu_act_backward(da.data(), db.data(), dh.data(), a.data(), b.data(), n);
-        swiglu_cuda_act_forward(dt, dH->p, dA->p, dB->p, n);
-        swiglu_cuda_act_backward(dt, dDa->p, dDb->p, dDh->p, dA->p, dB->p, n);
-        EXPECT_CLOSE(get(*dH, dt, n), h, dt, "swiglu gate forward");
-        EXPECT_CLOSE(get(*dDa, dt, n), da, dt, "swiglu gate backward da");
-        EXPECT_CLOSE(get(*dDb, dt, n), db, dt, "swiglu gate backward db");
-        // The backward leaves the forward's h in dh, to the bit (W2's weight gradient reads it).
-        EXPECT_TRUE(get(*dDh, dt, n) == get(*dH, dt, n)) << "swiglu gate backward: dh does not hold h";
-    }
-}
-
-// The backward with row dots (the MoE layer's routed experts, a warp per row): F = 1000 takes the
-// 16-byte path, 1003 the element path; da, db and s are written (poisoned). s = Σ_f dh·h per row is
-// what the gates' gradient is made of (moe_gate_grad): a wrong one fails here.
-TEST_F(Gpu, SwigluGateRowDots) {
     const long rows = 300;
     for (int F : {1000, 1003})
     for (CoreDtype dt : kDtypes) {
         const long n = rows * F;
-        Vec a = rnd(n, -4, 4), b = rnd(n), dh = rnd(n), da(n), db(n), s(rows);
-        BufP dA = put(a, dt), dB = put(b, dt), dDh = put(dh, dt), dDa = poisoned(n, dt),
-             dDb = poisoned(n, dt), dS = poisoned(rows, CORE_F32);
-        swiglu_act_backward_dot(da.data(), db.data(), s.data(), dh.data(), a.data(), b.data(), rows, F);
-        swiglu_cuda_act_backward_dot(dt, dDa->p, dDb->p, dS->f(), dDh->p, dA->p, dB->p, rows, F);
-        EXPECT_CLOSE(get(*dDa, dt, n), da, dt, "swiglu gate backward (dots) da");
-        EXPECT_CLOSE(get(*dDb, dt, n), db, dt, "swiglu gate backward (dots) db");
+        Vec ab(2 * n), dh = rnd(n), h(n), dab(2 * n), s(rows);
+        const Vec a = rnd(n, -4, 4), b = rnd(n);
+        for (long r = 0; r < rows; r++)
+            for (int f = 0; f < F; f++) ab[r * 2 * F + f] = a[r * F + f], ab[r * 2 * F + F + f] = b[r * F + f];
+        BufP dAb = put(ab, dt), dDh = put(dh, dt), dDh2 = put(dh, dt), dH = poisoned(n, dt),
+             dDab = poisoned(2 * n, dt), dDab2 = poisoned(2 * n, dt), dS = poisoned(rows, CORE_F32);
+        swiglu_act_forward(h.data(), ab.data(), rows, F);
+        swiglu_act_backward(dab.data(), s.data(), dh.data(), ab.data(), rows, F);
+        swiglu_cuda_act_forward(dt, dH->p, dAb->p, rows, F);
+        swiglu_cuda_act_backward(dt, dDab->p, dS->f(), dDh->p, dAb->p, rows, F);
+        swiglu_cuda_act_backward(dt, dDab2->p, nullptr, dDh2->p, dAb->p, rows, F);
+        EXPECT_CLOSE(get(*dH, dt, n), h, dt, "swiglu gate forward");
+        EXPECT_CLOSE(get(*dDab, dt, 2 * n), dab, dt, "swiglu gate backward dab");
         EXPECT_CLOSE(get_f32(*dS, rows), s, dt, "swiglu gate backward row dots");
-        BufP dH = poisoned(n, dt);
-        swiglu_cuda_act_forward(dt, dH->p, dA->p, dB->p, n);
-        EXPECT_TRUE(get(*dDh, dt, n) == get(*dH, dt, n)) << "swiglu gate backward (dots): dh does not hold h";
+        EXPECT_TRUE(get(*dDab2, dt, 2 * n) == get(*dDab, dt, 2 * n)) << "swiglu gate backward without dots";
+        // The backward leaves the forward's h in dh, to the bit (W2's weight gradient reads it).
+        EXPECT_TRUE(get(*dDh, dt, n) == get(*dH, dt, n)) << "swiglu gate backward: dh does not hold h";
+        EXPECT_TRUE(get(*dDh2, dt, n) == get(*dH, dt, n)) << "swiglu gate backward: dh does not hold h";
     }
 }
 
@@ -1324,19 +1312,17 @@ TEST_F(Gpu, MoeLayerMatchesCpu) {
         const int B = 2, T = 32, N = B * T, D = sh.D, E = sh.E, Fe = sh.Fe;
         const size_t nw = (size_t)E * Fe * D, ns = (size_t)sh.S * Fe * D;
         Vec router = rnd((size_t)E * D, -0.3f, 0.3f), bias = rnd(E, -0.05f, 0.05f);
-        Vec w1 = rnd(nw, -0.2f, 0.2f), w3 = rnd(nw, -0.2f, 0.2f), w2 = rnd(nw, -0.2f, 0.2f);
-        Vec sw1 = rnd(ns, -0.2f, 0.2f), sw3 = rnd(ns, -0.2f, 0.2f), sw2 = rnd(ns, -0.2f, 0.2f);
+        Vec w13 = rnd(2 * nw, -0.2f, 0.2f), w2 = rnd(nw, -0.2f, 0.2f);
+        Vec sw13 = rnd(2 * ns, -0.2f, 0.2f), sw2 = rnd(ns, -0.2f, 0.2f);
         Vec x = rnd((size_t)N * D), dy = rnd((size_t)N * D);
-        BufP dR = put(router, dt), dBias = put_f32(bias), dW1 = put(w1, dt), dW3 = put(w3, dt),
-             dW2 = put(w2, dt), dSw1 = put(sw1, dt), dSw3 = put(sw3, dt), dSw2 = put(sw2, dt),
-             dX = put(x, dt), dDy = put(dy, dt);
+        BufP dR = put(router, dt), dBias = put_f32(bias), dW13 = put(w13, dt), dW2 = put(w2, dt),
+             dSw13 = put(sw13, dt), dSw2 = put(sw2, dt), dX = put(x, dt), dDy = put(dy, dt);
 
         // The CPU on the values the GPU holds.
-        MoeParams pc = {router.data(), bias.data(), w1.data(), w3.data(), w2.data(), sw1.data(), sw3.data(),
-                        sw2.data()};
-        Vec y((size_t)N * D), dx((size_t)N * D, 0.0f), gr((size_t)E * D, 0.0f), g1(nw), g3(nw), g2(nw), gs1(ns),
-            gs3(ns), gs2(ns);
-        MoeGrads gc = {gr.data(), g1.data(), g3.data(), g2.data(), gs1.data(), gs3.data(), gs2.data()};
+        MoeParams pc = {router.data(), bias.data(), w13.data(), w2.data(), sw13.data(), sw2.data()};
+        Vec y((size_t)N * D), dx((size_t)N * D, 0.0f), gr((size_t)E * D, 0.0f), g13(2 * nw), g2(nw), gs13(2 * ns),
+            gs2(ns);
+        MoeGrads gc = {gr.data(), g13.data(), g2.data(), gs13.data(), gs2.data()};
         MoeDispatcher *dc = moe_local_dispatcher_create(E);
         MoeActs ac;
         moe_forward(y.data(), &ac, x.data(), &sh, &pc, dc, B, T);
@@ -1346,12 +1332,11 @@ TEST_F(Gpu, MoeLayerMatchesCpu) {
         dc->destroy(dc);
 
         const LayerOps *o = layer_ops_cuda(dt);
-        MoeParams pg = {dR->p, dBias->f(), dW1->p, dW3->p, dW2->p, dSw1->p, dSw3->p, dSw2->p};
+        MoeParams pg = {dR->p, dBias->f(), dW13->p, dW2->p, dSw13->p, dSw2->p};
         Vec zx((size_t)N * D, 0.0f), zr((size_t)E * D, 0.0f);
-        BufP dY = poisoned(y.size(), dt), dDx = put(zx, dt), dGr = put_f32(zr), dG1 = poisoned(nw, CORE_F32),
-             dG3 = poisoned(nw, CORE_F32), dG2 = poisoned(nw, CORE_F32), dGs1 = poisoned(ns, CORE_F32),
-             dGs3 = poisoned(ns, CORE_F32), dGs2 = poisoned(ns, CORE_F32);
-        MoeGrads gg = {dGr->f(), dG1->f(), dG3->f(), dG2->f(), dGs1->f(), dGs3->f(), dGs2->f()};
+        BufP dY = poisoned(y.size(), dt), dDx = put(zx, dt), dGr = put_f32(zr), dG13 = poisoned(2 * nw, CORE_F32),
+             dG2 = poisoned(nw, CORE_F32), dGs13 = poisoned(2 * ns, CORE_F32), dGs2 = poisoned(ns, CORE_F32);
+        MoeGrads gg = {dGr->f(), dG13->f(), dG2->f(), dGs13->f(), dGs2->f()};
         MoeDispatcher *dd = o->local_dispatcher(E);
         MoeActs ag;
         moe_forward(dY->p, &ag, dX->p, &sh, &pg, dd, B, T);
@@ -1369,11 +1354,9 @@ TEST_F(Gpu, MoeLayerMatchesCpu) {
         expect(get(*dY, dt, y.size()), y, "y");
         expect(get(*dDx, dt, dx.size()), dx, "dx");
         expect(get_f32(*dGr, gr.size()), gr, "router gradient");
-        expect(get_f32(*dG1, nw), g1, "w1 gradient");
-        expect(get_f32(*dG3, nw), g3, "w3 gradient");
+        expect(get_f32(*dG13, 2 * nw), g13, "w13 gradient");
         expect(get_f32(*dG2, nw), g2, "w2 gradient");
-        expect(get_f32(*dGs1, ns), gs1, "sw1 gradient");
-        expect(get_f32(*dGs3, ns), gs3, "sw3 gradient");
+        expect(get_f32(*dGs13, 2 * ns), gs13, "sw13 gradient");
         expect(get_f32(*dGs2, ns), gs2, "sw2 gradient");
     }
 }

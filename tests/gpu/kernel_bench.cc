@@ -220,10 +220,10 @@ void expert_gemms(int R, int nE, int nD, int nF) {
     for (void *p : {xe, he, we, dxe, (void *)dwe}) dev()->free(p);
 }
 
-// What W1 and W3 as one product would save (kernels issue, item 2): the SwiGLU's up projection
-// as it runs (two products of width nF per group: forward twice, backward_input written then
-// added, backward_weight twice) against one product of width 2·nF over [W1; W3] (each way once,
-// written), each timed 10 queued. Routed: nE groups of the grouped GEMM, uniform counts over R
+// What W1 and W3 as one product saves (layers/swiglu.h): the SwiGLU's up projection as two
+// products of width nF per group (forward twice, backward_input written then added,
+// backward_weight twice: the layers before w13) against the one product of width 2·nF over
+// [W1; W3] that they run now (each way once, written), each timed 10 queued. Routed: nE groups of the grouped GEMM, uniform counts over R
 // rows. Dense: `parts` products of width nF over R rows against one of width parts·nF (the shared
 // experts as one SwiGLU: parts = 2·S; the dense FFN: parts = 2).
 void w13_products(const char *what, int R, int nE, int nD, int nF, int parts) {
@@ -399,15 +399,15 @@ int main() {
     w13_products("W1 and W3, shared experts, wide", 4 * 4096, 0, 2048, 1408, 2 * 2);
     w13_products("W1 and W3, dense FFN, wide", 4 * 4096, 0, 2048, 5632, 2);
     printf("\n");
-    void *xe = dev_rand((size_t)R * D, BF), *he = dev_rand((size_t)R * Fe, BF);
-    void *hb = dev_rand((size_t)R * Fe, BF), *hh = dev_rand((size_t)R * Fe, BF),
-         *da = dev_rand((size_t)R * Fe, BF), *db = dev_rand((size_t)R * Fe, BF);
+    void *xe = dev_rand((size_t)R * D, BF), *ab = dev_rand((size_t)R * 2 * Fe, BF);
+    void *hh = dev_rand((size_t)R * Fe, BF), *dab = dev_rand((size_t)R * 2 * Fe, BF);
+    float *dots = (float *)dev_rand(R, CORE_F32);
     row("swiglu gate forward (N·K, Fe)", time_it([&] {
-            swiglu_cuda_act_forward(BF, hh, he, hb, (long)R * Fe);
+            swiglu_cuda_act_forward(BF, hh, ab, R, Fe);
         }), 3 * 2.0 * R * Fe, 0);
-    row("swiglu gate backward", time_it([&] {
-            swiglu_cuda_act_backward(BF, da, db, hh, he, hb, (long)R * Fe);
-        }), 6 * 2.0 * R * Fe, 0);  // reads dh, a, b; writes da, db and h over dh
+    row("swiglu gate backward, row dots", time_it([&] {
+            swiglu_cuda_act_backward(BF, dab, dots, hh, ab, R, Fe);
+        }), 6 * 2.0 * R * Fe + 4.0 * R, 0);  // reads dh, a, b; writes da, db, h over dh and the dots
 
     float *logits = (float *)dev_rand((size_t)N * E, CORE_F32), *scores, *gates;
     scores = (float *)dev()->alloc((size_t)N * E * 4);

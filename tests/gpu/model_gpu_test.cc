@@ -186,10 +186,15 @@ TEST_F(ModelGpu, BitIdenticalRuns) {
 }
 
 // The GPU run's loss follows the CPU run's step by step on a learnable stream, and both learn:
-// every step within tol (relative), the mean gap within mean_tol. In bf16 the two runs route some
-// tokens differently from the first step on, so their paths part a little while both descend.
-void track_cpu(CoreDtype dt, int steps, double tol, double mean_tol) {
-    MoeConfig c = test_config();
+// every step within tol (relative), the mean gap within mean_tol. With top-K routing (K < E) the
+// path is chaotic: a choice flips where two scores are within rounding, and the runs part. On the
+// CPU alone, multiplying every seventh weight by 1 + 1e-7 moves step 12's loss by 4e-4 and 1 + 1e-6
+// moves step 8's by 2.4e-3 (top-2, this config, 2026-12-03); with K = E (no choice to flip) the same
+// changes move no step by more than 6e-4 and 1.5e-3 in 40. The fp32 run therefore tracks with every
+// expert chosen; the bf16 run keeps top-2 and its loose bounds: it routes some tokens differently
+// from the first step on, so the paths part a little while both descend.
+void track_cpu(CoreDtype dt, int K, int steps, double tol, double mean_tol) {
+    MoeConfig c = test_config(K);
     c.steps = steps;
     Model *cpu = make_model(c, &layer_ops_cpu), *gpu = make_model(c, layer_ops_cuda(dt));
     AdamW oc, og;
@@ -220,9 +225,9 @@ void track_cpu(CoreDtype dt, int steps, double tol, double mean_tol) {
     model_free(gpu);
 }
 
-TEST_F(ModelGpu, Fp32TrainingTracksCpu) { track_cpu(CORE_F32, 40, 1e-3, 5e-4); }
+TEST_F(ModelGpu, Fp32TrainingTracksCpu) { track_cpu(CORE_F32, 8, 40, 1e-3, 5e-4); }
 
-TEST_F(ModelGpu, Bf16TrainingTracksCpu) { track_cpu(CORE_BF16, 40, 0.15, 0.05); }
+TEST_F(ModelGpu, Bf16TrainingTracksCpu) { track_cpu(CORE_BF16, 2, 40, 0.15, 0.05); }
 
 // Sampling on the GPU (the end-of-training sample of `moelab train --device cuda`): the GPU reads
 // each token's logits at the last real position of a window padded to T, and brings them to the

@@ -84,22 +84,17 @@ TEST(LocalDispatcher, StableCountingSortByExpert) {
 
 struct Model {
     MoeShape s;
-    std::vector<float> router, bias, w1, w3, w2, sw1, sw3, sw2;
+    std::vector<float> router, bias, w13, w2, sw13, sw2;  // w13: each expert's [W1; W3]
     Model(const MoeShape &shape, unsigned seed) : s(shape) {
         int D = s.D, E = s.E, S = s.S, Fe = s.Fe;
         router = moeref::randn((size_t)E * D, 0.5f, seed);
         bias.assign(E, 0.0f);
-        w1 = moeref::randn((size_t)E * Fe * D, 0.4f, seed + 1);
-        w3 = moeref::randn((size_t)E * Fe * D, 0.4f, seed + 2);
+        w13 = moeref::randn((size_t)E * 2 * Fe * D, 0.4f, seed + 1);
         w2 = moeref::randn((size_t)E * D * Fe, 0.4f, seed + 3);
-        sw1 = moeref::randn((size_t)S * Fe * D, 0.4f, seed + 4);
-        sw3 = moeref::randn((size_t)S * Fe * D, 0.4f, seed + 5);
+        sw13 = moeref::randn((size_t)S * 2 * Fe * D, 0.4f, seed + 4);
         sw2 = moeref::randn((size_t)S * D * Fe, 0.4f, seed + 6);
     }
-    MoeParams params() {
-        return MoeParams{router.data(), bias.data(), w1.data(), w3.data(), w2.data(),
-                         sw1.data(),    sw3.data(),  sw2.data()};
-    }
+    MoeParams params() { return MoeParams{router.data(), bias.data(), w13.data(), w2.data(), sw13.data(), sw2.data()}; }
 };
 
 MoeShape shape(int S, int softmax, int norm_topk, float route_scale, float alpha) {
@@ -160,13 +155,13 @@ std::vector<double> ref_forward(const Model &m, const std::vector<float> &x, int
         routes.push_back(ref_route(m, xt));
         const moeref::Route &r = routes.back();
         for (int k = 0; k < m.s.K; k++) {
-            size_t w = (size_t)r.idx[k] * Fe * D;
-            std::vector<double> o = moeref::ffn(xt, &m.w1[w], &m.w3[w], &m.w2[w], D, Fe);
+            size_t w = (size_t)r.idx[k] * Fe * D;  // W2's offset; W1 at 2w, W3 right after it
+            std::vector<double> o = moeref::ffn(xt, &m.w13[2 * w], &m.w13[2 * w + Fe * D], &m.w2[w], D, Fe);
             for (int i = 0; i < D; i++) y[t * D + i] += r.g[k] * o[i];
         }
         for (int j = 0; j < m.s.S; j++) {
             size_t w = (size_t)j * Fe * D;
-            std::vector<double> o = moeref::ffn(xt, &m.sw1[w], &m.sw3[w], &m.sw2[w], D, Fe);
+            std::vector<double> o = moeref::ffn(xt, &m.sw13[2 * w], &m.sw13[2 * w + Fe * D], &m.sw2[w], D, Fe);
             for (int i = 0; i < D; i++) y[t * D + i] += o[i];
         }
     }
@@ -197,32 +192,28 @@ Fwd forward(Model &m, const std::vector<float> &x, int B, int T, MoeDispatcher *
 // Gradients of every tensor, each buffer starting at `init` to check that the backward accumulates;
 // with acc = 0 the experts' gradients start at expert_init instead, and must be written unread.
 struct Grads {
-    std::vector<float> x, router, w1, w3, w2, sw1, sw3, sw2;
+    std::vector<float> x, router, w13, w2, sw13, sw2;
 };
 
 // Every gradient of a equals b's, bit for bit.
 void expect_same(const Grads &a, const Grads &b) {
     EXPECT_EQ(a.x, b.x);
     EXPECT_EQ(a.router, b.router);
-    EXPECT_EQ(a.w1, b.w1);
-    EXPECT_EQ(a.w3, b.w3);
+    EXPECT_EQ(a.w13, b.w13);
     EXPECT_EQ(a.w2, b.w2);
-    EXPECT_EQ(a.sw1, b.sw1);
-    EXPECT_EQ(a.sw3, b.sw3);
+    EXPECT_EQ(a.sw13, b.sw13);
     EXPECT_EQ(a.sw2, b.sw2);
 }
 
 Grads backward(Model &m, const std::vector<float> &x, const std::vector<float> &dy, int B, int T,
                MoeDispatcher *d, float init, int acc = 1, float expert_init = 0.0f) {
     Grads g;
-    for (auto [dst, src] : {std::pair{&g.x, &x}, {&g.router, &m.router}, {&g.w1, &m.w1},
-                            {&g.w3, &m.w3}, {&g.w2, &m.w2}, {&g.sw1, &m.sw1}, {&g.sw3, &m.sw3},
-                            {&g.sw2, &m.sw2}})
+    for (auto [dst, src] : {std::pair{&g.x, &x}, {&g.router, &m.router}, {&g.w13, &m.w13}, {&g.w2, &m.w2},
+                            {&g.sw13, &m.sw13}, {&g.sw2, &m.sw2}})
         dst->assign(src->size(), acc || dst == &g.x || dst == &g.router ? init : expert_init);
     std::vector<float> y(x.size());
     MoeParams p = m.params();
-    MoeGrads gp = {g.router.data(), g.w1.data(),  g.w3.data(), g.w2.data(),
-                   g.sw1.data(),    g.sw3.data(), g.sw2.data()};
+    MoeGrads gp = {g.router.data(), g.w13.data(), g.w2.data(), g.sw13.data(), g.sw2.data()};
     MoeActs a;
     moe_forward(y.data(), &a, x.data(), &m.s, &p, d, B, T);
     moe_backward_input(g.x.data(), &a, dy.data(), &m.s, &p, d);
@@ -292,10 +283,9 @@ void expect_finite_differences(Model &m, std::vector<float> &x, const std::vecto
         const char *name;
         std::vector<float> *v, *grad;
     };
-    std::vector<Check> checks = {{"x", &x, &g.x},       {"router", &m.router, &g.router},
-                                 {"w1", &m.w1, &g.w1},  {"w3", &m.w3, &g.w3},
-                                 {"w2", &m.w2, &g.w2},  {"sw1", &m.sw1, &g.sw1},
-                                 {"sw3", &m.sw3, &g.sw3}, {"sw2", &m.sw2, &g.sw2}};
+    std::vector<Check> checks = {{"x", &x, &g.x},          {"router", &m.router, &g.router},
+                                 {"w13", &m.w13, &g.w13},  {"w2", &m.w2, &g.w2},
+                                 {"sw13", &m.sw13, &g.sw13}, {"sw2", &m.sw2, &g.sw2}};
     const float eps = 1e-2f;
     for (const Check &ch : checks) {
         double max_err = 0;
@@ -333,8 +323,8 @@ TEST_P(MoeLayer, BackwardMatchesFiniteDifferences) {
         size_t n = (size_t)c.s.Fe * D;
         for (int e : {0, 2, 4, 5})
             for (size_t i = 0; i < n; i++) {
-                ASSERT_EQ(g.w1[e * n + i], init);
-                ASSERT_EQ(g.w3[e * n + i], init);
+                ASSERT_EQ(g.w13[2 * e * n + i], init);
+                ASSERT_EQ(g.w13[2 * e * n + n + i], init);
                 ASSERT_EQ(g.w2[e * n + i], init);
             }
     }
@@ -370,11 +360,9 @@ TEST_P(MoeLayer, ExpertWeightGradientsWritten) {
     Grads added = backward(m, x, dy, B, T, d, 0.0f), written = backward(m, x, dy, B, T, d, 0.0f, 0, NAN);
     EXPECT_EQ(written.x, added.x);
     EXPECT_EQ(written.router, added.router);
-    EXPECT_EQ(written.w1, added.w1);
-    EXPECT_EQ(written.w3, added.w3);
+    EXPECT_EQ(written.w13, added.w13);
     EXPECT_EQ(written.w2, added.w2);
-    EXPECT_EQ(written.sw1, added.sw1);
-    EXPECT_EQ(written.sw3, added.sw3);
+    EXPECT_EQ(written.sw13, added.sw13);
     EXPECT_EQ(written.sw2, added.sw2);
     d->destroy(d);
 }
@@ -463,7 +451,7 @@ TEST(MoeLayerBalance, BalanceLossAloneDrivesTheRouterGradient) {
     std::vector<float> dy((size_t)N * s.D, 0.0f);
     MoeDispatcher *d = moe_local_dispatcher_create(s.E);
     Grads g = backward(m, x, dy, B, T, d, 0.0f);
-    for (float v : g.w1) ASSERT_EQ(v, 0.0f);
+    for (float v : g.w13) ASSERT_EQ(v, 0.0f);
     for (float v : g.sw2) ASSERT_EQ(v, 0.0f);
     double norm = 0;
     const float eps = 1e-2f;
@@ -524,24 +512,22 @@ TEST(MoeGateGrad, EqualsDyDotExpertOutput) {
                                       1e-30f, 2.5f, 0.0f, 0.0f, 1e-6f, 0.9f};
     const size_t nw = (size_t)E * Fe * D;
     std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 71), dy = moeref::randn((size_t)N * D, 1.0f, 72);
-    std::vector<float> w1 = moeref::randn(nw, 0.4f, 73), w3 = moeref::randn(nw, 0.4f, 74),
-                       w2 = moeref::randn(nw, 0.4f, 75);
+    std::vector<float> w13 = moeref::randn(2 * nw, 0.4f, 73), w2 = moeref::randn(nw, 0.4f, 75);
     MoeDispatcher *d = moe_local_dispatcher_create(E);
     std::vector<int> counts(E);
     int R = 0;
     MoeDispatchPlan *p = d->plan(d, idx.data(), N, K, &R, counts.data());
     const int *map = d->row_map(d, p);
-    std::vector<float> xe((size_t)R * D), ye((size_t)R * D), a((size_t)R * Fe), b(a.size()), h(a.size()),
-        da(a.size()), db(a.size()), dh(a.size()), dye(ye.size()), dxe(ye.size());
-    SwigluActs acts = {a.data(), b.data(), h.data(), da.data(), db.data()};
+    std::vector<float> xe((size_t)R * D), ye((size_t)R * D), ab((size_t)R * 2 * Fe), h((size_t)R * Fe),
+        dab(ab.size()), dh(h.size()), dye(ye.size()), dxe(ye.size());
+    SwigluActs acts = {ab.data(), h.data(), dab.data()};
     d->to_experts(d, p, x.data(), 0, xe.data(), D);
-    ops_swiglu_forward(o, ye.data(), &acts, xe.data(), w1.data(), w3.data(), w2.data(), counts.data(), E, D,
-                       Fe);
+    ops_swiglu_forward(o, ye.data(), &acts, xe.data(), w13.data(), w2.data(), counts.data(), E, D, Fe);
 
     std::vector<float> dots(R, NAN), home((size_t)N * K, NAN), dg(home.size(), NAN), dg_home(home.size(), NAN);
     o->moe_combine_backward(dye.data(), dy.data(), map, gates.data(), N, K, D);
-    ops_swiglu_backward_input_dot(o, dxe.data(), &acts, dh.data(), dots.data(), dye.data(), w1.data(),
-                                  w3.data(), w2.data(), counts.data(), E, D, Fe, 0);
+    ops_swiglu_backward_input(o, dxe.data(), &acts, dh.data(), dots.data(), dye.data(), w13.data(), w2.data(),
+                              counts.data(), E, D, Fe, 0);
     o->moe_gate_grad(dg.data(), dots.data(), map, gates.data(), N, K);
     d->from_experts(d, p, dots.data(), home.data(), 1);
     o->moe_gate_grad(dg_home.data(), home.data(), nullptr, gates.data(), N, K);

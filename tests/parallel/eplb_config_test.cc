@@ -76,7 +76,7 @@ TEST(EplbModel, ReplicaSlotsStartAsCopiesOfTheirExpert) {
     const MoeConfig plain = tiny();  // no redundant slots
     Model *ref = model_create(&plain, 0, 1);
     model_init_weights(ref);
-    for (const char *name : {"layers.1.experts.w1", "layers.1.experts.w3", "layers.1.experts.w2"}) {
+    for (const char *name : {"layers.1.experts.w13", "layers.1.experts.w2"}) {
         const ParamInfo *p = &m->reg.p[params_find(&m->reg, name)];
         ASSERT_EQ(p->local_rows, 11);
         const size_t row = p->numel / 11;

@@ -117,14 +117,12 @@ def param_shapes(c):
                        p + "wk": (c.Hkv * c.hd, c.D), p + "wv": (c.Hkv * c.hd, c.D),
                        p + "wo": (c.D, c.H * c.hd), p + "ffn_norm": (c.D,)})
         if l < c.n_dense:
-            shapes.update({p + "w1": (c.F, c.D), p + "w3": (c.F, c.D), p + "w2": (c.D, c.F)})
+            shapes.update({p + "w13": (2 * c.F, c.D), p + "w2": (c.D, c.F)})
             continue
         shapes.update({p + "router": (c.E, c.D), p + "router_bias": (c.E,),
-                       p + "experts.w1": (c.E, c.Fe, c.D), p + "experts.w3": (c.E, c.Fe, c.D),
-                       p + "experts.w2": (c.E, c.D, c.Fe)})
+                       p + "experts.w13": (c.E, 2 * c.Fe, c.D), p + "experts.w2": (c.E, c.D, c.Fe)})
         if c.S > 0:
-            shapes.update({p + "shared.w1": (c.S, c.Fe, c.D), p + "shared.w3": (c.S, c.Fe, c.D),
-                           p + "shared.w2": (c.S, c.D, c.Fe)})
+            shapes.update({p + "shared.w13": (c.S, 2 * c.Fe, c.D), p + "shared.w2": (c.S, c.D, c.Fe)})
     shapes["final_norm"] = (c.D,)
     if not c.tie:
         shapes["lm_head"] = (c.V, c.D)
@@ -172,8 +170,10 @@ def attention(a, wq, wk, wv, wo, c):
     return o @ wo.T
 
 
-def swiglu(x, w1, w3, w2):
-    """x (N, D), w1 w3 (F, D), w2 (D, F) → W2(silu(W1 x) ⊙ W3 x), (N, D)."""
+def swiglu(x, w13, w2):
+    """x (N, D), w13 (2F, D) = [W1; W3] as moelab stores them, w2 (D, F) → W2(silu(W1 x) ⊙ W3 x), (N, D)."""
+    F = w13.shape[0] // 2
+    w1, w3 = w13[:F], w13[F:]
     return (torch.nn.functional.silu(x @ w1.T) * (x @ w3.T)) @ w2.T
 
 
@@ -215,13 +215,12 @@ def moe(m, p, pre, c):
     g = g * c.route_scale
     y = torch.zeros_like(x)
     for j in range(c.S):
-        y = y + swiglu(x, p[pre + "shared.w1"][j], p[pre + "shared.w3"][j], p[pre + "shared.w2"][j])
+        y = y + swiglu(x, p[pre + "shared.w13"][j], p[pre + "shared.w2"][j])
     for i in range(c.E):
         rows = chosen[:, i].nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
-        out = swiglu(x[rows], p[pre + "experts.w1"][i], p[pre + "experts.w3"][i],
-                     p[pre + "experts.w2"][i])
+        out = swiglu(x[rows], p[pre + "experts.w13"][i], p[pre + "experts.w2"][i])
         y = y.index_add(0, rows, g[rows, i:i + 1] * out)
     # Sequence balance loss: f is a count (constant), P carries the gradient.
     f = c.E / (c.K * T) * chosen.view(B, T, c.E).sum(1).to(F64)           # (B, E)
@@ -248,7 +247,7 @@ def forward(p, tokens, c):
         m = rmsnorm(h, p[pre + "ffn_norm"], c.eps)
         if l < c.n_dense:
             B, T, D = m.shape
-            h = h + swiglu(m.reshape(B * T, D), p[pre + "w1"], p[pre + "w3"], p[pre + "w2"]).view(B, T, D)
+            h = h + swiglu(m.reshape(B * T, D), p[pre + "w13"], p[pre + "w2"]).view(B, T, D)
             continue
         y, lb, cnt, ch, mg = moe(m, p, pre, c)
         h = h + y
@@ -695,7 +694,7 @@ def check_comparator(tmp):
         write_dump(path, d)
         code, failed = run_compare(path, 1e-4, quiet=True)
         expect(code == 0, f"{what}: exact dump fails on {failed}")
-        gname = "grad.layers.1.experts.w1"
+        gname = "grad.layers.1.experts.w13"
         perturbed = {
             "grad scaled 1e-3": (gname, lambda d: d[gname] * np.float32(1.001)),
             "one logit shifted by 3e-4 of the norm": ("logits", lambda d: d["logits"] + 3e-4 * (

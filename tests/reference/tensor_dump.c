@@ -10,7 +10,7 @@
 #include "framework/core/mem.h"
 
 static const char TDUMP_MAGIC[8] = {'M', 'L', 'T', 'D', 'U', 'M', 'P', '1'};
-// Longest entry name accepted; names are parameter paths such as "grad.layers.3.experts.w1".
+// Longest entry name accepted; names are parameter paths such as "grad.layers.3.experts.w13".
 enum { TDUMP_MAX_NAME = 4096 };
 
 struct TensorDump {

@@ -45,16 +45,13 @@ static const NameMap LAYER_NAMES[] = {
     {"wv", "self_attn.v_proj.weight", 0},
     {"wo", "self_attn.o_proj.weight", 0},
     {"ffn_norm", "post_attention_layernorm.weight", 0},
-    {"w1", "mlp.gate_proj.weight", 0},
-    {"w3", "mlp.up_proj.weight", 0},
+    {"w13", "mlp.gate_up_proj.weight", 0},
     {"w2", "mlp.down_proj.weight", 0},
     {"router", "mlp.gate.weight", 0},
     {"router_bias", "mlp.gate.e_score_correction_bias", 0},
-    {"experts.w1", "mlp.experts.%d.gate_proj.weight", 1},
-    {"experts.w3", "mlp.experts.%d.up_proj.weight", 1},
+    {"experts.w13", "mlp.experts.%d.gate_up_proj.weight", 1},
     {"experts.w2", "mlp.experts.%d.down_proj.weight", 1},
-    {"shared.w1", "mlp.shared_experts.%d.gate_proj.weight", 1},
-    {"shared.w3", "mlp.shared_experts.%d.up_proj.weight", 1},
+    {"shared.w13", "mlp.shared_experts.%d.gate_up_proj.weight", 1},
     {"shared.w2", "mlp.shared_experts.%d.down_proj.weight", 1},
 };
 static const NameMap TOP_NAMES[] = {
@@ -137,7 +134,7 @@ static void write_config(const char *dir, const MoeConfig *c, int bf16, long ste
     fprintf(f, "  \"torch_dtype\": \"%s\",\n", bf16 ? "bfloat16" : "float32");
     json_int(f, "moelab_step", step);
     json_int(f, "moelab_checkpoint_format_version", CKPT_FORMAT_VERSION);
-    fputs("  \"moelab_export_version\": 1\n}\n", f);
+    fputs("  \"moelab_export_version\": 2\n}\n", f);
     finish(f, dir, "config.json");
 }
 

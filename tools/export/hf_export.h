@@ -29,7 +29,7 @@ typedef struct {
 // exits 2 with one message and leaves no files; I/O failures exit 1 and remove the temporary folder.
 void hf_export(const HfExportOptions *o);
 
-// The Hugging Face name of moelab tensor `name` (e.g. "layers.3.experts.w1") restricted to row
+// The Hugging Face name of moelab tensor `name` (e.g. "layers.3.experts.w13") restricted to row
 // `row` of its leading axis for expert and shared-expert stacks (row is ignored for the others).
 // Returns 1 if the tensor is split by rows (one Hugging Face tensor per expert), 0 if it maps whole.
 int hf_tensor_name(const char *name, int row, char *out, size_t n);

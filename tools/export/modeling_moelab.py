@@ -83,16 +83,17 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """down(silu(gate x) * up x): the dense feed-forward, each routed expert and each shared expert."""
+    """down(silu(gate x) * up x): the dense feed-forward, each routed expert and each shared expert.
+    gate and up are one (2 width, D) matrix, gate's rows first, as moelab stores them (w13)."""
 
     def __init__(self, D, width):
         super().__init__()
-        self.gate_proj = nn.Linear(D, width, bias=False)
-        self.up_proj = nn.Linear(D, width, bias=False)
+        self.gate_up_proj = nn.Linear(D, 2 * width, bias=False)
         self.down_proj = nn.Linear(width, D, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Router(nn.Module):

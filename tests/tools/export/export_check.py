@@ -34,10 +34,10 @@ def expected_tensors(model, cfg):
     per_layer = {"attn_norm": "input_layernorm.weight", "wq": "self_attn.q_proj.weight",
                  "wk": "self_attn.k_proj.weight", "wv": "self_attn.v_proj.weight",
                  "wo": "self_attn.o_proj.weight", "ffn_norm": "post_attention_layernorm.weight",
-                 "w1": "mlp.gate_proj.weight", "w3": "mlp.up_proj.weight", "w2": "mlp.down_proj.weight",
+                 "w13": "mlp.gate_up_proj.weight", "w2": "mlp.down_proj.weight",
                  "router": "mlp.gate.weight", "router_bias": "mlp.gate.e_score_correction_bias"}
     stacks = {"experts": "experts", "shared": "shared_experts"}
-    proj = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
+    proj = {"w13": "gate_up_proj", "w2": "down_proj"}
     out = {}
     for name, value in model.items():
         if name == "embed":

@@ -51,9 +51,9 @@ bad="$tmp/bad"
 mkdir -p "$bad"
 head -c 5000 "$tmp/a/single.h5" > "$bad/truncated.h5"
 expect_usage "truncated" "$tmp/out1" --ckpt "$bad/truncated.h5" --data "$tmp/data"
-"${check[0]}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); h5py.File(sys.argv[2], 'r+').attrs['format_version'] = 2" \
-    "$tmp/a/single.h5" "$bad/v2.h5"
-expect_usage "version" "$tmp/out1" --ckpt "$bad/v2.h5" --data "$tmp/data"
+"${check[0]}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); h5py.File(sys.argv[2], 'r+').attrs['format_version'] = 3" \
+    "$tmp/a/single.h5" "$bad/v3.h5"
+expect_usage "version" "$tmp/out1" --ckpt "$bad/v3.h5" --data "$tmp/data"
 "${check[0]}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); f = h5py.File(sys.argv[2], 'r+'); d = f['model/layers.1.wq']; d[0, 3] = float('nan')" \
     "$tmp/a/single.h5" "$bad/nan.h5"
 expect_usage "layers.1.wq holds 1 NaN or infinite values" "$tmp/out1" --ckpt "$bad/nan.h5" --data "$tmp/data"
