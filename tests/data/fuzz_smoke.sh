@@ -1,7 +1,8 @@
 #!/bin/bash
 # Builds the libFuzzer targets of the token-shard, tokenizer-file, config-file and JSON Lines readers with
 # clang and runs each for a few seconds (FUZZ_SECONDS, default 5) from small valid seeds. Fails on any crash, leak or
-# sanitizer report. Runs from the repository root or as a Bazel sh_test (sources in runfiles).
+# sanitizer report. The fuzzer's seed is fixed, so that a run explores the same inputs in the same order.
+# Runs from the repository root or as a Bazel sh_test (sources in runfiles).
 set -euo pipefail
 
 seconds="${FUZZ_SECONDS:-5}"
@@ -36,7 +37,7 @@ for target in shard tokfile config jsonl; do
     echo "fuzz_smoke: fuzz_$target for ${seconds}s"
     dict=()
     [[ $target == config ]] && dict=(-dict="$work/config.dict")
-    if ! "$work/fuzz_$target" -max_total_time="$seconds" -max_len=4096 -rss_limit_mb=2048 -close_fd_mask=2 \
+    if ! "$work/fuzz_$target" -seed=1 -max_total_time="$seconds" -max_len=4096 -rss_limit_mb=2048 -close_fd_mask=2 \
             "${dict[@]}" -artifact_prefix="$work/crash_$target-" "$work/corpus_$target" > "$work/log_$target" 2>&1; then
         tail -n 40 "$work/log_$target" >&2
         echo "fuzz_smoke: fuzz_$target found a failure (input saved under $work/crash_$target-*)" >&2
