@@ -89,7 +89,7 @@ static void *layer_view(const Model *m, int l, const char *name, void *base, siz
 // bias is not among them: it has no gradient.
 #define LAYER_TENSORS(X)                                                                          \
     X(attn_norm, "attn_norm") X(wq, "wq") X(wk, "wk") X(wv, "wv") X(wo, "wo")                     \
-    X(ffn_norm, "ffn_norm") X(w13, "w13") X(w2, "w2") X(moe.router, "router")           \
+    X(ffn_norm, "ffn_norm") X(w13, "w13") X(w2, "w2") X(moe.router, "router")                     \
     X(moe.w13, "experts.w13") X(moe.w2, "experts.w2") X(moe.sw13, "shared.w13") X(moe.sw2, "shared.w2")
 
 // Layer l's weight views inside the compute copy base (elements of es bytes).

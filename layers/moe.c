@@ -48,6 +48,10 @@ static void drop_h(const LayerOps *o, SwigluActs *h) {
     h->h = NULL;
 }
 
+// Shared expert j's offsets (in elements) into the stacks sw13 (S, 2·Fe, D) and sw2 (S, D, Fe).
+static long shared_w13(const MoeShape *s, int j) { return (long)j * 2 * s->Fe * s->D; }
+static long shared_w2(const MoeShape *s, int j) { return (long)j * s->D * s->Fe; }
+
 // out (N, D) = shared expert j of x (N, D), keeping its activations in a->sh[j] (all but h).
 static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, const void *x,
                            const MoeShape *s, const MoeParams *p) {
@@ -55,8 +59,8 @@ static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, cons
     SwigluActs *h = &a->sh[j];
     h->ab = xout(o, (long)N * 2 * Fe);
     h->h = xout(o, (long)N * Fe);
-    const long w = (long)j * Fe * D;  // expert j's W2; its [W1; W3] is twice as long
-    ops_swiglu_forward(o, out, h, x, at(o, p->sw13, 2 * w), at(o, p->sw2, w), &a->N, 1, D, Fe);
+    ops_swiglu_forward(o, out, h, x, at(o, p->sw13, shared_w13(s, j)), at(o, p->sw2, shared_w2(s, j)), &a->N, 1,
+                       D, Fe);
     drop_h(o, h);
 }
 
@@ -345,9 +349,8 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
             SwigluActs *h = &a->sh[j];
             h->dab = xout(o, (long)N * 2 * Fe);
             h->h = xout(o, (long)N * Fe);  // ∂L/∂h, then h, as for the routed experts
-            long w = (long)j * Fe * D;
-            ops_swiglu_backward_input(o, dx, h, h->h, NULL, dy, at(o, p->sw13, 2 * w), at(o, p->sw2, w), &N, 1, D,
-                                      Fe, 1);
+            ops_swiglu_backward_input(o, dx, h, h->h, NULL, dy, at(o, p->sw13, shared_w13(s, j)),
+                                      at(o, p->sw2, shared_w2(s, j)), &N, 1, D, Fe, 1);
         }
     }
 
@@ -401,8 +404,8 @@ void moe_backward_weight(MoeGrads *g, MoeActs *a, const void *dy, const MoeShape
                                    row_at(o, a->dye, h->r0, D), h->counts, L, D, Fe, c > 0 || acc);
     }
     for (int j = 0; j < s->S; j++) {
-        long w = (long)j * Fe * D;
-        ops_swiglu_backward_weight(o, g->sw13 + 2 * w, g->sw2 + w, &a->sh[j], a->x, dy, &N, 1, D, Fe, acc);
+        ops_swiglu_backward_weight(o, g->sw13 + shared_w13(s, j), g->sw2 + shared_w2(s, j), &a->sh[j], a->x, dy, &N,
+                                   1, D, Fe, acc);
     }
 }
 
