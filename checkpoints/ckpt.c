@@ -179,6 +179,15 @@ static char *config_text(const MoeConfig *c) {
     return text;
 }
 
+// An (L, E) int64 dataset of /eplb: one count per logical expert of every layer.
+static void write_expert_rows(const H5Io *io, hid_t g, const char *name, const MoeConfig *c, const long *x) {
+    const hsize_t dims[2] = {(hsize_t)c->L, (hsize_t)c->E};
+    hid_t d = h5_create_dataset(io, g, name, H5T_STD_I64LE, 2, dims, 0);
+    h5_write_rows(io, d, name, H5T_NATIVE_LONG, 2, dims, 0, dims[0], x);
+    H5Dclose(d);
+    dataset_done();
+}
+
 // The config text, /state and the optional /eplb group: what the single file and the index hold
 // besides tensors.
 static void write_state(const H5Io *io, hid_t f, const MoeConfig *c, long adam_t, const CkptState *st,
@@ -197,7 +206,7 @@ static void write_state(const H5Io *io, hid_t f, const MoeConfig *c, long adam_t
     h5_attr_write(io, g, "rng_counter", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.counter);
     h5_attr_write(io, g, "lineage", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->lineage);
     H5Gclose(g);
-    if (!e || (!e->phy2log && !e->counts)) return;
+    if (!e || (!e->phy2log && !e->counts && !e->load)) return;
     g = h5_create_group(io, f, "eplb");
     if (e->phy2log) {
         CHECK(e->R >= c->E, "EPLB plan with %d slots for %d experts", e->R, c->E);
@@ -211,13 +220,8 @@ static void write_state(const H5Io *io, hid_t f, const MoeConfig *c, long adam_t
         H5Dclose(d);
         dataset_done();
     }
-    if (e->counts) {
-        const hsize_t dims[2] = {(hsize_t)c->L, (hsize_t)c->E};
-        hid_t d = h5_create_dataset(io, g, "expert_counts", H5T_STD_I64LE, 2, dims, 0);
-        h5_write_rows(io, d, "expert_counts", H5T_NATIVE_LONG, 2, dims, 0, dims[0], e->counts);
-        H5Dclose(d);
-        dataset_done();
-    }
+    if (e->counts) write_expert_rows(io, g, "expert_counts", c, e->counts);
+    if (e->load) write_expert_rows(io, g, "load", c, e->load);
     H5Gclose(g);
 }
 
@@ -669,6 +673,7 @@ int ckpt_load_eplb(const char *path, const MoeConfig *c, CkptEplb *out) {
 void ckpt_eplb_free(CkptEplb *e) {
     core_free(e->phy2log);
     core_free(e->counts);
+    core_free(e->load);
     memset(e, 0, sizeof *e);
 }
 

@@ -68,6 +68,8 @@ typedef struct {
     int R;             // physical slots per MoE layer of phy2log
     int *phy2log;      // (L, R) logical expert in each slot, -1 on dense layers; NULL: none saved
     long *counts;      // (L, E) tokens routed to each logical expert; NULL: none saved
+    long *load;        // (L, E) tokens per logical expert since the last rebalance (the EPLB
+                       // runtime's accumulator); NULL: none saved
 } CkptEplb;
 
 // One process holding every expert (sh->parts == 1): writes the whole state to the single file

@@ -345,6 +345,22 @@ static hid_t open_eplb(CkptFile *cf, const char *name, hid_t ftype, hsize_t rows
     return d;
 }
 
+// An (L, E) count dataset of /eplb (NULL when absent): int64, one count per logical expert, none
+// negative.
+static long *read_expert_rows(CkptFile *cf, const MoeConfig *c, const char *name) {
+    const H5Io *io = &cf->io;
+    if (!h5_exists(io, cf->f, name)) return NULL;
+    hsize_t E = (hsize_t)c->E;
+    hid_t d = open_eplb(cf, name, H5T_STD_I64LE, (hsize_t)c->L, &E);
+    long *x = core_alloc((size_t)c->L * E * sizeof(long));
+    const hsize_t dims[2] = {(hsize_t)c->L, E};
+    h5_read_rows(io, d, name, H5T_NATIVE_LONG, 2, dims, 0, dims[0], x);
+    H5Dclose(d);
+    for (size_t i = 0; i < (size_t)c->L * E; i++)
+        if (x[i] < 0) H5_FAIL(io, "%s holds a negative count", name);
+    return x;
+}
+
 int ckpt_file_eplb(CkptFile *cf, const MoeConfig *c, CkptEplb *out) {
     memset(out, 0, sizeof *out);
     const H5Io *io = &cf->io;
@@ -365,15 +381,7 @@ int ckpt_file_eplb(CkptFile *cf, const MoeConfig *c, CkptEplb *out) {
                     H5_FAIL(io, "/eplb/phy2log: layer %d slot %llu holds expert %d of %d", l,
                             (unsigned long long)p, out->phy2log[l * R + p], c->E);
     }
-    if (found && h5_exists(io, cf->f, "/eplb/expert_counts")) {
-        hsize_t E = (hsize_t)c->E;
-        hid_t d = open_eplb(cf, "/eplb/expert_counts", H5T_STD_I64LE, (hsize_t)c->L, &E);
-        out->counts = core_alloc((size_t)c->L * E * sizeof(long));
-        const hsize_t dims[2] = {(hsize_t)c->L, E};
-        h5_read_rows(io, d, "/eplb/expert_counts", H5T_NATIVE_LONG, 2, dims, 0, dims[0], out->counts);
-        H5Dclose(d);
-        for (size_t i = 0; i < (size_t)c->L * E; i++)
-            if (out->counts[i] < 0) H5_FAIL(io, "/eplb/expert_counts holds a negative count");
-    }
+    if (found) out->counts = read_expert_rows(cf, c, "/eplb/expert_counts");
+    if (found) out->load = read_expert_rows(cf, c, "/eplb/load");
     return found;
 }

@@ -80,9 +80,11 @@ void ckpt_inspect(const char *path, const ParamRegistry *ref, float (*lr)(const 
     print_header(&cf, &c, lr, out);
     CkptEplb e;
     if (!ckpt_file_eplb(&cf, &c, &e)) fprintf(out, "eplb        none (identity placement)\n");
-    else if (e.phy2log) fprintf(out, "eplb        phy2log (%d layers, %d slots)%s\n", c.L, e.R,
-                                e.counts ? ", expert_counts" : "");
-    else fprintf(out, "eplb        identity placement%s\n", e.counts ? ", expert_counts" : "");
+    else {
+        if (e.phy2log) fprintf(out, "eplb        phy2log (%d layers, %d slots)", c.L, e.R);
+        else fprintf(out, "eplb        identity placement");
+        fprintf(out, "%s%s\n", e.counts ? ", expert_counts" : "", e.load ? ", load since the last rebalance" : "");
+    }
     ckpt_eplb_free(&e);
     fprintf(out, "\n%-28s %-7s %-8s %-18s %12s %12s %12s\n", "tensor", "kind", "dtype", "shape", "norm",
             "adam m norm", "adam v norm");

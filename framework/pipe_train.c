@@ -548,6 +548,26 @@ void pipe_eplb_placement(const PipeTrainer *p, int *phy2log) {
     if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, phy2log, n, COMM_I32, COMM_MAX);
 }
 
+void pipe_eplb_load(const PipeTrainer *p, long *load) {
+    const MoeConfig *c = &p->ctx[0].m->cfg;
+    const size_t n = (size_t)c->L * c->E;
+    memset(load, 0, n * sizeof(long));
+    for (int pipe = 0; pipe < p->n_own; pipe++) {
+        const PipeStageCtx *x = &p->ctx[pipe];
+        if (x->eplb)
+            memcpy(load + (size_t)x->moe0 * c->E, x->eplb->load, (size_t)x->eplb->s.L * c->E * sizeof(long));
+    }
+    if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, load, n, COMM_I64, COMM_SUM);
+}
+
+void pipe_eplb_set_load(const PipeTrainer *p, const long *load) {
+    // Every held model, both copies of a DualPipe stage among them: they rebalance alike.
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
+        const PipeStageCtx *x = &p->ctx[pipe];
+        if (x->eplb) eplb_runtime_set_load(x->eplb, load + (size_t)x->moe0 * p->ctx[0].m->cfg.E);
+    }
+}
+
 void pipe_eplb_figures(const PipeTrainer *p, EplbRuntime *v) {
     const MoeConfig *c = &p->ctx[0].m->cfg;
     const int L = c->L - c->n_dense_layers, G = p->grid ? p->grid->ep : 1;

@@ -116,6 +116,11 @@ void pipe_expert_counts(const PipeTrainer *p, long *counts);
 // phy2log (L, R): the EPLB placement of the whole model (each stage's runtime places its own layers;
 // -1 on dense layers), on every rank of the pipeline group. Collective over it.
 void pipe_eplb_placement(const PipeTrainer *p, int *phy2log);
+// load (L, E): the tokens each logical expert received since the last rebalance (each stage's
+// runtime keeps its own layers'; 0 on dense layers), on every rank of the pipeline group. Collective.
+void pipe_eplb_load(const PipeTrainer *p, long *load);
+// Gives each stage's runtime its layers' rows of load (L, E), a checkpoint's pipe_eplb_load.
+void pipe_eplb_set_load(const PipeTrainer *p, const long *load);
 // The EPLB figures of the whole model for the metrics: each stage's runtime's per-layer figures of
 // the last step (and rebalance), gathered over the pipeline into v, a runtime-shaped view over every
 // MoE layer for eplb_runtime_write_metrics (its arrays are one block: core_free(v->step_imbalance)).

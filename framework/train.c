@@ -133,6 +133,9 @@ static void trainer_resume(Trainer *t) {
             if (x->eplb && e.phy2log && e.R == x->m->R)
                 eplb_runtime_set_placement(x->eplb, e.phy2log + (size_t)x->moe0 * e.R);
         }
+        // The interval's load so far: the next rebalance plans from the same tokens as without the
+        // interruption (a checkpoint of an older moelab has none: the interval starts empty).
+        if (e.load) pipe_eplb_set_load(t->pipe, e.load);
         ckpt_eplb_free(&e);
     }
     // Every held model loads its stage's tensors (both copies of a DualPipe stage: they stay equal).
@@ -167,11 +170,14 @@ static void trainer_save(Trainer *t) {
     long *counts = core_alloc((size_t)t->cfg.L * t->cfg.E * sizeof(long));  // (L, E)
     pipe_expert_counts(t->pipe, counts);
     int *phy2log = NULL;  // (L, R) with EPLB
+    long *load = NULL;    // (L, E) with EPLB
     if (t->cfg.eplb_interval > 0) {
         phy2log = core_alloc((size_t)t->cfg.L * m->R * sizeof(int));
         pipe_eplb_placement(t->pipe, phy2log);
+        load = core_alloc((size_t)t->cfg.L * t->cfg.E * sizeof(long));
+        pipe_eplb_load(t->pipe, load);
     }
-    const CkptEplb e = {m->R, phy2log, counts};
+    const CkptEplb e = {m->R, phy2log, counts, load};
     const CkptShard sh = trainer_shard(t, 0);
     if (sh.parts == 1) {
         CkptView v = trainer_ckpt_view(m, o);
@@ -194,6 +200,7 @@ static void trainer_save(Trainer *t) {
     }
     core_free(counts);
     core_free(phy2log);
+    core_free(load);
     long *saved = core_alloc((size_t)(t->n_saved + 1) * sizeof *saved);
     if (t->n_saved) memcpy(saved, t->saved, (size_t)t->n_saved * sizeof *saved);
     core_free(t->saved);

@@ -143,6 +143,13 @@ void eplb_runtime_set_placement(EplbRuntime *rt, const int *phy2log) {
     install_placement(rt);
 }
 
+void eplb_runtime_set_load(EplbRuntime *rt, const long *load) {
+    for (size_t i = 0; i < (size_t)rt->s.L * rt->s.E; i++)
+        CHECK(load[i] >= 0, "eplb runtime: layer %zu expert %zu has a load of %ld tokens", i / rt->s.E,
+              i % rt->s.E, load[i]);
+    memcpy(rt->load, load, (size_t)rt->s.L * rt->s.E * sizeof(long));
+}
+
 void eplb_runtime_free(EplbRuntime *rt) {
     if (!rt) return;
     core_free((void *)rt->s.tensor);

@@ -81,6 +81,9 @@ void eplb_runtime_free(EplbRuntime *rt);
 // Replaces the placement (L, R) (the one a checkpoint saved, say) and installs it in the dispatchers.
 // The slots' contents are the caller's business: load them afterwards. Every expert needs a slot.
 void eplb_runtime_set_placement(EplbRuntime *rt, const int *phy2log);
+// Replaces the interval's accumulated load (L, E) (the one a checkpoint saved), so that a run
+// resumed between two rebalances plans its next one from the same tokens as the uninterrupted run.
+void eplb_runtime_set_load(EplbRuntime *rt, const long *load);
 
 // After the backward: the gradient of every replica ← the sum over all replicas of its expert in the
 // EP group, added in a fixed order (each rank's slots ascending, then the ranks ascending), so every

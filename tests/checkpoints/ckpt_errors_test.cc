@@ -215,6 +215,27 @@ TEST_F(CheckpointErrors, MissingDataset) {
     EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), "dataset /optim/v/layers.0.wq is missing");
 }
 
+// The EPLB group's counts (the interval's load, the last step's counts): int64, (L, E), none negative.
+TEST_F(CheckpointErrors, BadEplbLoad) {
+    State s = make_state(c_, 0, 1);
+    CkptShard sh = shard_of(s.m);
+    CkptState st;
+    memset(&st, 0, sizeof st);
+    std::vector<long> load((size_t)c_.L * c_.E, 3);
+    load[5] = -1;
+    const CkptEplb e = {0, nullptr, nullptr, load.data()};
+    const std::string neg = dir_ + "/negload.h5";
+    ckpt_save(neg.c_str(), &sh, view(s), &st, &e);
+    free_state(s);
+    CkptEplb got;
+    EXPECT_EXIT(ckpt_load_eplb(neg.c_str(), &c_, &got), ExitedWithCode(2), "/eplb/load holds a negative count");
+    std::string p = copy_of(neg, "wideload.h5");
+    const hsize_t dims[2] = {(hsize_t)c_.L, (hsize_t)c_.E + 1};
+    replace_dataset(p, "/eplb/load", H5T_STD_I64LE, 2, dims);
+    EXPECT_EXIT(ckpt_load_eplb(p.c_str(), &c_, &got), ExitedWithCode(2),
+                "/eplb/load should have 3 rows of one count per expert");
+}
+
 TEST_F(CheckpointErrors, MissingStateGroup) {
     std::string p = copy_of(single_, "nostate.h5");
     delete_object(p, "/state");

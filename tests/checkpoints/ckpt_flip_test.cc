@@ -92,8 +92,8 @@ TEST(CheckpointFlip, VerifyNeverCrashesAndAgreesWithTheLoader) {
     memset(&st, 0, sizeof st);
     st.step = 3;
     st.lineage = 11;
-    std::vector<long> counts((size_t)c.L * c.E, 5);
-    CkptEplb eplb = {0, nullptr, counts.data()};
+    std::vector<long> counts((size_t)c.L * c.E, 5), load((size_t)c.L * c.E, 2);
+    CkptEplb eplb = {0, nullptr, counts.data(), load.data()};
     ckpt_save(good.c_str(), &sh, view(s), &st, &eplb);
 
     FILE *in = fopen(good.c_str(), "rb");
@@ -108,6 +108,7 @@ TEST(CheckpointFlip, VerifyNeverCrashesAndAgreesWithTheLoader) {
                 mark_chunks(f, std::string(g == 0 ? "/model/" : g == 1 ? "/optim/m/" : "/optim/v/") +
                                    s.m->reg.p[i].name, kind);
     mark_chunks(f, "/eplb/expert_counts", kind);
+    mark_chunks(f, "/eplb/load", kind);
     H5Fclose(f);
     mark_heap_blocks(bytes, kind);
     std::vector<size_t> offsets;

@@ -26,8 +26,9 @@ TEST(Checkpoint, RoundTripRestoresEveryTensorAndState) {
     const MoeConfig c = tiny();
     State a = make_state(c, 0, 1);
     std::vector<long> counts((size_t)c.L * c.E);
-    for (size_t i = 0; i < counts.size(); i++) counts[i] = (long)(i * 37 % 11);
-    CkptEplb eplb = {0, nullptr, counts.data()};
+    std::vector<long> load((size_t)c.L * c.E);
+    for (size_t i = 0; i < counts.size(); i++) counts[i] = (long)(i * 37 % 11), load[i] = (long)(i * 13 % 7);
+    CkptEplb eplb = {0, nullptr, counts.data(), load.data()};
     const std::string path = temp_dir() + "/a.h5";
     CkptShard sh = shard_of(a.m);
     const CkptState st = some_state();
@@ -51,7 +52,9 @@ TEST(Checkpoint, RoundTripRestoresEveryTensorAndState) {
     ASSERT_EQ(ckpt_load_eplb(path.c_str(), &c, &e), 1);
     EXPECT_EQ(e.phy2log, nullptr);  // no plan saved: identity placement
     ASSERT_NE(e.counts, nullptr);
+    ASSERT_NE(e.load, nullptr);
     for (size_t i = 0; i < counts.size(); i++) EXPECT_EQ(e.counts[i], counts[i]);
+    for (size_t i = 0; i < load.size(); i++) EXPECT_EQ(e.load[i], load[i]);
     ckpt_eplb_free(&e);
 
     MoeConfig rc;

@@ -4,7 +4,7 @@
 # gradient norms as the one-process run without EPLB on the same global batch (within 1e-5
 # relative); the log shows each rebalance, the metrics carry expert loads and the EPLB figures, and
 # `moelab plot` draws them. A checkpoint saved after a rebalance resumes bit-identically (with its
-# placement) in one process and under EP 2. Bad EPLB settings end every rank with exit 2 before any step.
+# placement) in one process, one saved between two rebalances under EP 2 (with the interval's load). Bad EPLB settings end every rank with exit 2 before any step.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
@@ -18,7 +18,7 @@ eplb=(--eplb-interval 2)
 "$moelab" train "${args[@]}" --grad-accum 4 "${eplb[@]}" --eplb-redundant 1 --out "$tmp/ck1" --save-every 4 \
     --metrics "$tmp/ep1.jsonl" >"$tmp/ep1.log"
 mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --ep 2 "${eplb[@]}" --eplb-redundant 2 \
-    --out "$tmp/ck2" --save-every 4 --metrics "$tmp/ep2.jsonl" >"$tmp/ep2.log"
+    --out "$tmp/ck2" --save-every 3 --metrics "$tmp/ep2.jsonl" >"$tmp/ep2.log"
 mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 4 "${eplb[@]}" --eplb-redundant 4 \
     --metrics "$tmp/ep4.jsonl" >"$tmp/ep4.log"
 # The hierarchical policy: 4 expert groups packed onto 2 nodes of 2 ranks.
@@ -40,19 +40,24 @@ for run in ep1 ep2 ep4 ep4h; do
     [ "$(grep -c '"expert_load": \[\[' "$tmp/$run.jsonl")" = 4 ] || { echo "FAIL: $run metrics lack expert_load"; exit 1; }
     echo "ok: $run rebalances and matches the one-process run without EPLB"
 done
-# Resume after the rebalance of step 4 (its checkpoint holds the new placement): steps 5 and 6 as
-# in the uninterrupted runs, bit for bit.
+# Resume in one process after the rebalance of step 4 (its checkpoint holds the new placement), and
+# under EP 2 from step 3, between two rebalances (its checkpoint also holds the tokens of step 3,
+# which the rebalance of step 4 plans from): the later steps as in the uninterrupted runs, bit for bit.
 "$moelab" train "${args[@]}" --grad-accum 4 "${eplb[@]}" --eplb-redundant 1 --resume "$tmp/ck1/step_4.h5" \
     --metrics "$tmp/r1.jsonl" >"$tmp/r1.log"
 mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --ep 2 "${eplb[@]}" --eplb-redundant 2 \
-    --resume "$tmp/ck2/step_4.h5" --out "$tmp/ck2r" --metrics "$tmp/r2.jsonl" >"$tmp/r2.log"
+    --resume "$tmp/ck2/step_3.h5" --out "$tmp/ck2r" --metrics "$tmp/r2.jsonl" >"$tmp/r2.log"
 for r in 1 2; do
-    grep -q "resumed from $tmp/ck$r/step_4.h5 at step 4" "$tmp/r$r.log" || { echo "FAIL: no resume"; cat "$tmp/r$r.log"; exit 1; }
+    at=$((5 - r))
+    grep -q "resumed from $tmp/ck$r/step_$at.h5 at step $at" "$tmp/r$r.log" || { echo "FAIL: no resume"; cat "$tmp/r$r.log"; exit 1; }
     for f in loss grad_norm; do
-        diff <(grep '"step": [56],' "$tmp/ep$r.jsonl" | fields /dev/stdin $f) <(fields "$tmp/r$r.jsonl" $f) ||
-            { echo "FAIL: ep$r resumed after a rebalance: $f differs"; exit 1; }
+        diff <(grep '"step": [56],' "$tmp/ep$r.jsonl" | fields /dev/stdin $f) <(grep '"step": [56],' "$tmp/r$r.jsonl" | fields /dev/stdin $f) ||
+            { echo "FAIL: ep$r resumed at step $at: $f differs"; exit 1; }
     done
 done
+# The rebalance of step 4 saw the same interval's loads (its figures are theirs) and chose the same placement.
+diff <(grep -o '"step": 4,.*' "$tmp/ep2.jsonl" | grep -o '"eplb": {[^}]*}') <(grep -o '"step": 4,.*' "$tmp/r2.jsonl" | grep -o '"eplb": {[^}]*}') ||
+    { echo "FAIL: the rebalance after a resume between two rebalances planned from other loads"; exit 1; }
 # The printed losses hide the last bits: the final checkpoints (weights, moments, placement) must be equal.
 /usr/bin/python3 - "$tmp/ck2/step_6.h5" "$tmp/ck2r/step_6.h5" <<'PY'
 import sys, h5py, numpy as np
@@ -62,9 +67,9 @@ for g in ("model", "optim/m", "optim/v"):
         assert np.array_equal(a[g][k][...], b[g][k][...]), (g, k)
 assert np.array_equal(a["eplb/phy2log"][...], b["eplb/phy2log"][...])
 PY
-echo "ok: resume after a rebalance is bit-identical (one process, EP 2)"
+echo "ok: resume after a rebalance (one process) and between two (EP 2) is bit-identical"
 # The checkpoint is logical: one process without EPLB goes on from the EP 2 run's replicated slots.
-"$moelab" train "${args[@]}" --grad-accum 4 --resume "$tmp/ck2/step_4.h5" --metrics "$tmp/r0.jsonl" >"$tmp/r0.log"
+"$moelab" train "${args[@]}" --grad-accum 4 --resume "$tmp/ck2/step_3.h5" --metrics "$tmp/r0.jsonl" >"$tmp/r0.log"
 close_steps "$tmp/one.jsonl" "$tmp/r0.jsonl" 56
 echo "ok: a checkpoint of replicated slots resumes in one process without EPLB"
 
