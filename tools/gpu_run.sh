@@ -7,7 +7,8 @@
 #              same run (tools/bench_torch_kernels.py: PyTorch's grouped GEMM, cuDNN and
 #              FlashAttention-2 through scaled_dot_product_attention)
 #   train      `moelab train --device cuda` on the quickstart config and data (QS_STEPS steps,
-#              default 600), and the same run on the CPU alongside when QS_CPU=1
+#              default 600), and with QS_CPU=1 the same run on the CPU alongside and then in fp32 on
+#              the GPU (--device cuda-fp32), each run's validation line at the end
 #   bench      `moelab bench --device cuda` on configs/bench.cfg and configs/bench_wide.cfg (with the
 #              time breakdown); with BENCH_BASELINE=NAME, first the same with .dist/bin/NAME, another
 #              build carried along (bench_baseline.txt): a change measured against its parent in one run
@@ -557,8 +558,12 @@ if want export; then
 fi
 
 if [ -n "${cpu_pid:-}" ]; then
+    # The same steps in fp32 on the GPU separate precision (bf16 against fp32) from the device.
+    echo "== moelab train --device cuda-fp32 (quickstart, $qs_steps steps)"
+    .dist/bin/moelab train "${qs[@]}" --device cuda-fp32 --metrics "$log/quickstart_cuda-fp32.jsonl" \
+        > "$log/train_cuda-fp32.log" 2>&1 || fail "moelab train --device cuda-fp32"
     wait "$cpu_pid" || fail "moelab train --device cpu"
-    grep -E "validation" "$log/train_cpu.log"
+    for dev in cpu cuda-fp32 cuda; do echo "$dev: $(grep -a -E "^validation" "$log/train_$dev.log")"; done
 fi
 echo "gpu_run: $([ $rc = 0 ] && echo all passed || echo FAILED)"
 exit $rc
