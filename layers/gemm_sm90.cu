@@ -54,15 +54,18 @@ struct PingSquare {  // 128 × 128 tiles, clusters of 2 along M (B tiles multica
     using Cluster = Shape<_2, _1, _1>;
     using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
     using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
+    static constexpr bool kRowsAlongN = true;  // the best forward and backward_input: see below
 };
 struct CoopWide {  // 128 × 256 tiles, clusters of 2 along M
     using Tile = Shape<_128, _256, _64>;
     using Cluster = Shape<_2, _1, _1>;
     using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
     using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
+    static constexpr bool kRowsAlongN = false;  // never a forward's best: no such variant built
 };
-// A configuration's tiles in clusters of 2 along N instead (A tiles multicast to the pair), for
-// weight gradients (cluster_along_n says when).
+// A configuration's tiles in clusters of 2 along N instead (A tiles multicast to the pair), where
+// that pads fewer tiles (cluster_along_n). Built for every weight gradient and for the forward and
+// backward_input of the configurations marked kRowsAlongN.
 template <class Cfg>
 struct ClusterAlongN : Cfg {
     using Cluster = Shape<_1, _2, _1>;
@@ -332,29 +335,46 @@ void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const vo
     CUDA_CHECK_LAUNCH();
 }
 
-// Whether a weight gradient of configuration Cfg pairs its tiles along N. The scheduler rounds a
-// group's tile rows (along M) or tile columns (along N) up to the cluster's 2, and a padding tile
-// costs a whole tile's main loop: a weight gradient's M is OC, which for an odd count of tile rows
-// (an OC of 1408: 11 rows of 128) and 16 tile columns makes clusters along M run 12 × 16 tiles for
-// 11 × 16 (8 % idle). The pairs go along N where that pads fewer tiles. (The forward and
-// backward_input keep M: their N is a layer width, their M a group's rows.)
+// Whether the launch over groups g of configuration Cfg pairs its tiles along N. The scheduler rounds
+// each group's tile rows (along M) or tile columns (along N) up to the cluster's 2, and a padding
+// tile costs a whole tile's main loop. A forward's or backward_input's M is a group's rows, so with
+// counts that are not whole pairs of 128-row tiles (every routing but a uniform one) about half the
+// groups pad a tile row along M (an expert of 1 600 rows: 13 tile rows run as 14, 7 % idle), while
+// their N is a layer width: an even number of tile columns pads nothing along N. A weight
+// gradient's M is OC, which for an odd count of tile rows (an OC of 1408: 11 rows of 128) and 16
+// tile columns makes clusters along M run 12 × 16 tiles for 11 × 16. The pairs go along N where
+// that pads fewer tiles; on a tie (uniform counts of whole pairs) they stay along M, as measured.
 template <class Cfg>
-bool cluster_along_n(const Groups &g) {
-    const long tm = (g.OC + size<0>(typename Cfg::Tile{}) - 1) / size<0>(typename Cfg::Tile{});
-    const long tn = (g.IC + size<1>(typename Cfg::Tile{}) - 1) / size<1>(typename Cfg::Tile{});
-    return tm * ((tn + 1) / 2 * 2) < ((tm + 1) / 2 * 2) * tn;
+bool cluster_along_n(GemmSm90Kind kind, const Groups &g) {
+    constexpr long TM = size<0>(typename Cfg::Tile{}), TN = size<1>(typename Cfg::Tile{});
+    const long n = kind == GEMM_SM90_FORWARD ? g.OC : g.IC;  // N: OC, or IC for both backward products
+    const long tn = (n + TN - 1) / TN;
+    long pad_m = 0, pad_n = 0;
+    for (int i = 0; i < g.n; i++) {
+        const long tm = ((kind == GEMM_SM90_BACKWARD_WEIGHT ? g.OC : g.rows[i]) + TM - 1) / TM;
+        pad_m += (tm % 2) * tn;
+        pad_n += tm * (tn % 2);
+    }
+    return pad_n < pad_m;
 }
 
-// The product kind with tile configuration Cfg; a weight gradient of the best configuration in the
-// clusters that pad fewer tiles (a forced configuration keeps clusters along M: kernel_bench's
-// comparison).
+// The product kind with tile configuration Cfg, in the clusters that pad fewer tiles where the
+// configuration is the measured best (a forced configuration keeps clusters along M: kernel_bench's
+// comparison, and the measurement of what pairing along N gains).
 template <class Cfg>
 void launch_kind(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b, float beta) {
+    const bool along_n = g_config == GEMM_SM90_CONFIG_BEST && cluster_along_n<Cfg>(kind, g);
+    if (kind == GEMM_SM90_BACKWARD_WEIGHT) {
+        if (along_n) launch<BackwardWeightGemm<ClusterAlongN<Cfg>>>(g, kind, y, a, b, beta);
+        else launch<BackwardWeightGemm<Cfg>>(g, kind, y, a, b, beta);
+        return;
+    }
+    if constexpr (Cfg::kRowsAlongN) {
+        if (along_n && kind == GEMM_SM90_FORWARD) return launch<ForwardGemm<ClusterAlongN<Cfg>>>(g, kind, y, a, b, 0.0f);
+        if (along_n) return launch<BackwardInputGemm<ClusterAlongN<Cfg>>>(g, kind, y, a, b, beta);
+    }
     if (kind == GEMM_SM90_FORWARD) launch<ForwardGemm<Cfg>>(g, kind, y, a, b, 0.0f);
-    else if (kind == GEMM_SM90_BACKWARD_INPUT) launch<BackwardInputGemm<Cfg>>(g, kind, y, a, b, beta);
-    else if (g_config == GEMM_SM90_CONFIG_BEST && cluster_along_n<Cfg>(g))
-        launch<BackwardWeightGemm<ClusterAlongN<Cfg>>>(g, kind, y, a, b, beta);
-    else launch<BackwardWeightGemm<Cfg>>(g, kind, y, a, b, beta);
+    else launch<BackwardInputGemm<Cfg>>(g, kind, y, a, b, beta);
 }
 
 // The measured best configuration for the groups g (see the tile configurations above): ping-pong,

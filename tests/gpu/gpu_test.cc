@@ -583,10 +583,12 @@ TEST_F(Gpu, LinearGrouped) {
 // (GEMM_SM90_MAX_GROUPS), with empty experts, single rows and a few hundred rows, against the CPU
 // layer expert by expert; and run three times from the same inputs, in the chosen tile order,
 // along M and along N, bit for bit (no split-K, no atomics: the order moves tiles between CTAs,
-// not the sums inside a tile).
+// not the sums inside a tile). Two tile columns of IC and of OC and groups of mostly one tile row
+// make the forward and backward_input pair their tiles along N (cluster_along_n), the weight
+// gradient along M.
 TEST_F(Gpu, LinearGroupedCutlass) {
     if (!gemm_sm90_available()) GTEST_SKIP() << "needs a GPU of compute capability 9.0";
-    const int G = 600, IC = 136, OC = 72;  // multiples of 8, not of the tile
+    const int G = 600, IC = 136, OC = 200;  // multiples of 8, not of the tile
     ASSERT_GT(G, (int)GEMM_SM90_MAX_GROUPS);
     IVec counts = rnd_int(G, 40);
     for (int e = 0; e < G; e += 7) counts[e] = 0;

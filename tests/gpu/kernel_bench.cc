@@ -195,6 +195,12 @@ void expert_gemms(int R, int nE, int nD, int nF) {
                     printf(" | along %c %.3f ms %5.1f", r == GEMM_SM90_RASTER_M ? 'M' : 'N', t * 1e3, flops / t / 1e12);
                 }
                 gemm_sm90_set_raster(GEMM_SM90_RASTER_BEST);
+                // Ping-pong with its tiles paired along M whatever the counts (best pairs them
+                // along N where that pads fewer tiles: gemm_sm90.cu's cluster_along_n).
+                gemm_sm90_set_config(GEMM_SM90_PING_SQUARE);
+                double tm = time_queued([&] { product(kind); });
+                printf(" | pingpong, pairs along M %.3f ms %5.1f", tm * 1e3, flops / tm / 1e12);
+                gemm_sm90_set_config(GEMM_SM90_CONFIG_BEST);
                 if (kind == 4) {
                     // The weight gradient's grid: CTAs per multiprocessor forced, and chosen from
                     // the counts (what the model runs).
