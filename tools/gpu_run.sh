@@ -2,7 +2,9 @@
 # Runs what tools/gpu_build.sh put into .dist/, on the GPU machine, in stages (all by default):
 #   tests      the kernel suite (gpu_test) and the whole-model suite (model_gpu_test)
 #   sanitizer  compute-sanitizer memcheck and racecheck over the kernel suite (not over cuDNN's
-#              kernels: the AttentionCudnn* tests are left out)
+#              kernels: the AttentionCudnn* tests are left out); over the whole suite memcheck
+#              alone outlasts a 10-minute device call (2026-12-04): give the tests to check as the
+#              filter, e.g. STAGES=sanitizer bash tools/gpu_run.sh 'Gpu.LinearGrouped*'
 #   kernels    the kernel benchmark at the bench config's shapes, and its library baselines in the
 #              same run (tools/bench_torch_kernels.py: PyTorch's grouped GEMM, cuDNN and
 #              FlashAttention-2 through scaled_dot_product_attention)
