@@ -655,6 +655,8 @@ void ckpt_load(const char *path, const CkptShard *sh, const CkptView *v, CkptSta
     ckpt_file_close(&cf);
 }
 
+void ckpt_set_probe(int on) { h5_set_probe(on); }
+
 void ckpt_read_config(const char *path, MoeConfig *c) {
     CkptFile cf;
     ckpt_file_open(&cf, path);

@@ -92,6 +92,11 @@ void ckpt_save_index(const char *path, int parts, const MoeConfig *c, long adam_
 // with one message naming the problem. Fills v->data (and v->m, v->v, *v->adam_t unless v->m is
 // NULL: weights only) and *st (unless NULL).
 void ckpt_load(const char *path, const CkptShard *sh, const CkptView *v, CkptState *st);
+// Every file a reader opens is first read by HDF5 in a child process, so that metadata damaged in a
+// way that crashes HDF5 ends in exit 2 (checkpoints/h5_probe.c). Off (0) for the tests that feed
+// the reader thousands of damaged files and want its own checks, fast: the fuzz target and the flip
+// scan. On (1) by default.
+void ckpt_set_probe(int on);
 // The config stored in a checkpoint (on top of the defaults).
 void ckpt_read_config(const char *path, MoeConfig *c);
 // The EPLB group of a checkpoint: returns 0 (and zeroes *out) when absent; arrays from core_alloc.

@@ -128,8 +128,12 @@ hid_t h5_create_file(const H5Io *io, const char *file) {
     return f;
 }
 
+static int probe_on = 1;  // h5_set_probe
+void h5_set_probe(int on) { probe_on = on != 0; }
+
 hid_t h5_open_file(const H5Io *io) {
     h5_init();
+    if (io->code == CORE_EXIT_USAGE && probe_on) h5_probe(io);
     hid_t fapl = fapl_v110(io);
     hid_t f = H5_OK(io, H5Fopen(io->path, H5F_ACC_RDONLY, fapl),
                     "cannot open as HDF5 (not a checkpoint, or truncated or damaged)");

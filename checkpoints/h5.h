@@ -43,9 +43,17 @@ hid_t h5_new_dcpl(const H5Io *io);
 void h5_dcpl_close(hid_t dcpl);
 
 // Creates `file` (truncating; messages name io->path) or opens io->path read-only, in the HDF5 1.10
-// format (whose superblock, object headers and chunk indexes carry their own checksums).
+// format (whose superblock, object headers and chunk indexes carry their own checksums). A file
+// opened as input (io->code CORE_EXIT_USAGE) is probed first (h5_probe).
 hid_t h5_create_file(const H5Io *io, const char *file);
 hid_t h5_open_file(const H5Io *io);
+
+// Reads every piece of io->path's HDF5 metadata in a child process (h5_probe.c): where HDF5 itself
+// crashes on it (damage no check above HDF5 can see), ends with "its HDF5 metadata is damaged" and
+// io->code instead of taking the caller down with a signal.
+void h5_probe(const H5Io *io);
+// Turns the probe of h5_open_file off (0) or on (1, the default): ckpt_set_probe.
+void h5_set_probe(int on);
 
 // A group that remembers creation order (so tools list tensors in the model's order).
 hid_t h5_create_group(const H5Io *io, hid_t loc, const char *name);

@@ -9,7 +9,8 @@
 #  3. EP 2 under mpirun saves an index of two parts; one process resumes from it; and a one-process
 #     checkpoint resumes under EP 4 (4 ranks): the same global batch per step, so their losses match
 #     the uninterrupted run within 1e-5 (the EP runs reassociate sums);
-#  4. `moelab ckpt verify` accepts sound checkpoints and rejects damaged ones (exit 2, named problem),
+#  4. `moelab ckpt verify` accepts sound checkpoints and rejects damaged ones (exit 2, named problem:
+#     also one whose metadata crashes HDF5, tests/checkpoints/testdata/hdf5_crash.h5),
 #     `inspect` shows the state and tensors, and a mismatched config is refused on --resume;
 #  5. leftovers of crashed saves are reported by `moelab train` and removed by `moelab ckpt clean`.
 set -euo pipefail
@@ -85,6 +86,12 @@ expect_error "short.h5: cannot open as HDF5" "$moelab" ckpt verify "$tmp/short.h
 rm "$tmp/c/step_6.h5.part-1-of-2"
 expect_error "step_6.h5.part-1-of-2 .*is missing" "$moelab" ckpt inspect "$tmp/c/step_6.h5"
 expect_error "no.h5: No such file" "$moelab" ckpt verify "$tmp/no.h5"
+# An index (make_ckpt's, with its two part files) whose metadata the fuzzer corrupted so that HDF5
+# 1.10.8 itself overflows a buffer while opening a dataset: glibc's fortify check aborted the process
+# (SIGABRT) before the probe. Now the probe process dies instead, and the command ends with exit 2
+# and the message (under ASan the probe reports the overflow and exits 1: the message's other form).
+expect_error "hdf5_crash.h5: its HDF5 metadata is damaged: (reading it crashed HDF5|a probe process reading it exited)" \
+    "$moelab" ckpt verify "$root/tests/checkpoints/testdata/hdf5_crash.h5"
 expect_error "unknown subcommand 'check'" "$moelab" ckpt check "$tmp/a/step_6.h5"
 expect_error "saved with d_model = 32, but this model has d_model = 48" \
     "$moelab" train "${args[@]}" --d-model 48 --resume "$tmp/a/step_3.h5"

@@ -78,6 +78,9 @@ void mark_heap_blocks(const std::vector<unsigned char> &b, std::vector<char> &ki
 TEST(CheckpointFlip, VerifyNeverCrashesAndAgreesWithTheLoader) {
     core_set_quiet(1);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    // The reader's own checks, unprobed: the probe process per opened file (ckpt_set_probe) made the
+    // scan 2.5 x slower (570 s against 228 s on the 2-core machine), and no single flip crashes HDF5.
+    ckpt_set_probe(0);
     // The smallest model (one MoE layer, tied embeddings, no shared expert) whose groups still hold
     // more than 8 links each (HDF5's dense link storage).
     MoeConfig c = tiny();

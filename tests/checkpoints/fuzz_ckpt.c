@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "checkpoints/format.h"
+#include "checkpoints/h5.h"
 #include "framework/core/check.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
@@ -76,6 +77,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         snprintf(path, sizeof path, "%s/input.h5", dir ? dir : "/tmp");
         core_set_quiet(1);
         core_set_abort_hook(jump_back);
+        // The reader meets HDF5's own faults here, unprobed: with a probe process per input the
+        // fuzzer ran 14 inputs a second against 48 without (ckpt_set_probe; ckpt_cli_test checks
+        // the probe on a file that crashes HDF5).
+        h5_set_probe(0);
     }
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(data, 1, size, f) != size) abort();

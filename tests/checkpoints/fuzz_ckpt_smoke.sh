@@ -17,7 +17,7 @@ work="${TEST_TMPDIR:-$(mktemp -d)}"
 cc="${CLANG:-clang}"
 command -v "$cc" >/dev/null || { echo "fuzz_ckpt_smoke: $cc not found (install Debian's clang)" >&2; exit 1; }
 
-srcs=("$root/checkpoints/format.c" "$root/checkpoints/h5.c" "$root/framework/core/config.c" "$root/framework/core/json.c"
+srcs=("$root/checkpoints/format.c" "$root/checkpoints/h5.c" "$root/checkpoints/h5_probe.c" "$root/framework/core/config.c" "$root/framework/core/json.c"
       "$root/framework/core/num.c" "$root/framework/core/log.c" "$root/framework/core/mem.c")
 flags=(-g -O1 -std=c11 -D_GNU_SOURCE -I"$root" -I/usr/include/hdf5/serial -Wno-unknown-pragmas
        -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
@@ -33,7 +33,8 @@ mv "$work/run/single.h5" "$work/run/index.h5" "$work/seeds/"
 # opening a dataset, before any check of the reader can run. So a crash ends one fuzzer run, not the
 # test: the test fails unless the fault's first frame in HDF5 or moelab lies in libhdf5; those are
 # counted and named, and the fuzzer starts again (the next seed, the corpus it has grown) for the
-# time left. A checkpoint corrupted that way can crash a run inside HDF5 (docs/checkpoint-format.md).
+# time left. The fuzz target reads unprobed; a run or `moelab ckpt` probes every file in a child
+# process first (checkpoints/h5_probe.c), where such a fault ends in exit 2 (ckpt_cli_test).
 # A failure without a frame in either (a memory limit, an exit) fails the test with the fuzzer's log.
 echo "fuzz_ckpt_smoke: fuzz_ckpt for ${seconds}s"
 export FUZZ_CKPT_DIR="$work/run" ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1
