@@ -572,7 +572,8 @@ static void ffn_forward(Model *m, int l, LayerActs *la, void *ffn_out, void *h_o
             o->router_count(m->dcounts + (size_t)l * c->E, la->moe.idx, N, c->K, c->E);
     } else {
         prof_mark(PROF_FFN);
-        ops_swiglu_forward(o, ffn_out, &la->ffn, la->m, w->w13, w->w2, &N, 1, D, c->F);
+        const OpsGroups one = ops_groups_host(&N, 1);
+        ops_swiglu_forward(o, ffn_out, &la->ffn, la->m, w->w13, w->w2, &one, D, c->F);
     }
     o->add(h_out, la->h_mid, ffn_out, (long)N * D);
 }
@@ -599,7 +600,8 @@ static void ffn_backward_input(Model *m, int l, LayerActs *la, const void *dh_ou
         prof_mark(PROF_FFN);
         la->ffn.dab = bwd_alloc(m, N, 2 * c->F);
         void *dh = o->alloc_uninit((size_t)N * c->F * o->act_size);
-        ops_swiglu_backward_input(o, dm, &la->ffn, dh, NULL, dh_out, w->w13, w->w2, &N, 1, D, c->F, 0);
+        const OpsGroups one = ops_groups_host(&N, 1);
+        ops_swiglu_backward_input(o, dm, &la->ffn, dh, NULL, dh_out, w->w13, w->w2, &one, D, c->F, 0);
         o->free(dh);
     }
     prof_mark(PROF_NORM);
@@ -617,7 +619,8 @@ static void ffn_backward_weight(Model *m, int l, LayerActs *la, const void *dh_o
         moe_backward_weight(&g->moe, &la->moe, dh_out, &m->moe_shape, disp_of(m, l), acc);
     else {
         prof_mark(PROF_FFN);
-        ops_swiglu_backward_weight(m->ops, g->w13, g->w2, &la->ffn, la->m, dh_out, &N, 1, c->D, c->F, acc);
+        const OpsGroups one = ops_groups_host(&N, 1);
+        ops_swiglu_backward_weight(m->ops, g->w13, g->w2, &la->ffn, la->m, dh_out, &one, c->D, c->F, acc);
     }
     prof_mark(PROF_NORM);
     m->ops->rmsnorm_backward_weight(g->ffn_norm, la->pm, N, c->D);

@@ -2,9 +2,10 @@
 // warp-specialized kernel per product (TMA producer warp, two wgmma consumer warpgroups that split
 // a 256-row tile), every expert of a MoE layer in one launch. A small setup kernel writes the
 // groups' problem sizes, operand pointers and strides on the device from the row counts, which
-// travel as a kernel argument: no host buffer, no copy, nothing to wait for; the CUTLASS operator
-// is initialized once per stream, β, grid, tile order and group count, so a call costs the host
-// two launches.
+// come as a kernel argument from the host or are read where a kernel before wrote them on the
+// device (the dispatcher's plan): no host buffer, no copy, nothing to wait for. The CUTLASS
+// operator is initialized once per stream, β, grid, tile order and group count, so a call costs
+// the host two launches.
 // The tile scheduler walks the groups' tiles in a fixed order with no split-K, so every output
 // element is summed by one thread in one order: reruns are bit-identical and dW needs no atomics,
 // whatever the grid (a weight gradient's is chosen from the counts: grid_factor).
@@ -17,6 +18,8 @@
 #include <mutex>
 #include <queue>
 #include <vector>
+
+#include <cub/block/block_scan.cuh>
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -110,12 +113,15 @@ int g_grid_factor = 0;                 // CTAs per multiprocessor; 0: chosen per
                                        // (gemm_sm90_set_grid_factor)
 int g_raster = GEMM_SM90_RASTER_BEST;  // the tile order (gemm_sm90_set_raster)
 
-// The non-empty groups of one launch: expert id, rows and first row of each. Passed by value.
+// The groups of one launch: experts e0 .. e0 + n − 1, whose rows start at row0. Passed by value.
+// Their counts are in `rows` where the host has them (host), else the setup kernel reads them from
+// the device.
 struct Groups {
-    int expert[GEMM_SM90_MAX_GROUPS];
     int rows[GEMM_SM90_MAX_GROUPS];
-    long row0[GEMM_SM90_MAX_GROUPS];
-    int n, IC, OC;
+    int n, e0;
+    long row0;
+    int IC, OC;
+    bool host;
 };
 
 // The device arrays CUTLASS reads per group (one allocation, freed in stream order after the launch).
@@ -130,31 +136,46 @@ struct GroupArrays {
     typename G::StrideC sc[GEMM_SM90_MAX_GROUPS];
 };
 
-// Thread i fills group i: its (M, N, K), operand pointers and packed strides (see the header for
-// the products; r0 and n are the group's first row and row count, e its expert).
+// The setup kernel's threads: one per group of a launch.
+enum { SETUP_THREADS = GEMM_SM90_MAX_GROUPS };
+
+// Slot i of the arrays: problem (M, N, K), operand pointers and their packed strides.
 template <class G>
-__global__ void setup_kernel(GroupArrays<G> *arr, Groups g, GemmSm90Kind kind, const Bf16 *a,
-                             const Bf16 *b, void *y) {
-    const int i = threadIdx.x;
-    if (i >= g.n) return;
-    using C = typename G::Gemm::ElementC;
-    const long e = g.expert[i], r0 = g.row0[i], IC = g.IC, OC = g.OC;
-    const int n = g.rows[i];
-    int M, N, K;
-    if (kind == GEMM_SM90_FORWARD) {
-        M = n, N = g.OC, K = g.IC;
-        arr->a[i] = a + r0 * IC, arr->b[i] = b + e * OC * IC, arr->c[i] = (C *)y + r0 * OC;
-    } else if (kind == GEMM_SM90_BACKWARD_INPUT) {
-        M = n, N = g.IC, K = g.OC;
-        arr->a[i] = a + r0 * OC, arr->b[i] = b + e * OC * IC, arr->c[i] = (C *)y + r0 * IC;
-    } else {
-        M = g.OC, N = g.IC, K = n;
-        arr->a[i] = a + r0 * OC, arr->b[i] = b + r0 * IC, arr->c[i] = (C *)y + e * OC * IC;
-    }
+__device__ void fill_slot(GroupArrays<G> *arr, int i, int M, int N, int K, const Bf16 *a, const Bf16 *b,
+                          typename G::Gemm::ElementC *c) {
     arr->problem[i] = ProblemMNK(M, N, K);
+    arr->a[i] = a, arr->b[i] = b, arr->c[i] = c;
     arr->sa[i] = cutlass::make_cute_packed_stride(typename G::StrideA{}, make_shape(M, K, 1));
     arr->sb[i] = cutlass::make_cute_packed_stride(typename G::StrideB{}, make_shape(N, K, 1));
     arr->sc[i] = cutlass::make_cute_packed_stride(typename G::StrideC{}, make_shape(M, N, 1));
+}
+
+// Thread i reads group i's row count (from g, or dcounts on the device) and the block finds each
+// group's first row and its place among the groups with rows. Those fill the first slots of the
+// arrays in group order (see the header for the products); the slots after them get problems of
+// no tiles (M = 0), which CUTLASS's scheduler passes over: the same tiles in the same order as a
+// launch over the groups with rows alone.
+template <class G>
+__global__ void __launch_bounds__(SETUP_THREADS)
+    setup_kernel(GroupArrays<G> *arr, const __grid_constant__ Groups g, const int *dcounts, GemmSm90Kind kind,
+                 const Bf16 *a, const Bf16 *b, void *y) {
+    using Scan = cub::BlockScan<int, SETUP_THREADS>;
+    using C = typename G::Gemm::ElementC;
+    __shared__ typename Scan::TempStorage scan;
+    const int i = threadIdx.x;
+    const int n = i < g.n ? (g.host ? g.rows[i] : dcounts[i]) : 0;
+    int first, slot, filled;
+    Scan(scan).ExclusiveSum(n, first);  // rows before group i's in this launch
+    __syncthreads();                    // the scan's storage serves again
+    Scan(scan).ExclusiveSum(n > 0 ? 1 : 0, slot, filled);
+    const long e = g.e0 + i, r0 = g.row0 + first, IC = g.IC, OC = g.OC;
+    if (n > 0 && kind == GEMM_SM90_FORWARD)
+        fill_slot<G>(arr, slot, n, OC, IC, a + r0 * IC, b + e * OC * IC, (C *)y + r0 * OC);
+    else if (n > 0 && kind == GEMM_SM90_BACKWARD_INPUT)
+        fill_slot<G>(arr, slot, n, IC, OC, a + r0 * OC, b + e * OC * IC, (C *)y + r0 * IC);
+    else if (n > 0)
+        fill_slot<G>(arr, slot, OC, IC, n, a + r0 * OC, b + r0 * IC, (C *)y + e * OC * IC);
+    if (i >= filled && i < g.n) fill_slot<G>(arr, i, 0, IC, OC, a, b, (C *)y);
 }
 
 #define CUTLASS_CHECK(call)                                                                         \
@@ -258,7 +279,7 @@ Prepared<G> &prepared(cudaStream_t st, float beta, int factor, bool along_n) {
 // uniform counts): the factor is the one of 1..4 whose predicted time, from the counts, is least.
 template <class Tile, class Cluster>
 int grid_factor(GemmSm90Kind kind, const Groups &g, Tile, Cluster) {
-    if (kind != GEMM_SM90_BACKWARD_WEIGHT) return 1;
+    if (kind != GEMM_SM90_BACKWARD_WEIGHT || !g.host) return 1;
     constexpr long kTileCost = 64, kCtaCost = 400;  // in rows of K, from the measurements above
     const int P = hardware_info().sm_count, tm = size<0>(Tile{}), tn = size<1>(Tile{});
     const int cm = size<0>(Cluster{}), cn = size<1>(Cluster{});
@@ -277,7 +298,7 @@ int grid_factor(GemmSm90Kind kind, const Groups &g, Tile, Cluster) {
         cta.assign(n, kCtaCost);
         long t = 0;
         for (int i = 0; i < g.n; i++)
-            for (int j = 0; j < tiles; j++, t++) cta[t % n] += g.rows[i] + kTileCost;
+            for (int j = 0; g.rows[i] > 0 && j < tiles; j++, t++) cta[t % n] += g.rows[i] + kTileCost;
         // The CTAs start in order, each on the multiprocessor that frees first.
         std::priority_queue<long, std::vector<long>, std::greater<long>> sm;
         for (int i = 0; i < P; i++) sm.push(0);
@@ -311,11 +332,12 @@ bool raster_along_n(GemmSm90Kind kind) {
     return kind != GEMM_SM90_BACKWARD_WEIGHT;
 }
 
-// One launch over the groups g (g.n ≥ 1) on the calling thread's stream: the setup kernel writes
-// the arrays, then the GEMM reads them (stream order). beta: 0 overwrites D without reading it, 1
+// One launch over the groups g (g.n ≥ 1; counts from dcounts where g.host is false) on the calling
+// thread's stream: the setup kernel writes the arrays, then the GEMM reads them (stream order). beta: 0 overwrites D without reading it, 1
 // adds to it; each (stream, beta) keeps its own initialized operator.
 template <class G>
-void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b, float beta) {
+void launch(const Groups &g, const int *dcounts, GemmSm90Kind kind, void *y, const void *a, const void *b,
+            float beta) {
     cudaStream_t st = core_stream();
     const int factor =
         g_grid_factor ? g_grid_factor : grid_factor(kind, g, typename G::Tile{}, typename G::Cluster{});
@@ -329,7 +351,7 @@ void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const vo
         CUTLASS_CHECK(p.gemm.initialize(args, p.ws, st));
         p.groups = g.n;
     }
-    setup_kernel<G><<<1, GEMM_SM90_MAX_GROUPS, 0, st>>>(p.arr, g, kind, (const Bf16 *)a, (const Bf16 *)b, y);
+    setup_kernel<G><<<1, SETUP_THREADS, 0, st>>>(p.arr, g, dcounts, kind, (const Bf16 *)a, (const Bf16 *)b, y);
     CUDA_CHECK_LAUNCH();
     CUTLASS_CHECK(p.gemm.run(st));
     CUDA_CHECK_LAUNCH();
@@ -344,13 +366,17 @@ void launch(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const vo
 // gradient's M is OC, which for an odd count of tile rows (an OC of 1408: 11 rows of 128) and 16
 // tile columns makes clusters along M run 12 × 16 tiles for 11 × 16. The pairs go along N where
 // that pads fewer tiles; on a tie (uniform counts of whole pairs) they stay along M, as measured.
+// Counts the host does not have (a forward or backward_input sized on the device) pad about half
+// the groups along M: the pairs go along N where that pads nothing, an even count of tile columns.
 template <class Cfg>
 bool cluster_along_n(GemmSm90Kind kind, const Groups &g) {
     constexpr long TM = size<0>(typename Cfg::Tile{}), TN = size<1>(typename Cfg::Tile{});
     const long n = kind == GEMM_SM90_FORWARD ? g.OC : g.IC;  // N: OC, or IC for both backward products
     const long tn = (n + TN - 1) / TN;
+    if (!g.host) return tn % 2 == 0;
     long pad_m = 0, pad_n = 0;
     for (int i = 0; i < g.n; i++) {
+        if (g.rows[i] == 0) continue;  // no tiles
         const long tm = ((kind == GEMM_SM90_BACKWARD_WEIGHT ? g.OC : g.rows[i]) + TM - 1) / TM;
         pad_m += (tm % 2) * tn;
         pad_n += tm * (tn % 2);
@@ -362,28 +388,31 @@ bool cluster_along_n(GemmSm90Kind kind, const Groups &g) {
 // configuration is the measured best (a forced configuration keeps clusters along M: kernel_bench's
 // comparison, and the measurement of what pairing along N gains).
 template <class Cfg>
-void launch_kind(const Groups &g, GemmSm90Kind kind, void *y, const void *a, const void *b, float beta) {
+void launch_kind(const Groups &g, const int *dcounts, GemmSm90Kind kind, void *y, const void *a, const void *b,
+                 float beta) {
     const bool along_n = g_config == GEMM_SM90_CONFIG_BEST && cluster_along_n<Cfg>(kind, g);
     if (kind == GEMM_SM90_BACKWARD_WEIGHT) {
-        if (along_n) launch<BackwardWeightGemm<ClusterAlongN<Cfg>>>(g, kind, y, a, b, beta);
-        else launch<BackwardWeightGemm<Cfg>>(g, kind, y, a, b, beta);
+        if (along_n) launch<BackwardWeightGemm<ClusterAlongN<Cfg>>>(g, dcounts, kind, y, a, b, beta);
+        else launch<BackwardWeightGemm<Cfg>>(g, dcounts, kind, y, a, b, beta);
         return;
     }
     if constexpr (Cfg::kRowsAlongN) {
-        if (along_n && kind == GEMM_SM90_FORWARD) return launch<ForwardGemm<ClusterAlongN<Cfg>>>(g, kind, y, a, b, 0.0f);
-        if (along_n) return launch<BackwardInputGemm<ClusterAlongN<Cfg>>>(g, kind, y, a, b, beta);
+        if (along_n && kind == GEMM_SM90_FORWARD)
+            return launch<ForwardGemm<ClusterAlongN<Cfg>>>(g, dcounts, kind, y, a, b, 0.0f);
+        if (along_n) return launch<BackwardInputGemm<ClusterAlongN<Cfg>>>(g, dcounts, kind, y, a, b, beta);
     }
-    if (kind == GEMM_SM90_FORWARD) launch<ForwardGemm<Cfg>>(g, kind, y, a, b, 0.0f);
-    else launch<BackwardInputGemm<Cfg>>(g, kind, y, a, b, beta);
+    if (kind == GEMM_SM90_FORWARD) launch<ForwardGemm<Cfg>>(g, dcounts, kind, y, a, b, 0.0f);
+    else launch<BackwardInputGemm<Cfg>>(g, dcounts, kind, y, a, b, beta);
 }
 
 // The measured best configuration for the groups g (see the tile configurations above): ping-pong,
-// but cooperative 128 × 256 for a weight gradient whose groups are longer than 2048 rows on average.
+// but cooperative 128 × 256 for a weight gradient whose groups with rows have more than 2048 of
+// them on average (its counts are on the host: gemm_sm90_device_counts_ok).
 int best_config(GemmSm90Kind kind, const Groups &g) {
-    long rows = 0;
-    for (int i = 0; i < g.n; i++) rows += g.rows[i];
-    if (kind == GEMM_SM90_BACKWARD_WEIGHT && rows > 2048L * g.n) return GEMM_SM90_COOP_WIDE;
-    return GEMM_SM90_PING_SQUARE;
+    if (kind != GEMM_SM90_BACKWARD_WEIGHT) return GEMM_SM90_PING_SQUARE;
+    long rows = 0, used = 0;
+    for (int i = 0; i < g.n; i++) rows += g.rows[i], used += g.rows[i] > 0;
+    return rows > 2048L * used ? GEMM_SM90_COOP_WIDE : GEMM_SM90_PING_SQUARE;
 }
 
 }  // namespace gemm_sm90
@@ -421,27 +450,32 @@ extern "C" void gemm_sm90_set_config(int config) {
 
 extern "C" int gemm_sm90_shapes_ok(int IC, int OC) { return IC > 0 && OC > 0 && IC % 8 == 0 && OC % 8 == 0; }
 
-extern "C" void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, const void *b,
-                                  const int *counts, int G, int IC, int OC, int acc) {
+extern "C" int gemm_sm90_device_counts_ok(GemmSm90Kind kind, int G) {
+    return kind != GEMM_SM90_BACKWARD_WEIGHT && G >= 1 && G <= GEMM_SM90_MAX_GROUPS;
+}
+
+extern "C" void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, const void *b, const int *counts,
+                                  const int *dcounts, int G, int IC, int OC, int acc) {
     CHECK(gemm_sm90_available(), "gemm_sm90: needs a GPU of compute capability 9.0");
     CHECK(gemm_sm90_shapes_ok(IC, OC), "gemm_sm90: IC %d and OC %d must be positive multiples of 8", IC, OC);
-    // The groups of one launch; a full set launches and the next one starts.
+    CHECK(counts || (dcounts && gemm_sm90_device_counts_ok(kind, G)),
+          "gemm_sm90: product %d of %d groups needs its counts on the host", (int)kind, G);
+    const float beta = acc ? 1.0f : 0.0f;
+    // Launches of up to GEMM_SM90_MAX_GROUPS groups each, one after another.
     Groups g;
-    g.n = 0, g.IC = IC, g.OC = OC;
-    long row0 = 0;
-    for (int e = 0; e < G; e++) {
-        CHECK(counts[e] >= 0, "gemm_sm90: group %d has %d rows", e, counts[e]);
-        if (counts[e] > 0) {
-            g.expert[g.n] = e, g.rows[g.n] = counts[e], g.row0[g.n] = row0;
-            g.n++;
+    g.IC = IC, g.OC = OC, g.host = counts != NULL, g.row0 = 0;
+    for (g.e0 = 0; g.e0 < G; g.e0 += g.n) {
+        g.n = std::min(G - g.e0, (int)GEMM_SM90_MAX_GROUPS);
+        long rows = 0;
+        for (int i = 0; g.host && i < g.n; i++) {
+            CHECK(counts[g.e0 + i] >= 0, "gemm_sm90: group %d has %d rows", g.e0 + i, counts[g.e0 + i]);
+            g.rows[i] = counts[g.e0 + i];
+            rows += g.rows[i];
         }
-        row0 += counts[e];
-        if (g.n == GEMM_SM90_MAX_GROUPS || (e == G - 1 && g.n > 0)) {
-            const int config = g_config != GEMM_SM90_CONFIG_BEST ? g_config : best_config(kind, g);
-            const float beta = acc ? 1.0f : 0.0f;
-            if (config == GEMM_SM90_COOP_WIDE) launch_kind<CoopWide>(g, kind, y, a, b, beta);
-            else launch_kind<PingSquare>(g, kind, y, a, b, beta);
-            g.n = 0;
-        }
+        if (g.host && rows == 0) continue;  // no tiles: nothing to launch
+        const int config = g_config != GEMM_SM90_CONFIG_BEST ? g_config : best_config(kind, g);
+        if (config == GEMM_SM90_COOP_WIDE) launch_kind<CoopWide>(g, dcounts, kind, y, a, b, beta);
+        else launch_kind<PingSquare>(g, dcounts, kind, y, a, b, beta);
+        g.row0 += rows;
     }
 }

@@ -21,10 +21,16 @@ int gemm_sm90_available(void);
 // 1 when the shapes suit the kernels: IC and OC multiples of 8 (16-byte rows for TMA).
 int gemm_sm90_shapes_ok(int IC, int OC);
 // Runs the product kind for G groups in one launch (per GEMM_SM90_MAX_GROUPS groups) on the current
-// stream. counts (G) are on the host; a group without rows is left out (its dW untouched). acc
-// matters for the backward products only (the forward always overwrites).
+// stream. counts (G) are on the host; or, where gemm_sm90_device_counts_ok, counts is NULL and
+// dcounts (G) on the device, written by work queued before: nothing waits for them. A group without
+// rows is left out (its dW untouched). acc matters for the backward products only (the forward
+// always overwrites).
 void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, const void *b, const int *counts,
-                       int G, int IC, int OC, int acc);
+                       const int *dcounts, int G, int IC, int OC, int acc);
+// 1 when the product kind for G groups may take its counts on the device only: the forward and
+// backward_input of at most GEMM_SM90_MAX_GROUPS groups (a weight gradient chooses its grid from
+// the counts on the host).
+int gemm_sm90_device_counts_ok(GemmSm90Kind kind, int G);
 
 enum { GEMM_SM90_MAX_GROUPS = 512 };
 

@@ -327,62 +327,74 @@ static void zero_empty_experts(float *dw, const int *counts, int G, long block) 
 // adds to that range only), backward_weight its dW[e] (β = 1 adds to that matrix only; every
 // expert has its own). So no two products race, and each is the same cublasGemmEx on an alike
 // configured handle whichever stream runs it.
-static void run_groups(const GroupArgs *g, const int *counts, int G) {
+static void run_groups(const GroupArgs *g, const int *counts, const int *dcounts, int G) {
     CHECK(G >= 1, "linear: need at least one group, got G = %d", G);
+    CHECK(counts || dcounts, "linear: grouped product without counts");
     linear_check(0, g->IC, g->OC);
-    // A weight gradient written (β = 0) is written for every group: the products skip groups
-    // without rows, whose gradient is zero.
-    if (g->kind == GROUP_BACKWARD_WEIGHT && g->beta == 0.0f)
-        zero_empty_experts((float *)g->y, counts, G, (long)g->OC * g->IC);
     int mode = linear_cuda_grouped_mode();
     // The weight gradient of a single group (a shared expert: every token of the micro-batch) is one
     // product with a long K, which CUTLASS's grouped kernel, never splitting K, runs on one CTA per
     // output tile: 16 to 32 of 132 at the bench shapes, 110 TFLOP/s measured inside a bench step
     // (ncu). cuBLAS splits K for it.
     if (mode == LINEAR_GROUPED_CUTLASS && g->kind == GROUP_BACKWARD_WEIGHT && G == 1) mode = LINEAR_GROUPED_LOOP;
-    if (mode == LINEAR_GROUPED_CUTLASS) {
-        // The weight gradient is always fp32: what decides is the dtype of its operands.
-        const CoreDtype out_dt = g->kind == GROUP_BACKWARD_WEIGHT ? g->dt : g->out_dt;
-        if (linear_cuda_cutlass_applies(g->dt, out_dt, g->IC, g->OC)) {
-            const GemmSm90Kind kind = g->kind == GROUP_FORWARD          ? GEMM_SM90_FORWARD
-                                      : g->kind == GROUP_BACKWARD_INPUT ? GEMM_SM90_BACKWARD_INPUT
-                                                                        : GEMM_SM90_BACKWARD_WEIGHT;
-            gemm_sm90_grouped(kind, g->y, g->a, g->b, counts, G, g->IC, g->OC, g->beta != 0.0f);
-            return;
-        }
+    // The weight gradient is always fp32: what decides is the dtype of its operands.
+    const CoreDtype out_dt = g->kind == GROUP_BACKWARD_WEIGHT ? g->dt : g->out_dt;
+    if (mode == LINEAR_GROUPED_CUTLASS && !linear_cuda_cutlass_applies(g->dt, out_dt, g->IC, g->OC))
         mode = LINEAR_GROUPED_CUBLAS;
+    const GemmSm90Kind kind = g->kind == GROUP_FORWARD          ? GEMM_SM90_FORWARD
+                              : g->kind == GROUP_BACKWARD_INPUT ? GEMM_SM90_BACKWARD_INPUT
+                                                                : GEMM_SM90_BACKWARD_WEIGHT;
+    if (mode == LINEAR_GROUPED_CUTLASS && !counts && gemm_sm90_device_counts_ok(kind, G)) {
+        gemm_sm90_grouped(kind, g->y, g->a, g->b, NULL, dcounts, G, g->IC, g->OC, g->beta != 0.0f);
+        return;
     }
-    Gemm *gs = (Gemm *)core_alloc((size_t)G * sizeof(Gemm));
-    int n = 0;
-    size_t row0 = 0;
-    for (int e = 0; e < G; e++) {
-        CHECK(counts[e] >= 0, "linear: group %d has %d rows", e, counts[e]);
-        if (counts[e] > 0) gs[n++] = group_gemm(g, e, counts[e], row0);
-        row0 += (size_t)counts[e];
+    // Every other path reads the counts on the host.
+    int *fetched = NULL;
+    if (!counts) {
+        fetched = (int *)core_alloc((size_t)G * sizeof(int));
+        CUDA_CHECK(cudaMemcpyAsync(fetched, dcounts, (size_t)G * sizeof(int), cudaMemcpyDeviceToHost, core_stream()));
+        CUDA_CHECK(cudaStreamSynchronize(core_stream()));
+        counts = fetched;
     }
-    const CoreDtype c_dt = g->kind == GROUP_BACKWARD_WEIGHT ? CORE_F32 : g->out_dt;
-    if (n > 0 && !(mode == LINEAR_GROUPED_CUBLAS && gemm_grouped(gs, n, g->dt, c_dt)))
-        gemm_streams(gs, n, mode == LINEAR_GROUPED_LOOP ? 1 : linear_cuda_gemm_streams());
-    core_free(gs);
+    // A weight gradient written (β = 0) is written for every group: the products skip groups
+    // without rows, whose gradient is zero.
+    if (g->kind == GROUP_BACKWARD_WEIGHT && g->beta == 0.0f)
+        zero_empty_experts((float *)g->y, counts, G, (long)g->OC * g->IC);
+    if (mode == LINEAR_GROUPED_CUTLASS) {
+        gemm_sm90_grouped(kind, g->y, g->a, g->b, counts, NULL, G, g->IC, g->OC, g->beta != 0.0f);
+    } else {
+        Gemm *gs = (Gemm *)core_alloc((size_t)G * sizeof(Gemm));
+        int n = 0;
+        size_t row0 = 0;
+        for (int e = 0; e < G; e++) {
+            CHECK(counts[e] >= 0, "linear: group %d has %d rows", e, counts[e]);
+            if (counts[e] > 0) gs[n++] = group_gemm(g, e, counts[e], row0);
+            row0 += (size_t)counts[e];
+        }
+        const CoreDtype c_dt = g->kind == GROUP_BACKWARD_WEIGHT ? CORE_F32 : g->out_dt;
+        if (n > 0 && !(mode == LINEAR_GROUPED_CUBLAS && gemm_grouped(gs, n, g->dt, c_dt)))
+            gemm_streams(gs, n, mode == LINEAR_GROUPED_LOOP ? 1 : linear_cuda_gemm_streams());
+        core_free(gs);
+    }
+    core_free(fetched);
 }
 
-void linear_cuda_forward_grouped(CoreDtype dt, CoreDtype out_dt, void *out, const void *inp,
-                                 const void *W, const int *counts, int G, int IC, int OC) {
+void linear_cuda_forward_grouped(CoreDtype dt, CoreDtype out_dt, void *out, const void *inp, const void *W,
+                                 const int *counts, const int *dcounts, int G, int IC, int OC) {
     CHECK(out_dt == dt || out_dt == CORE_F32,
           "linear: output dtype %d must be the operands' (%d) or fp32", (int)out_dt, (int)dt);
     GroupArgs g = {GROUP_FORWARD, dt, out_dt, out, inp, W, IC, OC, 0.0f};
-    run_groups(&g, counts, G);
+    run_groups(&g, counts, dcounts, G);
 }
 
 void linear_cuda_backward_input_grouped(CoreDtype dt, void *dinp, const void *dout, const void *W,
-                                        const int *counts, int G, int IC, int OC, int acc) {
+                                        const int *counts, const int *dcounts, int G, int IC, int OC, int acc) {
     GroupArgs g = {GROUP_BACKWARD_INPUT, dt, dt, dinp, dout, W, IC, OC, acc ? 1.0f : 0.0f};
-    run_groups(&g, counts, G);
+    run_groups(&g, counts, dcounts, G);
 }
 
-void linear_cuda_backward_weight_grouped(CoreDtype dt, float *dW, const void *dout,
-                                         const void *inp, const int *counts, int G, int IC,
-                                         int OC, int acc) {
+void linear_cuda_backward_weight_grouped(CoreDtype dt, float *dW, const void *dout, const void *inp,
+                                         const int *counts, const int *dcounts, int G, int IC, int OC, int acc) {
     GroupArgs g = {GROUP_BACKWARD_WEIGHT, dt, CORE_F32, dW, dout, inp, IC, OC, acc ? 1.0f : 0.0f};
-    run_groups(&g, counts, G);
+    run_groups(&g, counts, dcounts, G);
 }

@@ -24,18 +24,19 @@ void linear_cuda_backward_weight(CoreDtype dt, float *dW, const void *dout, cons
 
 // The same three products for G experts at once, on contiguous per-expert row ranges: rows
 // [o_e, o_e + counts[e]) of inp, out, dout and dinp belong to expert e, o_e = Σ_{j<e} counts[j];
-// W and dW are (G, OC, IC). counts (G) is on the host (cuBLAS takes sizes from the host).
-// linear_cuda_grouped_mode() says how they run. The backward products add to dinp or dW with
-// acc = 1 and write them without reading them with acc = 0 (a fresh buffer needs no zero fill, and
-// the product no read of zeros); an expert with no rows has its dW left as it is (acc = 1) or
-// zeroed (acc = 0).
-void linear_cuda_forward_grouped(CoreDtype dt, CoreDtype out_dt, void *out, const void *inp,
-                                 const void *W, const int *counts, int G, int IC, int OC);
+// W and dW are (G, OC, IC). counts (G) is on the host, or NULL where dcounts (G, on the device,
+// written by work queued before) holds them and the host has not got them yet (layers/ops.h's
+// OpsGroups): the Hopper kernels' forward and backward_input read them there, and every other
+// path downloads them first (a wait). linear_cuda_grouped_mode() says how they run. The backward
+// products add to dinp or dW with acc = 1 and write them without reading them with acc = 0 (a
+// fresh buffer needs no zero fill, and the product no read of zeros); an expert with no rows has
+// its dW left as it is (acc = 1) or zeroed (acc = 0).
+void linear_cuda_forward_grouped(CoreDtype dt, CoreDtype out_dt, void *out, const void *inp, const void *W,
+                                 const int *counts, const int *dcounts, int G, int IC, int OC);
 void linear_cuda_backward_input_grouped(CoreDtype dt, void *dinp, const void *dout, const void *W,
-                                        const int *counts, int G, int IC, int OC, int acc);
-void linear_cuda_backward_weight_grouped(CoreDtype dt, float *dW, const void *dout,
-                                         const void *inp, const int *counts, int G, int IC, int OC,
-                                         int acc);
+                                        const int *counts, const int *dcounts, int G, int IC, int OC, int acc);
+void linear_cuda_backward_weight_grouped(CoreDtype dt, float *dW, const void *dout, const void *inp,
+                                         const int *counts, const int *dcounts, int G, int IC, int OC, int acc);
 
 // How the grouped products run. LINEAR_GROUPED_CUTLASS (the default) runs them as one CUTLASS
 // Hopper grouped GEMM (layers/gemm_sm90.cu) where linear_cuda_cutlass_applies, and as

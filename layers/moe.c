@@ -59,8 +59,9 @@ static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, cons
     SwigluActs *h = &a->sh[j];
     h->ab = xout(o, (long)N * 2 * Fe);
     h->h = xout(o, (long)N * Fe);
-    ops_swiglu_forward(o, out, h, x, at(o, p->sw13, shared_w13(s, j)), at(o, p->sw2, shared_w2(s, j)), &a->N, 1,
-                       D, Fe);
+    const OpsGroups one = ops_groups_host(&a->N, 1);
+    ops_swiglu_forward(o, out, h, x, at(o, p->sw13, shared_w13(s, j)), at(o, p->sw2, shared_w2(s, j)), &one, D,
+                       Fe);
     drop_h(o, h);
 }
 
@@ -105,6 +106,8 @@ static void plan_chunks(MoeActs *a, MoeDispatcher *d, int K) {
 
 // The counts of every chunk's plan, waited for where they travel (plan_wait), and checked.
 static void plan_chunks_wait(MoeActs *a, MoeDispatcher *d) {
+    if (a->counted) return;
+    a->counted = 1;
     for (int c = 0; c < a->C; c++) {
         MoeChunk *h = &a->ch[c];
         if (d->plan_wait) d->plan_wait(d, h->plan);
@@ -118,6 +121,14 @@ MoeDispatchPlan *moe_plan_now(MoeDispatcher *d, const int *idx, int N, int K, in
     MoeDispatchPlan *p = d->plan(d, idx, N, K, n_rows, counts);
     if (d->plan_wait) d->plan_wait(d, p);
     return p;
+}
+
+// Chunk h's groups for the expert GEMMs: its host counts once they are there, else the dispatcher's
+// counts in the backend's memory (moe.h's dev_counts).
+static OpsGroups chunk_groups(const MoeActs *a, MoeDispatcher *d, const MoeChunk *h) {
+    if (a->counted) return ops_groups_host(h->counts, d->n_local);
+    OpsGroups g = {d->n_local, h->n_rows, NULL, d->dev_counts(d, h->plan)};
+    return g;
 }
 
 // The routed experts of every chunk between two exchanges: chunk c's home rows src go out to its
@@ -135,7 +146,7 @@ typedef struct ChunkWork {
     const MoeShape *s;
     const MoeParams *p;
     MoeActs *a;
-    int L;
+    MoeDispatcher *d;
     void *in, *out, *scratch;  // (n_rows, D), (n_rows, D), (n_rows, Fe) or NULL
     float *dots;               // (n_rows) the experts' row dots dh·h (backward), or NULL
     void *shared;              // (S, N, D) the shared experts' outputs (forward), or NULL
@@ -183,8 +194,9 @@ static void routed_chunks(ChunkWork *w, MoeDispatcher *d, const void *src, int p
 static void experts_forward(ChunkWork *w, const MoeChunk *h) {
     const int D = w->s->D, Fe = w->s->Fe;
     SwigluActs v = acts_from(w->o, &w->a->ex, h->r0, Fe);
+    const OpsGroups g = chunk_groups(w->a, w->d, h);
     ops_swiglu_forward(w->o, row_at(w->o, w->out, h->r0, D), &v, row_at(w->o, w->in, h->r0, D), w->p->w13,
-                       w->p->w2, h->counts, w->L, D, Fe);
+                       w->p->w2, &g, D, Fe);
 }
 
 // The shared experts of the forward (while chunk 0's rows travel, where they can): each into its
@@ -200,9 +212,10 @@ static void shared_all(ChunkWork *w) {
 static void experts_backward(ChunkWork *w, const MoeChunk *h) {
     const int D = w->s->D, Fe = w->s->Fe;
     SwigluActs v = acts_from(w->o, &w->a->ex, h->r0, Fe);
+    const OpsGroups g = chunk_groups(w->a, w->d, h);
     ops_swiglu_backward_input(w->o, row_at(w->o, w->out, h->r0, D), &v, row_at(w->o, w->scratch, h->r0, Fe),
-                              w->dots + h->r0, row_at(w->o, w->in, h->r0, D), w->p->w13, w->p->w2, h->counts,
-                              w->L, D, Fe, 0);
+                              w->dots + h->r0, row_at(w->o, w->in, h->r0, D), w->p->w13, w->p->w2, &g, D, Fe,
+                              0);
 }
 
 // The row dots (n_rows) of every chunk home to (N, K) pair order through the dispatcher, as rows of
@@ -231,7 +244,7 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
                  MoeDispatcher *d, int B, int T) {
     check_shape(s, d, B, T);
     const LayerOps *o = ops_of(d);
-    int N = B * T, D = s->D, E = s->E, K = s->K, Fe = s->Fe, L = d->n_local;
+    int N = B * T, D = s->D, E = s->E, K = s->K, Fe = s->Fe;
     memset(a, 0, sizeof *a);
     a->B = B;
     a->T = T;
@@ -271,17 +284,21 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
     a->map = d->row_map ? d->row_map(d, a->ch[0].plan) : NULL;
     void *home = a->map ? NULL : xout(o, (long)N * K * D);  // (N, K, D)
     ChunkWork w = {.experts = experts_forward, .first = overlap ? shared_all : NULL, .o = o, .s = s,
-                   .p = p, .a = a, .L = L, .in = a->xe, .out = ye, .shared = shared};
+                   .p = p, .a = a, .d = d, .in = a->xe, .out = ye, .shared = shared};
     // Without a dispatch to run under, the shared experts run before the routed ones: where the
-    // counts are still on their way to the host (the GPU's plan), the device computes them meanwhile
-    // instead of idling through the round trip. They write buffers of their own that the combine
-    // adds in a fixed order, so where they run changes no bits.
+    // counts are still on their way to the host (a GPU's plan without dev_counts), the device
+    // computes them meanwhile instead of idling through the round trip. They write buffers of their
+    // own that the combine adds in a fixed order, so where they run changes no bits.
     if (s->S > 0 && !overlap) {
         prof_mark(PROF_EXPERTS);
         shared_all(&w);
     }
-    prof_mark(PROF_DISPATCH);
-    plan_chunks_wait(a, d);
+    // The routed experts' GEMMs need the counts, on the host unless the dispatcher keeps them on
+    // the device (dev_counts): then nothing waits here.
+    if (!d->dev_counts) {
+        prof_mark(PROF_DISPATCH);
+        plan_chunks_wait(a, d);
+    }
     routed_chunks(&w, d, x, 0, home);
     drop_h(o, &a->ex);
     if (home) {
@@ -298,7 +315,7 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
                         const MoeParams *p, MoeDispatcher *d) {
     CHECK(a->gates != NULL && a->dye == NULL, "moe_backward_input: needs moe_forward first, and runs once per forward");
     const LayerOps *o = ops_of(d);
-    int N = a->N, D = s->D, E = s->E, K = s->K, Fe = s->Fe, L = d->n_local;
+    int N = a->N, D = s->D, E = s->E, K = s->K, Fe = s->Fe;
     long R = a->n_rows;
     prof_mark(PROF_COMBINE);
 
@@ -325,7 +342,7 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
     void *dxe = xout(o, R * D);   // (n_rows, D) ∂L/∂xe
     float *dots = fout(o, R);     // (n_rows) dh · h
     // The experts' dx rows come home into nk, chunk by chunk where the chunk's ∂L/∂ye rows left.
-    ChunkWork w = {.experts = experts_backward, .o = o, .s = s, .p = p, .a = a, .L = L, .in = a->dye,
+    ChunkWork w = {.experts = experts_backward, .o = o, .s = s, .p = p, .a = a, .d = d, .in = a->dye,
                    .out = dxe, .scratch = dh, .dots = dots};
     routed_chunks(&w, d, nk, 1, nk);
     a->ex.h = dh;  // the gate's backward left h there: W2's weight gradient recomputes nothing
@@ -349,8 +366,9 @@ void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
             SwigluActs *h = &a->sh[j];
             h->dab = xout(o, (long)N * 2 * Fe);
             h->h = xout(o, (long)N * Fe);  // ∂L/∂h, then h, as for the routed experts
+            const OpsGroups one = ops_groups_host(&N, 1);
             ops_swiglu_backward_input(o, dx, h, h->h, NULL, dy, at(o, p->sw13, shared_w13(s, j)),
-                                      at(o, p->sw2, shared_w2(s, j)), &N, 1, D, Fe, 1);
+                                      at(o, p->sw2, shared_w2(s, j)), &one, D, Fe, 1);
         }
     }
 
@@ -394,18 +412,24 @@ void moe_backward_weight(MoeGrads *g, MoeActs *a, const void *dy, const MoeShape
     int N = a->N, D = s->D, E = s->E, Fe = s->Fe, L = d->n_local;
     prof_mark(PROF_ROUTER);
     o->linear_backward_weight(g->router, a->dlogits, a->x, N, D, E);
+    // The weight gradients read the counts on the host (gemm_sm90.cu chooses its grid from them),
+    // which by now have long arrived where they travelled from the device.
+    prof_mark(PROF_DISPATCH);
+    plan_chunks_wait(a, d);
     prof_mark(PROF_EXPERTS);
     // Chunk by chunk in a fixed order: with C > 1 each expert's rows add up in C sums, which rounds
     // differently from one sum over all rows (fp32 reassociation, within 1e-6 relative in the tests).
     for (int c = 0; c < a->C; c++) {
         const MoeChunk *h = &a->ch[c];
         SwigluActs v = acts_from(o, &a->ex, h->r0, Fe);
-        ops_swiglu_backward_weight(o, g->w13, g->w2, &v, row_at(o, a->xe, h->r0, D),
-                                   row_at(o, a->dye, h->r0, D), h->counts, L, D, Fe, c > 0 || acc);
+        const OpsGroups gr = ops_groups_host(h->counts, L);
+        ops_swiglu_backward_weight(o, g->w13, g->w2, &v, row_at(o, a->xe, h->r0, D), row_at(o, a->dye, h->r0, D),
+                                   &gr, D, Fe, c > 0 || acc);
     }
+    const OpsGroups one = ops_groups_host(&N, 1);
     for (int j = 0; j < s->S; j++) {
-        ops_swiglu_backward_weight(o, g->sw13 + shared_w13(s, j), g->sw2 + shared_w2(s, j), &a->sh[j], a->x, dy, &N,
-                                   1, D, Fe, acc);
+        ops_swiglu_backward_weight(o, g->sw13 + shared_w13(s, j), g->sw2 + shared_w2(s, j), &a->sh[j], a->x, dy,
+                                   &one, D, Fe, acc);
     }
 }
 

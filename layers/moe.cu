@@ -75,6 +75,7 @@ __global__ void moe_plan_rank_kernel(int *row_of, const int *base, const int *id
         const int leader = __ffs(peers) - 1;
         const int first = __shfl_sync(0xffffffffu, valid ? next[e] : 0, leader);
         if (valid) row_of[r] = first + __popc(peers & ((1u << lane) - 1));
+        else if (r < n) row_of[r] = 0;  // a bad id's pair: a row that exists (moe_cuda.h)
         __syncwarp();
         if (valid && lane == leader) next[e] = first + __popc(peers);
         __syncwarp();

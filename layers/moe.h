@@ -42,6 +42,11 @@ typedef struct MoeDispatcher {
     // dispatcher computes them on the device; between plan and plan_wait the layer queues work that
     // needs no counts (the shared experts), which the device runs while the host waits.
     void (*plan_wait)(struct MoeDispatcher *self, MoeDispatchPlan *p);
+    // Optional (NULL: none): p's counts (n_local) in the backend's memory, written by the calls
+    // plan queued, valid until release. With it the layer queues the forward's and backward_input's
+    // expert GEMMs without waiting for the host's copy (layers/ops.h's OpsGroups), and waits only
+    // before the weight gradients, by when the copy has long arrived.
+    const int *(*dev_counts)(struct MoeDispatcher *self, MoeDispatchPlan *p);
     // rows (n_rows, D) ← home rows. per_choice = 0: src is (N, D) and token t's row goes to each of
     // its K experts; per_choice = 1: src is (N, K, D), one row per (token, choice). Rows are elements
     // of the backend's activation dtype (ops->act_size bytes each).
@@ -148,6 +153,7 @@ typedef struct {
     float *bal_loss;        // (1) L_bal of this micro-batch (before alpha), in the backend's memory
     int C;                  // token chunks (dispatcher->chunks, at least 1)
     MoeChunk *ch;           // [C]
+    int counted;            // the chunks' counts are on the host (plan_wait has returned for each)
     void *xe;               // (n_rows, D) expert input rows, chunk by chunk
     SwigluActs ex;          // n_rows rows of routed-expert activations
     // The experts' output rows are not kept: the combine's backward needs them only for the gates'

@@ -15,9 +15,11 @@ extern "C" {
 // ordered by expert, then token, then choice. idx (N, K) is checked against [0, E) first (a
 // synchronizing check).
 void moe_cuda_plan(int *row_of, int *counts, const int *idx, int N, int K, int E);
-// The same without the check's host round trip: ids outside [0, E) are left out of counts (their
-// row_of is undefined), so a caller that downloads counts anyway checks Σ counts = N·K there (and
-// calls core_cuda_check_indices for the message when it fails).
+// The same without the check's host round trip: ids outside [0, E) are left out of counts, so a
+// caller that downloads counts anyway checks Σ counts = N·K there (and calls
+// core_cuda_check_indices for the message when it fails). Their pairs' row_of is 0: the moves and
+// GEMMs queued before that check stay inside the buffers, and what they compute is thrown away
+// when the check ends the job.
 void moe_cuda_plan_unchecked(int *row_of, int *counts, const int *idx, int N, int K, int E);
 // rows (N·K, D) ← home rows. per_choice = 0: src is (N, D), each pair's row is its token's;
 // per_choice = 1: src is (N, K, D), one row per pair.

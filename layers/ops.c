@@ -74,32 +74,40 @@ static void cpu_linear_backward_weight(float *dW, const void *dout, const void *
     linear_backward_weight(dW, dout, inp, N, IC, OC);
 }
 
-// Group e's rows start at row `off` (advanced by the loop) and its matrix at e·OC·IC.
-#define FOR_GROUPS(counts, G)                                                                   \
-    for (long e = 0, off = 0; e < (G); off += (counts)[e], e++)                                 \
-        if ((counts)[e] > 0)
+// Group e's rows start at row `off` (advanced by the loop) and its matrix at e·OC·IC; n holds the
+// counts.
+#define FOR_GROUPS(n, G)                                                                          \
+    for (long e = 0, off = 0; e < (G); off += (n)[e], e++)                                        \
+        if ((n)[e] > 0)
 
-static void cpu_linear_forward_grouped(void *out, const void *inp, const void *W, const int *counts,
-                                       int G, int IC, int OC) {
-    FOR_GROUPS(counts, G)
-    linear_forward((float *)out + off * OC, (const float *)inp + off * IC, (const float *)W + e * OC * IC,
-                   counts[e], IC, OC);
+// The CPU's memory is the host's: device counts are host counts.
+static const int *cpu_counts(const OpsGroups *g) {
+    CHECK(g->host || g->dev, "cpu: grouped call without counts");
+    return g->host ? g->host : g->dev;
 }
-static void cpu_linear_backward_input_grouped(void *dinp, const void *dout, const void *W,
-                                              const int *counts, int G, int IC, int OC, int acc) {
-    long rows = 0;
-    for (int e = 0; e < G; e++) rows += counts[e];
-    if (!acc) cpu_zero(dinp, (size_t)rows * IC * sizeof(float));
-    FOR_GROUPS(counts, G)
+
+static void cpu_linear_forward_grouped(void *out, const void *inp, const void *W, const OpsGroups *g, int IC,
+                                       int OC) {
+    const int *n = cpu_counts(g);
+    FOR_GROUPS(n, g->G)
+    linear_forward((float *)out + off * OC, (const float *)inp + off * IC, (const float *)W + e * OC * IC, n[e],
+                   IC, OC);
+}
+static void cpu_linear_backward_input_grouped(void *dinp, const void *dout, const void *W, const OpsGroups *g,
+                                              int IC, int OC, int acc) {
+    const int *n = cpu_counts(g);
+    if (!acc) cpu_zero(dinp, (size_t)g->rows * IC * sizeof(float));
+    FOR_GROUPS(n, g->G)
     linear_backward_input((float *)dinp + off * IC, (const float *)dout + off * OC,
-                          (const float *)W + e * OC * IC, counts[e], IC, OC);
+                          (const float *)W + e * OC * IC, n[e], IC, OC);
 }
-static void cpu_linear_backward_weight_grouped(float *dW, const void *dout, const void *inp,
-                                               const int *counts, int G, int IC, int OC, int acc) {
-    if (!acc) memset(dW, 0, (size_t)G * OC * IC * sizeof(float));
-    FOR_GROUPS(counts, G)
-    linear_backward_weight(dW + e * OC * IC, (const float *)dout + off * OC, (const float *)inp + off * IC,
-                           counts[e], IC, OC);
+static void cpu_linear_backward_weight_grouped(float *dW, const void *dout, const void *inp, const OpsGroups *g,
+                                               int IC, int OC, int acc) {
+    const int *n = cpu_counts(g);
+    if (!acc) memset(dW, 0, (size_t)g->G * OC * IC * sizeof(float));
+    FOR_GROUPS(n, g->G)
+    linear_backward_weight(dW + e * OC * IC, (const float *)dout + off * OC, (const float *)inp + off * IC, n[e],
+                           IC, OC);
 }
 
 static void cpu_rope_forward(void *out, int out_ld, const void *inp, int inp_ld, int N, int T, int nh,
@@ -334,47 +342,44 @@ const LayerOps layer_ops_cpu = {
 // SwiGLU through a table: the dense FFN (one group), the shared experts (one group each) and the
 // routed experts (one group per expert slot) are this one composition.
 
-static long total_rows(const int *counts, int G) {
-    long n = 0;
+OpsGroups ops_groups_host(const int *counts, int G) {
+    OpsGroups g = {G, 0, counts, NULL};
     for (int e = 0; e < G; e++) {
-        CHECK(counts[e] >= 0, "swiglu: group %d has %d rows", e, counts[e]);
-        n += counts[e];
+        CHECK(counts[e] >= 0, "ops: group %d has %d rows", e, counts[e]);
+        g.rows += counts[e];
     }
-    return n;
+    return g;
 }
 
 void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w13,
-                        const void *w2, const int *counts, int G, int D, int F) {
-    o->linear_forward_grouped(acts->ab, x, w13, counts, G, D, 2 * F);
-    o->swiglu_act_forward(acts->h, acts->ab, total_rows(counts, G), F);
-    o->linear_forward_grouped(out, acts->h, w2, counts, G, F, D);
+                        const void *w2, const OpsGroups *g, int D, int F) {
+    o->linear_forward_grouped(acts->ab, x, w13, g, D, 2 * F);
+    o->swiglu_act_forward(acts->h, acts->ab, g->rows, F);
+    o->linear_forward_grouped(out, acts->h, w2, g, F, D);
 }
 
 void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh, float *s,
-                               const void *dout, const void *w13, const void *w2, const int *counts, int G,
-                               int D, int F, int acc) {
-    const long rows = total_rows(counts, G);
+                               const void *dout, const void *w13, const void *w2, const OpsGroups *g, int D,
+                               int F, int acc) {
     // Groups without rows may come with NULL buffers: nothing to do.
-    if (rows == 0) return;
+    if (g->rows == 0) return;
     // dh and dab are written, never added to, so they need no zero fill and no read of zeros. The
     // gate's backward leaves h in scratch_dh.
-    o->linear_backward_input_grouped(scratch_dh, dout, w2, counts, G, F, D, 0);
-    o->swiglu_act_backward(acts->dab, s, scratch_dh, acts->ab, rows, F);
-    o->linear_backward_input_grouped(dx, acts->dab, w13, counts, G, D, 2 * F, acc);
+    o->linear_backward_input_grouped(scratch_dh, dout, w2, g, F, D, 0);
+    o->swiglu_act_backward(acts->dab, s, scratch_dh, acts->ab, g->rows, F);
+    o->linear_backward_input_grouped(dx, acts->dab, w13, g, D, 2 * F, acc);
 }
 
 void ops_swiglu_backward_weight(const LayerOps *o, float *dw13, float *dw2, const SwigluActs *acts,
-                                const void *x, const void *dout, const int *counts, int G, int D, int F,
-                                int acc) {
+                                const void *x, const void *dout, const OpsGroups *g, int D, int F, int acc) {
     // A caller that dropped h after the forward and did not keep backward_input's (a gigabyte a
     // layer at the bench shapes) gets it recomputed from ab: the same bits.
-    const long rows = total_rows(counts, G);
     void *h = acts->h;
-    if (!h && rows > 0) {
-        h = o->alloc_uninit((size_t)rows * F * o->act_size);
-        o->swiglu_act_forward(h, acts->ab, rows, F);
+    if (!h && g->rows > 0) {
+        h = o->alloc_uninit((size_t)g->rows * F * o->act_size);
+        o->swiglu_act_forward(h, acts->ab, g->rows, F);
     }
-    o->linear_backward_weight_grouped(dw2, dout, h, counts, G, F, D, acc);
+    o->linear_backward_weight_grouped(dw2, dout, h, g, F, D, acc);
     if (h != acts->h) o->free(h);
-    o->linear_backward_weight_grouped(dw13, acts->dab, x, counts, G, D, 2 * F, acc);
+    o->linear_backward_weight_grouped(dw13, acts->dab, x, g, D, 2 * F, acc);
 }

@@ -275,19 +275,19 @@ static void cu_linear_backward_weight(float *dW, const void *dout, const void *i
     linear_cuda_backward_weight(DT, dW, dout, inp, N, IC, OC);
 }
 template <CoreDtype DT>
-static void cu_linear_forward_grouped(void *out, const void *inp, const void *W, const int *counts, int G,
-                                      int IC, int OC) {
-    linear_cuda_forward_grouped(DT, DT, out, inp, W, counts, G, IC, OC);
+static void cu_linear_forward_grouped(void *out, const void *inp, const void *W, const OpsGroups *g, int IC,
+                                      int OC) {
+    linear_cuda_forward_grouped(DT, DT, out, inp, W, g->host, g->dev, g->G, IC, OC);
 }
 template <CoreDtype DT>
-static void cu_linear_backward_input_grouped(void *dinp, const void *dout, const void *W,
-                                             const int *counts, int G, int IC, int OC, int acc) {
-    linear_cuda_backward_input_grouped(DT, dinp, dout, W, counts, G, IC, OC, acc);
+static void cu_linear_backward_input_grouped(void *dinp, const void *dout, const void *W, const OpsGroups *g,
+                                             int IC, int OC, int acc) {
+    linear_cuda_backward_input_grouped(DT, dinp, dout, W, g->host, g->dev, g->G, IC, OC, acc);
 }
 template <CoreDtype DT>
-static void cu_linear_backward_weight_grouped(float *dW, const void *dout, const void *inp,
-                                              const int *counts, int G, int IC, int OC, int acc) {
-    linear_cuda_backward_weight_grouped(DT, dW, dout, inp, counts, G, IC, OC, acc);
+static void cu_linear_backward_weight_grouped(float *dW, const void *dout, const void *inp, const OpsGroups *g,
+                                              int IC, int OC, int acc) {
+    linear_cuda_backward_weight_grouped(DT, dW, dout, inp, g->host, g->dev, g->G, IC, OC, acc);
 }
 template <CoreDtype DT>
 static void cu_rope_forward(void *out, int out_ld, const void *inp, int inp_ld, int N, int T, int nh,
@@ -358,6 +358,7 @@ struct LocalDispatch {
 struct MoeDispatchPlan {
     int N, K;
     int *row_of;      // (N, K) on the GPU: the expert-side row of each pair
+    int *dcounts;     // (E) on the GPU: rows per expert (cu_dev_counts)
     const int *idx;   // (N, K) on the GPU: the routing, checked where the counts fall short
     int *counts;      // (E) the caller's, written by cu_plan_wait
     CountStage stage;
@@ -371,7 +372,8 @@ static MoeDispatchPlan *cu_plan(MoeDispatcher *self, const int *idx, int N, int 
     long n = (long)N * K;
     CHECK(n <= INT_MAX, "GPU dispatcher: %ld routed rows overflow an int", n);
     LocalDispatch *ld = (LocalDispatch *)self->impl;
-    MoeDispatchPlan *p = new MoeDispatchPlan{N, K, (int *)cu_alloc((size_t)n * sizeof(int)), idx, counts, {}, true};
+    int *row_of = (int *)cu_alloc((size_t)n * sizeof(int)), *dcounts = (int *)cu_alloc((size_t)E * sizeof(int));
+    MoeDispatchPlan *p = new MoeDispatchPlan{N, K, row_of, dcounts, idx, counts, {}, true};
     {
         std::lock_guard<std::mutex> lock(ld->mu);
         if (ld->idle.empty()) {
@@ -383,15 +385,13 @@ static MoeDispatchPlan *cu_plan(MoeDispatcher *self, const int *idx, int N, int 
         p->stage = ld->idle.back();
         ld->idle.pop_back();
     }
-    int *dcounts = (int *)cu_alloc((size_t)E * sizeof(int));  // (E) on the GPU
-    // The one host round trip of a MoE layer's micro-batch (the grouped GEMMs size from the host),
-    // started here and waited for in cu_plan_wait. The expert ids are checked by the same copy: a
-    // bad one is missing from the counts.
-    moe_cuda_plan_unchecked(p->row_of, dcounts, idx, N, K, E);
-    CUDA_CHECK(cudaMemcpyAsync(p->stage.host, dcounts, (size_t)E * sizeof(int), cudaMemcpyDeviceToHost,
+    // The counts stay on the device for the expert GEMMs (cu_dev_counts) and travel to the host,
+    // where cu_plan_wait waits for them: the weight gradients choose their grid from them, and the
+    // copy checks the expert ids (a bad one is missing from the counts).
+    moe_cuda_plan_unchecked(p->row_of, p->dcounts, idx, N, K, E);
+    CUDA_CHECK(cudaMemcpyAsync(p->stage.host, p->dcounts, (size_t)E * sizeof(int), cudaMemcpyDeviceToHost,
                                core_stream()));
     CUDA_CHECK(cudaEventRecord(p->stage.copied, core_stream()));
-    cu_free(dcounts);
     *n_rows = (int)n;
     return p;
 }
@@ -426,11 +426,13 @@ static void cu_from_experts(MoeDispatcher *self, MoeDispatchPlan *p, const void 
 }
 
 static const int *cu_row_map(MoeDispatcher *self, MoeDispatchPlan *p) { return p->row_of; }
+static const int *cu_dev_counts(MoeDispatcher *self, MoeDispatchPlan *p) { return p->dcounts; }
 
 static void cu_release(MoeDispatcher *self, MoeDispatchPlan *p) {
     if (!p) return;
     if (p->waiting) cu_plan_wait(self, p);  // its stage goes back to the dispatcher
     cu_free(p->row_of);
+    cu_free(p->dcounts);
     delete p;
 }
 
@@ -456,6 +458,7 @@ static MoeDispatcher *cu_local_dispatcher(int E) {
     d->to_experts = cu_to_experts<DT>;
     d->from_experts = cu_from_experts<DT>;
     d->row_map = cu_row_map;
+    d->dev_counts = cu_dev_counts;
     d->release = cu_release;
     d->destroy = cu_destroy;
     return d;

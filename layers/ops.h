@@ -24,12 +24,28 @@ extern "C" {
 // such buffers `void *` too, and step through them in units of act_size. `float *` tensors are
 // always fp32: per-row statistics (rstd, lse, losses), the attention state, router logits, scores,
 // gates and their gradients, weight gradients, master weights and moments.
-// Calls that take `counts` (per-group row counts) read them on the host. backward_* calls
+// Grouped calls take their groups' row counts as OpsGroups (below). backward_* calls
 // accumulate (+=) as the layers do, except where a call says that it writes (=) or takes an `acc`
 // flag: a buffer written in full needs no zero fill first. Shapes are those of the layer headers.
 // Scalar results (the balance loss, the mean loss, expert counts, Σ g²) stay in dev memory too, so
 // that a training step brings them to the host in one download at its end instead of one wait
 // each.
+// The rows of a grouped call (the experts'): G groups, group e's counts[e] rows right after group
+// e−1's, `rows` of them in all. `host` (G) holds the counts on the host. `dev`, where not NULL, holds
+// them in dev memory, written by calls queued before: a GPU's dispatcher counts the rows there, and
+// `host` may then be NULL, the counts still on their way to the host (layers/moe.h's plan_wait), so
+// that the expert GEMMs are queued without waiting for them. A backend that sizes its products on
+// the host (cuBLAS) downloads them then; on the CPU dev memory is host memory.
+typedef struct OpsGroups {
+    int G;
+    long rows;
+    const int *host;  // (G) or NULL
+    const int *dev;   // (G) in dev memory, or NULL
+} OpsGroups;
+
+// The groups of host counts (G): rows summed, each count checked (≥ 0).
+OpsGroups ops_groups_host(const int *counts, int G);
+
 typedef struct LayerOps {
     const char *name;    // "cpu", "cuda fp32", "cuda bf16"
     CoreDevice dev;
@@ -77,16 +93,16 @@ typedef struct LayerOps {
     void (*linear_backward_input)(void *dinp, const void *dout, const void *W, int N, int IC, int OC,
                                   int acc);
     void (*linear_backward_weight)(float *dW, const void *dout, const void *inp, int N, int IC, int OC);
-    // The three products over G groups of rows (experts): rows [o_e, o_e + counts[e]) use W[e]
+    // The three products over the groups g of rows (experts): rows [o_e, o_e + counts[e]) use W[e]
     // (G, OC, IC); a group without rows is skipped. The backward products add to dinp or dW
     // (acc = 1) or write them without reading them (acc = 0: a fresh buffer, no zero fill); with
     // acc = 0 a group without rows gets a zero dW.
-    void (*linear_forward_grouped)(void *out, const void *inp, const void *W, const int *counts, int G,
-                                   int IC, int OC);
-    void (*linear_backward_input_grouped)(void *dinp, const void *dout, const void *W,
-                                          const int *counts, int G, int IC, int OC, int acc);
-    void (*linear_backward_weight_grouped)(float *dW, const void *dout, const void *inp,
-                                           const int *counts, int G, int IC, int OC, int acc);
+    void (*linear_forward_grouped)(void *out, const void *inp, const void *W, const OpsGroups *g, int IC,
+                                   int OC);
+    void (*linear_backward_input_grouped)(void *dinp, const void *dout, const void *W, const OpsGroups *g,
+                                          int IC, int OC, int acc);
+    void (*linear_backward_weight_grouped)(float *dW, const void *dout, const void *inp, const OpsGroups *g,
+                                           int IC, int OC, int acc);
     // RoPE on rows at strides of their own (layers/rope.h: row n at element n·ld, ld ≥ nh·hd), so
     // that q and k are read out of, and their gradients written into, the stacked (N, qd + 2·kd)
     // rows of the attention's one q, k, v product.
@@ -192,24 +208,23 @@ extern const LayerOps layer_ops_cpu;
 // row), shared by the CPU and CUDA tables.
 void ops_copy_rows_check(long dst_ld, long src_ld, long rows, long cols);
 
-// SwiGLU over G groups of rows (G = 1, counts = {N}: one FFN; G experts: one range each), through
+// SwiGLU over the groups g of rows (one group of N: one FFN; G experts: one range each), through
 // o's calls. out (ΣN, D) = W2 (silu(W1 x) ⊙ W3 x) per group; w13 (G, 2F, D) holds each group's
 // [W1; W3] (layers/swiglu.h), w2 (G, D, F).
 void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w13,
-                        const void *w2, const int *counts, int G, int D, int F);
+                        const void *w2, const OpsGroups *g, int D, int F);
 // dx += ∂L/∂x given dout (acc = 1), or dx = ∂L/∂x with dx's contents unread (acc = 0); writes (=)
 // acts->dab, and s (ΣN) = Σ_f dh·h per row where s is not NULL (the MoE layer's routed experts).
 // scratch_dh (ΣN, F) is left holding h = silu(a) ⊙ b, the same bits as the forward's: a caller that
 // dropped acts->h after the forward may keep it as acts->h for backward_weight, which then
 // recomputes nothing.
 void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh, float *s,
-                               const void *dout, const void *w13, const void *w2, const int *counts, int G,
-                               int D, int F, int acc);
+                               const void *dout, const void *w13, const void *w2, const OpsGroups *g, int D,
+                               int F, int acc);
 // dw13 (G, 2F, D), dw2 (G, D, F) += weight gradients (acc = 1), or = them with the old contents
 // unread (acc = 0).
 void ops_swiglu_backward_weight(const LayerOps *o, float *dw13, float *dw2, const SwigluActs *acts,
-                                const void *x, const void *dout, const int *counts, int G, int D, int F,
-                                int acc);
+                                const void *x, const void *dout, const OpsGroups *g, int D, int F, int acc);
 
 #ifdef __cplusplus
 }

@@ -44,15 +44,18 @@ void swiglu_act_backward(float *dab, float *s, float *dh, const float *ab, long 
 // The one-group case of the backend's SwiGLU composition (layers/ops.c), on the CPU table.
 void swiglu_forward(float *out, SwigluActs *acts, const float *x, const float *w13, const float *w2, int N,
                     int D, int F) {
-    ops_swiglu_forward(&layer_ops_cpu, out, acts, x, w13, w2, &N, 1, D, F);
+    const OpsGroups g = ops_groups_host(&N, 1);
+    ops_swiglu_forward(&layer_ops_cpu, out, acts, x, w13, w2, &g, D, F);
 }
 
 void swiglu_backward_input(float *dx, SwigluActs *acts, float *scratch_dh, const float *dout,
                            const float *w13, const float *w2, int N, int D, int F) {
-    ops_swiglu_backward_input(&layer_ops_cpu, dx, acts, scratch_dh, NULL, dout, w13, w2, &N, 1, D, F, 1);
+    const OpsGroups g = ops_groups_host(&N, 1);
+    ops_swiglu_backward_input(&layer_ops_cpu, dx, acts, scratch_dh, NULL, dout, w13, w2, &g, D, F, 1);
 }
 
 void swiglu_backward_weight(float *dw13, float *dw2, const SwigluActs *acts, const float *x,
                             const float *dout, int N, int D, int F) {
-    ops_swiglu_backward_weight(&layer_ops_cpu, dw13, dw2, acts, x, dout, &N, 1, D, F, 1);
+    const OpsGroups g = ops_groups_host(&N, 1);
+    ops_swiglu_backward_weight(&layer_ops_cpu, dw13, dw2, acts, x, dout, &g, D, F, 1);
 }

@@ -555,11 +555,11 @@ TEST_F(Gpu, LinearGrouped) {
             linear_backward_weight(dWw.data() + (size_t)e * OC * IC, dy.data() + r0 * OC,
                                    x.data() + r0 * IC, counts[e], IC, OC);
         }
-        linear_cuda_forward_grouped(dt, dt, dOut->p, dX->p, dWt->p, counts, G, IC, OC);
-        linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts, G, IC, OC, 1);
-        linear_cuda_backward_input_grouped(dt, dDxw->p, dDy->p, dWt->p, counts, G, IC, OC, 0);
-        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts, G, IC, OC, 1);
-        linear_cuda_backward_weight_grouped(dt, dDWw->f(), dDy->p, dX->p, counts, G, IC, OC, 0);
+        linear_cuda_forward_grouped(dt, dt, dOut->p, dX->p, dWt->p, counts, nullptr, G, IC, OC);
+        linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts, nullptr, G, IC, OC, 1);
+        linear_cuda_backward_input_grouped(dt, dDxw->p, dDy->p, dWt->p, counts, nullptr, G, IC, OC, 0);
+        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts, nullptr, G, IC, OC, 1);
+        linear_cuda_backward_weight_grouped(dt, dDWw->f(), dDy->p, dX->p, counts, nullptr, G, IC, OC, 0);
         EXPECT_CLOSE(get(*dOut, dt, out.size()), out, dt, "linear grouped forward");
         EXPECT_CLOSE(get(*dDx, dt, dx.size()), dx, dt, "linear grouped backward_input");
         EXPECT_CLOSE(get(*dDxw, dt, dxw.size()), dxw, dt, "linear grouped backward_input written (poisoned)");
@@ -619,10 +619,10 @@ TEST_F(Gpu, LinearGroupedCutlass) {
         gemm_sm90_set_raster(run == 0 ? GEMM_SM90_RASTER_BEST : run == 1 ? GEMM_SM90_RASTER_M : GEMM_SM90_RASTER_N);
         BufP dOut = poisoned((size_t)R * OC, dt), dDx = put(dx0, dt), dDW = put_f32(dW0);
         BufP dDxw = poisoned((size_t)R * IC, dt);
-        linear_cuda_forward_grouped(dt, dt, dOut->p, dX->p, dWt->p, counts.data(), G, IC, OC);
-        linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts.data(), G, IC, OC, 1);
-        linear_cuda_backward_input_grouped(dt, dDxw->p, dDy->p, dWt->p, counts.data(), G, IC, OC, 0);
-        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), G, IC, OC, 1);
+        linear_cuda_forward_grouped(dt, dt, dOut->p, dX->p, dWt->p, counts.data(), nullptr, G, IC, OC);
+        linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts.data(), nullptr, G, IC, OC, 1);
+        linear_cuda_backward_input_grouped(dt, dDxw->p, dDy->p, dWt->p, counts.data(), nullptr, G, IC, OC, 0);
+        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), nullptr, G, IC, OC, 1);
         runs[run] = {get(*dOut, dt, out.size()), get(*dDx, dt, dx.size()), get_f32(*dDW, dW.size()),
                      get(*dDxw, dt, dxw.size())};
     }
@@ -663,7 +663,7 @@ TEST_F(Gpu, LinearGroupedCutlassGridFactors) {
         SCOPED_TRACE(f);
         gemm_sm90_set_grid_factor(f);
         BufP dDW = poisoned((size_t)G * OC * IC, CORE_F32);
-        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), G, IC, OC, 0);
+        linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), nullptr, G, IC, OC, 0);
         Vec got = get_f32(*dDW, dW.size());
         if (f == 1) {
             EXPECT_CLOSE(got, dW, CORE_F32, "cutlass grouped backward_weight, skewed counts");
@@ -673,6 +673,51 @@ TEST_F(Gpu, LinearGroupedCutlassGridFactors) {
         }
     }
     gemm_sm90_set_grid_factor(0);
+    linear_cuda_set_grouped_mode(saved);
+}
+
+// The grouped products with their counts on the device only (the GPU dispatcher's plan: layers/ops.h's
+// OpsGroups without host counts) against the same products from host counts, bit for bit. The
+// Hopper kernels' forward and backward_input read them there (the setup kernel puts the groups with
+// rows first; the first and last groups are empty); every other path (cuBLAS, fp32, the weight
+// gradient, more groups than one launch takes) downloads them first.
+TEST_F(Gpu, LinearGroupedDeviceCounts) {
+    const int IC = 136, OC = 200;
+    const int saved = linear_cuda_grouped_mode();
+    for (int G : {300, 600})
+    for (int mode : {LINEAR_GROUPED_CUTLASS, LINEAR_GROUPED_CUBLAS})
+    for (CoreDtype dt : kDtypes) {
+        SCOPED_TRACE(G);
+        SCOPED_TRACE(mode_name(mode));
+        SCOPED_TRACE(dname(dt));
+        linear_cuda_set_grouped_mode(mode);
+        IVec counts = rnd_int(G, 40);
+        for (int e = 0; e < G; e += 7) counts[e] = 0;
+        counts[1] = 300, counts[G - 1] = 0;
+        int R = 0;
+        for (int c : counts) R += c;
+        Vec x = rnd((size_t)R * IC), W = rnd((size_t)G * OC * IC, -0.1f, 0.1f), dy = rnd((size_t)R * OC);
+        Vec dx0 = rnd((size_t)R * IC), dW0 = rnd((size_t)G * OC * IC);
+        BufP dX = put(x, dt), dWt = put(W, dt), dDy = put(dy, dt), dCounts = put_int(counts);
+        // forward, backward_input added and written, backward_weight added and written
+        auto run = [&](const int *hc, const int *dc) {
+            BufP out = poisoned((size_t)R * OC, dt), dDx = put(dx0, dt), dDxw = poisoned((size_t)R * IC, dt);
+            BufP dDW = put_f32(dW0), dDWw = poisoned((size_t)G * OC * IC, CORE_F32);
+            linear_cuda_forward_grouped(dt, dt, out->p, dX->p, dWt->p, hc, dc, G, IC, OC);
+            linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, hc, dc, G, IC, OC, 1);
+            linear_cuda_backward_input_grouped(dt, dDxw->p, dDy->p, dWt->p, hc, dc, G, IC, OC, 0);
+            linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, hc, dc, G, IC, OC, 1);
+            linear_cuda_backward_weight_grouped(dt, dDWw->f(), dDy->p, dX->p, hc, dc, G, IC, OC, 0);
+            return std::vector<Vec>{get(*out, dt, (size_t)R * OC), get(*dDx, dt, (size_t)R * IC),
+                                    get(*dDxw, dt, (size_t)R * IC), get_f32(*dDW, dW0.size()),
+                                    get_f32(*dDWw, dW0.size())};
+        };
+        const std::vector<Vec> host = run(counts.data(), nullptr);
+        const std::vector<Vec> device = run(nullptr, (const int *)dCounts->p);
+        const char *what[5] = {"forward", "backward_input", "backward_input written", "backward_weight",
+                               "backward_weight written"};
+        for (int k = 0; k < 5; k++) EXPECT_TRUE(host[k] == device[k]) << what[k] << " differs";
+    }
     linear_cuda_set_grouped_mode(saved);
 }
 
@@ -700,9 +745,9 @@ TEST_F(Gpu, LinearGroupedStreamsBitIdentical) {
             linear_cuda_set_grouped_mode(streams ? LINEAR_GROUPED_STREAMS : LINEAR_GROUPED_LOOP);
             if (streams) linear_cuda_set_gemm_streams(streams);
             BufP out = poisoned((size_t)R * OC, dt), dDx = put(dx0, dt), dDW = put_f32(dW0);
-            linear_cuda_forward_grouped(dt, dt, out->p, dX->p, dWt->p, counts.data(), G, IC, OC);
-            linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts.data(), G, IC, OC, 1);
-            linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), G, IC, OC, 1);
+            linear_cuda_forward_grouped(dt, dt, out->p, dX->p, dWt->p, counts.data(), nullptr, G, IC, OC);
+            linear_cuda_backward_input_grouped(dt, dDx->p, dDy->p, dWt->p, counts.data(), nullptr, G, IC, OC, 1);
+            linear_cuda_backward_weight_grouped(dt, dDW->f(), dDy->p, dX->p, counts.data(), nullptr, G, IC, OC, 1);
             std::vector<unsigned char> h(nout + ndx + ndw);
             dev()->download(h.data(), out->p, nout);
             dev()->download(h.data() + nout, dDx->p, ndx);
@@ -1363,9 +1408,28 @@ TEST_F(Gpu, MoeLayerMatchesCpu) {
     }
 }
 
+// A plan of idx (N, K) whose rows go out to the experts and come home (rows of 64 bf16 values),
+// then its release.
+void move_rows_then_release(const LayerOps *o, const int *idx, int N, int K, int E) {
+    const int D = 64;
+    MoeDispatcher *d = o->local_dispatcher(E);
+    IVec counts(E);
+    int n_rows;
+    MoeDispatchPlan *p = d->plan(d, idx, N, K, &n_rows, counts.data());
+    BufP x = poisoned((size_t)N * D, CORE_BF16), rows = poisoned((size_t)n_rows * D, CORE_BF16);
+    BufP home = poisoned((size_t)N * K * D, CORE_BF16);
+    d->to_experts(d, p, x->p, 0, rows->p, D);
+    d->from_experts(d, p, rows->p, home->p, D);
+    o->sync();
+    d->release(d, p);
+    d->destroy(d);
+}
+
 // The GPU dispatcher's plan leaves the counts in flight; plan_wait brings them: the host's count of
-// each expert, while work queued between the two (here a copy of its own) runs; a plan released
-// without its wait gives its staging back. A bad expert id ends the job at the wait.
+// each expert, while work queued between the two (here a copy of its own) runs; dev_counts has
+// them on the device from the start; a plan released without its wait gives its staging back. A
+// bad expert id ends the job at the wait, also after rows moved through the plan (the layer's
+// forward with dev_counts moves them before it waits): in bounds, no illegal access first.
 TEST_F(Gpu, LocalDispatcherCountsAtWait) {
     const int N = 300, K = 3, E = 16;
     IVec idx = rnd_int((size_t)N * K, E), want(E, 0);
@@ -1382,6 +1446,10 @@ TEST_F(Gpu, LocalDispatcherCountsAtWait) {
         Vec big = rnd(1 << 20);
         BufP dBig = put_f32(big), dCopy(new Buf(big.size() * 4));
         o->copy(dCopy->p, dBig->p, big.size() * 4);
+        ASSERT_NE(d->dev_counts, nullptr);
+        IVec dev_counts(E);
+        dev()->download(dev_counts.data(), d->dev_counts(d, p), E * sizeof(int));
+        EXPECT_EQ(dev_counts, want);
         d->plan_wait(d, p);
         EXPECT_EQ(counts, want);
         EXPECT_EQ(get_f32(*dCopy, big.size()), big);
@@ -1401,6 +1469,8 @@ TEST_F(Gpu, LocalDispatcherCountsAtWait) {
             moe_plan_now(b, dBad->i(), N, K, &n_rows, counts.data());
         },
         ::testing::ExitedWithCode(1), "moe: expert id 16 at position 7 is outside");
+    EXPECT_EXIT(move_rows_then_release(o, dBad->i(), N, K, E), ::testing::ExitedWithCode(1),
+                "moe: expert id 16 at position 7 is outside");
 }
 
 TEST_F(Gpu, MoeExpertIdOutOfRangeDeath) {

@@ -163,10 +163,10 @@ void expert_gemms(int R, int nE, int nD, int nF) {
         const char *names[5] = {"  forward D->Fe", "  backward_input (=)", "  backward_input (+=)",
                                 "  backward_weight (fp32 dW +=)", "  backward_weight (fp32 dW =)"};
         auto product = [&](int kind) {
-            if (kind == 0) linear_cuda_forward_grouped(BF, BF, he, xe, we, c.data(), nE, nD, nF);
+            if (kind == 0) linear_cuda_forward_grouped(BF, BF, he, xe, we, c.data(), nullptr, nE, nD, nF);
             if (kind == 1 || kind == 2)
-                linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), nE, nD, nF, kind == 2);
-            if (kind >= 3) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), nE, nD, nF, kind == 3);
+                linear_cuda_backward_input_grouped(BF, dxe, he, we, c.data(), nullptr, nE, nD, nF, kind == 2);
+            if (kind >= 3) linear_cuda_backward_weight_grouped(BF, dwe, he, xe, c.data(), nullptr, nE, nD, nF, kind == 3);
         };
         for (int kind = 0; kind < 5; kind++) {
             printf("%-28s", names[kind]);
@@ -247,9 +247,9 @@ void w13_products(const char *what, int R, int nE, int nD, int nF, int parts) {
         void *hj = j < 0 ? h : at(h, j * hs), *wj = j < 0 ? w : at(w, j * ws);
         float *dwj = j < 0 ? dw : (float *)at(dw, j * ws * 2);
         if (routed) {
-            if (kind == 0) linear_cuda_forward_grouped(BF, BF, hj, x, wj, c.data(), G, nD, F);
-            if (kind == 1) linear_cuda_backward_input_grouped(BF, dx, hj, wj, c.data(), G, nD, F, acc);
-            if (kind == 2) linear_cuda_backward_weight_grouped(BF, dwj, hj, x, c.data(), G, nD, F, 0);
+            if (kind == 0) linear_cuda_forward_grouped(BF, BF, hj, x, wj, c.data(), nullptr, G, nD, F);
+            if (kind == 1) linear_cuda_backward_input_grouped(BF, dx, hj, wj, c.data(), nullptr, G, nD, F, acc);
+            if (kind == 2) linear_cuda_backward_weight_grouped(BF, dwj, hj, x, c.data(), nullptr, G, nD, F, 0);
         } else {
             if (kind == 0) linear_cuda_forward(BF, BF, hj, x, wj, R, nD, F);
             if (kind == 1) linear_cuda_backward_input(BF, dx, hj, wj, R, nD, F, acc);

@@ -205,8 +205,10 @@ void expect_same(const Grads &a, const Grads &b) {
     EXPECT_EQ(a.sw2, b.sw2);
 }
 
+// between (if set) runs after backward_input, before backward_weight.
 Grads backward(Model &m, const std::vector<float> &x, const std::vector<float> &dy, int B, int T,
-               MoeDispatcher *d, float init, int acc = 1, float expert_init = 0.0f) {
+               MoeDispatcher *d, float init, int acc = 1, float expert_init = 0.0f,
+               const std::function<void()> &between = nullptr) {
     Grads g;
     for (auto [dst, src] : {std::pair{&g.x, &x}, {&g.router, &m.router}, {&g.w13, &m.w13}, {&g.w2, &m.w2},
                             {&g.sw13, &m.sw13}, {&g.sw2, &m.sw2}})
@@ -217,6 +219,7 @@ Grads backward(Model &m, const std::vector<float> &x, const std::vector<float> &
     MoeActs a;
     moe_forward(y.data(), &a, x.data(), &m.s, &p, d, B, T);
     moe_backward_input(g.x.data(), &a, dy.data(), &m.s, &p, d);
+    if (between) between();
     moe_backward_weight(&gp, &a, dy.data(), &m.s, d, acc);
     moe_acts_free(&a, d);
     return g;
@@ -414,8 +417,35 @@ void deferred_wait(MoeDispatcher *self, MoeDispatchPlan *p) {
     d.waited = true;
 }
 
+const int *deferred_dev_counts(MoeDispatcher *self, MoeDispatchPlan *p) {
+    for (const Deferred &d : g_deferred)
+        if (d.plan == p) return d.counts.data();
+    ADD_FAILURE() << "dev_counts of a plan the dispatcher did not make";
+    return nullptr;
+}
+bool any_waited() {
+    for (const Deferred &d : g_deferred)
+        if (d.waited) return true;
+    return false;
+}
+
+// The local dispatcher d with its host counts held back (-1, which the layer's checks reject) until
+// plan_wait, and with dev_counts (the counts in the backend's memory, on the CPU the host's) where
+// `dev` is set.
+MoeDispatcher deferred(MoeDispatcher *d, bool dev) {
+    g_inner = d;
+    g_deferred.clear();
+    MoeDispatcher late = *d;
+    late.plan = deferred_plan;
+    late.plan_wait = deferred_wait;
+    if (dev) late.dev_counts = deferred_dev_counts;
+    return late;
+}
+
 // The layer waits for the counts before it uses them, and the shared experts it runs in between
-// change no bits: forward and backward equal the local dispatcher's.
+// change no bits: forward and backward equal the local dispatcher's. With dev_counts the forward
+// and backward_input run the experts from those and the layer waits only before the weight
+// gradients: the same bits again.
 TEST_P(MoeLayer, CountsArriveAtPlanWait) {
     const Case &c = GetParam();
     const int B = 2, T = 5, N = B * T, D = c.s.D;
@@ -424,17 +454,21 @@ TEST_P(MoeLayer, CountsArriveAtPlanWait) {
     std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 52);
     std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 53);
     MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
-    g_inner = d;
-    g_deferred.clear();
-    MoeDispatcher late = *d;
-    late.plan = deferred_plan;
-    late.plan_wait = deferred_wait;
-    Fwd f1 = forward(m, x, B, T, d), f2 = forward(m, x, B, T, &late);
-    EXPECT_EQ(f1.y, f2.y);
-    Grads g1 = backward(m, x, dy, B, T, d, 0.5f), g2 = backward(m, x, dy, B, T, &late, 0.5f);
-    expect_same(g1, g2);
-    EXPECT_EQ(g_deferred.size(), 2u);
-    for (const Deferred &r : g_deferred) EXPECT_TRUE(r.waited);
+    const Fwd f1 = forward(m, x, B, T, d);
+    const Grads g1 = backward(m, x, dy, B, T, d, 0.5f);
+    for (bool dev : {false, true}) {
+        SCOPED_TRACE(dev ? "dev_counts" : "host counts");
+        MoeDispatcher late = deferred(d, dev);
+        Fwd f2 = forward(m, x, B, T, &late);
+        EXPECT_EQ(f1.y, f2.y);
+        EXPECT_EQ(any_waited(), !dev) << "a forward alone";
+        g_deferred.clear();
+        Grads g2 = backward(m, x, dy, B, T, &late, 0.5f, 1, 0.0f,
+                            [&] { EXPECT_EQ(any_waited(), !dev) << "by the end of backward_input"; });
+        expect_same(g1, g2);
+        ASSERT_EQ(g_deferred.size(), 1u);
+        EXPECT_TRUE(g_deferred[0].waited) << "the weight gradients ran without the host counts";
+    }
     d->destroy(d);
 }
 
@@ -522,12 +556,13 @@ TEST(MoeGateGrad, EqualsDyDotExpertOutput) {
         dab(ab.size()), dh(h.size()), dye(ye.size()), dxe(ye.size());
     SwigluActs acts = {ab.data(), h.data(), dab.data()};
     d->to_experts(d, p, x.data(), 0, xe.data(), D);
-    ops_swiglu_forward(o, ye.data(), &acts, xe.data(), w13.data(), w2.data(), counts.data(), E, D, Fe);
+    const OpsGroups groups = ops_groups_host(counts.data(), E);
+    ops_swiglu_forward(o, ye.data(), &acts, xe.data(), w13.data(), w2.data(), &groups, D, Fe);
 
     std::vector<float> dots(R, NAN), home((size_t)N * K, NAN), dg(home.size(), NAN), dg_home(home.size(), NAN);
     o->moe_combine_backward(dye.data(), dy.data(), map, gates.data(), N, K, D);
     ops_swiglu_backward_input(o, dxe.data(), &acts, dh.data(), dots.data(), dye.data(), w13.data(), w2.data(),
-                              counts.data(), E, D, Fe, 0);
+                              &groups, D, Fe, 0);
     o->moe_gate_grad(dg.data(), dots.data(), map, gates.data(), N, K);
     d->from_experts(d, p, dots.data(), home.data(), 1);
     o->moe_gate_grad(dg_home.data(), home.data(), nullptr, gates.data(), N, K);
