@@ -372,7 +372,9 @@ static MoeDispatchPlan *cu_plan(MoeDispatcher *self, const int *idx, int N, int 
     long n = (long)N * K;
     CHECK(n <= INT_MAX, "GPU dispatcher: %ld routed rows overflow an int", n);
     LocalDispatch *ld = (LocalDispatch *)self->impl;
-    int *row_of = (int *)cu_alloc((size_t)n * sizeof(int)), *dcounts = (int *)cu_alloc((size_t)E * sizeof(int));
+    // Both written in full by the plan's kernels (row_of: every pair, a bad id's too).
+    int *row_of = (int *)cu_alloc_uninit((size_t)n * sizeof(int));
+    int *dcounts = (int *)cu_alloc_uninit((size_t)E * sizeof(int));
     MoeDispatchPlan *p = new MoeDispatchPlan{N, K, row_of, dcounts, idx, counts, {}, true};
     {
         std::lock_guard<std::mutex> lock(ld->mu);
