@@ -137,7 +137,7 @@ int cmd_schedule(int argc, char **argv) {
         if (strncmp(a, "--", 2) != 0) return usage("unexpected argument '%s'", a);
         const size_t nlen = cmd_flag_len(a);
         const char *val = cmd_flag_value(argc, argv, &i);
-        if (!val) return usage("%s needs a value", a);
+        if (!val || !*val) return usage("%.*s needs a value", (int)nlen, a);  // no flag takes ""
         int cost_i = -1;
         for (int k = 0; k < 5; k++)
             if (cmd_flag_is(a, nlen, costs[k].flag)) cost_i = k;

@@ -57,7 +57,9 @@ static const KeyInfo KEYS[] = {
     {"grad_clip", K_FLOAT, OFF(grad_clip), 0, 1e9, NULL, "global gradient-norm clip (0: off)"},
     {"beta1", K_FLOAT, OFF(beta1), 0, 1, NULL, "AdamW beta1, below 1"},
     {"beta2", K_FLOAT, OFF(beta2), 0, 1, NULL, "AdamW beta2, below 1"},
-    {"adam_eps", K_FLOAT, OFF(adam_eps), 0, 1, NULL, "AdamW epsilon"},
+    // 0 would divide 0 by 0 for every weight whose gradient is still 0 (an embedding row of a token
+    // not yet seen): NaN weights after the first step.
+    {"adam_eps", K_FLOAT, OFF(adam_eps), 1e-30, 1, NULL, "AdamW epsilon (positive)"},
     {"nonfinite_skip", K_INT, OFF(nonfinite_skip), 0, INT_MAX, NULL,
      "non-finite steps (loss or grad norm) skipped in a row before the run stops (0: stop at once)"},
     {"log_every", K_INT, OFF(log_every), 1, INT_MAX, NULL, "steps between log lines"},

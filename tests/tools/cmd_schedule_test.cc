@@ -134,6 +134,8 @@ TEST(CmdSchedule, BadArguments) {
         {{"--kind", "1f1b", "--pp", "2", "--chunks", "4", "--cost-w", "5"}, "cost of W (5) must not exceed"},
         {{"--kind", "1f1b", "--pp", "2", "--chunks", "4", "--cost-f", "1x"}, "--cost-f '1x' is not a finite number"},
         {{"--kind", "1f1b", "--pp", "2", "--chunks"}, "--chunks needs a value"},
+        {{"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--svg", ""}, "--svg needs a value"},
+        {{"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--trace="}, "--trace needs a value"},
         {{"--bogus", "1"}, "unknown option '--bogus'"},
         {{"stray"}, "unexpected argument 'stray'"},
         {{"--from-trace", "x.json"}, "--from-trace needs --svg OUT"},

@@ -194,9 +194,10 @@ TEST(ConfigDeath, AdamBetaBelowOne) {
                     std::string(key) + " \\(1\\) must be below 1");
     }
 }
-TEST(ConfigDeath, NormEpsPositive) {
+TEST(ConfigDeath, EpsilonsPositive) {
     EXPECT_EXIT(set_key("norm_eps", "0"), ::testing::ExitedWithCode(2), "norm_eps = 0 is too small");
     EXPECT_EXIT(set_key("norm_eps", "1e-50"), ::testing::ExitedWithCode(2), "norm_eps = 1e-50 is too small");
+    EXPECT_EXIT(set_key("adam_eps", "0"), ::testing::ExitedWithCode(2), "adam_eps = 0 is too small");
 }
 TEST(ConfigDeath, DuplicateKeyInFile) {
     expect_file_usage_error("lr = 0.1\nsteps = 3\n# again\nlr = 0.2\n", ":4: lr is set twice, on lines 1 and 4");
