@@ -19,8 +19,6 @@
 #include <queue>
 #include <vector>
 
-#include <cub/block/block_scan.cuh>
-
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
@@ -151,23 +149,27 @@ __device__ void fill_slot(GroupArrays<G> *arr, int i, int M, int N, int K, const
 }
 
 // Thread i reads group i's row count (from g, or dcounts on the device) and the block finds each
-// group's first row and its place among the groups with rows. Those fill the first slots of the
-// arrays in group order (see the header for the products); the slots after them get problems of
-// no tiles (M = 0), which CUTLASS's scheduler passes over: the same tiles in the same order as a
-// launch over the groups with rows alone.
+// group's first row and its place among the groups with rows (a Hillis-Steele scan of both in
+// shared memory). Those fill the first slots of the arrays in group order (see the header for the
+// products); the slots after them get problems of no tiles (M = 0), which CUTLASS's scheduler
+// passes over: the same tiles in the same order as a launch over the groups with rows alone.
 template <class G>
 __global__ void __launch_bounds__(SETUP_THREADS)
     setup_kernel(GroupArrays<G> *arr, const __grid_constant__ Groups g, const int *dcounts, GemmSm90Kind kind,
                  const Bf16 *a, const Bf16 *b, void *y) {
-    using Scan = cub::BlockScan<int, SETUP_THREADS>;
     using C = typename G::Gemm::ElementC;
-    __shared__ typename Scan::TempStorage scan;
+    __shared__ int rows[SETUP_THREADS], used[SETUP_THREADS];  // inclusive sums, in place
     const int i = threadIdx.x;
     const int n = i < g.n ? (g.host ? g.rows[i] : dcounts[i]) : 0;
-    int first, slot, filled;
-    Scan(scan).ExclusiveSum(n, first);  // rows before group i's in this launch
-    __syncthreads();                    // the scan's storage serves again
-    Scan(scan).ExclusiveSum(n > 0 ? 1 : 0, slot, filled);
+    rows[i] = n, used[i] = n > 0;
+    __syncthreads();
+    for (int d = 1; d < SETUP_THREADS; d *= 2) {
+        const int r = i >= d ? rows[i - d] : 0, u = i >= d ? used[i - d] : 0;
+        __syncthreads();
+        rows[i] += r, used[i] += u;
+        __syncthreads();
+    }
+    const int first = rows[i] - n, slot = used[i] - (n > 0), filled = used[SETUP_THREADS - 1];
     const long e = g.e0 + i, r0 = g.row0 + first, IC = g.IC, OC = g.OC;
     if (n > 0 && kind == GEMM_SM90_FORWARD)
         fill_slot<G>(arr, slot, n, OC, IC, a + r0 * IC, b + e * OC * IC, (C *)y + r0 * OC);

@@ -2,7 +2,8 @@
 # Runs what tools/gpu_build.sh put into .dist/, on the GPU machine, in stages (all by default):
 #   tests      the kernel suite (gpu_test) and the whole-model suite (model_gpu_test)
 #   sanitizer  compute-sanitizer memcheck and racecheck over the kernel suite (not over cuDNN's
-#              kernels: the AttentionCudnn* tests are left out); over the whole suite memcheck
+#              kernels: the AttentionCudnn* tests are left out, and racecheck leaves out the tests
+#              of the CUTLASS grouped GEMMs, which it cannot run); over the whole suite memcheck
 #              alone outlasts a 10-minute device call (2026-12-04): give the tests to check as the
 #              filter, e.g. STAGES=sanitizer bash tools/gpu_run.sh 'Gpu.LinearGrouped*'
 #   kernels    the kernel benchmark at the bench config's shapes, and its library baselines in the
@@ -163,8 +164,13 @@ if want sanitizer; then
     if command -v compute-sanitizer >/dev/null; then
         for tool in memcheck racecheck; do
             echo "== compute-sanitizer --tool $tool"
+            # racecheck breaks the CUTLASS grouped forward and backward_input (2026-12-04: the process
+            # fails with "Internal Sanitizer Error ... hardware exception" even with no kernel
+            # instrumented, --kernel-name kns=no_such_kernel); memcheck covers their tests.
+            skip="*Death*:*Cudnn*"
+            [ "$tool" = racecheck ] && skip="$skip:*LinearGrouped*:*MoeLayer*"
             compute-sanitizer --tool "$tool" --error-exitcode 1 .dist/bin/gpu_test \
-                --gtest_filter="$filter:-*Death*:*Cudnn*" > "$log/sanitizer_$tool.log" 2>&1
+                --gtest_filter="$filter:-$skip" > "$log/sanitizer_$tool.log" 2>&1
             s=$?
             tail -n 3 "$log/sanitizer_$tool.log"
             [ "$s" = 0 ] || fail "compute-sanitizer $tool (see its log)"

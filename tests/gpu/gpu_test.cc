@@ -1427,9 +1427,7 @@ void move_rows_then_release(const LayerOps *o, const int *idx, int N, int K, int
 
 // The GPU dispatcher's plan leaves the counts in flight; plan_wait brings them: the host's count of
 // each expert, while work queued between the two (here a copy of its own) runs; dev_counts has
-// them on the device from the start; a plan released without its wait gives its staging back. A
-// bad expert id ends the job at the wait, also after rows moved through the plan (the layer's
-// forward with dev_counts moves them before it waits): in bounds, no illegal access first.
+// them on the device from the start; a plan released without its wait gives its staging back.
 TEST_F(Gpu, LocalDispatcherCountsAtWait) {
     const int N = 300, K = 3, E = 16;
     IVec idx = rnd_int((size_t)N * K, E), want(E, 0);
@@ -1458,9 +1456,17 @@ TEST_F(Gpu, LocalDispatcherCountsAtWait) {
         d->release(d, q);
     }
     d->destroy(d);
-    IVec bad = idx;
+}
+
+// A bad expert id ends the job at the plan's wait, also after rows moved through the plan (the
+// layer's forward with dev_counts moves them before it waits): in bounds, no illegal access first.
+// (Death tests apart: the sanitizer stage leaves them out.)
+TEST_F(Gpu, LocalDispatcherBadIdDeath) {
+    const int N = 300, K = 3, E = 16;
+    IVec bad = rnd_int((size_t)N * K, E);
     bad[7] = E;
     BufP dBad = put_int(bad);
+    const LayerOps *o = layer_ops_cuda(CORE_BF16);
     EXPECT_EXIT(
         {
             MoeDispatcher *b = o->local_dispatcher(E);
