@@ -335,8 +335,9 @@ bool raster_along_n(GemmSm90Kind kind) {
 }
 
 // One launch over the groups g (g.n ≥ 1; counts from dcounts where g.host is false) on the calling
-// thread's stream: the setup kernel writes the arrays, then the GEMM reads them (stream order). beta: 0 overwrites D without reading it, 1
-// adds to it; each (stream, beta) keeps its own initialized operator.
+// thread's stream: the setup kernel writes the arrays, then the GEMM reads them (stream order).
+// beta: 0 overwrites D without reading it, 1 adds to it; each (stream, beta) keeps its own
+// initialized operator.
 template <class G>
 void launch(const Groups &g, const int *dcounts, GemmSm90Kind kind, void *y, const void *a, const void *b,
             float beta) {
