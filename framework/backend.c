@@ -7,6 +7,7 @@
 #include "framework/core/check.h"
 #ifdef MOELAB_CUDA
 #include "layers/attention_cudnn_cuda.h"
+#include "layers/gemm_sm90_cuda.h"
 #include "layers/linear_cuda.h"
 #include "layers/ops_cuda.h"
 #endif
@@ -49,5 +50,21 @@ void backend_configure(const MoeConfig *c) {
     attention_cudnn_set_deterministic(c->deterministic);
 #else
     (void)c;
+#endif
+}
+
+const char *backend_graph_blocker(const MoeConfig *c, const LayerOps *ops) {
+    if (ops->dev != CORE_CUDA) return "not on a GPU";
+#ifdef MOELAB_CUDA
+    if (ops->dt != CORE_BF16) return "cuda-fp32 sizes its expert GEMMs on the host";
+    // The routed experts' products: x (D) -> [W1; W3] (2 Fe), h (Fe) -> W2 (D), each way.
+    if (linear_cuda_grouped_mode() != LINEAR_GROUPED_CUTLASS || !linear_cuda_cutlass_applies(ops->dt, ops->dt, c->D, 2 * c->Fe) ||
+        !linear_cuda_cutlass_applies(ops->dt, ops->dt, c->Fe, c->D))
+        return "the expert GEMMs are not CUTLASS's Hopper kernels (expert_gemm, the GPU or the widths)";
+    if (!gemm_sm90_device_counts_ok(GEMM_SM90_BACKWARD_WEIGHT, c->E)) return "too many experts for one launch";
+    return NULL;
+#else
+    (void)c;
+    return "a build without CUDA";
 #endif
 }

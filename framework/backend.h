@@ -24,6 +24,10 @@ const LayerOps *backend_ops_f32(const LayerOps *ops);
 // deterministic: cuDNN's attention backward algorithm) to the process's GPU backend; layers/ reads no config, so whoever runs a config calls this once its
 // device is chosen. Nothing to do on the CPU or in a build without CUDA.
 void backend_configure(const MoeConfig *c);
+// NULL where ops can run a training step of c with no host wait, so that it can be captured as a
+// CUDA graph: the GPU in bf16 with the expert GEMMs on CUTLASS's Hopper kernels, which size
+// themselves from counts on the device (after backend_configure). Else why not, in a few words.
+const char *backend_graph_blocker(const MoeConfig *c, const LayerOps *ops);
 
 #ifdef __cplusplus
 }

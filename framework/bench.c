@@ -11,6 +11,7 @@
 #include "framework/core/timer.h"
 #include "framework/model.h"
 #include "framework/optimizer.h"
+#include "framework/pipe_train.h"
 #include "framework/train.h"
 
 BenchResult bench_train(const MoeConfig *c, const LayerOps *ops, int min_steps, double min_seconds) {
@@ -25,15 +26,20 @@ BenchResult bench_train(const MoeConfig *c, const LayerOps *ops, int min_steps, 
     int *tok = core_alloc(n * sizeof(int));
     RngStream rng = rng_stream(c->seed, 3);
     for (size_t i = 0; i < n; i++) tok[i] = (int)(rng_next_u32(&rng) % (uint32_t)c->V);
+    // One engine for every step, so that a GPU's steps run as the trainer's do: from the second
+    // on as a CUDA graph (cuda_graph), whose capture is the second warm-up step.
+    PipeTrainer *p = pipe_trainer_wrap(m, &o, c);
     // Warm-up: first-touch page faults, BLAS thread start, the GPU pool's first allocations.
-    r.first_loss = train_step_tokens(m, &o, c, 0, tok).loss;
+    r.first_loss = pipe_train_step(p, c, 0, tok).loss;
+    const int warm = p->graph_on ? 2 : 1;  // steps before the timed ones
+    if (p->graph_on) pipe_train_step(p, c, 1, tok);
     // The timed steps are a profiler's window (tools/trace); each step ends with the loss on the
     // host, so the window holds whole steps.
     const int gpu = ops->dev != CORE_CPU;
     if (gpu) core_cuda_profiler_window(1);
     double t0 = core_now(), t = 0;
     while (r.steps < min_steps || t < min_seconds) {
-        r.last_loss = train_step_tokens(m, &o, c, r.steps + 1, tok).loss;
+        r.last_loss = pipe_train_step(p, c, warm + r.steps, tok).loss;
         r.steps++;
         t = core_now() - t0;
     }
@@ -44,7 +50,7 @@ BenchResult bench_train(const MoeConfig *c, const LayerOps *ops, int min_steps, 
     r.step_seconds = t / r.steps;
     r.prof_steps = 2;
     prof_start(gpu);
-    for (int s = 0; s < r.prof_steps; s++) train_step_tokens(m, &o, c, r.steps + 1 + s, tok);
+    for (int s = 0; s < r.prof_steps; s++) pipe_train_step(p, c, warm + r.steps + s, tok);  // kernel by kernel
     prof_stop(r.prof_ms);
     for (int i = 0; i < PROF_N; i++) {
         r.prof_ms[i] /= r.prof_steps;
@@ -64,6 +70,7 @@ BenchResult bench_train(const MoeConfig *c, const LayerOps *ops, int min_steps, 
     r.params_m = (double)m->reg.total / 1e6;
     r.peak_gib = (double)ops->peak_bytes() / (1024.0 * 1024.0 * 1024.0);
     core_free(tok);
+    pipe_trainer_free(p);
     adamw_free(&o);
     model_free(m);
     return r;

@@ -16,7 +16,7 @@ typedef struct {
     double tokens_per_s;
     double gflops;          // model FLOPs (model_train_flops_per_token) per second / 1e9
     double step_seconds;    // mean over the timed steps
-    int steps;              // timed steps (after one warm-up step)
+    int steps;              // timed steps (after one warm-up step; two with a CUDA graph: its capture)
     double params_m;        // parameters held, millions
     double peak_gib;        // most device memory the backend held at once (0 where not tracked)
     float first_loss, last_loss;  // loss of the warm-up step and of the last timed step

@@ -248,6 +248,15 @@ static MoeDispatcher *disp_of(const Model *m, int l) {
     return m->layer_disp[l] ? m->layer_disp[l] : m->disp;
 }
 
+void model_keep_counts_on_device(Model *m) {
+    for (int l = m->l0; l < m->l1; l++) {
+        if (!model_is_moe_layer(m, l)) continue;
+        MoeDispatcher *d = disp_of(m, l);
+        CHECK(d->dev_counts, "layer %d: its dispatcher cannot keep its counts on the device", l);
+        d->device_counts_only = 1;
+    }
+}
+
 void model_free(Model *m) {
     if (!m) return;
     if (m->disp) m->disp->destroy(m->disp);
@@ -643,6 +652,20 @@ static void dh_alloc(const Model *m, ModelActs *a, int slots) {
     a->dh = m->ops->alloc_uninit((size_t)slots * a->N * m->cfg.D * m->ops->act_size);
 }
 
+void model_split_tokens(const Model *m, const int *tokens, int B, int T, int with_targets, int *ids) {
+    const int V = m->cfg.V, N = B * T, stride = with_targets ? T + 1 : T;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const int x = tokens[b * stride + t];
+            if (x < 0 || x >= V) core_usage_error("token id %d outside the vocabulary [0, %d)", x, V);
+            ids[b * T + t] = x;
+            if (!with_targets) continue;
+            const int y = tokens[b * stride + t + 1];
+            if (y < 0 || y >= V) core_usage_error("token id %d outside the vocabulary [0, %d)", y, V);
+            ids[N + b * T + t] = y;
+        }
+}
+
 float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void *h_in, int B, int T,
                           int with_targets, const ModelPass *pass) {
     const ModelPass none = {0};
@@ -655,24 +678,16 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void 
     const int N = B * T, D = c->D;
     const LayerOps *o = m->ops;
     a->has_targets = with_targets;
-    const int stride = with_targets ? T + 1 : T;
-    if (tokens) {
-        // Checked on the host, then handed to the backend.
-        int *in = core_alloc(2 * (size_t)N * sizeof(int)), *tg = in + N;  // (N), (N)
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++) {
-                int x = tokens[b * stride + t];
-                CHECK(x >= 0 && x < c->V, "token id %d outside the vocabulary [0, %d)", x, c->V);
-                in[b * T + t] = x;
-                if (with_targets) {
-                    int y = tokens[b * stride + t + 1];
-                    CHECK(y >= 0 && y < c->V, "token id %d outside the vocabulary [0, %d)", y, c->V);
-                    tg[b * T + t] = y;
-                }
-            }
-        o->upload(a->inputs, in, (size_t)N * sizeof(int));
-        if (with_targets) o->upload(a->targets, tg, (size_t)N * sizeof(int));
-        core_free(in);
+    if (pass->dev_ids) {
+        o->copy(a->inputs, pass->dev_ids, (size_t)N * sizeof(int));
+        if (with_targets) o->copy(a->targets, pass->dev_ids + N, (size_t)N * sizeof(int));
+    } else if (tokens) {
+        // Checked on the host, then handed to the backend, whose kernels trust them.
+        int *ids = core_alloc(2 * (size_t)N * sizeof(int));  // (2, N) inputs, targets
+        model_split_tokens(m, tokens, B, T, with_targets, ids);
+        o->upload(a->inputs, ids, (size_t)N * sizeof(int));
+        if (with_targets) o->upload(a->targets, ids + N, (size_t)N * sizeof(int));
+        core_free(ids);
     }
     prof_mark(PROF_EMBED);
     if (m->first) o->embedding_forward(a->layer[0].h_in, a->inputs, m->embed, N, c->V, D);

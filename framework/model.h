@@ -86,6 +86,10 @@ typedef struct {
     // all-reduce then), with layer_ctx; NULL: nobody asks.
     void (*layer_done)(void *layer_ctx, int l);
     void *layer_ctx;
+    // forward: the micro-batch's inputs (N) then targets (N), checked and split by
+    // model_split_tokens and already in the model's memory, read in place of tokens: nothing is
+    // uploaded (a step captured in a CUDA graph). NULL: from tokens.
+    const int *dev_ids;
 } ModelPass;
 
 // Per-layer activations of one micro-batch (and the gradients backward_weight needs). `void *`
@@ -166,6 +170,10 @@ void model_router_bias_update(Model *m, long n_tokens);
 // (the data-parallel sum).
 void model_counts_to_host(Model *m);
 void model_counts_to_device(Model *m);
+// Every MoE layer's dispatcher keeps its counts on the device (layers/moe.h's device_counts_only),
+// for good: no forward or backward of the model waits for the device any more. Exits if one cannot
+// (it has no dev_counts: the CPU's, the EP dispatcher).
+void model_keep_counts_on_device(Model *m);
 // Replaces the dispatcher (the model owns it from now on).
 void model_set_dispatcher(Model *m, MoeDispatcher *d);
 // Gives MoE layer l a dispatcher of its own, replacing any earlier one (the model owns it).
@@ -179,6 +187,10 @@ void model_free(Model *m);
 float model_forward(Model *m, ModelActs *a, const int *tokens, int B, int T, int with_targets);
 // ∂(scale · loss)/∂(everything) except weights; keeps what backward_weight needs.
 void model_backward_input(Model *m, ModelActs *a, float scale);
+
+// tokens (B, T+1) (with_targets) or (B, T) → ids: the inputs (B·T), then with_targets the targets
+// (B·T), each checked against the vocabulary (exit 2 naming the first bad one).
+void model_split_tokens(const Model *m, const int *tokens, int B, int T, int with_targets, int *ids);
 
 // The same for one stage. The first stage reads its inputs from tokens, a later one takes h_in
 // (N, D), the previous stage's h_out. The last stage reads the targets from tokens (B, T+1) and

@@ -13,8 +13,10 @@
 
 #include "framework/backend.h"
 #include "framework/core/check.h"
+#include "framework/core/cuda.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
+#include "framework/core/prof.h"
 #include "framework/core/timer.h"
 #include "parallel/comm_nccl.h"
 #include "parallel/dp_sync.h"
@@ -33,7 +35,8 @@ static const void *stage_forward(void *ctx, int mb, const void *h_in) {
     Model *m = x->m;
     ModelActs *a = &x->acts[mb];
     const int *tok = x->tokens + (size_t)mb * x->B * (x->T + 1);
-    const ModelPass train = {.count_routes = 1, .defer_loss = 1};
+    const ModelPass train = {.count_routes = 1, .defer_loss = 1,
+                             .dev_ids = x->ids ? x->ids + (size_t)mb * 2 * x->B * x->T : NULL};
     model_stage_forward(m, a, tok, h_in, x->B, x->T, 1, x->training ? &train : NULL);
     if (x->training) {
         CHECK(x->n_fwd < x->n_mb, "stage [%d, %d): more forwards than its %d micro-batches", m->l0, m->l1,
@@ -119,6 +122,7 @@ static void stage_init(PipeTrainer *p, int pipe, const MoeConfig *c, Model *m, A
 static void stage_free(PipeStageCtx *x, int owned) {
     eplb_runtime_free(x->eplb);
     x->m->ops->free(x->dscal);
+    x->m->ops->free(x->ids);
     core_free(x->acts);
     core_free(x->grads);
     core_free(x->layer_of);
@@ -163,6 +167,72 @@ static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
     x->eplb = eplb_runtime_create(&s);
     core_free(t);
     core_free(s.disp);
+}
+
+// The CUDA graph of the step (cuda_graph), where the layout and the backend allow one: its
+// device buffer of token ids, the dispatchers' counts kept on the device, and a line saying so.
+static void graph_setup(PipeTrainer *p, const MoeConfig *c) {
+    if (!c->cuda_graph || p->ops->dev == CORE_CPU) return;
+    PipeStageCtx *x = &p->ctx[0];
+    const char *why = p->grid ? "more than one process"
+                      : !x->fused || p->n_models > 1 ? "a pipeline"
+                      : p->eplb ? "EPLB moves experts between steps"
+                      : c->trace[0] ? "--trace times the ops on the host"
+                      : backend_graph_blocker(c, p->ops);
+    if (why) {
+        core_info0("cuda graph: not used (%s): the step runs kernel by kernel", why);
+        return;
+    }
+    p->graph_on = 1;
+    x->ids = p->ops->alloc_uninit((size_t)p->sched->C * 2 * x->B * x->T * sizeof(int));
+    model_keep_counts_on_device(x->m);
+    core_info0("cuda graph: the step's forward and backward run as one CUDA graph from the second step");
+}
+
+// The step's token ids, checked and split, to the graph's buffer (one upload).
+static void graph_ids(PipeTrainer *p, const int *tokens) {
+    PipeStageCtx *x = &p->ctx[0];
+    const size_t N = (size_t)x->B * x->T, C = (size_t)p->sched->C;
+    int *ids = core_alloc(C * 2 * N * sizeof(int));  // (C, 2, N)
+    for (size_t mb = 0; mb < C; mb++)
+        model_split_tokens(x->m, tokens + mb * x->B * (x->T + 1), x->B, x->T, 1, ids + mb * 2 * N);
+    p->ops->upload(x->ids, ids, C * 2 * N * sizeof(int));
+    core_free(ids);
+}
+
+// Kernel-by-kernel work on a trainer with a graph: the graph's memory goes back to the driver first
+// and the pool's cache before the next launch, so that the device never holds both peaks.
+static void graph_pause(PipeTrainer *p) {
+    if (!p->graph) return;
+    core_cuda_graph_trim();
+    p->graph_stale = 1;
+}
+
+// The schedule's run: kernel by kernel, or on the graph's path the first time, captured the second
+// (its work runs at the launch), launched thereafter. A launch runs no host code, so the stage's
+// counts of forwards and weight backwards are set as the run would have left them.
+static void run_step(PipeTrainer *p, PipeRun *run, const int *tokens) {
+    if (!p->graph_on || prof_active()) {
+        graph_pause(p);
+        pipe_run(run);
+        return;
+    }
+    graph_ids(p, tokens);
+    if (!p->graph_warm) {
+        pipe_run(run);
+        p->graph_warm = 1;
+        return;
+    }
+    if (!p->graph) {
+        core_cuda_graph_begin();
+        pipe_run(run);
+        p->graph = core_cuda_graph_end();
+    }
+    if (p->graph_stale) core_cuda_pool_trim();
+    p->graph_stale = 0;
+    core_cuda_graph_launch(p->graph);
+    PipeStageCtx *x = &p->ctx[0];
+    x->n_fwd = x->n_wgt = x->n_mb;
 }
 
 PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *ops) {
@@ -264,6 +334,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     }
     p->imbalance = core_alloc((size_t)c->L * sizeof(float));
     p->trace = core_alloc((size_t)(s->n_ops[rank] > 0 ? s->n_ops[rank] : 1) * sizeof(SimEvent));
+    graph_setup(p, c);
     // A plain run is a pipeline of one stage: only a real pipeline is worth a line.
     if (N == 1 && kind == SCHED_1F1B) return p;
     char line[1024];
@@ -283,6 +354,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
 
 void pipe_trainer_free(PipeTrainer *p) {
     if (!p) return;
+    core_cuda_graph_free(p->graph);
     for (int pipe = 0; pipe < p->n_models; pipe++) stage_free(&p->ctx[pipe], !p->borrowed);
     pipe_links_free(p->links);
     pipe_fb_free(p->fb);
@@ -405,7 +477,7 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
     }
     if (g) grid_test_die_at(g, step);
     PipeRun run = run_of(p, c->trace[0] ? p->trace : NULL);
-    pipe_run(&run);
+    run_step(p, &run, tokens);
     // Gradients: EPLB's replica sums, the DP/expert-DP averages (docs/architecture.md §4), then
     // DualPipe's copy sums.
     for (int pipe = 0; pipe < p->n_models; pipe++) {
@@ -489,24 +561,34 @@ int train_step_nonfinite(StepStats *st, const MoeConfig *c) {
     return st->nonfinite;
 }
 
-StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, const int *tokens) {
-    CHECK(m->first && m->last, "train_step_tokens: stage [%d, %d) is not the whole model", m->l0, m->l1);
+// The engine of pipe_trainer_wrap, with or without the CUDA graph.
+static PipeTrainer *wrap(Model *m, AdamW *o, const MoeConfig *c, int graph) {
+    CHECK(m->first && m->last, "pipe_trainer_wrap: stage [%d, %d) is not the whole model", m->l0, m->l1);
     char err[SCHED_ERR_LEN];
     PipeTrainer *p = core_alloc(sizeof *p);
     p->sched = sched_build(SCHED_1F1B, 1, c->grad_accum, err);
-    CHECK(p->sched, "train_step_tokens: %s", err);
+    CHECK(p->sched, "pipe_trainer_wrap: %s", err);
     p->S = p->n_models = p->n_own = 1;
     p->partner = -1;
     p->ops = m->ops;
     p->borrowed = 1;
     p->imbalance = core_alloc((size_t)c->L * sizeof(float));
     stage_init(p, 0, c, m, o);
+    if (graph) graph_setup(p, c);
+    return p;
+}
+
+PipeTrainer *pipe_trainer_wrap(Model *m, AdamW *o, const MoeConfig *c) { return wrap(m, o, c, 1); }
+
+StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, const int *tokens) {
+    PipeTrainer *p = wrap(m, o, c, 0);
     const StepStats st = pipe_train_step(p, c, step, tokens);
     pipe_trainer_free(p);
     return st;
 }
 
 float pipe_eval_ce(PipeTrainer *p, const int *tokens) {
+    graph_pause(p);
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         p->ctx[pipe].tokens = tokens;
         p->ctx[pipe].ce = 0;

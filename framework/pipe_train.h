@@ -56,6 +56,8 @@ typedef struct {
     int fused;           // no grid and the whole model: backward_input runs model_backward (input and
                          // weight gradients) and backward_weight only counts
     float *dscal;        // (n_mb, 1 + L) each training forward's loss scalars, in the model's memory
+    int *ids;            // (C, 2, B·T) under a CUDA graph: the step's checked inputs and targets in
+                         // the model's memory, at a place fixed for the graph (else NULL)
     int n_fwd, n_wgt;    // forwards and backward_weights run this step
     DpSync *sync;        // the DP sync overlapped with this step's last backward_weight, or NULL
     double ce;           // evaluation: Σ of the last stage's cross-entropies
@@ -84,7 +86,16 @@ typedef struct PipeTrainer {
     int eplb;            // EPLB runs (cfg.eplb_interval > 0): each stage with MoE layers has a runtime
     float *imbalance;    // (L) per-layer max/mean tokens per expert of the last step, whole pipeline
     SimEvent *trace;     // (n_ops of this rank) the last step's ops with start/end (µs)
-    int borrowed;        // the stage is a caller's model and optimizer (train_step_tokens)
+    int borrowed;        // the stage is a caller's model and optimizer (pipe_trainer_wrap)
+    // The step's schedule run as a CUDA graph (cuda_graph; docs/gpu.md, "CUDA graph"): one process,
+    // one stage on a GPU that runs it with no host wait (backend_graph_blocker). The first step
+    // runs eagerly on the graph's path (the libraries' first-call set-up, every cached operator),
+    // the second is captured, and every later one launches the capture.
+    int graph_on;        // the steps take the graph's path
+    int graph_warm;      // a step has run eagerly on it
+    void *graph;         // the captured run (core_cuda_graph_*), or NULL
+    int graph_stale;     // kernel-by-kernel work (an evaluation, a profiled step) ran since the
+                         // last launch: before the next, the pool gives back what it cached
 } PipeTrainer;
 
 // Partitions the model (stage_partition), builds this rank's stage models with identical initial
@@ -99,8 +110,11 @@ void pipe_trainer_free(PipeTrainer *p);
 // then the step tail above. Collective over the grid. A step whose loss or gradient norm is not
 // finite changes nothing but the gradients (st.nonfinite).
 StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const int *tokens);
-// The same step for a caller's whole model m and optimizer o in one process, no communication
-// (tests, the benchmark, the reference dumps): a one-stage engine around them for the step.
+// A one-stage engine around a caller's whole model m and optimizer o in one process, no
+// communication, for pipe_train_step (the benchmark); pipe_trainer_free leaves m and o to the
+// caller.
+PipeTrainer *pipe_trainer_wrap(Model *m, AdamW *o, const MoeConfig *c);
+// One step of such an engine made for the call (tests, the reference dumps): never a CUDA graph.
 StepStats train_step_tokens(Model *m, AdamW *o, const MoeConfig *c, int step, const int *tokens);
 // Sets st->nonfinite and returns it: the loss or the gradient norm is NaN or infinite, or the
 // gradient AdamW would apply (after clipping) is too large for its float32 moments.

@@ -1,6 +1,8 @@
 // Softmax cross-entropy on the GPU: the calls of crossentropy.h on device pointers. logits and
-// dlogits are of dtype dt; losses and lse are fp32; targets are device ints, checked against
-// [0, V) before use (a synchronizing check).
+// dlogits are of dtype dt; losses and lse are fp32; targets are device ints in [0, V), which the
+// caller checks where they come from (the model, on the host before the upload:
+// framework/model.c), so that no call waits for the device. A target outside gets a NaN loss and
+// reads nothing outside its row.
 #ifndef MOELAB_LAYERS_CROSSENTROPY_CUDA_H
 #define MOELAB_LAYERS_CROSSENTROPY_CUDA_H
 

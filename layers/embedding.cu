@@ -6,31 +6,34 @@
 
 #include <cub/device/device_radix_sort.cuh>
 
+// A token outside [0, V) (which the caller should have refused) reads no memory outside the table:
+// its row is NaN.
 template <typename T>
-__global__ void embedding_forward_kernel(T *out, const int *tokens, const T *table, int N, int D) {
+__global__ void embedding_forward_kernel(T *out, const int *tokens, const T *table, int N, int V, int D) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)N * D) return;
-    int n = (int)(i / D), d = (int)(i % D);
-    out[i] = table[(size_t)tokens[n] * D + d];
+    int n = (int)(i / D), d = (int)(i % D), v = tokens[n];
+    if (v >= 0 && v < V) out[i] = table[(size_t)v * D + d];
+    else core_st(out + i, NAN);
 }
 
 template <typename T>
-static void forward(void *out, const int *tokens, const void *table, int N, int D) {
+static void forward(void *out, const int *tokens, const void *table, int N, int V, int D) {
     long n = (long)N * D;
     embedding_forward_kernel<T><<<core_blocks(n, 256), 256, 0, core_stream()>>>(
-        (T *)out, tokens, (const T *)table, N, D);
+        (T *)out, tokens, (const T *)table, N, V, D);
     CUDA_CHECK_LAUNCH();
 }
 
 // Block (x = sorted position i, y = column block): where i starts a run of equal tokens in
 // sorted (N), dtable[token] += the rows of dout at the run's positions (order, increasing: the sort
-// is stable); the other blocks have nothing to do.
+// is stable); the other blocks have nothing to do, nor those of a token outside [0, V).
 template <typename T>
 __global__ void embedding_backward_kernel(float *dtable, const T *dout, const int *sorted, const int *order, int N,
-                                          int D) {
+                                          int V, int D) {
     const int i = blockIdx.x, d = blockIdx.y * blockDim.x + threadIdx.x;
     const int v = sorted[i];
-    if (d >= D || (i > 0 && sorted[i - 1] == v)) return;
+    if (d >= D || v < 0 || v >= V || (i > 0 && sorted[i - 1] == v)) return;
     float s = 0.0f;
     for (int j = i; j < N && sorted[j] == v; j++) s += core_ld(dout + (size_t)order[j] * D + d);
     dtable[(size_t)v * D + d] += s;
@@ -42,27 +45,26 @@ __global__ void iota_kernel(int *x, int n) {
 }
 
 template <typename T>
-static void backward(float *dtable, const void *dout, const int *sorted, const int *order, int N, int D) {
+static void backward(float *dtable, const void *dout, const int *sorted, const int *order, int N, int V, int D) {
     dim3 grid(N, core_blocks(D, 128));
-    embedding_backward_kernel<T><<<grid, 128, 0, core_stream()>>>(dtable, (const T *)dout, sorted, order, N, D);
+    embedding_backward_kernel<T><<<grid, 128, 0, core_stream()>>>(dtable, (const T *)dout, sorted, order, N, V, D);
     CUDA_CHECK_LAUNCH();
 }
 
-static void embedding_check(const int *tokens, int N, int V, int D) {
+static void embedding_check(int N, int V, int D) {
     CHECK(N >= 0 && V > 0 && D > 0, "embedding: bad shape N=%d V=%d D=%d", N, V, D);
-    core_cuda_check_indices(tokens, N, V, "embedding: token");
 }
 
 void embedding_cuda_forward(CoreDtype dt, void *out, const int *tokens, const void *table, int N,
                             int V, int D) {
-    embedding_check(tokens, N, V, D);
+    embedding_check(N, V, D);
     if (N == 0) return;
-    CORE_DTYPE_CALL(dt, forward, out, tokens, table, N, D);
+    CORE_DTYPE_CALL(dt, forward, out, tokens, table, N, V, D);
 }
 
 void embedding_cuda_backward_weight(CoreDtype dt, float *dtable, const void *dout,
                                     const int *tokens, int N, int V, int D) {
-    embedding_check(tokens, N, V, D);
+    embedding_check(N, V, D);
     if (N == 0) return;
     // The positions sorted by token (stable), in stream-ordered memory: sorted (N) the tokens,
     // order (N) their positions.
@@ -80,6 +82,6 @@ void embedding_cuda_backward_weight(CoreDtype dt, float *dtable, const void *dou
     CUDA_CHECK(cudaMallocAsync(&temp, temp_bytes, st));
     CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, tokens, sorted, pos, order, N, 0, bits, st));
     CUDA_CHECK(cudaFreeAsync(temp, st));
-    CORE_DTYPE_CALL(dt, backward, dtable, dout, sorted, order, N, D);
+    CORE_DTYPE_CALL(dt, backward, dtable, dout, sorted, order, N, V, D);
     CUDA_CHECK(cudaFreeAsync(pos, st));
 }

@@ -1,6 +1,8 @@
 // Token embedding on the GPU: the calls of embedding.h on device pointers. table and out are of
-// dtype dt; dtable is fp32 (a weight gradient); tokens are device ints, checked against [0, V)
-// before use (a synchronizing check).
+// dtype dt; dtable is fp32 (a weight gradient); tokens are device ints in [0, V), which the caller
+// checks where they come from (the model, on the host before the upload: framework/model.c), so
+// that no call waits for the device. A token outside gets a NaN row in the forward and adds
+// nothing in the backward: no memory outside the table is read or written.
 #ifndef MOELAB_LAYERS_EMBEDDING_CUDA_H
 #define MOELAB_LAYERS_EMBEDDING_CUDA_H
 

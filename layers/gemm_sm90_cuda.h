@@ -27,9 +27,10 @@ int gemm_sm90_shapes_ok(int IC, int OC);
 // always overwrites).
 void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, const void *b, const int *counts,
                        const int *dcounts, int G, int IC, int OC, int acc);
-// 1 when the product kind for G groups may take its counts on the device only: the forward and
-// backward_input of at most GEMM_SM90_MAX_GROUPS groups (a weight gradient chooses its grid from
-// the counts on the host).
+// 1 when the product kind for G groups may take its counts on the device only: any product of at
+// most GEMM_SM90_MAX_GROUPS groups (one launch). A weight gradient so sized runs ping-pong tiles on
+// a fixed grid (with host counts it chooses both from them: layers/gemm_sm90.cu's best_config and
+// grid_factor).
 int gemm_sm90_device_counts_ok(GemmSm90Kind kind, int G);
 
 enum { GEMM_SM90_MAX_GROUPS = 512 };

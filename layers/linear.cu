@@ -293,29 +293,40 @@ static Gemm group_gemm(const GroupArgs *g, int e, int rows, size_t row0) {
     }
 }
 
-// dW[e] (OC·IC floats each) = 0 for the experts listed in z, a launch for up to ZERO_MAX of them:
-// a weight gradient written (β = 0) whose group has no rows. One launch instead of a memset each
-// (a bench step had 126 of them, each a launch and the gap after it).
+// dW[e] (OC·IC floats each) = 0 for each expert e without rows: a weight gradient written (β = 0)
+// skips the groups without rows. One launch for up to ZERO_MAX of them instead of a memset each (a
+// bench step had 126 of them, each a launch and the gap after it). With the counts on the host the
+// launch lists the empty experts (z); with counts on the device only (dcounts, the host has no
+// list) it has a block row per expert, and those with rows return at once.
 #define ZERO_MAX 256
 typedef struct {
     int e[ZERO_MAX];
     int n;
 } ZeroList;
-__global__ void zero_experts_kernel(float *dw, long block, const __grid_constant__ ZeroList z) {
-    float *y = dw + (size_t)z.e[blockIdx.y] * block;
+__global__ void zero_experts_kernel(float *dw, long block, const __grid_constant__ ZeroList z, const int *dcounts) {
+    const int e = dcounts ? (int)blockIdx.y : z.e[blockIdx.y];
+    if (dcounts && dcounts[e] != 0) return;
+    float *y = dw + (size_t)e * block;
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < block; i += (long)gridDim.x * blockDim.x)
         y[i] = 0.0f;
 }
-static void zero_empty_experts(float *dw, const int *counts, int G, long block) {
+static void zero_launch(float *dw, long block, const ZeroList *z, const int *dcounts, int rows) {
+    const long blocks = (block + 255) / 256;
+    zero_experts_kernel<<<dim3((unsigned)(blocks < 64 ? blocks : 64), (unsigned)rows), 256, 0, core_stream()>>>(
+        dw, block, *z, dcounts);
+    CUDA_CHECK_LAUNCH();
+}
+static void zero_empty_experts(float *dw, const int *counts, const int *dcounts, int G, long block) {
     ZeroList z;
     z.n = 0;
+    if (!counts) {
+        zero_launch(dw, block, &z, dcounts, G);
+        return;
+    }
     for (int e = 0; e < G; e++) {
         if (counts[e] == 0) z.e[z.n++] = e;
         if (z.n && (z.n == ZERO_MAX || e == G - 1)) {
-            const long blocks = (block + 255) / 256;
-            zero_experts_kernel<<<dim3((unsigned)(blocks < 64 ? blocks : 64), (unsigned)z.n), 256, 0,
-                                  core_stream()>>>(dw, block, z);
-            CUDA_CHECK_LAUNCH();
+            zero_launch(dw, block, &z, NULL, z.n);
             z.n = 0;
         }
     }
@@ -344,7 +355,11 @@ static void run_groups(const GroupArgs *g, const int *counts, const int *dcounts
     const GemmSm90Kind kind = g->kind == GROUP_FORWARD          ? GEMM_SM90_FORWARD
                               : g->kind == GROUP_BACKWARD_INPUT ? GEMM_SM90_BACKWARD_INPUT
                                                                 : GEMM_SM90_BACKWARD_WEIGHT;
+    // A weight gradient written (β = 0) is written for every group: the products skip groups
+    // without rows, whose gradient is zero.
+    const int zero_empty = g->kind == GROUP_BACKWARD_WEIGHT && g->beta == 0.0f;
     if (mode == LINEAR_GROUPED_CUTLASS && !counts && gemm_sm90_device_counts_ok(kind, G)) {
+        if (zero_empty) zero_empty_experts((float *)g->y, NULL, dcounts, G, (long)g->OC * g->IC);
         gemm_sm90_grouped(kind, g->y, g->a, g->b, NULL, dcounts, G, g->IC, g->OC, g->beta != 0.0f);
         return;
     }
@@ -356,10 +371,7 @@ static void run_groups(const GroupArgs *g, const int *counts, const int *dcounts
         CUDA_CHECK(cudaStreamSynchronize(core_stream()));
         counts = fetched;
     }
-    // A weight gradient written (β = 0) is written for every group: the products skip groups
-    // without rows, whose gradient is zero.
-    if (g->kind == GROUP_BACKWARD_WEIGHT && g->beta == 0.0f)
-        zero_empty_experts((float *)g->y, counts, G, (long)g->OC * g->IC);
+    if (zero_empty) zero_empty_experts((float *)g->y, counts, NULL, G, (long)g->OC * g->IC);
     if (mode == LINEAR_GROUPED_CUTLASS) {
         gemm_sm90_grouped(kind, g->y, g->a, g->b, counts, NULL, G, g->IC, g->OC, g->beta != 0.0f);
     } else {

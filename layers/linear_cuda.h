@@ -26,8 +26,8 @@ void linear_cuda_backward_weight(CoreDtype dt, float *dW, const void *dout, cons
 // [o_e, o_e + counts[e]) of inp, out, dout and dinp belong to expert e, o_e = Σ_{j<e} counts[j];
 // W and dW are (G, OC, IC). counts (G) is on the host, or NULL where dcounts (G, on the device,
 // written by work queued before) holds them and the host has not got them yet (layers/ops.h's
-// OpsGroups): the Hopper kernels' forward and backward_input read them there, and every other
-// path downloads them first (a wait). linear_cuda_grouped_mode() says how they run. The backward
+// OpsGroups): the Hopper kernels read them there (up to GEMM_SM90_MAX_GROUPS groups), and every
+// other path downloads them first (a wait). linear_cuda_grouped_mode() says how they run. The backward
 // products add to dinp or dW with acc = 1 and write them without reading them with acc = 0 (a
 // fresh buffer needs no zero fill, and the product no read of zeros); an expert with no rows has
 // its dW left as it is (acc = 1) or zeroed (acc = 0).

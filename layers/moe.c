@@ -31,6 +31,7 @@ static void check_shape(const MoeShape *s, const MoeDispatcher *d, int B, int T)
           s->rc.K, s->E, s->K);
     CHECK(s->alpha >= 0.0f, "moe: balance loss weight alpha must be >= 0, got %g", s->alpha);
     CHECK(d->n_local >= 1, "moe: dispatcher has %d local expert slots", d->n_local);
+    CHECK(!d->device_counts_only || d->dev_counts, "moe: device_counts_only without dev_counts");
     CHECK(B >= 1 && T >= 1, "moe: need B >= 1 and T >= 1, got B = %d, T = %d", B, T);
 }
 
@@ -118,6 +119,7 @@ static void plan_chunks_wait(MoeActs *a, MoeDispatcher *d) {
 }
 
 MoeDispatchPlan *moe_plan_now(MoeDispatcher *d, const int *idx, int N, int K, int *n_rows, int *counts) {
+    CHECK(!d->device_counts_only, "moe_plan_now: the dispatcher keeps its counts on the device");
     MoeDispatchPlan *p = d->plan(d, idx, N, K, n_rows, counts);
     if (d->plan_wait) d->plan_wait(d, p);
     return p;
@@ -409,20 +411,21 @@ void moe_backward_weight(MoeGrads *g, MoeActs *a, const void *dy, const MoeShape
                          int acc) {
     CHECK(a->dlogits != NULL, "moe_backward_weight: needs moe_backward_input first");
     const LayerOps *o = ops_of(d);
-    int N = a->N, D = s->D, E = s->E, Fe = s->Fe, L = d->n_local;
+    int N = a->N, D = s->D, E = s->E, Fe = s->Fe;
     prof_mark(PROF_ROUTER);
     o->linear_backward_weight(g->router, a->dlogits, a->x, N, D, E);
     // The weight gradients read the counts on the host (gemm_sm90.cu chooses its grid from them),
-    // which by now have long arrived where they travelled from the device.
+    // which by now have long arrived where they travelled from the device; with device_counts_only
+    // they take them where they are.
     prof_mark(PROF_DISPATCH);
-    plan_chunks_wait(a, d);
+    if (!d->device_counts_only) plan_chunks_wait(a, d);
     prof_mark(PROF_EXPERTS);
     // Chunk by chunk in a fixed order: with C > 1 each expert's rows add up in C sums, which rounds
     // differently from one sum over all rows (fp32 reassociation, within 1e-6 relative in the tests).
     for (int c = 0; c < a->C; c++) {
         const MoeChunk *h = &a->ch[c];
         SwigluActs v = acts_from(o, &a->ex, h->r0, Fe);
-        const OpsGroups gr = ops_groups_host(h->counts, L);
+        const OpsGroups gr = chunk_groups(a, d, h);
         ops_swiglu_backward_weight(o, g->w13, g->w2, &v, row_at(o, a->xe, h->r0, D), row_at(o, a->dye, h->r0, D),
                                    &gr, D, Fe, c > 0 || acc);
     }

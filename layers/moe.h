@@ -78,6 +78,12 @@ typedef struct MoeDispatcher {
     // c+1's experts compute (the backward likewise). Per token the math is the same; only the
     // routed experts' weight gradients add up their rows chunk by chunk.
     int chunks;
+    // Set by the owner where dev_counts is (0: off): plan leaves counts unwritten and sends nothing
+    // to the host, and the layer sizes every expert GEMM, the weight gradients' too, from
+    // dev_counts, so that no call of the layer waits for the device (a step captured in a CUDA
+    // graph). The dispatcher's check of the expert ids, which reads the host's counts, is left out
+    // then: the router's top-k gives ids in range whatever its logits (NaN included).
+    int device_counts_only;
 } MoeDispatcher;
 
 // The single-process dispatcher: all E experts local, slot s = expert s. Rows are ordered by expert,
@@ -97,7 +103,8 @@ void moe_counting_sort(const int *key, long n, int n_keys, int *counts, int *row
 void moe_scatter_rows(float *rows, const float *src, int per_choice, const int *pos, int N, int K, int D);
 void moe_gather_rows(float *dst, const float *rows, const int *pos, long n, int D);
 
-// plan, then plan_wait where d has it: for a caller that needs the counts at once.
+// plan, then plan_wait where d has it: for a caller that needs the counts at once (not with
+// device_counts_only).
 MoeDispatchPlan *moe_plan_now(MoeDispatcher *d, const int *idx, int N, int K, int *n_rows, int *counts);
 
 // ---------------------------------------------------------------------------------------------

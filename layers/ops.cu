@@ -73,10 +73,13 @@ static cudaMemPool_t pool(void) {
     CUDA_CHECK(cudaDeviceGetDefaultMemPool(&p, dev));
     return p;
 }
+// The pool's high-water mark, or where higher the CUDA graphs' peak (a captured step allocates
+// from the graphs' memory: core_cuda_graph_peak).
 static size_t cu_peak_bytes(void) {
     unsigned long long high = 0;
     CUDA_CHECK(cudaMemPoolGetAttribute(pool(), cudaMemPoolAttrUsedMemHigh, &high));
-    return (size_t)high;
+    const size_t graph = core_cuda_graph_peak();
+    return graph > (size_t)high ? graph : (size_t)high;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -375,7 +378,10 @@ static MoeDispatchPlan *cu_plan(MoeDispatcher *self, const int *idx, int N, int 
     // Both written in full by the plan's kernels (row_of: every pair, a bad id's too).
     int *row_of = (int *)cu_alloc_uninit((size_t)n * sizeof(int));
     int *dcounts = (int *)cu_alloc_uninit((size_t)E * sizeof(int));
-    MoeDispatchPlan *p = new MoeDispatchPlan{N, K, row_of, dcounts, idx, counts, {}, true};
+    MoeDispatchPlan *p = new MoeDispatchPlan{N, K, row_of, dcounts, idx, counts, {}, !self->device_counts_only};
+    moe_cuda_plan_unchecked(p->row_of, p->dcounts, idx, N, K, E);
+    *n_rows = (int)n;
+    if (!p->waiting) return p;  // the counts stay on the device (moe.h's device_counts_only)
     {
         std::lock_guard<std::mutex> lock(ld->mu);
         if (ld->idle.empty()) {
@@ -390,15 +396,14 @@ static MoeDispatchPlan *cu_plan(MoeDispatcher *self, const int *idx, int N, int 
     // The counts stay on the device for the expert GEMMs (cu_dev_counts) and travel to the host,
     // where cu_plan_wait waits for them: the weight gradients choose their grid from them, and the
     // copy checks the expert ids (a bad one is missing from the counts).
-    moe_cuda_plan_unchecked(p->row_of, p->dcounts, idx, N, K, E);
     CUDA_CHECK(cudaMemcpyAsync(p->stage.host, p->dcounts, (size_t)E * sizeof(int), cudaMemcpyDeviceToHost,
                                core_stream()));
     CUDA_CHECK(cudaEventRecord(p->stage.copied, core_stream()));
-    *n_rows = (int)n;
     return p;
 }
 
 static void cu_plan_wait(MoeDispatcher *self, MoeDispatchPlan *p) {
+    CHECK(!self->device_counts_only, "GPU dispatcher: plan_wait with the counts kept on the device");
     CHECK(p->waiting, "GPU dispatcher: plan_wait twice");
     const int E = self->n_local;
     const long n = (long)p->N * p->K;

@@ -76,7 +76,7 @@ static const KeyInfo KEYS[] = {
     {"schedule", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
     {"fb_overlap", K_BOOL, OFF(fb_overlap), 0, 1, NULL, "F&B ops: forward and backward on two GPU streams"},
     {"zero", K_INT, OFF(zero), 0, 1, NULL, "ZeRO stage: 1 shards the AdamW moments over the DP ranks (0: off)"},
-    // The five below choose how the work runs, never what it computes (beyond the rounding of
+    // The six below choose how the work runs, never what it computes (beyond the rounding of
     // the GEMM kernels): overlaps on by default, off to measure their gain.
     {"dp_overlap", K_BOOL, OFF(dp_overlap), 0, 1, NULL, "DP gradient all-reduce overlaps the backward"},
     {"ep_overlap", K_BOOL, OFF(ep_overlap), 0, 1, NULL, "shared experts overlap the EP dispatch all-to-all"},
@@ -85,6 +85,8 @@ static const KeyInfo KEYS[] = {
     {"expert_gemm", K_STR, OFF(expert_gemm), 0, 0, "cutlass|grouped|streams|loop",
      "GPU expert GEMMs: CUTLASS (sm90 bf16, else grouped), cuBLAS grouped, per-expert streams, loop"},
     {"gemm_streams", K_INT, OFF(gemm_streams), 1, 8, NULL, "side streams of expert_gemm = streams"},
+    {"cuda_graph", K_BOOL, OFF(cuda_graph), 0, 1, NULL,
+     "one GPU: the step's forward and backward as one CUDA graph, captured at the second step"},
     {"deterministic", K_BOOL, OFF(deterministic), 0, 1, NULL,
      "reruns bit-identical (0: on GPUs cuDNN's faster attention backward, whose dQ varies run to run)"},
     {"eplb_interval", K_INT, OFF(eplb_interval), 0, INT_MAX, NULL, "steps between EPLB rebalances (0: off)"},
@@ -119,7 +121,7 @@ void config_defaults(MoeConfig *c) {
     c->sample_tokens = 0; c->temperature = 0.8f; c->top_k_sample = 40; c->threads = 0;
     c->ep = 1; c->pp = 1; c->chunks = 0; strcpy(c->schedule, "1f1b");
     c->dp_overlap = 1; c->ep_overlap = 1; c->ep_chunks = 1; strcpy(c->expert_gemm, "cutlass"); c->gemm_streams = 4;
-    c->deterministic = 1;
+    c->deterministic = 1; c->cuda_graph = 1;
     c->eplb_interval = 0; c->eplb_redundant = 0; c->eplb_groups = 1; c->eplb_nodes = 1;
     c->router_skew = 0; c->comm_timeout = 300;
     strcpy(c->device, "cpu");

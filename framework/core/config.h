@@ -65,6 +65,8 @@ typedef struct {
     int zero;            // ZeRO stage: 1 shards the AdamW moments over the data-parallel ranks (0: off)
     char expert_gemm[CONFIG_STR];  // GPU expert GEMMs: "cutlass" | "grouped" | "streams" | "loop"
     int gemm_streams;    // side streams of expert_gemm = streams (1..8)
+    int cuda_graph;      // bool: on one GPU the training step's forward and backward run as a CUDA
+                         // graph (docs/gpu.md "CUDA graph"; the default); 0: kernel by kernel
     int deterministic;   // bool: reruns bit-identical (the default); 0 lets cuDNN's attention
                          // backward use its faster algorithm, whose dQ sums (atomics) vary run to run
     int eplb_interval, eplb_redundant;

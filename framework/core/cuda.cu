@@ -164,6 +164,65 @@ float core_cuda_event_ms(void *a, void *b) {
     return ms;
 }
 
+static cudaMemPool_t default_pool(void) {
+    cudaMemPool_t pool;
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, g_device));
+    return pool;
+}
+
+static size_t g_graph_base;  // the pool's bytes in use when the last capture began
+static bool g_captured;      // a capture has begun in this process
+
+void core_cuda_graph_begin(void) {
+    require_init();
+    CUDA_CHECK(cudaStreamSynchronize(cur_stream()));
+    core_cuda_pool_trim();
+    unsigned long long used = 0;
+    CUDA_CHECK(cudaMemPoolGetAttribute(default_pool(), cudaMemPoolAttrUsedMemCurrent, &used));
+    g_graph_base = (size_t)used;
+    g_captured = true;
+    // Relaxed: a library's first-call set-up (a cudaMalloc) may happen inside; a wait on the
+    // stream still fails the capture.
+    CUDA_CHECK(cudaStreamBeginCapture(cur_stream(), cudaStreamCaptureModeRelaxed));
+}
+
+void *core_cuda_graph_end(void) {
+    require_init();
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaStreamEndCapture(cur_stream(), &graph));
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    return (void *)exec;
+}
+
+void core_cuda_graph_launch(void *graph) { CUDA_CHECK(cudaGraphLaunch((cudaGraphExec_t)graph, cur_stream())); }
+
+void core_cuda_graph_free(void *graph) {
+    if (!graph) return;
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaGraphExecDestroy((cudaGraphExec_t)graph));
+    CUDA_CHECK(cudaDeviceGraphMemTrim(g_device));
+}
+
+void core_cuda_graph_trim(void) {
+    require_init();
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaDeviceGraphMemTrim(g_device));
+}
+
+void core_cuda_pool_trim(void) {
+    require_init();
+    CUDA_CHECK(cudaMemPoolTrimTo(default_pool(), 0));
+}
+
+size_t core_cuda_graph_peak(void) {
+    if (!g_captured) return 0;
+    unsigned long long high = 0;
+    CUDA_CHECK(cudaDeviceGetGraphMemAttribute(g_device, cudaGraphMemAttrUsedMemHigh, &high));
+    return g_graph_base + (size_t)high;
+}
+
 void core_cuda_profiler_window(int on) { CUDA_CHECK(on ? cudaProfilerStart() : cudaProfilerStop()); }
 
 template <typename D, typename S>

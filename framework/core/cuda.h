@@ -71,6 +71,29 @@ float core_cuda_event_ms(void *a, void *b);
 // (cudaProfilerStart / Stop: nsys's capture range, tools/trace's windows); without one, nothing.
 void core_cuda_profiler_window(int on);
 
+// CUDA graphs of the calling thread's stream. core_cuda_graph_begin starts capturing: from then on
+// the stream's work is recorded, not run, until core_cuda_graph_end returns it as a graph ready to
+// launch (any host wait on the stream in between fails the capture, and the process ends naming
+// the call). Memory that the captured work allocates is the graph's own, mapped while a launch runs
+// and kept between launches; the captured work should free what it allocates. Before the capture
+// the stream-ordered pool gives back the memory it caches, so that the graph and the pool do not
+// each hold a step's worth. core_cuda_graph_launch queues one run on the calling thread's stream;
+// core_cuda_graph_free waits for the device and frees the graph and its memory.
+void core_cuda_graph_begin(void);
+void *core_cuda_graph_end(void);
+void core_cuda_graph_launch(void *graph);
+void core_cuda_graph_free(void *graph);
+// Memory back to the driver, so that kernel-by-kernel work and a graph's launches do not each keep
+// their peak: core_cuda_graph_trim waits for the device and unmaps the graphs' memory (before
+// kernel-by-kernel work between launches; the next launch maps it again), core_cuda_pool_trim gives
+// back what the pool caches (before a launch that follows such work).
+void core_cuda_graph_trim(void);
+void core_cuda_pool_trim(void);
+// The most memory in use while a graph ran: the pool's use when the capture began plus the most
+// the graphs have held at once (0 before any capture). With the trims above, the device's peak is
+// the larger of this and the pool's own high-water mark.
+size_t core_cuda_graph_peak(void);
+
 // dst (n) of dtype ddt = src (n) of dtype sdt, both on the GPU (bf16 rounds to nearest even).
 void core_cuda_convert(void *dst, CoreDtype ddt, const void *src, CoreDtype sdt, long n);
 // Sets `bytes` bytes of GPU memory to `byte` (0xFF makes every f32 and bf16 element a NaN).

@@ -31,6 +31,15 @@ void core_cuda_use_stream(CoreCudaStream *s) { FATAL(NO_CUDA); }
 void **core_cuda_stream_state(void) { FATAL(NO_CUDA); }
 float core_cuda_event_ms(void *a, void *b) { FATAL(NO_CUDA); }
 void core_cuda_profiler_window(int on) { FATAL(NO_CUDA); }
+void core_cuda_graph_begin(void) { FATAL(NO_CUDA); }
+void *core_cuda_graph_end(void) { FATAL(NO_CUDA); }
+void core_cuda_graph_launch(void *graph) { FATAL(NO_CUDA); }
+void core_cuda_graph_free(void *graph) {
+    if (graph) FATAL(NO_CUDA);
+}
+void core_cuda_graph_trim(void) { FATAL(NO_CUDA); }
+void core_cuda_pool_trim(void) { FATAL(NO_CUDA); }
+size_t core_cuda_graph_peak(void) { return 0; }
 
 void core_cuda_convert(void *dst, CoreDtype ddt, const void *src, CoreDtype sdt, long n) {
     FATAL(NO_CUDA);

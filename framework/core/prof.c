@@ -61,6 +61,8 @@ void prof_start(int gpu) {
     take(PROF_OTHER);
 }
 
+int prof_active(void) { return g_on; }
+
 void prof_stop(double ms[PROF_N]) {
     CHECK(g_on, "prof_stop: not started");
     take(PROF_OTHER);  // closes the last interval

@@ -32,6 +32,9 @@ void prof_start(int gpu);
 // Stops and adds each region's milliseconds since prof_start to ms[PROF_N] (waits for the GPU).
 void prof_stop(double ms[PROF_N]);
 const char *prof_name(ProfRegion r);
+// 1 between prof_start and prof_stop (a CUDA graph of the step would take no marks: the training
+// step runs eagerly then).
+int prof_active(void);
 
 #ifdef __cplusplus
 }

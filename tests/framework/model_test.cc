@@ -443,6 +443,23 @@ TEST(ModelDeath, TiedEmbeddingsAcrossStages) {
                 "tie_embeddings = true needs the embedding and the head on one pipeline stage");
 }
 
+// A token id outside the vocabulary, as input or as target, is bad input (exit 2) named by the
+// model before anything reaches a kernel (the GPU's kernels trust the ids: layers/embedding_cuda.h).
+TEST(ModelDeath, TokenOutsideTheVocabulary) {
+    const MoeConfig c = tiny(1);
+    Model *m = model_create(&c, 0, 1);
+    std::vector<int> tok((size_t)2 * (c.T + 1), 1);
+    for (int bad : {c.V, -1})
+        for (size_t at : {(size_t)3, (size_t)c.T}) {  // an input, the first row's last target
+            std::vector<int> t = tok;
+            t[at] = bad;
+            ModelActs a;
+            EXPECT_EXIT(model_forward(m, &a, t.data(), 2, c.T, 1), ::testing::ExitedWithCode(2),
+                        "token id " + std::to_string(bad) + " outside the vocabulary \\[0, " + std::to_string(c.V) + "\\)");
+        }
+    model_free(m);
+}
+
 TEST(Optimizer, LearningRateSchedule) {
     MoeConfig c;
     config_defaults(&c);
