@@ -32,7 +32,8 @@ typedef struct {
 
 // Times optimizer steps of c on backend ops (one warm-up step, then at least min_steps and at least
 // min_seconds), the model and its optimizer living on that backend; then 2 steps with prof marks on
-// (GPU: CUDA events on the compute stream; CPU: the wall clock) for the time by layer type.
+// (GPU: CUDA events on the compute stream; CPU: the wall clock) for the time by layer type, kernel
+// by kernel (after a CUDA graph's launches one more step first, unmeasured).
 BenchResult bench_train(const MoeConfig *c, const LayerOps *ops, int min_steps, double min_seconds);
 // Single-precision GEMM rate (GFLOP/s) of cblas_sgemm on n × n × n, best of `reps` runs.
 double bench_sgemm_gflops(int n, int reps);
