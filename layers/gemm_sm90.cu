@@ -44,12 +44,15 @@ using ColMajor = cutlass::layout::ColumnMajor;
 // H200 at the bench and wide shapes, uniform and skewed counts (docs/BENCHMARKS.md). Ping-pong
 // 128 × 128: each of the two consumer warpgroups owns a whole tile and they take turns, so one's
 // epilogue (the bf16 store, the β = 1 read of dX, dW's fp32 read-modify-write) runs under the
-// other's mainloop; it is the fastest forward and backward_input everywhere measured, and the
-// fastest weight gradient while the groups are short (K = rows per expert ≤ 2048: 494 against 462
-// TFLOP/s at the bench shapes, 394 against 298 with skewed counts). Cooperative 128 × 256 (both
-// warpgroups on one tile, half its rows each) wins the weight gradient of long groups (wide shapes,
-// K ≈ 3072: 529 against 518), where the mainloop dwarfs the epilogue. A cooperative 256 × 128 lost
-// everywhere once the ping-pong kernel was in.
+// other's mainloop; it is the fastest product of every kind everywhere measured, the one every
+// launch runs. Cooperative 128 × 256 (both warpgroups on one tile, half its rows each) had won the
+// weight gradient of long groups (wide shapes, K ≈ 3072: 529 against 518 TFLOP/s) while both paired
+// their tiles along M; paired along N where that pads fewer (cluster_along_n: OC 1408 is an odd 11
+// tile rows), ping-pong wins there too (2026-12-04: 649 / 637 / 617 against 610 / 608 / 610 at
+// uniform, jittered and skewed counts), and it had always won with short groups (K ≤ 2048: 494
+// against 462 at the bench shapes, 394 against 298 skewed). Cooperative stays for kernel_bench's
+// comparison (gemm_sm90_set_config). A cooperative 256 × 128 lost everywhere once the ping-pong
+// kernel was in.
 struct PingSquare {  // 128 × 128 tiles, clusters of 2 along M (B tiles multicast to both CTAs)
     using Tile = Shape<_128, _128, _64>;
     using Cluster = Shape<_2, _1, _1>;
@@ -414,17 +417,6 @@ void launch_kind(const Groups &g, const int *dcounts, GemmSm90Kind kind, void *y
     else launch<BackwardInputGemm<Cfg>>(g, dcounts, kind, y, a, b, beta);
 }
 
-// The measured best configuration for the groups g (see the tile configurations above): ping-pong,
-// but cooperative 128 × 256 for a weight gradient whose groups with rows have more than 2048 of
-// them on average. Without the counts on the host, ping-pong: it loses 2 % to cooperative on long
-// groups and wins by up to 30 % on short and skewed ones.
-int best_config(GemmSm90Kind kind, const Groups &g) {
-    if (kind != GEMM_SM90_BACKWARD_WEIGHT || !g.host) return GEMM_SM90_PING_SQUARE;
-    long rows = 0, used = 0;
-    for (int i = 0; i < g.n; i++) rows += g.rows[i], used += g.rows[i] > 0;
-    return rows > 2048L * used ? GEMM_SM90_COOP_WIDE : GEMM_SM90_PING_SQUARE;
-}
-
 }  // namespace gemm_sm90
 
 using namespace gemm_sm90;
@@ -483,8 +475,7 @@ extern "C" void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, con
             rows += g.rows[i];
         }
         if (g.host && rows == 0) continue;  // no tiles: nothing to launch
-        const int config = g_config != GEMM_SM90_CONFIG_BEST ? g_config : best_config(kind, g);
-        if (config == GEMM_SM90_COOP_WIDE) launch_kind<CoopWide>(g, dcounts, kind, y, a, b, beta);
+        if (g_config == GEMM_SM90_COOP_WIDE) launch_kind<CoopWide>(g, dcounts, kind, y, a, b, beta);
         else launch_kind<PingSquare>(g, dcounts, kind, y, a, b, beta);
         g.row0 += rows;
     }

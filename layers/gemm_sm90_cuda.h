@@ -28,16 +28,15 @@ int gemm_sm90_shapes_ok(int IC, int OC);
 void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, const void *b, const int *counts,
                        const int *dcounts, int G, int IC, int OC, int acc);
 // 1 when the product kind for G groups may take its counts on the device only: any product of at
-// most GEMM_SM90_MAX_GROUPS groups (one launch). A weight gradient so sized runs ping-pong tiles on
-// a fixed grid (with host counts it chooses both from them: layers/gemm_sm90.cu's best_config and
-// grid_factor).
+// most GEMM_SM90_MAX_GROUPS groups (one launch). A weight gradient so sized runs on a fixed grid
+// (with host counts it chooses the grid from them: layers/gemm_sm90.cu's grid_factor).
 int gemm_sm90_device_counts_ok(GemmSm90Kind kind, int G);
 
 enum { GEMM_SM90_MAX_GROUPS = 512 };
 
-// Tile configurations: each launch's measured best (the default: ping-pong, cooperative for the
-// weight gradient of long groups, a weight gradient's clusters along N where that pads fewer tiles),
-// or for all products cooperative 128 × 256 or ping-pong 128 × 128, both in clusters of 2 along M.
+// Tile configurations: the measured best (the default: ping-pong 128 × 128, its clusters along N
+// where that pads fewer tiles), or for all products cooperative 128 × 256 or ping-pong 128 × 128,
+// both in clusters of 2 along M.
 // The setter is for kernel_bench and the GPU tests, which run each; not for the trainer.
 enum { GEMM_SM90_CONFIG_BEST = -1, GEMM_SM90_COOP_WIDE = 0, GEMM_SM90_PING_SQUARE = 1 };
 void gemm_sm90_set_config(int config);

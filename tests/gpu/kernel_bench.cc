@@ -155,6 +155,8 @@ void expert_gemms(int R, int nE, int nD, int nF) {
     }
     for (Spread spread : {UNIFORM, JITTERED, SKEWED}) {
         std::vector<int> c = expert_counts(R, nE, spread);
+        int *dcounts = (int *)dev()->alloc(c.size() * sizeof(int));
+        dev()->upload(dcounts, c.data(), c.size() * sizeof(int));
         printf("expert GEMMs, %d rows over %d experts, D %d Fe %d (%s, largest %d): ms and TFLOP/s per way, loop/best\n",
                R, nE, nD, nF, spread_name(spread), *std::max_element(c.begin(), c.end()));
         // The backward products both ways the SwiGLU backward calls them: backward_input written
@@ -203,7 +205,9 @@ void expert_gemms(int R, int nE, int nD, int nF) {
                 gemm_sm90_set_config(GEMM_SM90_CONFIG_BEST);
                 if (kind == 4) {
                     // The weight gradient's grid: CTAs per multiprocessor forced, and chosen from
-                    // the counts (what the model runs).
+                    // the counts (what the model runs kernel by kernel); then sized from the
+                    // counts on the device (what a CUDA graph of the step runs: ping-pong tiles on
+                    // a fixed grid, the empty experts zeroed from the device counts).
                     printf("\n%-28s", "    grid (10 queued)");
                     for (int f : {1, 2, 3, 4, 0}) {
                         gemm_sm90_set_grid_factor(f);
@@ -212,6 +216,12 @@ void expert_gemms(int R, int nE, int nD, int nF) {
                         else printf(" | chosen %.3f ms %5.1f", t * 1e3, flops / t / 1e12);
                     }
                     gemm_sm90_set_grid_factor(0);
+                    if (gemm_sm90_device_counts_ok(GEMM_SM90_BACKWARD_WEIGHT, nE)) {
+                        double t = time_queued([&] {
+                            linear_cuda_backward_weight_grouped(BF, dwe, he, xe, nullptr, dcounts, nE, nD, nF, 0);
+                        });
+                        printf(" | device counts %.3f ms %5.1f", t * 1e3, flops / t / 1e12);
+                    }
                 }
                 printf("\n%-28s", "");
             }
@@ -219,6 +229,7 @@ void expert_gemms(int R, int nE, int nD, int nF) {
             printf(" | loop/best %.2fx%s\n", loop / best,
                    fell_back ? "  (cuBLAS grouped: types not supported, ran as streams)" : "");
         }
+        dev()->free(dcounts);
     }
     linear_cuda_set_grouped_mode(saved);
     linear_cuda_set_gemm_streams(saved_streams);
