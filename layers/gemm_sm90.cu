@@ -1,6 +1,6 @@
 // Hopper grouped GEMMs for the experts (see gemm_sm90_cuda.h) through CUTLASS 3.x: one persistent,
-// warp-specialized kernel per product (TMA producer warp, two wgmma consumer warpgroups that split
-// a 256-row tile), every expert of a MoE layer in one launch. A small setup kernel writes the
+// warp-specialized kernel per product (a TMA producer warp, two wgmma consumer warpgroups that take
+// turns on 128 × 128 tiles of their own: ping-pong), every expert of a MoE layer in one launch. A small setup kernel writes the
 // groups' problem sizes, operand pointers and strides on the device from the row counts, which
 // come as a kernel argument from the host or are read where a kernel before wrote them on the
 // device (the dispatcher's plan): no host buffer, no copy, nothing to wait for. The CUTLASS
