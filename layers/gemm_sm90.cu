@@ -40,38 +40,27 @@ using Bf16 = cutlass::bfloat16_t;
 using RowMajor = cutlass::layout::RowMajor;
 using ColMajor = cutlass::layout::ColumnMajor;
 
-// Tile configurations (CTA tile M × N × K, cluster, kernel and epilogue schedules), measured on an
-// H200 at the bench and wide shapes, uniform and skewed counts (docs/BENCHMARKS.md). Ping-pong
-// 128 × 128: each of the two consumer warpgroups owns a whole tile and they take turns, so one's
-// epilogue (the bf16 store, the β = 1 read of dX, dW's fp32 read-modify-write) runs under the
-// other's mainloop; it is the fastest product of every kind everywhere measured, the one every
-// launch runs. Cooperative 128 × 256 (both warpgroups on one tile, half its rows each) had won the
-// weight gradient of long groups (wide shapes, K ≈ 3072: 529 against 518 TFLOP/s) while both paired
-// their tiles along M; paired along N where that pads fewer (cluster_along_n: OC 1408 is an odd 11
-// tile rows), ping-pong wins there too (2026-12-04: 649 / 637 / 617 against 610 / 608 / 610 at
-// uniform, jittered and skewed counts), and it had always won with short groups (K ≤ 2048: 494
-// against 462 at the bench shapes, 394 against 298 skewed). Cooperative stays for kernel_bench's
-// comparison (gemm_sm90_set_config). A cooperative 256 × 128 lost everywhere once the ping-pong
-// kernel was in.
-struct PingSquare {  // 128 × 128 tiles, clusters of 2 along M (B tiles multicast to both CTAs)
+// The tiles (CTA tile M × N × K, cluster, kernel and epilogue schedules), measured on an H200 at
+// the bench and wide shapes, uniform and skewed counts (docs/BENCHMARKS.md). Ping-pong 128 × 128:
+// each of the two consumer warpgroups owns a whole tile and they take turns, so one's epilogue (the
+// bf16 store, the β = 1 read of dX, dW's fp32 read-modify-write) runs under the other's mainloop;
+// it is the fastest product of every kind everywhere measured. Cooperative 128 × 256 (both
+// warpgroups on one tile, half its rows each) had won the weight gradient of long groups (wide
+// shapes, K ≈ 3072: 529 against 518 TFLOP/s) while both paired their tiles along M; paired along N
+// where that pads fewer (cluster_along_n: OC 1408 is an odd 11 tile rows), ping-pong won there too
+// (2026-12-04: 674.8 / 653.1 / 630.4 against 622.2 / 619.2 / 607.0 at uniform, jittered and skewed
+// counts), as it always had with short groups (K ≤ 2048: 494 against 462 at the bench shapes, 394
+// against 298 skewed), and cooperative tiles were dropped; a cooperative 256 × 128 had lost
+// everywhere once the ping-pong kernel was in.
+struct Tiles {  // 128 × 128 tiles, clusters of 2 along M (B tiles multicast to both CTAs)
     using Tile = Shape<_128, _128, _64>;
     using Cluster = Shape<_2, _1, _1>;
     using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
     using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
-    static constexpr bool kRowsAlongN = true;  // the best forward and backward_input: see below
 };
-struct CoopWide {  // 128 × 256 tiles, clusters of 2 along M
-    using Tile = Shape<_128, _256, _64>;
-    using Cluster = Shape<_2, _1, _1>;
-    using Kernel = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
-    using Epi = cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative;
-    static constexpr bool kRowsAlongN = false;  // never a forward's best: no such variant built
-};
-// A configuration's tiles in clusters of 2 along N instead (A tiles multicast to the pair), where
-// that pads fewer tiles (cluster_along_n). Built for every weight gradient and for the forward and
-// backward_input of the configurations marked kRowsAlongN.
-template <class Cfg>
-struct ClusterAlongN : Cfg {
+// The same tiles in clusters of 2 along N instead (A tiles multicast to the pair), where that pads
+// fewer tiles (cluster_along_n).
+struct TilesAlongN : Tiles {
     using Cluster = Shape<_1, _2, _1>;
 };
 // One grouped GEMM type: D (M, N, ElementC, row-major) = A (M, K) · B (K, N) + beta · C, bf16
@@ -109,7 +98,7 @@ template <class Cfg> using BackwardInputGemm = GroupedGemm<RowMajor, RowMajor, B
 // D = dW (OC, IC) fp32
 template <class Cfg> using BackwardWeightGemm = GroupedGemm<ColMajor, RowMajor, float, Cfg>;
 
-int g_config = GEMM_SM90_CONFIG_BEST;  // the tile configuration (gemm_sm90_set_config)
+int g_pairs = GEMM_SM90_PAIRS_BEST;    // the clusters' direction (gemm_sm90_set_pairs)
 int g_grid_factor = 0;                 // CTAs per multiprocessor; 0: chosen per launch
                                        // (gemm_sm90_set_grid_factor)
 int g_raster = GEMM_SM90_RASTER_BEST;  // the tile order (gemm_sm90_set_raster)
@@ -396,25 +385,18 @@ bool cluster_along_n(GemmSm90Kind kind, const Groups &g) {
     return pad_n < pad_m;
 }
 
-// The product kind with tile configuration Cfg, in the clusters that pad fewer tiles where the
-// configuration is the measured best (a forced configuration keeps clusters along M: kernel_bench's
-// comparison, and the measurement of what pairing along N gains).
-template <class Cfg>
+// The product kind, its tiles in the clusters that pad fewer (or along M where gemm_sm90_set_pairs
+// forces it: kernel_bench's measure of what pairing along N gains).
 void launch_kind(const Groups &g, const int *dcounts, GemmSm90Kind kind, void *y, const void *a, const void *b,
                  float beta) {
-    const bool along_n = g_config == GEMM_SM90_CONFIG_BEST && cluster_along_n<Cfg>(kind, g);
-    if (kind == GEMM_SM90_BACKWARD_WEIGHT) {
-        if (along_n) launch<BackwardWeightGemm<ClusterAlongN<Cfg>>>(g, dcounts, kind, y, a, b, beta);
-        else launch<BackwardWeightGemm<Cfg>>(g, dcounts, kind, y, a, b, beta);
-        return;
-    }
-    if constexpr (Cfg::kRowsAlongN) {
-        if (along_n && kind == GEMM_SM90_FORWARD)
-            return launch<ForwardGemm<ClusterAlongN<Cfg>>>(g, dcounts, kind, y, a, b, 0.0f);
-        if (along_n) return launch<BackwardInputGemm<ClusterAlongN<Cfg>>>(g, dcounts, kind, y, a, b, beta);
-    }
-    if (kind == GEMM_SM90_FORWARD) launch<ForwardGemm<Cfg>>(g, dcounts, kind, y, a, b, 0.0f);
-    else launch<BackwardInputGemm<Cfg>>(g, dcounts, kind, y, a, b, beta);
+    const bool along_n = g_pairs == GEMM_SM90_PAIRS_BEST && cluster_along_n<Tiles>(kind, g);
+    if (kind == GEMM_SM90_FORWARD && along_n) launch<ForwardGemm<TilesAlongN>>(g, dcounts, kind, y, a, b, 0.0f);
+    else if (kind == GEMM_SM90_FORWARD) launch<ForwardGemm<Tiles>>(g, dcounts, kind, y, a, b, 0.0f);
+    else if (kind == GEMM_SM90_BACKWARD_INPUT && along_n)
+        launch<BackwardInputGemm<TilesAlongN>>(g, dcounts, kind, y, a, b, beta);
+    else if (kind == GEMM_SM90_BACKWARD_INPUT) launch<BackwardInputGemm<Tiles>>(g, dcounts, kind, y, a, b, beta);
+    else if (along_n) launch<BackwardWeightGemm<TilesAlongN>>(g, dcounts, kind, y, a, b, beta);
+    else launch<BackwardWeightGemm<Tiles>>(g, dcounts, kind, y, a, b, beta);
 }
 
 }  // namespace gemm_sm90
@@ -444,10 +426,9 @@ extern "C" int gemm_sm90_available(void) {
     return avail;
 }
 
-extern "C" void gemm_sm90_set_config(int config) {
-    CHECK(config >= GEMM_SM90_CONFIG_BEST && config <= GEMM_SM90_PING_SQUARE, "gemm_sm90: unknown tile configuration %d",
-          config);
-    g_config = config;
+extern "C" void gemm_sm90_set_pairs(int pairs) {
+    CHECK(pairs == GEMM_SM90_PAIRS_BEST || pairs == GEMM_SM90_PAIRS_M, "gemm_sm90: unknown pairing %d", pairs);
+    g_pairs = pairs;
 }
 
 extern "C" int gemm_sm90_shapes_ok(int IC, int OC) { return IC > 0 && OC > 0 && IC % 8 == 0 && OC % 8 == 0; }
@@ -475,8 +456,7 @@ extern "C" void gemm_sm90_grouped(GemmSm90Kind kind, void *y, const void *a, con
             rows += g.rows[i];
         }
         if (g.host && rows == 0) continue;  // no tiles: nothing to launch
-        if (g_config == GEMM_SM90_COOP_WIDE) launch_kind<CoopWide>(g, dcounts, kind, y, a, b, beta);
-        else launch_kind<PingSquare>(g, dcounts, kind, y, a, b, beta);
+        launch_kind(g, dcounts, kind, y, a, b, beta);
         g.row0 += rows;
     }
 }

@@ -34,12 +34,11 @@ int gemm_sm90_device_counts_ok(GemmSm90Kind kind, int G);
 
 enum { GEMM_SM90_MAX_GROUPS = 512 };
 
-// Tile configurations: the measured best (the default: ping-pong 128 × 128, its clusters along N
-// where that pads fewer tiles), or for all products cooperative 128 × 256 or ping-pong 128 × 128,
-// both in clusters of 2 along M.
-// The setter is for kernel_bench and the GPU tests, which run each; not for the trainer.
-enum { GEMM_SM90_CONFIG_BEST = -1, GEMM_SM90_COOP_WIDE = 0, GEMM_SM90_PING_SQUARE = 1 };
-void gemm_sm90_set_config(int config);
+// The direction of the tiles' clusters of 2 (ping-pong 128 × 128 tiles): GEMM_SM90_PAIRS_BEST (the
+// default: along N where that pads fewer tiles, layers/gemm_sm90.cu's cluster_along_n) or forced
+// along M. For kernel_bench's comparison and the GPU tests, which run both; not for the trainer.
+enum { GEMM_SM90_PAIRS_BEST = 0, GEMM_SM90_PAIRS_M = 1 };
+void gemm_sm90_set_pairs(int pairs);
 // CTAs per multiprocessor in the grid: 0 (the default) chooses per launch (layers/gemm_sm90.cu's
 // grid_factor: 1, or up to 4 for a weight gradient of skewed counts), 1..GEMM_SM90_MAX_GRID_FACTOR
 // forces it. For kernel_bench's sweep; not for the trainer.

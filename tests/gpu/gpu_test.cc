@@ -535,24 +535,23 @@ TEST_F(Gpu, LinearGrouped) {
     for (int c : counts) R += c;
     const int saved = linear_cuda_grouped_mode(), saved_streams = linear_cuda_gemm_streams();
     linear_cuda_set_gemm_streams(3);
-    // CUTLASS once per tile configuration (each is some product's best on some shape).
+    // CUTLASS with its tiles' clusters as chosen, and forced along M.
     struct Way {
-        int mode, config;
+        int mode, pairs;
     };
     const Way ways[] = {{LINEAR_GROUPED_LOOP, 0},
                         {LINEAR_GROUPED_STREAMS, 0},
                         {LINEAR_GROUPED_CUBLAS, 0},
-                        {LINEAR_GROUPED_CUTLASS, GEMM_SM90_CONFIG_BEST},
-                        {LINEAR_GROUPED_CUTLASS, GEMM_SM90_COOP_WIDE},
-                        {LINEAR_GROUPED_CUTLASS, GEMM_SM90_PING_SQUARE}};
+                        {LINEAR_GROUPED_CUTLASS, GEMM_SM90_PAIRS_BEST},
+                        {LINEAR_GROUPED_CUTLASS, GEMM_SM90_PAIRS_M}};
     for (const Way &way : ways)
     for (CoreDtype dt : kDtypes) {
         const int mode = way.mode;
         SCOPED_TRACE(mode_name(mode));
-        SCOPED_TRACE(way.config);
-        printf("  %s (tiles %d), %s:\n", mode_name(mode), way.config, dname(dt));
+        SCOPED_TRACE(way.pairs);
+        printf("  %s (pairs %d), %s:\n", mode_name(mode), way.pairs, dname(dt));
         linear_cuda_set_grouped_mode(mode);
-        if (mode == LINEAR_GROUPED_CUTLASS) gemm_sm90_set_config(way.config);
+        if (mode == LINEAR_GROUPED_CUTLASS) gemm_sm90_set_pairs(way.pairs);
         Vec x = rnd((size_t)R * IC), W = rnd((size_t)G * OC * IC, -0.1f, 0.1f);
         Vec dy = rnd((size_t)R * OC), dx = rnd((size_t)R * IC), dW = rnd((size_t)G * OC * IC);
         BufP dX = put(x, dt), dWt = put(W, dt), dDy = put(dy, dt), dDx = put(dx, dt);
@@ -590,7 +589,7 @@ TEST_F(Gpu, LinearGrouped) {
                    linear_cuda_grouped_unsupported(dt, CORE_F32) ? "the loop (types not supported)" : "one grouped GEMM");
         }
     }
-    gemm_sm90_set_config(GEMM_SM90_CONFIG_BEST);
+    gemm_sm90_set_pairs(GEMM_SM90_PAIRS_BEST);
     linear_cuda_set_grouped_mode(saved);
     linear_cuda_set_gemm_streams(saved_streams);
 }

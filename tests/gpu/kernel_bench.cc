@@ -142,17 +142,14 @@ void expert_gemms(int R, int nE, int nD, int nF) {
     const int saved = linear_cuda_grouped_mode(), saved_streams = linear_cuda_gemm_streams();
     struct Way {
         const char *name;
-        int mode, streams, config;  // config: the CUTLASS tile configuration
+        int mode, streams;
     };
-    std::vector<Way> ways = {{"loop", LINEAR_GROUPED_LOOP, 1, 0},
-                             {"streams 2", LINEAR_GROUPED_STREAMS, 2, 0},
-                             {"streams 4", LINEAR_GROUPED_STREAMS, 4, 0},
-                             {"streams 8", LINEAR_GROUPED_STREAMS, 8, 0},
-                             {"grouped", LINEAR_GROUPED_CUBLAS, saved_streams, 0}};
-    if (linear_cuda_cutlass_applies(BF, BF, nD, nF)) {
-        ways.push_back({"cutlass 128x256", LINEAR_GROUPED_CUTLASS, saved_streams, GEMM_SM90_COOP_WIDE});
-        ways.push_back({"cutlass pingpong 128x128", LINEAR_GROUPED_CUTLASS, saved_streams, GEMM_SM90_PING_SQUARE});
-    }
+    std::vector<Way> ways = {{"loop", LINEAR_GROUPED_LOOP, 1},
+                             {"streams 2", LINEAR_GROUPED_STREAMS, 2},
+                             {"streams 4", LINEAR_GROUPED_STREAMS, 4},
+                             {"streams 8", LINEAR_GROUPED_STREAMS, 8},
+                             {"grouped", LINEAR_GROUPED_CUBLAS, saved_streams}};
+    if (linear_cuda_cutlass_applies(BF, BF, nD, nF)) ways.push_back({"cutlass", LINEAR_GROUPED_CUTLASS, saved_streams});
     for (Spread spread : {UNIFORM, JITTERED, SKEWED}) {
         std::vector<int> c = expert_counts(R, nE, spread);
         int *dcounts = (int *)dev()->alloc(c.size() * sizeof(int));
@@ -176,7 +173,6 @@ void expert_gemms(int R, int nE, int nD, int nF) {
             for (size_t w = 0; w < ways.size(); w++) {
                 linear_cuda_set_grouped_mode(ways[w].mode);
                 linear_cuda_set_gemm_streams(ways[w].streams);
-                if (ways[w].mode == LINEAR_GROUPED_CUTLASS) gemm_sm90_set_config(ways[w].config);
                 double t = time_it([&] { product(kind); });
                 if (w == 0) loop = t;
                 best = std::min(best, t);
@@ -184,7 +180,6 @@ void expert_gemms(int R, int nE, int nD, int nF) {
             }
             if (linear_cuda_cutlass_applies(BF, BF, nD, nF)) {
                 linear_cuda_set_grouped_mode(LINEAR_GROUPED_CUTLASS);
-                gemm_sm90_set_config(GEMM_SM90_CONFIG_BEST);
                 double t = time_queued([&] { product(kind); });
                 printf(" | cutlass best, 10 queued %.3f ms %5.1f", t * 1e3, flops / t / 1e12);
             }
@@ -197,12 +192,12 @@ void expert_gemms(int R, int nE, int nD, int nF) {
                     printf(" | along %c %.3f ms %5.1f", r == GEMM_SM90_RASTER_M ? 'M' : 'N', t * 1e3, flops / t / 1e12);
                 }
                 gemm_sm90_set_raster(GEMM_SM90_RASTER_BEST);
-                // Ping-pong with its tiles paired along M whatever the counts (best pairs them
-                // along N where that pads fewer tiles: gemm_sm90.cu's cluster_along_n).
-                gemm_sm90_set_config(GEMM_SM90_PING_SQUARE);
+                // The tiles paired along M whatever the counts (best pairs them along N where
+                // that pads fewer tiles: gemm_sm90.cu's cluster_along_n).
+                gemm_sm90_set_pairs(GEMM_SM90_PAIRS_M);
                 double tm = time_queued([&] { product(kind); });
-                printf(" | pingpong, pairs along M %.3f ms %5.1f", tm * 1e3, flops / tm / 1e12);
-                gemm_sm90_set_config(GEMM_SM90_CONFIG_BEST);
+                printf(" | pairs along M %.3f ms %5.1f", tm * 1e3, flops / tm / 1e12);
+                gemm_sm90_set_pairs(GEMM_SM90_PAIRS_BEST);
                 if (kind == 4) {
                     // The weight gradient's grid: CTAs per multiprocessor forced, and chosen from
                     // the counts (what the model runs kernel by kernel); then sized from the
@@ -233,7 +228,6 @@ void expert_gemms(int R, int nE, int nD, int nF) {
     }
     linear_cuda_set_grouped_mode(saved);
     linear_cuda_set_gemm_streams(saved_streams);
-    if (linear_cuda_cutlass_applies(BF, BF, nD, nF)) gemm_sm90_set_config(GEMM_SM90_CONFIG_BEST);
     for (void *p : {xe, he, we, dxe, (void *)dwe}) dev()->free(p);
 }
 
