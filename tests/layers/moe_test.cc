@@ -445,7 +445,7 @@ MoeDispatcher deferred(MoeDispatcher *d, bool dev) {
 // The layer waits for the counts before it uses them, and the shared experts it runs in between
 // change no bits: forward and backward equal the local dispatcher's. With dev_counts the forward
 // and backward_input run the experts from those and the layer waits only before the weight
-// gradients: the same bits again.
+// gradients: the same bits again. With device_counts_only as well it never waits.
 TEST_P(MoeLayer, CountsArriveAtPlanWait) {
     const Case &c = GetParam();
     const int B = 2, T = 5, N = B * T, D = c.s.D;
@@ -469,6 +469,16 @@ TEST_P(MoeLayer, CountsArriveAtPlanWait) {
         ASSERT_EQ(g_deferred.size(), 1u);
         EXPECT_TRUE(g_deferred[0].waited) << "the weight gradients ran without the host counts";
     }
+    // device_counts_only (a step captured in a CUDA graph): nothing waits, the weight gradients
+    // included, and the bits are the same again.
+    MoeDispatcher late = deferred(d, true);
+    late.device_counts_only = 1;
+    Fwd f3 = forward(m, x, B, T, &late);
+    EXPECT_EQ(f1.y, f3.y);
+    g_deferred.clear();
+    expect_same(g1, backward(m, x, dy, B, T, &late, 0.5f));
+    ASSERT_EQ(g_deferred.size(), 1u);
+    EXPECT_FALSE(any_waited()) << "a layer whose dispatcher keeps its counts on the device waited";
     d->destroy(d);
 }
 
@@ -613,6 +623,17 @@ TEST(MoeLayerDeathTest, Misuse) {
     int n_rows, counts[6];
     EXPECT_EXIT(d->plan(d, idx.data(), 1, 2, &n_rows, counts), testing::ExitedWithCode(1),
                 "expert id 6 out of range");
+    // Counts kept on the device need a dispatcher that has them there (the CPU's has not), and
+    // nobody may then ask for them on the host.
+    d->device_counts_only = 1;
+    EXPECT_EXIT(
+        {
+            MoeActs a;
+            moe_forward(y.data(), &a, x.data(), &s, &p, d, 1, 2);
+        },
+        testing::ExitedWithCode(1), "device_counts_only without dev_counts");
+    EXPECT_EXIT(moe_plan_now(d, idx.data(), 1, 1, &n_rows, counts), testing::ExitedWithCode(1),
+                "keeps its counts on the device");
     d->destroy(d);
 }
 
