@@ -1189,6 +1189,26 @@ TEST_F(Gpu, LossMean) {
     }
 }
 
+// The plan against the CPU's stable counting sort (moe_counting_sort), row for row, at sizes whose
+// (expert, tile) table spans several of the scan's chunks (PLAN_SCAN_THREADS · PLAN_SCAN_ITEMS
+// entries, layers/moe.cu) and at one that fits in part of one; some experts receive nothing.
+TEST_F(Gpu, MoePlanMatchesCountingSort) {
+    const int shapes[][3] = {{16384, 6, 64}, {5000, 8, 300}, {37, 3, 5}};  // N, K, E
+    for (auto &sh : shapes) {
+        const int N = sh[0], K = sh[1], E = sh[2];
+        SCOPED_TRACE(E);
+        IVec idx = rnd_int((size_t)N * K, E);
+        for (int &e : idx)
+            if (e % 7 == 3) e = 0;  // experts 3, 10, ... empty, expert 0 large
+        IVec counts(E), row((size_t)N * K);
+        moe_counting_sort(idx.data(), (long)idx.size(), E, counts.data(), row.data(), nullptr);
+        BufP dIdx = put_int(idx), dRowOf = put_int(IVec(idx.size(), -1)), dCounts = put_int(IVec(E, -1));
+        moe_cuda_plan(dRowOf->i(), dCounts->i(), dIdx->i(), N, K, E);
+        EXPECT_EQ(get_int(*dCounts, E), counts);
+        EXPECT_EQ(get_int(*dRowOf, idx.size()), row);
+    }
+}
+
 TEST_F(Gpu, MoePermuteUnpermuteCombine) {
     const int N = 300, K = 4, E = 16, D = 40;
     for (CoreDtype dt : kDtypes) {
