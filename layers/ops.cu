@@ -66,22 +66,6 @@ static void cu_download(void *host, const void *src, size_t bytes) {
 }
 static void cu_sync(void) { core_cuda_sync(); }
 
-static cudaMemPool_t pool(void) {
-    int dev;
-    cudaMemPool_t p;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&p, dev));
-    return p;
-}
-// The pool's high-water mark, or where higher the CUDA graphs' peak (a captured step allocates
-// from the graphs' memory: core_cuda_graph_peak).
-static size_t cu_peak_bytes(void) {
-    unsigned long long high = 0;
-    CUDA_CHECK(cudaMemPoolGetAttribute(pool(), cudaMemPoolAttrUsedMemHigh, &high));
-    const size_t graph = core_cuda_graph_peak();
-    return graph > (size_t)high ? graph : (size_t)high;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Elementwise kernels; every sum in fp32 in a fixed order. A thread takes W consecutive elements
 // of a row in one 16-byte access per tensor where the sizes and buffers allow (W = 8 in bf16, 4 in
@@ -507,7 +491,7 @@ static void fill(LayerOps *t, const char *name) {
     t->upload = cu_upload;
     t->download = cu_download;
     t->sync = cu_sync;
-    t->peak_bytes = cu_peak_bytes;
+    t->peak_bytes = core_cuda_peak_bytes;
     t->to_act = cu_to_act<DT>;
     t->from_act = cu_from_act<DT>;
     t->add = cu_add<DT>;

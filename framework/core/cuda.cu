@@ -53,6 +53,13 @@ static void require_init(void) {
     CHECK(g_device >= 0, "the CUDA backend is not initialized: call core_cuda_init first");
 }
 
+// The device's stream-ordered pool, which every CORE_CUDA allocation comes from.
+static cudaMemPool_t default_pool(void) {
+    cudaMemPool_t pool;
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, g_device));
+    return pool;
+}
+
 // A non-blocking stream (no implicit ordering with the legacy default stream) and a cuBLAS handle
 // on it, on the current device. Every stream's handle is set up the same way, so a GEMM picks the
 // same algorithm, and gives the same bits, on any of them.
@@ -80,10 +87,8 @@ void core_cuda_init(int device) {
     // Keep freed stream-ordered blocks in the device's pool: every micro-batch (and every call of
     // the benchmarks) allocates and frees the same sizes, and returning memory to the driver at
     // each synchronization would cost a cudaMalloc each time.
-    cudaMemPool_t pool;
     unsigned long long keep = ~0ull;
-    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
-    CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    CUDA_CHECK(cudaMemPoolSetAttribute(default_pool(), cudaMemPoolAttrReleaseThreshold, &keep));
     stream_init(&g_main);
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
@@ -164,12 +169,6 @@ float core_cuda_event_ms(void *a, void *b) {
     return ms;
 }
 
-static cudaMemPool_t default_pool(void) {
-    cudaMemPool_t pool;
-    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, g_device));
-    return pool;
-}
-
 static size_t g_graph_base;  // the pool's bytes in use when the last capture began
 static bool g_captured;      // a capture has begun in this process
 
@@ -216,11 +215,13 @@ void core_cuda_pool_trim(void) {
     CUDA_CHECK(cudaMemPoolTrimTo(default_pool(), 0));
 }
 
-size_t core_cuda_graph_peak(void) {
-    if (!g_captured) return 0;
-    unsigned long long high = 0;
-    CUDA_CHECK(cudaDeviceGetGraphMemAttribute(g_device, cudaGraphMemAttrUsedMemHigh, &high));
-    return g_graph_base + (size_t)high;
+size_t core_cuda_peak_bytes(void) {
+    require_init();
+    unsigned long long pool = 0, graph = 0;
+    CUDA_CHECK(cudaMemPoolGetAttribute(default_pool(), cudaMemPoolAttrUsedMemHigh, &pool));
+    if (g_captured) CUDA_CHECK(cudaDeviceGetGraphMemAttribute(g_device, cudaGraphMemAttrUsedMemHigh, &graph));
+    const size_t while_graph = g_captured ? g_graph_base + (size_t)graph : 0;
+    return while_graph > (size_t)pool ? while_graph : (size_t)pool;
 }
 
 void core_cuda_profiler_window(int on) { CUDA_CHECK(on ? cudaProfilerStart() : cudaProfilerStop()); }

@@ -89,10 +89,10 @@ void core_cuda_graph_free(void *graph);
 // back what the pool caches (before a launch that follows such work).
 void core_cuda_graph_trim(void);
 void core_cuda_pool_trim(void);
-// The most memory in use while a graph ran: the pool's use when the capture began plus the most
-// the graphs have held at once (0 before any capture). With the trims above, the device's peak is
-// the larger of this and the pool's own high-water mark.
-size_t core_cuda_graph_peak(void);
+// The most device memory the process's allocations have held at once: the pool's high-water mark,
+// or where higher the use while a graph ran (the pool's use when the capture began plus the most
+// the graphs have held at once). With the trims above the two never hold their peaks together.
+size_t core_cuda_peak_bytes(void);
 
 // dst (n) of dtype ddt = src (n) of dtype sdt, both on the GPU (bf16 rounds to nearest even).
 void core_cuda_convert(void *dst, CoreDtype ddt, const void *src, CoreDtype sdt, long n);

@@ -39,7 +39,7 @@ void core_cuda_graph_free(void *graph) {
 }
 void core_cuda_graph_trim(void) { FATAL(NO_CUDA); }
 void core_cuda_pool_trim(void) { FATAL(NO_CUDA); }
-size_t core_cuda_graph_peak(void) { return 0; }
+size_t core_cuda_peak_bytes(void) { FATAL(NO_CUDA); }
 
 void core_cuda_convert(void *dst, CoreDtype ddt, const void *src, CoreDtype sdt, long n) {
     FATAL(NO_CUDA);

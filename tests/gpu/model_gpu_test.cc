@@ -76,7 +76,7 @@ Model *make_model(const MoeConfig &c, const LayerOps *ops) {
 float forward_backward(Model *m, const std::vector<int> &tok) {
     const MoeConfig &c = m->cfg;
     ModelActs a;
-    const ModelPass count = {1, 0, nullptr, nullptr};  // the routing counts, as a training step has them
+    const ModelPass count = {1, 0, nullptr, nullptr, nullptr};  // the routing counts, as a training step has them
     float loss = model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &count);
     model_backward_input(m, &a, 1.0f);
     model_backward_weight(m, &a, nullptr);
@@ -228,7 +228,9 @@ TEST_F(ModelGpu, CudaGraphStepsMatchKernelByKernel) {
         EXPECT_EQ(loss[0], loss[1]);
         EXPECT_EQ(norm[0], norm[1]);
         EXPECT_TRUE(w[0] == w[1]) << "weights differ after five steps";
-        if (skew > 0) EXPECT_GT(empty, 0) << "the skewed router left no expert empty";
+        if (skew > 0) {
+            EXPECT_GT(empty, 0) << "the skewed router left no expert empty";
+        }
     }
 }
 
