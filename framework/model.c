@@ -576,9 +576,8 @@ static void ffn_forward(Model *m, int l, LayerActs *la, void *ffn_out, void *h_o
         CHECK(d->n_local == m->n_local, "layer %d: the dispatcher runs %d expert slots per rank but the "
               "model holds %d (redundant EPLB slots need the EPLB runtime's dispatchers)", l, d->n_local,
               m->n_local);
-        moe_forward(ffn_out, &la->moe, la->m, &m->moe_shape, &w->moe, d, B, T);
-        if (count_routes)
-            o->router_count(m->dcounts + (size_t)l * c->E, la->moe.idx, N, c->K, c->E);
+        moe_forward(ffn_out, &la->moe, la->m, &m->moe_shape, &w->moe, d, B, T,
+                    count_routes ? m->dcounts + (size_t)l * c->E : NULL);
     } else {
         prof_mark(PROF_FFN);
         const OpsGroups one = ops_groups_host(&N, 1);

@@ -243,7 +243,7 @@ static void dots_home_finish(MoeActs *a, MoeDispatcher *d) {
     for (int c = 0; c < a->C; c++) d->finish(d, a->ch[c].plan);
 }
 void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const MoeParams *p,
-                 MoeDispatcher *d, int B, int T) {
+                 MoeDispatcher *d, int B, int T, long *counts) {
     check_shape(s, d, B, T);
     const LayerOps *o = ops_of(d);
     int N = B * T, D = s->D, E = s->E, K = s->K, Fe = s->Fe;
@@ -260,7 +260,7 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
     a->idx = o->alloc_uninit((size_t)N * K * sizeof(int));
     a->gates = fout(o, (long)N * K);
     o->linear_forward_f32(a->logits, x, p->router, N, D, E);
-    o->router_forward(a->scores, a->idx, a->gates, a->logits, p->bias, &s->rc, N);
+    o->router_forward(a->scores, a->idx, a->gates, a->logits, p->bias, &s->rc, N, counts);
     a->bal_loss = fout(o, 1);  // written by balance_loss
     o->balance_loss(a->bal_loss, a->scores, a->idx, B, T, E, K);
 

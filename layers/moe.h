@@ -175,8 +175,10 @@ typedef struct {
 
 // y (N, D) = MoE(x (N, D)) for B sequences of T tokens (N = B·T). Overwrites y.
 // y and x are elements of the dispatcher's backend's activation dtype, like every (·, D) tensor below.
+// counts (E, the backend's memory), unless NULL, += the tokens routed to each expert (training's
+// load for the bias update; the router counts them as it chooses).
 void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const MoeParams *p,
-                 MoeDispatcher *d, int B, int T);
+                 MoeDispatcher *d, int B, int T, long *counts);
 // dx (N, D) += ∂(L + alpha·L_bal)/∂x given dy (N, D).
 void moe_backward_input(void *dx, MoeActs *a, const void *dy, const MoeShape *s,
                         const MoeParams *p, MoeDispatcher *d);

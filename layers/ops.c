@@ -322,7 +322,6 @@ const LayerOps layer_ops_cpu = {
     .router_backward_input = router_backward_input,
     .balance_loss = cpu_balance_loss,
     .balance_loss_backward = router_balance_loss_backward,
-    .router_count = router_count,
     .router_bias_update = cpu_router_bias_update,
     .moe_combine = cpu_moe_combine,
     .moe_combine_backward = cpu_moe_combine_backward,

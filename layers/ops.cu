@@ -521,7 +521,6 @@ static void fill(LayerOps *t, const char *name) {
     t->router_backward_input = router_cuda_backward_input;
     t->balance_loss = router_cuda_balance_loss;
     t->balance_loss_backward = router_cuda_balance_loss_backward;
-    t->router_count = router_cuda_count;
     t->router_bias_update = router_cuda_bias_update;
     t->moe_combine = cu_moe_combine<DT>;
     t->moe_combine_backward = cu_moe_combine_backward<DT>;

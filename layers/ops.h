@@ -136,17 +136,16 @@ typedef struct LayerOps {
     // out (1) = (Σ x (n) / n), the sum in double in a fixed order (the mean cross-entropy).
     void (*loss_mean)(float *out, const float *x, int n);
 
-    // Router (all fp32) and the MoE layer's gate-weighted combine.
+    // Router (all fp32) and the MoE layer's gate-weighted combine. router_forward's counts (E),
+    // unless NULL, += the tokens that chose each expert.
     void (*router_forward)(float *scores, int *idx, float *gates, const float *logits,
-                           const float *bias, const RouterCfg *c, int N);
+                           const float *bias, const RouterCfg *c, int N, long *counts);
     void (*router_backward_input)(float *dlogits, const float *dgates, const float *dscores,
                                   const float *scores, const int *idx, const RouterCfg *c, int N);
     // loss (1) = L_bal (overwritten).
     void (*balance_loss)(float *loss, const float *scores, const int *idx, int B, int T, int E, int K);
     void (*balance_loss_backward)(float *dscores, float dloss, const float *scores, const int *idx,
                                   int B, int T, int E, int K);
-    // counts (E) += tokens that chose each expert; idx (N, K).
-    void (*router_count)(long *counts, const int *idx, int N, int K, int E);
     // The aux-loss-free bias update (router_bias_update's sign rule) of L layers at once: bias is a
     // host array of L pointers to (E) biases (NULL: the layer is skipped), counts (L, E).
     void (*router_bias_update)(float *const *bias, const long *counts, int L, int E, int K,

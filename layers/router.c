@@ -56,7 +56,7 @@ static void topk_row(int *idx, const float *s, const float *bias, int E, int K) 
 }
 
 void router_forward(float *scores, int *idx, float *gates, const float *logits, const float *bias,
-                    const RouterCfg *c, int N) {
+                    const RouterCfg *c, int N, long *counts) {
     router_check_cfg(c);
     int E = c->E, K = c->K;
     for (int t = 0; t < N; t++) {
@@ -69,6 +69,8 @@ void router_forward(float *scores, int *idx, float *gates, const float *logits, 
         for (int k = 0; k < K; k++) z += s[id[k]];
         float scale = c->norm_topk ? c->route_scale / z : c->route_scale;
         for (int k = 0; k < K; k++) g[k] = s[id[k]] * scale;
+        if (counts)
+            for (int k = 0; k < K; k++) counts[id[k]]++;
     }
 }
 
@@ -168,13 +170,6 @@ void router_balance_loss_backward(float *dscores, float dloss, const float *scor
         }
     }
     core_free(f);
-}
-
-void router_count(long *counts, const int *idx, int N, int K, int E) {
-    for (long r = 0; r < (long)N * K; r++) {
-        CHECK(idx[r] >= 0 && idx[r] < E, "router_count: expert id %d out of range [0, %d)", idx[r], E);
-        counts[idx[r]]++;
-    }
 }
 
 void router_bias_update(float *bias, const long *counts, int E, int K, long n_tokens, float gamma) {

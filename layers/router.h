@@ -22,8 +22,10 @@ void router_check_cfg(const RouterCfg *c);
 
 // scores (N, E) from logits (N, E); idx (N, K) the chosen experts in descending order of
 // score + bias (ties: lower id first); gates (N, K) in the same order. bias (E) may be NULL (zeros).
+// counts (E), unless NULL, += the number of tokens that chose each expert (the load that the
+// bias update balances), counted where the choice is made instead of in a pass over idx.
 void router_forward(float *scores, int *idx, float *gates, const float *logits, const float *bias,
-                    const RouterCfg *c, int N);
+                    const RouterCfg *c, int N, long *counts);
 // dlogits (N, E) += ∂L/∂logits given dgates (N, K) and dscores (N, E) (dscores may be NULL).
 // The choice of experts is piecewise constant: no gradient flows through it.
 void router_backward_input(float *dlogits, const float *dgates, const float *dscores,
@@ -36,10 +38,8 @@ float router_balance_loss(const float *scores, const int *idx, int B, int T, int
 void router_balance_loss_backward(float *dscores, float dloss, const float *scores, const int *idx,
                                   int B, int T, int E, int K);
 
-// counts (E) += number of tokens that chose each expert; idx (N, K).
-void router_count(long *counts, const int *idx, int N, int K, int E);
 // Aux-loss-free balancing, after an optimizer step: b_i += gamma · sign(c̄ − c_i), c̄ = K·n_tokens/E,
-// where counts and n_tokens cover the whole step over all data-parallel ranks.
+// where counts (router_forward's) and n_tokens cover the whole step over all data-parallel ranks.
 void router_bias_update(float *bias, const long *counts, int E, int K, long n_tokens, float gamma);
 
 #ifdef __cplusplus

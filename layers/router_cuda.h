@@ -13,8 +13,10 @@ extern "C" {
 
 // scores (N, E) from logits (N, E); idx (N, K) the chosen experts in descending order of
 // score + bias (ties: lower id first); gates (N, K) in the same order. bias (E) may be NULL.
+// counts (E, device), unless NULL, += the tokens that chose each expert: integer atomics, exact
+// and the same in any order.
 void router_cuda_forward(float *scores, int *idx, float *gates, const float *logits,
-                         const float *bias, const RouterCfg *c, int N);
+                         const float *bias, const RouterCfg *c, int N, long *counts);
 // dlogits (N, E) += ∂L/∂logits given dgates (N, K) and dscores (N, E) (dscores may be NULL).
 void router_cuda_backward_input(float *dlogits, const float *dgates, const float *dscores,
                                 const float *scores, const int *idx, const RouterCfg *c, int N);
@@ -28,9 +30,6 @@ void router_cuda_balance_loss(float *loss, const float *scores, const int *idx, 
 void router_cuda_balance_loss_backward(float *dscores, float dloss, const float *scores,
                                        const int *idx, int B, int T, int E, int K);
 
-// counts (E, device) += tokens that chose each expert; idx (N, K). Integer atomics: exact and
-// the same in any order. Ids outside [0, E) are not counted (router_count of router.h fails on them).
-void router_cuda_count(long *counts, const int *idx, int N, int K, int E);
 // router_bias_update of router.h on L layers in one launch: bias is a host array of L device
 // pointers to (E) biases (NULL: skipped), counts (L, E) on the device; same arithmetic.
 void router_cuda_bias_update(float *const *bias, const long *counts, int L, int E, int K,

@@ -1053,8 +1053,8 @@ void router_case(int N, const RouterCfg &c, bool all_equal, bool with_bias) {
     BufP dIdx = put_int(IVec((size_t)N * K, -1));
     Vec s((size_t)N * E), g((size_t)N * K);
     IVec idx((size_t)N * K);
-    router_forward(s.data(), idx.data(), g.data(), l.data(), with_bias ? bias.data() : NULL, &c, N);
-    router_cuda_forward(dS->f(), dIdx->i(), dG->f(), dL->f(), with_bias ? dBias->f() : NULL, &c, N);
+    router_forward(s.data(), idx.data(), g.data(), l.data(), with_bias ? bias.data() : NULL, &c, N, NULL);
+    router_cuda_forward(dS->f(), dIdx->i(), dG->f(), dL->f(), with_bias ? dBias->f() : NULL, &c, N, NULL);
     IVec gidx = get_int(*dIdx, idx.size());
     int skipped = 0;
     for (int t = 0; t < N; t++) {
@@ -1123,7 +1123,7 @@ TEST_F(Gpu, RouterTiesGoToTheLowerExpertId) {
     Vec l(40, 0.3f);
     BufP dL = put_f32(l), dS = poisoned(40, CORE_F32), dG = poisoned(5, CORE_F32);
     BufP dIdx = put_int(IVec(5, -1));
-    router_cuda_forward(dS->f(), dIdx->i(), dG->f(), dL->f(), NULL, &c, 1);
+    router_cuda_forward(dS->f(), dIdx->i(), dG->f(), dL->f(), NULL, &c, 1, NULL);
     EXPECT_EQ(get_int(*dIdx, 5), (IVec{0, 1, 2, 3, 4}));
 }
 
@@ -1132,7 +1132,7 @@ TEST_F(Gpu, RouterBalanceLoss) {
     RouterCfg c = {E, K, 0, 1, 1.0f};
     Vec l = rnd((size_t)N * E, -3, 3), s((size_t)N * E), g((size_t)N * K);
     IVec idx((size_t)N * K);
-    router_forward(s.data(), idx.data(), g.data(), l.data(), NULL, &c, N);
+    router_forward(s.data(), idx.data(), g.data(), l.data(), NULL, &c, N, NULL);
     Vec ds = rnd((size_t)N * E);
     BufP dS = put_f32(s), dIdx = put_int(idx), dDs = put_f32(ds), dLoss = poisoned(1, CORE_F32);
     Vec loss = {router_balance_loss(s.data(), idx.data(), B, T, E, K)};
@@ -1143,21 +1143,33 @@ TEST_F(Gpu, RouterBalanceLoss) {
     EXPECT_CLOSE(get_f32(*dDs, ds.size()), ds, CORE_F32, "router balance loss backward");
 }
 
-// The expert histogram and the bias update of a training step, on the device, against router.c:
-// counts equal exactly (integers), biases to the bit (the same double c̄ and sign rule).
+// The expert counts that the router's forward adds up as it chooses, and the bias update of a
+// training step, on the device: each layer's counts equal the histogram of the experts the kernel
+// chose (exactly: integers), biases equal router.c's to the bit (the same double c̄ and sign rule).
 TEST_F(Gpu, RouterCountAndBiasUpdate) {
     const int L = 3, E = 40, K = 6;
     for (int N : {1, 77, 5000}) {
+        RouterCfg c = {E, K, 0, 1, 1.0f};
         std::vector<long> counts((size_t)L * E, 0);
         Buf dCounts(counts.size() * sizeof(long));
         core_cuda_memset(dCounts.p, 0, counts.size() * sizeof(long));
         for (int l = 0; l < L; l++)
             for (int rep = 0; rep < 2; rep++) {  // the counts accumulate over calls
-                IVec idx = rnd_int((size_t)N * K, l == 1 ? 3 : E);  // layer 1: only experts 0..2
-                BufP dIdx = put_int(idx);
-                router_count(counts.data() + (size_t)l * E, idx.data(), N, K, E);
-                router_cuda_count((long *)dCounts.p + (size_t)l * E, dIdx->i(), N, K, E);
+                // Layer 1's bias sends every token to experts 0..K-1: all atomics on K counts.
+                Vec bias(E, 0.0f);
+                if (l == 1) std::fill(bias.begin(), bias.begin() + K, 10.0f);
+                Vec logits = rnd((size_t)N * E, -3, 3);
+                BufP dL = put_f32(logits), dBias = put_f32(bias);
+                BufP dS = poisoned((size_t)N * E, CORE_F32), dG = poisoned((size_t)N * K, CORE_F32);
+                BufP dIdx = put_int(IVec((size_t)N * K, -1));
+                router_cuda_forward(dS->f(), dIdx->i(), dG->f(), dL->f(), dBias->f(), &c, N,
+                                    (long *)dCounts.p + (size_t)l * E);
+                for (int e : get_int(*dIdx, (size_t)N * K)) {
+                    ASSERT_TRUE(e >= 0 && e < E) << "expert id " << e;
+                    counts[(size_t)l * E + e]++;
+                }
             }
+        for (int e = 0; e < K; e++) EXPECT_EQ(counts[E + e], 2L * N) << "layer 1's biased experts";
         std::vector<long> got(counts.size());
         dev()->download(got.data(), dCounts.p, got.size() * sizeof(long));
         EXPECT_EQ(got, counts) << "N = " << N;
@@ -1408,7 +1420,7 @@ TEST_F(Gpu, MoeLayerMatchesCpu) {
         MoeGrads gc = {gr.data(), g13.data(), g2.data(), gs13.data(), gs2.data()};
         MoeDispatcher *dc = moe_local_dispatcher_create(E);
         MoeActs ac;
-        moe_forward(y.data(), &ac, x.data(), &sh, &pc, dc, B, T);
+        moe_forward(y.data(), &ac, x.data(), &sh, &pc, dc, B, T, NULL);
         moe_backward_input(dx.data(), &ac, dy.data(), &sh, &pc, dc);
         moe_backward_weight(&gc, &ac, dy.data(), &sh, dc, 0);
         moe_acts_free(&ac, dc);
@@ -1422,7 +1434,7 @@ TEST_F(Gpu, MoeLayerMatchesCpu) {
         MoeGrads gg = {dGr->f(), dG13->f(), dG2->f(), dGs13->f(), dGs2->f()};
         MoeDispatcher *dd = o->local_dispatcher(E);
         MoeActs ag;
-        moe_forward(dY->p, &ag, dX->p, &sh, &pg, dd, B, T);
+        moe_forward(dY->p, &ag, dX->p, &sh, &pg, dd, B, T, NULL);
         moe_backward_input(dDx->p, &ag, dDy->p, &sh, &pg, dd);
         moe_backward_weight(&gg, &ag, dDy->p, &sh, dd, 0);
         moe_acts_free(&ag, dd);

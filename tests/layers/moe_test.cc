@@ -181,8 +181,12 @@ Fwd forward(Model &m, const std::vector<float> &x, int B, int T, MoeDispatcher *
     f.y.assign(x.size(), NAN);
     MoeParams p = m.params();
     MoeActs a;
-    moe_forward(f.y.data(), &a, x.data(), &m.s, &p, d, B, T);
+    // The expert counts of training come with the forward: the histogram of the chosen experts.
+    std::vector<long> counts(m.s.E, 0), want(m.s.E, 0);
+    moe_forward(f.y.data(), &a, x.data(), &m.s, &p, d, B, T, counts.data());
     f.idx.assign(a.idx, a.idx + (size_t)a.N * m.s.K);
+    for (int e : f.idx) want[e]++;
+    EXPECT_EQ(counts, want);
     f.gates.assign(a.gates, a.gates + (size_t)a.N * m.s.K);
     f.bal = *a.bal_loss;
     moe_acts_free(&a, d);
@@ -217,7 +221,7 @@ Grads backward(Model &m, const std::vector<float> &x, const std::vector<float> &
     MoeParams p = m.params();
     MoeGrads gp = {g.router.data(), g.w13.data(), g.w2.data(), g.sw13.data(), g.sw2.data()};
     MoeActs a;
-    moe_forward(y.data(), &a, x.data(), &m.s, &p, d, B, T);
+    moe_forward(y.data(), &a, x.data(), &m.s, &p, d, B, T, NULL);
     moe_backward_input(g.x.data(), &a, dy.data(), &m.s, &p, d);
     if (between) between();
     moe_backward_weight(&gp, &a, dy.data(), &m.s, d, acc);
@@ -607,7 +611,7 @@ TEST(MoeLayerDeathTest, Misuse) {
     EXPECT_EXIT(
         {
             MoeActs a;
-            moe_forward(y.data(), &a, x.data(), &s, &p, d, 1, 2);
+            moe_forward(y.data(), &a, x.data(), &s, &p, d, 1, 2, NULL);
             moe_backward_weight(&gp, &a, y.data(), &s, d, 1);
         },
         testing::ExitedWithCode(1), "needs moe_backward_input first");
@@ -616,7 +620,7 @@ TEST(MoeLayerDeathTest, Misuse) {
     EXPECT_EXIT(
         {
             MoeActs a;
-            moe_forward(y.data(), &a, x.data(), &bad, &p, d, 1, 2);
+            moe_forward(y.data(), &a, x.data(), &bad, &p, d, 1, 2, NULL);
         },
         testing::ExitedWithCode(1), "router config .* disagrees");
     std::vector<int> idx = {0, 6};
@@ -629,7 +633,7 @@ TEST(MoeLayerDeathTest, Misuse) {
     EXPECT_EXIT(
         {
             MoeActs a;
-            moe_forward(y.data(), &a, x.data(), &s, &p, d, 1, 2);
+            moe_forward(y.data(), &a, x.data(), &s, &p, d, 1, 2, NULL);
         },
         testing::ExitedWithCode(1), "device_counts_only without dev_counts");
     EXPECT_EXIT(moe_plan_now(d, idx.data(), 1, 1, &n_rows, counts), testing::ExitedWithCode(1),

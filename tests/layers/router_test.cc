@@ -23,7 +23,7 @@ Routed run_router(const std::vector<float> &logits, const float *bias, const Rou
     r.scores.assign((size_t)N * c.E, -1.0f);
     r.gates.assign((size_t)N * c.K, -1.0f);
     r.idx.assign((size_t)N * c.K, -1);
-    router_forward(r.scores.data(), r.idx.data(), r.gates.data(), logits.data(), bias, &c, N);
+    router_forward(r.scores.data(), r.idx.data(), r.gates.data(), logits.data(), bias, &c, N, NULL);
     return r;
 }
 
@@ -222,12 +222,19 @@ TEST(Router, BalanceLossMatchesReferenceAndItsGradient) {
 
 TEST(Router, CountAccumulatesAndBiasMovesTowardBalance) {
     const int E = 4, K = 2;
-    std::vector<int> idx = {0, 2, 0, 3, 0, 2, 0, 3, 0, 1, 2, 3};  // 6 tokens
+    // Six tokens whose logits choose {0, 2}, {0, 3}, {0, 2}, {0, 3}, {0, 1}, {2, 3}.
+    const int pick[6][2] = {{0, 2}, {0, 3}, {0, 2}, {0, 3}, {0, 1}, {2, 3}};
+    std::vector<float> logits(6 * E, -1.0f), s(6 * E), g(6 * K);
+    for (int t = 0; t < 6; t++) logits[t * E + pick[t][0]] = logits[t * E + pick[t][1]] = 1.0f;
+    std::vector<int> idx(6 * K);
+    RouterCfg c = {E, K, 0, 1, 1.0f};
     std::vector<long> counts(E, 0);
-    router_count(counts.data(), idx.data(), 6, K, E);
+    router_forward(s.data(), idx.data(), g.data(), logits.data(), nullptr, &c, 6, counts.data());
     EXPECT_EQ(counts, (std::vector<long>{5, 1, 3, 3}));
-    router_count(counts.data(), idx.data(), 1, K, E);
-    EXPECT_EQ(counts, (std::vector<long>{6, 1, 4, 3}));
+    router_forward(s.data(), idx.data(), g.data(), logits.data(), nullptr, &c, 1, counts.data());
+    EXPECT_EQ(counts, (std::vector<long>{6, 1, 4, 3})) << "counts accumulate over calls";
+    router_forward(s.data(), idx.data(), g.data(), logits.data(), nullptr, &c, 6, nullptr);
+    EXPECT_EQ(counts, (std::vector<long>{6, 1, 4, 3})) << "NULL counts: nothing counted";
 
     // 7 tokens: c̄ = 2·7/4 = 3.5. Over-loaded experts go down, under-loaded go up.
     std::vector<float> bias = {0.0f, 0.0f, 0.5f, -1.0f};
@@ -250,12 +257,9 @@ TEST(RouterDeathTest, BadInput) {
     std::vector<float> l(4, 0.0f), s(4), g(8);
     std::vector<int> idx(8);
     RouterCfg c = {4, 5, 0, 1, 1.0f};
-    EXPECT_EXIT(router_forward(s.data(), idx.data(), g.data(), l.data(), nullptr, &c, 1),
+    EXPECT_EXIT(router_forward(s.data(), idx.data(), g.data(), l.data(), nullptr, &c, 1, nullptr),
                 testing::ExitedWithCode(1), "need 1 <= K <= E");
-    std::vector<long> counts(4);
     std::vector<int> bad = {0, 4};
-    EXPECT_EXIT(router_count(counts.data(), bad.data(), 1, 2, 4), testing::ExitedWithCode(1),
-                "expert id 4 out of range");
     EXPECT_EXIT(router_balance_loss(s.data(), bad.data(), 1, 1, 4, 2), testing::ExitedWithCode(1),
                 "expert id 4 out of range");
 }

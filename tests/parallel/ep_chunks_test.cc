@@ -79,7 +79,7 @@ Out run(MoeDispatcher *d, const Weights &w, int K, int first, const std::vector<
                    w.sw2.data()};
     MoeGrads g = {o.router.data(), o.w13.data(), o.w2.data(), o.sw13.data(), o.sw2.data()};
     MoeActs a;
-    moe_forward(o.y.data(), &a, x.data(), &s, &p, d, B, T);
+    moe_forward(o.y.data(), &a, x.data(), &s, &p, d, B, T, NULL);
     moe_backward_input(o.dx.data(), &a, dy.data(), &s, &p, d);
     moe_backward_weight(&g, &a, dy.data(), &s, d, 0);
     moe_acts_free(&a, d);
