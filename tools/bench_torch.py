@@ -3,8 +3,11 @@
 # §2 written as a good PyTorch user would (bf16 autocast over fp32 master weights, fused AdamW,
 # scaled_dot_product_attention, experts as grouped GEMMs over sorted rows), timed in eager mode and
 # under torch.compile on synthetic tokens, with the same FLOP count and bf16 GEMM baseline.
+# It times as `moelab bench` does: at least --steps steps and --seconds seconds (the defaults are
+# moelab's), each step waited for, so that both runs' routers have had as many aux-loss-free bias
+# updates by the end (skewed expert loads slow a grouped GEMM, PyTorch's weight gradient the most).
 #   usage: python3 tools/bench_torch.py [--config configs/bench.cfg] [--mode eager,compile]
-#                                       [--steps N] [--warmup N]
+#                                       [--steps N] [--seconds S] [--warmup N]
 import argparse
 import math
 import time
@@ -214,7 +217,7 @@ def bf16_gemm_tflops(n=8192, reps=10):
     return 2 * n ** 3 / best / 1e12
 
 
-def run(c, mode, gmm, steps, warmup, peak):
+def run(c, mode, gmm, min_steps, min_seconds, warmup, peak):
     torch.manual_seed(c["seed"])
     torch.cuda.reset_peak_memory_stats()
     model = Model(c, gmm).cuda()
@@ -254,10 +257,13 @@ def run(c, mode, gmm, steps, warmup, peak):
         step()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _ in range(steps):
+    steps, elapsed = 0, 0.0
+    while steps < min_steps or elapsed < min_seconds:
         last, counts = step()
-    last = last.item()
-    dt = (time.perf_counter() - t0) / steps
+        last = last.item()  # waits for the step, as moelab bench's loss does
+        steps += 1
+        elapsed = time.perf_counter() - t0
+    dt = elapsed / steps
     tps = c["grad_accum"] * B * T / dt
     tflops = tps * train_flops_per_token(c) / 1e12
     mem = torch.cuda.max_memory_allocated() / 2 ** 30
@@ -274,7 +280,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default="configs/bench.cfg")
     ap.add_argument("--mode", default="eager,compile")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=3, help="time at least this many steps")
+    ap.add_argument("--seconds", type=float, default=5.0, help="and at least this many seconds")
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args()
     c = load_config(args.config)
@@ -286,7 +293,7 @@ def main():
     print(f"{'config':<22} {'params(M)':>9} {'steps':>7} {'step (s)':>10} {'tokens/s':>10} {'TFLOP/s':>10} "
           f"{'MFU':>8} {'peak GiB':>9} {'loss first/last':>17}")
     for mode in args.mode.split(","):
-        run(c, mode, gmm, args.steps, args.warmup, peak)
+        run(c, mode, gmm, args.steps, args.seconds, args.warmup, peak)
         torch.cuda.empty_cache()
 
 
