@@ -434,6 +434,14 @@ int main() {
     row("router forward, counting (training)", time_it([&] {
             router_cuda_forward(scores, idx, gates, logits, NULL, &rc, N, ecount);
         }), 2 * 4.0 * N * E, 0);
+    float *bal = (float *)dev()->alloc(sizeof(float));
+    row("router balance loss (B sequences)", time_it([&] {
+            router_cuda_balance_loss(bal, scores, idx, B, T, E, K);
+        }), 4.0 * N * E, 0);
+    float *dscores = (float *)dev_rand((size_t)N * E, CORE_F32);
+    row("router balance loss backward", time_it([&] {
+            router_cuda_balance_loss_backward(dscores, 1e-4f, scores, idx, B, T, E, K);
+        }), 3 * 4.0 * N * E, 0);
     float *biases = (float *)dev_rand(12 * E, CORE_F32);
     float *bias_of[12];
     for (int l = 0; l < 12; l++) bias_of[l] = biases + l * E;
