@@ -15,11 +15,9 @@
 #include "layers/rope.h"
 
 static void cpu_zero(void *p, size_t bytes) { if (bytes) memset(p, 0, bytes); }
-static void *cpu_alloc_uninit(size_t bytes) {
-    void *p = core_alloc(bytes);
-    memset(p, 0xFF, bytes);
-    return p;
-}
+// Poisoned, not zeroed (one fill, not two): 0xFF bytes are a NaN in every float and expert id
+// -1, so that a read before the write fails the CPU tests.
+static void *cpu_alloc_uninit(size_t bytes) { return core_alloc_filled(bytes, 0xFF); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
 void ops_copy_rows_check(long dst_ld, long src_ld, long rows, long cols) {
     CHECK(rows >= 0 && cols >= 0 && dst_ld >= cols && src_ld >= cols,

@@ -7,14 +7,16 @@
 
 #include "framework/core/check.h"
 
-void *core_alloc(size_t bytes) {
+void *core_alloc_filled(size_t bytes, int fill) {
     if (bytes == 0) bytes = 1;
     size_t rounded = (bytes + 63) & ~(size_t)63;
     void *p = aligned_alloc(64, rounded);
     CHECK(p != NULL, "out of host memory allocating %zu bytes", bytes);
-    memset(p, 0, rounded);
+    memset(p, fill, rounded);
     return p;
 }
+
+void *core_alloc(size_t bytes) { return core_alloc_filled(bytes, 0); }
 
 void core_free(void *p) { free(p); }
 

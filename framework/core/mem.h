@@ -16,6 +16,8 @@ typedef enum { CORE_CPU = 0, CORE_CUDA = 1 } CoreDevice;
 
 // Host memory, 64-byte aligned, zero-filled. Never returns NULL.
 void *core_alloc(size_t bytes);
+// The same, every byte set to `fill` instead (the CPU's poisoned buffers, layers/ops.c).
+void *core_alloc_filled(size_t bytes, int fill);
 void core_free(void *p);
 // This machine's physical memory in bytes: the bound of sizes given on a command line, checked
 // before anything is allocated (an allocation beyond it would only swap or be killed).
