@@ -1,13 +1,28 @@
 // Checked host allocation and the machine's memory size (see mem.h).
 #include "framework/core/mem.h"
 
+#include <malloc.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "framework/core/check.h"
 
+// A training step frees and allocates the same large buffers every step (activations, logits,
+// scratch). glibc gives each one above its mmap threshold (128 KiB, growing to 32 MiB) a fresh
+// mapping that the kernel faults in and zeroes page by page, and trims the heap's top as soon as
+// one below is freed: on 2 cores that was a quarter of the quickstart's CPU step (2026-12-04,
+// docs/BENCHMARKS.md). Without mmap and with the trim threshold at 1 GiB the buffers come back
+// from the heap step after step; the process keeps its peak, which a trainer reaches every step.
+static void alloc_setup(void) {
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
 void *core_alloc_filled(size_t bytes, int fill) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, alloc_setup);
     if (bytes == 0) bytes = 1;
     size_t rounded = (bytes + 63) & ~(size_t)63;
     void *p = aligned_alloc(64, rounded);
