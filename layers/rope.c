@@ -29,7 +29,7 @@ static void rope_rotate(float *out, int out_ld, const float *inp, int inp_ld, in
     // Each (position, pair)'s cosine and sine once, not once per sequence (pow and sincos were
     // 3.4 % of the CPU quickstart's step). The angle in double: t · theta^(−2i/hd) reaches
     // thousands of radians for long sequences, where float would lose the phase.
-    float *rot = core_alloc((size_t)P * hd * sizeof(float));  // (P, half) cosines, then sines
+    float *rot = core_alloc((size_t)P * hd * sizeof(float));  // (P, hd): half cosines, half sines
 #pragma omp parallel for
     for (int t = 0; t < P; t++)
         for (int i = 0; i < half; i++) {
