@@ -82,20 +82,20 @@ __device__ __forceinline__ int acc_slot(int d) {
 template <int W>
 __device__ __forceinline__ void acc_add(float *row, int d, const float *v) {
     float *p = row + acc_slot<W>(d);
-    if (W < 4) {
+    if constexpr (W < 4) {
 #pragma unroll
         for (int i = 0; i < W; i++) p[i] += v[i];
-        return;
-    }
+    } else {
 #pragma unroll
-    for (int h = 0; h < W / 4; h++) {
-        float4 *q = reinterpret_cast<float4 *>(p + h * 128);
-        float4 a = *q;
-        a.x += v[4 * h];
-        a.y += v[4 * h + 1];
-        a.z += v[4 * h + 2];
-        a.w += v[4 * h + 3];
-        *q = a;
+        for (int h = 0; h < W / 4; h++) {
+            float4 *q = reinterpret_cast<float4 *>(p + h * 128);
+            float4 a = *q;
+            a.x += v[4 * h];
+            a.y += v[4 * h + 1];
+            a.z += v[4 * h + 2];
+            a.w += v[4 * h + 3];
+            *q = a;
+        }
     }
 }
 

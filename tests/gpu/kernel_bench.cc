@@ -522,7 +522,7 @@ int main() {
         }), 2.0 * N * V, 0);
     row("crossentropy backward", time_it([&] {
             crossentropy_cuda_backward_input(BF, dlg, lg, lse2, tg, 1.0f / N, N, V);
-        }), 3 * 2.0 * N * V, 0);
+        }), 2 * 2.0 * N * V, 0);  // each logit read once, its gradient written once
     float *mean = (float *)dev()->alloc(4);
     row("loss mean (N)", time_it([&] { crossentropy_cuda_mean(mean, loss, N); }), 4.0 * N, 0);
     void *table = dev_rand((size_t)V * D, BF);

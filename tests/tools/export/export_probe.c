@@ -85,7 +85,7 @@ static int make(const char *dir, int argc, char **argv) {
         ckpt_save_part(path, &hs, &rv);
     }
     long *counts = core_alloc(sizeof(long) * (size_t)(c.L * c.E));
-    CkptEplb e = {R, phy2log, counts};
+    CkptEplb e = {R, phy2log, counts, NULL};
     ckpt_save_index(path, 2, &c, ro[0].t, &st, &e);
     for (int k = 0; k < 2; k++) {
         adamw_free(&ro[k]);
