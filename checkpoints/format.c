@@ -101,7 +101,9 @@ void ckpt_file_config(CkptFile *cf, MoeConfig *c) {
         char *eq = strchr(s, '=');
         if (!eq) core_usage_error("%s: expected 'key = value', got '%.80s'", origin, s);
         *eq = '\0';
-        config_set(c, trim(s), trim(eq + 1), origin);
+        char *key = trim(s);
+        if (config_is_retired(key)) continue;  // saved by an older moelab; nothing reads it now
+        config_set(c, key, trim(eq + 1), origin);
     }
     core_free(text);
     // A stored config no run could have had is damage (the model built from it is what verify checks).

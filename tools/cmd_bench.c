@@ -67,7 +67,8 @@ int cmd_bench(int argc, char **argv) {
         char name[64];
         snprintf(name, sizeof name, "%.*s", (int)n, a);
         static const char *const flags[] = {"--config", "--device", "--steps", "--seconds", NULL};
-        if (!cmd_flag_in(a, n, flags) && !config_is_key(name)) core_usage_error("bench: unknown option '%s' (see `moelab bench --help`)", name);
+        // A retired key goes on to config_apply_args, which says what replaced it.
+        if (!cmd_flag_in(a, n, flags) && !config_is_key(name) && !config_is_retired(name)) core_usage_error("bench: unknown option '%s' (see `moelab bench --help`)", name);
         const char *v = cmd_flag_value(argc, argv, &i);
         if (!v) core_usage_error("bench: %s needs a value", name);
         if (cmd_flag_is(a, n, "--config")) {

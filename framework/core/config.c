@@ -65,7 +65,6 @@ static const KeyInfo KEYS[] = {
     {"log_every", K_INT, OFF(log_every), 1, INT_MAX, NULL, "steps between log lines"},
     {"val_every", K_INT, OFF(val_every), 0, INT_MAX, NULL, "steps between validations (0: end only)"},
     {"val_batches", K_INT, OFF(val_batches), 1, INT_MAX, NULL, "micro-batches per validation"},
-    {"val_fraction", K_FLOAT, OFF(val_fraction), 0, 0.9, NULL, "unused: moelab data prepare --val-fraction splits the data (kept: older configs load)"},
     {"sample_tokens", K_INT, OFF(sample_tokens), 0, 1 << 14, NULL, "tokens sampled before and after training"},
     {"temperature", K_FLOAT, OFF(temperature), 0, 100, NULL, "sampling temperature (0: greedy)"},
     {"top_k_sample", K_INT, OFF(top_k_sample), 0, 1 << 24, NULL, "sample among the k most likely (0: all)"},
@@ -117,7 +116,7 @@ void config_defaults(MoeConfig *c) {
     c->lr = 3e-3f; c->min_lr = 3e-4f; c->warmup_steps = 10;
     c->weight_decay = 0.1f; c->grad_clip = 1.0f; c->beta1 = 0.9f; c->beta2 = 0.95f; c->adam_eps = 1e-8f;
     c->nonfinite_skip = 0;
-    c->log_every = 10; c->val_every = 50; c->val_batches = 4; c->val_fraction = 0.05f;
+    c->log_every = 10; c->val_every = 50; c->val_batches = 4;
     c->sample_tokens = 0; c->temperature = 0.8f; c->top_k_sample = 40; c->threads = 0;
     c->ep = 1; c->pp = 1; c->chunks = 0; strcpy(c->schedule, "1f1b");
     c->dp_overlap = 1; c->ep_overlap = 1; c->ep_chunks = 1; strcpy(c->expert_gemm, "cutlass"); c->gemm_streams = 4;
@@ -141,6 +140,24 @@ static const KeyInfo *find_key(const char *name) {
     for (int i = 0; i < NKEYS; i++)
         if (same_key(KEYS[i].name, name)) return &KEYS[i];
     return NULL;
+}
+
+// Keys that did something once, and what does it now.
+static const struct {
+    const char *name, *instead;
+} RETIRED[] = {
+    {"val_fraction", "the validation split is made once, by `moelab data prepare --val-fraction F`"},
+};
+
+static int retired_index(const char *name) {
+    for (int i = 0; i < (int)(sizeof RETIRED / sizeof RETIRED[0]); i++)
+        if (same_key(RETIRED[i].name, name)) return i;
+    return -1;
+}
+
+int config_is_retired(const char *name) {
+    while (*name == '-') name++;
+    return retired_index(name) >= 0;
 }
 
 int config_is_key(const char *name) {
@@ -184,6 +201,10 @@ static void check_number(const KeyInfo *k, const char *value, const char *origin
 
 void config_set(MoeConfig *c, const char *key, const char *value, const char *origin) {
     const KeyInfo *k = find_key(key);
+    const int r = retired_index(key);
+    if (r >= 0)
+        core_usage_error("%s: config key '%s' no longer exists: %s (remove it)", origin, RETIRED[r].name,
+                         RETIRED[r].instead);
     if (!k) core_usage_error("%s: unknown config key '%s' (see `moelab train --help`)", origin, key);
     char form[128], name[128], err[NUM_ERR_LEN];
     snprintf(name, sizeof name, "%s =", k->name);
@@ -309,30 +330,20 @@ int config_apply_args(MoeConfig *c, int argc, char **argv) {
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--config") == 0) { i++; continue; }
-        if (strncmp(a, "--", 2) == 0 && find_key(a + 2)) {
-            // --key=value or --key value
+        // --key value or --key=value, for a key of the table (or a retired one: config_set says so);
+        // anything else is the command's own.
+        if (strncmp(a, "--", 2) == 0) {
             const char *eq = strchr(a, '=');
-            if (eq) {
-                char key[128];
-                size_t n = (size_t)(eq - (a + 2));
-                if (n >= sizeof key) n = sizeof key - 1;
-                memcpy(key, a + 2, n);
-                key[n] = '\0';
-                config_set(c, key, eq + 1, "command line");
-                continue;
-            }
-            if (i + 1 >= argc) core_usage_error("command line: %s needs a value", a);
-            config_set(c, a + 2, argv[i + 1], "command line");
-            i++;
-            continue;
-        }
-        if (strncmp(a, "--", 2) == 0 && strchr(a, '=')) {
             char key[128];
-            size_t n = (size_t)(strchr(a, '=') - (a + 2));
+            size_t n = eq ? (size_t)(eq - (a + 2)) : strlen(a + 2);
             if (n >= sizeof key) n = sizeof key - 1;
             memcpy(key, a + 2, n);
             key[n] = '\0';
-            if (find_key(key)) { config_set(c, key, strchr(a, '=') + 1, "command line"); continue; }
+            if (find_key(key) || retired_index(key) >= 0) {
+                if (!eq && i + 1 >= argc) core_usage_error("command line: %s needs a value", a);
+                config_set(c, key, eq ? eq + 1 : argv[++i], "command line");
+                continue;
+            }
         }
         argv[kept++] = argv[i];
     }

@@ -47,8 +47,6 @@ typedef struct {
     float weight_decay, grad_clip, beta1, beta2, adam_eps;
     int nonfinite_skip;  // non-finite steps skipped in a row before the run stops (0: stop at once)
     int log_every, val_every, val_batches;
-    float val_fraction;  // unused (moelab data prepare --val-fraction makes the split); accepted
-                         // and saved so that older configs and checkpoints still load
     int sample_tokens;   // tokens generated at the end of training (0: none)
     float temperature;
     int top_k_sample;
@@ -108,6 +106,10 @@ void config_write_json(const MoeConfig *c, FILE *f);
 void config_print_help(FILE *f);
 // True if name (after the leading dashes, dash == underscore) is a config key.
 int config_is_key(const char *name);
+// 1 when name (leading dashes ignored) is a key of an older moelab that no longer does anything. config_set makes naming one
+// a usage error that says what replaced it; a checkpoint's stored config skips it
+// (checkpoints/format.c), so that checkpoints of those versions still load.
+int config_is_retired(const char *name);
 
 #ifdef __cplusplus
 }

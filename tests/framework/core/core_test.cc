@@ -172,6 +172,30 @@ TEST(TestSeam, PrefixedAndAnnounced) {
     EXPECT_DEATH(core_test_seam("MOELAB_DP_OVERLAP"), "lacks the MOELAB_TEST_ prefix");
 }
 
+// A key that no longer does anything names what replaced it, in either spelling, from a file too.
+TEST(ConfigDeath, RetiredKey) {
+    const char *msg = "test: config key 'val_fraction' no longer exists: the validation split is made once, by "
+                      "`moelab data prepare --val-fraction F` \\(remove it\\)";
+    EXPECT_EXIT(set_key("val_fraction", "0.1"), ::testing::ExitedWithCode(2), msg);
+    EXPECT_EXIT(set_key("val-fraction", "0.1"), ::testing::ExitedWithCode(2), msg);
+    EXPECT_TRUE(config_is_retired("val-fraction"));
+    EXPECT_FALSE(config_is_key("val_fraction"));
+    MoeConfig c;
+    config_defaults(&c);
+    FILE *f = fmemopen((void *)"d_model = 32\nval_fraction = 0.05\n", 33, "r");
+    EXPECT_EXIT(config_load_stream(&c, f, "old.cfg"), ::testing::ExitedWithCode(2),
+                "old.cfg:2: config key 'val_fraction' no longer exists");
+    fclose(f);
+    for (const char *arg : {"--val-fraction", "--val_fraction=0.1"}) {
+        char a0[32], a1[] = "0.1";
+        snprintf(a0, sizeof a0, "%s", arg);
+        char *argv[] = {a0, a1};
+        EXPECT_EXIT(config_apply_args(&c, 2, argv), ::testing::ExitedWithCode(2),
+                    "command line: config key 'val_fraction' no longer exists")
+            << arg;
+    }
+}
+
 TEST(ConfigDeath, UnknownKey) {
     EXPECT_EXIT(set_key("d_modle", "3"), ::testing::ExitedWithCode(2), "unknown config key 'd_modle'");
 }
