@@ -10,6 +10,7 @@
 # Mind the 64 MiB a device call may carry: OpenBLAS alone is about 35 MB.
 #   usage: tools/gpu_build.sh [--output_base DIR] [--with-libs]   (DIR: a private output base)
 set -euo pipefail
+source "$(dirname "$0")/usage.sh" "$@"
 cd "$(dirname "$0")/.."
 bazel=(bazel)
 with_libs=0

@@ -66,6 +66,7 @@
 # Logs go to $OUT (the device tool's result folder), or to ./out when OUT is unset.
 #   usage: [STAGES="tests train ..."] bash tools/gpu_run.sh [gtest filter]
 set -uo pipefail
+source "$(dirname "$0")/usage.sh" "$@"
 cd "$(dirname "$0")/.."
 # NVLink multicast stays off everywhere (NCCL, PyTorch, NVSHMEM): see the device tool's KINDS.md.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

@@ -6,7 +6,10 @@
 # packages the export test reads its output with (safetensors, tokenizers: small wheels, no PyTorch
 # from pip: the tests run Debian's python3-torch under /usr/bin/python3). Safe to run again: what
 # is already there is skipped.
+#   usage: bash tools/install_deps.sh
 set -euo pipefail
+source "$(dirname "$0")/usage.sh" "$@"
+usage_no_args "$@"
 PKGS=(bazel-bootstrap bazel-rules-java g++ libopenblas-dev libopenblas-openmp-dev libopenmpi-dev openmpi-bin libhdf5-dev
       hdf5-tools zlib1g-dev libgtest-dev python3-torch python3-h5py python3-numpy python3-pip fortunes clang
       libclang-rt-14-dev unzip)

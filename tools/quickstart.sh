@@ -2,7 +2,9 @@
 # The main job, from a fresh clone: install packages, build, prepare the fortunes corpus with a BPE
 # vocabulary of 2048, train the quickstart model on the CPU, and compare the final validation loss
 # with the corpus's unigram entropy (what a model that ignores context would score).
+#   usage: bash tools/quickstart.sh [moelab train options, e.g. --steps 200]
 set -euo pipefail
+source "$(dirname "$0")/usage.sh" "$@"
 cd "$(dirname "$0")/.."
 bash tools/install_deps.sh
 bazel build //tools:moelab

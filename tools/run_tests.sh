@@ -2,7 +2,10 @@
 # The whole test suite, from a fresh clone: install packages, run every test (optimized build), run
 # it again under AddressSanitizer + UndefinedBehaviorSanitizer, and compile the CUDA backend (whose
 # GPU tests are tagged manual: they run on a GPU machine, see docs/gpu.md).
+#   usage: bash tools/run_tests.sh
 set -euo pipefail
+source "$(dirname "$0")/usage.sh" "$@"
+usage_no_args "$@"
 cd "$(dirname "$0")/.."
 bash tools/install_deps.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
