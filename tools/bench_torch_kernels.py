@@ -14,6 +14,7 @@ Each row is the median of 10 timed calls after 3 warm-ups, with CUDA events, in 
 little low next to these). A benchmark: it checks nothing.
   usage: python3 tools/bench_torch_kernels.py
 """
+import argparse
 import math
 import sys
 
@@ -104,6 +105,7 @@ def attention(B, T, H, Hkv, hd):
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     if not torch.cuda.is_available():
         print("bench_torch_kernels: no GPU visible", file=sys.stderr)
         return 1

@@ -22,7 +22,6 @@ import tempfile
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def read_shard(path):
@@ -39,7 +38,7 @@ def probe(exe, *args):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dir")
     ap.add_argument("ckpt")
     ap.add_argument("data")
@@ -47,6 +46,9 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batches", type=int, default=4)
     a = ap.parse_args()
+    # After the arguments, so that --help works where transformers is not installed.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     ok = True
 
     # trust_remote_code for the tokenizer too: the folder ships modeling code, and transformers 5
