@@ -411,7 +411,16 @@ static void json_num(FILE *f, const char *key, double v, const char *fmt) {
     else fputs("null", f);
 }
 
-static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, int steps) {
+// "1h05m", "3m07s", "42s": a duration for the log line.
+static void format_duration(char *out, size_t n, double s) {
+    const long x = s > 0 && s < 1e9 ? (long)(s + 0.5) : 0;
+    if (x >= 3600) snprintf(out, n, "%ldh%02ldm", x / 3600, x / 60 % 60);
+    else if (x >= 60) snprintf(out, n, "%ldm%02lds", x / 60, x % 60);
+    else snprintf(out, n, "%lds", x);
+}
+
+// eta_s: the training steps left at the pace of this line's steps (< 0: none left).
+static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, int steps, double eta_s) {
     const MoeConfig *c = &t->cfg;
     const Model *m = t->pipe->ctx[0].m;  // for model_is_moe_layer
     const float *imb = t->pipe->imbalance;  // (L)
@@ -419,10 +428,15 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
     char ib[512] = "", *p = ib;
     for (int l = 0; l < L && p < ib + sizeof ib - 16; l++)
         if (model_is_moe_layer(m, l)) p += sprintf(p, " %.2f", imb[l]);
-    char vb[32] = "";
+    char vb[32] = "", eta[64] = "";
     if (val >= 0) snprintf(vb, sizeof vb, " | val %.4f", val);
-    core_info0("step %5d/%d | loss %.4f%s | lr %.2e | grad %.3f | %.0f tok/s | load max/mean%s",
-               t->step, c->steps, st->loss, vb, st->lr, st->grad_norm, tok_s, ib);
+    if (eta_s >= 0) {
+        char d[48];
+        format_duration(d, sizeof d, eta_s);
+        snprintf(eta, sizeof eta, ", eta %s", d);
+    }
+    core_info0("step %5d/%d | loss %.4f%s | lr %.2e | grad %.3f | %.0f tok/s%s | load max/mean%s",
+               t->step, c->steps, st->loss, vb, st->lr, st->grad_norm, tok_s, eta, ib);
     const Grid *g = t->pipe->grid;
     double *ems = expert_timing(t) ? core_alloc((size_t)g->world * sizeof(double)) : NULL;  // (world)
     if (ems) log_expert_time(t, steps, ems);
@@ -556,7 +570,8 @@ int trainer_run(Trainer *t) {
         val = -1;
         if (last || (c->val_every > 0 && t->step % c->val_every == 0)) val = trainer_eval(t);
         if (!st.nonfinite && (last || t->step % c->log_every == 0 || val >= 0 || st.rebalanced)) {
-            log_step(t, &st, val, tokens / (secs > 0 ? secs : 1e-9), steps);
+            log_step(t, &st, val, tokens / (secs > 0 ? secs : 1e-9), steps,
+                     last ? -1.0 : secs / steps * (c->steps - t->step));
             tokens = secs = 0;
             steps = 0;
         }

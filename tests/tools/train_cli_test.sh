@@ -1,6 +1,6 @@
 #!/bin/bash
 # `moelab train` in one process, end to end: the log and the metrics file carry what the README
-# promises (step, loss, val_loss, lr, grad_norm, tokens_per_s, expert load), two runs with the same
+# promises (step, loss, val_loss, lr, grad_norm, tokens_per_s, the time left, expert load), two runs with the same
 # seed print identical losses, and bad command lines end with one message and exit code 2; the run
 # keys (dp_overlap, ep_overlap, expert_gemm, gemm_streams) are in --help and the checkpoint's config;
 # the metrics file's first line is the run's whole config, the one its checkpoint stores.
@@ -16,6 +16,9 @@ args=(--config "$cfg" --data "$tmp/data" --steps 4 --log-every 2 --val-every 2 -
 "$moelab" train "${args[@]}" --metrics "$tmp/m2.jsonl" > "$tmp/run2.log"
 grep -q "unigram entropy" "$tmp/run1.log"
 grep -q "load max/mean" "$tmp/run1.log"
+# The time left on every step line but the last.
+grep -qE "^step +2/4 .* tok/s, eta [0-9]+s \| load" "$tmp/run1.log" || { echo "no eta on step 2:"; cat "$tmp/run1.log"; exit 1; }
+grep -E "^step +4/4 " "$tmp/run1.log" | grep -qv "eta" || { echo "an eta on the last step:"; cat "$tmp/run1.log"; exit 1; }
 grep -q "^sample" "$tmp/run1.log"
 [ "$(wc -l < "$tmp/m1.jsonl")" -eq 3 ] || { echo "expected the config and 2 step lines"; cat "$tmp/m1.jsonl"; exit 1; }
 for key in '"step": 4' '"loss"' '"val_loss"' '"lr"' '"grad_norm"' '"tokens_per_s"' '"load_imbalance"'; do
