@@ -419,7 +419,7 @@ static void format_duration(char *out, size_t n, double s) {
     else snprintf(out, n, "%lds", x);
 }
 
-// eta_s: the training steps left at the pace of this line's steps (< 0: none left).
+// eta_s: the seconds the steps left would take at the pace of this line's steps (< 0: none left).
 static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, int steps, double eta_s) {
     const MoeConfig *c = &t->cfg;
     const Model *m = t->pipe->ctx[0].m;  // for model_is_moe_layer
