@@ -495,7 +495,14 @@ static void trainer_sample(Trainer *t, const char *when) {
     if (c->sample_tokens <= 0) return;
     Model *m = t->pipe->ctx[0].m;
     if (!m->first || !m->last) {
-        core_info0("no sample: sampling needs the whole model in one process (it runs without a pipeline)");
+        // A stage holds part of the model; a checkpoint holds all of it, in any layout.
+        if (t->last_ckpt[0])
+            core_info0("no sample %s here (each pipeline stage holds part of the model): `moelab sample "
+                       "--ckpt %s --tokens %d` draws one from the checkpoint", when, t->last_ckpt,
+                       c->sample_tokens);
+        else
+            core_info0("no sample %s here: each pipeline stage holds part of the model (with --out DIR, "
+                       "`moelab sample --ckpt` draws one from the checkpoint)", when);
         return;
     }
     RngStream rng = rng_stream(c->seed, SAMPLE_STREAM);
