@@ -501,8 +501,8 @@ static void trainer_sample(Trainer *t, const char *when) {
                        "--ckpt %s --tokens %d` draws one from the checkpoint", when, t->last_ckpt,
                        c->sample_tokens);
         else
-            core_info0("no sample %s here: each pipeline stage holds part of the model (with --out DIR, "
-                       "`moelab sample --ckpt` draws one from the checkpoint)", when);
+            core_info0("no sample %s here: each pipeline stage holds part of the model%s", when,
+                       c->out[0] ? "" : " (with --out DIR, `moelab sample --ckpt` draws one from a checkpoint)");
         return;
     }
     RngStream rng = rng_stream(c->seed, SAMPLE_STREAM);
