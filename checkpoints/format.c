@@ -301,6 +301,9 @@ void ckpt_shape_str(char *out, size_t n, int ndim, const hsize_t *d) {
 
 hid_t ckpt_open_tensor(CkptFile *cf, const char *name, const ParamInfo *want, int *ndim, hsize_t dims[4]) {
     const H5Io *io = &cf->io;
+    char what[512];
+    snprintf(what, sizeof what, "opening %s", name);
+    h5_watch(io, what);  // metadata only, below: a damaged file can make HDF5 loop here (h5.h)
     if (!h5_exists(io, cf->f, name)) H5_FAIL(io, "dataset %s is missing", name);
     hid_t o = H5_OK(io, H5Oopen(cf->f, name, H5P_DEFAULT), "open %s", name);
     if (H5Iget_type(o) != H5I_DATASET) H5_FAIL(io, "%s is not a dataset", name);
@@ -331,6 +334,7 @@ hid_t ckpt_open_tensor(CkptFile *cf, const char *name, const ParamInfo *want, in
     } else {
         h5_check_stored(io, d, name, H5T_IEEE_F32LE);
     }
+    h5_unwatch();
     return d;
 }
 

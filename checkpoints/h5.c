@@ -3,12 +3,15 @@
 #include "checkpoints/h5.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "framework/core/check.h"
+#include "framework/core/log.h"
 #include "framework/core/mem.h"
 
 void h5_init(void) {
@@ -127,6 +130,43 @@ hid_t h5_create_file(const H5Io *io, const char *file) {
     H5Pclose(fapl);
     return f;
 }
+
+int h5_metadata_seconds(void) {
+    const char *s = core_test_seam("MOELAB_TEST_H5_SECONDS");
+    const int v = s ? atoi(s) : 0;
+    return v > 0 ? v : 120;
+}
+
+// The watchdog's line, written before the calls it guards: its handler may only write and exit.
+static char watch_line[1024];
+static size_t watch_len;
+static int watch_code;
+
+static void watch_fire(int sig) {
+    (void)sig;
+    ssize_t w = write(STDERR_FILENO, watch_line, watch_len);
+    (void)w;
+    _exit(watch_code);
+}
+
+void h5_watch(const H5Io *io, const char *what) {
+    const int s = h5_metadata_seconds(), r = core_rank();
+    char head[32] = "";
+    if (r > 0) snprintf(head, sizeof head, " [rank %d]", r);
+    const int n = snprintf(watch_line, sizeof watch_line,
+                           "moelab: error%s: checkpoint %s: its HDF5 metadata is damaged: HDF5 did not finish %s "
+                           "in %d s\n", head, io->path, what, s);
+    watch_len = n < 0 ? 0 : (size_t)n < sizeof watch_line ? (size_t)n : sizeof watch_line - 1;
+    watch_code = io->code;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = watch_fire;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, NULL);
+    alarm((unsigned)s);
+}
+
+void h5_unwatch(void) { alarm(0); }
 
 static int probe_on = 1;  // h5_set_probe
 void h5_set_probe(int on) { probe_on = on != 0; }

@@ -19,10 +19,6 @@
 
 #include "checkpoints/h5.h"
 
-// Seconds the child may take: metadata of any real checkpoint is read in well under one, and a
-// corrupted cycle in HDF5's structures must not hang the run.
-enum { PROBE_SECONDS = 120 };
-
 // Opens and reads every attribute of loc (its type, extent and, for a variable-length string, its
 // value: the config text lives in one, in the global heap).
 static herr_t probe_attr(hid_t loc, const char *name, const H5A_info_t *info, void *op) {
@@ -114,10 +110,12 @@ void h5_probe(const H5Io *io) {
     // Nothing buffered is written twice: the child leaves through _exit, which flushes nothing.
     fflush(stdout);
     fflush(stderr);
+    // A corrupted cycle in HDF5's structures must not hang the run.
+    const int seconds = h5_metadata_seconds();
     const pid_t pid = fork();
     if (pid < 0) return;  // no process to spare: the reader's own checks go on alone
     if (pid == 0) {
-        alarm(PROBE_SECONDS);
+        alarm((unsigned)seconds);
         probe_walk(io->path);
         _exit(0);
     }
@@ -126,7 +124,7 @@ void h5_probe(const H5Io *io) {
         if (errno != EINTR) return;
     if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM)
         H5_FAIL(io, "its HDF5 metadata is damaged: HDF5 did not finish reading it in %d s (in a probe process)",
-                (int)PROBE_SECONDS);
+                seconds);
     if (WIFSIGNALED(status))
         H5_FAIL(io, "its HDF5 metadata is damaged: reading it crashed HDF5 (%s, in a probe process)",
                 strsignal(WTERMSIG(status)));
