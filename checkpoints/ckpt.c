@@ -550,8 +550,9 @@ void ckpt_save_index(const char *path, int parts, const MoeConfig *c, long adam_
 static const char *const SHAPE_KEYS[] = {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
                                          "n_dense_layers", "d_ff", "n_experts", "n_shared", "d_expert",
                                          "tie_embeddings"};
-static const char *const FREE_KEYS[] = {"log_every", "val_every", "val_batches",
-                                        "sample_tokens", "temperature", "top_k_sample", "threads", "ep", "pp", "chunks", "schedule", "fb_overlap", "dp_overlap", "ep_overlap", "ep_chunks",
+static const char *const FREE_KEYS[] = {"log_every", "val_every", "val_batches", "sample_tokens",
+                                        "temperature", "top_k_sample", "threads",
+                                        "ep", "pp", "chunks", "schedule", "fb_overlap", "dp_overlap", "ep_overlap", "ep_chunks",
                                         "zero", "expert_gemm", "gemm_streams", "eplb_interval", "eplb_redundant",
                                         "device", "data", "metrics", "out", "resume", "trace",
                                         "save_every", "keep", "nonfinite_skip"};
