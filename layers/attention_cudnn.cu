@@ -23,11 +23,21 @@
 // cannot build it, the backward runs our (deterministic) kernels. The config key
 // deterministic = 0 chooses the default algorithm (attention_cudnn_set_deterministic).
 //
+// Two streams for the backward. The deterministic backward is two kernels in turn: the main one
+// (dK, dV, and the score gradient dS written to the workspace) is bound by the tensor cores, the
+// dQ product that reads dS back by memory. The backward of a batch of B ≥ 2 sequences therefore
+// runs as two calls, the first B/2 sequences on a side stream of the calling stream (forked and
+// joined with events, so a CUDA graph captures both) and the rest on the calling stream, and the
+// GPU overlaps one half's kernels with the other's: 254 → 268 TFLOP/s at hd 64, 434 → 456 at
+// hd 128 on an H200 (docs/BENCHMARKS.md, 2026-12-04 17:50). The halves' workspaces add up to the
+// whole batch's. attention_cudnn_set_streams(1) runs one call (kernel_bench's baseline row).
+//
 // Handles and streams. A cuDNN handle carries the stream it launches on, and the graphs' plans
-// are made with a handle, so each stream a thread runs attention on (the main one, or a side
-// stream of core_cuda_use_stream) gets its own handle and graphs. One mutex covers the whole of a
-// call (lookup, first-time build, enqueue): two threads never share a handle or build at once.
-// The workspace comes from the stream-ordered pool (cudaMallocAsync on the current stream).
+// are made with a handle, so each stream attention runs on (the main one, a side stream of
+// core_cuda_use_stream, or a backward's own side stream) gets its own handle and graphs. One mutex
+// covers the whole of a call (lookup, first-time build, enqueue): two threads never share a
+// handle or build at once. The workspace comes from the stream-ordered pool (cudaMallocAsync on
+// the stream of the call).
 #include "layers/attention_cudnn_cuda.h"
 
 #include <dlfcn.h>
@@ -79,11 +89,15 @@ struct Built {
 struct StreamState {
     cudnnHandle_t handle;
     std::map<Key, Built> graphs;
+    cudaStream_t side = nullptr;  // the backward's second stream (made on first use)
+    cudaEvent_t fork, join;       // side waits for fork (this stream), this stream for join (side)
+    const char *role = "";        // in the log: which stream a graph was built for
 };
 
 std::mutex g_mu;          // guards everything below
 int g_loaded = -1;        // -1: not tried yet, 0: unavailable, 1: loaded
 int g_deterministic = 1;  // the backward's algorithm (attention_cudnn_set_deterministic)
+int g_backward_streams = 2;  // attention_cudnn_set_streams
 std::set<Key> g_failed;   // graphs that did not build or run: not tried again
 // Per stream: its handle and graphs. Kept for the process and never destroyed: at exit the CUDA
 // context may already be gone, and destroying cuDNN plans (which may hold loaded kernels) then is
@@ -127,11 +141,10 @@ bool load_cudnn_locked() {
     return true;
 }
 
-// The calling thread's stream's state, its handle made and bound to that stream on first use;
-// NULL when cuDNN is unavailable (the failure logged once, and cuDNN not tried again).
-StreamState *stream_state_locked() {
+// The state of `stream`, its handle made and bound to that stream on first use; NULL when cuDNN
+// is unavailable (the failure logged once, and cuDNN not tried again).
+StreamState *stream_state_locked(cudaStream_t stream) {
     if (!load_cudnn_locked()) return nullptr;
-    cudaStream_t stream = core_stream();
     auto it = g_streams.find(stream);
     if (it != g_streams.end()) return &it->second;
     cudnnHandle_t h = nullptr;
@@ -234,7 +247,7 @@ bool build_graph(cudnnHandle_t h, const Key &k, Built *out, std::string *why) {
     return true;
 }
 
-// The graph of key k for the calling thread's stream (built on first use), or NULL where cuDNN
+// The graph of key k for st's stream (built on first use), or NULL where cuDNN
 // cannot run it; a graph that fails to build is reported once and not tried again.
 const Built *graph_locked(StreamState *st, const Key &k) {
     if (g_failed.count(k)) return nullptr;
@@ -256,18 +269,17 @@ const Built *graph_locked(StreamState *st, const Key &k) {
         g_failed.insert(k);
         return nullptr;
     }
-    core_info("attention: cuDNN %s graph built for B=%d T=%d H=%d Hkv=%d hd=%d (workspace %.1f MiB%s)",
+    core_info("attention: cuDNN %s graph built for B=%d T=%d H=%d Hkv=%d hd=%d (workspace %.1f MiB%s)%s",
               kDirName[std::get<0>(k)], std::get<1>(k), std::get<2>(k), std::get<3>(k),
               std::get<4>(k), std::get<5>(k), b.workspace / 1048576.0,
-              std::get<6>(k) ? "" : ", not deterministic");
+              std::get<6>(k) ? "" : ", not deterministic", st->role);
     return &(st->graphs[k] = b);
 }
 
-// Runs graph b of key k on the calling thread's stream with the pointers of pack; false (reported
-// once, the key then not tried again) where it fails.
-bool execute_locked(StreamState *st, const Key &k, const Built &b,
+// Runs graph b of key k on `stream` (st's) with the pointers of pack; false (reported once, the
+// key then not tried again) where it fails.
+bool execute_locked(StreamState *st, cudaStream_t stream, const Key &k, const Built &b,
                     std::unordered_map<int64_t, void *> &pack) {
-    cudaStream_t stream = core_stream();
     void *ws = nullptr;
     if (b.workspace > 0) {
         cudaError_t e = cudaMallocAsync(&ws, (size_t)b.workspace, stream);
@@ -313,13 +325,51 @@ bool aligned16(std::initializer_list<const void *> ptrs) {
     return true;
 }
 
+// The backward of B sequences on `stream`, every pointer at its first sequence; false where
+// cuDNN cannot run it.
+bool backward_locked(cudaStream_t stream, void *dq, void *dk, void *dv, const void *dout,
+                     const void *q, const void *k, const void *v, const void *out,
+                     const float *lse, int B, int T, int H, int Hkv, int hd) {
+    StreamState *st = stream_state_locked(stream);
+    if (!st) return false;
+    const Key key(BACKWARD, B, T, H, Hkv, hd, g_deterministic);
+    const Built *b = graph_locked(st, key);
+    if (!b) return false;
+    std::unordered_map<int64_t, void *> pack = {
+        {UID_Q, (void *)q},   {UID_K, (void *)k},     {UID_V, (void *)v},
+        {UID_O, (void *)out}, {UID_DO, (void *)dout}, {UID_STATS, (void *)lse},
+        {UID_DQ, dq},         {UID_DK, dk},           {UID_DV, dv}};
+    return execute_locked(st, stream, key, *b, pack);
+}
+
+// Where the backward of B sequences splits (see the top of the file): the first half's batch
+// B / 2, or 0 for one call (one sequence, one stream asked for, or a second half whose lse would
+// not be 16-byte aligned: B / 2 · H · T not a multiple of 4).
+int first_half(int B, int T, int H) {
+    const int B0 = B / 2;
+    return g_backward_streams == 2 && B0 >= 1 && (size_t)B0 * H * T % 4 == 0 ? B0 : 0;
+}
+
+// st's side stream and its two events, made on first use; NULL where its cuDNN handle is not made.
+StreamState *side_state_locked(StreamState *st) {
+    if (!st->side) {
+        CUDA_CHECK(cudaStreamCreateWithFlags(&st->side, cudaStreamNonBlocking));
+        CUDA_CHECK(cudaEventCreateWithFlags(&st->fork, cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventCreateWithFlags(&st->join, cudaEventDisableTiming));
+    }
+    StreamState *side = stream_state_locked(st->side);
+    if (side) side->role = " on the backward's second stream";
+    return side;
+}
+
 }  // namespace
 
 extern "C" int attention_cudnn_forward(void *out, float *lse, const void *q, const void *k,
                                        const void *v, int B, int T, int H, int Hkv, int hd) {
     if (B <= 0 || !aligned16({out, lse, q, k, v})) return 0;
     std::lock_guard<std::mutex> lock(g_mu);
-    StreamState *st = stream_state_locked();
+    cudaStream_t stream = core_stream();
+    StreamState *st = stream_state_locked(stream);
     if (!st) return 0;
     const Key key(FORWARD, B, T, H, Hkv, hd, 1);
     const Built *b = graph_locked(st, key);
@@ -327,7 +377,7 @@ extern "C" int attention_cudnn_forward(void *out, float *lse, const void *q, con
     std::unordered_map<int64_t, void *> pack = {
         {UID_Q, (void *)q}, {UID_K, (void *)k}, {UID_V, (void *)v},
         {UID_O, out},       {UID_STATS, (void *)lse}};
-    return execute_locked(st, key, *b, pack) ? 1 : 0;
+    return execute_locked(st, stream, key, *b, pack) ? 1 : 0;
 }
 
 extern "C" int attention_cudnn_backward(void *dq, void *dk, void *dv, const void *dout,
@@ -336,28 +386,49 @@ extern "C" int attention_cudnn_backward(void *dq, void *dk, void *dv, const void
                                         int Hkv, int hd) {
     if (B <= 0 || !aligned16({dq, dk, dv, dout, q, k, v, out, lse})) return 0;
     std::lock_guard<std::mutex> lock(g_mu);
-    StreamState *st = stream_state_locked();
+    cudaStream_t stream = core_stream();
+    StreamState *st = stream_state_locked(stream);
     if (!st) return 0;
-    const Key key(BACKWARD, B, T, H, Hkv, hd, g_deterministic);
-    const Built *b = graph_locked(st, key);
-    if (!b) return 0;
-    std::unordered_map<int64_t, void *> pack = {
-        {UID_Q, (void *)q},   {UID_K, (void *)k},     {UID_V, (void *)v},
-        {UID_O, (void *)out}, {UID_DO, (void *)dout}, {UID_STATS, (void *)lse},
-        {UID_DQ, dq},         {UID_DK, dk},           {UID_DV, dv}};
-    return execute_locked(st, key, *b, pack) ? 1 : 0;
+    const int B0 = first_half(B, T, H);
+    if (!B0) return backward_locked(stream, dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Hkv, hd);
+    // The second half's pointers: (B, T, H, hd) and (B, T, Hkv, hd) bf16, lse (B, H, T) fp32.
+    const size_t oq = (size_t)B0 * T * H * hd * 2, okv = (size_t)B0 * T * Hkv * hd * 2;
+    char *dq1 = (char *)dq + oq, *dk1 = (char *)dk + okv, *dv1 = (char *)dv + okv;
+    const char *dout1 = (const char *)dout + oq, *q1 = (const char *)q + oq,
+               *k1 = (const char *)k + okv, *v1 = (const char *)v + okv,
+               *out1 = (const char *)out + oq;
+    const float *lse1 = lse + (size_t)B0 * H * T;
+    if (!side_state_locked(st)) return 0;
+    cudaStream_t side = st->side;
+    CUDA_CHECK(cudaEventRecord(st->fork, stream));
+    CUDA_CHECK(cudaStreamWaitEvent(side, st->fork, 0));
+    bool ok = backward_locked(side, dq, dk, dv, dout, q, k, v, out, lse, B0, T, H, Hkv, hd) &&
+              backward_locked(stream, dq1, dk1, dv1, dout1, q1, k1, v1, out1, lse1, B - B0, T, H,
+                              Hkv, hd);
+    CUDA_CHECK(cudaEventRecord(st->join, side));  // joined whatever ran, so a capture stays whole
+    CUDA_CHECK(cudaStreamWaitEvent(stream, st->join, 0));
+    return ok ? 1 : 0;
 }
 
 extern "C" int attention_cudnn_supports(int B, int T, int H, int Hkv, int hd) {
     if (B <= 0) return 0;
     std::lock_guard<std::mutex> lock(g_mu);
-    StreamState *st = stream_state_locked();
+    StreamState *st = stream_state_locked(core_stream());
     if (!st) return 0;
-    return graph_locked(st, Key(FORWARD, B, T, H, Hkv, hd, 1)) &&
-           graph_locked(st, Key(BACKWARD, B, T, H, Hkv, hd, g_deterministic));
+    if (!graph_locked(st, Key(FORWARD, B, T, H, Hkv, hd, 1))) return 0;
+    const int B0 = first_half(B, T, H);
+    if (!B0) return graph_locked(st, Key(BACKWARD, B, T, H, Hkv, hd, g_deterministic)) != nullptr;
+    StreamState *side = side_state_locked(st);
+    return side && graph_locked(side, Key(BACKWARD, B0, T, H, Hkv, hd, g_deterministic)) &&
+           graph_locked(st, Key(BACKWARD, B - B0, T, H, Hkv, hd, g_deterministic));
 }
 
 extern "C" void attention_cudnn_set_deterministic(int deterministic) {
     std::lock_guard<std::mutex> lock(g_mu);
     g_deterministic = deterministic != 0;
+}
+
+extern "C" void attention_cudnn_set_streams(int n) {
+    std::lock_guard<std::mutex> lock(g_mu);
+    g_backward_streams = n == 1 ? 1 : 2;
 }

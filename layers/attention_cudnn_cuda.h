@@ -19,7 +19,8 @@ int attention_cudnn_forward(void *out, float *lse, const void *q, const void *k,
                             int B, int T, int H, int Hkv, int hd);
 // dq (B, T, H, hd), dk and dv (B, T, Hkv, hd) = the gradients (overwritten), from the forward's
 // inputs, out and lse, as attention_cuda_backward_input. Deterministic (but see
-// attention_cudnn_set_deterministic). 1 when cuDNN ran it.
+// attention_cudnn_set_deterministic). A batch of B ≥ 2 runs as two halves, the first on a side
+// stream of the calling stream (attention_cudnn_set_streams). 1 when cuDNN ran it.
 int attention_cudnn_backward(void *dq, void *dk, void *dv, const void *dout, const void *q,
                              const void *k, const void *v, const void *out, const float *lse,
                              int B, int T, int H, int Hkv, int hd);
@@ -30,6 +31,9 @@ int attention_cudnn_supports(int B, int T, int H, int Hkv, int hd);
 // vary run to run); 1, the default, the deterministic one. Set from the config key
 // deterministic (framework/backend.c); kernel_bench measures both.
 void attention_cudnn_set_deterministic(int deterministic);
+// 2, the default: the backward of B ≥ 2 sequences as two calls on two streams, which the GPU
+// overlaps; 1: one call (what the two streams buy, kernel_bench).
+void attention_cudnn_set_streams(int n);
 
 #ifdef __cplusplus
 }

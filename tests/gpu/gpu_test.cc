@@ -401,7 +401,7 @@ TEST_F(Gpu, SwigluGate) {
 }
 
 TEST_F(Gpu, CrossEntropy) {
-    const int shapes[][2] = {{64, 1000}, {8, 32768}, {5, 100}};
+    const int shapes[][2] = {{64, 1000}, {8, 32768}, {5, 100}, {3, 4099}};
     for (auto &sh : shapes) {
         int N = sh[0], V = sh[1];
         for (CoreDtype dt : kDtypes) {
@@ -1037,6 +1037,33 @@ TEST_F(Gpu, AttentionCudnnSideStreamMatchesMainStream) {
     for (int i = 0; i < 5; i++)
         EXPECT_EQ(0, memcmp(main_run[i].data(), side_run[i].data(), main_run[i].size() * sizeof(float)))
             << kAttnNames[i];
+}
+
+// The backward of B ≥ 2 sequences runs as two halves on two streams (attention_cudnn.cu): the
+// same bits as one call over the whole batch, for an even and an odd B, both algorithms.
+TEST_F(Gpu, AttentionCudnnTwoStreamsMatchOneCall) {
+    SKIP_WITHOUT_CUDNN(AttnCase({2, 200, 8, 2, 64}));
+    for (int det : {1, 0})
+        for (AttnCase c : {AttnCase{2, 200, 8, 2, 64}, AttnCase{3, 130, 8, 2, 128}}) {
+            if (!cudnn_runs_case(c)) continue;
+            attention_cudnn_set_deterministic(det);
+            AttnRef r(c, CORE_BF16, false);
+            attention_cudnn_set_streams(1);
+            std::array<Vec, 5> one = attention_gpu(r, c, CORE_BF16, ATTENTION_CUDA_CUDNN);
+            attention_cudnn_set_streams(2);
+            std::array<Vec, 5> two = attention_gpu(r, c, CORE_BF16, ATTENTION_CUDA_CUDNN);
+            for (int i = 0; i < 5; i++) {
+                char what[96];
+                snprintf(what, sizeof what, "B=%d hd=%d %s%s", c.B, c.hd, kAttnNames[i],
+                         det ? "" : " (atomics)");
+                if (det)
+                    EXPECT_EQ(0, memcmp(one[i].data(), two[i].data(), one[i].size() * sizeof(float)))
+                        << what;
+                else  // atomic sums: their order varies, so the bf16 tolerance
+                    EXPECT_CLOSE(one[i], two[i], i == 1 ? CORE_F32 : CORE_BF16, what);
+            }
+        }
+    attention_cudnn_set_deterministic(1);
 }
 
 // ---------------------------------------------------------------------------------------------

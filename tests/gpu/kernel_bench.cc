@@ -6,8 +6,9 @@
 // CUTLASS Hopper grouped GEMM with its tile order forced each way and the weight gradient's grid;
 // uniform, jittered and skewed counts, also at bench_wide.cfg's shapes),
 // the attention's q, k, v projections as three products and as one stacked product, and the
-// attention itself every way (cuDNN's backward also without determinism; these rows time calls
-// queued back to back, as the "10 queued" GEMM rows do). A benchmark, not a test: it checks
+// attention itself every way (cuDNN's backward also as one call instead of two halves on two
+// streams, and without determinism; these rows time calls queued back to back, as the "10 queued"
+// GEMM rows do). A benchmark, not a test: it checks
 // nothing. Runs on the GPU machine (tools/gpu_run.sh).
 #include <algorithm>
 #include <cmath>
@@ -501,7 +502,11 @@ int main() {
             snprintf(name, sizeof name, "  backward (%s)", p.name);
             row(name, time_queued(backward), 0, 2.5 * flops);
             if (p.path == ATTENTION_CUDA_CUDNN) {
+                attention_cudnn_set_streams(1);
+                row("  backward (cuDNN, one call)", time_queued(backward), 0, 2.5 * flops);
                 attention_cudnn_set_deterministic(0);
+                row("  backward (cuDNN, one call, atomics)", time_queued(backward), 0, 2.5 * flops);
+                attention_cudnn_set_streams(2);
                 row("  backward (cuDNN, with atomics)", time_queued(backward), 0, 2.5 * flops);
                 attention_cudnn_set_deterministic(1);
             }
