@@ -29,7 +29,7 @@
 // runs as two calls, the first B/2 sequences on a side stream of the calling stream (forked and
 // joined with events, so a CUDA graph captures both) and the rest on the calling stream, and the
 // GPU overlaps one half's kernels with the other's: 254 → 268 TFLOP/s at hd 64, 434 → 456 at
-// hd 128 on an H200 (docs/BENCHMARKS.md, 2026-12-04 17:50). The halves' workspaces add up to the
+// hd 128 on an H200 (docs/BENCHMARKS.md, 2026-12-04 17:45–18:10). The halves' workspaces add up to the
 // whole batch's. attention_cudnn_set_streams(1) runs one call (kernel_bench's baseline row).
 //
 // Handles and streams. A cuDNN handle carries the stream it launches on, and the graphs' plans
