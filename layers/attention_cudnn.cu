@@ -28,9 +28,10 @@
 // dQ product that reads dS back by memory. The backward of a batch of B ≥ 2 sequences therefore
 // runs as two calls, the first B/2 sequences on a side stream of the calling stream (forked and
 // joined with events, so a CUDA graph captures both) and the rest on the calling stream, and the
-// GPU overlaps one half's kernels with the other's: 254 → 268 TFLOP/s at hd 64, 434 → 456 at
-// hd 128 on an H200 (docs/BENCHMARKS.md, 2026-12-04 17:45–18:10). The halves' workspaces add up to the
-// whole batch's. attention_cudnn_set_streams(1) runs one call (kernel_bench's baseline row).
+// GPU overlaps one half's kernels with the other's: 253.8 → 266.5 TFLOP/s at hd 64, 429.7 →
+// 453.6 at hd 128 on an H200 (docs/BENCHMARKS.md, 2026-12-04 17:45–18:10). The halves' workspaces
+// add up to the whole batch's. attention_cudnn_set_streams(1) runs one call (kernel_bench's
+// baseline rows).
 //
 // Handles and streams. A cuDNN handle carries the stream it launches on, and the graphs' plans
 // are made with a handle, so each stream attention runs on (the main one, a side stream of
