@@ -528,6 +528,9 @@ int main() {
     row("crossentropy backward", time_it([&] {
             crossentropy_cuda_backward_input(BF, dlg, lg, lse2, tg, 1.0f / N, N, V);
         }), 2 * 2.0 * N * V, 0);  // each logit read once, its gradient written once
+    row("crossentropy backward, in place", time_it([&] {  // the model's way (values garbage)
+            crossentropy_cuda_backward_input(BF, dlg, dlg, lse2, tg, 1.0f / N, N, V);
+        }), 2 * 2.0 * N * V, 0);
     float *mean = (float *)dev()->alloc(4);
     row("loss mean (N)", time_it([&] { crossentropy_cuda_mean(mean, loss, N); }), 4.0 * N, 0);
     void *table = dev_rand((size_t)V * D, BF);
