@@ -12,6 +12,7 @@
 
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
+#include "layers/simd_math.h"
 
 static void attention_check(int B, int T, int H, int Hkv, int hd) {
     CHECK(B >= 0 && T > 0 && H > 0 && Hkv > 0 && hd > 0,
@@ -38,15 +39,18 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
         for (int t = 0; t < T; t++) {
             float *p = P + (size_t)t * T;
             // Subtracting the row max keeps exp() in range; the masked entries are exact zeros.
+            // Each loop vectorized (layers/simd_math.h).
             float mx = -INFINITY;
-            for (int t2 = 0; t2 <= t; t2++)
-                if (p[t2] > mx) mx = p[t2];
+#pragma omp simd reduction(max : mx)
+            for (int t2 = 0; t2 <= t; t2++) mx = p[t2] > mx ? p[t2] : mx;
             float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
             for (int t2 = 0; t2 <= t; t2++) {
                 p[t2] = expf(p[t2] - mx);
                 sum += p[t2];
             }
             const float inv = 1.0f / sum;
+#pragma omp simd
             for (int t2 = 0; t2 <= t; t2++) p[t2] *= inv;
             for (int t2 = t + 1; t2 < T; t2++) p[t2] = 0.0f;
         }
@@ -81,7 +85,9 @@ void attention_backward_input(float *dq, float *dk, float *dv, const float *dout
                     const float *p = P + (size_t)t * T;
                     float *ds = dS + (size_t)t * T;
                     float pdp = 0.0f;
+#pragma omp simd reduction(+ : pdp)
                     for (int t2 = 0; t2 <= t; t2++) pdp += p[t2] * ds[t2];
+#pragma omp simd
                     for (int t2 = 0; t2 <= t; t2++) ds[t2] = p[t2] * (ds[t2] - pdp) * scale;
                     for (int t2 = t + 1; t2 < T; t2++) ds[t2] = 0.0f;
                 }
