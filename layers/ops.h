@@ -53,9 +53,9 @@ typedef struct LayerOps {
     size_t act_size;     // bytes per element of dt
 
     // Memory. alloc zero-fills and never returns NULL (one clear error instead). alloc_uninit is for
-    // a buffer the caller writes in full before reading it: on a GPU it skips the fill (the MoE
-    // layer's buffers are gigabytes a step); the CPU table fills it with 0xFF bytes (NaN, expert
-    // id -1) so that a read before the write shows in the CPU tests.
+    // a buffer the caller writes in full before reading it: it skips the fill (the MoE layer's
+    // buffers are gigabytes a step on a GPU); the CPU table's sanitizer build fills it with 0xFF
+    // bytes (NaN, expert id -1) so that a read before the write shows in the CPU tests.
     void *(*alloc)(size_t bytes);
     void *(*alloc_uninit)(size_t bytes);
     void (*free)(void *p);

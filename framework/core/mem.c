@@ -20,14 +20,20 @@ static void alloc_setup(void) {
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
-void *core_alloc_filled(size_t bytes, int fill) {
+// bytes rounded up to the 64-byte alignment, as aligned_alloc requires.
+static size_t rounded(size_t bytes) { return ((bytes ? bytes : 1) + 63) & ~(size_t)63; }
+
+void *core_alloc_uninit(size_t bytes) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, alloc_setup);
-    if (bytes == 0) bytes = 1;
-    size_t rounded = (bytes + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, rounded);
+    void *p = aligned_alloc(64, rounded(bytes));
     CHECK(p != NULL, "out of host memory allocating %zu bytes", bytes);
-    memset(p, fill, rounded);
+    return p;
+}
+
+void *core_alloc_filled(size_t bytes, int fill) {
+    void *p = core_alloc_uninit(bytes);
+    memset(p, fill, rounded(bytes));
     return p;
 }
 

@@ -18,6 +18,8 @@ typedef enum { CORE_CPU = 0, CORE_CUDA = 1 } CoreDevice;
 void *core_alloc(size_t bytes);
 // The same, every byte set to `fill` instead (the CPU's poisoned buffers, layers/ops.c).
 void *core_alloc_filled(size_t bytes, int fill);
+// The same, not filled: its bytes are whatever the heap held (a buffer written before it is read).
+void *core_alloc_uninit(size_t bytes);
 void core_free(void *p);
 // This machine's physical memory in bytes: the bound of sizes given on a command line, checked
 // before anything is allocated (an allocation beyond it would only swap or be killed).
