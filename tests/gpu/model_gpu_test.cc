@@ -110,43 +110,57 @@ class ModelGpu : public ::testing::Test {
     }
 };
 
-// Loss, routing and every gradient of one micro-batch, GPU in dtype dt against the CPU: relative
-// errors of the loss, of each tensor's gradient and of all gradients together (global_floor < 0:
-// no lower bound).
-void compare_with_cpu(CoreDtype dt, int K, double loss_tol, double tensor_tol, double global_tol,
-                      double global_floor) {
-    const MoeConfig c = test_config(K);
-    const std::vector<int> tok = random_tokens(c, 5);
-    Model *cpu = make_model(c, &layer_ops_cpu), *gpu = make_model(c, layer_ops_cuda(dt));
+// The loss and every gradient of micro-batch tok on the CPU model and the GPU model, which hold
+// the same weights: relative errors of the loss, of each tensor's gradient (the worst of them) and
+// of all gradients together.
+struct Gaps {
+    double loss, worst, global;
+};
+Gaps gaps_on_same_weights(Model *cpu, Model *gpu, const std::vector<int> &tok, bool print) {
+    model_zero_grad(cpu);
+    model_zero_grad(gpu);
     const float lc = forward_backward(cpu, tok), lg = forward_backward(gpu, tok);
-    const char *name = gpu->ops->name;
-    EXPECT_LT(std::fabs(lg - lc) / lc, loss_tol) << name << ": loss " << lg << " vs " << lc;
-    if (dt == CORE_F32) {
-        // fp32 routing must pick the same experts (a flip would show as a large gradient error too).
-        for (int i = 0; i < c.L * c.E; i++)
-            EXPECT_EQ(gpu->expert_counts[i], cpu->expert_counts[i]) << "expert count " << i;
-    }
     Vec gg = download(gpu, gpu->reg.grad);
     const float *gc = cpu->reg.grad;
-    double worst = 0, d = 0, r = 0;
+    Gaps g = {std::fabs(lg - lc) / lc, 0, 0};
+    double d = 0, r = 0;
     for (int i = 0; i < cpu->reg.n; i++) {
         const ParamInfo *p = &cpu->reg.p[i];
         if (p->kind == PARAM_BUFFER) continue;
         double e = rel_err(gg.data() + p->offset, gc + p->offset, p->numel);
-        printf("  %-24s %s relative error %.2e\n", p->name, name, e);
-        EXPECT_LT(e, tensor_tol) << name << ": gradient of " << p->name;
-        worst = std::max(worst, e);
+        if (print) printf("  %-24s %s relative error %.2e\n", p->name, gpu->ops->name, e);
+        g.worst = std::max(g.worst, e);
         for (size_t j = 0; j < p->numel; j++) {
             double x = gg[p->offset + j], y = gc[p->offset + j];
             d += (x - y) * (x - y);
             r += y * y;
         }
     }
-    const double global = std::sqrt(d / r);
-    printf("%s: loss %.6f (cpu %.6f, rel %.2e) | gradients: worst tensor %.2e, all %.2e\n", name, lg, lc,
-           std::fabs(lg - lc) / lc, worst, global);
-    EXPECT_LT(global, global_tol) << name;
-    EXPECT_GT(global, global_floor) << name << ": suspiciously exact for this dtype";
+    g.global = std::sqrt(d / r);
+    if (print)
+        printf("%s: loss %.6f (cpu %.6f, rel %.2e) | gradients: worst tensor %.2e, all %.2e\n",
+               gpu->ops->name, lg, lc, g.loss, g.worst, g.global);
+    return g;
+}
+
+// Loss, routing and every gradient of one micro-batch at the initial weights, GPU in dtype dt
+// against the CPU (global_floor < 0: no lower bound on the error of all gradients).
+void compare_with_cpu(CoreDtype dt, int K, double loss_tol, double tensor_tol, double global_tol,
+                      double global_floor) {
+    const MoeConfig c = test_config(K);
+    const std::vector<int> tok = random_tokens(c, 5);
+    Model *cpu = make_model(c, &layer_ops_cpu), *gpu = make_model(c, layer_ops_cuda(dt));
+    const Gaps g = gaps_on_same_weights(cpu, gpu, tok, true);
+    const char *name = gpu->ops->name;
+    EXPECT_LT(g.loss, loss_tol) << name << ": loss";
+    if (dt == CORE_F32) {
+        // fp32 routing must pick the same experts (a flip would show as a large gradient error too).
+        for (int i = 0; i < c.L * c.E; i++)
+            EXPECT_EQ(gpu->expert_counts[i], cpu->expert_counts[i]) << "expert count " << i;
+    }
+    EXPECT_LT(g.worst, tensor_tol) << name << ": the worst tensor's gradient";
+    EXPECT_LT(g.global, global_tol) << name;
+    EXPECT_GT(g.global, global_floor) << name << ": suspiciously exact for this dtype";
     model_free(cpu);
     model_free(gpu);
 }
@@ -240,8 +254,8 @@ TEST_F(ModelGpu, CudaGraphStepsMatchKernelByKernel) {
 // CPU alone, multiplying every seventh weight by 1 + 1e-7 moves step 12's loss by 4e-4 and 1 + 1e-6
 // moves step 8's by 2.4e-3 (top-2, this config, 2026-12-03); with K = E (no choice to flip) the same
 // changes move no step by more than 6e-4 and 1.5e-3 in 40. The fp32 run therefore tracks with every
-// expert chosen; the bf16 run keeps top-2 and its loose bounds: it routes some tokens differently
-// from the first step on, so the paths part a little while both descend.
+// expert chosen. (bf16's rounding is far larger than these perturbations: its runs are checked on
+// the same weights instead, Bf16TrainingMatchesCpuOnTheSameWeights below.)
 void track_cpu(CoreDtype dt, int K, int steps, double tol, double mean_tol) {
     MoeConfig c = test_config(K);
     c.steps = steps;
@@ -276,7 +290,52 @@ void track_cpu(CoreDtype dt, int K, int steps, double tol, double mean_tol) {
 
 TEST_F(ModelGpu, Fp32TrainingTracksCpu) { track_cpu(CORE_F32, 8, 40, 1e-3, 5e-4); }
 
-TEST_F(ModelGpu, Bf16TrainingTracksCpu) { track_cpu(CORE_BF16, 2, 40, 0.15, 0.05); }
+// bf16 along a training run, top-2 routing: the GPU trains 40 steps in bf16 on the learnable
+// stream, from each of `seeds` initial weights and streams, and learns; at every 8th step and the
+// last, the CPU model takes the GPU's fp32 weights and both run that step's micro-batch: the loss
+// and the gradients within bf16's reach on weights that training moved, as Bf16TopKRouting checks
+// them on the initial ones. The two runs' own paths are not compared (Fp32TrainingTracksCpu does
+// that in fp32): at this learning rate bf16's rounding sends them apart within ten steps. Over six
+// seeds (2026-12-04) their mean step gap was 2.6e-2 to 9.2e-2, of either sign, so a bound on it
+// held or failed with the seed and with any change of rounding (a different summation order in the
+// loss's lse moved seed 0's from 4.84e-2 to 5.11e-2).
+void bf16_on_gpu_weights(int seeds, int steps, double loss_tol, double worst_tol, double global_tol) {
+    Gaps most = {0, 0, 0};
+    for (int seed = 0; seed < seeds; seed++) {
+        MoeConfig c = test_config(2);
+        c.seed += 1000 * seed;
+        c.steps = steps;
+        Model *cpu = make_model(c, &layer_ops_cpu), *gpu = make_model(c, layer_ops_cuda(CORE_BF16));
+        AdamW o;
+        adamw_init_on(&o, &gpu->reg, gpu->ops, gpu->wlow);
+        float first = 0, last = 0;
+        for (int s = 0; s < steps; s++) {
+            const std::vector<int> tok = walk_tokens(c, 200 + s + 100 * seed);
+            if (s % 8 == 0 || s == steps - 1) {
+                const Vec w = download(gpu, gpu->reg.data);
+                std::copy(w.begin(), w.end(), cpu->reg.data);
+                const Gaps g = gaps_on_same_weights(cpu, gpu, tok, false);
+                printf("  seed %d step %2d: loss %.2e, worst tensor %.2e, all gradients %.2e\n", seed, s,
+                       g.loss, g.worst, g.global);
+                EXPECT_LT(g.loss, loss_tol) << "seed " << seed << " step " << s;
+                EXPECT_LT(g.worst, worst_tol) << "seed " << seed << " step " << s;
+                EXPECT_LT(g.global, global_tol) << "seed " << seed << " step " << s;
+                most = {std::max(most.loss, g.loss), std::max(most.worst, g.worst),
+                        std::max(most.global, g.global)};
+            }
+            last = train_step_tokens(gpu, &o, &c, s, tok.data()).loss;
+            if (s == 0) first = last;
+        }
+        EXPECT_LT(last, 0.6f * first) << "seed " << seed << ": the GPU run did not learn";
+        adamw_free(&o);
+        model_free(cpu);
+        model_free(gpu);
+    }
+    printf("cuda bf16 on its own weights, %d seeds x %d steps: loss gap at most %.2e, worst tensor %.2e, "
+           "all gradients %.2e\n", seeds, steps, most.loss, most.worst, most.global);
+}
+
+TEST_F(ModelGpu, Bf16TrainingMatchesCpuOnTheSameWeights) { bf16_on_gpu_weights(6, 40, 1e-2, 0.5, 5e-2); }
 
 // Sampling on the GPU (the end-of-training sample of `moelab train --device cuda`): the GPU reads
 // each token's logits at the last real position of a window padded to T, and brings them to the
