@@ -1,7 +1,8 @@
 // The whole engine on the GPU against the CPU path: one micro-batch's loss and every parameter
 // gradient (fp32 on the GPU: relative error far below 1e-3; bf16 compute with fp32 master weights:
 // below 1e-2, and above 1e-4 so that bf16 really ran), bit-identical losses and weights across two
-// GPU runs, and short training runs whose losses track the CPU run step by step.
+// GPU runs, a short fp32 training run whose losses track the CPU run step by step, and bf16 training
+// runs whose loss and gradients are checked on the same weights as the CPU's along the way.
 // bf16 and top-k routing: a freshly initialized router scores the experts of a token within a few
 // hundredths of each other, closer than bf16 rounding moves them, so some tokens pick another
 // expert than the fp32 run does, and those experts' gradients differ by far more than rounding.
@@ -335,7 +336,12 @@ void bf16_on_gpu_weights(int seeds, int steps, double loss_tol, double worst_tol
            "all gradients %.2e\n", seeds, steps, most.loss, most.worst, most.global);
 }
 
-TEST_F(ModelGpu, Bf16TrainingMatchesCpuOnTheSameWeights) { bf16_on_gpu_weights(6, 40, 1e-2, 0.5, 5e-2); }
+// Measured on an H200 (2026-12-04 20:00, 36 checks): loss gap at most 1.33e-3, worst tensor 0.237,
+// all gradients 5.06e-2. The gradient gaps grow along the run (median 7e-3 at step 0, up to 5e-2
+// at steps 32 and 39): bf16's rounding is relative to the activations, and the gradients it
+// perturbs shrink as the loss falls. The bounds are about twice the worst measured; a wrong
+// gradient in one tensor is off by its own size (gap about 1), in the whole by more than 0.1.
+TEST_F(ModelGpu, Bf16TrainingMatchesCpuOnTheSameWeights) { bf16_on_gpu_weights(6, 40, 5e-3, 0.5, 0.1); }
 
 // Sampling on the GPU (the end-of-training sample of `moelab train --device cuda`): the GPU reads
 // each token's logits at the last real position of a window padded to T, and brings them to the
