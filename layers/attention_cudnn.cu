@@ -30,8 +30,8 @@
 // joined with events, so a CUDA graph captures both) and the rest on the calling stream, and the
 // GPU overlaps one half's kernels with the other's: 253.8 → 266.5 TFLOP/s at hd 64, 429.7 →
 // 453.6 at hd 128 on an H200 (docs/BENCHMARKS.md, 2026-12-04 17:45–18:10). The halves' workspaces
-// add up to the whole batch's. attention_cudnn_set_streams(1) runs one call (kernel_bench's
-// baseline rows).
+// add up to the whole batch's. Where cuDNN cannot build a half's graph, the batch runs as one
+// call. attention_cudnn_set_streams(1) runs one call (kernel_bench's baseline rows).
 //
 // Handles and streams. A cuDNN handle carries the stream it launches on, and the graphs' plans
 // are made with a handle, so each stream attention runs on (the main one, a side stream of
@@ -249,8 +249,10 @@ bool build_graph(cudnnHandle_t h, const Key &k, Built *out, std::string *why) {
 }
 
 // The graph of key k for st's stream (built on first use), or NULL where cuDNN
-// cannot run it; a graph that fails to build is reported once and not tried again.
-const Built *graph_locked(StreamState *st, const Key &k) {
+// cannot run it; a graph that fails to build is reported once, with what runs `instead`, and not
+// tried again.
+const Built *graph_locked(StreamState *st, const Key &k,
+                          const char *instead = "tensor-core kernels for this shape") {
     if (g_failed.count(k)) return nullptr;
     auto it = st->graphs.find(k);
     if (it != st->graphs.end()) return &it->second;
@@ -263,10 +265,9 @@ const Built *graph_locked(StreamState *st, const Key &k) {
         why = e.what();
     }
     if (!ok) {
-        core_warn("attention: cuDNN %s graph not built for B=%d T=%d H=%d Hkv=%d hd=%d (%s): "
-                  "tensor-core kernels for this shape",
+        core_warn("attention: cuDNN %s graph not built for B=%d T=%d H=%d Hkv=%d hd=%d (%s): %s",
                   kDirName[std::get<0>(k)], std::get<1>(k), std::get<2>(k), std::get<3>(k),
-                  std::get<4>(k), std::get<5>(k), why.c_str());
+                  std::get<4>(k), std::get<5>(k), why.c_str(), instead);
         g_failed.insert(k);
         return nullptr;
     }
@@ -363,6 +364,19 @@ StreamState *side_state_locked(StreamState *st) {
     return side;
 }
 
+// The first half's batch where the backward of B sequences runs as two calls: first_half's, if
+// cuDNN builds both halves' graphs, each for its stream; else 0, one call over the whole batch.
+int split_locked(StreamState *st, int B, int T, int H, int Hkv, int hd) {
+    const int B0 = first_half(B, T, H);
+    if (!B0) return 0;
+    const char *instead = "one call over the whole batch";
+    StreamState *side = side_state_locked(st);
+    const bool ok = side &&
+                    graph_locked(side, Key(BACKWARD, B0, T, H, Hkv, hd, g_deterministic), instead) &&
+                    graph_locked(st, Key(BACKWARD, B - B0, T, H, Hkv, hd, g_deterministic), instead);
+    return ok ? B0 : 0;
+}
+
 }  // namespace
 
 extern "C" int attention_cudnn_forward(void *out, float *lse, const void *q, const void *k,
@@ -390,7 +404,7 @@ extern "C" int attention_cudnn_backward(void *dq, void *dk, void *dv, const void
     cudaStream_t stream = core_stream();
     StreamState *st = stream_state_locked(stream);
     if (!st) return 0;
-    const int B0 = first_half(B, T, H);
+    const int B0 = split_locked(st, B, T, H, Hkv, hd);
     if (!B0) return backward_locked(stream, dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Hkv, hd);
     // The second half's pointers: (B, T, H, hd) and (B, T, Hkv, hd) bf16, lse (B, H, T) fp32.
     const size_t oq = (size_t)B0 * T * H * hd * 2, okv = (size_t)B0 * T * Hkv * hd * 2;
@@ -399,7 +413,6 @@ extern "C" int attention_cudnn_backward(void *dq, void *dk, void *dv, const void
                *k1 = (const char *)k + okv, *v1 = (const char *)v + okv,
                *out1 = (const char *)out + oq;
     const float *lse1 = lse + (size_t)B0 * H * T;
-    if (!side_state_locked(st)) return 0;
     cudaStream_t side = st->side;
     CUDA_CHECK(cudaEventRecord(st->fork, stream));
     CUDA_CHECK(cudaStreamWaitEvent(side, st->fork, 0));
@@ -417,16 +430,18 @@ extern "C" int attention_cudnn_supports(int B, int T, int H, int Hkv, int hd) {
     StreamState *st = stream_state_locked(core_stream());
     if (!st) return 0;
     if (!graph_locked(st, Key(FORWARD, B, T, H, Hkv, hd, 1))) return 0;
-    const int B0 = first_half(B, T, H);
-    if (!B0) return graph_locked(st, Key(BACKWARD, B, T, H, Hkv, hd, g_deterministic)) != nullptr;
-    StreamState *side = side_state_locked(st);
-    return side && graph_locked(side, Key(BACKWARD, B0, T, H, Hkv, hd, g_deterministic)) &&
-           graph_locked(st, Key(BACKWARD, B - B0, T, H, Hkv, hd, g_deterministic));
+    return split_locked(st, B, T, H, Hkv, hd) ||
+           graph_locked(st, Key(BACKWARD, B, T, H, Hkv, hd, g_deterministic)) != nullptr;
 }
 
 extern "C" void attention_cudnn_set_deterministic(int deterministic) {
     std::lock_guard<std::mutex> lock(g_mu);
     g_deterministic = deterministic != 0;
+}
+
+extern "C" void attention_cudnn_test_refuse_backward(int B, int T, int H, int Hkv, int hd) {
+    std::lock_guard<std::mutex> lock(g_mu);
+    g_failed.insert(Key(BACKWARD, B, T, H, Hkv, hd, g_deterministic));
 }
 
 extern "C" void attention_cudnn_set_streams(int n) {

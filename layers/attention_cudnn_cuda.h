@@ -20,7 +20,8 @@ int attention_cudnn_forward(void *out, float *lse, const void *q, const void *k,
 // dq (B, T, H, hd), dk and dv (B, T, Hkv, hd) = the gradients (overwritten), from the forward's
 // inputs, out and lse, as attention_cuda_backward_input. Deterministic (but see
 // attention_cudnn_set_deterministic). A batch of B ≥ 2 runs as two halves, the first on a side
-// stream of the calling stream (attention_cudnn_set_streams). 1 when cuDNN ran it.
+// stream of the calling stream (attention_cudnn_set_streams), or as one call where cuDNN cannot
+// build a half's graph. 1 when cuDNN ran it.
 int attention_cudnn_backward(void *dq, void *dk, void *dv, const void *dout, const void *q,
                              const void *k, const void *v, const void *out, const float *lse,
                              int B, int T, int H, int Hkv, int hd);
@@ -34,6 +35,10 @@ void attention_cudnn_set_deterministic(int deterministic);
 // 2, the default: the backward of B ≥ 2 sequences as two calls on two streams, which the GPU
 // overlaps; 1: one call (what the two streams buy, kernel_bench).
 void attention_cudnn_set_streams(int n);
+// Test seam: the backward graph of this shape (with the algorithm set now) counts as one cuDNN
+// could not build, for the rest of the process (what a failed build leaves). gpu_test checks with
+// it that a batch whose half cannot be built runs as one call.
+void attention_cudnn_test_refuse_backward(int B, int T, int H, int Hkv, int hd);
 
 #ifdef __cplusplus
 }

@@ -1066,6 +1066,26 @@ TEST_F(Gpu, AttentionCudnnTwoStreamsMatchOneCall) {
     attention_cudnn_set_deterministic(1);
 }
 
+// Where cuDNN cannot build a half's backward graph (refused here through the test seam, as a
+// failed build leaves it), the backward runs as one call over the whole batch: cuDNN still runs
+// the shape (supports, and the forced path would end the process if not), with one call's bits.
+// The shape is one no other test runs: the refusal lasts for the process.
+TEST_F(Gpu, AttentionCudnnRefusedHalfRunsAsOneCall) {
+    const AttnCase c = {4, 72, 4, 2, 64};
+    SKIP_WITHOUT_CUDNN(c);
+    AttnRef r(c, CORE_BF16, false);
+    attention_cudnn_set_streams(1);
+    std::array<Vec, 5> one = attention_gpu(r, c, CORE_BF16, ATTENTION_CUDA_CUDNN);
+    attention_cudnn_test_refuse_backward(c.B / 2, c.T, c.H, c.Hkv, c.hd);
+    // The halves would give the same bits: the refusal must hold, or this test proves nothing.
+    ASSERT_FALSE(attention_cudnn_supports(c.B / 2, c.T, c.H, c.Hkv, c.hd)) << "the seam refused nothing";
+    attention_cudnn_set_streams(2);
+    ASSERT_TRUE(attention_cudnn_supports(c.B, c.T, c.H, c.Hkv, c.hd));
+    std::array<Vec, 5> two = attention_gpu(r, c, CORE_BF16, ATTENTION_CUDA_CUDNN);
+    for (int i = 0; i < 5; i++)
+        EXPECT_EQ(0, memcmp(one[i].data(), two[i].data(), one[i].size() * sizeof(float))) << kAttnNames[i];
+}
+
 // ---------------------------------------------------------------------------------------------
 // Router and MoE data movement.
 
