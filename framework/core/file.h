@@ -1,0 +1,44 @@
+// Files a command reads or writes by path: inputs opened so that a path that is no regular file
+// fails with a reason instead of blocking (a FIFO) or reporting a length it does not have (a
+// directory), and outputs written whole or not at all.
+#ifndef MOELAB_CORE_FILE_H
+#define MOELAB_CORE_FILE_H
+
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// `path` opened for reading ("rb") if it is a regular file; else NULL with *why set to the
+// reason (strerror's, or "not a regular file").
+FILE *core_open_regular(const char *path, const char **why);
+
+// 1 when a and b name the same existing file (device and inode), else 0: an output path that is
+// one of the run's inputs is refused before it is truncated.
+int core_same_file(const char *a, const char *b);
+
+// An output file written whole or not at all. core_out_open creates "<path>.tmp-<pid>" beside
+// path (the same file system, so the rename is atomic); core_out_close flushes it, checks that
+// every write reached it and renames it over path. Any failure, or core_out_abort, removes the
+// temporary and leaves path as it was.
+typedef struct {
+    FILE *f;  // write here between open and close
+    char path[4096];
+    char tmp[4160];
+} CoreOut;
+// 0, or the errno of the failure (ENAMETOOLONG for a path over the buffer).
+int core_out_open(CoreOut *o, const char *path);
+// 0 when the file is in place, else the errno of the first failure (nothing left behind).
+int core_out_close(CoreOut *o);
+void core_out_abort(CoreOut *o);
+
+// Flushes stdout and says whether everything written to it reached its destination: 0, or the
+// errno of the failure (ENOSPC when it is a full disk). A command's output that was lost must not
+// end with exit 0.
+int core_stdout_status(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,149 @@
+// framework/core/file.h: inputs that must be regular files (a FIFO refused without blocking), the
+// same-file test, outputs written whole or not at all (a failed write leaves nothing, the old file
+// stays), and stdout's final state.
+#include <gtest/gtest.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "framework/core/file.h"
+
+namespace {
+
+std::string tmpdir() {
+    char t[] = "/tmp/moelab_file_test_XXXXXX";
+    EXPECT_NE(mkdtemp(t), nullptr);
+    return t;
+}
+
+void write_file(const std::string &p, const char *text) {
+    FILE *f = fopen(p.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    fputs(text, f);
+    fclose(f);
+}
+
+std::string read_file(const std::string &p) {
+    FILE *f = fopen(p.c_str(), "r");
+    if (!f) return "<missing>";
+    char buf[256] = {0};
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    return std::string(buf, n);
+}
+
+// The directory's entries other than the given ones (a temporary left behind shows here).
+int entries(const std::string &dir) {
+    int n = 0;
+    if (FILE *p = popen(("ls -A " + dir + " | wc -l").c_str(), "r")) {
+        if (fscanf(p, "%d", &n) != 1) n = -1;
+        pclose(p);
+    }
+    return n;
+}
+
+TEST(CoreFile, OpenRegularReadsAFileAndRefusesTheRest) {
+    const std::string d = tmpdir(), f = d + "/a.txt", fifo = d + "/pipe";
+    write_file(f, "hello");
+    const char *why = nullptr;
+    FILE *in = core_open_regular(f.c_str(), &why);
+    ASSERT_NE(in, nullptr);
+    char buf[8] = {0};
+    EXPECT_EQ(fread(buf, 1, 5, in), 5u);
+    EXPECT_STREQ(buf, "hello");
+    fclose(in);
+    EXPECT_EQ(core_open_regular(d.c_str(), &why), nullptr);
+    EXPECT_STREQ(why, "not a regular file");
+    // A FIFO with no writer: an open for reading without O_NONBLOCK would wait here for ever.
+    ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+    EXPECT_EQ(core_open_regular(fifo.c_str(), &why), nullptr);
+    EXPECT_STREQ(why, "not a regular file");
+    EXPECT_EQ(core_open_regular((d + "/missing").c_str(), &why), nullptr);
+    EXPECT_STREQ(why, strerror(ENOENT));
+}
+
+TEST(CoreFile, SameFileByDeviceAndInode) {
+    const std::string d = tmpdir(), a = d + "/a", b = d + "/b", l = d + "/link";
+    write_file(a, "x");
+    write_file(b, "x");
+    ASSERT_EQ(link(a.c_str(), l.c_str()), 0);
+    EXPECT_TRUE(core_same_file(a.c_str(), a.c_str()));
+    EXPECT_TRUE(core_same_file(a.c_str(), l.c_str()));
+    EXPECT_TRUE(core_same_file(a.c_str(), (d + "/./a").c_str()));
+    EXPECT_FALSE(core_same_file(a.c_str(), b.c_str()));  // same contents, another file
+    EXPECT_FALSE(core_same_file(a.c_str(), (d + "/missing").c_str()));
+}
+
+TEST(CoreFile, OutputAppearsWholeOnClose) {
+    const std::string d = tmpdir(), p = d + "/out.txt";
+    write_file(p, "old");
+    CoreOut o;
+    ASSERT_EQ(core_out_open(&o, p.c_str()), 0);
+    fputs("new contents", o.f);
+    EXPECT_EQ(read_file(p), "old");  // not replaced before the close
+    EXPECT_EQ(core_out_close(&o), 0);
+    EXPECT_EQ(read_file(p), "new contents");
+    EXPECT_EQ(entries(d), 1);  // no temporary left
+}
+
+TEST(CoreFile, AbortedOutputLeavesTheOldFile) {
+    const std::string d = tmpdir(), p = d + "/out.txt";
+    write_file(p, "old");
+    CoreOut o;
+    ASSERT_EQ(core_out_open(&o, p.c_str()), 0);
+    fputs("half", o.f);
+    core_out_abort(&o);
+    EXPECT_EQ(read_file(p), "old");
+    EXPECT_EQ(entries(d), 1);
+    EXPECT_EQ(core_out_open(&o, (d + "/no/such/dir/x").c_str()), ENOENT);
+    EXPECT_EQ(o.f, nullptr);
+}
+
+// A write that fails (here past a file-size limit, as a full disk would) is reported by the close,
+// and neither the temporary nor a partial file stays. In a child: the limit is the process's.
+TEST(CoreFile, FailedWriteLeavesNothing) {
+    const std::string d = tmpdir(), p = d + "/big.bin";
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN);  // the write fails with EFBIG instead of the signal
+        struct rlimit r = {4096, 4096};
+        setrlimit(RLIMIT_FSIZE, &r);
+        CoreOut o;
+        if (core_out_open(&o, p.c_str()) != 0) _exit(10);
+        static char block[1 << 16];
+        fwrite(block, 1, sizeof block, o.f);
+        _exit(core_out_close(&o) == EFBIG ? 0 : 11);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "10: open failed, 11: the close did not report EFBIG";
+    EXPECT_EQ(entries(d), 0);
+}
+
+// Output written to a full device: the status says so (a command must not exit 0 then).
+TEST(CoreFile, StdoutStatusSeesAFullDevice) {
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        if (!freopen("/dev/full", "w", stdout)) _exit(10);
+        printf("lost\n");
+        _exit(core_stdout_status() == ENOSPC ? 0 : 11);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "10: no /dev/full, 11: the status missed ENOSPC";
+    EXPECT_EQ(core_stdout_status(), 0);  // this process's stdout is fine
+}
+
+}  // namespace
