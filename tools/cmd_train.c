@@ -4,6 +4,7 @@
 
 #include "framework/core/check.h"
 #include "framework/core/config.h"
+#include "framework/core/file.h"
 #include "framework/train.h"
 #include "parallel/comm.h"
 #include "tools/commands.h"
@@ -36,6 +37,37 @@ static void train_help(void) {
     config_print_help(stdout);
 }
 
+// The run's outputs opened for writing at start-up (--metrics, --trace) must not be one of its
+// inputs or each other: opening truncates, so a metrics file given the path of the checkpoint to
+// resume from destroys it, and a trace on a token shard truncates the shard the loader has mapped
+// (the run then dies of SIGBUS). Checked on every rank before anything is opened.
+static void check_outputs(const MoeConfig *c, int argc, char **argv) {
+    const char *const out_flag[2] = {"--metrics", "--trace"}, *const out[2] = {c->metrics, c->trace};
+    const char *const data_file[3] = {"tokenizer.bin", "train.bin", "val.bin"};
+    for (int o = 0; o < 2; o++) {
+        if (!out[o][0]) continue;
+        if (o == 1 && core_same_file(out[0], out[1]))
+            core_usage_error("--metrics and --trace are the same file, %s: give each its own", out[1]);
+        if (c->resume[0] && core_same_file(out[o], c->resume))
+            core_usage_error("%s %s is the checkpoint to resume from (--resume): writing it would destroy it",
+                             out_flag[o], out[o]);
+        for (int f = 0; f < 3 && c->data[0]; f++) {
+            char path[2 * CONFIG_STR + 16];
+            snprintf(path, sizeof path, "%s/%s", c->data, data_file[f]);
+            if (core_same_file(out[o], path))
+                core_usage_error("%s %s is the run's data file %s: writing it would destroy it", out_flag[o],
+                                 out[o], path);
+        }
+        for (int i = 1; i < argc; i++) {
+            const size_t n = cmd_flag_len(argv[i]);
+            if (!cmd_flag_is(argv[i], n, "--config")) continue;
+            const char *v = cmd_flag_value(argc, argv, &i);
+            if (v && core_same_file(out[o], v))
+                core_usage_error("%s %s is the run's --config file: writing it would destroy it", out_flag[o], out[o]);
+        }
+    }
+}
+
 int cmd_train(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -49,6 +81,7 @@ int cmd_train(int argc, char **argv) {
     int rest = config_apply_args(&c, argc - 1, argv + 1);
     if (rest > 0) core_usage_error("train: unknown option '%s' (see `moelab train --help`)", argv[1]);
     config_validate(&c);
+    check_outputs(&c, argc, argv);
     comm_set_timeout(c.comm_timeout);
 #ifdef _OPENMP
     if (c.threads > 0) omp_set_num_threads(c.threads);

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "framework/core/file.h"
 #include "tools/commands.h"
 
 typedef struct {
@@ -29,6 +30,15 @@ static void usage(FILE *f) {
     fprintf(f, "\n`moelab <command> --help` describes each command.\n");
 }
 
+// A command's exit code, unless what it printed never reached stdout (a full disk, a closed
+// pipe): then the output is lost, and exit 0 would say it is not.
+static int finish(int rc) {
+    const int err = core_stdout_status();
+    if (!err) return rc;
+    fprintf(stderr, "moelab: error: cannot write standard output: %s\n", strerror(err));
+    return rc ? rc : 1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -36,10 +46,10 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
-        return 0;
+        return finish(0);
     }
     for (int i = 0; i < NCOMMANDS; i++)
-        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
+        if (!strcmp(argv[1], COMMANDS[i].name)) return finish(COMMANDS[i].run(argc - 1, argv + 1));
     fprintf(stderr, "moelab: error: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

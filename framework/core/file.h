@@ -14,8 +14,9 @@ extern "C" {
 // reason (strerror's, or "not a regular file").
 FILE *core_open_regular(const char *path, const char **why);
 
-// 1 when a and b name the same existing file (device and inode), else 0: an output path that is
-// one of the run's inputs is refused before it is truncated.
+// 1 when a and b name the same file: the same device and inode, or, where neither exists yet, the
+// same name in the same directory; else 0. An output path that is one of the run's inputs (or
+// another output) is refused before it is truncated.
 int core_same_file(const char *a, const char *b);
 
 // An output file written whole or not at all. core_out_open creates "<path>.tmp-<pid>" beside

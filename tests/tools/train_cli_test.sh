@@ -114,6 +114,29 @@ mixed "$tmp/edited" "$tmp/data" "$tmp/data" "$tmp/data"
 printf '\x2c\x01' | dd of="$tmp/edited/train.bin" bs=1 seek=12 conv=notrunc status=none  # vocab 300
 expect_usage "edited/train.bin was written for a vocabulary of 300 tokens" "${args[@]}" --data "$tmp/edited"
 
+# An output that is one of the run's inputs (fuzzing, 2026-12-04: --trace on train.bin truncated the
+# mapped shard and the run died of SIGBUS; --metrics on the --resume checkpoint destroyed it; on the
+# --config file it was silently replaced) is refused before anything is written, and the input is
+# left whole.
+cp -r "$tmp/data" "$tmp/own"
+cp "$cfg" "$tmp/own.cfg"
+sum_before=$(cat "$tmp/own"/*.bin "$tmp/own.cfg" "$tmp/run_keys/step_1.h5" | md5sum)
+own=(--config "$tmp/own.cfg" --data "$tmp/own" --steps 1 --seq-len 16 --batch-size 2 --val-batches 1)
+expect_usage "trace .*own/train.bin is the run's data file" "${own[@]}" --trace "$tmp/own/train.bin"
+expect_usage "metrics .*own/val.bin is the run's data file" "${own[@]}" --metrics "$tmp/own/val.bin"
+expect_usage "metrics .*own//tokenizer.bin is the run's data file" "${own[@]}" --metrics "$tmp/own//tokenizer.bin"
+expect_usage "metrics .*own.cfg is the run's --config file" "${own[@]}" --metrics "$tmp/own.cfg"
+expect_usage "metrics .*step_1.h5 is the checkpoint to resume from" "${own[@]}" --steps 2 \
+    --resume "$tmp/run_keys/step_1.h5" --metrics "$tmp/run_keys/step_1.h5"
+expect_usage "--metrics and --trace are the same file" "${own[@]}" --metrics "$tmp/both" --trace "$tmp/both"
+sum_after=$(cat "$tmp/own"/*.bin "$tmp/own.cfg" "$tmp/run_keys/step_1.h5" | md5sum)
+[ "$sum_before" = "$sum_after" ] || { echo "an input changed"; exit 1; }
+
+# Output that never reached stdout (a full disk, here /dev/full) is a failure, not exit 0.
+set +e; "$moelab" train --help > /dev/full 2>"$tmp/err"; rc=$?; set -e
+[ $rc -eq 1 ] || { echo "train --help > /dev/full: exit $rc, expected 1"; cat "$tmp/err"; exit 1; }
+grep -q "cannot write standard output: No space left on device" "$tmp/err" || { cat "$tmp/err"; exit 1; }
+
 "$moelab" train --help > "$tmp/help"; grep -q "usage: moelab train" "$tmp/help"
 "$moelab" --help > "$tmp/help"; grep -q "commands:" "$tmp/help"
 set +e; "$moelab" frobnicate 2>/dev/null; rc=$?; set -e

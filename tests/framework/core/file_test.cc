@@ -80,6 +80,10 @@ TEST(CoreFile, SameFileByDeviceAndInode) {
     EXPECT_TRUE(core_same_file(a.c_str(), (d + "/./a").c_str()));
     EXPECT_FALSE(core_same_file(a.c_str(), b.c_str()));  // same contents, another file
     EXPECT_FALSE(core_same_file(a.c_str(), (d + "/missing").c_str()));
+    // Outputs not written yet: the same name in the same directory.
+    EXPECT_TRUE(core_same_file((d + "/new").c_str(), (d + "/./new").c_str()));
+    EXPECT_FALSE(core_same_file((d + "/new").c_str(), (d + "/new2").c_str()));
+    EXPECT_FALSE(core_same_file((d + "/new").c_str(), "/no/such/dir/new"));
 }
 
 TEST(CoreFile, OutputAppearsWholeOnClose) {
