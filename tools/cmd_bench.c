@@ -25,7 +25,9 @@ static void bench_help(void) {
            "--expert-gemm cutlass|grouped|streams|loop picks how the GPU runs the expert GEMMs\n"
            "(default cutlass: CUTLASS's Hopper grouped GEMM on compute capability 9.0, else cuBLAS's\n"
            "grouped call; --gemm-streams 1..8 streams, default 4). `moelab train --help` lists every\n"
-           "key.\n");
+           "key. The keys of a run that bench has no use for (data and output files, checkpoints,\n"
+           "validation, sampling, pipelines, expert parallelism, EPLB) are refused on its command\n"
+           "line and set back to their defaults where a config file names them.\n");
 }
 
 // The time of one step by layer type, largest first.
@@ -50,6 +52,29 @@ static void print_breakdown(const char *config, const BenchResult *r, int gpu) {
                r->load_mean, r->load_worst);
 }
 
+// The keys of a training run that bench has no use for: it times one process on synthetic tokens,
+// with no data, files, checkpoints, validation, sampling, pipeline, expert parallelism or EPLB.
+// On its command line they are refused (they would change nothing, or, for EPLB's slots, build a
+// model the one-process dispatcher cannot run); from a config file, where a run's other settings
+// sit beside them, they are set back to their defaults.
+static const char *const kRunOnlyKeys[] = {
+    "ep", "pp", "chunks", "schedule", "fb_overlap", "zero", "dp_overlap", "ep_overlap", "ep_chunks",
+    "eplb_interval", "eplb_redundant", "eplb_groups", "eplb_nodes", "comm_timeout", "data", "metrics",
+    "out", "resume", "trace", "save_every", "keep", "log_every", "val_every", "val_batches",
+    "sample_tokens", "temperature", "top_k_sample", "nonfinite_skip", NULL};
+
+// The run-only key that flag names, or NULL.
+static const char *run_only_key(const char *flag) {
+    for (const char *const *k = kRunOnlyKeys; *k; k++)
+        if (config_names_key(flag, *k)) return *k;
+    return NULL;
+}
+
+// c with every run-only key at its default.
+static void drop_run_only_keys(MoeConfig *c) {
+    for (const char *const *k = kRunOnlyKeys; *k; k++) config_reset_key(c, *k);
+}
+
 int cmd_bench(int argc, char **argv) {
     const char *configs[16];
     int n_cfg = 0, min_steps = 3;
@@ -69,6 +94,9 @@ int cmd_bench(int argc, char **argv) {
         static const char *const flags[] = {"--config", "--device", "--steps", "--seconds", NULL};
         // A retired key goes on to config_apply_args, which says what replaced it.
         if (!cmd_flag_in(a, n, flags) && !config_is_key(name) && !config_is_retired(name)) core_usage_error("bench: unknown option '%s' (see `moelab bench --help`)", name);
+        if (run_only_key(name))
+            core_usage_error("bench: %s does not apply: bench times one process on synthetic tokens (see "
+                             "`moelab bench --help`)", name);
         const char *v = cmd_flag_value(argc, argv, &i);
         if (!v) core_usage_error("bench: %s needs a value", name);
         if (cmd_flag_is(a, n, "--config")) {
@@ -94,6 +122,7 @@ int cmd_bench(int argc, char **argv) {
         config_defaults(&cfg[k]);
         config_load_file(&cfg[k], configs[k]);
         config_apply_args(&cfg[k], n_over, overrides);
+        drop_run_only_keys(&cfg[k]);
         config_validate(&cfg[k]);
     }
     if (!device) device = cfg[0].device;

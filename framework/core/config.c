@@ -160,6 +160,11 @@ int config_is_retired(const char *name) {
     return retired_index(name) >= 0;
 }
 
+int config_names_key(const char *name, const char *key) {
+    while (*name == '-') name++;
+    return same_key(name, key);
+}
+
 int config_is_key(const char *name) {
     while (*name == '-') name++;
     return find_key(name) != NULL || same_key(name, "config");
@@ -245,6 +250,25 @@ void config_set(MoeConfig *c, const char *key, const char *value, const char *or
         strcpy(base, value);
         break;
     }
+}
+
+// The bytes a key of type t takes in MoeConfig.
+static size_t key_size(KeyType t) {
+    switch (t) {
+    case K_INT: case K_BOOL: return sizeof(int);
+    case K_U64: return sizeof(uint64_t);
+    case K_FLOAT: return sizeof(float);
+    case K_STR: return CONFIG_STR;
+    }
+    return 0;
+}
+
+void config_reset_key(MoeConfig *c, const char *key) {
+    const KeyInfo *k = find_key(key);
+    CHECK(k, "config_reset_key: no key '%s'", key);
+    MoeConfig d;
+    config_defaults(&d);
+    memcpy((char *)c + k->offset, (const char *)&d + k->offset, key_size(k->type));
 }
 
 static char *trim(char *s) {

@@ -91,6 +91,8 @@ void config_load_file(MoeConfig *c, const char *path);
 void config_load_stream(MoeConfig *c, FILE *f, const char *name);
 // Sets one key from its text value; `origin` names where it came from for error messages.
 void config_set(MoeConfig *c, const char *key, const char *value, const char *origin);
+// Sets key back to its default.
+void config_reset_key(MoeConfig *c, const char *key);
 // Applies `--key value` pairs from argv[0..argc). `--config FILE` loads a file first (wherever it
 // appears). Arguments that are not config keys are left for the caller: they are moved to the front
 // of argv and their count is returned (they are the subcommand's own flags).
@@ -106,6 +108,8 @@ void config_write_json(const MoeConfig *c, FILE *f);
 void config_print_help(FILE *f);
 // True if name (after the leading dashes, dash == underscore) is a config key.
 int config_is_key(const char *name);
+// True if name (after the leading dashes, dash == underscore) is the key `key`.
+int config_names_key(const char *name, const char *key);
 // 1 when name (leading dashes ignored) is a key of an older moelab that no longer does anything. config_set makes naming one
 // a usage error that says what replaced it; a checkpoint's stored config skips it
 // (checkpoints/format.c), so that checkpoints of those versions still load.

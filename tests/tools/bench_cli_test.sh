@@ -28,6 +28,19 @@ expect_usage "bench: unknown option '--bogus'" --config "$cfg" --bogus=1
 overrides=()
 for i in $(seq 1 33); do overrides+=(--seed "$i"); done
 expect_usage "bench: at most 32 config overrides" --config "$cfg" "${overrides[@]}"
+# Keys of a training run that bench has no use for (fuzzing, 2026-12-04: --ep, --pp, --resume,
+# --data and --out were accepted and did nothing; --eplb-redundant 1 ended in an internal error,
+# exit 1): refused on the command line, in either spelling ...
+expect_usage "bench: --ep does not apply: bench times one process" --config "$cfg" --ep 2
+expect_usage "bench: --pp does not apply" --config "$cfg" --pp=2
+expect_usage "bench: --resume does not apply" --config "$cfg" --resume "$tmp/none.h5"
+expect_usage "bench: --eplb_redundant does not apply" --config "$cfg" --eplb_redundant 1
+expect_usage "bench: --eplb-interval does not apply" --config "$cfg" --eplb-interval 1
+# ... and set back to their defaults where a config file names them beside the model.
+{ cat "$cfg"; printf 'eplb_interval = 1\neplb_redundant = 1\nep = 2\ndata = %s/none\n' "$tmp"; } > "$tmp/run.cfg"
+"$moelab" bench --config "$tmp/run.cfg" --steps 1 --seconds 0 > "$tmp/out" 2>"$tmp/err" ||
+    { echo "bench of a run's config failed:"; cat "$tmp/err"; exit 1; }
+grep -q "run.cfg" "$tmp/out" || { echo "bench: no row for run.cfg"; cat "$tmp/out"; exit 1; }
 "$moelab" bench --help | grep -q "usage: moelab bench"
 # A run: the time by layer type, then the last step's expert load (max/mean is at least 1).
 "$moelab" bench --config="$cfg" --steps=1 --seconds=0 --lr=0.01 >"$tmp/out" 2>"$tmp/err"

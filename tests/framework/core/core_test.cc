@@ -146,6 +146,32 @@ TEST(Config, RunKeys) {
         EXPECT_STREQ(c.expert_gemm, mode);
     }
 }
+// config_reset_key puts one key of each type back to its default and leaves the others;
+// config_names_key reads flags in either spelling.
+TEST(Config, ResetKeyAndNamesKey) {
+    MoeConfig c, d;
+    config_defaults(&c);
+    config_defaults(&d);
+    config_set(&c, "ep", "4", "test");
+    config_set(&c, "comm_timeout", "7", "test");
+    config_set(&c, "data", "/some/dir", "test");
+    config_set(&c, "fb_overlap", "true", "test");
+    config_set(&c, "seed", "99", "test");
+    config_set(&c, "lr", "0.5", "test");
+    for (const char *k : {"ep", "comm_timeout", "data", "fb_overlap", "seed"}) config_reset_key(&c, k);
+    EXPECT_EQ(c.ep, d.ep);
+    EXPECT_EQ(c.comm_timeout, d.comm_timeout);
+    EXPECT_STREQ(c.data, d.data);
+    EXPECT_EQ(c.fb_overlap, d.fb_overlap);
+    EXPECT_EQ(c.seed, d.seed);
+    EXPECT_EQ(c.lr, 0.5f);  // untouched
+    EXPECT_TRUE(config_names_key("--eplb-redundant", "eplb_redundant"));
+    EXPECT_TRUE(config_names_key("--eplb_redundant", "eplb_redundant"));
+    EXPECT_TRUE(config_names_key("ep", "ep"));
+    EXPECT_FALSE(config_names_key("--ep", "eplb_interval"));
+    EXPECT_FALSE(config_names_key("--eplb", "ep"));
+}
+
 TEST(ConfigDeath, RunKeysRejectBadValues) {
     EXPECT_EXIT(set_key("dp_overlap", "2"), ::testing::ExitedWithCode(2), "test: dp_overlap = '2'.*true\\|false");
     EXPECT_EXIT(set_key("ep_overlap", "on"), ::testing::ExitedWithCode(2), "test: ep_overlap = 'on'.*true\\|false");
