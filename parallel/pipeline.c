@@ -22,7 +22,9 @@
 
 enum { MSG_ACT = 0, MSG_GRAD = 1 };
 
-// Tags must fit the communicator's [0, 32767]: 2 kinds × 2 pipes × micro-batch.
+// Tags must fit the communicator's [0, 32767]: 2 kinds × 2 pipes × micro-batch. The config keys
+// grad_accum and chunks are bounded by the same 8192 (framework/core/config.c), so a command line
+// asking for more is refused there.
 #define PIPE_MAX_MB (32768 / 4)
 
 static int tag_of(int kind, int pipe, int mb) { return (mb * 2 + pipe) * 2 + kind; }

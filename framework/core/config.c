@@ -49,7 +49,9 @@ static const KeyInfo KEYS[] = {
     {"seed", K_U64, OFF(seed), 0, 0, NULL, "random seed (weights, data order, sampling)"},
     {"steps", K_INT, OFF(steps), 0, INT_MAX, NULL, "optimizer steps"},
     {"batch_size", K_INT, OFF(batch_size), 1, 1 << 20, NULL, "sequences per micro-batch B"},
-    {"grad_accum", K_INT, OFF(grad_accum), 1, 1 << 20, NULL, "micro-batches per step and rank"},
+    // Micro-batches per step: at most 8192, what the pipeline's message tags number
+    // (parallel/pipeline.c; a plain run is a one-stage pipeline too).
+    {"grad_accum", K_INT, OFF(grad_accum), 1, 8192, NULL, "micro-batches per step and rank"},
     {"lr", K_FLOAT, OFF(lr), 0, 10, NULL, "peak learning rate"},
     {"min_lr", K_FLOAT, OFF(min_lr), 0, 10, NULL, "final learning rate of the cosine decay"},
     {"warmup_steps", K_INT, OFF(warmup_steps), 0, INT_MAX, NULL, "linear warm-up steps"},
@@ -71,7 +73,7 @@ static const KeyInfo KEYS[] = {
     {"threads", K_INT, OFF(threads), 0, 4096, NULL, "OpenMP threads (0: default)"},
     {"ep", K_INT, OFF(ep), 1, 1 << 16, NULL, "expert-parallel ranks"},
     {"pp", K_INT, OFF(pp), 1, 1 << 16, NULL, "pipeline stages (ranks)"},
-    {"chunks", K_INT, OFF(chunks), 0, 1 << 20, NULL, "pipeline micro-batches per step (0: grad_accum)"},
+    {"chunks", K_INT, OFF(chunks), 0, 8192, NULL, "pipeline micro-batches per step (0: grad_accum)"},
     {"schedule", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
     {"fb_overlap", K_BOOL, OFF(fb_overlap), 0, 1, NULL, "F&B ops: forward and backward on two GPU streams"},
     {"zero", K_INT, OFF(zero), 0, 1, NULL, "ZeRO stage: 1 shards the AdamW moments over the DP ranks (0: off)"},

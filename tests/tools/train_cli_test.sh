@@ -55,6 +55,9 @@ expect_usage "val-batches 12 is too large: .*/val.bin holds 22 sequences of 17 t
     "${args[@]}" --val-batches 12
 expect_usage "val-batches 2147483647 is too large" "${args[@]}" --val-batches 2147483647
 expect_usage "steps = 99999999999 is too large: at most 2147483647" "${args[@]}" --steps 99999999999
+# More micro-batches than the pipeline's message tags number was an internal error, exit 1 (fuzzing).
+expect_usage "grad_accum = 8193 is too large: at most 8192" "${args[@]}" --grad-accum 8193
+expect_usage "chunks = 8193 is too large: at most 8192" "${args[@]}" --chunks 8193
 
 # The keys that choose how the work runs (once environment variables): listed by --help, checked on
 # the command line, stored in the checkpoint's config.
