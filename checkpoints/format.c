@@ -159,6 +159,15 @@ static CkptPartFile *open_part(CkptFile *cf, const char *tensor, const char *fna
     if (n != cf->parts || r < 0 || r >= n)
         H5_FAIL(&io, "is part %lld of %lld, but the index %s has %d parts", (long long)r, (long long)n,
                 cf->io.path, cf->parts);
+    // The part a file holds must be the one its name (".part-R-of-N", as the index maps it) says:
+    // a copy or a link of another part under this name carries that part's own id, passes the id
+    // check below, and would fill these rows with another rank's experts.
+    const char *suffix = NULL;
+    for (const char *at = strstr(fname, ".part-"); at; at = strstr(at + 1, ".part-")) suffix = at;
+    int nr = -1, nn = -1, used = 0;
+    if (!suffix || sscanf(suffix, ".part-%d-of-%d%n", &nr, &nn, &used) != 2 || suffix[used] || nr != r || nn != n)
+        H5_FAIL(&io, "holds part %lld of %lld, not the part its name says (a copy or link of another part?)",
+                (long long)r, (long long)n);
     if (id != cf->part_ids[r])
         H5_FAIL(&io, "belongs to another save than the index %s (part id %016llx, the index expects "
                 "%016llx)", cf->io.path, (unsigned long long)id, (unsigned long long)cf->part_ids[r]);

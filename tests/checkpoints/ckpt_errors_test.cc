@@ -313,6 +313,20 @@ TEST_F(CheckpointErrors, PartFileOfAnotherSave) {
     EXPECT_EXIT(load(index_, c_), ExitedWithCode(2), "part-0-of-2: belongs to another save than the index");
 }
 
+// A part file replaced by a copy (or a link) of another part of the same save: its id is its own
+// part's, so only the part number in its name tells (fuzzing, 2026-12-04: `ckpt verify` called it
+// sound and every reader loaded rank 0's experts into rank 1's rows).
+TEST_F(CheckpointErrors, PartFileUnderAnotherPartsName) {
+    const std::string p0 = index_ + ".part-0-of-2", p1 = index_ + ".part-1-of-2";
+    ASSERT_EQ(0, unlink(p1.c_str()));
+    ASSERT_EQ(0, symlink(p0.c_str(), p1.c_str()));
+    EXPECT_EXIT(load(index_, c_), ExitedWithCode(2), "part-1-of-2: holds part 0 of 2, not the part its name says");
+    EXPECT_EXIT(verify(index_.c_str(), stdout), ExitedWithCode(2), "holds part 0 of 2, not the part its name says");
+    ASSERT_EQ(0, unlink(p1.c_str()));
+    copy_of(p0, "index.h5.part-1-of-2");
+    EXPECT_EXIT(load(index_, c_), ExitedWithCode(2), "part-1-of-2: holds part 0 of 2, not the part its name says");
+}
+
 TEST_F(CheckpointErrors, HostileVirtualMapping) {
     // A virtual dataset that reaches outside the checkpoint's directory.
     hid_t f = H5Fopen(index_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
