@@ -17,6 +17,7 @@
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "framework/core/check.h"
+#include "framework/core/file.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/core/rng.h"
@@ -100,8 +101,10 @@ static void progress_done(Progress *p) {
 }
 
 static uint8_t *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) core_usage_error("cannot open input file %s: %s", path, strerror(errno));
+    // An input named on the command line may be anything: a FIFO would block the open for ever.
+    const char *why;
+    FILE *f = core_open_regular(path, &why);
+    if (!f) core_usage_error("cannot open input file %s: %s", path, why);
     struct stat st;
     if (fstat(fileno(f), &st) != 0) core_usage_error("cannot read input file %s: %s", path, strerror(errno));
     uint8_t *buf = core_alloc((size_t)st.st_size);

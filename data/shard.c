@@ -4,15 +4,14 @@
 #include "data/shard.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "framework/core/check.h"
+#include "framework/core/file.h"
 #include "framework/core/mem.h"
 
 static int fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -63,25 +62,28 @@ int shard_parse_try(const uint8_t *buf, size_t n, const char *name, Shard *s, ch
 
 int shard_open_try(const char *path, Shard *s, char *err) {
     memset(s, 0, sizeof *s);
-    const int fd = open(path, O_RDONLY);
-    if (fd < 0) return fail(err, "cannot open token shard %s: %s", path, strerror(errno));
+    // Only a regular file can be mapped, and opening a FIFO to find out would block for ever.
+    const char *why;
+    FILE *f = core_open_regular(path, &why);
+    if (!f) return fail(err, "cannot open token shard %s: %s", path, why);
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return fail(err, "cannot read token shard %s: not a regular file", path);
+    if (fstat(fileno(f), &st) != 0) {
+        const int e = errno;
+        fclose(f);
+        return fail(err, "cannot read token shard %s: %s", path, strerror(e));
     }
     const size_t bytes = (size_t)st.st_size;
     // mmap of 0 bytes fails; a too-short file is reported by the parser instead.
     void *map = NULL;
     if (bytes > 0) {
-        map = mmap(NULL, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+        map = mmap(NULL, bytes, PROT_READ, MAP_PRIVATE, fileno(f), 0);
         if (map == MAP_FAILED) {
             const int e = errno;
-            close(fd);
+            fclose(f);
             return fail(err, "cannot map token shard %s: %s", path, strerror(e));
         }
     }
-    close(fd);
+    fclose(f);
     static const uint8_t empty[1];
     if (shard_parse_try(map ? map : empty, bytes, path, s, err) != 0) {
         if (map) munmap(map, bytes);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "framework/core/check.h"
+#include "framework/core/file.h"
 #include "framework/core/mem.h"
 
 // ---------------------------------------------------------------------------------------------
@@ -253,9 +254,12 @@ Tokenizer *tok_parse_try(const uint8_t *buf, size_t n, const char *name, char *e
 }
 
 Tokenizer *tok_load_try(const char *path, char *err) {
-    FILE *f = fopen(path, "rb");
+    // Only a regular file: a FIFO would block the open for ever, and a directory reports a length
+    // it does not have.
+    const char *why;
+    FILE *f = core_open_regular(path, &why);
     if (!f) {
-        set_err(err, "cannot open tokenizer file %s: %s", path, strerror(errno));
+        set_err(err, "cannot open tokenizer file %s: %s", path, why);
         return NULL;
     }
     // Refuse anything larger than the largest valid file before reading it into memory.

@@ -13,7 +13,7 @@ command -v "$cc" >/dev/null || { echo "fuzz_smoke: $cc not found (install Debian
 
 srcs=("$root/data/tokenizer.c" "$root/data/shard.c" "$root/data/jsonl.c" "$root/framework/core/json.c"
       "$root/framework/core/log.c" "$root/framework/core/mem.c" "$root/framework/core/config.c"
-      "$root/framework/core/num.c")
+      "$root/framework/core/num.c" "$root/framework/core/file.c")
 flags=(-g -O1 -std=c11 -D_GNU_SOURCE -I"$root" -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
 
 # Seeds: one valid file of each kind (a 2-token shard; a tokenizer with merges ab and abc; a config

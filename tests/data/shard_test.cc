@@ -1,6 +1,7 @@
 // data/shard: writer/reader round trips at both token widths, and every malformed shard (bad magic,
 // unknown version, truncated, token id >= vocab, ...) as a usage error naming the file.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <string>
 #include <vector>
@@ -109,6 +110,11 @@ TEST(Shard, MalformedShardsAreUsageErrors) {
     EXPECT_EXIT(shard_open((dir + "/missing.bin").c_str(), &s), ::testing::ExitedWithCode(2),
                 "cannot open token shard .*missing.bin: No such file");
     EXPECT_EXIT(shard_open(dir.c_str(), &s), ::testing::ExitedWithCode(2), "not a regular file");
+    // A FIFO blocked the open for ever (alarm: a regression ends the child instead of the test).
+    const std::string fifo = dir + "/train.bin";
+    ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+    EXPECT_EXIT((alarm(10), shard_open(fifo.c_str(), &s)), ::testing::ExitedWithCode(2),
+                "cannot open token shard .*train.bin: not a regular file");
     // A well-formed image parses from memory too (the fuzzer's entry point).
     std::string good = shard_bytes(300, 2, 2, {299, 0});
     char err[SHARD_ERR_LEN];

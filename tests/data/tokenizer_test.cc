@@ -1,6 +1,7 @@
 // data/tokenizer: the chunker, hand-checked merges and tie-breaking, round trips on random bytes
 // (invalid UTF-8 and NUL included) and on text, the tokenizer file and every malformed-file case.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <random>
 #include <string>
@@ -220,6 +221,14 @@ TEST(TokenizerFile, MalformedFilesAreUsageErrors) {
     }
     EXPECT_EXIT(tok_load((dir + "/missing.bin").c_str()), ::testing::ExitedWithCode(2),
                 "cannot open tokenizer file .*missing.bin: No such file");
+    // A directory once read as a file of 2^63 - 1 bytes ("larger than any tokenizer"); a FIFO
+    // blocked the open for ever (alarm: a regression ends the child instead of hanging the test).
+    EXPECT_EXIT(tok_load(dir.c_str()), ::testing::ExitedWithCode(2),
+                "cannot open tokenizer file .*: not a regular file");
+    const std::string fifo = dir + "/fifo.bin";
+    ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+    EXPECT_EXIT((alarm(10), tok_load(fifo.c_str())), ::testing::ExitedWithCode(2),
+                "cannot open tokenizer file .*fifo.bin: not a regular file");
     // The good file itself loads.
     write_file(dir + "/good.bin", good);
     Tokenizer *t = tok_load((dir + "/good.bin").c_str());
