@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "framework/core/check.h"
+#include "framework/core/file.h"
 #include "framework/core/json.h"
 #include "framework/core/num.h"
 
@@ -330,16 +331,16 @@ void config_load_stream(MoeConfig *c, FILE *f, const char *name) {
         if (k) set_on[k - KEYS] = lineno;
         config_set(c, key, value, origin);
     }
-    // read_line also returns -1 on a read error (a directory reads as EISDIR): not the end of a file.
-    if (ferror(f)) {
-        if (errno == EISDIR) core_usage_error("config file '%s' is a directory", name);
-        FATAL("cannot read config file '%s': %s", name, strerror(errno));
-    }
+    // read_line also returns -1 on a read error: not the end of a file.
+    if (ferror(f)) FATAL("cannot read config file '%s': %s", name, strerror(errno));
 }
 
 void config_load_file(MoeConfig *c, const char *path) {
-    FILE *f = fopen(path, "r");
-    if (!f) core_usage_error("cannot open config file '%s': %s", path, strerror(errno));
+    // Only a regular file: a FIFO would block the open until a writer comes (for ever if none
+    // does), and a directory opens but fails at its first read.
+    const char *why;
+    FILE *f = core_open_regular(path, &why);
+    if (!f) core_usage_error("cannot open config file '%s': %s", path, why);
     config_load_stream(c, f, path);
     fclose(f);
 }

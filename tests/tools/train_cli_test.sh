@@ -44,7 +44,7 @@ expect_usage "not a directory made by" --config "$cfg" --data "$tmp/none"
 expect_usage "vocab_size = 2048 but the tokenizer" "${args[@]}" --vocab-size 2048
 expect_usage "n_heads \(4\) must be divisible by n_kv_heads \(3\)" "${args[@]}" --n-kv-heads 3
 expect_usage "cannot open config file" --config "$tmp/missing.cfg"
-expect_usage "config file '.*/text' is a directory" --config "$tmp/text" --data "$tmp/data"
+expect_usage "cannot open config file '.*/text': not a regular file" --config "$tmp/text" --data "$tmp/data"
 printf 'lr = 0.01\nsteps = 2\nlr = 0.02\n' > "$tmp/twice.cfg"
 expect_usage "twice.cfg:3: lr is set twice, on lines 1 and 3" --config "$tmp/twice.cfg" --data "$tmp/data"
 expect_usage "beta1 \(1\) must be below 1" "${args[@]}" --beta1 1
