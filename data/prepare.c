@@ -195,23 +195,113 @@ static size_t split_point(const uint8_t *x, size_t n, double val_fraction) {
     return nl ? (size_t)(nl - x) + 1 : c;
 }
 
-// Encodes the parts parts[i] (lens[i] bytes) into a shard at path; returns its token count.
-static uint64_t write_shard(const Tokenizer *tok, const char *path, const uint8_t *const *parts,
-                            const size_t *lens, int n, Progress *pr, const char *stage) {
-    size_t max = 1, total = 0, done = 0;
-    for (int i = 0; i < n; i++) {
-        if (lens[i] > max) max = lens[i];
-        total += lens[i];
-    }
-    uint32_t *ids = core_alloc(sizeof(uint32_t) * max);
-    ShardWriter *w = shard_writer_open(path, (uint32_t)tok->V);
-    for (int i = 0; i < n; i++) {
+// Encodes the parts parts[i] (lens[i] bytes) into a shard written to f; returns its token count.
+// ids holds the longest part's tokens. Stops at the first failed write (a full disk): the output's
+// close reports it, and encoding the rest would only take time.
+static uint64_t write_shard(const Tokenizer *tok, FILE *f, const char *name, const uint8_t *const *parts,
+                            const size_t *lens, int n, uint32_t *ids, Progress *pr, const char *stage) {
+    size_t total = 0, done = 0;
+    for (int i = 0; i < n; i++) total += lens[i];
+    ShardWriter *w = shard_writer_open(f, name, (uint32_t)tok->V);
+    for (int i = 0; i < n && !ferror(f); i++) {
         shard_writer_put(w, ids, tok_encode(tok, parts[i], lens[i], ids));
         done += lens[i];
         progress_fn(pr, stage, total ? (double)done / total : 1.0);
     }
-    core_free(ids);
     return shard_writer_close(w);
+}
+
+// The three output files of a dataset, in the order they are written and renamed into place.
+enum { OUT_TOKENIZER, OUT_TRAIN, OUT_VAL, N_OUTS };
+static const char *const OUT_NAMES[N_OUTS] = {"tokenizer.bin", "train.bin", "val.bin"};
+
+// A directory where an output file must go would make its rename fail after the files renamed
+// before it were already replaced (a new tokenizer beside old shards): refused before any work.
+static void check_outputs(const char *out_dir) {
+    for (int k = 0; k < N_OUTS; k++) {
+        char *p = core_alloc(strlen(out_dir) + strlen(OUT_NAMES[k]) + 2);
+        sprintf(p, "%s/%s", out_dir, OUT_NAMES[k]);
+        struct stat st;
+        if (stat(p, &st) == 0 && S_ISDIR(st.st_mode))
+            core_usage_error("cannot write %s: it is a directory (--out receives %s, %s and %s)", p,
+                             OUT_NAMES[OUT_TOKENIZER], OUT_NAMES[OUT_TRAIN], OUT_NAMES[OUT_VAL]);
+        core_free(p);
+    }
+}
+
+// The one message of an output that could not be written, and the exit status: a write that
+// failed on the device (full disk, quota, file-size limit, I/O error) is the environment's failure
+// (1); anything else (no such directory, no permission, a name too long) is the --out given (2).
+static int output_failure(const char *path, int err) {
+    if (err == ENOSPC || err == EDQUOT || err == EFBIG || err == EIO)
+        return core_failure_report("cannot write %s: %s", path, strerror(err));
+    return core_usage_report("cannot write %s: %s", path, strerror(err));
+}
+
+// Renames the finished outputs into place together; returns 0, or the errno of the first failure
+// with *failed set to its index. Every byte is flushed before the first rename, so that a full
+// disk or an I/O error fails while every old file is still in place. Only a close or a rename that
+// fails after an earlier rename, or a crash between the renames, could leave old and new files
+// mixed: a window of a few system calls, which plain renames cannot close.
+static int commit_outputs(CoreOut *out, int n, int *failed) {
+    for (int k = 0; k < n; k++) {
+        // A failed flush leaves the stream's error flag set, which core_out_close reports with its
+        // errno (removing the temporary).
+        fflush(out[k].f);
+        if (ferror(out[k].f)) {
+            *failed = k;
+            return core_out_close(&out[k]);
+        }
+    }
+    for (int k = 0; k < n; k++) {
+        const int err = core_out_close(&out[k]);
+        if (err) {
+            *failed = k;
+            return err;
+        }
+    }
+    return 0;
+}
+
+// Writes the tokenizer and both shards into out_dir, all three or none: each goes to a temporary
+// beside its final name (CoreOut), and they replace the old files only once all three are complete.
+// Returns 0, or the exit status after one message (see output_failure); nothing is left behind.
+static int write_outputs(const Tokenizer *tok, const char *out_dir, const uint8_t *const *train,
+                         const size_t *train_len, const uint8_t *const *val, const size_t *val_len, int D,
+                         PrepareStats *stats, Progress *pr) {
+    size_t max = 1;
+    for (int i = 0; i < D; i++) {
+        if (train_len[i] > max) max = train_len[i];
+        if (val_len[i] > max) max = val_len[i];
+    }
+    uint32_t *ids = core_alloc(sizeof(uint32_t) * max);
+    char *path = core_alloc(strlen(out_dir) + 32);
+    CoreOut out[N_OUTS];
+    int err = 0, failed = 0;
+    for (int k = 0; k < N_OUTS; k++) out[k].f = NULL;
+    for (int k = 0; k < N_OUTS && !err; k++) {
+        sprintf(path, "%s/%s", out_dir, OUT_NAMES[k]);
+        err = core_out_open(&out[k], path);
+        failed = k;
+    }
+    if (!err) {
+        tok_write(tok, out[OUT_TOKENIZER].f);
+        stats->train_tokens = write_shard(tok, out[OUT_TRAIN].f, out[OUT_TRAIN].path, train, train_len, D, ids,
+                                          pr, "encoding train");
+        stats->val_tokens = write_shard(tok, out[OUT_VAL].f, out[OUT_VAL].path, val, val_len, D, ids, pr,
+                                        "encoding val");
+        progress_done(pr);
+        err = commit_outputs(out, N_OUTS, &failed);
+    }
+    int rc = 0;
+    if (err) {
+        for (int k = 0; k < N_OUTS; k++) core_out_abort(&out[k]);
+        sprintf(path, "%s/%s", out_dir, OUT_NAMES[failed]);
+        rc = output_failure(path, err);
+    }
+    core_free(path);
+    core_free(ids);
+    return rc;
 }
 
 // Documents: where each lies in the buffers read.
@@ -249,8 +339,8 @@ static void report_bad_lines(const char *path, const char *field, const JsonlDoc
     stats->bad_lines += jd->bad;
 }
 
-void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const char *out_dir,
-                     double val_fraction, uint64_t seed, const PrepareJsonl *jsonl, PrepareStats *stats) {
+int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const char *out_dir,
+                    double val_fraction, uint64_t seed, const PrepareJsonl *jsonl, PrepareStats *stats) {
     const double t0 = core_now();
     if (vocab < 256 || vocab > TOK_VOCAB_MAX)
         core_usage_error("--vocab %d is outside [256, %d] (256 means raw bytes)", vocab, TOK_VOCAB_MAX);
@@ -322,43 +412,39 @@ void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const c
     if (stats->train_bytes == 0) core_usage_error("the %d input file(s) hold no training text", files.n);
 
     make_dirs(out_dir);
-    char *path = core_alloc(strlen(out_dir) + 32);
+    check_outputs(out_dir);
     const double t1 = core_now();
     const TokProgress tp = {progress_fn, &pr};
     Tokenizer *tok = tok_train(train, train_len, D, vocab, &tp);
     stats->tok_seconds = core_now() - t1;
     stats->vocab = tok->V;
-    sprintf(path, "%s/tokenizer.bin", out_dir);
-    tok_save(tok, path);
     const double t2 = core_now();
-    sprintf(path, "%s/train.bin", out_dir);
-    stats->train_tokens = write_shard(tok, path, train, train_len, D, &pr, "encoding train");
-    sprintf(path, "%s/val.bin", out_dir);
-    stats->val_tokens = write_shard(tok, path, val, val_len, D, &pr, "encoding val");
-    progress_done(&pr);
+    const int rc = write_outputs(tok, out_dir, train, train_len, val, val_len, D, stats, &pr);
     stats->encode_seconds = core_now() - t2;
     stats->seconds = core_now() - t0;
 
-    const double mb = 1e-6;
-    if (stats->bad_lines > 0)
-        core_info0("prepare: %llu JSON line(s) gave no document and were skipped (the first %d listed above)",
-                   (unsigned long long)stats->bad_lines,
-                   stats->bad_lines < JSONL_REPORT ? (int)stats->bad_lines : JSONL_REPORT);
-    core_info0("prepare: %d documents, %.2f MB (train %.2f MB, val %.2f MB) in %.1f s", D,
-               stats->bytes * mb, stats->train_bytes * mb, stats->val_bytes * mb, stats->seconds);
-    if (vocab > 256)
-        core_info0("prepare: tokenizer of %d tokens trained in %.1f s (%.2f MB/s)", tok->V,
-                   stats->tok_seconds, stats->train_bytes * mb / (stats->tok_seconds > 0 ? stats->tok_seconds : 1e-9));
-    if (tok->V < vocab) core_warn("the text ran out of pairs to merge: vocabulary %d, not %d", tok->V, vocab);
-    const uint64_t tokens = stats->train_tokens + stats->val_tokens;
-    core_info0("prepare: %llu train + %llu val tokens, %.3f bytes/token, encoded in %.1f s (%.2f MB/s)",
-               (unsigned long long)stats->train_tokens, (unsigned long long)stats->val_tokens,
-               tokens ? (double)stats->bytes / tokens : 0.0, stats->encode_seconds,
-               stats->bytes * mb / (stats->encode_seconds > 0 ? stats->encode_seconds : 1e-9));
-    core_info0("prepare: wrote %s/tokenizer.bin, %s/train.bin, %s/val.bin", out_dir, out_dir, out_dir);
+    // The summary only for a dataset that is in place.
+    if (rc == 0) {
+        const double mb = 1e-6;
+        if (stats->bad_lines > 0)
+            core_info0("prepare: %llu JSON line(s) gave no document and were skipped (the first %d listed above)",
+                       (unsigned long long)stats->bad_lines,
+                       stats->bad_lines < JSONL_REPORT ? (int)stats->bad_lines : JSONL_REPORT);
+        core_info0("prepare: %d documents, %.2f MB (train %.2f MB, val %.2f MB) in %.1f s", D,
+                   stats->bytes * mb, stats->train_bytes * mb, stats->val_bytes * mb, stats->seconds);
+        if (vocab > 256)
+            core_info0("prepare: tokenizer of %d tokens trained in %.1f s (%.2f MB/s)", tok->V, stats->tok_seconds,
+                       stats->train_bytes * mb / (stats->tok_seconds > 0 ? stats->tok_seconds : 1e-9));
+        if (tok->V < vocab) core_warn("the text ran out of pairs to merge: vocabulary %d, not %d", tok->V, vocab);
+        const uint64_t tokens = stats->train_tokens + stats->val_tokens;
+        core_info0("prepare: %llu train + %llu val tokens, %.3f bytes/token, encoded in %.1f s (%.2f MB/s)",
+                   (unsigned long long)stats->train_tokens, (unsigned long long)stats->val_tokens,
+                   tokens ? (double)stats->bytes / tokens : 0.0, stats->encode_seconds,
+                   stats->bytes * mb / (stats->encode_seconds > 0 ? stats->encode_seconds : 1e-9));
+        core_info0("prepare: wrote %s/tokenizer.bin, %s/train.bin, %s/val.bin", out_dir, out_dir, out_dir);
+    }
 
     tok_free(tok);
-    core_free(path);
     for (int i = 0; i < files.n; i++) {
         core_free(bufs[i]);
         core_free(files.paths[i]);
@@ -370,4 +456,5 @@ void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const c
     core_free(val);
     core_free(train_len);
     core_free(val_len);
+    return rc;
 }

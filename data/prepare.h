@@ -35,10 +35,15 @@ typedef struct {
 // inputs: files or directories (walked recursively in name order, skipping hidden entries, the
 // fortunes index files *.dat and *.u8, and symbolic links to directories). vocab = 256 gives raw
 // bytes (no merges). val_fraction in [0, 1). jsonl may be NULL (the defaults). Prints a progress
-// line on stderr (when it is a terminal) and a summary on stdout. Bad input (missing path, no text,
-// bad vocab, a damaged .gz file, a bad JSON line under strict) exits 2.
-void prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const char *out_dir,
-                     double val_fraction, uint64_t seed, const PrepareJsonl *jsonl, PrepareStats *stats);
+// line on stderr (when it is a terminal) and a summary on stdout. Bad input (missing path, an input
+// that is no regular file or directory, no text, bad vocab, a damaged .gz file, a bad JSON line under
+// strict, an output path that is a directory) exits 2 before any output is written.
+// The three output files replace the old ones together or not at all. Returns 0, or after one
+// message naming the file that could not be written: 1 when a write failed (full disk, I/O error),
+// 2 when the output path cannot be created (a missing directory, no permission); then no new file
+// and no temporary is left and the old files are as they were.
+int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const char *out_dir,
+                    double val_fraction, uint64_t seed, const PrepareJsonl *jsonl, PrepareStats *stats);
 
 #ifdef __cplusplus
 }

@@ -106,15 +106,11 @@ void shard_close(Shard *s) {
 
 struct ShardWriter {
     FILE *f;
-    char *path;
+    char *name;
     uint32_t vocab, width;
     uint64_t n;
     uint8_t buf[1 << 16];  // tokens encoded here before each fwrite
 };
-
-static void write_or_die(ShardWriter *w, const void *p, size_t n) {
-    if (fwrite(p, 1, n, w->f) != n) core_usage_error("cannot write token shard %s: %s", w->path, strerror(errno));
-}
 
 static void write_header(ShardWriter *w) {
     uint8_t h[SHARD_HEADER_BYTES] = {0};
@@ -124,18 +120,17 @@ static void write_header(ShardWriter *w) {
     core_put_u32le(h + 16, (uint32_t)w->n);
     core_put_u32le(h + 20, (uint32_t)(w->n >> 32));
     core_put_u32le(h + 24, w->width);
-    write_or_die(w, h, sizeof h);
+    fwrite(h, 1, sizeof h, w->f);
 }
 
-ShardWriter *shard_writer_open(const char *path, uint32_t vocab) {
-    CHECK(vocab > 0, "token shard %s: vocabulary size must be positive", path);
+ShardWriter *shard_writer_open(FILE *f, const char *name, uint32_t vocab) {
+    CHECK(vocab > 0, "token shard %s: vocabulary size must be positive", name);
     ShardWriter *w = core_alloc(sizeof *w);
-    w->path = core_alloc(strlen(path) + 1);
-    strcpy(w->path, path);
+    w->f = f;
+    w->name = core_alloc(strlen(name) + 1);
+    strcpy(w->name, name);
     w->vocab = vocab;
     w->width = vocab <= 65536 ? 2 : 4;
-    w->f = fopen(path, "wb");
-    if (!w->f) core_usage_error("cannot create token shard %s: %s", path, strerror(errno));
     write_header(w);  // with count 0 until close rewrites it
     return w;
 }
@@ -146,20 +141,26 @@ void shard_writer_put(ShardWriter *w, const uint32_t *ids, size_t n) {
         const size_t m = n - i < per ? n - i : per;
         for (size_t k = 0; k < m; k++) {
             const uint32_t t = ids[i + k];
-            CHECK(t < w->vocab, "token shard %s: token %u is >= the vocabulary size %u", w->path, t, w->vocab);
+            CHECK(t < w->vocab, "token shard %s: token %u is >= the vocabulary size %u", w->name, t, w->vocab);
             for (uint32_t b = 0; b < w->width; b++) w->buf[k * w->width + b] = (uint8_t)(t >> (8 * b));
         }
-        write_or_die(w, w->buf, m * w->width);
+        fwrite(w->buf, 1, m * w->width, w->f);
     }
     w->n += n;
 }
 
 uint64_t shard_writer_close(ShardWriter *w) {
-    if (fseek(w->f, 0, SEEK_SET) != 0) core_usage_error("cannot rewind token shard %s: %s", w->path, strerror(errno));
-    write_header(w);
-    if (fclose(w->f) != 0) core_usage_error("cannot write token shard %s: %s", w->path, strerror(errno));
+    // The tokens go out first. After a failed write (the stream's error flag, set by a failed
+    // flush too) the stream stays where the write failed: the caller's close meets the same cause
+    // there again and reports it, discarding the file, header and all. After a flush that succeeds,
+    // only a stream that cannot seek (the caller's mistake) can fail to go back to the header.
+    if (fflush(w->f) == 0 && !ferror(w->f)) {
+        CHECK(fseek(w->f, 0, SEEK_SET) == 0, "token shard %s: cannot seek back to the header: %s", w->name,
+              strerror(errno));
+        write_header(w);
+    }
     const uint64_t n = w->n;
-    core_free(w->path);
+    core_free(w->name);
     core_free(w);
     return n;
 }

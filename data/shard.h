@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "framework/core/mem.h"  // core_get_u32le
 
@@ -43,12 +44,15 @@ int shard_open_try(const char *path, Shard *s, char *err);
 void shard_open(const char *path, Shard *s);
 void shard_close(Shard *s);
 
-// Writes a shard in pieces; the header's token count is filled in by shard_writer_close.
+// Writes a shard in pieces into f, a seekable stream at its start that the caller opened and
+// closes (dataset preparation writes through a CoreOut, framework/core/file.h). A failed write
+// only sets f's error flag: the caller's checked close reports it. name is used in messages.
 typedef struct ShardWriter ShardWriter;
-// Token width is 2 bytes when vocab <= 65536, else 4. An unwritable path is a usage error.
-ShardWriter *shard_writer_open(const char *path, uint32_t vocab);
+// Token width is 2 bytes when vocab <= 65536, else 4.
+ShardWriter *shard_writer_open(FILE *f, const char *name, uint32_t vocab);
 void shard_writer_put(ShardWriter *w, const uint32_t *ids, size_t n);  // ids: (n), each < vocab
-uint64_t shard_writer_close(ShardWriter *w);                           // returns the token count
+// Fills in the header's token count and frees w (f stays open); returns the token count.
+uint64_t shard_writer_close(ShardWriter *w);
 
 #ifdef __cplusplus
 }

@@ -203,7 +203,7 @@ size_t tok_decode(const Tokenizer *t, const uint32_t *ids, size_t n, uint8_t *ou
 // ---------------------------------------------------------------------------------------------
 // The tokenizer file
 
-void tok_save(const Tokenizer *t, const char *path) {
+void tok_write(const Tokenizer *t, FILE *f) {
     const size_t n = TOK_HEADER_BYTES + 8 * (size_t)(t->V - 256);
     uint8_t *buf = core_alloc(n);
     memcpy(buf, TOK_MAGIC, 8);
@@ -211,10 +211,7 @@ void tok_save(const Tokenizer *t, const char *path) {
     core_put_u32le(buf + 12, (uint32_t)t->V);
     for (int i = 0; i < 2 * (t->V - 256); i++)
         core_put_u32le(buf + TOK_HEADER_BYTES + 4 * (size_t)i, t->merges[i]);
-    FILE *f = fopen(path, "wb");
-    if (!f) core_usage_error("cannot create tokenizer file %s: %s", path, strerror(errno));
-    const int ok = fwrite(buf, 1, n, f) == n;
-    if (fclose(f) != 0 || !ok) core_usage_error("cannot write tokenizer file %s: %s", path, strerror(errno));
+    fwrite(buf, 1, n, f);
     core_free(buf);
 }
 

@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -60,8 +61,9 @@ size_t tok_encode(const Tokenizer *t, const uint8_t *x, size_t n, uint32_t *out)
 // Decodes ids (n tokens, each < V) into out; writes at most cap bytes and returns the full length.
 size_t tok_decode(const Tokenizer *t, const uint32_t *ids, size_t n, uint8_t *out, size_t cap);
 
-// Writes the tokenizer file; a file that cannot be written is a usage error (exit 2).
-void tok_save(const Tokenizer *t, const char *path);
+// Writes the tokenizer file's bytes to f. A failed write only sets f's error flag: the caller's
+// checked close reports it (dataset preparation writes through a CoreOut, framework/core/file.h).
+void tok_write(const Tokenizer *t, FILE *f);
 // Parses a tokenizer file image (n bytes; name is used in messages). On error returns NULL and puts
 // one message naming `name` in err (TOK_ERR_LEN bytes).
 Tokenizer *tok_parse_try(const uint8_t *buf, size_t n, const char *name, char *err);

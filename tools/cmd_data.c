@@ -24,7 +24,8 @@ static const char USAGE_PREPARE[] =
     "\n"
     "Reads every file named by --input (directories are walked recursively, skipping hidden\n"
     "entries and the fortunes index files *.dat and *.u8), trains a byte-level BPE tokenizer of N\n"
-    "tokens on the training text, and writes DIR/tokenizer.bin, DIR/train.bin and DIR/val.bin.\n"
+    "tokens on the training text, and writes DIR/tokenizer.bin, DIR/train.bin and DIR/val.bin\n"
+    "(all three or none: a run that fails leaves the old files as they were).\n"
     "A file is one document, except JSON Lines files (*.jsonl, and *.jsonl.gz compressed with\n"
     "gzip): there each line is a JSON object whose string member NAME is one document. Lines that\n"
     "give no document (empty, not JSON, not an object, no such member, not a string) are counted\n"
@@ -101,7 +102,7 @@ static int cmd_prepare(int argc, char **argv) {
     if (rc == 0) {
         PrepareStats st;
         const PrepareJsonl jsonl = {field, strict};
-        prepare_dataset(inputs, n_inputs, (int)V, out, f, S, &jsonl, &st);
+        rc = prepare_dataset(inputs, n_inputs, (int)V, out, f, S, &jsonl, &st);
     }
     free(inputs);
     return rc;

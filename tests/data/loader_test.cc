@@ -21,9 +21,12 @@ std::string counting_shard(uint32_t n) {
     std::string path = data_test::temp_dir() + "/train.bin";
     std::vector<uint32_t> ids(n);
     for (uint32_t i = 0; i < n; i++) ids[i] = i;
-    ShardWriter *w = shard_writer_open(path.c_str(), 65536);
+    FILE *f = fopen(path.c_str(), "wb");
+    if (!f) abort();
+    ShardWriter *w = shard_writer_open(f, path.c_str(), 65536);
     shard_writer_put(w, ids.data(), n);
     shard_writer_close(w);
+    fclose(f);
     return path;
 }
 

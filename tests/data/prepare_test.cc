@@ -1,8 +1,12 @@
 // data/prepare and `moelab data`: end to end on a temporary directory of small files (what is read,
 // what is skipped, the train/validation split, determinism), and the command line's flag errors.
+#include <dirent.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -156,6 +160,90 @@ TEST(Prepare, FifoInputNeverBlocks) {
     prepare_dataset(walked, 1, 300, out.c_str(), 0.1, 1, nullptr, &st);
     alarm(0);
     EXPECT_EQ(st.docs, 3);
+}
+
+// The entries of a directory, sorted, as one string ("a b c"): a file left behind shows here.
+std::string entries(const std::string &dir) {
+    std::vector<std::string> names;
+    if (DIR *d = opendir(dir.c_str())) {
+        for (struct dirent *e; (e = readdir(d)) != nullptr;)
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) names.push_back(e->d_name);
+        closedir(d);
+    }
+    std::sort(names.begin(), names.end());
+    std::string s;
+    for (const std::string &n : names) s += (s.empty() ? "" : " ") + n;
+    return s;
+}
+
+// A corpus of about 64 KB (its train shard far larger than its tokenizer file), in a new directory.
+std::string make_big_corpus() {
+    std::string dir = temp_dir(), text;
+    for (int i = 0; text.size() < 65536; i++) text += kDocA + std::to_string(i) + " " + kDocC;
+    write_file(dir + "/big.txt", text);
+    return dir;
+}
+
+// Files above `bytes` cannot grow: a write past it fails with EFBIG, as one on a full disk fails with
+// ENOSPC. For the child of a death test (the limit is the process's).
+void limit_file_size(rlim_t bytes) {
+    signal(SIGXFSZ, SIG_IGN);  // the write fails instead of ending the process
+    struct rlimit r = {bytes, bytes};
+    setrlimit(RLIMIT_FSIZE, &r);
+}
+
+// A directory where val.bin must go: refused (exit 2, naming it) before anything is written. It used
+// to fail at val.bin after writing tokenizer.bin and train.bin.
+TEST(Prepare, DirectoryInPlaceOfAnOutputLeavesNothing) {
+    std::string in = make_corpus(), out = temp_dir();
+    ASSERT_EQ(mkdir((out + "/val.bin").c_str(), 0777), 0);
+    const char *inputs[] = {in.c_str()};
+    PrepareStats st;
+    EXPECT_EXIT(prepare_dataset(inputs, 1, 300, out.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
+                "cannot write .*/val.bin: it is a directory");
+    EXPECT_EQ(entries(out), "val.bin");
+    EXPECT_EXIT(exit(run_cmd_data({"data", "prepare", "--input", in, "--vocab", "300", "--out", out})),
+                ::testing::ExitedWithCode(2), "cannot write .*/val.bin: it is a directory");
+    EXPECT_EQ(entries(out), "val.bin");
+}
+
+// A write that fails (the file-size limit standing in for a full disk) is the environment's failure:
+// exit 1 naming the file, and nothing of the run is left. Over an existing dataset the old three
+// files stay as they were: a failure used to leave a new tokenizer.bin and a truncated train.bin
+// (count 0 in its header) beside the old val.bin.
+TEST(Prepare, FailedWriteLeavesTheOldDatasetWhole) {
+    std::string in = make_big_corpus(), fresh = temp_dir(), old = temp_dir();
+    const char *inputs[] = {in.c_str()};
+    PrepareStats st;
+    // The tokenizer file (16 + 8 * 44 bytes) fits under the limit, the train shard does not.
+    EXPECT_EXIT((limit_file_size(8192), exit(prepare_dataset(inputs, 1, 300, fresh.c_str(), 0.1, 1, nullptr, &st))),
+                ::testing::ExitedWithCode(1), "cannot write .*/train.bin: File too large");
+    EXPECT_EQ(entries(fresh), "");
+
+    ASSERT_EQ(prepare_dataset(inputs, 1, 260, old.c_str(), 0.1, 1, nullptr, &st), 0);
+    const std::string tok = read_file(old + "/tokenizer.bin"), train = read_file(old + "/train.bin"),
+                      val = read_file(old + "/val.bin");
+    ASSERT_GT(train.size(), 8192u);
+    EXPECT_EXIT((limit_file_size(8192), exit(prepare_dataset(inputs, 1, 300, old.c_str(), 0.1, 1, nullptr, &st))),
+                ::testing::ExitedWithCode(1), "cannot write .*/train.bin: File too large");
+    EXPECT_EXIT((limit_file_size(8192),
+                 exit(run_cmd_data({"data", "prepare", "--input", in, "--vocab", "300", "--out", old}))),
+                ::testing::ExitedWithCode(1), "cannot write .*/train.bin: File too large");
+    EXPECT_EQ(entries(old), "tokenizer.bin train.bin val.bin");
+    EXPECT_EQ(read_file(old + "/tokenizer.bin"), tok);
+    EXPECT_EQ(read_file(old + "/train.bin"), train);
+    EXPECT_EQ(read_file(old + "/val.bin"), val);
+
+    // Without the limit the run replaces all three.
+    ASSERT_EQ(prepare_dataset(inputs, 1, 300, old.c_str(), 0.1, 1, nullptr, &st), 0);
+    EXPECT_EQ(entries(old), "tokenizer.bin train.bin val.bin");
+    Tokenizer *t = tok_load((old + "/tokenizer.bin").c_str());
+    EXPECT_EQ(t->V, 300);
+    tok_free(t);
+    Shard s;
+    shard_open((old + "/val.bin").c_str(), &s);
+    EXPECT_EQ(s.vocab, 300u);
+    shard_close(&s);
 }
 
 TEST(CmdData, HelpAndFlagErrors) {
