@@ -1,0 +1,85 @@
+#!/bin/bash
+# The dataset files end to end through the moelab binary, on the paths a fuzzer found: a FIFO given
+# where a file is read (`data prepare --input`, `train --config`, DATA/train.bin and DATA/tokenizer.bin
+# for `train` and `sample`) is refused at once with exit 2, never waited on, and a directory as
+# DATA/tokenizer.bin is "not a regular file"; `data prepare` replaces its three outputs together or
+# not at all: a directory where val.bin must go is exit 2, a failed write (a file-size limit standing
+# in for a full disk) exit 1, and either way the old dataset stays whole and nothing new is left.
+# Every command runs under `timeout`, so that one that blocks fails the test instead of hanging it.
+set -euo pipefail
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp
+
+expect_exit() {  # expect_exit CODE REGEX COMMAND...: exit status CODE and REGEX in stderr
+    local code=$1 re=$2; shift 2
+    set +e
+    timeout 60 "$@" >/dev/null 2>"$tmp/err"
+    local rc=$?
+    set -e
+    [ $rc -eq "$code" ] || { echo "FAIL: $*: exit $rc, expected $code"; cat "$tmp/err"; exit 1; }
+    grep -qE -e "$re" "$tmp/err" || { echo "FAIL: $*: message lacks /$re/:"; cat "$tmp/err"; exit 1; }
+}
+listing() { ls -A "$1" | tr '\n' ' '; }  # listing DIR: its entries on one line
+same_files() {  # same_files A B: the three dataset files of A and B byte for byte
+    local f
+    for f in tokenizer.bin train.bin val.bin; do
+        cmp -s "$1/$f" "$2/$f" || { echo "FAIL: $2/$f differs from $1/$f"; exit 1; }
+    done
+}
+model=(--vocab-size 300 --seq-len 16 --d-model 32 --n-experts 8 --top-k 2 --d-expert 16 --d-ff 64
+       --val-every 0 --val-batches 1 --batch-size 2)
+
+make_corpus "$tmp/text"
+timeout 60 "$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/data" >/dev/null
+mkfifo "$tmp/fifo"
+
+# --input: a FIFO named is refused; one inside a walked directory is skipped like any non-file.
+expect_exit 2 "cannot open input file .*/fifo: not a regular file" \
+    "$moelab" data prepare --input "$tmp/fifo" --vocab 300 --out "$tmp/never"
+[ ! -e "$tmp/never" ] || { echo "FAIL: a refused input created --out"; exit 1; }
+mkfifo "$tmp/text/pipe"
+timeout 60 "$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/walked" >/dev/null
+same_files "$tmp/data" "$tmp/walked"
+rm "$tmp/text/pipe"
+
+# A directory where val.bin must go: refused before anything is written (it used to leave
+# tokenizer.bin and train.bin behind).
+mkdir -p "$tmp/blocked/val.bin"
+expect_exit 2 "cannot write .*/blocked/val.bin: it is a directory" \
+    "$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/blocked"
+[ "$(listing "$tmp/blocked")" = "val.bin " ] || { echo "FAIL: left in blocked/: $(listing "$tmp/blocked")"; exit 1; }
+
+# A full disk, as a 16 KiB file-size limit (the train shard is larger): exit 1, nothing new in a fresh
+# directory, and over an existing dataset (of another vocabulary) the old three files as they were.
+full_disk=(bash -c 'trap "" XFSZ; ulimit -f 16; exec "$@"' full_disk)  # then the command
+[ "$(stat -c %s "$tmp/data/train.bin")" -gt 16384 ] || { echo "FAIL: the corpus is too small to fill 16 KiB"; exit 1; }
+expect_exit 1 "cannot write .*/fresh/train.bin: File too large" \
+    "${full_disk[@]}" "$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/fresh"
+[ "$(listing "$tmp/fresh")" = "" ] || { echo "FAIL: left in fresh/: $(listing "$tmp/fresh")"; exit 1; }
+timeout 60 "$moelab" data prepare --input "$tmp/text" --vocab 260 --out "$tmp/old" >/dev/null
+cp -r "$tmp/old" "$tmp/old.copy"
+expect_exit 1 "cannot write .*/old/train.bin: File too large" \
+    "${full_disk[@]}" "$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/old"
+same_files "$tmp/old.copy" "$tmp/old"
+[ "$(listing "$tmp/old")" = "tokenizer.bin train.bin val.bin " ] || { echo "FAIL: left in old/: $(listing "$tmp/old")"; exit 1; }
+
+# The readers: --config, DATA/train.bin and DATA/tokenizer.bin as FIFOs, tokenizer.bin a directory.
+expect_exit 2 "cannot open config file '.*/fifo': not a regular file" "$moelab" train --config "$tmp/fifo" --steps 1
+for f in train.bin tokenizer.bin; do
+    cp -r "$tmp/data" "$tmp/fifo_$f"
+    rm "$tmp/fifo_$f/$f"
+    mkfifo "$tmp/fifo_$f/$f"
+done
+expect_exit 2 "cannot open token shard .*/fifo_train.bin/train.bin: not a regular file" \
+    "$moelab" train --data "$tmp/fifo_train.bin" "${model[@]}" --steps 1
+expect_exit 2 "cannot open tokenizer file .*/fifo_tokenizer.bin/tokenizer.bin: not a regular file" \
+    "$moelab" train --data "$tmp/fifo_tokenizer.bin" "${model[@]}" --steps 1
+cp -r "$tmp/data" "$tmp/dir_tok"
+rm "$tmp/dir_tok/tokenizer.bin"
+mkdir "$tmp/dir_tok/tokenizer.bin"
+expect_exit 2 "cannot open tokenizer file .*/dir_tok/tokenizer.bin: not a regular file" \
+    "$moelab" train --data "$tmp/dir_tok" "${model[@]}" --steps 1
+timeout 300 "$moelab" train --data "$tmp/data" "${model[@]}" --steps 1 --out "$tmp/ckpt" >/dev/null
+ckpt="$tmp/ckpt/$(ls "$tmp/ckpt" | grep -E '^step_.*\.h5$' | sort | tail -1)"
+expect_exit 2 "cannot open tokenizer file .*/fifo_tokenizer.bin/tokenizer.bin: not a regular file" \
+    "$moelab" sample --ckpt "$ckpt" --data "$tmp/fifo_tokenizer.bin" --tokens 2
+echo "data_cli_test: ok"
