@@ -17,8 +17,9 @@ work="${TEST_TMPDIR:-$(mktemp -d)}"
 cc="${CLANG:-clang}"
 command -v "$cc" >/dev/null || { echo "fuzz_ckpt_smoke: $cc not found (install Debian's clang)" >&2; exit 1; }
 
-srcs=("$root/checkpoints/format.c" "$root/checkpoints/h5.c" "$root/checkpoints/h5_probe.c" "$root/framework/core/config.c" "$root/framework/core/file.c" "$root/framework/core/json.c"
-      "$root/framework/core/num.c" "$root/framework/core/log.c" "$root/framework/core/mem.c")
+srcs=("$root/checkpoints/format.c" "$root/checkpoints/h5.c" "$root/checkpoints/h5_probe.c" "$root/framework/core/config.c"
+      "$root/framework/core/file.c" "$root/framework/core/json.c" "$root/framework/core/num.c"
+      "$root/framework/core/log.c" "$root/framework/core/mem.c")
 flags=(-g -O1 -std=c11 -D_GNU_SOURCE -I"$root" -I/usr/include/hdf5/serial -Wno-unknown-pragmas
        -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
 "$cc" "${flags[@]}" "$root/tests/checkpoints/fuzz_ckpt.c" "${srcs[@]}" -o "$work/fuzz_ckpt" \
