@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -58,12 +59,44 @@ int core_same_file(const char *a, const char *b) {
            sa.st_ino == sb.st_ino;
 }
 
+// The temporaries of the outputs open now, with the process that opened them: an exit before their
+// close (a usage error found while writing, a failed check) removes them, so that no partial file
+// stays behind. Only a signal that kills the process leaves its "<path>.tmp-<pid>". The pid keeps a
+// forked child's exit from removing its parent's.
+enum { MAX_OPEN_OUTS = 16 };
+static char g_open_tmp[MAX_OPEN_OUTS][sizeof ((CoreOut *)0)->tmp];
+static pid_t g_open_pid[MAX_OPEN_OUTS];
+
+static void remove_open_temporaries(void) {
+    for (int i = 0; i < MAX_OPEN_OUTS; i++)
+        if (g_open_tmp[i][0] && g_open_pid[i] == getpid()) unlink(g_open_tmp[i]);
+}
+
+// Starts (on) or ends tracking o's temporary.
+static void track(const CoreOut *o, int on) {
+    static int registered;
+    if (on && !registered) registered = atexit(remove_open_temporaries) == 0;
+    for (int i = 0; i < MAX_OPEN_OUTS; i++) {
+        if (on && !g_open_tmp[i][0]) {
+            strcpy(g_open_tmp[i], o->tmp);
+            g_open_pid[i] = getpid();
+            return;
+        }
+        if (!on && !strcmp(g_open_tmp[i], o->tmp)) {
+            g_open_tmp[i][0] = '\0';
+            return;
+        }
+    }
+}
+
 int core_out_open(CoreOut *o, const char *path) {
     o->f = NULL;
     if (snprintf(o->path, sizeof o->path, "%s", path) >= (int)sizeof o->path) return ENAMETOOLONG;
     snprintf(o->tmp, sizeof o->tmp, "%s.tmp-%ld", path, (long)getpid());
     o->f = fopen(o->tmp, "wb");
-    return o->f ? 0 : errno;
+    if (!o->f) return errno;
+    track(o, 1);
+    return 0;
 }
 
 void core_out_abort(CoreOut *o) {
@@ -71,6 +104,7 @@ void core_out_abort(CoreOut *o) {
     fclose(o->f);
     o->f = NULL;
     unlink(o->tmp);
+    track(o, 0);
 }
 
 int core_out_close(CoreOut *o) {
@@ -88,6 +122,7 @@ int core_out_close(CoreOut *o) {
     o->f = NULL;
     if (!err && rename(o->tmp, o->path) != 0) err = errno;
     if (err) unlink(o->tmp);
+    track(o, 0);
     return err;
 }
 

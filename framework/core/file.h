@@ -22,7 +22,8 @@ int core_same_file(const char *a, const char *b);
 // An output file written whole or not at all. core_out_open creates "<path>.tmp-<pid>" beside
 // path (the same file system, so the rename is atomic); core_out_close flushes it, checks that
 // every write reached it and renames it over path. Any failure, or core_out_abort, removes the
-// temporary and leaves path as it was.
+// temporary and leaves path as it was; so does an exit of the process before the close (up to 16
+// outputs open at once are tracked; only a killing signal leaves a temporary behind).
 typedef struct {
     FILE *f;  // write here between open and close
     char path[4096];

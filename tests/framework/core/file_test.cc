@@ -134,6 +134,31 @@ TEST(CoreFile, FailedWriteLeavesNothing) {
     EXPECT_EQ(entries(d), 0);
 }
 
+// An exit before the close (a usage error found while writing ends the process with exit 2)
+// removes the temporary: in a child, which also shows that its exit leaves the parent's alone.
+TEST(CoreFile, ExitBeforeCloseLeavesNothing) {
+    const std::string d = tmpdir(), p = d + "/half.txt", mine = d + "/parent.txt";
+    CoreOut parent;
+    ASSERT_EQ(core_out_open(&parent, mine.c_str()), 0);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        CoreOut o;
+        if (core_out_open(&o, p.c_str()) != 0) _exit(10);
+        fputs("half", o.f);
+        fflush(o.f);
+        exit(2);  // atexit handlers run, as after core_usage_error
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 2);
+    EXPECT_EQ(entries(d), 1);  // the parent's temporary only
+    EXPECT_EQ(core_out_close(&parent), 0);
+    EXPECT_EQ(entries(d), 1);  // now in place
+    EXPECT_EQ(read_file(mine), "");
+}
+
 // Output written to a full device: the status says so (a command must not exit 0 then).
 TEST(CoreFile, StdoutStatusSeesAFullDevice) {
     pid_t pid = fork();
