@@ -14,6 +14,7 @@
 #include "framework/backend.h"
 #include "framework/core/check.h"
 #include "framework/core/cuda.h"
+#include "framework/core/file.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/core/prof.h"
@@ -326,11 +327,13 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     if (c->fb_overlap && kind != SCHED_1F1B)
         core_info0("pipeline: F&B ops run their forward and backward %s",
                    on_gpu ? "at once, on two streams" : "one after the other (no overlap on the CPU)");
-    // A trace file that cannot be written is found now, not after the last step.
+    // A trace file that cannot be written is found now, not after the last step; the probe writes
+    // beside it (CoreOut's temporary) and leaves the path as it was until the trace is written.
     if (c->trace[0] && core_rank() == 0) {
-        FILE *f = fopen(c->trace, "w");
-        if (!f) core_usage_error("cannot write --trace %s: %s", c->trace, strerror(errno));
-        fclose(f);
+        CoreOut probe;
+        const int err = core_out_open(&probe, c->trace);
+        if (err) core_usage_error("cannot write --trace %s: %s", c->trace, strerror(err));
+        core_out_abort(&probe);
     }
     p->imbalance = core_alloc((size_t)c->L * sizeof(float));
     p->trace = core_alloc((size_t)(s->n_ops[rank] > 0 ? s->n_ops[rank] : 1) * sizeof(SimEvent));

@@ -132,6 +132,11 @@ expect_usage "metrics .*own.cfg is the run's --config file" "${own[@]}" --metric
 expect_usage "metrics .*step_1.h5 is the checkpoint to resume from" "${own[@]}" --steps 2 \
     --resume "$tmp/run_keys/step_1.h5" --metrics "$tmp/run_keys/step_1.h5"
 expect_usage "--metrics and --trace are the same file" "${own[@]}" --metrics "$tmp/both" --trace "$tmp/both"
+# Outputs that cannot be written are found at the start, naming the reason.
+expect_usage "cannot write --metrics .*/no/such/m.jsonl: No such file or directory" "${own[@]}" \
+    --metrics "$tmp/no/such/m.jsonl"
+expect_usage "cannot write --trace .*/no/such/t.json: No such file or directory" "${own[@]}" \
+    --trace "$tmp/no/such/t.json"
 sum_after=$(cat "$tmp/own"/*.bin "$tmp/own.cfg" "$tmp/run_keys/step_1.h5" | md5sum)
 [ "$sum_before" = "$sum_after" ] || { echo "an input changed"; exit 1; }
 
