@@ -44,8 +44,7 @@ static double tick_step(double span) {
     return raw <= p ? p : raw <= 2 * p ? 2 * p : raw <= 5 * p ? 5 * p : 10 * p;
 }
 
-int sched_svg_write(const SimTimeline *tl, const char *title, const char *unit, const char *path,
-                    char *err) {
+void sched_svg_write(const SimTimeline *tl, const char *title, const char *unit, FILE *f) {
     // Scale time so that the shortest op is still wide enough for its label, within 600..3000 px.
     double span = tl->t1 - tl->t0, shortest = span;
     for (int r = 0; r < tl->R; r++)
@@ -59,11 +58,6 @@ int sched_svg_write(const SimTimeline *tl, const char *title, const char *unit, 
     int rows_h = tl->R * (ROW_H + ROW_GAP);
     int width = LEFT + (int)ceil(plot_w) + RIGHT, height = TOP + rows_h + 90;
 
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        sched_set_err(err, "cannot write SVG %s", path);
-        return 1;
-    }
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
             "font-family=\"Helvetica, Arial, sans-serif\">\n", width, height, width, height);
     fputs("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n", f);
@@ -138,9 +132,4 @@ int sched_svg_write(const SimTimeline *tl, const char *title, const char *unit, 
     fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">cell text: micro-batch id; * = W deferred; "
             "right column: idle time per rank</text>\n", LEFT, ly + 32);
     fputs("</svg>\n", f);
-    if (fclose(f) != 0) {
-        sched_set_err(err, "cannot write SVG %s", path);
-        return 1;
-    }
-    return 0;
 }

@@ -10,11 +10,10 @@
 extern "C" {
 #endif
 
-// Writes tl to path. Every op is one <rect class="op"> (an F&B adds a <rect class="fb-half"> for its
-// backward half); unit names the time axis ("cost units", "µs"). Returns 0, or 1 with a message in
-// err (SCHED_ERR_LEN bytes).
-int sched_svg_write(const SimTimeline *tl, const char *title, const char *unit, const char *path,
-                    char *err);
+// Writes tl to f (the caller checks the stream, e.g. core_out_close). Every op is one
+// <rect class="op"> (an F&B adds a <rect class="fb-half"> for its backward half); unit names the time
+// axis ("cost units", "µs").
+void sched_svg_write(const SimTimeline *tl, const char *title, const char *unit, FILE *f);
 
 #ifdef __cplusplus
 }

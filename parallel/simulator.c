@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "framework/core/file.h"
 #include "framework/core/json.h"
 #include "framework/core/mem.h"
 
@@ -240,12 +241,7 @@ SimTimeline *sim_read_trace(const char *path, char *err) {
     return tl;
 }
 
-int sim_write_trace(const SimTimeline *tl, const char *path, char *err) {
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        sched_set_err(err, "cannot write trace %s", path);
-        return 1;
-    }
+void sim_write_trace_to(const SimTimeline *tl, FILE *f) {
     char lab[48];
     int first = 1;
     fputs("{\"traceEvents\": [\n", f);
@@ -258,9 +254,16 @@ int sim_write_trace(const SimTimeline *tl, const char *path, char *err) {
         }
     }
     fputs("\n]}\n", f);
-    if (fclose(f) != 0) {
-        sched_set_err(err, "cannot write trace %s", path);
-        return 1;
+}
+
+int sim_write_trace(const SimTimeline *tl, const char *path, char *err) {
+    // Through a temporary renamed into place: a failed write (a full disk) leaves no partial trace.
+    CoreOut out;
+    int e = core_out_open(&out, path);
+    if (!e) {
+        sim_write_trace_to(tl, out.f);
+        e = core_out_close(&out);
     }
-    return 0;
+    if (e) sched_set_err(err, "cannot write trace %s: %s", path, strerror(e));
+    return e != 0;
 }

@@ -50,7 +50,10 @@ double sim_bubble_formula(SchedKind kind, int N, const SimCosts *c);
 // (sends, optimizer, metadata) are skipped. A rank's op events are taken not to overlap (an F&B is
 // one event), so busy is their summed duration. NULL with err (SCHED_ERR_LEN bytes) on failure.
 SimTimeline *sim_read_trace(const char *path, char *err);
-// Writes a timeline as a Chrome trace that sim_read_trace reads back (times taken as µs).
+// Writes a timeline to f as a Chrome trace that sim_read_trace reads back (times taken as µs); the
+// caller checks the stream.
+void sim_write_trace_to(const SimTimeline *tl, FILE *f);
+// The same into the file path, whole or not at all (core_out_open): 0, or 1 with a message in err.
 int sim_write_trace(const SimTimeline *tl, const char *path, char *err);
 
 void sim_free(SimTimeline *tl);

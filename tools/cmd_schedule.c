@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "framework/core/check.h"
+#include "framework/core/file.h"
 #include "framework/core/num.h"
 #include "parallel/schedule.h"
 #include "parallel/schedule_svg.h"
@@ -46,6 +47,19 @@ static int usage(const char *fmt, ...) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     return core_usage_report("%s (see moelab schedule --help)", msg);
+}
+
+// An output file named by flag. One that cannot be created is bad input (exit 2), as in plot and
+// train; a write that fails (a full disk) is the machine's failure (exit 1). Either way nothing is
+// left at the path, and a file already there stays as it was (core_out_open).
+static int output_open(CoreOut *o, const char *flag, const char *path) {
+    const int e = core_out_open(o, path);
+    return e ? core_usage_report("cannot write %s %s: %s", flag, path, strerror(e)) : 0;
+}
+
+static int output_close(CoreOut *o) {
+    const int e = core_out_close(o);
+    return e ? core_failure_report("cannot write %s: %s", o->path, strerror(e)) : 0;
 }
 
 // Bounds of the flags: more ranks or micro-batches than any pipeline has (256 ranks of DualPipe need
@@ -93,13 +107,17 @@ static int from_trace(const char *trace, const char *svg, int kind) {
     char err[SCHED_ERR_LEN], title[512];
     SimTimeline *tl = sim_read_trace(trace, err);
     if (!tl) return core_usage_report("%s", err);
-    // The file's name without its folders (often a temporary one), and the schedule when named.
-    const char *slash = strrchr(trace, '/'), *name = slash ? slash + 1 : trace;
-    snprintf(title, sizeof title, "Measured timeline: %s%sPP %d (%.200s)", kind >= 0 ? DISPLAY[kind] : "",
-             kind >= 0 ? ", " : "", tl->R, name);
-    int rc = sched_svg_write(tl, title, "µs", svg, err);
-    if (rc) core_failure_report("%s", err);
-    else print_idle(tl);
+    CoreOut out;
+    int rc = output_open(&out, "--svg", svg);
+    if (!rc) {
+        // The file's name without its folders (often a temporary one), and the schedule when named.
+        const char *slash = strrchr(trace, '/'), *name = slash ? slash + 1 : trace;
+        snprintf(title, sizeof title, "Measured timeline: %s%sPP %d (%.200s)", kind >= 0 ? DISPLAY[kind] : "",
+                 kind >= 0 ? ", " : "", tl->R, name);
+        sched_svg_write(tl, title, "µs", out.f);
+        rc = output_close(&out);
+    }
+    if (!rc) print_idle(tl);
     if (!rc && kind >= 0) {
         const SimCosts c = measured_costs(tl);
         const double span = tl->t1 - tl->t0, formula = sim_bubble_formula(kind, tl->R, &c);
@@ -114,7 +132,7 @@ static int from_trace(const char *trace, const char *svg, int kind) {
 }
 
 int cmd_schedule(int argc, char **argv) {
-    const char *kind_name = NULL, *format = "text", *svg = NULL, *trace_out = NULL, *from = NULL;
+    const char *kind_name = NULL, *format = "text", *svg = NULL, *trace = NULL, *from = NULL;
     int N = 0, C = 0, have_n = 0, have_c = 0;
     SimCosts cost = {1, 2, 1, 3, 0};
     struct { const char *flag; double *v; } costs[5] = {{"--cost-f", &cost.f}, {"--cost-b", &cost.b},
@@ -154,7 +172,7 @@ int cmd_schedule(int argc, char **argv) {
         } else if (cmd_flag_is(a, nlen, "--svg")) {
             svg = val;
         } else if (cmd_flag_is(a, nlen, "--trace")) {
-            trace_out = val;
+            trace = val;
         } else if (cmd_flag_is(a, nlen, "--from-trace")) {
             from = val;
         } else {
@@ -185,7 +203,18 @@ int cmd_schedule(int argc, char **argv) {
         sched_free(s);
         return core_failure_report("%s schedule failed validation: %s", kind_name, err);
     }
-    int rc = 0;
+    // Both files are created before anything is written, so that a path that cannot be is the one
+    // message of the run (exit 2), with nothing on stdout.
+    CoreOut svg_out = {0}, trace_out = {0};
+    int rc = svg ? output_open(&svg_out, "--svg", svg) : 0;
+    if (!rc && trace) rc = output_open(&trace_out, "--trace", trace);
+    if (rc) {
+        // (An abort of a file that was not opened does nothing.)
+        core_out_abort(&svg_out);
+        sim_free(tl);
+        sched_free(s);
+        return rc;
+    }
     if (json) {
         sched_write_json(s, stdout);
     } else {
@@ -201,10 +230,13 @@ int cmd_schedule(int argc, char **argv) {
         char title[256];
         snprintf(title, sizeof title, "%s, PP %d, %d micro-batches (F %.6g, B %.6g, W %.6g, F&B %.6g)",
                  DISPLAY[kind], N, C, cost.f, cost.b, cost.w, cost.fb);
-        rc = sched_svg_write(tl, title, "cost units", svg, err);
+        sched_svg_write(tl, title, "cost units", svg_out.f);
+        rc = output_close(&svg_out);
     }
-    if (!rc && trace_out) rc = sim_write_trace(tl, trace_out, err);
-    if (rc) core_failure_report("%s", err);
+    if (trace) sim_write_trace_to(tl, trace_out.f);
+    // The trace is renamed into place only when the SVG was; else it is removed.
+    if (!rc && trace) rc = output_close(&trace_out);
+    core_out_abort(&trace_out);
     sim_free(tl);
     sched_free(s);
     return rc;

@@ -2,6 +2,10 @@
 // a message for every kind of bad argument.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -159,10 +163,74 @@ TEST(CmdSchedule, LargestSchedules) {
     }
 }
 
-TEST(CmdSchedule, UnwritableSvgIsFailure) {
-    Result r = run({"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--svg", "/nonexistent/dir/x.svg"});
-    EXPECT_EQ(r.rc, 1);
-    EXPECT_NE(r.err.find("cannot write SVG /nonexistent/dir/x.svg"), std::string::npos);
+// An output path that cannot be created is bad input, as in plot and train (it said "cannot write
+// SVG" with no reason, exit 1): one message with the reason, nothing on stdout, no file left.
+TEST(CmdSchedule, UnwritableOutputPathIsBadInput) {
+    std::string trace = tmp_path("ok_trace"), svg = tmp_path("ok_svg");
+    remove(svg.c_str());
+    ASSERT_EQ(run({"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--trace", trace}).rc, 0);
+    const std::vector<std::vector<std::string>> cases = {
+        {"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--svg", "/nonexistent/dir/x.svg"},
+        {"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--svg", svg, "--trace", "/nonexistent/dir/x.svg"},
+        {"--from-trace", trace, "--svg", "/nonexistent/dir/x.svg"},
+    };
+    for (const auto &args : cases) {
+        Result r = run(args);
+        EXPECT_EQ(r.rc, 2);
+        const std::string flag = args.size() == 10 ? "--trace" : "--svg";
+        EXPECT_EQ(r.err, "moelab: error: cannot write " + flag + " /nonexistent/dir/x.svg: No such file or directory\n");
+        EXPECT_EQ(r.out, "");
+        EXPECT_EQ(access(svg.c_str(), F_OK), -1);  // the SVG opened first is removed again
+    }
+    remove(trace.c_str());
+}
+
+// A write that fails (a full disk; here the file-size limit of a child process) exits 1 with the
+// reason, leaves no partial file and an older file at the path as it was. It left a truncated file.
+TEST(CmdSchedule, FailedWriteLeavesTheOldFile) {
+    char dir[] = "/tmp/moelab_cmd_full_XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    const std::string d = dir, out = d + "/out", err = d + "/stderr", trace = d + "/t.json";
+    ASSERT_EQ(run({"--kind", "dualpipe", "--pp", "4", "--chunks", "8", "--trace", trace}).rc, 0);
+    const std::vector<std::vector<std::string>> cases = {
+        {"--kind", "dualpipe", "--pp", "4", "--chunks", "8", "--svg", out},
+        {"--kind", "dualpipe", "--pp", "4", "--chunks", "8", "--trace", out},
+        {"--from-trace", trace, "--svg", out},
+    };
+    for (const auto &args : cases) {
+        FILE *f = fopen(out.c_str(), "w");
+        fputs("old", f);
+        fclose(f);
+        pid_t pid = fork();
+        ASSERT_GE(pid, 0);
+        if (pid == 0) {
+            // Every file here outgrows 4 KiB; the messages (stderr) and stdout stay below it.
+            if (!freopen("/dev/null", "w", stdout) || !freopen(err.c_str(), "w", stderr)) _exit(10);
+            signal(SIGXFSZ, SIG_IGN);  // the write fails with EFBIG instead of the signal
+            struct rlimit lim = {4096, 4096};
+            setrlimit(RLIMIT_FSIZE, &lim);
+            std::vector<std::string> a = args;
+            a.insert(a.begin(), "schedule");
+            std::vector<char *> argv;
+            for (auto &x : a) argv.push_back(&x[0]);
+            _exit(cmd_schedule((int)argv.size(), argv.data()));
+        }
+        int status = 0;
+        waitpid(pid, &status, 0);
+        ASSERT_TRUE(WIFEXITED(status));
+        EXPECT_EQ(WEXITSTATUS(status), 1) << args[args.size() - 2];
+        EXPECT_EQ(slurp(err), "moelab: error: cannot write " + out + ": File too large\n");
+        EXPECT_EQ(slurp(out), "old");
+        // out, stderr and the trace: no temporary left.
+        int n = 0;
+        if (FILE *p = popen(("ls -A " + d + " | wc -l").c_str(), "r")) {
+            EXPECT_EQ(fscanf(p, "%d", &n), 1);
+            pclose(p);
+        }
+        EXPECT_EQ(n, 3);
+    }
+    for (const std::string &p : {out, err, trace}) remove(p.c_str());
+    rmdir(dir);
 }
 
 }  // namespace
