@@ -103,9 +103,11 @@ void sched_svg_write(const SimTimeline *tl, const char *title, const char *unit,
     int ay = TOP + rows_h + 4;
     fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%.2f\" y2=\"%d\" stroke=\"#333\"/>\n", LEFT, ay, LEFT + plot_w, ay);
     if (span > 0) {
-        double step = tick_step(span);
-        for (double t = 0; t <= span * (1 + 1e-9); t += step) {
-            double x = LEFT + t * px;
+        // Ticks counted, not stepped: t += step never ends where step is lost against t or is not a
+        // number. tick_step gives at most 10 steps over the span.
+        const double step = tick_step(span);
+        for (int i = 0; i <= 10 && i * step <= span * (1 + 1e-9); i++) {
+            const double t = i * step, x = LEFT + t * px;
             fprintf(f, "<line x1=\"%.2f\" y1=\"%d\" x2=\"%.2f\" y2=\"%d\" stroke=\"#333\"/>"
                     "<text x=\"%.2f\" y=\"%d\" font-size=\"10\" text-anchor=\"middle\">%.6g</text>\n",
                     x, ay, x, ay + 4, x, ay + 15, t);

@@ -3,11 +3,13 @@
 // sched_play, so a simulated schedule and a validated one are the same thing.
 #include "parallel/simulator.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "framework/core/check.h"
 #include "framework/core/file.h"
 #include "framework/core/json.h"
 #include "framework/core/mem.h"
@@ -125,6 +127,10 @@ SimTimeline *sim_run(const Schedule *s, const SimCosts *c, char *err) {
 // Chrome traces, read with the JSON reader of framework/core/json.h; only the fields a timeline
 // needs are kept.
 
+// The longest time a trace may span, in µs. Then every figure derived from it (step time, busy and
+// idle time and their percentages, mean costs, the bubble formula) is a finite number.
+static const double TRACE_MAX_SPAN = 1e15;
+
 // The number member key of event ev into *out; 0 when absent, 1 when present, -1 when not a number.
 static int trace_number(const JsonValue *ev, const char *key, double *out) {
     const JsonValue *v = json_get(ev, key);
@@ -177,16 +183,20 @@ static int cmp_event(const void *a, const void *b) {
 }
 
 SimTimeline *sim_read_trace(const char *path, char *err) {
-    FILE *f = fopen(path, "rb");
+    // Only a regular file: a FIFO would block the open, and a directory has no length.
+    const char *why;
+    FILE *f = core_open_regular(path, &why);
     if (!f) {
-        sched_set_err(err, "cannot open trace %s", path);
+        sched_set_err(err, "cannot open trace %s: %s", path, why);
         return NULL;
     }
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = core_alloc((size_t)(size > 0 ? size : 0) + 1);  // (size + 1) NUL-terminated
-    size_t got = size > 0 ? fread(text, 1, (size_t)size, f) : 0;
+    // The parser gets the length read, so that a NUL byte is a JSON error, not the end of the text.
+    // A failed seek or read on a regular file is the machine's failure, not the trace's.
+    const long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) FATAL("cannot read trace %s: %s", path, strerror(errno));
+    char *text = core_alloc((size_t)size + 1);  // (size + 1) NUL-terminated
+    const size_t got = fread(text, 1, (size_t)size, f);
+    if (ferror(f)) FATAL("cannot read trace %s: %s", path, strerror(errno));
     fclose(f);
     char what[JSON_ERR_LEN];
     size_t at;
@@ -233,6 +243,14 @@ SimTimeline *sim_read_trace(const char *path, char *err) {
         for (size_t i = 0; i < n; i++) tl->ev[rank[i]][tl->n[rank[i]]++] = kept[i];
         for (int r = 0; r < R; r++) qsort(tl->ev[r], tl->n[r], sizeof(SimEvent), cmp_event);
         timeline_finish(tl);
+        // Finite events may still lie so far apart that the step time overflows (ts -1e308 and
+        // 1e308), or is too large for the idle percentages; no measured step is that long.
+        if (!(tl->t1 - tl->t0 <= TRACE_MAX_SPAN)) {
+            sched_set_err(err, "%s: the op events span from ts %g to %g µs, more than %g µs (31 years): "
+                    "not a measured step", path, tl->t0, tl->t1, TRACE_MAX_SPAN);
+            sim_free(tl);
+            tl = NULL;
+        }
     }
     core_free(kept);
     core_free(rank);

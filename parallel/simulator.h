@@ -48,7 +48,9 @@ double sim_bubble_formula(SchedKind kind, int N, const SimCosts *c);
 // ("ph": "X") whose "name" is an op token (sched_op_label: F3d, B0u*, W0u, FB(4d,1u)) become
 // timeline events of rank "pid" (or "tid" when there is no pid) at "ts" for "dur" µs; other events
 // (sends, optimizer, metadata) are skipped. A rank's op events are taken not to overlap (an F&B is
-// one event), so busy is their summed duration. NULL with err (SCHED_ERR_LEN bytes) on failure.
+// one event), so busy is their summed duration. NULL with err (SCHED_ERR_LEN bytes) when path is
+// not a regular file (a FIFO is refused without blocking) or not such a trace, or its op events span
+// more than 1e15 µs; a read error of the file ends the process (exit 1).
 SimTimeline *sim_read_trace(const char *path, char *err);
 // Writes a timeline to f as a Chrome trace that sim_read_trace reads back (times taken as µs); the
 // caller checks the stream.

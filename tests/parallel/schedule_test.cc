@@ -3,6 +3,7 @@
 // SVG and Chrome-trace outputs.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,6 +26,8 @@ extern "C" {
 }
 
 namespace {
+
+using namespace std::string_literals;  // "...\0..."s keeps its NUL bytes
 
 struct SchedDel {
     void operator()(Schedule *s) const { sched_free(s); }
@@ -606,6 +609,28 @@ TEST(Output, Svg) {
     }
 }
 
+// The time axis counts its ticks: stepping t += step never ended where the step was infinite (a
+// span that overflowed, -1e308 to 1e308) or zero (a span so small that a tenth of it underflows),
+// writing "<line x1=\"-nan\"" for ever. sim_read_trace refuses such spans; the loop ends anyway.
+TEST(Output, SvgTimeAxisEndsOnAnyLastSpan) {
+    SimEvent ev[2] = {{{}, 0, 0}, {{}, 0, 0}};
+    ASSERT_EQ(sched_op_parse("F0d", &ev[0].op), 0);
+    ASSERT_EQ(sched_op_parse("B0d", &ev[1].op), 0);
+    int n = 2;
+    SimEvent *rows[1] = {ev};
+    double busy = 0, bubble = 0;
+    SimTimeline t = {1, &n, rows, 0, 0, &busy, &bubble};
+    const struct { double t0, t1; int ticks; } spans[] = {{-1e308, 1e308, 0}, {0, 5e-324, 11}, {0, 10, 11}};
+    for (const auto &sp : spans) {
+        ev[0].start = ev[0].end = t.t0 = sp.t0;
+        ev[1].start = ev[1].end = t.t1 = sp.t1;
+        const std::string svg = svg_text(&t, "x", "u");
+        EXPECT_EQ(svg.substr(svg.size() - 7), "</svg>\n") << sp.t1;
+        // A tick is a line and a label on one output line; the axis itself is a line alone.
+        EXPECT_EQ(count(svg, "\" stroke=\"#333\"/><text"), sp.ticks) << sp.t1;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Chrome traces.
 
@@ -630,20 +655,11 @@ TEST(Trace, RoundTrip) {
     remove(path.c_str());
 }
 
-// A trace that cannot be written names the reason; through a temporary renamed into place, it
-// leaves nothing behind (tests/tools/cmd_schedule_test.cc: a failed write keeps the old file).
-TEST(Trace, WriteFailureNamesTheReason) {
-    auto s = build(SCHED_1F1B, 2, 2);
-    auto t = sim(s.get(), {1, 2, 1, 3, 0});
-    char err[SCHED_ERR_LEN];
-    EXPECT_EQ(sim_write_trace(t.get(), "/nonexistent/dir/x.json", err), 1);
-    EXPECT_STREQ(err, "cannot write trace /nonexistent/dir/x.json: No such file or directory");
-}
-
-std::string write_text(const char *text) {
+// The whole of text, NUL bytes included.
+std::string write_text(const std::string &text) {
     std::string path = tmp_path("tr");
     FILE *f = fopen(path.c_str(), "w");
-    fputs(text, f);
+    fwrite(text.data(), 1, text.size(), f);
     fclose(f);
     return path;
 }
@@ -683,12 +699,29 @@ TEST(Trace, MeasuredArrayForm) {
     EXPECT_EQ(label(t->ev[2][0].op), "FB(1d,0u*)");
     EXPECT_DOUBLE_EQ(t->bubble[0], 3);
     remove(path.c_str());
+
+    // The longest span a trace may have, 1e15 µs, from a wall-clock origin (µs since 1970).
+    path = write_text("[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1.7e15, \"dur\": 1e15}]");
+    t.reset(sim_read_trace(path.c_str(), err));
+    ASSERT_NE(t, nullptr) << err;
+    EXPECT_EQ(t->t1 - t->t0, 1e15);
+    remove(path.c_str());
 }
 
 TEST(Trace, Errors) {
     char err[SCHED_ERR_LEN];
     EXPECT_EQ(sim_read_trace("/nonexistent/trace.json", err), nullptr);
-    EXPECT_STREQ(err, "cannot open trace /nonexistent/trace.json");
+    EXPECT_STREQ(err, "cannot open trace /nonexistent/trace.json: No such file or directory");
+    // A directory "opened" and ftell gave LONG_MAX as its size (an 8 EiB allocation); a FIFO without
+    // a writer blocked the open for ever. Neither is a regular file.
+    EXPECT_EQ(sim_read_trace("/tmp", err), nullptr);
+    EXPECT_STREQ(err, "cannot open trace /tmp: not a regular file");
+    std::string fifo = tmp_path("fifo");
+    remove(fifo.c_str());
+    ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+    EXPECT_EQ(sim_read_trace(fifo.c_str(), err), nullptr);
+    EXPECT_EQ(std::string(err), "cannot open trace " + fifo + ": not a regular file");
+    remove(fifo.c_str());
     std::string path = write_text("[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0,\n \"ts\": 1 \"dur\": 2}]");
     EXPECT_EQ(sim_read_trace(path.c_str(), err), nullptr);
     EXPECT_EQ(std::string(err), path + ":2: malformed JSON: expected ',' or '}'");
@@ -707,7 +740,8 @@ TEST(Trace, Errors) {
     remove(path.c_str());
     // Valid JSON that is not a trace, or whose events have fields of the wrong type.
     const struct {
-        const char *text, *message;
+        std::string text;
+        const char *message;
     } bad[] = {
         {"{\"events\": []}",
          ": not a Chrome trace (a JSON array of events, or an object with a \"traceEvents\" array)"},
@@ -722,10 +756,25 @@ TEST(Trace, Errors) {
         {"[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1e308, \"dur\": 1e308}]",
          ": event \"F0d\" has rank 0"},
         {"[] x", ":1: malformed JSON: unexpected text after the JSON value"},
+        // A NUL byte is no end of the text: the parser sees it (and what follows) and refuses it.
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1, \"dur\": 2}]\n\0["s,
+         ":2: malformed JSON: unexpected text after the JSON value"},
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1, \"dur\": 2},\0]"s,
+         ":1: malformed JSON: expected a JSON value"},
+        // Finite events whose span is not: t1 - t0 overflowed and the SVG's time axis never ended;
+        // 0 to 1.7e308 printed "idle 1.7e+308 (inf%)". A step spans at most 1e15 µs.
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": -1e308, \"dur\": 1},"
+         " {\"name\": \"B0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1e308, \"dur\": 1}]",
+         ": the op events span from ts -1e+308 to 1e+308 µs, more than 1e+15 µs (31 years): not a measured step"},
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 0, \"dur\": 1},"
+         " {\"name\": \"B0d\", \"ph\": \"X\", \"pid\": 1, \"ts\": 1.7e308, \"dur\": 1}]",
+         ": the op events span from ts 0 to 1.7e+308 µs"},
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 0, \"dur\": 2e15}]",
+         ": the op events span from ts 0 to 2e+15 µs"},
     };
     for (const auto &b : bad) {
         path = write_text(b.text);
-        EXPECT_EQ(sim_read_trace(path.c_str(), err), nullptr) << b.text;
+        EXPECT_EQ(sim_read_trace(path.c_str(), err), nullptr) << b.message;
         EXPECT_NE(std::string(err).find(path + b.message), std::string::npos) << err;
         remove(path.c_str());
     }

@@ -144,7 +144,10 @@ TEST(CmdSchedule, BadArguments) {
         {{"--bogus", "1"}, "unknown option '--bogus'"},
         {{"stray"}, "unexpected argument 'stray'"},
         {{"--from-trace", "x.json"}, "--from-trace needs --svg OUT"},
-        {{"--from-trace", "/nonexistent.json", "--svg", "/tmp/x.svg"}, "cannot open trace /nonexistent.json"},
+        {{"--from-trace", "/nonexistent.json", "--svg", "/tmp/x.svg"},
+         "cannot open trace /nonexistent.json: No such file or directory"},
+        // A directory (ftell said LONG_MAX: an 8 EiB allocation).
+        {{"--from-trace", "/tmp", "--svg", "/tmp/x.svg"}, "cannot open trace /tmp: not a regular file"},
     };
     for (auto &c : cases) {
         Result r = run(c.args);
@@ -160,6 +163,40 @@ TEST(CmdSchedule, LargestSchedules) {
         Result r = run({"--kind", kind, "--pp", "256", "--chunks", "512", "--format", "json"});
         EXPECT_EQ(r.rc, 0) << kind << ": " << r.err;
         EXPECT_EQ(r.out.substr(r.out.size() - 3), "]}\n") << kind;
+    }
+}
+
+// A FIFO as --from-trace blocked in open for ever: it is no regular file, and nothing is drawn.
+TEST(CmdSchedule, FifoTraceIsBadInput) {
+    std::string fifo = tmp_path("fifo"), svg = tmp_path("fifo_svg");
+    remove(fifo.c_str());
+    remove(svg.c_str());
+    ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+    Result r = run({"--from-trace", fifo, "--svg", svg});
+    EXPECT_EQ(r.rc, 2);
+    EXPECT_EQ(r.err, "moelab: error: cannot open trace " + fifo + ": not a regular file\n");
+    EXPECT_EQ(access(svg.c_str(), F_OK), -1);
+    remove(fifo.c_str());
+}
+
+// A trace whose finite events span an infinite time: the SVG's time axis never ended (a file growing
+// without bound); a span of 1.7e308 printed "idle 1.7e+308 (inf%)". Both are bad input, no SVG.
+TEST(CmdSchedule, TraceSpanningNoStepIsBadInput) {
+    const char *spans[][2] = {{"-1e308", "1e308"}, {"0", "1.7e308"}};
+    for (const auto &sp : spans) {
+        std::string trace = tmp_path("span"), svg = tmp_path("span_svg");
+        remove(svg.c_str());
+        FILE *f = fopen(trace.c_str(), "w");
+        fprintf(f, "[{\"name\":\"F0d\",\"ph\":\"X\",\"pid\":0,\"ts\":%s,\"dur\":1},"
+                   "{\"name\":\"B0d\",\"ph\":\"X\",\"pid\":0,\"ts\":%s,\"dur\":1}]", sp[0], sp[1]);
+        fclose(f);
+        Result r = run({"--from-trace", trace, "--svg", svg, "--kind", "1f1b"});
+        EXPECT_EQ(r.rc, 2) << sp[1];
+        EXPECT_NE(r.err.find("moelab: error: " + trace + ": the op events span from ts "), std::string::npos)
+            << r.err;
+        EXPECT_EQ(r.out, "");
+        EXPECT_EQ(access(svg.c_str(), F_OK), -1);
+        remove(trace.c_str());
     }
 }
 
