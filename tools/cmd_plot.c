@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "framework/core/check.h"
+#include "framework/core/file.h"
 #include "framework/core/json.h"
 #include "framework/core/mem.h"
 #include "tools/commands.h"
@@ -26,10 +27,16 @@ static const char USAGE[] =
     "    after, relative to the mean rank, with max/mean.\n"
     "  --metrics FILE   JSON Lines written by moelab train: lines with \"expert_load\" or \"eplb\" need\n"
     "                   \"step\"; other lines (the first one, the run's config) are skipped\n"
-    "  --out FILE       the SVG to write\n";
+    "  --out FILE       the SVG to write\n"
+    "Loads are numbers in [0, 1e15]. Bad input exits 2; a failed write (a full disk) exits 1 and\n"
+    "leaves no partial SVG.\n";
 
 // One usage-error line naming the command; returns exit code 2.
 #define fail(...) core_usage_report("plot: " __VA_ARGS__)
+
+// The largest load value drawn: token counts are far below it, and every sum, mean and share of them
+// stays a finite number (1e308 + 1e308 made a layer's sum inf and its cells "-nan x fair share").
+static const double MAX_LOAD = 1e15;
 
 // ---------------------------------------------------------------------------------------------
 // The run's load data.
@@ -61,7 +68,7 @@ static void run_free(Run *d) {
     core_free(d->reb);
 }
 
-// Reads a (rows, cols) matrix of non-negative numbers into out (rows·cols, core_alloc), fixing rows and
+// Reads a (rows, cols) matrix of numbers in [0, MAX_LOAD] into out (rows·cols, core_alloc), fixing rows and
 // cols on first sight (*rows == 0) and checking them afterwards. Returns an error message or NULL.
 static const char *read_matrix(const JsonValue *v, const char *name, int *rows, int *cols, double **out,
                                char *msg, size_t cap) {
@@ -78,9 +85,10 @@ static const char *read_matrix(const JsonValue *v, const char *name, int *rows, 
             return snprintf(msg, cap, "\"%s\" row %zu has %zu values, expected %zu", name, i + 1, row->len,
                             want), msg;
         for (size_t j = 0; j < row->len; j++)
-            if (row->items[j].type != JSON_NUMBER || row->items[j].number < 0)
-                return snprintf(msg, cap, "\"%s\" row %zu, value %zu is not a number >= 0", name, i + 1,
-                                j + 1), msg;
+            if (row->items[j].type != JSON_NUMBER || row->items[j].number < 0 ||
+                row->items[j].number > MAX_LOAD)
+                return snprintf(msg, cap, "\"%s\" row %zu, value %zu is not a number in [0, %g]", name, i + 1,
+                                j + 1, MAX_LOAD), msg;
     }
     *rows = (int)v->len;
     *cols = (int)want;
@@ -160,8 +168,10 @@ static const char *take_line(Run *d, const JsonValue *o, char *msg, size_t cap) 
 
 // Reads every line of the metrics file; returns 0 or the exit code after printing the error.
 static int read_run(const char *path, Run *d) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return fail("cannot read --metrics '%s': %s", path, strerror(errno));
+    // Only a regular file: a FIFO would block the open, and a directory read as empty.
+    const char *why;
+    FILE *f = core_open_regular(path, &why);
+    if (!f) return fail("cannot read --metrics '%s': %s", path, why);
     char *text = NULL;
     size_t n = 0, cap = 0;
     for (int c; (c = fgetc(f)) != EOF;) {
@@ -174,8 +184,21 @@ static int read_run(const char *path, Run *d) {
         }
         text[n++] = (char)c;
     }
+    const int read_error = ferror(f) ? errno : 0;
     fclose(f);
+    if (read_error) {
+        core_free(text);
+        return core_failure_report("plot: cannot read --metrics '%s': %s", path, strerror(read_error));
+    }
     if (!text) return fail("--metrics '%s' is empty", path);
+    // The lines are parsed as C strings: a NUL byte would end the file there, unseen.
+    const char *nul = memchr(text, '\0', n);
+    if (nul) {
+        int line = 1;
+        for (const char *c = text; c < nul; c++) line += *c == '\n';
+        core_free(text);
+        return fail("%s, line %d: a NUL byte (the file is not text)", path, line);
+    }
     text[n] = '\0';
     int rc = 0, line = 0;
     for (char *s = text; s && *s && !rc; line++) {
@@ -282,14 +305,17 @@ static int rank_chart(FILE *f, const Run *d, int k, int l, int x0, int top) {
     const Rebalance *r = &d->reb[k];
     const int G = d->G, bw = 10;
     const double *b = r->rank_before + (size_t)l * G, *a = r->rank_after + (size_t)l * G;
-    double mean = 0, peak = 1.5;
+    // The load at full bar height: 1.5 x the mean rank, or the largest bar. A height is a load over
+    // it, never a ratio to the mean, which overflows where the mean is tiny (1e15 / 1e-320: NaN bars).
+    double mean = 0, full = 0;
     for (int g = 0; g < G; g++) mean += b[g] / G;
-    for (int g = 0; g < G && mean > 0; g++) peak = fmax(peak, fmax(b[g], a[g]) / mean);
+    for (int g = 0; g < G; g++) full = fmax(full, fmax(b[g], a[g]));
+    full = fmax(full, 1.5 * mean);
     fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">step %d, MoE layer %d: max/mean %.2f -&gt; "
                "%.2f</text>\n", x0, top - 6, r->step, l, r->before[l], r->after[l]);
     for (int g = 0; g < G; g++) {
-        const double hb = mean > 0 ? BAR_H * b[g] / mean / peak : 0;
-        const double ha = mean > 0 ? BAR_H * a[g] / mean / peak : 0;
+        const double hb = mean > 0 ? BAR_H * b[g] / full : 0;
+        const double ha = mean > 0 ? BAR_H * a[g] / full : 0;
         const int x = x0 + g * (2 * bw + 6);
         fprintf(f, "<rect x=\"%d\" y=\"%.2f\" width=\"%d\" height=\"%.2f\" fill=\"#969696\">"
                    "<title>rank %d before: %.1f tokens</title></rect>\n",
@@ -299,7 +325,7 @@ static int rank_chart(FILE *f, const Run *d, int k, int l, int x0, int top) {
                 x + bw, top + BAR_H - ha, bw, ha, g, a[g]);
     }
     const int w = G * (2 * bw + 6);
-    const double y1 = top + BAR_H - BAR_H / peak;
+    const double y1 = top + BAR_H - (mean > 0 ? BAR_H * mean / full : BAR_H / 1.5);
     fprintf(f, "<line x1=\"%d\" y1=\"%.2f\" x2=\"%d\" y2=\"%.2f\" stroke=\"#000\" "
                "stroke-dasharray=\"4,3\"/>\n", x0 - 2, y1, x0 + w, y1);
     fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#444\"/>\n", x0 - 2, top + BAR_H,
@@ -318,8 +344,13 @@ static int write_svg(const char *path, const Run *d) {
     if (LEFT + d->L * (chart_w + 30) > width) width = LEFT + d->L * (chart_w + 30);
     if (width < 640) width = 640;
     const int height = 40 + d->L * heat_h + 60 + (n_charts ? n_charts * (BAR_H + 60) + 30 : 30);
-    FILE *f = fopen(path, "w");
-    if (!f) return fail("cannot write --out '%s': %s", path, strerror(errno));
+    // Written beside path and renamed into place: a failed write leaves no partial SVG and an older
+    // file as it was. A path that cannot be created is bad input; a failed write (a full disk) is
+    // the machine's failure.
+    CoreOut out;
+    const int open_error = core_out_open(&out, path);
+    if (open_error) return fail("cannot write --out '%s': %s", path, strerror(open_error));
+    FILE *f = out.f;
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
                "font-family=\"sans-serif\" font-size=\"13\">\n"
                "<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n", width, height);
@@ -341,7 +372,8 @@ static int write_svg(const char *path, const Run *d) {
         }
     }
     fprintf(f, "</svg>\n");
-    if (fclose(f) != 0) return fail("cannot write --out '%s': %s", path, strerror(errno));
+    const int write_error = core_out_close(&out);
+    if (write_error) return core_failure_report("plot: cannot write --out '%s': %s", path, strerror(write_error));
     return 0;
 }
 

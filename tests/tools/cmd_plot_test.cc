@@ -6,6 +6,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <vector>
 
@@ -16,15 +20,18 @@ extern "C" {
 
 namespace {
 
+using namespace std::string_literals;  // "...\0..."s keeps its NUL bytes
+
 std::string tmp_path(const char *name) {
     const char *dir = getenv("TEST_TMPDIR");
     return std::string(dir ? dir : "/tmp") + "/" + name;
 }
 
+// The whole of text, NUL bytes included.
 std::string write_file(const char *name, const std::string &text) {
     std::string path = tmp_path(name);
     FILE *f = fopen(path.c_str(), "w");
-    fputs(text.c_str(), f);
+    fwrite(text.data(), 1, text.size(), f);
     fclose(f);
     return path;
 }
@@ -133,7 +140,9 @@ TEST(CmdPlot, Help) {
 TEST(CmdPlot, BadInput) {
     const std::string svg = tmp_path("bad.svg");
     struct Case {
-        const char *name, *text, *message;
+        const char *name;
+        std::string text;
+        const char *message;
     } cases[] = {
         {"json.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2]]}\n{\"step\": 2, \"expert_load\": [[1, 2]\n",
          "json.jsonl, line 2: not JSON: expected ',' or ']' at column 35"},
@@ -147,7 +156,19 @@ TEST(CmdPlot, BadInput) {
          "{\"step\": 1, \"expert_load\": [[1, 2]]}\n{\"step\": 2, \"expert_load\": [[1, 2], [3, 4]]}\n",
          "line 2: \"expert_load\" has 2 rows, earlier lines had 1"},
         {"negative.jsonl", "{\"step\": 1, \"expert_load\": [[1, -2]]}\n",
-         "line 1: \"expert_load\" row 1, value 2 is not a number >= 0"},
+         "line 1: \"expert_load\" row 1, value 2 is not a number in \\[0, 1e\\+15\\]"},
+        // Each finite, but the layer's sum was inf and every cell "-nan x fair share".
+        {"overflow.jsonl", "{\"step\": 1, \"expert_load\": [[1e308, 1e308]]}\n",
+         "line 1: \"expert_load\" row 1, value 1 is not a number in \\[0, 1e\\+15\\]"},
+        {"rankload.jsonl",
+         "{\"step\": 1, \"expert_load\": [[1, 2]], \"eplb\": {\"before\": [1], \"after\": [1], "
+         "\"rank_load_before\": [[1e308, 1e308]], \"rank_load_after\": [[1, 1]]}}\n",
+         "line 1: \"rank_load_before\" row 1, value 1 is not a number in \\[0, 1e\\+15\\]"},
+        // A NUL byte ended the text there: the lines after it went unread, and the run exited 0.
+        {"nul.jsonl", "{\"step\":1,\"expert_load\":[[1,2]]}\0\n{\"step\":2,\"expert_load\":[[1,2,3]]}\nnot json\n"s,
+         "nul.jsonl, line 1: a NUL byte \\(the file is not text\\)"},
+        {"nul3.jsonl", "{\"step\":1,\"expert_load\":[[1,2]]}\n\n{\"step\":2,\0\"expert_load\":[[1,2]]}\n"s,
+         "nul3.jsonl, line 3: a NUL byte"},
         {"nostep.jsonl", "{\"expert_load\": [[1, 2]]}\n",
          "line 1: \"step\" is missing or not a non-negative integer"},
         {"early.jsonl", "{\"step\": 1, \"eplb\": {}}\n",
@@ -172,14 +193,75 @@ TEST(CmdPlot, BadInput) {
         {{"--metrics", ok}, "missing --out FILE.svg"},
         {{"--metrics", ok, "--out"}, "--out needs a value"},
         {{"--metrics", ok, "--out", svg, "--bins", "3"}, "unknown option '--bins'"},
-        {{"--metrics", tmp_path("missing.jsonl"), "--out", svg}, "cannot read --metrics '.*missing.jsonl'"},
-        {{"--metrics", ok, "--out", "/nonexistent-dir/x.svg"}, "cannot write --out '/nonexistent-dir/x.svg'"},
+        {{"--metrics", tmp_path("missing.jsonl"), "--out", svg},
+         "cannot read --metrics '.*missing.jsonl': No such file or directory"},
+        // A directory was "empty".
+        {{"--metrics", "/tmp", "--out", svg}, "cannot read --metrics '/tmp': not a regular file"},
+        {{"--metrics", ok, "--out", "/nonexistent-dir/x.svg"},
+         "cannot write --out '/nonexistent-dir/x.svg': No such file or directory"},
     };
     for (const auto &f : flags) {
         Result r = plot(f.first);
         EXPECT_EQ(r.rc, 2) << f.second;
         EXPECT_TRUE(testing::internal::RE::PartialMatch(r.err, testing::internal::RE(f.second))) << r.err;
     }
+}
+
+// A FIFO as --metrics blocked in open for ever: it is no regular file.
+TEST(CmdPlot, FifoIsBadInput) {
+    const std::string fifo = tmp_path("metrics.fifo"), svg = tmp_path("fifo.svg");
+    remove(fifo.c_str());
+    remove(svg.c_str());
+    ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+    Result r = plot({"--metrics", fifo, "--out", svg});
+    EXPECT_EQ(r.rc, 2);
+    EXPECT_EQ(r.err, "moelab: error: plot: cannot read --metrics '" + fifo + "': not a regular file\n");
+    EXPECT_EQ(access(svg.c_str(), F_OK), -1);
+    remove(fifo.c_str());
+}
+
+// Rank loads whose mean is tiny next to a bar: the bar over the mean overflowed to inf and its
+// height was NaN. Heights are loads over the largest one now: numbers within the chart.
+TEST(CmdPlot, TinyMeanRankDrawsFiniteBars) {
+    std::string m = write_file("tiny.jsonl",
+                               "{\"step\": 1, \"expert_load\": [[1, 2]], \"eplb\": {\"before\": [2], \"after\": [1], "
+                               "\"rank_load_before\": [[1e-320, 0]], \"rank_load_after\": [[1e15, 0]]}}\n");
+    std::string svg = tmp_path("tiny.svg");
+    Result r = plot({"--metrics", m, "--out", svg});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const std::string s = read_file(svg);
+    EXPECT_EQ(s.find("nan"), std::string::npos);
+    EXPECT_EQ(s.find("inf"), std::string::npos);
+    EXPECT_NE(s.find("height=\"120.00\" fill=\"#2166ac\"><title>rank 0 after"), std::string::npos);
+}
+
+// A write that fails (a full disk; here the file-size limit of a child) exits 1, not 2, and leaves
+// the older file at --out as it was; it left a truncated SVG.
+TEST(CmdPlot, FailedWriteExitsOneAndKeepsTheOldFile) {
+    const std::string m = write_file("full.jsonl", METRICS), svg = tmp_path("full.svg"),
+                      err = tmp_path("full.stderr");
+    FILE *f = fopen(svg.c_str(), "w");
+    fputs("old", f);
+    fclose(f);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        // The SVG outgrows 4 KiB; the message and stdout stay below it.
+        if (!freopen("/dev/null", "w", stdout) || !freopen(err.c_str(), "w", stderr)) _exit(10);
+        signal(SIGXFSZ, SIG_IGN);  // the write fails with EFBIG instead of the signal
+        struct rlimit lim = {4096, 4096};
+        setrlimit(RLIMIT_FSIZE, &lim);
+        std::string a[] = {"plot", "--metrics", m, "--out", svg};
+        char *argv[] = {&a[0][0], &a[1][0], &a[2][0], &a[3][0], &a[4][0]};
+        _exit(cmd_plot(5, argv));
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 1);
+    EXPECT_EQ(read_file(err), "moelab: error: plot: cannot write --out '" + svg + "': File too large\n");
+    EXPECT_EQ(read_file(svg), "old");
+    EXPECT_EQ(access((svg + ".tmp-" + std::to_string(pid)).c_str(), F_OK), -1);  // no temporary left
 }
 
 }  // namespace
