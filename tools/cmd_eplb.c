@@ -6,9 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "framework/core/check.h"
+#include "framework/core/file.h"
 #include "framework/core/mem.h"
 #include "framework/core/num.h"
 #include "parallel/eplb.h"
@@ -43,32 +43,38 @@ static double plan_bytes(int L, int E, int R) {
     return (double)L * ((2.0 * R + E + (double)E * (R - E + 1)) * sizeof(int) + (double)E * sizeof(double));
 }
 
-// Reads the whole file into a NUL-terminated buffer (core_free it), or NULL with *why saying why.
-static char *read_text(const char *path, const char **why) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *why = strerror(errno);
-        return NULL;
+// Reads the whole load file into *text (NUL-terminated, core_free it). Returns 0, or an exit code
+// after printing the error: 2 for a path that is no regular file (a FIFO is refused without blocking
+// in open, a directory has no length) or a file that holds a NUL byte, 1 for a read error.
+static int read_text(const char *path, char **text) {
+    const char *why;
+    FILE *f = core_open_regular(path, &why);
+    if (!f) return fail("cannot read load file '%s': %s", path, why);
+    const long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    char *t = NULL;
+    size_t n = 0;
+    if (size >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+        t = core_alloc((size_t)size + 1);
+        n = fread(t, 1, (size_t)size, f);
     }
-    // A directory opens, and its "size" from ftell is LONG_MAX: only a regular file has a length.
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (!t || ferror(f)) {
+        const int err = errno;
         fclose(f);
-        *why = "not a regular file";
-        return NULL;
-    }
-    char *text = NULL;
-    long n;
-    *why = "read error";
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-        text = core_alloc((size_t)n + 1);
-        if (fread(text, 1, (size_t)n, f) != (size_t)n) {
-            core_free(text);
-            text = NULL;
-        }
+        core_free(t);
+        return core_failure_report("eplb: cannot read load file '%s': %s", path, strerror(err));
     }
     fclose(f);
-    return text;
+    t[n] = '\0';
+    // The rows are parsed as C strings: a NUL byte would end the file there, its rows unread.
+    const char *nul = memchr(t, '\0', n);
+    if (nul) {
+        int row = 1;
+        for (const char *c = t; c < nul; c++) row += *c == '\n';
+        core_free(t);
+        return fail("%s: row %d holds a NUL byte (a load file is text)", path, row);
+    }
+    *text = t;
+    return 0;
 }
 
 // One CSV field: text between separators, surrounding blanks removed. Returns 0 and sets *v, or an
@@ -211,12 +217,12 @@ int cmd_eplb(int argc, char **argv) {
     for (int j = 0; j < 4; j++)
         if (*ints[j] == 0) return fail("missing %s (see moelab eplb --help)", names[j]);
 
-    const char *why;
-    char *text = read_text(path, &why);
-    if (!text) return fail("cannot read load file '%s': %s", path, why);
+    char *text = NULL;
+    int rc = read_text(path, &text);
+    if (rc) return rc;
     double *load;  // (L, E)
     int L, E;
-    int rc = parse_csv(text, path, &load, &L, &E);
+    rc = parse_csv(text, path, &load, &L, &E);
     core_free(text);
     if (rc) return rc;
 

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <utility>
 #include <vector>
@@ -18,12 +19,15 @@ extern "C" {
 
 namespace {
 
+using namespace std::string_literals;  // "...\0..."s keeps its NUL bytes
+
+// The whole of text, NUL bytes included.
 std::string write_csv(const std::string &text) {
     const char *dir = getenv("TEST_TMPDIR");
     std::string path = std::string(dir ? dir : "/tmp") + "/moelab_eplb_XXXXXX";
     int fd = mkstemp(&path[0]);
     FILE *f = fdopen(fd, "w");
-    fputs(text.c_str(), f);
+    fwrite(text.data(), 1, text.size(), f);
     fclose(f);
     return path;
 }
@@ -260,6 +264,34 @@ TEST(CmdEplb, BadInputExitsTwoWithOneClearMessage) {
         EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
         if (c.csv) remove(path.c_str());
     }
+}
+
+// A NUL byte ended the text there: the rows after it (a ragged one, garbage) went unread and the
+// plan of the first rows came out with exit 0. It is bad input naming the row.
+TEST(CmdEplb, NulByteIsBadInput) {
+    const std::vector<std::pair<std::string, const char *>> cases = {
+        {"1,2\n3,4\0\n5,6,7\ngarbage\n"s, ": row 2 holds a NUL byte (a load file is text)"},
+        {"\0"s, ": row 1 holds a NUL byte (a load file is text)"},
+    };
+    for (const auto &c : cases) {
+        const std::string path = write_csv(c.first);
+        Result r = eplb({"--load", path, "--replicas", "2", "--groups", "1", "--nodes", "1", "--ranks", "2"});
+        EXPECT_EQ(r.rc, 2);
+        EXPECT_EQ(r.out, "");
+        EXPECT_EQ(r.err, "moelab: error: eplb: " + path + c.second + "\n");
+        remove(path.c_str());
+    }
+}
+
+// A FIFO as --load blocked in fopen for ever (the regular-file check came after it).
+TEST(CmdEplb, FifoIsBadInput) {
+    const std::string fifo = write_csv("");
+    remove(fifo.c_str());
+    ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+    Result r = eplb({"--load", fifo, "--replicas", "2", "--groups", "1", "--nodes", "1", "--ranks", "2"});
+    EXPECT_EQ(r.rc, 2);
+    EXPECT_EQ(r.err, "moelab: error: eplb: cannot read load file '" + fifo + "': not a regular file\n");
+    remove(fifo.c_str());
 }
 
 }  // namespace
