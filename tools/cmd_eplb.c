@@ -66,10 +66,8 @@ static int read_text(const char *path, char **text) {
     fclose(f);
     t[n] = '\0';
     // The rows are parsed as C strings: a NUL byte would end the file there, its rows unread.
-    const char *nul = memchr(t, '\0', n);
-    if (nul) {
-        int row = 1;
-        for (const char *c = t; c < nul; c++) row += *c == '\n';
+    const int row = core_nul_line(t, n);
+    if (row) {
         core_free(t);
         return fail("%s: row %d holds a NUL byte (a load file is text)", path, row);
     }

@@ -192,12 +192,10 @@ static int read_run(const char *path, Run *d) {
     }
     if (!text) return fail("--metrics '%s' is empty", path);
     // The lines are parsed as C strings: a NUL byte would end the file there, unseen.
-    const char *nul = memchr(text, '\0', n);
-    if (nul) {
-        int line = 1;
-        for (const char *c = text; c < nul; c++) line += *c == '\n';
+    const int nul_line = core_nul_line(text, n);
+    if (nul_line) {
         core_free(text);
-        return fail("%s, line %d: a NUL byte (the file is not text)", path, line);
+        return fail("%s, line %d: a NUL byte (the file is not text)", path, nul_line);
     }
     text[n] = '\0';
     int rc = 0, line = 0;

@@ -126,6 +126,14 @@ int core_out_close(CoreOut *o) {
     return err;
 }
 
+int core_nul_line(const char *text, size_t n) {
+    const char *nul = memchr(text, '\0', n);
+    if (!nul) return 0;
+    int line = 1;
+    for (const char *c = text; c < nul; c++) line += *c == '\n';
+    return line;
+}
+
 int core_stdout_status(void) {
     errno = 0;
     if (fflush(stdout) != 0 || ferror(stdout)) return errno ? errno : EIO;

@@ -4,6 +4,7 @@
 #ifndef MOELAB_CORE_FILE_H
 #define MOELAB_CORE_FILE_H
 
+#include <stddef.h>
 #include <stdio.h>
 
 #ifdef __cplusplus
@@ -34,6 +35,10 @@ int core_out_open(CoreOut *o, const char *path);
 // 0 when the file is in place, else the errno of the first failure (nothing left behind).
 int core_out_close(CoreOut *o);
 void core_out_abort(CoreOut *o);
+
+// The line (from 1) of the first NUL byte among text's n bytes, or 0 if there is none: a text
+// input read whole and then parsed as C strings would otherwise end there, the rest unread.
+int core_nul_line(const char *text, size_t n);
 
 // Flushes stdout and says whether everything written to it reached its destination: 0, or the
 // errno of the failure (ENOSPC when it is a full disk). A command's output that was lost must not

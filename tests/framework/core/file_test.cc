@@ -159,6 +159,14 @@ TEST(CoreFile, ExitBeforeCloseLeavesNothing) {
     EXPECT_EQ(read_file(mine), "");
 }
 
+TEST(CoreFile, NulLine) {
+    EXPECT_EQ(core_nul_line("a\nb\n", 4), 0);
+    EXPECT_EQ(core_nul_line("\0", 1), 1);
+    EXPECT_EQ(core_nul_line("a\nb\0\nc", 6), 2);
+    EXPECT_EQ(core_nul_line("a\n\n\n\0", 5), 4);
+    EXPECT_EQ(core_nul_line("ab\0", 2), 0);  // only the n bytes given are looked at
+}
+
 // Output written to a full device: the status says so (a command must not exit 0 then).
 TEST(CoreFile, StdoutStatusSeesAFullDevice) {
     pid_t pid = fork();
