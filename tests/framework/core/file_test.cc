@@ -50,6 +50,21 @@ int entries(const std::string &dir) {
     return n;
 }
 
+// The exit code of body run in a forked child (which must end with exit or _exit), or -1 if it did
+// not exit: limits, stdout and exit handlers changed there stay there.
+template <typename F>
+int in_child(F body) {
+    fflush(stdout);  // or a child's exit would print what this process buffered a second time
+    const pid_t pid = fork();
+    if (pid == 0) {
+        body();
+        _exit(99);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+    return WEXITSTATUS(status);
+}
+
 TEST(CoreFile, OpenRegularReadsAFileAndRefusesTheRest) {
     const std::string d = tmpdir(), f = d + "/a.txt", fifo = d + "/pipe";
     write_file(f, "hello");
@@ -115,9 +130,7 @@ TEST(CoreFile, AbortedOutputLeavesTheOldFile) {
 // and neither the temporary nor a partial file stays. In a child: the limit is the process's.
 TEST(CoreFile, FailedWriteLeavesNothing) {
     const std::string d = tmpdir(), p = d + "/big.bin";
-    pid_t pid = fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
+    const int rc = in_child([&] {
         signal(SIGXFSZ, SIG_IGN);  // the write fails with EFBIG instead of the signal
         struct rlimit r = {4096, 4096};
         setrlimit(RLIMIT_FSIZE, &r);
@@ -126,11 +139,8 @@ TEST(CoreFile, FailedWriteLeavesNothing) {
         static char block[1 << 16];
         fwrite(block, 1, sizeof block, o.f);
         _exit(core_out_close(&o) == EFBIG ? 0 : 11);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    ASSERT_TRUE(WIFEXITED(status));
-    EXPECT_EQ(WEXITSTATUS(status), 0) << "10: open failed, 11: the close did not report EFBIG";
+    });
+    EXPECT_EQ(rc, 0) << "10: open failed, 11: the close did not report EFBIG";
     EXPECT_EQ(entries(d), 0);
 }
 
@@ -140,19 +150,14 @@ TEST(CoreFile, ExitBeforeCloseLeavesNothing) {
     const std::string d = tmpdir(), p = d + "/half.txt", mine = d + "/parent.txt";
     CoreOut parent;
     ASSERT_EQ(core_out_open(&parent, mine.c_str()), 0);
-    pid_t pid = fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
+    const int rc = in_child([&] {
         CoreOut o;
         if (core_out_open(&o, p.c_str()) != 0) _exit(10);
         fputs("half", o.f);
         fflush(o.f);
         exit(2);  // atexit handlers run, as after core_usage_error
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    ASSERT_TRUE(WIFEXITED(status));
-    EXPECT_EQ(WEXITSTATUS(status), 2);
+    });
+    EXPECT_EQ(rc, 2);
     EXPECT_EQ(entries(d), 1);  // the parent's temporary only
     EXPECT_EQ(core_out_close(&parent), 0);
     EXPECT_EQ(entries(d), 1);  // now in place
@@ -169,17 +174,12 @@ TEST(CoreFile, NulLine) {
 
 // Output written to a full device: the status says so (a command must not exit 0 then).
 TEST(CoreFile, StdoutStatusSeesAFullDevice) {
-    pid_t pid = fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
+    const int rc = in_child([] {
         if (!freopen("/dev/full", "w", stdout)) _exit(10);
         printf("lost\n");
         _exit(core_stdout_status() == ENOSPC ? 0 : 11);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    ASSERT_TRUE(WIFEXITED(status));
-    EXPECT_EQ(WEXITSTATUS(status), 0) << "10: no /dev/full, 11: the status missed ENOSPC";
+    });
+    EXPECT_EQ(rc, 0) << "10: no /dev/full, 11: the status missed ENOSPC";
     EXPECT_EQ(core_stdout_status(), 0);  // this process's stdout is fine
 }
 
