@@ -39,6 +39,20 @@ TEST(EplbConfig, SlotsMustSplitOverTheEpRanks) {
                 "split evenly over --ep 2 ranks");
 }
 
+TEST(EplbConfig, AtMostAReplicaOfEveryExpertOnEveryRank) {
+    MoeConfig c = tiny();
+    c.eplb_interval = 2;
+    c.eplb_redundant = 9;  // E = 8, one rank
+    EXPECT_EXIT(eplb_runtime_check_config(&c), ::testing::ExitedWithCode(2),
+                "--eplb-redundant 9 is more than n_experts x ep = 8 x 1");
+    c.ep = 2;
+    c.eplb_redundant = 18;
+    EXPECT_EXIT(eplb_runtime_check_config(&c), ::testing::ExitedWithCode(2),
+                "--eplb-redundant 18 is more than n_experts x ep = 8 x 2");
+    c.eplb_redundant = 16;
+    eplb_runtime_check_config(&c);
+}
+
 TEST(EplbConfig, NeedsMoeLayers) {
     MoeConfig c = tiny();
     c.eplb_interval = 1;
