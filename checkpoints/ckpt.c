@@ -725,6 +725,27 @@ static uint64_t lineage_of(const char *path) {
     return id;
 }
 
+int ckpt_foreign_in(const char *dir, uint64_t lineage, long first, long last, char *newest, size_t len) {
+    DIR *dp = opendir(dir);
+    if (!dp) return 0;
+    int n = 0;
+    long top = -1;
+    char path[CKPT_PATH_MAX];
+    for (struct dirent *e; (e = readdir(dp));) {
+        const long s = step_of(e->d_name);
+        if (s < first || s > last) continue;
+        ckpt_step_path(dir, s, path, sizeof path);
+        if (lineage_of(path) == lineage) continue;
+        n++;
+        if (s > top) {
+            top = s;
+            snprintf(newest, len, "%s", path);
+        }
+    }
+    closedir(dp);
+    return n;
+}
+
 void ckpt_prune(const char *dir, int keep, uint64_t lineage, long newest, long from, const long *own,
                 int n_own) {
     if (keep <= 0 || lineage == 0) return;

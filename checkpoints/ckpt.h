@@ -136,6 +136,10 @@ void ckpt_prune(const char *dir, int keep, uint64_t lineage, long newest, long f
 // another run into the same directory has part files without an index for a moment: clean a
 // directory no run is writing to.
 int ckpt_stale_files(const char *dir, void (*fn)(const char *path, const char *why, void *ctx), void *ctx);
+// The checkpoints DIR/step_<s>.h5 with first <= s <= last that do not carry `lineage` (another
+// run's, or unreadable): a run that saves those steps replaces them. Writes the newest one's path
+// to newest (when there is one) and returns their number.
+int ckpt_foreign_in(const char *dir, uint64_t lineage, long first, long last, char *newest, size_t len);
 
 // Tests only: called after each dataset a save writes, with the number written so far (used to kill
 // a save half-way). NULL turns it off.

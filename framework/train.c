@@ -307,6 +307,17 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     t->lineage = ckpt_new_lineage();
     t->resumed_at = -1;
     if (c->resume[0]) trainer_resume(t);
+    // Another run's checkpoints at steps this run will save are replaced when it saves them: said
+    // now, while the run can still be stopped and given another --out (a new run into the same
+    // folder, e.g. the quickstart run twice, is common enough that refusing would be worse).
+    if (c->out[0] && core_rank() == 0) {
+        char newest[2 * CONFIG_STR + 32];  // --out and a step_<n>.h5 name
+        const int n = ckpt_foreign_in(c->out, t->lineage, t->resumed_at + 1, c->steps, newest, sizeof newest);
+        if (n > 0)
+            core_warn("%s holds %d checkpoint%s of another run at steps this run saves (the newest %s): "
+                      "each is replaced when this run saves its step; to keep them, stop and pass another "
+                      "--out", c->out, n, n == 1 ? "" : "s", newest);
+    }
     return t;
 }
 

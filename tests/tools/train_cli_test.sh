@@ -96,6 +96,16 @@ assert (cfg["dp_overlap"], cfg["ep_overlap"], cfg["expert_gemm"], cfg["gemm_stre
 assert cfg["data"] == sys.argv[1].rsplit("/", 1)[0] + "/data" and cfg["steps"] == 1, cfg
 PY
 
+# A new run into a folder holding another run's checkpoint at a step it saves says so at the start
+# (fuzzing: it was replaced without a word); a run resumed from it, which saves later steps, does not.
+"$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --out "$tmp/twice" > /dev/null
+"$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --out "$tmp/twice" > /dev/null 2> "$tmp/again.err"
+grep -q "twice holds 1 checkpoint of another run at steps this run saves (the newest .*step_1.h5)" \
+    "$tmp/again.err" || { echo "no warning before replacing another run's checkpoint:"; cat "$tmp/again.err"; exit 1; }
+"$moelab" train "${args[@]}" --steps 2 --sample-tokens 0 --out "$tmp/twice" --resume "$tmp/twice/step_1.h5" \
+    > /dev/null 2> "$tmp/resumed.err"
+! grep -q "of another run" "$tmp/resumed.err" || { echo "a resumed run warned:"; cat "$tmp/resumed.err"; exit 1; }
+
 # Shards and tokenizer of different vocabularies (issue 14): token ids index the model's V rows, so
 # every mismatch is bad data named by file, both ways, in train.bin or in val.bin alone, and in a
 # header whose vocabulary field was edited.
