@@ -217,7 +217,9 @@ static const char *const OUT_NAMES[N_OUTS] = {"tokenizer.bin", "train.bin", "val
 
 // A directory where an output file must go would make its rename fail after the files renamed
 // before it were already replaced (a new tokenizer beside old shards): refused before any work.
-static void check_outputs(const char *out_dir) {
+// So is an output that is also an input (--out inside an --input folder that holds a dataset
+// already): the run would read the old dataset's binary files as text and replace them.
+static void check_outputs(const char *out_dir, const PathList *inputs) {
     for (int k = 0; k < N_OUTS; k++) {
         char *p = core_alloc(strlen(out_dir) + strlen(OUT_NAMES[k]) + 2);
         sprintf(p, "%s/%s", out_dir, OUT_NAMES[k]);
@@ -225,6 +227,10 @@ static void check_outputs(const char *out_dir) {
         if (stat(p, &st) == 0 && S_ISDIR(st.st_mode))
             core_usage_error("cannot write %s: it is a directory (--out receives %s, %s and %s)", p,
                              OUT_NAMES[OUT_TOKENIZER], OUT_NAMES[OUT_TRAIN], OUT_NAMES[OUT_VAL]);
+        for (int i = 0; i < inputs->n; i++)
+            if (core_same_file(p, inputs->paths[i]))
+                core_usage_error("--input reads %s, which this run writes (--out %s): choose an --out "
+                                 "outside the input folders", inputs->paths[i], out_dir);
         core_free(p);
     }
 }
@@ -234,8 +240,8 @@ static void check_outputs(const char *out_dir) {
 // (1); anything else (no such directory, no permission, a name too long) is the --out given (2).
 static int output_failure(const char *path, int err) {
     if (err == ENOSPC || err == EDQUOT || err == EFBIG || err == EIO)
-        return core_failure_report("cannot write %s: %s", path, strerror(err));
-    return core_usage_report("cannot write %s: %s", path, strerror(err));
+        return core_failure_report("cannot write %s: %s", path, core_out_error(err));
+    return core_usage_report("cannot write %s: %s", path, core_out_error(err));
 }
 
 // Renames the finished outputs into place together; returns 0, or the errno of the first failure
@@ -358,6 +364,7 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
         else path_push(&files, inputs[i]);
     }
     if (files.n == 0) core_usage_error("no input files found in the %d given path(s)", n_inputs);
+    check_outputs(out_dir, &files);
 
     // Every document, in input order: a plain file is one, a JSON Lines file one per good line.
     const char *field = jsonl && jsonl->text_field ? jsonl->text_field : "text";
@@ -412,7 +419,6 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
     if (stats->train_bytes == 0) core_usage_error("the %d input file(s) hold no training text", files.n);
 
     make_dirs(out_dir);
-    check_outputs(out_dir);
     const double t1 = core_now();
     const TokProgress tp = {progress_fn, &pr};
     Tokenizer *tok = tok_train(train, train_len, D, vocab, &tp);

@@ -282,6 +282,6 @@ int sim_write_trace(const SimTimeline *tl, const char *path, char *err) {
         sim_write_trace_to(tl, out.f);
         e = core_out_close(&out);
     }
-    if (e) sched_set_err(err, "cannot write trace %s: %s", path, strerror(e));
+    if (e) sched_set_err(err, "cannot write trace %s: %s", path, core_out_error(e));
     return e != 0;
 }

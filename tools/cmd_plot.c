@@ -347,7 +347,7 @@ static int write_svg(const char *path, const Run *d) {
     // the machine's failure.
     CoreOut out;
     const int open_error = core_out_open(&out, path);
-    if (open_error) return fail("cannot write --out '%s': %s", path, strerror(open_error));
+    if (open_error) return fail("cannot write --out '%s': %s", path, core_out_error(open_error));
     FILE *f = out.f;
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
                "font-family=\"sans-serif\" font-size=\"13\">\n"
@@ -371,7 +371,7 @@ static int write_svg(const char *path, const Run *d) {
     }
     fprintf(f, "</svg>\n");
     const int write_error = core_out_close(&out);
-    if (write_error) return core_failure_report("plot: cannot write --out '%s': %s", path, strerror(write_error));
+    if (write_error) return core_failure_report("plot: cannot write --out '%s': %s", path, core_out_error(write_error));
     return 0;
 }
 
@@ -395,6 +395,7 @@ int cmd_plot(int argc, char **argv) {
     }
     if (!metrics) return fail("missing --metrics FILE (see moelab plot --help)");
     if (!out) return fail("missing --out FILE.svg (see moelab plot --help)");
+    if (core_same_file(metrics, out)) return fail("--out %s is the --metrics file: writing it would replace it", out);
     Run d;
     memset(&d, 0, sizeof d);
     int rc = read_run(metrics, &d);

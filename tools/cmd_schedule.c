@@ -54,12 +54,12 @@ static int usage(const char *fmt, ...) {
 // left at the path, and a file already there stays as it was (core_out_open).
 static int output_open(CoreOut *o, const char *flag, const char *path) {
     const int e = core_out_open(o, path);
-    return e ? core_usage_report("cannot write %s %s: %s", flag, path, strerror(e)) : 0;
+    return e ? core_usage_report("cannot write %s %s: %s", flag, path, core_out_error(e)) : 0;
 }
 
 static int output_close(CoreOut *o) {
     const int e = core_out_close(o);
-    return e ? core_failure_report("cannot write %s: %s", o->path, strerror(e)) : 0;
+    return e ? core_failure_report("cannot write %s: %s", o->path, core_out_error(e)) : 0;
 }
 
 // Bounds of the flags: more ranks or micro-batches than any pipeline has (256 ranks of DualPipe need
@@ -180,6 +180,12 @@ int cmd_schedule(int argc, char **argv) {
         }
     }
 
+    // Each output opens its own temporary beside its path and truncates nothing until it is renamed
+    // over it: one path for both outputs, or an output on the trace read, would end as whichever
+    // file came last.
+    if (svg && trace && core_same_file(svg, trace)) return usage("--svg and --trace are the same file, %s", svg);
+    if (from && svg && core_same_file(from, svg))
+        return usage("--svg %s is the --from-trace file: writing it would replace the trace", svg);
     if (from) {
         if (!svg) return usage("--from-trace needs --svg OUT");
         if (have_n || have_c) return usage("--from-trace draws a measured run: drop --pp/--chunks");

@@ -92,12 +92,16 @@ static void track(const CoreOut *o, int on) {
 int core_out_open(CoreOut *o, const char *path) {
     o->f = NULL;
     if (snprintf(o->path, sizeof o->path, "%s", path) >= (int)sizeof o->path) return ENAMETOOLONG;
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) return CORE_OUT_NOT_REGULAR;
     snprintf(o->tmp, sizeof o->tmp, "%s.tmp-%ld", path, (long)getpid());
     o->f = fopen(o->tmp, "wb");
     if (!o->f) return errno;
     track(o, 1);
     return 0;
 }
+
+const char *core_out_error(int err) { return err == CORE_OUT_NOT_REGULAR ? "not a regular file" : strerror(err); }
 
 void core_out_abort(CoreOut *o) {
     if (!o->f) return;

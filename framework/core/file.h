@@ -30,8 +30,14 @@ typedef struct {
     char path[4096];
     char tmp[4160];
 } CoreOut;
-// 0, or the errno of the failure (ENAMETOOLONG for a path over the buffer).
+// 0, or the errno of the failure (ENAMETOOLONG for a path over the buffer), or
+// CORE_OUT_NOT_REGULAR where path exists and is no regular file (a directory, a FIFO, a device):
+// the rename would replace it, so it is refused before anything is written.
+enum { CORE_OUT_NOT_REGULAR = -1 };
 int core_out_open(CoreOut *o, const char *path);
+// The text of an error core_out_open or core_out_close returned (strerror's, or "not a regular
+// file").
+const char *core_out_error(int err);
 // 0 when the file is in place, else the errno of the first failure (nothing left behind).
 int core_out_close(CoreOut *o);
 void core_out_abort(CoreOut *o);

@@ -32,6 +32,14 @@ make_corpus "$tmp/text"
 timeout 60 "$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/data" >/dev/null
 mkfifo "$tmp/fifo"
 
+# --out inside an --input folder that holds a dataset already (second fuzzing pass): the run read the
+# old tokenizer.bin, train.bin and val.bin as three text documents and replaced them (train.bin grew
+# at every run). Refused; the dataset stays whole.
+cp -r "$tmp/data" "$tmp/self"
+expect_exit 2 "--input reads .*self/tokenizer.bin, which this run writes \(--out .*self\)" \
+    "$moelab" data prepare --input "$tmp/self" --vocab 300 --out "$tmp/self"
+same_files "$tmp/data" "$tmp/self"
+
 # --input: a FIFO named is refused; one inside a walked directory is skipped like any non-file.
 expect_exit 2 "cannot open input file .*/fifo: not a regular file" \
     "$moelab" data prepare --input "$tmp/fifo" --vocab 300 --out "$tmp/never"

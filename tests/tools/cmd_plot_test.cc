@@ -222,6 +222,30 @@ TEST(CmdPlot, FifoIsBadInput) {
 
 // Rank loads whose mean is tiny next to a bar: the bar over the mean overflowed to inf and its
 // height was NaN. Heights are loads over the largest one now: numbers within the chart.
+// An --out that is the --metrics file, a directory or a FIFO (second fuzzing pass, 2026-12-04: the
+// SVG replaced the metrics file, the FIFO and a device node with exit 0; a directory failed after
+// the work with exit 1): refused, nothing written, the file read left whole.
+TEST(CmdPlot, OutputThatIsNoPlaceForTheSvg) {
+    const std::string m = write_file("self.jsonl", METRICS), fifo = tmp_path("out.fifo"), dir = tmp_path("outdir");
+    remove(fifo.c_str());
+    ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+    mkdir(dir.c_str(), 0700);
+    Result r = plot({"--metrics", m, "--out", m});
+    EXPECT_EQ(r.rc, 2);
+    EXPECT_NE(r.err.find("--out " + m + " is the --metrics file"), std::string::npos) << r.err;
+    EXPECT_EQ(read_file(m), METRICS);
+    for (const std::string &out : {fifo, dir}) {
+        r = plot({"--metrics", m, "--out", out});
+        EXPECT_EQ(r.rc, 2) << out;
+        EXPECT_NE(r.err.find("cannot write --out '" + out + "': not a regular file"), std::string::npos) << r.err;
+    }
+    struct stat st;
+    ASSERT_EQ(stat(fifo.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISFIFO(st.st_mode)) << "the FIFO was replaced";
+    remove(fifo.c_str());
+    rmdir(dir.c_str());
+}
+
 TEST(CmdPlot, TinyMeanRankDrawsFiniteBars) {
     std::string m = write_file("tiny.jsonl",
                                "{\"step\": 1, \"expert_load\": [[1, 2]], \"eplb\": {\"before\": [2], \"after\": [1], "

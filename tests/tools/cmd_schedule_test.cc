@@ -222,6 +222,42 @@ TEST(CmdSchedule, UnwritableOutputPathIsBadInput) {
     remove(trace.c_str());
 }
 
+// Outputs that are no place for a file (second fuzzing pass, 2026-12-04): one path for --svg and
+// --trace left a mixture of both (their temporaries had one name); --svg on the --from-trace file
+// replaced the trace; a FIFO or a directory as --svg was replaced or failed after the work. All
+// refused before anything is written, the files there left as they were.
+TEST(CmdSchedule, OutputThatIsNoPlaceForTheFile) {
+    const std::string trace = tmp_path("self_trace"), both = tmp_path("both"), fifo = tmp_path("svg_fifo"),
+                      dir = tmp_path("svg_dir");
+    ASSERT_EQ(run({"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--trace", trace}).rc, 0);
+    const std::string before = slurp(trace);
+    remove(both.c_str());
+    Result r = run({"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--svg", both, "--trace", both});
+    EXPECT_EQ(r.rc, 2);
+    EXPECT_NE(r.err.find("--svg and --trace are the same file"), std::string::npos) << r.err;
+    EXPECT_EQ(access(both.c_str(), F_OK), -1);
+    r = run({"--from-trace", trace, "--svg", trace});
+    EXPECT_EQ(r.rc, 2);
+    EXPECT_NE(r.err.find("is the --from-trace file"), std::string::npos) << r.err;
+    EXPECT_EQ(slurp(trace), before);
+    remove(fifo.c_str());
+    ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+    remove(dir.c_str());
+    ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+    for (const std::string &out : {fifo, dir}) {
+        r = run({"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--svg", out});
+        EXPECT_EQ(r.rc, 2) << out;
+        EXPECT_EQ(r.err, "moelab: error: cannot write --svg " + out + ": not a regular file\n");
+        EXPECT_EQ(r.out, "");
+    }
+    struct stat st;
+    ASSERT_EQ(stat(fifo.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISFIFO(st.st_mode)) << "the FIFO was replaced";
+    remove(fifo.c_str());
+    rmdir(dir.c_str());
+    remove(trace.c_str());
+}
+
 // A write that fails (a full disk; here the file-size limit of a child process) exits 1 with the
 // reason, leaves no partial file and an older file at the path as it was. It left a truncated file.
 TEST(CmdSchedule, FailedWriteLeavesTheOldFile) {

@@ -126,6 +126,25 @@ TEST(CoreFile, AbortedOutputLeavesTheOldFile) {
     EXPECT_EQ(o.f, nullptr);
 }
 
+// A path that exists and is no regular file (a directory, a FIFO, a device) would be replaced by
+// the rename: refused at the open, before anything is written, and left as it was.
+TEST(CoreFile, OutputOverNoRegularFileIsRefused) {
+    const std::string d = tmpdir(), fifo = d + "/pipe", sub = d + "/sub";
+    ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+    ASSERT_EQ(mkdir(sub.c_str(), 0700), 0);
+    for (const std::string &p : {fifo, sub, std::string("/dev/null")}) {
+        CoreOut o;
+        EXPECT_EQ(core_out_open(&o, p.c_str()), CORE_OUT_NOT_REGULAR) << p;
+        EXPECT_EQ(o.f, nullptr);
+    }
+    EXPECT_STREQ(core_out_error(CORE_OUT_NOT_REGULAR), "not a regular file");
+    EXPECT_STREQ(core_out_error(ENOSPC), strerror(ENOSPC));
+    struct stat st;
+    ASSERT_EQ(stat(fifo.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISFIFO(st.st_mode));
+    EXPECT_EQ(entries(d), 2);  // no temporary made
+}
+
 // A write that fails (here past a file-size limit, as a full disk would) is reported by the close,
 // and neither the temporary nor a partial file stays. In a child: the limit is the process's.
 TEST(CoreFile, FailedWriteLeavesNothing) {
