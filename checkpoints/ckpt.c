@@ -811,6 +811,8 @@ int ckpt_stale_files(const char *dir, void (*fn)(const char *path, const char *w
         }
         if (!why) continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        // Saves leave regular files only: a directory (or anything else) of such a name is not theirs.
+        if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
         fn(path, why, ctx);
         n++;
     }

@@ -132,7 +132,7 @@ void ckpt_prune(const char *dir, int keep, uint64_t lineage, long newest, long f
 
 // Leftovers of crashed saves in dir: temporary files NAME.tmp-<pid> whose process is not running
 // here, and part files NAME.part-<r>-of-<n> whose index NAME is missing (a multi-rank save that died
-// before its commit). Calls fn(path, why, ctx) for each and returns their number. A running save of
+// before its commit), regular files only. Calls fn(path, why, ctx) for each and returns their number. A running save of
 // another run into the same directory has part files without an index for a moment: clean a
 // directory no run is writing to.
 int ckpt_stale_files(const char *dir, void (*fn)(const char *path, const char *why, void *ctx), void *ctx);

@@ -34,10 +34,15 @@ static const char USAGE[] =
     "            `moelab train --out DIR` reports such files when it starts. Run it when no training\n"
     "            run writes to DIR (a save under way has part files without an index for a moment)\n";
 
+// Removes one leftover; one that cannot be removed is reported and counted in *ctx (failures),
+// and the others are still removed.
 static void remove_stale(const char *path, const char *why, void *ctx) {
-    if (unlink(path) != 0) FATAL("ckpt clean: cannot remove %s: %s", path, strerror(errno));
+    if (unlink(path) != 0) {
+        fprintf(stderr, "moelab: error: ckpt clean: cannot remove %s: %s\n", path, strerror(errno));
+        ++*(int *)ctx;
+        return;
+    }
     printf("removed %s (%s)\n", path, why);
-    (void)ctx;
 }
 
 // inspect and verify compare the file with the model its stored config builds; one expert slot per
@@ -63,8 +68,10 @@ int cmd_ckpt(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "inspect") || !strcmp(argv[1], "verify")) look_into(argv[1], argv[2]);
     else if (!strcmp(argv[1], "clean")) {
-        int n = ckpt_stale_files(argv[2], remove_stale, NULL);
+        int failed = 0;
+        const int n = ckpt_stale_files(argv[2], remove_stale, &failed) - failed;
         printf("%s: %d file%s removed\n", argv[2], n, n == 1 ? "" : "s");
+        if (failed) return CORE_EXIT_FAILURE;  // each one named above
     } else core_usage_error("ckpt: unknown subcommand '%s' (inspect, verify or clean)", argv[1]);
     return 0;
 }

@@ -39,6 +39,8 @@ int cmd_export(int argc, char **argv) {
             o.force = 1;
             continue;
         }
+        if (!strncmp(a, "--force=", 8))
+            return core_usage_report("export: --force takes no value (see `moelab export --help`)");
         // "--flag value" and "--flag=value".
         static const char *const flags[] = {"--ckpt", "--out", "--data", "--dtype", NULL};
         const size_t n = cmd_flag_len(a);

@@ -86,8 +86,14 @@ int cmd_sample(int argc, char **argv) {
     MoeConfig c;
     config_defaults(&c);
     ckpt_read_config(ckpt, &c);
+    // The tokenizer lies in the data directory: --data, else the one the checkpoint's run read. An
+    // empty one would name /tokenizer.bin.
+    const char *dir = data ? data : c.data;
+    if (!*dir)
+        core_usage_error(data ? "sample: --data needs a directory (made by `moelab data prepare`)"
+                              : "sample: %s names no data directory: pass --data DIR (its tokenizer)", ckpt);
     char path[2 * CONFIG_STR];
-    snprintf(path, sizeof path, "%s/tokenizer.bin", data ? data : c.data);
+    snprintf(path, sizeof path, "%s/tokenizer.bin", dir);
     Tokenizer *tok = tok_load(path);
     if (tok->V != c.V)
         core_usage_error("sample: %s has %d tokens but the checkpoint's model has vocab_size %d", path,

@@ -19,7 +19,7 @@ static const Command COMMANDS[] = {
     {"plot", cmd_plot, "draw expert and rank load of a training run as SVG"},
     {"schedule", cmd_schedule, "print or draw a pipeline schedule"},
     {"bench", cmd_bench, "measure training throughput"},
-    {"ckpt", cmd_ckpt, "inspect or verify a checkpoint"},
+    {"ckpt", cmd_ckpt, "inspect or verify a checkpoint, clean up after crashed saves"},
     {"export", cmd_export, "write a checkpoint as a Hugging Face model folder"},
 };
 #define NCOMMANDS ((int)(sizeof COMMANDS / sizeof COMMANDS[0]))

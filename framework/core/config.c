@@ -83,7 +83,7 @@ static const KeyInfo KEYS[] = {
     {"dp_overlap", K_BOOL, OFF(dp_overlap), 0, 1, NULL, "DP gradient all-reduce overlaps the backward"},
     {"ep_overlap", K_BOOL, OFF(ep_overlap), 0, 1, NULL, "shared experts overlap the EP dispatch all-to-all"},
     {"ep_chunks", K_INT, OFF(ep_chunks), 1, 8, NULL,
-     "token chunks per EP MoE layer: one chunk's combine overlaps the next one's experts (<= batch_size*seq_len)"},
+     "token chunks per EP MoE layer: one chunk's combine overlaps the next one's experts (1 to 8, at most batch_size*seq_len)"},
     {"expert_gemm", K_STR, OFF(expert_gemm), 0, 0, "cutlass|grouped|streams|loop",
      "GPU expert GEMMs: CUTLASS (sm90 bf16, else grouped), cuBLAS grouped, per-expert streams, loop"},
     {"gemm_streams", K_INT, OFF(gemm_streams), 1, 8, NULL, "side streams of expert_gemm = streams"},

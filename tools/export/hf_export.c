@@ -308,8 +308,13 @@ void hf_export(const HfExportOptions *o) {
     MoeConfig c;
     config_defaults(&c);
     ckpt_read_config(o->ckpt, &c);
+    // An empty data directory would name /tokenizer.bin.
+    const char *dir = o->data_dir ? o->data_dir : c.data;
+    if (!*dir)
+        core_usage_error(o->data_dir ? "export: --data needs a directory (made by `moelab data prepare`)"
+                                     : "export: %s names no data directory: pass --data DIR (its tokenizer)", o->ckpt);
     char tok_path[2 * CONFIG_STR + 32];
-    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.bin", o->data_dir ? o->data_dir : c.data);
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.bin", dir);
     char err[TOK_ERR_LEN];
     Tokenizer *tok = tok_load_try(tok_path, err);
     if (!tok)
