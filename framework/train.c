@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -234,10 +236,36 @@ static void metrics_flush(Trainer *t) {
                       strerror(errno));
 }
 
+// Every rank must run the same settings. Ranks started with different command lines (mpirun's
+// MPMD form, `-np 1 moelab train A : -np 1 moelab train B`) disagreed on shapes and steps: a buffer
+// overrun in the DP all-reduce, or a hang at the end of the shorter run (fuzzing, 2026-12-04). The
+// ranks compare a hash of the whole config, every key as config_write prints it.
+static void check_same_config(const MoeConfig *c) {
+    Comm *w = comm_world();
+    if (w->size < 2) return;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    CHECK(f, "open_memstream: %s", strerror(errno));
+    config_write(c, f);
+    fclose(f);
+    uint64_t h = 1469598103934665603ull;  // FNV-1a, 64 bits
+    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)text[i]) * 1099511628211ull;
+    free(text);
+    // The largest hash and the largest negated hash over the ranks: both this rank's only if all agree.
+    const int64_t mine = (int64_t)(h >> 1);
+    int64_t v[2] = {mine, -mine};
+    comm_allreduce(w, v, 2, COMM_I64, COMM_MAX);
+    if (v[0] != mine || -v[1] != mine)
+        core_usage_error("the %d ranks were started with different settings (command lines or config files): "
+                         "every rank of a run needs the same ones", w->size);
+}
+
 Trainer *trainer_create(const MoeConfig *cfg) {
     Trainer *t = core_alloc(sizeof *t);
     t->cfg = *cfg;
     MoeConfig *c = &t->cfg;
+    check_same_config(c);
     // The layout is checked on every rank before any data is read.
     if (c->chunks > 0 && c->grad_accum != 1 && c->grad_accum != c->chunks)
         core_usage_error("--chunks %d and --grad-accum %d both set the micro-batches per step: pass one",

@@ -62,6 +62,14 @@ mkdir -p "$tmp/mixed" && cp "$tmp/data/tokenizer.bin" "$tmp/data/train.bin" "$tm
 expect train_vocab 2 'moelab: error \[rank [0-9]\]: .*mixed/val.bin was written for a vocabulary of 300 tokens' 60 \
     2 "$moelab" train "${args[@]}" --data "$tmp/mixed" --ep 2 --steps 3
 
+# Ranks started with different settings (mpirun's MPMD form): a buffer overrun in the DP all-reduce
+# when the model differed, a hang at the end of the shorter run when --steps did (fuzzing): exit 2.
+expect mpmd_model 2 'ranks were started with different settings' 60 \
+    1 "$moelab" train "${args[@]}" --steps 3 : -np 1 "$moelab" train "${args[@]}" --steps 3 --d-model 16
+expect mpmd_steps 2 'ranks were started with different settings' 60 \
+    1 "$moelab" train "${args[@]}" --steps 3 : -np 1 "$moelab" train "${args[@]}" --steps 4
+if grep -q "step" "$tmp/mpmd_steps.out"; then echo "FAIL: mpmd_steps did work before failing"; fail=1; fi
+
 # The test seam (docs/architecture.md §2) takes RANK:STEP only, and announces itself when set.
 export MOELAB_TEST_DIE_AT_STEP=1
 expect seam_malformed 2 "moelab: error \\[rank [0-9]\\]: MOELAB_TEST_DIE_AT_STEP = '1': expected RANK:STEP" 60 \
