@@ -327,6 +327,10 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     if (c->fb_overlap && kind != SCHED_1F1B)
         core_info0("pipeline: F&B ops run their forward and backward %s",
                    on_gpu ? "at once, on two streams" : "one after the other (no overlap on the CPU)");
+    // 1F1B (and so a plain run) has no F&B ops: the key would change nothing, silently.
+    if (c->fb_overlap && kind == SCHED_1F1B && core_rank() == 0)
+        core_warn("--fb-overlap 1 changes nothing with --schedule 1f1b: only DualPipe and DualPipeV have "
+                  "F&B ops");
     // A trace file that cannot be written is found now, not after the last step; the probe writes
     // beside it (CoreOut's temporary) and leaves the path as it was until the trace is written.
     if (c->trace[0] && core_rank() == 0) {

@@ -96,6 +96,10 @@ assert (cfg["dp_overlap"], cfg["ep_overlap"], cfg["expert_gemm"], cfg["gemm_stre
 assert cfg["data"] == sys.argv[1].rsplit("/", 1)[0] + "/data" and cfg["steps"] == 1, cfg
 PY
 
+# --fb-overlap 1 where there are no F&B ops (1F1B, so every plain run) says it changes nothing.
+"$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --fb-overlap 1 > /dev/null 2> "$tmp/fb.err"
+grep -q "fb-overlap 1 changes nothing with --schedule 1f1b" "$tmp/fb.err" || { echo "no fb-overlap warning:"; cat "$tmp/fb.err"; exit 1; }
+
 # A new run into a folder holding another run's checkpoint at a step it saves says so at the start
 # (fuzzing: it was replaced without a word); a run resumed from it, which saves later steps, does not.
 "$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --out "$tmp/twice" > /dev/null
