@@ -664,6 +664,13 @@ void ckpt_read_config(const char *path, MoeConfig *c) {
     ckpt_file_close(&cf);
 }
 
+void ckpt_read_config_whole(const char *path, MoeConfig *c) {
+    ckpt_read_config(path, c);
+    const char *const layout[] = {"ep", "pp", "chunks", "schedule", "zero", "eplb_interval", "eplb_redundant",
+                                  "eplb_groups", "eplb_nodes"};
+    for (size_t i = 0; i < sizeof layout / sizeof layout[0]; i++) config_reset_key(c, layout[i]);
+}
+
 int ckpt_load_eplb(const char *path, const MoeConfig *c, CkptEplb *out) {
     CkptFile cf;
     ckpt_file_open(&cf, path);

@@ -99,6 +99,11 @@ void ckpt_load(const char *path, const CkptShard *sh, const CkptView *v, CkptSta
 void ckpt_set_probe(int on);
 // The config stored in a checkpoint (on top of the defaults).
 void ckpt_read_config(const char *path, MoeConfig *c);
+// The same for a model that holds the whole checkpoint in one process (sample, export, ckpt inspect
+// and verify): the run's layout dropped, one EP rank and one pipeline stage, and no EPLB slots. The
+// file holds each logical expert once, whatever replicas the run kept (a model built with the run's
+// redundant slots could not take them: such checkpoints failed in all four commands).
+void ckpt_read_config_whole(const char *path, MoeConfig *c);
 // The EPLB group of a checkpoint: returns 0 (and zeroes *out) when absent; arrays from core_alloc.
 int ckpt_load_eplb(const char *path, const MoeConfig *c, CkptEplb *out);
 void ckpt_eplb_free(CkptEplb *e);

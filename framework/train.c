@@ -151,6 +151,11 @@ static void trainer_resume(Trainer *t) {
         trainer_ckpt_view_free(&v, m, o, 1);
     }
     t->step = (int)st.step;
+    // --steps counts from the start of the run the checkpoint continues: fewer than it holds would
+    // train nothing and end with exit 0 (fuzzing: `--resume step_3.h5 --steps 2` printed "step 3/2").
+    if (t->cfg.steps < t->step)
+        core_usage_error("--steps %d is below the step of --resume %s (%d): --steps counts the whole run, "
+                         "so pass more than %d", t->cfg.steps, t->cfg.resume, t->step, t->step);
     t->resumed_at = t->step;
     if (st.lineage) t->lineage = st.lineage;
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", t->cfg.resume);

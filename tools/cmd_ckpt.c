@@ -49,7 +49,7 @@ static void remove_stale(const char *path, const char *why, void *ctx) {
 // rank (ep_size = E) is the smallest layout that has every tensor with its logical shape.
 static void look_into(const char *sub, const char *path) {
     MoeConfig c;
-    ckpt_read_config(path, &c);
+    ckpt_read_config_whole(path, &c);
     Model *ref = model_create(&c, 0, c.E);
     if (!strcmp(sub, "inspect")) ckpt_inspect(path, &ref->reg, optim_lr, stdout);
     else ckpt_verify(path, &ref->reg, stdout);

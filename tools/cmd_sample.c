@@ -85,7 +85,7 @@ int cmd_sample(int argc, char **argv) {
     const LayerOps *ops = backend_ops(device);  // a bad name is a usage error before any reading
     MoeConfig c;
     config_defaults(&c);
-    ckpt_read_config(ckpt, &c);
+    ckpt_read_config_whole(ckpt, &c);
     // The tokenizer lies in the data directory: --data, else the one the checkpoint's run read. An
     // empty one would name /tokenizer.bin.
     const char *dir = data ? data : c.data;
@@ -98,7 +98,6 @@ int cmd_sample(int argc, char **argv) {
     if (tok->V != c.V)
         core_usage_error("sample: %s has %d tokens but the checkpoint's model has vocab_size %d", path,
                          tok->V, c.V);
-    c.ep = 1;  // one process holds every expert, whatever layout saved the checkpoint
     Model *m = model_create(&c, 0, 1);
     CkptShard sh = ckpt_shard_identity(0, 1, c.E);
     const CkptView weights = {&m->cfg, &m->reg, m->reg.data, NULL, NULL, NULL};

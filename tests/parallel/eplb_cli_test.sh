@@ -40,6 +40,18 @@ for run in ep1 ep2 ep4 ep4h; do
     [ "$(grep -c '"expert_load": \[\[' "$tmp/$run.jsonl")" = 4 ] || { echo "FAIL: $run metrics lack expert_load"; exit 1; }
     echo "ok: $run rebalances and matches the one-process run without EPLB"
 done
+# The commands that load a whole checkpoint in one process take one with redundant slots (one
+# process with 1 of them, two ranks with 2). Third fuzzing pass: they built the model with the run's
+# slots, which could not take the file's logical experts (exit 1).
+for ck in "$tmp/ck1/step_4.h5" "$tmp/ck2/step_3.h5"; do
+    "$moelab" ckpt verify "$ck" | grep -q sound || { echo "FAIL: ckpt verify $ck"; exit 1; }
+    "$moelab" ckpt inspect "$ck" | grep -q "eplb_redundant = [12]" || { echo "FAIL: ckpt inspect $ck"; exit 1; }
+    "$moelab" sample --ckpt "$ck" --tokens 4 >"$tmp/sample.log" || { echo "FAIL: sample $ck"; exit 1; }
+    rm -rf "$tmp/hf"
+    "$moelab" export --ckpt "$ck" --out "$tmp/hf" >/dev/null && [ -s "$tmp/hf/model.safetensors" ] ||
+        { echo "FAIL: export $ck"; exit 1; }
+done
+echo "ok: checkpoints with redundant slots verify, inspect, sample and export"
 # Resume in one process after the rebalance of step 4 (its checkpoint holds the new placement), and
 # under EP 2 from step 3, between two rebalances (its checkpoint also holds the tokens of step 3,
 # which the rebalance of step 4 plans from): the later steps as in the uninterrupted runs, bit for bit.

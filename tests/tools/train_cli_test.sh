@@ -109,6 +109,9 @@ grep -q "twice holds 1 checkpoint of another run at steps this run saves (the ne
 "$moelab" train "${args[@]}" --steps 2 --sample-tokens 0 --out "$tmp/twice" --resume "$tmp/twice/step_1.h5" \
     > /dev/null 2> "$tmp/resumed.err"
 ! grep -q "of another run" "$tmp/resumed.err" || { echo "a resumed run warned:"; cat "$tmp/resumed.err"; exit 1; }
+# --steps below the checkpoint's step trained nothing and exited 0 (third fuzzing pass).
+expect_usage "--steps 1 is below the step of --resume .*step_2.h5 \(2\): --steps counts the whole run" \
+    "${args[@]}" --steps 1 --resume "$tmp/twice/step_2.h5"
 
 # Shards and tokenizer of different vocabularies (issue 14): token ids index the model's V rows, so
 # every mismatch is bad data named by file, both ways, in train.bin or in val.bin alone, and in a

@@ -307,7 +307,7 @@ void hf_export(const HfExportOptions *o) {
     // Everything that can be wrong with the input is found here, before a file is written.
     MoeConfig c;
     config_defaults(&c);
-    ckpt_read_config(o->ckpt, &c);
+    ckpt_read_config_whole(o->ckpt, &c);
     // An empty data directory would name /tokenizer.bin.
     const char *dir = o->data_dir ? o->data_dir : c.data;
     if (!*dir)
@@ -324,8 +324,6 @@ void hf_export(const HfExportOptions *o) {
         core_usage_error("export: %s has %d tokens but the checkpoint's model has vocab_size %d", tok_path,
                          tok->V, c.V);
     if (hf_tokenizer_check(tok, err)) core_usage_error("export: %s: %s", tok_path, err);
-    c.ep = 1;  // one process holds every expert, whatever layout saved the checkpoint
-    c.pp = 1;
     // verify first: it also requires every part file of an index, even one the weights do not
     // need, and reads every dataset through its checksums; its summary is not wanted here.
     char *summary = NULL;
