@@ -1,4 +1,5 @@
 // `moelab bench`: training throughput of configs next to the machine's GEMM rate, in one table.
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +8,7 @@
 #include "framework/bench.h"
 #include "framework/core/check.h"
 #include "framework/core/config.h"
+#include "framework/core/log.h"
 #include "framework/core/num.h"
 #include "tools/commands.h"
 
@@ -144,6 +146,10 @@ int cmd_bench(int argc, char **argv) {
         printf("%-22s %9.2f %7d %10.3f %10.0f %10.1f %7.1f%% %9.2f %8.3f/%.3f\n", configs[k], r.params_m, r.steps,
                r.step_seconds, r.tokens_per_s, gpu ? r.gflops / 1e3 : r.gflops, 100.0 * r.gflops / base, r.peak_gib,
                r.first_loss, r.last_loss);
+        // A diverged run still times its steps; its loss column is no result (fuzzing: "-nan", exit 0).
+        if (!isfinite(r.first_loss) || !isfinite(r.last_loss))
+            core_warn("%s: the loss diverged during the timed steps (lower --lr, or set --grad-clip): the "
+                      "timings hold, the loss column does not", configs[k]);
     }
     for (int k = 0; k < n_cfg; k++) print_breakdown(configs[k], &res[k], gpu);
     free(res);
