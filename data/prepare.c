@@ -211,22 +211,20 @@ static uint64_t write_shard(const Tokenizer *tok, FILE *f, const char *name, con
     return shard_writer_close(w);
 }
 
-// The three output files of a dataset, in the order they are written and renamed into place.
-enum { OUT_TOKENIZER, OUT_TRAIN, OUT_VAL, N_OUTS };
-static const char *const OUT_NAMES[N_OUTS] = {"tokenizer.bin", "train.bin", "val.bin"};
+const char *const prepare_file_names[PREPARE_N_FILES] = {"tokenizer.bin", "train.bin", "val.bin"};
 
 // A directory where an output file must go would make its rename fail after the files renamed
 // before it were already replaced (a new tokenizer beside old shards): refused before any work.
 // So is an output that is also an input (--out inside an --input folder that holds a dataset
 // already): the run would read the old dataset's binary files as text and replace them.
 static void check_outputs(const char *out_dir, const PathList *inputs) {
-    for (int k = 0; k < N_OUTS; k++) {
-        char *p = core_alloc(strlen(out_dir) + strlen(OUT_NAMES[k]) + 2);
-        sprintf(p, "%s/%s", out_dir, OUT_NAMES[k]);
+    for (int k = 0; k < PREPARE_N_FILES; k++) {
+        char *p = core_alloc(strlen(out_dir) + strlen(prepare_file_names[k]) + 2);
+        sprintf(p, "%s/%s", out_dir, prepare_file_names[k]);
         struct stat st;
         if (stat(p, &st) == 0 && S_ISDIR(st.st_mode))
             core_usage_error("cannot write %s: it is a directory (--out receives %s, %s and %s)", p,
-                             OUT_NAMES[OUT_TOKENIZER], OUT_NAMES[OUT_TRAIN], OUT_NAMES[OUT_VAL]);
+                             prepare_file_names[PREPARE_TOKENIZER], prepare_file_names[PREPARE_TRAIN], prepare_file_names[PREPARE_VAL]);
         for (int i = 0; i < inputs->n; i++)
             if (core_same_file(p, inputs->paths[i]))
                 core_usage_error("--input reads %s, which this run writes (--out %s): choose an --out "
@@ -282,27 +280,27 @@ static int write_outputs(const Tokenizer *tok, const char *out_dir, const uint8_
     }
     uint32_t *ids = core_alloc(sizeof(uint32_t) * max);
     char *path = core_alloc(strlen(out_dir) + 32);
-    CoreOut out[N_OUTS];
+    CoreOut out[PREPARE_N_FILES];
     int err = 0, failed = 0;
-    for (int k = 0; k < N_OUTS; k++) out[k].f = NULL;
-    for (int k = 0; k < N_OUTS && !err; k++) {
-        sprintf(path, "%s/%s", out_dir, OUT_NAMES[k]);
+    for (int k = 0; k < PREPARE_N_FILES; k++) out[k].f = NULL;
+    for (int k = 0; k < PREPARE_N_FILES && !err; k++) {
+        sprintf(path, "%s/%s", out_dir, prepare_file_names[k]);
         err = core_out_open(&out[k], path);
         failed = k;
     }
     if (!err) {
-        tok_write(tok, out[OUT_TOKENIZER].f);
-        stats->train_tokens = write_shard(tok, out[OUT_TRAIN].f, out[OUT_TRAIN].path, train, train_len, D, ids,
+        tok_write(tok, out[PREPARE_TOKENIZER].f);
+        stats->train_tokens = write_shard(tok, out[PREPARE_TRAIN].f, out[PREPARE_TRAIN].path, train, train_len, D, ids,
                                           pr, "encoding train");
-        stats->val_tokens = write_shard(tok, out[OUT_VAL].f, out[OUT_VAL].path, val, val_len, D, ids, pr,
+        stats->val_tokens = write_shard(tok, out[PREPARE_VAL].f, out[PREPARE_VAL].path, val, val_len, D, ids, pr,
                                         "encoding val");
         progress_done(pr);
-        err = commit_outputs(out, N_OUTS, &failed);
+        err = commit_outputs(out, PREPARE_N_FILES, &failed);
     }
     int rc = 0;
     if (err) {
-        for (int k = 0; k < N_OUTS; k++) core_out_abort(&out[k]);
-        sprintf(path, "%s/%s", out_dir, OUT_NAMES[failed]);
+        for (int k = 0; k < PREPARE_N_FILES; k++) core_out_abort(&out[k]);
+        sprintf(path, "%s/%s", out_dir, prepare_file_names[failed]);
         rc = output_failure(path, err);
     }
     core_free(path);

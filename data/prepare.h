@@ -12,6 +12,11 @@
 extern "C" {
 #endif
 
+// The files of a dataset directory, in the order prepare writes and renames them: what `moelab
+// train --data DIR` reads, and what a run's outputs must never be.
+enum { PREPARE_TOKENIZER, PREPARE_TRAIN, PREPARE_VAL, PREPARE_N_FILES };
+extern const char *const prepare_file_names[PREPARE_N_FILES];
+
 // JSON Lines input: which member of each line's object holds its document, and whether a line that
 // gives none (empty, not JSON, not an object, member missing or not a string) is an error (exit 2,
 // naming file and line) or is counted and reported (the first JSONL_REPORT with their line numbers).

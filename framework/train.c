@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "checkpoints/ckpt.h"
+#include "data/prepare.h"
 #include "data/shard.h"
 #include "framework/backend.h"
 #include "framework/core/check.h"
@@ -303,15 +304,15 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     if (stat(c->data, &sb) != 0 || !S_ISDIR(sb.st_mode))
         core_usage_error("--data %s: not a directory made by `moelab data prepare`", c->data);
     char path[2 * CONFIG_STR];
-    join(path, sizeof path, c->data, "tokenizer.bin");
+    join(path, sizeof path, c->data, prepare_file_names[PREPARE_TOKENIZER]);
     t->tok = tok_load(path);
     if (t->tok->V != c->V)
         core_usage_error("config vocab_size = %d but the tokenizer in %s has %d tokens: set "
                          "--vocab-size %d", c->V, c->data, t->tok->V, t->tok->V);
-    join(path, sizeof path, c->data, "train.bin");
+    join(path, sizeof path, c->data, prepare_file_names[PREPARE_TRAIN]);
     t->train = open_split(path, c, t->tok, g, 1);
     t->unigram_entropy = unigram_entropy(path);
-    join(path, sizeof path, c->data, "val.bin");
+    join(path, sizeof path, c->data, prepare_file_names[PREPARE_VAL]);
     t->val = open_split(path, c, t->tok, g, 0);
     // A validation pass reads val_batches x B sequences on each rank from the start of val.bin; more
     // than it holds would re-read it (and a huge count would never end). Under DP the ranks' shares

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "data/prepare.h"
 #include "framework/core/check.h"
 #include "framework/core/config.h"
 #include "framework/core/file.h"
@@ -43,7 +44,6 @@ static void train_help(void) {
 // (the run then dies of SIGBUS). Checked on every rank before anything is opened.
 static void check_outputs(const MoeConfig *c, int argc, char **argv) {
     const char *const out_flag[2] = {"--metrics", "--trace"}, *const out[2] = {c->metrics, c->trace};
-    const char *const data_file[3] = {"tokenizer.bin", "train.bin", "val.bin"};
     for (int o = 0; o < 2; o++) {
         if (!out[o][0]) continue;
         if (o == 1 && core_same_file(out[0], out[1]))
@@ -51,9 +51,9 @@ static void check_outputs(const MoeConfig *c, int argc, char **argv) {
         if (c->resume[0] && core_same_file(out[o], c->resume))
             core_usage_error("%s %s is the checkpoint to resume from (--resume): writing it would destroy it",
                              out_flag[o], out[o]);
-        for (int f = 0; f < 3 && c->data[0]; f++) {
+        for (int f = 0; f < PREPARE_N_FILES && c->data[0]; f++) {
             char path[2 * CONFIG_STR + 16];
-            snprintf(path, sizeof path, "%s/%s", c->data, data_file[f]);
+            snprintf(path, sizeof path, "%s/%s", c->data, prepare_file_names[f]);
             if (core_same_file(out[o], path))
                 core_usage_error("%s %s is the run's data file %s: writing it would destroy it", out_flag[o],
                                  out[o], path);
