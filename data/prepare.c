@@ -106,11 +106,11 @@ static uint8_t *read_file(const char *path, size_t *len) {
     FILE *f = core_open_regular(path, &why);
     if (!f) core_usage_error("cannot open input file %s: %s", path, why);
     struct stat st;
-    if (fstat(fileno(f), &st) != 0) core_usage_error("cannot read input file %s: %s", path, strerror(errno));
+    if (fstat(fileno(f), &st) != 0) core_path_error(errno, "cannot read input file %s: %s", path, strerror(errno));
     uint8_t *buf = core_alloc((size_t)st.st_size);
     *len = fread(buf, 1, (size_t)st.st_size, f);
-    if (*len != (size_t)st.st_size || ferror(f))
-        core_usage_error("cannot read input file %s: %s", path, strerror(errno));
+    if (ferror(f)) core_path_error(errno, "cannot read input file %s: %s", path, strerror(errno));
+    if (*len != (size_t)st.st_size) core_usage_error("input file %s changed while it was read", path);
     fclose(f);
     return buf;
 }
@@ -177,7 +177,7 @@ static void make_dirs(const char *dir) {
         if (c != '/' && c != '\0') continue;
         *s = '\0';
         if (mkdir(p, 0777) != 0 && errno != EEXIST)
-            core_usage_error("cannot create output directory %s: %s", p, strerror(errno));
+            core_path_error(errno, "cannot create output directory %s: %s", p, strerror(errno));
         *s = c;
         if (c == '\0') break;
     }

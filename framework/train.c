@@ -327,7 +327,7 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     t->tokens = core_alloc((size_t)c->grad_accum * c->batch_size * (c->T + 1) * sizeof(int));
     if (c->metrics[0] && core_rank() == 0) {
         t->metrics = fopen(c->metrics, "w");
-        if (!t->metrics) core_usage_error("cannot write --metrics %s: %s", c->metrics, strerror(errno));
+        if (!t->metrics) core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
         // The first line says which settings produced the file: every key, as this run resolved it.
         fputs("{\"config\": ", t->metrics);
         config_write_json(c, t->metrics);

@@ -41,7 +41,21 @@ static void train_help(void) {
 // The run's outputs opened for writing at start-up (--metrics, --trace) must not be one of its
 // inputs or each other: opening truncates, so a metrics file given the path of the checkpoint to
 // resume from destroys it, and a trace on a token shard truncates the shard the loader has mapped
-// (the run then dies of SIGBUS). Checked on every rank before anything is opened.
+// (the run then dies of SIGBUS), and a metrics file given any checkpoint's path destroys that. Checked
+// on every rank before anything is opened.
+// 1 when path is a file that begins with HDF5's signature: a checkpoint, which no output of train
+// may replace (a --metrics given an old run's step_N.h5 destroyed it).
+static int is_hdf5(const char *path) {
+    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    const char *why;
+    FILE *f = core_open_regular(path, &why);
+    if (!f) return 0;
+    unsigned char head[8];
+    const int hit = fread(head, 1, 8, f) == 8 && !memcmp(head, sig, 8);
+    fclose(f);
+    return hit;
+}
+
 static void check_outputs(const MoeConfig *c, int argc, char **argv) {
     const char *const out_flag[2] = {"--metrics", "--trace"}, *const out[2] = {c->metrics, c->trace};
     for (int o = 0; o < 2; o++) {
@@ -51,6 +65,8 @@ static void check_outputs(const MoeConfig *c, int argc, char **argv) {
         if (c->resume[0] && core_same_file(out[o], c->resume))
             core_usage_error("%s %s is the checkpoint to resume from (--resume): writing it would destroy it",
                              out_flag[o], out[o]);
+        if (is_hdf5(out[o]))
+            core_usage_error("%s %s is an HDF5 file (a checkpoint): writing it would destroy it", out_flag[o], out[o]);
         for (int f = 0; f < PREPARE_N_FILES && c->data[0]; f++) {
             char path[2 * CONFIG_STR + 16];
             snprintf(path, sizeof path, "%s/%s", c->data, prepare_file_names[f]);

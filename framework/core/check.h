@@ -27,6 +27,12 @@ CORE_NORETURN void core_fatal_at(const char *file, int line, int code, const cha
 // Prints "moelab: error: message" (no source location: the message is for the user) and exits 2.
 CORE_NORETURN void core_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+// The same line for a failed file operation whose errno is err: exit 1 when the environment failed
+// (a full disk or quota, an I/O error, no memory or file handles left), else exit 2 (the path the
+// user gave is wrong: missing, not a directory, not permitted). core_errno_exit_code(err) says which.
+CORE_NORETURN void core_path_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int core_errno_exit_code(int err);
+
 // Prints the same line as core_usage_error but returns CORE_EXIT_USAGE instead of exiting, for
 // commands that hand their exit code back to main (and to tests that call them).
 int core_usage_report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

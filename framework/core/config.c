@@ -387,8 +387,8 @@ void config_validate(const MoeConfig *c) {
          c->n_dense_layers, c->L);
     RULE(c->min_lr <= c->lr, "min_lr (%g) must not exceed lr (%g)", c->min_lr, c->lr);
     // AdamW's bias correction divides by 1 - beta^t: beta = 1 makes the second step NaN.
-    RULE(c->beta1 < 1, "beta1 (%g) must be below 1 (AdamW divides by 1 - beta1^t)", c->beta1);
-    RULE(c->beta2 < 1, "beta2 (%g) must be below 1 (AdamW divides by 1 - beta2^t)", c->beta2);
+    RULE(c->beta1 < 1, "beta1 must be below 1 (AdamW divides by 1 - beta1^t); values within 3e-8 of 1 are 1 as a 32-bit float");
+    RULE(c->beta2 < 1, "beta2 must be below 1 (AdamW divides by 1 - beta2^t); values within 3e-8 of 1 are 1 as a 32-bit float");
     RULE(c->E % c->ep == 0, "n_experts (%d) must be divisible by ep (%d)", c->E, c->ep);
     RULE((long)c->ep_chunks <= (long)c->batch_size * c->T,
          "ep_chunks (%d) must not exceed the tokens of a micro-batch, batch_size * seq_len (%ld)",

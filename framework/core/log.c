@@ -3,6 +3,7 @@
 #include "framework/core/check.h"
 #include "framework/core/log.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -86,6 +87,23 @@ void core_usage_error(const char *fmt, ...) {
     va_end(ap);
     g_abort(CORE_EXIT_USAGE);
     exit(CORE_EXIT_USAGE);
+}
+
+int core_errno_exit_code(int err) {
+    switch (err) {
+    case ENOSPC: case EDQUOT: case EIO: case ENOMEM: case EMFILE: case ENFILE: return CORE_EXIT_FAILURE;
+    default: return CORE_EXIT_USAGE;
+    }
+}
+
+void core_path_error(int err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    usage_line(fmt, ap);
+    va_end(ap);
+    const int code = core_errno_exit_code(err);
+    g_abort(code);
+    exit(code);
 }
 
 int core_usage_report(const char *fmt, ...) {

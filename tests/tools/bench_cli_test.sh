@@ -21,7 +21,7 @@ expect_usage "bench: --steps 99999999999 is too large: at most 1000000" --config
 expect_usage "bench: --seconds 'nan' is not a finite number" --config "$cfg" --seconds nan
 expect_usage "bench: --seconds 1e308 is too large: at most 86400" --config "$cfg" --seconds 1e308
 expect_usage "bench: --seconds -1 is too small: at least 0" --config "$cfg" --seconds -1
-expect_usage "beta2 \(1\) must be below 1" --config "$cfg" --beta2 1
+expect_usage "beta2 must be below 1" --config "$cfg" --beta2 1
 expect_usage "cannot open config file '.*': not a regular file" --config "$tmp"
 expect_usage "bench: --steps 0 is too small: at least 1" --config="$cfg" --steps=0
 expect_usage "bench: unknown option '--bogus'" --config "$cfg" --bogus=1

@@ -47,8 +47,8 @@ expect_usage "cannot open config file" --config "$tmp/missing.cfg"
 expect_usage "cannot open config file '.*/text': not a regular file" --config "$tmp/text" --data "$tmp/data"
 printf 'lr = 0.01\nsteps = 2\nlr = 0.02\n' > "$tmp/twice.cfg"
 expect_usage "twice.cfg:3: lr is set twice, on lines 1 and 3" --config "$tmp/twice.cfg" --data "$tmp/data"
-expect_usage "beta1 \(1\) must be below 1" "${args[@]}" --beta1 1
-expect_usage "beta2 \(1\) must be below 1" "${args[@]}" --beta2 1
+expect_usage "beta1 must be below 1" "${args[@]}" --beta1 1
+expect_usage "beta2 must be below 1" "${args[@]}" --beta2 1
 expect_usage "norm_eps = 0 is too small" "${args[@]}" --norm-eps 0
 # The validation split holds 22 sequences of 17 tokens: 11 batches of 2.
 expect_usage "val-batches 12 is too large: .*/val.bin holds 22 sequences of 17 tokens, enough for 11 batches" \
@@ -148,6 +148,10 @@ expect_usage "metrics .*own//tokenizer.bin is the run's data file" "${own[@]}" -
 expect_usage "metrics .*own.cfg is the run's --config file" "${own[@]}" --metrics "$tmp/own.cfg"
 expect_usage "metrics .*step_1.h5 is the checkpoint to resume from" "${own[@]}" --steps 2 \
     --resume "$tmp/run_keys/step_1.h5" --metrics "$tmp/run_keys/step_1.h5"
+# Any checkpoint, not only the one resumed from (fuzzing, 2026-12-04: --metrics on an old run's
+# step_N.h5 replaced it).
+expect_usage "metrics .*step_1.h5 is an HDF5 file \(a checkpoint\)" "${own[@]}" --metrics "$tmp/run_keys/step_1.h5"
+expect_usage "trace .*step_1.h5 is an HDF5 file \(a checkpoint\)" "${own[@]}" --trace "$tmp/run_keys/step_1.h5"
 expect_usage "--metrics and --trace are the same file" "${own[@]}" --metrics "$tmp/both" --trace "$tmp/both"
 # Outputs that cannot be written are found at the start, naming the reason.
 expect_usage "cannot write --metrics .*/no/such/m.jsonl: No such file or directory" "${own[@]}" \

@@ -3,6 +3,7 @@
 // its published test vectors; the parameter registry's layout (aligned and packed tensors).
 #include <gtest/gtest.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 extern "C" {
+#include "framework/core/check.h"
 #include "framework/core/config.h"
 #include "framework/core/json.h"
 #include "framework/core/log.h"
@@ -241,9 +243,18 @@ TEST(ConfigDeath, AdamBetaBelowOne) {
         MoeConfig c;
         config_defaults(&c);
         config_set(&c, key, "1", "test");  // in the key's range; the rule is AdamW's
-        EXPECT_EXIT(config_validate(&c), ::testing::ExitedWithCode(2),
-                    std::string(key) + " \\(1\\) must be below 1");
+        EXPECT_EXIT(config_validate(&c), ::testing::ExitedWithCode(2), std::string(key) + " must be below 1");
+        // Below 1 as typed, 1 as a float: the message must not say "(1) must be below 1" alone.
+        config_set(&c, key, "0.99999999", "test");
+        EXPECT_EXIT(config_validate(&c), ::testing::ExitedWithCode(2), "1 as a 32-bit float");
     }
+}
+TEST(CoreDeath, PathErrorsExitByCause) {
+    // A full disk, quota or I/O error is the environment's failure (1); a wrong path is bad input (2).
+    for (int err : {ENOSPC, EDQUOT, EIO, ENOMEM, EMFILE}) EXPECT_EQ(core_errno_exit_code(err), 1) << err;
+    for (int err : {ENOENT, ENOTDIR, EACCES, EISDIR, ENAMETOOLONG}) EXPECT_EQ(core_errno_exit_code(err), 2) << err;
+    EXPECT_EXIT(core_path_error(ENOSPC, "cannot write %s", "x"), ::testing::ExitedWithCode(1), "error: cannot write x");
+    EXPECT_EXIT(core_path_error(ENOENT, "cannot write %s", "y"), ::testing::ExitedWithCode(2), "error: cannot write y");
 }
 TEST(ConfigDeath, EpsilonsPositive) {
     EXPECT_EXIT(set_key("norm_eps", "0"), ::testing::ExitedWithCode(2), "norm_eps = 0 is too small");
