@@ -16,6 +16,7 @@
 
 #include "checkpoints/format.h"
 #include "framework/core/check.h"
+#include "framework/core/file.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 
@@ -249,17 +250,6 @@ typedef struct {
     hid_t f;
 } AtomicFile;
 
-// The temporary file of the save under way ("" if none): a save that fails (a full disk, an I/O
-// error, any check) removes it before the process ends — from h5.c's failure path, which runs before
-// MPI_Abort, and from an exit handler for the other exits — so no partial file is left. (A rank
-// killed by a signal, or ended by another rank's MPI_Abort, leaves it: `moelab ckpt clean`.)
-static char pending_tmp[CKPT_PATH_MAX + 32];
-
-static void remove_pending_tmp(void) {
-    if (pending_tmp[0]) unlink(pending_tmp);
-    pending_tmp[0] = '\0';
-}
-
 static void atomic_create(AtomicFile *a, const char *path) {
     a->final = path;
     a->io.path = path;
@@ -269,11 +259,9 @@ static void atomic_create(AtomicFile *a, const char *path) {
     if (access(a->dir, W_OK) != 0)
         core_usage_error("cannot write checkpoint %s: directory %s: %s", path, a->dir, strerror(errno));
     snprintf(a->tmp, sizeof a->tmp, "%s.tmp-%ld", path, (long)getpid());
-    static int registered;
-    if (!registered) atexit(remove_pending_tmp);
-    registered = 1;
-    h5_on_failure(remove_pending_tmp);
-    snprintf(pending_tmp, sizeof pending_tmp, "%s", a->tmp);
+    // Tracked: a failed save (a full disk, an I/O error, any check) or an interrupted one leaves no
+    // partial file (framework/core/file.h).
+    core_temp_track(a->tmp);
     a->f = h5_create_file(&a->io, a->tmp);
     saved_datasets = 0;
 }
@@ -282,7 +270,6 @@ static void fsync_path(const char *path, int flags) {
     int fd = open(path, flags);
     if (fd < 0 || fsync(fd) != 0) {
         const int err = errno;
-        remove_pending_tmp();
         FATAL("checkpoint: fsync %s: %s", path, strerror(err));
     }
     close(fd);
@@ -296,10 +283,9 @@ static void atomic_commit(AtomicFile *a) {
     fsync_path(a->tmp, O_RDONLY);
     if (rename(a->tmp, a->final) != 0) {
         const int err = errno;
-        remove_pending_tmp();
         FATAL("checkpoint: rename %s to %s: %s", a->tmp, a->final, strerror(err));
     }
-    pending_tmp[0] = '\0';
+    core_temp_untrack(a->tmp);
     fsync_path(a->dir, O_RDONLY | O_DIRECTORY);
 }
 

@@ -58,14 +58,9 @@ void h5_dcpl_close(hid_t dcpl) {
     H5Pclose(dcpl);
 }
 
-static void (*on_failure)(void);
-
-void h5_on_failure(void (*fn)(void)) { on_failure = fn; }
-
 static CORE_NORETURN void fail(const H5Io *io, const char *file, int line, const char *what,
                           const char *detail) {
     while (n_held > 0) H5Pclose(held[--n_held]);
-    if (on_failure) on_failure();
     if (io->code == CORE_EXIT_USAGE)
         core_usage_error("checkpoint %s: %s%s%s (at %s:%d)", io->path, what, detail[0] ? ": " : "",
                          detail, file, line);

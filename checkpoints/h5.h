@@ -19,11 +19,6 @@ typedef struct {
 // Turns off HDF5's automatic printing of its error stack: our check macro prints one message.
 void h5_init(void);
 
-// A function every failure below calls before the process ends (NULL: none): the checkpoint writer's
-// removal of its temporary file, which must happen before an abort hook that skips exit handlers
-// (MPI_Abort) ends the process.
-void h5_on_failure(void (*fn)(void));
-
 // Returns r when r >= 0; otherwise ends the process with "checkpoint PATH: <what>: <HDF5 message>"
 // and the call site. Every hid_t, herr_t, htri_t and hssize_t result goes through it.
 int64_t h5_ok_at(int64_t r, const H5Io *io, const char *file, int line, const char *fmt, ...)

@@ -1,9 +1,10 @@
 // Inputs by path that must be regular files, the same-file test, outputs written whole or not at
-// all, and the final state of stdout (file.h).
+// all with the temporaries they leave removed on any polite end, and the final state of stdout (file.h).
 #include "framework/core/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,34 +60,65 @@ int core_same_file(const char *a, const char *b) {
            sa.st_ino == sb.st_ino;
 }
 
-// The temporaries of the outputs open now, with the process that opened them: an exit before their
-// close (a usage error found while writing, a failed check) removes them, so that no partial file
-// stays behind. Only a signal that kills the process leaves its "<path>.tmp-<pid>". The pid keeps a
-// forked child's exit from removing its parent's.
-enum { MAX_OPEN_OUTS = 16 };
-static char g_open_tmp[MAX_OPEN_OUTS][sizeof ((CoreOut *)0)->tmp];
-static pid_t g_open_pid[MAX_OPEN_OUTS];
+// The temporaries registered now, with the process that registered them: any end of the process
+// before their rename removes them (file.h). The pid keeps a forked child's exit from removing its
+// parent's. The signal handler reads the table as it stands; it only calls getpid and unlink, which
+// are safe in a handler.
+enum { MAX_TEMPS = 16 };
+static char g_temp[MAX_TEMPS][4160];
+static volatile pid_t g_temp_pid[MAX_TEMPS];
 
-static void remove_open_temporaries(void) {
-    for (int i = 0; i < MAX_OPEN_OUTS; i++)
-        if (g_open_tmp[i][0] && g_open_pid[i] == getpid()) unlink(g_open_tmp[i]);
+void core_temp_remove_all(void) {
+    for (int i = 0; i < MAX_TEMPS; i++)
+        if (g_temp_pid[i] == getpid() && g_temp[i][0]) {
+            unlink(g_temp[i]);
+            g_temp_pid[i] = 0;
+        }
 }
 
-// Starts (on) or ends tracking o's temporary.
-static void track(const CoreOut *o, int on) {
-    static int registered;
-    if (on && !registered) registered = atexit(remove_open_temporaries) == 0;
-    for (int i = 0; i < MAX_OPEN_OUTS; i++) {
-        if (on && !g_open_tmp[i][0]) {
-            strcpy(g_open_tmp[i], o->tmp);
-            g_open_pid[i] = getpid();
-            return;
-        }
-        if (!on && !strcmp(g_open_tmp[i], o->tmp)) {
-            g_open_tmp[i][0] = '\0';
-            return;
-        }
+static void remove_and_reraise(int sig) {
+    core_temp_remove_all();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+// Once per process: the exit handler, and the handler of the signals that end a process politely
+// (Ctrl-C, kill, a closed terminal; mpirun ends the other ranks of a failed job with SIGTERM). A
+// signal someone else already handles (or ignores) is left to them.
+static void install_handlers(void) {
+    static int done;
+    if (done) return;
+    done = 1;
+    atexit(core_temp_remove_all);
+    const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        struct sigaction old;
+        if (sigaction(sigs[i], NULL, &old) != 0 || old.sa_handler != SIG_DFL) continue;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = remove_and_reraise;
+        sigemptyset(&sa.sa_mask);
+        sigaction(sigs[i], &sa, NULL);
     }
+}
+
+void core_temp_track(const char *tmp) {
+    install_handlers();
+    for (int i = 0; i < MAX_TEMPS; i++)
+        if (g_temp_pid[i] != getpid()) {
+            g_temp_pid[i] = 0;  // the slot is free, or an ancestor's entry a forked child may reuse
+            snprintf(g_temp[i], sizeof g_temp[i], "%s", tmp);
+            g_temp_pid[i] = getpid();
+            return;
+        }
+}
+
+void core_temp_untrack(const char *tmp) {
+    for (int i = 0; i < MAX_TEMPS; i++)
+        if (g_temp_pid[i] == getpid() && !strcmp(g_temp[i], tmp)) {
+            g_temp_pid[i] = 0;
+            return;
+        }
 }
 
 int core_out_open(CoreOut *o, const char *path) {
@@ -97,7 +129,7 @@ int core_out_open(CoreOut *o, const char *path) {
     snprintf(o->tmp, sizeof o->tmp, "%s.tmp-%ld", path, (long)getpid());
     o->f = fopen(o->tmp, "wb");
     if (!o->f) return errno;
-    track(o, 1);
+    core_temp_track(o->tmp);
     return 0;
 }
 
@@ -108,7 +140,7 @@ void core_out_abort(CoreOut *o) {
     fclose(o->f);
     o->f = NULL;
     unlink(o->tmp);
-    track(o, 0);
+    core_temp_untrack(o->tmp);
 }
 
 int core_out_close(CoreOut *o) {
@@ -126,7 +158,7 @@ int core_out_close(CoreOut *o) {
     o->f = NULL;
     if (!err && rename(o->tmp, o->path) != 0) err = errno;
     if (err) unlink(o->tmp);
-    track(o, 0);
+    core_temp_untrack(o->tmp);
     return err;
 }
 

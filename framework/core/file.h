@@ -20,11 +20,19 @@ FILE *core_open_regular(const char *path, const char **why);
 // another output) is refused before it is truncated.
 int core_same_file(const char *a, const char *b);
 
+// Temporaries: files written under a temporary name and renamed once complete. While one is
+// tracked, any end of the process removes it: an exit, a fatal error of check.h (before its abort
+// hook, which may skip exit handlers), and SIGINT, SIGTERM or SIGHUP (the signal then ends the
+// process as it would have). Only SIGKILL leaves one behind (`moelab ckpt clean` finds them). Up
+// to 16 are tracked at once.
+void core_temp_track(const char *tmp);
+void core_temp_untrack(const char *tmp);  // after its rename
+void core_temp_remove_all(void);
+
 // An output file written whole or not at all. core_out_open creates "<path>.tmp-<pid>" beside
-// path (the same file system, so the rename is atomic); core_out_close flushes it, checks that
-// every write reached it and renames it over path. Any failure, or core_out_abort, removes the
-// temporary and leaves path as it was; so does an exit of the process before the close (up to 16
-// outputs open at once are tracked; only a killing signal leaves a temporary behind).
+// path (the same file system, so the rename is atomic) and tracks it; core_out_close flushes it,
+// checks that every write reached it and renames it over path. Any failure, or core_out_abort,
+// removes the temporary and leaves path as it was; so does any end of the process before the close.
 typedef struct {
     FILE *f;  // write here between open and close
     char path[4096];

@@ -1,6 +1,7 @@
 // Logging and fatal errors: rank-prefixed lines on stdout/stderr, and the abort hook that ends a
 // failed run on every rank.
 #include "framework/core/check.h"
+#include "framework/core/file.h"
 #include "framework/core/log.h"
 
 #include <errno.h>
@@ -18,6 +19,14 @@ void core_set_rank(int rank, int world) { g_rank = rank; g_world = world; }
 int core_rank(void) { return g_rank; }
 void core_set_quiet(int quiet) { g_quiet = quiet; }
 void core_set_abort_hook(core_abort_fn fn) { g_abort = fn ? fn : default_abort; }
+
+// Every fatal error ends here. The temporaries go first: the abort hook (MPI_Abort) may skip the
+// exit handlers that would remove them.
+static CORE_NORETURN void end_process(int code) {
+    core_temp_remove_all();
+    g_abort(code);
+    exit(code);  // the hook must not return; make sure
+}
 
 static void vprint(FILE *f, const char *head, const char *fmt, va_list ap) {
     if (g_world > 1) fprintf(f, "%s[rank %d] ", head, g_rank);
@@ -69,8 +78,7 @@ void core_fatal_at(const char *file, int line, int code, const char *fmt, ...) {
     va_start(ap, fmt);
     error_line(head, fmt, ap);
     va_end(ap);
-    g_abort(code);
-    exit(code);  // the hook must not return; make sure
+    end_process(code);
 }
 
 static void usage_line(const char *fmt, va_list ap) {
@@ -85,8 +93,7 @@ void core_usage_error(const char *fmt, ...) {
     va_start(ap, fmt);
     usage_line(fmt, ap);
     va_end(ap);
-    g_abort(CORE_EXIT_USAGE);
-    exit(CORE_EXIT_USAGE);
+    end_process(CORE_EXIT_USAGE);
 }
 
 int core_errno_exit_code(int err) {
@@ -101,9 +108,7 @@ void core_path_error(int err, const char *fmt, ...) {
     va_start(ap, fmt);
     usage_line(fmt, ap);
     va_end(ap);
-    const int code = core_errno_exit_code(err);
-    g_abort(code);
-    exit(code);
+    end_process(core_errno_exit_code(err));
 }
 
 int core_usage_report(const char *fmt, ...) {

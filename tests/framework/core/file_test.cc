@@ -1,6 +1,6 @@
 // framework/core/file.h: inputs that must be regular files (a FIFO refused without blocking), the
 // same-file test, outputs written whole or not at all (a failed write leaves nothing, the old file
-// stays), and stdout's final state.
+// stays, and a signal or a fatal error removes the temporary), and stdout's final state.
 #include <gtest/gtest.h>
 
 #include <errno.h>
@@ -14,6 +14,7 @@
 
 #include <string>
 
+#include "framework/core/check.h"
 #include "framework/core/file.h"
 
 namespace {
@@ -181,6 +182,52 @@ TEST(CoreFile, ExitBeforeCloseLeavesNothing) {
     EXPECT_EQ(core_out_close(&parent), 0);
     EXPECT_EQ(entries(d), 1);  // now in place
     EXPECT_EQ(read_file(mine), "");
+}
+
+// Ctrl-C, kill and mpirun's end of the other ranks (SIGINT, SIGTERM) remove the temporary, and the
+// signal still ends the process (the exit status says it died of that signal).
+TEST(CoreFile, SignalBeforeCloseLeavesNothing) {
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+        const std::string d = tmpdir(), p = d + "/half.txt";
+        fflush(stdout);
+        const pid_t pid = fork();
+        if (pid == 0) {
+            CoreOut o;
+            if (core_out_open(&o, p.c_str()) != 0) _exit(10);
+            fputs("half", o.f);
+            fflush(o.f);
+            raise(sig);
+            _exit(11);
+        }
+        int status = 0;
+        ASSERT_EQ(waitpid(pid, &status, 0), pid);
+        EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == sig) << "signal " << sig << ", status " << status;
+        EXPECT_EQ(entries(d), 0) << "signal " << sig;
+    }
+}
+
+// A fatal error removes the temporaries before its abort hook, which under MPI (MPI_Abort) skips the
+// exit handlers; here a hook that leaves by _exit stands in for it.
+TEST(CoreFile, FatalErrorBeforeTheAbortHookLeavesNothing) {
+    const std::string d = tmpdir(), p = d + "/ckpt.h5.tmp-1";
+    const int rc = in_child([&] {
+        write_file(p, "partial");
+        core_temp_track(p.c_str());
+        core_set_abort_hook([](int code) { _exit(code); });
+        core_usage_error("stop");
+    });
+    EXPECT_EQ(rc, 2);
+    EXPECT_EQ(entries(d), 0);
+    // Untracked after its rename, a file stays whatever ends the process.
+    const std::string kept = d + "/kept";
+    EXPECT_EQ(in_child([&] {
+        write_file(kept, "whole");
+        core_temp_track(kept.c_str());
+        core_temp_untrack(kept.c_str());
+        core_set_abort_hook([](int code) { _exit(code); });
+        core_usage_error("stop");
+    }), 2);
+    EXPECT_EQ(read_file(kept), "whole");
 }
 
 TEST(CoreFile, NulLine) {
