@@ -629,6 +629,8 @@ int trainer_run(Trainer *t) {
         }
         if (c->out[0] && (last || (c->save_every > 0 && t->step % c->save_every == 0))) trainer_save(t);
     }
+    // --steps 0 with --out: the initial weights, as step 0 (an untrained baseline to sample or export).
+    if (c->out[0] && c->steps == 0) trainer_save(t);
     core_info0("validation loss %.4f -> %.4f nats/token; unigram entropy %.4f: %s", val_first, val,
                t->unigram_entropy, val < t->unigram_entropy ? "the model uses context" :
                "not yet below the unigram entropy (train longer)");

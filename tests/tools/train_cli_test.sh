@@ -112,6 +112,11 @@ grep -q "twice holds 1 checkpoint of another run at steps this run saves (the ne
 # --steps below the checkpoint's step trained nothing and exited 0 (third fuzzing pass).
 expect_usage "--steps 1 is below the step of --resume .*step_2.h5 \(2\): --steps counts the whole run" \
     "${args[@]}" --steps 1 --resume "$tmp/twice/step_2.h5"
+# --steps 0 with --out saves the initial weights as step 0 (it saved nothing: fourth fuzzing pass),
+# a checkpoint the other commands take.
+"$moelab" train "${args[@]}" --steps 0 --sample-tokens 0 --out "$tmp/zero" > /dev/null
+"$moelab" ckpt verify "$tmp/zero/step_0.h5" > /dev/null
+"$moelab" sample --ckpt "$tmp/zero/step_0.h5" --data "$tmp/data" --tokens 3 > /dev/null
 
 # Shards and tokenizer of different vocabularies (issue 14): token ids index the model's V rows, so
 # every mismatch is bad data named by file, both ways, in train.bin or in val.bin alone, and in a
