@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -775,15 +774,6 @@ void ckpt_prune(const char *dir, int keep, uint64_t lineage, long newest, long f
     closedir(dp);
 }
 
-// The pid of a temporary file name "NAME.tmp-<pid>", or 0 for any other name.
-static long tmp_pid(const char *name) {
-    const char *t = strstr(name, ".tmp-");
-    if (!t) return 0;
-    char *end;
-    long pid = strtol(t + 5, &end, 10);
-    return *end == '\0' && pid > 0 ? pid : 0;
-}
-
 int ckpt_stale_files(const char *dir, void (*fn)(const char *path, const char *why, void *ctx), void *ctx) {
     DIR *dp = opendir(dir);
     if (!dp) core_usage_error("cannot list checkpoint directory %s: %s", dir, strerror(errno));
@@ -791,14 +781,13 @@ int ckpt_stale_files(const char *dir, void (*fn)(const char *path, const char *w
     char path[2 * CKPT_PATH_MAX], index[2 * CKPT_PATH_MAX];
     for (struct dirent *e; (e = readdir(dp));) {
         const char *why = NULL;
-        const long pid = tmp_pid(e->d_name);
+        const int stale = core_temp_is_stale(e->d_name);
         const char *part = strstr(e->d_name, ".part-");
         int r, k, end = 0;
         struct stat sb;
-        // A pid that is alive here may be a save under way: left alone.
-        if (pid && !(kill((pid_t)pid, 0) == 0 || errno == EPERM)) {
+        if (stale == 1) {
             why = "temporary file of a save that did not finish";
-        } else if (!pid && part && sscanf(part, ".part-%d-of-%d%n", &r, &k, &end) == 2 && part[end] == '\0') {
+        } else if (stale < 0 && part && sscanf(part, ".part-%d-of-%d%n", &r, &k, &end) == 2 && part[end] == '\0') {
             snprintf(index, sizeof index, "%s/%.*s", dir, (int)(part - e->d_name), e->d_name);
             if (stat(index, &sb) != 0) why = "part file whose index is missing (a save that did not finish)";
         }

@@ -233,38 +233,35 @@ static void check_outputs(const char *out_dir, const PathList *inputs) {
     }
 }
 
+// Removes the temporaries an earlier prepare into out_dir left when it was killed (SIGKILL, a
+// crash): "<file>.tmp-<pid>" of the three outputs, whose process no longer runs. Called with the
+// folder's lock held, so no live prepare writes them.
+static void remove_stale_temporaries(const char *out_dir) {
+    DIR *d = opendir(out_dir);
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        for (int k = 0; k < PREPARE_N_FILES; k++) {
+            const size_t n = strlen(prepare_file_names[k]);
+            if (strncmp(e->d_name, prepare_file_names[k], n) || strncmp(e->d_name + n, ".tmp-", 5) ||
+                core_temp_is_stale(e->d_name) != 1)
+                continue;
+            char *p = core_alloc(strlen(out_dir) + strlen(e->d_name) + 2);
+            sprintf(p, "%s/%s", out_dir, e->d_name);
+            struct stat st;
+            if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && unlink(p) == 0)
+                core_info("removed %s (left by a prepare that was killed)", p);
+            core_free(p);
+        }
+    closedir(d);
+}
+
 // The one message of an output that could not be written, and the exit status: a write that
 // failed on the device (full disk, quota, file-size limit, I/O error) is the environment's failure
 // (1); anything else (no such directory, no permission, a name too long) is the --out given (2).
 static int output_failure(const char *path, int err) {
-    if (err == ENOSPC || err == EDQUOT || err == EFBIG || err == EIO)
+    if (core_errno_exit_code(err) == CORE_EXIT_FAILURE)
         return core_failure_report("cannot write %s: %s", path, core_out_error(err));
     return core_usage_report("cannot write %s: %s", path, core_out_error(err));
-}
-
-// Renames the finished outputs into place together; returns 0, or the errno of the first failure
-// with *failed set to its index. Every byte is flushed before the first rename, so that a full
-// disk or an I/O error fails while every old file is still in place. Only a close or a rename that
-// fails after an earlier rename, or a crash between the renames, could leave old and new files
-// mixed: a window of a few system calls, which plain renames cannot close.
-static int commit_outputs(CoreOut *out, int n, int *failed) {
-    for (int k = 0; k < n; k++) {
-        // A failed flush leaves the stream's error flag set, which core_out_close reports with its
-        // errno (removing the temporary).
-        fflush(out[k].f);
-        if (ferror(out[k].f)) {
-            *failed = k;
-            return core_out_close(&out[k]);
-        }
-    }
-    for (int k = 0; k < n; k++) {
-        const int err = core_out_close(&out[k]);
-        if (err) {
-            *failed = k;
-            return err;
-        }
-    }
-    return 0;
 }
 
 // Writes the tokenizer and both shards into out_dir, all three or none: each goes to a temporary
@@ -295,7 +292,7 @@ static int write_outputs(const Tokenizer *tok, const char *out_dir, const uint8_
         stats->val_tokens = write_shard(tok, out[PREPARE_VAL].f, out[PREPARE_VAL].path, val, val_len, D, ids, pr,
                                         "encoding val");
         progress_done(pr);
-        err = commit_outputs(out, PREPARE_N_FILES, &failed);
+        err = core_out_close_all(out, PREPARE_N_FILES, &failed);
     }
     int rc = 0;
     if (err) {
@@ -417,6 +414,12 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
     if (stats->train_bytes == 0) core_usage_error("the %d input file(s) hold no training text", files.n);
 
     make_dirs(out_dir);
+    // Two prepares into one folder would each replace the three files: refused while one runs.
+    const int lock = core_dir_lock(out_dir);
+    if (lock == CORE_DIR_BUSY)
+        core_usage_error("--out %s is being written by another `moelab data prepare` running now: wait for "
+                         "it, or choose another --out", out_dir);
+    remove_stale_temporaries(out_dir);
     const double t1 = core_now();
     const TokProgress tp = {progress_fn, &pr};
     Tokenizer *tok = tok_train(train, train_len, D, vocab, &tp);
@@ -424,6 +427,7 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
     stats->vocab = tok->V;
     const double t2 = core_now();
     const int rc = write_outputs(tok, out_dir, train, train_len, val, val_len, D, stats, &pr);
+    core_dir_unlock(lock);
     stats->encode_seconds = core_now() - t2;
     stats->seconds = core_now() - t0;
 

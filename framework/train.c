@@ -14,6 +14,7 @@
 #include "data/shard.h"
 #include "framework/backend.h"
 #include "framework/core/check.h"
+#include "framework/core/file.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/core/prof.h"
@@ -334,9 +335,18 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         fputs("}\n", t->metrics);
         metrics_flush(t);
     }
+    t->out_lock = CORE_DIR_NO_LOCK;
     if (c->out[0]) {
         ckpt_make_dir(c->out);
-        if (core_rank() == 0) report_stale(c->out);
+        // Two runs saving into one folder at once would replace (and --keep delete) each other's
+        // checkpoints, which the warning below cannot see while both folders still look empty.
+        if (core_rank() == 0) {
+            t->out_lock = core_dir_lock(c->out);
+            if (t->out_lock == CORE_DIR_BUSY)
+                core_usage_error("--out %s is in use by another moelab command running now (a train or a "
+                                 "`ckpt clean`): give this run its own --out", c->out);
+            report_stale(c->out);
+        }
     }
     t->lineage = ckpt_new_lineage();
     t->resumed_at = -1;
@@ -358,6 +368,7 @@ Trainer *trainer_create(const MoeConfig *cfg) {
 void trainer_free(Trainer *t) {
     if (!t) return;
     if (t->metrics) fclose(t->metrics);
+    core_dir_unlock(t->out_lock);
     loader_close(t->train);
     loader_close(t->val);
     tok_free(t->tok);

@@ -21,6 +21,7 @@ typedef struct {
     Loader *train, *val;
     Tokenizer *tok;          // NULL when the data has no tokenizer (raw shard)
     FILE *metrics;
+    int out_lock;            // rank 0's lock on --out (framework/core/file.h), or a negative code
     int step;                // optimizer steps taken
     int *tokens;             // (A, B, T+1) micro-batch staging buffer
     double unigram_entropy;  // nats/token of the training tokens' frequencies

@@ -9,6 +9,7 @@
 
 #include "checkpoints/ckpt.h"
 #include "framework/core/check.h"
+#include "framework/core/file.h"
 #include "framework/model.h"
 #include "framework/optimizer.h"
 #include "tools/commands.h"
@@ -31,8 +32,8 @@ static const char USAGE[] =
     "  clean     removes from DIR what saves that crashed left behind: temporary files\n"
     "            (NAME.tmp-<pid>) of processes no longer running on this machine, and part files\n"
     "            (NAME.part-<r>-of-<n>) whose index NAME is missing; prints each file it removes.\n"
-    "            `moelab train --out DIR` reports such files when it starts. Run it when no training\n"
-    "            run writes to DIR (a save under way has part files without an index for a moment)\n";
+    "            `moelab train --out DIR` reports such files when it starts. Refused while a\n"
+    "            `moelab train` on this machine writes to DIR\n";
 
 // Removes one leftover; one that cannot be removed is reported and counted in *ctx (failures),
 // and the others are still removed.
@@ -68,6 +69,10 @@ int cmd_ckpt(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "inspect") || !strcmp(argv[1], "verify")) look_into(argv[1], argv[2]);
     else if (!strcmp(argv[1], "clean")) {
+        // A save under way has a temporary and part files without their index for a moment.
+        if (core_dir_lock(argv[2]) == CORE_DIR_BUSY)
+            core_usage_error("ckpt clean: %s is in use by a moelab train running now: clean it when the run "
+                             "has ended", argv[2]);
         int failed = 0;
         const int n = ckpt_stale_files(argv[2], remove_stale, &failed) - failed;
         printf("%s: %d file%s removed\n", argv[2], n, n == 1 ? "" : "s");

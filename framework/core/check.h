@@ -28,7 +28,7 @@ CORE_NORETURN void core_fatal_at(const char *file, int line, int code, const cha
 CORE_NORETURN void core_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 // The same line for a failed file operation whose errno is err: exit 1 when the environment failed
-// (a full disk or quota, an I/O error, no memory or file handles left), else exit 2 (the path the
+// (a full disk or quota, a file-size limit, an I/O error, no memory or file handles left), else exit 2 (the path the
 // user gave is wrong: missing, not a directory, not permitted). core_errno_exit_code(err) says which.
 CORE_NORETURN void core_path_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int core_errno_exit_code(int err);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -68,12 +69,22 @@ enum { MAX_TEMPS = 16 };
 static char g_temp[MAX_TEMPS][4160];
 static volatile pid_t g_temp_pid[MAX_TEMPS];
 
+// Newest first, so that a temporary folder's files (tracked after it) go before the folder.
 void core_temp_remove_all(void) {
-    for (int i = 0; i < MAX_TEMPS; i++)
+    for (int i = MAX_TEMPS - 1; i >= 0; i--)
         if (g_temp_pid[i] == getpid() && g_temp[i][0]) {
-            unlink(g_temp[i]);
+            if (unlink(g_temp[i]) != 0 && errno == EISDIR) rmdir(g_temp[i]);
             g_temp_pid[i] = 0;
         }
+}
+
+int core_temp_is_stale(const char *name) {
+    const char *t = strstr(name, ".tmp-");
+    if (!t) return -1;
+    char *end;
+    const long pid = strtol(t + 5, &end, 10);
+    if (*end != '\0' || pid <= 0 || t[5] == '-' || t[5] == '+') return -1;
+    return !(kill((pid_t)pid, 0) == 0 || errno == EPERM);
 }
 
 static void remove_and_reraise(int sig) {
@@ -104,13 +115,19 @@ static void install_handlers(void) {
 
 void core_temp_track(const char *tmp) {
     install_handlers();
-    for (int i = 0; i < MAX_TEMPS; i++)
+    // Slot order is the order of tracking where it can be: the first free slot after every slot in
+    // use, else the first free one.
+    int last = MAX_TEMPS;
+    while (last > 0 && g_temp_pid[last - 1] != getpid()) last--;
+    for (int k = 0; k < MAX_TEMPS; k++) {
+        const int i = (last + k) % MAX_TEMPS;
         if (g_temp_pid[i] != getpid()) {
             g_temp_pid[i] = 0;  // the slot is free, or an ancestor's entry a forked child may reuse
             snprintf(g_temp[i], sizeof g_temp[i], "%s", tmp);
             g_temp_pid[i] = getpid();
             return;
         }
+    }
 }
 
 void core_temp_untrack(const char *tmp) {
@@ -160,6 +177,53 @@ int core_out_close(CoreOut *o) {
     if (err) unlink(o->tmp);
     core_temp_untrack(o->tmp);
     return err;
+}
+
+int core_out_close_all(CoreOut *o, int n, int *failed) {
+    for (int k = 0; k < n; k++) {
+        // A failed flush leaves the stream's error flag set, which core_out_close reports with its
+        // errno (removing the temporary).
+        fflush(o[k].f);
+        if (ferror(o[k].f)) {
+            *failed = k;
+            return core_out_close(&o[k]);
+        }
+    }
+    // A polite signal between two renames would leave old and new files mixed: it waits until the
+    // last rename, then ends the process as it would have.
+    sigset_t old;
+    core_signals_hold(&old);
+    int err = 0;
+    for (int k = 0; k < n && !err; k++) {
+        err = core_out_close(&o[k]);
+        if (err) *failed = k;
+    }
+    core_signals_release(&old);
+    return err;
+}
+
+void core_signals_hold(sigset_t *old) {
+    sigset_t polite;
+    sigemptyset(&polite);
+    sigaddset(&polite, SIGINT);
+    sigaddset(&polite, SIGTERM);
+    sigaddset(&polite, SIGHUP);
+    sigprocmask(SIG_BLOCK, &polite, old);
+}
+
+void core_signals_release(const sigset_t *old) { sigprocmask(SIG_SETMASK, old, NULL); }
+
+int core_dir_lock(const char *dir) {
+    const int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return CORE_DIR_NO_LOCK;
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
+    const int busy = errno == EWOULDBLOCK;
+    close(fd);
+    return busy ? CORE_DIR_BUSY : CORE_DIR_NO_LOCK;
+}
+
+void core_dir_unlock(int fd) {
+    if (fd >= 0) close(fd);
 }
 
 int core_nul_line(const char *text, size_t n) {

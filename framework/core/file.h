@@ -4,6 +4,7 @@
 #ifndef MOELAB_CORE_FILE_H
 #define MOELAB_CORE_FILE_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -20,14 +21,18 @@ FILE *core_open_regular(const char *path, const char **why);
 // another output) is refused before it is truncated.
 int core_same_file(const char *a, const char *b);
 
-// Temporaries: files written under a temporary name and renamed once complete. While one is
-// tracked, any end of the process removes it: an exit, a fatal error of check.h (before its abort
+// Temporaries: files (or folders of them) written under a temporary name and renamed once complete.
+// While one is tracked, any end of the process removes it (a folder after the files tracked in it): an exit, a fatal error of check.h (before its abort
 // hook, which may skip exit handlers), and SIGINT, SIGTERM or SIGHUP (the signal then ends the
 // process as it would have). Only SIGKILL leaves one behind (`moelab ckpt clean` finds them). Up
 // to 16 are tracked at once.
 void core_temp_track(const char *tmp);
 void core_temp_untrack(const char *tmp);  // after its rename
 void core_temp_remove_all(void);
+// Whether a file name is a temporary "NAME.tmp-<pid>" of a process no longer running on this
+// machine: 1 (a leftover of SIGKILL or a crash), 0 (its process runs: maybe a write under way), or
+// -1 (no such name).
+int core_temp_is_stale(const char *name);
 
 // An output file written whole or not at all. core_out_open creates "<path>.tmp-<pid>" beside
 // path (the same file system, so the rename is atomic) and tracks it; core_out_close flushes it,
@@ -49,6 +54,25 @@ const char *core_out_error(int err);
 // 0 when the file is in place, else the errno of the first failure (nothing left behind).
 int core_out_close(CoreOut *o);
 void core_out_abort(CoreOut *o);
+// Closes n outputs as one: every one flushed and checked before the first rename, and SIGINT,
+// SIGTERM and SIGHUP held back during the renames, so that old and new files are never mixed (only
+// SIGKILL or a crash between two renames could). 0, or the errno of the first failure with *failed
+// its index; the caller aborts the rest.
+int core_out_close_all(CoreOut *o, int n, int *failed);
+
+// SIGINT, SIGTERM and SIGHUP held back (around renames that must happen together) and let through
+// again: one that came meanwhile then ends the process.
+void core_signals_hold(sigset_t *old);
+void core_signals_release(const sigset_t *old);
+
+// An advisory lock on a directory, held until core_dir_unlock or the end of the process: two
+// commands writing one directory's files at once (two trains into one --out, a train and a `ckpt
+// clean`, two `data prepare`s) would mix or delete each other's files. The lock's fd (>= 0);
+// CORE_DIR_BUSY where another process holds it; CORE_DIR_NO_LOCK where none can be taken (no such
+// directory, or a file system without locks): nothing is held and the caller goes on.
+enum { CORE_DIR_BUSY = -1, CORE_DIR_NO_LOCK = -2 };
+int core_dir_lock(const char *dir);
+void core_dir_unlock(int fd);
 
 // The line (from 1) of the first NUL byte among text's n bytes, or 0 if there is none: a text
 // input read whole and then parsed as C strings would otherwise end there, the rest unread.

@@ -98,7 +98,7 @@ void core_usage_error(const char *fmt, ...) {
 
 int core_errno_exit_code(int err) {
     switch (err) {
-    case ENOSPC: case EDQUOT: case EIO: case ENOMEM: case EMFILE: case ENFILE: return CORE_EXIT_FAILURE;
+    case ENOSPC: case EDQUOT: case EFBIG: case EIO: case ENOMEM: case EMFILE: case ENFILE: return CORE_EXIT_FAILURE;
     default: return CORE_EXIT_USAGE;
     }
 }

@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 #include "checkpoints/ckpt.h"
 #include "framework/core/check.h"
 #include "framework/core/config.h"
+#include "framework/core/file.h"
 #include "framework/core/json.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
@@ -199,8 +201,6 @@ static void write_modeling(const char *dir) {
 // ---------------------------------------------------------------------------------------------
 // The temporary folder and the final rename
 
-static char g_tmp[4096];  // the folder being written, removed at exit unless committed
-
 // Python's byte code of the modeling file (written next to it when it is imported from the folder):
 // __pycache__/modeling_moelab.*.pyc counts as part of an export.
 static int is_modeling_pyc(const char *name) {
@@ -238,10 +238,6 @@ static void remove_export_folder(const char *dir) {
     rmdir(dir);
 }
 
-static void cleanup_tmp(void) {
-    if (g_tmp[0]) remove_export_folder(g_tmp);
-}
-
 static int not_modeling_pyc(const char *dir, const char *name) {
     (void)dir;
     return !is_modeling_pyc(name);
@@ -260,7 +256,15 @@ static int is_export_file(const char *dir, const char *name) {
 // but export files even with --force (so that --force can never delete someone's other files).
 // Returns 1 if it exists (and may be replaced), 0 if it does not.
 static int check_out_dir(const char *dir, int force) {
+    // The folder is replaced by renames of the name given, which '.', '..' and a link cannot take.
+    const char *slash = strrchr(dir, '/'), *base = slash ? slash + 1 : dir;
+    if (!strcmp(base, ".") || !strcmp(base, ".."))
+        core_usage_error("export: --out %s: name the folder itself, not '.' or '..' (the export is renamed "
+                         "into place)", dir);
     struct stat st;
+    if (lstat(dir, &st) == 0 && S_ISLNK(st.st_mode))
+        core_usage_error("export: --out %s is a symbolic link: name the folder it points to (the export is "
+                         "renamed into place)", dir);
     if (stat(dir, &st) != 0) {
         if (errno != ENOENT) core_usage_error("export: cannot read --out %s: %s", dir, strerror(errno));
         return 0;
@@ -291,6 +295,50 @@ static void fsync_dir(const char *dir) {
     if (!d) return;
     fsync(dirfd(d));
     closedir(d);
+}
+
+// The written folder tmp into place at out. Over an existing folder (empty, or an earlier export
+// under --force) one atomic exchange where the file system has it; elsewhere the old folder is
+// moved aside first, with polite signals held back, and put back if the second rename fails. So
+// `out` holds one whole export or none (the old one) at every moment.
+static void commit(const char *tmp, const char *out, int exists) {
+    if (!exists) {
+        if (rename(tmp, out) != 0) core_path_error(errno, "export: cannot rename %s to %s: %s", tmp, out, strerror(errno));
+        return;
+    }
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out, RENAME_EXCHANGE) == 0) {
+        remove_export_folder(tmp);  // the old export, now under the temporary name
+        return;
+    }
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+        core_path_error(errno, "export: cannot put %s in place of %s: %s", tmp, out, strerror(errno));
+    char old[4200];
+    snprintf(old, sizeof old, "%s.old-XXXXXX", out);
+    if (!mkdtemp(old)) core_path_error(errno, "export: cannot create a folder next to %s: %s", out, strerror(errno));
+    sigset_t mask;
+    core_signals_hold(&mask);
+    int err = rename(out, old) != 0 ? errno : 0;
+    if (err) rmdir(old);
+    else if (rename(tmp, out) != 0) {
+        err = errno;
+        rename(old, out);
+    }
+    core_signals_release(&mask);
+    if (err) core_path_error(err, "export: cannot put %s in place of %s: %s", tmp, out, strerror(err));
+    remove_export_folder(old);
+}
+
+// The temporary folder and its files, tracked (on) so that any end of the process before the commit
+// removes them (framework/core/file.h), or no longer (off).
+static void track_tmp(const char *tmp, int on) {
+    char path[4200];
+    if (on) core_temp_track(tmp);
+    for (int i = 0; i < N_EXPORT_FILES; i++) {
+        snprintf(path, sizeof path, "%s/%s", tmp, EXPORT_FILES[i]);
+        if (on) core_temp_track(path);
+        else core_temp_untrack(path);
+    }
+    if (!on) core_temp_untrack(tmp);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -340,35 +388,22 @@ void hf_export(const HfExportOptions *o) {
     ckpt_load(o->ckpt, &sh, &weights, &st);
 
     // Written under <out>.tmp-XXXXXX next to it (same file system, so the rename is atomic).
-    snprintf(g_tmp, sizeof g_tmp, "%s.tmp-XXXXXX", out);
-    if (!mkdtemp(g_tmp)) {
-        const int e = errno;
-        g_tmp[0] = '\0';
-        core_usage_error("export: cannot create a folder next to %s: %s", out, strerror(e));
-    }
-    atexit(cleanup_tmp);
+    char tmp[4128];  // out (under 4064 bytes) and ".tmp-XXXXXX"
+    snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", out);
+    if (!mkdtemp(tmp)) core_path_error(errno, "export: cannot create a folder next to %s: %s", out, strerror(errno));
+    track_tmp(tmp, 1);
     const mode_t mask = umask(0);
     umask(mask);
-    CHECK(chmod(g_tmp, 0777 & ~mask) == 0, "chmod %s: %s", g_tmp, strerror(errno));
+    CHECK(chmod(tmp, 0777 & ~mask) == 0, "chmod %s: %s", tmp, strerror(errno));
     core_info0("export: %s (step %ld) -> %s (%s weights)", o->ckpt, (long)st.step, out, o->bf16 ? "bf16" : "fp32");
-    write_weights(g_tmp, m, o->bf16, (long)st.step);
-    write_config(g_tmp, &c, o->bf16, (long)st.step);
-    write_generation_config(g_tmp, &c);
-    write_tokenizer(g_tmp, tok, &c);
-    write_modeling(g_tmp);
-    fsync_dir(g_tmp);
-
-    // Commit. An existing folder (empty, or an earlier export under --force) is first moved aside
-    // (rename onto an empty placeholder), so that `out` always holds one whole export or none.
-    char old[4200] = "";
-    if (exists) {
-        snprintf(old, sizeof old, "%s.old-XXXXXX", out);
-        CHECK(mkdtemp(old) != NULL, "cannot create a folder next to %s: %s", out, strerror(errno));
-        CHECK(rename(out, old) == 0, "cannot move %s aside to %s: %s", out, old, strerror(errno));
-    }
-    CHECK(rename(g_tmp, out) == 0, "cannot rename %s to %s: %s", g_tmp, out, strerror(errno));
-    g_tmp[0] = '\0';
-    if (exists) remove_export_folder(old);
+    write_weights(tmp, m, o->bf16, (long)st.step);
+    write_config(tmp, &c, o->bf16, (long)st.step);
+    write_generation_config(tmp, &c);
+    write_tokenizer(tmp, tok, &c);
+    write_modeling(tmp);
+    fsync_dir(tmp);
+    commit(tmp, out, exists);
+    track_tmp(tmp, 0);
     char parent[4096];
     snprintf(parent, sizeof parent, "%s", out);
     char *slash = strrchr(parent, '/');

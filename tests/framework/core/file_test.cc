@@ -230,6 +230,61 @@ TEST(CoreFile, FatalErrorBeforeTheAbortHookLeavesNothing) {
     EXPECT_EQ(read_file(kept), "whole");
 }
 
+// A temporary folder tracked before its files: an exit removes the files, then the folder.
+TEST(CoreFile, TrackedFolderGoesAfterItsFiles) {
+    const std::string d = tmpdir(), folder = d + "/out.tmp-1", file = folder + "/model.safetensors";
+    EXPECT_EQ(in_child([&] {
+        if (mkdir(folder.c_str(), 0777) != 0) _exit(10);
+        core_temp_track(folder.c_str());
+        core_temp_track(file.c_str());
+        core_temp_track((folder + "/config.json").c_str());  // never written: nothing to remove
+        write_file(file, "weights");
+        exit(1);
+    }), 1);
+    EXPECT_EQ(entries(d), 0);
+}
+
+// Outputs closed as one: every one renamed into place.
+TEST(CoreFile, CloseAllRenamesEveryOutput) {
+    const std::string d = tmpdir();
+    CoreOut o[3];
+    for (int k = 0; k < 3; k++) {
+        ASSERT_EQ(core_out_open(&o[k], (d + "/f" + std::to_string(k)).c_str()), 0);
+        fprintf(o[k].f, "new %d", k);
+    }
+    int failed = -1;
+    EXPECT_EQ(core_out_close_all(o, 3, &failed), 0);
+    EXPECT_EQ(failed, -1);
+    EXPECT_EQ(read_file(d + "/f2"), "new 2");
+    EXPECT_EQ(entries(d), 3);
+}
+
+// A directory's lock: a second holder is refused while the first holds it, in this process (another
+// open) or another, and gets it once the first lets go; a missing directory takes no lock.
+TEST(CoreFile, DirLockRefusesASecondHolder) {
+    const std::string d = tmpdir();
+    const int fd = core_dir_lock(d.c_str());
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ(core_dir_lock(d.c_str()), CORE_DIR_BUSY);
+    EXPECT_EQ(in_child([&] { _exit(core_dir_lock(d.c_str()) == CORE_DIR_BUSY ? 0 : 11); }), 0);
+    core_dir_unlock(fd);
+    const int again = core_dir_lock(d.c_str());
+    EXPECT_GE(again, 0);
+    core_dir_unlock(again);
+    EXPECT_EQ(core_dir_lock((d + "/missing").c_str()), CORE_DIR_NO_LOCK);
+}
+
+TEST(CoreFile, StaleTemporaryNames) {
+    const pid_t dead = fork();
+    if (dead == 0) _exit(0);
+    ASSERT_EQ(waitpid(dead, nullptr, 0), dead);
+    const std::string me = std::to_string(getpid()), gone = std::to_string(dead);
+    EXPECT_EQ(core_temp_is_stale(("step_3.h5.tmp-" + gone).c_str()), 1);
+    EXPECT_EQ(core_temp_is_stale(("train.bin.tmp-" + me).c_str()), 0);
+    for (const char *name : {"step_3.h5", "out.tmp-Ab12cd", "a.tmp-", "a.tmp-12x", "a.tmp--5", "a.tmp-0"})
+        EXPECT_EQ(core_temp_is_stale(name), -1) << name;
+}
+
 TEST(CoreFile, NulLine) {
     EXPECT_EQ(core_nul_line("a\nb\n", 4), 0);
     EXPECT_EQ(core_nul_line("\0", 1), 1);

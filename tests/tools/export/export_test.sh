@@ -102,5 +102,14 @@ expect_usage "holds '__pycache__'" "$tmp/hf_b_single" --ckpt "$tmp/a/single.h5" 
 [ -f "$tmp/hf_b_single/__pycache__/other.pyc" ]
 touch "$tmp/file"
 expect_usage "not a directory" "$tmp/file" --ckpt "$tmp/a/single.h5" --data "$tmp/data"
+# '.', '..' and a link cannot be renamed into place: refused before any work (fourth fuzzing pass:
+# exit 1 at the very end, naming a source line, and an empty NAME.old-XXXXXX left behind).
+mkdir -p "$tmp/dot"
+(cd "$tmp/dot" && expect_usage "name the folder itself, not '.' or '..'" . --ckpt "$tmp/a/single.h5" --data "$tmp/data")
+expect_usage "name the folder itself, not '.' or '..'" "$tmp/dot/." --ckpt "$tmp/a/single.h5" --data "$tmp/data"
+ln -s "$tmp/hf_a_single" "$tmp/link"
+expect_usage "link is a symbolic link" "$tmp/link" --ckpt "$tmp/a/single.h5" --data "$tmp/data" --force
+if ls -d "$tmp"/*.old-* "$tmp"/dot/*.old-* "$tmp"/.*.old-* 2> /dev/null; then echo "a refused --out left a folder"; exit 1; fi
+"${check[@]}" weights "$tmp/hf_a_single" "$tmp/b/single.h5" > /dev/null  # the link's target untouched
 "$moelab" export --help | grep -q "usage: moelab export"
 echo "export_test: ok"
