@@ -3,8 +3,13 @@
 #include "framework/backend.h"
 
 #include <string.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "framework/core/check.h"
+#include "framework/core/log.h"
 #ifdef MOELAB_CUDA
 #include "layers/attention_cudnn_cuda.h"
 #include "layers/gemm_sm90_cuda.h"
@@ -19,10 +24,11 @@ const LayerOps *backend_ops_on(const char *device, int gpu) {
     const int fp32 = !strcmp(device, "cuda-fp32");
     if (!fp32 && strcmp(device, "cuda") != 0)
         core_usage_error("--device %s: expected cpu, cuda (bf16 compute) or cuda-fp32", device);
-    core_device_select("cuda", gpu);  // a CPU build ends here with its usage error
 #ifdef MOELAB_CUDA
+    core_device_select("cuda", gpu);
     return layer_ops_cuda(fp32 ? CORE_F32 : CORE_BF16);
 #else
+    (void)gpu;
     core_usage_error("--device %s: this build has no CUDA backend: rebuild with --config=cuda", device);
 #endif
 }
@@ -35,7 +41,33 @@ const LayerOps *backend_ops_f32(const LayerOps *ops) {
     core_fatal_at(__FILE__, __LINE__, CORE_EXIT_FAILURE, "backend_ops_f32: no fp32 table for %s", ops->name);
 }
 
-void backend_configure(const MoeConfig *c) {
+// OpenMP threads per rank: --threads, or else OpenMP's (OMP_NUM_THREADS, or every core this process
+// may use).
+// Under mpirun the ranks of one host share its cores; where their affinity does not part them
+// (--oversubscribe binds no rank), the default would run ranks x cores threads on the cores, six
+// times slower seen with 4 ranks on 2 cores: each rank then takes its share.
+static void set_threads(const MoeConfig *c, int n_local) {
+#ifdef _OPENMP
+    if (c->threads > 0) {
+        omp_set_num_threads(c->threads);
+        return;
+    }
+    const int avail = omp_get_num_procs(), online = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    // A number chosen outside (OMP_NUM_THREADS) shows as another maximum than the cores': left alone.
+    if (n_local > 1 && online > 0 && avail * n_local > online && omp_get_max_threads() == avail) {
+        const int share = online / n_local > 1 ? online / n_local : 1;
+        omp_set_num_threads(share < avail ? share : avail);
+        core_info0("threads: %d OpenMP thread%s a rank (%d ranks share this host's %d cores; --threads N "
+                   "sets another number)", share < avail ? share : avail, share == 1 ? "" : "s", n_local, online);
+    }
+#else
+    (void)c;
+    (void)n_local;
+#endif
+}
+
+void backend_configure(const MoeConfig *c, int n_local) {
+    set_threads(c, n_local);
 #ifdef MOELAB_CUDA
     // The config's names for the modes of layers/linear_cuda.h (config_set checked the name).
     static const struct { const char *name; int mode; } modes[] = {

@@ -20,10 +20,11 @@ const LayerOps *backend_ops_on(const char *device, int gpu);
 // The fp32 table of ops' device (ops itself when its dt is fp32): for buffers that stay fp32 whatever
 // the compute dtype, such as gradients, master weights and moments.
 const LayerOps *backend_ops_f32(const LayerOps *ops);
-// Applies c's backend keys (expert_gemm, gemm_streams: how the GPU runs the expert GEMMs;
-// deterministic: cuDNN's attention backward algorithm) to the process's GPU backend; layers/ reads no config, so whoever runs a config calls this once its
-// device is chosen. Nothing to do on the CPU or in a build without CUDA.
-void backend_configure(const MoeConfig *c);
+// Applies c's backend keys to the process: threads (OpenMP threads of the CPU kernels; with 0, under
+// mpirun, each of the n_local processes on this host takes its share of the cores), expert_gemm and
+// gemm_streams (how the GPU runs the expert GEMMs), deterministic (cuDNN's attention backward
+// algorithm). layers/ reads no config, so whoever runs a config calls this once its device is chosen.
+void backend_configure(const MoeConfig *c, int n_local);
 // NULL where ops can run a training step of c with no host wait, so that it can be captured as a
 // CUDA graph: the GPU in bf16 with the expert GEMMs on CUTLASS's Hopper kernels, which size
 // themselves from counts on the device (after backend_configure). Else why not, in a few words.

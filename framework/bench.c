@@ -17,7 +17,7 @@
 
 BenchResult bench_train(const MoeConfig *c, const LayerOps *ops, int min_steps, double min_seconds) {
     BenchResult r = {0};
-    backend_configure(c);  // each config's own expert_gemm and gemm_streams
+    backend_configure(c, 1);  // each config's own expert_gemm and gemm_streams
     Model *m = model_create(c, 0, 1);
     model_init_weights(m);
     model_to_device(m, ops);

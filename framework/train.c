@@ -296,9 +296,10 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         core_usage_error("--device %s --eplb-interval %d needs --ep > 1 (mpirun, one rank per GPU): one "
                          "expert-parallel rank has no load to balance", c->device, c->eplb_interval);
     // One process per GPU: under mpirun each rank takes the GPU of its rank on its host.
-    const LayerOps *ops =
-        backend_ops_on(c->device, on_gpu && g->world > 1 ? grid_local_rank(comm_world()) : 0);
-    backend_configure(c);
+    int n_local = 1;
+    const int local_rank = g->world > 1 ? grid_local_rank(comm_world(), &n_local) : 0;
+    const LayerOps *ops = backend_ops_on(c->device, on_gpu ? local_rank : 0);
+    backend_configure(c, n_local);
     if (c->data[0] == '\0')
         core_usage_error("no training data: pass --data DIR (a directory made by `moelab data prepare`)");
     struct stat sb;

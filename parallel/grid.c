@@ -65,17 +65,21 @@ void grid_free(Grid *g) {
     core_free(g);
 }
 
-int grid_local_rank(Comm *world) {
+int grid_local_rank(Comm *world, int *n_local) {
     enum { HOST_MAX = 64 };  // bytes of a host name compared (as 16 int32 words)
     char name[HOST_MAX];
     memset(name, 0, sizeof name);
     CHECK(gethostname(name, sizeof name - 1) == 0, "grid: gethostname failed");
     char *all = core_alloc((size_t)world->size * HOST_MAX);  // (size, HOST_MAX) every rank's host
     comm_allgather(world, name, all, HOST_MAX / 4, COMM_I32);
-    int local = 0;
-    for (int r = 0; r < world->rank; r++)
-        local += memcmp(all + (size_t)r * HOST_MAX, name, HOST_MAX) == 0;
+    int local = 0, n = 0;
+    for (int r = 0; r < world->size; r++) {
+        const int same = memcmp(all + (size_t)r * HOST_MAX, name, HOST_MAX) == 0;
+        local += same && r < world->rank;
+        n += same;
+    }
     core_free(all);
+    if (n_local) *n_local = n;
     return local;
 }
 

@@ -35,8 +35,8 @@ typedef struct Grid {
 Grid *grid_create(Comm *world, int pp, int ep, int E);
 void grid_free(Grid *g);
 // The rank of this process among the processes of its host (collective over world): the GPU it
-// uses, one process per GPU.
-int grid_local_rank(Comm *world);
+// uses, one process per GPU. *n_local (if not NULL) gets how many processes share the host.
+int grid_local_rank(Comm *world, int *n_local);
 // Makes the NCCL twins of the dp, ep and edp groups (collective over world; GPU runs, after
 // core_cuda_init) and records ops, the device backend: dp_sync then works on device gradients.
 void grid_to_device(Grid *g, const struct LayerOps *ops);

@@ -103,7 +103,7 @@ int cmd_sample(int argc, char **argv) {
     const CkptView weights = {&m->cfg, &m->reg, m->reg.data, NULL, NULL, NULL};
     ckpt_load(ckpt, &sh, &weights, NULL);
     if (ops != &layer_ops_cpu) {
-        backend_configure(&c);
+        backend_configure(&c, 1);
         model_to_device(m, ops);
     }
 

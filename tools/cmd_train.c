@@ -10,10 +10,6 @@
 #include "parallel/comm.h"
 #include "tools/commands.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 static void train_help(void) {
     printf("usage: moelab train [--config FILE] [--key value ...]\n\n"
            "Trains the model the config describes on a prepared data directory (--data DIR, from\n"
@@ -99,9 +95,6 @@ int cmd_train(int argc, char **argv) {
     config_validate(&c);
     check_outputs(&c, argc, argv);
     comm_set_timeout(c.comm_timeout);
-#ifdef _OPENMP
-    if (c.threads > 0) omp_set_num_threads(c.threads);
-#endif
     Trainer *t = trainer_create(&c);
     int rc = trainer_run(t);
     trainer_free(t);

@@ -55,7 +55,7 @@ int bench_a2a(int argc, char **argv) {
     const int E = std::atoi(arg(argc, argv, "--experts", "64"));
     const int reps = std::atoi(arg(argc, argv, "--reps", "10"));
     Comm *w = comm_world();
-    const LayerOps *o = backend_ops_on("cuda", grid_local_rank(w));
+    const LayerOps *o = backend_ops_on("cuda", grid_local_rank(w, NULL));
     Grid *g = grid_create(w, 1, w->size, E);
     grid_to_device(g, o);
     MoeDispatcher *d = ep_dispatcher_create(g->ep_comm, E);
@@ -123,7 +123,7 @@ int bench_ep_train(int argc, char **argv) {
     config_validate(&c);
     Grid *g = grid_create(w, 1, c.ep, c.E);
     const int ep = g->ep, dp = g->dp, dp_rank = g->dp_rank;
-    const LayerOps *o = backend_ops_on(c.device, grid_local_rank(w));
+    const LayerOps *o = backend_ops_on(c.device, grid_local_rank(w, NULL));
     backend_configure(&c);
     PipeTrainer *p = pipe_trainer_create(&c, g, o);  // owns g
     // Each data-parallel rank its own random tokens.

@@ -39,7 +39,7 @@ namespace {
 
 // This rank's GPU (its local rank) in fp32, set up once.
 const LayerOps *gpu() {
-    static const LayerOps *o = backend_ops_on("cuda-fp32", grid_local_rank(comm_world()));
+    static const LayerOps *o = backend_ops_on("cuda-fp32", grid_local_rank(comm_world(), NULL));
     return o;
 }
 

@@ -23,3 +23,19 @@ for run in ep2 dp4ep2 ep4; do
     close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 123
     echo "ok: $run matches the one-process run"
 done
+
+# Ranks on one host take their share of its cores where neither --threads nor OMP_NUM_THREADS chose a
+# number (a new user's README run: OpenMP's default gave each of 4 ranks a thread per core of 2,
+# six times slower). --bind-to none: no rank's affinity parts the cores for it.
+online=$(getconf _NPROCESSORS_ONLN) avail=$(nproc)
+share=$((online / 4 > 1 ? online / 4 : 1))
+share=$((share < avail ? share : avail))
+env -u OMP_NUM_THREADS timeout 300 mpirun --allow-run-as-root --oversubscribe --bind-to none -x TEST_TMPDIR -np 4 \
+    "$moelab" train "${args[@]}" --steps 1 --ep 2 >"$tmp/share.log"
+grep -q "threads: $share OpenMP threads\? a rank (4 ranks share this host's $online cores" "$tmp/share.log" ||
+    { echo "FAIL: no share of the cores (expected $share):"; cat "$tmp/share.log"; exit 1; }
+for given in "--threads 1" ""; do  # chosen by the key, or by OMP_NUM_THREADS (mpi exports 1)
+    mpi 4 "$moelab" train "${args[@]}" --steps 1 --ep 2 $given >"$tmp/given.log"
+    ! grep -q "threads:" "$tmp/given.log" || { echo "FAIL: a chosen thread count was replaced:"; cat "$tmp/given.log"; exit 1; }
+done
+echo "ok: ranks share the host's cores"
