@@ -680,10 +680,7 @@ void ckpt_step_path(const char *dir, long step, char *out, size_t n) {
 }
 
 void ckpt_make_dir(const char *dir) {
-    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
-        core_path_error(errno, "cannot create checkpoint directory %s: %s", dir, strerror(errno));
-    struct stat sb;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) core_usage_error("--out %s is not a directory", dir);
+    core_make_dirs(dir, "checkpoint directory");
     if (access(dir, W_OK) != 0) core_usage_error("cannot write to checkpoint directory %s: %s", dir, strerror(errno));
 }
 

@@ -169,23 +169,6 @@ static uint8_t *read_gzip(const char *path, size_t *len) {
     return text;
 }
 
-// mkdir -p
-static void make_dirs(const char *dir) {
-    char *p = dup_str(dir);
-    for (char *s = p + 1;; s++) {
-        const char c = *s;
-        if (c != '/' && c != '\0') continue;
-        *s = '\0';
-        if (mkdir(p, 0777) != 0 && errno != EEXIST)
-            core_path_error(errno, "cannot create output directory %s: %s", p, strerror(errno));
-        *s = c;
-        if (c == '\0') break;
-    }
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) core_usage_error("output path %s is not a directory", dir);
-    core_free(p);
-}
-
 // Where a document of n bytes splits: after the first (1 - f) of it, moved to just after the next
 // newline so that validation starts at a line.
 static size_t split_point(const uint8_t *x, size_t n, double val_fraction) {
@@ -413,7 +396,7 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
     stats->docs = D;
     if (stats->train_bytes == 0) core_usage_error("the %d input file(s) hold no training text", files.n);
 
-    make_dirs(out_dir);
+    core_make_dirs(out_dir, "output directory");
     // Two prepares into one folder would each replace the three files: refused while one runs.
     const int lock = core_dir_lock(out_dir);
     if (lock == CORE_DIR_BUSY)

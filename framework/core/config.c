@@ -71,7 +71,7 @@ static const KeyInfo KEYS[] = {
     {"sample_tokens", K_INT, OFF(sample_tokens), 0, 1 << 14, NULL, "tokens sampled before and after training"},
     {"temperature", K_FLOAT, OFF(temperature), 0, 100, NULL, "sampling temperature (0: greedy)"},
     {"top_k_sample", K_INT, OFF(top_k_sample), 0, 1 << 24, NULL, "sample among the k most likely (0: all)"},
-    {"threads", K_INT, OFF(threads), 0, 4096, NULL, "OpenMP threads (0: default)"},
+    {"threads", K_INT, OFF(threads), 0, 4096, NULL, "OpenMP threads (0: OpenMP's default; under mpirun each rank's share of its host's cores)"},
     {"ep", K_INT, OFF(ep), 1, 1 << 16, NULL, "expert-parallel ranks"},
     {"pp", K_INT, OFF(pp), 1, 1 << 16, NULL, "pipeline stages (ranks)"},
     {"chunks", K_INT, OFF(chunks), 0, 8192, NULL, "pipeline micro-batches per step (0: grad_accum)"},

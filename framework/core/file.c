@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "framework/core/check.h"
+
 FILE *core_open_regular(const char *path, const char **why) {
     // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer for ever.
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
@@ -224,6 +226,22 @@ int core_dir_lock(const char *dir) {
 
 void core_dir_unlock(int fd) {
     if (fd >= 0) close(fd);
+}
+
+void core_make_dirs(const char *dir, const char *what) {
+    char p[4096];
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) core_usage_error("%s %s: path too long", what, dir);
+    for (char *s = p + 1;; s++) {
+        const char c = *s;
+        if (c != '/' && c != '\0') continue;
+        *s = '\0';
+        if (mkdir(p, 0777) != 0 && errno != EEXIST)
+            core_path_error(errno, "cannot create %s %s: %s", what, p, strerror(errno));
+        *s = c;
+        if (c == '\0') break;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) core_usage_error("%s %s is not a directory", what, dir);
 }
 
 int core_nul_line(const char *text, size_t n) {

@@ -74,6 +74,11 @@ enum { CORE_DIR_BUSY = -1, CORE_DIR_NO_LOCK = -2 };
 int core_dir_lock(const char *dir);
 void core_dir_unlock(int fd);
 
+// mkdir -p: dir and every missing folder above it, or the process ends with one message naming the
+// folder that could not be made and why (core_path_error's exit code), or that dir is not a
+// directory (exit 2). what names the folder's role in the messages ("checkpoint directory").
+void core_make_dirs(const char *dir, const char *what);
+
 // The line (from 1) of the first NUL byte among text's n bytes, or 0 if there is none: a text
 // input read whole and then parsed as C strings would otherwise end there, the rest unread.
 int core_nul_line(const char *text, size_t n);

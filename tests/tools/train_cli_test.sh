@@ -113,8 +113,10 @@ grep -q "twice holds 1 checkpoint of another run at steps this run saves (the ne
 expect_usage "--steps 1 is below the step of --resume .*step_2.h5 \(2\): --steps counts the whole run" \
     "${args[@]}" --steps 1 --resume "$tmp/twice/step_2.h5"
 # --steps 0 with --out saves the initial weights as step 0 (it saved nothing: fourth fuzzing pass),
-# a checkpoint the other commands take.
-"$moelab" train "${args[@]}" --steps 0 --sample-tokens 0 --out "$tmp/zero" > /dev/null
+# a checkpoint the other commands take. --out is made with its parents, like data prepare's (a new
+# user's `--out /tmp/ck/a` ended with exit 2).
+"$moelab" train "${args[@]}" --steps 0 --sample-tokens 0 --out "$tmp/new/parents/zero" > /dev/null
+mv "$tmp/new/parents/zero" "$tmp/zero"
 "$moelab" ckpt verify "$tmp/zero/step_0.h5" > /dev/null
 "$moelab" sample --ckpt "$tmp/zero/step_0.h5" --data "$tmp/data" --tokens 3 > /dev/null
 
