@@ -94,7 +94,14 @@ int cmd_sample(int argc, char **argv) {
                               : "sample: %s names no data directory: pass --data DIR (its tokenizer)", ckpt);
     char path[2 * CONFIG_STR];
     snprintf(path, sizeof path, "%s/tokenizer.bin", dir);
-    Tokenizer *tok = tok_load(path);
+    char why[TOK_ERR_LEN];
+    Tokenizer *tok = tok_load_try(path, why);
+    // The checkpoint names its run's data directory as given then: a relative one from elsewhere
+    // points at nothing.
+    if (!tok)
+        core_usage_error("sample: %s (%s; --data DIR names another)", why,
+                         data ? "--data" : dir[0] == '/' ? "the checkpoint's data directory"
+                                                          : "the checkpoint's data directory, relative to where it was trained");
     if (tok->V != c.V)
         core_usage_error("sample: %s has %d tokens but the checkpoint's model has vocab_size %d", path,
                          tok->V, c.V);

@@ -11,4 +11,8 @@ bazel build //tools:moelab
 mkdir -p out
 cp -f "$(bazel info bazel-bin)/tools/moelab" out/moelab
 out/moelab data prepare --input /usr/share/games/fortunes --vocab 2048 --out out/data
-out/moelab train --config configs/quickstart.cfg --data out/data --metrics out/quickstart.jsonl --out out/ckpt "$@"
+out/moelab train --config configs/quickstart.cfg --data out/data --metrics out/quickstart.jsonl --out out/ckpt "$@" |
+    tee out/quickstart.log
+# The checkpoint this run saved last (out/ckpt may also hold an earlier run's).
+last=$(sed -n 's/^saved //p' out/quickstart.log | tail -1)
+[ -z "$last" ] || echo "Sample more: out/moelab sample --ckpt $last --prompt \"The\" --tokens 200"

@@ -50,5 +50,12 @@ expect_usage "--tokens needs a value" --ckpt "$ckpt" --tokens
 expect_usage "no_such" --ckpt "$tmp/no_such.h5"
 expect_usage "prompt must not be empty" --ckpt "$ckpt" --prompt ""
 expect_usage "--device tpu: expected cpu, cuda" --ckpt "$ckpt" --device tpu
+# A run given a relative --data, sampled from another folder: the message says why the tokenizer is
+# missing and how to name it (a new user's run from another folder said only "cannot open").
+(cd "$tmp" && "$moelab" train --data data --vocab-size 300 --steps 1 --seq-len 32 --batch-size 2 \
+    --val-batches 1 --sample-tokens 0 --out rel >/dev/null)
+(cd / && expect_usage "cannot open tokenizer file data/tokenizer.bin.*relative to where it was trained; --data DIR names another" \
+    --ckpt "$tmp/rel/step_1.h5")
+"$moelab" sample --ckpt "$tmp/rel/step_1.h5" --data "$tmp/data" --tokens 2 > /dev/null
 "$moelab" sample --help > "$tmp/help"; grep -q "usage: moelab sample" "$tmp/help"
 echo "sample_cli_test: ok"
