@@ -608,11 +608,19 @@ float pipe_eval_ce(PipeTrainer *p, const int *tokens) {
     return (float)ce;
 }
 
-size_t pipe_param_count(const PipeTrainer *p) {
-    long total = 0;
-    for (int pipe = 0; pipe < p->n_own; pipe++) total += (long)p->ctx[pipe].m->reg.total;
-    if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, &total, 1, COMM_I64, COMM_SUM);
-    return (size_t)total;
+size_t pipe_param_count(const PipeTrainer *p, size_t *on_rank) {
+    long n[2] = {0, 0};  // the model's, this rank's
+    for (int pipe = 0; pipe < p->n_own; pipe++) {
+        const Model *m = p->ctx[pipe].m;
+        for (int i = 0; i < m->reg.n; i++) {
+            const ParamInfo *q = &m->reg.p[i];
+            n[0] += q->kind == PARAM_EXPERT ? (long)(q->numel / (size_t)q->local_rows) * m->cfg.E : (long)q->numel;
+            n[1] += (long)q->numel;
+        }
+    }
+    if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, &n[0], 1, COMM_I64, COMM_SUM);
+    *on_rank = (size_t)n[1];
+    return (size_t)n[0];
 }
 
 void pipe_expert_counts(const PipeTrainer *p, long *counts) {

@@ -122,8 +122,9 @@ int train_step_nonfinite(StepStats *st, const MoeConfig *c);
 // Mean cross-entropy of one micro-batch tokens (B, T+1) through the pipeline, on every rank of the
 // pipeline group (no backward, no routing counts).
 float pipe_eval_ce(PipeTrainer *p, const int *tokens);
-// Parameters held by this rank's pipeline group, each stage counted once.
-size_t pipe_param_count(const PipeTrainer *p);
+// The model's parameters, each logical expert once (whatever the EP layout and EPLB's replicas), and
+// in *on_rank those this rank holds (expert slots as held). Collective over the pipeline group.
+size_t pipe_param_count(const PipeTrainer *p, size_t *on_rank);
 // counts (L, E): the last step's tokens routed to each logical expert of the whole model (each stage
 // counts only its own layers), on every rank of the pipeline group. Collective over it.
 void pipe_expert_counts(const PipeTrainer *p, long *counts);

@@ -607,11 +607,14 @@ static int trainer_diverged(Trainer *t, const StepStats *st) {
 
 int trainer_run(Trainer *t) {
     const MoeConfig *c = &t->cfg;
-    const size_t n_params = pipe_param_count(t->pipe);
+    size_t on_rank;
+    const size_t n_params = pipe_param_count(t->pipe, &on_rank);
     const int dp = t->pipe->grid ? t->pipe->grid->dp : 1;
-    core_info0("model: V %d D %d L %d (dense %d) H %d Hkv %d T %d | E %d K %d S %d Fe %d | %.2fM parameters",
+    char here[64] = "";
+    if (on_rank != n_params) snprintf(here, sizeof here, " (%.2fM on rank 0)", (double)on_rank / 1e6);
+    core_info0("model: V %d D %d L %d (dense %d) H %d Hkv %d T %d | E %d K %d S %d Fe %d | %.2fM parameters%s",
                c->V, c->D, c->L, c->n_dense_layers, c->H, c->Hkv, c->T, c->E, c->K, c->S, c->Fe,
-               (double)n_params / 1e6);
+               (double)n_params / 1e6, here);
     core_info0("data: %s (%ld training sequences of %d tokens) | batch %d x %d micro-batches x %d dp | %d steps",
                c->data, (long)loader_num_sequences(t->train), c->T, c->batch_size, c->grad_accum, dp,
                c->steps);

@@ -74,11 +74,12 @@ static const char *DISPLAY[] = {"1F1B", "DualPipe", "DualPipeV"};
 
 static const char *FORMULA[] = {"(N-1)(F+B)", "(N/2-1)(F&B+B-3W)", "(N-1)(F&B+B-3W)"};
 
-static void print_idle(const SimTimeline *tl) {
+// unit: " µs" for a measured trace, "" for the simulator's cost units.
+static void print_idle(const SimTimeline *tl, const char *unit) {
     double span = tl->t1 - tl->t0;
-    printf("step time %.6g\n", span);
+    printf("step time %.6g%s\n", span, unit);
     for (int r = 0; r < tl->R; r++)
-        printf("rank %d: busy %.6g, idle %.6g (%.1f%%)\n", r, tl->busy[r], tl->bubble[r],
+        printf("rank %d: busy %.6g%s, idle %.6g%s (%.1f%%)\n", r, tl->busy[r], unit, tl->bubble[r], unit,
                span > 0 ? 100 * tl->bubble[r] / span : 0.0);
 }
 
@@ -117,7 +118,7 @@ static int from_trace(const char *trace, const char *svg, int kind) {
         sched_svg_write(tl, title, "µs", out.f);
         rc = output_close(&out);
     }
-    if (!rc) print_idle(tl);
+    if (!rc) print_idle(tl, " µs");
     if (!rc && kind >= 0) {
         const SimCosts c = measured_costs(tl);
         const double span = tl->t1 - tl->t0, formula = sim_bubble_formula(kind, tl->R, &c);
@@ -228,7 +229,7 @@ int cmd_schedule(int argc, char **argv) {
         sched_write_text(s, stdout);
         printf("simulated with F %.6g, B %.6g, W %.6g, F&B %.6g, p2p %.6g:\n", cost.f, cost.b, cost.w, cost.fb,
                cost.p2p);
-        print_idle(tl);
+        print_idle(tl, "");
         printf("bubble formula %s = %.6g (docs/pipeline.md says when it is exact)\n", FORMULA[kind],
                sim_bubble_formula(kind, N, &cost));
     }

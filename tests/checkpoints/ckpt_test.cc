@@ -321,7 +321,7 @@ TEST(Checkpoint, ReshardThroughAnEplbPlanWithReplicas) {
     const std::string path = temp_dir() + "/eplb.h5";
     for (int r = 0; r < 2; r++) ckpt_save_part(path.c_str(), &sh[r], view(ranks[r]));
     std::vector<long> counts((size_t)c.L * c.E, 5);
-    CkptEplb e = {R, phy2log.data(), counts.data()};
+    CkptEplb e = {R, phy2log.data(), counts.data(), nullptr};
     const CkptState st = some_state();
     ckpt_save_index(path.c_str(), 2, &ranks[0].m->cfg, ranks[0].o.t, &st, &e);
 

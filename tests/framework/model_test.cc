@@ -369,7 +369,8 @@ TEST(Model, PassOptionsArePerCall) {
     for (int i = 0; i < c.L * c.E; i++) EXPECT_EQ(m->expert_counts[i], 0) << "counted without count_routes";
 
     std::vector<int> done;
-    const ModelPass train = {1, 1, [](void *ctx, int l) { static_cast<std::vector<int> *>(ctx)->push_back(l); }, &done};
+    const ModelPass train = {1, 1, [](void *ctx, int l) { static_cast<std::vector<int> *>(ctx)->push_back(l); }, &done,
+                             nullptr};
     EXPECT_EQ(model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &train), 0.0f);
     std::vector<float> scal(1 + c.L);
     m->ops->download(scal.data(), a.scalars, scal.size() * sizeof(float));

@@ -11,10 +11,8 @@
 #include <cstring>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -56,13 +54,6 @@ std::string tmp_path(const char *tag) {
     int fd = mkstemp(path);
     close(fd);
     return path;
-}
-
-std::string slurp(const std::string &path) {
-    std::ifstream in(path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
 }
 
 // What sched_svg_write draws for t, as text.

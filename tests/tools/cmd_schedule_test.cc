@@ -100,6 +100,9 @@ TEST(CmdSchedule, JsonAndFiles) {
     Result m = run({"--from-trace", trace, "--svg", svg2});
     EXPECT_EQ(m.rc, 0) << m.err;
     EXPECT_NE(m.out.find("rank 2: busy"), std::string::npos);
+    // A measured trace's figures are microseconds, and say so (a new user saw bare numbers).
+    EXPECT_NE(m.out.find(" µs\nrank 0: busy "), std::string::npos) << m.out;
+    EXPECT_NE(m.out.find(" µs, idle "), std::string::npos) << m.out;
     std::string s2 = slurp(svg2);
     // The title names the file, not the folder it sits in (often a temporary one).
     const std::string base = trace.substr(trace.rfind('/') + 1);

@@ -247,7 +247,7 @@ static int is_export_file(const char *dir, const char *name) {
     for (int i = 0; i < N_EXPORT_FILES; i++)
         if (!strcmp(name, EXPORT_FILES[i])) return 1;
     if (strcmp(name, "__pycache__") != 0) return 0;
-    char path[4200];
+    char path[4400];  // dir and a file name of up to 255 bytes
     snprintf(path, sizeof path, "%s/%s", dir, name);
     return each_entry(path, not_modeling_pyc) == 0;
 }
