@@ -20,7 +20,9 @@ static void bench_help(void) {
            "GEMM (8192^3), against which MFU is given, and the peak GPU memory. Then, per config, the\n"
            "time of a training step by layer type over 2 more steps (GPU: CUDA events on the compute\n"
            "stream; CPU: wall clock) and how skewed the last step's expert loads were (max/mean tokens\n"
-           "per expert of each MoE layer: the grouped GEMMs ran at those counts). --steps and\n"
+           "per expert of each MoE layer: the grouped GEMMs ran at those counts). The loss columns are\n"
+           "the first and the last timed step's loss on the one synthetic batch every step trains on,\n"
+           "which the model learns by heart (towards 0): a check that the steps train. --steps and\n"
            "--seconds: time at least N steps (default 3, at most 1000000) and at least S seconds\n"
            "(default 5, at most 86400) per config. --device defaults to the first config's device\n"
            "key. Other --key value pairs (at most 32) override every config; among them\n"
@@ -143,8 +145,10 @@ int cmd_bench(int argc, char **argv) {
     BenchResult *res = calloc((size_t)n_cfg, sizeof *res);
     for (int k = 0; k < n_cfg; k++) {
         BenchResult r = res[k] = bench_train(&cfg[k], ops, min_steps, min_seconds);
-        printf("%-22s %9.2f %7d %10.3f %10.0f %10.1f %7.1f%% %9.2f %8.3f/%.3f\n", configs[k], r.params_m, r.steps,
-               r.step_seconds, r.tokens_per_s, gpu ? r.gflops / 1e3 : r.gflops, 100.0 * r.gflops / base, r.peak_gib,
+        char peak[32] = "-";  // the CPU's memory is not tracked
+        if (gpu) snprintf(peak, sizeof peak, "%.2f", r.peak_gib);
+        printf("%-22s %9.2f %7d %10.3f %10.0f %10.1f %7.1f%% %9s %8.3f/%.3f\n", configs[k], r.params_m, r.steps,
+               r.step_seconds, r.tokens_per_s, gpu ? r.gflops / 1e3 : r.gflops, 100.0 * r.gflops / base, peak,
                r.first_loss, r.last_loss);
         // A diverged run still times its steps; its loss column is no result (fuzzing: "-nan", exit 0).
         if (!isfinite(r.first_loss) || !isfinite(r.last_loss))
