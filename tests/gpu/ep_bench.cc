@@ -124,7 +124,7 @@ int bench_ep_train(int argc, char **argv) {
     Grid *g = grid_create(w, 1, c.ep, c.E);
     const int ep = g->ep, dp = g->dp, dp_rank = g->dp_rank;
     const LayerOps *o = backend_ops_on(c.device, grid_local_rank(w, NULL));
-    backend_configure(&c);
+    backend_configure(&c, 1);
     PipeTrainer *p = pipe_trainer_create(&c, g, o);  // owns g
     // Each data-parallel rank its own random tokens.
     const size_t n = (size_t)c.grad_accum * c.batch_size * (c.T + 1);
