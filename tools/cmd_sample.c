@@ -100,8 +100,9 @@ int cmd_sample(int argc, char **argv) {
     // points at nothing.
     if (!tok)
         core_usage_error("sample: %s (%s; --data DIR names another)", why,
-                         data ? "--data" : dir[0] == '/' ? "the checkpoint's data directory"
-                                                          : "the checkpoint's data directory, relative to where it was trained");
+                         data              ? "--data"
+                         : dir[0] == '/' ? "the checkpoint's data directory"
+                                         : "the checkpoint's data directory, relative to where it was trained");
     if (tok->V != c.V)
         core_usage_error("sample: %s has %d tokens but the checkpoint's model has vocab_size %d", path,
                          tok->V, c.V);

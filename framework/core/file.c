@@ -1,5 +1,6 @@
 // Inputs by path that must be regular files, the same-file test, outputs written whole or not at
-// all with the temporaries they leave removed on any polite end, and the final state of stdout (file.h).
+// all (their temporaries removed on any polite end of the process), directory locks, and the final
+// state of stdout (file.h).
 #include "framework/core/file.h"
 
 #include <errno.h>

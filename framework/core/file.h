@@ -1,6 +1,6 @@
 // Files a command reads or writes by path: inputs opened so that a path that is no regular file
 // fails with a reason instead of blocking (a FIFO) or reporting a length it does not have (a
-// directory), and outputs written whole or not at all.
+// directory), outputs written whole or not at all, and locks on the folders they go to.
 #ifndef MOELAB_CORE_FILE_H
 #define MOELAB_CORE_FILE_H
 
@@ -22,10 +22,11 @@ FILE *core_open_regular(const char *path, const char **why);
 int core_same_file(const char *a, const char *b);
 
 // Temporaries: files (or folders of them) written under a temporary name and renamed once complete.
-// While one is tracked, any end of the process removes it (a folder after the files tracked in it): an exit, a fatal error of check.h (before its abort
-// hook, which may skip exit handlers), and SIGINT, SIGTERM or SIGHUP (the signal then ends the
-// process as it would have). Only SIGKILL leaves one behind (`moelab ckpt clean` finds them). Up
-// to 16 are tracked at once.
+// While one is tracked, any end of the process removes it (a folder after the files tracked in
+// it): an exit, a fatal error of check.h (before its abort hook, which may skip exit handlers), and
+// SIGINT, SIGTERM or SIGHUP (the signal then ends the process as it would have). Only SIGKILL
+// leaves one behind (`moelab ckpt clean` finds a checkpoint's, `data prepare` a dataset's). Up to
+// 16 are tracked at once.
 void core_temp_track(const char *tmp);
 void core_temp_untrack(const char *tmp);  // after its rename
 void core_temp_remove_all(void);
