@@ -42,8 +42,7 @@ const LayerOps *backend_ops_f32(const LayerOps *ops) {
 }
 
 // OpenMP threads per rank: --threads, or else OpenMP's (OMP_NUM_THREADS, or every core this process
-// may use).
-// Under mpirun the ranks of one host share its cores; where their affinity does not part them
+// may use). Under mpirun the ranks of one host share its cores; where their affinity does not part them
 // (--oversubscribe binds no rank), the default would run ranks x cores threads on the cores, six
 // times slower seen with 4 ranks on 2 cores: each rank then takes its share.
 static void set_threads(const MoeConfig *c, int n_local) {
@@ -55,10 +54,11 @@ static void set_threads(const MoeConfig *c, int n_local) {
     const int avail = omp_get_num_procs(), online = (int)sysconf(_SC_NPROCESSORS_ONLN);
     // A number chosen outside (OMP_NUM_THREADS) shows as another maximum than the cores': left alone.
     if (n_local > 1 && online > 0 && avail * n_local > online && omp_get_max_threads() == avail) {
-        const int share = online / n_local > 1 ? online / n_local : 1;
-        omp_set_num_threads(share < avail ? share : avail);
+        int n = online / n_local > 1 ? online / n_local : 1;
+        if (n > avail) n = avail;
+        omp_set_num_threads(n);
         core_info0("threads: %d OpenMP thread%s a rank (%d ranks share this host's %d cores; --threads N "
-                   "sets another number)", share < avail ? share : avail, share == 1 ? "" : "s", n_local, online);
+                   "sets another number)", n, n == 1 ? "" : "s", n_local, online);
     }
 #else
     (void)c;
