@@ -205,6 +205,7 @@ static void write_state(const H5Io *io, hid_t f, const MoeConfig *c, long adam_t
     h5_attr_write(io, g, "rng_stream", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &st->rng.stream);
     h5_attr_write(io, g, "rng_counter", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.counter);
     h5_attr_write(io, g, "lineage", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->lineage);
+    if (st->tok_fp) h5_attr_write(io, g, "tokenizer", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &st->tok_fp);
     H5Gclose(g);
     if (!e || (!e->phy2log && !e->counts && !e->load)) return;
     g = h5_create_group(io, f, "eplb");
@@ -654,6 +655,14 @@ void ckpt_read_config_whole(const char *path, MoeConfig *c) {
     const char *const layout[] = {"ep", "pp", "chunks", "schedule", "zero", "eplb_interval", "eplb_redundant",
                                   "eplb_groups", "eplb_nodes"};
     for (size_t i = 0; i < sizeof layout / sizeof layout[0]; i++) config_reset_key(c, layout[i]);
+}
+
+void ckpt_read_state(const char *path, CkptState *st) {
+    CkptFile cf;
+    int64_t adam_t;
+    ckpt_file_open(&cf, path);
+    ckpt_file_state(&cf, st, &adam_t);
+    ckpt_file_close(&cf);
 }
 
 int ckpt_load_eplb(const char *path, const MoeConfig *c, CkptEplb *out) {

@@ -61,6 +61,8 @@ typedef struct {
                        // shuffle is keyed by (seed, epoch), restored by the config and `data`)
     uint64_t lineage;  // the run's lineage: drawn by a fresh run, kept by a resumed one (ckpt_prune
                        // removes only checkpoints of its own lineage); 0 in files saved before it
+    uint32_t tok_fp;   // fingerprint of the tokenizer whose ids the model learned (tok_fingerprint
+                       // in data/tokenizer.h); 0: unknown (a file saved before it)
 } CkptState;
 
 // EPLB plan and load statistics (optional in a checkpoint; absent means the identity placement).
@@ -104,6 +106,8 @@ void ckpt_read_config(const char *path, MoeConfig *c);
 // file holds each logical expert once, whatever replicas the run kept (a model built with the run's
 // redundant slots could not take them: such checkpoints failed in all four commands).
 void ckpt_read_config_whole(const char *path, MoeConfig *c);
+// The training state stored in a checkpoint (step, data position, sampling stream, lineage, tokenizer).
+void ckpt_read_state(const char *path, CkptState *st);
 // The EPLB group of a checkpoint: returns 0 (and zeroes *out) when absent; arrays from core_alloc.
 int ckpt_load_eplb(const char *path, const MoeConfig *c, CkptEplb *out);
 void ckpt_eplb_free(CkptEplb *e);

@@ -121,10 +121,16 @@ void ckpt_file_state(CkptFile *cf, CkptState *st, int64_t *adam_t) {
     h5_attr_read(io, g, "/state", "rng_seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.seed);
     h5_attr_read(io, g, "/state", "rng_stream", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &st->rng.stream);
     h5_attr_read(io, g, "/state", "rng_counter", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.counter);
-    // Optional: files saved before lineages existed belong to none.
+    // Optional: files saved before lineages existed belong to none; before tokenizer fingerprints,
+    // their tokenizer is unknown.
     st->lineage = 0;
     if (H5_OK(io, H5Aexists(g, "lineage"), "/state: look up attribute lineage"))
         h5_attr_read(io, g, "/state", "lineage", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->lineage);
+    st->tok_fp = 0;
+    if (H5_OK(io, H5Aexists(g, "tokenizer"), "/state: look up attribute tokenizer")) {
+        h5_attr_read(io, g, "/state", "tokenizer", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &st->tok_fp);
+        if (!st->tok_fp) H5_FAIL(io, "/state: tokenizer fingerprint 0 (a saved one is never 0)");
+    }
     H5Gclose(g);
     if (st->step < 0 || st->step > INT32_MAX || *adam_t < 0)
         H5_FAIL(io, "/state holds step %lld and AdamW t %lld", (long long)st->step, (long long)*adam_t);

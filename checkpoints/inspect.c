@@ -52,6 +52,7 @@ static void print_header(CkptFile *cf, const MoeConfig *c, float (*lr)(const Moe
             (unsigned long long)st.data.index);
     fprintf(out, "rng         seed %llu, stream %u, counter %llu\n", (unsigned long long)st.rng.seed,
             st.rng.stream, (unsigned long long)st.rng.counter);
+    if (st.tok_fp) fprintf(out, "tokenizer   fingerprint %08x\n", st.tok_fp);
     fprintf(out, "model       V %d D %d L %d (dense %d) H %d Hkv %d | E %d K %d S %d Fe %d\n", c->V, c->D,
             c->L, c->n_dense_layers, c->H, c->Hkv, c->E, c->K, c->S, c->Fe);
 }

@@ -102,6 +102,8 @@ uint64_t loader_num_sequences(const Loader *l) { return l->S; }
 
 uint32_t loader_vocab(const Loader *l) { return l->shard.vocab; }
 
+uint32_t loader_tok_fp(const Loader *l) { return l->shard.tok_fp; }
+
 void loader_close(Loader *l) {
     if (!l) return;
     shard_close(&l->shard);

@@ -37,6 +37,7 @@ LoaderPos loader_get_pos(const Loader *l);
 void loader_set_pos(Loader *l, LoaderPos pos);
 uint64_t loader_num_sequences(const Loader *l);  // S
 uint32_t loader_vocab(const Loader *l);         // the shard's vocabulary size
+uint32_t loader_tok_fp(const Loader *l);        // its tokenizer fingerprint (0: not recorded)
 void loader_close(Loader *l);
 
 #ifdef __cplusplus

@@ -185,7 +185,7 @@ static uint64_t write_shard(const Tokenizer *tok, FILE *f, const char *name, con
                             const size_t *lens, int n, uint32_t *ids, Progress *pr, const char *stage) {
     size_t total = 0, done = 0;
     for (int i = 0; i < n; i++) total += lens[i];
-    ShardWriter *w = shard_writer_open(f, name, (uint32_t)tok->V);
+    ShardWriter *w = shard_writer_open(f, name, (uint32_t)tok->V, tok_fingerprint(tok));
     for (int i = 0; i < n && !ferror(f); i++) {
         shard_writer_put(w, ids, tok_encode(tok, parts[i], lens[i], ids));
         done += lens[i];

@@ -32,14 +32,16 @@ int shard_parse_try(const uint8_t *buf, size_t n, const char *name, Shard *s, ch
         return fail(err, "%s: not a token shard: bad magic (expected \"%s\")", name, SHARD_MAGIC);
     const uint32_t version = core_get_u32le(buf + 8), vocab = core_get_u32le(buf + 12);
     const uint64_t count = (uint64_t)core_get_u32le(buf + 16) | (uint64_t)core_get_u32le(buf + 20) << 32;
-    const uint32_t width = core_get_u32le(buf + 24), reserved = core_get_u32le(buf + 28);
-    if (version != SHARD_VERSION)
-        return fail(err, "%s: unknown token shard version %u (this build reads version %u)", name,
+    const uint32_t width = core_get_u32le(buf + 24), tok_fp = core_get_u32le(buf + 28);
+    if (version != 1 && version != SHARD_VERSION)
+        return fail(err, "%s: unknown token shard version %u (this build reads versions 1 and %u)", name,
                     version, SHARD_VERSION);
     if (width != 2 && width != 4) return fail(err, "%s: token width %u is neither 2 nor 4", name, width);
     if (vocab == 0 || (width == 2 && vocab > 65536))
         return fail(err, "%s: vocabulary size %u does not fit %u-byte tokens", name, vocab, width);
-    if (reserved != 0) return fail(err, "%s: reserved header field is %u, not 0", name, reserved);
+    if ((version == 1) != (tok_fp == 0))
+        return fail(err, "%s: tokenizer fingerprint %u in a version %u header (%s)", name, tok_fp, version,
+                    version == 1 ? "version 1 has 0 there" : "0 is not a fingerprint");
     const size_t have = n - SHARD_HEADER_BYTES;
     if (count > have / width || count * width != have)
         return fail(err, "%s: %s: header says %llu tokens of %u bytes, the file holds %zu bytes after the header",
@@ -48,6 +50,7 @@ int shard_parse_try(const uint8_t *buf, size_t n, const char *name, Shard *s, ch
     s->vocab = vocab;
     s->width = width;
     s->n = count;
+    s->tok_fp = tok_fp;
     s->data = buf + SHARD_HEADER_BYTES;
     for (uint64_t i = 0; i < count; i++) {
         const uint32_t t = shard_token(s, i);
@@ -107,7 +110,7 @@ void shard_close(Shard *s) {
 struct ShardWriter {
     FILE *f;
     char *name;
-    uint32_t vocab, width;
+    uint32_t vocab, width, tok_fp;
     uint64_t n;
     uint8_t buf[1 << 16];  // tokens encoded here before each fwrite
 };
@@ -120,17 +123,20 @@ static void write_header(ShardWriter *w) {
     core_put_u32le(h + 16, (uint32_t)w->n);
     core_put_u32le(h + 20, (uint32_t)(w->n >> 32));
     core_put_u32le(h + 24, w->width);
+    core_put_u32le(h + 28, w->tok_fp);
     fwrite(h, 1, sizeof h, w->f);
 }
 
-ShardWriter *shard_writer_open(FILE *f, const char *name, uint32_t vocab) {
+ShardWriter *shard_writer_open(FILE *f, const char *name, uint32_t vocab, uint32_t tok_fp) {
     CHECK(vocab > 0, "token shard %s: vocabulary size must be positive", name);
+    CHECK(tok_fp != 0, "token shard %s: 0 is not a tokenizer fingerprint", name);
     ShardWriter *w = core_alloc(sizeof *w);
     w->f = f;
     w->name = core_alloc(strlen(name) + 1);
     strcpy(w->name, name);
     w->vocab = vocab;
     w->width = vocab <= 65536 ? 2 : 4;
+    w->tok_fp = tok_fp;
     write_header(w);  // with count 0 until close rewrites it
     return w;
 }

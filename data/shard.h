@@ -1,6 +1,6 @@
 // Token shards: a 32-byte header (magic "MOELTOK1", u32 version, u32 vocab size, u64 token count,
-// u32 token width in bytes (2 or 4), u32 reserved = 0), then the token ids, little-endian. A
-// streaming writer, and a memory-mapped reader that validates the whole file when it opens it.
+// u32 token width in bytes (2 or 4), u32 tokenizer fingerprint), then the token ids, little-endian.
+// A streaming writer, and a memory-mapped reader that validates the whole file when it opens it.
 #ifndef MOELAB_DATA_SHARD_H
 #define MOELAB_DATA_SHARD_H
 
@@ -15,7 +15,9 @@ extern "C" {
 #endif
 
 #define SHARD_MAGIC "MOELTOK1"
-#define SHARD_VERSION 1u
+// Version 2 records the fingerprint of the tokenizer that wrote the ids (data/tokenizer.h); version
+// 1 files, which have 0 there, are still read, with the fingerprint unknown.
+#define SHARD_VERSION 2u
 #define SHARD_HEADER_BYTES 32
 // Size of the caller's buffer for the error messages of the *_try functions.
 #define SHARD_ERR_LEN 512
@@ -24,6 +26,7 @@ typedef struct {
     uint32_t vocab;       // every token id is < vocab
     uint32_t width;       // bytes per token: 2 (vocab <= 65536) or 4
     uint64_t n;           // number of tokens
+    uint32_t tok_fp;      // tok_fingerprint of the tokenizer of the ids; 0: not recorded (version 1)
     const uint8_t *data;  // (n * width) the token ids, little-endian
     void *map;            // the mapping (NULL for a parsed buffer that the caller owns)
     size_t map_bytes;
@@ -48,8 +51,8 @@ void shard_close(Shard *s);
 // closes (dataset preparation writes through a CoreOut, framework/core/file.h). A failed write
 // only sets f's error flag: the caller's checked close reports it. name is used in messages.
 typedef struct ShardWriter ShardWriter;
-// Token width is 2 bytes when vocab <= 65536, else 4.
-ShardWriter *shard_writer_open(FILE *f, const char *name, uint32_t vocab);
+// Token width is 2 bytes when vocab <= 65536, else 4; tok_fp is the tokenizer's fingerprint (not 0).
+ShardWriter *shard_writer_open(FILE *f, const char *name, uint32_t vocab, uint32_t tok_fp);
 void shard_writer_put(ShardWriter *w, const uint32_t *ids, size_t n);  // ids: (n), each < vocab
 // Fills in the header's token count and frees w (f stays open); returns the token count.
 uint64_t shard_writer_close(ShardWriter *w);

@@ -215,6 +215,16 @@ void tok_write(const Tokenizer *t, FILE *f) {
     core_free(buf);
 }
 
+uint32_t tok_fingerprint(const Tokenizer *t) {
+    uint32_t h = 2166136261u;
+    const uint32_t V = (uint32_t)t->V;
+    for (int i = -1; i < 2 * (t->V - 256); i++) {
+        const uint32_t w = i < 0 ? V : t->merges[i];
+        for (int b = 0; b < 32; b += 8) h = (h ^ ((w >> b) & 0xff)) * 16777619u;
+    }
+    return h ? h : 1;  // 0 stands for "not recorded" in shards and checkpoints
+}
+
 Tokenizer *tok_parse_try(const uint8_t *buf, size_t n, const char *name, char *err) {
     if (n < TOK_HEADER_BYTES) {
         set_err(err, "%s: not a tokenizer file: %zu bytes, shorter than the %d-byte header", name, n,

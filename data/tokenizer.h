@@ -71,6 +71,10 @@ Tokenizer *tok_parse_try(const uint8_t *buf, size_t n, const char *name, char *e
 Tokenizer *tok_load_try(const char *path, char *err);
 // Reads path; a missing or malformed file is a usage error naming the file (exit 2).
 Tokenizer *tok_load(const char *path);
+// A 32-bit fingerprint of the merges (FNV-1a of the tokenizer file's V and merge words), never 0.
+// Token shards and checkpoints record the fingerprint of the tokenizer their ids belong to, so that
+// files of two `moelab data prepare` runs with the same vocabulary size are still told apart.
+uint32_t tok_fingerprint(const Tokenizer *t);
 
 #ifdef __cplusplus
 }

@@ -43,8 +43,9 @@ static double unigram_entropy(const char *path) {
 }
 
 // One split of the data directory for the loader. Its token ids index the embedding and the LM head
-// (V rows), so a shard written with another vocabulary than the tokenizer's (the files of two
-// `moelab data prepare` runs, or an edited header) is bad data, reported here on every rank.
+// (V rows), so a shard written with another tokenizer than the data directory's (the files of two
+// `moelab data prepare` runs, or an edited header) is bad data, reported here on every rank. Shards
+// of an older moelab carry no tokenizer fingerprint: only their vocabulary size can be checked.
 static Loader *open_split(const char *path, const MoeConfig *c, const Tokenizer *tok, const Grid *g,
                           int shuffle) {
     Loader *l = loader_open(path, c->T, c->batch_size, g->dp_rank, g->dp, c->seed, shuffle);
@@ -52,6 +53,11 @@ static Loader *open_split(const char *path, const MoeConfig *c, const Tokenizer 
         core_usage_error("%s was written for a vocabulary of %u tokens, but %s/tokenizer.bin and "
                          "vocab_size have %d: the data directory mixes files of different `moelab data "
                          "prepare` runs (prepare it again)", path, loader_vocab(l), c->data, tok->V);
+    if (loader_tok_fp(l) && loader_tok_fp(l) != tok_fingerprint(tok))
+        core_usage_error("%s was written with another tokenizer of %d tokens than %s/tokenizer.bin "
+                         "(fingerprints %08x and %08x): the data directory mixes files of different "
+                         "`moelab data prepare` runs (prepare it again)", path, tok->V, c->data,
+                         loader_tok_fp(l), tok_fingerprint(tok));
     return l;
 }
 
@@ -152,6 +158,12 @@ static void trainer_resume(Trainer *t) {
         ckpt_load(t->cfg.resume, &sh, &v, &st);
         trainer_ckpt_view_free(&v, m, o, 1);
     }
+    // The embedding's rows are the token ids of the checkpoint's tokenizer: another one (data prepared
+    // again, with the same vocabulary size) would go on training them as other tokens.
+    if (st.tok_fp && st.tok_fp != tok_fingerprint(t->tok))
+        core_usage_error("--resume %s was trained with another tokenizer than %s/tokenizer.bin (fingerprints "
+                         "%08x and %08x): resume on the data directory of its run", t->cfg.resume, t->cfg.data,
+                         st.tok_fp, tok_fingerprint(t->tok));
     t->step = (int)st.step;
     // --steps counts from the start of the run the checkpoint continues: fewer than it holds would
     // train nothing and end with exit 0 (fuzzing: `--resume step_3.h5 --steps 2` printed "step 3/2").
@@ -171,7 +183,7 @@ static void trainer_save(Trainer *t) {
     char path[CONFIG_STR + 32];
     ckpt_step_path(t->cfg.out, t->step, path, sizeof path);
     const CkptState st = {t->step, loader_get_pos(t->train), rng_stream(t->cfg.seed, SAMPLE_STREAM),
-                          t->lineage};
+                          t->lineage, tok_fingerprint(t->tok)};
     Model *m = t->pipe->ctx[0].m;  // pipe 0: the down pipe, the whole model in a plain run
     AdamW *o = t->pipe->ctx[0].o;
     // A pipeline stage counts only its own layers' tokens (and places only its own layers' experts):

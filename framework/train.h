@@ -19,7 +19,7 @@ typedef struct {
     PipeTrainer *pipe;       // framework/pipe_train.h: the engine (this rank's stages; a plain run is
                              // a pipeline of one stage)
     Loader *train, *val;
-    Tokenizer *tok;          // NULL when the data has no tokenizer (raw shard)
+    Tokenizer *tok;          // the data directory's
     FILE *metrics;
     int out_lock;            // rank 0's lock on --out (framework/core/file.h), or a negative code
     int step;                // optimizer steps taken

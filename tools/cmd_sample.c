@@ -13,6 +13,7 @@
 #include "framework/core/rng.h"
 #include "framework/model.h"
 #include "framework/sample.h"
+#include "tools/ckpt_tokenizer.h"
 #include "tools/commands.h"
 
 static void sample_help(void) {
@@ -86,26 +87,8 @@ int cmd_sample(int argc, char **argv) {
     MoeConfig c;
     config_defaults(&c);
     ckpt_read_config_whole(ckpt, &c);
-    // The tokenizer lies in the data directory: --data, else the one the checkpoint's run read. An
-    // empty one would name /tokenizer.bin.
-    const char *dir = data ? data : c.data;
-    if (!*dir)
-        core_usage_error(data ? "sample: --data needs a directory (made by `moelab data prepare`)"
-                              : "sample: %s names no data directory: pass --data DIR (its tokenizer)", ckpt);
     char path[2 * CONFIG_STR];
-    snprintf(path, sizeof path, "%s/tokenizer.bin", dir);
-    char why[TOK_ERR_LEN];
-    Tokenizer *tok = tok_load_try(path, why);
-    // The checkpoint names its run's data directory as given then: a relative one from elsewhere
-    // points at nothing.
-    if (!tok)
-        core_usage_error("sample: %s (%s; --data DIR names another)", why,
-                         data              ? "--data"
-                         : dir[0] == '/' ? "the checkpoint's data directory"
-                                         : "the checkpoint's data directory, relative to where it was trained");
-    if (tok->V != c.V)
-        core_usage_error("sample: %s has %d tokens but the checkpoint's model has vocab_size %d", path,
-                         tok->V, c.V);
+    Tokenizer *tok = ckpt_tokenizer_load("sample", ckpt, &c, data, path, sizeof path);
     Model *m = model_create(&c, 0, 1);
     CkptShard sh = ckpt_shard_identity(0, 1, c.E);
     const CkptView weights = {&m->cfg, &m->reg, m->reg.data, NULL, NULL, NULL};

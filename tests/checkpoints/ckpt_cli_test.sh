@@ -58,7 +58,7 @@ for p in "$tmp/a/step_6.h5" "$tmp/c/step_6.h5"; do
 done
 "$moelab" ckpt inspect "$tmp/c/step_3.h5" >"$tmp/inspect.txt"
 for want in "index of 2 part files" "step        3 (AdamW t 3)" "layers.1.experts.w13 *expert *float32 *(8, 32, 32)" \
-            "router_bias *buffer" "n_experts = 8"; do
+            "router_bias *buffer" "n_experts = 8" "tokenizer   fingerprint [0-9a-f]\{8\}"; do
     grep -q "$want" "$tmp/inspect.txt" || { echo "FAIL: inspect lacks '$want':"; cat "$tmp/inspect.txt"; exit 1; }
 done
 # Exit code 2 and the message of a failing command: expect_error REGEX CMD...

@@ -16,10 +16,12 @@ srcs=("$root/data/tokenizer.c" "$root/data/shard.c" "$root/data/jsonl.c" "$root/
       "$root/framework/core/num.c" "$root/framework/core/file.c")
 flags=(-g -O1 -std=c11 -D_GNU_SOURCE -I"$root" -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
 
-# Seeds: one valid file of each kind (a 2-token shard; a tokenizer with merges ab and abc; a config
-# with a comment and keys of every type; JSON Lines with a document, a bad line and an empty one).
+# Seeds: one valid file of each kind (a 2-token shard of version 1, and of version 2 with a tokenizer
+# fingerprint; a tokenizer with merges ab and abc; a config with a comment and keys of every type;
+# JSON Lines with a document, a bad line and an empty one).
 mkdir -p "$work/corpus_shard" "$work/corpus_tokfile" "$work/corpus_config" "$work/corpus_jsonl"
 printf 'MOELTOK1\x01\0\0\0\x2c\x01\0\0\x02\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0\x05\0\x2b\x01' > "$work/corpus_shard/seed"
+printf 'MOELTOK1\x02\0\0\0\x2c\x01\0\0\x02\0\0\0\0\0\0\0\x02\0\0\0\xd4\xc3\xb2\xa1\x05\0\x2b\x01' > "$work/corpus_shard/seed2"
 printf 'MOELBPE1\x01\0\0\0\x02\x01\0\0\x61\0\0\0\x62\0\0\0\0\x01\0\0\x63\0\0\0' > "$work/corpus_tokfile/seed"
 printf '# seed\nd_model = 32\nlr=0.00123456789  # peak\nseed = 18446744073709551615\nnorm_topk = true\nscore = softmax\ndata = /tmp/x\n' \
     > "$work/corpus_config/seed"

@@ -23,7 +23,7 @@ std::string counting_shard(uint32_t n) {
     for (uint32_t i = 0; i < n; i++) ids[i] = i;
     FILE *f = fopen(path.c_str(), "wb");
     if (!f) abort();
-    ShardWriter *w = shard_writer_open(f, path.c_str(), 65536);
+    ShardWriter *w = shard_writer_open(f, path.c_str(), 65536, 1);
     shard_writer_put(w, ids.data(), n);
     shard_writer_close(w);
     fclose(f);

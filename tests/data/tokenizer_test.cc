@@ -180,6 +180,33 @@ TEST(TokenizerFile, WriteLoadRoundTrip) {
     tok_free(t);
 }
 
+// The fingerprint that shards and checkpoints record: FNV-1a of the file's V and merge words (pinned
+// here: a change would call every shard and checkpoint written before another tokenizer's), the
+// same after a round trip through the file, and another for other merges of the same size.
+TEST(TokenizerFile, FingerprintIsTheMerges) {
+    Tokenizer *bytes = tok_from_merges(nullptr, 0);
+    EXPECT_EQ(tok_fingerprint(bytes), 0x0caf41cau);  // FNV-1a of 00 01 00 00 (V = 256)
+    const uint32_t ab[] = {97, 98}, ba[] = {98, 97};
+    Tokenizer *t_ab = tok_from_merges(ab, 1), *t_ba = tok_from_merges(ba, 1);
+    EXPECT_EQ(tok_fingerprint(t_ab), 0x5c12c92cu);  // of 01 01 00 00, 61 00 00 00, 62 00 00 00
+    EXPECT_NE(tok_fingerprint(t_ab), tok_fingerprint(t_ba));
+    tok_free(bytes);
+    tok_free(t_ab);
+    tok_free(t_ba);
+
+    std::string path = temp_dir() + "/tok.bin";
+    Tokenizer *t = train_on(kText, 420);
+    FILE *f = fopen(path.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    tok_write(t, f);
+    ASSERT_EQ(fclose(f), 0);
+    Tokenizer *u = tok_load(path.c_str());
+    EXPECT_EQ(tok_fingerprint(u), tok_fingerprint(t));
+    EXPECT_NE(tok_fingerprint(u), 0u);
+    tok_free(u);
+    tok_free(t);
+}
+
 std::string tok_file(uint32_t V, const std::vector<uint32_t> &merges, const char *magic = TOK_MAGIC,
                      uint32_t version = TOK_VERSION) {
     std::string s(magic, 8);

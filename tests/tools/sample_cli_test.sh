@@ -50,6 +50,13 @@ expect_usage "--tokens needs a value" --ckpt "$ckpt" --tokens
 expect_usage "no_such" --ckpt "$tmp/no_such.h5"
 expect_usage "prompt must not be empty" --ckpt "$ckpt" --prompt ""
 expect_usage "--device tpu: expected cpu, cuda" --ckpt "$ckpt" --device tpu
+# A tokenizer of the same size but other merges (the data prepared again on other text) would decode
+# the ids into other text without a word: the checkpoint's fingerprint of its tokenizer names it.
+mkdir -p "$tmp/other"
+for i in $(seq 1 60); do echo "$i pack my box with five dozen liquor jugs, said $((i * 3)) sphinxes."; done > "$tmp/other/b.txt"
+"$moelab" data prepare --input "$tmp/other" --vocab 300 --out "$tmp/data_other" --val-fraction 0.2 >/dev/null
+expect_usage "sample: .*data_other/tokenizer.bin is not the tokenizer .* was trained with \\(fingerprints" \
+    --ckpt "$ckpt" --data "$tmp/data_other"
 # A run given a relative --data, sampled from another folder: the message says why the tokenizer is
 # missing and how to name it (a new user's run from another folder said only "cannot open").
 (cd "$tmp" && "$moelab" train --data data --vocab-size 300 --steps 1 --seq-len 32 --batch-size 2 \

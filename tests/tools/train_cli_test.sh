@@ -140,6 +140,20 @@ expect_usage "small_shards/train.bin was written for a vocabulary of 256 tokens,
 mixed "$tmp/edited" "$tmp/data" "$tmp/data" "$tmp/data"
 printf '\x2c\x01' | dd of="$tmp/edited/train.bin" bs=1 seek=12 conv=notrunc status=none  # vocab 300
 expect_usage "edited/train.bin was written for a vocabulary of 300 tokens" "${args[@]}" --data "$tmp/edited"
+# Files of two prepares with the same vocabulary size but other merges (a prepare killed between
+# its renames, or a copy): the shards record their tokenizer's fingerprint, so the mix is named too.
+mkdir -p "$tmp/text2"
+for i in $(seq 1 40); do echo "$i pack my box with five dozen liquor jugs, said $((i * 3)) sphinxes."; done > "$tmp/text2/b.txt"
+"$moelab" data prepare --input "$tmp/text2" --vocab 300 --out "$tmp/o300" --val-fraction 0.2 >/dev/null
+mixed "$tmp/other_merges" "$tmp/v300" "$tmp/v300" "$tmp/o300"
+expect_usage "other_merges/val.bin was written with another tokenizer of 300 tokens than .*other_merges/tokenizer.bin \\(fingerprints" \
+    "${args[@]}" --data "$tmp/other_merges" --vocab-size 300
+# A checkpoint records its tokenizer too: resuming it on data prepared with another one is refused.
+"$moelab" train "${args[@]}" --data "$tmp/v300" --vocab-size 300 --steps 1 --sample-tokens 0 --out "$tmp/on300" >/dev/null
+expect_usage "--resume .*on300/step_1.h5 was trained with another tokenizer than .*o300/tokenizer.bin" \
+    "${args[@]}" --data "$tmp/o300" --vocab-size 300 --steps 2 --resume "$tmp/on300/step_1.h5"
+"$moelab" train "${args[@]}" --data "$tmp/v300" --vocab-size 300 --steps 2 --sample-tokens 0 \
+    --resume "$tmp/on300/step_1.h5" >/dev/null
 
 # An output that is one of the run's inputs (fuzzing, 2026-12-04: --trace on train.bin truncated the
 # mapped shard and the run died of SIGBUS; --metrics on the --resume checkpoint destroyed it; on the

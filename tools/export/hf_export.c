@@ -19,6 +19,7 @@
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/model.h"
+#include "tools/ckpt_tokenizer.h"
 #include "tools/export/safetensors.h"
 
 // modeling_moelab.py, embedded at build time (BUILD: genrule modeling_py) so that the one moelab
@@ -356,21 +357,9 @@ void hf_export(const HfExportOptions *o) {
     MoeConfig c;
     config_defaults(&c);
     ckpt_read_config_whole(o->ckpt, &c);
-    // An empty data directory would name /tokenizer.bin.
-    const char *dir = o->data_dir ? o->data_dir : c.data;
-    if (!*dir)
-        core_usage_error(o->data_dir ? "export: --data needs a directory (made by `moelab data prepare`)"
-                                     : "export: %s names no data directory: pass --data DIR (its tokenizer)", o->ckpt);
     char tok_path[2 * CONFIG_STR + 32];
-    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.bin", dir);
+    Tokenizer *tok = ckpt_tokenizer_load("export", o->ckpt, &c, o->data_dir, tok_path, sizeof tok_path);
     char err[TOK_ERR_LEN];
-    Tokenizer *tok = tok_load_try(tok_path, err);
-    if (!tok)
-        core_usage_error("export: %s (the tokenizer of the checkpoint's data directory; --data DIR names "
-                         "another)", err);
-    if (tok->V != c.V)
-        core_usage_error("export: %s has %d tokens but the checkpoint's model has vocab_size %d", tok_path,
-                         tok->V, c.V);
     if (hf_tokenizer_check(tok, err)) core_usage_error("export: %s: %s", tok_path, err);
     // verify first: it also requires every part file of an index, even one the weights do not
     // need, and reads every dataset through its checksums; its summary is not wanted here.

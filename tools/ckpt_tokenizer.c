@@ -1,0 +1,38 @@
+// The tokenizer of a checkpoint's model (see ckpt_tokenizer.h).
+#include "tools/ckpt_tokenizer.h"
+
+#include <stdio.h>
+
+#include "checkpoints/ckpt.h"
+#include "framework/core/check.h"
+
+Tokenizer *ckpt_tokenizer_load(const char *cmd, const char *ckpt, const MoeConfig *c, const char *data, char *path,
+                               size_t n) {
+    // An empty directory would name /tokenizer.bin.
+    const char *dir = data ? data : c->data;
+    if (!*dir)
+        core_usage_error(data ? "%s: --data needs a directory (made by `moelab data prepare`)"
+                              : "%s: %s names no data directory: pass --data DIR (its tokenizer)", cmd, ckpt);
+    if (snprintf(path, n, "%s/tokenizer.bin", dir) >= (int)n) core_usage_error("%s: path too long: %s", cmd, dir);
+    char why[TOK_ERR_LEN];
+    Tokenizer *tok = tok_load_try(path, why);
+    // The checkpoint names its run's data directory as given then: a relative one from elsewhere
+    // points at nothing.
+    if (!tok)
+        core_usage_error("%s: %s (%s; --data DIR names another)", cmd, why,
+                         data              ? "--data"
+                         : dir[0] == '/' ? "the checkpoint's data directory"
+                                         : "the checkpoint's data directory, relative to where it was trained");
+    if (tok->V != c->V)
+        core_usage_error("%s: %s has %d tokens but the checkpoint's model has vocab_size %d", cmd, path, tok->V,
+                         c->V);
+    // Same size, other merges: the data directory prepared again since the run, or another one. The
+    // ids would decode into other text (and export would ship the wrong tokenizer) without a word.
+    CkptState st;
+    ckpt_read_state(ckpt, &st);
+    if (st.tok_fp && st.tok_fp != tok_fingerprint(tok))
+        core_usage_error("%s: %s is not the tokenizer %s was trained with (fingerprints %08x and %08x): was "
+                         "the data directory prepared again? --data DIR names the run's", cmd, path, ckpt,
+                         tok_fingerprint(tok), st.tok_fp);
+    return tok;
+}
