@@ -112,6 +112,17 @@ grep -q "twice holds 1 checkpoint of another run at steps this run saves (the ne
 # --steps below the checkpoint's step trained nothing and exited 0 (third fuzzing pass).
 expect_usage "--steps 1 is below the step of --resume .*step_2.h5 \(2\): --steps counts the whole run" \
     "${args[@]}" --steps 1 --resume "$tmp/twice/step_2.h5"
+# A run refused for bad input found after the data is read (its --resume checkpoint, its --out)
+# leaves the file at its --metrics path as it was: opening it truncated an earlier run's metrics to
+# the refused run's config line.
+printf '{"step": 1, "loss": 2.5}\n' > "$tmp/kept.jsonl"
+expect_usage "checkpoint .*/none.h5: No such file or directory" "${args[@]}" --metrics "$tmp/kept.jsonl" \
+    --resume "$tmp/none.h5"
+expect_usage "--steps 1 is below the step of --resume" "${args[@]}" --steps 1 --metrics "$tmp/kept.jsonl" \
+    --resume "$tmp/twice/step_2.h5"
+expect_usage "checkpoint directory .*/text/a.txt is not a directory" "${args[@]}" --metrics "$tmp/kept.jsonl" \
+    --out "$tmp/text/a.txt"
+[ "$(cat "$tmp/kept.jsonl")" = '{"step": 1, "loss": 2.5}' ] || { echo "a refused run changed --metrics:"; cat "$tmp/kept.jsonl"; exit 1; }
 # --steps 0 with --out saves the initial weights as step 0 (it saved nothing: fourth fuzzing pass),
 # a checkpoint the other commands take. --out is made with its parents, like data prepare's (a new
 # user's `--out /tmp/ck/a` ended with exit 2).
