@@ -2,6 +2,7 @@
 #include "framework/train.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -346,7 +347,13 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     // Opened (and so truncated) only once --out and --resume have passed their checks: a run refused
     // for bad input cut an earlier metrics file at this path to the refused run's config line.
     if (c->metrics[0] && core_rank() == 0) {
-        t->metrics = fopen(c->metrics, "w");
+        // O_NONBLOCK: a FIFO that no process reads held the run at this open for ever (it waits for
+        // a reader); one with a reader opens, and the writes block again (as file.c's inputs do).
+        const int fd = open(c->metrics, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC, 0666);
+        if (fd < 0 && errno == ENXIO)
+            core_usage_error("cannot write --metrics %s: a FIFO that no process reads", c->metrics);
+        if (fd < 0) core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
+        t->metrics = fcntl(fd, F_SETFL, 0) == 0 ? fdopen(fd, "w") : NULL;
         if (!t->metrics) core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
         // The first line says which settings produced the file: every key, as this run resolved it.
         fputs("{\"config\": ", t->metrics);

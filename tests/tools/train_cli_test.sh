@@ -123,6 +123,15 @@ expect_usage "--steps 1 is below the step of --resume" "${args[@]}" --steps 1 --
 expect_usage "checkpoint directory .*/text/a.txt is not a directory" "${args[@]}" --metrics "$tmp/kept.jsonl" \
     --out "$tmp/text/a.txt"
 [ "$(cat "$tmp/kept.jsonl")" = '{"step": 1, "loss": 2.5}' ] || { echo "a refused run changed --metrics:"; cat "$tmp/kept.jsonl"; exit 1; }
+# A FIFO as --metrics: one that no process reads held the run at its start for ever; one with a
+# reader gets the lines.
+mkfifo "$tmp/metrics.fifo"
+expect_usage "cannot write --metrics .*/metrics.fifo: a FIFO that no process reads" "${args[@]}" \
+    --metrics "$tmp/metrics.fifo"
+exec 3<>"$tmp/metrics.fifo"  # a reader (and a writer) at once, without waiting
+"$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --metrics "$tmp/metrics.fifo" > /dev/null
+timeout 10 head -1 <&3 | grep -q '^{"config": ' || { echo "no config line through a FIFO"; exit 1; }
+exec 3<&-
 # --steps 0 with --out saves the initial weights as step 0 (it saved nothing: fourth fuzzing pass),
 # a checkpoint the other commands take. --out is made with its parents, like data prepare's (a new
 # user's `--out /tmp/ck/a` ended with exit 2).
