@@ -47,6 +47,9 @@ expect_usage "cannot open config file" --config "$tmp/missing.cfg"
 expect_usage "cannot open config file '.*/text': not a regular file" --config "$tmp/text" --data "$tmp/data"
 printf 'lr = 0.01\nsteps = 2\nlr = 0.02\n' > "$tmp/twice.cfg"
 expect_usage "twice.cfg:3: lr is set twice, on lines 1 and 3" --config "$tmp/twice.cfg" --data "$tmp/data"
+# --config=FILE reads FILE, as --key=value sets every other key (it was an unknown option).
+expect_usage "twice.cfg:3: lr is set twice, on lines 1 and 3" --config="$tmp/twice.cfg" --data "$tmp/data"
+expect_usage "^moelab: error: --config needs a file name" "${args[@]}" --config=
 expect_usage "beta1 must be below 1" "${args[@]}" --beta1 1
 expect_usage "beta2 must be below 1" "${args[@]}" --beta2 1
 expect_usage "norm_eps = 0 is too small" "${args[@]}" --norm-eps 0
