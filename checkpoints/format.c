@@ -36,6 +36,15 @@ void ckpt_part_path(const char *path, int r, int n, char *out, size_t len) {
 // Checks a file's format name and version attributes; returns the version.
 static int64_t check_format(const H5Io *io, hid_t f, const char *want) {
     char *fmt = h5_attr_read_str(io, f, "file", "format", 64);
+    // A part file given where a checkpoint is wanted (an easy slip in a folder of step_N.h5 and its
+    // step_N.h5.part-R-of-N) said only "format is 'moelab-checkpoint-part', not 'moelab-checkpoint'":
+    // say what it is and name its index.
+    if (!strcmp(want, CKPT_FORMAT_NAME) && !strcmp(fmt, CKPT_PART_FORMAT_NAME)) {
+        const char *part = NULL;
+        for (const char *at = strstr(io->path, ".part-"); at; at = strstr(at + 1, ".part-")) part = at;
+        H5_FAIL(io, "is one part file of a checkpoint saved by several processes, not a checkpoint: pass "
+                    "its index%s%.*s", part ? ", " : "", part ? (int)(part - io->path) : 0, io->path);
+    }
     if (strcmp(fmt, want) != 0) H5_FAIL(io, "format is '%s', not '%s'", fmt, want);
     core_free(fmt);
     int64_t v;

@@ -279,6 +279,16 @@ TEST_F(CheckpointErrors, FormatVersionOne) {
                 "v1.h5: format version 1 \\(W1 and W3 as two tensors");
 }
 
+// One part file of a multi-process save given where a checkpoint is wanted is named as such, with
+// its index (it said only "format is 'moelab-checkpoint-part', not 'moelab-checkpoint'").
+TEST_F(CheckpointErrors, PartFileGivenAsTheCheckpoint) {
+    const std::string part = index_ + ".part-1-of-2";
+    const std::string msg = "part-1-of-2: is one part file of a checkpoint saved by several processes, not a "
+                            "checkpoint: pass its index, " + index_ + " \\(at ";
+    EXPECT_EXIT(load(part, c_), ExitedWithCode(2), msg);
+    EXPECT_EXIT(verify(part.c_str(), stdout), ExitedWithCode(2), msg);
+}
+
 TEST_F(CheckpointErrors, GarbageStoredConfig) {
     const std::string p = with_stored_config(single_, "cfg.h5", "d_model = banana\n");
     EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "stored config line 1: d_model = 'banana' is not valid");
