@@ -399,11 +399,21 @@ int ckpt_file_eplb(CkptFile *cf, const MoeConfig *c, CkptEplb *out) {
         const hsize_t dims[2] = {(hsize_t)c->L, R};
         h5_read_rows(io, d, "/eplb/phy2log", H5T_NATIVE_INT, 2, dims, 0, dims[0], out->phy2log);
         H5Dclose(d);
-        for (int l = c->n_dense_layers; l < c->L; l++)
-            for (hsize_t p = 0; p < R; p++)
+        // Every expert of a MoE layer needs a slot: the dispatchers send its tokens there. A placement
+        // without one passed `ckpt verify` and ended --resume with an internal error (exit 1).
+        char *seen = core_alloc((size_t)c->E);
+        for (int l = c->n_dense_layers; l < c->L; l++) {
+            memset(seen, 0, (size_t)c->E);
+            for (hsize_t p = 0; p < R; p++) {
                 if (out->phy2log[l * R + p] < 0 || out->phy2log[l * R + p] >= c->E)
                     H5_FAIL(io, "/eplb/phy2log: layer %d slot %llu holds expert %d of %d", l,
                             (unsigned long long)p, out->phy2log[l * R + p], c->E);
+                seen[out->phy2log[l * R + p]] = 1;
+            }
+            for (int e = 0; e < c->E; e++)
+                if (!seen[e]) H5_FAIL(io, "/eplb/phy2log: layer %d has no slot for expert %d", l, e);
+        }
+        core_free(seen);
     }
     if (found) out->counts = read_expert_rows(cf, c, "/eplb/expert_counts");
     if (found) out->load = read_expert_rows(cf, c, "/eplb/load");

@@ -252,6 +252,27 @@ TEST_F(CheckpointErrors, BadEplbLoad) {
                 "/eplb/load should have 3 rows of one count per expert");
 }
 
+// A placement that gives some expert of a MoE layer no slot: refused by verify and by the loader
+// (verify passed it, and --resume ended with an internal error of the dispatcher, exit 1).
+TEST_F(CheckpointErrors, PlacementWithoutAnExpert) {
+    State s = make_state(c_, 0, 1);
+    CkptShard sh = shard_of(s.m);
+    CkptState st;
+    memset(&st, 0, sizeof st);
+    std::vector<int> phy2log((size_t)c_.L * c_.E);
+    for (int l = 0; l < c_.L; l++)
+        for (int p = 0; p < c_.E; p++) phy2log[(size_t)l * c_.E + p] = p;
+    phy2log[(size_t)2 * c_.E + 3] = 0;  // layer 2: expert 0 twice, expert 3 nowhere
+    const CkptEplb e = {c_.E, phy2log.data(), nullptr, nullptr};
+    const std::string p = dir_ + "/noslot.h5";
+    ckpt_save(p.c_str(), &sh, view(s), &st, &e);
+    free_state(s);
+    CkptEplb got;
+    EXPECT_EXIT(ckpt_load_eplb(p.c_str(), &c_, &got), ExitedWithCode(2),
+                "noslot.h5: /eplb/phy2log: layer 2 has no slot for expert 3");
+    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), "noslot.h5: /eplb/phy2log: layer 2 has no slot for expert 3");
+}
+
 TEST_F(CheckpointErrors, MissingStateGroup) {
     std::string p = copy_of(single_, "nostate.h5");
     delete_object(p, "/state");
