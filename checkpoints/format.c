@@ -137,6 +137,11 @@ void ckpt_file_state(CkptFile *cf, CkptState *st, int64_t *adam_t) {
     H5Gclose(g);
     if (st->step < 0 || st->step > INT32_MAX || *adam_t < 0)
         H5_FAIL(io, "/state holds step %lld and AdamW t %lld", (long long)st->step, (long long)*adam_t);
+    // The loader's shuffle has 2^32 epochs (a stream each): a later one passed `ckpt verify` and ended
+    // --resume at its first step with an internal error (exit 1).
+    if (st->data.epoch > UINT32_MAX)
+        H5_FAIL(io, "/state holds data epoch %llu, beyond the data loader's 2^32 epochs",
+                (unsigned long long)st->data.epoch);
 }
 
 int ckpt_has_tensor(CkptFile *cf, const char *name) { return h5_exists(&cf->io, cf->f, name); }

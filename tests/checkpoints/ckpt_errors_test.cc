@@ -60,15 +60,24 @@ protected:
         free_state(s);
     }
 
-    // A copy of src named `name` whose format_version attribute says v.
-    std::string with_format_version(const std::string &src, const std::string &name, int64_t v) {
+    // A copy of src named `name` whose int64 attribute `attr` of object `obj` says v.
+    std::string with_int64_attr(const std::string &src, const std::string &name, const char *obj,
+                                const char *attr, int64_t v) {
         std::string p = copy_of(src, name);
         hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-        hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
+        // The object opened first: HDF5 1.10.8's H5Aopen_by_name on a group gives an attribute
+        // that H5Awrite cannot find ("can't locate open attribute?").
+        hid_t o = H5Oopen(f, obj, H5P_DEFAULT);
+        hid_t a = H5Aopen(o, attr, H5P_DEFAULT);
         EXPECT_GE(H5Awrite(a, H5T_NATIVE_INT64, &v), 0);
         H5Aclose(a);
+        H5Oclose(o);
         H5Fclose(f);
         return p;
+    }
+    // A copy of src named `name` whose format_version attribute says v.
+    std::string with_format_version(const std::string &src, const std::string &name, int64_t v) {
+        return with_int64_attr(src, name, "/", "format_version", v);
     }
     // A copy of src named `name` whose stored config is text.
     std::string with_stored_config(const std::string &src, const std::string &name, const std::string &text) {
@@ -308,6 +317,15 @@ TEST_F(CheckpointErrors, PartFileGivenAsTheCheckpoint) {
                             "checkpoint: pass its index, " + index_ + " \\(at ";
     EXPECT_EXIT(load(part, c_), ExitedWithCode(2), msg);
     EXPECT_EXIT(verify(part.c_str(), stdout), ExitedWithCode(2), msg);
+}
+
+// A data epoch past the loader's 2^32 (one shuffle stream each): refused by verify and the loader
+// (verify passed it, and --resume ended at its first step with the loader's internal error, exit 1).
+TEST_F(CheckpointErrors, DataEpochBeyondTheLoader) {
+    const std::string p = with_int64_attr(single_, "epoch.h5", "state", "data_epoch", (1ll << 32) + 5);
+    const char *msg = "epoch.h5: /state holds data epoch 4294967301, beyond the data loader's 2\\^32 epochs";
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), msg);
+    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), msg);
 }
 
 TEST_F(CheckpointErrors, GarbageStoredConfig) {
