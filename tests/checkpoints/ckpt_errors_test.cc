@@ -309,6 +309,19 @@ TEST_F(CheckpointErrors, FormatVersionOne) {
                 "v1.h5: format version 1 \\(W1 and W3 as two tensors");
 }
 
+// A group where a tensor should be, and a missing group of moments, are named.
+TEST_F(CheckpointErrors, ObjectsOfTheWrongKindOrMissing) {
+    std::string p = copy_of(single_, "group.h5");
+    delete_object(p, "/model/embed");
+    hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Gclose(H5Gcreate2(f, "/model/embed", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    H5Fclose(f);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "group.h5: /model/embed is not a dataset");
+    p = copy_of(single_, "nomoments.h5");
+    delete_object(p, "/optim/m");
+    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), "nomoments.h5: group /optim/m is missing");
+}
+
 // One part file of a multi-process save given where a checkpoint is wanted is named as such, with
 // its index (it said only "format is 'moelab-checkpoint-part', not 'moelab-checkpoint'").
 TEST_F(CheckpointErrors, PartFileGivenAsTheCheckpoint) {
@@ -319,6 +332,33 @@ TEST_F(CheckpointErrors, PartFileGivenAsTheCheckpoint) {
     EXPECT_EXIT(verify(part.c_str(), stdout), ExitedWithCode(2), msg);
 }
 
+// Attributes a reader relies on: a missing one, one of another type, an index naming no parts or
+// more parts than it has ids for, a /state no run saves. Each is named, exit 2.
+TEST_F(CheckpointErrors, BadAttributes) {
+    std::string p = copy_of(single_, "noversion.h5");
+    hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    EXPECT_GE(H5Adelete(f, "format_version"), 0);
+    H5Fclose(f);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "noversion.h5: file: attribute 'format_version' is missing");
+    f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(f, "format_version", H5T_STD_I32LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    const int32_t two = 2;
+    EXPECT_GE(H5Awrite(a, H5T_NATIVE_INT32, &two), 0);
+    H5Aclose(a);
+    H5Sclose(sp);
+    H5Fclose(f);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "noversion.h5: file: attribute 'format_version' has the wrong type");
+    EXPECT_EXIT(load(with_int64_attr(index_, "parts0.h5", "/", "parts", 0), c_), ExitedWithCode(2),
+                "parts0.h5: index names 0 part files");
+    EXPECT_EXIT(load(with_int64_attr(index_, "parts3.h5", "/", "parts", 3), c_), ExitedWithCode(2),
+                "parts3.h5: index: attribute 'part_ids' should hold 3 values");
+    p = with_int64_attr(single_, "negstep.h5", "state", "step", -1);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "negstep.h5: /state holds step -1 and AdamW t [0-9]+");
+    p = with_int64_attr(single_, "negt.h5", "state", "adam_t", -2);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "negt.h5: /state holds step 3 and AdamW t -2");
+}
+
 // A data epoch past the loader's 2^32 (one shuffle stream each): refused by verify and the loader
 // (verify passed it, and --resume ended at its first step with the loader's internal error, exit 1).
 TEST_F(CheckpointErrors, DataEpochBeyondTheLoader) {
@@ -326,6 +366,13 @@ TEST_F(CheckpointErrors, DataEpochBeyondTheLoader) {
     const char *msg = "epoch.h5: /state holds data epoch 4294967301, beyond the data loader's 2\\^32 epochs";
     EXPECT_EXIT(load(p, c_), ExitedWithCode(2), msg);
     EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), msg);
+}
+
+// A stored config line that is no `key = value` (the file's own text, not a user's config) is named
+// with the checkpoint and the line.
+TEST_F(CheckpointErrors, StoredConfigLineWithoutEquals) {
+    const std::string p = with_stored_config(single_, "noeq.h5", "d_model 16\n");
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "noeq.h5, stored config line 1: expected 'key = value', got 'd_model 16'");
 }
 
 TEST_F(CheckpointErrors, GarbageStoredConfig) {
