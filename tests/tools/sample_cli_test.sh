@@ -50,6 +50,10 @@ expect_usage "--tokens needs a value" --ckpt "$ckpt" --tokens
 expect_usage "no_such" --ckpt "$tmp/no_such.h5"
 expect_usage "prompt must not be empty" --ckpt "$ckpt" --prompt ""
 expect_usage "--device tpu: expected cpu, cuda" --ckpt "$ckpt" --device tpu
+# A tokenizer of another vocabulary than the model's (token ids past its rows, or rows no id reaches).
+"$moelab" data prepare --input "$here" --vocab 256 --out "$tmp/data256" --val-fraction 0.2 >/dev/null
+expect_usage "^moelab: error: sample: .*/data256/tokenizer.bin has 256 tokens but the checkpoint's model has vocab_size 300" \
+    --ckpt "$ckpt" --data "$tmp/data256"
 # A run given a relative --data, sampled from another folder: the message says why the tokenizer is
 # missing and how to name it (a new user's run from another folder said only "cannot open").
 (cd "$tmp" && "$moelab" train --data data --vocab-size 300 --steps 1 --seq-len 32 --batch-size 2 \

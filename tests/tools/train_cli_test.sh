@@ -44,6 +44,12 @@ expect_usage "not a directory made by" --config "$cfg" --data "$tmp/none"
 expect_usage "vocab_size = 2048 but the tokenizer" "${args[@]}" --vocab-size 2048
 expect_usage "n_heads \(4\) must be divisible by n_kv_heads \(3\)" "${args[@]}" --n-kv-heads 3
 expect_usage "cannot open config file" --config "$tmp/missing.cfg"
+expect_usage "^moelab: error: --config needs a file name" "${args[@]}" --config
+expect_usage "^moelab: error: command line: --lr needs a value" "${args[@]}" --lr
+expect_usage "command line: data is longer than 255 characters" "${args[@]}" --data "$tmp/$(printf 'd%.0s' $(seq 300))"
+# A CPU build asked for the GPU says how to get one (before any data is read).
+expect_usage "^moelab: error: --device cuda: this build has no CUDA backend: rebuild with --config=cuda" \
+    "${args[@]}" --device cuda
 expect_usage "cannot open config file '.*/text': not a regular file" --config "$tmp/text" --data "$tmp/data"
 printf 'lr = 0.01\nsteps = 2\nlr = 0.02\n' > "$tmp/twice.cfg"
 expect_usage "twice.cfg:3: lr is set twice, on lines 1 and 3" --config "$tmp/twice.cfg" --data "$tmp/data"
