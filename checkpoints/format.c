@@ -36,6 +36,15 @@ void ckpt_part_path(const char *path, int r, int n, char *out, size_t len) {
 // Checks a file's format name and version attributes; returns the version.
 static int64_t check_format(const H5Io *io, hid_t f, const char *want) {
     char *fmt = h5_attr_read_str(io, f, "file", "format", 64);
+    // A part file given where a checkpoint is wanted (an easy slip in a folder of step_N.h5 and its
+    // step_N.h5.part-R-of-N) said only "format is 'moelab-checkpoint-part', not 'moelab-checkpoint'":
+    // say what it is and name its index.
+    if (!strcmp(want, CKPT_FORMAT_NAME) && !strcmp(fmt, CKPT_PART_FORMAT_NAME)) {
+        const char *part = NULL;
+        for (const char *at = strstr(io->path, ".part-"); at; at = strstr(at + 1, ".part-")) part = at;
+        H5_FAIL(io, "is one part file of a checkpoint saved by several processes, not a checkpoint: pass "
+                    "its index%s%.*s", part ? ", " : "", part ? (int)(part - io->path) : 0, io->path);
+    }
     if (strcmp(fmt, want) != 0) H5_FAIL(io, "format is '%s', not '%s'", fmt, want);
     core_free(fmt);
     int64_t v;
@@ -134,6 +143,11 @@ void ckpt_file_state(CkptFile *cf, CkptState *st, int64_t *adam_t) {
     H5Gclose(g);
     if (st->step < 0 || st->step > INT32_MAX || *adam_t < 0)
         H5_FAIL(io, "/state holds step %lld and AdamW t %lld", (long long)st->step, (long long)*adam_t);
+    // The loader's shuffle has 2^32 epochs (a stream each): a later one passed `ckpt verify` and ended
+    // --resume at its first step with an internal error (exit 1).
+    if (st->data.epoch > UINT32_MAX)
+        H5_FAIL(io, "/state holds data epoch %llu, beyond the data loader's 2^32 epochs",
+                (unsigned long long)st->data.epoch);
 }
 
 int ckpt_has_tensor(CkptFile *cf, const char *name) { return h5_exists(&cf->io, cf->f, name); }
@@ -396,11 +410,21 @@ int ckpt_file_eplb(CkptFile *cf, const MoeConfig *c, CkptEplb *out) {
         const hsize_t dims[2] = {(hsize_t)c->L, R};
         h5_read_rows(io, d, "/eplb/phy2log", H5T_NATIVE_INT, 2, dims, 0, dims[0], out->phy2log);
         H5Dclose(d);
-        for (int l = c->n_dense_layers; l < c->L; l++)
-            for (hsize_t p = 0; p < R; p++)
+        // Every expert of a MoE layer needs a slot: the dispatchers send its tokens there. A placement
+        // without one passed `ckpt verify` and ended --resume with an internal error (exit 1).
+        char *seen = core_alloc((size_t)c->E);
+        for (int l = c->n_dense_layers; l < c->L; l++) {
+            memset(seen, 0, (size_t)c->E);
+            for (hsize_t p = 0; p < R; p++) {
                 if (out->phy2log[l * R + p] < 0 || out->phy2log[l * R + p] >= c->E)
                     H5_FAIL(io, "/eplb/phy2log: layer %d slot %llu holds expert %d of %d", l,
                             (unsigned long long)p, out->phy2log[l * R + p], c->E);
+                seen[out->phy2log[l * R + p]] = 1;
+            }
+            for (int e = 0; e < c->E; e++)
+                if (!seen[e]) H5_FAIL(io, "/eplb/phy2log: layer %d has no slot for expert %d", l, e);
+        }
+        core_free(seen);
     }
     if (found) out->counts = read_expert_rows(cf, c, "/eplb/expert_counts");
     if (found) out->load = read_expert_rows(cf, c, "/eplb/load");

@@ -2,6 +2,7 @@
 #include "framework/train.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -339,15 +340,6 @@ Trainer *trainer_create(const MoeConfig *cfg) {
                          (unsigned long long)(val_seqs / (uint64_t)c->batch_size), c->batch_size);
     t->pipe = pipe_trainer_create(c, g, ops);
     t->tokens = core_alloc((size_t)c->grad_accum * c->batch_size * (c->T + 1) * sizeof(int));
-    if (c->metrics[0] && core_rank() == 0) {
-        t->metrics = fopen(c->metrics, "w");
-        if (!t->metrics) core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
-        // The first line says which settings produced the file: every key, as this run resolved it.
-        fputs("{\"config\": ", t->metrics);
-        config_write_json(c, t->metrics);
-        fputs("}\n", t->metrics);
-        metrics_flush(t);
-    }
     t->out_lock = CORE_DIR_NO_LOCK;
     if (c->out[0]) {
         ckpt_make_dir(c->out);
@@ -364,6 +356,23 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     t->lineage = ckpt_new_lineage();
     t->resumed_at = -1;
     if (c->resume[0]) trainer_resume(t);
+    // Opened (and so truncated) only once --out and --resume have passed their checks: a run refused
+    // for bad input cut an earlier metrics file at this path to the refused run's config line.
+    if (c->metrics[0] && core_rank() == 0) {
+        // O_NONBLOCK: a FIFO that no process reads held the run at this open for ever (it waits for
+        // a reader); one with a reader opens, and the writes block again (as file.c's inputs do).
+        const int fd = open(c->metrics, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC, 0666);
+        if (fd < 0 && errno == ENXIO)
+            core_usage_error("cannot write --metrics %s: a FIFO that no process reads", c->metrics);
+        if (fd < 0) core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
+        t->metrics = fcntl(fd, F_SETFL, 0) == 0 ? fdopen(fd, "w") : NULL;
+        if (!t->metrics) core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
+        // The first line says which settings produced the file: every key, as this run resolved it.
+        fputs("{\"config\": ", t->metrics);
+        config_write_json(c, t->metrics);
+        fputs("}\n", t->metrics);
+        metrics_flush(t);
+    }
     // Another run's checkpoints at steps this run will save are replaced when it saves them: said
     // now, while the run can still be stopped and given another --out (a new run into the same
     // folder, e.g. the quickstart run twice, is common enough that refusing would be worse).

@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-# The PyTorch baseline of `moelab bench --device cuda` (issue 3 item 4): the model of docs/architecture.md
-# §2 written as a good PyTorch user would (bf16 autocast over fp32 master weights, fused AdamW,
-# scaled_dot_product_attention, experts as grouped GEMMs over sorted rows), timed in eager mode and
-# under torch.compile on synthetic tokens, with the same FLOP count and bf16 GEMM baseline.
+# The PyTorch baseline of `moelab bench` (issue 3 item 4): the model of docs/architecture.md §2
+# written as a good PyTorch user would (on a GPU bf16 autocast over fp32 master weights and fused
+# AdamW; scaled_dot_product_attention; experts as grouped GEMMs over sorted rows where the build has
+# them, else a loop over experts), timed in eager mode and under torch.compile on synthetic tokens,
+# with the same FLOP count and GEMM baseline: the bf16 GEMM 8192^3 on a GPU; on the CPU (--device
+# cpu: fp32 throughout, as moelab's CPU backend, on --threads threads) the fp32 GEMM 1024^3, the
+# size moelab bench's sgemm baseline times.
 # It times as `moelab bench` does: at least --steps steps and --seconds seconds (the defaults are
 # moelab's), each step waited for, so that both runs' routers have had as many aux-loss-free bias
 # updates by the end (skewed expert loads slow a grouped GEMM, PyTorch's weight gradient the most).
 #   usage: python3 tools/bench_torch.py [--config configs/bench.cfg] [--mode eager,compile]
 #                                       [--steps N] [--seconds S] [--warmup N]
+#                                       [--device cuda|cpu] [--threads N]
 import argparse
 import math
+import resource
 import time
 
 import torch
@@ -50,16 +55,17 @@ def train_flops_per_token(c):
     return 3 * fwd
 
 
-def grouped_mm_fn():
-    """torch's grouped GEMM over row ranges, if this build has a working one (checked against a loop)."""
+def grouped_mm_fn(dev, dt):
+    """torch's grouped GEMM over row ranges, if this build has a working one for device dev and dtype
+    dt (checked against a loop)."""
     fn = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
     if fn is None:
         return None
     try:
-        g = torch.Generator(device="cuda").manual_seed(0)
-        x = torch.randn(96, 64, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
-        w = torch.randn(3, 32, 64, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
-        offs = torch.tensor([16, 48, 96], device="cuda", dtype=torch.int32)
+        g = torch.Generator(device=dev).manual_seed(0)
+        x = torch.randn(96, 64, device=dev, dtype=dt, generator=g, requires_grad=True)
+        w = torch.randn(3, 32, 64, device=dev, dtype=dt, generator=g, requires_grad=True)
+        offs = torch.tensor([16, 48, 96], device=dev, dtype=torch.int32)
         y = fn(x, w.transpose(-2, -1), offs=offs)
         ref = torch.cat([x[0:16] @ w[0].T, x[16:48] @ w[1].T, x[48:96] @ w[2].T])
         y.float().sum().backward()
@@ -154,7 +160,7 @@ class Layer(nn.Module):
         flat = idx.reshape(-1)
         order = torch.argsort(flat, stable=True)  # rows by expert, then token, then choice
         counts = torch.bincount(flat, minlength=E)
-        ys = self.experts(mt[order // K].to(torch.bfloat16), counts)
+        ys = self.experts(mt[order // K].to(self.c["dtype"]), counts)
         y_nk = torch.empty_like(ys)
         y_nk[order] = ys
         y = (y_nk.view(B * T, K, D) * g.unsqueeze(-1).to(ys.dtype)).sum(1)
@@ -203,32 +209,39 @@ class Model(nn.Module):
         return ce + self.c["balance_alpha"] * bal, counts
 
 
-def bf16_gemm_tflops(n=8192, reps=10):
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+def sync(dev):
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
+def gemm_tflops(dev, dt, n, reps=10):
+    """The best of reps n^3 GEMMs, the peak MFU is given against."""
+    a = torch.randn(n, n, device=dev, dtype=dt)
+    b = torch.randn(n, n, device=dev, dtype=dt)
     best = 1e30
     for r in range(reps + 1):
-        torch.cuda.synchronize()
+        sync(dev)
         t0 = time.perf_counter()
         a @ b
-        torch.cuda.synchronize()
+        sync(dev)
         if r:
             best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best / 1e12
 
 
-def run(c, mode, gmm, min_steps, min_seconds, warmup, peak):
+def run(c, dev, mode, gmm, min_steps, min_seconds, warmup, peak):
     torch.manual_seed(c["seed"])
-    torch.cuda.reset_peak_memory_stats()
-    model = Model(c, gmm).cuda()
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = Model(c, gmm).to(dev)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": c["weight_decay"]},
                              {"params": other, "weight_decay": 0.0}], lr=c["lr"],
-                            betas=(c["beta1"], c["beta2"]), eps=c["adam_eps"], fused=True)
+                            betas=(c["beta1"], c["beta2"]), eps=c["adam_eps"], fused=dev == "cuda")
     B, T, V = c["batch_size"], c["seq_len"], c["vocab_size"]
-    g = torch.Generator(device="cuda").manual_seed(3)
-    tok = torch.randint(0, V, (c["grad_accum"], B, T + 1), device="cuda", generator=g)
+    g = torch.Generator(device=dev).manual_seed(3)
+    tok = torch.randint(0, V, (c["grad_accum"], B, T + 1), device=dev, generator=g)
     fwd = torch.compile(model) if mode == "compile" else model
     E, K = c["n_experts"], c["top_k"]
 
@@ -236,7 +249,7 @@ def run(c, mode, gmm, min_steps, min_seconds, warmup, peak):
         opt.zero_grad(set_to_none=True)
         total, all_counts = 0.0, None
         for a in range(c["grad_accum"]):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
                 loss, counts = fwd(tok[a, :, :T], tok[a, :, 1:])
             (loss / c["grad_accum"]).backward()
             total += loss.detach() / c["grad_accum"]
@@ -255,7 +268,7 @@ def run(c, mode, gmm, min_steps, min_seconds, warmup, peak):
     t_compile = time.perf_counter() - t_compile
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
+    sync(dev)
     t0 = time.perf_counter()
     steps, elapsed = 0, 0.0
     while steps < min_steps or elapsed < min_seconds:
@@ -266,9 +279,11 @@ def run(c, mode, gmm, min_steps, min_seconds, warmup, peak):
     dt = elapsed / steps
     tps = c["grad_accum"] * B * T / dt
     tflops = tps * train_flops_per_token(c) / 1e12
-    mem = torch.cuda.max_memory_allocated() / 2 ** 30
+    # On the CPU the process's peak resident set (the model's tensors and PyTorch's own).
+    mem = (torch.cuda.max_memory_allocated() if dev == "cuda" else
+           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30
     print(f"{'torch ' + mode:<22} {sum(p.numel() for p in model.parameters()) / 1e6:9.2f} {steps:7d} {dt:10.3f} "
-          f"{tps:10.0f} {tflops:10.1f} {100 * tflops / peak:7.1f}% {mem:9.2f} {first:8.3f}/{last:.3f}"
+          f"{tps:10.0f} {tflops:10.{1 if dev == 'cuda' else 4}f} {100 * tflops / peak:7.1f}% {mem:9.2f} {first:8.3f}/{last:.3f}"
           f"   (first step {t_compile:.1f} s)", flush=True)
     # The same line as moelab bench's: how skewed the last step's expert loads were.
     load = counts.float().amax(dim=1) / counts.float().mean(dim=1)
@@ -283,18 +298,30 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="time at least this many steps")
     ap.add_argument("--seconds", type=float, default=5.0, help="and at least this many seconds")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     args = ap.parse_args()
     c = load_config(args.config)
+    dev = args.device
+    c["dtype"] = torch.bfloat16 if dev == "cuda" else torch.float32
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = True
-    gmm = grouped_mm_fn()
-    peak = bf16_gemm_tflops()
-    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: bf16 GEMM 8192^3 = {peak:.1f} TFLOP/s; "
-          f"experts through {'grouped_mm' if gmm else 'a per-expert loop'}\n")
+    gmm = grouped_mm_fn(dev, c["dtype"])
+    if dev == "cuda":
+        peak = gemm_tflops(dev, torch.bfloat16, 8192)
+        print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: bf16 GEMM 8192^3 = {peak:.1f} TFLOP/s; "
+              f"experts through {'grouped_mm' if gmm else 'a per-expert loop'}\n")
+    else:
+        peak = gemm_tflops(dev, torch.float32, 1024)
+        print(f"torch {torch.__version__} on the CPU, {torch.get_num_threads()} threads: fp32 GEMM 1024^3 = "
+              f"{peak * 1e3:.1f} GFLOP/s; experts through {'grouped_mm' if gmm else 'a per-expert loop'}\n")
     print(f"{'config':<22} {'params(M)':>9} {'steps':>7} {'step (s)':>10} {'tokens/s':>10} {'TFLOP/s':>10} "
           f"{'MFU':>8} {'peak GiB':>9} {'loss first/last':>17}")
     for mode in args.mode.split(","):
-        run(c, mode, gmm, args.steps, args.seconds, args.warmup, peak)
-        torch.cuda.empty_cache()
+        run(c, dev, mode, gmm, args.steps, args.seconds, args.warmup, peak)
+        if dev == "cuda":
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

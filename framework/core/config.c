@@ -346,17 +346,19 @@ void config_load_file(MoeConfig *c, const char *path) {
 }
 
 int config_apply_args(MoeConfig *c, int argc, char **argv) {
-    // --config first, so that explicit --key overrides win over the file wherever they appear.
+    // --config first, so that explicit --key overrides win over the file wherever they appear. It
+    // takes "--config=FILE" too, like every other flag (that form was an unknown option to train).
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--config") == 0) {
-            if (i + 1 >= argc) core_usage_error("--config needs a file name");
-            config_load_file(c, argv[i + 1]);
-        }
+        const char *file = strncmp(argv[i], "--config=", 9) == 0 ? argv[i] + 9 : NULL;
+        if (strcmp(argv[i], "--config") == 0) file = i + 1 < argc ? argv[i + 1] : "";
+        if (file && !*file) core_usage_error("--config needs a file name");
+        if (file) config_load_file(c, file);
     }
     int kept = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--config") == 0) { i++; continue; }
+        if (strncmp(a, "--config=", 9) == 0) continue;
         // --key value or --key=value, for a key of the table (or a retired one: config_set says so);
         // anything else is the command's own.
         if (strncmp(a, "--", 2) == 0) {

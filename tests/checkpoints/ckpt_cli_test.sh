@@ -86,6 +86,15 @@ expect_error "short.h5: cannot open as HDF5" "$moelab" ckpt verify "$tmp/short.h
 rm "$tmp/c/step_6.h5.part-1-of-2"
 expect_error "step_6.h5.part-1-of-2 .*is missing" "$moelab" ckpt inspect "$tmp/c/step_6.h5"
 expect_error "no.h5: No such file" "$moelab" ckpt verify "$tmp/no.h5"
+# A folder, or one part file of a multi-process save, where a checkpoint is wanted: named as such
+# (a part file said only "format is 'moelab-checkpoint-part', not 'moelab-checkpoint'").
+expect_error "^moelab: error: checkpoint $tmp/a: not a regular file" "$moelab" ckpt verify "$tmp/a"
+expect_error "^moelab: error: checkpoint $tmp/a: not a regular file" "$moelab" train "${args[@]}" --resume "$tmp/a"
+expect_error "step_3.h5.part-0-of-2: is one part file of a checkpoint saved by several processes, not a checkpoint: pass its index, $tmp/c/step_3.h5 " \
+    "$moelab" ckpt inspect "$tmp/c/step_3.h5.part-0-of-2"
+expect_error "step_3.h5.part-1-of-2: is one part file .*pass its index, $tmp/c/step_3.h5 " \
+    "$moelab" train "${args[@]}" --resume "$tmp/c/step_3.h5.part-1-of-2"
+expect_error "^moelab: error: ckpt: expected .inspect PATH., .verify PATH. or .clean DIR." "$moelab" ckpt
 # An index (make_ckpt's, with its two part files) whose metadata the fuzzer corrupted so that HDF5
 # 1.10.8 itself overflows a buffer while opening a dataset: glibc's fortify check aborted the process
 # (SIGABRT) before the probe. Now the probe process dies instead, and the command ends with exit 2

@@ -60,15 +60,24 @@ protected:
         free_state(s);
     }
 
-    // A copy of src named `name` whose format_version attribute says v.
-    std::string with_format_version(const std::string &src, const std::string &name, int64_t v) {
+    // A copy of src named `name` whose int64 attribute `attr` of object `obj` says v.
+    std::string with_int64_attr(const std::string &src, const std::string &name, const char *obj,
+                                const char *attr, int64_t v) {
         std::string p = copy_of(src, name);
         hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-        hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
+        // The object opened first: HDF5 1.10.8's H5Aopen_by_name on a group gives an attribute
+        // that H5Awrite cannot find ("can't locate open attribute?").
+        hid_t o = H5Oopen(f, obj, H5P_DEFAULT);
+        hid_t a = H5Aopen(o, attr, H5P_DEFAULT);
         EXPECT_GE(H5Awrite(a, H5T_NATIVE_INT64, &v), 0);
         H5Aclose(a);
+        H5Oclose(o);
         H5Fclose(f);
         return p;
+    }
+    // A copy of src named `name` whose format_version attribute says v.
+    std::string with_format_version(const std::string &src, const std::string &name, int64_t v) {
+        return with_int64_attr(src, name, "/", "format_version", v);
     }
     // A copy of src named `name` whose stored config is text.
     std::string with_stored_config(const std::string &src, const std::string &name, const std::string &text) {
@@ -252,6 +261,27 @@ TEST_F(CheckpointErrors, BadEplbLoad) {
                 "/eplb/load should have 3 rows of one count per expert");
 }
 
+// A placement that gives some expert of a MoE layer no slot: refused by verify and by the loader
+// (verify passed it, and --resume ended with an internal error of the dispatcher, exit 1).
+TEST_F(CheckpointErrors, PlacementWithoutAnExpert) {
+    State s = make_state(c_, 0, 1);
+    CkptShard sh = shard_of(s.m);
+    CkptState st;
+    memset(&st, 0, sizeof st);
+    std::vector<int> phy2log((size_t)c_.L * c_.E);
+    for (int l = 0; l < c_.L; l++)
+        for (int p = 0; p < c_.E; p++) phy2log[(size_t)l * c_.E + p] = p;
+    phy2log[(size_t)2 * c_.E + 3] = 0;  // layer 2: expert 0 twice, expert 3 nowhere
+    const CkptEplb e = {c_.E, phy2log.data(), nullptr, nullptr};
+    const std::string p = dir_ + "/noslot.h5";
+    ckpt_save(p.c_str(), &sh, view(s), &st, &e);
+    free_state(s);
+    CkptEplb got;
+    EXPECT_EXIT(ckpt_load_eplb(p.c_str(), &c_, &got), ExitedWithCode(2),
+                "noslot.h5: /eplb/phy2log: layer 2 has no slot for expert 3");
+    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), "noslot.h5: /eplb/phy2log: layer 2 has no slot for expert 3");
+}
+
 TEST_F(CheckpointErrors, MissingStateGroup) {
     std::string p = copy_of(single_, "nostate.h5");
     delete_object(p, "/state");
@@ -277,6 +307,72 @@ TEST_F(CheckpointErrors, UnknownFormatVersion) {
 TEST_F(CheckpointErrors, FormatVersionOne) {
     EXPECT_EXIT(load(with_format_version(single_, "v1.h5", 1), c_), ExitedWithCode(2),
                 "v1.h5: format version 1 \\(W1 and W3 as two tensors");
+}
+
+// A group where a tensor should be, and a missing group of moments, are named.
+TEST_F(CheckpointErrors, ObjectsOfTheWrongKindOrMissing) {
+    std::string p = copy_of(single_, "group.h5");
+    delete_object(p, "/model/embed");
+    hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Gclose(H5Gcreate2(f, "/model/embed", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    H5Fclose(f);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "group.h5: /model/embed is not a dataset");
+    p = copy_of(single_, "nomoments.h5");
+    delete_object(p, "/optim/m");
+    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), "nomoments.h5: group /optim/m is missing");
+}
+
+// One part file of a multi-process save given where a checkpoint is wanted is named as such, with
+// its index (it said only "format is 'moelab-checkpoint-part', not 'moelab-checkpoint'").
+TEST_F(CheckpointErrors, PartFileGivenAsTheCheckpoint) {
+    const std::string part = index_ + ".part-1-of-2";
+    const std::string msg = "part-1-of-2: is one part file of a checkpoint saved by several processes, not a "
+                            "checkpoint: pass its index, " + index_ + " \\(at ";
+    EXPECT_EXIT(load(part, c_), ExitedWithCode(2), msg);
+    EXPECT_EXIT(verify(part.c_str(), stdout), ExitedWithCode(2), msg);
+}
+
+// Attributes a reader relies on: a missing one, one of another type, an index naming no parts or
+// more parts than it has ids for, a /state no run saves. Each is named, exit 2.
+TEST_F(CheckpointErrors, BadAttributes) {
+    std::string p = copy_of(single_, "noversion.h5");
+    hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    EXPECT_GE(H5Adelete(f, "format_version"), 0);
+    H5Fclose(f);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "noversion.h5: file: attribute 'format_version' is missing");
+    f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(f, "format_version", H5T_STD_I32LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    const int32_t two = 2;
+    EXPECT_GE(H5Awrite(a, H5T_NATIVE_INT32, &two), 0);
+    H5Aclose(a);
+    H5Sclose(sp);
+    H5Fclose(f);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "noversion.h5: file: attribute 'format_version' has the wrong type");
+    EXPECT_EXIT(load(with_int64_attr(index_, "parts0.h5", "/", "parts", 0), c_), ExitedWithCode(2),
+                "parts0.h5: index names 0 part files");
+    EXPECT_EXIT(load(with_int64_attr(index_, "parts3.h5", "/", "parts", 3), c_), ExitedWithCode(2),
+                "parts3.h5: index: attribute 'part_ids' should hold 3 values");
+    p = with_int64_attr(single_, "negstep.h5", "state", "step", -1);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "negstep.h5: /state holds step -1 and AdamW t [0-9]+");
+    p = with_int64_attr(single_, "negt.h5", "state", "adam_t", -2);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "negt.h5: /state holds step 3 and AdamW t -2");
+}
+
+// A data epoch past the loader's 2^32 (one shuffle stream each): refused by verify and the loader
+// (verify passed it, and --resume ended at its first step with the loader's internal error, exit 1).
+TEST_F(CheckpointErrors, DataEpochBeyondTheLoader) {
+    const std::string p = with_int64_attr(single_, "epoch.h5", "state", "data_epoch", (1ll << 32) + 5);
+    const char *msg = "epoch.h5: /state holds data epoch 4294967301, beyond the data loader's 2\\^32 epochs";
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), msg);
+    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), msg);
+}
+
+// A stored config line that is no `key = value` (the file's own text, not a user's config) is named
+// with the checkpoint and the line.
+TEST_F(CheckpointErrors, StoredConfigLineWithoutEquals) {
+    const std::string p = with_stored_config(single_, "noeq.h5", "d_model 16\n");
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "noeq.h5, stored config line 1: expected 'key = value', got 'd_model 16'");
 }
 
 TEST_F(CheckpointErrors, GarbageStoredConfig) {

@@ -57,6 +57,10 @@ for i in $(seq 1 60); do echo "$i pack my box with five dozen liquor jugs, said 
 "$moelab" data prepare --input "$tmp/other" --vocab 300 --out "$tmp/data_other" --val-fraction 0.2 >/dev/null
 expect_usage "sample: .*data_other/tokenizer.bin is not the tokenizer .* was trained with \\(fingerprints" \
     --ckpt "$ckpt" --data "$tmp/data_other"
+# A tokenizer of another vocabulary than the model's (token ids past its rows, or rows no id reaches).
+"$moelab" data prepare --input "$here" --vocab 256 --out "$tmp/data256" --val-fraction 0.2 >/dev/null
+expect_usage "^moelab: error: sample: .*/data256/tokenizer.bin has 256 tokens but the checkpoint's model has vocab_size 300" \
+    --ckpt "$ckpt" --data "$tmp/data256"
 # A run given a relative --data, sampled from another folder: the message says why the tokenizer is
 # missing and how to name it (a new user's run from another folder said only "cannot open").
 (cd "$tmp" && "$moelab" train --data data --vocab-size 300 --steps 1 --seq-len 32 --batch-size 2 \

@@ -44,9 +44,18 @@ expect_usage "not a directory made by" --config "$cfg" --data "$tmp/none"
 expect_usage "vocab_size = 2048 but the tokenizer" "${args[@]}" --vocab-size 2048
 expect_usage "n_heads \(4\) must be divisible by n_kv_heads \(3\)" "${args[@]}" --n-kv-heads 3
 expect_usage "cannot open config file" --config "$tmp/missing.cfg"
+expect_usage "^moelab: error: --config needs a file name" "${args[@]}" --config
+expect_usage "^moelab: error: command line: --lr needs a value" "${args[@]}" --lr
+expect_usage "command line: data is longer than 255 characters" "${args[@]}" --data "$tmp/$(printf 'd%.0s' $(seq 300))"
+# A CPU build asked for the GPU says how to get one (before any data is read).
+expect_usage "^moelab: error: --device cuda: this build has no CUDA backend: rebuild with --config=cuda" \
+    "${args[@]}" --device cuda
 expect_usage "cannot open config file '.*/text': not a regular file" --config "$tmp/text" --data "$tmp/data"
 printf 'lr = 0.01\nsteps = 2\nlr = 0.02\n' > "$tmp/twice.cfg"
 expect_usage "twice.cfg:3: lr is set twice, on lines 1 and 3" --config "$tmp/twice.cfg" --data "$tmp/data"
+# --config=FILE reads FILE, as --key=value sets every other key (it was an unknown option).
+expect_usage "twice.cfg:3: lr is set twice, on lines 1 and 3" --config="$tmp/twice.cfg" --data "$tmp/data"
+expect_usage "^moelab: error: --config needs a file name" "${args[@]}" --config=
 expect_usage "beta1 must be below 1" "${args[@]}" --beta1 1
 expect_usage "beta2 must be below 1" "${args[@]}" --beta2 1
 expect_usage "norm_eps = 0 is too small" "${args[@]}" --norm-eps 0
@@ -112,6 +121,26 @@ grep -q "twice holds 1 checkpoint of another run at steps this run saves (the ne
 # --steps below the checkpoint's step trained nothing and exited 0 (third fuzzing pass).
 expect_usage "--steps 1 is below the step of --resume .*step_2.h5 \(2\): --steps counts the whole run" \
     "${args[@]}" --steps 1 --resume "$tmp/twice/step_2.h5"
+# A run refused for bad input found after the data is read (its --resume checkpoint, its --out)
+# leaves the file at its --metrics path as it was: opening it truncated an earlier run's metrics to
+# the refused run's config line.
+printf '{"step": 1, "loss": 2.5}\n' > "$tmp/kept.jsonl"
+expect_usage "checkpoint .*/none.h5: No such file or directory" "${args[@]}" --metrics "$tmp/kept.jsonl" \
+    --resume "$tmp/none.h5"
+expect_usage "--steps 1 is below the step of --resume" "${args[@]}" --steps 1 --metrics "$tmp/kept.jsonl" \
+    --resume "$tmp/twice/step_2.h5"
+expect_usage "checkpoint directory .*/text/a.txt is not a directory" "${args[@]}" --metrics "$tmp/kept.jsonl" \
+    --out "$tmp/text/a.txt"
+[ "$(cat "$tmp/kept.jsonl")" = '{"step": 1, "loss": 2.5}' ] || { echo "a refused run changed --metrics:"; cat "$tmp/kept.jsonl"; exit 1; }
+# A FIFO as --metrics: one that no process reads held the run at its start for ever; one with a
+# reader gets the lines.
+mkfifo "$tmp/metrics.fifo"
+expect_usage "cannot write --metrics .*/metrics.fifo: a FIFO that no process reads" "${args[@]}" \
+    --metrics "$tmp/metrics.fifo"
+exec 3<>"$tmp/metrics.fifo"  # a reader (and a writer) at once, without waiting
+"$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --metrics "$tmp/metrics.fifo" > /dev/null
+timeout 10 head -1 <&3 | grep -q '^{"config": ' || { echo "no config line through a FIFO"; exit 1; }
+exec 3<&-
 # --steps 0 with --out saves the initial weights as step 0 (it saved nothing: fourth fuzzing pass),
 # a checkpoint the other commands take. --out is made with its parents, like data prepare's (a new
 # user's `--out /tmp/ck/a` ended with exit 2).

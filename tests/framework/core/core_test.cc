@@ -311,6 +311,9 @@ TEST(ConfigDeath, BadFloat) {
 TEST(ConfigDeath, FileWithoutEquals) {
     expect_file_usage_error("d_model 32\n", ":1: expected 'key = value'");
 }
+TEST(ConfigDeath, FileWithoutKey) {
+    expect_file_usage_error("lr = 0.1\n = 32\n", ":2: missing key before '='");
+}
 // A config file with a NUL byte once read as empty lines: a binary file trained on the defaults.
 // Control bytes are named with their line and column (a stray one used to hide inside the quoted
 // value of the message).
@@ -343,6 +346,26 @@ TEST(ConfigDeath, CrossFieldRule) {
     config_defaults(&c);
     c.Hkv = 3;
     EXPECT_EXIT(config_validate(&c), ::testing::ExitedWithCode(2), "n_heads \\(4\\) must be divisible by n_kv_heads \\(3\\)");
+}
+// Every other rule between keys, each named with the values that break it (on the defaults, with
+// n_heads = n_kv_heads = 4 and n_experts = 8).
+TEST(ConfigDeath, EveryCrossFieldRule) {
+    const struct { const char *key, *value, *msg; } bad[] = {
+        {"d_model", "30", "config: d_model \\(30\\) must be divisible by n_heads \\(4\\)"},
+        {"d_model", "36", "config: head size d_model/n_heads \\(9\\) must be even for RoPE"},
+        {"top_k", "9", "config: top_k \\(9\\) must not exceed n_experts \\(8\\)"},
+        {"n_dense_layers", "9", "config: n_dense_layers \\(9\\) must not exceed n_layers \\([0-9]+\\)"},
+        {"min_lr", "10", "config: min_lr \\(10\\) must not exceed lr \\("},
+    };
+    for (const auto &b : bad) {
+        MoeConfig c;
+        config_defaults(&c);
+        config_set(&c, "n_heads", "4", "test");
+        config_set(&c, "n_kv_heads", "4", "test");
+        config_set(&c, "n_experts", "8", "test");
+        config_set(&c, b.key, b.value, "test");
+        EXPECT_EXIT(config_validate(&c), ::testing::ExitedWithCode(2), b.msg) << b.key << " = " << b.value;
+    }
 }
 
 TEST(Num, Int) {

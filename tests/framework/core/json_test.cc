@@ -75,6 +75,7 @@ TEST(Json, RejectsMalformedTextSayingWhere) {
     EXPECT_EQ(error_of("\"a\nb\""), "at byte 2: control byte 0x0a inside a string");
     EXPECT_EQ(error_of("\"\\x\""), "at byte 1: bad escape in a string");
     EXPECT_EQ(error_of("\"\\u12g4\""), "at byte 3: bad hex digit in \\u escape");
+    EXPECT_EQ(error_of("\"\\u12\""), "at byte 3: truncated \\u escape");
     EXPECT_EQ(error_of("01"), "at byte 1: unexpected text after the JSON value");
     EXPECT_EQ(error_of("1."), "at byte 2: expected a digit after '.'");
     EXPECT_EQ(error_of("-"), "at byte 1: expected a digit");

@@ -74,6 +74,7 @@ open(sys.argv[1], 'wb').write(b'MOELBPE1' + struct.pack('<II', 1, 260) + b''.joi
 expect_usage "tokens 257 and 259 of the tokenizer have the same 3 bytes" "$tmp/out1" --ckpt "$tmp/c/single.h5" --data "$tmp/dup"
 [ ! -e "$tmp/out1" ] || { echo "a failed export left $tmp/out1"; exit 1; }
 expect_usage "--ckpt PATH is required" "$tmp/out1"
+expect_usage "^moelab: error: export: --out needs a value" "$tmp/out1" --ckpt "$tmp/a/single.h5" --out
 expect_usage "--dtype 'fp16'" "$tmp/out1" --ckpt "$tmp/a/single.h5" --dtype fp16
 expect_usage "unknown option '--bogus'" "$tmp/out1" --ckpt "$tmp/a/single.h5" --bogus 1
 expect_usage "unknown option '--bogus'" "$tmp/out1" --ckpt "$tmp/a/single.h5" --bogus=1
