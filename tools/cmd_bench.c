@@ -85,8 +85,8 @@ int cmd_bench(int argc, char **argv) {
     double min_seconds = 5.0;
     const char *device = NULL;
     // Our own flags first; everything else is a config override applied to every config.
-    char *overrides[64];
-    int n_over = 0;
+    char *overrides[2 * 32];  // 32 keys, each one argument ("--key=value") or two
+    int n_over = 0, n_keys = 0;
     char err[NUM_ERR_LEN];
     // "--flag value" and "--flag=value".
     for (int i = 1; i < argc; i++) {
@@ -115,7 +115,7 @@ int cmd_bench(int argc, char **argv) {
             if (num_parse_real("--seconds", v, 0, 86400, &min_seconds, err)) core_usage_error("bench: %s", err);
         } else {
             // A config key, in the form config_apply_args reads: "--key=value" or "--key value".
-            if (n_over >= 63) core_usage_error("bench: at most 32 config overrides");
+            if (n_keys++ == 32) core_usage_error("bench: at most 32 config overrides");
             overrides[n_over++] = (char *)a;
             if (!strchr(a, '=')) overrides[n_over++] = (char *)v;
         }

@@ -28,6 +28,10 @@ expect_usage "bench: unknown option '--bogus'" --config "$cfg" --bogus=1
 overrides=()
 for i in $(seq 1 33); do overrides+=(--seed "$i"); done
 expect_usage "bench: at most 32 config overrides" --config "$cfg" "${overrides[@]}"
+# The same bound in the --key=value form (the error-path audit, 2026-12-05: it took 63 of them).
+overrides=()
+for i in $(seq 1 33); do overrides+=(--seed="$i"); done
+expect_usage "bench: at most 32 config overrides" --config "$cfg" "${overrides[@]}"
 # Keys of a training run that bench has no use for (fuzzing, 2026-12-04: --ep, --pp, --resume,
 # --data and --out were accepted and did nothing; --eplb-redundant 1 ended in an internal error,
 # exit 1): refused on the command line, in either spelling ...
