@@ -210,7 +210,7 @@ class Model(nn.Module):
 
 
 def sync(dev):
-    if dev == "cuda":
+    if torch.device(dev).type == "cuda":
         torch.cuda.synchronize()
 
 

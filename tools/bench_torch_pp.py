@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_torch import (Layer, Rope, bf16_gemm_tflops, grouped_mm_fn, init_weights, load_config,  # noqa: E402
+from bench_torch import (Layer, Rope, gemm_tflops, grouped_mm_fn, init_weights, load_config,  # noqa: E402
                          train_flops_per_token)
 
 
@@ -183,6 +183,7 @@ def main():
     ap.add_argument("--vocab-size", type=int, default=0)
     args = ap.parse_args()
     c = load_config(args.config)
+    c["dtype"] = torch.bfloat16  # of the expert rows (the stages run under bf16 autocast)
     for key, v in (("batch_size", args.batch_size), ("n_layers", args.n_layers), ("seq_len", args.seq_len),
                    ("vocab_size", args.vocab_size)):
         if v > 0:
@@ -194,8 +195,8 @@ def main():
         device = torch.device("cuda", torch.cuda.current_device())
         dist.init_process_group("nccl", device_id=device)
         torch.backends.cuda.matmul.allow_tf32 = True
-        gmm = grouped_mm_fn()
-        peak = bf16_gemm_tflops()  # each GPU's bf16 GEMM rate, for the MFU
+        gmm = grouped_mm_fn(device, torch.bfloat16)
+        peak = gemm_tflops(device, torch.bfloat16, 8192)  # each GPU's bf16 GEMM rate, for the MFU
     else:
         device = torch.device("cpu")
         dist.init_process_group("gloo")
@@ -220,6 +221,11 @@ def main():
             continue
         S = N if kind == "1f1b" else 2 * N
         bounds = [int(v) for v in cut.split(",")] if cut else even_bounds(c["n_layers"], S)
+        # A stage needs a layer: an empty first stage would take activations for token ids.
+        if len(bounds) != S + 1 or bounds[0] != 0 or bounds[-1] != c["n_layers"] or any(
+                b1 <= b0 for b0, b1 in zip(bounds, bounds[1:])):
+            raise SystemExit(f"bench_torch_pp: {kind} on {N} ranks has {S} stages: stage bounds {bounds} "
+                             f"do not cut layers 0..{c['n_layers']} into {S} non-empty stages")
         run(c, kind, bounds, args.microbatches, args.steps, args.warmup, device, gmm, peak)
         if device.type == "cuda":
             torch.cuda.empty_cache()
