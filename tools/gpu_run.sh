@@ -67,7 +67,7 @@
 #   usage: [STAGES="tests train ..."] bash tools/gpu_run.sh [gtest filter]
 set -uo pipefail
 source "$(dirname "$0")/usage.sh" "$@"
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 # NVLink multicast stays off everywhere (NCCL, PyTorch, NVSHMEM): see the device tool's KINDS.md.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}

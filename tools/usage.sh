@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced first thing by the scripts in tools/ (`source "$(dirname "$0")/usage.sh" "$@"`): with -h or
 # --help as the first argument it prints the script's header comment, which is its usage, and exits
 # 0 before the script does anything. A script that takes no arguments then calls usage_no_args "$@".
