@@ -751,7 +751,7 @@ void ckpt_prune(const char *dir, int keep, uint64_t lineage, long newest, long f
     if (!dp) core_usage_error("cannot list checkpoint directory %s: %s", dir, strerror(errno));
     long *steps = NULL;
     int n = 0, cap = 0;
-    char path[CKPT_PATH_MAX], prefix[64];
+    char path[CKPT_PATH_MAX];
     for (struct dirent *e; (e = readdir(dp));) {
         long s = step_of(e->d_name);
         if (s < 0 || s >= newest) continue;
@@ -765,18 +765,31 @@ void ckpt_prune(const char *dir, int keep, uint64_t lineage, long newest, long f
     if (n > 1) qsort(steps, (size_t)n, sizeof *steps, desc_long);
     // The checkpoint just saved is the newest of the `keep`.
     for (int i = keep - 1; i < n; i++) {
-        // The index (or single file) goes first: a checkpoint is never visible with parts missing.
         ckpt_step_path(dir, steps[i], path, sizeof path);
-        if (unlink(path) != 0) core_warn("cannot remove old checkpoint %s: %s", path, strerror(errno));
-        snprintf(prefix, sizeof prefix, "step_%ld.h5.part-", steps[i]);
-        rewinddir(dp);
-        for (struct dirent *e; (e = readdir(dp));) {
-            if (strncmp(e->d_name, prefix, strlen(prefix)) != 0) continue;
-            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-            if (unlink(path) != 0) core_warn("cannot remove old checkpoint part %s: %s", path, strerror(errno));
-        }
+        ckpt_clear(path, 1);
     }
     core_free(steps);
+    closedir(dp);
+}
+
+void ckpt_clear(const char *path, int index_too) {
+    // The index (or single file) goes first: a checkpoint is never visible with parts missing.
+    if (index_too && unlink(path) != 0 && errno != ENOENT)
+        core_warn("cannot remove old checkpoint %s: %s", path, strerror(errno));
+    char dir[CKPT_PATH_MAX], prefix[CKPT_PATH_MAX + 8], part[2 * CKPT_PATH_MAX];
+    ckpt_dir_of(path, dir, sizeof dir);
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    snprintf(prefix, sizeof prefix, "%s.part-", base);
+    DIR *dp = opendir(dir);
+    if (!dp) core_usage_error("cannot list checkpoint directory %s: %s", dir, strerror(errno));
+    struct stat sb;
+    for (struct dirent *e; (e = readdir(dp));) {
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0) continue;
+        snprintf(part, sizeof part, "%s/%s", dir, e->d_name);
+        // Saves leave regular files only: anything else of such a name is not theirs.
+        if (lstat(part, &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
+        if (unlink(part) != 0) core_warn("cannot remove old checkpoint part %s: %s", part, strerror(errno));
+    }
     closedir(dp);
 }
 

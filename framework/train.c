@@ -183,6 +183,12 @@ static void trainer_resume(Trainer *t) {
 static void trainer_save(Trainer *t) {
     char path[CONFIG_STR + 32];
     ckpt_step_path(t->cfg.out, t->step, path, sizeof path);
+    // `--steps 0 --resume DIR/step_0.h5 --out DIR` holds what that file holds: writing it again could
+    // only lose it (a multi-part save removes the old checkpoint first).
+    if (t->resumed_at == t->step && core_same_file(path, t->cfg.resume)) {
+        core_info0("%s is the checkpoint this run resumed from: not written again", path);
+        return;
+    }
     const CkptState st = {t->step, loader_get_pos(t->train), rng_stream(t->cfg.seed, SAMPLE_STREAM),
                           t->lineage, tok_fingerprint(t->tok)};
     Model *m = t->pipe->ctx[0].m;  // pipe 0: the down pipe, the whole model in a plain run
@@ -201,11 +207,18 @@ static void trainer_save(Trainer *t) {
     }
     const CkptEplb e = {m->R, phy2log, counts, load};
     const CkptShard sh = trainer_shard(t, 0);
+    Comm *world = t->pipe->grid ? t->pipe->grid->world_comm : NULL;
     if (sh.parts == 1) {
         CkptView v = trainer_ckpt_view(m, o);
         ckpt_save(path, &sh, &v, &st, &e);
         trainer_ckpt_view_free(&v, m, o, 0);
+        ckpt_clear(path, 0);  // parts of an earlier multi-part save of this step
     } else {
+        // An earlier checkpoint of this step (another run's, warned of at the start) goes before any
+        // part replaces one of its parts: otherwise a save that died before its index would leave
+        // the old index over parts of this save, damaged (review, 2026-12-05).
+        if (core_rank() == 0) ckpt_clear(path, 1);
+        if (world) comm_barrier(world);
         // DualPipe's up stages are copies of other ranks' down stages: only the down copy is saved.
         for (int pipe = 0; pipe < t->pipe->n_own; pipe++) {
             Model *pm = t->pipe->ctx[pipe].m;
@@ -215,7 +228,6 @@ static void trainer_save(Trainer *t) {
             ckpt_save_part(path, &psh, &v);
             trainer_ckpt_view_free(&v, pm, po, 0);
         }
-        Comm *world = t->pipe->grid ? t->pipe->grid->world_comm : NULL;
         if (world) comm_barrier(world);
         if (core_rank() == 0) ckpt_save_index(path, sh.parts, &m->cfg, o->t, &st, &e);
         if (world) comm_barrier(world);

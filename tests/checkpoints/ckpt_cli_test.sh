@@ -51,6 +51,24 @@ mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --batch-size 2 --ep 4 --resume
 for run in c d e; do close_steps "$tmp/a.jsonl" "$tmp/$run.jsonl" 456; done
 echo "ok: EP 2 -> 1 process and 1 process -> EP 4 continue the run within 1e-5"
 
+# A save over a checkpoint of the same step from another layout (review, 2026-12-05): a single-file
+# save removes the parts the multi-part one left (they stayed, unreported), and a multi-part save
+# removes the old checkpoint, index first, before its parts replace any (a save that died before its
+# index left the old index over the new parts: damaged). Each result verifies, with only its parts.
+mkdir -p "$tmp/over"
+cp "$tmp/c"/step_3.h5* "$tmp/over/"
+parts_of() { (cd "$tmp/over" && ls | grep "^step_3.h5.part-" | tr '\n' ' ') || true; }
+"$moelab" train "${args[@]}" --grad-accum 2 --steps 3 --out "$tmp/over" >/dev/null 2>&1
+[ -z "$(parts_of)" ] || { echo "FAIL: a single-file save left the old parts: $(parts_of)"; exit 1; }
+mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --batch-size 2 --ep 4 --steps 3 --out "$tmp/over" >/dev/null 2>&1
+[ "$(parts_of)" = "step_3.h5.part-0-of-4 step_3.h5.part-1-of-4 step_3.h5.part-2-of-4 step_3.h5.part-3-of-4 " ] ||
+    { echo "FAIL: EP 4 over a single file: $(parts_of)"; exit 1; }
+mpi 2 "$moelab" train "${args[@]}" --grad-accum 1 --ep 2 --steps 3 --out "$tmp/over" >/dev/null 2>&1
+[ "$(parts_of)" = "step_3.h5.part-0-of-2 step_3.h5.part-1-of-2 " ] ||
+    { echo "FAIL: EP 2 over EP 4's parts: $(parts_of)"; exit 1; }
+"$moelab" ckpt verify "$tmp/over/step_3.h5" | grep -q "sound" || { echo "FAIL: verify after the saves over"; exit 1; }
+echo "ok: saves over another layout's checkpoint of the same step leave only their own files"
+
 # 4: moelab ckpt.
 "$moelab" ckpt --help | grep -q "moelab ckpt verify PATH"
 for p in "$tmp/a/step_6.h5" "$tmp/c/step_6.h5"; do

@@ -148,6 +148,14 @@ exec 3<&-
 mv "$tmp/new/parents/zero" "$tmp/zero"
 "$moelab" ckpt verify "$tmp/zero/step_0.h5" > /dev/null
 "$moelab" sample --ckpt "$tmp/zero/step_0.h5" --data "$tmp/data" --tokens 3 > /dev/null
+# Resumed from that file into its own folder with --steps 0, the run holds what the file holds: it
+# is not written again (a multi-part save removes the old checkpoint first, so a rewrite could only
+# lose it).
+ino=$(stat -c %i "$tmp/zero/step_0.h5")
+"$moelab" train "${args[@]}" --steps 0 --sample-tokens 0 --resume "$tmp/zero/step_0.h5" --out "$tmp/zero" > "$tmp/again.log"
+grep -q "step_0.h5 is the checkpoint this run resumed from: not written again" "$tmp/again.log" ||
+    { echo "the resumed checkpoint was written again:"; cat "$tmp/again.log"; exit 1; }
+[ "$(stat -c %i "$tmp/zero/step_0.h5")" = "$ino" ] || { echo "step_0.h5 was replaced"; exit 1; }
 
 # Shards and tokenizer of different vocabularies (issue 14): token ids index the model's V rows, so
 # every mismatch is bad data named by file, both ways, in train.bin or in val.bin alone, and in a
