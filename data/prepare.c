@@ -238,18 +238,9 @@ static void remove_stale_temporaries(const char *out_dir) {
     closedir(d);
 }
 
-// The one message of an output that could not be written, and the exit status: a write that
-// failed on the device (full disk, quota, file-size limit, I/O error) is the environment's failure
-// (1); anything else (no such directory, no permission, a name too long) is the --out given (2).
-static int output_failure(const char *path, int err) {
-    if (core_errno_exit_code(err) == CORE_EXIT_FAILURE)
-        return core_failure_report("cannot write %s: %s", path, core_out_error(err));
-    return core_usage_report("cannot write %s: %s", path, core_out_error(err));
-}
-
 // Writes the tokenizer and both shards into out_dir, all three or none: each goes to a temporary
 // beside its final name (CoreOut), and they replace the old files only once all three are complete.
-// Returns 0, or the exit status after one message (see output_failure); nothing is left behind.
+// Returns 0, or the exit status after one message (core_out_report); nothing is left behind.
 static int write_outputs(const Tokenizer *tok, const char *out_dir, const uint8_t *const *train,
                          const size_t *train_len, const uint8_t *const *val, const size_t *val_len, int D,
                          PrepareStats *stats, Progress *pr) {
@@ -261,8 +252,8 @@ static int write_outputs(const Tokenizer *tok, const char *out_dir, const uint8_
     uint32_t *ids = core_alloc(sizeof(uint32_t) * max);
     char *path = core_alloc(strlen(out_dir) + 32);
     CoreOut out[PREPARE_N_FILES];
+    memset(out, 0, sizeof out);  // core_out_abort passes over the ones never opened
     int err = 0, failed = 0;
-    for (int k = 0; k < PREPARE_N_FILES; k++) out[k].f = NULL;
     for (int k = 0; k < PREPARE_N_FILES && !err; k++) {
         sprintf(path, "%s/%s", out_dir, prepare_file_names[k]);
         err = core_out_open(&out[k], path);
@@ -281,7 +272,7 @@ static int write_outputs(const Tokenizer *tok, const char *out_dir, const uint8_
     if (err) {
         for (int k = 0; k < PREPARE_N_FILES; k++) core_out_abort(&out[k]);
         sprintf(path, "%s/%s", out_dir, prepare_file_names[failed]);
-        rc = output_failure(path, err);
+        rc = core_out_report(err, "cannot write %s", path);
     }
     core_free(path);
     core_free(ids);

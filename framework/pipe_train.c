@@ -336,7 +336,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     if (c->trace[0] && core_rank() == 0) {
         CoreOut probe;
         const int err = core_out_open(&probe, c->trace);
-        if (err) core_usage_error("cannot write --trace %s: %s", c->trace, core_out_error(err));
+        if (err) core_path_error(err, "cannot write --trace %s: %s", c->trace, core_out_error(err));
         core_out_abort(&probe);
     }
     p->imbalance = core_alloc((size_t)c->L * sizeof(float));

@@ -343,11 +343,11 @@ static int write_svg(const char *path, const Run *d) {
     if (width < 640) width = 640;
     const int height = 40 + d->L * heat_h + 60 + (n_charts ? n_charts * (BAR_H + 60) + 30 : 30);
     // Written beside path and renamed into place: a failed write leaves no partial SVG and an older
-    // file as it was. A path that cannot be created is bad input; a failed write (a full disk) is
-    // the machine's failure.
+    // file as it was. A path that is wrong is bad input; a device that failed (a full disk) is the
+    // machine's failure.
     CoreOut out;
     const int open_error = core_out_open(&out, path);
-    if (open_error) return fail("cannot write --out '%s': %s", path, core_out_error(open_error));
+    if (open_error) return core_out_report(open_error, "plot: cannot write --out '%s'", path);
     FILE *f = out.f;
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
                "font-family=\"sans-serif\" font-size=\"13\">\n"
@@ -371,7 +371,7 @@ static int write_svg(const char *path, const Run *d) {
     }
     fprintf(f, "</svg>\n");
     const int write_error = core_out_close(&out);
-    if (write_error) return core_failure_report("plot: cannot write --out '%s': %s", path, core_out_error(write_error));
+    if (write_error) return core_out_report(write_error, "plot: cannot write --out '%s'", path);
     return 0;
 }
 

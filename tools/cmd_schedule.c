@@ -49,17 +49,17 @@ static int usage(const char *fmt, ...) {
     return core_usage_report("%s (see moelab schedule --help)", msg);
 }
 
-// An output file named by flag. One that cannot be created is bad input (exit 2), as in plot and
-// train; a write that fails (a full disk) is the machine's failure (exit 1). Either way nothing is
-// left at the path, and a file already there stays as it was (core_out_open).
+// An output file named by flag. One that cannot be created or written is bad input (exit 2) where
+// the path is wrong and the machine's failure (exit 1) where the device failed (a full disk).
+// Either way nothing is left at the path, and a file already there stays as it was (core_out_open).
 static int output_open(CoreOut *o, const char *flag, const char *path) {
     const int e = core_out_open(o, path);
-    return e ? core_usage_report("cannot write %s %s: %s", flag, path, core_out_error(e)) : 0;
+    return e ? core_out_report(e, "cannot write %s %s", flag, path) : 0;
 }
 
 static int output_close(CoreOut *o) {
     const int e = core_out_close(o);
-    return e ? core_failure_report("cannot write %s: %s", o->path, core_out_error(e)) : 0;
+    return e ? core_out_report(e, "cannot write %s", o->path) : 0;
 }
 
 // Bounds of the flags: more ranks or micro-batches than any pipeline has (256 ranks of DualPipe need

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,7 +91,18 @@ int core_temp_is_stale(const char *name) {
     return !(kill((pid_t)pid, 0) == 0 || errno == EPERM);
 }
 
+// While signals are held (core_signals_hold), the number of holds and the polite signal that came
+// meanwhile. A flag, not a signal mask: a mask holds a signal back from the calling thread only,
+// and the kernel hands a process's signal to any thread (an OpenMP worker of a command that read a
+// checkpoint), whose handler would then remove the temporaries in the middle of the renames.
+static volatile sig_atomic_t g_holds, g_pending;
+
 static void remove_and_reraise(int sig) {
+    if (g_holds) {
+        g_pending = sig;
+        // Released between the check and the store: core_signals_release may have missed it.
+        if (g_holds) return;
+    }
     core_temp_remove_all();
     signal(sig, SIG_DFL);
     raise(sig);
@@ -143,28 +155,48 @@ void core_temp_untrack(const char *tmp) {
 
 int core_out_open(CoreOut *o, const char *path) {
     o->f = NULL;
+    o->tmp[0] = '\0';
     if (snprintf(o->path, sizeof o->path, "%s", path) >= (int)sizeof o->path) return ENAMETOOLONG;
     struct stat sb;
     if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) return CORE_OUT_NOT_REGULAR;
     snprintf(o->tmp, sizeof o->tmp, "%s.tmp-%ld", path, (long)getpid());
-    o->f = fopen(o->tmp, "wb");
-    if (!o->f) return errno;
+    // Tracked before it exists: a signal just after the create would otherwise leave it behind.
     core_temp_track(o->tmp);
+    o->f = fopen(o->tmp, "wb");
+    if (!o->f) {
+        const int err = errno;
+        core_temp_untrack(o->tmp);
+        o->tmp[0] = '\0';
+        return err;
+    }
     return 0;
 }
 
 const char *core_out_error(int err) { return err == CORE_OUT_NOT_REGULAR ? "not a regular file" : strerror(err); }
 
+int core_out_report(int err, const char *fmt, ...) {
+    char what[4400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    if (core_errno_exit_code(err) == CORE_EXIT_FAILURE) return core_failure_report("%s: %s", what, core_out_error(err));
+    return core_usage_report("%s: %s", what, core_out_error(err));
+}
+
 void core_out_abort(CoreOut *o) {
-    if (!o->f) return;
-    fclose(o->f);
+    if (!o->tmp[0]) return;
+    if (o->f) fclose(o->f);
     o->f = NULL;
     unlink(o->tmp);
     core_temp_untrack(o->tmp);
+    o->tmp[0] = '\0';
 }
 
-int core_out_close(CoreOut *o) {
-    if (!o->f) return EBADF;
+// The temporary flushed, on the disk and closed: 0, or the errno of the first failure (the
+// temporary stays, for core_out_abort). Some file systems (NFS) report a full quota or an I/O
+// error only at the close.
+static int out_finish(CoreOut *o) {
     int err = fflush(o->f) != 0 ? errno : 0;
     // A write that failed earlier left only the stream's error flag, not its errno: one more byte
     // (into the temporary, which goes anyway) meets the same cause again (ENOSPC, EFBIG, EIO).
@@ -174,47 +206,78 @@ int core_out_close(CoreOut *o) {
         err = fputc(0, o->f) == EOF || fflush(o->f) != 0 ? errno : 0;
         if (!err) err = EIO;
     }
+    if (!err && fsync(fileno(o->f)) != 0) err = errno;
     if (fclose(o->f) != 0 && !err) err = errno;
     o->f = NULL;
-    if (!err && rename(o->tmp, o->path) != 0) err = errno;
+    return err;
+}
+
+// The finished temporary renamed over its path (removed where that fails).
+static int out_commit(CoreOut *o) {
+    const int err = rename(o->tmp, o->path) != 0 ? errno : 0;
     if (err) unlink(o->tmp);
     core_temp_untrack(o->tmp);
+    o->tmp[0] = '\0';
+    return err;
+}
+
+// The rename itself on the disk: the directory that holds path, synced.
+static void sync_parent(const char *path) {
+    char dir[4096];
+    split_path(path, dir, sizeof dir);
+    const int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+int core_out_close(CoreOut *o) {
+    if (!o->f) return EBADF;
+    int err = out_finish(o);
+    if (err) {
+        core_out_abort(o);
+        return err;
+    }
+    err = out_commit(o);
+    if (!err) sync_parent(o->path);
     return err;
 }
 
 int core_out_close_all(CoreOut *o, int n, int *failed) {
+    // Every file complete on the disk before the first rename: a failure at a flush, a sync or a
+    // close leaves every old file in place.
     for (int k = 0; k < n; k++) {
-        // A failed flush leaves the stream's error flag set, which core_out_close reports with its
-        // errno (removing the temporary).
-        fflush(o[k].f);
-        if (ferror(o[k].f)) {
+        const int err = out_finish(&o[k]);
+        if (err) {
             *failed = k;
-            return core_out_close(&o[k]);
+            return err;
         }
     }
     // A polite signal between two renames would leave old and new files mixed: it waits until the
     // last rename, then ends the process as it would have.
-    sigset_t old;
-    core_signals_hold(&old);
+    core_signals_hold();
     int err = 0;
     for (int k = 0; k < n && !err; k++) {
-        err = core_out_close(&o[k]);
+        err = out_commit(&o[k]);
         if (err) *failed = k;
     }
-    core_signals_release(&old);
+    core_signals_release();
+    if (!err && n > 0) sync_parent(o[0].path);
     return err;
 }
 
-void core_signals_hold(sigset_t *old) {
-    sigset_t polite;
-    sigemptyset(&polite);
-    sigaddset(&polite, SIGINT);
-    sigaddset(&polite, SIGTERM);
-    sigaddset(&polite, SIGHUP);
-    sigprocmask(SIG_BLOCK, &polite, old);
+void core_signals_hold(void) {
+    install_handlers();
+    g_holds++;
 }
 
-void core_signals_release(const sigset_t *old) { sigprocmask(SIG_SETMASK, old, NULL); }
+void core_signals_release(void) {
+    if (--g_holds > 0) return;
+    const int sig = g_pending;
+    g_pending = 0;
+    if (sig) raise(sig);
+}
 
 int core_dir_lock(const char *dir) {
     const int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

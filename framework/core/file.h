@@ -37,12 +37,14 @@ int core_temp_is_stale(const char *name);
 
 // An output file written whole or not at all. core_out_open creates "<path>.tmp-<pid>" beside
 // path (the same file system, so the rename is atomic) and tracks it; core_out_close flushes it,
-// checks that every write reached it and renames it over path. Any failure, or core_out_abort,
-// removes the temporary and leaves path as it was; so does any end of the process before the close.
+// checks that every write reached it, syncs and closes it, renames it over path and syncs the
+// directory. Any failure, or core_out_abort, removes the temporary and leaves path as it was; so
+// does any end of the process before the close. A CoreOut that was never opened is {0} (or met a
+// failed core_out_open): core_out_abort then does nothing.
 typedef struct {
-    FILE *f;  // write here between open and close
+    FILE *f;         // write here between open and close
     char path[4096];
-    char tmp[4160];
+    char tmp[4160];  // "" where no temporary exists
 } CoreOut;
 // 0, or the errno of the failure (ENAMETOOLONG for a path over the buffer), or
 // CORE_OUT_NOT_REGULAR where path exists and is no regular file (a directory, a FIFO, a device):
@@ -52,19 +54,24 @@ int core_out_open(CoreOut *o, const char *path);
 // The text of an error core_out_open or core_out_close returned (strerror's, or "not a regular
 // file").
 const char *core_out_error(int err);
+// The one message of an output that could not be written ("<what>: <reason>", what from fmt) and
+// its exit code: 1 where the device failed (a full disk or quota, a file-size limit, an I/O error),
+// 2 where the path given is wrong (core_errno_exit_code; "not a regular file" is the path's).
+int core_out_report(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 // 0 when the file is in place, else the errno of the first failure (nothing left behind).
 int core_out_close(CoreOut *o);
 void core_out_abort(CoreOut *o);
-// Closes n outputs as one: every one flushed and checked before the first rename, and SIGINT,
-// SIGTERM and SIGHUP held back during the renames, so that old and new files are never mixed (only
-// SIGKILL or a crash between two renames could). 0, or the errno of the first failure with *failed
-// its index; the caller aborts the rest.
+// Closes n outputs as one: every one flushed, synced and closed (each checked) before the first
+// rename, and SIGINT, SIGTERM and SIGHUP held back during the renames, so that old and new files are
+// never mixed (only SIGKILL or a crash between two renames could). 0, or the errno of the first
+// failure with *failed its index; the caller aborts them all.
 int core_out_close_all(CoreOut *o, int n, int *failed);
 
-// SIGINT, SIGTERM and SIGHUP held back (around renames that must happen together) and let through
-// again: one that came meanwhile then ends the process.
-void core_signals_hold(sigset_t *old);
-void core_signals_release(const sigset_t *old);
+// SIGINT, SIGTERM and SIGHUP held back (around renames that must happen together), whichever
+// thread they reach, and let through again: one that came meanwhile then ends the process, as it
+// would have (temporaries removed). Holds nest.
+void core_signals_hold(void);
+void core_signals_release(void);
 
 // An advisory lock on a directory, held until core_dir_unlock or the end of the process: two
 // commands writing one directory's files at once (two trains into one --out, a train and a `ckpt

@@ -316,17 +316,18 @@ static void commit(const char *tmp, const char *out, int exists) {
     char old[4200];
     snprintf(old, sizeof old, "%s.old-XXXXXX", out);
     if (!mkdtemp(old)) core_path_error(errno, "export: cannot create a folder next to %s: %s", out, strerror(errno));
-    sigset_t mask;
-    core_signals_hold(&mask);
+    // The old export goes before the signals are let through: a signal held until then would end
+    // the process with the old folder left aside under a name nothing removes.
+    core_signals_hold();
     int err = rename(out, old) != 0 ? errno : 0;
     if (err) rmdir(old);
     else if (rename(tmp, out) != 0) {
         err = errno;
         rename(old, out);
     }
-    core_signals_release(&mask);
+    if (!err) remove_export_folder(old);
+    core_signals_release();
     if (err) core_path_error(err, "export: cannot put %s in place of %s: %s", tmp, out, strerror(err));
-    remove_export_folder(old);
 }
 
 // The temporary folder and its files, tracked (on) so that any end of the process before the commit

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <string>
+#include <thread>
 
 #include "framework/core/check.h"
 #include "framework/core/file.h"
@@ -257,6 +258,42 @@ TEST(CoreFile, CloseAllRenamesEveryOutput) {
     EXPECT_EQ(failed, -1);
     EXPECT_EQ(read_file(d + "/f2"), "new 2");
     EXPECT_EQ(entries(d), 3);
+}
+
+// Signals held around renames wait for the release whichever thread they reach (the review of
+// 2026-12-05: a signal mask held them back from the calling thread only, and an OpenMP worker's
+// handler removed the temporaries in the middle of export's renames), then end the process as they
+// would have, temporaries removed. Holds nest.
+TEST(CoreFile, HeldSignalWaitsForTheReleaseInEveryThread) {
+    const std::string d = tmpdir(), p = d + "/held.txt", marker = tmpdir() + "/reached";
+    fflush(stdout);
+    const pid_t pid = fork();
+    if (pid == 0) {
+        CoreOut o;
+        if (core_out_open(&o, p.c_str()) != 0) _exit(10);
+        core_signals_hold();
+        core_signals_hold();
+        std::thread([] { pthread_kill(pthread_self(), SIGTERM); }).join();
+        if (access(o.tmp, F_OK) != 0) _exit(11);  // removed while held
+        core_signals_release();
+        if (access(o.tmp, F_OK) != 0) _exit(12);  // the inner release let it through
+        write_file(marker, "held until here");
+        core_signals_release();
+        _exit(13);  // the outer release did not end the process
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << "status " << status;
+    EXPECT_EQ(read_file(marker), "held until here");
+    EXPECT_EQ(entries(d), 0);
+}
+
+// An output that cannot be written: exit 1 where the device failed, 2 where the path is wrong.
+TEST(CoreFile, OutputReportSaysWhoseFailure) {
+    EXPECT_EQ(core_out_report(ENOSPC, "cannot write %s", "x"), 1);
+    EXPECT_EQ(core_out_report(EIO, "cannot write %s", "x"), 1);
+    EXPECT_EQ(core_out_report(ENOENT, "cannot write %s", "x"), 2);
+    EXPECT_EQ(core_out_report(CORE_OUT_NOT_REGULAR, "cannot write %s", "x"), 2);
 }
 
 // A directory's lock: a second holder is refused while the first holds it, in this process (another
