@@ -709,6 +709,9 @@ static int desc_long(const void *a, const void *b) {
 // The lineage stored in checkpoint `path`, or 0 when it has none or cannot be read: pruning leaves
 // alone whatever it cannot prove to be its own.
 static uint64_t lineage_of(const char *path) {
+    // Not a regular file (a FIFO would hold the open for ever): not a checkpoint of this run.
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return 0;
     h5_init();
     uint64_t id = 0;
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
