@@ -107,7 +107,8 @@ int cmd_sample(int argc, char **argv) {
     print_tokens(tok, all, n_prompt);
     // One token per call, printed as soon as it is drawn (the same draws as one call for all).
     RngStream rng = rng_stream(seed, 7);
-    for (int len = n_prompt; len < n_prompt + n_new; len++) {
+    // A reader that went away (`| head`) ends the drawing: main reports the lost output.
+    for (int len = n_prompt; len < n_prompt + n_new && !ferror(stdout); len++) {
         sample_generate(m, all, len, 1, temperature, top_k, &rng, all);
         print_tokens(tok, all + len, 1);
     }

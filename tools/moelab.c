@@ -1,4 +1,5 @@
 // moelab: the command-line program. main() only picks the subcommand; each lives in its own cmd_*.c.
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -40,6 +41,10 @@ static int finish(int rc) {
 }
 
 int main(int argc, char **argv) {
+    // A reader that closed its end (`| head`, a --metrics FIFO whose reader left) makes a write fail
+    // with EPIPE, which the command reports (exit 1, temporaries removed), instead of ending the
+    // process by SIGPIPE without a word and with its temporaries left.
+    signal(SIGPIPE, SIG_IGN);
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -68,5 +68,11 @@ expect_usage "^moelab: error: sample: .*/data256/tokenizer.bin has 256 tokens bu
 (cd / && expect_usage "cannot open tokenizer file data/tokenizer.bin.*relative to where it was trained; --data DIR names another" \
     --ckpt "$tmp/rel/step_1.h5")
 "$moelab" sample --ckpt "$tmp/rel/step_1.h5" --data "$tmp/data" --tokens 2 > /dev/null
+# Into a pipe whose reader has gone (`| head`): the drawing stops, and the lost output is said with
+# exit 1 (SIGPIPE ended it without a word: review, 2026-12-05).
+rc=0
+closed_stdout "$moelab" sample --ckpt "$ckpt" --tokens 5000 2> "$tmp/pipe.err" || rc=$?
+[ "$rc" -eq 1 ] && grep -q "cannot write standard output: Broken pipe" "$tmp/pipe.err" ||
+    { echo "sample into a closed pipe: exit $rc"; cat "$tmp/pipe.err"; exit 1; }
 "$moelab" sample --help > "$tmp/help"; grep -q "usage: moelab sample" "$tmp/help"
 echo "sample_cli_test: ok"

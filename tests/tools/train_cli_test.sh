@@ -141,6 +141,28 @@ exec 3<>"$tmp/metrics.fifo"  # a reader (and a writer) at once, without waiting
 "$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --metrics "$tmp/metrics.fifo" > /dev/null
 timeout 10 head -1 <&3 | grep -q '^{"config": ' || { echo "no config line through a FIFO"; exit 1; }
 exec 3<&-
+# A reader that leaves early: the run ends with the failed write's message and exit 1 (it died of
+# SIGPIPE without a word: review, 2026-12-05). The reader opens the FIFO before the run starts (no
+# race with the run's open), takes 10 bytes and closes it.
+set +e
+timeout 120 /usr/bin/python3 -c 'import os, subprocess, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NONBLOCK)
+run = subprocess.Popen(sys.argv[2:])  # the default SIGPIPE, as from a shell
+got = b""
+while len(got) < 10 and run.poll() is None:
+    try:
+        got += os.read(fd, 10 - len(got)) or b""
+    except BlockingIOError:
+        pass
+    time.sleep(0.01)
+os.close(fd)
+sys.exit(run.wait() if run.wait() >= 0 else 128 - run.wait())' "$tmp/metrics.fifo" \
+    "$moelab" train "${args[@]}" --steps 500 --log-every 1 --sample-tokens 0 --metrics "$tmp/metrics.fifo" \
+    > /dev/null 2> "$tmp/pipe.err"
+rc=$?
+set -e
+[ $rc -eq 1 ] && grep -q "cannot write --metrics .*metrics.fifo: Broken pipe" "$tmp/pipe.err" ||
+    { echo "metrics reader gone: exit $rc"; cat "$tmp/pipe.err"; exit 1; }
 # --steps 0 with --out saves the initial weights as step 0 (it saved nothing: fourth fuzzing pass),
 # a checkpoint the other commands take. --out is made with its parents, like data prepare's (a new
 # user's `--out /tmp/ck/a` ended with exit 2).

@@ -9,6 +9,16 @@ root="$TEST_SRCDIR/moelab"
 moelab="$root/tools/moelab"
 tmp="${TEST_TMPDIR:-/tmp}"
 
+# closed_stdout CMD...: runs CMD with its standard output a pipe whose reader is already gone (a
+# `| head` that has left), without a race; returns its exit code (128 + n where signal n ended it).
+closed_stdout() {
+    "$py" -c 'import os, subprocess, sys
+r, w = os.pipe()
+os.close(r)
+rc = subprocess.call(sys.argv[1:], stdout=w)  # the child gets the default SIGPIPE back
+sys.exit(128 - rc if rc < 0 else rc)' "$@"
+}
+
 # The runs' common arguments: the data of `prepare_corpus "$tmp/data"`, no validation, and the tiny
 # model (8 experts, which EP 1, 2 and 4 divide). Each script adds its steps, layers, optimizer and
 # layout.

@@ -7,11 +7,9 @@
 # tokenizer, and an existing folder, each one message with exit code 2 and nothing left behind.
 set -euo pipefail
 trap 'echo "export_test: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
-root="$TEST_SRCDIR/moelab"
-moelab="$root/tools/moelab"
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, closed_stdout
 probe="$root/tests/tools/export/export_probe"
 check=("${PYTHON:-/usr/bin/python3}" "$root/tests/tools/export/export_check.py")
-tmp="${TEST_TMPDIR:-$(mktemp -d)}"
 corpus=/usr/share/games/fortunes
 [ -d "$corpus" ] || { echo "export_test: $corpus missing (apt-get install fortunes)"; exit 1; }
 
@@ -81,6 +79,13 @@ expect_usage "unknown option '--bogus'" "$tmp/out1" --ckpt "$tmp/a/single.h5" --
 expect_usage "--dtype 'fp16'" "$tmp/out1" --ckpt="$tmp/a/single.h5" --dtype=fp16
 
 # An existing folder: refused when not empty unless --force, which replaces only an earlier export.
+# stdout a pipe whose reader has gone: the export reports the lost output (exit 1) and leaves no
+# temporary folder (SIGPIPE ended it with one left: review, 2026-12-05).
+rc=0
+closed_stdout "$moelab" export --ckpt "$tmp/a/single.h5" --out "$tmp/piped" --data "$tmp/data" 2> "$tmp/pipe.err" ||
+    rc=$?
+[ "$rc" -eq 1 ] && ! ls -d "$tmp"/piped.tmp-* 2>/dev/null ||
+    { echo "export into a closed pipe: exit $rc"; cat "$tmp/pipe.err"; ls "$tmp"; exit 1; }
 mkdir "$tmp/empty"
 "$moelab" export --ckpt "$tmp/a/single.h5" --out "$tmp/empty" --data "$tmp/data" > /dev/null
 [ -f "$tmp/empty/model.safetensors" ]
