@@ -52,6 +52,19 @@ static int is_hdf5(const char *path) {
     return hit;
 }
 
+// 1 when path names a file a save into the folder `out` writes: DIR/step_<n>.h5, its parts and its
+// temporaries, with DIR the same folder as out.
+static int is_checkpoint_name(const char *path, const char *out) {
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+    long step;
+    int end = 0;
+    if (sscanf(base, "step_%ld.h5%n", &step, &end) != 1 || end == 0 || (base[end] != '\0' && base[end] != '.'))
+        return 0;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%.*s", slash ? (slash == path ? 1 : (int)(slash - path)) : 1, slash ? path : ".");
+    return core_same_file(dir, out);
+}
+
 static void check_outputs(const MoeConfig *c, int argc, char **argv) {
     const char *const out_flag[2] = {"--metrics", "--trace"}, *const out[2] = {c->metrics, c->trace};
     for (int o = 0; o < 2; o++) {
@@ -63,6 +76,9 @@ static void check_outputs(const MoeConfig *c, int argc, char **argv) {
                              out_flag[o], out[o]);
         if (is_hdf5(out[o]))
             core_usage_error("%s %s is an HDF5 file (a checkpoint): writing it would destroy it", out_flag[o], out[o]);
+        if (c->out[0] && is_checkpoint_name(out[o], c->out))
+            core_usage_error("%s %s is a checkpoint name in --out %s: the run's saves would replace it", out_flag[o],
+                             out[o], c->out);
         for (int f = 0; f < PREPARE_N_FILES && c->data[0]; f++) {
             char path[2 * CONFIG_STR + 16];
             snprintf(path, sizeof path, "%s/%s", c->data, prepare_file_names[f]);
