@@ -47,9 +47,9 @@ static double unigram_entropy(const char *path) {
 // (V rows), so a shard written with another tokenizer than the data directory's (the files of two
 // `moelab data prepare` runs, or an edited header) is bad data, reported here on every rank. Shards
 // of an older moelab carry no tokenizer fingerprint: only their vocabulary size can be checked.
-static Loader *open_split(const char *path, const MoeConfig *c, const Tokenizer *tok, const Grid *g,
+static Loader *open_split(const char *path, const MoeConfig *c, const Tokenizer *tok, int rank, int world,
                           int shuffle) {
-    Loader *l = loader_open(path, c->T, c->batch_size, g->dp_rank, g->dp, c->seed, shuffle);
+    Loader *l = loader_open(path, c->T, c->batch_size, rank, world, c->seed, shuffle);
     if (loader_vocab(l) != (uint32_t)tok->V)
         core_usage_error("%s was written for a vocabulary of %u tokens, but %s/tokenizer.bin and "
                          "vocab_size have %d: the data directory mixes files of different `moelab data "
@@ -337,13 +337,14 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         core_usage_error("config vocab_size = %d but the tokenizer in %s has %d tokens: set "
                          "--vocab-size %d", c->V, c->data, t->tok->V, t->tok->V);
     join(path, sizeof path, c->data, prepare_file_names[PREPARE_TRAIN]);
-    t->train = open_split(path, c, t->tok, g, 1);
+    t->train = open_split(path, c, t->tok, g->dp_rank, g->dp, 1);
     t->unigram_entropy = unigram_entropy(path);
     join(path, sizeof path, c->data, prepare_file_names[PREPARE_VAL]);
-    t->val = open_split(path, c, t->tok, g, 0);
-    // A validation pass reads val_batches x B sequences on each rank from the start of val.bin; more
-    // than it holds would re-read it (and a huge count would never end). Under DP the ranks' shares
-    // may overlap (the README's 4-rank quickstart reads 512 of 375): still validation data.
+    // A validation pass reads the same val_batches x B sequences from the start of val.bin on every
+    // rank, so that every layout reports the one-process run's validation loss (each data-parallel
+    // rank reading its own share made it depend on the layout: review, 2026-12-05). More than it
+    // holds would re-read it (and a huge count would never end).
+    t->val = open_split(path, c, t->tok, 0, 1, 0);
     const uint64_t val_seqs = loader_num_sequences(t->val);
     if ((uint64_t)c->val_batches * (uint64_t)c->batch_size > val_seqs)
         core_usage_error("--val-batches %d is too large: %s holds %llu sequences of %d tokens, enough for "

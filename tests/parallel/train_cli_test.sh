@@ -19,8 +19,13 @@ grep -q "grid: world 4 = pp 1 x dp 4, dp = ep 2 x edp 2 | 4 of 8 experts per ran
     { echo "FAIL: the grid is not in the log:"; cat "$tmp/dp4ep2.log"; exit 1; }
 [ "$(grep -c '"step"' "$tmp/one.jsonl")" = 3 ] || { echo "FAIL: expected 3 metrics lines"; exit 1; }
 
+# The validation loss at the end too: every rank evaluates the same sequences (each DP rank read its
+# own share, and the loss depended on the layout: review, 2026-12-05).
+val() { grep -o '"val_loss": [-0-9.e]*' "$1" | tail -1 | awk '{print $2}'; }
 for run in ep2 dp4ep2 ep4; do
     close_steps "$tmp/one.jsonl" "$tmp/$run.jsonl" 123
+    awk -v a="$(val "$tmp/one.jsonl")" -v b="$(val "$tmp/$run.jsonl")" -v r=$run 'BEGIN { d = a - b
+        if (a == "" || b == "" || (d < 0 ? -d : d) > 1e-5 * a) { print "FAIL: " r ": val_loss " b " vs " a; exit 1 } }'
     echo "ok: $run matches the one-process run"
 done
 
