@@ -247,6 +247,22 @@ void config_set(MoeConfig *c, const char *key, const char *value, const char *or
     case K_STR:
         if (strlen(value) >= CONFIG_STR)
             core_usage_error("%s: %s is longer than %d characters", origin, k->name, CONFIG_STR - 1);
+        // A checkpoint stores its config as `key = value` lines that --config reads back: a value
+        // with a line break, a '#' (a comment there) or blanks at its ends would come back as
+        // another value, or not at all (review, 2026-12-05: `--metrics $'m\nx'` made a checkpoint
+        // every reader refused).
+        for (const char *v = value; *v; v++) {
+            if ((unsigned char)*v < 32 || *v == 127)
+                core_usage_error("%s: %s holds a control character (byte 0x%02x at position %d), which a value "
+                                 "cannot hold (stored configs are `key = value` lines)", origin, k->name,
+                                 (unsigned char)*v, (int)(v - value) + 1);
+            if (*v == '#')
+                core_usage_error("%s: %s = '%s': a value cannot hold '#' (stored configs are `key = value` "
+                                 "lines, where '#' starts a comment)", origin, k->name, value);
+        }
+        if (value[0] == ' ' || (value[0] && value[strlen(value) - 1] == ' '))
+            core_usage_error("%s: %s = '%s' begins or ends with a blank, which a config file drops", origin,
+                             k->name, value);
         if (k->choices && !in_choices(k->choices, value))
             core_usage_error("%s: %s = '%s' is not valid: expected %s", origin, k->name, value,
                              k->choices);
@@ -315,7 +331,12 @@ void config_load_stream(MoeConfig *c, FILE *f, const char *name) {
                 core_usage_error("%s: byte 0x%02x at column %ld: not a text config file (key = value lines)",
                                  origin, b, i + 1);
         }
+        // A comment starts at a '#' at the start of the line or after a blank; one glued to a value
+        // (`out = /tmp/run#2`) silently cut the value short.
         char *hash = strchr(line, '#');
+        if (hash && hash > line && hash[-1] != ' ' && hash[-1] != '\t' && memchr(line, '=', (size_t)(hash - line)))
+            core_usage_error("%s: a '#' right after a value: values cannot hold '#', and a comment needs a blank "
+                             "before it", origin);
         if (hash) *hash = '\0';
         char *s = trim(line);
         if (*s == '\0') continue;
