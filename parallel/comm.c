@@ -20,7 +20,7 @@
 static double g_timeout = COMM_DEFAULT_TIMEOUT;
 static int g_mpi_started = 0;  // comm_init started MPI (so comm_finalize calls MPI_Finalize)
 static int g_threads_ok = 1;   // MPI runs with MPI_THREAD_MULTIPLE, or there is no MPI
-static Comm g_world = {"world", 0, 1, NULL, NULL};
+static Comm g_world = {.name = "world", .rank = 0, .size = 1};
 
 size_t comm_type_size(CommType t) {
     switch (t) {
@@ -44,10 +44,20 @@ Comm *comm_world(void) { return &g_world; }
 
 int comm_threads_ok(void) { return g_threads_ok; }
 
-const char *comm_p2p_name(char *buf, int dst, int src) {
-    if (dst >= 0 && src >= 0) snprintf(buf, COMM_OP_NAME_MAX, "send to rank %d / recv from rank %d", dst, src);
-    else if (dst >= 0) snprintf(buf, COMM_OP_NAME_MAX, "send to rank %d", dst);
-    else snprintf(buf, COMM_OP_NAME_MAX, "recv from rank %d", src);
+// "rank r" of c, with its world rank where c is a sub-group: "rank 1" alone on group pp read as
+// world rank 1 (review, 2026-12-05), which may be the rank that printed it.
+static void peer_name(char *out, size_t n, const Comm *c, int r) {
+    if (c->world_of && r < c->size) snprintf(out, n, "rank %d (world rank %d)", r, c->world_of[r]);
+    else snprintf(out, n, "rank %d", r);
+}
+
+const char *comm_p2p_name(char *buf, const Comm *c, int dst, int src) {
+    char d[40], s[40];
+    peer_name(d, sizeof d, c, dst);
+    peer_name(s, sizeof s, c, src);
+    if (dst >= 0 && src >= 0) snprintf(buf, COMM_OP_NAME_MAX, "send to %s / recv from %s", d, s);
+    else if (dst >= 0) snprintf(buf, COMM_OP_NAME_MAX, "send to %s", d);
+    else snprintf(buf, COMM_OP_NAME_MAX, "recv from %s", s);
     return buf;
 }
 
@@ -144,7 +154,7 @@ static void mpi_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void
     MPI_Request r[2];
     int n = 0;
     char op[COMM_OP_NAME_MAX];
-    comm_p2p_name(op, dst, src);
+    comm_p2p_name(op, c, dst, src);
     if (src >= 0)
         MPI_CHECK(MPI_Irecv(recv, mpi_count(c, recv_n, op), mpi_type(t), src, tag, mpi_of(c), &r[n++]));
     if (dst >= 0)
@@ -192,7 +202,7 @@ static MpiReq *mpi_req(const char *op) {
 
 static void *mpi_isend(Comm *c, const void *buf, size_t n, int dst, CommType t, int tag) {
     char op[COMM_OP_NAME_MAX];
-    MpiReq *q = mpi_req(comm_p2p_name(op, dst, -1));
+    MpiReq *q = mpi_req(comm_p2p_name(op, c, dst, -1));
     MPI_CHECK(MPI_Isend(buf, mpi_count(c, n, q->op), mpi_type(t), dst, tag, mpi_of(c), &q->r));
     return q;
 }
@@ -348,6 +358,10 @@ Comm *comm_split(Comm *c, int color, int key, const char *name) {
         if (s->size > 1) {
             s->ops = c->ops;
             s->impl = impl;
+            // Its members' world ranks, for the messages that name a peer.
+            const int32_t me = (int32_t)core_rank();
+            s->world_of = core_alloc((size_t)s->size * sizeof *s->world_of);
+            comm_allgather(s, &me, s->world_of, 1, COMM_I32);
         } else {
             c->ops->free(impl);
         }
@@ -359,6 +373,7 @@ void comm_free(Comm *c) {
     if (!c) return;
     CHECK(c != &g_world, "comm: the world communicator is not freed by comm_free");
     if (c->ops) c->ops->free(c->impl);
+    core_free(c->world_of);
     core_free(c);
 }
 

@@ -57,6 +57,8 @@ typedef struct {
 struct Comm {
     char name[COMM_NAME_MAX];  // "world", "dp", "ep", "edp", "pp": named in every error message
     int rank, size;
+    int *world_of;             // (size) each member's world rank, for messages; NULL for the world
+                               // and one-process groups
     const CommOps *ops;        // NULL for a one-process communicator
     void *impl;                // the backend's handle
 };
@@ -125,11 +127,12 @@ void comm_wait(CommRequest *r);
 size_t comm_type_size(CommType t);
 // Ends every rank of the job after printing the timeout message (backends call this).
 void comm_timed_out(const Comm *c, const char *op);
-// The name a point-to-point operation goes by in messages, naming its peers (backends call this):
-// "send to rank 3", "recv from rank 0", "send to rank 1 / recv from rank 0" (dst or src < 0: that
-// side is absent). Written into buf (COMM_OP_NAME_MAX), which it returns.
-#define COMM_OP_NAME_MAX 64
-const char *comm_p2p_name(char *buf, int dst, int src);
+// The name a point-to-point operation on c goes by in messages, naming its peers by their rank in c
+// and in the world (backends call this): "send to rank 3", "recv from rank 1 (world rank 3)", "send
+// to rank 1 (world rank 5) / recv from rank 0 (world rank 4)" (dst or src < 0: that side is absent).
+// Written into buf (COMM_OP_NAME_MAX), which it returns.
+#define COMM_OP_NAME_MAX 112
+const char *comm_p2p_name(char *buf, const Comm *c, int dst, int src);
 
 #ifdef __cplusplus
 }

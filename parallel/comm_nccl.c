@@ -133,7 +133,7 @@ static void nc_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void 
     (void)tag;
     Nccl *x = nccl_of(c);
     char op[COMM_OP_NAME_MAX];
-    comm_p2p_name(op, dst, src);
+    comm_p2p_name(op, c, dst, src);
     after_compute(x);
     NCCL_CHECK(ncclGroupStart());
     if (src >= 0) NCCL_CHECK(ncclRecv(recv, recv_n, nccl_type(t), src, x->comm, x->stream));
@@ -211,7 +211,7 @@ static void *nc_isend(Comm *c, const void *buf, size_t n, int dst, CommType t, i
     after_compute(x);
     NCCL_CHECK(ncclSend(buf, n, nccl_type(t), dst, x->comm, x->stream));
     char op[COMM_OP_NAME_MAX];
-    return enqueued(c, comm_p2p_name(op, dst, -1));
+    return enqueued(c, comm_p2p_name(op, c, dst, -1));
 }
 
 static void *nc_iallreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
@@ -310,6 +310,10 @@ Comm *comm_nccl_create(Comm *host, const char *name) {
     strcpy(c->name, name);
     c->rank = host->rank;
     c->size = host->size;
+    if (host->world_of) {
+        c->world_of = core_alloc((size_t)c->size * sizeof *c->world_of);
+        memcpy(c->world_of, host->world_of, (size_t)c->size * sizeof *c->world_of);
+    }
     ncclConfig_t cfg = nonblocking();
     ncclComm_t nc = NULL;
     NCCL_CHECK(ncclCommInitRankConfig(&nc, host->size, id, host->rank, &cfg));

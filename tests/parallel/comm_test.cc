@@ -20,6 +20,22 @@ namespace {
 
 Comm *world() { return comm_world(); }
 
+// A peer is named by its rank in the group and, in a sub-group, its world rank: "recv from rank 1
+// on group pp" read as world rank 1 (review, 2026-12-05). The world ranks come from the split.
+TEST(Comm, PeersNamedWithTheirWorldRank) {
+    char buf[COMM_OP_NAME_MAX];
+    int world_of[2] = {4, 6};
+    Comm pp = {.name = "pp", .rank = 0, .size = 2, .world_of = world_of};
+    EXPECT_STREQ(comm_p2p_name(buf, &pp, -1, 1), "recv from rank 1 (world rank 6)");
+    EXPECT_STREQ(comm_p2p_name(buf, &pp, 1, 0), "send to rank 1 (world rank 6) / recv from rank 0 (world rank 4)");
+    EXPECT_STREQ(comm_p2p_name(buf, comm_world(), 3, -1), "send to rank 3");
+    // Reversed keys: member r of the split is world rank W - 1 - r.
+    Comm *rev = comm_split(comm_world(), 0, comm_world()->size - comm_world()->rank, "rev");
+    for (int r = 0; r < rev->size && rev->world_of; r++) EXPECT_EQ(rev->world_of[r], rev->size - 1 - r);
+    EXPECT_EQ(rev->world_of != NULL, rev->size > 1);
+    comm_free(rev);
+}
+
 TEST(Comm, AllreduceSumAndMaxInEveryType) {
     const int P = world()->size, r = world()->rank;
     std::vector<float> f = {1.0f * r, 2.5f, -1.0f * r};
