@@ -35,7 +35,7 @@ static const char USAGE_PREPARE[] =
     "  --input PATH...     one or more files or directories (the flag may also repeat)\n"
     "  --vocab N           vocabulary size, 256 (raw bytes, no merges) to 1048576\n"
     "  --out DIR           output directory (created if missing)\n"
-    "  --val-fraction F    last fraction of each file held out for validation, in [0, 1)\n"
+    "  --val-fraction F    last fraction of each file held out for validation, in (0, 1)\n"
     "                      (default 0.05)\n"
     "  --seed S            seed of the order of the documents in the shards (default 1337)\n"
     "  --text-field NAME   member of each JSON Lines object that holds the text (default text)\n"
@@ -97,6 +97,11 @@ static int cmd_prepare(int argc, char **argv) {
         rc = fail("%s", err);
     // Some text must be left to train on.
     if (rc == 0 && f >= 1.0) rc = fail("--val-fraction %s is too large: must be below 1", frac);
+    // And some to validate on: `moelab train` evaluates val.bin and refuses an empty one, so a
+    // dataset without it could only be found unusable later (review, 2026-12-05).
+    if (rc == 0 && f <= 0.0)
+        rc = fail("--val-fraction %s leaves val.bin empty, and `moelab train` validates on it: give a small "
+                  "fraction, e.g. 0.01", frac);
     if (rc == 0 && seed && num_parse_u64("--seed", seed, UINT64_MAX, &S, err)) rc = fail("%s", err);
     if (rc == 0 && field && !*field) rc = fail("--text-field must not be empty");
     if (rc == 0) {

@@ -41,6 +41,11 @@ expect_exit 2 "--input reads .*self/tokenizer.bin, which this run writes \(--out
     "$moelab" data prepare --input "$tmp/self" --vocab 300 --out "$tmp/self"
 same_files "$tmp/data" "$tmp/self"
 
+# --val-fraction 0 made a dataset every train refused (an empty val.bin; review, 2026-12-05).
+expect_exit 2 "--val-fraction 0 leaves val.bin empty, and .moelab train. validates on it" \
+    "$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/never" --val-fraction 0
+[ ! -e "$tmp/never" ] || { echo "--val-fraction 0 wrote $tmp/never"; exit 1; }
+
 # --input: a FIFO named is refused; one inside a walked directory is skipped like any non-file.
 expect_exit 2 "cannot open input file .*/fifo: not a regular file" \
     "$moelab" data prepare --input "$tmp/fifo" --vocab 300 --out "$tmp/never"
