@@ -120,6 +120,9 @@ static const char *take_line(Run *d, const JsonValue *o, char *msg, size_t cap) 
     if (!step || step->type != JSON_NUMBER || step->number < 0 || step->number != floor(step->number) ||
         step->number > 1e9)
         return "\"step\" is missing or not a non-negative integer";
+    // A model of dense layers only logs an empty expert_load: nothing to draw, said as such.
+    if (load && load->type == JSON_ARRAY && load->len == 0)
+        return "the run has no MoE layers (\"expert_load\" is empty): there is no expert load to draw";
     if (load) {
         double *x;
         const char *e = read_matrix(load, "expert_load", &d->L, &d->E, &x, msg, cap);

@@ -331,6 +331,8 @@ void config_load_stream(MoeConfig *c, FILE *f, const char *name) {
                 core_usage_error("%s: byte 0x%02x at column %ld: not a text config file (key = value lines)",
                                  origin, b, i + 1);
         }
+        // Editors on Windows begin a UTF-8 file with a byte order mark, which is no part of a key.
+        if (lineno == 1 && !strncmp(line, "\xEF\xBB\xBF", 3)) memmove(line, line + 3, strlen(line + 3) + 1);
         // A comment starts at a '#' at the start of the line or after a blank; one glued to a value
         // (`out = /tmp/run#2`) silently cut the value short.
         char *hash = strchr(line, '#');

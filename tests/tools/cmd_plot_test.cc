@@ -171,6 +171,9 @@ TEST(CmdPlot, BadInput) {
          "nul3.jsonl, line 3: a NUL byte"},
         {"nostep.jsonl", "{\"expert_load\": [[1, 2]]}\n",
          "line 1: \"step\" is missing or not a non-negative integer"},
+        // A model of dense layers only (review, 2026-12-05: "is not a non-empty array of arrays").
+        {"dense.jsonl", "{\"step\": 1, \"expert_load\": []}\n",
+         "line 1: the run has no MoE layers \\(\"expert_load\" is empty\\): there is no expert load to draw"},
         {"early.jsonl", "{\"step\": 1, \"eplb\": {}}\n",
          "line 1: \"eplb\" comes before any \"expert_load\""},
         {"short.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2]], \"eplb\": {\"before\": [1, 2]}}\n",
