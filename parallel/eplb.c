@@ -18,6 +18,7 @@ struct EplbScratch {
     double *mload;           // (E) loads in renumbered order
     int *item, *irank;       // (R/Nn) local expert of each local replica and its replica rank
     int *cnt;                // (E/Nn) replicas of each local expert
+    int *heap;               // (E/Nn) eplb_replicate's scratch
     double *rw;              // (R/Nn) weight of each local replica: its expert's load / count
     int *rpack, *rrip;       // (R/Nn) rank within the node of each replica, and its place there
     void *pack_work;         // eplb_pack scratch, large enough for both packings
@@ -67,7 +68,51 @@ const char *eplb_load_error(const double *load, int L, int E, char *buf, size_t 
 int eplb_is_hierarchical(const EplbShape *s) { return s->Ng % s->Nn == 0; }
 
 size_t eplb_pack_work_bytes(int n, int m) {
-    return (size_t)m * sizeof(double) + ((size_t)m + 2 * (size_t)n) * sizeof(int);
+    return (size_t)m * sizeof(double) + (2 * (size_t)m + 2 * (size_t)n) * sizeof(int);
+}
+
+// A binary heap of indices whose top comes first under `before`. The packing and the replication
+// choose from it in O(log) instead of scanning every pack or item each time (the scans took hours on
+// the largest plans `moelab eplb` accepts: review, 2026-12-05); `before` orders by value, then index,
+// as the scans did, so the choices are the same.
+typedef int (*HeapBefore)(const void *ctx, int a, int b);
+
+static void heap_down(int *h, int size, int pos, HeapBefore before, const void *ctx) {
+    for (;;) {
+        int top = pos, l = 2 * pos + 1, r = l + 1;
+        if (l < size && before(ctx, h[l], h[top])) top = l;
+        if (r < size && before(ctx, h[r], h[top])) top = r;
+        if (top == pos) return;
+        int t = h[pos]; h[pos] = h[top]; h[top] = t;
+        pos = top;
+    }
+}
+
+// Makes h (size) a heap.
+static void heap_make(int *h, int size, HeapBefore before, const void *ctx) {
+    for (int i = size / 2 - 1; i >= 0; i--) heap_down(h, size, i, before, ctx);
+}
+
+typedef struct {
+    const double *total;
+} PackOrder;
+
+// The lighter pack first; equally light: the lower index.
+static int pack_before(const void *ctx, int a, int b) {
+    const double *t = ((const PackOrder *)ctx)->total;
+    return t[a] < t[b] || (t[a] == t[b] && a < b);
+}
+
+typedef struct {
+    const double *w;
+    const int *count;
+} ReplicaOrder;
+
+// The larger load per copy first; equal: the lower index.
+static int replica_before(const void *ctx, int a, int b) {
+    const ReplicaOrder *o = ctx;
+    const double va = o->w[a] / o->count[a], vb = o->w[b] / o->count[b];
+    return va > vb || (va == vb && a < b);
 }
 
 // Sorts idx (n) by descending w, equal weights keeping their current order. A stable bottom-up merge
@@ -103,36 +148,37 @@ void eplb_pack(const double *w, int n, int m, int *pack_of, int *rank_in_pack, v
     int *cnt = (int *)(total + m);   // (m) items in each pack so far
     int *order = cnt + m;            // (n) visiting order
     int *tmp = order + n;            // (n) sort scratch
-    for (int j = 0; j < m; j++) total[j] = 0, cnt[j] = 0;
+    int *heap = tmp + n;             // (m) the packs with room, lightest on top
+    for (int j = 0; j < m; j++) total[j] = 0, cnt[j] = 0, heap[j] = j;
     for (int i = 0; i < n; i++) order[i] = i;
     sort_desc_stable(order, tmp, w, n);
+    const PackOrder po = {total};
+    int open = m;
+    heap_make(heap, open, pack_before, &po);
     for (int k = 0; k < n; k++) {
-        int i = order[k], best = -1;
-        // Strict '<' keeps the lowest pack index among equally light packs.
-        for (int j = 0; j < m; j++)
-            if (cnt[j] < per && (best < 0 || total[j] < total[best])) best = j;
+        const int i = order[k], best = heap[0];
         pack_of[i] = best;
         rank_in_pack[i] = cnt[best]++;
         total[best] += w[i];
+        // A full pack leaves the heap; the others only got heavier: back down from the top.
+        if (cnt[best] == per) heap[0] = heap[--open];
+        heap_down(heap, open, 0, pack_before, &po);
     }
 }
 
-void eplb_replicate(const double *w, int n, int r, int *phy2item, int *rank, int *count) {
+void eplb_replicate(const double *w, int n, int r, int *phy2item, int *rank, int *count, int *heap) {
     CHECK(n >= 1 && r >= n, "eplb_replicate: %d slots cannot hold %d items", r, n);
     long bad = first_bad(w, n);
     CHECK(bad < 0, "eplb_replicate: weight %ld is %g, weights must be finite and >= 0", bad,
           bad < 0 ? 0 : w[bad]);
-    for (int i = 0; i < n; i++) phy2item[i] = i, rank[i] = 0, count[i] = 1;
+    for (int i = 0; i < n; i++) phy2item[i] = i, rank[i] = 0, count[i] = 1, heap[i] = i;
+    const ReplicaOrder ro = {w, count};
+    heap_make(heap, n, replica_before, &ro);
     for (int p = n; p < r; p++) {
-        // Strict '>' keeps the lowest index among items of equal load per replica.
-        int best = 0;
-        double bestv = w[0] / count[0];
-        for (int i = 1; i < n; i++) {
-            double v = w[i] / count[i];
-            if (v > bestv) best = i, bestv = v;
-        }
+        const int best = heap[0];
         phy2item[p] = best;
         rank[p] = count[best]++;
+        heap_down(heap, n, 0, replica_before, &ro);  // its load per copy fell
     }
 }
 
@@ -160,6 +206,7 @@ EplbPlan *eplb_plan_create(const EplbShape *s) {
     w->item = core_alloc((size_t)Rn * sizeof(int));
     w->irank = core_alloc((size_t)Rn * sizeof(int));
     w->cnt = core_alloc((size_t)(E / Nn) * sizeof(int));
+    w->heap = core_alloc((size_t)(E / Nn) * sizeof(int));
     w->rw = core_alloc((size_t)Rn * sizeof(double));
     w->rpack = core_alloc((size_t)Rn * sizeof(int));
     w->rrip = core_alloc((size_t)Rn * sizeof(int));
@@ -174,7 +221,7 @@ void eplb_plan_free(EplbPlan *p) {
     struct EplbScratch *w = p->scratch;
     core_free(w->gload); core_free(w->gnode); core_free(w->grank);
     core_free(w->log2mlog); core_free(w->mlog2log); core_free(w->mload);
-    core_free(w->item); core_free(w->irank); core_free(w->cnt);
+    core_free(w->item); core_free(w->irank); core_free(w->cnt); core_free(w->heap);
     core_free(w->rw); core_free(w->rpack); core_free(w->rrip); core_free(w->pack_work);
     core_free(w);
     core_free(p->phy2log); core_free(p->phyrank); core_free(p->logcnt); core_free(p->log2phy);
@@ -208,7 +255,7 @@ static void plan_layer(const EplbPlan *p, const double *load, int *phy2log, int 
     for (int k = 0; k < Nn; k++) {
         const double *nload = w->mload + (size_t)k * En;  // (En) this node's experts
         // (2) Replicate the node's En experts onto its Rn slots.
-        eplb_replicate(nload, En, Rn, w->item, w->irank, w->cnt);
+        eplb_replicate(nload, En, Rn, w->item, w->irank, w->cnt, w->heap);
         // (3) Pack the node's replicas, each carrying an equal share of its expert's load, onto the
         // node's Gn ranks, Rg slots each.
         for (int j = 0; j < Rn; j++) w->rw[j] = nload[w->item[j]] / w->cnt[w->item[j]];

@@ -42,8 +42,9 @@ size_t eplb_pack_work_bytes(int n, int m);
 void eplb_pack(const double *w, int n, int m, int *pack_of, int *rank_in_pack, void *work);
 // Replication of n items with weights w (n) onto r ≥ n slots: slot i < n holds item i; every further
 // slot takes the item with the largest w/count (ties: the lowest index). Outputs phy2item (r), rank (r)
-// = the item's count before this slot was added (0 for its first copy), count (n) ≥ 1.
-void eplb_replicate(const double *w, int n, int r, int *phy2item, int *rank, int *count);
+// = the item's count before this slot was added (0 for its first copy), count (n) ≥ 1. heap (n) is
+// scratch.
+void eplb_replicate(const double *w, int n, int r, int *phy2item, int *rank, int *count, int *heap);
 
 // ---- whole plans ----
 

@@ -3,6 +3,7 @@
 // validation, and properties of plans for many random shapes and loads.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <vector>
@@ -36,7 +37,8 @@ struct Replicated {
 Replicated replicate(const std::vector<double> &w, int r) {
     int n = (int)w.size();
     Replicated o{V(r, -7), V(r, -7), V(n, -7)};
-    eplb_replicate(w.data(), n, r, o.phy2item.data(), o.rank.data(), o.count.data());
+    std::vector<int> heap(n);
+    eplb_replicate(w.data(), n, r, o.phy2item.data(), o.rank.data(), o.count.data(), heap.data());
     return o;
 }
 
@@ -126,6 +128,73 @@ EplbPlan *plan1(const std::vector<double> &load, int R, int Ng, int Nn, int G) {
 }
 
 V span(const int *v, int n) { return V(v, v + n); }
+
+// The heaps choose exactly what a scan over every pack or item chose (the rule of eplb.h, written
+// out as that scan here), on random weights drawn from a few values so that ties are common, and at
+// the largest shapes `moelab eplb` takes, where the scans ran for hours (review, 2026-12-05).
+Packed pack_by_scan(const std::vector<double> &w, int m) {
+    const int n = (int)w.size(), per = n / m;
+    Packed r{V(n), V(n)};
+    if (per == 1) {  // item i to pack i
+        for (int i = 0; i < n; i++) r.pack_of[i] = i, r.rank[i] = 0;
+        return r;
+    }
+    std::vector<int> order(n), cnt(m, 0);
+    std::vector<double> total(m, 0.0);
+    for (int i = 0; i < n; i++) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return w[a] > w[b]; });
+    for (int i : order) {
+        int best = -1;
+        for (int j = 0; j < m; j++)
+            if (cnt[j] < per && (best < 0 || total[j] < total[best])) best = j;
+        r.pack_of[i] = best;
+        r.rank[i] = cnt[best]++;
+        total[best] += w[i];
+    }
+    return r;
+}
+
+Replicated replicate_by_scan(const std::vector<double> &w, int r) {
+    const int n = (int)w.size();
+    Replicated o{V(r), V(r), V(n, 1)};
+    for (int i = 0; i < n; i++) o.phy2item[i] = i, o.rank[i] = 0;
+    for (int p = n; p < r; p++) {
+        int best = 0;
+        for (int i = 1; i < n; i++)
+            if (w[i] / o.count[i] > w[best] / o.count[best]) best = i;
+        o.phy2item[p] = best;
+        o.rank[p] = o.count[best]++;
+    }
+    return o;
+}
+
+TEST(Property, HeapsChooseAsTheScans) {
+    RngStream rng = rng_stream(20261205, 3);
+    for (int trial = 0; trial < 300; trial++) {
+        const int m = 1 + (int)(rng_next_u32(&rng) % 9), per = 1 + (int)(rng_next_u32(&rng) % 7);
+        const int n = m * per, values = 1 + (int)(rng_next_u32(&rng) % 4);
+        std::vector<double> w(n);
+        for (double &x : w) x = (double)(rng_next_u32(&rng) % values);
+        const Packed a = pack(w, m), b = pack_by_scan(w, m);
+        ASSERT_EQ(a.pack_of, b.pack_of) << "trial " << trial;
+        ASSERT_EQ(a.rank, b.rank) << "trial " << trial;
+        const int r = n + (int)(rng_next_u32(&rng) % (2 * n + 1));
+        const Replicated c = replicate(w, r), d = replicate_by_scan(w, r);
+        ASSERT_EQ(c.phy2item, d.phy2item) << "trial " << trial;
+        ASSERT_EQ(c.rank, d.rank) << "trial " << trial;
+        ASSERT_EQ(c.count, d.count) << "trial " << trial;
+    }
+    // The largest shapes in well under a second each (the scans: n·m and (r - n)·n steps).
+    std::vector<double> w(1 << 19);
+    for (size_t i = 0; i < w.size(); i++) w[i] = (double)(i % 1000);
+    const Packed big = pack(w, 1 << 18);
+    std::vector<int> filled(1 << 18, 0);
+    for (int p : big.pack_of) filled[p]++;
+    EXPECT_EQ(*std::min_element(filled.begin(), filled.end()), 2);
+    EXPECT_EQ(*std::max_element(filled.begin(), filled.end()), 2);
+    const Replicated rep = replicate(std::vector<double>(w.begin(), w.begin() + (1 << 18)), 1 << 20);
+    EXPECT_EQ(rep.phy2item.size(), (size_t)1 << 20);
+}
 
 TEST(Plan, HandWorkedHierarchical) {
     // E = 8, Ng = 4 groups of 2, Nn = 2 nodes, G = 4 ranks (2 per node), R = 12 (6 per node, 3 per
