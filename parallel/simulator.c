@@ -62,11 +62,16 @@ static SimTimeline *timeline_alloc(int R) {
 // t0, t1, busy and bubble from the events.
 static void timeline_finish(SimTimeline *tl) {
     int any = 0;
+    // Busy time is the length of the union of a rank's ops (in start order): a measured trace may
+    // hold ops that overlap on one rank (two threads), whose plain sum made the idle time negative.
     for (int r = 0; r < tl->R; r++) {
         tl->busy[r] = 0;
+        double covered = -INFINITY;
         for (int i = 0; i < tl->n[r]; i++) {
             const SimEvent *e = &tl->ev[r][i];
-            tl->busy[r] += e->end - e->start;
+            const double from = e->start > covered ? e->start : covered;
+            if (e->end > from) tl->busy[r] += e->end - from;
+            if (e->end > covered) covered = e->end;
             if (!any || e->start < tl->t0) tl->t0 = e->start;
             if (!any || e->end > tl->t1) tl->t1 = e->end;
             any = 1;

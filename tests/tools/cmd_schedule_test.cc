@@ -120,6 +120,22 @@ TEST(CmdSchedule, JsonAndFiles) {
     remove(trace.c_str());
 }
 
+// Ops that overlap on one rank (two threads of a measured run): busy is the time any op ran, so
+// idle stays >= 0 (the review of 2026-12-05 saw "idle -10 µs (-100.0%)").
+TEST(CmdSchedule, OverlappingOpsCountOnce) {
+    const std::string trace = tmp_path("overlap"), svg = tmp_path("overlap_svg");
+    FILE *f = fopen(trace.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    fputs("{\"traceEvents\": [{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"tid\": 0, \"ts\": 0, \"dur\": 10},\n"
+          "{\"name\": \"B0d\", \"ph\": \"X\", \"pid\": 0, \"tid\": 1, \"ts\": 4, \"dur\": 10}]}\n", f);
+    fclose(f);
+    Result r = run({"--from-trace", trace, "--svg", svg});
+    EXPECT_EQ(r.rc, 0) << r.err;
+    EXPECT_NE(r.out.find("rank 0: busy 14 µs, idle 0 µs (0.0%)"), std::string::npos) << r.out;
+    remove(trace.c_str());
+    remove(svg.c_str());
+}
+
 TEST(CmdSchedule, BadArguments) {
     struct Case { std::vector<std::string> args; const char *msg; } cases[] = {
         {{"--kind", "zb", "--pp", "2", "--chunks", "4"}, "--kind must be 1f1b, dualpipe or dualpipev, got 'zb'"},
