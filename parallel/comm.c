@@ -47,7 +47,7 @@ int comm_threads_ok(void) { return g_threads_ok; }
 // "rank r" of c, with its world rank where c is a sub-group: "rank 1" alone on group pp read as
 // world rank 1 (review, 2026-12-05), which may be the rank that printed it.
 static void peer_name(char *out, size_t n, const Comm *c, int r) {
-    if (c->world_of && r < c->size) snprintf(out, n, "rank %d (world rank %d)", r, c->world_of[r]);
+    if (c->world_of && r >= 0 && r < c->size) snprintf(out, n, "rank %d (world rank %d)", r, c->world_of[r]);
     else snprintf(out, n, "rank %d", r);
 }
 
