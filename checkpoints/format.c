@@ -196,6 +196,15 @@ static CkptPartFile *open_part(CkptFile *cf, const char *tensor, const char *fna
     return p;
 }
 
+void ckpt_file_check_parts(CkptFile *cf) {
+    char part[2 * CKPT_PATH_MAX];
+    for (int r = 0; r < cf->parts; r++) {
+        ckpt_part_path(cf->io.path, r, cf->parts, part, sizeof part);
+        const char *base = strrchr(part, '/') ? strrchr(part, '/') + 1 : part;
+        open_part(cf, "the index", base);
+    }
+}
+
 // Rows [*r0, *r1] of a selection that must be one block of whole rows of a dataset of extent `full`
 // (ndim dims; an "all" selection counts as one block).
 static void one_row_block(const H5Io *io, hid_t s, const char *what, int ndim, const hsize_t *full,

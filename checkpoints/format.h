@@ -53,6 +53,9 @@ void ckpt_file_close(CkptFile *cf);
 void ckpt_file_config(CkptFile *cf, MoeConfig *c);
 // The /state group: step, loader position, RNG stream and AdamW's step count, range-checked.
 void ckpt_file_state(CkptFile *cf, CkptState *st, int64_t *adam_t);
+// Every part file an index names (not only those its tensors map to: a rank of a later data-parallel
+// replica writes a part without tensors) opened and checked against the index.
+void ckpt_file_check_parts(CkptFile *cf);
 // True if the float32 tensor `name` (e.g. "/model/embed") exists.
 int ckpt_has_tensor(CkptFile *cf, const char *name);
 // Opens tensor `name` after checking it completely (see the top of this file). With want != NULL its

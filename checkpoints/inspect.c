@@ -150,6 +150,7 @@ void ckpt_verify(const char *path, const ParamRegistry *ref, FILE *out) {
     CkptState st;
     int64_t t;
     ckpt_file_state(&cf, &st, &t);
+    ckpt_file_check_parts(&cf);
     // The expected names and logical shapes come from the model the stored config builds.
     const ParamRegistry *r = ref;
     int datasets = 0;

@@ -162,7 +162,8 @@ Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, 
     // A tied head reads the embedding: both must live on one stage.
     if (c->tie_embeddings && (l0 > 0 || l1 < c->L))
         core_usage_error("tie_embeddings = true needs the embedding and the head on one pipeline "
-                         "stage: use tie_embeddings = false with --pp > 1");
+                         "stage: use tie_embeddings = false with --pp > 1 or --schedule dualpipev (both cut "
+                         "the model into stages)");
     Model *m = core_alloc(sizeof *m);
     m->cfg = *c;
     m->l0 = l0;

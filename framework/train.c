@@ -170,7 +170,8 @@ static void trainer_resume(Trainer *t) {
     // train nothing and end with exit 0 (fuzzing: `--resume step_3.h5 --steps 2` printed "step 3/2").
     if (t->cfg.steps < t->step)
         core_usage_error("--steps %d is below the step of --resume %s (%d): --steps counts the whole run, "
-                         "so pass more than %d", t->cfg.steps, t->cfg.resume, t->step, t->step);
+                         "so pass at least %d (as many evaluates and saves it)", t->cfg.steps, t->cfg.resume,
+                         t->step, t->step);
     t->resumed_at = t->step;
     if (st.lineage) t->lineage = st.lineage;
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", t->cfg.resume);
@@ -678,12 +679,17 @@ int trainer_run(Trainer *t) {
         }
         if (c->out[0] && (last || (c->save_every > 0 && t->step % c->save_every == 0))) trainer_save(t);
     }
-    // --steps 0 with --out: the initial weights, as step 0 (an untrained baseline to sample or export).
-    if (c->out[0] && c->steps == 0) trainer_save(t);
+    // No step ran (--steps 0, or --steps equal to the resumed step): the weights as they are, saved
+    // into --out (an untrained baseline to sample or export, or a checkpoint moved to another layout
+    // or folder; trainer_save leaves the very file resumed from alone).
+    const int trained = t->step > (t->resumed_at > 0 ? t->resumed_at : 0);
+    if (c->out[0] && !trained) trainer_save(t);
     core_info0("validation loss %.4f -> %.4f nats/token; unigram entropy %.4f: %s", val_first, val,
                t->unigram_entropy, val < t->unigram_entropy ? "the model uses context" :
                "not yet below the unigram entropy (train longer)");
-    if (c->trace[0]) pipe_write_trace(t->pipe, c->trace);
+    // The trace is of the last step this run took: none, no trace (it held zero-length ops).
+    if (c->trace[0] && trained) pipe_write_trace(t->pipe, c->trace);
+    else if (c->trace[0]) core_info0("no step ran: no trace written to %s", c->trace);
     trainer_sample(t, "after training");
     return 0;
 }

@@ -103,6 +103,15 @@ head -c 5000 "$tmp/a/step_6.h5" >"$tmp/short.h5"
 expect_error "short.h5: cannot open as HDF5" "$moelab" ckpt verify "$tmp/short.h5"
 rm "$tmp/c/step_6.h5.part-1-of-2"
 expect_error "step_6.h5.part-1-of-2 .*is missing" "$moelab" ckpt inspect "$tmp/c/step_6.h5"
+# Any part missing fails verify, even one without tensors (a rank of a later data-parallel replica
+# writes one): it said "all part files present" (review, 2026-12-05).
+mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --batch-size 2 --ep 2 --steps 1 --out "$tmp/parts4" >/dev/null
+for r in 0 1 2 3; do
+    mkdir -p "$tmp/less$r"
+    cp "$tmp/parts4"/step_1.h5* "$tmp/less$r/"
+    rm "$tmp/less$r/step_1.h5.part-$r-of-4"
+    expect_error "step_1.h5.part-$r-of-4 .*is missing" "$moelab" ckpt verify "$tmp/less$r/step_1.h5"
+done
 expect_error "no.h5: No such file" "$moelab" ckpt verify "$tmp/no.h5"
 # A folder, or one part file of a multi-process save, where a checkpoint is wanted: named as such
 # (a part file said only "format is 'moelab-checkpoint-part', not 'moelab-checkpoint'").

@@ -82,6 +82,16 @@ expect_usage "command line: ep_overlap = 'off' is not valid" "${args[@]}" --ep-o
 "$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --out "$tmp/run_keys" --dp-overlap 0 --ep-overlap 0 \
     --expert-gemm loop --gemm-streams 2 --metrics "$tmp/run_keys.jsonl" > /dev/null
 "$moelab" ckpt inspect "$tmp/run_keys/step_1.h5" > "$tmp/run_keys.txt"
+# --steps equal to the resumed step trains nothing but still saves into a new --out (a checkpoint
+# moved to another folder or layout) and writes no trace of zero-length ops (review, 2026-12-05: it
+# saved nothing, and the trace's ops were all 0 µs).
+"$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --resume "$tmp/run_keys/step_1.h5" --out "$tmp/moved" \
+    --trace "$tmp/none.json" > "$tmp/moved.log"
+"$moelab" ckpt verify "$tmp/moved/step_1.h5" > /dev/null
+grep -q "no step ran: no trace written to .*none.json" "$tmp/moved.log" && [ ! -e "$tmp/none.json" ] ||
+    { echo "a run without a step wrote a trace:"; cat "$tmp/moved.log"; exit 1; }
+expect_usage "tie_embeddings = true needs the embedding and the head on one pipeline stage: .* or --schedule dualpipev" \
+    "${args[@]}" --schedule dualpipev --chunks 2 --tie-embeddings true
 for want in "dp_overlap = false" "ep_overlap = false" "expert_gemm = loop" "gemm_streams = 2"; do
     grep -q "^  $want\$" "$tmp/run_keys.txt" || { echo "checkpoint config lacks '$want'"; cat "$tmp/run_keys.txt"; exit 1; }
 done
