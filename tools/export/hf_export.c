@@ -99,8 +99,13 @@ static void finish(FILE *f, const char *dir, const char *name) {
     CHECK(fclose(f) == 0 && ok, "cannot write %s/%s: %s", dir, name, strerror(err));
 }
 
-// A float as JSON that reads back as the same float32.
-static void json_float(FILE *f, const char *key, float x) { fprintf(f, "  \"%s\": %.9g,\n", key, x); }
+// A float as JSON that reads back as the same float32, and as a float: with a decimal point where
+// %.9g gives none (transformers refuses `"temperature": 2`, an integer, for sampling).
+static void json_float(FILE *f, const char *key, float x) {
+    char v[32];
+    snprintf(v, sizeof v, "%.9g", x);
+    fprintf(f, "  \"%s\": %s%s,\n", key, v, strpbrk(v, ".en") ? "" : ".0");
+}
 static void json_int(FILE *f, const char *key, long x) { fprintf(f, "  \"%s\": %ld,\n", key, x); }
 static void json_bool(FILE *f, const char *key, int x) { fprintf(f, "  \"%s\": %s,\n", key, x ? "true" : "false"); }
 
@@ -144,9 +149,15 @@ static void write_config(const char *dir, const MoeConfig *c, int bf16, long ste
 // generation_config.json: `moelab sample`'s defaults (temperature, top-k from the training config).
 static void write_generation_config(const char *dir, const MoeConfig *c) {
     FILE *f = create(dir, "generation_config.json");
-    fputs("{\n  \"do_sample\": true,\n", f);
-    json_float(f, "temperature", c->temperature);
-    json_int(f, "top_k", c->top_k_sample);
+    // Temperature 0 is moelab's greedy decoding, which transformers spells do_sample = false (it
+    // refuses to sample at temperature 0).
+    if (c->temperature > 0) {
+        fputs("{\n  \"do_sample\": true,\n", f);
+        json_float(f, "temperature", c->temperature);
+        json_int(f, "top_k", c->top_k_sample);
+    } else {
+        fputs("{\n  \"do_sample\": false,\n", f);
+    }
     fputs("  \"use_cache\": false\n}\n", f);
     finish(f, dir, "generation_config.json");
 }

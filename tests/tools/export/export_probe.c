@@ -125,8 +125,7 @@ static int encode(const char *tok_path, const char *rec_path, const char *out_pa
 static int logits(const char *ckpt, const char *tok_path, int B, int T, const char *out_path) {
     MoeConfig c;
     config_defaults(&c);
-    ckpt_read_config(ckpt, &c);
-    c.ep = 1;
+    ckpt_read_config_whole(ckpt, &c);  // one process, no EPLB slots, whatever layout saved it
     c.T = T;
     Model *m = model_create(&c, 0, 1);
     CkptShard sh = ckpt_shard_identity(0, 1, c.E);
