@@ -266,13 +266,9 @@ static void atomic_create(AtomicFile *a, const char *path) {
     saved_datasets = 0;
 }
 
-static void fsync_path(const char *path, int flags) {
-    int fd = open(path, flags);
-    if (fd < 0 || fsync(fd) != 0) {
-        const int err = errno;
-        FATAL("checkpoint: fsync %s: %s", path, strerror(err));
-    }
-    close(fd);
+static void fsync_or_die(const char *path) {
+    const int err = core_fsync(path);
+    if (err) FATAL("checkpoint: fsync %s: %s", path, strerror(err));
 }
 
 // Closing writes HDF5's last metadata, so the bytes are synced after the close; the rename then
@@ -280,13 +276,13 @@ static void fsync_path(const char *path, int flags) {
 static void atomic_commit(AtomicFile *a) {
     H5_OK(&a->io, H5Fflush(a->f, H5F_SCOPE_GLOBAL), "flush");
     H5_OK(&a->io, H5Fclose(a->f), "close");
-    fsync_path(a->tmp, O_RDONLY);
+    fsync_or_die(a->tmp);
     if (rename(a->tmp, a->final) != 0) {
         const int err = errno;
         FATAL("checkpoint: rename %s to %s: %s", a->tmp, a->final, strerror(err));
     }
     core_temp_untrack(a->tmp);
-    fsync_path(a->dir, O_RDONLY | O_DIRECTORY);
+    fsync_or_die(a->dir);
 }
 
 // A save writes the moments: a view without them is the caller's bug.

@@ -221,15 +221,18 @@ static int out_commit(CoreOut *o) {
     return err;
 }
 
-// The rename itself on the disk: the directory that holds path, synced.
-static void sync_parent(const char *path) {
+int core_fsync(const char *path) {
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    const int err = fsync(fd) != 0 ? errno : 0;
+    close(fd);
+    return err;
+}
+
+int core_fsync_parent(const char *path) {
     char dir[4096];
     split_path(path, dir, sizeof dir);
-    const int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
+    return core_fsync(dir);
 }
 
 int core_out_close(CoreOut *o) {
@@ -240,7 +243,9 @@ int core_out_close(CoreOut *o) {
         return err;
     }
     err = out_commit(o);
-    if (!err) sync_parent(o->path);
+    // The rename made durable. Its failure is not reported: the file is in place and whole (synced
+    // before the rename), and a file system that cannot sync a directory has already said so.
+    if (!err) (void)core_fsync_parent(o->path);
     return err;
 }
 
@@ -263,7 +268,7 @@ int core_out_close_all(CoreOut *o, int n, int *failed) {
         if (err) *failed = k;
     }
     core_signals_release();
-    if (!err && n > 0) sync_parent(o[0].path);
+    if (!err && n > 0) (void)core_fsync_parent(o[0].path);  // as core_out_close's
     return err;
 }
 

@@ -35,6 +35,11 @@ void core_temp_remove_all(void);
 // -1 (no such name).
 int core_temp_is_stale(const char *name);
 
+// fsync of a file or a directory (a rename becomes durable once its directory is synced): 0, or
+// the errno of the open or the fsync. core_fsync_parent syncs the directory that holds path.
+int core_fsync(const char *path);
+int core_fsync_parent(const char *path);
+
 // An output file written whole or not at all. core_out_open creates "<path>.tmp-<pid>" beside
 // path (the same file system, so the rename is atomic) and tracks it; core_out_close flushes it,
 // checks that every write reached it, syncs and closes it, renames it over path and syncs the

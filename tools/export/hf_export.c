@@ -302,13 +302,6 @@ static int check_out_dir(const char *dir, int force) {
     return 1;
 }
 
-static void fsync_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    fsync(dirfd(d));
-    closedir(d);
-}
-
 // The written folder tmp into place at out. Over an existing folder (empty, or an earlier export
 // under --force) one atomic exchange where the file system has it; elsewhere the old folder is
 // moved aside first, with polite signals held back, and put back if the second rename fails. So
@@ -402,15 +395,12 @@ void hf_export(const HfExportOptions *o) {
     write_generation_config(tmp, &c);
     write_tokenizer(tmp, tok, &c);
     write_modeling(tmp);
-    fsync_dir(tmp);
+    // The files are synced as they close; the folder's entries, then the rename, here.
+    // Not checked, as core_out_close's directory sync: everything is in place and whole by then.
+    (void)core_fsync(tmp);
     commit(tmp, out, exists);
     track_tmp(tmp, 0);
-    char parent[4096];
-    snprintf(parent, sizeof parent, "%s", out);
-    char *slash = strrchr(parent, '/');
-    if (!slash) snprintf(parent, sizeof parent, ".");
-    else slash[slash == parent] = '\0';  // "/x" -> "/"
-    fsync_dir(parent);
+    (void)core_fsync_parent(out);
     core_info0("export: wrote %s/{model.safetensors, config.json, generation_config.json, modeling_moelab.py, "
                "tokenizer.json, tokenizer_config.json}", out);
     model_free(m);
