@@ -311,12 +311,18 @@ static void commit(const char *tmp, const char *out, int exists) {
         if (rename(tmp, out) != 0) core_path_error(errno, "export: cannot rename %s to %s: %s", tmp, out, strerror(errno));
         return;
     }
+    // After the exchange the old export sits under the temporary name, with its __pycache__ whose
+    // byte-code files the exit handler does not know: it is removed before a signal is let through.
+    core_signals_hold();
     if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out, RENAME_EXCHANGE) == 0) {
-        remove_export_folder(tmp);  // the old export, now under the temporary name
+        remove_export_folder(tmp);
+        core_signals_release();
         return;
     }
-    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
-        core_path_error(errno, "export: cannot put %s in place of %s: %s", tmp, out, strerror(errno));
+    const int xerr = errno;
+    core_signals_release();
+    if (xerr != EINVAL && xerr != ENOSYS && xerr != ENOTSUP)
+        core_path_error(xerr, "export: cannot put %s in place of %s: %s", tmp, out, strerror(xerr));
     char old[4200];
     snprintf(old, sizeof old, "%s.old-XXXXXX", out);
     if (!mkdtemp(old)) core_path_error(errno, "export: cannot create a folder next to %s: %s", out, strerror(errno));

@@ -11,6 +11,12 @@ source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, closed_
 probe="$root/tests/tools/export/export_probe"
 check=("${PYTHON:-/usr/bin/python3}" "$root/tests/tools/export/export_check.py")
 corpus=/usr/share/games/fortunes
+# Whether any of the paths exists (printing the first): globs that match nothing stay as written.
+any_exists() {
+    local p
+    for p in "$@"; do [ -e "$p" ] && { echo "left: $p"; return 0; }; done
+    return 1
+}
 [ -d "$corpus" ] || { echo "export_test: $corpus missing (apt-get install fortunes)"; exit 1; }
 
 "$moelab" data prepare --input "$corpus" --vocab 512 --out "$tmp/data" > /dev/null
@@ -43,7 +49,7 @@ expect_usage() {  # expect_usage REGEX OUT ARGS...
     [ $rc -eq 2 ] || { echo "export $*: exit $rc, expected 2"; cat "$tmp/err"; exit 1; }
     grep -qE -e "$re" "$tmp/err" || { echo "export $*: message lacks /$re/:"; cat "$tmp/err"; exit 1; }
     [ "$(wc -l < "$tmp/err")" -eq 1 ] || { echo "export $*: more than one line:"; cat "$tmp/err"; exit 1; }
-    if ls -d "$out".tmp-* "$out".old-* 2> /dev/null; then echo "export $*: left a temporary folder"; exit 1; fi
+    if any_exists "$out".tmp-* "$out".old-*; then echo "export $*: left a temporary folder"; exit 1; fi
 }
 bad="$tmp/bad"
 mkdir -p "$bad"
@@ -110,7 +116,18 @@ touch "$tmp/hf_a_single/__pycache__/modeling_moelab.cpython-311.pyc"
 "$moelab" export --ckpt "$tmp/b/single.h5" --out "$tmp/hf_a_single/" --data "$tmp/data" --force > /dev/null
 [ ! -e "$tmp/hf_a_single/__pycache__" ] || { echo "--force kept the old __pycache__"; exit 1; }
 "${check[@]}" weights "$tmp/hf_a_single" "$tmp/b/single.h5"
-if ls -d "$tmp"/*.tmp-* "$tmp"/*.old-* 2> /dev/null; then echo "--force left a folder behind"; exit 1; fi
+if any_exists "$tmp"/*.tmp-* "$tmp"/*.old-*; then echo "--force left a folder behind"; exit 1; fi
+# SIGTERM the moment the folders are exchanged (an LD_PRELOAD seam; where the file system has no
+# exchange the old folder goes aside instead, under the same hold): the new export stays, and
+# nothing of the old one, its __pycache__ included, is left under a temporary name.
+mkdir "$tmp/hf_a_single/__pycache__"
+touch "$tmp/hf_a_single/__pycache__/modeling_moelab.cpython-311.pyc"
+rc=0
+LD_PRELOAD="$root/tests/tools/export/sigterm_after_rename.so" ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=0 \
+    "$moelab" export --ckpt "$tmp/b/single.h5" --out "$tmp/hf_a_single" --data "$tmp/data" --force > /dev/null 2>&1 || rc=$?
+[ $rc -eq 143 ] || { echo "export under SIGTERM after the exchange: exit $rc, expected 143"; exit 1; }
+"${check[@]}" weights "$tmp/hf_a_single" "$tmp/b/single.h5" > /dev/null
+if any_exists "$tmp"/*.tmp-* "$tmp"/*.old-*; then echo "SIGTERM after the exchange left a folder behind"; exit 1; fi
 echo keep > "$tmp/hf_b_single/README.md"
 expect_usage "holds 'README.md'" "$tmp/hf_b_single" --ckpt "$tmp/a/single.h5" --data "$tmp/data" --force
 [ -f "$tmp/hf_b_single/README.md" ]
@@ -128,7 +145,7 @@ mkdir -p "$tmp/dot"
 expect_usage "name the folder itself, not '.' or '..'" "$tmp/dot/." --ckpt "$tmp/a/single.h5" --data "$tmp/data"
 ln -s "$tmp/hf_a_single" "$tmp/link"
 expect_usage "link is a symbolic link" "$tmp/link" --ckpt "$tmp/a/single.h5" --data "$tmp/data" --force
-if ls -d "$tmp"/*.old-* "$tmp"/dot/*.old-* "$tmp"/.*.old-* 2> /dev/null; then echo "a refused --out left a folder"; exit 1; fi
+if any_exists "$tmp"/*.old-* "$tmp"/dot/*.old-* "$tmp"/.*.old-*; then echo "a refused --out left a folder"; exit 1; fi
 "${check[@]}" weights "$tmp/hf_a_single" "$tmp/b/single.h5" > /dev/null  # the link's target untouched
 "$moelab" export --help | grep -q "usage: moelab export"
 echo "export_test: ok"
