@@ -271,18 +271,27 @@ static void fsync_or_die(const char *path) {
     if (err) FATAL("checkpoint: fsync %s: %s", path, strerror(err));
 }
 
-// Closing writes HDF5's last metadata, so the bytes are synced after the close; the rename then
-// publishes a complete file, and syncing the directory makes the rename itself durable.
-static void atomic_commit(AtomicFile *a) {
+// Closing writes HDF5's last metadata, so the bytes are synced after the close: the temporary is
+// then complete on the disk.
+static void atomic_finish(AtomicFile *a) {
     H5_OK(&a->io, H5Fflush(a->f, H5F_SCOPE_GLOBAL), "flush");
     H5_OK(&a->io, H5Fclose(a->f), "close");
     fsync_or_die(a->tmp);
-    if (rename(a->tmp, a->final) != 0) {
+}
+
+// The rename publishes the complete file; syncing the directory makes the rename itself durable.
+static void atomic_publish(const char *tmp, const char *final, const char *dir) {
+    if (rename(tmp, final) != 0) {
         const int err = errno;
-        FATAL("checkpoint: rename %s to %s: %s", a->tmp, a->final, strerror(err));
+        FATAL("checkpoint: rename %s to %s: %s", tmp, final, strerror(err));
     }
-    core_temp_untrack(a->tmp);
-    fsync_or_die(a->dir);
+    core_temp_untrack(tmp);
+    fsync_or_die(dir);
+}
+
+static void atomic_commit(AtomicFile *a) {
+    atomic_finish(a);
+    atomic_publish(a->tmp, a->final, a->dir);
 }
 
 // A save writes the moments: a view without them is the caller's bug.
@@ -323,13 +332,36 @@ uint64_t ckpt_new_lineage(void) {
     return id ? id : 1;
 }
 
-void ckpt_save_part(const char *path, const CkptShard *sh, const CkptView *v) {
+// The parts of the multi-part save under way, while a part or the index is being written: an error
+// there (a full disk) removes every part of the save, the other ranks' committed ones too, which
+// without the index are only leftovers taking the space (a whole save's parts were left behind,
+// review 2026-12-05). A rank ended by the failing rank's MPI_Abort removes its own temporary.
+static char g_save_path[CKPT_PATH_MAX];
+static int g_save_parts;
+static void remove_save_parts(void) {
+    // Committed (an error after the index's rename: the folder's sync): the parts are the
+    // checkpoint's. The trainer removed any earlier index of this name before the parts (ckpt_clear).
+    if (access(g_save_path, F_OK) == 0) return;
+    char part[CKPT_PATH_MAX + 32];
+    for (int r = 0; r < g_save_parts; r++) {
+        ckpt_part_path(g_save_path, r, g_save_parts, part, sizeof part);
+        unlink(part);
+    }
+}
+static void arm_parts_cleanup(const char *path, int parts) {
+    CHECK(strlen(path) < sizeof g_save_path, "checkpoint path too long: %s", path);
+    snprintf(g_save_path, sizeof g_save_path, "%s", path);
+    g_save_parts = parts;
+    core_set_failure_cleanup(remove_save_parts);
+}
+
+void ckpt_part_write(const char *path, const CkptShard *sh, const CkptView *v, CkptPartWrite *out) {
     check_save_view(sh, v);
     check_finite(path, v);
-    char pp[CKPT_PATH_MAX];
-    ckpt_part_path(path, sh->part, sh->parts, pp, sizeof pp);
+    ckpt_part_path(path, sh->part, sh->parts, out->final, sizeof out->final);
+    arm_parts_cleanup(path, sh->parts);
     AtomicFile a;
-    atomic_create(&a, pp);
+    atomic_create(&a, out->final);
     write_format(&a.io, a.f, CKPT_PART_FORMAT_NAME);
     const int64_t r = sh->part, n = sh->parts;
     const uint64_t id = new_id((uint64_t)sh->part);
@@ -337,7 +369,20 @@ void ckpt_save_part(const char *path, const CkptShard *sh, const CkptView *v) {
     h5_attr_write(&a.io, a.f, "parts", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &n);
     h5_attr_write(&a.io, a.f, "part_id", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &id);
     write_tensors(&a.io, a.f, sh, v, 1);
-    atomic_commit(&a);
+    atomic_finish(&a);
+    snprintf(out->tmp, sizeof out->tmp, "%s", a.tmp);
+    snprintf(out->dir, sizeof out->dir, "%s", a.dir);
+}
+
+void ckpt_part_commit(const CkptPartWrite *pf) {
+    atomic_publish(pf->tmp, pf->final, pf->dir);
+    core_set_failure_cleanup(NULL);
+}
+
+void ckpt_save_part(const char *path, const CkptShard *sh, const CkptView *v) {
+    CkptPartWrite pf;
+    ckpt_part_write(path, sh, v, &pf);
+    ckpt_part_commit(&pf);
 }
 
 // One virtual mapping: rows [row0, row0 + n) of the logical tensor are rows [src0, src0 + n) of the
@@ -487,6 +532,7 @@ static void join_group(const H5Io *io, hid_t f, const char *gname, const hid_t *
 void ckpt_save_index(const char *path, int parts, const MoeConfig *c, long adam_t, const CkptState *st,
                      const CkptEplb *eplb) {
     CHECK(parts >= 1, "checkpoint index of %d parts", parts);
+    arm_parts_cleanup(path, parts);
     h5_init();
     hid_t *pf = core_alloc((size_t)parts * sizeof *pf);
     uint64_t *ids = core_alloc((size_t)parts * sizeof *ids);
@@ -517,6 +563,7 @@ void ckpt_save_index(const char *path, int parts, const MoeConfig *c, long adam_
     H5Gclose(g);
     for (int i = 0; i < CKPT_NGROUPS; i++) join_group(&a.io, a.f, CKPT_GROUPS[i], pf, pnames, parts, c->E);
     atomic_commit(&a);
+    core_set_failure_cleanup(NULL);
     for (int r = 0; r < parts; r++) H5Fclose(pf[r]);
     core_free(pf);
     core_free(ids);
@@ -567,8 +614,14 @@ static void check_config(const char *path, const MoeConfig *saved, const MoeConf
         la = na ? na + 1 : NULL;
         lb = nb ? nb + 1 : NULL;
     }
-    if (w) core_warn("checkpoint %s: these settings differ from the saved run and take their new values: %s",
-                     path, warn);
+    // Every rank resolves the same config, and a rank may load a checkpoint for several models
+    // (DualPipe's two copies of a stage): one line, from rank 0, once per checkpoint.
+    static char warned[CKPT_PATH_MAX];
+    if (w && core_rank() == 0 && strcmp(warned, path) != 0) {
+        core_warn("checkpoint %s: these settings differ from the saved run and take their new values: %s",
+                  path, warn);
+        snprintf(warned, sizeof warned, "%s", path);
+    }
     free(a);
     free(b);
 }

@@ -12,6 +12,8 @@
 #include "framework/core/params.h"
 #include "framework/core/rng.h"
 
+#define CKPT_PATH_MAX 4096  // bytes of a checkpoint's path
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -83,8 +85,20 @@ void ckpt_save(const char *path, const CkptShard *sh, const CkptView *v, const C
 // expert rows it owns; then, once every part is on disk (after a barrier), rank 0 writes the index
 // `path`, which joins the parts into the logical tensors through HDF5 virtual datasets and holds the
 // state. The index's rename is the commit: until it happens the previous checkpoint is the latest.
+// An error in a part or in the index before its commit removes every part of the save (they are of no
+// use without the index).
 // The index stores c and the state: adam_t is AdamW's step count, as in CkptView.
 void ckpt_save_part(const char *path, const CkptShard *sh, const CkptView *v);
+// ckpt_save_part in two steps, for a job that puts its parts in place only once every rank has
+// written its own: the part complete on the disk under its temporary name (tracked: any end of the
+// process removes it), then renamed into place.
+typedef struct {
+    char final[CKPT_PATH_MAX + 32];
+    char tmp[CKPT_PATH_MAX + 64];
+    char dir[CKPT_PATH_MAX];
+} CkptPartWrite;
+void ckpt_part_write(const char *path, const CkptShard *sh, const CkptView *v, CkptPartWrite *out);
+void ckpt_part_commit(const CkptPartWrite *pf);
 void ckpt_save_index(const char *path, int parts, const MoeConfig *c, long adam_t, const CkptState *st,
                      const CkptEplb *eplb);
 

@@ -13,7 +13,6 @@
 #define CKPT_FORMAT_NAME "moelab-checkpoint"
 #define CKPT_PART_FORMAT_NAME "moelab-checkpoint-part"
 #define CKPT_CONFIG_MAX (1 << 20)  // bytes of the stored config text we accept
-#define CKPT_PATH_MAX 4096
 
 // The three groups that hold tensors, in the order they are written.
 #define CKPT_NGROUPS 3

@@ -221,14 +221,21 @@ static void trainer_save(Trainer *t) {
         if (core_rank() == 0) ckpt_clear(path, 1);
         if (world) comm_barrier(world);
         // DualPipe's up stages are copies of other ranks' down stages: only the down copy is saved.
+        CkptPartWrite *pf = core_alloc((size_t)t->pipe->n_own * sizeof *pf);
         for (int pipe = 0; pipe < t->pipe->n_own; pipe++) {
             Model *pm = t->pipe->ctx[pipe].m;
             AdamW *po = t->pipe->ctx[pipe].o;
             const CkptShard psh = trainer_shard(t, pipe);
             CkptView v = trainer_ckpt_view(pm, po);
-            ckpt_save_part(path, &psh, &v);
+            ckpt_part_write(path, &psh, &v, &pf[pipe]);
             trainer_ckpt_view_free(&v, pm, po, 0);
         }
+        // Every part on the disk before any is put in place: a rank whose part fails (a full disk)
+        // ends the job while the others' are still temporaries, which their ends remove, instead
+        // of leaving parts that no index names.
+        if (world) comm_barrier(world);
+        for (int pipe = 0; pipe < t->pipe->n_own; pipe++) ckpt_part_commit(&pf[pipe]);
+        core_free(pf);
         if (world) comm_barrier(world);
         if (core_rank() == 0) ckpt_save_index(path, sh.parts, &m->cfg, o->t, &st, &e);
         if (world) comm_barrier(world);
@@ -369,7 +376,13 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     }
     t->lineage = ckpt_new_lineage();
     t->resumed_at = -1;
-    if (c->resume[0]) trainer_resume(t);
+    if (c->resume[0]) {
+        trainer_resume(t);
+        // Each rank reads only its own part: every one has passed its checks before rank 0 truncates
+        // --metrics below (a part damaged or missing for another rank ended the job after rank 0
+        // had cut the file, review 2026-12-05).
+        if (t->pipe->grid) comm_barrier(t->pipe->grid->world_comm);
+    }
     // Opened (and so truncated) only once --out and --resume have passed their checks: a run refused
     // for bad input cut an earlier metrics file at this path to the refused run's config line.
     if (c->metrics[0] && core_rank() == 0) {

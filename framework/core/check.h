@@ -43,6 +43,10 @@ int core_failure_report(const char *fmt, ...) __attribute__((format(printf, 1, 2
 // The hook that ends the process; the default is exit(code). The MPI backend swaps in MPI_Abort.
 typedef void (*core_abort_fn)(int code);
 void core_set_abort_hook(core_abort_fn fn);
+// A function run once when an error is about to end the process, before its temporaries are removed
+// and the abort hook runs: for an output of several files that only its writer can name (the parts
+// of a checkpoint whose index failed). NULL clears it.
+void core_set_failure_cleanup(void (*fn)(void));
 
 #define CHECK(cond, ...)                                                   \
     do {                                                                   \

@@ -19,10 +19,15 @@ void core_set_rank(int rank, int world) { g_rank = rank; g_world = world; }
 int core_rank(void) { return g_rank; }
 void core_set_quiet(int quiet) { g_quiet = quiet; }
 void core_set_abort_hook(core_abort_fn fn) { g_abort = fn ? fn : default_abort; }
+static void (*g_cleanup)(void);
+void core_set_failure_cleanup(void (*fn)(void)) { g_cleanup = fn; }
 
 // Every fatal error ends here. The temporaries go first: the abort hook (MPI_Abort) may skip the
 // exit handlers that would remove them.
 static CORE_NORETURN void end_process(int code) {
+    void (*cleanup)(void) = g_cleanup;
+    g_cleanup = NULL;  // once: an error inside it ends the process here again
+    if (cleanup) cleanup();
     core_temp_remove_all();
     g_abort(code);
     exit(code);  // the hook must not return; make sure

@@ -35,6 +35,22 @@ for k in 0 1 2 3; do
     [ -f "$tmp/p/step_3.h5.part-$k-of-4" ] || { echo "FAIL: no part $k:"; ls "$tmp/p"; exit 1; }
 done
 
+# A part of the second stage missing: exit 2 (ranks 2 and 3 read it), and rank 0 (whose stage is
+# sound) leaves an earlier metrics file at the --metrics path as it was (it had cut it while the
+# others still read). The LD_PRELOAD seam makes ranks 2 and 3 open the checkpoint a second late, so
+# rank 0 would always be first.
+mkdir "$tmp/gone"
+cp "$tmp/p/step_3.h5" "$tmp/p/step_3.h5.part-"[012]-of-4 "$tmp/gone/"
+echo '{"step": 1, "loss": 2.5}' > "$tmp/kept.jsonl"
+# (mpirun hands its environment to the ranks it starts on this machine; under ASan the seam loads
+# before the sanitizer's runtime, which it must be told to accept.)
+LD_PRELOAD="$root/tests/checkpoints/slow_open.so" SLOW_OPEN_RANKS=2,3 SLOW_OPEN_MATCH="gone/step_3.h5" \
+    ASAN_OPTIONS="verify_asan_link_order=0:detect_leaks=0" \
+    expect_exit2 part_gone "step_3.h5.part-3-of-4" 4 "${args[@]}" "${pp[@]}" --resume "$tmp/gone/step_3.h5" \
+    --metrics "$tmp/kept.jsonl"
+[ "$(cat "$tmp/kept.jsonl")" = '{"step": 1, "loss": 2.5}' ] ||
+    { echo "FAIL: a resume refused on ranks 2 and 3 changed --metrics:"; cat "$tmp/kept.jsonl"; exit 1; }
+
 # 2.
 mpi 4 "$moelab" train "${args[@]}" --ep 4 --batch-size 4 --resume "$tmp/p/step_3.h5" --metrics "$tmp/a.jsonl" >"$tmp/a.log"
 "$moelab" train "${args[@]}" --grad-accum 4 --batch-size 4 --resume "$tmp/p/step_3.h5" --out "$tmp/b" --save-every 4 \
@@ -50,7 +66,10 @@ echo "ok: EP 2 x PP 2 (1F1B) -> EP 4, one process and the same layout continue t
 
 # 3.
 mpi 4 "$moelab" train "${args[@]}" "${dualpipe[@]}" --resume "$tmp/b/step_4.h5" --out "$tmp/q" --save-every 5 \
-    --metrics "$tmp/q.jsonl" >"$tmp/q.log"
+    --metrics "$tmp/q.jsonl" >"$tmp/q.log" 2>"$tmp/q.err"
+# The batch's other split is said once (rank 0), not by every rank for each copy of its stages.
+[ "$(grep -c "settings differ from the saved run" "$tmp/q.err")" = 1 ] ||
+    { echo "FAIL: the changed settings not said once:"; cat "$tmp/q.err"; exit 1; }
 mpi 4 "$moelab" train "${args[@]}" "${dualpipe[@]}" --resume "$tmp/q/step_5.h5" --out "$tmp/r" \
     --metrics "$tmp/r.jsonl" >"$tmp/r.log"
 "$moelab" train "${args[@]}" --schedule dualpipev --chunks 4 --batch-size 4 --resume "$tmp/q/step_5.h5" --out "$tmp/v" \

@@ -3,8 +3,9 @@
 # run ends with exit 1 and one message naming the file and "No space left on device" (never a
 # signal), leaves no temporary file, and every checkpoint it did save verifies. A metrics file on a
 # full disk fails the run too (exit 1), instead of leaving an empty file behind with exit 0. Under
-# mpirun (EP 2) the job ends the same way; what a save left that was never committed (part files,
-# and the temporary file of a rank ended by another's MPI_Abort) is what `moelab ckpt clean` removes.
+# mpirun (EP 2) the job ends the same way and leaves no part file without its index, also where the
+# index is what fails; the temporary file of a rank ended by another's MPI_Abort (no handler ran) is
+# what `moelab ckpt clean` removes.
 # Needs `mount -t tmpfs` (root); where mounting is not allowed the test says so and passes.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
@@ -38,6 +39,13 @@ run_full() {
         { echo "FAIL: fill ${fill}K: no full-disk message:"; tail -3 "$tmp/run.log"; exit 1; }
     [ ${#launch[@]} -gt 0 ] || [ "$(grep -c "moelab: error" "$tmp/run.log")" = 1 ] ||
         { echo "FAIL: fill ${fill}K: not one message"; exit 1; }
+    # No part file without its index: the ranks put their parts in place only once every one has
+    # written its own, and an index that fails takes the save's parts with it (a full disk at the
+    # index's flush left all of them, review 2026-12-05).
+    for p in "$mnt"/o/*.part-*; do
+        [ -e "$p" ] || continue
+        [ -e "${p%.part-*}" ] || { echo "FAIL: fill ${fill}K: part file without its index: $p"; exit 1; }
+    done
     # Under mpirun a rank ended by another rank's MPI_Abort in the middle of its own save may leave its
     # temporary file (no exit handler runs); `ckpt clean` is what removes it. One process leaves none.
     [ ${#launch[@]} = 0 ] || [ ! -d "$mnt/o" ] || "$moelab" ckpt clean "$mnt/o" >/dev/null
@@ -55,3 +63,11 @@ run_full() {
 for fill in 0 150 300 450 600 750 900; do run_full $fill --out "$mnt/o"; done
 run_full 1024 --metrics "$mnt/m.jsonl"
 for fill in 0 300 600; do run_full $fill mpi 2 --ep 2 --out "$mnt/o"; done
+# Fills at which the first save's parts fit and its index does not (448-484K with this model on
+# 2026-12-05): at least one of them must fail at the index, or the case above went untested.
+index_failed=0
+for fill in 440 450 460 470 480 490; do
+    run_full $fill mpi 2 --ep 2 --out "$mnt/o"
+    grep -q "error \[rank 0\].*checkpoint $mnt/o/step_[0-9]*\.h5: " "$tmp/run.log" && index_failed=1
+done
+[ $index_failed = 1 ] || { echo "FAIL: no fill made the index fail (the model's checkpoint size changed?)"; exit 1; }

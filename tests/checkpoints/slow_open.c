@@ -1,0 +1,42 @@
+// A test seam loaded with LD_PRELOAD: in the ranks $SLOW_OPEN_RANKS ("2,3") of an Open MPI job,
+// open() of a path that contains $SLOW_OPEN_MATCH waits one second first, so that these ranks read
+// their checkpoint last (ckpt_pp_cli_test.sh: the other ranks must not act on a resume before it has passed its
+// checks).
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void maybe_wait(const char *path) {
+    const char *m = getenv("SLOW_OPEN_MATCH"), *ranks = getenv("SLOW_OPEN_RANKS");
+    const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+    if (!m || !*m || !ranks || !rank || !strstr(path, m)) return;
+    char list[256], me[32];
+    snprintf(list, sizeof list, ",%s,", ranks);
+    snprintf(me, sizeof me, ",%s,", rank);
+    if (strstr(list, me)) sleep(1);
+}
+
+int open(const char *path, int flags, ...) {
+    va_list ap;
+    va_start(ap, flags);
+    const mode_t mode = (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+    va_end(ap);
+    maybe_wait(path);
+    int (*real)(const char *, int, ...) = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, "open");
+    return real(path, flags, mode);
+}
+
+int open64(const char *path, int flags, ...) {
+    va_list ap;
+    va_start(ap, flags);
+    const mode_t mode = (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+    va_end(ap);
+    maybe_wait(path);
+    int (*real)(const char *, int, ...) = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, "open64");
+    return real(path, flags, mode);
+}
