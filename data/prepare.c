@@ -170,11 +170,13 @@ static uint8_t *read_gzip(const char *path, size_t *len) {
 }
 
 // Where a document of n bytes splits: after the first (1 - f) of it, moved to just after the next
-// newline so that validation starts at a line.
+// newline so that validation starts at a line. Only to a newline inside the tail, not its last byte:
+// moving past a final newline would give the whole document to train, and a corpus of one-line
+// documents (or documents ending in '\n' with no other newline in their tail) held out nothing.
 static size_t split_point(const uint8_t *x, size_t n, double val_fraction) {
     size_t c = (size_t)((double)n * (1.0 - val_fraction));
     if (c >= n) return n;
-    const uint8_t *nl = memchr(x + c, '\n', n - c);
+    const uint8_t *nl = memchr(x + c, '\n', n - c - 1);
     return nl ? (size_t)(nl - x) + 1 : c;
 }
 
@@ -386,6 +388,13 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
     }
     stats->docs = D;
     if (stats->train_bytes == 0) core_usage_error("the %d input file(s) hold no training text", files.n);
+    // An empty val.bin is a dataset `moelab train` refuses later: refused now, before --out is made
+    // or anything in it replaced. (A fraction so small that every document's split rounds to its
+    // end; 0 itself is the caller's explicit "no validation", which the command line refuses.)
+    if (val_fraction > 0.0 && stats->val_bytes == 0)
+        core_usage_error("--val-fraction %g holds out nothing of the %d document(s) (%llu bytes): val.bin would be "
+                         "empty, and `moelab train` validates on it: give a larger fraction, e.g. 0.01",
+                         val_fraction, D, (unsigned long long)stats->bytes);
 
     core_make_dirs(out_dir, "output directory");
     // Two prepares into one folder would each replace the three files: refused while one runs.

@@ -55,11 +55,12 @@ std::string decode_shard(const Tokenizer *t, const std::string &path) {
     return out;
 }
 
-// Where prepare splits a document: after (1 - f) of it, moved to just past the next newline.
+// Where prepare splits a document: after (1 - f) of it, moved to just past the next newline when
+// that is not the document's last byte.
 size_t split(const std::string &doc, double f) {
     size_t c = (size_t)(doc.size() * (1.0 - f));
     size_t nl = doc.find('\n', c);
-    return nl == std::string::npos ? c : nl + 1;
+    return nl == std::string::npos || nl + 1 == doc.size() ? c : nl + 1;
 }
 
 TEST(Prepare, EndToEnd) {
@@ -244,6 +245,52 @@ TEST(Prepare, FailedWriteLeavesTheOldDatasetWhole) {
     shard_open((old + "/val.bin").c_str(), &s);
     EXPECT_EQ(s.vocab, 300u);
     shard_close(&s);
+}
+
+// Documents of one line ending in '\n' (a corpus of short texts) gave all of themselves to train: the
+// split moved past their final newline, and prepare wrote "0 val tokens" with exit 0, a dataset
+// `moelab train` refuses. Each now holds out its tail from the plain split point; a document whose
+// tail has a newline before its end still splits there (EndToEnd).
+TEST(Prepare, OneLineDocumentsHoldOutTheirTails) {
+    std::string in = temp_dir(), out = temp_dir(), tails;
+    for (int i = 0; i < 300; i++) {
+        const std::string doc = "line " + std::to_string(i) + " of a corpus of short one-line documents\n";
+        write_file(in + "/doc" + std::to_string(1000 + i), doc);
+        tails += doc.substr(split(doc, 0.05));
+        ASSERT_LT(split(doc, 0.05), doc.size());
+    }
+    const char *inputs[] = {in.c_str()};
+    PrepareStats st;
+    ASSERT_EQ(prepare_dataset(inputs, 1, 300, out.c_str(), 0.05, 1, nullptr, &st), 0);
+    EXPECT_EQ(st.docs, 300);
+    EXPECT_EQ(st.val_bytes, tails.size());
+    EXPECT_GT(st.val_tokens, 0u);
+    Tokenizer *t = tok_load((out + "/tokenizer.bin").c_str());
+    EXPECT_EQ(decode_shard(t, out + "/val.bin").size(), tails.size());
+    tok_free(t);
+}
+
+// A --val-fraction so small that no document holds out a byte (1e-17: 1 - f rounds to 1) wrote an
+// empty val.bin with exit 0. It is refused (exit 2, naming the flag and the corpus) before --out is
+// made, and over an existing dataset the old three files stay as they were.
+TEST(Prepare, FractionThatHoldsOutNothingIsRefused) {
+    std::string in = make_corpus(), base = temp_dir(), fresh = base + "/fresh", old = temp_dir();
+    const char *inputs[] = {in.c_str()};
+    PrepareStats st;
+    const char *msg = "--val-fraction 1e-17 holds out nothing of the 3 document.s. .[0-9]+ bytes.: val.bin would be empty";
+    EXPECT_EXIT(prepare_dataset(inputs, 1, 300, fresh.c_str(), 1e-17, 1, nullptr, &st), ::testing::ExitedWithCode(2),
+                msg);
+    EXPECT_EQ(entries(base), "");
+    ASSERT_EQ(prepare_dataset(inputs, 1, 260, old.c_str(), 0.1, 1, nullptr, &st), 0);
+    const std::string tok = read_file(old + "/tokenizer.bin"), train = read_file(old + "/train.bin"),
+                      val = read_file(old + "/val.bin");
+    EXPECT_EXIT(exit(run_cmd_data({"data", "prepare", "--input", in, "--vocab", "300", "--out", old,
+                                   "--val-fraction", "1e-17"})),
+                ::testing::ExitedWithCode(2), msg);
+    EXPECT_EQ(entries(old), "tokenizer.bin train.bin val.bin");
+    EXPECT_EQ(read_file(old + "/tokenizer.bin"), tok);
+    EXPECT_EQ(read_file(old + "/train.bin"), train);
+    EXPECT_EQ(read_file(old + "/val.bin"), val);
 }
 
 TEST(CmdData, HelpAndFlagErrors) {
