@@ -57,7 +57,7 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *
 // Adds the regular files under dir, in name order so that the result does not depend on readdir.
 static void walk(PathList *out, const char *dir) {
     DIR *d = opendir(dir);
-    if (!d) core_usage_error("cannot read input directory %s: %s", dir, strerror(errno));
+    if (!d) core_path_error(errno, "cannot read input directory %s: %s", dir, strerror(errno));
     PathList names = {0};
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
         if (e->d_name[0] == '.' || ends_with(e->d_name, ".dat") || ends_with(e->d_name, ".u8")) continue;
@@ -69,11 +69,18 @@ static void walk(PathList *out, const char *dir) {
         char *p = core_alloc(strlen(dir) + strlen(names.paths[i]) + 2);
         sprintf(p, "%s/%s", dir, names.paths[i]);
         struct stat ls, st;
-        // Symbolic links to files count; links to directories are skipped (they can form loops).
-        if (lstat(p, &ls) == 0 && stat(p, &st) == 0) {
-            if (S_ISDIR(st.st_mode) && !S_ISLNK(ls.st_mode)) walk(out, p);
-            else if (S_ISREG(st.st_mode)) path_push(out, p);
-        }
+        // Symbolic links to files count; links to directories are skipped (they can form loops), and
+        // so are links to nothing (no file to read). Any other entry that cannot be examined (a folder
+        // that can be listed but not entered, a path longer than PATH_MAX) is an error: skipping it
+        // would drop its text without a word. The reason comes before the path, which may be longer
+        // than a message holds.
+        int e = 0;
+        if (lstat(p, &ls) != 0) e = errno;
+        else if (stat(p, &st) != 0) {
+            if (errno != ENOENT || !S_ISLNK(ls.st_mode)) e = errno;
+        } else if (S_ISDIR(st.st_mode) && !S_ISLNK(ls.st_mode)) walk(out, p);
+        else if (S_ISREG(st.st_mode)) path_push(out, p);
+        if (e) core_path_error(e, "cannot read input (%s): %s", strerror(e), p);
         core_free(p);
         core_free(names.paths[i]);
     }

@@ -1,6 +1,7 @@
 // data/prepare and `moelab data`: end to end on a temporary directory of small files (what is read,
 // what is skipped, the train/validation split, determinism), and the command line's flag errors.
 #include <dirent.h>
+#include <limits.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -175,6 +176,34 @@ std::string entries(const std::string &dir) {
     std::string s;
     for (const std::string &n : names) s += (s.empty() ? "" : " ") + n;
     return s;
+}
+
+// An entry of a walked directory that cannot be examined was skipped without a word: one in a folder
+// that can be listed but not entered (EACCES, which root, running the tests, never sees), or one whose
+// path is longer than PATH_MAX (ENAMETOOLONG, made here from nested folders, each made relative to
+// the one before). It is an error naming the reason and the entry, before --out is made; a symbolic
+// link to nothing is still skipped.
+TEST(Prepare, EntryThatCannotBeExaminedIsAnError) {
+    std::string in = make_corpus(), base = temp_dir(), out = base + "/out";
+    ASSERT_EQ(symlink("nowhere", (in + "/dangling").c_str()), 0);
+    const char *inputs[] = {in.c_str()};
+    PrepareStats st;
+    ASSERT_EQ(prepare_dataset(inputs, 1, 300, out.c_str(), 0.1, 1, nullptr, &st), 0);
+    EXPECT_EQ(st.docs, 3);
+
+    char cwd[PATH_MAX];
+    ASSERT_NE(getcwd(cwd, sizeof cwd), nullptr);
+    ASSERT_EQ(chdir(in.c_str()), 0);
+    const std::string name(200, 'd');
+    for (size_t len = in.size(); len < PATH_MAX; len += 1 + name.size())
+        if (mkdir(name.c_str(), 0777) != 0 || chdir(name.c_str()) != 0) break;
+    write_file("deep.txt", "a document the walk cannot reach by its path\n");
+    ASSERT_EQ(chdir(cwd), 0);
+    const std::string fresh = base + "/fresh";
+    EXPECT_EXIT(prepare_dataset(inputs, 1, 300, fresh.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
+                "cannot read input \\(File name too long\\): .*/dddd");
+    EXPECT_EQ(entries(base), "out");
+    EXPECT_EQ(system(("rm -rf " + in).c_str()), 0);  // rm walks the deep folders by relative paths
 }
 
 // A corpus of about 64 KB (its train shard far larger than its tokenizer file), in a new directory.
