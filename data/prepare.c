@@ -87,7 +87,8 @@ static void walk(PathList *out, const char *dir) {
     free(names.paths);
 }
 
-// Progress on stderr, only when it is a terminal, at most five updates a second.
+// Progress on stderr, only when it is a terminal, at most five updates a second. The line is
+// core_progress's, so that a warning or error printed while it is open starts a line of its own.
 typedef struct {
     int tty;
     double last;
@@ -99,12 +100,7 @@ static void progress_fn(void *ctx, const char *stage, double frac) {
     const double now = core_now();
     if (now - p->last < 0.2 && frac < 1.0) return;
     p->last = now;
-    fprintf(stderr, "\rprepare: %s %5.1f%%\033[K", stage, 100.0 * frac);
-    fflush(stderr);
-}
-
-static void progress_done(Progress *p) {
-    if (p->tty) fputs("\r\033[K", stderr);
+    core_progress("prepare: %s %5.1f%%", stage, 100.0 * frac);
 }
 
 static uint8_t *read_file(const char *path, size_t *len) {
@@ -274,7 +270,7 @@ static int write_outputs(const Tokenizer *tok, const char *out_dir, const uint8_
                                           pr, "encoding train");
         stats->val_tokens = write_shard(tok, out[PREPARE_VAL].f, out[PREPARE_VAL].path, val, val_len, D, ids, pr,
                                         "encoding val");
-        progress_done(pr);
+        core_progress_end();
         err = core_out_close_all(out, PREPARE_N_FILES, &failed);
     }
     int rc = 0;

@@ -3,9 +3,11 @@
 #include <dirent.h>
 #include <limits.h>
 #include <gtest/gtest.h>
+#include <pty.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstring>
@@ -320,6 +322,59 @@ TEST(Prepare, FractionThatHoldsOutNothingIsRefused) {
     EXPECT_EQ(read_file(old + "/tokenizer.bin"), tok);
     EXPECT_EQ(read_file(old + "/train.bin"), train);
     EXPECT_EQ(read_file(old + "/val.bin"), val);
+}
+
+// What prepare_dataset(inputs, vocab 300, out) writes on a terminal (stdout and stderr a pseudo-terminal,
+// as for a user at a shell), run in a child; *status is its wait status. alarm: a regression ends
+// the child instead of hanging the test.
+std::string prepare_on_terminal(const std::vector<std::string> &inputs, const std::string &out, int *status) {
+    int fd;
+    fflush(nullptr);  // nothing of this process's buffers twice
+    const pid_t pid = forkpty(&fd, nullptr, nullptr, nullptr);
+    if (pid < 0) return "forkpty: " + std::string(strerror(errno));
+    if (pid == 0) {
+        alarm(30);
+        std::vector<const char *> in;
+        for (const std::string &s : inputs) in.push_back(s.c_str());
+        PrepareStats st;
+        exit(prepare_dataset(in.data(), (int)in.size(), 300, out.c_str(), 0.1, 1, nullptr, &st));
+    }
+    std::string text;
+    char buf[4096];
+    for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) text.append(buf, (size_t)n);  // EIO once it ended
+    close(fd);
+    waitpid(pid, status, 0);
+    return text;
+}
+
+// Where a "moelab: " message starts somewhere other than at the beginning of a line, as a terminal
+// shows it (after a newline, or after a carriage return and an erase of the line): the text before
+// it, else "".
+std::string glued_message(const std::string &text) {
+    for (size_t at = text.find("moelab: "); at != std::string::npos; at = text.find("moelab: ", at + 1)) {
+        const bool fresh = at == 0 || text[at - 1] == '\n' || (at >= 4 && text.compare(at - 4, 4, "\r\033[K") == 0);
+        if (!fresh) return text.substr(0, at + 30);
+    }
+    return "";
+}
+
+// On a terminal prepare shows a progress line, and an error or warning printed while it was open
+// continued it: "prepare: reading  50.0%moelab: error: .../b.jsonl.gz: not a gzip file". Each now
+// starts a line of its own.
+TEST(Prepare, MessagesOnATerminalStartALine) {
+    std::string in = make_corpus(), out = temp_dir(), a = in + "/a.txt", gz = in + "/b.jsonl.gz", jl = in + "/c.jsonl";
+    write_file(gz, "plain text, not gzip");
+    write_file(jl, "{\"text\": \"a good line\"}\nnot json\n{\"text\": \"another good line\"}\n");
+    int status = 0;
+    std::string text = prepare_on_terminal({a, gz}, out, &status);
+    ASSERT_NE(text.find("prepare: reading"), std::string::npos) << "no progress line: " << text;
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << status << ": " << text;
+    EXPECT_NE(text.find("moelab: error: " + gz + ": not a gzip file"), std::string::npos) << text;
+    EXPECT_EQ(glued_message(text), "");
+    text = prepare_on_terminal({a, jl}, out, &status);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << ": " << text;
+    EXPECT_NE(text.find("moelab: warning prepare: " + jl + ":2: not JSON"), std::string::npos) << text;
+    EXPECT_EQ(glued_message(text), "");
 }
 
 TEST(CmdData, HelpAndFlagErrors) {
