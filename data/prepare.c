@@ -57,7 +57,7 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *
 // Adds the regular files under dir, in name order so that the result does not depend on readdir.
 static void walk(PathList *out, const char *dir) {
     DIR *d = opendir(dir);
-    if (!d) core_usage_error("cannot read input directory %s: %s", dir, strerror(errno));
+    if (!d) core_path_error(errno, "cannot read input directory %s: %s", dir, strerror(errno));
     PathList names = {0};
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
         if (e->d_name[0] == '.' || ends_with(e->d_name, ".dat") || ends_with(e->d_name, ".u8")) continue;
@@ -69,18 +69,26 @@ static void walk(PathList *out, const char *dir) {
         char *p = core_alloc(strlen(dir) + strlen(names.paths[i]) + 2);
         sprintf(p, "%s/%s", dir, names.paths[i]);
         struct stat ls, st;
-        // Symbolic links to files count; links to directories are skipped (they can form loops).
-        if (lstat(p, &ls) == 0 && stat(p, &st) == 0) {
-            if (S_ISDIR(st.st_mode) && !S_ISLNK(ls.st_mode)) walk(out, p);
-            else if (S_ISREG(st.st_mode)) path_push(out, p);
-        }
+        // Symbolic links to files count; links to directories are skipped (they can form loops), and
+        // so are links to nothing (no file to read). Any other entry that cannot be examined (a folder
+        // that can be listed but not entered, a path longer than PATH_MAX) is an error: skipping it
+        // would drop its text without a word. The reason comes before the path, which may be longer
+        // than a message holds.
+        int e = 0;
+        if (lstat(p, &ls) != 0) e = errno;
+        else if (stat(p, &st) != 0) {
+            if (errno != ENOENT || !S_ISLNK(ls.st_mode)) e = errno;
+        } else if (S_ISDIR(st.st_mode) && !S_ISLNK(ls.st_mode)) walk(out, p);
+        else if (S_ISREG(st.st_mode)) path_push(out, p);
+        if (e) core_path_error(e, "cannot read input (%s): %s", strerror(e), p);
         core_free(p);
         core_free(names.paths[i]);
     }
     free(names.paths);
 }
 
-// Progress on stderr, only when it is a terminal, at most five updates a second.
+// Progress on stderr, only when it is a terminal, at most five updates a second. The line is
+// core_progress's, so that a warning or error printed while it is open starts a line of its own.
 typedef struct {
     int tty;
     double last;
@@ -92,12 +100,7 @@ static void progress_fn(void *ctx, const char *stage, double frac) {
     const double now = core_now();
     if (now - p->last < 0.2 && frac < 1.0) return;
     p->last = now;
-    fprintf(stderr, "\rprepare: %s %5.1f%%\033[K", stage, 100.0 * frac);
-    fflush(stderr);
-}
-
-static void progress_done(Progress *p) {
-    if (p->tty) fputs("\r\033[K", stderr);
+    core_progress("prepare: %s %5.1f%%", stage, 100.0 * frac);
 }
 
 static uint8_t *read_file(const char *path, size_t *len) {
@@ -170,11 +173,13 @@ static uint8_t *read_gzip(const char *path, size_t *len) {
 }
 
 // Where a document of n bytes splits: after the first (1 - f) of it, moved to just after the next
-// newline so that validation starts at a line.
+// newline so that validation starts at a line. Only to a newline inside the tail, not its last byte:
+// moving past a final newline would give the whole document to train, and a corpus of one-line
+// documents (or documents ending in '\n' with no other newline in their tail) held out nothing.
 static size_t split_point(const uint8_t *x, size_t n, double val_fraction) {
     size_t c = (size_t)((double)n * (1.0 - val_fraction));
     if (c >= n) return n;
-    const uint8_t *nl = memchr(x + c, '\n', n - c);
+    const uint8_t *nl = memchr(x + c, '\n', n - c - 1);
     return nl ? (size_t)(nl - x) + 1 : c;
 }
 
@@ -265,7 +270,7 @@ static int write_outputs(const Tokenizer *tok, const char *out_dir, const uint8_
                                           pr, "encoding train");
         stats->val_tokens = write_shard(tok, out[PREPARE_VAL].f, out[PREPARE_VAL].path, val, val_len, D, ids, pr,
                                         "encoding val");
-        progress_done(pr);
+        core_progress_end();
         err = core_out_close_all(out, PREPARE_N_FILES, &failed);
     }
     int rc = 0;
@@ -386,6 +391,13 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
     }
     stats->docs = D;
     if (stats->train_bytes == 0) core_usage_error("the %d input file(s) hold no training text", files.n);
+    // An empty val.bin is a dataset `moelab train` refuses later: refused now, before --out is made
+    // or anything in it replaced. (A fraction so small that every document's split rounds to its
+    // end; 0 itself is the caller's explicit "no validation", which the command line refuses.)
+    if (val_fraction > 0.0 && stats->val_bytes == 0)
+        core_usage_error("--val-fraction %g holds out nothing of the %d document(s) (%llu bytes): val.bin would be "
+                         "empty, and `moelab train` validates on it: give a larger fraction, e.g. 0.01",
+                         val_fraction, D, (unsigned long long)stats->bytes);
 
     core_make_dirs(out_dir, "output directory");
     // Two prepares into one folder would each replace the three files: refused while one runs.

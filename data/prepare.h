@@ -1,7 +1,7 @@
 // Dataset preparation (`moelab data prepare`): text files in, DIR/tokenizer.bin, DIR/train.bin and
 // DIR/val.bin out. Each plain-text file is a document, and so is each line of a JSON Lines file
 // (*.jsonl, or *.jsonl.gz compressed with gzip): the string member `text_field` of its object; the last val_fraction of every document (moved forward
-// to just after a newline where there is one) is held out for validation, and the tokenizer is
+// to just after a newline where there is one before its last byte) is held out for validation, and the tokenizer is
 // trained on the training parts only. Documents enter the shards in an order shuffled by the seed.
 #ifndef MOELAB_DATA_PREPARE_H
 #define MOELAB_DATA_PREPARE_H
@@ -38,11 +38,14 @@ typedef struct {
 } PrepareStats;
 
 // inputs: files or directories (walked recursively in name order, skipping hidden entries, the
-// fortunes index files *.dat and *.u8, and symbolic links to directories). vocab = 256 gives raw
-// bytes (no merges). val_fraction in [0, 1). jsonl may be NULL (the defaults). Prints a progress
-// line on stderr (when it is a terminal) and a summary on stdout. Bad input (missing path, an input
-// that is no regular file or directory, no text, bad vocab, a damaged .gz file, a bad JSON line under
-// strict, an output path that is a directory) exits 2 before any output is written.
+// fortunes index files *.dat and *.u8, symbolic links to directories and to nothing). vocab = 256
+// gives raw bytes (no merges). val_fraction in [0, 1); 0 writes an empty val.bin. jsonl may be NULL
+// (the defaults). Prints a progress line on stderr (when it is a terminal) and a summary on stdout.
+// Bad input (missing path, an input that is no regular file or directory, an entry of a walked
+// directory that cannot be examined, no text, a val_fraction above 0 that holds out no byte, bad
+// vocab, a damaged .gz file, a bad JSON line under strict, an output path that is a directory) exits
+// 2 before any output is written (an entry that cannot be examined for an I/O error or lack of
+// memory exits 1).
 // The three output files replace the old ones together or not at all. Returns 0, or after one
 // message naming the file that could not be written: 1 when a write failed (full disk, I/O error),
 // 2 when the output path cannot be created (a missing directory, no permission); then no new file

@@ -33,7 +33,30 @@ static CORE_NORETURN void end_process(int code) {
     exit(code);  // the hook must not return; make sure
 }
 
+// A progress line open on stderr (core_progress): the next message would continue it, so every
+// message of this file erases it first.
+static int g_progress = 0;
+
+void core_progress(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputc('\r', stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\033[K", stderr);
+    fflush(stderr);
+    g_progress = 1;
+}
+
+void core_progress_end(void) {
+    if (!g_progress) return;
+    fputs("\r\033[K", stderr);
+    fflush(stderr);
+    g_progress = 0;
+}
+
 static void vprint(FILE *f, const char *head, const char *fmt, va_list ap) {
+    core_progress_end();
     if (g_world > 1) fprintf(f, "%s[rank %d] ", head, g_rank);
     else fputs(head, f);
     vfprintf(f, fmt, ap);
@@ -67,6 +90,7 @@ void core_warn(const char *fmt, ...) {
 // Writes "<head><message>\n" to stderr in one piece: the ranks of a job share stderr, and their lines
 // must not mix.
 static void error_line(const char *head, const char *fmt, va_list ap) {
+    core_progress_end();
     fflush(stdout);
     char line[4096];
     int k = snprintf(line, sizeof line, "%s", head);

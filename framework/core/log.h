@@ -20,6 +20,12 @@ void core_info0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // "moelab: warning [rank r]: message\n" on stderr.
 void core_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+// A progress line on stderr, for a terminal only (the caller checks): "\r<message>" and an erase to
+// the end of the line, each call overwriting the last. Until core_progress_end erases it, every
+// message above and every error erases it first, so that none is printed onto it.
+void core_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void core_progress_end(void);
+
 // Fault-injection seams for tests, the only environment variables moelab reads besides the MPI
 // launcher's (docs/architecture.md lists them): the value of `name`, which must begin with
 // MOELAB_TEST_, or NULL when unset. A set seam is announced once per name with core_warn, so that

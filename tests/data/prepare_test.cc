@@ -1,10 +1,13 @@
 // data/prepare and `moelab data`: end to end on a temporary directory of small files (what is read,
 // what is skipped, the train/validation split, determinism), and the command line's flag errors.
 #include <dirent.h>
+#include <limits.h>
 #include <gtest/gtest.h>
+#include <pty.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstring>
@@ -55,11 +58,12 @@ std::string decode_shard(const Tokenizer *t, const std::string &path) {
     return out;
 }
 
-// Where prepare splits a document: after (1 - f) of it, moved to just past the next newline.
+// Where prepare splits a document: after (1 - f) of it, moved to just past the next newline when
+// that is not the document's last byte.
 size_t split(const std::string &doc, double f) {
     size_t c = (size_t)(doc.size() * (1.0 - f));
     size_t nl = doc.find('\n', c);
-    return nl == std::string::npos ? c : nl + 1;
+    return nl == std::string::npos || nl + 1 == doc.size() ? c : nl + 1;
 }
 
 TEST(Prepare, EndToEnd) {
@@ -176,6 +180,34 @@ std::string entries(const std::string &dir) {
     return s;
 }
 
+// An entry of a walked directory that cannot be examined was skipped without a word: one in a folder
+// that can be listed but not entered (EACCES, which root, running the tests, never sees), or one whose
+// path is longer than PATH_MAX (ENAMETOOLONG, made here from nested folders, each made relative to
+// the one before). It is an error naming the reason and the entry, before --out is made; a symbolic
+// link to nothing is still skipped.
+TEST(Prepare, EntryThatCannotBeExaminedIsAnError) {
+    std::string in = make_corpus(), base = temp_dir(), out = base + "/out";
+    ASSERT_EQ(symlink("nowhere", (in + "/dangling").c_str()), 0);
+    const char *inputs[] = {in.c_str()};
+    PrepareStats st;
+    ASSERT_EQ(prepare_dataset(inputs, 1, 300, out.c_str(), 0.1, 1, nullptr, &st), 0);
+    EXPECT_EQ(st.docs, 3);
+
+    char cwd[PATH_MAX];
+    ASSERT_NE(getcwd(cwd, sizeof cwd), nullptr);
+    ASSERT_EQ(chdir(in.c_str()), 0);
+    const std::string name(200, 'd');
+    for (size_t len = in.size(); len < PATH_MAX; len += 1 + name.size())
+        if (mkdir(name.c_str(), 0777) != 0 || chdir(name.c_str()) != 0) break;
+    write_file("deep.txt", "a document the walk cannot reach by its path\n");
+    ASSERT_EQ(chdir(cwd), 0);
+    const std::string fresh = base + "/fresh";
+    EXPECT_EXIT(prepare_dataset(inputs, 1, 300, fresh.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
+                "cannot read input \\(File name too long\\): .*/dddd");
+    EXPECT_EQ(entries(base), "out");
+    EXPECT_EQ(system(("rm -rf " + in).c_str()), 0);  // rm walks the deep folders by relative paths
+}
+
 // A corpus of about 64 KB (its train shard far larger than its tokenizer file), in a new directory.
 std::string make_big_corpus() {
     std::string dir = temp_dir(), text;
@@ -244,6 +276,105 @@ TEST(Prepare, FailedWriteLeavesTheOldDatasetWhole) {
     shard_open((old + "/val.bin").c_str(), &s);
     EXPECT_EQ(s.vocab, 300u);
     shard_close(&s);
+}
+
+// Documents of one line ending in '\n' (a corpus of short texts) gave all of themselves to train: the
+// split moved past their final newline, and prepare wrote "0 val tokens" with exit 0, a dataset
+// `moelab train` refuses. Each now holds out its tail from the plain split point; a document whose
+// tail has a newline before its end still splits there (EndToEnd).
+TEST(Prepare, OneLineDocumentsHoldOutTheirTails) {
+    std::string in = temp_dir(), out = temp_dir(), tails;
+    for (int i = 0; i < 300; i++) {
+        const std::string doc = "line " + std::to_string(i) + " of a corpus of short one-line documents\n";
+        write_file(in + "/doc" + std::to_string(1000 + i), doc);
+        tails += doc.substr(split(doc, 0.05));
+        ASSERT_LT(split(doc, 0.05), doc.size());
+    }
+    const char *inputs[] = {in.c_str()};
+    PrepareStats st;
+    ASSERT_EQ(prepare_dataset(inputs, 1, 300, out.c_str(), 0.05, 1, nullptr, &st), 0);
+    EXPECT_EQ(st.docs, 300);
+    EXPECT_EQ(st.val_bytes, tails.size());
+    EXPECT_GT(st.val_tokens, 0u);
+    Tokenizer *t = tok_load((out + "/tokenizer.bin").c_str());
+    EXPECT_EQ(decode_shard(t, out + "/val.bin").size(), tails.size());
+    tok_free(t);
+}
+
+// A --val-fraction so small that no document holds out a byte (1e-17: 1 - f rounds to 1) wrote an
+// empty val.bin with exit 0. It is refused (exit 2, naming the flag and the corpus) before --out is
+// made, and over an existing dataset the old three files stay as they were.
+TEST(Prepare, FractionThatHoldsOutNothingIsRefused) {
+    std::string in = make_corpus(), base = temp_dir(), fresh = base + "/fresh", old = temp_dir();
+    const char *inputs[] = {in.c_str()};
+    PrepareStats st;
+    const char *msg = "--val-fraction 1e-17 holds out nothing of the 3 document.s. .[0-9]+ bytes.: val.bin would be empty";
+    EXPECT_EXIT(prepare_dataset(inputs, 1, 300, fresh.c_str(), 1e-17, 1, nullptr, &st), ::testing::ExitedWithCode(2),
+                msg);
+    EXPECT_EQ(entries(base), "");
+    ASSERT_EQ(prepare_dataset(inputs, 1, 260, old.c_str(), 0.1, 1, nullptr, &st), 0);
+    const std::string tok = read_file(old + "/tokenizer.bin"), train = read_file(old + "/train.bin"),
+                      val = read_file(old + "/val.bin");
+    EXPECT_EXIT(exit(run_cmd_data({"data", "prepare", "--input", in, "--vocab", "300", "--out", old,
+                                   "--val-fraction", "1e-17"})),
+                ::testing::ExitedWithCode(2), msg);
+    EXPECT_EQ(entries(old), "tokenizer.bin train.bin val.bin");
+    EXPECT_EQ(read_file(old + "/tokenizer.bin"), tok);
+    EXPECT_EQ(read_file(old + "/train.bin"), train);
+    EXPECT_EQ(read_file(old + "/val.bin"), val);
+}
+
+// What prepare_dataset(inputs, vocab 300, out) writes on a terminal (stdout and stderr a pseudo-terminal,
+// as for a user at a shell), run in a child; *status is its wait status. alarm: a regression ends
+// the child instead of hanging the test.
+std::string prepare_on_terminal(const std::vector<std::string> &inputs, const std::string &out, int *status) {
+    int fd;
+    fflush(nullptr);  // nothing of this process's buffers twice
+    const pid_t pid = forkpty(&fd, nullptr, nullptr, nullptr);
+    if (pid < 0) return "forkpty: " + std::string(strerror(errno));
+    if (pid == 0) {
+        alarm(30);
+        std::vector<const char *> in;
+        for (const std::string &s : inputs) in.push_back(s.c_str());
+        PrepareStats st;
+        exit(prepare_dataset(in.data(), (int)in.size(), 300, out.c_str(), 0.1, 1, nullptr, &st));
+    }
+    std::string text;
+    char buf[4096];
+    for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) text.append(buf, (size_t)n);  // EIO once it ended
+    close(fd);
+    waitpid(pid, status, 0);
+    return text;
+}
+
+// Where a "moelab: " message starts somewhere other than at the beginning of a line, as a terminal
+// shows it (after a newline, or after a carriage return and an erase of the line): the text before
+// it, else "".
+std::string glued_message(const std::string &text) {
+    for (size_t at = text.find("moelab: "); at != std::string::npos; at = text.find("moelab: ", at + 1)) {
+        const bool fresh = at == 0 || text[at - 1] == '\n' || (at >= 4 && text.compare(at - 4, 4, "\r\033[K") == 0);
+        if (!fresh) return text.substr(0, at + 30);
+    }
+    return "";
+}
+
+// On a terminal prepare shows a progress line, and an error or warning printed while it was open
+// continued it: "prepare: reading  50.0%moelab: error: .../b.jsonl.gz: not a gzip file". Each now
+// starts a line of its own.
+TEST(Prepare, MessagesOnATerminalStartALine) {
+    std::string in = make_corpus(), out = temp_dir(), a = in + "/a.txt", gz = in + "/b.jsonl.gz", jl = in + "/c.jsonl";
+    write_file(gz, "plain text, not gzip");
+    write_file(jl, "{\"text\": \"a good line\"}\nnot json\n{\"text\": \"another good line\"}\n");
+    int status = 0;
+    std::string text = prepare_on_terminal({a, gz}, out, &status);
+    ASSERT_NE(text.find("prepare: reading"), std::string::npos) << "no progress line: " << text;
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << status << ": " << text;
+    EXPECT_NE(text.find("moelab: error: " + gz + ": not a gzip file"), std::string::npos) << text;
+    EXPECT_EQ(glued_message(text), "");
+    text = prepare_on_terminal({a, jl}, out, &status);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << ": " << text;
+    EXPECT_NE(text.find("moelab: warning prepare: " + jl + ":2: not JSON"), std::string::npos) << text;
+    EXPECT_EQ(glued_message(text), "");
 }
 
 TEST(CmdData, HelpAndFlagErrors) {

@@ -201,6 +201,26 @@ TEST(TestSeam, PrefixedAndAnnounced) {
     EXPECT_DEATH(core_test_seam("MOELAB_DP_OVERLAP"), "lacks the MOELAB_TEST_ prefix");
 }
 
+// A message printed while a progress line is open (data prepare's, on a terminal) continued it:
+// "prepare: reading  50.0%moelab: error: ...". Every message of log.c now erases the line first;
+// without one open nothing extra is written.
+TEST(Progress, MessagesEraseAnOpenProgressLine) {
+    testing::internal::CaptureStderr();
+    core_progress("reading %d%%", 50);
+    core_warn("w");
+    core_warn("x");
+    core_progress("merging");
+    core_progress("merging %d%%", 100);
+    core_progress_end();
+    core_progress_end();
+    EXPECT_EQ(testing::internal::GetCapturedStderr(),
+              "\rreading 50%\033[K\r\033[Kmoelab: warning w\nmoelab: warning x\n"
+              "\rmerging\033[K\rmerging 100%\033[K\r\033[K");
+    EXPECT_EXIT({ core_progress("reading"); core_usage_error("bad input"); }, ::testing::ExitedWithCode(2),
+                "\rreading\033\\[K\r\033\\[Kmoelab: error: bad input\n");
+    EXPECT_DEATH({ core_progress("reading"); CHECK(0, "broken"); }, "\rreading\033\\[K\r\033\\[Kmoelab: error ");
+}
+
 // A key that no longer does anything names what replaced it, in either spelling, from a file too.
 TEST(ConfigDeath, RetiredKey) {
     const char *msg = "test: config key 'val_fraction' no longer exists: the validation split is made once, by "
