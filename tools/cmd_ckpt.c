@@ -63,10 +63,8 @@ int cmd_ckpt(int argc, char **argv) {
             fputs(USAGE, stdout);
             return 0;
         }
-    if (argc != 3) {
-        fputs(USAGE, stderr);
-        core_usage_error("ckpt: expected `inspect PATH`, `verify PATH` or `clean DIR`");
-    }
+    if (argc != 3)
+        core_usage_error("ckpt: expected `inspect PATH`, `verify PATH` or `clean DIR` (see moelab ckpt --help)");
     if (!strcmp(argv[1], "inspect") || !strcmp(argv[1], "verify")) look_into(argv[1], argv[2]);
     else if (!strcmp(argv[1], "clean")) {
         // A save under way has a temporary and part files without their index for a moment.
@@ -77,6 +75,7 @@ int cmd_ckpt(int argc, char **argv) {
         const int n = ckpt_stale_files(argv[2], remove_stale, &failed) - failed;
         printf("%s: %d file%s removed\n", argv[2], n, n == 1 ? "" : "s");
         if (failed) return CORE_EXIT_FAILURE;  // each one named above
-    } else core_usage_error("ckpt: unknown subcommand '%s' (inspect, verify or clean)", argv[1]);
+    } else core_usage_error("ckpt: unknown subcommand '%s' (inspect, verify or clean; see moelab ckpt --help)",
+                            argv[1]);
     return 0;
 }

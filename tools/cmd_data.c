@@ -114,10 +114,7 @@ static int cmd_prepare(int argc, char **argv) {
 }
 
 int cmd_data(int argc, char **argv) {
-    if (argc < 2) {
-        fputs(USAGE, stderr);
-        return 2;
-    }
+    if (argc < 2) return core_usage_report("data: expected the subcommand prepare (see moelab data --help)");
     if (is_help(argv[1])) {
         fputs(USAGE, stdout);
         return 0;

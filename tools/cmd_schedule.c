@@ -32,8 +32,9 @@ static const char *HELP =
     "  --cost-w X        cost of the weight-gradient part of a backward (default 1)\n"
     "  --cost-fb X       cost of an overlapped forward & backward (default 3)\n"
     "  --cost-p2p X      latency of one message between ranks (default 0); every cost in [0, 1e12]\n"
-    "  --from-trace FILE read a measured Chrome trace (moelab train --trace) instead; with --kind\n"
-    "                    also the measured mean op costs and the bubble formula they give\n"
+    "  --from-trace FILE read a measured Chrome trace (moelab train --trace) instead: takes only --svg\n"
+    "                    and --kind; with --kind, which must be the schedule the trace ran, also the\n"
+    "                    measured mean op costs and the bubble formula they give\n"
     "\n"
     "Text tokens: F3d forward of micro-batch 3 in the down pipe, B0u backward (u = up pipe),\n"
     "B0u* backward with W deferred, W0u the deferred W of B0u, FB(4d,1u) F4d and B1u overlapped.\n";
@@ -70,6 +71,11 @@ static int output_close(CoreOut *o) {
 enum { MAX_PP = 256, MAX_CHUNKS = 512 };
 static const double MAX_COST = 1e12;
 
+// The flags of a simulated schedule; --from-trace refuses them (a measured run has its own ranks,
+// micro-batches and op times, and draws only the SVG).
+static const char *const SIMULATED_ONLY[] = {"--pp", "--chunks", "--format", "--trace", "--cost-f", "--cost-b",
+                                             "--cost-w", "--cost-fb", "--cost-p2p", NULL};
+
 static const char *DISPLAY[] = {"1F1B", "DualPipe", "DualPipeV"};
 
 static const char *FORMULA[] = {"(N-1)(F+B)", "(N/2-1)(F&B+B-3W)", "(N-1)(F&B+B-3W)"};
@@ -103,11 +109,75 @@ static SimCosts measured_costs(const SimTimeline *tl) {
     return c;
 }
 
+// Why a measured timeline cannot be a run of schedule `kind`, into why; 0 when it fits. The formula
+// of one kind at another's trace is a wrong figure printed as a right one (a one-rank 1F1B trace as
+// DualPipe gave a negative bubble), so the kind must match what only that schedule's op lists hold
+// (parallel/schedule.c): 1F1B runs the down pipe alone, with full backwards and no F&B; DualPipe
+// and DualPipeV run both pipes, DualPipe on an even number of ranks with the up pipe's micro-batches
+// its own (the last C/2 ids), DualPipeV with every micro-batch going down and back up the V (the
+// same ids in both pipes).
+static int kind_misfit(const SimTimeline *tl, int kind, char *why, size_t len) {
+    char up[48] = "", fb[48] = "", defer[48] = "";  // the first op of each sort, as a token
+    long max_down = -1, min_up = -1;                 // micro-batch ids; -1 when the pipe has none
+    for (int r = 0; r < tl->R; r++)
+        for (int i = 0; i < tl->n[r]; i++) {
+            const SchedOp *op = &tl->ev[r][i].op;
+            // The cells the op runs: F its forward, B and W their backward, F&B both.
+            const SchedCell *cell[2] = {op->kind == SCHED_F || op->kind == SCHED_FB ? &op->f : NULL,
+                                        op->kind != SCHED_F ? &op->b : NULL};
+            for (int k = 0; k < 2; k++) {
+                const SchedCell *c = cell[k];
+                if (!c) continue;
+                if (c->pipe == SCHED_UP) {
+                    if (!up[0]) sched_op_label(op, up, sizeof up);
+                    if (min_up < 0 || c->mb < min_up) min_up = c->mb;
+                } else if (c->mb > max_down) {
+                    max_down = c->mb;
+                }
+            }
+            if (op->kind == SCHED_FB && !fb[0]) sched_op_label(op, fb, sizeof fb);
+            if ((op->kind == SCHED_W || (op->kind != SCHED_F && op->b.defer_w)) && !defer[0])
+                sched_op_label(op, defer, sizeof defer);
+        }
+    if (kind == SCHED_1F1B) {
+        if (up[0]) snprintf(why, len, "it has the up-pipe op %s and 1F1B runs the down pipe only", up);
+        else if (fb[0]) snprintf(why, len, "it has the F&B op %s and 1F1B overlaps no forward with a backward", fb);
+        else if (defer[0]) snprintf(why, len, "it has %s, a deferred W, and 1F1B runs full backwards only", defer);
+        return up[0] || fb[0] || defer[0];
+    }
+    const char *name = DISPLAY[kind];
+    if (kind == SCHED_DUALPIPE && tl->R % 2) {
+        snprintf(why, len, "it has %d rank%s and DualPipe needs an even number", tl->R, tl->R == 1 ? "" : "s");
+        return 1;
+    }
+    if (!up[0]) {
+        snprintf(why, len, "it has no up-pipe ops (a 1F1B run?) and %s runs both pipes", name);
+        return 1;
+    }
+    if (kind == SCHED_DUALPIPE && min_up <= max_down) {
+        snprintf(why, len, "its up pipe runs micro-batch %ld, not above the down pipe's (up to %ld), and "
+                 "DualPipe gives each pipe its own (a DualPipeV run?)", min_up, max_down);
+        return 1;
+    }
+    if (kind == SCHED_DUALPIPEV && min_up > max_down) {
+        snprintf(why, len, "no micro-batch runs in both pipes (a DualPipe run?); DualPipeV's go down and "
+                 "back up the V");
+        return 1;
+    }
+    return 0;
+}
+
 // kind < 0: draw and report idle time only; else also the §5 formula at the measured costs.
 static int from_trace(const char *trace, const char *svg, int kind) {
     char err[SCHED_ERR_LEN], title[512];
     SimTimeline *tl = sim_read_trace(trace, err);
     if (!tl) return core_usage_report("%s", err);
+    // Checked before the SVG is created: a refused --kind leaves no file and prints nothing else.
+    if (kind >= 0 && kind_misfit(tl, kind, err, sizeof err)) {
+        const int rc = usage("--kind %s does not fit %s: %s", sched_kind_name(kind), trace, err);
+        sim_free(tl);
+        return rc;
+    }
     CoreOut out;
     int rc = output_open(&out, "--svg", svg);
     if (!rc) {
@@ -135,6 +205,7 @@ static int from_trace(const char *trace, const char *svg, int kind) {
 int cmd_schedule(int argc, char **argv) {
     const char *kind_name = NULL, *format = "text", *svg = NULL, *trace = NULL, *from = NULL;
     int N = 0, C = 0, have_n = 0, have_c = 0;
+    const char *simulated_only = NULL;  // the first argument with a SIMULATED_ONLY flag
     SimCosts cost = {1, 2, 1, 3, 0};
     struct { const char *flag; double *v; } costs[5] = {{"--cost-f", &cost.f}, {"--cost-b", &cost.b},
         {"--cost-w", &cost.w}, {"--cost-fb", &cost.fb}, {"--cost-p2p", &cost.p2p}};
@@ -155,6 +226,7 @@ int cmd_schedule(int argc, char **argv) {
             if (cmd_flag_is(a, nlen, costs[k].flag)) cost_i = k;
         char err[NUM_ERR_LEN];
         long long n;
+        if (!simulated_only && cmd_flag_in(a, nlen, SIMULATED_ONLY)) simulated_only = a;
         if (cost_i >= 0) {
             if (num_parse_real(costs[cost_i].flag, val, 0, MAX_COST, costs[cost_i].v, err))
                 return usage("%s", err);
@@ -189,7 +261,10 @@ int cmd_schedule(int argc, char **argv) {
         return usage("--svg %s is the --from-trace file: writing it would replace the trace", svg);
     if (from) {
         if (!svg) return usage("--from-trace needs --svg OUT");
-        if (have_n || have_c) return usage("--from-trace draws a measured run: drop --pp/--chunks");
+        // Refused rather than ignored without a word (--trace, --format and --cost-* were).
+        if (simulated_only)
+            return usage("--from-trace draws a measured run: drop %.*s (only a simulated schedule takes it)",
+                         (int)cmd_flag_len(simulated_only), simulated_only);
         const int k = kind_name ? sched_kind_parse(kind_name) : -1;
         if (kind_name && k < 0) return usage("--kind must be 1f1b, dualpipe or dualpipev, got '%s'", kind_name);
         return from_trace(from, svg, k);

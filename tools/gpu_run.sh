@@ -1,5 +1,6 @@
 #!/bin/bash
-# Runs what tools/gpu_build.sh put into .dist/, on the GPU machine, in stages (all by default):
+# Runs what tools/gpu_build.sh put into .dist/, on the GPU machine, in stages (all but trace, pp and
+# pp_bench by default):
 #   tests      the kernel suite (gpu_test) and the whole-model suite (model_gpu_test)
 #   sanitizer  compute-sanitizer memcheck and racecheck over the kernel suite (not over cuDNN's
 #              kernels: the AttentionCudnn* tests are left out, and racecheck leaves out the tests

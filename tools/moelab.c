@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "framework/core/check.h"
 #include "framework/core/file.h"
 #include "tools/commands.h"
 
@@ -25,7 +26,9 @@ static const Command COMMANDS[] = {
 };
 #define NCOMMANDS ((int)(sizeof COMMANDS / sizeof COMMANDS[0]))
 
-static void usage(FILE *f) {
+// The list of commands, for --help; a usage error is one line on stderr that points here instead.
+static void usage(void) {
+    FILE *f = stdout;
     fprintf(f, "moelab: train small mixture-of-experts transformers\n\nusage: moelab <command> [options]\n\ncommands:\n");
     for (int i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].help);
     fprintf(f, "\n`moelab <command> --help` describes each command.\n");
@@ -45,17 +48,12 @@ int main(int argc, char **argv) {
     // with EPIPE, which the command reports (exit 1, temporaries removed), instead of ending the
     // process by SIGPIPE without a word and with its temporaries left.
     signal(SIGPIPE, SIG_IGN);
-    if (argc < 2) {
-        usage(stderr);
-        return 2;
-    }
+    if (argc < 2) return core_usage_report("missing command (see moelab --help)");
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
-        usage(stdout);
+        usage();
         return finish(0);
     }
     for (int i = 0; i < NCOMMANDS; i++)
         if (!strcmp(argv[1], COMMANDS[i].name)) return finish(COMMANDS[i].run(argc - 1, argv + 1));
-    fprintf(stderr, "moelab: error: unknown command '%s'\n\n", argv[1]);
-    usage(stderr);
-    return 2;
+    return core_usage_report("unknown command '%s' (see moelab --help)", argv[1]);
 }

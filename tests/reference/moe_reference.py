@@ -72,6 +72,8 @@ class Config:
         self.bias_rate, self.alpha = as_float("bias_rate"), as_float("balance_alpha")
         self.theta, self.eps = as_float("rope_theta"), as_float("norm_eps")
         self.tie = as_bool("tie_embeddings")
+        # router_skew only sets the balancing biases' starting values (docs/architecture.md §2),
+        # which come with the other initial parameters (param.*): nothing else to do with it.
         self.router_skew = as_float("router_skew")
         self.lr, self.min_lr = as_float("lr"), as_float("min_lr")
         self.warmup, self.steps = as_int("warmup_steps"), as_int("steps")
@@ -204,8 +206,6 @@ def moe(m, p, pre, c):
     B, T, D = m.shape
     x = m.reshape(B * T, D)                                       # (N, D)
     logits = x @ p[pre + "router"].T                              # (N, E)
-    if c.router_skew != 0.0:
-        logits = logits + c.router_skew * (c.E - 1 - torch.arange(c.E, dtype=F64)) / c.E
     s = torch.sigmoid(logits) if c.score == "sigmoid" else torch.softmax(logits, dim=-1)
     key = (s + p[pre + "router_bias"]).detach()
     chosen = topk_mask(key, c.K)                                  # (N, E), no gradient

@@ -20,8 +20,9 @@ run() {
 }
 # Sigmoid scores, norm_topk, shared expert, untied head, GQA 4:2, balance loss, 2 micro-batches.
 run sigmoid
-# Softmax scores without normalization, route_scale, no shared expert, tied embeddings, MHA.
+# Softmax scores without normalization, route_scale, no shared expert, tied embeddings, MHA, and
+# skewed starting balancing biases (router_skew; the reference once added the skew to the logits too).
 run softmax --score softmax --norm-topk false --route-scale 2.5 --n-shared 0 \
-    --tie-embeddings true --n-kv-heads 4
+    --tie-embeddings true --n-kv-heads 4 --router-skew 0.5
 # K = E (every expert chosen), multi-query attention, two shared experts, all layers MoE, no clipping.
 run all_experts --top-k 8 --n-kv-heads 1 --n-shared 2 --n-dense-layers 0 --grad-clip 0

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -136,6 +137,64 @@ TEST(CmdSchedule, OverlappingOpsCountOnce) {
     remove(svg.c_str());
 }
 
+// --kind with --from-trace names the schedule the trace ran: another kind's formula at its costs is
+// a wrong figure (a one-rank 1F1B trace as dualpipe printed a negative bubble, a DualPipe trace as
+// 1f1b a 1F1B formula, both exit 0). Every simulated trace fits its own kind only; a misfit is one
+// message, exit 2, nothing on stdout and no SVG.
+TEST(CmdSchedule, FromTraceKindMustFitTheTrace) {
+    const char *kinds[] = {"1f1b", "dualpipe", "dualpipev"};
+    struct Run { int kind, pp, chunks; } runs[] = {{0, 1, 2}, {0, 2, 4}, {1, 2, 4}, {1, 4, 8}, {2, 1, 2}, {2, 2, 4}};
+    const std::string trace = tmp_path("kind_trace"), svg = tmp_path("kind_svg");
+    for (const Run &ran : runs) {
+        ASSERT_EQ(run({"--kind", kinds[ran.kind], "--pp", std::to_string(ran.pp), "--chunks",
+                       std::to_string(ran.chunks), "--trace", trace}).rc, 0);
+        for (int k = 0; k < 3; k++) {
+            remove(svg.c_str());
+            Result r = run({"--from-trace", trace, "--svg", svg, "--kind", kinds[k]});
+            const std::string what = std::string(kinds[ran.kind]) + " PP " + std::to_string(ran.pp) + " as " + kinds[k];
+            if (k == ran.kind) {
+                EXPECT_EQ(r.rc, 0) << what << ": " << r.err;
+                EXPECT_NE(r.out.find("formula"), std::string::npos) << what;
+                continue;
+            }
+            EXPECT_EQ(r.rc, 2) << what;
+            EXPECT_EQ(r.err.rfind(std::string("moelab: error: --kind ") + kinds[k] + " does not fit " + trace + ": ", 0), 0u)
+                << what << ": " << r.err;
+            EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+            EXPECT_EQ(r.out, "") << what;
+            EXPECT_EQ(access(svg.c_str(), F_OK), -1) << what;
+        }
+    }
+    // What each refusal names, on the traces of the report and on hand-written ones.
+    struct Case { std::vector<std::pair<int, const char *>> ops; const char *kind, *why; } cases[] = {
+        {{{0, "F0d"}, {0, "B0d"}}, "dualpipe", "it has 1 rank and DualPipe needs an even number"},
+        {{{0, "F0d"}, {1, "F0d"}, {1, "B0d"}, {0, "B0d"}}, "dualpipev", "it has no up-pipe ops (a 1F1B run?)"},
+        {{{0, "F0d"}, {1, "F0u"}, {1, "B0u"}, {0, "B0d"}}, "1f1b", "it has the up-pipe op F0u and 1F1B runs the down pipe only"},
+        {{{0, "F0d"}, {0, "FB(1d,0d)"}, {0, "B1d"}}, "1f1b", "it has the F&B op FB(1d,0d)"},
+        {{{0, "F0d"}, {0, "B0d*"}, {0, "W0d"}}, "1f1b", "it has B0d*, a deferred W, and 1F1B runs full backwards only"},
+        {{{0, "F0d"}, {0, "F1d"}, {1, "F0u"}}, "dualpipe", "its up pipe runs micro-batch 0, not above the down pipe's (up to 1)"},
+        {{{0, "F0d"}, {1, "F1u"}}, "dualpipev", "no micro-batch runs in both pipes (a DualPipe run?)"},
+    };
+    for (const Case &c : cases) {
+        FILE *f = fopen(trace.c_str(), "w");
+        ASSERT_NE(f, nullptr);
+        fputs("[", f);
+        for (size_t i = 0; i < c.ops.size(); i++)
+            fprintf(f, "%s{\"name\": \"%s\", \"ph\": \"X\", \"pid\": %d, \"ts\": %zu, \"dur\": 1}", i ? ",\n" : "",
+                    c.ops[i].second, c.ops[i].first, i);
+        fputs("]\n", f);
+        fclose(f);
+        remove(svg.c_str());
+        Result r = run({"--from-trace", trace, "--svg", svg, "--kind", c.kind});
+        EXPECT_EQ(r.rc, 2) << c.why;
+        EXPECT_NE(r.err.find(std::string("moelab: error: --kind ") + c.kind + " does not fit " + trace + ": " + c.why),
+                  std::string::npos) << r.err;
+        EXPECT_EQ(r.out, "");
+        EXPECT_EQ(access(svg.c_str(), F_OK), -1);
+    }
+    remove(trace.c_str());
+}
+
 TEST(CmdSchedule, BadArguments) {
     struct Case { std::vector<std::string> args; const char *msg; } cases[] = {
         {{"--kind", "zb", "--pp", "2", "--chunks", "4"}, "--kind must be 1f1b, dualpipe or dualpipev, got 'zb'"},
@@ -163,6 +222,15 @@ TEST(CmdSchedule, BadArguments) {
         {{"--bogus", "1"}, "unknown option '--bogus'"},
         {{"stray"}, "unexpected argument 'stray'"},
         {{"--from-trace", "x.json"}, "--from-trace needs --svg OUT"},
+        // A measured run has its own ranks, micro-batches and costs and draws only the SVG: a flag of
+        // the simulator is refused, not ignored (--trace, --format and --cost-* were).
+        {{"--from-trace", "x.json", "--svg", "/tmp/x.svg", "--pp", "2"}, "--from-trace draws a measured run: drop --pp"},
+        {{"--from-trace", "x.json", "--svg", "/tmp/x.svg", "--chunks=4"}, "--from-trace draws a measured run: drop --chunks"},
+        {{"--from-trace", "x.json", "--svg", "/tmp/x.svg", "--trace", "/tmp/y.json"},
+         "--from-trace draws a measured run: drop --trace (only a simulated schedule takes it)"},
+        {{"--from-trace", "x.json", "--svg", "/tmp/x.svg", "--format", "text"}, "--from-trace draws a measured run: drop --format"},
+        {{"--from-trace", "x.json", "--svg", "/tmp/x.svg", "--cost-f", "2"}, "--from-trace draws a measured run: drop --cost-f"},
+        {{"--cost-p2p=0", "--from-trace", "x.json", "--svg", "/tmp/x.svg"}, "--from-trace draws a measured run: drop --cost-p2p"},
         {{"--from-trace", "/nonexistent.json", "--svg", "/tmp/x.svg"},
          "cannot open trace /nonexistent.json: No such file or directory"},
         // A directory (ftell said LONG_MAX: an 8 EiB allocation).

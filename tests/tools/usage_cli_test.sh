@@ -1,0 +1,40 @@
+#!/bin/bash
+# A usage error is one line, `moelab: error: <what> (see moelab <cmd> --help)`, exit 2 and nothing on
+# stdout (docs/failures.md): plain `moelab` and `moelab data` printed the usage text and no error line,
+# `moelab ckpt inspect a b` and an unknown command the usage text around the error. --help prints the
+# usage on stdout with exit 0.
+set -euo pipefail
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # moelab, tmp
+
+expect_one_line() {  # expect_one_line LINE ARGS...: exit 2, stderr exactly LINE, stdout empty
+    local line=$1; shift
+    set +e
+    "$moelab" "$@" >"$tmp/out" 2>"$tmp/err"
+    local rc=$?
+    set -e
+    [ $rc -eq 2 ] || { echo "FAIL: moelab $*: exit $rc, expected 2"; cat "$tmp/err"; exit 1; }
+    [ "$(cat "$tmp/err")" = "$line" ] && [ "$(wc -l <"$tmp/err")" = 1 ] ||
+        { echo "FAIL: moelab $*: stderr is not the one line '$line':"; cat "$tmp/err"; exit 1; }
+    [ ! -s "$tmp/out" ] || { echo "FAIL: moelab $*: printed on stdout:"; cat "$tmp/out"; exit 1; }
+}
+expect_one_line "moelab: error: missing command (see moelab --help)"
+expect_one_line "moelab: error: unknown command 'frobnicate' (see moelab --help)" frobnicate
+expect_one_line "moelab: error: data: expected the subcommand prepare (see moelab data --help)" data
+expect_one_line "moelab: error: data: unknown subcommand 'bogus' (see moelab data --help)" data bogus
+ckpt_line="moelab: error: ckpt: expected \`inspect PATH\`, \`verify PATH\` or \`clean DIR\` (see moelab ckpt --help)"
+expect_one_line "$ckpt_line" ckpt
+expect_one_line "$ckpt_line" ckpt inspect a b
+expect_one_line "moelab: error: ckpt: unknown subcommand 'check' (inspect, verify or clean; see moelab ckpt --help)" \
+    ckpt check x
+
+expect_help() {  # expect_help FIRST-LINE ARGS...: exit 0, the usage on stdout starting with FIRST-LINE
+    local first=$1; shift
+    "$moelab" "$@" >"$tmp/out" 2>"$tmp/err" || { echo "FAIL: moelab $*: exit $?"; cat "$tmp/err"; exit 1; }
+    [ "$(head -n 1 "$tmp/out")" = "$first" ] && [ "$(wc -l <"$tmp/out")" -gt 2 ] ||
+        { echo "FAIL: moelab $*: no usage on stdout:"; cat "$tmp/out"; exit 1; }
+    [ ! -s "$tmp/err" ] || { echo "FAIL: moelab $*: printed on stderr:"; cat "$tmp/err"; exit 1; }
+}
+expect_help "moelab: train small mixture-of-experts transformers" --help
+expect_help "usage: moelab data <subcommand> [options]" data --help
+expect_help "usage: moelab ckpt inspect PATH" ckpt --help
+echo "usage_cli_test: ok"
