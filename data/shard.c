@@ -73,7 +73,8 @@ int shard_open_try(const char *path, Shard *s, char *err) {
     if (fstat(fileno(f), &st) != 0) {
         const int e = errno;
         fclose(f);
-        return fail(err, "cannot read token shard %s: %s", path, strerror(e));
+        fail(err, "cannot read token shard %s: %s", path, strerror(e));
+        return e;
     }
     const size_t bytes = (size_t)st.st_size;
     // mmap of 0 bytes fails; a too-short file is reported by the parser instead.
@@ -83,7 +84,8 @@ int shard_open_try(const char *path, Shard *s, char *err) {
         if (map == MAP_FAILED) {
             const int e = errno;
             fclose(f);
-            return fail(err, "cannot map token shard %s: %s", path, strerror(e));
+            fail(err, "cannot map token shard %s: %s", path, strerror(e));
+            return e;
         }
     }
     fclose(f);
@@ -99,7 +101,9 @@ int shard_open_try(const char *path, Shard *s, char *err) {
 
 void shard_open(const char *path, Shard *s) {
     char err[SHARD_ERR_LEN];
-    if (shard_open_try(path, s, err) != 0) core_usage_error("%s", err);
+    const int e = shard_open_try(path, s, err);
+    if (e > 0) core_path_error(e, "%s", err);  // exit 1 where the system failed (no memory to map)
+    if (e) core_usage_error("%s", err);
 }
 
 void shard_close(Shard *s) {

@@ -27,7 +27,7 @@ static const char USAGE[] =
     "  verify    reads every dataset (each chunk's Fletcher-32 checksum), checks that every tensor of\n"
     "            the stored config's model is there with its shape and nothing else, and that every\n"
     "            part file is present and belongs to this index, that no value is NaN or infinite, and\n"
-    "            the EPLB group: the checks `moelab train --resume` runs. Exit 0 only if all of it holds,\n"
+    "            the EPLB group: the checks `moelab train --resume` runs, and stricter. Exit 0 only if all of it holds,\n"
     "            exit 2 with a message naming the first problem otherwise\n"
     "  clean     removes from DIR what saves that crashed left behind: temporary files\n"
     "            (NAME.tmp-<pid>) of processes no longer running on this machine, and part files\n"

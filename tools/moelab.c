@@ -48,6 +48,9 @@ int main(int argc, char **argv) {
     // with EPIPE, which the command reports (exit 1, temporaries removed), instead of ending the
     // process by SIGPIPE without a word and with its temporaries left.
     signal(SIGPIPE, SIG_IGN);
+    // Likewise a file-size limit (ulimit -f): the write fails with EFBIG and is reported (exit 1,
+    // temporaries removed) instead of SIGXFSZ ending the process with its temporaries left.
+    signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) return core_usage_report("missing command (see moelab --help)");
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage();

@@ -2,7 +2,9 @@
 // version 1 files without one), and every malformed shard (bad magic, unknown version, truncated,
 // token id >= vocab, ...) as a usage error naming the file.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <string>
 #include <vector>
@@ -169,6 +171,29 @@ TEST(Shard, WriterLeavesAFailedWriteToTheStream) {
     EXPECT_EQ(shard_writer_close(w), ids.size());
     EXPECT_TRUE(ferror(f));
     fclose(f);
+}
+
+// A shard the system cannot map (no address space left: RLIMIT_AS here) is an environment failure,
+// exit 1, not the user's bad data (it was a usage error, exit 2, review 2026-12-05). The file is
+// sparse: 8 GiB of token 0 that take no disk.
+TEST(Shard, UnmappableShardIsAnEnvironmentFailure) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "AddressSanitizer reserves the address space a limit would cut";
+#else
+    const std::string path = temp_dir() + "/big.bin";
+    const uint64_t count = 1ull << 32;
+    write_file(path, shard_bytes(300, count, 2, {}));
+    ASSERT_EQ(truncate(path.c_str(), (off_t)(SHARD_HEADER_BYTES + 2 * count)), 0);
+    auto open_limited = [&] {
+        struct rlimit lim = {(rlim_t)4 << 30, (rlim_t)4 << 30};  // 4 GiB: the test runs in far less
+        if (setrlimit(RLIMIT_AS, &lim) != 0) _exit(99);
+        Shard s;
+        shard_open(path.c_str(), &s);
+        _exit(0);
+    };
+    EXPECT_EXIT(open_limited(), ::testing::ExitedWithCode(1), "cannot map token shard .*big.bin: Cannot allocate memory");
+    unlink(path.c_str());
+#endif
 }
 
 }  // namespace
