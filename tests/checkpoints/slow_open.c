@@ -21,22 +21,28 @@ static void maybe_wait(const char *path) {
     if (strstr(list, me)) sleep(1);
 }
 
+// open and open64 (the same call where off_t is 64 bits; HDF5 may use either), after the wait.
+static int forward(const char *sym, const char *path, int flags, mode_t mode) {
+    maybe_wait(path);
+    int (*real)(const char *, int, ...) = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, sym);
+    return real(path, flags, mode);
+}
+
+// The mode argument exists only with O_CREAT or O_TMPFILE.
+#define MODE_OF(flags, ap) ((flags) & (O_CREAT | O_TMPFILE) ? (mode_t)va_arg(ap, int) : 0)
+
 int open(const char *path, int flags, ...) {
     va_list ap;
     va_start(ap, flags);
-    const mode_t mode = (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+    const mode_t mode = MODE_OF(flags, ap);
     va_end(ap);
-    maybe_wait(path);
-    int (*real)(const char *, int, ...) = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, "open");
-    return real(path, flags, mode);
+    return forward("open", path, flags, mode);
 }
 
 int open64(const char *path, int flags, ...) {
     va_list ap;
     va_start(ap, flags);
-    const mode_t mode = (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+    const mode_t mode = MODE_OF(flags, ap);
     va_end(ap);
-    maybe_wait(path);
-    int (*real)(const char *, int, ...) = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, "open64");
-    return real(path, flags, mode);
+    return forward("open64", path, flags, mode);
 }
