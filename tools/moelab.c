@@ -5,6 +5,7 @@
 
 #include "framework/core/check.h"
 #include "framework/core/file.h"
+#include "framework/core/log.h"
 #include "tools/commands.h"
 
 typedef struct {

@@ -321,8 +321,3 @@ int core_nul_line(const char *text, size_t n) {
     return line;
 }
 
-int core_stdout_status(void) {
-    errno = 0;
-    if (fflush(stdout) != 0 || ferror(stdout)) return errno ? errno : EIO;
-    return 0;
-}

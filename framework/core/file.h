@@ -96,10 +96,6 @@ void core_make_dirs(const char *dir, const char *what);
 // input read whole and then parsed as C strings would otherwise end there, the rest unread.
 int core_nul_line(const char *text, size_t n);
 
-// Flushes stdout and says whether everything written to it reached its destination: 0, or the
-// errno of the failure (ENOSPC when it is a full disk). A command's output that was lost must not
-// end with exit 0.
-int core_stdout_status(void);
 
 #ifdef __cplusplus
 }

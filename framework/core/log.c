@@ -55,13 +55,24 @@ void core_progress_end(void) {
     g_progress = 0;
 }
 
+// The errno of the first failed flush of stdout: the later flushes of a stream in error fail with
+// no errno of their own, so core_stdout_status would report EIO instead of the cause (ENOSPC, EPIPE).
+static int g_stdout_err = 0;
+
 static void vprint(FILE *f, const char *head, const char *fmt, va_list ap) {
     core_progress_end();
     if (g_world > 1) fprintf(f, "%s[rank %d] ", head, g_rank);
     else fputs(head, f);
     vfprintf(f, fmt, ap);
     fputc('\n', f);
-    fflush(f);
+    errno = 0;
+    if (fflush(f) != 0 && f == stdout && !g_stdout_err) g_stdout_err = errno;
+}
+
+int core_stdout_status(void) {
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) return g_stdout_err ? g_stdout_err : errno ? errno : EIO;
+    return 0;
 }
 
 void core_info(const char *fmt, ...) {

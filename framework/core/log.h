@@ -15,6 +15,10 @@ void core_set_quiet(int quiet);
 
 // "[rank r] message\n" on stdout (every rank), flushed.
 void core_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// Flushes stdout and says whether everything written to it reached its destination: 0, or the
+// errno of the first failure (ENOSPC when it is a full disk, EPIPE when the reader left). A
+// command's output that was lost must not end with exit 0.
+int core_stdout_status(void);
 // The same on rank 0 only.
 void core_info0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // "moelab: warning [rank r]: message\n" on stderr.

@@ -17,6 +17,7 @@
 
 #include "framework/core/check.h"
 #include "framework/core/file.h"
+#include "framework/core/log.h"
 
 namespace {
 
@@ -339,6 +340,17 @@ TEST(CoreFile, StdoutStatusSeesAFullDevice) {
     });
     EXPECT_EQ(rc, 0) << "10: no /dev/full, 11: the status missed ENOSPC";
     EXPECT_EQ(core_stdout_status(), 0);  // this process's stdout is fine
+}
+
+// The same after a log line, which is flushed at once: the stream's later flushes fail with no errno
+// of their own, and the status said "Input/output error" (review 2026-12-05).
+TEST(CoreFile, StdoutStatusKeepsTheCauseOfALogLinesFailure) {
+    const int rc = in_child([] {
+        if (!freopen("/dev/full", "w", stdout)) _exit(10);
+        core_info("lost");  // nothing left in the buffer: the final flush itself succeeds
+        _exit(core_stdout_status() == ENOSPC ? 0 : 11);
+    });
+    EXPECT_EQ(rc, 0) << "10: no /dev/full, 11: the status lost the ENOSPC of the first flush";
 }
 
 }  // namespace
