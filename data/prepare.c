@@ -107,7 +107,7 @@ static uint8_t *read_file(const char *path, size_t *len) {
     // An input named on the command line may be anything: a FIFO would block the open for ever.
     const char *why;
     FILE *f = core_open_regular(path, &why);
-    if (!f) core_usage_error("cannot open input file %s: %s", path, why);
+    if (!f) core_path_error(errno, "cannot open input file %s: %s", path, why);  // EMFILE, EIO: exit 1
     struct stat st;
     if (fstat(fileno(f), &st) != 0) core_path_error(errno, "cannot read input file %s: %s", path, strerror(errno));
     uint8_t *buf = core_alloc((size_t)st.st_size);

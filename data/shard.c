@@ -68,7 +68,11 @@ int shard_open_try(const char *path, Shard *s, char *err) {
     // Only a regular file can be mapped, and opening a FIFO to find out would block for ever.
     const char *why;
     FILE *f = core_open_regular(path, &why);
-    if (!f) return fail(err, "cannot open token shard %s: %s", path, why);
+    if (!f) {
+        const int e = errno;  // 0 where the path is no regular file (core_open_regular)
+        fail(err, "cannot open token shard %s: %s", path, why);
+        return e ? e : -1;
+    }
     struct stat st;
     if (fstat(fileno(f), &st) != 0) {
         const int e = errno;

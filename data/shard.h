@@ -41,11 +41,12 @@ static inline uint32_t shard_token(const Shard *s, uint64_t i) {
 // Validates a shard image (n bytes; name is used in messages) and points s into it. On error
 // returns -1 with one message naming `name` in err (SHARD_ERR_LEN bytes); 0 on success.
 int shard_parse_try(const uint8_t *buf, size_t n, const char *name, Shard *s, char *err);
-// Memory-maps path and validates it, as shard_parse_try; where the system failed it (fstat, mmap:
-// no memory or address space) returns that errno instead of -1, with the message in err.
+// Memory-maps path and validates it, as shard_parse_try; where a call failed (open, fstat, mmap)
+// returns its errno instead of -1, with the message in err (core_path_error's rule then tells a
+// missing file, exit 2, from no memory or file handles, exit 1).
 int shard_open_try(const char *path, Shard *s, char *err);
-// Memory-maps path; a missing or malformed shard is a usage error naming the file (exit 2), a failed
-// fstat or mmap an environment failure (exit 1, core_path_error's rule).
+// Memory-maps path; a missing or malformed shard is a usage error naming the file (exit 2), the
+// system's failure (no memory to map, no file handle) an environment failure (exit 1).
 void shard_open(const char *path, Shard *s);
 void shard_close(Shard *s);
 

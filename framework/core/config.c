@@ -364,7 +364,7 @@ void config_load_file(MoeConfig *c, const char *path) {
     // does), and a directory opens but fails at its first read.
     const char *why;
     FILE *f = core_open_regular(path, &why);
-    if (!f) core_usage_error("cannot open config file '%s': %s", path, why);
+    if (!f) core_path_error(errno, "cannot open config file '%s': %s", path, why);
     config_load_stream(c, f, path);
     fclose(f);
 }

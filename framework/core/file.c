@@ -24,21 +24,14 @@ FILE *core_open_regular(const char *path, const char **why) {
         return NULL;
     }
     struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        *why = strerror(errno);
-        close(fd);
-        return NULL;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        *why = "not a regular file";
-        close(fd);
-        return NULL;
-    }
+    int err = fstat(fd, &sb) != 0 ? errno : !S_ISREG(sb.st_mode) ? -1 : 0;
     // Blocking again for the reads (a regular file never blocks, but stdio should see no flag).
-    FILE *f = fcntl(fd, F_SETFL, 0) == 0 ? fdopen(fd, "rb") : NULL;
-    if (!f) {
-        *why = strerror(errno);
+    FILE *f = NULL;
+    if (!err && !(f = fcntl(fd, F_SETFL, 0) == 0 ? fdopen(fd, "rb") : NULL)) err = errno;
+    if (err) {
         close(fd);
+        *why = err < 0 ? "not a regular file" : strerror(err);
+        errno = err < 0 ? 0 : err;  // 0: the path's fault, not the system's (file.h)
     }
     return f;
 }

@@ -13,7 +13,8 @@ extern "C" {
 #endif
 
 // `path` opened for reading ("rb") if it is a regular file; else NULL with *why set to the
-// reason (strerror's, or "not a regular file").
+// reason (strerror's, or "not a regular file") and errno to the failure's (0 for "not a regular
+// file"), so that core_path_error(errno, ...) gives the exit code.
 FILE *core_open_regular(const char *path, const char **why);
 
 // 1 when a and b name the same file: the same device and inode, or, where neither exists yet, the

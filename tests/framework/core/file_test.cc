@@ -78,14 +78,26 @@ TEST(CoreFile, OpenRegularReadsAFileAndRefusesTheRest) {
     EXPECT_EQ(fread(buf, 1, 5, in), 5u);
     EXPECT_STREQ(buf, "hello");
     fclose(in);
+    errno = EIO;
     EXPECT_EQ(core_open_regular(d.c_str(), &why), nullptr);
     EXPECT_STREQ(why, "not a regular file");
+    EXPECT_EQ(errno, 0);  // the path's fault: core_path_error(errno) gives exit 2
     // A FIFO with no writer: an open for reading without O_NONBLOCK would wait here for ever.
     ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
     EXPECT_EQ(core_open_regular(fifo.c_str(), &why), nullptr);
     EXPECT_STREQ(why, "not a regular file");
     EXPECT_EQ(core_open_regular((d + "/missing").c_str(), &why), nullptr);
     EXPECT_STREQ(why, strerror(ENOENT));
+    EXPECT_EQ(errno, ENOENT);
+    // No file handle left: the system's failure, in errno for core_path_error's exit 1 (data prepare
+    // reported it as a usage error, review 2026-12-05).
+    const int rc = in_child([&] {
+        struct rlimit lim = {3, 3};  // stdin, stdout and stderr
+        if (setrlimit(RLIMIT_NOFILE, &lim) != 0) _exit(10);
+        const char *w = nullptr;
+        _exit(core_open_regular(f.c_str(), &w) == nullptr && errno == EMFILE ? 0 : 11);
+    });
+    EXPECT_EQ(rc, 0);
 }
 
 TEST(CoreFile, SameFileByDeviceAndInode) {
