@@ -25,12 +25,13 @@ void eplb_runtime_check_config(const MoeConfig *c) {
                              "the rebalancing plan", c->eplb_groups, c->eplb_nodes);
         return;
     }
-    // A replica of every expert on every rank is the most redundancy can place; more slots hold
-    // nothing new and only cost time (fuzzing: 65 536 redundant slots on an 8-expert model ran for
-    // minutes within the key's bound).
+    // Past n_experts x (ep - 1) redundant slots some rank holds an expert twice, which gains
+    // nothing; the bound leaves n_experts more, so that one rank (ep 1) can still be given replicas
+    // (a layout to compare with), and keeps the planner's work in proportion (fuzzing: 65 536
+    // redundant slots on an 8-expert model ran for minutes within the key's old bound).
     if ((long)c->eplb_redundant > (long)c->E * c->ep)
-        core_usage_error("--eplb-redundant %d is more than n_experts x ep = %d x %d: beyond a replica "
-                         "of every expert on every rank, a slot holds nothing new", c->eplb_redundant,
+        core_usage_error("--eplb-redundant %d is more than n_experts x ep = %d x %d (past n_experts x "
+                         "(ep - 1) a rank holds an expert twice, which gains nothing)", c->eplb_redundant,
                          c->E, c->ep);
     const int L = c->L - c->n_dense_layers, R = c->E + c->eplb_redundant;
     if (L < 1)

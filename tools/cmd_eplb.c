@@ -9,6 +9,7 @@
 
 #include "framework/core/check.h"
 #include "framework/core/file.h"
+#include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/core/num.h"
 #include "parallel/eplb.h"
@@ -82,6 +83,12 @@ static int parse_field(char *s, const char *path, int row, int col, double *v) {
     char *e = s + strlen(s);
     while (e > s && (e[-1] == ' ' || e[-1] == '\t')) *--e = '\0';
     if (*s == '\0') return fail("%s: row %d, column %d: empty value", path, row, col);
+    // A stray carriage return (a line ending "\r\r\n", an old Mac file) quoted in the message below
+    // moved the terminal's cursor back, so the value read as a good number.
+    for (const char *c = s; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            return fail("%s: row %d, column %d: control character 0x%02x in the value", path, row, col,
+                        (unsigned char)*c);
     char name[64], err[NUM_ERR_LEN];
     snprintf(name, sizeof name, "row %d, column %d: load", row, col);
     if (num_parse_real(name, s, 0, MAX_LOAD, v, err)) return fail("%s: %s", path, err);
@@ -179,7 +186,7 @@ static void print_plan(const EplbPlan *p, const double *load) {
         putchar('}');
     }
     printf("]}\n");
-    fflush(stdout);
+    core_stdout_flush();
 }
 
 int cmd_eplb(int argc, char **argv) {

@@ -104,8 +104,10 @@ static const char *read_vector(const JsonValue *v, const char *name, int n, doub
         return snprintf(msg, cap, "\"%s\" is not an array of %d numbers (one per MoE layer)", name, n), msg;
     *out = core_alloc((size_t)n * sizeof(double));
     for (int i = 0; i < n; i++) {
-        if (v->items[i].type != JSON_NUMBER)
-            return snprintf(msg, cap, "\"%s\" value %d is not a number", name, i + 1), msg;
+        // Ratios of rank loads to their mean: bounded as the loads are (a 1e300 went into the title
+        // as a 300-digit number, review 2026-12-05).
+        if (v->items[i].type != JSON_NUMBER || v->items[i].number < 0 || v->items[i].number > MAX_LOAD)
+            return snprintf(msg, cap, "\"%s\" value %d is not a number in [0, %g]", name, i + 1, MAX_LOAD), msg;
         (*out)[i] = v->items[i].number;
     }
     return NULL;

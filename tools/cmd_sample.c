@@ -8,6 +8,7 @@
 #include "framework/backend.h"
 #include "framework/core/check.h"
 #include "framework/core/config.h"
+#include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/core/num.h"
 #include "framework/core/rng.h"
@@ -46,7 +47,7 @@ static void print_tokens(const Tokenizer *tok, const int *ids, int n) {
     uint8_t *text = core_alloc(len + 1);
     tok_decode(tok, u, (size_t)n, text, len);
     fwrite(text, 1, len, stdout);
-    fflush(stdout);
+    core_stdout_flush();
     core_free(text);
     core_free(u);
 }

@@ -65,8 +65,13 @@ static void vprint(FILE *f, const char *head, const char *fmt, va_list ap) {
     else fputs(head, f);
     vfprintf(f, fmt, ap);
     fputc('\n', f);
+    if (f == stdout) core_stdout_flush();
+    else fflush(f);
+}
+
+void core_stdout_flush(void) {
     errno = 0;
-    if (fflush(f) != 0 && f == stdout && !g_stdout_err) g_stdout_err = errno;
+    if (fflush(stdout) != 0 && !g_stdout_err) g_stdout_err = errno;
 }
 
 int core_stdout_status(void) {

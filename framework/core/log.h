@@ -19,6 +19,9 @@ void core_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // errno of the first failure (ENOSPC when it is a full disk, EPIPE when the reader left). A
 // command's output that was lost must not end with exit 0.
 int core_stdout_status(void);
+// fflush(stdout), the failure's errno kept for core_stdout_status: commands flush their output with
+// it (a failed fflush whose result is dropped loses the cause).
+void core_stdout_flush(void);
 // The same on rank 0 only.
 void core_info0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // "moelab: warning [rank r]: message\n" on stderr.

@@ -226,6 +226,8 @@ TEST(CmdEplb, BadInputExitsTwoWithOneClearMessage) {
         {"1,2 3\n", ok, ": row 1, column 2: load '2 3' is not a finite number"},
         {"1,,2\n", ok, ": row 1, column 2: empty value"},
         {"1,2,\n", ok, ": row 1, column 3: empty value"},
+        {"1,2\r\r\n", ok, ": row 1, column 2: control character 0x0d in the value"},
+        {"1,2\r3,4\n", ok, ": row 1, column 2: control character 0x0d in the value"},
         {"1,2\n3,nan\n", ok, ": row 2, column 2: load 'nan' is not a finite number"},
         {"1e999,1\n", ok, ": row 1, column 1: load 1e999 is too large: at most 1e+15"},
         // Loads whose sum overflowed a double ended in an internal check (exit 1).

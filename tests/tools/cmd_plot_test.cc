@@ -164,6 +164,11 @@ TEST(CmdPlot, BadInput) {
          "{\"step\": 1, \"expert_load\": [[1, 2]], \"eplb\": {\"before\": [1], \"after\": [1], "
          "\"rank_load_before\": [[1e308, 1e308]], \"rank_load_after\": [[1, 1]]}}\n",
          "line 1: \"rank_load_before\" row 1, value 1 is not a number in \\[0, 1e\\+15\\]"},
+        // A ratio out of range went into the SVG's title as a 300-digit number (review, 2026-12-05).
+        {"ratio.jsonl",
+         "{\"step\": 1, \"expert_load\": [[1, 2]], \"eplb\": {\"before\": [-5], \"after\": [1e300], "
+         "\"rank_load_before\": [[1, 1]], \"rank_load_after\": [[1, 1]]}}\n",
+         "line 1: \"before\" value 1 is not a number in \\[0, 1e\\+15\\]"},
         // A NUL byte ended the text there: the lines after it went unread, and the run exited 0.
         {"nul.jsonl", "{\"step\":1,\"expert_load\":[[1,2]]}\0\n{\"step\":2,\"expert_load\":[[1,2,3]]}\nnot json\n"s,
          "nul.jsonl, line 1: a NUL byte \\(the file is not text\\)"},

@@ -2,7 +2,7 @@
 # A usage error is one line, `moelab: error: <what> (see moelab <cmd> --help)`, exit 2 and nothing on
 # stdout (docs/failures.md): plain `moelab` and `moelab data` printed the usage text and no error line,
 # `moelab ckpt inspect a b` and an unknown command the usage text around the error. --help prints the
-# usage on stdout with exit 0.
+# usage on stdout with exit 0. Output that cannot be written is exit 1 with its cause.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # moelab, tmp
 
@@ -37,4 +37,11 @@ expect_help() {  # expect_help FIRST-LINE ARGS...: exit 0, the usage on stdout s
 expect_help "moelab: train small mixture-of-experts transformers" --help
 expect_help "usage: moelab data <subcommand> [options]" data --help
 expect_help "usage: moelab ckpt inspect PATH" ckpt --help
+# Output to a full device: exit 1 with the cause (a flush whose result was dropped left only "Input/output
+# error" to report, review 2026-12-05).
+printf '1,2,3,4\n' >"$tmp/load.csv"
+rc=0
+"$moelab" eplb --load "$tmp/load.csv" --replicas 6 --groups 1 --nodes 1 --ranks 2 >/dev/full 2>"$tmp/err" || rc=$?
+[ $rc -eq 1 ] && grep -q "cannot write standard output: No space left on device" "$tmp/err" ||
+    { echo "FAIL: moelab eplb >/dev/full: exit $rc:"; cat "$tmp/err"; exit 1; }
 echo "usage_cli_test: ok"
