@@ -623,6 +623,21 @@ static void trainer_sample(Trainer *t, const char *when) {
     core_free(out);
 }
 
+// The run's end by divergence: one message on every rank, naming the last good checkpoint. Returns 1.
+static int trainer_report_diverged(Trainer *t, const char *why) {
+    const MoeConfig *c = &t->cfg;
+    char last[sizeof t->last_ckpt + 96];
+    if (t->last_ckpt[0])
+        snprintf(last, sizeof last, "the last good checkpoint is %s (resume from it with", t->last_ckpt);
+    else
+        snprintf(last, sizeof last, "no checkpoint of this run holds good weights%s (start again with",
+                 c->out[0] ? "" : ": pass --out DIR");
+    core_failure_report("training diverged at step %d: %s; nothing was saved from it, %s a lower --lr or a "
+                        "--grad-clip%s)", t->step, why, last,
+                        c->nonfinite_skip > 0 ? "" : ", or let --nonfinite-skip N skip such steps");
+    return 1;
+}
+
 // After a step: a non-finite loss or gradient norm (no update was applied) is skipped while at most
 // cfg.nonfinite_skip come in a row; past that the run stops. Every rank sees the same global values,
 // so all of them decide alike. Returns 1 when the run must stop.
@@ -640,17 +655,10 @@ static int trainer_diverged(Trainer *t, const StepStats *st) {
                   c->nonfinite_skip, t->skipped);
         return 0;
     }
-    char last[sizeof t->last_ckpt + 96];
-    if (t->last_ckpt[0])
-        snprintf(last, sizeof last, "the last good checkpoint is %s (resume from it with", t->last_ckpt);
-    else
-        snprintf(last, sizeof last, "no checkpoint of this run holds good weights%s (start again with",
-                 c->out[0] ? "" : ": pass --out DIR");
-    core_failure_report("training diverged at step %d: loss %g, gradient norm %g (not finite or too large)%s; "
-                        "nothing was saved from it, %s a lower --lr or a --grad-clip, or let "
-                        "--nonfinite-skip N skip such steps)", t->step, (double)st->loss,
-                        (double)st->grad_norm, c->nonfinite_skip > 0 ? ", too many in a row" : "", last);
-    return 1;
+    char why[128];
+    snprintf(why, sizeof why, "loss %g, gradient norm %g (not finite or too large)%s", (double)st->loss,
+             (double)st->grad_norm, c->nonfinite_skip > 0 ? ", too many in a row" : "");
+    return trainer_report_diverged(t, why);
 }
 
 int trainer_run(Trainer *t) {
@@ -684,13 +692,25 @@ int trainer_run(Trainer *t) {
         int last = t->step == c->steps;
         val = -1;
         if (last || (c->val_every > 0 && t->step % c->val_every == 0)) val = trainer_eval(t);
+        // Weights can be finite and still give nothing but NaN (a last applied step that broke them,
+        // every step since skipped): such a result was saved and reported with exit 0 (review,
+        // 2026-12-05). The final validation decides.
+        if (last && !isfinite(val)) {
+            char why[96];
+            snprintf(why, sizeof why, "validation loss %g after the last step%s", (double)val,
+                     st.nonfinite ? " (itself skipped)" : "");
+            return trainer_report_diverged(t, why) ? CORE_EXIT_FAILURE : 0;
+        }
         if (!st.nonfinite && (last || t->step % c->log_every == 0 || val >= 0 || st.rebalanced)) {
             log_step(t, &st, val, tokens / (secs > 0 ? secs : 1e-9), steps,
                      last ? -1.0 : secs / steps * (c->steps - t->step));
             tokens = secs = 0;
             steps = 0;
         }
-        if (c->out[0] && (last || (c->save_every > 0 && t->step % c->save_every == 0))) trainer_save(t);
+        // A skipped step saves nothing: its weights are the last applied step's, which the skips call
+        // into question, until the final validation (above) has found them sound.
+        if (c->out[0] && (last || (!st.nonfinite && c->save_every > 0 && t->step % c->save_every == 0)))
+            trainer_save(t);
     }
     // No step ran (--steps 0, or --steps equal to the resumed step): the weights as they are, saved
     // into --out (an untrained baseline to sample or export, or a checkpoint moved to another layout

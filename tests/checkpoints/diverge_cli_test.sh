@@ -5,7 +5,8 @@
 #     the last good checkpoint; every checkpoint left is finite (`ckpt verify` passes), every metrics
 #     line is valid JSON without NaN, no temporary file is left, and no sample of garbage is drawn;
 #  2. with --nonfinite-skip 3 the run skips three non-finite steps in a row (counted in the metrics),
-#     then stops at the fourth the same way;
+#     then stops at the fourth the same way; one that may skip them all and so skips to its end ends
+#     diverged too (its final validation is NaN), with nothing saved from its skipped steps;
 #  3. the pipeline trainer (DualPipeV in one process) and two ranks under mpirun (EP 2) stop alike,
 #     every rank with exit 1 and the message.
 set -euo pipefail
@@ -60,6 +61,26 @@ done
 grep -q "too many in a row" "$tmp/s.log" || { echo "FAIL: no stop after 3 skips"; tail -3 "$tmp/s.log"; exit 1; }
 grep -q '"skipped_steps": 0' "$tmp/s.jsonl" || { echo "FAIL: no skipped_steps counter in the metrics"; exit 1; }
 echo "ok: --nonfinite-skip 3 skips three steps in a row, then stops"
+
+# 2b. Skipping to the end: the last applied step left weights that are finite but give nothing but NaN
+# (every step after it skipped, the final validation NaN). The run ended with exit 0 and saved them
+# as its result; now it is diverged: exit 1, nothing saved from the skipped steps.
+rc=0
+# (Softmax scores scaled by 1e6 and beta2 0: the second step's update, just under the limit AdamW
+# takes, leaves weights whose every forward is NaN.)
+"$moelab" train "${args[@]}" --steps 8 --nonfinite-skip 1000 --score softmax --route-scale 1e6 --norm-topk false \
+    --beta2 0 --batch-size 2 --out "$tmp/z" --save-every 1 --metrics "$tmp/z.jsonl" >"$tmp/z.log" 2>&1 || rc=$?
+[ $rc = 1 ] || { echo "FAIL: the run that skipped to its end exited $rc, not 1:"; tail -5 "$tmp/z.log"; exit 1; }
+grep -q "step 8: loss .*step skipped" "$tmp/z.log" || { echo "FAIL: the run did not skip to its end:"; tail -3 "$tmp/z.log"; exit 1; }
+grep -q "training diverged at step 8: validation loss [-a-z]*nan after the last step (itself skipped)" "$tmp/z.log" ||
+    { echo "FAIL: no divergence at the end:"; tail -3 "$tmp/z.log"; exit 1; }
+first_skip=$(grep -m1 -oE "step [0-9]+: loss .*step skipped" "$tmp/z.log" | awk '{print $2}' | tr -d :)
+for f in "$tmp"/z/step_*.h5; do
+    [ -e "$f" ] || continue
+    n=${f##*/step_}; n=${n%.h5}
+    [ "$n" -lt "$first_skip" ] || { echo "FAIL: $f saved at or after the first skipped step $first_skip"; exit 1; }
+done
+echo "ok: a run that skips to its end is diverged, and saves nothing from its skipped steps"
 
 # 3.
 rc=0
