@@ -14,7 +14,9 @@
 #include "layers/attention_cudnn_cuda.h"
 #include "layers/gemm_sm90_cuda.h"
 #include "layers/linear_cuda.h"
+#include "layers/moe_cuda.h"
 #include "layers/ops_cuda.h"
+#include "layers/router_cuda.h"
 #endif
 
 const LayerOps *backend_ops(const char *device) { return backend_ops_on(device, 0); }
@@ -66,8 +68,27 @@ static void set_threads(const MoeConfig *c, int n_local) {
 #endif
 }
 
+// The shapes the GPU's kernels take, checked before anything is loaded or allocated: past them a
+// run failed at its first step (exit 1) after its setup, for a config that is the user's to fix.
+static void check_gpu_shapes(const MoeConfig *c) {
+#ifdef MOELAB_CUDA
+    if (!strcmp(c->device, "cpu")) return;
+    const int hd = c->D / c->H, slots = c->E + c->eplb_redundant;
+    if (hd != 16 && hd != 32 && hd != 64 && hd != 128)
+        core_usage_error("--device %s: the GPU's attention takes head sizes 16, 32, 64 and 128, and "
+                         "d_model / n_heads = %d / %d = %d (the CPU takes any even size)", c->device, c->D, c->H, hd);
+    if (c->E > router_cuda_max_experts() || slots > moe_cuda_max_experts())
+        core_usage_error("--device %s: the GPU's router takes at most %d experts and its dispatch plan %d "
+                         "slots (n_experts + eplb_redundant); this model has %d and %d", c->device,
+                         router_cuda_max_experts(), moe_cuda_max_experts(), c->E, slots);
+#else
+    (void)c;
+#endif
+}
+
 void backend_configure(const MoeConfig *c, int n_local) {
     set_threads(c, n_local);
+    check_gpu_shapes(c);
 #ifdef MOELAB_CUDA
     // The config's names for the modes of layers/linear_cuda.h (config_set checked the name).
     static const struct { const char *name; int mode; } modes[] = {

@@ -29,6 +29,8 @@
 #include "layers/attention_cudnn_cuda.h"
 
 #define TILE 32          // rows per tile (query rows per block, key rows per block or per step)
+// The grids are (sequences × heads, tiles): gridDim.x takes up to 2^31 - 1 blocks and gridDim.y
+// only 65535, which B·H passes at accepted shapes (batch 16384 of 4 heads), T / TILE never (T ≤ 2^20).
 #define LANES 4          // threads per row
 #define THREADS (TILE * LANES)
 
@@ -86,15 +88,15 @@ __device__ void store_row(T *x, const float *acc, int b, int t, int Tseq, int nh
         core_st(x + (((size_t)b * Tseq + t) * nh + head) * HD + lane + LANES * j, acc[j]);
 }
 
-// Block (query tile, b·H + h).
+// Block (b·H + h, query tile).
 template <typename T, int HD>
 __global__ void __launch_bounds__(THREADS)
 attention_forward_kernel(T *out, float *lse, const T *q, const T *k, const T *v, int Tseq, int H,
                          int Hkv, float scale) {
     __shared__ float ks[TILE][HD], vs[TILE][HD];
-    int b = blockIdx.y / H, h = blockIdx.y % H, g = h / (H / Hkv);
+    int b = blockIdx.x / H, h = blockIdx.x % H, g = h / (H / Hkv);
     int r = threadIdx.x / LANES, lane = threadIdx.x % LANES;
-    int q0 = blockIdx.x * TILE, t = q0 + r;
+    int q0 = blockIdx.y * TILE, t = q0 + r;
     float qr[HD / LANES], o[HD / LANES];
     load_row<T, HD>(qr, q, b, t, Tseq, H, h, lane);
     #pragma unroll
@@ -151,7 +153,7 @@ __global__ void attention_delta_kernel(float *delta, const T *dout, const T *out
     delta[((size_t)b * H + h) * Tseq + t] = s;
 }
 
-// Block (key tile, b·Hkv + g): dk, dv of its TILE key rows, summed over the query heads of group
+// Block (b·Hkv + g, key tile): dk, dv of its TILE key rows, summed over the query heads of group
 // g and every query row at or after each key.
 template <typename T, int HD>
 __global__ void __launch_bounds__(THREADS)
@@ -159,9 +161,9 @@ attention_dkdv_kernel(T *dk, T *dv, const T *dout, const T *q, const T *k, const
                       const float *lse, const float *delta, int Tseq, int H, int Hkv,
                       float scale) {
     __shared__ float qs[TILE][HD], dos[TILE][HD], lses[TILE], dels[TILE];
-    int b = blockIdx.y / Hkv, g = blockIdx.y % Hkv, rep = H / Hkv;
+    int b = blockIdx.x / Hkv, g = blockIdx.x % Hkv, rep = H / Hkv;
     int r = threadIdx.x / LANES, lane = threadIdx.x % LANES;
-    int k0 = blockIdx.x * TILE, tk = k0 + r;
+    int k0 = blockIdx.y * TILE, tk = k0 + r;
     float kr[HD / LANES], vr[HD / LANES], dkr[HD / LANES], dvr[HD / LANES];
     load_row<T, HD>(kr, k, b, tk, Tseq, Hkv, g, lane);
     load_row<T, HD>(vr, v, b, tk, Tseq, Hkv, g, lane);
@@ -198,15 +200,15 @@ attention_dkdv_kernel(T *dk, T *dv, const T *dout, const T *q, const T *k, const
     store_row<T, HD>(dv, dvr, b, tk, Tseq, Hkv, g, lane);
 }
 
-// Block (query tile, b·H + h): dq of its TILE query rows over the keys at or before each.
+// Block (b·H + h, query tile): dq of its TILE query rows over the keys at or before each.
 template <typename T, int HD>
 __global__ void __launch_bounds__(THREADS)
 attention_dq_kernel(T *dq, const T *dout, const T *q, const T *k, const T *v, const float *lse,
                     const float *delta, int Tseq, int H, int Hkv, float scale) {
     __shared__ float ks[TILE][HD], vs[TILE][HD];
-    int b = blockIdx.y / H, h = blockIdx.y % H, g = h / (H / Hkv);
+    int b = blockIdx.x / H, h = blockIdx.x % H, g = h / (H / Hkv);
     int r = threadIdx.x / LANES, lane = threadIdx.x % LANES;
-    int q0 = blockIdx.x * TILE, t = q0 + r;
+    int q0 = blockIdx.y * TILE, t = q0 + r;
     float qr[HD / LANES], dor[HD / LANES], dqr[HD / LANES];
     load_row<T, HD>(qr, q, b, t, Tseq, H, h, lane);
     load_row<T, HD>(dor, dout, b, t, Tseq, H, h, lane);
@@ -379,7 +381,7 @@ __device__ void tc_store(bf16 *x, const float (*acc)[4], const float mul[2], int
 
 #define TC_LOG2E 1.4426950408889634f
 
-// Block (query tile, b·H + h). Query tiles run in reverse block order, so that the longest ones
+// Block (b·H + h, query tile). Query tiles run in reverse block order, so that the longest ones
 // (near the end of the sequence) start first. Shared: q, k, v tiles of (TC_ROWS, HD + TC_PAD).
 template <int HD>
 __global__ void __launch_bounds__(TC_THREADS)
@@ -388,8 +390,8 @@ attention_tc_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
     extern __shared__ __align__(16) unsigned char tc_smem[];
     const int LD = HD + TC_PAD;
     bf16 *qs = (bf16 *)tc_smem, *ks = qs + TC_ROWS * LD, *vs = ks + TC_ROWS * LD;
-    int b = blockIdx.y / H, h = blockIdx.y % H, g = h / (H / Hkv), warp = threadIdx.x / 32;
-    int q0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS, w0 = q0 + warp * 16;  // w0: warp's first row
+    int b = blockIdx.x / H, h = blockIdx.x % H, g = h / (H / Hkv), warp = threadIdx.x / 32;
+    int q0 = (gridDim.y - 1 - blockIdx.y) * TC_ROWS, w0 = q0 + warp * 16;  // w0: warp's first row
     float sl2 = scale * TC_LOG2E;  // scores in log2 units: exp(x) = exp2(x · log2 e)
     tc_load<HD>(qs, q, TC_ROWS, b, q0, Tseq, H, h);
     float o[HD / 8][4] = {};
@@ -453,7 +455,7 @@ attention_tc_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
     }
 }
 
-// Block (key tile, b·Hkv + g): dk, dv of its TC_ROWS key rows, summed over the query heads of
+// Block (b·Hkv + g, key tile): dk, dv of its TC_ROWS key rows, summed over the query heads of
 // group g and the query rows at or after each key, QS query rows per step (fewer for HD 128, to
 // keep the accumulators in registers). Shared: k, v tiles (TC_ROWS rows), q, dout tiles (QS
 // rows), then QS lse (log2 units) and QS delta values.
@@ -467,8 +469,8 @@ attention_tc_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, co
     bf16 *ks = (bf16 *)tc_smem, *vs = ks + TC_ROWS * LD, *qs = vs + TC_ROWS * LD,
          *dos = qs + QS * LD;
     float *lses = (float *)(dos + QS * LD), *dels = lses + QS;
-    int b = blockIdx.y / Hkv, g = blockIdx.y % Hkv, rep = H / Hkv, warp = threadIdx.x / 32;
-    int k0 = blockIdx.x * TC_ROWS, w0 = k0 + warp * 16;  // w0: the warp's first key row
+    int b = blockIdx.x / Hkv, g = blockIdx.x % Hkv, rep = H / Hkv, warp = threadIdx.x / 32;
+    int k0 = blockIdx.y * TC_ROWS, w0 = k0 + warp * 16;  // w0: the warp's first key row
     float sl2 = scale * TC_LOG2E;
     tc_load<HD>(ks, k, TC_ROWS, b, k0, Tseq, Hkv, g);
     tc_load<HD>(vs, v, TC_ROWS, b, k0, Tseq, Hkv, g);
@@ -513,7 +515,7 @@ attention_tc_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, co
     tc_store<HD>(dv, dva, vmul, b, w0, Tseq, Hkv, g);
 }
 
-// Block (query tile, b·H + h), tiles in reverse block order as in the forward: dq of its
+// Block (b·H + h, query tile), tiles in reverse block order as in the forward: dq of its
 // TC_ROWS query rows over the keys at or before each. Shared: q, dout, k, v tiles.
 template <int HD>
 __global__ void __launch_bounds__(TC_THREADS)
@@ -524,8 +526,8 @@ attention_tc_dq_kernel(bf16 *dq, const bf16 *dout, const bf16 *q, const bf16 *k,
     const int LD = HD + TC_PAD;
     bf16 *qs = (bf16 *)tc_smem, *dos = qs + TC_ROWS * LD, *ks = dos + TC_ROWS * LD,
          *vs = ks + TC_ROWS * LD;
-    int b = blockIdx.y / H, h = blockIdx.y % H, g = h / (H / Hkv), warp = threadIdx.x / 32;
-    int q0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS, w0 = q0 + warp * 16;
+    int b = blockIdx.x / H, h = blockIdx.x % H, g = h / (H / Hkv), warp = threadIdx.x / 32;
+    int q0 = (gridDim.y - 1 - blockIdx.y) * TC_ROWS, w0 = q0 + warp * 16;
     float sl2 = scale * TC_LOG2E;
     tc_load<HD>(qs, q, TC_ROWS, b, q0, Tseq, H, h);
     tc_load<HD>(dos, dout, TC_ROWS, b, q0, Tseq, H, h);
@@ -577,7 +579,7 @@ static void delta_launch(float *delta, const void *dout, const void *out, AttnSh
 template <typename T, int HD>
 static void forward_hd(void *out, float *lse, const void *q, const void *k, const void *v,
                        AttnShape s) {
-    dim3 grid(core_blocks(s.T, TILE), s.B * s.H);
+    dim3 grid(s.B * s.H, core_blocks(s.T, TILE));
     attention_forward_kernel<T, HD><<<grid, THREADS, 0, core_stream()>>>(
         (T *)out, lse, (const T *)q, (const T *)k, (const T *)v, s.T, s.H, s.Hkv,
         1.0f / sqrtf((float)HD));
@@ -590,12 +592,12 @@ static void backward_hd(void *dq, void *dk, void *dv, const void *dout, const vo
                         float *delta, AttnShape s) {
     float scale = 1.0f / sqrtf((float)HD);
     delta_launch<T>(delta, dout, out, s);
-    dim3 kgrid(core_blocks(s.T, TILE), s.B * s.Hkv);
+    dim3 kgrid(s.B * s.Hkv, core_blocks(s.T, TILE));
     attention_dkdv_kernel<T, HD><<<kgrid, THREADS, 0, core_stream()>>>(
         (T *)dk, (T *)dv, (const T *)dout, (const T *)q, (const T *)k, (const T *)v, lse, delta,
         s.T, s.H, s.Hkv, scale);
     CUDA_CHECK_LAUNCH();
-    dim3 qgrid(core_blocks(s.T, TILE), s.B * s.H);
+    dim3 qgrid(s.B * s.H, core_blocks(s.T, TILE));
     attention_dq_kernel<T, HD><<<qgrid, THREADS, 0, core_stream()>>>(
         (T *)dq, (const T *)dout, (const T *)q, (const T *)k, (const T *)v, lse, delta, s.T, s.H,
         s.Hkv, scale);
@@ -638,7 +640,7 @@ static void tc_forward_hd(void *out, float *lse, const void *q, const void *k, c
                           AttnShape s) {
     size_t smem = 3 * TC_ROWS * (HD + TC_PAD) * sizeof(bf16);
     tc_smem_limit(attention_tc_forward_kernel<HD>, smem);
-    dim3 grid(core_blocks(s.T, TC_ROWS), s.B * s.H);
+    dim3 grid(s.B * s.H, core_blocks(s.T, TC_ROWS));
     attention_tc_forward_kernel<HD><<<grid, TC_THREADS, smem, core_stream()>>>(
         (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, s.T, s.H, s.Hkv,
         1.0f / sqrtf((float)HD));
@@ -654,14 +656,14 @@ static void tc_backward_hd(void *dq, void *dk, void *dv, const void *dout, const
     delta_launch<bf16>(delta, dout, out, s);
     size_t smem = (2 * TC_ROWS + 2 * QS) * (HD + TC_PAD) * sizeof(bf16) + 2 * QS * sizeof(float);
     tc_smem_limit(attention_tc_dkdv_kernel<HD, QS>, smem);
-    dim3 kgrid(core_blocks(s.T, TC_ROWS), s.B * s.Hkv);
+    dim3 kgrid(s.B * s.Hkv, core_blocks(s.T, TC_ROWS));
     attention_tc_dkdv_kernel<HD, QS><<<kgrid, TC_THREADS, smem, core_stream()>>>(
         (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k,
         (const bf16 *)v, lse, delta, s.T, s.H, s.Hkv, scale);
     CUDA_CHECK_LAUNCH();
     smem = 4 * TC_ROWS * (HD + TC_PAD) * sizeof(bf16);
     tc_smem_limit(attention_tc_dq_kernel<HD>, smem);
-    dim3 qgrid(core_blocks(s.T, TC_ROWS), s.B * s.H);
+    dim3 qgrid(s.B * s.H, core_blocks(s.T, TC_ROWS));
     attention_tc_dq_kernel<HD><<<qgrid, TC_THREADS, smem, core_stream()>>>(
         (bf16 *)dq, (const bf16 *)dout, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse,
         delta, s.T, s.H, s.Hkv, scale);

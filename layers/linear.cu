@@ -346,8 +346,11 @@ static void run_groups(const GroupArgs *g, const int *counts, const int *dcounts
     // The weight gradient of a single group (a shared expert: every token of the micro-batch) is one
     // product with a long K, which CUTLASS's grouped kernel, never splitting K, runs on one CTA per
     // output tile: 16 to 32 of 132 at the bench shapes, 110 TFLOP/s measured inside a bench step
-    // (ncu). cuBLAS splits K for it.
-    if (mode == LINEAR_GROUPED_CUTLASS && g->kind == GROUP_BACKWARD_WEIGHT && G == 1) mode = LINEAR_GROUPED_LOOP;
+    // (ncu). cuBLAS splits K for it. Only with the count on the host: one routed expert's count
+    // (n_experts = 1) is on the device only under a CUDA graph, whose capture a host read would
+    // break (review, 2026-12-05).
+    if (mode == LINEAR_GROUPED_CUTLASS && g->kind == GROUP_BACKWARD_WEIGHT && G == 1 && counts)
+        mode = LINEAR_GROUPED_LOOP;
     // The weight gradient is always fp32: what decides is the dtype of its operands.
     const CoreDtype out_dt = g->kind == GROUP_BACKWARD_WEIGHT ? g->dt : g->out_dt;
     if (mode == LINEAR_GROUPED_CUTLASS && !linear_cuda_cutlass_applies(g->dt, out_dt, g->IC, g->OC))

@@ -99,6 +99,8 @@ __global__ void moe_plan_rank_kernel(int *row_of, const int *base, const int *id
     }
 }
 
+int moe_cuda_max_experts(void) { return 48 * 1024 / (int)sizeof(int); }  // the plan's counts in shared memory
+
 // The three launches of the plan (row_of (n), counts (E)), with the (E, T) table in stream-ordered
 // scratch.
 static void plan(int *row_of, int *counts, const int *idx, long n, int E) {
@@ -108,7 +110,7 @@ static void plan(int *row_of, int *counts, const int *idx, long n, int E) {
     }
     const int T = (int)((n + PLAN_TILE - 1) / PLAN_TILE);
     const size_t smem = (size_t)E * sizeof(int);
-    CHECK(smem <= 48 * 1024, "moe: %d experts (or slots) exceed the plan's shared memory", E);
+    CHECK(E <= moe_cuda_max_experts(), "moe: %d experts (or slots) exceed the plan's shared memory", E);
     int *table = NULL;  // (E, T)
     CUDA_CHECK(cudaMallocAsync((void **)&table, (size_t)E * T * sizeof(int), core_stream()));
     moe_plan_count_kernel<<<T, 32, smem, core_stream()>>>(table, idx, n, E, T);

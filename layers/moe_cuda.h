@@ -14,6 +14,8 @@ extern "C" {
 // counts (E) = pairs routed to each expert; row_of (N, K) = the expert-side row of each pair, rows
 // ordered by expert, then token, then choice. idx (N, K) is checked against [0, E) first (a
 // synchronizing check).
+// The most experts (or EPLB slots) a plan takes (its counts in 48 KiB of shared memory).
+int moe_cuda_max_experts(void);
 void moe_cuda_plan(int *row_of, int *counts, const int *idx, int N, int K, int E);
 // The same without the check's host round trip: ids outside [0, E) are left out of counts, so a
 // caller that downloads counts anyway checks Σ counts = N·K there (and calls

@@ -28,7 +28,11 @@ static void *cu_alloc_uninit(size_t bytes) {
     if (bytes == 0) return NULL;
     void *p = NULL;
     cudaError_t e = cudaMallocAsync(&p, bytes, core_stream());
-    CHECK(e == cudaSuccess, "out of GPU memory allocating %zu bytes (%s)", bytes, cudaGetErrorString(e));
+    // Only a failed allocation is "out of memory": an error that an earlier kernel left (an illegal
+    // address) also surfaces at the next call, which is often this one.
+    CHECK(e != cudaErrorMemoryAllocation, "out of GPU memory allocating %zu bytes (%s)", bytes,
+          cudaGetErrorString(e));
+    CUDA_CHECK(e);
     return p;
 }
 static void *cu_alloc(size_t bytes) {

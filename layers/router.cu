@@ -145,12 +145,14 @@ __global__ void router_backward_kernel(float *dlogits, const float *dgates, cons
     for (int i = lane; i < E; i += 32) dl[i] += s[i] * (ds[i] - sds);
 }
 
+int router_cuda_max_experts(void) { return 48 * 1024 / (int)((WARPS + 1) * sizeof(float)); }
+
 // The checks of a forward or backward call of N tokens, and its kernel's shared memory (the keys,
 // and the forward's histogram).
 static size_t router_smem(const RouterCfg *c, int N) {
     router_check_cfg(c);
     size_t bytes = (size_t)(WARPS + 1) * c->E * sizeof(float);
-    CHECK(bytes <= 48 * 1024, "router: E = %d experts exceed the kernel's shared memory", c->E);
+    CHECK(c->E <= router_cuda_max_experts(), "router: E = %d experts exceed the kernel's shared memory", c->E);
     CHECK(N >= 0, "router: bad token count %d", N);
     return bytes;
 }

@@ -15,6 +15,8 @@ extern "C" {
 // score + bias (ties: lower id first); gates (N, K) in the same order. bias (E) may be NULL.
 // counts (E, device), unless NULL, += the tokens that chose each expert: integer atomics, exact
 // and the same in any order.
+// The most experts the router kernels take (their keys and histogram in 48 KiB of shared memory).
+int router_cuda_max_experts(void);
 void router_cuda_forward(float *scores, int *idx, float *gates, const float *logits,
                          const float *bias, const RouterCfg *c, int N, long *counts);
 // dlogits (N, E) += ∂L/∂logits given dgates (N, K) and dscores (N, E) (dscores may be NULL).

@@ -92,6 +92,11 @@ void core_cuda_init(int device) {
     stream_init(&g_main);
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    // The kernels are sm_90 code and compute_90 PTX (tools/cuda.bzl), which no older GPU runs: every
+    // launch there failed with "no kernel image is available" after the run's setup.
+    if (prop.major < 9)
+        core_usage_error("--device cuda: GPU %d (%s) has compute capability %d.%d, and this build runs on "
+                         "9.0 (Hopper) and newer (tools/cuda.bzl)", device, prop.name, prop.major, prop.minor);
     core_info("cuda: GPU %d: %s, %d SMs, %.1f GiB, compute capability %d.%d", device, prop.name,
               prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, prop.major, prop.minor);
 }

@@ -921,6 +921,15 @@ TEST_F(Gpu, AttentionForwardAndBackward) {
                              "kernels");
 }
 
+// More sequences × heads than a grid's y dimension takes (65535): the kernels' grids put them on x
+// (they failed to launch at batch 16384 of 4 heads, review 2026-12-05).
+TEST_F(Gpu, AttentionManySequences) {
+    for (int hd : {16, 64})
+        for (CoreDtype dt : kDtypes)
+            attention_vs_cpu({16384, 4, 4, 2, hd}, dt, ATTENTION_CUDA_TENSOR_CORES, ATTENTION_CUDA_TENSOR_CORES,
+                             "many sequences");
+}
+
 // The tensor-core kernels against the CUDA-core ones (same bf16 inputs) over a longer sequence
 // than the CPU reference can afford: many off-diagonal tiles, the last one partial. Small enough
 // for the sanitizer stage (racecheck slows the CUDA-core kernels a lot).

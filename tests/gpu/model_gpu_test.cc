@@ -205,11 +205,17 @@ TEST_F(ModelGpu, BitIdenticalRuns) {
 // path, the second captured, the rest launched) against the same steps kernel by kernel: losses,
 // gradient norms and weights identical after five steps of two micro-batches each. Once with the
 // routing spread out, once skewed so that most experts get no rows (their weight gradients
-// zeroed from the device's counts).
+// zeroed from the device's counts), once with one routed expert (its weight gradient, one group,
+// read its count on the host inside the capture: review, 2026-12-05).
 TEST_F(ModelGpu, CudaGraphStepsMatchKernelByKernel) {
-    for (float skew : {0.0f, 50.0f}) {
-        SCOPED_TRACE(skew);
-        MoeConfig c = test_config();
+    for (int variant = 0; variant < 3; variant++) {
+        const float skew = variant == 1 ? 50.0f : 0.0f;
+        SCOPED_TRACE(variant);
+        MoeConfig c = test_config(variant == 2 ? 1 : 2);
+        if (variant == 2) {
+            c.E = 1;
+            config_validate(&c);
+        }
         c.grad_accum = 2;
         c.router_skew = skew;
         std::vector<float> loss[2], norm[2];
@@ -376,6 +382,23 @@ TEST_F(ModelGpu, BackendNamesDeath) {
     EXPECT_EQ(backend_ops("cuda"), layer_ops_cuda(CORE_BF16));
     EXPECT_EQ(backend_ops("cuda-fp32"), layer_ops_cuda(CORE_F32));
     EXPECT_EXIT(backend_ops("tpu"), ::testing::ExitedWithCode(2), "expected cpu, cuda");
+}
+
+// Shapes the GPU's kernels do not take are refused when the run is set up (exit 2), not at its
+// first step (exit 1, review 2026-12-05); the CPU takes them.
+TEST_F(ModelGpu, ShapesTheGpuDoesNotTakeDeath) {
+    MoeConfig c = test_config();
+    snprintf(c.device, sizeof c.device, "cuda");
+    backend_configure(&c, 1);  // the test model's head size 16 and 8 experts run
+    MoeConfig odd = c;
+    odd.D = 96;  // head size 24
+    EXPECT_EXIT(backend_configure(&odd, 1), ::testing::ExitedWithCode(2), "head sizes 16, 32, 64 and 128.*= 24");
+    MoeConfig many = c;
+    many.E = 4096;
+    EXPECT_EXIT(backend_configure(&many, 1), ::testing::ExitedWithCode(2), "at most 2457 experts");
+    snprintf(odd.device, sizeof odd.device, "cpu");
+    backend_configure(&odd, 1);
+    backend_configure(&c, 1);  // the GPU's settings back for the other tests
 }
 
 TEST_F(ModelGpu, MoveTwiceDeath) {
