@@ -530,9 +530,15 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
     const Model *m = t->pipe->ctx[0].m;  // for model_is_moe_layer
     const float *imb = t->pipe->imbalance;  // (L)
     const int L = c->L;
+    // Per MoE layer, as many as fit one line (the metrics file has them all); none without MoE layers.
     char ib[512] = "", *p = ib;
-    for (int l = 0; l < L && p < ib + sizeof ib - 16; l++)
-        if (model_is_moe_layer(m, l)) p += sprintf(p, " %.2f", imb[l]);
+    int shown = 0, moe = 0;
+    for (int l = 0; l < L; l++) {
+        if (!model_is_moe_layer(m, l)) continue;
+        if (!moe++) p += sprintf(p, " | load max/mean");
+        if (p < ib + sizeof ib - 32) p += sprintf(p, " %.2f", imb[l]), shown++;
+    }
+    if (shown < moe) sprintf(p, " ... (%d layers more in --metrics)", moe - shown);
     char vb[32] = "", eta[64] = "";
     if (val >= 0) snprintf(vb, sizeof vb, " | val %.4f", val);
     if (eta_s >= 0) {
@@ -540,7 +546,7 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
         format_duration(d, sizeof d, eta_s);
         snprintf(eta, sizeof eta, ", eta %s", d);
     }
-    core_info0("step %5d/%d | loss %.4f%s | lr %.2e | grad %.3f | %.0f tok/s%s | load max/mean%s",
+    core_info0("step %5d/%d | loss %.4f%s | lr %.2e | grad %.3f | %.0f tok/s%s%s",
                t->step, c->steps, st->loss, vb, st->lr, st->grad_norm, tok_s, eta, ib);
     const Grid *g = t->pipe->grid;
     double *ems = expert_timing(t) ? core_alloc((size_t)g->world * sizeof(double)) : NULL;  // (world)

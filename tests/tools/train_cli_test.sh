@@ -20,6 +20,14 @@ grep -q "load max/mean" "$tmp/run1.log"
 grep -qE "^step +2/4 .* tok/s, eta [0-9]+s \| load" "$tmp/run1.log" || { echo "no eta on step 2:"; cat "$tmp/run1.log"; exit 1; }
 grep -E "^step +4/4 " "$tmp/run1.log" | grep -qv "eta" || { echo "an eta on the last step:"; cat "$tmp/run1.log"; exit 1; }
 grep -q "^sample" "$tmp/run1.log"
+# A model without MoE layers logs no expert load (it ended its lines in an empty "| load max/mean"), and
+# more MoE layers than one line holds end in a pointer to the metrics (the list was cut unmarked).
+"$moelab" train "${args[@]}" --steps 1 --log-every 1 --n-layers 2 --n-dense-layers 2 --n-shared 0 > "$tmp/dense.log"
+grep -E "^step +1/1 " "$tmp/dense.log" | grep -qv "load" || { echo "an all-dense run logged a load:"; cat "$tmp/dense.log"; exit 1; }
+"$moelab" train "${args[@]}" --steps 1 --log-every 1 --n-layers 120 --n-dense-layers 0 --d-model 16 --n-heads 2 \
+    --n-kv-heads 1 --d-expert 8 --d-ff 16 --sample-tokens 0 > "$tmp/deep.log"
+grep -qE "^step +1/1 .*load max/mean( [0-9.]+)+ \.\.\. \([0-9]+ layers more in --metrics\)$" "$tmp/deep.log" ||
+    { echo "a 120-layer run's load list is not marked as cut:"; grep "^step" "$tmp/deep.log"; exit 1; }
 [ "$(wc -l < "$tmp/m1.jsonl")" -eq 3 ] || { echo "expected the config and 2 step lines"; cat "$tmp/m1.jsonl"; exit 1; }
 for key in '"step": 4' '"loss"' '"val_loss"' '"lr"' '"grad_norm"' '"tokens_per_s"' '"load_imbalance"'; do
     tail -1 "$tmp/m1.jsonl" | grep -q "$key" || { echo "metrics lack $key"; tail -1 "$tmp/m1.jsonl"; exit 1; }
