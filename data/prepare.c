@@ -403,8 +403,8 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
     // Two prepares into one folder would each replace the three files: refused while one runs.
     const int lock = core_dir_lock(out_dir);
     if (lock == CORE_DIR_BUSY)
-        core_usage_error("--out %s is being written by another `moelab data prepare` running now: wait for "
-                         "it, or choose another --out", out_dir);
+        core_usage_error("--out %s is in use by another moelab command running now (train, data prepare "
+                         "or ckpt clean): wait for it, or choose another --out", out_dir);
     remove_stale_temporaries(out_dir);
     const double t1 = core_now();
     const TokProgress tp = {progress_fn, &pr};

@@ -369,8 +369,8 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         if (core_rank() == 0) {
             t->out_lock = core_dir_lock(c->out);
             if (t->out_lock == CORE_DIR_BUSY)
-                core_usage_error("--out %s is in use by another moelab command running now (a train or a "
-                                 "`ckpt clean`): give this run its own --out", c->out);
+                core_usage_error("--out %s is in use by another moelab command running now (train, data "
+                                 "prepare or ckpt clean): give this run its own --out", c->out);
             report_stale(c->out);
         }
     }

@@ -69,8 +69,8 @@ int cmd_ckpt(int argc, char **argv) {
     else if (!strcmp(argv[1], "clean")) {
         // A save under way has a temporary and part files without their index for a moment.
         if (core_dir_lock(argv[2]) == CORE_DIR_BUSY)
-            core_usage_error("ckpt clean: %s is in use by a moelab train running now: clean it when the run "
-                             "has ended", argv[2]);
+            core_usage_error("ckpt clean: %s is in use by another moelab command running now (train, data "
+                             "prepare or ckpt clean): clean it when that has ended", argv[2]);
         int failed = 0;
         const int n = ckpt_stale_files(argv[2], remove_stale, &failed) - failed;
         printf("%s: %d file%s removed\n", argv[2], n, n == 1 ? "" : "s");

@@ -104,11 +104,11 @@ expect_exit 2 "cannot open tokenizer file .*/fifo_tokenizer.bin/tokenizer.bin: n
 # part files). A folder another process holds (flock(1) stands in for it) is refused, and nothing in
 # it changes.
 cp -r "$tmp/data" "$tmp/held"
-expect_exit 2 "--out .*/held is being written by another .moelab data prepare."     flock "$tmp/held" "$moelab" data prepare --input "$tmp/text" --vocab 260 --out "$tmp/held"
+expect_exit 2 "--out .*/held is in use by another moelab command running now \\(train, data prepare or ckpt clean\\)"     flock "$tmp/held" "$moelab" data prepare --input "$tmp/text" --vocab 260 --out "$tmp/held"
 same_files "$tmp/data" "$tmp/held"
-expect_exit 2 "--out .*/ckpt is in use by another moelab command running now"     flock "$tmp/ckpt" "$moelab" train --data "$tmp/data" "${model[@]}" --steps 2 --out "$tmp/ckpt"
+expect_exit 2 "--out .*/ckpt is in use by another moelab command running now \\(train, data prepare or ckpt clean\\)"     flock "$tmp/ckpt" "$moelab" train --data "$tmp/data" "${model[@]}" --steps 2 --out "$tmp/ckpt"
 touch "$tmp/ckpt/step_9.h5.tmp-999999999"
-expect_exit 2 "ckpt clean: .*/ckpt is in use by a moelab train running now" flock "$tmp/ckpt" "$moelab" ckpt clean "$tmp/ckpt"
+expect_exit 2 "ckpt clean: .*/ckpt is in use by another moelab command running now \\(train, data prepare or ckpt clean\\)" flock "$tmp/ckpt" "$moelab" ckpt clean "$tmp/ckpt"
 [ "$(ls "$tmp/ckpt" | tr '\n' ' ')" = "step_1.h5 step_9.h5.tmp-999999999 " ] || { echo "FAIL: held ckpt/ changed: $(listing "$tmp/ckpt")"; exit 1; }
 
 # The temporaries of a prepare that was killed (SIGKILL) are removed by the next prepare into the
