@@ -195,7 +195,10 @@ EplbPlan *eplb_plan_create(const EplbShape *s) {
     p->phy2log = core_alloc((size_t)L * R * sizeof(int));
     p->phyrank = core_alloc((size_t)L * R * sizeof(int));
     p->logcnt = core_alloc((size_t)L * E * sizeof(int));
-    p->log2phy = core_alloc((size_t)L * E * (size_t)(R - E + 1) * sizeof(int));
+    // Room for the largest stride, R - E + 1 (all replicas on one expert); a plan writes only its
+    // first L·E·maxcnt entries (eplb_plan_run), so the rest is left untouched, never zero-filled:
+    // that fill was 16.8 GB of memory for a 16 MB plan (review, 2026-12-05).
+    p->log2phy = core_alloc_uninit((size_t)L * E * (size_t)(R - E + 1) * sizeof(int));
     struct EplbScratch *w = core_alloc(sizeof *w);
     w->gload = core_alloc((size_t)Ng * sizeof(double));
     w->gnode = core_alloc((size_t)Ng * sizeof(int));

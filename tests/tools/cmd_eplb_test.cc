@@ -8,7 +8,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <utility>
 #include <vector>
@@ -294,6 +296,32 @@ TEST(CmdEplb, FifoIsBadInput) {
     EXPECT_EQ(r.rc, 2);
     EXPECT_EQ(r.err, "moelab: error: eplb: cannot read load file '" + fifo + "': not a regular file\n");
     remove(fifo.c_str());
+}
+
+// The plan's log2phy has room for the largest stride (every replica on one expert) but a plan fills
+// only its own: that room was zero-filled, 1 GiB of memory touched here for a plan of about 1 MB
+// (16.8 GB for one that the command accepts: review, 2026-12-05). Peak memory of a child, in KiB.
+TEST(CmdEplb, LargeReplicaCountTouchesOnlyThePlan) {
+    std::string row;
+    for (int e = 0; e < 1024; e++) row += e + 1 < 1024 ? "1," : "1\n";
+    const std::string path = write_csv(row);
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stdout)) _exit(10);
+        std::vector<std::string> args = {"eplb", "--load", path, "--replicas", "262144", "--groups", "1",
+                                         "--nodes", "1", "--ranks", "1024"};
+        std::vector<char *> argv;
+        for (std::string &a : args) argv.push_back(&a[0]);
+        _exit(cmd_eplb((int)argv.size(), argv.data()));
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+    struct rusage ru;
+    ASSERT_EQ(getrusage(RUSAGE_CHILDREN, &ru), 0);
+    EXPECT_LT(ru.ru_maxrss, 512L * 1024) << "KiB at the peak (the fill alone was 1 GiB)";
+    remove(path.c_str());
 }
 
 }  // namespace
