@@ -51,9 +51,8 @@ for path in (tmp + "/single.h5", tmp + "/index.h5"):
             assert name not in adam["m"], (path, name)
     print("ok: %s: %d tensors and their moments read with h5py alone" % (path, len(model)))
 PY
-if command -v h5ls >/dev/null; then
-    listing=$(h5ls -r "$tmp/index.h5")
-    grep -q "^/model/layers.1.experts.w13 .*Dataset {4, 16, 16}" <<<"$listing" ||
-        { echo "FAIL: h5ls does not show the logical expert tensor:"; echo "$listing"; exit 1; }
-    echo "ok: h5ls lists the logical tensors of the index"
-fi
+command -v h5ls >/dev/null || { echo "FAIL: h5ls missing (tools/install_deps.sh installs hdf5-tools)"; exit 1; }
+listing=$(h5ls -r "$tmp/index.h5")
+grep -q "^/model/layers.1.experts.w13 .*Dataset {4, 16, 16}" <<<"$listing" ||
+    { echo "FAIL: h5ls does not show the logical expert tensor:"; echo "$listing"; exit 1; }
+echo "ok: h5ls lists the logical tensors of the index"

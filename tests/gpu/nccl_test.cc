@@ -35,6 +35,8 @@ extern "C" {
 #include "parallel/grid.h"
 }
 
+#include "tests/util/layout_util.h"
+
 namespace {
 
 // This rank's GPU (its local rank) in fp32, set up once.
@@ -274,14 +276,7 @@ std::vector<int> global_batch(const MoeConfig &c, int G, int step) {
     return t;
 }
 
-double rel_err(const std::vector<float> &a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num = std::fmax(num, std::fabs((double)a[i] - b[i]));
-        den = std::fmax(den, std::fabs((double)b[i]));
-    }
-    return den > 0 ? num / den : num;
-}
+double rel_err(const std::vector<float> &a, const float *b, size_t n) { return layout_rel_err(a.data(), b, n); }
 
 // EP `ep` with A micro-batches per rank against one GPU with DP·A micro-batches, both in fp32 on
 // this rank's GPU; returns the last step's global expert counts of the parallel run.

@@ -50,10 +50,12 @@ inline std::vector<double> fd_grad(Vec &x, double eps, const std::function<doubl
     return g;
 }
 
-// max_i |a_i − f_i| / max_i |f_i|.
+// max_i |a_i − f_i| / max_i |f_i|; infinite where a value is not finite (std::max drops a NaN: a NaN
+// gradient entry scored 0, review 2026-12-05).
 inline double grad_err(const float *a, const std::vector<double> &f) {
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < f.size(); i++) {
+        if (!std::isfinite(a[i]) || !std::isfinite(f[i])) return INFINITY;
         num = std::max(num, std::fabs((double)a[i] - f[i]));
         den = std::max(den, std::fabs(f[i]));
     }

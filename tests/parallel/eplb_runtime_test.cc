@@ -463,7 +463,9 @@ TEST(EplbTraining, SkewedRouterIsBalancedAfterTheFirstRebalance) {
                 run.step(s);
                 for (int l = 0; l < L; l++) {
                     double &x = s < 2 ? before[l] : after[l];
-                    x = std::max(x, run.p->ctx[0].eplb->step_imbalance[l]);
+                    const double imb = run.p->ctx[0].eplb->step_imbalance[l];
+                    ASSERT_TRUE(std::isfinite(imb)) << "step " << s << " layer " << l;  // max drops a NaN
+                    x = std::max(x, imb);
                     if (s == 1) planned[l] = run.p->ctx[0].eplb->after[l];
                 }
             }

@@ -62,8 +62,13 @@ prepare_corpus() {
 # the timing field.
 steps() { sed 's/, "tokens_per_s": [0-9.]*//' "$1" | grep -E "\"step\": [$2]"; }
 
-# same_steps REF RUN DIGITS: those steps' lines identical in both runs (every printed digit).
+# same_steps REF RUN DIGITS: those steps' lines identical in both runs (every printed digit), one line
+# per digit in each (two runs without them compared equal).
 same_steps() {
+    local f
+    for f in "$1" "$2"; do
+        [ "$(steps "$f" "$3" | wc -l)" -eq ${#3} ] || { echo "FAIL: $f lacks some of steps [$3]"; exit 1; }
+    done
     diff <(steps "$1" "$3") <(steps "$2" "$3") || { echo "FAIL: steps [$3] of $2 differ from $1"; exit 1; }
 }
 

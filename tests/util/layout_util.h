@@ -38,10 +38,13 @@ inline std::vector<int> layout_global_batch(const MoeConfig &c, int M, uint64_t 
     return t;
 }
 
-// max |a − b| over a tensor, relative to max |b| (elements near zero are judged at the tensor's scale).
+// max |a − b| over a tensor, relative to max |b| (elements near zero are judged at the tensor's scale);
+// infinite where either holds a value that is not finite (fmax drops a NaN: an all-NaN result
+// scored 0 and passed every tolerance, review 2026-12-05).
 inline double layout_rel_err(const float *a, const float *b, size_t n) {
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {
+        if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return INFINITY;
         num = std::fmax(num, std::fabs((double)a[i] - b[i]));
         den = std::fmax(den, std::fabs((double)b[i]));
     }

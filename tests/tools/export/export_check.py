@@ -167,6 +167,8 @@ def check_tokenizer(folder, tokenizer_bin, probe, corpus):
     n_corpus = len(texts)
     texts += random_texts(random.Random(1234))
     want = moelab_encode(probe, tokenizer_bin, texts)
+    if len(want) != len(texts):  # zip below would compare only the shorter list
+        fail(f"export_probe encoded {len(want)} of {len(texts)} texts")
     for i, (t, w) in enumerate(zip(texts, want)):
         got = tok.encode(t).ids
         if got != w:
