@@ -531,14 +531,17 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
     const float *imb = t->pipe->imbalance;  // (L)
     const int L = c->L;
     // Per MoE layer, as many as fit one line (the metrics file has them all); none without MoE layers.
-    char ib[512] = "", *p = ib;
+    // 64 bytes kept for the last value and the note (" ... (N layers more in --metrics)").
+    char ib[512] = "";
+    size_t n = 0;
     int shown = 0, moe = 0;
     for (int l = 0; l < L; l++) {
         if (!model_is_moe_layer(m, l)) continue;
-        if (!moe++) p += sprintf(p, " | load max/mean");
-        if (p < ib + sizeof ib - 32) p += sprintf(p, " %.2f", imb[l]), shown++;
+        if (!moe++) n += (size_t)snprintf(ib + n, sizeof ib - n, " | load max/mean");
+        if (n < sizeof ib - 64) n += (size_t)snprintf(ib + n, sizeof ib - n, " %.2f", imb[l]), shown++;
+        if (n > sizeof ib - 1) n = sizeof ib - 1;  // a value snprintf cut
     }
-    if (shown < moe) sprintf(p, " ... (%d layers more in --metrics)", moe - shown);
+    if (shown < moe) snprintf(ib + n, sizeof ib - n, " ... (%d layers more in --metrics)", moe - shown);
     char vb[32] = "", eta[64] = "";
     if (val >= 0) snprintf(vb, sizeof vb, " | val %.4f", val);
     if (eta_s >= 0) {
