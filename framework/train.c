@@ -708,7 +708,8 @@ int trainer_run(Trainer *t) {
             char why[96];
             snprintf(why, sizeof why, "validation loss %g after the last step%s", (double)val,
                      st.nonfinite ? " (itself skipped)" : "");
-            return trainer_report_diverged(t, why) ? CORE_EXIT_FAILURE : 0;
+            trainer_report_diverged(t, why);
+            return CORE_EXIT_FAILURE;
         }
         if (!st.nonfinite && (last || t->step % c->log_every == 0 || val >= 0 || st.rebalanced)) {
             log_step(t, &st, val, tokens / (secs > 0 ? secs : 1e-9), steps,
