@@ -16,7 +16,9 @@ bazel=(bazel)
 with_libs=0
 while [ $# -gt 0 ]; do
     case "$1" in
-        --output_base) bazel+=(--output_base="$2"); shift 2 ;;
+        --output_base)
+            [ $# -ge 2 ] || { echo "gpu_build: --output_base needs a DIR" >&2; exit 2; }
+            bazel+=(--output_base="$2"); shift 2 ;;
         --with-libs) with_libs=1; shift ;;
         *) echo "usage: tools/gpu_build.sh [--output_base DIR] [--with-libs]" >&2; exit 2 ;;
     esac

@@ -79,6 +79,12 @@ stages=" ${STAGES:-tests sanitizer kernels train bench reference torch nccl ep_b
 np=${NP:-2}  # GPUs of the nccl, ep_bench, eplb and eplb_bench stages
 pp_np=${PP_NP:-4}  # GPUs (= pipeline ranks) of the pp and pp_bench stages
 want() { [[ "$stages" == *" $1 "* ]]; }
+# A misspelled stage ran nothing and reported "all passed".
+known=" tests sanitizer kernels train bench trace reference torch nccl ep_bench eplb eplb_bench export pp pp_bench "
+for s in $stages; do
+    [[ "$known" == *" $s "* ]] || { echo "gpu_run: unknown stage '$s' in STAGES (known:$known)" >&2; exit 2; }
+done
+[ $# -le 1 ] || { echo "gpu_run: one test filter at most, got $#" >&2; exit 2; }
 if [ ! -x .dist/bin/gpu_test ]; then
     echo "gpu_run: .dist/bin/gpu_test missing: run tools/gpu_build.sh first (on the build machine)"
     exit 2

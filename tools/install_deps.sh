@@ -15,7 +15,10 @@ PKGS=(bazel-bootstrap bazel-rules-java g++ libopenblas-dev libopenblas-openmp-de
       libclang-rt-14-dev unzip)
 PIP_PKGS=(safetensors==0.8.0 tokenizers==0.23.3)
 SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "install_deps: run as root, or install sudo" >&2; exit 1; }
+    SUDO="sudo"
+fi
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,7 +28,7 @@ if [ ${#missing[@]} -eq 0 ]; then
 else
     echo "install_deps: installing ${missing[*]}"
     $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 if /usr/bin/python3 -c "import safetensors, tokenizers" 2>/dev/null; then
     echo "install_deps: safetensors and tokenizers present"
