@@ -110,10 +110,21 @@ static uint8_t *read_file(const char *path, size_t *len) {
     if (!f) core_path_error(errno, "cannot open input file %s: %s", path, why);  // EMFILE, EIO: exit 1
     struct stat st;
     if (fstat(fileno(f), &st) != 0) core_path_error(errno, "cannot read input file %s: %s", path, strerror(errno));
-    uint8_t *buf = core_alloc((size_t)st.st_size);
-    *len = fread(buf, 1, (size_t)st.st_size, f);
+    // A file of /proc or /sys says it has 0 bytes and still holds text: read until its end (it read
+    // as empty). Any other file is read at its stated size, which a file changed meanwhile misses.
+    size_t cap = st.st_size > 0 ? (size_t)st.st_size : 4096;
+    uint8_t *buf = core_alloc(cap);
+    *len = fread(buf, 1, cap, f);
+    while (st.st_size == 0 && *len == cap && !ferror(f)) {
+        uint8_t *more = core_alloc(2 * cap);
+        memcpy(more, buf, *len);
+        core_free(buf);
+        buf = more;
+        *len += fread(buf + cap, 1, cap, f);
+        cap *= 2;
+    }
     if (ferror(f)) core_path_error(errno, "cannot read input file %s: %s", path, strerror(errno));
-    if (*len != (size_t)st.st_size) core_usage_error("input file %s changed while it was read", path);
+    if (st.st_size > 0 && *len != (size_t)st.st_size) core_usage_error("input file %s changed while it was read", path);
     fclose(f);
     return buf;
 }

@@ -78,6 +78,11 @@ expect_exit 1 "cannot write .*/old/train.bin: File too large" \
 same_files "$tmp/old.copy" "$tmp/old"
 [ "$(listing "$tmp/old")" = "tokenizer.bin train.bin val.bin " ] || { echo "FAIL: left in old/: $(listing "$tmp/old")"; exit 1; }
 
+# A file of /proc says it has 0 bytes and holds text (it read as empty: "hold no training text");
+# /proc/self/smaps is larger than the reader's first 4 KiB.
+timeout 60 "$moelab" data prepare --input /proc/self/smaps --vocab 256 --out "$tmp/proc" >/dev/null
+[ "$(stat -c %s "$tmp/proc/train.bin")" -gt 8192 ] || { echo "FAIL: /proc/self/smaps read short"; exit 1; }
+
 # The readers: --config, DATA/train.bin and DATA/tokenizer.bin as FIFOs, tokenizer.bin a directory.
 expect_exit 2 "cannot open config file '.*/fifo': not a regular file" "$moelab" train --config "$tmp/fifo" --steps 1
 for f in train.bin tokenizer.bin; do
