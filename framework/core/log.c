@@ -75,9 +75,8 @@ void core_stdout_flush(void) {
 }
 
 int core_stdout_status(void) {
-    errno = 0;
-    if (fflush(stdout) != 0 || ferror(stdout)) return g_stdout_err ? g_stdout_err : errno ? errno : EIO;
-    return 0;
+    core_stdout_flush();
+    return g_stdout_err ? g_stdout_err : ferror(stdout) ? EIO : 0;
 }
 
 void core_info(const char *fmt, ...) {
