@@ -425,12 +425,35 @@ static void acts_carve(const Model *m, ModelActs *a) {
     a->pf = arena_f(a, rmsnorm_partial_floats(a->N, c->D));
 }
 
-static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
+// Sets a's shape and sizes its arena (a first pass that only counts).
+static void acts_count(const Model *m, ModelActs *a, int B, int T) {
     memset(a, 0, sizeof *a);
     a->B = B; a->T = T; a->N = B * T;
     a->layer = core_alloc((size_t)m->cfg.L * sizeof *a->layer);
-    acts_carve(m, a);  // counts
+    acts_carve(m, a);
     a->arena_cap = a->arena_used;
+}
+
+double model_acts_bytes(const Model *m, int B, int T, double *bwd) {
+    ModelActs a;
+    acts_count(m, &a, B, T);
+    core_free(a.layer);
+    const MoeConfig *c = &m->cfg;
+    const double N = (double)B * T, rows = N * c->K, x = m->ops->act_size;
+    double bytes = (double)a.arena_cap;
+    *bwd = 0;
+    for (int l = m->l0; l < m->l1; l++) {
+        const int moe = model_is_moe_layer(m, l);
+        if (moe)  // moe_forward's logits, scores, idx and gates; xe and ex.ab
+            bytes += N * (2.0 * c->E + 2.0 * c->K) * 4 + rows * (c->D + 2.0 * c->Fe) * x;
+        const double d = moe ? rows * 3.0 * c->Fe * x : N * 3.0 * c->F * x;  // dab and dh
+        if (d > *bwd) *bwd = d;
+    }
+    return bytes;
+}
+
+static void acts_alloc(const Model *m, ModelActs *a, int B, int T) {
+    acts_count(m, a, B, T);
     // Every buffer of the arena is written in full before it is read (the accumulating backward
     // calls get their buffers zeroed right before them), so it is not zero-filled: that saved
     // gigabytes of fill a step on the GPU. The scalars are the exception: stages without the head

@@ -211,6 +211,11 @@ void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass);
 // pass (or NULL) as ModelPass says.
 void model_backward(Model *m, ModelActs *a, float scale, const ModelPass *pass);
 void model_acts_free(Model *m, ModelActs *a);
+// Bytes one micro-batch of (B, T) holds from its forward to its backward: the activation arena
+// (exact) and what each MoE layer keeps (its router's scores and, for an even spread of the rows,
+// its experts' input rows and SwiGLU products). *bwd: what the backward of its widest FFN adds
+// while it runs (the SwiGLU products' gradients). Lower bounds of the step's need.
+double model_acts_bytes(const Model *m, int B, int T, double *bwd);
 // The loss model_stage_forward returns, from a copy of a->scalars on the host (1 + L); sets *ce
 // and *bal as it sets a->ce and a->bal. with_targets as given to the forward.
 float model_scalars_loss(const Model *m, const float *scalars, int with_targets, float *ce, float *bal);

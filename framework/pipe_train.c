@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "framework/backend.h"
 #include "framework/core/check.h"
@@ -168,6 +169,56 @@ static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
     x->eplb = eplb_runtime_create(&s);
     core_free(t);
     core_free(s.disp);
+}
+
+// A config whose activations do not fit in memory was ended by the kernel's OOM killer (SIGKILL)
+// in its first step (review, 2026-12-05). After setup, when the weights, gradients and moments are
+// resident, each CPU rank adds the activations its schedule holds at once (a lower bound of the
+// step's peak), the ranks of one machine add theirs up, and a machine whose ranks would need more
+// than its physical memory makes every rank refuse the config.
+static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
+    if (p->ops->dev != CORE_CPU) return;
+    const int rank = p->grid ? p->grid->pp_rank : 0;
+    double mine[2] = {core_host_resident_bytes(), 0}, *all = mine;  // held now, activations
+    double bwd = 0;  // the widest backward's buffers, of one micro-batch at a time
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
+        double b;
+        mine[1] += sched_max_live(p->sched, rank, pipe) * model_acts_bytes(p->ctx[pipe].m, c->batch_size, c->T, &b);
+        if (b > bwd) bwd = b;
+    }
+    mine[1] += bwd;
+    uint64_t h = 14695981039346656037ULL;  // FNV-1a of the host name
+    char name[256] = "";
+    gethostname(name, sizeof name - 1);
+    for (const char *q = name; *q; q++) h = (h ^ (unsigned char)*q) * 1099511628211ULL;
+    int64_t host = (int64_t)(h >> 1), *hosts = &host;
+    const int W = p->grid ? p->grid->world : 1;
+    if (W > 1) {
+        all = core_alloc((size_t)W * sizeof mine);
+        hosts = core_alloc((size_t)W * sizeof host);
+        comm_allgather(comm_world(), mine, all, 2, COMM_F64);
+        comm_allgather(comm_world(), &host, hosts, 1, COMM_I64);
+    }
+    // The machine whose ranks need the most: [0] held, [1] activations.
+    double worst[2] = {0, 0};
+    int ranks = 0;
+    for (int r = 0; r < W; r++) {
+        double sum[2] = {0, 0};
+        int n = 0;
+        for (int q = 0; q < W; q++)
+            if (hosts[q] == hosts[r]) { sum[0] += all[2 * q]; sum[1] += all[2 * q + 1]; n++; }
+        if (sum[0] + sum[1] > worst[0] + worst[1]) { worst[0] = sum[0]; worst[1] = sum[1]; ranks = n; }
+    }
+    if (W > 1) { core_free(all); core_free(hosts); }
+    const double have = core_host_memory_bytes(), GiB = 1 << 30;
+    if (worst[0] + worst[1] <= have) return;
+    char who[64] = "one process";
+    if (ranks > 1) snprintf(who, sizeof who, "the %d ranks on one machine", ranks);
+    core_usage_error("config: a training step needs at least %.1f GiB of host memory for %s (%.1f GiB held "
+                     "after setup by weights, gradients and optimizer state, %.1f GiB of activations and their "
+                     "gradients for micro-batches of batch_size %d x seq_len %d), more than the machine's %.1f "
+                     "GiB: lower batch_size, seq_len or the model's sizes", (worst[0] + worst[1]) / GiB, who,
+                     worst[0] / GiB, worst[1] / GiB, c->batch_size, c->T, have / GiB);
 }
 
 // The CUDA graph of the step (cuda_graph), where the layout and the backend allow one: its
@@ -341,6 +392,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     }
     p->imbalance = core_alloc((size_t)c->L * sizeof(float));
     p->trace = core_alloc((size_t)(s->n_ops[rank] > 0 ? s->n_ops[rank] : 1) * sizeof(SimEvent));
+    check_host_memory(p, c);
     graph_setup(p, c);
     // A plain run is a pipeline of one stage: only a real pipeline is worth a line.
     if (N == 1 && kind == SCHED_1F1B) return p;
@@ -581,6 +633,7 @@ static PipeTrainer *wrap(Model *m, AdamW *o, const MoeConfig *c, int graph) {
     p->borrowed = 1;
     p->imbalance = core_alloc((size_t)c->L * sizeof(float));
     stage_init(p, 0, c, m, o);
+    check_host_memory(p, c);
     if (graph) graph_setup(p, c);
     return p;
 }

@@ -65,6 +65,17 @@ int sched_stage(const Schedule *s, int rank, int pipe) {
     return s->kind == SCHED_DUALPIPEV ? 2 * s->N - 1 - rank : s->N - 1 - rank;
 }
 
+int sched_max_live(const Schedule *s, int rank, int pipe) {
+    int live = 0, most = 0;
+    for (int i = 0; i < s->n_ops[rank]; i++) {
+        const SchedOp *op = &s->ops[rank][i];
+        if ((op->kind == SCHED_F || op->kind == SCHED_FB) && op->f.pipe == pipe && ++live > most) most = live;
+        const int ends = op->kind == SCHED_W || ((op->kind == SCHED_B || op->kind == SCHED_FB) && !op->b.defer_w);
+        if (ends && op->b.pipe == pipe) live--;
+    }
+    return most;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Generators. A Builder emits one rank's ops: it hands out micro-batches of each pipe in order and
 // keeps the deferred-W queue, so a W always names the oldest deferred backward.

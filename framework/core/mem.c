@@ -3,6 +3,7 @@
 
 #include <malloc.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -45,5 +46,13 @@ double core_host_memory_bytes(void) {
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     CHECK(pages > 0 && page > 0, "cannot read this machine's memory size (sysconf)");
     return (double)pages * (double)page;
+}
+
+double core_host_resident_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");  // size resident ... (in pages)
+    long size = 0, resident = 0;
+    const int n = f ? fscanf(f, "%ld %ld", &size, &resident) : 0;
+    if (f) fclose(f);
+    return n == 2 ? (double)resident * (double)sysconf(_SC_PAGESIZE) : 0.0;
 }
 

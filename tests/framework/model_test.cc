@@ -437,6 +437,26 @@ TEST(Model, QkvStackedAtAnUnalignedShape) {
     check_grads(c, all);
 }
 
+// The host-memory check's estimate: exactly the arena a forward takes for an all-dense model, and
+// more for MoE layers (what they keep outside it); the backward's share is the widest FFN's.
+TEST(Model, ActsBytesCountTheArena) {
+    for (int dense : {2, 1}) {
+        MoeConfig c = tiny(dense);
+        Model *m = model_create(&c, 0, 1);
+        model_init_weights(m);
+        std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 1);
+        ModelActs a;
+        model_forward(m, &a, tok.data(), c.batch_size, c.T, 1);
+        double bwd;
+        const double est = model_acts_bytes(m, c.batch_size, c.T, &bwd);
+        if (dense == 2) EXPECT_EQ(est, (double)a.arena_cap);
+        else EXPECT_GT(est, (double)a.arena_cap);
+        EXPECT_EQ(bwd, 3.0 * c.batch_size * c.T * c.F * sizeof(float));  // F 24 is wider than K·Fe 16
+        model_acts_free(m, &a);
+        model_free(m);
+    }
+}
+
 TEST(ModelDeath, TiedEmbeddingsAcrossStages) {
     MoeConfig c = tiny(1);
     c.tie_embeddings = 1;

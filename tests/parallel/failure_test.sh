@@ -7,6 +7,7 @@
 #  - a bad layout (DP % EP, E % EP) in the grid and in `moelab train`: exit 2 before any work;
 #  - a reduction of 16-bit words (COMM_B16, moved only): exit 1 naming the operation;
 #  - bad data (a val.bin of another vocabulary) in `moelab train`: exit 2;
+#  - ranks of one machine that together need more memory than it has: exit 2 before any step;
 #  - a rank killed mid-step (the test seam MOELAB_TEST_DIE_AT_STEP, announced with a warning; a
 #    malformed value is exit 2): the job ends within the comm timeout, with a message naming the dead
 #    rank (mpirun's) or the operation the survivors waited in (the timeout's).
@@ -61,6 +62,14 @@ if grep -q "step" "$tmp/train_e_ep.out"; then echo "FAIL: train_e_ep did work be
 mkdir -p "$tmp/mixed" && cp "$tmp/data/tokenizer.bin" "$tmp/data/train.bin" "$tmp/v300/val.bin" "$tmp/mixed/"
 expect train_vocab 2 'moelab: error \[rank [0-9]\]: .*mixed/val.bin was written for a vocabulary of 300 tokens' 60 \
     2 "$moelab" train "${args[@]}" --data "$tmp/mixed" --ep 2 --steps 3
+
+# Ranks of one machine add up their memory: two pipeline stages that need about 1 TB each are refused
+# on every rank before the first step (one process each was SIGKILLed by the OOM killer).
+mkdir -p "$tmp/long" && seq 1 40000 > "$tmp/long/a.txt"
+"$moelab" data prepare --input "$tmp/long" --vocab 256 --out "$tmp/long_data" --val-fraction 0.5 >/dev/null
+expect host_memory 2 'moelab: error \[rank [01]\]: config: a training step needs at least [0-9.]+ GiB of host memory for the 2 ranks on one machine' 60 \
+    2 "$moelab" train --data "$tmp/long_data" --vocab-size 256 --n-layers 2 --n-dense-layers 2 --d-model 8 --n-heads 2 \
+    --n-kv-heads 1 --d-ff 1048576 --batch-size 64 --seq-len 1024 --val-batches 1 --steps 1 --pp 2
 
 # Ranks started with different settings (mpirun's MPMD form): a buffer overrun in the DP all-reduce
 # when the model differed, a hang at the end of the shorter run when --steps did (fuzzing): exit 2.

@@ -246,6 +246,25 @@ TEST(Generators, Paths) {
     EXPECT_EQ(sched_path_pos(v.get(), 0, SCHED_UP, 2), 5);
 }
 
+// The micro-batches a rank holds at once (the host-memory check's multiplier): 1F1B's warm-up is
+// N − r forwards deep, one process runs F, B, F, B; a W holds its micro-batch until it runs.
+TEST(Generators, MaxLive) {
+    auto one = build(SCHED_1F1B, 1, 8);
+    EXPECT_EQ(sched_max_live(one.get(), 0, SCHED_DOWN), 1);
+    auto f = build(SCHED_1F1B, 4, 8);
+    for (int r = 0; r < 4; r++) EXPECT_EQ(sched_max_live(f.get(), r, SCHED_DOWN), 4 - r) << "rank " << r;
+    EXPECT_EQ(sched_max_live(f.get(), 0, SCHED_UP), 0);
+    auto few = build(SCHED_1F1B, 4, 2);  // fewer micro-batches than stages
+    EXPECT_EQ(sched_max_live(few.get(), 0, SCHED_DOWN), 2);
+    auto d = build(SCHED_DUALPIPE, 4, 8);
+    for (int r = 0; r < 4; r++)
+        for (int pipe = 0; pipe < 2; pipe++) {
+            const int n = sched_max_live(d.get(), r, pipe);
+            EXPECT_GE(n, 1);
+            EXPECT_LE(n, 4);  // each pipe carries C/2 micro-batches
+        }
+}
+
 TEST(Generators, InvalidArguments) {
     struct Case { SchedKind k; int N, C; const char *msg; } cases[] = {
         {SCHED_1F1B, 0, 4, "1f1b needs at least 1 rank (pp = 0)"},

@@ -262,6 +262,14 @@ expect_usage "cannot write --metrics .*/no/such/m.jsonl: No such file or directo
     --metrics "$tmp/no/such/m.jsonl"
 expect_usage "cannot write --trace .*/no/such/t.json: No such file or directory" "${own[@]}" \
     --trace "$tmp/no/such/t.json"
+# A config whose activations exceed the machine's memory is refused before the first step; the
+# kernel's OOM killer ended such a run by SIGKILL in step 1 (review, 2026-12-05). Here about 2 TB of
+# activations (d_ff 2^20 for 65 536 tokens a micro-batch) on under 1 GB of weights.
+mkdir -p "$tmp/long" && seq 1 40000 > "$tmp/long/a.txt"
+"$moelab" data prepare --input "$tmp/long" --vocab 256 --out "$tmp/long_data" --val-fraction 0.5 >/dev/null
+expect_usage "a training step needs at least [0-9.]+ GiB of host memory for one process .* more than the machine's" \
+    --config "$cfg" --data "$tmp/long_data" --d-model 8 --n-heads 2 --n-kv-heads 1 --n-dense-layers 2 \
+    --d-ff 1048576 --batch-size 64 --seq-len 1024 --val-batches 1 --steps 1
 sum_after=$(cat "$tmp/own"/*.bin "$tmp/own.cfg" "$tmp/run_keys/step_1.h5" | md5sum)
 [ "$sum_before" = "$sum_after" ] || { echo "an input changed"; exit 1; }
 
