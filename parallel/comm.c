@@ -126,29 +126,6 @@ static void mpi_wait(const Comm *c, int n, MPI_Request *req, const char *op) {
     }
 }
 
-static void mpi_allreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
-    MPI_Request r;
-    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, mpi_count(c, n, "all-reduce"), mpi_type(t), mpi_op(op),
-                             mpi_of(c), &r));
-    mpi_wait(c, 1, &r, "all-reduce");
-}
-
-static void mpi_allgather(Comm *c, const void *send, void *recv, size_t n, CommType t) {
-    MPI_Request r;
-    int k = mpi_count(c, n, "all-gather");
-    mpi_count(c, n * (size_t)c->size, "all-gather");
-    MPI_CHECK(MPI_Iallgather(send, k, mpi_type(t), recv, k, mpi_type(t), mpi_of(c), &r));
-    mpi_wait(c, 1, &r, "all-gather");
-}
-
-static void mpi_reduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op) {
-    MPI_Request r;
-    mpi_count(c, n * (size_t)c->size, "reduce-scatter");
-    MPI_CHECK(MPI_Ireduce_scatter_block(send, recv, mpi_count(c, n, "reduce-scatter"), mpi_type(t),
-                                        mpi_op(op), mpi_of(c), &r));
-    mpi_wait(c, 1, &r, "reduce-scatter");
-}
-
 static void mpi_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void *recv, size_t recv_n,
                          int src, CommType t, int tag) {
     MPI_Request r[2];
@@ -266,9 +243,6 @@ static void mpi_wait_one(Comm *c, void *req) {
 }
 
 static const CommOps MPI_OPS = {
-    .allreduce = mpi_allreduce,
-    .allgather = mpi_allgather,
-    .reduce_scatter = mpi_reduce_scatter,
     .sendrecv = mpi_sendrecv,
     .barrier = mpi_barrier,
     .split = mpi_split,
@@ -382,20 +356,17 @@ static void check_reducible(const Comm *c, CommType t, const char *op) {
     CHECK(t != COMM_B16, "comm: %s on group %s of 16-bit words: they are moved, never reduced", op, c->name);
 }
 
+// The blocking collectives are the non-blocking ones, waited for at once.
 void comm_allreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
-    check_reducible(c, t, "all-reduce");
-    if (c->ops && n > 0) c->ops->allreduce(c, buf, n, t, op);
+    comm_wait(comm_iallreduce(c, buf, n, t, op));
 }
 
 void comm_allgather(Comm *c, const void *send, void *recv, size_t n, CommType t) {
-    if (c->ops) c->ops->allgather(c, send, recv, n, t);
-    else copy(recv, send, n, t);
+    comm_wait(comm_iallgather(c, send, recv, n, t));
 }
 
 void comm_reduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op) {
-    check_reducible(c, t, "reduce-scatter");
-    if (c->ops) c->ops->reduce_scatter(c, send, recv, n, t, op);
-    else copy(recv, send, n, t);
+    comm_wait(comm_ireduce_scatter(c, send, recv, n, t, op));
 }
 
 void comm_alltoallv(Comm *c, const void *send, const size_t *send_counts, void *recv,

@@ -29,9 +29,6 @@ typedef struct Comm Comm;
 // stream and waits with the same deadline), and ends the job through comm_timed_out on expiry.
 // Counts are in elements of type t; all-to-all-v buffers are packed in rank order.
 typedef struct {
-    void (*allreduce)(Comm *c, void *buf, size_t n, CommType t, CommOp op);
-    void (*allgather)(Comm *c, const void *send, void *recv, size_t n, CommType t);
-    void (*reduce_scatter)(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op);
     // Either side may be absent (dst or src = -1): send only, receive only, or both at once.
     void (*sendrecv)(Comm *c, const void *send, size_t send_n, int dst, void *recv, size_t recv_n,
                      int src, CommType t, int tag);
@@ -44,7 +41,7 @@ typedef struct {
     // deadline (and releases it).
     void *(*isend)(Comm *c, const void *buf, size_t n, int dst, CommType t, int tag);
     // Non-blocking collectives, completed by test / wait like isend's requests (the blocking
-    // comm_alltoallv waits on ialltoallv at once).
+    // collectives wait on them at once).
     void *(*iallreduce)(Comm *c, void *buf, size_t n, CommType t, CommOp op);
     void *(*ireduce_scatter)(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op);
     void *(*iallgather)(Comm *c, const void *send, void *recv, size_t n, CommType t);

@@ -107,27 +107,6 @@ static void after_compute(Nccl *x) {
     CUDA_CHECK(cudaStreamWaitEvent(x->stream, x->ready, 0));
 }
 
-static void nc_allreduce(Comm *c, void *buf, size_t n, CommType t, CommOp op) {
-    Nccl *x = nccl_of(c);
-    after_compute(x);
-    NCCL_CHECK(ncclAllReduce(buf, buf, n, nccl_type(t), nccl_op(op), x->comm, x->stream));
-    nccl_wait(c->name, x->comm, x->stream, NULL, "all-reduce");
-}
-
-static void nc_allgather(Comm *c, const void *send, void *recv, size_t n, CommType t) {
-    Nccl *x = nccl_of(c);
-    after_compute(x);
-    NCCL_CHECK(ncclAllGather(send, recv, n, nccl_type(t), x->comm, x->stream));
-    nccl_wait(c->name, x->comm, x->stream, NULL, "all-gather");
-}
-
-static void nc_reduce_scatter(Comm *c, const void *send, void *recv, size_t n, CommType t, CommOp op) {
-    Nccl *x = nccl_of(c);
-    after_compute(x);
-    NCCL_CHECK(ncclReduceScatter(send, recv, n, nccl_type(t), nccl_op(op), x->comm, x->stream));
-    nccl_wait(c->name, x->comm, x->stream, NULL, "reduce-scatter");
-}
-
 static void nc_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void *recv, size_t recv_n,
                         int src, CommType t, int tag) {
     (void)tag;
@@ -277,9 +256,6 @@ static void nc_wait(Comm *c, void *req) {
 }
 
 static const CommOps NCCL_OPS = {
-    .allreduce = nc_allreduce,
-    .allgather = nc_allgather,
-    .reduce_scatter = nc_reduce_scatter,
     .sendrecv = nc_sendrecv,
     .barrier = nc_barrier,
     .split = nc_split,
