@@ -182,6 +182,13 @@ Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, 
         for (int p = 0; p < m->R; p++)
             m->phy2log[(size_t)l * m->R + p] = model_is_moe_layer(m, l) ? p % c->E : -1;
     declare(m);
+    // Weights and gradients beyond the machine's memory are a config too large for it, not a failed
+    // allocation (the moments and the activations come on top: pipe_train.c's check_host_memory).
+    const double need = 2.0 * sizeof(float) * (double)m->reg.total, have = core_host_memory_bytes();
+    if (need > have)
+        core_usage_error("config: %.1fM parameters need %.1f GiB of host memory for their weights and gradients "
+                         "alone, more than the machine's %.1f GiB: lower d_model, n_layers, d_ff, n_experts, "
+                         "d_expert or vocab_size", (double)m->reg.total / 1e6, need / (1 << 30), have / (1 << 30));
     params_allocate(&m->reg);
     m->ops = &layer_ops_cpu;
     m->w = core_alloc((size_t)c->L * sizeof *m->w);

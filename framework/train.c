@@ -272,8 +272,7 @@ static void report_stale(const char *dir) {
 // nothing.
 static void metrics_flush(Trainer *t) {
     if (fflush(t->metrics) != 0 || ferror(t->metrics))
-        core_fatal_at(__FILE__, __LINE__, CORE_EXIT_FAILURE, "cannot write --metrics %s: %s", t->cfg.metrics,
-                      strerror(errno));
+        core_failure_error("cannot write --metrics %s: %s", t->cfg.metrics, strerror(errno));
 }
 
 // Every rank must run the same settings. Ranks started with different command lines (mpirun's

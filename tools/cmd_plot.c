@@ -350,6 +350,8 @@ static int write_svg(const char *path, const Run *d) {
     // Written beside path and renamed into place: a failed write leaves no partial SVG and an older
     // file as it was. A path that is wrong is bad input; a device that failed (a full disk) is the
     // machine's failure.
+    const char *kind = core_data_file_kind(path);
+    if (kind) return core_usage_report("plot: --out %s is %s: writing it would destroy it", path, kind);
     CoreOut out;
     const int open_error = core_out_open(&out, path);
     if (open_error) return core_out_report(open_error, "plot: cannot write --out '%s'", path);

@@ -54,6 +54,11 @@ static int usage(const char *fmt, ...) {
 // the path is wrong and the machine's failure (exit 1) where the device failed (a full disk).
 // Either way nothing is left at the path, and a file already there stays as it was (core_out_open).
 static int output_open(CoreOut *o, const char *flag, const char *path) {
+    const char *kind = core_data_file_kind(path);
+    if (kind) {
+        o->tmp[0] = '\0';  // core_out_abort passes over it
+        return core_usage_report("%s %s is %s: writing it would destroy it", flag, path, kind);
+    }
     const int e = core_out_open(o, path);
     return e ? core_out_report(e, "cannot write %s %s", flag, path) : 0;
 }

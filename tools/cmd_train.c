@@ -39,19 +39,6 @@ static void train_help(void) {
 // resume from destroys it, and a trace on a token shard truncates the shard the loader has mapped
 // (the run then dies of SIGBUS), and a metrics file given any checkpoint's path destroys that. Checked
 // on every rank before anything is opened.
-// 1 when path is a file that begins with HDF5's signature: a checkpoint, which no output of train
-// may replace (a --metrics given an old run's step_N.h5 destroyed it).
-static int is_hdf5(const char *path) {
-    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-    const char *why;
-    FILE *f = core_open_regular(path, &why);
-    if (!f) return 0;
-    unsigned char head[8];
-    const int hit = fread(head, 1, 8, f) == 8 && !memcmp(head, sig, 8);
-    fclose(f);
-    return hit;
-}
-
 // 1 when path names a file a save into the folder `out` writes: DIR/step_<n>.h5, its parts and its
 // temporaries, with DIR the same folder as out.
 static int is_checkpoint_name(const char *path, const char *out) {
@@ -74,8 +61,6 @@ static void check_outputs(const MoeConfig *c, int argc, char **argv) {
         if (c->resume[0] && core_same_file(out[o], c->resume))
             core_usage_error("%s %s is the checkpoint to resume from (--resume): writing it would destroy it",
                              out_flag[o], out[o]);
-        if (is_hdf5(out[o]))
-            core_usage_error("%s %s is an HDF5 file (a checkpoint): writing it would destroy it", out_flag[o], out[o]);
         if (c->out[0] && is_checkpoint_name(out[o], c->out))
             core_usage_error("%s %s is a checkpoint name in --out %s: the run's saves would replace it", out_flag[o],
                              out[o], c->out);
@@ -93,6 +78,9 @@ static void check_outputs(const MoeConfig *c, int argc, char **argv) {
             if (v && core_same_file(out[o], v))
                 core_usage_error("%s %s is the run's --config file: writing it would destroy it", out_flag[o], out[o]);
         }
+        // Any other checkpoint, token shard or tokenizer (the run's own are named above).
+        const char *kind = core_data_file_kind(out[o]);
+        if (kind) core_usage_error("%s %s is %s: writing it would destroy it", out_flag[o], out[o], kind);
     }
 }
 

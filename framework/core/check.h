@@ -26,6 +26,8 @@ CORE_NORETURN void core_fatal_at(const char *file, int line, int code, const cha
 
 // Prints "moelab: error: message" (no source location: the message is for the user) and exits 2.
 CORE_NORETURN void core_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// The same line with exit 1: the environment failed (memory, a write mid-run), not the program.
+CORE_NORETURN void core_failure_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 // The same line for a failed file operation whose errno is err: exit 1 when the environment failed
 // (a full disk or quota, a file-size limit, an I/O error, no memory or file handles left), else exit 2 (the path the

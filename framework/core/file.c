@@ -47,6 +47,20 @@ static const char *split_path(const char *path, char *dir, size_t cap) {
     return slash + 1;
 }
 
+const char *core_data_file_kind(const char *path) {
+    static const struct { char sig[9]; const char *what; } KINDS[] = {
+        {"\x89HDF\r\n\x1a\n", "an HDF5 file (a checkpoint)"}, {"MOELTOK1", "a token shard"}, {"MOELBPE1", "a tokenizer"}};
+    const char *why;
+    FILE *f = core_open_regular(path, &why);
+    if (!f) return NULL;
+    char head[8];
+    const int n = (int)fread(head, 1, 8, f);
+    fclose(f);
+    for (size_t k = 0; n == 8 && k < sizeof KINDS / sizeof KINDS[0]; k++)
+        if (!memcmp(head, KINDS[k].sig, 8)) return KINDS[k].what;
+    return NULL;
+}
+
 int core_same_file(const char *a, const char *b) {
     struct stat sa, sb;
     const int ea = stat(a, &sa) == 0, eb = stat(b, &sb) == 0;

@@ -22,6 +22,11 @@ FILE *core_open_regular(const char *path, const char **why);
 // another output) is refused before it is truncated.
 int core_same_file(const char *a, const char *b);
 
+// What path holds when it is one of moelab's own data files, which no report, chart or trace may
+// replace ("an HDF5 file (a checkpoint)", "a token shard", "a tokenizer"), else NULL. By the
+// files' first 8 bytes: HDF5's signature, data/shard.h's and data/tokenizer.h's magic.
+const char *core_data_file_kind(const char *path);
+
 // Temporaries: files (or folders of them) written under a temporary name and renamed once complete.
 // While one is tracked, any end of the process removes it (a folder after the files tracked in
 // it): an exit, a fatal error of check.h (before its abort hook, which may skip exit handlers), and

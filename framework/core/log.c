@@ -140,6 +140,14 @@ void core_usage_error(const char *fmt, ...) {
     end_process(CORE_EXIT_USAGE);
 }
 
+void core_failure_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    usage_line(fmt, ap);
+    va_end(ap);
+    end_process(CORE_EXIT_FAILURE);
+}
+
 int core_errno_exit_code(int err) {
     switch (err) {
     case ENOSPC: case EDQUOT: case EFBIG: case EIO: case ENOMEM: case EMFILE: case ENFILE: return CORE_EXIT_FAILURE;

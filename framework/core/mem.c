@@ -16,9 +16,11 @@
 // one below is freed: on 2 cores that was a quarter of the quickstart's CPU step (2026-12-04,
 // docs/BENCHMARKS.md). Without mmap and with the trim threshold at 1 GiB the buffers come back
 // from the heap step after step; the process keeps its peak, which a trainer reaches every step.
+static double g_memory;  // the machine's physical memory in bytes
 static void alloc_setup(void) {
     mallopt(M_MMAP_MAX, 0);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    g_memory = core_host_memory_bytes();
 }
 
 // bytes rounded up to the 64-byte alignment, as aligned_alloc requires.
@@ -27,8 +29,12 @@ static size_t rounded(size_t bytes) { return ((bytes ? bytes : 1) + 63) & ~(size
 void *core_alloc_uninit(size_t bytes) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, alloc_setup);
-    void *p = aligned_alloc(64, rounded(bytes));
-    CHECK(p != NULL, "out of host memory allocating %zu bytes", bytes);
+    // More than the machine holds would only swap or be killed, and within 63 of SIZE_MAX the
+    // rounding would wrap to a small buffer: such a request fails like a refused one.
+    void *p = (double)bytes <= g_memory ? aligned_alloc(64, rounded(bytes)) : NULL;
+    if (!p)
+        core_failure_error("out of host memory allocating %zu bytes (%.1f GiB; the machine has %.1f GiB)", bytes,
+                           (double)bytes / (1 << 30), g_memory / (1 << 30));
     return p;
 }
 

@@ -254,6 +254,23 @@ TEST(CmdPlot, OutputThatIsNoPlaceForTheSvg) {
     rmdir(dir.c_str());
 }
 
+// moelab's own data files are never replaced by a chart (fuzzing, 2026-12-05: `--out data/train.bin`
+// destroyed the shard with exit 0).
+TEST(CmdPlot, OutputThatIsADataFile) {
+    const std::string m = write_file("kind.jsonl", METRICS);
+    const std::pair<std::string, std::string> kinds[] = {{std::string("\x89HDF\r\n\x1a\n", 8) + "rest", "an HDF5 file (a checkpoint)"},
+                                                         {"MOELTOK1 and tokens", "a token shard"},
+                                                         {"MOELBPE1 and merges", "a tokenizer"}};
+    for (const auto &[bytes, what] : kinds) {
+        const std::string out = write_file("kind.out", bytes);
+        Result r = plot({"--metrics", m, "--out", out});
+        EXPECT_EQ(r.rc, 2) << what;
+        EXPECT_NE(r.err.find("plot: --out " + out + " is " + what + ": writing it would destroy it"), std::string::npos)
+            << r.err;
+        EXPECT_EQ(read_file(out), bytes);
+    }
+}
+
 TEST(CmdPlot, TinyMeanRankDrawsFiniteBars) {
     std::string m = write_file("tiny.jsonl",
                                "{\"step\": 1, \"expert_load\": [[1, 2]], \"eplb\": {\"before\": [2], \"after\": [1], "

@@ -345,6 +345,26 @@ TEST(CmdSchedule, OutputThatIsNoPlaceForTheFile) {
     remove(trace.c_str());
 }
 
+// moelab's own data files are never replaced by a chart or a trace (fuzzing, 2026-12-05: `--svg
+// ck/step_2.h5` destroyed the checkpoint with exit 0): exit 2 naming what the file is, file unchanged.
+TEST(CmdSchedule, OutputThatIsADataFile) {
+    const std::pair<std::string, std::string> kinds[] = {{std::string("\x89HDF\r\n\x1a\n", 8) + "rest", "an HDF5 file (a checkpoint)"},
+                                                         {"MOELTOK1 and tokens", "a token shard"},
+                                                         {"MOELBPE1 and merges", "a tokenizer"}};
+    for (const auto &[bytes, what] : kinds) {
+        const std::string path = tmp_path("data_file");
+        std::ofstream(path, std::ios::binary) << bytes;
+        for (const char *flag : {"--svg", "--trace"}) {
+            Result r = run({"--kind", "1f1b", "--pp", "2", "--chunks", "2", flag, path});
+            EXPECT_EQ(r.rc, 2) << flag << " " << what;
+            EXPECT_EQ(r.err, "moelab: error: " + std::string(flag) + " " + path + " is " + what +
+                                 ": writing it would destroy it\n");
+            EXPECT_EQ(slurp(path), bytes);
+        }
+        remove(path.c_str());
+    }
+}
+
 // A write that fails (a full disk; here the file-size limit of a child process) exits 1 with the
 // reason, leaves no partial file and an older file at the path as it was. It left a truncated file.
 TEST(CmdSchedule, FailedWriteLeavesTheOldFile) {

@@ -270,6 +270,18 @@ mkdir -p "$tmp/long" && seq 1 40000 > "$tmp/long/a.txt"
 expect_usage "a training step needs at least [0-9.]+ GiB of host memory for one process .* more than the machine's" \
     --config "$cfg" --data "$tmp/long_data" --d-model 8 --n-heads 2 --n-kv-heads 1 --n-dense-layers 2 \
     --d-ff 1048576 --batch-size 64 --seq-len 1024 --val-batches 1 --steps 1
+# Another dataset's shard or tokenizer is not an output either (it was truncated).
+expect_usage "--trace .*/long_data/train.bin is a token shard: writing it would destroy it" "${args[@]}" \
+    --trace "$tmp/long_data/train.bin"
+expect_usage "--metrics .*/long_data/tokenizer.bin is a tokenizer: writing it would destroy it" "${args[@]}" \
+    --metrics "$tmp/long_data/tokenizer.bin"
+# Weights beyond the machine's memory are refused before they are allocated (a 100 GB allocation was
+# exit 1 naming mem.c:30); a --metrics write that fails mid-run is one line, exit 1, no source location.
+expect_usage "config: [0-9.]+M parameters need [0-9.]+ GiB of host memory for their weights and gradients alone" \
+    "${args[@]}" --d-model 65536
+set +e; "$moelab" train "${args[@]}" --steps 1 --metrics /dev/full >/dev/null 2>"$tmp/err"; rc=$?; set -e
+[ $rc -eq 1 ] && grep -qx "moelab: error: cannot write --metrics /dev/full: No space left on device" "$tmp/err" ||
+    { echo "--metrics /dev/full: exit $rc"; cat "$tmp/err"; exit 1; }
 sum_after=$(cat "$tmp/own"/*.bin "$tmp/own.cfg" "$tmp/run_keys/step_1.h5" | md5sum)
 [ "$sum_before" = "$sum_after" ] || { echo "an input changed"; exit 1; }
 

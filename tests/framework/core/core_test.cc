@@ -15,6 +15,7 @@ extern "C" {
 #include "framework/core/check.h"
 #include "framework/core/config.h"
 #include "framework/core/json.h"
+#include "framework/core/mem.h"
 #include "framework/core/log.h"
 #include "framework/core/num.h"
 #include "framework/core/params.h"
@@ -275,6 +276,14 @@ TEST(CoreDeath, PathErrorsExitByCause) {
     for (int err : {ENOENT, ENOTDIR, EACCES, EISDIR, ENAMETOOLONG}) EXPECT_EQ(core_errno_exit_code(err), 2) << err;
     EXPECT_EXIT(core_path_error(ENOSPC, "cannot write %s", "x"), ::testing::ExitedWithCode(1), "error: cannot write x");
     EXPECT_EXIT(core_path_error(ENOENT, "cannot write %s", "y"), ::testing::ExitedWithCode(2), "error: cannot write y");
+}
+// An allocation beyond the machine's memory is the environment's failure, one line without a source
+// location (it named mem.c:30); near SIZE_MAX the 64-byte rounding wrapped to a 0-byte buffer.
+TEST(CoreDeath, AllocationBeyondTheMachine) {
+    const double have = core_host_memory_bytes();
+    EXPECT_EXIT(core_alloc((size_t)(have * 2)), ::testing::ExitedWithCode(1),
+                "^moelab: error: out of host memory allocating [0-9]+ bytes \\([0-9.]+ GiB; the machine has");
+    EXPECT_EXIT(core_alloc_uninit(SIZE_MAX - 1), ::testing::ExitedWithCode(1), "out of host memory allocating");
 }
 TEST(ConfigDeath, EpsilonsPositive) {
     EXPECT_EXIT(set_key("norm_eps", "0"), ::testing::ExitedWithCode(2), "norm_eps = 0 is too small");
