@@ -592,10 +592,13 @@ static int key_in(const char *key, const char *const *list, int n) {
     return 0;
 }
 
-static void check_config(const char *path, const MoeConfig *saved, const MoeConfig *now) {
+// Refuses a saved config of other shapes; lists in changed (cap bytes) the keys that differ and
+// take their new values.
+static void check_config(const char *path, const MoeConfig *saved, const MoeConfig *now, char *changed,
+                         size_t cap) {
     char *a = config_text(saved), *b = config_text(now);
-    char warn[1024] = "";
     size_t w = 0;
+    changed[0] = '\0';
     // config_write prints the keys in one fixed order, so the two texts pair up line by line.
     for (char *la = a, *lb = b; la && lb;) {
         char *na = strchr(la, '\n'), *nb = strchr(lb, '\n');
@@ -608,19 +611,11 @@ static void check_config(const char *path, const MoeConfig *saved, const MoeConf
             if (key_in(key, SHAPE_KEYS, (int)(sizeof SHAPE_KEYS / sizeof *SHAPE_KEYS)))
                 core_usage_error("checkpoint %s was saved with %s = %s, but this model has %s = %s", path,
                                  key, va, key, vb);
-            if (!key_in(key, FREE_KEYS, (int)(sizeof FREE_KEYS / sizeof *FREE_KEYS)) && w < sizeof warn - 1)
-                w += (size_t)snprintf(warn + w, sizeof warn - w, "%s%s %s -> %s", w ? ", " : "", key, va, vb);
+            if (!key_in(key, FREE_KEYS, (int)(sizeof FREE_KEYS / sizeof *FREE_KEYS)) && w < cap - 1)
+                w += (size_t)snprintf(changed + w, cap - w, "%s%s %s -> %s", w ? ", " : "", key, va, vb);
         }
         la = na ? na + 1 : NULL;
         lb = nb ? nb + 1 : NULL;
-    }
-    // Every rank resolves the same config, and a rank may load a checkpoint for several models
-    // (DualPipe's two copies of a stage): one line, from rank 0, once per checkpoint.
-    static char warned[CKPT_PATH_MAX];
-    if (w && core_rank() == 0 && strcmp(warned, path) != 0) {
-        core_warn("checkpoint %s: these settings differ from the saved run and take their new values: %s",
-                  path, warn);
-        snprintf(warned, sizeof warned, "%s", path);
     }
     free(a);
     free(b);
@@ -653,8 +648,8 @@ void ckpt_load(const char *path, const CkptShard *sh, const CkptView *v, CkptSta
     ckpt_file_open(&cf, path);
     MoeConfig saved;
     ckpt_file_config(&cf, &saved);
-    check_config(path, &saved, v->cfg);
     CkptState s;
+    check_config(path, &saved, v->cfg, s.changed, sizeof s.changed);
     int64_t adam_t;
     ckpt_file_state(&cf, &s, &adam_t);
     // Every dataset is opened and checked before any is read, so that a bad file changes nothing.

@@ -65,6 +65,9 @@ typedef struct {
                        // removes only checkpoints of its own lineage); 0 in files saved before it
     uint32_t tok_fp;   // fingerprint of the tokenizer whose ids the model learned (tok_fingerprint
                        // in data/tokenizer.h); 0: unknown (a file saved before it)
+    char changed[512]; // ckpt_load: the settings that differ from the saved run's and take their new
+                       // values ("steps 2 -> 4, lr ..."), "" if none; for the caller to report once
+                       // the resume has passed its own checks. Not saved.
 } CkptState;
 
 // EPLB plan and load statistics (optional in a checkpoint; absent means the identity placement).

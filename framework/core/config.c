@@ -325,10 +325,12 @@ void config_load_stream(MoeConfig *c, FILE *f, const char *name) {
         if (n >= (long)sizeof line) core_usage_error("%s: line too long (at most %zu bytes)", origin, sizeof line - 1);
         // A config is text: a NUL would end the line early unseen (a binary file read as empty
         // lines trained on the defaults), and other control bytes hide inside the values the
-        // messages quote.
+        // messages quote. A carriage return ends a line only before its newline: a file of bare CRs
+        // (old Mac line ends) was one line, all comment after a first '#' (fuzzing, 2026-12-05).
         for (long i = 0; i < n; i++) {
             const unsigned char b = (unsigned char)line[i];
-            if (b < 32 && b != '\t' && b != '\n' && b != '\r')
+            const int line_end = b == '\n' || (b == '\r' && (i + 1 == n || line[i + 1] == '\n'));
+            if (b < 32 && b != '\t' && !line_end)
                 core_usage_error("%s: byte 0x%02x at column %ld: not a text config file (key = value lines)",
                                  origin, b, i + 1);
         }
@@ -356,7 +358,7 @@ void config_load_stream(MoeConfig *c, FILE *f, const char *name) {
         config_set(c, key, value, origin);
     }
     // read_line also returns -1 on a read error: not the end of a file.
-    if (ferror(f)) FATAL("cannot read config file '%s': %s", name, strerror(errno));
+    if (ferror(f)) core_failure_error("cannot read config file '%s': %s", name, strerror(errno));
 }
 
 void config_load_file(MoeConfig *c, const char *path) {

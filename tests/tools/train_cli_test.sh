@@ -139,6 +139,8 @@ grep -q "twice holds 1 checkpoint of another run at steps this run saves (the ne
 # --steps below the checkpoint's step trained nothing and exited 0 (third fuzzing pass).
 expect_usage "--steps 1 is below the step of --resume .*step_2.h5 \(2\): --steps counts the whole run" \
     "${args[@]}" --steps 1 --resume "$tmp/twice/step_2.h5"
+# ... and says only that: the settings that differ (steps 2 -> 1) were a warning line before it.
+[ "$(wc -l < "$tmp/err")" -eq 1 ] || { echo "a refused resume printed more than its error:"; cat "$tmp/err"; exit 1; }
 # A run refused for bad input found after the data is read (its --resume checkpoint, its --out)
 # leaves the file at its --metrics path as it was: opening it truncated an earlier run's metrics to
 # the refused run's config line.

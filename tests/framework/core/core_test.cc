@@ -366,6 +366,18 @@ TEST(ConfigDeath, TextValuesSurviveTheStoredConfig) {
     config_set(&c, "out", "/tmp/run 2", "test");  // a blank inside is kept
     EXPECT_STREQ(c.out, "/tmp/run 2");
 }
+// Bare carriage returns (old Mac line ends) made the whole file one line, all comment after its
+// first '#': the run took the defaults with exit 0 (fuzzing, 2026-12-05). A CR before the newline,
+// or ending the file, is a line end.
+TEST(ConfigDeath, BareCarriageReturn) {
+    expect_file_usage_error("# my config\rlr = 0.25\r", ":1: byte 0x0d at column 12: not a text config file");
+    expect_file_usage_error("lr = 0.25\rsteps = 7\n", ":1: byte 0x0d at column 10");
+    std::string p = write_tmp("lr = 0.25\r");
+    MoeConfig c;
+    config_defaults(&c);
+    config_load_file(&c, p.c_str());
+    EXPECT_FLOAT_EQ(c.lr, 0.25f);
+}
 TEST(ConfigDeath, LineTooLong) {
     expect_file_usage_error("lr = 0.1" + std::string(1100, ' ') + "\n", ":1: line too long");
 }
