@@ -13,7 +13,9 @@
 static void train_help(void) {
     printf("usage: moelab train [--config FILE] [--key value ...]\n\n"
            "Trains the model the config describes on a prepared data directory (--data DIR, from\n"
-           "`moelab data prepare`). Any config key can be given on the command line; the most used:\n"
+           "`moelab data prepare`). Any config key can be given on the command line, where it\n"
+           "overrides the --config files (and a later --config file an earlier one; a key set twice\n"
+           "on the command line takes its last value); the most used:\n"
            "  --config FILE     key = value file (configs/*.cfg)\n"
            "  --data DIR        prepared data (tokenizer.bin, train.bin, val.bin)\n"
            "  --steps N         optimizer steps\n"
