@@ -30,8 +30,9 @@ static void *cu_alloc_uninit(size_t bytes) {
     cudaError_t e = cudaMallocAsync(&p, bytes, core_stream());
     // Only a failed allocation is "out of memory": an error that an earlier kernel left (an illegal
     // address) also surfaces at the next call, which is often this one.
-    CHECK(e != cudaErrorMemoryAllocation, "out of GPU memory allocating %zu bytes (%s)", bytes,
-          cudaGetErrorString(e));
+    if (e == cudaErrorMemoryAllocation)
+        core_failure_error("out of GPU memory allocating %zu bytes (%.2f GiB; %s): a smaller batch_size or "
+                           "seq_len needs less", bytes, (double)bytes / (1 << 30), cudaGetErrorString(e));
     CUDA_CHECK(e);
     return p;
 }
