@@ -4,7 +4,6 @@
 #include "data/tokenizer.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,13 +55,7 @@ static uint64_t hash_u64(uint64_t k) {
 
 static uint64_t pair_key(uint32_t a, uint32_t b) { return (uint64_t)a << 32 | b; }
 
-static void set_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(char *err, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, TOK_ERR_LEN, fmt, ap);
-    va_end(ap);
-}
+#define set_err(err, ...) core_set_err((err), TOK_ERR_LEN, __VA_ARGS__)
 
 // ---------------------------------------------------------------------------------------------
 // Building a tokenizer from merges (validating them), encode, decode
