@@ -263,25 +263,16 @@ Tokenizer *tok_load_try(const char *path, char *err) {
         return NULL;
     }
     // Refuse anything larger than the largest valid file before reading it into memory.
-    const long max = TOK_HEADER_BYTES + 8L * (TOK_VOCAB_MAX - 256);
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
-    if (n < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        set_err(err, "cannot read tokenizer file %s: %s", path, strerror(errno));
-        fclose(f);
-        return NULL;
-    }
-    if (n > max) {
-        set_err(err, "%s: not a tokenizer file: %ld bytes, larger than any tokenizer (%ld)", path, n, max);
-        fclose(f);
-        return NULL;
-    }
-    uint8_t *buf = core_alloc((size_t)n);
-    const int ok = fread(buf, 1, (size_t)n, f) == (size_t)n;
+    const size_t max = TOK_HEADER_BYTES + 8 * (size_t)(TOK_VOCAB_MAX - 256);
+    char *buf;
+    size_t n;
+    const int e = core_read_all(f, max, &buf, &n);
     fclose(f);
-    Tokenizer *t = NULL;
-    if (!ok) set_err(err, "cannot read tokenizer file %s: %s", path, strerror(errno));
-    else t = tok_parse_try(buf, (size_t)n, path, err);
+    if (e == EFBIG && n > max)
+        set_err(err, "%s: not a tokenizer file: %zu bytes, larger than any tokenizer (%zu)", path, n, max);
+    else if (e) set_err(err, "cannot read tokenizer file %s: %s", path, core_read_error(e));
+    if (e) return NULL;
+    Tokenizer *t = tok_parse_try((const uint8_t *)buf, n, path, err);
     core_free(buf);
     return t;
 }
