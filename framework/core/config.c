@@ -291,7 +291,7 @@ void config_reset_key(MoeConfig *c, const char *key) {
     memcpy((char *)c + k->offset, (const char *)&d + k->offset, key_size(k->type));
 }
 
-static char *trim(char *s) {
+char *config_trim(char *s) {
     while (isspace((unsigned char)*s)) s++;
     char *e = s + strlen(s);
     while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
@@ -341,12 +341,12 @@ void config_load_stream(MoeConfig *c, FILE *f, const char *name) {
             core_usage_error("%s: a '#' right after a value: values cannot hold '#', and a comment needs a blank "
                              "before it", origin);
         if (hash) *hash = '\0';
-        char *s = trim(line);
+        char *s = config_trim(line);
         if (*s == '\0') continue;
         char *eq = strchr(s, '=');
         if (!eq) core_usage_error("%s: expected 'key = value', got '%s'", origin, s);
         *eq = '\0';
-        char *key = trim(s), *value = trim(eq + 1);
+        char *key = config_trim(s), *value = config_trim(eq + 1);
         if (*key == '\0') core_usage_error("%s: missing key before '='", origin);
         const KeyInfo *k = find_key(key);
         if (k && set_on[k - KEYS])
