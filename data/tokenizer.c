@@ -193,6 +193,16 @@ size_t tok_decode(const Tokenizer *t, const uint32_t *ids, size_t n, uint8_t *ou
     return len;
 }
 
+uint8_t *tok_decode_ints(const Tokenizer *t, const int *ids, size_t n, size_t *len) {
+    uint32_t *u = core_alloc(n * sizeof *u);
+    for (size_t i = 0; i < n; i++) u[i] = (uint32_t)ids[i];
+    *len = tok_decode(t, u, n, NULL, 0);  // the length only
+    uint8_t *text = core_alloc(*len + 1);
+    tok_decode(t, u, n, text, *len);
+    core_free(u);
+    return text;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tokenizer file
 
