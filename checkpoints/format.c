@@ -2,7 +2,6 @@
 // data is read, so that a damaged, truncated or hostile file ends in one clear message.
 #include "checkpoints/format.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <string.h>
@@ -89,13 +88,6 @@ void ckpt_file_close(CkptFile *cf) {
     memset(cf, 0, sizeof *cf);
 }
 
-static char *trim(char *s) {
-    while (isspace((unsigned char)*s)) s++;
-    char *e = s + strlen(s);
-    while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
-    return s;
-}
-
 void ckpt_file_config(CkptFile *cf, MoeConfig *c) {
     char *text = h5_attr_read_str(&cf->io, cf->f, "file", "config", CKPT_CONFIG_MAX);
     config_defaults(c);
@@ -104,15 +96,15 @@ void ckpt_file_config(CkptFile *cf, MoeConfig *c) {
     for (char *line = text, *next; line; line = next, lineno++) {
         next = strchr(line, '\n');
         if (next) *next++ = '\0';
-        char *s = trim(line);
+        char *s = config_trim(line);
         if (*s == '\0') continue;
         snprintf(origin, sizeof origin, "checkpoint %s, stored config line %d", cf->io.path, lineno);
         char *eq = strchr(s, '=');
         if (!eq) core_usage_error("%s: expected 'key = value', got '%.80s'", origin, s);
         *eq = '\0';
-        char *key = trim(s);
+        char *key = config_trim(s);
         if (config_is_retired(key)) continue;  // saved by an older moelab; nothing reads it now
-        config_set(c, key, trim(eq + 1), origin);
+        config_set(c, key, config_trim(eq + 1), origin);
     }
     core_free(text);
     // A stored config no run could have had is damage (the model built from it is what verify checks).

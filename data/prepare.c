@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,25 +109,12 @@ static uint8_t *read_file(const char *path, size_t *len) {
     const char *why;
     FILE *f = core_open_regular(path, &why);
     if (!f) core_path_error(errno, "cannot open input file %s: %s", path, why);  // EMFILE, EIO: exit 1
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0) core_path_error(errno, "cannot read input file %s: %s", path, strerror(errno));
-    // A file of /proc or /sys says it has 0 bytes and still holds text: read until its end (it read
-    // as empty). Any other file is read at its stated size, which a file changed meanwhile misses.
-    size_t cap = st.st_size > 0 ? (size_t)st.st_size : 4096;
-    uint8_t *buf = core_alloc(cap);
-    *len = fread(buf, 1, cap, f);
-    while (st.st_size == 0 && *len == cap && !ferror(f)) {
-        uint8_t *more = core_alloc(2 * cap);
-        memcpy(more, buf, *len);
-        core_free(buf);
-        buf = more;
-        *len += fread(buf + cap, 1, cap, f);
-        cap *= 2;
-    }
-    if (ferror(f)) core_path_error(errno, "cannot read input file %s: %s", path, strerror(errno));
-    if (st.st_size > 0 && *len != (size_t)st.st_size) core_usage_error("input file %s changed while it was read", path);
+    char *buf;  // a file of /proc or /sys (a stated size of 0 bytes) is read to its end
+    const int err = core_read_all(f, SIZE_MAX, &buf, len);
+    if (err == CORE_READ_CHANGED) core_usage_error("input file %s changed while it was read", path);
+    if (err) core_path_error(err, "cannot read input file %s: %s", path, strerror(err));
     fclose(f);
-    return buf;
+    return (uint8_t *)buf;
 }
 
 // Reads a gzip file whole through zlib. Anything but a complete gzip stream (another format, a

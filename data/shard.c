@@ -4,7 +4,6 @@
 #include "data/shard.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -14,14 +13,8 @@
 #include "framework/core/file.h"
 #include "framework/core/mem.h"
 
-static int fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(char *err, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, SHARD_ERR_LEN, fmt, ap);
-    va_end(ap);
-    return -1;
-}
+// The message into err, and -1 for the caller to return.
+#define fail(err, ...) (core_set_err((err), SHARD_ERR_LEN, __VA_ARGS__), -1)
 
 int shard_parse_try(const uint8_t *buf, size_t n, const char *name, Shard *s, char *err) {
     memset(s, 0, sizeof *s);
@@ -70,14 +63,14 @@ int shard_open_try(const char *path, Shard *s, char *err) {
     FILE *f = core_open_regular(path, &why);
     if (!f) {
         const int e = errno;  // 0 where the path is no regular file (core_open_regular)
-        fail(err, "cannot open token shard %s: %s", path, why);
+        core_set_err(err, SHARD_ERR_LEN, "cannot open token shard %s: %s", path, why);
         return e ? e : -1;
     }
     struct stat st;
     if (fstat(fileno(f), &st) != 0) {
         const int e = errno;
         fclose(f);
-        fail(err, "cannot read token shard %s: %s", path, strerror(e));
+        core_set_err(err, SHARD_ERR_LEN, "cannot read token shard %s: %s", path, strerror(e));
         return e;
     }
     const size_t bytes = (size_t)st.st_size;
@@ -88,7 +81,7 @@ int shard_open_try(const char *path, Shard *s, char *err) {
         if (map == MAP_FAILED) {
             const int e = errno;
             fclose(f);
-            fail(err, "cannot map token shard %s: %s", path, strerror(e));
+            core_set_err(err, SHARD_ERR_LEN, "cannot map token shard %s: %s", path, strerror(e));
             return e;
         }
     }

@@ -4,7 +4,6 @@
 #include "data/tokenizer.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,13 +55,7 @@ static uint64_t hash_u64(uint64_t k) {
 
 static uint64_t pair_key(uint32_t a, uint32_t b) { return (uint64_t)a << 32 | b; }
 
-static void set_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(char *err, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, TOK_ERR_LEN, fmt, ap);
-    va_end(ap);
-}
+#define set_err(err, ...) core_set_err((err), TOK_ERR_LEN, __VA_ARGS__)
 
 // ---------------------------------------------------------------------------------------------
 // Building a tokenizer from merges (validating them), encode, decode
@@ -200,6 +193,16 @@ size_t tok_decode(const Tokenizer *t, const uint32_t *ids, size_t n, uint8_t *ou
     return len;
 }
 
+uint8_t *tok_decode_ints(const Tokenizer *t, const int *ids, size_t n, size_t *len) {
+    uint32_t *u = core_alloc(n * sizeof *u);
+    for (size_t i = 0; i < n; i++) u[i] = (uint32_t)ids[i];
+    *len = tok_decode(t, u, n, NULL, 0);  // the length only
+    uint8_t *text = core_alloc(*len + 1);
+    tok_decode(t, u, n, text, *len);
+    core_free(u);
+    return text;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tokenizer file
 
@@ -270,25 +273,16 @@ Tokenizer *tok_load_try(const char *path, char *err) {
         return NULL;
     }
     // Refuse anything larger than the largest valid file before reading it into memory.
-    const long max = TOK_HEADER_BYTES + 8L * (TOK_VOCAB_MAX - 256);
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
-    if (n < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        set_err(err, "cannot read tokenizer file %s: %s", path, strerror(errno));
-        fclose(f);
-        return NULL;
-    }
-    if (n > max) {
-        set_err(err, "%s: not a tokenizer file: %ld bytes, larger than any tokenizer (%ld)", path, n, max);
-        fclose(f);
-        return NULL;
-    }
-    uint8_t *buf = core_alloc((size_t)n);
-    const int ok = fread(buf, 1, (size_t)n, f) == (size_t)n;
+    const size_t max = TOK_HEADER_BYTES + 8 * (size_t)(TOK_VOCAB_MAX - 256);
+    char *buf;
+    size_t n;
+    const int e = core_read_all(f, max, &buf, &n);
     fclose(f);
-    Tokenizer *t = NULL;
-    if (!ok) set_err(err, "cannot read tokenizer file %s: %s", path, strerror(errno));
-    else t = tok_parse_try(buf, (size_t)n, path, err);
+    if (e == EFBIG && n > max)
+        set_err(err, "%s: not a tokenizer file: %zu bytes, larger than any tokenizer (%zu)", path, n, max);
+    else if (e) set_err(err, "cannot read tokenizer file %s: %s", path, core_read_error(e));
+    if (e) return NULL;
+    Tokenizer *t = tok_parse_try((const uint8_t *)buf, n, path, err);
     core_free(buf);
     return t;
 }

@@ -60,6 +60,8 @@ void tok_free(Tokenizer *t);
 size_t tok_encode(const Tokenizer *t, const uint8_t *x, size_t n, uint32_t *out);
 // Decodes ids (n tokens, each < V) into out; writes at most cap bytes and returns the full length.
 size_t tok_decode(const Tokenizer *t, const uint32_t *ids, size_t n, uint8_t *out, size_t cap);
+// Decodes a model's token ids (n ints, each in [0, V)) into a new buffer (core_free it) of *len bytes.
+uint8_t *tok_decode_ints(const Tokenizer *t, const int *ids, size_t n, size_t *len);
 
 // Writes the tokenizer file's bytes to f. A failed write only sets f's error flag: the caller's
 // checked close reports it (dataset preparation writes through a CoreOut, framework/core/file.h).

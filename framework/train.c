@@ -456,11 +456,8 @@ float trainer_eval(Trainer *t) {
 
 // Decodes ids to text and prints them with non-printable bytes escaped.
 static void print_text(const Tokenizer *tok, const int *ids, int n) {
-    uint32_t *u = core_alloc((size_t)n * sizeof *u);
-    for (int i = 0; i < n; i++) u[i] = (uint32_t)ids[i];
-    size_t cap = (size_t)n * 64 + 1;
-    uint8_t *txt = core_alloc(cap);
-    size_t len = tok_decode(tok, u, (size_t)n, txt, cap);
+    size_t len;
+    uint8_t *txt = tok_decode_ints(tok, ids, (size_t)n, &len);
     fputs("  | ", stdout);
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = txt[i];
@@ -469,7 +466,6 @@ static void print_text(const Tokenizer *tok, const int *ids, int n) {
         else printf("\\x%02x", ch);
     }
     putchar('\n');
-    core_free(u);
     core_free(txt);
 }
 

@@ -3,20 +3,11 @@
 // writers. docs/pipeline.md is the narrative version of this file.
 #include "parallel/schedule.h"
 
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
-
-void sched_set_err(char *err, const char *fmt, ...) {
-    if (!err) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, SCHED_ERR_LEN, fmt, ap);
-    va_end(ap);
-}
 
 static const char *KIND_NAMES[] = {"1f1b", "dualpipe", "dualpipev"};
 

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "framework/core/check.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -46,7 +48,7 @@ typedef struct {
 #define SCHED_ERR_LEN 512
 // Writes a message of at most SCHED_ERR_LEN bytes into err (nothing when err is NULL): the one way the
 // schedule, simulator and SVG functions report a problem to their caller.
-void sched_set_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define sched_set_err(err, ...) core_set_err((err), SCHED_ERR_LEN, __VA_ARGS__)
 
 // Generators: a new schedule, or NULL with a message in err (SCHED_ERR_LEN bytes) for invalid
 // arguments. 1F1B: N ≥ 1, C ≥ 1. DualPipe: N even, C even, C ≥ 2N. DualPipeV: N ≥ 1, C ≥ 2N.

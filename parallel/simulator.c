@@ -3,9 +3,9 @@
 // sched_play, so a simulated schedule and a validated one are the same thing.
 #include "parallel/simulator.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -196,12 +196,11 @@ SimTimeline *sim_read_trace(const char *path, char *err) {
         return NULL;
     }
     // The parser gets the length read, so that a NUL byte is a JSON error, not the end of the text.
-    // A failed seek or read on a regular file is the machine's failure, not the trace's.
-    const long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) FATAL("cannot read trace %s: %s", path, strerror(errno));
-    char *text = core_alloc((size_t)size + 1);  // (size + 1) NUL-terminated
-    const size_t got = fread(text, 1, (size_t)size, f);
-    if (ferror(f)) FATAL("cannot read trace %s: %s", path, strerror(errno));
+    // A failed read of a regular file is the machine's failure, not the trace's.
+    char *text;
+    size_t got;
+    const int e = core_read_all(f, SIZE_MAX, &text, &got);
+    if (e) FATAL("cannot read trace %s: %s", path, core_read_error(e));
     fclose(f);
     char what[JSON_ERR_LEN];
     size_t at;

@@ -1,8 +1,8 @@
 // `moelab eplb`: reads a load matrix (CSV, one row per MoE layer, one column per logical expert) and
 // prints the EPLB plan of parallel/eplb.h as JSON. A thin front end: flags, CSV checks, JSON output.
 // Bad input gives one message naming the row and column (1-based) or the broken rule, and exit code 2.
-#include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,21 +51,11 @@ static int read_text(const char *path, char **text) {
     const char *why;
     FILE *f = core_open_regular(path, &why);
     if (!f) return fail("cannot read load file '%s': %s", path, why);
-    const long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    char *t = NULL;
-    size_t n = 0;
-    if (size >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-        t = core_alloc((size_t)size + 1);
-        n = fread(t, 1, (size_t)size, f);
-    }
-    if (!t || ferror(f)) {
-        const int err = errno;
-        fclose(f);
-        core_free(t);
-        return core_failure_report("eplb: cannot read load file '%s': %s", path, strerror(err));
-    }
+    char *t;
+    size_t n;
+    const int err = core_read_all(f, SIZE_MAX, &t, &n);
     fclose(f);
-    t[n] = '\0';
+    if (err) return core_failure_report("eplb: cannot read load file '%s': %s", path, core_read_error(err));
     // The rows are parsed as C strings: a NUL byte would end the file there, its rows unread.
     const int row = core_nul_line(t, n);
     if (row) {

@@ -3,9 +3,9 @@
 // rebalances marked), and for the first and last EPLB rebalance each EP rank's load before and after.
 // A thin front end: the JSON reader of framework/core/json.h, checks on the fields it needs, and plain
 // SVG rectangles.
-#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,32 +177,22 @@ static int read_run(const char *path, Run *d) {
     const char *why;
     FILE *f = core_open_regular(path, &why);
     if (!f) return fail("cannot read --metrics '%s': %s", path, why);
-    char *text = NULL;
-    size_t n = 0, cap = 0;
-    for (int c; (c = fgetc(f)) != EOF;) {
-        if (n + 2 > cap) {
-            cap = cap ? 2 * cap : 1 << 16;
-            char *t = core_alloc(cap);
-            if (n) memcpy(t, text, n);
-            core_free(text);
-            text = t;
-        }
-        text[n++] = (char)c;
-    }
-    const int read_error = ferror(f) ? errno : 0;
+    char *text;
+    size_t n;
+    const int read_error = core_read_all(f, SIZE_MAX, &text, &n);
     fclose(f);
-    if (read_error) {
+    if (read_error)
+        return core_failure_report("plot: cannot read --metrics '%s': %s", path, core_read_error(read_error));
+    if (!n) {
         core_free(text);
-        return core_failure_report("plot: cannot read --metrics '%s': %s", path, strerror(read_error));
+        return fail("--metrics '%s' is empty", path);
     }
-    if (!text) return fail("--metrics '%s' is empty", path);
     // The lines are parsed as C strings: a NUL byte would end the file there, unseen.
     const int nul_line = core_nul_line(text, n);
     if (nul_line) {
         core_free(text);
         return fail("%s, line %d: a NUL byte (the file is not text)", path, nul_line);
     }
-    text[n] = '\0';
     int rc = 0, line = 0;
     for (char *s = text; s && *s && !rc; line++) {
         char *eol = strchr(s, '\n');

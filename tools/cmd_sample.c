@@ -41,15 +41,11 @@ static long long int_flag(const char *flag, const char *v, long long lo, long lo
 
 // Prints the text of ids (n), flushed: a long sample shows its progress token by token.
 static void print_tokens(const Tokenizer *tok, const int *ids, int n) {
-    uint32_t *u = core_alloc((size_t)n * sizeof *u);
-    for (int i = 0; i < n; i++) u[i] = (uint32_t)ids[i];
-    const size_t len = tok_decode(tok, u, (size_t)n, NULL, 0);  // the length only
-    uint8_t *text = core_alloc(len + 1);
-    tok_decode(tok, u, (size_t)n, text, len);
+    size_t len;
+    uint8_t *text = tok_decode_ints(tok, ids, (size_t)n, &len);
     fwrite(text, 1, len, stdout);
     core_stdout_flush();
     core_free(text);
-    core_free(u);
 }
 
 int cmd_sample(int argc, char **argv) {

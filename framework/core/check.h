@@ -13,6 +13,8 @@
 #define CORE_NORETURN noreturn
 #endif
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -41,6 +43,11 @@ int core_usage_report(const char *fmt, ...) __attribute__((format(printf, 1, 2))
 // The same line for a run that ends on its own failure (not bad input): returns CORE_EXIT_FAILURE, so
 // that every rank can leave through its normal exit path together.
 int core_failure_report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// Formats a message into the caller's buffer of cap bytes (cut to fit, NUL-terminated; nothing when
+// buf is NULL): how the functions that hand an error back to their caller (a char *err argument)
+// write it.
+void core_set_err(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 // The hook that ends the process; the default is exit(code). The MPI backend swaps in MPI_Abort.
 typedef void (*core_abort_fn)(int code);

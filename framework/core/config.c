@@ -291,7 +291,7 @@ void config_reset_key(MoeConfig *c, const char *key) {
     memcpy((char *)c + k->offset, (const char *)&d + k->offset, key_size(k->type));
 }
 
-static char *trim(char *s) {
+char *config_trim(char *s) {
     while (isspace((unsigned char)*s)) s++;
     char *e = s + strlen(s);
     while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
@@ -343,12 +343,12 @@ void config_load_stream(MoeConfig *c, FILE *f, const char *name) {
             core_usage_error("%s: a '#' right after a value: values cannot hold '#', and a comment needs a blank "
                              "before it", origin);
         if (hash) *hash = '\0';
-        char *s = trim(line);
+        char *s = config_trim(line);
         if (*s == '\0') continue;
         char *eq = strchr(s, '=');
         if (!eq) core_usage_error("%s: expected 'key = value', got '%s'", origin, s);
         *eq = '\0';
-        char *key = trim(s), *value = trim(eq + 1);
+        char *key = config_trim(s), *value = config_trim(eq + 1);
         if (*key == '\0') core_usage_error("%s: missing key before '='", origin);
         const KeyInfo *k = find_key(key);
         if (k && set_on[k - KEYS])
@@ -424,54 +424,46 @@ void config_validate(const MoeConfig *c) {
 #undef RULE
 }
 
-// Key k's value in c, as a config file spells it; with json, a string is a JSON string literal
-// (numbers and true/false are the same in both; a validated config holds no NaN or infinity).
-static void write_value(const KeyInfo *k, const MoeConfig *c, int json, FILE *f) {
-    const char *base = (const char *)c + k->offset;
+// The value of key k at base (within a MoeConfig) as text in buf: as a config file spells it, or
+// with help as --help shows a default (a float to 6 digits, an empty string as "").
+static const char *format_value(const KeyInfo *k, const char *base, int help, char *buf, size_t n) {
     switch (k->type) {
-    case K_INT: fprintf(f, "%d", *(const int *)base); break;
-    case K_U64: fprintf(f, "%llu", (unsigned long long)*(const uint64_t *)base); break;
-    case K_FLOAT: fprintf(f, "%.9g", (double)*(const float *)base); break;
-    case K_BOOL: fputs(*(const int *)base ? "true" : "false", f); break;
-    case K_STR:
-        if (json) json_write_string(f, base, strlen(base));
-        else fputs(base, f);
-        break;
+    case K_INT: snprintf(buf, n, "%d", *(const int *)base); break;
+    case K_U64: snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t *)base); break;
+    case K_FLOAT: snprintf(buf, n, help ? "%g" : "%.9g", (double)*(const float *)base); break;
+    case K_BOOL: snprintf(buf, n, "%s", *(const int *)base ? "true" : "false"); break;
+    case K_STR: snprintf(buf, n, "%s", help && !*base ? "\"\"" : base); break;
     }
+    return buf;
 }
 
-void config_write(const MoeConfig *c, FILE *f) {
+// Every key of c: "key = value" lines, or with json one JSON object {"key": value, ...} in which a
+// string is a JSON string literal (numbers and true/false are the same in both; a validated config
+// holds no NaN or infinity).
+static void write_keys(const MoeConfig *c, int json, FILE *f) {
+    char buf[CONFIG_STR + 8];
+    if (json) fputc('{', f);
     for (int i = 0; i < NKEYS; i++) {
-        fprintf(f, "%s = ", KEYS[i].name);
-        write_value(&KEYS[i], c, 0, f);
-        fputc('\n', f);
+        const KeyInfo *k = &KEYS[i];
+        const char *base = (const char *)c + k->offset;
+        if (json) fprintf(f, "%s\"%s\": ", i ? ", " : "", k->name);
+        else fprintf(f, "%s = ", k->name);
+        if (json && k->type == K_STR) json_write_string(f, base, strlen(base));
+        else fputs(format_value(k, base, 0, buf, sizeof buf), f);
+        if (!json) fputc('\n', f);
     }
+    if (json) fputc('}', f);
 }
 
-void config_write_json(const MoeConfig *c, FILE *f) {
-    fputc('{', f);
-    for (int i = 0; i < NKEYS; i++) {
-        fprintf(f, "%s\"%s\": ", i ? ", " : "", KEYS[i].name);
-        write_value(&KEYS[i], c, 1, f);
-    }
-    fputc('}', f);
-}
+void config_write(const MoeConfig *c, FILE *f) { write_keys(c, 0, f); }
+void config_write_json(const MoeConfig *c, FILE *f) { write_keys(c, 1, f); }
 
 void config_print_help(FILE *f) {
     MoeConfig d;
     config_defaults(&d);
     fprintf(f, "Config keys (in a --config file as `key = value`, or on the command line as --key value):\n");
-    for (int i = 0; i < NKEYS; i++) {
-        const KeyInfo *k = &KEYS[i];
-        const char *base = (const char *)&d + k->offset;
-        char def[CONFIG_STR + 8];
-        switch (k->type) {
-        case K_INT: snprintf(def, sizeof def, "%d", *(const int *)base); break;
-        case K_U64: snprintf(def, sizeof def, "%llu", (unsigned long long)*(const uint64_t *)base); break;
-        case K_FLOAT: snprintf(def, sizeof def, "%g", (double)*(const float *)base); break;
-        case K_BOOL: snprintf(def, sizeof def, "%s", *(const int *)base ? "true" : "false"); break;
-        case K_STR: snprintf(def, sizeof def, "%s", *base ? base : "\"\""); break;
-        }
-        fprintf(f, "  --%-16s %-12s %s\n", k->name, def, k->help);
-    }
+    char def[CONFIG_STR + 8];
+    for (int i = 0; i < NKEYS; i++)
+        fprintf(f, "  --%-16s %-12s %s\n", KEYS[i].name,
+                format_value(&KEYS[i], (const char *)&d + KEYS[i].offset, 1, def, sizeof def), KEYS[i].help);
 }

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "framework/core/check.h"
+#include "framework/core/mem.h"
 
 FILE *core_open_regular(const char *path, const char **why) {
     // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer for ever.
@@ -35,6 +36,41 @@ FILE *core_open_regular(const char *path, const char **why) {
     }
     return f;
 }
+
+int core_read_all(FILE *f, size_t max, char **buf, size_t *len) {
+    *buf = NULL;
+    *len = 0;
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0) return errno;
+    if ((unsigned long long)st.st_size > max) {
+        *len = (size_t)st.st_size;
+        return EFBIG;
+    }
+    size_t cap = st.st_size > 0 ? (size_t)st.st_size : 4096, n;
+    char *b = core_alloc(cap + 1);
+    n = fread(b, 1, cap, f);
+    while (st.st_size == 0 && n == cap && n <= max && !ferror(f)) {
+        char *more = core_alloc(2 * cap + 1);
+        memcpy(more, b, n);
+        core_free(b);
+        b = more;
+        n += fread(b + cap, 1, cap, f);
+        cap *= 2;
+    }
+    *len = n;
+    const int err = ferror(f) ? (errno ? errno : EIO)
+                    : n > max ? EFBIG
+                    : st.st_size > 0 && n != (size_t)st.st_size ? CORE_READ_CHANGED : 0;
+    if (err) {
+        core_free(b);
+        return err;
+    }
+    b[n] = '\0';
+    *buf = b;
+    return 0;
+}
+
+const char *core_read_error(int err) { return err == CORE_READ_CHANGED ? "changed while it was read" : strerror(err); }
 
 // The directory part of path ("." for a bare name) into dir, and its last name.
 static const char *split_path(const char *path, char *dir, size_t cap) {

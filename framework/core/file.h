@@ -17,6 +17,17 @@ extern "C" {
 // file"), so that core_path_error(errno, ...) gives the exit code.
 FILE *core_open_regular(const char *path, const char **why);
 
+// Reads f (opened by core_open_regular) whole into *buf (core_free it), NUL-terminated after its *len
+// bytes. A file that states a size of 0 bytes (those of /proc and /sys) is read to its end; any other
+// is read at its stated size. 0; or the errno of a failed fstat or read; EFBIG where the file holds
+// more than max bytes (*len then says how many it states, or how many were read of one of stated size
+// 0); CORE_READ_CHANGED where it held fewer than it stated (it changed while it was read). On a
+// failure *buf is NULL; f stays open (the caller closes it).
+enum { CORE_READ_CHANGED = -3 };
+int core_read_all(FILE *f, size_t max, char **buf, size_t *len);
+// The text of an error core_read_all returned: "changed while it was read", or strerror's.
+const char *core_read_error(int err);
+
 // 1 when a and b name the same file: the same device and inode, or, where neither exists yet, the
 // same name in the same directory; else 0. An output path that is one of the run's inputs (or
 // another output) is refused before it is truncated.

@@ -179,6 +179,14 @@ int core_failure_report(const char *fmt, ...) {
     return CORE_EXIT_FAILURE;
 }
 
+void core_set_err(char *buf, size_t cap, const char *fmt, ...) {
+    if (!buf || cap == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, cap, fmt, ap);
+    va_end(ap);
+}
+
 const char *core_test_seam(const char *name) {
     static const char *announced[8];  // the seams already announced (there are two)
     CHECK(strncmp(name, "MOELAB_TEST_", 12) == 0, "test seam %s lacks the MOELAB_TEST_ prefix", name);

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -18,6 +19,7 @@
 #include "framework/core/check.h"
 #include "framework/core/file.h"
 #include "framework/core/log.h"
+#include "framework/core/mem.h"
 
 namespace {
 
@@ -333,6 +335,53 @@ TEST(CoreFile, StaleTemporaryNames) {
     EXPECT_EQ(core_temp_is_stale(("train.bin.tmp-" + me).c_str()), 0);
     for (const char *name : {"step_3.h5", "out.tmp-Ab12cd", "a.tmp-", "a.tmp-12x", "a.tmp--5", "a.tmp-0"})
         EXPECT_EQ(core_temp_is_stale(name), -1) << name;
+}
+
+// core_read_all: a file read whole and NUL-terminated; one of /proc (a stated size of 0 bytes) read to
+// its end; a cap refused with the size; a read error's errno.
+TEST(CoreFile, ReadAllReadsAFileWhole) {
+    const std::string d = tmpdir(), f = d + "/a.txt", empty = d + "/empty.txt";
+    write_file(f, "hello");
+    write_file(empty, "");
+    const char *why = nullptr;
+    char *buf = nullptr;
+    size_t len = 0;
+    FILE *in = core_open_regular(f.c_str(), &why);
+    ASSERT_NE(in, nullptr);
+    EXPECT_EQ(core_read_all(in, 100, &buf, &len), 0);
+    EXPECT_EQ(len, 5u);
+    EXPECT_STREQ(buf, "hello");
+    core_free(buf);
+    rewind(in);
+    EXPECT_EQ(core_read_all(in, 4, &buf, &len), EFBIG);
+    EXPECT_EQ(len, 5u);  // the stated size
+    EXPECT_EQ(buf, nullptr);
+    fclose(in);
+    in = core_open_regular(empty.c_str(), &why);
+    ASSERT_NE(in, nullptr);
+    EXPECT_EQ(core_read_all(in, 100, &buf, &len), 0);
+    EXPECT_EQ(len, 0u);
+    EXPECT_STREQ(buf, "");
+    core_free(buf);
+    fclose(in);
+    in = core_open_regular("/proc/self/status", &why);
+    ASSERT_NE(in, nullptr);
+    EXPECT_EQ(core_read_all(in, SIZE_MAX, &buf, &len), 0);
+    EXPECT_GT(len, 0u);
+    EXPECT_EQ(strlen(buf), len);
+    EXPECT_EQ(strncmp(buf, "Name:", 5), 0);
+    core_free(buf);
+    rewind(in);
+    EXPECT_EQ(core_read_all(in, 10, &buf, &len), EFBIG);
+    EXPECT_GT(len, 10u);  // what was read before the cap was passed
+    fclose(in);
+    in = fopen(d.c_str(), "rb");  // a directory opens, but its read fails
+    ASSERT_NE(in, nullptr);
+    EXPECT_EQ(core_read_all(in, SIZE_MAX, &buf, &len), EISDIR);
+    EXPECT_EQ(buf, nullptr);
+    fclose(in);
+    EXPECT_STREQ(core_read_error(CORE_READ_CHANGED), "changed while it was read");
+    EXPECT_STREQ(core_read_error(ENOENT), strerror(ENOENT));
 }
 
 TEST(CoreFile, NulLine) {
