@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "checkpoints/ckpt.h"
 #include "data/prepare.h"
@@ -19,6 +20,7 @@
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/core/prof.h"
+#include "framework/core/timer.h"
 #include "framework/pipe_train.h"
 #include "framework/sample.h"
 #include "parallel/comm.h"
@@ -624,7 +626,16 @@ static void trainer_sample(Trainer *t, const char *when) {
     // Start from the encoding of a newline when the vocabulary has one, else token 0.
     if (tok_encode(t->tok, (const uint8_t *)"\n", 1, nl) >= 1) prompt = (int)nl[0];
     int *out = core_alloc((size_t)(c->sample_tokens + 1) * sizeof(int));
-    sample_generate(m, &prompt, 1, c->sample_tokens, c->temperature, c->top_k_sample, &rng, out);
+    out[0] = prompt;
+    // Token by token (the same draws as one call for all), with a progress line on a terminal after
+    // a second: every token is a forward of the whole window, and a long sample took minutes unseen.
+    const int tty = core_rank() == 0 && isatty(STDERR_FILENO);
+    const double t0 = core_now();
+    for (int len = 1; len <= c->sample_tokens; len++) {
+        sample_generate(m, out, len, 1, c->temperature, c->top_k_sample, &rng, out);
+        if (tty && core_now() - t0 > 1) core_progress("sampling %s: %d/%d tokens", when, len, c->sample_tokens);
+    }
+    core_progress_end();
     core_info0("sample %s (%d tokens, temperature %.2f, top-k %d):", when, c->sample_tokens,
                c->temperature, c->top_k_sample);
     if (core_rank() == 0) print_text(t->tok, out + 1, c->sample_tokens);
