@@ -146,6 +146,10 @@ static void trainer_resume(Trainer *t) {
             if (x->eplb && e.phy2log && e.R == x->m->R)
                 eplb_runtime_set_placement(x->eplb, e.phy2log + (size_t)x->moe0 * e.R);
         }
+        // Said, not silently dropped (review, 2026-12-05): the first rebalance places them again.
+        if (e.phy2log && e.R != t->pipe->ctx[0].m->R)
+            core_info0("eplb: %s placed %d slots per MoE layer, this run has %d: the experts start in the "
+                       "identity placement until the first rebalance", t->cfg.resume, e.R, t->pipe->ctx[0].m->R);
         // The interval's load so far: the next rebalance plans from the same tokens as without the
         // interruption (a checkpoint of an older moelab has none: the interval starts empty).
         if (e.load) pipe_eplb_set_load(t->pipe, e.load);

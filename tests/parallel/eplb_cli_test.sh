@@ -84,6 +84,12 @@ echo "ok: resume after a rebalance (one process) and between two (EP 2) is bit-i
 "$moelab" train "${args[@]}" --grad-accum 4 --resume "$tmp/ck2/step_3.h5" --metrics "$tmp/r0.jsonl" >"$tmp/r0.log"
 close_steps "$tmp/one.jsonl" "$tmp/r0.jsonl" 56
 echo "ok: a checkpoint of replicated slots resumes in one process without EPLB"
+# With EPLB of another slot count the saved placement cannot apply: the log says so (it was dropped
+# without a word), and the run goes on.
+"$moelab" train "${args[@]}" --grad-accum 4 "${eplb[@]}" --eplb-redundant 1 --resume "$tmp/ck2/step_3.h5" \
+    --steps 4 >"$tmp/r3.log"
+grep -q "eplb: $tmp/ck2/step_3.h5 placed 10 slots per MoE layer, this run has 9: the experts start in the identity placement" \
+    "$tmp/r3.log" || { echo "FAIL: a dropped placement unsaid"; cat "$tmp/r3.log"; exit 1; }
 
 # The plain run's metrics carry expert loads but no EPLB figures.
 grep -q '"expert_load": \[\[' "$tmp/one.jsonl" && ! grep -q '"eplb"' "$tmp/one.jsonl" ||
