@@ -55,10 +55,11 @@ double core_host_memory_bytes(void) {
 }
 
 double core_host_resident_bytes(void) {
-    FILE *f = fopen("/proc/self/statm", "r");  // size resident ... (in pages)
-    long size = 0, resident = 0;
-    const int n = f ? fscanf(f, "%ld %ld", &size, &resident) : 0;
+    // statm: size, resident, shared (file-backed) ... in pages. The mapped token shards count as
+    // resident once read but are the page cache's to drop: only the anonymous rest is held.
+    FILE *f = fopen("/proc/self/statm", "r");
+    long size = 0, resident = 0, shared = 0;
+    const int n = f ? fscanf(f, "%ld %ld %ld", &size, &resident, &shared) : 0;
     if (f) fclose(f);
-    return n == 2 ? (double)resident * (double)sysconf(_SC_PAGESIZE) : 0.0;
+    return n == 3 ? (double)(resident - shared) * (double)sysconf(_SC_PAGESIZE) : 0.0;
 }
-

@@ -24,7 +24,8 @@ void core_free(void *p);
 // This machine's physical memory in bytes: the bound of sizes given on a command line, checked
 // before anything is allocated (an allocation beyond it would only swap or be killed).
 double core_host_memory_bytes(void);
-// The memory this process holds now (its resident set), in bytes; 0 where the system does not say.
+// The memory this process holds now (its resident set less mapped files), in bytes; 0 where the
+// system does not say.
 double core_host_resident_bytes(void);
 
 // The u32 stored little-endian at p, and storing one there: the byte order of every file moelab
