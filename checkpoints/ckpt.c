@@ -29,10 +29,6 @@ static void dataset_done(void) {
     if (save_hook) save_hook(saved_datasets);
 }
 
-static const char *kind_name(ParamKind k) {
-    return k == PARAM_EXPERT ? "expert" : k == PARAM_BUFFER ? "buffer" : "dense";
-}
-
 // ---------------------------------------------------------------------------------------------
 // Expert slots: which logical expert each physical slot holds, and who writes it.
 
@@ -139,7 +135,7 @@ static void write_group(const H5Io *io, hid_t g, const CkptView *v, const float 
             h5_write_rows(io, d, p->name, H5T_NATIVE_FLOAT, p->ndim, dims, (hsize_t)k, (hsize_t)len,
                           x + (size_t)slot[k] * row);
         }
-        h5_attr_write_str(io, d, "kind", kind_name(p->kind));
+        h5_attr_write_str(io, d, "kind", ckpt_kind_name(p->kind));
         if (is_expert && in_part) h5_attr_write(io, d, "experts", H5T_STD_I32LE, H5T_NATIVE_INT, n, expert);
         H5Dclose(d);
         dataset_done();

@@ -329,6 +329,10 @@ void ckpt_shape_str(char *out, size_t n, int ndim, const hsize_t *d) {
     if ((size_t)k < n) snprintf(out + k, n - (size_t)k, ")");
 }
 
+const char *ckpt_kind_name(ParamKind k) {
+    return k == PARAM_EXPERT ? "expert" : k == PARAM_BUFFER ? "buffer" : "dense";
+}
+
 hid_t ckpt_open_tensor(CkptFile *cf, const char *name, const ParamInfo *want, int *ndim, hsize_t dims[4]) {
     const H5Io *io = &cf->io;
     char what[512];
@@ -363,6 +367,15 @@ hid_t ckpt_open_tensor(CkptFile *cf, const char *name, const ParamInfo *want, in
         check_virtual(cf, d, name, *ndim, dims);
     } else {
         h5_check_stored(io, d, name, H5T_IEEE_F32LE);
+    }
+    // What the rows are (an expert tensor's are placed slot by slot). Read by inspect only, a
+    // missing or wrong kind passed verify and the loader (review, 2026-12-05).
+    if (want) {
+        char *kind = h5_attr_read_str(io, d, name, "kind", 15);
+        if (strcmp(kind, ckpt_kind_name(want->kind)) != 0)
+            H5_FAIL(io, "%s is of kind '%s', but the model's tensor is of kind '%s'", name, kind,
+                    ckpt_kind_name(want->kind));
+        core_free(kind);
     }
     h5_unwatch();
     return d;

@@ -205,6 +205,13 @@ int h5_exists(const H5Io *io, hid_t loc, const char *name) {
         memcpy(part, name, n);
         part[n] = '\0';
         if (!H5_OK(io, H5Lexists(loc, part, H5P_DEFAULT), "look up %s", part)) return 0;
+        // A checkpoint holds its own objects: an external link read another file, outside the rules
+        // of the index's parts (review, 2026-12-05), and a soft link made two names one object.
+        H5L_info_t li;
+        H5_OK(io, H5Lget_info(loc, part, &li, H5P_DEFAULT), "look up %s", part);
+        if (li.type != H5L_TYPE_HARD)
+            H5_FAIL(io, "%s is %s link, not an object of its own", part,
+                    li.type == H5L_TYPE_EXTERNAL ? "an external" : li.type == H5L_TYPE_SOFT ? "a soft" : "a user-defined");
         if (!slash) return 1;
         p = slash + 1;
     }

@@ -566,12 +566,36 @@ const Case kCases[] = {
      kEplb, "/eplb/expert_counts has the wrong data type (the documented integer type expected)",
      VERIFY | LOAD | INSPECT},
 
-    // What only `ckpt inspect` reads: each tensor's `kind` (docs/checkpoint-format.md).
+    // Each tensor's `kind` (docs/checkpoint-format.md): read by inspect only until a review found a
+    // missing or wrong one passing verify and the loader (2026-12-05).
     {"KindMissing", SINGLE, [](const std::string &d) { delete_attr(in(d, kSingle), "/model/embed", "kind"); },
-     kSingle, "/model/embed: attribute 'kind' is missing", INSPECT},
+     kSingle, "/model/embed: attribute 'kind' is missing", VERIFY | LOAD | INSPECT},
     {"KindTooLong", SINGLE,
      [](const std::string &d) { set_str(in(d, kSingle), "/model/embed", "kind", "dense-and-replicated", 21); },
-     kSingle, "/model/embed: attribute 'kind' has 21 bytes (at most 15 expected)", INSPECT},
+     kSingle, "/model/embed: attribute 'kind' has 21 bytes (at most 15 expected)", VERIFY | LOAD | INSPECT},
+    {"KindOfAnotherTensor", SINGLE,
+     [](const std::string &d) { set_str(in(d, kSingle), "/model/embed", "kind", "expert", 7); },
+     kSingle, "/model/embed is of kind 'expert', but the model's tensor is of kind 'dense'", VERIFY | LOAD},
+
+    // Links (checkpoints/h5.c h5_exists): a checkpoint holds its own objects. An external link read
+    // another file past the index's rules for parts, and was called sound (review, 2026-12-05).
+    {"TensorAsAnExternalLink", SINGLE,
+     [](const std::string &d) {
+         delete_link(in(d, kSingle), "/model/embed");
+         hid_t f = open_rw(in(d, kSingle));
+         check(H5Lcreate_external("../elsewhere/other.h5", "/model/embed", f, "/model/embed", H5P_DEFAULT,
+                                  H5P_DEFAULT), "external link");
+         H5Fclose(f);
+     },
+     kSingle, "/model/embed is an external link, not an object of its own", VERIFY | LOAD | INSPECT},
+    {"MomentAsASoftLinkToTheWeights", SINGLE,
+     [](const std::string &d) {
+         delete_link(in(d, kSingle), "/optim/m/embed");
+         hid_t f = open_rw(in(d, kSingle));
+         check(H5Lcreate_soft("/model/embed", f, "/optim/m/embed", H5P_DEFAULT, H5P_DEFAULT), "soft link");
+         H5Fclose(f);
+     },
+     kSingle, "/optim/m/embed is a soft link, not an object of its own", VERIFY | LOAD | INSPECT},
 };
 
 // A case's name in gtest's messages (not its bytes).
