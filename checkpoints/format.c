@@ -202,11 +202,17 @@ void ckpt_file_check_parts(CkptFile *cf) {
 static void one_row_block(const H5Io *io, hid_t s, const char *what, int ndim, const hsize_t *full,
                           hsize_t *r0, hsize_t *r1) {
     hsize_t start[4], end[4];
+    H5S_sel_type type = H5_OK(io, H5Sget_select_type(s), "%s: selection", what);
+    // "All" (what h5py writes for an unsliced source) is the whole dataset; HDF5 1.10 stores it
+    // without its extent, which read as "0 dimensions" and refused a sound mapping (review, 2026-12-05).
+    if (type == H5S_SEL_ALL) {
+        *r0 = 0;
+        *r1 = full[0] - 1;
+        return;
+    }
     int nd = (int)H5_OK(io, H5Sget_simple_extent_ndims(s), "%s: rank", what);
     if (nd != ndim) H5_FAIL(io, "%s has %d dimensions, not %d", what, nd, ndim);
-    H5S_sel_type type = H5_OK(io, H5Sget_select_type(s), "%s: selection", what);
-    if (type != H5S_SEL_ALL &&
-        (type != H5S_SEL_HYPERSLABS || H5_OK(io, H5Sget_select_hyper_nblocks(s), "%s: selection", what) != 1))
+    if (type != H5S_SEL_HYPERSLABS || H5_OK(io, H5Sget_select_hyper_nblocks(s), "%s: selection", what) != 1)
         H5_FAIL(io, "%s is not one block of rows", what);
     H5_OK(io, H5Sget_select_bounds(s, start, end), "%s: selection bounds", what);
     if (end[0] >= full[0]) H5_FAIL(io, "%s selects rows beyond the dataset's %llu", what, (unsigned long long)full[0]);
@@ -256,6 +262,18 @@ static void virtual_map(CkptFile *cf, hid_t dcpl, size_t i, const char *name, in
     if (m->s1 - m->s0 != m->v1 - m->v0)
         H5_FAIL(io, "%s: source rows %llu..%llu do not match rows %llu..%llu", what, (unsigned long long)m->s0,
                 (unsigned long long)m->s1, (unsigned long long)m->v0, (unsigned long long)m->v1);
+    // An expert tensor's rows in a part are labelled with their logical experts: a mapping that
+    // takes other experts' rows was called sound and loaded them into the wrong slots (review,
+    // 2026-12-05).
+    if (H5_OK(&pio, H5Aexists(m->src, "experts"), "%s: attribute 'experts'", name)) {
+        int *ex = core_alloc((size_t)m->src_dims[0] * sizeof(int));
+        h5_attr_read(&pio, m->src, name, "experts", H5T_STD_I32LE, H5T_NATIVE_INT, (int)m->src_dims[0], ex);
+        for (hsize_t k = 0; k <= m->v1 - m->v0; k++)
+            if (ex[m->s0 + k] != (int)(m->v0 + k))
+                H5_FAIL(io, "%s: the part's row %llu holds expert %d, not the mapped expert %llu", what,
+                        (unsigned long long)(m->s0 + k), ex[m->s0 + k], (unsigned long long)(m->v0 + k));
+        core_free(ex);
+    }
 }
 
 // The mappings of a virtual dataset, their count checked against its rows.

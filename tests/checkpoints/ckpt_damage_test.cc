@@ -457,14 +457,25 @@ const Case kCases[] = {
          });
      },
      kIndex, "/optim/v/layers.2.experts.w2 has 5 virtual mappings for 4 rows", VERIFY | LOAD},
-    {"RowMappedTwice", INDEX,
+    {"RowMappedTwice", INDEX,  // part 1's rows relabelled 1, 2 to match, else the labels differ first
      [](const std::string &d) {
          rewrite_virtual(in(d, kIndex), kExpert, [](hid_t dcpl, std::vector<Mapping> &m) {
              replace_space(&m[1].vspace, rows({4, 16, 8}, 1, 2));
              add_all(dcpl, m);
          });
+         const int32_t experts[2] = {1, 2};
+         set_attr(in(d, kPart1), kExpert, "experts", H5T_STD_I32LE, 2, experts);
      },
      kIndex, "/optim/v/layers.2.experts.w2: row 1 is mapped twice", VERIFY | LOAD},
+    {"MappingToAnotherExpertsRows", INDEX,  // the two parts' sources swapped (review, 2026-12-05)
+     [](const std::string &d) {
+         rewrite_virtual(in(d, kIndex), kExpert, [](hid_t dcpl, std::vector<Mapping> &m) {
+             std::swap(m[0].file, m[1].file);
+             add_all(dcpl, m);
+         });
+     },
+     kIndex, "/optim/v/layers.2.experts.w2 (virtual mapping 0): the part's row 0 holds expert 2, not the mapped "
+     "expert 0", VERIFY | LOAD},
     {"RowsFromNoPart", INDEX,
      [](const std::string &d) {
          rewrite_virtual(in(d, kIndex), kExpert, [](hid_t dcpl, std::vector<Mapping> &m) { add_mapping(dcpl, m[0]); });
@@ -710,6 +721,23 @@ TEST_F(CheckpointDamage, SoundCheckpointsPass) {
         fclose(null);
         load(path);
     }
+}
+
+// A mapping whose source selection is "all" (h5py's for an unsliced source; HDF5 1.10 stores it
+// without its extent) is the whole part dataset, which every reader takes. It was refused as
+// "0 dimensions" (review, 2026-12-05).
+TEST_F(CheckpointDamage, SourceSelectionAllIsTheWholeDataset) {
+    const std::string dir = g_base + "/source_all", path = prepare(dir, INDEX);
+    rewrite_virtual(in(dir, kIndex), kExpert, [](hid_t dcpl, std::vector<Mapping> &m) {
+        check(H5Sselect_all(m[1].srcspace), "select all");
+        add_all(dcpl, m);
+    });
+    ASSERT_FALSE(HasFailure());
+    FILE *null = fopen("/dev/null", "w");
+    verify(path.c_str(), null);
+    inspect(path.c_str(), null);
+    fclose(null);
+    load(path);
 }
 
 TEST_P(CheckpointDamage, IsRefusedWithItsMessage) {
