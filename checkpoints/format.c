@@ -340,13 +340,6 @@ void ckpt_read_rows(CkptFile *cf, hid_t d, const char *name, int ndim, const hsi
     h5_dcpl_close(dcpl);
 }
 
-void ckpt_shape_str(char *out, size_t n, int ndim, const hsize_t *d) {
-    int k = snprintf(out, n, "(");
-    for (int i = 0; i < ndim && (size_t)k < n; i++)
-        k += snprintf(out + k, n - (size_t)k, i ? ", %llu" : "%llu", (unsigned long long)d[i]);
-    if ((size_t)k < n) snprintf(out + k, n - (size_t)k, ")");
-}
-
 const char *ckpt_kind_name(ParamKind k) {
     return k == PARAM_EXPERT ? "expert" : k == PARAM_BUFFER ? "buffer" : "dense";
 }
@@ -369,8 +362,8 @@ hid_t ckpt_open_tensor(CkptFile *cf, const char *name, const ParamInfo *want, in
         for (int i = 0; same && i < *ndim; i++) same = dims[i] == w[i];
         if (!same) {
             char a[128], b[128];
-            ckpt_shape_str(a, sizeof a, *ndim, dims);
-            ckpt_shape_str(b, sizeof b, want->ndim, w);
+            h5_shape_str(a, sizeof a, *ndim, dims);
+            h5_shape_str(b, sizeof b, want->ndim, w);
             H5_FAIL(io, "dataset %s has shape %s but the model expects %s", name, a, b);
         }
     }

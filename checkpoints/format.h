@@ -23,8 +23,6 @@ void ckpt_dir_of(const char *path, char *dir, size_t n);
 // Number of NaN and infinite values among x[0..n): a checkpoint holds none (the saver refuses them,
 // the loader and `verify` reject them).
 size_t ckpt_count_nonfinite(const float *x, size_t n);
-// "(a, b, c)": a shape for messages.
-void ckpt_shape_str(char *out, size_t n, int ndim, const hsize_t *d);
 // A tensor's `kind` attribute: "expert", "buffer" or "dense".
 const char *ckpt_kind_name(ParamKind k);
 // "<path>.part-<r>-of-<n>": part r's file name.

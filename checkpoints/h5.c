@@ -60,14 +60,15 @@ void h5_dcpl_close(hid_t dcpl) {
     H5Pclose(dcpl);
 }
 
-static CORE_NORETURN void fail(const H5Io *io, const char *file, int line, const char *what,
-                          const char *detail) {
+// One line, with exit io->code. at: the call site of an HDF5 call that failed ("file:line", whose
+// own message can be cryptic), or NULL for a finding of ours about the file, which says it all.
+static CORE_NORETURN void fail(const H5Io *io, const char *at, const char *what, const char *detail) {
     while (n_held > 0) H5Pclose(held[--n_held]);
-    if (io->code == CORE_EXIT_USAGE)
-        core_usage_error("checkpoint %s: %s%s%s (at %s:%d)", io->path, what, detail[0] ? ": " : "",
-                         detail, file, line);
-    core_fatal_at(file, line, io->code, "checkpoint %s: %s%s%s", io->path, what,
-                  detail[0] ? ": " : "", detail);
+    char where[160] = "";
+    if (at) snprintf(where, sizeof where, " (at %s)", at);
+    const char *sep = detail[0] ? ": " : "";
+    if (io->code == CORE_EXIT_USAGE) core_usage_error("checkpoint %s: %s%s%s%s", io->path, what, sep, detail, where);
+    core_failure_error("checkpoint %s: %s%s%s%s", io->path, what, sep, detail, where);
 }
 
 int64_t h5_ok_at(int64_t r, const H5Io *io, const char *file, int line, const char *fmt, ...) {
@@ -94,16 +95,18 @@ int64_t h5_ok_at(int64_t r, const H5Io *io, const char *file, int line, const ch
     }
     for (char *p = detail; *p; p++)
         if (*p == '\n') *p = ' ';
-    fail(io, file, line, what, detail);
+    char at[128];
+    snprintf(at, sizeof at, "%s:%d", file, line);
+    fail(io, at, what, detail);
 }
 
-void h5_fail_at(const H5Io *io, const char *file, int line, const char *fmt, ...) {
+void h5_fail(const H5Io *io, const char *fmt, ...) {
     char what[768];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
-    fail(io, file, line, what, "");
+    fail(io, NULL, what, "");
 }
 
 static hid_t fapl_v110(const H5Io *io) {
@@ -190,6 +193,13 @@ hid_t h5_create_group(const H5Io *io, hid_t loc, const char *name) {
     hid_t g = H5_OK(io, H5Gcreate2(loc, name, H5P_DEFAULT, gcpl, H5P_DEFAULT), "create group %s", name);
     H5Pclose(gcpl);
     return g;
+}
+
+void h5_shape_str(char *out, size_t n, int ndim, const hsize_t *d) {
+    int k = snprintf(out, n, "(");
+    for (int i = 0; i < ndim && (size_t)k < n; i++)
+        k += snprintf(out + k, n - (size_t)k, i ? ", %llu" : "%llu", (unsigned long long)d[i]);
+    if ((size_t)k < n) snprintf(out + k, n - (size_t)k, ")");
 }
 
 int h5_exists(const H5Io *io, hid_t loc, const char *name) {
@@ -523,11 +533,9 @@ void h5_read_rows(const H5Io *io, hid_t d, const char *name, hid_t mtype, int nd
             if (a < e) memcpy(dst + (a - lo) * g.esize, c + (a - first) * g.esize, (e - a) * g.esize);
         }
         if (bad >= 0) {
-            const hsize_t *o = offs + 4 * bad;
-            H5_FAIL(io, "read %s: the chunk at (%llu, %llu, %llu, %llu) fails its Fletcher-32 checksum "
-                    "(the data is damaged)", name, (unsigned long long)o[0],
-                    (unsigned long long)(ndim > 1 ? o[1] : 0), (unsigned long long)(ndim > 2 ? o[2] : 0),
-                    (unsigned long long)(ndim > 3 ? o[3] : 0));
+            char at[128];
+            h5_shape_str(at, sizeof at, ndim, offs + 4 * bad);  // as many coordinates as the dataset has
+            H5_FAIL(io, "read %s: the chunk at %s fails its Fletcher-32 checksum (the data is damaged)", name, at);
         }
     }
     core_free(offs);

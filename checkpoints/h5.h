@@ -25,10 +25,10 @@ int64_t h5_ok_at(int64_t r, const H5Io *io, const char *file, int line, const ch
     __attribute__((format(printf, 5, 6)));
 #define H5_OK(io, call, ...) h5_ok_at((int64_t)(call), (io), __FILE__, __LINE__, __VA_ARGS__)
 
-// Our own findings about a file (wrong shape, missing object, ...), reported like H5_OK's.
-CORE_NORETURN void h5_fail_at(const H5Io *io, const char *file, int line, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-#define H5_FAIL(io, ...) h5_fail_at((io), __FILE__, __LINE__, __VA_ARGS__)
+// Our own findings about a file (wrong shape, missing object, ...), reported like H5_OK's but
+// without a call site: the message says what is wrong.
+CORE_NORETURN void h5_fail(const H5Io *io, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define H5_FAIL(io, ...) h5_fail((io), __VA_ARGS__)
 
 // Dataset creation lists: every one we open is registered, and a failure closes the registered ones
 // before the process exits, because HDF5 1.10 crashes at exit when the creation list of a virtual
@@ -65,6 +65,9 @@ void h5_unwatch(void);
 hid_t h5_create_group(const H5Io *io, hid_t loc, const char *name);
 // 1 if loc has a link called name (a missing intermediate group counts as absent).
 int h5_exists(const H5Io *io, hid_t loc, const char *name);
+
+// "(a, b, c)": a shape or a position for messages.
+void h5_shape_str(char *out, size_t n, int ndim, const hsize_t *d);
 
 // Attributes: n == 0 means a scalar, else a 1-D array of n values. Reading checks that the
 // attribute exists, has exactly the stored type `ftype` and the expected extent.

@@ -101,7 +101,7 @@ void ckpt_inspect(const char *path, const ParamRegistry *ref, float (*lr)(const 
         hid_t d = ckpt_open_tensor(&cf, full, NULL, &nd, dims);
         char *kind = h5_attr_read_str(&cf.io, d, full, "kind", 15);
         H5Dclose(d);
-        ckpt_shape_str(shape, sizeof shape, nd, dims);
+        h5_shape_str(shape, sizeof shape, nd, dims);
         for (int gi = 0; gi < CKPT_NGROUPS; gi++) {
             snprintf(full, sizeof full, "%s/%s", CKPT_GROUPS[gi], name);
             norm_of(&cf, full, nm[gi], sizeof nm[gi]);

@@ -428,7 +428,9 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
         if (vocab > 256)
             core_info0("prepare: tokenizer of %d tokens trained in %.1f s (%.2f MB/s)", tok->V, stats->tok_seconds,
                        stats->train_bytes * mb / (stats->tok_seconds > 0 ? stats->tok_seconds : 1e-9));
-        if (tok->V < vocab) core_warn("the text ran out of pairs to merge: vocabulary %d, not %d", tok->V, vocab);
+        if (tok->V < vocab)
+            core_warn("the text ran out of pairs to merge: vocabulary %d, not %d (train with --vocab-size %d)",
+                      tok->V, vocab, tok->V);
         const uint64_t tokens = stats->train_tokens + stats->val_tokens;
         core_info0("prepare: %llu train + %llu val tokens, %.3f bytes/token, encoded in %.1f s (%.2f MB/s)",
                    (unsigned long long)stats->train_tokens, (unsigned long long)stats->val_tokens,

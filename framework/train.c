@@ -200,8 +200,9 @@ static void trainer_save(Trainer *t) {
         core_info0("%s is the checkpoint this run resumed from: not written again", path);
         return;
     }
-    const CkptState st = {t->step, loader_get_pos(t->train), rng_stream(t->cfg.seed, SAMPLE_STREAM),
-                          t->lineage, tok_fingerprint(t->tok)};
+    const CkptState st = {.step = t->step, .data = loader_get_pos(t->train),
+                          .rng = rng_stream(t->cfg.seed, SAMPLE_STREAM), .lineage = t->lineage,
+                          .tok_fp = tok_fingerprint(t->tok)};
     Model *m = t->pipe->ctx[0].m;  // pipe 0: the down pipe, the whole model in a plain run
     AdamW *o = t->pipe->ctx[0].o;
     // A pipeline stage counts only its own layers' tokens (and places only its own layers' experts):
@@ -326,7 +327,7 @@ Trainer *trainer_create(const MoeConfig *cfg) {
                          "and the backward of an F&B op both communicate, from two threads; this MPI "
                          "gives less (pass --fb-overlap 0)", c->ep);
     Grid *g = grid_create(comm_world(), c->pp, c->ep, c->E);
-    grid_log(g, c->E);
+    grid_log(g, c->E, c->E + c->eplb_redundant);
     eplb_runtime_check_config(c);
     // EPLB moves the moments of expert slots between ranks, which a shard does not hold whole.
     if (c->zero && c->eplb_interval > 0)
@@ -363,11 +364,12 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     // holds would re-read it (and a huge count would never end).
     t->val = open_split(path, c, t->tok, 0, 1, 0);
     const uint64_t val_seqs = loader_num_sequences(t->val);
+    const uint64_t fit = val_seqs / (uint64_t)c->batch_size;  // whole batches it holds
     if ((uint64_t)c->val_batches * (uint64_t)c->batch_size > val_seqs)
         core_usage_error("--val-batches %d is too large: %s holds %llu sequences of %d tokens, enough for "
-                         "%llu batches of %d (lower --val-batches or --batch-size, or prepare a larger "
-                         "--val-fraction)", c->val_batches, path, (unsigned long long)val_seqs, c->T + 1,
-                         (unsigned long long)(val_seqs / (uint64_t)c->batch_size), c->batch_size);
+                         "%llu batches of %d (%s, or prepare a larger --val-fraction)", c->val_batches, path,
+                         (unsigned long long)val_seqs, c->T + 1, (unsigned long long)fit, c->batch_size,
+                         fit > 0 ? "lower --val-batches or --batch-size" : "lower --batch-size or --seq-len");
     t->pipe = pipe_trainer_create(c, g, ops);
     t->tokens = core_alloc((size_t)c->grad_accum * c->batch_size * (c->T + 1) * sizeof(int));
     t->out_lock = CORE_DIR_NO_LOCK;
@@ -701,7 +703,7 @@ int trainer_run(Trainer *t) {
                "scores this)", t->unigram_entropy);
     if (t->step == 0) trainer_sample(t, "before training");
     float val = trainer_eval(t);
-    core_info0("step %5d/%d | val %.4f (before training)", t->step, c->steps, val);
+    core_info0("step %5d/%d | val %.4f (%s)", t->step, c->steps, val, t->step > 0 ? "at resume" : "before training");
     float val_first = val;
     double tokens = 0, secs = 0;
     int steps = 0;  // since the last log line
@@ -741,9 +743,13 @@ int trainer_run(Trainer *t) {
     // or folder; trainer_save leaves the very file resumed from alone).
     const int trained = t->step > (t->resumed_at > 0 ? t->resumed_at : 0);
     if (c->out[0] && !trained) trainer_save(t);
+    // A validation loss that rose while training went on is a model learning its data by heart: to
+    // "train longer" was the wrong advice (review, 2026-12-05).
     core_info0("validation loss %.4f -> %.4f nats/token; unigram entropy %.4f: %s", val_first, val,
-               t->unigram_entropy, val < t->unigram_entropy ? "the model uses context" :
-               "not yet below the unigram entropy (train longer)");
+               t->unigram_entropy, val < t->unigram_entropy ? "the model uses context"
+               : trained && val > val_first ? "it rose: the model learns its training text by heart (fewer "
+                                              "steps, a smaller model or more text)"
+               : "not yet below the unigram entropy (train longer)");
     // The trace is of the last step this run took: none, no trace (it held zero-length ops).
     if (c->trace[0] && trained) pipe_write_trace(t->pipe, c->trace);
     else if (c->trace[0]) core_info0("no step ran: no trace written to %s", c->trace);

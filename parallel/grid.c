@@ -91,10 +91,14 @@ void grid_to_device(Grid *g, const struct LayerOps *ops) {
     g->ops = ops;
 }
 
-void grid_log(const Grid *g, int E) {
-    core_info0("grid: world %d = pp %d x dp %d, dp = ep %d x edp %d | %d of %d experts per rank | "
-               "rank = pp_rank*%d + edp_rank*%d + ep_rank",
-               g->world, g->pp, g->dp, g->ep, g->edp, E / g->ep, E, g->dp, g->ep);
+void grid_log(const Grid *g, int E, int R) {
+    char experts[96];
+    if (R > E)  // EPLB's redundant slots: each rank holds more slots than its share of the experts
+        snprintf(experts, sizeof experts, "%d slots per rank (%d experts + %d redundant)", R / g->ep, E, R - E);
+    else
+        snprintf(experts, sizeof experts, "%d of %d experts per rank", E / g->ep, E);
+    core_info0("grid: world %d = pp %d x dp %d, dp = ep %d x edp %d | %s | rank = pp_rank*%d + edp_rank*%d + ep_rank",
+               g->world, g->pp, g->dp, g->ep, g->edp, experts, g->dp, g->ep);
     if (g->ep == 1) return;
     // The EP groups of stage 0 (the other stages repeat the pattern shifted by dp), at most 16.
     char line[512];

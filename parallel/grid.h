@@ -40,8 +40,8 @@ int grid_local_rank(Comm *world, int *n_local);
 // Makes the NCCL twins of the dp, ep and edp groups (collective over world; GPU runs, after
 // core_cuda_init) and records ops, the device backend: dp_sync then works on device gradients.
 void grid_to_device(Grid *g, const struct LayerOps *ops);
-// Logs the layout on rank 0: sizes, experts per rank, and the ranks of every EP group.
-void grid_log(const Grid *g, int E);
+// Logs the layout on rank 0: sizes, experts (E, in R slots) per rank, and the ranks of every EP group.
+void grid_log(const Grid *g, int E, int R);
 
 // Test hook for the dead-peer test: when MOELAB_TEST_DIE_AT_STEP = "RANK:STEP" names this world rank
 // and `step`, the process kills itself (SIGKILL) on the spot, as a crashed node would.

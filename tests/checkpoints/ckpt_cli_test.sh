@@ -117,9 +117,9 @@ expect_error "no.h5: No such file" "$moelab" ckpt verify "$tmp/no.h5"
 # (a part file said only "format is 'moelab-checkpoint-part', not 'moelab-checkpoint'").
 expect_error "^moelab: error: checkpoint $tmp/a: not a regular file" "$moelab" ckpt verify "$tmp/a"
 expect_error "^moelab: error: checkpoint $tmp/a: not a regular file" "$moelab" train "${args[@]}" --resume "$tmp/a"
-expect_error "step_3.h5.part-0-of-2: is one part file of a checkpoint saved by several processes, not a checkpoint: pass its index, $tmp/c/step_3.h5 " \
+expect_error "step_3.h5.part-0-of-2: is one part file of a checkpoint saved by several processes, not a checkpoint: pass its index, $tmp/c/step_3.h5$" \
     "$moelab" ckpt inspect "$tmp/c/step_3.h5.part-0-of-2"
-expect_error "step_3.h5.part-1-of-2: is one part file .*pass its index, $tmp/c/step_3.h5 " \
+expect_error "step_3.h5.part-1-of-2: is one part file .*pass its index, $tmp/c/step_3.h5$" \
     "$moelab" train "${args[@]}" --resume "$tmp/c/step_3.h5.part-1-of-2"
 expect_error "^moelab: error: ckpt: expected .inspect PATH., .verify PATH. or .clean DIR." "$moelab" ckpt
 # A FIFO where a part file or a checkpoint of the run's --out should be: HDF5's open waited for a

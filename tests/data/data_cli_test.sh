@@ -31,6 +31,10 @@ model=(--vocab-size 300 --seq-len 16 --d-model 32 --n-experts 8 --top-k 2 --d-ex
 
 make_corpus "$tmp/text"
 timeout 60 "$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/data" >/dev/null
+# A vocabulary the text cannot fill is said, with the --vocab-size that train then needs.
+timeout 60 "$moelab" data prepare --input "$tmp/text" --vocab 60000 --out "$tmp/big_vocab" 2>"$tmp/vocab.err" >/dev/null
+grep -qE "ran out of pairs to merge: vocabulary ([0-9]+), not 60000 \(train with --vocab-size \1\)" "$tmp/vocab.err" ||
+    { echo "FAIL: no usable vocabulary warning"; cat "$tmp/vocab.err"; exit 1; }
 mkfifo "$tmp/fifo"
 
 # --out inside an --input folder that holds a dataset already (second fuzzing pass): the run read the

@@ -53,7 +53,7 @@ int main(int argc, char **argv) {
         core_info("unreachable: the all-to-all-v completed without its last rank");
     } else if (argc == 5 && !strcmp(argv[1], "grid")) {
         Grid *g = grid_create(w, atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
-        grid_log(g, atoi(argv[4]));
+        grid_log(g, atoi(argv[4]), atoi(argv[4]));
         grid_free(g);
     } else if (argc == 2 && !strcmp(argv[1], "b16sum")) {
         unsigned short x = 1;

@@ -19,6 +19,9 @@ eplb=(--eplb-interval 2)
     --metrics "$tmp/ep1.jsonl" >"$tmp/ep1.log"
 mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --ep 2 "${eplb[@]}" --eplb-redundant 2 \
     --out "$tmp/ck2" --save-every 3 --metrics "$tmp/ep2.jsonl" >"$tmp/ep2.log"
+# The grid line counts the redundant slots (it said "4 of 8 experts per rank" for 5 slots a rank).
+grep -q "grid: .* | 5 slots per rank (8 experts + 2 redundant) |" "$tmp/ep2.log" ||
+    { echo "FAIL: the grid line of EP 2 with 2 redundant slots"; grep grid "$tmp/ep2.log"; exit 1; }
 mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 4 "${eplb[@]}" --eplb-redundant 4 \
     --metrics "$tmp/ep4.jsonl" >"$tmp/ep4.log"
 # The hierarchical policy: 4 expert groups packed onto 2 nodes of 2 ranks.

@@ -26,9 +26,12 @@ expect_usage "cannot open config file '.*': not a regular file" --config "$tmp"
 expect_usage "bench: --steps 0 is too small: at least 1" --config="$cfg" --steps=0
 expect_usage "bench: unknown option '--bogus'" --config "$cfg" --bogus=1
 # A key with one, three or no dashes was accepted and did nothing (review, 2026-12-05).
-for bad in -d-model ---d-model d-model; do
+for bad in -d-model ---d-model; do
     expect_usage "bench: unknown option '$bad'" --config "$cfg" "$bad" 32
 done
+expect_usage "bench: unexpected argument 'd-model'" --config "$cfg" d-model 32
+# Two configs after one --config: the second was called an unknown option (review, 2026-12-05).
+expect_usage "bench: unexpected argument '$cfg': give each config its own --config" --config "$cfg" "$cfg"
 overrides=()
 for i in $(seq 1 33); do overrides+=(--seed "$i"); done
 expect_usage "bench: at most 32 config overrides" --config "$cfg" "${overrides[@]}"
