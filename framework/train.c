@@ -743,12 +743,13 @@ int trainer_run(Trainer *t) {
     // or folder; trainer_save leaves the very file resumed from alone).
     const int trained = t->step > (t->resumed_at > 0 ? t->resumed_at : 0);
     if (c->out[0] && !trained) trainer_save(t);
-    // A validation loss that rose while training went on is a model learning its data by heart: to
-    // "train longer" was the wrong advice (review, 2026-12-05).
+    // A validation loss that rose while training went on will not fall with more of it: "train
+    // longer" was the wrong advice for a model that learned a small text by heart (review, 2026-12-05).
     core_info0("validation loss %.4f -> %.4f nats/token; unigram entropy %.4f: %s", val_first, val,
                t->unigram_entropy, val < t->unigram_entropy ? "the model uses context"
-               : trained && val > val_first ? "it rose: the model learns its training text by heart (fewer "
-                                              "steps, a smaller model or more text)"
+               : trained && val > val_first ? "it rose, which more steps will not mend (a model that learns "
+                                              "its training text by heart wants more text or a smaller model; "
+                                              "too high a learning rate, a lower --lr)"
                : "not yet below the unigram entropy (train longer)");
     // The trace is of the last step this run took: none, no trace (it held zero-length ops).
     if (c->trace[0] && trained) pipe_write_trace(t->pipe, c->trace);
