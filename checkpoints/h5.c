@@ -221,7 +221,9 @@ int h5_exists(const H5Io *io, hid_t loc, const char *name) {
         H5_OK(io, H5Lget_info(loc, part, &li, H5P_DEFAULT), "look up %s", part);
         if (li.type != H5L_TYPE_HARD)
             H5_FAIL(io, "%s is %s link, not an object of its own", part,
-                    li.type == H5L_TYPE_EXTERNAL ? "an external" : li.type == H5L_TYPE_SOFT ? "a soft" : "a user-defined");
+                    li.type == H5L_TYPE_EXTERNAL ? "an external"
+                    : li.type == H5L_TYPE_SOFT   ? "a soft"
+                                                 : "a user-defined");
         if (!slash) return 1;
         p = slash + 1;
     }

@@ -181,7 +181,7 @@ static void trainer_resume(Trainer *t) {
     // Said once the resume has passed every check: a refused one is its error alone.
     if (st.changed[0] && core_rank() == 0)
         core_warn("checkpoint %s: these settings differ from the saved run and take their new values: %s",
-                   t->cfg.resume, st.changed);
+                  t->cfg.resume, st.changed);
     t->resumed_at = t->step;
     if (st.lineage) t->lineage = st.lineage;
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", t->cfg.resume);

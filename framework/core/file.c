@@ -85,7 +85,10 @@ static const char *split_path(const char *path, char *dir, size_t cap) {
 
 const char *core_data_file_kind(const char *path) {
     static const struct { char sig[9]; const char *what; } KINDS[] = {
-        {"\x89HDF\r\n\x1a\n", "an HDF5 file (a checkpoint)"}, {"MOELTOK1", "a token shard"}, {"MOELBPE1", "a tokenizer"}};
+        {"\x89HDF\r\n\x1a\n", "an HDF5 file (a checkpoint)"},
+        {"MOELTOK1", "a token shard"},
+        {"MOELBPE1", "a tokenizer"},
+    };
     const char *why;
     FILE *f = core_open_regular(path, &why);
     if (!f) return NULL;

@@ -258,9 +258,11 @@ TEST(CmdPlot, OutputThatIsNoPlaceForTheSvg) {
 // destroyed the shard with exit 0).
 TEST(CmdPlot, OutputThatIsADataFile) {
     const std::string m = write_file("kind.jsonl", METRICS);
-    const std::pair<std::string, std::string> kinds[] = {{std::string("\x89HDF\r\n\x1a\n", 8) + "rest", "an HDF5 file (a checkpoint)"},
-                                                         {"MOELTOK1 and tokens", "a token shard"},
-                                                         {"MOELBPE1 and merges", "a tokenizer"}};
+    const std::pair<std::string, std::string> kinds[] = {
+        {std::string("\x89HDF\r\n\x1a\n", 8) + "rest", "an HDF5 file (a checkpoint)"},
+        {"MOELTOK1 and tokens", "a token shard"},
+        {"MOELBPE1 and merges", "a tokenizer"},
+    };
     for (const auto &[bytes, what] : kinds) {
         const std::string out = write_file("kind.out", bytes);
         Result r = plot({"--metrics", m, "--out", out});

@@ -348,9 +348,11 @@ TEST(CmdSchedule, OutputThatIsNoPlaceForTheFile) {
 // moelab's own data files are never replaced by a chart or a trace (fuzzing, 2026-12-05: `--svg
 // ck/step_2.h5` destroyed the checkpoint with exit 0): exit 2 naming what the file is, file unchanged.
 TEST(CmdSchedule, OutputThatIsADataFile) {
-    const std::pair<std::string, std::string> kinds[] = {{std::string("\x89HDF\r\n\x1a\n", 8) + "rest", "an HDF5 file (a checkpoint)"},
-                                                         {"MOELTOK1 and tokens", "a token shard"},
-                                                         {"MOELBPE1 and merges", "a tokenizer"}};
+    const std::pair<std::string, std::string> kinds[] = {
+        {std::string("\x89HDF\r\n\x1a\n", 8) + "rest", "an HDF5 file (a checkpoint)"},
+        {"MOELTOK1 and tokens", "a token shard"},
+        {"MOELBPE1 and merges", "a tokenizer"},
+    };
     for (const auto &[bytes, what] : kinds) {
         const std::string path = tmp_path("data_file");
         std::ofstream(path, std::ios::binary) << bytes;
