@@ -206,6 +206,7 @@ static void one_row_block(const H5Io *io, hid_t s, const char *what, int ndim, c
     // "All" (what h5py writes for an unsliced source) is the whole dataset; HDF5 1.10 stores it
     // without its extent, which read as "0 dimensions" and refused a sound mapping (review, 2026-12-05).
     if (type == H5S_SEL_ALL) {
+        if (full[0] == 0) H5_FAIL(io, "%s selects the rows of a dataset that has none", what);
         *r0 = 0;
         *r1 = full[0] - 1;
         return;
@@ -264,8 +265,11 @@ static void virtual_map(CkptFile *cf, hid_t dcpl, size_t i, const char *name, in
                 (unsigned long long)m->s1, (unsigned long long)m->v0, (unsigned long long)m->v1);
     // An expert tensor's rows in a part are labelled with their logical experts: a mapping that
     // takes other experts' rows was called sound and loaded them into the wrong slots (review,
-    // 2026-12-05).
-    if (H5_OK(&pio, H5Aexists(m->src, "experts"), "%s: attribute 'experts'", name)) {
+    // 2026-12-05). The labels must be there (h5_attr_read says so when they are not).
+    char *kind = h5_attr_read_str(&pio, m->src, name, "kind", 15);
+    const int expert = strcmp(kind, ckpt_kind_name(PARAM_EXPERT)) == 0;
+    core_free(kind);
+    if (expert) {
         int *ex = core_alloc((size_t)m->src_dims[0] * sizeof(int));
         h5_attr_read(&pio, m->src, name, "experts", H5T_STD_I32LE, H5T_NATIVE_INT, (int)m->src_dims[0], ex);
         for (hsize_t k = 0; k <= m->v1 - m->v0; k++)

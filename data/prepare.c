@@ -109,7 +109,7 @@ static uint8_t *read_file(const char *path, size_t *len) {
     const char *why;
     FILE *f = core_open_regular(path, &why);
     if (!f) core_path_error(errno, "cannot open input file %s: %s", path, why);  // EMFILE, EIO: exit 1
-    char *buf;  // a file of /proc or /sys (a stated size of 0 bytes) is read to its end
+    char *buf;  // a file of /proc (a stated size of 0 bytes) is read to its end, one of /sys to what it holds
     const int err = core_read_all(f, SIZE_MAX, &buf, len);
     if (err == CORE_READ_CHANGED) core_usage_error("input file %s changed while it was read", path);
     if (err) core_path_error(err, "cannot read input file %s: %s", path, strerror(err));

@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "framework/backend.h"
 #include "framework/core/check.h"
@@ -174,51 +173,48 @@ static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
 // A config whose activations do not fit in memory was ended by the kernel's OOM killer (SIGKILL)
 // in its first step (review, 2026-12-05). After setup, when the weights, gradients and moments are
 // resident, each CPU rank adds the activations its schedule holds at once (a lower bound of the
-// step's peak), the ranks of one machine add theirs up, and a machine whose ranks would need more
-// than its physical memory makes every rank refuse the config.
+// step's peak); the ranks of each machine add theirs up against that machine's memory, and if any
+// machine's would exceed it, every rank refuses the config naming the fullest one.
 static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
     if (p->ops->dev != CORE_CPU) return;
-    const int rank = p->grid ? p->grid->pp_rank : 0;
-    double mine[2] = {core_host_resident_bytes(), 0}, *all = mine;  // held now, activations
+    enum { HELD, ACTS, HOST, MEMORY, NF };  // per rank: held now, activations, its host, the host's memory
+    const int rank = p->grid ? p->grid->pp_rank : 0, W = p->grid ? p->grid->world : 1;
+    double mine[NF] = {core_host_resident_bytes(), 0, 0, core_host_memory_bytes()}, *all = mine;
     double bwd = 0;  // the widest backward's buffers, of one micro-batch at a time
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         double b;
-        mine[1] += sched_max_live(p->sched, rank, pipe) * model_acts_bytes(p->ctx[pipe].m, c->batch_size, c->T, &b);
+        const double one = model_acts_bytes(p->ctx[pipe].m, c->batch_size, c->T, &b);
+        mine[ACTS] += sched_max_live(p->sched, rank, pipe) * one;
         if (b > bwd) bwd = b;
     }
-    mine[1] += bwd;
-    uint64_t h = 14695981039346656037ULL;  // FNV-1a of the host name
-    char name[256] = "";
-    gethostname(name, sizeof name - 1);
-    for (const char *q = name; *q; q++) h = (h ^ (unsigned char)*q) * 1099511628211ULL;
-    int64_t host = (int64_t)(h >> 1), *hosts = &host;
-    const int W = p->grid ? p->grid->world : 1;
+    mine[ACTS] += bwd;
     if (W > 1) {
+        mine[HOST] = grid_host_first(comm_world());
         all = core_alloc((size_t)W * sizeof mine);
-        hosts = core_alloc((size_t)W * sizeof host);
-        comm_allgather(comm_world(), mine, all, 2, COMM_F64);
-        comm_allgather(comm_world(), &host, hosts, 1, COMM_I64);
+        comm_allgather(comm_world(), mine, all, NF, COMM_F64);
     }
-    // The machine whose ranks need the most: [0] held, [1] activations.
-    double worst[2] = {0, 0};
+    // The machine whose ranks need the largest share of its memory.
+    double held = 0, acts = 0, have = 1, worst = 0;
     int ranks = 0;
-    for (int r = 0; r < W; r++) {
+    for (int h = 0; h < W; h++) {
+        if (all[NF * h + HOST] != h) continue;  // h is not a machine's first rank
         double sum[2] = {0, 0};
         int n = 0;
         for (int q = 0; q < W; q++)
-            if (hosts[q] == hosts[r]) { sum[0] += all[2 * q]; sum[1] += all[2 * q + 1]; n++; }
-        if (sum[0] + sum[1] > worst[0] + worst[1]) { worst[0] = sum[0]; worst[1] = sum[1]; ranks = n; }
+            if (all[NF * q + HOST] == h) { sum[0] += all[NF * q + HELD]; sum[1] += all[NF * q + ACTS]; n++; }
+        const double share = (sum[0] + sum[1]) / all[NF * h + MEMORY];
+        if (share > worst) { worst = share; held = sum[0]; acts = sum[1]; have = all[NF * h + MEMORY]; ranks = n; }
     }
-    if (W > 1) { core_free(all); core_free(hosts); }
-    const double have = core_host_memory_bytes(), GiB = 1 << 30;
-    if (worst[0] + worst[1] <= have) return;
+    if (W > 1) core_free(all);
+    if (worst <= 1) return;
+    const double GiB = 1 << 30;
     char who[64] = "one process";
     if (ranks > 1) snprintf(who, sizeof who, "the %d ranks on one machine", ranks);
     core_usage_error("config: a training step needs at least %.1f GiB of host memory for %s (%.1f GiB held "
                      "after setup by weights, gradients and optimizer state, %.1f GiB of activations and their "
                      "gradients for micro-batches of batch_size %d x seq_len %d), more than the machine's %.1f "
-                     "GiB: lower batch_size, seq_len or the model's sizes", (worst[0] + worst[1]) / GiB, who,
-                     worst[0] / GiB, worst[1] / GiB, c->batch_size, c->T, have / GiB);
+                     "GiB: lower batch_size, seq_len or the model's sizes", (held + acts) / GiB, who, held / GiB,
+                     acts / GiB, c->batch_size, c->T, have / GiB);
 }
 
 // The CUDA graph of the step (cuda_graph), where the layout and the backend allow one: its

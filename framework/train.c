@@ -704,7 +704,7 @@ int trainer_run(Trainer *t) {
     if (t->step == 0) trainer_sample(t, "before training");
     float val = trainer_eval(t);
     core_info0("step %5d/%d | val %.4f (%s)", t->step, c->steps, val, t->step > 0 ? "at resume" : "before training");
-    float val_first = val;
+    float val_first = val, val_best = val;
     double tokens = 0, secs = 0;
     int steps = 0;  // since the last log line
     if (expert_timing(t) && t->step < c->steps) prof_start(t->pipe->ops->dev != CORE_CPU);
@@ -717,6 +717,7 @@ int trainer_run(Trainer *t) {
         int last = t->step == c->steps;
         val = -1;
         if (last || (c->val_every > 0 && t->step % c->val_every == 0)) val = trainer_eval(t);
+        if (val >= 0 && val < val_best) val_best = val;
         // Weights can be finite and still give nothing but NaN (a last applied step that broke them,
         // every step since skipped): such a result was saved and reported with exit 0 (review,
         // 2026-12-05). The final validation decides.
@@ -743,13 +744,16 @@ int trainer_run(Trainer *t) {
     // or folder; trainer_save leaves the very file resumed from alone).
     const int trained = t->step > (t->resumed_at > 0 ? t->resumed_at : 0);
     if (c->out[0] && !trained) trainer_save(t);
-    // A validation loss that rose while training went on will not fall with more of it: "train
-    // longer" was the wrong advice for a model that learned a small text by heart (review, 2026-12-05).
+    // A validation loss that rose from its best while training went on will not fall with more of
+    // it: "train longer" was the wrong advice for a model that learned a small text by heart
+    // (review, 2026-12-05).
+    char rose[256];
+    snprintf(rose, sizeof rose, "it rose from %.4f, which more steps will not mend (a model that learns its "
+             "training text by heart wants more text, a smaller model or fewer steps; too high a learning "
+             "rate, a lower --lr)", val_best);
     core_info0("validation loss %.4f -> %.4f nats/token; unigram entropy %.4f: %s", val_first, val,
                t->unigram_entropy, val < t->unigram_entropy ? "the model uses context"
-               : trained && val > val_first ? "it rose, which more steps will not mend (a model that learns "
-                                              "its training text by heart wants more text or a smaller model; "
-                                              "too high a learning rate, a lower --lr)"
+               : trained && val > 1.01f * val_best ? rose
                : "not yet below the unigram entropy (train longer)");
     // The trace is of the last step this run took: none, no trace (it held zero-length ops).
     if (c->trace[0] && trained) pipe_write_trace(t->pipe, c->trace);

@@ -65,13 +65,20 @@ void grid_free(Grid *g) {
     core_free(g);
 }
 
-int grid_local_rank(Comm *world, int *n_local) {
-    enum { HOST_MAX = 64 };  // bytes of a host name compared (as 16 int32 words)
-    char name[HOST_MAX];
-    memset(name, 0, sizeof name);
-    CHECK(gethostname(name, sizeof name - 1) == 0, "grid: gethostname failed");
-    char *all = core_alloc((size_t)world->size * HOST_MAX);  // (size, HOST_MAX) every rank's host
+enum { HOST_MAX = 64 };  // bytes of a host name compared (as 16 int32 words)
+
+// This process's host name into name, and every rank's (size, HOST_MAX), collective over world.
+static char *host_names(Comm *world, char name[HOST_MAX]) {
+    memset(name, 0, HOST_MAX);
+    CHECK(gethostname(name, HOST_MAX - 1) == 0, "grid: gethostname failed");
+    char *all = core_alloc((size_t)world->size * HOST_MAX);
     comm_allgather(world, name, all, HOST_MAX / 4, COMM_I32);
+    return all;
+}
+
+int grid_local_rank(Comm *world, int *n_local) {
+    char name[HOST_MAX];
+    char *all = host_names(world, name);
     int local = 0, n = 0;
     for (int r = 0; r < world->size; r++) {
         const int same = memcmp(all + (size_t)r * HOST_MAX, name, HOST_MAX) == 0;
@@ -81,6 +88,15 @@ int grid_local_rank(Comm *world, int *n_local) {
     core_free(all);
     if (n_local) *n_local = n;
     return local;
+}
+
+int grid_host_first(Comm *world) {
+    char name[HOST_MAX];
+    char *all = host_names(world, name);
+    int r = 0;
+    while (memcmp(all + (size_t)r * HOST_MAX, name, HOST_MAX) != 0) r++;
+    core_free(all);
+    return r;
 }
 
 void grid_to_device(Grid *g, const struct LayerOps *ops) {

@@ -37,6 +37,8 @@ void grid_free(Grid *g);
 // The rank of this process among the processes of its host (collective over world): the GPU it
 // uses, one process per GPU. *n_local (if not NULL) gets how many processes share the host.
 int grid_local_rank(Comm *world, int *n_local);
+// The lowest world rank on this process's host (collective over world): one id per machine.
+int grid_host_first(Comm *world);
 // Makes the NCCL twins of the dp, ep and edp groups (collective over world; GPU runs, after
 // core_cuda_init) and records ops, the device backend: dp_sync then works on device gradients.
 void grid_to_device(Grid *g, const struct LayerOps *ops);

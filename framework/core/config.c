@@ -418,6 +418,9 @@ void config_validate(const MoeConfig *c) {
     RULE(c->beta1 < 1, "beta1 must be below 1 (AdamW divides by 1 - beta1^t); values within 3e-8 of 1 are 1 as a 32-bit float");
     RULE(c->beta2 < 1, "beta2 must be below 1 (AdamW divides by 1 - beta2^t); values within 3e-8 of 1 are 1 as a 32-bit float");
     RULE(c->E % c->ep == 0, "n_experts (%d) must be divisible by ep (%d)", c->E, c->ep);
+    // The tokens of a micro-batch are counted in an int (B·T = N, the shapes' leading extent).
+    RULE((long)c->batch_size * c->T <= INT_MAX, "batch_size * seq_len (%ld) must not exceed %d tokens a micro-batch",
+         (long)c->batch_size * c->T, INT_MAX);
     RULE((long)c->ep_chunks <= (long)c->batch_size * c->T,
          "ep_chunks (%d) must not exceed the tokens of a micro-batch, batch_size * seq_len (%ld)",
          c->ep_chunks, (long)c->batch_size * c->T);

@@ -47,10 +47,10 @@ int core_read_all(FILE *f, size_t max, char **buf, size_t *len) {
         return EFBIG;
     }
     size_t cap = st.st_size > 0 ? (size_t)st.st_size : 4096, n;
-    char *b = core_alloc(cap + 1);
+    char *b = core_alloc_uninit(cap + 1);
     n = fread(b, 1, cap, f);
     while (st.st_size == 0 && n == cap && n <= max && !ferror(f)) {
-        char *more = core_alloc(2 * cap + 1);
+        char *more = core_alloc_uninit(2 * cap + 1);
         memcpy(more, b, n);
         core_free(b);
         b = more;
@@ -58,9 +58,12 @@ int core_read_all(FILE *f, size_t max, char **buf, size_t *len) {
         cap *= 2;
     }
     *len = n;
-    const int err = ferror(f) ? (errno ? errno : EIO)
-                    : n > max ? EFBIG
-                    : st.st_size > 0 && n != (size_t)st.st_size ? CORE_READ_CHANGED : 0;
+    // Fewer bytes than stated: a file that shrank meanwhile states its new size now; a file of /sys
+    // states a page (4096) and holds less, and goes on stating it.
+    struct stat now;
+    const int shrank = st.st_size > 0 && n != (size_t)st.st_size &&
+                       (fstat(fileno(f), &now) != 0 || now.st_size != st.st_size);
+    const int err = ferror(f) ? (errno ? errno : EIO) : n > max ? EFBIG : shrank ? CORE_READ_CHANGED : 0;
     if (err) {
         core_free(b);
         return err;

@@ -18,11 +18,12 @@ extern "C" {
 FILE *core_open_regular(const char *path, const char **why);
 
 // Reads f (opened by core_open_regular) whole into *buf (core_free it), NUL-terminated after its *len
-// bytes. A file that states a size of 0 bytes (those of /proc and /sys) is read to its end; any other
-// is read at its stated size. 0; or the errno of a failed fstat or read; EFBIG where the file holds
-// more than max bytes (*len then says how many it states, or how many were read of one of stated size
-// 0); CORE_READ_CHANGED where it held fewer than it stated (it changed while it was read). On a
-// failure *buf is NULL; f stays open (the caller closes it).
+// bytes. A file that states a size of 0 bytes (those of /proc) is read to its end; any other is read
+// up to its stated size (one of /sys states 4096 and holds less: what it holds). 0; or the errno of
+// a failed fstat or read; EFBIG where the file holds more than max bytes (*len then says how many it
+// states, or how many were read of one of stated size 0); CORE_READ_CHANGED where it held fewer than
+// it stated and now states another size (it changed while it was read). On a failure *buf is NULL;
+// f stays open (the caller closes it).
 enum { CORE_READ_CHANGED = -3 };
 int core_read_all(FILE *f, size_t max, char **buf, size_t *len);
 // The text of an error core_read_all returned: "changed while it was read", or strerror's.

@@ -467,6 +467,9 @@ const Case kCases[] = {
          set_attr(in(d, kPart1), kExpert, "experts", H5T_STD_I32LE, 2, experts);
      },
      kIndex, "/optim/v/layers.2.experts.w2: row 1 is mapped twice", VERIFY | LOAD},
+    {"ExpertLabelsMissing", INDEX,  // without them the check above could not run (review, 2026-12-05)
+     [](const std::string &d) { delete_attr(in(d, kPart1), kExpert, "experts"); },
+     kPart1, "/optim/v/layers.2.experts.w2: attribute 'experts' is missing", VERIFY | LOAD},
     {"MappingToAnotherExpertsRows", INDEX,  // the two parts' sources swapped (review, 2026-12-05)
      [](const std::string &d) {
          rewrite_virtual(in(d, kIndex), kExpert, [](hid_t dcpl, std::vector<Mapping> &m) {

@@ -320,6 +320,14 @@ TEST(Core, ResidentBytesCountHeldMemoryNotMappedFiles) {
     remove(path.c_str());
 }
 
+// B·T is an int everywhere (N): 2^16 × 2^15 overflowed it in the host-memory estimate (UB).
+TEST(ConfigDeath, TokensOfAMicroBatchFitAnInt) {
+    MoeConfig c;
+    config_defaults(&c);
+    c.batch_size = 1 << 16;
+    c.T = 1 << 15;
+    EXPECT_EXIT(config_validate(&c), ::testing::ExitedWithCode(2), "batch_size \\* seq_len \\(2147483648\\) must not exceed");
+}
 TEST(ConfigDeath, EpsilonsPositive) {
     EXPECT_EXIT(set_key("norm_eps", "0"), ::testing::ExitedWithCode(2), "norm_eps = 0 is too small");
     EXPECT_EXIT(set_key("norm_eps", "1e-50"), ::testing::ExitedWithCode(2), "norm_eps = 1e-50 is too small");

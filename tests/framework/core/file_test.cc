@@ -375,6 +375,17 @@ TEST(CoreFile, ReadAllReadsAFileWhole) {
     EXPECT_EQ(core_read_all(in, 10, &buf, &len), EFBIG);
     EXPECT_GT(len, 10u);  // what was read before the cap was passed
     fclose(in);
+    // A file of /sys states a page and holds less: what it holds (it was "changed while it was read").
+    in = core_open_regular("/sys/devices/system/cpu/online", &why);
+    ASSERT_NE(in, nullptr) << "no /sys here";
+    struct stat sys;
+    ASSERT_EQ(fstat(fileno(in), &sys), 0);
+    EXPECT_EQ(core_read_all(in, SIZE_MAX, &buf, &len), 0);
+    EXPECT_GT(len, 0u);
+    EXPECT_LT((long long)len, (long long)sys.st_size);
+    EXPECT_EQ(buf[0], '0');  // "0-N": the first CPU online
+    core_free(buf);
+    fclose(in);
     in = fopen(d.c_str(), "rb");  // a directory opens, but its read fails
     ASSERT_NE(in, nullptr);
     EXPECT_EQ(core_read_all(in, SIZE_MAX, &buf, &len), EISDIR);
