@@ -110,7 +110,13 @@ static uint8_t *read_file(const char *path, size_t *len) {
     FILE *f = core_open_regular(path, &why);
     if (!f) core_path_error(errno, "cannot open input file %s: %s", path, why);  // EMFILE, EIO: exit 1
     char *buf;  // a file of /proc (a stated size of 0 bytes) is read to its end, one of /sys to what it holds
-    const int err = core_read_all(f, SIZE_MAX, &buf, len);
+    // Read whole: one file larger than the machine's memory is named as such (it was "out of host
+    // memory allocating N bytes", no file named).
+    const double have = core_host_memory_bytes();
+    const int err = core_read_all(f, (size_t)have, &buf, len);
+    if (err == EFBIG)
+        core_usage_error("input file %s holds %zu bytes, more than this machine's memory (%.1f GiB): split it into "
+                         "files of its documents", path, *len, have / (1 << 30));
     if (err == CORE_READ_CHANGED) core_usage_error("input file %s changed while it was read", path);
     if (err) core_path_error(err, "cannot read input file %s: %s", path, strerror(err));
     fclose(f);

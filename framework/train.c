@@ -140,16 +140,14 @@ static void trainer_resume(Trainer *t) {
     // experts' tokens as before; ckpt_load fills each slot from its expert's logical rows either way.
     // Each stage's runtime takes the rows of its own MoE layers.
     CkptEplb e;
+    int dropped = 0;  // slots of a saved placement of another slot count, said once the resume passed its checks
     if (t->cfg.eplb_interval > 0 && ckpt_load_eplb(t->cfg.resume, &t->cfg, &e)) {
+        if (e.phy2log && e.R != t->pipe->ctx[0].m->R) dropped = e.R;
         for (int pipe = 0; pipe < t->pipe->n_models; pipe++) {
             const PipeStageCtx *x = &t->pipe->ctx[pipe];
             if (x->eplb && e.phy2log && e.R == x->m->R)
                 eplb_runtime_set_placement(x->eplb, e.phy2log + (size_t)x->moe0 * e.R);
         }
-        // Said, not silently dropped (review, 2026-12-05): the first rebalance places them again.
-        if (e.phy2log && e.R != t->pipe->ctx[0].m->R)
-            core_info0("eplb: %s placed %d slots per MoE layer, this run has %d: the experts start in the "
-                       "identity placement until the first rebalance", t->cfg.resume, e.R, t->pipe->ctx[0].m->R);
         // The interval's load so far: the next rebalance plans from the same tokens as without the
         // interruption (a checkpoint of an older moelab has none: the interval starts empty).
         if (e.load) pipe_eplb_set_load(t->pipe, e.load);
@@ -182,6 +180,10 @@ static void trainer_resume(Trainer *t) {
     if (st.changed[0] && core_rank() == 0)
         core_warn("checkpoint %s: these settings differ from the saved run and take their new values: %s",
                   t->cfg.resume, st.changed);
+    // Not dropped silently (review, 2026-12-05): the first rebalance places the experts again.
+    if (dropped)
+        core_info0("eplb: %s placed %d slots per MoE layer, this run has %d: the experts start in the identity "
+                   "placement until the first rebalance", t->cfg.resume, dropped, t->pipe->ctx[0].m->R);
     t->resumed_at = t->step;
     if (st.lineage) t->lineage = st.lineage;
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", t->cfg.resume);
@@ -327,8 +329,8 @@ Trainer *trainer_create(const MoeConfig *cfg) {
                          "and the backward of an F&B op both communicate, from two threads; this MPI "
                          "gives less (pass --fb-overlap 0)", c->ep);
     Grid *g = grid_create(comm_world(), c->pp, c->ep, c->E);
+    eplb_runtime_check_config(c);  // before the grid line counts its slots
     grid_log(g, c->E, c->E + c->eplb_redundant);
-    eplb_runtime_check_config(c);
     // EPLB moves the moments of expert slots between ranks, which a shard does not hold whole.
     if (c->zero && c->eplb_interval > 0)
         core_usage_error("--zero 1 with --eplb-interval %d: EPLB moves whole AdamW moments between ranks, "

@@ -96,13 +96,15 @@ int cmd_bench(int argc, char **argv) {
         char name[64];
         snprintf(name, sizeof name, "%.*s", (int)n, a);
         static const char *const flags[] = {"--config", "--device", "--steps", "--seconds", NULL};
+        // A word where an option belongs: often a second config after one --config (`--config a.cfg
+        // b.cfg`), which each config needs of its own.
+        if (a[0] != '-')
+            core_usage_error("bench: unexpected argument '%s' (each config takes a --config of its own; see "
+                             "`moelab bench --help`)", a);
         // A retired key goes on to config_apply_args, which says what replaced it. Only "--key":
         // config_is_key takes any number of dashes, config_apply_args two (`-d-model 32` was
         // accepted and did nothing: review, 2026-12-05).
         const int dashed = a[0] == '-' && a[1] == '-' && a[2] != '-';
-        if (a[0] != '-')  // `--config a.cfg b.cfg`: each config takes a --config of its own
-            core_usage_error("bench: unexpected argument '%s': give each config its own --config (see `moelab "
-                             "bench --help`)", a);
         if (!dashed || (!cmd_flag_in(a, n, flags) && !config_is_key(name) && !config_is_retired(name)))
             core_usage_error("bench: unknown option '%s' (see `moelab bench --help`)", name);
         if (run_only_key(name))

@@ -337,11 +337,12 @@ static int write_svg(const char *path, const Run *d) {
     if (LEFT + d->L * (chart_w + 30) > width) width = LEFT + d->L * (chart_w + 30);
     if (width < 640) width = 640;
     const int height = 40 + d->L * heat_h + 60 + (n_charts ? n_charts * (BAR_H + 60) + 30 : 30);
+    // A checkpoint, token shard or tokenizer is never replaced by a chart.
+    const char *kind = core_data_file_kind(path);
+    if (kind) return core_usage_report("plot: --out %s is %s: writing it would destroy it", path, kind);
     // Written beside path and renamed into place: a failed write leaves no partial SVG and an older
     // file as it was. A path that is wrong is bad input; a device that failed (a full disk) is the
     // machine's failure.
-    const char *kind = core_data_file_kind(path);
-    if (kind) return core_usage_report("plot: --out %s is %s: writing it would destroy it", path, kind);
     CoreOut out;
     const int open_error = core_out_open(&out, path);
     if (open_error) return core_out_report(open_error, "plot: cannot write --out '%s'", path);

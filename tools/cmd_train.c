@@ -36,11 +36,6 @@ static void train_help(void) {
     config_print_help(stdout);
 }
 
-// The run's outputs opened for writing at start-up (--metrics, --trace) must not be one of its
-// inputs or each other: opening truncates, so a metrics file given the path of the checkpoint to
-// resume from destroys it, and a trace on a token shard truncates the shard the loader has mapped
-// (the run then dies of SIGBUS), and a metrics file given any checkpoint's path destroys that. Checked
-// on every rank before anything is opened.
 // 1 when path names a file a save into the folder `out` writes: DIR/step_<n>.h5, its parts and its
 // temporaries, with DIR the same folder as out.
 static int is_checkpoint_name(const char *path, const char *out) {
@@ -54,6 +49,11 @@ static int is_checkpoint_name(const char *path, const char *out) {
     return core_same_file(dir, out);
 }
 
+// The run's outputs opened for writing at start-up (--metrics, --trace) must not be one of its
+// inputs or each other: opening truncates, so a metrics file given the path of the checkpoint to
+// resume from destroys it, and a trace on a token shard truncates the shard the loader has mapped
+// (the run then dies of SIGBUS), and one given any checkpoint, token shard or tokenizer destroys
+// that. Checked on every rank before anything is opened.
 static void check_outputs(const MoeConfig *c, int argc, char **argv) {
     const char *const out_flag[2] = {"--metrics", "--trace"}, *const out[2] = {c->metrics, c->trace};
     for (int o = 0; o < 2; o++) {

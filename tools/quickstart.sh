@@ -17,7 +17,8 @@ out/moelab train --config configs/quickstart.cfg --data out/data --metrics out/q
 # The checkpoint this run saved last (out/ckpt may also hold an earlier run's), with paths that work
 # from any folder.
 last=$(sed -n 's/^saved //p' out/quickstart.log | tail -1)
-[ -z "$last" ] || echo "Sample more: $PWD/out/moelab sample --ckpt $PWD/$last --data $PWD/out/data --prompt \"The\" --tokens 200"
+[ -z "$last" ] ||
+    echo "Sample more: $PWD/out/moelab sample --ckpt $PWD/$last --data $PWD/out/data --prompt \"The\" --tokens 200"
 # The claim of the job, checked: the final validation loss below the unigram entropy.
 grep -q "the model uses context" out/quickstart.log ||
     { echo "quickstart: the validation loss did not fall below the unigram entropy (train longer)" >&2; exit 1; }

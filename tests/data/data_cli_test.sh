@@ -45,6 +45,13 @@ expect_exit 2 "--input reads .*self/tokenizer.bin, which this run writes \(--out
     "$moelab" data prepare --input "$tmp/self" --vocab 300 --out "$tmp/self"
 same_files "$tmp/data" "$tmp/self"
 
+# One input file larger than the machine's memory (a sparse one of 4 TiB) is named as such; it was
+# "out of host memory allocating N bytes" with no file named (review, 2026-12-05).
+mkdir -p "$tmp/huge" && truncate -s 4T "$tmp/huge/a.txt"
+expect_exit 2 "input file .*huge/a.txt holds 4398046511104 bytes, more than this machine's memory" \
+    "$moelab" data prepare --input "$tmp/huge" --vocab 300 --out "$tmp/never"
+rm -rf "$tmp/huge"
+
 # --val-fraction 0 made a dataset every train refused (an empty val.bin; review, 2026-12-05).
 expect_exit 2 "--val-fraction 0 leaves val.bin empty, and .moelab train. validates on it" \
     "$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/never" --val-fraction 0

@@ -31,7 +31,7 @@ for bad in -d-model ---d-model; do
 done
 expect_usage "bench: unexpected argument 'd-model'" --config "$cfg" d-model 32
 # Two configs after one --config: the second was called an unknown option (review, 2026-12-05).
-expect_usage "bench: unexpected argument '$cfg': give each config its own --config" --config "$cfg" "$cfg"
+expect_usage "bench: unexpected argument '$cfg' \\(each config takes a --config of its own" --config "$cfg" "$cfg"
 overrides=()
 for i in $(seq 1 33); do overrides+=(--seed "$i"); done
 expect_usage "bench: at most 32 config overrides" --config "$cfg" "${overrides[@]}"
