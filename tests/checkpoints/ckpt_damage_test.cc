@@ -714,16 +714,18 @@ protected:
     }
 };
 
+// verify, inspect and the loader all take the checkpoint at path (a refusal ends the test).
+void every_reader_takes(const std::string &path) {
+    FILE *null = fopen("/dev/null", "w");
+    verify(path.c_str(), null);
+    inspect(path.c_str(), null);
+    fclose(null);
+    load(path);
+}
+
 // The sound checkpoints pass every reader: each case's failure is its damage's.
 TEST_F(CheckpointDamage, SoundCheckpointsPass) {
-    for (Base base : {SINGLE, INDEX, EPLB}) {
-        const std::string path = prepare(g_base + "/sound" + std::to_string(base), base);
-        FILE *null = fopen("/dev/null", "w");
-        verify(path.c_str(), null);
-        inspect(path.c_str(), null);
-        fclose(null);
-        load(path);
-    }
+    for (Base base : {SINGLE, INDEX, EPLB}) every_reader_takes(prepare(g_base + "/sound" + std::to_string(base), base));
 }
 
 // A mapping whose source selection is "all" (h5py's for an unsliced source; HDF5 1.10 stores it
@@ -736,11 +738,7 @@ TEST_F(CheckpointDamage, SourceSelectionAllIsTheWholeDataset) {
         add_all(dcpl, m);
     });
     ASSERT_FALSE(HasFailure());
-    FILE *null = fopen("/dev/null", "w");
-    verify(path.c_str(), null);
-    inspect(path.c_str(), null);
-    fclose(null);
-    load(path);
+    every_reader_takes(path);
 }
 
 TEST_P(CheckpointDamage, IsRefusedWithItsMessage) {
