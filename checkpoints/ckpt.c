@@ -589,11 +589,12 @@ static int key_in(const char *key, const char *const *list, int n) {
 }
 
 // Refuses a saved config of other shapes; lists in changed (cap bytes) the keys that differ and
-// take their new values.
+// take their new values, ending in ", ..." where the rest does not fit (room for the mark is kept).
 static void check_config(const char *path, const MoeConfig *saved, const MoeConfig *now, char *changed,
                          size_t cap) {
     char *a = config_text(saved), *b = config_text(now);
     size_t w = 0;
+    int full = 0;
     changed[0] = '\0';
     // config_write prints the keys in one fixed order, so the two texts pair up line by line.
     for (char *la = a, *lb = b; la && lb;) {
@@ -607,8 +608,14 @@ static void check_config(const char *path, const MoeConfig *saved, const MoeConf
             if (key_in(key, SHAPE_KEYS, (int)(sizeof SHAPE_KEYS / sizeof *SHAPE_KEYS)))
                 core_usage_error("checkpoint %s was saved with %s = %s, but this model has %s = %s", path,
                                  key, va, key, vb);
-            if (!key_in(key, FREE_KEYS, (int)(sizeof FREE_KEYS / sizeof *FREE_KEYS)) && w < cap - 1)
-                w += (size_t)snprintf(changed + w, cap - w, "%s%s %s -> %s", w ? ", " : "", key, va, vb);
+            if (!key_in(key, FREE_KEYS, (int)(sizeof FREE_KEYS / sizeof *FREE_KEYS)) && !full) {
+                const char *sep = w ? ", " : "";
+                size_t n = (size_t)snprintf(NULL, 0, "%s%s %s -> %s", sep, key, va, vb);
+                if (w + n + sizeof ", ..." <= cap)
+                    w += (size_t)snprintf(changed + w, cap - w, "%s%s %s -> %s", sep, key, va, vb);
+                else
+                    full = snprintf(changed + w, cap - w, "%s...", sep) > 0;
+            }
         }
         la = na ? na + 1 : NULL;
         lb = nb ? nb + 1 : NULL;

@@ -117,6 +117,46 @@ TEST(Checkpoint, WeightsOnlyLoadLeavesOptimizerAlone) {
     free_state(a);
 }
 
+// The settings that take new values at a resume are listed in CkptState.changed (512 bytes); where
+// they do not all fit, the list ends in ", ..." instead of stopping mid-word without a mark.
+TEST(Checkpoint, ChangedSettingsBeyondTheBufferEndInAMark) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    State a = make_state(c, 0, 1);
+    const std::string path = temp_dir() + "/changed.h5";
+    CkptShard sh = shard_of(a.m);
+    const CkptState st = some_state();
+    ckpt_save(path.c_str(), &sh, view(a), &st, nullptr);
+
+    MoeConfig few = c;  // two changes: listed whole, no mark
+    few.lr *= 2;
+    few.steps += 1000;
+    CkptView v = *view(a);
+    v.cfg = &few;
+    CkptState got;
+    memset(&got, 0, sizeof got);
+    ckpt_load(path.c_str(), &sh, &v, &got);
+    EXPECT_NE(strstr(got.changed, "steps "), nullptr) << got.changed;
+    EXPECT_NE(strstr(got.changed, "lr "), nullptr) << got.changed;
+    EXPECT_EQ(strstr(got.changed, "..."), nullptr) << got.changed;
+
+    MoeConfig many = few;  // every training setting a resume may change, with long values
+    many.min_lr = 1.2345678e-7f, many.warmup_steps = 123456, many.weight_decay = 0.0123456f;
+    many.grad_clip = 12.345678f, many.beta1 = 0.8765432f, many.beta2 = 0.9876543f;
+    many.adam_eps = 1.2345678e-9f, many.seed = 987654321u, many.batch_size += 1, many.grad_accum = 7;
+    many.bias_rate = 0.00123456f, many.balance_alpha = 0.000123456f, many.norm_eps = 1.2345678e-6f;
+    many.rope_theta = 123456.78f, many.route_scale = 2.3456789f, many.comm_timeout = 123456;
+    many.router_skew = 1.2345678f;
+    v.cfg = &many;
+    memset(&got, 0, sizeof got);
+    ckpt_load(path.c_str(), &sh, &v, &got);
+    const size_t n = strlen(got.changed);
+    ASSERT_LT(n, sizeof got.changed);
+    ASSERT_GT(n, sizeof got.changed - 64) << got.changed;  // it did fill up
+    EXPECT_STREQ(got.changed + n - 5, ", ...") << got.changed;
+    free_state(a);
+}
+
 // Trains `steps` steps from `first` with train_step_tokens; returns the losses.
 std::vector<float> train(State &s, const MoeConfig &c, int first, int steps) {
     std::vector<float> losses;
