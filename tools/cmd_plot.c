@@ -49,6 +49,7 @@ typedef struct {
 
 typedef struct {
     int L, E, G;              // MoE layers, experts, EP ranks (G = 0 until a rebalance is read)
+    int dense;                // the config line's n_dense_layers: MoE layer l is model layer dense + l
     int ns, cap;              // logged steps with expert_load
     int *step;                // (ns)
     double *load;             // (ns, L, E) tokens per expert
@@ -117,7 +118,11 @@ static const char *read_vector(const JsonValue *v, const char *name, int n, doub
 static const char *take_line(Run *d, const JsonValue *o, char *msg, size_t cap) {
     const JsonValue *load = json_get(o, "expert_load"), *eplb = json_get(o, "eplb");
     const JsonValue *step = json_get(o, "step");
-    // Other lines (the config line moelab train writes first) hold nothing to draw.
+    // The config line moelab train writes first places the MoE layers in the model (dense layers
+    // lead); other lines hold nothing to draw.
+    const JsonValue *dense = json_get(json_get(o, "config"), "n_dense_layers");
+    if (dense && dense->type == JSON_NUMBER && dense->number >= 0 && dense->number <= 1024)
+        d->dense = (int)dense->number;
     if (!load && !eplb) return NULL;
     if (!step || step->type != JSON_NUMBER || step->number < 0 || step->number != floor(step->number) ||
         step->number > 1e9)
@@ -238,10 +243,19 @@ static void share_color(double r, char out[8]) {
 #define HEAT_H 220      // target height of one heatmap
 #define BAR_H 120       // height of a rank-load chart
 
+// "MoE layer l", and its place in the model where the metrics say it (the heatmaps' titles, which
+// have the room; the rank charts' labels keep the short form).
+static const char *layer_name(const Run *d, int l, char *buf, size_t cap) {
+    if (d->dense < 0) snprintf(buf, cap, "MoE layer %d", l);
+    else snprintf(buf, cap, "MoE layer %d (model layer %d)", l, d->dense + l);
+    return buf;
+}
+
 static int heatmap(FILE *f, const Run *d, int l, int top, double cw, double ch) {
     const int E = d->E;
-    fprintf(f, "<text x=\"%d\" y=\"%d\" font-weight=\"bold\">MoE layer %d: tokens per expert / fair share"
-               "</text>\n", LEFT, top - 8, l);
+    char name[64];
+    fprintf(f, "<text x=\"%d\" y=\"%d\" font-weight=\"bold\">%s: tokens per expert / fair share"
+               "</text>\n", LEFT, top - 8, layer_name(d, l, name, sizeof name));
     for (int i = 0; i < d->ns; i++) {
         const double *x = d->load + ((size_t)i * d->L + l) * E;
         double sum = 0;
@@ -396,6 +410,7 @@ int cmd_plot(int argc, char **argv) {
     if (core_same_file(metrics, out)) return fail("--out %s is the --metrics file: writing it would replace it", out);
     Run d;
     memset(&d, 0, sizeof d);
+    d.dense = -1;
     int rc = read_run(metrics, &d);
     if (!rc) rc = write_svg(out, &d);
     if (!rc)

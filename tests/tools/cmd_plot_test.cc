@@ -100,11 +100,12 @@ TEST(CmdPlot, DrawsHeatmapsAndRankLoads) {
     EXPECT_NE(s.find("<title>rank 1 after: 8.0 tokens</title>"), std::string::npos);
 }
 
-// moelab train's first metrics line holds the run's config and no step: plot skips it, drawing the
-// same picture as from the step lines alone.
-TEST(CmdPlot, SkipsTheConfigLine) {
+// moelab train's first metrics line holds the run's config and no step: plot draws the same picture
+// as from the step lines alone, with each MoE layer's place in the model (after the dense layers).
+TEST(CmdPlot, TakesTheLayersPlaceFromTheConfigLine) {
     MoeConfig c;
     config_defaults(&c);
+    c.n_dense_layers = 3;
     char *line = nullptr;
     size_t len = 0;
     FILE *f = open_memstream(&line, &len);
@@ -120,7 +121,12 @@ TEST(CmdPlot, SkipsTheConfigLine) {
     ASSERT_EQ(r.rc, 0) << r.err;
     EXPECT_EQ(r.out, "plot: 3 logged steps x 2 MoE layers x 4 experts, 1 rebalances -> " + svg + "\n");
     ASSERT_EQ(plot({"--metrics", plain, "--out", plain_svg}).rc, 0);
-    EXPECT_EQ(read_file(svg), read_file(plain_svg));
+    std::string s = read_file(svg);
+    EXPECT_EQ(count(s, "MoE layer 0 (model layer 3): tokens per expert"), 1u);  // the heatmaps' titles
+    EXPECT_EQ(count(s, "MoE layer 1 (model layer 4): tokens per expert"), 1u);
+    for (const char *place : {" (model layer 3)", " (model layer 4)"})
+        for (size_t at; (at = s.find(place)) != std::string::npos;) s.erase(at, strlen(place));
+    EXPECT_EQ(s, read_file(plain_svg));
 }
 
 TEST(CmdPlot, WithoutRebalancesSaysSo) {
