@@ -193,6 +193,7 @@ static int from_trace(const char *trace, const char *svg, int kind) {
         sched_svg_write(tl, title, "µs", out.f);
         rc = output_close(&out);
     }
+    if (!rc) printf("wrote %s\n", svg);
     if (!rc) print_idle(tl, " µs");
     if (!rc && kind >= 0) {
         const SimCosts c = measured_costs(tl);
@@ -324,6 +325,9 @@ int cmd_schedule(int argc, char **argv) {
     // The trace is renamed into place only when the SVG was; else it is removed.
     if (!rc && trace) rc = output_close(&trace_out);
     core_out_abort(&trace_out);
+    // Said once both are in place; JSON mode keeps stdout to the JSON.
+    if (!rc && !json && svg) printf("wrote %s\n", svg);
+    if (!rc && !json && trace) printf("wrote %s\n", trace);
     sim_free(tl);
     sched_free(s);
     return rc;

@@ -73,6 +73,18 @@ TEST(CmdSchedule, TextOneFOneB) {
               "bubble formula (N-1)(F+B) = 3 (docs/pipeline.md says when it is exact)\n");
 }
 
+// In text mode the files written are named last (JSON mode keeps stdout to the JSON, above).
+TEST(CmdSchedule, TextNamesTheFilesWritten) {
+    const std::string svg = tmp_path("named_svg"), trace = tmp_path("named_trace");
+    Result r = run({"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--svg", svg, "--trace", trace});
+    EXPECT_EQ(r.rc, 0) << r.err;
+    const std::string tail = "wrote " + svg + "\nwrote " + trace + "\n";
+    ASSERT_GE(r.out.size(), tail.size()) << r.out;
+    EXPECT_EQ(r.out.substr(r.out.size() - tail.size()), tail) << r.out;
+    remove(svg.c_str());
+    remove(trace.c_str());
+}
+
 TEST(CmdSchedule, TextDualPipeCosts) {
     Result r = run({"--kind", "dualpipe", "--pp", "4", "--chunks", "8", "--cost-f", "2", "--cost-b", "3",
                     "--cost-w", "1", "--cost-fb", "5"});
@@ -101,6 +113,7 @@ TEST(CmdSchedule, JsonAndFiles) {
     Result m = run({"--from-trace", trace, "--svg", svg2});
     EXPECT_EQ(m.rc, 0) << m.err;
     EXPECT_NE(m.out.find("rank 2: busy"), std::string::npos);
+    EXPECT_EQ(m.out.rfind("wrote " + svg2 + "\n", 0), 0u) << m.out;  // the file first, then its figures
     // A measured trace's figures are microseconds, and say so (a new user saw bare numbers).
     EXPECT_NE(m.out.find(" µs\nrank 0: busy "), std::string::npos) << m.out;
     EXPECT_NE(m.out.find(" µs, idle "), std::string::npos) << m.out;
