@@ -161,18 +161,6 @@ __global__ void sum_choices_kernel(T *dx, const T *rows, const int *map, int N, 
     core_st_vec<W>(dx + i, acc);
 }
 
-// Launches kernel<T, W> with a thread per W of the n elements: W = 16 / sizeof(T) where the row
-// length D and the buffers allow, else W = 1.
-#define OPS_VEC_LAUNCH(kernel, T, n, D, ptrs, ...)                                                  \
-    do {                                                                                            \
-        const int W_ = 16 / sizeof(T);                                                              \
-        if (core_vec_ok(W_, sizeof(T), (D), ptrs, (int)(sizeof ptrs / sizeof *ptrs)))              \
-            kernel<T, 16 / sizeof(T)><<<core_blocks((n) / W_, 256), 256, 0, core_stream()>>>(__VA_ARGS__); \
-        else                                                                                        \
-            kernel<T, 1><<<core_blocks((n), 256), 256, 0, core_stream()>>>(__VA_ARGS__);            \
-        CUDA_CHECK_LAUNCH();                                                                        \
-    } while (0)
-
 // The element type of a dtype known at compile time.
 template <CoreDtype DT> struct Elem { typedef float T; };
 template <> struct Elem<CORE_BF16> { typedef __nv_bfloat16 T; };
@@ -182,7 +170,7 @@ static void cu_add(void *out, const void *a, const void *b, long n) {
     typedef typename Elem<DT>::T T;
     if (n <= 0) return;
     const void *p[] = {out, a, b};
-    OPS_VEC_LAUNCH(add_kernel, T, n, n, p, (T *)out, (const T *)a, (const T *)b, n);
+    CORE_VEC_LAUNCH(add_kernel, T, n, n, p, (T *)out, (const T *)a, (const T *)b, n);
 }
 
 template <CoreDtype DT>
@@ -191,8 +179,8 @@ static void cu_moe_combine(void *y, const void *rows, const int *map, const floa
     typedef typename Elem<DT>::T T;
     if (N == 0) return;
     const void *p[] = {y, rows, add};
-    OPS_VEC_LAUNCH(combine_kernel, T, (long)N * D, D, p, (T *)y, (const T *)rows, map, gates, N, K, D,
-                   (const T *)add, n_add);
+    CORE_VEC_LAUNCH(combine_kernel, T, (long)N * D, D, p, (T *)y, (const T *)rows, map, gates, N, K, D,
+                    (const T *)add, n_add);
 }
 
 template <CoreDtype DT>
@@ -201,8 +189,8 @@ static void cu_moe_combine_backward(void *drows, const void *dy, const int *map,
     typedef typename Elem<DT>::T T;
     if (N == 0) return;
     const void *p[] = {drows, dy};
-    OPS_VEC_LAUNCH(combine_backward_kernel, T, (long)N * D, D, p, (T *)drows, (const T *)dy, map, gates, N,
-                   K, D);
+    CORE_VEC_LAUNCH(combine_backward_kernel, T, (long)N * D, D, p, (T *)drows, (const T *)dy, map, gates, N,
+                    K, D);
 }
 
 static void cu_moe_gate_grad(float *dgates, const float *s, const int *map, const float *gates, int N, int K) {
@@ -217,7 +205,7 @@ static void cu_moe_sum_choices(void *dx, const void *rows, const int *map, int N
     typedef typename Elem<DT>::T T;
     if (N == 0) return;
     const void *p[] = {dx, rows};
-    OPS_VEC_LAUNCH(sum_choices_kernel, T, (long)N * D, D, p, (T *)dx, (const T *)rows, map, N, K, D);
+    CORE_VEC_LAUNCH(sum_choices_kernel, T, (long)N * D, D, p, (T *)dx, (const T *)rows, map, N, K, D);
 }
 
 template <CoreDtype DT>
