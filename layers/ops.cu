@@ -69,7 +69,6 @@ static void cu_download(void *host, const void *src, size_t bytes) {
     CUDA_CHECK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, core_stream()));
     core_cuda_sync();
 }
-static void cu_sync(void) { core_cuda_sync(); }
 
 // ---------------------------------------------------------------------------------------------
 // Elementwise kernels; every sum in fp32 in a fixed order. A thread takes W consecutive elements
@@ -162,18 +161,6 @@ __global__ void sum_choices_kernel(T *dx, const T *rows, const int *map, int N, 
     core_st_vec<W>(dx + i, acc);
 }
 
-// Launches kernel<T, W> with a thread per W of the n elements: W = 16 / sizeof(T) where the row
-// length D and the buffers allow, else W = 1.
-#define OPS_VEC_LAUNCH(kernel, T, n, D, ptrs, ...)                                                  \
-    do {                                                                                            \
-        const int W_ = 16 / sizeof(T);                                                              \
-        if (core_vec_ok(W_, sizeof(T), (D), ptrs, (int)(sizeof ptrs / sizeof *ptrs)))              \
-            kernel<T, 16 / sizeof(T)><<<core_blocks((n) / W_, 256), 256, 0, core_stream()>>>(__VA_ARGS__); \
-        else                                                                                        \
-            kernel<T, 1><<<core_blocks((n), 256), 256, 0, core_stream()>>>(__VA_ARGS__);            \
-        CUDA_CHECK_LAUNCH();                                                                        \
-    } while (0)
-
 // The element type of a dtype known at compile time.
 template <CoreDtype DT> struct Elem { typedef float T; };
 template <> struct Elem<CORE_BF16> { typedef __nv_bfloat16 T; };
@@ -183,7 +170,7 @@ static void cu_add(void *out, const void *a, const void *b, long n) {
     typedef typename Elem<DT>::T T;
     if (n <= 0) return;
     const void *p[] = {out, a, b};
-    OPS_VEC_LAUNCH(add_kernel, T, n, n, p, (T *)out, (const T *)a, (const T *)b, n);
+    CORE_VEC_LAUNCH(add_kernel, T, n, n, p, (T *)out, (const T *)a, (const T *)b, n);
 }
 
 template <CoreDtype DT>
@@ -192,8 +179,8 @@ static void cu_moe_combine(void *y, const void *rows, const int *map, const floa
     typedef typename Elem<DT>::T T;
     if (N == 0) return;
     const void *p[] = {y, rows, add};
-    OPS_VEC_LAUNCH(combine_kernel, T, (long)N * D, D, p, (T *)y, (const T *)rows, map, gates, N, K, D,
-                   (const T *)add, n_add);
+    CORE_VEC_LAUNCH(combine_kernel, T, (long)N * D, D, p, (T *)y, (const T *)rows, map, gates, N, K, D,
+                    (const T *)add, n_add);
 }
 
 template <CoreDtype DT>
@@ -202,8 +189,8 @@ static void cu_moe_combine_backward(void *drows, const void *dy, const int *map,
     typedef typename Elem<DT>::T T;
     if (N == 0) return;
     const void *p[] = {drows, dy};
-    OPS_VEC_LAUNCH(combine_backward_kernel, T, (long)N * D, D, p, (T *)drows, (const T *)dy, map, gates, N,
-                   K, D);
+    CORE_VEC_LAUNCH(combine_backward_kernel, T, (long)N * D, D, p, (T *)drows, (const T *)dy, map, gates, N,
+                    K, D);
 }
 
 static void cu_moe_gate_grad(float *dgates, const float *s, const int *map, const float *gates, int N, int K) {
@@ -218,7 +205,7 @@ static void cu_moe_sum_choices(void *dx, const void *rows, const int *map, int N
     typedef typename Elem<DT>::T T;
     if (N == 0) return;
     const void *p[] = {dx, rows};
-    OPS_VEC_LAUNCH(sum_choices_kernel, T, (long)N * D, D, p, (T *)dx, (const T *)rows, map, N, K, D);
+    CORE_VEC_LAUNCH(sum_choices_kernel, T, (long)N * D, D, p, (T *)dx, (const T *)rows, map, N, K, D);
 }
 
 template <CoreDtype DT>
@@ -229,25 +216,11 @@ static void cu_from_act(float *dst, const void *src, long n) { core_cuda_convert
 // ---------------------------------------------------------------------------------------------
 // The layers, in the table's dtype.
 
-template <CoreDtype DT>
-static void cu_embedding_forward(void *out, const int *tokens, const void *table, int N, int V, int D) {
-    embedding_cuda_forward(DT, out, tokens, table, N, V, D);
-}
-template <CoreDtype DT>
-static void cu_embedding_backward_weight(float *dtable, const void *dout, const int *tokens, int N, int V,
-                                         int D) {
-    embedding_cuda_backward_weight(DT, dtable, dout, tokens, N, V, D);
-}
-template <CoreDtype DT>
-static void cu_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *gain, int N, int D,
-                               float eps) {
-    rmsnorm_cuda_forward(DT, out, rstd, inp, gain, N, D, eps);
-}
-template <CoreDtype DT>
-static void cu_rmsnorm_backward_input(void *dinp, float *part, const void *dres, const void *dout,
-                                      const void *inp, const void *gain, const float *rstd, int N,
-                                      int D) {
-    rmsnorm_cuda_backward_input(DT, dinp, part, dres, dout, inp, gain, rstd, N, D);
+// The table's entry for a layer kernel F that takes the dtype first and then the table's arguments
+// as they are: its parameter types A come from the entry it is assigned to.
+template <CoreDtype DT, auto F, typename... A>
+static void in_dt(A... a) {
+    F(DT, a...);
 }
 template <CoreDtype DT>
 static void cu_linear_forward(void *out, const void *inp, const void *W, int N, int IC, int OC) {
@@ -256,15 +229,6 @@ static void cu_linear_forward(void *out, const void *inp, const void *W, int N, 
 template <CoreDtype DT>
 static void cu_linear_forward_f32(float *out, const void *inp, const void *W, int N, int IC, int OC) {
     linear_cuda_forward(DT, CORE_F32, out, inp, W, N, IC, OC);
-}
-template <CoreDtype DT>
-static void cu_linear_backward_input(void *dinp, const void *dout, const void *W, int N, int IC, int OC,
-                                     int acc) {
-    linear_cuda_backward_input(DT, dinp, dout, W, N, IC, OC, acc);
-}
-template <CoreDtype DT>
-static void cu_linear_backward_weight(float *dW, const void *dout, const void *inp, int N, int IC, int OC) {
-    linear_cuda_backward_weight(DT, dW, dout, inp, N, IC, OC);
 }
 template <CoreDtype DT>
 static void cu_linear_forward_grouped(void *out, const void *inp, const void *W, const OpsGroups *g, int IC,
@@ -281,22 +245,7 @@ static void cu_linear_backward_weight_grouped(float *dW, const void *dout, const
                                               int IC, int OC, int acc) {
     linear_cuda_backward_weight_grouped(DT, dW, dout, inp, g->host, g->dev, g->G, IC, OC, acc);
 }
-template <CoreDtype DT>
-static void cu_rope_forward(void *out, int out_ld, const void *inp, int inp_ld, int N, int T, int nh,
-                            int hd, float theta) {
-    rope_cuda_forward(DT, out, out_ld, inp, inp_ld, N, T, nh, hd, theta);
-}
-template <CoreDtype DT>
-static void cu_rope_backward_input(void *dinp, int dinp_ld, const void *dout, int dout_ld, int N, int T,
-                                   int nh, int hd, float theta) {
-    rope_cuda_backward_input(DT, dinp, dinp_ld, dout, dout_ld, N, T, nh, hd, theta);
-}
 static size_t cu_attention_state_floats(int B, int T, int H) { return (size_t)B * H * T; }
-template <CoreDtype DT>
-static void cu_attention_forward(void *out, float *state, const void *q, const void *k, const void *v,
-                                 int B, int T, int H, int Hkv, int hd) {
-    attention_cuda_forward(DT, out, state, q, k, v, B, T, H, Hkv, hd);
-}
 template <CoreDtype DT>
 static void cu_attention_backward_input(void *dq, void *dk, void *dv, const void *dout, const void *q,
                                         const void *k, const void *v, const void *out,
@@ -304,24 +253,6 @@ static void cu_attention_backward_input(void *dq, void *dk, void *dv, const void
     float *delta = (float *)cu_alloc((size_t)B * H * T * sizeof(float));  // (B, H, T) scratch
     attention_cuda_backward_input(DT, dq, dk, dv, dout, q, k, v, out, state, delta, B, T, H, Hkv, hd);
     cu_free(delta);
-}
-template <CoreDtype DT>
-static void cu_swiglu_act_forward(void *h, const void *ab, long rows, int F) {
-    swiglu_cuda_act_forward(DT, h, ab, rows, F);
-}
-template <CoreDtype DT>
-static void cu_swiglu_act_backward(void *dab, float *s, void *dh, const void *ab, long rows, int F) {
-    swiglu_cuda_act_backward(DT, dab, s, dh, ab, rows, F);
-}
-template <CoreDtype DT>
-static void cu_crossentropy_forward(float *losses, float *lse, const void *logits, const int *targets,
-                                    int N, int V) {
-    crossentropy_cuda_forward(DT, losses, lse, logits, targets, N, V);
-}
-template <CoreDtype DT>
-static void cu_crossentropy_backward_input(void *dlogits, const void *logits, const float *lse,
-                                           const int *targets, float dloss, int N, int V) {
-    crossentropy_cuda_backward_input(DT, dlogits, logits, lse, targets, dloss, N, V);
 }
 
 template <CoreDtype DT>
@@ -461,11 +392,6 @@ static MoeDispatcher *cu_local_dispatcher(int E) {
 }
 
 template <CoreDtype DT>
-static void cu_scatter_rows(void *rows, const void *src, int per_choice, const int *pos, int N, int K, int D) {
-    moe_cuda_permute(DT, rows, src, per_choice, pos, N, K, D);
-}
-
-template <CoreDtype DT>
 static void cu_gather_rows(void *dst, const void *rows, const int *pos, long n, int D) {
     CHECK(n <= INT_MAX, "gather_rows: %ld rows overflow an int", n);
     moe_cuda_unpermute(DT, dst, rows, pos, (int)n, 1, D);
@@ -495,32 +421,32 @@ static void fill(LayerOps *t, const char *name) {
     t->copy_rows = cu_copy_rows<DT>;
     t->upload = cu_upload;
     t->download = cu_download;
-    t->sync = cu_sync;
+    t->sync = core_cuda_sync;
     t->peak_bytes = core_cuda_peak_bytes;
     t->to_act = cu_to_act<DT>;
     t->from_act = cu_from_act<DT>;
     t->add = cu_add<DT>;
-    t->embedding_forward = cu_embedding_forward<DT>;
-    t->embedding_backward_weight = cu_embedding_backward_weight<DT>;
-    t->rmsnorm_forward = cu_rmsnorm_forward<DT>;
-    t->rmsnorm_backward_input = cu_rmsnorm_backward_input<DT>;
+    t->embedding_forward = in_dt<DT, embedding_cuda_forward>;
+    t->embedding_backward_weight = in_dt<DT, embedding_cuda_backward_weight>;
+    t->rmsnorm_forward = in_dt<DT, rmsnorm_cuda_forward>;
+    t->rmsnorm_backward_input = in_dt<DT, rmsnorm_cuda_backward_input>;
     t->rmsnorm_backward_weight = rmsnorm_cuda_backward_weight;
     t->linear_forward = cu_linear_forward<DT>;
     t->linear_forward_f32 = cu_linear_forward_f32<DT>;
-    t->linear_backward_input = cu_linear_backward_input<DT>;
-    t->linear_backward_weight = cu_linear_backward_weight<DT>;
+    t->linear_backward_input = in_dt<DT, linear_cuda_backward_input>;
+    t->linear_backward_weight = in_dt<DT, linear_cuda_backward_weight>;
     t->linear_forward_grouped = cu_linear_forward_grouped<DT>;
     t->linear_backward_input_grouped = cu_linear_backward_input_grouped<DT>;
     t->linear_backward_weight_grouped = cu_linear_backward_weight_grouped<DT>;
-    t->rope_forward = cu_rope_forward<DT>;
-    t->rope_backward_input = cu_rope_backward_input<DT>;
+    t->rope_forward = in_dt<DT, rope_cuda_forward>;
+    t->rope_backward_input = in_dt<DT, rope_cuda_backward_input>;
     t->attention_state_floats = cu_attention_state_floats;
-    t->attention_forward = cu_attention_forward<DT>;
+    t->attention_forward = in_dt<DT, attention_cuda_forward>;
     t->attention_backward_input = cu_attention_backward_input<DT>;
-    t->swiglu_act_forward = cu_swiglu_act_forward<DT>;
-    t->swiglu_act_backward = cu_swiglu_act_backward<DT>;
-    t->crossentropy_forward = cu_crossentropy_forward<DT>;
-    t->crossentropy_backward_input = cu_crossentropy_backward_input<DT>;
+    t->swiglu_act_forward = in_dt<DT, swiglu_cuda_act_forward>;
+    t->swiglu_act_backward = in_dt<DT, swiglu_cuda_act_backward>;
+    t->crossentropy_forward = in_dt<DT, crossentropy_cuda_forward>;
+    t->crossentropy_backward_input = in_dt<DT, crossentropy_cuda_backward_input>;
     t->loss_mean = crossentropy_cuda_mean;
     t->router_forward = router_cuda_forward;
     t->router_backward_input = router_cuda_backward_input;
@@ -532,7 +458,7 @@ static void fill(LayerOps *t, const char *name) {
     t->moe_gate_grad = cu_moe_gate_grad;
     t->moe_sum_choices = cu_moe_sum_choices<DT>;
     t->local_dispatcher = cu_local_dispatcher<DT>;
-    t->scatter_rows = cu_scatter_rows<DT>;
+    t->scatter_rows = in_dt<DT, moe_cuda_permute>;
     t->gather_rows = cu_gather_rows<DT>;
     t->ep_plan = cu_ep_plan;
     t->ep_recv_pos = moe_cuda_ep_recv_pos;

@@ -61,15 +61,8 @@ __global__ void swiglu_backward_kernel(T *dab, float *s, T *dh, const T *ab, lon
 
 template <typename T>
 static void act_forward(void *h, const void *ab, long rows, int F) {
-    const int W = 16 / sizeof(T);
     const void *p[] = {h, ab};
-    const long n = rows * F;
-    if (core_vec_ok(W, sizeof(T), F, p, 2))
-        swiglu_forward_kernel<T, W><<<core_blocks(n / W, 256), 256, 0, core_stream()>>>((T *)h, (const T *)ab,
-                                                                                      rows, F);
-    else
-        swiglu_forward_kernel<T, 1><<<core_blocks(n, 256), 256, 0, core_stream()>>>((T *)h, (const T *)ab, rows, F);
-    CUDA_CHECK_LAUNCH();
+    CORE_VEC_LAUNCH(swiglu_forward_kernel, T, rows * F, F, p, (T *)h, (const T *)ab, rows, F);
 }
 
 template <typename T>

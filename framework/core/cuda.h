@@ -172,6 +172,17 @@ static inline int core_vec_ok(int W, size_t elem, long D, const void *const *ptr
         if (ptrs[i] && (size_t)ptrs[i] % (W * elem)) return 0;
     return 1;
 }
+// Launches kernel<T, W> with a thread per W of the n elements: W = 16 / sizeof(T) where the row
+// length D and the buffers allow, else W = 1.
+#define CORE_VEC_LAUNCH(kernel, T, n, D, ptrs, ...)                                                 \
+    do {                                                                                            \
+        const int W_ = 16 / sizeof(T);                                                              \
+        if (core_vec_ok(W_, sizeof(T), (D), ptrs, (int)(sizeof ptrs / sizeof *ptrs)))               \
+            kernel<T, 16 / sizeof(T)><<<core_blocks((n) / W_, 256), 256, 0, core_stream()>>>(__VA_ARGS__); \
+        else                                                                                        \
+            kernel<T, 1><<<core_blocks((n), 256), 256, 0, core_stream()>>>(__VA_ARGS__);            \
+        CUDA_CHECK_LAUNCH();                                                                        \
+    } while (0)
 
 // Sums over a warp and over a block (float or double), in a fixed order: reruns give the same bits.
 template <typename X>
