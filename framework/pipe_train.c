@@ -531,7 +531,9 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
             x->sync = x->o->shard ? x->o->shard : dp_sync_start(g, x->grads, x->n_grads, DP_SYNC_BUCKET_FLOATS);
     }
     if (g) grid_test_die_at(g, step);
-    PipeRun run = run_of(p, c->trace[0] ? p->trace : NULL);
+    // Only the run's last step is traced: the trace holds that step, and a traced op waits for its
+    // kernels, which would slow every other step for nothing.
+    PipeRun run = run_of(p, c->trace[0] && step == c->steps - 1 ? p->trace : NULL);
     run_step(p, &run, tokens);
     // Gradients: EPLB's replica sums, the DP/expert-DP averages (docs/architecture.md §4), then
     // DualPipe's copy sums.

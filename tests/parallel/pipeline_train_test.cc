@@ -137,7 +137,7 @@ Reference train_reference(const MoeConfig &c, int G, const std::vector<int> &val
 void compare_with_one_process(const Case &k, const char *trace) {
     MoeConfig c = tiny();
     Grid *g = grid_create(comm_world(), k.pp, k.ep, c.E);
-    const int DP = g->dp, G = DP * k.C, dp_rank = g->dp_rank, ep_rank = g->ep_rank;
+    const int DP = g->dp, G = DP * k.C, dp_rank = g->dp_rank, ep_rank = g->ep_rank, pp_rank = g->pp_rank;
     const size_t mb = (size_t)c.batch_size * (c.T + 1);
     const std::string what = name_of(k, DP);
     const std::vector<int> val = layout_global_batch(c, 1, 77, 2000 + (uint32_t)(99));
@@ -148,7 +148,8 @@ void compare_with_one_process(const Case &k, const char *trace) {
     cp.pp = k.pp;
     cp.ep = k.ep;
     std::snprintf(cp.schedule, sizeof cp.schedule, "%s", k.schedule);
-    if (trace) std::snprintf(cp.trace, sizeof cp.trace, "%s", trace);  // the step records its ops
+    if (trace) std::snprintf(cp.trace, sizeof cp.trace, "%s", trace);  // the last step records its ops
+    cp.steps = STEPS;
     PipeTrainer *p = pipe_trainer_create(&cp, g, &layer_ops_cpu);  // owns g (frees it for one process)
     for (int s = 0; s < STEPS; s++) {
         const std::vector<int> tok = layout_global_batch(c, G, 77, 2000 + (uint32_t)(s));
@@ -158,6 +159,11 @@ void compare_with_one_process(const Case &k, const char *trace) {
         EXPECT_NEAR(b.loss, a.loss, TOL * std::fabs(a.loss)) << "step " << s << " " << what;
         EXPECT_NEAR(b.ce, a.ce, TOL * std::fabs(a.ce)) << "step " << s << " " << what;
         EXPECT_NEAR(b.grad_norm, a.grad_norm, TOL * a.grad_norm) << "step " << s << " " << what;
+        // Only the last step is traced (a traced op waits for its kernels): before it, no op has
+        // a time.
+        if (trace && s < STEPS - 1)
+            for (int i = 0; i < p->sched->n_ops[pp_rank]; i++)
+                EXPECT_EQ(p->trace[i].end, 0.0) << "step " << s << " op " << i << " " << what;
     }
     for (int pipe = 0; pipe < p->n_models; pipe++) compare_weights(p->ctx[pipe].m, ref.m, ep_rank, what);
     if (p->partner >= 0) check_copies_identical(p, what);
