@@ -520,7 +520,6 @@ if want eplb_bench; then
         python3 - "$log/eplb_bench_off.jsonl" "$log/eplb_bench_on.jsonl" "$np" <<'PY' | tee "$log/eplb_bench.txt"
 import json, sys
 np_ = int(sys.argv[3])
-tokens = 8 * 2048 * np_  # bench.cfg: batch 8 x seq 2048 per GPU, every GPU a DP rank
 print(f"EPLB benchmark: configs/bench.cfg (bf16), EP {np_} on {np_} GPUs, router_skew -0.3, no bias updates")
 print("| run | steps | ms/step | expert ms/step per GPU | expert max/mean | routed max/mean over EP ranks (window's last step) |")
 print("|---|---|---|---|---|---|")
@@ -528,6 +527,10 @@ for name, path in (("no EPLB", sys.argv[1]), ("EPLB every 10, 16 redundant", sys
     prev = 0
     for line in open(path):
         m = json.loads(line)
+        if "config" in m:  # the first line: the run's settings, not a step
+            c = m["config"]
+            tokens = c["batch_size"] * c["grad_accum"] * c["seq_len"] * np_  # a step's, every GPU a DP rank
+            continue
         ex = m.get("expert_ms", [])
         mx = max(ex) / (sum(ex) / len(ex)) if ex and sum(ex) > 0 else float("nan")
         ri = m.get("rank_imbalance")
