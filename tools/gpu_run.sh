@@ -38,8 +38,8 @@
 #              table (ep_bench_scaling.txt): each row against the one above says what each overlap
 #              hides, the ZeRO-1 row what sharding the optimizer saves (and its log line the
 #              optimizer state per rank)
-#   pp         on PP_NP GPUs (default 4): `moelab train --device cuda-fp32` with 1F1B, DualPipe and
-#              DualPipeV at PP PP_NP, and at 4 GPUs DualPipe PP 2 x EP 2 (8 micro-batches), against
+#   pp         on PP_NP GPUs (default 4, or 2 on a machine with fewer): `moelab train --device cuda-fp32`
+#              with 1F1B, DualPipe and DualPipeV at PP PP_NP, and at 4 GPUs DualPipe PP 2 x EP 2 (8 micro-batches), against
 #              one GPU with the same batch; DualPipe and DualPipeV (and at 4 GPUs DualPipe PP 2 x
 #              EP 2) with the F&B overlap (--fb-overlap 1) equal to the same runs without it (every
 #              printed digit)
@@ -76,8 +76,7 @@ log=${OUT:-out}
 mkdir -p "$log"
 filter=${1:-*}
 stages=" ${STAGES:-tests sanitizer kernels train bench reference torch nccl ep_bench eplb eplb_bench export} "
-np=${NP:-2}  # GPUs of the nccl, ep_bench, eplb and eplb_bench stages
-pp_np=${PP_NP:-4}  # GPUs (= pipeline ranks) of the pp and pp_bench stages
+np=${NP:-2}  # GPUs of the nccl, eplb and eplb_bench stages
 want() { [[ "$stages" == *" $1 "* ]]; }
 # A misspelled stage ran nothing and reported "all passed".
 known=" tests sanitizer kernels train bench trace reference torch nccl ep_bench eplb eplb_bench export pp pp_bench "
@@ -92,6 +91,10 @@ fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$log/gpu.txt"
 date -u +"run at %Y-%m-%dT%H:%MZ" | tee -a "$log/gpu.txt"
+# The machine's GPUs (MIG devices apart). Every rank takes the GPU of its local rank: mpirun of more
+# ranks than GPUs ends in "GPU n requested, but this process sees m GPU(s)".
+ngpu=$(nvidia-smi -L | grep -c '^GPU')
+pp_np=${PP_NP:-$([ "$ngpu" -ge 4 ] && echo 4 || echo 2)}  # GPUs (= pipeline ranks) of the pp and pp_bench stages
 
 # Use the carried copy of a library only where this machine lacks it.
 fallback=$(mktemp -d)
@@ -127,6 +130,8 @@ fi
 
 rc=0
 fail() { echo "gpu_run: $1 FAILED"; rc=1; }
+# fits N STAGE: this machine has N GPUs, or STAGE fails (and is skipped) saying so.
+fits() { [ "$1" -le "$ngpu" ] || { fail "$2: $1 GPUs wanted (NP, PP_NP), this machine has $ngpu"; return 1; }; }
 # mpirun with the variables every rank needs, bounded in time: mpi NP PROGRAM [ARGS...]
 mpi() {
     local n=$1
@@ -273,7 +278,7 @@ if want torch; then
     [ "${PIPESTATUS[0]}" = 0 ] || fail "bench_torch.py"
 fi
 
-if want nccl; then
+if want nccl && fits "$np" nccl; then
     echo "== nccl_test on $np GPUs"
     mpi "$np" .dist/bin/nccl_test --gtest_filter="$filter" 2>&1 | tee "$log/nccl_test.log"
     [ "${PIPESTATUS[0]}" = 0 ] || fail nccl_test
@@ -307,7 +312,6 @@ fi
 
 if want ep_bench; then
     # The GPU counts of this stage: EP_NPS (default "2 4"), those this machine has.
-    ngpu=$(nvidia-smi -L | wc -l)
     ep_nps=""
     for n in ${EP_NPS:-2 4}; do if [ "$n" -ge 2 ] && [ "$n" -le "$ngpu" ]; then ep_nps="$ep_nps $n"; fi; done
     [ -n "$ep_nps" ] || fail "ep_bench: no GPU count of EP_NPS='${EP_NPS:-2 4}' fits this machine's $ngpu GPUs"
@@ -369,7 +373,7 @@ if want ep_bench; then
     } | tee "$log/ep_bench_scaling.txt"
 fi
 
-if want pp; then
+if want pp && fits "$pp_np" pp; then
     if [ -d .dist/data/quickstart ]; then
         echo "== moelab train --device cuda-fp32 --pp on $pp_np GPUs against one GPU (same global batch)"
         # 8 layers: DualPipeV at PP 4 cuts the model into 8 stages.
@@ -407,7 +411,7 @@ if want pp; then
     fi
 fi
 
-if want pp_bench; then
+if want pp_bench && fits "$pp_np" pp_bench; then
     if [ -d .dist/data/quickstart ]; then
         b=${PP_BATCH:-8}
         echo "== pipeline schedules on $pp_np GPUs: configs/bench.cfg (bf16), PP $pp_np, 8 micro-batches of $b x 2048"
@@ -443,7 +447,7 @@ if want pp_bench; then
     fi
 fi
 
-if want eplb; then
+if want eplb && fits "$np" eplb; then
     if [ -d .dist/data/quickstart ]; then
         echo "== EPLB on $np GPUs (cuda-fp32): rebalancing every 2 steps against no rebalancing"
         # adam-eps 1e-6: replicas add partial gradients in another order, and with ε = 1e-8 AdamW's
@@ -502,7 +506,7 @@ if want eplb; then
     fi
 fi
 
-if want eplb_bench; then
+if want eplb_bench && fits "$np" eplb_bench; then
     if [ -d .dist/data/quickstart ]; then
         steps=${EPLB_STEPS:-36}
         echo "== EPLB benchmark on $np GPUs: configs/bench.cfg (bf16), skewed router, $steps steps"
