@@ -38,9 +38,9 @@
 #              table (ep_bench_scaling.txt): each row against the one above says what each overlap
 #              hides, the ZeRO-1 row what sharding the optimizer saves (and its log line the
 #              optimizer state per rank)
-#   pp         on PP_NP GPUs (default 4, or 2 on a machine with fewer): `moelab train --device cuda-fp32`
-#              with 1F1B, DualPipe and DualPipeV at PP PP_NP, and at 4 GPUs DualPipe PP 2 x EP 2 (8 micro-batches), against
-#              one GPU with the same batch; DualPipe and DualPipeV (and at 4 GPUs DualPipe PP 2 x
+#   pp         on PP_NP GPUs (default 4, or 2 on a machine with fewer): `moelab train --device
+#              cuda-fp32` with 1F1B, DualPipe and DualPipeV at PP PP_NP, and at 4 GPUs DualPipe PP 2 x
+#              EP 2 (8 micro-batches), against one GPU with the same batch; DualPipe and DualPipeV (and at 4 GPUs DualPipe PP 2 x
 #              EP 2) with the F&B overlap (--fb-overlap 1) equal to the same runs without it (every
 #              printed digit)
 #   pp_bench   on PP_NP GPUs: configs/bench.cfg (bf16), 8 micro-batches of PP_BATCH (default 8)
