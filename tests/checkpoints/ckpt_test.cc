@@ -21,6 +21,14 @@ CkptState some_state() {
     return st;
 }
 
+// Saves a (with some_state(), no EPLB) as temp_dir()/name; returns the path.
+std::string save_plain(State &a, const CkptShard &sh, const char *name) {
+    const std::string path = temp_dir() + "/" + name;
+    const CkptState st = some_state();
+    ckpt_save(path.c_str(), &sh, view(a), &st, nullptr);
+    return path;
+}
+
 TEST(Checkpoint, RoundTripRestoresEveryTensorAndState) {
     core_set_quiet(1);
     const MoeConfig c = tiny();
@@ -103,10 +111,8 @@ TEST(Checkpoint, WeightsOnlyLoadLeavesOptimizerAlone) {
     core_set_quiet(1);
     const MoeConfig c = tiny();
     State a = make_state(c, 0, 1);
-    const std::string path = temp_dir() + "/w.h5";
     CkptShard sh = shard_of(a.m);
-    const CkptState st = some_state();
-    ckpt_save(path.c_str(), &sh, view(a), &st, nullptr);
+    const std::string path = save_plain(a, sh, "w.h5");
     Model *m = model_create(&c, 0, 1);
     const CkptView weights = {&m->cfg, &m->reg, m->reg.data, nullptr, nullptr, nullptr};
     ckpt_load(path.c_str(), &sh, &weights, nullptr);
@@ -123,10 +129,8 @@ TEST(Checkpoint, ChangedSettingsBeyondTheBufferEndInAMark) {
     core_set_quiet(1);
     const MoeConfig c = tiny();
     State a = make_state(c, 0, 1);
-    const std::string path = temp_dir() + "/changed.h5";
     CkptShard sh = shard_of(a.m);
-    const CkptState st = some_state();
-    ckpt_save(path.c_str(), &sh, view(a), &st, nullptr);
+    const std::string path = save_plain(a, sh, "changed.h5");
 
     MoeConfig few = c;  // two changes: listed whole, no mark
     few.lr *= 2;
