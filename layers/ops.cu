@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "layers/attention_cuda.h"
@@ -217,9 +218,12 @@ static void cu_from_act(float *dst, const void *src, long n) { core_cuda_convert
 // The layers, in the table's dtype.
 
 // The table's entry for a layer kernel F that takes the dtype first and then the table's arguments
-// as they are: its parameter types A come from the entry it is assigned to.
+// as they are: its parameter types A come from the entry it is assigned to, and must be F's own
+// (a call would convert an int to a long, or a long to an int, without a word).
 template <CoreDtype DT, auto F, typename... A>
 static void in_dt(A... a) {
+    static_assert(std::is_same<decltype(F), void (*)(CoreDtype, A...)>::value,
+                  "the table entry's parameters differ from the layer kernel's");
     F(DT, a...);
 }
 template <CoreDtype DT>

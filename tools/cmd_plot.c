@@ -49,7 +49,7 @@ typedef struct {
 
 typedef struct {
     int L, E, G;              // MoE layers, experts, EP ranks (G = 0 until a rebalance is read)
-    int dense;                // the config line's n_dense_layers: MoE layer l is model layer dense + l
+    int dense, layers;        // the config line's n_dense_layers and n_layers (-1: none)
     int ns, cap;              // logged steps with expert_load
     int *step;                // (ns)
     double *load;             // (ns, L, E) tokens per expert
@@ -114,15 +114,23 @@ static const char *read_vector(const JsonValue *v, const char *name, int n, doub
     return NULL;
 }
 
+// A layer count of the config line: a whole number in [0, 1024], else -1.
+static int config_count(const JsonValue *v) {
+    return v && v->type == JSON_NUMBER && v->number >= 0 && v->number <= 1024 && v->number == floor(v->number)
+               ? (int)v->number : -1;
+}
+
 // Takes what one metrics line holds; returns an error message or NULL.
 static const char *take_line(Run *d, const JsonValue *o, char *msg, size_t cap) {
     const JsonValue *load = json_get(o, "expert_load"), *eplb = json_get(o, "eplb");
     const JsonValue *step = json_get(o, "step");
     // The config line moelab train writes first places the MoE layers in the model (dense layers
     // lead); other lines hold nothing to draw.
-    const JsonValue *dense = json_get(json_get(o, "config"), "n_dense_layers");
-    if (dense && dense->type == JSON_NUMBER && dense->number >= 0 && dense->number <= 1024)
-        d->dense = (int)dense->number;
+    const JsonValue *cfg = json_get(o, "config");
+    if (cfg) {
+        d->dense = config_count(json_get(cfg, "n_dense_layers"));
+        d->layers = config_count(json_get(cfg, "n_layers"));
+    }
     if (!load && !eplb) return NULL;
     if (!step || step->type != JSON_NUMBER || step->number < 0 || step->number != floor(step->number) ||
         step->number > 1e9)
@@ -243,10 +251,11 @@ static void share_color(double r, char out[8]) {
 #define HEAT_H 220      // target height of one heatmap
 #define BAR_H 120       // height of a rank-load chart
 
-// "MoE layer l", and its place in the model where the metrics say it (the heatmaps' titles, which
-// have the room; the rank charts' labels keep the short form).
+// "MoE layer l", and its place in the model where the metrics' config says it and agrees with the
+// layers drawn (the heatmaps' titles, which have the room; the rank charts' labels keep the short
+// form).
 static const char *layer_name(const Run *d, int l, char *buf, size_t cap) {
-    if (d->dense < 0) snprintf(buf, cap, "MoE layer %d", l);
+    if (d->dense < 0 || d->layers != d->dense + d->L) snprintf(buf, cap, "MoE layer %d", l);
     else snprintf(buf, cap, "MoE layer %d (model layer %d)", l, d->dense + l);
     return buf;
 }
@@ -410,7 +419,7 @@ int cmd_plot(int argc, char **argv) {
     if (core_same_file(metrics, out)) return fail("--out %s is the --metrics file: writing it would replace it", out);
     Run d;
     memset(&d, 0, sizeof d);
-    d.dense = -1;
+    d.dense = d.layers = -1;
     int rc = read_run(metrics, &d);
     if (!rc) rc = write_svg(out, &d);
     if (!rc)

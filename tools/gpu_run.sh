@@ -40,9 +40,9 @@
 #              optimizer state per rank)
 #   pp         on PP_NP GPUs (default 4, or 2 on a machine with fewer): `moelab train --device
 #              cuda-fp32` with 1F1B, DualPipe and DualPipeV at PP PP_NP, and at 4 GPUs DualPipe PP 2 x
-#              EP 2 (8 micro-batches), against one GPU with the same batch; DualPipe and DualPipeV (and at 4 GPUs DualPipe PP 2 x
-#              EP 2) with the F&B overlap (--fb-overlap 1) equal to the same runs without it (every
-#              printed digit)
+#              EP 2 (8 micro-batches), against one GPU with the same batch; DualPipe and DualPipeV
+#              (and at 4 GPUs DualPipe PP 2 x EP 2) with the F&B overlap (--fb-overlap 1) equal to
+#              the same runs without it (every printed digit)
 #   pp_bench   on PP_NP GPUs: configs/bench.cfg (bf16), 8 micro-batches of PP_BATCH (default 8)
 #              sequences: step time of 1F1B, DualPipe and DualPipeV at PP PP_NP (the last two with the F&B
 #              overlap off and on; step 3 untraced, step 4 traced), each rank's measured idle fraction

@@ -171,6 +171,9 @@ void compare_with_one_process(const Case &k, const char *trace) {
     EXPECT_NEAR(pipe_eval_ce(p, val.data()), ref.eval_ce, TOL * ref.eval_ce) << what;
 
     if (trace) {
+        // ... and the last one is: every op of this rank has a time.
+        for (int i = 0; i < p->sched->n_ops[pp_rank]; i++)
+            EXPECT_GT(p->trace[i].end, 0.0) << "op " << i << " " << what;
         pipe_write_trace(p, trace);
         comm_barrier(comm_world());
         char err[SCHED_ERR_LEN];

@@ -106,6 +106,7 @@ TEST(CmdPlot, TakesTheLayersPlaceFromTheConfigLine) {
     MoeConfig c;
     config_defaults(&c);
     c.n_dense_layers = 3;
+    c.L = 5;  // the metrics' two MoE layers after the three dense ones
     char *line = nullptr;
     size_t len = 0;
     FILE *f = open_memstream(&line, &len);
@@ -135,6 +136,24 @@ TEST(CmdPlot, WithoutRebalancesSaysSo) {
     Result r = plot({"--metrics", m, "--out", svg});
     ASSERT_EQ(r.rc, 0) << r.err;
     EXPECT_NE(read_file(svg).find("no EPLB rebalance in this run"), std::string::npos);
+}
+
+// A config line that does not place the drawn layers (not a whole number, or n_layers other than the
+// dense layers plus the MoE layers drawn) leaves the titles short rather than wrong.
+TEST(CmdPlot, KeepsShortTitlesForAConfigThatDoesNotFit) {
+    for (const char *cfg : {"{\"config\": {\"n_layers\": 4, \"n_dense_layers\": 2.5}}\n",
+                            "{\"config\": {\"n_layers\": 2, \"n_dense_layers\": 2}}\n",
+                            "{\"config\": {\"n_dense_layers\": 1}}\n",
+                            "{\"config\": {\"n_layers\": 3, \"n_dense_layers\": -1}}\n"}) {
+        std::string m = write_file("odd.jsonl", cfg + std::string(METRICS)), svg = tmp_path("odd.svg");
+        Result r = plot({"--metrics", m, "--out", svg});
+        ASSERT_EQ(r.rc, 0) << cfg << r.err;
+        EXPECT_EQ(read_file(svg).find("model layer"), std::string::npos) << cfg;
+    }
+    std::string m = write_file("fits.jsonl", "{\"config\": {\"n_layers\": 3, \"n_dense_layers\": 1}}\n" +
+                                                 std::string(METRICS)), svg = tmp_path("fits.svg");
+    ASSERT_EQ(plot({"--metrics", m, "--out", svg}).rc, 0);
+    EXPECT_NE(read_file(svg).find("MoE layer 1 (model layer 2): "), std::string::npos);
 }
 
 TEST(CmdPlot, Help) {
