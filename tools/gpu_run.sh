@@ -37,7 +37,8 @@
 #              and with ZeRO-1 (--zero 1), against one GPU, with each run's GPU memory peak, as a
 #              table (ep_bench_scaling.txt): each row against the one above says what each overlap
 #              hides, the ZeRO-1 row what sharding the optimizer saves (and its log line the
-#              optimizer state per rank)
+#              optimizer state per rank); the one-GPU baseline runs its step as a CUDA graph, which
+#              runs of several processes do not (docs/gpu.md), so the scaling counts that too
 #   pp         on PP_NP GPUs (default 4, or 2 on a machine with fewer): `moelab train --device
 #              cuda-fp32` with 1F1B, DualPipe and DualPipeV at PP PP_NP, and at 4 GPUs DualPipe PP 2 x
 #              EP 2 (8 micro-batches), against one GPU with the same batch; DualPipe and DualPipeV
