@@ -611,10 +611,12 @@ static void check_config(const char *path, const MoeConfig *saved, const MoeConf
             if (!key_in(key, FREE_KEYS, (int)(sizeof FREE_KEYS / sizeof *FREE_KEYS)) && !full) {
                 const char *sep = w ? ", " : "";
                 size_t n = (size_t)snprintf(NULL, 0, "%s%s %s -> %s", sep, key, va, vb);
-                if (w + n + sizeof ", ..." <= cap)
+                if (w + n + sizeof ", ..." <= cap) {
                     w += (size_t)snprintf(changed + w, cap - w, "%s%s %s -> %s", sep, key, va, vb);
-                else
-                    full = snprintf(changed + w, cap - w, "%s...", sep) > 0;
+                } else {
+                    snprintf(changed + w, cap - w, "%s...", sep);
+                    full = 1;
+                }
             }
         }
         la = na ? na + 1 : NULL;
