@@ -38,7 +38,8 @@
 #              table (ep_bench_scaling.txt): each row against the one above says what each overlap
 #              hides, the ZeRO-1 row what sharding the optimizer saves (and its log line the
 #              optimizer state per rank); the one-GPU baseline runs its step as a CUDA graph, which
-#              runs of several processes do not (docs/gpu.md), so the scaling counts that too
+#              runs of several processes do not (docs/gpu.md): a second column compares with one GPU
+#              kernel by kernel (--cuda-graph 0), so that the table tells the graph's share apart
 #   pp         on PP_NP GPUs (default 4, or 2 on a machine with fewer): `moelab train --device
 #              cuda-fp32` with 1F1B, DualPipe and DualPipeV at PP PP_NP, and at 4 GPUs DualPipe PP 2 x
 #              EP 2 (8 micro-batches), against one GPU with the same batch; DualPipe and DualPipeV
@@ -343,6 +344,9 @@ if want ep_bench; then
     echo "== weak scaling of configs/bench.cfg at its per-GPU batch: one GPU, then EP n (without overlap, with the shared-expert overlap, with 2 token chunks) and DP n for n in$ep_nps"
     .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 2>&1 | sed 's/^ep_bench train:/ep_bench train one GPU:/' | tee -a "$log/ep_bench_train.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train on one GPU"
+    .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 --cuda-graph 0 2>&1 |
+        sed 's/^ep_bench train:/ep_bench train one GPU no graph:/' | tee -a "$log/ep_bench_train.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train on one GPU without the CUDA graph"
     for n in $ep_nps; do
         mpi "$n" .dist/bin/ep_bench train --config configs/bench.cfg --ep "$n" 2>&1 | sed "s/^ep_bench train:/ep_bench train EP $n:/" | tee -a "$log/ep_bench_train.txt"
         [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train --ep $n"
@@ -361,14 +365,16 @@ if want ep_bench; then
     done
     # Weak-scaling efficiency: tokens/s per GPU against the one-GPU run's, and each run's GPU memory peak.
     one=$(per_gpu "$log/ep_bench_train.txt" "ep_bench train one GPU:")
+    one_kbk=$(per_gpu "$log/ep_bench_train.txt" "ep_bench train one GPU no graph:")
     peak() { grep "^$2" "$1" | tail -1 | sed -n 's/.*| peak \([0-9.]*\) GiB.*/\1/p'; }
     {
-        printf "%-24s %16s %12s %10s\n" "run" "tokens/s per GPU" "vs one GPU" "peak GiB"
-        for run in "one GPU" $(for n in $ep_nps; do echo "EP_${n}_no_overlap EP_$n EP_${n}_2_chunks DP_$n DP_${n}_ZeRO-1"; done); do
+        printf "%-24s %16s %12s %21s %10s\n" "run" "tokens/s per GPU" "vs one GPU" "vs one GPU, no graph" "peak GiB"
+        for run in "one GPU" "one_GPU_no_graph" $(for n in $ep_nps; do echo "EP_${n}_no_overlap EP_$n EP_${n}_2_chunks DP_$n DP_${n}_ZeRO-1"; done); do
             label=$(echo "$run" | tr '_' ' ')
             t=$(per_gpu "$log/ep_bench_train.txt" "ep_bench train $label:")
             m=$(peak "$log/ep_bench_train.txt" "ep_bench train $label:")
-            awk -v l="$label" -v t="${t:-0}" -v o="${one:-0}" -v m="${m:-0}" 'BEGIN { printf "%-24s %16.0f %11.1f%% %10.2f\n", l, t, (o > 0 ? 100 * t / o : 0), m }'
+            awk -v l="$label" -v t="${t:-0}" -v o="${one:-0}" -v k="${one_kbk:-0}" -v m="${m:-0}" 'BEGIN {
+                printf "%-24s %16.0f %11.1f%% %20.1f%% %10.2f\n", l, t, (o > 0 ? 100 * t / o : 0), (k > 0 ? 100 * t / k : 0), m }'
         done
         grep "zero-1: optimizer state" "$log/ep_bench_train.txt" | sed 's/^\[[^]]*\] *//' | sort -u
     } | tee "$log/ep_bench_scaling.txt"

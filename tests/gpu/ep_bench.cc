@@ -7,10 +7,13 @@
 //       ONE exchange of rows (one NCCL send and receive per peer) and the receive permute; the
 //       plan (device plan, count download, host count exchange, permute map) is timed apart
 //   ep_bench train --config FILE --ep E [--steps S] [--ep-overlap 0|1] [--ep-chunks C] [--zero 0|1]
+//                  [--cuda-graph 0|1]
 //       training tokens/s of the config (bf16 on the GPU) at its per-GPU batch, EP E, DP = world/E,
 //       and the GPU memory peak; --ep-overlap 0 turns the exchanges' overlaps off, --ep-chunks C
 //       splits each MoE layer's micro-batch into C token chunks, --zero 1 shards the optimizer over
-//       the DP ranks (config keys ep_overlap, ep_chunks, zero)
+//       the DP ranks, --cuda-graph 0 runs one GPU's step kernel by kernel as several processes do
+//       (config keys ep_overlap, ep_chunks, zero, cuda_graph; the last as the config has it unless
+//       given)
 // Rank 0 prints one line of figures; times are the slowest rank's.
 #include <algorithm>
 #include <cstdio>
@@ -120,6 +123,7 @@ int bench_ep_train(int argc, char **argv) {
     config_set(&c, "ep_overlap", arg(argc, argv, "--ep-overlap", "1"), "command line");
     config_set(&c, "ep_chunks", arg(argc, argv, "--ep-chunks", "1"), "command line");
     config_set(&c, "zero", arg(argc, argv, "--zero", "0"), "command line");
+    if (const char *graph = arg(argc, argv, "--cuda-graph", NULL)) config_set(&c, "cuda_graph", graph, "command line");
     config_validate(&c);
     Grid *g = grid_create(w, 1, c.ep, c.E);
     const int ep = g->ep, dp = g->dp, dp_rank = g->dp_rank;
@@ -149,9 +153,11 @@ int bench_ep_train(int argc, char **argv) {
     double most = (double)o->peak_bytes();
     comm_allreduce(w, &most, 1, COMM_F64, COMM_MAX);
     if (w->rank == 0)
-        std::printf("ep_bench train: world %d = ep %d x dp %d | ep_overlap %d, ep_chunks %d, zero %d | per-GPU batch %d x %d | "
-                    "%.3f s/step | %.0f tokens/s (%.0f per GPU, %.1f TFLOP/s per GPU) | loss %.4f -> %.4f | peak %.2f GiB\n",
-                    w->size, ep, dp, c.ep_overlap, c.ep_chunks, c.zero, c.batch_size, c.T, secs / steps, tokens / secs,
+        std::printf("ep_bench train: world %d = ep %d x dp %d | ep_overlap %d, ep_chunks %d, zero %d, cuda graph %d | "
+                    "per-GPU batch %d x %d | %.3f s/step | %.0f tokens/s (%.0f per GPU, %.1f TFLOP/s per GPU) | "
+                    "loss %.4f -> %.4f | peak %.2f GiB\n",
+                    w->size, ep, dp, c.ep_overlap, c.ep_chunks, c.zero, p->graph_on, c.batch_size, c.T, secs / steps,
+                    tokens / secs,
                     tokens / secs / w->size, tokens / secs / w->size * model_train_flops_per_token(&c) / 1e12,
                     first, last, most / (1024.0 * 1024.0 * 1024.0));
     pipe_trainer_free(p);
@@ -167,7 +173,7 @@ int main(int argc, char **argv) {
     else if (argc >= 2 && !std::strcmp(argv[1], "train")) rc = bench_ep_train(argc, argv);
     else std::fprintf(stderr, "usage: ep_bench a2a [--tokens N] [--d-model D] [--top-k K] [--experts E] "
                               "[--reps R] | ep_bench train --config FILE --ep E [--steps S] [--ep-overlap 0|1] "
-                              "[--ep-chunks C] [--zero 0|1]\n");
+                              "[--ep-chunks C] [--zero 0|1] [--cuda-graph 0|1]\n");
     comm_finalize();
     return rc;
 }
