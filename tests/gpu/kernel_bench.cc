@@ -102,6 +102,18 @@ double time_queued(const std::function<void()> &fn) {
     return t;
 }
 
+// Seconds per call of 10 calls captured into one CUDA graph, from one launch (after 2 warm-up
+// launches): no host work between the kernels at all, as the trainer's one-GPU step runs them.
+double time_graph(const std::function<void()> &fn) {
+    fn();  // a library's first-call set-up stays out of the capture
+    core_cuda_graph_begin();
+    for (int i = 0; i < 10; i++) fn();
+    void *graph = core_cuda_graph_end();
+    double t = time_queued([&] { core_cuda_graph_launch(graph); }) / 10;
+    core_cuda_graph_free(graph);
+    return t;
+}
+
 void row(const char *name, double s, double bytes, double flops) {
     printf("%-34s %9.3f ms", name, s * 1e3);
     if (bytes > 0) printf("  %8.1f GB/s", bytes / s / 1e9);
@@ -466,8 +478,9 @@ int main() {
     // kernels at the two shapes of the attention targets (docs/gpu.md): hd 64 and hd 128. Timed
     // 10 queued: a cuDNN call works on the host before its kernel starts (the variant pack, the
     // plan's launch), which a lone call between two events counts and a training step hides
-    // behind the kernels queued before it. cuDNN's backward also once with its default algorithm
-    // (dQ added with atomics, not deterministic): what the trainer's deterministic one costs.
+    // behind the kernels queued before it. cuDNN's calls also inside a CUDA graph, as the trainer's
+    // one-GPU step runs them, and its backward also with its default algorithm (dQ added with
+    // atomics, not deterministic): what the trainer's deterministic one costs.
     auto attention_rows = [&](int ab, int at, int ah, int ahkv, int ahd, bool cuda_cores) {
         size_t nq = (size_t)ab * at * ah * ahd, nk = (size_t)ab * at * ahkv * ahd;
         void *q = dev_rand(nq, BF), *k = dev_rand(nk, BF), *v = dev_rand(nk, BF),
@@ -502,12 +515,17 @@ int main() {
             snprintf(name, sizeof name, "  backward (%s)", p.name);
             row(name, time_queued(backward), 0, 2.5 * flops);
             if (p.path == ATTENTION_CUDA_CUDNN) {
+                row("  forward (cuDNN, CUDA graph)", time_graph([&] {
+                        attention_cuda_forward(BF, o, lse, q, k, v, ab, at, ah, ahkv, ahd);
+                    }), 0, flops);
+                row("  backward (cuDNN, CUDA graph)", time_graph(backward), 0, 2.5 * flops);
                 attention_cudnn_set_streams(1);
                 row("  backward (cuDNN, one call)", time_queued(backward), 0, 2.5 * flops);
                 attention_cudnn_set_deterministic(0);
                 row("  backward (cuDNN, one call, atomics)", time_queued(backward), 0, 2.5 * flops);
                 attention_cudnn_set_streams(2);
                 row("  backward (cuDNN, with atomics)", time_queued(backward), 0, 2.5 * flops);
+                row("  backward (cuDNN, atomics, graph)", time_graph(backward), 0, 2.5 * flops);
                 attention_cudnn_set_deterministic(1);
             }
         }
