@@ -8,13 +8,16 @@
 // the attention's q, k, v projections as three products and as one stacked product, and the
 // attention itself every way (cuDNN's backward also as one call instead of two halves on two
 // streams, and without determinism; these rows time calls queued back to back, as the "10 queued"
-// GEMM rows do). A benchmark, not a test: it checks
-// nothing. Runs on the GPU machine (tools/gpu_run.sh).
+// GEMM rows do; and inside a CUDA graph). A benchmark, not a test: it checks nothing. Runs on the
+// GPU machine (tools/gpu_run.sh).
+//   usage: kernel_bench [qkv] [experts] [attention]   (only those of the long sections; all by
+//          default; the short rows always run)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
 extern "C" {
@@ -347,7 +350,27 @@ void qkv_products(int nN, int nT, int nD, int nH, int nHkv, int nhd) {
 
 }  // namespace
 
-int main() {
+// The long sections named on the command line, or all of them.
+const char *const kSections[] = {"qkv", "experts", "attention"};
+std::vector<std::string> g_sections;
+bool want(const char *section) {
+    return g_sections.empty() ||
+           std::find(g_sections.begin(), g_sections.end(), section) != g_sections.end();
+}
+
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const std::string a = argv[i];
+        const bool known = std::find(std::begin(kSections), std::end(kSections), a) != std::end(kSections);
+        if (!known) {
+            const bool help = a == "--help" || a == "-h";
+            fprintf(help ? stdout : stderr, "%susage: kernel_bench [qkv] [experts] [attention]\n"
+                    "  times every kernel; only the named long sections among these (all by default)\n",
+                    help ? "" : ("kernel_bench: unknown section '" + a + "'\n").c_str());
+            return help ? 0 : 2;
+        }
+        g_sections.push_back(a);
+    }
     core_cuda_init(0);
     printf("shapes: B %d T %d D %d H %d Hkv %d hd %d V %d E %d K %d Fe %d, bf16 activations\n\n",
            B, T, D, H, Hkv, hd, V, E, K, Fe);
@@ -406,15 +429,19 @@ int main() {
     // The attention's projections at the bench config's shapes and at bench_wide.cfg's (4 × 4096
     // tokens, D 2048, 16 heads of 128, 4 key/value heads).
     printf("\n");
-    qkv_products(N, T, D, H, Hkv, hd);
-    qkv_products(4 * 4096, 4096, 2048, 16, 4, 128);
+    if (want("qkv")) {
+        qkv_products(N, T, D, H, Hkv, hd);
+        qkv_products(4 * 4096, 4096, 2048, 16, 4, 128);
+    }
 
     // Experts: N·K rows over E experts, D -> Fe; the products of the up projection (w1 or w3)
     // every way (expert_gemms), at the bench config's shapes and at bench_wide.cfg's (4 × 4096
     // tokens, K 6, 32 experts, D 2048, Fe 1408).
     int R = N * K;
-    expert_gemms(R, E, D, Fe);
-    expert_gemms(4 * 4096 * 6, 32, 2048, 1408);
+    if (want("experts")) {
+        expert_gemms(R, E, D, Fe);
+        expert_gemms(4 * 4096 * 6, 32, 2048, 1408);
+    }
     printf("\n");
     w13_products("W1 and W3, routed experts, bench", R, E, D, Fe, 2);
     w13_products("W1 and W3, shared experts, bench", N, 0, D, Fe, 2 * 2);
@@ -533,8 +560,10 @@ int main() {
         for (void *p : {q, k, v, o, dq, dk, dv, dout, (void *)lse, (void *)delta})
             dev()->free(p);
     };
-    attention_rows(B, T, H, Hkv, hd, true);
-    attention_rows(4, 4096, 16, 4, 128, false);
+    if (want("attention")) {
+        attention_rows(B, T, H, Hkv, hd, true);
+        attention_rows(4, 4096, 16, 4, 128, false);
+    }
 
     void *lg = dev_rand((size_t)N * V, BF, 4.0f), *dlg = dev_rand((size_t)N * V, BF, 1e-3f);
     int *tg = dev_ints(N, V), *tok = dev_ints(N, V);
