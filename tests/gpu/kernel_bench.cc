@@ -105,8 +105,9 @@ double time_queued(const std::function<void()> &fn) {
     return t;
 }
 
-// Seconds per call of 10 calls captured into one CUDA graph, from one launch (after 2 warm-up
-// launches): no host work between the kernels at all, as the trainer's one-GPU step runs them.
+// Seconds per call of 10 calls captured into one CUDA graph, the graph's launches timed as
+// time_queued times a call: no host work between the kernels at all, as the trainer's one-GPU
+// step runs them.
 double time_graph(const std::function<void()> &fn) {
     fn();  // a library's first-call set-up stays out of the capture
     core_cuda_graph_begin();
@@ -348,8 +349,6 @@ void qkv_products(int nN, int nT, int nD, int nH, int nHkv, int nhd) {
     for (void *p : {a, da, w, y, (void *)dw, q, v}) dev()->free(p);
 }
 
-}  // namespace
-
 // The long sections named on the command line, or all of them.
 const char *const kSections[] = {"qkv", "experts", "attention"};
 std::vector<std::string> g_sections;
@@ -358,16 +357,21 @@ bool want(const char *section) {
            std::find(g_sections.begin(), g_sections.end(), section) != g_sections.end();
 }
 
+}  // namespace
+
 int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
         const bool known = std::find(std::begin(kSections), std::end(kSections), a) != std::end(kSections);
         if (!known) {
-            const bool help = a == "--help" || a == "-h";
-            fprintf(help ? stdout : stderr, "%susage: kernel_bench [qkv] [experts] [attention]\n"
-                    "  times every kernel; only the named long sections among these (all by default)\n",
-                    help ? "" : ("kernel_bench: unknown section '" + a + "'\n").c_str());
-            return help ? 0 : 2;
+            const char *usage = "usage: kernel_bench [qkv] [experts] [attention]\n"
+                                "  times every kernel; only the named long sections among these (all by default)\n";
+            if (a == "--help" || a == "-h") {
+                fputs(usage, stdout);
+                return 0;
+            }
+            fprintf(stderr, "kernel_bench: unknown section '%s'\n%s", a.c_str(), usage);
+            return 2;
         }
         g_sections.push_back(a);
     }
