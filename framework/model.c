@@ -12,6 +12,7 @@
 #include "framework/core/prof.h"
 #include "framework/core/rng.h"
 #include "layers/rmsnorm.h"
+#include "layers/rope.h"
 
 int model_is_moe_layer(const Model *m, int l) { return l >= m->cfg.n_dense_layers; }
 
@@ -524,14 +525,15 @@ static void attn_forward(const Model *m, const LayerWeights *w, LayerActs *la, i
     prof_mark(PROF_ATTN);
     // One product over the stacked Wqkv = [Wq; Wk; Wv] (W, D) (set_views checks that the registry
     // holds them back to back): three products with N = kd for k and v ran at a poor GEMM rate.
-    // RoPE reads q and k out of its (N, W) rows and writes the contiguous qr and kr that attention
-    // reads; only the rotated q and k are kept (the backward needs no others), v is copied out.
+    // RoPE reads q and k out of its (N, W) rows and writes the head-major qr and kr that attention
+    // reads (layers/attention.h); only the rotated q and k are kept (the backward needs no
+    // others), v is copied out into the same layout.
     void *qkv = o->alloc_uninit((size_t)N * W * o->act_size);
     o->linear_forward(qkv, la->a, w->wq, N, D, W);
-    o->rope_forward(la->qr, qd, qkv, W, N, T, c->H, hd, c->rope_theta);
-    o->rope_forward(la->kr, kd, (char *)qkv + (size_t)qd * o->act_size, W, N, T, c->Hkv, hd,
+    o->rope_forward(la->qr, ROPE_HEADS, qkv, W, N, T, c->H, hd, c->rope_theta);
+    o->rope_forward(la->kr, ROPE_HEADS, (char *)qkv + (size_t)qd * o->act_size, W, N, T, c->Hkv, hd,
                     c->rope_theta);
-    o->copy_rows(la->v, kd, (char *)qkv + (size_t)(qd + kd) * o->act_size, W, N, kd);
+    o->rope_copy(la->v, ROPE_HEADS, (char *)qkv + (size_t)(qd + kd) * o->act_size, W, N, T, c->Hkv, hd);
     o->free(qkv);
     o->attention_forward(la->o, la->att, la->qr, la->kr, la->v, B, T, c->H, c->Hkv, hd);
     o->linear_forward(la->h_mid, la->o, w->wo, N, qd, D);
@@ -560,10 +562,10 @@ static void attn_backward_input(const Model *m, const LayerWeights *w, LayerActs
     // The gradients of the rotated q and k turn back into those of the projections, written into
     // the stacked rows dqkv (N, W) = [dq dk dv] of the one product over Wqkv (attn_forward).
     la->dqkv = bwd_alloc(m, (int)N, W);
-    o->rope_backward_input(la->dqkv, W, dq, qd, (int)N, T, c->H, hd, c->rope_theta);
-    o->rope_backward_input((char *)la->dqkv + (size_t)qd * x, W, dk, kd, (int)N, T, c->Hkv, hd,
-                           c->rope_theta);
-    o->copy_rows((char *)la->dqkv + (size_t)(qd + kd) * x, W, dv, kd, (long)N, kd);
+    o->rope_backward_input(la->dqkv, W, dq, ROPE_HEADS, (int)N, T, c->H, hd, c->rope_theta);
+    o->rope_backward_input((char *)la->dqkv + (size_t)qd * x, W, dk, ROPE_HEADS, (int)N, T, c->Hkv,
+                           hd, c->rope_theta);
+    o->rope_copy((char *)la->dqkv + (size_t)(qd + kd) * x, W, dv, ROPE_HEADS, (int)N, T, c->Hkv, hd);
     o->free(dq);
     o->free(dk);
     o->free(dv);

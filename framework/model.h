@@ -98,8 +98,8 @@ typedef struct {
     void *h_in;         // (N, D) residual stream entering the layer
     void *a;            // (N, D) attention RMSNorm output
     float *rstd1;       // (N) its 1/rms
-    void *v;            // (N, Hkv·hd) value projection
-    void *qr, *kr;      // (N, H·hd), (N, Hkv·hd) query and key projections after RoPE
+    void *v;            // (B, Hkv, T, hd) value projection, head-major (layers/attention.h)
+    void *qr, *kr;      // (B, H, T, hd), (B, Hkv, T, hd) query and key projections after RoPE
     float *att;         // the attention state (ops->attention_state_floats)
     void *o;            // (N, H·hd) attention output before Wo
     void *h_mid;        // (N, D) residual after attention

@@ -20,22 +20,22 @@ static void attention_check(int B, int T, int H, int Hkv, int hd) {
     CHECK(H % Hkv == 0, "attention: n_heads (%d) must be divisible by n_kv_heads (%d)", H, Hkv);
 }
 
-// q, out, dq, dout are (B, T, H, hd) and k, v, dk, dv (B, T, Hkv, hd): head h of sequence b is a
-// (T, hd) matrix with rows H·hd (or Hkv·hd) apart, which BLAS takes as its leading dimension.
+// Head h of sequence b is a (T, hd) matrix: contiguous in q, k, v and their gradients
+// (head-major), with rows H·hd apart in out and dout, which BLAS takes as its leading dimension.
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                        int B, int T, int H, int Hkv, int hd) {
     attention_check(B, T, H, Hkv, hd);
-    const int rep = H / Hkv, ldq = H * hd, ldk = Hkv * hd;
+    const int rep = H / Hkv, ldo = H * hd;
     const float scale = 1.0f / sqrtf((float)hd);
     // One task per (b, h): it writes its own (T, T) of att and its own head of out only. Inside a
     // parallel region OpenBLAS runs each call on the calling thread.
 #pragma omp parallel for
     for (int bh = 0; bh < B * H; bh++) {
         const int b = bh / H, h = bh % H, g = h / rep;
-        const float *Q = q + (size_t)b * T * ldq + (size_t)h * hd;
-        const float *K = k + (size_t)b * T * ldk + (size_t)g * hd, *V = v + (size_t)b * T * ldk + (size_t)g * hd;
-        float *P = att + (size_t)bh * T * T, *O = out + (size_t)b * T * ldq + (size_t)h * hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, Q, ldq, K, ldk, 0.0f, P, T);
+        const float *Q = q + (size_t)bh * T * hd;
+        const float *K = k + ((size_t)b * Hkv + g) * T * hd, *V = v + ((size_t)b * Hkv + g) * T * hd;
+        float *P = att + (size_t)bh * T * T, *O = out + (size_t)b * T * ldo + (size_t)h * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, Q, hd, K, hd, 0.0f, P, T);
         for (int t = 0; t < T; t++) {
             float *p = P + (size_t)t * T;
             // Subtracting the row max keeps exp() in range; the masked entries are exact zeros.
@@ -54,7 +54,7 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
             for (int t2 = 0; t2 <= t; t2++) p[t2] *= inv;
             for (int t2 = t + 1; t2 < T; t2++) p[t2] = 0.0f;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, V, ldk, 0.0f, O, ldq);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, V, hd, 0.0f, O, ldo);
     }
 }
 
@@ -62,7 +62,7 @@ void attention_backward_input(float *dq, float *dk, float *dv, const float *dout
                               const float *k, const float *v, const float *att, int B, int T, int H,
                               int Hkv, int hd) {
     attention_check(B, T, H, Hkv, hd);
-    const int rep = H / Hkv, ldq = H * hd, ldk = Hkv * hd;
+    const int rep = H / Hkv, ldo = H * hd;
     const float scale = 1.0f / sqrtf((float)hd);
     // One task per (b, kv head): the query heads of a group all add into the same rows of dk and
     // dv, so they run in one task, in a fixed order — no races, and bit-identical sums run to run.
@@ -72,15 +72,16 @@ void attention_backward_input(float *dq, float *dk, float *dv, const float *dout
 #pragma omp for
         for (int bg = 0; bg < B * Hkv; bg++) {
             const int b = bg / Hkv, g = bg % Hkv;
-            const float *K = k + (size_t)b * T * ldk + (size_t)g * hd, *V = v + (size_t)b * T * ldk + (size_t)g * hd;
-            float *dK = dk + (size_t)b * T * ldk + (size_t)g * hd, *dV = dv + (size_t)b * T * ldk + (size_t)g * hd;
+            const size_t kv = (size_t)bg * T * hd;  // head g of sequence b in k, v, dk, dv
+            const float *K = k + kv, *V = v + kv;
+            float *dK = dk + kv, *dV = dv + kv;
             for (int h = g * rep; h < (g + 1) * rep; h++) {
-                const float *P = att + ((size_t)b * H + h) * T * T;
-                const float *Q = q + (size_t)b * T * ldq + (size_t)h * hd;
-                const float *dO = dout + (size_t)b * T * ldq + (size_t)h * hd;
-                float *dQ = dq + (size_t)b * T * ldq + (size_t)h * hd;
+                const size_t bh = (size_t)b * H + h;
+                const float *P = att + bh * T * T, *Q = q + bh * T * hd;
+                const float *dO = dout + (size_t)b * T * ldo + (size_t)h * hd;
+                float *dQ = dq + bh * T * hd;
                 // dP = dO Vᵀ, then the softmax backward ∂L/∂s = p ⊙ (dp − Σ p ⊙ dp) and the scale.
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dO, ldq, V, ldk, 0.0f, dS, T);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dO, ldo, V, hd, 0.0f, dS, T);
                 for (int t = 0; t < T; t++) {
                     const float *p = P + (size_t)t * T;
                     float *ds = dS + (size_t)t * T;
@@ -91,9 +92,9 @@ void attention_backward_input(float *dq, float *dk, float *dv, const float *dout
                     for (int t2 = 0; t2 <= t; t2++) ds[t2] = p[t2] * (ds[t2] - pdp) * scale;
                     for (int t2 = t + 1; t2 < T; t2++) ds[t2] = 0.0f;
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, K, ldk, 1.0f, dQ, ldq);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, Q, ldq, 1.0f, dK, ldk);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dO, ldq, 1.0f, dV, ldk);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, K, hd, 1.0f, dQ, hd);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, Q, hd, 1.0f, dK, hd);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dO, ldo, 1.0f, dV, hd);
             }
         }
         core_free(dS);

@@ -59,33 +59,42 @@ __device__ __forceinline__ float2 attn_p_ds(const float *a, const float *x, cons
     return make_float2(p, p * (dp - delta) * scale);
 }
 
-// Loads rows [r0, r0 + TILE) of head `head` of x (B, T, nh, HD) for batch b into s (TILE, HD) as
-// fp32; rows past T become zeros.
+// The two layouts of attention.h: q, k, v and their gradients are head-major (B, nh, T, HD), out
+// and dout token-major (B, T, nh, HD). attn_row: where row t of head `head` of sequence b starts.
+enum AttnLayout { HEADS, TOKENS };
+template <int HD>
+__device__ __forceinline__ size_t attn_row(AttnLayout lay, int b, int t, int Tseq, int nh, int head) {
+    return (lay == TOKENS ? ((size_t)b * Tseq + t) * nh + head : ((size_t)b * nh + head) * Tseq + t) * HD;
+}
+
+// Loads rows [r0, r0 + TILE) of head `head` of x (laid out as lay) for batch b into s (TILE, HD)
+// as fp32; rows past T become zeros.
 template <typename T, int HD>
-__device__ void load_tile(float (*s)[HD], const T *x, int b, int r0, int Tseq, int nh, int head) {
+__device__ void load_tile(float (*s)[HD], const T *x, AttnLayout lay, int b, int r0, int Tseq,
+                          int nh, int head) {
     for (int e = threadIdx.x; e < TILE * HD; e += THREADS) {
         int r = e / HD, d = e % HD, t = r0 + r;
-        s[r][d] = t < Tseq ? core_ld(x + (((size_t)b * Tseq + t) * nh + head) * HD + d) : 0.0f;
+        s[r][d] = t < Tseq ? core_ld(x + attn_row<HD>(lay, b, t, Tseq, nh, head) + d) : 0.0f;
     }
 }
 
 // This thread's elements (every LANES-th, from its lane) of row t of head `head`, or zeros.
 template <typename T, int HD>
-__device__ void load_row(float *dst, const T *x, int b, int t, int Tseq, int nh, int head,
-                         int lane) {
-    const T *row = x + (((size_t)b * Tseq + t) * nh + head) * HD + lane;
+__device__ void load_row(float *dst, const T *x, AttnLayout lay, int b, int t, int Tseq, int nh,
+                         int head, int lane) {
+    const T *row = x + attn_row<HD>(lay, b, t, Tseq, nh, head) + lane;
     #pragma unroll
     for (int j = 0; j < HD / LANES; j++) dst[j] = t < Tseq ? core_ld(row + LANES * j) : 0.0f;
 }
 
 // dst row t = this thread's elements of acc (a no-op past T).
 template <typename T, int HD>
-__device__ void store_row(T *x, const float *acc, int b, int t, int Tseq, int nh, int head,
-                          int lane) {
+__device__ void store_row(T *x, const float *acc, AttnLayout lay, int b, int t, int Tseq, int nh,
+                          int head, int lane) {
     if (t >= Tseq) return;
+    T *row = x + attn_row<HD>(lay, b, t, Tseq, nh, head) + lane;
     #pragma unroll
-    for (int j = 0; j < HD / LANES; j++)
-        core_st(x + (((size_t)b * Tseq + t) * nh + head) * HD + lane + LANES * j, acc[j]);
+    for (int j = 0; j < HD / LANES; j++) core_st(row + LANES * j, acc[j]);
 }
 
 // Block (b·H + h, query tile).
@@ -98,15 +107,15 @@ attention_forward_kernel(T *out, float *lse, const T *q, const T *k, const T *v,
     int r = threadIdx.x / LANES, lane = threadIdx.x % LANES;
     int q0 = blockIdx.y * TILE, t = q0 + r;
     float qr[HD / LANES], o[HD / LANES];
-    load_row<T, HD>(qr, q, b, t, Tseq, H, h, lane);
+    load_row<T, HD>(qr, q, HEADS, b, t, Tseq, H, h, lane);
     #pragma unroll
     for (int j = 0; j < HD / LANES; j++) o[j] = 0.0f;
     float m = -INFINITY, l = 0.0f;
     // Key tiles up to the one holding this block's last query row: later keys are all masked.
     for (int k0 = 0; k0 <= q0; k0 += TILE) {
         __syncthreads();  // the previous tile is no longer read
-        load_tile<T, HD>(ks, k, b, k0, Tseq, Hkv, g);
-        load_tile<T, HD>(vs, v, b, k0, Tseq, Hkv, g);
+        load_tile<T, HD>(ks, k, HEADS, b, k0, Tseq, Hkv, g);
+        load_tile<T, HD>(vs, v, HEADS, b, k0, Tseq, Hkv, g);
         __syncthreads();
         float sc[TILE];
         float mt = m;
@@ -165,15 +174,15 @@ attention_dkdv_kernel(T *dk, T *dv, const T *dout, const T *q, const T *k, const
     int r = threadIdx.x / LANES, lane = threadIdx.x % LANES;
     int k0 = blockIdx.y * TILE, tk = k0 + r;
     float kr[HD / LANES], vr[HD / LANES], dkr[HD / LANES], dvr[HD / LANES];
-    load_row<T, HD>(kr, k, b, tk, Tseq, Hkv, g, lane);
-    load_row<T, HD>(vr, v, b, tk, Tseq, Hkv, g, lane);
+    load_row<T, HD>(kr, k, HEADS, b, tk, Tseq, Hkv, g, lane);
+    load_row<T, HD>(vr, v, HEADS, b, tk, Tseq, Hkv, g, lane);
     #pragma unroll
     for (int j = 0; j < HD / LANES; j++) dkr[j] = dvr[j] = 0.0f;
     for (int h = g * rep; h < (g + 1) * rep; h++) {
         for (int q0 = k0; q0 < Tseq; q0 += TILE) {
             __syncthreads();
-            load_tile<T, HD>(qs, q, b, q0, Tseq, H, h);
-            load_tile<T, HD>(dos, dout, b, q0, Tseq, H, h);
+            load_tile<T, HD>(qs, q, HEADS, b, q0, Tseq, H, h);
+            load_tile<T, HD>(dos, dout, TOKENS, b, q0, Tseq, H, h);
             if (threadIdx.x < TILE) {
                 int t = q0 + threadIdx.x;
                 size_t at = ((size_t)b * H + h) * Tseq + t;
@@ -196,8 +205,8 @@ attention_dkdv_kernel(T *dk, T *dv, const T *dout, const T *q, const T *k, const
             }
         }
     }
-    store_row<T, HD>(dk, dkr, b, tk, Tseq, Hkv, g, lane);
-    store_row<T, HD>(dv, dvr, b, tk, Tseq, Hkv, g, lane);
+    store_row<T, HD>(dk, dkr, HEADS, b, tk, Tseq, Hkv, g, lane);
+    store_row<T, HD>(dv, dvr, HEADS, b, tk, Tseq, Hkv, g, lane);
 }
 
 // Block (b·H + h, query tile): dq of its TILE query rows over the keys at or before each.
@@ -210,16 +219,16 @@ attention_dq_kernel(T *dq, const T *dout, const T *q, const T *k, const T *v, co
     int r = threadIdx.x / LANES, lane = threadIdx.x % LANES;
     int q0 = blockIdx.y * TILE, t = q0 + r;
     float qr[HD / LANES], dor[HD / LANES], dqr[HD / LANES];
-    load_row<T, HD>(qr, q, b, t, Tseq, H, h, lane);
-    load_row<T, HD>(dor, dout, b, t, Tseq, H, h, lane);
+    load_row<T, HD>(qr, q, HEADS, b, t, Tseq, H, h, lane);
+    load_row<T, HD>(dor, dout, TOKENS, b, t, Tseq, H, h, lane);
     #pragma unroll
     for (int j = 0; j < HD / LANES; j++) dqr[j] = 0.0f;
     size_t at = ((size_t)b * H + h) * Tseq + t;
     float l = t < Tseq ? lse[at] : 0.0f, del = t < Tseq ? delta[at] : 0.0f;
     for (int k0 = 0; k0 <= q0; k0 += TILE) {
         __syncthreads();
-        load_tile<T, HD>(ks, k, b, k0, Tseq, Hkv, g);
-        load_tile<T, HD>(vs, v, b, k0, Tseq, Hkv, g);
+        load_tile<T, HD>(ks, k, HEADS, b, k0, Tseq, Hkv, g);
+        load_tile<T, HD>(vs, v, HEADS, b, k0, Tseq, Hkv, g);
         __syncthreads();
         #pragma unroll
         for (int c = 0; c < TILE; c++) {
@@ -229,7 +238,7 @@ attention_dq_kernel(T *dq, const T *dout, const T *q, const T *k, const T *v, co
             for (int j = 0; j < HD / LANES; j++) dqr[j] += ds * ks[c][lane + LANES * j];
         }
     }
-    store_row<T, HD>(dq, dqr, b, t, Tseq, H, h, lane);
+    store_row<T, HD>(dq, dqr, HEADS, b, t, Tseq, H, h, lane);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,30 +356,30 @@ __device__ __forceinline__ float tc_quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// s (rows, HD + TC_PAD) = rows [r0, r0 + rows) of head `head` of x (B, T, nh, HD) for batch b,
-// in 16-byte pieces; rows past T become zeros.
+// s (rows, HD + TC_PAD) = rows [r0, r0 + rows) of head `head` of x (laid out as lay) for batch
+// b, in 16-byte pieces; rows past T become zeros.
 template <int HD>
-__device__ void tc_load(bf16 *s, const bf16 *x, int rows, int b, int r0, int Tseq, int nh,
-                        int head) {
+__device__ void tc_load(bf16 *s, const bf16 *x, int rows, AttnLayout lay, int b, int r0, int Tseq,
+                        int nh, int head) {
     const int pieces = HD / 8;
     for (int e = threadIdx.x; e < rows * pieces; e += TC_THREADS) {
         int r = e / pieces, c = e % pieces * 8, t = r0 + r;
         uint4 val = make_uint4(0, 0, 0, 0);
-        if (t < Tseq) val = *(const uint4 *)(x + (((size_t)b * Tseq + t) * nh + head) * HD + c);
+        if (t < Tseq) val = *(const uint4 *)(x + attn_row<HD>(lay, b, t, Tseq, nh, head) + c);
         *(uint4 *)(s + r * (HD + TC_PAD) + c) = val;
     }
 }
 
-// Rows r0 + (0..15) of head `head` of x (B, T, nh, HD) = the warp's (16, HD) accumulator tile
+// Rows r0 + (0..15) of head `head` of x (laid out as lay) = the warp's (16, HD) accumulator tile
 // acc, its rows g scaled by mul[0] and g+8 by mul[1]. Rows past T are skipped.
 template <int HD>
-__device__ void tc_store(bf16 *x, const float (*acc)[4], const float mul[2], int b, int r0,
-                         int Tseq, int nh, int head) {
+__device__ void tc_store(bf16 *x, const float (*acc)[4], const float mul[2], AttnLayout lay, int b,
+                         int r0, int Tseq, int nh, int head) {
     #pragma unroll
     for (int half = 0; half < 2; half++) {
         int t = r0 + tc_row(2 * half);
         if (t >= Tseq) continue;
-        bf16 *row = x + (((size_t)b * Tseq + t) * nh + head) * HD;
+        bf16 *row = x + attn_row<HD>(lay, b, t, Tseq, nh, head);
         #pragma unroll
         for (int j = 0; j < HD / 8; j++) {
             __nv_bfloat162 *p = (__nv_bfloat162 *)(row + tc_col(j, 0));
@@ -393,13 +402,13 @@ attention_tc_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
     int b = blockIdx.x / H, h = blockIdx.x % H, g = h / (H / Hkv), warp = threadIdx.x / 32;
     int q0 = (gridDim.y - 1 - blockIdx.y) * TC_ROWS, w0 = q0 + warp * 16;  // w0: warp's first row
     float sl2 = scale * TC_LOG2E;  // scores in log2 units: exp(x) = exp2(x · log2 e)
-    tc_load<HD>(qs, q, TC_ROWS, b, q0, Tseq, H, h);
+    tc_load<HD>(qs, q, TC_ROWS, HEADS, b, q0, Tseq, H, h);
     float o[HD / 8][4] = {};
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g, g+8; l per thread
     for (int k0 = 0; k0 <= q0; k0 += TC_ROWS) {
         __syncthreads();  // the previous tiles are no longer read
-        tc_load<HD>(ks, k, TC_ROWS, b, k0, Tseq, Hkv, g);
-        tc_load<HD>(vs, v, TC_ROWS, b, k0, Tseq, Hkv, g);
+        tc_load<HD>(ks, k, TC_ROWS, HEADS, b, k0, Tseq, Hkv, g);
+        tc_load<HD>(vs, v, TC_ROWS, HEADS, b, k0, Tseq, Hkv, g);
         __syncthreads();
         float s[TC_ROWS / 8][4] = {};
         tc_gemm_abt<TC_ROWS, HD>(s, qs + warp * 16 * LD, LD, ks, LD);
@@ -445,7 +454,7 @@ attention_tc_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
         l[r] = tc_quad_sum(l[r]);
         inv[r] = 1.0f / l[r];
     }
-    tc_store<HD>(out, o, inv, b, w0, Tseq, H, h);
+    tc_store<HD>(out, o, inv, TOKENS, b, w0, Tseq, H, h);
     if (threadIdx.x % 4 == 0) {
         #pragma unroll
         for (int r = 0; r < 2; r++) {
@@ -472,14 +481,14 @@ attention_tc_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, co
     int b = blockIdx.x / Hkv, g = blockIdx.x % Hkv, rep = H / Hkv, warp = threadIdx.x / 32;
     int k0 = blockIdx.y * TC_ROWS, w0 = k0 + warp * 16;  // w0: the warp's first key row
     float sl2 = scale * TC_LOG2E;
-    tc_load<HD>(ks, k, TC_ROWS, b, k0, Tseq, Hkv, g);
-    tc_load<HD>(vs, v, TC_ROWS, b, k0, Tseq, Hkv, g);
+    tc_load<HD>(ks, k, TC_ROWS, HEADS, b, k0, Tseq, Hkv, g);
+    tc_load<HD>(vs, v, TC_ROWS, HEADS, b, k0, Tseq, Hkv, g);
     float dka[HD / 8][4] = {}, dva[HD / 8][4] = {};
     for (int h = g * rep; h < (g + 1) * rep; h++) {
         for (int q0 = k0; q0 < Tseq; q0 += QS) {
             __syncthreads();
-            tc_load<HD>(qs, q, QS, b, q0, Tseq, H, h);
-            tc_load<HD>(dos, dout, QS, b, q0, Tseq, H, h);
+            tc_load<HD>(qs, q, QS, HEADS, b, q0, Tseq, H, h);
+            tc_load<HD>(dos, dout, QS, TOKENS, b, q0, Tseq, H, h);
             for (int i = threadIdx.x; i < QS; i += TC_THREADS) {
                 int t = q0 + i;
                 size_t at = ((size_t)b * H + h) * Tseq + t;
@@ -511,8 +520,8 @@ attention_tc_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q, co
         }
     }
     const float kmul[2] = {scale, scale}, vmul[2] = {1.0f, 1.0f};
-    tc_store<HD>(dk, dka, kmul, b, w0, Tseq, Hkv, g);
-    tc_store<HD>(dv, dva, vmul, b, w0, Tseq, Hkv, g);
+    tc_store<HD>(dk, dka, kmul, HEADS, b, w0, Tseq, Hkv, g);
+    tc_store<HD>(dv, dva, vmul, HEADS, b, w0, Tseq, Hkv, g);
 }
 
 // Block (b·H + h, query tile), tiles in reverse block order as in the forward: dq of its
@@ -529,8 +538,8 @@ attention_tc_dq_kernel(bf16 *dq, const bf16 *dout, const bf16 *q, const bf16 *k,
     int b = blockIdx.x / H, h = blockIdx.x % H, g = h / (H / Hkv), warp = threadIdx.x / 32;
     int q0 = (gridDim.y - 1 - blockIdx.y) * TC_ROWS, w0 = q0 + warp * 16;
     float sl2 = scale * TC_LOG2E;
-    tc_load<HD>(qs, q, TC_ROWS, b, q0, Tseq, H, h);
-    tc_load<HD>(dos, dout, TC_ROWS, b, q0, Tseq, H, h);
+    tc_load<HD>(qs, q, TC_ROWS, HEADS, b, q0, Tseq, H, h);
+    tc_load<HD>(dos, dout, TC_ROWS, TOKENS, b, q0, Tseq, H, h);
     float lr[2], dr[2];  // lse (log2 units) and delta of rows g, g+8
     #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -542,8 +551,8 @@ attention_tc_dq_kernel(bf16 *dq, const bf16 *dout, const bf16 *q, const bf16 *k,
     float dqa[HD / 8][4] = {};
     for (int k0 = 0; k0 <= q0; k0 += TC_ROWS) {
         __syncthreads();
-        tc_load<HD>(ks, k, TC_ROWS, b, k0, Tseq, Hkv, g);
-        tc_load<HD>(vs, v, TC_ROWS, b, k0, Tseq, Hkv, g);
+        tc_load<HD>(ks, k, TC_ROWS, HEADS, b, k0, Tseq, Hkv, g);
+        tc_load<HD>(vs, v, TC_ROWS, HEADS, b, k0, Tseq, Hkv, g);
         __syncthreads();
         float s[TC_ROWS / 8][4] = {}, dp[TC_ROWS / 8][4] = {};
         tc_gemm_abt<TC_ROWS, HD>(s, qs + warp * 16 * LD, LD, ks, LD);
@@ -561,7 +570,7 @@ attention_tc_dq_kernel(bf16 *dq, const bf16 *dout, const bf16 *q, const bf16 *k,
         tc_gemm_pb<HD, TC_ROWS>(dqa, pf, ks, LD);
     }
     const float mul[2] = {scale, scale};
-    tc_store<HD>(dq, dqa, mul, b, w0, Tseq, H, h);
+    tc_store<HD>(dq, dqa, mul, HEADS, b, w0, Tseq, H, h);
 }
 
 struct AttnShape {

@@ -7,12 +7,15 @@
 extern "C" {
 #endif
 
-// out (B, T, H, hd) = softmax(q kᵀ / sqrt(hd) + causal mask) v
-// q (B, T, H, hd), k and v (B, T, Hkv, hd); att (B, H, T, T) receives the probabilities
+// Layouts: q (B, H, T, hd), k and v (B, Hkv, T, hd) are head-major, each head's (T, hd) rows
+// contiguous, as RoPE writes them (layers/rope.h, ROPE_HEADS) and as cuDNN's backward reads them
+// fastest; so are their gradients dq, dk, dv. out and dout are (B, T, H, hd), token-major: the
+// rows of the Wo product that out feeds and dout comes from.
+// out = softmax(q kᵀ / sqrt(hd) + causal mask) v; att (B, H, T, T) receives the probabilities
 // (entries above the diagonal are 0).
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                        int B, int T, int H, int Hkv, int hd);
-// dq (B, T, H, hd), dk and dv (B, T, Hkv, hd) += gradients given dout (B, T, H, hd).
+// dq, dk, dv += gradients given dout.
 void attention_backward_input(float *dq, float *dk, float *dv, const float *dout, const float *q,
                               const float *k, const float *v, const float *att, int B, int T, int H,
                               int Hkv, int hd);

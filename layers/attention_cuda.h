@@ -13,13 +13,14 @@
 extern "C" {
 #endif
 
-// out (B, T, H, hd) = softmax(q kᵀ / sqrt(hd) + causal mask) v; q (B, T, H, hd), k and v
-// (B, T, Hkv, hd); query head j reads kv head j / (H / Hkv). lse (B, H, T, fp32) receives
-// log Σ_t2 exp(q·k_t2 / sqrt(hd)) of each query row.
+// The layouts of attention.h: q (B, H, T, hd), k and v (B, Hkv, T, hd) and their gradients
+// head-major, out and dout (B, T, H, hd) token-major.
+// out = softmax(q kᵀ / sqrt(hd) + causal mask) v; query head j reads kv head j / (H / Hkv). lse
+// (B, H, T, fp32) receives log Σ_t2 exp(q·k_t2 / sqrt(hd)) of each query row.
 void attention_cuda_forward(CoreDtype dt, void *out, float *lse, const void *q, const void *k,
                             const void *v, int B, int T, int H, int Hkv, int hd);
-// dq (B, T, H, hd), dk and dv (B, T, Hkv, hd) = the gradients given dout (B, T, H, hd), from the
-// forward's inputs, out and lse: overwritten, their old contents never read. delta (B, H, T,
+// dq, dk and dv = the gradients given dout, from the forward's inputs, out and lse: overwritten,
+// their old contents never read. delta (B, H, T,
 // fp32) is scratch (unused by cuDNN). Deterministic: bit-identical run to run.
 void attention_cuda_backward_input(CoreDtype dt, void *dq, void *dk, void *dv, const void *dout,
                                    const void *q, const void *k, const void *v, const void *out,

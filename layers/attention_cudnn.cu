@@ -7,9 +7,11 @@
 // dlopen("libcudnn.so.9") on the first call. Nothing links libcudnn, so a machine without it runs
 // the tensor-core kernels, and the log says so once.
 //
-// Layouts. cuDNN's SDPA takes logical (b, h, s, d) tensors with any strides: q, out, dq and dout
-// (B, T, H, hd) are (B, H, T, hd) with strides (T·H·hd, hd, H·hd, 1), k, v, dk, dv the same with
-// Hkv (cuDNN's grouped-query attention: query head j reads kv head j / (H / Hkv), as ours). The
+// Layouts. cuDNN's SDPA takes logical (b, h, s, d) tensors with any strides: q, dq (B, H, T, hd)
+// and k, v, dk, dv (B, Hkv, T, hd) are head-major, strides (H·T·hd, T·hd, hd, 1) (cuDNN's
+// grouped-query attention: query head j reads kv head j / (H / Hkv), as ours); out and dout
+// (B, T, H, hd) are token-major, strides (T·H·hd, hd, H·hd, 1). Head-major q, k, v made the
+// deterministic backward 1.3-1.9 % faster (docs/BENCHMARKS.md, 2026-12-05). The
 // softmax statistics ("Stats", (b, h, s, 1) fp32) are max + log Σ exp of the scaled scores of a
 // query row in natural log (the frontend builds them as reduction max, then add(max, log(sum
 // exp))), which is our lse (B, H, T): the forward writes them straight into lse and the backward
@@ -55,6 +57,7 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
 
 #include <cudnn_frontend.h>
 
@@ -172,22 +175,29 @@ StreamState *stream_state_locked(cudaStream_t stream) {
     return &st;
 }
 
-// The (b, h, s, d) view of a (B, T, nh, hd) bf16 tensor.
-fe::graph::Tensor_attributes bthd(const char *name, int64_t uid, int B, int T, int nh, int hd) {
+// The (b, h, s, d) view of a bf16 tensor of nh heads: head-major (B, nh, T, hd) or token-major
+// (B, T, nh, hd).
+enum Layout { TOKENS = 0, HEADS = 1 };
+std::vector<int64_t> bhsd_strides(Layout lay, int T, int nh, int hd) {
+    if (lay == HEADS) return {(int64_t)nh * T * hd, (int64_t)T * hd, hd, 1};
+    return {(int64_t)T * nh * hd, hd, (int64_t)nh * hd, 1};
+}
+fe::graph::Tensor_attributes bhsd(const char *name, int64_t uid, Layout lay, int B, int T, int nh,
+                                  int hd) {
     return fe::graph::Tensor_attributes()
         .set_name(name)
         .set_uid(uid)
         .set_data_type(fe::DataType_t::BFLOAT16)
         .set_dim({B, nh, T, hd})
-        .set_stride({(int64_t)T * nh * hd, hd, (int64_t)nh * hd, 1});
+        .set_stride(bhsd_strides(lay, T, nh, hd));
 }
-void as_bthd(const std::shared_ptr<fe::graph::Tensor_attributes> &t, int64_t uid, int B, int T,
-             int nh, int hd) {
+void as_bhsd(const std::shared_ptr<fe::graph::Tensor_attributes> &t, int64_t uid, Layout lay, int B,
+             int T, int nh, int hd) {
     t->set_output(true)
         .set_uid(uid)
         .set_data_type(fe::DataType_t::BFLOAT16)
         .set_dim({B, nh, T, hd})
-        .set_stride({(int64_t)T * nh * hd, hd, (int64_t)nh * hd, 1});
+        .set_stride(bhsd_strides(lay, T, nh, hd));
 }
 // lse (B, H, T) fp32 as cuDNN's Stats (b, h, s, 1).
 void as_stats(fe::graph::Tensor_attributes &t, int B, int T, int H) {
@@ -206,9 +216,9 @@ bool build_graph(cudnnHandle_t h, const Key &k, Built *out, std::string *why) {
     g->set_io_data_type(fe::DataType_t::BFLOAT16)
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
         .set_compute_data_type(fe::DataType_t::FLOAT);
-    auto Q = g->tensor(bthd("Q", UID_Q, B, T, H, hd));
-    auto K = g->tensor(bthd("K", UID_K, B, T, Hkv, hd));
-    auto V = g->tensor(bthd("V", UID_V, B, T, Hkv, hd));
+    auto Q = g->tensor(bhsd("Q", UID_Q, HEADS, B, T, H, hd));
+    auto K = g->tensor(bhsd("K", UID_K, HEADS, B, T, Hkv, hd));
+    auto V = g->tensor(bhsd("V", UID_V, HEADS, B, T, Hkv, hd));
     if (dir == FORWARD) {
         auto opts = fe::graph::SDPA_attributes()
                         .set_name("attention_forward")
@@ -216,12 +226,12 @@ bool build_graph(cudnnHandle_t h, const Key &k, Built *out, std::string *why) {
                         .set_attn_scale(scale)
                         .set_causal_mask(true);
         auto outs = g->sdpa(Q, K, V, opts);
-        as_bthd(outs[0], UID_O, B, T, H, hd);
+        as_bhsd(outs[0], UID_O, TOKENS, B, T, H, hd);
         outs[1]->set_output(true);
         as_stats(*outs[1], B, T, H);
     } else {
-        auto O = g->tensor(bthd("O", UID_O, B, T, H, hd));
-        auto dO = g->tensor(bthd("dO", UID_DO, B, T, H, hd));
+        auto O = g->tensor(bhsd("O", UID_O, TOKENS, B, T, H, hd));
+        auto dO = g->tensor(bhsd("dO", UID_DO, TOKENS, B, T, H, hd));
         fe::graph::Tensor_attributes st;
         st.set_name("Stats");
         as_stats(st, B, T, H);
@@ -232,9 +242,9 @@ bool build_graph(cudnnHandle_t h, const Key &k, Built *out, std::string *why) {
                         .set_causal_mask(true)
                         .set_deterministic_algorithm(std::get<6>(k));  // see the top of the file
         auto grads = g->sdpa_backward(Q, K, V, O, dO, Stats, opts);
-        as_bthd(grads[0], UID_DQ, B, T, H, hd);
-        as_bthd(grads[1], UID_DK, B, T, Hkv, hd);
-        as_bthd(grads[2], UID_DV, B, T, Hkv, hd);
+        as_bhsd(grads[0], UID_DQ, HEADS, B, T, H, hd);
+        as_bhsd(grads[1], UID_DK, HEADS, B, T, Hkv, hd);
+        as_bhsd(grads[2], UID_DV, HEADS, B, T, Hkv, hd);
     }
     FE_TRY(g->validate());
     FE_TRY(g->build_operation_graph(h));
@@ -406,7 +416,8 @@ extern "C" int attention_cudnn_backward(void *dq, void *dk, void *dv, const void
     if (!st) return 0;
     const int B0 = split_locked(st, B, T, H, Hkv, hd);
     if (!B0) return backward_locked(stream, dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Hkv, hd);
-    // The second half's pointers: (B, T, H, hd) and (B, T, Hkv, hd) bf16, lse (B, H, T) fp32.
+    // The second half's pointers: every tensor has the sequence outermost (bf16 (B, ·, ·, hd) of H
+    // or Hkv heads, lse (B, H, T) fp32).
     const size_t oq = (size_t)B0 * T * H * hd * 2, okv = (size_t)B0 * T * Hkv * hd * 2;
     char *dq1 = (char *)dq + oq, *dk1 = (char *)dk + okv, *dv1 = (char *)dv + okv;
     const char *dout1 = (const char *)dout + oq, *q1 = (const char *)q + oq,

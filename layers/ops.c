@@ -27,15 +27,6 @@ static void *cpu_alloc_uninit(size_t bytes) {
 #endif
 }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
-void ops_copy_rows_check(long dst_ld, long src_ld, long rows, long cols) {
-    CHECK(rows >= 0 && cols >= 0 && dst_ld >= cols && src_ld >= cols,
-          "copy_rows: bad shape %ld x %ld at strides %ld (dst) and %ld (src)", rows, cols, dst_ld, src_ld);
-}
-static void cpu_copy_rows(void *dst, long dst_ld, const void *src, long src_ld, long rows, long cols) {
-    ops_copy_rows_check(dst_ld, src_ld, rows, cols);
-    for (long r = 0; r < rows; r++)
-        cpu_copy((float *)dst + r * dst_ld, (const float *)src + r * src_ld, (size_t)cols * sizeof(float));
-}
 static void cpu_sync(void) {}
 static size_t cpu_peak_bytes(void) { return 0; }
 static void cpu_to_act(void *dst, const float *src, long n) { cpu_copy(dst, src, (size_t)n * sizeof(float)); }
@@ -123,6 +114,10 @@ static void cpu_rope_forward(void *out, int out_ld, const void *inp, int inp_ld,
 static void cpu_rope_backward_input(void *dinp, int dinp_ld, const void *dout, int dout_ld, int N, int T,
                                     int nh, int hd, float theta) {
     rope_backward_input(dinp, dinp_ld, dout, dout_ld, N, T, nh, hd, theta);
+}
+static void cpu_rope_copy(void *out, int out_ld, const void *inp, int inp_ld, int N, int T, int nh,
+                          int hd) {
+    rope_copy(out, out_ld, inp, inp_ld, N, T, nh, hd);
 }
 static size_t cpu_attention_state_floats(int B, int T, int H) { return (size_t)B * H * T * T; }
 static void cpu_attention_forward(void *out, float *state, const void *q, const void *k, const void *v,
@@ -298,7 +293,6 @@ const LayerOps layer_ops_cpu = {
     .free = core_free,
     .zero = cpu_zero,
     .copy = cpu_copy,
-    .copy_rows = cpu_copy_rows,
     .upload = cpu_copy,
     .download = cpu_copy,
     .sync = cpu_sync,
@@ -320,6 +314,7 @@ const LayerOps layer_ops_cpu = {
     .linear_backward_weight_grouped = cpu_linear_backward_weight_grouped,
     .rope_forward = cpu_rope_forward,
     .rope_backward_input = cpu_rope_backward_input,
+    .rope_copy = cpu_rope_copy,
     .attention_state_floats = cpu_attention_state_floats,
     .attention_forward = cpu_attention_forward,
     .attention_backward_input = cpu_attention_backward_input,

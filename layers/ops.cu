@@ -51,14 +51,6 @@ static void cu_zero(void *p, size_t bytes) {
 static void cu_copy(void *dst, const void *src, size_t bytes) {
     if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, core_stream()));
 }
-template <CoreDtype DT>
-static void cu_copy_rows(void *dst, long dst_ld, const void *src, long src_ld, long rows, long cols) {
-    ops_copy_rows_check(dst_ld, src_ld, rows, cols);
-    if (rows == 0 || cols == 0) return;
-    const size_t es = core_dtype_size(DT);
-    CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_ld * es, src, src_ld * es, cols * es, rows,
-                                 cudaMemcpyDeviceToDevice, core_stream()));
-}
 // Both transfers wait: the host buffer may be reused or freed as soon as the call returns.
 static void cu_upload(void *dst, const void *host, size_t bytes) {
     if (!bytes) return;
@@ -422,7 +414,6 @@ static void fill(LayerOps *t, const char *name) {
     t->free = cu_free;
     t->zero = cu_zero;
     t->copy = cu_copy;
-    t->copy_rows = cu_copy_rows<DT>;
     t->upload = cu_upload;
     t->download = cu_download;
     t->sync = core_cuda_sync;
@@ -444,6 +435,7 @@ static void fill(LayerOps *t, const char *name) {
     t->linear_backward_weight_grouped = cu_linear_backward_weight_grouped<DT>;
     t->rope_forward = in_dt<DT, rope_cuda_forward>;
     t->rope_backward_input = in_dt<DT, rope_cuda_backward_input>;
+    t->rope_copy = in_dt<DT, rope_cuda_copy>;
     t->attention_state_floats = cu_attention_state_floats;
     t->attention_forward = in_dt<DT, attention_cuda_forward>;
     t->attention_backward_input = cu_attention_backward_input<DT>;

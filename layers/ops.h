@@ -61,9 +61,6 @@ typedef struct LayerOps {
     void (*free)(void *p);
     void (*zero)(void *p, size_t bytes);
     void (*copy)(void *dst, const void *src, size_t bytes);        // within dev
-    // dst (rows, cols) ← src (rows, cols), both of dt with rows dst_ld and src_ld elements apart
-    // (within dev; the attention's v and dv out of and into the stacked q, k, v rows).
-    void (*copy_rows)(void *dst, long dst_ld, const void *src, long src_ld, long rows, long cols);
     void (*upload)(void *dst, const void *host, size_t bytes);    // host → dev
     void (*download)(void *host, const void *src, size_t bytes);  // dev → host, complete on return
     void (*sync)(void);          // waits for every call issued so far
@@ -103,14 +100,18 @@ typedef struct LayerOps {
                                           int IC, int OC, int acc);
     void (*linear_backward_weight_grouped)(float *dW, const void *dout, const void *inp, const OpsGroups *g,
                                            int IC, int OC, int acc);
-    // RoPE on rows at strides of their own (layers/rope.h: row n at element n·ld, ld ≥ nh·hd), so
-    // that q and k are read out of, and their gradients written into, the stacked (N, qd + 2·kd)
-    // rows of the attention's one q, k, v product.
+    // RoPE on rows in layouts of their own (layers/rope.h: row n at element n·ld, ld ≥ nh·hd, or
+    // head-major with ld = ROPE_HEADS), so that q and k are read out of the stacked (N, qd + 2·kd)
+    // rows of the attention's one q, k, v product into the head-major tensors attention reads,
+    // and their gradients back into such rows.
     void (*rope_forward)(void *out, int out_ld, const void *inp, int inp_ld, int N, int T, int nh,
                          int hd, float theta);
-    // dinp = the inverse rotation of dout, written; dinp may be dout (in place, equal strides).
+    // dinp = the inverse rotation of dout, written; dinp may be dout (in place, equal layouts).
     void (*rope_backward_input)(void *dinp, int dinp_ld, const void *dout, int dout_ld, int N, int T,
                                 int nh, int hd, float theta);
+    // The same move without the rotation, exact: v and dv out of and into the stacked rows.
+    void (*rope_copy)(void *out, int out_ld, const void *inp, int inp_ld, int N, int T, int nh,
+                      int hd);
     // Attention keeps a per-backend fp32 state from forward to backward: the (B, H, T, T)
     // probabilities on the CPU, the (B, H, T) log-sum-exp of each query row on the GPU.
     size_t (*attention_state_floats)(int B, int T, int H);
@@ -202,10 +203,6 @@ typedef struct LayerOps {
 
 // The CPU backend (fp32): the functions of layers/*.c.
 extern const LayerOps layer_ops_cpu;
-
-// copy_rows's argument check (one clear error for a negative shape or a stride shorter than a
-// row), shared by the CPU and CUDA tables.
-void ops_copy_rows_check(long dst_ld, long src_ld, long rows, long cols);
 
 // SwiGLU over the groups g of rows (one group of N: one FFN; G experts: one range each), through
 // o's calls. out (ΣN, D) = W2 (silu(W1 x) ⊙ W3 x) per group; w13 (G, 2F, D) holds each group's

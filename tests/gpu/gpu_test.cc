@@ -347,26 +347,74 @@ TEST_F(Gpu, RopeStrided) {
     }
 }
 
-// The table's copy_rows (the engine's v and dv out of and into the stacked q, k, v rows): exact,
-// and nothing written between the destination's rows (poisoned).
-TEST_F(Gpu, CopyRows) {
-    const int rows = 300, cols = 40, src_ld = 100, src_col = 60, dst_ld = 43, dst_col = 3;
+// The head-major layout attention reads (rope.h's ROPE_HEADS), both ways, as the engine uses it:
+// forward from strided stacked rows into head-major q and k, backward from head-major gradients
+// into strided rows; the table's rope_copy moves v and dv the same ways, unrotated. Against the
+// CPU on the same data; the rotations bit-equal to the rows-to-rows GPU call reordered, the copies
+// exact; nothing written between the output rows (poisoned). hd 16 and 64 take the 16-byte path,
+// 12 the element path (and an odd stride forces it for 16 and 64 too).
+TEST_F(Gpu, RopeHeadMajor) {
+    const int B = 2, T = 40, nh = 3, N = B * T;
+    for (int pad : {8, 3})
+    for (int hd : {12, 16, 64})
     for (CoreDtype dt : kDtypes) {
-        const size_t es = core_dtype_size(dt), n_dst = (size_t)rows * dst_ld + dst_col;
-        Vec src = rnd((size_t)rows * src_ld + src_col);
-        BufP dSrc = put(src, dt), dDst = poisoned(n_dst, dt);
-        layer_ops_cuda(dt)->copy_rows((char *)dDst->p + dst_col * es, dst_ld, (char *)dSrc->p + src_col * es,
-                                      src_ld, rows, cols);
-        const Vec dst = get(*dDst, dt, n_dst);
-        size_t bad = 0;
-        for (size_t i = 0; i < n_dst; i++) {
-            const long c = (long)i - dst_col;
-            if (c >= 0 && c % dst_ld < cols)
-                bad += dst[i] != src[(size_t)(c / dst_ld) * src_ld + src_col + c % dst_ld];
-            else
-                bad += !std::isnan(dst[i]);
+        const int W = nh * hd, ld = W + pad;
+        const size_t n = (size_t)N * W, n_rows = (size_t)N * ld;
+        auto head_at = [&](size_t r, int c) {  // row r, column c < W of the rows → head-major index
+            return (((r / T) * nh + c / hd) * T + r % T) * hd + c % hd;
+        };
+        Vec rows = rnd(n_rows), heads = rnd(n);
+        BufP dRows = put(rows, dt), dHeads = put(heads, dt);
+        const Vec rows_r = get(*dRows, dt, n_rows), heads_r = get(*dHeads, dt, n);  // as rounded
+        for (int copy = 0; copy < 2; copy++) {
+            const char *what = copy ? "rope_copy" : "rope";
+            // Rows → heads: forward (or the copy); the plain rows call, reordered, for the bits.
+            BufP dH = poisoned(n, dt), dPlain = poisoned(n_rows, dt);
+            Vec ref(n);
+            if (copy) {
+                layer_ops_cuda(dt)->rope_copy(dH->p, ROPE_HEADS, dRows->p, ld, N, T, nh, hd);
+                rope_copy(ref.data(), ROPE_HEADS, rows_r.data(), ld, N, T, nh, hd);
+            } else {
+                rope_cuda_forward(dt, dH->p, ROPE_HEADS, dRows->p, ld, N, T, nh, hd, 10000.0f);
+                rope_cuda_forward(dt, dPlain->p, ld, dRows->p, ld, N, T, nh, hd, 10000.0f);
+                rope_forward(ref.data(), ROPE_HEADS, rows_r.data(), ld, N, T, nh, hd, 10000.0f);
+            }
+            const Vec h = get(*dH, dt, n);
+            if (copy) {
+                EXPECT_EQ(0, memcmp(h.data(), ref.data(), n * sizeof(float))) << what << " hd " << hd;
+            } else {
+                EXPECT_CLOSE(h, ref, dt, "rope forward into heads");
+                const Vec plain = get(*dPlain, dt, n_rows);
+                size_t bad = 0;
+                for (size_t r = 0; r < (size_t)N; r++)
+                    for (int c = 0; c < W; c++) bad += memcmp(&plain[r * ld + c], &h[head_at(r, c)], 4) != 0;
+                EXPECT_EQ(bad, 0u) << "forward into heads differs from the rows call: hd " << hd;
+            }
+            // Heads → rows: backward (or the copy back), into strided rows.
+            BufP dR = poisoned(n_rows, dt);
+            Vec back(n_rows, NAN);
+            if (copy) {
+                layer_ops_cuda(dt)->rope_copy(dR->p, ld, dHeads->p, ROPE_HEADS, N, T, nh, hd);
+                rope_copy(back.data(), ld, heads_r.data(), ROPE_HEADS, N, T, nh, hd);
+            } else {
+                rope_cuda_backward_input(dt, dR->p, ld, dHeads->p, ROPE_HEADS, N, T, nh, hd, 10000.0f);
+                rope_backward_input(back.data(), ld, heads_r.data(), ROPE_HEADS, N, T, nh, hd, 10000.0f);
+            }
+            const Vec got = get(*dR, dt, n_rows);
+            Vec got_in(n), back_in(n);
+            size_t untouched = 0;
+            for (size_t i = 0; i < n_rows; i++) {
+                if ((int)(i % ld) < W) {
+                    got_in[i / ld * W + i % ld] = got[i];
+                    back_in[i / ld * W + i % ld] = back[i];
+                } else {
+                    untouched += std::isnan(got[i]);
+                }
+            }
+            EXPECT_EQ(untouched, n_rows - n) << what << ": an element between the rows was written";
+            if (copy) EXPECT_EQ(0, memcmp(got_in.data(), back_in.data(), n * sizeof(float))) << what;
+            else EXPECT_CLOSE(got_in, back_in, dt, "rope backward_input from heads");
         }
-        EXPECT_EQ(bad, 0u) << dname(dt);
     }
 }
 
@@ -801,7 +849,7 @@ struct AttnCase {
 };
 
 // The inputs of one case, rounded to dtype dt, and the CPU's out, lse (in double, from the
-// definition), dq, dk and dv.
+// definition, with q and k head-major as attention.h lays them out), dq, dk and dv.
 struct AttnRef {
     Vec q, k, v, dy, out, lse, dq, dk, dv;
     AttnRef(const AttnCase &c, CoreDtype dt, bool with_cpu) {
@@ -824,8 +872,8 @@ struct AttnRef {
                     for (int u = 0; u <= t; u++) {
                         double d = 0;
                         for (int i = 0; i < hd; i++)
-                            d += (double)q[(((size_t)b * T + t) * H + h) * hd + i] *
-                                 k[(((size_t)b * T + u) * Hkv + h / (H / Hkv)) * hd + i];
+                            d += (double)q[(((size_t)b * H + h) * T + t) * hd + i] *
+                                 k[(((size_t)b * Hkv + h / (H / Hkv)) * T + u) * hd + i];
                         s[u] = d / std::sqrt((double)hd);
                         mx = std::max(mx, s[u]);
                     }

@@ -33,6 +33,7 @@ extern "C" {
 #include "layers/ops_cuda.h"
 #include "layers/rmsnorm.h"
 #include "layers/rmsnorm_cuda.h"
+#include "layers/rope.h"
 #include "layers/rope_cuda.h"
 #include "layers/router_cuda.h"
 #include "layers/swiglu_cuda.h"
@@ -300,7 +301,8 @@ void w13_products(const char *what, int R, int nE, int nD, int nF, int parts) {
 // The attention's q, k and v projections of nN rows (sequences of nT; nD -> qd = nH·nhd and
 // kd = nHkv·nhd) each way, as three products (k and v with kd outputs, backward_input adding two of
 // them into da) and as the engine runs them, one product over the stacked Wqkv (qd + 2·kd, nD);
-// then RoPE reading q out of the stacked rows and copy_rows taking v out of them (attn_forward).
+// then RoPE reading q out of the stacked rows into the head-major layout attention reads and
+// rope_copy taking v the same way (attn_forward), and RoPE's backward writing dq back into rows.
 void qkv_products(int nN, int nT, int nD, int nH, int nHkv, int nhd) {
     const int qd = nH * nhd, kd = nHkv * nhd, nW = qd + 2 * kd;
     const size_t es = core_dtype_size(BF);
@@ -338,12 +340,15 @@ void qkv_products(int nN, int nT, int nD, int nH, int nHkv, int nhd) {
             linear_cuda_backward_weight(BF, dw, y, a, nN, nD, nW);
         }), 0, flops);
     void *q = dev_rand((size_t)nN * qd, BF), *v = dev_rand((size_t)nN * kd, BF);
-    snprintf(name, sizeof name, "  rope forward (q out of the %d-wide rows)", nW);
-    row(name, time_it([&] { rope_cuda_forward(BF, q, qd, y, nW, nN, nT, nH, nhd, 10000.0f); }),
+    snprintf(name, sizeof name, "  rope forward (q: %d-wide rows to heads)", nW);
+    row(name, time_it([&] { rope_cuda_forward(BF, q, ROPE_HEADS, y, nW, nN, nT, nH, nhd, 10000.0f); }),
         2 * 2.0 * nN * qd, 0);
+    row("  rope backward (dq: heads to the rows)", time_it([&] {
+            rope_cuda_backward_input(BF, y, nW, q, ROPE_HEADS, nN, nT, nH, nhd, 10000.0f);
+        }), 2 * 2.0 * nN * qd, 0);
     const LayerOps *ops = layer_ops_cuda(BF);
-    row("  copy_rows (v out of the stacked rows)", time_it([&] {
-            ops->copy_rows(v, kd, (char *)y + (size_t)(qd + kd) * es, nW, nN, kd);
+    row("  rope_copy (v: rows to heads)", time_it([&] {
+            ops->rope_copy(v, ROPE_HEADS, (char *)y + (size_t)(qd + kd) * es, nW, nN, nT, nHkv, nhd);
         }), 2 * 2.0 * nN * kd, 0);
     printf("\n");
     for (void *p : {a, da, w, y, (void *)dw, q, v}) dev()->free(p);

@@ -1,6 +1,7 @@
-// layers/attention: forward and probabilities against a double-precision loop for H/Hkv = 1, 2, 4,
-// causality, grouped-query heads as multi-head attention with repeated k/v heads, the backward
-// against finite differences, accumulation, bit-identical results whatever the thread count.
+// layers/attention: forward and probabilities against a double-precision loop for H/Hkv = 1, 2, 4
+// (which also pins the layouts: head-major q, k, v, token-major out), causality, grouped-query
+// heads as multi-head attention with repeated k/v heads, the backward against finite differences,
+// accumulation, bit-identical results whatever the thread count.
 #include "tests/layers/gradcheck.h"
 
 extern "C" {
@@ -19,7 +20,8 @@ struct Shape {
 };
 const Shape shapes[] = {{H}, {H / 2}, {1}};  // H/Hkv = 1, 2, 4
 
-// out (B, T, H, hd) and att (B, H, T, T) in double, straight from the formula.
+// out (B, T, H, hd) and att (B, H, T, T) in double, straight from the formula, with q (B, H, T,
+// hd), k and v (B, Hkv, T, hd) head-major (attention.h).
 void reference(const Vec &q, const Vec &k, const Vec &v, int Hkv, std::vector<double> &out,
                std::vector<double> &att) {
     out.assign((size_t)B * T * H * hd, 0.0);
@@ -33,8 +35,8 @@ void reference(const Vec &q, const Vec &k, const Vec &v, int Hkv, std::vector<do
                 for (int t2 = 0; t2 <= t; t2++) {
                     s[t2] = 0.0;
                     for (int i = 0; i < hd; i++)
-                        s[t2] += (double)q[((b * T + t) * H + h) * hd + i] *
-                                 k[((b * T + t2) * Hkv + g) * hd + i];
+                        s[t2] += (double)q[((b * H + h) * T + t) * hd + i] *
+                                 k[((b * Hkv + g) * T + t2) * hd + i];
                     s[t2] /= std::sqrt((double)hd);
                     mx = std::max(mx, s[t2]);
                 }
@@ -44,7 +46,7 @@ void reference(const Vec &q, const Vec &k, const Vec &v, int Hkv, std::vector<do
                     att[((b * H + h) * T + t) * T + t2] = p;
                     for (int i = 0; i < hd; i++)
                         out[((b * T + t) * H + h) * hd + i] +=
-                            p * v[((b * T + t2) * Hkv + g) * hd + i];
+                            p * v[((b * Hkv + g) * T + t2) * hd + i];
                 }
             }
         }
@@ -81,10 +83,14 @@ TEST(Attention, IsCausal) {
     Vec q = rand_vec(s.nq(), 4), k = rand_vec(s.nkv(), 5), v = rand_vec(s.nkv(), 6);
     Vec out1(s.nq()), att1(s.natt()), out2(s.nq()), att2(s.natt());
     attention_forward(out1.data(), att1.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, hd);
-    for (int b = 0; b < B; b++) {
-        for (int i = 0; i < H * hd; i++) q[(b * T + t0) * H * hd + i] += 0.5f;
-        for (int i = 0; i < Hkv * hd; i++) k[(b * T + t0) * Hkv * hd + i] += 0.5f;
-        for (int i = 0; i < Hkv * hd; i++) v[(b * T + t0) * Hkv * hd + i] -= 0.5f;
+    for (int b = 0; b < B; b++) {  // head-major q, k, v: position t0 of each head
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < hd; i++) q[((b * H + h) * T + t0) * hd + i] += 0.5f;
+        for (int g = 0; g < Hkv; g++)
+            for (int i = 0; i < hd; i++) {
+                k[((b * Hkv + g) * T + t0) * hd + i] += 0.5f;
+                v[((b * Hkv + g) * T + t0) * hd + i] -= 0.5f;
+            }
     }
     attention_forward(out2.data(), att2.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, hd);
     for (int b = 0; b < B; b++)
@@ -105,11 +111,12 @@ TEST(Attention, GroupedQueryEqualsRepeatedKeyValueHeads) {
     Shape g{Hkv}, m{H};
     Vec q = rand_vec(g.nq(), 7), k = rand_vec(g.nkv(), 8), v = rand_vec(g.nkv(), 9);
     Vec dout = rand_vec(g.nq(), 10), km(m.nkv()), vm(m.nkv());
-    for (int bt = 0; bt < B * T; bt++)
+    const int th = T * hd;  // one head-major head
+    for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++)
-            for (int i = 0; i < hd; i++) {
-                km[(bt * H + h) * hd + i] = k[(bt * Hkv + h / rep) * hd + i];
-                vm[(bt * H + h) * hd + i] = v[(bt * Hkv + h / rep) * hd + i];
+            for (int i = 0; i < th; i++) {
+                km[(b * H + h) * th + i] = k[(b * Hkv + h / rep) * th + i];
+                vm[(b * H + h) * th + i] = v[(b * Hkv + h / rep) * th + i];
             }
     Vec og(g.nq()), ag(g.natt()), om(m.nq()), am(m.natt());
     attention_forward(og.data(), ag.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, hd);
@@ -122,16 +129,16 @@ TEST(Attention, GroupedQueryEqualsRepeatedKeyValueHeads) {
     attention_backward_input(dqm.data(), dkm.data(), dvm.data(), dout.data(), q.data(), km.data(),
                              vm.data(), am.data(), B, T, H, H, hd);
     EXPECT_TRUE(bit_equal(dqg, dqm));
-    for (int bt = 0; bt < B * T; bt++)
+    for (int b = 0; b < B; b++)
         for (int j = 0; j < Hkv; j++)
-            for (int i = 0; i < hd; i++) {
+            for (int i = 0; i < th; i++) {
                 double sk = 0.0, sv = 0.0;
                 for (int h = j * rep; h < (j + 1) * rep; h++) {
-                    sk += dkm[(bt * H + h) * hd + i];
-                    sv += dvm[(bt * H + h) * hd + i];
+                    sk += dkm[(b * H + h) * th + i];
+                    sv += dvm[(b * H + h) * th + i];
                 }
-                EXPECT_NEAR(dkg[(bt * Hkv + j) * hd + i], sk, 1e-6);
-                EXPECT_NEAR(dvg[(bt * Hkv + j) * hd + i], sv, 1e-6);
+                EXPECT_NEAR(dkg[(b * Hkv + j) * th + i], sk, 1e-6);
+                EXPECT_NEAR(dvg[(b * Hkv + j) * th + i], sv, 1e-6);
             }
 }
 

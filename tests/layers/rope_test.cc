@@ -2,8 +2,9 @@
 // 0 is the identity, norms are preserved, rows wrap at T, in-place use, the backward against
 // finite differences and as the inverse rotation, written (not added) and in place, rows at
 // strides other than their width (bit-equal to the plain call, nothing written between rows), and
-// the bad shapes (an odd head size, a stride shorter than a row); and the ops table's copy_rows,
-// the engine's other strided call (v and dv out of and into the stacked q, k, v rows).
+// the bad shapes (an odd head size, a stride shorter than a row, head-major rows that are not
+// whole sequences); the head-major layout attention reads (the rows' bits reordered, both ways),
+// and rope_copy, which moves v and dv between that layout and the stacked q, k, v rows.
 #include "tests/layers/gradcheck.h"
 
 extern "C" {
@@ -148,22 +149,59 @@ TEST(RoPE, StridedRowsEqualTheUnstridedCall) {
     }
 }
 
-TEST(CopyRows, StridedRowsAndNothingElse) {
-    // 6 rows of 5 out of rows 9 apart (from column 4) into rows 7 apart (from column 1).
-    const int rows = 6, cols = 5, src_ld = 9, src_col = 4, dst_ld = 7, dst_col = 1;
-    Vec x = rand_vec(cols * rows, 12);
-    Vec src = spread(x, rows, cols, src_ld, src_col, 2.0f), dst((size_t)rows * dst_ld + dst_col, -1.0f);
-    layer_ops_cpu.copy_rows(dst.data() + dst_col, dst_ld, src.data() + src_col, src_ld, rows, cols);
-    EXPECT_TRUE(bit_equal(dst, spread(x, rows, cols, dst_ld, dst_col, -1.0f)));
-    layer_ops_cpu.copy_rows(dst.data(), dst_ld, src.data(), src_ld, 0, cols);  // nothing to copy
-    EXPECT_TRUE(bit_equal(dst, spread(x, rows, cols, dst_ld, dst_col, -1.0f)));
+// x (N rows of nh heads at stride ld, from element col) in the head-major layout (N / T, nh, T, hd).
+Vec to_heads(const Vec &x, int ld, int col) {
+    Vec y((size_t)N * W);
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < nh; h++)
+            for (int i = 0; i < hd; i++)
+                y[(((size_t)(n / T) * nh + h) * T + n % T) * hd + i] = x[(size_t)n * ld + col + h * hd + i];
+    return y;
 }
 
-TEST(CopyRowsDeath, StrideShorterThanARow) {
+TEST(RoPE, HeadMajorIsTheRowsRotationReordered) {
+    // The engine's two uses: forward from the stacked rows into the head-major tensors attention
+    // reads, backward from head-major gradients into the stacked rows. The bits of the rows call,
+    // reordered; the input untouched and nothing written between the rows.
+    const int ld = W + 7, col = 3;
+    Vec x = rand_vec(N * W, 13), want(x.size());
+    rope_forward(want.data(), W, x.data(), W, N, T, nh, hd, theta);
+    Vec xs = spread(x, N, W, ld, col, 7.0f), xs0 = xs, y(x.size());
+    rope_forward(y.data(), ROPE_HEADS, xs.data() + col, ld, N, T, nh, hd, theta);
+    EXPECT_TRUE(bit_equal(y, to_heads(want, W, 0)));
+    EXPECT_TRUE(bit_equal(xs, xs0)) << "the input changed";
+
+    Vec dy = rand_vec(N * W, 14), dwant(dy.size());
+    rope_backward_input(dwant.data(), W, dy.data(), W, N, T, nh, hd, theta);
+    Vec dys = to_heads(dy, W, 0), dx((size_t)N * ld + col, -3.0f);
+    rope_backward_input(dx.data() + col, ld, dys.data(), ROPE_HEADS, N, T, nh, hd, theta);
+    EXPECT_TRUE(bit_equal(dx, spread(dwant, N, W, ld, col, -3.0f)));
+}
+
+TEST(RoPE, CopyMovesTheBitsUnrotated) {
+    // v's way into the head-major layout and its gradient's way back (the ops table's rope_copy):
+    // exact, every element where the layout puts it, nothing else written.
+    const int ld = W + 5, col = 2;
+    Vec x = rand_vec(N * W, 15);
+    x[4] = -0.0f;  // the sign of zero survives too
+    Vec xs = spread(x, N, W, ld, col, 9.0f), heads(x.size(), NAN);
+    layer_ops_cpu.rope_copy(heads.data(), ROPE_HEADS, xs.data() + col, ld, N, T, nh, hd);
+    EXPECT_TRUE(bit_equal(heads, to_heads(x, W, 0)));
+    Vec back((size_t)N * ld + col, -1.0f);
+    layer_ops_cpu.rope_copy(back.data() + col, ld, heads.data(), ROPE_HEADS, N, T, nh, hd);
+    EXPECT_TRUE(bit_equal(back, spread(x, N, W, ld, col, -1.0f)));
+    layer_ops_cpu.rope_copy(back.data(), ld, heads.data(), ROPE_HEADS, 0, T, nh, hd);  // no rows
+    EXPECT_TRUE(bit_equal(back, spread(x, N, W, ld, col, -1.0f)));
+}
+
+TEST(RoPEDeath, HeadMajorRowsThatAreNotWholeSequences) {
     GTEST_FLAG_SET(death_test_style, "threadsafe");
-    Vec a(64), b(64);
-    EXPECT_EXIT(layer_ops_cpu.copy_rows(a.data(), 4, b.data(), 8, 3, 5), ::testing::ExitedWithCode(1),
-                "copy_rows: bad shape 3 x 5 at strides 4 \\(dst\\) and 8 \\(src\\)");
+    Vec x(N * W), out(x.size());
+    EXPECT_EXIT(rope_forward(out.data(), ROPE_HEADS, x.data(), W, N - 1, T, nh, hd, theta),
+                ::testing::ExitedWithCode(1),
+                "rope: head-major rows must be whole sequences: N=9 is not a multiple of T=5");
+    EXPECT_EXIT(rope_copy(out.data(), W, x.data(), ROPE_HEADS, 3, T, nh, hd),
+                ::testing::ExitedWithCode(1), "N=3 is not a multiple of T=5");
 }
 
 TEST(RoPEDeath, StrideShorterThanARow) {
