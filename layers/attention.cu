@@ -61,7 +61,7 @@ __device__ __forceinline__ float2 attn_p_ds(const float *a, const float *x, cons
 
 // The two layouts of attention.h: q, k, v and their gradients are head-major (B, nh, T, HD), out
 // and dout token-major (B, T, nh, HD). attn_row: where row t of head `head` of sequence b starts.
-enum AttnLayout { HEADS, TOKENS };
+enum AttnLayout { TOKENS, HEADS };
 template <int HD>
 __device__ __forceinline__ size_t attn_row(AttnLayout lay, int b, int t, int Tseq, int nh, int head) {
     return (lay == TOKENS ? ((size_t)b * Tseq + t) * nh + head : ((size_t)b * nh + head) * Tseq + t) * HD;

@@ -8,8 +8,8 @@ extern "C" {
 #endif
 
 // Layouts: q (B, H, T, hd), k and v (B, Hkv, T, hd) are head-major, each head's (T, hd) rows
-// contiguous, as RoPE writes them (layers/rope.h, ROPE_HEADS) and as cuDNN's backward reads them
-// fastest; so are their gradients dq, dk, dv. out and dout are (B, T, H, hd), token-major: the
+// contiguous, as RoPE writes them (layers/rope.h, ROPE_HEADS): cuDNN's deterministic backward
+// runs faster on them (docs/BENCHMARKS.md); so are their gradients dq, dk, dv. out and dout are (B, T, H, hd), token-major: the
 // rows of the Wo product that out feeds and dout comes from.
 // out = softmax(q kᵀ / sqrt(hd) + causal mask) v; att (B, H, T, T) receives the probabilities
 // (entries above the diagonal are 0).

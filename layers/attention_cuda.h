@@ -20,8 +20,8 @@ extern "C" {
 void attention_cuda_forward(CoreDtype dt, void *out, float *lse, const void *q, const void *k,
                             const void *v, int B, int T, int H, int Hkv, int hd);
 // dq, dk and dv = the gradients given dout, from the forward's inputs, out and lse: overwritten,
-// their old contents never read. delta (B, H, T,
-// fp32) is scratch (unused by cuDNN). Deterministic: bit-identical run to run.
+// their old contents never read. delta (B, H, T, fp32) is scratch (unused by cuDNN).
+// Deterministic: bit-identical run to run.
 void attention_cuda_backward_input(CoreDtype dt, void *dq, void *dk, void *dv, const void *dout,
                                    const void *q, const void *k, const void *v, const void *out,
                                    const float *lse, float *delta, int B, int T, int H, int Hkv,

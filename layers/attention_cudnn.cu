@@ -10,8 +10,8 @@
 // Layouts. cuDNN's SDPA takes logical (b, h, s, d) tensors with any strides: q, dq (B, H, T, hd)
 // and k, v, dk, dv (B, Hkv, T, hd) are head-major, strides (H·T·hd, T·hd, hd, 1) (cuDNN's
 // grouped-query attention: query head j reads kv head j / (H / Hkv), as ours); out and dout
-// (B, T, H, hd) are token-major, strides (T·H·hd, hd, H·hd, 1). Head-major q, k, v made the
-// deterministic backward 1.3-1.9 % faster (docs/BENCHMARKS.md, 2026-12-05). The
+// (B, T, H, hd) are token-major, strides (T·H·hd, hd, H·hd, 1). Head-major q, k, v make the
+// deterministic backward faster (docs/BENCHMARKS.md, 2026-12-05). The
 // softmax statistics ("Stats", (b, h, s, 1) fp32) are max + log Σ exp of the scaled scores of a
 // query row in natural log (the frontend builds them as reduction max, then add(max, log(sum
 // exp))), which is our lse (B, H, T): the forward writes them straight into lse and the backward

@@ -18,9 +18,10 @@ extern "C" {
 int attention_cudnn_forward(void *out, float *lse, const void *q, const void *k, const void *v,
                             int B, int T, int H, int Hkv, int hd);
 // dq, dk and dv = the gradients (overwritten), from the forward's inputs, out and lse, as
-// attention_cuda_backward_input. Deterministic (but see attention_cudnn_set_deterministic). A batch of B ≥ 2 runs as two halves, the first on a side
-// stream of the calling stream (attention_cudnn_set_streams), or as one call where cuDNN cannot
-// build a half's graph. 1 when cuDNN ran it.
+// attention_cuda_backward_input. Deterministic (but see attention_cudnn_set_deterministic). A
+// batch of B ≥ 2 runs as two halves, the first on a side stream of the calling stream
+// (attention_cudnn_set_streams), or as one call where cuDNN cannot build a half's graph. 1 when
+// cuDNN ran it.
 int attention_cudnn_backward(void *dq, void *dk, void *dv, const void *dout, const void *q,
                              const void *k, const void *v, const void *out, const float *lse,
                              int B, int T, int H, int Hkv, int hd);

@@ -17,8 +17,8 @@ void rope_check(int out_ld, int inp_ld, int N, int T, int nh, int hd, float thet
     CHECK(hd % 2 == 0, "rope: head size %d must be even (pairs i, i + hd/2)", hd);
     CHECK(theta > 0.0f, "rope: theta must be positive, got %g", (double)theta);
     CHECK((inp_ld == ROPE_HEADS || inp_ld >= nh * hd) && (out_ld == ROPE_HEADS || out_ld >= nh * hd),
-          "rope: row strides %d (in) and %d (out) must be at least the row's %d elements", inp_ld,
-          out_ld, nh * hd);
+          "rope: row strides %d (in) and %d (out) must each be at least the row's %d elements, or "
+          "ROPE_HEADS (0, head-major)", inp_ld, out_ld, nh * hd);
     CHECK((inp_ld != ROPE_HEADS && out_ld != ROPE_HEADS) || N % T == 0,
           "rope: head-major rows must be whole sequences: N=%d is not a multiple of T=%d", N, T);
 }

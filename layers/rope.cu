@@ -83,12 +83,12 @@ static void rotate(void *out, int out_ld, const void *inp, int inp_ld, int N, in
 }
 
 template <typename T>
-static void turn(void *out, int out_ld, const void *inp, int inp_ld, int N, int Tseq, int nh, int hd,
+static void rotated(void *out, int out_ld, const void *inp, int inp_ld, int N, int Tseq, int nh, int hd,
                  float theta, float sign) {
     rotate<T, true>(out, out_ld, inp, inp_ld, N, Tseq, nh, hd, theta, sign);
 }
 template <typename T>
-static void move(void *out, int out_ld, const void *inp, int inp_ld, int N, int Tseq, int nh, int hd) {
+static void copied(void *out, int out_ld, const void *inp, int inp_ld, int N, int Tseq, int nh, int hd) {
     rotate<T, false>(out, out_ld, inp, inp_ld, N, Tseq, nh, hd, 1.0f, 0.0f);
 }
 
@@ -96,19 +96,19 @@ void rope_cuda_forward(CoreDtype dt, void *out, int out_ld, const void *inp, int
                        int T, int nh, int hd, float theta) {
     rope_check(out_ld, inp_ld, N, T, nh, hd, theta);
     if (N == 0) return;
-    CORE_DTYPE_CALL(dt, turn, out, out_ld, inp, inp_ld, N, T, nh, hd, theta, 1.0f);
+    CORE_DTYPE_CALL(dt, rotated, out, out_ld, inp, inp_ld, N, T, nh, hd, theta, 1.0f);
 }
 
 void rope_cuda_backward_input(CoreDtype dt, void *dinp, int dinp_ld, const void *dout, int dout_ld,
                               int N, int T, int nh, int hd, float theta) {
     rope_check(dinp_ld, dout_ld, N, T, nh, hd, theta);
     if (N == 0) return;
-    CORE_DTYPE_CALL(dt, turn, dinp, dinp_ld, dout, dout_ld, N, T, nh, hd, theta, -1.0f);
+    CORE_DTYPE_CALL(dt, rotated, dinp, dinp_ld, dout, dout_ld, N, T, nh, hd, theta, -1.0f);
 }
 
 void rope_cuda_copy(CoreDtype dt, void *out, int out_ld, const void *inp, int inp_ld, int N, int T,
                     int nh, int hd) {
     rope_check(out_ld, inp_ld, N, T, nh, hd, 1.0f);
     if (N == 0) return;
-    CORE_DTYPE_CALL(dt, move, out, out_ld, inp, inp_ld, N, T, nh, hd);
+    CORE_DTYPE_CALL(dt, copied, out, out_ld, inp, inp_ld, N, T, nh, hd);
 }

@@ -355,65 +355,67 @@ TEST_F(Gpu, RopeStrided) {
 // 12 the element path (and an odd stride forces it for 16 and 64 too).
 TEST_F(Gpu, RopeHeadMajor) {
     const int B = 2, T = 40, nh = 3, N = B * T;
-    for (int pad : {8, 3})
+    for (int pad : {8, 3})  // the rows pad elements wider than a row, starting pad elements in
     for (int hd : {12, 16, 64})
     for (CoreDtype dt : kDtypes) {
-        const int W = nh * hd, ld = W + pad;
-        const size_t n = (size_t)N * W, n_rows = (size_t)N * ld;
+        const int W = nh * hd, ld = W + pad, col = pad;
+        const size_t n = (size_t)N * W, n_rows = (size_t)N * ld + col, es = core_dtype_size(dt);
         auto head_at = [&](size_t r, int c) {  // row r, column c < W of the rows → head-major index
             return (((r / T) * nh + c / hd) * T + r % T) * hd + c % hd;
         };
+        auto in_row = [&](size_t i) { return i >= (size_t)col && (i - col) % ld < (size_t)W; };
+        auto packed = [&](size_t i) { return (i - col) / ld * W + (i - col) % ld; };  // of an in_row i
         Vec rows = rnd(n_rows), heads = rnd(n);
         BufP dRows = put(rows, dt), dHeads = put(heads, dt);
         const Vec rows_r = get(*dRows, dt, n_rows), heads_r = get(*dHeads, dt, n);  // as rounded
+        void *rows_at = (char *)dRows->p + col * es;
         for (int copy = 0; copy < 2; copy++) {
             const char *what = copy ? "rope_copy" : "rope";
-            // Rows → heads: forward (or the copy); the plain rows call, reordered, for the bits.
-            BufP dH = poisoned(n, dt), dPlain = poisoned(n_rows, dt);
+            // Rows → heads: forward (or the copy).
+            BufP dH = poisoned(n, dt);
             Vec ref(n);
             if (copy) {
-                layer_ops_cuda(dt)->rope_copy(dH->p, ROPE_HEADS, dRows->p, ld, N, T, nh, hd);
-                rope_copy(ref.data(), ROPE_HEADS, rows_r.data(), ld, N, T, nh, hd);
+                layer_ops_cuda(dt)->rope_copy(dH->p, ROPE_HEADS, rows_at, ld, N, T, nh, hd);
+                rope_copy(ref.data(), ROPE_HEADS, rows_r.data() + col, ld, N, T, nh, hd);
             } else {
-                rope_cuda_forward(dt, dH->p, ROPE_HEADS, dRows->p, ld, N, T, nh, hd, 10000.0f);
-                rope_cuda_forward(dt, dPlain->p, ld, dRows->p, ld, N, T, nh, hd, 10000.0f);
-                rope_forward(ref.data(), ROPE_HEADS, rows_r.data(), ld, N, T, nh, hd, 10000.0f);
+                rope_cuda_forward(dt, dH->p, ROPE_HEADS, rows_at, ld, N, T, nh, hd, 10000.0f);
+                rope_forward(ref.data(), ROPE_HEADS, rows_r.data() + col, ld, N, T, nh, hd, 10000.0f);
             }
             const Vec h = get(*dH, dt, n);
             if (copy) {
                 EXPECT_EQ(0, memcmp(h.data(), ref.data(), n * sizeof(float))) << what << " hd " << hd;
             } else {
                 EXPECT_CLOSE(h, ref, dt, "rope forward into heads");
+                // The bits of the rows-to-rows call, reordered.
+                BufP dPlain = poisoned(n_rows, dt);
+                rope_cuda_forward(dt, (char *)dPlain->p + col * es, ld, rows_at, ld, N, T, nh, hd, 10000.0f);
                 const Vec plain = get(*dPlain, dt, n_rows);
                 size_t bad = 0;
-                for (size_t r = 0; r < (size_t)N; r++)
-                    for (int c = 0; c < W; c++) bad += memcmp(&plain[r * ld + c], &h[head_at(r, c)], 4) != 0;
+                for (size_t i = 0; i < n_rows; i++)
+                    if (in_row(i)) bad += memcmp(&plain[i], &h[head_at(packed(i) / W, packed(i) % W)], 4) != 0;
                 EXPECT_EQ(bad, 0u) << "forward into heads differs from the rows call: hd " << hd;
             }
-            // Heads → rows: backward (or the copy back), into strided rows.
+            // Heads → rows: backward (or the copy back), into the strided rows.
             BufP dR = poisoned(n_rows, dt);
-            Vec back(n_rows, NAN);
+            Vec back(n);
+            void *out_at = (char *)dR->p + col * es;
             if (copy) {
-                layer_ops_cuda(dt)->rope_copy(dR->p, ld, dHeads->p, ROPE_HEADS, N, T, nh, hd);
-                rope_copy(back.data(), ld, heads_r.data(), ROPE_HEADS, N, T, nh, hd);
+                layer_ops_cuda(dt)->rope_copy(out_at, ld, dHeads->p, ROPE_HEADS, N, T, nh, hd);
+                rope_copy(back.data(), W, heads_r.data(), ROPE_HEADS, N, T, nh, hd);
             } else {
-                rope_cuda_backward_input(dt, dR->p, ld, dHeads->p, ROPE_HEADS, N, T, nh, hd, 10000.0f);
-                rope_backward_input(back.data(), ld, heads_r.data(), ROPE_HEADS, N, T, nh, hd, 10000.0f);
+                rope_cuda_backward_input(dt, out_at, ld, dHeads->p, ROPE_HEADS, N, T, nh, hd, 10000.0f);
+                rope_backward_input(back.data(), W, heads_r.data(), ROPE_HEADS, N, T, nh, hd, 10000.0f);
             }
             const Vec got = get(*dR, dt, n_rows);
-            Vec got_in(n), back_in(n);
+            Vec got_in(n);
             size_t untouched = 0;
             for (size_t i = 0; i < n_rows; i++) {
-                if ((int)(i % ld) < W) {
-                    got_in[i / ld * W + i % ld] = got[i];
-                    back_in[i / ld * W + i % ld] = back[i];
-                } else {
-                    untouched += std::isnan(got[i]);
-                }
+                if (in_row(i)) got_in[packed(i)] = got[i];
+                else untouched += std::isnan(got[i]);
             }
-            EXPECT_EQ(untouched, n_rows - n) << what << ": an element between the rows was written";
-            if (copy) EXPECT_EQ(0, memcmp(got_in.data(), back_in.data(), n * sizeof(float))) << what;
-            else EXPECT_CLOSE(got_in, back_in, dt, "rope backward_input from heads");
+            EXPECT_EQ(untouched, n_rows - n) << what << ": an element outside the rows was written";
+            if (copy) EXPECT_EQ(0, memcmp(got_in.data(), back.data(), n * sizeof(float))) << what;
+            else EXPECT_CLOSE(got_in, back, dt, "rope backward_input from heads");
         }
     }
 }

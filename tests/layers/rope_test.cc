@@ -209,7 +209,8 @@ TEST(RoPEDeath, StrideShorterThanARow) {
     Vec x(N * W), out(x.size());
     EXPECT_EXIT(rope_forward(out.data(), W, x.data(), W - 1, N, T, nh, hd, theta),
                 ::testing::ExitedWithCode(1),
-                "rope: row strides 23 \\(in\\) and 24 \\(out\\) must be at least the row's 24");
+                "rope: row strides 23 \\(in\\) and 24 \\(out\\) must each be at least the row's 24 "
+                "elements, or ROPE_HEADS \\(0, head-major\\)");
     EXPECT_EXIT(rope_backward_input(out.data(), W - 2, x.data(), W, N, T, nh, hd, theta),
                 ::testing::ExitedWithCode(1), "rope: row strides 24 \\(in\\) and 22 \\(out\\)");
 }
