@@ -225,7 +225,6 @@ static void graph_setup(PipeTrainer *p, const MoeConfig *c) {
     const char *why = p->grid ? "more than one process"
                       : !x->fused || p->n_models > 1 ? "a pipeline"
                       : p->eplb ? "EPLB moves experts between steps"
-                      : c->trace[0] ? "--trace times the ops on the host"
                       : backend_graph_blocker(c, p->ops);
     if (why) {
         core_info0("cuda graph: not used (%s): the step runs kernel by kernel", why);
@@ -258,9 +257,10 @@ static void graph_pause(PipeTrainer *p) {
 
 // The schedule's run: kernel by kernel, or on the graph's path the first time, captured the second
 // (its work runs at the launch), launched thereafter. A launch runs no host code, so the stage's
-// counts of forwards and weight backwards are set as the run would have left them.
+// counts of forwards and weight backwards are set as the run would have left them. A profiled or
+// traced step (--trace's, the last) runs kernel by kernel: it times the ops on the host.
 static void run_step(PipeTrainer *p, PipeRun *run, const int *tokens) {
-    if (!p->graph_on || prof_active()) {
+    if (!p->graph_on || prof_active() || run->trace) {
         graph_pause(p);
         pipe_run(run);
         return;

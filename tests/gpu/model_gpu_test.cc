@@ -207,6 +207,8 @@ TEST_F(ModelGpu, BitIdenticalRuns) {
 // routing spread out, once skewed so that most experts get no rows (their weight gradients
 // zeroed from the device's counts), once with one routed expert (its weight gradient, one group,
 // read its count on the host inside the capture: review, 2026-12-05).
+// Also with --trace: the graph runs the steps before the last, the traced last step runs kernel
+// by kernel (its ops timed on the host), and the results are the same bits.
 TEST_F(ModelGpu, CudaGraphStepsMatchKernelByKernel) {
     for (int variant = 0; variant < 3; variant++) {
         const float skew = variant == 1 ? 50.0f : 0.0f;
@@ -218,11 +220,14 @@ TEST_F(ModelGpu, CudaGraphStepsMatchKernelByKernel) {
         }
         c.grad_accum = 2;
         c.router_skew = skew;
-        std::vector<float> loss[2], norm[2];
-        Vec w[2];
+        std::vector<float> loss[3], norm[3];
+        Vec w[3];
         long empty = 0;  // experts without rows in the last step (graph run)
-        for (int graph = 0; graph < 2; graph++) {
+        c.steps = 5;
+        for (int run = 0; run < 3; run++) {  // kernel by kernel, graph, graph with --trace
+            const int graph = run > 0;
             c.cuda_graph = graph;
+            snprintf(c.trace, sizeof c.trace, "%s", run == 2 ? "/tmp/model_gpu_test_trace.json" : "");
             Model *m = make_model(c, layer_ops_cuda(CORE_BF16));
             AdamW o;
             adamw_init_on(&o, &m->reg, m->ops, m->wlow);
@@ -235,20 +240,24 @@ TEST_F(ModelGpu, CudaGraphStepsMatchKernelByKernel) {
                     std::copy(t.begin(), t.end(), tok.begin() + (size_t)mb * t.size());
                 }
                 StepStats st = pipe_train_step(p, &c, s, tok.data());
-                loss[graph].push_back(st.loss);
-                norm[graph].push_back(st.grad_norm);
+                loss[run].push_back(st.loss);
+                norm[run].push_back(st.grad_norm);
             }
             EXPECT_EQ(p->graph != nullptr, graph == 1);
-            for (int l = 0; graph && l < c.L; l++)
+            for (int i = 0; run == 2 && i < p->sched->n_ops[0]; i++)
+                EXPECT_GT(p->trace[i].end, 0.0) << "op " << i << " of the traced step has no time";
+            for (int l = 0; run == 1 && l < c.L; l++)
                 for (int e = 0; model_is_moe_layer(m, l) && e < c.E; e++) empty += m->expert_counts[(size_t)l * c.E + e] == 0;
-            w[graph] = download(m, m->reg.data);
+            w[run] = download(m, m->reg.data);
             pipe_trainer_free(p);
             adamw_free(&o);
             model_free(m);
         }
-        EXPECT_EQ(loss[0], loss[1]);
-        EXPECT_EQ(norm[0], norm[1]);
-        EXPECT_TRUE(w[0] == w[1]) << "weights differ after five steps";
+        for (int run = 1; run < 3; run++) {
+            EXPECT_EQ(loss[0], loss[run]) << "run " << run;
+            EXPECT_EQ(norm[0], norm[run]) << "run " << run;
+            EXPECT_TRUE(w[0] == w[run]) << "run " << run << ": weights differ after five steps";
+        }
         if (skew > 0) {
             EXPECT_GT(empty, 0) << "the skewed router left no expert empty";
         }
