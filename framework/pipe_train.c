@@ -260,12 +260,14 @@ static void graph_pause(PipeTrainer *p) {
 // counts of forwards and weight backwards are set as the run would have left them. A profiled or
 // traced step (--trace's, the last) runs kernel by kernel: it times the ops on the host.
 static void run_step(PipeTrainer *p, PipeRun *run, const int *tokens) {
+    // On the graph's path the model reads the ids from the graph's buffer, also when a step runs
+    // kernel by kernel.
+    if (p->graph_on) graph_ids(p, tokens);
     if (!p->graph_on || prof_active() || run->trace) {
         graph_pause(p);
         pipe_run(run);
         return;
     }
-    graph_ids(p, tokens);
     if (!p->graph_warm) {
         pipe_run(run);
         p->graph_warm = 1;
@@ -630,6 +632,7 @@ static PipeTrainer *wrap(Model *m, AdamW *o, const MoeConfig *c, int graph) {
     p->ops = m->ops;
     p->borrowed = 1;
     p->imbalance = core_alloc((size_t)c->L * sizeof(float));
+    p->trace = core_alloc((size_t)p->sched->n_ops[0] * sizeof(SimEvent));
     stage_init(p, 0, c, m, o);
     check_host_memory(p, c);
     if (graph) graph_setup(p, c);

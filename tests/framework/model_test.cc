@@ -140,6 +140,36 @@ TEST(Model, BitIdenticalReruns) {
     }
 }
 
+// The GPU tests' trainer (pipe_trainer_wrap) with --trace: the last step's ops get their times, and
+// tracing changes no bit. (The wrapped trainer had no trace buffer, so model_gpu_test read a null
+// trace: 2026-12-05.)
+TEST(Model, WrappedTrainerTracesTheLastStep) {
+    MoeConfig c = tiny(1);
+    c.grad_accum = 2;
+    c.steps = 2;
+    std::vector<float> loss[2];
+    for (int traced = 0; traced < 2; traced++) {
+        snprintf(c.trace, sizeof c.trace, "%s", traced ? "never_written.json" : "");
+        Model *m = model_create(&c, 0, 1);
+        model_init_weights(m);
+        AdamW o;
+        adamw_init(&o, &m->reg);
+        PipeTrainer *p = pipe_trainer_wrap(m, &o, &c);
+        for (int s = 0; s < c.steps; s++) {
+            std::vector<int> tok = random_tokens(c.grad_accum * c.batch_size * (c.T + 1), c.V, 30 + s);
+            loss[traced].push_back(pipe_train_step(p, &c, s, tok.data()).loss);
+        }
+        for (int i = 0; traced && i < p->sched->n_ops[0]; i++) {
+            EXPECT_GT(p->trace[i].end, 0.0) << "op " << i << " of the traced step has no time";
+            EXPECT_GE(p->trace[i].end, p->trace[i].start) << "op " << i;
+        }
+        pipe_trainer_free(p);
+        adamw_free(&o);
+        model_free(m);
+    }
+    EXPECT_EQ(loss[0], loss[1]);
+}
+
 TEST(Model, ExpertShardsInitializeLikeTheWholeModel) {
     MoeConfig c = tiny(1);
     c.ep = 2;
