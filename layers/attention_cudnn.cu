@@ -10,12 +10,12 @@
 // Layouts. cuDNN's SDPA takes logical (b, h, s, d) tensors with any strides: q, dq (B, H, T, hd)
 // and k, v, dk, dv (B, Hkv, T, hd) are head-major, strides (H·T·hd, T·hd, hd, 1) (cuDNN's
 // grouped-query attention: query head j reads kv head j / (H / Hkv), as ours); out and dout
-// (B, T, H, hd) are token-major, strides (T·H·hd, hd, H·hd, 1). Head-major q, k, v make the
-// deterministic backward faster (docs/BENCHMARKS.md, 2026-12-05). The
-// softmax statistics ("Stats", (b, h, s, 1) fp32) are max + log Σ exp of the scaled scores of a
-// query row in natural log (the frontend builds them as reduction max, then add(max, log(sum
-// exp))), which is our lse (B, H, T): the forward writes them straight into lse and the backward
-// reads them from there. Scale 1/sqrt(hd); the causal mask is top-left aligned (key ≤ query).
+// (B, T, H, hd) are token-major, strides (T·H·hd, hd, H·hd, 1). Head-major q, k, v and their
+// gradients make the deterministic backward 1.1–1.4 % faster than token-major ones
+// (docs/BENCHMARKS.md, 2026-12-05). The softmax statistics ("Stats", (b, h, s, 1) fp32) are
+// max + log Σ exp of the scaled scores of a query row in natural log (the frontend builds them as
+// reduction max, then add(max, log(sum exp))), which is our lse (B, H, T): the forward writes
+// them straight into lse and the backward reads them from there. Scale 1/sqrt(hd); the causal mask is top-left aligned (key ≤ query).
 //
 // Determinism. By default cuDNN's SDPA backward adds the dQ of each key block into an fp32
 // buffer with atomics, whose order varies run to run. The backward graph asks for the
