@@ -15,7 +15,8 @@
 // (docs/BENCHMARKS.md, 2026-12-05). The softmax statistics ("Stats", (b, h, s, 1) fp32) are
 // max + log Σ exp of the scaled scores of a query row in natural log (the frontend builds them as
 // reduction max, then add(max, log(sum exp))), which is our lse (B, H, T): the forward writes
-// them straight into lse and the backward reads them from there. Scale 1/sqrt(hd); the causal mask is top-left aligned (key ≤ query).
+// them straight into lse and the backward reads them from there. Scale 1/sqrt(hd); the causal
+// mask is top-left aligned (key ≤ query).
 //
 // Determinism. By default cuDNN's SDPA backward adds the dQ of each key block into an fp32
 // buffer with atomics, whose order varies run to run. The backward graph asks for the
