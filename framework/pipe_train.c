@@ -137,18 +137,20 @@ static void stage_free(PipeStageCtx *x, int owned) {
 // EPLB over the stage's MoE layers [moe0, l1) in its EP group (cfg.eplb_interval > 0): a runtime that
 // the step drives, and a dispatcher of its own for each layer, because each layer has its own
 // placement of experts in slots. On a GPU slot rows move over the group's NCCL twin. A stage of
-// dense layers only has nothing to balance.
+// dense layers only has nothing to balance. A ZeRO-1 optimizer's moments are a shard, not in the
+// registry's layout: the runtime gets whole copies of them for each rebalance (stage_eplb_step).
 static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
     Model *m = x->m;
     const int L = m->l1 - x->moe0;
     if (c->eplb_interval <= 0 || L <= 0) return;
     const int on_gpu = m->ops->dev != CORE_CPU;
-    CHECK(!x->o->shard, "EPLB moves whole AdamW moments: not with a ZeRO-1 optimizer");
     CHECK(!on_gpu || x->ep_dev, "EPLB on %s needs the EP group's NCCL twin (grid_to_device)", m->ops->name);
+    const int whole = !x->o->shard;
     EplbRuntimeSpec s = {.L = L, .E = c->E, .R = m->R, .interval = c->eplb_interval,
                          .groups = c->eplb_groups, .nodes = c->eplb_nodes, .ep = x->ep,
                          .phy2log = m->phy2log + (size_t)x->moe0 * m->R,
-                         .state = {m->reg.data, x->o->m, x->o->v}, .grad = m->reg.grad,
+                         .state = {m->reg.data, whole ? x->o->m : NULL, whole ? x->o->v : NULL},
+                         .grad = m->reg.grad,
                          .ops = backend_ops_f32(m->ops), .ep_dev = on_gpu ? x->ep_dev : NULL};
     s.disp = core_alloc((size_t)L * sizeof *s.disp);
     for (int l = 0; l < L; l++) {
@@ -168,6 +170,21 @@ static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
     x->eplb = eplb_runtime_create(&s);
     core_free(t);
     core_free(s.disp);
+}
+
+// The stage's EPLB bookkeeping after the optimizer step `step`, and the rebalance after every
+// interval-th. A rebalance moves whole slot rows between EP ranks, while which floats of a row lie in
+// this rank's ZeRO-1 shard differs from slot to slot: under ZeRO-1 the moments (and on a GPU the fp32
+// weights) are made whole for it, and each rank takes its shard of the moved moments back.
+static void stage_eplb_step(PipeStageCtx *x, const MoeConfig *c, int step) {
+    EplbRuntime *rt = x->eplb;
+    const int gather = x->o->shard && (step + 1) % c->eplb_interval == 0;
+    if (gather) zero1_state_whole(x->o, &x->m->reg, &rt->s.state[1], &rt->s.state[2]);
+    if (eplb_runtime_step(rt, x->m->expert_counts + (size_t)x->moe0 * c->E, step))
+        model_refresh_low(x->m);  // the moved slots' compute copy
+    if (!gather) return;
+    zero1_state_shard(x->o, rt->s.state[1], rt->s.state[2]);
+    rt->s.state[1] = rt->s.state[2] = NULL;
 }
 
 // A config whose activations do not fit in memory was ended by the kernel's OOM killer (SIGKILL)
@@ -460,10 +477,20 @@ static void copy_sum(PipeTrainer *p, int counts) {
 // (each stage's over its EP group, then over the pipeline).
 static double grad_sqsum(PipeTrainer *p) {
     const Grid *g = p->grid;
-    // ZeRO-1 (no EPLB with it): every float lies in one rank's shard.
+    // ZeRO-1: every float lies in one rank's shard, EPLB's duplicate slots too, so each rank leaves
+    // out the part of them in its shard.
     if (p->ctx[0].o->shard) {
         DpSync *shard[2] = {p->ctx[0].o->shard, p->n_models > 1 ? p->ctx[1].o->shard : NULL};
-        return dp_sync_shard_sqsum(g, shard, p->n_own);
+        double dup = 0;
+        for (int pipe = 0; pipe < p->n_own; pipe++) {
+            const PipeStageCtx *x = &p->ctx[pipe];
+            if (!x->eplb) continue;
+            AdamwSpan *rows;
+            const int n = eplb_runtime_duplicate_rows(x->eplb, &rows);
+            dup += dp_sync_shard_rows_sqsum(x->o->shard, rows, n);
+            core_free(rows);
+        }
+        return dp_sync_shard_sqsum(g, shard, p->n_own, dup);
     }
     double sq = 0, dup = 0;
     for (int pipe = 0; pipe < p->n_own; pipe++) {
@@ -526,9 +553,9 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
         x->n_fwd = x->n_wgt = 0;
         // The DP all-reduces (ZeRO-1: the optimizer's reduce-scatters, whose list is x->grads) run
         // during the stage's last backward_weight. EPLB sums the replicas' gradients after the
-        // backward, so its stages sync afterwards; dp_overlap = 0 does too (to measure the gain, with
-        // bit-identical results); so does ZeRO-1 under DualPipe, whose copies sum their whole
-        // gradients before the reduce-scatter.
+        // backward, so its stages sync afterwards (under ZeRO-1 dp_sync_complete then starts every
+        // bucket); dp_overlap = 0 does too (to measure the gain, with bit-identical results); so does
+        // ZeRO-1 under DualPipe, whose copies sum their whole gradients before the reduce-scatter.
         if (g && g->dp > 1 && p->overlap && !x->eplb && !(x->o->shard && p->partner >= 0))
             x->sync = x->o->shard ? x->o->shard : dp_sync_start(g, x->grads, x->n_grads, DP_SYNC_BUCKET_FLOATS);
     }
@@ -597,8 +624,7 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
         model_router_bias_update(m, n_tokens);
         // Every stage balances its own MoE layers on the step's global counts; both copies of a
         // DualPipe stage see the same counts and placement, so they plan the same moves.
-        if (x->eplb && eplb_runtime_step(x->eplb, m->expert_counts + (size_t)x->moe0 * c->E, step))
-            model_refresh_low(m);  // the moved slots' compute copy
+        if (x->eplb) stage_eplb_step(x, c, step);
         model_load_imbalance(m, imb);
         for (int l = 0; l < c->L; l++) p->imbalance[l] = fmaxf(p->imbalance[l], imb[l]);
     }

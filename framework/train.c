@@ -331,10 +331,6 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     Grid *g = grid_create(comm_world(), c->pp, c->ep, c->E);
     eplb_runtime_check_config(c);  // before the grid line counts its slots
     grid_log(g, c->E, c->E + c->eplb_redundant);
-    // EPLB moves the moments of expert slots between ranks, which a shard does not hold whole.
-    if (c->zero && c->eplb_interval > 0)
-        core_usage_error("--zero 1 with --eplb-interval %d: EPLB moves whole AdamW moments between ranks, "
-                         "ZeRO-1 keeps a shard of them: pass one", c->eplb_interval);
     const int on_gpu = strcmp(c->device, "cpu") != 0;
     // The device dispatchers move rows over NCCL, which a one-rank EP group does not have.
     if (on_gpu && c->eplb_interval > 0 && g->ep < 2)

@@ -230,7 +230,7 @@ size_t dp_sync_shard_floats(const DpSync *s) { return s->shard_n; }
 
 float *dp_sync_shard_grads(DpSync *s) { return s->shard; }
 
-double dp_sync_shard_sqsum(const Grid *g, DpSync *const *s, int n) {
+double dp_sync_shard_sqsum(const Grid *g, DpSync *const *s, int n, double less) {
     // The padding is zero (reduce-scatter of zeros), so each whole shard can be summed at once, into
     // one double of the backend's memory.
     const LayerOps *o = ops_of(g);
@@ -240,8 +240,40 @@ double dp_sync_shard_sqsum(const Grid *g, DpSync *const *s, int n) {
         o->grad_sqsum(d, s[k]->shard, &(AdamwSpan){0, 0, (long)s[k]->shard_n, 0}, 1);
     o->download(&sq, d, sizeof sq);
     o->free(d);
+    sq -= less;
     comm_allreduce(g->dp_comm, &sq, 1, COMM_F64, COMM_SUM);
     comm_allreduce(g->pp_comm, &sq, 1, COMM_F64, COMM_SUM);
+    return sq;
+}
+
+// The spans of the shard (g_at in the shard) that hold floats of the rows (registry layout): out
+// gets them when not NULL; returns their number.
+static int rows_in_shard(const DpSync *s, const AdamwSpan *rows, int n, AdamwSpan *out) {
+    int ns = 0;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < s->nsp; k++) {
+            const DpShardPiece *q = &s->sp[k];
+            const size_t p0 = s->off[q->tensor] + q->start, r0 = (size_t)rows[i].g_at;
+            const size_t a = p0 > r0 ? p0 : r0;
+            const size_t z = p0 + q->n < r0 + (size_t)rows[i].n ? p0 + q->n : r0 + (size_t)rows[i].n;
+            if (a >= z) continue;
+            if (out) out[ns] = (AdamwSpan){0, (long)(q->at + (a - p0)), (long)(z - a), 0};
+            ns++;
+        }
+    return ns;
+}
+
+double dp_sync_shard_rows_sqsum(const DpSync *s, const AdamwSpan *rows, int n) {
+    const int ns = rows_in_shard(s, rows, n, NULL);
+    if (ns == 0) return 0;
+    AdamwSpan *span = core_alloc((size_t)ns * sizeof *span);
+    rows_in_shard(s, rows, n, span);
+    double *d = s->o->alloc(sizeof(double)), sq = 0;
+    s->o->zero(d, sizeof(double));
+    s->o->grad_sqsum(d, s->shard, span, ns);
+    s->o->download(&sq, d, sizeof sq);
+    s->o->free(d);
+    core_free(span);
     return sq;
 }
 

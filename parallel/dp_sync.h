@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 
+#include "layers/ops.h"
 #include "parallel/grid.h"
 
 #ifdef __cplusplus
@@ -64,10 +65,13 @@ const DpShardPiece *dp_sync_shard_pieces(const DpSync *s, int *n);
 size_t dp_sync_shard_floats(const DpSync *s);
 float *dp_sync_shard_grads(DpSync *s);  // (shard floats) in the grid's backend memory
 // Σ g² over the whole model from the shards of the n syncs s (one per model stage this rank owns)
-// after dp_sync_complete: this rank's partial sum, then one all-reduce over dp (every dense float and
-// every expert float lies in exactly one shard of the DP ranks, since DP = EP · EDP) and one over
-// the pipeline stages.
-double dp_sync_shard_sqsum(const Grid *g, DpSync *const *s, int n);
+// after dp_sync_complete: this rank's partial sum less `less` (its part of what the norm leaves out,
+// dp_sync_shard_rows_sqsum), then one all-reduce over dp (every dense float and every expert float
+// lies in exactly one shard of the DP ranks, since DP = EP · EDP) and one over the pipeline stages.
+double dp_sync_shard_sqsum(const Grid *g, DpSync *const *s, int n, double less);
+// Σ g² over the parts of the rows (n spans of the registry layout: g_at the first float, n the
+// floats) that lie in this rank's shard, after dp_sync_complete; local. EPLB's duplicate slots.
+double dp_sync_shard_rows_sqsum(const DpSync *s, const AdamwSpan *rows, int n);
 // w (registry layout, elements of es bytes, moved as type t) ← every rank's shard of it: each rank
 // sends its own pieces of w (collective; at most two buckets in flight).
 void dp_sync_shard_allgather(DpSync *s, void *w, size_t es, CommType t);

@@ -227,14 +227,12 @@ void eplb_runtime_sum_replica_grads(EplbRuntime *rt) {
     core_free(off);
 }
 
-double eplb_runtime_duplicate_sqsum(EplbRuntime *rt) {
+int eplb_runtime_duplicate_rows(EplbRuntime *rt, AdamwSpan **rows) {
     const int L = rt->s.L, E = rt->s.E, R = rt->s.R, n = rt->n_local, me = rt->s.ep->rank;
     int *first = rt->work;  // (E) lowest slot holding each expert
-    // The backend adds each row's Σ g² into a double in its own memory (a GPU's, where a host
-    // address would be an illegal access): one download at the end, none on a rank without
-    // duplicate slots.
-    const LayerOps *ops = rt->s.ops;
-    double *dsq = NULL, sq = 0;  // (1) in ops' memory
+    // Every tensor belongs to one layer: at most n rows a tensor.
+    *rows = core_alloc((size_t)(n * rt->s.n_tensor > 0 ? n * rt->s.n_tensor : 1) * sizeof **rows);
+    int nr = 0;
     for (int l = 0; l < L; l++) {
         const int *p2l = rt->s.phy2log + (size_t)l * R;
         for (int e = 0; e < E; e++) first[e] = -1;
@@ -244,17 +242,28 @@ double eplb_runtime_duplicate_sqsum(EplbRuntime *rt) {
             if (first[p2l[me * n + s]] == me * n + s) continue;
             for (int i = 0; i < rt->s.n_tensor; i++) {
                 const EplbTensor *t = &rt->s.tensor[i];
-                if (t->layer != l) continue;
-                if (!dsq) dsq = ops->alloc(sizeof(double));  // zeroed
-                const AdamwSpan row = {0, (long)(t->offset + (size_t)s * t->row), (long)t->row, 0};
-                ops->grad_sqsum(dsq, rt->s.grad, &row, 1);
+                if (t->layer == l)
+                    (*rows)[nr++] = (AdamwSpan){0, (long)(t->offset + (size_t)s * t->row), (long)t->row, 0};
             }
         }
     }
-    if (dsq) {
+    return nr;
+}
+
+double eplb_runtime_duplicate_sqsum(EplbRuntime *rt) {
+    AdamwSpan *rows;
+    const int nr = eplb_runtime_duplicate_rows(rt, &rows);
+    // The backend adds the rows' Σ g² into a double in its own memory (a GPU's, where a host address
+    // would be an illegal access): one download, none on a rank without duplicate slots.
+    double sq = 0;
+    if (nr > 0) {
+        const LayerOps *ops = rt->s.ops;
+        double *dsq = ops->alloc(sizeof(double));  // zeroed
+        ops->grad_sqsum(dsq, rt->s.grad, rows, nr);
         ops->download(&sq, dsq, sizeof sq);
         ops->free(dsq);
     }
+    core_free(rows);
     // Gathered and added in rank order, so every rank computes the same norm.
     double *all = core_alloc((size_t)rt->G * sizeof(double));
     comm_allgather(rt->s.ep, &sq, all, 1, COMM_F64);

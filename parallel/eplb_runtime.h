@@ -14,6 +14,7 @@
 
 #include "framework/core/config.h"
 #include "layers/moe.h"
+#include "layers/ops.h"
 #include "parallel/comm.h"
 #include "parallel/eplb.h"
 
@@ -42,7 +43,9 @@ typedef struct {
                                // dispatchers are not owned); the runtime installs the placement in them
     const EplbTensor *tensor;  // (n_tensor) every expert tensor of every layer (copied)
     int n_tensor;
-    float *state[EPLB_STATES]; // moved with the slots: weights, AdamW m, AdamW v
+    float *state[EPLB_STATES]; // moved with the slots: weights, AdamW m, AdamW v (a caller may
+                               // repoint rt->s.state between steps: ZeRO-1 points m, v at whole
+                               // copies of its sharded moments for a rebalance)
     float *grad;               // gradients: replicas are summed here
     // Where the buffers live (NULL: host memory, layer_ops_cpu): a table whose add sums fp32 (the
     // fp32 table of the buffers' device, backend_ops_f32) for copies, sums and Σ g².
@@ -93,6 +96,11 @@ void eplb_runtime_sum_replica_grads(EplbRuntime *rt);
 // Σ g² over the slots that repeat an expert already held by a lower slot, over the EP group: what a
 // gradient norm over all slots must subtract to count each logical expert once. Collective over ep.
 double eplb_runtime_duplicate_sqsum(EplbRuntime *rt);
+// The rows of this rank's slots that repeat an expert already held by a lower slot, as spans of the
+// buffers' layout (g_at the row's first float, n its floats): *rows ← a new array (core_free) of
+// them, in layer, slot and tensor order; returns their number. A ZeRO-1 trainer, whose averaged
+// gradients live in shards, leaves out of its norm the part of these rows in each shard.
+int eplb_runtime_duplicate_rows(EplbRuntime *rt, AdamwSpan **rows);
 // End of optimizer step `step` (0-based); counts (L, E) are the step's tokens per logical expert over
 // all DP ranks (the same on every rank). Records the step's rank imbalance and adds the counts to the
 // interval's load; after every interval-th step (step + 1 ≡ 0 mod interval) plans, moves the slots

@@ -95,17 +95,31 @@ void zero1_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float 
         dp_sync_shard_allgather(o->shard, r->data, sizeof(float), COMM_F32);
 }
 
+// On a GPU only the shard of the fp32 weights is current between steps (the step all-gathers the
+// compute copy): the rest is gathered from the other ranks.
+static void whole_weights(AdamW *o, ParamRegistry *r) {
+    if (o->p_low) dp_sync_shard_allgather(o->shard, r->data, sizeof(float), COMM_F32);
+}
+
+// A new buffer of the backend's memory (registry layout) ← the shard of every rank (collective). The
+// floats outside every trained tensor (the router biases' places) stay zero.
+static float *whole_moment(AdamW *o, const float *shard) {
+    const size_t bytes = o->total * sizeof(float);
+    float *full = o->ops->alloc(bytes);
+    o->ops->zero(full, bytes);
+    dp_sync_shard_expand(o->shard, shard, full);
+    return full;
+}
+
 void zero1_gather_state(AdamW *o, ParamRegistry *r, float *m, float *v) {
     CHECK(o->shard, "zero1_gather_state: the optimizer is not sharded (zero1_init)");
-    const size_t bytes = r->total * sizeof(float);
-    if (o->p_low) dp_sync_shard_allgather(o->shard, r->data, sizeof(float), COMM_F32);
-    float *full = o->ops->alloc(bytes);
-    // The buffers' floats outside every trained tensor (the router biases' places) stay zero.
-    o->ops->zero(full, bytes);
-    dp_sync_shard_expand(o->shard, o->m, full);
-    o->ops->download(m, full, bytes);
-    dp_sync_shard_expand(o->shard, o->v, full);
-    o->ops->download(v, full, bytes);
+    whole_weights(o, r);
+    // One whole buffer at a time: a checkpoint needs no more device memory.
+    float *full = whole_moment(o, o->m);
+    o->ops->download(m, full, o->total * sizeof(float));
+    o->ops->free(full);
+    full = whole_moment(o, o->v);
+    o->ops->download(v, full, o->total * sizeof(float));
     o->ops->free(full);
 }
 
@@ -118,4 +132,19 @@ void zero1_scatter_state(AdamW *o, const float *m, const float *v) {
     o->ops->upload(full, v, bytes);
     dp_sync_shard_take(o->shard, full, o->v);
     o->ops->free(full);
+}
+
+void zero1_state_whole(AdamW *o, ParamRegistry *r, float **m, float **v) {
+    CHECK(o->shard, "zero1_state_whole: the optimizer is not sharded (zero1_init)");
+    whole_weights(o, r);
+    *m = whole_moment(o, o->m);
+    *v = whole_moment(o, o->v);
+}
+
+void zero1_state_shard(AdamW *o, float *m, float *v) {
+    CHECK(o->shard, "zero1_state_shard: the optimizer is not sharded (zero1_init)");
+    dp_sync_shard_take(o->shard, m, o->m);
+    dp_sync_shard_take(o->shard, v, o->v);
+    o->ops->free(m);
+    o->ops->free(v);
 }

@@ -6,7 +6,9 @@
 // sharded over DP, expert slices over expert-DP, as their gradients are averaged.
 //
 // The optimizer is an AdamW (framework/optimizer.h) with o->shard set and m, v of the shard's size;
-// the checkpoint code still sees whole moments, through zero1_gather_state and zero1_scatter_state.
+// the checkpoint code still sees whole moments, through zero1_gather_state and zero1_scatter_state,
+// and an EPLB rebalance moves slot rows of whole moments, through zero1_state_whole and
+// zero1_state_shard.
 #ifndef MOELAB_PARALLEL_ZERO1_H
 #define MOELAB_PARALLEL_ZERO1_H
 
@@ -39,6 +41,14 @@ void zero1_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float 
 void zero1_gather_state(AdamW *o, ParamRegistry *r, float *m, float *v);
 // After a checkpoint load: this rank's shard of the whole moments m, v (host, registry layout).
 void zero1_scatter_state(AdamW *o, const float *m, const float *v);
+// For an EPLB rebalance, which moves whole expert slot rows between EP ranks, while which positions
+// of a row lie in this rank's shard differs from slot to slot: *m, *v ← new buffers in the backend's
+// memory (r->total floats each, registry layout) holding the whole moments, and on a GPU the fp32
+// values in r->data made whole, as zero1_gather_state does. Collective.
+void zero1_state_whole(AdamW *o, ParamRegistry *r, float **m, float **v);
+// After the rebalance: this rank's shard of the moments ← m, v (from zero1_state_whole), which it
+// frees. Local.
+void zero1_state_shard(AdamW *o, float *m, float *v);
 
 #ifdef __cplusplus
 }

@@ -365,7 +365,22 @@ TEST(DpSync, ShardedReduceScatterAndGathers) {
             for (int i = 0; i < n; i++) u[i] = DpGrad{again.data() + off[i], sizes[i], expert[i]};
             dp_sync_grads(g, u.data(), n, 7);
             const double want_sq = dp_sync_grad_sqsum(g, u.data(), n);
-            EXPECT_NEAR(dp_sync_shard_sqsum(g, &s, 1), want_sq, 1e-6 * want_sq) << "ep " << ep;
+            EXPECT_NEAR(dp_sync_shard_sqsum(g, &s, 1, 0), want_sq, 1e-6 * want_sq) << "ep " << ep;
+            // Rows of the flat layout that cross tensors and buckets (EPLB's duplicate slots): the
+            // part of them in this rank's shard, float by float, and the norm that leaves them out.
+            const AdamwSpan rows[2] = {{0, 2, 9, 0}, {0, 25, 12, 0}};
+            double want_rows = 0;
+            for (int k = 0; k < np; k++)
+                for (size_t j = 0; j < sp[k].n; j++) {
+                    const long at = (long)(off[sp[k].tensor] + sp[k].start + j);
+                    for (const AdamwSpan &r : rows)
+                        if (at >= r.g_at && at < r.g_at + r.n) want_rows += (double)again[at] * again[at];
+                }
+            const double got_rows = dp_sync_shard_rows_sqsum(s, rows, 2);
+            EXPECT_NEAR(got_rows, want_rows, 1e-9 * want_rows + 1e-12) << "ep " << ep;
+            double all_rows = got_rows;
+            comm_allreduce(g->dp_comm, &all_rows, 1, COMM_F64, COMM_SUM);
+            EXPECT_NEAR(dp_sync_shard_sqsum(g, &s, 1, got_rows), want_sq - all_rows, 1e-6 * want_sq) << "ep " << ep;
         }
         // Weights: each rank knows only its own pieces (the rest is -1); the gather fills them all,
         // in fp32 and as 16-bit words.

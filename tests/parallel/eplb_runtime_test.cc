@@ -2,8 +2,9 @@
 // that divides the world): the slot moves put every expert's weights and moments where the plan says,
 // moving only slots whose expert changes; replica gradients are summed bit-identically; a run that
 // rebalances every 2 steps (with redundant slots) matches a run that never does (losses, gradient
-// norms, logical weights and AdamW moments within 1e-5 relative); and with a skewed router the per-rank
-// max/mean load falls below a bound after the first rebalance.
+// norms, logical weights and AdamW moments within 1e-5 relative), and so does one with ZeRO-1 against
+// the same run without it; and with a skewed router the per-rank max/mean load falls below a bound
+// after the first rebalance.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -25,6 +26,7 @@ extern "C" {
 #include "parallel/eplb.h"
 #include "parallel/eplb_runtime.h"
 #include "parallel/grid.h"
+#include "parallel/zero1.h"
 }
 
 namespace {
@@ -302,6 +304,20 @@ struct TrainRun {
             if (p->ctx[pipe].eplb) n += p->ctx[pipe].eplb->*f;
         return n;
     }
+    // The whole AdamW moments m, v (registry layout) of stage `pipe`: a ZeRO-1 optimizer's gathered
+    // from the shards (a collective), else its own.
+    void moments(int pipe, std::vector<float> *mm, std::vector<float> *vv) const {
+        Model *sm = p->ctx[pipe].m;
+        AdamW *so = p->ctx[pipe].o;
+        mm->resize(sm->reg.total);
+        vv->resize(sm->reg.total);
+        if (so->shard) {
+            zero1_gather_state(so, &sm->reg, mm->data(), vv->data());
+            return;
+        }
+        std::copy(so->m, so->m + sm->reg.total, mm->begin());
+        std::copy(so->v, so->v + sm->reg.total, vv->begin());
+    }
     // Logical rows (E, row) of tensor i of stage `pipe` in buf (weights or a moment): each expert
     // from the lowest slot holding it. Adds to *mismatch the replicas whose bits differ from that copy.
     std::vector<float> logical(int pipe, int i, const float *buf, size_t *mismatch) const {
@@ -322,13 +338,13 @@ struct TrainRun {
     }
 };
 
-// Trains the same batches with and without EPLB (layout: EP ep, A micro-batches, and a pipeline of
-// pp ranks under schedule); *changed = the slots changed over all rebalances and every EP group.
-// Losses, norms, and the logical weights and moments of every stage this rank holds must agree
-// within tol relative.
-void compare_runs(MoeConfig c, int ep, int A, double tol, long *changed, int pp = 1,
-                  const char *schedule = "1f1b") {
-    TrainRun plain(c, ep, A, false, pp, schedule), eplb(c, ep, A, true, pp, schedule);
+// Trains the same batches in run `plain` and in run `eplb`, which rebalances (the same layout: EP ep,
+// A micro-batches, a pipeline of pp ranks); *changed = the slots changed over all rebalances and
+// every EP group. Losses, and the logical weights and moments of every stage this rank holds must agree
+// within tol relative, the gradient norms within norm_tol.
+void compare_trained(TrainRun &plain, TrainRun &eplb, double tol, double norm_tol, long *changed) {
+    const MoeConfig &c = eplb.c;
+    const int ep = c.ep, pp = c.pp;
     long sent = 0;
     int rebalances = 0;
     *changed = 0;
@@ -336,7 +352,7 @@ void compare_runs(MoeConfig c, int ep, int A, double tol, long *changed, int pp 
         StepStats a = plain.step(s), b = eplb.step(s);
         EXPECT_NEAR(b.loss, a.loss, tol * std::fabs(a.loss)) << "step " << s << " ep " << ep << " pp " << pp;
         EXPECT_NEAR(b.ce, a.ce, tol * std::fabs(a.ce)) << "step " << s << " ep " << ep << " pp " << pp;
-        EXPECT_NEAR(b.grad_norm, a.grad_norm, tol * a.grad_norm) << "step " << s << " ep " << ep << " pp " << pp;
+        EXPECT_NEAR(b.grad_norm, a.grad_norm, norm_tol * a.grad_norm) << "step " << s << " ep " << ep << " pp " << pp;
         EXPECT_EQ(b.rebalanced, (s + 1) % c.eplb_interval == 0) << "step " << s;
         if (b.rebalanced) {
             *changed += eplb.eplb_sum(&EplbRuntime::changed);
@@ -364,13 +380,15 @@ void compare_runs(MoeConfig c, int ep, int A, double tol, long *changed, int pp 
     ASSERT_EQ(plain.p->n_models, eplb.p->n_models);
     for (int pipe = 0; pipe < plain.p->n_models; pipe++) {
         const ParamRegistry *ra = &plain.p->ctx[pipe].m->reg, *rb = &eplb.p->ctx[pipe].m->reg;
-        const AdamW *oa = plain.p->ctx[pipe].o, *ob = eplb.p->ctx[pipe].o;
+        std::vector<float> ma, va, mb, vb;
+        plain.moments(pipe, &ma, &va);
+        eplb.moments(pipe, &mb, &vb);
         ASSERT_EQ(ra->n, rb->n);
         for (int i = 0; i < ra->n; i++) {
             const ParamInfo *p = &ra->p[i], *q = &rb->p[i];
             ASSERT_STREQ(p->name, q->name);
-            const float *bufs_a[3] = {ra->data, oa->m, oa->v};
-            const float *bufs_b[3] = {rb->data, ob->m, ob->v};
+            const float *bufs_a[3] = {ra->data, ma.data(), va.data()};
+            const float *bufs_b[3] = {rb->data, mb.data(), vb.data()};
             for (int k = 0; k < 3; k++) {
                 const char *what[3] = {"weights", "AdamW m", "AdamW v"};
                 if (p->kind != PARAM_EXPERT) {
@@ -391,6 +409,14 @@ void compare_runs(MoeConfig c, int ep, int A, double tol, long *changed, int pp 
     }
 }
 
+// Trains the same batches with and without EPLB (layout: EP ep, A micro-batches, and a pipeline of
+// pp ranks under schedule), as compare_trained.
+void compare_runs(MoeConfig c, int ep, int A, double tol, long *changed, int pp = 1,
+                  const char *schedule = "1f1b") {
+    TrainRun plain(c, ep, A, false, pp, schedule), eplb(c, ep, A, true, pp, schedule);
+    compare_trained(plain, eplb, tol, tol, changed);
+}
+
 TEST(EplbTraining, RebalancingEveryTwoStepsKeepsTheMath) {
     // Without redundant slots every expert keeps all its tokens, in the same order, wherever it
     // moves: the runs agree bit for bit. Replicas split an expert's tokens, and the sum of their
@@ -409,14 +435,16 @@ TEST(EplbTraining, RebalancingEveryTwoStepsKeepsTheMath) {
         }
 }
 
+// A training layout: pipeline schedule, stages, EP and micro-batches per step.
+struct Layout {
+    const char *schedule;
+    int pp, ep, C;
+};
+
 TEST(EplbTraining, PipelinesRebalanceEachStage) {
     // Every stage balances its own MoE layers over its EP group: PP 2 with 1F1B and DualPipe (whose
     // two copies of a stage plan alike from the same counts), with EP 2 on 4 ranks; and DualPipeV in
     // one process, whose two stages each have a runtime. The same bounds as without a pipeline.
-    struct Layout {
-        const char *schedule;
-        int pp, ep, C;
-    };
     const int W = comm_world()->size;
     std::vector<Layout> layouts;
     if (W == 1) layouts = {{"dualpipev", 1, 1, 2}};
@@ -436,6 +464,43 @@ TEST(EplbTraining, PipelinesRebalanceEachStage) {
                 EXPECT_GT(changed, 0) << "no rebalance changed a slot: " << k.schedule << " extra " << extra;
             }
         }
+}
+
+TEST(EplbTraining, Zero1MatchesTheUnshardedRun) {
+    // ZeRO-1 with EPLB: a rebalance makes the sharded moments whole, moves slot rows and takes each
+    // rank's shard back, and the gradient norm leaves out each shard's part of the duplicate slots.
+    // With redundant slots (replicas) and the skewed router, every layout with DP > 1 (4 ranks: EP 2
+    // x expert-DP 2, EP 1, and pipelines of 2 stages x DP 2 under 1F1B and under DualPipe with EP 2)
+    // must match the same EPLB run without ZeRO-1.
+    const int W = comm_world()->size;
+    std::vector<Layout> layouts;
+    for (int ep : ep_sizes())
+        if (W / ep >= 2) layouts.push_back({"1f1b", 1, ep, 2});
+    if (W == 4) {
+        layouts.push_back({"1f1b", 2, 1, 2});
+        layouts.push_back({"dualpipe", 2, 2, 4});
+    }
+    if (layouts.empty()) GTEST_SKIP() << "ZeRO-1 needs two data-parallel ranks";
+    for (const Layout &k : layouts) {
+        MoeConfig c = tiny();
+        if (k.pp > 1) {
+            c.L = 4;
+            c.tie_embeddings = 0;  // the embedding and the head on different stages
+        }
+        c.eplb_interval = 2;
+        c.eplb_redundant = k.ep;
+        MoeConfig z = c;
+        z.zero = 1;
+        TrainRun plain(c, k.ep, k.C, true, k.pp, k.schedule), zero(z, k.ep, k.C, true, k.pp, k.schedule);
+        ASSERT_TRUE(zero.o->shard != NULL) << k.schedule << " ep " << k.ep << ": the optimizer is not sharded";
+        // The norms sum the same squares in another order: within 1e-6, which a norm that counted
+        // the duplicate slots (1e-5 too large here) would break.
+        long changed;
+        compare_trained(plain, zero, TOL, 1e-6, &changed);
+        if (k.ep > 1) {
+            EXPECT_GT(changed, 0) << "no rebalance changed a slot: " << k.schedule << " ep " << k.ep;
+        }
+    }
 }
 
 TEST(EplbTraining, SkewedRouterIsBalancedAfterTheFirstRebalance) {
