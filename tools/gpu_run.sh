@@ -9,7 +9,10 @@
 #              filter, e.g. STAGES=sanitizer bash tools/gpu_run.sh 'Gpu.LinearGrouped*'
 #   kernels    the kernel benchmark at the bench config's shapes, and its library baselines in the
 #              same run (tools/bench_torch_kernels.py: PyTorch's grouped GEMM, cuDNN and
-#              FlashAttention-2 through scaled_dot_product_attention)
+#              FlashAttention-2 through scaled_dot_product_attention); KERNELS_SECTIONS="attention"
+#              (kernel_bench's long sections) times only those; with KERNELS_BASELINE=NAME,
+#              .dist/bin/NAME (another build carried along) and this kernel_bench take turns twice
+#              (kernel_bench_<i>_<name>.txt): a change timed against its parent with the same cuDNN
 #   train      `moelab train --device cuda` on the quickstart config and data (QS_STEPS steps,
 #              default 600), and with QS_CPU=1 the same run on the CPU alongside and then in fp32 on
 #              the GPU (--device cuda-fp32), each run's validation line at the end
@@ -196,9 +199,19 @@ if want sanitizer; then
 fi
 
 if want kernels; then
-    echo "== kernel_bench"
-    .dist/bin/kernel_bench 2>&1 | tee "$log/kernel_bench.txt"
-    [ "${PIPESTATUS[0]}" = 0 ] || fail kernel_bench
+    # With KERNELS_BASELINE, that build and this one take turns twice (base, new, base, new), so that
+    # a change is timed against its parent in one run, on the same card and the same cuDNN.
+    runs=kernel_bench
+    [ -n "${KERNELS_BASELINE:-}" ] && runs="$KERNELS_BASELINE kernel_bench $KERNELS_BASELINE kernel_bench"
+    i=0
+    for bin in $runs; do
+        i=$((i + 1))
+        out=$([ "$runs" = kernel_bench ] && echo kernel_bench || echo "kernel_bench_${i}_$bin")
+        echo "== .dist/bin/$bin ${KERNELS_SECTIONS:-}"
+        # The section names unquoted: each is an argument.
+        ".dist/bin/$bin" ${KERNELS_SECTIONS:-} 2>&1 | tee "$log/$out.txt"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail "$bin"
+    done
     echo "== bench_torch_kernels.py (the library baselines)"
     python3 tools/bench_torch_kernels.py 2>&1 | tee "$log/kernel_baselines.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || fail bench_torch_kernels
