@@ -178,7 +178,7 @@ static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
 // weights) are made whole for it, and each rank takes its shard of the moved moments back.
 static void stage_eplb_step(PipeStageCtx *x, const MoeConfig *c, int step) {
     EplbRuntime *rt = x->eplb;
-    const int gather = x->o->shard && (step + 1) % c->eplb_interval == 0;
+    const int gather = x->o->shard && (step + 1) % rt->s.interval == 0;  // eplb_runtime_step's rule
     if (gather) zero1_state_whole(x->o, &x->m->reg, &rt->s.state[1], &rt->s.state[2]);
     if (eplb_runtime_step(rt, x->m->expert_counts + (size_t)x->moe0 * c->E, step))
         model_refresh_low(x->m);  // the moved slots' compute copy
