@@ -380,6 +380,18 @@ TEST(DpSync, ShardedReduceScatterAndGathers) {
             EXPECT_NEAR(got_rows, want_rows, 1e-9 * want_rows + 1e-12) << "ep " << ep;
             double all_rows = got_rows;
             comm_allreduce(g->dp_comm, &all_rows, 1, COMM_F64, COMM_SUM);
+            // The ranks' parts tile the rows once: their dense floats over the DP ranks, each EP
+            // rank's own expert floats over its expert-DP ranks (review, 2026-12-05).
+            double dense = 0, experts = 0;
+            for (int i = 0; i < n; i++)
+                for (size_t j = 0; j < sizes[i]; j++) {
+                    const long at = (long)(off[i] + j);
+                    for (const AdamwSpan &r : rows)
+                        if (at >= r.g_at && at < r.g_at + r.n)
+                            (expert[i] ? experts : dense) += (double)again[at] * again[at];
+                }
+            comm_allreduce(g->dp_comm, &experts, 1, COMM_F64, COMM_SUM);
+            EXPECT_NEAR(all_rows, dense + experts / g->edp, 1e-9 * (dense + experts) + 1e-12) << "ep " << ep;
             EXPECT_NEAR(dp_sync_shard_sqsum(g, &s, 1, got_rows), want_sq - all_rows, 1e-6 * want_sq) << "ep " << ep;
         }
         // Weights: each rank knows only its own pieces (the rest is -1); the gather fills them all,
