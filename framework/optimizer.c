@@ -47,12 +47,9 @@ static int trained_spans(const ParamRegistry *r, int kind, AdamwSpan *s) {
 }
 
 double optim_grad_sqsum_on(const LayerOps *ops, const ParamRegistry *r, int kind) {
-    // Every tensor in one pass into one double of the backend's memory: one download.
+    // Every tensor in one pass.
     AdamwSpan *sp = core_alloc((size_t)(r->n > 0 ? r->n : 1) * sizeof(AdamwSpan));
-    double *d = ops->alloc(sizeof(double)), s;
-    ops->grad_sqsum(d, r->grad, sp, trained_spans(r, kind, sp));
-    ops->download(&s, d, sizeof s);
-    ops->free(d);
+    const double s = ops_sqsum(ops, r->grad, sp, trained_spans(r, kind, sp));
     core_free(sp);
     return s;
 }

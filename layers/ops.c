@@ -355,6 +355,15 @@ OpsGroups ops_groups_host(const int *counts, int G) {
     return g;
 }
 
+double ops_sqsum(const LayerOps *o, const float *g, const AdamwSpan *s, int ns) {
+    if (ns <= 0) return 0;
+    double *d = o->alloc(sizeof(double)), sum;  // zeroed
+    o->grad_sqsum(d, g, s, ns);
+    o->download(&sum, d, sizeof sum);
+    o->free(d);
+    return sum;
+}
+
 void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w13,
                         const void *w2, const OpsGroups *g, int D, int F) {
     o->linear_forward_grouped(acts->ab, x, w13, g, D, 2 * F);

@@ -204,6 +204,11 @@ typedef struct LayerOps {
 // The CPU backend (fp32): the functions of layers/*.c.
 extern const LayerOps layer_ops_cpu;
 
+// Σ g² over the ns spans s of g (o's memory) on the host: o's grad_sqsum into one double of o's
+// memory (a GPU's, where a host address would be an illegal access), then one download. 0 for no
+// spans, with no call at all.
+double ops_sqsum(const LayerOps *o, const float *g, const AdamwSpan *s, int ns);
+
 // SwiGLU over the groups g of rows (one group of N: one FFN; G experts: one range each), through
 // o's calls. out (ΣN, D) = W2 (silu(W1 x) ⊙ W3 x) per group; w13 (G, 2F, D) holds each group's
 // [W1; W3] (layers/swiglu.h), w2 (G, D, F).

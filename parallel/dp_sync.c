@@ -265,14 +265,9 @@ static int rows_in_shard(const DpSync *s, const AdamwSpan *rows, int n, AdamwSpa
 
 double dp_sync_shard_rows_sqsum(const DpSync *s, const AdamwSpan *rows, int n) {
     const int ns = rows_in_shard(s, rows, n, NULL);
-    if (ns == 0) return 0;
-    AdamwSpan *span = core_alloc((size_t)ns * sizeof *span);
+    AdamwSpan *span = core_alloc((size_t)(ns > 0 ? ns : 1) * sizeof *span);
     rows_in_shard(s, rows, n, span);
-    double *d = s->o->alloc(sizeof(double)), sq = 0;
-    s->o->zero(d, sizeof(double));
-    s->o->grad_sqsum(d, s->shard, span, ns);
-    s->o->download(&sq, d, sizeof sq);
-    s->o->free(d);
+    const double sq = ops_sqsum(s->o, s->shard, span, ns);
     core_free(span);
     return sq;
 }

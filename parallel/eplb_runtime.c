@@ -253,16 +253,8 @@ int eplb_runtime_duplicate_rows(EplbRuntime *rt, AdamwSpan **rows) {
 double eplb_runtime_duplicate_sqsum(EplbRuntime *rt) {
     AdamwSpan *rows;
     const int nr = eplb_runtime_duplicate_rows(rt, &rows);
-    // The backend adds the rows' Σ g² into a double in its own memory (a GPU's, where a host address
-    // would be an illegal access): one download, none on a rank without duplicate slots.
-    double sq = 0;
-    if (nr > 0) {
-        const LayerOps *ops = rt->s.ops;
-        double *dsq = ops->alloc(sizeof(double));  // zeroed
-        ops->grad_sqsum(dsq, rt->s.grad, rows, nr);
-        ops->download(&sq, dsq, sizeof sq);
-        ops->free(dsq);
-    }
+    // No download on a rank without duplicate slots.
+    double sq = ops_sqsum(rt->s.ops, rt->s.grad, rows, nr);
     core_free(rows);
     // Gathered and added in rank order, so every rank computes the same norm.
     double *all = core_alloc((size_t)rt->G * sizeof(double));
