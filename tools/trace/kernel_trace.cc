@@ -139,21 +139,24 @@ void report_window(int wi, const Window &w, const std::vector<Work> &work) {
                 rows[i].second.second.c_str());
 }
 
-// The window's first n pieces of work in order (more than a step of moelab bench): the gap before
-// each, its time and what it was. Where a profile's table says how much, this says in what order,
-// which is what tells the call sites apart.
+// The window's first n pieces of work in order (more than a step of moelab bench): when each
+// started (from the window's start), the GPU's idle gap before it, its time and what it was. Where
+// a profile's table says how much, this says in what order, which is what tells the call sites
+// apart; the start times also show which pieces ran at once (on two streams: gap 0, starts closer
+// than the earlier piece's time).
 void report_sequence(int wi, const Window &w, const std::vector<Work> &work, size_t n) {
     const std::vector<Work> in = trace::clip(work, w.start, w.end);
-    fprintf(stderr, "kernel_trace: window %d, its first %zu pieces of work: gap before (µs), time (µs), what\n", wi,
-            std::min(n, in.size()));
+    fprintf(stderr, "kernel_trace: window %d, its first %zu pieces of work: start (µs), gap before (µs), time (µs), what\n",
+            wi, std::min(n, in.size()));
     uint64_t prev = w.start;
     for (size_t i = 0; i < in.size() && i < n; i++) {
         const Work &x = in[i];
-        const double gap = x.start > prev ? (x.start - prev) * 1e-3 : 0.0;
+        const double at = (x.start - w.start) * 1e-3, gap = x.start > prev ? (x.start - prev) * 1e-3 : 0.0,
+                     t = (x.end - x.start) * 1e-3;
         if (x.kernel)
-            fprintf(stderr, "kernel_trace: seq %8.1f %9.1f  %s\n", gap, (x.end - x.start) * 1e-3, trace::short_name(x.name).c_str());
+            fprintf(stderr, "kernel_trace: seq %10.1f %8.1f %9.1f  %s\n", at, gap, t, trace::short_name(x.name).c_str());
         else
-            fprintf(stderr, "kernel_trace: seq %8.1f %9.1f  %s %llu B\n", gap, (x.end - x.start) * 1e-3, x.name,
+            fprintf(stderr, "kernel_trace: seq %10.1f %8.1f %9.1f  %s %llu B\n", at, gap, t, x.name,
                     (unsigned long long)x.bytes);
         prev = std::max(prev, x.end);
     }
