@@ -17,6 +17,7 @@
 #include "framework/core/file.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
+#include "framework/core/num.h"
 #include "framework/core/prof.h"
 #include "framework/core/timer.h"
 #include "parallel/comm_nccl.h"
@@ -191,18 +192,33 @@ static void stage_eplb_step(PipeStageCtx *x, const MoeConfig *c, int step) {
 // in its first step (review, 2026-12-05). After setup, when the weights, gradients and moments are
 // resident, each CPU rank adds the activations its schedule holds at once (a lower bound of the
 // step's peak); the ranks of each machine add theirs up against that machine's memory, and if any
-// machine's would exceed it, every rank refuses the config naming the fullest one.
+// machine's would exceed it, every rank refuses the config naming the fullest one. Under ZeRO-1 an
+// EPLB rebalance (between steps, the activations freed) holds the whole moments beside the shards
+// (stage_eplb_step): a rank's peak beyond what it holds is the larger of the two.
+// Test seam (core_test_seam): MOELAB_TEST_HOST_MEMORY_MIB stands for the machine's memory, so that
+// the tests reach the refusal without filling a machine (tests/parallel/zero1_cli_test.sh).
 static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
     if (p->ops->dev != CORE_CPU) return;
-    enum { HELD, ACTS, HOST, MEMORY, NF };  // per rank: held now, activations, its host, the host's memory
+    enum { HELD, ACTS, REBAL, HOST, MEMORY, NF };  // per rank: held now, activations, a rebalance's
+                                                   // whole moments, its host, the host's memory
     const int rank = p->grid ? p->grid->pp_rank : 0, W = p->grid ? p->grid->world : 1;
-    double mine[NF] = {core_host_resident_bytes(), 0, 0, core_host_memory_bytes()}, *all = mine;
+    double mine[NF] = {core_host_resident_bytes(), 0, 0, 0, core_host_memory_bytes()}, *all = mine;
+    const char *seam = core_test_seam("MOELAB_TEST_HOST_MEMORY_MIB");
+    if (seam) {
+        long long mib;
+        char err[NUM_ERR_LEN];
+        if (num_parse_int("MOELAB_TEST_HOST_MEMORY_MIB", seam, 1, 1LL << 40, &mib, err) != NUM_OK)
+            core_usage_error("%s", err);
+        mine[MEMORY] = (double)mib * 1048576.0;
+    }
     double bwd = 0;  // the widest backward's buffers, of one micro-batch at a time
     for (int pipe = 0; pipe < p->n_models; pipe++) {
+        const PipeStageCtx *x = &p->ctx[pipe];
         double b;
-        const double one = model_acts_bytes(p->ctx[pipe].m, c->batch_size, c->T, &b);
+        const double one = model_acts_bytes(x->m, c->batch_size, c->T, &b);
         mine[ACTS] += sched_max_live(p->sched, rank, pipe) * one;
         if (b > bwd) bwd = b;
+        if (x->eplb && x->o->shard) mine[REBAL] += 2.0 * sizeof(float) * (double)x->o->total;
     }
     mine[ACTS] += bwd;
     if (W > 1) {
@@ -210,28 +226,42 @@ static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
         all = core_alloc((size_t)W * sizeof mine);
         comm_allgather(comm_world(), mine, all, NF, COMM_F64);
     }
-    // The machine whose ranks need the largest share of its memory.
-    double held = 0, acts = 0, have = 1, worst = 0;
-    int ranks = 0;
+    // The machine whose ranks need the largest share of its memory, in a step or at a rebalance.
+    double held = 0, extra = 0, have = 1, worst = 0;
+    int ranks = 0, rebalance = 0;
     for (int h = 0; h < W; h++) {
         if (all[NF * h + HOST] != h) continue;  // h is not a machine's first rank
-        double sum[2] = {0, 0};
+        double sum[3] = {0, 0, 0};
         int n = 0;
         for (int q = 0; q < W; q++)
-            if (all[NF * q + HOST] == h) { sum[0] += all[NF * q + HELD]; sum[1] += all[NF * q + ACTS]; n++; }
-        const double share = (sum[0] + sum[1]) / all[NF * h + MEMORY];
-        if (share > worst) { worst = share; held = sum[0]; acts = sum[1]; have = all[NF * h + MEMORY]; ranks = n; }
+            if (all[NF * q + HOST] == h) {
+                for (int f = HELD; f <= REBAL; f++) sum[f] += all[NF * q + f];
+                n++;
+            }
+        for (int at = ACTS; at <= REBAL; at++) {
+            const double share = (sum[HELD] + sum[at]) / all[NF * h + MEMORY];
+            if (share > worst) {
+                worst = share; held = sum[HELD]; extra = sum[at]; have = all[NF * h + MEMORY];
+                ranks = n; rebalance = at == REBAL;
+            }
+        }
     }
     if (W > 1) core_free(all);
     if (worst <= 1) return;
     const double GiB = 1 << 30;
     char who[64] = "one process";
     if (ranks > 1) snprintf(who, sizeof who, "the %d ranks on one machine", ranks);
+    if (rebalance)
+        core_usage_error("config: an EPLB rebalance under ZeRO-1 needs at least %.1f GiB of host memory for %s "
+                         "(%.1f GiB held after setup by weights, gradients and optimizer state, and %.1f GiB for "
+                         "the whole AdamW moments it moves expert rows of), more than the machine's %.1f GiB: "
+                         "lower the model's sizes, or run without --zero 1 or --eplb-interval",
+                         (held + extra) / GiB, who, held / GiB, extra / GiB, have / GiB);
     core_usage_error("config: a training step needs at least %.1f GiB of host memory for %s (%.1f GiB held "
                      "after setup by weights, gradients and optimizer state, %.1f GiB of activations and their "
                      "gradients for micro-batches of batch_size %d x seq_len %d), more than the machine's %.1f "
-                     "GiB: lower batch_size, seq_len or the model's sizes", (held + acts) / GiB, who, held / GiB,
-                     acts / GiB, c->batch_size, c->T, have / GiB);
+                     "GiB: lower batch_size, seq_len or the model's sizes", (held + extra) / GiB, who, held / GiB,
+                     extra / GiB, c->batch_size, c->T, have / GiB);
 }
 
 // The CUDA graph of the step (cuda_graph), where the layout and the backend allow one: its
