@@ -135,11 +135,32 @@ static void stage_free(PipeStageCtx *x, int owned) {
     core_free(x->o);
 }
 
+// Around a rebalance's moves (EplbRuntimeSpec.move_begin, _end), which carry whole slot rows between
+// EP ranks, while which floats of a row lie in this rank's ZeRO-1 shard differs from slot to slot:
+// under ZeRO-1 the moments (and on a GPU the fp32 weights) are made whole for the moves, and each
+// rank takes its shard of the moved moments back after; then the moved slots' compute copy. A
+// rebalance that keeps every slot's expert calls neither, and so gathers nothing.
+static void stage_move_begin(void *ctx) {
+    PipeStageCtx *x = ctx;
+    if (x->o->shard) zero1_state_whole(x->o, &x->m->reg, &x->eplb->s.state[1], &x->eplb->s.state[2]);
+}
+
+static void stage_move_end(void *ctx) {
+    PipeStageCtx *x = ctx;
+    EplbRuntime *rt = x->eplb;
+    if (x->o->shard) {
+        zero1_state_shard(x->o, rt->s.state[1], rt->s.state[2]);
+        rt->s.state[1] = rt->s.state[2] = NULL;
+    }
+    model_refresh_low(x->m);
+}
+
 // EPLB over the stage's MoE layers [moe0, l1) in its EP group (cfg.eplb_interval > 0): a runtime that
 // the step drives, and a dispatcher of its own for each layer, because each layer has its own
 // placement of experts in slots. On a GPU slot rows move over the group's NCCL twin. A stage of
 // dense layers only has nothing to balance. A ZeRO-1 optimizer's moments are a shard, not in the
-// registry's layout: the runtime gets whole copies of them for each rebalance (stage_eplb_step).
+// registry's layout: the runtime gets whole copies of them for each rebalance that moves a slot
+// (stage_move_begin).
 static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
     Model *m = x->m;
     const int L = m->l1 - x->moe0;
@@ -152,7 +173,8 @@ static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
                          .phy2log = m->phy2log + (size_t)x->moe0 * m->R,
                          .state = {m->reg.data, whole ? x->o->m : NULL, whole ? x->o->v : NULL},
                          .grad = m->reg.grad,
-                         .ops = backend_ops_f32(m->ops), .ep_dev = on_gpu ? x->ep_dev : NULL};
+                         .ops = backend_ops_f32(m->ops), .ep_dev = on_gpu ? x->ep_dev : NULL,
+                         .move_begin = stage_move_begin, .move_end = stage_move_end, .move_ctx = x};
     s.disp = core_alloc((size_t)L * sizeof *s.disp);
     for (int l = 0; l < L; l++) {
         s.disp[l] = ep_dispatcher_create(x->ep, c->E);
@@ -173,28 +195,13 @@ static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
     core_free(s.disp);
 }
 
-// The stage's EPLB bookkeeping after the optimizer step `step`, and the rebalance after every
-// interval-th. A rebalance moves whole slot rows between EP ranks, while which floats of a row lie in
-// this rank's ZeRO-1 shard differs from slot to slot: under ZeRO-1 the moments (and on a GPU the fp32
-// weights) are made whole for it, and each rank takes its shard of the moved moments back.
-static void stage_eplb_step(PipeStageCtx *x, const MoeConfig *c, int step) {
-    EplbRuntime *rt = x->eplb;
-    const int gather = x->o->shard && (step + 1) % rt->s.interval == 0;  // eplb_runtime_step's rule
-    if (gather) zero1_state_whole(x->o, &x->m->reg, &rt->s.state[1], &rt->s.state[2]);
-    if (eplb_runtime_step(rt, x->m->expert_counts + (size_t)x->moe0 * c->E, step))
-        model_refresh_low(x->m);  // the moved slots' compute copy
-    if (!gather) return;
-    zero1_state_shard(x->o, rt->s.state[1], rt->s.state[2]);
-    rt->s.state[1] = rt->s.state[2] = NULL;
-}
-
 // A config whose activations do not fit in memory was ended by the kernel's OOM killer (SIGKILL)
 // in its first step (review, 2026-12-05). After setup, when the weights, gradients and moments are
 // resident, each CPU rank adds the activations its schedule holds at once (a lower bound of the
 // step's peak); the ranks of each machine add theirs up against that machine's memory, and if any
 // machine's would exceed it, every rank refuses the config naming the fullest one. Under ZeRO-1 an
 // EPLB rebalance (between steps, the activations freed) holds the whole moments beside the shards
-// (stage_eplb_step): a rank's peak beyond what it holds is the larger of the two.
+// (stage_move_begin): a rank's peak beyond what it holds is the larger of the two.
 // Test seam (core_test_seam): MOELAB_TEST_HOST_MEMORY_MIB stands for the machine's memory, so that
 // the tests reach the refusal without filling a machine (tests/parallel/zero1_cli_test.sh).
 static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
@@ -653,8 +660,9 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
         else adamw_step(x->o, &m->reg, c, st.lr, clip);
         model_router_bias_update(m, n_tokens);
         // Every stage balances its own MoE layers on the step's global counts; both copies of a
-        // DualPipe stage see the same counts and placement, so they plan the same moves.
-        if (x->eplb) stage_eplb_step(x, c, step);
+        // DualPipe stage see the same counts and placement, so they plan the same moves. A
+        // rebalance after every interval-th step (stage_move_begin and _end around its moves).
+        if (x->eplb) eplb_runtime_step(x->eplb, m->expert_counts + (size_t)x->moe0 * c->E, step);
         model_load_imbalance(m, imb);
         for (int l = 0; l < c->L; l++) p->imbalance[l] = fmaxf(p->imbalance[l], imb[l]);
     }

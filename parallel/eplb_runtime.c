@@ -441,7 +441,9 @@ static void rebalance(EplbRuntime *rt) {
     core_free(rl);
     SlotMove *mv = core_alloc((size_t)L * R * sizeof *mv);
     const int nm = plan_moves(rt, next, mv);
+    if (nm > 0 && rt->s.move_begin) rt->s.move_begin(rt->s.move_ctx);
     move_slots(rt, mv, nm);
+    if (nm > 0 && rt->s.move_end) rt->s.move_end(rt->s.move_ctx);
     core_free(mv);
     memcpy(rt->s.phy2log, next, (size_t)L * R * sizeof(int));
     core_free(next);

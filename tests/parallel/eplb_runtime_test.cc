@@ -1,10 +1,10 @@
 // EPLB during training (parallel/eplb_runtime), under mpirun (CI: 1, 2 and 4 ranks, EP = every size
 // that divides the world): the slot moves put every expert's weights and moments where the plan says,
-// moving only slots whose expert changes; replica gradients are summed bit-identically; a run that
-// rebalances every 2 steps (with redundant slots) matches a run that never does (losses, gradient
-// norms, logical weights and AdamW moments within 1e-5 relative), and so does one with ZeRO-1 against
-// the same run without it; and with a skewed router the per-rank max/mean load falls below a bound
-// after the first rebalance.
+// moving only slots whose expert changes (and calling the caller's move hooks only then); replica
+// gradients are summed bit-identically; a run that rebalances every 2 steps (with redundant slots)
+// matches a run that never does (losses, gradient norms, logical weights and AdamW moments within
+// 1e-5 relative), and so does one with ZeRO-1 against the same run without it; and with a skewed
+// router the per-rank max/mean load falls below a bound after the first rebalance.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -60,6 +60,8 @@ struct Synthetic {
     std::vector<float> grad;
     std::vector<MoeDispatcher *> disp;
     EplbRuntime *rt;
+    int begins = 0, ends = 0;  // calls of the move hooks
+    int wrong_at_begin = -1;   // wrong_slots() when move_begin ran: the moves had not started
 
     Synthetic(int ep, int R_) : R(R_) {
         g = grid_create(comm_world(), 1, ep, TE);
@@ -81,6 +83,13 @@ struct Synthetic {
         s.disp = disp.data(); s.tensor = t.data(); s.n_tensor = (int)t.size();
         for (int k = 0; k < EPLB_STATES; k++) s.state[k] = buf[k].data();
         s.grad = grad.data();
+        s.move_begin = [](void *ctx) {
+            Synthetic *x = (Synthetic *)ctx;
+            x->begins++;
+            x->wrong_at_begin = x->wrong_slots();
+        };
+        s.move_end = [](void *ctx) { ((Synthetic *)ctx)->ends++; };
+        s.move_ctx = this;
         rt = eplb_runtime_create(&s);
         fill();
     }
@@ -133,8 +142,16 @@ TEST(EplbRuntime, SlotsFollowThePlanAndOnlyChangedSlotsMove) {
             for (int round = 0; round < 3; round++) {
                 std::vector<long> load = skewed_load(round);
                 std::vector<int> old = x.phy2log;
+                x.begins = x.ends = 0;
+                x.wrong_at_begin = -1;
                 ASSERT_EQ(eplb_runtime_step(x.rt, load.data(), round), 1);
                 EXPECT_EQ(x.wrong_slots(), 0) << "ep " << ep << " R " << x.R << " round " << round;
+                // The move hooks ran once each around the moves, before them the slots untouched,
+                // and not at all where no slot changed.
+                const int hooked = x.rt->changed > 0;
+                EXPECT_EQ(x.begins, hooked);
+                EXPECT_EQ(x.ends, hooked);
+                if (hooked) EXPECT_EQ(x.wrong_at_begin, 0);
                 // A layer the plan balances better: each rank holds the planner's experts (in any
                 // order), and a slot changed only where the rank lost an expert it had, the fewest
                 // changes the plan allows. Any other layer keeps its placement.
