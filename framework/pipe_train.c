@@ -20,6 +20,7 @@
 #include "framework/core/num.h"
 #include "framework/core/prof.h"
 #include "framework/core/timer.h"
+#include "framework/sample.h"
 #include "parallel/comm_nccl.h"
 #include "parallel/dp_sync.h"
 #include "parallel/ep_dispatch.h"
@@ -31,7 +32,7 @@
 
 // A training forward counts its routes and leaves its loss scalars in the model's memory (the step
 // downloads them once); an evaluation forward returns its loss at once, and the last stage adds
-// its cross-entropy.
+// its cross-entropy (and for pipe_sample_generate keeps the logits row it asks for).
 static const void *stage_forward(void *ctx, int mb, const void *h_in) {
     PipeStageCtx *x = ctx;
     Model *m = x->m;
@@ -47,6 +48,10 @@ static const void *stage_forward(void *ctx, int mb, const void *h_in) {
         m->ops->copy(x->dscal + (size_t)x->n_fwd++ * ns, a->scalars, ns * sizeof(float));
     } else if (m->last) {
         x->ce += a->ce;
+        if (x->sample_row && !x->sampled) {
+            sample_logits_row(m->ops, a->logits, x->sample_pos, m->cfg.V, x->sample_row);
+            x->sampled = 1;
+        }
     }
     return m->last ? NULL : a->h_out;
 }
@@ -724,6 +729,43 @@ float pipe_eval_ce(PipeTrainer *p, const int *tokens) {
     for (int pipe = 0; pipe < p->n_models; pipe++) ce += p->ctx[pipe].ce;
     if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, &ce, 1, COMM_F64, COMM_SUM);
     return (float)ce;
+}
+
+void pipe_sample_generate(PipeTrainer *p, const int *prompt, int n_prompt, int n_new, float temperature,
+                          int top_k, RngStream *rng, int *out) {
+    CHECK(n_prompt >= 1, "sampling needs a prompt of at least one token");
+    const MoeConfig *c = &p->ctx[0].m->cfg;
+    const int V = c->V, T = c->T;
+    const size_t seq = (size_t)T + 1, n_seq = (size_t)c->grad_accum * c->batch_size;  // (C·B, T+1)
+    memmove(out, prompt, (size_t)n_prompt * sizeof(int));  // out may be prompt itself
+    int *tokens = core_alloc(n_seq * seq * sizeof(int));
+    float *row = core_alloc((size_t)V * sizeof(float));
+    float *wp = core_alloc((size_t)V * sizeof(float));
+    int *wi = core_alloc((size_t)V * sizeof(int));
+    graph_pause(p);
+    for (int len = n_prompt; len < n_prompt + n_new; len++) {
+        const int w = len < T ? len : T;
+        for (size_t s = 0; s < n_seq; s++) memcpy(tokens + s * seq, out + len - w, (size_t)w * sizeof(int));
+        // The ranks without a last stage add nothing to the maximum; the ranks with one (both
+        // copies of a DualPipe stage) hold the same row.
+        for (int i = 0; i < V; i++) row[i] = -INFINITY;
+        for (int pipe = 0; pipe < p->n_models; pipe++) {
+            PipeStageCtx *x = &p->ctx[pipe];
+            x->tokens = tokens;
+            x->sample_row = row;
+            x->sample_pos = w - 1;
+            x->sampled = 0;
+        }
+        PipeRun run = run_of(p, NULL);
+        pipe_run_forward(&run, 1);
+        if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, row, (size_t)V, COMM_F32, COMM_MAX);
+        out[len] = sample_pick(row, V, temperature, top_k, rng, wp, wi);
+    }
+    for (int pipe = 0; pipe < p->n_models; pipe++) p->ctx[pipe].sample_row = NULL;
+    core_free(tokens);
+    core_free(row);
+    core_free(wp);
+    core_free(wi);
 }
 
 size_t pipe_param_count(const PipeTrainer *p, size_t *on_rank) {

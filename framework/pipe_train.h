@@ -10,6 +10,7 @@
 #define MOELAB_FRAMEWORK_PIPE_TRAIN_H
 
 #include "framework/core/config.h"
+#include "framework/core/rng.h"
 #include "framework/model.h"
 #include "framework/optimizer.h"
 #include "parallel/dp_sync.h"
@@ -61,6 +62,9 @@ typedef struct {
     int n_fwd, n_wgt;    // forwards and backward_weights run this step
     DpSync *sync;        // the DP sync overlapped with this step's last backward_weight, or NULL
     double ce;           // evaluation: Σ of the last stage's cross-entropies
+    float *sample_row;   // pipe_sample_generate: the logits (V) of row sample_pos of the first
+    int sample_pos;      // last-stage forward (sampled set then), on the host; else NULL
+    int sampled;
 } PipeStageCtx;
 
 typedef struct PipeTrainer {
@@ -122,6 +126,13 @@ int train_step_nonfinite(StepStats *st, const MoeConfig *c);
 // Mean cross-entropy of one micro-batch tokens (B, T+1) through the pipeline, on every rank of the
 // pipeline group (no backward, no routing counts).
 float pipe_eval_ce(PipeTrainer *p, const int *tokens);
+// sample_generate (framework/sample.h) through the pipeline, for the stages of a model that no rank
+// holds whole; a collective of every rank. Each new token is one evaluation forward of a step's
+// micro-batches, every sequence the window padded with token 0 after it (as sample_generate pads on
+// a GPU: no position sees the ones after it); the last stage's logits row reaches every rank of the
+// pipeline, which all draw the same token from the same rng.
+void pipe_sample_generate(PipeTrainer *p, const int *prompt, int n_prompt, int n_new, float temperature,
+                          int top_k, RngStream *rng, int *out);
 // The model's parameters, each logical expert once (whatever the EP layout and EPLB's replicas), and
 // in *on_rank those this rank holds (expert slots as held). Collective over the pipeline group.
 size_t pipe_param_count(const PipeTrainer *p, size_t *on_rank);

@@ -36,6 +36,18 @@ int sample_pick(const float *logits, int V, float temperature, int top_k, RngStr
     return work_i[k - 1];
 }
 
+void sample_logits_row(const LayerOps *o, const void *logits, int row, int V, float *out) {
+    const char *r = (const char *)logits + (size_t)row * V * o->act_size;  // (V) of dt
+    if (o->dev == CORE_CPU) {
+        o->from_act(out, r, V);
+        return;
+    }
+    float *dev = o->alloc((size_t)V * sizeof(float));
+    o->from_act(dev, r, V);
+    o->download(out, dev, (size_t)V * sizeof(float));
+    o->free(dev);
+}
+
 void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float temperature,
                      int top_k, RngStream *rng, int *out) {
     CHECK(n_prompt >= 1, "sampling needs a prompt of at least one token");
@@ -49,7 +61,6 @@ void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float
     memmove(out, prompt, (size_t)n_prompt * sizeof(int));  // out may be prompt itself
     int *window = core_alloc((size_t)T * sizeof(int));
     float *row = core_alloc((size_t)V * sizeof(float));    // the logits of the last position
-    float *row_dev = o->dev == CORE_CPU ? NULL : o->alloc((size_t)V * sizeof(float));
     float *wp = core_alloc((size_t)V * sizeof(float));
     int *wi = core_alloc((size_t)V * sizeof(int));
     for (int len = n_prompt; len < n_prompt + n_new; len++) {
@@ -58,17 +69,10 @@ void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float
         memset(window + w, 0, (size_t)(T - w) * sizeof(int));
         ModelActs a;
         model_forward(m, &a, window, 1, full ? T : w, 0);
-        const char *last = (const char *)a.logits + (size_t)(w - 1) * V * o->act_size;  // (V) of dt
-        if (row_dev) {
-            o->from_act(row_dev, last, V);
-            o->download(row, row_dev, (size_t)V * sizeof(float));
-        } else {
-            o->from_act(row, last, V);
-        }
+        sample_logits_row(o, a.logits, w - 1, V, row);
         out[len] = sample_pick(row, V, temperature, top_k, rng, wp, wi);
         model_acts_free(m, &a);
     }
-    if (row_dev) o->free(row_dev);
     core_free(window);
     core_free(row);
     core_free(wp);

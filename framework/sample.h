@@ -16,6 +16,10 @@ extern "C" {
 void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float temperature,
                      int top_k, RngStream *rng, int *out);
 
+// The logits of row `row` of logits (rows of V in the activation dtype of o, in o's memory) into
+// out (V floats, host).
+void sample_logits_row(const LayerOps *o, const void *logits, int row, int V, float *out);
+
 // Draws one token from logits (V) with temperature and top-k. work is scratch of V floats + V ints.
 int sample_pick(const float *logits, int V, float temperature, int top_k, RngStream *rng,
                 float *work_p, int *work_i);

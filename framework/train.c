@@ -608,22 +608,13 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
 }
 
 // Prints cfg.sample_tokens tokens generated from a newline (the same random numbers every time, so
-// the sample before and after training differ only by what the model learned).
+// the sample before and after training differ only by what the model learned). Where each rank
+// holds stages of the model, the tokens are drawn through the pipeline (pipe_sample_generate).
 static void trainer_sample(Trainer *t, const char *when) {
     const MoeConfig *c = &t->cfg;
     if (c->sample_tokens <= 0) return;
     Model *m = t->pipe->ctx[0].m;
-    if (!m->first || !m->last) {
-        // A stage holds part of the model; a checkpoint holds all of it, in any layout.
-        if (t->last_ckpt[0])
-            core_info0("no sample %s here (each pipeline stage holds part of the model): `moelab sample "
-                       "--ckpt %s --tokens %d` draws one from the checkpoint", when, t->last_ckpt,
-                       c->sample_tokens);
-        else
-            core_info0("no sample %s here: each pipeline stage holds part of the model%s", when,
-                       c->out[0] ? "" : " (with --out DIR, `moelab sample --ckpt` draws one from a checkpoint)");
-        return;
-    }
+    const int whole = m->first && m->last;
     RngStream rng = rng_stream(c->seed, SAMPLE_STREAM);
     int prompt = 0;
     uint32_t nl[4];
@@ -636,7 +627,8 @@ static void trainer_sample(Trainer *t, const char *when) {
     const int tty = core_rank() == 0 && isatty(STDERR_FILENO);
     const double t0 = core_now();
     for (int len = 1; len <= c->sample_tokens; len++) {
-        sample_generate(m, out, len, 1, c->temperature, c->top_k_sample, &rng, out);
+        if (whole) sample_generate(m, out, len, 1, c->temperature, c->top_k_sample, &rng, out);
+        else pipe_sample_generate(t->pipe, out, len, 1, c->temperature, c->top_k_sample, &rng, out);
         if (tty && core_now() - t0 > 1) core_progress("sampling %s: %d/%d tokens", when, len, c->sample_tokens);
     }
     core_progress_end();
