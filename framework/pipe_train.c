@@ -230,7 +230,10 @@ static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
         const double one = model_acts_bytes(x->m, c->batch_size, c->T, &b);
         mine[ACTS] += sched_max_live(p->sched, rank, pipe) * one;
         if (b > bwd) bwd = b;
-        if (x->eplb && x->o->shard) mine[REBAL] += 2.0 * sizeof(float) * (double)x->o->total;
+        // The stages rebalance one after the other, each freeing its whole moments before the
+        // next gathers; a run shorter than the interval never rebalances.
+        if (x->eplb && x->o->shard && c->steps >= c->eplb_interval)
+            mine[REBAL] = fmax(mine[REBAL], 2.0 * sizeof(float) * (double)x->o->total);
     }
     mine[ACTS] += bwd;
     if (W > 1) {
@@ -736,32 +739,37 @@ void pipe_sample_generate(PipeTrainer *p, const int *prompt, int n_prompt, int n
     CHECK(n_prompt >= 1, "sampling needs a prompt of at least one token");
     const MoeConfig *c = &p->ctx[0].m->cfg;
     const int V = c->V, T = c->T;
-    const size_t seq = (size_t)T + 1, n_seq = (size_t)c->grad_accum * c->batch_size;  // (C·B, T+1)
     memmove(out, prompt, (size_t)n_prompt * sizeof(int));  // out may be prompt itself
-    int *tokens = core_alloc(n_seq * seq * sizeof(int));
+    int *tokens = core_alloc(((size_t)T + 1) * sizeof(int));  // one sequence (T+1): the window, 0s
     float *row = core_alloc((size_t)V * sizeof(float));
     float *wp = core_alloc((size_t)V * sizeof(float));
     int *wi = core_alloc((size_t)V * sizeof(int));
     graph_pause(p);
     for (int len = n_prompt; len < n_prompt + n_new; len++) {
         const int w = len < T ? len : T;
-        for (size_t s = 0; s < n_seq; s++) memcpy(tokens + s * seq, out + len - w, (size_t)w * sizeof(int));
-        // The ranks without a last stage add nothing to the maximum; the ranks with one (both
-        // copies of a DualPipe stage) hold the same row.
+        memcpy(tokens, out + len - w, (size_t)w * sizeof(int));
+        // One micro-batch along the path of micro-batch 0 (pipe_run_forward): the rank of its last
+        // stage holds the row, the others add nothing to the maximum.
         for (int i = 0; i < V; i++) row[i] = -INFINITY;
+        // A micro-batch of one sequence: the stages' messages shrink with it.
         for (int pipe = 0; pipe < p->n_models; pipe++) {
             PipeStageCtx *x = &p->ctx[pipe];
             x->tokens = tokens;
+            x->B = 1;
             x->sample_row = row;
             x->sample_pos = w - 1;
             x->sampled = 0;
         }
         PipeRun run = run_of(p, NULL);
+        run.msg_bytes /= (size_t)c->batch_size;
         pipe_run_forward(&run, 1);
         if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, row, (size_t)V, COMM_F32, COMM_MAX);
         out[len] = sample_pick(row, V, temperature, top_k, rng, wp, wi);
     }
-    for (int pipe = 0; pipe < p->n_models; pipe++) p->ctx[pipe].sample_row = NULL;
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
+        p->ctx[pipe].B = c->batch_size;
+        p->ctx[pipe].sample_row = NULL;
+    }
     core_free(tokens);
     core_free(row);
     core_free(wp);

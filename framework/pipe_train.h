@@ -127,10 +127,10 @@ int train_step_nonfinite(StepStats *st, const MoeConfig *c);
 // pipeline group (no backward, no routing counts).
 float pipe_eval_ce(PipeTrainer *p, const int *tokens);
 // sample_generate (framework/sample.h) through the pipeline, for the stages of a model that no rank
-// holds whole; a collective of every rank. Each new token is one evaluation forward of a step's
-// micro-batches, every sequence the window padded with token 0 after it (as sample_generate pads on
-// a GPU: no position sees the ones after it); the last stage's logits row reaches every rank of the
-// pipeline, which all draw the same token from the same rng.
+// holds whole; a collective of every rank. Each new token is one evaluation forward
+// (pipe_run_forward) of a micro-batch of one sequence, the window padded with token 0 after it (as
+// sample_generate pads on a GPU: no position sees the ones after it); the last stage's logits row
+// reaches every rank of the pipeline, which all draw the same token from the same rng.
 void pipe_sample_generate(PipeTrainer *p, const int *prompt, int n_prompt, int n_new, float temperature,
                           int top_k, RngStream *rng, int *out);
 // The model's parameters, each logical expert once (whatever the EP layout and EPLB's replicas), and

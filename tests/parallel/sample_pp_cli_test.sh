@@ -6,7 +6,7 @@
 # 4 ranks, DualPipeV in one process (two stages), and 1F1B PP 2 x EP 2 on 4 ranks with EPLB
 # (redundant slots, rebalances that copy experts between ranks) and ZeRO-1. After training the
 # reference is the run's own final checkpoint; before training the step-0 checkpoint of a
-# one-process `--steps 0` run, whose weights every layout starts from (the same seed).
+# one-process `--steps 0` run, whose weights every layout starts from (the same seed and router skew).
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, compared
 source "$root/tests/parallel/mpi_env.sh"
@@ -38,8 +38,9 @@ same_sample() {
 }
 
 "$moelab" train "${args[@]}" --steps 0 --out "$tmp/init" >"$tmp/init.log"
-init="$tmp/init/step_0.h5"
-same_sample one-process "$tmp/init.log" "before training" "$init"
+same_sample one-process "$tmp/init.log" "before training" "$tmp/init/step_0.h5"
+# The skewed router (the EPLB run's, so that its rebalance moves experts) starts from other weights.
+"$moelab" train "${args[@]}" --steps 0 --router-skew -0.1 --out "$tmp/init_skew" >"$tmp/init_skew.log"
 
 # name ranks layout...: a 3-step run of each layout, its samples against the checkpoints.
 runs=(
@@ -47,17 +48,19 @@ runs=(
     "dualpipev 2 --pp 2 --schedule dualpipev --chunks 4 --batch-size 4"
     "dualpipe-ep 4 --pp 2 --ep 2 --schedule dualpipe --chunks 4 --batch-size 2"
     "dualpipev-one 1 --schedule dualpipev --chunks 4 --batch-size 4"
-    "1f1b-eplb-zero1 4 --pp 2 --ep 2 --chunks 2 --batch-size 2 --eplb-interval 2 --eplb-redundant 2 --zero 1"
+    "1f1b-eplb-zero1 4 --pp 2 --ep 2 --chunks 2 --batch-size 2 --eplb-interval 2 --eplb-redundant 2 --zero 1 --router-skew -0.1"
 )
 for run in "${runs[@]}"; do
     read -r -a r <<<"$run"
     name=${r[0]} np=${r[1]}
     mpi "$np" "$moelab" train "${args[@]}" --steps 3 "${r[@]:2}" --out "$tmp/$name" >"$tmp/$name.log"
+    init="$tmp/init/step_0.h5"
+    [[ " ${r[*]} " = *" --router-skew "* ]] && init="$tmp/init_skew/step_0.h5"
     same_sample "$name" "$tmp/$name.log" "before training" "$init"
     same_sample "$name" "$tmp/$name.log" "after training" "$tmp/$name/step_3.h5"
 done
 
 # The EPLB run's samples came after experts moved between ranks (replicas in the checkpoint's slots).
-grep -q "eplb: step 2: rebalanced .* copied between ranks" "$tmp/1f1b-eplb-zero1.log" ||
+grep -Eq "eplb: step 2: rebalanced .* [1-9][0-9]* copied between ranks" "$tmp/1f1b-eplb-zero1.log" ||
     { echo "FAIL: no rebalance in the EPLB run:"; cat "$tmp/1f1b-eplb-zero1.log"; exit 1; }
 echo "ok: every pipeline layout samples the text moelab sample draws from its weights"

@@ -132,10 +132,11 @@ mpi 4 "$moelab" train "${eargs[@]}" --zero 1 --resume "$tmp/ez4/step_3.h5" --met
 close_steps "$tmp/ez4.jsonl" "$tmp/ezr.jsonl" 456
 echo "ok: ZeRO-1 with EPLB matches the unsharded EPLB run, and its checkpoint resumes"
 
-# 7. Experts of 32 768 floats a row make the whole moments about 1 GiB over the 4 ranks, far above the
-# activations of these micro-batches; the first run, with 1 MiB, reports what is held and what a
-# rebalance adds, and the machine is then set halfway between.
-margs=("${args[@]}" --grad-accum 1 --ep 2 --eplb-interval 2 --eplb-redundant 2 --d-expert 32768 --steps 1 --zero 1)
+# 7. Experts of 32 768 floats a row make the whole moments about 0.5 GiB over the 4 ranks, well above
+# the activations of micro-batches of one sequence; the first run, with 1 MiB, reports what is held
+# and what a rebalance adds, and the machine is then set halfway between. No redundant slots, so that
+# the run without EPLB holds the same.
+margs=("${args[@]}" --grad-accum 1 --ep 2 --eplb-interval 1 --d-expert 32768 --steps 1 --zero 1 --batch-size 1)
 export MOELAB_TEST_HOST_MEMORY_MIB=1
 expect_exit2 rebalance_memory "config: an EPLB rebalance under ZeRO-1 needs at least [0-9.]+ GiB of host memory for the 4 ranks on one machine" \
     4 "${margs[@]}"
@@ -146,7 +147,7 @@ read -r held whole < <(grep -m1 -o "([0-9.]* GiB held .*, and [0-9.]* GiB for th
 export MOELAB_TEST_HOST_MEMORY_MIB=$(awk -v h="$held" -v w="$whole" 'BEGIN {printf "%d", (h + w / 2) * 1024}')
 echo "held $held GiB, whole moments $whole GiB: machine set to $MOELAB_TEST_HOST_MEMORY_MIB MiB"
 expect_exit2 rebalance_memory_half "config: an EPLB rebalance under ZeRO-1 needs at least" 4 "${margs[@]}"
-mpi 4 "$moelab" train "${margs[@]}" --eplb-interval 0 --eplb-redundant 0 >"$tmp/no_eplb.log" 2>&1 ||
+mpi 4 "$moelab" train "${margs[@]}" --eplb-interval 0 >"$tmp/no_eplb.log" 2>&1 ||
     { echo "FAIL: the run without EPLB was refused at $MOELAB_TEST_HOST_MEMORY_MIB MiB:"; cat "$tmp/no_eplb.log"; exit 1; }
 unset MOELAB_TEST_HOST_MEMORY_MIB
 echo "ok: the memory check counts a rebalance's whole moments under ZeRO-1"
