@@ -27,6 +27,8 @@ extern "C" {
 #include "framework/sample.h"
 #include "framework/train.h"
 #include "layers/ops_cuda.h"
+#include "parallel/comm.h"
+#include "parallel/grid.h"
 }
 
 namespace {
@@ -383,6 +385,31 @@ TEST_F(ModelGpu, SamplesAsTheCpu) {
             EXPECT_EQ(b1[i], prompt[i]);
         }
         EXPECT_TRUE(b1[i] >= 0 && b1[i] < c.V) << "token " << i << " is " << b1[i];
+    }
+}
+
+// Sampling through a pipeline (pipe_sample_generate; DualPipeV in one process: two stages on the
+// GPU) draws the tokens sample_generate draws from the whole model of the same weights, in fp32 and
+// in bf16: both run a window padded to T as one sequence through the same kernels, the stages
+// handing the hidden state on in the activations' dtype.
+TEST_F(ModelGpu, PipelineSamplesAsTheWholeModel) {
+    for (CoreDtype dt : {CORE_F32, CORE_BF16}) {
+        MoeConfig c = test_config();
+        c.grad_accum = 2;
+        std::snprintf(c.schedule, sizeof c.schedule, "%s", "dualpipev");
+        config_validate(&c);
+        const int prompt[3] = {7, 100, 3}, n_new = c.T + 8, n = 3 + n_new;
+        std::vector<int> whole(n), piped(n);
+        Model *m = make_model(c, layer_ops_cuda(dt));
+        RngStream r1 = rng_stream(c.seed, 9);
+        sample_generate(m, prompt, 3, n_new, 1.0f, 0, &r1, whole.data());
+        model_free(m);
+        PipeTrainer *p = pipe_trainer_create(&c, grid_create(comm_world(), 1, 1, c.E), layer_ops_cuda(dt));
+        ASSERT_EQ(p->n_models, 2);
+        RngStream r2 = rng_stream(c.seed, 9);
+        pipe_sample_generate(p, prompt, 3, n_new, 1.0f, 0, &r2, piped.data());
+        pipe_trainer_free(p);
+        EXPECT_EQ(piped, whole) << (dt == CORE_F32 ? "fp32" : "bf16");
     }
 }
 
