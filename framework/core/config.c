@@ -78,8 +78,9 @@ static const KeyInfo KEYS[] = {
     {"schedule", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
     {"fb_overlap", K_BOOL, OFF(fb_overlap), 0, 1, NULL, "F&B ops: forward and backward on two GPU streams"},
     {"zero", K_INT, OFF(zero), 0, 1, NULL, "ZeRO stage: 1 shards the AdamW moments over the DP ranks (0: off)"},
-    // The six below choose how the work runs, never what it computes (beyond the rounding of
-    // the GEMM kernels): overlaps on by default, off to measure their gain.
+    // The seven below choose how the work runs, not what it computes (beyond the rounding of the
+    // GEMM kernels, and deterministic = 0, whose attention backward sums dQ in a varying order):
+    // overlaps on by default, off to measure their gain.
     {"dp_overlap", K_BOOL, OFF(dp_overlap), 0, 1, NULL, "DP gradient all-reduce overlaps the backward"},
     {"ep_overlap", K_BOOL, OFF(ep_overlap), 0, 1, NULL, "shared experts overlap the EP dispatch all-to-all"},
     {"ep_chunks", K_INT, OFF(ep_chunks), 1, 8, NULL,
