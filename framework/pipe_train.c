@@ -734,46 +734,40 @@ float pipe_eval_ce(PipeTrainer *p, const int *tokens) {
     return (float)ce;
 }
 
-void pipe_sample_generate(PipeTrainer *p, const int *prompt, int n_prompt, int n_new, float temperature,
-                          int top_k, RngStream *rng, int *out) {
-    CHECK(n_prompt >= 1, "sampling needs a prompt of at least one token");
+// The logits of a window through the pipeline, for sample_generate_by: one evaluation forward
+// (pipe_run_forward) of a micro-batch of one sequence, the window padded with token 0 (its stages'
+// messages shrink with it); the rank of the last stage on micro-batch 0's path holds the row, and an
+// all-reduce (max, the others adding −∞) gives it to every rank of the pipeline.
+static void pipe_logits(void *ctx, const int *window, int w, float *row) {
+    PipeTrainer *p = ctx;
     const MoeConfig *c = &p->ctx[0].m->cfg;
-    const int V = c->V, T = c->T;
-    memmove(out, prompt, (size_t)n_prompt * sizeof(int));  // out may be prompt itself
-    int *tokens = core_alloc(((size_t)T + 1) * sizeof(int));  // one sequence (T+1): the window, 0s
-    float *row = core_alloc((size_t)V * sizeof(float));
-    float *wp = core_alloc((size_t)V * sizeof(float));
-    int *wi = core_alloc((size_t)V * sizeof(int));
-    graph_pause(p);
-    for (int len = n_prompt; len < n_prompt + n_new; len++) {
-        const int w = len < T ? len : T;
-        memcpy(tokens, out + len - w, (size_t)w * sizeof(int));
-        // One micro-batch along the path of micro-batch 0 (pipe_run_forward): the rank of its last
-        // stage holds the row, the others add nothing to the maximum.
-        for (int i = 0; i < V; i++) row[i] = -INFINITY;
-        // A micro-batch of one sequence: the stages' messages shrink with it.
-        for (int pipe = 0; pipe < p->n_models; pipe++) {
-            PipeStageCtx *x = &p->ctx[pipe];
-            x->tokens = tokens;
-            x->B = 1;
-            x->sample_row = row;
-            x->sample_pos = w - 1;
-            x->sampled = 0;
-        }
-        PipeRun run = run_of(p, NULL);
-        run.msg_bytes /= (size_t)c->batch_size;
-        pipe_run_forward(&run, 1);
-        if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, row, (size_t)V, COMM_F32, COMM_MAX);
-        out[len] = sample_pick(row, V, temperature, top_k, rng, wp, wi);
+    int *tokens = core_alloc(((size_t)c->T + 1) * sizeof(int));  // (1, T+1): the window, a target 0
+    memcpy(tokens, window, (size_t)c->T * sizeof(int));
+    for (int i = 0; i < c->V; i++) row[i] = -INFINITY;
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
+        PipeStageCtx *x = &p->ctx[pipe];
+        x->tokens = tokens;
+        x->B = 1;
+        x->sample_row = row;
+        x->sample_pos = w - 1;
+        x->sampled = 0;
     }
+    PipeRun run = run_of(p, NULL);
+    run.msg_bytes /= (size_t)c->batch_size;
+    pipe_run_forward(&run, 1);
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         p->ctx[pipe].B = c->batch_size;
         p->ctx[pipe].sample_row = NULL;
     }
+    if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, row, (size_t)c->V, COMM_F32, COMM_MAX);
     core_free(tokens);
-    core_free(row);
-    core_free(wp);
-    core_free(wi);
+}
+
+void pipe_sample_generate(PipeTrainer *p, const int *prompt, int n_prompt, int n_new, float temperature,
+                          int top_k, RngStream *rng, int *out) {
+    const MoeConfig *c = &p->ctx[0].m->cfg;
+    graph_pause(p);
+    sample_generate_by(pipe_logits, p, c->V, c->T, prompt, n_prompt, n_new, temperature, top_k, rng, out);
 }
 
 size_t pipe_param_count(const PipeTrainer *p, size_t *on_rank) {

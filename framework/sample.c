@@ -48,16 +48,9 @@ void sample_logits_row(const LayerOps *o, const void *logits, int row, int V, fl
     o->free(dev);
 }
 
-void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float temperature,
-                     int top_k, RngStream *rng, int *out) {
+void sample_generate_by(SampleLogits logits, void *ctx, int V, int T, const int *prompt, int n_prompt,
+                        int n_new, float temperature, int top_k, RngStream *rng, int *out) {
     CHECK(n_prompt >= 1, "sampling needs a prompt of at least one token");
-    const int V = m->cfg.V, T = m->cfg.T;
-    const LayerOps *o = m->ops;
-    // On a GPU every forward takes the full window of T tokens, padded with token 0 after the last
-    // one: the attention then runs one shape (cuDNN builds a plan per shape, which would cost more
-    // than the forward), and in a causal model no position sees the ones after it, nor does the
-    // router's choice for a token depend on other tokens. The CPU runs the growing window.
-    const int full = o->dev != CORE_CPU;
     memmove(out, prompt, (size_t)n_prompt * sizeof(int));  // out may be prompt itself
     int *window = core_alloc((size_t)T * sizeof(int));
     float *row = core_alloc((size_t)V * sizeof(float));    // the logits of the last position
@@ -67,14 +60,31 @@ void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float
         const int w = len < T ? len : T;
         memcpy(window, out + len - w, (size_t)w * sizeof(int));
         memset(window + w, 0, (size_t)(T - w) * sizeof(int));
-        ModelActs a;
-        model_forward(m, &a, window, 1, full ? T : w, 0);
-        sample_logits_row(o, a.logits, w - 1, V, row);
+        logits(ctx, window, w, row);
         out[len] = sample_pick(row, V, temperature, top_k, rng, wp, wi);
-        model_acts_free(m, &a);
     }
     core_free(window);
     core_free(row);
     core_free(wp);
     core_free(wi);
+}
+
+// A whole model's logits for sample_generate. On a GPU every forward takes the full window of T
+// tokens, padded with token 0 after the last one: the attention then runs one shape (cuDNN builds a
+// plan per shape, which would cost more than the forward), and in a causal model no position sees
+// the ones after it, nor does the router's choice for a token depend on other tokens. The CPU runs
+// the growing window.
+static void model_logits(void *ctx, const int *window, int w, float *row) {
+    Model *m = ctx;
+    const LayerOps *o = m->ops;
+    ModelActs a;
+    model_forward(m, &a, window, 1, o->dev != CORE_CPU ? m->cfg.T : w, 0);
+    sample_logits_row(o, a.logits, w - 1, m->cfg.V, row);
+    model_acts_free(m, &a);
+}
+
+void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float temperature,
+                     int top_k, RngStream *rng, int *out) {
+    sample_generate_by(model_logits, m, m->cfg.V, m->cfg.T, prompt, n_prompt, n_new, temperature, top_k, rng,
+                       out);
 }

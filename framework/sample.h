@@ -16,6 +16,14 @@ extern "C" {
 void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float temperature,
                      int top_k, RngStream *rng, int *out);
 
+// The logits (V floats, host) that follow the first w of the T tokens of window (zero after them),
+// from whatever runs the model (sample_generate_by).
+typedef void (*SampleLogits)(void *ctx, const int *window, int w, float *row);
+// sample_generate with the logits of `logits` (ctx passed on): the window, its sliding and the
+// draws, shared by every way of running the model (one process, a pipeline).
+void sample_generate_by(SampleLogits logits, void *ctx, int V, int T, const int *prompt, int n_prompt,
+                        int n_new, float temperature, int top_k, RngStream *rng, int *out);
+
 // The logits of row `row` of logits (rows of V in the activation dtype of o, in o's memory) into
 // out (V floats, host).
 void sample_logits_row(const LayerOps *o, const void *logits, int row, int V, float *out);
