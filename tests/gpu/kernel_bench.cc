@@ -106,15 +106,27 @@ double time_queued(const std::function<void()> &fn) {
     return t;
 }
 
-// Seconds per call of 10 calls captured into one CUDA graph, the graph's launches timed as
-// time_queued times a call: no host work between the kernels at all, as the trainer's one-GPU
-// step runs them.
+// Seconds per call of 10 calls captured into one CUDA graph, the graph launched once to warm up
+// (its first launch maps the memory it allocates) and once between two events: no host work
+// between the kernels at all, as the trainer's one-GPU step runs them. As many timed calls as
+// time_queued's, not more: a card slows the longer it runs a heavy kernel (an H100 runs the hd 128
+// attention backward 7-8 % slower after 200 ms of it: tools/trace, docs/BENCHMARKS.md 2026-12-05
+// 19:44), so a graph row timed over ten times the queued row's calls, as until 2026-12-05,
+// counted the card's state as the graph's cost.
 double time_graph(const std::function<void()> &fn) {
     fn();  // a library's first-call set-up stays out of the capture
     core_cuda_graph_begin();
     for (int i = 0; i < 10; i++) fn();
     void *graph = core_cuda_graph_end();
-    double t = time_queued([&] { core_cuda_graph_launch(graph); }) / 10;
+    core_cuda_graph_launch(graph);
+    core_cuda_sync();
+    void *a = core_cuda_event_create(), *b = core_cuda_event_create();
+    core_cuda_event_record(a);
+    core_cuda_graph_launch(graph);
+    core_cuda_event_record(b);
+    double t = core_cuda_event_ms(a, b) * 1e-3 / 10;
+    core_cuda_event_destroy(a);
+    core_cuda_event_destroy(b);
     core_cuda_graph_free(graph);
     return t;
 }
