@@ -8,11 +8,9 @@
 
 Tokenizer *ckpt_tokenizer_load(const char *cmd, const char *ckpt, const MoeConfig *c, const char *data, char *path,
                                size_t n) {
-    // An empty directory would name /tokenizer.bin.
+    // An empty directory would name /tokenizer.bin (an empty --data is refused with the flags).
     const char *dir = data ? data : c->data;
-    if (!*dir)
-        core_usage_error(data ? "%s: --data needs a directory (made by `moelab data prepare`)"
-                              : "%s: %s names no data directory: pass --data DIR (its tokenizer)", cmd, ckpt);
+    if (!*dir) core_usage_error("%s: %s names no data directory: pass --data DIR (its tokenizer)", cmd, ckpt);
     if (snprintf(path, n, "%s/tokenizer.bin", dir) >= (int)n) core_usage_error("%s: path too long: %s", cmd, dir);
     char why[TOK_ERR_LEN];
     Tokenizer *tok = tok_load_try(path, why);

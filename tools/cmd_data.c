@@ -68,10 +68,10 @@ static int cmd_prepare(int argc, char **argv) {
         const size_t nlen = cmd_flag_len(a);
         if (cmd_flag_is(a, nlen, "--input")) {
             const char *eq = strchr(a, '=');
-            if (eq) inputs[n_inputs++] = eq + 1;
             const int before = n_inputs;
+            if (eq && eq[1]) inputs[n_inputs++] = eq + 1;  // `--input=` names no path
             while (!eq && i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) inputs[n_inputs++] = argv[++i];
-            if (!eq && n_inputs == before) rc = fail("--input needs at least one path");
+            if (n_inputs == before) rc = fail("--input needs at least one path");
             continue;
         }
         const char **slot = cmd_flag_is(a, nlen, "--vocab")          ? &vocab

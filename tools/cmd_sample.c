@@ -64,7 +64,9 @@ int cmd_sample(int argc, char **argv) {
         if (!cmd_flag_in(a, n, flags))
             core_usage_error("sample: unknown option '%.*s' (see `moelab sample --help`)", (int)n, a);
         const char *v = cmd_flag_value(argc, argv, &i);
-        if (!v) core_usage_error("sample: %s needs a value (see `moelab sample --help`)", a);
+        // Only the prompt may be empty (`--ckpt=` was "checkpoint : No such file or directory").
+        if (!v || (!*v && !cmd_flag_is(a, n, "--prompt")))
+            core_usage_error("sample: %.*s needs a value (see `moelab sample --help`)", (int)n, a);
         if (cmd_flag_is(a, n, "--ckpt")) ckpt = v;
         else if (cmd_flag_is(a, n, "--prompt")) prompt = v;
         else if (cmd_flag_is(a, n, "--data")) data = v;

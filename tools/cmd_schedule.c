@@ -225,6 +225,10 @@ int cmd_schedule(int argc, char **argv) {
         const char *a = argv[i];
         if (strncmp(a, "--", 2) != 0) return usage("unexpected argument '%s'", a);
         const size_t nlen = cmd_flag_len(a);
+        // Known before its value is asked for: `--bogus` at the end was "--bogus needs a value".
+        static const char *const FLAGS[] = {"--kind", "--pp", "--chunks", "--format", "--svg", "--trace",
+            "--from-trace", "--cost-f", "--cost-b", "--cost-w", "--cost-fb", "--cost-p2p", NULL};
+        if (!cmd_flag_in(a, nlen, FLAGS)) return usage("unknown option '%.*s'", (int)nlen, a);
         const char *val = cmd_flag_value(argc, argv, &i);
         if (!val || !*val) return usage("%.*s needs a value", (int)nlen, a);  // no flag takes ""
         int cost_i = -1;
@@ -252,10 +256,8 @@ int cmd_schedule(int argc, char **argv) {
             svg = val;
         } else if (cmd_flag_is(a, nlen, "--trace")) {
             trace = val;
-        } else if (cmd_flag_is(a, nlen, "--from-trace")) {
+        } else {  // --from-trace
             from = val;
-        } else {
-            return usage("unknown option '%.*s'", (int)nlen, a);
         }
     }
 

@@ -33,11 +33,14 @@ static inline int cmd_flag_in(const char *a, size_t n, const char *const *names)
     return 0;
 }
 // The value of the flag argv[*i]: what follows its '=', else the next argument (and *i then moves
-// past it); NULL when there is none.
+// past it); NULL when there is none. A next argument that starts with "--" is the next flag, not a
+// value: `--out --force` wrote its output into a folder named "--force" and exited 0 (sweep,
+// 2026-12-05). A value that does start with "--" is given as --flag=--value.
 static inline const char *cmd_flag_value(int argc, char **argv, int *i) {
     const char *eq = strchr(argv[*i], '=');
     if (eq) return eq + 1;
-    return *i + 1 < argc ? argv[++*i] : NULL;
+    if (*i + 1 >= argc || !strncmp(argv[*i + 1], "--", 2)) return NULL;
+    return argv[++*i];
 }
 
 #endif

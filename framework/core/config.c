@@ -377,7 +377,8 @@ int config_apply_args(MoeConfig *c, int argc, char **argv) {
     // takes "--config=FILE" too, like every other flag (that form was an unknown option to train).
     for (int i = 0; i < argc; i++) {
         const char *file = strncmp(argv[i], "--config=", 9) == 0 ? argv[i] + 9 : NULL;
-        if (strcmp(argv[i], "--config") == 0) file = i + 1 < argc ? argv[i + 1] : "";
+        if (strcmp(argv[i], "--config") == 0)
+            file = i + 1 < argc && strncmp(argv[i + 1], "--", 2) ? argv[i + 1] : "";
         if (file && !*file) core_usage_error("--config needs a file name");
         if (file) config_load_file(c, file);
     }
@@ -396,7 +397,10 @@ int config_apply_args(MoeConfig *c, int argc, char **argv) {
             memcpy(key, a + 2, n);
             key[n] = '\0';
             if (find_key(key) || retired_index(key) >= 0) {
-                if (!eq && i + 1 >= argc) core_usage_error("command line: %s needs a value", a);
+                // A next argument that starts with "--" is the next flag (as in tools/commands.h's
+                // cmd_flag_value): `--metrics --out` wrote the metrics to a file named "--out".
+                if (!eq && (i + 1 >= argc || !strncmp(argv[i + 1], "--", 2)))
+                    core_usage_error("command line: %s needs a value", a);
                 config_set(c, key, eq ? eq + 1 : argv[++i], "command line");
                 continue;
             }

@@ -37,7 +37,7 @@ expect_usage() {  # expect_usage REGEX ARGS...: exit code 2 and REGEX in stderr
 expect_usage "--ckpt PATH is required" --tokens 5
 expect_usage "--tokens 0 is too small: at least 1" --ckpt "$ckpt" --tokens 0
 # An empty --data read /tokenizer.bin (second fuzzing pass).
-expect_usage "sample: --data needs a directory" --ckpt "$ckpt" --data ""
+expect_usage "sample: --data needs a value" --ckpt "$ckpt" --data ""
 # A million tokens ran for hours before printing anything: bounded, with the bound in the message.
 expect_usage "--tokens 1048576 is too large: at most 16384" --ckpt "$ckpt" --tokens 1048576
 expect_usage "--tokens 'many' is not an integer" --ckpt "$ckpt" --tokens many

@@ -27,6 +27,33 @@ expect_one_line "$ckpt_line" ckpt inspect a b
 expect_one_line "moelab: error: ckpt: unknown subcommand 'check' (inspect, verify or clean; see moelab ckpt --help)" \
     ckpt check x
 
+# A flag with no value does not take the next flag as its value, in any command: `--out --force`
+# wrote the output into a folder named "--force" and exited 0, `--metrics --out` the metrics into a
+# file named "--out" (sweep, 2026-12-05). Run in an empty folder, which must stay empty. An empty
+# value of a path flag is "needs a value" too (it was "checkpoint : No such file or directory").
+mkdir "$tmp/cwd"
+cd "$tmp/cwd"
+expect_one_line "moelab: error: command line: --metrics needs a value" train --steps 1 --metrics --out
+expect_one_line "moelab: error: command line: --data needs a value" train --data --steps 1
+expect_one_line "moelab: error: --config needs a file name" train --config --steps 1
+expect_one_line "moelab: error: data prepare: --out needs a value" data prepare --input c --vocab 256 --out --strict
+expect_one_line "moelab: error: data prepare: --input needs at least one path" data prepare --input= --vocab 256 --out x
+expect_one_line "moelab: error: export: --out needs a value (see \`moelab export --help\`)" \
+    export --ckpt x.h5 --out --force
+expect_one_line "moelab: error: export: --ckpt needs a value (see \`moelab export --help\`)" export --ckpt= --out y
+expect_one_line "moelab: error: --svg needs a value (see moelab schedule --help)" \
+    schedule --kind 1f1b --pp 2 --chunks 4 --svg --format
+expect_one_line "moelab: error: --kind needs a value (see moelab schedule --help)" schedule --kind --pp 2 --chunks 4
+expect_one_line "moelab: error: plot: --out needs a value" plot --metrics m.jsonl --out --help
+expect_one_line "moelab: error: eplb: --load needs a value" eplb --load --replicas 8 --groups 1 --nodes 1 --ranks 2
+expect_one_line "moelab: error: sample: --ckpt needs a value (see \`moelab sample --help\`)" sample --ckpt --tokens 5
+expect_one_line "moelab: error: sample: --ckpt needs a value (see \`moelab sample --help\`)" sample --ckpt= --tokens 5
+expect_one_line "moelab: error: bench: --config needs a value" bench --config --steps 1
+# An unknown flag at the end is unknown, not one that lacks its value.
+expect_one_line "moelab: error: unknown option '--bogus' (see moelab schedule --help)" schedule --bogus
+[ -z "$(ls -A)" ] || { echo "FAIL: the runs above created files: $(ls -A)"; exit 1; }
+cd - >/dev/null
+
 expect_help() {  # expect_help FIRST-LINE ARGS...: exit 0, the usage on stdout starting with FIRST-LINE
     local first=$1; shift
     "$moelab" "$@" >"$tmp/out" 2>"$tmp/err" || { echo "FAIL: moelab $*: exit $?"; cat "$tmp/err"; exit 1; }

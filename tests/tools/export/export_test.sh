@@ -55,7 +55,7 @@ bad="$tmp/bad"
 mkdir -p "$bad"
 head -c 5000 "$tmp/a/single.h5" > "$bad/truncated.h5"
 expect_usage "truncated" "$tmp/out1" --ckpt "$bad/truncated.h5" --data "$tmp/data"
-expect_usage "export: --data needs a directory" "$tmp/out1" --ckpt "$tmp/a/single.h5" --data ""
+expect_usage "export: --data needs a value" "$tmp/out1" --ckpt "$tmp/a/single.h5" --data ""
 expect_usage "export: --force takes no value" "$tmp/out1" --ckpt "$tmp/a/single.h5" --force=1
 "${check[0]}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); h5py.File(sys.argv[2], 'r+').attrs['format_version'] = 3" \
     "$tmp/a/single.h5" "$bad/v3.h5"
