@@ -679,6 +679,8 @@ void ckpt_load(const char *path, const CkptShard *sh, const CkptView *v, CkptSta
             H5Dclose(d[i * CKPT_NGROUPS + g]);
             const size_t bad = ckpt_count_nonfinite(base + r->p[i].offset, r->p[i].numel);
             if (bad) H5_FAIL(&cf.io, "%s holds %zu NaN or infinite values (saved by a diverged run)", name, bad);
+            const size_t neg = g == CKPT_GROUP_V ? ckpt_count_negative(base + r->p[i].offset, r->p[i].numel) : 0;
+            if (neg) H5_FAIL(&cf.io, "%s holds %zu negative second moments", name, neg);
         }
     core_free(d);
     // The EPLB group is checked like the rest (the caller reads it with ckpt_load_eplb if it wants it),

@@ -27,6 +27,12 @@ size_t ckpt_count_nonfinite(const float *x, size_t n) {
     return bad;
 }
 
+size_t ckpt_count_negative(const float *x, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += x[i] < 0;
+    return bad;
+}
+
 void ckpt_part_path(const char *path, int r, int n, char *out, size_t len) {
     int k = snprintf(out, len, "%s.part-%d-of-%d", path, r, n);
     if (k < 0 || (size_t)k >= len) core_usage_error("checkpoint path too long: %s", path);
@@ -133,8 +139,11 @@ void ckpt_file_state(CkptFile *cf, CkptState *st, int64_t *adam_t) {
         if (!st->tok_fp) H5_FAIL(io, "/state: tokenizer fingerprint 0 (a saved one is never 0)");
     }
     H5Gclose(g);
-    if (st->step < 0 || st->step > INT32_MAX || *adam_t < 0)
-        H5_FAIL(io, "/state holds step %lld and AdamW t %lld", (long long)st->step, (long long)*adam_t);
+    // t counts AdamW's steps, one per training step at most: a larger t passed, and a t near 2^63
+    // overflowed in the resumed run, which then wrote a checkpoint its own verify refused.
+    if (st->step < 0 || st->step > INT32_MAX || *adam_t < 0 || *adam_t > st->step)
+        H5_FAIL(io, "/state holds step %lld and AdamW t %lld (t must be within 0..step)", (long long)st->step,
+                (long long)*adam_t);
     // The loader's shuffle has 2^32 epochs (a stream each): a later one passed `ckpt verify` and ended
     // --resume at its first step with an internal error (exit 1).
     if (st->data.epoch > UINT32_MAX)
@@ -420,8 +429,12 @@ static long *read_expert_rows(CkptFile *cf, const MoeConfig *c, const char *name
     const hsize_t dims[2] = {(hsize_t)c->L, E};
     h5_read_rows(io, d, name, H5T_NATIVE_LONG, 2, dims, 0, dims[0], x);
     H5Dclose(d);
-    for (size_t i = 0; i < (size_t)c->L * E; i++)
+    // Above 2^53 a count is no run's (nor exact in the double the planner takes), and one near 2^63
+    // overflowed when the resumed run added its own counts to it.
+    for (size_t i = 0; i < (size_t)c->L * E; i++) {
         if (x[i] < 0) H5_FAIL(io, "%s holds a negative count", name);
+        if (x[i] > (1L << 53)) H5_FAIL(io, "%s holds a count of %ld, beyond 2^53", name, x[i]);
+    }
     return x;
 }
 

@@ -16,6 +16,7 @@
 
 // The three groups that hold tensors, in the order they are written.
 #define CKPT_NGROUPS 3
+#define CKPT_GROUP_V 2  // AdamW's second moments
 extern const char *const CKPT_GROUPS[CKPT_NGROUPS];  // "/model", "/optim/m", "/optim/v"
 
 // The directory of a file path ("." for a bare name).
@@ -23,6 +24,10 @@ void ckpt_dir_of(const char *path, char *dir, size_t n);
 // Number of NaN and infinite values among x[0..n): a checkpoint holds none (the saver refuses them,
 // the loader and `verify` reject them).
 size_t ckpt_count_nonfinite(const float *x, size_t n);
+// Number of negative values among x[0..n): none in /optim/v, whose second moments are running means
+// of squares (the loader and `verify` reject them; a resumed run took them and ended at its save,
+// blaming itself for diverging).
+size_t ckpt_count_negative(const float *x, size_t n);
 // A tensor's `kind` attribute: "expert", "buffer" or "dense".
 const char *ckpt_kind_name(ParamKind k);
 // "<path>.part-<r>-of-<n>": part r's file name.

@@ -178,6 +178,8 @@ hid_t h5_open_file(const H5Io *io) {
     struct stat sb;
     if (stat(io->path, &sb) != 0) H5_FAIL(io, "cannot open: %s", strerror(errno));
     if (!S_ISREG(sb.st_mode)) H5_FAIL(io, "not a regular file");
+    // A file we may not read is named so, not called damaged by HDF5's failed open (sweep, 2026-12-05).
+    if (access(io->path, R_OK) != 0) H5_FAIL(io, "cannot open: %s", strerror(errno));
     if (io->code == CORE_EXIT_USAGE && probe_on) h5_probe(io);
     hid_t fapl = fapl_v110(io);
     hid_t f = H5_OK(io, H5Fopen(io->path, H5F_ACC_RDONLY, fapl),

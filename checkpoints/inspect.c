@@ -14,12 +14,13 @@
 typedef struct {
     double sqsum;     // Σ x² in double
     long nonfinite;   // NaN or infinite values
+    long negative;    // values below 0
     size_t n;         // values read
 } Scan;
 
 // Reads a checked tensor in row blocks (each block's chunks pass their Fletcher-32 check).
 static Scan scan_tensor(CkptFile *cf, hid_t d, const char *name, int nd, const hsize_t *dims) {
-    Scan s = {0, 0, 0};
+    Scan s = {0, 0, 0, 0};
     size_t row = 1;
     for (int k = 1; k < nd; k++) row *= (size_t)dims[k];
     hsize_t rows = BLOCK_FLOATS / row > 0 ? BLOCK_FLOATS / row : 1;
@@ -31,6 +32,7 @@ static Scan scan_tensor(CkptFile *cf, hid_t d, const char *name, int nd, const h
         for (size_t i = 0; i < (size_t)n * row; i++) {
             if (!isfinite(buf[i])) s.nonfinite++;
             else s.sqsum += (double)buf[i] * buf[i];
+            s.negative += buf[i] < 0;
         }
         s.n += (size_t)n * row;
     }
@@ -57,19 +59,29 @@ static void print_header(CkptFile *cf, const MoeConfig *c, float (*lr)(const Moe
             c->L, c->n_dense_layers, c->H, c->Hkv, c->E, c->K, c->S, c->Fe);
 }
 
-// "%12.6g" of the norm of `name` (or "-" when absent); checks and reads the whole tensor.
-static void norm_of(CkptFile *cf, const char *name, char *out, size_t n) {
+// Opens, checks and reads the whole tensor `name` of group gi, as the loader would take it (want:
+// its expected shape), and refuses what no checkpoint holds: NaN or infinite values, negative second
+// moments. inspect and verify both read through here, so that they refuse the same files (inspect
+// listed a tensor of the wrong shape, and printed NaN counts, where verify refused: sweep 2026-12-05).
+static Scan scan_checked(CkptFile *cf, const char *name, int gi, const ParamInfo *want) {
+    int nd;
+    hsize_t dims[4];
+    hid_t d = ckpt_open_tensor(cf, name, want, &nd, dims);
+    Scan s = scan_tensor(cf, d, name, nd, dims);
+    H5Dclose(d);
+    if (s.nonfinite)
+        H5_FAIL(&cf->io, "%s holds %ld NaN or infinite values (saved by a diverged run)", name, s.nonfinite);
+    if (gi == CKPT_GROUP_V && s.negative) H5_FAIL(&cf->io, "%s holds %ld negative second moments", name, s.negative);
+    return s;
+}
+
+// "%12.6g" of the norm of `name` of group gi (or "-" when absent).
+static void norm_of(CkptFile *cf, const char *name, int gi, const ParamInfo *want, char *out, size_t n) {
     if (!ckpt_has_tensor(cf, name)) {
         snprintf(out, n, "%12s", "-");
         return;
     }
-    int nd;
-    hsize_t dims[4];
-    hid_t d = ckpt_open_tensor(cf, name, NULL, &nd, dims);
-    Scan s = scan_tensor(cf, d, name, nd, dims);
-    H5Dclose(d);
-    if (s.nonfinite) snprintf(out, n, "%8ld NaN", s.nonfinite);
-    else snprintf(out, n, "%12.6g", sqrt(s.sqsum));
+    snprintf(out, n, "%12.6g", sqrt(scan_checked(cf, name, gi, want).sqsum));
 }
 
 void ckpt_inspect(const char *path, const ParamRegistry *ref, float (*lr)(const MoeConfig *c, int step),
@@ -98,13 +110,13 @@ void ckpt_inspect(const char *path, const ParamRegistry *ref, float (*lr)(const 
         int nd;
         hsize_t dims[4];
         snprintf(full, sizeof full, "/model/%s", name);
-        hid_t d = ckpt_open_tensor(&cf, full, NULL, &nd, dims);
+        hid_t d = ckpt_open_tensor(&cf, full, &ref->p[i], &nd, dims);
         char *kind = h5_attr_read_str(&cf.io, d, full, "kind", 15);
         H5Dclose(d);
         h5_shape_str(shape, sizeof shape, nd, dims);
         for (int gi = 0; gi < CKPT_NGROUPS; gi++) {
             snprintf(full, sizeof full, "%s/%s", CKPT_GROUPS[gi], name);
-            norm_of(&cf, full, nm[gi], sizeof nm[gi]);
+            norm_of(&cf, full, gi, &ref->p[i], nm[gi], sizeof nm[gi]);
         }
         size_t numel = 1;
         for (int k = 0; k < nd; k++) numel *= (size_t)dims[k];
@@ -161,15 +173,7 @@ void ckpt_verify(const char *path, const ParamRegistry *ref, FILE *out) {
             if (gi > 0 && r->p[i].kind == PARAM_BUFFER) continue;
             char name[PARAM_NAME_MAX + 16];
             snprintf(name, sizeof name, "%s/%s", CKPT_GROUPS[gi], r->p[i].name);
-            int nd;
-            hsize_t dims[4];
-            hid_t d = ckpt_open_tensor(&cf, name, &r->p[i], &nd, dims);
-            Scan s = scan_tensor(&cf, d, name, nd, dims);
-            H5Dclose(d);
-            // As the loader: a checkpoint holds no NaN or infinite value.
-            if (s.nonfinite)
-                H5_FAIL(&cf.io, "%s holds %ld NaN or infinite values (saved by a diverged run)", name,
-                        s.nonfinite);
+            const Scan s = scan_checked(&cf, name, gi, &r->p[i]);
             bytes += 4.0 * (double)s.n;
             datasets++;
         }

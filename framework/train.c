@@ -282,10 +282,21 @@ static void report_stale(const char *dir) {
 }
 
 // A full disk shows at the flush (buffered writes fail late): the run stops rather than logging
-// nothing.
+// nothing. The file keeps only its whole lines: a cut last line made `moelab plot` refuse the whole
+// file, and a failure at the first line left an empty file (sweep, 2026-12-05). A line is flushed
+// whole, so the flushed length is the end of a whole line.
 static void metrics_flush(Trainer *t) {
-    if (fflush(t->metrics) != 0 || ferror(t->metrics))
-        core_failure_error("cannot write --metrics %s: %s", t->cfg.metrics, strerror(errno));
+    if (fflush(t->metrics) == 0 && !ferror(t->metrics)) {
+        t->metrics_whole = ftell(t->metrics);
+        return;
+    }
+    const int err = errno;
+    struct stat sb;
+    if (fstat(fileno(t->metrics), &sb) == 0 && S_ISREG(sb.st_mode)) {  // not a FIFO or a device
+        if (t->metrics_whole > 0) (void)!ftruncate(fileno(t->metrics), t->metrics_whole);
+        else unlink(t->cfg.metrics);
+    }
+    core_failure_error("cannot write --metrics %s: %s", t->cfg.metrics, strerror(err));
 }
 
 // Every rank must run the same settings. Ranks started with different command lines (mpirun's

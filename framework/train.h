@@ -21,6 +21,7 @@ typedef struct {
     Loader *train, *val;
     Tokenizer *tok;          // the data directory's
     FILE *metrics;
+    long metrics_whole;      // bytes of --metrics up to its last whole line, as last flushed
     int out_lock;            // rank 0's lock on --out (framework/core/file.h), or a negative code
     int step;                // optimizer steps taken
     int *tokens;             // (A, B, T+1) micro-batch staging buffer

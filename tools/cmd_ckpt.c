@@ -67,6 +67,10 @@ int cmd_ckpt(int argc, char **argv) {
         core_usage_error("ckpt: expected `inspect PATH`, `verify PATH` or `clean DIR` (see moelab ckpt --help)");
     if (!strcmp(argv[1], "inspect") || !strcmp(argv[1], "verify")) look_into(argv[1], argv[2]);
     else if (!strcmp(argv[1], "clean")) {
+        // A folder we may not change is one message and exit 2 ("not permitted" is bad input), not a
+        // failure per leftover (sweep, 2026-12-05).
+        if (access(argv[2], F_OK) == 0 && access(argv[2], W_OK | X_OK) != 0)
+            core_usage_error("ckpt clean: cannot remove files from %s: %s", argv[2], strerror(errno));
         // A save under way has a temporary and part files without their index for a moment.
         if (core_dir_lock(argv[2]) == CORE_DIR_BUSY)
             core_usage_error("ckpt clean: %s is in use by another moelab command running now (train, data "

@@ -172,3 +172,23 @@ kill $alive
 "$moelab" ckpt verify "$tmp/c/step_3.h5" | grep -q sound
 expect_error "cannot list checkpoint directory $tmp/none" "$moelab" ckpt clean "$tmp/none"
 echo "ok: leftovers of crashed saves are reported and cleaned"
+
+# What we may not read or change is named so, in one line and exit 2 (sweep, 2026-12-05): an
+# unreadable checkpoint was "cannot open as HDF5 (not a checkpoint, or truncated or damaged)", and
+# `ckpt clean` of a folder we may not write exit 1 with a line per leftover. As root (CI, and the
+# sandbox's user namespace) moelab runs without the capabilities that pass over file modes.
+as_user=("$moelab")
+if [ "$(id -u)" = 0 ]; then
+    command -v setpriv >/dev/null || { echo "FAIL: setpriv (util-linux) not found"; exit 1; }
+    as_user=(setpriv --bounding-set=-dac_override,-dac_read_search "$moelab")
+fi
+cp "$tmp/a/step_3.h5" "$tmp/secret.h5"
+chmod 000 "$tmp/secret.h5"
+expect_error "^moelab: error: checkpoint $tmp/secret.h5: cannot open: Permission denied$" "${as_user[@]}" ckpt verify "$tmp/secret.h5"
+mkdir "$tmp/ro"
+touch "$tmp/ro/step_1.h5.tmp-$dead" "$tmp/ro/step_2.h5.part-0-of-2"
+chmod 555 "$tmp/ro"
+expect_error "^moelab: error: ckpt clean: cannot remove files from $tmp/ro: Permission denied$" "${as_user[@]}" ckpt clean "$tmp/ro"
+chmod 755 "$tmp/ro"
+[ -f "$tmp/ro/step_1.h5.tmp-$dead" ] || { echo "FAIL: ckpt clean removed a file it may not"; exit 1; }
+echo "ok: an unreadable checkpoint and a read-only folder are named as such"

@@ -16,6 +16,7 @@
 #include <hdf5.h>
 #include <sys/stat.h>
 
+#include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
@@ -554,7 +555,43 @@ const Case kCases[] = {
      },
      kSingle, "/model/embed: chunk dimension 0 is 64 for an extent of 32", VERIFY | LOAD | INSPECT},
 
+    // Values no checkpoint holds, and a shape the stored config's model does not have: inspect
+    // listed them (with a NaN count, or the file's shape) where verify and the loader refused
+    // (sweep, 2026-12-05).
+    {"NaNInAMoment", SINGLE,
+     [](const std::string &d) {
+         Dataset ds;
+         ds.dims = ds.chunk = {32, 16};
+         ds.value = NAN;
+         replace_dataset(in(d, kSingle), "/optim/m/embed", ds);
+     },
+     kSingle, "/optim/m/embed holds 512 NaN or infinite values (saved by a diverged run)", VERIFY | LOAD | INSPECT},
+    {"NegativeSecondMoment", SINGLE,  // a resumed run took it, and ended at its save "diverged"
+     [](const std::string &d) {
+         Dataset ds;
+         ds.dims = ds.chunk = {32, 16};
+         ds.value = -1;
+         replace_dataset(in(d, kSingle), "/optim/v/embed", ds);
+     },
+     kSingle, "/optim/v/embed holds 512 negative second moments", VERIFY | LOAD | INSPECT},
+    {"TensorOfAnotherShape", SINGLE,
+     [](const std::string &d) {
+         Dataset ds;
+         ds.dims = ds.chunk = {32, 8};
+         replace_dataset(in(d, kSingle), "/model/embed", ds);
+     },
+     kSingle, "dataset /model/embed has shape (32, 8) but the model expects (32, 16)", VERIFY | LOAD | INSPECT},
+
     // The /eplb group (format.c open_eplb, ckpt_file_eplb): L = 3 layers, E = 4 experts.
+    {"LoadBeyondAnyRun", EPLB,  // near 2^63 the resumed run's own counts overflowed it
+     [](const std::string &d) {
+         Dataset ds;
+         ds.type = H5T_STD_I64LE;
+         ds.dims = ds.chunk = {3, 4};
+         ds.value = 1e16;
+         replace_dataset(in(d, kEplb), "/eplb/load", ds);
+     },
+     kEplb, "/eplb/load holds a count of 10000000000000000, beyond 2^53", VERIFY | LOAD | INSPECT},
     {"PlacementOfFloats", EPLB,
      [](const std::string &d) {
          Dataset ds;
@@ -674,7 +711,7 @@ protected:
         const MoeConfig c = tiny();
         CkptState st;
         memset(&st, 0, sizeof st);
-        st.step = 3;
+        st.step = 7;  // at least make_state's AdamW t
         State s = make_state(c, 0, 1);
         CkptShard sh = shard_of(s.m);
         ckpt_save(in(g_base, kSingle).c_str(), &sh, view(s), &st, nullptr);

@@ -33,7 +33,7 @@ protected:
         CkptShard sh = shard_of(s.m);
         CkptState st;
         memset(&st, 0, sizeof st);
-        st.step = 3;
+        st.step = 7;  // at least make_state's AdamW t
         ckpt_save(single_.c_str(), &sh, view(s), &st, nullptr);
         free_state(s);
         save_index(index_);
@@ -42,6 +42,7 @@ protected:
     void save_index(const std::string &path) {
         CkptState st;
         memset(&st, 0, sizeof st);
+        st.step = 7;
         State h[2] = {make_state(c_, 0, 2), make_state(c_, 1, 2)};
         for (int r = 0; r < 2; r++) {
             CkptShard sh = shard_of(h[r].m);
@@ -268,6 +269,7 @@ TEST_F(CheckpointErrors, PlacementWithoutAnExpert) {
     CkptShard sh = shard_of(s.m);
     CkptState st;
     memset(&st, 0, sizeof st);
+    st.step = 7;  // at least make_state's AdamW t
     std::vector<int> phy2log((size_t)c_.L * c_.E);
     for (int l = 0; l < c_.L; l++)
         for (int p = 0; p < c_.E; p++) phy2log[(size_t)l * c_.E + p] = p;
@@ -356,7 +358,12 @@ TEST_F(CheckpointErrors, BadAttributes) {
     p = with_int64_attr(single_, "negstep.h5", "state", "step", -1);
     EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "negstep.h5: /state holds step -1 and AdamW t [0-9]+");
     p = with_int64_attr(single_, "negt.h5", "state", "adam_t", -2);
-    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "negt.h5: /state holds step 3 and AdamW t -2");
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "negt.h5: /state holds step 7 and AdamW t -2");
+    // t counts AdamW's steps: never more than the training steps (2^62 passed, and near 2^63 the
+    // resumed run overflowed it and saved a checkpoint its own verify refused: sweep, 2026-12-05).
+    p = with_int64_attr(single_, "bigt.h5", "state", "adam_t", 8);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "bigt.h5: /state holds step 7 and AdamW t 8 \\(t must be within");
+    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), "bigt.h5: /state holds step 7 and AdamW t 8");
 }
 
 // A data epoch past the loader's 2^32 (one shuffle stream each): refused by verify and the loader

@@ -93,7 +93,7 @@ TEST(CheckpointFlip, VerifyNeverCrashesAndAgreesWithTheLoader) {
     CkptShard sh = shard_of(s.m);
     CkptState st;
     memset(&st, 0, sizeof st);
-    st.step = 3;
+    st.step = 7;  // at least make_state's AdamW t
     st.lineage = 11;
     std::vector<long> counts((size_t)c.L * c.E, 5), load((size_t)c.L * c.E, 2);
     CkptEplb eplb = {0, nullptr, counts.data(), load.data()};

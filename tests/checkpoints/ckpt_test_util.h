@@ -115,6 +115,9 @@ inline State make_state(const MoeConfig &c, int ep_rank, int ep_size, int l0 = 0
     fill_logical(s.m, s.m->reg.data, 1);
     fill_logical(s.m, s.o.m, 2);
     fill_logical(s.m, s.o.v, 3);
+    // Second moments are >= 0 and AdamW's t at most the step, as the loader requires: every save
+    // of these states names a step of 7 or more (or none is loaded back).
+    for (size_t j = 0; j < s.o.total; j++) s.o.v[j] += 0.5f;
     s.o.t = 7;
     return s;
 }

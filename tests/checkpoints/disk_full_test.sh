@@ -62,6 +62,18 @@ run_full() {
 # A checkpoint of this model is about 0.55 MB: the saves fail at several points of the file.
 for fill in 0 150 300 450 600 750 900; do run_full $fill --out "$mnt/o"; done
 run_full 1024 --metrics "$mnt/m.jsonl"
+# The metrics file keeps its whole lines only: none at all when the first does not fit (an empty
+# file was left), every line whole where a later one does not (a cut last line made `moelab plot`
+# refuse the whole file; sweep, 2026-12-05).
+[ ! -e "$mnt/m.jsonl" ] || { echo "FAIL: a metrics file was left with no line in it"; exit 1; }
+for fill in 1008 1016; do  # the config line and some of the steps' lines fit
+    run_full $fill --metrics "$mnt/m.jsonl" --steps 1000
+    [ "$(wc -l <"$mnt/m.jsonl")" -gt 1 ] && [ "$(tail -c 1 "$mnt/m.jsonl" | od -An -c | tr -d ' ')" = '\n' ] ||
+        { echo "FAIL: fill ${fill}K: the metrics file does not end on a whole step line:"; tail -c 200 "$mnt/m.jsonl"; exit 1; }
+    "$moelab" plot --metrics "$mnt/m.jsonl" --out "$tmp/m.svg" >/dev/null ||
+        { echo "FAIL: fill ${fill}K: moelab plot refuses the metrics file left"; exit 1; }
+    echo "ok: fill ${fill}K: the metrics file keeps its $(wc -l <"$mnt/m.jsonl") whole lines"
+done
 for fill in 0 300 600; do run_full $fill mpi 2 --ep 2 --out "$mnt/o"; done
 # Fills at which the first save's parts fit and its index does not (448-484K with this model on
 # 2026-12-05): at least one of them must fail at the index, or the case above went untested.
