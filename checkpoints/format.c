@@ -10,6 +10,7 @@
 #include "checkpoints/ckpt.h"
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
+#include "framework/core/num.h"
 
 const char *const CKPT_GROUPS[CKPT_NGROUPS] = {"/model", "/optim/m", "/optim/v"};
 
@@ -429,11 +430,12 @@ static long *read_expert_rows(CkptFile *cf, const MoeConfig *c, const char *name
     const hsize_t dims[2] = {(hsize_t)c->L, E};
     h5_read_rows(io, d, name, H5T_NATIVE_LONG, 2, dims, 0, dims[0], x);
     H5Dclose(d);
-    // Above 2^53 a count is no run's (nor exact in the double the planner takes), and one near 2^63
-    // overflowed when the resumed run added its own counts to it.
+    // Within the loads every other input may hold: one near 2^63 overflowed when the resumed run
+    // added its own counts (sweep, 2026-12-05), and one above NUM_MAX_LOAD made the run's own
+    // metrics file one that `moelab plot` refuses.
     for (size_t i = 0; i < (size_t)c->L * E; i++) {
         if (x[i] < 0) H5_FAIL(io, "%s holds a negative count", name);
-        if (x[i] > (1L << 53)) H5_FAIL(io, "%s holds a count of %ld, beyond 2^53", name, x[i]);
+        if ((double)x[i] > NUM_MAX_LOAD) H5_FAIL(io, "%s holds a count of %ld, above %g", name, x[i], NUM_MAX_LOAD);
     }
     return x;
 }

@@ -13,14 +13,14 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "checkpoints/h5.h"
+#include "framework/core/mem.h"
 
 // Opens and reads every attribute of loc (its type, extent and, for a variable-length string, its
 // value: the config text lives in one, in the global heap).
@@ -115,21 +115,31 @@ void h5_probe(const H5Io *io) {
     fflush(stderr);
     // A corrupted cycle in HDF5's structures must not hang the run.
     const int seconds = h5_metadata_seconds();
+    // The child's crash is reported by the parent, in one line: nothing of the child's own reaches
+    // stderr or the terminal (glibc's "*** buffer overflow detected ***" came before moelab's
+    // message, sweep 2026-12-05; older glibc releases write it to the terminal unless
+    // LIBC_FATAL_STDERR_ is set), and it dumps no core. Its environment is made before the fork, so
+    // that the child's own set-up is async-signal-safe calls only (a forked child of a threaded
+    // process: OpenBLAS, OpenMP), as setenv is not.
+    size_t n_env = 0;
+    while (environ[n_env]) n_env++;
+    char **env = core_alloc((n_env + 2) * sizeof *env);
+    memcpy(env, environ, n_env * sizeof *env);
+    env[n_env] = "LIBC_FATAL_STDERR_=1";
+    env[n_env + 1] = NULL;
+    const int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
     const pid_t pid = fork();
-    if (pid < 0) return;  // no process to spare: the reader's own checks go on alone
     if (pid == 0) {
-        // Its crash is reported by the parent, in one line: nothing of the child's own reaches the
-        // terminal (glibc's "*** buffer overflow detected ***" came before moelab's message, sweep
-        // 2026-12-05; glibc writes it to the terminal unless LIBC_FATAL_STDERR_ is set), and no core.
-        const int null = open("/dev/null", O_WRONLY);
         if (null >= 0) dup2(null, STDERR_FILENO);
-        setenv("LIBC_FATAL_STDERR_", "1", 1);
-        const struct rlimit no_core = {0, 0};
-        setrlimit(RLIMIT_CORE, &no_core);
+        environ = env;
+        prctl(PR_SET_DUMPABLE, 0);
         alarm((unsigned)seconds);
         probe_walk(io->path);
         _exit(0);
     }
+    if (null >= 0) close(null);
+    core_free(env);
+    if (pid < 0) return;  // no process to spare: the reader's own checks go on alone
     int status = 0;
     while (waitpid(pid, &status, 0) < 0)
         if (errno != EINTR) return;

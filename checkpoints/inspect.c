@@ -75,9 +75,9 @@ static Scan scan_checked(CkptFile *cf, const char *name, int gi, const ParamInfo
     return s;
 }
 
-// "%12.6g" of the norm of `name` of group gi (or "-" when absent).
+// "%12.6g" of the norm of `name` of group gi ("-" for a buffer's moments, which no file holds).
 static void norm_of(CkptFile *cf, const char *name, int gi, const ParamInfo *want, char *out, size_t n) {
-    if (!ckpt_has_tensor(cf, name)) {
+    if (gi > 0 && want->kind == PARAM_BUFFER) {
         snprintf(out, n, "%12s", "-");
         return;
     }
@@ -110,9 +110,7 @@ void ckpt_inspect(const char *path, const ParamRegistry *ref, float (*lr)(const 
         int nd;
         hsize_t dims[4];
         snprintf(full, sizeof full, "/model/%s", name);
-        hid_t d = ckpt_open_tensor(&cf, full, &ref->p[i], &nd, dims);
-        char *kind = h5_attr_read_str(&cf.io, d, full, "kind", 15);
-        H5Dclose(d);
+        H5Dclose(ckpt_open_tensor(&cf, full, &ref->p[i], &nd, dims));  // its kind checked there too
         h5_shape_str(shape, sizeof shape, nd, dims);
         for (int gi = 0; gi < CKPT_NGROUPS; gi++) {
             snprintf(full, sizeof full, "%s/%s", CKPT_GROUPS[gi], name);
@@ -121,8 +119,8 @@ void ckpt_inspect(const char *path, const ParamRegistry *ref, float (*lr)(const 
         size_t numel = 1;
         for (int k = 0; k < nd; k++) numel *= (size_t)dims[k];
         total += (double)numel;
-        fprintf(out, "%-28s %-7s %-8s %-18s %s %s %s\n", name, kind, "float32", shape, nm[0], nm[1], nm[2]);
-        core_free(kind);
+        fprintf(out, "%-28s %-7s %-8s %-18s %s %s %s\n", name, ckpt_kind_name(ref->p[i].kind), "float32", shape,
+                nm[0], nm[1], nm[2]);
     }
     fprintf(out, "%.0f parameters (%.2fM)\n\nconfig:\n", total, total / 1e6);
     char *text = h5_attr_read_str(&cf.io, cf.f, "file", "config", CKPT_CONFIG_MAX);

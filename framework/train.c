@@ -291,10 +291,13 @@ static void metrics_flush(Trainer *t) {
         return;
     }
     const int err = errno;
-    struct stat sb;
-    if (fstat(fileno(t->metrics), &sb) == 0 && S_ISREG(sb.st_mode)) {  // not a FIFO or a device
-        if (t->metrics_whole > 0) (void)!ftruncate(fileno(t->metrics), t->metrics_whole);
-        else unlink(t->cfg.metrics);
+    struct stat fd_st, path_st;
+    if (fstat(fileno(t->metrics), &fd_st) == 0 && S_ISREG(fd_st.st_mode)) {  // not a FIFO or a device
+        // Removed only where the path is still this file itself, not a link to it (/dev/stdout).
+        const int same = lstat(t->cfg.metrics, &path_st) == 0 && path_st.st_dev == fd_st.st_dev &&
+                         path_st.st_ino == fd_st.st_ino;
+        if (t->metrics_whole == 0 && same) unlink(t->cfg.metrics);
+        else (void)!ftruncate(fileno(t->metrics), t->metrics_whole);
     }
     core_failure_error("cannot write --metrics %s: %s", t->cfg.metrics, strerror(err));
 }

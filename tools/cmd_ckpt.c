@@ -26,8 +26,9 @@ static const char USAGE[] =
     "            stored config\n"
     "  verify    reads every dataset (each chunk's Fletcher-32 checksum), checks that every tensor of\n"
     "            the stored config's model is there with its shape and nothing else, and that every\n"
-    "            part file is present and belongs to this index, that no value is NaN or infinite, and\n"
-    "            the EPLB group: the checks `moelab train --resume` runs, and stricter. Exit 0 only if all of it holds,\n"
+    "            part file is present and belongs to this index, that no value is NaN or infinite, no\n"
+    "            second moment negative, AdamW's t within the steps, and the EPLB group: the checks\n"
+    "            `moelab train --resume` runs, and stricter. Exit 0 only if all of it holds,\n"
     "            exit 2 with a message naming the first problem otherwise\n"
     "  clean     removes from DIR what saves that crashed left behind: temporary files\n"
     "            (NAME.tmp-<pid>) of processes no longer running on this machine, and part files\n"
@@ -36,9 +37,13 @@ static const char USAGE[] =
     "            `moelab train` on this machine writes to DIR\n";
 
 // Removes one leftover; one that cannot be removed is reported and counted in *ctx (failures),
-// and the others are still removed.
+// and the others are still removed. One we may not remove (a folder or file system we may not
+// write) is one message and exit 2 ("not permitted" is bad input), not an exit 1 with a line per
+// leftover (sweep, 2026-12-05).
 static void remove_stale(const char *path, const char *why, void *ctx) {
     if (unlink(path) != 0) {
+        if (errno == EACCES || errno == EPERM || errno == EROFS)
+            core_usage_error("ckpt clean: may not remove %s: %s", path, strerror(errno));
         fprintf(stderr, "moelab: error: ckpt clean: cannot remove %s: %s\n", path, strerror(errno));
         ++*(int *)ctx;
         return;
@@ -67,10 +72,6 @@ int cmd_ckpt(int argc, char **argv) {
         core_usage_error("ckpt: expected `inspect PATH`, `verify PATH` or `clean DIR` (see moelab ckpt --help)");
     if (!strcmp(argv[1], "inspect") || !strcmp(argv[1], "verify")) look_into(argv[1], argv[2]);
     else if (!strcmp(argv[1], "clean")) {
-        // A folder we may not change is one message and exit 2 ("not permitted" is bad input), not a
-        // failure per leftover (sweep, 2026-12-05).
-        if (access(argv[2], F_OK) == 0 && access(argv[2], W_OK | X_OK) != 0)
-            core_usage_error("ckpt clean: cannot remove files from %s: %s", argv[2], strerror(errno));
         // A save under way has a temporary and part files without their index for a moment.
         if (core_dir_lock(argv[2]) == CORE_DIR_BUSY)
             core_usage_error("ckpt clean: %s is in use by another moelab command running now (train, data "

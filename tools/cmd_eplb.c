@@ -34,9 +34,8 @@ static const char USAGE[] =
 #define fail(...) core_usage_report("eplb: " __VA_ARGS__)
 
 // Bounds: a plan of more slots, groups, nodes or ranks than any cluster has is no plan; loads are
-// token counts, far below 1e15, and their sums over any layer stay exact in a double.
+// token counts, at most NUM_MAX_LOAD.
 enum { MAX_FLAG = 1 << 20 };
-static const double MAX_LOAD = 1e15;
 
 // Memory of the plan of L layers, E experts and R slots (eplb_plan_create): phy2log and phyrank (L,
 // R), logcnt (L, E) and log2phy (L, E, R - E + 1), ints; the loads (L, E) as doubles.
@@ -81,7 +80,7 @@ static int parse_field(char *s, const char *path, int row, int col, double *v) {
                         (unsigned char)*c);
     char name[64], err[NUM_ERR_LEN];
     snprintf(name, sizeof name, "row %d, column %d: load", row, col);
-    if (num_parse_real(name, s, 0, MAX_LOAD, v, err)) return fail("%s: %s", path, err);
+    if (num_parse_real(name, s, 0, NUM_MAX_LOAD, v, err)) return fail("%s: %s", path, err);
     return 0;
 }
 

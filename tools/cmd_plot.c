@@ -14,6 +14,7 @@
 #include "framework/core/file.h"
 #include "framework/core/json.h"
 #include "framework/core/mem.h"
+#include "framework/core/num.h"
 #include "tools/commands.h"
 
 static const char USAGE[] =
@@ -33,10 +34,6 @@ static const char USAGE[] =
 
 // One usage-error line naming the command; returns exit code 2.
 #define fail(...) core_usage_report("plot: " __VA_ARGS__)
-
-// The largest load value drawn: token counts are far below it, and every sum, mean and share of them
-// stays a finite number (1e308 + 1e308 made a layer's sum inf and its cells "-nan x fair share").
-static const double MAX_LOAD = 1e15;
 
 // ---------------------------------------------------------------------------------------------
 // The run's load data.
@@ -69,8 +66,8 @@ static void run_free(Run *d) {
     core_free(d->reb);
 }
 
-// Reads a (rows, cols) matrix of numbers in [0, MAX_LOAD] into out (rows·cols, core_alloc), fixing rows and
-// cols on first sight (*rows == 0) and checking them afterwards. Returns an error message or NULL.
+// Reads a (rows, cols) matrix of numbers in [0, NUM_MAX_LOAD] into out (rows·cols, core_alloc),
+// fixing rows and cols on first sight (*rows == 0) and checking them afterwards. Returns an error message or NULL.
 static const char *read_matrix(const JsonValue *v, const char *name, int *rows, int *cols, double **out,
                                char *msg, size_t cap) {
     if (!v || v->type != JSON_ARRAY || v->len == 0)
@@ -87,9 +84,9 @@ static const char *read_matrix(const JsonValue *v, const char *name, int *rows, 
                             want), msg;
         for (size_t j = 0; j < row->len; j++)
             if (row->items[j].type != JSON_NUMBER || row->items[j].number < 0 ||
-                row->items[j].number > MAX_LOAD)
+                row->items[j].number > NUM_MAX_LOAD)
                 return snprintf(msg, cap, "\"%s\" row %zu, value %zu is not a number in [0, %g]", name, i + 1,
-                                j + 1, MAX_LOAD), msg;
+                                j + 1, NUM_MAX_LOAD), msg;
     }
     *rows = (int)v->len;
     *cols = (int)want;
@@ -107,8 +104,8 @@ static const char *read_vector(const JsonValue *v, const char *name, int n, doub
     for (int i = 0; i < n; i++) {
         // Ratios of rank loads to their mean: bounded as the loads are (a 1e300 went into the title
         // as a 300-digit number, review 2026-12-05).
-        if (v->items[i].type != JSON_NUMBER || v->items[i].number < 0 || v->items[i].number > MAX_LOAD)
-            return snprintf(msg, cap, "\"%s\" value %d is not a number in [0, %g]", name, i + 1, MAX_LOAD), msg;
+        if (v->items[i].type != JSON_NUMBER || v->items[i].number < 0 || v->items[i].number > NUM_MAX_LOAD)
+            return snprintf(msg, cap, "\"%s\" value %d is not a number in [0, %g]", name, i + 1, NUM_MAX_LOAD), msg;
         (*out)[i] = v->items[i].number;
     }
     return NULL;

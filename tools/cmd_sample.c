@@ -64,8 +64,8 @@ int cmd_sample(int argc, char **argv) {
         if (!cmd_flag_in(a, n, flags))
             core_usage_error("sample: unknown option '%.*s' (see `moelab sample --help`)", (int)n, a);
         const char *v = cmd_flag_value(argc, argv, &i);
-        // Only the prompt may be empty (`--ckpt=` was "checkpoint : No such file or directory").
-        if (!v || (!*v && !cmd_flag_is(a, n, "--prompt")))
+        // No flag takes "" (`--ckpt=` was "checkpoint : No such file or directory").
+        if (!v || !*v)
             core_usage_error("sample: %.*s needs a value (see `moelab sample --help`)", (int)n, a);
         if (cmd_flag_is(a, n, "--ckpt")) ckpt = v;
         else if (cmd_flag_is(a, n, "--prompt")) prompt = v;
@@ -100,7 +100,7 @@ int cmd_sample(int argc, char **argv) {
     size_t plen = strlen(prompt);
     uint32_t *ids = core_alloc((plen + 1) * sizeof *ids);
     int n_prompt = (int)tok_encode(tok, (const uint8_t *)prompt, plen, ids);
-    if (n_prompt == 0) core_usage_error("sample: --prompt must not be empty");
+    CHECK(n_prompt > 0, "sample: a prompt of %zu bytes encoded to no token", plen);  // "" is refused above
     int *all = core_alloc((size_t)(n_prompt + n_new) * sizeof(int));
     for (int i = 0; i < n_prompt; i++) all[i] = (int)ids[i];
     print_tokens(tok, all, n_prompt);

@@ -225,7 +225,8 @@ int cmd_schedule(int argc, char **argv) {
         const char *a = argv[i];
         if (strncmp(a, "--", 2) != 0) return usage("unexpected argument '%s'", a);
         const size_t nlen = cmd_flag_len(a);
-        // Known before its value is asked for: `--bogus` at the end was "--bogus needs a value".
+        // Known before its value is asked for: `--bogus` at the end was "--bogus needs a value". FLAGS
+        // is exactly the branches below (the last one is --from-trace).
         static const char *const FLAGS[] = {"--kind", "--pp", "--chunks", "--format", "--svg", "--trace",
             "--from-trace", "--cost-f", "--cost-b", "--cost-w", "--cost-fb", "--cost-p2p", NULL};
         if (!cmd_flag_in(a, nlen, FLAGS)) return usage("unknown option '%.*s'", (int)nlen, a);

@@ -10,6 +10,12 @@
 extern "C" {
 #endif
 
+// The largest expert load (a token count) any input may hold: an EPLB load file, a metrics file's
+// loads, a checkpoint's /eplb counts. Far above any run's counts, and low enough that their sums,
+// means and shares stay finite numbers (1e308 + 1e308 made a layer's sum inf in `moelab plot`; a
+// checkpoint count near 2^63 overflowed when a resumed run added its own).
+#define NUM_MAX_LOAD 1e15
+
 // Size of the caller's buffer for the messages below.
 #define NUM_ERR_LEN 256
 

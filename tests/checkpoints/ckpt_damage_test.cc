@@ -591,7 +591,7 @@ const Case kCases[] = {
          ds.value = 1e16;
          replace_dataset(in(d, kEplb), "/eplb/load", ds);
      },
-     kEplb, "/eplb/load holds a count of 10000000000000000, beyond 2^53", VERIFY | LOAD | INSPECT},
+     kEplb, "/eplb/load holds a count of 10000000000000000, above 1e+15", VERIFY | LOAD | INSPECT},
     {"PlacementOfFloats", EPLB,
      [](const std::string &d) {
          Dataset ds;

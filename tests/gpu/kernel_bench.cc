@@ -110,7 +110,7 @@ double time_queued(const std::function<void()> &fn) {
 // (its first launch maps the memory it allocates) and once between two events: no host work
 // between the kernels at all, as the trainer's one-GPU step runs them. As many timed calls as
 // time_queued's, not more: a card slows the longer it runs a heavy kernel (an H100 runs the hd 128
-// attention backward 7-8 % slower after 200 ms of it: tools/trace, docs/BENCHMARKS.md 2026-12-05
+// attention backward 6-9 % slower after 200 ms of it: tools/trace, docs/BENCHMARKS.md 2026-12-05
 // 19:44), so a graph row timed over ten times the queued row's calls, as until 2026-12-05,
 // counted the card's state as the graph's cost.
 double time_graph(const std::function<void()> &fn) {

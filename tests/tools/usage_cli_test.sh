@@ -38,6 +38,11 @@ expect_one_line "moelab: error: command line: --data needs a value" train --data
 expect_one_line "moelab: error: --config needs a file name" train --config --steps 1
 expect_one_line "moelab: error: data prepare: --out needs a value" data prepare --input c --vocab 256 --out --strict
 expect_one_line "moelab: error: data prepare: --input needs at least one path" data prepare --input= --vocab 256 --out x
+# One file given twice (here under two names) was read twice, its text counted double.
+echo "some text" >in.txt
+expect_one_line "moelab: error: data prepare: --input names one file twice: in.txt and ./in.txt" \
+    data prepare --input in.txt ./in.txt --vocab 256 --out x
+rm in.txt
 expect_one_line "moelab: error: export: --out needs a value (see \`moelab export --help\`)" \
     export --ckpt x.h5 --out --force
 expect_one_line "moelab: error: export: --ckpt needs a value (see \`moelab export --help\`)" export --ckpt= --out y
