@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -291,6 +292,9 @@ static void metrics_flush(Trainer *t) {
         return;
     }
     const int err = errno;
+    // What the failed flush kept buffered is dropped: the exit's own flush would write it past the
+    // cut below, once the cut has freed the space.
+    __fpurge(t->metrics);
     struct stat fd_st, path_st;
     if (fstat(fileno(t->metrics), &fd_st) == 0 && S_ISREG(fd_st.st_mode)) {  // not a FIFO or a device
         // Removed only where the path is still this file itself, not a link to it (/dev/stdout).
