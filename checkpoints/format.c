@@ -98,21 +98,9 @@ void ckpt_file_close(CkptFile *cf) {
 void ckpt_file_config(CkptFile *cf, MoeConfig *c) {
     char *text = h5_attr_read_str(&cf->io, cf->f, "file", "config", CKPT_CONFIG_MAX);
     config_defaults(c);
-    char origin[CKPT_PATH_MAX + 64];
-    int lineno = 1;
-    for (char *line = text, *next; line; line = next, lineno++) {
-        next = strchr(line, '\n');
-        if (next) *next++ = '\0';
-        char *s = config_trim(line);
-        if (*s == '\0') continue;
-        snprintf(origin, sizeof origin, "checkpoint %s, stored config line %d", cf->io.path, lineno);
-        char *eq = strchr(s, '=');
-        if (!eq) core_usage_error("%s: expected 'key = value', got '%.80s'", origin, s);
-        *eq = '\0';
-        char *key = config_trim(s);
-        if (config_is_retired(key)) continue;  // saved by an older moelab; nothing reads it now
-        config_set(c, key, config_trim(eq + 1), origin);
-    }
+    char name[CKPT_PATH_MAX + 64];
+    snprintf(name, sizeof name, "checkpoint %s, stored config", cf->io.path);
+    config_load_stored(c, text, name);
     core_free(text);
     // A stored config no run could have had is damage (the model built from it is what verify checks).
     config_validate(c);

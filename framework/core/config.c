@@ -292,7 +292,9 @@ void config_reset_key(MoeConfig *c, const char *key) {
     memcpy((char *)c + k->offset, (const char *)&d + k->offset, key_size(k->type));
 }
 
-char *config_trim(char *s) {
+// s without the white space around it: the leading skipped, the trailing cut off in place (the key
+// and the value of a `key = value` line).
+static char *config_trim(char *s) {
     while (isspace((unsigned char)*s)) s++;
     char *e = s + strlen(s);
     while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
@@ -315,14 +317,18 @@ static long read_line(FILE *f, char *line, size_t cap) {
     return (long)n;
 }
 
-void config_load_stream(MoeConfig *c, FILE *f, const char *name) {
+// The lines of a config file, or (stored = 1) of a checkpoint's stored config, whose messages say
+// "NAME line N" and whose retired keys are skipped: an older moelab saved them, and nothing reads
+// them now. The checkpoint's config had a reader of its own, which took a key set twice (sweep,
+// 2026-12-05).
+static void load_lines(MoeConfig *c, FILE *f, const char *name, int stored) {
     // The line each key was set on (0: not yet): a key set twice in one file is a mistake (which
     // line was meant?), unlike a command-line --key, which overrides the file on purpose.
     int set_on[NKEYS] = {0};
     char line[1024], origin[1200];
     long n;
     for (int lineno = 1; (n = read_line(f, line, sizeof line)) >= 0; lineno++) {
-        snprintf(origin, sizeof origin, "%s:%d", name, lineno);
+        snprintf(origin, sizeof origin, stored ? "%s line %d" : "%s:%d", name, lineno);
         if (n >= (long)sizeof line) core_usage_error("%s: line too long (at most %zu bytes)", origin, sizeof line - 1);
         // A config is text: a NUL would end the line early unseen (a binary file read as empty
         // lines trained on the defaults), and other control bytes hide inside the values the
@@ -351,6 +357,7 @@ void config_load_stream(MoeConfig *c, FILE *f, const char *name) {
         *eq = '\0';
         char *key = config_trim(s), *value = config_trim(eq + 1);
         if (*key == '\0') core_usage_error("%s: missing key before '='", origin);
+        if (stored && retired_index(key) >= 0) continue;
         const KeyInfo *k = find_key(key);
         if (k && set_on[k - KEYS])
             core_usage_error("%s: %s is set twice, on lines %d and %d (keep one)", origin, k->name,
@@ -360,6 +367,16 @@ void config_load_stream(MoeConfig *c, FILE *f, const char *name) {
     }
     // read_line also returns -1 on a read error: not the end of a file.
     if (ferror(f)) core_failure_error("cannot read config file '%s': %s", name, strerror(errno));
+}
+
+void config_load_stream(MoeConfig *c, FILE *f, const char *name) { load_lines(c, f, name, 0); }
+
+void config_load_stored(MoeConfig *c, const char *text, const char *name) {
+    if (!*text) return;  // (fmemopen of no bytes may fail)
+    FILE *f = fmemopen((void *)text, strlen(text), "r");
+    if (!f) core_failure_error("%s: cannot read it: %s", name, strerror(errno));
+    load_lines(c, f, name, 1);
+    fclose(f);
 }
 
 void config_load_file(MoeConfig *c, const char *path) {

@@ -89,9 +89,9 @@ void config_load_file(MoeConfig *c, const char *path);
 // The same from an open stream (not closed here); name stands for it in messages. A key set twice in
 // one file is an error naming both lines.
 void config_load_stream(MoeConfig *c, FILE *f, const char *name);
-// s without the white space around it: the leading skipped, the trailing cut off in place (the key
-// and the value of a `key = value` line).
-char *config_trim(char *s);
+// The same from the text of a checkpoint's stored config; messages name "NAME line N", and keys
+// retired since the checkpoint was saved are skipped.
+void config_load_stored(MoeConfig *c, const char *text, const char *name);
 // Sets one key from its text value; `origin` names where it came from for error messages.
 void config_set(MoeConfig *c, const char *key, const char *value, const char *origin);
 // Sets key back to its default.

@@ -382,6 +382,15 @@ TEST_F(CheckpointErrors, StoredConfigLineWithoutEquals) {
     EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "noeq.h5, stored config line 1: expected 'key = value', got 'd_model 16'");
 }
 
+// A key set twice is damage, as in a user's config file: the checkpoint's config had a reader of
+// its own, which took the last value (sweep, 2026-12-05).
+TEST_F(CheckpointErrors, StoredConfigKeySetTwice) {
+    const std::string p = with_stored_config(single_, "twice.h5", "d_model = 16\nd_model = 16\n");
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2),
+                "twice.h5, stored config line 2: d_model is set twice, on lines 1 and 2 \\(keep one\\)");
+    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), "twice.h5, stored config line 2: d_model is set twice");
+}
+
 TEST_F(CheckpointErrors, GarbageStoredConfig) {
     const std::string p = with_stored_config(single_, "cfg.h5", "d_model = banana\n");
     EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "stored config line 1: d_model = 'banana' is not valid");
