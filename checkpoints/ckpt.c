@@ -777,7 +777,7 @@ static uint64_t lineage_of(const char *path) {
     return id;
 }
 
-int ckpt_foreign_in(const char *dir, uint64_t lineage, long first, long last, char *newest, size_t len) {
+int ckpt_lineage_in(const char *dir, uint64_t lineage, int same, long first, long last, char *newest, size_t len) {
     DIR *dp = opendir(dir);
     if (!dp) return 0;
     int n = 0;
@@ -787,7 +787,7 @@ int ckpt_foreign_in(const char *dir, uint64_t lineage, long first, long last, ch
         const long s = step_of(e->d_name);
         if (s < first || s > last) continue;
         ckpt_step_path(dir, s, path, sizeof path);
-        if (lineage_of(path) == lineage) continue;
+        if ((lineage_of(path) == lineage) != (same != 0)) continue;
         n++;
         if (s > top) {
             top = s;

@@ -151,8 +151,9 @@ uint64_t ckpt_new_lineage(void);
 // After a run saved DIR/step_<newest>.h5: keeps `keep` checkpoints of its lineage (keep 0 keeps all),
 // removing (with their part files) the oldest of those that are older than `newest` and that this
 // run wrote itself (steps own[0..n_own)) or descends from (step <= from, the step it resumed at; -1
-// for a fresh run) and that carry `lineage`. Checkpoints of other runs, of abandoned branches of this
-// lineage and files that only look like checkpoints are never touched.
+// for a fresh run) and that carry `lineage` (a branch has a lineage of its own, framework/train.c).
+// Checkpoints of other runs and of other branches, and files that only look like checkpoints, are
+// never touched.
 void ckpt_prune(const char *dir, int keep, uint64_t lineage, long newest, long from, const long *own,
                 int n_own);
 
@@ -170,10 +171,10 @@ void ckpt_clear(const char *path, int index_too);
 // another run into the same directory has part files without an index for a moment: clean a
 // directory no run is writing to.
 int ckpt_stale_files(const char *dir, void (*fn)(const char *path, const char *why, void *ctx), void *ctx);
-// The checkpoints DIR/step_<s>.h5 with first <= s <= last that do not carry `lineage` (another
-// run's, or unreadable): a run that saves those steps replaces them. Writes the newest one's path
-// to newest (when there is one) and returns their number.
-int ckpt_foreign_in(const char *dir, uint64_t lineage, long first, long last, char *newest, size_t len);
+// The checkpoints DIR/step_<s>.h5 with first <= s <= last that carry `lineage` (same = 1), or that
+// do not (same = 0: another run's, or unreadable; a run that saves those steps replaces them).
+// Writes the newest one's path to newest (when there is one) and returns their number.
+int ckpt_lineage_in(const char *dir, uint64_t lineage, int same, long first, long last, char *newest, size_t len);
 
 // Tests only: called after each dataset a save writes, with the number written so far (used to kill
 // a save half-way). NULL turns it off.

@@ -3,12 +3,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -187,6 +189,17 @@ static void trainer_resume(Trainer *t) {
                    "placement until the first rebalance", t->cfg.resume, dropped, t->pipe->ctx[0].m->R);
     t->resumed_at = t->step;
     if (st.lineage) t->lineage = st.lineage;
+    // A resume below its lineage's newest checkpoint in --out starts a branch: it takes a lineage of
+    // its own, so that neither line of checkpoints prunes the other's (the continued original
+    // pruned the branch's results as its own, sweep 2026-12-05), and the original's later
+    // checkpoints it will replace are named at the start as another run's.
+    char later[2 * CONFIG_STR + 32];
+    if (core_rank() == 0 && t->cfg.out[0] &&
+        ckpt_lineage_in(t->cfg.out, t->lineage, 1, t->step + 1, LONG_MAX, later, sizeof later) > 0) {
+        t->lineage = ckpt_new_lineage();
+        core_info0("resumed below %s, the newest checkpoint of the same run in --out: this run is a branch "
+                   "with its own checkpoint lineage (--keep prunes only its own)", later);
+    }
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", t->cfg.resume);
     loader_set_pos(t->train, st.data);
     core_info0("resumed from %s at step %d", t->cfg.resume, t->step);
@@ -415,10 +428,21 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     if (c->metrics[0] && core_rank() == 0) {
         // O_NONBLOCK: a FIFO that no process reads held the run at this open for ever (it waits for
         // a reader); one with a reader opens, and the writes block again (as file.c's inputs do).
-        const int fd = open(c->metrics, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC, 0666);
+        const int fd = open(c->metrics, O_WRONLY | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0666);
         if (fd < 0 && errno == ENXIO)
             core_usage_error("cannot write --metrics %s: a FIFO that no process reads", c->metrics);
         if (fd < 0) core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
+        // A file that another run writes now is not cut under it: two runs given one --metrics
+        // interleaved their lines over a stretch of NULs (sweep, 2026-12-05). The lock lasts as
+        // long as this process; a file system without locks goes without.
+        struct stat sb;
+        if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode)) {
+            if (flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK)
+                core_usage_error("--metrics %s is being written by another moelab train running now: give this "
+                                 "run its own --metrics", c->metrics);
+            if (ftruncate(fd, 0) != 0)
+                core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
+        }
         t->metrics = fcntl(fd, F_SETFL, 0) == 0 ? fdopen(fd, "w") : NULL;
         if (!t->metrics) core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
         // The first line says which settings produced the file: every key, as this run resolved it.
@@ -432,7 +456,7 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     // folder, e.g. the quickstart run twice, is common enough that refusing would be worse).
     if (c->out[0] && core_rank() == 0) {
         char newest[2 * CONFIG_STR + 32];  // --out and a step_<n>.h5 name
-        const int n = ckpt_foreign_in(c->out, t->lineage, t->resumed_at + 1, c->steps, newest, sizeof newest);
+        const int n = ckpt_lineage_in(c->out, t->lineage, 0, t->resumed_at + 1, c->steps, newest, sizeof newest);
         if (n > 0)
             core_warn("%s holds %d checkpoint%s of another run at steps this run saves (the newest %s): "
                       "each is replaced when this run saves its step; to keep them, stop and pass another "

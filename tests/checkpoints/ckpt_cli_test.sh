@@ -31,15 +31,31 @@ same_steps "$tmp/a.jsonl" "$tmp/b.jsonl" 456
 same_checkpoints "$tmp/a/step_6.h5" "$tmp/b/step_6.h5"
 echo "ok: resume in one process is bit-identical"
 
-# --keep prunes only its own lineage: resumed from step 2 into the folder of a 6-step run (and a stray
-# large-numbered file), --keep 2 keeps the steps 3 and 4 it saved; the abandoned 5 and 6 and the stray stay.
+# --keep prunes only its own lineage. A resume from step 2 into the folder of a 6-step run (and a
+# stray large-numbered file) is a branch: it takes a lineage of its own, names the original's steps
+# 3 and 4 it replaces, and --keep 2 keeps its own 3 and 4 and prunes nothing of the original (its
+# 1 and 2, the abandoned 5 and 6) nor the stray.
 "$moelab" train "${args[@]}" --grad-accum 1 --out "$tmp/k" --save-every 1 >/dev/null
 echo "not a checkpoint" >"$tmp/k/step_99.h5"
 "$moelab" train "${args[@]}" --grad-accum 1 --steps 4 --resume "$tmp/k/step_2.h5" --out "$tmp/k" --save-every 1 \
     --keep 2 >"$tmp/k.log" 2>&1
-[ "$(ls "$tmp/k" | tr '\n' ' ')" = "step_3.h5 step_4.h5 step_5.h5 step_6.h5 step_99.h5 " ] ||
+[ "$(ls "$tmp/k" | tr '\n' ' ')" = "step_1.h5 step_2.h5 step_3.h5 step_4.h5 step_5.h5 step_6.h5 step_99.h5 " ] ||
     { echo "FAIL: --keep 2 after a resume left:"; ls "$tmp/k"; exit 1; }
-echo "ok: --keep prunes only the run's own lineage"
+grep -q "resumed below $tmp/k/step_6.h5, the newest checkpoint of the same run in --out: this run is a branch" \
+    "$tmp/k.log" && grep -q "$tmp/k holds 2 checkpoints of another run at steps this run saves" "$tmp/k.log" ||
+    { echo "FAIL: the branch was not said:"; cat "$tmp/k.log"; exit 1; }
+# The original continued from its step 6 with --keep 1 prunes its own line only: the branch's result
+# (step 4) stays. It pruned it as its own (sweep, 2026-12-05).
+"$moelab" train "${args[@]}" --grad-accum 1 --steps 7 --resume "$tmp/k/step_6.h5" --out "$tmp/k" --save-every 1 \
+    --keep 1 >"$tmp/k2.log" 2>&1
+[ "$(ls "$tmp/k" | tr '\n' ' ')" = "step_3.h5 step_4.h5 step_7.h5 step_99.h5 " ] ||
+    { echo "FAIL: the continued original's --keep 1 left:"; ls "$tmp/k"; exit 1; }
+# A resume from the newest checkpoint of its run continues that run: no branch, its ancestors pruned.
+"$moelab" train "${args[@]}" --grad-accum 1 --steps 8 --resume "$tmp/k/step_7.h5" --out "$tmp/k" --save-every 1 \
+    --keep 1 >"$tmp/k3.log" 2>&1
+! grep -q "this run is a branch" "$tmp/k3.log" && [ "$(ls "$tmp/k" | tr '\n' ' ')" = "step_3.h5 step_4.h5 step_8.h5 step_99.h5 " ] ||
+    { echo "FAIL: continuing from the newest:"; cat "$tmp/k3.log"; ls "$tmp/k"; exit 1; }
+echo "ok: --keep prunes only the run's own lineage; a resume below the newest is a branch of its own"
 
 # 3: EP 2 -> one process, one process -> EP 4.
 mpi 2 "$moelab" train "${args[@]}" --grad-accum 1 --ep 2 --out "$tmp/c" --save-every 3 --metrics "$tmp/c.jsonl" >"$tmp/c.log"

@@ -299,6 +299,17 @@ set +e; "$moelab" train --help > /dev/full 2>"$tmp/err"; rc=$?; set -e
 [ $rc -eq 1 ] || { echo "train --help > /dev/full: exit $rc, expected 1"; cat "$tmp/err"; exit 1; }
 grep -q "cannot write standard output: No space left on device" "$tmp/err" || { cat "$tmp/err"; exit 1; }
 
+# A metrics file another run writes now is not cut under it: the second run is refused, and the
+# first one's file keeps its lines (two runs interleaved theirs over NULs, sweep 2026-12-05).
+"$moelab" train "${args[@]}" --steps 1000000 --log-every 1 --metrics "$tmp/live.jsonl" > /dev/null 2>&1 &
+live=$!
+for _ in $(seq 600); do [ "$(wc -l < "$tmp/live.jsonl" 2>/dev/null || echo 0)" -ge 3 ] && break; sleep 0.1; done
+expect_usage "^moelab: error: --metrics $tmp/live.jsonl is being written by another moelab train running now" \
+    "${args[@]}" --metrics "$tmp/live.jsonl"
+kill $live; wait $live || true
+head -1 "$tmp/live.jsonl" | grep -q '^{"config": ' &&
+    [ "$(tr -d '\000' < "$tmp/live.jsonl" | wc -c)" = "$(wc -c < "$tmp/live.jsonl")" ] ||
+    { echo "FAIL: the live run's metrics file was cut"; head -c 300 "$tmp/live.jsonl"; exit 1; }
 "$moelab" train --help > "$tmp/help"; grep -q "usage: moelab train" "$tmp/help"
 "$moelab" --help > "$tmp/help"; grep -q "commands:" "$tmp/help"
 set +e; "$moelab" frobnicate 2>/dev/null; rc=$?; set -e
