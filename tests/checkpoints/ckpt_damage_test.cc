@@ -162,6 +162,16 @@ void replace_dataset(const std::string &path, const char *name, const Dataset &d
     H5Fclose(f);
 }
 
+// Dataset `name` of the given type, (rows, cols) in one chunk, every value `value`.
+void replace_filled(const std::string &path, const char *name, hid_t type, hsize_t rows, hsize_t cols,
+                    double value) {
+    Dataset ds;
+    ds.type = type;
+    ds.dims = ds.chunk = {rows, cols};
+    ds.value = value;
+    replace_dataset(path, name, ds);
+}
+
 // Dataset `name` of int32 values (rows, cols) = v (an /eplb/phy2log).
 void replace_int32(const std::string &path, const char *name, hsize_t rows, hsize_t cols,
                    const std::vector<int32_t> &v) {
@@ -559,38 +569,18 @@ const Case kCases[] = {
     // listed them (with a NaN count, or the file's shape) where verify and the loader refused
     // (sweep, 2026-12-05).
     {"NaNInAMoment", SINGLE,
-     [](const std::string &d) {
-         Dataset ds;
-         ds.dims = ds.chunk = {32, 16};
-         ds.value = NAN;
-         replace_dataset(in(d, kSingle), "/optim/m/embed", ds);
-     },
+     [](const std::string &d) { replace_filled(in(d, kSingle), "/optim/m/embed", H5T_IEEE_F32LE, 32, 16, NAN); },
      kSingle, "/optim/m/embed holds 512 NaN or infinite values (saved by a diverged run)", VERIFY | LOAD | INSPECT},
     {"NegativeSecondMoment", SINGLE,  // a resumed run took it, and ended at its save "diverged"
-     [](const std::string &d) {
-         Dataset ds;
-         ds.dims = ds.chunk = {32, 16};
-         ds.value = -1;
-         replace_dataset(in(d, kSingle), "/optim/v/embed", ds);
-     },
+     [](const std::string &d) { replace_filled(in(d, kSingle), "/optim/v/embed", H5T_IEEE_F32LE, 32, 16, -1); },
      kSingle, "/optim/v/embed holds 512 negative second moments", VERIFY | LOAD | INSPECT},
     {"TensorOfAnotherShape", SINGLE,
-     [](const std::string &d) {
-         Dataset ds;
-         ds.dims = ds.chunk = {32, 8};
-         replace_dataset(in(d, kSingle), "/model/embed", ds);
-     },
+     [](const std::string &d) { replace_filled(in(d, kSingle), "/model/embed", H5T_IEEE_F32LE, 32, 8, 0); },
      kSingle, "dataset /model/embed has shape (32, 8) but the model expects (32, 16)", VERIFY | LOAD | INSPECT},
 
     // The /eplb group (format.c open_eplb, ckpt_file_eplb): L = 3 layers, E = 4 experts.
     {"LoadBeyondAnyRun", EPLB,  // near 2^63 the resumed run's own counts overflowed it
-     [](const std::string &d) {
-         Dataset ds;
-         ds.type = H5T_STD_I64LE;
-         ds.dims = ds.chunk = {3, 4};
-         ds.value = 1e16;
-         replace_dataset(in(d, kEplb), "/eplb/load", ds);
-     },
+     [](const std::string &d) { replace_filled(in(d, kEplb), "/eplb/load", H5T_STD_I64LE, 3, 4, 1e16); },
      kEplb, "/eplb/load holds a count of 10000000000000000, above 1e+15", VERIFY | LOAD | INSPECT},
     {"PlacementOfFloats", EPLB,
      [](const std::string &d) {
