@@ -838,7 +838,12 @@ void ckpt_clear(const char *path, int index_too) {
     if (!dp) core_usage_error("cannot list checkpoint directory %s: %s", dir, strerror(errno));
     struct stat sb;
     for (struct dirent *e; (e = readdir(dp));) {
-        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0) continue;
+        // Part files only (PATH.part-<r>-of-<n>): the temporaries of the save under way, whose
+        // names extend those, are not an earlier checkpoint's.
+        int r, n, end = 0;
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 ||
+            sscanf(e->d_name + strlen(prefix), "%d-of-%d%n", &r, &n, &end) != 2 || e->d_name[strlen(prefix) + end])
+            continue;
         snprintf(part, sizeof part, "%s/%s", dir, e->d_name);
         // Saves leave regular files only: anything else of such a name is not theirs.
         if (lstat(part, &sb) != 0 || !S_ISREG(sb.st_mode)) continue;

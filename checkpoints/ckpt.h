@@ -157,10 +157,11 @@ uint64_t ckpt_new_lineage(void);
 void ckpt_prune(const char *dir, int keep, uint64_t lineage, long newest, long from, const long *own,
                 int n_own);
 
-// Removes the part files PATH.part-* of a checkpoint PATH (regular files only), and with index_too
-// first PATH itself, so that the checkpoint is never visible with parts missing. Before a
-// multi-part save over an earlier checkpoint of the same name (rank 0, before any part is renamed
-// into place): a save that dies half-way then leaves orphan parts, which ckpt_stale_files names,
+// Removes the part files PATH.part-<r>-of-<n> of a checkpoint PATH (regular files only; not the
+// temporaries of a save under way), and with index_too first PATH itself, so that the checkpoint is
+// never visible with parts missing. In a multi-part save over an earlier checkpoint of the same
+// name (rank 0, once every new part is on the disk as a temporary, before any is renamed into
+// place): a save that dies in its renames then leaves orphan parts, which ckpt_stale_files names,
 // instead of the old index over parts of another save. After a single-file save (index_too 0):
 // the parts of an earlier multi-part save of that name, which nothing points at any more.
 void ckpt_clear(const char *path, int index_too);

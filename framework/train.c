@@ -242,11 +242,6 @@ static void trainer_save(Trainer *t) {
         trainer_ckpt_view_free(&v, m, o, 0);
         ckpt_clear(path, 0);  // parts of an earlier multi-part save of this step
     } else {
-        // An earlier checkpoint of this step (another run's, warned of at the start) goes before any
-        // part replaces one of its parts: otherwise a save that died before its index would leave
-        // the old index over parts of this save, damaged (review, 2026-12-05).
-        if (core_rank() == 0) ckpt_clear(path, 1);
-        if (world) comm_barrier(world);
         // DualPipe's up stages are copies of other ranks' down stages: only the down copy is saved.
         CkptPartWrite *pf = core_alloc((size_t)t->pipe->n_own * sizeof *pf);
         for (int pipe = 0; pipe < t->pipe->n_own; pipe++) {
@@ -260,6 +255,12 @@ static void trainer_save(Trainer *t) {
         // Every part on the disk before any is put in place: a rank whose part fails (a full disk)
         // ends the job while the others' are still temporaries, which their ends remove, instead
         // of leaving parts that no index names.
+        if (world) comm_barrier(world);
+        // Only then does an earlier checkpoint of this step (another run's, warned of at the start)
+        // go, index first, and before any part replaces one of its parts: the old index over parts
+        // of this save would read as damaged. Cleared before the writing (until 2026-12-05), a save
+        // that died in its parts (a full disk, a kill) lost the old checkpoint and the new one.
+        if (core_rank() == 0) ckpt_clear(path, 1);
         if (world) comm_barrier(world);
         for (int pipe = 0; pipe < t->pipe->n_own; pipe++) ckpt_part_commit(&pf[pipe]);
         core_free(pf);

@@ -83,3 +83,19 @@ for fill in 440 450 460 470 480 490; do
     grep -q "error \[rank 0\].*checkpoint $mnt/o/step_[0-9]*\.h5: " "$tmp/run.log" && index_failed=1
 done
 [ $index_failed = 1 ] || { echo "FAIL: no fill made the index fail (the model's checkpoint size changed?)"; exit 1; }
+# A save over another run's checkpoint of the same step whose parts do not fit (that run's model has
+# larger experts): the old checkpoint stays whole, byte for byte. It was removed before the writing,
+# so that such a save lost both (2026-12-05).
+rm -rf "${mnt:?}"/*
+mpi 2 "$moelab" train "${args[@]}" --steps 1 --ep 2 --out "$mnt/o" >"$tmp/run.log" 2>&1 ||
+    { echo "FAIL: the first run into an empty tmpfs failed:"; tail -3 "$tmp/run.log"; exit 1; }
+(cd "$mnt/o" && md5sum step_1.h5*) >"$tmp/before"
+rc=0
+mpi 2 "$moelab" train "${args[@]}" --steps 1 --ep 2 --d-expert 64 --out "$mnt/o" >"$tmp/run.log" 2>&1 || rc=$?
+[ $rc = 1 ] && grep -q "moelab: error.*No space left on device" "$tmp/run.log" ||
+    { echo "FAIL: the save over another run's checkpoint: exit $rc, expected 1 (a full disk):"; tail -3 "$tmp/run.log"; exit 1; }
+"$moelab" ckpt clean "$mnt/o" >/dev/null
+(cd "$mnt/o" && md5sum step_1.h5*) | diff "$tmp/before" - ||
+    { echo "FAIL: a save that failed in its parts changed or removed the checkpoint it was to replace"; exit 1; }
+"$moelab" ckpt verify "$mnt/o/step_1.h5" >/dev/null || { echo "FAIL: the old checkpoint does not verify"; exit 1; }
+echo "ok: a save that fails in its parts keeps the other run's checkpoint of its step"
