@@ -87,6 +87,9 @@ static int parse_field(char *s, const char *path, int row, int col, double *v) {
 // Parses text (modified in place) into load (rows, cols), allocated here. Blank lines may only
 // trail the data. Returns 0, or an exit code after printing the error.
 static int parse_csv(char *text, const char *path, double **load, int *rows, int *cols) {
+    // A UTF-8 byte order mark (spreadsheets write one) is not part of row 1's first value; the config
+    // reader skips it too.
+    if (!strncmp(text, "\xEF\xBB\xBF", 3)) text += 3;
     // Every value needs a separator or a line end after it, which bounds the value count.
     size_t cap = 1;
     for (const char *c = text; *c; c++) cap += (*c == ',' || *c == '\n');

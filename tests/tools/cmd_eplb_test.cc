@@ -135,6 +135,21 @@ TEST(CmdEplb, ExactJsonOfHandWorkedGlobalPlan) {
     remove(csv.c_str());
 }
 
+TEST(CmdEplb, ByteOrderMarkIsNotPartOfTheFirstValue) {
+    // A spreadsheet's UTF-8 CSV starts with a byte order mark: refused as "load '\xEF\xBB\xBF5' is not
+    // a finite number" until 2026-12-05, while the config reader skipped it.
+    std::vector<std::string> flags = {"--replicas", "6", "--groups", "1", "--nodes", "2", "--ranks", "2"};
+    std::string plain = write_csv("5,1,3,1\n"), bom = write_csv("\xEF\xBB\xBF" "5,1,3,1\n");
+    std::vector<std::string> a = {"--load", plain}, b = {"--load", bom};
+    a.insert(a.end(), flags.begin(), flags.end());
+    b.insert(b.end(), flags.begin(), flags.end());
+    Result r = eplb(a), s = eplb(b);
+    EXPECT_EQ(s.rc, 0) << s.err;
+    EXPECT_EQ(s.out, r.out);
+    remove(plain.c_str());
+    remove(bom.c_str());
+}
+
 TEST(CmdEplb, JsonShapeOfHierarchicalPlan) {
     // Layer 0 is eplb_test's Plan.HandWorkedHierarchical; blanks, CRLF and a trailing blank line are fine;
     // flags as --name=value.
