@@ -213,15 +213,24 @@ int core_out_open(CoreOut *o, const char *path) {
     core_temp_track(o->tmp);
     o->f = fopen(o->tmp, "wb");
     if (!o->f) {
-        const int err = errno;
+        int err = errno;
         core_temp_untrack(o->tmp);
         o->tmp[0] = '\0';
+        // "No such file or directory" for a folder that exists (/proc, /sys take no new files) read
+        // as if the path were wrong (sweep, 2026-12-05).
+        char dir[4096];
+        split_path(path, dir, sizeof dir);
+        if (err == ENOENT && stat(dir, &sb) == 0) err = CORE_OUT_NO_CREATE;
         return err;
     }
     return 0;
 }
 
-const char *core_out_error(int err) { return err == CORE_OUT_NOT_REGULAR ? "not a regular file" : strerror(err); }
+const char *core_out_error(int err) {
+    if (err == CORE_OUT_NOT_REGULAR) return "not a regular file";
+    if (err == CORE_OUT_NO_CREATE) return "its folder takes no new files (the temporary beside it cannot be created)";
+    return strerror(err);
+}
 
 int core_out_report(int err, const char *fmt, ...) {
     char what[4400];

@@ -71,8 +71,9 @@ typedef struct {
 } CoreOut;
 // 0, or the errno of the failure (ENAMETOOLONG for a path over the buffer), or
 // CORE_OUT_NOT_REGULAR where path exists and is no regular file (a directory, a FIFO, a device):
-// the rename would replace it, so it is refused before anything is written.
-enum { CORE_OUT_NOT_REGULAR = -1 };
+// the rename would replace it, so it is refused before anything is written; or CORE_OUT_NO_CREATE
+// where its folder exists but no file can be created in it (ENOENT in /proc).
+enum { CORE_OUT_NOT_REGULAR = -1, CORE_OUT_NO_CREATE = -2 };
 int core_out_open(CoreOut *o, const char *path);
 // The text of an error core_out_open or core_out_close returned (strerror's, or "not a regular
 // file").

@@ -143,6 +143,17 @@ TEST(CoreFile, AbortedOutputLeavesTheOldFile) {
     EXPECT_EQ(o.f, nullptr);
 }
 
+// A folder that exists but takes no new files (/proc): its own code, not ENOENT, whose "No such file
+// or directory" read as if /proc/version did not exist (sweep, 2026-12-05).
+TEST(CoreFile, OutputInAFolderThatTakesNoFilesSaysSo) {
+    CoreOut o;
+    EXPECT_EQ(core_out_open(&o, "/proc/version"), CORE_OUT_NO_CREATE);
+    EXPECT_EQ(o.f, nullptr);
+    EXPECT_STREQ(core_out_error(CORE_OUT_NO_CREATE),
+                 "its folder takes no new files (the temporary beside it cannot be created)");
+    EXPECT_EQ(core_errno_exit_code(CORE_OUT_NO_CREATE), CORE_EXIT_USAGE);
+}
+
 // A path that exists and is no regular file (a directory, a FIFO, a device) would be replaced by
 // the rename: refused at the open, before anything is written, and left as it was.
 TEST(CoreFile, OutputOverNoRegularFileIsRefused) {
