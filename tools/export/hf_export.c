@@ -308,8 +308,14 @@ static int check_out_dir(const char *dir, int force) {
 // `out` holds one whole export or none (the old one) at every moment.
 static void commit(const char *tmp, const char *out, int exists) {
     if (!exists) {
-        if (rename(tmp, out) != 0) core_path_error(errno, "export: cannot rename %s to %s: %s", tmp, out, strerror(errno));
-        return;
+        if (rename(tmp, out) == 0) return;
+        const int err = errno;
+        // Another process (a second export to the same --out) created the folder meanwhile: its
+        // files stay, and the message says why, where "Directory not empty" did not (sweep).
+        if (err == ENOTEMPTY || err == EEXIST)
+            core_usage_error("export: --out %s was created by another process while this export was written; "
+                             "it is left as it is (run again to replace it with --force)", out);
+        core_path_error(err, "export: cannot rename %s to %s: %s", tmp, out, strerror(err));
     }
     // After the exchange the old export sits under the temporary name, with its __pycache__ whose
     // byte-code files the exit handler does not know: it is removed before a signal is let through.

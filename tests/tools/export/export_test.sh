@@ -128,6 +128,16 @@ LD_PRELOAD="$root/tests/tools/export/sigterm_after_rename.so" ASAN_OPTIONS=verif
 [ $rc -eq 143 ] || { echo "export under SIGTERM after the exchange: exit $rc, expected 143"; exit 1; }
 "${check[@]}" weights "$tmp/hf_a_single" "$tmp/b/single.h5" > /dev/null
 if any_exists "$tmp"/*.tmp-* "$tmp"/*.old-*; then echo "SIGTERM after the exchange left a folder behind"; exit 1; fi
+# Two exports to one new --out at once: the one that renames second finds the folder made by the
+# other (here a seam makes it just before the rename). It leaves that folder as it is and says why,
+# where it said "cannot rename ...: Directory not empty" (sweep, 2026-12-05).
+rc=0
+LD_PRELOAD="$root/tests/tools/export/folder_appears_before_rename.so" ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=0 \
+    "$moelab" export --ckpt "$tmp/b/single.h5" --out "$tmp/hf_race" --data "$tmp/data" > "$tmp/race.log" 2>&1 || rc=$?
+[ $rc -eq 2 ] && grep -q "hf_race was created by another process while this export was written" "$tmp/race.log" ||
+    { echo "export whose --out appeared meanwhile: exit $rc, expected 2 and its message:"; cat "$tmp/race.log"; exit 1; }
+[ "$(ls "$tmp/hf_race")" = README.md ] || { echo "the other process's folder was changed"; exit 1; }
+if any_exists "$tmp"/hf_race.tmp-*; then echo "the refused export left its temporary folder"; exit 1; fi
 echo keep > "$tmp/hf_b_single/README.md"
 expect_usage "holds 'README.md'" "$tmp/hf_b_single" --ckpt "$tmp/a/single.h5" --data "$tmp/data" --force
 [ -f "$tmp/hf_b_single/README.md" ]
