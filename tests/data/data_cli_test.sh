@@ -37,13 +37,28 @@ grep -qE "ran out of pairs to merge: vocabulary ([0-9]+), not 60000 \(train with
     { echo "FAIL: no usable vocabulary warning"; cat "$tmp/vocab.err"; exit 1; }
 mkfifo "$tmp/fifo"
 
-# --out inside an --input folder that holds a dataset already (second fuzzing pass): the run read the
-# old tokenizer.bin, train.bin and val.bin as three text documents and replaced them (train.bin grew
-# at every run). Refused; the dataset stays whole.
-cp -r "$tmp/data" "$tmp/self"
-expect_exit 2 "--input reads .*self/tokenizer.bin, which this run writes \(--out .*self\)" \
-    "$moelab" data prepare --input "$tmp/self" --vocab 300 --out "$tmp/self"
+# An --input folder that holds an earlier prepare's dataset (its --out was that folder): its
+# tokenizer.bin, train.bin and val.bin were read as three more text documents (second fuzzing pass;
+# still so into another --out until the sweep of 2026-12-05: exit 0, three times the tokens).
+# moelab's outputs are skipped, each with a line; the text beside them makes the same dataset as
+# alone, into another folder or into that folder itself.
+cp -r "$tmp/text" "$tmp/self"
+cp "$tmp/data"/*.bin "$tmp/self/"
+timeout 60 "$moelab" data prepare --input "$tmp/self" --vocab 300 --out "$tmp/other" >"$tmp/self.log" 2>&1
+for f in "tokenizer.bin: a moelab tokenizer" "train.bin: a moelab token shard" "val.bin: a moelab token shard"; do
+    grep -q "prepare: skipped .*self/$f, not text" "$tmp/self.log" ||
+        { echo "FAIL: no line for the skipped $f:"; cat "$tmp/self.log"; exit 1; }
+done
+same_files "$tmp/data" "$tmp/other"
+timeout 60 "$moelab" data prepare --input "$tmp/self" --vocab 300 --out "$tmp/self" >/dev/null 2>&1
 same_files "$tmp/data" "$tmp/self"
+# Named as an input, an earlier output is refused; so is a file of text that this run would replace.
+expect_exit 2 "--input .*data/train.bin is a moelab token shard, not text" \
+    "$moelab" data prepare --input "$tmp/data/train.bin" --vocab 300 --out "$tmp/never"
+mkdir -p "$tmp/named" && cat "$tmp/text"/* >"$tmp/named/train.bin"
+expect_exit 2 "--input reads .*named/train.bin, which this run writes \(--out .*named\)" \
+    "$moelab" data prepare --input "$tmp/named/train.bin" --vocab 300 --out "$tmp/named"
+[ ! -e "$tmp/never" ] || { echo "FAIL: a refused prepare wrote $tmp/never"; exit 1; }
 
 # One input file larger than the machine's memory (a sparse one of 4 TiB) is named as such; it was
 # "out of host memory allocating N bytes" with no file named (review, 2026-12-05).
