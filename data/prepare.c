@@ -55,28 +55,11 @@ static int ends_with(const char *s, const char *suffix) {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-// What kind of moelab output a file is, from its first bytes (an earlier prepare's tokenizer or
-// token shard, a checkpoint), or NULL. Such a file is no document: read as text it put its binary
-// bytes into the corpus without a word (sweep, 2026-12-05: an --input folder that an earlier
+// Adds the regular files under dir, in name order so that the result does not depend on readdir.
+// moelab's own data files among them (an earlier prepare's tokenizer and shards, checkpoints:
+// core_data_file_kind) are no documents: skipped, each with a line saying so. Read as text they put
+// their bytes into the corpus without a word (sweep, 2026-12-05: an --input folder that an earlier
 // prepare had written into).
-static const char *output_kind(const char *path) {
-    static const struct {
-        const char *magic, *kind;
-    } kinds[] = {{SHARD_MAGIC, "a moelab token shard"},
-                 {TOK_MAGIC, "a moelab tokenizer"},
-                 {"\x89HDF\r\n\x1a\n", "an HDF5 file (a moelab checkpoint?)"}};
-    char head[8];
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;  // read_file names what is wrong with it
-    const size_t n = fread(head, 1, sizeof head, f);
-    fclose(f);
-    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
-        if (n == sizeof head && !memcmp(head, kinds[k].magic, sizeof head)) return kinds[k].kind;
-    return NULL;
-}
-
-// Adds the regular files under dir, in name order so that the result does not depend on readdir;
-// moelab's own outputs among them are skipped, each with a line saying so.
 static void walk(PathList *out, const char *dir) {
     DIR *d = opendir(dir);
     if (!d) core_path_error(errno, "cannot read input directory %s: %s", dir, strerror(errno));
@@ -102,7 +85,7 @@ static void walk(PathList *out, const char *dir) {
             if (errno != ENOENT || !S_ISLNK(ls.st_mode)) e = errno;
         } else if (S_ISDIR(st.st_mode) && !S_ISLNK(ls.st_mode)) walk(out, p);
         else if (S_ISREG(st.st_mode)) {
-            const char *kind = output_kind(p);
+            const char *kind = core_data_file_kind(p);
             if (kind) core_info("prepare: skipped %s: %s, not text", p, kind);
             else path_push(out, p);
         }
@@ -234,7 +217,7 @@ const char *const prepare_file_names[PREPARE_N_FILES] = {"tokenizer.bin", "train
 // A directory where an output file must go would make its rename fail after the files renamed
 // before it were already replaced (a new tokenizer beside old shards): refused before any work.
 // So is an output that is also an input (a file named by --input that this run would replace; an
-// earlier dataset's files in an --input folder are skipped as moelab outputs, output_kind).
+// earlier dataset's files in an --input folder are skipped, core_data_file_kind).
 static void check_outputs(const char *out_dir, const PathList *inputs) {
     for (int k = 0; k < PREPARE_N_FILES; k++) {
         char *p = core_alloc(strlen(out_dir) + strlen(prepare_file_names[k]) + 2);
@@ -368,7 +351,7 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
             walk(&files, inputs[i]);
             continue;
         }
-        const char *kind = S_ISREG(st.st_mode) ? output_kind(inputs[i]) : NULL;
+        const char *kind = S_ISREG(st.st_mode) ? core_data_file_kind(inputs[i]) : NULL;
         if (kind) core_usage_error("--input %s is %s, not text", inputs[i], kind);
         path_push(&files, inputs[i]);
     }

@@ -45,7 +45,7 @@ mkfifo "$tmp/fifo"
 cp -r "$tmp/text" "$tmp/self"
 cp "$tmp/data"/*.bin "$tmp/self/"
 timeout 60 "$moelab" data prepare --input "$tmp/self" --vocab 300 --out "$tmp/other" >"$tmp/self.log" 2>&1
-for f in "tokenizer.bin: a moelab tokenizer" "train.bin: a moelab token shard" "val.bin: a moelab token shard"; do
+for f in "tokenizer.bin: a tokenizer" "train.bin: a token shard" "val.bin: a token shard"; do
     grep -q "prepare: skipped .*self/$f, not text" "$tmp/self.log" ||
         { echo "FAIL: no line for the skipped $f:"; cat "$tmp/self.log"; exit 1; }
 done
@@ -53,7 +53,7 @@ same_files "$tmp/data" "$tmp/other"
 timeout 60 "$moelab" data prepare --input "$tmp/self" --vocab 300 --out "$tmp/self" >/dev/null 2>&1
 same_files "$tmp/data" "$tmp/self"
 # Named as an input, an earlier output is refused; so is a file of text that this run would replace.
-expect_exit 2 "--input .*data/train.bin is a moelab token shard, not text" \
+expect_exit 2 "--input .*data/train.bin is a token shard, not text" \
     "$moelab" data prepare --input "$tmp/data/train.bin" --vocab 300 --out "$tmp/never"
 mkdir -p "$tmp/named" && cat "$tmp/text"/* >"$tmp/named/train.bin"
 expect_exit 2 "--input reads .*named/train.bin, which this run writes \(--out .*named\)" \
