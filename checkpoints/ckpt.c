@@ -254,7 +254,9 @@ static void atomic_create(AtomicFile *a, const char *path) {
     // A missing or read-only directory is the user's doing (a bad --out): a usage error.
     if (access(a->dir, W_OK) != 0)
         core_usage_error("cannot write checkpoint %s: directory %s: %s", path, a->dir, strerror(errno));
-    snprintf(a->tmp, sizeof a->tmp, "%s.tmp-%ld", path, (long)getpid());
+    char suffix[32];
+    snprintf(suffix, sizeof suffix, ".tmp-%ld", (long)getpid());
+    CHECK(core_temp_name(a->tmp, sizeof a->tmp, path, suffix) == 0, "checkpoint path too long: %s", path);
     // Tracked: a failed save (a full disk, an I/O error, any check) or an interrupted one leaves no
     // partial file (framework/core/file.h).
     core_temp_track(a->tmp);

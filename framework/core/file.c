@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -202,18 +203,55 @@ void core_temp_untrack(const char *tmp) {
         }
 }
 
+int core_temp_name(char *out, size_t cap, const char *path, const char *suffix) {
+    char dir[4096];
+    const char *base = split_path(path, dir, sizeof dir);
+    const int room = NAME_MAX - (int)strlen(suffix), len = (int)strlen(base);
+    const int n = snprintf(out, cap, "%.*s%.*s%s", (int)(base - path), path, len < room ? len : room, base, suffix);
+    return n < 0 || (size_t)n >= cap ? ENAMETOOLONG : 0;
+}
+
+// The file that path's symbolic links lead to (followed as the kernel does, at most 40 of them):
+// the output replaces that file, so that a link stays a link (a --trace through a link was replaced
+// by a regular file, and a loop of links overwritten with exit 0; sweep, 2026-12-05). 0, or ELOOP,
+// readlink's errno, ENAMETOOLONG.
+static int follow_links(const char *path, char *out, size_t cap) {
+    char cur[4096], target[4096], dir[4096];
+    if (snprintf(cur, sizeof cur, "%s", path) >= (int)sizeof cur) return ENAMETOOLONG;
+    for (int hops = 0; hops <= 40; hops++) {
+        struct stat sb;
+        if (lstat(cur, &sb) != 0 || !S_ISLNK(sb.st_mode))
+            return snprintf(out, cap, "%s", cur) >= (int)cap ? ENAMETOOLONG : 0;
+        const ssize_t n = readlink(cur, target, sizeof target - 1);
+        if (n < 0) return errno;
+        target[n] = '\0';
+        split_path(cur, dir, sizeof dir);
+        const int len = target[0] == '/' ? snprintf(cur, sizeof cur, "%s", target)
+                                         : snprintf(cur, sizeof cur, "%s/%s", dir, target);
+        if (len >= (int)sizeof cur) return ENAMETOOLONG;
+    }
+    return ELOOP;
+}
+
 int core_out_open(CoreOut *o, const char *path) {
     o->f = NULL;
     o->tmp[0] = '\0';
-    if (snprintf(o->path, sizeof o->path, "%s", path) >= (int)sizeof o->path) return ENAMETOOLONG;
+    int err = follow_links(path, o->path, sizeof o->path);
+    if (err) return err;
+    path = o->path;
     struct stat sb;
     if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) return CORE_OUT_NOT_REGULAR;
-    snprintf(o->tmp, sizeof o->tmp, "%s.tmp-%ld", path, (long)getpid());
+    char suffix[32];
+    snprintf(suffix, sizeof suffix, ".tmp-%ld", (long)getpid());
+    if ((err = core_temp_name(o->tmp, sizeof o->tmp, path, suffix))) {
+        o->tmp[0] = '\0';
+        return err;
+    }
     // Tracked before it exists: a signal just after the create would otherwise leave it behind.
     core_temp_track(o->tmp);
     o->f = fopen(o->tmp, "wb");
     if (!o->f) {
-        int err = errno;
+        err = errno;
         core_temp_untrack(o->tmp);
         o->tmp[0] = '\0';
         // "No such file or directory" for a folder that exists (/proc, /sys take no new files) read

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -141,6 +142,61 @@ TEST(CoreFile, AbortedOutputLeavesTheOldFile) {
     EXPECT_EQ(entries(d), 1);
     EXPECT_EQ(core_out_open(&o, (d + "/no/such/dir/x").c_str()), ENOENT);
     EXPECT_EQ(o.f, nullptr);
+}
+
+// Through a symbolic link (or a chain of them, relative or absolute, to a file that may not exist
+// yet) the output replaces the file the link names, and the link stays; a loop of links is ELOOP.
+// The link itself was replaced by a regular file, and a loop overwritten (sweep, 2026-12-05).
+TEST(CoreFile, OutputThroughALinkReplacesItsTarget) {
+    const std::string d = tmpdir(), sub = d + "/sub";
+    ASSERT_EQ(mkdir(sub.c_str(), 0700), 0);
+    write_file(sub + "/real.txt", "old");
+    ASSERT_EQ(symlink("sub/real.txt", (d + "/rel").c_str()), 0);   // relative to the link's folder
+    ASSERT_EQ(symlink((d + "/rel").c_str(), (d + "/abs").c_str()), 0);
+    ASSERT_EQ(symlink("new.txt", (sub + "/dangling").c_str()), 0);  // its file not written yet
+    for (const std::string &link : {d + "/abs", sub + "/dangling"}) {
+        CoreOut o;
+        ASSERT_EQ(core_out_open(&o, link.c_str()), 0) << link;
+        fputs("new", o.f);
+        ASSERT_EQ(core_out_close(&o), 0) << link;
+        struct stat st;
+        ASSERT_EQ(lstat(link.c_str(), &st), 0);
+        EXPECT_TRUE(S_ISLNK(st.st_mode)) << link << " was replaced";
+        EXPECT_EQ(read_file(link), "new");
+    }
+    EXPECT_EQ(read_file(sub + "/real.txt"), "new");
+    EXPECT_EQ(read_file(sub + "/new.txt"), "new");
+    EXPECT_EQ(entries(sub), 3);  // real.txt, new.txt, dangling: no temporary
+    ASSERT_EQ(symlink("loop2", (d + "/loop1").c_str()), 0);
+    ASSERT_EQ(symlink("loop1", (d + "/loop2").c_str()), 0);
+    CoreOut o;
+    EXPECT_EQ(core_out_open(&o, (d + "/loop1").c_str()), ELOOP);
+    EXPECT_EQ(o.f, nullptr);
+    struct stat st;
+    ASSERT_EQ(lstat((d + "/loop1").c_str(), &st), 0);
+    EXPECT_TRUE(S_ISLNK(st.st_mode));
+}
+
+// A name of up to NAME_MAX bytes is valid, whatever room it leaves for the temporary's suffix: the
+// temporary takes the name's first bytes (".tmp-<pid>" after 248 bytes was "File name too long").
+TEST(CoreFile, OutputOfTheLongestNameIsWritten) {
+    const std::string d = tmpdir();
+    for (size_t len : {240, 250, 255}) {
+        const std::string p = d + "/" + std::string(len, 'f');
+        CoreOut o;
+        ASSERT_EQ(core_out_open(&o, p.c_str()), 0) << len;
+        const char *tmp_name = strrchr(o.tmp, '/') + 1;
+        EXPECT_LE(strlen(tmp_name), (size_t)NAME_MAX);
+        EXPECT_EQ(core_temp_is_stale(tmp_name), 0);  // a temporary of this live process
+        fputs("x", o.f);
+        ASSERT_EQ(core_out_close(&o), 0) << len;
+        EXPECT_EQ(read_file(p), "x");
+    }
+    EXPECT_EQ(entries(d), 3);
+    char out[64];
+    EXPECT_EQ(core_temp_name(out, sizeof out, "a/b.txt", ".tmp-7"), 0);
+    EXPECT_STREQ(out, "a/b.txt.tmp-7");
+    EXPECT_EQ(core_temp_name(out, 8, "a/b.txt", ".tmp-7"), ENAMETOOLONG);
 }
 
 // A folder that exists but takes no new files (/proc): its own code, not ENOENT, whose "No such file
