@@ -258,9 +258,10 @@ void config_set(MoeConfig *c, const char *key, const char *value, const char *or
                 core_usage_error("%s: %s holds a control character (byte 0x%02x at position %d), which a value "
                                  "cannot hold (stored configs are `key = value` lines)", origin, k->name,
                                  (unsigned char)*v, (int)(v - value) + 1);
-            if (*v == '#')
-                core_usage_error("%s: %s = '%s': a value cannot hold '#' (stored configs are `key = value` "
-                                 "lines, where '#' starts a comment)", origin, k->name, value);
+            if (*v == '#' && (v == value || v[-1] == ' '))
+                core_usage_error("%s: %s = '%s': a value cannot hold '#' at its start or after a blank (stored "
+                                 "configs are `key = value` lines, where such a '#' starts a comment)", origin,
+                                 k->name, value);
         }
         if (value[0] == ' ' || (value[0] && value[strlen(value) - 1] == ' '))
             core_usage_error("%s: %s = '%s' begins or ends with a blank, which a config file drops", origin,
@@ -325,7 +326,7 @@ static void load_lines(MoeConfig *c, FILE *f, const char *name, int stored) {
     // The line each key was set on (0: not yet): a key set twice in one file is a mistake (which
     // line was meant?), unlike a command-line --key, which overrides the file on purpose.
     int set_on[NKEYS] = {0};
-    char line[1024], origin[1200];
+    char line[CONFIG_STR + 128], origin[1200];
     long n;
     for (int lineno = 1; (n = read_line(f, line, sizeof line)) >= 0; lineno++) {
         snprintf(origin, sizeof origin, stored ? "%s line %d" : "%s:%d", name, lineno);
@@ -343,12 +344,10 @@ static void load_lines(MoeConfig *c, FILE *f, const char *name, int stored) {
         }
         // Editors on Windows begin a UTF-8 file with a byte order mark, which is no part of a key.
         if (lineno == 1 && !strncmp(line, "\xEF\xBB\xBF", 3)) memmove(line, line + 3, strlen(line + 3) + 1);
-        // A comment starts at a '#' at the start of the line or after a blank; one glued to a value
-        // (`out = /tmp/run#2`) silently cut the value short.
-        char *hash = strchr(line, '#');
-        if (hash && hash > line && hash[-1] != ' ' && hash[-1] != '\t' && memchr(line, '=', (size_t)(hash - line)))
-            core_usage_error("%s: a '#' right after a value: values cannot hold '#', and a comment needs a blank "
-                             "before it", origin);
+        // A comment starts at a '#' at the start of the line or after a blank; one glued to other
+        // characters is part of the value (`out = /tmp/run#2`, a folder of that name).
+        char *hash = line;
+        while ((hash = strchr(hash, '#')) && hash > line && hash[-1] != ' ' && hash[-1] != '\t') hash++;
         if (hash) *hash = '\0';
         char *s = config_trim(line);
         if (*s == '\0') continue;
@@ -491,4 +490,7 @@ void config_print_help(FILE *f) {
     for (int i = 0; i < NKEYS; i++)
         fprintf(f, "  --%-16s %-12s %s\n", KEYS[i].name,
                 format_value(&KEYS[i], (const char *)&d + KEYS[i].offset, 1, def, sizeof def), KEYS[i].help);
+    fprintf(f, "Text values (paths) hold at most %d bytes, no control character, no blank at either end\n"
+               "and no '#' at their start or after a blank (in a file that '#' starts a comment).\n",
+            CONFIG_STR - 1);
 }

@@ -13,7 +13,9 @@
 extern "C" {
 #endif
 
-#define CONFIG_STR 256
+// Bytes of a text value with its NUL: paths (data, out, resume, metrics, trace) of up to 1023 bytes
+// (255 refused deep but ordinary paths; sweep, 2026-12-05).
+#define CONFIG_STR 1024
 
 typedef struct {
     // --- model (§2) ---

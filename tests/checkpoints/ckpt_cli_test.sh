@@ -31,6 +31,17 @@ same_steps "$tmp/a.jsonl" "$tmp/b.jsonl" 456
 same_checkpoints "$tmp/a/step_6.h5" "$tmp/b/step_6.h5"
 echo "ok: resume in one process is bit-identical"
 
+# A folder named with '#' on a path of 600 bytes is an ordinary path: trained into, stored in the
+# checkpoint's config and resumed from (refused until the sweep of 2026-12-05: '#' was never part of
+# a value, and 255 bytes were the most).
+deep="$tmp/run#2/$(printf 'p%.0s' $(seq 250))/$(printf 'q%.0s' $(seq 250))"
+mkdir -p "$deep"
+"$moelab" train "${args[@]}" --grad-accum 2 --out "$deep" --save-every 3 >/dev/null
+"$moelab" train "${args[@]}" --grad-accum 2 --resume "$deep/step_3.h5" --metrics "$deep/m.jsonl" >/dev/null
+same_steps "$tmp/a.jsonl" "$deep/m.jsonl" 456
+"$moelab" ckpt verify "$deep/step_3.h5" >/dev/null
+echo "ok: a path with '#' of 600 bytes trains, saves and resumes"
+
 # --keep prunes only its own lineage. A resume from step 2 into the folder of a 6-step run (and a
 # stray large-numbered file) is a branch: it takes a lineage of its own, names the original's steps
 # 3 and 4 it replaces, and --keep 2 keeps its own 3 and 4 and prunes nothing of the original (its

@@ -54,7 +54,7 @@ expect_usage "n_heads \(4\) must be divisible by n_kv_heads \(3\)" "${args[@]}" 
 expect_usage "cannot open config file" --config "$tmp/missing.cfg"
 expect_usage "^moelab: error: --config needs a file name" "${args[@]}" --config
 expect_usage "^moelab: error: command line: --lr needs a value" "${args[@]}" --lr
-expect_usage "command line: data is longer than 255 characters" "${args[@]}" --data "$tmp/$(printf 'd%.0s' $(seq 300))"
+expect_usage "command line: data is longer than 1023 characters" "${args[@]}" --data "$tmp/$(printf 'd%.0s' $(seq 1100))"
 # A CPU build asked for the GPU says how to get one (before any data is read).
 expect_usage "^moelab: error: --device cuda: this build has no CUDA backend: rebuild with --config=cuda" \
     "${args[@]}" --device cuda
