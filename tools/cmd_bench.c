@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "framework/backend.h"
 #include "framework/bench.h"
@@ -15,9 +16,10 @@
 static void bench_help(void) {
     printf("usage: moelab bench [--device cpu|cuda|cuda-fp32] [--config FILE]... [--steps N] [--seconds S]\n\n"
            "Times training steps on synthetic tokens for each config (default: configs/tiny.cfg and\n"
-           "configs/small.cfg) and prints tokens/s and achieved model FLOP/s next to the GEMM rate of\n"
-           "this machine measured in the same run: OpenBLAS sgemm on the CPU; on a GPU the bf16 cuBLAS\n"
-           "GEMM (8192^3), against which MFU is given, and the peak GPU memory. Then, per config, the\n"
+           "configs/small.cfg in the current folder, the repository's root) and prints tokens/s and\n"
+           "achieved model FLOP/s next to the GEMM rate of this machine measured in the same run:\n"
+           "OpenBLAS sgemm on the CPU; on a GPU the bf16 cuBLAS GEMM (8192^3), against which MFU is\n"
+           "given, and the peak GPU memory. Then, per config, the\n"
            "time of a training step by layer type over 2 more steps (GPU: CUDA events on the compute\n"
            "stream; CPU: wall clock) and how skewed the last step's expert loads were (max/mean tokens\n"
            "per expert of each MoE layer: the grouped GEMMs ran at those counts). The loss columns are\n"
@@ -129,7 +131,16 @@ int cmd_bench(int argc, char **argv) {
             if (!strchr(a, '=')) overrides[n_over++] = (char *)v;
         }
     }
-    if (n_cfg == 0) { configs[0] = "configs/tiny.cfg"; configs[1] = "configs/small.cfg"; n_cfg = 2; }
+    // A --device that names no backend is the first thing wrong, before any config is read.
+    const LayerOps *ops = device ? backend_ops(device) : NULL;
+    if (n_cfg == 0) {
+        configs[0] = "configs/tiny.cfg", configs[1] = "configs/small.cfg", n_cfg = 2;
+        // The defaults are paths in the repository, read from the current folder.
+        if (access(configs[0], F_OK) != 0)
+            core_usage_error("bench: no --config given, and the default configs (configs/tiny.cfg and "
+                             "configs/small.cfg) are not in the current folder: run it in the repository's "
+                             "root, or give --config FILE");
+    }
     MoeConfig *cfg = calloc((size_t)n_cfg, sizeof *cfg);
     for (int k = 0; k < n_cfg; k++) {
         config_defaults(&cfg[k]);
@@ -138,8 +149,7 @@ int cmd_bench(int argc, char **argv) {
         drop_run_only_keys(&cfg[k]);
         config_validate(&cfg[k]);
     }
-    if (!device) device = cfg[0].device;
-    const LayerOps *ops = backend_ops(device);
+    if (!device) device = cfg[0].device, ops = backend_ops(device);
     const int gpu = ops->dev != CORE_CPU;
     // The baseline: the CPU's sgemm, or the GPU's bf16 GEMM (the MFU denominator whatever the
     // compute dtype, as the benchmark asks).

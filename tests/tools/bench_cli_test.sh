@@ -16,6 +16,10 @@ expect_usage() {  # expect_usage REGEX ARGS...: exit code 2 and REGEX in stderr,
     [ ! -s "$tmp/out" ] || { echo "bench $*: printed on stdout:"; cat "$tmp/out"; exit 1; }
 }
 expect_usage "bench: --steps -1 is too small: at least 1" --config "$cfg" --steps -1
+# Outside the repository's root the default configs are not there: said so, and a bad --device
+# before that (both were "cannot open config file 'configs/tiny.cfg'"; sweep, 2026-12-05).
+(cd "$tmp" && expect_usage "bench: no --config given, and the default configs .* are not in the current folder" --steps 1)
+(cd "$tmp" && expect_usage "^moelab: error: --device gpu: expected cpu, cuda \(bf16 compute\) or cuda-fp32" --device gpu)
 expect_usage "bench: --steps 'x' is not an integer" --config "$cfg" --steps x
 expect_usage "bench: --steps 99999999999 is too large: at most 1000000" --config "$cfg" --steps 99999999999
 expect_usage "bench: --seconds 'nan' is not a finite number" --config "$cfg" --seconds nan
