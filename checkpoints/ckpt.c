@@ -572,8 +572,9 @@ void ckpt_save_index(const char *path, int parts, const MoeConfig *c, long adam_
 // Loading.
 
 // Keys that fix tensor shapes must agree; other keys that change the math or the data order may
-// differ on purpose (a new schedule, fine-tuning), so they only draw a warning; layout and I/O keys
-// are free (resharding is the point).
+// differ on purpose (a new schedule, fine-tuning), so they only draw a warning; layout, I/O and
+// how-it-runs keys are free (resharding is the point; a timeout, the CUDA graph, the deterministic
+// attention backward and EPLB's grouping change no value the run trains towards).
 static const char *const SHAPE_KEYS[] = {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
                                          "n_dense_layers", "d_ff", "n_experts", "n_shared", "d_expert",
                                          "tie_embeddings"};
@@ -582,7 +583,8 @@ static const char *const FREE_KEYS[] = {"log_every", "val_every", "val_batches",
                                         "ep", "pp", "chunks", "schedule", "fb_overlap", "dp_overlap", "ep_overlap", "ep_chunks",
                                         "zero", "expert_gemm", "gemm_streams", "eplb_interval", "eplb_redundant",
                                         "device", "data", "metrics", "out", "resume", "trace",
-                                        "save_every", "keep", "nonfinite_skip"};
+                                        "save_every", "keep", "nonfinite_skip", "comm_timeout", "cuda_graph",
+                                        "deterministic", "eplb_groups", "eplb_nodes"};
 
 static int key_in(const char *key, const char *const *list, int n) {
     for (int i = 0; i < n; i++)

@@ -66,7 +66,7 @@ static const KeyInfo KEYS[] = {
     {"nonfinite_skip", K_INT, OFF(nonfinite_skip), 0, INT_MAX, NULL,
      "non-finite steps (loss or grad norm) skipped in a row before the run stops (0: stop at once)"},
     {"log_every", K_INT, OFF(log_every), 1, INT_MAX, NULL, "steps between log lines"},
-    {"val_every", K_INT, OFF(val_every), 0, INT_MAX, NULL, "steps between validations (0: end only)"},
+    {"val_every", K_INT, OFF(val_every), 0, INT_MAX, NULL, "steps between validations (0: before the first step and at the end only)"},
     {"val_batches", K_INT, OFF(val_batches), 1, INT_MAX, NULL, "micro-batches per validation"},
     {"sample_tokens", K_INT, OFF(sample_tokens), 0, 1 << 14, NULL, "tokens sampled before and after training"},
     {"temperature", K_FLOAT, OFF(temperature), 0, 100, NULL, "sampling temperature (0: greedy)"},

@@ -42,6 +42,13 @@ same_steps "$tmp/a.jsonl" "$deep/m.jsonl" 456
 "$moelab" ckpt verify "$deep/step_3.h5" >/dev/null
 echo "ok: a path with '#' of 600 bytes trains, saves and resumes"
 
+# How-it-runs keys are free on resume, as layout and I/O keys are: a timeout, the CUDA graph, the
+# deterministic attention backward drew "settings differ from the saved run"
+# (docs audit, 2026-12-05).
+"$moelab" train "${args[@]}" --grad-accum 2 --resume "$tmp/a/step_3.h5" --comm-timeout 100 --cuda-graph 0 \
+    --deterministic 0 >/dev/null 2>"$tmp/free.err"
+! grep -q "differ from the saved run" "$tmp/free.err" || { echo "FAIL: free keys warned of:"; cat "$tmp/free.err"; exit 1; }
+
 # --keep prunes only its own lineage. A resume from step 2 into the folder of a 6-step run (and a
 # stray large-numbered file) is a branch: it takes a lineage of its own, names the original's steps
 # 3 and 4 it replaces, and --keep 2 keeps its own 3 and 4 and prunes nothing of the original (its
