@@ -47,7 +47,9 @@ int cmd_export(int argc, char **argv) {
         if (!cmd_flag_in(a, n, flags))
             return core_usage_report("export: unknown option '%.*s' (see `moelab export --help`)", (int)n, a);
         const char *v = cmd_flag_value(argc, argv, &i);
-        if (!v || !*v) return core_usage_report("export: %.*s needs a value (see `moelab export --help`)", (int)n, a);
+        if (!v || !*v)
+            return core_usage_report("export: %.*s needs a value%s (see `moelab export --help`)", (int)n, a,
+                                     v ? ", not an empty one" : "");
         if (cmd_flag_is(a, n, "--ckpt")) o.ckpt = v;
         else if (cmd_flag_is(a, n, "--out")) o.out_dir = v;
         else if (cmd_flag_is(a, n, "--data")) o.data_dir = v;

@@ -408,7 +408,7 @@ int cmd_plot(int argc, char **argv) {
                                                               : NULL;
         if (!dst) return fail("unknown option '%s' (see moelab plot --help)", a);
         const char *val = cmd_flag_value(argc, argv, &i);
-        if (!val || !*val) return fail("%.*s needs a value", (int)nlen, a);
+        if (!val || !*val) return fail("%.*s needs a value%s", (int)nlen, a, val ? ", not an empty one" : "");
         *dst = val;
     }
     if (!metrics) return fail("missing --metrics FILE (see moelab plot --help)");

@@ -66,7 +66,8 @@ int cmd_sample(int argc, char **argv) {
         const char *v = cmd_flag_value(argc, argv, &i);
         // No flag takes "" (`--ckpt=` was "checkpoint : No such file or directory").
         if (!v || !*v)
-            core_usage_error("sample: %.*s needs a value (see `moelab sample --help`)", (int)n, a);
+            core_usage_error("sample: %.*s needs a value%s (see `moelab sample --help`)", (int)n, a,
+                             v ? ", not an empty one" : "");
         if (cmd_flag_is(a, n, "--ckpt")) ckpt = v;
         else if (cmd_flag_is(a, n, "--prompt")) prompt = v;
         else if (cmd_flag_is(a, n, "--data")) data = v;

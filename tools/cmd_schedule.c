@@ -231,7 +231,7 @@ int cmd_schedule(int argc, char **argv) {
             "--from-trace", "--cost-f", "--cost-b", "--cost-w", "--cost-fb", "--cost-p2p", NULL};
         if (!cmd_flag_in(a, nlen, FLAGS)) return usage("unknown option '%.*s'", (int)nlen, a);
         const char *val = cmd_flag_value(argc, argv, &i);
-        if (!val || !*val) return usage("%.*s needs a value", (int)nlen, a);  // no flag takes ""
+        if (!val || !*val) return usage("%.*s needs a value%s", (int)nlen, a, val ? ", not an empty one" : "");
         int cost_i = -1;
         for (int k = 0; k < 5; k++)
             if (cmd_flag_is(a, nlen, costs[k].flag)) cost_i = k;

@@ -231,7 +231,7 @@ TEST(CmdSchedule, BadArguments) {
         {{"--kind", "1f1b", "--pp", "2", "--chunks", "4", "--cost-f", "1x"}, "--cost-f '1x' is not a finite number"},
         {{"--kind", "1f1b", "--pp", "2", "--chunks"}, "--chunks needs a value"},
         {{"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--svg", ""}, "--svg needs a value"},
-        {{"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--trace="}, "--trace needs a value"},
+        {{"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--trace="}, "--trace needs a value, not an empty one"},
         {{"--bogus", "1"}, "unknown option '--bogus'"},
         {{"stray"}, "unexpected argument 'stray'"},
         {{"--from-trace", "x.json"}, "--from-trace needs --svg OUT"},

@@ -48,7 +48,7 @@ expect_usage "unknown option '--bogus'" --ckpt "$ckpt" --bogus 1
 expect_usage "unknown option '--bogus'" --ckpt "$ckpt" --bogus=1
 expect_usage "--tokens needs a value" --ckpt "$ckpt" --tokens
 expect_usage "no_such" --ckpt "$tmp/no_such.h5"
-expect_usage "sample: --prompt needs a value" --ckpt "$ckpt" --prompt ""
+expect_usage "sample: --prompt needs a value, not an empty one" --ckpt "$ckpt" --prompt ""
 expect_usage "--device tpu: expected cpu, cuda" --ckpt "$ckpt" --device tpu
 # A tokenizer of the same size but other merges (the data prepared again on other text) would decode
 # the ids into other text without a word: the checkpoint's fingerprint of its tokenizer names it.

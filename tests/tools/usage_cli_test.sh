@@ -45,14 +45,14 @@ expect_one_line "moelab: error: data prepare: --input names one file twice: in.t
 rm in.txt
 expect_one_line "moelab: error: export: --out needs a value (see \`moelab export --help\`)" \
     export --ckpt x.h5 --out --force
-expect_one_line "moelab: error: export: --ckpt needs a value (see \`moelab export --help\`)" export --ckpt= --out y
+expect_one_line "moelab: error: export: --ckpt needs a value, not an empty one (see \`moelab export --help\`)" export --ckpt= --out y
 expect_one_line "moelab: error: --svg needs a value (see moelab schedule --help)" \
     schedule --kind 1f1b --pp 2 --chunks 4 --svg --format
 expect_one_line "moelab: error: --kind needs a value (see moelab schedule --help)" schedule --kind --pp 2 --chunks 4
 expect_one_line "moelab: error: plot: --out needs a value" plot --metrics m.jsonl --out --help
 expect_one_line "moelab: error: eplb: --load needs a value" eplb --load --replicas 8 --groups 1 --nodes 1 --ranks 2
 expect_one_line "moelab: error: sample: --ckpt needs a value (see \`moelab sample --help\`)" sample --ckpt --tokens 5
-expect_one_line "moelab: error: sample: --ckpt needs a value (see \`moelab sample --help\`)" sample --ckpt= --tokens 5
+expect_one_line "moelab: error: sample: --ckpt needs a value, not an empty one (see \`moelab sample --help\`)" sample --ckpt= --tokens 5
 expect_one_line "moelab: error: bench: --config needs a value" bench --config --steps 1
 # An unknown flag at the end is unknown, not one that lacks its value.
 expect_one_line "moelab: error: unknown option '--bogus' (see moelab schedule --help)" schedule --bogus
