@@ -378,6 +378,13 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     struct stat sb;
     if (stat(c->data, &sb) != 0 || !S_ISDIR(sb.st_mode))
         core_usage_error("--data %s: not a directory made by `moelab data prepare`", c->data);
+    // The dataset's files are opened under a shared lock of the folder, which `data prepare` holds
+    // while it replaces them: files of two prepares, or ranks of one job on different datasets, were
+    // possible when a prepare ran meanwhile (sweep, 2026-12-05). Once open they stay this run's.
+    const int data_lock = core_dir_lock_shared(c->data);
+    if (data_lock == CORE_DIR_BUSY)
+        core_usage_error("--data %s is being written by a moelab data prepare running now: train when it has "
+                         "ended", c->data);
     char path[2 * CONFIG_STR];
     join(path, sizeof path, c->data, prepare_file_names[PREPARE_TOKENIZER]);
     t->tok = tok_load(path);
@@ -393,6 +400,7 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     // rank reading its own share made it depend on the layout: review, 2026-12-05). More than it
     // holds would re-read it (and a huge count would never end).
     t->val = open_split(path, c, t->tok, 0, 1, 0);
+    core_dir_unlock(data_lock);
     const uint64_t val_seqs = loader_num_sequences(t->val);
     const uint64_t fit = val_seqs / (uint64_t)c->batch_size;  // whole batches it holds
     if ((uint64_t)c->val_batches * (uint64_t)c->batch_size > val_seqs)

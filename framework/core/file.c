@@ -380,14 +380,17 @@ void core_signals_release(void) {
     if (sig) raise(sig);
 }
 
-int core_dir_lock(const char *dir) {
+static int dir_lock(const char *dir, int op) {
     const int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return CORE_DIR_NO_LOCK;
-    if (flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
+    if (flock(fd, op | LOCK_NB) == 0) return fd;
     const int busy = errno == EWOULDBLOCK;
     close(fd);
     return busy ? CORE_DIR_BUSY : CORE_DIR_NO_LOCK;
 }
+
+int core_dir_lock(const char *dir) { return dir_lock(dir, LOCK_EX); }
+int core_dir_lock_shared(const char *dir) { return dir_lock(dir, LOCK_SH); }
 
 void core_dir_unlock(int fd) {
     if (fd >= 0) close(fd);

@@ -109,6 +109,10 @@ void core_signals_release(void);
 // directory, or a file system without locks): nothing is held and the caller goes on.
 enum { CORE_DIR_BUSY = -1, CORE_DIR_NO_LOCK = -2 };
 int core_dir_lock(const char *dir);
+// The same lock shared, for readers of a directory's files that must see them from one writer's
+// run (a train opening a dataset): held by any number of readers, refused (CORE_DIR_BUSY) while a
+// writer holds the lock, and a writer's refused while a reader holds it.
+int core_dir_lock_shared(const char *dir);
 void core_dir_unlock(int fd);
 
 // mkdir -p: dir and every missing folder above it, or the process ends with one message naming the

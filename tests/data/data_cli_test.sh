@@ -141,6 +141,16 @@ expect_exit 2 "--out .*/ckpt is in use by another moelab command running now \\(
 touch "$tmp/ckpt/step_9.h5.tmp-999999999"
 expect_exit 2 "ckpt clean: .*/ckpt is in use by another moelab command running now \\(train, data prepare or ckpt clean\\)" flock "$tmp/ckpt" "$moelab" ckpt clean "$tmp/ckpt"
 [ "$(ls "$tmp/ckpt" | tr '\n' ' ')" = "step_1.h5 step_9.h5.tmp-999999999 " ] || { echo "FAIL: held ckpt/ changed: $(listing "$tmp/ckpt")"; exit 1; }
+# A train opens its --data under a shared lock, which a prepare writing that folder holds alone: a
+# train whose prepare ran meanwhile trained on files of two prepares, and ranks of one job on two
+# datasets (sweep, 2026-12-05). A writer's lock (flock -x) refuses the train; a reader's (flock -s)
+# the prepare, which then changes nothing.
+expect_exit 2 "--data .*/held is being written by a moelab data prepare running now" \
+    flock "$tmp/held" "$moelab" train --data "$tmp/held" "${model[@]}" --steps 1
+expect_exit 2 "--out .*/held is in use by another moelab command running now" \
+    flock -s "$tmp/held" "$moelab" data prepare --input "$tmp/text" --vocab 260 --out "$tmp/held"
+same_files "$tmp/data" "$tmp/held"
+flock -s "$tmp/held" "$moelab" train --data "$tmp/held" "${model[@]}" --steps 1 >/dev/null  # readers share it
 
 # The temporaries of a prepare that was killed (SIGKILL) are removed by the next prepare into the
 # folder (fourth fuzzing pass: they stayed for ever, 36 MB a run, and `ckpt clean` ignores them);

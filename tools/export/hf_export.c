@@ -265,9 +265,11 @@ static int is_export_file(const char *dir, const char *name) {
 }
 
 // Refuses an out_dir that is not a directory, or not empty without --force, or holding anything
-// but export files even with --force (so that --force can never delete someone's other files).
-// Returns 1 if it exists (and may be replaced), 0 if it does not.
-static int check_out_dir(const char *dir, int force) {
+// but export files even with --force (so that --force can never delete someone's other files), or
+// locked by another moelab command (a train's --out: the swap would take the folder from under
+// it; sweep, 2026-12-05). Returns 1 if it exists (and may be replaced; *lock then holds its lock,
+// kept until the commit), 0 if it does not.
+static int check_out_dir(const char *dir, int force, int *lock) {
     // The folder is replaced by renames of the name given, which '.', '..' and a link cannot take.
     const char *slash = strrchr(dir, '/'), *base = slash ? slash + 1 : dir;
     if (!strcmp(base, ".") || !strcmp(base, ".."))
@@ -282,6 +284,10 @@ static int check_out_dir(const char *dir, int force) {
         return 0;
     }
     if (!S_ISDIR(st.st_mode)) core_usage_error("export: --out %s exists and is not a directory", dir);
+    *lock = core_dir_lock(dir);
+    if (*lock == CORE_DIR_BUSY)
+        core_usage_error("export: --out %s is in use by another moelab command running now (train, data prepare "
+                         "or ckpt clean): export when it has ended, or choose another --out", dir);
     DIR *d = opendir(dir);
     if (!d) core_usage_error("export: cannot read --out %s: %s", dir, strerror(errno));
     int n = 0;
@@ -308,7 +314,10 @@ static int check_out_dir(const char *dir, int force) {
 // `out` holds one whole export or none (the old one) at every moment.
 static void commit(const char *tmp, const char *out, int exists) {
     if (!exists) {
-        if (rename(tmp, out) == 0) return;
+        // Not over a folder made meanwhile, even an empty one (another process's --out).
+        int rc = renameat2(AT_FDCWD, tmp, AT_FDCWD, out, RENAME_NOREPLACE);
+        if (rc != 0 && (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP)) rc = rename(tmp, out);
+        if (rc == 0) return;
         const int err = errno;
         // Another process (a second export to the same --out) created the folder meanwhile: its
         // files stay, and the message says why, where "Directory not empty" did not (sweep).
@@ -368,7 +377,8 @@ void hf_export(const HfExportOptions *o) {
     if (strlen(o->out_dir) >= sizeof out - 32) core_usage_error("export: --out path too long");
     snprintf(out, sizeof out, "%s", o->out_dir);
     for (size_t n = strlen(out); n > 1 && out[n - 1] == '/'; n--) out[n - 1] = '\0';
-    const int exists = check_out_dir(out, o->force);
+    int lock = CORE_DIR_NO_LOCK;
+    const int exists = check_out_dir(out, o->force, &lock);
 
     // Everything that can be wrong with the input is found here, before a file is written.
     MoeConfig c;
@@ -412,6 +422,7 @@ void hf_export(const HfExportOptions *o) {
     // Not checked, as core_out_close's directory sync: everything is in place and whole by then.
     (void)core_fsync(tmp);
     commit(tmp, out, exists);
+    core_dir_unlock(lock);
     track_tmp(tmp, 0);
     (void)core_fsync_parent(out);
     core_info0("export: wrote %s/{model.safetensors, config.json, generation_config.json, modeling_moelab.py, "

@@ -138,6 +138,17 @@ LD_PRELOAD="$root/tests/tools/export/folder_appears_before_rename.so" ASAN_OPTIO
     { echo "export whose --out appeared meanwhile: exit $rc, expected 2 and its message:"; cat "$tmp/race.log"; exit 1; }
 [ "$(ls "$tmp/hf_race")" = README.md ] || { echo "the other process's folder was changed"; exit 1; }
 if any_exists "$tmp"/hf_race.tmp-*; then echo "the refused export left its temporary folder"; exit 1; fi
+# An --out that another moelab command holds (a running train's empty --out; flock(1) stands in for
+# it) is refused: the swap took the folder from under the train, whose later checkpoints went into
+# a folder nothing names, and let a second train and `ckpt clean` in (sweep, 2026-12-05).
+mkdir "$tmp/hf_held"
+rc=0
+flock "$tmp/hf_held" "$moelab" export --ckpt "$tmp/b/single.h5" --out "$tmp/hf_held" --data "$tmp/data" \
+    > "$tmp/held.log" 2>&1 || rc=$?
+[ $rc -eq 2 ] && grep -q "hf_held is in use by another moelab command running now" "$tmp/held.log" ||
+    { echo "export into a held --out: exit $rc, expected 2 and its message:"; cat "$tmp/held.log"; exit 1; }
+[ -z "$(ls "$tmp/hf_held")" ] || { echo "the held --out was changed"; exit 1; }
+if any_exists "$tmp"/hf_held.tmp-*; then echo "the refused export left its temporary folder"; exit 1; fi
 echo keep > "$tmp/hf_b_single/README.md"
 expect_usage "holds 'README.md'" "$tmp/hf_b_single" --ckpt "$tmp/a/single.h5" --data "$tmp/data" --force
 [ -f "$tmp/hf_b_single/README.md" ]
