@@ -182,8 +182,12 @@ hid_t h5_open_file(const H5Io *io) {
     if (access(io->path, R_OK) != 0) H5_FAIL(io, "cannot open: %s", strerror(errno));
     if (io->code == CORE_EXIT_USAGE && probe_on) h5_probe(io);
     hid_t fapl = fapl_v110(io);
-    hid_t f = H5_OK(io, H5Fopen(io->path, H5F_ACC_RDONLY, fapl),
-                    "cannot open as HDF5 (not a checkpoint, or truncated or damaged)");
+    hid_t f = H5Fopen(io->path, H5F_ACC_RDONLY, fapl);
+    // Gone since the checks above: a running train pruned or replaced it (a part file under `ckpt
+    // verify` was called damaged; sweep, 2026-12-05).
+    if (f < 0 && stat(io->path, &sb) != 0 && errno == ENOENT)
+        H5_FAIL(io, "removed while it was being opened (a running train pruned or replaced it?)");
+    H5_OK(io, f, "cannot open as HDF5 (not a checkpoint, or truncated or damaged)");
     H5Pclose(fapl);
     return f;
 }

@@ -1,7 +1,9 @@
-// A test seam loaded with LD_PRELOAD: in the ranks $SLOW_OPEN_RANKS ("2,3") of an Open MPI job,
-// open() of a path that contains $SLOW_OPEN_MATCH waits one second first, so that these ranks read
-// their checkpoint last (ckpt_pp_cli_test.sh: the other ranks must not act on a resume before it has passed its
-// checks).
+// A test seam loaded with LD_PRELOAD: in the ranks $SLOW_OPEN_RANKS ("2,3"; "any" in a process of
+// no MPI job too) of an Open MPI job, open() of a path that contains $SLOW_OPEN_MATCH waits one
+// second first, so that these ranks read their checkpoint last (ckpt_pp_cli_test.sh: the other
+// ranks must not act on a resume before it has passed its checks). With $SLOW_OPEN_UNLINK set, the
+// file is removed instead, as a running train's --keep prunes a checkpoint between a reader's checks
+// and its open (ckpt_cli_test.sh).
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -14,11 +16,15 @@
 static void maybe_wait(const char *path) {
     const char *m = getenv("SLOW_OPEN_MATCH"), *ranks = getenv("SLOW_OPEN_RANKS");
     const char *rank = getenv("OMPI_COMM_WORLD_RANK");
-    if (!m || !*m || !ranks || !rank || !strstr(path, m)) return;
-    char list[256], me[32];
-    snprintf(list, sizeof list, ",%s,", ranks);
-    snprintf(me, sizeof me, ",%s,", rank);
-    if (strstr(list, me)) sleep(1);
+    if (!m || !*m || !ranks || !strstr(path, m)) return;
+    if (strcmp(ranks, "any") != 0) {
+        char list[256], me[32];
+        snprintf(list, sizeof list, ",%s,", ranks);
+        snprintf(me, sizeof me, ",%s,", rank ? rank : "");
+        if (!rank || !strstr(list, me)) return;
+    }
+    if (getenv("SLOW_OPEN_UNLINK")) unlink(path);
+    else sleep(1);
 }
 
 // open and open64 (the same call where off_t is 64 bits; HDF5 may use either), after the wait.
