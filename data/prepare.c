@@ -423,6 +423,17 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
     if (lock == CORE_DIR_BUSY)
         core_usage_error("--out %s is in use by another moelab command running now (train, data prepare "
                          "or ckpt clean): wait for it, or choose another --out", out_dir);
+    // Readers of the dataset (a train opening it) see the three files of one prepare: they open them
+    // under the lock file's shared lock, which this one holds alone until the files are in place.
+    // Made here, it goes with a run that fails (tracked as a temporary): nothing is left of it.
+    char *lock_path = core_alloc(strlen(out_dir) + sizeof PREPARE_LOCK_NAME + 1);
+    sprintf(lock_path, "%s/%s", out_dir, PREPARE_LOCK_NAME);
+    const int made = access(lock_path, F_OK) != 0;
+    const int read_lock = core_file_lock(lock_path, 0);
+    if (read_lock == CORE_DIR_BUSY)
+        core_usage_error("--out %s is being read by a moelab train starting now: run the prepare again once it "
+                         "has started", out_dir);
+    if (made) core_temp_track(lock_path);
     remove_stale_temporaries(out_dir);
     const double t1 = core_now();
     const TokProgress tp = {progress_fn, &pr};
@@ -431,6 +442,9 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
     stats->vocab = tok->V;
     const double t2 = core_now();
     const int rc = write_outputs(tok, out_dir, train, train_len, val, val_len, D, stats, &pr);
+    if (made && rc == 0) core_temp_untrack(lock_path);
+    core_free(lock_path);
+    core_dir_unlock(read_lock);
     core_dir_unlock(lock);
     stats->encode_seconds = core_now() - t2;
     stats->seconds = core_now() - t0;

@@ -16,6 +16,9 @@ extern "C" {
 // train --data DIR` reads, and what a run's outputs must never be.
 enum { PREPARE_TOKENIZER, PREPARE_TRAIN, PREPARE_VAL, PREPARE_N_FILES };
 extern const char *const prepare_file_names[PREPARE_N_FILES];
+// The dataset's lock file beside them (core_file_lock): prepare holds it alone while it writes the
+// dataset, a train shared while it opens the three files.
+#define PREPARE_LOCK_NAME ".moelab.lock"
 
 // JSON Lines input: which member of each line's object holds its document, and whether a line that
 // gives none (empty, not JSON, not an object, member missing or not a string) is an error (exit 2,

@@ -378,14 +378,16 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     struct stat sb;
     if (stat(c->data, &sb) != 0 || !S_ISDIR(sb.st_mode))
         core_usage_error("--data %s: not a directory made by `moelab data prepare`", c->data);
-    // The dataset's files are opened under a shared lock of the folder, which `data prepare` holds
-    // while it replaces them: files of two prepares, or ranks of one job on different datasets, were
-    // possible when a prepare ran meanwhile (sweep, 2026-12-05). Once open they stay this run's.
-    const int data_lock = core_dir_lock_shared(c->data);
+    // The dataset's files are opened under the shared lock of its lock file, which `data prepare`
+    // holds alone while it replaces them: files of two prepares, or ranks of one job on different
+    // datasets, were possible when a prepare ran meanwhile (sweep, 2026-12-05). Once open they stay
+    // this run's. (A dataset of a prepare before the lock file has none: opened unlocked.)
+    char path[2 * CONFIG_STR];
+    join(path, sizeof path, c->data, PREPARE_LOCK_NAME);
+    const int data_lock = core_file_lock(path, 1);
     if (data_lock == CORE_DIR_BUSY)
         core_usage_error("--data %s is being written by a moelab data prepare running now: train when it has "
                          "ended", c->data);
-    char path[2 * CONFIG_STR];
     join(path, sizeof path, c->data, prepare_file_names[PREPARE_TOKENIZER]);
     t->tok = tok_load(path);
     if (t->tok->V != c->V)
@@ -400,6 +402,9 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     // rank reading its own share made it depend on the layout: review, 2026-12-05). More than it
     // holds would re-read it (and a huge count would never end).
     t->val = open_split(path, c, t->tok, 0, 1, 0);
+    // Every rank holds its lock until all have opened the files: the holds overlap, so no prepare
+    // can replace the dataset between one rank's opens and another's (review, 2026-12-05).
+    if (g->world > 1) comm_barrier(comm_world());
     core_dir_unlock(data_lock);
     const uint64_t val_seqs = loader_num_sequences(t->val);
     const uint64_t fit = val_seqs / (uint64_t)c->batch_size;  // whole batches it holds

@@ -14,6 +14,7 @@
 #                                       [--device cuda|cpu] [--threads N]
 import argparse
 import math
+import re
 import resource
 import time
 
@@ -31,7 +32,8 @@ def load_config(path):
              beta1=0.9, beta2=0.95, adam_eps=1e-8, seed=1337)
     with open(path) as f:
         for line in f:
-            line = line.split("#")[0].strip()
+            # A comment starts at a '#' at the line's start or after a blank, as moelab reads it.
+            line = re.split(r"(?:^|[ \t])#", line, maxsplit=1)[0].strip()
             if not line:
                 continue
             k, v = (s.strip() for s in line.split("=", 1))

@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -206,41 +207,32 @@ void core_temp_untrack(const char *tmp) {
 int core_temp_name(char *out, size_t cap, const char *path, const char *suffix) {
     char dir[4096];
     const char *base = split_path(path, dir, sizeof dir);
-    const int room = NAME_MAX - (int)strlen(suffix), len = (int)strlen(base);
-    const int n = snprintf(out, cap, "%.*s%.*s%s", (int)(base - path), path, len < room ? len : room, base, suffix);
-    return n < 0 || (size_t)n >= cap ? ENAMETOOLONG : 0;
-}
-
-// The file that path's symbolic links lead to (followed as the kernel does, at most 40 of them):
-// the output replaces that file, so that a link stays a link (a --trace through a link was replaced
-// by a regular file, and a loop of links overwritten with exit 0; sweep, 2026-12-05). 0, or ELOOP,
-// readlink's errno, ENAMETOOLONG.
-static int follow_links(const char *path, char *out, size_t cap) {
-    char cur[4096], target[4096], dir[4096];
-    if (snprintf(cur, sizeof cur, "%s", path) >= (int)sizeof cur) return ENAMETOOLONG;
-    for (int hops = 0; hops <= 40; hops++) {
-        struct stat sb;
-        if (lstat(cur, &sb) != 0 || !S_ISLNK(sb.st_mode))
-            return snprintf(out, cap, "%s", cur) >= (int)cap ? ENAMETOOLONG : 0;
-        const ssize_t n = readlink(cur, target, sizeof target - 1);
-        if (n < 0) return errno;
-        target[n] = '\0';
-        split_path(cur, dir, sizeof dir);
-        const int len = target[0] == '/' ? snprintf(cur, sizeof cur, "%s", target)
-                                         : snprintf(cur, sizeof cur, "%s/%s", dir, target);
-        if (len >= (int)sizeof cur) return ENAMETOOLONG;
+    const int len = (int)strlen(base), room = NAME_MAX - (int)strlen(suffix);
+    int n;
+    if (len <= room) {
+        n = snprintf(out, cap, "%s%s", path, suffix);
+    } else {
+        // The name's first bytes and a hash of all of it (FNV-1a), so that two long names alike in
+        // their first bytes get temporaries of their own (one process writes several outputs).
+        uint32_t h = 2166136261u;
+        for (const char *c = base; *c; c++) h = (h ^ (uint8_t)*c) * 16777619u;
+        n = snprintf(out, cap, "%.*s%.*s~%08x%s", (int)(base - path), path, room - 9, base, h, suffix);
     }
-    return ELOOP;
+    return n < 0 || (size_t)n >= cap ? ENAMETOOLONG : 0;
 }
 
 int core_out_open(CoreOut *o, const char *path) {
     o->f = NULL;
     o->tmp[0] = '\0';
-    int err = follow_links(path, o->path, sizeof o->path);
-    if (err) return err;
-    path = o->path;
+    if (snprintf(o->path, sizeof o->path, "%s", path) >= (int)sizeof o->path) return ENAMETOOLONG;
+    // The rename would replace a symbolic link by a regular file (a --trace through a link did, and
+    // overwrote a loop of links with exit 0; sweep, 2026-12-05); following it would write where the
+    // caller's checks of the path (its folder's lock, the outputs that may not replace an input)
+    // never looked (review). So a link is refused, as export refuses one for its folder.
     struct stat sb;
+    if (lstat(path, &sb) == 0 && S_ISLNK(sb.st_mode)) return CORE_OUT_LINK;
     if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) return CORE_OUT_NOT_REGULAR;
+    int err;
     char suffix[32];
     snprintf(suffix, sizeof suffix, ".tmp-%ld", (long)getpid());
     if ((err = core_temp_name(o->tmp, sizeof o->tmp, path, suffix))) {
@@ -267,6 +259,7 @@ int core_out_open(CoreOut *o, const char *path) {
 const char *core_out_error(int err) {
     if (err == CORE_OUT_NOT_REGULAR) return "not a regular file";
     if (err == CORE_OUT_NO_CREATE) return "its folder takes no new files (the temporary beside it cannot be created)";
+    if (err == CORE_OUT_LINK) return "a symbolic link: name the file it points to (the output is renamed into place)";
     return strerror(err);
 }
 
@@ -380,8 +373,8 @@ void core_signals_release(void) {
     if (sig) raise(sig);
 }
 
-static int dir_lock(const char *dir, int op) {
-    const int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+static int lock_open(const char *path, int flags, int op) {
+    const int fd = open(path, flags | O_CLOEXEC, 0644);
     if (fd < 0) return CORE_DIR_NO_LOCK;
     if (flock(fd, op | LOCK_NB) == 0) return fd;
     const int busy = errno == EWOULDBLOCK;
@@ -389,8 +382,11 @@ static int dir_lock(const char *dir, int op) {
     return busy ? CORE_DIR_BUSY : CORE_DIR_NO_LOCK;
 }
 
-int core_dir_lock(const char *dir) { return dir_lock(dir, LOCK_EX); }
-int core_dir_lock_shared(const char *dir) { return dir_lock(dir, LOCK_SH); }
+int core_dir_lock(const char *dir) { return lock_open(dir, O_RDONLY | O_DIRECTORY, LOCK_EX); }
+
+int core_file_lock(const char *path, int shared) {
+    return lock_open(path, O_RDONLY | (shared ? 0 : O_CREAT), shared ? LOCK_SH : LOCK_EX);
+}
 
 void core_dir_unlock(int fd) {
     if (fd >= 0) close(fd);

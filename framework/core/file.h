@@ -53,8 +53,9 @@ void core_temp_remove_all(void);
 // -1 (no such name).
 int core_temp_is_stale(const char *name);
 // The temporary of path with suffix (".tmp-<pid>", ".tmp-XXXXXX") into out: beside path, its name
-// path's last name and the suffix, that name cut to NAME_MAX where a long one leaves no room for the
-// suffix (a valid name of 250 bytes was refused as "File name too long"; sweep, 2026-12-05).
+// path's last name and the suffix; where a long name leaves no room for the suffix in NAME_MAX, its
+// first bytes, '~' and a hash of the whole name (a valid name of 250 bytes was refused as "File
+// name too long"; sweep, 2026-12-05).
 // 0, or ENAMETOOLONG where out is too small.
 int core_temp_name(char *out, size_t cap, const char *path, const char *suffix);
 
@@ -63,8 +64,9 @@ int core_temp_name(char *out, size_t cap, const char *path, const char *suffix);
 int core_fsync(const char *path);
 int core_fsync_parent(const char *path);
 
-// An output file written whole or not at all. core_out_open creates "<path>.tmp-<pid>" beside
-// path (the same file system, so the rename is atomic) and tracks it; core_out_close flushes it,
+// An output file written whole or not at all. core_out_open creates the temporary
+// "<path>.tmp-<pid>" beside path (core_temp_name; the same file system, so the rename is atomic)
+// and tracks it; core_out_close flushes it,
 // checks that every write reached it, syncs and closes it, renames it over path and syncs the
 // directory. Any failure, or core_out_abort, removes the temporary and leaves path as it was; so
 // does any end of the process before the close. A CoreOut that was never opened is {0} (or met a
@@ -76,12 +78,13 @@ typedef struct {
 } CoreOut;
 // 0, or the errno of the failure (ENAMETOOLONG for a path over the buffer), or
 // CORE_OUT_NOT_REGULAR where path exists and is no regular file (a directory, a FIFO, a device):
-// the rename would replace it, so it is refused before anything is written; or CORE_OUT_NO_CREATE
-// where its folder exists but no file can be created in it (ENOENT in /proc).
-enum { CORE_OUT_NOT_REGULAR = -1, CORE_OUT_NO_CREATE = -2 };
+// the rename would replace it, so it is refused before anything is written; CORE_OUT_LINK where
+// path is a symbolic link (likewise); or CORE_OUT_NO_CREATE where its folder exists but no file can
+// be created in it (ENOENT in /proc).
+enum { CORE_OUT_NOT_REGULAR = -1, CORE_OUT_NO_CREATE = -2, CORE_OUT_LINK = -3 };
 int core_out_open(CoreOut *o, const char *path);
 // The text of an error core_out_open or core_out_close returned (strerror's, or "not a regular
-// file").
+// file", "a symbolic link: ...", "its folder takes no new files ...").
 const char *core_out_error(int err);
 // The one message of an output that could not be written ("<what>: <reason>", what from fmt) and
 // its exit code: 1 where the device failed (a full disk or quota, a file-size limit, an I/O error),
@@ -109,10 +112,15 @@ void core_signals_release(void);
 // directory, or a file system without locks): nothing is held and the caller goes on.
 enum { CORE_DIR_BUSY = -1, CORE_DIR_NO_LOCK = -2 };
 int core_dir_lock(const char *dir);
-// The same lock shared, for readers of a directory's files that must see them from one writer's
-// run (a train opening a dataset): held by any number of readers, refused (CORE_DIR_BUSY) while a
-// writer holds the lock, and a writer's refused while a reader holds it.
-int core_dir_lock_shared(const char *dir);
+// A readers-writer lock on the file path (empty, beside the files it guards), for readers that must
+// see a set of files from one writer's run (a train opening a dataset that a prepare may replace):
+// the writer's (shared 0) is exclusive and creates the file where missing; a reader's (shared 1)
+// is held by any number of readers and refused (CORE_DIR_BUSY) while a writer holds it; a writer's
+// is refused while a reader holds it. CORE_DIR_NO_LOCK where none can be taken (a reader's lock
+// file missing: files of a writer that made none). Released by core_dir_unlock. A lock of its own,
+// not the folder's: readers of a folder that another command writes (a train saving into its
+// --data) are not kept out (review, 2026-12-05).
+int core_file_lock(const char *path, int shared);
 void core_dir_unlock(int fd);
 
 // mkdir -p: dir and every missing folder above it, or the process ends with one message naming the

@@ -102,7 +102,7 @@ cp -r "$tmp/old" "$tmp/old.copy"
 expect_exit 1 "cannot write .*/old/train.bin: File too large" \
     "${full_disk[@]}" "$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/old"
 same_files "$tmp/old.copy" "$tmp/old"
-[ "$(listing "$tmp/old")" = "tokenizer.bin train.bin val.bin " ] || { echo "FAIL: left in old/: $(listing "$tmp/old")"; exit 1; }
+[ "$(listing "$tmp/old")" = ".moelab.lock tokenizer.bin train.bin val.bin " ] || { echo "FAIL: left in old/: $(listing "$tmp/old")"; exit 1; }
 
 # A file of /proc says it has 0 bytes and holds text (it read as empty: "hold no training text");
 # /proc/self/smaps is larger than the reader's first 4 KiB.
@@ -141,16 +141,28 @@ expect_exit 2 "--out .*/ckpt is in use by another moelab command running now \\(
 touch "$tmp/ckpt/step_9.h5.tmp-999999999"
 expect_exit 2 "ckpt clean: .*/ckpt is in use by another moelab command running now \\(train, data prepare or ckpt clean\\)" flock "$tmp/ckpt" "$moelab" ckpt clean "$tmp/ckpt"
 [ "$(ls "$tmp/ckpt" | tr '\n' ' ')" = "step_1.h5 step_9.h5.tmp-999999999 " ] || { echo "FAIL: held ckpt/ changed: $(listing "$tmp/ckpt")"; exit 1; }
-# A train opens its --data under a shared lock, which a prepare writing that folder holds alone: a
-# train whose prepare ran meanwhile trained on files of two prepares, and ranks of one job on two
-# datasets (sweep, 2026-12-05). A writer's lock (flock -x) refuses the train; a reader's (flock -s)
-# the prepare, which then changes nothing.
+# A train opens its --data under the shared lock of the dataset's lock file, which a prepare
+# writing the dataset holds alone: a train whose prepare ran meanwhile trained on files of two
+# prepares, and ranks of one job on two datasets (sweep, 2026-12-05). A writer's lock (flock -x)
+# refuses the train; a reader's (flock -s) the prepare, which then changes nothing. The folder's own
+# lock (a train saving into its --data) keeps no reader out (review, 2026-12-05).
+lockf="$tmp/held/.moelab.lock"
+[ -f "$lockf" ] || { echo "FAIL: prepare made no $lockf"; exit 1; }
 expect_exit 2 "--data .*/held is being written by a moelab data prepare running now" \
-    flock "$tmp/held" "$moelab" train --data "$tmp/held" "${model[@]}" --steps 1
-expect_exit 2 "--out .*/held is in use by another moelab command running now" \
-    flock -s "$tmp/held" "$moelab" data prepare --input "$tmp/text" --vocab 260 --out "$tmp/held"
+    flock "$lockf" "$moelab" train --data "$tmp/held" "${model[@]}" --steps 1
+expect_exit 2 "--out .*/held is being read by a moelab train starting now" \
+    flock -s "$lockf" "$moelab" data prepare --input "$tmp/text" --vocab 260 --out "$tmp/held"
 same_files "$tmp/data" "$tmp/held"
-flock -s "$tmp/held" "$moelab" train --data "$tmp/held" "${model[@]}" --steps 1 >/dev/null  # readers share it
+flock -s "$lockf" "$moelab" train --data "$tmp/held" "${model[@]}" --steps 1 >/dev/null  # readers share it
+flock "$tmp/held" "$moelab" train --data "$tmp/held" "${model[@]}" --steps 1 >/dev/null
+# An output that is a symbolic link into another dataset is refused, and that dataset stays whole:
+# the rename replaced the link, and for a while the link's target was written, outside the folder
+# this prepare locked (review, 2026-12-05).
+mkdir -p "$tmp/linked" && ln -s "$tmp/held/tokenizer.bin" "$tmp/linked/tokenizer.bin"
+expect_exit 2 "cannot write .*/linked/tokenizer.bin: a symbolic link: name the file it points to" \
+    "$moelab" data prepare --input "$tmp/text" --vocab 260 --out "$tmp/linked"
+same_files "$tmp/data" "$tmp/held"
+[ "$(listing "$tmp/linked")" = "tokenizer.bin " ] || { echo "FAIL: left in linked/: $(listing "$tmp/linked")"; exit 1; }
 
 # The temporaries of a prepare that was killed (SIGKILL) are removed by the next prepare into the
 # folder (fourth fuzzing pass: they stayed for ever, 36 MB a run, and `ckpt clean` ignores them);
@@ -165,6 +177,6 @@ timeout 60 "$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/ki
 grep -q "removed .*/killed/train.bin.tmp-$dead (left by a prepare that was killed)" "$tmp/killed.log" ||
     { echo "FAIL: no removal reported:"; cat "$tmp/killed.log"; exit 1; }
 kill $alive
-[ "$(listing "$tmp/killed")" = "notes.tmp-$dead tokenizer.bin train.bin val.bin val.bin.tmp-$alive " ] ||
+[ "$(listing "$tmp/killed")" = ".moelab.lock notes.tmp-$dead tokenizer.bin train.bin val.bin val.bin.tmp-$alive " ] ||
     { echo "FAIL: left in killed/: $(listing "$tmp/killed")"; exit 1; }
 echo "data_cli_test: ok"

@@ -261,14 +261,14 @@ TEST(Prepare, FailedWriteLeavesTheOldDatasetWhole) {
     EXPECT_EXIT((limit_file_size(8192),
                  exit(run_cmd_data({"data", "prepare", "--input", in, "--vocab", "300", "--out", old}))),
                 ::testing::ExitedWithCode(1), "cannot write .*/train.bin: File too large");
-    EXPECT_EQ(entries(old), "tokenizer.bin train.bin val.bin");
+    EXPECT_EQ(entries(old), ".moelab.lock tokenizer.bin train.bin val.bin");
     EXPECT_EQ(read_file(old + "/tokenizer.bin"), tok);
     EXPECT_EQ(read_file(old + "/train.bin"), train);
     EXPECT_EQ(read_file(old + "/val.bin"), val);
 
     // Without the limit the run replaces all three.
     ASSERT_EQ(prepare_dataset(inputs, 1, 300, old.c_str(), 0.1, 1, nullptr, &st), 0);
-    EXPECT_EQ(entries(old), "tokenizer.bin train.bin val.bin");
+    EXPECT_EQ(entries(old), ".moelab.lock tokenizer.bin train.bin val.bin");
     Tokenizer *t = tok_load((old + "/tokenizer.bin").c_str());
     EXPECT_EQ(t->V, 300);
     tok_free(t);
@@ -318,7 +318,7 @@ TEST(Prepare, FractionThatHoldsOutNothingIsRefused) {
     EXPECT_EXIT(exit(run_cmd_data({"data", "prepare", "--input", in, "--vocab", "300", "--out", old,
                                    "--val-fraction", "1e-17"})),
                 ::testing::ExitedWithCode(2), msg);
-    EXPECT_EQ(entries(old), "tokenizer.bin train.bin val.bin");
+    EXPECT_EQ(entries(old), ".moelab.lock tokenizer.bin train.bin val.bin");
     EXPECT_EQ(read_file(old + "/tokenizer.bin"), tok);
     EXPECT_EQ(read_file(old + "/train.bin"), train);
     EXPECT_EQ(read_file(old + "/val.bin"), val);

@@ -9,6 +9,7 @@ both passes an exact dump and fails a perturbed one. See README.md for the dump'
 import argparse
 import math
 import os
+import re
 import sys
 import tempfile
 
@@ -93,11 +94,18 @@ class Config:
         self.hd = self.D // self.H
 
 
+def strip_comment(line):
+    """The line before its comment: a `#` at its start or after a blank (one glued to other
+    characters is part of a value, `out = runs/run#2`), as moelab's config reader cuts it."""
+    m = re.search(r"(^|[ \t])#", line)
+    return line[:m.start()] if m else line
+
+
 def parse_config_text(text):
-    """{key: value string} from `key = value` lines; `#` starts a comment."""
+    """{key: value string} from `key = value` lines and their comments (strip_comment)."""
     kv = {}
     for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
+        line = strip_comment(line).strip()
         if not line:
             continue
         if "=" not in line:
