@@ -66,9 +66,8 @@ int core_fsync_parent(const char *path);
 
 // An output file written whole or not at all. core_out_open creates the temporary
 // "<path>.tmp-<pid>" beside path (core_temp_name; the same file system, so the rename is atomic)
-// and tracks it; core_out_close flushes it,
-// checks that every write reached it, syncs and closes it, renames it over path and syncs the
-// directory. Any failure, or core_out_abort, removes the temporary and leaves path as it was; so
+// and tracks it; core_out_close flushes it, checks that every write reached it, syncs and closes
+// it, renames it over path and syncs the directory. Any failure, or core_out_abort, removes the temporary and leaves path as it was; so
 // does any end of the process before the close. A CoreOut that was never opened is {0} (or met a
 // failed core_out_open): core_out_abort then does nothing.
 typedef struct {
