@@ -52,11 +52,11 @@ void core_temp_remove_all(void);
 // machine: 1 (a leftover of SIGKILL or a crash), 0 (its process runs: maybe a write under way), or
 // -1 (no such name).
 int core_temp_is_stale(const char *name);
-// The temporary of path with suffix (".tmp-<pid>", ".tmp-XXXXXX") into out: beside path, its name
-// path's last name and the suffix; where a long name leaves no room for the suffix in NAME_MAX, its
-// first bytes, '~' and a hash of the whole name (a valid name of 250 bytes was refused as "File
-// name too long"; sweep, 2026-12-05).
-// 0, or ENAMETOOLONG where out is too small.
+// The temporary of path with suffix (".tmp-<pid>", or mkdtemp's template ".tmp-XXXXXX") into out:
+// beside path, its name path's last name and the suffix; where a long name leaves no room for the
+// suffix in NAME_MAX, its first bytes, '~' and a hash of the whole name (a valid name of 250 bytes
+// was refused as "File name too long"; sweep, 2026-12-05). 0, or ENAMETOOLONG where out is too
+// small.
 int core_temp_name(char *out, size_t cap, const char *path, const char *suffix);
 
 // fsync of a file or a directory (a rename becomes durable once its directory is synced): 0, or

@@ -339,7 +339,8 @@ static void commit(const char *tmp, const char *out, int exists) {
     if (xerr != EINVAL && xerr != ENOSYS && xerr != ENOTSUP)
         core_path_error(xerr, "export: cannot put %s in place of %s: %s", tmp, out, strerror(xerr));
     char old[4200];
-    core_temp_name(old, sizeof old, out, ".old-XXXXXX");  // out is under 4064 bytes
+    // mkdtemp fills in the template's last six characters.
+    CHECK(core_temp_name(old, sizeof old, out, ".old-XXXXXX") == 0, "export: --out path too long: %s", out);
     if (!mkdtemp(old)) core_path_error(errno, "export: cannot create a folder next to %s: %s", out, strerror(errno));
     // The old export goes before the signals are let through: a signal held until then would end
     // the process with the old folder left aside under a name nothing removes.
@@ -403,10 +404,11 @@ void hf_export(const HfExportOptions *o) {
     CkptState st;
     ckpt_load(o->ckpt, &sh, &weights, &st);
 
-    // Written under <out>.tmp-XXXXXX next to it (same file system, so the rename is atomic; a long
-    // name cut to make room, core_temp_name).
+    // Written in a folder next to it (same file system, so the rename is atomic), named by mkdtemp
+    // from the template <out>.tmp- and six characters it fills in (a long name cut to make room,
+    // core_temp_name).
     char tmp[4128];  // out (under 4064 bytes) and ".tmp-XXXXXX"
-    core_temp_name(tmp, sizeof tmp, out, ".tmp-XXXXXX");
+    CHECK(core_temp_name(tmp, sizeof tmp, out, ".tmp-XXXXXX") == 0, "export: --out path too long: %s", out);
     if (!mkdtemp(tmp)) core_path_error(errno, "export: cannot create a folder next to %s: %s", out, strerror(errno));
     track_tmp(tmp, 1);
     const mode_t mask = umask(0);
