@@ -160,6 +160,16 @@ static void stage_move_end(void *ctx) {
     model_refresh_low(x->m);
 }
 
+// An EP dispatcher over the stage's group, with the run's exchange settings (ep_overlap,
+// ep_chunks), on the device where the model runs there.
+static MoeDispatcher *stage_dispatcher(const PipeStageCtx *x, const MoeConfig *c, const LayerOps *ops) {
+    MoeDispatcher *d = ep_dispatcher_create(x->ep, c->E);
+    ep_dispatcher_set_overlap(d, c->ep_overlap);
+    ep_dispatcher_set_chunks(d, c->ep_chunks);
+    if (ops->dev != CORE_CPU) ep_dispatcher_to_device(d, x->ep_dev, ops);
+    return d;
+}
+
 // EPLB over the stage's MoE layers [moe0, l1) in its EP group (cfg.eplb_interval > 0): a runtime that
 // the step drives, and a dispatcher of its own for each layer, because each layer has its own
 // placement of experts in slots. On a GPU slot rows move over the group's NCCL twin. A stage of
@@ -182,10 +192,7 @@ static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
                          .move_begin = stage_move_begin, .move_end = stage_move_end, .move_ctx = x};
     s.disp = core_alloc((size_t)L * sizeof *s.disp);
     for (int l = 0; l < L; l++) {
-        s.disp[l] = ep_dispatcher_create(x->ep, c->E);
-        ep_dispatcher_set_overlap(s.disp[l], c->ep_overlap);
-        ep_dispatcher_set_chunks(s.disp[l], c->ep_chunks);
-        if (on_gpu) ep_dispatcher_to_device(s.disp[l], x->ep_dev, m->ops);
+        s.disp[l] = stage_dispatcher(x, c, m->ops);
         model_set_layer_dispatcher(m, x->moe0 + l, s.disp[l]);
     }
     EplbTensor *t = core_alloc((size_t)m->reg.n * sizeof *t);
@@ -404,13 +411,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         const int own_ep = pipe == 1 && p->ep1;
         x->ep = own_ep ? p->ep1 : g ? g->ep_comm : comm_world();
         x->ep_dev = own_ep ? p->ep1_dev : g ? g->ep_dev : NULL;
-        if (ep > 1) {
-            MoeDispatcher *d = ep_dispatcher_create(x->ep, c->E);
-            ep_dispatcher_set_overlap(d, c->ep_overlap);
-            ep_dispatcher_set_chunks(d, c->ep_chunks);
-            if (on_gpu) ep_dispatcher_to_device(d, x->ep_dev, ops);
-            model_set_dispatcher(m, d);
-        }
+        if (ep > 1) model_set_dispatcher(m, stage_dispatcher(x, c, ops));
         model_to_device(m, ops);
         AdamW *o = core_alloc(sizeof *o);
         zero1_init_if(o, &m->reg, ops, m->wlow, g, c->zero);

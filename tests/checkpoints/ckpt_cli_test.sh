@@ -172,6 +172,10 @@ mkfifo "$tmp/fifo/step_3.h5.part-1-of-2" "$tmp/fifo/step_1.h5"
 expect_error "step_3.h5.part-1-of-2: not a regular file" timeout 60 "$moelab" ckpt verify "$tmp/fifo/step_3.h5"
 timeout 60 "$moelab" train "${args[@]}" --steps 1 --out "$tmp/fifo" --keep 1 >/dev/null 2>&1 ||
     { echo "FAIL: train into a folder with a FIFO named like a checkpoint"; exit 1; }
+[ -f "$tmp/fifo/step_1.h5" ] && [ ! -p "$tmp/fifo/step_1.h5" ] ||
+    { echo "FAIL: the run did not save its checkpoint over the FIFO"; ls -l "$tmp/fifo"; exit 1; }
+"$moelab" ckpt verify "$tmp/fifo/step_1.h5" >/dev/null ||
+    { echo "FAIL: the checkpoint saved over the FIFO does not verify"; exit 1; }
 # An index (make_ckpt's, with its two part files) whose metadata the fuzzer corrupted so that HDF5
 # 1.10.8 itself overflows a buffer while opening a dataset: glibc's fortify check aborted the process
 # (SIGABRT) before the probe. Now the probe process dies instead, and the command ends with exit 2

@@ -69,7 +69,11 @@ while true; do
         echo "fuzz_ckpt_smoke: run $run ended inside HDF5, not in moelab's code: a hang, ended by the reader's watchdog"
         continue
     fi
-    if [[ $frame != *libhdf5* ]]; then
+    # An overflow inside HDF5 of a buffer that moelab allocated and handed over (too small for what
+    # it asked HDF5 to read) is moelab's: the block's "allocated by" stack names moelab's code first.
+    owner=$(sed -n '/allocated by thread/,/^$/p' "$work/log" | grep -E '^ +#[0-9]+ ' |
+        grep -m1 -E 'libhdf5|/moelab/(checkpoints|framework|tests)/' || true)
+    if [[ $frame != *libhdf5* || $owner == */moelab/* ]]; then
         tail -n 60 "$work/log" >&2
         echo "fuzz_ckpt_smoke: fuzz_ckpt found a failure in moelab's reader (input saved under $work/crash-*)" >&2
         exit 1

@@ -80,6 +80,14 @@ Out run(MoeDispatcher *d, const Weights &w, int K, int first, const std::vector<
     MoeGrads g = {o.router.data(), o.w13.data(), o.w2.data(), o.sw13.data(), o.sw2.data()};
     MoeActs a;
     moe_forward(o.y.data(), &a, x.data(), &s, &p, d, B, T, NULL);
+    // The chunks the layer ran are the dispatcher's, split as moe.h says (else every comparison
+    // with one chunk below would hold with the setting ignored).
+    const int C = d->chunks > 1 ? d->chunks : 1, N = B * T;
+    EXPECT_EQ(a.C, C);
+    for (int c = 0; c < a.C && a.C == C; c++) {
+        EXPECT_EQ(a.ch[c].t0, (int)((long)c * N / C)) << "chunk " << c;
+        EXPECT_EQ(a.ch[c].n, (int)((long)(c + 1) * N / C) - (int)((long)c * N / C)) << "chunk " << c;
+    }
     moe_backward_input(o.dx.data(), &a, dy.data(), &s, &p, d);
     moe_backward_weight(&g, &a, dy.data(), &s, d, 0);
     moe_acts_free(&a, d);

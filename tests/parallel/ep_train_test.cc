@@ -232,20 +232,39 @@ TEST(EpTrain, Zero1OverlapIsBitIdentical) {
     }
 }
 
-// The engine's model takes ep_overlap from the config: with 0 its dispatcher has no start/finish
-// pair, so the MoE layer waits for the dispatch before the shared experts.
-TEST(EpTrain, EpOverlapKeyReachesTheDispatcher) {
+// The engine takes ep_overlap, ep_chunks and dp_overlap from the config: with ep_overlap 0 its
+// dispatchers have no start/finish pair (the MoE layer waits for the dispatch before the shared
+// experts), every dispatcher splits into ep_chunks chunks (EPLB's per-layer ones too), and the
+// trainer runs the DP sync during the backward only with dp_overlap. The tests that compare these
+// settings on and off would hold with a setting ignored; this one fails then.
+TEST(EpTrain, RunKeysReachTheDispatchersAndTheTrainer) {
     if (comm_world()->size == 1) GTEST_SKIP() << "EP needs two ranks";
-    for (int on = 0; on <= 1; on++) {
-        MoeConfig c = tiny();
-        c.ep = comm_world()->size;
-        c.ep_overlap = on;
-        PipeTrainer *p = pipe_trainer_create(&c, grid_create(comm_world(), 1, c.ep, c.E), &layer_ops_cpu);
-        const Model *m = p->ctx[0].m;
-        EXPECT_EQ(m->disp->to_experts_start != NULL, on) << "ep_overlap = " << on;
-        EXPECT_EQ(m->disp->finish != NULL, on) << "ep_overlap = " << on;
-        pipe_trainer_free(p);
-    }
+    for (int on = 0; on <= 1; on++)
+        for (int eplb = 0; eplb <= 1; eplb++) {
+            SCOPED_TRACE(testing::Message() << "on = " << on << ", eplb = " << eplb);
+            MoeConfig c = tiny();
+            c.ep = comm_world()->size;
+            c.ep_overlap = on;
+            c.dp_overlap = on;
+            c.ep_chunks = on ? 3 : 1;
+            c.eplb_interval = eplb ? 2 : 0;
+            PipeTrainer *p = pipe_trainer_create(&c, grid_create(comm_world(), 1, c.ep, c.E), &layer_ops_cpu);
+            const Model *m = p->ctx[0].m;
+            EXPECT_EQ(p->overlap, on);
+            EXPECT_EQ(m->disp->to_experts_start != NULL, on);
+            EXPECT_EQ(m->disp->finish != NULL, on);
+            EXPECT_EQ(m->disp->chunks, c.ep_chunks);
+            int per_layer = 0;
+            for (int l = m->l0; l < m->l1; l++) {
+                const MoeDispatcher *d = m->layer_disp[l];
+                if (!d) continue;
+                per_layer++;
+                EXPECT_EQ(d->to_experts_start != NULL, on) << "layer " << l;
+                EXPECT_EQ(d->chunks, c.ep_chunks) << "layer " << l;
+            }
+            EXPECT_EQ(per_layer > 0, eplb == 1) << "EPLB gives each MoE layer a dispatcher of its own";
+            pipe_trainer_free(p);
+        }
 }
 
 TEST(EpTrain, AllTokensToOneExpert) {

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Failure modes of multi-rank runs; each must end every rank with a non-zero exit and one clear
 # message, quickly:
-#  - an operation some rank never joins (deadlock): "<op> on group world timed out after 2s", a
+#  - an operation some rank never joins (deadlock), exit 1: "<op> on group world timed out after 2s", a
 #    receive naming its peer ("recv from rank 0 on group world ..."); the same for the EP
 #    dispatcher's row exchange (an all-to-all-v) with a rank that hangs;
 #  - a bad layout (DP % EP, E % EP) in the grid and in `moelab train`: exit 2 before any work;
@@ -39,9 +39,9 @@ expect() {
 }
 
 unset MOELAB_TEST_DIE_AT_STEP
-expect deadlock nonzero 'moelab: error \[rank 1\]: recv from rank 0 on group world timed out after 2s' 60 \
+expect deadlock 1 'moelab: error \[rank 1\]: recv from rank 0 on group world timed out after 2s' 60 \
     2 "$driver" hang 2
-expect stall nonzero 'moelab: error \[rank [01]\]: all-to-all-v on group world timed out after 2s' 60 \
+expect stall 1 'moelab: error \[rank [01]\]: all-to-all-v on group world timed out after 2s' 60 \
     3 "$driver" stall 2
 if grep -q "unreachable" "$tmp/stall.out"; then echo "FAIL: stall: the exchange completed without rank 2"; fail=1; fi
 expect grid_dp_ep 2 'moelab: error \[rank [0-9]\]: grid: 4 data-parallel ranks .* cannot form expert-parallel groups of --ep 3' 60 \

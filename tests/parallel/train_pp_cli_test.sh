@@ -86,7 +86,7 @@ expect_usage() {
     "$@" >"$tmp/err.log" 2>&1
     local rc=$?
     set -e
-    [ $rc -ne 0 ] && grep -qF -- "$want" "$tmp/err.log" ||
+    [ $rc -eq 2 ] && grep -qF -- "$want" "$tmp/err.log" ||
         { echo "FAIL: expected '$want' (exit $rc):"; cat "$tmp/err.log"; exit 1; }
 }
 expect_usage "dualpipe needs an even number of micro-batches (chunks = 3)" \
