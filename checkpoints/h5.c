@@ -339,7 +339,8 @@ hid_t h5_create_dataset(const H5Io *io, hid_t loc, const char *name, hid_t ftype
     return d;
 }
 
-uint32_t h5_fletcher32(const void *data, size_t bytes) {
+// HDF5's Fletcher-32 of `bytes` bytes.
+static uint32_t h5_fletcher32(const void *data, size_t bytes) {
     // The data is read as big-endian 16-bit words (an odd last byte is the high byte of a word);
     // both sums are folded to 17 bits after every 360 words, before they could overflow 32 bits,
     // and once more at the end: HDF5's definition, which its filter checks on every read.

@@ -93,8 +93,6 @@ void h5_write_rows(const H5Io *io, hid_t d, const char *name, hid_t mtype, int n
                    const hsize_t *dims, hsize_t row0, hsize_t n, const void *buf);
 void h5_read_rows(const H5Io *io, hid_t d, const char *name, hid_t mtype, int ndim,
                   const hsize_t *dims, hsize_t row0, hsize_t n, void *buf);
-// HDF5's Fletcher-32 of `bytes` bytes.
-uint32_t h5_fletcher32(const void *data, size_t bytes);
 
 // Checks a stored (not virtual) dataset before anything is read from it: type ftype, chunked with
 // the Fletcher-32 filter, and every chunk written (an unwritten chunk would read as silent zeros).

@@ -7,8 +7,9 @@
 #include "framework/core/check.h"
 #include "framework/core/mem.h"
 
-int sample_pick(const float *logits, int V, float temperature, int top_k, RngStream *rng,
-                float *work_p, int *work_i) {
+// Draws one token from logits (V) with temperature and top-k. work is scratch of V floats + V ints.
+static int sample_pick(const float *logits, int V, float temperature, int top_k, RngStream *rng,
+                       float *work_p, int *work_i) {
     int best = 0;
     for (int i = 1; i < V; i++)
         if (logits[i] > logits[best]) best = i;

@@ -28,9 +28,6 @@ void sample_generate_by(SampleLogits logits, void *ctx, int V, int T, const int 
 // out (V floats, host).
 void sample_logits_row(const LayerOps *o, const void *logits, int row, int V, float *out);
 
-// Draws one token from logits (V) with temperature and top-k. work is scratch of V floats + V ints.
-int sample_pick(const float *logits, int V, float temperature, int top_k, RngStream *rng,
-                float *work_p, int *work_i);
 
 #ifdef __cplusplus
 }

@@ -492,7 +492,8 @@ void trainer_free(Trainer *t) {
     core_free(t);
 }
 
-StepStats trainer_step(Trainer *t) {
+// One optimizer step over cfg.grad_accum micro-batches from the training loader.
+static StepStats trainer_step(Trainer *t) {
     const MoeConfig *c = &t->cfg;
     const size_t mb = (size_t)c->batch_size * (c->T + 1);
     for (int i = 0; i < c->grad_accum; i++) loader_next(t->train, t->tokens + i * mb);
@@ -501,7 +502,8 @@ StepStats trainer_step(Trainer *t) {
     return st;
 }
 
-float trainer_eval(Trainer *t) {
+// Mean loss over cfg.val_batches micro-batches of the validation split (always the same ones).
+static float trainer_eval(Trainer *t) {
     const MoeConfig *c = &t->cfg;
     // Always the same validation micro-batches, from the start of the split, so values compare.
     LoaderPos start = {0};

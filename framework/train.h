@@ -38,10 +38,6 @@ typedef struct {
 // train.bin and val.bin), builds and initializes the model and the optimizer.
 Trainer *trainer_create(const MoeConfig *cfg);
 void trainer_free(Trainer *t);
-// One optimizer step over cfg.grad_accum micro-batches from the training loader.
-StepStats trainer_step(Trainer *t);
-// Mean loss over cfg.val_batches micro-batches of the validation split (always the same ones).
-float trainer_eval(Trainer *t);
 // Runs cfg.steps steps with logging; returns the process exit code.
 int trainer_run(Trainer *t);
 

@@ -65,7 +65,8 @@ const char *eplb_load_error(const double *load, int L, int E, char *buf, size_t 
     return buf;
 }
 
-int eplb_is_hierarchical(const EplbShape *s) { return s->Ng % s->Nn == 0; }
+// 1 when the hierarchical policy applies (Ng % Nn == 0), 0 for the global one.
+static int eplb_is_hierarchical(const EplbShape *s) { return s->Ng % s->Nn == 0; }
 
 size_t eplb_pack_work_bytes(int n, int m) {
     return (size_t)m * sizeof(double) + (2 * (size_t)m + 2 * (size_t)n) * sizeof(int);

@@ -27,8 +27,6 @@ const char *eplb_shape_error(const EplbShape *s, char *buf, size_t cap);
 // NULL when every load (L, E) is finite and ≥ 0; otherwise a message naming the first bad entry
 // (0-based layer and expert), in buf.
 const char *eplb_load_error(const double *load, int L, int E, char *buf, size_t cap);
-// 1 when the hierarchical policy applies (Ng % Nn == 0), 0 for the global one.
-int eplb_is_hierarchical(const EplbShape *s);
 
 // ---- the two primitives of §6 ----
 

@@ -1,5 +1,5 @@
-// Config parsing: one table lists every key with its type, place in MoeConfig, bounds and help;
-// the file reader, the command-line reader, the writer and --help all walk that table.
+// Config parsing: one table lists every key with its default, type, place in MoeConfig, bounds and
+// help; the defaults, the file reader, the command-line reader, the writer and --help all walk it.
 #include "framework/core/config.h"
 
 #include <ctype.h>
@@ -18,6 +18,7 @@ typedef enum { K_INT, K_U64, K_FLOAT, K_BOOL, K_STR } KeyType;
 
 typedef struct {
     const char *name;
+    const char *def;     // the default, as a config file would write it
     KeyType type;
     size_t offset;
     double lo, hi;      // bounds for numbers (inclusive)
@@ -27,109 +28,92 @@ typedef struct {
 
 #define OFF(f) offsetof(MoeConfig, f)
 static const KeyInfo KEYS[] = {
-    {"vocab_size", K_INT, OFF(V), 2, 1 << 24, NULL, "vocabulary size V"},
-    {"d_model", K_INT, OFF(D), 1, 1 << 16, NULL, "model width D"},
-    {"n_layers", K_INT, OFF(L), 1, 1024, NULL, "number of layers L"},
-    {"n_heads", K_INT, OFF(H), 1, 1024, NULL, "query heads H"},
-    {"n_kv_heads", K_INT, OFF(Hkv), 1, 1024, NULL, "key/value heads Hkv (H % Hkv == 0)"},
-    {"seq_len", K_INT, OFF(T), 1, 1 << 20, NULL, "sequence length T"},
-    {"n_dense_layers", K_INT, OFF(n_dense_layers), 0, 1024, NULL, "leading layers with a dense FFN"},
-    {"d_ff", K_INT, OFF(F), 1, 1 << 20, NULL, "dense SwiGLU width F"},
-    {"n_experts", K_INT, OFF(E), 1, 1 << 16, NULL, "routed experts E"},
-    {"top_k", K_INT, OFF(K), 1, 1 << 16, NULL, "experts per token K"},
-    {"n_shared", K_INT, OFF(S), 0, 1024, NULL, "shared experts S"},
-    {"d_expert", K_INT, OFF(Fe), 1, 1 << 20, NULL, "expert SwiGLU width Fe"},
-    {"score", K_STR, OFF(score), 0, 0, "sigmoid|softmax", "router score function"},
-    {"route_scale", K_FLOAT, OFF(route_scale), 0, 1e6, NULL, "gate multiplier"},
-    {"norm_topk", K_BOOL, OFF(norm_topk), 0, 1, NULL, "normalize the K chosen scores to sum 1"},
-    {"bias_rate", K_FLOAT, OFF(bias_rate), 0, 1e3, NULL, "aux-loss-free bias update rate gamma"},
-    {"balance_alpha", K_FLOAT, OFF(balance_alpha), 0, 1e3, NULL, "sequence balance loss weight alpha"},
-    {"rope_theta", K_FLOAT, OFF(rope_theta), 1, 1e12, NULL, "RoPE base theta"},
-    {"norm_eps", K_FLOAT, OFF(norm_eps), 1e-30, 1, NULL, "RMSNorm epsilon (positive)"},
-    {"tie_embeddings", K_BOOL, OFF(tie_embeddings), 0, 1, NULL, "LM head shares the embedding"},
-    {"seed", K_U64, OFF(seed), 0, 0, NULL, "random seed (weights, data order, sampling)"},
-    {"steps", K_INT, OFF(steps), 0, INT_MAX, NULL, "optimizer steps"},
-    {"batch_size", K_INT, OFF(batch_size), 1, 1 << 20, NULL, "sequences per micro-batch B"},
+    {"vocab_size", "256", K_INT, OFF(V), 2, 1 << 24, NULL, "vocabulary size V"},
+    {"d_model", "64", K_INT, OFF(D), 1, 1 << 16, NULL, "model width D"},
+    {"n_layers", "2", K_INT, OFF(L), 1, 1024, NULL, "number of layers L"},
+    {"n_heads", "4", K_INT, OFF(H), 1, 1024, NULL, "query heads H"},
+    {"n_kv_heads", "2", K_INT, OFF(Hkv), 1, 1024, NULL, "key/value heads Hkv (H % Hkv == 0)"},
+    {"seq_len", "64", K_INT, OFF(T), 1, 1 << 20, NULL, "sequence length T"},
+    {"n_dense_layers", "1", K_INT, OFF(n_dense_layers), 0, 1024, NULL, "leading layers with a dense FFN"},
+    {"d_ff", "192", K_INT, OFF(F), 1, 1 << 20, NULL, "dense SwiGLU width F"},
+    {"n_experts", "8", K_INT, OFF(E), 1, 1 << 16, NULL, "routed experts E"},
+    {"top_k", "2", K_INT, OFF(K), 1, 1 << 16, NULL, "experts per token K"},
+    {"n_shared", "1", K_INT, OFF(S), 0, 1024, NULL, "shared experts S"},
+    {"d_expert", "64", K_INT, OFF(Fe), 1, 1 << 20, NULL, "expert SwiGLU width Fe"},
+    {"score", "sigmoid", K_STR, OFF(score), 0, 0, "sigmoid|softmax", "router score function"},
+    {"route_scale", "1", K_FLOAT, OFF(route_scale), 0, 1e6, NULL, "gate multiplier"},
+    {"norm_topk", "1", K_BOOL, OFF(norm_topk), 0, 1, NULL, "normalize the K chosen scores to sum 1"},
+    {"bias_rate", "1e-3", K_FLOAT, OFF(bias_rate), 0, 1e3, NULL, "aux-loss-free bias update rate gamma"},
+    {"balance_alpha", "1e-4", K_FLOAT, OFF(balance_alpha), 0, 1e3, NULL, "sequence balance loss weight alpha"},
+    {"rope_theta", "10000", K_FLOAT, OFF(rope_theta), 1, 1e12, NULL, "RoPE base theta"},
+    {"norm_eps", "1e-5", K_FLOAT, OFF(norm_eps), 1e-30, 1, NULL, "RMSNorm epsilon (positive)"},
+    {"tie_embeddings", "0", K_BOOL, OFF(tie_embeddings), 0, 1, NULL, "LM head shares the embedding"},
+    {"seed", "1337", K_U64, OFF(seed), 0, 0, NULL, "random seed (weights, data order, sampling)"},
+    {"steps", "100", K_INT, OFF(steps), 0, INT_MAX, NULL, "optimizer steps"},
+    {"batch_size", "8", K_INT, OFF(batch_size), 1, 1 << 20, NULL, "sequences per micro-batch B"},
     // Micro-batches per step: at most 8192, what the pipeline's message tags number
     // (parallel/pipeline.c; a plain run is a one-stage pipeline too).
-    {"grad_accum", K_INT, OFF(grad_accum), 1, 8192, NULL, "micro-batches per step and rank"},
-    {"lr", K_FLOAT, OFF(lr), 0, 10, NULL, "peak learning rate"},
-    {"min_lr", K_FLOAT, OFF(min_lr), 0, 10, NULL, "final learning rate of the cosine decay"},
-    {"warmup_steps", K_INT, OFF(warmup_steps), 0, INT_MAX, NULL, "linear warm-up steps"},
-    {"weight_decay", K_FLOAT, OFF(weight_decay), 0, 10, NULL, "AdamW decay (matrices only)"},
-    {"grad_clip", K_FLOAT, OFF(grad_clip), 0, 1e9, NULL, "global gradient-norm clip (0: off)"},
-    {"beta1", K_FLOAT, OFF(beta1), 0, 1, NULL, "AdamW beta1, below 1"},
-    {"beta2", K_FLOAT, OFF(beta2), 0, 1, NULL, "AdamW beta2, below 1"},
+    {"grad_accum", "1", K_INT, OFF(grad_accum), 1, 8192, NULL, "micro-batches per step and rank"},
+    {"lr", "3e-3", K_FLOAT, OFF(lr), 0, 10, NULL, "peak learning rate"},
+    {"min_lr", "3e-4", K_FLOAT, OFF(min_lr), 0, 10, NULL, "final learning rate of the cosine decay"},
+    {"warmup_steps", "10", K_INT, OFF(warmup_steps), 0, INT_MAX, NULL, "linear warm-up steps"},
+    {"weight_decay", "0.1", K_FLOAT, OFF(weight_decay), 0, 10, NULL, "AdamW decay (matrices only)"},
+    {"grad_clip", "1", K_FLOAT, OFF(grad_clip), 0, 1e9, NULL, "global gradient-norm clip (0: off)"},
+    {"beta1", "0.9", K_FLOAT, OFF(beta1), 0, 1, NULL, "AdamW beta1, below 1"},
+    {"beta2", "0.95", K_FLOAT, OFF(beta2), 0, 1, NULL, "AdamW beta2, below 1"},
     // 0 would divide 0 by 0 for every weight whose gradient is still 0 (an embedding row of a token
     // not yet seen): NaN weights after the first step.
-    {"adam_eps", K_FLOAT, OFF(adam_eps), 1e-30, 1, NULL, "AdamW epsilon (positive)"},
-    {"nonfinite_skip", K_INT, OFF(nonfinite_skip), 0, INT_MAX, NULL,
+    {"adam_eps", "1e-8", K_FLOAT, OFF(adam_eps), 1e-30, 1, NULL, "AdamW epsilon (positive)"},
+    {"nonfinite_skip", "0", K_INT, OFF(nonfinite_skip), 0, INT_MAX, NULL,
      "non-finite steps (loss or grad norm) skipped in a row before the run stops (0: stop at once)"},
-    {"log_every", K_INT, OFF(log_every), 1, INT_MAX, NULL, "steps between log lines"},
-    {"val_every", K_INT, OFF(val_every), 0, INT_MAX, NULL, "steps between validations (0: before the first step and at the end only)"},
-    {"val_batches", K_INT, OFF(val_batches), 1, INT_MAX, NULL, "micro-batches per validation"},
-    {"sample_tokens", K_INT, OFF(sample_tokens), 0, 1 << 14, NULL, "tokens sampled before and after training"},
-    {"temperature", K_FLOAT, OFF(temperature), 0, 100, NULL, "sampling temperature (0: greedy)"},
-    {"top_k_sample", K_INT, OFF(top_k_sample), 0, 1 << 24, NULL, "sample among the k most likely (0: all)"},
-    {"threads", K_INT, OFF(threads), 0, 4096, NULL, "OpenMP threads (0: OpenMP's default; under mpirun each rank's share of its host's cores)"},
-    {"ep", K_INT, OFF(ep), 1, 1 << 16, NULL, "expert-parallel ranks"},
-    {"pp", K_INT, OFF(pp), 1, 1 << 16, NULL, "pipeline stages (ranks)"},
-    {"chunks", K_INT, OFF(chunks), 0, 8192, NULL, "pipeline micro-batches per step (0: grad_accum)"},
-    {"schedule", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
-    {"fb_overlap", K_BOOL, OFF(fb_overlap), 0, 1, NULL, "F&B ops: forward and backward on two GPU streams"},
-    {"zero", K_INT, OFF(zero), 0, 1, NULL, "ZeRO stage: 1 shards the AdamW moments over the DP ranks (0: off)"},
+    {"log_every", "10", K_INT, OFF(log_every), 1, INT_MAX, NULL, "steps between log lines"},
+    {"val_every", "50", K_INT, OFF(val_every), 0, INT_MAX, NULL, "steps between validations (0: before the first step and at the end only)"},
+    {"val_batches", "4", K_INT, OFF(val_batches), 1, INT_MAX, NULL, "micro-batches per validation"},
+    {"sample_tokens", "0", K_INT, OFF(sample_tokens), 0, 1 << 14, NULL, "tokens sampled before and after training"},
+    {"temperature", "0.8", K_FLOAT, OFF(temperature), 0, 100, NULL, "sampling temperature (0: greedy)"},
+    {"top_k_sample", "40", K_INT, OFF(top_k_sample), 0, 1 << 24, NULL, "sample among the k most likely (0: all)"},
+    {"threads", "0", K_INT, OFF(threads), 0, 4096, NULL, "OpenMP threads (0: OpenMP's default; under mpirun each rank's share of its host's cores)"},
+    {"ep", "1", K_INT, OFF(ep), 1, 1 << 16, NULL, "expert-parallel ranks"},
+    {"pp", "1", K_INT, OFF(pp), 1, 1 << 16, NULL, "pipeline stages (ranks)"},
+    {"chunks", "0", K_INT, OFF(chunks), 0, 8192, NULL, "pipeline micro-batches per step (0: grad_accum)"},
+    {"schedule", "1f1b", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
+    {"fb_overlap", "0", K_BOOL, OFF(fb_overlap), 0, 1, NULL, "F&B ops: forward and backward on two GPU streams"},
+    {"zero", "0", K_INT, OFF(zero), 0, 1, NULL, "ZeRO stage: 1 shards the AdamW moments over the DP ranks (0: off)"},
     // The seven below choose how the work runs, not what it computes (beyond the rounding of the
     // GEMM kernels, and deterministic = 0, whose attention backward sums dQ in a varying order):
     // overlaps on by default, off to measure their gain.
-    {"dp_overlap", K_BOOL, OFF(dp_overlap), 0, 1, NULL, "DP gradient all-reduce overlaps the backward"},
-    {"ep_overlap", K_BOOL, OFF(ep_overlap), 0, 1, NULL, "shared experts overlap the EP dispatch all-to-all"},
-    {"ep_chunks", K_INT, OFF(ep_chunks), 1, 8, NULL,
+    {"dp_overlap", "1", K_BOOL, OFF(dp_overlap), 0, 1, NULL, "DP gradient all-reduce overlaps the backward"},
+    {"ep_overlap", "1", K_BOOL, OFF(ep_overlap), 0, 1, NULL, "shared experts overlap the EP dispatch all-to-all"},
+    {"ep_chunks", "1", K_INT, OFF(ep_chunks), 1, 8, NULL,
      "token chunks per EP MoE layer: one chunk's combine overlaps the next one's experts (1 to 8, at most batch_size*seq_len)"},
-    {"expert_gemm", K_STR, OFF(expert_gemm), 0, 0, "cutlass|grouped|streams|loop",
+    {"expert_gemm", "cutlass", K_STR, OFF(expert_gemm), 0, 0, "cutlass|grouped|streams|loop",
      "GPU expert GEMMs: CUTLASS (sm90 bf16, else grouped), cuBLAS grouped, per-expert streams, loop"},
-    {"gemm_streams", K_INT, OFF(gemm_streams), 1, 8, NULL, "side streams of expert_gemm = streams"},
-    {"cuda_graph", K_BOOL, OFF(cuda_graph), 0, 1, NULL,
+    {"gemm_streams", "4", K_INT, OFF(gemm_streams), 1, 8, NULL, "side streams of expert_gemm = streams"},
+    {"cuda_graph", "1", K_BOOL, OFF(cuda_graph), 0, 1, NULL,
      "one GPU: the step's forward and backward as one CUDA graph, captured at the second step"},
-    {"deterministic", K_BOOL, OFF(deterministic), 0, 1, NULL,
+    {"deterministic", "1", K_BOOL, OFF(deterministic), 0, 1, NULL,
      "reruns bit-identical (0: on GPUs cuDNN's faster attention backward, whose dQ varies run to run)"},
-    {"eplb_interval", K_INT, OFF(eplb_interval), 0, INT_MAX, NULL, "steps between EPLB rebalances (0: off)"},
-    {"eplb_redundant", K_INT, OFF(eplb_redundant), 0, 1 << 16, NULL, "redundant expert slots per layer"},
-    {"eplb_groups", K_INT, OFF(eplb_groups), 1, 1 << 16, NULL, "EPLB expert groups (hierarchical policy when nodes divide them)"},
-    {"eplb_nodes", K_INT, OFF(eplb_nodes), 1, 1 << 16, NULL, "EPLB nodes the EP ranks form, in rank order"},
-    {"router_skew", K_FLOAT, OFF(router_skew), -1e3, 1e3, NULL,
+    {"eplb_interval", "0", K_INT, OFF(eplb_interval), 0, INT_MAX, NULL, "steps between EPLB rebalances (0: off)"},
+    {"eplb_redundant", "0", K_INT, OFF(eplb_redundant), 0, 1 << 16, NULL, "redundant expert slots per layer"},
+    {"eplb_groups", "1", K_INT, OFF(eplb_groups), 1, 1 << 16, NULL, "EPLB expert groups (hierarchical policy when nodes divide them)"},
+    {"eplb_nodes", "1", K_INT, OFF(eplb_nodes), 1, 1 << 16, NULL, "EPLB nodes the EP ranks form, in rank order"},
+    {"router_skew", "0", K_FLOAT, OFF(router_skew), -1e3, 1e3, NULL,
      "test knob: expert i's balancing bias starts at skew*(E-1-i)/E"},
-    {"comm_timeout", K_FLOAT, OFF(comm_timeout), 0.001, 1e6, NULL, "seconds a collective may wait before the job ends"},
-    {"device", K_STR, OFF(device), 0, 0, "cpu|cuda|cuda-fp32", "compute device"},
-    {"data", K_STR, OFF(data), 0, 0, NULL, "data directory of moelab data prepare"},
-    {"metrics", K_STR, OFF(metrics), 0, 0, NULL, "JSON Lines metrics file"},
-    {"out", K_STR, OFF(out), 0, 0, NULL, "checkpoint directory"},
-    {"resume", K_STR, OFF(resume), 0, 0, NULL, "checkpoint to resume from"},
-    {"trace", K_STR, OFF(trace), 0, 0, NULL, "Chrome trace output file"},
-    {"save_every", K_INT, OFF(save_every), 0, INT_MAX, NULL, "steps between checkpoints (0: end only)"},
-    {"keep", K_INT, OFF(keep), 0, INT_MAX, NULL, "checkpoints of the run's lineage kept (0: all)"},
+    {"comm_timeout", "300", K_FLOAT, OFF(comm_timeout), 0.001, 1e6, NULL, "seconds a collective may wait before the job ends"},
+    {"device", "cpu", K_STR, OFF(device), 0, 0, "cpu|cuda|cuda-fp32", "compute device"},
+    {"data", "", K_STR, OFF(data), 0, 0, NULL, "data directory of moelab data prepare"},
+    {"metrics", "", K_STR, OFF(metrics), 0, 0, NULL, "JSON Lines metrics file"},
+    {"out", "", K_STR, OFF(out), 0, 0, NULL, "checkpoint directory"},
+    {"resume", "", K_STR, OFF(resume), 0, 0, NULL, "checkpoint to resume from"},
+    {"trace", "", K_STR, OFF(trace), 0, 0, NULL, "Chrome trace output file"},
+    {"save_every", "0", K_INT, OFF(save_every), 0, INT_MAX, NULL, "steps between checkpoints (0: end only)"},
+    {"keep", "0", K_INT, OFF(keep), 0, INT_MAX, NULL, "checkpoints of the run's lineage kept (0: all)"},
 };
 #define NKEYS ((int)(sizeof(KEYS) / sizeof(KEYS[0])))
 
 void config_defaults(MoeConfig *c) {
     memset(c, 0, sizeof *c);
-    c->V = 256; c->D = 64; c->L = 2; c->H = 4; c->Hkv = 2; c->T = 64;
-    c->n_dense_layers = 1; c->F = 192; c->E = 8; c->K = 2; c->S = 1; c->Fe = 64;
-    strcpy(c->score, "sigmoid");
-    c->route_scale = 1.0f; c->norm_topk = 1; c->bias_rate = 1e-3f; c->balance_alpha = 1e-4f;
-    c->rope_theta = 10000.0f; c->norm_eps = 1e-5f; c->tie_embeddings = 0;
-    c->seed = 1337; c->steps = 100; c->batch_size = 8; c->grad_accum = 1;
-    c->lr = 3e-3f; c->min_lr = 3e-4f; c->warmup_steps = 10;
-    c->weight_decay = 0.1f; c->grad_clip = 1.0f; c->beta1 = 0.9f; c->beta2 = 0.95f; c->adam_eps = 1e-8f;
-    c->nonfinite_skip = 0;
-    c->log_every = 10; c->val_every = 50; c->val_batches = 4;
-    c->sample_tokens = 0; c->temperature = 0.8f; c->top_k_sample = 40; c->threads = 0;
-    c->ep = 1; c->pp = 1; c->chunks = 0; strcpy(c->schedule, "1f1b");
-    c->dp_overlap = 1; c->ep_overlap = 1; c->ep_chunks = 1; strcpy(c->expert_gemm, "cutlass"); c->gemm_streams = 4;
-    c->deterministic = 1; c->cuda_graph = 1;
-    c->eplb_interval = 0; c->eplb_redundant = 0; c->eplb_groups = 1; c->eplb_nodes = 1;
-    c->router_skew = 0; c->comm_timeout = 300;
-    strcpy(c->device, "cpu");
-    c->save_every = 0; c->keep = 0;
+    for (int i = 0; i < NKEYS; i++) config_set(c, KEYS[i].name, KEYS[i].def, "config defaults");
 }
 
 // "eplb-interval" and "eplb_interval" name the same key.

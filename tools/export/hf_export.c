@@ -63,7 +63,10 @@ static const NameMap TOP_NAMES[] = {
     {"lm_head", "lm_head.weight", 0},
 };
 
-int hf_tensor_name(const char *name, int row, char *out, size_t n) {
+// The Hugging Face name of moelab tensor `name` (e.g. "layers.3.experts.w13") restricted to row
+// `row` of its leading axis for expert and shared-expert stacks (row is ignored for the others).
+// Returns 1 if the tensor is split by rows (one Hugging Face tensor per expert), 0 if it maps whole.
+static int hf_tensor_name(const char *name, int row, char *out, size_t n) {
     int layer, used = 0;
     if (sscanf(name, "layers.%d.%n", &layer, &used) == 1 && used > 0) {
         for (size_t i = 0; i < sizeof LAYER_NAMES / sizeof LAYER_NAMES[0]; i++) {

@@ -29,10 +29,6 @@ typedef struct {
 // exits 2 with one message and leaves no files; I/O failures exit 1 and remove the temporary folder.
 void hf_export(const HfExportOptions *o);
 
-// The Hugging Face name of moelab tensor `name` (e.g. "layers.3.experts.w13") restricted to row
-// `row` of its leading axis for expert and shared-expert stacks (row is ignored for the others).
-// Returns 1 if the tensor is split by rows (one Hugging Face tensor per expert), 0 if it maps whole.
-int hf_tensor_name(const char *name, int row, char *out, size_t n);
 
 // 0 if the tokenizer can be written as tokenizer.json; else 1 with a message in err (TOK_ERR_LEN):
 // the BPE model of `tokenizers` names tokens by their bytes, so two tokens with the same bytes

@@ -26,8 +26,6 @@ typedef struct {
 // key/value pairs) to path, then fsyncs it. I/O failures exit 1.
 void st_write(const char *path, const StTensor *t, int n, StDtype dtype, const char *const *meta, int n_meta);
 
-// fp32 → bf16, rounding to nearest even (NaN stays NaN).
-uint16_t st_bf16(float x);
 
 #ifdef __cplusplus
 }
