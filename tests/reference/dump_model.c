@@ -1,8 +1,9 @@
 // The C side of the PyTorch comparison: builds the model from a config (defaults below, overridden
 // by --key value arguments), and dumps its parameters, a batch, its logits, loss and every gradient,
 // then the losses of a few AdamW steps, for tests/reference/moe_reference.py to recompute.
-// --device cuda-fp32 or cuda runs the model on the GPU from the same host-initialized weights
-// (parameters are dumped before they go over; results come back to the host to be dumped).
+// --device cuda-fp32 or cuda (a config key, like the others) runs the model on the GPU from the
+// same host-initialized weights (parameters are dumped before they go over; results come back to
+// the host to be dumped); the backend that ran is dumped as `backend`, which moe_reference.py checks.
 // usage: dump_model OUT.dump [--n-steps S] [--device cpu|cuda|cuda-fp32] [--key value ...]
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,19 +45,18 @@ int main(int argc, char **argv) {
         return 2;
     }
     int n_steps = 5;
-    const char *device = "cpu";
     MoeConfig c;
     config_defaults(&c);
     // A small model that exercises every path: GQA, a dense and two MoE layers, shared experts,
-    // the balance loss, untied head, gradient accumulation.
-    c.V = 64; c.D = 32; c.L = 3; c.H = 4; c.Hkv = 2; c.T = 16; c.n_dense_layers = 1; c.F = 48;
+    // the balance loss, untied head, gradient accumulation. Head size 16, the smallest the GPU's
+    // attention takes.
+    c.V = 64; c.D = 64; c.L = 3; c.H = 4; c.Hkv = 2; c.T = 16; c.n_dense_layers = 1; c.F = 48;
     c.E = 8; c.K = 2; c.S = 1; c.Fe = 16; c.batch_size = 2; c.grad_accum = 2; c.seed = 11;
     c.balance_alpha = 0.01f; c.bias_rate = 0.01f; c.lr = 3e-3f; c.min_lr = 3e-4f;
     c.warmup_steps = 2; c.steps = n_steps;
     int rest = config_apply_args(&c, argc - 2, argv + 2);
     for (int i = 0; i < rest; i++) {
         if (!strcmp(argv[2 + i], "--n-steps") && i + 1 < rest) n_steps = atoi(argv[2 + ++i]);
-        else if (!strcmp(argv[2 + i], "--device") && i + 1 < rest) device = argv[2 + ++i];
         else core_usage_error("dump_model: unknown option '%s'", argv[2 + i]);
     }
     c.steps = n_steps;
@@ -75,8 +75,12 @@ int main(int argc, char **argv) {
     tdump_u8(td, "config_text", (const uint8_t *)text, 1, &n_text);
     free(text);
     dump_registry(td, m, m->reg.data, "param.", 1);
-    const LayerOps *ops = backend_ops(device);
+    // The device is the config's (--device was once read apart from it, never saw the flag that the
+    // config had taken, and ran every "GPU" comparison on the CPU).
+    const LayerOps *ops = backend_ops(c.device);
     if (ops->dev != CORE_CPU) model_to_device(m, ops);
+    int64_t n_name = (int64_t)strlen(ops->name);
+    tdump_u8(td, "backend", (const uint8_t *)ops->name, 1, &n_name);
 
     // One micro-batch: logits, loss and gradients (of that micro-batch's loss alone).
     const int B = c.batch_size, T = c.T, A = c.grad_accum;

@@ -392,7 +392,8 @@ def compute_reference(c, p, tokens, steps_tokens, with_final):
     after the steps, `final.<name>`, when with_final), and the routing margin."""
     out = loss_and_grads(p, tokens, c)
     ref = {"logits": out["logits"].detach().numpy(), "loss": np.array([float(out["loss"])]),
-           "ce_loss": np.array([float(out["ce"])])}
+           "ce_loss": np.array([float(out["ce"])]),
+           "balance_loss": np.array([float(out["loss"]) - float(out["ce"])])}
     for n, g in out["grads"].items():
         ref["grad." + n] = g.numpy()
     margin = out["margin"]
@@ -404,18 +405,30 @@ def compute_reference(c, p, tokens, steps_tokens, with_final):
     return ref, margin
 
 
-def compare(d, tol, tol_final=None):
+def compare(d, tol, tol_final=None, require_final=False, backend=None):
     """Rows (name, rel err or None, passed, note) comparing dump d with the reference; the routing
-    margin. final.* entries use tol_final (default tol). Raises InputError when the dump cannot be
-    used."""
+    margin. final.* entries use tol_final (default tol); require_final: they must be there; backend:
+    the dump's `backend` must name it. Raises InputError when the dump cannot be used."""
     c, p = load_inputs(d)
     steps = d["steps.tokens"] if "steps.tokens" in d else None
     # final.* (the parameters after the steps) is optional, but all or nothing: once one is there,
     # every parameter's must be.
-    ref, margin = compute_reference(c, p, d["tokens"], steps, any(k.startswith("final.") for k in d))
+    with_final = require_final or any(k.startswith("final.") for k in d)
+    ref, margin = compute_reference(c, p, d["tokens"], steps, with_final)
     if steps is None:
         ref["steps.loss"] = None  # listed so that its absence fails below
+    # The balance term alone (loss − ce_loss): a few thousandths of the loss, so that no tolerance on
+    # the loss could see it dropped or halved.
+    if "loss" in d and "ce_loss" in d:
+        d = dict(d)
+        d["balance_loss"] = d["loss"].astype(np.float64) - d["ce_loss"].astype(np.float64)
     rows = []
+    if backend is not None:
+        # What ran: a driver that ignored its --device ran every "GPU" comparison on the CPU.
+        got = bytes(d["backend"].astype(np.uint8)).decode("utf-8") if "backend" in d else None
+        rows.append(("backend", None, got == backend,
+                     "missing from dump" if got is None else f"'{got}'" + ("" if got == backend else
+                                                                           f", expected '{backend}'")))
     for name, r in ref.items():
         if name not in d:
             rows.append((name, None, False, "missing from dump"))
@@ -430,18 +443,18 @@ def compare(d, tol, tol_final=None):
         err = rel_err(got, r)
         bound = tol_final if name.startswith("final.") and tol_final is not None else tol
         rows.append((name, err, err <= bound, "NaN" if math.isnan(err) else ""))
-    known = set(ref) | {"config_text", "tokens", "steps.tokens"}
+    known = set(ref) | {"config_text", "tokens", "steps.tokens", "backend"}
     for name in d:
         if name not in known and not name.startswith("param."):
             rows.append((name, None, False, "unexpected entry (no reference value)"))
     return rows, margin
 
 
-def run_compare(path, tol, quiet=False, tol_final=None):
+def run_compare(path, tol, quiet=False, tol_final=None, require_final=False, backend=None):
     """Compares the dump at path; prints the table (or the error) unless quiet. Exit code: 0 all pass, 1 a
     comparison failed, 2 the dump is unusable."""
     try:
-        rows, margin = compare(read_dump(path), tol, tol_final)
+        rows, margin = compare(read_dump(path), tol, tol_final, require_final, backend)
     except (OSError, DumpError, InputError) as err:
         if not quiet:
             print(f"moe_reference.py: error: {err}", file=sys.stderr)
@@ -702,6 +715,19 @@ def check_comparator(tmp):
         write_dump(path, d)
         code, failed = run_compare(path, 1e-4, quiet=True)
         expect(code == 0, f"{what}: exact dump fails on {failed}")
+        # The backend the driver names, checked when asked: missing, another, the one asked for.
+        for dumped, ok in ((None, False), ("cuda bf16", False), ("cpu", True)):
+            named = dict(d)
+            if dumped is not None:
+                named["backend"] = np.frombuffer(dumped.encode(), np.uint8)
+            write_dump(path, named)
+            code, failed = run_compare(path, 1e-4, quiet=True, backend="cpu")
+            expect((code, failed) == ((0, []) if ok else (1, ["backend"])),
+                   f"{what}: backend {dumped} against cpu gave exit {code}, failures {failed}")
+        write_dump(path, d)
+        code, failed = run_compare(path, 1e-4, quiet=True, require_final=True)
+        expect(code == (0 if with_final else 1) and all(f.startswith("final.") for f in failed),
+               f"{what}: --require-final gave exit {code}, failures {failed}")
         gname = "grad.layers.1.experts.w13"
         perturbed = {
             "grad scaled 1e-3": (gname, lambda d: d[gname] * np.float32(1.001)),
@@ -728,8 +754,10 @@ def check_comparator(tmp):
                 bad[name] = change(d).astype(np.float32)
             write_dump(path, bad)
             code, failed = run_compare(path, 1e-4, quiet=True)
-            expect(code == 1 and failed == [name],
-                   f"{what}: dump with {how} gave exit {code}, failures {failed}, expected [{name}]")
+            # The loss also fails the balance term derived from it.
+            want = [name] + (["balance_loss"] if name == "loss" else [])
+            expect(code == 1 and failed == want,
+                   f"{what}: dump with {how} gave exit {code}, failures {failed}, expected {want}")
         bad = dict(d)
         del bad["param.layers.1.wq"]
         write_dump(path, bad)
@@ -762,13 +790,18 @@ def main(argv):
     ap.add_argument("--tol", type=float, default=1e-4, help="relative error tolerance (1e-4)")
     ap.add_argument("--tol-final", type=float, default=None,
                     help="tolerance of final.* (the parameters after the AdamW steps; default --tol)")
+    ap.add_argument("--require-final", action="store_true",
+                    help="the dump must hold final.* (the parameters after the steps)")
+    ap.add_argument("--backend", default=None,
+                    help="the dump's `backend` must be this (cpu, cuda fp32, cuda bf16)")
     ap.add_argument("--selftest", action="store_true", help="check the reference and the comparator")
     args = ap.parse_args(argv)
     if args.selftest == (args.dump is not None):
         ap.error("give either a DUMP or --selftest")
     if args.selftest:
         return selftest()
-    return run_compare(args.dump, args.tol, tol_final=args.tol_final)[0]
+    return run_compare(args.dump, args.tol, tol_final=args.tol_final, require_final=args.require_final,
+                       backend=args.backend)[0]
 
 
 if __name__ == "__main__":
