@@ -856,6 +856,25 @@ void ckpt_clear(const char *path, int index_too) {
     closedir(dp);
 }
 
+// 1 when the file at path, named `name`, can be what a checkpoint save left: a name of one
+// (step_<n>.h5 or its part step_<n>.h5.part-<r>-of-<k>, with .tmp-<pid> after it for a temporary)
+// and an HDF5 file or nothing yet. Another program's NAME.tmp-123 or movie.part-1-of-3 in the same
+// folder is not a save's (ckpt clean removed such files by their names alone: sweep, 2026-12-06).
+static int save_leftover(const char *path, const char *name) {
+    char base[CKPT_PATH_MAX];
+    const char *tmp = strstr(name, ".tmp-");
+    snprintf(base, sizeof base, "%.*s", tmp ? (int)(tmp - name) : (int)strlen(name), name);
+    char *part = strstr(base, ".part-");
+    int r, k, end = 0;
+    if (part) {
+        if (sscanf(part, ".part-%d-of-%d%n", &r, &k, &end) != 2 || part[end] != '\0') return 0;
+        *part = '\0';
+    }
+    if (step_of(base) < 0) return 0;
+    struct stat sb;
+    return stat(path, &sb) == 0 && (sb.st_size == 0 || core_data_file_kind(path) == core_kind_hdf5);
+}
+
 int ckpt_stale_files(const char *dir, void (*fn)(const char *path, const char *why, void *ctx), void *ctx) {
     DIR *dp = opendir(dir);
     if (!dp) core_usage_error("cannot list checkpoint directory %s: %s", dir, strerror(errno));
@@ -876,7 +895,7 @@ int ckpt_stale_files(const char *dir, void (*fn)(const char *path, const char *w
         if (!why) continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         // Saves leave regular files only: a directory (or anything else) of such a name is not theirs.
-        if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
+        if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode) || !save_leftover(path, e->d_name)) continue;
         fn(path, why, ctx);
         n++;
     }

@@ -168,7 +168,8 @@ void ckpt_clear(const char *path, int index_too);
 
 // Leftovers of crashed saves in dir: temporary files NAME.tmp-<pid> whose process is not running
 // here, and part files NAME.part-<r>-of-<n> whose index NAME is missing (a multi-rank save that died
-// before its commit), regular files only. Calls fn(path, why, ctx) for each and returns their number. A running save of
+// before its commit), where NAME is a checkpoint's (step_<s>.h5 or its part) and the file is empty
+// or HDF5: regular files only, never another program's. Calls fn(path, why, ctx) for each and returns their number. A running save of
 // another run into the same directory has part files without an index for a moment: clean a
 // directory no run is writing to.
 int ckpt_stale_files(const char *dir, void (*fn)(const char *path, const char *why, void *ctx), void *ctx);

@@ -88,9 +88,11 @@ static const char *split_path(const char *path, char *dir, size_t cap) {
     return slash + 1;
 }
 
+const char core_kind_hdf5[] = "an HDF5 file (a checkpoint)";
+
 const char *core_data_file_kind(const char *path) {
     static const struct { char sig[9]; const char *what; } KINDS[] = {
-        {"\x89HDF\r\n\x1a\n", "an HDF5 file (a checkpoint)"},
+        {"\x89HDF\r\n\x1a\n", core_kind_hdf5},
         {"MOELTOK1", "a token shard"},
         {"MOELBPE1", "a tokenizer"},
     };

@@ -38,6 +38,8 @@ int core_same_file(const char *a, const char *b);
 // replace ("an HDF5 file (a checkpoint)", "a token shard", "a tokenizer"), else NULL. By the
 // files' first 8 bytes: HDF5's signature, data/shard.h's and data/tokenizer.h's magic.
 const char *core_data_file_kind(const char *path);
+// core_data_file_kind's answer for an HDF5 file (compare the pointer).
+extern const char core_kind_hdf5[];
 
 // Temporaries: files (or folders of them) written under a temporary name and renamed once complete.
 // While one is tracked, any end of the process removes it (a folder after the files tracked in

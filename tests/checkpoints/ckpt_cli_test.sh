@@ -203,8 +203,12 @@ cp "$tmp/a/step_3.h5" "$tmp/c/step_9.h5.tmp-$dead"
 cp "$tmp/a/step_3.h5" "$tmp/c/step_9.h5.tmp-$alive"
 cp "$tmp/c/step_3.h5.part-0-of-2" "$tmp/c/step_8.h5.part-0-of-2"
 # A directory with such a name is nobody's save: left alone (it stopped the cleaning, exit 1, second
-# fuzzing pass).
+# fuzzing pass). So are other programs' files named like leftovers, and text under a checkpoint's
+# name (clean removed a thesis.txt.tmp-PID and a movie.mkv.part-1-of-3: sweep, 2026-12-06).
 mkdir "$tmp/c/step_7.h5.tmp-$dead"
+echo "my notes" >"$tmp/c/thesis.txt.tmp-$dead"
+echo chunk >"$tmp/c/movie.mkv.part-1-of-3"
+echo "not HDF5" >"$tmp/c/step_6.h5.tmp-$dead"
 "$moelab" train "${args[@]}" --steps 3 --resume "$tmp/c/step_3.h5" --out "$tmp/c" >"$tmp/stale.log" 2>&1
 grep -q "$tmp/c holds 2 files left by saves that crashed, .*moelab ckpt clean $tmp/c. removes them" "$tmp/stale.log" ||
     { echo "FAIL: no report of the leftovers:"; cat "$tmp/stale.log"; exit 1; }
@@ -213,7 +217,8 @@ grep -q "removed $tmp/c/step_9.h5.tmp-$dead (temporary file" "$tmp/clean.log" &&
     grep -q "removed $tmp/c/step_8.h5.part-0-of-2 (part file whose index is missing" "$tmp/clean.log" &&
     grep -q "$tmp/c: 2 files removed" "$tmp/clean.log" || { echo "FAIL: ckpt clean said:"; cat "$tmp/clean.log"; exit 1; }
 kill $alive
-[ -f "$tmp/c/step_9.h5.tmp-$alive" ] && [ -f "$tmp/c/step_3.h5.part-1-of-2" ] && [ -d "$tmp/c/step_7.h5.tmp-$dead" ] ||
+[ -f "$tmp/c/step_9.h5.tmp-$alive" ] && [ -f "$tmp/c/step_3.h5.part-1-of-2" ] && [ -d "$tmp/c/step_7.h5.tmp-$dead" ] &&
+    [ -f "$tmp/c/thesis.txt.tmp-$dead" ] && [ -f "$tmp/c/movie.mkv.part-1-of-3" ] && [ -f "$tmp/c/step_6.h5.tmp-$dead" ] ||
     { echo "FAIL: ckpt clean removed too much:"; ls "$tmp/c"; exit 1; }
 "$moelab" ckpt verify "$tmp/c/step_3.h5" | grep -q sound
 expect_error "cannot list checkpoint directory $tmp/none" "$moelab" ckpt clean "$tmp/none"
