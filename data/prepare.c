@@ -29,6 +29,7 @@
 
 typedef struct {
     char **paths;
+    unsigned char *named;  // paths[i] was named by an --input (not found in a folder)
     int n, cap;
 } PathList;
 
@@ -38,14 +39,71 @@ static char *dup_str(const char *s) {
     return d;
 }
 
-static void path_push(PathList *l, const char *p) {
+static void path_push(PathList *l, const char *p, int named) {
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 64;
         char **grown = realloc(l->paths, sizeof(char *) * (size_t)l->cap);
-        CHECK(grown != NULL, "out of memory listing %d input files", l->cap);
-        l->paths = grown;
+        unsigned char *flags = realloc(l->named, (size_t)l->cap);
+        CHECK(grown != NULL && flags != NULL, "out of memory listing %d input files", l->cap);
+        l->paths = grown, l->named = flags;
     }
+    l->named[l->n] = (unsigned char)named;
     l->paths[l->n++] = dup_str(p);
+}
+
+// A file's identity, and where it stands in the list.
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    int at;
+} FileId;
+
+static int cmp_file_id(const void *a, const void *b) {
+    const FileId *x = a, *y = b;
+    if (x->dev != y->dev) return x->dev < y->dev ? -1 : 1;
+    if (x->ino != y->ino) return x->ino < y->ino ? -1 : 1;
+    return (x->at > y->at) - (x->at < y->at);
+}
+
+// Every file is read once, however it was reached: a file named twice (under any names) is a
+// usage error; one reached again through a folder or a link (a folder and a file in it both named,
+// two links to one file) is skipped with a line. It was read twice, its text counted double (sweep,
+// 2026-12-05 and 2026-12-06). By (device, inode), sorted: a comparison of every pair took minutes
+// for the 20 000 files a shell glob names.
+static void drop_repeated_files(PathList *l) {
+    FileId *id = core_alloc(sizeof *id * (size_t)l->n);
+    for (int i = 0; i < l->n; i++) {
+        struct stat st;
+        if (stat(l->paths[i], &st) != 0)
+            core_path_error(errno, "cannot read input %s: %s", l->paths[i], strerror(errno));
+        id[i] = (FileId){st.st_dev, st.st_ino, i};
+    }
+    qsort(id, (size_t)l->n, sizeof *id, cmp_file_id);
+    unsigned char *drop = core_alloc((size_t)l->n);
+    memset(drop, 0, (size_t)l->n);
+    for (int k = 1, first = 0; k < l->n; k++) {
+        if (id[k].dev != id[first].dev || id[k].ino != id[first].ino) {
+            first = k;
+            continue;
+        }
+        const int a = id[first].at, b = id[k].at;
+        if (l->named[a] && l->named[b])
+            core_usage_error("--input names one file twice: %s and %s", l->paths[a], l->paths[b]);
+        core_info("prepare: skipped %s: the same file as %s, read once", l->paths[b], l->paths[a]);
+        drop[b] = 1;
+    }
+    int n = 0;
+    for (int i = 0; i < l->n; i++) {
+        if (drop[i]) {
+            core_free(l->paths[i]);
+            continue;
+        }
+        l->named[n] = l->named[i];
+        l->paths[n++] = l->paths[i];
+    }
+    l->n = n;
+    core_free(drop);
+    core_free(id);
 }
 
 static int ends_with(const char *s, const char *suffix) {
@@ -66,7 +124,7 @@ static void walk(PathList *out, const char *dir) {
     PathList names = {0};
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
         if (e->d_name[0] == '.' || ends_with(e->d_name, ".dat") || ends_with(e->d_name, ".u8")) continue;
-        path_push(&names, e->d_name);
+        path_push(&names, e->d_name, 0);
     }
     closedir(d);
     if (names.n > 0) qsort(names.paths, (size_t)names.n, sizeof(char *), cmp_str);
@@ -87,13 +145,14 @@ static void walk(PathList *out, const char *dir) {
         else if (S_ISREG(st.st_mode)) {
             const char *kind = core_data_file_kind(p);
             if (kind) core_info("prepare: skipped %s: %s, not text", p, kind);
-            else path_push(out, p);
+            else path_push(out, p, 0);
         }
         if (e) core_path_error(e, "cannot read input (%s): %s", strerror(e), p);
         core_free(p);
         core_free(names.paths[i]);
     }
     free(names.paths);
+    free(names.named);
 }
 
 // Progress on stderr, only when it is a terminal, at most five updates a second. The line is
@@ -353,9 +412,10 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
         }
         const char *kind = S_ISREG(st.st_mode) ? core_data_file_kind(inputs[i]) : NULL;
         if (kind) core_usage_error("--input %s is %s, not text", inputs[i], kind);
-        path_push(&files, inputs[i]);
+        path_push(&files, inputs[i], 1);
     }
     if (files.n == 0) core_usage_error("no input files found in the %d given path(s)", n_inputs);
+    drop_repeated_files(&files);
     check_outputs(out_dir, &files);
 
     // Every document, in input order: a plain file is one, a JSON Lines file one per good line.
@@ -478,6 +538,7 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
         core_free(files.paths[i]);
     }
     free(files.paths);
+    free(files.named);
     free(docs.d);
     core_free(bufs);
     core_free(train);

@@ -88,12 +88,6 @@ static int cmd_prepare(int argc, char **argv) {
         else *slot = val;
     }
     if (rc == 0 && n_inputs == 0) rc = fail("missing --input PATH... (see moelab data prepare --help)");
-    // A path given twice (or under two names) was read twice, its text counted double (sweep,
-    // 2026-12-05).
-    for (int a = 0; rc == 0 && a < n_inputs; a++)
-        for (int b = a + 1; rc == 0 && b < n_inputs; b++)
-            if (core_same_file(inputs[a], inputs[b]))
-                rc = fail("--input names one file twice: %s and %s", inputs[a], inputs[b]);
     if (rc == 0 && !vocab) rc = fail("missing --vocab N (see moelab data prepare --help)");
     if (rc == 0 && (!out || !*out)) rc = fail("missing --out DIR (see moelab data prepare --help)");
     long long V = 0;

@@ -52,6 +52,17 @@ done
 same_files "$tmp/data" "$tmp/other"
 timeout 60 "$moelab" data prepare --input "$tmp/self" --vocab 300 --out "$tmp/self" >/dev/null 2>&1
 same_files "$tmp/data" "$tmp/self"
+# A file reached twice is read once: named beside the folder that holds it, and a link beside it in
+# the folder (both were read twice, exit 0: sweep, 2026-12-06), each skipped with a line; the
+# dataset is the folder's alone.
+cp -r "$tmp/text" "$tmp/reached"
+first=$(ls "$tmp/reached" | head -n 1)
+ln -s "$first" "$tmp/reached/zz_link.txt"
+timeout 60 "$moelab" data prepare --input "$tmp/reached" "$tmp/reached/$first" --vocab 300 --out "$tmp/once" \
+    >"$tmp/once.log" 2>&1 || { echo "FAIL: prepare of a file reached twice:"; cat "$tmp/once.log"; exit 1; }
+[ "$(grep -c "prepare: skipped .*: the same file as .*, read once" "$tmp/once.log")" = 2 ] ||
+    { echo "FAIL: not two lines for the files reached twice:"; cat "$tmp/once.log"; exit 1; }
+same_files "$tmp/data" "$tmp/once"
 # Named as an input, an earlier output is refused; so is a file of text that this run would replace.
 expect_exit 2 "--input .*data/train.bin is a token shard, not text" \
     "$moelab" data prepare --input "$tmp/data/train.bin" --vocab 300 --out "$tmp/never"

@@ -26,7 +26,7 @@ printf 'MOELBPE1\x01\0\0\0\x02\x01\0\0\x61\0\0\0\x62\0\0\0\0\x01\0\0\x63\0\0\0' 
 printf '# seed\nd_model = 32\nlr=0.00123456789  # peak\nseed = 18446744073709551615\nnorm_topk = true\nscore = softmax\ndata = /tmp/x\n' \
     > "$work/corpus_config/seed"
 # The config target's dictionary: every key of the table in config.c, and the values' special words.
-{ grep -o '^    {"[a-z0-9_]*", K_' "$root/framework/core/config.c" | cut -d'"' -f2 | sed 's/.*/"&"/'
+{ grep -o '^    {"[a-z0-9_]*", "[^"]*", K_' "$root/framework/core/config.c" | cut -d'"' -f2 | sed 's/.*/"&"/'
   printf '"%s"\n' " = " "#" "true" "false" "sigmoid" "softmax" "1f1b" "dualpipev" "cuda" "1e-30" "nan"; } \
     > "$work/config.dict"
 
