@@ -17,14 +17,41 @@ static const char *COLOR[3][2] = {
 // Layout in pixels.
 enum { LEFT = 70, TOP = 48, ROW_H = 26, ROW_GAP = 6, RIGHT = 110, MIN_CELL = 26 };
 
-static void xml_text(FILE *f, const char *s) {
-    for (; *s; s++) {
+// The length of the UTF-8 sequence at s (1 to 4), or 0 where it is not one: a stray byte, a
+// sequence cut short (a title cut at a byte count), an overlong or surrogate form.
+static int utf8_len(const unsigned char *s) {
+    const int n = s[0] < 0x80            ? 1
+                  : (s[0] & 0xE0) == 0xC0 ? 2
+                  : (s[0] & 0xF0) == 0xE0 ? 3
+                  : (s[0] & 0xF8) == 0xF0 ? 4
+                                          : 0;
+    for (int i = 1; i < n; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    if (n == 2 && s[0] < 0xC2) return 0;
+    if (n == 3 && ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] >= 0xA0))) return 0;
+    if (n == 4 && ((s[0] == 0xF0 && s[1] < 0x90) || s[0] > 0xF4 || (s[0] == 0xF4 && s[1] >= 0x90))) return 0;
+    return n;
+}
+
+// Text as XML 1.0 character data: & < > escaped; control characters (which XML does not allow) and
+// bytes that are no UTF-8 (a file name's) written as U+FFFD, so that the file stays well-formed
+// (sweep, 2026-12-06: a trace named with a control character or a cut UTF-8 character made an SVG no
+// viewer opened).
+static void xml_text(FILE *f, const char *text) {
+    for (const unsigned char *s = (const unsigned char *)text; *s;) {
+        const int n = utf8_len(s);
+        if (n == 0 || (*s < 0x20 && *s != '\t' && *s != '\n') || *s == 0x7F) {
+            fputs("\xEF\xBF\xBD", f);
+            s++;
+            continue;
+        }
         switch (*s) {
         case '&': fputs("&amp;", f); break;
         case '<': fputs("&lt;", f); break;
         case '>': fputs("&gt;", f); break;
-        default: fputc(*s, f);
+        default: fwrite(s, 1, (size_t)n, f);
         }
+        s += n;
     }
 }
 
@@ -44,6 +71,11 @@ static double tick_step(double span) {
     return raw <= p ? p : raw <= 2 * p ? 2 * p : raw <= 5 * p ? 5 * p : 10 * p;
 }
 
+// A time interval dt in pixels, where the span takes plot_w of them. Divided first: the pixels per
+// time unit (plot_w / span) overflow to infinity for spans under about 1e-306, and 0 · ∞ wrote NaN
+// coordinates into the SVG (sweep, 2026-12-06: subnormal costs and durations).
+static double to_px(double dt, double span, double plot_w) { return span > 0 ? dt / span * plot_w : dt; }
+
 void sched_svg_write(const SimTimeline *tl, const char *title, const char *unit, FILE *f) {
     // Scale time so that the shortest op is still wide enough for its label, within 600..3000 px.
     double span = tl->t1 - tl->t0, shortest = span;
@@ -54,7 +86,6 @@ void sched_svg_write(const SimTimeline *tl, const char *title, const char *unit,
         }
     double plot_w = span > 0 ? MIN_CELL * span / shortest : 600;
     plot_w = plot_w < 600 ? 600 : plot_w > 3000 ? 3000 : plot_w;
-    double px = span > 0 ? plot_w / span : 1;   // pixels per time unit
     int rows_h = tl->R * (ROW_H + ROW_GAP);
     int width = LEFT + (int)ceil(plot_w) + RIGHT, height = TOP + rows_h + 90;
 
@@ -76,7 +107,7 @@ void sched_svg_write(const SimTimeline *tl, const char *title, const char *unit,
         for (int i = 0; i < tl->n[r]; i++) {
             const SimEvent *e = &tl->ev[r][i];
             const SchedOp *op = &e->op;
-            double x = LEFT + (e->start - tl->t0) * px, w = (e->end - e->start) * px;
+            double x = LEFT + to_px(e->start - tl->t0, span, plot_w), w = to_px(e->end - e->start, span, plot_w);
             char text[24], label[48];
             int k = op->kind == SCHED_FB ? SCHED_F : op->kind;
             const char *fill = COLOR[k][k == SCHED_F ? op->f.pipe : op->b.pipe];
@@ -107,7 +138,7 @@ void sched_svg_write(const SimTimeline *tl, const char *title, const char *unit,
         // number. tick_step gives at most 10 steps over the span.
         const double step = tick_step(span);
         for (int i = 0; i <= 10 && i * step <= span * (1 + 1e-9); i++) {
-            const double t = i * step, x = LEFT + t * px;
+            const double t = i * step, x = LEFT + to_px(t, span, plot_w);
             fprintf(f, "<line x1=\"%.2f\" y1=\"%d\" x2=\"%.2f\" y2=\"%d\" stroke=\"#333\"/>"
                     "<text x=\"%.2f\" y=\"%d\" font-size=\"10\" text-anchor=\"middle\">%.6g</text>\n",
                     x, ay, x, ay + 4, x, ay + 15, t);

@@ -150,6 +150,41 @@ TEST(CmdSchedule, OverlappingOpsCountOnce) {
     remove(svg.c_str());
 }
 
+// An SVG is well-formed XML whatever the trace: no NaN or infinite coordinates for durations of
+// 1e-323 (the pixels per time unit overflowed: "-nan" in every cell), and a file name with a control
+// character or a UTF-8 character cut by the title's byte limit written as U+FFFD, not as the raw
+// bytes (both exit 0 with an SVG no viewer opened: sweep, 2026-12-06).
+TEST(CmdSchedule, SvgIsWellFormedWhateverTheTrace) {
+    const std::string svg = tmp_path("odd_svg");
+    char dir[] = "/tmp/moelab_cmd_names_XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    // The title keeps a name's first 200 bytes: here the 200th is the first of é's two.
+    const std::string names[] = {std::string(dir) + "/tiny.json", std::string(dir) + "/ctl\001name.json",
+                                 std::string(dir) + "/" + std::string(199, 'a') + "\xc3\xa9.json"};
+    for (const std::string &trace : names) {
+        SCOPED_TRACE(trace);
+        FILE *f = fopen(trace.c_str(), "w");
+        ASSERT_NE(f, nullptr);
+        fputs("[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 0, \"dur\": 1e-323},\n"
+              " {\"name\": \"B0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1e-323, \"dur\": 2e-323}]\n", f);
+        fclose(f);
+        Result r = run({"--from-trace", trace, "--svg", svg});
+        EXPECT_EQ(r.rc, 0) << r.err;
+        const std::string s = slurp(svg);
+        EXPECT_EQ(s.find("nan"), std::string::npos) << s;
+        EXPECT_EQ(s.find("inf"), std::string::npos) << s;
+        for (size_t i = 0; i < s.size(); i++) {
+            const unsigned char c = (unsigned char)s[i];
+            EXPECT_FALSE(c < 0x20 && c != '\n' && c != '\t') << "control byte at " << i;
+            // A lead byte of two is followed by its continuation (é here, or U+FFFD's three bytes).
+            if ((c & 0xE0) == 0xC0) EXPECT_TRUE(i + 1 < s.size() && ((unsigned char)s[i + 1] & 0xC0) == 0x80) << i;
+        }
+        remove(trace.c_str());
+    }
+    remove(svg.c_str());
+    rmdir(dir);
+}
+
 // --kind with --from-trace names the schedule the trace ran: another kind's formula at its costs is
 // a wrong figure (a one-rank 1F1B trace as dualpipe printed a negative bubble, a DualPipe trace as
 // 1f1b a 1F1B formula, both exit 0). Every simulated trace fits its own kind only; a misfit is one
