@@ -105,3 +105,21 @@ mpi 2 "$moelab" train "${args[@]}" --steps 1 --ep 2 --d-expert 64 --out "$mnt/o"
     { echo "FAIL: a save that failed in its parts changed or removed the checkpoint it was to replace"; exit 1; }
 "$moelab" ckpt verify "$mnt/o/step_1.h5" >/dev/null || { echo "FAIL: the old checkpoint does not verify"; exit 1; }
 echo "ok: a save that fails in its parts keeps the other run's checkpoint of its step"
+
+# export on a full disk: exit 1 with one user-facing line (it was check.h's "error [rank 0]
+# tools/export/safetensors.c:84: ...", a source location in a one-process command: sweep,
+# 2026-12-06), and no temporary folder left beside --out.
+rm -rf "${mnt:?}"/*
+"$moelab" train "${args[@]}" --steps 1 --out "$tmp/ck" >/dev/null 2>&1 || { echo "FAIL: train for export"; exit 1; }
+for fill in 880 920 960 1000; do
+    rm -rf "${mnt:?}"/*
+    head -c "${fill}K" /dev/zero >"$mnt/fill" 2>/dev/null || true
+    rc=0
+    "$moelab" export --ckpt "$tmp/ck/step_1.h5" --out "$mnt/hf" >"$tmp/export.log" 2>&1 || rc=$?
+    [ $rc = 1 ] && [ "$(grep -c "moelab: error" "$tmp/export.log")" = 1 ] &&
+        grep -q "^moelab: error: export: cannot [a-z]* .*: No space left on device$" "$tmp/export.log" ||
+        { echo "FAIL: export, fill ${fill}K: exit $rc, expected 1 and one full-disk line:"; cat "$tmp/export.log"; exit 1; }
+    [ "$(ls -A "$mnt")" = fill ] || { echo "FAIL: export, fill ${fill}K: left $(ls -A "$mnt")"; exit 1; }
+done
+echo "ok: export on a full disk: exit 1, one line, nothing left"
+

@@ -92,14 +92,15 @@ static FILE *create(const char *dir, const char *name) {
     char path[4200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     FILE *f = fopen(path, "wb");
-    CHECK(f != NULL, "cannot create %s: %s", path, strerror(errno));
+    if (!f) core_path_error(errno, "export: cannot create %s: %s", path, strerror(errno));
     return f;
 }
 
 static void finish(FILE *f, const char *dir, const char *name) {
-    const int ok = !ferror(f) && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    const int err = errno;
-    CHECK(fclose(f) == 0 && ok, "cannot write %s/%s: %s", dir, name, strerror(err));
+    int ok = !ferror(f) && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int err = errno;
+    if (fclose(f) != 0 && ok) ok = 0, err = errno;
+    if (!ok) core_path_error(err, "export: cannot write %s/%s: %s", dir, name, strerror(err));
 }
 
 // A float as JSON that reads back as the same float32, and as a float: with a decimal point where

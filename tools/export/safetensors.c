@@ -52,12 +52,12 @@ void st_write(const char *path, const StTensor *t, int n, StDtype dtype, const c
         off += bytes;
     }
     fputc('}', h);
-    CHECK(fclose(h) == 0, "building the safetensors header failed");
+    if (fclose(h) != 0) core_failure_error("export: out of memory building the safetensors header of %s", path);
     // Pad with spaces so that the data (after the 8-byte size and the header) is 8-byte aligned.
     const size_t padded = (hlen + 7) / 8 * 8;
 
     FILE *f = fopen(path, "wb");
-    CHECK(f != NULL, "cannot create %s: %s", path, strerror(errno));
+    if (!f) core_path_error(errno, "export: cannot create %s: %s", path, strerror(errno));
     uint8_t size_le[8];
     for (int b = 0; b < 8; b++) size_le[b] = (uint8_t)((uint64_t)padded >> (8 * b));
     int ok = fwrite(size_le, 1, 8, f) == 8 && fwrite(hdr, 1, hlen, f) == hlen;
@@ -80,6 +80,7 @@ void st_write(const char *path, const StTensor *t, int n, StDtype dtype, const c
     }
     core_free(half);
     ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    const int err = errno;
-    CHECK(fclose(f) == 0 && ok, "cannot write %s: %s", path, strerror(err));
+    int err = errno;
+    if (fclose(f) != 0 && ok) ok = 0, err = errno;
+    if (!ok) core_path_error(err, "export: cannot write %s: %s", path, strerror(err));
 }
