@@ -33,7 +33,10 @@ void jsonl_parse(const uint8_t *buf, size_t n, const char *field, int stop_at_fi
     out->off = core_alloc(sizeof(uint64_t) * (n / 2 + 2));
     uint64_t used = 0;
     char err[JSON_ERR_LEN];
-    for (size_t start = 0; start < n && !(stop_at_first && out->bad > 0);) {
+    // A UTF-8 byte order mark (some editors' first bytes) is no part of the first line, as in a
+    // config file (it was that line's "not JSON: at byte 0", of an invisible character).
+    const size_t bom = n >= 3 && !memcmp(buf, "\xEF\xBB\xBF", 3) ? 3 : 0;
+    for (size_t start = bom; start < n && !(stop_at_first && out->bad > 0);) {
         const uint8_t *nl = memchr(buf + start, '\n', n - start);
         const size_t end = nl ? (size_t)(nl - buf) : n;
         const uint64_t line = ++out->lines;

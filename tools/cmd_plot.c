@@ -204,7 +204,9 @@ static int read_run(const char *path, Run *d) {
         return fail("%s, line %d: a NUL byte (the file is not text)", path, nul_line);
     }
     int rc = 0, line = 0;
-    for (char *s = text; s && *s && !rc; line++) {
+    // A UTF-8 byte order mark is no part of the first line (as in a config file or a load file).
+    char *first = strncmp(text, "\xEF\xBB\xBF", 3) ? text : text + 3;
+    for (char *s = first; s && *s && !rc; line++) {
         char *eol = strchr(s, '\n');
         const size_t len = eol ? (size_t)(eol - s) : strlen(s);
         if (strspn(s, " \t\r") < len) {  // blank lines are skipped

@@ -29,6 +29,16 @@ std::vector<std::string> docs_of(const JsonlDocs &d) {
     return out;
 }
 
+// A UTF-8 byte order mark before the first line is no part of it (it was "not JSON: at byte 0").
+TEST(Jsonl, SkipsAByteOrderMark) {
+    const std::string text = "\xEF\xBB\xBF{\"text\": \"a\"}\n{\"text\": \"b\"}\n";
+    JsonlDocs d;
+    jsonl_parse((const uint8_t *)text.data(), text.size(), "text", 0, &d);
+    EXPECT_EQ(d.bad, 0u);
+    EXPECT_EQ(docs_of(d), (std::vector<std::string>{"a", "b"}));
+    jsonl_free(&d);
+}
+
 TEST(Jsonl, DocumentsAndBadLines) {
     const std::string text =
         "{\"text\": \"first\\ndoc\", \"id\": 1}\n"

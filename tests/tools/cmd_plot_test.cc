@@ -138,6 +138,15 @@ TEST(CmdPlot, WithoutRebalancesSaysSo) {
     EXPECT_NE(read_file(svg).find("no EPLB rebalance in this run"), std::string::npos);
 }
 
+// A UTF-8 byte order mark before the first line is no part of it (it was "line 1: not JSON" of an
+// invisible character: sweep, 2026-12-06).
+TEST(CmdPlot, SkipsAByteOrderMark) {
+    std::string m = write_file("bom.jsonl", "\xEF\xBB\xBF{\"step\": 5, \"expert_load\": [[1, 2]]}\n");
+    std::string svg = tmp_path("bom.svg");
+    Result r = plot({"--metrics", m, "--out", svg});
+    EXPECT_EQ(r.rc, 0) << r.err;
+}
+
 // A config line that does not place the drawn layers (not a whole number, or n_layers other than the
 // dense layers plus the MoE layers drawn) leaves the titles short rather than wrong.
 TEST(CmdPlot, KeepsShortTitlesForAConfigThatDoesNotFit) {
