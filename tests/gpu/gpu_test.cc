@@ -1498,14 +1498,24 @@ TEST_F(Gpu, EpTableCallsMatchTheCpuTable) {
 // against the CPU: y, dx and every gradient. The router's gradient goes through the gates'
 // gradient, which the backward makes from the experts' row dots (moe_gate_grad): a wrong dot or a
 // wrong division fails it. fp32 with top-2 routing (the same choices as the CPU); bf16 with K = E,
-// since bf16 rounding can flip a near-tie choice of top-k (model_gpu_test.cc says more). The bounds
+// since bf16 rounding can flip a near-tie choice of top-k (model_gpu_test.cc says more), and bf16
+// top-2 on a designed routing that no rounding can flip: every expert's group of rows has its own
+// size, some none (with K = E all groups are N rows, so a mix-up of the groups' counts or first
+// rows in the grouped GEMMs, which take the counts on the device in bf16, would pass). The bounds
 // are model_gpu_test's per-tensor ones: a chain of five products and the router behind them.
 TEST_F(Gpu, MoeLayerMatchesCpu) {
-    for (CoreDtype dt : kDtypes) {
+    struct Variant {
+        CoreDtype dt;
+        int K;
+        bool designed;
+    };
+    for (const Variant v : {Variant{CORE_F32, 2, false}, Variant{CORE_BF16, 8, false}, Variant{CORE_BF16, 2, true}}) {
+        const CoreDtype dt = v.dt;
+        SCOPED_TRACE(v.designed ? "designed top-2 routing" : "random routing");
         MoeShape sh;
         sh.D = 64;
         sh.E = 8;
-        sh.K = dt == CORE_BF16 ? sh.E : 2;
+        sh.K = v.K;
         sh.S = 1;
         sh.Fe = 48;
         sh.rc = RouterCfg{sh.E, sh.K, 0, 1, 2.5f};
@@ -1516,6 +1526,16 @@ TEST_F(Gpu, MoeLayerMatchesCpu) {
         Vec w13 = rnd(2 * nw, -0.2f, 0.2f), w2 = rnd(nw, -0.2f, 0.2f);
         Vec sw13 = rnd(2 * ns, -0.2f, 0.2f), sw2 = rnd(ns, -0.2f, 0.2f);
         Vec x = rnd((size_t)N * D), dy = rnd((size_t)N * D);
+        if (v.designed) {
+            // Logit e of token t is x[t][e]: 4 for its two experts (score sigmoid 4 = 0.982), 0 for
+            // the others (0.5), a gap no bias (±0.05) or rounding closes. Token t takes t mod 3 and 4
+            // or 7: experts 0-2 about N/3 rows each, 4 four fifths of N, 7 one fifth, 3, 5 and 6 none.
+            std::fill(router.begin(), router.end(), 0.0f);
+            for (int e = 0; e < E; e++) router[(size_t)e * D + e] = 1.0f;
+            for (int t = 0; t < N; t++)
+                for (int e = 0; e < E; e++)
+                    x[(size_t)t * D + e] = e == t % 3 || e == (t % 5 ? 4 : 7) ? 4.0f : 0.0f;
+        }
         BufP dR = put(router, dt), dBias = put_f32(bias), dW13 = put(w13, dt), dW2 = put(w2, dt),
              dSw13 = put(sw13, dt), dSw2 = put(sw2, dt), dX = put(x, dt), dDy = put(dy, dt);
 
