@@ -23,7 +23,8 @@
 #              GPU busy and idle time of the timed steps, idle gaps by length, host waits, kernels by
 #              time, the first 3000 in order (trace_<config>.txt; TRACE_CONFIGS, default "bench
 #              bench_wide"; TRACE_SECONDS a config, default 3); not in the default stages
-#   reference  the model on cuda-fp32 (tolerance 1e-4) and cuda (bf16: 1e-2, final weights 5e-2)
+#   reference  the model on cuda-fp32 (tolerance 1e-4) and cuda (bf16: 2e-2, final weights 0.25,
+#              final router biases 1.5)
 #              against the PyTorch reference of tests/reference (python3 with numpy and torch)
 #   torch      tools/bench_torch.py, the PyTorch baseline of the same model (eager, torch.compile)
 #   nccl       on NP GPUs (default 2) under mpirun: nccl_test (NCCL communicators, EP/DP training in
@@ -283,12 +284,19 @@ if want reference; then
         fail "reference: python3 cannot import numpy and torch ($(tail -n 1 "$log/reference_imports.txt"))"
     else
         for dev in cuda-fp32 cuda; do
-            # bf16 compute: about 3 significant digits per operation, so 1e-2 on logits, loss and
-            # gradients; the weights after 5 AdamW steps amplify sign flips of tiny gradients.
-            if [ $dev = cuda ]; then tol=1e-2 tol_final=5e-2; else tol=1e-4 tol_final=1e-4; fi
-            echo "== dump_model --device $dev against the PyTorch reference (tolerance $tol, final.* $tol_final)"
+            # bf16 compute (measured on an H200, 2026-12-06, four configs and two more seeds): the
+            # gradients of q and k (through the softmax) and of a norm gain come out 1.0-1.4e-2 from
+            # float64 also with K = E, where no choice of experts can flip, so 2e-2 on logits, loss
+            # and gradients (model_gpu_test's per-tensor bf16 bound against the CPU). The weights
+            # after 5 AdamW steps: 0.05-0.16 (AdamW's first steps move a weight by about lr·sign(g),
+            # and bf16 turns the sign of the gradients near zero; a choice of experts that flips
+            # moves the experts' more), so 0.25; the router biases move by ±bias_rate a step by the
+            # sign of their load, which one flipped choice turns: 0.2-0.9, so 1.5, which still fails
+            # biases moved the wrong way (2); one left unmoved (1) fails the cuda-fp32 run's 1e-4.
+            if [ $dev = cuda ]; then tol=2e-2 tol_final=0.25 tol_bias=1.5; else tol=1e-4 tol_final=1e-4 tol_bias=1e-4; fi
+            echo "== dump_model --device $dev against the PyTorch reference (tolerance $tol, final.* $tol_final, router biases $tol_bias)"
             REF_DIR=tests/reference DUMP_MODEL=.dist/bin/dump_model PYTHON=python3 DEVICE=$dev TOL=$tol \
-                TOL_FINAL=$tol_final bash tests/reference/reference_model_test.sh > "$log/reference_$dev.log" 2>&1
+                TOL_FINAL=$tol_final TOL_BIAS=$tol_bias bash tests/reference/reference_model_test.sh > "$log/reference_$dev.log" 2>&1
             s=$?
             grep -E "^== |passed, .* failed|FAIL" "$log/reference_$dev.log"
             [ "$s" = 0 ] || fail "reference $dev (see reference_$dev.log)"

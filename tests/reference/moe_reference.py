@@ -405,10 +405,11 @@ def compute_reference(c, p, tokens, steps_tokens, with_final):
     return ref, margin
 
 
-def compare(d, tol, tol_final=None, require_final=False, backend=None):
+def compare(d, tol, tol_final=None, require_final=False, backend=None, tol_bias=None):
     """Rows (name, rel err or None, passed, note) comparing dump d with the reference; the routing
-    margin. final.* entries use tol_final (default tol); require_final: they must be there; backend:
-    the dump's `backend` must name it. Raises InputError when the dump cannot be used."""
+    margin. final.* entries use tol_final (default tol), the final router biases tol_bias (default
+    tol_final); require_final: they must be there; backend: the dump's `backend` must name it. Raises
+    InputError when the dump cannot be used."""
     c, p = load_inputs(d)
     steps = d["steps.tokens"] if "steps.tokens" in d else None
     # final.* (the parameters after the steps) is optional, but all or nothing: once one is there,
@@ -442,6 +443,8 @@ def compare(d, tol, tol_final=None, require_final=False, backend=None):
             continue
         err = rel_err(got, r)
         bound = tol_final if name.startswith("final.") and tol_final is not None else tol
+        if name.startswith("final.") and name.endswith(".router_bias") and tol_bias is not None:
+            bound = tol_bias
         rows.append((name, err, err <= bound, "NaN" if math.isnan(err) else ""))
     known = set(ref) | {"config_text", "tokens", "steps.tokens", "backend"}
     for name in d:
@@ -450,11 +453,11 @@ def compare(d, tol, tol_final=None, require_final=False, backend=None):
     return rows, margin
 
 
-def run_compare(path, tol, quiet=False, tol_final=None, require_final=False, backend=None):
+def run_compare(path, tol, quiet=False, tol_final=None, require_final=False, backend=None, tol_bias=None):
     """Compares the dump at path; prints the table (or the error) unless quiet. Exit code: 0 all pass, 1 a
     comparison failed, 2 the dump is unusable."""
     try:
-        rows, margin = compare(read_dump(path), tol, tol_final, require_final, backend)
+        rows, margin = compare(read_dump(path), tol, tol_final, require_final, backend, tol_bias)
     except (OSError, DumpError, InputError) as err:
         if not quiet:
             print(f"moe_reference.py: error: {err}", file=sys.stderr)
@@ -462,6 +465,7 @@ def run_compare(path, tol, quiet=False, tol_final=None, require_final=False, bac
     failed = [r for r in rows if not r[2]]
     if not quiet:
         final = "" if tol_final is None else f", final.* {tol_final:g}"
+        final += "" if tol_bias is None else f", final router biases {tol_bias:g}"
         print(f"{'name':44s} {'rel err':>12s}  result   (tolerance {tol:g}{final})")
         for name, err, ok, note in rows:
             e = "-" if err is None else f"{err:.3e}"
@@ -790,6 +794,9 @@ def main(argv):
     ap.add_argument("--tol", type=float, default=1e-4, help="relative error tolerance (1e-4)")
     ap.add_argument("--tol-final", type=float, default=None,
                     help="tolerance of final.* (the parameters after the AdamW steps; default --tol)")
+    ap.add_argument("--tol-bias", type=float, default=None,
+                    help="tolerance of the final router biases (default --tol-final): each step moves a "
+                         "bias by ±bias_rate by the sign of its load, which a flipped choice can turn")
     ap.add_argument("--require-final", action="store_true",
                     help="the dump must hold final.* (the parameters after the steps)")
     ap.add_argument("--backend", default=None,
@@ -800,7 +807,8 @@ def main(argv):
         ap.error("give either a DUMP or --selftest")
     if args.selftest:
         return selftest()
-    return run_compare(args.dump, args.tol, tol_final=args.tol_final, require_final=args.require_final,
+    return run_compare(args.dump, args.tol, tol_final=args.tol_final, tol_bias=args.tol_bias,
+                       require_final=args.require_final,
                        backend=args.backend)[0]
 
 

@@ -4,7 +4,7 @@
 # recomputes them all and fails on a relative error above 1e-4.
 # Outside Bazel (tools/gpu_run.sh's `reference` stage) the environment says what to run:
 # REF_DIR (this folder), DUMP_MODEL (the binary), PYTHON, DEVICE (dump_model's --device),
-# TOL and TOL_FINAL (moe_reference.py's --tol and --tol-final).
+# TOL, TOL_FINAL and TOL_BIAS (moe_reference.py's --tol, --tol-final and --tol-bias).
 set -euo pipefail
 here="${REF_DIR:-$TEST_SRCDIR/moelab/tests/reference}"
 dump_model="${DUMP_MODEL:-$here/dump_model}"
@@ -23,8 +23,8 @@ run() {
     local name=$1; shift
     echo "== $name ($device): $*"
     "$dump_model" "$out/$name.dump" --device "$device" "$@"
-    "$python" "$here/moe_reference.py" --tol "$tol" --tol-final "${TOL_FINAL:-$tol}" --require-final \
-        --backend "$backend" "$out/$name.dump"
+    "$python" "$here/moe_reference.py" --tol "$tol" --tol-final "${TOL_FINAL:-$tol}" \
+        --tol-bias "${TOL_BIAS:-${TOL_FINAL:-$tol}}" --require-final --backend "$backend" "$out/$name.dump"
 }
 # Sigmoid scores, norm_topk, shared expert, untied head, GQA 4:2, balance loss, 2 micro-batches.
 run sigmoid
