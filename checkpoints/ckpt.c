@@ -834,19 +834,17 @@ void ckpt_clear(const char *path, int index_too) {
     // The index (or single file) goes first: a checkpoint is never visible with parts missing.
     if (index_too && unlink(path) != 0 && errno != ENOENT)
         core_warn("cannot remove old checkpoint %s: %s", path, strerror(errno));
-    char dir[CKPT_PATH_MAX], prefix[CKPT_PATH_MAX + 8], part[2 * CKPT_PATH_MAX];
+    char dir[CKPT_PATH_MAX], part[2 * CKPT_PATH_MAX];
     ckpt_dir_of(path, dir, sizeof dir);
     const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-    snprintf(prefix, sizeof prefix, "%s.part-", base);
     DIR *dp = opendir(dir);
     if (!dp) core_usage_error("cannot list checkpoint directory %s: %s", dir, strerror(errno));
     struct stat sb;
     for (struct dirent *e; (e = readdir(dp));) {
         // Part files only (PATH.part-<r>-of-<n>): the temporaries of the save under way, whose
         // names extend those, are not an earlier checkpoint's.
-        int r, n, end = 0;
-        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 ||
-            sscanf(e->d_name + strlen(prefix), "%d-of-%d%n", &r, &n, &end) != 2 || e->d_name[strlen(prefix) + end])
+        int r, n;
+        if (strncmp(e->d_name, base, strlen(base)) != 0 || !ckpt_part_suffix(e->d_name + strlen(base), &r, &n))
             continue;
         snprintf(part, sizeof part, "%s/%s", dir, e->d_name);
         // Saves leave regular files only: anything else of such a name is not theirs.
@@ -865,9 +863,9 @@ static int save_leftover(const char *path, const char *name) {
     const char *tmp = strstr(name, ".tmp-");
     snprintf(base, sizeof base, "%.*s", tmp ? (int)(tmp - name) : (int)strlen(name), name);
     char *part = strstr(base, ".part-");
-    int r, k, end = 0;
+    int r, k;
     if (part) {
-        if (sscanf(part, ".part-%d-of-%d%n", &r, &k, &end) != 2 || part[end] != '\0') return 0;
+        if (!ckpt_part_suffix(part, &r, &k)) return 0;
         *part = '\0';
     }
     if (step_of(base) < 0) return 0;
@@ -884,11 +882,11 @@ int ckpt_stale_files(const char *dir, void (*fn)(const char *path, const char *w
         const char *why = NULL;
         const int stale = core_temp_is_stale(e->d_name);
         const char *part = strstr(e->d_name, ".part-");
-        int r, k, end = 0;
+        int r, k;
         struct stat sb;
         if (stale == 1) {
             why = "temporary file of a save that did not finish";
-        } else if (stale < 0 && part && sscanf(part, ".part-%d-of-%d%n", &r, &k, &end) == 2 && part[end] == '\0') {
+        } else if (stale < 0 && part && ckpt_part_suffix(part, &r, &k)) {
             snprintf(index, sizeof index, "%s/%.*s", dir, (int)(part - e->d_name), e->d_name);
             if (stat(index, &sb) != 0) why = "part file whose index is missing (a save that did not finish)";
         }

@@ -39,6 +39,11 @@ void ckpt_part_path(const char *path, int r, int n, char *out, size_t len) {
     if (k < 0 || (size_t)k >= len) core_usage_error("checkpoint path too long: %s", path);
 }
 
+int ckpt_part_suffix(const char *s, int *r, int *n) {
+    int end = 0;
+    return sscanf(s, ".part-%d-of-%d%n", r, n, &end) == 2 && end > 0 && s[end] == '\0';
+}
+
 // Checks a file's format name and version attributes; returns the version.
 static int64_t check_format(const H5Io *io, hid_t f, const char *want) {
     char *fmt = h5_attr_read_str(io, f, "file", "format", 64);
@@ -174,8 +179,8 @@ static CkptPartFile *open_part(CkptFile *cf, const char *tensor, const char *fna
     // check below, and would fill these rows with another rank's experts.
     const char *suffix = NULL;
     for (const char *at = strstr(fname, ".part-"); at; at = strstr(at + 1, ".part-")) suffix = at;
-    int nr = -1, nn = -1, used = 0;
-    if (!suffix || sscanf(suffix, ".part-%d-of-%d%n", &nr, &nn, &used) != 2 || suffix[used] || nr != r || nn != n)
+    int nr = -1, nn = -1;
+    if (!suffix || !ckpt_part_suffix(suffix, &nr, &nn) || nr != r || nn != n)
         H5_FAIL(&io, "holds part %lld of %lld, not the part its name says (a copy or link of another part?)",
                 (long long)r, (long long)n);
     if (id != cf->part_ids[r])

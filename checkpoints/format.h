@@ -32,6 +32,9 @@ size_t ckpt_count_negative(const float *x, size_t n);
 const char *ckpt_kind_name(ParamKind k);
 // "<path>.part-<r>-of-<n>": part r's file name.
 void ckpt_part_path(const char *path, int r, int n, char *out, size_t len);
+// 1 when s is exactly ".part-<r>-of-<n>" (a part file's name after its index's), with *r and *n set;
+// else 0.
+int ckpt_part_suffix(const char *s, int *r, int *n);
 
 typedef struct {
     char name[256];   // as the index's virtual datasets name it (a plain file name)

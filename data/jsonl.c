@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "framework/core/file.h"
 #include "framework/core/json.h"
 #include "framework/core/mem.h"
 
@@ -35,7 +36,7 @@ void jsonl_parse(const uint8_t *buf, size_t n, const char *field, int stop_at_fi
     char err[JSON_ERR_LEN];
     // A UTF-8 byte order mark (some editors' first bytes) is no part of the first line, as in a
     // config file (it was that line's "not JSON: at byte 0", of an invisible character).
-    const size_t bom = n >= 3 && !memcmp(buf, "\xEF\xBB\xBF", 3) ? 3 : 0;
+    const size_t bom = core_bom_len((const char *)buf, n);
     for (size_t start = bom; start < n && !(stop_at_first && out->bad > 0);) {
         const uint8_t *nl = memchr(buf + start, '\n', n - start);
         const size_t end = nl ? (size_t)(nl - buf) : n;

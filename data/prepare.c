@@ -81,14 +81,18 @@ static void drop_repeated_files(PathList *l) {
     qsort(id, (size_t)l->n, sizeof *id, cmp_file_id);
     unsigned char *drop = core_alloc((size_t)l->n);
     memset(drop, 0, (size_t)l->n);
-    for (int k = 1, first = 0; k < l->n; k++) {
+    // Within a run of one file: the first entry is read, the others skipped; the first named one
+    // (-1: none yet) meets every later named one.
+    for (int k = 1, first = 0, named = l->named[id[0].at] ? 0 : -1; k < l->n; k++) {
         if (id[k].dev != id[first].dev || id[k].ino != id[first].ino) {
             first = k;
+            named = l->named[id[k].at] ? k : -1;
             continue;
         }
         const int a = id[first].at, b = id[k].at;
-        if (l->named[a] && l->named[b])
-            core_usage_error("--input names one file twice: %s and %s", l->paths[a], l->paths[b]);
+        if (l->named[b] && named >= 0)
+            core_usage_error("--input names one file twice: %s and %s", l->paths[id[named].at], l->paths[b]);
+        if (l->named[b]) named = k;
         core_info("prepare: skipped %s: the same file as %s, read once", l->paths[b], l->paths[a]);
         drop[b] = 1;
     }
@@ -403,10 +407,18 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
     Progress pr = {isatty(2), 0.0};
 
     PathList files = {0};
+    FileId *dirs = core_alloc(sizeof *dirs * (size_t)n_inputs);  // the folders named so far
+    int n_dirs = 0;
     for (int i = 0; i < n_inputs; i++) {
         struct stat st;
         if (stat(inputs[i], &st) != 0) core_usage_error("cannot read input %s: %s", inputs[i], strerror(errno));
         if (S_ISDIR(st.st_mode)) {
+            // A folder named twice (under any names) is a usage error, as a file is: walked twice,
+            // every file of it would be skipped once with a line of its own.
+            for (int j = 0; j < n_dirs; j++)
+                if (dirs[j].dev == st.st_dev && dirs[j].ino == st.st_ino)
+                    core_usage_error("--input names one folder twice: %s and %s", inputs[dirs[j].at], inputs[i]);
+            dirs[n_dirs++] = (FileId){st.st_dev, st.st_ino, i};
             walk(&files, inputs[i]);
             continue;
         }
@@ -414,6 +426,7 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
         if (kind) core_usage_error("--input %s is %s, not text", inputs[i], kind);
         path_push(&files, inputs[i], 1);
     }
+    core_free(dirs);
     if (files.n == 0) core_usage_error("no input files found in the %d given path(s)", n_inputs);
     drop_repeated_files(&files);
     check_outputs(out_dir, &files);

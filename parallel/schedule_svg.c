@@ -17,8 +17,9 @@ static const char *COLOR[3][2] = {
 // Layout in pixels.
 enum { LEFT = 70, TOP = 48, ROW_H = 26, ROW_GAP = 6, RIGHT = 110, MIN_CELL = 26 };
 
-// The length of the UTF-8 sequence at s (1 to 4), or 0 where it is not one: a stray byte, a
-// sequence cut short (a title cut at a byte count), an overlong or surrogate form.
+// The length of the UTF-8 sequence at s (1 to 4), or 0 where it is not one (a stray byte, a
+// sequence cut short by a title's byte limit, an overlong or surrogate form) or is a character XML
+// 1.0 does not allow (U+FFFE, U+FFFF).
 static int utf8_len(const unsigned char *s) {
     const int n = s[0] < 0x80            ? 1
                   : (s[0] & 0xE0) == 0xC0 ? 2
@@ -29,6 +30,7 @@ static int utf8_len(const unsigned char *s) {
         if ((s[i] & 0xC0) != 0x80) return 0;
     if (n == 2 && s[0] < 0xC2) return 0;
     if (n == 3 && ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] >= 0xA0))) return 0;
+    if (n == 3 && s[0] == 0xEF && s[1] == 0xBF && s[2] >= 0xBE) return 0;  // U+FFFE, U+FFFF: no XML
     if (n == 4 && ((s[0] == 0xF0 && s[1] < 0x90) || s[0] > 0xF4 || (s[0] == 0xF4 && s[1] >= 0x90))) return 0;
     return n;
 }

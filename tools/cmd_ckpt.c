@@ -32,7 +32,9 @@ static const char USAGE[] =
     "            exit 2 with a message naming the first problem otherwise\n"
     "  clean     removes from DIR what saves that crashed left behind: temporary files\n"
     "            (NAME.tmp-<pid>) of processes no longer running on this machine, and part files\n"
-    "            (NAME.part-<r>-of-<n>) whose index NAME is missing; prints each file it removes.\n"
+    "            (NAME.part-<r>-of-<n>) whose index NAME is missing, where NAME is a checkpoint's\n"
+    "            (step_<s>.h5) and the file empty or HDF5 (never another program's); prints each\n"
+    "            file it removes.\n"
     "            `moelab train --out DIR` reports such files when it starts. Refused while a\n"
     "            `moelab train` on this machine writes to DIR\n";
 

@@ -89,7 +89,7 @@ static int parse_field(char *s, const char *path, int row, int col, double *v) {
 static int parse_csv(char *text, const char *path, double **load, int *rows, int *cols) {
     // A UTF-8 byte order mark (spreadsheets write one) is not part of row 1's first value; the config
     // reader skips it too.
-    if (!strncmp(text, "\xEF\xBB\xBF", 3)) text += 3;
+    text += core_bom_len(text, strlen(text));
     // Every value needs a separator or a line end after it, which bounds the value count.
     size_t cap = 1;
     for (const char *c = text; *c; c++) cap += (*c == ',' || *c == '\n');

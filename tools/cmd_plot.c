@@ -205,7 +205,7 @@ static int read_run(const char *path, Run *d) {
     }
     int rc = 0, line = 0;
     // A UTF-8 byte order mark is no part of the first line (as in a config file or a load file).
-    char *first = strncmp(text, "\xEF\xBB\xBF", 3) ? text : text + 3;
+    char *first = text + core_bom_len(text, n);
     for (char *s = first; s && *s && !rc; line++) {
         char *eol = strchr(s, '\n');
         const size_t len = eol ? (size_t)(eol - s) : strlen(s);

@@ -327,7 +327,8 @@ static void load_lines(MoeConfig *c, FILE *f, const char *name, int stored) {
                                  origin, b, i + 1);
         }
         // Editors on Windows begin a UTF-8 file with a byte order mark, which is no part of a key.
-        if (lineno == 1 && !strncmp(line, "\xEF\xBB\xBF", 3)) memmove(line, line + 3, strlen(line + 3) + 1);
+        const size_t bom = lineno == 1 ? core_bom_len(line, strlen(line)) : 0;
+        if (bom) memmove(line, line + bom, strlen(line + bom) + 1);
         // A comment starts at a '#' at the start of the line or after a blank; one glued to other
         // characters is part of the value (`out = /tmp/run#2`, a folder of that name).
         char *hash = line;

@@ -90,6 +90,8 @@ static const char *split_path(const char *path, char *dir, size_t cap) {
 
 const char core_kind_hdf5[] = "an HDF5 file (a checkpoint)";
 
+size_t core_bom_len(const char *text, size_t n) { return n >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3) ? 3 : 0; }
+
 const char *core_data_file_kind(const char *path) {
     static const struct { char sig[9]; const char *what; } KINDS[] = {
         {"\x89HDF\r\n\x1a\n", core_kind_hdf5},

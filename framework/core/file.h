@@ -41,6 +41,10 @@ const char *core_data_file_kind(const char *path);
 // core_data_file_kind's answer for an HDF5 file (compare the pointer).
 extern const char core_kind_hdf5[];
 
+// 3 where text (n bytes) starts with UTF-8's byte order mark, which some editors and spreadsheets
+// write first and which is no part of the first line of a text file that moelab reads; else 0.
+size_t core_bom_len(const char *text, size_t n);
+
 // Temporaries: files (or folders of them) written under a temporary name and renamed once complete.
 // While one is tracked, any end of the process removes it (a folder after the files tracked in
 // it): an exit, a fatal error of check.h (before its abort hook, which may skip exit handlers), and

@@ -63,6 +63,13 @@ timeout 60 "$moelab" data prepare --input "$tmp/reached" "$tmp/reached/$first" -
 [ "$(grep -c "prepare: skipped .*: the same file as .*, read once" "$tmp/once.log")" = 2 ] ||
     { echo "FAIL: not two lines for the files reached twice:"; cat "$tmp/once.log"; exit 1; }
 same_files "$tmp/data" "$tmp/once"
+# Named twice is still refused when a folder reached the file first (review, 2026-12-06), and so is
+# a folder named twice (it was walked twice, every file of it skipped with a line, exit 0).
+expect_exit 2 "--input names one file twice: .*reached/$first and .*reached/\\./$first" \
+    "$moelab" data prepare --input "$tmp/reached" "$tmp/reached/$first" "$tmp/reached/./$first" --vocab 300 --out "$tmp/never"
+expect_exit 2 "--input names one folder twice: .*reached and .*reached/." \
+    "$moelab" data prepare --input "$tmp/reached" "$tmp/reached/." --vocab 300 --out "$tmp/never"
+[ ! -e "$tmp/never" ] || { echo "FAIL: a refused prepare wrote $tmp/never"; exit 1; }
 # Named as an input, an earlier output is refused; so is a file of text that this run would replace.
 expect_exit 2 "--input .*data/train.bin is a token shard, not text" \
     "$moelab" data prepare --input "$tmp/data/train.bin" --vocab 300 --out "$tmp/never"

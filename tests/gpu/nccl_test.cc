@@ -215,17 +215,21 @@ TEST(NcclComm, SplitReversesRanks) {
 
 TEST(NcclComm, WaitsForTheComputeStream) {
     // A large fill queued on the compute stream right before the all-reduce must be in its input,
-    // on every rank: in round k rank k alone fills the larger pattern, so the maximum is its fill
-    // only if rank k's all-reduce read it (a rank that read stale zeros would lose to the others).
+    // on every rank: in round k rank k alone fills the largest pattern, one no earlier round left
+    // in the buffer, so the maximum is its fill only if rank k's all-reduce read it (a rank that
+    // read the buffer before the fill would bring an earlier round's smaller value, or zeros).
     Comm *w = world();
     const size_t n = (size_t)1 << 24;
     float *d = (float *)gpu()->alloc(n * sizeof(float));
-    uint32_t bits = 0x3F3F3F3Fu;  // ≈ 0.7470; the others' 0x3E3E3E3E ≈ 0.1858
-    float want;
-    memcpy(&want, &bits, sizeof want);
+    core_cuda_memset(d, 0, n * sizeof(float));
+    gpu()->sync();
     for (int k = 0; k < w->size; k++) {
-        core_cuda_memset(d, w->rank == k ? 0x3F : 0x3E, n * sizeof(float));
+        const int byte = 0x40 + k;  // 0x40404040 = 3.0, 0x41414141 ≈ 12.1, ...: larger every round
+        core_cuda_memset(d, w->rank == k ? byte : 0x20, n * sizeof(float));
         comm_allreduce(w, d, n, COMM_F32, COMM_MAX);
+        const uint32_t bits = 0x01010101u * (uint32_t)byte;
+        float want;
+        memcpy(&want, &bits, sizeof want);
         std::vector<float> h = to_host(d, n);
         size_t bad = 0;
         for (float x : h) bad += x != want;

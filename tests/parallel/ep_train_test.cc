@@ -235,8 +235,9 @@ TEST(EpTrain, Zero1OverlapIsBitIdentical) {
 // The engine takes ep_overlap, ep_chunks and dp_overlap from the config: with ep_overlap 0 its
 // dispatchers have no start/finish pair (the MoE layer waits for the dispatch before the shared
 // experts), every dispatcher splits into ep_chunks chunks (EPLB's per-layer ones too), and the
-// trainer runs the DP sync during the backward only with dp_overlap. The tests that compare these
-// settings on and off would hold with a setting ignored; this one fails then.
+// trainer holds dp_overlap (p->overlap; with DP 1 here, the sync that reads it does not run: the
+// DP layouts' bit-identical on/off comparisons run it). The tests that compare these settings on
+// and off would hold with a setting ignored; this one fails then.
 TEST(EpTrain, RunKeysReachTheDispatchersAndTheTrainer) {
     if (comm_world()->size == 1) GTEST_SKIP() << "EP needs two ranks";
     for (int on = 0; on <= 1; on++)

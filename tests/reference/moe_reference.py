@@ -728,6 +728,14 @@ def check_comparator(tmp):
             code, failed = run_compare(path, 1e-4, quiet=True, backend="cpu")
             expect((code, failed) == ((0, []) if ok else (1, ["backend"])),
                    f"{what}: backend {dumped} against cpu gave exit {code}, failures {failed}")
+        # The balance term dropped from the loss (loss = ce_loss): within 1e-2 of the loss, so that
+        # only the balance term's own row sees it.
+        dropped = dict(d)
+        dropped["loss"] = d["ce_loss"].copy()
+        write_dump(path, dropped)
+        code, failed = run_compare(path, 1e-2, quiet=True)
+        expect((code, failed) == (1, ["balance_loss"]),
+               f"{what}: balance term dropped gave exit {code}, failures {failed}, expected ['balance_loss']")
         write_dump(path, d)
         code, failed = run_compare(path, 1e-4, quiet=True, require_final=True)
         expect(code == (0 if with_final else 1) and all(f.startswith("final.") for f in failed),
@@ -745,6 +753,19 @@ def check_comparator(tmp):
             "unexpected grad": ("grad.layers.1.router_bias", lambda d: np.zeros(c.E, np.float32)),
         }
         if with_final:
+            # --tol-bias applies to the final router biases alone: a bias moved one update the other
+            # way passes a loose one, a final weight moved as far relative to its size does not.
+            bname = "final.layers.2.router_bias"
+            wname = "final.layers.0.wq"
+            for name, change in ((bname, lambda d: d[bname] + 2 * c.bias_rate * (np.arange(c.E) == 0)),
+                                 (wname, lambda d: d[wname] * np.float32(1.01))):
+                bad = dict(d)
+                bad[name] = change(d).astype(np.float32)
+                write_dump(path, bad)
+                code, failed = run_compare(path, 1e-4, quiet=True, tol_bias=10.0)
+                want = (0, []) if name == bname else (1, [wname])
+                expect((code, failed) == want, f"{what}: --tol-bias 10 with {name} moved gave exit {code}, "
+                                               f"failures {failed}, expected {want}")
             # One expert's bias moved one update the other way; one missing final tensor.
             bname = "final.layers.2.router_bias"
             perturbed["final bias"] = (bname, lambda d: d[bname] + 2 * c.bias_rate * (

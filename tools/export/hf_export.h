@@ -26,7 +26,8 @@ typedef struct {
 
 // Checks everything (options, checkpoint, tokenizer, out_dir) before writing anything, writes the
 // folder under a temporary name next to out_dir and renames it into place at the end. Bad input
-// exits 2 with one message and leaves no files; I/O failures exit 1 and remove the temporary folder.
+// exits 2 with one message and leaves no files; a failed write exits 1 where the system failed (a
+// full disk, an I/O error), 2 where the path is refused (permissions), and removes the temporary folder.
 void hf_export(const HfExportOptions *o);
 
 

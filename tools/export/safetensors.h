@@ -23,7 +23,8 @@ typedef struct {
 } StTensor;
 
 // Writes the n tensors (names unique) with metadata {"format": "pt", meta[0]: meta[1], ...} (n_meta
-// key/value pairs) to path, then fsyncs it. I/O failures exit 1.
+// key/value pairs) to path, then fsyncs it. A failed write ends the process with one message naming
+// path: exit 1 where the system failed (a full disk, an I/O error), else 2 (core_path_error).
 void st_write(const char *path, const StTensor *t, int n, StDtype dtype, const char *const *meta, int n_meta);
 
 
