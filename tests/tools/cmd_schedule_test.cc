@@ -53,6 +53,13 @@ std::string slurp(const std::string &path) {
     return ss.str();
 }
 
+// Writes text to path (a trace, an old output); false where it could not.
+bool spit(const std::string &path, const std::string &text) {
+    std::ofstream out(path, std::ios::binary);
+    out << text;
+    return bool(out.flush());
+}
+
 TEST(CmdSchedule, Help) {
     Result r = run({"--help"});
     EXPECT_EQ(r.rc, 0);
@@ -138,11 +145,9 @@ TEST(CmdSchedule, JsonAndFiles) {
 // idle stays >= 0 (the review of 2026-12-05 saw "idle -10 µs (-100.0%)").
 TEST(CmdSchedule, OverlappingOpsCountOnce) {
     const std::string trace = tmp_path("overlap"), svg = tmp_path("overlap_svg");
-    FILE *f = fopen(trace.c_str(), "w");
-    ASSERT_NE(f, nullptr);
-    fputs("{\"traceEvents\": [{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"tid\": 0, \"ts\": 0, \"dur\": 10},\n"
-          "{\"name\": \"B0d\", \"ph\": \"X\", \"pid\": 0, \"tid\": 1, \"ts\": 4, \"dur\": 10}]}\n", f);
-    fclose(f);
+    ASSERT_TRUE(spit(trace, "{\"traceEvents\": ["
+                            "{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"tid\": 0, \"ts\": 0, \"dur\": 10},\n"
+                            "{\"name\": \"B0d\", \"ph\": \"X\", \"pid\": 0, \"tid\": 1, \"ts\": 4, \"dur\": 10}]}\n"));
     Result r = run({"--from-trace", trace, "--svg", svg});
     EXPECT_EQ(r.rc, 0) << r.err;
     EXPECT_NE(r.out.find("rank 0: busy 14 µs, idle 0 µs (0.0%)"), std::string::npos) << r.out;
@@ -163,11 +168,8 @@ TEST(CmdSchedule, SvgIsWellFormedWhateverTheTrace) {
                                  std::string(dir) + "/" + std::string(199, 'a') + "\xc3\xa9.json"};
     for (const std::string &trace : names) {
         SCOPED_TRACE(trace);
-        FILE *f = fopen(trace.c_str(), "w");
-        ASSERT_NE(f, nullptr);
-        fputs("[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 0, \"dur\": 1e-323},\n"
-              " {\"name\": \"B0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1e-323, \"dur\": 2e-323}]\n", f);
-        fclose(f);
+        ASSERT_TRUE(spit(trace, "[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 0, \"dur\": 1e-323},\n"
+                                " {\"name\": \"B0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1e-323, \"dur\": 2e-323}]\n"));
         Result r = run({"--from-trace", trace, "--svg", svg});
         EXPECT_EQ(r.rc, 0) << r.err;
         const std::string s = slurp(svg);
@@ -428,9 +430,7 @@ TEST(CmdSchedule, FailedWriteLeavesTheOldFile) {
         {"--from-trace", trace, "--svg", out},
     };
     for (const auto &args : cases) {
-        FILE *f = fopen(out.c_str(), "w");
-        fputs("old", f);
-        fclose(f);
+        ASSERT_TRUE(spit(out, "old"));
         pid_t pid = fork();
         ASSERT_GE(pid, 0);
         if (pid == 0) {
