@@ -182,8 +182,9 @@ static int in_choices(const char *choices, const char *v) {
     return 0;
 }
 
-// Ends a bad number with one message: text that is no number gets the key's whole expected form;
-// a number past a bound gets the parser's "too large: at most HI" (it is a number).
+// Ends a bad value with one message: text that is no number (or no choice: NUM_SYNTAX) gets the
+// key's whole expected form; a number past a bound gets the parser's "too large: at most HI" (it is
+// a number).
 static void check_number(const KeyInfo *k, const char *value, const char *origin, NumStatus st,
                          const char *err) {
     char form[128];
@@ -200,14 +201,13 @@ void config_set(MoeConfig *c, const char *key, const char *value, const char *or
         core_usage_error("%s: config key '%s' no longer exists: %s (remove it)", origin, RETIRED[r].name,
                          RETIRED[r].instead);
     if (!k) core_usage_error("%s: unknown config key '%s' (see `moelab train --help`)", origin, key);
-    char form[128], name[128], err[NUM_ERR_LEN];
+    char name[128], err[NUM_ERR_LEN];
     snprintf(name, sizeof name, "%s =", k->name);
     char *base = (char *)c + k->offset;
     switch (k->type) {
     case K_INT: {
         long long v;
-        const NumStatus st = num_parse_int(name, value, (long long)k->lo, (long long)k->hi, &v, err);
-        check_number(k, value, origin, st, err);
+        check_number(k, value, origin, num_parse_int(name, value, (long long)k->lo, (long long)k->hi, &v, err), err);
         *(int *)base = (int)v;
         break;
     }
@@ -226,9 +226,7 @@ void config_set(MoeConfig *c, const char *key, const char *value, const char *or
     case K_BOOL:
         if (!strcmp(value, "true") || !strcmp(value, "1")) *(int *)base = 1;
         else if (!strcmp(value, "false") || !strcmp(value, "0")) *(int *)base = 0;
-        else
-            core_usage_error("%s: %s = '%s' is not valid: expected %s", origin, k->name, value,
-                             expected_form(k, form, sizeof form));
+        else check_number(k, value, origin, NUM_SYNTAX, NULL);
         break;
     case K_STR:
         if (strlen(value) >= CONFIG_STR)
@@ -250,9 +248,7 @@ void config_set(MoeConfig *c, const char *key, const char *value, const char *or
         if (value[0] == ' ' || (value[0] && value[strlen(value) - 1] == ' '))
             core_usage_error("%s: %s = '%s' begins or ends with a blank, which a config file drops", origin,
                              k->name, value);
-        if (k->choices && !in_choices(k->choices, value))
-            core_usage_error("%s: %s = '%s' is not valid: expected %s", origin, k->name, value,
-                             k->choices);
+        if (k->choices && !in_choices(k->choices, value)) check_number(k, value, origin, NUM_SYNTAX, NULL);
         strcpy(base, value);
         break;
     }
