@@ -481,22 +481,18 @@ static void *bwd_alloc(const Model *m, int N, int width) {
 static float *part_alloc(const Model *m, int N) {
     return m->ops->alloc_uninit(rmsnorm_partial_floats(N, m->cfg.D) * sizeof(float));
 }
-static void bwd_free(const Model *m, void **p) {
-    m->ops->free(*p);
-    *p = NULL;
-}
-static void part_free(const Model *m, float **p) {
-    m->ops->free(*p);
-    *p = NULL;
-}
 static void ffn_bwd_free(const Model *m, LayerActs *la) {
-    part_free(m, &la->pm);
-    bwd_free(m, &la->ffn.dab);
+    m->ops->free(la->pm);
+    m->ops->free(la->ffn.dab);
+    la->pm = NULL;
+    la->ffn.dab = NULL;
 }
 static void attn_bwd_free(const Model *m, LayerActs *la) {
-    bwd_free(m, &la->d_h_mid);
-    bwd_free(m, &la->dqkv);
-    part_free(m, &la->pa);
+    m->ops->free(la->d_h_mid);
+    m->ops->free(la->dqkv);
+    m->ops->free(la->pa);
+    la->d_h_mid = la->dqkv = NULL;
+    la->pa = NULL;
 }
 
 void model_acts_free(Model *m, ModelActs *a) {
