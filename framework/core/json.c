@@ -62,28 +62,15 @@ static int hex4(Parser *p, uint32_t *out) {
     return 1;
 }
 
-// Appends code point cp as UTF-8 (at most 4 bytes) to out at *len.
+// Appends code point cp as UTF-8 (at most 4 bytes) to out at *len: the lead byte's mark and top
+// bits, then 6 bits in each continuation byte.
 static void put_utf8(char *out, size_t *len, uint32_t cp) {
+    static const uint8_t lead[5] = {0, 0x00, 0xC0, 0xE0, 0xF0};
     uint8_t *o = (uint8_t *)out + *len;
-    if (cp < 0x80) {
-        o[0] = (uint8_t)cp;
-        *len += 1;
-    } else if (cp < 0x800) {
-        o[0] = (uint8_t)(0xC0 | cp >> 6);
-        o[1] = (uint8_t)(0x80 | (cp & 0x3F));
-        *len += 2;
-    } else if (cp < 0x10000) {
-        o[0] = (uint8_t)(0xE0 | cp >> 12);
-        o[1] = (uint8_t)(0x80 | (cp >> 6 & 0x3F));
-        o[2] = (uint8_t)(0x80 | (cp & 0x3F));
-        *len += 3;
-    } else {
-        o[0] = (uint8_t)(0xF0 | cp >> 18);
-        o[1] = (uint8_t)(0x80 | (cp >> 12 & 0x3F));
-        o[2] = (uint8_t)(0x80 | (cp >> 6 & 0x3F));
-        o[3] = (uint8_t)(0x80 | (cp & 0x3F));
-        *len += 4;
-    }
+    const int n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    for (int k = n - 1; k > 0; k--, cp >>= 6) o[k] = (uint8_t)(0x80 | (cp & 0x3F));
+    o[0] = (uint8_t)(lead[n] | cp);
+    *len += (size_t)n;
 }
 
 // A string starting at the opening quote. The decoded text is never longer than the literal (an
@@ -93,14 +80,12 @@ static int parse_string(Parser *p, JsonValue *v) {
     while (end < p->n && p->s[end] != '"') end += p->s[end] == '\\' ? 2 : 1;
     if (end >= p->n) return fail(p, "unterminated string");  // named at its opening quote
     p->i++;
-    char *out = xrealloc(NULL, end - p->i + 1);
+    // v owns the buffer at once: whatever fails below, json_free releases it with the rest.
+    char *out = v->str = xrealloc(NULL, end - p->i + 1);
     size_t len = 0;
     while (p->s[p->i] != '"') {
         const uint8_t c = (uint8_t)p->s[p->i];
-        if (c < 0x20) {
-            free(out);
-            return fail(p, "control byte 0x%02x inside a string", c);
-        }
+        if (c < 0x20) return fail(p, "control byte 0x%02x inside a string", c);
         if (c != '\\') {
             out[len++] = (char)c;
             p->i++;
@@ -115,22 +100,15 @@ static int parse_string(Parser *p, JsonValue *v) {
         }
         if (e != 'u') {
             p->i -= 2;
-            free(out);
             return fail(p, "bad escape in a string");
         }
         uint32_t cp;
-        if (!hex4(p, &cp)) {
-            free(out);
-            return 0;
-        }
+        if (!hex4(p, &cp)) return 0;
         if (cp >= 0xD800 && cp < 0xDC00 && p->n - p->i >= 6 && p->s[p->i] == '\\' && p->s[p->i + 1] == 'u') {
             const size_t at = p->i;
             uint32_t lo;
             p->i += 2;
-            if (!hex4(p, &lo)) {
-                free(out);
-                return 0;
-            }
+            if (!hex4(p, &lo)) return 0;
             if (lo >= 0xDC00 && lo < 0xE000) cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
             else p->i = at;  // not a low surrogate: this one stands alone, the next escape is its own
         }
@@ -140,7 +118,6 @@ static int parse_string(Parser *p, JsonValue *v) {
     p->i++;  // the closing quote
     out[len] = '\0';
     v->type = JSON_STRING;
-    v->str = out;
     v->len = len;
     return 1;
 }
