@@ -19,8 +19,7 @@ static void **g_ev;           // (cap) GPU: a CUDA event per mark, kept across r
 
 // A zeroed copy of the n-element array old (elements of size es), room for cap; frees old.
 static void *grow(void *old, int n, int cap, size_t es) {
-    void *p = core_alloc((size_t)cap * es);
-    memset(p, 0, (size_t)cap * es);
+    void *p = core_alloc((size_t)cap * es);  // zero-filled
     if (old) memcpy(p, old, (size_t)n * es);
     core_free(old);
     return p;
