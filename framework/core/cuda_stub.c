@@ -57,6 +57,5 @@ void core_cuda_check_at(int err, const char *file, int line, const char *expr) {
 }
 
 void core_cublas_check_at(int status, const char *file, int line, const char *expr) {
-    if (status != 0)
-        core_fatal_at(file, line, CORE_EXIT_FAILURE, "%s failed (%d): " NO_CUDA, expr, status);
+    core_cuda_check_at(status, file, line, expr);
 }
