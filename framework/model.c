@@ -828,9 +828,7 @@ void model_backward(Model *m, ModelActs *a, float scale, const ModelPass *pass) 
 const void *model_stage_dinput(const Model *m, const ModelActs *a) { return dh_at(m, a, m->l0); }
 
 void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass) {
-    const MoeConfig *c = &m->cfg;
-    const int N = a->N, D = c->D;
-    const LayerOps *o = m->ops;
+    const int N = a->N;
     if (m->last) head_backward_weight(m, a);
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
@@ -839,6 +837,6 @@ void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass) {
         if (pass && pass->layer_done) pass->layer_done(pass->layer_ctx, l);
     }
     prof_mark(PROF_EMBED);
-    if (m->first) o->embedding_backward_weight(m->d_embed, dh_at(m, a, m->l0), a->inputs, N, c->V, D);
+    if (m->first) m->ops->embedding_backward_weight(m->d_embed, dh_at(m, a, m->l0), a->inputs, N, m->cfg.V, m->cfg.D);
     prof_mark(PROF_OTHER);
 }

@@ -157,7 +157,6 @@ void model_to_device(Model *m, const LayerOps *ops);
 // Re-derives the compute copy (wlow) from the fp32 values after something other than AdamW rewrote
 // them (an EPLB rebalance, a checkpoint load); nothing to do without one.
 void model_refresh_low(Model *m);
-// Zeroes every gradient (on the model's device).
 // Every gradient is zero, as far as any reader can tell: the SwiGLU weight gradients (most of the
 // model: gigabytes a step) are not filled but marked, and each layer's next weight backward writes
 // them (Model.ffn_unzeroed). Every layer of the stage must run its weight backward before the
