@@ -161,17 +161,16 @@ void ckpt_verify(const char *path, const ParamRegistry *ref, FILE *out) {
     int64_t t;
     ckpt_file_state(&cf, &st, &t);
     ckpt_file_check_parts(&cf);
-    // The expected names and logical shapes come from the model the stored config builds.
-    const ParamRegistry *r = ref;
+    // The expected names and logical shapes come from the model the stored config builds (ref).
     int datasets = 0;
     double bytes = 0;
     for (int gi = 0; gi < CKPT_NGROUPS; gi++) {
-        check_no_extra(&cf, CKPT_GROUPS[gi], r, gi == 0);
-        for (int i = 0; i < r->n; i++) {
-            if (gi > 0 && r->p[i].kind == PARAM_BUFFER) continue;
+        check_no_extra(&cf, CKPT_GROUPS[gi], ref, gi == 0);
+        for (int i = 0; i < ref->n; i++) {
+            if (gi > 0 && ref->p[i].kind == PARAM_BUFFER) continue;
             char name[PARAM_NAME_MAX + 16];
-            snprintf(name, sizeof name, "%s/%s", CKPT_GROUPS[gi], r->p[i].name);
-            const Scan s = scan_checked(&cf, name, gi, &r->p[i]);
+            snprintf(name, sizeof name, "%s/%s", CKPT_GROUPS[gi], ref->p[i].name);
+            const Scan s = scan_checked(&cf, name, gi, &ref->p[i]);
             bytes += 4.0 * (double)s.n;
             datasets++;
         }
