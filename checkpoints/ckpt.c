@@ -175,11 +175,13 @@ static char *config_text(const MoeConfig *c) {
     return text;
 }
 
-// An (L, E) int64 dataset of /eplb: one count per logical expert of every layer.
-static void write_expert_rows(const H5Io *io, hid_t g, const char *name, const MoeConfig *c, const long *x) {
-    const hsize_t dims[2] = {(hsize_t)c->L, (hsize_t)c->E};
-    hid_t d = h5_create_dataset(io, g, name, H5T_STD_I64LE, 2, dims, 0);
-    h5_write_rows(io, d, name, H5T_NATIVE_LONG, 2, dims, 0, dims[0], x);
+// An (L, cols) integer dataset of /eplb: one value per slot (phy2log) or logical expert (counts) of
+// every layer.
+static void write_eplb_rows(const H5Io *io, hid_t g, const char *name, hid_t ftype, hid_t mtype, int L, int cols,
+                            const void *x) {
+    const hsize_t dims[2] = {(hsize_t)L, (hsize_t)cols};
+    hid_t d = h5_create_dataset(io, g, name, ftype, 2, dims, 0);
+    h5_write_rows(io, d, name, mtype, 2, dims, 0, dims[0], x);
     H5Dclose(d);
     dataset_done();
 }
@@ -211,14 +213,10 @@ static void write_state(const H5Io *io, hid_t f, const MoeConfig *c, long adam_t
             for (int p = 0; p < e->R; p++)
                 CHECK(e->phy2log[(size_t)l * e->R + p] >= 0 && e->phy2log[(size_t)l * e->R + p] < c->E,
                       "EPLB plan: layer %d slot %d holds expert %d", l, p, e->phy2log[(size_t)l * e->R + p]);
-        const hsize_t dims[2] = {(hsize_t)c->L, (hsize_t)e->R};
-        hid_t d = h5_create_dataset(io, g, "phy2log", H5T_STD_I32LE, 2, dims, 0);
-        h5_write_rows(io, d, "phy2log", H5T_NATIVE_INT, 2, dims, 0, dims[0], e->phy2log);
-        H5Dclose(d);
-        dataset_done();
+        write_eplb_rows(io, g, "phy2log", H5T_STD_I32LE, H5T_NATIVE_INT, c->L, e->R, e->phy2log);
     }
-    if (e->counts) write_expert_rows(io, g, "expert_counts", c, e->counts);
-    if (e->load) write_expert_rows(io, g, "load", c, e->load);
+    if (e->counts) write_eplb_rows(io, g, "expert_counts", H5T_STD_I64LE, H5T_NATIVE_LONG, c->L, c->E, e->counts);
+    if (e->load) write_eplb_rows(io, g, "load", H5T_STD_I64LE, H5T_NATIVE_LONG, c->L, c->E, e->load);
     H5Gclose(g);
 }
 
