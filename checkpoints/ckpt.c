@@ -108,11 +108,12 @@ static int run_len(const int *a, int i, int n) {
 // ---------------------------------------------------------------------------------------------
 // Writing.
 
-// Writes registry buffer `base` (values, or one AdamW moment) into group g: the non-expert tensors
-// whole (if this rank writes them) and the expert rows this rank owns, in logical order. In a part
-// file, expert datasets are labelled with the logical ids of their rows.
-static void write_group(const H5Io *io, hid_t g, const CkptView *v, const float *base,
+// Writes registry buffer `base` (values, or one AdamW moment) into a new group gname of parent: the
+// non-expert tensors whole (if this rank writes them) and the expert rows this rank owns, in logical
+// order. In a part file, expert datasets are labelled with the logical ids of their rows.
+static void write_group(const H5Io *io, hid_t parent, const char *gname, const CkptView *v, const float *base,
                         const CkptShard *sh, int with_buffers, int in_part) {
+    hid_t g = h5_create_group(io, parent, gname);
     const ParamRegistry *r = v->reg;
     const int E = v->cfg->E;
     int *slot = core_alloc((size_t)E * sizeof(int)), *expert = core_alloc((size_t)E * sizeof(int));
@@ -142,19 +143,14 @@ static void write_group(const H5Io *io, hid_t g, const CkptView *v, const float 
     }
     core_free(slot);
     core_free(expert);
+    H5Gclose(g);
 }
 
 static void write_tensors(const H5Io *io, hid_t f, const CkptShard *sh, const CkptView *v, int in_part) {
-    hid_t g = h5_create_group(io, f, "model");
-    write_group(io, g, v, v->data, sh, 1, in_part);
-    H5Gclose(g);
+    write_group(io, f, "model", v, v->data, sh, 1, in_part);
     hid_t go = h5_create_group(io, f, "optim");
-    g = h5_create_group(io, go, "m");
-    write_group(io, g, v, v->m, sh, 0, in_part);
-    H5Gclose(g);
-    g = h5_create_group(io, go, "v");
-    write_group(io, g, v, v->v, sh, 0, in_part);
-    H5Gclose(g);
+    write_group(io, go, "m", v, v->m, sh, 0, in_part);
+    write_group(io, go, "v", v, v->v, sh, 0, in_part);
     H5Gclose(go);
 }
 
@@ -551,9 +547,8 @@ void ckpt_save_index(const char *path, int parts, const MoeConfig *c, long adam_
     h5_attr_write(&a.io, a.f, "parts", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &n);
     h5_attr_write(&a.io, a.f, "part_ids", H5T_STD_U64LE, H5T_NATIVE_UINT64, parts, ids);
     write_state(&a.io, a.f, c, adam_t, st, eplb);
-    hid_t g = h5_create_group(&a.io, a.f, "model");
-    H5Gclose(g);
-    g = h5_create_group(&a.io, a.f, "optim");
+    H5Gclose(h5_create_group(&a.io, a.f, "model"));
+    hid_t g = h5_create_group(&a.io, a.f, "optim");
     H5Gclose(h5_create_group(&a.io, g, "m"));
     H5Gclose(h5_create_group(&a.io, g, "v"));
     H5Gclose(g);
