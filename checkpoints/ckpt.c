@@ -154,12 +154,6 @@ static void write_tensors(const H5Io *io, hid_t f, const CkptShard *sh, const Ck
     H5Gclose(go);
 }
 
-static void write_format(const H5Io *io, hid_t f, const char *format) {
-    const int64_t v = CKPT_FORMAT_VERSION;
-    h5_attr_write_str(io, f, "format", format);
-    h5_attr_write(io, f, "format_version", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &v);
-}
-
 // The config as `key = value` lines (config_write's output), malloc'd.
 static char *config_text(const MoeConfig *c) {
     char *text = NULL;
@@ -240,7 +234,8 @@ typedef struct {
     hid_t f;
 } AtomicFile;
 
-static void atomic_create(AtomicFile *a, const char *path) {
+// Creates the temporary of path with its format attributes (format: the file's kind).
+static void atomic_create(AtomicFile *a, const char *path, const char *format) {
     a->final = path;
     a->io.path = path;
     a->io.code = CORE_EXIT_FAILURE;
@@ -256,6 +251,9 @@ static void atomic_create(AtomicFile *a, const char *path) {
     core_temp_track(a->tmp);
     a->f = h5_create_file(&a->io, a->tmp);
     saved_datasets = 0;
+    const int64_t version = CKPT_FORMAT_VERSION;
+    h5_attr_write_str(&a->io, a->f, "format", format);
+    h5_attr_write(&a->io, a->f, "format_version", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &version);
 }
 
 static void fsync_or_die(const char *path) {
@@ -300,8 +298,7 @@ void ckpt_save(const char *path, const CkptShard *sh, const CkptView *v, const C
           "use ckpt_save_part and ckpt_save_index", sh->part, sh->parts, sh->ep_rank, sh->ep_size);
     check_finite(path, v);
     AtomicFile a;
-    atomic_create(&a, path);
-    write_format(&a.io, a.f, CKPT_FORMAT_NAME);
+    atomic_create(&a, path, CKPT_FORMAT_NAME);
     write_state(&a.io, a.f, v->cfg, *v->adam_t, st, eplb);
     write_tensors(&a.io, a.f, sh, v, 0);
     atomic_commit(&a);
@@ -353,8 +350,7 @@ void ckpt_part_write(const char *path, const CkptShard *sh, const CkptView *v, C
     ckpt_part_path(path, sh->part, sh->parts, out->final, sizeof out->final);
     arm_parts_cleanup(path, sh->parts);
     AtomicFile a;
-    atomic_create(&a, out->final);
-    write_format(&a.io, a.f, CKPT_PART_FORMAT_NAME);
+    atomic_create(&a, out->final, CKPT_PART_FORMAT_NAME);
     const int64_t r = sh->part, n = sh->parts;
     const uint64_t id = new_id((uint64_t)sh->part);
     h5_attr_write(&a.io, a.f, "part", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &r);
@@ -541,8 +537,7 @@ void ckpt_save_index(const char *path, int parts, const MoeConfig *c, long adam_
               (long long)pr, (long long)pn);
     }
     AtomicFile a;
-    atomic_create(&a, path);
-    write_format(&a.io, a.f, CKPT_FORMAT_NAME);
+    atomic_create(&a, path, CKPT_FORMAT_NAME);
     const int64_t n = parts;
     h5_attr_write(&a.io, a.f, "parts", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &n);
     h5_attr_write(&a.io, a.f, "part_ids", H5T_STD_U64LE, H5T_NATIVE_UINT64, parts, ids);
