@@ -642,15 +642,12 @@ static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, i
     json_num(t->metrics, "tokens_per_s", tok_s, "%.1f");
     if (c->nonfinite_skip > 0) fprintf(t->metrics, ", \"skipped_steps\": %d", t->skipped);
     fputs(", \"load_imbalance\": [", t->metrics);
-    int first = 1;
-    for (int l = 0; l < L; l++)
-        if (model_is_moe_layer(m, l)) {
-            if (!first) fputs(", ", t->metrics);
-            if (isfinite(imb[l])) fprintf(t->metrics, "%.4f", imb[l]);
-            else fputs("null", t->metrics);
-            first = 0;
-        }
-    fprintf(t->metrics, "]");
+    for (int l = c->n_dense_layers; l < L; l++) {  // the MoE layers
+        if (l > c->n_dense_layers) fputs(", ", t->metrics);
+        if (isfinite(imb[l])) fprintf(t->metrics, "%.4f", imb[l]);
+        else fputs("null", t->metrics);
+    }
+    fputc(']', t->metrics);
     write_expert_load(t->metrics, c, counts);
     core_free(counts);
     if (ems) {
