@@ -683,15 +683,12 @@ static void dh_alloc(const Model *m, ModelActs *a, int slots) {
 void model_split_tokens(const Model *m, const int *tokens, int B, int T, int with_targets, int *ids) {
     const int V = m->cfg.V, N = B * T, stride = with_targets ? T + 1 : T;
     for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            const int x = tokens[b * stride + t];
-            if (x < 0 || x >= V) core_usage_error("token id %d outside the vocabulary [0, %d)", x, V);
-            ids[b * T + t] = x;
-            if (!with_targets) continue;
-            const int y = tokens[b * stride + t + 1];
-            if (y < 0 || y >= V) core_usage_error("token id %d outside the vocabulary [0, %d)", y, V);
-            ids[N + b * T + t] = y;
-        }
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k <= (with_targets != 0); k++) {  // k = 1: the target, the next token
+                const int x = tokens[b * stride + t + k];
+                if (x < 0 || x >= V) core_usage_error("token id %d outside the vocabulary [0, %d)", x, V);
+                ids[k * N + b * T + t] = x;
+            }
 }
 
 float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void *h_in, int B, int T,
