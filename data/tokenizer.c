@@ -140,6 +140,20 @@ void tok_free(Tokenizer *t) {
     core_free(t);
 }
 
+// Replaces every (a, b) in t (n tokens) by x, left to right; returns the new length.
+static size_t replace_pair(uint32_t *t, size_t n, uint32_t a, uint32_t b, uint32_t x) {
+    size_t j = 0;
+    for (size_t i = 0; i < n;) {
+        if (i + 1 < n && t[i] == a && t[i + 1] == b) {
+            t[j++] = x;
+            i += 2;
+        } else {
+            t[j++] = t[i++];
+        }
+    }
+    return j;
+}
+
 // BPE on one chunk (n <= TOK_CHUNK_MAX): apply the lowest-ranked merge present (all its occurrences,
 // left to right, as training did) until none applies. Ranks order merges exactly as training made
 // them, and a merge can only create pairs of higher rank, so this reproduces training's segmentation.
@@ -153,17 +167,7 @@ static size_t encode_chunk(const Tokenizer *t, const uint8_t *x, size_t n, uint3
             if (id < best) best = id;
         }
         if (best == UINT32_MAX) break;
-        const uint32_t a = t->merges[2 * (best - 256)], b = t->merges[2 * (best - 256) + 1];
-        size_t j = 0;
-        for (size_t i = 0; i < m;) {
-            if (i + 1 < m && out[i] == a && out[i + 1] == b) {
-                out[j++] = best;
-                i += 2;
-            } else {
-                out[j++] = out[i++];
-            }
-        }
-        m = j;
+        m = replace_pair(out, m, t->merges[2 * (best - 256)], t->merges[2 * (best - 256) + 1], best);
     }
     return m;
 }
@@ -444,15 +448,7 @@ static void merge_word(Trainer *tr, uint32_t w, uint32_t a, uint32_t b, uint32_t
     if (i + 1 >= n) return;  // an index entry left over from before an earlier merge in this word
     const int64_t c = wd->count;
     for (i = 0; i + 1 < n; i++) pair_add(tr, t[i], t[i + 1], -c, w);
-    uint32_t j = 0;
-    for (i = 0; i < n;) {
-        if (i + 1 < n && t[i] == a && t[i + 1] == b) {
-            t[j++] = x;
-            i += 2;
-        } else {
-            t[j++] = t[i++];
-        }
-    }
+    const uint32_t j = (uint32_t)replace_pair(t, n, a, b, x);
     wd->len = j;
     for (i = 0; i + 1 < j; i++) {
         if (t[i] == x || t[i + 1] == x) pair_add(tr, t[i], t[i + 1], c, w);

@@ -242,6 +242,24 @@ static void eight_steps(Builder *b, int H, int h, int M, int near) {
     for (int i = 0; i < h + 1; i++) op_w(b);
 }
 
+// DualPipe and DualPipeV after their own checks: at least 2N micro-batches, then eight_steps per rank.
+static Schedule *eight_step_schedule(SchedKind kind, const char *name, int N, int C, char *err) {
+    if (C < 2 * N) {
+        sched_set_err(err, "%s needs at least 2N = %d micro-batches (chunks = %d)", name, 2 * N, C);
+        return NULL;
+    }
+    Schedule *s = sched_alloc(kind, N, C);
+    for (int r = 0; r < N; r++) {
+        Builder b = builder_begin(s);
+        if (kind == SCHED_DUALPIPE)
+            eight_steps(&b, N / 2, r < N - 1 - r ? r : N - 1 - r, C / 2, r < N / 2 ? SCHED_DOWN : SCHED_UP);
+        else
+            eight_steps(&b, N, r, C, SCHED_DOWN);
+        builder_end(&b, r);
+    }
+    return s;
+}
+
 Schedule *sched_dualpipe(int N, int C, char *err) {
     if (check_nc("dualpipe", N, C, err)) return NULL;
     if (N % 2) {
@@ -252,33 +270,12 @@ Schedule *sched_dualpipe(int N, int C, char *err) {
         sched_set_err(err, "dualpipe needs an even number of micro-batches (chunks = %d)", C);
         return NULL;
     }
-    if (C < 2 * N) {
-        sched_set_err(err, "dualpipe needs at least 2N = %d micro-batches (chunks = %d)", 2 * N, C);
-        return NULL;
-    }
-    Schedule *s = sched_alloc(SCHED_DUALPIPE, N, C);
-    for (int r = 0; r < N; r++) {
-        Builder b = builder_begin(s);
-        int h = r < N - 1 - r ? r : N - 1 - r;
-        eight_steps(&b, N / 2, h, C / 2, r < N / 2 ? SCHED_DOWN : SCHED_UP);
-        builder_end(&b, r);
-    }
-    return s;
+    return eight_step_schedule(SCHED_DUALPIPE, "dualpipe", N, C, err);
 }
 
 Schedule *sched_dualpipev(int N, int C, char *err) {
     if (check_nc("dualpipev", N, C, err)) return NULL;
-    if (C < 2 * N) {
-        sched_set_err(err, "dualpipev needs at least 2N = %d micro-batches (chunks = %d)", 2 * N, C);
-        return NULL;
-    }
-    Schedule *s = sched_alloc(SCHED_DUALPIPEV, N, C);
-    for (int r = 0; r < N; r++) {
-        Builder b = builder_begin(s);
-        eight_steps(&b, N, r, C, SCHED_DOWN);
-        builder_end(&b, r);
-    }
-    return s;
+    return eight_step_schedule(SCHED_DUALPIPEV, "dualpipev", N, C, err);
 }
 
 Schedule *sched_build(SchedKind kind, int N, int C, char *err) {
@@ -421,13 +418,18 @@ static int defers_w(const SchedOp *op) {
     return (op->kind == SCHED_B || op->kind == SCHED_FB) && op->b.defer_w;
 }
 
-// Checks that a cell names a real (micro-batch, position) on this rank; returns the position.
-static int cell_pos(Play *P, int r, int i, const SchedCell *c, const char *what) {
+// Checks that a cell names a real (micro-batch, position) on this rank whose `what` (done: its
+// flags) has not run yet; returns the position, or -1.
+static int cell_pos(Play *P, int r, int i, const SchedCell *c, const char *what, const unsigned char *done) {
     int k = sched_path_pos(P->s, r, c->pipe, c->mb);
     if (k < 0) {
         sched_set_err(P->err, "rank %d op %d: %s of micro-batch %d in pipe %s does not exist in a %s "
                 "schedule with %d ranks and %d micro-batches", r, i, what, c->mb, sched_pipe_name(c->pipe),
                 KIND_NAMES[P->s->kind], P->s->N, P->s->C);
+    } else if (done[AT(P, c->mb, k)]) {
+        sched_set_err(P->err, "rank %d op %d: %s of micro-batch %d (pipe %s) runs twice", r, i, what, c->mb,
+                sched_pipe_name(c->pipe));
+        k = -1;
     }
     return k;
 }
@@ -438,13 +440,8 @@ static double arrival(Play *P, int r, int mb, int k_src, double end) {
 
 // Readiness of the forward part: 1 ready (time in *t), 0 waiting, -1 error.
 static int f_ready(Play *P, int r, int i, const SchedCell *c, double *t) {
-    int k = cell_pos(P, r, i, c, "forward");
+    int k = cell_pos(P, r, i, c, "forward", P->f_done);
     if (k < 0) return -1;
-    if (P->f_done[AT(P, c->mb, k)]) {
-        sched_set_err(P->err, "rank %d op %d: forward of micro-batch %d (pipe %s) runs twice", r, i, c->mb,
-                sched_pipe_name(c->pipe));
-        return -1;
-    }
     if (k == 0) {
         *t = 0;
         return 1;
@@ -455,13 +452,8 @@ static int f_ready(Play *P, int r, int i, const SchedCell *c, double *t) {
 }
 
 static int b_ready(Play *P, int r, int i, const SchedCell *c, double *t) {
-    int k = cell_pos(P, r, i, c, "backward");
+    int k = cell_pos(P, r, i, c, "backward", P->b_done);
     if (k < 0) return -1;
-    if (P->b_done[AT(P, c->mb, k)]) {
-        sched_set_err(P->err, "rank %d op %d: backward of micro-batch %d (pipe %s) runs twice", r, i, c->mb,
-                sched_pipe_name(c->pipe));
-        return -1;
-    }
     if (!P->f_done[AT(P, c->mb, k)]) return 0;
     *t = P->f_end[AT(P, c->mb, k)];
     if (k + 1 < P->L) {
