@@ -394,21 +394,20 @@ void comm_sendrecv(Comm *c, const void *send, size_t send_n, int dst, void *recv
     copy(recv, send, send_n, t);
 }
 
-// A lone send or receive addressed to this rank itself could never complete.
-static void check_not_self(const Comm *c, int peer, const char *op) {
+// check_peer, and a lone send or receive addressed to this rank itself could never complete.
+static void check_lone_peer(const Comm *c, int peer, int tag, const char *op) {
+    check_peer(c, peer, tag, op);
     CHECK(peer != c->rank, "comm: %s on group %s addressed to this rank itself (%d); use comm_sendrecv",
           op, c->name, peer);
 }
 
 void comm_send(Comm *c, const void *buf, size_t n, CommType t, int dst, int tag) {
-    check_peer(c, dst, tag, "send");
-    check_not_self(c, dst, "send");
+    check_lone_peer(c, dst, tag, "send");
     c->ops->sendrecv(c, buf, n, dst, NULL, 0, -1, t, tag);
 }
 
 void comm_recv(Comm *c, void *buf, size_t n, CommType t, int src, int tag) {
-    check_peer(c, src, tag, "recv");
-    check_not_self(c, src, "recv");
+    check_lone_peer(c, src, tag, "recv");
     c->ops->sendrecv(c, NULL, 0, -1, buf, n, src, t, tag);
 }
 
@@ -429,8 +428,7 @@ static CommRequest *request(Comm *c, void *impl) {
 }
 
 CommRequest *comm_isend(Comm *c, const void *buf, size_t n, CommType t, int dst, int tag) {
-    check_peer(c, dst, tag, "send");
-    check_not_self(c, dst, "send");
+    check_lone_peer(c, dst, tag, "send");
     return request(c, c->ops->isend(c, buf, n, dst, t, tag));
 }
 

@@ -84,8 +84,7 @@ static void plan_group(DpSync *s, Comm *c, int expert, size_t cap) {
     }
 }
 
-// The buckets of the list over the grid's groups (see dp_sync_start).
-static DpSync *plan(const Grid *g, const DpGrad *t, int n, size_t bucket_floats) {
+DpSync *dp_sync_start(const Grid *g, const DpGrad *t, int n, size_t bucket_floats) {
     CHECK(bucket_floats > 0, "dp_sync: the bucket size must be positive");
     DpSync *s = core_alloc(sizeof *s);
     s->o = ops_of(g);
@@ -106,12 +105,8 @@ static DpSync *plan(const Grid *g, const DpGrad *t, int n, size_t bucket_floats)
     return s;
 }
 
-DpSync *dp_sync_start(const Grid *g, const DpGrad *t, int n, size_t bucket_floats) {
-    return plan(g, t, n, bucket_floats);
-}
-
 DpSync *dp_sync_shard_create(const Grid *g, const DpGrad *t, const size_t *off, int n, size_t bucket_floats) {
-    DpSync *s = plan(g, t, n, bucket_floats);
+    DpSync *s = dp_sync_start(g, t, n, bucket_floats);
     s->off = core_alloc((size_t)(n > 0 ? n : 1) * sizeof(size_t));
     memcpy(s->off, off, (size_t)n * sizeof(size_t));
     // This rank's chunk of each bucket, and the pieces of tensors it covers.

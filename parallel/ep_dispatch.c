@@ -163,15 +163,6 @@ static CommRequest *exchange(MoeDispatcher *self, MoeDispatchPlan *p, int out, c
 
 static int in_place(const MoeDispatchPlan *p) { return !p->recv_pos; }
 
-// The receive permute (a plan that is not in_place): rows (n_recv, D) from arrival order to expert
-// order when out, back otherwise. One pass over the rows, through recv_pos.
-static void permute(MoeDispatcher *self, const MoeDispatchPlan *p, int out, void *dst, const void *src,
-                    int D) {
-    const LayerOps *o = ops_of(self);
-    if (out) o->scatter_rows(dst, src, 1, p->recv_pos, p->n_recv, 1, D);
-    else o->gather_rows(dst, src, p->recv_pos, p->n_recv, D);
-}
-
 static void *rows_alloc(const LayerOps *o, int n, int D) {
     return o->alloc((size_t)(n > 0 ? n : 1) * (size_t)D * o->act_size);
 }
@@ -194,7 +185,8 @@ static void ep_from_experts_start(MoeDispatcher *self, MoeDispatchPlan *p, const
     CHECK(p->req == NULL, "ep dispatcher: an exchange of this plan is already in flight");
     const LayerOps *o = ops_of(self);
     p->send = in_place(p) ? NULL : rows_alloc(o, p->n_recv, D);  // (n_recv, D) in arrival order
-    if (p->send) permute(self, p, 0, p->send, rows, D);
+    // The receive permute backwards: expert order to arrival order, one pass through recv_pos.
+    if (p->send) o->gather_rows(p->send, rows, p->recv_pos, p->n_recv, D);
     p->arrival = rows_alloc(o, p->n_send, D);  // (n_send, D) home, in send order
     p->out = 0;
     p->dst = dst;
@@ -210,7 +202,7 @@ static void ep_finish(MoeDispatcher *self, MoeDispatchPlan *p) {
     const LayerOps *o = ops_of(self);
     const int D = p->D;
     if (p->out && p->arrival) {
-        permute(self, p, 1, p->dst, p->arrival, D);
+        o->scatter_rows(p->dst, p->arrival, 1, p->recv_pos, p->n_recv, 1, D);  // the receive permute
     } else if (!p->out) {
         o->gather_rows(p->dst, p->arrival, p->send_pos, p->n_send, D);
     }

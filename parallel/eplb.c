@@ -65,9 +65,6 @@ const char *eplb_load_error(const double *load, int L, int E, char *buf, size_t 
     return buf;
 }
 
-// 1 when the hierarchical policy applies (Ng % Nn == 0), 0 for the global one.
-static int eplb_is_hierarchical(const EplbShape *s) { return s->Ng % s->Nn == 0; }
-
 size_t eplb_pack_work_bytes(int n, int m) {
     return (size_t)m * sizeof(double) + (2 * (size_t)m + 2 * (size_t)n) * sizeof(int);
 }
@@ -94,13 +91,9 @@ static void heap_make(int *h, int size, HeapBefore before, const void *ctx) {
     for (int i = size / 2 - 1; i >= 0; i--) heap_down(h, size, i, before, ctx);
 }
 
-typedef struct {
-    const double *total;
-} PackOrder;
-
-// The lighter pack first; equally light: the lower index.
+// The lighter pack first; equally light: the lower index. ctx: the packs' totals.
 static int pack_before(const void *ctx, int a, int b) {
-    const double *t = ((const PackOrder *)ctx)->total;
+    const double *t = ctx;
     return t[a] < t[b] || (t[a] == t[b] && a < b);
 }
 
@@ -153,9 +146,8 @@ void eplb_pack(const double *w, int n, int m, int *pack_of, int *rank_in_pack, v
     for (int j = 0; j < m; j++) total[j] = 0, cnt[j] = 0, heap[j] = j;
     for (int i = 0; i < n; i++) order[i] = i;
     sort_desc_stable(order, tmp, w, n);
-    const PackOrder po = {total};
     int open = m;
-    heap_make(heap, open, pack_before, &po);
+    heap_make(heap, open, pack_before, total);
     for (int k = 0; k < n; k++) {
         const int i = order[k], best = heap[0];
         pack_of[i] = best;
@@ -163,7 +155,7 @@ void eplb_pack(const double *w, int n, int m, int *pack_of, int *rank_in_pack, v
         total[best] += w[i];
         // A full pack leaves the heap; the others only got heavier: back down from the top.
         if (cnt[best] == per) heap[0] = heap[--open];
-        heap_down(heap, open, 0, pack_before, &po);
+        heap_down(heap, open, 0, pack_before, total);
     }
 }
 
@@ -188,7 +180,7 @@ EplbPlan *eplb_plan_create(const EplbShape *s) {
     if (eplb_shape_error(s, msg, sizeof msg)) core_usage_error("eplb: %s", msg);
     EplbPlan *p = core_alloc(sizeof *p);
     p->shape = *s;
-    p->hierarchical = eplb_is_hierarchical(s);
+    p->hierarchical = s->Ng % s->Nn == 0;  // else the global policy
     int L = s->L, E = s->E, R = s->R;
     // The global policy runs the same steps with one group on one node.
     int Ng = p->hierarchical ? s->Ng : 1, Nn = p->hierarchical ? s->Nn : 1;

@@ -49,7 +49,7 @@ void eplb_replicate(const double *w, int n, int r, int *phy2item, int *rank, int
 // A plan for L layers. Outputs are valid after eplb_plan_run and are overwritten by the next run.
 typedef struct {
     EplbShape shape;
-    int hierarchical;  // the policy in use, fixed by the shape (eplb_is_hierarchical)
+    int hierarchical;  // the policy in use, fixed by the shape (hierarchical where Ng % Nn == 0)
     int maxcnt;        // the largest logcnt over ALL layers of the last run: log2phy's row length,
                        // the same for every layer so that log2phy is one dense (L, E, maxcnt) array
     int *phy2log;      // (L, R) logical expert held by each physical slot
