@@ -29,10 +29,9 @@ static const Command COMMANDS[] = {
 
 // The list of commands, for --help; a usage error is one line on stderr that points here instead.
 static void usage(void) {
-    FILE *f = stdout;
-    fprintf(f, "moelab: train small mixture-of-experts transformers\n\nusage: moelab <command> [options]\n\ncommands:\n");
-    for (int i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].help);
-    fprintf(f, "\n`moelab <command> --help` describes each command.\n");
+    printf("moelab: train small mixture-of-experts transformers\n\nusage: moelab <command> [options]\n\ncommands:\n");
+    for (int i = 0; i < NCOMMANDS; i++) printf("  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].help);
+    printf("\n`moelab <command> --help` describes each command.\n");
 }
 
 // A command's exit code, unless what it printed never reached stdout (a full disk, a closed

@@ -83,7 +83,8 @@ int hf_tokenizer_check(const Tokenizer *t, char *err) {
 }
 
 void hf_tokenizer_write(const Tokenizer *t, FILE *f) {
-    char *s = core_alloc(2 * TOK_CHUNK_MAX + 2), *s2 = core_alloc(2 * TOK_CHUNK_MAX + 2);  // token + ' ' + token
+    // A token, or a merge's "left right": its two tokens hold at most TOK_CHUNK_MAX bytes together.
+    char *s = core_alloc(2 * TOK_CHUNK_MAX + 2);
     fputs("{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n"
           "  \"added_tokens\": [],\n  \"normalizer\": null,\n"
           "  \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [\n"
@@ -105,13 +106,11 @@ void hf_tokenizer_write(const Tokenizer *t, FILE *f) {
     fputs("},\n    \"merges\": [", f);
     for (int i = 0; i < t->V - 256; i++) {
         const size_t a = token_string(t, t->merges[2 * i], s);
-        const size_t b = token_string(t, t->merges[2 * i + 1], s2);
         s[a] = ' ';
-        memcpy(s + a + 1, s2, b);
+        const size_t b = token_string(t, t->merges[2 * i + 1], s + a + 1);
         fputs(i ? ",\n      " : "\n      ", f);
         json_write_string(f, s, a + 1 + b);
     }
     fputs("]\n  }\n}\n", f);
     core_free(s);
-    core_free(s2);
 }
