@@ -104,12 +104,7 @@ SimTimeline *sim_run(const Schedule *s, const SimCosts *c, char *err) {
         for (int r = 0; r < s->N; r++) {
             tl->n[r] = s->n_ops[r];
             tl->ev[r] = core_alloc(sizeof(SimEvent) * (s->n_ops[r] > 0 ? s->n_ops[r] : 1));
-            for (int i = 0; i < s->n_ops[r]; i++) {
-                SimEvent *e = &tl->ev[r][i];
-                e->op = s->ops[r][i];
-                e->start = start[r][i];
-                e->end = end[r][i];
-            }
+            for (int i = 0; i < s->n_ops[r]; i++) tl->ev[r][i] = (SimEvent){s->ops[r][i], start[r][i], end[r][i]};
         }
         timeline_finish(tl);
     }
