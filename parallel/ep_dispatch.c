@@ -146,19 +146,22 @@ static size_t row_words(const LayerOps *o, int D) {
 }
 
 // Starts the plan's one row exchange over the group the rows live on (the NCCL twin for device
-// rows): home → experts when out (send order to arrival order), experts → home otherwise.
-static CommRequest *exchange(MoeDispatcher *self, MoeDispatchPlan *p, int out, const void *send,
-                             void *recv, int D) {
+// rows): home → experts when out (send order to arrival order), experts → home otherwise. The rows
+// land in recv; ep_finish takes them on to dst.
+static void exchange(MoeDispatcher *self, MoeDispatchPlan *p, int out, const void *send, void *recv, void *dst,
+                     int D) {
     EpDispatcher *x = impl_of(self);
     Comm *c = ops_of(self)->dev != CORE_CPU ? x->ep_dev : x->ep;
     const size_t w = row_words(ops_of(self), D);
     const int P = x->ep->size;
     size_t *n = core_alloc((size_t)2 * P * sizeof(size_t));  // (2, P) the plan's peer counts in words
     for (int i = 0; i < 2 * P; i++) n[i] = p->peer[i] * w;
-    CommRequest *r = out ? comm_ialltoallv(c, send, n, recv, n + P, COMM_F32)
-                         : comm_ialltoallv(c, send, n + P, recv, n, COMM_F32);
+    p->req = out ? comm_ialltoallv(c, send, n, recv, n + P, COMM_F32)
+                 : comm_ialltoallv(c, send, n + P, recv, n, COMM_F32);
     core_free(n);
-    return r;
+    p->out = out;
+    p->dst = dst;
+    p->D = D;
 }
 
 static int in_place(const MoeDispatchPlan *p) { return !p->recv_pos; }
@@ -174,10 +177,7 @@ static void ep_to_experts_start(MoeDispatcher *self, MoeDispatchPlan *p, const v
     p->send = rows_alloc(o, p->n_send, D);  // (n_send, D) in send order
     o->scatter_rows(p->send, src, per_choice, p->send_pos, p->N, p->K, D);
     p->arrival = in_place(p) ? NULL : rows_alloc(o, p->n_recv, D);  // (n_recv, D) in arrival order
-    p->out = 1;
-    p->dst = rows;
-    p->D = D;
-    p->req = exchange(self, p, 1, p->send, p->arrival ? p->arrival : rows, D);
+    exchange(self, p, 1, p->send, p->arrival ? p->arrival : rows, rows, D);
 }
 
 static void ep_from_experts_start(MoeDispatcher *self, MoeDispatchPlan *p, const void *rows, void *dst,
@@ -188,10 +188,7 @@ static void ep_from_experts_start(MoeDispatcher *self, MoeDispatchPlan *p, const
     // The receive permute backwards: expert order to arrival order, one pass through recv_pos.
     if (p->send) o->gather_rows(p->send, rows, p->recv_pos, p->n_recv, D);
     p->arrival = rows_alloc(o, p->n_send, D);  // (n_send, D) home, in send order
-    p->out = 0;
-    p->dst = dst;
-    p->D = D;
-    p->req = exchange(self, p, 0, p->send ? p->send : rows, p->arrival, D);
+    exchange(self, p, 0, p->send ? p->send : rows, p->arrival, dst, D);
 }
 
 // Completes the exchange in flight: a dispatch's rows go from arrival order to expert order, a
