@@ -92,10 +92,14 @@ void sim_free(SimTimeline *tl) {
 
 SimTimeline *sim_run(const Schedule *s, const SimCosts *c, char *err) {
     if (sim_costs_check(c, err)) return NULL;
-    // (3, N) each rank's per-op durations, start times and end times.
-    double **t = core_alloc(sizeof(double *) * 3 * s->N), **dur = t, **start = t + s->N, **end = t + 2 * s->N;
+    double **dur = core_alloc(sizeof(double *) * s->N);    // (N) per-op durations
+    double **start = core_alloc(sizeof(double *) * s->N);  // (N) per-op start times
+    double **end = core_alloc(sizeof(double *) * s->N);    // (N) per-op end times
     for (int r = 0; r < s->N; r++) {
-        for (int k = 0; k < 3; k++) t[k * s->N + r] = core_alloc(sizeof(double) * (s->n_ops[r] > 0 ? s->n_ops[r] : 1));
+        int n = s->n_ops[r] > 0 ? s->n_ops[r] : 1;
+        dur[r] = core_alloc(sizeof(double) * n);
+        start[r] = core_alloc(sizeof(double) * n);
+        end[r] = core_alloc(sizeof(double) * n);
         for (int i = 0; i < s->n_ops[r]; i++) dur[r][i] = sim_op_cost(c, &s->ops[r][i]);
     }
     SimTimeline *tl = NULL;
@@ -108,8 +112,14 @@ SimTimeline *sim_run(const Schedule *s, const SimCosts *c, char *err) {
         }
         timeline_finish(tl);
     }
-    for (int i = 0; i < 3 * s->N; i++) core_free(t[i]);
-    core_free(t);
+    for (int r = 0; r < s->N; r++) {
+        core_free(dur[r]);
+        core_free(start[r]);
+        core_free(end[r]);
+    }
+    core_free(dur);
+    core_free(start);
+    core_free(end);
     return tl;
 }
 
