@@ -74,6 +74,7 @@ NumStatus num_parse_real(const char *name, const char *s, double lo, double hi, 
         snprintf(err, NUM_ERR_LEN, "%s %s is too large: at most %g", name, s, hi);
         return NUM_TOO_LARGE;
     }
-    *v = x;
+    // "-0" is 0: its sign would only show up again where the value is printed ("cost of F -0").
+    *v = x == 0 ? 0.0 : x;
     return NUM_OK;
 }

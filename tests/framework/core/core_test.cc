@@ -527,6 +527,12 @@ TEST(Num, Real) {
     double v = 0;
     EXPECT_EQ(num_parse_real("--x", "2.5e-3", 0, 1, &v, err), NUM_OK);
     EXPECT_EQ(v, 2.5e-3);
+    for (const char *zero : {"-0", "-0.0", "-0e5", "-1e-999"}) {  // read as +0, never printed as "-0"
+        v = 1;
+        EXPECT_EQ(num_parse_real("--x", zero, 0, 1, &v, err), NUM_OK) << zero;
+        EXPECT_EQ(v, 0.0) << zero;
+        EXPECT_FALSE(std::signbit(v)) << zero;
+    }
     struct { const char *s; NumStatus st; const char *msg; } bad[] = {
         {"nan", NUM_SYNTAX, "--x 'nan' is not a finite number"},
         {"0x1p3", NUM_SYNTAX, "--x '0x1p3' is not a finite number"},
