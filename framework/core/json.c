@@ -32,7 +32,8 @@ static int fail(Parser *p, const char *fmt, ...) {
 
 static void *xrealloc(void *q, size_t bytes) {
     void *r = realloc(q, bytes ? bytes : 1);
-    CHECK(r != NULL, "out of memory parsing JSON (%zu bytes)", bytes);
+    // The machine's limit, not a bug of ours: exit 1 with no source location in the message.
+    if (!r) core_failure_error("out of memory parsing JSON (%zu bytes)", bytes);
     return r;
 }
 

@@ -4,6 +4,9 @@
 
 #include <string>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 extern "C" {
 #include "framework/core/json.h"
 }
@@ -126,6 +129,29 @@ TEST(Json, WrittenStringsReadBack) {
     EXPECT_EQ(std::string(buf, 7), "\"\\u0000");  // control bytes as \u escapes
     json_free(v);
     free(buf);
+}
+
+// A text too large for the memory left (RLIMIT_AS here) is the machine's limit: exit 1 with the
+// one-line message, not a source location as for a bug of ours (it printed json.c's line).
+TEST(Json, OutOfMemoryIsAnEnvironmentFailure) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "AddressSanitizer reserves the address space a limit would cut";
+#else
+    const std::string text = "\"" + std::string((size_t)256 << 20, 'a') + "\"";  // a 256 MiB string
+    auto parse_limited = [&] {
+        long pages = 0;
+        FILE *f = fopen("/proc/self/statm", "r");
+        if (!f || fscanf(f, "%ld", &pages) != 1) _exit(99);
+        fclose(f);
+        const rlim_t now = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE);
+        struct rlimit lim = {now + ((rlim_t)64 << 20), now + ((rlim_t)64 << 20)};  // 64 MiB more
+        if (setrlimit(RLIMIT_AS, &lim) != 0) _exit(99);
+        parse(text);
+        _exit(0);
+    };
+    EXPECT_EXIT(parse_limited(), ::testing::ExitedWithCode(1),
+                "^moelab: error: out of memory parsing JSON \\(268435457 bytes\\)");
+#endif
 }
 
 }  // namespace
