@@ -108,7 +108,7 @@ void ckpt_file_config(CkptFile *cf, MoeConfig *c) {
     config_load_stored(c, text, name);
     core_free(text);
     // A stored config no run could have had is damage (the model built from it is what verify checks).
-    config_validate(c);
+    config_validate_as(c, name);
 }
 
 void ckpt_file_state(CkptFile *cf, CkptState *st, int64_t *adam_t) {

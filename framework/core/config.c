@@ -5,6 +5,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -407,8 +408,21 @@ int config_apply_args(MoeConfig *c, int argc, char **argv) {
     return kept;
 }
 
-void config_validate(const MoeConfig *c) {
-#define RULE(cond, ...) do { if (!(cond)) core_usage_error("config: " __VA_ARGS__); } while (0)
+// One broken rule: "what: the rule's message", exit 2.
+static CORE_NORETURN void rule_broken(const char *what, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void rule_broken(const char *what, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    core_usage_error("%s: %s", what, msg);
+}
+
+void config_validate(const MoeConfig *c) { config_validate_as(c, "config"); }
+
+void config_validate_as(const MoeConfig *c, const char *what) {
+#define RULE(cond, ...) do { if (!(cond)) rule_broken(what, __VA_ARGS__); } while (0)
     RULE(c->D % c->H == 0, "d_model (%d) must be divisible by n_heads (%d)", c->D, c->H);
     RULE((c->D / c->H) % 2 == 0, "head size d_model/n_heads (%d) must be even for RoPE", c->D / c->H);
     RULE(c->H % c->Hkv == 0, "n_heads (%d) must be divisible by n_kv_heads (%d)", c->H, c->Hkv);

@@ -102,8 +102,10 @@ void config_reset_key(MoeConfig *c, const char *key);
 // appears). Arguments that are not config keys are left for the caller: they are moved to the front
 // of argv and their count is returned (they are the subcommand's own flags).
 int config_apply_args(MoeConfig *c, int argc, char **argv);
-// Checks cross-field rules (H % Hkv, D % H, K <= E, ...); exits 2 naming the rule on failure.
+// Checks cross-field rules (H % Hkv, D % H, K <= E, ...); exits 2 naming the rule on failure, after
+// "config: " or, from config_validate_as, after what ("checkpoint F, stored config: ").
 void config_validate(const MoeConfig *c);
+void config_validate_as(const MoeConfig *c, const char *what);
 // Writes every key as `key = value` lines (the format config_load_file reads).
 void config_write(const MoeConfig *c, FILE *f);
 // Writes every key as one JSON object, {"key": value, ...} in config_write's order, without a

@@ -391,6 +391,15 @@ TEST_F(CheckpointErrors, StoredConfigKeySetTwice) {
     EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), "twice.h5, stored config line 2: d_model is set twice");
 }
 
+// A stored config that breaks a rule across keys names the checkpoint, as a bad line does (it said
+// only "config: ...", as for the user's own config).
+TEST_F(CheckpointErrors, StoredConfigBreakingARule) {
+    const std::string p = with_stored_config(single_, "rule.h5", "lr = 0.001\nmin_lr = 0.01\n");
+    const char *msg = "checkpoint .*rule.h5, stored config: min_lr \\(0.01\\) must not exceed lr \\(0.001\\)";
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), msg);
+    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), msg);
+}
+
 TEST_F(CheckpointErrors, GarbageStoredConfig) {
     const std::string p = with_stored_config(single_, "cfg.h5", "d_model = banana\n");
     EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "stored config line 1: d_model = 'banana' is not valid");
