@@ -491,7 +491,8 @@ static void attn_bwd_free(const Model *m, LayerActs *la) {
     m->ops->free(la->d_h_mid);
     m->ops->free(la->dqkv);
     m->ops->free(la->pa);
-    la->d_h_mid = la->dqkv = NULL;
+    la->d_h_mid = NULL;
+    la->dqkv = NULL;
     la->pa = NULL;
 }
 

@@ -251,10 +251,12 @@ static Schedule *eight_step_schedule(SchedKind kind, const char *name, int N, in
     Schedule *s = sched_alloc(kind, N, C);
     for (int r = 0; r < N; r++) {
         Builder b = builder_begin(s);
-        if (kind == SCHED_DUALPIPE)
-            eight_steps(&b, N / 2, r < N - 1 - r ? r : N - 1 - r, C / 2, r < N / 2 ? SCHED_DOWN : SCHED_UP);
-        else
+        if (kind == SCHED_DUALPIPE) {
+            const int h = r < N - 1 - r ? r : N - 1 - r;  // the rank's distance from its nearer end
+            eight_steps(&b, N / 2, h, C / 2, r < N / 2 ? SCHED_DOWN : SCHED_UP);
+        } else {
             eight_steps(&b, N, r, C, SCHED_DOWN);
+        }
         builder_end(&b, r);
     }
     return s;
