@@ -186,7 +186,7 @@ static int in_choices(const char *choices, const char *v) {
 // Ends a bad value with one message: text that is no number (or no choice: NUM_SYNTAX) gets the
 // key's whole expected form; a number past a bound gets the parser's "too large: at most HI" (it is
 // a number).
-static void check_number(const KeyInfo *k, const char *value, const char *origin, NumStatus st,
+static void check_value(const KeyInfo *k, const char *value, const char *origin, NumStatus st,
                          const char *err) {
     char form[128];
     if (st == NUM_SYNTAX)
@@ -208,26 +208,26 @@ void config_set(MoeConfig *c, const char *key, const char *value, const char *or
     switch (k->type) {
     case K_INT: {
         long long v;
-        check_number(k, value, origin, num_parse_int(name, value, (long long)k->lo, (long long)k->hi, &v, err), err);
+        check_value(k, value, origin, num_parse_int(name, value, (long long)k->lo, (long long)k->hi, &v, err), err);
         *(int *)base = (int)v;
         break;
     }
     case K_U64: {
         unsigned long long v;
-        check_number(k, value, origin, num_parse_u64(name, value, UINT64_MAX, &v, err), err);
+        check_value(k, value, origin, num_parse_u64(name, value, UINT64_MAX, &v, err), err);
         *(uint64_t *)base = (uint64_t)v;
         break;
     }
     case K_FLOAT: {
         double v;
-        check_number(k, value, origin, num_parse_real(name, value, k->lo, k->hi, &v, err), err);
+        check_value(k, value, origin, num_parse_real(name, value, k->lo, k->hi, &v, err), err);
         *(float *)base = (float)v;
         break;
     }
     case K_BOOL:
         if (!strcmp(value, "true") || !strcmp(value, "1")) *(int *)base = 1;
         else if (!strcmp(value, "false") || !strcmp(value, "0")) *(int *)base = 0;
-        else check_number(k, value, origin, NUM_SYNTAX, NULL);
+        else check_value(k, value, origin, NUM_SYNTAX, NULL);
         break;
     case K_STR:
         if (strlen(value) >= CONFIG_STR)
@@ -249,7 +249,7 @@ void config_set(MoeConfig *c, const char *key, const char *value, const char *or
         if (value[0] == ' ' || (value[0] && value[strlen(value) - 1] == ' '))
             core_usage_error("%s: %s = '%s' begins or ends with a blank, which a config file drops", origin,
                              k->name, value);
-        if (k->choices && !in_choices(k->choices, value)) check_number(k, value, origin, NUM_SYNTAX, NULL);
+        if (k->choices && !in_choices(k->choices, value)) check_value(k, value, origin, NUM_SYNTAX, NULL);
         strcpy(base, value);
         break;
     }
