@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdio_ext.h>
@@ -731,6 +732,36 @@ static int trainer_diverged(Trainer *t, const StepStats *st) {
     return trainer_report_diverged(t, why);
 }
 
+// The run's end by a polite signal (core_signals_defer), at the end of a step: the step's weights
+// saved where --out is set and they are not already, and a line saying how to go on. Every rank
+// stops after the same step (trainer_run agrees on it), so the save is collective as usual.
+// Returns 128 + the signal, the shell's code for a process a signal ended.
+static int trainer_stopped(Trainer *t, int sig, const StepStats *st) {
+    const MoeConfig *c = &t->cfg;
+    const int saved = t->n_saved > 0 && t->saved[t->n_saved - 1] == t->step;
+    // A skipped step's weights are in question (trainer_run saves none of them either).
+    if (c->out[0] && !saved && !st->nonfinite) trainer_save(t);
+    char what[sizeof t->last_ckpt + 64];
+    if (!c->out[0]) snprintf(what, sizeof what, "nothing saved (no --out)");
+    else if (t->last_ckpt[0]) snprintf(what, sizeof what, "go on with --resume %s", t->last_ckpt);
+    else snprintf(what, sizeof what, "no checkpoint of good weights to go on from");
+    const char *name = sig == SIGINT    ? "SIGINT (Ctrl-C)"
+                       : sig == SIGTERM ? "SIGTERM"
+                       : sig == SIGHUP  ? "SIGHUP"
+                                        : "SIGUSR1";
+    core_info0("stopped by %s after step %d of %d: %s", name, t->step, c->steps, what);
+    return 128 + sig;
+}
+
+// The signal one rank received, on every rank (0: none), so that all of them stop after the same
+// step: one small all-reduce a step, where the step's own collectives already keep them together.
+static int trainer_stop_signal(const Trainer *t) {
+    int sig = core_signals_stop();
+    Comm *world = t->pipe->grid ? t->pipe->grid->world_comm : NULL;
+    if (world) comm_allreduce(world, &sig, 1, COMM_I32, COMM_MAX);
+    return sig;
+}
+
 int trainer_run(Trainer *t) {
     const MoeConfig *c = &t->cfg;
     size_t on_rank;
@@ -753,6 +784,13 @@ int trainer_run(Trainer *t) {
     double tokens = 0, secs = 0;
     int steps = 0;  // since the last log line
     if (expert_timing(t) && t->step < c->steps) prof_start(t->pipe->ops->dev != CORE_CPU);
+    // Ctrl-C, SIGTERM (a batch system's preemption), SIGHUP or SIGUSR1 (what mpirun forwards to every
+    // rank) stop the run after the step under way, with its checkpoint: the work since the last
+    // save is not lost. A second signal ends the run at once, as before; under mpirun so does the
+    // first during a save (file.h says why).
+    core_signals_defer(core_rank() == 0 ? "moelab: signal received: stopping after this step, with a checkpoint "
+                                          "where --out is set (a second signal ends the run at once)\n" : "",
+                       t->pipe->grid == NULL || t->pipe->grid->world == 1);
     while (t->step < c->steps) {  // from the resumed step, if any
         StepStats st = trainer_step(t);
         tokens += (double)c->grad_accum * c->batch_size * c->T * dp;
@@ -783,7 +821,10 @@ int trainer_run(Trainer *t) {
         // into question, until the final validation (above) has found them sound.
         if (c->out[0] && (last || (!st.nonfinite && c->save_every > 0 && t->step % c->save_every == 0)))
             trainer_save(t);
+        const int sig = trainer_stop_signal(t);
+        if (sig) return trainer_stopped(t, sig, &st);
     }
+    core_signals_defer(NULL, 0);
     // No step ran (--steps 0, or --steps equal to the resumed step): the weights as they are, saved
     // into --out (an untrained baseline to sample or export, or a checkpoint moved to another layout
     // or folder; trainer_save leaves the very file resumed from alone).

@@ -32,7 +32,11 @@ static void train_help(void) {
            "  --chunks C        micro-batches per step (0: --grad-accum)\n"
            "  --trace FILE      Chrome trace of the last step's pipeline ops (moelab schedule --from-trace)\n"
            "  --device D        cpu | cuda (bf16 compute, fp32 master weights) | cuda-fp32; under mpirun\n"
-           "                    one rank per GPU (EP, DP and pipelines over NCCL)\n\n");
+           "                    one rank per GPU (EP, DP and pipelines over NCCL)\n\n"
+           "Ctrl-C, SIGTERM or SIGHUP stop a run after the step under way, with that step's checkpoint\n"
+           "where --out is set (exit 128 + the signal; a second signal ends it at once). Under mpirun,\n"
+           "send SIGUSR1 to mpirun, which forwards it to every rank (mpirun turns its own Ctrl-C or\n"
+           "SIGTERM into SIGTERM and SIGKILL one second apart, too soon for most saves).\n\n");
     config_print_help(stdout);
 }
 

@@ -151,12 +151,29 @@ int core_temp_is_stale(const char *name) {
 // and the kernel hands a process's signal to any thread (an OpenMP worker of a command that read a
 // checkpoint), whose handler would then remove the temporaries in the middle of the renames.
 static volatile sig_atomic_t g_holds, g_pending;
+// While a training loop defers (core_signals_defer), the first polite signal is only recorded in
+// g_stop and announced with g_defer_msg; a second one ends the process as before, and so does a
+// first one other than SIGUSR1 while a temporary is tracked, unless g_defer_temps.
+static volatile sig_atomic_t g_defer, g_defer_temps, g_stop;
+static char g_defer_msg[256];
 
-static void remove_and_reraise(int sig) {
+static int temps_tracked(void) {
+    for (int i = 0; i < MAX_TEMPS; i++)
+        if (g_temp_pid[i] == getpid()) return 1;
+    return 0;
+}
+
+static void on_polite_signal(int sig) {
     if (g_holds) {
         g_pending = sig;
         // Released between the check and the store: core_signals_release may have missed it.
         if (g_holds) return;
+    }
+    if (g_defer && !g_stop && (g_defer_temps || sig == SIGUSR1 || !temps_tracked())) {
+        g_stop = sig;
+        const ssize_t n = write(STDERR_FILENO, g_defer_msg, strlen(g_defer_msg));
+        (void)n;  // nothing to do about a closed stderr inside a handler
+        return;
     }
     core_temp_remove_all();
     signal(sig, SIG_DFL);
@@ -164,24 +181,37 @@ static void remove_and_reraise(int sig) {
 }
 
 // Once per process: the exit handler, and the handler of the signals that end a process politely
-// (Ctrl-C, kill, a closed terminal; mpirun ends the other ranks of a failed job with SIGTERM). A
-// signal someone else already handles (or ignores) is left to them.
+// (Ctrl-C, kill, a closed terminal; mpirun ends the other ranks of a failed job with SIGTERM, and
+// forwards SIGUSR1 to every rank). A signal someone else already handles (or ignores) is left to
+// them.
 static void install_handlers(void) {
     static int done;
     if (done) return;
     done = 1;
     atexit(core_temp_remove_all);
-    const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
-    for (int i = 0; i < 3; i++) {
+    const int sigs[4] = {SIGINT, SIGTERM, SIGHUP, SIGUSR1};
+    for (int i = 0; i < 4; i++) {
         struct sigaction old;
         if (sigaction(sigs[i], NULL, &old) != 0 || old.sa_handler != SIG_DFL) continue;
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
-        sa.sa_handler = remove_and_reraise;
+        sa.sa_handler = on_polite_signal;
+        // A deferred signal returns to the interrupted call: a write to a full pipe (stdout into
+        // `tee`) must go on, not fail with EINTR.
+        sa.sa_flags = SA_RESTART;
         sigemptyset(&sa.sa_mask);
         sigaction(sigs[i], &sa, NULL);
     }
 }
+
+void core_signals_defer(const char *msg, int temps) {
+    install_handlers();
+    if (msg) snprintf(g_defer_msg, sizeof g_defer_msg, "%s", msg);
+    g_defer_temps = temps;
+    g_defer = msg != NULL;
+}
+
+int core_signals_stop(void) { return g_stop; }
 
 void core_temp_track(const char *tmp) {
     install_handlers();

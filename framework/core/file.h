@@ -48,9 +48,10 @@ size_t core_bom_len(const char *text, size_t n);
 // Temporaries: files (or folders of them) written under a temporary name and renamed once complete.
 // While one is tracked, any end of the process removes it (a folder after the files tracked in
 // it): an exit, a fatal error of check.h (before its abort hook, which may skip exit handlers), and
-// SIGINT, SIGTERM or SIGHUP (the signal then ends the process as it would have). Only SIGKILL
-// leaves one behind (`moelab ckpt clean` finds a checkpoint's, `data prepare` a dataset's). Up to
-// 16 are tracked at once.
+// SIGINT, SIGTERM, SIGHUP or SIGUSR1 (the signal then ends the process as it would have; see
+// core_signals_defer for the one a training loop waits out). Only SIGKILL leaves one behind
+// (`moelab ckpt clean` finds a checkpoint's, `data prepare` a dataset's). Up to 16 are tracked at
+// once.
 void core_temp_track(const char *tmp);
 void core_temp_untrack(const char *tmp);  // after its rename
 void core_temp_remove_all(void);
@@ -99,16 +100,26 @@ int core_out_report(int err, const char *fmt, ...) __attribute__((format(printf,
 int core_out_close(CoreOut *o);
 void core_out_abort(CoreOut *o);
 // Closes n outputs as one: every one flushed, synced and closed (each checked) before the first
-// rename, and SIGINT, SIGTERM and SIGHUP held back during the renames, so that old and new files are
-// never mixed (only SIGKILL or a crash between two renames could). 0, or the errno of the first
-// failure with *failed its index; the caller aborts them all.
+// rename, and the polite signals held back during the renames (core_signals_hold), so that old and
+// new files are never mixed (only SIGKILL or a crash between two renames could). 0, or the errno of
+// the first failure with *failed its index; the caller aborts them all.
 int core_out_close_all(CoreOut *o, int n, int *failed);
 
-// SIGINT, SIGTERM and SIGHUP held back (around renames that must happen together), whichever
-// thread they reach, and let through again: one that came meanwhile then ends the process, as it
-// would have (temporaries removed). Holds nest.
+// The polite signals (SIGINT, SIGTERM, SIGHUP, SIGUSR1) held back around renames that must happen
+// together, whichever thread they reach, and let through again: one that came meanwhile then ends
+// the process, as it would have (temporaries removed). Holds nest.
 void core_signals_hold(void);
 void core_signals_release(void);
+// A graceful stop, for the training loop: from core_signals_defer(msg, temps) to
+// core_signals_defer(NULL, 0), the first SIGINT, SIGTERM, SIGHUP or SIGUSR1 (the one mpirun
+// forwards to every rank) does not end the process: msg goes to stderr (from the handler, as it is:
+// "" for none) and core_signals_stop() returns the signal from then on, for the loop to stop where
+// it can. A second one ends the process as it would have, and with temps 0 so does a first one
+// other than SIGUSR1 that comes while a temporary is tracked: a rank of a multi-rank save, whose
+// SIGTERM may be Open MPI ending the job for another rank's failure (it never sends SIGUSR1 for
+// that), would wait for that rank at the save's barriers until SIGKILL left its temporaries behind.
+void core_signals_defer(const char *msg, int temps);
+int core_signals_stop(void);  // the deferred signal, or 0
 
 // An advisory lock on a directory, held until core_dir_unlock or the end of the process: two
 // commands writing one directory's files at once (two trains into one --out, a train and a `ckpt

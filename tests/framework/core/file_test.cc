@@ -262,7 +262,7 @@ TEST(CoreFile, ExitBeforeCloseLeavesNothing) {
 // Ctrl-C, kill and mpirun's end of the other ranks (SIGINT, SIGTERM) remove the temporary, and the
 // signal still ends the process (the exit status says it died of that signal).
 TEST(CoreFile, SignalBeforeCloseLeavesNothing) {
-    for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1}) {
         const std::string d = tmpdir(), p = d + "/half.txt";
         fflush(stdout);
         const pid_t pid = fork();
@@ -360,6 +360,52 @@ TEST(CoreFile, HeldSignalWaitsForTheReleaseInEveryThread) {
     EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << "status " << status;
     EXPECT_EQ(read_file(marker), "held until here");
     EXPECT_EQ(entries(d), 0);
+}
+
+// A training loop's graceful stop (core_signals_defer): the first polite signal is recorded and
+// announced, not fatal; the second ends the process with its temporaries removed. With temps 0 (a
+// multi-rank run) a SIGTERM while a temporary is tracked ends it at once, a SIGUSR1 does not;
+// core_signals_defer(NULL, 0) lets signals end the process again.
+TEST(CoreFile, DeferredSignalStopsTheLoopAndASecondEndsIt) {
+    struct Case {
+        int temps, tracked, sig, fatal;
+    } cases[] = {{1, 0, SIGTERM, 0}, {1, 1, SIGINT, 0}, {0, 0, SIGHUP, 0}, {0, 1, SIGUSR1, 0}, {0, 1, SIGTERM, 1}};
+    for (const Case &k : cases) {
+        const std::string d = tmpdir(), p = d + "/ckpt.h5.tmp-1", err = d + "/err";
+        fflush(stdout);
+        const pid_t pid = fork();
+        if (pid == 0) {
+            if (!freopen(err.c_str(), "w", stderr)) _exit(10);
+            write_file(p, "partial");
+            core_temp_track(p.c_str());
+            if (!k.tracked) core_temp_untrack(p.c_str());
+            core_signals_defer("stopping\n", k.temps);
+            if (core_signals_stop() != 0) _exit(11);
+            raise(k.sig);
+            if (core_signals_stop() != k.sig) _exit(12);
+            if (access(p.c_str(), F_OK) != 0) _exit(13);  // removed by a deferred signal
+            raise(SIGTERM);                                // the second one
+            _exit(14);
+        }
+        int status = 0;
+        ASSERT_EQ(waitpid(pid, &status, 0), pid);
+        EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == (k.fatal ? k.sig : SIGTERM))
+            << "signal " << k.sig << " temps " << k.temps << " tracked " << k.tracked << ", status " << status;
+        EXPECT_EQ(read_file(err), k.fatal ? "" : "stopping\n") << "signal " << k.sig;
+        if (k.tracked) EXPECT_NE(access(p.c_str(), F_OK), 0) << "signal " << k.sig << ": the temporary was left";
+    }
+    // Deferral off again: the first signal is fatal.
+    fflush(stdout);
+    const pid_t pid = fork();
+    if (pid == 0) {
+        core_signals_defer("", 1);
+        core_signals_defer(NULL, 0);
+        raise(SIGINT);
+        _exit(15);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGINT) << "status " << status;
 }
 
 // An output that cannot be written: exit 1 where the device failed, 2 where the path is wrong.

@@ -1,0 +1,112 @@
+#!/bin/bash
+# A polite signal stops `moelab train` after the step under way, with that step's checkpoint:
+#  1. one process and SIGTERM (a batch system's preemption): exit 143, the stop line naming the step
+#     and the checkpoint, a sound checkpoint of that step and no temporary file; resumed from it, the
+#     next steps are those of a run that was never stopped, to every printed digit;
+#  2. Ctrl-C (SIGINT) without --out: exit 130, "nothing saved";
+#  3. two ranks under mpirun (EP 2) and SIGUSR1 to mpirun, which forwards it to every rank: both stop
+#     after the same step and write its checkpoint in two parts, sound;
+#  4. a second signal ends the run at once: rank 1 stopped (SIGSTOP), rank 0 waits in the step's
+#     exchange; its first SIGTERM is announced, its second ends it within seconds.
+set -euo pipefail
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, prepare_corpus
+source "$root/tests/parallel/mpi_env.sh"            # mpi
+prepare_corpus "$tmp/data"
+# A constant learning rate (no warm-up, min_lr = lr), so that a run's steps do not depend on --steps:
+# the stopped run (1 000 000 steps) and the run it is compared with (a few) take the same steps.
+args=("${tiny[@]}" --n-layers 2 --batch-size 2 --log-every 1 --warmup-steps 0 --lr 0.003 --min-lr 0.003
+      --sample-tokens 0 --val-every 0)
+
+# start LOG ARGS...: `moelab train ARGS` in the background (job control on, so that SIGINT reaches
+# it as a terminal's Ctrl-C would), its output in LOG; waits for its first step line. Sets $pid.
+start() {
+    local log=$1
+    shift
+    set -m
+    "$@" >"$log" 2>&1 &
+    pid=$!
+    set +m
+    for _ in $(seq 600); do
+        grep -q "step  *1/" "$log" && return
+        kill -0 "$pid" 2>/dev/null || { echo "FAIL: the run ended before its first step:"; cat "$log"; exit 1; }
+        sleep 0.1
+    done
+    echo "FAIL: no step within 60 s:"; cat "$log"; exit 1
+}
+
+# finish PID LOG CODE: the run's exit code is CODE.
+finish() {
+    local rc=0
+    wait "$1" || rc=$?
+    [ $rc -eq "$3" ] || { echo "FAIL: exit $rc, expected $3:"; cat "$2"; exit 1; }
+}
+
+# 1. One process, SIGTERM.
+start "$tmp/a.log" "$moelab" train "${args[@]}" --steps 1000000 --out "$tmp/a" --metrics "$tmp/a.jsonl"
+kill -TERM "$pid"
+finish "$pid" "$tmp/a.log" 143
+grep -q "^moelab: signal received: stopping after this step" "$tmp/a.log" ||
+    { echo "FAIL: the signal was not announced:"; cat "$tmp/a.log"; exit 1; }
+n=$(sed -n 's/^stopped by SIGTERM after step \([0-9]*\) of 1000000: go on with --resume .*step_\1\.h5$/\1/p' "$tmp/a.log")
+[ -n "$n" ] || { echo "FAIL: no stop line naming the step and its checkpoint:"; tail -n 5 "$tmp/a.log"; exit 1; }
+[ "$(ls "$tmp/a")" = "step_$n.h5" ] || { echo "FAIL: expected step_$n.h5 alone:"; ls -a "$tmp/a"; exit 1; }
+"$moelab" ckpt verify "$tmp/a/step_$n.h5" >/dev/null
+echo "ok: SIGTERM stopped the run after step $n with its checkpoint"
+# Resumed, steps n+1 and n+2 are the uninterrupted run's.
+m=$((n + 2))
+"$moelab" train "${args[@]}" --steps $m --resume "$tmp/a/step_$n.h5" --metrics "$tmp/r.jsonl" >"$tmp/r.log"
+"$moelab" train "${args[@]}" --steps $m --metrics "$tmp/u.jsonl" >"$tmp/u.log"
+for s in $((n + 1)) $m; do
+    a=$(grep "\"step\": $s," "$tmp/r.jsonl" | sed 's/, "tokens_per_s": [0-9.]*//')
+    b=$(grep "\"step\": $s," "$tmp/u.jsonl" | sed 's/, "tokens_per_s": [0-9.]*//')
+    [ -n "$a" ] && [ "$a" = "$b" ] || { echo "FAIL: step $s resumed: $a"; echo "  uninterrupted: $b"; exit 1; }
+done
+echo "ok: resumed from it, steps $((n + 1)) and $m equal the uninterrupted run's"
+
+# 2. Ctrl-C without --out.
+start "$tmp/b.log" "$moelab" train "${args[@]}" --steps 1000000
+kill -INT "$pid"
+finish "$pid" "$tmp/b.log" 130
+grep -q "^stopped by SIGINT (Ctrl-C) after step [0-9]* of 1000000: nothing saved (no --out)$" "$tmp/b.log" ||
+    { echo "FAIL: no stop line:"; tail -n 5 "$tmp/b.log"; exit 1; }
+echo "ok: Ctrl-C without --out"
+
+# 3. Two ranks, SIGUSR1 to mpirun. `mpi` runs mpirun under timeout: the signal goes to mpirun itself.
+start "$tmp/c.log" mpi 2 "$moelab" train "${args[@]}" --ep 2 --steps 1000000 --out "$tmp/c"
+mpirun_pid=$(pgrep -f -- "^mpirun .*--out $tmp/c\$")
+kill -USR1 "$mpirun_pid"
+rc=0
+wait "$pid" || rc=$?
+[ $rc -ne 0 ] && [ $rc -ne 124 ] || { echo "FAIL: mpirun exited with $rc"; cat "$tmp/c.log"; exit 1; }
+n=$(sed -n 's/^\[rank 0\] stopped by SIGUSR1 after step \([0-9]*\) of 1000000: go on with --resume .*$/\1/p' "$tmp/c.log")
+[ -n "$n" ] || { echo "FAIL: no stop line:"; cat "$tmp/c.log"; exit 1; }
+[ "$(ls "$tmp/c" | tr '\n' ' ')" = "step_$n.h5 step_$n.h5.part-0-of-2 step_$n.h5.part-1-of-2 " ] ||
+    { echo "FAIL: expected step $n's index and two parts:"; ls -a "$tmp/c"; exit 1; }
+"$moelab" ckpt verify "$tmp/c/step_$n.h5" >/dev/null
+echo "ok: SIGUSR1 to mpirun stopped both ranks after step $n with its checkpoint"
+
+# 4. A second signal ends the run at once. Rank 1 stopped, rank 0 waits in the step's exchange (for
+# up to --comm-timeout, 60 s here).
+start "$tmp/d.log" mpi 2 "$moelab" train "${args[@]}" --ep 2 --steps 1000000 --out "$tmp/d" --comm-timeout 60
+rank_pid() {  # rank_pid R: the process of rank R of this job
+    local p
+    for p in $(pgrep -f -- "--out $tmp/d "); do
+        tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1" && { echo "$p"; return; }
+    done
+}
+r0=$(rank_pid 0) r1=$(rank_pid 1)
+[ -n "$r0" ] && [ -n "$r1" ] || { echo "FAIL: ranks not found ($r0, $r1)"; exit 1; }
+kill -STOP "$r1"
+kill -TERM "$r0"
+for _ in $(seq 100); do grep -q "signal received" "$tmp/d.log" && break; sleep 0.1; done
+grep -q "signal received" "$tmp/d.log" || { echo "FAIL: the first signal was not announced"; cat "$tmp/d.log"; exit 1; }
+t0=$SECONDS
+kill -TERM "$r0"
+rc=0
+wait "$pid" || rc=$?
+kill -KILL "$r1" 2>/dev/null || true
+[ $rc -ne 0 ] && [ $((SECONDS - t0)) -lt 30 ] ||
+    { echo "FAIL: exit $rc after $((SECONDS - t0)) s, expected non-zero at once"; cat "$tmp/d.log"; exit 1; }
+grep -q "stopped by" "$tmp/d.log" && { echo "FAIL: the run stopped politely after a second signal"; exit 1; }
+ls "$tmp/d" 2>/dev/null | grep -q "tmp-" && { echo "FAIL: temporaries left:"; ls "$tmp/d"; exit 1; }
+echo "ok: a second signal ended the run at once (exit $rc)"
