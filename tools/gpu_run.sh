@@ -179,9 +179,10 @@ fi
 
 # Out-of-bounds accesses and shared-memory races, on the kernel tests minus the death tests (whose
 # re-executed children would run outside the sanitizer). Each test is its own sanitized process and
-# as many run at once as the machine has cores: the tools' cost is on the host, and racecheck over
-# the suite in one process needs far more than a device call's 10 minutes (2026-12-06 on an H100:
-# AttentionManySequences alone 438 s, the rest 31 tests under 110 s each).
+# as many run at once as the machine has cores, at most 16 (all of them on one GPU, whose memory
+# they share): the tools' cost is on the host, and racecheck over the suite in one process needs
+# far more than a device call's 10 minutes (2026-12-06 on an H100 with 16 cores: both tools 402 s,
+# AttentionManySequences alone 438 s under racecheck when 14 ran at once).
 if want sanitizer; then
     if command -v compute-sanitizer >/dev/null; then
         for tool in memcheck racecheck; do
@@ -195,7 +196,7 @@ if want sanitizer; then
             mkdir -p "$dir"
             .dist/bin/gpu_test --gtest_list_tests --gtest_filter="$filter:-$skip" |
                 awk '/^[^ ]/ { suite = $1; next } { print suite $1 }' |
-                xargs -P "$(nproc)" -I{} sh -c 'compute-sanitizer --tool "$1" --error-exitcode 1 \
+                xargs -P "$(($(nproc) < 16 ? $(nproc) : 16))" -I{} sh -c 'compute-sanitizer --tool "$1" --error-exitcode 1 \
                     .dist/bin/gpu_test --gtest_filter="$2" > "$3/$2.log" 2>&1 || echo "$2"' _ "$tool" {} "$dir" \
                 > "$dir/failed.txt"
             echo "$(ls "$dir" | grep -c '\.log$') tests, $(grep -l "ERROR SUMMARY: 0 errors\|RACECHECK SUMMARY: 0 hazards" "$dir"/*.log | wc -l) clean"
