@@ -392,7 +392,9 @@ TEST(CoreFile, DeferredSignalStopsTheLoopAndASecondEndsIt) {
         EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == (k.fatal ? k.sig : SIGTERM))
             << "signal " << k.sig << " temps " << k.temps << " tracked " << k.tracked << ", status " << status;
         EXPECT_EQ(read_file(err), k.fatal ? "" : "stopping\n") << "signal " << k.sig;
-        if (k.tracked) EXPECT_NE(access(p.c_str(), F_OK), 0) << "signal " << k.sig << ": the temporary was left";
+        if (k.tracked) {
+            EXPECT_NE(access(p.c_str(), F_OK), 0) << "signal " << k.sig << ": the temporary was left";
+        }
     }
     // Deferral off again: the first signal is fatal.
     fflush(stdout);
