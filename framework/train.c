@@ -217,6 +217,7 @@ static void trainer_save(Trainer *t) {
         core_info0("%s is the checkpoint this run resumed from: not written again", path);
         return;
     }
+    core_signals_saving(1);
     const CkptState st = {.step = t->step, .data = loader_get_pos(t->train),
                           .rng = rng_stream(t->cfg.seed, SAMPLE_STREAM), .lineage = t->lineage,
                           .tok_fp = tok_fingerprint(t->tok)};
@@ -280,6 +281,7 @@ static void trainer_save(Trainer *t) {
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", path);
     if (core_rank() == 0)
         ckpt_prune(t->cfg.out, t->cfg.keep, t->lineage, t->step, t->resumed_at, t->saved, t->n_saved);
+    core_signals_saving(0);
     core_info0("saved %s", path);
 }
 
@@ -732,6 +734,10 @@ static int trainer_diverged(Trainer *t, const StepStats *st) {
     return trainer_report_diverged(t, why);
 }
 
+static const char *signal_name(int sig) {
+    return sig == SIGINT ? "SIGINT (Ctrl-C)" : sig == SIGTERM ? "SIGTERM" : sig == SIGHUP ? "SIGHUP" : "SIGUSR1";
+}
+
 // The run's end by a polite signal (core_signals_defer), at the end of a step: the step's weights
 // saved where --out is set and they are not already, and a line saying how to go on. Every rank
 // stops after the same step (trainer_run agrees on it), so the save is collective as usual.
@@ -745,11 +751,7 @@ static int trainer_stopped(Trainer *t, int sig, const StepStats *st) {
     if (!c->out[0]) snprintf(what, sizeof what, "nothing saved (no --out)");
     else if (t->last_ckpt[0]) snprintf(what, sizeof what, "go on with --resume %s", t->last_ckpt);
     else snprintf(what, sizeof what, "no checkpoint of good weights to go on from");
-    const char *name = sig == SIGINT    ? "SIGINT (Ctrl-C)"
-                       : sig == SIGTERM ? "SIGTERM"
-                       : sig == SIGHUP  ? "SIGHUP"
-                                        : "SIGUSR1";
-    core_info0("stopped by %s after step %d of %d: %s", name, t->step, c->steps, what);
+    core_info0("stopped by %s after step %d of %d: %s", signal_name(sig), t->step, c->steps, what);
     return 128 + sig;
 }
 
@@ -787,16 +789,20 @@ int trainer_run(Trainer *t) {
     // Ctrl-C, SIGTERM (a batch system's preemption), SIGHUP or SIGUSR1 (what mpirun forwards to every
     // rank) stop the run after the step under way, with its checkpoint: the work since the last
     // save is not lost. A second signal ends the run at once, as before; under mpirun so does the
-    // first during a save (file.h says why).
+    // first SIGINT, SIGTERM or SIGHUP during a save (file.h says why).
     core_signals_defer(core_rank() == 0 ? "moelab: signal received: stopping after this step, with a checkpoint "
                                           "where --out is set (a second signal ends the run at once)\n" : "",
                        t->pipe->grid == NULL || t->pipe->grid->world == 1);
+    int rc = -1, late = 0;  // the exit code where the loop ends the run; a signal of the last step
     while (t->step < c->steps) {  // from the resumed step, if any
         StepStats st = trainer_step(t);
         tokens += (double)c->grad_accum * c->batch_size * c->T * dp;
         secs += st.seconds;
         steps++;
-        if (trainer_diverged(t, &st)) return CORE_EXIT_FAILURE;
+        if (trainer_diverged(t, &st)) {
+            rc = CORE_EXIT_FAILURE;
+            break;
+        }
         int last = t->step == c->steps;
         val = -1;
         if (last || (c->val_every > 0 && t->step % c->val_every == 0)) val = trainer_eval(t);
@@ -808,8 +814,8 @@ int trainer_run(Trainer *t) {
             char why[96];
             snprintf(why, sizeof why, "validation loss %g after the last step%s", (double)val,
                      st.nonfinite ? " (itself skipped)" : "");
-            trainer_report_diverged(t, why);
-            return CORE_EXIT_FAILURE;
+            rc = trainer_report_diverged(t, why);
+            break;
         }
         if (!st.nonfinite && (last || t->step % c->log_every == 0 || val >= 0 || st.rebalanced)) {
             log_step(t, &st, val, tokens / (secs > 0 ? secs : 1e-9), steps,
@@ -821,10 +827,18 @@ int trainer_run(Trainer *t) {
         // into question, until the final validation (above) has found them sound.
         if (c->out[0] && (last || (!st.nonfinite && c->save_every > 0 && t->step % c->save_every == 0)))
             trainer_save(t);
+        // A signal during the last step stops nothing: the run is complete (its summary and trace
+        // follow); only the sample after it is left out.
         const int sig = trainer_stop_signal(t);
-        if (sig) return trainer_stopped(t, sig, &st);
+        if (sig && last) {
+            late = sig;
+        } else if (sig) {
+            rc = trainer_stopped(t, sig, &st);
+            break;
+        }
     }
     core_signals_defer(NULL, 0);
+    if (rc >= 0) return rc;
     // No step ran (--steps 0, or --steps equal to the resumed step): the weights as they are, saved
     // into --out (an untrained baseline to sample or export, or a checkpoint moved to another layout
     // or folder; trainer_save leaves the very file resumed from alone).
@@ -844,6 +858,7 @@ int trainer_run(Trainer *t) {
     // The trace is of the last step this run took: none, no trace (it held zero-length ops).
     if (c->trace[0] && trained) pipe_write_trace(t->pipe, c->trace);
     else if (c->trace[0]) core_info0("no step ran: no trace written to %s", c->trace);
-    trainer_sample(t, "after training");
+    if (late) core_info0("%s during the last step: the run is complete, no sample drawn", signal_name(late));
+    else trainer_sample(t, "after training");
     return 0;
 }

@@ -153,15 +153,9 @@ int core_temp_is_stale(const char *name) {
 static volatile sig_atomic_t g_holds, g_pending;
 // While a training loop defers (core_signals_defer), the first polite signal is only recorded in
 // g_stop and announced with g_defer_msg; a second one ends the process as before, and so does a
-// first one other than SIGUSR1 while a temporary is tracked, unless g_defer_temps.
-static volatile sig_atomic_t g_defer, g_defer_temps, g_stop;
+// first one other than SIGUSR1 during a save (core_signals_saving) unless g_defer_saves.
+static volatile sig_atomic_t g_defer, g_defer_saves, g_saving, g_stop;
 static char g_defer_msg[256];
-
-static int temps_tracked(void) {
-    for (int i = 0; i < MAX_TEMPS; i++)
-        if (g_temp_pid[i] == getpid()) return 1;
-    return 0;
-}
 
 static void on_polite_signal(int sig) {
     if (g_holds) {
@@ -169,8 +163,9 @@ static void on_polite_signal(int sig) {
         // Released between the check and the store: core_signals_release may have missed it.
         if (g_holds) return;
     }
-    if (g_defer && !g_stop && (g_defer_temps || sig == SIGUSR1 || !temps_tracked())) {
-        g_stop = sig;
+    sig_atomic_t none = 0;  // two threads' handlers may run at once: one of them records its signal
+    if (g_defer && (g_defer_saves || sig == SIGUSR1 || !g_saving) &&
+        __atomic_compare_exchange_n(&g_stop, &none, sig, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
         const ssize_t n = write(STDERR_FILENO, g_defer_msg, strlen(g_defer_msg));
         (void)n;  // nothing to do about a closed stderr inside a handler
         return;
@@ -199,17 +194,22 @@ static void install_handlers(void) {
         // A deferred signal returns to the interrupted call: a write to a full pipe (stdout into
         // `tee`) must go on, not fail with EINTR.
         sa.sa_flags = SA_RESTART;
+        // Not interrupted by another of them on this thread: a second signal then finds the first
+        // recorded, and ends the process.
         sigemptyset(&sa.sa_mask);
+        for (int j = 0; j < 4; j++) sigaddset(&sa.sa_mask, sigs[j]);
         sigaction(sigs[i], &sa, NULL);
     }
 }
 
-void core_signals_defer(const char *msg, int temps) {
+void core_signals_defer(const char *msg, int saves) {
     install_handlers();
     if (msg) snprintf(g_defer_msg, sizeof g_defer_msg, "%s", msg);
-    g_defer_temps = temps;
+    g_defer_saves = saves;
     g_defer = msg != NULL;
 }
+
+void core_signals_saving(int on) { g_saving = on; }
 
 int core_signals_stop(void) { return g_stop; }
 

@@ -110,15 +110,17 @@ int core_out_close_all(CoreOut *o, int n, int *failed);
 // the process, as it would have (temporaries removed). Holds nest.
 void core_signals_hold(void);
 void core_signals_release(void);
-// A graceful stop, for the training loop: from core_signals_defer(msg, temps) to
+// A graceful stop, for the training loop: from core_signals_defer(msg, saves) to
 // core_signals_defer(NULL, 0), the first SIGINT, SIGTERM, SIGHUP or SIGUSR1 (the one mpirun
 // forwards to every rank) does not end the process: msg goes to stderr (from the handler, as it is:
 // "" for none) and core_signals_stop() returns the signal from then on, for the loop to stop where
-// it can. A second one ends the process as it would have, and with temps 0 so does a first one
-// other than SIGUSR1 that comes while a temporary is tracked: a rank of a multi-rank save, whose
-// SIGTERM may be Open MPI ending the job for another rank's failure (it never sends SIGUSR1 for
-// that), would wait for that rank at the save's barriers until SIGKILL left its temporaries behind.
-void core_signals_defer(const char *msg, int temps);
+// it can. A second one ends the process as it would have, and with saves 0 so does a first one
+// other than SIGUSR1 that comes between core_signals_saving(1) and (0): a rank of a multi-rank
+// save, whose SIGTERM may be Open MPI ending the job for another rank's failure (it never sends
+// SIGUSR1 for that), would wait for that rank at the save's barriers until SIGKILL left its
+// temporaries behind.
+void core_signals_defer(const char *msg, int saves);
+void core_signals_saving(int on);
 int core_signals_stop(void);  // the deferred signal, or 0
 
 // An advisory lock on a directory, held until core_dir_unlock or the end of the process: two

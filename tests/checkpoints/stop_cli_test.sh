@@ -12,6 +12,10 @@ set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, prepare_corpus
 source "$root/tests/parallel/mpi_env.sh"            # mpi
 prepare_corpus "$tmp/data"
+# A failing check leaves no run behind (each runs in a process group of its own, below); mpi_env.sh's
+# own exit trap removes the MPI session folder.
+pid=
+trap '[ -n "$pid" ] && kill -KILL -- -"$pid" 2>/dev/null; rm -rf "$MPI_SESSION_DIR"' EXIT
 # A constant learning rate (no warm-up, min_lr = lr), so that a run's steps do not depend on --steps:
 # the stopped run (1 000 000 steps) and the run it is compared with (a few) take the same steps.
 args=("${tiny[@]}" --n-layers 2 --batch-size 2 --log-every 1 --warmup-steps 0 --lr 0.003 --min-lr 0.003
@@ -45,6 +49,7 @@ finish() {
 start "$tmp/a.log" "$moelab" train "${args[@]}" --steps 1000000 --out "$tmp/a" --metrics "$tmp/a.jsonl"
 kill -TERM "$pid"
 finish "$pid" "$tmp/a.log" 143
+pid=
 grep -q "^moelab: signal received: stopping after this step" "$tmp/a.log" ||
     { echo "FAIL: the signal was not announced:"; cat "$tmp/a.log"; exit 1; }
 n=$(sed -n 's/^stopped by SIGTERM after step \([0-9]*\) of 1000000: go on with --resume .*step_\1\.h5$/\1/p' "$tmp/a.log")
@@ -67,6 +72,7 @@ echo "ok: resumed from it, steps $((n + 1)) and $m equal the uninterrupted run's
 start "$tmp/b.log" "$moelab" train "${args[@]}" --steps 1000000
 kill -INT "$pid"
 finish "$pid" "$tmp/b.log" 130
+pid=
 grep -q "^stopped by SIGINT (Ctrl-C) after step [0-9]* of 1000000: nothing saved (no --out)$" "$tmp/b.log" ||
     { echo "FAIL: no stop line:"; tail -n 5 "$tmp/b.log"; exit 1; }
 echo "ok: Ctrl-C without --out"
@@ -77,6 +83,7 @@ mpirun_pid=$(pgrep -f -- "^mpirun .*--out $tmp/c\$")
 kill -USR1 "$mpirun_pid"
 rc=0
 wait "$pid" || rc=$?
+pid=
 [ $rc -ne 0 ] && [ $rc -ne 124 ] || { echo "FAIL: mpirun exited with $rc"; cat "$tmp/c.log"; exit 1; }
 n=$(sed -n 's/^\[rank 0\] stopped by SIGUSR1 after step \([0-9]*\) of 1000000: go on with --resume .*$/\1/p' "$tmp/c.log")
 [ -n "$n" ] || { echo "FAIL: no stop line:"; cat "$tmp/c.log"; exit 1; }
@@ -104,9 +111,11 @@ t0=$SECONDS
 kill -TERM "$r0"
 rc=0
 wait "$pid" || rc=$?
-kill -KILL "$r1" 2>/dev/null || true
+pid=
 [ $rc -ne 0 ] && [ $((SECONDS - t0)) -lt 30 ] ||
     { echo "FAIL: exit $rc after $((SECONDS - t0)) s, expected non-zero at once"; cat "$tmp/d.log"; exit 1; }
+grep -q "rank 0 .*exited on signal 15" "$tmp/d.log" ||
+    { echo "FAIL: rank 0 did not die of the second SIGTERM:"; cat "$tmp/d.log"; exit 1; }
 grep -q "stopped by" "$tmp/d.log" && { echo "FAIL: the run stopped politely after a second signal"; exit 1; }
 ls "$tmp/d" 2>/dev/null | grep -q "tmp-" && { echo "FAIL: temporaries left:"; ls "$tmp/d"; exit 1; }
 echo "ok: a second signal ended the run at once (exit $rc)"

@@ -363,12 +363,12 @@ TEST(CoreFile, HeldSignalWaitsForTheReleaseInEveryThread) {
 }
 
 // A training loop's graceful stop (core_signals_defer): the first polite signal is recorded and
-// announced, not fatal; the second ends the process with its temporaries removed. With temps 0 (a
-// multi-rank run) a SIGTERM while a temporary is tracked ends it at once, a SIGUSR1 does not;
+// announced, not fatal; the second ends the process with its temporaries removed. With saves 0 (a
+// multi-rank run) a SIGTERM during a save (core_signals_saving) ends it at once, a SIGUSR1 does not;
 // core_signals_defer(NULL, 0) lets signals end the process again.
 TEST(CoreFile, DeferredSignalStopsTheLoopAndASecondEndsIt) {
     struct Case {
-        int temps, tracked, sig, fatal;
+        int saves, saving, sig, fatal;
     } cases[] = {{1, 0, SIGTERM, 0}, {1, 1, SIGINT, 0}, {0, 0, SIGHUP, 0}, {0, 1, SIGUSR1, 0}, {0, 1, SIGTERM, 1}};
     for (const Case &k : cases) {
         const std::string d = tmpdir(), p = d + "/ckpt.h5.tmp-1", err = d + "/err";
@@ -378,8 +378,8 @@ TEST(CoreFile, DeferredSignalStopsTheLoopAndASecondEndsIt) {
             if (!freopen(err.c_str(), "w", stderr)) _exit(10);
             write_file(p, "partial");
             core_temp_track(p.c_str());
-            if (!k.tracked) core_temp_untrack(p.c_str());
-            core_signals_defer("stopping\n", k.temps);
+            core_signals_defer("stopping\n", k.saves);
+            core_signals_saving(k.saving);
             if (core_signals_stop() != 0) _exit(11);
             raise(k.sig);
             if (core_signals_stop() != k.sig) _exit(12);
@@ -390,11 +390,9 @@ TEST(CoreFile, DeferredSignalStopsTheLoopAndASecondEndsIt) {
         int status = 0;
         ASSERT_EQ(waitpid(pid, &status, 0), pid);
         EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == (k.fatal ? k.sig : SIGTERM))
-            << "signal " << k.sig << " temps " << k.temps << " tracked " << k.tracked << ", status " << status;
+            << "signal " << k.sig << " saves " << k.saves << " saving " << k.saving << ", status " << status;
         EXPECT_EQ(read_file(err), k.fatal ? "" : "stopping\n") << "signal " << k.sig;
-        if (k.tracked) {
-            EXPECT_NE(access(p.c_str(), F_OK), 0) << "signal " << k.sig << ": the temporary was left";
-        }
+        EXPECT_NE(access(p.c_str(), F_OK), 0) << "signal " << k.sig << ": the temporary was left";
     }
     // Deferral off again: the first signal is fatal.
     fflush(stdout);
