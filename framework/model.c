@@ -148,11 +148,9 @@ static void set_views(Model *m) {
 #undef VALUE
 }
 
-Model *model_create(const MoeConfig *c, int ep_rank, int ep_size) {
-    return model_create_stage(c, ep_rank, ep_size, 0, c->L);
-}
-
-Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1) {
+// ckpt names the checkpoint whose stored config c is, for the error of a model too large for the
+// host (NULL: c is the run's own config, which the user can change).
+static Model *create(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1, const char *ckpt) {
     config_validate(c);
     CHECK(ep_size >= 1 && c->E % ep_size == 0 && ep_rank >= 0 && ep_rank < ep_size,
           "bad expert-parallel layout: rank %d of %d for %d experts", ep_rank, ep_size, c->E);
@@ -187,9 +185,11 @@ Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, 
     // allocation (the moments and the activations come on top: pipe_train.c's check_host_memory).
     const double need = 2.0 * sizeof(float) * (double)m->reg.total, have = core_host_memory_bytes();
     if (need > have)
-        core_usage_error("config: %.1fM parameters need %.1f GiB of host memory for their weights and gradients "
-                         "alone, more than the machine's %.1f GiB: lower d_model, n_layers, d_ff, n_experts, "
-                         "d_expert or vocab_size", (double)m->reg.total / 1e6, need / (1 << 30), have / (1 << 30));
+        core_usage_error("%s%s: %.1fM parameters need %.1f GiB of host memory for their weights and gradients "
+                         "alone, more than the machine's %.1f GiB%s", ckpt ? "checkpoint " : "config",
+                         ckpt ? ckpt : "", (double)m->reg.total / 1e6, need / (1 << 30), have / (1 << 30),
+                         ckpt ? ": open it on a machine with more memory"
+                              : ": lower d_model, n_layers, d_ff, n_experts, d_expert or vocab_size");
     params_allocate(&m->reg);
     m->ops = &layer_ops_cpu;
     m->w = core_alloc((size_t)c->L * sizeof *m->w);
@@ -208,6 +208,18 @@ Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, 
     m->ffn_unzeroed = core_alloc((size_t)c->L);
     m->dcounts = m->expert_counts;
     return m;
+}
+
+Model *model_create(const MoeConfig *c, int ep_rank, int ep_size) {
+    return create(c, ep_rank, ep_size, 0, c->L, NULL);
+}
+
+Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1) {
+    return create(c, ep_rank, ep_size, l0, l1, NULL);
+}
+
+Model *model_create_stored(const MoeConfig *c, int ep_size, const char *ckpt) {
+    return create(c, 0, ep_size, 0, c->L, ckpt);
 }
 
 void model_init_weights(Model *m) {

@@ -145,6 +145,10 @@ typedef struct {
 Model *model_create(const MoeConfig *c, int ep_rank, int ep_size);
 // One pipeline stage: layers [l0, l1) of the model c describes.
 Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1);
+// The whole model of checkpoint ckpt's stored config c, as EP rank 0 of ep_size (the commands that
+// read a checkpoint without training: sample, export, ckpt inspect and verify); a model too large
+// for this host is an error that names the checkpoint.
+Model *model_create_stored(const MoeConfig *c, int ep_size, const char *ckpt);
 // Fills every tensor from its parameter identity (seed, layer, name, expert): identical whatever
 // the layout; a slot gets the numbers of the logical expert it holds, so replicas start identical.
 void model_init_weights(Model *m);

@@ -58,7 +58,7 @@ static void remove_stale(const char *path, const char *why, void *ctx) {
 static void look_into(const char *sub, const char *path) {
     MoeConfig c;
     ckpt_read_config_whole(path, &c);
-    Model *ref = model_create(&c, 0, c.E);
+    Model *ref = model_create_stored(&c, c.E, path);
     if (!strcmp(sub, "inspect")) ckpt_inspect(path, &ref->reg, optim_lr, stdout);
     else ckpt_verify(path, &ref->reg, stdout);
     model_free(ref);

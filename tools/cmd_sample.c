@@ -89,7 +89,7 @@ int cmd_sample(int argc, char **argv) {
     ckpt_read_config_whole(ckpt, &c);
     char path[2 * CONFIG_STR];
     Tokenizer *tok = ckpt_tokenizer_load("sample", ckpt, &c, data, path, sizeof path);
-    Model *m = model_create(&c, 0, 1);
+    Model *m = model_create_stored(&c, 1, ckpt);
     CkptShard sh = ckpt_shard_identity(0, 1, c.E);
     const CkptView weights = {&m->cfg, &m->reg, m->reg.data, NULL, NULL, NULL};
     ckpt_load(ckpt, &sh, &weights, NULL);

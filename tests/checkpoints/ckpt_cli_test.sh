@@ -141,6 +141,21 @@ with open(sys.argv[1], "r+b") as f:
     f.write(bytes([b[0] ^ 0x40]))
 PY
 expect_error "flip.h5: read /model/embed: .*fails its Fletcher-32 checksum" "$moelab" ckpt verify "$tmp/flip.h5"
+# A stored config whose model does not fit this host is named as the checkpoint's, not as "config:"
+# with advice to lower d_model that no command reading a checkpoint takes (2026-12-06).
+cp "$tmp/a/step_6.h5" "$tmp/big.h5"
+"$py" - "$tmp/big.h5" <<'PY'
+import re, sys, h5py, numpy
+with h5py.File(sys.argv[1], "r+") as f:
+    text = re.sub(rb"(?m)^d_model = .*$", b"d_model = 65536", f.attrs["config"])
+    del f.attrs["config"]
+    f.attrs.create("config", numpy.bytes_(text))
+PY
+for cmd in "ckpt verify" "ckpt inspect" "sample --ckpt" "export --out $tmp/big_hf --ckpt"; do
+    expect_error "^moelab: error: checkpoint $tmp/big.h5: [0-9.]+M parameters need [0-9.]+ GiB of host memory .*: open it on a machine with more memory$" \
+        "$moelab" $cmd "$tmp/big.h5"
+done
+[ ! -e "$tmp/big_hf" ] || { echo "FAIL: export left $tmp/big_hf"; exit 1; }
 head -c 5000 "$tmp/a/step_6.h5" >"$tmp/short.h5"
 expect_error "short.h5: cannot open as HDF5" "$moelab" ckpt verify "$tmp/short.h5"
 rm "$tmp/c/step_6.h5.part-1-of-2"

@@ -399,7 +399,7 @@ void hf_export(const HfExportOptions *o) {
     size_t summary_len = 0;
     FILE *sink = open_memstream(&summary, &summary_len);
     CHECK(sink != NULL, "open_memstream: %s", strerror(errno));
-    Model *m = model_create(&c, 0, 1);
+    Model *m = model_create_stored(&c, 1, o->ckpt);
     ckpt_verify(o->ckpt, &m->reg, sink);
     fclose(sink);
     free(summary);
