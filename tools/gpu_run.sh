@@ -1,6 +1,6 @@
 #!/bin/bash
-# Runs what tools/gpu_build.sh put into .dist/, on the GPU machine, in stages (all but trace, pp and
-# pp_bench by default):
+# Runs what tools/gpu_build.sh put into .dist/, on the GPU machine, in stages (all but trace, pp,
+# pp_bench and rehearse by default):
 #   tests      the kernel suite (gpu_test) and the whole-model suite (model_gpu_test)
 #   sanitizer  compute-sanitizer memcheck and racecheck over the kernel suite (not over cuDNN's
 #              kernels: the AttentionCudnn* tests are left out, and racecheck leaves out the tests
@@ -64,6 +64,12 @@
 #              per-rank expert GEMM time per 5-step window, as a table (eplb_bench.txt); steps 31-35
 #              are the steady state (the window of a rebalance includes its moves, the last one the
 #              validation pass)
+#   rehearse   the programs of the nccl, ep_bench and pp_bench stages at one rank, on one GPU, so that
+#              a session without a machine of several GPUs still finds them broken before one comes:
+#              nccl_test (its EPLB tests skip), ep_bench a2a and bench_a2a.py, ep_bench train with
+#              ZeRO-1, `moelab train --schedule dualpipev --fb-overlap 1 --trace` into `moelab schedule
+#              --from-trace`, bench_torch_pp.py with both schedules; one rank times no link: its
+#              figures are no benchmark
 #   export     `moelab export` of a quickstart checkpoint (EXPORT_CKPT, or one trained here on the GPU for
 #              EXPORT_STEPS steps, default 300) into a Hugging Face folder, then tools/export/hf_check.py
 #              (python3 with torch and transformers): AutoModelForCausalLM (trust_remote_code) and
@@ -85,7 +91,7 @@ stages=" ${STAGES:-tests sanitizer kernels train bench reference torch nccl ep_b
 np=${NP:-2}  # GPUs of the nccl, eplb and eplb_bench stages
 want() { [[ "$stages" == *" $1 "* ]]; }
 # A misspelled stage ran nothing and reported "all passed".
-known=" tests sanitizer kernels train bench trace reference torch nccl ep_bench eplb eplb_bench export pp pp_bench "
+known=" tests sanitizer kernels train bench trace reference torch nccl ep_bench eplb eplb_bench export pp pp_bench rehearse "
 for s in $stages; do
     [[ "$known" == *" $s "* ]] || { echo "gpu_run: unknown stage '$s' in STAGES (known:$known)" >&2; exit 2; }
 done
@@ -353,6 +359,36 @@ if want nccl && fits "$np" nccl; then
         grep "grid:" "$log/cli_ep.log"
         for run in ep dp; do same_run "$log/cli_one.jsonl" "$log/cli_$run.jsonl" "moelab train $run vs one GPU" 3; done
     fi
+fi
+
+if want rehearse; then
+    echo "== rehearsal: the programs of the nccl, ep_bench and pp_bench stages at one rank (no link is timed)"
+    # rehearse NAME PATTERN COMMAND...: the command's log is rehearse_NAME.log; its lines that match
+    # PATTERN show here.
+    rehearse() {
+        local name=$1 pattern=$2
+        shift 2
+        "$@" > "$log/rehearse_$name.log" 2>&1 || fail "rehearse $name (see rehearse_$name.log)"
+        grep -E "$pattern" "$log/rehearse_$name.log"
+    }
+    torchrun1() { timeout "${TORCH_TIMEOUT:-400}" python3 -m torch.distributed.run --standalone --nproc_per_node=1 "$@"; }
+    rehearse nccl_test "PASSED|FAILED" mpi 1 .dist/bin/nccl_test
+    rehearse ep_bench_a2a "^ep_bench a2a:" mpi 1 .dist/bin/ep_bench a2a
+    rehearse bench_a2a "^torch all_to_all_single:" torchrun1 tools/bench_a2a.py
+    rehearse ep_bench_train "^ep_bench train:|^zero-1" mpi 1 .dist/bin/ep_bench train --config configs/bench.cfg \
+        --ep 1 --zero 1 --steps 2
+    if [ -d .dist/data/quickstart ]; then
+        rehearse pp_train "^pipeline:|^step " mpi 1 .dist/bin/moelab train --config configs/bench.cfg \
+            --data .dist/data/quickstart --vocab-size 2048 --steps 2 --log-every 1 --val-every 0 --val-batches 1 \
+            --sample-tokens 0 --batch-size 2 --device cuda --schedule dualpipev --chunks 8 --fb-overlap 1 \
+            --trace "$log/rehearse_trace.json"
+        rehearse pp_schedule "^idle per rank" .dist/bin/moelab schedule --from-trace "$log/rehearse_trace.json" \
+            --kind dualpipev --svg "$log/rehearse_timeline.svg"
+    else
+        echo "gpu_run: no .dist/data/quickstart: the rehearsal's pipeline run skipped"
+    fi
+    rehearse bench_torch_pp "^torch pipelining" torchrun1 tools/bench_torch_pp.py --config configs/bench.cfg \
+        --vocab-size 2048 --schedule 1f1b,dualpipev --microbatches 8 --batch-size 2 --steps 2
 fi
 
 if want ep_bench; then
