@@ -166,8 +166,12 @@ static void exchange(MoeDispatcher *self, MoeDispatchPlan *p, int out, const voi
 
 static int in_place(const MoeDispatchPlan *p) { return !p->recv_pos; }
 
+// A send or arrival buffer of n rows: uninitialized, since every row is written before any is read
+// (a send buffer by its gather or permute, whose map covers each row once; an arrival buffer by the
+// exchange, whose counts sum to its rows). The fill was up to four full-size writes per dispatch and
+// combine on a GPU (review, 2026-12-06).
 static void *rows_alloc(const LayerOps *o, int n, int D) {
-    return o->alloc((size_t)(n > 0 ? n : 1) * (size_t)D * o->act_size);
+    return o->alloc_uninit((size_t)(n > 0 ? n : 1) * (size_t)D * o->act_size);
 }
 
 static void ep_to_experts_start(MoeDispatcher *self, MoeDispatchPlan *p, const void *src,
