@@ -716,15 +716,19 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void 
     const int N = B * T, D = c->D;
     const LayerOps *o = m->ops;
     a->has_targets = with_targets;
+    // The first stage reads the inputs (the embedding) and the last the targets (the loss): a stage
+    // gets only those, since each upload to a GPU waits for it (a middle stage of a pipeline had two
+    // waits a forward for ids it never read).
+    const int want_in = m->first, want_tg = m->last && with_targets;
     if (pass->dev_ids) {
-        o->copy(a->inputs, pass->dev_ids, (size_t)N * sizeof(int));
-        if (with_targets) o->copy(a->targets, pass->dev_ids + N, (size_t)N * sizeof(int));
+        if (want_in) o->copy(a->inputs, pass->dev_ids, (size_t)N * sizeof(int));
+        if (want_tg) o->copy(a->targets, pass->dev_ids + N, (size_t)N * sizeof(int));
     } else if (tokens) {
         // Checked on the host, then handed to the backend, whose kernels trust them.
         int *ids = core_alloc(2 * (size_t)N * sizeof(int));  // (2, N) inputs, targets
         model_split_tokens(m, tokens, B, T, with_targets, ids);
-        o->upload(a->inputs, ids, (size_t)N * sizeof(int));
-        if (with_targets) o->upload(a->targets, ids + N, (size_t)N * sizeof(int));
+        if (want_in) o->upload(a->inputs, ids, (size_t)N * sizeof(int));
+        if (want_tg) o->upload(a->targets, ids + N, (size_t)N * sizeof(int));
         core_free(ids);
     }
     prof_mark(PROF_EMBED);

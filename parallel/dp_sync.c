@@ -130,34 +130,49 @@ DpSync *dp_sync_shard_create(const Grid *g, const DpGrad *t, const size_t *off, 
         s->shard_n += b->chunk;
     }
     s->shard = s->o->alloc((s->shard_n > 0 ? s->shard_n : 1) * sizeof(float));
-    s->o->zero(s->shard, (s->shard_n > 0 ? s->shard_n : 1) * sizeof(float));
     return s;
 }
+
+// A bucket over a group of one rank (the expert buckets where EP = DP) has nothing to sum: its
+// gradients are scaled where they lie, or packed straight into the shard (chunk = fill), with no
+// buffer and no collective; a collective of one rank would return the same bits after two copies
+// of the bucket and a launch.
+static int alone(const Bucket *b) { return b->c->size == 1; }
 
 // Packs bucket i and starts its all-reduce (sharded: its reduce-scatter into the shard).
 static void start(DpSync *s, int i) {
     Bucket *b = &s->b[i];
-    const size_t len = s->shard ? (size_t)b->c->size * b->chunk : b->fill;
-    b->buf = s->o->alloc(len * sizeof(float));
-    // The padding adds zeros to the last rank's chunk.
-    if (len > b->fill) s->o->zero(b->buf + b->fill, (len - b->fill) * sizeof(float));
+    b->started = 1;
+    s->order[s->n_started++] = i;
+    if (alone(b) && !s->shard) return;
+    float *dst = s->shard ? s->shard + b->at : NULL;
+    if (!alone(b)) {
+        const size_t len = s->shard ? (size_t)b->c->size * b->chunk : b->fill;
+        // The pieces fill [0, b->fill) back to back; the padding adds zeros to the last rank's chunk.
+        dst = b->buf = s->o->alloc_uninit(len * sizeof(float));
+        if (len > b->fill) s->o->zero(b->buf + b->fill, (len - b->fill) * sizeof(float));
+    }
     for (int p = 0; p < b->np; p++) {
         const Piece *q = &b->pieces[p];
-        s->o->copy(b->buf + q->pos, s->t[q->tensor].g + q->start, q->n * sizeof(float));
+        s->o->copy(dst + q->pos, s->t[q->tensor].g + q->start, q->n * sizeof(float));
     }
-    b->started = 1;
+    if (alone(b)) return;
     b->req = s->shard ? comm_ireduce_scatter(b->c, b->buf, s->shard + b->at, b->chunk, COMM_F32, COMM_SUM)
                       : comm_iallreduce(b->c, b->buf, b->fill, COMM_F32, COMM_SUM);
-    s->order[s->n_started++] = i;
 }
 
 // Completes bucket i's collective and scales the sums: in the shard, or written back to every piece.
 static void complete(DpSync *s, int i) {
     Bucket *b = &s->b[i];
-    comm_wait(b->req);
+    if (!alone(b)) comm_wait(b->req);
     b->req = NULL;
     if (s->shard) {
         s->o->grad_scale(s->shard + b->at, (long)b->chunk, s->scale);
+    } else if (alone(b)) {
+        for (int p = 0; p < b->np; p++) {
+            const Piece *q = &b->pieces[p];
+            s->o->grad_scale(s->t[q->tensor].g + q->start, (long)q->n, s->scale);
+        }
     } else {
         s->o->grad_scale(b->buf, (long)b->fill, s->scale);
         for (int p = 0; p < b->np; p++) {
@@ -271,11 +286,12 @@ double dp_sync_shard_rows_sqsum(const DpSync *s, const AdamwSpan *rows, int n) {
 // rank's chunk is shard + at (shard layout) or, without a shard, packed from its pieces of w.
 static void gather_start(DpSync *s, int i, const void *shard, const void *w, size_t es, CommType t) {
     Bucket *b = &s->b[i];
-    b->buf = s->o->alloc((size_t)b->c->size * b->chunk * es);
+    if (alone(b)) return;
+    b->buf = s->o->alloc_uninit((size_t)b->c->size * b->chunk * es);  // the all-gather writes it all
     const void *send = shard ? (const char *)shard + b->at * es : NULL;
     if (!shard) {
         // Padding (the last rank's chunk past the bucket's end) travels as zeros and is never read.
-        b->send = s->o->alloc(b->chunk * es);
+        b->send = s->o->alloc_uninit(b->chunk * es);
         s->o->zero(b->send, b->chunk * es);
         for (int k = b->sp0; k < b->sp0 + b->nsp; k++) {
             const DpShardPiece *q = &s->sp[k];
@@ -287,14 +303,17 @@ static void gather_start(DpSync *s, int i, const void *shard, const void *w, siz
     b->req = comm_iallgather(b->c, send, b->buf, b->chunk, t);
 }
 
-// Completes bucket i's all-gather and writes every piece of the bucket into w.
-static void gather_complete(DpSync *s, int i, void *w, size_t es) {
+// Completes bucket i's all-gather and writes every piece of the bucket into w. Alone, this rank's
+// chunk is the bucket: w holds it already, or it comes from the shard.
+static void gather_complete(DpSync *s, int i, const void *shard, void *w, size_t es) {
     Bucket *b = &s->b[i];
-    comm_wait(b->req);
+    if (alone(b) && !shard) return;
+    const char *from = alone(b) ? (const char *)shard + b->at * es : b->buf;
+    if (!alone(b)) comm_wait(b->req);
     b->req = NULL;
     for (int p = 0; p < b->np; p++) {
         const Piece *q = &b->pieces[p];
-        s->o->copy((char *)w + (s->off[q->tensor] + q->start) * es, (const char *)b->buf + q->pos * es, q->n * es);
+        s->o->copy((char *)w + (s->off[q->tensor] + q->start) * es, from + q->pos * es, q->n * es);
     }
     s->o->free(b->buf);
     if (b->send) s->o->free(b->send);
@@ -307,7 +326,7 @@ static void gather(DpSync *s, const void *shard, void *w, size_t es, CommType t)
     if (s->nb > 0) gather_start(s, 0, shard, w, es, t);
     for (int i = 0; i < s->nb; i++) {
         if (i + 1 < s->nb) gather_start(s, i + 1, shard, w, es, t);
-        gather_complete(s, i, w, es);
+        gather_complete(s, i, shard, w, es);
     }
 }
 

@@ -56,9 +56,10 @@ static double wall_us(void) {
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
 }
 
-// Messages live in the stage's memory: the device's through ops, else the host's.
+// Messages live in the stage's memory: the device's through ops, else the host's. A message is
+// written in full (by the copy of a send, or by a receive) before it is read: on a device no fill.
 static void *msg_alloc(const PipeRun *r) {
-    return r->ops ? r->ops->alloc(r->msg_bytes) : core_alloc(r->msg_bytes);
+    return r->ops ? r->ops->alloc_uninit(r->msg_bytes) : core_alloc(r->msg_bytes);
 }
 static void msg_free(const PipeRun *r, void *p) {
     if (r->ops) r->ops->free(p);
@@ -468,7 +469,7 @@ static void link_free(void *arg, Comm *pair, int peer, int sender) {
 PipeLinks *pipe_links_create(Comm *pp, const struct LayerOps *ops, size_t msg_bytes) {
     CHECK(msg_bytes % 4 == 0, "pipeline: a message of %zu bytes is not whole 32-bit words", msg_bytes);
     LinkSetup u = {core_alloc(sizeof(PipeLinks)), pp->rank, ops->dev != CORE_CPU, msg_bytes,
-                   ops->alloc(msg_bytes)};
+                   ops->alloc_uninit(msg_bytes)};  // its content is never read
     each_link(pp, 1, link_create, &u);
     ops->free(u.warm);
     u.l->pp = pp;

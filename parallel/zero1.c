@@ -41,8 +41,6 @@ void zero1_init(AdamW *o, const ParamRegistry *r, const LayerOps *ops, void *p_l
     const size_t bytes = (S > 0 ? S : 1) * sizeof(float);
     o->m = ops->alloc(bytes);
     o->v = ops->alloc(bytes);
-    ops->zero(o->m, bytes);
-    ops->zero(o->v, bytes);
     // The moments against the unsharded optimizer's (two buffers of the registry's size); the
     // shard's gradient buffer is an extra S floats, the weights and their gradients stay whole.
     core_info0("zero-1: optimizer state %.2f MiB per rank instead of %.2f (AdamW moments of 1/%d of the "
@@ -106,7 +104,6 @@ static void whole_weights(AdamW *o, ParamRegistry *r) {
 static float *whole_moment(AdamW *o, const float *shard) {
     const size_t bytes = o->total * sizeof(float);
     float *full = o->ops->alloc(bytes);
-    o->ops->zero(full, bytes);
     dp_sync_shard_expand(o->shard, shard, full);
     return full;
 }
@@ -126,7 +123,7 @@ void zero1_gather_state(AdamW *o, ParamRegistry *r, float *m, float *v) {
 void zero1_scatter_state(AdamW *o, const float *m, const float *v) {
     CHECK(o->shard, "zero1_scatter_state: the optimizer is not sharded (zero1_init)");
     const size_t bytes = o->total * sizeof(float);
-    float *full = o->ops->alloc(bytes);
+    float *full = o->ops->alloc_uninit(bytes);  // each upload writes it all
     o->ops->upload(full, m, bytes);
     dp_sync_shard_take(o->shard, full, o->m);
     o->ops->upload(full, v, bytes);
