@@ -198,7 +198,7 @@ void eplb_runtime_sum_replica_grads(EplbRuntime *rt) {
     }
     const LayerOps *ops = rt->s.ops;
     float *part = ops->alloc(total * sizeof(float));  // (total) this rank's replicas, summed (zeroed)
-    float *row = ops->alloc(widest * sizeof(float));  // one slot's gradient rows
+    float *row = ops->alloc_uninit(widest * sizeof(float));  // one slot's gradient rows (written, then read)
     for (int l = 0; l < L; l++)
         for (int s = 0; s < n; s++) {
             const size_t o = off[(size_t)l * E + rt->s.phy2log[(size_t)l * R + me * n + s]];
@@ -210,7 +210,7 @@ void eplb_runtime_sum_replica_grads(EplbRuntime *rt) {
     // all-gather would copy on the host).
     float *all = NULL;
     if (rt->G > 1) {
-        all = ops->alloc((size_t)rt->G * total * sizeof(float));  // (G, total)
+        all = ops->alloc_uninit((size_t)rt->G * total * sizeof(float));  // (G, total), the all-gather writes it all
         comm_allgather(rt->s.ep_dev, part, all, total, COMM_F32);
         // The ranks' parts are added in rank order on every rank: the same sum, bit for bit.
         ops->copy(part, all, total * sizeof(float));
