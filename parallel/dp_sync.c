@@ -1,9 +1,9 @@
 // Data-parallel gradient sync (see dp_sync.h): the gradients of each group are visited as one
 // stream of floats, cut into buckets; each bucket is packed, all-reduced once, scaled and unpacked
 // (ZeRO-1: packed, reduce-scattered into this rank's shard and scaled there; the weight and moment
-// gathers run the other way, bucket by bucket). The buckets are fixed by the list alone, whatever
-// the order they start in, so every element is summed in one collective of the same size and place
-// with or without the overlap.
+// gathers run the other way, bucket by bucket); a bucket over a group of one rank only scales. The
+// buckets are fixed by the list alone, whatever the order they start in, so every element is summed
+// in one collective of the same size and place (or in none) with or without the overlap.
 // The copies, the scaling and the sums of squares go through the grid's backend (layers/ops.h), so
 // device gradients are synchronized over the grid's NCCL twins without leaving the GPU.
 #include "parallel/dp_sync.h"
@@ -291,8 +291,7 @@ static void gather_start(DpSync *s, int i, const void *shard, const void *w, siz
     const void *send = shard ? (const char *)shard + b->at * es : NULL;
     if (!shard) {
         // Padding (the last rank's chunk past the bucket's end) travels as zeros and is never read.
-        b->send = s->o->alloc_uninit(b->chunk * es);
-        s->o->zero(b->send, b->chunk * es);
+        b->send = s->o->alloc(b->chunk * es);
         for (int k = b->sp0; k < b->sp0 + b->nsp; k++) {
             const DpShardPiece *q = &s->sp[k];
             s->o->copy((char *)b->send + (q->at - b->at) * es,
