@@ -48,9 +48,13 @@ static void declare(Model *m) {
     // Output projections are scaled by 1/sqrt(2L) (GPT-2 style), as §2 specifies.
     const float s = 0.02f, s_out = 0.02f / sqrtf(2.0f * (float)c->L);
     char n[PARAM_NAME_MAX];
+#define NAME(x) (snprintf(n, sizeof n, "layers.%d." x, l), n)
+    // The untrained router biases come first: a model whose optimizer keeps the trained fp32 values
+    // (ZeRO-1 on a GPU) keeps only them in reg.data (model_keep_untrained).
+    for (int l = m->l0; l < m->l1; l++)
+        if (model_is_moe_layer(m, l)) add(m, NAME("router_bias"), l, PARAM_BUFFER, 1, c->E, 1, 1, 0, 0);
     if (m->first) add(m, "embed", -1, PARAM_DENSE, 2, c->V, D, 1, s, 0);
     for (int l = m->l0; l < m->l1; l++) {
-#define NAME(x) (snprintf(n, sizeof n, "layers.%d." x, l), n)
         add(m, NAME("attn_norm"), l, PARAM_DENSE, 1, D, 1, 1, 0, 1.0f);
         add(m, NAME("wq"), l, PARAM_DENSE, 2, (int64_t)c->H * hd, D, 1, s, 0);
         add_packed(m, NAME("wk"), l, (int64_t)c->Hkv * hd, D, s);
@@ -63,15 +67,14 @@ static void declare(Model *m) {
             continue;
         }
         add(m, NAME("router"), l, PARAM_DENSE, 2, c->E, D, 1, s, 0);
-        add(m, NAME("router_bias"), l, PARAM_BUFFER, 1, c->E, 1, 1, 0, 0);
         add(m, NAME("experts.w13"), l, PARAM_EXPERT, 3, c->E, 2 * (int64_t)c->Fe, D, s, 0);
         add(m, NAME("experts.w2"), l, PARAM_EXPERT, 3, c->E, D, c->Fe, s_out, 0);
         if (c->S > 0) {
             add(m, NAME("shared.w13"), l, PARAM_DENSE, 3, c->S, 2 * (int64_t)c->Fe, D, s, 0);
             add(m, NAME("shared.w2"), l, PARAM_DENSE, 3, c->S, D, c->Fe, s_out, 0);
         }
-#undef NAME
     }
+#undef NAME
     if (!m->last) return;
     add(m, "final_norm", -1, PARAM_DENSE, 1, D, 1, 1, 0, 1.0f);
     if (!c->tie_embeddings) add(m, "lm_head", -1, PARAM_DENSE, 2, c->V, D, 1, s, 0);
@@ -331,7 +334,21 @@ void model_to_device(Model *m, const LayerOps *ops) {
     }
 }
 
+void model_keep_untrained(Model *m) {
+    CHECK(m->wlow, "model_keep_untrained: the layers read reg.data itself (no compute copy)");
+    if (m->untrained_only) return;
+    const size_t bytes = params_untrained_floats(&m->reg) * sizeof(float);
+    float *kept = m->ops->alloc_uninit(bytes > 0 ? bytes : sizeof(float));  // the copy writes it all
+    m->ops->copy(kept, m->reg.data, bytes);
+    m->ops->free(m->reg.data);
+    m->reg.data = kept;
+    m->untrained_only = 1;
+    set_views(m);  // the bias views pointed into the old buffer
+}
+
 void model_refresh_low(Model *m) {
+    CHECK(!m->untrained_only, "model_refresh_low: reg.data holds the untrained values only (ZeRO-1 "
+          "refreshes the compute copy from its own master copy)");
     // AdamW writes wlow with the same rounding (to nearest even), so this equals what a step leaves.
     if (m->wlow) m->ops->to_act(m->wlow, m->reg.data, (long)m->reg.total);
 }

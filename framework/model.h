@@ -70,6 +70,7 @@ typedef struct {
     void *wlow;              // (reg.total) compute copy of the weights in ops->dt that the weight
                              // views point into (refreshed by every AdamW step); NULL when ops->dt is
                              // fp32 and the views point into reg.data
+    int untrained_only;      // 1 after model_keep_untrained: reg.data holds the untrained floats only
     unsigned char *ffn_unzeroed;  // [L] 1 from model_zero_grad, which leaves layer l's SwiGLU weight
                                   // gradients (experts, shared experts or dense FFN) as they are, to
                                   // the layer's next weight backward, which writes them instead of
@@ -161,6 +162,12 @@ void model_to_device(Model *m, const LayerOps *ops);
 // Re-derives the compute copy (wlow) from the fp32 values after something other than AdamW rewrote
 // them (an EPLB rebalance, a checkpoint load); nothing to do without one.
 void model_refresh_low(Model *m);
+// For an optimizer that keeps the fp32 master copy of the trained tensors itself (ZeRO-1's shard):
+// frees reg.data but for the untrained floats that lead the registry (the router biases, which the
+// router reads in fp32 and the bias update writes), the only values the layers then read outside
+// the compute copy; reg.data then holds params_untrained_floats floats, and model_refresh_low is
+// refused. Needs a compute copy (wlow).
+void model_keep_untrained(Model *m);
 // Every gradient is zero, as far as any reader can tell: the SwiGLU weight gradients (most of the
 // model: gigabytes a step) are not filled but marked, and each layer's next weight backward writes
 // them (Model.ffn_unzeroed). Every layer of the stage must run its weight backward before the

@@ -17,6 +17,7 @@ void adamw_init_on(AdamW *o, const ParamRegistry *r, const LayerOps *ops, void *
     o->v = ops->alloc(r->total * sizeof(float));
     o->t = 0;
     o->shard = NULL;
+    o->w = NULL;
 }
 
 void adamw_free(AdamW *o) {

@@ -17,6 +17,8 @@ struct DpSync;
 typedef struct {
     float *m, *v;   // (total) first and second moments, same layout as the parameter registry; under
                     // ZeRO-1 (shard != NULL) only this rank's shard of them, in the shard's layout
+    float *w;       // ZeRO-1: the fp32 master copy of this rank's shard (shard layout); else NULL,
+                    // the registry's values being the master copy
     size_t total;   // floats of the registry
     long t;         // steps taken
     const LayerOps *ops;  // the backend holding m, v and the registry's buffers (layers/ops.h)

@@ -142,22 +142,24 @@ static void stage_free(PipeStageCtx *x, int owned) {
 
 // Around a rebalance's moves (EplbRuntimeSpec.move_begin, _end), which carry whole slot rows between
 // EP ranks, while which floats of a row lie in this rank's ZeRO-1 shard differs from slot to slot:
-// under ZeRO-1 the moments (and on a GPU the fp32 weights) are made whole for the moves, and each
-// rank takes its shard of the moved moments back after; then the moved slots' compute copy. A
-// rebalance that keeps every slot's expert calls neither, and so gathers nothing.
+// under ZeRO-1 the fp32 values and the moments are made whole for the moves, and each rank takes its
+// shard of them back after (with the compute copy); else the moved slots' compute copy is
+// re-derived. A rebalance that keeps every slot's expert calls neither, and so gathers nothing.
 static void stage_move_begin(void *ctx) {
     PipeStageCtx *x = ctx;
-    if (x->o->shard) zero1_state_whole(x->o, &x->m->reg, &x->eplb->s.state[1], &x->eplb->s.state[2]);
+    float **state = x->eplb->s.state;
+    if (x->o->shard) zero1_state_whole(x->o, &x->m->reg, &state[0], &state[1], &state[2]);
 }
 
 static void stage_move_end(void *ctx) {
     PipeStageCtx *x = ctx;
-    EplbRuntime *rt = x->eplb;
-    if (x->o->shard) {
-        zero1_state_shard(x->o, rt->s.state[1], rt->s.state[2]);
-        rt->s.state[1] = rt->s.state[2] = NULL;
+    float **state = x->eplb->s.state;
+    if (!x->o->shard) {
+        model_refresh_low(x->m);
+        return;
     }
-    model_refresh_low(x->m);
+    zero1_state_shard(x->o, &x->m->reg, state[0], state[1], state[2]);
+    state[0] = state[1] = state[2] = NULL;
 }
 
 // An EP dispatcher over the stage's group, with the run's exchange settings (ep_overlap,
@@ -173,9 +175,9 @@ static MoeDispatcher *stage_dispatcher(const PipeStageCtx *x, const MoeConfig *c
 // EPLB over the stage's MoE layers [moe0, l1) in its EP group (cfg.eplb_interval > 0): a runtime that
 // the step drives, and a dispatcher of its own for each layer, because each layer has its own
 // placement of experts in slots. On a GPU slot rows move over the group's NCCL twin. A stage of
-// dense layers only has nothing to balance. A ZeRO-1 optimizer's moments are a shard, not in the
-// registry's layout: the runtime gets whole copies of them for each rebalance that moves a slot
-// (stage_move_begin).
+// dense layers only has nothing to balance. A ZeRO-1 optimizer's values and moments are a shard, not
+// in the registry's layout: the runtime gets whole copies of them for each rebalance that moves a
+// slot (stage_move_begin).
 static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
     Model *m = x->m;
     const int L = m->l1 - x->moe0;
@@ -186,7 +188,7 @@ static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
     EplbRuntimeSpec s = {.L = L, .E = c->E, .R = m->R, .interval = c->eplb_interval,
                          .groups = c->eplb_groups, .nodes = c->eplb_nodes, .ep = x->ep,
                          .phy2log = m->phy2log + (size_t)x->moe0 * m->R,
-                         .state = {m->reg.data, whole ? x->o->m : NULL, whole ? x->o->v : NULL},
+                         .state = {whole ? m->reg.data : NULL, whole ? x->o->m : NULL, whole ? x->o->v : NULL},
                          .grad = m->reg.grad,
                          .ops = backend_ops_f32(m->ops), .ep_dev = on_gpu ? x->ep_dev : NULL,
                          .move_begin = stage_move_begin, .move_end = stage_move_end, .move_ctx = x};
@@ -212,14 +214,14 @@ static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
 // resident, each CPU rank adds the activations its schedule holds at once (a lower bound of the
 // step's peak); the ranks of each machine add theirs up against that machine's memory, and if any
 // machine's would exceed it, every rank refuses the config naming the fullest one. Under ZeRO-1 an
-// EPLB rebalance (between steps, the activations freed) holds the whole moments beside the shards
-// (stage_move_begin): a rank's peak beyond what it holds is the larger of the two.
+// EPLB rebalance (between steps, the activations freed) holds whole copies of the values and the
+// moments beside the shards (stage_move_begin): a rank's peak beyond what it holds is the larger of the two.
 // Test seam (core_test_seam): MOELAB_TEST_HOST_MEMORY_MIB stands for the machine's memory, so that
 // the tests reach the refusal without filling a machine (tests/parallel/zero1_cli_test.sh).
 static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
     if (p->ops->dev != CORE_CPU) return;
     enum { HELD, ACTS, REBAL, HOST, MEMORY, NF };  // per rank: held now, activations, a rebalance's
-                                                   // whole moments, its host, the host's memory
+                                                   // whole copies, its host, the host's memory
     const int rank = p->grid ? p->grid->pp_rank : 0, W = p->grid ? p->grid->world : 1;
     double mine[NF] = {core_host_resident_bytes(), 0, 0, 0, core_host_memory_bytes()}, *all = mine;
     const char *seam = core_test_seam("MOELAB_TEST_HOST_MEMORY_MIB");
@@ -237,10 +239,10 @@ static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
         const double one = model_acts_bytes(x->m, c->batch_size, c->T, &b);
         mine[ACTS] += sched_max_live(p->sched, rank, pipe) * one;
         if (b > bwd) bwd = b;
-        // The stages rebalance one after the other, each freeing its whole moments before the
+        // The stages rebalance one after the other, each freeing its whole copies before the
         // next gathers; a run shorter than the interval never rebalances.
         if (x->eplb && x->o->shard && c->steps >= c->eplb_interval)
-            mine[REBAL] = fmax(mine[REBAL], 2.0 * sizeof(float) * (double)x->o->total);
+            mine[REBAL] = fmax(mine[REBAL], 3.0 * sizeof(float) * (double)x->o->total);
     }
     mine[ACTS] += bwd;
     if (W > 1) {
@@ -415,6 +417,7 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         model_to_device(m, ops);
         AdamW *o = core_alloc(sizeof *o);
         zero1_init_if(o, &m->reg, ops, m->wlow, g, c->zero);
+        if (o->shard && m->wlow) model_keep_untrained(m);  // the shard holds the fp32 master copy
         stage_init(p, pipe, c, m, o);
         stage_eplb_attach(x, c);
     }

@@ -97,9 +97,9 @@ static CkptShard trainer_shard(Trainer *t, int pipe) {
 }
 
 // What a checkpoint stores of model m and optimizer o, in the host memory the checkpoint code reads
-// and writes: on the CPU without ZeRO-1 their own buffers; else host copies of the values and the
-// whole AdamW moments (a ZeRO-1 optimizer's gathered from every rank: a collective). AdamW's t lives
-// on the host either way.
+// and writes: on the CPU without ZeRO-1 their own buffers; else host copies of the fp32 values and
+// the whole AdamW moments (a ZeRO-1 optimizer's gathered from every rank: a collective). AdamW's t
+// lives on the host either way.
 static CkptView trainer_ckpt_view(Model *m, AdamW *o) {
     CkptView v = {&m->cfg, &m->reg, m->reg.data, o->m, o->v, &o->t};
     if (m->ops->dev == CORE_CPU && !o->shard) return v;
@@ -108,28 +108,26 @@ static CkptView trainer_ckpt_view(Model *m, AdamW *o) {
     v.m = core_alloc(bytes);
     v.v = core_alloc(bytes);
     if (o->shard) {
-        zero1_gather_state(o, &m->reg, v.m, v.v);  // first: it makes a GPU's values whole
+        zero1_gather_state(o, &m->reg, v.data, v.m, v.v);
     } else {
+        m->ops->download(v.data, m->reg.data, bytes);
         m->ops->download(v.m, o->m, bytes);
         m->ops->download(v.v, o->v, bytes);
     }
-    m->ops->download(v.data, m->reg.data, bytes);
     return v;
 }
 
-// Frees a GPU view's host copies; after a load (upload = 1) first copies them back to the device and
-// re-derives the compute copy of the weights from the loaded values.
+// Frees a view's host copies; after a load (upload = 1) first puts them back: the values, the
+// moments and the compute copy of the weights.
 static void trainer_ckpt_view_free(CkptView *v, Model *m, AdamW *o, int upload) {
     if (v->data == m->reg.data) return;
     const size_t bytes = m->reg.total * sizeof(float);
-    if (upload) {
+    if (upload && o->shard) {
+        zero1_scatter_state(o, &m->reg, v->data, v->m, v->v);
+    } else if (upload) {
         m->ops->upload(m->reg.data, v->data, bytes);
-        if (o->shard) {
-            zero1_scatter_state(o, v->m, v->v);
-        } else {
-            m->ops->upload(o->m, v->m, bytes);
-            m->ops->upload(o->v, v->v, bytes);
-        }
+        m->ops->upload(o->m, v->m, bytes);
+        m->ops->upload(o->v, v->v, bytes);
         model_refresh_low(m);
     }
     core_free(v->data);

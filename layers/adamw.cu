@@ -78,9 +78,9 @@ __global__ void adamw_kernel(const __grid_constant__ SpanTable t, float *p, cons
     L *low = p_low ? p_low + pa : nullptr;
     if (t.vec[s]) {
         const long j = 4 * i;
-        if (j < t.n[s]) update<L, 4>(p + pa + j, g + ga + j, m + ga + j, v + ga + j, low ? low + j : nullptr, decay, a);
+        if (j < t.n[s]) update<L, 4>(p + ga + j, g + ga + j, m + ga + j, v + ga + j, low ? low + j : nullptr, decay, a);
     } else if (i < t.n[s]) {
-        update<L, 1>(p + pa + i, g + ga + i, m + ga + i, v + ga + i, low ? low + i : nullptr, decay, a);
+        update<L, 1>(p + ga + i, g + ga + i, m + ga + i, v + ga + i, low ? low + i : nullptr, decay, a);
     }
 }
 
@@ -97,7 +97,7 @@ static int span_table(SpanTable *t, const AdamwSpan *s, int ns, int per_thread_v
     for (int i = 0; i < ns; i++) {
         CHECK(s[i].n >= 0 && s[i].p_at >= 0 && s[i].g_at >= 0, "adamw: bad span %d (at %ld/%ld, %ld elements)", i,
               s[i].p_at, s[i].g_at, s[i].n);
-        const void *ptrs[] = {p ? p + s[i].p_at : nullptr, g + s[i].g_at, m ? m + s[i].g_at : nullptr,
+        const void *ptrs[] = {p ? p + s[i].g_at : nullptr, g + s[i].g_at, m ? m + s[i].g_at : nullptr,
                               v ? v + s[i].g_at : nullptr};
         const int W = 4;
         t->vec[i] = per_thread_vec > 1 && core_vec_ok(W, sizeof(float), s[i].n, ptrs, 4) &&

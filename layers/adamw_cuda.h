@@ -19,9 +19,10 @@ typedef struct {
                          // needs no pass over the gradients of its own (3.8 ms a bench step)
 } AdamwHyper;
 
-// One tensor of the optimizer's flat fp32 buffers: its weights (and their compute copy) start at
-// element p_at, its gradient and moments at g_at (the same place, except in a ZeRO-1 shard), n
-// elements; decay: weight decay applies.
+// One tensor of the optimizer's flat buffers: its fp32 weights, gradient and moments start at
+// element g_at, its compute copy at p_at (the same place, except for a ZeRO-1 shard, whose fp32
+// master copy, gradient and moments are packed in the shard's layout while the compute copy is the
+// model's), n elements; decay: weight decay applies.
 typedef struct {
     long p_at, g_at, n;
     int decay;
@@ -30,7 +31,7 @@ typedef struct {
 // Over the ns spans s of the buffers p, m, v (in place) and g, all fp32:
 // m = β1 m + (1 − β1) g, v = β2 v + (1 − β2) g²,
 // p = p (1 − lr·wd) − lr · m̂ / (sqrt(v̂) + eps), m̂ = m / (1 − β1^t), v̂ = v / (1 − β2^t).
-// p_low, of dtype low_dt and p's layout, receives the updated p (NULL: no compute copy). One pass
+// p_low, of dtype low_dt (fp32 included), receives the updated p at p_at (NULL: no compute copy). One pass
 // over every span together (a launch per ADAMW_SPANS_PER_LAUNCH spans), not a launch per tensor:
 // a model has a hundred or more, most of them small.
 void adamw_cuda_step(float *p, const float *g, float *m, float *v, void *p_low, CoreDtype low_dt,

@@ -217,13 +217,13 @@ static void cpu_moe_sum_choices(void *dx, const void *rows, const int *map, int 
 
 static void cpu_adamw_step(float *p, const float *g, float *m, float *v, void *p_low, const AdamwSpan *s,
                            int ns, const AdamwHyper *h) {
-    // The CPU computes in fp32: the weights are their own compute copy.
-    CHECK(p_low == NULL, "the CPU backend keeps no low-precision copy of the weights");
+    // The CPU computes in fp32: a compute copy (ZeRO-1's, beside its master shard) is fp32 too.
     const double bc1 = 1.0 - pow(h->beta1, (double)h->t), bc2 = 1.0 - pow(h->beta2, (double)h->t);
     const float b1 = h->beta1, b2 = h->beta2, eps = h->eps, lr = h->lr, gs = h->gscale;
     for (int i = 0; i < ns; i++) {
         const float d = s[i].decay ? 1.0f - lr * h->weight_decay : 1.0f;
-        float *pi = p + s[i].p_at, *mi = m + s[i].g_at, *vi = v + s[i].g_at;
+        float *pi = p + s[i].g_at, *mi = m + s[i].g_at, *vi = v + s[i].g_at;
+        float *low = p_low ? (float *)p_low + s[i].p_at : NULL;
         const float *gi = g + s[i].g_at;
         const long n = s[i].n;
 #pragma omp parallel for simd schedule(static)
@@ -233,6 +233,7 @@ static void cpu_adamw_step(float *p, const float *g, float *m, float *v, void *p
             vi[j] = b2 * vi[j] + (1.0f - b2) * gj * gj;
             float mhat = (float)(mi[j] / bc1), vhat = (float)(vi[j] / bc2);
             pi[j] = pi[j] * d - lr * mhat / (sqrtf(vhat) + eps);
+            if (low) low[j] = pi[j];
         }
     }
 }

@@ -193,7 +193,7 @@ typedef struct LayerOps {
     void (*ep_recv_pos)(int *recv_pos, const int *table, int B, long n);
 
     // Optimizer over a list of tensors (spans of the flat buffers, adamw_cuda.h): AdamW
-    // (adamw_cuda.h's arithmetic; p_low, of dt and p's layout, receives the new weights, or NULL)
+    // (adamw_cuda.h's arithmetic; p_low, of dt at the spans' p_at, receives the new weights, or NULL)
     // and *sum += Σ g² in double (sum in dev memory), each over all spans at once; and g *= s.
     void (*adamw_step)(float *p, const float *g, float *m, float *v, void *p_low, const AdamwSpan *s,
                        int ns, const AdamwHyper *h);

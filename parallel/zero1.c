@@ -41,11 +41,16 @@ void zero1_init(AdamW *o, const ParamRegistry *r, const LayerOps *ops, void *p_l
     const size_t bytes = (S > 0 ? S : 1) * sizeof(float);
     o->m = ops->alloc(bytes);
     o->v = ops->alloc(bytes);
-    // The moments against the unsharded optimizer's (two buffers of the registry's size); the
-    // shard's gradient buffer is an extra S floats, the weights and their gradients stay whole.
-    core_info0("zero-1: optimizer state %.2f MiB per rank instead of %.2f (AdamW moments of 1/%d of the "
-               "dense and 1/%d of the expert floats; a %.2f MiB gradient shard; weights and gradients "
-               "stay whole)", mib(2 * S), mib(2 * r->total), g->dp, g->edp, mib(S));
+    o->w = ops->alloc(bytes);
+    dp_sync_shard_take(o->shard, r->data, o->w);
+    // Against the unsharded optimizer: its moments, plus, where the layers read a compute copy, the
+    // fp32 values it steps (the only copy of them on a CPU, whose layers read them: the shard's
+    // master copy is then an extra 1/DP). The shard's gradient buffer is an extra S floats.
+    const size_t whole = (p_low ? 3 : 2) * r->total;
+    core_info0("zero-1: optimizer state %.2f MiB per rank instead of %.2f (AdamW moments and fp32 "
+               "master copy of 1/%d of the dense and 1/%d of the expert floats%s; a %.2f MiB gradient "
+               "shard; gradients stay whole)", mib(3 * S), mib(whole), g->dp, g->edp,
+               p_low ? "" : "; the fp32 weights the layers read stay whole beside it", mib(S));
 }
 
 void zero1_init_if(AdamW *o, const ParamRegistry *r, const LayerOps *ops, void *p_low, const Grid *g,
@@ -62,6 +67,8 @@ void zero1_free(AdamW *o) {
     if (!o->shard) return;
     dp_sync_free(o->shard);
     o->shard = NULL;
+    o->ops->free(o->w);
+    o->w = NULL;
 }
 
 void zero1_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float clip) {
@@ -81,7 +88,9 @@ void zero1_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float 
         const ParamInfo *pi = &r->p[param[sp[k].tensor]];
         span[k] = (AdamwSpan){(long)(pi->offset + sp[k].start), (long)sp[k].at, (long)sp[k].n, pi->decay};
     }
-    o->ops->adamw_step(r->data, g, o->m, o->v, o->p_low, span, np, &h);
+    // The master shard steps; the compute copy (the fp32 values themselves without one) receives
+    // the new weights at their registry place.
+    o->ops->adamw_step(o->w, g, o->m, o->v, o->p_low ? o->p_low : r->data, span, np, &h);
     core_free(span);
     core_free(param);
     prof_mark(PROF_OTHER);
@@ -93,37 +102,54 @@ void zero1_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float 
         dp_sync_shard_allgather(o->shard, r->data, sizeof(float), COMM_F32);
 }
 
-// On a GPU only the shard of the fp32 weights is current between steps (the step all-gathers the
-// compute copy): the rest is gathered from the other ranks.
-static void whole_weights(AdamW *o, ParamRegistry *r) {
-    if (o->p_low) dp_sync_shard_allgather(o->shard, r->data, sizeof(float), COMM_F32);
-}
-
 // A new buffer of the backend's memory (registry layout) ← the shard of every rank (collective). The
-// floats outside every trained tensor (the router biases' places) stay zero.
+// floats outside every trained tensor stay zero.
 static float *whole_moment(AdamW *o, const float *shard) {
-    const size_t bytes = o->total * sizeof(float);
-    float *full = o->ops->alloc(bytes);
+    float *full = o->ops->alloc(o->total * sizeof(float));
     dp_sync_shard_expand(o->shard, shard, full);
     return full;
 }
 
-void zero1_gather_state(AdamW *o, ParamRegistry *r, float *m, float *v) {
-    CHECK(o->shard, "zero1_gather_state: the optimizer is not sharded (zero1_init)");
-    whole_weights(o, r);
-    // One whole buffer at a time: a checkpoint needs no more device memory.
-    float *full = whole_moment(o, o->m);
-    o->ops->download(m, full, o->total * sizeof(float));
-    o->ops->free(full);
-    full = whole_moment(o, o->v);
-    o->ops->download(v, full, o->total * sizeof(float));
+// The same for the fp32 values: every rank's master shard (collective), and the untrained floats
+// (the router biases), which every rank holds at the head of r->data.
+static float *whole_values(AdamW *o, const ParamRegistry *r) {
+    float *full = whole_moment(o, o->w);
+    o->ops->copy(full, r->data, params_untrained_floats(r) * sizeof(float));
+    return full;
+}
+
+// Its inverse, local: the master shard, the untrained floats and the compute copy ← full (registry
+// layout). Without a compute copy r->data is the compute copy, whole.
+static void take_values(AdamW *o, ParamRegistry *r, const float *full) {
+    dp_sync_shard_take(o->shard, full, o->w);
+    if (o->p_low) {
+        o->ops->copy(r->data, full, params_untrained_floats(r) * sizeof(float));
+        o->ops->to_act(o->p_low, full, (long)o->total);
+    } else {
+        o->ops->copy(r->data, full, o->total * sizeof(float));
+    }
+}
+
+// Downloads a whole buffer into host memory and frees it.
+static void download_free(AdamW *o, float *host, float *full) {
+    o->ops->download(host, full, o->total * sizeof(float));
     o->ops->free(full);
 }
 
-void zero1_scatter_state(AdamW *o, const float *m, const float *v) {
+void zero1_gather_state(AdamW *o, const ParamRegistry *r, float *w, float *m, float *v) {
+    CHECK(o->shard, "zero1_gather_state: the optimizer is not sharded (zero1_init)");
+    // One whole buffer at a time: a checkpoint needs no more device memory.
+    download_free(o, w, whole_values(o, r));
+    download_free(o, m, whole_moment(o, o->m));
+    download_free(o, v, whole_moment(o, o->v));
+}
+
+void zero1_scatter_state(AdamW *o, ParamRegistry *r, const float *w, const float *m, const float *v) {
     CHECK(o->shard, "zero1_scatter_state: the optimizer is not sharded (zero1_init)");
     const size_t bytes = o->total * sizeof(float);
     float *full = o->ops->alloc_uninit(bytes);  // each upload writes it all
+    o->ops->upload(full, w, bytes);
+    take_values(o, r, full);
     o->ops->upload(full, m, bytes);
     dp_sync_shard_take(o->shard, full, o->m);
     o->ops->upload(full, v, bytes);
@@ -131,17 +157,19 @@ void zero1_scatter_state(AdamW *o, const float *m, const float *v) {
     o->ops->free(full);
 }
 
-void zero1_state_whole(AdamW *o, ParamRegistry *r, float **m, float **v) {
+void zero1_state_whole(AdamW *o, const ParamRegistry *r, float **w, float **m, float **v) {
     CHECK(o->shard, "zero1_state_whole: the optimizer is not sharded (zero1_init)");
-    whole_weights(o, r);
+    *w = whole_values(o, r);
     *m = whole_moment(o, o->m);
     *v = whole_moment(o, o->v);
 }
 
-void zero1_state_shard(AdamW *o, float *m, float *v) {
+void zero1_state_shard(AdamW *o, ParamRegistry *r, float *w, float *m, float *v) {
     CHECK(o->shard, "zero1_state_shard: the optimizer is not sharded (zero1_init)");
+    take_values(o, r, w);
     dp_sync_shard_take(o->shard, m, o->m);
     dp_sync_shard_take(o->shard, v, o->v);
+    o->ops->free(w);
     o->ops->free(m);
     o->ops->free(v);
 }

@@ -1,14 +1,16 @@
 // ZeRO-1 (docs/parallel.md, "ZeRO-1"): AdamW whose state is sharded over the data-parallel ranks.
 // The gradient sync reduce-scatters its buckets (dp_sync_shard_create) so that each rank receives
-// the averaged gradient of its shard only; each rank keeps the moments of that shard only, steps it
-// (the fp32 values at those positions are its master copy), and all-gathers the updated weights:
-// the compute copy (bf16 on a GPU) when the model has one, else the fp32 values. Dense tensors are
+// the averaged gradient of its shard only; each rank keeps the moments and the fp32 master copy of
+// that shard only, steps it, writes the new weights into the compute copy the layers read (bf16 on
+// a GPU; on fp32 backends the registry's values themselves) and all-gathers that. Dense tensors are
 // sharded over DP, expert slices over expert-DP, as their gradients are averaged.
 //
-// The optimizer is an AdamW (framework/optimizer.h) with o->shard set and m, v of the shard's size;
-// the checkpoint code still sees whole moments, through zero1_gather_state and zero1_scatter_state,
-// and an EPLB rebalance moves slot rows of whole moments, through zero1_state_whole and
-// zero1_state_shard.
+// The optimizer is an AdamW (framework/optimizer.h) with o->shard set and m, v, w of the shard's
+// size. With a compute copy, nothing reads the registry's trained fp32 values after zero1_init, and
+// the model keeps only its untrained ones (model_keep_untrained: the router biases, which lead the
+// registry). The checkpoint code still sees whole values and moments, through zero1_gather_state and
+// zero1_scatter_state, and an EPLB rebalance moves slot rows of them whole, through
+// zero1_state_whole and zero1_state_shard.
 #ifndef MOELAB_PARALLEL_ZERO1_H
 #define MOELAB_PARALLEL_ZERO1_H
 
@@ -35,20 +37,20 @@ void zero1_free(AdamW *o);
 // The step after dp_sync_complete(o->shard): the shard's gradients times clip (the global clip
 // factor), AdamW on the shard with learning rate lr, then the all-gather of the weights (collective).
 void zero1_step(AdamW *o, ParamRegistry *r, const MoeConfig *c, float lr, float clip);
-// For a checkpoint: m, v (host, r->total floats each) ← the whole moments, gathered from every rank;
-// on a GPU the fp32 values in r->data are made whole too (between steps only the shard of them is
-// current there). Collective.
-void zero1_gather_state(AdamW *o, ParamRegistry *r, float *m, float *v);
-// After a checkpoint load: this rank's shard of the whole moments m, v (host, registry layout).
-void zero1_scatter_state(AdamW *o, const float *m, const float *v);
+// For a checkpoint: w, m, v (host, r->total floats each) ← the whole fp32 values and moments,
+// gathered from every rank's shard (the untrained values from r->data). Collective.
+void zero1_gather_state(AdamW *o, const ParamRegistry *r, float *w, float *m, float *v);
+// After a checkpoint load (w, m, v: host, registry layout): this rank's shard of them, the untrained
+// values in r->data and the compute copy (r->data itself without one). Local.
+void zero1_scatter_state(AdamW *o, ParamRegistry *r, const float *w, const float *m, const float *v);
 // For an EPLB rebalance, which moves whole expert slot rows between EP ranks, while which positions
-// of a row lie in this rank's shard differs from slot to slot: *m, *v ← new buffers in the backend's
-// memory (r->total floats each, registry layout) holding the whole moments, and on a GPU the fp32
-// values in r->data made whole, as zero1_gather_state does. Collective.
-void zero1_state_whole(AdamW *o, ParamRegistry *r, float **m, float **v);
-// After the rebalance: this rank's shard of the moments ← m, v (from zero1_state_whole), which it
-// frees. Local.
-void zero1_state_shard(AdamW *o, float *m, float *v);
+// of a row lie in this rank's shard differs from slot to slot: *w, *m, *v ← new buffers in the
+// backend's memory (r->total floats each, registry layout) holding the whole fp32 values and
+// moments, as zero1_gather_state gathers them. Collective.
+void zero1_state_whole(AdamW *o, const ParamRegistry *r, float **w, float **m, float **v);
+// After the rebalance: from w, m, v (from zero1_state_whole, which it frees), as
+// zero1_scatter_state takes them. Local.
+void zero1_state_shard(AdamW *o, ParamRegistry *r, float *w, float *m, float *v);
 
 #ifdef __cplusplus
 }

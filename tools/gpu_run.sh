@@ -437,8 +437,8 @@ if want ep_bench; then
         [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train --ep $n --ep-chunks 2"
         mpi "$n" .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 2>&1 | sed "s/^ep_bench train:/ep_bench train DP $n:/" | tee -a "$log/ep_bench_train.txt"
         [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train, DP $n"
-        # ZeRO-1 (--zero 1): the AdamW moments sharded over the n DP ranks; its log line says the
-        # optimizer state per rank, the peak column what the GPU saved.
+        # ZeRO-1 (--zero 1): the AdamW moments and fp32 master weights sharded over the n DP
+        # ranks; its log line says the optimizer state per rank, the peak column what the GPU saved.
         mpi "$n" .dist/bin/ep_bench train --config configs/bench.cfg --ep 1 --zero 1 2>&1 | sed "s/^ep_bench train:/ep_bench train DP $n ZeRO-1:/" | tee -a "$log/ep_bench_train.txt"
         [ "${PIPESTATUS[0]}" = 0 ] || fail "ep_bench train, DP $n ZeRO-1"
     done

@@ -79,7 +79,7 @@ static const KeyInfo KEYS[] = {
     {"chunks", "0", K_INT, OFF(chunks), 0, 8192, NULL, "pipeline micro-batches per step (0: grad_accum)"},
     {"schedule", "1f1b", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
     {"fb_overlap", "0", K_BOOL, OFF(fb_overlap), 0, 1, NULL, "F&B ops: forward and backward on two GPU streams"},
-    {"zero", "0", K_INT, OFF(zero), 0, 1, NULL, "ZeRO stage: 1 shards the AdamW moments over the DP ranks (0: off)"},
+    {"zero", "0", K_INT, OFF(zero), 0, 1, NULL, "ZeRO stage: 1 shards the AdamW moments and fp32 master weights over the DP ranks (0: off)"},
     // The seven below choose how the work runs, not what it computes (beyond the rounding of the
     // GEMM kernels, and deterministic = 0, whose attention backward sums dQ in a varying order):
     // overlaps on by default, off to measure their gain.

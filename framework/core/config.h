@@ -62,7 +62,8 @@ typedef struct {
     int dp_overlap;      // bool: the DP gradient all-reduce overlaps the last backward (0: after it)
     int ep_overlap;      // bool: the shared experts overlap the EP dispatch all-to-all (0: after it)
     int ep_chunks;       // token chunks per EP MoE layer (1..8): chunk c's combine overlaps chunk c+1's experts
-    int zero;            // ZeRO stage: 1 shards the AdamW moments over the data-parallel ranks (0: off)
+    int zero;            // ZeRO stage: 1 shards the AdamW moments and fp32 master weights over the
+                         // data-parallel ranks (0: off)
     char expert_gemm[CONFIG_STR];  // GPU expert GEMMs: "cutlass" | "grouped" | "streams" | "loop"
     int gemm_streams;    // side streams of expert_gemm = streams (1..8)
     int cuda_graph;      // bool: on one GPU the training step's forward and backward run as a CUDA

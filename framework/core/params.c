@@ -76,6 +76,21 @@ float *params_grad(const ParamRegistry *r, const char *name) {
     return r->grad + r->p[i].offset;
 }
 
+size_t params_untrained_floats(const ParamRegistry *r) {
+    size_t end = 0, first_trained = r->total;
+    for (int i = 0; i < r->n; i++) {
+        const ParamInfo *p = &r->p[i];
+        if (p->kind == PARAM_BUFFER) {
+            if (p->offset + p->numel > end) end = p->offset + p->numel;
+        } else if (p->offset < first_trained) {
+            first_trained = p->offset;
+        }
+    }
+    CHECK(end <= first_trained, "the registry's untrained tensors do not all come before its trained ones "
+          "(they end at float %zu, a trained tensor starts at %zu)", end, first_trained);
+    return end;
+}
+
 void params_zero_grad(ParamRegistry *r) { memset(r->grad, 0, r->total * sizeof(float)); }
 
 void params_free(ParamRegistry *r) {

@@ -39,7 +39,8 @@ typedef struct {
     int n, cap;
     ParamInfo *p;
     size_t total;         // floats in each buffer
-    float *data;          // (total) values
+    float *data;          // (total) values; a model whose optimizer keeps the fp32 values elsewhere
+                          // holds only the untrained ones here (params_untrained_floats)
     float *grad;          // (total) gradients (zero for PARAM_BUFFER entries)
 } ParamRegistry;
 
@@ -59,6 +60,10 @@ void params_allocate(ParamRegistry *r);
 int params_find(const ParamRegistry *r, const char *name);
 float *params_ptr(const ParamRegistry *r, const char *name);   // CHECKs that the name exists
 float *params_grad(const ParamRegistry *r, const char *name);  // likewise
+// The floats of the untrained tensors (PARAM_BUFFER), which a registry that holds its trained values
+// elsewhere (ZeRO-1's master shard) keeps in data alone: the declarer places them first, and this
+// CHECKs that no trained tensor starts before their end, which it returns.
+size_t params_untrained_floats(const ParamRegistry *r);
 void params_zero_grad(ParamRegistry *r);
 void params_free(ParamRegistry *r);
 

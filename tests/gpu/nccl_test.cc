@@ -9,7 +9,9 @@
 // GPUs (2 ranks or more): the device EP dispatcher with R > E slots and replicas against the host
 // one (counts and rows bit for bit), the EPLB runtime on device buffers against the same runtime on
 // host buffers (duplicate Σ g², replica gradient sums, slot moves, placements re-uploaded after a
-// rebalance), and EP training rebalancing every 2 steps against the same run without EPLB.
+// rebalance), and EP training rebalancing every 2 steps against the same run without EPLB. ZeRO-1
+// in bf16 against the unsharded optimizer: its step (any number of ranks, one included) and the
+// trainer with --zero 1 (2 ranks or more).
 // DISABLED_UnmatchedAllReduceTimesOut is run on its own by gpu_run.sh: it must end the job.
 #include <gtest/gtest.h>
 
@@ -30,9 +32,11 @@ extern "C" {
 #include "framework/train.h"
 #include "parallel/comm.h"
 #include "parallel/comm_nccl.h"
+#include "parallel/dp_sync.h"
 #include "parallel/ep_dispatch.h"
 #include "parallel/eplb_runtime.h"
 #include "parallel/grid.h"
+#include "parallel/zero1.h"
 }
 
 #include "tests/util/layout_util.h"
@@ -414,6 +418,140 @@ TEST(GpuEpTrain, AllTokensToOneExpert) {
     const long tokens = (long)comm_world()->size * c.batch_size * c.T;
     EXPECT_EQ(counts[(size_t)1 * c.E + 0], tokens);
     for (int e = 1; e < c.E; e++) EXPECT_EQ(counts[(size_t)1 * c.E + e], 0) << "expert " << e;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ZeRO-1 in bf16 against the unsharded optimizer, DP = the world: the optimizer alone (any number of
+// ranks, one included, where the trainer would not shard), then the trainer (2 ranks or more).
+
+// The bf16 table on this rank's GPU.
+const LayerOps *gpu_bf16() { return backend_ops_on("cuda", grid_local_rank(comm_world(), NULL)); }
+
+std::vector<float> download_f32(const float *d, size_t n) {
+    std::vector<float> h(n);
+    gpu_bf16()->download(h.data(), d, n * sizeof(float));
+    return h;
+}
+
+std::vector<uint16_t> download_low(const Model *m) {
+    std::vector<uint16_t> h(m->reg.total);
+    gpu_bf16()->download(h.data(), m->wlow, h.size() * sizeof(uint16_t));
+    return h;
+}
+
+// The same gradients on every rank (zero for the untrained tensors), different each step, with 8
+// significant bits, so that the sum of up to 4 equal ones is exact.
+void fill_grads(Model *m, int step) {
+    std::vector<float> g(m->reg.total, 0.0f);
+    for (int i = 0; i < m->reg.n; i++) {
+        const ParamInfo *q = &m->reg.p[i];
+        if (q->kind != PARAM_BUFFER) rng_normal_fill(&g[q->offset], q->numel, 0.01f, 900 + step, q->layer, q->name, -1);
+    }
+    for (float &x : g) {
+        uint32_t u;
+        std::memcpy(&u, &x, sizeof u);
+        u &= 0xFFFF0000u;
+        std::memcpy(&x, &u, sizeof u);
+    }
+    gpu_bf16()->upload(m->reg.grad, g.data(), g.size() * sizeof(float));
+}
+
+// Three AdamW steps of the same model on the same gradients, unsharded and ZeRO-1 (1000-float
+// buckets that cut tensors), then a save's gather and a load's scatter of the sharded state and one
+// more step. The gradients are equal on every rank and short, so their average is the same bits
+// at DP 1, 2 and 4 (the sums of equal terms and the 1/DP scale are exact): the compute copies (bf16 bits)
+// and the gathered fp32 values and moments must equal the unsharded ones bit for bit, and the fp32
+// values must be freed but for the router biases.
+TEST(GpuZero1, StepMatchesTheUnshardedStep) {
+    const int W = comm_world()->size;
+    if (W != 1 && W != 2 && W != 4) GTEST_SKIP() << "needs 1, 2 or 4 ranks (exact averages)";
+    const LayerOps *o = gpu_bf16();
+    MoeConfig c = small();
+    Model *a = model_create(&c, 0, 1), *b = model_create(&c, 0, 1);
+    model_init_weights(a);
+    model_init_weights(b);
+    model_to_device(a, o);
+    model_to_device(b, o);
+    AdamW oa, ob;
+    adamw_init_on(&oa, &a->reg, o, a->wlow);
+    Grid *g = grid_create(comm_world(), 1, 1, c.E);
+    grid_to_device(g, o);
+    zero1_init(&ob, &b->reg, o, b->wlow, g, 1000);
+    model_keep_untrained(b);
+    EXPECT_EQ(b->untrained_only, 1);
+    const size_t n = a->reg.total;
+    auto step = [&](int s) {
+        fill_grads(a, s);
+        fill_grads(b, s);
+        adamw_step(&oa, &a->reg, &c, 1e-3f * (float)(s + 1), 0.5f);
+        dp_sync_complete(ob.shard);
+        zero1_step(&ob, &b->reg, &c, 1e-3f * (float)(s + 1), 0.5f);
+    };
+    for (int s = 0; s < STEPS; s++) step(s);
+    std::vector<float> w(n), mm(n), vv(n);
+    zero1_gather_state(&ob, &b->reg, w.data(), mm.data(), vv.data());
+    EXPECT_TRUE(w == download_f32(a->reg.data, n)) << "fp32 values";
+    EXPECT_TRUE(mm == download_f32(oa.m, n)) << "first moments";
+    EXPECT_TRUE(vv == download_f32(oa.v, n)) << "second moments";
+    EXPECT_TRUE(download_low(a) == download_low(b)) << "compute copies";
+    zero1_scatter_state(&ob, &b->reg, w.data(), mm.data(), vv.data());
+    step(STEPS);
+    EXPECT_TRUE(download_low(a) == download_low(b)) << "compute copies after a save and a load";
+    zero1_free(&ob);
+    adamw_free(&ob);
+    adamw_free(&oa);
+    model_free(a);
+    model_free(b);
+    grid_free(g);
+}
+
+// Losses and gradient norms of 3 trainer steps (then of one more after a save's gather and a load's
+// scatter), and the gathered fp32 values, DP = the world, in bf16, with `zero` as the config key.
+std::vector<float> zero1_trainer_run(int zero, std::vector<float> *w) {
+    MoeConfig c = small();
+    c.grad_accum = 2;
+    c.zero = zero;
+    Grid *g = grid_create(comm_world(), 1, 1, c.E);
+    const int dp = g->dp, dp_rank = g->dp_rank;
+    PipeTrainer *p = pipe_trainer_create(&c, g, gpu_bf16());  // owns g
+    Model *m = p->ctx[0].m;
+    AdamW *a = p->ctx[0].o;
+    EXPECT_EQ(a->shard != NULL, zero == 1);
+    EXPECT_EQ(m->untrained_only, zero);
+    std::vector<float> out;
+    auto step = [&](int s) {
+        std::vector<int> tok = global_batch(c, dp * c.grad_accum, s);
+        StepStats st = pipe_train_step(p, &c, s, tok.data() + (size_t)dp_rank * c.grad_accum * c.batch_size * (c.T + 1));
+        out.push_back(st.loss);
+        out.push_back(st.grad_norm);
+    };
+    for (int s = 0; s < STEPS; s++) step(s);
+    const size_t n = m->reg.total;
+    w->resize(n);
+    if (zero) {
+        std::vector<float> mm(n), vv(n);
+        zero1_gather_state(a, &m->reg, w->data(), mm.data(), vv.data());
+        zero1_scatter_state(a, &m->reg, w->data(), mm.data(), vv.data());
+    } else {
+        *w = download_f32(m->reg.data, n);
+    }
+    step(STEPS);
+    pipe_trainer_free(p);
+    return out;
+}
+
+// The trainer with --zero 1 against the same run without: losses and norms within TOL, the fp32
+// values within W_TOL (DP > 2 may sum the gradients in another order than the all-reduce).
+TEST(GpuZero1, TrainerMatchesTheUnshardedRun) {
+    if (comm_world()->size < 2) GTEST_SKIP() << "needs 2 ranks or more (one process has no DP to shard)";
+    std::vector<float> wz, wu;
+    const std::vector<float> z = zero1_trainer_run(1, &wz), u = zero1_trainer_run(0, &wu);
+    ASSERT_EQ(z.size(), u.size());
+    for (size_t i = 0; i < u.size(); i++)
+        EXPECT_NEAR(z[i], u[i], TOL * std::fabs(u[i])) << "step " << i / 2 << (i % 2 ? " grad norm" : " loss");
+    const double e = rel_err(wz, wu.data(), wu.size());
+    EXPECT_LE(e, W_TOL) << "fp32 values";
+    if (comm_world()->rank == 0) std::printf("zero-1 dp %d: fp32 values %.2e relative against unsharded\n", comm_world()->size, e);
 }
 
 // ---------------------------------------------------------------------------------------------

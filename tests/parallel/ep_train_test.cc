@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "tests/util/layout_util.h"
@@ -94,7 +95,11 @@ std::vector<long> compare_with_one_process(MoeConfig c, int ep, int A, size_t ze
     // The whole moments of this rank's tensors (ZeRO-1: gathered from the shards, as a save does).
     std::vector<float> mom_m(m->reg.total), mom_v(m->reg.total);
     if (o.shard) {
-        zero1_gather_state(pt->ctx[0].o, &m->reg, mom_m.data(), mom_v.data());
+        // The gathered master copy must equal the weights the layers read, bit for bit.
+        std::vector<float> w(m->reg.total);
+        zero1_gather_state(pt->ctx[0].o, &m->reg, w.data(), mom_m.data(), mom_v.data());
+        EXPECT_EQ(std::memcmp(w.data(), m->reg.data, w.size() * sizeof(float)), 0)
+            << "the ZeRO-1 master copy differs from the weights, ep " << ep;
     } else {
         mom_m.assign(o.m, o.m + o.total);
         mom_v.assign(o.v, o.v + o.total);

@@ -322,14 +322,18 @@ struct TrainRun {
         return n;
     }
     // The whole AdamW moments m, v (registry layout) of stage `pipe`: a ZeRO-1 optimizer's gathered
-    // from the shards (a collective), else its own.
+    // from the shards (a collective), else its own. A ZeRO-1 optimizer's gathered master copy must
+    // equal the weights the layers read, bit for bit, rebalances' moves included.
     void moments(int pipe, std::vector<float> *mm, std::vector<float> *vv) const {
         Model *sm = p->ctx[pipe].m;
         AdamW *so = p->ctx[pipe].o;
         mm->resize(sm->reg.total);
         vv->resize(sm->reg.total);
         if (so->shard) {
-            zero1_gather_state(so, &sm->reg, mm->data(), vv->data());
+            std::vector<float> w(sm->reg.total);
+            zero1_gather_state(so, &sm->reg, w.data(), mm->data(), vv->data());
+            EXPECT_EQ(std::memcmp(w.data(), sm->reg.data, w.size() * sizeof(float)), 0)
+                << "stage " << pipe << ": the ZeRO-1 master copy differs from the weights";
             return;
         }
         std::copy(so->m, so->m + sm->reg.total, mm->begin());

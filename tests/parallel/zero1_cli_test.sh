@@ -41,7 +41,7 @@ mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --out "$tmp/dp2" --metrics "$t
 mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --zero 1 --out "$tmp/z2" --save-every 3 \
     --metrics "$tmp/z2.jsonl" >"$tmp/z2.log"
 mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 2 --zero 1 --metrics "$tmp/z4.jsonl" >"$tmp/z4.log"
-memory="zero-1: optimizer state [0-9.]+ MiB per rank instead of [0-9.]+ \(AdamW moments of 1/4 of the dense"
+memory="zero-1: optimizer state [0-9.]+ MiB per rank instead of [0-9.]+ \(AdamW moments and fp32 master copy of 1/4 of the dense"
 grep -Eq "$memory and 1/2 of the expert floats" "$tmp/z4.log" ||
     { echo "FAIL: no memory line in the DP 4 log:"; cat "$tmp/z4.log"; exit 1; }
 "$moelab" train "${args[@]}" --grad-accum 4 --zero 1 --metrics "$tmp/z1.jsonl" >"$tmp/z1.log"
