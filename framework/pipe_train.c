@@ -278,7 +278,8 @@ static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
     if (rebalance)
         core_usage_error("config: an EPLB rebalance under ZeRO-1 needs at least %.1f GiB of host memory for %s "
                          "(%.1f GiB held after setup by weights, gradients and optimizer state, and %.1f GiB for "
-                         "the whole AdamW moments it moves expert rows of), more than the machine's %.1f GiB: "
+                         "the whole fp32 weights and AdamW moments it moves expert rows of), more than the "
+                         "machine's %.1f GiB: "
                          "lower the model's sizes, or run without --zero 1 or --eplb-interval",
                          (held + extra) / GiB, who, held / GiB, extra / GiB, have / GiB);
     core_usage_error("config: a training step needs at least %.1f GiB of host memory for %s (%.1f GiB held "

@@ -43,9 +43,10 @@ typedef struct {
                                // dispatchers are not owned); the runtime installs the placement in them
     const EplbTensor *tensor;  // (n_tensor) every expert tensor of every layer (copied)
     int n_tensor;
-    float *state[EPLB_STATES]; // moved with the slots: weights, AdamW m, AdamW v (a caller may
-                               // repoint rt->s.state between steps: ZeRO-1 points m, v at whole
-                               // copies of its sharded moments for a rebalance)
+    float *state[EPLB_STATES]; // moved with the slots: fp32 weights, AdamW m, AdamW v (a caller may
+                               // repoint rt->s.state in move_begin: ZeRO-1 leaves all three NULL
+                               // between rebalances and points them at whole copies of its shards
+                               // for the moves)
     float *grad;               // gradients: replicas are summed here
     // Where the buffers live (NULL: host memory, layer_ops_cpu): a table whose add sums fp32 (the
     // fp32 table of the buffers' device, backend_ops_f32) for copies, sums and Σ g².
@@ -53,7 +54,7 @@ typedef struct {
     Comm *ep_dev;              // the twin of ep that moves buffer rows (NULL: ep itself)
     // Called by a rebalance around its moves, only when its plan changes some slot (the plan is
     // the same on every rank, so all of them call or none does): before, a caller makes whole what
-    // the moves need (ZeRO-1: its sharded moments, into state); after, it refreshes what depends on
+    // the moves need (ZeRO-1: its sharded weights and moments, into state); after, it refreshes what depends on
     // the moved rows. NULL: nothing. A rebalance that changes no slot moves nothing and calls neither.
     void (*move_begin)(void *ctx), (*move_end)(void *ctx);
     void *move_ctx;

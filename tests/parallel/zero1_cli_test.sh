@@ -20,7 +20,7 @@
 #     steps that copy experts between ranks) --zero 1 matches the same run without it: losses and
 #     gradient norms within 1e-5, the checkpoints of step 6 (moments gathered, placement saved) too;
 #     its checkpoint of step 3, between two rebalances, resumes under --zero 1 and matches steps 4-6;
-#  7. the host memory check counts the whole moments a rebalance holds under ZeRO-1: with the
+#  7. the host memory check counts the whole copies a rebalance holds under ZeRO-1: with the
 #     machine's memory set by the test seam MOELAB_TEST_HOST_MEMORY_MIB between what a step needs and
 #     what a rebalance needs, the EPLB run is exit 2 on every rank naming the rebalance, and the same
 #     run without EPLB trains.
@@ -132,8 +132,8 @@ mpi 4 "$moelab" train "${eargs[@]}" --zero 1 --resume "$tmp/ez4/step_3.h5" --met
 close_steps "$tmp/ez4.jsonl" "$tmp/ezr.jsonl" 456
 echo "ok: ZeRO-1 with EPLB matches the unsharded EPLB run, and its checkpoint resumes"
 
-# 7. Experts of 32 768 floats a row make the whole moments about 0.5 GiB over the 4 ranks, well above
-# the activations of micro-batches of one sequence; the first run, with 1 MiB, reports what is held
+# 7. Experts of 32 768 floats a row make a rebalance's whole copies of the weights and moments far
+# larger than the activations of micro-batches of one sequence; the first run, with 1 MiB, reports what is held
 # and what a rebalance adds, and the machine is then set halfway between. No redundant slots, so that
 # the run without EPLB holds the same.
 margs=("${args[@]}" --grad-accum 1 --ep 2 --eplb-interval 1 --d-expert 32768 --steps 1 --zero 1 --batch-size 1)
@@ -145,9 +145,9 @@ expect_exit2 rebalance_memory "config: an EPLB rebalance under ZeRO-1 needs at l
 read -r held whole < <(grep -m1 -o "([0-9.]* GiB held .*, and [0-9.]* GiB for the whole" "$tmp/rebalance_memory.out" |
     awk '{print substr($1, 2), $(NF-4)}')
 export MOELAB_TEST_HOST_MEMORY_MIB=$(awk -v h="$held" -v w="$whole" 'BEGIN {printf "%d", (h + w / 2) * 1024}')
-echo "held $held GiB, whole moments $whole GiB: machine set to $MOELAB_TEST_HOST_MEMORY_MIB MiB"
+echo "held $held GiB, whole copies $whole GiB: machine set to $MOELAB_TEST_HOST_MEMORY_MIB MiB"
 expect_exit2 rebalance_memory_half "config: an EPLB rebalance under ZeRO-1 needs at least" 4 "${margs[@]}"
 mpi 4 "$moelab" train "${margs[@]}" --eplb-interval 0 >"$tmp/no_eplb.log" 2>&1 ||
     { echo "FAIL: the run without EPLB was refused at $MOELAB_TEST_HOST_MEMORY_MIB MiB:"; cat "$tmp/no_eplb.log"; exit 1; }
 unset MOELAB_TEST_HOST_MEMORY_MIB
-echo "ok: the memory check counts a rebalance's whole moments under ZeRO-1"
+echo "ok: the memory check counts a rebalance's whole copies under ZeRO-1"
