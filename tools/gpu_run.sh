@@ -2,11 +2,11 @@
 # Runs what tools/gpu_build.sh put into .dist/, on the GPU machine, in stages (all but trace, pp,
 # pp_bench and rehearse by default):
 #   tests      the kernel suite (gpu_test) and the whole-model suite (model_gpu_test)
-#   sanitizer  compute-sanitizer memcheck and racecheck over the kernel suite (not over cuDNN's
-#              kernels: the AttentionCudnn* tests are left out, and racecheck leaves out the tests
-#              of the CUTLASS grouped GEMMs, which it cannot run); over the whole suite memcheck
-#              alone outlasts a 10-minute device call (2026-12-04): give the tests to check as the
-#              filter, e.g. STAGES=sanitizer bash tools/gpu_run.sh 'Gpu.LinearGrouped*'
+#   sanitizer  compute-sanitizer memcheck, racecheck and initcheck over the kernel suite (not over
+#              cuDNN's kernels: the AttentionCudnn* tests are left out; racecheck leaves out the
+#              tests of the CUTLASS grouped GEMMs, which it cannot run, and initcheck the MoE layer
+#              test, below); a filter narrows it, e.g.
+#              STAGES=sanitizer bash tools/gpu_run.sh 'Gpu.LinearGrouped*'
 #   kernels    the kernel benchmark at the bench config's shapes, and its library baselines in the
 #              same run (tools/bench_torch_kernels.py: PyTorch's grouped GEMM, cuDNN and
 #              FlashAttention-2 through scaled_dot_product_attention); KERNELS_SECTIONS="attention"
@@ -191,13 +191,17 @@ fi
 # AttentionManySequences alone 438 s under racecheck when 14 ran at once).
 if want sanitizer; then
     if command -v compute-sanitizer >/dev/null; then
-        for tool in memcheck racecheck; do
+        for tool in memcheck racecheck initcheck; do
             echo "== compute-sanitizer --tool $tool"
             # racecheck breaks the CUTLASS grouped forward and backward_input (2026-12-04: the process
             # fails with "Internal Sanitizer Error ... hardware exception" even with no kernel
             # instrumented, --kernel-name kns=no_such_kernel); memcheck covers their tests.
             skip="*Death*:*Cudnn*"
             [ "$tool" = racecheck ] && skip="$skip:*LinearGrouped*:*MoeLayer*"
+            # initcheck reports the MoE layer's kernels reading cuBLAS's outputs (router logits,
+            # shared-expert products) from buffers no fill ever wrote: writes it does not see, by
+            # every sign (docs/gpu.md, "Not done yet").
+            [ "$tool" = initcheck ] && skip="$skip:*MoeLayerMatchesCpu*"
             dir="$log/sanitizer_$tool"
             mkdir -p "$dir"
             .dist/bin/gpu_test --gtest_list_tests --gtest_filter="$filter:-$skip" |
