@@ -198,9 +198,9 @@ if want sanitizer; then
             # instrumented, --kernel-name kns=no_such_kernel); memcheck covers their tests.
             skip="*Death*:*Cudnn*"
             [ "$tool" = racecheck ] && skip="$skip:*LinearGrouped*:*MoeLayer*"
-            # initcheck reports the MoE layer's kernels reading cuBLAS's outputs (router logits,
-            # shared-expert products) from buffers no fill ever wrote: writes it does not see, by
-            # every sign (docs/gpu.md, "Not done yet").
+            # initcheck does not see cuBLAS's writes (a probe had every word of a beta-0 GEMM's output
+            # reported): it reports the MoE layer's kernels reading cuBLAS's outputs (router logits,
+            # shared-expert products) from buffers no fill wrote (docs/gpu.md, "Not done yet").
             [ "$tool" = initcheck ] && skip="$skip:*MoeLayerMatchesCpu*"
             dir="$log/sanitizer_$tool"
             mkdir -p "$dir"
