@@ -98,15 +98,17 @@ static CkptShard trainer_shard(Trainer *t, int pipe) {
 
 // What a checkpoint stores of model m and optimizer o, in the host memory the checkpoint code reads
 // and writes: on the CPU without ZeRO-1 their own buffers; else host copies of the fp32 values and
-// the whole AdamW moments (a ZeRO-1 optimizer's gathered from every rank: a collective). AdamW's t
+// the whole AdamW moments, filled for a save (a ZeRO-1 optimizer's gathered from every rank: a
+// collective) and left zero for a load, which reads every tensor's floats (save = 0). AdamW's t
 // lives on the host either way.
-static CkptView trainer_ckpt_view(Model *m, AdamW *o) {
+static CkptView trainer_ckpt_view(Model *m, AdamW *o, int save) {
     CkptView v = {&m->cfg, &m->reg, m->reg.data, o->m, o->v, &o->t};
     if (m->ops->dev == CORE_CPU && !o->shard) return v;
     const size_t bytes = m->reg.total * sizeof(float);
     v.data = core_alloc(bytes);
     v.m = core_alloc(bytes);
     v.v = core_alloc(bytes);
+    if (!save) return v;
     if (o->shard) {
         zero1_gather_state(o, &m->reg, v.data, v.m, v.v);
     } else {
@@ -161,7 +163,7 @@ static void trainer_resume(Trainer *t) {
         Model *m = t->pipe->ctx[pipe].m;
         AdamW *o = t->pipe->ctx[pipe].o;
         const CkptShard sh = trainer_shard(t, pipe);
-        CkptView v = trainer_ckpt_view(m, o);
+        CkptView v = trainer_ckpt_view(m, o, 0);
         ckpt_load(t->cfg.resume, &sh, &v, &st);
         trainer_ckpt_view_free(&v, m, o, 1);
     }
@@ -237,7 +239,7 @@ static void trainer_save(Trainer *t) {
     const CkptShard sh = trainer_shard(t, 0);
     Comm *world = t->pipe->grid ? t->pipe->grid->world_comm : NULL;
     if (sh.parts == 1) {
-        CkptView v = trainer_ckpt_view(m, o);
+        CkptView v = trainer_ckpt_view(m, o, 1);
         ckpt_save(path, &sh, &v, &st, &e);
         trainer_ckpt_view_free(&v, m, o, 0);
         ckpt_clear(path, 0);  // parts of an earlier multi-part save of this step
@@ -248,7 +250,7 @@ static void trainer_save(Trainer *t) {
             Model *pm = t->pipe->ctx[pipe].m;
             AdamW *po = t->pipe->ctx[pipe].o;
             const CkptShard psh = trainer_shard(t, pipe);
-            CkptView v = trainer_ckpt_view(pm, po);
+            CkptView v = trainer_ckpt_view(pm, po, 1);
             ckpt_part_write(path, &psh, &v, &pf[pipe]);
             trainer_ckpt_view_free(&v, pm, po, 0);
         }
