@@ -254,11 +254,12 @@ Prepared<G> &prepared(cudaStream_t st, float beta, int factor, bool along_n) {
             CUDA_CHECK(cudaMalloc((void **)&p.arr, sizeof(GroupArrays<G>)));
             p.ws_bytes =
                 G::Gemm::get_workspace_size(arguments<G>(p.arr, GEMM_SM90_MAX_GROUPS, 0.0f, factor, along_n));
-            // Zeroed once: CUTLASS's kernel reads workspace words that no write compute-sanitizer's
-            // initcheck sees has set (its per-multiprocessor TMA descriptors, rewritten in place), and
-            // with the fill the grouped-GEMM tests run clean under it (2026-12-06).
+            // Zeroed once, on st before the GEMM: CUTLASS's kernel reads workspace words that no
+            // write compute-sanitizer's initcheck sees has set (its per-multiprocessor TMA
+            // descriptors, rewritten in place), and with the fill the grouped-GEMM tests run clean
+            // under it (2026-12-06). A slot first made during a capture zeroes at every replay.
             if (p.ws_bytes) CUDA_CHECK(cudaMalloc(&p.ws, p.ws_bytes));
-            if (p.ws_bytes) CUDA_CHECK(cudaMemset(p.ws, 0, p.ws_bytes));
+            if (p.ws_bytes) CUDA_CHECK(cudaMemsetAsync(p.ws, 0, p.ws_bytes, st));
             return p;
         }
     }

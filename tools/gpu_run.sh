@@ -183,12 +183,12 @@ if want tests; then
     done
 fi
 
-# Out-of-bounds accesses and shared-memory races, on the kernel tests minus the death tests (whose
-# re-executed children would run outside the sanitizer). Each test is its own sanitized process and
-# as many run at once as the machine has cores, at most 16 (all of them on one GPU, whose memory
-# they share): the tools' cost is on the host, and racecheck over the suite in one process needs
-# far more than a device call's 10 minutes (2026-12-06 on an H100 with 16 cores: both tools 402 s,
-# AttentionManySequences alone 438 s under racecheck when 14 ran at once).
+# Out-of-bounds accesses, shared-memory races and reads of uninitialized memory, on the kernel
+# tests minus the death tests (whose re-executed children would run outside the sanitizer). Each
+# test is its own sanitized process and as many run at once as the machine has cores, at most 16
+# (all of them on one GPU, whose memory they share): the tools' cost is on the host, and racecheck
+# over the suite in one process needs far more than a device call's 10 minutes (2026-12-06 on an
+# H100 with 16 cores: memcheck and racecheck 402 s together, initcheck 13 to 80 s).
 if want sanitizer; then
     if command -v compute-sanitizer >/dev/null; then
         for tool in memcheck racecheck initcheck; do
