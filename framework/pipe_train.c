@@ -215,7 +215,8 @@ static void stage_eplb_attach(PipeStageCtx *x, const MoeConfig *c) {
 // step's peak); the ranks of each machine add theirs up against that machine's memory, and if any
 // machine's would exceed it, every rank refuses the config naming the fullest one. Under ZeRO-1 an
 // EPLB rebalance (between steps, the activations freed) holds whole copies of the values and the
-// moments beside the shards (stage_move_begin): a rank's peak beyond what it holds is the larger of the two.
+// moments beside the shards (stage_move_begin): a rank's peak beyond what it holds is the larger of
+// the two.
 // Test seam (core_test_seam): MOELAB_TEST_HOST_MEMORY_MIB stands for the machine's memory, so that
 // the tests reach the refusal without filling a machine (tests/parallel/zero1_cli_test.sh).
 static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
@@ -279,8 +280,7 @@ static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
         core_usage_error("config: an EPLB rebalance under ZeRO-1 needs at least %.1f GiB of host memory for %s "
                          "(%.1f GiB held after setup by weights, gradients and optimizer state, and %.1f GiB for "
                          "the whole fp32 weights and AdamW moments it moves expert rows of), more than the "
-                         "machine's %.1f GiB: "
-                         "lower the model's sizes, or run without --zero 1 or --eplb-interval",
+                         "machine's %.1f GiB: lower the model's sizes, or run without --zero 1 or --eplb-interval",
                          (held + extra) / GiB, who, held / GiB, extra / GiB, have / GiB);
     core_usage_error("config: a training step needs at least %.1f GiB of host memory for %s (%.1f GiB held "
                      "after setup by weights, gradients and optimizer state, %.1f GiB of activations and their "

@@ -54,8 +54,9 @@ typedef struct {
     Comm *ep_dev;              // the twin of ep that moves buffer rows (NULL: ep itself)
     // Called by a rebalance around its moves, only when its plan changes some slot (the plan is
     // the same on every rank, so all of them call or none does): before, a caller makes whole what
-    // the moves need (ZeRO-1: its sharded weights and moments, into state); after, it refreshes what depends on
-    // the moved rows. NULL: nothing. A rebalance that changes no slot moves nothing and calls neither.
+    // the moves need (ZeRO-1: its sharded weights and moments, into state); after, it refreshes what
+    // depends on the moved rows. NULL: nothing. A rebalance that changes no slot moves nothing and
+    // calls neither.
     void (*move_begin)(void *ctx), (*move_end)(void *ctx);
     void *move_ctx;
 } EplbRuntimeSpec;

@@ -533,7 +533,8 @@ TEST(GpuZero1, StepMatchesTheUnshardedStep) {
 }
 
 // Losses and gradient norms of 3 trainer steps (then of one more after a save's gather, the sharded
-// state clobbered and a load's scatter), and the gathered fp32 values, DP = the world, in bf16, with `zero` as the config key.
+// state clobbered and a load's scatter), and the gathered fp32 values, DP = the world, in bf16, with
+// `zero` as the config key.
 std::vector<float> zero1_trainer_run(int zero, std::vector<float> *w) {
     MoeConfig c = small();
     c.grad_accum = 2;
