@@ -11,11 +11,11 @@
 //
 // The plan and the row moves are calls of the backend table (layers/ops.h: ep_plan, ep_recv_pos,
 // scatter_rows, gather_rows), so the CPU tests run the same code as a GPU. On a GPU the plan stays
-// on the device except for the R slot counts, which come to the host in one copy: the count exchange
-// runs over the host group (the MoE layer needs the counts on the host anyway, for its grouped
-// GEMMs), the peer counts and the receive permute's block table are host arithmetic, and the table
-// goes back in one upload from which the table's ep_recv_pos makes the permute's row map. The rows
-// travel over the NCCL twin.
+// on the device, and so does the count exchange (over the NCCL twin, like the rows); then the slot
+// counts sent and received come to the host in one copy (NCCL's receives and the expert rows'
+// allocation need them there), the peer counts and the receive permute's block table are host
+// arithmetic, and the table goes back in one upload from which the table's ep_recv_pos makes the
+// permute's row map.
 #include "parallel/ep_dispatch.h"
 
 #include <limits.h>
@@ -27,8 +27,9 @@
 #include "layers/ops.h"
 
 typedef struct {
-    Comm *ep;        // the EP group (not owned): counts, and the rows of a CPU dispatcher
-    Comm *ep_dev;    // its NCCL twin for device rows (not owned; ep_dispatcher_to_device), or NULL
+    Comm *ep;        // the EP group (not owned): the counts and rows of a CPU dispatcher
+    Comm *ep_dev;    // its NCCL twin for device counts and rows (not owned; ep_dispatcher_to_device),
+                     // or NULL
     int E, R;        // logical experts; physical slots over the group (R / ep->size per rank)
     int maxcnt;      // most replicas of one expert
     int *phy2log;    // (R) logical expert of each slot
@@ -58,6 +59,10 @@ struct MoeDispatchPlan {
 
 static EpDispatcher *impl_of(MoeDispatcher *d) { return (EpDispatcher *)d->impl; }
 static const LayerOps *ops_of(const MoeDispatcher *d) { return d->ops ? d->ops : &layer_ops_cpu; }
+// The group that moves buffers of the backend's memory: the NCCL twin for a GPU's.
+static Comm *data_comm(MoeDispatcher *d) {
+    return ops_of(d)->dev != CORE_CPU ? impl_of(d)->ep_dev : impl_of(d)->ep;
+}
 
 // The receive permute of a plan whose received counts are rcnt (P, Ln): block b = j·Ln + s arrives
 // at offset Σ_{b' < b} rcnt[b'] (the exchange packs by source rank) and belongs at the expert rows of
@@ -105,17 +110,20 @@ static MoeDispatchPlan *ep_plan(MoeDispatcher *self, const int *idx, int N, int 
     p->N = N;
     p->K = K;
     p->n_send = (int)n;
-    int *cnt = core_alloc((size_t)2 * R * sizeof(int));  // (2, P, Ln) rows sent and received per block
     p->send_pos = o->alloc((size_t)(n > 0 ? n : 1) * sizeof(int));
-    int *dcnt = o->alloc((size_t)R * sizeof(int));  // (R)
+    // (2, P, Ln) rows sent and received per block (destination or source rank, local slot), in the
+    // backend's memory: the counts are exchanged where the plan made them (one small all-to-all),
+    // and both halves come to the host in the plan's one device → host copy.
+    int *dcnt = o->alloc((size_t)2 * R * sizeof(int));
     o->ep_plan(p->send_pos, dcnt, idx, n, x->E, x->d_log2phy, x->d_logcnt, x->maxcnt, x->ep->rank, R);
-    o->download(cnt, dcnt, (size_t)R * sizeof(int));  // the plan's one device → host copy
+    comm_alltoall(data_comm(self), dcnt, dcnt + R, (size_t)Ln, COMM_I32);
+    int *cnt = core_alloc((size_t)2 * R * sizeof(int));
+    o->download(cnt, dcnt, (size_t)2 * R * sizeof(int));
     o->free(dcnt);
     long sent = 0;
     for (int s = 0; s < R; s++) sent += cnt[s];
     CHECK(sent == n, "ep dispatcher: %ld of %ld routed pairs have an expert id outside [0, %d)", n - sent,
           n, x->E);
-    comm_alltoall(x->ep, cnt, cnt + R, (size_t)Ln, COMM_I32);
 
     // Rows per peer each way, and the rows each local slot receives.
     p->peer = core_alloc((size_t)2 * P * sizeof(size_t));
@@ -151,7 +159,7 @@ static size_t row_words(const LayerOps *o, int D) {
 static void exchange(MoeDispatcher *self, MoeDispatchPlan *p, int out, const void *send, void *recv, void *dst,
                      int D) {
     EpDispatcher *x = impl_of(self);
-    Comm *c = ops_of(self)->dev != CORE_CPU ? x->ep_dev : x->ep;
+    Comm *c = data_comm(self);
     const size_t w = row_words(ops_of(self), D);
     const int P = x->ep->size;
     size_t *n = core_alloc((size_t)2 * P * sizeof(size_t));  // (2, P) the plan's peer counts in words
