@@ -393,7 +393,8 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     p->eplb = c->eplb_interval > 0;
     const int on_gpu = ops->dev != CORE_CPU;
     // On GPUs gradients and token rows stay in device memory and travel over NCCL twins of the
-    // grid's groups; counts, losses and norms still travel over the host groups.
+    // grid's groups; the routing statistics (expert counts), losses and norms still travel over
+    // the host groups.
     if (g && on_gpu) grid_to_device(g, ops);
     // Pipe 1's model gets EP communicators of its own (the same ranks as the grid's EP group), so
     // that each communicator serves one model: the F&B overlap runs pipe 0's and pipe 1's halves on

@@ -42,9 +42,9 @@ void ep_dispatcher_set_placement(MoeDispatcher *d, const int *phy2log, int R);
 
 // Moves the dispatcher's rows to a GPU backend: from the next plan on, routings, rows and their
 // permutes live in ops' memory and the rows travel over ep_dev, the NCCL twin of the dispatcher's
-// group (parallel/comm_nccl.h; not owned). The plan is made on the device except for the counts:
-// the slot counts come to the host in one copy and travel over the host group, and the receive
-// permute's block offsets go back in one upload.
+// group (parallel/comm_nccl.h; not owned). The plan is made on the device, the slot counts cross
+// over ep_dev too, then the counts sent and received come to the host in one copy, and the
+// receive permute's block offsets go back in one upload.
 void ep_dispatcher_to_device(MoeDispatcher *d, Comm *ep_dev, const struct LayerOps *ops);
 
 #ifdef __cplusplus

@@ -66,10 +66,10 @@
 #              validation pass)
 #   rehearse   the programs of the nccl, ep_bench and pp_bench stages at one rank, on one GPU, so that
 #              a session without a machine of several GPUs still finds them broken before one comes:
-#              nccl_test (its EPLB tests skip), ep_bench a2a and bench_a2a.py, ep_bench train with
-#              ZeRO-1, `moelab train --schedule dualpipev --fb-overlap 1 --trace` into `moelab schedule
-#              --from-trace`, bench_torch_pp.py with both schedules; one rank times no link: its
-#              figures are no benchmark
+#              nccl_test (its EPLB runtime and training tests skip), ep_bench a2a and bench_a2a.py,
+#              ep_bench train with ZeRO-1, `moelab train --schedule dualpipev --fb-overlap 1 --trace`
+#              into `moelab schedule --from-trace`, bench_torch_pp.py with both schedules; one rank
+#              times no link: its figures are no benchmark
 #   export     `moelab export` of a quickstart checkpoint (EXPORT_CKPT, or one trained here on the GPU for
 #              EXPORT_STEPS steps, default 300) into a Hugging Face folder, then tools/export/hf_check.py
 #              (python3 with torch and transformers): AutoModelForCausalLM (trust_remote_code) and

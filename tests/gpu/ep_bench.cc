@@ -5,7 +5,7 @@
 //       the EP dispatcher's dispatch + combine of N tokens × K choices of D bf16 values per rank,
 //       EP = the world, every expert receiving the same number of rows: per direction one gather,
 //       ONE exchange of rows (one NCCL send and receive per peer) and the receive permute; the
-//       plan (device plan, count download, host count exchange, permute map) is timed apart
+//       plan (device plan, NCCL count exchange, count download, permute map) is timed apart
 //   ep_bench train --config FILE --ep E [--steps S] [--ep-overlap 0|1] [--ep-chunks C] [--zero 0|1]
 //                  [--cuda-graph 0|1]
 //       training tokens/s of the config (bf16 on the GPU) at its per-GPU batch, EP E, DP = world/E,

@@ -10,6 +10,9 @@
 //   comm_driver grid PP EP E     builds the process grid: a bad layout must end every rank with exit 2
 //   comm_driver b16sum           all-reduces 16-bit words, which are only moved: every rank must end
 //                                with the message
+//   comm_driver badexpert        the EP dispatcher plans a routing in which rank 1 alone names an
+//                                expert outside [0, E): the count exchange still completes on every
+//                                rank, rank 1 names the fault, and every rank ends
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +20,9 @@
 
 #include "framework/core/check.h"
 #include "framework/core/log.h"
+#include "layers/moe.h"
 #include "parallel/comm.h"
+#include "parallel/ep_dispatch.h"
 #include "parallel/grid.h"
 
 int main(int argc, char **argv) {
@@ -59,8 +64,18 @@ int main(int argc, char **argv) {
         unsigned short x = 1;
         comm_allreduce(w, &x, 1, COMM_B16, COMM_SUM);
         core_info("unreachable: 16-bit words were summed");
+    } else if (argc == 2 && !strcmp(argv[1], "badexpert")) {
+        const int E = 2 * w->size, N = 4, K = 1;
+        int idx[4] = {0, 1, E - 1, w->rank == 1 ? E : 0}, counts[2], n_rows;
+        MoeDispatcher *d = ep_dispatcher_create(w, E);
+        MoeDispatchPlan *p = d->plan(d, idx, N, K, &n_rows, counts);
+        // Rank 1 has ended the job by now; the others may get this far before MPI_Abort reaches them.
+        d->release(d, p);
+        d->destroy(d);
+        comm_barrier(w);
+        core_info("unreachable: a routing to expert %d was planned", E);
     } else {
-        core_usage_error("usage: comm_driver hang SECONDS | stall SECONDS | grid PP EP E | b16sum");
+        core_usage_error("usage: comm_driver hang SECONDS | stall SECONDS | grid PP EP E | b16sum | badexpert");
     }
     comm_finalize();
     return 0;

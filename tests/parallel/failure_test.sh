@@ -6,6 +6,7 @@
 #    dispatcher's row exchange (an all-to-all-v) with a rank that hangs;
 #  - a bad layout (DP % EP, E % EP) in the grid and in `moelab train`: exit 2 before any work;
 #  - a reduction of 16-bit words (COMM_B16, moved only): exit 1 naming the operation;
+#  - an expert id outside [0, E) in one rank's routing, at the EP dispatcher's plan: exit 1 naming it;
 #  - bad data (a val.bin of another vocabulary) in `moelab train`: exit 2;
 #  - ranks of one machine that together need more memory than it has: exit 2 before any step;
 #  - a rank killed mid-step (the test seam MOELAB_TEST_DIE_AT_STEP, announced with a warning; a
@@ -50,6 +51,11 @@ expect grid_e_ep 2 'moelab: error \[rank [0-9]\]: grid: 6 experts cannot be spli
     4 "$driver" grid 1 4 6
 expect grid_pp 2 'grid: 4 processes cannot form 3 pipeline stages' 60 4 "$driver" grid 3 1 6
 expect b16_sum 1 'all-reduce on group world of 16-bit words: they are moved, never reduced' 60 2 "$driver" b16sum
+# One rank's routing names an expert that does not exist: the count exchange completes everywhere,
+# that rank names the fault, and the job ends on every rank (not at the timeout).
+expect bad_expert 1 'moelab: error \[rank 1\] parallel/ep_dispatch.c:[0-9]+: ep dispatcher: 1 of 4 routed pairs have an expert id outside \[0, 4\)' 60 \
+    2 "$driver" badexpert
+if grep -q "unreachable" "$tmp/bad_expert.out"; then echo "FAIL: bad_expert: the job went on"; fail=1; fi
 
 prepare_corpus "$tmp/data"
 args=(--data "$tmp/data" --batch-size 2 --seq-len 16 --d-model 32 --d-expert 16 --d-ff 64 --val-every 0
