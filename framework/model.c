@@ -152,8 +152,10 @@ static void set_views(Model *m) {
 }
 
 // ckpt names the checkpoint whose stored config c is, for the error of a model too large for the
-// host (NULL: c is the run's own config, which the user can change).
-static Model *create(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1, const char *ckpt) {
+// host (NULL: c is the run's own config, which the user can change); state_bytes is what the caller
+// will hold per parameter beside the weights and gradients (a trainer's optimizer state).
+static Model *create(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1, const char *ckpt,
+                     double state_bytes) {
     config_validate(c);
     CHECK(ep_size >= 1 && c->E % ep_size == 0 && ep_rank >= 0 && ep_rank < ep_size,
           "bad expert-parallel layout: rank %d of %d for %d experts", ep_rank, ep_size, c->E);
@@ -184,13 +186,17 @@ static Model *create(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l
         for (int p = 0; p < m->R; p++)
             m->phy2log[(size_t)l * m->R + p] = model_is_moe_layer(m, l) ? p % c->E : -1;
     declare(m);
-    // Weights and gradients beyond the machine's memory are a config too large for it, not a failed
-    // allocation (the moments and the activations come on top: pipe_train.c's check_host_memory).
-    const double need = 2.0 * sizeof(float) * (double)m->reg.total, have = core_host_memory_bytes();
+    // Weights, gradients and the caller's optimizer state beyond the machine's memory are a config
+    // too large for it, not a failed allocation, nor a process the kernel kills while AdamW zeroes
+    // its moments (review, 2026-12-06). The activations come on top: pipe_train.c's
+    // check_host_memory, which also adds up the ranks of one machine.
+    const double need = (2.0 * sizeof(float) + state_bytes) * (double)m->reg.total,
+                 have = core_host_memory_bytes();
     if (need > have)
-        core_usage_error("%s%s: %.1fM parameters need %.1f GiB of host memory for their weights and gradients "
-                         "alone, more than the machine's %.1f GiB%s", ckpt ? "checkpoint " : "config",
-                         ckpt ? ckpt : "", (double)m->reg.total / 1e6, need / (1 << 30), have / (1 << 30),
+        core_usage_error("%s%s: %.1fM parameters need %.1f GiB of host memory for their weights%s alone, "
+                         "more than the machine's %.1f GiB%s", ckpt ? "checkpoint " : "config",
+                         ckpt ? ckpt : "", (double)m->reg.total / 1e6, need / (1 << 30),
+                         state_bytes > 0 ? ", gradients and optimizer state" : " and gradients", have / (1 << 30),
                          ckpt ? ": open it on a machine with more memory"
                               : ": lower d_model, n_layers, d_ff, n_experts, d_expert or vocab_size");
     params_allocate(&m->reg);
@@ -214,15 +220,15 @@ static Model *create(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l
 }
 
 Model *model_create(const MoeConfig *c, int ep_rank, int ep_size) {
-    return create(c, ep_rank, ep_size, 0, c->L, NULL);
+    return create(c, ep_rank, ep_size, 0, c->L, NULL, 0);
 }
 
-Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1) {
-    return create(c, ep_rank, ep_size, l0, l1, NULL);
+Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1, double state_bytes) {
+    return create(c, ep_rank, ep_size, l0, l1, NULL, state_bytes);
 }
 
 Model *model_create_stored(const MoeConfig *c, int ep_size, const char *ckpt) {
-    return create(c, 0, ep_size, 0, c->L, ckpt);
+    return create(c, 0, ep_size, 0, c->L, ckpt, 0);
 }
 
 void model_init_weights(Model *m) {

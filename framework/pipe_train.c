@@ -405,11 +405,16 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         p->ep1 = comm_split(g->ep_comm, 0, g->ep_rank, "ep pipe 1");
         if (on_gpu) p->ep1_dev = comm_nccl_create(p->ep1, "ep pipe 1");
     }
+    // The optimizer's host bytes per parameter, for model_create_stage's check: AdamW's two moments,
+    // or under ZeRO-1 the moments and fp32 master copy of a 1/DP shard; a GPU holds them itself.
+    const double state_bytes = on_gpu ? 0
+                               : c->zero && g && g->dp > 1 ? 3.0 * sizeof(float) / g->dp
+                                                           : 2.0 * sizeof(float);
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         const int st = sched_stage(s, rank, pipe);
         // Initialization is keyed by parameter identity, so both copies of a DualPipe stage (and
         // every stage against the one-process model) start identical.
-        Model *m = model_create_stage(c, g ? g->ep_rank : 0, ep, p->bounds[st], p->bounds[st + 1]);
+        Model *m = model_create_stage(c, g ? g->ep_rank : 0, ep, p->bounds[st], p->bounds[st + 1], state_bytes);
         model_init_weights(m);
         PipeStageCtx *x = &p->ctx[pipe];
         const int own_ep = pipe == 1 && p->ep1;

@@ -285,9 +285,14 @@ expect_usage "--trace .*/long_data/train.bin is a token shard: writing it would 
 expect_usage "--metrics .*/long_data/tokenizer.bin is a tokenizer: writing it would destroy it" "${args[@]}" \
     --metrics "$tmp/long_data/tokenizer.bin"
 # Weights beyond the machine's memory are refused before they are allocated (a 100 GB allocation was
-# exit 1 naming mem.c:30); a --metrics write that fails mid-run is one line, exit 1, no source location.
-expect_usage "config: [0-9.]+M parameters need [0-9.]+ GiB of host memory for their weights and gradients alone" \
+# exit 1 naming mem.c:30), counting AdamW's two moments too: 16 bytes a parameter (a model of 8 to
+# 16 bytes a parameter passed, and the kernel killed the process while the moments were zeroed;
+# review, 2026-12-06). A --metrics write that fails mid-run is one line, exit 1, no source location.
+expect_usage "config: [0-9.]+M parameters need [0-9.]+ GiB of host memory for their weights, gradients and optimizer state alone" \
     "${args[@]}" --d-model 65536
+grep -o "[0-9.]*M parameters need [0-9.]* GiB" "$tmp/err" |
+    awk '{p = $1 + 0; g = $4; if (g < 0.99 * p * 1e6 * 16 / 2^30 || g > 1.01 * p * 1e6 * 16 / 2^30) exit 1} END {if (NR != 1) exit 1}' ||
+    { echo "the memory figure is not 16 bytes a parameter:"; cat "$tmp/err"; exit 1; }
 set +e; "$moelab" train "${args[@]}" --steps 1 --metrics /dev/full >/dev/null 2>"$tmp/err"; rc=$?; set -e
 [ $rc -eq 1 ] && grep -qx "moelab: error: cannot write --metrics /dev/full: No space left on device" "$tmp/err" ||
     { echo "--metrics /dev/full: exit $rc"; cat "$tmp/err"; exit 1; }
