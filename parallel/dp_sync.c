@@ -307,7 +307,7 @@ static void gather_start(DpSync *s, int i, const void *shard, const void *w, siz
 static void gather_complete(DpSync *s, int i, const void *shard, void *w, size_t es) {
     Bucket *b = &s->b[i];
     if (alone(b) && !shard) return;
-    const char *from = alone(b) ? (const char *)shard + b->at * es : b->buf;
+    const char *from = alone(b) ? (const char *)shard + b->at * es : (const char *)b->buf;
     if (!alone(b)) comm_wait(b->req);
     b->req = NULL;
     for (int p = 0; p < b->np; p++) {

@@ -34,6 +34,23 @@ static void usage(void) {
     printf("\n`moelab <command> --help` describes each command.\n");
 }
 
+static int is_help(const char *a) { return !strcmp(a, "--help") || !strcmp(a, "-h"); }
+
+// The arguments a command runs with: all of them, unless --help is among them. Then the help wins
+// over whatever else the line holds, as in every command alike: the command and the words before
+// the first option (a subcommand, a path), then --help, moved into place. `sample --tokens 0
+// --help` was the option's error where `train --steps -1 --help` printed the help (review,
+// 2026-12-06).
+static int help_words(int argc, char **argv) {
+    int help = 0;
+    for (int i = 1; i < argc; i++) help |= is_help(argv[i]);
+    if (!help) return argc;
+    int n = 1;
+    while (n < argc && argv[n][0] != '-') n++;
+    argv[n] = "--help";
+    return n + 1;
+}
+
 // A command's exit code, unless what it printed never reached stdout (a full disk, a closed
 // pipe): then the output is lost, and exit 0 would say it is not.
 static int finish(int rc) {
@@ -52,11 +69,17 @@ int main(int argc, char **argv) {
     // temporaries removed) instead of SIGXFSZ ending the process with its temporaries left.
     signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) return core_usage_report("missing command (see moelab --help)");
-    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    // `moelab help train` is `moelab train --help`.
+    const int help_of = !strcmp(argv[1], "help") && argc > 2;
+    if (!help_of && (is_help(argv[1]) || !strcmp(argv[1], "help"))) {
         usage();
         return finish(0);
     }
-    for (int i = 0; i < NCOMMANDS; i++)
-        if (!strcmp(argv[1], COMMANDS[i].name)) return finish(COMMANDS[i].run(argc - 1, argv + 1));
-    return core_usage_report("unknown command '%s' (see moelab --help)", argv[1]);
+    const char *name = argv[help_of ? 2 : 1];
+    for (int i = 0; i < NCOMMANDS; i++) {
+        if (strcmp(name, COMMANDS[i].name)) continue;
+        if (help_of) return finish(COMMANDS[i].run(2, (char *[]){(char *)name, "--help", NULL}));
+        return finish(COMMANDS[i].run(help_words(argc - 1, argv + 1), argv + 1));
+    }
+    return core_usage_report("unknown command '%s' (see moelab --help)", name);
 }

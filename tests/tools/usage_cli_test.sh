@@ -26,6 +26,9 @@ expect_one_line "$ckpt_line" ckpt
 expect_one_line "$ckpt_line" ckpt inspect a b
 expect_one_line "moelab: error: ckpt: unknown subcommand 'check' (inspect, verify or clean; see moelab ckpt --help)" \
     ckpt check x
+# An option where the path belongs was taken for the path ("checkpoint --bogus: No such file").
+expect_one_line "moelab: error: ckpt verify: unknown option '--bogus' (see moelab ckpt --help)" ckpt verify --bogus
+expect_one_line "moelab: error: unknown command 'nope' (see moelab --help)" help nope
 
 # A flag with no value does not take the next flag as its value, in any command: `--out --force`
 # wrote the output into a folder named "--force" and exited 0, `--metrics --out` the metrics into a
@@ -49,7 +52,7 @@ expect_one_line "moelab: error: export: --ckpt needs a value, not an empty one (
 expect_one_line "moelab: error: --svg needs a value (see moelab schedule --help)" \
     schedule --kind 1f1b --pp 2 --chunks 4 --svg --format
 expect_one_line "moelab: error: --kind needs a value (see moelab schedule --help)" schedule --kind --pp 2 --chunks 4
-expect_one_line "moelab: error: plot: --out needs a value" plot --metrics m.jsonl --out --help
+expect_one_line "moelab: error: plot: --out needs a value" plot --metrics m.jsonl --out --metrics
 expect_one_line "moelab: error: eplb: --load needs a value" eplb --load --replicas 8 --groups 1 --nodes 1 --ranks 2
 expect_one_line "moelab: error: sample: --ckpt needs a value (see \`moelab sample --help\`)" sample --ckpt --tokens 5
 expect_one_line "moelab: error: sample: --ckpt needs a value, not an empty one (see \`moelab sample --help\`)" sample --ckpt= --tokens 5
@@ -69,6 +72,16 @@ expect_help() {  # expect_help FIRST-LINE ARGS...: exit 0, the usage on stdout s
 expect_help "moelab: train small mixture-of-experts transformers" --help
 expect_help "usage: moelab data <subcommand> [options]" data --help
 expect_help "usage: moelab ckpt inspect PATH" ckpt --help
+# `moelab help CMD` is CMD's help, and --help wins over anything else on the line in every command
+# alike (five commands reported the other options' errors, exit 2, three printed the help).
+expect_help "usage: moelab train [--config FILE] [--key value ...]" help train
+expect_help "usage: moelab train [--config FILE] [--key value ...]" train --steps -1 --help
+for line in "sample --tokens 0 --help" "export --dtype x --help" "schedule --pp 0 -h" "bench --steps 0 --help" \
+            "eplb --replicas 0 --help" "plot --metrics m.jsonl --out --help" "ckpt verify x.h5 --help"; do
+    read -r -a words <<<"$line"
+    expect_help "$("$moelab" "${words[0]}" --help | head -n 1)" "${words[@]}"
+done
+expect_help "$("$moelab" data prepare --help | head -n 1)" data prepare --vocab 1 --help
 # Output to a full device: exit 1 with the cause (a flush whose result was dropped left only "Input/output
 # error" to report, review 2026-12-05).
 printf '1,2,3,4\n' >"$tmp/load.csv"
