@@ -177,6 +177,19 @@ static void write_tokenizer(const char *dir, const Tokenizer *t, const MoeConfig
     finish(f, dir, "tokenizer_config.json");
 }
 
+// A finite weight that bf16 cannot hold would be written as infinite: refused, naming the tensor,
+// before a file is written (it was exported with exit 0; review, 2026-12-06).
+static void check_bf16_range(const char *ckpt, const ParamRegistry *r) {
+    for (int i = 0; i < r->n; i++) {
+        const ParamInfo *p = &r->p[i];
+        const float *x = r->data + p->offset;
+        for (size_t j = 0; j < p->numel; j++)
+            if ((st_bf16(x[j]) & 0x7F80u) == 0x7F80u)
+                core_usage_error("export: %s: %s holds %g, beyond bf16's range (about ±3.39e38): export it with "
+                                 "--dtype fp32", ckpt, p->name, (double)x[j]);
+    }
+}
+
 // model.safetensors: every registry tensor under its Hugging Face name, expert stacks split by row.
 static void write_weights(const char *dir, const Model *m, int bf16, long step) {
     int n = 0;
@@ -407,6 +420,7 @@ void hf_export(const HfExportOptions *o) {
     const CkptView weights = {&m->cfg, &m->reg, m->reg.data, NULL, NULL, NULL};
     CkptState st;
     ckpt_load(o->ckpt, &sh, &weights, &st);
+    if (o->bf16) check_bf16_range(o->ckpt, &m->reg);
 
     // Written in a folder next to it (same file system, so the rename is atomic), named by mkdtemp
     // from the template <out>.tmp- and six characters it fills in (a long name cut to make room,

@@ -12,8 +12,7 @@
 #include "framework/core/json.h"
 #include "framework/core/mem.h"
 
-// fp32 → bf16, rounding to nearest even (NaN stays NaN).
-static uint16_t st_bf16(float x) {
+uint16_t st_bf16(float x) {
     uint32_t u;
     memcpy(&u, &x, 4);
     if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x7FFFFFu)) return (uint16_t)(u >> 16 | 0x40);  // quiet NaN

@@ -22,6 +22,10 @@ typedef struct {
     const float *data;   // (product of shape) values; written as the file's dtype
 } StTensor;
 
+// fp32 → bf16, rounding to nearest even (NaN stays NaN; a finite value of magnitude 2^128 · (1 −
+// 2^−9) or more becomes infinite).
+uint16_t st_bf16(float x);
+
 // Writes the n tensors (names unique) with metadata {"format": "pt", meta[0]: meta[1], ...} (n_meta
 // key/value pairs) to path, then fsyncs it. A failed write ends the process with one message naming
 // path: exit 1 where the system failed (a full disk, an I/O error), else 2 (core_path_error).

@@ -63,6 +63,14 @@ expect_usage "version" "$tmp/out1" --ckpt "$bad/v3.h5" --data "$tmp/data"
 "${check[0]}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); f = h5py.File(sys.argv[2], 'r+'); d = f['model/layers.1.wq']; d[0, 3] = float('nan')" \
     "$tmp/a/single.h5" "$bad/nan.h5"
 expect_usage "layers.1.wq holds 1 NaN or infinite values" "$tmp/out1" --ckpt "$bad/nan.h5" --data "$tmp/data"
+# A finite weight beyond bf16's range was exported as infinite with exit 0 (review, 2026-12-06); in
+# fp32 it is an ordinary value.
+"${check[0]}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); f = h5py.File(sys.argv[2], 'r+'); d = f['model/layers.1.wq']; d[0, 3] = 3.4e38" \
+    "$tmp/a/single.h5" "$bad/huge.h5"
+expect_usage "huge.h5: layers.1.wq holds 3.4e\\+38, beyond bf16's range .*--dtype fp32" "$tmp/out1" --ckpt "$bad/huge.h5" \
+    --data "$tmp/data" --dtype bf16
+"$moelab" export --ckpt "$bad/huge.h5" --out "$tmp/huge_fp32" --data "$tmp/data" > /dev/null
+rm -r "$tmp/huge_fp32"
 cp "$tmp/a/eplb.h5" "$tmp/a/eplb.h5.part-0-of-2" "$bad/"
 expect_usage "part-1-of-2" "$tmp/out1" --ckpt "$bad/eplb.h5" --data "$tmp/data"
 expect_usage "no_such" "$tmp/out1" --ckpt "$bad/no_such.h5" --data "$tmp/data"
