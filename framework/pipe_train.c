@@ -774,11 +774,11 @@ static void pipe_logits(void *ctx, const int *window, int w, float *row) {
     core_free(tokens);
 }
 
-void pipe_sample_generate(PipeTrainer *p, const int *prompt, int n_prompt, int n_new, float temperature,
-                          int top_k, RngStream *rng, int *out) {
+int pipe_sample_generate(PipeTrainer *p, const int *prompt, int n_prompt, int n_new, float temperature,
+                         int top_k, RngStream *rng, int *out) {
     const MoeConfig *c = &p->ctx[0].m->cfg;
     graph_pause(p);
-    sample_generate_by(pipe_logits, p, c->V, c->T, prompt, n_prompt, n_new, temperature, top_k, rng, out);
+    return sample_generate_by(pipe_logits, p, c->V, c->T, prompt, n_prompt, n_new, temperature, top_k, rng, out);
 }
 
 size_t pipe_param_count(const PipeTrainer *p, size_t *on_rank) {

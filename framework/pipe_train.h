@@ -130,9 +130,10 @@ float pipe_eval_ce(PipeTrainer *p, const int *tokens);
 // holds whole; a collective of every rank. Each new token is one evaluation forward
 // (pipe_run_forward) of a micro-batch of one sequence, the window padded with token 0 after it (as
 // sample_generate pads on a GPU: no position sees the ones after it); the last stage's logits row
-// reaches every rank of the pipeline, which all draw the same token from the same rng.
-void pipe_sample_generate(PipeTrainer *p, const int *prompt, int n_prompt, int n_new, float temperature,
-                          int top_k, RngStream *rng, int *out);
+// reaches every rank of the pipeline, which all draw the same token from the same rng (and all stop
+// alike at logits that are not finite: sample_generate's return).
+int pipe_sample_generate(PipeTrainer *p, const int *prompt, int n_prompt, int n_new, float temperature,
+                         int top_k, RngStream *rng, int *out);
 // The model's parameters, each logical expert once (whatever the EP layout and EPLB's replicas), and
 // in *on_rank those this rank holds (expert slots as held). Collective over the pipeline group.
 size_t pipe_param_count(const PipeTrainer *p, size_t *on_rank);

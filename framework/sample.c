@@ -49,25 +49,32 @@ void sample_logits_row(const LayerOps *o, const void *logits, int row, int V, fl
     o->free(dev);
 }
 
-void sample_generate_by(SampleLogits logits, void *ctx, int V, int T, const int *prompt, int n_prompt,
-                        int n_new, float temperature, int top_k, RngStream *rng, int *out) {
+int sample_generate_by(SampleLogits logits, void *ctx, int V, int T, const int *prompt, int n_prompt,
+                       int n_new, float temperature, int top_k, RngStream *rng, int *out) {
     CHECK(n_prompt >= 1, "sampling needs a prompt of at least one token");
     memmove(out, prompt, (size_t)n_prompt * sizeof(int));  // out may be prompt itself
     int *window = core_alloc((size_t)T * sizeof(int));
     float *row = core_alloc((size_t)V * sizeof(float));    // the logits of the last position
     float *wp = core_alloc((size_t)V * sizeof(float));
     int *wi = core_alloc((size_t)V * sizeof(int));
-    for (int len = n_prompt; len < n_prompt + n_new; len++) {
+    int len = n_prompt;
+    for (; len < n_prompt + n_new; len++) {
         const int w = len < T ? len : T;
         memcpy(window, out + len - w, (size_t)w * sizeof(int));
         memset(window + w, 0, (size_t)(T - w) * sizeof(int));
         logits(ctx, window, w, row);
+        // Weights that overflow (a checkpoint of huge but finite values) give NaN logits, from
+        // which the draw picked token 0 every time: text of NUL bytes, exit 0 (review, 2026-12-06).
+        int finite = 1;
+        for (int i = 0; i < V && finite; i++) finite = isfinite(row[i]);
+        if (!finite) break;
         out[len] = sample_pick(row, V, temperature, top_k, rng, wp, wi);
     }
     core_free(window);
     core_free(row);
     core_free(wp);
     core_free(wi);
+    return len - n_prompt;
 }
 
 // A whole model's logits for sample_generate. On a GPU every forward takes the full window of T
@@ -84,8 +91,8 @@ static void model_logits(void *ctx, const int *window, int w, float *row) {
     model_acts_free(m, &a);
 }
 
-void sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float temperature,
-                     int top_k, RngStream *rng, int *out) {
-    sample_generate_by(model_logits, m, m->cfg.V, m->cfg.T, prompt, n_prompt, n_new, temperature, top_k, rng,
+int sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float temperature,
+                    int top_k, RngStream *rng, int *out) {
+    return sample_generate_by(model_logits, m, m->cfg.V, m->cfg.T, prompt, n_prompt, n_new, temperature, top_k, rng,
                        out);
 }

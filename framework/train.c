@@ -684,15 +684,19 @@ static void trainer_sample(Trainer *t, const char *when) {
     // a second: every token is a forward of the whole window, and a long sample took minutes unseen.
     const int tty = core_rank() == 0 && isatty(STDERR_FILENO);
     const double t0 = core_now();
-    for (int len = 1; len <= c->sample_tokens; len++) {
-        if (whole) sample_generate(m, out, len, 1, c->temperature, c->top_k_sample, &rng, out);
-        else pipe_sample_generate(t->pipe, out, len, 1, c->temperature, c->top_k_sample, &rng, out);
+    int n = 0;
+    for (int len = 1; len <= c->sample_tokens; len++, n++) {
+        const int drawn = whole ? sample_generate(m, out, len, 1, c->temperature, c->top_k_sample, &rng, out)
+                                : pipe_sample_generate(t->pipe, out, len, 1, c->temperature, c->top_k_sample, &rng, out);
+        if (!drawn) break;
         if (tty && core_now() - t0 > 1) core_progress("sampling %s: %d/%d tokens", when, len, c->sample_tokens);
     }
     core_progress_end();
-    core_info0("sample %s (%d tokens, temperature %.2f, top-k %d):", when, c->sample_tokens,
-               c->temperature, c->top_k_sample);
-    if (core_rank() == 0) print_text(t->tok, out + 1, c->sample_tokens);
+    if (n < c->sample_tokens && core_rank() == 0)
+        core_warn("sample %s: the logits of token %d are not finite (NaN or infinite): the sample stops there", when,
+                  n + 1);
+    core_info0("sample %s (%d tokens, temperature %.2f, top-k %d):", when, n, c->temperature, c->top_k_sample);
+    if (core_rank() == 0) print_text(t->tok, out + 1, n);
     core_free(out);
 }
 
@@ -782,6 +786,13 @@ int trainer_run(Trainer *t) {
     if (t->step == 0) trainer_sample(t, "before training");
     float val = trainer_eval(t);
     core_info0("step %5d/%d | val %.4f (%s)", t->step, c->steps, val, t->step > 0 ? "at resume" : "before training");
+    // Finite weights that give a validation loss that is not finite (values so large that the
+    // arithmetic overflows) are a bad checkpoint, not a run that diverged: it was "training diverged
+    // at step 0 ... the last good checkpoint is" the very file, exit 1 (review, 2026-12-06).
+    if (t->step > 0 && !isfinite(val))
+        core_usage_error("checkpoint %s: its weights give a validation loss of %g at resume (values so large that "
+                         "the model's arithmetic overflows): resume from an earlier checkpoint", c->resume,
+                         (double)val);
     float val_first = val, val_best = val;
     double tokens = 0, secs = 0;
     int steps = 0;  // since the last log line

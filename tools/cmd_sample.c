@@ -109,7 +109,11 @@ int cmd_sample(int argc, char **argv) {
     RngStream rng = rng_stream(seed, 7);
     // A reader that went away (`| head`) ends the drawing: main reports the lost output.
     for (int len = n_prompt; len < n_prompt + n_new && !ferror(stdout); len++) {
-        sample_generate(m, all, len, 1, temperature, top_k, &rng, all);
+        if (!sample_generate(m, all, len, 1, temperature, top_k, &rng, all)) {
+            putchar('\n');
+            core_usage_error("sample: %s: the logits of token %d are not finite (NaN or infinite): its weights "
+                             "overflow the model's arithmetic", ckpt, len - n_prompt + 1);
+        }
         print_tokens(tok, all + len, 1);
     }
     putchar('\n');

@@ -143,7 +143,9 @@ void core_dir_unlock(int fd);
 
 // mkdir -p: dir and every missing folder above it, or the process ends with one message naming the
 // folder that could not be made and why (core_path_error's exit code), or that dir is not a
-// directory (exit 2). what names the folder's role in the messages ("checkpoint directory").
+// directory (exit 2). what names the folder's role in the messages ("checkpoint directory"). The
+// folders it makes are removed again with the temporaries (core_temp_remove_all) where they are
+// still empty then: a command that fails before writing into its output folder leaves none behind.
 void core_make_dirs(const char *dir, const char *what);
 
 // The line (from 1) of the first NUL byte among text's n bytes, or 0 if there is none: a text

@@ -123,3 +123,18 @@ for fill in 880 920 960 1000; do
 done
 echo "ok: export on a full disk: exit 1, one line, nothing left"
 
+# data prepare and train into new folders on a full disk: exit 1, and the folders they made are gone
+# with their temporaries (the empty folders were left: review, 2026-12-06).
+rm -rf "${mnt:?}"/*
+mkdir -p "$tmp/text" && seq 1 20000 >"$tmp/text/a.txt"
+head -c 1024K /dev/zero >"$mnt/fill" 2>/dev/null || true
+rc=0
+"$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$mnt/new/data" >"$tmp/prep.log" 2>&1 || rc=$?
+[ $rc = 1 ] && grep -q "No space left on device" "$tmp/prep.log" ||
+    { echo "FAIL: data prepare on a full disk: exit $rc, expected 1:"; cat "$tmp/prep.log"; exit 1; }
+rc=0
+"$moelab" train "${args[@]}" --out "$mnt/run/ck" >"$tmp/run.log" 2>&1 || rc=$?
+[ $rc = 1 ] || { echo "FAIL: train on a full disk: exit $rc, expected 1:"; tail -3 "$tmp/run.log"; exit 1; }
+[ "$(ls -A "$mnt")" = fill ] || { echo "FAIL: a full disk left $(ls -A "$mnt")"; exit 1; }
+echo "ok: data prepare and train on a full disk leave no folder they made"
+

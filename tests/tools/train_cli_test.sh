@@ -148,6 +148,16 @@ expect_usage "--steps 1 is below the step of --resume .*step_2.h5 \(2\): --steps
     "${args[@]}" --steps 1 --resume "$tmp/twice/step_2.h5"
 # ... and says only that: the settings that differ (steps 2 -> 1) were a warning line before it.
 [ "$(wc -l < "$tmp/err")" -eq 1 ] || { echo "a refused resume printed more than its error:"; cat "$tmp/err"; exit 1; }
+# A checkpoint whose finite weights overflow (here a final norm of 3e38) is bad input at resume, not
+# "training diverged at step 2 ... the last good checkpoint is" the very file with exit 1; and a
+# refused --resume leaves no new --out folder behind (an empty one was left; review, 2026-12-06).
+"${PYTHON:-/usr/bin/python3}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); f = h5py.File(sys.argv[2], 'r+'); f['model/final_norm'][...] = 3e38" \
+    "$tmp/twice/step_2.h5" "$tmp/huge.h5"
+expect_usage "checkpoint .*/huge.h5: its weights give a validation loss of -?nan at resume" "${args[@]}" --steps 3 \
+    --resume "$tmp/huge.h5" --out "$tmp/new_out/deeper"
+[ ! -e "$tmp/new_out" ] || { echo "a refused resume left its new --out folders"; ls -R "$tmp/new_out"; exit 1; }
+expect_usage "checkpoint .*/none.h5: No such file or directory" "${args[@]}" --resume "$tmp/none.h5" --out "$tmp/new_out"
+[ ! -e "$tmp/new_out" ] || { echo "a refused resume left its new --out folder"; exit 1; }
 # A run refused for bad input found after the data is read (its --resume checkpoint, its --out)
 # leaves the file at its --metrics path as it was: opening it truncated an earlier run's metrics to
 # the refused run's config line.
