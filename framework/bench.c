@@ -20,7 +20,8 @@ BenchResult bench_train(const MoeConfig *c, const LayerOps *ops, int min_steps, 
     backend_configure(c, 1);  // each config's own expert_gemm and gemm_streams
     // AdamW's two moments live beside the weights on the CPU: a model that cannot hold them is a
     // usage error before anything is allocated (model_create_stage), not a process the kernel kills.
-    Model *m = model_create_stage(c, 0, 1, 0, c->L, ops->dev == CORE_CPU ? 2.0 * sizeof(float) : 0);
+    const double moments = ops->dev == CORE_CPU ? 2.0 * sizeof(float) : 0;
+    Model *m = model_create_stage(c, 0, 1, 0, c->L, (ModelStateBytes){moments, moments});
     model_init_weights(m);
     model_to_device(m, ops);
     AdamW o;

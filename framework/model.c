@@ -152,10 +152,10 @@ static void set_views(Model *m) {
 }
 
 // ckpt names the checkpoint whose stored config c is, for the error of a model too large for the
-// host (NULL: c is the run's own config, which the user can change); state_bytes is what the caller
-// will hold per parameter beside the weights and gradients (a trainer's optimizer state).
+// host (NULL: c is the run's own config, which the user can change); state is what the caller will
+// hold per parameter beside the weights and gradients (a trainer's optimizer state).
 static Model *create(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1, const char *ckpt,
-                     double state_bytes) {
+                     ModelStateBytes state) {
     config_validate(c);
     CHECK(ep_size >= 1 && c->E % ep_size == 0 && ep_rank >= 0 && ep_rank < ep_size,
           "bad expert-parallel layout: rank %d of %d for %d experts", ep_rank, ep_size, c->E);
@@ -190,13 +190,18 @@ static Model *create(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l
     // too large for it, not a failed allocation, nor a process the kernel kills while AdamW zeroes
     // its moments (review, 2026-12-06). The activations come on top: pipe_train.c's
     // check_host_memory, which also adds up the ranks of one machine.
-    const double need = (2.0 * sizeof(float) + state_bytes) * (double)m->reg.total,
+    double expert = 0;
+    for (int i = 0; i < m->reg.n; i++)
+        if (m->reg.p[i].kind == PARAM_EXPERT) expert += (double)m->reg.p[i].numel;
+    const double need = (2.0 * sizeof(float) + state.dense) * ((double)m->reg.total - expert) +
+                        (2.0 * sizeof(float) + state.expert) * expert,
                  have = core_host_memory_bytes();
+    const int stateful = state.dense > 0 || state.expert > 0;
     if (need > have)
         core_usage_error("%s%s: %.1fM parameters need %.1f GiB of host memory for their weights%s alone, "
                          "more than the machine's %.1f GiB%s", ckpt ? "checkpoint " : "config",
                          ckpt ? ckpt : "", (double)m->reg.total / 1e6, need / (1 << 30),
-                         state_bytes > 0 ? ", gradients and optimizer state" : " and gradients", have / (1 << 30),
+                         stateful ? ", gradients and optimizer state" : " and gradients", have / (1 << 30),
                          ckpt ? ": open it on a machine with more memory"
                               : ": lower d_model, n_layers, d_ff, n_experts, d_expert or vocab_size");
     params_allocate(&m->reg);
@@ -220,15 +225,15 @@ static Model *create(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l
 }
 
 Model *model_create(const MoeConfig *c, int ep_rank, int ep_size) {
-    return create(c, ep_rank, ep_size, 0, c->L, NULL, 0);
+    return create(c, ep_rank, ep_size, 0, c->L, NULL, (ModelStateBytes){0, 0});
 }
 
-Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1, double state_bytes) {
-    return create(c, ep_rank, ep_size, l0, l1, NULL, state_bytes);
+Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1, ModelStateBytes state) {
+    return create(c, ep_rank, ep_size, l0, l1, NULL, state);
 }
 
 Model *model_create_stored(const MoeConfig *c, int ep_size, const char *ckpt) {
-    return create(c, 0, ep_size, 0, c->L, ckpt, 0);
+    return create(c, 0, ep_size, 0, c->L, ckpt, (ModelStateBytes){0, 0});
 }
 
 void model_init_weights(Model *m) {

@@ -144,10 +144,15 @@ typedef struct {
 // The whole model (stage [0, L)). Each MoE layer has R = E + c->eplb_redundant physical expert slots,
 // R / ep_size of them on this EP rank (R % ep_size == 0).
 Model *model_create(const MoeConfig *c, int ep_rank, int ep_size);
+// Host bytes a trainer holds per parameter beside the weights and gradients (its optimizer's
+// state), for dense and for expert parameters (ZeRO-1 shards them over different groups).
+typedef struct {
+    double dense, expert;
+} ModelStateBytes;
 // One pipeline stage: layers [l0, l1) of the model c describes. A model whose weights and gradients,
-// with the state_bytes per parameter the caller will add (an optimizer's), exceed the machine's
-// memory is a usage error before anything is allocated.
-Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1, double state_bytes);
+// with the state per parameter the caller will add, exceed the machine's memory is a usage error
+// before anything is allocated.
+Model *model_create_stage(const MoeConfig *c, int ep_rank, int ep_size, int l0, int l1, ModelStateBytes state);
 // The whole model of checkpoint ckpt's stored config c, as EP rank 0 of ep_size (the commands that
 // read a checkpoint without training: sample, export, ckpt inspect and verify); a model too large
 // for this host is an error that names the checkpoint.

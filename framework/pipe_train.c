@@ -406,15 +406,17 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
         if (on_gpu) p->ep1_dev = comm_nccl_create(p->ep1, "ep pipe 1");
     }
     // The optimizer's host bytes per parameter, for model_create_stage's check: AdamW's two moments,
-    // or under ZeRO-1 the moments and fp32 master copy of a 1/DP shard; a GPU holds them itself.
-    const double state_bytes = on_gpu ? 0
-                               : c->zero && g && g->dp > 1 ? 3.0 * sizeof(float) / g->dp
-                                                           : 2.0 * sizeof(float);
+    // or under ZeRO-1 the moments, the fp32 master copy and the gradient of a shard (zero1_init) of
+    // 1/DP of the dense and 1/EDP of the expert floats; a GPU holds them itself.
+    ModelStateBytes state = {2.0 * sizeof(float), 2.0 * sizeof(float)};
+    if (c->zero && g && g->dp > 1)
+        state = (ModelStateBytes){4.0 * sizeof(float) / g->dp, 4.0 * sizeof(float) / g->edp};
+    if (on_gpu) state = (ModelStateBytes){0, 0};
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         const int st = sched_stage(s, rank, pipe);
         // Initialization is keyed by parameter identity, so both copies of a DualPipe stage (and
         // every stage against the one-process model) start identical.
-        Model *m = model_create_stage(c, g ? g->ep_rank : 0, ep, p->bounds[st], p->bounds[st + 1], state_bytes);
+        Model *m = model_create_stage(c, g ? g->ep_rank : 0, ep, p->bounds[st], p->bounds[st + 1], state);
         model_init_weights(m);
         PipeStageCtx *x = &p->ctx[pipe];
         const int own_ep = pipe == 1 && p->ep1;

@@ -93,6 +93,6 @@ static void model_logits(void *ctx, const int *window, int w, float *row) {
 
 int sample_generate(Model *m, const int *prompt, int n_prompt, int n_new, float temperature,
                     int top_k, RngStream *rng, int *out) {
-    return sample_generate_by(model_logits, m, m->cfg.V, m->cfg.T, prompt, n_prompt, n_new, temperature, top_k, rng,
-                       out);
+    return sample_generate_by(model_logits, m, m->cfg.V, m->cfg.T, prompt, n_prompt, n_new, temperature, top_k,
+                              rng, out);
 }

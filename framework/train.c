@@ -785,14 +785,14 @@ int trainer_run(Trainer *t) {
                "scores this)", t->unigram_entropy);
     if (t->step == 0) trainer_sample(t, "before training");
     float val = trainer_eval(t);
-    core_info0("step %5d/%d | val %.4f (%s)", t->step, c->steps, val, t->step > 0 ? "at resume" : "before training");
+    core_info0("step %5d/%d | val %.4f (%s)", t->step, c->steps, val, c->resume[0] ? "at resume" : "before training");
     // Finite weights that give a validation loss that is not finite (values so large that the
-    // arithmetic overflows) are a bad checkpoint, not a run that diverged: it was "training diverged
-    // at step 0 ... the last good checkpoint is" the very file, exit 1 (review, 2026-12-06).
-    if (t->step > 0 && !isfinite(val))
-        core_usage_error("checkpoint %s: its weights give a validation loss of %g at resume (values so large that "
-                         "the model's arithmetic overflows): resume from an earlier checkpoint", c->resume,
-                         (double)val);
+    // arithmetic overflows, say) are a checkpoint this run cannot start from, not a run that
+    // diverged: it was "training diverged ... the last good checkpoint is" the very file, exit 1
+    // (review, 2026-12-06).
+    if (c->resume[0] && !isfinite(val))
+        core_usage_error("checkpoint %s: its weights give a validation loss of %g at resume: resume from an "
+                         "earlier checkpoint", c->resume, (double)val);
     float val_first = val, val_best = val;
     double tokens = 0, secs = 0;
     int steps = 0;  // since the last log line

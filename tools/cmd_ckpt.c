@@ -72,9 +72,10 @@ int cmd_ckpt(int argc, char **argv) {
         }
     if (argc != 3)
         core_usage_error("ckpt: expected `inspect PATH`, `verify PATH` or `clean DIR` (see moelab ckpt --help)");
+    const int known = !strcmp(argv[1], "inspect") || !strcmp(argv[1], "verify") || !strcmp(argv[1], "clean");
     // The commands take no options: `verify --bogus` was "checkpoint --bogus: No such file" (review,
     // 2026-12-06). A path that starts with "--" is given as ./--name.
-    if (!strncmp(argv[2], "--", 2))
+    if (known && !strncmp(argv[2], "--", 2))
         core_usage_error("ckpt %s: unknown option '%s' (see moelab ckpt --help)", argv[1], argv[2]);
     if (!strcmp(argv[1], "inspect") || !strcmp(argv[1], "verify")) look_into(argv[1], argv[2]);
     else if (!strcmp(argv[1], "clean")) {

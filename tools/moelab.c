@@ -40,7 +40,7 @@ static int is_help(const char *a) { return !strcmp(a, "--help") || !strcmp(a, "-
 // over whatever else the line holds, as in every command alike: the command and the words before
 // the first option (a subcommand, a path), then --help, moved into place. `sample --tokens 0
 // --help` was the option's error where `train --steps -1 --help` printed the help (review,
-// 2026-12-06).
+// 2026-12-06). A value that is "-h" or "--help" is given as --flag=-h.
 static int help_words(int argc, char **argv) {
     int help = 0;
     for (int i = 1; i < argc; i++) help |= is_help(argv[i]);
@@ -70,7 +70,7 @@ int main(int argc, char **argv) {
     signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) return core_usage_report("missing command (see moelab --help)");
     // `moelab help train` is `moelab train --help`.
-    const int help_of = !strcmp(argv[1], "help") && argc > 2;
+    const int help_of = !strcmp(argv[1], "help") && argc > 2 && !is_help(argv[2]);
     if (!help_of && (is_help(argv[1]) || !strcmp(argv[1], "help"))) {
         usage();
         return finish(0);

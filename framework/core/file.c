@@ -128,26 +128,26 @@ enum { MAX_TEMPS = 16 };
 static char g_temp[MAX_TEMPS][4160];
 static volatile pid_t g_temp_pid[MAX_TEMPS];
 
-// Newest first, so that a temporary folder's files (tracked after it) go before the folder.
-// The folders core_make_dirs made: the deepest, and how many folders up to it are new (one record:
-// a command makes one output folder). A run refused for a bad --resume, or a dataset that failed on
-// a full disk, left its new, empty --out behind (review, 2026-12-06).
-static char g_made[4096];
+// The folders core_make_dirs made, each path as it was made (so `new/../old/run` names `new` and
+// `new/../old/run`, never the user's `old`). A run refused for a bad --resume, or a dataset that
+// failed on a full disk, left its new, empty --out behind (review, 2026-12-06).
+#define MAX_MADE 8
+static char g_made[MAX_MADE][4096];
 static int g_made_n;
 static pid_t g_made_pid;
 
-// Removes the new folders deepest first, up to the first that is not empty (written into: kept,
-// with the folders above it).
+// Removes the folders made, the last made first; one that is not empty (written into) stays, and so
+// do the ones it is in. The count is taken first: a signal's handler that runs this again meanwhile
+// finds nothing to do.
 static void remove_made_dirs(void) {
     if (g_made_pid != getpid()) return;
-    for (int k = 0; k < g_made_n; k++) {
-        char *slash = strrchr(g_made, '/');
-        if (rmdir(g_made) != 0 || !slash) break;
-        *slash = '\0';
-    }
+    const int n = g_made_n;
     g_made_n = 0;
+    for (int k = n - 1; k >= 0; k--) rmdir(g_made[k]);
 }
 
+// Newest first, so that a temporary folder's files (tracked after it) go before the folder; the
+// folders core_make_dirs made last.
 void core_temp_remove_all(void) {
     for (int i = MAX_TEMPS - 1; i >= 0; i--)
         if (g_temp_pid[i] == getpid() && g_temp[i][0]) {
@@ -450,17 +450,19 @@ void core_make_dirs(const char *dir, const char *what) {
     char p[4096];
     if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) core_usage_error("%s %s: path too long", what, dir);
     install_handlers();
-    int made = 0;  // the folders made here: the last ones of the path, each inside the one before
+    if (g_made_pid != getpid()) g_made_n = 0;  // a forked child's record starts empty
+    g_made_pid = getpid();
     for (char *s = p + 1;; s++) {
         const char c = *s;
         if (c != '/' && c != '\0') continue;
         *s = '\0';
         if (mkdir(p, 0777) == 0) {
-            made++;
-            // Recorded as each is made: a failure further down removes the ones above it.
-            snprintf(g_made, sizeof g_made, "%s", p);
-            g_made_n = made;
-            g_made_pid = getpid();
+            // Recorded as each is made: a failure further down removes the ones made before it.
+            // Past MAX_MADE (a path of that many new folders) the deeper ones are kept.
+            if (g_made_n < MAX_MADE) {
+                snprintf(g_made[g_made_n], sizeof g_made[0], "%s", p);
+                g_made_n++;
+            }
         } else if (errno != EEXIST) {
             core_path_error(errno, "cannot create %s %s: %s", what, p, strerror(errno));
         }

@@ -105,7 +105,7 @@ inline void inspect(const char *path, FILE *out) {
 
 inline State blank_state(const MoeConfig &c, int ep_rank, int ep_size, int l0 = 0, int l1 = -1) {
     State s;
-    s.m = model_create_stage(&c, ep_rank, ep_size, l0, l1 < 0 ? c.L : l1, 0);
+    s.m = model_create_stage(&c, ep_rank, ep_size, l0, l1 < 0 ? c.L : l1, ModelStateBytes{0, 0});
     adamw_init(&s.o, &s.m->reg);
     return s;
 }

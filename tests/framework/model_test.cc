@@ -350,8 +350,8 @@ TEST(Model, StagesComposeToTheWholeModel) {
     MoeConfig c = tiny(1);
     c.L = 3;
     Model *whole = model_create(&c, 0, 1);
-    Model *s0 = model_create_stage(&c, 0, 1, 0, 2, 0);
-    Model *s1 = model_create_stage(&c, 0, 1, 2, 3, 0);
+    Model *s0 = model_create_stage(&c, 0, 1, 0, 2, ModelStateBytes{0, 0});
+    Model *s1 = model_create_stage(&c, 0, 1, 2, 3, ModelStateBytes{0, 0});
     for (Model *m : {whole, s0, s1}) model_init_weights(m);
     EXPECT_EQ(s0->reg.n + s1->reg.n, whole->reg.n);
     EXPECT_LT(params_find(&s0->reg, "final_norm"), 0);
@@ -500,7 +500,7 @@ TEST(Model, ActsBytesCountTheArena) {
 TEST(ModelDeath, TiedEmbeddingsAcrossStages) {
     MoeConfig c = tiny(1);
     c.tie_embeddings = 1;
-    EXPECT_EXIT(model_create_stage(&c, 0, 1, 0, 1, 0), ::testing::ExitedWithCode(2),
+    EXPECT_EXIT(model_create_stage(&c, 0, 1, 0, 1, ModelStateBytes{0, 0}), ::testing::ExitedWithCode(2),
                 "tie_embeddings = true needs the embedding and the head on one pipeline stage");
 }
 

@@ -11,8 +11,7 @@
 //   comm_driver b16sum           all-reduces 16-bit words, which are only moved: every rank must end
 //                                with the message
 //   comm_driver badexpert        the EP dispatcher plans a routing in which rank 1 alone names an
-//                                expert outside [0, E): the count exchange still completes on every
-//                                rank, rank 1 names the fault, and every rank ends
+//                                expert outside [0, E): rank 1 names the fault, and every rank ends
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

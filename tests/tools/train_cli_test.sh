@@ -215,6 +215,12 @@ ino=$(stat -c %i "$tmp/zero/step_0.h5")
 grep -q "step_0.h5 is the checkpoint this run resumed from: not written again" "$tmp/again.log" ||
     { echo "the resumed checkpoint was written again:"; cat "$tmp/again.log"; exit 1; }
 [ "$(stat -c %i "$tmp/zero/step_0.h5")" = "$ino" ] || { echo "step_0.h5 was replaced"; exit 1; }
+grep -qE "^step +0/0 \| val [0-9.]+ \(at resume\)$" "$tmp/again.log" || { echo "resumed at 0:"; cat "$tmp/again.log"; exit 1; }
+# A resume from step 0 is a resume too: weights that overflow are refused there as well.
+"${PYTHON:-/usr/bin/python3}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); f = h5py.File(sys.argv[2], 'r+'); f['model/final_norm'][...] = 3e38" \
+    "$tmp/zero/step_0.h5" "$tmp/huge0.h5"
+expect_usage "checkpoint .*/huge0.h5: its weights give a validation loss of -?nan at resume" "${args[@]}" --steps 2 \
+    --resume "$tmp/huge0.h5"
 
 # Shards and tokenizer of different vocabularies (issue 14): token ids index the model's V rows, so
 # every mismatch is bad data named by file, both ways, in train.bin or in val.bin alone, and in a

@@ -28,6 +28,8 @@ expect_one_line "moelab: error: ckpt: unknown subcommand 'check' (inspect, verif
     ckpt check x
 # An option where the path belongs was taken for the path ("checkpoint --bogus: No such file").
 expect_one_line "moelab: error: ckpt verify: unknown option '--bogus' (see moelab ckpt --help)" ckpt verify --bogus
+expect_one_line "moelab: error: ckpt: unknown subcommand 'check' (inspect, verify or clean; see moelab ckpt --help)" \
+    ckpt check --x
 expect_one_line "moelab: error: unknown command 'nope' (see moelab --help)" help nope
 
 # A flag with no value does not take the next flag as its value, in any command: `--out --force`
@@ -75,6 +77,7 @@ expect_help "usage: moelab ckpt inspect PATH" ckpt --help
 # `moelab help CMD` is CMD's help, and --help wins over anything else on the line in every command
 # alike (five commands reported the other options' errors, exit 2, three printed the help).
 expect_help "usage: moelab train [--config FILE] [--key value ...]" help train
+expect_help "moelab: train small mixture-of-experts transformers" help --help
 expect_help "usage: moelab train [--config FILE] [--key value ...]" train --steps -1 --help
 for line in "sample --tokens 0 --help" "export --dtype x --help" "schedule --pp 0 -h" "bench --steps 0 --help" \
             "eplb --replicas 0 --help" "plot --metrics m.jsonl --out --help" "ckpt verify x.h5 --help"; do

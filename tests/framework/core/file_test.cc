@@ -319,6 +319,31 @@ TEST(CoreFile, TrackedFolderGoesAfterItsFiles) {
     EXPECT_EQ(entries(d), 0);
 }
 
+// The folders core_make_dirs made go again when the process fails before writing into them, and
+// only those: `new/../old/run` made `new` and `run`, and the user's empty `old` stays (review,
+// 2026-12-06: the path cut one folder at a time removed `old`); a folder written into stays, and so
+// do the ones it is in.
+TEST(CoreFile, FoldersMadeGoWhileEmpty) {
+    const std::string d = tmpdir();
+    ASSERT_EQ(mkdir((d + "/old").c_str(), 0777), 0);
+    EXPECT_EQ(in_child([&] {
+        core_make_dirs((d + "/new/../old/run/deeper").c_str(), "output directory");
+        core_usage_error("stop");
+    }), 2);
+    struct stat st;
+    EXPECT_EQ(stat((d + "/old").c_str(), &st), 0) << "a folder the user had was removed";
+    EXPECT_EQ(entries(d), 1);  // old, empty: new, run and deeper are gone
+    EXPECT_EQ(entries(d + "/old"), 0);
+    EXPECT_EQ(in_child([&] {
+        core_make_dirs((d + "/a/b").c_str(), "output directory");
+        write_file(d + "/a/b/kept", "whole");
+        core_make_dirs((d + "/c").c_str(), "output directory");
+        exit(1);
+    }), 1);
+    EXPECT_EQ(read_file(d + "/a/b/kept"), "whole");
+    EXPECT_NE(stat((d + "/c").c_str(), &st), 0) << "the second folder made, empty, was kept";
+}
+
 // Outputs closed as one: every one renamed into place.
 TEST(CoreFile, CloseAllRenamesEveryOutput) {
     const std::string d = tmpdir();
