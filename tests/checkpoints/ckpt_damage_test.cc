@@ -775,9 +775,15 @@ TEST_P(CheckpointDamage, IsRefusedWithItsMessage) {
     ASSERT_FALSE(HasFailure()) << "the damage could not be made";
     const std::string re = expected(dir, c);
     FILE *null = fopen("/dev/null", "w");  // what verify and inspect print before they fail
-    if (c.readers & VERIFY) EXPECT_EXIT(verify(path.c_str(), null), ExitedWithCode(2), re) << "ckpt verify";
-    if (c.readers & LOAD) EXPECT_EXIT(load(path), ExitedWithCode(2), re) << "the loader (train --resume)";
-    if (c.readers & INSPECT) EXPECT_EXIT(inspect(path.c_str(), null), ExitedWithCode(2), re) << "ckpt inspect";
+    if (c.readers & VERIFY) {
+        EXPECT_EXIT(verify(path.c_str(), null), ExitedWithCode(2), re) << "ckpt verify";
+    }
+    if (c.readers & LOAD) {
+        EXPECT_EXIT(load(path), ExitedWithCode(2), re) << "the loader (train --resume)";
+    }
+    if (c.readers & INSPECT) {
+        EXPECT_EXIT(inspect(path.c_str(), null), ExitedWithCode(2), re) << "ckpt inspect";
+    }
     fclose(null);
 }
 

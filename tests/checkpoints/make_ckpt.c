@@ -29,7 +29,7 @@ int main(int argc, char **argv) {
     config_defaults(&c);
     c.V = 32; c.D = 16; c.L = 3; c.H = 4; c.Hkv = 2; c.T = 8; c.n_dense_layers = 1;
     c.F = 24; c.E = 4; c.K = 2; c.S = 1; c.Fe = 8;
-    const CkptState st = {5, {0, 40}, {c.seed, 7, 0}, 0, 0};  // tokenizer unknown
+    const CkptState st = {.step = 5, .data = {0, 40}, .rng = {c.seed, 7, 0}};  // lineage and tokenizer unknown
     char path[4096];
 
     Model *full = model_create(&c, 0, 1);

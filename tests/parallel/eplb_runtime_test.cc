@@ -151,7 +151,9 @@ TEST(EplbRuntime, SlotsFollowThePlanAndOnlyChangedSlotsMove) {
                 const int hooked = x.rt->changed > 0;
                 EXPECT_EQ(x.begins, hooked);
                 EXPECT_EQ(x.ends, hooked);
-                if (hooked) EXPECT_EQ(x.wrong_at_begin, 0);
+                if (hooked) {
+                    EXPECT_EQ(x.wrong_at_begin, 0);
+                }
                 // A layer the plan balances better: each rank holds the planner's experts (in any
                 // order), and a slot changed only where the rank lost an expert it had, the fewest
                 // changes the plan allows. Any other layer keeps its placement.

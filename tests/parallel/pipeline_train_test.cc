@@ -161,9 +161,11 @@ void compare_with_one_process(const Case &k, const char *trace) {
         EXPECT_NEAR(b.grad_norm, a.grad_norm, TOL * a.grad_norm) << "step " << s << " " << what;
         // Only the last step is traced (a traced op waits for its kernels): before it, no op has
         // a time.
-        if (trace && s < STEPS - 1)
-            for (int i = 0; i < p->sched->n_ops[pp_rank]; i++)
+        if (trace && s < STEPS - 1) {
+            for (int i = 0; i < p->sched->n_ops[pp_rank]; i++) {
                 EXPECT_EQ(p->trace[i].end, 0.0) << "step " << s << " op " << i << " " << what;
+            }
+        }
     }
     for (int pipe = 0; pipe < p->n_models; pipe++) compare_weights(p->ctx[pipe].m, ref.m, ep_rank, what);
     if (p->partner >= 0) check_copies_identical(p, what);

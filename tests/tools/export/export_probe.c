@@ -49,7 +49,7 @@ static int make(const char *dir, int argc, char **argv) {
     }
     AdamW o;
     adamw_init(&o, &m->reg);
-    const CkptState st = {7, {0, 0}, {c.seed, 7, 0}, 0, 0};  // tokenizer unknown
+    const CkptState st = {.step = 7, .rng = {c.seed, 7, 0}};  // lineage and tokenizer unknown
     char path[4096];
     CkptShard sh = ckpt_shard_identity(0, 1, c.E);
     snprintf(path, sizeof path, "%s/single.h5", dir);
