@@ -420,7 +420,12 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     t->tokens = core_alloc((size_t)c->grad_accum * c->batch_size * (c->T + 1) * sizeof(int));
     t->out_lock = CORE_DIR_NO_LOCK;
     if (c->out[0]) {
-        ckpt_make_dir(c->out);
+        // Rank 0 makes the folder first, so that one process made every new folder of the path and
+        // can remove them all again where the run fails before saving (core_make_dirs); the others
+        // find it made, or make their own where they do not share its file system.
+        if (core_rank() == 0) ckpt_make_dir(c->out);
+        if (g->world > 1) comm_barrier(comm_world());
+        if (core_rank() != 0) ckpt_make_dir(c->out);
         // Two runs saving into one folder at once would replace (and --keep delete) each other's
         // checkpoints, which the warning below cannot see while both folders still look empty.
         if (core_rank() == 0) {
