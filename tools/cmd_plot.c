@@ -23,7 +23,7 @@ static const char USAGE[] =
     "Draws the expert load of a training run from its metrics (moelab train --metrics FILE):\n"
     "  - per MoE layer, a heatmap of each expert's tokens at every logged step, as a multiple of a\n"
     "    fair share (tokens of the layer / experts): blue below, white at, red above; dashed lines\n"
-    "    mark EPLB rebalances;\n"
+    "    mark EPLB rebalances; past 360 logged steps a column sums several;\n"
     "  - for the first and the last rebalance (--eplb-interval), each EP rank's tokens before and\n"
     "    after, relative to the mean rank, with max/mean.\n"
     "  --metrics FILE   JSON Lines written by moelab train: lines with \"expert_load\" or \"eplb\" need\n"
@@ -249,6 +249,14 @@ static void share_color(double r, char out[8]) {
 #define LEFT 70
 #define HEAT_H 220      // target height of one heatmap
 #define BAR_H 120       // height of a rank-load chart
+// At most this many columns a heatmap: more logged steps share a column, their tokens summed. A cell
+// per step made 750 MB of SVG for 5 000 steps of 4 layers x 256 experts, and 100 000 steps never
+// finished (review, 2026-12-06).
+#define MAX_COLUMNS 360
+
+// Logged steps a column, and the columns.
+static int steps_per_column(const Run *d) { return (d->ns + MAX_COLUMNS - 1) / MAX_COLUMNS; }
+static int columns(const Run *d) { return (d->ns + steps_per_column(d) - 1) / steps_per_column(d); }
 
 // "MoE layer l", and its place in the model where the metrics' config says it and agrees with the
 // layers drawn (the heatmaps' titles, which have the room; the rank charts' labels keep the short
@@ -264,20 +272,29 @@ static int heatmap(FILE *f, const Run *d, int l, int top, double cw, double ch) 
     char name[64];
     fprintf(f, "<text x=\"%d\" y=\"%d\" font-weight=\"bold\">%s: tokens per expert / fair share"
                "</text>\n", LEFT, top - 8, layer_name(d, l, name, sizeof name));
-    for (int i = 0; i < d->ns; i++) {
-        const double *x = d->load + ((size_t)i * d->L + l) * E;
+    const int per = steps_per_column(d), nc = columns(d);
+    double *x = core_alloc((size_t)E * sizeof(double));  // (E) the column's tokens per expert
+    for (int c = 0; c < nc; c++) {
+        const int i0 = c * per, i1 = i0 + per < d->ns ? i0 + per : d->ns;
+        memset(x, 0, (size_t)E * sizeof(double));
+        for (int i = i0; i < i1; i++)
+            for (int e = 0; e < E; e++) x[e] += d->load[((size_t)i * d->L + l) * E + e];
         double sum = 0;
         for (int e = 0; e < E; e++) sum += x[e];
+        char steps[48];
+        if (i1 - i0 > 1) snprintf(steps, sizeof steps, "steps %d-%d", d->step[i0], d->step[i1 - 1]);
+        else snprintf(steps, sizeof steps, "step %d", d->step[i0]);
         for (int e = 0; e < E; e++) {
             const double r = sum > 0 ? x[e] * E / sum : 0;
             char col[8];
             share_color(r, col);
             fprintf(f, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"%s\">"
-                       "<title>step %d, expert %d: %.0f tokens (%.2f x fair share)</title></rect>\n",
-                    LEFT + i * cw, top + e * ch, cw, ch, col, d->step[i], e, x[e], r);
+                       "<title>%s, expert %d: %.0f tokens (%.2f x fair share)</title></rect>\n",
+                    LEFT + c * cw, top + e * ch, cw, ch, col, steps, e, x[e], r);
         }
     }
-    const double w = d->ns * cw, h = E * ch;
+    core_free(x);
+    const double w = nc * cw, h = E * ch;
     fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%.2f\" height=\"%.2f\" fill=\"none\" stroke=\"#444\"/>\n",
             LEFT, top, w, h);
     // Each rebalance takes effect after its step: a line at the right edge of that step's column.
@@ -286,16 +303,16 @@ static int heatmap(FILE *f, const Run *d, int l, int top, double cw, double ch) 
             if (d->step[i] == d->reb[k].step)
                 fprintf(f, "<line x1=\"%.2f\" y1=\"%d\" x2=\"%.2f\" y2=\"%.2f\" stroke=\"#000\" "
                            "stroke-dasharray=\"4,3\"/>\n",
-                        LEFT + (i + 1) * cw, top - 4, LEFT + (i + 1) * cw, top + h + 4);
+                        LEFT + (i / per + 1) * cw, top - 4, LEFT + (i / per + 1) * cw, top + h + 4);
     fprintf(f, "<text x=\"%d\" y=\"%.2f\" text-anchor=\"end\" font-size=\"11\">expert 0</text>\n", LEFT - 4,
             top + ch / 2 + 4);
     fprintf(f, "<text x=\"%d\" y=\"%.2f\" text-anchor=\"end\" font-size=\"11\">%d</text>\n", LEFT - 4,
             top + h - ch / 2 + 4, E - 1);
-    // About six step labels under the columns.
-    const int every = d->ns > 6 ? (d->ns + 5) / 6 : 1;
-    for (int i = 0; i < d->ns; i += every)
+    // About six step labels under the columns (a column's first step).
+    const int every = nc > 6 ? (nc + 5) / 6 : 1;
+    for (int c = 0; c < nc; c += every)
         fprintf(f, "<text x=\"%.2f\" y=\"%.2f\" text-anchor=\"middle\" font-size=\"11\">%d</text>\n",
-                LEFT + (i + 0.5) * cw, top + h + 16, d->step[i]);
+                LEFT + (c + 0.5) * cw, top + h + 16, d->step[c * per]);
     fprintf(f, "<text x=\"%.2f\" y=\"%.2f\" font-size=\"11\">step</text>\n", LEFT + w + 6, top + h + 16);
     return (int)(top + h + 44);
 }
@@ -351,11 +368,11 @@ static int rank_chart(FILE *f, const Run *d, int k, int l, int x0, int top) {
 }
 
 static int write_svg(const char *path, const Run *d) {
-    const double cw = fmax(2, fmin(24, 720.0 / d->ns)), ch = fmax(3, fmin(16, (double)HEAT_H / d->E));
+    const double cw = fmax(2, fmin(24, 720.0 / columns(d))), ch = fmax(3, fmin(16, (double)HEAT_H / d->E));
     const int heat_h = (int)(d->E * ch) + 70;
     const int n_charts = d->nr == 0 ? 0 : d->nr == 1 ? 1 : 2;   // the first and the last rebalance
     const int chart_w = 2 * 10 * d->G + 6 * d->G > 260 ? 26 * d->G : 260;
-    int width = LEFT + (int)(d->ns * cw) + 60;
+    int width = LEFT + (int)(columns(d) * cw) + 60;
     if (LEFT + d->L * (chart_w + 30) > width) width = LEFT + d->L * (chart_w + 30);
     if (width < 640) width = 640;
     const int height = 40 + d->L * heat_h + 60 + (n_charts ? n_charts * (BAR_H + 60) + 30 : 30);

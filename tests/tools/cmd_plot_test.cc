@@ -80,6 +80,22 @@ const char *METRICS =
     "\n"
     "{\"step\": 3, \"loss\": 3.9, \"expert_load\": [[4, 4, 4, 4], [0, 0, 0, 16]]}\n";
 
+// Past 360 logged steps several share a column, their tokens summed: 1000 steps make 334 columns of 3
+// (the last of 1), not a cell per step (5 000 steps of 4 x 256 experts were 750 MB of SVG).
+TEST(CmdPlot, ManyStepsShareColumns) {
+    std::string text;
+    for (int s = 1; s <= 1000; s++)
+        text += "{\"step\": " + std::to_string(s) + ", \"expert_load\": [[3, 1]]}\n";
+    std::string m = write_file("many.jsonl", text), svg = tmp_path("many.svg");
+    Result r = plot({"--metrics", m, "--out", svg});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    std::string s = read_file(svg);
+    EXPECT_EQ(count(s, "<title>step"), 334u * 2);
+    EXPECT_EQ(count(s, "<title>steps 1-3, expert 0: 9 tokens (1.50 x fair share)"), 1u);
+    EXPECT_EQ(count(s, "<title>steps 997-999, expert 1: 3 tokens (0.50 x fair share)"), 1u);
+    EXPECT_EQ(count(s, "<title>step 1000, expert 0: 3 tokens (1.50 x fair share)"), 1u);
+}
+
 TEST(CmdPlot, DrawsHeatmapsAndRankLoads) {
     std::string m = write_file("m.jsonl", METRICS), svg = tmp_path("m.svg");
     Result r = plot({"--metrics", m, "--out=" + svg});
