@@ -258,7 +258,17 @@ static const CommOps MPI_OPS = {
 
 static MPI_Comm g_world_mpi;
 
-static void mpi_abort_hook(int code) { MPI_Abort(MPI_COMM_WORLD, code); }
+// Bad input is found by every rank alike (they read the same config and files) but not at the same
+// moment: the first to call MPI_Abort ended the others before they said theirs (review, 2026-12-06:
+// a resume of another model's checkpoint under mpirun printed rank 1's message only). A usage error
+// waits a second first, so that every rank's message is out; other failures end the job at once.
+static void mpi_abort_hook(int code) {
+    if (code == CORE_EXIT_USAGE) {
+        struct timespec ts = {1, 0};
+        nanosleep(&ts, NULL);
+    }
+    MPI_Abort(MPI_COMM_WORLD, code);
+}
 
 // mpirun (OpenMPI) and PMI/PMIx launchers announce themselves in the environment.
 static int launched_by_mpirun(void) {

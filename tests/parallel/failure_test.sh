@@ -63,6 +63,14 @@ args=(--data "$tmp/data" --batch-size 2 --seq-len 16 --d-model 32 --d-expert 16 
 expect train_e_ep 2 'moelab: error \[rank [0-9]\]: config: n_experts \(6\) must be divisible by ep \(4\)' 60 \
     4 "$moelab" train "${args[@]}" --n-experts 6 --ep 4 --steps 3
 if grep -q "step" "$tmp/train_e_ep.out"; then echo "FAIL: train_e_ep did work before failing"; fail=1; fi
+# Bad input that every rank finds (here a checkpoint of another model) is said by every rank: the
+# first rank's MPI_Abort ended the other before its message (review, 2026-12-06).
+mpi 2 "$moelab" train "${args[@]}" --ep 2 --steps 1 --out "$tmp/e2" >/dev/null 2>&1 ||
+    { echo "FAIL: the run for the resume case failed"; fail=1; }
+expect resume_other 2 'moelab: error \[rank [01]\]: .*n_experts' 60 2 "$moelab" train "${args[@]}" --ep 2 --steps 2 \
+    --n-experts 16 --resume "$tmp/e2/step_1.h5"
+[ "$(grep -c "moelab: error \[rank [01]\]" "$tmp/resume_other.out")" -eq 2 ] ||
+    { echo "FAIL: resume_other: not every rank said the error"; sed 's/^/  | /' "$tmp/resume_other.out"; fail=1; }
 # Bad data (issue 14): a val.bin of another vocabulary than the tokenizer's is exit 2 on every rank.
 "$moelab" data prepare --input "$tmp/data.txt" --vocab 300 --out "$tmp/v300" >/dev/null
 mkdir -p "$tmp/mixed" && cp "$tmp/data/tokenizer.bin" "$tmp/data/train.bin" "$tmp/v300/val.bin" "$tmp/mixed/"
