@@ -4,7 +4,9 @@
 // ranks must not act on a resume before it has passed its checks). With $SLOW_OPEN_UNLINK set, the
 // file is removed instead, as a running train's --keep prunes a checkpoint between a reader's checks
 // and its open (ckpt_cli_test.sh).
+#ifndef _GNU_SOURCE  // dlsym's RTLD_NEXT (the build defines it for every C file)
 #define _GNU_SOURCE
+#endif
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <stdarg.h>

@@ -25,7 +25,7 @@ Comm *world() { return comm_world(); }
 TEST(Comm, PeersNamedWithTheirWorldRank) {
     char buf[COMM_OP_NAME_MAX];
     int world_of[2] = {4, 6};
-    Comm pp = {.name = "pp", .rank = 0, .size = 2, .world_of = world_of};
+    Comm pp = {.name = "pp", .rank = 0, .size = 2, .world_of = world_of, .ops = nullptr, .impl = nullptr};
     EXPECT_STREQ(comm_p2p_name(buf, &pp, -1, 1), "recv from rank 1 (world rank 6)");
     EXPECT_STREQ(comm_p2p_name(buf, &pp, 1, 0), "send to rank 1 (world rank 6) / recv from rank 0 (world rank 4)");
     EXPECT_STREQ(comm_p2p_name(buf, comm_world(), 3, -1), "send to rank 3");

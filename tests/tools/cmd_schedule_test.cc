@@ -179,7 +179,9 @@ TEST(CmdSchedule, SvgIsWellFormedWhateverTheTrace) {
             const unsigned char c = (unsigned char)s[i];
             EXPECT_FALSE(c < 0x20 && c != '\n' && c != '\t') << "control byte at " << i;
             // A lead byte of two is followed by its continuation (é here, or U+FFFD's three bytes).
-            if ((c & 0xE0) == 0xC0) EXPECT_TRUE(i + 1 < s.size() && ((unsigned char)s[i + 1] & 0xC0) == 0x80) << i;
+            if ((c & 0xE0) == 0xC0) {
+                EXPECT_TRUE(i + 1 < s.size() && ((unsigned char)s[i + 1] & 0xC0) == 0x80) << i;
+            }
         }
         remove(trace.c_str());
     }

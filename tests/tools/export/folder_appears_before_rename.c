@@ -1,7 +1,9 @@
 // A test seam loaded with LD_PRELOAD: just before export renames its written folder to an --out that
 // did not exist at its start (renameat2 with RENAME_NOREPLACE), another process (a second export to
 // the same --out) creates that folder with a file in it, the race of two exports run at once.
+#ifndef _GNU_SOURCE  // dlsym's RTLD_NEXT (the build defines it for every C file)
 #define _GNU_SOURCE
+#endif
 #include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>

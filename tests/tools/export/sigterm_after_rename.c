@@ -1,7 +1,9 @@
 // A test seam loaded with LD_PRELOAD: renameat2 (export's atomic exchange of its folder) does its
 // work, then the process gets SIGTERM, the worst moment for a polite signal: the new export is in
 // place and the old one lies under the temporary name with a __pycache__ whose files nothing tracks.
+#ifndef _GNU_SOURCE  // dlsym's RTLD_NEXT (the build defines it for every C file)
 #define _GNU_SOURCE
+#endif
 #include <dlfcn.h>
 #include <signal.h>
 #include <stdio.h>
