@@ -163,7 +163,17 @@ int core_temp_is_stale(const char *name) {
     char *end;
     const long pid = strtol(t + 5, &end, 10);
     if (*end != '\0' || pid <= 0 || t[5] == '-' || t[5] == '+') return -1;
-    return !(kill((pid_t)pid, 0) == 0 || errno == EPERM);
+    if (!(kill((pid_t)pid, 0) == 0 || errno == EPERM)) return 1;
+    // A zombie (ended, not yet reaped: a rank killed a moment ago whose mpirun has not waited for it)
+    // writes nothing any more: its temporary was kept by `ckpt clean` (review, 2026-12-06).
+    char stat_path[32], buf[256] = "";
+    snprintf(stat_path, sizeof stat_path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(stat_path, "r");
+    const size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f) fclose(f);
+    buf[n] = '\0';
+    const char *paren = strrchr(buf, ')');  // the state follows the command name in parentheses
+    return paren && paren[1] == ' ' && paren[2] == 'Z';
 }
 
 // While signals are held (core_signals_hold), the number of holds and the polite signal that came

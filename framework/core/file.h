@@ -56,8 +56,8 @@ void core_temp_track(const char *tmp);
 void core_temp_untrack(const char *tmp);  // after its rename
 void core_temp_remove_all(void);
 // Whether a file name is a temporary "NAME.tmp-<pid>" of a process no longer running on this
-// machine: 1 (a leftover of SIGKILL or a crash), 0 (its process runs: maybe a write under way), or
-// -1 (no such name).
+// machine (gone, or a zombie not yet reaped): 1 (a leftover of SIGKILL or a crash), 0 (its process
+// runs: maybe a write under way), or -1 (no such name).
 int core_temp_is_stale(const char *name);
 // The temporary of path with suffix (".tmp-<pid>", or mkdtemp's template ".tmp-XXXXXX") into out:
 // beside path, its name path's last name and the suffix; where a long name leaves no room for the

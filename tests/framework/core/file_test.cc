@@ -463,6 +463,24 @@ TEST(CoreFile, StaleTemporaryNames) {
     const std::string me = std::to_string(getpid()), gone = std::to_string(dead);
     EXPECT_EQ(core_temp_is_stale(("step_3.h5.tmp-" + gone).c_str()), 1);
     EXPECT_EQ(core_temp_is_stale(("train.bin.tmp-" + me).c_str()), 0);
+    // A process that has ended but is not reaped yet (a zombie) writes nothing either.
+    const pid_t zombie = fork();
+    if (zombie == 0) _exit(0);
+    std::string state;
+    for (int i = 0; i < 1000 && state != "Z"; i++) {  // until it has ended
+        usleep(1000);
+        FILE *f = fopen(("/proc/" + std::to_string(zombie) + "/stat").c_str(), "r");
+        char buf[256] = "";
+        if (f) {
+            buf[fread(buf, 1, sizeof buf - 1, f)] = '\0';
+            fclose(f);
+        }
+        const char *paren = strrchr(buf, ')');
+        state = paren ? std::string(paren + 2, 1) : "";
+    }
+    ASSERT_EQ(state, "Z");
+    EXPECT_EQ(core_temp_is_stale(("step_3.h5.tmp-" + std::to_string(zombie)).c_str()), 1);
+    ASSERT_EQ(waitpid(zombie, nullptr, 0), zombie);
     for (const char *name : {"step_3.h5", "out.tmp-Ab12cd", "a.tmp-", "a.tmp-12x", "a.tmp--5", "a.tmp-0"})
         EXPECT_EQ(core_temp_is_stale(name), -1) << name;
 }
