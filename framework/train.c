@@ -424,7 +424,8 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         // can remove them all again where the run fails before saving (core_make_dirs); the others
         // find it made, or make their own where they do not share its file system.
         if (core_rank() == 0) ckpt_make_dir(c->out);
-        if (comm_world()->size > 1) comm_barrier(comm_world());  // not g: the trainer owns it now (a one-process grid is freed)
+        // comm_world, not g: pipe_trainer_create took the grid over (and frees a one-process one).
+        if (comm_world()->size > 1) comm_barrier(comm_world());
         if (core_rank() != 0) ckpt_make_dir(c->out);
         // Two runs saving into one folder at once would replace (and --keep delete) each other's
         // checkpoints, which the warning below cannot see while both folders still look empty.
