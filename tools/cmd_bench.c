@@ -32,8 +32,9 @@ static void bench_help(void) {
            "(default cutlass: CUTLASS's Hopper grouped GEMM on compute capability 9.0, else cuBLAS's\n"
            "grouped call; --gemm-streams 1..8 streams, default 4). `moelab train --help` lists every\n"
            "key. The keys of a run that bench has no use for (data and output files, checkpoints,\n"
-           "validation, sampling, pipelines, expert parallelism, EPLB) are refused on its command\n"
-           "line and set back to their defaults where a config file names them.\n");
+           "validation, logging, sampling, pipelines, expert parallelism, ZeRO and the overlaps,\n"
+           "EPLB, the communication timeout, the non-finite skip) are refused on its command line\n"
+           "and set back to their defaults where a config file names them.\n");
 }
 
 // The time of one step by layer type, largest first.
@@ -59,7 +60,8 @@ static void print_breakdown(const char *config, const BenchResult *r, int gpu) {
 }
 
 // The keys of a training run that bench has no use for: it times one process on synthetic tokens,
-// with no data, files, checkpoints, validation, sampling, pipeline, expert parallelism or EPLB.
+// with no data, files, checkpoints, validation, logging, sampling, pipeline, expert or data
+// parallelism, EPLB or non-finite skip.
 // On its command line they are refused (they would change nothing, or, for EPLB's slots, build a
 // model the one-process dispatcher cannot run); from a config file, where a run's other settings
 // sit beside them, they are set back to their defaults.

@@ -2,10 +2,10 @@
 # Runs what tools/gpu_build.sh put into .dist/, on the GPU machine, in stages (all but trace, pp,
 # pp_bench and rehearse by default):
 #   tests      the kernel suite (gpu_test) and the whole-model suite (model_gpu_test)
-#   sanitizer  compute-sanitizer memcheck, racecheck and initcheck over the kernel suite (not over
-#              cuDNN's kernels: the AttentionCudnn* tests are left out; racecheck leaves out the
-#              tests of the CUTLASS grouped GEMMs, which it cannot run, and initcheck the MoE layer
-#              test, below); a filter narrows it, e.g.
+#   sanitizer  compute-sanitizer memcheck, racecheck and initcheck over the kernel suite, minus the
+#              death tests and the tests of cuDNN (*Cudnn*); racecheck also leaves out the grouped
+#              linear and MoE layer tests (the CUTLASS grouped GEMMs), which it cannot run, and
+#              initcheck the MoE layer test, below; a filter narrows it, e.g.
 #              STAGES=sanitizer bash tools/gpu_run.sh 'Gpu.LinearGrouped*'
 #   kernels    the kernel benchmark at the bench config's shapes, and its library baselines in the
 #              same run (tools/bench_torch_kernels.py: PyTorch's grouped GEMM, cuDNN and

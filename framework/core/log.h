@@ -1,5 +1,5 @@
-// Logging with a rank prefix. Rank and world size are set once at start-up by the process grid;
-// a one-process run prints no prefix.
+// Logging with a rank prefix. Rank and world size are set once at start-up by comm_init
+// (parallel/comm.c); a one-process run prints no prefix.
 #ifndef MOELAB_CORE_LOG_H
 #define MOELAB_CORE_LOG_H
 
