@@ -391,12 +391,8 @@ typedef struct {
 
 static void *grow(void *p, int n, int *cap, size_t elem) {
     if (n < *cap) return p;
-    int c = *cap ? 2 * *cap : 16;
-    void *q = core_alloc((size_t)c * elem);
-    if (p) memcpy(q, p, (size_t)n * elem);
-    core_free(p);
-    *cap = c;
-    return q;
+    *cap = *cap ? 2 * *cap : 16;
+    return core_grow(p, (size_t)n, (size_t)*cap, elem);
 }
 
 static void add_map(VTensor *v, int part, hsize_t src_rows, hsize_t src0, hsize_t row0, hsize_t n) {

@@ -273,10 +273,7 @@ static void trainer_save(Trainer *t) {
     core_free(counts);
     core_free(phy2log);
     core_free(load);
-    long *saved = core_alloc((size_t)(t->n_saved + 1) * sizeof *saved);
-    if (t->n_saved) memcpy(saved, t->saved, (size_t)t->n_saved * sizeof *saved);
-    core_free(t->saved);
-    t->saved = saved;
+    t->saved = core_grow(t->saved, (size_t)t->n_saved, (size_t)t->n_saved + 1, sizeof *t->saved);
     t->saved[t->n_saved++] = t->step;
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", path);
     if (core_rank() == 0)

@@ -107,10 +107,7 @@ static void post(Exec *x, int kind, int mb, int path, int k, const void *msg) {
     }
     if (x->n_sends == x->cap_sends) {
         x->cap_sends = x->cap_sends ? 2 * x->cap_sends : 16;
-        Send *grown = core_alloc((size_t)x->cap_sends * sizeof(Send));
-        if (x->n_sends) memcpy(grown, x->sends, (size_t)x->n_sends * sizeof(Send));
-        core_free(x->sends);
-        x->sends = grown;
+        x->sends = core_grow(x->sends, (size_t)x->n_sends, (size_t)x->cap_sends, sizeof(Send));
     }
     CommRequest *req;
     if (r->links) {

@@ -162,10 +162,7 @@ static const char *take_line(Run *d, const JsonValue *o, char *msg, size_t cap) 
     if (!d->L) return "\"eplb\" comes before any \"expert_load\"";
     if (d->nr == d->rcap) {
         d->rcap = d->rcap ? 2 * d->rcap : 16;
-        Rebalance *r = core_alloc((size_t)d->rcap * sizeof *r);
-        if (d->nr) memcpy(r, d->reb, (size_t)d->nr * sizeof *r);
-        core_free(d->reb);
-        d->reb = r;
+        d->reb = core_grow(d->reb, (size_t)d->nr, (size_t)d->rcap, sizeof *d->reb);
     }
     Rebalance *r = &d->reb[d->nr++];
     r->step = (int)step->number;

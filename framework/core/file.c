@@ -52,10 +52,7 @@ int core_read_all(FILE *f, size_t max, char **buf, size_t *len) {
     char *b = core_alloc_uninit(cap + 1);
     n = fread(b, 1, cap, f);
     while (st.st_size == 0 && n == cap && n <= max && !ferror(f)) {
-        char *more = core_alloc_uninit(2 * cap + 1);
-        memcpy(more, b, n);
-        core_free(b);
-        b = more;
+        b = core_grow(b, n, 2 * cap + 1, 1);
         n += fread(b + cap, 1, cap, f);
         cap *= 2;
     }

@@ -48,6 +48,13 @@ void *core_alloc(size_t bytes) { return core_alloc_filled(bytes, 0); }
 
 void core_free(void *p) { free(p); }
 
+void *core_grow(void *old, size_t n, size_t cap, size_t es) {
+    void *p = core_alloc(cap * es);
+    if (n) memcpy(p, old, n * es);
+    core_free(old);
+    return p;
+}
+
 double core_host_memory_bytes(void) {
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     CHECK(pages > 0 && page > 0, "cannot read this machine's memory size (sysconf)");

@@ -21,6 +21,9 @@ void *core_alloc_filled(size_t bytes, int fill);
 // The same, not filled: its bytes are whatever the heap held (a buffer written before it is read).
 void *core_alloc_uninit(size_t bytes);
 void core_free(void *p);
+// A growing array's next room: a zeroed buffer of cap elements of es bytes that starts with the n
+// elements of old (NULL when n is 0), which it frees.
+void *core_grow(void *old, size_t n, size_t cap, size_t es);
 // This machine's physical memory in bytes: the bound of sizes given on a command line, checked
 // before anything is allocated (an allocation beyond it would only swap or be killed).
 double core_host_memory_bytes(void);

@@ -15,12 +15,8 @@ static int add_aligned(ParamRegistry *r, const char *name, int layer, ParamKind 
     CHECK(params_find(r, name) < 0, "parameter '%s' declared twice", name);
     CHECK(ndim >= 1 && ndim <= 4, "parameter '%s': rank %d", name, ndim);
     if (r->n == r->cap) {
-        int cap = r->cap ? 2 * r->cap : 64;
-        ParamInfo *p = core_alloc((size_t)cap * sizeof *p);
-        if (r->p) memcpy(p, r->p, (size_t)r->n * sizeof *p);
-        core_free(r->p);
-        r->p = p;
-        r->cap = cap;
+        r->cap = r->cap ? 2 * r->cap : 64;
+        r->p = core_grow(r->p, (size_t)r->n, (size_t)r->cap, sizeof *r->p);
     }
     ParamInfo *pi = &r->p[r->n];
     memset(pi, 0, sizeof *pi);

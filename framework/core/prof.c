@@ -3,8 +3,6 @@
 // on a stream of its own, whose times would interleave with this one's, so its marks are no-ops.
 #include "framework/core/prof.h"
 
-#include <string.h>
-
 #include "framework/core/check.h"
 #include "framework/core/cuda.h"
 #include "framework/core/mem.h"
@@ -17,20 +15,12 @@ static ProfRegion *g_region;  // (cap) the region each mark opens
 static double *g_t;           // (cap) CPU: the wall clock at each mark
 static void **g_ev;           // (cap) GPU: a CUDA event per mark, kept across runs
 
-// A zeroed copy of the n-element array old (elements of size es), room for cap; frees old.
-static void *grow(void *old, int n, int cap, size_t es) {
-    void *p = core_alloc((size_t)cap * es);  // zero-filled
-    if (old) memcpy(p, old, (size_t)n * es);
-    core_free(old);
-    return p;
-}
-
 static void take(ProfRegion r) {
     if (g_n == g_cap) {
         int cap = g_cap ? 2 * g_cap : 4096;
-        g_region = grow(g_region, g_cap, cap, sizeof *g_region);
-        g_t = grow(g_t, g_cap, cap, sizeof *g_t);
-        g_ev = grow(g_ev, g_cap, cap, sizeof *g_ev);
+        g_region = core_grow(g_region, g_cap, cap, sizeof *g_region);
+        g_t = core_grow(g_t, g_cap, cap, sizeof *g_t);
+        g_ev = core_grow(g_ev, g_cap, cap, sizeof *g_ev);  // zeroed: no event yet
         g_cap = cap;
     }
     g_region[g_n] = r;

@@ -289,6 +289,16 @@ TEST(CoreDeath, AllocationBeyondTheMachine) {
                 "^moelab: error: out of host memory allocating [0-9]+ bytes \\([0-9.]+ GiB; the machine has");
     EXPECT_EXIT(core_alloc_uninit(SIZE_MAX - 1), ::testing::ExitedWithCode(1), "out of host memory allocating");
 }
+// core_grow keeps the first n elements and zeroes the rest of the new room (prof.c's marks read a
+// zero event as "none yet").
+TEST(Core, GrowKeepsElementsAndZeroesTheRest) {
+    int *a = (int *)core_grow(NULL, 0, 4, sizeof(int));
+    for (int i = 0; i < 4; i++) EXPECT_EQ(a[i], 0);
+    for (int i = 0; i < 4; i++) a[i] = i + 1;
+    a = (int *)core_grow(a, 3, 8, sizeof(int));
+    for (int i = 0; i < 8; i++) EXPECT_EQ(a[i], i < 3 ? i + 1 : 0) << i;
+    core_free(a);
+}
 // The host-memory check's "held": anonymous memory counts, a mapped file read to its end (the token
 // shards) does not (the page cache may drop it; counting it refused a small model over a large dataset).
 TEST(Core, ResidentBytesCountHeldMemoryNotMappedFiles) {
