@@ -137,6 +137,24 @@ static void trainer_ckpt_view_free(CkptView *v, Model *m, AdamW *o, int upload) 
     core_free(v->v);
 }
 
+// FNV-1a (64 bits) of n bytes, going on from h (FNV_START to begin): what ranks_agree compares.
+#define FNV_START 1469598103934665603ull
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+    for (size_t i = 0; i < n; i++) h = (h ^ ((const unsigned char *)p)[i]) * 1099511628211ull;
+    return h;
+}
+
+// Whether every rank of the world passed the same h: the largest h and the largest negated h over
+// the ranks are both this rank's only if all agree. One process agrees with itself.
+static int ranks_agree(uint64_t h) {
+    Comm *w = comm_world();
+    if (w->size < 2) return 1;
+    const int64_t mine = (int64_t)(h >> 1);
+    int64_t v[2] = {mine, -mine};
+    comm_allreduce(w, v, 2, COMM_I64, COMM_MAX);
+    return v[0] == mine && -v[1] == mine;
+}
+
 // Restores everything a step depends on: weights and router biases, AdamW moments and t, the step
 // (hence the learning rate) and the training loader's position.
 static void trainer_resume(Trainer *t) {
@@ -173,6 +191,12 @@ static void trainer_resume(Trainer *t) {
         core_usage_error("--resume %s was trained with another tokenizer than %s/tokenizer.bin (fingerprints "
                          "%08x and %08x): resume on the data directory of its run", t->cfg.resume, t->cfg.data,
                          st.tok_fp, tok_fingerprint(t->tok));
+    // Ranks that do not share a file system may have read different files of that name: they trained
+    // on from other steps and weights until a collective timed out (review, 2026-12-06).
+    const uint64_t at[4] = {(uint64_t)st.step, st.lineage, st.data.epoch, st.data.index};
+    if (!ranks_agree(fnv1a(FNV_START, at, sizeof at)))
+        core_usage_error("the ranks resumed different checkpoints at --resume %s (other steps or runs: hosts "
+                         "that do not share it need the same copy)", t->cfg.resume);
     t->step = (int)st.step;
     // --steps counts from the start of the run the checkpoint continues: fewer than it holds would
     // train nothing and end with exit 0 (fuzzing: `--resume step_3.h5 --steps 2` printed "step 3/2").
@@ -202,6 +226,7 @@ static void trainer_resume(Trainer *t) {
                    "with its own checkpoint lineage (--keep prunes only its own)", later);
     }
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", t->cfg.resume);
+    t->ckpt_current = 1;
     loader_set_pos(t->train, st.data);
     core_info0("resumed from %s at step %d", t->cfg.resume, t->step);
 }
@@ -276,6 +301,7 @@ static void trainer_save(Trainer *t) {
     t->saved = core_grow(t->saved, (size_t)t->n_saved, (size_t)t->n_saved + 1, sizeof *t->saved);
     t->saved[t->n_saved++] = t->step;
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", path);
+    t->ckpt_current = 1;
     if (core_rank() == 0)
         ckpt_prune(t->cfg.out, t->cfg.keep, t->lineage, t->step, t->resumed_at, t->saved, t->n_saved);
     core_signals_saving(0);
@@ -325,24 +351,17 @@ static void metrics_flush(Trainer *t) {
 // overrun in the DP all-reduce, or a hang at the end of the shorter run (fuzzing, 2026-12-04). The
 // ranks compare a hash of the whole config, every key as config_write prints it.
 static void check_same_config(const MoeConfig *c) {
-    Comm *w = comm_world();
-    if (w->size < 2) return;
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
     CHECK(f, "open_memstream: %s", strerror(errno));
     config_write(c, f);
     fclose(f);
-    uint64_t h = 1469598103934665603ull;  // FNV-1a, 64 bits
-    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)text[i]) * 1099511628211ull;
+    const uint64_t h = fnv1a(FNV_START, text, len);
     free(text);
-    // The largest hash and the largest negated hash over the ranks: both this rank's only if all agree.
-    const int64_t mine = (int64_t)(h >> 1);
-    int64_t v[2] = {mine, -mine};
-    comm_allreduce(w, v, 2, COMM_I64, COMM_MAX);
-    if (v[0] != mine || -v[1] != mine)
+    if (!ranks_agree(h))
         core_usage_error("the %d ranks were started with different settings (command lines or config files): "
-                         "every rank of a run needs the same ones", w->size);
+                         "every rank of a run needs the same ones", comm_world()->size);
 }
 
 Trainer *trainer_create(const MoeConfig *cfg) {
@@ -406,6 +425,12 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     // can replace the dataset between one rank's opens and another's (review, 2026-12-05).
     if (g->world > 1) comm_barrier(comm_world());
     core_dir_unlock(data_lock);
+    // Ranks on hosts that do not share a file system read their own copies of --data: another
+    // tokenizer of the same size, or other shards, trained on in silence (review, 2026-12-06).
+    const uint64_t data_id[3] = {tok_fingerprint(t->tok), loader_num_sequences(t->train), loader_num_sequences(t->val)};
+    if (!ranks_agree(fnv1a(FNV_START, data_id, sizeof data_id)))
+        core_usage_error("the ranks read different datasets at --data %s (another tokenizer or other shards: "
+                         "hosts that do not share it need the same copy)", c->data);
     const uint64_t val_seqs = loader_num_sequences(t->val);
     const uint64_t fit = val_seqs / (uint64_t)c->batch_size;  // whole batches it holds
     if ((uint64_t)c->val_batches * (uint64_t)c->batch_size > val_seqs)
@@ -441,7 +466,6 @@ Trainer *trainer_create(const MoeConfig *cfg) {
         // Each rank reads only its own part: every one has passed its checks before rank 0 truncates
         // --metrics below (a part damaged or missing for another rank ended the job after rank 0
         // had cut the file, review 2026-12-05).
-        if (t->pipe->grid) comm_barrier(t->pipe->grid->world_comm);
     }
     // Opened (and so truncated) only once --out and --resume have passed their checks: a run refused
     // for bad input cut an earlier metrics file at this path to the refused run's config line.
@@ -703,15 +727,39 @@ static void trainer_sample(Trainer *t, const char *when) {
     core_free(out);
 }
 
+// The newest checkpoint of good weights, for a run that diverged, into good ("" if none). The
+// newest one may hold the very weights that broke (saved, then the next step's loss was NaN, or
+// every step since skipped): it is good only if they still validate, else the newest earlier one
+// left on the disk (review, 2026-12-06: a file whose every forward was NaN was named "the last good
+// checkpoint", and its resume refused). Returns 1 when the newest one did not validate.
+static int last_good_ckpt(Trainer *t, char *good, size_t len) {
+    snprintf(good, len, "%s", t->last_ckpt);
+    if (!t->last_ckpt[0] || !t->ckpt_current || isfinite(trainer_eval(t))) return 0;
+    good[0] = '\0';
+    struct stat sb;
+    char path[CONFIG_STR + 32];
+    for (int i = t->n_saved - 1; i >= 0 && !good[0]; i--) {
+        ckpt_step_path(t->cfg.out, t->saved[i], path, sizeof path);
+        if (strcmp(path, t->last_ckpt) != 0 && stat(path, &sb) == 0) snprintf(good, len, "%s", path);
+    }
+    if (!good[0] && t->cfg.resume[0] && strcmp(t->cfg.resume, t->last_ckpt) != 0 && stat(t->cfg.resume, &sb) == 0)
+        snprintf(good, len, "%s", t->cfg.resume);
+    return 1;
+}
+
 // The run's end by divergence: one message on every rank, naming the last good checkpoint. Returns 1.
 static int trainer_report_diverged(Trainer *t, const char *why) {
     const MoeConfig *c = &t->cfg;
-    char last[sizeof t->last_ckpt + 96];
-    if (t->last_ckpt[0])
-        snprintf(last, sizeof last, "the last good checkpoint is %s (resume from it with", t->last_ckpt);
+    char good[sizeof t->last_ckpt], broke[sizeof t->last_ckpt + 80] = "";
+    if (last_good_ckpt(t, good, sizeof good))
+        snprintf(broke, sizeof broke, "%s, whose weights give a validation loss that is not finite", t->last_ckpt);
+    char last[2 * sizeof t->last_ckpt + 160];
+    if (good[0])
+        snprintf(last, sizeof last, "the last good checkpoint is %s%s%s (resume from it with", good,
+                 broke[0] ? ", not the newer " : "", broke);
     else
-        snprintf(last, sizeof last, "no checkpoint of this run holds good weights%s (start again with",
-                 c->out[0] ? "" : ": pass --out DIR");
+        snprintf(last, sizeof last, "no checkpoint of this run holds good weights%s%s (start again with",
+                 broke[0] ? ": not " : c->out[0] ? "" : ": pass --out DIR", broke);
     core_failure_report("training diverged at step %d: %s; nothing was saved from it, %s a lower --lr or a "
                         "--grad-clip%s)", t->step, why, last,
                         c->nonfinite_skip > 0 ? "" : ", or let --nonfinite-skip N skip such steps");
@@ -759,6 +807,10 @@ static int trainer_stopped(Trainer *t, int sig, const StepStats *st) {
     else if (t->last_ckpt[0]) snprintf(what, sizeof what, "go on with --resume %s", t->last_ckpt);
     else snprintf(what, sizeof what, "no checkpoint of good weights to go on from");
     core_info0("stopped by %s after step %d of %d: %s", signal_name(sig), t->step, c->steps, what);
+    // The exit code is not 0, so mpirun ends the job at the first rank's exit: rank 0 could be
+    // killed before its line, or in the middle of its prune of old checkpoints (review,
+    // 2026-12-06). Every rank waits for rank 0 to finish first.
+    if (t->pipe->grid && t->pipe->grid->world > 1) comm_barrier(t->pipe->grid->world_comm);
     return 128 + sig;
 }
 
@@ -813,20 +865,22 @@ int trainer_run(Trainer *t) {
         tokens += (double)c->grad_accum * c->batch_size * c->T * dp;
         secs += st.seconds;
         steps++;
+        if (!st.nonfinite) t->ckpt_current = 0;  // an update applied
         if (trainer_diverged(t, &st)) {
             rc = CORE_EXIT_FAILURE;
             break;
         }
         int last = t->step == c->steps;
-        val = -1;
-        if (last || (c->val_every > 0 && t->step % c->val_every == 0)) val = trainer_eval(t);
+        const int validate = last || (c->val_every > 0 && t->step % c->val_every == 0);
+        val = validate ? trainer_eval(t) : -1;
         if (val >= 0 && val < val_best) val_best = val;
         // Weights can be finite and still give nothing but NaN (a last applied step that broke them,
         // every step since skipped): such a result was saved and reported with exit 0 (review,
-        // 2026-12-05). The final validation decides.
-        if (last && !isfinite(val)) {
+        // 2026-12-05), and such weights of a step before the last were saved and named the last
+        // good checkpoint (review, 2026-12-06). Any validation that is not finite ends the run.
+        if (validate && !isfinite(val)) {
             char why[96];
-            snprintf(why, sizeof why, "validation loss %g after the last step%s", (double)val,
+            snprintf(why, sizeof why, "validation loss %g%s%s", (double)val, last ? " after the last step" : "",
                      st.nonfinite ? " (itself skipped)" : "");
             rc = trainer_report_diverged(t, why);
             break;

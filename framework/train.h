@@ -31,6 +31,7 @@ typedef struct {
     long *saved;             // (n_saved) steps this run saved (what --keep may prune besides ancestors)
     int n_saved;
     char last_ckpt[CONFIG_STR + 32];  // the newest checkpoint of good weights ("" if none)
+    int ckpt_current;        // last_ckpt holds the model's weights as they are (no step applied since)
     int skipped, skipped_run;  // non-finite steps skipped in all, and in a row up to now
 } Trainer;
 

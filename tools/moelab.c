@@ -69,8 +69,8 @@ int main(int argc, char **argv) {
     // temporaries removed) instead of SIGXFSZ ending the process with its temporaries left.
     signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) return core_usage_report("missing command (see moelab --help)");
-    // `moelab help train` is `moelab train --help`.
-    const int help_of = !strcmp(argv[1], "help") && argc > 2 && !is_help(argv[2]);
+    // `moelab help train` is `moelab train --help`; `moelab help help` is this help.
+    const int help_of = !strcmp(argv[1], "help") && argc > 2 && !is_help(argv[2]) && strcmp(argv[2], "help");
     if (!help_of && (is_help(argv[1]) || !strcmp(argv[1], "help"))) {
         usage();
         return finish(0);

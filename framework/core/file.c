@@ -401,12 +401,18 @@ int core_out_close(CoreOut *o) {
 
 int core_out_close_all(CoreOut *o, int n, int *failed) {
     // Every file complete on the disk before the first rename: a failure at a flush, a sync or a
-    // close leaves every old file in place.
-    for (int k = 0; k < n; k++) {
-        const int err = out_finish(&o[k]);
-        if (err) {
-            *failed = k;
-            return err;
+    // close leaves every old file in place. An output that a write already failed on is finished
+    // first, so that it is the one reported: another one's bytes that waited in its buffer fail
+    // only at its flush (a full disk in data prepare named its 368-byte tokenizer, not the shard
+    // that filled the disk: review, 2026-12-06).
+    for (int failing = 1; failing >= 0; failing--) {
+        for (int k = 0; k < n; k++) {
+            if (!o[k].f || (ferror(o[k].f) != 0) != failing) continue;
+            const int err = out_finish(&o[k]);
+            if (err) {
+                *failed = k;
+                return err;
+            }
         }
     }
     // A polite signal between two renames would leave old and new files mixed: it waits until the

@@ -7,6 +7,9 @@
 #  2. with --nonfinite-skip 3 the run skips three non-finite steps in a row (counted in the metrics),
 #     then stops at the fourth the same way; one that may skip them all and so skips to its end ends
 #     diverged too (its final validation is NaN), with nothing saved from its skipped steps;
+#  2c. weights broken by a step whose loss was finite: a validation that is not finite ends the run
+#     before its save, and a checkpoint saved of such weights (no validation at its step) is not the
+#     one named good; the one named resumes;
 #  3. the pipeline trainer (DualPipeV in one process) and two ranks under mpirun (EP 2) stop alike,
 #     every rank with exit 1 and the message.
 set -euo pipefail
@@ -81,6 +84,31 @@ for f in "$tmp"/z/step_*.h5; do
     [ "$n" -lt "$first_skip" ] || { echo "FAIL: $f saved at or after the first skipped step $first_skip"; exit 1; }
 done
 echo "ok: a run that skips to its end is diverged, and saves nothing from its skipped steps"
+
+# 2c. With beta2 0 the second step's update (its loss finite) leaves weights whose every forward is
+# NaN. They were saved and named "the last good checkpoint", whose resume was refused (review,
+# 2026-12-06). resumes NAME: the checkpoint the run NAME named good validates at resume.
+resumes() {
+    local last step rc=0
+    last=$(grep -m1 -oE "last good checkpoint is [^ ,]+\.h5" "$tmp/$1.log" | awk '{print $5}')
+    [ -n "$last" ] || { echo "FAIL: $1 named no good checkpoint:"; tail -2 "$tmp/$1.log"; exit 1; }
+    step=${last##*/step_}
+    "$moelab" train "${args[@]}" --beta2 0 --steps "${step%.h5}" --resume "$last" >"$tmp/$1.resume.log" 2>&1 || rc=$?
+    [ $rc = 0 ] || { echo "FAIL: $1: $last, named good, did not resume:"; tail -2 "$tmp/$1.resume.log"; exit 1; }
+}
+rc=0
+"$moelab" train "${args[@]}" --beta2 0 --steps 12 --val-every 1 --out "$tmp/v" --save-every 1 >"$tmp/v.log" 2>&1 || rc=$?
+[ $rc = 1 ] && grep -q "training diverged at step \([0-9]*\): validation loss [-a-z]*nan; nothing was saved" "$tmp/v.log" ||
+    { echo "FAIL: a validation that is not finite did not end the run (exit $rc):"; tail -3 "$tmp/v.log"; exit 1; }
+n=$(grep -oE "training diverged at step [0-9]+" "$tmp/v.log" | awk '{print $4}')
+[ ! -e "$tmp/v/step_$n.h5" ] || { echo "FAIL: the weights of step $n, whose validation is NaN, were saved"; exit 1; }
+resumes v
+rc=0
+"$moelab" train "${args[@]}" --beta2 0 --steps 12 --out "$tmp/w" --save-every 1 >"$tmp/w.log" 2>&1 || rc=$?
+[ $rc = 1 ] && grep -qE "the last good checkpoint is $tmp/w/step_[0-9]+\.h5, not the newer $tmp/w/step_[0-9]+\.h5, whose weights give a validation loss that is not finite" "$tmp/w.log" ||
+    { echo "FAIL: the checkpoint of broken weights was not set aside (exit $rc):"; tail -3 "$tmp/w.log"; exit 1; }
+resumes w
+echo "ok: weights that broke at a finite step are neither saved after a NaN validation nor named good"
 
 # 3.
 rc=0

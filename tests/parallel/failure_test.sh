@@ -92,6 +92,25 @@ expect mpmd_model 2 'ranks were started with different settings' 60 \
 expect mpmd_steps 2 'ranks were started with different settings' 60 \
     1 "$moelab" train "${args[@]}" --steps 3 : -np 1 "$moelab" train "${args[@]}" --steps 4
 if grep -q "step" "$tmp/mpmd_steps.out"; then echo "FAIL: mpmd_steps did work before failing"; fail=1; fi
+# Ranks on hosts that do not share a file system (here mpirun's -wdir per rank and relative paths):
+# one name, other files. Ranks that resumed different checkpoints trained on from other steps until a
+# collective timed out; other datasets trained in silence (review, 2026-12-06). Exit 2, before a step.
+mkdir -p "$tmp/h0" "$tmp/h1"
+"$moelab" train "${args[@]}" --steps 2 --save-every 1 --out "$tmp/h0/ck" >/dev/null 2>&1 ||
+    { echo "FAIL: the run for the hosts cases failed"; fail=1; }
+mkdir -p "$tmp/h1/ck" && cp "$tmp/h0/ck/step_2.h5" "$tmp/h1/ck/step_1.h5"
+ln -sfn "$tmp/data" "$tmp/h0/data"
+make_corpus "$tmp/other" && echo "another text" >>"$tmp/other/corpus.txt"
+"$moelab" data prepare --input "$tmp/other" --vocab 256 --out "$tmp/h1/data" --val-fraction 0.1 >/dev/null
+expect hosts_resume 2 'moelab: error \[rank [01]\]: the ranks resumed different checkpoints at --resume ck/step_1.h5' 60 \
+    1 -wdir "$tmp/h0" "$moelab" train "${args[@]}" --steps 3 --resume ck/step_1.h5 \
+    : -np 1 -wdir "$tmp/h1" "$moelab" train "${args[@]}" --steps 3 --resume ck/step_1.h5
+expect hosts_data 2 'moelab: error \[rank [01]\]: the ranks read different datasets at --data data' 60 \
+    1 -wdir "$tmp/h0" "$moelab" train "${args[@]}" --data data --steps 3 \
+    : -np 1 -wdir "$tmp/h1" "$moelab" train "${args[@]}" --data data --steps 3
+for name in hosts_resume hosts_data; do
+    if grep -q "^step .*loss" "$tmp/$name.out"; then echo "FAIL: $name did work before failing"; fail=1; fi
+done
 
 # The test seam (docs/architecture.md §2) takes RANK:STEP only, and announces itself when set.
 export MOELAB_TEST_DIE_AT_STEP=1

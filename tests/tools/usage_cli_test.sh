@@ -78,6 +78,7 @@ expect_help "usage: moelab ckpt inspect PATH" ckpt --help
 # alike (five commands reported the other options' errors, exit 2, three printed the help).
 expect_help "usage: moelab train [--config FILE] [--key value ...]" help train
 expect_help "moelab: train small mixture-of-experts transformers" help --help
+expect_help "moelab: train small mixture-of-experts transformers" help help  # was "unknown command 'help'"
 expect_help "usage: moelab train [--config FILE] [--key value ...]" train --steps -1 --help
 for line in "sample --tokens 0 --help" "export --dtype x --help" "schedule --pp 0 -h" "bench --steps 0 --help" \
             "eplb --replicas 0 --help" "plot --metrics m.jsonl --out --help" "ckpt verify x.h5 --help"; do

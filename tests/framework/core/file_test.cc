@@ -359,6 +359,31 @@ TEST(CoreFile, CloseAllRenamesEveryOutput) {
     EXPECT_EQ(entries(d), 3);
 }
 
+// The output a write failed on is the one reported, not an earlier one whose buffered bytes fail only
+// at its flush (review, 2026-12-06: a full disk in data prepare named its small tokenizer instead of
+// the shard that filled the disk). A file-size limit stands in for the full disk, in a child.
+TEST(CoreFile, CloseAllReportsTheOutputAWriteFailedOn) {
+    const std::string d = tmpdir();
+    const int rc = in_child([&] {
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit r = {4096, 4096};
+        setrlimit(RLIMIT_FSIZE, &r);
+        CoreOut o[3];
+        for (int k = 0; k < 3; k++)
+            if (core_out_open(&o[k], (d + "/f" + std::to_string(k)).c_str()) != 0) _exit(10);
+        static char buffer[1 << 16], block[1 << 16];
+        setvbuf(o[0].f, buffer, _IOFBF, sizeof buffer);
+        fwrite(block, 1, 8192, o[0].f);          // held in its buffer: fails at the flush
+        fwrite(block, 1, sizeof block, o[1].f);  // fails now
+        int failed = -1;
+        const int err = core_out_close_all(o, 3, &failed);
+        for (int k = 0; k < 3; k++) core_out_abort(&o[k]);
+        _exit(err != EFBIG ? 11 : failed != 1 ? 12 : 0);
+    });
+    EXPECT_EQ(rc, 0) << "10: open failed, 11: not EFBIG, 12: another output reported";
+    EXPECT_EQ(entries(d), 0);
+}
+
 // Signals held around renames wait for the release whichever thread they reach (the review of
 // 2026-12-05: a signal mask held them back from the calling thread only, and an OpenMP worker's
 // handler removed the temporaries in the middle of export's renames), then end the process as they
