@@ -155,6 +155,26 @@ static int ranks_agree(uint64_t h) {
     return v[0] == mine && -v[1] == mine;
 }
 
+// What is known of the newest checkpoint's weights (Trainer.ckpt_trust). Finite weights can give
+// nothing but NaN: a checkpoint is named good after a divergence only on evidence (review,
+// 2026-12-06: a file whose every forward was NaN was named "the last good checkpoint").
+typedef enum {
+    TRUST_UNKNOWN,  // saved without a validation at its step, and no step has run on it yet
+    TRUST_GOOD,     // a validation of its weights was finite, or the step after it applied
+    TRUST_BAD,      // the step after it was not finite (and no validation has cleared it)
+} TrainerTrust;
+
+// After a validation of the model's weights as they are: a finite one clears the checkpoint that
+// holds them, if one does.
+static void trainer_validated(Trainer *t, float val) {
+    if (!isfinite(val)) return;
+    t->validated_at = t->step;
+    if (t->last_ckpt[0] && t->ckpt_current) {
+        t->ckpt_trust = TRUST_GOOD;
+        snprintf(t->good_ckpt, sizeof t->good_ckpt, "%s", t->last_ckpt);
+    }
+}
+
 // Restores everything a step depends on: weights and router biases, AdamW moments and t, the step
 // (hence the learning rate) and the training loader's position.
 static void trainer_resume(Trainer *t) {
@@ -227,6 +247,7 @@ static void trainer_resume(Trainer *t) {
     }
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", t->cfg.resume);
     t->ckpt_current = 1;
+    t->ckpt_trust = TRUST_UNKNOWN;  // until the validation at resume
     loader_set_pos(t->train, st.data);
     core_info0("resumed from %s at step %d", t->cfg.resume, t->step);
 }
@@ -302,6 +323,8 @@ static void trainer_save(Trainer *t) {
     t->saved[t->n_saved++] = t->step;
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", path);
     t->ckpt_current = 1;
+    t->ckpt_trust = t->validated_at == t->step ? TRUST_GOOD : TRUST_UNKNOWN;
+    if (t->ckpt_trust == TRUST_GOOD) snprintf(t->good_ckpt, sizeof t->good_ckpt, "%s", path);
     if (core_rank() == 0)
         ckpt_prune(t->cfg.out, t->cfg.keep, t->lineage, t->step, t->resumed_at, t->saved, t->n_saved);
     core_signals_saving(0);
@@ -461,11 +484,13 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     }
     t->lineage = ckpt_new_lineage();
     t->resumed_at = -1;
+    t->validated_at = -1;
     if (c->resume[0]) {
         trainer_resume(t);
         // Each rank reads only its own part: every one has passed its checks before rank 0 truncates
         // --metrics below (a part damaged or missing for another rank ended the job after rank 0
         // had cut the file, review 2026-12-05).
+        if (t->pipe->grid) comm_barrier(t->pipe->grid->world_comm);
     }
     // Opened (and so truncated) only once --out and --resume have passed their checks: a run refused
     // for bad input cut an earlier metrics file at this path to the refused run's config line.
@@ -727,32 +752,33 @@ static void trainer_sample(Trainer *t, const char *when) {
     core_free(out);
 }
 
-// The newest checkpoint of good weights, for a run that diverged, into good ("" if none). The
-// newest one may hold the very weights that broke (saved, then the next step's loss was NaN, or
-// every step since skipped): it is good only if they still validate, else the newest earlier one
-// left on the disk (review, 2026-12-06: a file whose every forward was NaN was named "the last good
-// checkpoint", and its resume refused). Returns 1 when the newest one did not validate.
-static int last_good_ckpt(Trainer *t, char *good, size_t len) {
-    snprintf(good, len, "%s", t->last_ckpt);
-    if (!t->last_ckpt[0] || !t->ckpt_current || isfinite(trainer_eval(t))) return 0;
-    good[0] = '\0';
-    struct stat sb;
-    char path[CONFIG_STR + 32];
-    for (int i = t->n_saved - 1; i >= 0 && !good[0]; i--) {
-        ckpt_step_path(t->cfg.out, t->saved[i], path, sizeof path);
-        if (strcmp(path, t->last_ckpt) != 0 && stat(path, &sb) == 0) snprintf(good, len, "%s", path);
+// The newest checkpoint of good weights, for a run that diverged, into good ("" if none). The newest
+// one may hold the very weights that broke (saved, then the next step's loss was NaN): while they
+// are still the model's they are validated now (val_now: a validation of them that just ran, or
+// NULL), else the newest checkpoint known good is named, if --keep has left it. Returns 1 when the
+// newest one is set aside.
+static int last_good_ckpt(Trainer *t, const float *val_now, char *good, size_t len) {
+    if (t->last_ckpt[0] && t->ckpt_trust != TRUST_GOOD && t->ckpt_current)
+        trainer_validated(t, val_now ? *val_now : trainer_eval(t));
+    const int aside = t->last_ckpt[0] && t->ckpt_trust != TRUST_GOOD;
+    snprintf(good, len, "%s", aside ? t->good_ckpt : t->last_ckpt);
+    if (aside && good[0]) {
+        // Rank 0 pruned, and its file system is the one the message is about: it looks, all hear.
+        struct stat sb;
+        int gone = core_rank() == 0 && stat(good, &sb) != 0;
+        if (comm_world()->size > 1) comm_allreduce(comm_world(), &gone, 1, COMM_I32, COMM_MAX);
+        if (gone) good[0] = '\0';
     }
-    if (!good[0] && t->cfg.resume[0] && strcmp(t->cfg.resume, t->last_ckpt) != 0 && stat(t->cfg.resume, &sb) == 0)
-        snprintf(good, len, "%s", t->cfg.resume);
-    return 1;
+    return aside;
 }
 
-// The run's end by divergence: one message on every rank, naming the last good checkpoint. Returns 1.
-static int trainer_report_diverged(Trainer *t, const char *why) {
+// The run's end by divergence: one message on every rank, naming the last good checkpoint (val_now
+// as for last_good_ckpt). Returns 1.
+static int trainer_report_diverged(Trainer *t, const char *why, const float *val_now) {
     const MoeConfig *c = &t->cfg;
     char good[sizeof t->last_ckpt], broke[sizeof t->last_ckpt + 80] = "";
-    if (last_good_ckpt(t, good, sizeof good))
-        snprintf(broke, sizeof broke, "%s, whose weights give a validation loss that is not finite", t->last_ckpt);
+    if (last_good_ckpt(t, val_now, good, sizeof good))
+        snprintf(broke, sizeof broke, "%s, whose weights gave a loss that is not finite", t->last_ckpt);
     char last[2 * sizeof t->last_ckpt + 160];
     if (good[0])
         snprintf(last, sizeof last, "the last good checkpoint is %s%s%s (resume from it with", good,
@@ -786,7 +812,7 @@ static int trainer_diverged(Trainer *t, const StepStats *st) {
     char why[128];
     snprintf(why, sizeof why, "loss %g, gradient norm %g (not finite or too large)%s", (double)st->loss,
              (double)st->grad_norm, c->nonfinite_skip > 0 ? ", too many in a row" : "");
-    return trainer_report_diverged(t, why);
+    return trainer_report_diverged(t, why, NULL);
 }
 
 static const char *signal_name(int sig) {
@@ -840,6 +866,7 @@ int trainer_run(Trainer *t) {
                "scores this)", t->unigram_entropy);
     if (t->step == 0) trainer_sample(t, "before training");
     float val = trainer_eval(t);
+    trainer_validated(t, val);
     core_info0("step %5d/%d | val %.4f (%s)", t->step, c->steps, val, c->resume[0] ? "at resume" : "before training");
     // Finite weights that give a validation loss that is not finite (values so large that the
     // arithmetic overflows, say) are a checkpoint this run cannot start from, not a run that
@@ -865,6 +892,10 @@ int trainer_run(Trainer *t) {
         tokens += (double)c->grad_accum * c->batch_size * c->T * dp;
         secs += st.seconds;
         steps++;
+        // A step that ran on a checkpoint's weights tells of them: a finite one clears them, one
+        // that is not finite calls them into question (a rare bad batch, or weights that broke).
+        if (t->ckpt_current && t->ckpt_trust == TRUST_UNKNOWN) t->ckpt_trust = st.nonfinite ? TRUST_BAD : TRUST_GOOD;
+        if (t->ckpt_current && t->ckpt_trust == TRUST_GOOD) snprintf(t->good_ckpt, sizeof t->good_ckpt, "%s", t->last_ckpt);
         if (!st.nonfinite) t->ckpt_current = 0;  // an update applied
         if (trainer_diverged(t, &st)) {
             rc = CORE_EXIT_FAILURE;
@@ -873,6 +904,7 @@ int trainer_run(Trainer *t) {
         int last = t->step == c->steps;
         const int validate = last || (c->val_every > 0 && t->step % c->val_every == 0);
         val = validate ? trainer_eval(t) : -1;
+        if (validate) trainer_validated(t, val);
         if (val >= 0 && val < val_best) val_best = val;
         // Weights can be finite and still give nothing but NaN (a last applied step that broke them,
         // every step since skipped): such a result was saved and reported with exit 0 (review,
@@ -882,7 +914,7 @@ int trainer_run(Trainer *t) {
             char why[96];
             snprintf(why, sizeof why, "validation loss %g%s%s", (double)val, last ? " after the last step" : "",
                      st.nonfinite ? " (itself skipped)" : "");
-            rc = trainer_report_diverged(t, why);
+            rc = trainer_report_diverged(t, why, &val);
             break;
         }
         if (!st.nonfinite && (last || t->step % c->log_every == 0 || val >= 0 || st.rebalanced)) {

@@ -30,8 +30,11 @@ typedef struct {
     int resumed_at;          // step of the --resume checkpoint (-1: a fresh run)
     long *saved;             // (n_saved) steps this run saved (what --keep may prune besides ancestors)
     int n_saved;
-    char last_ckpt[CONFIG_STR + 32];  // the newest checkpoint of good weights ("" if none)
+    char last_ckpt[CONFIG_STR + 32];  // the newest checkpoint saved or resumed from ("" if none)
     int ckpt_current;        // last_ckpt holds the model's weights as they are (no step applied since)
+    int ckpt_trust;          // what is known of last_ckpt's weights (TrainerTrust in train.c)
+    char good_ckpt[CONFIG_STR + 32];  // the newest checkpoint whose weights are known good ("" if none)
+    int validated_at;        // the step of the newest validation whose loss was finite (-1: none)
     int skipped, skipped_run;  // non-finite steps skipped in all, and in a row up to now
 } Trainer;
 

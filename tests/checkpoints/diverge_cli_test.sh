@@ -105,9 +105,14 @@ n=$(grep -oE "training diverged at step [0-9]+" "$tmp/v.log" | awk '{print $4}')
 resumes v
 rc=0
 "$moelab" train "${args[@]}" --beta2 0 --steps 12 --out "$tmp/w" --save-every 1 >"$tmp/w.log" 2>&1 || rc=$?
-[ $rc = 1 ] && grep -qE "the last good checkpoint is $tmp/w/step_[0-9]+\.h5, not the newer $tmp/w/step_[0-9]+\.h5, whose weights give a validation loss that is not finite" "$tmp/w.log" ||
+[ $rc = 1 ] && grep -qE "the last good checkpoint is $tmp/w/step_[0-9]+\.h5, not the newer $tmp/w/step_[0-9]+\.h5, whose weights gave a loss that is not finite" "$tmp/w.log" ||
     { echo "FAIL: the checkpoint of broken weights was not set aside (exit $rc):"; tail -3 "$tmp/w.log"; exit 1; }
 resumes w
+# Skipped steps after the save keep its weights in question; --keep 1 has removed the one before.
+rc=0
+"$moelab" train "${args[@]}" --beta2 0 --steps 12 --nonfinite-skip 3 --keep 1 --out "$tmp/k" --save-every 1 >"$tmp/k.log" 2>&1 || rc=$?
+[ $rc = 1 ] && grep -qE "no checkpoint of this run holds good weights: not $tmp/k/step_[0-9]+\.h5, whose weights gave a loss that is not finite" "$tmp/k.log" ||
+    { echo "FAIL: a checkpoint of broken weights, the good one removed by --keep 1 (exit $rc):"; tail -3 "$tmp/k.log"; exit 1; }
 echo "ok: weights that broke at a finite step are neither saved after a NaN validation nor named good"
 
 # 3.
