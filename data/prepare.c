@@ -159,20 +159,22 @@ static void walk(PathList *out, const char *dir) {
     free(names.named);
 }
 
-// Progress on stderr, only when it is a terminal, at most five updates a second. The line is
-// core_progress's, so that a warning or error printed while it is open starts a line of its own.
+// Progress on stderr. On a terminal, one line updated at most five times a second: core_progress's,
+// so that a warning or error printed while it is open starts a line of its own. Elsewhere (a log
+// file, a batch job) a line of its own every 30 seconds, so that a preparation of minutes shows it
+// is alive (it printed nothing at all: review, 2026-12-06).
 typedef struct {
     int tty;
-    double last;
+    double last;  // the time of the last update (elsewhere, the start for the first one)
 } Progress;
 
 static void progress_fn(void *ctx, const char *stage, double frac) {
     Progress *p = ctx;
-    if (!p->tty) return;
     const double now = core_now();
-    if (now - p->last < 0.2 && frac < 1.0) return;
+    if (p->tty ? now - p->last < 0.2 && frac < 1.0 : now - p->last < 30.0) return;
     p->last = now;
-    core_progress("prepare: %s %5.1f%%", stage, 100.0 * frac);
+    if (p->tty) core_progress("prepare: %s %5.1f%%", stage, 100.0 * frac);
+    else fprintf(stderr, "prepare: %s %5.1f%%\n", stage, 100.0 * frac);
 }
 
 static uint8_t *read_file(const char *path, size_t *len) {
@@ -404,7 +406,8 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
         core_usage_error("--val-fraction %g is outside [0, 1)", val_fraction);
     if (n_inputs < 1) core_usage_error("no --input given");
     memset(stats, 0, sizeof *stats);
-    Progress pr = {isatty(2), 0.0};
+    const int tty = isatty(2);
+    Progress pr = {tty, tty ? 0.0 : core_now()};
 
     PathList files = {0};
     FileId *dirs = core_alloc(sizeof *dirs * (size_t)n_inputs);  // the folders named so far
