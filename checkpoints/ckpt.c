@@ -3,6 +3,7 @@
 // HDF5 virtual datasets), atomic commits, and a loader that checks everything before reading.
 #include "checkpoints/ckpt.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -732,12 +733,17 @@ void ckpt_make_dir(const char *dir) {
     if (access(dir, W_OK) != 0) core_usage_error("cannot write to checkpoint directory %s: %s", dir, strerror(errno));
 }
 
-// The step of "step_<n>.h5", or -1 for any other name.
+// The step of "step_<n>.h5" as ckpt_step_path writes it, or -1 for any other name. Only that
+// spelling: step_04.h5 or step_+4.h5 (which sscanf's %ld takes) named step 4 and made --keep count
+// step_4.h5 twice, deleting one checkpoint too many (review, 2026-12-06).
 static long step_of(const char *name) {
-    long step;
-    int end = 0;
-    if (sscanf(name, "step_%ld.h5%n", &step, &end) != 1 || name[end] != '\0' || step < 0) return -1;
-    return step;
+    if (strncmp(name, "step_", 5) != 0) return -1;
+    const char *d = name + 5;
+    if (!isdigit((unsigned char)d[0]) || (d[0] == '0' && isdigit((unsigned char)d[1]))) return -1;
+    char *end;
+    errno = 0;
+    const long step = strtol(d, &end, 10);
+    return errno == 0 && strcmp(end, ".h5") == 0 ? step : -1;
 }
 
 static int desc_long(const void *a, const void *b) {

@@ -808,6 +808,14 @@ void pipe_expert_counts(const PipeTrainer *p, long *counts) {
     if (p->grid && p->grid->pp > 1) comm_allreduce(p->grid->pp_comm, counts, n, COMM_I64, COMM_SUM);
 }
 
+void pipe_set_expert_counts(PipeTrainer *p, const long *counts) {
+    const size_t E = (size_t)p->ctx[0].m->cfg.E;
+    for (int pipe = 0; pipe < p->n_own; pipe++) {
+        Model *m = p->ctx[pipe].m;
+        memcpy(m->expert_counts + (size_t)m->l0 * E, counts + (size_t)m->l0 * E, (size_t)(m->l1 - m->l0) * E * sizeof(long));
+    }
+}
+
 void pipe_eplb_placement(const PipeTrainer *p, int *phy2log) {
     const Model *m0 = p->ctx[0].m;
     const size_t R = (size_t)m0->R, n = (size_t)m0->cfg.L * R;

@@ -140,6 +140,9 @@ size_t pipe_param_count(const PipeTrainer *p, size_t *on_rank);
 // counts (L, E): the last step's tokens routed to each logical expert of the whole model (each stage
 // counts only its own layers), on every rank of the pipeline group. Collective over it.
 void pipe_expert_counts(const PipeTrainer *p, long *counts);
+// The inverse, for this rank's stages: a resumed checkpoint's counts, which a run that trains no
+// step saves again (they were zeros in its checkpoint: review, 2026-12-06).
+void pipe_set_expert_counts(PipeTrainer *p, const long *counts);
 // phy2log (L, R): the EPLB placement of the whole model (each stage's runtime places its own layers;
 // -1 on dense layers), on every rank of the pipeline group. Collective over it.
 void pipe_eplb_placement(const PipeTrainer *p, int *phy2log);

@@ -181,9 +181,10 @@ static void trainer_resume(Trainer *t) {
     // EPLB goes on from the saved placement when it has as many slots, so that replicas split their
     // experts' tokens as before; ckpt_load fills each slot from its expert's logical rows either way.
     // Each stage's runtime takes the rows of its own MoE layers.
-    CkptEplb e;
+    CkptEplb e = {0};
     int dropped = 0;  // slots of a saved placement of another slot count, said once the resume passed its checks
-    if (t->cfg.eplb_interval > 0 && ckpt_load_eplb(t->cfg.resume, &t->cfg, &e)) {
+    int has_eplb = t->cfg.eplb_interval > 0 && ckpt_load_eplb(t->cfg.resume, &t->cfg, &e);
+    if (has_eplb) {
         if (e.phy2log && e.R != t->pipe->ctx[0].m->R) dropped = e.R;
         for (int pipe = 0; pipe < t->pipe->n_models; pipe++) {
             const PipeStageCtx *x = &t->pipe->ctx[pipe];
@@ -193,7 +194,6 @@ static void trainer_resume(Trainer *t) {
         // The interval's load so far: the next rebalance plans from the same tokens as without the
         // interruption (a checkpoint of an older moelab has none: the interval starts empty).
         if (e.load) pipe_eplb_set_load(t->pipe, e.load);
-        ckpt_eplb_free(&e);
     }
     // Every held model loads its stage's tensors (both copies of a DualPipe stage: they stay equal).
     CkptState st;
@@ -205,6 +205,11 @@ static void trainer_resume(Trainer *t) {
         ckpt_load(t->cfg.resume, &sh, &v, &st);
         trainer_ckpt_view_free(&v, m, o, 1);
     }
+    // The last step's routing counts: a step resets them, and a run that trains none saves them again.
+    // Read after the weights (without EPLB), whose checks name a checkpoint of another model.
+    if (!has_eplb) has_eplb = ckpt_load_eplb(t->cfg.resume, &t->cfg, &e);
+    if (has_eplb && e.counts) pipe_set_expert_counts(t->pipe, e.counts);
+    if (has_eplb) ckpt_eplb_free(&e);
     // The embedding's rows are the token ids of the checkpoint's tokenizer: another one (data prepared
     // again, with the same vocabulary size) would go on training them as other tokens.
     if (st.tok_fp && st.tok_fp != tok_fingerprint(t->tok))
@@ -523,9 +528,12 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     // Another run's checkpoints at steps this run will save are replaced when it saves them: said
     // now, while the run can still be stopped and given another --out (a new run into the same
     // folder, e.g. the quickstart run twice, is common enough that refusing would be worse).
+    // A run that trains no step (--steps equal to the resumed step: a checkpoint moved to another
+    // layout or folder) saves the resumed step itself (review, 2026-12-06: it was replaced unsaid).
     if (c->out[0] && core_rank() == 0) {
         char newest[2 * CONFIG_STR + 32];  // --out and a step_<n>.h5 name
-        const int n = ckpt_lineage_in(c->out, t->lineage, 0, t->resumed_at + 1, c->steps, newest, sizeof newest);
+        const int first = c->steps == t->resumed_at ? t->resumed_at : t->resumed_at + 1;
+        const int n = ckpt_lineage_in(c->out, t->lineage, 0, first, c->steps, newest, sizeof newest);
         if (n > 0)
             core_warn("%s holds %d checkpoint%s of another run at steps this run saves (the newest %s): "
                       "each is replaced when this run saves its step; to keep them, stop and pass another "

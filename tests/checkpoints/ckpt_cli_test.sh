@@ -75,6 +75,26 @@ grep -q "resumed below $tmp/k/step_6.h5, the newest checkpoint of the same run i
     { echo "FAIL: continuing from the newest:"; cat "$tmp/k3.log"; ls "$tmp/k"; exit 1; }
 echo "ok: --keep prunes only the run's own lineage; a resume below the newest is a branch of its own"
 
+# Names that only look like a step (step_04.h5, step_+6.h5) are strays: --keep counted step_04.h5 as
+# step 4 and pruned one of the run's own checkpoints too many (review, 2026-12-06).
+mkdir -p "$tmp/z" && touch "$tmp/z/step_04.h5" "$tmp/z/step_+6.h5" "$tmp/z/step_ 2.h5"
+"$moelab" train "${args[@]}" --grad-accum 1 --out "$tmp/z" --save-every 2 --keep 3 >/dev/null 2>&1
+[ "$(ls "$tmp/z" | LC_ALL=C sort | tr '\n' '|')" = "step_ 2.h5|step_+6.h5|step_04.h5|step_2.h5|step_4.h5|step_6.h5|" ] ||
+    { echo "FAIL: --keep 3 beside names that look like steps left:"; ls "$tmp/z"; exit 1; }
+# A run that trains no step (a checkpoint moved to another folder or layout) saves the resumed step:
+# over another run's checkpoint of that step it says so at its start (it was replaced unsaid), and it
+# keeps the checkpoint's routing counts of the last step (/eplb/expert_counts were zeros).
+"$moelab" train "${args[@]}" --grad-accum 2 --steps 3 --seed 7 --out "$tmp/x" >/dev/null
+"$moelab" train "${args[@]}" --grad-accum 2 --steps 3 --resume "$tmp/a/step_3.h5" --out "$tmp/x" >"$tmp/x.log" 2>&1
+grep -q "$tmp/x holds 1 checkpoint of another run at steps this run saves" "$tmp/x.log" ||
+    { echo "FAIL: the moved checkpoint replaced another run's unsaid:"; cat "$tmp/x.log"; exit 1; }
+"$py" - "$tmp/a/step_3.h5" "$tmp/x/step_3.h5" <<'PY' || { echo "FAIL: the moved checkpoint's expert counts"; exit 1; }
+import sys, h5py, numpy as np
+a, b = (h5py.File(p, "r")["/eplb/expert_counts"][()] for p in sys.argv[1:])
+assert a.sum() > 0 and np.array_equal(a, b), (a, b)
+PY
+echo "ok: names that look like steps are strays to --keep; a moved checkpoint warns and keeps its counts"
+
 # 3: EP 2 -> one process, one process -> EP 4.
 mpi 2 "$moelab" train "${args[@]}" --grad-accum 1 --ep 2 --out "$tmp/c" --save-every 3 --metrics "$tmp/c.jsonl" >"$tmp/c.log"
 [ -f "$tmp/c/step_3.h5.part-0-of-2" ] && [ -f "$tmp/c/step_3.h5.part-1-of-2" ] ||
