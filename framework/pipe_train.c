@@ -812,7 +812,8 @@ void pipe_set_expert_counts(PipeTrainer *p, const long *counts) {
     const size_t E = (size_t)p->ctx[0].m->cfg.E;
     for (int pipe = 0; pipe < p->n_own; pipe++) {
         Model *m = p->ctx[pipe].m;
-        memcpy(m->expert_counts + (size_t)m->l0 * E, counts + (size_t)m->l0 * E, (size_t)(m->l1 - m->l0) * E * sizeof(long));
+        const size_t row0 = (size_t)m->l0 * E;
+        memcpy(m->expert_counts + row0, counts + row0, (size_t)(m->l1 - m->l0) * E * sizeof(long));
     }
 }
 

@@ -455,7 +455,8 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     core_dir_unlock(data_lock);
     // Ranks on hosts that do not share a file system read their own copies of --data: another
     // tokenizer of the same size, or other shards, trained on in silence (review, 2026-12-06).
-    const uint64_t data_id[3] = {tok_fingerprint(t->tok), loader_num_sequences(t->train), loader_num_sequences(t->val)};
+    const uint64_t data_id[3] = {tok_fingerprint(t->tok), loader_num_sequences(t->train),
+                                 loader_num_sequences(t->val)};
     if (!ranks_agree(fnv1a(FNV_START, data_id, sizeof data_id)))
         core_usage_error("the ranks read different datasets at --data %s (another tokenizer or other shards: "
                          "hosts that do not share it need the same copy)", c->data);
@@ -902,8 +903,10 @@ int trainer_run(Trainer *t) {
         steps++;
         // A step that ran on a checkpoint's weights tells of them: a finite one clears them, one
         // that is not finite calls them into question (a rare bad batch, or weights that broke).
-        if (t->ckpt_current && t->ckpt_trust == TRUST_UNKNOWN) t->ckpt_trust = st.nonfinite ? TRUST_BAD : TRUST_GOOD;
-        if (t->ckpt_current && t->ckpt_trust == TRUST_GOOD) snprintf(t->good_ckpt, sizeof t->good_ckpt, "%s", t->last_ckpt);
+        if (t->ckpt_current && t->ckpt_trust == TRUST_UNKNOWN) {
+            t->ckpt_trust = st.nonfinite ? TRUST_BAD : TRUST_GOOD;
+            if (t->ckpt_trust == TRUST_GOOD) snprintf(t->good_ckpt, sizeof t->good_ckpt, "%s", t->last_ckpt);
+        }
         if (!st.nonfinite) t->ckpt_current = 0;  // an update applied
         if (trainer_diverged(t, &st)) {
             rc = CORE_EXIT_FAILURE;
