@@ -164,15 +164,18 @@ typedef enum {
     TRUST_BAD,      // the step after it was not finite (and no validation has cleared it)
 } TrainerTrust;
 
+// What is now known of last_ckpt: a good one is also the newest known good.
+static void trainer_trust(Trainer *t, TrainerTrust trust) {
+    t->ckpt_trust = trust;
+    if (trust == TRUST_GOOD) snprintf(t->good_ckpt, sizeof t->good_ckpt, "%s", t->last_ckpt);
+}
+
 // After a validation of the model's weights as they are: a finite one clears the checkpoint that
 // holds them, if one does.
 static void trainer_validated(Trainer *t, float val) {
     if (!isfinite(val)) return;
     t->validated_at = t->step;
-    if (t->last_ckpt[0] && t->ckpt_current) {
-        t->ckpt_trust = TRUST_GOOD;
-        snprintf(t->good_ckpt, sizeof t->good_ckpt, "%s", t->last_ckpt);
-    }
+    if (t->last_ckpt[0] && t->ckpt_current) trainer_trust(t, TRUST_GOOD);
 }
 
 // Restores everything a step depends on: weights and router biases, AdamW moments and t, the step
@@ -252,7 +255,7 @@ static void trainer_resume(Trainer *t) {
     }
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", t->cfg.resume);
     t->ckpt_current = 1;
-    t->ckpt_trust = TRUST_UNKNOWN;  // until the validation at resume
+    trainer_trust(t, TRUST_UNKNOWN);  // until the validation at resume
     loader_set_pos(t->train, st.data);
     core_info0("resumed from %s at step %d", t->cfg.resume, t->step);
 }
@@ -328,8 +331,7 @@ static void trainer_save(Trainer *t) {
     t->saved[t->n_saved++] = t->step;
     snprintf(t->last_ckpt, sizeof t->last_ckpt, "%s", path);
     t->ckpt_current = 1;
-    t->ckpt_trust = t->validated_at == t->step ? TRUST_GOOD : TRUST_UNKNOWN;
-    if (t->ckpt_trust == TRUST_GOOD) snprintf(t->good_ckpt, sizeof t->good_ckpt, "%s", path);
+    trainer_trust(t, t->validated_at == t->step ? TRUST_GOOD : TRUST_UNKNOWN);
     if (core_rank() == 0)
         ckpt_prune(t->cfg.out, t->cfg.keep, t->lineage, t->step, t->resumed_at, t->saved, t->n_saved);
     core_signals_saving(0);
@@ -903,10 +905,7 @@ int trainer_run(Trainer *t) {
         steps++;
         // A step that ran on a checkpoint's weights tells of them: a finite one clears them, one
         // that is not finite calls them into question (a rare bad batch, or weights that broke).
-        if (t->ckpt_current && t->ckpt_trust == TRUST_UNKNOWN) {
-            t->ckpt_trust = st.nonfinite ? TRUST_BAD : TRUST_GOOD;
-            if (t->ckpt_trust == TRUST_GOOD) snprintf(t->good_ckpt, sizeof t->good_ckpt, "%s", t->last_ckpt);
-        }
+        if (t->ckpt_current && t->ckpt_trust == TRUST_UNKNOWN) trainer_trust(t, st.nonfinite ? TRUST_BAD : TRUST_GOOD);
         if (!st.nonfinite) t->ckpt_current = 0;  // an update applied
         if (trainer_diverged(t, &st)) {
             rc = CORE_EXIT_FAILURE;
