@@ -21,6 +21,7 @@
 #include "framework/backend.h"
 #include "framework/core/check.h"
 #include "framework/core/file.h"
+#include "framework/core/json.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/core/prof.h"
@@ -179,8 +180,8 @@ static void trainer_validated(Trainer *t, float val) {
 }
 
 // Restores everything a step depends on: weights and router biases, AdamW moments and t, the step
-// (hence the learning rate) and the training loader's position.
-static void trainer_resume(Trainer *t) {
+// (hence the learning rate) and the training loader's position. Returns the checkpoint's lineage.
+static uint64_t trainer_resume(Trainer *t) {
     // EPLB goes on from the saved placement when it has as many slots, so that replicas split their
     // experts' tokens as before; ckpt_load fills each slot from its expert's logical rows either way.
     // Each stage's runtime takes the rows of its own MoE layers.
@@ -258,6 +259,7 @@ static void trainer_resume(Trainer *t) {
     trainer_trust(t, TRUST_UNKNOWN);  // until the validation at resume
     loader_set_pos(t->train, st.data);
     core_info0("resumed from %s at step %d", t->cfg.resume, t->step);
+    return st.lineage;
 }
 
 // DIR/step_<n>.h5: one file from one process holding the whole model; otherwise every rank writes
@@ -374,6 +376,85 @@ static void metrics_flush(Trainer *t) {
         else (void)!ftruncate(fileno(t->metrics), t->metrics_whole);
     }
     core_failure_error("cannot write --metrics %s: %s", t->cfg.metrics, strerror(err));
+}
+
+// The bytes at the start of the metrics file f that a run resumed from a checkpoint of `lineage`
+// at step `at` keeps: through the last line of that lineage's history up to that step. A metrics
+// file is a sequence of runs, each a config line (naming its lineage and the step it resumed at)
+// and its step lines, so a run requeued with the same command and --resume (a batch system's
+// preemption) goes on with the curve that led to its checkpoint: the steps after it, which it
+// trains again (or a branch's), go. 0 where the file holds no such line (another run's, or one
+// written before lineages were named): the run writes it anew. Reading stops at a line that is not
+// whole JSON.
+static long metrics_kept(FILE *f, uint64_t lineage, int at) {
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    long end = 0, keep = 0;
+    int ours = 0;  // the lines since the last config line are the resumed lineage's
+    while (lineage && (n = getline(&line, &cap, f)) > 0 && line[n - 1] == '\n') {
+        char what[JSON_ERR_LEN];
+        size_t col;
+        JsonValue *v = json_parse_at(line, (size_t)n, what, &col);
+        if (!v) break;
+        end += n;
+        const JsonValue *id = json_get(v, "lineage"), *from = json_get(v, "resumed_at");
+        const JsonValue *step = json_get(v, "step");
+        // A run of the lineage that started before `at` (fresh, or resumed below it), and its steps
+        // up to `at`.
+        if (json_get(v, "config")) {
+            ours = id && id->type == JSON_STRING && strtoull(id->str, NULL, 16) == lineage;
+            if (ours && (!from || (from->type == JSON_NUMBER && from->number < at))) keep = end;
+        } else if (ours && step && step->type == JSON_NUMBER && step->number <= at) {
+            keep = end;
+        }
+        json_free(v);
+    }
+    free(line);
+    return keep;
+}
+
+// Rank 0 opens --metrics: cut to what a resumed run keeps of it (metrics_kept; nothing for a fresh
+// run), then the config line.
+static void metrics_open(Trainer *t, uint64_t resumed) {
+    const MoeConfig *c = &t->cfg;
+    // O_NONBLOCK: a FIFO that no process reads held the run at this open for ever (it waits for
+    // a reader); one with a reader opens, and the writes block again (as file.c's inputs do).
+    const int fd = open(c->metrics, O_WRONLY | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0666);
+    if (fd < 0 && errno == ENXIO)
+        core_usage_error("cannot write --metrics %s: a FIFO that no process reads", c->metrics);
+    if (fd < 0) core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
+    long keep = 0;
+    // A file that another run writes now is not cut under it: two runs given one --metrics
+    // interleaved their lines over a stretch of NULs (sweep, 2026-12-05). The lock lasts as
+    // long as this process; a file system without locks goes without.
+    struct stat sb;
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK)
+            core_usage_error("--metrics %s is being written by another moelab train running now: give this "
+                             "run its own --metrics", c->metrics);
+        FILE *old = resumed && sb.st_size > 0 ? fopen(c->metrics, "r") : NULL;
+        if (old) {
+            keep = metrics_kept(old, resumed, t->resumed_at);
+            fclose(old);
+            if (keep) core_info0("--metrics %s: goes on from the resumed run's lines up to step %d", c->metrics,
+                                 t->resumed_at);
+            else core_info0("--metrics %s holds no lines of the resumed run: written anew", c->metrics);
+        }
+        if (ftruncate(fd, keep) != 0 || lseek(fd, keep, SEEK_SET) != keep)
+            core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
+    }
+    t->metrics = fcntl(fd, F_SETFL, 0) == 0 ? fdopen(fd, "w") : NULL;
+    if (!t->metrics) core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
+    t->metrics_whole = keep;  // a failed first write cuts back to the kept lines, not to nothing
+    // The config line says which settings produced the lines after it, every key as this run
+    // resolved it, and which run they belong to (its checkpoints' lineage, and the resumed step).
+    fputs("{\"config\": ", t->metrics);
+    config_write_json(c, t->metrics);
+    fprintf(t->metrics, ", \"lineage\": \"%016llx\"", (unsigned long long)t->lineage);
+    if (t->resumed_at >= 0) fprintf(t->metrics, ", \"resumed_at\": %d", t->resumed_at);
+    fputs("}\n", t->metrics);
+    metrics_flush(t);
 }
 
 // Every rank must run the same settings. Ranks started with different command lines (mpirun's
@@ -493,41 +574,17 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     t->lineage = ckpt_new_lineage();
     t->resumed_at = -1;
     t->validated_at = -1;
+    uint64_t resumed = 0;  // the resumed checkpoint's lineage
     if (c->resume[0]) {
-        trainer_resume(t);
+        resumed = trainer_resume(t);
         // Each rank reads only its own part: every one has passed its checks before rank 0 truncates
         // --metrics below (a part damaged or missing for another rank ended the job after rank 0
         // had cut the file, review 2026-12-05).
         if (t->pipe->grid) comm_barrier(t->pipe->grid->world_comm);
     }
-    // Opened (and so truncated) only once --out and --resume have passed their checks: a run refused
-    // for bad input cut an earlier metrics file at this path to the refused run's config line.
-    if (c->metrics[0] && core_rank() == 0) {
-        // O_NONBLOCK: a FIFO that no process reads held the run at this open for ever (it waits for
-        // a reader); one with a reader opens, and the writes block again (as file.c's inputs do).
-        const int fd = open(c->metrics, O_WRONLY | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0666);
-        if (fd < 0 && errno == ENXIO)
-            core_usage_error("cannot write --metrics %s: a FIFO that no process reads", c->metrics);
-        if (fd < 0) core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
-        // A file that another run writes now is not cut under it: two runs given one --metrics
-        // interleaved their lines over a stretch of NULs (sweep, 2026-12-05). The lock lasts as
-        // long as this process; a file system without locks goes without.
-        struct stat sb;
-        if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode)) {
-            if (flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK)
-                core_usage_error("--metrics %s is being written by another moelab train running now: give this "
-                                 "run its own --metrics", c->metrics);
-            if (ftruncate(fd, 0) != 0)
-                core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
-        }
-        t->metrics = fcntl(fd, F_SETFL, 0) == 0 ? fdopen(fd, "w") : NULL;
-        if (!t->metrics) core_path_error(errno, "cannot write --metrics %s: %s", c->metrics, strerror(errno));
-        // The first line says which settings produced the file: every key, as this run resolved it.
-        fputs("{\"config\": ", t->metrics);
-        config_write_json(c, t->metrics);
-        fputs("}\n", t->metrics);
-        metrics_flush(t);
-    }
+    // Opened (and so cut) only once --out and --resume have passed their checks: a run refused for
+    // bad input cut an earlier metrics file at this path to the refused run's config line.
+    if (c->metrics[0] && core_rank() == 0) metrics_open(t, resumed);
     // Another run's checkpoints at steps this run will save are replaced when it saves them: said
     // now, while the run can still be stopped and given another --out (a new run into the same
     // folder, e.g. the quickstart run twice, is common enough that refusing would be worse).

@@ -104,7 +104,7 @@ static const KeyInfo KEYS[] = {
     {"device", "cpu", K_STR, OFF(device), 0, 0, "cpu|cuda|cuda-fp32", "compute device"},
     {"data", "", K_STR, OFF(data), 0, 0, NULL, "data directory of moelab data prepare"},
     {"metrics", "", K_STR, OFF(metrics), 0, 0, NULL,
-     "JSON Lines metrics file, written anew (a resumed run that keeps the earlier file takes another path)"},
+     "JSON Lines metrics file: written anew, or by a resumed run after its checkpoint's lines in it"},
     {"out", "", K_STR, OFF(out), 0, 0, NULL, "checkpoint directory"},
     {"resume", "", K_STR, OFF(resume), 0, 0, NULL, "checkpoint to resume from"},
     {"trace", "", K_STR, OFF(trace), 0, 0, NULL, "Chrome trace output file"},

@@ -2,7 +2,8 @@
 # A polite signal stops `moelab train` after the step under way, with that step's checkpoint:
 #  1. one process and SIGTERM (a batch system's preemption): exit 143, the stop line naming the step
 #     and the checkpoint, a sound checkpoint of that step and no temporary file; resumed from it, the
-#     next steps are those of a run that was never stopped, to every printed digit;
+#     next steps are those of a run that was never stopped, to every printed digit, and the metrics
+#     file given again holds every step once;
 #  2. Ctrl-C (SIGINT) without --out: exit 130, "nothing saved";
 #  3. two ranks under mpirun (EP 2) and SIGUSR1 to mpirun, which forwards it to every rank: both stop
 #     after the same step and write its checkpoint in two parts, sound;
@@ -57,16 +58,17 @@ n=$(sed -n 's/^stopped by SIGTERM after step \([0-9]*\) of 1000000: go on with -
 [ "$(ls "$tmp/a")" = "step_$n.h5" ] || { echo "FAIL: expected step_$n.h5 alone:"; ls -a "$tmp/a"; exit 1; }
 "$moelab" ckpt verify "$tmp/a/step_$n.h5" >/dev/null
 echo "ok: SIGTERM stopped the run after step $n with its checkpoint"
-# Resumed, steps n+1 and n+2 are the uninterrupted run's.
+# Resumed as a batch system requeues a job (the same command, and --resume), steps n+1 and n+2 are
+# the uninterrupted run's, and the metrics file goes on: every step 1..n+2 once, as the uninterrupted
+# run logged it, after the stopped run's config line and, before step n+1, the resumed run's.
 m=$((n + 2))
-"$moelab" train "${args[@]}" --steps $m --resume "$tmp/a/step_$n.h5" --metrics "$tmp/r.jsonl" >"$tmp/r.log"
+"$moelab" train "${args[@]}" --steps $m --resume "$tmp/a/step_$n.h5" --metrics "$tmp/a.jsonl" >"$tmp/r.log"
 "$moelab" train "${args[@]}" --steps $m --metrics "$tmp/u.jsonl" >"$tmp/u.log"
-for s in $((n + 1)) $m; do
-    a=$(grep "\"step\": $s," "$tmp/r.jsonl" | sed 's/, "tokens_per_s": [0-9.]*//')
-    b=$(grep "\"step\": $s," "$tmp/u.jsonl" | sed 's/, "tokens_per_s": [0-9.]*//')
-    [ -n "$a" ] && [ "$a" = "$b" ] || { echo "FAIL: step $s resumed: $a"; echo "  uninterrupted: $b"; exit 1; }
-done
-echo "ok: resumed from it, steps $((n + 1)) and $m equal the uninterrupted run's"
+steps() { grep '"step"' "$1" | sed 's/, "tokens_per_s": [0-9.]*//'; }
+[ "$(steps "$tmp/a.jsonl")" = "$(steps "$tmp/u.jsonl")" ] && [ "$(grep -c '"config"' "$tmp/a.jsonl")" -eq 2 ] &&
+    [ "$(grep -n '"config"' "$tmp/a.jsonl" | sed -n '2s/:.*"resumed_at": \([0-9]*\)}$/ \1/p')" = "$((n + 2)) $n" ] ||
+    { echo "FAIL: the resumed metrics:"; cut -c1-80 "$tmp/a.jsonl"; echo "  uninterrupted:"; cut -c1-80 "$tmp/u.jsonl"; exit 1; }
+echo "ok: resumed from it, steps $((n + 1)) and $m equal the uninterrupted run's, its metrics file goes on"
 
 # 2. Ctrl-C without --out.
 start "$tmp/b.log" "$moelab" train "${args[@]}" --steps 1000000

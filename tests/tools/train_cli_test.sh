@@ -3,7 +3,8 @@
 # promises (step, loss, val_loss, lr, grad_norm, tokens_per_s, the time left, expert load), two runs with the same
 # seed print identical losses, and bad command lines end with one message and exit code 2; the run
 # keys (dp_overlap, ep_overlap, expert_gemm, gemm_streams) are in --help and the checkpoint's config;
-# the metrics file's first line is the run's whole config, the one its checkpoint stores.
+# the metrics file's first line is the run's whole config, the one its checkpoint stores; a resumed
+# run goes on in its run's metrics file after the resumed step.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp
 cfg="$root/configs/tiny.cfg"
@@ -104,11 +105,12 @@ for want in "dp_overlap = false" "ep_overlap = false" "expert_gemm = loop" "gemm
     grep -q "^  $want\$" "$tmp/run_keys.txt" || { echo "checkpoint config lacks '$want'"; cat "$tmp/run_keys.txt"; exit 1; }
 done
 # The metrics file's first line: {"config": {...}} with every key the checkpoint stores, in its order
-# and with its values (a run's settings can be read from its metrics alone); no other line has it.
+# and with its values (a run's settings can be read from its metrics alone), and the run's checkpoint
+# lineage; no other line has them.
 /usr/bin/python3 - "$tmp/run_keys.jsonl" "$tmp/run_keys.txt" <<'PY' || { echo "FAIL: metrics config line"; exit 1; }
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1])]
-assert list(lines[0]) == ["config"], lines[0]
+assert list(lines[0]) == ["config", "lineage"] and len(lines[0]["lineage"]) == 16, lines[0]
 cfg = lines[0]["config"]
 assert all("config" not in l and "step" in l for l in lines[1:]), lines[1:]
 text = open(sys.argv[2]).read().split("\nconfig:\n", 1)[1]
@@ -136,6 +138,38 @@ grep -q "twice holds 1 checkpoint of another run at steps this run saves (the ne
 "$moelab" train "${args[@]}" --steps 2 --sample-tokens 0 --out "$tmp/twice" --resume "$tmp/twice/step_1.h5" \
     > "$tmp/resumed.log" 2> "$tmp/resumed.err"
 ! grep -q "of another run" "$tmp/resumed.err" || { echo "a resumed run warned:"; cat "$tmp/resumed.err"; exit 1; }
+# A resumed run goes on with the metrics file it is given: the lines of its checkpoint's run up to the
+# resumed step stay, those after it go (it trains them again), then a config line that names the
+# resumed step (a preempted job requeued with --resume lost its curve: it was cut to nothing). Here
+# a branch from step 1 of a 3-step run; then a file of another run, and one cut inside a line.
+"$moelab" train "${args[@]}" --steps 3 --sample-tokens 0 --save-every 1 --out "$tmp/cont" \
+    --metrics "$tmp/cont.jsonl" > /dev/null
+cp "$tmp/cont.jsonl" "$tmp/cont_full.jsonl"
+"$moelab" train "${args[@]}" --steps 2 --sample-tokens 0 --resume "$tmp/cont/step_1.h5" \
+    --metrics "$tmp/cont.jsonl" > "$tmp/cont.log"
+grep -q "^--metrics .*cont.jsonl: goes on from the resumed run's lines up to step 1$" "$tmp/cont.log" ||
+    { echo "no line on the metrics kept:"; cat "$tmp/cont.log"; exit 1; }
+/usr/bin/python3 - "$tmp/cont.jsonl" "$tmp/cont_full.jsonl" <<'PY' || { echo "FAIL: resumed metrics"; exit 1; }
+import json, sys
+new = [json.loads(l) for l in open(sys.argv[1])]
+old = [json.loads(l) for l in open(sys.argv[2])]
+assert [l.get("step") for l in old] == [None, 2, 3], old  # --log-every 2: no line of step 1
+assert [l.get("step") for l in new] == [None, None, 2], new
+assert new[0] == old[0], (new[0], old[0])
+assert new[1]["lineage"] == old[0]["lineage"] and new[1]["resumed_at"] == 1, new[1]
+PY
+printf '{"config": {}, "lineage": "0000000000000001"}\n{"step": 1}\n' > "$tmp/other.jsonl"
+"$moelab" train "${args[@]}" --steps 2 --sample-tokens 0 --resume "$tmp/cont/step_1.h5" \
+    --metrics "$tmp/other.jsonl" > "$tmp/other.log"
+grep -q "^--metrics .*other.jsonl holds no lines of the resumed run: written anew$" "$tmp/other.log" &&
+    [ "$(grep -c '"step"' "$tmp/other.jsonl")" -eq 1 ] && ! grep -q '"step": 1,' "$tmp/other.jsonl" ||
+    { echo "another run's metrics:"; cat "$tmp/other.log" "$tmp/other.jsonl"; exit 1; }
+head -c -20 "$tmp/cont_full.jsonl" > "$tmp/cut.jsonl"  # its last line (step 3) cut short
+"$moelab" train "${args[@]}" --steps 3 --sample-tokens 0 --resume "$tmp/cont/step_3.h5" \
+    --metrics "$tmp/cut.jsonl" > /dev/null
+[ "$(grep -o '"step": [0-9]*' "$tmp/cut.jsonl" | tr '\n' ' ')" = '"step": 2 ' ] &&
+    [ "$(grep -c '"resumed_at": 3}$' "$tmp/cut.jsonl")" -eq 1 ] ||
+    { echo "a cut line was kept or whole lines lost:"; cat "$tmp/cut.jsonl"; exit 1; }
 # A validation loss that rose is not met with "train longer" (review, 2026-12-05); here a learning
 # rate far too high.
 "$moelab" train "${args[@]}" --steps 6 --sample-tokens 0 --lr 1 --warmup-steps 0 > "$tmp/rose.log"
