@@ -195,6 +195,9 @@ static void write_state(const H5Io *io, hid_t f, const MoeConfig *c, long adam_t
     h5_attr_write(io, g, "rng_counter", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->rng.counter);
     h5_attr_write(io, g, "lineage", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->lineage);
     if (st->tok_fp) h5_attr_write(io, g, "tokenizer", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &st->tok_fp);
+    if (st->data_fp) h5_attr_write(io, g, "train_data", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->data_fp);
+    if (st->global_batch)
+        h5_attr_write(io, g, "global_batch", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &st->global_batch);
     H5Gclose(g);
     if (!e || (!e->phy2log && !e->counts && !e->load)) return;
     g = h5_create_group(io, f, "eplb");
@@ -771,7 +774,8 @@ static uint64_t lineage_of(const char *path) {
     return id;
 }
 
-int ckpt_lineage_in(const char *dir, uint64_t lineage, int same, long first, long last, char *newest, size_t len) {
+int ckpt_lineage_in(const char *dir, uint64_t lineage, int same, long first, long last, long every, char *newest,
+                    size_t len) {
     DIR *dp = opendir(dir);
     if (!dp) return 0;
     int n = 0;
@@ -779,7 +783,7 @@ int ckpt_lineage_in(const char *dir, uint64_t lineage, int same, long first, lon
     char path[CKPT_PATH_MAX];
     for (struct dirent *e; (e = readdir(dp));) {
         const long s = step_of(e->d_name);
-        if (s < first || s > last) continue;
+        if (s < first || s > last || (s != last && (every <= 0 || s % every))) continue;
         ckpt_step_path(dir, s, path, sizeof path);
         if ((lineage_of(path) == lineage) != (same != 0)) continue;
         n++;

@@ -65,6 +65,8 @@ typedef struct {
                        // removes only checkpoints of its own lineage); 0 in files saved before it
     uint32_t tok_fp;   // fingerprint of the tokenizer whose ids the model learned (tok_fingerprint
                        // in data/tokenizer.h); 0: unknown (a file saved before it)
+    uint64_t data_fp;  // fingerprint of the training shard `data` indexes (loader_fingerprint); 0: unknown
+    int64_t global_batch;  // sequences a step over every rank (batch_size x grad_accum x DP); 0: unknown
     char changed[512]; // ckpt_load: the settings that differ from the saved run's and take their new
                        // values ("steps 2 -> 4, lr ..."), "" if none; for the caller to report once
                        // the resume has passed its own checks. Not saved.
@@ -174,9 +176,11 @@ void ckpt_clear(const char *path, int index_too);
 // directory no run is writing to.
 int ckpt_stale_files(const char *dir, void (*fn)(const char *path, const char *why, void *ctx), void *ctx);
 // The checkpoints DIR/step_<s>.h5 with first <= s <= last that carry `lineage` (same = 1), or that
-// do not (same = 0: another run's, or unreadable; a run that saves those steps replaces them).
+// do not (same = 0: another run's, or unreadable; a run that saves those steps replaces them), of
+// the steps s a run saving every `every` steps and at `last` writes (every = 1: any step; 0: last).
 // Writes the newest one's path to newest (when there is one) and returns their number.
-int ckpt_lineage_in(const char *dir, uint64_t lineage, int same, long first, long last, char *newest, size_t len);
+int ckpt_lineage_in(const char *dir, uint64_t lineage, int same, long first, long last, long every, char *newest,
+                    size_t len);
 
 // Tests only: called after each dataset a save writes, with the number written so far (used to kill
 // a save half-way). NULL turns it off.

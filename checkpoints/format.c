@@ -132,6 +132,16 @@ void ckpt_file_state(CkptFile *cf, CkptState *st, int64_t *adam_t) {
         h5_attr_read(io, g, "/state", "tokenizer", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, &st->tok_fp);
         if (!st->tok_fp) H5_FAIL(io, "/state: tokenizer fingerprint 0 (a saved one is never 0)");
     }
+    // What the run trained on, for a resume to compare (absent before 2026-12-06): 0 is unknown.
+    st->data_fp = 0;
+    if (H5_OK(io, H5Aexists(g, "train_data"), "/state: look up attribute train_data"))
+        h5_attr_read(io, g, "/state", "train_data", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->data_fp);
+    st->global_batch = 0;
+    if (H5_OK(io, H5Aexists(g, "global_batch"), "/state: look up attribute global_batch")) {
+        h5_attr_read(io, g, "/state", "global_batch", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &st->global_batch);
+        if (st->global_batch < 1)
+            H5_FAIL(io, "/state: global_batch %lld (a saved one is at least 1)", (long long)st->global_batch);
+    }
     H5Gclose(g);
     // t counts AdamW's steps, one per training step at most: a larger t passed, and a t near 2^63
     // overflowed in the resumed run, which then wrote a checkpoint its own verify refused.

@@ -50,8 +50,11 @@ static void print_header(CkptFile *cf, const MoeConfig *c, float (*lr)(const Moe
     else fprintf(out, "format      %s version %lld, single file\n", CKPT_FORMAT_NAME, (long long)cf->version);
     fprintf(out, "step        %lld (AdamW t %lld), next learning rate %.4g\n", (long long)st.step,
             (long long)t, (double)lr(c, (int)st.step));
-    fprintf(out, "data        epoch %llu, next sequence %llu\n", (unsigned long long)st.data.epoch,
+    fprintf(out, "data        epoch %llu, next sequence %llu", (unsigned long long)st.data.epoch,
             (unsigned long long)st.data.index);
+    if (st.global_batch) fprintf(out, ", %lld sequences a step", (long long)st.global_batch);
+    if (st.data_fp) fprintf(out, ", training shard fingerprint %016llx", (unsigned long long)st.data_fp);
+    fputc('\n', out);
     fprintf(out, "rng         seed %llu, stream %u, counter %llu\n", (unsigned long long)st.rng.seed,
             st.rng.stream, (unsigned long long)st.rng.counter);
     if (st.tok_fp) fprintf(out, "tokenizer   fingerprint %08x\n", st.tok_fp);

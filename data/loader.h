@@ -38,6 +38,10 @@ void loader_set_pos(Loader *l, LoaderPos pos);
 uint64_t loader_num_sequences(const Loader *l);  // S
 uint32_t loader_vocab(const Loader *l);         // the shard's vocabulary size
 uint32_t loader_tok_fp(const Loader *l);        // its tokenizer fingerprint (0: not recorded)
+// A 64-bit fingerprint of the shard's tokens, never 0: its length and 64 runs of 64 tokens spread
+// over it (not every token: a resume reads it, and shards run to gigabytes). A shard prepared again
+// (another corpus, seed or split) has another one.
+uint64_t loader_fingerprint(const Loader *l);
 void loader_close(Loader *l);
 
 #ifdef __cplusplus

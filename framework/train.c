@@ -179,6 +179,11 @@ static void trainer_validated(Trainer *t, float val) {
     if (t->last_ckpt[0] && t->ckpt_current) trainer_trust(t, TRUST_GOOD);
 }
 
+// Sequences a step over every rank: batch_size x grad_accum on each data-parallel rank.
+static int64_t trainer_global_batch(const Trainer *t) {
+    return (int64_t)t->cfg.batch_size * t->cfg.grad_accum * (t->pipe->grid ? t->pipe->grid->dp : 1);
+}
+
 // Restores everything a step depends on: weights and router biases, AdamW moments and t, the step
 // (hence the learning rate) and the training loader's position. Returns the checkpoint's lineage.
 static uint64_t trainer_resume(Trainer *t) {
@@ -241,6 +246,17 @@ static uint64_t trainer_resume(Trainer *t) {
     if (dropped)
         core_info0("eplb: %s placed %d slots per MoE layer, this run has %d: the experts start in the identity "
                    "placement until the first rebalance", t->cfg.resume, dropped, t->pipe->ctx[0].m->R);
+    // Said, not refused: training on from a checkpoint on other data or with another batch can be
+    // meant (a new corpus, more GPUs), but a data folder prepared again in place, or a requeue under
+    // another layout, changed the run without a word (review, 2026-12-06).
+    if (core_rank() == 0 && st.data_fp && st.data_fp != loader_fingerprint(t->train))
+        core_warn("checkpoint %s was trained on other data than %s/train.bin holds (prepared again, or another "
+                  "corpus): training goes on from the saved position in these shards, an epoch's order no "
+                  "longer that of the run", t->cfg.resume, t->cfg.data);
+    if (core_rank() == 0 && st.global_batch && st.global_batch != trainer_global_batch(t))
+        core_warn("checkpoint %s was trained with %lld sequences a step, this run takes %lld (batch_size x "
+                  "grad_accum x data-parallel ranks): the run goes on with another global batch",
+                  t->cfg.resume, (long long)st.global_batch, (long long)trainer_global_batch(t));
     t->resumed_at = t->step;
     if (st.lineage) t->lineage = st.lineage;
     // A resume below its lineage's newest checkpoint in --out starts a branch: it takes a lineage of
@@ -249,7 +265,7 @@ static uint64_t trainer_resume(Trainer *t) {
     // checkpoints it will replace are named at the start as another run's.
     char later[2 * CONFIG_STR + 32];
     if (core_rank() == 0 && t->cfg.out[0] &&
-        ckpt_lineage_in(t->cfg.out, t->lineage, 1, t->step + 1, LONG_MAX, later, sizeof later) > 0) {
+        ckpt_lineage_in(t->cfg.out, t->lineage, 1, t->step + 1, LONG_MAX, 1, later, sizeof later) > 0) {
         t->lineage = ckpt_new_lineage();
         core_info0("resumed below %s, the newest checkpoint of the same run in --out: this run is a branch "
                    "with its own checkpoint lineage (--keep prunes only its own)", later);
@@ -276,7 +292,8 @@ static void trainer_save(Trainer *t) {
     core_signals_saving(1);
     const CkptState st = {.step = t->step, .data = loader_get_pos(t->train),
                           .rng = rng_stream(t->cfg.seed, SAMPLE_STREAM), .lineage = t->lineage,
-                          .tok_fp = tok_fingerprint(t->tok)};
+                          .tok_fp = tok_fingerprint(t->tok), .data_fp = loader_fingerprint(t->train),
+                          .global_batch = trainer_global_batch(t)};
     Model *m = t->pipe->ctx[0].m;  // pipe 0: the down pipe, the whole model in a plain run
     AdamW *o = t->pipe->ctx[0].o;
     // A pipeline stage counts only its own layers' tokens (and places only its own layers' experts):
@@ -520,6 +537,12 @@ Trainer *trainer_create(const MoeConfig *cfg) {
                          "ended", c->data);
     join(path, sizeof path, c->data, prepare_file_names[PREPARE_TOKENIZER]);
     t->tok = tok_load(path);
+    // With --resume, "set --vocab-size" only led to the checkpoint's refusal of that size (review,
+    // 2026-12-06): the data was prepared again.
+    if (t->tok->V != c->V && c->resume[0])
+        core_usage_error("config vocab_size = %d but the tokenizer in %s has %d tokens: resume on the data "
+                         "directory of the checkpoint's run (was --data prepared again?), or start a new run "
+                         "with --vocab-size %d", c->V, c->data, t->tok->V, t->tok->V);
     if (t->tok->V != c->V)
         core_usage_error("config vocab_size = %d but the tokenizer in %s has %d tokens: set "
                          "--vocab-size %d", c->V, c->data, t->tok->V, t->tok->V);
@@ -538,8 +561,8 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     core_dir_unlock(data_lock);
     // Ranks on hosts that do not share a file system read their own copies of --data: another
     // tokenizer of the same size, or other shards, trained on in silence (review, 2026-12-06).
-    const uint64_t data_id[3] = {tok_fingerprint(t->tok), loader_num_sequences(t->train),
-                                 loader_num_sequences(t->val)};
+    const uint64_t data_id[3] = {tok_fingerprint(t->tok), loader_fingerprint(t->train),
+                                 loader_fingerprint(t->val)};
     if (!ranks_agree(fnv1a(FNV_START, data_id, sizeof data_id)))
         core_usage_error("the ranks read different datasets at --data %s (another tokenizer or other shards: "
                          "hosts that do not share it need the same copy)", c->data);
@@ -590,10 +613,12 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     // folder, e.g. the quickstart run twice, is common enough that refusing would be worse).
     // A run that trains no step (--steps equal to the resumed step: a checkpoint moved to another
     // layout or folder) saves the resumed step itself (review, 2026-12-06: it was replaced unsaid).
+    // Only the steps it saves count (every save_every, and the last): a run saving only its last
+    // step named the others as replaced too (review, 2026-12-06).
     if (c->out[0] && core_rank() == 0) {
         char newest[2 * CONFIG_STR + 32];  // --out and a step_<n>.h5 name
         const int first = c->steps == t->resumed_at ? t->resumed_at : t->resumed_at + 1;
-        const int n = ckpt_lineage_in(c->out, t->lineage, 0, first, c->steps, newest, sizeof newest);
+        const int n = ckpt_lineage_in(c->out, t->lineage, 0, first, c->steps, c->save_every, newest, sizeof newest);
         if (n > 0)
             core_warn("%s holds %d checkpoint%s of another run at steps this run saves (the newest %s): "
                       "each is replaced when this run saves its step; to keep them, stop and pass another "

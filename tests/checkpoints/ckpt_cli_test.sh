@@ -104,6 +104,16 @@ mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --batch-size 2 --ep 4 --resume
     --metrics "$tmp/e.jsonl" >"$tmp/e.log"
 for run in c d e; do close_steps "$tmp/a.jsonl" "$tmp/$run.jsonl" 456; done
 echo "ok: EP 2 -> 1 process and 1 process -> EP 4 continue the run within 1e-5"
+# Those kept the global batch and say nothing of it; a resume that changes it says so (a requeue under
+# another DP size changed it unsaid: review, 2026-12-06). And `ckpt inspect` shows it.
+! grep -q "sequences a step" "$tmp/d.log" "$tmp/e.log" || { echo "FAIL: a warning for the same global batch"; exit 1; }
+"$moelab" train "${args[@]}" --grad-accum 1 --resume "$tmp/c/step_3.h5" >"$tmp/f.log" 2>&1
+grep -q "^moelab: warning checkpoint $tmp/c/step_3.h5 was trained with 8 sequences a step, this run takes 4 " \
+    "$tmp/f.log" || { echo "FAIL: no warning of the global batch:"; cat "$tmp/f.log"; exit 1; }
+"$moelab" ckpt inspect "$tmp/c/step_3.h5" >"$tmp/c.txt"
+grep -q "^data  .*, 8 sequences a step, training shard fingerprint [0-9a-f]\{16\}$" "$tmp/c.txt" ||
+    { echo "FAIL: inspect lacks the global batch or the data's fingerprint"; exit 1; }
+echo "ok: a resume that changes the global batch says so"
 
 # A save over a checkpoint of the same step from another layout (review, 2026-12-05): a single-file
 # save removes the parts the multi-part one left (they stayed, unreported), and a multi-part save

@@ -138,6 +138,34 @@ grep -q "twice holds 1 checkpoint of another run at steps this run saves (the ne
 "$moelab" train "${args[@]}" --steps 2 --sample-tokens 0 --out "$tmp/twice" --resume "$tmp/twice/step_1.h5" \
     > "$tmp/resumed.log" 2> "$tmp/resumed.err"
 ! grep -q "of another run" "$tmp/resumed.err" || { echo "a resumed run warned:"; cat "$tmp/resumed.err"; exit 1; }
+# A resume on data prepared again with another vocabulary is not told to set --vocab-size, which the
+# checkpoint then refuses (review, 2026-12-06).
+"$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/data300" --val-fraction 0.2 >/dev/null
+expect_usage "vocab_size = 256 but the tokenizer in .*data300 has 300 tokens: resume on the data directory of the checkpoint's run" \
+    "${args[@]}" --steps 2 --data "$tmp/data300" --resume "$tmp/twice/step_1.h5"
+# A resume on a data folder prepared again in place (the same tokenizer, another order of the
+# documents) says so: it trained on from the saved position in other shards without a word (review,
+# 2026-12-06). The data prepared as before says nothing.
+mkdir -p "$tmp/docs"
+for f in 1 2 3 4 5; do for i in $(seq 1 20); do echo "document $f, line $i: words $((i * f))"; done > "$tmp/docs/$f.txt"; done
+"$moelab" data prepare --input "$tmp/docs" --vocab 256 --out "$tmp/redo" --seed 1 >/dev/null
+"$moelab" train "${args[@]}" --data "$tmp/redo" --steps 1 --sample-tokens 0 --out "$tmp/redo_ck" >/dev/null
+"$moelab" train "${args[@]}" --data "$tmp/redo" --steps 2 --sample-tokens 0 --resume "$tmp/redo_ck/step_1.h5" \
+    >/dev/null 2>"$tmp/redo.err"
+! grep -q "other data" "$tmp/redo.err" || { echo "the same data called other:"; cat "$tmp/redo.err"; exit 1; }
+"$moelab" data prepare --input "$tmp/docs" --vocab 256 --out "$tmp/redo" --seed 2 >/dev/null
+"$moelab" train "${args[@]}" --data "$tmp/redo" --steps 2 --sample-tokens 0 --resume "$tmp/redo_ck/step_1.h5" \
+    >/dev/null 2>"$tmp/redo.err"
+grep -q "step_1.h5 was trained on other data than .*redo/train.bin holds (prepared again, or another corpus)" \
+    "$tmp/redo.err" || { echo "no warning of other data:"; cat "$tmp/redo.err"; exit 1; }
+# Only the steps a run saves count: a run of 4 steps saving only its last names none of steps 1-3 of
+# another (review, 2026-12-06: it named all three as replaced); one saving every 2 steps names 2 and 4.
+"$moelab" train "${args[@]}" --steps 3 --save-every 1 --sample-tokens 0 --out "$tmp/every" > /dev/null
+"$moelab" train "${args[@]}" --steps 4 --save-every 0 --sample-tokens 0 --out "$tmp/every" > /dev/null 2> "$tmp/every.err"
+! grep -q "of another run" "$tmp/every.err" || { echo "steps it does not save named:"; cat "$tmp/every.err"; exit 1; }
+"$moelab" train "${args[@]}" --steps 4 --save-every 2 --sample-tokens 0 --out "$tmp/every" > /dev/null 2> "$tmp/every.err"
+grep -q "every holds 2 checkpoints of another run at steps this run saves (the newest .*step_4.h5)" \
+    "$tmp/every.err" || { echo "steps 2 and 4 not named:"; cat "$tmp/every.err"; exit 1; }
 # A resumed run goes on with the metrics file it is given: the lines of its checkpoint's run up to the
 # resumed step stay, those after it go (it trains them again), then a config line that names the
 # resumed step (a preempted job requeued with --resume lost its curve: it was cut to nothing). Here
