@@ -134,8 +134,10 @@ void ckpt_file_state(CkptFile *cf, CkptState *st, int64_t *adam_t) {
     }
     // What the run trained on, for a resume to compare (absent before 2026-12-06): 0 is unknown.
     st->data_fp = 0;
-    if (H5_OK(io, H5Aexists(g, "train_data"), "/state: look up attribute train_data"))
+    if (H5_OK(io, H5Aexists(g, "train_data"), "/state: look up attribute train_data")) {
         h5_attr_read(io, g, "/state", "train_data", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, &st->data_fp);
+        if (!st->data_fp) H5_FAIL(io, "/state: train_data fingerprint 0 (a saved one is never 0)");
+    }
     st->global_batch = 0;
     if (H5_OK(io, H5Aexists(g, "global_batch"), "/state: look up attribute global_batch")) {
         h5_attr_read(io, g, "/state", "global_batch", H5T_STD_I64LE, H5T_NATIVE_INT64, 0, &st->global_batch);

@@ -402,19 +402,24 @@ static void metrics_flush(Trainer *t) {
 // preemption) goes on with the curve that led to its checkpoint: the steps after it, which it
 // trains again (or a branch's), go. 0 where the file holds no such line (another run's, or one
 // written before lineages were named): the run writes it anew. Reading stops at a line that is not
-// whole JSON.
-static long metrics_kept(FILE *f, uint64_t lineage, int at) {
+// whole JSON. *last: the last step line kept (-1: none).
+static long metrics_kept(FILE *f, uint64_t lineage, int at, int *last) {
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
     long end = 0, keep = 0;
     int ours = 0;  // the lines since the last config line are the resumed lineage's
+    *last = -1;    // the last step kept (-1: none)
     while (lineage && (n = getline(&line, &cap, f)) > 0 && line[n - 1] == '\n') {
+        // A byte order mark and blank lines are no lines to moelab plot either: passed over, not
+        // taken for the end of the run's lines (review, 2026-12-06).
+        const size_t bom = end == 0 ? core_bom_len(line, (size_t)n) : 0;
+        end += n;
+        if (strspn(line + bom, " \t\r\n") == (size_t)n - bom) continue;
         char what[JSON_ERR_LEN];
         size_t col;
-        JsonValue *v = json_parse_at(line, (size_t)n, what, &col);
+        JsonValue *v = json_parse_at(line + bom, (size_t)n - bom, what, &col);
         if (!v) break;
-        end += n;
         const JsonValue *id = json_get(v, "lineage"), *from = json_get(v, "resumed_at");
         const JsonValue *step = json_get(v, "step");
         // A run of the lineage that started before `at` (fresh, or resumed below it), and its steps
@@ -424,6 +429,7 @@ static long metrics_kept(FILE *f, uint64_t lineage, int at) {
             if (ours && (!from || (from->type == JSON_NUMBER && from->number < at))) keep = end;
         } else if (ours && step && step->type == JSON_NUMBER && step->number <= at) {
             keep = end;
+            *last = (int)step->number;
         }
         json_free(v);
     }
@@ -450,12 +456,15 @@ static void metrics_open(Trainer *t, uint64_t resumed) {
         if (flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK)
             core_usage_error("--metrics %s is being written by another moelab train running now: give this "
                              "run its own --metrics", c->metrics);
-        FILE *old = resumed && sb.st_size > 0 ? fopen(c->metrics, "r") : NULL;
+        // (A checkpoint saved before lineages, resumed = 0, has no lines to find: written anew.)
+        FILE *old = t->resumed_at >= 0 && sb.st_size > 0 ? fopen(c->metrics, "r") : NULL;
         if (old) {
-            keep = metrics_kept(old, resumed, t->resumed_at);
+            int last;
+            keep = metrics_kept(old, resumed, t->resumed_at, &last);
             fclose(old);
-            if (keep) core_info0("--metrics %s: goes on from the resumed run's lines up to step %d", c->metrics,
-                                 t->resumed_at);
+            if (keep && last >= 0)
+                core_info0("--metrics %s: goes on after the resumed run's lines up to step %d", c->metrics, last);
+            else if (keep) core_info0("--metrics %s: goes on after the resumed run's config line", c->metrics);
             else core_info0("--metrics %s holds no lines of the resumed run: written anew", c->metrics);
         }
         if (ftruncate(fd, keep) != 0 || lseek(fd, keep, SEEK_SET) != keep)
@@ -539,10 +548,12 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     t->tok = tok_load(path);
     // With --resume, "set --vocab-size" only led to the checkpoint's refusal of that size (review,
     // 2026-12-06): the data was prepared again.
-    if (t->tok->V != c->V && c->resume[0])
-        core_usage_error("config vocab_size = %d but the tokenizer in %s has %d tokens: resume on the data "
-                         "directory of the checkpoint's run (was --data prepared again?), or start a new run "
-                         "with --vocab-size %d", c->V, c->data, t->tok->V, t->tok->V);
+    MoeConfig saved = *c;  // what --resume's checkpoint holds tells which side changed
+    if (t->tok->V != c->V && c->resume[0]) ckpt_read_config(c->resume, &saved);
+    if (t->tok->V != c->V && c->resume[0] && saved.V != t->tok->V)
+        core_usage_error("the tokenizer in %s has %d tokens, but --resume %s was trained with vocab_size = %d: "
+                         "resume on the data directory of its run (was --data prepared again?)", c->data,
+                         t->tok->V, c->resume, saved.V);
     if (t->tok->V != c->V)
         core_usage_error("config vocab_size = %d but the tokenizer in %s has %d tokens: set "
                          "--vocab-size %d", c->V, c->data, t->tok->V, t->tok->V);

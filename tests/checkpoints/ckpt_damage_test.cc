@@ -314,6 +314,18 @@ const Case kCases[] = {
          set_attr(in(d, kSingle), "state", "tokenizer", H5T_STD_U32LE, 0, &zero);
      },
      kSingle, "/state: tokenizer fingerprint 0 (a saved one is never 0)", VERIFY | LOAD | INSPECT},
+    {"TrainDataFingerprintZero", SINGLE,
+     [](const std::string &d) {
+         const uint64_t zero = 0;
+         set_attr(in(d, kSingle), "state", "train_data", H5T_STD_U64LE, 0, &zero);
+     },
+     kSingle, "/state: train_data fingerprint 0 (a saved one is never 0)", VERIFY | LOAD | INSPECT},
+    {"GlobalBatchZero", SINGLE,
+     [](const std::string &d) {
+         const int64_t zero = 0;
+         set_attr(in(d, kSingle), "state", "global_batch", H5T_STD_I64LE, 0, &zero);
+     },
+     kSingle, "/state: global_batch 0 (a saved one is at least 1)", VERIFY | LOAD | INSPECT},
     {"TokenizerOfAnotherType", SINGLE,
      [](const std::string &d) {
          const uint64_t fp = 0x1234;
