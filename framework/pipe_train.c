@@ -785,11 +785,15 @@ int pipe_sample_generate(PipeTrainer *p, const int *prompt, int n_prompt, int n_
 
 size_t pipe_param_count(const PipeTrainer *p, size_t *on_rank) {
     long n[2] = {0, 0};  // the model's, this rank's
-    for (int pipe = 0; pipe < p->n_own; pipe++) {
+    // This rank holds every model it runs (under DualPipe also the copy of another rank's stage: its
+    // count left that copy out, a third of what the rank holds; review, 2026-12-06); the model's
+    // total counts each stage once, over the owned ones.
+    for (int pipe = 0; pipe < p->n_models; pipe++) {
         const Model *m = p->ctx[pipe].m;
         for (int i = 0; i < m->reg.n; i++) {
             const ParamInfo *q = &m->reg.p[i];
-            n[0] += q->kind == PARAM_EXPERT ? (long)(q->numel / (size_t)q->local_rows) * m->cfg.E : (long)q->numel;
+            if (pipe < p->n_own)
+                n[0] += q->kind == PARAM_EXPERT ? (long)(q->numel / (size_t)q->local_rows) * m->cfg.E : (long)q->numel;
             n[1] += (long)q->numel;
         }
     }

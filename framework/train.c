@@ -34,20 +34,35 @@
 #include "parallel/grid.h"
 #include "parallel/zero1.h"
 
-// Entropy (nats per token) of the token frequencies of a shard: the loss of the best model that
-// ignores context, which a trained model must beat. The histogram has the shard's own vocabulary
+// The training tokens' unigram model (the frequencies of train.bin's ids): its entropy on the
+// training tokens (nats/token, what the start of a run reports), and its cross-entropy on the
+// targets a validation pass scores (tokens 1..T of sequences 0 .. n_seq - 1 of val.bin), add-one
+// smoothed over the vocabulary so that an id unseen in training costs a finite loss: the loss of the
+// best model that ignores context on the tokens of the validation loss, which a trained model must
+// beat (the training tokens' entropy is no bound on other tokens: a model already below the unigram
+// model was told to train longer; review, 2026-12-06). The histogram has the shard's own vocabulary
 // (every id is below it: shard_open checked), whatever the config says.
-static double unigram_entropy(const char *path) {
-    Shard sh;
-    shard_open(path, &sh);
+static void unigram_losses(const char *train_path, const char *val_path, uint64_t n_seq, int T, double *h_train,
+                           double *ce_val) {
+    Shard sh, vs;
+    shard_open(train_path, &sh);
     double *cnt = core_alloc((size_t)sh.vocab * sizeof(double));  // (shard vocab)
     for (uint64_t i = 0; i < sh.n; i++) cnt[shard_token(&sh, i)] += 1.0;
     double h = 0;
     for (uint32_t v = 0; v < sh.vocab; v++)
         if (cnt[v] > 0) h -= cnt[v] / (double)sh.n * log(cnt[v] / (double)sh.n);
+    *h_train = h;
+    shard_open(val_path, &vs);
+    double ce = 0;
+    for (uint64_t s = 0; s < n_seq; s++)
+        for (int j = 1; j <= T; j++) {
+            const uint32_t id = shard_token(&vs, s * (uint64_t)T + (uint64_t)j);
+            ce -= log(((id < sh.vocab ? cnt[id] : 0) + 1.0) / ((double)sh.n + sh.vocab));
+        }
+    *ce_val = ce / ((double)n_seq * T);
+    shard_close(&vs);
     core_free(cnt);
     shard_close(&sh);
-    return h;
 }
 
 // One split of the data directory for the loader. Its token ids index the embedding and the LM head
@@ -559,13 +574,18 @@ Trainer *trainer_create(const MoeConfig *cfg) {
                          "--vocab-size %d", c->V, c->data, t->tok->V, t->tok->V);
     join(path, sizeof path, c->data, prepare_file_names[PREPARE_TRAIN]);
     t->train = open_split(path, c, t->tok, g->dp_rank, g->dp, 1);
-    t->unigram_entropy = unigram_entropy(path);
+    char train_path[sizeof path];
+    memcpy(train_path, path, sizeof path);
     join(path, sizeof path, c->data, prepare_file_names[PREPARE_VAL]);
     // A validation pass reads the same val_batches x B sequences from the start of val.bin on every
     // rank, so that every layout reports the one-process run's validation loss (each data-parallel
     // rank reading its own share made it depend on the layout: review, 2026-12-05). More than it
     // holds would re-read it (and a huge count would never end).
     t->val = open_split(path, c, t->tok, 0, 1, 0);
+    // Read under the lock too; a validation set beyond val.bin is refused below.
+    const uint64_t n_val = (uint64_t)c->val_batches * c->batch_size;
+    unigram_losses(train_path, path, n_val < loader_num_sequences(t->val) ? n_val : loader_num_sequences(t->val),
+                   c->T, &t->unigram_entropy, &t->unigram_val);
     // Every rank holds its lock until all have opened the files: the holds overlap, so no prepare
     // can replace the dataset between one rank's opens and another's (review, 2026-12-05).
     if (g->world > 1) comm_barrier(comm_world());
@@ -746,7 +766,7 @@ static void format_duration(char *out, size_t n, double s) {
     else snprintf(out, n, "%lds", x);
 }
 
-// eta_s: the seconds the steps left would take at the pace of this line's steps (< 0: none left).
+// eta_s: the seconds the steps left would take at the run's pace so far (< 0: none left).
 static void log_step(Trainer *t, const StepStats *st, float val, double tok_s, int steps, double eta_s) {
     const MoeConfig *c = &t->cfg;
     const Model *m = t->pipe->ctx[0].m;  // for model_is_moe_layer
@@ -991,6 +1011,11 @@ int trainer_run(Trainer *t) {
                                           "where --out is set (a second signal ends the run at once)\n" : "",
                        t->pipe->grid == NULL || t->pipe->grid->world == 1);
     int rc = -1, late = 0;  // the exit code where the loop ends the run; a signal of the last step
+    // The time left comes from the wall clock of the steps so far, validations and saves included
+    // (from the steps' own time alone it said 0 s of a run that took 7 s of validations; review,
+    // 2026-12-06).
+    const double loop_start = core_now();
+    const int first_step = t->step;
     while (t->step < c->steps) {  // from the resumed step, if any
         StepStats st = trainer_step(t);
         tokens += (double)c->grad_accum * c->batch_size * c->T * dp;
@@ -1022,7 +1047,7 @@ int trainer_run(Trainer *t) {
         }
         if (!st.nonfinite && (last || t->step % c->log_every == 0 || val >= 0 || st.rebalanced)) {
             log_step(t, &st, val, tokens / (secs > 0 ? secs : 1e-9), steps,
-                     last ? -1.0 : secs / steps * (c->steps - t->step));
+                     last ? -1.0 : (core_now() - loop_start) / (t->step - first_step) * (c->steps - t->step));
             tokens = secs = 0;
             steps = 0;
         }
@@ -1054,10 +1079,10 @@ int trainer_run(Trainer *t) {
     snprintf(rose, sizeof rose, "it rose from %.4f, which more steps will not mend (a model that learns its "
              "training text by heart wants more text, a smaller model or fewer steps; too high a learning "
              "rate, a lower --lr)", val_best);
-    core_info0("validation loss %.4f -> %.4f nats/token; unigram entropy %.4f: %s", val_first, val,
-               t->unigram_entropy, val < t->unigram_entropy ? "the model uses context"
+    core_info0("validation loss %.4f -> %.4f nats/token; the training tokens' unigram model scores %.4f on "
+               "them: %s", val_first, val, t->unigram_val, val < t->unigram_val ? "the model uses context"
                : trained && val > 1.01f * val_best ? rose
-               : "not yet below the unigram entropy (train longer)");
+               : "not yet below the unigram model (train longer)");
     // The trace is of the last step this run took: none, no trace (it held zero-length ops).
     if (c->trace[0] && trained) pipe_write_trace(t->pipe, c->trace);
     else if (c->trace[0]) core_info0("no step ran: no trace written to %s", c->trace);

@@ -26,6 +26,7 @@ typedef struct {
     int step;                // optimizer steps taken
     int *tokens;             // (A, B, T+1) micro-batch staging buffer
     double unigram_entropy;  // nats/token of the training tokens' frequencies
+    double unigram_val;      // the loss of their unigram model on the validation tokens (nats/token)
     uint64_t lineage;        // of the checkpoints: new for a fresh run, the resumed checkpoint's otherwise
     int resumed_at;          // step of the --resume checkpoint (-1: a fresh run)
     long *saved;             // (n_saved) steps this run saved (what --keep may prune besides ancestors)

@@ -94,9 +94,11 @@ static void print_idle(const SimTimeline *tl, const char *unit) {
                span > 0 ? 100 * tl->bubble[r] / span : 0.0);
 }
 
-// Mean op costs of a measured timeline in SimCosts' terms: f from the F ops; w from the W ops; b a
-// full backward (a B that defers its W measures b − w); fb likewise (f + b when no F&B ran).
-static SimCosts measured_costs(const SimTimeline *tl) {
+// Mean op costs of a measured timeline in SimCosts' terms: f over the F ops; w over the W ops; b over
+// every backward, a B that defers its W counted as its time plus w (it measures b − w); fb likewise
+// over every F&B (f + b where none ran). ran[0], ran[1]: whether any W, any F&B ran. (b took the
+// full backwards alone where there were any, leaving out half of DualPipe's: review, 2026-12-06.)
+static SimCosts measured_costs(const SimTimeline *tl, int ran[2]) {
     double sum[6] = {0}, n[6] = {0};  // F, B, B deferring W, W, F&B, F&B deferring W
     for (int r = 0; r < tl->R; r++)
         for (int i = 0; i < tl->n[r]; i++) {
@@ -106,11 +108,11 @@ static SimCosts measured_costs(const SimTimeline *tl) {
             sum[k] += tl->ev[r][i].end - tl->ev[r][i].start;
             n[k] += 1;
         }
-    double mean[6];
-    for (int k = 0; k < 6; k++) mean[k] = n[k] > 0 ? sum[k] / n[k] : 0;
-    SimCosts c = {mean[0], 0, mean[3], 0, 0};
-    c.b = n[1] > 0 ? mean[1] : mean[2] + c.w;
-    c.fb = n[4] > 0 ? mean[4] : n[5] > 0 ? mean[5] + c.w : c.f + c.b;
+    SimCosts c = {n[0] > 0 ? sum[0] / n[0] : 0, 0, n[3] > 0 ? sum[3] / n[3] : 0, 0, 0};
+    c.b = n[1] + n[2] > 0 ? (sum[1] + sum[2] + n[2] * c.w) / (n[1] + n[2]) : 0;
+    c.fb = n[4] + n[5] > 0 ? (sum[4] + sum[5] + n[5] * c.w) / (n[4] + n[5]) : c.f + c.b;
+    ran[0] = n[3] > 0;
+    ran[1] = n[4] + n[5] > 0;
     return c;
 }
 
@@ -196,11 +198,17 @@ static int from_trace(const char *trace, const char *svg, int kind) {
     if (!rc) printf("wrote %s\n", svg);
     if (!rc) print_idle(tl, " µs");
     if (!rc && kind >= 0) {
-        const SimCosts c = measured_costs(tl);
+        int ran[2];
+        const SimCosts c = measured_costs(tl, ran);
         const double span = tl->t1 - tl->t0, formula = sim_bubble_formula(kind, tl->R, &c);
         double idle = 0;
         for (int r = 0; r < tl->R; r++) idle += tl->bubble[r] / tl->R;
-        printf("measured mean costs (µs): F %.6g, B %.6g, W %.6g, F&B %.6g\n", c.f, c.b, c.w, c.fb);
+        // A cost no op measured is said as such (a 1F1B trace printed "W 0, F&B" as if measured).
+        printf("measured mean costs (µs): F %.6g, B %.6g, ", c.f, c.b);
+        if (ran[0]) printf("W %.6g, ", c.w);
+        else printf("W none ran (0), ");
+        if (ran[1]) printf("F&B %.6g\n", c.fb);
+        else printf("F&B none ran (F + B = %.6g)\n", c.fb);
         printf("idle per rank: measured %.6g (%.1f%% of the step), formula %s = %.6g (%.1f%%)\n", idle,
                span > 0 ? 100 * idle / span : 0.0, FORMULA[kind], formula, span > 0 ? 100 * formula / span : 0.0);
     }

@@ -23,6 +23,10 @@ grep -q "F&B ops run their forward and backward one after the other (no overlap 
 
 grep -q "pipeline: dualpipe, 2 ranks, 4 micro-batches per step | layers per stage: \[0,2) \[2,4)" \
     "$tmp/dualpipe.log" || { echo "FAIL: the partition is not in the log:"; cat "$tmp/dualpipe.log"; exit 1; }
+# DualPipe's rank 0 holds both stages (its own and the copy of rank 1's), so the whole model: its
+# count said a third of it (review, 2026-12-06).
+grep -qE "^\[rank 0\] model: .* \| [0-9.]+M parameters$" "$tmp/dualpipe.log" ||
+    { echo "FAIL: DualPipe's rank 0 does not hold the whole model:"; grep "model:" "$tmp/dualpipe.log"; exit 1; }
 
 # With EP each pipe's dispatcher has an EP group of its own; the overlap's flag is accepted. At DP 2
 # and 2 sequences per micro-batch its reference is the one-process run of the same 8 micro-batches
@@ -76,6 +80,26 @@ ops=$(grep -c '"ph": "X"' "$tmp/trace.json")
 grep -q "<svg" "$tmp/trace.svg" && [ "$(grep -c 'class="op"' "$tmp/trace.svg")" = "$ops" ] ||
     { echo "FAIL: the SVG does not draw the $ops ops"; exit 1; }
 grep -q "rank 1" "$tmp/from_trace.txt" || { echo "FAIL: no per-rank idle time:"; cat "$tmp/from_trace.txt"; exit 1; }
+# With --kind, the mean costs as docs/pipeline.md defines them, recomputed from the trace: B over
+# every backward, one that defers its W (B...*) counted with the mean W; F&B likewise (review,
+# 2026-12-06: B took the full backwards alone).
+"$moelab" schedule --from-trace "$tmp/trace.json" --svg "$tmp/trace.svg" --kind dualpipe >"$tmp/costs.txt"
+python3 - "$tmp/trace.json" "$tmp/costs.txt" <<'PY' || { echo "FAIL: the measured mean costs"; cat "$tmp/costs.txt"; exit 1; }
+import json, re, sys
+ev = [e for e in json.load(open(sys.argv[1]))["traceEvents"] if e.get("ph") == "X"]
+def durs(pat): return [e["dur"] for e in ev if re.fullmatch(pat, e["name"])]
+mean = lambda x: sum(x) / len(x)
+f, w = mean(durs(r"F\d+[du]")), mean(durs(r"W\d+[du]"))
+full, defer = durs(r"B\d+[du]"), durs(r"B\d+[du]\*")
+fbs, fbd = durs(r"FB\(.*\)"), durs(r"FB\(.*\)\*")
+assert full and defer, "the trace has no full and deferring backwards to tell the rules apart"
+b = (sum(full) + sum(defer) + len(defer) * w) / (len(full) + len(defer))
+fb = (sum(fbs) + sum(fbd) + len(fbd) * w) / (len(fbs) + len(fbd))
+got = [float(x) for x in re.search(r"F ([\d.e+-]+), B ([\d.e+-]+), W ([\d.e+-]+), F&B ([\d.e+-]+)",
+                                    open(sys.argv[2]).read()).groups()]
+for name, g, want in zip("F B W F&B".split(), got, [f, b, w, fb]):
+    assert abs(g - want) <= 1e-5 * want, (name, g, want)
+PY
 echo "ok: the trace of $ops ops draws"
 
 # Bad pipeline arguments: one message and exit status 2.

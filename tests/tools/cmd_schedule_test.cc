@@ -136,6 +136,12 @@ TEST(CmdSchedule, JsonAndFiles) {
     EXPECT_NE(slurp(svg2).find("Measured timeline: DualPipeV, PP 3 (" + base + ")"), std::string::npos);
     EXPECT_NE(k.out.find("measured mean costs (µs): F 1, B 2, W 1, F&B 3\n"), std::string::npos) << k.out;
     EXPECT_NE(k.out.find("formula (N-1)(F&B+B-3W) = 4 ("), std::string::npos) << k.out;
+    // A 1F1B trace has no W and no F&B: said, not printed as measured (review, 2026-12-06).
+    EXPECT_EQ(run({"--kind", "1f1b", "--pp", "2", "--chunks", "4", "--trace", trace}).rc, 0);
+    Result one = run({"--from-trace", trace, "--svg", svg2, "--kind", "1f1b"});
+    EXPECT_EQ(one.rc, 0) << one.err;
+    EXPECT_NE(one.out.find("measured mean costs (µs): F 1, B 2, W none ran (0), F&B none ran (F + B = 3)\n"),
+              std::string::npos) << one.out;
     remove(svg.c_str());
     remove(svg2.c_str());
     remove(trace.c_str());
