@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -31,6 +32,7 @@ typedef struct {
     char **paths;
     unsigned char *named;  // paths[i] was named by an --input (not found in a folder)
     int n, cap;
+    int index_files;       // *.dat and *.u8 files a walk passed over
 } PathList;
 
 static char *dup_str(const char *s) {
@@ -110,12 +112,32 @@ static void drop_repeated_files(PathList *l) {
     core_free(id);
 }
 
+// Whether s ends with suffix, in any case (a.JSONL.GZ is a .jsonl.gz file).
 static int ends_with(const char *s, const char *suffix) {
     const size_t n = strlen(s), m = strlen(suffix);
-    return n >= m && strcmp(s + n - m, suffix) == 0;
+    return n >= m && strcasecmp(s + n - m, suffix) == 0;
 }
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+// Puts the list in path order (paths and their flags together).
+typedef struct {
+    char *path;
+    unsigned char named;
+} PathEntry;
+static int cmp_entry(const void *a, const void *b) {
+    return strcmp(((const PathEntry *)a)->path, ((const PathEntry *)b)->path);
+}
+static void sort_paths(PathList *l) {
+    PathEntry *e = core_alloc(sizeof *e * (size_t)l->n);
+    for (int i = 0; i < l->n; i++) e[i] = (PathEntry){l->paths[i], l->named[i]};
+    qsort(e, (size_t)l->n, sizeof *e, cmp_entry);
+    for (int i = 0; i < l->n; i++) {
+        l->paths[i] = e[i].path;
+        l->named[i] = e[i].named;
+    }
+    core_free(e);
+}
 
 // Adds the regular files under dir, in name order so that the result does not depend on readdir.
 // moelab's own data files among them (an earlier prepare's tokenizer and shards, checkpoints:
@@ -127,7 +149,13 @@ static void walk(PathList *out, const char *dir) {
     if (!d) core_path_error(errno, "cannot read input directory %s: %s", dir, strerror(errno));
     PathList names = {0};
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
-        if (e->d_name[0] == '.' || ends_with(e->d_name, ".dat") || ends_with(e->d_name, ".u8")) continue;
+        if (e->d_name[0] == '.') continue;
+        // The fortunes package's index files: counted, and said once at the end, so that a corpus of
+        // .dat files is not dropped without a word (review, 2026-12-06).
+        if (ends_with(e->d_name, ".dat") || ends_with(e->d_name, ".u8")) {
+            out->index_files++;
+            continue;
+        }
         path_push(&names, e->d_name, 0);
     }
     closedir(d);
@@ -196,12 +224,10 @@ static uint8_t *read_file(const char *path, size_t *len) {
     return (uint8_t *)buf;
 }
 
-// Reads a gzip file whole through zlib. Anything but a complete gzip stream (another format, a
-// truncated or corrupt file) is a usage error naming the file: zlib alone would pass plain bytes
-// through as if uncompressed and stop quietly at a truncation.
-static uint8_t *read_gzip(const char *path, size_t *len) {
-    size_t n;
-    uint8_t *raw = read_file(path, &n);
+// Inflates the n bytes raw of the gzip file `path` through zlib (and frees them). Anything but a
+// complete gzip stream (another format, a truncated or corrupt file) is a usage error naming the
+// file: zlib alone would pass plain bytes through as if uncompressed and stop quietly at a truncation.
+static uint8_t *gunzip(const char *path, uint8_t *raw, size_t n, size_t *len) {
     if (n < 2 || raw[0] != 0x1f || raw[1] != 0x8b) core_usage_error("%s: not a gzip file (bad magic)", path);
     z_stream z;
     memset(&z, 0, sizeof z);
@@ -430,11 +456,18 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
         path_push(&files, inputs[i], 1);
     }
     core_free(dirs);
+    if (files.index_files)
+        core_info("prepare: skipped %d .dat and .u8 file%s in the input folders (the fortune package's index "
+                  "files, not text)", files.index_files, files.index_files == 1 ? "" : "s");
     if (files.n == 0) core_usage_error("no input files found in the %d given path(s)", n_inputs);
     drop_repeated_files(&files);
     check_outputs(out_dir, &files);
+    // The documents come in path order whatever the order of --input, so that the seeded shuffle
+    // below alone decides theirs (`--input $(find ...)` gave other shards on a copy of the same
+    // corpus: review, 2026-12-06).
+    sort_paths(&files);
 
-    // Every document, in input order: a plain file is one, a JSON Lines file one per good line.
+    // Every document, in path order: a plain file is one, a JSON Lines file one per good line.
     const char *field = jsonl && jsonl->text_field ? jsonl->text_field : "text";
     const int strict = jsonl && jsonl->strict;
     Docs docs = {0};
@@ -442,9 +475,12 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
     for (int i = 0; i < files.n; i++) {
         const char *path = files.paths[i];
         size_t n;
-        const int gz = ends_with(path, ".jsonl.gz");
-        bufs[i] = gz ? read_gzip(path, &n) : read_file(path, &n);
-        if (!gz && !ends_with(path, ".jsonl")) {
+        bufs[i] = read_file(path, &n);
+        // Compressed by its name (*.gz) or its bytes (gzip's magic), text or JSON Lines alike: a
+        // .txt.gz went in as raw gzip bytes without a word (review, 2026-12-06).
+        if (ends_with(path, ".gz") || (n >= 2 && bufs[i][0] == 0x1f && bufs[i][1] == 0x8b))
+            bufs[i] = gunzip(path, bufs[i], n, &n);
+        if (!ends_with(path, ".jsonl") && !ends_with(path, ".jsonl.gz")) {
             docs_push(&docs, bufs[i], n);
         } else {
             JsonlDocs jd;

@@ -32,6 +32,8 @@ static const char USAGE_PREPARE[] =
     "gzip): there each line is a JSON object whose string member NAME is one document. Lines that\n"
     "give no document (empty, not JSON, not an object, no such member, not a string) are counted\n"
     "and the first few reported with their line numbers; --strict makes the first one an error.\n"
+    "Files compressed with gzip (by their bytes, or named *.gz) are read through zlib, text and\n"
+    "JSON Lines alike. The documents go into the shards in a seeded order of their paths' order.\n"
     "\n"
     "options:\n"
     "  --input PATH...     one or more files or directories (the flag may also repeat)\n"

@@ -147,6 +147,34 @@ TEST(PrepareJsonl, EveryLineIsADocument) {
     EXPECT_EQ(read_file(out + "/val.bin"), read_file(out2 + "/val.bin"));
 }
 
+// Compressed files are read by their bytes or a .gz name in any case, text and JSON Lines alike (a
+// .txt.gz and a .JSONL.GZ went in as raw gzip bytes), and the shards follow the paths, not the order
+// --input names them in (review, 2026-12-06): the same files and seed give the same dataset.
+TEST(PrepareJsonl, CompressedFilesAndAnyInputOrder) {
+    const std::string in = temp_dir(), gzd = temp_dir(), out = temp_dir(), out2 = temp_dir(), out3 = temp_dir();
+    const std::string a = in + "/a.txt", b = in + "/b.jsonl", c = in + "/c.txt";
+    write_file(a, kDocs[0]);
+    write_file(b, jsonl_of(kDocs, 1, 3));
+    write_file(c, kDocs[3]);
+    write_gzip(gzd + "/a.txt.gz", kDocs[0]);
+    write_gzip(gzd + "/b.JSONL.GZ", jsonl_of(kDocs, 1, 3));
+    write_gzip(gzd + "/c.txt", kDocs[3]);  // gzip by its bytes alone
+    PrepareStats st;
+    const char *abc[] = {a.c_str(), b.c_str(), c.c_str()}, *cba[] = {c.c_str(), b.c_str(), a.c_str()};
+    const char *gz[] = {gzd.c_str()};
+    prepare_dataset(abc, 3, 256, out.c_str(), 0.2, 1, nullptr, &st);
+    prepare_dataset(cba, 3, 256, out2.c_str(), 0.2, 1, nullptr, &st);
+    prepare_dataset(gz, 1, 256, out3.c_str(), 0.2, 1, nullptr, &st);
+    EXPECT_EQ(st.docs, 4);
+    for (const char *f : {"/train.bin", "/val.bin"}) {
+        EXPECT_EQ(read_file(out + f), read_file(out2 + f)) << f;
+        EXPECT_EQ(read_file(out + f), read_file(out3 + f)) << f;
+    }
+    write_file(gzd + "/d.txt.gz", "plain text named as gzip");
+    EXPECT_EXIT(prepare_dataset(gz, 1, 256, out3.c_str(), 0.2, 1, nullptr, &st), ::testing::ExitedWithCode(2),
+                "d.txt.gz: not a gzip file");
+}
+
 TEST(PrepareJsonl, ReportsTheFirstFiveBadLinesAndCountsAll) {
     const std::string in = temp_dir(), out = temp_dir();
     std::string text = jsonl_of(kDocs, 0, 4);
