@@ -19,8 +19,12 @@ static int sample_pick(const float *logits, int V, float temperature, int top_k,
     for (int i = 0; i < V; i++) work_i[i] = i;
     for (int j = 0; j < k; j++) {
         int arg = j;
-        for (int i = j + 1; i < V; i++)
-            if (logits[work_i[i]] > logits[work_i[arg]]) arg = i;
+        // By (logit, then the lower id): the swaps move ids out of order, so a tie at the cut-off
+        // kept whichever tied id sat first (review, 2026-12-06).
+        for (int i = j + 1; i < V; i++) {
+            const float x = logits[work_i[i]], y = logits[work_i[arg]];
+            if (x > y || (x == y && work_i[i] < work_i[arg])) arg = i;
+        }
         int tmp = work_i[j]; work_i[j] = work_i[arg]; work_i[arg] = tmp;
         if (k == V && j > 64) break;  // no cut-off: order beyond the head does not matter
     }

@@ -21,8 +21,9 @@ static void sample_help(void) {
     printf("usage: moelab sample --ckpt PATH [--prompt TEXT] [--tokens N] [--temperature T]\n"
            "                     [--top-k K] [--seed S] [--data DIR] [--device cpu|cuda|cuda-fp32]\n\n"
            "Generates N tokens (default 200, at most 16384) after the prompt (default: a newline)\n"
-           "from the model in the checkpoint, printing the text as it goes. temperature 0 is greedy\n"
-           "(default 0.8); top-k 0 samples from the whole vocabulary (default 40); --seed picks the\n"
+           "from the model in the checkpoint, printing the text as it goes. temperature 0 is greedy;\n"
+           "top-k 0 samples from the whole vocabulary; both default to the checkpoint's training\n"
+           "config (its temperature and top_k_sample: 0.8 and 40 unless set); --seed picks the\n"
            "random numbers (default 1: the same text every time). The tokenizer is\n"
            "DIR/tokenizer.bin, where DIR defaults to the data directory the checkpoint was trained on.\n"
            "--device runs the model on the CPU (default) or on GPU 0, in bf16 (cuda) or fp32.\n");
@@ -50,9 +51,9 @@ static void print_tokens(const Tokenizer *tok, const int *ids, int n) {
 
 int cmd_sample(int argc, char **argv) {
     const char *ckpt = NULL, *prompt = "\n", *data = NULL, *device = "cpu";
-    int n_new = 200, top_k = 40;
+    int n_new = 200, top_k = -1;  // -1: the checkpoint's
     unsigned long long seed = 1;
-    float temperature = 0.8f;
+    float temperature = -1.0f;    // < 0: the checkpoint's
     char err[NUM_ERR_LEN];
     // "--flag value" and "--flag=value".
     for (int i = 1; i < argc; i++) {
@@ -87,6 +88,10 @@ int cmd_sample(int argc, char **argv) {
     MoeConfig c;
     config_defaults(&c);
     ckpt_read_config_whole(ckpt, &c);
+    // The run's own sampling keys, as export's generation_config.json writes them (sample drew at a
+    // fixed 0.8 and 40 where the exported model decoded greedily: review, 2026-12-06).
+    if (temperature < 0) temperature = c.temperature;
+    if (top_k < 0) top_k = c.top_k_sample;
     char path[2 * CONFIG_STR];
     Tokenizer *tok = ckpt_tokenizer_load("sample", ckpt, &c, data, path, sizeof path);
     Model *m = model_create_stored(&c, 1, ckpt);

@@ -381,7 +381,7 @@ int config_apply_args(MoeConfig *c, int argc, char **argv) {
         if (file && !*file) core_usage_error("--config needs a file name");
         if (file) config_load_file(c, file);
     }
-    int kept = 0;
+    int kept = 0, flag_chunks = 0, flag_accum = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--config") == 0) { i++; continue; }
@@ -401,11 +401,23 @@ int config_apply_args(MoeConfig *c, int argc, char **argv) {
                 if (!eq && (i + 1 >= argc || !strncmp(argv[i + 1], "--", 2)))
                     core_usage_error("command line: %s needs a value", a);
                 config_set(c, key, eq ? eq + 1 : argv[++i], "command line");
+                flag_chunks |= config_names_key(key, "chunks");
+                flag_accum |= config_names_key(key, "grad_accum");
                 continue;
             }
         }
         argv[kept++] = argv[i];
     }
+    // chunks and grad_accum both count a step's micro-batches (a pipeline's name and a plain run's):
+    // a flag for one outranks a file's value of either, as a flag outranks a file (a checkpoint's
+    // stored config holds both, resolved, and `--config stored.cfg --chunks 2` was refused as
+    // setting both: review, 2026-12-06). Both as flags must agree (`--chunks 4 --grad-accum 1` was
+    // taken as 4).
+    if (flag_chunks && flag_accum && c->chunks > 0 && c->grad_accum != c->chunks)
+        core_usage_error("--chunks %d and --grad-accum %d both set the micro-batches per step: pass one", c->chunks,
+                         c->grad_accum);
+    if (flag_chunks && !flag_accum && c->chunks > 0) config_reset_key(c, "grad_accum");
+    if (flag_accum && !flag_chunks) config_reset_key(c, "chunks");
     return kept;
 }
 

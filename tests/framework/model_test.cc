@@ -16,6 +16,7 @@ extern "C" {
 #include "framework/core/rng.h"
 #include "framework/model.h"
 #include "framework/optimizer.h"
+#include "framework/sample.h"
 #include "framework/train.h"
 }
 
@@ -495,6 +496,26 @@ TEST(Model, ActsBytesCountTheArena) {
         model_acts_free(m, &a);
         model_free(m);
     }
+}
+
+// Top-k keeps the k largest logits, a tie at the cut-off going to the lower id: with id V-1 the
+// largest and every other logit equal, top-2 draws only V-1 and 0 (the selection's swaps moved ids
+// out of order, and it kept id 1 instead of 0; review, 2026-12-06).
+static void tied_logits(void *, const int *, int, float *row) {
+    for (int i = 0; i < 300; i++) row[i] = i == 299 ? 1.0f : 0.0f;
+}
+TEST(Sample, TopKTiesGoToTheLowerId) {
+    const int prompt[1] = {5};
+    std::vector<int> out(1 + 400);
+    RngStream rng = rng_stream(7, 1);
+    const int n = sample_generate_by(tied_logits, nullptr, 300, 16, prompt, 1, 400, 1.0f, 2, &rng, out.data());
+    ASSERT_EQ(n, 400);
+    int zeros = 0;
+    for (int i = 1; i <= n; i++) {
+        EXPECT_TRUE(out[i] == 299 || out[i] == 0) << out[i];
+        zeros += out[i] == 0;
+    }
+    EXPECT_GT(zeros, 0);
 }
 
 TEST(ModelDeath, TiedEmbeddingsAcrossStages) {

@@ -68,6 +68,33 @@ TEST(Config, FileAndOverrides) {
     remove(p.c_str());
 }
 
+// chunks and grad_accum both count a step's micro-batches: a flag for one outranks a file's value of
+// either (a checkpoint's stored config holds both, and `--config stored.cfg --chunks 2` was refused as
+// setting both); the two as flags must agree (review, 2026-12-06).
+TEST(Config, MicroBatchFlagOutranksTheFilesAlias) {
+    std::string p = write_tmp("chunks = 4\ngrad_accum = 4\n");
+    auto apply = [&](std::vector<std::string> args, MoeConfig *c) {
+        config_defaults(c);
+        args.insert(args.begin(), {"--config", p});
+        std::vector<char *> argv;
+        for (std::string &a : args) argv.push_back(&a[0]);
+        return config_apply_args(c, (int)argv.size(), argv.data());
+    };
+    MoeConfig c;
+    EXPECT_EQ(apply({"--chunks", "2"}, &c), 0);
+    EXPECT_EQ(c.chunks, 2);
+    EXPECT_EQ(c.grad_accum, 1);
+    EXPECT_EQ(apply({"--grad-accum", "2"}, &c), 0);
+    EXPECT_EQ(c.chunks, 0);
+    EXPECT_EQ(c.grad_accum, 2);
+    EXPECT_EQ(apply({"--chunks", "0"}, &c), 0);  // no chunks: the file's grad_accum stands
+    EXPECT_EQ(c.grad_accum, 4);
+    EXPECT_EQ(apply({"--chunks", "8", "--grad-accum", "8"}, &c), 0);
+    EXPECT_EXIT(apply({"--chunks", "4", "--grad-accum", "1"}, &c), ::testing::ExitedWithCode(2),
+                "--chunks 4 and --grad-accum 1 both set the micro-batches per step: pass one");
+    remove(p.c_str());
+}
+
 TEST(Config, WriteReadRoundTrip) {
     MoeConfig a, b;
     config_defaults(&a);
