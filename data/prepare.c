@@ -228,6 +228,7 @@ static uint8_t *read_file(const char *path, size_t *len) {
 // complete gzip stream (another format, a truncated or corrupt file) is a usage error naming the
 // file: zlib alone would pass plain bytes through as if uncompressed and stop quietly at a truncation.
 static uint8_t *gunzip(const char *path, uint8_t *raw, size_t n, size_t *len) {
+    if (n == 0) core_usage_error("%s: an empty file, not gzip (a gzip file holds at least its header)", path);
     if (n < 2 || raw[0] != 0x1f || raw[1] != 0x8b) core_usage_error("%s: not a gzip file (bad magic)", path);
     z_stream z;
     memset(&z, 0, sizeof z);
@@ -460,12 +461,13 @@ int prepare_dataset(const char *const *inputs, int n_inputs, int vocab, const ch
         core_info("prepare: skipped %d .dat and .u8 file%s in the input folders (the fortune package's index "
                   "files, not text)", files.index_files, files.index_files == 1 ? "" : "s");
     if (files.n == 0) core_usage_error("no input files found in the %d given path(s)", n_inputs);
-    drop_repeated_files(&files);
-    check_outputs(out_dir, &files);
     // The documents come in path order whatever the order of --input, so that the seeded shuffle
     // below alone decides theirs (`--input $(find ...)` gave other shards on a copy of the same
-    // corpus: review, 2026-12-06).
+    // corpus: review, 2026-12-06); sorted first, so that a file reached twice is read under its
+    // first path in that order.
     sort_paths(&files);
+    drop_repeated_files(&files);
+    check_outputs(out_dir, &files);
 
     // Every document, in path order: a plain file is one, a JSON Lines file one per good line.
     const char *field = jsonl && jsonl->text_field ? jsonl->text_field : "text";

@@ -522,9 +522,11 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     MoeConfig *c = &t->cfg;
     check_same_config(c);
     // The layout is checked on every rank before any data is read.
+    // (Flags that disagree were refused with the flags; one flag outranks the files' values of both:
+    // config_apply_args. What is left is config files that set both.)
     if (c->chunks > 0 && c->grad_accum != 1 && c->grad_accum != c->chunks)
-        core_usage_error("--chunks %d and --grad-accum %d both set the micro-batches per step: pass one",
-                         c->chunks, c->grad_accum);
+        core_usage_error("config: chunks = %d and grad_accum = %d both set the micro-batches per step: set one "
+                         "(or pass --chunks or --grad-accum, which outranks both)", c->chunks, c->grad_accum);
     if (c->chunks > 0) c->grad_accum = c->chunks;
     // With EP the F&B overlap's two threads both call MPI (each pipe on its own EP group).
     if (c->fb_overlap && c->ep > 1 && !comm_threads_ok())

@@ -2,6 +2,7 @@
 // and .jsonl.gz files: what becomes a document, the split and determinism rules, the reports of bad
 // lines, --strict, --text-field, and damaged gzip files.
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <string>
@@ -170,6 +171,24 @@ TEST(PrepareJsonl, CompressedFilesAndAnyInputOrder) {
         EXPECT_EQ(read_file(out + f), read_file(out2 + f)) << f;
         EXPECT_EQ(read_file(out + f), read_file(out3 + f)) << f;
     }
+    // A file reached twice (here through a link in another folder) is read under its first path in
+    // path order: which --input came first decided it, and the dataset with it.
+    const std::string A = temp_dir(), B = temp_dir(), o1 = temp_dir(), o2 = temp_dir();
+    write_file(A + "/a.txt", kDocs[0]);
+    write_file(A + "/m.txt", kDocs[1]);
+    write_file(B + "/q.txt", kDocs[2]);
+    ASSERT_EQ(symlink((A + "/a.txt").c_str(), (B + "/z.txt").c_str()), 0);
+    const char *ab[] = {A.c_str(), B.c_str()}, *ba[] = {B.c_str(), A.c_str()};
+    testing::internal::CaptureStdout();
+    prepare_dataset(ab, 2, 256, o1.c_str(), 0.2, 1, nullptr, &st);
+    prepare_dataset(ba, 2, 256, o2.c_str(), 0.2, 1, nullptr, &st);
+    testing::internal::GetCapturedStdout();
+    EXPECT_EQ(st.docs, 3);
+    for (const char *f : {"/train.bin", "/val.bin"}) EXPECT_EQ(read_file(o1 + f), read_file(o2 + f)) << f;
+    write_file(gzd + "/e.txt.gz", "");
+    EXPECT_EXIT(prepare_dataset(gz, 1, 256, out3.c_str(), 0.2, 1, nullptr, &st), ::testing::ExitedWithCode(2),
+                "e.txt.gz: an empty file, not gzip");
+    remove((gzd + "/e.txt.gz").c_str());
     write_file(gzd + "/d.txt.gz", "plain text named as gzip");
     EXPECT_EXIT(prepare_dataset(gz, 1, 256, out3.c_str(), 0.2, 1, nullptr, &st), ::testing::ExitedWithCode(2),
                 "d.txt.gz: not a gzip file");

@@ -119,4 +119,7 @@ expect_usage "cuts the model into 8 stages of at least one layer, but n_layers =
     mpi 4 "$moelab" train "${args[@]}" --pp 4 --schedule dualpipev --chunks 8
 expect_usage "--chunks 4 and --grad-accum 2 both set the micro-batches per step" \
     "$moelab" train "${args[@]}" --chunks 4 --grad-accum 2
+printf 'chunks = 4\ngrad_accum = 2\n' > "$tmp/both.cfg"
+expect_usage "config: chunks = 4 and grad_accum = 2 both set the micro-batches per step: set one" \
+    "$moelab" train "${args[@]}" --config "$tmp/both.cfg"
 echo "ok: bad arguments are refused"

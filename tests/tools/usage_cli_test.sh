@@ -45,7 +45,7 @@ expect_one_line "moelab: error: data prepare: --out needs a value" data prepare 
 expect_one_line "moelab: error: data prepare: --input needs at least one path" data prepare --input= --vocab 256 --out x
 # One file given twice (here under two names) was read twice, its text counted double.
 echo "some text" >in.txt
-expect_one_line "moelab: error: --input names one file twice: in.txt and ./in.txt" \
+expect_one_line "moelab: error: --input names one file twice: ./in.txt and in.txt" \
     data prepare --input in.txt ./in.txt --vocab 256 --out x
 rm in.txt
 expect_one_line "moelab: error: export: --out needs a value (see \`moelab export --help\`)" \
