@@ -102,16 +102,18 @@ uint64_t loader_num_sequences(const Loader *l) { return l->S; }
 
 uint32_t loader_vocab(const Loader *l) { return l->shard.vocab; }
 
-// FNV-1a (64 bits) of x's 8 bytes, going on from h.
+// FNV-1a (64 bits) of x's 8 bytes, little-endian, going on from h.
 static uint64_t fnv_u64(uint64_t h, uint64_t x) {
-    for (int b = 0; b < 8; b++) h = (h ^ ((x >> (8 * b)) & 0xff)) * 1099511628211ull;
-    return h;
+    uint8_t b[8];
+    core_put_u32le(b, (uint32_t)x);
+    core_put_u32le(b + 4, (uint32_t)(x >> 32));
+    return core_fnv1a64(h, b, sizeof b);
 }
 
 uint64_t loader_fingerprint(const Loader *l) {
     const Shard *s = &l->shard;
     const uint64_t runs = 64, len = 64, gap = s->n / runs;
-    uint64_t h = fnv_u64(1469598103934665603ull, s->n);
+    uint64_t h = fnv_u64(CORE_FNV64_START, s->n);
     for (uint64_t r = 0; r < runs; r++)
         for (uint64_t i = r * gap; i < r * gap + len && i < s->n; i++) h = fnv_u64(h, shard_token(s, i));
     return h ? h : 1;

@@ -223,11 +223,11 @@ void tok_write(const Tokenizer *t, FILE *f) {
 }
 
 uint32_t tok_fingerprint(const Tokenizer *t) {
-    uint32_t h = 2166136261u;
-    const uint32_t V = (uint32_t)t->V;
+    uint32_t h = CORE_FNV32_START;
     for (int i = -1; i < 2 * (t->V - 256); i++) {
-        const uint32_t w = i < 0 ? V : t->merges[i];
-        for (int b = 0; b < 32; b += 8) h = (h ^ ((w >> b) & 0xff)) * 16777619u;
+        uint8_t w[4];
+        core_put_u32le(w, i < 0 ? (uint32_t)t->V : t->merges[i]);
+        h = core_fnv1a32(h, w, sizeof w);
     }
     return h ? h : 1;  // 0 stands for "not recorded" in shards and checkpoints
 }
@@ -471,9 +471,7 @@ static void count_chunks(Trainer *tr, const uint8_t *const *docs, const size_t *
         for (size_t i = 0; i < lens[d];) {
             const size_t len = tok_chunk_len(x + i, lens[d] - i);
             // FNV-1a over the chunk, finished by a mixer.
-            uint64_t h = 1469598103934665603ull;
-            for (size_t k = 0; k < len; k++) h = (h ^ x[i + k]) * 1099511628211ull;
-            h = hash_u64(h);
+            const uint64_t h = hash_u64(core_fnv1a64(CORE_FNV64_START, x + i, len));
             if (2 * (tr->n_words + 1) > cap) {
                 const size_t ncap = cap ? 2 * cap : 1 << 14;
                 uint32_t *nt = calloc(ncap, sizeof *nt);

@@ -153,13 +153,6 @@ static void trainer_ckpt_view_free(CkptView *v, Model *m, AdamW *o, int upload) 
     core_free(v->v);
 }
 
-// FNV-1a (64 bits) of n bytes, going on from h (FNV_START to begin): what ranks_agree compares.
-#define FNV_START 1469598103934665603ull
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
-    for (size_t i = 0; i < n; i++) h = (h ^ ((const unsigned char *)p)[i]) * 1099511628211ull;
-    return h;
-}
-
 // Whether every rank of the world passed the same h: the largest h and the largest negated h over
 // the ranks are both this rank's only if all agree. One process agrees with itself.
 static int ranks_agree(uint64_t h) {
@@ -243,7 +236,7 @@ static uint64_t trainer_resume(Trainer *t) {
     // Ranks that do not share a file system may have read different files of that name: they trained
     // on from other steps and weights until a collective timed out (review, 2026-12-06).
     const uint64_t at[4] = {(uint64_t)st.step, st.lineage, st.data.epoch, st.data.index};
-    if (!ranks_agree(fnv1a(FNV_START, at, sizeof at)))
+    if (!ranks_agree(core_fnv1a64(CORE_FNV64_START, at, sizeof at)))
         core_usage_error("the ranks resumed different checkpoints at --resume %s (other steps or runs: hosts "
                          "that do not share it need the same copy)", t->cfg.resume);
     t->step = (int)st.step;
@@ -509,7 +502,7 @@ static void check_same_config(const MoeConfig *c) {
     CHECK(f, "open_memstream: %s", strerror(errno));
     config_write(c, f);
     fclose(f);
-    const uint64_t h = fnv1a(FNV_START, text, len);
+    const uint64_t h = core_fnv1a64(CORE_FNV64_START, text, len);
     free(text);
     if (!ranks_agree(h))
         core_usage_error("the %d ranks were started with different settings (command lines or config files): "
@@ -596,7 +589,7 @@ Trainer *trainer_create(const MoeConfig *cfg) {
     // tokenizer of the same size, or other shards, trained on in silence (review, 2026-12-06).
     const uint64_t data_id[3] = {tok_fingerprint(t->tok), loader_fingerprint(t->train),
                                  loader_fingerprint(t->val)};
-    if (!ranks_agree(fnv1a(FNV_START, data_id, sizeof data_id)))
+    if (!ranks_agree(core_fnv1a64(CORE_FNV64_START, data_id, sizeof data_id)))
         core_usage_error("the ranks read different datasets at --data %s (another tokenizer or other shards: "
                          "hosts that do not share it need the same copy)", c->data);
     const uint64_t val_seqs = loader_num_sequences(t->val);

@@ -275,8 +275,7 @@ int core_temp_name(char *out, size_t cap, const char *path, const char *suffix) 
     } else {
         // The name's first bytes and a hash of all of it (FNV-1a), so that two long names alike in
         // their first bytes get temporaries of their own (one process writes several outputs).
-        uint32_t h = 2166136261u;
-        for (const char *c = base; *c; c++) h = (h ^ (uint8_t)*c) * 16777619u;
+        const uint32_t h = core_fnv1a32(CORE_FNV32_START, base, (size_t)len);
         n = snprintf(out, cap, "%.*s%.*s~%08x%s", (int)(base - path), path, room - 9, base, h, suffix);
     }
     return n < 0 || (size_t)n >= cap ? ENAMETOOLONG : 0;

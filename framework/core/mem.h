@@ -1,7 +1,7 @@
 // Memory: checked host allocation (device memory is the backend table's, layers/ops.h).
 // Every buffer of the model and the optimizer goes through here so that a failed allocation is
 // one clear error naming the size, never a NULL dereference later. Also the little-endian u32
-// fields of the byte buffers that moelab's files are made of.
+// fields of the byte buffers that moelab's files are made of, and the FNV-1a hash of bytes.
 #ifndef MOELAB_CORE_MEM_H
 #define MOELAB_CORE_MEM_H
 
@@ -38,6 +38,19 @@ static inline uint32_t core_get_u32le(const uint8_t *p) {
 }
 static inline void core_put_u32le(uint8_t *p, uint32_t v) {
     for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+// FNV-1a over n bytes, going on from h (CORE_FNV32_START or CORE_FNV64_START to begin): the
+// fingerprints that files store and ranks compare, and short hashes of names. Not for security.
+#define CORE_FNV32_START 2166136261u
+#define CORE_FNV64_START 1469598103934665603ull
+static inline uint32_t core_fnv1a32(uint32_t h, const void *p, size_t n) {
+    for (size_t i = 0; i < n; i++) h = (h ^ ((const uint8_t *)p)[i]) * 16777619u;
+    return h;
+}
+static inline uint64_t core_fnv1a64(uint64_t h, const void *p, size_t n) {
+    for (size_t i = 0; i < n; i++) h = (h ^ ((const uint8_t *)p)[i]) * 1099511628211ull;
+    return h;
 }
 
 #ifdef __cplusplus

@@ -3,6 +3,9 @@
 #include "framework/core/rng.h"
 
 #include <math.h>
+#include <string.h>
+
+#include "framework/core/mem.h"
 
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
@@ -28,9 +31,7 @@ void rng_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t ou
 }
 
 uint32_t rng_name_hash(const char *name) {
-    uint32_t h = 2166136261u;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++) h = (h ^ *p) * 16777619u;
-    return h;
+    return core_fnv1a32(CORE_FNV32_START, name, strlen(name));
 }
 
 // (0, 1] from 32 random bits, never 0 so that log() is finite.
