@@ -5,7 +5,6 @@
 
 #include "checkpoints/ckpt.h"
 #include "checkpoints/format.h"
-#include "framework/core/check.h"
 #include "framework/core/mem.h"
 
 // Tensors are read in blocks of whole rows of at most this many floats (one row if a row is larger).

@@ -2,7 +2,6 @@
 // and a position in the endless stream of epochs.
 #include "data/loader.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #include "data/shard.h"

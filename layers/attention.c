@@ -8,7 +8,6 @@
 
 #include <cblas.h>
 #include <math.h>
-#include <string.h>
 
 #include "framework/core/check.h"
 #include "framework/core/mem.h"

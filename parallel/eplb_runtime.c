@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "framework/core/check.h"
-#include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "layers/ops.h"
 #include "parallel/ep_dispatch.h"

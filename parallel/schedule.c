@@ -171,7 +171,7 @@ static int check_nc(const char *name, int N, int C, char *err) {
     return 0;
 }
 
-Schedule *sched_1f1b(int N, int C, char *err) {
+static Schedule *build_1f1b(int N, int C, char *err) {
     if (check_nc("1f1b", N, C, err)) return NULL;
     Schedule *s = sched_alloc(SCHED_1F1B, N, C);
     for (int r = 0; r < N; r++) {
@@ -262,7 +262,7 @@ static Schedule *eight_step_schedule(SchedKind kind, const char *name, int N, in
     return s;
 }
 
-Schedule *sched_dualpipe(int N, int C, char *err) {
+static Schedule *build_dualpipe(int N, int C, char *err) {
     if (check_nc("dualpipe", N, C, err)) return NULL;
     if (N % 2) {
         sched_set_err(err, "dualpipe needs an even number of ranks (pp = %d)", N);
@@ -275,16 +275,16 @@ Schedule *sched_dualpipe(int N, int C, char *err) {
     return eight_step_schedule(SCHED_DUALPIPE, "dualpipe", N, C, err);
 }
 
-Schedule *sched_dualpipev(int N, int C, char *err) {
+static Schedule *build_dualpipev(int N, int C, char *err) {
     if (check_nc("dualpipev", N, C, err)) return NULL;
     return eight_step_schedule(SCHED_DUALPIPEV, "dualpipev", N, C, err);
 }
 
 Schedule *sched_build(SchedKind kind, int N, int C, char *err) {
     switch (kind) {
-    case SCHED_1F1B: return sched_1f1b(N, C, err);
-    case SCHED_DUALPIPE: return sched_dualpipe(N, C, err);
-    case SCHED_DUALPIPEV: return sched_dualpipev(N, C, err);
+    case SCHED_1F1B: return build_1f1b(N, C, err);
+    case SCHED_DUALPIPE: return build_dualpipe(N, C, err);
+    case SCHED_DUALPIPEV: return build_dualpipev(N, C, err);
     }
     sched_set_err(err, "unknown schedule kind %d", (int)kind);
     return NULL;

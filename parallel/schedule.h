@@ -50,11 +50,9 @@ typedef struct {
 // schedule, simulator and SVG functions report a problem to their caller.
 #define sched_set_err(err, ...) core_set_err((err), SCHED_ERR_LEN, __VA_ARGS__)
 
-// Generators: a new schedule, or NULL with a message in err (SCHED_ERR_LEN bytes) for invalid
-// arguments. 1F1B: N ≥ 1, C ≥ 1. DualPipe: N even, C even, C ≥ 2N. DualPipeV: N ≥ 1, C ≥ 2N.
-Schedule *sched_1f1b(int N, int C, char *err);
-Schedule *sched_dualpipe(int N, int C, char *err);
-Schedule *sched_dualpipev(int N, int C, char *err);
+// The generator of each kind: a new schedule, or NULL with a message in err (SCHED_ERR_LEN bytes)
+// for invalid arguments. 1F1B: N ≥ 1, C ≥ 1. DualPipe: N even, C even, C ≥ 2N. DualPipeV: N ≥ 1,
+// C ≥ 2N.
 Schedule *sched_build(SchedKind kind, int N, int C, char *err);
 void sched_free(Schedule *s);
 

@@ -4,7 +4,6 @@
 #include "parallel/schedule_svg.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <string.h>
 
 // Colours by op kind (F, B, W) and pipe (down lighter, up darker).

@@ -4,7 +4,6 @@
 #include "parallel/simulator.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

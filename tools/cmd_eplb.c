@@ -1,7 +1,6 @@
 // `moelab eplb`: reads a load matrix (CSV, one row per MoE layer, one column per logical expert) and
 // prints the EPLB plan of parallel/eplb.h as JSON. A thin front end: flags, CSV checks, JSON output.
 // Bad input gives one message naming the row and column (1-based) or the broken rule, and exit code 2.
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

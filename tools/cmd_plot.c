@@ -4,10 +4,8 @@
 // A thin front end: the JSON reader of framework/core/json.h, checks on the fields it needs, and plain
 // SVG rectangles.
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "framework/core/check.h"

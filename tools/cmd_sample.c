@@ -1,6 +1,5 @@
 // `moelab sample`: loads a checkpoint and its tokenizer, and generates text from a prompt.
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "checkpoints/ckpt.h"
@@ -86,7 +85,6 @@ int cmd_sample(int argc, char **argv) {
     if (!ckpt) core_usage_error("sample: --ckpt PATH is required (see `moelab sample --help`)");
     const LayerOps *ops = backend_ops(device);  // a bad name is a usage error before any reading
     MoeConfig c;
-    config_defaults(&c);
     ckpt_read_config_whole(ckpt, &c);
     // The run's own sampling keys, as export's generation_config.json writes them (sample drew at a
     // fixed 0.8 and 40 where the exported model decoded greedily: review, 2026-12-06).

@@ -3,7 +3,6 @@
 // timeline from a Chrome trace. A thin front end over parallel/schedule, simulator and schedule_svg.
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "framework/core/check.h"

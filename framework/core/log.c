@@ -132,19 +132,22 @@ static void usage_line(const char *fmt, va_list ap) {
     error_line(head, fmt, ap);
 }
 
+// The usage_line of a variadic function's own arguments (fmt is its last named parameter).
+#define USAGE_LINE(fmt)            \
+    do {                           \
+        va_list ap;                \
+        va_start(ap, fmt);         \
+        usage_line(fmt, ap);       \
+        va_end(ap);                \
+    } while (0)
+
 void core_usage_error(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    usage_line(fmt, ap);
-    va_end(ap);
+    USAGE_LINE(fmt);
     end_process(CORE_EXIT_USAGE);
 }
 
 void core_failure_error(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    usage_line(fmt, ap);
-    va_end(ap);
+    USAGE_LINE(fmt);
     end_process(CORE_EXIT_FAILURE);
 }
 
@@ -156,26 +159,17 @@ int core_errno_exit_code(int err) {
 }
 
 void core_path_error(int err, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    usage_line(fmt, ap);
-    va_end(ap);
+    USAGE_LINE(fmt);
     end_process(core_errno_exit_code(err));
 }
 
 int core_usage_report(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    usage_line(fmt, ap);
-    va_end(ap);
+    USAGE_LINE(fmt);
     return CORE_EXIT_USAGE;
 }
 
 int core_failure_report(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    usage_line(fmt, ap);
-    va_end(ap);
+    USAGE_LINE(fmt);
     return CORE_EXIT_FAILURE;
 }
 

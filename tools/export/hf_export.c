@@ -15,7 +15,6 @@
 #include "framework/core/check.h"
 #include "framework/core/config.h"
 #include "framework/core/file.h"
-#include "framework/core/json.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/model.h"
@@ -400,7 +399,6 @@ void hf_export(const HfExportOptions *o) {
 
     // Everything that can be wrong with the input is found here, before a file is written.
     MoeConfig c;
-    config_defaults(&c);
     ckpt_read_config_whole(o->ckpt, &c);
     char tok_path[2 * CONFIG_STR + 32];
     Tokenizer *tok = ckpt_tokenizer_load("export", o->ckpt, &c, o->data_dir, tok_path, sizeof tok_path);
