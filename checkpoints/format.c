@@ -166,6 +166,14 @@ static CkptPartFile *open_part(CkptFile *cf, const char *tensor, const char *fna
     // Only plain names in the index's own directory: a mapping may not reach elsewhere.
     if (strchr(fname, '/') || !strcmp(fname, ".") || !strcmp(fname, "..") || strlen(fname) >= 256)
         H5_FAIL(&cf->io, "%s maps to '%s', which is not a part file name", tensor, fname);
+    // The mappings name the parts after the index's name at its save, and HDF5 (h5py) follows those
+    // names: an index renamed with its parts reads as parts missing (review, 2026-12-06).
+    const char *base = strrchr(cf->io.path, '/') ? strrchr(cf->io.path, '/') + 1 : cf->io.path;
+    const char *suffix = NULL;
+    for (const char *at = strstr(fname, ".part-"); at; at = strstr(at + 1, ".part-")) suffix = at;
+    if (suffix && ((size_t)(suffix - fname) != strlen(base) || strncmp(fname, base, strlen(base))))
+        H5_FAIL(&cf->io, "was saved as %.*s (%s maps to %s): a checkpoint of part files cannot be renamed; "
+                "give it and its part files their names back", (int)(suffix - fname), fname, tensor, fname);
     if (cf->n_open == cf->parts)
         H5_FAIL(&cf->io, "%s maps to more part files than the %d the index names", tensor, cf->parts);
     CkptPartFile *p = &cf->open_parts[cf->n_open];
@@ -189,8 +197,6 @@ static CkptPartFile *open_part(CkptFile *cf, const char *tensor, const char *fna
     // The part a file holds must be the one its name (".part-R-of-N", as the index maps it) says:
     // a copy or a link of another part under this name carries that part's own id, passes the id
     // check below, and would fill these rows with another rank's experts.
-    const char *suffix = NULL;
-    for (const char *at = strstr(fname, ".part-"); at; at = strstr(at + 1, ".part-")) suffix = at;
     int nr = -1, nn = -1;
     if (!suffix || !ckpt_part_suffix(suffix, &nr, &nn) || nr != r || nn != n)
         H5_FAIL(&io, "holds part %lld of %lld, not the part its name says (a copy or link of another part?)",

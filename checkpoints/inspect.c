@@ -86,12 +86,34 @@ static void norm_of(CkptFile *cf, const char *name, int gi, const ParamInfo *wan
     snprintf(out, n, "%12.6g", sqrt(scan_checked(cf, name, gi, want).sqsum));
 }
 
+// Group gname must hold the tensors of the stored config's model and nothing else. Each of them is
+// opened by name afterwards (a missing one is named then), and names within a group are unique, so a
+// larger link count means an object that does not belong. The links are counted, never listed: HDF5
+// 1.10 crashes listing a group whose link storage (heap blocks, heap header, name index) is damaged,
+// where a lookup by name fails cleanly. (The loader, which may hold one pipeline stage, does not
+// look for extra objects; it runs every other check here.)
+static void check_no_extra(CkptFile *cf, const char *gname, const ParamRegistry *r, int with_buffers) {
+    if (!h5_exists(&cf->io, cf->f, gname)) H5_FAIL(&cf->io, "group %s is missing", gname);
+    hid_t g = H5_OK(&cf->io, H5Gopen2(cf->f, gname, H5P_DEFAULT), "open %s", gname);
+    H5G_info_t gi;
+    H5_OK(&cf->io, H5Gget_info(g, &gi), "%s: group info", gname);
+    H5Gclose(g);
+    hsize_t want = 0;
+    for (int i = 0; i < r->n; i++) want += with_buffers || r->p[i].kind != PARAM_BUFFER;
+    if (gi.nlinks > want)
+        H5_FAIL(&cf->io, "group %s holds %llu objects, but the stored config's model has %llu tensors there",
+                gname, (unsigned long long)gi.nlinks, (unsigned long long)want);
+}
+
 void ckpt_inspect(const char *path, const ParamRegistry *ref, float (*lr)(const MoeConfig *c, int step),
                   FILE *out) {
     CkptFile cf;
     ckpt_file_open(&cf, path);
     MoeConfig c;
     ckpt_file_config(&cf, &c);
+    // A listing of the stored config's tensors would hide an object the model lacks (a config
+    // edited to tie the embeddings over a file with lm_head was listed as sound: review, 2026-12-06).
+    for (int gi = 0; gi < CKPT_NGROUPS; gi++) check_no_extra(&cf, CKPT_GROUPS[gi], ref, gi == 0);
     print_header(&cf, &c, lr, out);
     CkptEplb e;
     if (!ckpt_file_eplb(&cf, &c, &e)) fprintf(out, "eplb        none (identity placement)\n");
@@ -135,25 +157,6 @@ void ckpt_inspect(const char *path, const ParamRegistry *ref, float (*lr)(const 
     ckpt_file_close(&cf);
 }
 
-// Group gname must hold the tensors of the stored config's model and nothing else. Each of them is
-// opened by name afterwards (a missing one is named then), and names within a group are unique, so a
-// larger link count means an object that does not belong. The links are counted, never listed: HDF5
-// 1.10 crashes listing a group whose link storage (heap blocks, heap header, name index) is damaged,
-// where a lookup by name fails cleanly. (The loader, which may hold one pipeline stage, does not
-// look for extra objects; it runs every other check here.)
-static void check_no_extra(CkptFile *cf, const char *gname, const ParamRegistry *r, int with_buffers) {
-    if (!h5_exists(&cf->io, cf->f, gname)) H5_FAIL(&cf->io, "group %s is missing", gname);
-    hid_t g = H5_OK(&cf->io, H5Gopen2(cf->f, gname, H5P_DEFAULT), "open %s", gname);
-    H5G_info_t gi;
-    H5_OK(&cf->io, H5Gget_info(g, &gi), "%s: group info", gname);
-    H5Gclose(g);
-    hsize_t want = 0;
-    for (int i = 0; i < r->n; i++) want += with_buffers || r->p[i].kind != PARAM_BUFFER;
-    if (gi.nlinks > want)
-        H5_FAIL(&cf->io, "group %s holds %llu objects, but the stored config's model has %llu tensors there",
-                gname, (unsigned long long)gi.nlinks, (unsigned long long)want);
-}
-
 void ckpt_verify(const char *path, const ParamRegistry *ref, FILE *out) {
     CkptFile cf;
     ckpt_file_open(&cf, path);
@@ -162,6 +165,11 @@ void ckpt_verify(const char *path, const ParamRegistry *ref, FILE *out) {
     CkptState st;
     int64_t t;
     ckpt_file_state(&cf, &st, &t);
+    // A run saves no step past its --steps, which its stored config holds (a larger step passed,
+    // and --resume then asked the user for a --steps of at least that: review, 2026-12-06).
+    if (st.step > c.steps)
+        H5_FAIL(&cf.io, "/state holds step %lld, beyond the stored config's steps = %d: no run saves that",
+                (long long)st.step, c.steps);
     ckpt_file_check_parts(&cf);
     // The expected names and logical shapes come from the model the stored config builds (ref).
     int datasets = 0;

@@ -52,8 +52,8 @@ Loader *loader_open(const char *path, int T, int B, int rank, int world, uint64_
     Loader *l = core_alloc(sizeof *l);
     shard_open(path, &l->shard);
     if (l->shard.n < (uint64_t)T + 1)
-        core_usage_error("%s: %llu tokens are too few for one sequence of T + 1 = %d tokens", path,
-                         (unsigned long long)l->shard.n, T + 1);
+        core_usage_error("%s: %llu token%s too few for one sequence of T + 1 = %d tokens", path,
+                         (unsigned long long)l->shard.n, l->shard.n == 1 ? " is" : "s are", T + 1);
     l->S = (l->shard.n - 1) / (uint64_t)T;
     if (l->S > UINT32_MAX)
         core_usage_error("%s: %llu sequences of %d tokens are more than a loader handles (2^32 - 1)",

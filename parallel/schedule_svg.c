@@ -6,6 +6,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "framework/core/json.h"
+
 // Colours by op kind (F, B, W) and pipe (down lighter, up darker).
 static const char *COLOR[3][2] = {
     {"#fcd5a4", "#ef9a3c"},   // F: orange
@@ -16,32 +18,17 @@ static const char *COLOR[3][2] = {
 // Layout in pixels.
 enum { LEFT = 70, TOP = 48, ROW_H = 26, ROW_GAP = 6, RIGHT = 110, MIN_CELL = 26 };
 
-// The length of the UTF-8 sequence at s (1 to 4), or 0 where it is not one (a stray byte, a
-// sequence cut short by a title's byte limit, an overlong or surrogate form) or is a character XML
-// 1.0 does not allow (U+FFFE, U+FFFF).
-static int utf8_len(const unsigned char *s) {
-    const int n = s[0] < 0x80            ? 1
-                  : (s[0] & 0xE0) == 0xC0 ? 2
-                  : (s[0] & 0xF0) == 0xE0 ? 3
-                  : (s[0] & 0xF8) == 0xF0 ? 4
-                                          : 0;
-    for (int i = 1; i < n; i++)
-        if ((s[i] & 0xC0) != 0x80) return 0;
-    if (n == 2 && s[0] < 0xC2) return 0;
-    if (n == 3 && ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] >= 0xA0))) return 0;
-    if (n == 3 && s[0] == 0xEF && s[1] == 0xBF && s[2] >= 0xBE) return 0;  // U+FFFE, U+FFFF: no XML
-    if (n == 4 && ((s[0] == 0xF0 && s[1] < 0x90) || s[0] > 0xF4 || (s[0] == 0xF4 && s[1] >= 0x90))) return 0;
-    return n;
-}
-
 // Text as XML 1.0 character data: & < > escaped; control characters (which XML does not allow) and
 // bytes that are no UTF-8 (a file name's) written as U+FFFD, so that the file stays well-formed
 // (sweep, 2026-12-06: a trace named with a control character or a cut UTF-8 character made an SVG no
 // viewer opened).
 static void xml_text(FILE *f, const char *text) {
+    const unsigned char *end = (const unsigned char *)text + strlen(text);
     for (const unsigned char *s = (const unsigned char *)text; *s;) {
-        const int n = utf8_len(s);
-        if (n == 0 || (*s < 0x20 && *s != '\t' && *s != '\n') || *s == 0x7F) {
+        // (U+FFFE and U+FFFF are UTF-8 but no XML characters.)
+        const int n = json_utf8_len(s, (size_t)(end - s));
+        if (n == 0 || (*s < 0x20 && *s != '\t' && *s != '\n') || *s == 0x7F ||
+            (n == 3 && s[0] == 0xEF && s[1] == 0xBF && s[2] >= 0xBE)) {
             fputs("\xEF\xBF\xBD", f);
             s++;
             continue;

@@ -97,15 +97,16 @@ static int cmd_prepare(int argc, char **argv) {
     unsigned long long S = 1337;
     char err[NUM_ERR_LEN];
     if (rc == 0 && num_parse_int("--vocab", vocab, 256, 1 << 20, &V, err)) rc = fail("%s", err);
-    if (rc == 0 && frac && num_parse_real("--val-fraction", frac, 0, 1, &f, err))
+    // Bounds of its own below: the parser's "at least 0" was wrong for a range open at 0.
+    if (rc == 0 && frac && num_parse_real("--val-fraction", frac, -1e300, 1e300, &f, err))
         rc = fail("%s", err);
     // Some text must be left to train on.
     if (rc == 0 && f >= 1.0) rc = fail("--val-fraction %s is too large: must be below 1", frac);
     // And some to validate on: `moelab train` evaluates val.bin and refuses an empty one, so a
     // dataset without it could only be found unusable later (review, 2026-12-05).
     if (rc == 0 && f <= 0.0)
-        rc = fail("--val-fraction %s leaves val.bin empty, and `moelab train` validates on it: give a small "
-                  "fraction, e.g. 0.01", frac);
+        rc = fail("--val-fraction %s is too small: must be above 0 (0 leaves val.bin empty, and `moelab "
+                  "train` validates on it): give a small fraction, e.g. 0.01", frac);
     if (rc == 0 && seed && num_parse_u64("--seed", seed, UINT64_MAX, &S, err)) rc = fail("%s", err);
     if (rc == 0 && field && !*field) rc = fail("--text-field must not be empty");
     if (rc == 0) {

@@ -13,14 +13,15 @@
 #include "framework/core/rng.h"
 #include "framework/model.h"
 #include "framework/sample.h"
-#include "tools/ckpt_tokenizer.h"
+#include "tools/ckpt_model.h"
 #include "tools/commands.h"
 
 static void sample_help(void) {
     printf("usage: moelab sample --ckpt PATH [--prompt TEXT] [--tokens N] [--temperature T]\n"
            "                     [--top-k K] [--seed S] [--data DIR] [--device cpu|cuda|cuda-fp32]\n\n"
            "Generates N tokens (default 200, at most 16384) after the prompt (default: a newline)\n"
-           "from the model in the checkpoint, printing the text as it goes. temperature 0 is greedy;\n"
+           "from the model in the checkpoint (checked first as `moelab ckpt verify` checks it),\n"
+           "printing the text as it goes. temperature 0 is greedy;\n"
            "top-k 0 samples from the whole vocabulary; both default to the checkpoint's training\n"
            "config (its temperature and top_k_sample: 0.8 and 40 unless set); --seed picks the\n"
            "random numbers (default 1: the same text every time). The tokenizer is\n"
@@ -92,10 +93,7 @@ int cmd_sample(int argc, char **argv) {
     if (top_k < 0) top_k = c.top_k_sample;
     char path[2 * CONFIG_STR];
     Tokenizer *tok = ckpt_tokenizer_load("sample", ckpt, &c, data, path, sizeof path);
-    Model *m = model_create_stored(&c, 1, ckpt);
-    CkptShard sh = ckpt_shard_identity(0, 1, c.E);
-    const CkptView weights = {&m->cfg, &m->reg, m->reg.data, NULL, NULL, NULL};
-    ckpt_load(ckpt, &sh, &weights, NULL);
+    Model *m = ckpt_model_load(ckpt, &c, NULL);
     if (ops != &layer_ops_cpu) {
         backend_configure(&c, 1);
         model_to_device(m, ops);

@@ -1,4 +1,4 @@
-// JSON reader and string escaper (see json.h): a recursive-descent parser over a byte range that
+// JSON reader and string writer (see json.h): a recursive-descent parser over a byte range that
 // never reads past it, with a depth limit, building a tree of malloc'd values.
 #include "framework/core/json.h"
 
@@ -268,14 +268,32 @@ const JsonValue *json_get(const JsonValue *v, const char *key) {
     return NULL;
 }
 
+int json_utf8_len(const unsigned char *s, size_t n) {
+    const size_t len = s[0] < 0x80            ? 1
+                       : (s[0] & 0xE0) == 0xC0 ? 2
+                       : (s[0] & 0xF0) == 0xE0 ? 3
+                       : (s[0] & 0xF8) == 0xF0 ? 4
+                                               : 0;
+    if (len > n) return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    if (len == 2 && s[0] < 0xC2) return 0;
+    if (len == 3 && ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] >= 0xA0))) return 0;
+    if (len == 4 && ((s[0] == 0xF0 && s[1] < 0x90) || s[0] > 0xF4 || (s[0] == 0xF4 && s[1] >= 0x90))) return 0;
+    return (int)len;
+}
+
 void json_write_string(FILE *f, const char *s, size_t n) {
     fputc('"', f);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n;) {
         const uint8_t c = (uint8_t)s[i];
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        const int len = json_utf8_len((const unsigned char *)s + i, n - i);
+        if (len == 0) fputs("\\ufffd", f);
+        else if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
         else if (c == '\n') fputs("\\n", f);
         else if (c < 0x20 || c == 0x7F) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
+        else fwrite(s + i, 1, (size_t)len, f);
+        i += len ? (size_t)len : 1;
     }
     fputc('"', f);
 }

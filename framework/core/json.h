@@ -43,8 +43,13 @@ void json_free(JsonValue *v);
 // The value of the first member named key of an object, or NULL (also when v is not an object).
 const JsonValue *json_get(const JsonValue *v, const char *key);
 
-// Writes the n bytes at s as a JSON string literal (quotes, escapes for '"', '\\' and control bytes).
+// Writes the n bytes at s as a JSON string literal (quotes, escapes for '"', '\\' and control bytes),
+// every byte that is no UTF-8 written as U+FFFD: a path from the command line may hold any byte, and
+// a line of the metrics file must stay JSON that any reader takes.
 void json_write_string(FILE *f, const char *s, size_t n);
+// The length (1 to 4) of the UTF-8 sequence that starts the n > 0 bytes at s, or 0 where it is
+// not one: a stray or missing continuation byte, a sequence cut short, an overlong or surrogate form.
+int json_utf8_len(const unsigned char *s, size_t n);
 
 #ifdef __cplusplus
 }

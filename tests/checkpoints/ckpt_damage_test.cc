@@ -320,6 +320,10 @@ const Case kCases[] = {
          set_attr(in(d, kSingle), "state", "train_data", H5T_STD_U64LE, 0, &zero);
      },
      kSingle, "/state: train_data fingerprint 0 (a saved one is never 0)", VERIFY | LOAD | INSPECT},
+    // A run saves no step beyond its --steps: --resume asked for a --steps of at least this one
+    // (review, 2026-12-06).
+    {"StepBeyondTheStoredSteps", SINGLE, [](const std::string &d) { set_i64(in(d, kSingle), "state", "step", 100000); },
+     kSingle, "/state holds step 100000, beyond the stored config's steps = {N}: no run saves that", VERIFY},
     {"GlobalBatchZero", SINGLE,
      [](const std::string &d) {
          const int64_t zero = 0;

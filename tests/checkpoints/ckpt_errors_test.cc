@@ -613,6 +613,23 @@ TEST_F(CheckpointErrors, VerifyRefusesAnExtraObject) {
     H5Fclose(f);
     EXPECT_EXIT(verify(path.c_str(), stdout), ExitedWithCode(2),
                 "extra.h5: group /optim/m holds [0-9]+ objects, but the stored config's model has [0-9]+ tensors");
+    // inspect listed the stored config's tensors and exit 0 (review, 2026-12-06).
+    EXPECT_EXIT(inspect(path.c_str(), stdout), ExitedWithCode(2),
+                "extra.h5: group /optim/m holds [0-9]+ objects, but the stored config's model has [0-9]+ tensors");
+}
+
+// The index maps its tensors to part files by the name it was saved under, as HDF5 readers follow
+// them: renamed with its parts, it was "part file ... is missing" to the loader and "maps to more
+// part files than the 2 the index names" to verify, the renamed parts beside it (review, 2026-12-06).
+TEST_F(CheckpointErrors, RenamedIndexSaysSo) {
+    const std::string best = dir_ + "/best.h5";
+    ASSERT_EQ(0, rename(index_.c_str(), best.c_str()));
+    for (const char *part : {".part-0-of-2", ".part-1-of-2"})
+        ASSERT_EQ(0, rename((index_ + part).c_str(), (best + part).c_str()));
+    const char *msg = "best.h5: was saved as index.h5 .* maps to index.h5.part-[01]-of-2.: a checkpoint of part "
+                      "files cannot be renamed; give it and its part files their names back";
+    EXPECT_EXIT(load(best, c_), ExitedWithCode(2), msg);
+    EXPECT_EXIT(verify(best.c_str(), stdout), ExitedWithCode(2), msg);
 }
 
 }  // namespace

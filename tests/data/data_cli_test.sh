@@ -86,7 +86,7 @@ expect_exit 2 "input file .*huge/a.txt holds 4398046511104 bytes, more than this
 rm -rf "$tmp/huge"
 
 # --val-fraction 0 made a dataset every train refused (an empty val.bin; review, 2026-12-05).
-expect_exit 2 "--val-fraction 0 leaves val.bin empty, and .moelab train. validates on it" \
+expect_exit 2 "--val-fraction 0 is too small: must be above 0 .0 leaves val.bin empty, and .moelab train. validates on it" \
     "$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/never" --val-fraction 0
 [ ! -e "$tmp/never" ] || { echo "--val-fraction 0 wrote $tmp/never"; exit 1; }
 

@@ -407,6 +407,7 @@ TEST(CmdData, HelpAndFlagErrors) {
         {"--vocab", "255", "--vocab 255 is too small: at least 256"},
         {"--vocab", "99999999999", "--vocab 99999999999 is too large: at most 1048576"},
         {"--val-fraction", "1", "--val-fraction 1 is too large: must be below 1"},
+        {"--val-fraction", "-0.1", "--val-fraction -0.1 is too small: must be above 0 (0 leaves"},  // said "at least 0"
         {"--val-fraction", "nan", "--val-fraction 'nan' is not a finite number"},
         {"--seed", "-1", "--seed '-1' is not a non-negative integer"},
     };

@@ -77,12 +77,22 @@ expect_usage "^moelab: error: sample: .*/data256/tokenizer.bin has 256 tokens bu
 (cd / && expect_usage "cannot open tokenizer file data/tokenizer.bin.*relative to where it was trained; --data DIR names another" \
     --ckpt "$tmp/rel/step_1.h5")
 "$moelab" sample --ckpt "$tmp/rel/step_1.h5" --data "$tmp/data" --tokens 2 > /dev/null
+# A --data without a tokenizer is named as the flag's (it said "(--data; --data DIR names another)").
+expect_usage "cannot open tokenizer file .*/nowhere/tokenizer.bin: No such file or directory \\(--data\\)$" \
+    --ckpt "$ckpt" --data "$tmp/nowhere"
 # Weights that overflow (finite, so the checkpoint is sound: here a final norm of 3e38) give logits
 # that are not finite: exit 2 naming the checkpoint, not text of NUL bytes drawn from NaN with exit 0
 # (review, 2026-12-06).
 "${PYTHON:-/usr/bin/python3}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); f = h5py.File(sys.argv[2], 'r+'); f['model/final_norm'][...] = 3e38" \
     "$ckpt" "$tmp/huge.h5"
 expect_usage "^moelab: error: sample: .*/huge.h5: the logits of token 1 are not finite" --ckpt "$tmp/huge.h5" --tokens 5
+# sample checks the checkpoint as verify and export do: an object the stored config's model lacks
+# (a config edited to tie the embeddings over a file with lm_head gave 20 newlines with exit 0) and
+# damage in the optimizer's moments, which sampling never reads (review, 2026-12-06).
+"${PYTHON:-/usr/bin/python3}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); h5py.File(sys.argv[2], 'r+').create_group('optim/m/stray')" \
+    "$ckpt" "$tmp/stray.h5"
+expect_usage "^moelab: error: checkpoint .*/stray.h5: group /optim/m holds [0-9]+ objects, but the stored config's model has" \
+    --ckpt "$tmp/stray.h5" --tokens 5
 # Into a pipe whose reader has gone (`| head`): the drawing stops, and the lost output is said with
 # exit 1 (SIGPIPE ended it without a word: review, 2026-12-05).
 rc=0

@@ -18,7 +18,7 @@
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "framework/model.h"
-#include "tools/ckpt_tokenizer.h"
+#include "tools/ckpt_model.h"
 #include "tools/export/safetensors.h"
 
 // modeling_moelab.py, embedded at build time (BUILD: genrule modeling_py) so that the one moelab
@@ -404,20 +404,8 @@ void hf_export(const HfExportOptions *o) {
     Tokenizer *tok = ckpt_tokenizer_load("export", o->ckpt, &c, o->data_dir, tok_path, sizeof tok_path);
     char err[TOK_ERR_LEN];
     if (hf_tokenizer_check(tok, err)) core_usage_error("export: %s: %s", tok_path, err);
-    // verify first: it also requires every part file of an index, even one the weights do not
-    // need, and reads every dataset through its checksums; its summary is not wanted here.
-    char *summary = NULL;
-    size_t summary_len = 0;
-    FILE *sink = open_memstream(&summary, &summary_len);
-    CHECK(sink != NULL, "open_memstream: %s", strerror(errno));
-    Model *m = model_create_stored(&c, 1, o->ckpt);
-    ckpt_verify(o->ckpt, &m->reg, sink);
-    fclose(sink);
-    free(summary);
-    CkptShard sh = ckpt_shard_identity(0, 1, c.E);
-    const CkptView weights = {&m->cfg, &m->reg, m->reg.data, NULL, NULL, NULL};
     CkptState st;
-    ckpt_load(o->ckpt, &sh, &weights, &st);
+    Model *m = ckpt_model_load(o->ckpt, &c, &st);
     if (o->bf16) check_bf16_range(o->ckpt, &m->reg);
 
     // Written in a folder next to it (same file system, so the rename is atomic), named by mkdtemp

@@ -1,10 +1,28 @@
-// The tokenizer of a checkpoint's model (see ckpt_tokenizer.h).
-#include "tools/ckpt_tokenizer.h"
+// A checkpoint's trained model and its tokenizer (see ckpt_model.h).
+#include "tools/ckpt_model.h"
 
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
-#include "checkpoints/ckpt.h"
 #include "framework/core/check.h"
+
+Model *ckpt_model_load(const char *ckpt, const MoeConfig *c, CkptState *st) {
+    Model *m = model_create_stored(c, 1, ckpt);
+    // verify's errors end the command; its summary line is not wanted here.
+    char *summary = NULL;
+    size_t summary_len = 0;
+    FILE *sink = open_memstream(&summary, &summary_len);
+    CHECK(sink != NULL, "open_memstream: %s", strerror(errno));
+    ckpt_verify(ckpt, &m->reg, sink);
+    fclose(sink);
+    free(summary);
+    CkptShard sh = ckpt_shard_identity(0, 1, c->E);
+    const CkptView weights = {&m->cfg, &m->reg, m->reg.data, NULL, NULL, NULL};
+    ckpt_load(ckpt, &sh, &weights, st);
+    return m;
+}
 
 Tokenizer *ckpt_tokenizer_load(const char *cmd, const char *ckpt, const MoeConfig *c, const char *data, char *path,
                                size_t n) {
@@ -16,11 +34,11 @@ Tokenizer *ckpt_tokenizer_load(const char *cmd, const char *ckpt, const MoeConfi
     Tokenizer *tok = tok_load_try(path, why);
     // The checkpoint names its run's data directory as given then: a relative one from elsewhere
     // points at nothing.
+    if (!tok && data) core_usage_error("%s: %s (--data)", cmd, why);
     if (!tok)
         core_usage_error("%s: %s (%s; --data DIR names another)", cmd, why,
-                         data              ? "--data"
-                         : dir[0] == '/' ? "the checkpoint's data directory"
-                                         : "the checkpoint's data directory, relative to where it was trained");
+                         dir[0] == '/' ? "the checkpoint's data directory"
+                                       : "the checkpoint's data directory, relative to where it was trained");
     if (tok->V != c->V)
         core_usage_error("%s: %s has %d tokens but the checkpoint's model has vocab_size %d", cmd, path, tok->V,
                          c->V);
