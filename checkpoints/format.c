@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -77,7 +78,13 @@ void ckpt_file_open(CkptFile *cf, const char *path) {
     struct stat sb;
     if (stat(path, &sb) != 0) core_usage_error("checkpoint %s: %s", path, strerror(errno));
     if (!S_ISREG(sb.st_mode)) core_usage_error("checkpoint %s: not a regular file", path);
-    ckpt_dir_of(path, cf->dir, sizeof cf->dir);
+    // A link to an index (a `latest.h5`) has the parts of the index it leads to, beside that one
+    // and named after it (they were looked for under the link's name: review, 2026-12-06).
+    // CKPT_PATH_MAX is PATH_MAX, realpath's size.
+    const int link = lstat(path, &sb) == 0 && S_ISLNK(sb.st_mode);
+    if (link ? !realpath(path, cf->file) : snprintf(cf->file, sizeof cf->file, "%s", path) >= (int)sizeof cf->file)
+        core_usage_error("checkpoint %s: %s", path, link ? strerror(errno) : "path too long");
+    ckpt_dir_of(cf->file, cf->dir, sizeof cf->dir);
     cf->f = h5_open_file(&cf->io);
     cf->version = check_format(&cf->io, cf->f, CKPT_FORMAT_NAME);
     if (H5_OK(&cf->io, H5Aexists(cf->f, "parts"), "look up attribute parts")) {
@@ -168,7 +175,7 @@ static CkptPartFile *open_part(CkptFile *cf, const char *tensor, const char *fna
         H5_FAIL(&cf->io, "%s maps to '%s', which is not a part file name", tensor, fname);
     // The mappings name the parts after the index's name at its save, and HDF5 (h5py) follows those
     // names: an index renamed with its parts reads as parts missing (review, 2026-12-06).
-    const char *base = strrchr(cf->io.path, '/') ? strrchr(cf->io.path, '/') + 1 : cf->io.path;
+    const char *base = strrchr(cf->file, '/') ? strrchr(cf->file, '/') + 1 : cf->file;
     const char *suffix = NULL;
     for (const char *at = strstr(fname, ".part-"); at; at = strstr(at + 1, ".part-")) suffix = at;
     if (suffix && ((size_t)(suffix - fname) != strlen(base) || strncmp(fname, base, strlen(base))))
@@ -212,7 +219,7 @@ static CkptPartFile *open_part(CkptFile *cf, const char *tensor, const char *fna
 void ckpt_file_check_parts(CkptFile *cf) {
     char part[2 * CKPT_PATH_MAX];
     for (int r = 0; r < cf->parts; r++) {
-        ckpt_part_path(cf->io.path, r, cf->parts, part, sizeof part);
+        ckpt_part_path(cf->file, r, cf->parts, part, sizeof part);
         const char *base = strrchr(part, '/') ? strrchr(part, '/') + 1 : part;
         open_part(cf, "the index", base);
     }

@@ -45,7 +45,8 @@ typedef struct {
 typedef struct {
     H5Io io;                  // path: the single file or index
     hid_t f;
-    char dir[CKPT_PATH_MAX];  // its directory, where part files live
+    char file[CKPT_PATH_MAX]; // the file itself: path, or where a symbolic link there leads
+    char dir[CKPT_PATH_MAX];  // file's directory, where part files live
     int parts;                // 0 for a single file, else the number of part files
     uint64_t *part_ids;       // (parts) id each part file must carry
     CkptPartFile *open_parts; // (parts) part files checked so far

@@ -6,6 +6,8 @@
 #include <math.h>
 #include <hdf5.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <string>
 
@@ -618,18 +620,34 @@ TEST_F(CheckpointErrors, VerifyRefusesAnExtraObject) {
                 "extra.h5: group /optim/m holds [0-9]+ objects, but the stored config's model has [0-9]+ tensors");
 }
 
+// A symbolic link to an index (a `latest.h5`, here from another folder) reads the parts beside the
+// index it leads to: they were looked for under the link's name, "part file latest.h5.part-0-of-2
+// is missing" (review, 2026-12-06).
+TEST_F(CheckpointErrors, LinkToAnIndexReadsItsParts) {
+    const std::string other = dir_ + "/elsewhere", latest = other + "/latest.h5";
+    ASSERT_EQ(0, mkdir(other.c_str(), 0755));
+    ASSERT_EQ(0, symlink(index_.c_str(), latest.c_str()));
+    load(latest, c_);
+    verify(latest.c_str(), stdout);
+}
+
 // The index maps its tensors to part files by the name it was saved under, as HDF5 readers follow
 // them: renamed with its parts, it was "part file ... is missing" to the loader and "maps to more
 // part files than the 2 the index names" to verify, the renamed parts beside it (review, 2026-12-06).
 TEST_F(CheckpointErrors, RenamedIndexSaysSo) {
     const std::string best = dir_ + "/best.h5";
     ASSERT_EQ(0, rename(index_.c_str(), best.c_str()));
-    for (const char *part : {".part-0-of-2", ".part-1-of-2"})
-        ASSERT_EQ(0, rename((index_ + part).c_str(), (best + part).c_str()));
     const char *msg = "best.h5: was saved as index.h5 .* maps to index.h5.part-[01]-of-2.: a checkpoint of part "
                       "files cannot be renamed; give it and its part files their names back";
-    EXPECT_EXIT(load(best, c_), ExitedWithCode(2), msg);
-    EXPECT_EXIT(verify(best.c_str(), stdout), ExitedWithCode(2), msg);
+    // The index alone (verify said "part file best.h5.part-0-of-2 ... is missing"), then its parts too.
+    for (int parts_too = 0; parts_too < 2; parts_too++) {
+        if (parts_too)
+            for (const char *part : {".part-0-of-2", ".part-1-of-2"})
+                ASSERT_EQ(0, rename((index_ + part).c_str(), (best + part).c_str()));
+        EXPECT_EXIT(load(best, c_), ExitedWithCode(2), msg);
+        EXPECT_EXIT(verify(best.c_str(), stdout), ExitedWithCode(2), msg);
+        EXPECT_EXIT(inspect(best.c_str(), stdout), ExitedWithCode(2), msg);
+    }
 }
 
 }  // namespace
