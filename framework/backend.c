@@ -16,6 +16,7 @@
 #include "layers/linear_cuda.h"
 #include "layers/moe_cuda.h"
 #include "layers/ops_cuda.h"
+#include "layers/rmsnorm_cuda.h"
 #include "layers/router_cuda.h"
 #endif
 
@@ -81,6 +82,10 @@ static void check_gpu_shapes(const MoeConfig *c) {
         core_usage_error("--device %s: the GPU's router takes at most %d experts and its dispatch plan %d "
                          "slots (n_experts + eplb_redundant); this model has %d and %d", c->device,
                          router_cuda_max_experts(), moe_cuda_max_experts(), c->E, slots);
+    // (It failed in the first backward, exit 1: review, 2026-12-06.)
+    if (c->D > rmsnorm_cuda_max_d())
+        core_usage_error("--device %s: the GPU's RMSNorm backward takes d_model up to %d (a row per warp in "
+                         "this GPU's shared memory), and d_model is %d", c->device, rmsnorm_cuda_max_d(), c->D);
 #else
     (void)c;
 #endif

@@ -438,16 +438,17 @@ void moe_backward_weight(MoeGrads *g, MoeActs *a, const void *dy, const MoeShape
 
 void moe_acts_free(MoeActs *a, MoeDispatcher *d) {
     const LayerOps *o = ops_of(d);
-    o->free(a->logits);
-    o->free(a->scores);
-    o->free(a->idx);
-    o->free(a->gates);
-    o->free(a->bal_loss);
+    // The plans first: releasing one that still waits checks its routes in idx on a bad count.
     for (int c = 0; a->ch && c < a->C; c++) {
         if (a->ch[c].plan) d->release(d, a->ch[c].plan);
         core_free(a->ch[c].counts);
     }
     core_free(a->ch);
+    o->free(a->logits);
+    o->free(a->scores);
+    o->free(a->idx);
+    o->free(a->gates);
+    o->free(a->bal_loss);
     o->free(a->xe);
     acts_free(o, &a->ex);
     for (int j = 0; a->sh && j < a->S; j++) acts_free(o, &a->sh[j]);

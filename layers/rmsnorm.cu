@@ -156,15 +156,23 @@ __global__ void rmsnorm_backward_input_kernel(T *dinp, float *part, const T *dre
     }
 }
 
+// The opt-in shared memory of one block on the current GPU, in bytes.
+static int smem_limit(void) {
+    int dev, limit;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return limit;
+}
+
+// One warp's row, rounded up to 32·W elements as the widest W (bf16's 8) rounds it.
+int rmsnorm_cuda_max_d(void) { return smem_limit() / (int)sizeof(float) / 256 * 256; }
+
 // Launches the backward over ceil(N / RMSNORM_CHUNK) blocks of BWD_WARPS warps, or of as many
 // warps as there is shared memory for (a D of thousands fits 8 on a GPU of 100 KB or more).
 template <typename T, int W>
 static void backward_launch(T *dinp, float *part, const T *dres, const T *dout, const T *inp,
                             const T *gain, const float *rstd, int N, int D) {
-    const int Dp = (D + 32 * W - 1) / (32 * W) * (32 * W);
-    int dev, limit;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    const int Dp = (D + 32 * W - 1) / (32 * W) * (32 * W), limit = smem_limit();
     const long fit = limit / ((long)Dp * (long)sizeof(float));
     CHECK(fit >= 1, "rmsnorm: D = %d is too wide for the backward's %d bytes of shared memory", D,
           limit);

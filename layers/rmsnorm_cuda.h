@@ -20,6 +20,8 @@ void rmsnorm_cuda_backward_input(CoreDtype dt, void *dinp, float *part, const vo
                                  const float *rstd, int N, int D);
 // dgain (D, fp32) += Σ_c part (chunks, D), summed in a fixed order (bit-identical runs).
 void rmsnorm_cuda_backward_weight(float *dgain, const float *part, int N, int D);
+// The widest D the backward takes on this GPU: a warp keeps a row of D floats in shared memory.
+int rmsnorm_cuda_max_d(void);
 
 #ifdef __cplusplus
 }

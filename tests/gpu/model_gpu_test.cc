@@ -456,6 +456,11 @@ TEST_F(ModelGpu, ShapesTheGpuDoesNotTakeDeath) {
     MoeConfig many = c;
     many.E = 4096;
     EXPECT_EXIT(backend_configure(&many, 1), ::testing::ExitedWithCode(2), "at most 2457 experts");
+    MoeConfig wide = c;  // head size 128: the attention takes it, RMSNorm's backward not (sm_90: 58112)
+    wide.D = 65536;
+    wide.H = wide.Hkv = 512;
+    EXPECT_EXIT(backend_configure(&wide, 1), ::testing::ExitedWithCode(2),
+                "RMSNorm backward takes d_model up to [0-9]+ .*d_model is 65536");
     snprintf(odd.device, sizeof odd.device, "cpu");
     backend_configure(&odd, 1);
     backend_configure(&c, 1);  // the GPU's settings back for the other tests
