@@ -119,6 +119,11 @@ const char *backend_graph_blocker(const MoeConfig *c, const LayerOps *ops) {
     if (linear_cuda_grouped_mode() != LINEAR_GROUPED_CUTLASS || !linear_cuda_cutlass_applies(ops->dt, ops->dt, c->D, 2 * c->Fe) ||
         !linear_cuda_cutlass_applies(ops->dt, ops->dt, c->Fe, c->D))
         return "the expert GEMMs are not CUTLASS's Hopper kernels (expert_gemm, the GPU or the widths)";
+    // The dense layers' FFN takes the same grouped path (one group); where CUTLASS does not take its
+    // widths it falls to cuBLAS's grouped call, whose capture no test has run (review, 2026-12-06).
+    if (c->n_dense_layers > 0 && (!linear_cuda_cutlass_applies(ops->dt, ops->dt, c->D, 2 * c->F) ||
+                                  !linear_cuda_cutlass_applies(ops->dt, ops->dt, c->F, c->D)))
+        return "the dense FFN's GEMMs are not CUTLASS's Hopper kernels (its width d_ff)";
     if (!gemm_sm90_device_counts_ok(GEMM_SM90_BACKWARD_WEIGHT, c->E)) return "too many experts for one launch";
     return NULL;
 #else

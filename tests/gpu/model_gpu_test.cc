@@ -290,6 +290,17 @@ TEST_F(ModelGpu, CudaGraphStepsMatchKernelByKernel) {
     }
 }
 
+// A dense FFN width CUTLASS does not take (d_ff 100) runs cuBLAS's grouped call, which no test has
+// captured: the step runs kernel by kernel and says why (review, 2026-12-06).
+TEST_F(ModelGpu, CudaGraphLeavesOutCublasGroupedWidths) {
+    MoeConfig c = test_config(2);
+    EXPECT_EQ(backend_graph_blocker(&c, layer_ops_cuda(CORE_BF16)), nullptr);
+    c.F = 100;
+    const char *why = backend_graph_blocker(&c, layer_ops_cuda(CORE_BF16));
+    ASSERT_NE(why, nullptr);
+    EXPECT_NE(std::string(why).find("dense FFN"), std::string::npos) << why;
+}
+
 // The GPU run's loss follows the CPU run's step by step on a learnable stream, and both learn:
 // every step within tol (relative), the mean gap within mean_tol. With top-K routing (K < E) the
 // path is chaotic: a choice flips where two scores are within rounding, and the runs part. On the
