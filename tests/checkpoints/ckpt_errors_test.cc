@@ -641,9 +641,11 @@ TEST_F(CheckpointErrors, RenamedIndexSaysSo) {
                       "files cannot be renamed; give it and its part files their names back";
     // The index alone (verify said "part file best.h5.part-0-of-2 ... is missing"), then its parts too.
     for (int parts_too = 0; parts_too < 2; parts_too++) {
-        if (parts_too)
-            for (const char *part : {".part-0-of-2", ".part-1-of-2"})
+        for (const char *part : {".part-0-of-2", ".part-1-of-2"}) {
+            if (parts_too) {
                 ASSERT_EQ(0, rename((index_ + part).c_str(), (best + part).c_str()));
+            }
+        }
         EXPECT_EXIT(load(best, c_), ExitedWithCode(2), msg);
         EXPECT_EXIT(verify(best.c_str(), stdout), ExitedWithCode(2), msg);
         EXPECT_EXIT(inspect(best.c_str(), stdout), ExitedWithCode(2), msg);
