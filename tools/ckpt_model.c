@@ -32,9 +32,9 @@ Tokenizer *ckpt_tokenizer_load(const char *cmd, const char *ckpt, const MoeConfi
     if (snprintf(path, n, "%s/tokenizer.bin", dir) >= (int)n) core_usage_error("%s: path too long: %s", cmd, dir);
     char why[TOK_ERR_LEN];
     Tokenizer *tok = tok_load_try(path, why);
+    if (!tok && data) core_usage_error("%s: %s (--data)", cmd, why);
     // The checkpoint names its run's data directory as given then: a relative one from elsewhere
     // points at nothing.
-    if (!tok && data) core_usage_error("%s: %s (--data)", cmd, why);
     if (!tok)
         core_usage_error("%s: %s (%s; --data DIR names another)", cmd, why,
                          dir[0] == '/' ? "the checkpoint's data directory"

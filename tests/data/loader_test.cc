@@ -1,6 +1,7 @@
 // data/loader: every sequence exactly once per epoch across 1, 2 and 4 data-parallel ranks (the
 // ranks' sequences are disjoint and their union is everything), the same order whatever the world
-// size, seeded per-epoch shuffling, in-order validation, and resuming from a saved position.
+// size, seeded per-epoch shuffling that reaches every order, the sequence count (each needs T + 1
+// tokens), in-order validation, and resuming from a saved position.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -89,6 +90,36 @@ TEST(Loader, EverySequenceOncePerEpochAcrossRanks) {
     std::vector<int> again = stream(path, T, 3, 1, 42, 1, S), other = stream(path, T, 3, 1, 43, 1, S);
     EXPECT_EQ(std::vector<int>(again.begin(), again.begin() + 3 * S), ref);
     EXPECT_NE(std::vector<int>(other.begin(), other.begin() + S), std::vector<int>(ref.begin(), ref.begin() + S));
+}
+
+// A sequence needs T + 1 tokens (its targets run one past it): S·T + 1 tokens hold S sequences, the
+// last ending on the shard's last token; one token fewer holds S - 1.
+TEST(Loader, TheLastSequenceNeedsItsTarget) {
+    const int T = 4, S = 6;
+    for (int n : {S * T + 1, S * T}) {
+        std::string path = counting_shard(n);
+        Loader *l = loader_open(path.c_str(), T, 1, 0, 1, 3, 0);
+        const int seqs = n == S * T + 1 ? S : S - 1;
+        ASSERT_EQ(loader_num_sequences(l), (uint64_t)seqs) << n << " tokens";
+        std::vector<int> tok(T + 1);
+        for (int k = 0; k < seqs; k++) loader_next(l, tok.data());
+        EXPECT_EQ(tok[T], seqs * T) << n << " tokens";
+        loader_close(l);
+    }
+}
+
+// The shuffle reaches every order: over 60 epochs of 3 sequences all 6 permutations occur (a
+// Fisher-Yates loop one swap short reaches only 3 of them).
+TEST(Loader, ShuffleReachesEveryOrder) {
+    const int T = 2, S = 3, epochs = 60;
+    std::string path = counting_shard(S * T + 1);
+    std::vector<int> s = stream(path, T, 1, 1, 5, 1, S * epochs);
+    std::vector<std::vector<int>> seen;
+    for (int e = 0; e < epochs; e++) {
+        std::vector<int> order(s.begin() + e * S, s.begin() + (e + 1) * S);
+        if (std::find(seen.begin(), seen.end(), order) == seen.end()) seen.push_back(order);
+    }
+    EXPECT_EQ(seen.size(), 6u);
 }
 
 TEST(Loader, ValidationIsInOrderAndWraps) {
