@@ -67,6 +67,8 @@ TEST(Tokenizer, Chunks) {
     EXPECT_EQ(chunks(longrun), (std::vector<std::string>{longrun.substr(0, 64), longrun.substr(0, 64),
                                                           longrun.substr(0, 22)}));
     EXPECT_EQ(chunks(std::string("a\0b", 3)), (std::vector<std::string>{"a", std::string(1, '\0'), "b"}));
+    // A space leads a punctuation run as it leads a word.
+    EXPECT_EQ(chunks("a .,; b"), (std::vector<std::string>{"a", " .,;", " b"}));
 }
 
 // "aaabdaaabac" by hand (one chunk): (a,a) occurs 4 times (overlaps counted) -> 256, giving

@@ -65,6 +65,11 @@ TEST(Json, DecodesEscapesToUtf8) {
     ASSERT_NE(v, nullptr);
     EXPECT_EQ(std::string(v->str, v->len), "\xef\xbf\xbdx\xef\xbf\xbd\xef\xbf\xbd" "A\xff");
     json_free(v);
+    // A high surrogate before an escape past the low ones (U+E000) stands alone too.
+    v = parse("\"\\ud800\\ue000\"");
+    ASSERT_NE(v, nullptr);
+    EXPECT_EQ(std::string(v->str, v->len), "\xef\xbf\xbd\xee\x80\x80");
+    json_free(v);
 }
 
 TEST(Json, RejectsMalformedTextSayingWhere) {
