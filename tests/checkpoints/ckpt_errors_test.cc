@@ -355,6 +355,9 @@ TEST_F(CheckpointErrors, BadAttributes) {
     EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "noversion.h5: file: attribute 'format_version' has the wrong type");
     EXPECT_EXIT(load(with_int64_attr(index_, "parts0.h5", "/", "parts", 0), c_), ExitedWithCode(2),
                 "parts0.h5: index names 0 part files");
+    // Past 2^20 parts: no run saves one, and its id tables would take gigabytes before any check.
+    EXPECT_EXIT(load(with_int64_attr(index_, "parts_huge.h5", "/", "parts", (int64_t)1 << 30), c_),
+                ExitedWithCode(2), "parts_huge.h5: index names 1073741824 part files");
     EXPECT_EXIT(load(with_int64_attr(index_, "parts3.h5", "/", "parts", 3), c_), ExitedWithCode(2),
                 "parts3.h5: index: attribute 'part_ids' should hold 3 values");
     p = with_int64_attr(single_, "negstep.h5", "state", "step", -1);

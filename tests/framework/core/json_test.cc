@@ -156,6 +156,7 @@ TEST(Json, WrittenStringsAreUtf8) {
         {"\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\""},       // a surrogate
         {"\xf4\x90\x80\x80", "\"\\ufffd\\ufffd\\ufffd\\ufffd\""},  // beyond U+10FFFF
         {"\xc3\xa9", "\"\xc3\xa9\""},                       // é, kept
+        {"\x7f", "\"\\u007f\""},                            // DEL, escaped as the control bytes are
     };
     for (const auto &c : cases) EXPECT_EQ(written(c.in), c.out) << c.in;
 }
