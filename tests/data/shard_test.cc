@@ -100,6 +100,7 @@ TEST(Shard, MalformedShardsAreUsageErrors) {
         {"width", shard_bytes(300, 1, 3, {5}), "token width 3 is neither 2 nor 4"},
         {"vocab0", shard_bytes(0, 0, 2, {}), "vocabulary size 0 does not fit"},
         {"vocab_wide", shard_bytes(70000, 1, 2, {5}), "vocabulary size 70000 does not fit 2-byte tokens"},
+        {"vocab_wide_by_one", shard_bytes(65537, 1, 2, {5}), "vocabulary size 65537 does not fit 2-byte tokens"},
         {"v1_fingerprint", shard_bytes(300, 1, 2, {5}, SHARD_MAGIC, 1, 1), "tokenizer fingerprint 1 in a version 1 header \\(version 1 has 0 there\\)"},
         {"v2_no_fingerprint", shard_bytes(300, 1, 2, {5}, SHARD_MAGIC, 2, 0), "tokenizer fingerprint 0 in a version 2 header \\(0 is not a fingerprint\\)"},
         {"truncated", shard_bytes(300, 3, 2, {5, 6}), "truncated: header says 3 tokens of 2 bytes, the file holds 4 bytes"},

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -454,7 +455,7 @@ TEST(ConfigDeath, TextValuesSurviveTheStoredConfig) {
     config_set(&c, "data", deep.c_str(), "test");
     EXPECT_EQ(c.data, deep);
     // Written as a checkpoint stores it and read back: the same values.
-    const std::string text = "steps = 3 # a comment\nout = /tmp/run#2 # and one after it\nmetrics = m#x\ndata = " + deep + "\n";
+    const std::string text = "steps = 3 # a comment\nout = /tmp/run#2 # and one after it\nmetrics = m#x\t# after a tab\ndata = " + deep + "\n";
     MoeConfig d;
     config_defaults(&d);
     config_load_stored(&d, text.c_str(), "stored config");
@@ -547,7 +548,9 @@ TEST(Num, Int) {
         EXPECT_EQ(num_parse_int("--n", b.s, 1, 100, &v, err), b.st) << b.s;
         EXPECT_STREQ(err, b.msg);
         EXPECT_EQ(v, -7) << "a failed parse leaves the value alone";
-    }
+    }    // Past long long's range at its own bounds: strtoll saturates there, and the sign says which end.
+    EXPECT_EQ(num_parse_int("--n", "-99999999999999999999", LLONG_MIN, LLONG_MAX, &v, err), NUM_TOO_SMALL);
+    EXPECT_EQ(num_parse_int("--n", "99999999999999999999", LLONG_MIN, LLONG_MAX, &v, err), NUM_TOO_LARGE);
 }
 TEST(Num, U64) {
     char err[NUM_ERR_LEN];
