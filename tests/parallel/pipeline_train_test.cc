@@ -2,8 +2,9 @@
 // ranks): 1F1B, DualPipe and DualPipeV at every world size they fit, C = 2N and 3N micro-batches,
 // with DP and with EP 2. Three optimizer steps on the same global batch must give the same losses,
 // gradient norms, router biases and updated weights of every stage (each rank compares the stages
-// it holds) within 1e-5 relative; the two copies of every DualPipe stage must stay bit-identical;
-// the measured trace must read back with every op of every rank.
+// it holds) and every layer's load imbalance of the last step within 1e-5 relative; the two copies
+// of every DualPipe stage must stay bit-identical; the measured trace must read back with every op
+// of every rank.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -98,13 +99,14 @@ struct Reference {
     Model *m;                       // the final weights (created, not trained, on ranks > 0)
     std::vector<StepStats> steps;   // (STEPS)
     float eval_ce;
+    std::vector<float> imbalance;   // (L) each layer's max/mean tokens per expert in the last step
 };
 
 Reference train_reference(const MoeConfig &c, int G, const std::vector<int> &val) {
     MoeConfig cr = c;
     cr.grad_accum = G;
-    Reference ref = {model_create(&cr, 0, 1), std::vector<StepStats>(STEPS), 0};
-    std::vector<float> stats((size_t)STEPS * 3 + 1);  // loss, ce, grad_norm per step; eval ce
+    Reference ref = {model_create(&cr, 0, 1), std::vector<StepStats>(STEPS), 0, std::vector<float>(c.L)};
+    std::vector<float> stats((size_t)STEPS * 3 + 1 + c.L);  // loss, ce, grad_norm per step; eval ce; imbalance
     Comm *w = comm_world();
     if (w->rank == 0) {
         model_init_weights(ref.m);
@@ -117,6 +119,7 @@ Reference train_reference(const MoeConfig &c, int G, const std::vector<int> &val
             stats[3 * s + 2] = a.grad_norm;
         }
         adamw_free(&o);
+        model_load_imbalance(ref.m, &stats[3 * STEPS + 1]);
         ModelActs a;
         model_forward(ref.m, &a, val.data(), c.batch_size, c.T, 1);
         stats[3 * STEPS] = a.ce;
@@ -130,6 +133,7 @@ Reference train_reference(const MoeConfig &c, int G, const std::vector<int> &val
         ref.steps[s].grad_norm = stats[3 * s + 2];
     }
     ref.eval_ce = stats[3 * STEPS];
+    for (int l = 0; l < c.L; l++) ref.imbalance[l] = stats[3 * STEPS + 1 + l];
     return ref;
 }
 
@@ -168,6 +172,10 @@ void compare_with_one_process(const Case &k, const char *trace) {
         }
     }
     for (int pipe = 0; pipe < p->n_models; pipe++) compare_weights(p->ctx[pipe].m, ref.m, ep_rank, what);
+    // The last step's routing counts are the whole step's on every rank, each stage's layers
+    // gathered along the pipeline: the same load imbalance as the one process measured.
+    for (int l = 0; l < c.L; l++)
+        EXPECT_NEAR(p->imbalance[l], ref.imbalance[l], TOL * ref.imbalance[l]) << "layer " << l << " " << what;
     if (p->partner >= 0) check_copies_identical(p, what);
     // Evaluation through the pipeline.
     EXPECT_NEAR(pipe_eval_ce(p, val.data()), ref.eval_ce, TOL * ref.eval_ce) << what;
