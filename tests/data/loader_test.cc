@@ -1,7 +1,7 @@
 // data/loader: every sequence exactly once per epoch across 1, 2 and 4 data-parallel ranks (the
 // ranks' sequences are disjoint and their union is everything), the same order whatever the world
 // size, seeded per-epoch shuffling that reaches every order, the sequence count (each needs T + 1
-// tokens), in-order validation, and resuming from a saved position.
+// tokens), in-order validation, resuming from a saved position, and the fingerprint's sample.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -17,11 +17,12 @@ extern "C" {
 
 namespace {
 
-// A shard whose token i is i, so a sequence names itself: its first token / T.
-std::string counting_shard(uint32_t n) {
-    std::string path = data_test::temp_dir() + "/train.bin";
+// A shard whose token i is i, so a sequence names itself: its first token / T. `changed`: that
+// token is 0 instead (in a shard of another name).
+std::string counting_shard(uint32_t n, uint32_t changed = UINT32_MAX) {
+    std::string path = data_test::temp_dir() + (changed == UINT32_MAX ? "/train.bin" : "/changed.bin");
     std::vector<uint32_t> ids(n);
-    for (uint32_t i = 0; i < n; i++) ids[i] = i;
+    for (uint32_t i = 0; i < n; i++) ids[i] = i == changed ? 0 : i;
     FILE *f = fopen(path.c_str(), "wb");
     if (!f) abort();
     ShardWriter *w = shard_writer_open(f, path.c_str(), 65536, 1);
@@ -120,6 +121,25 @@ TEST(Loader, ShuffleReachesEveryOrder) {
         if (std::find(seen.begin(), seen.end(), order) == seen.end()) seen.push_back(order);
     }
     EXPECT_EQ(seen.size(), 6u);
+}
+
+// The resume check's fingerprint reads the token count and 64 runs of 64 tokens spread over the
+// shard: a token changed anywhere in a run changes it (its last one too); one between the runs does
+// not (what a fingerprint of a few kilobytes gives up).
+TEST(Loader, FingerprintReadsItsRuns) {
+    const uint32_t n = 64 * 1000, gap = n / 64;
+    auto fingerprint = [](const std::string &path) {
+        Loader *l = loader_open(path.c_str(), 8, 1, 0, 1, 1, 1);
+        const uint64_t fp = loader_fingerprint(l);
+        loader_close(l);
+        return fp;
+    };
+    const uint64_t fp = fingerprint(counting_shard(n));
+    EXPECT_NE(fp, 0u);
+    EXPECT_NE(fingerprint(counting_shard(n + 1)), fp);
+    for (uint32_t at : {1u, 5 * gap, 5 * gap + 63, 63 * gap + 63})
+        EXPECT_NE(fingerprint(counting_shard(n, at)), fp) << "token " << at;
+    EXPECT_EQ(fingerprint(counting_shard(n, 5 * gap + 64)), fp);
 }
 
 TEST(Loader, ValidationIsInOrderAndWraps) {
