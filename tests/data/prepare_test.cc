@@ -144,6 +144,9 @@ TEST(Prepare, BadInputIsUsageError) {
     const char *none[] = {empty.c_str()};
     EXPECT_EXIT(prepare_dataset(none, 1, 300, out.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
                 "no input files found");
+    // The command line refuses such fractions first; the library call keeps its own bounds.
+    EXPECT_EXIT(prepare_dataset(none, 1, 300, out.c_str(), 1.0, 1, nullptr, &st), ::testing::ExitedWithCode(2),
+                "--val-fraction 1 is outside \\[0, 1\\)");
     write_file(empty + "/zero", "");
     EXPECT_EXIT(prepare_dataset(none, 1, 300, out.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
                 "hold no training text");
