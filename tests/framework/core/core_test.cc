@@ -478,6 +478,20 @@ TEST(ConfigDeath, BareCarriageReturn) {
 }
 TEST(ConfigDeath, LineTooLong) {
     expect_file_usage_error("lr = 0.1" + std::string(CONFIG_STR + 200, ' ') + "\n", ":1: line too long");
+    // At the limit, with and without a newline: a line of CONFIG_STR + 127 bytes (its newline
+    // counted) is read, one byte more is not (a last line of exactly the buffer's size must not
+    // lose its last byte and read as steps = 12).
+    const size_t most = CONFIG_STR + 127;
+    for (std::string end : {"", "\n"}) {
+        const size_t blanks = most - end.size() - std::string("steps = 123").size();
+        std::string p = write_tmp("steps = " + std::string(blanks, ' ') + "123" + end);
+        MoeConfig c;
+        config_defaults(&c);
+        config_load_file(&c, p.c_str());
+        EXPECT_EQ(c.steps, 123) << "newline: " << end.size();
+        remove(p.c_str());
+        expect_file_usage_error("steps = " + std::string(blanks + 1, ' ') + "123" + end, ":1: line too long");
+    }
 }
 // Tabs, Windows line ends and a UTF-8 byte order mark before the first key (Windows editors write
 // one: "unknown config key 'ï»¿steps'", review 2026-12-05) are text.
@@ -561,6 +575,8 @@ TEST(Num, U64) {
     EXPECT_STREQ(err, "--seed 18446744073709551616 is too large: at most 18446744073709551615");
     EXPECT_EQ(num_parse_u64("--seed", "-1", UINT64_MAX, &v, err), NUM_SYNTAX);
     EXPECT_STREQ(err, "--seed '-1' is not a non-negative integer");
+    EXPECT_EQ(num_parse_u64("--seed", "+5", UINT64_MAX, &v, err), NUM_SYNTAX);
+    EXPECT_STREQ(err, "--seed '+5' is not a non-negative integer");
 }
 TEST(Num, Real) {
     char err[NUM_ERR_LEN];
@@ -576,6 +592,7 @@ TEST(Num, Real) {
     struct { const char *s; NumStatus st; const char *msg; } bad[] = {
         {"nan", NUM_SYNTAX, "--x 'nan' is not a finite number"},
         {"0x1p3", NUM_SYNTAX, "--x '0x1p3' is not a finite number"},
+        {"0X1P3", NUM_SYNTAX, "--x '0X1P3' is not a finite number"},
         {"1,5", NUM_SYNTAX, "--x '1,5' is not a finite number"},
         {"inf", NUM_TOO_LARGE, "--x inf is too large: at most 1"},
         {"1e308", NUM_TOO_LARGE, "--x 1e308 is too large: at most 1"},
