@@ -1,7 +1,8 @@
 // The assembled model: backward against central finite differences of the whole loss, bit-identical
-// reruns, layout-independent initialization, the learning-rate schedule, that training on a fixed
-// batch drives its loss down, the per-call options of a forward and backward (ModelPass), and the
-// attention's stacked Wqkv = [Wq; Wk; Wv] in the registry (every shipped config, an unaligned shape).
+// reruns, layout-independent initialization, the AdamW step and the learning-rate schedule, that
+// training on a fixed batch drives its loss down, the per-call options of a forward and backward
+// (ModelPass), and the attention's stacked Wqkv = [Wq; Wk; Wv] in the registry (every shipped
+// config, an unaligned shape).
 #include <gtest/gtest.h>
 
 #include <dirent.h>
@@ -540,6 +541,36 @@ TEST(ModelDeath, TokenOutsideTheVocabulary) {
                         "token id " + std::to_string(bad) + " outside the vocabulary \\[0, " + std::to_string(c.V) + "\\)");
         }
     model_free(m);
+}
+
+// The AdamW step against its formula (PyTorch's AdamW: decoupled weight decay on the spans marked
+// for it, bias corrections 1 - beta^t, eps outside the square root, the clip factor on every
+// gradient as read), two steps, in double here. eps is large so that its place shows; before this
+// test a second moment corrected with beta1, or decay on every tensor, failed only end-to-end tests.
+TEST(Optimizer, AdamwStepIsTheFormula) {
+    const AdamwSpan spans[] = {{0, 0, 2, 1}, {2, 2, 2, 0}};  // decayed, then not
+    AdamwHyper h = {0.1f, 0.9f, 0.999f, 0.5f, 0.2f, 0, 0.5f};
+    // The formula in double from the float hyperparameters (0.999f is not 0.999: 1 - beta2 would
+    // differ by 1.3e-5 relative).
+    const double lr = h.lr, b1 = h.beta1, b2 = h.beta2, eps = h.eps, wd = h.weight_decay, gs = h.gscale;
+    std::vector<float> p = {1.0f, -2.0f, 3.0f, 0.5f}, m(4, 0.0f), v(4, 0.0f), low(4, 0.0f);
+    const float grads[2][4] = {{2.0f, -4.0f, 1.0f, 0.0f}, {-2.0f, 1.0f, 3.0f, 6.0f}};
+    std::vector<double> want(p.begin(), p.end()), wm(4, 0.0), wv(4, 0.0);
+    for (int t = 1; t <= 2; t++) {
+        h.t = t;
+        layer_ops_cpu.adamw_step(p.data(), grads[t - 1], m.data(), v.data(), low.data(), spans, 2, &h);
+        for (int j = 0; j < 4; j++) {
+            const double g = grads[t - 1][j] * gs, decay = j < 2 ? 1.0 - lr * wd : 1.0;
+            wm[j] = b1 * wm[j] + (1 - b1) * g;
+            wv[j] = b2 * wv[j] + (1 - b2) * g * g;
+            const double mhat = wm[j] / (1 - std::pow(b1, t)), vhat = wv[j] / (1 - std::pow(b2, t));
+            want[j] = want[j] * decay - lr * mhat / (std::sqrt(vhat) + eps);
+            EXPECT_NEAR(p[j], want[j], 1e-6 * std::fabs(want[j])) << "step " << t << " element " << j;
+            EXPECT_NEAR(m[j], wm[j], 1e-6 * std::fabs(wm[j])) << "step " << t << " element " << j;
+            EXPECT_NEAR(v[j], wv[j], 1e-6 * std::fabs(wv[j])) << "step " << t << " element " << j;
+            EXPECT_EQ(low[j], p[j]) << "the compute copy, step " << t;
+        }
+    }
 }
 
 TEST(Optimizer, LearningRateSchedule) {
