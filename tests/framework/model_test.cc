@@ -543,6 +543,22 @@ TEST(ModelDeath, TokenOutsideTheVocabulary) {
     model_free(m);
 }
 
+// The load imbalance logged per layer: max / mean tokens per expert, 0 for a dense layer and for a
+// layer that routed nothing.
+TEST(Model, LoadImbalanceIsMaxOverMean) {
+    MoeConfig c = tiny(1);
+    c.L = 3;
+    Model *m = model_create(&c, 0, 1);
+    const long counts[3][4] = {{0, 0, 0, 0}, {6, 2, 0, 0}, {0, 0, 0, 0}};  // E = 4
+    std::memcpy(m->expert_counts, counts, sizeof counts);
+    float imb[3];
+    model_load_imbalance(m, imb);
+    EXPECT_EQ(imb[0], 0.0f);  // dense
+    EXPECT_FLOAT_EQ(imb[1], 3.0f);  // max 6 over mean 2
+    EXPECT_EQ(imb[2], 0.0f);  // nothing routed
+    model_free(m);
+}
+
 // The AdamW step against its formula (PyTorch's AdamW: decoupled weight decay on the spans marked
 // for it, bias corrections 1 - beta^t, eps outside the square root, the clip factor on every
 // gradient as read), two steps, in double here. eps is large so that its place shows; before this
