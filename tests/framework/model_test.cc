@@ -519,6 +519,25 @@ TEST(Sample, TopKTiesGoToTheLowerId) {
     EXPECT_GT(zeros, 0);
 }
 
+// Temperature divides the logits: with logits {0, ln 3} token 1 has probability 3^(1/τ) / (1 +
+// 3^(1/τ)): 0.634 at τ = 2, 0.75 at 1, 0.9 at 0.5; τ = 0 is greedy. (A mutant multiplying by τ
+// passed every test before.)
+static void two_logits(void *, const int *, int, float *row) {
+    row[0] = 0.0f;
+    row[1] = std::log(3.0f);
+}
+TEST(Sample, TemperatureDividesTheLogits) {
+    const int prompt[1] = {0}, n_new = 4000;
+    for (float tau : {2.0f, 1.0f, 0.5f, 0.0f}) {
+        std::vector<int> out(1 + n_new);
+        RngStream rng = rng_stream(11, 2);
+        ASSERT_EQ(sample_generate_by(two_logits, nullptr, 2, 16, prompt, 1, n_new, tau, 0, &rng, out.data()), n_new);
+        const double ones = std::count(out.begin() + 1, out.end(), 1) / (double)n_new;
+        const double p = tau > 0 ? std::pow(3.0, 1.0 / tau) / (1.0 + std::pow(3.0, 1.0 / tau)) : 1.0;
+        EXPECT_NEAR(ones, p, 0.03) << "temperature " << tau;
+    }
+}
+
 TEST(ModelDeath, TiedEmbeddingsAcrossStages) {
     MoeConfig c = tiny(1);
     c.tie_embeddings = 1;
@@ -587,6 +606,32 @@ TEST(Optimizer, AdamwStepIsTheFormula) {
             EXPECT_EQ(low[j], p[j]) << "the compute copy, step " << t;
         }
     }
+}
+
+// Weight decay shrinks the matrices (and the experts' stacks of them) only: the norms' gains and
+// the router's bias stay. A step on zero gradients moves nothing else. (A registry that marked
+// vectors for decay passed every test before.)
+TEST(Optimizer, DecayOnlyOnMatrices) {
+    MoeConfig c = tiny(1);
+    c.weight_decay = 0.1f;
+    Model *m = model_create(&c, 0, 1);
+    model_init_weights(m);
+    const std::vector<float> before(m->reg.data, m->reg.data + m->reg.total);
+    AdamW o;
+    adamw_init(&o, &m->reg);
+    std::memset(m->reg.grad, 0, m->reg.total * sizeof(float));
+    adamw_step(&o, &m->reg, &c, 0.5f, 1.0f);
+    int vectors = 0;
+    for (int i = 0; i < m->reg.n; i++) {
+        const ParamInfo *p = &m->reg.p[i];
+        const float f = p->ndim >= 2 ? 1.0f - 0.5f * 0.1f : 1.0f;
+        vectors += p->ndim == 1;
+        for (size_t j = p->offset; j < p->offset + p->numel; j++)
+            ASSERT_EQ(m->reg.data[j], before[j] * f) << p->name;
+    }
+    EXPECT_GT(vectors, 0);
+    adamw_free(&o);
+    model_free(m);
 }
 
 TEST(Optimizer, LearningRateSchedule) {
