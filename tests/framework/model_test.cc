@@ -538,6 +538,23 @@ TEST(Sample, TemperatureDividesTheLogits) {
     }
 }
 
+// A top-k beyond the partial selection's head of 65 still draws from exactly the k largest: with
+// logits rising with the id, top-100 of 300 draws only ids 200..299, and most of them.
+static void rising_logits(void *, const int *, int, float *row) {
+    for (int i = 0; i < 300; i++) row[i] = 0.001f * (float)i;
+}
+TEST(Sample, TopKBeyondTheSortedHead) {
+    const int prompt[1] = {0}, n_new = 3000;
+    std::vector<int> out(1 + n_new);
+    RngStream rng = rng_stream(13, 1);
+    ASSERT_EQ(sample_generate_by(rising_logits, nullptr, 300, 16, prompt, 1, n_new, 1.0f, 100, &rng, out.data()),
+              n_new);
+    std::vector<int> seen(300, 0);
+    for (int i = 1; i <= n_new; i++) seen[out[i]]++;
+    for (int id = 0; id < 200; id++) EXPECT_EQ(seen[id], 0) << "id " << id;
+    EXPECT_GT(std::count_if(seen.begin() + 200, seen.end(), [](int n) { return n > 0; }), 90);
+}
+
 TEST(ModelDeath, TiedEmbeddingsAcrossStages) {
     MoeConfig c = tiny(1);
     c.tie_embeddings = 1;

@@ -30,6 +30,15 @@ d1=$("$moelab" sample --ckpt "$tmp/greedy/step_1.h5" --prompt "x" --tokens 10 --
 d2=$("$moelab" sample --ckpt "$tmp/greedy/step_1.h5" --prompt "x" --tokens 10 --temperature 0)
 d3=$("$moelab" sample --ckpt "$tmp/greedy/step_1.h5" --prompt "x" --tokens 10 --temperature 1 --seed 3)
 [ "$d1" = "$d2" ] && [ "$d1" != "$d3" ] || { echo "the checkpoint's temperature 0 is not sample's default"; exit 1; }
+# The same for top_k_sample; an explicit --top-k 0 (no cut-off) overrides the stored 1 (it was taken
+# for "not given" by a mutant that passed before).
+"$moelab" train --data "$tmp/data" --vocab-size 300 --steps 1 --seq-len 32 --batch-size 2 --val-batches 1 \
+    --temperature 1 --top_k_sample 1 --sample-tokens 0 --out "$tmp/top1" >/dev/null
+k1=$("$moelab" sample --ckpt "$tmp/top1/step_1.h5" --prompt "x" --tokens 40 --seed 3)
+k2=$("$moelab" sample --ckpt "$tmp/top1/step_1.h5" --prompt "x" --tokens 40 --seed 4)
+k3=$("$moelab" sample --ckpt "$tmp/top1/step_1.h5" --prompt "x" --tokens 40 --seed 3 --top-k 0)
+k4=$("$moelab" sample --ckpt "$tmp/top1/step_1.h5" --prompt "x" --tokens 40 --seed 4 --top-k 0)
+[ "$k1" = "$k2" ] && [ "$k3" != "$k4" ] || { echo "the stored top_k_sample 1 or an explicit --top-k 0 is not obeyed"; exit 1; }
 # "--flag=value" is the same as "--flag value", as in every moelab command.
 e=$("$moelab" sample --ckpt="$ckpt" --prompt="Once upon" --tokens=20 --seed=5)
 [ "$a" = "$e" ] || { echo "--flag=value differs from --flag value"; exit 1; }
