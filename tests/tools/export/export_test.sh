@@ -101,16 +101,18 @@ closed_stdout "$moelab" export --ckpt "$tmp/a/single.h5" --out "$tmp/piped" --da
 [ "$rc" -eq 1 ] && ! ls -d "$tmp"/piped.tmp-* 2>/dev/null ||
     { echo "export into a closed pipe: exit $rc"; cat "$tmp/pipe.err"; ls "$tmp"; exit 1; }
 # generation_config.json as transformers takes it (review, 2026-12-05): a whole-number temperature
-# is a float (an integer is refused for sampling), and temperature 0 (greedy) is do_sample false.
+# is a float (an integer is refused for sampling), top_k the run's top_k_sample, and temperature 0
+# (greedy) is do_sample false.
 for t in 2 0; do
     mkdir -p "$tmp/temp$t"
-    "$probe" make "$tmp/temp$t" --temperature $t
+    "$probe" make "$tmp/temp$t" --temperature $t --top_k_sample 7
     "$moelab" export --ckpt "$tmp/temp$t/single.h5" --out "$tmp/hf_temp$t" --data "$tmp/data" > /dev/null
 done
 /usr/bin/python3 - "$tmp/hf_temp2" "$tmp/hf_temp0" <<'PY'
 import json, sys
 t2, t0 = (json.load(open(d + "/generation_config.json")) for d in sys.argv[1:])
 assert t2["do_sample"] is True and isinstance(t2["temperature"], float) and t2["temperature"] == 2.0, t2
+assert t2["top_k"] == 7, t2
 assert t0["do_sample"] is False and "temperature" not in t0 and "top_k" not in t0, t0
 PY
 mkdir "$tmp/empty"
