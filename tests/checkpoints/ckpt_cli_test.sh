@@ -146,6 +146,19 @@ LD_PRELOAD="$root/tests/checkpoints/slow_open.so" SLOW_OPEN_RANKS=any SLOW_OPEN_
 for p in "$tmp/a/step_6.h5" "$tmp/c/step_6.h5"; do
     "$moelab" ckpt verify "$p" | grep -q "sound" || { echo "FAIL: verify $p"; exit 1; }
 done
+# The norms inspect prints are the L2 norms of the weights and both moments (a mutant printing the
+# sums of squares passed before).
+"$moelab" ckpt inspect "$tmp/a/step_6.h5" >"$tmp/inspect_a.txt"
+"$py" - "$tmp/a/step_6.h5" "$tmp/inspect_a.txt" <<'PY' || { echo "FAIL: inspect's norms"; cat "$tmp/inspect_a.txt"; exit 1; }
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], "r")
+rows = [l.split() for l in open(sys.argv[2]) if l.startswith("layers.0.wq ") or l.startswith("embed ")]
+assert len(rows) == 2, rows
+for r in rows:
+    want = [np.linalg.norm(f[g + r[0]][()].astype(np.float64)) for g in ("model/", "optim/m/", "optim/v/")]
+    got = [float(x) for x in r[-3:]]
+    assert np.allclose(got, want, rtol=1e-5), (r[0], got, want)
+PY
 "$moelab" ckpt inspect "$tmp/c/step_3.h5" >"$tmp/inspect.txt"
 for want in "index of 2 part files" "step        3 (AdamW t 3)" "layers.1.experts.w13 *expert *float32 *(8, 32, 32)" \
             "router_bias *buffer" "n_experts = 8" "tokenizer   fingerprint [0-9a-f]\{8\}"; do
