@@ -70,6 +70,11 @@ TEST(Jsonl, DocumentsAndBadLines) {
     jsonl_parse((const uint8_t *)text.data(), text.size(), "body", 0, &d);  // another field
     EXPECT_EQ(docs_of(d), std::vector<std::string>{"x"});
     jsonl_free(&d);
+    const std::string crlf_blank = "\r\n{\"text\": \"a\"}\r\n";  // a blank line of a CRLF file is empty too
+    jsonl_parse((const uint8_t *)crlf_blank.data(), crlf_blank.size(), "text", 0, &d);
+    EXPECT_EQ(d.bad, 1u);
+    EXPECT_STREQ(d.first_bad[0].reason, "empty line");
+    jsonl_free(&d);
     jsonl_parse((const uint8_t *)text.data(), text.size(), "text", 1, &d);  // strict: stops at line 2
     EXPECT_EQ(d.bad, 1u);
     EXPECT_EQ(d.lines, 2u);

@@ -248,6 +248,13 @@ TEST(Grid, EveryLayoutOfThisWorld) {
     EXPECT_GE(layouts, 1);
 }
 
+// Every rank of this test runs on one host: its local rank (which picks its GPU) is its world rank.
+TEST(Grid, LocalRankOnOneHost) {
+    int n = 0;
+    EXPECT_EQ(grid_local_rank(world(), &n), world()->rank);
+    EXPECT_EQ(n, world()->size);
+}
+
 // Gradients whose synchronized values every rank can compute: element j of tensor i on world rank w
 // is (i + 1) · (w + 1) + j / 64.
 float grad_value(int i, int w, size_t j) { return (float)(i + 1) * (float)(w + 1) + (float)j / 64.0f; }

@@ -27,6 +27,14 @@ TEST(EplbConfig, RedundantSlotsNeedRebalancing) {
     c.eplb_redundant = 2;
     EXPECT_EXIT(eplb_runtime_check_config(&c), ::testing::ExitedWithCode(2),
                 "moelab: error: --eplb-redundant 2 needs --eplb-interval > 0");
+    // So do groups and nodes, each alone (a check of one of the two passed for both before).
+    for (int groups : {2, 1}) {
+        MoeConfig d = tiny();
+        d.eplb_groups = groups;
+        d.eplb_nodes = groups == 1 ? 2 : 1;
+        EXPECT_EXIT(eplb_runtime_check_config(&d), ::testing::ExitedWithCode(2),
+                    "--eplb-groups [0-9]+ / --eplb-nodes [0-9]+ need --eplb-interval > 0");
+    }
 }
 
 TEST(EplbConfig, SlotsMustSplitOverTheEpRanks) {
