@@ -239,6 +239,19 @@ TEST(CoreFile, FailedWriteLeavesNothing) {
     EXPECT_EQ(entries(d), 0);
 }
 
+// A rename that fails at the close (a folder made at the path meanwhile) reports its errno and
+// removes the temporary (a mutant that kept it passed before).
+TEST(CoreFile, FailedRenameLeavesNoTemporary) {
+    const std::string d = tmpdir(), p = d + "/out.txt";
+    CoreOut o;
+    ASSERT_EQ(core_out_open(&o, p.c_str()), 0);
+    fputs("contents", o.f);
+    ASSERT_EQ(mkdir(p.c_str(), 0755), 0);
+    ASSERT_EQ(mkdir((p + "/inside").c_str(), 0755), 0);  // not empty: no rename replaces it
+    EXPECT_NE(core_out_close(&o), 0);
+    EXPECT_EQ(entries(d), 1);  // the folder alone
+}
+
 // An exit before the close (a usage error found while writing ends the process with exit 2)
 // removes the temporary: in a child, which also shows that its exit leaves the parent's alone.
 TEST(CoreFile, ExitBeforeCloseLeavesNothing) {
