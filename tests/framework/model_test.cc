@@ -526,6 +526,18 @@ static void two_logits(void *, const int *, int, float *row) {
     row[0] = 0.0f;
     row[1] = std::log(3.0f);
 }
+// Greedy decoding breaks a tie toward the lower id, as the top-k selection does.
+static void flat_logits(void *, const int *, int, float *row) {
+    for (int i = 0; i < 8; i++) row[i] = 0.5f;
+}
+TEST(Sample, GreedyTiesGoToTheLowerId) {
+    const int prompt[1] = {3};
+    std::vector<int> out(1 + 5);
+    RngStream rng = rng_stream(1, 1);
+    ASSERT_EQ(sample_generate_by(flat_logits, nullptr, 8, 16, prompt, 1, 5, 0.0f, 0, &rng, out.data()), 5);
+    for (int i = 1; i <= 5; i++) EXPECT_EQ(out[i], 0);
+}
+
 TEST(Sample, TemperatureDividesTheLogits) {
     const int prompt[1] = {0}, n_new = 4000;
     for (float tau : {2.0f, 1.0f, 0.5f, 0.0f}) {

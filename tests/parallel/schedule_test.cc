@@ -381,6 +381,9 @@ TEST(Simulator, DeferredCosts) {
     SimCosts bad = {1, 1, 2, 3, 0};
     EXPECT_EQ(sim_costs_check(&bad, err), 1);
     EXPECT_NE(std::string(err).find("must not exceed"), std::string::npos);
+    bad = {1, 3, 2.5, 2, 0};  // W within B but beyond F&B
+    EXPECT_EQ(sim_costs_check(&bad, err), 1);
+    EXPECT_NE(std::string(err).find("must not exceed"), std::string::npos);
     bad = {1, 2, 1, NAN, 0};
     EXPECT_EQ(sim_costs_check(&bad, err), 1);
     bad = {-1, 2, 1, 3, 0};

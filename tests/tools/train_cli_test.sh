@@ -15,6 +15,12 @@ args=(--config "$cfg" --data "$tmp/data" --steps 4 --log-every 2 --val-every 2 -
       --seq-len 16 --batch-size 2 --sample-tokens 5)
 "$moelab" train "${args[@]}" --metrics "$tmp/m1.jsonl" > "$tmp/run1.log"
 "$moelab" train "${args[@]}" --metrics "$tmp/m2.jsonl" > "$tmp/run2.log"
+# Every validation reads the same batches from the start of the split: step 4's loss is the same
+# validated every 2 steps or only at the end (a mutant that read on from the last validation passed).
+"$moelab" train "${args[@]}" --val-every 4 --metrics "$tmp/m4.jsonl" > /dev/null
+v2=$(grep '"step": 4,' "$tmp/m1.jsonl" | grep -o '"val_loss": [-0-9.e]*')
+v4=$(grep '"step": 4,' "$tmp/m4.jsonl" | grep -o '"val_loss": [-0-9.e]*')
+[ -n "$v2" ] && [ "$v2" = "$v4" ] || { echo "FAIL: step 4's validation loss depends on --val-every: '$v2' vs '$v4'"; exit 1; }
 grep -q "unigram entropy" "$tmp/run1.log"
 # The end's verdict compares the validation loss with the training tokens' unigram model on the very
 # tokens validated (add-one smoothed), recomputed here from the shards: the training tokens' entropy

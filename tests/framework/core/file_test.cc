@@ -539,6 +539,10 @@ TEST(CoreFile, ReadAllReadsAFileWhole) {
     EXPECT_STREQ(buf, "hello");
     core_free(buf);
     rewind(in);
+    EXPECT_EQ(core_read_all(in, 5, &buf, &len), 0);  // exactly the most it may read
+    EXPECT_EQ(len, 5u);
+    core_free(buf);
+    rewind(in);
     EXPECT_EQ(core_read_all(in, 4, &buf, &len), EFBIG);
     EXPECT_EQ(len, 5u);  // the stated size
     EXPECT_EQ(buf, nullptr);
