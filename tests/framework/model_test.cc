@@ -519,13 +519,6 @@ TEST(Sample, TopKTiesGoToTheLowerId) {
     EXPECT_GT(zeros, 0);
 }
 
-// Temperature divides the logits: with logits {0, ln 3} token 1 has probability 3^(1/τ) / (1 +
-// 3^(1/τ)): 0.634 at τ = 2, 0.75 at 1, 0.9 at 0.5; τ = 0 is greedy. (A mutant multiplying by τ
-// passed every test before.)
-static void two_logits(void *, const int *, int, float *row) {
-    row[0] = 0.0f;
-    row[1] = std::log(3.0f);
-}
 // Greedy decoding breaks a tie toward the lower id, as the top-k selection does.
 static void flat_logits(void *, const int *, int, float *row) {
     for (int i = 0; i < 8; i++) row[i] = 0.5f;
@@ -538,6 +531,13 @@ TEST(Sample, GreedyTiesGoToTheLowerId) {
     for (int i = 1; i <= 5; i++) EXPECT_EQ(out[i], 0);
 }
 
+// Temperature divides the logits: with logits {0, ln 3} token 1 has probability 3^(1/τ) / (1 +
+// 3^(1/τ)): 0.634 at τ = 2, 0.75 at 1, 0.9 at 0.5; τ = 0 is greedy. (A mutant multiplying by τ
+// passed every test before.)
+static void two_logits(void *, const int *, int, float *row) {
+    row[0] = 0.0f;
+    row[1] = std::log(3.0f);
+}
 TEST(Sample, TemperatureDividesTheLogits) {
     const int prompt[1] = {0}, n_new = 4000;
     for (float tau : {2.0f, 1.0f, 0.5f, 0.0f}) {
