@@ -562,7 +562,8 @@ TEST(Num, Int) {
         EXPECT_EQ(num_parse_int("--n", b.s, 1, 100, &v, err), b.st) << b.s;
         EXPECT_STREQ(err, b.msg);
         EXPECT_EQ(v, -7) << "a failed parse leaves the value alone";
-    }    // Past long long's range at its own bounds: strtoll saturates there, and the sign says which end.
+    }
+    // Past long long's range at its own bounds: strtoll saturates there, and the sign says which end.
     EXPECT_EQ(num_parse_int("--n", "-99999999999999999999", LLONG_MIN, LLONG_MAX, &v, err), NUM_TOO_SMALL);
     EXPECT_EQ(num_parse_int("--n", "99999999999999999999", LLONG_MIN, LLONG_MAX, &v, err), NUM_TOO_LARGE);
 }
