@@ -67,7 +67,8 @@ int core_temp_is_stale(const char *name);
 int core_temp_name(char *out, size_t cap, const char *path, const char *suffix);
 
 // fsync of a file or a directory (a rename becomes durable once its directory is synced): 0, or
-// the errno of the open or the fsync. core_fsync_parent syncs the directory that holds path.
+// the errno of the open or the fsync (0 for a directory whose file system cannot sync one: EINVAL).
+// core_fsync_parent syncs the directory that holds path.
 int core_fsync(const char *path);
 int core_fsync_parent(const char *path);
 

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "tests/checkpoints/ckpt_test_util.h"
+#include "tests/util/fsync_fails.h"
 
 using namespace ckpt_test;
 using ::testing::ExitedWithCode;
@@ -544,6 +545,47 @@ TEST_F(CheckpointErrors, SaveKilledMidWriteLeavesThePreviousCheckpoint) {
         },
         KilledBySignal(SIGKILL), "");
     EXPECT_FALSE(file_exists(idx));
+    free_state(want);
+    free_state(got);
+    free_state(other);
+}
+
+// A sync that fails (a disk reporting its write error late) ends the save with exit 1 naming the
+// file: at the new file's sync, the previous checkpoint stays whole and no temporary is left; at the
+// folder's, after the rename, the new checkpoint is in place. A folder its file system cannot sync
+// (EINVAL) is no failure. No test failed before when a save skipped either sync (mutation test,
+// 2026-12-06).
+TEST_F(CheckpointErrors, FailedSyncEndsTheSave) {
+    State other = make_state(c_, 0, 1);
+    for (size_t i = 0; i < other.m->reg.total; i++) other.m->reg.data[i] += 1.0f;
+    CkptShard sh = shard_of(other.m);
+    CkptState st;
+    memset(&st, 0, sizeof st);
+    st.step = 7;
+    EXPECT_EXIT(
+        {
+            fsync_fails_set(FSYNC_FAILS_FILES, EIO);
+            ckpt_save(single_.c_str(), &sh, view(other), &st, nullptr);
+        },
+        ExitedWithCode(1), "checkpoint: fsync .*single.h5.tmp-[0-9]+: Input/output error");
+    for (const std::string &n : list_dir(dir_)) EXPECT_EQ(n.find(".tmp-"), std::string::npos) << n;
+    State want = make_state(c_, 0, 1), got = blank_state(c_, 0, 1);
+    ckpt_load(single_.c_str(), &sh, view(got), nullptr);
+    expect_same(want, got);
+    EXPECT_EXIT(
+        {
+            fsync_fails_set(FSYNC_FAILS_DIRS, EIO);
+            ckpt_save(single_.c_str(), &sh, view(other), &st, nullptr);
+        },
+        ExitedWithCode(1), "checkpoint: fsync .*: Input/output error");
+    ckpt_load(single_.c_str(), &sh, view(got), nullptr);
+    expect_same(other, got);
+    const std::string next = dir_ + "/next.h5";
+    fsync_fails_set(FSYNC_FAILS_DIRS, EINVAL);
+    ckpt_save(next.c_str(), &sh, view(want), &st, nullptr);
+    fsync_fails_set(FSYNC_FAILS_NONE, 0);
+    ckpt_load(next.c_str(), &sh, view(got), nullptr);
+    expect_same(want, got);
     free_state(want);
     free_state(got);
     free_state(other);

@@ -21,6 +21,7 @@
 #include "framework/core/file.h"
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
+#include "tests/util/fsync_fails.h"
 
 namespace {
 
@@ -45,6 +46,12 @@ std::string read_file(const std::string &p) {
     fclose(f);
     return std::string(buf, n);
 }
+
+// fsync fails as set while this lives (tests/util/fsync_fails.h), and syncs again after.
+struct FsyncFails {
+    FsyncFails(FsyncFailsWhat what, int err) { fsync_fails_set(what, err); }
+    ~FsyncFails() { fsync_fails_set(FSYNC_FAILS_NONE, 0); }
+};
 
 // The directory's entries other than the given ones (a temporary left behind shows here).
 int entries(const std::string &dir) {
@@ -250,6 +257,49 @@ TEST(CoreFile, FailedRenameLeavesNoTemporary) {
     ASSERT_EQ(mkdir((p + "/inside").c_str(), 0755), 0);  // not empty: no rename replaces it
     EXPECT_NE(core_out_close(&o), 0);
     EXPECT_EQ(entries(d), 1);  // the folder alone
+}
+
+// A sync that fails at the close (a disk that reports its write error only then) is the close's
+// error: the old file stays and no temporary is left. A close without the sync, which renames
+// bytes the disk may not hold, passed every test before (mutation test, 2026-12-06).
+TEST(CoreFile, FailedSyncLeavesTheOldFile) {
+    const std::string d = tmpdir(), p = d + "/out.txt";
+    write_file(p, "old");
+    CoreOut o;
+    ASSERT_EQ(core_out_open(&o, p.c_str()), 0);
+    fputs("new contents", o.f);
+    {
+        FsyncFails fails(FSYNC_FAILS_FILES, EIO);
+        EXPECT_EQ(core_out_close(&o), EIO);
+    }
+    EXPECT_EQ(read_file(p), "old");
+    EXPECT_EQ(entries(d), 1);
+}
+
+// core_fsync: a directory whose file system cannot sync one (EINVAL) counts as synced, or every
+// checkpoint saved there would fail; an I/O error is reported, and so is a file's EINVAL. The close
+// of an output does not report its folder's sync: the file is whole and in place by then.
+TEST(CoreFile, SyncOfAFolderThatCannotBeSynced) {
+    const std::string d = tmpdir(), p = d + "/f.txt";
+    write_file(p, "x");
+    {
+        FsyncFails fails(FSYNC_FAILS_DIRS, EINVAL);
+        EXPECT_EQ(core_fsync(d.c_str()), 0);
+        EXPECT_EQ(core_fsync_parent(p.c_str()), 0);
+    }
+    {
+        FsyncFails fails(FSYNC_FAILS_DIRS, EIO);
+        EXPECT_EQ(core_fsync(d.c_str()), EIO);
+        EXPECT_EQ(core_fsync_parent(p.c_str()), EIO);
+        EXPECT_EQ(core_fsync(p.c_str()), 0);  // files still sync
+        CoreOut o;
+        ASSERT_EQ(core_out_open(&o, p.c_str()), 0);
+        fputs("new", o.f);
+        EXPECT_EQ(core_out_close(&o), 0);
+        EXPECT_EQ(read_file(p), "new");
+    }
+    FsyncFails fails(FSYNC_FAILS_FILES, EINVAL);
+    EXPECT_EQ(core_fsync(p.c_str()), EINVAL);
 }
 
 // An exit before the close (a usage error found while writing ends the process with exit 2)
