@@ -391,6 +391,16 @@ TEST(Simulator, DeferredCosts) {
     EXPECT_STREQ(err, "cost of F must be a finite number >= 0 (got -1)");
 }
 
+// An F&B whose backward defers its W costs F&B − W, as a deferring B costs B − W (the W op runs the
+// rest). The generators emit none, but a schedule built by hand or read from a trace may hold one.
+TEST(Simulator, DeferredFAndBCost) {
+    SimCosts c = {1, 3, 1, 3.5, 0};
+    SchedOp fb = {SCHED_FB, {1, SCHED_DOWN, 0}, {0, SCHED_UP, 1}, 0};
+    EXPECT_EQ(sim_op_cost(&c, &fb), 2.5);
+    fb.b.defer_w = 0;
+    EXPECT_EQ(sim_op_cost(&c, &fb), 3.5);
+}
+
 // 1F1B: every rank idles exactly (N−1)(F+B), B being the full backward, for any costs.
 TEST(Simulator, OneFOneBBubble) {
     const SimCosts costs[] = {{1, 2, 1, 3, 0}, {2, 3, 1, 5, 0}, {1, 1, 0, 2, 0}, {3, 1, 0.5, 4, 0}};
@@ -791,6 +801,39 @@ TEST(Trace, Errors) {
         EXPECT_NE(std::string(err).find(path + b.message), std::string::npos) << err;
         remove(path.c_str());
     }
+}
+
+// An op event's rank is a whole number in [0, 65535] and its duration is given and not negative:
+// rank 1.5 was read as rank 1, and a negative or missing duration as an op that ran backwards or
+// not at all, each counted into the busy and idle figures without a word.
+TEST(Trace, EventFieldsOutOfRange) {
+    char err[SCHED_ERR_LEN];
+    const struct {
+        std::string text;
+        const char *message;
+    } bad[] = {
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 1.5, \"ts\": 1, \"dur\": 2}]",
+         ": event \"F0d\" has rank 1.5, ts 1 or dur 2 out of range"},
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"tid\": 65536, \"ts\": 1, \"dur\": 2}]",
+         ": event \"F0d\" has rank 65536, ts 1 or dur 2 out of range"},
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1, \"dur\": -0.5}]",
+         ": event \"F0d\" has rank 0, ts 1 or dur -0.5 out of range"},
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1}]", ": event \"F0d\" lacks ts, dur or pid/tid"},
+        {"[{\"name\": \"F0d\", \"ph\": \"X\", \"ts\": 1, \"dur\": 2}]", ": event \"F0d\" lacks ts, dur or pid/tid"},
+    };
+    for (const auto &b : bad) {
+        std::string path = write_text(b.text);
+        EXPECT_EQ(sim_read_trace(path.c_str(), err), nullptr) << b.message;
+        EXPECT_NE(std::string(err).find(path + b.message), std::string::npos) << err;
+        remove(path.c_str());
+    }
+    // The largest rank is taken: 65 536 ranks, all but the last without ops.
+    std::string path = write_text("[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 65535, \"ts\": 1, \"dur\": 0}]");
+    TlPtr t(sim_read_trace(path.c_str(), err));
+    ASSERT_NE(t, nullptr) << err;
+    EXPECT_EQ(t->R, 65536);
+    EXPECT_EQ(t->n[65535], 1);
+    remove(path.c_str());
 }
 
 }  // namespace
