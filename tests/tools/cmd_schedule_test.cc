@@ -147,6 +147,61 @@ TEST(CmdSchedule, JsonAndFiles) {
     remove(trace.c_str());
 }
 
+// The figures --from-trace --kind prints against the formula: the measured idle time is the mean over
+// the ranks, and each figure's share of the step is its own. A 1F1B step of 2 ranks, 1 micro-batch
+// and a p2p latency of 0.5: F [0,1] → F [1.5,2.5] B [2.5,4.5] → B [5,7]; each rank idles 7 − 3 = 4,
+// which the formula (N−1)(F+B) = 3 leaves the latency out of.
+TEST(CmdSchedule, FromTraceMeasuredIdleIsTheMeanOverRanks) {
+    const std::string trace = tmp_path("idle_trace"), svg = tmp_path("idle_svg");
+    ASSERT_EQ(run({"--kind", "1f1b", "--pp", "2", "--chunks", "1", "--cost-p2p", "0.5", "--trace", trace}).rc, 0);
+    Result r = run({"--from-trace", trace, "--svg", svg, "--kind", "1f1b"});
+    EXPECT_EQ(r.rc, 0) << r.err;
+    EXPECT_NE(r.out.find("step time 7 µs\n"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("idle per rank: measured 4 (57.1% of the step), formula (N-1)(F+B) = 3 (42.9%)\n"),
+              std::string::npos) << r.out;
+    remove(trace.c_str());
+    remove(svg.c_str());
+}
+
+// An F&B that defers its W measures F&B − W, so the mean F&B cost adds W back, as for a deferring B
+// (the generators emit no such F&B, but a measured trace may hold one). Trace: F1d 1 µs, FB(2d,0u*)
+// 2 µs, W0u 1 µs on one rank → F 1, W 1, F&B 2 + 1 = 3.
+TEST(CmdSchedule, FromTraceDeferringFAndBCountsItsW) {
+    const std::string trace = tmp_path("fbw_trace"), svg = tmp_path("fbw_svg");
+    ASSERT_TRUE(spit(trace, "[{\"name\": \"F1d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 0, \"dur\": 1},\n"
+                            " {\"name\": \"FB(2d,0u*)\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1, \"dur\": 2},\n"
+                            " {\"name\": \"W0u\", \"ph\": \"X\", \"pid\": 0, \"ts\": 3, \"dur\": 1}]\n"));
+    Result r = run({"--from-trace", trace, "--svg", svg, "--kind", "dualpipev"});
+    EXPECT_EQ(r.rc, 0) << r.err;
+    EXPECT_NE(r.out.find("measured mean costs (µs): F 1, B 0, W 1, F&B 3\n"), std::string::npos) << r.out;
+    remove(trace.c_str());
+    remove(svg.c_str());
+}
+
+// DualPipe gives each pipe its own micro-batches: an up pipe that starts at the down pipe's last id
+// (micro-batch 1 in both) does not fit, as an up pipe that starts below it does not.
+TEST(CmdSchedule, FromTraceDualPipeRefusesAMicroBatchInBothPipes) {
+    const std::string trace = tmp_path("both_trace"), svg = tmp_path("both_svg");
+    ASSERT_TRUE(spit(trace, "[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 0, \"dur\": 1},\n"
+                            " {\"name\": \"F1d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1, \"dur\": 1},\n"
+                            " {\"name\": \"F1u\", \"ph\": \"X\", \"pid\": 1, \"ts\": 2, \"dur\": 1}]\n"));
+    remove(svg.c_str());
+    Result r = run({"--from-trace", trace, "--svg", svg, "--kind", "dualpipe"});
+    EXPECT_EQ(r.rc, 2);
+    EXPECT_NE(r.err.find("does not fit " + trace + ": its up pipe runs micro-batch 1, not above the down pipe's "
+                         "(up to 1)"), std::string::npos) << r.err;
+    EXPECT_EQ(access(svg.c_str(), F_OK), -1);
+    remove(trace.c_str());
+}
+
+// Of several flags --from-trace refuses, the message names the first one given.
+TEST(CmdSchedule, FromTraceNamesTheFirstSimulatedOnlyFlag) {
+    Result r = run({"--from-trace", "x.json", "--svg", "/tmp/x.svg", "--pp", "2", "--chunks", "4", "--cost-f", "2"});
+    EXPECT_EQ(r.rc, 2);
+    EXPECT_NE(r.err.find("--from-trace draws a measured run: drop --pp (only a simulated schedule takes it)"),
+              std::string::npos) << r.err;
+}
+
 // Ops that overlap on one rank (two threads of a measured run): busy is the time any op ran, so
 // idle stays >= 0 (the review of 2026-12-05 saw "idle -10 µs (-100.0%)").
 TEST(CmdSchedule, OverlappingOpsCountOnce) {
