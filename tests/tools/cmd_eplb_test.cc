@@ -200,6 +200,45 @@ TEST(CmdEplb, BeforeIsNullWhenRanksDoNotDivideExperts) {
     remove(csv.c_str());
 }
 
+// Blanks and tabs around a value are no part of it, after it as before it ("5 ,1" as a spreadsheet
+// may write it): the same plan as without them.
+TEST(CmdEplb, BlanksAroundValuesAreNotPartOfThem) {
+    std::vector<std::string> flags = {"--replicas", "6", "--groups", "1", "--nodes", "2", "--ranks", "2"};
+    std::string plain = write_csv("5,1,3,1\n"), blanks = write_csv("5 ,\t1\t, 3 ,1 \n");
+    std::vector<std::string> a = {"--load", plain}, b = {"--load", blanks};
+    a.insert(a.end(), flags.begin(), flags.end());
+    b.insert(b.end(), flags.begin(), flags.end());
+    Result r = eplb(a), s = eplb(b);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(s.rc, 0) << s.err;
+    EXPECT_EQ(s.out, r.out);
+    remove(plain.c_str());
+    remove(blanks.c_str());
+}
+
+// With E == G the identity placement (one expert per rank) is measured like any other that G
+// divides: a number, not null. Loads 3 1 on 2 ranks: before = after = 3 / 2.
+TEST(CmdEplb, BeforeIsMeasuredWhenRanksEqualExperts) {
+    std::string csv = write_csv("3,1\n");
+    Result r = eplb({"--load", csv, "--replicas", "2", "--groups", "1", "--nodes", "1", "--ranks", "2"});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(r.out,
+              "{\"policy\": \"hierarchical\", \"layers\": [{\"phy2log\": [0, 1], \"log2phy\": [[0], [1]], "
+              "\"logcnt\": [1, 1], \"rank_load_max_over_mean_before\": 1.5, "
+              "\"rank_load_max_over_mean_after\": 1.5}]}\n");
+    remove(csv.c_str());
+}
+
+// DEL (0x7f) is a control character like those below 0x20: named as such, not quoted raw inside a
+// "not a finite number" message.
+TEST(CmdEplb, DelCharacterIsNamedAsAControlCharacter) {
+    std::string csv = write_csv("1,2\x7f\n");
+    Result r = eplb({"--load", csv, "--replicas", "2", "--groups", "1", "--nodes", "1", "--ranks", "2"});
+    EXPECT_EQ(r.rc, 2);
+    EXPECT_EQ(r.err, "moelab: error: eplb: " + csv + ": row 1, column 2: control character 0x7f in the value\n");
+    remove(csv.c_str());
+}
+
 TEST(CmdEplb, Help) {
     Result r = eplb({"--help"});
     EXPECT_EQ(r.rc, 0);
