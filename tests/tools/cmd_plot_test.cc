@@ -96,6 +96,24 @@ TEST(CmdPlot, ManyStepsShareColumns) {
     EXPECT_EQ(count(s, "<title>step 1000, expert 0: 3 tokens (1.50 x fair share)"), 1u);
 }
 
+// 400 logged steps make 200 columns of 2 steps each (named "steps a-b"), and about six step labels
+// under the columns, not one per column: every (200 + 5) / 6 = 34th column, from the first.
+TEST(CmdPlot, TwoStepColumnsAndSixStepLabels) {
+    std::string text;
+    for (int s = 1; s <= 400; s++)
+        text += "{\"step\": " + std::to_string(s) + ", \"expert_load\": [[3, 1]]}\n";
+    std::string m = write_file("two.jsonl", text), svg = tmp_path("two.svg");
+    Result r = plot({"--metrics", m, "--out", svg});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    std::string s = read_file(svg);
+    EXPECT_EQ(count(s, "<title>steps "), 200u * 2);
+    EXPECT_EQ(count(s, "<title>steps 1-2, expert 0: 6 tokens (1.50 x fair share)"), 1u);
+    EXPECT_EQ(count(s, "<title>steps 399-400, expert 1: 2 tokens (0.50 x fair share)"), 1u);
+    EXPECT_EQ(count(s, "text-anchor=\"middle\" font-size=\"11\">"), 6u);
+    for (int step : {1, 69, 137, 205, 273, 341})
+        EXPECT_EQ(count(s, "text-anchor=\"middle\" font-size=\"11\">" + std::to_string(step) + "</text>"), 1u) << step;
+}
+
 TEST(CmdPlot, DrawsHeatmapsAndRankLoads) {
     std::string m = write_file("m.jsonl", METRICS), svg = tmp_path("m.svg");
     Result r = plot({"--metrics", m, "--out=" + svg});
@@ -114,6 +132,80 @@ TEST(CmdPlot, DrawsHeatmapsAndRankLoads) {
     EXPECT_NE(s.find("step 2, MoE layer 0: max/mean 1.50 -&gt; 1.00"), std::string::npos);
     EXPECT_NE(s.find("<title>rank 0 before: 12.0 tokens</title>"), std::string::npos);
     EXPECT_NE(s.find("<title>rank 1 after: 8.0 tokens</title>"), std::string::npos);
+}
+
+// Where METRICS' rebalance and bars are drawn. 3 columns of cw = 24: the rebalance after step 2
+// (column 1) is a line at the column's right edge, x = 70 + 2 x 24 in both heatmaps. Layer 0's bars:
+// before 12 and 4, after 8 and 8; full height is the largest bar or 1.5 x the mean (8) = 12, so
+// heights 120 x load / 12.
+TEST(CmdPlot, RebalanceLineAndBarHeights) {
+    std::string m = write_file("pos.jsonl", METRICS), svg = tmp_path("pos.svg");
+    ASSERT_EQ(plot({"--metrics", m, "--out", svg}).rc, 0);
+    std::string s = read_file(svg);
+    EXPECT_EQ(count(s, "<line x1=\"118.00\" "), 2u);
+    EXPECT_EQ(count(s, "height=\"120.00\" fill=\"#969696\"><title>rank 0 before: 12.0 tokens"), 1u);
+    EXPECT_EQ(count(s, "height=\"40.00\" fill=\"#969696\"><title>rank 1 before: 4.0 tokens"), 1u);
+    EXPECT_EQ(count(s, "height=\"80.00\" fill=\"#2166ac\"><title>rank 0 after: 8.0 tokens"), 2u);  // both layers
+    EXPECT_EQ(count(s, "height=\"80.00\" fill=\"#969696\"><title>rank 0 before: 8.0 tokens"), 1u);  // layer 1
+}
+
+// The legend's seven swatches, shares 0 to 3 in steps of 0.5: blue → white (share 1) → red (3 and
+// more), each channel interpolated linearly and rounded.
+TEST(CmdPlot, LegendColors) {
+    std::string m = write_file("legend.jsonl", METRICS), svg = tmp_path("legend.svg");
+    ASSERT_EQ(plot({"--metrics", m, "--out", svg}).rc, 0);
+    std::string s = read_file(svg), got;
+    const std::string key = "width=\"28\" height=\"14\" fill=\"";
+    for (size_t at = s.find(key); at != std::string::npos; at = s.find(key, at + 1))
+        got += s.substr(at + key.size(), 7) + " ";
+    EXPECT_EQ(got, "#2166ac #8cafd2 #f7f7f7 #e6bfc4 #d58891 #c3505e #b2182b ");
+}
+
+// Of several rebalances, the charts show the first and the last, not one of the middle.
+TEST(CmdPlot, ChartsOfTheFirstAndTheLastRebalance) {
+    std::string text;
+    for (int s = 1; s <= 3; s++)
+        text += "{\"step\": " + std::to_string(s) + ", \"expert_load\": [[3, 1]], \"eplb\": {\"before\": [" +
+                std::to_string(s) + "], \"after\": [1], \"rank_load_before\": [[3, 1]], \"rank_load_after\": [[2, 2]]}}\n";
+    std::string m = write_file("three.jsonl", text), svg = tmp_path("three.svg");
+    Result r = plot({"--metrics", m, "--out", svg});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    std::string s = read_file(svg);
+    EXPECT_EQ(count(s, "step 1, MoE layer 0: max/mean 1.00 -&gt; 1.00"), 1u);
+    EXPECT_EQ(count(s, "step 2, MoE layer 0: max/mean"), 0u);
+    EXPECT_EQ(count(s, "step 3, MoE layer 0: max/mean 3.00 -&gt; 1.00"), 1u);
+}
+
+// A file saved with CRLF line ends, a blank line among them: the blank line ("\r") is skipped like
+// any other, and the picture is the one of the LF file.
+TEST(CmdPlot, CrlfLinesAndBlankLines) {
+    std::string crlf;
+    for (char c : std::string(METRICS)) crlf += c == '\n' ? std::string("\r\n") : std::string(1, c);
+    std::string m = write_file("crlf.jsonl", crlf), svg = tmp_path("crlf.svg");
+    std::string lf = write_file("lf.jsonl", METRICS), lf_svg = tmp_path("lf.svg");
+    Result r = plot({"--metrics", m, "--out", svg});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    ASSERT_EQ(plot({"--metrics", lf, "--out", lf_svg}).rc, 0);
+    EXPECT_EQ(read_file(svg), read_file(lf_svg));
+}
+
+// The bounds the rest of the file is held to: a step past 1e9 (an int overflowed) and an "after"
+// ratio beyond 1e15 (its 300 digits went into a chart title) are bad input, exit 2.
+TEST(CmdPlot, StepAndAfterRatioOutOfRange) {
+    const std::string svg = tmp_path("range.svg");
+    const std::pair<std::string, std::string> cases[] = {
+        {"{\"step\": 3000000000, \"expert_load\": [[1, 2]]}\n",
+         "line 1: \"step\" is missing or not a non-negative integer"},
+        {"{\"step\": 1, \"expert_load\": [[1, 2]], \"eplb\": {\"before\": [1], \"after\": [1e300], "
+         "\"rank_load_before\": [[1, 1]], \"rank_load_after\": [[1, 1]]}}\n",
+         "line 1: \"after\" value 1 is not a number in [0, 1e+15]"},
+    };
+    for (const auto &[text, message] : cases) {
+        std::string m = write_file("range.jsonl", text);
+        Result r = plot({"--metrics", m, "--out", svg});
+        EXPECT_EQ(r.rc, 2) << message;
+        EXPECT_EQ(r.err, "moelab: error: plot: " + m + ", " + message + "\n");
+    }
 }
 
 // moelab train's first metrics line holds the run's config and no step: plot draws the same picture
