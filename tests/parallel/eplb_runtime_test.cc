@@ -205,6 +205,43 @@ TEST(EplbRuntime, SlotsFollowThePlanAndOnlyChangedSlotsMove) {
     }
 }
 
+// slots_sent counts the slots that crossed ranks: a changed slot takes its expert from another slot of
+// its own rank where the rank held that expert before (a local copy, nothing sent), else from another
+// rank. One hot expert makes the plan put several replicas of it on a rank that held one, so local
+// copies happen; the skewed rounds move experts between ranks.
+TEST(EplbRuntime, SlotsSentAreTheChangedSlotsTheirRankDidNotHold) {
+    long local = 0, remote = 0;
+    for (int ep : ep_sizes())
+        for (int extra : {ep, 2 * ep}) {
+            Synthetic x(ep, TE + extra);
+            for (int round = 0; round < 3; round++) {
+                std::vector<long> load = skewed_load(round);
+                if (round == 0)
+                    for (int l = 0; l < TL; l++) load[(size_t)l * TE] = 1000;  // expert 0 hot in every layer
+                const std::vector<int> old = x.phy2log;
+                ASSERT_EQ(eplb_runtime_step(x.rt, load.data(), round), 1);
+                long sent = 0;
+                for (int l = 0; l < TL; l++)
+                    for (int q = 0; q < x.R; q++) {
+                        const size_t at = (size_t)l * x.R + q;
+                        const int e = x.phy2log[at];
+                        if (old[at] == e) continue;
+                        // The rank's old slots (n of them, from its first) in this layer.
+                        const int *rank_old = &old[(size_t)l * x.R + (size_t)(q / x.n) * x.n];
+                        const bool held = std::find(rank_old, rank_old + x.n, e) != rank_old + x.n;
+                        sent += !held;
+                        (held ? local : remote)++;
+                    }
+                EXPECT_EQ(x.rt->sent, sent) << "ep " << ep << " R " << x.R << " round " << round;
+                EXPECT_EQ(x.wrong_slots(), 0);
+            }
+        }
+    if (comm_world()->size > 1) {
+        EXPECT_GT(local, 0);
+        EXPECT_GT(remote, 0);
+    }
+}
+
 TEST(EplbRuntime, BeforeFigureIsThePlannersIdentityMeasure) {
     // With R = E the first placement is the identity, which eplb_rank_imbalance measures with NULL maps.
     for (int ep : ep_sizes()) {
