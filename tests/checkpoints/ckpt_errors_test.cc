@@ -381,6 +381,30 @@ TEST_F(CheckpointErrors, DataEpochBeyondTheLoader) {
     EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), msg);
 }
 
+// The bounds just at their edges: the loader's last epoch (2^32 − 1) passes and the first beyond it
+// (2^32) is refused; a step equal to the stored config's steps (12, the last a run saves) passes and
+// one more is refused by verify.
+TEST_F(CheckpointErrors, EpochAndStepBoundsAtTheirEdges) {
+    char *text = nullptr;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    const std::string last = with_int64_attr(single_, "epoch_last.h5", "state", "data_epoch", (1ll << 32) - 1);
+    verify(last.c_str(), out);
+    const std::string steps = with_int64_attr(single_, "step_last.h5", "state", "step", c_.steps);
+    verify(steps.c_str(), out);
+    fclose(out);
+    EXPECT_NE(std::string(text).find("epoch_last.h5: sound."), std::string::npos) << text;
+    EXPECT_NE(std::string(text).find("step_last.h5: sound."), std::string::npos) << text;
+    free(text);
+    const std::string p = with_int64_attr(single_, "epoch_first.h5", "state", "data_epoch", 1ll << 32);
+    const char *msg = "epoch_first.h5: /state holds data epoch 4294967296, beyond the data loader's 2\\^32 epochs";
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), msg);
+    EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), msg);
+    const std::string q = with_int64_attr(single_, "step_over.h5", "state", "step", c_.steps + 1);
+    EXPECT_EXIT(verify(q.c_str(), stdout), ExitedWithCode(2),
+                "step_over.h5: /state holds step 13, beyond the stored config's steps = 12: no run saves that");
+}
+
 // A stored config line that is no `key = value` (the file's own text, not a user's config) is named
 // with the checkpoint and the line.
 TEST_F(CheckpointErrors, StoredConfigLineWithoutEquals) {
