@@ -502,4 +502,31 @@ TEST(Checkpoint, VerifyAndInspectASoundCheckpoint) {
     free_state(h[1]);
 }
 
+// The count inspect prints under the tensor table is every float of the stored config's model: the
+// sum of its tensors' element counts (a whole model: one process holding every expert).
+TEST(Checkpoint, InspectCountsEveryParameter) {
+    core_set_quiet(1);
+    const MoeConfig c = tiny();
+    State h[2] = {make_state(c, 0, 2), make_state(c, 1, 2)};
+    const std::string path = temp_dir() + "/count.h5";
+    save_halves(path, c, h, some_state());
+    Model *whole = model_create(&c, 0, 1);
+    double n = 0;
+    for (int i = 0; i < whole->reg.n; i++) n += (double)whole->reg.p[i].numel;
+    model_free(whole);
+    char want[64];
+    snprintf(want, sizeof want, "\n%.0f parameters (%.2fM)\n", n, n / 1e6);
+    char *buf = nullptr;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    inspect(path.c_str(), f);
+    fclose(f);
+    std::string out(buf, len);
+    free(buf);
+    EXPECT_GT(n, 0);
+    EXPECT_NE(out.find(want), std::string::npos) << want << " in\n" << out;
+    free_state(h[0]);
+    free_state(h[1]);
+}
+
 }  // namespace
