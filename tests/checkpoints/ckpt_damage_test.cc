@@ -450,6 +450,14 @@ const Case kCases[] = {
          });
      },
      kIndex, "/optim/v/layers.2.experts.w2 (virtual mapping 1) selects rows beyond the dataset's 2", VERIFY | LOAD},
+    {"MappingOneRowBeyondTheSourceRows", INDEX,  // the last row selected is the first one past the extent
+     [](const std::string &d) {
+         rewrite_virtual(in(d, kIndex), kExpert, [](hid_t dcpl, std::vector<Mapping> &m) {
+             replace_space(&m[1].srcspace, rows({4, 16, 8}, 1, 2));  // rows 1..2 of part 1's 2 rows
+             add_all(dcpl, m);
+         });
+     },
+     kIndex, "/optim/v/layers.2.experts.w2 (virtual mapping 1) selects rows beyond the dataset's 2", VERIFY | LOAD},
     {"MappingOfPartRows", INDEX,
      [](const std::string &d) {
          rewrite_virtual(in(d, kIndex), kExpert, [](hid_t dcpl, std::vector<Mapping> &m) {
@@ -589,6 +597,9 @@ const Case kCases[] = {
      kSingle, "/optim/m/embed holds 512 NaN or infinite values (saved by a diverged run)", VERIFY | LOAD | INSPECT},
     {"NegativeSecondMoment", SINGLE,  // a resumed run took it, and ended at its save "diverged"
      [](const std::string &d) { replace_filled(in(d, kSingle), "/optim/v/embed", H5T_IEEE_F32LE, 32, 16, -1); },
+     kSingle, "/optim/v/embed holds 512 negative second moments", VERIFY | LOAD | INSPECT},
+    {"TinyNegativeSecondMoment", SINGLE,  // any value below 0, however small, is no second moment
+     [](const std::string &d) { replace_filled(in(d, kSingle), "/optim/v/embed", H5T_IEEE_F32LE, 32, 16, -1e-35); },
      kSingle, "/optim/v/embed holds 512 negative second moments", VERIFY | LOAD | INSPECT},
     {"TensorOfAnotherShape", SINGLE,
      [](const std::string &d) { replace_filled(in(d, kSingle), "/model/embed", H5T_IEEE_F32LE, 32, 8, 0); },
