@@ -38,6 +38,27 @@ done
 grep -q '"torch_dtype": "bfloat16"' "$tmp/hf_bf16/config.json"
 "${check[@]}" tokenizer "$tmp/hf_a_single" "$tmp/data/tokenizer.bin" "$probe" "$corpus"
 cmp "$tmp/hf_a_single/modeling_moelab.py" "$root/tools/export/modeling_moelab.py"
+# config.json's sizes are the checkpoint's stored config (as `ckpt inspect` prints it), and
+# tokenizer_config.json's model_max_length its seq_len. The logits check above takes T from
+# config.json itself, so a max_position_embeddings of seq_len - 1 passed it.
+for v in a b; do
+    "$moelab" ckpt inspect "$tmp/$v/single.h5" > "$tmp/inspect_$v.txt"
+    "${check[0]}" - "$tmp/inspect_$v.txt" "$tmp/hf_${v}_single" <<'PY'
+import json, sys
+text = open(sys.argv[1]).read().split("\nconfig:\n", 1)[1]
+stored = {k.strip(): v.strip() for k, _, v in (l.partition("=") for l in text.splitlines() if "=" in l)}
+cfg = json.load(open(sys.argv[2] + "/config.json"))
+tok = json.load(open(sys.argv[2] + "/tokenizer_config.json"))
+want = {"vocab_size": "vocab_size", "hidden_size": "d_model", "num_hidden_layers": "n_layers",
+        "num_attention_heads": "n_heads", "num_key_value_heads": "n_kv_heads", "max_position_embeddings": "seq_len",
+        "n_dense_layers": "n_dense_layers", "intermediate_size": "d_ff", "n_routed_experts": "n_experts",
+        "num_experts_per_tok": "top_k", "n_shared_experts": "n_shared", "moe_intermediate_size": "d_expert"}
+for hf, key in want.items():
+    assert cfg[hf] == int(stored[key]), (hf, cfg[hf], key, stored[key])
+assert cfg["head_dim"] == int(stored["d_model"]) // int(stored["n_heads"]), cfg["head_dim"]
+assert tok["model_max_length"] == int(stored["seq_len"]), tok["model_max_length"]
+PY
+done
 
 # Bad input: exit 2, the message, and no folder (nor temporary one) left behind.
 expect_usage() {  # expect_usage REGEX OUT ARGS...
