@@ -14,6 +14,7 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 extern "C" {
@@ -271,6 +272,26 @@ TEST_F(Gpu, RmsNorm) {
             EXPECT_EQ(0, memcmp(get_f32(*dA, D).data(), get_f32(*dB, D).data(), D * sizeof(float)));
         }
     }
+}
+
+// Rows of small values, whose mean square (3e-5) is below eps (1e-4): eps then sets most of the
+// scale, and a kernel that left it out passed the test above, whose rows make it 1e-5 of the
+// result (mutation test, 2026-12-07).
+TEST_F(Gpu, RmsNormEpsOfSmallRows) {
+    const int N = 40, D = 256;
+    const float eps = 1e-4f;
+    Vec x = rnd((size_t)N * D, -0.01f, 0.01f), g = rnd(D, 0.5f, 1.5f), dy = rnd((size_t)N * D);
+    Vec out(x.size()), r(N), dx(x.size()), part(rmsnorm_partial_floats(N, D));
+    rmsnorm_forward(out.data(), r.data(), x.data(), g.data(), N, D, eps);
+    rmsnorm_backward_input(dx.data(), part.data(), nullptr, dy.data(), x.data(), g.data(), r.data(), N, D);
+    BufP dX = put_f32(x), dG = put_f32(g), dDy = put_f32(dy);
+    BufP dOut = poisoned(x.size(), CORE_F32), dR = poisoned(N, CORE_F32), dDx = poisoned(x.size(), CORE_F32);
+    BufP dPart = poisoned(part.size(), CORE_F32);
+    rmsnorm_cuda_forward(CORE_F32, dOut->p, dR->f(), dX->p, dG->p, N, D, eps);
+    rmsnorm_cuda_backward_input(CORE_F32, dDx->p, dPart->f(), nullptr, dDy->p, dX->p, dG->p, dR->f(), N, D);
+    EXPECT_CLOSE(get_f32(*dR, N), r, CORE_F32, "rmsnorm rstd, small rows");
+    EXPECT_CLOSE(get_f32(*dOut, out.size()), out, CORE_F32, "rmsnorm forward, small rows");
+    EXPECT_CLOSE(get_f32(*dDx, dx.size()), dx, CORE_F32, "rmsnorm backward_input, small rows");
 }
 
 // Head sizes 16 and 64 take the 16-byte path, 12 the element path; 5 heads leave the last pair of
@@ -1245,20 +1266,58 @@ TEST_F(Gpu, RouterTiesGoToTheLowerExpertId) {
     EXPECT_EQ(get_int(*dIdx, 5), (IVec{0, 1, 2, 3, 4}));
 }
 
+// A token whose logits are all NaN (a diverged step, which the trainer then skips or stops at)
+// still goes to experts inside [0, E): the K lowest ids, as router.c's insertion gives them, with
+// and without the training counts. A kernel that kept NaN keys chose expert E, outside every
+// buffer, and passed every test (mutation test, 2026-12-07).
+TEST_F(Gpu, RouterNaNLogitsChooseExpertsInRange) {
+    const int E = 40, K = 5, N = 3;
+    for (int softmax : {0, 1})
+        for (bool count : {false, true}) {
+            RouterCfg c = {E, K, softmax, 1, 1.0f};
+            Vec l = rnd((size_t)N * E, -3, 3);
+            std::fill(l.begin() + E, l.begin() + 2 * E, NAN);  // token 1
+            Vec s((size_t)N * E), g((size_t)N * K);
+            IVec idx((size_t)N * K);
+            router_forward(s.data(), idx.data(), g.data(), l.data(), NULL, &c, N, NULL);
+            const IVec lowest = {0, 1, 2, 3, 4};
+            EXPECT_EQ(IVec(idx.begin() + K, idx.begin() + 2 * K), lowest) << "the CPU";
+            BufP dL = put_f32(l), dS = poisoned((size_t)N * E, CORE_F32), dG = poisoned((size_t)N * K, CORE_F32);
+            BufP dIdx = put_int(IVec((size_t)N * K, -1));
+            Buf dCounts(E * sizeof(long));
+            core_cuda_memset(dCounts.p, 0, E * sizeof(long));
+            router_cuda_forward(dS->f(), dIdx->i(), dG->f(), dL->f(), NULL, &c, N, count ? (long *)dCounts.p : NULL);
+            const IVec got = get_int(*dIdx, idx.size());
+            EXPECT_EQ(IVec(got.begin() + K, got.begin() + 2 * K), lowest) << "softmax " << softmax << ", counts " << count;
+            for (int e : got) EXPECT_TRUE(e >= 0 && e < E) << "expert id " << e;
+            if (count) {
+                std::vector<long> counts(E);
+                dev()->download(counts.data(), dCounts.p, E * sizeof(long));
+                EXPECT_EQ(std::accumulate(counts.begin(), counts.end(), 0L), (long)N * K);
+            }
+        }
+}
+
+// T 40 gives two blocks of rows per sequence; T 1100 gives 35, more than the 32 lanes that add a
+// sequence's parts (a mean that added only the first 32 passed with T 40 alone).
 TEST_F(Gpu, RouterBalanceLoss) {
-    const int B = 3, T = 40, E = 16, K = 4, N = B * T;
-    RouterCfg c = {E, K, 0, 1, 1.0f};
-    Vec l = rnd((size_t)N * E, -3, 3), s((size_t)N * E), g((size_t)N * K);
-    IVec idx((size_t)N * K);
-    router_forward(s.data(), idx.data(), g.data(), l.data(), NULL, &c, N, NULL);
-    Vec ds = rnd((size_t)N * E);
-    BufP dS = put_f32(s), dIdx = put_int(idx), dDs = put_f32(ds), dLoss = poisoned(1, CORE_F32);
-    Vec loss = {router_balance_loss(s.data(), idx.data(), B, T, E, K)};
-    router_balance_loss_backward(ds.data(), 0.7f, s.data(), idx.data(), B, T, E, K);
-    router_cuda_balance_loss(dLoss->f(), dS->f(), dIdx->i(), B, T, E, K);
-    router_cuda_balance_loss_backward(dDs->f(), 0.7f, dS->f(), dIdx->i(), B, T, E, K);
-    EXPECT_CLOSE(get_f32(*dLoss, 1), loss, CORE_F32, "router balance loss");
-    EXPECT_CLOSE(get_f32(*dDs, ds.size()), ds, CORE_F32, "router balance loss backward");
+    const int E = 16, K = 4;
+    for (int T : {40, 1100}) {
+        const int B = T > 64 ? 2 : 3, N = B * T;
+        RouterCfg c = {E, K, 0, 1, 1.0f};
+        Vec l = rnd((size_t)N * E, -3, 3), s((size_t)N * E), g((size_t)N * K);
+        IVec idx((size_t)N * K);
+        router_forward(s.data(), idx.data(), g.data(), l.data(), NULL, &c, N, NULL);
+        Vec ds = rnd((size_t)N * E);
+        BufP dS = put_f32(s), dIdx = put_int(idx), dDs = put_f32(ds), dLoss = poisoned(1, CORE_F32);
+        Vec loss = {router_balance_loss(s.data(), idx.data(), B, T, E, K)};
+        router_balance_loss_backward(ds.data(), 0.7f, s.data(), idx.data(), B, T, E, K);
+        router_cuda_balance_loss(dLoss->f(), dS->f(), dIdx->i(), B, T, E, K);
+        router_cuda_balance_loss_backward(dDs->f(), 0.7f, dS->f(), dIdx->i(), B, T, E, K);
+        const std::string at = " (T " + std::to_string(T) + ")";
+        EXPECT_CLOSE(get_f32(*dLoss, 1), loss, CORE_F32, ("router balance loss" + at).c_str());
+        EXPECT_CLOSE(get_f32(*dDs, ds.size()), ds, CORE_F32, ("router balance loss backward" + at).c_str());
+    }
 }
 
 // The expert counts that the router's forward adds up as it chooses, and the bias update of a
@@ -1765,6 +1824,31 @@ TEST_F(Gpu, AdamWManySpans) {
             EXPECT_EQ(p[j], p0[j]) << j;
             EXPECT_TRUE(std::isnan(low[j])) << j;
         }
+    }
+}
+
+// A ZeRO-1 shard steps its own fp32 buffers (from g_at) into the full bf16 compute copy at another
+// place (p_at). Where that place breaks the 16-byte alignment the fp32 side has (p_at − g_at not a
+// multiple of 4), the step takes one element a thread: the same bits as the tensor stepped at p_at =
+// g_at. No test had p_at ≠ g_at, and a table that ignored the copy's alignment passed (mutation test,
+// 2026-12-07).
+TEST_F(Gpu, AdamWIntoAComputeCopyAtAnotherPlace) {
+    const long n = 1000;
+    const AdamwHyper h = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 1.0f};
+    Vec p0 = rnd((size_t)n), g = rnd((size_t)n, -0.5f, 0.5f);
+    BufP dG = put_f32(g);
+    BufP dP = put_f32(p0), dM(new Buf(n * 4)), dV(new Buf(n * 4)), dLow = poisoned(n, CORE_BF16);
+    const AdamwSpan same = {0, 0, n, 1};
+    adamw_cuda_step(dP->f(), dG->f(), dM->f(), dV->f(), dLow->p, CORE_BF16, &same, 1, &h);
+    const Vec want = get_f32(*dP, n), want_low = get(*dLow, CORE_BF16, n);
+    for (long at : {1L, 2L, 3L, 4L, 6L}) {
+        BufP dP1 = put_f32(p0), dM1(new Buf(n * 4)), dV1(new Buf(n * 4)), dLow1 = poisoned(n + 8, CORE_BF16);
+        const AdamwSpan moved = {at, 0, n, 1};
+        adamw_cuda_step(dP1->f(), dG->f(), dM1->f(), dV1->f(), dLow1->p, CORE_BF16, &moved, 1, &h);
+        EXPECT_EQ(get_f32(*dP1, n), want) << "p_at " << at;
+        const Vec low = get(*dLow1, CORE_BF16, n + 8);
+        EXPECT_EQ(Vec(low.begin() + at, low.begin() + at + n), want_low) << "p_at " << at;
+        for (long j = 0; j < at; j++) EXPECT_TRUE(std::isnan(low[j])) << "before the span: " << j;
     }
 }
 
