@@ -334,6 +334,31 @@ TEST(Validator, MissingAndForeignOps) {
     EXPECT_EQ(validate(d.get()), "rank 0 op 0: unknown op kind 9");
 }
 
+// The validator's checks that the generators never trip: an F&B whose two halves are one
+// micro-batch, a W naming the right micro-batch in the wrong pipe (a DualPipeV micro-batch visits a
+// rank in both), and a micro-batch id equal to C (one past the last) are each refused with their
+// own message, not passed on to a deadlock, a missing W or reads beyond the (C, L) flags.
+TEST(Validator, SelfFAndBWrongPipeWAndIdPastLast) {
+    auto one = build(SCHED_1F1B, 1, 1);  // F0d B0d
+    one->ops[0][0] = SchedOp{SCHED_FB, {0, SCHED_DOWN, 0}, {0, SCHED_DOWN, 0}, 0};
+    EXPECT_EQ(validate(one.get()), "rank 0 op 0: F&B of micro-batch 0 with itself");
+
+    auto v = build(SCHED_DUALPIPEV, 1, 2);
+    const int n = v->n_ops[0];
+    ASSERT_EQ(label(v->ops[0][n - 1]), "W1d");
+    v->ops[0][n - 1].b.pipe = SCHED_UP;
+    EXPECT_EQ(validate(v.get()), "rank 0 op " + std::to_string(n - 1) + ": W names micro-batch 1 (pipe up) "
+                                 "but the oldest deferred backward is micro-batch 1 (pipe down)");
+
+    auto f = build(SCHED_1F1B, 2, 2);
+    EXPECT_EQ(sched_path_pos(f.get(), 0, SCHED_DOWN, 1), 0);
+    EXPECT_EQ(sched_path_pos(f.get(), 0, SCHED_DOWN, 2), -1);
+    EXPECT_EQ(sched_path_pos(f.get(), 1, SCHED_DOWN, 2), -1);
+    f->ops[0][0].f.mb = 2;
+    EXPECT_EQ(validate(f.get()), "rank 0 op 0: forward of micro-batch 2 in pipe down does not exist in a 1f1b "
+                                 "schedule with 2 ranks and 2 micro-batches");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Simulator.
 
@@ -367,6 +392,19 @@ TEST(Simulator, P2pLatency) {
     EXPECT_EQ(t->ev[0][1].start, 5);
     EXPECT_EQ(t->t1, 7);
     EXPECT_EQ(t->bubble[0], 4);
+}
+
+// A message between two positions on one rank (the tip of DualPipeV's V) is there at once, without
+// the p2p latency: with one rank every message is local, so the rank never idles and each op starts
+// where the one before it ended (F0u right after F0d).
+TEST(Simulator, LocalMessagesHaveNoLatency) {
+    auto s = build(SCHED_DUALPIPEV, 1, 2);
+    auto t = sim(s.get(), {1, 2, 1, 3, 0.5});
+    ASSERT_EQ(label(t->ev[0][1].op), "F0u");
+    EXPECT_EQ(t->ev[0][1].start, 1);
+    for (int i = 1; i < t->n[0]; i++) EXPECT_EQ(t->ev[0][i].start, t->ev[0][i - 1].end) << i;
+    EXPECT_EQ(t->bubble[0], 0);
+    EXPECT_EQ(t->t1, t->busy[0]);
 }
 
 TEST(Simulator, DeferredCosts) {
@@ -652,6 +690,55 @@ TEST(Output, SvgTimeAxisEndsOnAnyLastSpan) {
         // A tick is a line and a label on one output line; the axis itself is a line alone.
         EXPECT_EQ(count(svg, "\" stroke=\"#333\"/><text"), sp.ticks) << sp.t1;
     }
+}
+
+// Op texts with more after them, and micro-batch ids above 10^9 (which strtol takes, and an int may
+// not hold), are no ops.
+TEST(Output, ParseRefusesTrailingTextAndHugeIds) {
+    SchedOp op;
+    EXPECT_EQ(sched_op_parse("FB(1d,2u)", &op), 0);
+    for (const char *bad : {"FB(1d,2u)x", "FB(1d,2u))", "F1000000001d", "B99999999999u", "FB(1d,5000000000u)"})
+        EXPECT_EQ(sched_op_parse(bad, &op), 1) << bad;
+    ASSERT_EQ(sched_op_parse("W1000000000u", &op), 0);
+    EXPECT_EQ(op.b.mb, 1000000000);
+}
+
+// What the SVG draws of each op and rank: an F's colour by its pipe (up darker), an F&B's right half
+// in its backward's colour, each rank's own idle time in the right column, the width capped at 3000
+// px of plot however short the shortest op, a cell's id only where it fits, and U+FFFE (no XML
+// character) in the title not written as it is (U+FFFD in its place).
+TEST(Output, SvgColoursIdleWidthAndLabels) {
+    SimEvent r0[2] = {{{}, 0, 1}, {{}, 1, 2}};
+    SimEvent r1[2] = {{{}, 0, 1000}, {{}, 1000, 1000.001}};
+    ASSERT_EQ(sched_op_parse("F3u", &r0[0].op), 0);
+    ASSERT_EQ(sched_op_parse("FB(4d,1u)", &r0[1].op), 0);
+    ASSERT_EQ(sched_op_parse("F7d", &r1[0].op), 0);
+    ASSERT_EQ(sched_op_parse("B8d", &r1[1].op), 0);
+    int n[2] = {2, 2};
+    SimEvent *rows[2] = {r0, r1};
+    double busy[2] = {2, 1000.001}, bubble[2] = {998.25, 0.5};
+    SimTimeline t = {2, n, rows, 0, 1000.001, busy, bubble};
+    const std::string svg = svg_text(&t, "a\xEF\xBF\xBE" "b", "u");
+    // F3u: the up pipe's orange; F7d: the down pipe's.
+    EXPECT_NE(svg.find("fill=\"#ef9a3c\" stroke=\"#333\" stroke-width=\"0.6\"><title>F3u"), std::string::npos) << svg;
+    EXPECT_NE(svg.find("fill=\"#fcd5a4\" stroke=\"#333\" stroke-width=\"0.6\"><title>F7d"), std::string::npos) << svg;
+    // FB(4d,1u): left half the down F's orange, right half the up B's blue.
+    EXPECT_NE(svg.find("fill=\"#fcd5a4\" stroke=\"#333\" stroke-width=\"0.6\"><title>FB(4d,1u)"), std::string::npos);
+    EXPECT_EQ(count(svg, "<rect class=\"fb-half\""), 1);
+    EXPECT_NE(svg.find("<rect class=\"fb-half\""), std::string::npos);
+    EXPECT_NE(svg.substr(svg.find("<rect class=\"fb-half\"")).find("fill=\"#4a8fd6\"/>"), std::string::npos);
+    EXPECT_EQ(svg.substr(svg.find("<rect class=\"fb-half\"")).find("fill=\"#4a8fd6\"/>"),
+              svg.substr(svg.find("<rect class=\"fb-half\"")).find("fill="));
+    // Each rank's idle time.
+    EXPECT_EQ(count(svg, "font-size=\"12\">998.25</text>"), 1);
+    EXPECT_EQ(count(svg, "font-size=\"12\">0.5</text>"), 1);
+    // 70 px of rank names + 3000 px of plot + 110 px of idle column.
+    EXPECT_NE(svg.find("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"3180\" "), std::string::npos);
+    // B8d lasts 0.001 of 1000: 0.003 px, no room for its "8".
+    EXPECT_EQ(count(svg, "text-anchor=\"middle\">8</text>"), 0);
+    EXPECT_EQ(count(svg, "text-anchor=\"middle\">7</text>"), 1);
+    EXPECT_NE(svg.find(">a\xEF\xBF\xBD"), std::string::npos);
+    EXPECT_EQ(svg.find("\xEF\xBF\xBE"), std::string::npos);
 }
 
 // ---------------------------------------------------------------------------------------------
