@@ -641,6 +641,39 @@ TEST(MoeLayerDeathTest, Misuse) {
     d->destroy(d);
 }
 
+// Bad arguments that no caller in the engine passes but the API takes: a negative balance-loss
+// weight (it would reward imbalance), an empty batch, a dispatcher without experts, a routing of
+// K = 0 choices and a grouped call with a negative row count all stop with their message instead of
+// running on.
+TEST(MoeLayerDeathTest, BadArguments) {
+    MoeShape s = shape(0, 0, 1, 1.0f, 0.0f);
+    Model m(s, 52);
+    MoeParams p = m.params();
+    std::vector<float> x((size_t)2 * s.D, 0.5f), y(x.size());
+    MoeDispatcher *d = moe_local_dispatcher_create(s.E);
+    MoeShape neg = shape(0, 0, 1, 1.0f, -0.01f);
+    EXPECT_EXIT(
+        {
+            MoeActs a;
+            moe_forward(y.data(), &a, x.data(), &neg, &p, d, 1, 2, NULL);
+        },
+        testing::ExitedWithCode(1), "balance loss weight alpha must be >= 0, got -0.01");
+    EXPECT_EXIT(
+        {
+            MoeActs a;
+            moe_forward(y.data(), &a, x.data(), &s, &p, d, 0, 2, NULL);
+        },
+        testing::ExitedWithCode(1), "need B >= 1 and T >= 1, got B = 0, T = 2");
+    EXPECT_EXIT(moe_local_dispatcher_create(0), testing::ExitedWithCode(1), "need at least one expert, got E = 0");
+    std::vector<int> idx = {0, 1};
+    int n_rows, counts[6];
+    EXPECT_EXIT(d->plan(d, idx.data(), 2, 0, &n_rows, counts), testing::ExitedWithCode(1),
+                "bad routing shape N = 2, K = 0");
+    const int rows[3] = {2, -1, 3};
+    EXPECT_EXIT(ops_groups_host(rows, 3), testing::ExitedWithCode(1), "group 1 has -1 rows");
+    d->destroy(d);
+}
+
 // The CPU table's expert-parallel plan (layers/ops.h ep_plan, the arithmetic of the GPU kernel):
 // slots 0..3 hold experts 0, 1, 2 and a replica of 0; rank me = 1 starts each expert's replicas one
 // further. An id outside [0, E) is counted in no slot and sorts after every slot.
