@@ -499,6 +499,95 @@ TEST(Model, ActsBytesCountTheArena) {
     }
 }
 
+// The model FLOPs that bench reports per token (docs/BENCHMARKS.md: 6 × the multiply-adds of every
+// matrix a token passes, plus causal attention), worked out by hand for one config: per layer Wq, Wk,
+// Wv, Wo = 16·16 + 2·8·16 + 16·16 = 768 and the attention's two products over (T + 1) / 2 = 4.5 keys
+// on average, 2·16·4.5 = 144; the dense FFN 3·16·24 = 1152; a MoE layer's router 4·16 and
+// (K + S) = 3 SwiGLU experts 3·3·16·8 = 1216; the head 64·16 = 1024.
+TEST(Model, TrainFlopsPerTokenIsSixTimesTheMultiplyAdds) {
+    MoeConfig c = tiny(1);
+    c.V = 64;
+    c.L = 3;
+    const double macs = 3 * (768 + 144) + 1152 + 2 * 1216 + 1024;
+    EXPECT_EQ(model_train_flops_per_token(&c), 6 * macs);
+}
+
+// Initialization (docs/architecture.md §2): matrices N(0, 0.02), the output projections (Wo, the
+// dense W2, the experts' W2) N(0, 0.02 / sqrt(2L)). Root mean squares of the seeded draws, within
+// 10 % (each of 2048 to 16384 values; the two scales differ by 41 %).
+TEST(Model, OutputProjectionsInitializeScaledByTwoL) {
+    MoeConfig c = tiny(1);
+    c.L = 4; c.D = 64; c.F = 64; c.Fe = 32;
+    Model *m = model_create(&c, 0, 1);
+    model_init_weights(m);
+    auto sd = [&](const char *name) {
+        const int i = params_find(&m->reg, name);
+        const float *x = params_ptr(&m->reg, name);
+        const size_t n = m->reg.p[i].numel;
+        double s = 0;
+        for (size_t j = 0; j < n; j++) s += (double)x[j] * x[j];
+        return std::sqrt(s / (double)n);
+    };
+    const double out = 0.02 / std::sqrt(2.0 * c.L);
+    for (const char *name : {"layers.0.wq", "layers.2.wv", "layers.0.w13", "layers.3.experts.w13"})
+        EXPECT_NEAR(sd(name), 0.02, 0.002) << name;
+    for (const char *name : {"layers.0.wo", "layers.0.w2", "layers.2.experts.w2", "layers.3.shared.w2"})
+        EXPECT_NEAR(sd(name), out, 0.1 * out) << name;
+    model_free(m);
+}
+
+// EPLB's redundant slots: before any rebalance slot p of a MoE layer holds expert p mod E (the
+// replicas of experts 0, 1, ... fill the extra slots), a dense layer none; and experts plus
+// redundant slots that do not split evenly over the EP ranks are refused.
+TEST(Model, RedundantSlotsStartAsReplicasOfTheFirstExperts) {
+    MoeConfig c = tiny(1);
+    c.eplb_redundant = 2;
+    Model *m = model_create(&c, 0, 2);
+    ASSERT_EQ(m->R, 6);
+    EXPECT_EQ(m->n_local, 3);
+    const int want[2][6] = {{-1, -1, -1, -1, -1, -1}, {0, 1, 2, 3, 0, 1}};
+    for (int l = 0; l < 2; l++)
+        for (int p = 0; p < 6; p++) EXPECT_EQ(m->phy2log[l * 6 + p], want[l][p]) << l << " " << p;
+    model_free(m);
+    c.eplb_redundant = 1;
+    EXPECT_EXIT(model_create(&c, 0, 2), ::testing::ExitedWithCode(1),
+                "4 experts \\+ 1 redundant slots cannot be split evenly over 2 expert-parallel ranks");
+}
+
+// The router_skew test knob: bias e = skew · (E − 1 − e) / E, so the last expert's is 0 and the
+// first's the largest.
+TEST(Model, RouterSkewBiasesTheLowIds) {
+    MoeConfig c = tiny(1);
+    c.router_skew = 0.8f;
+    Model *m = model_create(&c, 0, 1);
+    model_init_weights(m);
+    const float want[4] = {0.6f, 0.4f, 0.2f, 0.0f};
+    for (int e = 0; e < 4; e++) EXPECT_FLOAT_EQ(m->w[1].moe.bias[e], want[e]) << e;
+    EXPECT_EQ(m->w[0].moe.bias, nullptr);  // the dense layer has none
+    model_free(m);
+}
+
+// What the host-memory check adds per MoE layer beyond the arena (model.h): the router's logits,
+// scores, ids and gates, N·(2E + 2K) 4-byte values, and the expert rows' inputs and SwiGLU products,
+// N·K·(D + 2·Fe) values; and, with experts wider than the dense FFN (K·Fe 32 > F 24), the backward's
+// dab and dh of the expert rows, N·K·3·Fe values.
+TEST(Model, ActsBytesCountTheMoeLayersAndTheirBackward) {
+    MoeConfig c = tiny(1);
+    c.Fe = 16;
+    Model *m = model_create(&c, 0, 1);
+    model_init_weights(m);
+    std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 1);
+    ModelActs a;
+    model_forward(m, &a, tok.data(), c.batch_size, c.T, 1);
+    double bwd;
+    const double est = model_acts_bytes(m, c.batch_size, c.T, &bwd);
+    const double N = c.batch_size * c.T, rows = N * c.K;
+    EXPECT_EQ(est, (double)a.arena_cap + N * (2.0 * c.E + 2.0 * c.K) * 4 + rows * (c.D + 2.0 * c.Fe) * 4);
+    EXPECT_EQ(bwd, rows * 3.0 * c.Fe * sizeof(float));
+    model_acts_free(m, &a);
+    model_free(m);
+}
+
 // Top-k keeps the k largest logits, a tie at the cut-off going to the lower id: with id V-1 the
 // largest and every other logit equal, top-2 draws only V-1 and 0 (the selection's swaps moved ids
 // out of order, and it kept id 1 instead of 0; review, 2026-12-06).
@@ -588,6 +677,18 @@ TEST(ModelDeath, TokenOutsideTheVocabulary) {
             EXPECT_EXIT(model_forward(m, &a, t.data(), 2, c.T, 1), ::testing::ExitedWithCode(2),
                         "token id " + std::to_string(bad) + " outside the vocabulary \\[0, " + std::to_string(c.V) + "\\)");
         }
+    model_free(m);
+}
+
+// A sequence longer than the config's seq_len is refused: the arena, RoPE and the attention are
+// sized for at most T positions.
+TEST(ModelDeath, SequenceLongerThanSeqLen) {
+    const MoeConfig c = tiny(1);
+    Model *m = model_create(&c, 0, 1);
+    std::vector<int> tok((size_t)(c.T + 2), 1);
+    ModelActs a;
+    EXPECT_EXIT(model_forward(m, &a, tok.data(), 1, c.T + 1, 1), ::testing::ExitedWithCode(1),
+                "sequence length 9 outside \\[1, 8\\]");
     model_free(m);
 }
 
