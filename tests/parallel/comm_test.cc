@@ -236,6 +236,34 @@ void check_grid(int pp, int ep) {
     grid_free(g);
 }
 
+// Bad arguments of the calls' own checks, on a one-process group (no MPI calls): a tag above 32767,
+// a peer outside the group, a send to this rank itself, a send/recv or all-to-all-v whose sizes
+// differ, a timeout of 0, a negative split color and a reduction of 16-bit words each stop with
+// their message. (One process only: with more, a stopping rank ends the whole job.)
+TEST(CommDeathTest, BadArgumentsOnOneProcess) {
+    if (world()->size != 1) GTEST_SKIP() << "needs a world of one process";
+    Comm one = {.name = "one", .rank = 0, .size = 1, .world_of = nullptr, .ops = nullptr, .impl = nullptr};
+    float a[4] = {1, 2, 3, 4}, b[4] = {0, 0, 0, 0};
+    EXPECT_EXIT(comm_sendrecv(&one, a, 1, 0, b, 1, 0, COMM_F32, 32768), ::testing::ExitedWithCode(1),
+                "send/recv on group one: tag 32768 outside \\[0, 32767\\]");
+    EXPECT_EXIT(comm_sendrecv(&one, a, 1, 1, b, 1, 0, COMM_F32, 0), ::testing::ExitedWithCode(1),
+                "send/recv on group one names rank 1, outside \\[0, 1\\)");
+    EXPECT_EXIT(comm_send(&one, a, 1, COMM_F32, 0, 0), ::testing::ExitedWithCode(1),
+                "send on group one addressed to this rank itself");
+    EXPECT_EXIT(comm_sendrecv(&one, a, 2, 0, b, 3, 0, COMM_F32, 0), ::testing::ExitedWithCode(1),
+                "sends 2 elements but expects 3");
+    const size_t two = 2, three = 3;
+    EXPECT_EXIT(comm_alltoallv(&one, a, &two, b, &three, COMM_F32), ::testing::ExitedWithCode(1),
+                "sends 2 elements to itself but expects 3");
+    EXPECT_EXIT(comm_set_timeout(0), ::testing::ExitedWithCode(1), "the timeout must be positive, got 0 s");
+    EXPECT_EXIT(comm_split(&one, -1, 0, "neg"), ::testing::ExitedWithCode(1), "needs color >= 0, got -1");
+    EXPECT_EXIT(comm_allreduce(&one, a, 2, COMM_B16, COMM_SUM), ::testing::ExitedWithCode(1),
+                "all-reduce on group one of 16-bit words");
+    // What they guard passes: the equal sizes are copied.
+    comm_sendrecv(&one, a, 2, 0, b, 2, 0, COMM_F32, 32767);
+    EXPECT_EQ(b[1], 2.0f);
+}
+
 TEST(Grid, EveryLayoutOfThisWorld) {
     const int W = world()->size;
     int layouts = 0;
