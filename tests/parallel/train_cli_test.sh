@@ -17,6 +17,15 @@ mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 4 --metrics "$tmp/ep4.jso
 
 grep -q "grid: world 4 = pp 1 x dp 4, dp = ep 2 x edp 2 | 4 of 8 experts per rank" "$tmp/dp4ep2.log" ||
     { echo "FAIL: the grid is not in the log:"; cat "$tmp/dp4ep2.log"; exit 1; }
+# The model line counts the whole model's parameters, every expert once, whatever the layout; what
+# rank 0 holds of them follows in parentheses.
+params() { grep -o '| [0-9.]*M parameters' "$1" | head -1; }
+for run in ep2 dp4ep2 ep4; do
+    [ -n "$(params "$tmp/one.log")" ] && [ "$(params "$tmp/$run.log")" = "$(params "$tmp/one.log")" ] ||
+        { echo "FAIL: $run counts $(params "$tmp/$run.log"), the one-process run $(params "$tmp/one.log")"; exit 1; }
+done
+grep -qE "M parameters \([0-9.]+M on rank 0\)$" "$tmp/ep4.log" ||
+    { echo "FAIL: no count of rank 0's parameters in the EP 4 log:"; grep "model:" "$tmp/ep4.log"; exit 1; }
 [ "$(grep -c '"step"' "$tmp/one.jsonl")" = 3 ] || { echo "FAIL: expected 3 metrics lines"; exit 1; }
 
 # The validation loss at the end too: every rank evaluates the same sequences (each DP rank read its
