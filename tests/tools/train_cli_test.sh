@@ -63,6 +63,31 @@ done
 l1=$(grep -o '"loss": [0-9.]*' "$tmp/m1.jsonl"); l2=$(grep -o '"loss": [0-9.]*' "$tmp/m2.jsonl")
 [ "$l1" = "$l2" ] || { echo "two runs with one seed differ: $l1 vs $l2"; exit 1; }
 
+# The unigram entropy the run starts with: -sum p log p over the training shard's token ids (p their
+# frequencies), recomputed here from train.bin.
+/usr/bin/python3 - "$tmp/data" "$tmp/run1.log" <<'PY' || { echo "FAIL: the training tokens' unigram entropy"; exit 1; }
+import math, re, struct, sys
+b = open(sys.argv[1] + "/train.bin", "rb").read()
+vocab, n, width = struct.unpack_from("<IQI", b, 12)
+cnt = {}
+for i in range(n):
+    t = int.from_bytes(b[32 + i * width:32 + (i + 1) * width], "little")
+    cnt[t] = cnt.get(t, 0) + 1
+h = -sum(c / n * math.log(c / n) for c in cnt.values())
+got = float(re.search(r"unigram entropy of the training tokens: ([0-9.]+) nats/token", open(sys.argv[2], errors="replace").read()).group(1))
+assert abs(got - h) < 1e-4, (got, h)
+PY
+# A validation over --val-batches 2 is the mean of the two batches' losses, not their sum: an
+# untrained model scores about ln 256 = 5.55 nats/token either way.
+"$moelab" train "${args[@]}" --steps 1 --val-batches 2 --sample-tokens 0 > "$tmp/val2.log"
+grep -E "^step +0/1 \| val [0-9.]+ \(before training\)" "$tmp/val2.log" | awk '{ v = $5
+    if (v < 5.05 || v > 6.05) { print "FAIL: validation loss " v " over 2 batches is not about ln 256"; exit 1 } }'
+grep -qE "^step +0/1 \| val " "$tmp/val2.log" || { echo "FAIL: no validation before training"; cat "$tmp/val2.log"; exit 1; }
+# skipped_steps is in the metrics of a run that may skip steps (--nonfinite-skip > 0) only.
+! grep -q '"skipped_steps"' "$tmp/m1.jsonl" || { echo "FAIL: skipped_steps without --nonfinite-skip"; exit 1; }
+"$moelab" train "${args[@]}" --steps 1 --nonfinite-skip 2 --sample-tokens 0 --metrics "$tmp/skip.jsonl" > /dev/null
+grep -q '"skipped_steps": 0' "$tmp/skip.jsonl" || { echo "FAIL: no skipped_steps with --nonfinite-skip 2"; cat "$tmp/skip.jsonl"; exit 1; }
+
 expect_usage() {  # expect_usage REGEX ARGS...
     local re=$1; shift
     set +e
