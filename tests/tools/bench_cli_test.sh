@@ -56,6 +56,30 @@ expect_usage "bench: --eplb-interval does not apply" --config "$cfg" --eplb-inte
 "$moelab" bench --config "$tmp/run.cfg" --steps 1 --seconds 0 > "$tmp/out" 2>"$tmp/err" ||
     { echo "bench of a run's config failed:"; cat "$tmp/err"; exit 1; }
 grep -q "run.cfg" "$tmp/out" || { echo "bench: no row for run.cfg"; cat "$tmp/out"; exit 1; }
+# The table's columns agree with each other whatever the machine's speed: tokens/s × step (s) is one
+# step's tokens (grad_accum 2 × batch 8 × seq_len 64 = 1024; within 25 %, the step's printed
+# rounding), the loss column starts near ln 256 at the untrained warm-up step and falls, and with two
+# MoE layers the mean of their expert loads (max/mean each) is at least 1 and at most the worst one.
+"$moelab" bench --config "$cfg" --steps 3 --seconds 0 --grad-accum 2 --n-layers 3 > "$tmp/cols.out" 2>"$tmp/err" ||
+    { echo "bench with 2 MoE layers failed:"; cat "$tmp/err"; exit 1; }
+row=$(grep "^$cfg " "$tmp/cols.out") || { echo "bench: no row for $cfg"; cat "$tmp/cols.out"; exit 1; }
+echo "$row" | awk '{ split($NF, loss, "/"); tok = $5 * $4
+    if ($3 != 3) { print "FAIL: " $3 " timed steps, expected 3"; exit 1 }
+    if (tok < 0.75 * 1024 || tok > 1.25 * 1024) { print "FAIL: tokens/s " $5 " x step " $4 " s = " tok ", not 1024"; exit 1 }
+    if (loss[1] < 5.045 || loss[1] > 6.045) { print "FAIL: first loss " loss[1] " is not about ln 256"; exit 1 }
+    if (!(loss[2] < loss[1])) { print "FAIL: the loss did not fall: " $NF; exit 1 } }' || { cat "$tmp/cols.out"; exit 1; }
+grep -E "expert load max/mean at the last step: [0-9.]+ mean over the MoE layers, [0-9.]+ the worst" "$tmp/cols.out" |
+    awk '{ if ($8 + 0 < 1 || $8 + 0 > $14 + 0) { print "FAIL: mean load " $8 " vs worst " $14; exit 1 } }' ||
+    { cat "$tmp/cols.out"; exit 1; }
+grep -q "expert load max/mean at the last step" "$tmp/cols.out" || { echo "FAIL: no expert load line"; cat "$tmp/cols.out"; exit 1; }
+# At most 16 configs (a 17th was written past the end of the list), and the breakdown's layer types
+# come sorted by their time, the largest first.
+cfgs=()
+for i in $(seq 1 17); do cfgs+=(--config "$cfg"); done
+expect_usage "bench: at most 16 --config files" "${cfgs[@]}"
+awk '/time by layer type/ { on = 1; next } on && /^  [a-z]/ && $1 != "layer" && $1 != "step" && $1 != "expert" {
+        ms = $(NF - 1); if (n++ && ms > last + 0) { print "FAIL: breakdown not sorted: " ms " after " last; bad = 1 } last = ms }
+     END { if (n < 5) { print "FAIL: only " n " breakdown rows"; bad = 1 } exit bad }' "$tmp/cols.out" || { cat "$tmp/cols.out"; exit 1; }
 # A diverging run (third fuzzing pass: "-nan" in the loss column, nothing said): a warning. (The
 # sanitizer build prints the NaN as "nan".)
 "$moelab" bench --config "$cfg" --steps 20 --seconds 0 --lr 10 --warmup-steps 0 --grad-clip 0 --beta2 0 \
