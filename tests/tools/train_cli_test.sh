@@ -98,6 +98,8 @@ expect_usage() {  # expect_usage REGEX ARGS...
     grep -qE -e "$re" "$tmp/err" || { echo "train $*: message lacks /$re/:"; cat "$tmp/err"; exit 1; }
 }
 expect_usage "unknown option '--stepz'" "${args[@]}" --stepz 3
+# One stray word alone, which names no option (a check of two or more leftovers passed the above).
+expect_usage "unknown option 'stray'" "${args[@]}" stray
 expect_usage "steps = 'many' is not valid" "${args[@]}" --steps many
 expect_usage "no training data" --config "$cfg"
 expect_usage "not a directory made by" --config "$cfg" --data "$tmp/none"
