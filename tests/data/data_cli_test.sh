@@ -89,6 +89,8 @@ rm -rf "$tmp/huge"
 expect_exit 2 "--val-fraction 0 is too small: must be above 0 .0 leaves val.bin empty, and .moelab train. validates on it" \
     "$moelab" data prepare --input "$tmp/text" --vocab 300 --out "$tmp/never" --val-fraction 0
 [ ! -e "$tmp/never" ] || { echo "--val-fraction 0 wrote $tmp/never"; exit 1; }
+# An empty --out is no folder: refused as a missing one (dropping that check passed every test).
+expect_exit 2 "missing --out DIR" "$moelab" data prepare --input "$tmp/text" --vocab 300 --out ""
 
 # --input: a FIFO named is refused; one inside a walked directory is skipped like any non-file.
 expect_exit 2 "cannot open input file .*/fifo: not a regular file" \

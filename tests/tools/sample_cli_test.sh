@@ -62,6 +62,9 @@ expect_usage "--tokens 'many' is not an integer" --ckpt "$ckpt" --tokens many
 expect_usage "--temperature 'hot' is not a finite number" --ckpt "$ckpt" --temperature hot
 expect_usage "--temperature 1e308 is too large: at most 100" --ckpt "$ckpt" --temperature 1e308
 expect_usage "--seed '-1' is not a non-negative integer" --ckpt "$ckpt" --seed -1
+# Negative values are refused, not taken for "the checkpoint's" (what sample keeps them for inside).
+expect_usage "--temperature -0.5 is too small: at least 0" --ckpt "$ckpt" --temperature -0.5
+expect_usage "--top-k -1 is too small: at least 0" --ckpt "$ckpt" --top-k -1
 expect_usage "unknown option '--bogus'" --ckpt "$ckpt" --bogus 1
 expect_usage "unknown option '--bogus'" --ckpt "$ckpt" --bogus=1
 expect_usage "--tokens needs a value" --ckpt "$ckpt" --tokens
