@@ -1495,6 +1495,13 @@ TEST_F(Gpu, MoePermuteUnpermuteCombine) {
         o->moe_sum_choices(dDx->p, dBack->p, NULL, N, K, D);
         o->moe_sum_choices(dDxm->p, dRowsK->p, map, N, K, D);
         EXPECT_EQ(get(*dDxm, dt, dx0.size()), get(*dDx, dt, dx0.size())) << dname(dt);
+        // And against the sum itself, dx0 (as the GPU holds it) plus each token's K rows: the two
+        // ways alone passed a kernel that overwrote dx instead of adding to it (mutation test,
+        // 2026-12-07).
+        Vec back_h = get(*dBack, dt, back.size()), dx_ref = dx0;
+        for (size_t i = 0; i < dx_ref.size(); i++)
+            for (int k = 0; k < K; k++) dx_ref[i] += back_h[((i / D) * K + k) * D + i % D];
+        EXPECT_CLOSE(get(*dDx, dt, dx0.size()), dx_ref, dt, "moe sum of choices");
     }
 }
 
