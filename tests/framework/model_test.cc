@@ -517,7 +517,10 @@ TEST(Model, TrainFlopsPerTokenIsSixTimesTheMultiplyAdds) {
 // 10 % (each of 2048 to 16384 values; the two scales differ by 41 %).
 TEST(Model, OutputProjectionsInitializeScaledByTwoL) {
     MoeConfig c = tiny(1);
-    c.L = 4; c.D = 64; c.F = 64; c.Fe = 32;
+    c.L = 4;
+    c.D = 64;
+    c.F = 64;
+    c.Fe = 32;
     Model *m = model_create(&c, 0, 1);
     model_init_weights(m);
     auto sd = [&](const char *name) {
