@@ -138,11 +138,13 @@ def moelab_encode(probe, tokenizer_bin, texts):
 
 
 def random_texts(rng):
-    """Random text that stresses the chunker: every byte class, runs past the 64-byte chunk limit,
-    multi-byte characters cut by it, and text decoded from random bytes."""
+    """Random text that stresses the chunker: every byte class, runs past the 64-byte chunk limit
+    (" " + "th" * 32 cuts the merge "th" there only at the limit itself), multi-byte characters cut
+    by it, and text decoded from random bytes."""
     pieces = [" ", "  ", "\t", "\n", "\r\n", "\x0b", "\x0c", "\x00", "\x1f", "\x7f", "a", "Z", "7", "!", "\"",
               "\\", "é", "ß", "中文", "😀", "\u00ad", "\u0120", " the", "don't", "--", "...", "x" * 70,
-              " " * 70, "9" * 70, "é" * 40, "\n" * 66, " " * 63 + "a", " " * 64 + "a", " " * 65 + "a"]
+              " " * 70, "9" * 70, "é" * 40, "\n" * 66, " " * 63 + "a", " " * 64 + "a", " " * 65 + "a",
+              " " + "th" * 32]
     texts = []
     for _ in range(300):
         texts.append("".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40))))

@@ -98,13 +98,14 @@ expect_usage "no_such" "$tmp/out1" --ckpt "$bad/no_such.h5" --data "$tmp/data"
 expect_usage "tokenizer" "$tmp/out1" --ckpt "$tmp/a/single.h5" --data "$bad"
 "$moelab" data prepare --input "$corpus" --vocab 300 --out "$tmp/data300" > /dev/null
 expect_usage "300 tokens but .* vocab_size 512" "$tmp/out1" --ckpt "$tmp/a/single.h5" --data "$tmp/data300"
-# A tokenizer with two tokens of the same bytes: 257 = (ab)c and 259 = a(bc) both spell "abc".
+# A tokenizer with two tokens of the same bytes: 257 = (ab)c and 260 = a(bc) both spell "abc", with
+# 259 = "xbc", of the same length, between them by id (the check compares bytes, not lengths and ids).
 mkdir -p "$tmp/dup" "$tmp/c"
-"${check[0]}" -c "import struct, sys; m = [(97, 98), (256, 99), (98, 99), (97, 258)]
-open(sys.argv[1], 'wb').write(b'MOELBPE1' + struct.pack('<II', 1, 260) + b''.join(struct.pack('<II', *p) for p in m))" \
+"${check[0]}" -c "import struct, sys; m = [(97, 98), (256, 99), (98, 99), (120, 258), (97, 258)]
+open(sys.argv[1], 'wb').write(b'MOELBPE1' + struct.pack('<II', 1, 261) + b''.join(struct.pack('<II', *p) for p in m))" \
     "$tmp/dup/tokenizer.bin"
-"$probe" make "$tmp/c" --vocab-size 260
-expect_usage "tokens 257 and 259 of the tokenizer have the same 3 bytes" "$tmp/out1" --ckpt "$tmp/c/single.h5" --data "$tmp/dup"
+"$probe" make "$tmp/c" --vocab-size 261
+expect_usage "tokens 257 and 260 of the tokenizer have the same 3 bytes" "$tmp/out1" --ckpt "$tmp/c/single.h5" --data "$tmp/dup"
 [ ! -e "$tmp/out1" ] || { echo "a failed export left $tmp/out1"; exit 1; }
 expect_usage "--ckpt PATH is required" "$tmp/out1"
 expect_usage "^moelab: error: export: --out needs a value" "$tmp/out1" --ckpt "$tmp/a/single.h5" --out
