@@ -85,7 +85,12 @@ for line in "sample --tokens 0 --help" "export --dtype x --help" "schedule --pp 
     read -r -a words <<<"$line"
     expect_help "$("$moelab" "${words[0]}" --help | head -n 1)" "${words[@]}"
 done
-expect_help "$("$moelab" data prepare --help | head -n 1)" data prepare --vocab 1 --help
+# A subcommand's help, not its command's: spelled out, since `data prepare --help` itself goes
+# through the same moving of --help.
+expect_help "usage: moelab data prepare --input PATH... --vocab N --out DIR [--val-fraction F] [--seed S]" \
+    data prepare --vocab 1 --help
+expect_help "usage: moelab data prepare --input PATH... --vocab N --out DIR [--val-fraction F] [--seed S]" \
+    data prepare --help
 # Output to a full device: exit 1 with the cause (a flush whose result was dropped left only "Input/output
 # error" to report, review 2026-12-05).
 printf '1,2,3,4\n' >"$tmp/load.csv"
