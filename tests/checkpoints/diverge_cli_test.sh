@@ -4,6 +4,7 @@
 #  1. one process stops at the first non-finite step with exit 1 and one message naming the step and
 #     the last good checkpoint; every checkpoint left is finite (`ckpt verify` passes), every metrics
 #     line is valid JSON without NaN, no temporary file is left, and no sample of garbage is drawn;
+#     resumed from that checkpoint it diverges again and names the resumed file good;
 #  2. with --nonfinite-skip 3 the run skips three non-finite steps in a row (counted in the metrics),
 #     then stops at the fourth the same way; one that may skip them all and so skips to its end ends
 #     diverged too (its final validation is NaN), with nothing saved from its skipped steps;
@@ -51,6 +52,13 @@ rc=0
 "$moelab" train "${args[@]}" --out "$tmp/a" --save-every 5 --keep 2 --metrics "$tmp/a.jsonl" >"$tmp/a.log" 2>&1 || rc=$?
 [ $rc = 1 ] || { echo "FAIL: the diverging run exited $rc, not 1:"; tail -5 "$tmp/a.log"; exit 1; }
 check_diverged a
+# Resumed from that checkpoint (without --out), the run diverges again and names the resumed file good:
+# its weights were validated at the resume.
+last=$(grep -m1 -oE "last good checkpoint is [^ ]+\.h5" "$tmp/a.log" | awk '{print $5}')
+rc=0
+"$moelab" train "${args[@]}" --resume "$last" >"$tmp/ar.log" 2>&1 || rc=$?
+[ $rc = 1 ] && grep -q "training diverged at step [0-9]*: .*the last good checkpoint is $last (resume from it" "$tmp/ar.log" ||
+    { echo "FAIL: the run resumed from $last (exit $rc) did not name it good:"; tail -3 "$tmp/ar.log"; exit 1; }
 echo "ok: one process stops at the first non-finite step"
 
 # 2.
