@@ -278,6 +278,13 @@ kill $alive
 [ -f "$tmp/c/step_9.h5.tmp-$alive" ] && [ -f "$tmp/c/step_3.h5.part-1-of-2" ] && [ -d "$tmp/c/step_7.h5.tmp-$dead" ] &&
     [ -f "$tmp/c/thesis.txt.tmp-$dead" ] && [ -f "$tmp/c/movie.mkv.part-1-of-3" ] && [ -f "$tmp/c/step_6.h5.tmp-$dead" ] ||
     { echo "FAIL: ckpt clean removed too much:"; ls "$tmp/c"; exit 1; }
+# One leftover is reported too, in the singular (the killed process's temporary is gone first).
+rm "$tmp/c/step_9.h5.tmp-$alive"
+cp "$tmp/a/step_3.h5" "$tmp/c/step_9.h5.tmp-$dead"
+"$moelab" train "${args[@]}" --steps 3 --resume "$tmp/c/step_3.h5" --out "$tmp/c" >"$tmp/stale1.log" 2>&1
+grep -q "$tmp/c holds 1 file left by saves that crashed, e.g. $tmp/c/step_9.h5.tmp-$dead" "$tmp/stale1.log" ||
+    { echo "FAIL: no report of the one leftover:"; cat "$tmp/stale1.log"; exit 1; }
+"$moelab" ckpt clean "$tmp/c" | grep -q "$tmp/c: 1 file removed" || { echo "FAIL: ckpt clean of one leftover"; exit 1; }
 "$moelab" ckpt verify "$tmp/c/step_3.h5" | grep -q sound
 expect_error "cannot list checkpoint directory $tmp/none" "$moelab" ckpt clean "$tmp/none"
 echo "ok: leftovers of crashed saves are reported and cleaned"
