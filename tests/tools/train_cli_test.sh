@@ -241,6 +241,25 @@ assert [l.get("step") for l in new] == [None, None, 2], new
 assert new[0] == old[0], (new[0], old[0])
 assert new[1]["lineage"] == old[0]["lineage"] and new[1]["resumed_at"] == 1, new[1]
 PY
+# Requeued once more from the same step: the attempt before it, config line and all, goes (only runs
+# that started below the resumed step lead to it).
+"$moelab" train "${args[@]}" --steps 2 --sample-tokens 0 --resume "$tmp/cont/step_1.h5" \
+    --metrics "$tmp/cont.jsonl" > /dev/null
+[ "$(grep -c '"config"' "$tmp/cont.jsonl")" -eq 2 ] ||
+    { echo "FAIL: a second requeue kept the first one's config line:"; cat "$tmp/cont.jsonl"; exit 1; }
+# A line that is not JSON ends the run's lines: nothing after it is kept, though it reads as a step.
+{ head -n 1 "$tmp/cont_full.jsonl"; echo "not json"; tail -n +2 "$tmp/cont_full.jsonl"; } > "$tmp/junk.jsonl"
+"$moelab" train "${args[@]}" --steps 3 --sample-tokens 0 --resume "$tmp/cont/step_3.h5" \
+    --metrics "$tmp/junk.jsonl" > /dev/null
+! grep -q '"step"\|not json' "$tmp/junk.jsonl" ||
+    { echo "FAIL: lines after one that is not JSON were kept:"; cat "$tmp/junk.jsonl"; exit 1; }
+# A run resumed at step 0 (an untrained baseline saved by --steps 0) keeps its run's config line too.
+"$moelab" train "${args[@]}" --steps 0 --sample-tokens 0 --out "$tmp/zero" --metrics "$tmp/zero.jsonl" > /dev/null
+"$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --resume "$tmp/zero/step_0.h5" \
+    --metrics "$tmp/zero.jsonl" > "$tmp/zero.log"
+grep -q "^--metrics .*zero.jsonl: goes on after the resumed run's config line$" "$tmp/zero.log" &&
+    [ "$(grep -c '"config"' "$tmp/zero.jsonl")" -eq 2 ] ||
+    { echo "FAIL: a resume at step 0 dropped its run's config line:"; cat "$tmp/zero.log" "$tmp/zero.jsonl"; exit 1; }
 printf '{"config": {}, "lineage": "0000000000000001"}\n{"step": 1}\n' > "$tmp/other.jsonl"
 "$moelab" train "${args[@]}" --steps 2 --sample-tokens 0 --resume "$tmp/cont/step_1.h5" \
     --metrics "$tmp/other.jsonl" > "$tmp/other.log"
