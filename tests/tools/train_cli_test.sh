@@ -253,12 +253,13 @@ PY
     --metrics "$tmp/junk.jsonl" > /dev/null
 ! grep -q '"step"\|not json' "$tmp/junk.jsonl" ||
     { echo "FAIL: lines after one that is not JSON were kept:"; cat "$tmp/junk.jsonl"; exit 1; }
-# A run resumed at step 0 (an untrained baseline saved by --steps 0) keeps its run's config line too.
+# A run resumed at step 0 (an untrained baseline saved by --steps 0) keeps its run's config line too,
+# and its own names the step.
 "$moelab" train "${args[@]}" --steps 0 --sample-tokens 0 --out "$tmp/zero" --metrics "$tmp/zero.jsonl" > /dev/null
 "$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --resume "$tmp/zero/step_0.h5" \
     --metrics "$tmp/zero.jsonl" > "$tmp/zero.log"
 grep -q "^--metrics .*zero.jsonl: goes on after the resumed run's config line$" "$tmp/zero.log" &&
-    [ "$(grep -c '"config"' "$tmp/zero.jsonl")" -eq 2 ] ||
+    [ "$(grep -c '"config"' "$tmp/zero.jsonl")" -eq 2 ] && [ "$(grep -c '"resumed_at": 0}$' "$tmp/zero.jsonl")" -eq 1 ] ||
     { echo "FAIL: a resume at step 0 dropped its run's config line:"; cat "$tmp/zero.log" "$tmp/zero.jsonl"; exit 1; }
 printf '{"config": {}, "lineage": "0000000000000001"}\n{"step": 1}\n' > "$tmp/other.jsonl"
 "$moelab" train "${args[@]}" --steps 2 --sample-tokens 0 --resume "$tmp/cont/step_1.h5" \
