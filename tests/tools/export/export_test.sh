@@ -96,6 +96,8 @@ cp "$tmp/a/eplb.h5" "$tmp/a/eplb.h5.part-0-of-2" "$bad/"
 expect_usage "part-1-of-2" "$tmp/out1" --ckpt "$bad/eplb.h5" --data "$tmp/data"
 expect_usage "no_such" "$tmp/out1" --ckpt "$bad/no_such.h5" --data "$tmp/data"
 expect_usage "tokenizer" "$tmp/out1" --ckpt "$tmp/a/single.h5" --data "$bad"
+# export_probe's checkpoints name no data directory: without --data there is no tokenizer to look for.
+expect_usage "export: .*/single.h5 names no data directory: pass --data DIR" "$tmp/out1" --ckpt "$tmp/a/single.h5"
 "$moelab" data prepare --input "$corpus" --vocab 300 --out "$tmp/data300" > /dev/null
 expect_usage "300 tokens but .* vocab_size 512" "$tmp/out1" --ckpt "$tmp/a/single.h5" --data "$tmp/data300"
 # A tokenizer with two tokens of the same bytes: 257 = (ab)c and 260 = a(bc) both spell "abc", with
