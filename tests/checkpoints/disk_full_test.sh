@@ -80,6 +80,28 @@ for fill in 1008 1016; do  # the config line and some of the steps' lines fit
         { echo "FAIL: fill ${fill}K: moelab plot refuses the metrics file left"; exit 1; }
     echo "ok: fill ${fill}K: the metrics file keeps its $(wc -l <"$mnt/m.jsonl") whole lines"
 done
+# A resumed run whose first line does not fit cuts the file back to the lines it kept (its run's up to
+# the resumed step), not to nothing. Blank padding (passed over, kept) makes the file one page whole,
+# so that the cut frees nothing and the new config line needs one more page of the full tmpfs.
+"$moelab" train "${args[@]}" --out "$tmp/mo" --metrics "$tmp/m0.jsonl" >/dev/null 2>&1 ||
+    { echo "FAIL: the run for the resumed metrics case failed"; exit 1; }
+rm -rf "${mnt:?}"/*
+"$py" - "$tmp/m0.jsonl" "$mnt/m.jsonl" "$tmp/kept.jsonl" <<'PY'
+import sys
+cfg, s1, s2, s3 = open(sys.argv[1], "rb").read().splitlines(keepends=True)
+pad = 4096 - len(cfg) - len(s1) - len(s2) - len(s3)
+kept = cfg + b" " * (pad - 1) + b"\n" + s1 + s2
+open(sys.argv[2], "wb").write(kept + s3)
+open(sys.argv[3], "wb").write(kept)
+PY
+head -c 1024K /dev/zero >"$mnt/fill" 2>/dev/null || true
+rc=0
+"$moelab" train "${args[@]}" --resume "$tmp/mo/step_2.h5" --metrics "$mnt/m.jsonl" >"$tmp/run.log" 2>&1 || rc=$?
+[ $rc = 1 ] && grep -q "cannot write --metrics $mnt/m.jsonl: No space left on device" "$tmp/run.log" ||
+    { echo "FAIL: resumed metrics on a full disk: exit $rc:"; tail -3 "$tmp/run.log"; exit 1; }
+cmp -s "$mnt/m.jsonl" "$tmp/kept.jsonl" ||
+    { echo "FAIL: the resumed run's kept metrics lines were not left as they were"; ls -l "$mnt"; exit 1; }
+echo "ok: a resumed run's metrics file that fills the disk keeps the lines it kept"
 for fill in 0 300 600; do run_full $fill mpi 2 --ep 2 --out "$mnt/o"; done
 # Fills at which the first save's parts fit and its index does not (448-484K with this model on
 # 2026-12-05): at least one of them must fail at the index, or the case above went untested.
