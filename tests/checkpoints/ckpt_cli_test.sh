@@ -285,6 +285,18 @@ cp "$tmp/a/step_3.h5" "$tmp/c/step_9.h5.tmp-$dead"
 grep -q "$tmp/c holds 1 file left by saves that crashed, e.g. $tmp/c/step_9.h5.tmp-$dead" "$tmp/stale1.log" ||
     { echo "FAIL: no report of the one leftover:"; cat "$tmp/stale1.log"; exit 1; }
 "$moelab" ckpt clean "$tmp/c" | grep -q "$tmp/c: 1 file removed" || { echo "FAIL: ckpt clean of one leftover"; exit 1; }
+# A leftover that cannot be removed (an I/O error) is named; the others still go, the count leaves it
+# out, and the exit is 1.
+cp "$tmp/a/step_3.h5" "$tmp/c/step_9.h5.tmp-$dead"
+cp "$tmp/a/step_3.h5" "$tmp/c/step_5.h5.tmp-$dead"
+rc=0
+LD_PRELOAD="$root/tests/checkpoints/unlink_fails.so" UNLINK_FAILS_MATCH="step_5.h5.tmp-" \
+    ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=0 \
+    "$moelab" ckpt clean "$tmp/c" >"$tmp/clean2.log" 2>&1 || rc=$?
+[ $rc = 1 ] && grep -q "moelab: error: ckpt clean: cannot remove $tmp/c/step_5.h5.tmp-$dead: Input/output error" "$tmp/clean2.log" &&
+    grep -q "removed $tmp/c/step_9.h5.tmp-$dead" "$tmp/clean2.log" && grep -q "$tmp/c: 1 file removed" "$tmp/clean2.log" ||
+    { echo "FAIL: ckpt clean with a leftover it cannot remove (exit $rc):"; cat "$tmp/clean2.log"; exit 1; }
+rm "$tmp/c/step_5.h5.tmp-$dead"
 "$moelab" ckpt verify "$tmp/c/step_3.h5" | grep -q sound
 expect_error "cannot list checkpoint directory $tmp/none" "$moelab" ckpt clean "$tmp/none"
 echo "ok: leftovers of crashed saves are reported and cleaned"
