@@ -741,6 +741,22 @@ TEST(Output, SvgColoursIdleWidthAndLabels) {
     EXPECT_EQ(svg.find("\xEF\xBF\xBE"), std::string::npos);
 }
 
+// A B whose W is deferred is marked "2*" in its cell, and a title's line break (an XML character)
+// is written as it is, not as U+FFFD.
+TEST(Output, SvgDeferredMarkAndLineBreak) {
+    SimEvent r0[1] = {{{}, 0, 1}};
+    r0[0].op.kind = SCHED_B;
+    r0[0].op.b.mb = 2;
+    r0[0].op.b.defer_w = 1;
+    int n[1] = {1};
+    SimEvent *rows[1] = {r0};
+    double busy[1] = {1}, bubble[1] = {0};
+    SimTimeline t = {1, n, rows, 0, 1, busy, bubble};
+    const std::string svg = svg_text(&t, "two\nlines", "u");
+    EXPECT_EQ(count(svg, "text-anchor=\"middle\">2*</text>"), 1) << svg;
+    EXPECT_NE(svg.find(">two\nlines</text>"), std::string::npos) << svg;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Chrome traces.
 
