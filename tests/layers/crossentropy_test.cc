@@ -27,20 +27,22 @@ TEST(CrossEntropy, LossIsMinusLogSoftmax) {
 }
 
 TEST(CrossEntropy, StableForHugeLogits) {
-    // exp(1000) overflows any float; the max-subtracted form gives the same losses as the logits
-    // shifted down by 1000.
-    Vec z = rand_vec(N * V, 2, 4.0f), big = z, l1(N), l2(N), lse1(N), lse2(N);
-    for (float &x : big) x += 1000.0f;
-    crossentropy_forward(l1.data(), lse1.data(), z.data(), targets, N, V);
-    crossentropy_forward(l2.data(), lse2.data(), big.data(), targets, N, V);
-    for (int n = 0; n < N; n++) {
-        EXPECT_TRUE(std::isfinite(l2[n]));
-        EXPECT_NEAR(l2[n], l1[n], 1e-3);  // the shift itself rounds the logits to ~6e-5
-        EXPECT_NEAR(lse2[n], lse1[n] + 1000.0f, 1e-3);
+    // exp(1000) overflows any float and exp(-1000) underflows to 0; the max-subtracted form gives the
+    // same losses as the logits shifted by ±1000.
+    for (const float shift : {1000.0f, -1000.0f}) {
+        Vec z = rand_vec(N * V, 2, 4.0f), big = z, l1(N), l2(N), lse1(N), lse2(N);
+        for (float &x : big) x += shift;
+        crossentropy_forward(l1.data(), lse1.data(), z.data(), targets, N, V);
+        crossentropy_forward(l2.data(), lse2.data(), big.data(), targets, N, V);
+        for (int n = 0; n < N; n++) {
+            EXPECT_TRUE(std::isfinite(l2[n])) << shift;
+            EXPECT_NEAR(l2[n], l1[n], 1e-3) << shift;  // the shift itself rounds the logits to ~6e-5
+            EXPECT_NEAR(lse2[n], lse1[n] + shift, 1e-3) << shift;
+        }
+        Vec dz(N * V);
+        crossentropy_backward_input(dz.data(), big.data(), lse2.data(), targets, 1.0f, N, V);
+        for (float g : dz) EXPECT_TRUE(std::isfinite(g)) << shift;
     }
-    Vec dz(N * V);
-    crossentropy_backward_input(dz.data(), big.data(), lse2.data(), targets, 1.0f, N, V);
-    for (float g : dz) EXPECT_TRUE(std::isfinite(g));
 }
 
 TEST(CrossEntropy, BackwardMatchesFiniteDifferences) {
