@@ -75,6 +75,8 @@ TEST(LinearDeath, BadShape) {
     Vec W(4);
     EXPECT_EXIT(linear_forward(nullptr, nullptr, W.data(), 1, 0, 4), ::testing::ExitedWithCode(1),
                 "linear: bad shape N=1 IC=0 OC=4");
+    EXPECT_EXIT(linear_forward(nullptr, nullptr, W.data(), 1, 4, 0), ::testing::ExitedWithCode(1),
+                "linear: bad shape N=1 IC=4 OC=0");
 }
 
 }  // namespace
