@@ -103,6 +103,7 @@ expect_usage "unknown option 'stray'" "${args[@]}" stray
 expect_usage "steps = 'many' is not valid" "${args[@]}" --steps many
 expect_usage "no training data" --config "$cfg"
 expect_usage "not a directory made by" --config "$cfg" --data "$tmp/none"
+expect_usage "--data $cfg: not a directory made by" --config "$cfg" --data "$cfg"  # a file
 expect_usage "vocab_size = 2048 but the tokenizer" "${args[@]}" --vocab-size 2048
 expect_usage "n_heads \(4\) must be divisible by n_kv_heads \(3\)" "${args[@]}" --n-kv-heads 3
 expect_usage "cannot open config file" --config "$tmp/missing.cfg"
