@@ -126,6 +126,9 @@ expect_usage "norm_eps = 0 is too small" "${args[@]}" --norm-eps 0
 expect_usage "val-batches 12 is too large: .*/val.bin holds 22 sequences of 17 tokens, enough for 11 batches" \
     "${args[@]}" --val-batches 12
 expect_usage "val-batches 2147483647 is too large" "${args[@]}" --val-batches 2147483647
+# ... and the 11 it holds exactly are not.
+"$moelab" train "${args[@]}" --steps 0 --val-batches 11 --sample-tokens 0 >/dev/null 2>"$tmp/err" ||
+    { echo "FAIL: --val-batches 11 of the 11 batches val.bin holds:"; cat "$tmp/err"; exit 1; }
 expect_usage "steps = 99999999999 is too large: at most 2147483647" "${args[@]}" --steps 99999999999
 # More micro-batches than the pipeline's message tags number was an internal error, exit 1 (fuzzing).
 expect_usage "grad_accum = 8193 is too large: at most 8192" "${args[@]}" --grad-accum 8193
