@@ -43,6 +43,12 @@ for run in ep1 ep2 ep4 ep4h; do
     [ "$(grep -c '"expert_load": \[\[' "$tmp/$run.jsonl")" = 4 ] || { echo "FAIL: $run metrics lack expert_load"; exit 1; }
     echo "ok: $run rebalances and matches the one-process run without EPLB"
 done
+# The expert time line's max/mean over the ranks (the compute imbalance EPLB removes) lies in [1, ranks].
+for run in ep2:2 ep4:4; do
+    awk -v n="${run#*:}" '/expert time \| ms\/step per rank/ { seen = 1; if ($NF < 1 || $NF > n + 0) bad = 1 }
+        END { exit !(seen && !bad) }' "$tmp/${run%:*}.log" ||
+        { echo "FAIL: ${run%:*}: expert time max/mean outside [1, ${run#*:}]:"; grep "expert time" "$tmp/${run%:*}.log"; exit 1; }
+done
 # The commands that load a whole checkpoint in one process take one with redundant slots (one
 # process with 1 of them, two ranks with 2). Third fuzzing pass: they built the model with the run's
 # slots, which could not take the file's logical experts (exit 1).
