@@ -22,6 +22,9 @@ v2=$(grep '"step": 4,' "$tmp/m1.jsonl" | grep -o '"val_loss": [-0-9.e]*')
 v4=$(grep '"step": 4,' "$tmp/m4.jsonl" | grep -o '"val_loss": [-0-9.e]*')
 [ -n "$v2" ] && [ "$v2" = "$v4" ] || { echo "FAIL: step 4's validation loss depends on --val-every: '$v2' vs '$v4'"; exit 1; }
 grep -q "unigram entropy" "$tmp/run1.log"
+# A step line that validated shows its validation loss.
+grep -qE "^step +2/4 \| loss [0-9.]+ \| val [0-9.]+ \| lr " "$tmp/run1.log" ||
+    { echo "FAIL: no validation loss on step 2's line:"; grep "^step" "$tmp/run1.log"; exit 1; }
 # The end's verdict compares the validation loss with the training tokens' unigram model on the very
 # tokens validated (add-one smoothed), recomputed here from the shards: the training tokens' entropy
 # is no bound on other tokens (a model already below the unigram model was told to train longer;
