@@ -268,6 +268,7 @@ PY
 grep -q "^--metrics .*zero.jsonl: goes on after the resumed run's config line$" "$tmp/zero.log" &&
     [ "$(grep -c '"config"' "$tmp/zero.jsonl")" -eq 2 ] && [ "$(grep -c '"resumed_at": 0}$' "$tmp/zero.jsonl")" -eq 1 ] ||
     { echo "FAIL: a resume at step 0 dropped its run's config line:"; cat "$tmp/zero.log" "$tmp/zero.jsonl"; exit 1; }
+! grep -q "^sample " "$tmp/zero.log" || { echo "FAIL: --sample-tokens 0 drew a sample:"; cat "$tmp/zero.log"; exit 1; }
 printf '{"config": {}, "lineage": "0000000000000001"}\n{"step": 1}\n' > "$tmp/other.jsonl"
 "$moelab" train "${args[@]}" --steps 2 --sample-tokens 0 --resume "$tmp/cont/step_1.h5" \
     --metrics "$tmp/other.jsonl" > "$tmp/other.log"
