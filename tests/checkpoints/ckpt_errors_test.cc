@@ -110,24 +110,45 @@ protected:
         return dst;
     }
 
-    // Flips one byte in the middle of the first chunk of dataset `name`.
-    static void flip_chunk_byte(const std::string &path, const char *name) {
+    // Where chunk k of dataset `name` lies in the file: its offset and stored size (data and checksum).
+    static void chunk_place(const std::string &path, const char *name, hsize_t k, haddr_t *addr, hsize_t *size) {
         hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
         hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
         hsize_t offset[4];
         unsigned mask;
-        haddr_t addr;
-        hsize_t size;
         hid_t fs = H5Dget_space(d);
-        ASSERT_GE(H5Dget_chunk_info(d, fs, 0, offset, &mask, &addr, &size), 0);
+        EXPECT_GE(H5Dget_chunk_info(d, fs, k, offset, &mask, addr, size), 0);
         H5Sclose(fs);
         H5Dclose(d);
         H5Fclose(f);
+    }
+
+    // Flips one byte in the middle of chunk k of dataset `name`.
+    static void flip_chunk_byte(const std::string &path, const char *name, hsize_t k = 0) {
+        haddr_t addr;
+        hsize_t size;
+        chunk_place(path, name, k, &addr, &size);
         FILE *fp = fopen(path.c_str(), "r+b");
         ASSERT_EQ(0, fseek(fp, (long)(addr + size / 2), SEEK_SET));
         int ch = fgetc(fp);
         ASSERT_EQ(0, fseek(fp, (long)(addr + size / 2), SEEK_SET));
         fputc(ch ^ 0x5a, fp);
+        fclose(fp);
+    }
+
+    // Stores the first chunk's Fletcher-32 sum of dataset `name` byte-swapped, as early HDF5 did.
+    static void swap_chunk_checksum(const std::string &path, const char *name) {
+        haddr_t addr;
+        hsize_t size;
+        chunk_place(path, name, 0, &addr, &size);
+        FILE *fp = fopen(path.c_str(), "r+b");
+        unsigned char sum[4];
+        ASSERT_EQ(0, fseek(fp, (long)(addr + size - 4), SEEK_SET));
+        ASSERT_EQ(fread(sum, 1, 4, fp), 4u);
+        ASSERT_FALSE(sum[0] == sum[3] && sum[1] == sum[2]);  // or the swap would change nothing
+        const unsigned char swapped[4] = {sum[3], sum[2], sum[1], sum[0]};
+        ASSERT_EQ(0, fseek(fp, (long)(addr + size - 4), SEEK_SET));
+        ASSERT_EQ(fwrite(swapped, 1, 4, fp), 4u);
         fclose(fp);
     }
 
@@ -190,6 +211,28 @@ TEST_F(CheckpointErrors, FlippedByteInsideADataset) {
     flip_chunk_byte(p, "/model/layers.1.experts.w13");
     EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "flip.h5: read /model/layers.1.experts.w13: .*fails its Fletcher-32 checksum");
     EXPECT_EXIT(verify(p.c_str(), stdout), ExitedWithCode(2), "layers.1.experts.w13: .*fails its Fletcher-32 checksum");
+}
+
+// Two damaged chunks of one dataset: the message names the first (an expert row per chunk).
+TEST_F(CheckpointErrors, FlippedBytesInTwoChunksNameTheFirst) {
+    std::string p = copy_of(single_, "flip2.h5");
+    flip_chunk_byte(p, "/model/layers.1.experts.w13", 1);
+    flip_chunk_byte(p, "/model/layers.1.experts.w13", 0);
+    EXPECT_EXIT(load(p, c_), ExitedWithCode(2), "read /model/layers.1.experts.w13: the chunk at \\(0, 0, 0\\) fails");
+}
+
+// HDF5 also accepts a chunk's Fletcher-32 sum stored byte-swapped (its early versions wrote them so):
+// such a chunk loads, with its values.
+TEST_F(CheckpointErrors, ByteSwappedChecksumLoads) {
+    std::string p = copy_of(single_, "swapped.h5");
+    swap_chunk_checksum(p, "/model/embed");
+    State a = blank_state(c_, 0, 1), b = blank_state(c_, 0, 1);
+    CkptShard sa = shard_of(a.m), sb = shard_of(b.m);
+    ckpt_load(single_.c_str(), &sa, view(a), nullptr);
+    ckpt_load(p.c_str(), &sb, view(b), nullptr);
+    EXPECT_EQ(0, memcmp(a.m->embed, b.m->embed, 32 * 16 * sizeof(float)));
+    free_state(a);
+    free_state(b);
 }
 
 TEST_F(CheckpointErrors, FlippedByteInsideAPartFile) {
