@@ -318,6 +318,14 @@ expect_usage "--steps 1 is below the step of --resume .*step_2.h5 \(2\): --steps
 expect_usage "checkpoint .*/huge.h5: its weights give a validation loss of -?nan at resume" "${args[@]}" --steps 3 \
     --resume "$tmp/huge.h5" --out "$tmp/new_out/deeper"
 [ ! -e "$tmp/new_out" ] || { echo "a refused resume left its new --out folders"; ls -R "$tmp/new_out"; exit 1; }
+# At step 0 the sample before training comes first: it stops at its first token, whose logits are not
+# finite, and says so.
+"${PYTHON:-/usr/bin/python3}" -c "import h5py, shutil, sys; shutil.copy(sys.argv[1], sys.argv[2]); f = h5py.File(sys.argv[2], 'r+'); f['model/final_norm'][...] = 3e38" \
+    "$tmp/zero/step_0.h5" "$tmp/huge0.h5"
+expect_usage "checkpoint .*/huge0.h5: its weights give a validation loss of -?nan at resume" "${args[@]}" --steps 3 \
+    --resume "$tmp/huge0.h5"
+grep -q "sample before training: the logits of token 1 are not finite (NaN or infinite): the sample stops there" "$tmp/err" ||
+    { echo "FAIL: the sample of weights that overflow did not stop at its first token:"; cat "$tmp/err"; exit 1; }
 expect_usage "checkpoint .*/none.h5: No such file or directory" "${args[@]}" --resume "$tmp/none.h5" --out "$tmp/new_out"
 [ ! -e "$tmp/new_out" ] || { echo "a refused resume left its new --out folder"; exit 1; }
 # A run refused for bad input found after the data is read (its --resume checkpoint, its --out)
