@@ -52,6 +52,8 @@ rc=0
 "$moelab" train "${args[@]}" --out "$tmp/a" --save-every 5 --keep 2 --metrics "$tmp/a.jsonl" >"$tmp/a.log" 2>&1 || rc=$?
 [ $rc = 1 ] || { echo "FAIL: the diverging run exited $rc, not 1:"; tail -5 "$tmp/a.log"; exit 1; }
 check_diverged a
+grep -q "a lower --lr or a --grad-clip, or let --nonfinite-skip N skip such steps)$" "$tmp/a.log" ||
+    { echo "FAIL: a run without --nonfinite-skip is not told of it:"; tail -1 "$tmp/a.log"; exit 1; }
 # Resumed from that checkpoint (without --out), the run diverges again and names the resumed file good:
 # its weights were validated at the resume.
 last=$(grep -m1 -oE "last good checkpoint is [^ ]+\.h5" "$tmp/a.log" | awk '{print $5}')
@@ -70,6 +72,7 @@ for k in 1 2 3; do
     grep -q "step skipped ($k in a row, at most 3" "$tmp/s.log" || { echo "FAIL: skip $k not reported"; exit 1; }
 done
 grep -q "too many in a row" "$tmp/s.log" || { echo "FAIL: no stop after 3 skips"; tail -3 "$tmp/s.log"; exit 1; }
+! grep -q "or let --nonfinite-skip N" "$tmp/s.log" || { echo "FAIL: a skipping run is told to skip"; exit 1; }
 grep -q '"skipped_steps": 0' "$tmp/s.jsonl" || { echo "FAIL: no skipped_steps counter in the metrics"; exit 1; }
 echo "ok: --nonfinite-skip 3 skips three steps in a row, then stops"
 
