@@ -70,6 +70,16 @@ steps() { grep '"step"' "$1" | sed 's/, "tokens_per_s": [0-9.]*//'; }
     { echo "FAIL: the resumed metrics:"; cut -c1-80 "$tmp/a.jsonl"; echo "  uninterrupted:"; cut -c1-80 "$tmp/u.jsonl"; exit 1; }
 echo "ok: resumed from it, steps $((n + 1)) and $m equal the uninterrupted run's, its metrics file goes on"
 
+# A step that its --save-every has just saved is not saved a second time by the stop.
+start "$tmp/e.log" "$moelab" train "${args[@]}" --steps 1000000 --save-every 1 --keep 1 --out "$tmp/e"
+kill -TERM "$pid"
+finish "$pid" "$tmp/e.log" 143
+pid=
+n=$(sed -n 's/^stopped by SIGTERM after step \([0-9]*\) of 1000000: go on with --resume .*step_\1\.h5$/\1/p' "$tmp/e.log")
+[ -n "$n" ] && [ "$(grep -c "^saved .*/step_$n\.h5$" "$tmp/e.log")" -eq 1 ] ||
+    { echo "FAIL: the stopped step was not saved once:"; tail -n 5 "$tmp/e.log"; exit 1; }
+echo "ok: a step saved by --save-every is not saved again by the stop"
+
 # 2. Ctrl-C without --out.
 start "$tmp/b.log" "$moelab" train "${args[@]}" --steps 1000000
 kill -INT "$pid"
