@@ -43,6 +43,8 @@ run_full() {
     [ $rc = 1 ] || { echo "FAIL: fill ${fill}K: exit $rc, expected 1:"; tail -3 "$tmp/run.log"; exit 1; }
     grep -q "moelab: error.*No space left on device" "$tmp/run.log" ||
         { echo "FAIL: fill ${fill}K: no full-disk message:"; tail -3 "$tmp/run.log"; exit 1; }
+    # HDF5's own report of a failed write (time, file, descriptor, errno, ...) is cut to the system's message.
+    ! grep -q "error message = '" "$tmp/run.log" || { echo "FAIL: fill ${fill}K: HDF5's whole I/O report:"; tail -3 "$tmp/run.log"; exit 1; }
     [ ${#launch[@]} -gt 0 ] || [ "$(grep -c "moelab: error" "$tmp/run.log")" = 1 ] ||
         { echo "FAIL: fill ${fill}K: not one message"; exit 1; }
     # No part file without its index: the ranks put their parts in place only once every one has
