@@ -6,7 +6,8 @@
 #     file given again holds every step once;
 #  2. Ctrl-C (SIGINT) without --out: exit 130, "nothing saved";
 #  3. two ranks under mpirun (EP 2) and SIGUSR1 to mpirun, which forwards it to every rank: both stop
-#     after the same step and write its checkpoint in two parts, sound;
+#     after the same step and write its checkpoint in two parts, sound; so do they when SIGTERM
+#     reaches rank 1 alone;
 #  4. a second signal ends the run at once: rank 1 stopped (SIGSTOP), rank 0 waits in the step's
 #     exchange; its first SIGTERM is announced, its second ends it within seconds.
 set -euo pipefail
@@ -104,16 +105,30 @@ n=$(sed -n 's/^\[rank 0\] stopped by SIGUSR1 after step \([0-9]*\) of 1000000: g
 "$moelab" ckpt verify "$tmp/c/step_$n.h5" >/dev/null
 echo "ok: SIGUSR1 to mpirun stopped both ranks after step $n with its checkpoint"
 
+rank_pid() {  # rank_pid DIR R: the process of rank R of the job saving into --out DIR
+    local p
+    for p in $(pgrep -f -- "--out $1 "); do
+        tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2" && { echo "$p"; return; }
+    done
+}
+# A signal to one rank alone (rank 1): the ranks agree on it, and both stop after the same step with
+# its checkpoint, rank 0 saying so.
+start "$tmp/f.log" mpi 2 "$moelab" train "${args[@]}" --ep 2 --steps 1000000 --out "$tmp/f" --comm-timeout 20
+r1=$(rank_pid "$tmp/f" 1)
+[ -n "$r1" ] || { echo "FAIL: rank 1 not found"; exit 1; }
+kill -TERM "$r1"
+rc=0
+wait "$pid" || rc=$?
+pid=
+n=$(sed -n 's/^\[rank 0\] stopped by SIGTERM after step \([0-9]*\) of 1000000: go on with --resume .*$/\1/p' "$tmp/f.log")
+[ -n "$n" ] && [ -e "$tmp/f/step_$n.h5.part-1-of-2" ] || { echo "FAIL: rank 0 did not stop with rank 1 (exit $rc):"; cat "$tmp/f.log"; exit 1; }
+"$moelab" ckpt verify "$tmp/f/step_$n.h5" >/dev/null
+echo "ok: SIGTERM to rank 1 alone stopped both ranks after step $n with its checkpoint"
+
 # 4. A second signal ends the run at once. Rank 1 stopped, rank 0 waits in the step's exchange (for
 # up to --comm-timeout, 60 s here).
 start "$tmp/d.log" mpi 2 "$moelab" train "${args[@]}" --ep 2 --steps 1000000 --out "$tmp/d" --comm-timeout 60
-rank_pid() {  # rank_pid R: the process of rank R of this job
-    local p
-    for p in $(pgrep -f -- "--out $tmp/d "); do
-        tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1" && { echo "$p"; return; }
-    done
-}
-r0=$(rank_pid 0) r1=$(rank_pid 1)
+r0=$(rank_pid "$tmp/d" 0) r1=$(rank_pid "$tmp/d" 1)
 [ -n "$r0" ] && [ -n "$r1" ] || { echo "FAIL: ranks not found ($r0, $r1)"; exit 1; }
 kill -STOP "$r1"
 kill -TERM "$r0"
