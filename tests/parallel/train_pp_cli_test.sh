@@ -59,6 +59,11 @@ for kind in 1f1b dualpipe dualpipev; do
     close_steps "$tmp/one8.jsonl" "$tmp/links_$kind.jsonl" 123
     echo "ok: $kind over per-link communicators matches the one-process run"
 done
+# The seam takes 1 only: another value is refused, not taken for unset.
+rc=0
+MOELAB_TEST_PIPE_LINKS=yes "$moelab" train "${args[@]}" >"$tmp/links_bad.log" 2>&1 || rc=$?
+[ $rc = 2 ] && grep -q "MOELAB_TEST_PIPE_LINKS = 'yes': expected 1 (or unset)" "$tmp/links_bad.log" ||
+    { echo "FAIL: MOELAB_TEST_PIPE_LINKS=yes (exit $rc):"; cat "$tmp/links_bad.log"; exit 1; }
 
 # The pipeline's metrics carry the whole model's expert loads (summed over the stages): every MoE
 # layer routes each of the step's 4 x 4 x 16 tokens to top-k = 2 experts.
