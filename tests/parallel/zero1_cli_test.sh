@@ -23,7 +23,7 @@
 #  7. the host memory check counts the whole copies a rebalance holds under ZeRO-1: with the
 #     machine's memory set by the test seam MOELAB_TEST_HOST_MEMORY_MIB between what a step needs and
 #     what a rebalance needs, the EPLB run is exit 2 on every rank naming the rebalance, and the same
-#     run without EPLB trains.
+#     run without EPLB trains, and so does one shorter than its rebalance interval.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
@@ -149,5 +149,8 @@ echo "held $held GiB, whole copies $whole GiB: machine set to $MOELAB_TEST_HOST_
 expect_exit2 rebalance_memory_half "config: an EPLB rebalance under ZeRO-1 needs at least" 4 "${margs[@]}"
 mpi 4 "$moelab" train "${margs[@]}" --eplb-interval 0 >"$tmp/no_eplb.log" 2>&1 ||
     { echo "FAIL: the run without EPLB was refused at $MOELAB_TEST_HOST_MEMORY_MIB MiB:"; cat "$tmp/no_eplb.log"; exit 1; }
+# A run shorter than its interval never rebalances: it needs no more either.
+mpi 4 "$moelab" train "${margs[@]}" --eplb-interval 2 >"$tmp/short_eplb.log" 2>&1 ||
+    { echo "FAIL: a run shorter than its EPLB interval was refused at $MOELAB_TEST_HOST_MEMORY_MIB MiB:"; cat "$tmp/short_eplb.log"; exit 1; }
 unset MOELAB_TEST_HOST_MEMORY_MIB
 echo "ok: the memory check counts a rebalance's whole copies under ZeRO-1"
