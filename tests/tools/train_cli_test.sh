@@ -298,6 +298,11 @@ head -c -20 "$tmp/cont_full.jsonl" > "$tmp/cut.jsonl"  # its last line (step 3) 
 [ "$(grep -o '"step": [0-9]*' "$tmp/cut.jsonl" | tr '\n' ' ')" = '"step": 2 ' ] &&
     [ "$(grep -c '"resumed_at": 3}$' "$tmp/cut.jsonl")" -eq 1 ] ||
     { echo "a cut line was kept or whole lines lost:"; cat "$tmp/cut.jsonl"; exit 1; }
+# A model that learned the short text (40 steps) below the unigram model is told it uses context.
+"$moelab" train "${args[@]}" --steps 40 --log-every 40 --val-every 0 --sample-tokens 0 --lr 0.01 --warmup-steps 0 \
+    > "$tmp/ctx.log"
+grep -q "^validation loss .*: the model uses context$" "$tmp/ctx.log" ||
+    { echo "FAIL: a model below the unigram model:"; tail -1 "$tmp/ctx.log"; exit 1; }
 # A validation loss that rose is not met with "train longer" (review, 2026-12-05); here a learning
 # rate far too high.
 "$moelab" train "${args[@]}" --steps 6 --sample-tokens 0 --lr 1 --warmup-steps 0 > "$tmp/rose.log"
