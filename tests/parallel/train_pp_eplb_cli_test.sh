@@ -19,7 +19,8 @@ args=("${tiny[@]}" --steps 4 --log-every 1 --batch-size 2 --n-layers 4 --n-dense
 eplb=(--eplb-interval 2 --eplb-redundant 2)
 
 mpi 4 "$moelab" train "${args[@]}" --out "$tmp/plain" --metrics "$tmp/plain.jsonl" >"$tmp/plain.log"
-mpi 4 "$moelab" train "${args[@]}" "${eplb[@]}" --out "$tmp/eplb" --metrics "$tmp/eplb.jsonl" >"$tmp/eplb.log"
+mpi 4 "$moelab" train "${args[@]}" "${eplb[@]}" --save-every 1 --out "$tmp/eplb" --metrics "$tmp/eplb.jsonl" \
+    >"$tmp/eplb.log"
 for s in 2 4; do
     # One line per rebalance, with the MoE layers of both stages: each a max/mean of at least 1 (a
     # layer whose stage's figures did not reach rank 0 reads 0).
@@ -67,8 +68,10 @@ for l in (1, 2, 3):
 PY
 echo "ok: pipeline EPLB matches the run without EPLB; the checkpoint holds every stage's placement"
 
-# Resume after the rebalance of step 2: steps 3 and 4 as in the uninterrupted run, bit for bit.
-mpi 4 "$moelab" train "${args[@]}" "${eplb[@]}" --resume "$tmp/eplb/step_2.h5" --out "$tmp/resumed" \
+# Resume between the rebalances of steps 2 and 4, which plans from the tokens of step 3 too (the
+# checkpoint holds them for the MoE layers of both stages): step 4 as in the uninterrupted run, bit
+# for bit, its placement included.
+mpi 4 "$moelab" train "${args[@]}" "${eplb[@]}" --resume "$tmp/eplb/step_3.h5" --out "$tmp/resumed" \
     --metrics "$tmp/resumed.jsonl" >"$tmp/resumed.log"
 same_checkpoints "$tmp/eplb/step_4.h5" "$tmp/resumed/step_4.h5"
 "$py" - "$tmp/eplb/step_4.h5" "$tmp/resumed/step_4.h5" <<'PY'
