@@ -25,10 +25,12 @@ float from_bits(uint32_t u) {
     return x;
 }
 
+// A fresh folder under Bazel's TEST_TMPDIR (which Bazel removes) for the file written.
 std::string tmpfile_path() {
-    char t[] = "/tmp/moelab_safetensors_test_XXXXXX";
-    EXPECT_NE(mkdtemp(t), nullptr);
-    return std::string(t) + "/model.safetensors";
+    const char *root = getenv("TEST_TMPDIR");
+    std::string t = std::string(root && *root ? root : "/tmp") + "/safetensors_XXXXXX";
+    EXPECT_NE(mkdtemp(&t[0]), nullptr);
+    return t + "/model.safetensors";
 }
 
 std::vector<uint8_t> read_all(const std::string &p) {
