@@ -25,7 +25,8 @@ float from_bits(uint32_t u) {
     return x;
 }
 
-// A fresh folder under Bazel's TEST_TMPDIR (which Bazel removes) for the file written.
+// A fresh folder under Bazel's TEST_TMPDIR (which Bazel removes) for the file written: mkdtemp
+// replaces the template's six X by a unique name.
 std::string tmpfile_path() {
     const char *root = getenv("TEST_TMPDIR");
     std::string t = std::string(root && *root ? root : "/tmp") + "/safetensors_XXXXXX";
