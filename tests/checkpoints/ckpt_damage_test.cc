@@ -724,7 +724,7 @@ protected:
     static void SetUpTestSuite() {
         core_set_quiet(1);
         H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-        g_base = temp_dir();
+        g_base = test_tmp_dir("ckpt");
         const MoeConfig c = tiny();
         CkptState st;
         memset(&st, 0, sizeof st);

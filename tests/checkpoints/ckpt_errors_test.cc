@@ -29,7 +29,7 @@ protected:
         core_set_quiet(1);
         H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
         c_ = tiny();
-        dir_ = temp_dir();
+        dir_ = test_tmp_dir("ckpt");
         single_ = dir_ + "/single.h5";
         index_ = dir_ + "/index.h5";
         State s = make_state(c_, 0, 1);

@@ -88,7 +88,7 @@ TEST(CheckpointFlip, VerifyNeverCrashesAndAgreesWithTheLoader) {
     c.n_dense_layers = 0;
     c.S = 0;
     c.tie_embeddings = 1;
-    const std::string dir = temp_dir(), good = dir + "/good.h5", path = dir + "/flip.h5";
+    const std::string dir = test_tmp_dir("ckpt"), good = dir + "/good.h5", path = dir + "/flip.h5";
     State s = make_state(c, 0, 1);
     CkptShard sh = shard_of(s.m);
     CkptState st;

@@ -21,9 +21,9 @@ CkptState some_state() {
     return st;
 }
 
-// Saves a (with some_state(), no EPLB) as temp_dir()/name; returns the path.
+// Saves a (with some_state(), no EPLB) as test_tmp_dir("ckpt")/name; returns the path.
 std::string save_plain(State &a, const CkptShard &sh, const char *name) {
-    const std::string path = temp_dir() + "/" + name;
+    const std::string path = test_tmp_dir("ckpt") + "/" + name;
     const CkptState st = some_state();
     ckpt_save(path.c_str(), &sh, view(a), &st, nullptr);
     return path;
@@ -37,7 +37,7 @@ TEST(Checkpoint, RoundTripRestoresEveryTensorAndState) {
     std::vector<long> load((size_t)c.L * c.E);
     for (size_t i = 0; i < counts.size(); i++) counts[i] = (long)(i * 37 % 11), load[i] = (long)(i * 13 % 7);
     CkptEplb eplb = {0, nullptr, counts.data(), load.data()};
-    const std::string path = temp_dir() + "/a.h5";
+    const std::string path = test_tmp_dir("ckpt") + "/a.h5";
     CkptShard sh = shard_of(a.m);
     const CkptState st = some_state();
     ckpt_save(path.c_str(), &sh, view(a), &st, &eplb);
@@ -107,7 +107,7 @@ TEST(Checkpoint, ViewOfHostCopiesLeavesTheRegistryBuffersAlone) {
     names.data = names.grad = nullptr;
     long t = a.o.t;
     const CkptView out = {&c, &names, data.data(), m.data(), v.data(), &t};
-    const std::string path = temp_dir() + "/host.h5";
+    const std::string path = test_tmp_dir("ckpt") + "/host.h5";
     CkptShard sh = shard_of(a.m);
     const CkptState st = some_state();
     ckpt_save(path.c_str(), &sh, &out, &st, nullptr);
@@ -201,7 +201,7 @@ TEST(Checkpoint, ResumeIsBitIdenticalToAnUninterruptedRun) {
     State first = blank_state(c, 0, 1);
     model_init_weights(first.m);
     std::vector<float> got = train(first, c, 0, N);
-    const std::string path = temp_dir() + "/step_4.h5";
+    const std::string path = test_tmp_dir("ckpt") + "/step_4.h5";
     CkptShard sh = shard_of(first.m);
     CkptState st = some_state();
     st.step = N;
@@ -239,7 +239,7 @@ TEST(Checkpoint, ReshardTwoHalvesIntoOneProcess) {
     core_set_quiet(1);
     const MoeConfig c = tiny();
     State h[2] = {make_state(c, 0, 2), make_state(c, 1, 2)};
-    const std::string dir = temp_dir(), path = dir + "/step_1.h5";
+    const std::string dir = test_tmp_dir("ckpt"), path = dir + "/step_1.h5";
     const CkptState st = some_state();
     save_halves(path, c, h, st);
     EXPECT_TRUE(file_exists(path + ".part-0-of-2"));
@@ -279,7 +279,7 @@ TEST(Checkpoint, ReshardOneProcessIntoTwoHalves) {
     core_set_quiet(1);
     const MoeConfig c = tiny();
     State full = make_state(c, 0, 1);
-    const std::string path = temp_dir() + "/full.h5";
+    const std::string path = test_tmp_dir("ckpt") + "/full.h5";
     CkptShard sh = shard_of(full.m);
     const CkptState st = some_state();
     ckpt_save(path.c_str(), &sh, view(full), &st, nullptr);
@@ -302,7 +302,7 @@ TEST(Checkpoint, ReshardPipelineStagesIntoAnyCut) {
     core_set_quiet(1);
     const MoeConfig c = tiny();
     const int cut[2][3] = {{0, 2, 3}, {0, 1, 3}};  // [layout] stage bounds
-    const std::string dir = temp_dir(), path = dir + "/pp.h5", single = dir + "/one.h5";
+    const std::string dir = test_tmp_dir("ckpt"), path = dir + "/pp.h5", single = dir + "/one.h5";
     const CkptState st = some_state();
     std::vector<State> parts;
     for (int s = 0; s < 2; s++)
@@ -381,7 +381,7 @@ TEST(Checkpoint, ReshardThroughAnEplbPlanWithReplicas) {
         }
         ranks[r].o.t = ref.o.t;
     }
-    const std::string path = temp_dir() + "/eplb.h5";
+    const std::string path = test_tmp_dir("ckpt") + "/eplb.h5";
     for (int r = 0; r < 2; r++) ckpt_save_part(path.c_str(), &sh[r], view(ranks[r]));
     std::vector<long> counts((size_t)c.L * c.E, 5);
     CkptEplb e = {R, phy2log.data(), counts.data(), nullptr};
@@ -428,7 +428,7 @@ TEST(Checkpoint, PruneKeepsTheNewestOfItsLineage) {
     core_set_quiet(1);
     const MoeConfig c = tiny();
     State s = make_state(c, 0, 1);
-    const std::string dir = temp_dir();
+    const std::string dir = test_tmp_dir("ckpt");
     save_steps(dir, s, {5, 10, 15, 20}, 7);
     save_steps(dir, s, {12}, 8);  // another run's checkpoint in the same folder
     // A multi-part checkpoint at step 2 (older than all): its parts must go with it.
@@ -463,7 +463,7 @@ TEST(Checkpoint, PruneAfterAResumeKeepsWhatTheRunWrote) {
     core_set_quiet(1);
     const MoeConfig c = tiny();
     State s = make_state(c, 0, 1);
-    const std::string dir = temp_dir();
+    const std::string dir = test_tmp_dir("ckpt");
     save_steps(dir, s, {1, 2, 5, 6}, 7);
     save_steps(dir, s, {3}, 7);
     const long own[] = {3, 4};
@@ -481,7 +481,7 @@ TEST(Checkpoint, VerifyAndInspectASoundCheckpoint) {
     core_set_quiet(1);
     const MoeConfig c = tiny();
     State h[2] = {make_state(c, 0, 2), make_state(c, 1, 2)};
-    const std::string path = temp_dir() + "/v.h5";
+    const std::string path = test_tmp_dir("ckpt") + "/v.h5";
     save_halves(path, c, h, some_state());
     char *buf = nullptr;
     size_t len = 0;
@@ -508,7 +508,7 @@ TEST(Checkpoint, InspectCountsEveryParameter) {
     core_set_quiet(1);
     const MoeConfig c = tiny();
     State h[2] = {make_state(c, 0, 2), make_state(c, 1, 2)};
-    const std::string path = temp_dir() + "/count.h5";
+    const std::string path = test_tmp_dir("ckpt") + "/count.h5";
     save_halves(path, c, h, some_state());
     Model *whole = model_create(&c, 0, 1);
     double n = 0;

@@ -20,6 +20,7 @@ extern "C" {
 #include "framework/model.h"
 #include "framework/optimizer.h"
 #include "framework/train.h"
+#include "tests/util/tmp.h"
 }
 
 namespace ckpt_test {
@@ -32,14 +33,6 @@ inline MoeConfig tiny() {
     c.F = 24; c.E = 4; c.K = 2; c.S = 1; c.Fe = 8; c.batch_size = 2; c.seed = 5;
     c.steps = 12; c.warmup_steps = 3; c.bias_rate = 0.01f; c.balance_alpha = 0.01f;
     return c;
-}
-
-// A fresh directory under $TEST_TMPDIR (Bazel) or /tmp.
-inline std::string temp_dir() {
-    const char *base = getenv("TEST_TMPDIR");
-    std::string tmpl = std::string(base ? base : "/tmp") + "/moelab_ckpt_XXXXXX";
-    if (!mkdtemp(&tmpl[0])) abort();
-    return tmpl;
 }
 
 inline bool file_exists(const std::string &p) {

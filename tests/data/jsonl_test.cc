@@ -19,7 +19,6 @@ extern "C" {
 }
 
 using data_test::read_file;
-using data_test::temp_dir;
 using data_test::write_file;
 
 namespace {
@@ -118,7 +117,7 @@ std::string jsonl_of(const std::vector<std::string> &docs, size_t from, size_t t
 }
 
 TEST(PrepareJsonl, EveryLineIsADocument) {
-    const std::string in = temp_dir(), out = temp_dir(), out2 = temp_dir();
+    const std::string in = test_tmp_dir("data"), out = test_tmp_dir("data"), out2 = test_tmp_dir("data");
     write_file(in + "/a.jsonl", jsonl_of(kDocs, 0, 2) + "oops\n");
     write_gzip(in + "/b.jsonl.gz", jsonl_of(kDocs, 2, 4));
     write_file(in + "/c.txt", "a plain text file is still one document.\nsecond line.\n");
@@ -157,7 +156,7 @@ TEST(PrepareJsonl, EveryLineIsADocument) {
 // .txt.gz and a .JSONL.GZ went in as raw gzip bytes), and the shards follow the paths, not the order
 // --input names them in (review, 2026-12-06): the same files and seed give the same dataset.
 TEST(PrepareJsonl, CompressedFilesAndAnyInputOrder) {
-    const std::string in = temp_dir(), gzd = temp_dir(), out = temp_dir(), out2 = temp_dir(), out3 = temp_dir();
+    const std::string in = test_tmp_dir("data"), gzd = test_tmp_dir("data"), out = test_tmp_dir("data"), out2 = test_tmp_dir("data"), out3 = test_tmp_dir("data");
     const std::string a = in + "/a.txt", b = in + "/b.jsonl", c = in + "/c.txt";
     write_file(a, kDocs[0]);
     write_file(b, jsonl_of(kDocs, 1, 3));
@@ -178,7 +177,7 @@ TEST(PrepareJsonl, CompressedFilesAndAnyInputOrder) {
     }
     // A file reached twice (here through a link in another folder) is read under its first path in
     // path order: which --input came first decided it, and the dataset with it.
-    const std::string A = temp_dir(), B = temp_dir(), o1 = temp_dir(), o2 = temp_dir();
+    const std::string A = test_tmp_dir("data"), B = test_tmp_dir("data"), o1 = test_tmp_dir("data"), o2 = test_tmp_dir("data");
     write_file(A + "/a.txt", kDocs[0]);
     write_file(A + "/m.txt", kDocs[1]);
     write_file(B + "/q.txt", kDocs[2]);
@@ -200,7 +199,7 @@ TEST(PrepareJsonl, CompressedFilesAndAnyInputOrder) {
 }
 
 TEST(PrepareJsonl, ReportsTheFirstFiveBadLinesAndCountsAll) {
-    const std::string in = temp_dir(), out = temp_dir();
+    const std::string in = test_tmp_dir("data"), out = test_tmp_dir("data");
     std::string text = jsonl_of(kDocs, 0, 4);
     for (int i = 0; i < 7; i++) text += "{\"txt\": \"wrong field\"}\n";
     write_file(in + "/x.jsonl", text);
@@ -226,7 +225,7 @@ TEST(PrepareJsonl, ReportsTheFirstFiveBadLinesAndCountsAll) {
 }
 
 TEST(PrepareJsonl, BadInputIsUsageError) {
-    const std::string in = temp_dir(), out = temp_dir();
+    const std::string in = test_tmp_dir("data"), out = test_tmp_dir("data");
     PrepareStats st;
     write_file(in + "/s.jsonl", jsonl_of(kDocs, 0, 2) + "{\"text\": null}\n");
     const std::string s = in + "/s.jsonl";
@@ -255,7 +254,7 @@ TEST(PrepareJsonl, BadInputIsUsageError) {
 }
 
 TEST(PrepareJsonl, CommandLineFlags) {
-    const std::string in = temp_dir(), out = temp_dir();
+    const std::string in = test_tmp_dir("data"), out = test_tmp_dir("data");
     write_file(in + "/a.jsonl", "{\"body\": \"one document of text.\\nline two.\"}\n{\"text\": \"x\"}\n");
     const std::string a = in + "/a.jsonl";
     EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", a, "--vocab", "260", "--out", out, "--text-field", ""}), 2);

@@ -20,7 +20,7 @@ namespace {
 // A shard whose token i is i, so a sequence names itself: its first token / T. `changed`: that
 // token is 0 instead (in a shard of another name).
 std::string counting_shard(uint32_t n, uint32_t changed = UINT32_MAX) {
-    std::string path = data_test::temp_dir() + (changed == UINT32_MAX ? "/train.bin" : "/changed.bin");
+    std::string path = test_tmp_dir("data") + (changed == UINT32_MAX ? "/train.bin" : "/changed.bin");
     std::vector<uint32_t> ids(n);
     for (uint32_t i = 0; i < n; i++) ids[i] = i == changed ? 0 : i;
     FILE *f = fopen(path.c_str(), "wb");
@@ -186,7 +186,7 @@ TEST(Loader, BadInputIsUsageError) {
     EXPECT_EXIT(loader_set_pos(l, LoaderPos{0, 2}), ::testing::ExitedWithCode(2),
                 "train.bin: saved loader position 2 is beyond its 2 sequences");
     loader_close(l);
-    std::string bad = data_test::temp_dir() + "/bad.bin";
+    std::string bad = test_tmp_dir("data") + "/bad.bin";
     data_test::write_file(bad, "MOELTOK1");
     EXPECT_EXIT(loader_open(bad.c_str(), 3, 1, 0, 1, 1, 1), ::testing::ExitedWithCode(2), "bad.bin: not a token shard");
 }

@@ -24,7 +24,6 @@ extern "C" {
 }
 
 using data_test::read_file;
-using data_test::temp_dir;
 using data_test::write_file;
 
 namespace {
@@ -35,7 +34,7 @@ const std::string kDocC = "a third file in a subdirectory.\nthe words repeat: th
 
 // A corpus directory: three text files (one in a subdirectory) and files that must be skipped.
 std::string make_corpus() {
-    std::string dir = temp_dir();
+    std::string dir = test_tmp_dir("data");
     mkdir((dir + "/sub").c_str(), 0777);
     write_file(dir + "/a.txt", kDocA);
     write_file(dir + "/b", kDocB);
@@ -67,7 +66,7 @@ size_t split(const std::string &doc, double f) {
 }
 
 TEST(Prepare, EndToEnd) {
-    std::string in = make_corpus(), out = temp_dir() + "/out/nested";
+    std::string in = make_corpus(), out = test_tmp_dir("data") + "/out/nested";
     const char *inputs[] = {in.c_str()};
     PrepareStats st;
     testing::internal::CaptureStdout();
@@ -104,7 +103,7 @@ TEST(Prepare, EndToEnd) {
     tok_free(t);
 
     // Same seed, same files; another seed, another document order.
-    std::string out2 = temp_dir(), out3 = temp_dir();
+    std::string out2 = test_tmp_dir("data"), out3 = test_tmp_dir("data");
     prepare_dataset(inputs, 1, 300, out2.c_str(), 0.3, 5, nullptr, &st);
     EXPECT_EQ(read_file(out + "/train.bin"), read_file(out2 + "/train.bin"));
     EXPECT_EQ(read_file(out + "/val.bin"), read_file(out2 + "/val.bin"));
@@ -118,7 +117,7 @@ TEST(Prepare, EndToEnd) {
 }
 
 TEST(Prepare, RawBytesAndExplicitFiles) {
-    std::string in = make_corpus(), out = temp_dir();
+    std::string in = make_corpus(), out = test_tmp_dir("data");
     std::string a = in + "/a.txt", c = in + "/sub/c";
     const char *inputs[] = {a.c_str(), c.c_str()};
     PrepareStats st;
@@ -136,7 +135,7 @@ TEST(Prepare, RawBytesAndExplicitFiles) {
 }
 
 TEST(Prepare, BadInputIsUsageError) {
-    std::string out = temp_dir(), empty = temp_dir();
+    std::string out = test_tmp_dir("data"), empty = test_tmp_dir("data");
     const char *missing[] = {"/nonexistent/moelab/corpus"};
     PrepareStats st;
     EXPECT_EXIT(prepare_dataset(missing, 1, 300, out.c_str(), 0.1, 1, nullptr, &st), ::testing::ExitedWithCode(2),
@@ -161,7 +160,7 @@ TEST(Prepare, BadInputIsUsageError) {
 // directory it is skipped like every other entry that is no regular file. (alarm: a regression
 // ends the child, or the test, instead of hanging it.)
 TEST(Prepare, FifoInputNeverBlocks) {
-    std::string in = make_corpus(), out = temp_dir(), fifo = in + "/pipe";
+    std::string in = make_corpus(), out = test_tmp_dir("data"), fifo = in + "/pipe";
     ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
     const char *direct[] = {fifo.c_str()};
     PrepareStats st;
@@ -194,7 +193,7 @@ std::string entries(const std::string &dir) {
 // the one before). It is an error naming the reason and the entry, before --out is made; a symbolic
 // link to nothing is still skipped.
 TEST(Prepare, EntryThatCannotBeExaminedIsAnError) {
-    std::string in = make_corpus(), base = temp_dir(), out = base + "/out";
+    std::string in = make_corpus(), base = test_tmp_dir("data"), out = base + "/out";
     ASSERT_EQ(symlink("nowhere", (in + "/dangling").c_str()), 0);
     const char *inputs[] = {in.c_str()};
     PrepareStats st;
@@ -218,7 +217,7 @@ TEST(Prepare, EntryThatCannotBeExaminedIsAnError) {
 
 // A corpus of about 64 KB (its train shard far larger than its tokenizer file), in a new directory.
 std::string make_big_corpus() {
-    std::string dir = temp_dir(), text;
+    std::string dir = test_tmp_dir("data"), text;
     for (int i = 0; text.size() < 65536; i++) text += kDocA + std::to_string(i) + " " + kDocC;
     write_file(dir + "/big.txt", text);
     return dir;
@@ -235,7 +234,7 @@ void limit_file_size(rlim_t bytes) {
 // A directory where val.bin must go: refused (exit 2, naming it) before anything is written. It used
 // to fail at val.bin after writing tokenizer.bin and train.bin.
 TEST(Prepare, DirectoryInPlaceOfAnOutputLeavesNothing) {
-    std::string in = make_corpus(), out = temp_dir();
+    std::string in = make_corpus(), out = test_tmp_dir("data");
     ASSERT_EQ(mkdir((out + "/val.bin").c_str(), 0777), 0);
     const char *inputs[] = {in.c_str()};
     PrepareStats st;
@@ -252,7 +251,7 @@ TEST(Prepare, DirectoryInPlaceOfAnOutputLeavesNothing) {
 // files stay as they were: a failure used to leave a new tokenizer.bin and a truncated train.bin
 // (count 0 in its header) beside the old val.bin.
 TEST(Prepare, FailedWriteLeavesTheOldDatasetWhole) {
-    std::string in = make_big_corpus(), fresh = temp_dir(), old = temp_dir();
+    std::string in = make_big_corpus(), fresh = test_tmp_dir("data"), old = test_tmp_dir("data");
     const char *inputs[] = {in.c_str()};
     PrepareStats st;
     // The tokenizer file (16 + 8 * 44 bytes) fits under the limit, the train shard does not.
@@ -291,7 +290,7 @@ TEST(Prepare, FailedWriteLeavesTheOldDatasetWhole) {
 // `moelab train` refuses. Each now holds out its tail from the plain split point; a document whose
 // tail has a newline before its end still splits there (EndToEnd).
 TEST(Prepare, OneLineDocumentsHoldOutTheirTails) {
-    std::string in = temp_dir(), out = temp_dir(), tails;
+    std::string in = test_tmp_dir("data"), out = test_tmp_dir("data"), tails;
     for (int i = 0; i < 300; i++) {
         const std::string doc = "line " + std::to_string(i) + " of a corpus of short one-line documents\n";
         write_file(in + "/doc" + std::to_string(1000 + i), doc);
@@ -313,7 +312,7 @@ TEST(Prepare, OneLineDocumentsHoldOutTheirTails) {
 // empty val.bin with exit 0. It is refused (exit 2, naming the flag and the corpus) before --out is
 // made, and over an existing dataset the old three files stay as they were.
 TEST(Prepare, FractionThatHoldsOutNothingIsRefused) {
-    std::string in = make_corpus(), base = temp_dir(), fresh = base + "/fresh", old = temp_dir();
+    std::string in = make_corpus(), base = test_tmp_dir("data"), fresh = base + "/fresh", old = test_tmp_dir("data");
     const char *inputs[] = {in.c_str()};
     PrepareStats st;
     const char *msg = "--val-fraction 1e-17 holds out nothing of the 3 document.s. .[0-9]+ bytes.: val.bin would be empty";
@@ -370,7 +369,7 @@ std::string glued_message(const std::string &text) {
 // continued it: "prepare: reading  50.0%moelab: error: .../b.jsonl.gz: not a gzip file". Each now
 // starts a line of its own.
 TEST(Prepare, MessagesOnATerminalStartALine) {
-    std::string in = make_corpus(), out = temp_dir(), a = in + "/a.txt", gz = in + "/b.jsonl.gz", jl = in + "/c.jsonl";
+    std::string in = make_corpus(), out = test_tmp_dir("data"), a = in + "/a.txt", gz = in + "/b.jsonl.gz", jl = in + "/c.jsonl";
     write_file(gz, "plain text, not gzip");
     write_file(jl, "{\"text\": \"a good line\"}\nnot json\n{\"text\": \"another good line\"}\n");
     int status = 0;
@@ -425,7 +424,7 @@ TEST(CmdData, HelpAndFlagErrors) {
 }
 
 TEST(CmdData, PrepareEndToEnd) {
-    std::string in = make_corpus(), out = temp_dir();
+    std::string in = make_corpus(), out = test_tmp_dir("data");
     std::string a = in + "/a.txt", b = in + "/b";
     EXPECT_EQ(run_cmd_data({"data", "prepare", "--input", a, b, "--input=" + in + "/sub", "--vocab=280", "--out", out,
                    "--val-fraction", "0.2", "--seed", "3"}),

@@ -17,13 +17,12 @@ extern "C" {
 
 using data_test::put_u32;
 using data_test::read_file;
-using data_test::temp_dir;
 using data_test::write_file;
 
 namespace {
 
 void check_round_trip(uint32_t vocab, size_t n, uint32_t want_width) {
-    std::string path = temp_dir() + "/s.bin";
+    std::string path = test_tmp_dir("data") + "/s.bin";
     std::vector<uint32_t> ids(n);
     for (size_t i = 0; i < n; i++) ids[i] = (uint32_t)((i * 2654435761u) % vocab);
     if (n > 0) ids[n - 1] = vocab - 1;
@@ -55,7 +54,7 @@ TEST(Shard, RoundTrip) {
 }
 
 TEST(Shard, LittleEndianLayout) {
-    std::string path = temp_dir() + "/s.bin";
+    std::string path = test_tmp_dir("data") + "/s.bin";
     FILE *f = fopen(path.c_str(), "wb");
     ASSERT_NE(f, nullptr);
     ShardWriter *w = shard_writer_open(f, path.c_str(), 70000, 0xa1b2c3d4u);
@@ -90,7 +89,7 @@ struct BadShard {
 };
 
 TEST(Shard, MalformedShardsAreUsageErrors) {
-    std::string dir = temp_dir();
+    std::string dir = test_tmp_dir("data");
     std::vector<BadShard> cases = {
         {"empty", "", "not a token shard: 0 bytes, shorter than the 32-byte header"},
         {"short", shard_bytes(300, 0, 2, {}).substr(0, 20), "shorter than the 32-byte header"},
@@ -139,7 +138,7 @@ TEST(Shard, MalformedShardsAreUsageErrors) {
 
 // Shards of an older moelab (version 1, the field 0) still load, their fingerprint unknown (0).
 TEST(Shard, Version1LoadsWithoutAFingerprint) {
-    std::string path = temp_dir() + "/v1.bin";
+    std::string path = test_tmp_dir("data") + "/v1.bin";
     write_file(path, shard_bytes(300, 2, 2, {299, 4}, SHARD_MAGIC, 1, 0));
     Shard s;
     shard_open(path.c_str(), &s);
@@ -150,7 +149,7 @@ TEST(Shard, Version1LoadsWithoutAFingerprint) {
 }
 
 TEST(Shard, WriterRejectsBadInput) {
-    std::string path = temp_dir() + "/x.bin";
+    std::string path = test_tmp_dir("data") + "/x.bin";
     FILE *f = fopen(path.c_str(), "wb");
     ASSERT_NE(f, nullptr);
     EXPECT_DEATH(shard_writer_open(f, path.c_str(), 300, 0), "0 is not a tokenizer fingerprint");
@@ -181,7 +180,7 @@ TEST(Shard, UnmappableShardIsAnEnvironmentFailure) {
 #if defined(__SANITIZE_ADDRESS__)
     GTEST_SKIP() << "AddressSanitizer reserves the address space a limit would cut";
 #else
-    const std::string path = temp_dir() + "/big.bin";
+    const std::string path = test_tmp_dir("data") + "/big.bin";
     const uint64_t count = 1ull << 32;
     write_file(path, shard_bytes(300, count, 2, {}));
     ASSERT_EQ(truncate(path.c_str(), (off_t)(SHARD_HEADER_BYTES + 2 * count)), 0);

@@ -1,4 +1,4 @@
-// Helpers shared by the data tests: temporary files and directories, whole-file reads and writes.
+// Helpers shared by the data tests: whole-file reads and writes (their folders: tests/util/tmp.h).
 #ifndef MOELAB_TESTS_DATA_TEST_UTIL_H
 #define MOELAB_TESTS_DATA_TEST_UTIL_H
 
@@ -8,16 +8,9 @@
 
 #include <string>
 
-namespace data_test {
+#include "tests/util/tmp.h"
 
-// A fresh directory under $TEST_TMPDIR (Bazel) or /tmp.
-inline std::string temp_dir() {
-    const char *base = getenv("TEST_TMPDIR");
-    std::string tmpl = std::string(base ? base : "/tmp") + "/moelab_data_XXXXXX";
-    char *d = mkdtemp(&tmpl[0]);
-    if (!d) abort();
-    return tmpl;
-}
+namespace data_test {
 
 inline void write_file(const std::string &path, const std::string &bytes) {
     FILE *f = fopen(path.c_str(), "wb");

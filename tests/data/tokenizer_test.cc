@@ -15,7 +15,6 @@ extern "C" {
 
 using data_test::put_u32;
 using data_test::read_file;
-using data_test::temp_dir;
 using data_test::write_file;
 
 namespace {
@@ -166,7 +165,7 @@ TEST(Tokenizer, DecodeTruncatesToCapacity) {
 }
 
 TEST(TokenizerFile, WriteLoadRoundTrip) {
-    std::string dir = temp_dir(), path = dir + "/tok.bin";
+    std::string dir = test_tmp_dir("data"), path = dir + "/tok.bin";
     Tokenizer *t = train_on(kText, 420);
     ASSERT_EQ(t->V, 420);
     FILE *f = fopen(path.c_str(), "wb");
@@ -196,7 +195,7 @@ TEST(TokenizerFile, FingerprintIsTheMerges) {
     tok_free(t_ab);
     tok_free(t_ba);
 
-    std::string path = temp_dir() + "/tok.bin";
+    std::string path = test_tmp_dir("data") + "/tok.bin";
     Tokenizer *t = train_on(kText, 420);
     FILE *f = fopen(path.c_str(), "wb");
     ASSERT_NE(f, nullptr);
@@ -225,7 +224,7 @@ struct BadFile {
 };
 
 TEST(TokenizerFile, MalformedFilesAreUsageErrors) {
-    std::string dir = temp_dir();
+    std::string dir = test_tmp_dir("data");
     std::string good = tok_file(258, {97, 98, 256, 99});
     std::vector<BadFile> cases = {
         {"empty", "", "shorter than the 16-byte header"},

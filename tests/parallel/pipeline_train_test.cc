@@ -24,6 +24,7 @@ extern "C" {
 #include "parallel/comm.h"
 #include "parallel/grid.h"
 #include "parallel/simulator.h"
+#include "tests/util/tmp.h"
 }
 
 namespace {
@@ -226,8 +227,7 @@ TEST(PipelineTrain, MatchesTheOneProcessRun) {
     const int W = comm_world()->size;
     ASSERT_FALSE(cases(W).empty()) << "no pipeline layouts for " << W << " ranks";
     // The first layout also writes its measured trace and reads it back.
-    const char *dir = std::getenv("TEST_TMPDIR");
-    const std::string trace = std::string(dir ? dir : "/tmp") + "/pipeline_trace.json";
+    const std::string trace = test_tmp_root() + "/pipeline_trace.json";
     for (size_t i = 0; i < cases(W).size(); i++)
         compare_with_one_process(cases(W)[i], i == 0 ? trace.c_str() : nullptr);
 }

@@ -21,6 +21,7 @@ extern "C" {
 #include "parallel/schedule.h"
 #include "parallel/schedule_svg.h"
 #include "parallel/simulator.h"
+#include "tests/util/tmp.h"
 }
 
 namespace {
@@ -46,14 +47,6 @@ SchedPtr build(SchedKind k, int N, int C) {
 std::string validate(const Schedule *s) {
     char err[SCHED_ERR_LEN] = "";
     return sched_validate(s, err) ? std::string(err) : std::string();
-}
-
-std::string tmp_path(const char *tag) {
-    char path[64];
-    snprintf(path, sizeof path, "/tmp/moelab_sched_%s_XXXXXX", tag);
-    int fd = mkstemp(path);
-    close(fd);
-    return path;
 }
 
 // What sched_svg_write draws for t, as text.
@@ -763,7 +756,7 @@ TEST(Output, SvgDeferredMarkAndLineBreak) {
 TEST(Trace, RoundTrip) {
     auto s = build(SCHED_DUALPIPEV, 3, 7);
     auto t = sim(s.get(), {1.25, 2.5, 1, 3.1, 0.05});
-    std::string path = tmp_path("trace");
+    std::string path = test_tmp_file("trace");
     char err[SCHED_ERR_LEN];
     ASSERT_EQ(sim_write_trace(t.get(), path.c_str(), err), 0) << err;
     TlPtr u(sim_read_trace(path.c_str(), err));
@@ -783,7 +776,7 @@ TEST(Trace, RoundTrip) {
 
 // The whole of text, NUL bytes included.
 std::string write_text(const std::string &text) {
-    std::string path = tmp_path("tr");
+    std::string path = test_tmp_file("tr");
     FILE *f = fopen(path.c_str(), "w");
     fwrite(text.data(), 1, text.size(), f);
     fclose(f);
@@ -842,7 +835,7 @@ TEST(Trace, Errors) {
     // a writer blocked the open for ever. Neither is a regular file.
     EXPECT_EQ(sim_read_trace("/tmp", err), nullptr);
     EXPECT_STREQ(err, "cannot open trace /tmp: not a regular file");
-    std::string fifo = tmp_path("fifo");
+    std::string fifo = test_tmp_file("fifo");
     remove(fifo.c_str());
     ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
     EXPECT_EQ(sim_read_trace(fifo.c_str(), err), nullptr);

@@ -10,13 +10,13 @@
 
 extern "C" {
 #include "tests/reference/tensor_dump.h"
+#include "tests/util/tmp.h"
 }
 
 namespace {
 
 std::string tmp_path(const char *tag) {
-    const char *dir = getenv("TEST_TMPDIR");
-    return std::string(dir ? dir : "/tmp") + "/tdump_" + tag + ".bin";
+    return test_tmp_root() + "/tdump_" + tag + ".bin";
 }
 
 std::vector<uint8_t> slurp(const std::string &path) {

@@ -17,6 +17,7 @@
 
 extern "C" {
 #include "tools/commands.h"
+#include "tests/util/tmp.h"
 }
 
 namespace {
@@ -25,10 +26,8 @@ using namespace std::string_literals;  // "...\0..."s keeps its NUL bytes
 
 // The whole of text, NUL bytes included.
 std::string write_csv(const std::string &text) {
-    const char *dir = getenv("TEST_TMPDIR");
-    std::string path = std::string(dir ? dir : "/tmp") + "/moelab_eplb_XXXXXX";
-    int fd = mkstemp(&path[0]);
-    FILE *f = fdopen(fd, "w");
+    const std::string path = test_tmp_file("eplb");
+    FILE *f = fopen(path.c_str(), "w");
     fwrite(text.data(), 1, text.size(), f);
     fclose(f);
     return path;

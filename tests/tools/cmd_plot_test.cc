@@ -16,6 +16,7 @@
 extern "C" {
 #include "framework/core/config.h"
 #include "tools/commands.h"
+#include "tests/util/tmp.h"
 }
 
 namespace {
@@ -23,8 +24,7 @@ namespace {
 using namespace std::string_literals;  // "...\0..."s keeps its NUL bytes
 
 std::string tmp_path(const char *name) {
-    const char *dir = getenv("TEST_TMPDIR");
-    return std::string(dir ? dir : "/tmp") + "/" + name;
+    return test_tmp_root() + "/" + name;
 }
 
 // The whole of text, NUL bytes included.

@@ -18,6 +18,7 @@
 extern "C" {
 #include "parallel/schedule.h"
 #include "tools/commands.h"
+#include "tests/util/tmp.h"
 }
 
 namespace {
@@ -37,13 +38,6 @@ Result run(std::vector<std::string> args) {
     fflush(stdout);
     Result r{rc, testing::internal::GetCapturedStdout(), testing::internal::GetCapturedStderr()};
     return r;
-}
-
-std::string tmp_path(const char *tag) {
-    char path[64];
-    snprintf(path, sizeof path, "/tmp/moelab_cmd_%s_XXXXXX", tag);
-    close(mkstemp(path));
-    return path;
 }
 
 std::string slurp(const std::string &path) {
@@ -82,7 +76,7 @@ TEST(CmdSchedule, TextOneFOneB) {
 
 // In text mode the files written are named last (JSON mode keeps stdout to the JSON, above).
 TEST(CmdSchedule, TextNamesTheFilesWritten) {
-    const std::string svg = tmp_path("named_svg"), trace = tmp_path("named_trace");
+    const std::string svg = test_tmp_file("named_svg"), trace = test_tmp_file("named_trace");
     Result r = run({"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--svg", svg, "--trace", trace});
     EXPECT_EQ(r.rc, 0) << r.err;
     const std::string tail = "wrote " + svg + "\nwrote " + trace + "\n";
@@ -105,7 +99,7 @@ TEST(CmdSchedule, TextDualPipeCosts) {
 }
 
 TEST(CmdSchedule, JsonAndFiles) {
-    std::string svg = tmp_path("svg"), trace = tmp_path("trace"), svg2 = tmp_path("svg2");
+    std::string svg = test_tmp_file("svg"), trace = test_tmp_file("trace"), svg2 = test_tmp_file("svg2");
     Result r = run({"--kind", "dualpipev", "--pp", "3", "--chunks", "7", "--format", "json", "--svg", svg,
                     "--trace", trace});
     EXPECT_EQ(r.rc, 0) << r.err;
@@ -152,7 +146,7 @@ TEST(CmdSchedule, JsonAndFiles) {
 // and a p2p latency of 0.5: F [0,1] → F [1.5,2.5] B [2.5,4.5] → B [5,7]; each rank idles 7 − 3 = 4,
 // which the formula (N−1)(F+B) = 3 leaves the latency out of.
 TEST(CmdSchedule, FromTraceMeasuredIdleIsTheMeanOverRanks) {
-    const std::string trace = tmp_path("idle_trace"), svg = tmp_path("idle_svg");
+    const std::string trace = test_tmp_file("idle_trace"), svg = test_tmp_file("idle_svg");
     ASSERT_EQ(run({"--kind", "1f1b", "--pp", "2", "--chunks", "1", "--cost-p2p", "0.5", "--trace", trace}).rc, 0);
     Result r = run({"--from-trace", trace, "--svg", svg, "--kind", "1f1b"});
     EXPECT_EQ(r.rc, 0) << r.err;
@@ -167,7 +161,7 @@ TEST(CmdSchedule, FromTraceMeasuredIdleIsTheMeanOverRanks) {
 // (the generators emit no such F&B, but a measured trace may hold one). Trace: F1d 1 µs, FB(2d,0u*)
 // 2 µs, W0u 1 µs on one rank → F 1, W 1, F&B 2 + 1 = 3.
 TEST(CmdSchedule, FromTraceDeferringFAndBCountsItsW) {
-    const std::string trace = tmp_path("fbw_trace"), svg = tmp_path("fbw_svg");
+    const std::string trace = test_tmp_file("fbw_trace"), svg = test_tmp_file("fbw_svg");
     ASSERT_TRUE(spit(trace, "[{\"name\": \"F1d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 0, \"dur\": 1},\n"
                             " {\"name\": \"FB(2d,0u*)\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1, \"dur\": 2},\n"
                             " {\"name\": \"W0u\", \"ph\": \"X\", \"pid\": 0, \"ts\": 3, \"dur\": 1}]\n"));
@@ -181,7 +175,7 @@ TEST(CmdSchedule, FromTraceDeferringFAndBCountsItsW) {
 // DualPipe gives each pipe its own micro-batches: an up pipe that starts at the down pipe's last id
 // (micro-batch 1 in both) does not fit, as an up pipe that starts below it does not.
 TEST(CmdSchedule, FromTraceDualPipeRefusesAMicroBatchInBothPipes) {
-    const std::string trace = tmp_path("both_trace"), svg = tmp_path("both_svg");
+    const std::string trace = test_tmp_file("both_trace"), svg = test_tmp_file("both_svg");
     ASSERT_TRUE(spit(trace, "[{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 0, \"dur\": 1},\n"
                             " {\"name\": \"F1d\", \"ph\": \"X\", \"pid\": 0, \"ts\": 1, \"dur\": 1},\n"
                             " {\"name\": \"F1u\", \"ph\": \"X\", \"pid\": 1, \"ts\": 2, \"dur\": 1}]\n"));
@@ -205,7 +199,7 @@ TEST(CmdSchedule, FromTraceNamesTheFirstSimulatedOnlyFlag) {
 // Ops that overlap on one rank (two threads of a measured run): busy is the time any op ran, so
 // idle stays >= 0 (the review of 2026-12-05 saw "idle -10 µs (-100.0%)").
 TEST(CmdSchedule, OverlappingOpsCountOnce) {
-    const std::string trace = tmp_path("overlap"), svg = tmp_path("overlap_svg");
+    const std::string trace = test_tmp_file("overlap"), svg = test_tmp_file("overlap_svg");
     ASSERT_TRUE(spit(trace, "{\"traceEvents\": ["
                             "{\"name\": \"F0d\", \"ph\": \"X\", \"pid\": 0, \"tid\": 0, \"ts\": 0, \"dur\": 10},\n"
                             "{\"name\": \"B0d\", \"ph\": \"X\", \"pid\": 0, \"tid\": 1, \"ts\": 4, \"dur\": 10}]}\n"));
@@ -221,9 +215,8 @@ TEST(CmdSchedule, OverlappingOpsCountOnce) {
 // character or a UTF-8 character cut by the title's byte limit written as U+FFFD, not as the raw
 // bytes (both exit 0 with an SVG no viewer opened: sweep, 2026-12-06).
 TEST(CmdSchedule, SvgIsWellFormedWhateverTheTrace) {
-    const std::string svg = tmp_path("odd_svg");
-    char dir[] = "/tmp/moelab_cmd_names_XXXXXX";
-    ASSERT_NE(mkdtemp(dir), nullptr);
+    const std::string svg = test_tmp_file("odd_svg");
+    const std::string dir = test_tmp_dir("names");
     // The title keeps a name's first 200 bytes: here the 200th is the first of é's two.
     const std::string names[] = {std::string(dir) + "/tiny.json", std::string(dir) + "/ctl\001name.json",
                                  std::string(dir) + "/" + std::string(199, 'a') + "\xc3\xa9.json"};
@@ -247,7 +240,7 @@ TEST(CmdSchedule, SvgIsWellFormedWhateverTheTrace) {
         remove(trace.c_str());
     }
     remove(svg.c_str());
-    rmdir(dir);
+    rmdir(dir.c_str());
 }
 
 // --kind with --from-trace names the schedule the trace ran: another kind's formula at its costs is
@@ -257,7 +250,7 @@ TEST(CmdSchedule, SvgIsWellFormedWhateverTheTrace) {
 TEST(CmdSchedule, FromTraceKindMustFitTheTrace) {
     const char *kinds[] = {"1f1b", "dualpipe", "dualpipev"};
     struct Run { int kind, pp, chunks; } runs[] = {{0, 1, 2}, {0, 2, 4}, {1, 2, 4}, {1, 4, 8}, {2, 1, 2}, {2, 2, 4}};
-    const std::string trace = tmp_path("kind_trace"), svg = tmp_path("kind_svg");
+    const std::string trace = test_tmp_file("kind_trace"), svg = test_tmp_file("kind_svg");
     for (const Run &ran : runs) {
         ASSERT_EQ(run({"--kind", kinds[ran.kind], "--pp", std::to_string(ran.pp), "--chunks",
                        std::to_string(ran.chunks), "--trace", trace}).rc, 0);
@@ -368,7 +361,7 @@ TEST(CmdSchedule, LargestSchedules) {
 
 // A FIFO as --from-trace blocked in open for ever: it is no regular file, and nothing is drawn.
 TEST(CmdSchedule, FifoTraceIsBadInput) {
-    std::string fifo = tmp_path("fifo"), svg = tmp_path("fifo_svg");
+    std::string fifo = test_tmp_file("fifo"), svg = test_tmp_file("fifo_svg");
     remove(fifo.c_str());
     remove(svg.c_str());
     ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
@@ -384,7 +377,7 @@ TEST(CmdSchedule, FifoTraceIsBadInput) {
 TEST(CmdSchedule, TraceSpanningNoStepIsBadInput) {
     const char *spans[][2] = {{"-1e308", "1e308"}, {"0", "1.7e308"}};
     for (const auto &sp : spans) {
-        std::string trace = tmp_path("span"), svg = tmp_path("span_svg");
+        std::string trace = test_tmp_file("span"), svg = test_tmp_file("span_svg");
         remove(svg.c_str());
         FILE *f = fopen(trace.c_str(), "w");
         fprintf(f, "[{\"name\":\"F0d\",\"ph\":\"X\",\"pid\":0,\"ts\":%s,\"dur\":1},"
@@ -403,7 +396,7 @@ TEST(CmdSchedule, TraceSpanningNoStepIsBadInput) {
 // An output path that cannot be created is bad input, as in plot and train (it said "cannot write
 // SVG" with no reason, exit 1): one message with the reason, nothing on stdout, no file left.
 TEST(CmdSchedule, UnwritableOutputPathIsBadInput) {
-    std::string trace = tmp_path("ok_trace"), svg = tmp_path("ok_svg");
+    std::string trace = test_tmp_file("ok_trace"), svg = test_tmp_file("ok_svg");
     remove(svg.c_str());
     ASSERT_EQ(run({"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--trace", trace}).rc, 0);
     const std::vector<std::vector<std::string>> cases = {
@@ -427,8 +420,8 @@ TEST(CmdSchedule, UnwritableOutputPathIsBadInput) {
 // replaced the trace; a FIFO or a directory as --svg was replaced or failed after the work. All
 // refused before anything is written, the files there left as they were.
 TEST(CmdSchedule, OutputThatIsNoPlaceForTheFile) {
-    const std::string trace = tmp_path("self_trace"), both = tmp_path("both"), fifo = tmp_path("svg_fifo"),
-                      dir = tmp_path("svg_dir");
+    const std::string trace = test_tmp_file("self_trace"), both = test_tmp_file("both"), fifo = test_tmp_file("svg_fifo"),
+                      dir = test_tmp_file("svg_dir");
     ASSERT_EQ(run({"--kind", "1f1b", "--pp", "2", "--chunks", "2", "--trace", trace}).rc, 0);
     const std::string before = slurp(trace);
     remove(both.c_str());
@@ -467,7 +460,7 @@ TEST(CmdSchedule, OutputThatIsADataFile) {
         {"MOELBPE1 and merges", "a tokenizer"},
     };
     for (const auto &[bytes, what] : kinds) {
-        const std::string path = tmp_path("data_file");
+        const std::string path = test_tmp_file("data_file");
         std::ofstream(path, std::ios::binary) << bytes;
         for (const char *flag : {"--svg", "--trace"}) {
             Result r = run({"--kind", "1f1b", "--pp", "2", "--chunks", "2", flag, path});
@@ -483,9 +476,7 @@ TEST(CmdSchedule, OutputThatIsADataFile) {
 // A write that fails (a full disk; here the file-size limit of a child process) exits 1 with the
 // reason, leaves no partial file and an older file at the path as it was. It left a truncated file.
 TEST(CmdSchedule, FailedWriteLeavesTheOldFile) {
-    char dir[] = "/tmp/moelab_cmd_full_XXXXXX";
-    ASSERT_NE(mkdtemp(dir), nullptr);
-    const std::string d = dir, out = d + "/out", err = d + "/stderr", trace = d + "/t.json";
+    const std::string d = test_tmp_dir("full"), out = d + "/out", err = d + "/stderr", trace = d + "/t.json";
     ASSERT_EQ(run({"--kind", "dualpipe", "--pp", "4", "--chunks", "8", "--trace", trace}).rc, 0);
     const std::vector<std::vector<std::string>> cases = {
         {"--kind", "dualpipe", "--pp", "4", "--chunks", "8", "--svg", out},
@@ -523,7 +514,7 @@ TEST(CmdSchedule, FailedWriteLeavesTheOldFile) {
         EXPECT_EQ(n, 3);
     }
     for (const std::string &p : {out, err, trace}) remove(p.c_str());
-    rmdir(dir);
+    rmdir(d.c_str());
 }
 
 }  // namespace

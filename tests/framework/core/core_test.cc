@@ -25,15 +25,15 @@ extern "C" {
 #include "framework/core/num.h"
 #include "framework/core/params.h"
 #include "framework/core/rng.h"
+#include "tests/util/tmp.h"
 }
 
 namespace {
 
 // text's bytes (NULs included) in a new temporary file; its path.
 std::string write_tmp(const std::string &text) {
-    char path[] = "/tmp/moelab_cfg_XXXXXX";
-    int fd = mkstemp(path);
-    FILE *f = fdopen(fd, "wb");
+    const std::string path = test_tmp_file("cfg");
+    FILE *f = fopen(path.c_str(), "wb");
     fwrite(text.data(), 1, text.size(), f);
     fclose(f);
     return path;
@@ -100,14 +100,14 @@ TEST(Config, WriteReadRoundTrip) {
     MoeConfig a, b;
     config_defaults(&a);
     a.D = 48; a.lr = 1.25e-3f; a.seed = 12345678901ull; strcpy(a.score, "softmax");
-    char path[] = "/tmp/moelab_cfg_rt_XXXXXX";
-    FILE *f = fdopen(mkstemp(path), "w");
+    const std::string path = test_tmp_file("cfg_rt");
+    FILE *f = fopen(path.c_str(), "w");
     config_write(&a, f);
     fclose(f);
     config_defaults(&b);
-    config_load_file(&b, path);
+    config_load_file(&b, path.c_str());
     EXPECT_EQ(memcmp(&a, &b, sizeof a), 0);
-    remove(path);
+    remove(path.c_str());
 }
 
 // The JSON form (the metrics file's first line) holds every key config_write writes, in its order,
@@ -387,27 +387,25 @@ TEST(Config, CommandLineOverridesFile) {
     remove(p.c_str());
 }
 TEST(ConfigDeath, DirectoryAsFile) {
-    char dir[] = "/tmp/moelab_cfgdir_XXXXXX";
-    ASSERT_NE(mkdtemp(dir), nullptr);
+    const std::string dir = test_tmp_dir("cfgdir");
     MoeConfig c;
     config_defaults(&c);
-    EXPECT_EXIT(config_load_file(&c, dir), ::testing::ExitedWithCode(2),
+    EXPECT_EXIT(config_load_file(&c, dir.c_str()), ::testing::ExitedWithCode(2),
                 "cannot open config file '.*': not a regular file");
-    rmdir(dir);
+    rmdir(dir.c_str());
 }
 // `moelab train --config FIFO` blocked in the open for ever: refused at once, like a directory.
 // (alarm: a regression ends the child instead of hanging the test.)
 TEST(ConfigDeath, FifoAsFile) {
-    char dir[] = "/tmp/moelab_cfgfifo_XXXXXX";
-    ASSERT_NE(mkdtemp(dir), nullptr);
-    const std::string fifo = std::string(dir) + "/tiny.cfg";
+    const std::string dir = test_tmp_dir("cfgfifo");
+    const std::string fifo = dir + "/tiny.cfg";
     ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
     MoeConfig c;
     config_defaults(&c);
     EXPECT_EXIT((alarm(10), config_load_file(&c, fifo.c_str())), ::testing::ExitedWithCode(2),
                 "cannot open config file '.*tiny.cfg': not a regular file");
     unlink(fifo.c_str());
-    rmdir(dir);
+    rmdir(dir.c_str());
 }
 TEST(ConfigDeath, BadChoice) {
     EXPECT_EXIT(set_key("score", "relu"), ::testing::ExitedWithCode(2), "expected sigmoid\\|softmax");

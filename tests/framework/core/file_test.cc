@@ -22,14 +22,9 @@
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 #include "tests/util/fsync_fails.h"
+#include "tests/util/tmp.h"
 
 namespace {
-
-std::string tmpdir() {
-    char t[] = "/tmp/moelab_file_test_XXXXXX";
-    EXPECT_NE(mkdtemp(t), nullptr);
-    return t;
-}
 
 void write_file(const std::string &p, const char *text) {
     FILE *f = fopen(p.c_str(), "w");
@@ -79,7 +74,7 @@ int in_child(F body) {
 }
 
 TEST(CoreFile, OpenRegularReadsAFileAndRefusesTheRest) {
-    const std::string d = tmpdir(), f = d + "/a.txt", fifo = d + "/pipe";
+    const std::string d = test_tmp_dir("file_test"), f = d + "/a.txt", fifo = d + "/pipe";
     write_file(f, "hello");
     const char *why = nullptr;
     FILE *in = core_open_regular(f.c_str(), &why);
@@ -111,7 +106,7 @@ TEST(CoreFile, OpenRegularReadsAFileAndRefusesTheRest) {
 }
 
 TEST(CoreFile, SameFileByDeviceAndInode) {
-    const std::string d = tmpdir(), a = d + "/a", b = d + "/b", l = d + "/link";
+    const std::string d = test_tmp_dir("file_test"), a = d + "/a", b = d + "/b", l = d + "/link";
     write_file(a, "x");
     write_file(b, "x");
     ASSERT_EQ(link(a.c_str(), l.c_str()), 0);
@@ -127,7 +122,7 @@ TEST(CoreFile, SameFileByDeviceAndInode) {
 }
 
 TEST(CoreFile, OutputAppearsWholeOnClose) {
-    const std::string d = tmpdir(), p = d + "/out.txt";
+    const std::string d = test_tmp_dir("file_test"), p = d + "/out.txt";
     write_file(p, "old");
     CoreOut o;
     ASSERT_EQ(core_out_open(&o, p.c_str()), 0);
@@ -139,7 +134,7 @@ TEST(CoreFile, OutputAppearsWholeOnClose) {
 }
 
 TEST(CoreFile, AbortedOutputLeavesTheOldFile) {
-    const std::string d = tmpdir(), p = d + "/out.txt";
+    const std::string d = test_tmp_dir("file_test"), p = d + "/out.txt";
     write_file(p, "old");
     CoreOut o;
     ASSERT_EQ(core_out_open(&o, p.c_str()), 0);
@@ -155,7 +150,7 @@ TEST(CoreFile, AbortedOutputLeavesTheOldFile) {
 // rename replaced the link by a regular file, and a loop of links was overwritten with exit 0
 // (sweep, 2026-12-05); following it would write where the caller's checks never looked (review).
 TEST(CoreFile, OutputThroughALinkIsRefused) {
-    const std::string d = tmpdir();
+    const std::string d = test_tmp_dir("file_test");
     write_file(d + "/real.txt", "old");
     ASSERT_EQ(symlink("real.txt", (d + "/link").c_str()), 0);
     ASSERT_EQ(symlink("nothing.txt", (d + "/dangling").c_str()), 0);
@@ -179,7 +174,7 @@ TEST(CoreFile, OutputThroughALinkIsRefused) {
 // name too long"), so that two long names alike in their first bytes, open at once, get
 // temporaries of their own (review, 2026-12-05: one truncated the other's).
 TEST(CoreFile, OutputOfTheLongestNameIsWritten) {
-    const std::string d = tmpdir(), alike(246, 'f');
+    const std::string d = test_tmp_dir("file_test"), alike(246, 'f');
     CoreOut o[4];
     const std::string names[4] = {std::string(240, 'f'), alike + "a.svg", alike + "b.json", std::string(255, 'f')};
     for (int k = 0; k < 4; k++) {
@@ -212,7 +207,7 @@ TEST(CoreFile, OutputInAFolderThatTakesNoFilesSaysSo) {
 // A path that exists and is no regular file (a directory, a FIFO, a device) would be replaced by
 // the rename: refused at the open, before anything is written, and left as it was.
 TEST(CoreFile, OutputOverNoRegularFileIsRefused) {
-    const std::string d = tmpdir(), fifo = d + "/pipe", sub = d + "/sub";
+    const std::string d = test_tmp_dir("file_test"), fifo = d + "/pipe", sub = d + "/sub";
     ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
     ASSERT_EQ(mkdir(sub.c_str(), 0700), 0);
     for (const std::string &p : {fifo, sub, std::string("/dev/null")}) {
@@ -231,7 +226,7 @@ TEST(CoreFile, OutputOverNoRegularFileIsRefused) {
 // A write that fails (here past a file-size limit, as a full disk would) is reported by the close,
 // and neither the temporary nor a partial file stays. In a child: the limit is the process's.
 TEST(CoreFile, FailedWriteLeavesNothing) {
-    const std::string d = tmpdir(), p = d + "/big.bin";
+    const std::string d = test_tmp_dir("file_test"), p = d + "/big.bin";
     const int rc = in_child([&] {
         signal(SIGXFSZ, SIG_IGN);  // the write fails with EFBIG instead of the signal
         struct rlimit r = {4096, 4096};
@@ -249,7 +244,7 @@ TEST(CoreFile, FailedWriteLeavesNothing) {
 // A rename that fails at the close (a folder made at the path meanwhile) reports its errno and
 // removes the temporary (a mutant that kept it passed before).
 TEST(CoreFile, FailedRenameLeavesNoTemporary) {
-    const std::string d = tmpdir(), p = d + "/out.txt";
+    const std::string d = test_tmp_dir("file_test"), p = d + "/out.txt";
     CoreOut o;
     ASSERT_EQ(core_out_open(&o, p.c_str()), 0);
     fputs("contents", o.f);
@@ -263,7 +258,7 @@ TEST(CoreFile, FailedRenameLeavesNoTemporary) {
 // error: the old file stays and no temporary is left. A close without the sync, which renames
 // bytes the disk may not hold, passed every test before (mutation test, 2026-12-06).
 TEST(CoreFile, FailedSyncLeavesTheOldFile) {
-    const std::string d = tmpdir(), p = d + "/out.txt";
+    const std::string d = test_tmp_dir("file_test"), p = d + "/out.txt";
     write_file(p, "old");
     CoreOut o;
     ASSERT_EQ(core_out_open(&o, p.c_str()), 0);
@@ -280,7 +275,7 @@ TEST(CoreFile, FailedSyncLeavesTheOldFile) {
 // checkpoint saved there would fail; an I/O error is reported, and so is a file's EINVAL. The close
 // of an output does not report its folder's sync: the file is whole and in place by then.
 TEST(CoreFile, SyncOfAFolderThatCannotBeSynced) {
-    const std::string d = tmpdir(), p = d + "/f.txt";
+    const std::string d = test_tmp_dir("file_test"), p = d + "/f.txt";
     write_file(p, "x");
     {
         FsyncFails fails(FSYNC_FAILS_DIRS, EINVAL);
@@ -305,7 +300,7 @@ TEST(CoreFile, SyncOfAFolderThatCannotBeSynced) {
 // An exit before the close (a usage error found while writing ends the process with exit 2)
 // removes the temporary: in a child, which also shows that its exit leaves the parent's alone.
 TEST(CoreFile, ExitBeforeCloseLeavesNothing) {
-    const std::string d = tmpdir(), p = d + "/half.txt", mine = d + "/parent.txt";
+    const std::string d = test_tmp_dir("file_test"), p = d + "/half.txt", mine = d + "/parent.txt";
     CoreOut parent;
     ASSERT_EQ(core_out_open(&parent, mine.c_str()), 0);
     const int rc = in_child([&] {
@@ -326,7 +321,7 @@ TEST(CoreFile, ExitBeforeCloseLeavesNothing) {
 // signal still ends the process (the exit status says it died of that signal).
 TEST(CoreFile, SignalBeforeCloseLeavesNothing) {
     for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1}) {
-        const std::string d = tmpdir(), p = d + "/half.txt";
+        const std::string d = test_tmp_dir("file_test"), p = d + "/half.txt";
         fflush(stdout);
         const pid_t pid = fork();
         if (pid == 0) {
@@ -347,7 +342,7 @@ TEST(CoreFile, SignalBeforeCloseLeavesNothing) {
 // A fatal error removes the temporaries before its abort hook, which under MPI (MPI_Abort) skips the
 // exit handlers; here a hook that leaves by _exit stands in for it.
 TEST(CoreFile, FatalErrorBeforeTheAbortHookLeavesNothing) {
-    const std::string d = tmpdir(), p = d + "/ckpt.h5.tmp-1";
+    const std::string d = test_tmp_dir("file_test"), p = d + "/ckpt.h5.tmp-1";
     const int rc = in_child([&] {
         write_file(p, "partial");
         core_temp_track(p.c_str());
@@ -370,7 +365,7 @@ TEST(CoreFile, FatalErrorBeforeTheAbortHookLeavesNothing) {
 
 // A temporary folder tracked before its files: an exit removes the files, then the folder.
 TEST(CoreFile, TrackedFolderGoesAfterItsFiles) {
-    const std::string d = tmpdir(), folder = d + "/out.tmp-1", file = folder + "/model.safetensors";
+    const std::string d = test_tmp_dir("file_test"), folder = d + "/out.tmp-1", file = folder + "/model.safetensors";
     EXPECT_EQ(in_child([&] {
         if (mkdir(folder.c_str(), 0777) != 0) _exit(10);
         core_temp_track(folder.c_str());
@@ -387,7 +382,7 @@ TEST(CoreFile, TrackedFolderGoesAfterItsFiles) {
 // 2026-12-06: the path cut one folder at a time removed `old`); a folder written into stays, and so
 // do the ones it is in.
 TEST(CoreFile, FoldersMadeGoWhileEmpty) {
-    const std::string d = tmpdir();
+    const std::string d = test_tmp_dir("file_test");
     ASSERT_EQ(mkdir((d + "/old").c_str(), 0777), 0);
     EXPECT_EQ(in_child([&] {
         core_make_dirs((d + "/new/../old/run/deeper").c_str(), "output directory");
@@ -409,7 +404,7 @@ TEST(CoreFile, FoldersMadeGoWhileEmpty) {
 
 // Outputs closed as one: every one renamed into place.
 TEST(CoreFile, CloseAllRenamesEveryOutput) {
-    const std::string d = tmpdir();
+    const std::string d = test_tmp_dir("file_test");
     CoreOut o[3];
     for (int k = 0; k < 3; k++) {
         ASSERT_EQ(core_out_open(&o[k], (d + "/f" + std::to_string(k)).c_str()), 0);
@@ -426,7 +421,7 @@ TEST(CoreFile, CloseAllRenamesEveryOutput) {
 // at its flush (review, 2026-12-06: a full disk in data prepare named its small tokenizer instead of
 // the shard that filled the disk). A file-size limit stands in for the full disk, in a child.
 TEST(CoreFile, CloseAllReportsTheOutputAWriteFailedOn) {
-    const std::string d = tmpdir();
+    const std::string d = test_tmp_dir("file_test");
     const int rc = in_child([&] {
         signal(SIGXFSZ, SIG_IGN);
         struct rlimit r = {4096, 4096};
@@ -452,7 +447,7 @@ TEST(CoreFile, CloseAllReportsTheOutputAWriteFailedOn) {
 // handler removed the temporaries in the middle of export's renames), then end the process as they
 // would have, temporaries removed. Holds nest.
 TEST(CoreFile, HeldSignalWaitsForTheReleaseInEveryThread) {
-    const std::string d = tmpdir(), p = d + "/held.txt", marker = tmpdir() + "/reached";
+    const std::string d = test_tmp_dir("file_test"), p = d + "/held.txt", marker = test_tmp_dir("file_test") + "/reached";
     fflush(stdout);
     const pid_t pid = fork();
     if (pid == 0) {
@@ -484,7 +479,7 @@ TEST(CoreFile, DeferredSignalStopsTheLoopAndASecondEndsIt) {
         int saves, saving, sig, fatal;
     } cases[] = {{1, 0, SIGTERM, 0}, {1, 1, SIGINT, 0}, {0, 0, SIGHUP, 0}, {0, 1, SIGUSR1, 0}, {0, 1, SIGTERM, 1}};
     for (const Case &k : cases) {
-        const std::string d = tmpdir(), p = d + "/ckpt.h5.tmp-1", err = d + "/err";
+        const std::string d = test_tmp_dir("file_test"), p = d + "/ckpt.h5.tmp-1", err = d + "/err";
         fflush(stdout);
         const pid_t pid = fork();
         if (pid == 0) {
@@ -532,7 +527,7 @@ TEST(CoreFile, OutputReportSaysWhoseFailure) {
 // A directory's lock: a second holder is refused while the first holds it, in this process (another
 // open) or another, and gets it once the first lets go; a missing directory takes no lock.
 TEST(CoreFile, DirLockRefusesASecondHolder) {
-    const std::string d = tmpdir();
+    const std::string d = test_tmp_dir("file_test");
     const int fd = core_dir_lock(d.c_str());
     ASSERT_GE(fd, 0);
     EXPECT_EQ(core_dir_lock(d.c_str()), CORE_DIR_BUSY);
@@ -576,7 +571,7 @@ TEST(CoreFile, StaleTemporaryNames) {
 // core_read_all: a file read whole and NUL-terminated; one of /proc (a stated size of 0 bytes) read to
 // its end; a cap refused with the size; a read error's errno.
 TEST(CoreFile, ReadAllReadsAFileWhole) {
-    const std::string d = tmpdir(), f = d + "/a.txt", empty = d + "/empty.txt";
+    const std::string d = test_tmp_dir("file_test"), f = d + "/a.txt", empty = d + "/empty.txt";
     write_file(f, "hello");
     write_file(empty, "");
     const char *why = nullptr;

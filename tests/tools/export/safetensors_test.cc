@@ -16,6 +16,7 @@
 
 #include "tests/util/fsync_fails.h"
 #include "tools/export/safetensors.h"
+#include "tests/util/tmp.h"
 
 namespace {
 
@@ -25,14 +26,8 @@ float from_bits(uint32_t u) {
     return x;
 }
 
-// A fresh folder under Bazel's TEST_TMPDIR (which Bazel removes) for the file written: mkdtemp
-// replaces the template's six X by a unique name.
-std::string tmpfile_path() {
-    const char *root = getenv("TEST_TMPDIR");
-    std::string t = std::string(root && *root ? root : "/tmp") + "/safetensors_XXXXXX";
-    EXPECT_NE(mkdtemp(&t[0]), nullptr);
-    return t + "/model.safetensors";
-}
+// The file written, in a fresh folder.
+std::string tmpfile_path() { return test_tmp_dir("safetensors") + "/model.safetensors"; }
 
 std::vector<uint8_t> read_all(const std::string &p) {
     std::vector<uint8_t> b;
