@@ -6,7 +6,9 @@
 
 #include <errno.h>
 #include <float.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -596,6 +598,48 @@ static void log_rebalance(const PipeTrainer *p, int step) {
     core_free(v.step_imbalance);
 }
 
+// Test seams (core_test_seam) of the step, for the tests of what follows one:
+//  - MOELAB_TEST_SIGNAL_AT_STEP=R:S:SIG sends world rank R the signal SIG (KILL, TERM, INT, HUP or
+//    USR1) as its 0-based step S begins: a rank lost mid-step (tests/parallel/failure_test.sh), a
+//    polite stop that arrives during a step (tests/checkpoints/stop_cli_test.sh);
+//  - MOELAB_TEST_NAN_STEPS=S[,S...] makes the loss of those 0-based steps NaN on every rank, a step
+//    that diverged on demand (tests/checkpoints/diverge_cli_test.sh).
+static void test_signal_at(const Grid *g, int step) {
+    static const struct { const char *name; int sig; } sigs[] = {
+        {"KILL", SIGKILL}, {"TERM", SIGTERM}, {"INT", SIGINT}, {"HUP", SIGHUP}, {"USR1", SIGUSR1}};
+    const char *v = core_test_seam("MOELAB_TEST_SIGNAL_AT_STEP");
+    if (!v) return;
+    int rank = -1, at = -1, n = 0, sig = 0;
+    char name[8] = "";
+    if (sscanf(v, "%d:%d:%7[A-Z1]%n", &rank, &at, name, &n) == 3 && v[n] == 0)
+        for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+            if (strcmp(name, sigs[i].name) == 0) sig = sigs[i].sig;
+    if (!sig)
+        core_usage_error("MOELAB_TEST_SIGNAL_AT_STEP = '%s': expected RANK:STEP:SIGNAL, the signal one of KILL, "
+                         "TERM, INT, HUP, USR1", v);
+    if (rank != (g ? g->rank : 0) || at != step) return;
+    fprintf(stderr, "moelab: [rank %d] MOELAB_TEST_SIGNAL_AT_STEP: raising SIG%s at step %d\n", rank, name, step);
+    fflush(stderr);
+    raise(sig);
+}
+
+static int test_nan_step(int step) {
+    const char *v = core_test_seam("MOELAB_TEST_NAN_STEPS");
+    if (!v) return 0;
+    int hit = 0;
+    for (const char *at = v;;) {
+        char one[24], err[NUM_ERR_LEN];
+        const size_t n = strcspn(at, ",");
+        long long s;
+        snprintf(one, sizeof one, "%.*s", (int)(n < sizeof one ? n : sizeof one - 1), at);
+        if (n >= sizeof one || num_parse_int("MOELAB_TEST_NAN_STEPS", one, 0, INT_MAX, &s, err) != NUM_OK)
+            core_usage_error("MOELAB_TEST_NAN_STEPS = '%s': expected STEP[,STEP...], 0-based steps", v);
+        hit |= s == step;
+        if (!at[n]) return hit;
+        at += n + 1;
+    }
+}
+
 StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const int *tokens) {
     StepStats st = {0};
     const double t0 = core_now();
@@ -617,7 +661,7 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
         if (g && g->dp > 1 && p->overlap && !x->eplb && !(x->o->shard && p->partner >= 0))
             x->sync = x->o->shard ? x->o->shard : dp_sync_start(g, x->grads, x->n_grads, DP_SYNC_BUCKET_FLOATS);
     }
-    if (g) grid_test_die_at(g, step);
+    test_signal_at(g, step);
     // Only the run's last step is traced: the trace holds that step, and a traced op waits for its
     // kernels, which would slow every other step for nothing.
     PipeRun run = run_of(p, c->trace[0] && step == c->steps - 1 ? p->trace : NULL);
@@ -659,7 +703,7 @@ StepStats pipe_train_step(PipeTrainer *p, const MoeConfig *c, int step, const in
         }
         dp_sync_mean(g, means, 2);
     }
-    st.loss = (float)means[0];
+    st.loss = test_nan_step(step) ? NAN : (float)means[0];
     st.ce = (float)means[1];
     // A diverged step must not reach the weights, the moments or the router biases. The loss and the
     // norm are global (reduced over every rank), so every rank takes this branch together.

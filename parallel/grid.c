@@ -2,7 +2,6 @@
 // sub-communicators split from the world.
 #include "parallel/grid.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -126,21 +125,4 @@ void grid_log(const Grid *g, int E, int R) {
         n += snprintf(line + n, sizeof line - (size_t)n, " [%d..%d]", e * g->ep, e * g->ep + g->ep - 1);
     }
     core_info0("%s", line);
-}
-
-void grid_test_die_at(const Grid *g, int step) {
-    // Test seam (core_test_seam): MOELAB_TEST_DIE_AT_STEP=R:S makes world rank R SIGKILL itself
-    // at 0-based step S, for the tests of a rank lost mid-step (tests/parallel/failure_test.sh).
-    const char *v = core_test_seam("MOELAB_TEST_DIE_AT_STEP");
-    if (!v) return;
-    int rank = -1, at = -1;
-    char end;
-    if (sscanf(v, "%d:%d%c", &rank, &at, &end) != 2)
-        core_usage_error("MOELAB_TEST_DIE_AT_STEP = '%s': expected RANK:STEP", v);
-    if (rank == g->rank && at == step) {
-        fprintf(stderr, "moelab: [rank %d] MOELAB_TEST_DIE_AT_STEP: killing myself at step %d\n",
-                g->rank, step);
-        fflush(stderr);
-        raise(SIGKILL);
-    }
 }

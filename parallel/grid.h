@@ -45,10 +45,6 @@ void grid_to_device(Grid *g, const struct LayerOps *ops);
 // Logs the layout on rank 0: sizes, experts (E, in R slots) per rank, and the ranks of every EP group.
 void grid_log(const Grid *g, int E, int R);
 
-// Test hook for the dead-peer test: when MOELAB_TEST_DIE_AT_STEP = "RANK:STEP" names this world rank
-// and `step`, the process kills itself (SIGKILL) on the spot, as a crashed node would.
-void grid_test_die_at(const Grid *g, int step);
-
 #ifdef __cplusplus
 }
 #endif

@@ -12,7 +12,11 @@
 #     before its save, and a checkpoint saved of such weights (no validation at its step) is not the
 #     one named good; the one named resumes;
 #  3. the pipeline trainer (DualPipeV in one process) and two ranks under mpirun (EP 2) stop alike,
-#     every rank with exit 1 and the message.
+#     every rank with exit 1 and the message;
+#  4. steps made non-finite on demand (the test seam MOELAB_TEST_NAN_STEPS, on a run that learns):
+#     the count of skips in a row starts again after a finite step, a skipped step is neither saved
+#     nor logged, and the checkpoint a skipped step called into question is named good only once a
+#     validation of its weights (they are sound here) has cleared it; one process and EP 2 alike.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
@@ -140,3 +144,57 @@ for r in 0 1; do
     grep -q "error \[rank $r\]: training diverged" "$tmp/e.log" || { echo "FAIL: rank $r did not report"; cat "$tmp/e.log"; exit 1; }
 done
 echo "ok: the pipeline trainer and EP 2 under mpirun stop alike, on every rank"
+
+# 4. (0-based steps in the seam: NAN_STEPS=1,2 are the steps logged as 2 and 3.)
+sane=("${tiny[@]}" --steps 8 --log-every 1 --batch-size 4 --sample-tokens 0)
+rc=0
+MOELAB_TEST_NAN_STEPS=1,2,4,5 "$moelab" train "${sane[@]}" --nonfinite-skip 2 --out "$tmp/n" --save-every 1 \
+    --metrics "$tmp/n.jsonl" >"$tmp/n.log" 2>&1 || rc=$?
+[ $rc = 0 ] || { echo "FAIL: a run with two skips in a row, twice, at most 2, exited $rc:"; tail -5 "$tmp/n.log"; exit 1; }
+grep -q "warning.*test seam MOELAB_TEST_NAN_STEPS=1,2,4,5 is set" "$tmp/n.log" ||
+    { echo "FAIL: the seam was not announced"; head -5 "$tmp/n.log"; exit 1; }
+[ "$(grep -oE "step [0-9]: loss nan, .*step skipped \([0-9] in a row, at most 2; [0-9] in all\)" "$tmp/n.log" |
+     sed -E 's/step ([0-9]):.*\(([0-9]) in a row.*; ([0-9]) in all\)/\1 \2 \3/' | tr '\n' ' ')" = "2 1 1 3 2 2 5 1 3 6 2 4 " ] ||
+    { echo "FAIL: the skips:"; grep skipped "$tmp/n.log"; exit 1; }
+[ "$(ls "$tmp/n" | tr '\n' ' ')" = "step_1.h5 step_4.h5 step_7.h5 step_8.h5 " ] ||
+    { echo "FAIL: saved other steps than the applied ones:"; ls "$tmp/n"; exit 1; }
+[ "$(sed -n 's/^{"step": \([0-9]*\),.*"skipped_steps": \([0-9]*\).*/\1:\2/p' "$tmp/n.jsonl" | tr '\n' ' ')" = "1:0 4:2 7:4 8:4 " ] ||
+    { echo "FAIL: the metrics' steps and skip counts:"; cut -c1-60 "$tmp/n.jsonl"; exit 1; }
+echo "ok: the skips in a row count again after a finite step; skipped steps are not saved or logged"
+# check_named NAME GOOD: the run NAME stopped at its step 6 with exit 1, naming GOOD the last good
+# checkpoint without setting a newer one aside.
+check_named() {
+    grep -qE "training diverged at step 6: loss nan, gradient norm [0-9.e+-]+ \(not finite or too large\)(, too many in a row)?; nothing was saved from it, the last good checkpoint is $tmp/$1/$2 \(resume from it with" "$tmp/$1.log" ||
+        { echo "FAIL: $1 did not name $2 good:"; tail -3 "$tmp/$1.log"; exit 1; }
+}
+# Step 3 (skipped) calls step_2.h5 into question, step 5 step_4.h5; step 6 is one skip too many. The
+# weights of step_4.h5 are still the model's: validated at the stop, they clear it.
+rc=0
+MOELAB_TEST_NAN_STEPS=2,4,5 "$moelab" train "${sane[@]}" --nonfinite-skip 1 --out "$tmp/q" --save-every 2 >"$tmp/q.log" 2>&1 || rc=$?
+[ $rc = 1 ] || { echo "FAIL: exit $rc, not 1:"; tail -3 "$tmp/q.log"; exit 1; }
+check_named q step_4.h5
+# Without skips the run stops at step 6 itself: step_4.h5's weights had step 5 applied (finite),
+# which cleared them; --keep 1 leaves nothing older.
+rc=0
+MOELAB_TEST_NAN_STEPS=5 "$moelab" train "${sane[@]}" --out "$tmp/r" --save-every 2 --keep 1 >"$tmp/r.log" 2>&1 || rc=$?
+[ $rc = 1 ] || { echo "FAIL: exit $rc, not 1:"; tail -3 "$tmp/r.log"; exit 1; }
+check_named r step_4.h5
+rc=0
+mpi 2 -x MOELAB_TEST_NAN_STEPS=2,4,5 "$moelab" train "${sane[@]}" --ep 2 --nonfinite-skip 1 --out "$tmp/t" \
+    --save-every 2 >"$tmp/t.log" 2>&1 || rc=$?
+[ $rc = 1 ] || { echo "FAIL: the EP 2 run exited $rc, not 1:"; tail -5 "$tmp/t.log"; exit 1; }
+for r in 0 1; do
+    grep -q "error \[rank $r\]: training diverged at step 6: .*the last good checkpoint is $tmp/t/step_4.h5 (resume" "$tmp/t.log" ||
+        { echo "FAIL: rank $r did not report step_4.h5 good"; cat "$tmp/t.log"; exit 1; }
+done
+echo "ok: a checkpoint called into question by a skipped step is named good once its weights validate"
+# The seam takes 0-based steps, comma-separated, and nothing else (exit 2 at the first step, which
+# applies nothing).
+for bad in "" x 1, ,1 -1 1,,2 2x 99999999999; do
+    rc=0
+    MOELAB_TEST_NAN_STEPS=$bad "$moelab" train "${sane[@]}" >"$tmp/bad.log" 2>&1 || rc=$?
+    [ $rc = 2 ] && grep -qF "MOELAB_TEST_NAN_STEPS = '$bad': expected STEP[,STEP...], 0-based steps" "$tmp/bad.log" &&
+        ! grep -q "^step  *1/" "$tmp/bad.log" ||
+        { echo "FAIL: MOELAB_TEST_NAN_STEPS='$bad' (exit $rc):"; tail -2 "$tmp/bad.log"; exit 1; }
+done
+echo "ok: a malformed MOELAB_TEST_NAN_STEPS is refused"

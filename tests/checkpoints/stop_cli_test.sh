@@ -9,7 +9,11 @@
 #     after the same step and write its checkpoint in two parts, sound; so do they when SIGTERM
 #     reaches rank 1 alone;
 #  4. a second signal ends the run at once: rank 1 stopped (SIGSTOP), rank 0 waits in the step's
-#     exchange; its first SIGTERM is announced, its second ends it within seconds.
+#     exchange; its first SIGTERM is announced, its second ends it within seconds;
+#  5. a signal raised as a given step begins (the test seam MOELAB_TEST_SIGNAL_AT_STEP): before the
+#     last step the run stops after that very step; during the last one it completes (exit 0, its
+#     final validation, summary and checkpoint) and only the sample after training is left out, in
+#     one process and when rank 1 alone gets it.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, prepare_corpus
 source "$root/tests/parallel/mpi_env.sh"            # mpi
@@ -146,3 +150,28 @@ grep -q "rank 0 .*exited on signal 15" "$tmp/d.log" ||
 grep -q "stopped by" "$tmp/d.log" && { echo "FAIL: the run stopped politely after a second signal"; exit 1; }
 ls "$tmp/d" 2>/dev/null | grep -q "tmp-" && { echo "FAIL: temporaries left:"; ls "$tmp/d"; exit 1; }
 echo "ok: a second signal ended the run at once (exit $rc)"
+
+# 5. (The seam counts steps from 0: step 2 is the one logged as 3.)
+rc=0
+MOELAB_TEST_SIGNAL_AT_STEP=0:2:TERM "$moelab" train "${args[@]}" --steps 4 --out "$tmp/g" >"$tmp/g.log" 2>&1 || rc=$?
+[ $rc = 143 ] && grep -q "^stopped by SIGTERM after step 3 of 4: go on with --resume $tmp/g/step_3.h5$" "$tmp/g.log" ||
+    { echo "FAIL: SIGTERM as step 3 began (exit $rc):"; tail -n 3 "$tmp/g.log"; exit 1; }
+echo "ok: SIGTERM during step 3 of 4 stopped the run after it"
+# last_step LOG: the run of LOG completed although a SIGTERM came during its last step (4 of 4).
+last_step() {
+    grep -q "SIGTERM during the last step: the run is complete, no sample drawn$" "$1" &&
+        grep -q "^\(\[rank 0\] \)\?validation loss .* nats/token" "$1" && ! grep -q "stopped by\|sample after training" "$1" ||
+        { echo "FAIL: $1: a SIGTERM during the last step:"; cat "$1"; exit 1; }
+}
+rc=0
+MOELAB_TEST_SIGNAL_AT_STEP=0:3:TERM "$moelab" train "${args[@]}" --steps 4 --sample-tokens 8 --out "$tmp/h" >"$tmp/h.log" 2>&1 || rc=$?
+[ $rc = 0 ] || { echo "FAIL: exit $rc:"; tail -n 3 "$tmp/h.log"; exit 1; }
+last_step "$tmp/h.log"
+"$moelab" ckpt verify "$tmp/h/step_4.h5" >/dev/null
+rc=0
+mpi 2 -x MOELAB_TEST_SIGNAL_AT_STEP=1:3:TERM "$moelab" train "${args[@]}" --ep 2 --steps 4 --sample-tokens 8 \
+    --out "$tmp/i" >"$tmp/i.log" 2>&1 || rc=$?
+[ $rc = 0 ] || { echo "FAIL: the EP 2 run exited $rc:"; cat "$tmp/i.log"; exit 1; }
+last_step "$tmp/i.log"
+"$moelab" ckpt verify "$tmp/i/step_4.h5" >/dev/null
+echo "ok: SIGTERM during the last step: the run completes, saved, without its sample (one process, EP 2)"

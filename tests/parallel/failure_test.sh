@@ -9,7 +9,7 @@
 #  - an expert id outside [0, E) in one rank's routing, at the EP dispatcher's plan: exit 1 naming it;
 #  - bad data (a val.bin of another vocabulary) in `moelab train`: exit 2;
 #  - ranks of one machine that together need more memory than it has: exit 2 before any step;
-#  - a rank killed mid-step (the test seam MOELAB_TEST_DIE_AT_STEP, announced with a warning; a
+#  - a rank killed mid-step (the test seam MOELAB_TEST_SIGNAL_AT_STEP, announced with a warning; a
 #    malformed value is exit 2): the job ends within the comm timeout, with a message naming the dead
 #    rank (mpirun's) or the operation the survivors waited in (the timeout's).
 set -uo pipefail
@@ -24,7 +24,7 @@ expect() {
     local name=$1 code=$2 regex=$3 max=$4 np=$5
     shift 5
     local t0=$SECONDS rc
-    mpi "$np" -x MOELAB_TEST_DIE_AT_STEP "$@" >"$tmp/$name.out" 2>&1
+    mpi "$np" -x MOELAB_TEST_SIGNAL_AT_STEP "$@" >"$tmp/$name.out" 2>&1
     rc=$?
     local took=$((SECONDS - t0))
     if { [ "$code" = nonzero ] && [ $rc -eq 0 ]; } || { [ "$code" != nonzero ] && [ $rc -ne "$code" ]; }; then
@@ -47,7 +47,7 @@ every_rank() {
         { echo "FAIL: $1: not every rank said the error"; sed 's/^/  | /' "$tmp/$1.out"; fail=1; }
 }
 
-unset MOELAB_TEST_DIE_AT_STEP
+unset MOELAB_TEST_SIGNAL_AT_STEP
 expect deadlock 1 'moelab: error \[rank 1\]: recv from rank 0 on group world timed out after 2s' 60 \
     2 "$driver" hang 2
 expect stall 1 'moelab: error \[rank [01]\]: all-to-all-v on group world timed out after 2s' 60 \
@@ -123,14 +123,16 @@ for name in hosts_resume hosts_data; do
     if grep -q "^step .*loss" "$tmp/$name.out"; then echo "FAIL: $name did work before failing"; fail=1; fi
 done
 
-# The test seam (docs/architecture.md §2) takes RANK:STEP only, and announces itself when set.
-export MOELAB_TEST_DIE_AT_STEP=1
-expect seam_malformed 2 "moelab: error \\[rank [0-9]\\]: MOELAB_TEST_DIE_AT_STEP = '1': expected RANK:STEP" 60 \
-    2 "$moelab" train "${args[@]}" --ep 2 --steps 1
-export MOELAB_TEST_DIE_AT_STEP=1:2
+# The test seam (docs/architecture.md §2) takes RANK:STEP:SIGNAL only, and announces itself when set.
+for bad in 1 1:2 1:2:KILLX 1:2:SEGV 1:x:KILL; do
+    export MOELAB_TEST_SIGNAL_AT_STEP=$bad
+    expect "seam_malformed_$bad" 2 "moelab: error \\[rank [0-9]\\]: MOELAB_TEST_SIGNAL_AT_STEP = '$bad': expected RANK:STEP:SIGNAL" \
+        60 2 "$moelab" train "${args[@]}" --ep 2 --steps 1
+done
+export MOELAB_TEST_SIGNAL_AT_STEP=1:2:KILL
 expect dead_rank nonzero '(: [a-z/ -]+ on group [a-z]+ timed out after 5s|process rank 1 .*exited on signal 9)' 60 \
     2 "$moelab" train "${args[@]}" --ep 2 --steps 6 --comm-timeout 5
-grep -q "killing myself at step 2" "$tmp/dead_rank.out" || { echo "FAIL: rank 1 did not die at step 2"; fail=1; }
-grep -q "warning.*test seam MOELAB_TEST_DIE_AT_STEP=1:2 is set" "$tmp/dead_rank.out" ||
+grep -q "raising SIGKILL at step 2" "$tmp/dead_rank.out" || { echo "FAIL: rank 1 did not die at step 2"; fail=1; }
+grep -q "warning.*test seam MOELAB_TEST_SIGNAL_AT_STEP=1:2:KILL is set" "$tmp/dead_rank.out" ||
     { echo "FAIL: the active test seam is not announced"; fail=1; }
 exit $fail
