@@ -6,7 +6,8 @@
 # holds the placement of both stages' layers, and a resume from the checkpoint after the first
 # rebalance ends bit-identical to the uninterrupted run. The metrics carry the EPLB figures of every
 # stage's MoE layers (`moelab plot` draws them). DualPipe (two copies of each stage, each
-# balanced in its own EP group) matches too, and resumes bit-identically between rebalances.
+# balanced in its own EP group) matches too over 6 steps, and resumed between rebalances it ends
+# bit-identical, two steps past the next rebalance.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
@@ -81,18 +82,20 @@ assert np.array_equal(a["eplb/phy2log"][...], b["eplb/phy2log"][...])
 PY
 echo "ok: a pipeline EPLB run resumes bit-identically"
 
-# DualPipe: both copies of each stage plan alike from the summed counts.
-dual=(--schedule dualpipe --chunks 4 --save-every 0)
+# DualPipe: both copies of each stage plan alike from the summed counts. Six steps, so that two use
+# the placement of the rebalance after step 4.
+dual=(--schedule dualpipe --chunks 4 --save-every 0 --steps 6)
 mpi 4 "$moelab" train "${args[@]}" "${dual[@]}" --out "$tmp/dplain" --metrics "$tmp/dplain.jsonl" >"$tmp/dplain.log"
 mpi 4 "$moelab" train "${args[@]}" "${dual[@]}" "${eplb[@]}" --save-every 1 --out "$tmp/deplb" --metrics "$tmp/deplb.jsonl" \
     >"$tmp/deplb.log"
-close_steps "$tmp/dplain.jsonl" "$tmp/deplb.jsonl" 1234
-close_checkpoints "$tmp/dplain/step_4.h5" "$tmp/deplb/step_4.h5"
+close_steps "$tmp/dplain.jsonl" "$tmp/deplb.jsonl" 123456
+close_checkpoints "$tmp/dplain/step_6.h5" "$tmp/deplb/step_6.h5"
 echo "ok: DualPipe with EPLB matches the run without EPLB"
 # Resumed between its rebalances (step 3), a DualPipe EPLB run ends as the uninterrupted run, bit for
-# bit. (A resume that gave the saved tokens only to the stages a rank owns, not to its stage copies,
-# passes this too: a copy's placement is in no checkpoint, and this model's steps do not show it.)
+# bit: both copies of a stage must plan the rebalance after step 4 from the tokens of steps 3 and 4
+# (a copy given step 4's alone placed its experts otherwise, and the copies' gradient sums of
+# steps 5 and 6 added up other experts' rows).
 mpi 4 "$moelab" train "${args[@]}" "${dual[@]}" "${eplb[@]}" --save-every 1 --resume "$tmp/deplb/step_3.h5" \
     --out "$tmp/dresumed" >"$tmp/dresumed.log"
-same_checkpoints "$tmp/deplb/step_4.h5" "$tmp/dresumed/step_4.h5"
+same_checkpoints "$tmp/deplb/step_6.h5" "$tmp/dresumed/step_6.h5"
 echo "ok: a DualPipe EPLB run resumes bit-identically"
