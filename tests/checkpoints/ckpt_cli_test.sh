@@ -245,6 +245,29 @@ expect_error "hdf5_crash.h5: its HDF5 metadata is damaged: (reading it crashed H
 # with exit 2 (after 2 s here, through the test seam; 120 s in a real run), where it used to hang.
 MOELAB_TEST_H5_SECONDS=2 expect_error "index.h5: its HDF5 metadata is damaged: HDF5 did not finish opening /model/.* in 2 s" \
     "$moelab" ckpt verify "$root/tests/checkpoints/testdata/hdf5_hang/index.h5"
+# The probe's child prints nothing of its own: the one line on stderr is moelab's. On hdf5_crash.h5
+# glibc's "*** buffer overflow detected ***" (a sanitizer's report under ASan) came before it when
+# the child's stderr was left open.
+rc=0
+"$moelab" ckpt verify "$root/tests/checkpoints/testdata/hdf5_crash.h5" >/dev/null 2>"$tmp/probe.err" || rc=$?
+[ $rc = 2 ] && [ "$(wc -l <"$tmp/probe.err")" = 1 ] &&
+    grep -q "^moelab: error: checkpoint .*hdf5_crash.h5: its HDF5 metadata is damaged" "$tmp/probe.err" ||
+    { echo "FAIL: stderr of a crashed probe (exit $rc) is not moelab's one line:"; cat "$tmp/probe.err"; exit 1; }
+# A single file with a note added by h5py (a variable-length UTF-8 string, its value in the global
+# heap) whose heap object claims 2^40 bytes (testdata/README.md): HDF5 copies that many when the
+# value is read, and dies of SIGSEGV. The reader never reads the note, so only the probe's read of
+# every attribute's value meets it: verify called the file sound when the probe skipped attributes,
+# or read a UTF-8 string as ASCII (HDF5 converts between no character sets: nothing was read).
+expect_error "hdf5_attr_crash.h5: its HDF5 metadata is damaged: (reading it crashed HDF5|a probe process reading it exited)" \
+    "$moelab" ckpt verify "$root/tests/checkpoints/testdata/hdf5_attr_crash.h5"
+# A single file whose chunk index of one tensor (a fixed array) claims 2^40 entries in 16 pages, none
+# written: HDF5 visits them one by one, for days. The probe's walk of every chunk index meets it and
+# its alarm ends the probe after 2 s: the message says "reading it ... in a probe process". Without
+# that walk (the probe passed H5S_ALL, which HDF5 1.10.8 refuses there) the reader's own count of the
+# chunks met it under the reader's watchdog ("did not finish opening"); without the probe's alarm the
+# command hung, and `timeout` ends it with 124.
+MOELAB_TEST_H5_SECONDS=2 expect_error "hdf5_chunk_hang.h5: its HDF5 metadata is damaged: HDF5 did not finish reading it in 2 s \(in a probe process\)" \
+    timeout 60 "$moelab" ckpt verify "$root/tests/checkpoints/testdata/hdf5_chunk_hang.h5"
 expect_error "unknown subcommand 'check'" "$moelab" ckpt check "$tmp/a/step_6.h5"
 expect_error "saved with d_model = 32, but this model has d_model = 48" \
     "$moelab" train "${args[@]}" --d-model 48 --resume "$tmp/a/step_3.h5"
