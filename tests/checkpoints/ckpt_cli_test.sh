@@ -237,7 +237,8 @@ timeout 60 "$moelab" train "${args[@]}" --steps 1 --out "$tmp/fifo" --keep 1 >/d
 # An index (make_ckpt's, with its two part files) whose metadata the fuzzer corrupted so that HDF5
 # 1.10.8 itself overflows a buffer while opening a dataset: glibc's fortify check aborted the process
 # (SIGABRT) before the probe. Now the probe process dies instead, and the command ends with exit 2
-# and the message (under ASan the probe reports the overflow and exits 1: the message's other form).
+# and the message (under ASan too: glibc's check comes first there as well; a crash the sanitizer
+# reports ends the probe with exit 1, the message's other form, as with hdf5_attr_crash.h5 below).
 expect_error "hdf5_crash.h5: its HDF5 metadata is damaged: (reading it crashed HDF5|a probe process reading it exited)" \
     "$moelab" ckpt verify "$root/tests/checkpoints/testdata/hdf5_crash.h5"
 # Another such index (in testdata/hdf5_hang/ with its parts) makes HDF5 loop without end opening a
@@ -246,8 +247,7 @@ expect_error "hdf5_crash.h5: its HDF5 metadata is damaged: (reading it crashed H
 MOELAB_TEST_H5_SECONDS=2 expect_error "index.h5: its HDF5 metadata is damaged: HDF5 did not finish opening /model/.* in 2 s" \
     "$moelab" ckpt verify "$root/tests/checkpoints/testdata/hdf5_hang/index.h5"
 # The probe's child prints nothing of its own: the one line on stderr is moelab's. On hdf5_crash.h5
-# glibc's "*** buffer overflow detected ***" (a sanitizer's report under ASan) came before it when
-# the child's stderr was left open.
+# glibc's "*** buffer overflow detected ***" came before it when the child's stderr was left open.
 rc=0
 "$moelab" ckpt verify "$root/tests/checkpoints/testdata/hdf5_crash.h5" >/dev/null 2>"$tmp/probe.err" || rc=$?
 [ $rc = 2 ] && [ "$(wc -l <"$tmp/probe.err")" = 1 ] &&
