@@ -17,10 +17,15 @@ inline std::string test_tmp_root() {
     return dir && *dir ? dir : "/tmp";
 }
 
-// A new empty folder whose name starts with tag. (mkdtemp and mkstemp replace the six X of their
-// template with a unique name.)
+// The template of a new name that starts with tag: mkdtemp and mkstemp replace its last six
+// characters, "XXXXXX" as they require, with a unique suffix.
+inline std::string test_tmp_template(const std::string &tag) {
+    return test_tmp_root() + "/" + tag + "_XXXXXX";
+}
+
+// A new empty folder whose name starts with tag.
 inline std::string test_tmp_dir(const std::string &tag) {
-    std::string t = test_tmp_root() + "/" + tag + "_XXXXXX";
+    std::string t = test_tmp_template(tag);
     if (!mkdtemp(&t[0])) {
         perror(t.c_str());
         abort();
@@ -30,7 +35,7 @@ inline std::string test_tmp_dir(const std::string &tag) {
 
 // A new empty file whose name starts with tag.
 inline std::string test_tmp_file(const std::string &tag) {
-    std::string t = test_tmp_root() + "/" + tag + "_XXXXXX";
+    std::string t = test_tmp_template(tag);
     const int fd = mkstemp(&t[0]);
     if (fd < 0) {
         perror(t.c_str());
