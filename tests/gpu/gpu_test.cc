@@ -1364,6 +1364,29 @@ TEST_F(Gpu, RouterCountAndBiasUpdate) {
     }
 }
 
+// More layers than one launch of the bias update takes (64: their pointers travel as a kernel
+// argument), with dense layers' NULLs in both launches: each layer steps from its own counts.
+TEST_F(Gpu, RouterBiasUpdateOverManyLayers) {
+    const int L = 70, E = 5, K = 2;
+    const long n_tokens = 40;
+    std::vector<long> counts((size_t)L * E);
+    for (size_t i = 0; i < counts.size(); i++) counts[i] = (long)((i * 7919) % 33);
+    Buf dCounts(counts.size() * sizeof(long));
+    dev()->upload(dCounts.p, counts.data(), counts.size() * sizeof(long));
+    std::vector<Vec> want(L);
+    std::vector<BufP> dBias(L);
+    std::vector<float *> bias(L, nullptr);
+    for (int l = 0; l < L; l++) {
+        want[l] = rnd(E);
+        dBias[l] = put_f32(want[l]);
+        if (l % 9 == 4) continue;  // a dense layer
+        bias[l] = dBias[l]->f();
+        router_bias_update(want[l].data(), counts.data() + (size_t)l * E, E, K, n_tokens, 0.01f);
+    }
+    router_cuda_bias_update(bias.data(), (const long *)dCounts.p, L, E, K, n_tokens, 0.01f);
+    for (int l = 0; l < L; l++) EXPECT_EQ(get_f32(*dBias[l], E), want[l]) << "layer " << l;
+}
+
 // The mean cross-entropy kept on the device: against the CPU's ordered double sum.
 TEST_F(Gpu, LossMean) {
     for (int N : {1, 255, 257, 16384}) {
