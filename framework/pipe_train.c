@@ -332,7 +332,11 @@ static void graph_pause(PipeTrainer *p) {
 // The schedule's run: kernel by kernel, or on the graph's path the first time, captured the second
 // (its work runs at the launch), launched thereafter. A launch runs no host code, so the stage's
 // counts of forwards and weight backwards are set as the run would have left them. A profiled or
-// traced step (--trace's, the last) runs kernel by kernel: it times the ops on the host.
+// traced step (--trace's, the last) runs kernel by kernel: it times the ops on the host. The first
+// step is not captured so that what is made on first use (the libraries' plans and workspaces,
+// buffers allocated lazily) is made outside the capture, where an allocation would become graph
+// memory. A guard, not the fix of a failure seen: capturing the first step in a fresh process gave
+// the same losses (H100, 2026-12-07, quickstart.cfg and bench.cfg).
 static void run_step(PipeTrainer *p, PipeRun *run, const int *tokens) {
     // On the graph's path the model reads the ids from the graph's buffer, also when a step runs
     // kernel by kernel.
