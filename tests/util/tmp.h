@@ -17,10 +17,10 @@ inline std::string test_tmp_root() {
     return dir && *dir ? dir : "/tmp";
 }
 
-// The template of a new name that starts with tag: mkdtemp and mkstemp replace its last six
-// characters, "XXXXXX" as they require, with a unique suffix.
+// The template of a new name that starts with tag: mkdtemp and mkstemp require it to end in six
+// capital X, which they replace with a unique suffix.
 inline std::string test_tmp_template(const std::string &tag) {
-    return test_tmp_root() + "/" + tag + "_XXXXXX";
+    return test_tmp_root() + "/" + tag + "_" + std::string(6, 'X');
 }
 
 // A new empty folder whose name starts with tag.
