@@ -562,7 +562,7 @@ void ckpt_save_index(const char *path, int parts, const MoeConfig *c, long adam_
 // Keys that fix tensor shapes must agree; other keys that change the math or the data order may
 // differ on purpose (a new schedule, fine-tuning), so they only draw a warning; layout, I/O and
 // how-it-runs keys are free (resharding is the point; a timeout, the CUDA graph, the deterministic
-// attention backward and EPLB's grouping change no value the run trains towards).
+// attention backward, recomputation and EPLB's grouping change no value the run trains towards).
 static const char *const SHAPE_KEYS[] = {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
                                          "n_dense_layers", "d_ff", "n_experts", "n_shared", "d_expert",
                                          "tie_embeddings"};
@@ -572,7 +572,7 @@ static const char *const FREE_KEYS[] = {"log_every", "val_every", "val_batches",
                                         "zero", "expert_gemm", "gemm_streams", "eplb_interval", "eplb_redundant",
                                         "device", "data", "metrics", "out", "resume", "trace",
                                         "save_every", "keep", "nonfinite_skip", "comm_timeout", "cuda_graph",
-                                        "deterministic", "eplb_groups", "eplb_nodes"};
+                                        "deterministic", "recompute", "eplb_groups", "eplb_nodes"};
 
 static int key_in(const char *key, const char *const *list, int n) {
     for (int i = 0; i < n; i++)

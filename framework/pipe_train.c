@@ -41,7 +41,8 @@ static const void *stage_forward(void *ctx, int mb, const void *h_in) {
     ModelActs *a = &x->acts[mb];
     const int *tok = x->tokens + (size_t)mb * x->B * (x->T + 1);
     const ModelPass train = {.count_routes = 1, .defer_loss = 1,
-                             .dev_ids = x->ids ? x->ids + (size_t)mb * 2 * x->B * x->T : NULL};
+                             .dev_ids = x->ids ? x->ids + (size_t)mb * 2 * x->B * x->T : NULL,
+                             .recompute = x->recompute};
     model_stage_forward(m, a, tok, h_in, x->B, x->T, 1, x->training ? &train : NULL);
     if (x->training) {
         CHECK(x->n_fwd < x->n_mb, "stage [%d, %d): more forwards than its %d micro-batches", m->l0, m->l1,
@@ -124,6 +125,14 @@ static void stage_init(PipeTrainer *p, int pipe, const MoeConfig *c, Model *m, A
     x->T = c->T;
     x->scale = 1.0f / (float)s->C;
     x->fused = !p->grid && m->first && m->last;
+    // Only model_backward recomputes: the other layouts' weight pass comes after the whole input
+    // pass and reads every layer's activations, which recomputation is there not to keep.
+    if (c->recompute && !x->fused)
+        core_usage_error("--recompute 1 needs one process and the whole model in one stage (schedule 1f1b); "
+                         "this run has %d rank%s and schedule %s: its backward's weight pass follows the "
+                         "whole input pass and needs every layer's activations (pass --recompute 0)",
+                         p->grid ? p->grid->world : 1, p->grid ? "s" : "", c->schedule);
+    x->recompute = c->recompute;
     x->dscal = m->ops->alloc((size_t)(x->n_mb > 0 ? x->n_mb : 1) * (1 + (size_t)c->L) * sizeof(float));
     p->stage[pipe] = (PipeStage){x, stage_forward, stage_backward_input, stage_backward_weight, stage_release};
 }
@@ -239,7 +248,7 @@ static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         const PipeStageCtx *x = &p->ctx[pipe];
         double b;
-        const double one = model_acts_bytes(x->m, c->batch_size, c->T, &b);
+        const double one = model_acts_bytes(x->m, c->batch_size, c->T, x->recompute, &b);
         mine[ACTS] += sched_max_live(p->sched, rank, pipe) * one;
         if (b > bwd) bwd = b;
         // The stages rebalance one after the other, each freeing its whole copies before the

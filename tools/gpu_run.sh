@@ -19,8 +19,11 @@
 #              sample` on each device, and a run whose last step (3) is skipped (not finite, by the
 #              test seam MOELAB_TEST_NAN_STEPS) leaving step 2's weights and moments
 #   bench      `moelab bench --device cuda` on configs/bench.cfg and configs/bench_wide.cfg (with the
-#              time breakdown; bench_wide only on a GPU of more than 80 GB, where it fits); with BENCH_BASELINE=NAME, first the same with .dist/bin/NAME, another
-#              build carried along (bench_baseline.txt): a change measured against its parent in one run
+#              time breakdown; bench_wide only on a GPU of more than 80 GB, where it fits, unless
+#              BENCH_CONFIGS names the configs, e.g. "bench_wide"); BENCH_ARGS adds arguments to
+#              every bench run (e.g. "--recompute 1"); with BENCH_BASELINE=NAME, first the same with
+#              .dist/bin/NAME, another build carried along (bench_baseline.txt): a change measured
+#              against its parent in one run
 #   trace      the bench configs once more, each under the kernel trace (tools/trace, CUDA_INJECTION64_PATH):
 #              GPU busy and idle time of the timed steps, idle gaps by length, host waits, kernels by
 #              time, the first 3000 in order (trace_<config>.txt; TRACE_CONFIGS, default "bench
@@ -286,8 +289,8 @@ fi
 # bench_wide.cfg's step peaks at 79.3 GiB: on a GPU of 80 GB (an H100) it runs out of memory, so the
 # bench and trace stages leave it out there, saying so.
 gpu_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
-bench_configs="bench bench_wide"
-if [ "${gpu_mib:-0}" -lt 100000 ]; then
+bench_configs=${BENCH_CONFIGS:-bench bench_wide}
+if [ -z "${BENCH_CONFIGS:-}" ] && [ "${gpu_mib:-0}" -lt 100000 ]; then
     bench_configs="bench"
     if want bench || want trace; then
         echo "gpu_run: bench_wide.cfg left out: it needs a GPU of more than 80 GB, this one has $gpu_mib MiB"
@@ -298,7 +301,9 @@ if want bench; then
     for bin in ${BENCH_BASELINE:+"$BENCH_BASELINE"} moelab; do
         out=$([ "$bin" = moelab ] && echo bench_moelab || echo bench_baseline)
         echo "== .dist/bin/$bin bench --device cuda"
-        ".dist/bin/$bin" bench --device cuda $(for c in $bench_configs; do echo --config configs/$c.cfg; done) 2>&1 |
+        # (BENCH_ARGS unquoted: each word is an argument.)
+        ".dist/bin/$bin" bench --device cuda $(for c in $bench_configs; do echo --config configs/$c.cfg; done) \
+            ${BENCH_ARGS:-} 2>&1 |
             tee "$log/$out.txt"
         [ "${PIPESTATUS[0]}" = 0 ] || fail "$bin bench"
     done

@@ -80,7 +80,7 @@ static const KeyInfo KEYS[] = {
     {"schedule", "1f1b", K_STR, OFF(schedule), 0, 0, "1f1b|dualpipe|dualpipev", "pipeline schedule"},
     {"fb_overlap", "0", K_BOOL, OFF(fb_overlap), 0, 1, NULL, "F&B ops: forward and backward on two GPU streams"},
     {"zero", "0", K_INT, OFF(zero), 0, 1, NULL, "ZeRO stage: 1 shards the AdamW moments and fp32 master weights over the DP ranks (0: off)"},
-    // The seven below choose how the work runs, not what it computes (beyond the rounding of the
+    // The eight below choose how the work runs, not what it computes (beyond the rounding of the
     // GEMM kernels, and deterministic = 0, whose attention backward sums dQ in a varying order):
     // overlaps on by default, off to measure their gain.
     {"dp_overlap", "1", K_BOOL, OFF(dp_overlap), 0, 1, NULL, "DP gradient all-reduce overlaps the backward"},
@@ -94,6 +94,8 @@ static const KeyInfo KEYS[] = {
      "one GPU: the step's forward and backward as one CUDA graph, captured at the second step"},
     {"deterministic", "1", K_BOOL, OFF(deterministic), 0, 1, NULL,
      "reruns bit-identical (0: on GPUs cuDNN's faster attention backward, whose dQ varies run to run)"},
+    {"recompute", "0", K_BOOL, OFF(recompute), 0, 1, NULL,
+     "one process: keep each layer's input only and recompute its forward in the backward (less memory)"},
     {"eplb_interval", "0", K_INT, OFF(eplb_interval), 0, INT_MAX, NULL, "steps between EPLB rebalances (0: off)"},
     {"eplb_redundant", "0", K_INT, OFF(eplb_redundant), 0, 1 << 16, NULL, "redundant expert slots per layer"},
     {"eplb_groups", "1", K_INT, OFF(eplb_groups), 1, 1 << 16, NULL, "EPLB expert groups (hierarchical policy when nodes divide them)"},

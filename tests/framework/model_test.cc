@@ -490,13 +490,62 @@ TEST(Model, ActsBytesCountTheArena) {
         ModelActs a;
         model_forward(m, &a, tok.data(), c.batch_size, c.T, 1);
         double bwd;
-        const double est = model_acts_bytes(m, c.batch_size, c.T, &bwd);
+        const double est = model_acts_bytes(m, c.batch_size, c.T, 0, &bwd);
         if (dense == 2) EXPECT_EQ(est, (double)a.arena_cap);
         else EXPECT_GT(est, (double)a.arena_cap);
         EXPECT_EQ(bwd, 3.0 * c.batch_size * c.T * c.F * sizeof(float));  // F 24 is wider than K·Fe 16
         model_acts_free(m, &a);
         model_free(m);
     }
+}
+
+// A forward with recompute keeps each layer's input and one set of the other activations, and
+// model_backward recomputes each layer before its backward: the gradients, the loss scalars and the
+// routes counted (once, by the forward) are those of the forward that kept everything, bit for bit,
+// from an arena smaller by the layers' shared buffers; the MoE layers keep none of their rows.
+TEST(Model, RecomputedBackwardEqualsTheKeptActivations) {
+    MoeConfig c = tiny(1);
+    c.L = 4;
+    Model *m = model_create(&c, 0, 1);
+    model_init_weights(m);
+    std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 6);
+    std::vector<float> grad[2], scal[2];
+    std::vector<long> counts[2];
+    size_t arena[2];
+    for (int r = 0; r < 2; r++) {
+        params_zero_grad(&m->reg);
+        model_reset_counts(m);
+        ModelPass pass = {};
+        pass.count_routes = 1;
+        pass.defer_loss = 1;
+        pass.recompute = r;
+        ModelActs a;
+        model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
+        arena[r] = a.arena_cap;
+        for (int l = 1; l < c.L; l++) {
+            EXPECT_EQ(a.layer[l].moe.xe == nullptr, r == 1) << "layer " << l << " keeps its rows: " << r;
+            EXPECT_EQ(a.layer[l].a == a.layer[0].a, r == 1) << "layer " << l;
+            EXPECT_NE(a.layer[l].h_in, a.layer[0].h_in) << "layer " << l;
+        }
+        scal[r].resize(1 + c.L);
+        m->ops->download(scal[r].data(), a.scalars, scal[r].size() * sizeof(float));
+        model_backward(m, &a, 0.75f, nullptr);
+        model_acts_free(m, &a);
+        grad[r].assign(m->reg.grad, m->reg.grad + m->reg.total);
+        model_counts_to_host(m);
+        counts[r].assign(m->expert_counts, m->expert_counts + (size_t)c.L * c.E);
+    }
+    EXPECT_EQ(0, std::memcmp(grad[0].data(), grad[1].data(), grad[0].size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(scal[0].data(), scal[1].data(), scal[0].size() * sizeof(float)));
+    EXPECT_EQ(counts[0], counts[1]);
+    long routed = 0;
+    for (long n : counts[1]) routed += n;
+    EXPECT_EQ(routed, 3L * c.batch_size * c.T * c.K);  // three MoE layers, each pair counted once
+    double norm = 0;
+    for (float g : grad[1]) norm += (double)g * g;
+    EXPECT_GT(norm, 0.0);  // the comparison is of real gradients
+    EXPECT_LT(arena[1], arena[0]);
+    model_free(m);
 }
 
 // The model FLOPs that bench reports per token (docs/BENCHMARKS.md: 6 × the multiply-adds of every
@@ -573,21 +622,28 @@ TEST(Model, RouterSkewBiasesTheLowIds) {
 // What the host-memory check adds per MoE layer beyond the arena (model.h): the router's logits,
 // scores, ids and gates, N·(2E + 2K) 4-byte values, and the expert rows' inputs and SwiGLU products,
 // N·K·(D + 2·Fe) values; and, with experts wider than the dense FFN (K·Fe 32 > F 24), the backward's
-// dab and dh of the expert rows, N·K·3·Fe values.
+// dab and dh of the expert rows, N·K·3·Fe values. Each of the two MoE layers adds its share; with
+// recompute, which keeps one MoE layer's rows at a time, one layer's, beside that forward's arena.
 TEST(Model, ActsBytesCountTheMoeLayersAndTheirBackward) {
     MoeConfig c = tiny(1);
     c.Fe = 16;
+    c.L = 3;
     Model *m = model_create(&c, 0, 1);
     model_init_weights(m);
     std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 1);
-    ModelActs a;
-    model_forward(m, &a, tok.data(), c.batch_size, c.T, 1);
-    double bwd;
-    const double est = model_acts_bytes(m, c.batch_size, c.T, &bwd);
-    const double N = c.batch_size * c.T, rows = N * c.K;
-    EXPECT_EQ(est, (double)a.arena_cap + N * (2.0 * c.E + 2.0 * c.K) * 4 + rows * (c.D + 2.0 * c.Fe) * 4);
-    EXPECT_EQ(bwd, rows * 3.0 * c.Fe * sizeof(float));
-    model_acts_free(m, &a);
+    for (int r = 0; r < 2; r++) {
+        ModelPass pass = {};
+        pass.recompute = r;
+        ModelActs a;
+        model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
+        double bwd;
+        const double est = model_acts_bytes(m, c.batch_size, c.T, r, &bwd);
+        const double N = c.batch_size * c.T, rows = N * c.K;
+        const double moe = N * (2.0 * c.E + 2.0 * c.K) * 4 + rows * (c.D + 2.0 * c.Fe) * 4;
+        EXPECT_EQ(est, (double)a.arena_cap + (r ? 1 : 2) * moe) << "recompute " << r;
+        EXPECT_EQ(bwd, rows * 3.0 * c.Fe * sizeof(float));
+        model_acts_free(m, &a);
+    }
     model_free(m);
 }
 

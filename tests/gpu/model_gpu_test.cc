@@ -227,6 +227,45 @@ TEST_F(ModelGpu, BitIdenticalRuns) {
     }
 }
 
+// What a run of wrapped_steps leaves: each step's loss and gradient norm, the final weights.
+struct Steps {
+    std::vector<float> loss, norm;
+    Vec w;
+};
+
+// c.steps steps of c.grad_accum micro-batches (token streams from `stream` on) through the wrapped
+// trainer on the bf16 backend; inspect(trainer, model) runs after the last step.
+template <typename F>
+Steps wrapped_steps(const MoeConfig &c, uint32_t stream, F inspect) {
+    Steps r;
+    Model *m = make_model(c, layer_ops_cuda(CORE_BF16));
+    AdamW o;
+    adamw_init_on(&o, &m->reg, m->ops, m->wlow);
+    PipeTrainer *p = pipe_trainer_wrap(m, &o, &c);
+    for (int s = 0; s < c.steps; s++) {
+        std::vector<int> tok((size_t)c.grad_accum * c.batch_size * (c.T + 1));
+        for (int mb = 0; mb < c.grad_accum; mb++) {
+            const std::vector<int> t = random_tokens(c, stream + 2 * s + mb);
+            std::copy(t.begin(), t.end(), tok.begin() + (size_t)mb * t.size());
+        }
+        StepStats st = pipe_train_step(p, &c, s, tok.data());
+        r.loss.push_back(st.loss);
+        r.norm.push_back(st.grad_norm);
+    }
+    inspect(p, m);
+    r.w = download(m, m->reg.data);
+    pipe_trainer_free(p);
+    adamw_free(&o);
+    model_free(m);
+    return r;
+}
+
+void expect_same_steps(const Steps &ref, const Steps &run, const char *what) {
+    EXPECT_EQ(ref.loss, run.loss) << what;
+    EXPECT_EQ(ref.norm, run.norm) << what;
+    EXPECT_TRUE(ref.w == run.w) << what << ": weights differ after " << ref.loss.size() << " steps";
+}
+
 // The training step as a CUDA graph (cuda_graph: the first step kernel by kernel on the graph's
 // path, the second captured, the rest launched) against the same steps kernel by kernel: losses,
 // gradient norms and weights identical after five steps of two micro-batches each. Once with the
@@ -237,7 +276,6 @@ TEST_F(ModelGpu, BitIdenticalRuns) {
 // by kernel (its ops timed on the host), and the results are the same bits.
 TEST_F(ModelGpu, CudaGraphStepsMatchKernelByKernel) {
     for (int variant = 0; variant < 3; variant++) {
-        const float skew = variant == 1 ? 50.0f : 0.0f;
         SCOPED_TRACE(variant);
         MoeConfig c = test_config(variant == 2 ? 1 : 2);
         if (variant == 2) {
@@ -245,49 +283,49 @@ TEST_F(ModelGpu, CudaGraphStepsMatchKernelByKernel) {
             config_validate(&c);
         }
         c.grad_accum = 2;
-        c.router_skew = skew;
-        std::vector<float> loss[3], norm[3];
-        Vec w[3];
-        long empty = 0;  // experts without rows in the last step (graph run)
+        c.router_skew = variant == 1 ? 50.0f : 0.0f;
         c.steps = 5;
-        for (int run = 0; run < 3; run++) {  // kernel by kernel, graph, graph with --trace
-            const int graph = run > 0;
+        Steps run[3];
+        long empty = 0;  // experts without rows in the last step (graph run)
+        for (int r = 0; r < 3; r++) {  // kernel by kernel, graph, graph with --trace
+            const int graph = r > 0;
             c.cuda_graph = graph;
-            snprintf(c.trace, sizeof c.trace, "%s", run == 2 ? "/tmp/model_gpu_test_trace.json" : "");
-            Model *m = make_model(c, layer_ops_cuda(CORE_BF16));
-            AdamW o;
-            adamw_init_on(&o, &m->reg, m->ops, m->wlow);
-            PipeTrainer *p = pipe_trainer_wrap(m, &o, &c);
-            ASSERT_EQ(p->graph_on, graph) << backend_graph_blocker(&c, m->ops);
-            for (int s = 0; s < 5; s++) {
-                std::vector<int> tok((size_t)c.grad_accum * c.batch_size * (c.T + 1));
-                for (int mb = 0; mb < c.grad_accum; mb++) {
-                    const std::vector<int> t = random_tokens(c, 200 + 2 * s + mb);
-                    std::copy(t.begin(), t.end(), tok.begin() + (size_t)mb * t.size());
-                }
-                StepStats st = pipe_train_step(p, &c, s, tok.data());
-                loss[run].push_back(st.loss);
-                norm[run].push_back(st.grad_norm);
-            }
-            EXPECT_EQ(p->graph != nullptr, graph == 1);
-            for (int i = 0; run == 2 && i < p->sched->n_ops[0]; i++)
-                EXPECT_GT(p->trace[i].end, 0.0) << "op " << i << " of the traced step has no time";
-            for (int l = 0; run == 1 && l < c.L; l++)
-                for (int e = 0; model_is_moe_layer(m, l) && e < c.E; e++) empty += m->expert_counts[(size_t)l * c.E + e] == 0;
-            w[run] = download(m, m->reg.data);
-            pipe_trainer_free(p);
-            adamw_free(&o);
-            model_free(m);
+            snprintf(c.trace, sizeof c.trace, "%s", r == 2 ? "/tmp/model_gpu_test_trace.json" : "");
+            run[r] = wrapped_steps(c, 200, [&](PipeTrainer *p, Model *m) {
+                EXPECT_EQ(p->graph_on, graph) << backend_graph_blocker(&c, m->ops);
+                EXPECT_EQ(p->graph != nullptr, graph == 1);
+                for (int i = 0; r == 2 && i < p->sched->n_ops[0]; i++)
+                    EXPECT_GT(p->trace[i].end, 0.0) << "op " << i << " of the traced step has no time";
+                for (int l = 0; r == 1 && l < c.L; l++)
+                    for (int e = 0; model_is_moe_layer(m, l) && e < c.E; e++)
+                        empty += m->expert_counts[(size_t)l * c.E + e] == 0;
+            });
         }
-        for (int run = 1; run < 3; run++) {
-            EXPECT_EQ(loss[0], loss[run]) << "run " << run;
-            EXPECT_EQ(norm[0], norm[run]) << "run " << run;
-            EXPECT_TRUE(w[0] == w[run]) << "run " << run << ": weights differ after five steps";
-        }
-        if (skew > 0) {
+        expect_same_steps(run[0], run[1], "graph");
+        expect_same_steps(run[0], run[2], "graph with --trace");
+        if (c.router_skew > 0) {
             EXPECT_GT(empty, 0) << "the skewed router left no expert empty";
         }
     }
+}
+
+// recompute (each layer's forward again before its backward) on the GPU: five steps of two
+// micro-batches give the losses, gradient norms and weights of the run that keeps its activations,
+// in the CUDA graph and kernel by kernel.
+TEST_F(ModelGpu, RecomputeStepsMatchKeptActivations) {
+    MoeConfig c = test_config(2);
+    c.grad_accum = 2;
+    c.steps = 5;
+    Steps run[3];
+    for (int r = 0; r < 3; r++) {  // kept, recomputed in the graph, recomputed kernel by kernel
+        c.recompute = r > 0;
+        c.cuda_graph = r < 2;
+        run[r] = wrapped_steps(c, 300, [&](PipeTrainer *p, Model *m) {
+            EXPECT_EQ(p->graph_on, r < 2) << backend_graph_blocker(&c, m->ops);
+        });
+    }
+    expect_same_steps(run[0], run[1], "recomputed in the graph");
+    expect_same_steps(run[0], run[2], "recomputed kernel by kernel");
 }
 
 // A dense FFN width CUTLASS does not take (d_ff 100) runs cuBLAS's grouped call, which no test has

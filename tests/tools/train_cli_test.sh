@@ -4,7 +4,7 @@
 # seed print identical losses, and bad command lines end with one message and exit code 2; the run
 # keys (dp_overlap, ep_overlap, expert_gemm, gemm_streams) are in --help and the checkpoint's config;
 # the metrics file's first line is the run's whole config, the one its checkpoint stores; a resumed
-# run goes on in its run's metrics file after the resumed step.
+# run goes on in its run's metrics file after the resumed step; --recompute 1 trains the same bits.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp
 cfg="$root/configs/tiny.cfg"
@@ -184,6 +184,16 @@ for k, v in cfg.items():
 assert (cfg["dp_overlap"], cfg["ep_overlap"], cfg["expert_gemm"], cfg["gemm_streams"]) == (False, False, "loop", 2), cfg
 assert cfg["data"] == sys.argv[1].rsplit("/", 1)[0] + "/data" and cfg["steps"] == 1, cfg
 PY
+
+# --recompute 1 (each layer's forward again in the backward) trains the weights and moments of the run
+# that keeps its activations, bit for bit; a layout whose weight pass follows its whole input pass
+# (here DualPipeV's two stages in one process) is refused.
+for r in 0 1; do
+    "$moelab" train "${args[@]}" --sample-tokens 0 --recompute $r --out "$tmp/recompute$r" > /dev/null
+done
+same_checkpoints "$tmp/recompute0/step_4.h5" "$tmp/recompute1/step_4.h5" bits
+expect_usage "--recompute 1 needs one process and the whole model in one stage .* schedule dualpipev" \
+    "${args[@]}" --schedule dualpipev --chunks 2 --recompute 1
 
 # --fb-overlap 1 where there are no F&B ops (1F1B, so every plain run) says it changes nothing.
 "$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --fb-overlap 1 > /dev/null 2> "$tmp/fb.err"

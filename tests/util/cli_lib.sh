@@ -90,12 +90,14 @@ close_steps() {
 # same_checkpoints A B [TOL]: checkpoint B holds A's weights and AdamW moments (the logical tensors:
 # each expert once, whatever its slots), and A's EPLB placement where A has one; bit for bit and
 # all of /state, or with TOL (another run of the same steps: a layout, EPLB, ZeRO-1) each tensor
-# within TOL of its largest value and /state but the run's own lineage.
+# within TOL of its largest value and /state but the run's own lineage. TOL "bits": another run
+# whose tensors must still be equal bit for bit.
 same_checkpoints() {
     "$py" - "$1" "$2" "${3:-0}" <<'PY' || exit 1
 import sys, h5py, numpy as np
 a, b = (h5py.File(p, "r") for p in sys.argv[1:3])
-tol = float(sys.argv[3])
+other_run = sys.argv[3] != "0"
+tol = 0.0 if sys.argv[3] == "bits" else float(sys.argv[3])
 name = lambda p: "/".join(p.split("/")[-2:])
 n = 0
 for g in ("model", "optim/m", "optim/v"):
@@ -110,7 +112,7 @@ for g in ("model", "optim/m", "optim/v"):
         assert same, "FAIL: %s differs from %s in %s/%s" % (name(sys.argv[2]), name(sys.argv[1]), g, k)
         n += 1
 sa, sb = dict(a["state"].attrs), dict(b["state"].attrs)
-if tol > 0:
+if other_run:
     sa.pop("lineage", None), sb.pop("lineage", None)
 assert sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa), ("FAIL: /state", sa, sb)
 if "eplb/phy2log" in a:
