@@ -451,7 +451,7 @@ static void acts_carve(const Model *m, ModelActs *a) {
     for (int l = m->l0; l < m->l1; l++) {
         LayerActs *la = &a->layer[l];
         la->h_in = arena_x(m, a, N * D);
-        if (a->recompute && l > m->l0) {  // every buffer but the input is layer l0's
+        if (a->inputs_only && l > m->l0) {  // every buffer but the input is layer l0's
             void *h_in = la->h_in;
             *la = a->layer[m->l0];
             la->h_in = h_in;
@@ -480,27 +480,27 @@ static void acts_carve(const Model *m, ModelActs *a) {
 }
 
 // Sets a's shape and sizes its arena (a first pass that only counts).
-static void acts_count(const Model *m, ModelActs *a, int B, int T, int recompute) {
+static void acts_count(const Model *m, ModelActs *a, int B, int T, int inputs_only) {
     memset(a, 0, sizeof *a);
     a->B = B; a->T = T; a->N = B * T;
-    a->recompute = recompute;
+    a->inputs_only = inputs_only;
     a->layer = core_alloc((size_t)m->cfg.L * sizeof *a->layer);
     acts_carve(m, a);
     a->arena_cap = a->arena_used;
 }
 
-double model_acts_bytes(const Model *m, int B, int T, int recompute, double *bwd) {
+double model_acts_bytes(const Model *m, int B, int T, int inputs_only, double *bwd) {
     ModelActs a;
-    acts_count(m, &a, B, T, recompute);
+    acts_count(m, &a, B, T, inputs_only);
     core_free(a.layer);
     const MoeConfig *c = &m->cfg;
     const double N = (double)B * T, rows = N * c->K, x = m->ops->act_size;
     double bytes = (double)a.arena_cap;
     *bwd = 0;
-    int held = 0;  // MoE layers whose rows are held at once: each one, or with recompute one at a time
+    int held = 0;  // MoE layers whose rows are held at once: each one, or one at a time (inputs_only)
     for (int l = m->l0; l < m->l1; l++) {
         const int moe = model_is_moe_layer(m, l);
-        if (moe && (!recompute || held++ == 0))  // moe_forward's logits, scores, idx and gates; xe and ex.ab
+        if (moe && (!inputs_only || held++ == 0))  // moe_forward's logits, scores, idx and gates; xe and ex.ab
             bytes += N * (2.0 * c->E + 2.0 * c->K) * 4 + rows * (c->D + 2.0 * c->Fe) * x;
         const double d = moe ? rows * 3.0 * c->Fe * x : N * 3.0 * c->F * x;  // dab and dh
         if (d > *bwd) *bwd = d;
@@ -508,8 +508,8 @@ double model_acts_bytes(const Model *m, int B, int T, int recompute, double *bwd
     return bytes;
 }
 
-static void acts_alloc(const Model *m, ModelActs *a, int B, int T, int recompute) {
-    acts_count(m, a, B, T, recompute);
+static void acts_alloc(const Model *m, ModelActs *a, int B, int T, int inputs_only) {
+    acts_count(m, a, B, T, inputs_only);
     // Every buffer of the arena is written in full before it is read (the accumulating backward
     // calls get their buffers zeroed right before them), so it is not zero-filled: that saved
     // gigabytes of fill a step on the GPU. The scalars are the exception: stages without the head
@@ -749,7 +749,7 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void 
     CHECK(T >= 1 && T <= c->T, "sequence length %d outside [1, %d]", T, c->T);
     CHECK(m->first || h_in != NULL, "stage [%d, %d) needs the previous stage's output", m->l0, m->l1);
     CHECK(!(m->last && with_targets) || tokens != NULL, "the last stage needs the targets");
-    acts_alloc(m, a, B, T, pass->recompute);
+    acts_alloc(m, a, B, T, pass->inputs_only);
     const int N = B * T, D = c->D;
     const LayerOps *o = m->ops;
     a->has_targets = with_targets;
@@ -778,7 +778,7 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void 
         ffn_forward(m, l, la, a->ffn_out, h_out, B, T, pass->count_routes);
         if (model_is_moe_layer(m, l)) {
             o->copy(a->scalars + 1 + l, la->moe.bal_loss, sizeof(float));
-            if (a->recompute) moe_acts_free(&la->moe, disp_of(m, l));  // model_backward remakes them
+            if (a->inputs_only) moe_acts_free(&la->moe, disp_of(m, l));  // model_backward remakes them
         }
     }
     if (m->last) {
@@ -841,7 +841,7 @@ static void head_backward_weight(Model *m, ModelActs *a) {
 void model_stage_backward_input(Model *m, ModelActs *a, const void *dh_out, float scale) {
     const int N = a->N;
     CHECK(a->has_targets, "backward needs a forward with targets");
-    CHECK(!a->recompute, "a forward with recompute goes back through model_backward only");
+    CHECK(!a->inputs_only, "a forward that kept only the layers' inputs goes back through model_backward only");
     CHECK(m->last || dh_out != NULL, "stage [%d, %d) needs the next stage's gradient", m->l0, m->l1);
     dh_alloc(m, a, m->l1 - m->l0 + 1);  // backward_weight reads them
     void *dh = dh_at(m, a, m->l1);
@@ -859,7 +859,7 @@ void model_backward_input(Model *m, ModelActs *a, float scale) {
 }
 
 // Layer l's forward again, from its kept input into the buffers every layer shares (a forward with
-// recompute): the same kernels on the same inputs give the forward's activations bit for bit. It
+// inputs_only): the same kernels on the same inputs give the forward's activations bit for bit. It
 // counts no routes and copies no balance loss out (the forward did both).
 static void layer_recompute(Model *m, ModelActs *a, int l) {
     LayerActs *la = &a->layer[l];
@@ -876,7 +876,7 @@ void model_backward(Model *m, ModelActs *a, float scale, const ModelPass *pass) 
     head_backward_weight(m, a);
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
-        if (a->recompute) layer_recompute(m, a, l);
+        if (a->inputs_only) layer_recompute(m, a, l);
         ffn_backward_input(m, l, la, dh_at(m, a, l + 1), N, scale);
         ffn_backward_weight(m, l, la, dh_at(m, a, l + 1), N);
         // The layer's expert rows, gradients and scratch are done with: gone before the next layer's.

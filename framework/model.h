@@ -92,9 +92,10 @@ typedef struct {
     // uploaded (a step captured in a CUDA graph). NULL: from tokens.
     const int *dev_ids;
     // forward: keep each layer's input only (h_in), the rest of its activations in buffers that every
-    // layer shares; model_backward recomputes each layer's forward before its backward, with the same
-    // results bit for bit. Only model_backward can take such a forward.
-    int recompute;
+    // layer shares, and no MoE layer's rows: what an evaluation needs, and all that model_backward
+    // needs to recompute each layer's forward before its backward (the same bits: config recompute).
+    // No other backward can take such a forward.
+    int inputs_only;
 } ModelPass;
 
 // Per-layer activations of one micro-batch (and the gradients backward_weight needs). `void *`
@@ -123,7 +124,7 @@ typedef struct {
     int B, T, N;
     int *inputs, *targets;  // (N) each; targets NULL-equivalent when has_targets == 0
     int has_targets;
-    int recompute;          // from the forward's ModelPass: layer[l] for l > l0 shares every buffer
+    int inputs_only;        // from the forward's ModelPass: layer[l] for l > l0 shares every buffer
                             // but h_in with layer[l0], and the MoE layers keep nothing
     LayerActs *layer;       // [L], used in [l0, l1)
     void *h_out;            // (N, D) residual stream after the stage's last layer (sent onwards)
@@ -231,16 +232,16 @@ void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass);
 // model_backward_input then model_backward_weight with the same results, bit for bit, but layer by
 // layer (input, then weight, from the last layer down), freeing each MoE layer's rows as soon as its
 // weight gradients are done: the peak holds one layer's backward buffers instead of all of them.
-// After a forward with recompute, each layer's forward runs again first. pass (or NULL) as
+// After a forward with inputs_only, each layer's forward runs again first. pass (or NULL) as
 // ModelPass says.
 void model_backward(Model *m, ModelActs *a, float scale, const ModelPass *pass);
 void model_acts_free(Model *m, ModelActs *a);
 // Bytes one micro-batch of (B, T) holds from its forward to its backward: the activation arena
 // (exact) and what each MoE layer keeps (its router's scores and, for an even spread of the rows,
-// its experts' input rows and SwiGLU products; with recompute one MoE layer's, at its backward).
+// its experts' input rows and SwiGLU products; with inputs_only one MoE layer's, at its backward).
 // *bwd: what the backward of its widest FFN adds while it runs (the SwiGLU products' gradients).
 // Lower bounds of the step's need.
-double model_acts_bytes(const Model *m, int B, int T, int recompute, double *bwd);
+double model_acts_bytes(const Model *m, int B, int T, int inputs_only, double *bwd);
 // The loss model_stage_forward returns, from a copy of a->scalars on the host (1 + L); sets *ce
 // and *bal as it sets a->ce and a->bal. with_targets as given to the forward.
 float model_scalars_loss(const Model *m, const float *scalars, int with_targets, float *ce, float *bal);

@@ -33,8 +33,9 @@
 // The stage interface over a Model.
 
 // A training forward counts its routes and leaves its loss scalars in the model's memory (the step
-// downloads them once); an evaluation forward returns its loss at once, and the last stage adds
-// its cross-entropy (and for pipe_sample_generate keeps the logits row it asks for).
+// downloads them once), and with recompute keeps only the layers' inputs; an evaluation forward
+// always does (no backward follows), returns its loss at once, and the last stage adds its
+// cross-entropy (and for pipe_sample_generate keeps the logits row it asks for).
 static const void *stage_forward(void *ctx, int mb, const void *h_in) {
     PipeStageCtx *x = ctx;
     Model *m = x->m;
@@ -42,8 +43,9 @@ static const void *stage_forward(void *ctx, int mb, const void *h_in) {
     const int *tok = x->tokens + (size_t)mb * x->B * (x->T + 1);
     const ModelPass train = {.count_routes = 1, .defer_loss = 1,
                              .dev_ids = x->ids ? x->ids + (size_t)mb * 2 * x->B * x->T : NULL,
-                             .recompute = x->recompute};
-    model_stage_forward(m, a, tok, h_in, x->B, x->T, 1, x->training ? &train : NULL);
+                             .inputs_only = x->recompute};
+    const ModelPass eval = {.inputs_only = 1};  // no backward follows
+    model_stage_forward(m, a, tok, h_in, x->B, x->T, 1, x->training ? &train : &eval);
     if (x->training) {
         CHECK(x->n_fwd < x->n_mb, "stage [%d, %d): more forwards than its %d micro-batches", m->l0, m->l1,
               x->n_mb);

@@ -499,8 +499,8 @@ TEST(Model, ActsBytesCountTheArena) {
     }
 }
 
-// A forward with recompute keeps each layer's input and one set of the other activations, and
-// model_backward recomputes each layer before its backward: the gradients, the loss scalars and the
+// A forward with inputs_only (config recompute) keeps each layer's input and one set of the other
+// activations, and model_backward recomputes each layer before its backward: the gradients, the loss scalars and the
 // routes counted (once, by the forward) are those of the forward that kept everything, bit for bit,
 // from an arena smaller by the layers' shared buffers; the MoE layers keep none of their rows.
 TEST(Model, RecomputedBackwardEqualsTheKeptActivations) {
@@ -518,7 +518,7 @@ TEST(Model, RecomputedBackwardEqualsTheKeptActivations) {
         ModelPass pass = {};
         pass.count_routes = 1;
         pass.defer_loss = 1;
-        pass.recompute = r;
+        pass.inputs_only = r;
         ModelActs a;
         model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
         arena[r] = a.arena_cap;
@@ -623,7 +623,7 @@ TEST(Model, RouterSkewBiasesTheLowIds) {
 // scores, ids and gates, N·(2E + 2K) 4-byte values, and the expert rows' inputs and SwiGLU products,
 // N·K·(D + 2·Fe) values; and, with experts wider than the dense FFN (K·Fe 32 > F 24), the backward's
 // dab and dh of the expert rows, N·K·3·Fe values. Each of the two MoE layers adds its share; with
-// recompute, which keeps one MoE layer's rows at a time, one layer's, beside that forward's arena.
+// inputs_only, which keeps one MoE layer's rows at a time, one layer's, beside that forward's arena.
 TEST(Model, ActsBytesCountTheMoeLayersAndTheirBackward) {
     MoeConfig c = tiny(1);
     c.Fe = 16;
@@ -633,14 +633,14 @@ TEST(Model, ActsBytesCountTheMoeLayersAndTheirBackward) {
     std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 1);
     for (int r = 0; r < 2; r++) {
         ModelPass pass = {};
-        pass.recompute = r;
+        pass.inputs_only = r;
         ModelActs a;
         model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
         double bwd;
         const double est = model_acts_bytes(m, c.batch_size, c.T, r, &bwd);
         const double N = c.batch_size * c.T, rows = N * c.K;
         const double moe = N * (2.0 * c.E + 2.0 * c.K) * 4 + rows * (c.D + 2.0 * c.Fe) * 4;
-        EXPECT_EQ(est, (double)a.arena_cap + (r ? 1 : 2) * moe) << "recompute " << r;
+        EXPECT_EQ(est, (double)a.arena_cap + (r ? 1 : 2) * moe) << "inputs_only " << r;
         EXPECT_EQ(bwd, rows * 3.0 * c.Fe * sizeof(float));
         model_acts_free(m, &a);
     }
