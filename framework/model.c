@@ -838,15 +838,21 @@ static void head_backward_weight(Model *m, ModelActs *a) {
     m->ops->rmsnorm_backward_weight(m->d_final_norm, a->pf, N, D);
 }
 
-void model_stage_backward_input(Model *m, ModelActs *a, const void *dh_out, float scale) {
-    const int N = a->N;
+// The start of either backward: `slots` dh buffers, and in the last, ∂L/∂h_out: from the loss on
+// the last stage, else dh_out (N, D) of the next stage.
+static void backward_start(Model *m, ModelActs *a, int slots, const void *dh_out, float scale) {
     CHECK(a->has_targets, "backward needs a forward with targets");
-    CHECK(!a->inputs_only, "a forward that kept only the layers' inputs goes back through model_backward only");
     CHECK(m->last || dh_out != NULL, "stage [%d, %d) needs the next stage's gradient", m->l0, m->l1);
-    dh_alloc(m, a, m->l1 - m->l0 + 1);  // backward_weight reads them
+    dh_alloc(m, a, slots);
     void *dh = dh_at(m, a, m->l1);
     if (m->last) head_backward_input(m, a, dh, scale);
-    else m->ops->copy(dh, dh_out, (size_t)N * m->cfg.D * m->ops->act_size);
+    else m->ops->copy(dh, dh_out, (size_t)a->N * m->cfg.D * m->ops->act_size);
+}
+
+void model_stage_backward_input(Model *m, ModelActs *a, const void *dh_out, float scale) {
+    const int N = a->N;
+    CHECK(!a->inputs_only, "a forward that kept only the layers' inputs goes back through model_backward only");
+    backward_start(m, a, m->l1 - m->l0 + 1, dh_out, scale);  // backward_weight reads them all
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
         ffn_backward_input(m, l, la, dh_at(m, a, l + 1), N, scale);
@@ -867,13 +873,10 @@ static void layer_recompute(Model *m, ModelActs *a, int l) {
     ffn_forward(m, l, la, a->ffn_out, NULL, a->B, a->T, 0);
 }
 
-void model_backward(Model *m, ModelActs *a, float scale, const ModelPass *pass) {
+void model_backward(Model *m, ModelActs *a, const void *dh_out, float scale, const ModelPass *pass) {
     const int N = a->N;
-    CHECK(m->first && m->last, "model_backward needs the whole model");
-    CHECK(a->has_targets, "backward needs a forward with targets");
-    dh_alloc(m, a, 2);
-    head_backward_input(m, a, dh_at(m, a, m->l1), scale);
-    head_backward_weight(m, a);
+    backward_start(m, a, 2, dh_out, scale);
+    if (m->last) head_backward_weight(m, a);
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
         if (a->inputs_only) layer_recompute(m, a, l);
@@ -886,7 +889,7 @@ void model_backward(Model *m, ModelActs *a, float scale, const ModelPass *pass) 
         if (pass && pass->layer_done) pass->layer_done(pass->layer_ctx, l);
     }
     prof_mark(PROF_EMBED);
-    m->ops->embedding_backward_weight(m->d_embed, dh_at(m, a, m->l0), a->inputs, N, m->cfg.V, m->cfg.D);
+    if (m->first) m->ops->embedding_backward_weight(m->d_embed, dh_at(m, a, m->l0), a->inputs, N, m->cfg.V, m->cfg.D);
     prof_mark(PROF_OTHER);
 }
 

@@ -229,12 +229,13 @@ const void *model_stage_dinput(const Model *m, const ModelActs *a);
 // Accumulates (+=) the weight gradients of the micro-batch into m->reg.grad; pass (or NULL) as
 // ModelPass says.
 void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass);
-// model_backward_input then model_backward_weight with the same results, bit for bit, but layer by
-// layer (input, then weight, from the last layer down), freeing each MoE layer's rows as soon as its
-// weight gradients are done: the peak holds one layer's backward buffers instead of all of them.
-// After a forward with inputs_only, each layer's forward runs again first. pass (or NULL) as
+// model_stage_backward_input then model_backward_weight with the same results, bit for bit, but
+// layer by layer (input, then weight, from the last layer down), freeing each MoE layer's rows as
+// soon as its weight gradients are done: the peak holds one layer's backward buffers instead of all
+// of them. After a forward with inputs_only, each layer's forward runs again first. dh_out as for
+// model_stage_backward_input, and model_stage_dinput gives ∂L/∂h_in afterwards; pass (or NULL) as
 // ModelPass says.
-void model_backward(Model *m, ModelActs *a, float scale, const ModelPass *pass);
+void model_backward(Model *m, ModelActs *a, const void *dh_out, float scale, const ModelPass *pass);
 void model_acts_free(Model *m, ModelActs *a);
 // Bytes one micro-batch of (B, T) holds from its forward to its backward: the activation arena
 // (exact) and what each MoE layer keeps (its router's scores and, for an even spread of the rows,

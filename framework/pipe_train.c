@@ -61,26 +61,29 @@ static const void *stage_forward(void *ctx, int mb, const void *h_in) {
     return m->last ? NULL : a->h_out;
 }
 
-// A whole model without a grid (one process, one stage) runs model_backward here: input and weight
-// gradients layer by layer, bit-identical to the two passes, with one layer's backward buffers at a
-// time; its backward_weight then has nothing left to do. With a grid the weight pass waits for the
-// whole input pass: the DP gradient sync, which starts as layers' weight gradients complete, then
-// never interleaves with the input pass's EP exchanges.
-static const void *stage_backward_input(void *ctx, int mb, const void *dh_out) {
-    PipeStageCtx *x = ctx;
-    if (x->fused) {
-        model_backward(x->m, &x->acts[mb], x->scale, NULL);
-        return NULL;
-    }
-    model_stage_backward_input(x->m, &x->acts[mb], dh_out, x->scale);
-    return x->m->first ? NULL : model_stage_dinput(x->m, &x->acts[mb]);
-}
-
 // Layer l's weight gradients are final: the buckets of its tensors may start their all-reduce.
 static void layer_done(void *ctx, int l) {
     PipeStageCtx *x = ctx;
     for (int i = 0; i < x->n_grads; i++)
         if (x->layer_of[i] == l) dp_sync_ready(x->sync, i);
+}
+
+// A whole model without a grid (one process, one stage), and with recompute any stage, runs
+// model_backward here: input and weight gradients layer by layer, bit-identical to the two passes,
+// with one layer's backward buffers at a time; its backward_weight then has nothing left to do.
+// Otherwise the weight pass waits for the whole input pass: the DP gradient sync, which starts as
+// layers' weight gradients complete, then never interleaves with the input pass's EP exchanges.
+// So a fused stage with EP ranks reports no layer, and its DP sync runs after the backward.
+static const void *stage_backward_input(void *ctx, int mb, const void *dh_out) {
+    PipeStageCtx *x = ctx;
+    if (x->fused) {
+        const ModelPass last = {.layer_done = layer_done, .layer_ctx = x};
+        const int report = x->sync && x->n_wgt == x->n_mb - 1 && x->m->ep_size == 1;
+        model_backward(x->m, &x->acts[mb], dh_out, x->scale, report ? &last : NULL);
+    } else {
+        model_stage_backward_input(x->m, &x->acts[mb], dh_out, x->scale);
+    }
+    return x->m->first ? NULL : model_stage_dinput(x->m, &x->acts[mb]);
 }
 
 // The stage's last backward_weight of the step reports each layer as it finishes (layers go last to
@@ -126,15 +129,14 @@ static void stage_init(PipeTrainer *p, int pipe, const MoeConfig *c, Model *m, A
     x->B = c->batch_size;
     x->T = c->T;
     x->scale = 1.0f / (float)s->C;
-    x->fused = !p->grid && m->first && m->last;
-    // Only model_backward recomputes: the other layouts' weight pass comes after the whole input
-    // pass and reads every layer's activations, which recomputation is there not to keep.
-    if (c->recompute && !x->fused)
-        core_usage_error("--recompute 1 needs one process and the whole model in one stage (schedule 1f1b); "
-                         "this run has %d rank%s and schedule %s: its backward's weight pass follows the "
-                         "whole input pass and needs every layer's activations (pass --recompute 0)",
-                         p->grid ? p->grid->world : 1, p->grid ? "s" : "", c->schedule);
+    // Only model_backward recomputes, and a schedule's backward runs it where the weight pass follows
+    // the input pass at once: 1F1B's. DualPipe's and DualPipeV's deferred weight passes would read
+    // every layer's activations, which recomputation is there not to keep.
+    if (c->recompute && strcmp(c->schedule, "1f1b") != 0)
+        core_usage_error("--recompute 1 needs --schedule 1f1b: %s runs weight passes apart from their input "
+                         "passes, which need every layer's activations (pass --recompute 0)", c->schedule);
     x->recompute = c->recompute;
+    x->fused = (!p->grid && m->first && m->last) || x->recompute;
     x->dscal = m->ops->alloc((size_t)(x->n_mb > 0 ? x->n_mb : 1) * (1 + (size_t)c->L) * sizeof(float));
     p->stage[pipe] = (PipeStage){x, stage_forward, stage_backward_input, stage_backward_weight, stage_release};
 }
@@ -308,7 +310,7 @@ static void graph_setup(PipeTrainer *p, const MoeConfig *c) {
     if (!c->cuda_graph || p->ops->dev == CORE_CPU) return;
     PipeStageCtx *x = &p->ctx[0];
     const char *why = p->grid ? "more than one process"
-                      : !x->fused || p->n_models > 1 ? "a pipeline"
+                      : p->n_models > 1 || !(x->m->first && x->m->last) ? "a pipeline"
                       : p->eplb ? "EPLB moves experts between steps"
                       : backend_graph_blocker(c, p->ops);
     if (why) {

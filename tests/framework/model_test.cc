@@ -270,7 +270,7 @@ TEST(Model, InterleavedBackwardEqualsSplitPasses) {
             model_backward_weight(m, &a, nullptr);
             EXPECT_EQ(a.dh_slots, c.L + 1);
         } else {
-            model_backward(m, &a, 0.75f, nullptr);
+            model_backward(m, &a, nullptr, 0.75f, nullptr);
             EXPECT_EQ(a.dh_slots, 2);
         }
         model_acts_free(m, &a);
@@ -307,7 +307,7 @@ TEST(Model, ZeroGradLeavesSwigluGradientsToTheirFirstBackward) {
         for (int mb = 0; mb < 2; mb++) {
             ModelActs a;
             model_forward(m, &a, tok.data() + (size_t)mb * c.batch_size * (c.T + 1), c.batch_size, c.T, 1);
-            model_backward(m, &a, 0.5f, nullptr);
+            model_backward(m, &a, nullptr, 0.5f, nullptr);
             model_acts_free(m, &a);
         }
         (pass == 0 ? zeroed : marked).assign(m->reg.grad, m->reg.grad + m->reg.total);
@@ -347,7 +347,9 @@ TEST(Model, ClipFactorInAdamwEqualsScaledGradients) {
     model_free(b);
 }
 
-// Two pipeline stages run one after the other compute exactly what the whole model does.
+// Two stages give the whole model's loss and gradients (to rounding: the stages sum in another
+// order), through the split passes and through model_backward after forwards that kept only the
+// layers' inputs (recompute), which give the split passes' gradients bit for bit.
 TEST(Model, StagesComposeToTheWholeModel) {
     MoeConfig c = tiny(1);
     c.L = 3;
@@ -359,36 +361,53 @@ TEST(Model, StagesComposeToTheWholeModel) {
     EXPECT_LT(params_find(&s0->reg, "final_norm"), 0);
     EXPECT_LT(params_find(&s1->reg, "embed"), 0);
     std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 4);
-    ModelActs a, a0, a1;
+    ModelActs a;
     float lw = model_forward(whole, &a, tok.data(), c.batch_size, c.T, 1);
-    float l0 = model_stage_forward(s0, &a0, tok.data(), nullptr, c.batch_size, c.T, 1, nullptr);
-    float l1 = model_stage_forward(s1, &a1, tok.data(), a0.h_out, c.batch_size, c.T, 1, nullptr);
-    EXPECT_FLOAT_EQ(lw, l0 + l1);
-    for (Model *m : {whole, s0, s1}) params_zero_grad(&m->reg);
+    params_zero_grad(&whole->reg);
     model_backward_input(whole, &a, 0.5f);
     model_backward_weight(whole, &a, nullptr);
-    model_stage_backward_input(s1, &a1, nullptr, 0.5f);
-    model_backward_weight(s1, &a1, nullptr);
-    model_stage_backward_input(s0, &a0, model_stage_dinput(s1, &a1), 0.5f);
-    model_backward_weight(s0, &a0, nullptr);
-    int compared = 0;
-    for (Model *st : {s0, s1})
-        for (int i = 0; i < st->reg.n; i++) {
-            const ParamInfo *p = &st->reg.p[i];
-            int j = params_find(&whole->reg, p->name);
-            ASSERT_GE(j, 0) << p->name;
-            const float *gw = whole->reg.grad + whole->reg.p[j].offset, *gs = st->reg.grad + p->offset;
-            const float *vw = whole->reg.data + whole->reg.p[j].offset, *vs = st->reg.data + p->offset;
-            for (size_t k = 0; k < p->numel; k++) {
-                ASSERT_EQ(vw[k], vs[k]) << p->name;
-                ASSERT_NEAR(gw[k], gs[k], 1e-6f * (1.0f + std::fabs(gw[k]))) << p->name;
-            }
-            compared++;
-        }
-    EXPECT_EQ(compared, whole->reg.n);
     model_acts_free(whole, &a);
-    model_acts_free(s0, &a0);
-    model_acts_free(s1, &a1);
+    std::vector<float> split[2];  // each stage's gradients through the split passes
+    for (int fused = 0; fused < 2; fused++) {
+        SCOPED_TRACE(fused ? "model_backward, inputs only" : "split passes");
+        ModelPass pass = {};
+        pass.inputs_only = fused;
+        ModelActs a0, a1;
+        float l0 = model_stage_forward(s0, &a0, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
+        float l1 = model_stage_forward(s1, &a1, tok.data(), a0.h_out, c.batch_size, c.T, 1, &pass);
+        EXPECT_FLOAT_EQ(lw, l0 + l1);
+        for (Model *m : {s0, s1}) params_zero_grad(&m->reg);
+        if (fused) {
+            model_backward(s1, &a1, nullptr, 0.5f, nullptr);
+            model_backward(s0, &a0, model_stage_dinput(s1, &a1), 0.5f, nullptr);
+        } else {
+            model_stage_backward_input(s1, &a1, nullptr, 0.5f);
+            model_backward_weight(s1, &a1, nullptr);
+            model_stage_backward_input(s0, &a0, model_stage_dinput(s1, &a1), 0.5f);
+            model_backward_weight(s0, &a0, nullptr);
+        }
+        int compared = 0;
+        for (int s = 0; s < 2; s++) {
+            const Model *st = s ? s1 : s0;
+            if (!fused) split[s].assign(st->reg.grad, st->reg.grad + st->reg.total);
+            else EXPECT_EQ(0, std::memcmp(split[s].data(), st->reg.grad, st->reg.total * sizeof(float))) << "stage " << s;
+            for (int i = 0; i < st->reg.n; i++) {
+                const ParamInfo *p = &st->reg.p[i];
+                int j = params_find(&whole->reg, p->name);
+                ASSERT_GE(j, 0) << p->name;
+                const float *gw = whole->reg.grad + whole->reg.p[j].offset, *gs = st->reg.grad + p->offset;
+                const float *vw = whole->reg.data + whole->reg.p[j].offset, *vs = st->reg.data + p->offset;
+                for (size_t k = 0; k < p->numel; k++) {
+                    ASSERT_EQ(vw[k], vs[k]) << p->name;
+                    ASSERT_NEAR(gw[k], gs[k], 1e-6f * (1.0f + std::fabs(gw[k]))) << p->name;
+                }
+                compared++;
+            }
+        }
+        EXPECT_EQ(compared, whole->reg.n);
+        model_acts_free(s0, &a0);
+        model_acts_free(s1, &a1);
+    }
     for (Model *m : {whole, s0, s1}) model_free(m);
 }
 
@@ -529,7 +548,7 @@ TEST(Model, RecomputedBackwardEqualsTheKeptActivations) {
         }
         scal[r].resize(1 + c.L);
         m->ops->download(scal[r].data(), a.scalars, scal[r].size() * sizeof(float));
-        model_backward(m, &a, 0.75f, nullptr);
+        model_backward(m, &a, nullptr, 0.75f, nullptr);
         model_acts_free(m, &a);
         grad[r].assign(m->reg.grad, m->reg.grad + m->reg.total);
         model_counts_to_host(m);

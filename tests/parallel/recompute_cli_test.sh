@@ -1,0 +1,41 @@
+#!/bin/bash
+# `moelab train --recompute 1` (each layer's forward again right before its backward, framework/
+# model.c) under mpirun, on the byte-level fixed corpus (tests/util/cli_lib.sh):
+#  1. in every layout whose schedule runs a micro-batch's weight pass right after its input pass
+#     (1F1B), the run trains the weights and AdamW moments of the same layout without it, bit for
+#     bit: EP 2 (the recomputed forward exchanges its rows again; the DP sync of the dense
+#     gradients then runs after the backward), DP 2 (the sync overlapping the backward layer by
+#     layer), EP 2 x expert-DP 2 on 4 ranks, 2 pipeline stages x DP 2 (several micro-batches in
+#     flight per stage, the gradient between the stages from the recomputing backward), and DP 2
+#     with ZeRO-1 (the reduce-scatters started layer by layer);
+#  2. DualPipe, whose weight passes run apart from their input passes, is refused on every rank
+#     with exit 2 and the reason.
+set -euo pipefail
+source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
+source "$root/tests/parallel/mpi_env.sh"
+
+prepare_corpus "$tmp/data"
+args=("${tiny[@]}" "${compared[@]}" --steps 3 --batch-size 4 --n-layers 4 --sample-tokens 0)
+
+# layout NAME NP ARGS...: the layout trained without and with --recompute 1, its checkpoints compared.
+layout() {
+    local name=$1 np=$2 r
+    shift 2
+    for r in 0 1; do
+        mpi "$np" "$moelab" train "${args[@]}" "$@" --recompute $r --out "$tmp/$name$r" >"$tmp/$name$r.log"
+    done
+    same_checkpoints "$tmp/${name}0/step_3.h5" "$tmp/${name}1/step_3.h5" bits
+}
+
+# 1.
+layout ep2 2 --ep 2 --grad-accum 2
+layout dp2 2 --grad-accum 2
+layout ep2_edp2 4 --ep 2
+layout pp2_dp2 4 --pp 2 --chunks 4
+layout zero1 2 --grad-accum 2 --zero 1
+
+# 2.
+expect_exit2 dualpipe "--recompute 1 needs --schedule 1f1b: dualpipe runs weight passes apart" 2 \
+    "${args[@]}" --pp 2 --schedule dualpipe --chunks 4 --recompute 1
+[ "$(grep -oE 'moelab: error \[rank [01]\]: --recompute 1 needs' "$tmp/dualpipe.out" | sort -u | wc -l)" -eq 2 ] ||
+    { echo "FAIL: not every rank refused --recompute 1 with DualPipe:"; cat "$tmp/dualpipe.out"; exit 1; }
