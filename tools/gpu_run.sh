@@ -293,7 +293,8 @@ bench_configs=${BENCH_CONFIGS:-bench bench_wide}
 if [ -z "${BENCH_CONFIGS:-}" ] && [ "${gpu_mib:-0}" -lt 100000 ]; then
     bench_configs="bench"
     if want bench || want trace; then
-        echo "gpu_run: bench_wide.cfg left out: it needs a GPU of more than 80 GB, this one has $gpu_mib MiB"
+        echo "gpu_run: bench_wide.cfg left out: it needs a GPU of more than 80 GB, this one has $gpu_mib MiB" \
+            "(BENCH_CONFIGS=bench_wide BENCH_ARGS=\"--recompute 1\" fits it)"
     fi
 fi
 
