@@ -253,19 +253,38 @@ TEST(Model, NonFiniteStepChangesNothing) {
 
 // model_backward (layer by layer, input then weight) computes the split passes' gradients bit for bit,
 // with dense and MoE layers and the balance loss on; it holds two dh slots that take turns, where
-// the split passes keep one per layer boundary for the weight pass (L + 1).
-TEST(Model, InterleavedBackwardEqualsSplitPasses) {
+// the split passes keep one per layer boundary for the weight pass (L + 1). So does it after a
+// forward with inputs_only (config recompute), which keeps each layer's input and one set of the
+// other activations in a smaller arena and none of the MoE layers' rows, and recomputes each layer
+// before its backward: the loss scalars and the routes counted (once, by the forward) are the same.
+TEST(Model, BackwardsEqualTheSplitPasses) {
     MoeConfig c = tiny(1);
-    c.L = 3;
+    c.L = 4;
     Model *m = model_create(&c, 0, 1);
     model_init_weights(m);
     std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 4);
-    std::vector<float> split, inter;
-    for (int pass = 0; pass < 2; pass++) {
+    std::vector<float> grad[3], scal[3];
+    std::vector<long> counts[3];
+    size_t arena[3];
+    for (int way = 0; way < 3; way++) {  // split passes, model_backward, model_backward recomputing
+        SCOPED_TRACE(way);
         params_zero_grad(&m->reg);
+        model_reset_counts(m);
+        ModelPass pass = {};
+        pass.count_routes = 1;
+        pass.defer_loss = 1;
+        pass.inputs_only = way == 2;
         ModelActs a;
-        model_forward(m, &a, tok.data(), c.batch_size, c.T, 1);
-        if (pass == 0) {
+        model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
+        arena[way] = a.arena_cap;
+        for (int l = 1; l < c.L; l++) {
+            EXPECT_EQ(a.layer[l].moe.xe == nullptr, way == 2) << "layer " << l << " and its rows";
+            EXPECT_EQ(a.layer[l].a == a.layer[0].a, way == 2) << "layer " << l;
+            EXPECT_NE(a.layer[l].h_in, a.layer[0].h_in) << "layer " << l;
+        }
+        scal[way].resize(1 + c.L);
+        m->ops->download(scal[way].data(), a.scalars, scal[way].size() * sizeof(float));
+        if (way == 0) {
             model_backward_input(m, &a, 0.75f);
             model_backward_weight(m, &a, nullptr);
             EXPECT_EQ(a.dh_slots, c.L + 1);
@@ -274,13 +293,23 @@ TEST(Model, InterleavedBackwardEqualsSplitPasses) {
             EXPECT_EQ(a.dh_slots, 2);
         }
         model_acts_free(m, &a);
-        (pass == 0 ? split : inter).assign(m->reg.grad, m->reg.grad + m->reg.total);
+        grad[way].assign(m->reg.grad, m->reg.grad + m->reg.total);
+        model_counts_to_host(m);
+        counts[way].assign(m->expert_counts, m->expert_counts + (size_t)c.L * c.E);
     }
-    ASSERT_EQ(split.size(), inter.size());
-    EXPECT_EQ(0, std::memcmp(split.data(), inter.data(), split.size() * sizeof(float)));
+    for (int way = 1; way < 3; way++) {
+        EXPECT_EQ(0, std::memcmp(grad[0].data(), grad[way].data(), grad[0].size() * sizeof(float))) << way;
+        EXPECT_EQ(0, std::memcmp(scal[0].data(), scal[way].data(), scal[0].size() * sizeof(float))) << way;
+        EXPECT_EQ(counts[0], counts[way]) << way;
+    }
+    long routed = 0;
+    for (long n : counts[2]) routed += n;
+    EXPECT_EQ(routed, 3L * c.batch_size * c.T * c.K);  // three MoE layers, each pair counted once
     double norm = 0;
-    for (float g : split) norm += (double)g * g;
+    for (float g : grad[0]) norm += (double)g * g;
     EXPECT_GT(norm, 0.0);  // the comparison is of real gradients
+    EXPECT_EQ(arena[1], arena[0]);
+    EXPECT_LT(arena[2], arena[0]);
     model_free(m);
 }
 
@@ -516,55 +545,6 @@ TEST(Model, ActsBytesCountTheArena) {
         model_acts_free(m, &a);
         model_free(m);
     }
-}
-
-// A forward with inputs_only (config recompute) keeps each layer's input and one set of the other
-// activations, and model_backward recomputes each layer before its backward: the gradients, the loss scalars and the
-// routes counted (once, by the forward) are those of the forward that kept everything, bit for bit,
-// from an arena smaller by the layers' shared buffers; the MoE layers keep none of their rows.
-TEST(Model, RecomputedBackwardEqualsTheKeptActivations) {
-    MoeConfig c = tiny(1);
-    c.L = 4;
-    Model *m = model_create(&c, 0, 1);
-    model_init_weights(m);
-    std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 6);
-    std::vector<float> grad[2], scal[2];
-    std::vector<long> counts[2];
-    size_t arena[2];
-    for (int r = 0; r < 2; r++) {
-        params_zero_grad(&m->reg);
-        model_reset_counts(m);
-        ModelPass pass = {};
-        pass.count_routes = 1;
-        pass.defer_loss = 1;
-        pass.inputs_only = r;
-        ModelActs a;
-        model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
-        arena[r] = a.arena_cap;
-        for (int l = 1; l < c.L; l++) {
-            EXPECT_EQ(a.layer[l].moe.xe == nullptr, r == 1) << "layer " << l << " keeps its rows: " << r;
-            EXPECT_EQ(a.layer[l].a == a.layer[0].a, r == 1) << "layer " << l;
-            EXPECT_NE(a.layer[l].h_in, a.layer[0].h_in) << "layer " << l;
-        }
-        scal[r].resize(1 + c.L);
-        m->ops->download(scal[r].data(), a.scalars, scal[r].size() * sizeof(float));
-        model_backward(m, &a, nullptr, 0.75f, nullptr);
-        model_acts_free(m, &a);
-        grad[r].assign(m->reg.grad, m->reg.grad + m->reg.total);
-        model_counts_to_host(m);
-        counts[r].assign(m->expert_counts, m->expert_counts + (size_t)c.L * c.E);
-    }
-    EXPECT_EQ(0, std::memcmp(grad[0].data(), grad[1].data(), grad[0].size() * sizeof(float)));
-    EXPECT_EQ(0, std::memcmp(scal[0].data(), scal[1].data(), scal[0].size() * sizeof(float)));
-    EXPECT_EQ(counts[0], counts[1]);
-    long routed = 0;
-    for (long n : counts[1]) routed += n;
-    EXPECT_EQ(routed, 3L * c.batch_size * c.T * c.K);  // three MoE layers, each pair counted once
-    double norm = 0;
-    for (float g : grad[1]) norm += (double)g * g;
-    EXPECT_GT(norm, 0.0);  // the comparison is of real gradients
-    EXPECT_LT(arena[1], arena[0]);
-    model_free(m);
 }
 
 // The model FLOPs that bench reports per token (docs/BENCHMARKS.md: 6 × the multiply-adds of every
