@@ -851,7 +851,7 @@ static void backward_start(Model *m, ModelActs *a, int slots, const void *dh_out
 
 void model_stage_backward_input(Model *m, ModelActs *a, const void *dh_out, float scale) {
     const int N = a->N;
-    CHECK(!a->inputs_only, "a forward that kept only the layers' inputs goes back through model_backward only");
+    CHECK(!a->inputs_only, "a forward that kept only the layers' inputs goes back through model_backward");
     backward_start(m, a, m->l1 - m->l0 + 1, dh_out, scale);  // backward_weight reads them all
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
@@ -889,7 +889,8 @@ void model_backward(Model *m, ModelActs *a, const void *dh_out, float scale, con
         if (pass && pass->layer_done) pass->layer_done(pass->layer_ctx, l);
     }
     prof_mark(PROF_EMBED);
-    if (m->first) m->ops->embedding_backward_weight(m->d_embed, dh_at(m, a, m->l0), a->inputs, N, m->cfg.V, m->cfg.D);
+    if (m->first)
+        m->ops->embedding_backward_weight(m->d_embed, dh_at(m, a, m->l0), a->inputs, N, m->cfg.V, m->cfg.D);
     prof_mark(PROF_OTHER);
 }
 

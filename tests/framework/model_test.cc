@@ -419,7 +419,8 @@ TEST(Model, StagesComposeToTheWholeModel) {
         for (int s = 0; s < 2; s++) {
             const Model *st = s ? s1 : s0;
             if (!fused) split[s].assign(st->reg.grad, st->reg.grad + st->reg.total);
-            else EXPECT_EQ(0, std::memcmp(split[s].data(), st->reg.grad, st->reg.total * sizeof(float))) << "stage " << s;
+            else
+                EXPECT_EQ(0, std::memcmp(split[s].data(), st->reg.grad, st->reg.total * sizeof(float))) << "stage " << s;
             for (int i = 0; i < st->reg.n; i++) {
                 const ParamInfo *p = &st->reg.p[i];
                 int j = params_find(&whole->reg, p->name);

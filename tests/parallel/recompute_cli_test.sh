@@ -6,8 +6,10 @@
 #     bit: EP 2 (the recomputed forward exchanges its rows again; the DP sync of the dense
 #     gradients then runs after the backward), DP 2 (the sync overlapping the backward layer by
 #     layer), EP 2 x expert-DP 2 on 4 ranks, 2 pipeline stages x DP 2 (several micro-batches in
-#     flight per stage, the gradient between the stages from the recomputing backward), and DP 2
-#     with ZeRO-1 (the reduce-scatters started layer by layer);
+#     flight per stage, the gradient between the stages from the recomputing backward), DP 2 with
+#     ZeRO-1 (the reduce-scatters started layer by layer), and EP 2 with EPLB (2 redundant slots,
+#     a skewed router, a rebalance after step 2: the recomputed forwards route over the new
+#     placement);
 #  2. DualPipe, whose weight passes run apart from their input passes, is refused on every rank
 #     with exit 2 and the reason.
 set -euo pipefail
@@ -33,6 +35,7 @@ layout dp2 2 --grad-accum 2
 layout ep2_edp2 4 --ep 2
 layout pp2_dp2 4 --pp 2 --chunks 4
 layout zero1 2 --grad-accum 2 --zero 1
+layout eplb 2 --ep 2 --grad-accum 2 --eplb-interval 2 --eplb-redundant 2 --router-skew 0.5
 
 # 2.
 expect_exit2 dualpipe "--recompute 1 needs --schedule 1f1b: dualpipe runs weight passes apart" 2 \
