@@ -35,7 +35,8 @@
 #   nccl       on NP GPUs (default 2) under mpirun: nccl_test (NCCL communicators, EP/DP training in
 #              fp32 against one GPU, EPLB's device dispatcher and runtime against their host twins
 #              and EPLB training against none), an unmatched NCCL all-reduce ending the job at its timeout,
-#              and `moelab train --device cuda-fp32` with EP NP and DP NP against one GPU
+#              and `moelab train --device cuda-fp32` with EP NP and DP NP against one GPU, and EP NP
+#              with --recompute 1 against EP NP without it (every printed digit)
 #   ep_bench   on 2 and 4 GPUs (EP_NPS, default "2 4", those the machine has): EP dispatch + combine
 #              bandwidth (ep_bench a2a: one exchange per direction) against PyTorch's NCCL
 #              all_to_all_single moving the same bytes per rank (tools/bench_a2a.py under torchrun),
@@ -390,6 +391,11 @@ if want nccl && fits "$np" nccl; then
             fail "moelab train, DP $np"
         grep "grid:" "$log/cli_ep.log"
         for run in ep dp; do same_run "$log/cli_one.jsonl" "$log/cli_$run.jsonl" "moelab train $run vs one GPU" 3; done
+        # Recomputation under EP: the run without it, every printed digit (the CPU tests compare
+        # the checkpoints bit for bit: tests/parallel/recompute_cli_test.sh).
+        mpi "$np" .dist/bin/moelab "${a[@]}" --ep "$np" --recompute 1 --metrics "$log/cli_ep_recompute.jsonl" \
+            > "$log/cli_ep_recompute.log" 2>&1 || fail "moelab train --ep $np --recompute 1"
+        same_run "$log/cli_ep.jsonl" "$log/cli_ep_recompute.jsonl" "moelab train ep --recompute 1 vs ep" 3 0
     fi
 fi
 
