@@ -461,7 +461,7 @@ TEST(Model, PassOptionsArePerCall) {
 
     std::vector<int> done;
     const ModelPass train = {1, 1, [](void *ctx, int l) { static_cast<std::vector<int> *>(ctx)->push_back(l); }, &done,
-                             nullptr};
+                             nullptr, 0};
     EXPECT_EQ(model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &train), 0.0f);
     std::vector<float> scal(1 + c.L);
     m->ops->download(scal.data(), a.scalars, scal.size() * sizeof(float));

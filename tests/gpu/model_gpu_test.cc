@@ -80,7 +80,7 @@ Model *make_model(const MoeConfig &c, const LayerOps *ops) {
 float forward_backward(Model *m, const std::vector<int> &tok) {
     const MoeConfig &c = m->cfg;
     ModelActs a;
-    const ModelPass count = {1, 0, nullptr, nullptr, nullptr};  // the routing counts, as a training step has them
+    const ModelPass count = {1, 0, nullptr, nullptr, nullptr, 0};  // the routing counts, as a training step has them
     float loss = model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &count);
     model_backward_input(m, &a, 1.0f);
     model_backward_weight(m, &a, nullptr);
