@@ -46,19 +46,19 @@ __global__ void rope_kernel(T *out, RopeLayout lo, const T *inp, RopeLayout li, 
         for (int k = 0; k < 2; k++)
             if (h0 + k < nh) {
                 T *y = y0 + (h0 + k) * lo.head;
-                if (!ROTATE) {  // a copy: the values as loaded (exact, fp32 holds bf16)
+                if constexpr (!ROTATE) {  // a copy: the values as loaded (exact, fp32 holds bf16)
                     core_st_vec<W>(y, x1[k]);
                     core_st_vec<W>(y + half, x2[k]);
-                    continue;
-                }
-                float y1[W], y2[W];
+                } else {
+                    float y1[W], y2[W];
 #pragma unroll
-                for (int j = 0; j < W; j++) {
-                    y1[j] = __fsub_rn(__fmul_rn(x1[k][j], c[j]), __fmul_rn(x2[k][j], s[j]));
-                    y2[j] = __fadd_rn(__fmul_rn(x2[k][j], c[j]), __fmul_rn(x1[k][j], s[j]));
+                    for (int j = 0; j < W; j++) {
+                        y1[j] = __fsub_rn(__fmul_rn(x1[k][j], c[j]), __fmul_rn(x2[k][j], s[j]));
+                        y2[j] = __fadd_rn(__fmul_rn(x2[k][j], c[j]), __fmul_rn(x1[k][j], s[j]));
+                    }
+                    core_st_vec<W>(y, y1);
+                    core_st_vec<W>(y + half, y2);
                 }
-                core_st_vec<W>(y, y1);
-                core_st_vec<W>(y + half, y2);
             }
     }
 }
