@@ -33,7 +33,8 @@ static void *cu_alloc_uninit(size_t bytes) {
     // address) also surfaces at the next call, which is often this one.
     if (e == cudaErrorMemoryAllocation)
         core_failure_error("out of GPU memory allocating %zu bytes (%.2f GiB; %s): a smaller batch_size or "
-                           "seq_len needs less", bytes, (double)bytes / (1 << 30), cudaGetErrorString(e));
+                           "seq_len needs less, and so does --recompute 1", bytes, (double)bytes / (1 << 30),
+                           cudaGetErrorString(e));
     CUDA_CHECK(e);
     return p;
 }
