@@ -189,9 +189,11 @@ PY
 # that keeps its activations, bit for bit; a schedule whose weight passes run apart from their input
 # passes (here DualPipeV's two stages in one process) is refused.
 for r in 0 1; do
-    "$moelab" train "${args[@]}" --sample-tokens 0 --recompute $r --out "$tmp/recompute$r" > /dev/null
+    "$moelab" train "${args[@]}" --sample-tokens 0 --recompute $r --out "$tmp/recompute$r" > "$tmp/recompute$r.log"
 done
 same_checkpoints "$tmp/recompute0/step_4.h5" "$tmp/recompute1/step_4.h5" bits
+grep -q "^recompute: each layer keeps its input only" "$tmp/recompute1.log" && ! grep -q "^recompute" "$tmp/recompute0.log" ||
+    { echo "FAIL: the recompute line:"; grep "^recompute" "$tmp"/recompute?.log; exit 1; }
 expect_usage "--recompute 1 needs --schedule 1f1b: dualpipev runs weight passes apart" \
     "${args[@]}" --schedule dualpipev --chunks 2 --recompute 1
 # And it holds less: one step of 16 sequences of 256 tokens through 8 layers keeps about 230 MB of
