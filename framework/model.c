@@ -639,14 +639,16 @@ static void attn_backward_weight(const Model *m, LayerGrads *g, LayerActs *la, i
 // ---------------------------------------------------------------------------------------------
 // Feed-forward block: h_out = h_mid + FFN(RMSNorm(h_mid)·g), FFN dense SwiGLU or MoE.
 
-// ffn_out (N, D) is scratch for the FFN's output; h_out NULL: not written (a recompute, whose
-// output the next layer's input already holds).
+// ffn_out (N, D) is scratch for the FFN's output. h_out NULL: a recompute, whose output the next
+// layer's input already holds: the FFN keeps the activations its backward reads and computes no
+// output (ffn_out unused).
 static void ffn_forward(Model *m, int l, LayerActs *la, void *ffn_out, void *h_out, int B, int T,
                         int count_routes) {
     const MoeConfig *c = &m->cfg;
     const int N = B * T, D = c->D;
     const LayerWeights *w = &m->w[l];
     const LayerOps *o = m->ops;
+    void *y = h_out ? ffn_out : NULL;
     prof_mark(PROF_NORM);
     o->rmsnorm_forward(la->m, la->rstd2, la->h_mid, w->ffn_norm, N, D, c->norm_eps);
     if (model_is_moe_layer(m, l)) {
@@ -655,14 +657,14 @@ static void ffn_forward(Model *m, int l, LayerActs *la, void *ffn_out, void *h_o
         CHECK(d->n_local == m->n_local, "layer %d: the dispatcher runs %d expert slots per rank but the "
               "model holds %d (redundant EPLB slots need the EPLB runtime's dispatchers)", l, d->n_local,
               m->n_local);
-        moe_forward(ffn_out, &la->moe, la->m, &m->moe_shape, &w->moe, d, B, T,
+        moe_forward(y, &la->moe, la->m, &m->moe_shape, &w->moe, d, B, T,
                     count_routes ? m->dcounts + (size_t)l * c->E : NULL);
     } else {
         prof_mark(PROF_FFN);
         const OpsGroups one = ops_groups_host(&N, 1);
-        ops_swiglu_forward(o, ffn_out, &la->ffn, la->m, w->w13, w->w2, &one, D, c->F);
+        ops_swiglu_forward(o, y, &la->ffn, la->m, w->w13, w->w2, &one, D, c->F);
     }
-    if (h_out) o->add(h_out, la->h_mid, ffn_out, (long)N * D);
+    if (h_out) o->add(h_out, la->h_mid, y, (long)N * D);
 }
 
 // la->d_h_mid = ∂/∂h_mid given dh_out (N, D).
@@ -866,11 +868,12 @@ void model_backward_input(Model *m, ModelActs *a, float scale) {
 
 // Layer l's forward again, from its kept input into the buffers every layer shares (a forward with
 // inputs_only): the same kernels on the same inputs give the forward's activations bit for bit. It
-// counts no routes and copies no balance loss out (the forward did both).
+// counts no routes and copies no balance loss out (the forward did both), and the FFN computes no
+// output: its W2 products and the MoE combine are the part of the forward no backward reads.
 static void layer_recompute(Model *m, ModelActs *a, int l) {
     LayerActs *la = &a->layer[l];
     attn_forward(m, &m->w[l], la, a->B, a->T);
-    ffn_forward(m, l, la, a->ffn_out, NULL, a->B, a->T, 0);
+    ffn_forward(m, l, la, NULL, NULL, a->B, a->T, 0);
 }
 
 void model_backward(Model *m, ModelActs *a, const void *dh_out, float scale, const ModelPass *pass) {

@@ -53,13 +53,14 @@ static void drop_h(const LayerOps *o, SwigluActs *h) {
 static long shared_w13(const MoeShape *s, int j) { return (long)j * 2 * s->Fe * s->D; }
 static long shared_w2(const MoeShape *s, int j) { return (long)j * s->D * s->Fe; }
 
-// out (N, D) = shared expert j of x (N, D), keeping its activations in a->sh[j] (all but h).
+// out (N, D) = shared expert j of x (N, D), keeping its activations in a->sh[j] (all but h); out
+// NULL: the activations only.
 static void shared_forward(const LayerOps *o, void *out, MoeActs *a, int j, const void *x,
                            const MoeShape *s, const MoeParams *p) {
     const int N = a->N, D = s->D, Fe = s->Fe;
     SwigluActs *h = &a->sh[j];
     h->ab = xout(o, (long)N * 2 * Fe);
-    h->h = xout(o, (long)N * Fe);
+    h->h = out ? xout(o, (long)N * Fe) : NULL;
     const OpsGroups one = ops_groups_host(&a->N, 1);
     ops_swiglu_forward(o, out, h, x, at(o, p->sw13, shared_w13(s, j)), at(o, p->sw2, shared_w2(s, j)), &one, D,
                        Fe);
@@ -135,12 +136,13 @@ static OpsGroups chunk_groups(const MoeActs *a, MoeDispatcher *d, const MoeChunk
 
 // The routed experts of every chunk between two exchanges: chunk c's home rows src go out to its
 // expert rows of `in` (per_choice as in to_experts), experts(c) turns them into its rows of `out`,
-// and those come home to (N, K, D) `home` at the chunk's pairs (src and home NULL: the dispatcher's
-// row map, nothing travels). Where the dispatcher can leave exchanges in flight (async) they are
-// pipelined: chunk c+1's rows travel out while chunk c computes, and chunk c's travel home while
-// chunk c+1 computes; `first` (may be NULL) runs while chunk 0's rows travel out. Otherwise each
-// exchange runs to its end in turn and `first` is not called. home may be src: chunk c's home
-// rows are written only after its own rows went out (its dispatch has finished by then).
+// and those come home to (N, K, D) `home` at the chunk's pairs (home NULL: they stay, for the
+// dispatcher's row map to combine in place or for a forward without output). Where the dispatcher
+// can leave exchanges in flight (async) they are pipelined: chunk c+1's rows travel out while
+// chunk c computes, and chunk c's travel home while chunk c+1 computes; `first` (may be NULL) runs
+// while chunk 0's rows travel out. Otherwise each exchange runs to its end in turn and `first` is
+// not called. home may be src: chunk c's home rows are written only after its own rows went out
+// (its dispatch has finished by then).
 typedef struct ChunkWork {
     void (*experts)(struct ChunkWork *w, const MoeChunk *h);
     void (*first)(struct ChunkWork *w);
@@ -192,7 +194,8 @@ static void routed_chunks(ChunkWork *w, MoeDispatcher *d, const void *src, int p
     }
 }
 
-// Forward experts of one chunk: out rows ← SwiGLU of in rows, activations kept in a->ex.
+// Forward experts of one chunk: out rows ← SwiGLU of in rows, activations kept in a->ex (out NULL:
+// the activations only).
 static void experts_forward(ChunkWork *w, const MoeChunk *h) {
     const int D = w->s->D, Fe = w->s->Fe;
     SwigluActs v = acts_from(w->o, &w->a->ex, h->r0, Fe);
@@ -268,9 +271,12 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
     plan_chunks(a, d, K);
     long R = a->n_rows;
     a->xe = xout(o, R * D);
-    void *ye = xout(o, R * D);  // (n_rows, D) the experts' output rows
+    // Without y (a forward again for the backward, which reads none of the experts' outputs) the
+    // experts stop at ab: no gate, no W2 products, no way home and no combine, a third of the
+    // experts' FLOPs and the combine's exchange.
+    void *ye = y ? xout(o, R * D) : NULL;  // (n_rows, D) the experts' output rows
     a->ex.ab = xout(o, R * 2 * Fe);
-    a->ex.h = xout(o, R * Fe);
+    a->ex.h = y ? xout(o, R * Fe) : NULL;
     // The shared experts need only x: where the dispatcher can leave the rows in flight, their
     // GEMMs run while the first chunk's rows travel, else after the routed experts; either way into
     // buffers of their own that the combine adds to y in order (bit-identical results).
@@ -278,13 +284,13 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
     void *shared = NULL;  // (S, N, D) the shared experts' outputs
     if (s->S > 0) {
         a->sh = core_alloc((size_t)s->S * sizeof(SwigluActs));
-        shared = xout(o, (long)s->S * N * D);
+        shared = y ? xout(o, (long)s->S * N * D) : NULL;
     }
     // Rows that never left this process are combined in place; others come home first, in pair
     // order. Either way the combine's input is freed once it has been read: the backward needs
     // only the gates' gradient from it, and gets that without it (moe_backward_input).
     a->map = d->row_map ? d->row_map(d, a->ch[0].plan) : NULL;
-    void *home = a->map ? NULL : xout(o, (long)N * K * D);  // (N, K, D)
+    void *home = a->map || !y ? NULL : xout(o, (long)N * K * D);  // (N, K, D)
     ChunkWork w = {.experts = experts_forward, .first = overlap ? shared_all : NULL, .o = o, .s = s,
                    .p = p, .a = a, .d = d, .in = a->xe, .out = ye, .shared = shared};
     // Without a dispatch to run under, the shared experts run before the routed ones: where the
@@ -303,6 +309,7 @@ void moe_forward(void *y, MoeActs *a, const void *x, const MoeShape *s, const Mo
     }
     routed_chunks(&w, d, x, 0, home);
     drop_h(o, &a->ex);
+    if (!y) return;
     if (home) {
         o->free(ye);
         ye = home;

@@ -173,7 +173,9 @@ typedef struct {
                             // linear products' operand; the fp32 one is scratch)
 } MoeActs;
 
-// y (N, D) = MoE(x (N, D)) for B sequences of T tokens (N = B·T). Overwrites y.
+// y (N, D) = MoE(x (N, D)) for B sequences of T tokens (N = B·T). Overwrites y. y NULL: only the
+// activations the backward reads (a forward run again for the backward: activation recomputation),
+// which skips the experts' W2 products and the combine, with its exchange.
 // y and x are elements of the dispatcher's backend's activation dtype, like every (·, D) tensor below.
 // counts (E, the backend's memory), unless NULL, += the tokens routed to each expert (training's
 // load for the bias update; the router counts them as it chooses).

@@ -367,9 +367,10 @@ double ops_sqsum(const LayerOps *o, const float *g, const AdamwSpan *s, int ns) 
 
 void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w13,
                         const void *w2, const OpsGroups *g, int D, int F) {
+    CHECK(out == NULL || acts->h != NULL, "ops_swiglu_forward: an output needs the gate's output h");
     o->linear_forward_grouped(acts->ab, x, w13, g, D, 2 * F);
-    o->swiglu_act_forward(acts->h, acts->ab, g->rows, F);
-    o->linear_forward_grouped(out, acts->h, w2, g, F, D);
+    if (acts->h) o->swiglu_act_forward(acts->h, acts->ab, g->rows, F);
+    if (out) o->linear_forward_grouped(out, acts->h, w2, g, F, D);
 }
 
 void ops_swiglu_backward_input(const LayerOps *o, void *dx, SwigluActs *acts, void *scratch_dh, float *s,

@@ -211,7 +211,9 @@ double ops_sqsum(const LayerOps *o, const float *g, const AdamwSpan *s, int ns);
 
 // SwiGLU over the groups g of rows (one group of N: one FFN; G experts: one range each), through
 // o's calls. out (ΣN, D) = W2 (silu(W1 x) ⊙ W3 x) per group; w13 (G, 2F, D) holds each group's
-// [W1; W3] (layers/swiglu.h), w2 (G, D, F).
+// [W1; W3] (layers/swiglu.h), w2 (G, D, F). out NULL: only the activations, for a backward that
+// reads them and never out (a recomputed forward): no W2 product; acts->h NULL as well: only ab
+// (the gate's backward makes h again from ab).
 void ops_swiglu_forward(const LayerOps *o, void *out, SwigluActs *acts, const void *x, const void *w13,
                         const void *w2, const OpsGroups *g, int D, int F);
 // dx += ∂L/∂x given dout (acc = 1), or dx = ∂L/∂x with dx's contents unread (acc = 0); writes (=)

@@ -2,7 +2,7 @@
 // token-by-token reference, backward_input + backward_weight of every tensor (router included, with
 // the balance loss on) against central finite differences, experts that receive no tokens, shared
 // experts S = 0 and S = 2, a gate of exactly 0, the gates' gradient from the experts' row dots
-// against dy·ye, determinism, and misuse errors.
+// against dy·ye, determinism, a forward without output (the recompute), and misuse errors.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -210,9 +210,10 @@ void expect_same(const Grads &a, const Grads &b) {
 }
 
 // between (if set) runs after backward_input, before backward_weight.
+// output false: the forward computes no y (moe_forward's recompute).
 Grads backward(Model &m, const std::vector<float> &x, const std::vector<float> &dy, int B, int T,
                MoeDispatcher *d, float init, int acc = 1, float expert_init = 0.0f,
-               const std::function<void()> &between = nullptr) {
+               const std::function<void()> &between = nullptr, bool output = true) {
     Grads g;
     for (auto [dst, src] : {std::pair{&g.x, &x}, {&g.router, &m.router}, {&g.w13, &m.w13}, {&g.w2, &m.w2},
                             {&g.sw13, &m.sw13}, {&g.sw2, &m.sw2}})
@@ -221,7 +222,7 @@ Grads backward(Model &m, const std::vector<float> &x, const std::vector<float> &
     MoeParams p = m.params();
     MoeGrads gp = {g.router.data(), g.w13.data(), g.w2.data(), g.sw13.data(), g.sw2.data()};
     MoeActs a;
-    moe_forward(y.data(), &a, x.data(), &m.s, &p, d, B, T, NULL);
+    moe_forward(output ? y.data() : NULL, &a, x.data(), &m.s, &p, d, B, T, NULL);
     moe_backward_input(g.x.data(), &a, dy.data(), &m.s, &p, d);
     if (between) between();
     moe_backward_weight(&gp, &a, dy.data(), &m.s, d, acc);
@@ -387,6 +388,75 @@ TEST_P(MoeLayer, RowMapEqualsRowsMovedHome) {
     Grads g1 = backward(m, x, dy, B, T, d, 0.5f), g2 = backward(m, x, dy, B, T, &home, 0.5f);
     expect_same(g1, g2);
     d->destroy(d);
+}
+
+// The forward's calls that make its output, counted: the CPU backend's and the dispatcher's, each
+// counting and then calling the original.
+struct Calls {
+    int gemms, gates, combines, homes;
+};
+Calls g_calls;
+MoeDispatcher *g_counted;
+void count_gemm(void *out, const void *inp, const void *W, const OpsGroups *g, int IC, int OC) {
+    g_calls.gemms++;
+    layer_ops_cpu.linear_forward_grouped(out, inp, W, g, IC, OC);
+}
+void count_gate(void *h, const void *ab, long rows, int F) {
+    g_calls.gates++;
+    layer_ops_cpu.swiglu_act_forward(h, ab, rows, F);
+}
+void count_combine(void *y, const void *rows, const int *map, const float *gates, int N, int K, int D,
+                   const void *add, int n_add) {
+    g_calls.combines++;
+    layer_ops_cpu.moe_combine(y, rows, map, gates, N, K, D, add, n_add);
+}
+void count_home(MoeDispatcher *self, MoeDispatchPlan *p, const void *rows, void *dst, int D) {
+    g_calls.homes++;
+    g_counted->from_experts(g_counted, p, rows, dst, D);
+}
+const LayerOps counting_ops = [] {
+    LayerOps o = layer_ops_cpu;
+    o.linear_forward_grouped = count_gemm;
+    o.swiglu_act_forward = count_gate;
+    o.moe_combine = count_combine;
+    return o;
+}();
+
+// A forward without y (the recompute before a backward) gives the same gradients bit for bit, with
+// the row map and with rows moved home, and skips what makes y: its experts, routed and shared, run
+// W13 alone (no gate, no W2), and nothing is combined or moved home.
+TEST_P(MoeLayer, ForwardWithoutOutputGivesTheSameGradients) {
+    const Case &c = GetParam();
+    const int B = 2, T = 5, N = B * T, D = c.s.D, S = c.s.S;
+    Model m(c.s, 61);
+    if (!c.bias.empty()) m.bias = c.bias;
+    std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 62);
+    std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 63);
+    g_counted = moe_local_dispatcher_create(c.s.E);
+    MoeDispatcher map = *g_counted, home = *g_counted;
+    map.ops = home.ops = &counting_ops;
+    home.row_map = NULL;
+    home.from_experts = count_home;
+    const MoeParams p = m.params();
+    for (MoeDispatcher *d : {&map, &home}) {
+        SCOPED_TRACE(d == &map ? "row map" : "rows moved home");
+        expect_same(backward(m, x, dy, B, T, d, 0.5f, 1, 0.0f, nullptr, false),
+                    backward(m, x, dy, B, T, d, 0.5f));
+        for (bool output : {true, false}) {
+            SCOPED_TRACE(output ? "with y" : "without y");
+            std::vector<float> y(x.size());
+            MoeActs a;
+            g_calls = {};
+            moe_forward(output ? y.data() : NULL, &a, x.data(), &m.s, &p, d, B, T, NULL);
+            const int n = output ? 1 : 0, moved = d == &home ? n : 0;
+            EXPECT_EQ(g_calls.gemms, (1 + S) * (1 + n)) << "W13, and W2 with y, per expert call";
+            EXPECT_EQ(g_calls.gates, (1 + S) * n);
+            EXPECT_EQ(g_calls.combines, n);
+            EXPECT_EQ(g_calls.homes, moved);
+            moe_acts_free(&a, d);
+        }
+    }
+    g_counted->destroy(g_counted);
 }
 
 // A dispatcher whose counts arrive only at plan_wait, as the GPU's do: its plan leaves the caller's
