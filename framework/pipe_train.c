@@ -137,8 +137,6 @@ static void stage_init(PipeTrainer *p, int pipe, const MoeConfig *c, Model *m, A
                          "passes, which need every layer's activations (pass --recompute 0)", c->schedule);
     x->recompute = c->recompute;
     x->fused = (!p->grid && m->first && m->last) || x->recompute;
-    if (x->recompute && pipe == 0)
-        core_info0("recompute: each layer keeps its input only and runs its forward again before its backward");
     x->dscal = m->ops->alloc((size_t)(x->n_mb > 0 ? x->n_mb : 1) * (1 + (size_t)c->L) * sizeof(float));
     p->stage[pipe] = (PipeStage){x, stage_forward, stage_backward_input, stage_backward_weight, stage_release};
 }

@@ -983,6 +983,8 @@ int trainer_run(Trainer *t) {
                c->steps);
     core_info0("unigram entropy of the training tokens: %.4f nats/token (a model that ignores context "
                "scores this)", t->unigram_entropy);
+    if (c->recompute)
+        core_info0("recompute: each layer keeps its input only and runs its forward again before its backward");
     if (t->step == 0) trainer_sample(t, "before training");
     float val = trainer_eval(t);
     trainer_validated(t, val);
