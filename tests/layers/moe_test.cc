@@ -249,14 +249,28 @@ std::vector<Case> cases() {
 
 class MoeLayer : public testing::TestWithParam<Case> {};
 
+// A case's layer (seed, its bias set) with inputs x and output gradients dy (seeds seed + 1 and
+// seed + 2) for B sequences of T tokens, and a local dispatcher.
+struct Problem {
+    static constexpr int B = 2, T = 5, N = B * T;
+    Model m;
+    std::vector<float> x, dy;
+    MoeDispatcher *d;
+    Problem(const Case &c, unsigned seed)
+        : m(c.s, seed), x(moeref::randn((size_t)N * c.s.D, 1.0f, seed + 1)),
+          dy(moeref::randn((size_t)N * c.s.D, 1.0f, seed + 2)), d(moe_local_dispatcher_create(c.s.E)) {
+        if (!c.bias.empty()) m.bias = c.bias;
+    }
+    ~Problem() { d->destroy(d); }
+};
+
 TEST_P(MoeLayer, ForwardMatchesDenseReference) {
     const Case &c = GetParam();
-    const int B = 2, T = 5, N = B * T, D = c.s.D;
-    Model m(c.s, 11);
-    if (!c.bias.empty()) m.bias = c.bias;
-    std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 12);
-    MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
-    Fwd f = forward(m, x, B, T, d);
+    Problem p(c, 11);
+    const int B = p.B, T = p.T, N = p.N, D = c.s.D;
+    const Model &m = p.m;
+    const std::vector<float> &x = p.x;
+    Fwd f = forward(p.m, x, B, T, p.d);
     double bal;
     std::vector<double> ref = ref_forward(m, x, B, T, &bal);
     for (int i = 0; i < N * D; i++) EXPECT_NEAR(f.y[i], ref[i], 1e-5 * (1 + std::fabs(ref[i]))) << i;
@@ -271,7 +285,6 @@ TEST_P(MoeLayer, ForwardMatchesDenseReference) {
             std::sort(chosen.begin(), chosen.end());
             EXPECT_EQ(chosen, (std::vector<int>{1, 3}));
         }
-    d->destroy(d);
 }
 
 // Every tensor's gradient g (each buffer started at init) against central finite differences of
@@ -340,54 +353,30 @@ TEST_P(MoeLayer, BackwardMatchesFiniteDifferences) {
 }
 
 TEST_P(MoeLayer, Deterministic) {
-    const Case &c = GetParam();
-    const int B = 2, T = 5, N = B * T, D = c.s.D;
-    Model m(c.s, 31);
-    if (!c.bias.empty()) m.bias = c.bias;
-    std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 32);
-    std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 33);
-    MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
-    Fwd f1 = forward(m, x, B, T, d), f2 = forward(m, x, B, T, d);
+    Problem p(GetParam(), 31);
+    Fwd f1 = forward(p.m, p.x, p.B, p.T, p.d), f2 = forward(p.m, p.x, p.B, p.T, p.d);
     EXPECT_EQ(f1.y, f2.y);
     EXPECT_EQ(f1.bal, f2.bal);
-    Grads g1 = backward(m, x, dy, B, T, d, 0.0f), g2 = backward(m, x, dy, B, T, d, 0.0f);
-    expect_same(g1, g2);
-    d->destroy(d);
+    expect_same(backward(p.m, p.x, p.dy, p.B, p.T, p.d, 0.0f), backward(p.m, p.x, p.dy, p.B, p.T, p.d, 0.0f));
 }
 
 // The first weight backward after a step's zeroing writes the experts' gradients (acc = 0): from
 // NaN-filled buffers the same bits as adding to zeros, experts without rows included.
 TEST_P(MoeLayer, ExpertWeightGradientsWritten) {
-    const Case &c = GetParam();
-    const int B = 2, T = 5, N = B * T, D = c.s.D;
-    Model m(c.s, 45);
-    if (!c.bias.empty()) m.bias = c.bias;
-    std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 46);
-    std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 47);
-    MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
-    Grads added = backward(m, x, dy, B, T, d, 0.0f), written = backward(m, x, dy, B, T, d, 0.0f, 0, NAN);
-    expect_same(written, added);
-    d->destroy(d);
+    Problem p(GetParam(), 45);
+    expect_same(backward(p.m, p.x, p.dy, p.B, p.T, p.d, 0.0f, 0, NAN),
+                backward(p.m, p.x, p.dy, p.B, p.T, p.d, 0.0f));
 }
 
 // The local dispatcher's row map lets the layer combine in place; a dispatcher without one (every
 // EP dispatcher) moves the rows home first. Both ways give the same bits.
 TEST_P(MoeLayer, RowMapEqualsRowsMovedHome) {
-    const Case &c = GetParam();
-    const int B = 2, T = 5, N = B * T, D = c.s.D;
-    Model m(c.s, 41);
-    if (!c.bias.empty()) m.bias = c.bias;
-    std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 42);
-    std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 43);
-    MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
-    ASSERT_NE(d->row_map, nullptr);
-    MoeDispatcher home = *d;
+    Problem p(GetParam(), 41);
+    ASSERT_NE(p.d->row_map, nullptr);
+    MoeDispatcher home = *p.d;
     home.row_map = NULL;
-    Fwd f1 = forward(m, x, B, T, d), f2 = forward(m, x, B, T, &home);
-    EXPECT_EQ(f1.y, f2.y);
-    Grads g1 = backward(m, x, dy, B, T, d, 0.5f), g2 = backward(m, x, dy, B, T, &home, 0.5f);
-    expect_same(g1, g2);
-    d->destroy(d);
+    EXPECT_EQ(forward(p.m, p.x, p.B, p.T, p.d).y, forward(p.m, p.x, p.B, p.T, &home).y);
+    expect_same(backward(p.m, p.x, p.dy, p.B, p.T, p.d, 0.5f), backward(p.m, p.x, p.dy, p.B, p.T, &home, 0.5f));
 }
 
 // The forward's calls that make its output, counted: the CPU backend's and the dispatcher's, each
@@ -426,28 +415,24 @@ const LayerOps counting_ops = [] {
 // the row map and with rows moved home, and skips what makes y: its experts, routed and shared, run
 // W13 alone (no gate, no W2), and nothing is combined or moved home.
 TEST_P(MoeLayer, ForwardWithoutOutputGivesTheSameGradients) {
-    const Case &c = GetParam();
-    const int B = 2, T = 5, N = B * T, D = c.s.D, S = c.s.S;
-    Model m(c.s, 61);
-    if (!c.bias.empty()) m.bias = c.bias;
-    std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 62);
-    std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 63);
-    g_counted = moe_local_dispatcher_create(c.s.E);
-    MoeDispatcher map = *g_counted, home = *g_counted;
+    Problem p(GetParam(), 61);
+    const int S = p.m.s.S;
+    g_counted = p.d;
+    MoeDispatcher map = *p.d, home = *p.d;
     map.ops = home.ops = &counting_ops;
     home.row_map = NULL;
     home.from_experts = count_home;
-    const MoeParams p = m.params();
+    const MoeParams params = p.m.params();
     for (MoeDispatcher *d : {&map, &home}) {
         SCOPED_TRACE(d == &map ? "row map" : "rows moved home");
-        expect_same(backward(m, x, dy, B, T, d, 0.5f, 1, 0.0f, nullptr, false),
-                    backward(m, x, dy, B, T, d, 0.5f));
+        expect_same(backward(p.m, p.x, p.dy, p.B, p.T, d, 0.5f, 1, 0.0f, nullptr, false),
+                    backward(p.m, p.x, p.dy, p.B, p.T, d, 0.5f));
         for (bool output : {true, false}) {
             SCOPED_TRACE(output ? "with y" : "without y");
-            std::vector<float> y(x.size());
+            std::vector<float> y(p.x.size());
             MoeActs a;
             g_calls = {};
-            moe_forward(output ? y.data() : NULL, &a, x.data(), &m.s, &p, d, B, T, NULL);
+            moe_forward(output ? y.data() : NULL, &a, p.x.data(), &p.m.s, &params, d, p.B, p.T, NULL);
             const int n = output ? 1 : 0, moved = d == &home ? n : 0;
             EXPECT_EQ(g_calls.gemms, (1 + S) * (1 + n)) << "W13, and W2 with y, per expert call";
             EXPECT_EQ(g_calls.gates, (1 + S) * n);
@@ -456,7 +441,6 @@ TEST_P(MoeLayer, ForwardWithoutOutputGivesTheSameGradients) {
             moe_acts_free(&a, d);
         }
     }
-    g_counted->destroy(g_counted);
 }
 
 // A dispatcher whose counts arrive only at plan_wait, as the GPU's do: its plan leaves the caller's
@@ -516,13 +500,11 @@ MoeDispatcher deferred(MoeDispatcher *d, bool dev) {
 // and backward_input run the experts from those and the layer waits only before the weight
 // gradients: the same bits again. With device_counts_only as well it never waits.
 TEST_P(MoeLayer, CountsArriveAtPlanWait) {
-    const Case &c = GetParam();
-    const int B = 2, T = 5, N = B * T, D = c.s.D;
-    Model m(c.s, 51);
-    if (!c.bias.empty()) m.bias = c.bias;
-    std::vector<float> x = moeref::randn((size_t)N * D, 1.0f, 52);
-    std::vector<float> dy = moeref::randn((size_t)N * D, 1.0f, 53);
-    MoeDispatcher *d = moe_local_dispatcher_create(c.s.E);
+    Problem p(GetParam(), 51);
+    const int B = p.B, T = p.T;
+    Model &m = p.m;
+    const std::vector<float> &x = p.x, &dy = p.dy;
+    MoeDispatcher *d = p.d;
     const Fwd f1 = forward(m, x, B, T, d);
     const Grads g1 = backward(m, x, dy, B, T, d, 0.5f);
     for (bool dev : {false, true}) {
@@ -548,7 +530,6 @@ TEST_P(MoeLayer, CountsArriveAtPlanWait) {
     expect_same(g1, backward(m, x, dy, B, T, &late, 0.5f));
     ASSERT_EQ(g_deferred.size(), 1u);
     EXPECT_FALSE(any_waited()) << "a layer whose dispatcher keeps its counts on the device waited";
-    d->destroy(d);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, MoeLayer, testing::ValuesIn(cases()),
