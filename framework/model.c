@@ -442,9 +442,26 @@ static void *arena_take(ModelActs *a, size_t bytes) {
 static float *arena_f(ModelActs *a, size_t n) { return arena_take(a, n * sizeof(float)); }
 static void *arena_x(const Model *m, ModelActs *a, size_t n) { return arena_take(a, n * m->ops->act_size); }
 
-static void acts_carve(const Model *m, ModelActs *a) {
+// Layer l's buffers but its input h_in, from a's arena.
+static void layer_carve(const Model *m, ModelActs *a, LayerActs *la, int l) {
     const MoeConfig *c = &m->cfg;
     const size_t N = (size_t)a->N, D = c->D, qd = (size_t)c->H * m->hd, kd = (size_t)c->Hkv * m->hd;
+    la->a = arena_x(m, a, N * D); la->rstd1 = arena_f(a, N);
+    la->v = arena_x(m, a, N * kd);
+    la->qr = arena_x(m, a, N * qd); la->kr = arena_x(m, a, N * kd);
+    la->att = arena_f(a, m->ops->attention_state_floats(a->B, a->T, c->H));
+    la->o = arena_x(m, a, N * qd);
+    la->h_mid = arena_x(m, a, N * D);
+    la->m = arena_x(m, a, N * D); la->rstd2 = arena_f(a, N);
+    if (!model_is_moe_layer(m, l)) {
+        la->ffn.ab = arena_x(m, a, N * 2 * c->F);
+        la->ffn.h = arena_x(m, a, N * c->F);
+    }
+}
+
+static void acts_carve(const Model *m, ModelActs *a) {
+    const MoeConfig *c = &m->cfg;
+    const size_t N = (size_t)a->N, D = c->D;
     a->scalars = arena_f(a, 1 + (size_t)c->L);
     a->inputs = (int *)arena_f(a, N);
     a->targets = (int *)arena_f(a, N);
@@ -455,18 +472,8 @@ static void acts_carve(const Model *m, ModelActs *a) {
             void *h_in = la->h_in;
             *la = a->layer[m->l0];
             la->h_in = h_in;
-            continue;
-        }
-        la->a = arena_x(m, a, N * D); la->rstd1 = arena_f(a, N);
-        la->v = arena_x(m, a, N * kd);
-        la->qr = arena_x(m, a, N * qd); la->kr = arena_x(m, a, N * kd);
-        la->att = arena_f(a, m->ops->attention_state_floats(a->B, a->T, c->H));
-        la->o = arena_x(m, a, N * qd);
-        la->h_mid = arena_x(m, a, N * D);
-        la->m = arena_x(m, a, N * D); la->rstd2 = arena_f(a, N);
-        if (!model_is_moe_layer(m, l)) {
-            la->ffn.ab = arena_x(m, a, N * 2 * c->F);
-            la->ffn.h = arena_x(m, a, N * c->F);
+        } else {
+            layer_carve(m, a, la, l);
         }
     }
     a->ffn_out = arena_x(m, a, N * D);
@@ -506,6 +513,21 @@ double model_acts_bytes(const Model *m, int B, int T, int inputs_only, double *b
         if (d > *bwd) *bwd = d;
     }
     return bytes;
+}
+
+// Gives layers (l0, l1) of an inputs_only forward buffers of their own again (all but h_in, which
+// they have), in a second block a->redo, so that a backward_input can recompute every layer and
+// leave them all to a backward_weight that runs later (a pipeline's deferred W). Layer l0 keeps the
+// buffers the forward shared.
+static void acts_unshare(const Model *m, ModelActs *a) {
+    ModelActs t = {.B = a->B, .T = a->T, .N = a->N};  // only its arena: counted, then carved
+    for (int l = m->l0 + 1; l < m->l1; l++) layer_carve(m, &t, &a->layer[l], l);
+    if (t.arena_used == 0) return;
+    t.arena_cap = t.arena_used;
+    t.arena_used = 0;
+    t.arena = m->ops->alloc_uninit(t.arena_cap);
+    for (int l = m->l0 + 1; l < m->l1; l++) layer_carve(m, &t, &a->layer[l], l);
+    a->redo = t.arena;
 }
 
 static void acts_alloc(const Model *m, ModelActs *a, int B, int T, int inputs_only) {
@@ -554,6 +576,7 @@ void model_acts_free(Model *m, ModelActs *a) {
     core_free(a->layer);
     m->ops->free(a->dh);
     m->ops->free(a->arena);
+    m->ops->free(a->redo);
     memset(a, 0, sizeof *a);
 }
 
@@ -851,29 +874,34 @@ static void backward_start(Model *m, ModelActs *a, int slots, const void *dh_out
     else m->ops->copy(dh, dh_out, (size_t)a->N * m->cfg.D * m->ops->act_size);
 }
 
-void model_stage_backward_input(Model *m, ModelActs *a, const void *dh_out, float scale) {
-    const int N = a->N;
-    CHECK(!a->inputs_only, "a forward that kept only the layers' inputs goes back through model_backward");
-    backward_start(m, a, m->l1 - m->l0 + 1, dh_out, scale);  // backward_weight reads them all
-    for (int l = m->l1 - 1; l >= m->l0; l--) {
-        LayerActs *la = &a->layer[l];
-        ffn_backward_input(m, l, la, dh_at(m, a, l + 1), N, scale);
-        attn_backward_input(m, &m->w[l], la, dh_at(m, a, l), a->B, a->T);
-    }
-}
-
-void model_backward_input(Model *m, ModelActs *a, float scale) {
-    model_stage_backward_input(m, a, NULL, scale);
-}
-
-// Layer l's forward again, from its kept input into the buffers every layer shares (a forward with
-// inputs_only): the same kernels on the same inputs give the forward's activations bit for bit. It
-// counts no routes and copies no balance loss out (the forward did both), and the FFN computes no
-// output: its W2 products and the MoE combine are the part of the forward no backward reads.
+// Layer l's forward again, from its kept input into its buffers (after a forward with inputs_only:
+// those every layer shares, or its own after acts_unshare): the same kernels on the same inputs
+// give the forward's activations bit for bit. It counts no routes and copies no balance loss out
+// (the forward did both), and the FFN computes no output: its W2 products and the MoE combine are
+// the part of the forward no backward reads.
 static void layer_recompute(Model *m, ModelActs *a, int l) {
     LayerActs *la = &a->layer[l];
     attn_forward(m, &m->w[l], la, a->B, a->T);
     ffn_forward(m, l, la, NULL, NULL, a->B, a->T, 0);
+}
+
+void model_stage_backward_input(Model *m, ModelActs *a, const void *dh_out, float scale) {
+    const int N = a->N;
+    // After an inputs_only forward every layer runs its forward again, into buffers of its own:
+    // backward_weight reads them all.
+    if (a->inputs_only) acts_unshare(m, a);
+    backward_start(m, a, m->l1 - m->l0 + 1, dh_out, scale);  // backward_weight reads them all
+    for (int l = m->l1 - 1; l >= m->l0; l--) {
+        LayerActs *la = &a->layer[l];
+        if (a->inputs_only) layer_recompute(m, a, l);
+        ffn_backward_input(m, l, la, dh_at(m, a, l + 1), N, scale);
+        attn_backward_input(m, &m->w[l], la, dh_at(m, a, l), a->B, a->T);
+    }
+    a->inputs_only = 0;  // every layer's activations are there again
+}
+
+void model_backward_input(Model *m, ModelActs *a, float scale) {
+    model_stage_backward_input(m, a, NULL, scale);
 }
 
 void model_backward(Model *m, ModelActs *a, const void *dh_out, float scale, const ModelPass *pass) {

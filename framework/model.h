@@ -92,9 +92,8 @@ typedef struct {
     // uploaded (a step captured in a CUDA graph). NULL: from tokens.
     const int *dev_ids;
     // forward: keep each layer's input only (h_in), the rest of its activations in buffers that every
-    // layer shares, and no MoE layer's rows: what an evaluation needs, and all that model_backward
-    // needs to recompute each layer's forward before its backward (the same bits: config recompute).
-    // No other backward can take such a forward.
+    // layer shares, and no MoE layer's rows: what an evaluation needs, and all that a backward needs
+    // to recompute each layer's forward before its backward (the same bits: config recompute).
     int inputs_only;
 } ModelPass;
 
@@ -146,6 +145,8 @@ typedef struct {
     float *pf;              // (rmsnorm_partial_floats(N, D)) the final norm gain's partial gradient
     char *arena;            // one block holding every buffer above
     size_t arena_used, arena_cap;
+    void *redo;             // after model_stage_backward_input of an inputs_only forward: the
+                            // buffers of layers (l0, l1) (h_in aside), recomputed for backward_weight
 } ModelActs;
 
 // The whole model (stage [0, L)). Each MoE layer has R = E + c->eplb_redundant physical expert slots,
@@ -223,7 +224,9 @@ void model_split_tokens(const Model *m, const int *tokens, int B, int T, int wit
 float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void *h_in, int B, int T,
                           int with_targets, const ModelPass *pass);
 // dh_out (N, D) is ∂L/∂h_out from the next stage (NULL on the last stage, which starts from its
-// loss). Afterwards model_stage_dinput gives ∂L/∂h_in (N, D) for the previous stage.
+// loss). Afterwards model_stage_dinput gives ∂L/∂h_in (N, D) for the previous stage. After a
+// forward with inputs_only each layer's forward runs again first, into buffers of its own that
+// backward_weight reads (the micro-batch then holds every layer's activations until it is freed).
 void model_stage_backward_input(Model *m, ModelActs *a, const void *dh_out, float scale);
 const void *model_stage_dinput(const Model *m, const ModelActs *a);
 // Accumulates (+=) the weight gradients of the micro-batch into m->reg.grad; pass (or NULL) as

@@ -68,7 +68,7 @@ static void layer_done(void *ctx, int l) {
         if (x->layer_of[i] == l) dp_sync_ready(x->sync, i);
 }
 
-// A whole model without a grid (one process, one stage), and with recompute any stage, runs
+// A whole model without a grid (one process, one stage), and with recompute any 1F1B stage, runs
 // model_backward here: input and weight gradients layer by layer, bit-identical to the two passes,
 // with one layer's backward buffers at a time; its backward_weight then has nothing left to do.
 // Otherwise the weight pass waits for the whole input pass: the DP gradient sync, which starts as
@@ -129,14 +129,12 @@ static void stage_init(PipeTrainer *p, int pipe, const MoeConfig *c, Model *m, A
     x->B = c->batch_size;
     x->T = c->T;
     x->scale = 1.0f / (float)s->C;
-    // Only model_backward recomputes, and a schedule's backward runs it where the weight pass follows
-    // the input pass at once: 1F1B's. DualPipe's and DualPipeV's deferred weight passes would read
-    // every layer's activations, which recomputation is there not to keep.
-    if (c->recompute && strcmp(c->schedule, "1f1b") != 0)
-        core_usage_error("--recompute 1 needs --schedule 1f1b: %s runs weight passes apart from their input "
-                         "passes, which need every layer's activations (pass --recompute 0)", c->schedule);
+    // With recompute, 1F1B's backwards (each weight pass right after its input pass) run layer by
+    // layer (model_backward), holding one layer's recomputed activations at a time. DualPipe's and
+    // DualPipeV's input passes recompute every layer and keep them for the weight pass, which may
+    // come later.
     x->recompute = c->recompute;
-    x->fused = (!p->grid && m->first && m->last) || x->recompute;
+    x->fused = (!p->grid && m->first && m->last) || (x->recompute && strcmp(c->schedule, "1f1b") == 0);
     x->dscal = m->ops->alloc((size_t)(x->n_mb > 0 ? x->n_mb : 1) * (1 + (size_t)c->L) * sizeof(float));
     p->stage[pipe] = (PipeStage){x, stage_forward, stage_backward_input, stage_backward_weight, stage_release};
 }
@@ -253,7 +251,11 @@ static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
         const PipeStageCtx *x = &p->ctx[pipe];
         double b;
         const double one = model_acts_bytes(x->m, c->batch_size, c->T, x->recompute, &b);
-        mine[ACTS] += sched_max_live(p->sched, rank, pipe) * one;
+        mine[ACTS] += sched_max_live(p->sched, rank, pipe, SCHED_F) * one;
+        // With recompute a deferred W holds its micro-batch's whole activations from its backward on.
+        if (x->recompute)
+            mine[ACTS] += sched_max_live(p->sched, rank, pipe, SCHED_B) *
+                          (model_acts_bytes(x->m, c->batch_size, c->T, 0, &b) - one);
         if (b > bwd) bwd = b;
         // The stages rebalance one after the other, each freeing its whole copies before the
         // next gathers; a run shorter than the interval never rebalances.

@@ -54,9 +54,9 @@ typedef struct {
     const int *tokens;   // (C, B, T+1) the step's micro-batches (every rank reads all of them)
     int B, T;
     float scale;         // 1/C: each micro-batch's share of the step's objective
-    int fused;           // no grid and the whole model, or recompute: backward_input runs model_backward
-                         // (input and weight gradients) and backward_weight only counts
-    int recompute;       // training forwards keep each layer's input only (config recompute; 1F1B)
+    int fused;           // no grid and the whole model, or recompute under 1F1B: backward_input runs
+                         // model_backward (input and weight gradients) and backward_weight only counts
+    int recompute;       // training forwards keep each layer's input only (config recompute)
     float *dscal;        // (n_mb, 1 + L) each training forward's loss scalars, in the model's memory
     int *ids;            // (C, 2, B·T) under a CUDA graph: the step's checked inputs and targets in
                          // the model's memory, at a place fixed for the graph (else NULL)

@@ -56,13 +56,15 @@ int sched_stage(const Schedule *s, int rank, int pipe) {
     return s->kind == SCHED_DUALPIPEV ? 2 * s->N - 1 - rank : s->N - 1 - rank;
 }
 
-int sched_max_live(const Schedule *s, int rank, int pipe) {
+int sched_max_live(const Schedule *s, int rank, int pipe, SchedOpKind from) {
     int live = 0, most = 0;
     for (int i = 0; i < s->n_ops[rank]; i++) {
         const SchedOp *op = &s->ops[rank][i];
-        if ((op->kind == SCHED_F || op->kind == SCHED_FB) && op->f.pipe == pipe && ++live > most) most = live;
-        const int ends = op->kind == SCHED_W || ((op->kind == SCHED_B || op->kind == SCHED_FB) && !op->b.defer_w);
-        if (ends && op->b.pipe == pipe) live--;
+        const int f = (op->kind == SCHED_F || op->kind == SCHED_FB) && op->f.pipe == pipe;
+        const int b = (op->kind == SCHED_B || op->kind == SCHED_FB) && op->b.pipe == pipe;
+        const int w = op->kind == SCHED_W && op->b.pipe == pipe;
+        if ((from == SCHED_F ? f : b && op->b.defer_w) && ++live > most) most = live;
+        if (w || (from == SCHED_F && b && !op->b.defer_w)) live--;
     }
     return most;
 }

@@ -73,9 +73,10 @@ int sched_path_pos(const Schedule *s, int rank, int pipe, int mb);
 // The model stage a rank holds in a pipe (what the executor loads): DualPipe up → N−1−r,
 // DualPipeV up → 2N−1−r, otherwise r.
 int sched_stage(const Schedule *s, int rank, int pipe);
-// The most micro-batches whose activations `rank` holds at once in `pipe` while it runs its ops:
-// each forward holds one until its backward, or with defer_w until its W.
-int sched_max_live(const Schedule *s, int rank, int pipe);
+// The most micro-batches whose activations `rank` holds at once in `pipe` while it runs its ops,
+// from their forwards (from = SCHED_F) or from their backwards with defer_w (SCHED_B), until their
+// backward, or with defer_w until their W.
+int sched_max_live(const Schedule *s, int rank, int pipe, SchedOpKind from);
 
 // Plays every rank's op list against the others with unbounded message buffers (an op starts once
 // its inputs exist; see docs/pipeline.md for the rule) and checks that every micro-batch runs F, B

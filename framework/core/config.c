@@ -95,7 +95,7 @@ static const KeyInfo KEYS[] = {
     {"deterministic", "1", K_BOOL, OFF(deterministic), 0, 1, NULL,
      "reruns bit-identical (0: on GPUs cuDNN's faster attention backward, whose dQ varies run to run)"},
     {"recompute", "0", K_BOOL, OFF(recompute), 0, 1, NULL,
-     "1F1B: keep each layer's input only and recompute its forward in the backward (less memory)"},
+     "keep each layer's input only and recompute its forward in the backward (less memory)"},
     {"eplb_interval", "0", K_INT, OFF(eplb_interval), 0, INT_MAX, NULL, "steps between EPLB rebalances (0: off)"},
     {"eplb_redundant", "0", K_INT, OFF(eplb_redundant), 0, 1 << 16, NULL, "redundant expert slots per layer"},
     {"eplb_groups", "1", K_INT, OFF(eplb_groups), 1, 1 << 16, NULL, "EPLB expert groups (hierarchical policy when nodes divide them)"},

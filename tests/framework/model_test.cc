@@ -257,35 +257,44 @@ TEST(Model, NonFiniteStepChangesNothing) {
 // forward with inputs_only (config recompute), which keeps each layer's input and one set of the
 // other activations in a smaller arena and none of the MoE layers' rows, and recomputes each layer
 // before its backward: the loss scalars and the routes counted (once, by the forward) are the same.
+// The split passes take such a forward too (a pipeline's deferred W): backward_input recomputes
+// every layer into buffers of its own and leaves them, and the MoE layers' rows, to backward_weight.
 TEST(Model, BackwardsEqualTheSplitPasses) {
     MoeConfig c = tiny(1);
     c.L = 4;
     Model *m = model_create(&c, 0, 1);
     model_init_weights(m);
     std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 4);
-    std::vector<float> grad[3], scal[3];
-    std::vector<long> counts[3];
-    size_t arena[3];
-    for (int way = 0; way < 3; way++) {  // split passes, model_backward, model_backward recomputing
+    const int ways = 4;  // split passes, model_backward, each of them recomputing
+    std::vector<float> grad[ways], scal[ways];
+    std::vector<long> counts[ways];
+    size_t arena[ways];
+    for (int way = 0; way < ways; way++) {
         SCOPED_TRACE(way);
+        const bool split = way == 0 || way == 3, recompute = way >= 2;
         params_zero_grad(&m->reg);
         model_reset_counts(m);
         ModelPass pass = {};
         pass.count_routes = 1;
         pass.defer_loss = 1;
-        pass.inputs_only = way == 2;
+        pass.inputs_only = recompute;
         ModelActs a;
         model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
         arena[way] = a.arena_cap;
         for (int l = 1; l < c.L; l++) {
-            EXPECT_EQ(a.layer[l].moe.xe == nullptr, way == 2) << "layer " << l << " and its rows";
-            EXPECT_EQ(a.layer[l].a == a.layer[0].a, way == 2) << "layer " << l;
+            EXPECT_EQ(a.layer[l].moe.xe == nullptr, recompute) << "layer " << l << " and its rows";
+            EXPECT_EQ(a.layer[l].a == a.layer[0].a, recompute) << "layer " << l;
             EXPECT_NE(a.layer[l].h_in, a.layer[0].h_in) << "layer " << l;
         }
         scal[way].resize(1 + c.L);
         m->ops->download(scal[way].data(), a.scalars, scal[way].size() * sizeof(float));
-        if (way == 0) {
+        if (split) {
             model_backward_input(m, &a, 0.75f);
+            for (int l = 1; l < c.L; l++) {  // every layer's activations, for backward_weight
+                EXPECT_NE(a.layer[l].moe.xe, nullptr) << "layer " << l << " and its rows";
+                EXPECT_NE(a.layer[l].a, a.layer[0].a) << "layer " << l;
+            }
+            EXPECT_EQ(a.redo != nullptr, recompute);
             model_backward_weight(m, &a, nullptr);
             EXPECT_EQ(a.dh_slots, c.L + 1);
         } else {
@@ -297,7 +306,7 @@ TEST(Model, BackwardsEqualTheSplitPasses) {
         model_counts_to_host(m);
         counts[way].assign(m->expert_counts, m->expert_counts + (size_t)c.L * c.E);
     }
-    for (int way = 1; way < 3; way++) {
+    for (int way = 1; way < ways; way++) {
         EXPECT_EQ(0, std::memcmp(grad[0].data(), grad[way].data(), grad[0].size() * sizeof(float))) << way;
         EXPECT_EQ(0, std::memcmp(scal[0].data(), scal[way].data(), scal[0].size() * sizeof(float))) << way;
         EXPECT_EQ(counts[0], counts[way]) << way;
@@ -310,6 +319,7 @@ TEST(Model, BackwardsEqualTheSplitPasses) {
     EXPECT_GT(norm, 0.0);  // the comparison is of real gradients
     EXPECT_EQ(arena[1], arena[0]);
     EXPECT_LT(arena[2], arena[0]);
+    EXPECT_EQ(arena[3], arena[2]);
     model_free(m);
 }
 

@@ -1,17 +1,18 @@
 #!/bin/bash
 # `moelab train --recompute 1` (each layer's forward again right before its backward, framework/
 # model.c) under mpirun, on the byte-level fixed corpus (tests/util/cli_lib.sh):
-#  1. in every layout whose schedule runs a micro-batch's weight pass right after its input pass
-#     (1F1B), the run trains the weights and AdamW moments of the same layout without it, bit for
-#     bit: EP 2 (the recomputed forward exchanges its rows again; the DP sync of the dense
+#  1. with 1F1B, which runs a micro-batch's weight pass right after its input pass (layer by layer:
+#     model_backward), the run trains the weights and AdamW moments of the same layout without it,
+#     bit for bit: EP 2 (the recomputed forward exchanges its rows again; the DP sync of the dense
 #     gradients then runs after the backward), DP 2 (the sync overlapping the backward layer by
 #     layer), EP 2 x expert-DP 2 on 4 ranks, 2 pipeline stages x DP 2 (several micro-batches in
 #     flight per stage, the gradient between the stages from the recomputing backward), DP 2 with
 #     ZeRO-1 (the reduce-scatters started layer by layer), and EP 2 with EPLB (2 redundant slots,
 #     a skewed router, a rebalance after step 2: the recomputed forwards route over the new
 #     placement);
-#  2. DualPipe, whose weight passes run apart from their input passes, is refused on every rank
-#     with exit 2 and the reason.
+#  2. so do DualPipe and DualPipeV, whose input passes recompute every layer of the stage and keep
+#     them for weight passes that may run later: DualPipe and DualPipeV at PP 2, and DualPipe at
+#     PP 2 x EP 2.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
@@ -38,7 +39,6 @@ layout zero1 2 --grad-accum 2 --zero 1
 layout eplb 2 --ep 2 --grad-accum 2 --eplb-interval 2 --eplb-redundant 2 --router-skew 0.5
 
 # 2.
-expect_exit2 dualpipe "--recompute 1 needs --schedule 1f1b: dualpipe runs weight passes apart" 2 \
-    "${args[@]}" --pp 2 --schedule dualpipe --chunks 4 --recompute 1
-[ "$(grep -oE 'moelab: error \[rank [01]\]: --recompute 1 needs' "$tmp/dualpipe.out" | sort -u | wc -l)" -eq 2 ] ||
-    { echo "FAIL: not every rank refused --recompute 1 with DualPipe:"; cat "$tmp/dualpipe.out"; exit 1; }
+layout dualpipe 2 --pp 2 --schedule dualpipe --chunks 4
+layout dualpipev 2 --pp 2 --schedule dualpipev --chunks 4
+layout dualpipe_ep2 4 --pp 2 --ep 2 --schedule dualpipe --chunks 4

@@ -240,22 +240,32 @@ TEST(Generators, Paths) {
 }
 
 // The micro-batches a rank holds at once (the host-memory check's multiplier): 1F1B's warm-up is
-// N − r forwards deep, one process runs F, B, F, B; a W holds its micro-batch until it runs.
+// N − r forwards deep, one process runs F, B, F, B; a W holds its micro-batch until it runs. From
+// the backwards on (recompute's whole activations), 1F1B holds none: it defers no W.
 TEST(Generators, MaxLive) {
     auto one = build(SCHED_1F1B, 1, 8);
-    EXPECT_EQ(sched_max_live(one.get(), 0, SCHED_DOWN), 1);
+    EXPECT_EQ(sched_max_live(one.get(), 0, SCHED_DOWN, SCHED_F), 1);
     auto f = build(SCHED_1F1B, 4, 8);
-    for (int r = 0; r < 4; r++) EXPECT_EQ(sched_max_live(f.get(), r, SCHED_DOWN), 4 - r) << "rank " << r;
-    EXPECT_EQ(sched_max_live(f.get(), 0, SCHED_UP), 0);
+    for (int r = 0; r < 4; r++) {
+        EXPECT_EQ(sched_max_live(f.get(), r, SCHED_DOWN, SCHED_F), 4 - r) << "rank " << r;
+        EXPECT_EQ(sched_max_live(f.get(), r, SCHED_DOWN, SCHED_B), 0) << "rank " << r;
+    }
+    EXPECT_EQ(sched_max_live(f.get(), 0, SCHED_UP, SCHED_F), 0);
     auto few = build(SCHED_1F1B, 4, 2);  // fewer micro-batches than stages
-    EXPECT_EQ(sched_max_live(few.get(), 0, SCHED_DOWN), 2);
-    auto d = build(SCHED_DUALPIPE, 4, 8);
-    for (int r = 0; r < 4; r++)
-        for (int pipe = 0; pipe < 2; pipe++) {
-            const int n = sched_max_live(d.get(), r, pipe);
-            EXPECT_GE(n, 1);
-            EXPECT_LE(n, 4);  // each pipe carries C/2 micro-batches
-        }
+    EXPECT_EQ(sched_max_live(few.get(), 0, SCHED_DOWN, SCHED_F), 2);
+    for (SchedKind k : {SCHED_DUALPIPE, SCHED_DUALPIPEV}) {
+        auto d = build(k, 4, 8);
+        int deferred = 0;
+        for (int r = 0; r < 4; r++)
+            for (int pipe = 0; pipe < 2; pipe++) {
+                const int n = sched_max_live(d.get(), r, pipe, SCHED_F), w = sched_max_live(d.get(), r, pipe, SCHED_B);
+                EXPECT_GE(n, 1);
+                EXPECT_LE(n, k == SCHED_DUALPIPE ? 4 : 8);  // each pipe of DualPipe carries C/2 micro-batches
+                EXPECT_LE(w, n);
+                deferred = std::max(deferred, w);
+            }
+        EXPECT_GE(deferred, 1) << "no rank defers a W";
+    }
 }
 
 TEST(Generators, InvalidArguments) {
