@@ -459,6 +459,9 @@ static void layer_carve(const Model *m, ModelActs *a, LayerActs *la, int l) {
     }
 }
 
+// Whether layer l keeps its input only (one of the stage's first a->inputs_only layers).
+static int input_only(const Model *m, const ModelActs *a, int l) { return l - m->l0 < a->inputs_only; }
+
 static void acts_carve(const Model *m, ModelActs *a) {
     const MoeConfig *c = &m->cfg;
     const size_t N = (size_t)a->N, D = c->D;
@@ -468,7 +471,7 @@ static void acts_carve(const Model *m, ModelActs *a) {
     for (int l = m->l0; l < m->l1; l++) {
         LayerActs *la = &a->layer[l];
         la->h_in = arena_x(m, a, N * D);
-        if (a->inputs_only && l > m->l0) {  // every buffer but the input is layer l0's
+        if (l > m->l0 && input_only(m, a, l)) {  // every buffer but the input is layer l0's
             void *h_in = la->h_in;
             *la = a->layer[m->l0];
             la->h_in = h_in;
@@ -504,10 +507,11 @@ double model_acts_bytes(const Model *m, int B, int T, int inputs_only, double *b
     const double N = (double)B * T, rows = N * c->K, x = m->ops->act_size;
     double bytes = (double)a.arena_cap;
     *bwd = 0;
-    int held = 0;  // MoE layers whose rows are held at once: each one, or one at a time (inputs_only)
+    int held = 0;  // MoE layers whose rows are held at once: each one kept, and one of those recomputed
     for (int l = m->l0; l < m->l1; l++) {
         const int moe = model_is_moe_layer(m, l);
-        if (moe && (!inputs_only || held++ == 0))  // moe_forward's logits, scores, idx and gates; xe and ex.ab
+        // moe_forward's logits, scores, idx and gates; xe and ex.ab.
+        if (moe && (!input_only(m, &a, l) || held++ == 0))
             bytes += N * (2.0 * c->E + 2.0 * c->K) * 4 + rows * (c->D + 2.0 * c->Fe) * x;
         const double d = moe ? rows * 3.0 * c->Fe * x : N * 3.0 * c->F * x;  // dab and dh
         if (d > *bwd) *bwd = d;
@@ -515,18 +519,18 @@ double model_acts_bytes(const Model *m, int B, int T, int inputs_only, double *b
     return bytes;
 }
 
-// Gives layers (l0, l1) of an inputs_only forward buffers of their own again (all but h_in, which
-// they have), in a second block a->redo, so that a backward_input can recompute every layer and
-// leave them all to a backward_weight that runs later (a pipeline's deferred W). Layer l0 keeps the
-// buffers the forward shared.
+// Gives the layers after l0 that kept their input only buffers of their own again (all but h_in,
+// which they have), in a second block a->redo, so that a backward_input can recompute every such
+// layer and leave them all to a backward_weight that runs later (a pipeline's deferred W). Layer l0
+// keeps the buffers the forward shared.
 static void acts_unshare(const Model *m, ModelActs *a) {
     ModelActs t = {.B = a->B, .T = a->T, .N = a->N};  // only its arena: counted, then carved
-    for (int l = m->l0 + 1; l < m->l1; l++) layer_carve(m, &t, &a->layer[l], l);
+    for (int l = m->l0 + 1; l < m->l1 && input_only(m, a, l); l++) layer_carve(m, &t, &a->layer[l], l);
     if (t.arena_used == 0) return;
     t.arena_cap = t.arena_used;
     t.arena_used = 0;
     t.arena = m->ops->alloc_uninit(t.arena_cap);
-    for (int l = m->l0 + 1; l < m->l1; l++) layer_carve(m, &t, &a->layer[l], l);
+    for (int l = m->l0 + 1; l < m->l1 && input_only(m, a, l); l++) layer_carve(m, &t, &a->layer[l], l);
     a->redo = t.arena;
 }
 
@@ -803,7 +807,7 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void 
         ffn_forward(m, l, la, a->ffn_out, h_out, B, T, pass->count_routes);
         if (model_is_moe_layer(m, l)) {
             o->copy(a->scalars + 1 + l, la->moe.bal_loss, sizeof(float));
-            if (a->inputs_only) moe_acts_free(&la->moe, disp_of(m, l));  // model_backward remakes them
+            if (input_only(m, a, l)) moe_acts_free(&la->moe, disp_of(m, l));  // the backward remakes them
         }
     }
     if (m->last) {
@@ -874,8 +878,8 @@ static void backward_start(Model *m, ModelActs *a, int slots, const void *dh_out
     else m->ops->copy(dh, dh_out, (size_t)a->N * m->cfg.D * m->ops->act_size);
 }
 
-// Layer l's forward again, from its kept input into its buffers (after a forward with inputs_only:
-// those every layer shares, or its own after acts_unshare): the same kernels on the same inputs
+// Layer l's forward again, from its kept input into its buffers (after a forward that kept its input
+// only: those such layers share, or its own after acts_unshare): the same kernels on the same inputs
 // give the forward's activations bit for bit. It counts no routes and copies no balance loss out
 // (the forward did both), and the FFN computes no output: its W2 products and the MoE combine are
 // the part of the forward no backward reads.
@@ -887,13 +891,13 @@ static void layer_recompute(Model *m, ModelActs *a, int l) {
 
 void model_stage_backward_input(Model *m, ModelActs *a, const void *dh_out, float scale) {
     const int N = a->N;
-    // After an inputs_only forward every layer runs its forward again, into buffers of its own:
+    // Each layer that kept its input only runs its forward again, into buffers of its own:
     // backward_weight reads them all.
-    if (a->inputs_only) acts_unshare(m, a);
+    acts_unshare(m, a);
     backward_start(m, a, m->l1 - m->l0 + 1, dh_out, scale);  // backward_weight reads them all
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
-        if (a->inputs_only) layer_recompute(m, a, l);
+        if (input_only(m, a, l)) layer_recompute(m, a, l);
         ffn_backward_input(m, l, la, dh_at(m, a, l + 1), N, scale);
         attn_backward_input(m, &m->w[l], la, dh_at(m, a, l), a->B, a->T);
     }
@@ -910,7 +914,7 @@ void model_backward(Model *m, ModelActs *a, const void *dh_out, float scale, con
     if (m->last) head_backward_weight(m, a);
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         LayerActs *la = &a->layer[l];
-        if (a->inputs_only) layer_recompute(m, a, l);
+        if (input_only(m, a, l)) layer_recompute(m, a, l);
         ffn_backward_input(m, l, la, dh_at(m, a, l + 1), N, scale);
         ffn_backward_weight(m, l, la, dh_at(m, a, l + 1), N);
         // The layer's expert rows, gradients and scratch are done with: gone before the next layer's.

@@ -91,9 +91,10 @@ typedef struct {
     // model_split_tokens and already in the model's memory, read in place of tokens: nothing is
     // uploaded (a step captured in a CUDA graph). NULL: from tokens.
     const int *dev_ids;
-    // forward: keep each layer's input only (h_in), the rest of its activations in buffers that every
-    // layer shares, and no MoE layer's rows: what an evaluation needs, and all that a backward needs
-    // to recompute each layer's forward before its backward (the same bits: config recompute).
+    // forward: the stage's first inputs_only layers (all at l1 − l0 or more; 0: none) keep their input
+    // only (h_in), the rest of their activations in buffers that they share, and no MoE layer's
+    // rows: what an evaluation needs, and all that a backward needs to recompute those layers'
+    // forwards before their backwards (the same bits: config recompute and recompute_layers).
     int inputs_only;
 } ModelPass;
 
@@ -123,8 +124,9 @@ typedef struct {
     int B, T, N;
     int *inputs, *targets;  // (N) each; targets NULL-equivalent when has_targets == 0
     int has_targets;
-    int inputs_only;        // from the forward's ModelPass: layer[l] for l > l0 shares every buffer
-                            // but h_in with layer[l0], and the MoE layers keep nothing
+    int inputs_only;        // from the forward's ModelPass: layer[l] for l0 < l < l0 + inputs_only
+                            // shares every buffer but h_in with layer[l0], and those of them that
+                            // are MoE layers, layer l0 included, keep no rows
     LayerActs *layer;       // [L], used in [l0, l1)
     void *h_out;            // (N, D) residual stream after the stage's last layer (sent onwards)
     void *hf;               // (N, D) final RMSNorm output
@@ -145,8 +147,9 @@ typedef struct {
     float *pf;              // (rmsnorm_partial_floats(N, D)) the final norm gain's partial gradient
     char *arena;            // one block holding every buffer above
     size_t arena_used, arena_cap;
-    void *redo;             // after model_stage_backward_input of an inputs_only forward: the
-                            // buffers of layers (l0, l1) (h_in aside), recomputed for backward_weight
+    void *redo;             // after model_stage_backward_input of a forward with inputs_only: the
+                            // buffers of the layers after l0 that shared them (h_in aside),
+                            // recomputed for backward_weight
 } ModelActs;
 
 // The whole model (stage [0, L)). Each MoE layer has R = E + c->eplb_redundant physical expert slots,
@@ -224,9 +227,10 @@ void model_split_tokens(const Model *m, const int *tokens, int B, int T, int wit
 float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void *h_in, int B, int T,
                           int with_targets, const ModelPass *pass);
 // dh_out (N, D) is ∂L/∂h_out from the next stage (NULL on the last stage, which starts from its
-// loss). Afterwards model_stage_dinput gives ∂L/∂h_in (N, D) for the previous stage. After a
-// forward with inputs_only each layer's forward runs again first, into buffers of its own that
-// backward_weight reads (the micro-batch then holds every layer's activations until it is freed).
+// loss). Afterwards model_stage_dinput gives ∂L/∂h_in (N, D) for the previous stage. Each layer
+// that kept its input only (ModelPass.inputs_only) runs its forward again first, into buffers of its
+// own that backward_weight reads (the micro-batch then holds every layer's activations until it is
+// freed).
 void model_stage_backward_input(Model *m, ModelActs *a, const void *dh_out, float scale);
 const void *model_stage_dinput(const Model *m, const ModelActs *a);
 // Accumulates (+=) the weight gradients of the micro-batch into m->reg.grad; pass (or NULL) as
@@ -235,14 +239,15 @@ void model_backward_weight(Model *m, ModelActs *a, const ModelPass *pass);
 // model_stage_backward_input then model_backward_weight with the same results, bit for bit, but
 // layer by layer (input, then weight, from the last layer down), freeing each MoE layer's rows as
 // soon as its weight gradients are done: the peak holds one layer's backward buffers instead of all
-// of them. After a forward with inputs_only, each layer's forward runs again first. dh_out as for
+// of them. Each layer that kept its input only runs its forward again first. dh_out as for
 // model_stage_backward_input, and model_stage_dinput gives ∂L/∂h_in afterwards; pass (or NULL) as
 // ModelPass says.
 void model_backward(Model *m, ModelActs *a, const void *dh_out, float scale, const ModelPass *pass);
 void model_acts_free(Model *m, ModelActs *a);
 // Bytes one micro-batch of (B, T) holds from its forward to its backward: the activation arena
 // (exact) and what each MoE layer keeps (its router's scores and, for an even spread of the rows,
-// its experts' input rows and SwiGLU products; with inputs_only one MoE layer's, at its backward).
+// its experts' input rows and SwiGLU products; of the first inputs_only layers, which keep their
+// input only, one MoE layer's at a time).
 // *bwd: what the backward of its widest FFN adds while it runs (the SwiGLU products' gradients).
 // Lower bounds of the step's need.
 double model_acts_bytes(const Model *m, int B, int T, int inputs_only, double *bwd);

@@ -33,8 +33,8 @@
 // The stage interface over a Model.
 
 // A training forward counts its routes and leaves its loss scalars in the model's memory (the step
-// downloads them once), and with recompute keeps only the layers' inputs; an evaluation forward
-// always does (no backward follows), returns its loss at once, and the last stage adds its
+// downloads them once), and with recompute keeps only the inputs of the layers that recompute; an
+// evaluation forward keeps only every layer's input (no backward follows), returns its loss at once, and the last stage adds its
 // cross-entropy (and for pipe_sample_generate keeps the logits row it asks for).
 static const void *stage_forward(void *ctx, int mb, const void *h_in) {
     PipeStageCtx *x = ctx;
@@ -44,7 +44,7 @@ static const void *stage_forward(void *ctx, int mb, const void *h_in) {
     const ModelPass train = {.count_routes = 1, .defer_loss = 1,
                              .dev_ids = x->ids ? x->ids + (size_t)mb * 2 * x->B * x->T : NULL,
                              .inputs_only = x->recompute};
-    const ModelPass eval = {.inputs_only = 1};  // no backward follows
+    const ModelPass eval = {.inputs_only = m->l1 - m->l0};  // no backward follows
     model_stage_forward(m, a, tok, h_in, x->B, x->T, 1, x->training ? &train : &eval);
     if (x->training) {
         CHECK(x->n_fwd < x->n_mb, "stage [%d, %d): more forwards than its %d micro-batches", m->l0, m->l1,
@@ -133,7 +133,8 @@ static void stage_init(PipeTrainer *p, int pipe, const MoeConfig *c, Model *m, A
     // layer (model_backward), holding one layer's recomputed activations at a time. DualPipe's and
     // DualPipeV's input passes recompute every layer and keep them for the weight pass, which may
     // come later.
-    x->recompute = c->recompute;
+    const int n = m->l1 - m->l0, k = c->recompute_layers;
+    x->recompute = !c->recompute ? 0 : k > 0 && k < n ? k : n;
     x->fused = (!p->grid && m->first && m->last) || (x->recompute && strcmp(c->schedule, "1f1b") == 0);
     x->dscal = m->ops->alloc((size_t)(x->n_mb > 0 ? x->n_mb : 1) * (1 + (size_t)c->L) * sizeof(float));
     p->stage[pipe] = (PipeStage){x, stage_forward, stage_backward_input, stage_backward_weight, stage_release};

@@ -56,7 +56,8 @@ typedef struct {
     float scale;         // 1/C: each micro-batch's share of the step's objective
     int fused;           // no grid and the whole model, or recompute under 1F1B: backward_input runs
                          // model_backward (input and weight gradients) and backward_weight only counts
-    int recompute;       // training forwards keep each layer's input only (config recompute)
+    int recompute;       // training forwards keep the input only of the stage's first `recompute`
+                         // layers (config recompute and recompute_layers)
     float *dscal;        // (n_mb, 1 + L) each training forward's loss scalars, in the model's memory
     int *ids;            // (C, 2, B·T) under a CUDA graph: the step's checked inputs and targets in
                          // the model's memory, at a place fixed for the graph (else NULL)

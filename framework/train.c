@@ -983,7 +983,10 @@ int trainer_run(Trainer *t) {
                c->steps);
     core_info0("unigram entropy of the training tokens: %.4f nats/token (a model that ignores context "
                "scores this)", t->unigram_entropy);
-    if (c->recompute)
+    if (c->recompute_layers)
+        core_info0("recompute: the first %d layers of each stage keep their input only and run their forward "
+                   "again before their backward", c->recompute_layers);
+    else if (c->recompute)
         core_info0("recompute: each layer keeps its input only and runs its forward again before its backward");
     if (t->step == 0) trainer_sample(t, "before training");
     float val = trainer_eval(t);

@@ -96,6 +96,8 @@ static const KeyInfo KEYS[] = {
      "reruns bit-identical (0: on GPUs cuDNN's faster attention backward, whose dQ varies run to run)"},
     {"recompute", "0", K_BOOL, OFF(recompute), 0, 1, NULL,
      "keep each layer's input only and recompute its forward in the backward (less memory)"},
+    {"recompute_layers", "0", K_INT, OFF(recompute_layers), 0, 1 << 16, NULL,
+     "with recompute: only the first N layers of each pipeline stage recompute (0: all)"},
     {"eplb_interval", "0", K_INT, OFF(eplb_interval), 0, INT_MAX, NULL, "steps between EPLB rebalances (0: off)"},
     {"eplb_redundant", "0", K_INT, OFF(eplb_redundant), 0, 1 << 16, NULL, "redundant expert slots per layer"},
     {"eplb_groups", "1", K_INT, OFF(eplb_groups), 1, 1 << 16, NULL, "EPLB expert groups (hierarchical policy when nodes divide them)"},
@@ -449,6 +451,8 @@ void config_validate_as(const MoeConfig *c, const char *what) {
     RULE(c->beta1 < 1, "beta1 must be below 1 (AdamW divides by 1 - beta1^t); values within 3e-8 of 1 are 1 as a 32-bit float");
     RULE(c->beta2 < 1, "beta2 must be below 1 (AdamW divides by 1 - beta2^t); values within 3e-8 of 1 are 1 as a 32-bit float");
     RULE(c->E % c->ep == 0, "n_experts (%d) must be divisible by ep (%d)", c->E, c->ep);
+    RULE(c->recompute || c->recompute_layers == 0, "recompute_layers (%d) needs recompute = 1",
+         c->recompute_layers);
     // The tokens of a micro-batch are counted in an int (B·T = N, the shapes' leading extent).
     RULE((long)c->batch_size * c->T <= INT_MAX, "batch_size * seq_len (%ld) must not exceed %d tokens a micro-batch",
          (long)c->batch_size * c->T, INT_MAX);

@@ -259,31 +259,34 @@ TEST(Model, NonFiniteStepChangesNothing) {
 // before its backward: the loss scalars and the routes counted (once, by the forward) are the same.
 // The split passes take such a forward too (a pipeline's deferred W): backward_input recomputes
 // every layer into buffers of its own and leaves them, and the MoE layers' rows, to backward_weight.
+// Both take a forward whose first two layers only kept their inputs (config recompute_layers).
 TEST(Model, BackwardsEqualTheSplitPasses) {
     MoeConfig c = tiny(1);
     c.L = 4;
     Model *m = model_create(&c, 0, 1);
     model_init_weights(m);
     std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 4);
-    const int ways = 4;  // split passes, model_backward, each of them recomputing
+    // split passes, model_backward, each of them recomputing every layer and the first two
+    const int ways = 6, kept[ways] = {0, 0, c.L, c.L, 2, 2};
     std::vector<float> grad[ways], scal[ways];
     std::vector<long> counts[ways];
     size_t arena[ways];
     for (int way = 0; way < ways; way++) {
         SCOPED_TRACE(way);
-        const bool split = way == 0 || way == 3, recompute = way >= 2;
+        const bool split = way % 2 == 0;
+        const int n = kept[way];
         params_zero_grad(&m->reg);
         model_reset_counts(m);
         ModelPass pass = {};
         pass.count_routes = 1;
         pass.defer_loss = 1;
-        pass.inputs_only = recompute;
+        pass.inputs_only = n;
         ModelActs a;
         model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
         arena[way] = a.arena_cap;
         for (int l = 1; l < c.L; l++) {
-            EXPECT_EQ(a.layer[l].moe.xe == nullptr, recompute) << "layer " << l << " and its rows";
-            EXPECT_EQ(a.layer[l].a == a.layer[0].a, recompute) << "layer " << l;
+            EXPECT_EQ(a.layer[l].moe.xe == nullptr, l < n) << "layer " << l << " and its rows";
+            EXPECT_EQ(a.layer[l].a == a.layer[0].a, l < n) << "layer " << l;
             EXPECT_NE(a.layer[l].h_in, a.layer[0].h_in) << "layer " << l;
         }
         scal[way].resize(1 + c.L);
@@ -294,7 +297,7 @@ TEST(Model, BackwardsEqualTheSplitPasses) {
                 EXPECT_NE(a.layer[l].moe.xe, nullptr) << "layer " << l << " and its rows";
                 EXPECT_NE(a.layer[l].a, a.layer[0].a) << "layer " << l;
             }
-            EXPECT_EQ(a.redo != nullptr, recompute);
+            EXPECT_EQ(a.redo != nullptr, n > 1);
             model_backward_weight(m, &a, nullptr);
             EXPECT_EQ(a.dh_slots, c.L + 1);
         } else {
@@ -318,8 +321,9 @@ TEST(Model, BackwardsEqualTheSplitPasses) {
     for (float g : grad[0]) norm += (double)g * g;
     EXPECT_GT(norm, 0.0);  // the comparison is of real gradients
     EXPECT_EQ(arena[1], arena[0]);
-    EXPECT_LT(arena[2], arena[0]);
-    EXPECT_EQ(arena[3], arena[2]);
+    EXPECT_LT(arena[2], arena[4]);
+    EXPECT_LT(arena[4], arena[0]);
+    for (int way = 3; way < ways; way += 2) EXPECT_EQ(arena[way], arena[way - 1]);
     model_free(m);
 }
 
@@ -410,7 +414,7 @@ TEST(Model, StagesComposeToTheWholeModel) {
     for (int fused = 0; fused < 2; fused++) {
         SCOPED_TRACE(fused ? "model_backward, inputs only" : "split passes");
         ModelPass pass = {};
-        pass.inputs_only = fused;
+        pass.inputs_only = fused ? c.L : 0;  // every layer of either stage
         ModelActs a0, a1;
         float l0 = model_stage_forward(s0, &a0, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
         float l1 = model_stage_forward(s1, &a1, tok.data(), a0.h_out, c.batch_size, c.T, 1, &pass);
@@ -632,8 +636,10 @@ TEST(Model, RouterSkewBiasesTheLowIds) {
 // What the host-memory check adds per MoE layer beyond the arena (model.h): the router's logits,
 // scores, ids and gates, N·(2E + 2K) 4-byte values, and the expert rows' inputs and SwiGLU products,
 // N·K·(D + 2·Fe) values; and, with experts wider than the dense FFN (K·Fe 32 > F 24), the backward's
-// dab and dh of the expert rows, N·K·3·Fe values. Each of the two MoE layers adds its share; with
-// inputs_only, which keeps one MoE layer's rows at a time, one layer's, beside that forward's arena.
+// dab and dh of the expert rows, N·K·3·Fe values. Each of the two MoE layers (1 and 2) adds its
+// share, but of those that keep their input only (inputs_only) one at a time adds it, beside that
+// forward's arena: none or the dense layer 0 alone, two shares; layers 0 and 1, layer 2's and one
+// of layer 1; all three, one.
 TEST(Model, ActsBytesCountTheMoeLayersAndTheirBackward) {
     MoeConfig c = tiny(1);
     c.Fe = 16;
@@ -641,7 +647,8 @@ TEST(Model, ActsBytesCountTheMoeLayersAndTheirBackward) {
     Model *m = model_create(&c, 0, 1);
     model_init_weights(m);
     std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 1);
-    for (int r = 0; r < 2; r++) {
+    const int shares[] = {2, 2, 2, 1};
+    for (int r = 0; r <= 3; r++) {
         ModelPass pass = {};
         pass.inputs_only = r;
         ModelActs a;
@@ -650,7 +657,7 @@ TEST(Model, ActsBytesCountTheMoeLayersAndTheirBackward) {
         const double est = model_acts_bytes(m, c.batch_size, c.T, r, &bwd);
         const double N = c.batch_size * c.T, rows = N * c.K;
         const double moe = N * (2.0 * c.E + 2.0 * c.K) * 4 + rows * (c.D + 2.0 * c.Fe) * 4;
-        EXPECT_EQ(est, (double)a.arena_cap + (r ? 1 : 2) * moe) << "inputs_only " << r;
+        EXPECT_EQ(est, (double)a.arena_cap + shares[r] * moe) << "inputs_only " << r;
         EXPECT_EQ(bwd, rows * 3.0 * c.Fe * sizeof(float));
         model_acts_free(m, &a);
     }

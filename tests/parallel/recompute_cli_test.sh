@@ -12,7 +12,8 @@
 #     placement);
 #  2. so do DualPipe and DualPipeV, whose input passes recompute every layer of the stage and keep
 #     them for weight passes that may run later: DualPipe and DualPipeV at PP 2, and DualPipe at
-#     PP 2 x EP 2.
+#     PP 2 x EP 2; and DualPipe at PP 2 with each stage's first layer only recomputing
+#     (--recompute-layers 1).
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
@@ -42,3 +43,6 @@ layout eplb 2 --ep 2 --grad-accum 2 --eplb-interval 2 --eplb-redundant 2 --route
 layout dualpipe 2 --pp 2 --schedule dualpipe --chunks 4
 layout dualpipev 2 --pp 2 --schedule dualpipev --chunks 4
 layout dualpipe_ep2 4 --pp 2 --ep 2 --schedule dualpipe --chunks 4
+mpi 2 "$moelab" train "${args[@]}" --pp 2 --schedule dualpipe --chunks 4 --recompute 1 --recompute-layers 1 \
+    --out "$tmp/dualpipe_k1" > "$tmp/dualpipe_k1.log"
+same_checkpoints "$tmp/dualpipe0/step_3.h5" "$tmp/dualpipe_k1/step_3.h5" bits

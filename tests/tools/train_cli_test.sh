@@ -186,20 +186,29 @@ assert cfg["data"] == sys.argv[1].rsplit("/", 1)[0] + "/data" and cfg["steps"] =
 PY
 
 # --recompute 1 (each layer's forward again in the backward) trains the weights and moments of the run
-# that keeps its activations, bit for bit: the whole model in one process, and DualPipeV's two
-# stages in one process (their input passes recompute the layers for weight passes run apart).
+# that keeps its activations, bit for bit: the whole model in one process, its first layer only
+# (--recompute-layers 1), and DualPipeV's two stages in one process (their input passes recompute
+# the layers for weight passes run apart). --recompute-layers without --recompute 1 is refused.
 for r in 0 1; do
     "$moelab" train "${args[@]}" --sample-tokens 0 --recompute $r --out "$tmp/recompute$r" > "$tmp/recompute$r.log"
     "$moelab" train "${args[@]}" --sample-tokens 0 --recompute $r --schedule dualpipev --chunks 2 --n-layers 4 \
         --out "$tmp/recompute_v$r" > /dev/null
 done
+"$moelab" train "${args[@]}" --sample-tokens 0 --recompute 1 --recompute-layers 1 --out "$tmp/recompute_k1" \
+    > "$tmp/recompute_k1.log"
 same_checkpoints "$tmp/recompute0/step_4.h5" "$tmp/recompute1/step_4.h5" bits
+same_checkpoints "$tmp/recompute0/step_4.h5" "$tmp/recompute_k1/step_4.h5" bits
 same_checkpoints "$tmp/recompute_v0/step_4.h5" "$tmp/recompute_v1/step_4.h5" bits
 grep -q "^recompute: each layer keeps its input only" "$tmp/recompute1.log" && ! grep -q "^recompute" "$tmp/recompute0.log" ||
     { echo "FAIL: the recompute line:"; grep "^recompute" "$tmp"/recompute?.log; exit 1; }
+grep -q "^recompute: the first 1 layers of each stage keep their input only" "$tmp/recompute_k1.log" ||
+    { echo "FAIL: the recompute line of --recompute-layers 1:"; cat "$tmp/recompute_k1.log"; exit 1; }
+expect_usage "recompute_layers .2. needs recompute = 1" "${args[@]}" --recompute-layers 2
 # And it holds less: one step of 16 sequences of 256 tokens through 8 layers keeps about 230 MB of
 # activations without it and about 40 MB with it (model_acts_bytes); the process's peak resident
-# memory falls by at least 100 MiB (measured 2026-12-07: 326 → 103 MiB, under ASan 492 → 308).
+# memory falls by at least 100 MiB (measured 2026-12-07: 326 → 103 MiB, under ASan 492 → 308), and
+# with half the layers recomputing (--recompute-layers 4) it lies at least 50 MiB from either
+# (measured: 224 MiB).
 for i in $(seq 1 400); do echo "the quick brown fox $i jumps over the lazy dog $((i * 7)) and runs far away."; done \
     > "$tmp/text/b.txt"
 "$moelab" data prepare --input "$tmp/text/b.txt" --vocab 256 --out "$tmp/long" --val-fraction 0.5 >/dev/null
@@ -210,9 +219,11 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)' "$moelab"
         --vocab-size 256 --steps 1 --seq-len 256 --batch-size 16 --d-model 64 --n-layers 8 --d-ff 128 \
         --d-expert 64 --val-every 0 --val-batches 1 "$@"
 }
-kept=$(peak_mib --recompute 0) recomputed=$(peak_mib --recompute 1)
-echo "peak resident memory: $kept MiB, with --recompute 1 $recomputed MiB"
+kept=$(peak_mib --recompute 0) recomputed=$(peak_mib --recompute 1) half=$(peak_mib --recompute 1 --recompute-layers 4)
+echo "peak resident memory: $kept MiB, with --recompute 1 $recomputed MiB, with --recompute-layers 4 $half MiB"
 [ "$recomputed" -le $((kept - 100)) ] || { echo "FAIL: --recompute 1 does not hold less memory"; exit 1; }
+[ "$half" -ge $((recomputed + 50)) ] && [ "$half" -le $((kept - 50)) ] ||
+    { echo "FAIL: --recompute-layers 4 of 8 does not hold between the two"; exit 1; }
 
 # --fb-overlap 1 where there are no F&B ops (1F1B, so every plain run) says it changes nothing.
 "$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --fb-overlap 1 > /dev/null 2> "$tmp/fb.err"
