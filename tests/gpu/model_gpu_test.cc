@@ -311,21 +311,25 @@ TEST_F(ModelGpu, CudaGraphStepsMatchKernelByKernel) {
 
 // recompute (each layer's forward again before its backward) on the GPU: five steps of two
 // micro-batches give the losses, gradient norms and weights of the run that keeps its activations,
-// in the CUDA graph and kernel by kernel.
+// in the CUDA graph and kernel by kernel, and with the first two of the three layers recomputing
+// (recompute_layers).
 TEST_F(ModelGpu, RecomputeStepsMatchKeptActivations) {
     MoeConfig c = test_config(2);
     c.grad_accum = 2;
     c.steps = 5;
-    Steps run[3];
-    for (int r = 0; r < 3; r++) {  // kept, recomputed in the graph, recomputed kernel by kernel
+    Steps run[4];
+    for (int r = 0; r < 4; r++) {  // kept, recomputed in the graph, kernel by kernel, two layers
         c.recompute = r > 0;
-        c.cuda_graph = r < 2;
+        c.recompute_layers = r == 3 ? 2 : 0;
+        c.cuda_graph = r != 2;
         run[r] = wrapped_steps(c, 300, [&](PipeTrainer *p, Model *m) {
-            EXPECT_EQ(p->graph_on, r < 2) << backend_graph_blocker(&c, m->ops);
+            EXPECT_EQ(p->graph_on, r != 2) << backend_graph_blocker(&c, m->ops);
+            EXPECT_EQ(p->ctx[0].recompute, r == 0 ? 0 : r == 3 ? 2 : c.L);
         });
     }
     expect_same_steps(run[0], run[1], "recomputed in the graph");
     expect_same_steps(run[0], run[2], "recomputed kernel by kernel");
+    expect_same_steps(run[0], run[3], "the first two layers recomputed");
 }
 
 // A dense FFN width CUTLASS does not take (d_ff 100) runs cuBLAS's grouped call, which no test has
