@@ -129,10 +129,11 @@ static void stage_init(PipeTrainer *p, int pipe, const MoeConfig *c, Model *m, A
     x->B = c->batch_size;
     x->T = c->T;
     x->scale = 1.0f / (float)s->C;
-    // With recompute, 1F1B's backwards (each weight pass right after its input pass) run layer by
-    // layer (model_backward), holding one layer's recomputed activations at a time. DualPipe's and
-    // DualPipeV's input passes recompute every layer and keep them for the weight pass, which may
-    // come later.
+    // With recompute the stage's first x->recompute layers keep their input only (all of them unless
+    // recompute_layers says fewer). 1F1B's backwards (each weight pass right after its input pass)
+    // run layer by layer (model_backward), holding one layer's recomputed activations at a time.
+    // DualPipe's and DualPipeV's input passes recompute those layers and keep them for the weight
+    // pass, which may come later.
     const int n = m->l1 - m->l0, k = c->recompute_layers;
     x->recompute = !c->recompute ? 0 : k > 0 && k < n ? k : n;
     x->fused = (!p->grid && m->first && m->last) || (x->recompute && strcmp(c->schedule, "1f1b") == 0);
