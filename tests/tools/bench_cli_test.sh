@@ -6,13 +6,7 @@ source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp
 cfg="$root/configs/tiny.cfg"
 
 expect_usage() {  # expect_usage REGEX ARGS...: exit code 2 and REGEX in stderr, nothing on stdout
-    local re=$1; shift
-    set +e
-    "$moelab" bench "$@" >"$tmp/out" 2>"$tmp/err"
-    local rc=$?
-    set -e
-    [ $rc -eq 2 ] || { echo "bench $*: exit $rc, expected 2"; cat "$tmp/err"; exit 1; }
-    grep -qE -e "$re" "$tmp/err" || { echo "bench $*: message lacks /$re/:"; cat "$tmp/err"; exit 1; }
+    expect_usage_of bench "$@"
     [ ! -s "$tmp/out" ] || { echo "bench $*: printed on stdout:"; cat "$tmp/out"; exit 1; }
 }
 expect_usage "bench: --steps -1 is too small: at least 1" --config "$cfg" --steps -1

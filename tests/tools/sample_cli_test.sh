@@ -43,15 +43,7 @@ k4=$("$moelab" sample --ckpt "$tmp/top1/step_1.h5" --prompt "x" --tokens 40 --se
 e=$("$moelab" sample --ckpt="$ckpt" --prompt="Once upon" --tokens=20 --seed=5)
 [ "$a" = "$e" ] || { echo "--flag=value differs from --flag value"; exit 1; }
 
-expect_usage() {  # expect_usage REGEX ARGS...: exit code 2 and REGEX in stderr
-    local re=$1; shift
-    set +e
-    "$moelab" sample "$@" >/dev/null 2>"$tmp/err"
-    local rc=$?
-    set -e
-    [ $rc -eq 2 ] || { echo "sample $*: exit $rc, expected 2"; cat "$tmp/err"; exit 1; }
-    grep -qE -e "$re" "$tmp/err" || { echo "sample $*: message lacks /$re/:"; cat "$tmp/err"; exit 1; }
-}
+expect_usage() { expect_usage_of sample "$@"; }  # expect_usage REGEX ARGS...
 expect_usage "--ckpt PATH is required" --tokens 5
 expect_usage "--tokens 0 is too small: at least 1" --ckpt "$ckpt" --tokens 0
 # An empty --data read /tokenizer.bin (second fuzzing pass).

@@ -91,15 +91,7 @@ grep -qE "^step +0/1 \| val " "$tmp/val2.log" || { echo "FAIL: no validation bef
 "$moelab" train "${args[@]}" --steps 1 --nonfinite-skip 2 --sample-tokens 0 --metrics "$tmp/skip.jsonl" > /dev/null
 grep -q '"skipped_steps": 0' "$tmp/skip.jsonl" || { echo "FAIL: no skipped_steps with --nonfinite-skip 2"; cat "$tmp/skip.jsonl"; exit 1; }
 
-expect_usage() {  # expect_usage REGEX ARGS...
-    local re=$1; shift
-    set +e
-    "$moelab" train "$@" >/dev/null 2>"$tmp/err"
-    local rc=$?
-    set -e
-    [ $rc -eq 2 ] || { echo "train $*: exit $rc, expected 2"; cat "$tmp/err"; exit 1; }
-    grep -qE -e "$re" "$tmp/err" || { echo "train $*: message lacks /$re/:"; cat "$tmp/err"; exit 1; }
-}
+expect_usage() { expect_usage_of train "$@"; }  # expect_usage REGEX ARGS...
 expect_usage "unknown option '--stepz'" "${args[@]}" --stepz 3
 # One stray word alone, which names no option (a check of two or more leftovers passed the above).
 expect_usage "unknown option 'stray'" "${args[@]}" stray

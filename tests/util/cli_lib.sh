@@ -58,6 +58,20 @@ prepare_corpus() {
     "$moelab" data prepare --input "$1.txt" --vocab 256 --out "$1" --val-fraction 0.1 >/dev/null
 }
 
+# expect_usage_of COMMAND REGEX ARGS...: `moelab COMMAND ARGS...` ends with exit code 2 and REGEX in its
+# stderr, the usage error of bad input. Its stdout and stderr stay in $tmp/out and $tmp/err for the
+# caller's further checks.
+expect_usage_of() {
+    local cmd=$1 re=$2
+    shift 2
+    set +e
+    "$moelab" "$cmd" "$@" >"$tmp/out" 2>"$tmp/err"
+    local rc=$?
+    set -e
+    [ $rc -eq 2 ] || { echo "$cmd $*: exit $rc, expected 2"; cat "$tmp/err"; exit 1; }
+    grep -qE -e "$re" "$tmp/err" || { echo "$cmd $*: message lacks /$re/:"; cat "$tmp/err"; exit 1; }
+}
+
 # steps FILE DIGITS: the metrics lines of the steps whose numbers are among DIGITS (e.g. 456), without
 # the timing field.
 steps() { sed 's/, "tokens_per_s": [0-9.]*//' "$1" | grep -E "\"step\": [$2]"; }

@@ -61,14 +61,9 @@ PY
 done
 
 # Bad input: exit 2, the message, and no folder (nor temporary one) left behind.
-expect_usage() {  # expect_usage REGEX OUT ARGS...
+expect_usage() {  # expect_usage REGEX OUT ARGS...: one line on stderr, and no temporary folder left
     local re=$1 out=$2; shift 2
-    set +e
-    "$moelab" export --out "$out" "$@" > /dev/null 2> "$tmp/err"
-    local rc=$?
-    set -e
-    [ $rc -eq 2 ] || { echo "export $*: exit $rc, expected 2"; cat "$tmp/err"; exit 1; }
-    grep -qE -e "$re" "$tmp/err" || { echo "export $*: message lacks /$re/:"; cat "$tmp/err"; exit 1; }
+    expect_usage_of export "$re" --out "$out" "$@"
     [ "$(wc -l < "$tmp/err")" -eq 1 ] || { echo "export $*: more than one line:"; cat "$tmp/err"; exit 1; }
     if any_exists "$out".tmp-* "$out".old-*; then echo "export $*: left a temporary folder"; exit 1; fi
 }
