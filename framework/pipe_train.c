@@ -34,8 +34,9 @@
 
 // A training forward counts its routes and leaves its loss scalars in the model's memory (the step
 // downloads them once), and with recompute keeps only the inputs of the layers that recompute; an
-// evaluation forward keeps only every layer's input (no backward follows), returns its loss at once, and the last stage adds its
-// cross-entropy (and for pipe_sample_generate keeps the logits row it asks for).
+// evaluation forward keeps only every layer's input (no backward follows), returns its loss at once,
+// and the last stage adds its cross-entropy (and for pipe_sample_generate keeps the logits row it
+// asks for).
 static const void *stage_forward(void *ctx, int mb, const void *h_in) {
     PipeStageCtx *x = ctx;
     Model *m = x->m;

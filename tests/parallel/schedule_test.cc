@@ -258,7 +258,8 @@ TEST(Generators, MaxLive) {
         int deferred = 0;
         for (int r = 0; r < 4; r++)
             for (int pipe = 0; pipe < 2; pipe++) {
-                const int n = sched_max_live(d.get(), r, pipe, SCHED_F), w = sched_max_live(d.get(), r, pipe, SCHED_B);
+                const int n = sched_max_live(d.get(), r, pipe, SCHED_F);
+                const int w = sched_max_live(d.get(), r, pipe, SCHED_B);
                 EXPECT_GE(n, 1);
                 EXPECT_LE(n, k == SCHED_DUALPIPE ? 4 : 8);  // each pipe of DualPipe carries C/2 micro-batches
                 EXPECT_LE(w, n);

@@ -211,7 +211,8 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)' "$moelab"
         --vocab-size 256 --steps 1 --seq-len 256 --batch-size 16 --d-model 64 --n-layers 8 --d-ff 128 \
         --d-expert 64 --val-every 0 --val-batches 1 "$@"
 }
-kept=$(peak_mib --recompute 0) recomputed=$(peak_mib --recompute 1) half=$(peak_mib --recompute 1 --recompute-layers 4)
+kept=$(peak_mib --recompute 0) recomputed=$(peak_mib --recompute 1)
+half=$(peak_mib --recompute 1 --recompute-layers 4)
 echo "peak resident memory: $kept MiB, with --recompute 1 $recomputed MiB, with --recompute-layers 4 $half MiB"
 [ "$recomputed" -le $((kept - 100)) ] || { echo "FAIL: --recompute 1 does not hold less memory"; exit 1; }
 [ "$half" -ge $((recomputed + 50)) ] && [ "$half" -le $((kept - 50)) ] ||
