@@ -262,6 +262,8 @@ struct Problem {
         if (!c.bias.empty()) m.bias = c.bias;
     }
     ~Problem() { d->destroy(d); }
+    Problem(const Problem &) = delete;  // it owns d
+    Problem &operator=(const Problem &) = delete;
 };
 
 TEST_P(MoeLayer, ForwardMatchesDenseReference) {
