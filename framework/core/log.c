@@ -76,7 +76,14 @@ void core_stdout_flush(void) {
 
 int core_stdout_status(void) {
     core_stdout_flush();
-    return g_stdout_err ? g_stdout_err : ferror(stdout) ? EIO : 0;
+    if (g_stdout_err || !ferror(stdout)) return g_stdout_err;
+    // A write that printf made itself (its buffer full) failed, and stdio dropped the buffer and
+    // kept no errno: `moelab train --help` (8 KiB) into /dev/full said "Input/output error". One
+    // more byte, written now, tells the cause (ENOSPC, EPIPE); EIO where that one goes through.
+    clearerr(stdout);
+    errno = 0;
+    if ((fputc('\n', stdout) == EOF || fflush(stdout) != 0) && errno) g_stdout_err = errno;
+    return g_stdout_err ? g_stdout_err : EIO;
 }
 
 void core_info(const char *fmt, ...) {

@@ -142,7 +142,7 @@ LD_PRELOAD="$root/tests/checkpoints/slow_open.so" SLOW_OPEN_RANKS=any SLOW_OPEN_
     { echo "FAIL: a part pruned at its open: exit $rc:"; cat "$tmp/gone.err"; exit 1; }
 
 # 4: moelab ckpt.
-"$moelab" ckpt --help | grep -q "moelab ckpt verify PATH"
+"$moelab" ckpt --help > "$tmp/help"; grep -q "moelab ckpt verify PATH" "$tmp/help"
 for p in "$tmp/a/step_6.h5" "$tmp/c/step_6.h5"; do
     "$moelab" ckpt verify "$p" | grep -q "sound" || { echo "FAIL: verify $p"; exit 1; }
 done
@@ -276,7 +276,7 @@ echo "ok: moelab ckpt inspect/verify and the resume errors"
 # 5. Leftovers of crashed saves in --out: a temporary file of a dead process and a part file without
 # its index are reported when a run starts there, and `moelab ckpt clean` removes exactly them (not
 # the temporary file of a live process, nor the parts of a committed index).
-"$moelab" ckpt --help | grep -q "moelab ckpt clean DIR"
+"$moelab" ckpt --help > "$tmp/help"; grep -q "moelab ckpt clean DIR" "$tmp/help"
 sleep 0 & dead=$!
 wait $dead
 sleep 60 & alive=$!

@@ -16,7 +16,8 @@ prepare_corpus "$tmp/data"
 args=("${tiny[@]}" "${compared[@]}" --steps 3 --batch-size 4)
 
 # 1.
-"$moelab" train --help | grep -Eq -- "--ep_chunks +1 +token chunks per EP MoE layer" ||
+"$moelab" train --help > "$tmp/help"
+grep -Eq -- "--ep_chunks +1 +token chunks per EP MoE layer" "$tmp/help" ||
     { echo "FAIL: --help has no ep_chunks"; exit 1; }
 expect_exit2 zero "ep_chunks = 0 is too small: at least 1" 2 "${args[@]}" --ep 2 --ep-chunks 0
 expect_exit2 nine "ep_chunks = 9 is too large: at most 8" 2 "${args[@]}" --ep 2 --ep-chunks 9

@@ -81,7 +81,7 @@ awk '/time by layer type/ { on = 1; next } on && /^  [a-z]/ && $1 != "layer" && 
     --adam-eps 1e-30 > "$tmp/out" 2> "$tmp/err" || { echo "bench of a diverging run failed:"; cat "$tmp/err"; exit 1; }
 grep -qE "/-?nan" "$tmp/out" || { echo "the run meant to diverge did not:"; cat "$tmp/out"; exit 1; }
 grep -q "the loss diverged during the timed steps" "$tmp/err" || { echo "no divergence warning:"; cat "$tmp/err"; exit 1; }
-"$moelab" bench --help | grep -q "usage: moelab bench"
+"$moelab" bench --help > "$tmp/help"; grep -q "usage: moelab bench" "$tmp/help"
 # A run: the time by layer type, then the last step's expert load (max/mean is at least 1).
 "$moelab" bench --config="$cfg" --steps=1 --seconds=0 --lr=0.01 >"$tmp/out" 2>"$tmp/err"
 grep -q "time by layer type" "$tmp/out" || { echo "bench: no time by layer type:"; cat "$tmp/out"; exit 1; }

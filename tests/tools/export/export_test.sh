@@ -197,5 +197,5 @@ ln -s "$tmp/hf_a_single" "$tmp/link"
 expect_usage "link is a symbolic link" "$tmp/link" --ckpt "$tmp/a/single.h5" --data "$tmp/data" --force
 if any_exists "$tmp"/*.old-* "$tmp"/dot/*.old-* "$tmp"/.*.old-*; then echo "a refused --out left a folder"; exit 1; fi
 "${check[@]}" weights "$tmp/hf_a_single" "$tmp/b/single.h5" > /dev/null  # the link's target untouched
-"$moelab" export --help | grep -q "usage: moelab export"
+"$moelab" export --help > "$tmp/help"; grep -q "usage: moelab export" "$tmp/help"
 echo "export_test: ok"
