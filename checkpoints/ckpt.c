@@ -572,7 +572,8 @@ static const char *const FREE_KEYS[] = {"log_every", "val_every", "val_batches",
                                         "zero", "expert_gemm", "gemm_streams", "eplb_interval", "eplb_redundant",
                                         "device", "data", "metrics", "out", "resume", "trace",
                                         "save_every", "keep", "nonfinite_skip", "comm_timeout", "cuda_graph",
-                                        "deterministic", "recompute", "recompute_layers", "eplb_groups",
+                                        "deterministic", "recompute", "recompute_layers",
+                                        "recompute_keep_attention", "eplb_groups",
                                         "eplb_nodes"};
 
 static int key_in(const char *key, const char *const *list, int n) {

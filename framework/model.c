@@ -442,21 +442,28 @@ static void *arena_take(ModelActs *a, size_t bytes) {
 static float *arena_f(ModelActs *a, size_t n) { return arena_take(a, n * sizeof(float)); }
 static void *arena_x(const Model *m, ModelActs *a, size_t n) { return arena_take(a, n * m->ops->act_size); }
 
-// Layer l's buffers but its input h_in, from a's arena.
-static void layer_carve(const Model *m, ModelActs *a, LayerActs *la, int l) {
+// Layer l's buffers that a recompute writes again: all but its input h_in and the attention's
+// results (layer_carve_attn), from a's arena.
+static void layer_carve_redo(const Model *m, ModelActs *a, LayerActs *la, int l) {
     const MoeConfig *c = &m->cfg;
     const size_t N = (size_t)a->N, D = c->D, qd = (size_t)c->H * m->hd, kd = (size_t)c->Hkv * m->hd;
     la->a = arena_x(m, a, N * D); la->rstd1 = arena_f(a, N);
     la->v = arena_x(m, a, N * kd);
     la->qr = arena_x(m, a, N * qd); la->kr = arena_x(m, a, N * kd);
-    la->att = arena_f(a, m->ops->attention_state_floats(a->B, a->T, c->H));
-    la->o = arena_x(m, a, N * qd);
-    la->h_mid = arena_x(m, a, N * D);
     la->m = arena_x(m, a, N * D); la->rstd2 = arena_f(a, N);
     if (!model_is_moe_layer(m, l)) {
         la->ffn.ab = arena_x(m, a, N * 2 * c->F);
         la->ffn.h = arena_x(m, a, N * c->F);
     }
+}
+
+// The attention's results: its state, its output and the residual after Wo.
+static void layer_carve_attn(const Model *m, ModelActs *a, LayerActs *la) {
+    const MoeConfig *c = &m->cfg;
+    const size_t N = (size_t)a->N, D = c->D, qd = (size_t)c->H * m->hd;
+    la->att = arena_f(a, m->ops->attention_state_floats(a->B, a->T, c->H));
+    la->o = arena_x(m, a, N * qd);
+    la->h_mid = arena_x(m, a, N * D);
 }
 
 // Whether layer l keeps its input only (one of the stage's first a->inputs_only layers).
@@ -471,12 +478,15 @@ static void acts_carve(const Model *m, ModelActs *a) {
     for (int l = m->l0; l < m->l1; l++) {
         LayerActs *la = &a->layer[l];
         la->h_in = arena_x(m, a, N * D);
-        if (l > m->l0 && input_only(m, a, l)) {  // every buffer but the input is layer l0's
+        if (l > m->l0 && input_only(m, a, l)) {
+            // Every buffer but the input (and with keep_attention the attention's results) is layer l0's.
             void *h_in = la->h_in;
             *la = a->layer[m->l0];
             la->h_in = h_in;
+            if (a->keep_attention) layer_carve_attn(m, a, la);
         } else {
-            layer_carve(m, a, la, l);
+            layer_carve_attn(m, a, la);
+            layer_carve_redo(m, a, la, l);
         }
     }
     a->ffn_out = arena_x(m, a, N * D);
@@ -490,18 +500,19 @@ static void acts_carve(const Model *m, ModelActs *a) {
 }
 
 // Sets a's shape and sizes its arena (a first pass that only counts).
-static void acts_count(const Model *m, ModelActs *a, int B, int T, int inputs_only) {
+static void acts_count(const Model *m, ModelActs *a, int B, int T, const ModelPass *pass) {
     memset(a, 0, sizeof *a);
     a->B = B; a->T = T; a->N = B * T;
-    a->inputs_only = inputs_only;
+    a->inputs_only = pass ? pass->inputs_only : 0;
+    a->keep_attention = a->inputs_only && pass->keep_attention;
     a->layer = core_alloc((size_t)m->cfg.L * sizeof *a->layer);
     acts_carve(m, a);
     a->arena_cap = a->arena_used;
 }
 
-double model_acts_bytes(const Model *m, int B, int T, int inputs_only, double *bwd) {
+double model_acts_bytes(const Model *m, int B, int T, const ModelPass *pass, double *bwd) {
     ModelActs a;
-    acts_count(m, &a, B, T, inputs_only);
+    acts_count(m, &a, B, T, pass);
     core_free(a.layer);
     const MoeConfig *c = &m->cfg;
     const double N = (double)B * T, rows = N * c->K, x = m->ops->act_size;
@@ -519,23 +530,31 @@ double model_acts_bytes(const Model *m, int B, int T, int inputs_only, double *b
     return bytes;
 }
 
-// Gives the layers after l0 that kept their input only buffers of their own again (all but h_in,
-// which they have), in a second block a->redo, so that a backward_input can recompute every such
-// layer and leave them all to a backward_weight that runs later (a pipeline's deferred W). Layer l0
-// keeps the buffers the forward shared.
+// The buffers that the layers after l0 that kept their input only share with layer l0, from t's arena.
+static void unshared_carve(const Model *m, ModelActs *t, ModelActs *a) {
+    for (int l = m->l0 + 1; l < m->l1 && input_only(m, a, l); l++) {
+        if (!a->keep_attention) layer_carve_attn(m, t, &a->layer[l]);
+        layer_carve_redo(m, t, &a->layer[l], l);
+    }
+}
+
+// Gives the layers after l0 that kept their input only buffers of their own again (all but h_in
+// and with keep_attention the attention's results, which they have), in a second block a->redo, so
+// that a backward_input can recompute every such layer and leave them all to a backward_weight that
+// runs later (a pipeline's deferred W). Layer l0 keeps the buffers the forward shared.
 static void acts_unshare(const Model *m, ModelActs *a) {
     ModelActs t = {.B = a->B, .T = a->T, .N = a->N};  // only its arena: counted, then carved
-    for (int l = m->l0 + 1; l < m->l1 && input_only(m, a, l); l++) layer_carve(m, &t, &a->layer[l], l);
+    unshared_carve(m, &t, a);
     if (t.arena_used == 0) return;
     t.arena_cap = t.arena_used;
     t.arena_used = 0;
     t.arena = m->ops->alloc_uninit(t.arena_cap);
-    for (int l = m->l0 + 1; l < m->l1 && input_only(m, a, l); l++) layer_carve(m, &t, &a->layer[l], l);
+    unshared_carve(m, &t, a);
     a->redo = t.arena;
 }
 
-static void acts_alloc(const Model *m, ModelActs *a, int B, int T, int inputs_only) {
-    acts_count(m, a, B, T, inputs_only);
+static void acts_alloc(const Model *m, ModelActs *a, int B, int T, const ModelPass *pass) {
+    acts_count(m, a, B, T, pass);
     // Every buffer of the arena is written in full before it is read (the accumulating backward
     // calls get their buffers zeroed right before them), so it is not zero-filled: that saved
     // gigabytes of fill a step on the GPU. The scalars are the exception: stages without the head
@@ -588,7 +607,8 @@ void model_acts_free(Model *m, ModelActs *a) {
 // Attention block: h_mid = h + Wo · attention(RoPE(Wq a), RoPE(Wk a), Wv a), a = RMSNorm(h)·g,
 // the three projections one product [q k v] = a · Wqkvᵀ over the stacked Wqkv = [Wq; Wk; Wv].
 
-static void attn_forward(const Model *m, const LayerWeights *w, LayerActs *la, int B, int T) {
+// The attention block up to the attention itself: the norm, the projections and RoPE.
+static void attn_project(const Model *m, const LayerWeights *w, LayerActs *la, int B, int T) {
     const MoeConfig *c = &m->cfg;
     const LayerOps *o = m->ops;
     const int N = B * T, D = c->D, hd = m->hd, qd = c->H * hd, kd = c->Hkv * hd, W = qd + 2 * kd;
@@ -607,6 +627,13 @@ static void attn_forward(const Model *m, const LayerWeights *w, LayerActs *la, i
                     c->rope_theta);
     o->rope_copy(la->v, ROPE_HEADS, (char *)qkv + (size_t)(qd + kd) * o->act_size, W, N, T, c->Hkv, hd);
     o->free(qkv);
+}
+
+static void attn_forward(const Model *m, const LayerWeights *w, LayerActs *la, int B, int T) {
+    const MoeConfig *c = &m->cfg;
+    const LayerOps *o = m->ops;
+    const int N = B * T, D = c->D, hd = m->hd, qd = c->H * hd;
+    attn_project(m, w, la, B, T);
     o->attention_forward(la->o, la->att, la->qr, la->kr, la->v, B, T, c->H, c->Hkv, hd);
     o->linear_forward(la->h_mid, la->o, w->wo, N, qd, D);
     o->add(la->h_mid, la->h_mid, la->h_in, (long)N * D);
@@ -778,7 +805,7 @@ float model_stage_forward(Model *m, ModelActs *a, const int *tokens, const void 
     CHECK(T >= 1 && T <= c->T, "sequence length %d outside [1, %d]", T, c->T);
     CHECK(m->first || h_in != NULL, "stage [%d, %d) needs the previous stage's output", m->l0, m->l1);
     CHECK(!(m->last && with_targets) || tokens != NULL, "the last stage needs the targets");
-    acts_alloc(m, a, B, T, pass->inputs_only);
+    acts_alloc(m, a, B, T, pass);
     const int N = B * T, D = c->D;
     const LayerOps *o = m->ops;
     a->has_targets = with_targets;
@@ -882,10 +909,12 @@ static void backward_start(Model *m, ModelActs *a, int slots, const void *dh_out
 // only: those such layers share, or its own after acts_unshare): the same kernels on the same inputs
 // give the forward's activations bit for bit. It counts no routes and copies no balance loss out
 // (the forward did both), and the FFN computes no output: its W2 products and the MoE combine are
-// the part of the forward no backward reads.
+// the part of the forward no backward reads. With keep_attention the layer kept the attention's
+// results too (its state, output and h_mid): only the projections that the backward reads run again.
 static void layer_recompute(Model *m, ModelActs *a, int l) {
     LayerActs *la = &a->layer[l];
-    attn_forward(m, &m->w[l], la, a->B, a->T);
+    if (a->keep_attention) attn_project(m, &m->w[l], la, a->B, a->T);
+    else attn_forward(m, &m->w[l], la, a->B, a->T);
     ffn_forward(m, l, la, NULL, NULL, a->B, a->T, 0);
 }
 

@@ -96,6 +96,10 @@ typedef struct {
     // rows: what an evaluation needs, and all that a backward needs to recompute those layers'
     // forwards before their backwards (the same bits: config recompute and recompute_layers).
     int inputs_only;
+    // forward, with inputs_only: those layers keep the attention's results too (att, o, h_mid),
+    // so that the recompute runs only the norms, the q, k, v product and the FFN again (config
+    // recompute_keep_attention).
+    int keep_attention;
 } ModelPass;
 
 // Per-layer activations of one micro-batch (and the gradients backward_weight needs). `void *`
@@ -127,6 +131,7 @@ typedef struct {
     int inputs_only;        // from the forward's ModelPass: layer[l] for l0 < l < l0 + inputs_only
                             // shares every buffer but h_in with layer[l0], and those of them that
                             // are MoE layers, layer l0 included, keep no rows
+    int keep_attention;     // from the forward's ModelPass: those layers keep att, o and h_mid too
     LayerActs *layer;       // [L], used in [l0, l1)
     void *h_out;            // (N, D) residual stream after the stage's last layer (sent onwards)
     void *hf;               // (N, D) final RMSNorm output
@@ -247,10 +252,10 @@ void model_acts_free(Model *m, ModelActs *a);
 // Bytes one micro-batch of (B, T) holds from its forward to its backward: the activation arena
 // (exact) and what each MoE layer keeps (its router's scores and, for an even spread of the rows,
 // its experts' input rows and SwiGLU products; of the first inputs_only layers, which keep their
-// input only, one MoE layer's at a time).
+// input only, one MoE layer's at a time), for a forward with pass (NULL: keeping every layer's).
 // *bwd: what the backward of its widest FFN adds while it runs (the SwiGLU products' gradients).
 // Lower bounds of the step's need.
-double model_acts_bytes(const Model *m, int B, int T, int inputs_only, double *bwd);
+double model_acts_bytes(const Model *m, int B, int T, const ModelPass *pass, double *bwd);
 // The loss model_stage_forward returns, from a copy of a->scalars on the host (1 + L); sets *ce
 // and *bal as it sets a->ce and a->bal. with_targets as given to the forward.
 float model_scalars_loss(const Model *m, const float *scalars, int with_targets, float *ce, float *bal);

@@ -44,7 +44,7 @@ static const void *stage_forward(void *ctx, int mb, const void *h_in) {
     const int *tok = x->tokens + (size_t)mb * x->B * (x->T + 1);
     const ModelPass train = {.count_routes = 1, .defer_loss = 1,
                              .dev_ids = x->ids ? x->ids + (size_t)mb * 2 * x->B * x->T : NULL,
-                             .inputs_only = x->recompute};
+                             .inputs_only = x->recompute, .keep_attention = x->keep_attention};
     const ModelPass eval = {.inputs_only = m->l1 - m->l0};  // no backward follows
     model_stage_forward(m, a, tok, h_in, x->B, x->T, 1, x->training ? &train : &eval);
     if (x->training) {
@@ -137,6 +137,7 @@ static void stage_init(PipeTrainer *p, int pipe, const MoeConfig *c, Model *m, A
     // pass, which may come later.
     const int n = m->l1 - m->l0, k = c->recompute_layers;
     x->recompute = !c->recompute ? 0 : k > 0 && k < n ? k : n;
+    x->keep_attention = c->recompute_keep_attention;
     x->fused = (!p->grid && m->first && m->last) || (x->recompute && strcmp(c->schedule, "1f1b") == 0);
     x->dscal = m->ops->alloc((size_t)(x->n_mb > 0 ? x->n_mb : 1) * (1 + (size_t)c->L) * sizeof(float));
     p->stage[pipe] = (PipeStage){x, stage_forward, stage_backward_input, stage_backward_weight, stage_release};
@@ -253,12 +254,13 @@ static void check_host_memory(const PipeTrainer *p, const MoeConfig *c) {
     for (int pipe = 0; pipe < p->n_models; pipe++) {
         const PipeStageCtx *x = &p->ctx[pipe];
         double b;
-        const double one = model_acts_bytes(x->m, c->batch_size, c->T, x->recompute, &b);
+        const ModelPass fwd = {.inputs_only = x->recompute, .keep_attention = x->keep_attention};
+        const double one = model_acts_bytes(x->m, c->batch_size, c->T, &fwd, &b);
         mine[ACTS] += sched_max_live(p->sched, rank, pipe, SCHED_F) * one;
         // With recompute a deferred W holds its micro-batch's whole activations from its backward on.
         if (x->recompute)
             mine[ACTS] += sched_max_live(p->sched, rank, pipe, SCHED_B) *
-                          (model_acts_bytes(x->m, c->batch_size, c->T, 0, &b) - one);
+                          (model_acts_bytes(x->m, c->batch_size, c->T, NULL, &b) - one);
         if (b > bwd) bwd = b;
         // The stages rebalance one after the other, each freeing its whole copies before the
         // next gathers; a run shorter than the interval never rebalances.

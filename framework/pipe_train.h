@@ -58,6 +58,7 @@ typedef struct {
                          // model_backward (input and weight gradients) and backward_weight only counts
     int recompute;       // training forwards keep the input only of the stage's first `recompute`
                          // layers (config recompute and recompute_layers)
+    int keep_attention;  // and the attention's results of those (config recompute_keep_attention)
     float *dscal;        // (n_mb, 1 + L) each training forward's loss scalars, in the model's memory
     int *ids;            // (C, 2, B·T) under a CUDA graph: the step's checked inputs and targets in
                          // the model's memory, at a place fixed for the graph (else NULL)

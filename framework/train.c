@@ -983,11 +983,14 @@ int trainer_run(Trainer *t) {
                c->steps);
     core_info0("unigram entropy of the training tokens: %.4f nats/token (a model that ignores context "
                "scores this)", t->unigram_entropy);
-    if (c->recompute_layers)
-        core_info0("recompute: the first %d layers of each stage keep their input only and run their forward "
-                   "again before their backward", c->recompute_layers);
-    else if (c->recompute)
-        core_info0("recompute: each layer keeps its input only and runs its forward again before its backward");
+    if (c->recompute) {
+        char which[64] = "every layer";
+        if (c->recompute_layers) snprintf(which, sizeof which, "the first %d layers of each stage", c->recompute_layers);
+        core_info0("recompute: %s keep%s %s only and run%s %s forward again before the backward", which,
+                   c->recompute_layers ? "" : "s",
+                   c->recompute_keep_attention ? "the input and the attention's output" : "the input",
+                   c->recompute_layers ? "" : "s", c->recompute_keep_attention ? "the rest of the" : "the");
+    }
     if (t->step == 0) trainer_sample(t, "before training");
     float val = trainer_eval(t);
     trainer_validated(t, val);

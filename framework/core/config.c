@@ -98,6 +98,8 @@ static const KeyInfo KEYS[] = {
      "keep each layer's input only and recompute its forward in the backward (less memory)"},
     {"recompute_layers", "0", K_INT, OFF(recompute_layers), 0, 1 << 16, NULL,
      "with recompute: only the first N layers of each pipeline stage recompute (0: all)"},
+    {"recompute_keep_attention", "0", K_BOOL, OFF(recompute_keep_attention), 0, 1, NULL,
+     "with recompute: those layers keep the attention's output as well; the backward skips the attention and Wo"},
     {"eplb_interval", "0", K_INT, OFF(eplb_interval), 0, INT_MAX, NULL, "steps between EPLB rebalances (0: off)"},
     {"eplb_redundant", "0", K_INT, OFF(eplb_redundant), 0, 1 << 16, NULL, "redundant expert slots per layer"},
     {"eplb_groups", "1", K_INT, OFF(eplb_groups), 1, 1 << 16, NULL, "EPLB expert groups (hierarchical policy when nodes divide them)"},
@@ -453,6 +455,7 @@ void config_validate_as(const MoeConfig *c, const char *what) {
     RULE(c->E % c->ep == 0, "n_experts (%d) must be divisible by ep (%d)", c->E, c->ep);
     RULE(c->recompute || c->recompute_layers == 0, "recompute_layers (%d) needs recompute = 1",
          c->recompute_layers);
+    RULE(c->recompute || !c->recompute_keep_attention, "recompute_keep_attention needs recompute = 1");
     // The tokens of a micro-batch are counted in an int (B·T = N, the shapes' leading extent).
     RULE((long)c->batch_size * c->T <= INT_MAX, "batch_size * seq_len (%ld) must not exceed %d tokens a micro-batch",
          (long)c->batch_size * c->T, INT_MAX);
@@ -501,8 +504,10 @@ void config_print_help(FILE *f) {
     config_defaults(&d);
     fprintf(f, "Config keys (in a --config file as `key = value`, or on the command line as --key value):\n");
     char def[CONFIG_STR + 8];
+    int w = 0;  // the longest key's width: the defaults form a column
+    for (int i = 0; i < NKEYS; i++) w = (int)strlen(KEYS[i].name) > w ? (int)strlen(KEYS[i].name) : w;
     for (int i = 0; i < NKEYS; i++)
-        fprintf(f, "  --%-16s %-12s %s\n", KEYS[i].name,
+        fprintf(f, "  --%-*s %-12s %s\n", w, KEYS[i].name,
                 format_value(&KEYS[i], (const char *)&d + KEYS[i].offset, 1, def, sizeof def), KEYS[i].help);
     fprintf(f, "Text values (paths) hold at most %d bytes, no control character, no blank at either end\n"
                "and no '#' at their start or after a blank (in a file that '#' starts a comment).\n",

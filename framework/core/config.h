@@ -73,6 +73,8 @@ typedef struct {
     int recompute;       // bool: every stage keeps each layer's input only and recomputes the rest
                          // of the layer's forward in its backward (same numbers, bit for bit)
     int recompute_layers;  // with recompute: only the first n layers of each stage do (0: all)
+    int recompute_keep_attention;  // bool, with recompute: those layers keep the attention's output,
+                                   // its state and the residual after it, and recompute the rest
     int eplb_interval, eplb_redundant;
     int eplb_groups, eplb_nodes;  // EPLB's expert groups and nodes (docs/architecture.md §6)
     float router_skew;   // test knob: expert i's balancing bias starts at skew*(E-1-i)/E (0: off)

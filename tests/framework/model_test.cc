@@ -251,6 +251,14 @@ TEST(Model, NonFiniteStepChangesNothing) {
     model_free(m);
 }
 
+// Attention forwards counted: the CPU backend's, counting and then calling the original.
+static int g_attention_forwards;
+static void count_attention(void *out, float *state, const void *q, const void *k, const void *v, int B,
+                            int T, int H, int Hkv, int hd) {
+    g_attention_forwards++;
+    layer_ops_cpu.attention_forward(out, state, q, k, v, B, T, H, Hkv, hd);
+}
+
 // model_backward (layer by layer, input then weight) computes the split passes' gradients bit for bit,
 // with dense and MoE layers and the balance loss on; it holds two dh slots that take turns, where
 // the split passes keep one per layer boundary for the weight pass (L + 1). So does it after a
@@ -259,21 +267,28 @@ TEST(Model, NonFiniteStepChangesNothing) {
 // before its backward: the loss scalars and the routes counted (once, by the forward) are the same.
 // The split passes take such a forward too (a pipeline's deferred W): backward_input recomputes
 // every layer into buffers of its own and leaves them, and the MoE layers' rows, to backward_weight.
-// Both take a forward whose first two layers only kept their inputs (config recompute_layers).
+// Both take a forward whose first two layers only kept their inputs (config recompute_layers), and
+// one whose layers kept their attention's results too (recompute_keep_attention), whose recompute
+// runs no attention: a backend that counts the attention's forwards sees one per layer and recompute
+// without it, none added with it.
 TEST(Model, BackwardsEqualTheSplitPasses) {
     MoeConfig c = tiny(1);
     c.L = 4;
     Model *m = model_create(&c, 0, 1);
     model_init_weights(m);
+    LayerOps counting = layer_ops_cpu;
+    counting.attention_forward = count_attention;
+    m->ops = &counting;
     std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 4);
-    // split passes, model_backward, each of them recomputing every layer and the first two
-    const int ways = 6, kept[ways] = {0, 0, c.L, c.L, 2, 2};
+    // split passes, model_backward, each of them recomputing every layer, the first two, and every
+    // layer keeping the attention's results
+    const int ways = 8, kept[ways] = {0, 0, c.L, c.L, 2, 2, c.L, c.L};
     std::vector<float> grad[ways], scal[ways];
     std::vector<long> counts[ways];
     size_t arena[ways];
     for (int way = 0; way < ways; way++) {
         SCOPED_TRACE(way);
-        const bool split = way % 2 == 0;
+        const bool split = way % 2 == 0, keep = way >= 6;
         const int n = kept[way];
         params_zero_grad(&m->reg);
         model_reset_counts(m);
@@ -281,15 +296,19 @@ TEST(Model, BackwardsEqualTheSplitPasses) {
         pass.count_routes = 1;
         pass.defer_loss = 1;
         pass.inputs_only = n;
+        pass.keep_attention = keep;
         ModelActs a;
+        g_attention_forwards = 0;
         model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
         arena[way] = a.arena_cap;
         for (int l = 1; l < c.L; l++) {
             EXPECT_EQ(a.layer[l].moe.xe == nullptr, l < n) << "layer " << l << " and its rows";
             EXPECT_EQ(a.layer[l].a == a.layer[0].a, l < n) << "layer " << l;
+            EXPECT_EQ(a.layer[l].o == a.layer[0].o, l < n && !keep) << "layer " << l;
+            EXPECT_EQ(a.layer[l].h_mid == a.layer[0].h_mid, l < n && !keep) << "layer " << l;
             EXPECT_NE(a.layer[l].h_in, a.layer[0].h_in) << "layer " << l;
         }
-        scal[way].resize(1 + c.L);
+    scal[way].resize(1 + c.L);
         m->ops->download(scal[way].data(), a.scalars, scal[way].size() * sizeof(float));
         if (split) {
             model_backward_input(m, &a, 0.75f);
@@ -304,6 +323,7 @@ TEST(Model, BackwardsEqualTheSplitPasses) {
             model_backward(m, &a, nullptr, 0.75f, nullptr);
             EXPECT_EQ(a.dh_slots, 2);
         }
+        EXPECT_EQ(g_attention_forwards, c.L + (keep ? 0 : n));
         model_acts_free(m, &a);
         grad[way].assign(m->reg.grad, m->reg.grad + m->reg.total);
         model_counts_to_host(m);
@@ -323,6 +343,8 @@ TEST(Model, BackwardsEqualTheSplitPasses) {
     EXPECT_EQ(arena[1], arena[0]);
     EXPECT_LT(arena[2], arena[4]);
     EXPECT_LT(arena[4], arena[0]);
+    EXPECT_LT(arena[2], arena[6]);
+    EXPECT_LT(arena[6], arena[0]);
     for (int way = 3; way < ways; way += 2) EXPECT_EQ(arena[way], arena[way - 1]);
     model_free(m);
 }
@@ -474,8 +496,11 @@ TEST(Model, PassOptionsArePerCall) {
     for (int i = 0; i < c.L * c.E; i++) EXPECT_EQ(m->expert_counts[i], 0) << "counted without count_routes";
 
     std::vector<int> done;
-    const ModelPass train = {1, 1, [](void *ctx, int l) { static_cast<std::vector<int> *>(ctx)->push_back(l); }, &done,
-                             nullptr, 0};
+    ModelPass train = {};
+    train.count_routes = 1;
+    train.defer_loss = 1;
+    train.layer_done = [](void *ctx, int l) { static_cast<std::vector<int> *>(ctx)->push_back(l); };
+    train.layer_ctx = &done;
     EXPECT_EQ(model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &train), 0.0f);
     std::vector<float> scal(1 + c.L);
     m->ops->download(scal.data(), a.scalars, scal.size() * sizeof(float));
@@ -553,7 +578,7 @@ TEST(Model, ActsBytesCountTheArena) {
         ModelActs a;
         model_forward(m, &a, tok.data(), c.batch_size, c.T, 1);
         double bwd;
-        const double est = model_acts_bytes(m, c.batch_size, c.T, 0, &bwd);
+        const double est = model_acts_bytes(m, c.batch_size, c.T, nullptr, &bwd);
         if (dense == 2) EXPECT_EQ(est, (double)a.arena_cap);
         else EXPECT_GT(est, (double)a.arena_cap);
         EXPECT_EQ(bwd, 3.0 * c.batch_size * c.T * c.F * sizeof(float));  // F 24 is wider than K·Fe 16
@@ -639,7 +664,8 @@ TEST(Model, RouterSkewBiasesTheLowIds) {
 // dab and dh of the expert rows, N·K·3·Fe values. Each of the two MoE layers (1 and 2) adds its
 // share, but of those that keep their input only (inputs_only) one at a time adds it, beside that
 // forward's arena: none or the dense layer 0 alone, two shares; layers 0 and 1, layer 2's and one
-// of layer 1; all three, one.
+// of layer 1; all three, one. Keeping the attention's results too (keep_attention) changes only the
+// arena.
 TEST(Model, ActsBytesCountTheMoeLayersAndTheirBackward) {
     MoeConfig c = tiny(1);
     c.Fe = 16;
@@ -648,19 +674,21 @@ TEST(Model, ActsBytesCountTheMoeLayersAndTheirBackward) {
     model_init_weights(m);
     std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 1);
     const int shares[] = {2, 2, 2, 1};
-    for (int r = 0; r <= 3; r++) {
-        ModelPass pass = {};
-        pass.inputs_only = r;
-        ModelActs a;
-        model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
-        double bwd;
-        const double est = model_acts_bytes(m, c.batch_size, c.T, r, &bwd);
-        const double N = c.batch_size * c.T, rows = N * c.K;
-        const double moe = N * (2.0 * c.E + 2.0 * c.K) * 4 + rows * (c.D + 2.0 * c.Fe) * 4;
-        EXPECT_EQ(est, (double)a.arena_cap + shares[r] * moe) << "inputs_only " << r;
-        EXPECT_EQ(bwd, rows * 3.0 * c.Fe * sizeof(float));
-        model_acts_free(m, &a);
-    }
+    for (int keep : {0, 1})
+        for (int r = 0; r <= 3; r++) {
+            ModelPass pass = {};
+            pass.inputs_only = r;
+            pass.keep_attention = keep;  // more arena, the same MoE shares
+            ModelActs a;
+            model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
+            double bwd;
+            const double est = model_acts_bytes(m, c.batch_size, c.T, &pass, &bwd);
+            const double N = c.batch_size * c.T, rows = N * c.K;
+            const double moe = N * (2.0 * c.E + 2.0 * c.K) * 4 + rows * (c.D + 2.0 * c.Fe) * 4;
+            EXPECT_EQ(est, (double)a.arena_cap + shares[r] * moe) << "inputs_only " << r << " keep " << keep;
+            EXPECT_EQ(bwd, rows * 3.0 * c.Fe * sizeof(float));
+            model_acts_free(m, &a);
+        }
     model_free(m);
 }
 

@@ -311,25 +311,28 @@ TEST_F(ModelGpu, CudaGraphStepsMatchKernelByKernel) {
 
 // recompute (each layer's forward again before its backward) on the GPU: five steps of two
 // micro-batches give the losses, gradient norms and weights of the run that keeps its activations,
-// in the CUDA graph and kernel by kernel, and with the first two of the three layers recomputing
-// (recompute_layers).
+// in the CUDA graph and kernel by kernel, with the first two of the three layers recomputing
+// (recompute_layers), and with the attention's results kept (recompute_keep_attention).
 TEST_F(ModelGpu, RecomputeStepsMatchKeptActivations) {
     MoeConfig c = test_config(2);
     c.grad_accum = 2;
     c.steps = 5;
-    Steps run[4];
-    for (int r = 0; r < 4; r++) {  // kept, recomputed in the graph, kernel by kernel, two layers
+    Steps run[5];
+    for (int r = 0; r < 5; r++) {  // kept, recomputed in the graph, kernel by kernel, two layers, attention kept
         c.recompute = r > 0;
         c.recompute_layers = r == 3 ? 2 : 0;
+        c.recompute_keep_attention = r == 4;
         c.cuda_graph = r != 2;
         run[r] = wrapped_steps(c, 300, [&](PipeTrainer *p, Model *m) {
             EXPECT_EQ(p->graph_on, r != 2) << backend_graph_blocker(&c, m->ops);
             EXPECT_EQ(p->ctx[0].recompute, r == 0 ? 0 : r == 3 ? 2 : c.L);
+            EXPECT_EQ(p->ctx[0].keep_attention, r == 4);
         });
     }
     expect_same_steps(run[0], run[1], "recomputed in the graph");
     expect_same_steps(run[0], run[2], "recomputed kernel by kernel");
     expect_same_steps(run[0], run[3], "the first two layers recomputed");
+    expect_same_steps(run[0], run[4], "the attention's results kept");
 }
 
 // A dense FFN width CUTLASS does not take (d_ff 100) runs cuBLAS's grouped call, which no test has

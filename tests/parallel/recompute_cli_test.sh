@@ -13,7 +13,9 @@
 #  2. so do DualPipe and DualPipeV, whose input passes recompute every layer of the stage and keep
 #     them for weight passes that may run later: DualPipe and DualPipeV at PP 2, and DualPipe at
 #     PP 2 x EP 2; and DualPipe at PP 2 with each stage's first layer only recomputing
-#     (--recompute-layers 1).
+#     (--recompute-layers 1);
+#  3. so do EP 2 and DualPipe at PP 2 whose recomputing layers keep their attention's output too
+#     (--recompute-keep-attention 1): their recompute runs no attention.
 set -euo pipefail
 source "$TEST_SRCDIR/moelab/tests/util/cli_lib.sh"  # root, moelab, tmp, tiny, the run checks
 source "$root/tests/parallel/mpi_env.sh"
@@ -46,3 +48,11 @@ layout dualpipe_ep2 4 --pp 2 --ep 2 --schedule dualpipe --chunks 4
 mpi 2 "$moelab" train "${args[@]}" --pp 2 --schedule dualpipe --chunks 4 --recompute 1 --recompute-layers 1 \
     --out "$tmp/dualpipe_k1" > "$tmp/dualpipe_k1.log"
 same_checkpoints "$tmp/dualpipe0/step_3.h5" "$tmp/dualpipe_k1/step_3.h5" bits
+
+# 3.
+mpi 2 "$moelab" train "${args[@]}" --ep 2 --grad-accum 2 --recompute 1 --recompute-keep-attention 1 \
+    --out "$tmp/ep2_ka" > "$tmp/ep2_ka.log"
+same_checkpoints "$tmp/ep20/step_3.h5" "$tmp/ep2_ka/step_3.h5" bits
+mpi 2 "$moelab" train "${args[@]}" --pp 2 --schedule dualpipe --chunks 4 --recompute 1 --recompute-keep-attention 1 \
+    --out "$tmp/dualpipe_ka" > "$tmp/dualpipe_ka.log"
+same_checkpoints "$tmp/dualpipe0/step_3.h5" "$tmp/dualpipe_ka/step_3.h5" bits

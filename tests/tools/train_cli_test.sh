@@ -179,8 +179,10 @@ PY
 
 # --recompute 1 (each layer's forward again in the backward) trains the weights and moments of the run
 # that keeps its activations, bit for bit: the whole model in one process, its first layer only
-# (--recompute-layers 1), and DualPipeV's two stages in one process (their input passes recompute
-# the layers for weight passes run apart). --recompute-layers without --recompute 1 is refused.
+# (--recompute-layers 1), every layer keeping its attention's output too (--recompute-keep-attention
+# 1), and DualPipeV's two stages in one process (their input passes recompute the layers for weight
+# passes run apart), without and with the attention's output kept. --recompute-layers and
+# --recompute-keep-attention without --recompute 1 are refused.
 for r in 0 1; do
     "$moelab" train "${args[@]}" --sample-tokens 0 --recompute $r --out "$tmp/recompute$r" > "$tmp/recompute$r.log"
     "$moelab" train "${args[@]}" --sample-tokens 0 --recompute $r --schedule dualpipev --chunks 2 --n-layers 4 \
@@ -188,19 +190,29 @@ for r in 0 1; do
 done
 "$moelab" train "${args[@]}" --sample-tokens 0 --recompute 1 --recompute-layers 1 --out "$tmp/recompute_k1" \
     > "$tmp/recompute_k1.log"
+"$moelab" train "${args[@]}" --sample-tokens 0 --recompute 1 --recompute-keep-attention 1 --out "$tmp/recompute_ka" \
+    > "$tmp/recompute_ka.log"
+"$moelab" train "${args[@]}" --sample-tokens 0 --recompute 1 --recompute-keep-attention 1 --schedule dualpipev \
+    --chunks 2 --n-layers 4 --out "$tmp/recompute_v_ka" > /dev/null
 same_checkpoints "$tmp/recompute0/step_4.h5" "$tmp/recompute1/step_4.h5" bits
 same_checkpoints "$tmp/recompute0/step_4.h5" "$tmp/recompute_k1/step_4.h5" bits
+same_checkpoints "$tmp/recompute0/step_4.h5" "$tmp/recompute_ka/step_4.h5" bits
 same_checkpoints "$tmp/recompute_v0/step_4.h5" "$tmp/recompute_v1/step_4.h5" bits
-grep -q "^recompute: each layer keeps its input only" "$tmp/recompute1.log" && ! grep -q "^recompute" "$tmp/recompute0.log" ||
+same_checkpoints "$tmp/recompute_v0/step_4.h5" "$tmp/recompute_v_ka/step_4.h5" bits
+grep -q "^recompute: every layer keeps the input only" "$tmp/recompute1.log" && ! grep -q "^recompute" "$tmp/recompute0.log" ||
     { echo "FAIL: the recompute line:"; grep "^recompute" "$tmp"/recompute?.log; exit 1; }
-grep -q "^recompute: the first 1 layers of each stage keep their input only" "$tmp/recompute_k1.log" ||
+grep -q "^recompute: the first 1 layers of each stage keep the input only" "$tmp/recompute_k1.log" ||
     { echo "FAIL: the recompute line of --recompute-layers 1:"; cat "$tmp/recompute_k1.log"; exit 1; }
+grep -q "^recompute: every layer keeps the input and the attention's output only and runs the rest of the forward" \
+    "$tmp/recompute_ka.log" || { echo "FAIL: the recompute line of --recompute-keep-attention 1:"; cat "$tmp/recompute_ka.log"; exit 1; }
 expect_usage "recompute_layers .2. needs recompute = 1" "${args[@]}" --recompute-layers 2
+expect_usage "recompute_keep_attention needs recompute = 1" "${args[@]}" --recompute-keep-attention 1
 # And it holds less: one step of 16 sequences of 256 tokens through 8 layers keeps about 230 MB of
 # activations without it and about 40 MB with it (model_acts_bytes); the process's peak resident
 # memory falls by at least 100 MiB (measured 2026-12-07: 326 → 103 MiB, under ASan 492 → 308), and
 # with half the layers recomputing (--recompute-layers 4) it lies at least 50 MiB from either
-# (measured: 224 MiB).
+# (measured: 224 MiB). Keeping the attention's output holds at least 50 MiB more than recomputing
+# it: on the CPU the attention's state is its probabilities, B·H·T·T values a layer (measured: 226).
 for i in $(seq 1 400); do echo "the quick brown fox $i jumps over the lazy dog $((i * 7)) and runs far away."; done \
     > "$tmp/text/b.txt"
 "$moelab" data prepare --input "$tmp/text/b.txt" --vocab 256 --out "$tmp/long" --val-fraction 0.5 >/dev/null
@@ -213,10 +225,13 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)' "$moelab"
 }
 kept=$(peak_mib --recompute 0) recomputed=$(peak_mib --recompute 1)
 half=$(peak_mib --recompute 1 --recompute-layers 4)
-echo "peak resident memory: $kept MiB, with --recompute 1 $recomputed MiB, with --recompute-layers 4 $half MiB"
+attn=$(peak_mib --recompute 1 --recompute-keep-attention 1)
+echo "peak resident memory: $kept MiB, with --recompute 1 $recomputed MiB, with --recompute-layers 4 $half MiB," \
+    "with --recompute-keep-attention 1 $attn MiB"
 [ "$recomputed" -le $((kept - 100)) ] || { echo "FAIL: --recompute 1 does not hold less memory"; exit 1; }
 [ "$half" -ge $((recomputed + 50)) ] && [ "$half" -le $((kept - 50)) ] ||
     { echo "FAIL: --recompute-layers 4 of 8 does not hold between the two"; exit 1; }
+[ "$attn" -ge $((recomputed + 50)) ] || { echo "FAIL: --recompute-keep-attention 1 does not hold the attention"; exit 1; }
 
 # --fb-overlap 1 where there are no F&B ops (1F1B, so every plain run) says it changes nothing.
 "$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --fb-overlap 1 > /dev/null 2> "$tmp/fb.err"
