@@ -189,7 +189,7 @@ void core_set_err(char *buf, size_t cap, const char *fmt, ...) {
 }
 
 const char *core_test_seam(const char *name) {
-    static const char *announced[8];  // the seams already announced (there are five)
+    static const char *announced[8];  // the seams already announced (there are six)
     CHECK(strncmp(name, "MOELAB_TEST_", 12) == 0, "test seam %s lacks the MOELAB_TEST_ prefix", name);
     const char *v = getenv(name);
     if (!v) return NULL;
