@@ -78,8 +78,10 @@ static const char *read_matrix(const JsonValue *v, const char *name, int *rows, 
         if (row->type != JSON_ARRAY || row->len == 0)
             return snprintf(msg, cap, "\"%s\" row %zu is not a non-empty array", name, i + 1), msg;
         if (row->len != want)
-            return snprintf(msg, cap, "\"%s\" row %zu has %zu values, expected %zu", name, i + 1, row->len,
-                            want), msg;
+            // The width comes from the rows read before this one, of this key or of another (the
+            // rank loads before and after share it): "expected" named a well-formed key (sweep, 2026-12-07).
+            return snprintf(msg, cap, "\"%s\" row %zu has %zu values where the rows before it have %zu", name,
+                            i + 1, row->len, want), msg;
         for (size_t j = 0; j < row->len; j++)
             if (row->items[j].type != JSON_NUMBER || row->items[j].number < 0 ||
                 row->items[j].number > NUM_MAX_LOAD)
@@ -129,7 +131,7 @@ static const char *take_line(Run *d, const JsonValue *o, char *msg, size_t cap) 
     if (!load && !eplb) return NULL;
     if (!step || step->type != JSON_NUMBER || step->number < 0 || step->number != floor(step->number) ||
         step->number > 1e9)
-        return "\"step\" is missing or not a non-negative integer";
+        return "\"step\" is missing or not a whole number in [0, 1e9]";
     // A model of dense layers only logs an empty expert_load: nothing to draw, said as such.
     if (load && load->type == JSON_ARRAY && load->len == 0)
         return "the run has no MoE layers (\"expert_load\" is empty): there is no expert load to draw";

@@ -195,7 +195,7 @@ TEST(CmdPlot, StepAndAfterRatioOutOfRange) {
     const std::string svg = tmp_path("range.svg");
     const std::pair<std::string, std::string> cases[] = {
         {"{\"step\": 3000000000, \"expert_load\": [[1, 2]]}\n",
-         "line 1: \"step\" is missing or not a non-negative integer"},
+         "line 1: \"step\" is missing or not a whole number in [0, 1e9]"},
         {"{\"step\": 1, \"expert_load\": [[1, 2]], \"eplb\": {\"before\": [1], \"after\": [1e300], "
          "\"rank_load_before\": [[1, 1]], \"rank_load_after\": [[1, 1]]}}\n",
          "line 1: \"after\" value 1 is not a number in [0, 1e+15]"},
@@ -293,7 +293,13 @@ TEST(CmdPlot, BadInput) {
         {"inf.jsonl", "{\"step\": 1, \"expert_load\": [[1, 1e999]]}\n",
          "line 1: not JSON: number out of the range of a double at column 33"},
         {"ragged.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2], [3]]}\n",
-         "line 1: \"expert_load\" row 2 has 1 values, expected 2"},
+         "line 1: \"expert_load\" row 2 has 1 values where the rows before it have 2"},
+        // The rank loads after a rebalance are as wide as those before it; the message named the
+        // well-formed key ("expected 3", sweep 2026-12-07).
+        {"ranks.jsonl",
+         "{\"step\": 1, \"expert_load\": [[1, 2]], \"eplb\": {\"before\": [1], \"after\": [1], "
+         "\"rank_load_before\": [[1, 2, 3]], \"rank_load_after\": [[1]]}}\n",
+         "line 1: \"rank_load_after\" row 1 has 1 values where the rows before it have 3"},
         {"layers.jsonl",
          "{\"step\": 1, \"expert_load\": [[1, 2]]}\n{\"step\": 2, \"expert_load\": [[1, 2], [3, 4]]}\n",
          "line 2: \"expert_load\" has 2 rows, earlier lines had 1"},
@@ -317,7 +323,7 @@ TEST(CmdPlot, BadInput) {
         {"nul3.jsonl", "{\"step\":1,\"expert_load\":[[1,2]]}\n\n{\"step\":2,\0\"expert_load\":[[1,2]]}\n"s,
          "nul3.jsonl, line 3: a NUL byte"},
         {"nostep.jsonl", "{\"expert_load\": [[1, 2]]}\n",
-         "line 1: \"step\" is missing or not a non-negative integer"},
+         "line 1: \"step\" is missing or not a whole number in \\[0, 1e9\\]"},
         // A model of dense layers only (review, 2026-12-05: "is not a non-empty array of arrays").
         {"dense.jsonl", "{\"step\": 1, \"expert_load\": []}\n",
          "line 1: the run has no MoE layers \\(\"expert_load\" is empty\\): there is no expert load to draw"},
