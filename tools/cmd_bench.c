@@ -157,20 +157,28 @@ int cmd_bench(int argc, char **argv) {
     // compute dtype, as the benchmark asks).
     double base = gpu ? bench_gemm_gflops(backend_ops("cuda"), 8192, 10) : bench_sgemm_gflops(1024, 5);
     if (gpu)
-        printf("moelab bench --device %s (%s): bf16 GEMM 8192^3 = %.1f TFLOP/s (cuBLAS, this GPU, this run)\n\n",
+        printf("moelab bench --device %s (%s): bf16 GEMM 8192^3 = %.1f TFLOP/s (cuBLAS, this GPU, this run)\n",
                device, ops->name, base / 1e3);
     else
-        printf("moelab bench --device cpu: sgemm 1024^3 = %.1f GFLOP/s (OpenBLAS, this machine, this run)\n\n", base);
-    printf("%-22s %9s %7s %10s %10s %10s %8s %9s %17s\n", "config", "params(M)", "steps", "step (s)", "tokens/s",
-           gpu ? "TFLOP/s" : "GFLOP/s", gpu ? "MFU" : "/sgemm", "peak GiB", "loss first/last");
+        printf("moelab bench --device cpu: sgemm 1024^3 = %.1f GFLOP/s (OpenBLAS, this machine, this run)\n", base);
+    // Every config runs before the table is printed: the lines a run prints as it sets up (the
+    // recompute's, the CUDA graph's, the attention's) landed between the table's rows.
     BenchResult *res = calloc((size_t)n_cfg, sizeof *res);
+    int w = 22;  // the config column: the longest path given
     for (int k = 0; k < n_cfg; k++) {
-        BenchResult r = res[k] = bench_train(&cfg[k], ops, min_steps, min_seconds);
+        core_info("timing %s", configs[k]);
+        res[k] = bench_train(&cfg[k], ops, min_steps, min_seconds);
+        if ((int)strlen(configs[k]) > w) w = (int)strlen(configs[k]);
+    }
+    printf("\n%-*s %9s %7s %10s %10s %10s %8s %9s %17s\n", w, "config", "params(M)", "steps", "step (s)",
+           "tokens/s", gpu ? "TFLOP/s" : "GFLOP/s", gpu ? "MFU" : "/sgemm", "peak GiB", "loss first/last");
+    for (int k = 0; k < n_cfg; k++) {
+        const BenchResult r = res[k];
         char peak[32] = "-";  // the CPU's memory is not tracked
         if (gpu) snprintf(peak, sizeof peak, "%.2f", r.peak_gib);
-        printf("%-22s %9.2f %7d %10.3f %10.0f %10.1f %7.1f%% %9s %8.3f/%.3f\n", configs[k], r.params_m, r.steps,
-               r.step_seconds, r.tokens_per_s, gpu ? r.gflops / 1e3 : r.gflops, 100.0 * r.gflops / base, peak,
-               r.first_loss, r.last_loss);
+        printf("%-*s %9.2f %7d %10.3f %10.0f %10.1f %7.1f%% %9s %8.3f/%.3f\n", w, configs[k], r.params_m,
+               r.steps, r.step_seconds, r.tokens_per_s, gpu ? r.gflops / 1e3 : r.gflops, 100.0 * r.gflops / base,
+               peak, r.first_loss, r.last_loss);
         // A diverged run still times its steps; its loss column is no result (fuzzing: "-nan", exit 0).
         if (!isfinite(r.first_loss) || !isfinite(r.last_loss))
             core_warn("%s: the loss diverged during the timed steps (lower --lr, or set --grad-clip): the "

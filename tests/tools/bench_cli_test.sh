@@ -50,6 +50,13 @@ expect_usage "bench: --eplb-interval does not apply" --config "$cfg" --eplb-inte
 "$moelab" bench --config "$tmp/run.cfg" --steps 1 --seconds 0 > "$tmp/out" 2>"$tmp/err" ||
     { echo "bench of a run's config failed:"; cat "$tmp/err"; exit 1; }
 grep -q "run.cfg" "$tmp/out" || { echo "bench: no row for run.cfg"; cat "$tmp/out"; exit 1; }
+# The table comes whole, after every config ran: the lines a run prints ("timing ..." here; on a GPU
+# the CUDA graph's and the attention's) stood between its rows.
+"$moelab" bench --config "$cfg" --config "$tmp/run.cfg" --steps 1 --seconds 0 > "$tmp/two.out" 2>"$tmp/err" ||
+    { echo "bench of two configs failed:"; cat "$tmp/err"; exit 1; }
+awk -v a="$cfg" -v b="$tmp/run.cfg" '/^config / { at = NR }
+     at && NR == at + 1 && $1 != a { bad = 1 } at && NR == at + 2 && $1 != b { bad = 1 }
+     END { exit bad || !at }' "$tmp/two.out" || { echo "FAIL: the table is not whole:"; cat "$tmp/two.out"; exit 1; }
 # The table's columns agree with each other whatever the machine's speed: tokens/s × step (s) is one
 # step's tokens (grad_accum 2 × batch 8 × seq_len 64 = 1024, up to the columns' printed rounding:
 # half a millisecond of the step, half a token/s), the loss column starts near ln 256 at the untrained warm-up step and falls, and with two
