@@ -23,8 +23,10 @@
 #include "framework/core/log.h"
 #include "framework/core/mem.h"
 
-// Groups one walk enters at most: a checkpoint has a few dozen (h5py's exports too).
-enum { PROBE_GROUPS = 4096 };
+// Groups one walk enters at most: a checkpoint has a few dozen (h5py's exports too). What did not
+// read is said in at most PROBE_BAD bytes.
+enum { PROBE_GROUPS = 4096, PROBE_BAD = 512 };
+enum { PROBE_UNREAD = 3 };  // the child's exit status when the walk could not read something
 
 // Opens and reads every attribute of loc: its type, extent and, for a variable-length string, its
 // value, which lives in the global heap (moelab writes fixed-length strings only, held in the object
@@ -96,21 +98,37 @@ static herr_t probe_object(hid_t loc, const char *name, const H5O_info_t *info, 
     return 0;
 }
 
-// The groups a walk has entered, by address: a damaged file may link a group into itself.
+// A walk: the groups it has entered, by address (a damaged file may link a group into itself), and
+// the first object or list of links it could not read.
 typedef struct {
     haddr_t seen[PROBE_GROUPS];
     int n;
+    char bad[PROBE_BAD];  // "the links of /model", "the object /optim/m", ...; empty while all read
 } ProbeWalk;
 
-// Probes the object a link of group g names and walks into it if it is a group. Each link is a try
-// of its own: H5Ovisit2 ended the whole walk at the first object whose header did not read, so a
-// damaged /eplb hid the /model tensors after it, one of which then crashed the reader (SIGABRT in
-// HDF5's selection decoding, sweep 2026-12-07).
+// Notes what did not read, "WHAT GROUP/NAME" (or "WHAT GROUP" without a name), and ends the walk.
+static herr_t walk_fails(ProbeWalk *w, hid_t g, const char *what, const char *name) {
+    char gn[PROBE_BAD / 2];
+    if (H5Iget_name(g, gn, sizeof gn) <= 0) snprintf(gn, sizeof gn, "?");
+    if (!name) snprintf(w->bad, sizeof w->bad, "%s %s", what, gn);
+    else snprintf(w->bad, sizeof w->bad, "%s %s%s%s", what, gn, strcmp(gn, "/") ? "/" : "", name);
+    return 1;  // stops every H5Literate up the walk
+}
+
+static void walk_group(ProbeWalk *w, hid_t g);
+
+// Probes the object a link of group g names, and walks into it if it is a group. An object whose
+// header does not read, or a group whose links do not, ends the walk and fails the file: the walk
+// cannot reach what lies behind it, but the reader, which looks tensors up by name, may. The probe
+// walked with H5Ovisit2, which also ends at such an object but quietly: a damaged /eplb hid the
+// /model tensors behind it, and a damaged list of /model's links all of them, one of which then
+// crashed the reader (SIGABRT in HDF5's selection decoding; sweep, 2026-12-07).
 static herr_t probe_link(hid_t g, const char *name, const H5L_info_t *link, void *op) {
     ProbeWalk *w = op;
+    if (link->type != H5L_TYPE_HARD) return 0;  // moelab writes none, and the reader follows none
     H5O_info_t info;
-    if (link->type != H5L_TYPE_HARD || H5Oget_info_by_name2(g, name, &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0)
-        return 0;
+    if (H5Oget_info_by_name2(g, name, &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0)
+        return walk_fails(w, g, "the object", name);
     probe_object(g, name, &info, NULL);
     if (info.type != H5O_TYPE_GROUP) return 0;
     for (int i = 0; i < w->n; i++)
@@ -118,26 +136,32 @@ static herr_t probe_link(hid_t g, const char *name, const H5L_info_t *link, void
     if (w->n == PROBE_GROUPS) return 0;  // more groups than a checkpoint has: the reader says what is wrong
     w->seen[w->n++] = info.addr;
     hid_t sub = H5Gopen2(g, name, H5P_DEFAULT);
-    if (sub < 0) return 0;
-    hsize_t at = 0;
-    H5Literate(sub, H5_INDEX_NAME, H5_ITER_NATIVE, &at, probe_link, w);
+    if (sub < 0) return walk_fails(w, g, "the group", name);
+    walk_group(w, sub);
     H5Gclose(sub);
-    return 0;
+    return w->bad[0] != 0;
 }
 
-// The child's work: everything in the file, errors ignored (the reader reports them).
-static void probe_walk(const char *path) {
+static void walk_group(ProbeWalk *w, hid_t g) {
+    hsize_t at = 0;
+    if (H5Literate(g, H5_INDEX_NAME, H5_ITER_NATIVE, &at, probe_link, w) < 0 && !w->bad[0])
+        walk_fails(w, g, "the links of", NULL);
+}
+
+// The child's work: everything in the file. Errors inside an object are left to the reader, which
+// reports them; what the walk could not read is in w->bad.
+static void probe_walk(const char *path, ProbeWalk *w) {
     h5_init();
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) return;
+    if (f < 0) return;  // the reader's own open says why
     H5O_info_t root;
-    static ProbeWalk w;  // static: the child's stack need not hold it
-    if (H5Oget_info2(f, &root, H5O_INFO_BASIC) >= 0) {
+    if (H5Oget_info2(f, &root, H5O_INFO_BASIC) < 0) {
+        snprintf(w->bad, sizeof w->bad, "the root group");
+    } else {
         probe_object(f, ".", &root, NULL);
-        w.seen[w.n++] = root.addr;
+        w->seen[w->n++] = root.addr;
+        walk_group(w, f);
     }
-    hsize_t at = 0;
-    H5Literate(f, H5_INDEX_NAME, H5_ITER_NATIVE, &at, probe_link, &w);
     H5Fclose(f);
 }
 
@@ -179,21 +203,42 @@ void h5_probe(const H5Io *io) {
     env[n_env] = "LIBC_FATAL_STDERR_=1";
     env[n_env + 1] = NULL;
     const int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    int said[2];  // what the walk could not read, from the child
+    if (pipe2(said, O_CLOEXEC) != 0) said[0] = said[1] = -1;
     const pid_t pid = fork();
     if (pid == 0) {
         if (null >= 0) dup2(null, STDERR_FILENO);
         environ = env;
         prctl(PR_SET_DUMPABLE, 0);
         alarm((unsigned)seconds);
-        probe_walk(io->path);
-        _exit(0);
+        static ProbeWalk w;  // static: the child's stack need not hold it
+        probe_walk(io->path, &w);
+        if (!w.bad[0]) _exit(0);
+        const ssize_t n = said[1] >= 0 ? write(said[1], w.bad, strlen(w.bad)) : 0;  // else "some of it"
+        (void)n;
+        _exit(PROBE_UNREAD);
     }
     if (null >= 0) close(null);
+    if (said[1] >= 0) close(said[1]);
     core_free(env);
-    if (pid < 0) return;  // no process to spare: the reader's own checks go on alone
+    char bad[PROBE_BAD] = "some of it";
+    if (pid < 0) {  // no process to spare: the reader's own checks go on alone
+        if (said[0] >= 0) close(said[0]);
+        return;
+    }
     int status = 0;
     while (waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR) return;
+        if (errno != EINTR) {
+            if (said[0] >= 0) close(said[0]);
+            return;
+        }
+    if (said[0] >= 0) {
+        const ssize_t n = read(said[0], bad, sizeof bad - 1);
+        if (n > 0) bad[n] = 0;
+        close(said[0]);
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == PROBE_UNREAD)
+        H5_FAIL(io, "its HDF5 metadata is damaged: HDF5 cannot read %s (in a probe process)", bad);
     if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM)
         H5_FAIL(io, "its HDF5 metadata is damaged: HDF5 did not finish reading it in %d s (in a probe process)",
                 seconds);

@@ -242,17 +242,28 @@ timeout 60 "$moelab" train "${args[@]}" --steps 1 --out "$tmp/fifo" --keep 1 >/d
 expect_error "hdf5_crash.h5: its HDF5 metadata is damaged: (reading it crashed HDF5|a probe process reading it exited)" \
     "$moelab" ckpt verify "$root/tests/checkpoints/testdata/hdf5_crash.h5"
 # Another such index (in testdata/hdf5_hang/ with its parts) makes HDF5 loop without end opening one
-# of its datasets. The probe's walk meets it behind an object whose header does not read: its alarm
-# ends the probe (after 2 s here, through the test seam; 120 s in a real run). The walk was one
-# H5Ovisit2, which ended at that object and passed the file, and so did it for a damaged /eplb
-# group ahead of a tensor that crashed the reader with SIGABRT (sweep, 2026-12-07); it now takes
-# each link on its own. Without the probe (a seam) the reader's own watchdog ends the command with
-# exit 2, where it used to hang.
-MOELAB_TEST_H5_SECONDS=2 expect_error "index.h5: its HDF5 metadata is damaged: HDF5 did not finish reading it in 2 s \(in a probe process\)" \
+# of its datasets, behind an object of /model whose header does not read. The probe's walk was one
+# H5Ovisit2, which ended quietly at that object and passed the file, and so it did for a damaged
+# /eplb group ahead of a tensor that crashed the reader with SIGABRT (sweep, 2026-12-07). Now an
+# object or a list of links that does not read fails the file in the probe: the walk cannot reach
+# what lies behind it, and the reader, which looks its tensors up by name, may. Without the probe
+# (a seam) the reader's own watchdog ends the command with exit 2 (after 2 s here, through the
+# test seam; 120 s in a real run), where it used to hang.
+expect_error "index.h5: its HDF5 metadata is damaged: HDF5 cannot read the object /model/layers.2.ffn_norm \(in a probe process\)" \
     timeout 60 "$moelab" ckpt verify "$root/tests/checkpoints/testdata/hdf5_hang/index.h5"
 MOELAB_TEST_H5_NO_PROBE=1 MOELAB_TEST_H5_SECONDS=2 expect_error \
     "index.h5: its HDF5 metadata is damaged: HDF5 did not finish opening /model/.* in 2 s" \
     timeout 60 "$moelab" ckpt verify "$root/tests/checkpoints/testdata/hdf5_hang/index.h5"
+# hdf5_crash.h5 with one block of the links of /optim/m damaged (testdata/make_damaged.py links_crash):
+# those links no longer list, but the reader's lookups by name reach the dataset that crashes HDF5.
+# A probe that walked each link on its own and skipped what did not list passed it, and the reader
+# died of SIGABRT (the sweep's fuzzing, 2026-12-07).
+mkdir -p "$tmp/links"
+cp "$root"/tests/checkpoints/testdata/index.h5.part-* "$tmp/links/"
+/usr/bin/python3 "$root/tests/checkpoints/testdata/make_damaged.py" links_crash \
+    "$root/tests/checkpoints/testdata/hdf5_crash.h5" "$tmp/links/index.h5"
+expect_error "index.h5: its HDF5 metadata is damaged: HDF5 cannot read the links of /optim/m \(in a probe process\)" \
+    "$moelab" ckpt verify "$tmp/links/index.h5"
 # The probe's child prints nothing of its own: the one line on stderr is moelab's. On hdf5_crash.h5
 # glibc's "*** buffer overflow detected ***" came before it when the child's stderr was left open.
 rc=0

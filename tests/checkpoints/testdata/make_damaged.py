@@ -1,7 +1,9 @@
 #!/usr/bin/python3
-# Writes hdf5_attr_crash.h5 or hdf5_chunk_hang.h5 (README.md) from a sound single-file checkpoint:
+# Writes hdf5_attr_crash.h5 or hdf5_chunk_hang.h5 (README.md) from a sound single-file checkpoint,
+# and hdf5_links_crash.h5 from hdf5_crash.h5:
 #   make_damaged.py attr_crash CKPT OUT   (CKPT with a variable-length string attribute, as h5py writes)
 #   make_damaged.py chunk_hang CKPT OUT   (CKPT with an expert tensor of several chunks)
+#   make_damaged.py links_crash hdf5_crash.h5 OUT
 import sys
 
 
@@ -68,8 +70,19 @@ def chunk_hang(d):
     d[b + 16:b + 20] = checksum(bytes(d[b:b + 16])).to_bytes(4, "little")
 
 
+# The fourth fractal heap direct block ("FHDB") of hdf5_crash.h5, which holds links of /optim/m, with
+# one bit flipped (the low bit of its byte 12): its checksum fails, so the links of /optim/m no longer
+# list, while the names looked up one by one that the reader needs before its crash still resolve.
+def links_crash(d):
+    at = -1
+    for _ in range(4):
+        at = d.find(b"FHDB", at + 1)
+        assert at >= 0, "four fractal heap direct blocks expected"
+    d[at + 12] ^= 0x01
+
+
 if __name__ == "__main__":
     kind, src, dst = sys.argv[1:]
     data = bytearray(open(src, "rb").read())
-    {"attr_crash": attr_crash, "chunk_hang": chunk_hang}[kind](data)
+    {"attr_crash": attr_crash, "chunk_hang": chunk_hang, "links_crash": links_crash}[kind](data)
     open(dst, "wb").write(data)
