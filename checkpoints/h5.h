@@ -44,8 +44,9 @@ hid_t h5_create_file(const H5Io *io, const char *file);
 hid_t h5_open_file(const H5Io *io);
 
 // Reads every piece of io->path's HDF5 metadata in a child process (h5_probe.c): where HDF5 itself
-// crashes on it (damage no check above HDF5 can see), ends with "its HDF5 metadata is damaged" and
-// io->code instead of taking the caller down with a signal.
+// crashes on it (damage no check above HDF5 can see), or cannot read an object or a group's links
+// (which would hide what lies behind them), ends with "its HDF5 metadata is damaged" and io->code
+// instead of taking the caller down with a signal.
 void h5_probe(const H5Io *io);
 // Turns the probe of h5_open_file off (0) or on (1, the default): ckpt_set_probe.
 void h5_set_probe(int on);

@@ -8,7 +8,9 @@
 // No reader above HDF5 can check those structures without parsing them as HDF5 does; a process that
 // may die can. The child touches every object, attribute, virtual mapping and chunk index entry
 // the reader can reach (more than the reader: it also lists groups), then exits 0. A child killed by
-// a signal, or one that exits otherwise (a sanitizer's report), marks the file as damaged.
+// a signal, or one that exits otherwise (a sanitizer's report), marks the file as damaged, and so
+// does an object or a list of links the walk cannot read (the child says which, through a pipe):
+// what lies behind it is out of the walk's reach, not of the reader's.
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
