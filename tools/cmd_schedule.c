@@ -123,6 +123,15 @@ static SimCosts measured_costs(const SimTimeline *tl, int ran[2]) {
 // its own (the last C/2 ids), DualPipeV with every micro-batch going down and back up the V (the
 // same ids in both pipes).
 static int kind_misfit(const SimTimeline *tl, int kind, char *why, size_t len) {
+    // The formula takes R ranks that each ran the schedule. The ranks are counted from the highest
+    // rank number, and one damaged pid (1 -> 3, or 1E+2) gave a 2-rank run the formula of 4 or 101
+    // ranks, at up to 1 689 % of the step (fuzzing, 2026-12-07).
+    for (int r = 0; r < tl->R; r++)
+        if (tl->n[r] == 0) {
+            snprintf(why, len, "its rank %d ran no op, and the formula counts %d ranks that each ran the schedule", r,
+                     tl->R);
+            return 1;
+        }
     char up[48] = "", fb[48] = "", defer[48] = "";  // the first op of each sort, as a token
     long max_down = -1, min_up = -1;                 // micro-batch ids; -1 when the pipe has none
     for (int r = 0; r < tl->R; r++)

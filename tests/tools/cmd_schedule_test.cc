@@ -280,6 +280,9 @@ TEST(CmdSchedule, FromTraceKindMustFitTheTrace) {
         {{{0, "F0d"}, {0, "B0d*"}, {0, "W0d"}}, "1f1b", "it has B0d*, a deferred W, and 1F1B runs full backwards only"},
         {{{0, "F0d"}, {0, "F1d"}, {1, "F0u"}}, "dualpipe", "its up pipe runs micro-batch 0, not above the down pipe's (up to 1)"},
         {{{0, "F0d"}, {1, "F1u"}}, "dualpipev", "no micro-batch runs in both pipes (a DualPipe run?)"},
+        // A rank number past those that ran (a damaged pid, 1 -> 3; fuzzing, 2026-12-07).
+        {{{0, "F0d"}, {3, "F1d"}, {0, "B0d"}, {3, "B1d"}}, "1f1b",
+         "its rank 1 ran no op, and the formula counts 4 ranks that each ran the schedule"},
     };
     for (const Case &c : cases) {
         FILE *f = fopen(trace.c_str(), "w");
