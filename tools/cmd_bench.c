@@ -161,8 +161,8 @@ int cmd_bench(int argc, char **argv) {
                device, ops->name, base / 1e3);
     else
         printf("moelab bench --device cpu: sgemm 1024^3 = %.1f GFLOP/s (OpenBLAS, this machine, this run)\n", base);
-    // Every config runs before the table is printed: the lines a run prints as it sets up (the
-    // recompute's, the CUDA graph's, the attention's) landed between the table's rows.
+    // Every config runs before the table is printed: the lines a run prints as it sets up (on a GPU
+    // the CUDA graph's and the attention's) landed between the table's rows.
     BenchResult *res = calloc((size_t)n_cfg, sizeof *res);
     int w = 22;  // the config column: the longest path given
     for (int k = 0; k < n_cfg; k++) {
