@@ -223,22 +223,17 @@ void h5_probe(const H5Io *io) {
     if (null >= 0) close(null);
     if (said[1] >= 0) close(said[1]);
     core_free(env);
-    char bad[PROBE_BAD] = "some of it";
-    if (pid < 0) {  // no process to spare: the reader's own checks go on alone
-        if (said[0] >= 0) close(said[0]);
-        return;
-    }
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR) {
-            if (said[0] >= 0) close(said[0]);
-            return;
-        }
+    pid_t got = pid;
+    while (pid > 0 && (got = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
+        continue;
+    char bad[PROBE_BAD] = "some of it";
     if (said[0] >= 0) {
-        const ssize_t n = read(said[0], bad, sizeof bad - 1);
+        const ssize_t n = got > 0 ? read(said[0], bad, sizeof bad - 1) : 0;
         if (n > 0) bad[n] = 0;
         close(said[0]);
     }
+    if (got <= 0) return;  // no process to spare, or none to wait for: the reader's own checks go on alone
     if (WIFEXITED(status) && WEXITSTATUS(status) == PROBE_UNREAD)
         H5_FAIL(io, "its HDF5 metadata is damaged: HDF5 cannot read %s (in a probe process)", bad);
     if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM)
