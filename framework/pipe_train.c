@@ -388,8 +388,9 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     if (kind < 0) core_usage_error("--schedule %s: expected 1f1b, dualpipe or dualpipev", c->schedule);
     char err[SCHED_ERR_LEN];
     Schedule *s = sched_build((SchedKind)kind, N, C, err);
-    if (!s) core_usage_error("--schedule %s --pp %d with %d micro-batches per step (--chunks): %s",
-                             c->schedule, N, C, err);
+    if (!s)  // C is --chunks, or --grad-accum where --chunks is 0 (config_parse resolves the two)
+        core_usage_error("--schedule %s --pp %d with %d micro-batch%s per step (%s %d): %s", c->schedule, N, C,
+                         C == 1 ? "" : "es", c->chunks > 0 ? "--chunks" : "--chunks 0, so --grad-accum", C, err);
     eplb_runtime_check_config(c);
     PipeTrainer *p = core_alloc(sizeof *p);
     p->sched = s;
@@ -481,6 +482,9 @@ PipeTrainer *pipe_trainer_create(const MoeConfig *c, Grid *g, const LayerOps *op
     if (c->fb_overlap && kind == SCHED_1F1B && core_rank() == 0)
         core_warn("--fb-overlap 1 changes nothing with --schedule 1f1b: only DualPipe and DualPipeV have "
                   "F&B ops");
+    // Token chunks are the EP dispatcher's: one process of experts has no exchange to overlap.
+    if (c->ep_chunks > 1 && ep == 1 && core_rank() == 0)
+        core_warn("--ep-chunks %d changes nothing with --ep 1: the chunks overlap the EP exchanges", c->ep_chunks);
     // A trace file that cannot be written is found now, not after the last step; the probe writes
     // beside it (CoreOut's temporary) and leaves the path as it was until the trace is written.
     if (c->trace[0] && core_rank() == 0) {

@@ -161,6 +161,13 @@ grep -q "warning.*test seam MOELAB_TEST_NAN_STEPS=1,2,4,5 is set" "$tmp/n.log" |
 [ "$(sed -n 's/^{"step": \([0-9]*\),.*"skipped_steps": \([0-9]*\).*/\1:\2/p' "$tmp/n.jsonl" | tr '\n' ' ')" = "1:0 4:2 7:4 8:4 " ] ||
     { echo "FAIL: the metrics' steps and skip counts:"; cut -c1-60 "$tmp/n.jsonl"; exit 1; }
 echo "ok: the skips in a row count again after a finite step; skipped steps are not saved or logged"
+# Every rank skips alike, and one line says so (each of them wrote it, and the lines mixed: sweep
+# 2026-12-07).
+rc=0
+MOELAB_TEST_NAN_STEPS=1 mpi 2 "$moelab" train "${sane[@]}" --steps 3 --ep 2 --nonfinite-skip 1 >"$tmp/ns.log" 2>&1 || rc=$?
+[ $rc = 0 ] || { echo "FAIL: EP 2 with one skipped step exited $rc:"; tail -5 "$tmp/ns.log"; exit 1; }
+[ "$(grep -c "step skipped" "$tmp/ns.log")" = 1 ] || { echo "FAIL: the skip not said once:"; cat "$tmp/ns.log"; exit 1; }
+echo "ok: under mpirun one line says that a step was skipped"
 # check_named NAME GOOD: the run NAME stopped at its step 6 with exit 1, naming GOOD the last good
 # checkpoint without setting a newer one aside.
 check_named() {

@@ -115,7 +115,8 @@ TEST(PipeTrainerDeath, LayoutsTheScheduleCannotRun) {
     snprintf(c.schedule, sizeof c.schedule, "dualpipe");
     c.grad_accum = 4;
     EXPECT_EXIT(create(c), ::testing::ExitedWithCode(2),
-                "--schedule dualpipe --pp 1 with 4 micro-batches per step \\(--chunks\\): dualpipe needs "
+                "--schedule dualpipe --pp 1 with 4 micro-batches per step \\(--chunks 0, so --grad-accum 4\\): "
+                "dualpipe needs "
                 "an even number of ranks \\(pp = 1\\)");
     snprintf(c.schedule, sizeof c.schedule, "dualpipev");
     c.grad_accum = 1;

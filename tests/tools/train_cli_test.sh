@@ -236,6 +236,9 @@ echo "peak resident memory: $kept MiB, with --recompute 1 $recomputed MiB, with 
 # --fb-overlap 1 where there are no F&B ops (1F1B, so every plain run) says it changes nothing.
 "$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --fb-overlap 1 > /dev/null 2> "$tmp/fb.err"
 grep -q "fb-overlap 1 changes nothing with --schedule 1f1b" "$tmp/fb.err" || { echo "no fb-overlap warning:"; cat "$tmp/fb.err"; exit 1; }
+# So does --ep-chunks without EP ranks (sweep 2026-12-07: accepted without a word).
+"$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --ep-chunks 2 > /dev/null 2> "$tmp/epc.err"
+grep -q "ep-chunks 2 changes nothing with --ep 1" "$tmp/epc.err" || { echo "no ep-chunks warning:"; cat "$tmp/epc.err"; exit 1; }
 
 # A new run into a folder holding another run's checkpoint at a step it saves says so at the start
 # (fuzzing: it was replaced without a word); a run resumed from it, which saves later steps, does not.
