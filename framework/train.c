@@ -925,8 +925,8 @@ static int trainer_diverged(Trainer *t, const StepStats *st) {
     if (t->skipped_run <= c->nonfinite_skip) {
         if (core_rank() == 0)  // every rank skips alike
             core_warn("step %d: loss %g, gradient norm %g: not finite or too large, step skipped (%d in a row, "
-                  "at most %d; %d in all)", t->step, (double)st->loss, (double)st->grad_norm, t->skipped_run,
-                  c->nonfinite_skip, t->skipped);
+                      "at most %d; %d in all)", t->step, (double)st->loss, (double)st->grad_norm, t->skipped_run,
+                      c->nonfinite_skip, t->skipped);
         return 0;
     }
     char why[128];

@@ -116,8 +116,7 @@ TEST(PipeTrainerDeath, LayoutsTheScheduleCannotRun) {
     c.grad_accum = 4;
     EXPECT_EXIT(create(c), ::testing::ExitedWithCode(2),
                 "--schedule dualpipe --pp 1 with 4 micro-batches per step \\(--chunks 0, so --grad-accum 4\\): "
-                "dualpipe needs "
-                "an even number of ranks \\(pp = 1\\)");
+                "dualpipe needs an even number of ranks \\(pp = 1\\)");
     snprintf(c.schedule, sizeof c.schedule, "dualpipev");
     c.grad_accum = 1;
     EXPECT_EXIT(create(c), ::testing::ExitedWithCode(2), "dualpipev needs at least 2N = 2 micro-batches");
