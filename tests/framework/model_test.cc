@@ -692,6 +692,34 @@ TEST(Model, ActsBytesCountTheMoeLayersAndTheirBackward) {
     model_free(m);
 }
 
+// A stage that starts past layer 0 counts its recomputing layers from its own first layer: stage
+// [1, 3) of a model whose layer 0 is dense holds what the whole model of its two MoE layers holds,
+// for every count of them that keep their input only (the arena and the MoE rows; the stage's
+// longer scalars row aside). Counting from layer 0 left its second layer keeping everything with
+// 2, and nothing else told (mutation, 2026-12-07).
+TEST(Model, ActsBytesOfAStageCountFromItsFirstLayer) {
+    MoeConfig c = tiny(1);
+    c.L = 3;
+    MoeConfig w = tiny(0);
+    Model *stage = model_create_stage(&c, 0, 1, 1, 3, ModelStateBytes{0, 0});
+    Model *whole = model_create(&w, 0, 1);
+    double base = 0;
+    for (int r = 0; r <= 2; r++)
+        for (int keep : {0, 1}) {
+            ModelPass pass = {};
+            pass.inputs_only = r;
+            pass.keep_attention = keep;
+            double b;
+            const double diff = model_acts_bytes(stage, c.batch_size, c.T, &pass, &b) -
+                                model_acts_bytes(whole, w.batch_size, w.T, &pass, &b);
+            if (r == 0 && keep == 0) base = diff;
+            EXPECT_EQ(diff, base) << "inputs_only " << r << " keep " << keep;
+        }
+    EXPECT_LE(base, 256.0);  // the scalars row, rounded to the arena's alignment
+    model_free(stage);
+    model_free(whole);
+}
+
 // Top-k keeps the k largest logits, a tie at the cut-off going to the lower id: with id V-1 the
 // largest and every other logit equal, top-2 draws only V-1 and 0 (the selection's swaps moved ids
 // out of order, and it kept id 1 instead of 0; review, 2026-12-06).

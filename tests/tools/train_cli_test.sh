@@ -233,6 +233,29 @@ echo "peak resident memory: $kept MiB, with --recompute 1 $recomputed MiB, with 
     { echo "FAIL: --recompute-layers 4 of 8 does not hold between the two"; exit 1; }
 [ "$attn" -ge $((recomputed + 50)) ] || { echo "FAIL: --recompute-keep-attention 1 does not hold the attention"; exit 1; }
 
+# How many layers recompute: the activations the memory check counts (its refusal under the seam
+# MOELAB_TEST_HOST_MEMORY_MIB) for 4 MoE layers of 2 sequences of 4096 tokens, whose attention
+# probabilities dominate. The first layer that recomputes saves nothing (its buffers are the ones
+# the later ones reuse), each later one a layer's: --recompute-layers 1 is the kept run's figure,
+# and 2, 3 and all four fall one layer each (an engine that recomputed one layer fewer than asked
+# passed every bit-for-bit test: mutation, 2026-12-07).
+for i in $(seq 1 3000); do echo "the quick brown fox $i jumps over the lazy dog $((i * 7)) and runs far away."; done \
+    > "$tmp/text/c.txt"
+"$moelab" data prepare --input "$tmp/text/c.txt" --vocab 256 --out "$tmp/wide" --val-fraction 0.1 >/dev/null
+acts_gib() {  # the GiB of activations of a 1-MiB machine's refusal (exit 2)
+    local out
+    out=$(MOELAB_TEST_HOST_MEMORY_MIB=1 "$moelab" train --config "$cfg" --data "$tmp/wide" --steps 1 \
+        --val-batches 1 --n-layers 4 --n-dense-layers 0 --seq-len 4096 --batch-size 2 "$@" 2>&1) || true
+    sed -n 's/.* \([0-9.]*\) GiB of activations.*/\1/p' <<< "$out"
+}
+a0=$(acts_gib --recompute 0) a1=$(acts_gib --recompute 1 --recompute-layers 1)
+a2=$(acts_gib --recompute 1 --recompute-layers 2) a3=$(acts_gib --recompute 1 --recompute-layers 3)
+a4=$(acts_gib --recompute 1)
+echo "activations counted: $a0 GiB kept, with 1, 2, 3 and 4 layers recomputing $a1, $a2, $a3, $a4 GiB"
+awk -v a0="$a0" -v a1="$a1" -v a2="$a2" -v a3="$a3" -v a4="$a4" \
+    'BEGIN { exit !(a0 != "" && a1 == a0 && a2 < a1 && a3 < a2 && a4 < a3 && a4 > 0) }' ||
+    { echo "FAIL: the activations do not fall one layer for each recomputing layer after the first"; exit 1; }
+
 # --fb-overlap 1 where there are no F&B ops (1F1B, so every plain run) says it changes nothing.
 "$moelab" train "${args[@]}" --steps 1 --sample-tokens 0 --fb-overlap 1 > /dev/null 2> "$tmp/fb.err"
 grep -q "fb-overlap 1 changes nothing with --schedule 1f1b" "$tmp/fb.err" || { echo "no fb-overlap warning:"; cat "$tmp/fb.err"; exit 1; }
