@@ -28,10 +28,16 @@ expect_exit2 more_than_tokens "ep_chunks \(5\) must not exceed the tokens of a m
 "$moelab" train "${args[@]}" --grad-accum 4 --metrics "$tmp/one.jsonl" >"$tmp/one.log"
 for c in 1 2 3; do
     mpi 2 "$moelab" train "${args[@]}" --grad-accum 2 --ep 2 --ep-chunks $c --metrics "$tmp/ep2c$c.jsonl" \
-        >"$tmp/ep2c$c.log"
+        >"$tmp/ep2c$c.log" 2>&1
 done
-mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 4 --ep-chunks 3 --metrics "$tmp/ep4c3.jsonl" >"$tmp/ep4c3.log"
+mpi 4 "$moelab" train "${args[@]}" --grad-accum 1 --ep 4 --ep-chunks 3 --metrics "$tmp/ep4c3.jsonl" >"$tmp/ep4c3.log" 2>&1
 head -1 "$tmp/ep2c3.jsonl" | grep -q '"ep_chunks": 3' || { echo "FAIL: no ep_chunks 3 in the metrics' first line"; exit 1; }
+# The chunks change something here: no warning that they do not (it is for --ep 1, below).
+! grep -q "changes nothing" "$tmp/ep2c3.log" "$tmp/ep4c3.log" || { echo "FAIL: EP runs warned that the chunks change nothing"; exit 1; }
+# At --ep 1 under mpirun (DP 2) one line says that they do not.
+mpi 2 "$moelab" train "${args[@]}" --ep-chunks 2 --steps 1 >"$tmp/dp2c2.log" 2>&1
+[ "$(grep -c "ep-chunks 2 changes nothing with --ep 1" "$tmp/dp2c2.log")" = 1 ] ||
+    { echo "FAIL: DP 2 with --ep-chunks 2 did not warn once:"; cat "$tmp/dp2c2.log"; exit 1; }
 for run in ep2c2 ep2c3; do
     close_steps "$tmp/ep2c1.jsonl" "$tmp/$run.jsonl" 123
     echo "ok: $run matches one chunk"

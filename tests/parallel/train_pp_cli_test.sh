@@ -118,7 +118,7 @@ expect_usage() {
     [ $rc -eq 2 ] && grep -qF -- "$want" "$tmp/err.log" ||
         { echo "FAIL: expected '$want' (exit $rc):"; cat "$tmp/err.log"; exit 1; }
 }
-expect_usage "dualpipe needs an even number of micro-batches (chunks = 3)" \
+expect_usage "with 3 micro-batches per step (--chunks 3): dualpipe needs an even number of micro-batches (chunks = 3)" \
     mpi 2 "$moelab" train "${args[@]}" --pp 2 --schedule dualpipe --chunks 3
 expect_usage "cuts the model into 8 stages of at least one layer, but n_layers = 4" \
     mpi 4 "$moelab" train "${args[@]}" --pp 4 --schedule dualpipev --chunks 8

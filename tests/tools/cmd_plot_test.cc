@@ -196,6 +196,13 @@ TEST(CmdPlot, StepAndAfterRatioOutOfRange) {
     const std::pair<std::string, std::string> cases[] = {
         {"{\"step\": 3000000000, \"expert_load\": [[1, 2]]}\n",
          "line 1: \"step\" is missing or not a whole number in [0, 1e9]"},
+        // Each edge of that range, and a step between two whole numbers (mutation, 2026-12-07).
+        {"{\"step\": 1000000001, \"expert_load\": [[1, 2]]}\n",
+         "line 1: \"step\" is missing or not a whole number in [0, 1e9]"},
+        {"{\"step\": -1, \"expert_load\": [[1, 2]]}\n",
+         "line 1: \"step\" is missing or not a whole number in [0, 1e9]"},
+        {"{\"step\": 1.5, \"expert_load\": [[1, 2]]}\n",
+         "line 1: \"step\" is missing or not a whole number in [0, 1e9]"},
         {"{\"step\": 1, \"expert_load\": [[1, 2]], \"eplb\": {\"before\": [1], \"after\": [1e300], "
          "\"rank_load_before\": [[1, 1]], \"rank_load_after\": [[1, 1]]}}\n",
          "line 1: \"after\" value 1 is not a number in [0, 1e+15]"},
@@ -294,6 +301,8 @@ TEST(CmdPlot, BadInput) {
          "line 1: not JSON: number out of the range of a double at column 33"},
         {"ragged.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2], [3]]}\n",
          "line 1: \"expert_load\" row 2 has 1 values where the rows before it have 2"},
+        {"wider.jsonl", "{\"step\": 1, \"expert_load\": [[1, 2], [3, 4, 5]]}\n",
+         "line 1: \"expert_load\" row 2 has 3 values where the rows before it have 2"},
         // The rank loads after a rebalance are as wide as those before it; the message named the
         // well-formed key ("expected 3", sweep 2026-12-07).
         {"ranks.jsonl",
@@ -303,6 +312,9 @@ TEST(CmdPlot, BadInput) {
         {"layers.jsonl",
          "{\"step\": 1, \"expert_load\": [[1, 2]]}\n{\"step\": 2, \"expert_load\": [[1, 2], [3, 4]]}\n",
          "line 2: \"expert_load\" has 2 rows, earlier lines had 1"},
+        {"fewer.jsonl",
+         "{\"step\": 1, \"expert_load\": [[1, 2], [3, 4]]}\n{\"step\": 2, \"expert_load\": [[1, 2]]}\n",
+         "line 2: \"expert_load\" has 1 rows, earlier lines had 2"},
         {"negative.jsonl", "{\"step\": 1, \"expert_load\": [[1, -2]]}\n",
          "line 1: \"expert_load\" row 1, value 2 is not a number in \\[0, 1e\\+15\\]"},
         // Each finite, but the layer's sum was inf and every cell "-nan x fair share".

@@ -283,6 +283,7 @@ TEST(CmdSchedule, FromTraceKindMustFitTheTrace) {
         // A rank number past those that ran (a damaged pid, 1 -> 3; fuzzing, 2026-12-07).
         {{{0, "F0d"}, {3, "F1d"}, {0, "B0d"}, {3, "B1d"}}, "1f1b",
          "its rank 1 ran no op, and the formula counts 4 ranks that each ran the schedule"},
+        {{{1, "F0d"}, {1, "B0d"}}, "1f1b", "its rank 0 ran no op, and the formula counts 2 ranks that each ran the schedule"},
     };
     for (const Case &c : cases) {
         FILE *f = fopen(trace.c_str(), "w");

@@ -649,6 +649,18 @@ TEST(CoreFile, StdoutStatusSeesAFullDevice) {
     EXPECT_EQ(core_stdout_status(), 0);  // this process's stdout is fine
 }
 
+// The same when the write that failed was printf's own, its buffer full (an 8 KiB --help): stdio
+// drops the buffer and keeps no errno, and the status said "Input/output error" (2026-12-07).
+TEST(CoreFile, StdoutStatusSeesAFullDeviceThatPrintfMet) {
+    const int rc = in_child([] {
+        if (!freopen("/dev/full", "w", stdout)) _exit(10);
+        const std::string big(1 << 16, 'x');  // larger than any stdio buffer
+        fputs(big.c_str(), stdout);
+        _exit(core_stdout_status() == ENOSPC ? 0 : 11);
+    });
+    EXPECT_EQ(rc, 0) << "10: no /dev/full, 11: the status missed ENOSPC";
+}
+
 // The same after a log line, which is flushed at once: the stream's later flushes fail with no errno
 // of their own, and the status said "Input/output error" (review 2026-12-05).
 TEST(CoreFile, StdoutStatusKeepsTheCauseOfALogLinesFailure) {
