@@ -264,6 +264,19 @@ cp "$root"/tests/checkpoints/testdata/index.h5.part-* "$tmp/links/"
     "$root/tests/checkpoints/testdata/hdf5_crash.h5" "$tmp/links/index.h5"
 expect_error "index.h5: its HDF5 metadata is damaged: HDF5 cannot read the links of /optim/m \(in a probe process\)" \
     "$moelab" ckpt verify "$tmp/links/index.h5"
+# The probe walks hard links only: a dangling soft link and an external link to a file that is not
+# there, added at the root by h5py, name nothing of the checkpoint's, and it stays sound (a probe
+# that opened every link's target failed it: mutation, 2026-12-07); so does a hard link back to the
+# root, a cycle the walk leaves.
+cp "$tmp/a/step_3.h5" "$tmp/links/soft.h5"
+"$py" - "$tmp/links/soft.h5" <<'PY'
+import sys, h5py
+with h5py.File(sys.argv[1], "a") as f:
+    f["dangling"] = h5py.SoftLink("/nowhere")
+    f["elsewhere"] = h5py.ExternalLink("/nonexistent/moelab.h5", "/x")
+    f["loop"] = f["/"]
+PY
+"$moelab" ckpt verify "$tmp/links/soft.h5" | grep -q "sound" || { echo "FAIL: soft and external links failed verify"; exit 1; }
 # The probe's child prints nothing of its own: the one line on stderr is moelab's. On hdf5_crash.h5
 # glibc's "*** buffer overflow detected ***" came before it when the child's stderr was left open.
 rc=0
