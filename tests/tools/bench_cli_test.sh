@@ -57,6 +57,11 @@ grep -q "run.cfg" "$tmp/out" || { echo "bench: no row for run.cfg"; cat "$tmp/ou
 awk -v a="$cfg" -v b="$tmp/run.cfg" '/^config / { at = NR }
      at && NR == at + 1 && $1 != a { bad = 1 } at && NR == at + 2 && $1 != b { bad = 1 }
      END { exit bad || !at }' "$tmp/two.out" || { echo "FAIL: the table is not whole:"; cat "$tmp/two.out"; exit 1; }
+# Its config column is as wide as the longest path (the test's temporary one): the header's
+# params(M) ends where each row's parameter count does.
+awk '/^config / { at = NR } at && NR <= at + 2 { match($0, /^[^ ]+ +[^ ]+/); end[NR - at] = RLENGTH }
+     END { exit !(at && end[0] == end[1] && end[0] == end[2]) }' "$tmp/two.out" ||
+    { echo "FAIL: the columns do not line up:"; cat "$tmp/two.out"; exit 1; }
 # The table's columns agree with each other whatever the machine's speed: tokens/s × step (s) is one
 # step's tokens (grad_accum 2 × batch 8 × seq_len 64 = 1024, up to the columns' printed rounding:
 # half a millisecond of the step, half a token/s), the loss column starts near ln 256 at the untrained warm-up step and falls, and with two
