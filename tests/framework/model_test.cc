@@ -692,6 +692,26 @@ TEST(Model, ActsBytesCountTheMoeLayersAndTheirBackward) {
     model_free(m);
 }
 
+// A MoE layer takes no dense FFN buffers from the arena (its rows are its dispatcher's): a model
+// whose second layer is dense instead holds exactly that layer's SwiGLU products more, (N, 2F) and
+// (N, F), up to the arena's alignment (every layer carved them: mutation, 2026-12-07).
+TEST(Model, ActsArenaHoldsTheDenseFfnOfDenseLayersOnly) {
+    double cap[3] = {0, 0, 0};
+    for (int dense : {1, 2}) {
+        MoeConfig c = tiny(dense);
+        Model *m = model_create(&c, 0, 1);
+        model_init_weights(m);
+        std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 1);
+        ModelActs a;
+        model_forward(m, &a, tok.data(), c.batch_size, c.T, 1);
+        cap[dense] = (double)a.arena_cap;
+        model_acts_free(m, &a);
+        model_free(m);
+    }
+    MoeConfig c = tiny(1);
+    EXPECT_NEAR(cap[2] - cap[1], c.batch_size * c.T * 3.0 * c.F * sizeof(float), 512.0);
+}
+
 // A stage that starts past layer 0 counts its recomputing layers from its own first layer: stage
 // [1, 3) of a model whose layer 0 is dense holds what the whole model of its two MoE layers holds,
 // for every count of them that keep their input only (the arena and the MoE rows; the stage's
