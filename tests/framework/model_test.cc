@@ -712,6 +712,29 @@ TEST(Model, ActsArenaHoldsTheDenseFfnOfDenseLayersOnly) {
     EXPECT_NEAR(cap[2] - cap[1], c.batch_size * c.T * 3.0 * c.F * sizeof(float), 512.0);
 }
 
+// The weight pass after a recomputing input pass (a pipeline's deferred W) gets buffers of their own
+// for the layers after the first that recomputed: none where only the first did, which keeps the
+// buffers it shared (a block for it too: mutation, 2026-12-07); one where two did.
+TEST(Model, DeferredWeightPassGetsBuffersForTheLayersAfterTheFirst) {
+    MoeConfig c = tiny(1);
+    c.L = 3;
+    Model *m = model_create(&c, 0, 1);
+    model_init_weights(m);
+    std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 2);
+    for (int r : {1, 2}) {
+        ModelPass pass = {};
+        pass.inputs_only = r;
+        ModelActs a;
+        model_stage_forward(m, &a, tok.data(), nullptr, c.batch_size, c.T, 1, &pass);
+        params_zero_grad(&m->reg);
+        model_stage_backward_input(m, &a, nullptr, 0.5f);
+        EXPECT_EQ(a.redo != nullptr, r == 2) << "inputs_only " << r;
+        model_backward_weight(m, &a, &pass);
+        model_acts_free(m, &a);
+    }
+    model_free(m);
+}
+
 // A stage that starts past layer 0 counts its recomputing layers from its own first layer: stage
 // [1, 3) of a model whose layer 0 is dense holds what the whole model of its two MoE layers holds,
 // for every count of them that keep their input only (the arena and the MoE rows; the stage's
