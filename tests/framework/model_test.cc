@@ -568,8 +568,12 @@ TEST(Model, QkvStackedAtAnUnalignedShape) {
 }
 
 // The host-memory check's estimate: exactly the arena a forward takes for an all-dense model, and
-// more for MoE layers (what they keep outside it); the backward's share is the widest FFN's.
+// more for MoE layers (what they keep outside it); the backward's share is the widest FFN's. A MoE
+// layer takes no dense FFN buffers from the arena: the all-dense model's holds exactly its second
+// layer's SwiGLU products more, (N, 2F) and (N, F), up to the arena's alignment (every layer carved
+// them: mutation, 2026-12-07).
 TEST(Model, ActsBytesCountTheArena) {
+    double cap[3] = {0, 0, 0};
     for (int dense : {2, 1}) {
         MoeConfig c = tiny(dense);
         Model *m = model_create(&c, 0, 1);
@@ -582,9 +586,12 @@ TEST(Model, ActsBytesCountTheArena) {
         if (dense == 2) EXPECT_EQ(est, (double)a.arena_cap);
         else EXPECT_GT(est, (double)a.arena_cap);
         EXPECT_EQ(bwd, 3.0 * c.batch_size * c.T * c.F * sizeof(float));  // F 24 is wider than K·Fe 16
+        cap[dense] = (double)a.arena_cap;
         model_acts_free(m, &a);
         model_free(m);
     }
+    const MoeConfig c = tiny(1);
+    EXPECT_NEAR(cap[2] - cap[1], c.batch_size * c.T * 3.0 * c.F * sizeof(float), 512.0);
 }
 
 // The model FLOPs that bench reports per token (docs/BENCHMARKS.md: 6 × the multiply-adds of every
@@ -690,26 +697,6 @@ TEST(Model, ActsBytesCountTheMoeLayersAndTheirBackward) {
             model_acts_free(m, &a);
         }
     model_free(m);
-}
-
-// A MoE layer takes no dense FFN buffers from the arena (its rows are its dispatcher's): a model
-// whose second layer is dense instead holds exactly that layer's SwiGLU products more, (N, 2F) and
-// (N, F), up to the arena's alignment (every layer carved them: mutation, 2026-12-07).
-TEST(Model, ActsArenaHoldsTheDenseFfnOfDenseLayersOnly) {
-    double cap[3] = {0, 0, 0};
-    for (int dense : {1, 2}) {
-        MoeConfig c = tiny(dense);
-        Model *m = model_create(&c, 0, 1);
-        model_init_weights(m);
-        std::vector<int> tok = random_tokens(c.batch_size * (c.T + 1), c.V, 1);
-        ModelActs a;
-        model_forward(m, &a, tok.data(), c.batch_size, c.T, 1);
-        cap[dense] = (double)a.arena_cap;
-        model_acts_free(m, &a);
-        model_free(m);
-    }
-    MoeConfig c = tiny(1);
-    EXPECT_NEAR(cap[2] - cap[1], c.batch_size * c.T * 3.0 * c.F * sizeof(float), 512.0);
 }
 
 // The weight pass after a recomputing input pass (a pipeline's deferred W) gets buffers of their own
