@@ -514,6 +514,15 @@ const Case kCases[] = {
      },
      kIndex, "/optim/v/layers.2.experts.w2 (virtual mapping 0): the part's row 0 holds expert 2, not the mapped "
      "expert 0", VERIFY | LOAD},
+    // Only a later row of a part mislabelled: every row of a mapping is checked, not its first
+    // (mutation, 2026-12-07).
+    {"LastRowLabelledAnotherExpert", INDEX,
+     [](const std::string &d) {
+         const int32_t experts[2] = {2, 0};
+         set_attr(in(d, kPart1), kExpert, "experts", H5T_STD_I32LE, 2, experts);
+     },
+     kIndex, "/optim/v/layers.2.experts.w2 (virtual mapping 1): the part's row 1 holds expert 0, not the mapped "
+     "expert 3", VERIFY | LOAD},
     {"RowsFromNoPart", INDEX,
      [](const std::string &d) {
          rewrite_virtual(in(d, kIndex), kExpert, [](hid_t dcpl, std::vector<Mapping> &m) { add_mapping(dcpl, m[0]); });
@@ -627,6 +636,13 @@ const Case kCases[] = {
          replace_int32(in(d, kEplb), "/eplb/phy2log", 3, 4, {-1, -1, -1, -1, 9, 1, 2, 3, 0, 1, 2, 3});
      },
      kEplb, "/eplb/phy2log: layer 1 slot 0 holds expert 9 of 4", VERIFY | LOAD | INSPECT},
+    // Expert E itself, one past the last (a bound of > E passed it and marked one element past the
+    // seen flags: mutation, 2026-12-07).
+    {"PlacementOfExpertE", EPLB,
+     [](const std::string &d) {
+         replace_int32(in(d, kEplb), "/eplb/phy2log", 3, 4, {-1, -1, -1, -1, 0, 1, 2, 4, 0, 1, 2, 3});
+     },
+     kEplb, "/eplb/phy2log: layer 1 slot 3 holds expert 4 of 4", VERIFY | LOAD | INSPECT},
     {"CountsOfAnotherIntegerType", EPLB,
      [](const std::string &d) {
          replace_int32(in(d, kEplb), "/eplb/expert_counts", 3, 4, std::vector<int32_t>(12, 0));
