@@ -2,10 +2,10 @@
 # `moelab train --ep-chunks C` (token chunks of the EP MoE layer, docs/parallel.md) end to end:
 #  1. --help lists the key; 0, 9 and more chunks than a micro-batch's tokens end every rank with
 #     exit 2 and one message naming the problem;
-#  2. EP 2 on 2 ranks with 2, 3 and 8 (the most) chunks, and EP 4 on 4 ranks with 3 chunks, train as with one
-#     chunk and as the one-process run of the same global batch: losses, cross-entropy and gradient
-#     norms of every step within 1e-5 (the expert weight gradients add up chunk by chunk, so the
-#     bits may differ); the metrics' first line records ep_chunks;
+#  2. EP 2 on 2 ranks with 2, 3 and 8 (the most) chunks, and EP 4 on 4 ranks with 3 chunks, train
+#     as with one chunk and as the one-process run of the same global batch: losses, cross-entropy
+#     and gradient norms of every step within 1e-5 (the expert weight gradients add up chunk by
+#     chunk, so the bits may differ); the metrics' first line records ep_chunks;
 #  3. the sample after training (forward passes of 1, 2, ... tokens, fewer than the chunks) runs
 #     with EP 2 and 3 chunks: empty chunks, never a rank that skips an exchange.
 set -euo pipefail
